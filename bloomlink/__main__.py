@@ -1,0 +1,5 @@
+import sys
+
+from bloomlink.cli import main
+
+sys.exit(main())
