@@ -1,0 +1,82 @@
+"""The ``bloomlink`` command line: one subcommand per module in ``bloomlink/commands``.
+
+Each command module exposes ``NAME``, ``HELP``, ``add_arguments(parser)`` and
+``run(args) -> int``. Errors print one line, ``error: <Type>: <message>``, to stderr and
+return the documented exit code (``bloomlink/exit_codes.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import traceback
+from collections.abc import Sequence
+
+from bloomlink import __version__
+from bloomlink.exit_codes import EXIT_CODE_HELP, ExitCode, exit_code_for
+from protocol.errors import BloomlinkError
+
+__all__ = ["build_parser", "main"]
+
+# Order is the order in --help: the pipeline, then operations, then tools.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _load_commands() -> list[object]:
+    return [importlib.import_module(f"bloomlink.commands.{name}") for name in COMMAND_MODULES]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used to document every command and exit code)."""
+    epilog = "exit codes:\n" + "\n".join(
+        f"  {int(code):>3}  {text}" for code, text in EXIT_CODE_HELP.items()
+    )
+    parser = argparse.ArgumentParser(
+        prog="bloomlink",
+        description="Privacy-preserving record linkage between departments.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"bloomlink {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in _load_commands():
+        sub = subparsers.add_parser(
+            module.NAME,  # type: ignore[attr-defined]
+            help=module.HELP,  # type: ignore[attr-defined]
+            description=module.HELP,  # type: ignore[attr-defined]
+        )
+        module.add_arguments(sub)  # type: ignore[attr-defined]
+        sub.set_defaults(handler=module.run)  # type: ignore[attr-defined]
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except BloomlinkError as error:
+        print(f"error: {type(error).__name__}: {error.message}", file=sys.stderr)
+        return exit_code_for(error)
+    except Exception as error:
+        # Never echo the exception's text: it could carry a record value. Its type and the
+        # traceback's locations are enough to report.
+        frames = "".join(traceback.format_tb(error.__traceback__))
+        logging.getLogger("bloomlink").error("unexpected %s at\n%s", type(error).__name__, frames)
+        print(f"error: {type(error).__name__}: unexpected failure; see the log", file=sys.stderr)
+        return ExitCode.INTERNAL

@@ -1,0 +1,1 @@
+"""One module per ``bloomlink`` subcommand (see ``bloomlink/cli.py`` for the contract)."""
