@@ -7,7 +7,8 @@
     │   └── SecretError              the linkage secret file is missing, short or readable by others
     ├── InputError                   the extract cannot be used
     │   ├── ExtractError             the file as a whole: unreadable, empty, wrong columns
-    │   └── RecordError              one row: names the row and field, never the value
+    │   ├── RecordError              one row: names the row and field, never the value
+    │   └── ValueRejectedError       one value cannot be normalised (the caller adds row, field)
     ├── ClkFileError                 an encoded file is malformed or fails its digest
     ├── ServiceError                 raised by the linkage unit's logic; each maps to one gRPC
     │   │                            status (linkage_unit/servicer.py, party/client.py)
@@ -54,6 +55,7 @@ __all__ = [
     "ServiceError",
     "UnauthenticatedError",
     "UnavailableError",
+    "ValueRejectedError",
 ]
 
 
@@ -78,7 +80,9 @@ class SchemaError(ConfigurationError):
         where = f" in {source}" if source else ""
         count = len(self.problems)
         listed = "; ".join(self.problems)
-        super().__init__(f"{count} problem{'s' if count != 1 else ''} in linkage schema{where}: {listed}")
+        super().__init__(
+            f"{count} problem{'s' if count != 1 else ''} in linkage schema{where}: {listed}"
+        )
 
 
 class MappingError(ConfigurationError):
@@ -123,6 +127,11 @@ class RecordError(InputError):
         super().__init__(f"{where}: {message}")
 
 
+class ValueRejectedError(InputError):
+    """One value cannot be normalised. Says why (too long, not a date), never what it was;
+    the extract reader turns it into a :class:`RecordError` naming the row and field."""
+
+
 class ClkFileError(BloomlinkError):
     """An encoded (CLK) file is malformed, truncated, or fails its payload digest."""
 
@@ -162,7 +171,9 @@ class PreconditionError(ServiceError):
 class CompatibilityError(PreconditionError):
     """Parties' encodings cannot be compared. Names the party and the aspect, never a key."""
 
-    def __init__(self, message: str, *, party: str | None = None, aspect: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, party: str | None = None, aspect: str | None = None
+    ) -> None:
         self.party = party
         self.aspect = aspect
         super().__init__(message)

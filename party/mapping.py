@@ -1,0 +1,291 @@
+"""The department mapping: which of a department's columns feeds which schema field, and how
+to read its values (date formats, sex codes, null markers). It is the only department-
+specific input to encoding, so MoJ's ``forename, surname, date_of_birth (DD/MM/YYYY), gender
+(Male/Female)`` and DfE's ``legal_forename, legal_surname, dob (YYYY-MM-DD), sex (M/F)``
+normalise to identical values for the same person.
+
+A mapping is a TOML file (docs/schema.md, "Department mapping"); problems are all listed at
+once. :meth:`DepartmentMapping.bind` checks it against an extract's header and returns a
+:class:`BoundMapping` that normalises rows.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from protocol import normalisation
+from protocol.errors import ExtractError, MappingError, RecordError, ValueRejectedError
+from protocol.labels import LABEL_PATTERN
+from protocol.schema import FieldSpec, LinkageSchema
+
+__all__ = ["BoundMapping", "DepartmentMapping", "FieldSource", "load_mapping", "shipped_mapping"]
+
+MAPPING_VERSION = 1
+Normaliser = Callable[[str], "str | None"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FieldSource:
+    """Where one schema field comes from in this department's extract."""
+
+    field_name: str
+    column: str | None  # None: the department does not hold this field
+    date_formats: tuple[str, ...] = ()
+    codes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DepartmentMapping:
+    """A validated mapping. ``bind`` it to a schema and an extract header before use."""
+
+    department: str
+    record_id_column: str
+    sources: tuple[FieldSource, ...]
+    null_markers: frozenset[str] = frozenset()
+    extra_columns: str = "error"
+
+    def used_columns(self) -> set[str]:
+        return {self.record_id_column} | {s.column for s in self.sources if s.column}
+
+    def bind(
+        self, schema: LinkageSchema, header: Sequence[str], *, source: str | None = None
+    ) -> BoundMapping:
+        """Check this mapping against the schema and the extract's header; list all problems."""
+        problems: list[str] = []
+        by_field = {s.field_name: s for s in self.sources}
+        for spec in schema.fields:
+            if spec.name not in by_field:
+                problems.append(
+                    f"schema field {spec.name!r} is not mapped (give its column, or absent = true)"
+                )
+        for name in sorted(set(by_field) - {spec.name for spec in schema.fields}):
+            problems.append(f"field {name!r} is not in schema {schema.name!r}")
+        for spec in schema.fields:
+            source_spec = by_field.get(spec.name)
+            if (
+                source_spec
+                and spec.kind == "date"
+                and source_spec.column
+                and not source_spec.date_formats
+            ):
+                problems.append(f"field {spec.name!r} is a date: give date_formats")
+            if source_spec and spec.kind == "sex" and source_spec.column and not source_spec.codes:
+                problems.append(
+                    f'field {spec.name!r} is sex: give codes, e.g. {{ M = "m", F = "f" }}'
+                )
+        if problems:
+            raise MappingError(problems, source=source)
+
+        columns = list(header)
+        duplicates = sorted({name for name in columns if columns.count(name) > 1})
+        missing = sorted(self.used_columns() - set(columns))
+        extra = sorted(set(columns) - self.used_columns())
+        column_problems = []
+        if duplicates:
+            column_problems.append(f"columns appear more than once: {', '.join(duplicates)}")
+        if missing:
+            column_problems.append(f"missing columns the mapping needs: {', '.join(missing)}")
+        if extra and self.extra_columns == "error":
+            column_problems.append(
+                f"columns the mapping does not mention: {', '.join(extra)} (map them, remove "
+                'them, or set extra_columns = "ignore")'
+            )
+        if column_problems:
+            raise ExtractError("; ".join(column_problems), path=source)
+
+        readers: list[tuple[str, int | None, Normaliser]] = []
+        for spec in schema.fields:
+            source_spec = by_field[spec.name]
+            index = columns.index(source_spec.column) if source_spec.column else None
+            readers.append((spec.name, index, self._normaliser(spec, source_spec)))
+        return BoundMapping(
+            record_id_index=columns.index(self.record_id_column),
+            readers=tuple(readers),
+            width=len(columns),
+        )
+
+    def _normaliser(self, spec: FieldSpec, source: FieldSource) -> Normaliser:
+        markers = self.null_markers
+        if spec.kind == "person_name":
+            table = normalisation.nickname_table() if spec.nicknames else None
+            return partial(
+                normalisation.normalise_name,
+                max_length=spec.max_length,
+                nicknames=table,
+                null_markers=markers,
+            )
+        if spec.kind == "free_text":
+            return partial(
+                normalisation.normalise_text, max_length=spec.max_length, null_markers=markers
+            )
+        if spec.kind == "identifier":
+            return partial(
+                normalisation.normalise_identifier, max_length=spec.max_length, null_markers=markers
+            )
+        if spec.kind == "postcode":
+            return partial(normalisation.normalise_postcode, null_markers=markers)
+        if spec.kind == "sex":
+            return partial(normalisation.normalise_sex, codes=source.codes, null_markers=markers)
+        if spec.kind == "date":
+            return partial(
+                normalisation.normalise_date, formats=source.date_formats, null_markers=markers
+            )
+        raise AssertionError(f"unhandled field kind {spec.kind}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BoundMapping:
+    """A mapping fitted to one extract's columns: turns a row into normalised field values."""
+
+    record_id_index: int
+    readers: tuple[tuple[str, int | None, Normaliser], ...]
+    width: int
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.readers)
+
+    def normalise(
+        self, row: Sequence[str], *, row_number: int, blanked: list[RecordError] | None = None
+    ) -> list[str | None]:
+        """Normalised values in schema order.
+
+        A value that cannot be normalised raises RecordError(row, field); if ``blanked`` is
+        given, the value is treated as missing instead and the error appended there.
+        """
+        if len(row) != self.width:
+            raise RecordError(
+                f"has {len(row)} cells but the header has {self.width}", row=row_number
+            )
+        values: list[str | None] = []
+        for name, index, normalise in self.readers:
+            if index is None:
+                values.append(None)
+                continue
+            try:
+                values.append(normalise(row[index]))
+            except ValueRejectedError as error:
+                problem = RecordError(error.message, row=row_number, field=name)
+                if blanked is None:
+                    raise problem from None
+                blanked.append(problem)
+                values.append(None)
+        return values
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def parse_mapping(data: Any, *, source: str | None = None) -> DepartmentMapping:
+    """Validate a mapping document (parsed TOML); list every problem at once."""
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise MappingError(["the document must be a table of keys"], source=source)
+    allowed = {
+        "mapping_version",
+        "department",
+        "record_id",
+        "null_markers",
+        "extra_columns",
+        "fields",
+    }
+    for key in sorted(set(data) - allowed):
+        problems.append(f"unknown key {key!r} (allowed: {', '.join(sorted(allowed))})")
+    if data.get("mapping_version") != MAPPING_VERSION:
+        problems.append(f"mapping_version must be {MAPPING_VERSION}")
+    department = data.get("department")
+    if not isinstance(department, str) or not LABEL_PATTERN.fullmatch(department):
+        problems.append("department must be a lower-case label (a-z, 0-9, '-')")
+    record_id = data.get("record_id")
+    if not isinstance(record_id, str) or not record_id:
+        problems.append("record_id must name the column holding the department's own record id")
+    markers = data.get("null_markers", [])
+    if not _strings(markers):
+        problems.append("null_markers must be a list of strings")
+        markers = []
+    extra_columns = data.get("extra_columns", "error")
+    if extra_columns not in ("error", "ignore"):
+        problems.append("extra_columns must be 'error' or 'ignore'")
+    fields_table = data.get("fields")
+    sources: list[FieldSource] = []
+    if not isinstance(fields_table, Mapping) or not fields_table:
+        problems.append("fields must be a table with one entry per schema field")
+    else:
+        for name, entry in fields_table.items():
+            where = f"fields.{name}"
+            if not isinstance(entry, Mapping):
+                problems.append(f"{where} must be a table")
+                continue
+            allowed_field = {"column", "absent", "date_formats", "codes"}
+            for key in sorted(set(entry) - allowed_field):
+                problems.append(f"{where}: unknown key {key!r}")
+            absent = entry.get("absent", False)
+            column = entry.get("column")
+            if absent is True:
+                column = None
+            elif not isinstance(column, str) or not column:
+                problems.append(f'{where}: give column = "..." (or absent = true)')
+                continue
+            formats = entry.get("date_formats", [])
+            if not _strings(formats):
+                problems.append(f"{where}.date_formats must be a list of strptime formats")
+                formats = []
+            for date_format in formats:
+                if "%y" in date_format:
+                    problems.append(
+                        f"{where}.date_formats: two-digit years (%y) are ambiguous for dates of "
+                        "birth; convert them to four digits before encoding"
+                    )
+            codes = entry.get("codes", {})
+            if not isinstance(codes, Mapping) or not all(
+                isinstance(v, str) and v in ("m", "f", "") for v in codes.values()
+            ):
+                problems.append(f'{where}.codes must map each code to "m", "f" or "" (not known)')
+                codes = {}
+            sources.append(
+                FieldSource(
+                    field_name=str(name),
+                    column=column,
+                    date_formats=tuple(formats),
+                    codes=dict(codes),
+                )
+            )
+    if problems:
+        raise MappingError(problems, source=source)
+    cleaned_markers = frozenset(
+        normalisation.strip_invisible(marker).casefold() for marker in markers
+    )
+    return DepartmentMapping(
+        department=str(department),
+        record_id_column=str(record_id),
+        sources=tuple(sources),
+        null_markers=cleaned_markers,
+        extra_columns=str(extra_columns),
+    )
+
+
+def load_mapping(path: Path | str) -> DepartmentMapping:
+    """Read and validate a mapping file (TOML)."""
+    source = Path(path)
+    try:
+        data = tomllib.loads(source.read_text("utf-8"))
+    except FileNotFoundError:
+        raise MappingError(["file does not exist"], source=str(source)) from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise MappingError([f"cannot read TOML: {error}"], source=str(source)) from None
+    return parse_mapping(data, source=str(source))
+
+
+def shipped_mapping(layout: str) -> DepartmentMapping:
+    """A mapping shipped for one of the ``synth`` department layouts (moj, dfe, hmpps)."""
+    resource = resources.files("party").joinpath(f"data/mappings/{layout}.toml")
+    if not resource.is_file():
+        raise MappingError([f"no shipped mapping for layout {layout!r}"], source=layout)
+    return parse_mapping(tomllib.loads(resource.read_text("utf-8")), source=f"{layout}.toml")

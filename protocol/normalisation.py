@@ -1,0 +1,257 @@
+"""Stage 1, normalise: turn a department's raw value into the canonical text every party
+would produce for the same person, so that different casing, accents, apostrophes, date
+formats and sex codes never change a CLK.
+
+Versioned as ``NORMALISER_VERSION``; the version is part of the schema fingerprint, so two
+parties on different normaliser versions are refused before any comparison. Any change to
+the output for any input is a new version.
+
+Rules of norm/v1, in order (docs/schema.md has the full table):
+ 1. invalid UTF-8 (surrogate escapes) and over-long raw values are rejected;
+ 2. NFKC (compatibility forms: fullwidth letters, ligatures, superscripts);
+ 3. control characters become spaces; format characters (zero-width, bidi marks, BOM, soft
+    hyphen) are removed;
+ 4. null-like values ("NULL", "N/A", "UNKNOWN", "-", ...) and empty values are missing;
+ 5. per kind: names are case-folded, accents folded (é -> e, ø -> o, ß -> ss), apostrophes
+    removed, hyphens and dashes become spaces, other punctuation removed; dates are parsed
+    with the department's formats and written as ISO YYYY-MM-DD; UK postcodes are written
+    as "OUTWARD INWARD"; sex codes are mapped to "m" or "f"; identifiers are upper-cased
+    letters and digits only;
+ 6. whitespace is collapsed; optionally nicknames become their formal name (a table shipped
+    with bloomlink, applied identically at every party).
+Non-Latin scripts are kept as they are (no transliteration), so confusable letters from
+different scripts stay different.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import functools
+import hashlib
+import re
+import unicodedata
+from collections.abc import Mapping
+from importlib import resources
+
+from protocol.errors import ValueRejectedError
+
+__all__ = [
+    "DEFAULT_NULL_MARKERS",
+    "NORMALISER_VERSION",
+    "is_null_like",
+    "nickname_table",
+    "nickname_table_digest",
+    "normalise_date",
+    "normalise_identifier",
+    "normalise_name",
+    "normalise_postcode",
+    "normalise_sex",
+    "normalise_text",
+    "strip_invisible",
+]
+
+NORMALISER_VERSION = "norm/v1"
+
+# Compared after invisible characters are stripped and case is folded.
+DEFAULT_NULL_MARKERS = frozenset(
+    {
+        "",
+        "null",
+        "n/a",
+        "n.a.",
+        "none",
+        "nil",
+        "unknown",
+        "not known",
+        "nk",
+        "-",
+        "--",
+        "?",
+        "not stated",
+    }
+)
+
+RAW_LENGTH_LIMIT = 1000  # characters; anything longer is an extract fault, not a name
+
+_APOSTROPHES = "'\u2018\u2019\u201b\u0060\u00b4\u02bc\u02bb\u2032"
+_HYPHENS = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
+_APOSTROPHE_TABLE = str.maketrans({char: None for char in _APOSTROPHES})
+_HYPHEN_TABLE = str.maketrans({char: " " for char in _HYPHENS})
+# Letters NFKD does not decompose into base + accent.
+_LETTER_FOLDS = str.maketrans(
+    {"ø": "o", "đ": "d", "ł": "l", "æ": "ae", "œ": "oe", "þ": "th", "ð": "d", "ı": "i", "ħ": "h"}
+)
+_SPACES = re.compile(r"\s+")
+_POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?)([0-9][A-Z]{2})$")
+_PLACEHOLDER_DATES = frozenset({"1900-01-01", "1800-01-01", "1111-11-11", "9999-12-31"})
+
+
+def _check_raw(value: str) -> None:
+    if len(value) > RAW_LENGTH_LIMIT:
+        raise ValueRejectedError(f"value is longer than {RAW_LENGTH_LIMIT} characters")
+    # Lone surrogates are how undecodable bytes arrive (surrogateescape); name them.
+    if any("\ud800" <= char <= "\udfff" for char in value):
+        raise ValueRejectedError("value is not valid UTF-8 (check the extract's encoding)")
+
+
+def strip_invisible(value: str) -> str:
+    """NFKC, control characters to spaces, format characters removed, whitespace collapsed."""
+    _check_raw(value)
+    text = unicodedata.normalize("NFKC", value)
+    if not text.isascii() or not text.isprintable():
+        chars = []
+        for char in text:
+            category = unicodedata.category(char)
+            if category == "Cf":
+                continue
+            chars.append(" " if category == "Cc" else char)
+        text = "".join(chars)
+    return _SPACES.sub(" ", text).strip()
+
+
+def is_null_like(cleaned: str, extra_markers: frozenset[str] = frozenset()) -> bool:
+    """Whether an already-cleaned value means "missing"."""
+    folded = cleaned.casefold()
+    return folded in DEFAULT_NULL_MARKERS or folded in extra_markers
+
+
+def _fold_accents(text: str) -> str:
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text.translate(_LETTER_FOLDS))
+    return "".join(char for char in decomposed if not unicodedata.combining(char))
+
+
+def _limit(text: str, max_length: int) -> str:
+    if len(text) > max_length:
+        raise ValueRejectedError(f"normalised value is longer than {max_length} characters")
+    return text
+
+
+def normalise_name(
+    value: str,
+    *,
+    max_length: int = 100,
+    nicknames: Mapping[str, str] | None = None,
+    null_markers: frozenset[str] = frozenset(),
+) -> str | None:
+    """A person's name as letters and single spaces, case- and accent-folded; None if missing."""
+    cleaned = strip_invisible(value)
+    if is_null_like(cleaned, null_markers):
+        return None
+    text = cleaned.translate(_APOSTROPHE_TABLE).translate(_HYPHEN_TABLE).casefold()
+    text = _fold_accents(text)
+    text = "".join(char if char.isalpha() else " " for char in text)
+    text = _SPACES.sub(" ", text).strip()
+    if not text:
+        return None
+    if nicknames:
+        text = " ".join(nicknames.get(word, word) for word in text.split(" "))
+    return _limit(text, max_length)
+
+
+def normalise_text(
+    value: str, *, max_length: int = 100, null_markers: frozenset[str] = frozenset()
+) -> str | None:
+    """Free text: case- and accent-folded letters and digits, punctuation as spaces."""
+    cleaned = strip_invisible(value)
+    if is_null_like(cleaned, null_markers):
+        return None
+    text = _fold_accents(cleaned.translate(_APOSTROPHE_TABLE).casefold())
+    text = "".join(char if char.isalnum() else " " for char in text)
+    text = _SPACES.sub(" ", text).strip()
+    return _limit(text, max_length) if text else None
+
+
+def normalise_identifier(
+    value: str, *, max_length: int = 100, null_markers: frozenset[str] = frozenset()
+) -> str | None:
+    """An identifier (e.g. a reference number): upper-case letters and digits only."""
+    cleaned = strip_invisible(value)
+    if is_null_like(cleaned, null_markers):
+        return None
+    text = "".join(char for char in _fold_accents(cleaned).upper() if char.isalnum())
+    return _limit(text, max_length) if text else None
+
+
+def normalise_postcode(
+    value: str, *, max_length: int = 10, null_markers: frozenset[str] = frozenset()
+) -> str | None:
+    """A UK postcode as "OUTWARD INWARD". Values that are not UK-shaped are kept as upper-case
+    letters and digits (a typo still shares most of its n-grams) rather than rejected."""
+    cleaned = strip_invisible(value)
+    if is_null_like(cleaned, null_markers):
+        return None
+    compact = "".join(char for char in cleaned.upper() if char.isalnum())
+    if not compact:
+        return None
+    match = _POSTCODE.fullmatch(compact)
+    text = f"{match.group(1)} {match.group(2)}" if match else compact
+    return _limit(text, max_length)
+
+
+def normalise_sex(
+    value: str, *, codes: Mapping[str, str], null_markers: frozenset[str] = frozenset()
+) -> str | None:
+    """Map a department's sex code to "m" or "f" (codes matched case-insensitively);
+    codes mapped to "" mean not known."""
+    cleaned = strip_invisible(value)
+    folded = cleaned.casefold()
+    for code, canonical in codes.items():
+        if folded == code.casefold():
+            return canonical or None
+    if is_null_like(cleaned, null_markers):
+        return None
+    raise ValueRejectedError("value is not one of the mapping's sex codes")
+
+
+def normalise_date(
+    value: str,
+    *,
+    formats: tuple[str, ...],
+    null_markers: frozenset[str] = frozenset(),
+    today: dt.date | None = None,
+) -> str | None:
+    """Parse with the department's formats (first that fits) and write ISO YYYY-MM-DD.
+
+    Placeholder dates (1900-01-01 and the like) are missing; a date in the future is rejected.
+    """
+    cleaned = strip_invisible(value)
+    if is_null_like(cleaned, null_markers):
+        return None
+    for date_format in formats:
+        try:
+            parsed = dt.datetime.strptime(cleaned, date_format).date()
+        except ValueError:
+            continue
+        iso = parsed.isoformat()
+        if iso in _PLACEHOLDER_DATES:
+            return None
+        if parsed > (today or dt.date.today()):
+            raise ValueRejectedError("date is in the future")
+        return iso
+    raise ValueRejectedError(f"value is not a date in the format {' or '.join(formats)}")
+
+
+@functools.cache
+def _nickname_bytes() -> bytes:
+    return resources.files("protocol").joinpath("data/nicknames.csv").read_bytes()
+
+
+@functools.cache
+def nickname_table() -> Mapping[str, str]:
+    """The shipped nickname -> formal name table, keyed and valued in normalised form."""
+    rows = csv.DictReader(_nickname_bytes().decode("utf-8").splitlines())
+    table: dict[str, str] = {}
+    for row in rows:
+        nickname = normalise_name(row["nickname"])
+        canonical = normalise_name(row["canonical"])
+        if nickname and canonical and nickname != canonical:
+            table.setdefault(nickname, canonical)
+    return table
+
+
+def nickname_table_digest() -> str:
+    """SHA-256 of the shipped table, so a changed table changes the schema fingerprint."""
+    return hashlib.sha256(_nickname_bytes()).hexdigest()

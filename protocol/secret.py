@@ -1,0 +1,127 @@
+"""The linkage secret: 256 bits every party holds and the linkage unit never does.
+
+It is only ever read from a file (named by a flag or ``BLOOMLINK_SECRET_FILE``), never taken
+as a command-line value, and it is refused if it is short or readable by anyone but its owner.
+Its repr is redacted so it cannot slip into a log or a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+from protocol.errors import SecretError
+
+__all__ = ["SECRET_BYTES", "SECRET_ENV_VAR", "LinkageSecret", "read_secret", "write_secret"]
+
+SECRET_BYTES = 32
+SECRET_ENV_VAR = "BLOOMLINK_SECRET_FILE"
+_HEADER = "bloomlink-linkage-secret-v1"
+
+
+class LinkageSecret:
+    """The linkage secret's bytes, with a repr that never shows them.
+
+    Not a dataclass on purpose: no generated repr, eq or hash that could expose or key on it.
+    """
+
+    __slots__ = ("_material",)
+
+    def __init__(self, material: bytes) -> None:
+        if len(material) < SECRET_BYTES:
+            raise SecretError(f"a linkage secret must be at least {SECRET_BYTES * 8} bits")
+        self._material = bytes(material)
+
+    def material(self) -> bytes:
+        """The raw bytes, for key derivation only."""
+        return self._material
+
+    def __repr__(self) -> str:
+        return "LinkageSecret(<redacted>)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> object:
+        # Refuse to be pickled into a worker by accident; pass material() explicitly.
+        raise TypeError("LinkageSecret cannot be serialised")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LinkageSecret) and secrets.compare_digest(
+            self._material, other._material
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # never a dict or cache key
+
+
+def write_secret(
+    path: Path | str, *, token_bytes: Callable[[int], bytes] = secrets.token_bytes
+) -> Path:
+    """Create a new secret file readable only by its owner; never overwrite an existing one."""
+    target = Path(path)
+    material = token_bytes(SECRET_BYTES)
+    text = f"{_HEADER}\n{material.hex()}\n".encode("ascii")
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise SecretError(
+            "file exists already; a secret is never overwritten (choose a new path)",
+            path=str(target),
+        ) from None
+    except OSError as error:
+        raise SecretError(
+            f"cannot create secret file: {error.strerror}", path=str(target)
+        ) from None
+    try:
+        os.fchmod(fd, 0o600)  # the umask cannot widen it
+        os.write(fd, text)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return target
+
+
+def read_secret(path: Path | str | None = None) -> LinkageSecret:
+    """Read the secret from ``path`` (or the file named by ``BLOOMLINK_SECRET_FILE``)."""
+    if path is None:
+        env = os.environ.get(SECRET_ENV_VAR)
+        if not env:
+            raise SecretError(
+                f"no secret file given: pass --secret-file PATH or set {SECRET_ENV_VAR}"
+            )
+        path = env
+    source = Path(path)
+    try:
+        info = source.stat()
+    except FileNotFoundError:
+        raise SecretError(
+            "secret file does not exist (create one with `bloomlink keygen`)", path=str(source)
+        ) from None
+    except OSError as error:
+        raise SecretError(f"cannot read secret file: {error.strerror}", path=str(source)) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SecretError("secret path is not a regular file", path=str(source))
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SecretError(
+            "secret file is readable by group or others; run `chmod 600` on it and rotate the "
+            "secret if others may have read it",
+            path=str(source),
+        )
+    lines = source.read_bytes().decode("ascii", errors="replace").split()
+    if len(lines) != 2 or lines[0] != _HEADER:
+        raise SecretError(
+            "not a bloomlink secret file (expected the header line and one hex line)",
+            path=str(source),
+        )
+    try:
+        material = bytes.fromhex(lines[1])
+    except ValueError:
+        raise SecretError("secret line is not hexadecimal", path=str(source)) from None
+    if len(material) < SECRET_BYTES:
+        raise SecretError(
+            f"secret is {len(material) * 8} bits; at least {SECRET_BYTES * 8} are required",
+            path=str(source),
+        )
+    return LinkageSecret(material)
