@@ -117,10 +117,21 @@ def is_null_like(cleaned: str, extra_markers: frozenset[str] = frozenset()) -> b
 
 
 def _fold_accents(text: str) -> str:
+    """Drop accents from Latin letters only: in other scripts a mark makes a different
+    letter (Cyrillic й is not и), and those scripts are kept as written."""
     if text.isascii():
         return text
     decomposed = unicodedata.normalize("NFKD", text.translate(_LETTER_FOLDS))
-    return "".join(char for char in decomposed if not unicodedata.combining(char))
+    kept: list[str] = []
+    base_is_latin = False
+    for char in decomposed:
+        if unicodedata.combining(char):
+            if not base_is_latin:
+                kept.append(char)
+            continue
+        base_is_latin = char.isascii()
+        kept.append(char)
+    return unicodedata.normalize("NFC", "".join(kept))
 
 
 def _limit(text: str, max_length: int) -> str:
