@@ -53,7 +53,9 @@ def _popcounts(clks: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
     return np.bitwise_count(clks).sum(axis=1, dtype=np.int64)
 
 
-def _dice_matrix(left: npt.NDArray[np.uint64], right: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
+def _dice_matrix(
+    left: npt.NDArray[np.uint64], right: npt.NDArray[np.uint64]
+) -> npt.NDArray[np.float64]:
     """Exhaustive Dice, the slow obvious way (the stand-in until the engine lands)."""
     shared = np.bitwise_count(left[:, None, :] & right[None, :, :]).sum(axis=2, dtype=np.int64)
     total = _popcounts(left)[:, None] + _popcounts(right)[None, :]

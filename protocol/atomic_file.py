@@ -34,7 +34,9 @@ def atomic_output(path: Path | str, *, mode: int = 0o600) -> Iterator[BinaryIO]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    fd, temp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=".partial", dir=target.parent
+    )
     temp = Path(temp_name)
     try:
         os.fchmod(fd, mode)

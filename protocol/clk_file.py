@@ -245,7 +245,9 @@ def iter_payload(path: Path | str, *, chunk_bytes: int = 1 << 20) -> Iterator[by
             yield chunk
 
 
-def read_clks(path: Path | str, *, verify: bool = True) -> tuple[ClkFileHeader, npt.NDArray[np.uint64]]:
+def read_clks(
+    path: Path | str, *, verify: bool = True
+) -> tuple[ClkFileHeader, npt.NDArray[np.uint64]]:
     """Return the header and the CLKs as a read-only ``(records, clk_bits // 64)`` uint64 map.
 
     With ``verify`` the payload digest is checked first, so a corrupted file is refused.

@@ -78,7 +78,9 @@ class SchemaError(ConfigurationError):
         where = f" in {source}" if source else ""
         count = len(self.problems)
         listed = "; ".join(self.problems)
-        super().__init__(f"{count} problem{'s' if count != 1 else ''} in linkage schema{where}: {listed}")
+        super().__init__(
+            f"{count} problem{'s' if count != 1 else ''} in linkage schema{where}: {listed}"
+        )
 
 
 class MappingError(ConfigurationError):
@@ -162,7 +164,9 @@ class PreconditionError(ServiceError):
 class CompatibilityError(PreconditionError):
     """Parties' encodings cannot be compared. Names the party and the aspect, never a key."""
 
-    def __init__(self, message: str, *, party: str | None = None, aspect: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, party: str | None = None, aspect: str | None = None
+    ) -> None:
         self.party = party
         self.aspect = aspect
         super().__init__(message)

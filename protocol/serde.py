@@ -30,6 +30,10 @@ from protocol.messages import (
 from protocol.pb import linkage_pb2 as pb
 
 __all__ = [
+    "ASPECT_METADATA_KEY",
+    "ERROR_METADATA_KEY",
+    "IDENTITY_METADATA_KEY",
+    "PARTY_METADATA_KEY",
     "check_no_unknown_fields",
     "label_from_proto",
     "link_key_batch_from_proto",
@@ -47,6 +51,14 @@ __all__ = [
     "upload_progress_from_proto",
     "upload_progress_to_proto",
 ]
+
+# Trailing metadata on an error status: the error class name (so the client can tell a
+# CompatibilityError from another FAILED_PRECONDITION) and, for it, the party and aspect.
+ERROR_METADATA_KEY = "bloomlink-error"
+PARTY_METADATA_KEY = "bloomlink-party"
+ASPECT_METADATA_KEY = "bloomlink-aspect"
+IDENTITY_METADATA_KEY = "x-bloomlink-identity"
+"""Insecure (test/dev) mode only: the caller's identity as ``party:<name>``/``operator``."""
 
 K = TypeVar("K")
 V = TypeVar("V")
