@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
         result = client.upload_file(args.encoded_file, party_id=args.party, progress=progress)
     if result.state is not UploadState.COMPLETE:
         print(
-            f"upload incomplete at {result.committed_bytes}/{result.payload_bytes} bytes; rerun to resume"
+            f"upload incomplete at {result.committed_bytes}/{result.payload_bytes} bytes; "
+            "rerun to resume"
         )
         return 1
     print(

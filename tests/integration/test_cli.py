@@ -37,8 +37,9 @@ def test_operator_and_parties_drive_a_project_from_the_command_line(tmp_path: Pa
                     "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
                     "--timeout", "5"]  # fmt: skip
 
-        assert main(["project", "create", "p1", "--parties", "moj,dfe", "--threshold", "0.9",
-                     "--schema-fingerprint", SCHEMA_FINGERPRINT.hex(), *tls("operator")]) == 0  # fmt: skip
+        create = ["project", "create", "p1", "--parties", "moj,dfe", "--threshold", "0.9"]
+        create += ["--schema-fingerprint", SCHEMA_FINGERPRINT.hex(), *tls("operator")]
+        assert main(create) == 0
         clks = planted_party_clks(["moj", "dfe"], seed=21, records=15, shared=5)
         for party in ("moj", "dfe"):
             path = write_clk_file(tmp_path / f"{party}.clk", clks[party], project_id="p1")
