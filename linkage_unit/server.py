@@ -187,9 +187,9 @@ class LinkageUnitServer:
                     "without any proof. Never use this with real data.",
                     self.config.listen,
                 )
-                port = self._server.add_insecure_port(self.config.listen)
+                port = int(self._server.add_insecure_port(self.config.listen))
             else:
-                port = self._server.add_secure_port(self.config.listen, self._credentials())
+                port = int(self._server.add_secure_port(self.config.listen, self._credentials()))
         except RuntimeError:
             self.close_storage()
             raise ConfigurationError(

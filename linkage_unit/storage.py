@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from protocol.atomic_file import fsync_directory
 from protocol.clk_file import HEADER_LENGTH
@@ -170,12 +171,13 @@ class Storage:
                 raise
             self._db.execute("COMMIT")
 
-    def _one(self, sql: str, parameters: tuple[object, ...]) -> tuple[object, ...] | None:
+    # Rows are Any: SQLite columns are typed by the schema above, and converted on read.
+    def _one(self, sql: str, parameters: tuple[object, ...]) -> tuple[Any, ...] | None:
         with self._lock:
-            row: tuple[object, ...] | None = self._db.execute(sql, parameters).fetchone()
+            row: tuple[Any, ...] | None = self._db.execute(sql, parameters).fetchone()
             return row
 
-    def _all(self, sql: str, parameters: tuple[object, ...]) -> list[tuple[object, ...]]:
+    def _all(self, sql: str, parameters: tuple[object, ...]) -> list[tuple[Any, ...]]:
         with self._lock:
             return list(self._db.execute(sql, parameters).fetchall())
 
@@ -222,11 +224,11 @@ class Storage:
         return ProjectSettings(
             project_id=project_id,
             members=tuple(str(member[0]) for member in members),
-            schema_fingerprint=bytes(fingerprint),  # type: ignore[arg-type]
-            threshold=None if threshold is None else float(threshold),  # type: ignore[arg-type]
+            schema_fingerprint=bytes(fingerprint),
+            threshold=None if threshold is None else float(threshold),
             blocking=str(blocking),
             link_key_mode=LinkKeyMode(str(mode)),
-            retention_days=int(retention),  # type: ignore[call-overload]
+            retention_days=int(retention),
             auto_run=bool(auto_run),
         )
 
@@ -251,17 +253,17 @@ class Storage:
         header = UploadHeader(
             project_id=project_id,
             party_id=party,
-            format_version=int(version),  # type: ignore[call-overload]
-            schema_fingerprint=bytes(fingerprint),  # type: ignore[arg-type]
-            kcv=bytes(kcv),  # type: ignore[arg-type]
-            clk_bits=int(bits),  # type: ignore[call-overload]
-            record_count=int(count),  # type: ignore[call-overload]
-            payload_sha256=bytes(digest),  # type: ignore[arg-type]
+            format_version=int(version),
+            schema_fingerprint=bytes(fingerprint),
+            kcv=bytes(kcv),
+            clk_bits=int(bits),
+            record_count=int(count),
+            payload_sha256=bytes(digest),
         )
         return UploadRecord(
             header=header,
             state=UploadState(str(state)),
-            committed_bytes=int(committed),  # type: ignore[call-overload]
+            committed_bytes=int(committed),
         )
 
     def begin_upload(self, header: UploadHeader) -> None:
@@ -473,7 +475,7 @@ class Storage:
     )
 
     @staticmethod
-    def _run(row: tuple[object, ...]) -> RunRecord:
+    def _run(row: tuple[Any, ...]) -> RunRecord:
         (
             run_id,
             project,
@@ -493,14 +495,14 @@ class Storage:
             project_id=str(project),
             state=RunState(str(state)),
             stage=str(stage),
-            done=int(done),  # type: ignore[call-overload]
-            total=int(total),  # type: ignore[call-overload]
+            done=int(done),
+            total=int(total),
             check_party=str(party),
             check_aspect=str(aspect),
-            cluster_count=int(clusters),  # type: ignore[call-overload]
-            linked_record_count=int(linked),  # type: ignore[call-overload]
-            comparisons=int(pairs),  # type: ignore[call-overload]
-            finished_at=None if end is None else float(end),  # type: ignore[arg-type]
+            cluster_count=int(clusters),
+            linked_record_count=int(linked),
+            comparisons=int(pairs),
+            finished_at=None if end is None else float(end),
         )
 
     def latest_run(self, project_id: str) -> RunRecord | None:
@@ -528,7 +530,7 @@ class Storage:
         )
         if row is None:
             return None
-        return KeySet(run_id=str(row[0]), key_count=int(row[1]), keys_sha256=str(row[2]))  # type: ignore[call-overload]
+        return KeySet(run_id=str(row[0]), key_count=int(row[1]), keys_sha256=str(row[2]))
 
     def iter_link_keys(
         self, project_id: str, party: str, *, batch_size: int
@@ -544,4 +546,4 @@ class Storage:
             if not rows:
                 return
             ordinal += len(rows)
-            yield [int(row[0]) for row in rows], [str(row[1]) for row in rows]  # type: ignore[call-overload]
+            yield [int(row[0]) for row in rows], [str(row[1]) for row in rows]

@@ -74,9 +74,9 @@ ProgressCallback = Callable[[int, int], None]
 
 def error_from_rpc(error: grpc.RpcError) -> ServiceError:
     """The ``protocol.errors`` class the linkage unit raised, rebuilt from a gRPC status."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message: str = error.details() or ""  # type: ignore[attr-defined]
-    metadata = dict(error.trailing_metadata() or ())  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
+    metadata = dict(error.trailing_metadata() or ())
     base = ERROR_FOR_STATUS.get(code)
     if base is None:
         return ServiceError(f"the linkage unit answered {code.name}: {message}")
