@@ -24,6 +24,11 @@ __all__ = ["build_parser", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "keygen",
     "encode",
+    "certs",
+    "serve",
+    "project",
+    "submit",
+    "fetch",
 )
 
 

@@ -1,0 +1,74 @@
+"""``bloomlink serve``: run the linkage unit (gRPC, mutual TLS) until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+from linkage_unit.server import create_server, load_config
+
+NAME = "serve"
+HELP = "run the linkage unit service (mutual TLS; config file and/or flags)"
+
+logger = logging.getLogger("bloomlink.serve")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, help="TOML file; keys are the long flag names with _"
+    )
+    parser.add_argument("--listen", help="address to bind, host:port (default 127.0.0.1:50051)")
+    parser.add_argument("--data-dir", type=Path, help="where state and payloads live")
+    parser.add_argument("--ca-certificate", type=Path, help="CA that issued client certificates")
+    parser.add_argument("--certificate", type=Path, help="the linkage unit's certificate (PEM)")
+    parser.add_argument("--private-key", type=Path, help="the linkage unit's private key (PEM)")
+    parser.add_argument(
+        "--audit-log", type=Path, help="audit JSON-lines file (default in data dir)"
+    )
+    parser.add_argument("--max-message-bytes", type=int, help="largest single gRPC message")
+    parser.add_argument("--max-upload-bytes", type=int, help="largest payload / upload stream")
+    parser.add_argument("--max-workers", type=int, help="RPC worker threads")
+    parser.add_argument("--max-concurrent-rpcs", type=int, help="beyond this: RESOURCE_EXHAUSTED")
+    parser.add_argument("--run-workers", type=int, help="run threads (0 holds runs queued)")
+    parser.add_argument("--keepalive-time-seconds", type=int)
+    parser.add_argument("--keepalive-timeout-seconds", type=int)
+    parser.add_argument("--min-ping-interval-seconds", type=int)
+    parser.add_argument("--grace-seconds", type=float, help="shutdown grace for in-flight calls")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="RISK: plaintext and unauthenticated identities from metadata; loopback only, "
+        "for local tests, never with real data",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    names = (
+        "listen", "data_dir", "ca_certificate", "certificate", "private_key", "audit_log",
+        "max_message_bytes", "max_upload_bytes", "max_workers", "max_concurrent_rpcs",
+        "run_workers", "keepalive_time_seconds", "keepalive_timeout_seconds",
+        "min_ping_interval_seconds", "grace_seconds", "insecure",
+    )  # fmt: skip
+    config = load_config(args.config, **{name: getattr(args, name) for name in names})
+    server = create_server(config)
+    stopping = threading.Event()
+
+    def on_signal(number: int, frame: FrameType | None) -> None:
+        logger.info("received %s; shutting down gracefully", signal.Signals(number).name)
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        port = server.start()
+        print(f"linkage unit listening on port {port}", flush=True)
+        stopping.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop()
+    return 0

@@ -1,0 +1,107 @@
+"""Checks before any comparison: can these parties' CLKs be compared at all?
+
+Run by the linkage unit after every member has uploaded and before matching. Every party
+must have used the project's schema (fingerprint), the same linkage secret (KCV) and the
+same CLK length; record counts must match the headers; CLKs must look like CLKs (no
+all-zero or all-one filters, per-party mean bit density near the others'). A mismatch is a
+:class:`CompatibilityError` naming the party and the aspect, never a key or a value:
+a silent zero-match run is the failure this stage exists to prevent.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+from protocol.errors import CompatibilityError
+from protocol.messages import ProjectSettings, UploadHeader
+
+__all__ = ["MAX_DENSITY_GAP", "check_clks", "check_headers"]
+
+MAX_DENSITY_GAP = 0.15
+"""Largest allowed gap between one party's mean bit density and the median of all parties'.
+Parties encoding the same population under one schema land within a few hundredths."""
+
+
+def _odd_one_out(values: Mapping[str, object], order: tuple[str, ...]) -> str | None:
+    """The first party (in member order) whose value differs from the most common one;
+    ties go to the first member's value."""
+    counts = Counter(values.values())
+    top = max(counts.values())
+    reference = next(values[party] for party in order if counts[values[party]] == top)
+    return next((party for party in order if values[party] != reference), None)
+
+
+def check_headers(project: ProjectSettings, headers: Mapping[str, UploadHeader]) -> None:
+    """Schema fingerprints (against the project's), KCVs and CLK lengths must agree."""
+    order = tuple(party for party in project.members if party in headers)
+    for party in order:
+        if headers[party].schema_fingerprint != project.schema_fingerprint:
+            raise CompatibilityError(
+                f"party {party!r} encoded with a different schema than the project's "
+                "(schema fingerprint differs); it must re-encode with the project schema",
+                party=party,
+                aspect="schema_fingerprint",
+            )
+    kcv_party = _odd_one_out({party: headers[party].kcv for party in order}, order)
+    if kcv_party is not None:
+        raise CompatibilityError(
+            f"party {kcv_party!r} encoded under a different linkage secret than party "
+            f"{order[0] if order[0] != kcv_party else order[1]!r} (key check values differ); "
+            "the parties must agree on one secret and re-encode",
+            party=kcv_party,
+            aspect="kcv",
+        )
+    bits_party = _odd_one_out({party: headers[party].clk_bits for party in order}, order)
+    if bits_party is not None:
+        raise CompatibilityError(
+            f"party {bits_party!r} sent CLKs of a different length than the other parties",
+            party=bits_party,
+            aspect="clk_bits",
+        )
+
+
+def check_clks(
+    clks_by_party: Mapping[str, npt.NDArray[np.uint64]],
+    headers: Mapping[str, UploadHeader],
+) -> None:
+    """Record counts match the headers; no degenerate CLKs; densities plausible."""
+    densities: dict[str, float] = {}
+    for party, clks in clks_by_party.items():
+        header = headers[party]
+        if clks.shape != (header.record_count, header.clk_bits // 64):
+            raise CompatibilityError(
+                f"party {party!r} sent a payload that does not hold the record count its "
+                "header promises",
+                party=party,
+                aspect="record_count",
+            )
+        if header.record_count == 0:
+            continue
+        popcounts = np.bitwise_count(np.asarray(clks)).sum(axis=1, dtype=np.int64)
+        degenerate = int(np.count_nonzero((popcounts == 0) | (popcounts == header.clk_bits)))
+        if degenerate:
+            raise CompatibilityError(
+                f"party {party!r} sent {degenerate} CLK(s) with no bits or every bit set; "
+                "check its extract and encoder (empty records encode to all-zero CLKs)",
+                party=party,
+                aspect="degenerate_clks",
+            )
+        densities[party] = float(popcounts.mean()) / header.clk_bits
+    if len(densities) >= 2:
+        median = float(np.median(list(densities.values())))
+        party, gap = max(
+            ((name, abs(value - median)) for name, value in densities.items()),
+            key=lambda item: item[1],
+        )
+        if gap > MAX_DENSITY_GAP:
+            raise CompatibilityError(
+                f"party {party!r} has a mean CLK bit density far from the other parties' "
+                f"(gap {gap:.2f} > {MAX_DENSITY_GAP}); the parties likely used different "
+                "encoder settings",
+                party=party,
+                aspect="bit_density",
+            )

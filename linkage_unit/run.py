@@ -1,0 +1,249 @@
+"""Runs: checks, matching and link keys for one project, in a worker thread.
+
+A run is persisted QUEUED -> RUNNING -> FINISHED (or REFUSED by the checks, or FAILED).
+Link keys and FINISHED are written in one transaction, so nothing is released early. A run
+left QUEUED or RUNNING by a stopped linkage unit is resubmitted when it starts again
+(:meth:`RunManager.resume`): matching is recomputed from the stored payloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+import numpy.typing as npt
+
+from linkage_unit import matching
+from linkage_unit.audit_hook import AuditSink
+from linkage_unit.checks import check_clks, check_headers
+from linkage_unit.link_keys import RandomBytes, issue_link_keys
+from linkage_unit.storage import Storage
+from protocol.clk_file import read_clks
+from protocol.errors import (
+    AlreadyExistsError,
+    ClkFileError,
+    CompatibilityError,
+    PreconditionError,
+)
+from protocol.messages import RunState, RunTicket, UploadHeader, UploadState
+
+__all__ = ["LinkFunction", "RunManager"]
+
+logger = logging.getLogger("bloomlink.linkage_unit.run")
+
+LinkFunction = Callable[..., matching.LinkResult]
+
+
+class _Stopped(Exception):
+    """The linkage unit is shutting down; the run stays RUNNING and resumes on restart."""
+
+
+class RunManager:
+    """Owns the run worker threads. ``workers=0`` holds runs QUEUED (maintenance mode)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        audit: AuditSink,
+        *,
+        workers: int = 1,
+        link_function: LinkFunction | None = None,
+        random_bytes: RandomBytes | None = None,
+        progress_interval: float = 0.5,
+    ) -> None:
+        self._storage = storage
+        self._audit = audit
+        self._link = link_function or matching.link
+        self._random_bytes = random_bytes
+        self._progress_interval = progress_interval
+        self._executor = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._futures: list[Future[None]] = []
+
+    # -- starting -----------------------------------------------------------------------
+
+    def _all_uploaded(self, project_id: str) -> bool:
+        project = self._storage.project(project_id)
+        assert project is not None
+        for party in project.members:
+            record = self._storage.upload(project_id, party)
+            if record is None or record.state is not UploadState.COMPLETE:
+                return False
+        return True
+
+    def start(self, project_id: str, *, automatic: bool) -> RunTicket:
+        """Queue a run if every member has uploaded. Idempotent while one is queued or running."""
+        with self._lock:
+            latest = self._storage.latest_run(project_id)
+            if latest is not None and latest.state in (RunState.QUEUED, RunState.RUNNING):
+                return RunTicket(run_id=latest.run_id, state=latest.state)
+            if latest is not None and latest.state is RunState.FINISHED:
+                raise AlreadyExistsError(
+                    "this project's run has finished and its link keys are released"
+                )
+            if not self._all_uploaded(project_id):
+                if automatic:
+                    return RunTicket(run_id="", state=RunState.WAITING_FOR_UPLOADS)
+                raise PreconditionError(
+                    "not every member party has completed its upload; see project status"
+                )
+            if automatic and latest is not None and latest.state is RunState.FAILED:
+                # A failed run is restarted only by the operator; a refused one also restarts
+                # when a party re-uploads (that is what triggers an automatic start).
+                return RunTicket(run_id=latest.run_id, state=latest.state)
+            run_id = secrets.token_hex(8)
+            self._storage.create_run(project_id, run_id)
+            self._submit(run_id, project_id)
+            return RunTicket(run_id=run_id, state=RunState.QUEUED)
+
+    def resume(self) -> int:
+        """Resubmit every run a previous process left unfinished; return how many."""
+        runs = self._storage.unfinished_runs()
+        for run in runs:
+            logger.info("resuming run run_id=%s project=%s", run.run_id, run.project_id)
+            self._submit(run.run_id, run.project_id)
+        return len(runs)
+
+    def _submit(self, run_id: str, project_id: str) -> None:
+        if self._executor is None or self._stop.is_set():
+            return  # stays QUEUED; a later start with workers resumes it
+        self._futures.append(self._executor.submit(self._execute, run_id, project_id))
+
+    def shutdown(self, *, wait: bool = True) -> None:
+        """Stop: in-flight runs are interrupted at their next progress report and resume later."""
+        self._stop.set()
+        if self._executor is not None:
+            self._executor.shutdown(wait=wait, cancel_futures=True)
+
+    def wait_idle(self, timeout: float) -> None:
+        """Wait for submitted runs to end (tests and the CLI's --wait)."""
+        deadline = time.monotonic() + timeout
+        for future in list(self._futures):
+            future.exception(timeout=max(0.0, deadline - time.monotonic()))
+
+    # -- executing ----------------------------------------------------------------------
+
+    def _execute(self, run_id: str, project_id: str) -> None:
+        try:
+            self._run(run_id, project_id)
+        except _Stopped:
+            logger.info("run interrupted by shutdown run_id=%s; it resumes on restart", run_id)
+        except CompatibilityError as error:
+            logger.warning(
+                "run refused run_id=%s party=%s aspect=%s", run_id, error.party, error.aspect
+            )
+            self._storage.set_run_state(
+                run_id,
+                RunState.REFUSED,
+                check_party=error.party or "",
+                check_aspect=error.aspect or "",
+            )
+        except Exception:
+            # Traceback only: no payload, CLK or key is ever formatted into a log line.
+            logger.exception("run failed unexpectedly run_id=%s", run_id)
+            self._storage.set_run_state(run_id, RunState.FAILED)
+
+    def _run(self, run_id: str, project_id: str) -> None:
+        project = self._storage.project(project_id)
+        assert project is not None
+        headers: dict[str, UploadHeader] = {}
+        for party in project.members:
+            record = self._storage.upload(project_id, party)
+            if record is None or record.state is not UploadState.COMPLETE:
+                raise PreconditionError("an upload is missing or was deleted")
+            headers[party] = record.header
+        self._storage.set_run_state(run_id, RunState.RUNNING, stage="checks", done=0, total=0)
+        try:
+            check_headers(project, headers)
+            clks: dict[str, npt.NDArray[np.uint64]] = {}
+            for party in project.members:
+                try:
+                    _, clks[party] = read_clks(self._storage.payload_path(project_id, party))
+                except ClkFileError:
+                    raise CompatibilityError(
+                        f"party {party!r}'s stored payload fails its digest or length check",
+                        party=party,
+                        aspect="record_count",
+                    ) from None
+            check_clks(clks, headers)
+        except CompatibilityError as error:
+            self._audit.append(
+                "checks_failed",
+                project_id=project_id,
+                details={"party": error.party or "", "aspect": error.aspect or ""},
+            )
+            raise
+        parties = ",".join(project.members)
+        self._audit.append("checks_passed", project_id=project_id, details={"parties": parties})
+        self._audit.append(
+            "run_started", project_id=project_id, details={"run_id": run_id, "parties": parties}
+        )
+        last_report = 0.0
+
+        def progress(stage: str, done: int, total: int) -> None:
+            nonlocal last_report
+            if self._stop.is_set():
+                raise _Stopped
+            now = time.monotonic()
+            if now - last_report >= self._progress_interval or done >= total:
+                last_report = now
+                self._storage.set_progress(run_id, stage, done, total)
+
+        settings = matching.MatchSettings(threshold=project.threshold, blocking=project.blocking)
+        result = self._link(clks, settings, progress=progress)
+        if self._stop.is_set():
+            raise _Stopped
+        options = {} if self._random_bytes is None else {"random_bytes": self._random_bytes}
+        keys = issue_link_keys(result.clusters, project.link_key_mode, **options)
+        self._storage.finish_run(
+            run_id,
+            project_id,
+            cluster_count=result.cluster_count,
+            linked_record_count=result.linked_record_count,
+            comparisons=result.comparisons,
+            keys_by_party={
+                party: (party_keys.positions, party_keys.link_keys, party_keys.keys_sha256)
+                for party, party_keys in keys.items()
+            },
+        )
+        self._audit.append(
+            "run_finished",
+            project_id=project_id,
+            details={
+                "run_id": run_id,
+                "cluster_count": result.cluster_count,
+                "linked_record_count": result.linked_record_count,
+                "comparisons": result.comparisons,
+            },
+        )
+        logger.info(
+            "run finished run_id=%s project=%s clusters=%d linked_records=%d comparisons=%d",
+            run_id,
+            project_id,
+            result.cluster_count,
+            result.linked_record_count,
+            result.comparisons,
+        )
+        if project.retention_days == 0:
+            self.delete_payloads(project_id, headers, reason="retention")
+
+    def delete_payloads(
+        self, project_id: str, headers: Mapping[str, UploadHeader], *, reason: str
+    ) -> None:
+        for party, header in headers.items():
+            if self._storage.delete_payload(project_id, party):
+                self._audit.append(
+                    "payload_deleted",
+                    project_id=project_id,
+                    details={
+                        "party": party,
+                        "payload_sha256": header.payload_sha256.hex(),
+                        "reason": reason,
+                    },
+                )

@@ -1,0 +1,241 @@
+"""The server factory: the linkage unit as a gRPC server with mutual TLS.
+
+Client certificates are required and verified (``require_client_auth=True``); without TLS
+files the server refuses to start unless ``insecure`` is set, which binds loopback only and
+takes identities from metadata (tests and development). Port reuse is off, so a second
+linkage unit on the same port fails to bind instead of silently sharing its traffic.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import tomllib
+from concurrent import futures
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from linkage_unit.audit_hook import AuditSink, JsonLinesAuditSink
+from linkage_unit.run import LinkFunction, RunManager
+from linkage_unit.service import LinkageService, UploadLimits
+from linkage_unit.servicer import LinkageUnitServicer
+from linkage_unit.storage import Storage
+from protocol.certificates import TlsFiles
+from protocol.errors import ConfigurationError
+from protocol.pb import linkage_pb2_grpc as pb_grpc
+
+__all__ = ["SERVICE_NAME", "LinkageUnitServer", "ServerConfig", "create_server", "load_config"]
+
+logger = logging.getLogger("bloomlink.linkage_unit.server")
+
+SERVICE_NAME = "bloomlink.v1.LinkageUnit"
+_MiB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerConfig:
+    """Everything ``bloomlink serve`` can set, by flag or TOML config file."""
+
+    data_dir: Path
+    listen: str = "127.0.0.1:50051"
+    ca_certificate: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    insecure: bool = False
+    audit_log: Path | None = None
+    max_message_bytes: int = 4 * _MiB
+    max_upload_bytes: int = 4096 * _MiB
+    max_workers: int = 16
+    max_concurrent_rpcs: int = 64
+    run_workers: int = 1
+    keepalive_time_seconds: int = 60
+    keepalive_timeout_seconds: int = 20
+    min_ping_interval_seconds: int = 30
+    grace_seconds: float = 5.0
+    extra_options: tuple[tuple[str, int], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.max_message_bytes < 1024 or self.max_upload_bytes < 1:
+            raise ConfigurationError("max_message_bytes must be >= 1024 and max_upload_bytes > 0")
+        if self.max_workers < 2 or self.max_concurrent_rpcs < 1 or self.run_workers < 0:
+            raise ConfigurationError("max_workers >= 2, max_concurrent_rpcs >= 1, run_workers >= 0")
+        tls = (self.ca_certificate, self.certificate, self.private_key)
+        if not self.insecure and any(path is None for path in tls):
+            raise ConfigurationError(
+                "the linkage unit needs ca_certificate, certificate and private_key for mutual "
+                "TLS; it will not start without them (--insecure is for local tests only)"
+            )
+        if self.insecure and not _is_loopback(self.listen):
+            raise ConfigurationError("--insecure binds loopback only (127.0.0.1, ::1, localhost)")
+
+    @property
+    def tls_files(self) -> TlsFiles | None:
+        if self.insecure:
+            return None
+        assert self.ca_certificate and self.certificate and self.private_key
+        return TlsFiles(
+            ca_certificate=self.ca_certificate,
+            certificate=self.certificate,
+            private_key=self.private_key,
+        )
+
+
+def _is_loopback(listen: str) -> bool:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_config(path: Path | str | None, **overrides: Any) -> ServerConfig:
+    """Read a TOML config (keys are ServerConfig field names); ``overrides`` (flags) win."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigurationError(f"cannot read config {path}: {error}") from None
+    known = {item.name for item in fields(ServerConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigurationError(f"unknown keys in config {path}: {', '.join(unknown)}")
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    if "data_dir" not in values:
+        raise ConfigurationError("set data_dir (--data-dir or data_dir in the config file)")
+    for key in ("data_dir", "ca_certificate", "certificate", "private_key", "audit_log"):
+        if values.get(key) is not None:
+            values[key] = Path(values[key])
+    try:
+        return ServerConfig(**values)
+    except TypeError as error:
+        raise ConfigurationError(f"invalid config value: {error}") from None
+
+
+class LinkageUnitServer:
+    """A started-or-startable linkage unit. ``start()`` returns the bound port."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        audit: AuditSink | None = None,
+        link_function: LinkFunction | None = None,
+    ) -> None:
+        self.config = config
+        self.storage = Storage(config.data_dir)
+        self.audit = audit or JsonLinesAuditSink(
+            config.audit_log or config.data_dir / "audit.jsonl"
+        )
+        self.runs = RunManager(
+            self.storage, self.audit, workers=config.run_workers, link_function=link_function
+        )
+        self.service = LinkageService(
+            self.storage,
+            self.audit,
+            self.runs,
+            limits=UploadLimits(max_upload_bytes=config.max_upload_bytes),
+        )
+        self.health = health.HealthServicer()
+        self.port: int | None = None
+        options: list[tuple[str, int]] = [
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+            ("grpc.keepalive_time_ms", config.keepalive_time_seconds * 1000),
+            ("grpc.keepalive_timeout_ms", config.keepalive_timeout_seconds * 1000),
+            (
+                "grpc.http2.min_ping_interval_without_data_ms",
+                config.min_ping_interval_seconds * 1000,
+            ),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.max_metadata_size", 16 * 1024),
+            *config.extra_options,
+        ]
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.max_workers),
+            options=options,
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+        pb_grpc.add_LinkageUnitServicer_to_server(
+            LinkageUnitServicer(self.service, insecure=config.insecure), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+
+    def _credentials(self) -> grpc.ServerCredentials:
+        files = self.config.tls_files
+        assert files is not None
+        ca, chain, key = files.read()
+        # require_client_auth defaults to False in grpcio, which silently serves clients with
+        # no certificate at all; it is always True here.
+        return grpc.ssl_server_credentials(
+            [(key, chain)], root_certificates=ca, require_client_auth=True
+        )
+
+    def start(self) -> int:
+        """Bind, resume unfinished runs, start serving; return the bound port."""
+        try:
+            if self.config.insecure:
+                logger.warning(
+                    "INSECURE MODE: plaintext on %s, identities taken from request metadata "
+                    "without any proof. Never use this with real data.",
+                    self.config.listen,
+                )
+                port = int(self._server.add_insecure_port(self.config.listen))
+            else:
+                port = int(self._server.add_secure_port(self.config.listen, self._credentials()))
+        except RuntimeError:
+            self.close_storage()
+            raise ConfigurationError(
+                f"cannot listen on {self.config.listen}: the address is in use (is another "
+                "linkage unit running?) or not available on this host"
+            ) from None
+        self.port = port
+        self._server.start()
+        self.service.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        logger.info(
+            "linkage unit serving listen=%s port=%d mutual_tls=%s data_dir=%s",
+            self.config.listen,
+            port,
+            not self.config.insecure,
+            self.config.data_dir,
+        )
+        return port
+
+    def stop(self, grace: float | None = None) -> None:
+        """Graceful stop: refuse new calls, let in-flight ones finish within the grace period,
+        interrupt runs (they resume on the next start), close the database."""
+        self.health.enter_graceful_shutdown()
+        self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
+        self.runs.shutdown(wait=True)
+        self.close_storage()
+        logger.info("linkage unit stopped")
+
+    def close_storage(self) -> None:
+        self.runs.shutdown(wait=False)
+        self.storage.close()
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return bool(self._server.wait_for_termination(timeout))
+
+
+def create_server(
+    config: ServerConfig,
+    *,
+    audit: AuditSink | None = None,
+    link_function: LinkFunction | None = None,
+) -> LinkageUnitServer:
+    """Build (not start) a linkage unit server from its config."""
+    return LinkageUnitServer(config, audit=audit, link_function=link_function)
+
+
+def with_listen(config: ServerConfig, listen: str) -> ServerConfig:
+    return replace(config, listen=listen)

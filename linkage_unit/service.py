@@ -1,0 +1,430 @@
+"""The linkage unit's service logic: plain Python behind the gRPC servicer.
+
+Every method takes the authenticated :class:`Caller` and validated values from
+``protocol.messages``, enforces who may do what, and raises ``protocol.errors``. Unit tests
+call it directly; ``linkage_unit/servicer.py`` only translates. "Not yours" and "does not
+exist" raise the same :class:`NotFoundError` with the same message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from linkage_unit.audit_hook import AuditSink
+from linkage_unit.run import RunManager
+from linkage_unit.storage import Storage
+from protocol.errors import (
+    AlreadyExistsError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    PreconditionError,
+    ResourceLimitError,
+)
+from protocol.identity import Identity, Role
+from protocol.messages import (
+    LinkKeyBatch,
+    PartyStatus,
+    ProjectSettings,
+    ProjectStatus,
+    RunState,
+    RunTicket,
+    UploadChunk,
+    UploadHeader,
+    UploadProgress,
+    UploadState,
+)
+
+__all__ = ["Caller", "LinkageService", "UploadLimits", "UploadSession"]
+
+logger = logging.getLogger("bloomlink.linkage_unit")
+
+_NO_PROJECT = "no such project (or you are not a member of it)"
+_NO_KEYS = "no link keys for this project and party"
+_MIN_CHARGE = 1024  # bytes every chunk counts for, so a flood of empty chunks is capped too
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Caller:
+    """An authenticated caller: its identity and its certificate's SHA-256 (hex)."""
+
+    identity: Identity
+    certificate_fingerprint: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadLimits:
+    """``max_upload_bytes`` caps both a payload's declared size and the bytes one upload
+    stream may carry (resent chunks included): a per-message cap does not bound a stream."""
+
+    max_upload_bytes: int = 1 << 32
+    chunk_batch_size: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.max_upload_bytes < 1:
+            raise ValueError("max_upload_bytes must be positive")
+
+
+class LinkageService:
+    """Projects, uploads, runs and link keys, for callers already authenticated."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        audit: AuditSink,
+        runs: RunManager,
+        *,
+        limits: UploadLimits | None = None,
+    ) -> None:
+        self.storage = storage
+        self.audit = audit
+        self.runs = runs
+        self.limits = limits or UploadLimits()
+        self._active_uploads: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Resume interrupted runs and apply retention; call once when the LU starts."""
+        resumed = self.runs.resume()
+        purged = self.purge_expired()
+        logger.info("linkage unit state loaded resumed_runs=%d purged_payloads=%d", resumed, purged)
+
+    def purge_expired(self, *, now: float | None = None) -> int:
+        """Delete payloads of finished projects whose retention has run out."""
+        expired = self.storage.completed_uploads_before(time.time() if now is None else now)
+        for project_id, party in expired:
+            record = self.storage.upload(project_id, party)
+            assert record is not None
+            self.runs.delete_payloads(project_id, {party: record.header}, reason="retention")
+        return len(expired)
+
+    # -- authorisation helpers ----------------------------------------------------------
+
+    def _require(self, caller: Caller, *roles: Role) -> None:
+        if caller.identity.role not in roles:
+            allowed = " or ".join(str(role) for role in roles)
+            raise PermissionDeniedError(f"only the {allowed} may do this")
+
+    def _visible_project(self, caller: Caller, project_id: str) -> ProjectSettings:
+        project = self.storage.project(project_id)
+        if project is None:
+            raise NotFoundError(_NO_PROJECT)
+        if caller.identity.role is Role.PARTY and caller.identity.party not in project.members:
+            raise NotFoundError(_NO_PROJECT)
+        return project
+
+    def _authenticated(self, caller: Caller, project_id: str) -> None:
+        self.audit.append(
+            "party_authenticated",
+            project_id=project_id,
+            details={
+                "party": caller.identity.party or "",
+                "role": str(caller.identity.role),
+                "certificate_fingerprint": caller.certificate_fingerprint,
+            },
+        )
+
+    # -- projects -----------------------------------------------------------------------
+
+    def create_project(self, caller: Caller, settings: ProjectSettings) -> str:
+        """Register a project; return its settings fingerprint."""
+        self._require(caller, Role.OPERATOR)
+        self.storage.create_project(settings)
+        self.audit.append(
+            "project_created",
+            project_id=settings.project_id,
+            details={
+                "settings_fingerprint": settings.fingerprint,
+                "members": ",".join(settings.members),
+                "schema_fingerprint": settings.schema_fingerprint.hex(),
+                "retention": settings.retention_days,
+            },
+        )
+        logger.info(
+            "project created project=%s members=%d", settings.project_id, len(settings.members)
+        )
+        return settings.fingerprint
+
+    def project_status(self, caller: Caller, project_id: str) -> ProjectStatus:
+        """States and counts; a party sees record counts only for itself."""
+        project = self._visible_project(caller, project_id)
+        sees_counts = caller.identity.role is not Role.PARTY
+        parties = []
+        for party in project.members:
+            record = self.storage.upload(project_id, party)
+            own = sees_counts or caller.identity.party == party
+            parties.append(
+                PartyStatus(
+                    party_id=party,
+                    upload_state=record.state if record else UploadState.NOT_STARTED,
+                    committed_bytes=record.committed_bytes if record and own else 0,
+                    record_count=record.header.record_count if record and own else 0,
+                )
+            )
+        run = self.storage.latest_run(project_id)
+        common = {
+            "project_id": project_id,
+            "parties": tuple(parties),
+            "schema_fingerprint": project.schema_fingerprint,
+            "settings_fingerprint": project.fingerprint,
+        }
+        if run is None:
+            return ProjectStatus(run_state=RunState.WAITING_FOR_UPLOADS, **common)  # type: ignore[arg-type]
+        return ProjectStatus(
+            run_state=run.state,
+            run_id=run.run_id,
+            progress_stage=run.stage,
+            progress_done=run.done,
+            progress_total=run.total,
+            check_party_id=run.check_party,
+            check_aspect=run.check_aspect,
+            cluster_count=run.cluster_count,
+            linked_record_count=run.linked_record_count,
+            comparisons=run.comparisons,
+            **common,  # type: ignore[arg-type]
+        )
+
+    def start_run(self, caller: Caller, project_id: str) -> RunTicket:
+        self._require(caller, Role.OPERATOR)
+        self._visible_project(caller, project_id)
+        return self.runs.start(project_id, automatic=False)
+
+    # -- uploads ------------------------------------------------------------------------
+
+    def _uploader(self, caller: Caller, project_id: str, party_id: str) -> ProjectSettings:
+        self._require(caller, Role.PARTY)
+        project = self._visible_project(caller, project_id)
+        if party_id != caller.identity.party:
+            raise PermissionDeniedError("a party may upload only as itself")
+        return project
+
+    def upload_offset(
+        self, caller: Caller, project_id: str, party_id: str, payload_sha256: bytes
+    ) -> UploadProgress:
+        """Bytes held for this payload digest (0 if a different payload is stored)."""
+        self._uploader(caller, project_id, party_id)
+        record = self.storage.upload(project_id, party_id)
+        if record is None or record.header.payload_sha256 != payload_sha256:
+            return UploadProgress(committed_bytes=0, payload_bytes=0, state=UploadState.NOT_STARTED)
+        return UploadProgress(
+            committed_bytes=record.committed_bytes,
+            payload_bytes=record.header.payload_bytes,
+            state=record.state,
+        )
+
+    def open_upload(self, caller: Caller, header: UploadHeader) -> UploadSession:
+        """Begin or resume an upload. Release it with :meth:`UploadSession.close`."""
+        self._uploader(caller, header.project_id, header.party_id)
+        if header.payload_bytes > self.limits.max_upload_bytes:
+            raise ResourceLimitError(
+                f"the payload ({header.payload_bytes} bytes) exceeds this linkage unit's "
+                f"upload cap of {self.limits.max_upload_bytes} bytes; ask the operator"
+            )
+        key = (header.project_id, header.party_id)
+        with self._lock:
+            if key in self._active_uploads:
+                raise PreconditionError("an upload for this party is already in progress")
+            self._active_uploads.add(key)
+        try:
+            self._authenticated(caller, header.project_id)
+            record = self.storage.upload(header.project_id, header.party_id)
+            if (
+                record is not None
+                and record.header == header
+                and record.state
+                in (
+                    UploadState.PARTIAL,
+                    UploadState.COMPLETE,
+                )
+            ):
+                return UploadSession(self, header, committed=record.committed_bytes)
+            if record is not None and record.state is UploadState.PARTIAL:
+                self._discard(header.project_id, record.header, reason="superseded")
+            elif record is not None:
+                latest = self.storage.latest_run(header.project_id)
+                replaceable = (
+                    record.state is UploadState.COMPLETE
+                    and latest is not None
+                    and latest.state is RunState.REFUSED
+                )
+                if not replaceable:
+                    raise AlreadyExistsError(
+                        "this party has already uploaded a different payload to this project"
+                    )
+                self.runs.delete_payloads(
+                    header.project_id, {header.party_id: record.header}, reason="replaced"
+                )
+            self.storage.begin_upload(header)
+            return UploadSession(self, header, committed=0)
+        except BaseException:
+            self._release(key)
+            raise
+
+    def _release(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._active_uploads.discard(key)
+
+    def _discard(self, project_id: str, header: UploadHeader, *, reason: str) -> None:
+        self.storage.discard_upload(project_id, header.party_id)
+        self.audit.append(
+            "payload_deleted",
+            project_id=project_id,
+            details={
+                "party": header.party_id,
+                "payload_sha256": header.payload_sha256.hex(),
+                "reason": reason,
+            },
+        )
+
+    # -- link keys ----------------------------------------------------------------------
+
+    def fetch_link_keys(
+        self, caller: Caller, project_id: str, party_id: str
+    ) -> Iterator[LinkKeyBatch]:
+        """The caller's own link keys in release order; anything else is NOT_FOUND."""
+        self._require(caller, Role.PARTY)
+        project = self.storage.project(project_id)
+        if (
+            project is None
+            or caller.identity.party not in project.members
+            or party_id != caller.identity.party
+        ):
+            raise NotFoundError(_NO_KEYS)
+        key_set = self.storage.key_set(project_id, party_id)
+        if key_set is None:
+            raise PreconditionError("the project's run has not finished; see project status")
+        self._authenticated(caller, project_id)
+        self.audit.append(
+            "keys_released",
+            project_id=project_id,
+            details={
+                "party": party_id,
+                "key_count": key_set.key_count,
+                "keys_sha256": key_set.keys_sha256,
+            },
+        )
+        logger.info(
+            "link keys released project=%s party=%s keys=%d",
+            project_id,
+            party_id,
+            key_set.key_count,
+        )
+        return self._key_batches(project_id, party_id, key_set.key_count, key_set.keys_sha256)
+
+    def _key_batches(
+        self, project_id: str, party_id: str, total: int, digest: str
+    ) -> Iterator[LinkKeyBatch]:
+        sent = 0
+        for positions, keys in self.storage.iter_link_keys(
+            project_id, party_id, batch_size=self.limits.chunk_batch_size
+        ):
+            sent += len(keys)
+            yield LinkKeyBatch(
+                positions=tuple(positions),
+                link_keys=tuple(keys),
+                total_count=total,
+                keys_sha256=digest if sent == total else "",
+            )
+        if total == 0:
+            yield LinkKeyBatch(positions=(), link_keys=(), total_count=0, keys_sha256=digest)
+
+
+class UploadSession:
+    """One upload stream: accepts chunks, appends them durably, completes the upload."""
+
+    def __init__(self, service: LinkageService, header: UploadHeader, *, committed: int) -> None:
+        self._service = service
+        self.header = header
+        self.committed = committed
+        self._received = 0
+        self._closed = False
+
+    @property
+    def progress(self) -> UploadProgress:
+        record = self._service.storage.upload(self.header.project_id, self.header.party_id)
+        state = record.state if record else UploadState.NOT_STARTED
+        return UploadProgress(
+            committed_bytes=self.committed, payload_bytes=self.header.payload_bytes, state=state
+        )
+
+    def accept(self, chunk: UploadChunk) -> None:
+        """Append a chunk at the committed offset; an already-committed chunk is ignored."""
+        service = self._service
+        self._received += max(len(chunk.data), _MIN_CHARGE)
+        if self._received > service.limits.max_upload_bytes:
+            if self.progress.state is UploadState.PARTIAL:
+                service._discard(self.header.project_id, self.header, reason="stream_cap")
+            raise ResourceLimitError(
+                "this upload stream carried more bytes than the linkage unit's upload cap "
+                f"({service.limits.max_upload_bytes}); its partial data was deleted"
+            )
+        if hashlib.sha256(chunk.data).digest() != chunk.chunk_sha256:
+            raise InvalidRequestError(
+                f"the chunk at offset {chunk.offset} does not match its SHA-256 (corrupted in "
+                f"transit); resend from offset {self.committed}"
+            )
+        end = chunk.offset + len(chunk.data)
+        if end > self.header.payload_bytes:
+            raise InvalidRequestError(
+                f"the chunk at offset {chunk.offset} runs past the {self.header.payload_bytes} "
+                "payload bytes the header promises"
+            )
+        if chunk.offset > self.committed:
+            raise InvalidRequestError(
+                f"chunk offset {chunk.offset} leaves a gap; the next expected offset is "
+                f"{self.committed}"
+            )
+        if end <= self.committed:
+            return  # a resend of committed bytes: harmless
+        tail = chunk.data[self.committed - chunk.offset :]
+        self.committed = service.storage.append(
+            self.header.project_id, self.header.party_id, committed=self.committed, data=tail
+        )
+
+    def finish(self) -> UploadProgress:
+        """End of stream: complete the upload if every byte is here, else report progress."""
+        service, header = self._service, self.header
+        record = service.storage.upload(header.project_id, header.party_id)
+        assert record is not None
+        if record.state is UploadState.COMPLETE or self.committed < header.payload_bytes:
+            return self.progress
+        try:
+            service.storage.complete_upload(header.project_id, header.party_id)
+        except InvalidRequestError:
+            service._discard(header.project_id, header, reason="digest_mismatch")
+            raise
+        service.audit.append(
+            "upload_committed",
+            project_id=header.project_id,
+            details={
+                "party": header.party_id,
+                "record_count": header.record_count,
+                "clk_bits": header.clk_bits,
+                "payload_sha256": header.payload_sha256.hex(),
+                "schema_fingerprint": header.schema_fingerprint.hex(),
+                "kcv": header.kcv.hex(),
+            },
+        )
+        logger.info(
+            "upload committed project=%s party=%s records=%d",
+            header.project_id,
+            header.party_id,
+            header.record_count,
+        )
+        project = service.storage.project(header.project_id)
+        assert project is not None
+        if project.auto_run:
+            service.runs.start(header.project_id, automatic=True)
+        return self.progress
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._service._release((self.header.project_id, self.header.party_id))

@@ -1,0 +1,300 @@
+"""Wire conversion: the one place protobuf messages become plain values and back.
+
+``*_to_proto`` / ``*_from_proto`` pairs. Every ``*_from_proto`` refuses unknown fields and
+invalid values with :class:`InvalidRequestError` (an opaque, value-free message), so the
+service logic only ever sees validated :mod:`protocol.messages` values.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from google.protobuf import unknown_fields
+from google.protobuf.message import Message
+
+from protocol.errors import ConfigurationError, InvalidRequestError
+from protocol.labels import check_label
+from protocol.messages import (
+    LinkKeyBatch,
+    LinkKeyMode,
+    PartyStatus,
+    ProjectSettings,
+    ProjectStatus,
+    RunState,
+    RunTicket,
+    UploadChunk,
+    UploadHeader,
+    UploadProgress,
+    UploadState,
+)
+from protocol.pb import linkage_pb2 as pb
+
+__all__ = [
+    "ASPECT_METADATA_KEY",
+    "ERROR_METADATA_KEY",
+    "IDENTITY_METADATA_KEY",
+    "PARTY_METADATA_KEY",
+    "check_no_unknown_fields",
+    "label_from_proto",
+    "link_key_batch_from_proto",
+    "link_key_batch_to_proto",
+    "project_settings_from_proto",
+    "project_settings_to_proto",
+    "project_status_from_proto",
+    "project_status_to_proto",
+    "run_ticket_from_proto",
+    "run_ticket_to_proto",
+    "upload_chunk_from_proto",
+    "upload_chunk_to_proto",
+    "upload_header_from_proto",
+    "upload_header_to_proto",
+    "upload_progress_from_proto",
+    "upload_progress_to_proto",
+]
+
+# Trailing metadata on an error status: the error class name (so the client can tell a
+# CompatibilityError from another FAILED_PRECONDITION) and, for it, the party and aspect.
+ERROR_METADATA_KEY = "bloomlink-error"
+PARTY_METADATA_KEY = "bloomlink-party"
+ASPECT_METADATA_KEY = "bloomlink-aspect"
+IDENTITY_METADATA_KEY = "x-bloomlink-identity"
+"""Insecure (test/dev) mode only: the caller's identity as ``party:<name>``/``operator``."""
+
+K = TypeVar("K")
+V = TypeVar("V")
+T = TypeVar("T")
+M = TypeVar("M", pb.UploadResponse, pb.GetUploadOffsetResponse)
+
+_BLOCKING = {"lsh": pb.BLOCKING_LSH, "none": pb.BLOCKING_NONE}
+_LINK_KEY_MODE = {
+    LinkKeyMode.SHARED: pb.LINK_KEY_MODE_SHARED,
+    LinkKeyMode.PER_PARTY: pb.LINK_KEY_MODE_PER_PARTY,
+}
+_UPLOAD_STATE = {
+    UploadState.NOT_STARTED: pb.UPLOAD_STATE_NOT_STARTED,
+    UploadState.PARTIAL: pb.UPLOAD_STATE_PARTIAL,
+    UploadState.COMPLETE: pb.UPLOAD_STATE_COMPLETE,
+    UploadState.DELETED: pb.UPLOAD_STATE_DELETED,
+}
+_RUN_STATE = {
+    RunState.WAITING_FOR_UPLOADS: pb.RUN_STATE_WAITING_FOR_UPLOADS,
+    RunState.QUEUED: pb.RUN_STATE_QUEUED,
+    RunState.RUNNING: pb.RUN_STATE_RUNNING,
+    RunState.FINISHED: pb.RUN_STATE_FINISHED,
+    RunState.REFUSED: pb.RUN_STATE_REFUSED,
+    RunState.FAILED: pb.RUN_STATE_FAILED,
+}
+
+
+def _inverse(table: dict[K, V], value: V, *, what: str) -> K:
+    for key, mapped in table.items():
+        if mapped == value:
+            return key
+    raise InvalidRequestError(f"{what} is unspecified or unknown to this linkage unit version")
+
+
+def check_no_unknown_fields(message: Message) -> None:
+    """Refuse a message carrying fields this version does not know (nothing rides along)."""
+    if len(unknown_fields.UnknownFieldSet(message)):
+        raise InvalidRequestError(
+            f"{type(message).__name__} carries fields unknown to protocol bloomlink.v1"
+        )
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        items = value if descriptor.is_repeated else [value]
+        for item in items:
+            check_no_unknown_fields(item)
+
+
+def _validated(build: type[T], **fields: object) -> T:
+    try:
+        return build(**fields)
+    except ConfigurationError as error:
+        raise InvalidRequestError(error.message) from None
+
+
+def label_from_proto(value: str, *, what: str) -> str:
+    """A project id or party id from a request, checked."""
+    try:
+        return check_label(value, what=what)
+    except ConfigurationError as error:
+        raise InvalidRequestError(error.message) from None
+
+
+def project_settings_to_proto(settings: ProjectSettings) -> pb.CreateProjectRequest:
+    matching = pb.MatchingSettings(blocking=_BLOCKING[settings.blocking])
+    if settings.threshold is not None:
+        matching.threshold = settings.threshold
+    return pb.CreateProjectRequest(
+        project_id=settings.project_id,
+        member_party_ids=list(settings.members),
+        schema_fingerprint=settings.schema_fingerprint,
+        matching=matching,
+        link_key_mode=_LINK_KEY_MODE[settings.link_key_mode],
+        retention_days=settings.retention_days,
+        auto_run=settings.auto_run,
+    )
+
+
+def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSettings:
+    check_no_unknown_fields(message)
+    return _validated(
+        ProjectSettings,
+        project_id=message.project_id,
+        members=tuple(message.member_party_ids),
+        schema_fingerprint=bytes(message.schema_fingerprint),
+        threshold=message.matching.threshold if message.matching.HasField("threshold") else None,
+        blocking=_inverse(_BLOCKING, message.matching.blocking, what="blocking"),
+        link_key_mode=_inverse(_LINK_KEY_MODE, message.link_key_mode, what="link-key mode"),
+        retention_days=message.retention_days,
+        auto_run=message.auto_run,
+    )
+
+
+def project_status_to_proto(status: ProjectStatus) -> pb.GetProjectStatusResponse:
+    return pb.GetProjectStatusResponse(
+        project_id=status.project_id,
+        parties=[
+            pb.PartyStatus(
+                party_id=party.party_id,
+                upload_state=_UPLOAD_STATE[party.upload_state],
+                committed_bytes=party.committed_bytes,
+                record_count=party.record_count,
+            )
+            for party in status.parties
+        ],
+        run_state=_RUN_STATE[status.run_state],
+        run_id=status.run_id,
+        progress_stage=status.progress_stage,
+        progress_done=status.progress_done,
+        progress_total=status.progress_total,
+        check_party_id=status.check_party_id,
+        check_aspect=status.check_aspect,
+        cluster_count=status.cluster_count,
+        linked_record_count=status.linked_record_count,
+        comparisons=status.comparisons,
+        schema_fingerprint=status.schema_fingerprint,
+        settings_fingerprint=status.settings_fingerprint,
+    )
+
+
+def project_status_from_proto(message: pb.GetProjectStatusResponse) -> ProjectStatus:
+    return ProjectStatus(
+        project_id=message.project_id,
+        parties=tuple(
+            PartyStatus(
+                party_id=party.party_id,
+                upload_state=_inverse(_UPLOAD_STATE, party.upload_state, what="upload state"),
+                committed_bytes=party.committed_bytes,
+                record_count=party.record_count,
+            )
+            for party in message.parties
+        ),
+        run_state=_inverse(_RUN_STATE, message.run_state, what="run state"),
+        run_id=message.run_id,
+        progress_stage=message.progress_stage,
+        progress_done=message.progress_done,
+        progress_total=message.progress_total,
+        check_party_id=message.check_party_id,
+        check_aspect=message.check_aspect,
+        cluster_count=message.cluster_count,
+        linked_record_count=message.linked_record_count,
+        comparisons=message.comparisons,
+        schema_fingerprint=bytes(message.schema_fingerprint),
+        settings_fingerprint=message.settings_fingerprint,
+    )
+
+
+def upload_header_to_proto(header: UploadHeader) -> pb.UploadRequest:
+    return pb.UploadRequest(
+        header=pb.UploadHeader(
+            project_id=header.project_id,
+            party_id=header.party_id,
+            format_version=header.format_version,
+            schema_fingerprint=header.schema_fingerprint,
+            kcv=header.kcv,
+            clk_bits=header.clk_bits,
+            record_count=header.record_count,
+            payload_sha256=header.payload_sha256,
+        )
+    )
+
+
+def upload_header_from_proto(message: pb.UploadHeader) -> UploadHeader:
+    check_no_unknown_fields(message)
+    return _validated(
+        UploadHeader,
+        project_id=message.project_id,
+        party_id=message.party_id,
+        format_version=message.format_version,
+        schema_fingerprint=bytes(message.schema_fingerprint),
+        kcv=bytes(message.kcv),
+        clk_bits=message.clk_bits,
+        record_count=message.record_count,
+        payload_sha256=bytes(message.payload_sha256),
+    )
+
+
+def upload_chunk_to_proto(chunk: UploadChunk) -> pb.UploadRequest:
+    return pb.UploadRequest(
+        chunk=pb.UploadChunk(offset=chunk.offset, data=chunk.data, chunk_sha256=chunk.chunk_sha256)
+    )
+
+
+def upload_chunk_from_proto(message: pb.UploadChunk) -> UploadChunk:
+    check_no_unknown_fields(message)
+    return _validated(
+        UploadChunk,
+        offset=message.offset,
+        data=bytes(message.data),
+        chunk_sha256=bytes(message.chunk_sha256),
+    )
+
+
+def upload_progress_to_proto(progress: UploadProgress, message_type: type[M]) -> M:
+    return message_type(
+        committed_bytes=progress.committed_bytes,
+        payload_bytes=progress.payload_bytes,
+        upload_state=_UPLOAD_STATE[progress.state],
+    )
+
+
+def upload_progress_from_proto(
+    message: pb.UploadResponse | pb.GetUploadOffsetResponse,
+) -> UploadProgress:
+    return UploadProgress(
+        committed_bytes=message.committed_bytes,
+        payload_bytes=message.payload_bytes,
+        state=_inverse(_UPLOAD_STATE, message.upload_state, what="upload state"),
+    )
+
+
+def run_ticket_to_proto(ticket: RunTicket) -> pb.StartRunResponse:
+    return pb.StartRunResponse(run_id=ticket.run_id, run_state=_RUN_STATE[ticket.state])
+
+
+def run_ticket_from_proto(message: pb.StartRunResponse) -> RunTicket:
+    return RunTicket(
+        run_id=message.run_id, state=_inverse(_RUN_STATE, message.run_state, what="run state")
+    )
+
+
+def link_key_batch_to_proto(batch: LinkKeyBatch) -> pb.FetchLinkKeysResponse:
+    return pb.FetchLinkKeysResponse(
+        entries=[
+            pb.LinkKeyEntry(position=position, link_key=key)
+            for position, key in zip(batch.positions, batch.link_keys, strict=True)
+        ],
+        total_count=batch.total_count,
+        keys_sha256=batch.keys_sha256,
+    )
+
+
+def link_key_batch_from_proto(message: pb.FetchLinkKeysResponse) -> LinkKeyBatch:
+    return LinkKeyBatch(
+        positions=tuple(entry.position for entry in message.entries),
+        link_keys=tuple(entry.link_key for entry in message.entries),
+        total_count=message.total_count,
+        keys_sha256=message.keys_sha256,
+    )

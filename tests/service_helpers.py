@@ -1,0 +1,71 @@
+"""Helpers shared by the linkage-unit unit tests and the integration tests."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from protocol.clk_file import ClkFileWriter
+
+SCHEMA_FINGERPRINT = hashlib.sha256(b"test schema").digest()
+KCV = bytes(range(16))
+CLK_BITS = 256
+
+
+@dataclass
+class MemoryAuditSink:
+    """In-memory audit sink for tests: keeps (event, project_id, details) in order."""
+
+    events: list[tuple[str, str | None, dict[str, str | int]]] = field(default_factory=list)
+
+    def append(
+        self, event: str, *, project_id: str | None, details: Mapping[str, str | int]
+    ) -> None:
+        self.events.append((event, project_id, dict(details)))
+
+    def named(self, event: str) -> list[dict[str, str | int]]:
+        return [details for name, _, details in self.events if name == event]
+
+
+def random_clks(generator: np.random.Generator, count: int, clk_bits: int = CLK_BITS) -> np.ndarray:
+    return generator.integers(
+        0, 1 << 63, size=(count, clk_bits // 64), dtype=np.uint64
+    ) | np.uint64(1)
+
+
+def write_clk_file(
+    path: Path,
+    clks: np.ndarray,
+    *,
+    project_id: str,
+    schema_fingerprint: bytes = SCHEMA_FINGERPRINT,
+    kcv: bytes = KCV,
+    clk_bits: int = CLK_BITS,
+) -> Path:
+    with ClkFileWriter(
+        path,
+        project_id=project_id,
+        schema_fingerprint=schema_fingerprint,
+        kcv=kcv,
+        clk_bits=clk_bits,
+    ) as writer:
+        writer.write(clks)
+    return path
+
+
+def planted_party_clks(
+    parties: list[str], *, seed: int, records: int = 40, shared: int = 10
+) -> dict[str, np.ndarray]:
+    """Random CLKs per party; the first ``shared`` rows (in shuffled positions) are identical
+    across every party, so links exist."""
+    generator = np.random.default_rng(seed)
+    common = random_clks(generator, shared)
+    result = {}
+    for party in parties:
+        clks = np.concatenate([common, random_clks(generator, records - shared)])
+        result[party] = clks[generator.permutation(records)]
+    return result
