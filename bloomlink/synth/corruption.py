@@ -11,8 +11,33 @@ administrative extracts look like (nicknames, married names, moves, placeholder 
 markers). Kinds apply in this order, so later ones act on earlier results; missing values
 apply last and replace whatever was there.
 
-RATE_TABLE_START
-RATE_TABLE_END
+    kind                  of (eligible records)                               low  medium    hard
+    forename_nickname     forename has a known nickname                     2.00%   5.00%  10.00%
+    forename_variant      forename has another spelling, no nickname        2.00%   5.00%  10.00%
+    surname_change        female                                            2.00%   5.00%  10.00%
+    surname_variant       surname has another spelling                      2.00%   5.00%  10.00%
+    surname_part_dropped  surname has two or more parts                    10.00%  25.00%  40.00%
+    forename_middle_name  person has a middle name                          3.00%   8.00%  15.00%
+    forename_typo         all records                                       1.00%   3.00%   7.00%
+    surname_typo          all records                                       1.00%   3.00%   7.00%
+    forename_initial      forename longer than one letter                   0.00%   0.30%   1.00%
+    name_unicode          a name has accents, apostrophe, hyphen or space  10.00%  25.00%  40.00%
+    name_whitespace       all records                                       0.50%   2.00%   5.00%
+    name_case             all records                                       1.00%   3.00%   6.00%
+    name_swap             all records                                       0.20%   0.50%   1.50%
+    forename_missing      all records                                       0.10%   0.50%   2.00%
+    surname_missing       all records                                       0.05%   0.30%   1.00%
+    dob_day_month_swap    day <= 12 and day != month                        0.50%   1.50%   3.00%
+    dob_digit_typo        all records                                       0.30%   1.00%   2.50%
+    dob_year_off          all records                                       0.20%   0.60%   1.50%
+    dob_placeholder       all records                                       0.00%   0.10%   0.40%
+    dob_missing           all records                                       0.10%   0.50%   1.50%
+    sex_wrong             all records                                       0.10%   0.30%   0.80%
+    sex_missing           all records                                       0.20%   1.00%   3.00%
+    postcode_moved        all records                                       3.00%  10.00%  20.00%
+    postcode_typo         all records                                       0.30%   1.00%   3.00%
+    postcode_format       all records                                       2.00%   6.00%  12.00%
+    postcode_missing      all records                                       0.50%   2.00%   5.00%
 """
 
 from __future__ import annotations
@@ -40,6 +65,7 @@ __all__ = [
     "RecordValues",
     "corrupt",
     "rate_table_markdown",
+    "rate_table_text",
     "rates_for",
 ]
 
@@ -98,7 +124,7 @@ CORRUPTION_KINDS: tuple[CorruptionKind, ...] = (
     _kind(
         "forename_variant",
         "forename",
-        "forename has another spelling (and no nickname used)",
+        "forename has another spelling, no nickname",
         "phonetic respelling (Catherine -> Katherine, Mohammed -> Muhammad, Stephen -> Steven)",
         0.02,
         0.05,
@@ -303,6 +329,17 @@ def rates_for(difficulty: Difficulty) -> Mapping[str, float]:
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}")
     return MappingProxyType({kind.name: kind.rate(difficulty) for kind in CORRUPTION_KINDS})
+
+
+def rate_table_text() -> str:
+    """The rates as a fixed-width table (this module's docstring carries it verbatim)."""
+    lines = [f"    {'kind':<21} {'of (eligible records)':<47} {'low':>7} {'medium':>7} {'hard':>7}"]
+    for kind in CORRUPTION_KINDS:
+        lines.append(
+            f"    {kind.name:<21} {kind.of:<47} {kind.low:>7.2%} {kind.medium:>7.2%} "
+            f"{kind.hard:>7.2%}"
+        )
+    return "\n".join(lines)
 
 
 def rate_table_markdown() -> str:
