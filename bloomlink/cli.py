@@ -23,6 +23,7 @@ __all__ = ["build_parser", "main"]
 # Order is the order in --help: the pipeline, then operations, then tools.
 COMMAND_MODULES: tuple[str, ...] = (
     "keygen",
+    "schema",
     "encode",
     "certs",
     "serve",
