@@ -399,6 +399,7 @@ def _best_chunk(  # pragma: no cover - compiled
     right_word_major: npt.NDArray[np.uint64],
     left_counts: npt.NDArray[np.int32],
     right_counts: npt.NDArray[np.int32],
+    excluded: npt.NDArray[np.int64],
     out: npt.NDArray[np.float64],
 ) -> None:
     words = left.shape[1]
@@ -417,7 +418,7 @@ def _best_chunk(  # pragma: no cover - compiled
             count_a = left_counts[row]
             for j in range(width):
                 total = count_a + right_counts[col0 + j]
-                if total > 0:
+                if total > 0 and col0 + j != excluded[row]:
                     score = 2.0 * acc[j] / total
                     if score > best:
                         best = score
@@ -425,9 +426,16 @@ def _best_chunk(  # pragma: no cover - compiled
 
 
 def best_scores(
-    left: npt.ArrayLike, right: npt.ArrayLike, *, workers: int | None = None
+    left: npt.ArrayLike,
+    right: npt.ArrayLike,
+    *,
+    excluded: npt.ArrayLike | None = None,
+    workers: int | None = None,
 ) -> npt.NDArray[np.float64]:
     """Each left record's highest Dice against any right record (0 when ``right`` is empty).
+
+    ``excluded[i]`` is a right position left record i must not be compared with (itself, when
+    both sides are one party), or -1.
 
     Used to choose a threshold from the run's own score distribution; callers pass a sample
     of rows as ``left`` to bound the cost.
@@ -442,6 +450,13 @@ def best_scores(
     right_word_major = np.ascontiguousarray(right_array.T)
     left_counts = popcounts(left_array)
     right_counts = popcounts(right_array)
+    skip = (
+        np.full(left_array.shape[0], -1, np.int64)
+        if excluded is None
+        else np.ascontiguousarray(excluded, dtype=np.int64)
+    )
+    if skip.shape != (left_array.shape[0],):
+        raise MatchingError("excluded must hold one right position (or -1) per left record")
     workers = default_workers() if workers is None else workers
     chunk = max(1, -(-left_array.shape[0] // (workers * 4)))
     starts = range(0, left_array.shape[0], chunk)
@@ -450,7 +465,7 @@ def best_scores(
         stop = min(left_array.shape[0], start + chunk)
         _best_chunk(
             left_array[start:stop], right_word_major, left_counts[start:stop], right_counts,
-            out[start:stop],
+            skip[start:stop], out[start:stop],
         )  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
