@@ -1,18 +1,32 @@
 """Matching: the linkage unit's one entry point from checked CLKs to a link structure.
 
-Stages behind it: block -> compare (Dice) -> solve. The service calls :func:`link` and gets,
-for every party, one cluster id per record position; link keys are issued per cluster
-(``linkage_unit/link_keys.py``). Nothing here sees a secret or a raw value.
+Stages behind it: block (``blocking.py``) -> compare (``similarity.py``) -> solve
+(``solving.py``), with ``threshold.py`` choosing the Dice threshold when the operator set
+none. The service calls :func:`link` and gets, for every party, one cluster id per record
+position; link keys are issued per cluster (``linkage_unit/link_keys.py``). Nothing here sees
+a secret or a raw value, and no message names a score or a CLK.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
+from linkage_unit.blocking import EXHAUSTIVE_BELOW_COMPARISONS, BlockingIndex, BlockingSettings
+from linkage_unit.similarity import (
+    DEFAULT_MAX_CANDIDATE_PAIRS,
+    CandidatePairs,
+    best_scores,
+    candidate_pairs,
+    candidate_pairs_within,
+    check_clks,
+)
+from linkage_unit.solving import MAX_PARTIES, PartyPairs, solve_linkage, solve_with_duplicates
+from linkage_unit.threshold import ThresholdChoice, choose_threshold
 from protocol.errors import MatchingError
 
 __all__ = ["LinkResult", "MatchSettings", "link"]
@@ -20,20 +34,42 @@ __all__ = ["LinkResult", "MatchSettings", "link"]
 ProgressCallback = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)``; counts only, never data."""
 
+BLOCKING_MODES = ("auto", "lsh", "none")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MatchSettings:
-    """How a run matches. ``threshold=None`` means choose it from the run's own scores."""
+    """How a run matches. ``threshold=None`` means choose it from the run's own scores.
+
+    ``blocking``: "auto" compares exhaustively up to 20k x 20k pairs (faster there) and uses
+    LSH above; "lsh" always blocks; "none" never does. ``blocking_seed`` is the linkage
+    unit's per-project seed for the LSH bit positions (None: fresh from ``secrets``).
+    ``deduplicate``: a party may hold several records of one person (see ``solving.py``).
+    """
 
     threshold: float | None = None
-    blocking: str = "lsh"
+    blocking: str = "auto"
     deduplicate: bool = False
+    blocking_settings: BlockingSettings = field(default_factory=BlockingSettings)
+    blocking_seed: int | None = None
+    max_candidate_pairs: int = DEFAULT_MAX_CANDIDATE_PAIRS
+    threshold_sample: int = 5000
+    min_link_fraction: float = 0.5
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not (0.0 < self.threshold <= 1.0):
             raise MatchingError("threshold must be in (0, 1], or unset for automatic")
-        if self.blocking not in ("lsh", "none"):
-            raise MatchingError("blocking must be 'lsh' or 'none'")
+        if self.blocking not in BLOCKING_MODES:
+            raise MatchingError("blocking must be 'auto', 'lsh' or 'none'")
+        if self.max_candidate_pairs < 1:
+            raise MatchingError("max_candidate_pairs must be >= 1")
+        if self.threshold_sample < 1:
+            raise MatchingError("threshold_sample must be >= 1")
+        if not (0.0 < self.min_link_fraction <= 1.0):
+            raise MatchingError("min_link_fraction must be in (0, 1]")
+        if self.workers is not None and self.workers < 1:
+            raise MatchingError("workers must be >= 1")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,20 +83,71 @@ class LinkResult:
     linked_record_count: int
     comparisons: int
     statistics: Mapping[str, float] = field(default_factory=dict)
+    threshold_method: str = "operator"
+    candidate_pair_count: int = 0
 
 
-def _popcounts(clks: npt.NDArray[np.uint64]) -> npt.NDArray[np.int64]:
-    return np.bitwise_count(clks).sum(axis=1, dtype=np.int64)
+def _choose_threshold(
+    arrays: list[npt.NDArray[np.uint64]], settings: MatchSettings, seed: int
+) -> ThresholdChoice:
+    """Best score of a sample of each party's records against the next party (or, alone,
+    against the rest of its own records)."""
+    generator = np.random.default_rng(seed)
+    bests = []
+    for index, array in enumerate(arrays):
+        if len(array) == 0:
+            continue
+        take = min(len(array), settings.threshold_sample)
+        sample = np.sort(generator.choice(len(array), size=take, replace=False))
+        if len(arrays) > 1:
+            other = arrays[(index + 1) % len(arrays)]
+            if len(other):
+                bests.append(best_scores(array[sample], other, workers=settings.workers))
+        elif len(array) > 1:
+            bests.append(
+                best_scores(array[sample], array, excluded=sample, workers=settings.workers)
+            )
+    if not bests:
+        return choose_threshold(np.empty(0))
+    return choose_threshold(np.concatenate(bests))
 
 
-def _dice_matrix(
-    left: npt.NDArray[np.uint64], right: npt.NDArray[np.uint64]
-) -> npt.NDArray[np.float64]:
-    """Exhaustive Dice, the slow obvious way (the stand-in until the engine lands)."""
-    shared = np.bitwise_count(left[:, None, :] & right[None, :, :]).sum(axis=2, dtype=np.int64)
-    total = _popcounts(left)[:, None] + _popcounts(right)[None, :]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(total > 0, 2.0 * shared / np.maximum(total, 1), 0.0)
+def _compare(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    settings: MatchSettings,
+    seed: int,
+    statistics: dict[str, float],
+) -> CandidatePairs:
+    n_left = len(left)
+    exhaustive = n_left * (n_left - 1) // 2 if right is None else n_left * len(right)
+    use_lsh = settings.blocking == "lsh" or (
+        settings.blocking == "auto" and exhaustive > EXHAUSTIVE_BELOW_COMPARISONS
+    )
+    if not use_lsh:
+        if right is None:
+            return candidate_pairs_within(
+                left, threshold, workers=settings.workers, max_pairs=settings.max_candidate_pairs
+            )
+        return candidate_pairs(
+            left, right, threshold, workers=settings.workers,
+            max_pairs=settings.max_candidate_pairs,
+        )  # fmt: skip
+    index = BlockingIndex(
+        left, right, settings=settings.blocking_settings, seed=seed, workers=settings.workers
+    )
+    plan = index.plan
+    statistics["blocked_comparisons_planned"] = (
+        statistics.get("blocked_comparisons_planned", 0) + plan.block_comparisons
+    )
+    statistics["oversized_blocks_skipped"] = (
+        statistics.get("oversized_blocks_skipped", 0) + plan.oversized_blocks
+    )
+    statistics["oversized_block_comparisons_skipped"] = (
+        statistics.get("oversized_block_comparisons_skipped", 0) + plan.oversized_comparisons
+    )
+    return index.candidate_pairs(threshold, max_pairs=settings.max_candidate_pairs)
 
 
 def link(
@@ -69,52 +156,74 @@ def link(
     *,
     progress: ProgressCallback | None = None,
 ) -> LinkResult:
-    """Link every party's CLKs into clusters holding at most one record per party.
-
-    Stand-in engine: exhaustive Dice between every pair of parties, then a greedy solve over
-    all candidate pairs in descending score order (ties by party order and position).
-    """
+    """Link every party's CLKs into clusters: at most one record per party per cluster, or
+    with ``settings.deduplicate`` several (guarded against chaining)."""
     parties = list(clks_by_party)
-    threshold = settings.threshold if settings.threshold is not None else 0.8
-    offsets: dict[str, int] = {}
-    total = 0
-    for party in parties:
-        offsets[party] = total
-        total += len(clks_by_party[party])
-    candidates: list[tuple[float, int, int]] = []
+    if not parties:
+        raise MatchingError("no parties to link: at least one party's CLKs are needed")
+    if len(parties) > MAX_PARTIES:
+        raise MatchingError(f"at most {MAX_PARTIES} parties can be linked in one run")
+    if len(parties) == 1 and not settings.deduplicate:
+        raise MatchingError("linking needs at least two parties; set deduplicate for one party")
+    arrays = [check_clks(clks_by_party[party], name=f"party {party!r}") for party in parties]
+    widths = {array.shape[1] for array in arrays if len(array)}
+    if len(widths) > 1:
+        raise MatchingError("parties' CLKs have different lengths; they cannot be compared")
+    sizes = [len(array) for array in arrays]
+    seed = settings.blocking_seed if settings.blocking_seed is not None else secrets.randbits(128)
+
+    if settings.threshold is not None:
+        choice = ThresholdChoice(threshold=settings.threshold, method="operator")
+    else:
+        choice = _choose_threshold(arrays, settings, seed)
+    threshold = choice.threshold
+
+    jobs: list[tuple[int, int]] = [
+        (i, j) for i in range(len(parties)) for j in range(i + 1, len(parties))
+    ]
+    if settings.deduplicate:
+        jobs += [(i, i) for i in range(len(parties))]
+    statistics: dict[str, float] = {}
+    party_pairs: list[PartyPairs] = []
     comparisons = 0
-    for i, left_party in enumerate(parties):
-        for right_party in parties[i + 1 :]:
-            left, right = clks_by_party[left_party], clks_by_party[right_party]
-            scores = _dice_matrix(np.asarray(left), np.asarray(right))
-            comparisons += scores.size
-            rows, cols = np.nonzero(scores >= threshold)
-            for row, col in zip(rows.tolist(), cols.tolist(), strict=True):
-                candidates.append(
-                    (float(scores[row, col]), offsets[left_party] + row, offsets[right_party] + col)
-                )
-            if progress:
-                progress("compare", comparisons, comparisons)
-    party_of = np.repeat(np.arange(len(parties)), [len(clks_by_party[p]) for p in parties])
-    cluster = np.arange(total, dtype=np.int64)
-    members: dict[int, set[int]] = {index: {int(party_of[index])} for index in range(total)}
-    candidates.sort(key=lambda item: (-item[0], item[1], item[2]))
-    for _, a, b in candidates:
-        root_a, root_b = cluster[a], cluster[b]
-        if root_a == root_b or members[int(root_a)] & members[int(root_b)]:
-            continue
-        cluster[cluster == root_b] = root_a
-        members[int(root_a)] |= members.pop(int(root_b))
-    ids, dense = np.unique(cluster, return_inverse=True)
-    clusters = {
-        party: dense[offsets[party] : offsets[party] + len(clks_by_party[party])].astype(np.int64)
-        for party in parties
-    }
-    sizes = np.bincount(dense)
+    for done, (i, j) in enumerate(jobs, start=1):
+        pairs = _compare(
+            arrays[i], None if i == j else arrays[j], threshold, settings, seed, statistics
+        )
+        comparisons += pairs.comparisons
+        party_pairs.append(PartyPairs(left_party=i, right_party=j, pairs=pairs))
+        if progress is not None:
+            progress("compare", done, len(jobs))
+    candidate_count = sum(len(item.pairs) for item in party_pairs)
+    if candidate_count > settings.max_candidate_pairs:
+        raise MatchingError(
+            f"more than {settings.max_candidate_pairs} candidate pairs in total at threshold "
+            f"{threshold}: raise the threshold or the candidate-pair limit"
+        )
+    if settings.deduplicate:
+        solution = solve_with_duplicates(
+            sizes, party_pairs, min_link_fraction=settings.min_link_fraction
+        )
+    else:
+        solution = solve_linkage(sizes, party_pairs)
+    if progress is not None:
+        progress("solve", 1, 1)
+    clusters = dict(zip(parties, solution.clusters, strict=True))
+    all_ids = np.concatenate(solution.clusters) if sum(sizes) else np.empty(0, np.int64)
+    cluster_sizes = np.bincount(all_ids, minlength=solution.cluster_count)
+    linked = int((cluster_sizes[all_ids] > 1).sum()) if len(all_ids) else 0
+    statistics["candidate_pairs"] = candidate_count
+    statistics["accepted_pairs"] = solution.accepted_pairs
+    if choice.non_match_mode is not None and choice.match_mode is not None:
+        statistics["threshold_non_match_mode"] = choice.non_match_mode
+        statistics["threshold_match_mode"] = choice.match_mode
     return LinkResult(
         clusters=clusters,
         threshold=threshold,
-        cluster_count=len(ids),
-        linked_record_count=int((sizes[dense] > 1).sum()),
+        cluster_count=solution.cluster_count,
+        linked_record_count=linked,
         comparisons=comparisons,
+        statistics=statistics,
+        threshold_method=choice.method,
+        candidate_pair_count=candidate_count,
     )

@@ -1,0 +1,115 @@
+"""Threshold: choosing the Dice threshold from a run's own scores when the operator set none
+(a step before compare; no ground truth is used).
+
+Method ("valley"): take each sampled record's best Dice score against the other party. A
+record with a true match has a high best score (the match mode, typically 0.85-1.0); one
+without has the best of many random pairs (the non-match mode, lower). Histogram the best
+scores in 0.01 bins on a log scale (the match mode may hold only a few per cent of records),
+smooth it, find the two most prominent peaks, and put the threshold at the centre of the
+lowest stretch between them.
+
+Fallback ("default"): if there are too few scores or no valley at least ``min_depth`` below
+the smaller peak (one mode only: every record matches, or none does), use
+``DEFAULT_THRESHOLD``. The chosen value is clamped to [MIN_THRESHOLD, MAX_THRESHOLD] so a
+stray valley cannot make a run link everything or nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from protocol.errors import MatchingError
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "MAX_THRESHOLD",
+    "MIN_THRESHOLD",
+    "ThresholdChoice",
+    "choose_threshold",
+]
+
+DEFAULT_THRESHOLD = 0.8
+MIN_THRESHOLD = 0.5
+MAX_THRESHOLD = 0.95
+_BINS = 100
+_MIN_SCORES = 50
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThresholdChoice:
+    """The threshold a run uses and how it was found ("valley", "default" or "operator")."""
+
+    threshold: float
+    method: str
+    non_match_mode: float | None = None
+    match_mode: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.threshold <= 1.0):
+            raise MatchingError("threshold must be in (0, 1]")
+        if self.method not in ("valley", "default", "operator"):
+            raise MatchingError("threshold method must be valley, default or operator")
+
+
+def _smooth(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    kernel = np.array([1.0, 2.0, 3.0, 2.0, 1.0])
+    kernel /= kernel.sum()
+    return np.convolve(np.pad(values, 2, mode="edge"), kernel, mode="valid")
+
+
+def _peaks(curve: npt.NDArray[np.float64]) -> list[int]:
+    """Indices of local maxima (plateaus report their first index)."""
+    found = []
+    for index in range(len(curve)):
+        left = curve[index - 1] if index > 0 else -np.inf
+        right = curve[index + 1] if index + 1 < len(curve) else -np.inf
+        if curve[index] > left and curve[index] >= right and curve[index] > 0:
+            found.append(index)
+    return found
+
+
+def choose_threshold(best_scores: npt.ArrayLike, *, min_depth: float = 1.0) -> ThresholdChoice:
+    """Threshold from the distribution of each record's best score (see module docstring).
+
+    ``min_depth`` is in natural-log units of count: 1.0 means the valley floor holds at most
+    about a third of the smaller peak.
+    """
+    scores = np.asarray(best_scores, dtype=np.float64)
+    scores = scores[np.isfinite(scores)]
+    if len(scores) < _MIN_SCORES:
+        return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method="default")
+    counts, edges = np.histogram(np.clip(scores, 0.0, 1.0), bins=_BINS, range=(0.0, 1.0))
+    curve = _smooth(np.log1p(counts.astype(np.float64)))
+    peaks = _peaks(curve)
+    if len(peaks) < 2:
+        return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method="default")
+    # The two most prominent: the highest, then the best "peak minus valley to the highest".
+    highest = max(peaks, key=lambda index: curve[index])
+    best_pair: tuple[float, int, int] | None = None
+    for other in peaks:
+        if other == highest:
+            continue
+        low, high = sorted((highest, other))
+        floor = curve[low : high + 1].min()
+        depth = min(curve[low], curve[high]) - floor
+        if best_pair is None or depth > best_pair[0]:
+            best_pair = (depth, low, high)
+    assert best_pair is not None
+    depth, low, high = best_pair
+    if depth < min_depth:
+        return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method="default")
+    stretch = curve[low : high + 1]
+    floor_positions = np.flatnonzero(stretch <= stretch.min() + 1e-9) + low
+    centre = (floor_positions[0] + floor_positions[-1] + 1) / 2.0
+    value = float(edges[0] + centre * (edges[1] - edges[0]))
+    value = float(np.clip(round(value, 3), MIN_THRESHOLD, MAX_THRESHOLD))
+    width = edges[1] - edges[0]
+    return ThresholdChoice(
+        threshold=value,
+        method="valley",
+        non_match_mode=float(edges[low] + width / 2),
+        match_mode=float(edges[high] + width / 2),
+    )

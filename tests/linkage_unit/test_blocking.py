@@ -1,0 +1,108 @@
+"""LSH blocking: a subset of exhaustive, complete enough, planned before it runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from linkage_unit.blocking import (
+    BlockingIndex,
+    BlockingSettings,
+    pair_completeness,
+    sample_band_positions,
+)
+from linkage_unit.similarity import candidate_pairs, candidate_pairs_within
+from protocol.errors import MatchingError
+from tests.linkage_unit.clk_strategies import clk_arrays, noisy_copies, random_clks
+
+
+def as_set(pairs) -> set[tuple[int, int]]:
+    return set(zip(pairs.left.tolist(), pairs.right.tolist(), strict=True))
+
+
+@given(left=clk_arrays(), right=clk_arrays(), threshold=st.sampled_from([0.3, 0.6, 0.8]))
+def test_blocked_pairs_are_exhaustive_pairs_with_the_same_scores(left, right, threshold) -> None:
+    settings = BlockingSettings(bands=8, bits_per_band=4)
+    blocked = BlockingIndex(left, right, settings=settings, seed=1).candidate_pairs(threshold)
+    exhaustive = candidate_pairs(left, right, threshold)
+    assert as_set(blocked) <= as_set(exhaustive)
+    lookup = dict(zip(zip(exhaustive.left.tolist(), exhaustive.right.tolist()), exhaustive.scores))
+    for pair, score in zip(zip(blocked.left.tolist(), blocked.right.tolist()), blocked.scores):
+        assert lookup[pair] == score
+    assert len(as_set(blocked)) == len(blocked)  # the union holds each pair once
+
+
+def test_every_pair_is_found_when_every_band_is_one_block() -> None:
+    generator = np.random.default_rng(5)
+    clks = random_clks(generator, 60, words=2)
+    # Zero sampled bits are impossible, so sample a bit no record sets: one block per band.
+    clks[:, 0] &= ~np.uint64(1)
+    positions = np.zeros((2, 1), np.int64)
+    index = BlockingIndex(clks, None, positions=positions)
+    assert index.plan.block_comparisons == 2 * 60 * 59 // 2
+    assert as_set(index.candidate_pairs(0.4)) == as_set(candidate_pairs_within(clks, 0.4))
+
+
+def test_default_settings_keep_pair_completeness_at_dice_0_8() -> None:
+    generator = np.random.default_rng(6)
+    left = random_clks(generator, 3000)
+    right = random_clks(generator, 3000)
+    right[:1500] = noisy_copies(generator, left[:1500], 0.07)  # Dice around 0.85
+    exhaustive = candidate_pairs(left, right, 0.8)
+    index = BlockingIndex(left, right, seed=7)
+    blocked = index.candidate_pairs(0.8)
+    assert len(exhaustive) >= 1400
+    assert pair_completeness(blocked, exhaustive) >= 0.995
+    assert index.plan.reduction_ratio > 0.9
+
+
+def test_oversized_blocks_are_skipped_and_counted_never_silently() -> None:
+    same = np.tile(random_clks(np.random.default_rng(8), 1), (50, 1))
+    settings = BlockingSettings(bands=4, bits_per_band=8, max_block_comparisons=100)
+    index = BlockingIndex(same, same, settings=settings, seed=9)
+    assert index.plan.oversized_blocks == 4
+    assert index.plan.oversized_comparisons == 4 * 50 * 50
+    assert index.plan.block_comparisons == 0
+    assert len(index.candidate_pairs(0.9)) == 0
+
+
+def test_plan_estimates_are_positive_and_consistent() -> None:
+    generator = np.random.default_rng(10)
+    index = BlockingIndex(random_clks(generator, 500), random_clks(generator, 400), seed=1)
+    plan = index.plan
+    assert plan.exhaustive_comparisons == 200_000
+    assert 0 <= plan.block_comparisons <= plan.bands * plan.exhaustive_comparisons
+    assert plan.estimated_memory_bytes > 0 and plan.estimated_seconds >= 0
+    assert index.candidate_pairs(0.8).comparisons == plan.block_comparisons
+
+
+def test_band_positions_depend_on_the_seed_only() -> None:
+    settings = BlockingSettings(bands=3, bits_per_band=5)
+    one = sample_band_positions(1024, settings, seed=1)
+    assert np.array_equal(one, sample_band_positions(1024, settings, seed=1))
+    assert not np.array_equal(one, sample_band_positions(1024, settings, seed=2))
+    assert all(len(set(band)) == 5 for band in one.tolist())
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(MatchingError):
+        BlockingSettings(bands=0)
+    with pytest.raises(MatchingError):
+        BlockingSettings(bits_per_band=65)
+    with pytest.raises(MatchingError, match="threshold"):
+        BlockingIndex(random_clks(np.random.default_rng(1), 3), None).candidate_pairs(1.5)
+
+
+def test_pair_completeness_counts_shared_pairs() -> None:
+    clks = random_clks(np.random.default_rng(12), 40, words=2)
+    everything = candidate_pairs(clks, clks, 0.01)
+    assert pair_completeness(everything, everything) == 1.0
+    half = type(everything)(
+        left=everything.left[::2],
+        right=everything.right[::2],
+        scores=everything.scores[::2],
+        comparisons=0,
+    )
+    assert pair_completeness(half, everything) == pytest.approx(0.5, abs=0.01)
