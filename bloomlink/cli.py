@@ -21,7 +21,7 @@ from protocol.errors import BloomlinkError
 __all__ = ["build_parser", "main"]
 
 # Order is the order in --help: the pipeline, then operations, then tools.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("scan", "audit")
 
 
 def _load_commands() -> list[object]:
