@@ -6,8 +6,8 @@ values, tokens), it looks for each string, in its given, lower- and upper-case s
 
 * UTF-8, UTF-16-LE, UTF-16-BE, hex (both cases) and base64 (standard and URL-safe, at all
   three byte alignments, so a value inside a longer base64 text is found too);
-* MD5, SHA-1 and SHA-256 digests of its UTF-8 bytes, raw and hex (both cases): the classic
-  "we hashed it, so it is anonymous" mistake;
+* MD5, SHA-1 and SHA-256 digests of its UTF-8 bytes as given, raw and hex (both cases): the
+  classic "we hashed it, so it is anonymous" mistake;
 
 and checks the container holds only what the format allows (header parses, payload exactly
 the promised length, payload digest matches). Optionally it compares a sample of CLKs with
@@ -160,31 +160,37 @@ def sensitive_patterns(strings: Iterable[str]) -> tuple[list[Pattern], int]:
         count += 1
         if not isinstance(value, str):
             raise ConfigurationError(f"sensitive string {index} is not text")
+        if not value:
+            continue
+        forms: list[tuple[str, bytes]] = []
+        # Digests of the string as given (the caller passes raw and normalised spellings);
+        # text forms in all three cases, since a careless export may change case.
+        given = value.encode("utf-8", "surrogatepass")
+        for name, function in (
+            ("md5", hashlib.md5),
+            ("sha1", hashlib.sha1),
+            ("sha256", hashlib.sha256),
+        ):
+            digest = function(given).digest()
+            forms.append((f"{name}-raw", digest))
+            forms.append((f"{name}-hex", digest.hex().encode("ascii")))
+            forms.append((f"{name}-hex", digest.hex().upper().encode("ascii")))
         for variant in dict.fromkeys((value, value.lower(), value.upper())):
-            if not variant:
-                continue
             utf8 = variant.encode("utf-8", "surrogatepass")
-            forms: list[tuple[str, bytes]] = [
-                ("raw-utf-8", utf8),
-                ("raw-utf-16-le", variant.encode("utf-16-le", "surrogatepass")),
-                ("raw-utf-16-be", variant.encode("utf-16-be", "surrogatepass")),
-                ("hex", utf8.hex().encode("ascii")),
-                ("hex", utf8.hex().upper().encode("ascii")),
-                *_base64_forms(utf8),
-            ]
-            for name, function in (
-                ("md5", hashlib.md5),
-                ("sha1", hashlib.sha1),
-                ("sha256", hashlib.sha256),
-            ):
-                digest = function(utf8).digest()
-                forms.append((f"{name}-raw", digest))
-                forms.append((f"{name}-hex", digest.hex().encode("ascii")))
-                forms.append((f"{name}-hex", digest.hex().upper().encode("ascii")))
-            for kind, data in forms:
-                if len(data) >= MIN_PATTERN_BYTES and data not in seen:
-                    seen.add(data)
-                    patterns.append(Pattern(kind=kind, data=data, source_index=index))
+            forms.extend(
+                [
+                    ("raw-utf-8", utf8),
+                    ("raw-utf-16-le", variant.encode("utf-16-le", "surrogatepass")),
+                    ("raw-utf-16-be", variant.encode("utf-16-be", "surrogatepass")),
+                    ("hex", utf8.hex().encode("ascii")),
+                    ("hex", utf8.hex().upper().encode("ascii")),
+                    *_base64_forms(utf8),
+                ]
+            )
+        for kind, data in forms:
+            if len(data) >= MIN_PATTERN_BYTES and data not in seen:
+                seen.add(data)
+                patterns.append(Pattern(kind=kind, data=data, source_index=index))
     return patterns, count
 
 

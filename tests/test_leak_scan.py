@@ -67,7 +67,7 @@ def test_clean_random_payload_passes(tmp_path: Path) -> None:
         (base64.b64encode(b"1984-02-29"), "base64"),
         (base64.b64encode(b"xy:Okonkwo-Hughes"), "base64"),  # misaligned inside longer text
         (hashlib.md5(b"Thornton").digest(), "md5-raw"),
-        (hashlib.md5(b"margaret").hexdigest().encode(), "md5-hex"),
+        (hashlib.md5(b"Margaret").hexdigest().encode(), "md5-hex"),
         (hashlib.sha1(b"Siobhan").digest(), "sha1-raw"),
         (hashlib.sha256(b"Wilkinson").digest(), "sha256-raw"),
         (hashlib.sha256(b"1984-02-29").hexdigest().upper().encode(), "sha256-hex"),
