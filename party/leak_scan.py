@@ -17,9 +17,10 @@ the caller's *unkeyed* re-encoding of the same records: high Dice means the key 
 first 4 bytes; the file is read through a memory map in 8 MiB chunks, each chunk's 4-byte
 windows are read as uint32 with numpy, screened by a 2^24-entry table, then looked up among
 the sorted prefixes; only true prefix hits are compared in full. That is O(file size +
-patterns) with small constants (128 MB against 100k strings, ~31 patterns each, takes about 11 s
-including building the patterns; see benchmarks/leak_scan.py), against O(file size x patterns) for ``bytes.find`` per
-pattern (:func:`find_occurrences_naive`, the slow twin kept for tests).
+patterns) with small constants: 128 MB against 100k strings (~31 patterns each) takes about
+11 s including building the patterns (benchmarks/leak_scan.py), against O(file size x
+patterns) for ``bytes.find`` per pattern (:func:`find_occurrences_naive`, the slow twin
+kept for tests).
 
 **Chance.** CLK bytes look random, so short patterns occur by chance: a 5-byte name appears
 in 128 MB of random bytes with probability ~1e-4. Each occurrence count is compared with a
@@ -37,6 +38,7 @@ recompute the mistakes it looks for; see the ruff per-file ignore in pyproject.t
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import math
 import mmap
@@ -466,7 +468,9 @@ def scan_encoded_file(
                     findings.append(finding)
         finally:
             if isinstance(buffer, mmap.mmap):
-                buffer.close()
+                # An exception can leave a numpy view alive; the map then closes when collected.
+                with contextlib.suppress(BufferError):
+                    buffer.close()
     return LeakScanReport(
         path=str(path),
         file_bytes=size,

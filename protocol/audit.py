@@ -202,6 +202,14 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
 )
 
 
+def _shown(name: object) -> str:
+    """A name for an error message: echoed only if it looks like an identifier, since a
+    tampered log line (or a careless caller) could put anything there."""
+    if isinstance(name, str) and _TOKEN.fullmatch(name):
+        return repr(name)
+    return "(not shown: not a plain name)"
+
+
 def check_event(
     event: str, *, project_id: str | None, details: Mapping[str, object]
 ) -> dict[str, _Value]:
@@ -212,7 +220,7 @@ def check_event(
     """
     rule = ALLOWED_EVENTS.get(event) if isinstance(event, str) else None
     if rule is None:
-        raise AuditError(f"event {event!r} is not on the audit allow-list")
+        raise AuditError(f"event {_shown(event)} is not on the audit allow-list")
     if project_id is None:
         if rule.project_required:
             raise AuditError(f"{event} needs a project id")
@@ -221,7 +229,7 @@ def check_event(
     if not isinstance(details, Mapping):
         raise AuditError(f"{event} details must be a mapping")
     unknown = sorted(
-        str(key) for key in details if key not in rule.required and key not in rule.optional
+        _shown(key) for key in details if key not in rule.required and key not in rule.optional
     )
     if unknown:
         raise AuditError(f"{event} does not allow detail key(s) {', '.join(unknown)}")
