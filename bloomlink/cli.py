@@ -25,11 +25,13 @@ COMMAND_MODULES: tuple[str, ...] = (
     "keygen",
     "schema",
     "encode",
+    "scan",
     "certs",
     "serve",
     "project",
     "submit",
     "fetch",
+    "audit",
     "synth",
     "demo",
 )

@@ -1,0 +1,91 @@
+"""``bloomlink audit verify``: the auditor checks a linkage unit's audit log.
+
+Reads the log, the LU's public key and, optionally, the parties' signed manifests; prints a
+readable report, writes it as JSON on request, and exits non-zero on any failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bloomlink.exit_codes import ExitCode
+from protocol.atomic_file import atomic_output
+from protocol.audit import head_from_json
+from protocol.audit_verify import verify_audit_log
+from protocol.errors import AuditError, ConfigurationError
+from protocol.labels import check_label
+from protocol.manifest import read_manifest
+from protocol.signing import load_public_key
+
+NAME = "audit"
+HELP = "verify a linkage unit's audit log (for auditors)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="audit_action", required=True, metavar="ACTION")
+    verify = actions.add_parser(
+        "verify",
+        help="check the hash chain, signatures, project rules, retention and manifests",
+        description="Check the hash chain, signatures, project rules, retention and manifests.",
+    )
+    verify.add_argument("--log", required=True, type=Path, help="the audit log (JSON lines)")
+    verify.add_argument(
+        "--public-key", required=True, type=Path, help="the linkage unit's audit public key (PEM)"
+    )
+    verify.add_argument(
+        "--manifest",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="M",
+        help="a party's signed upload manifest (repeatable)",
+    )
+    verify.add_argument(
+        "--party-key",
+        action="append",
+        default=[],
+        metavar="PARTY=PEM",
+        help="a party's registered manifest public key; its manifests must be signed by it",
+    )
+    verify.add_argument(
+        "--head",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="H",
+        help="a signed head collected earlier (repeatable; default: the one beside the log)",
+    )
+    verify.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    public_key = load_public_key(args.public_key)
+    manifests = [read_manifest(path) for path in args.manifest]
+    party_keys = {}
+    for item in args.party_key:
+        party, separator, pem = item.partition("=")
+        if not separator:
+            raise ConfigurationError("--party-key takes PARTY=PEM-FILE")
+        party_keys[check_label(party, what="--party-key party")] = load_public_key(pem)
+    heads = None
+    if args.head:
+        try:
+            heads = [head_from_json(path.read_bytes()) for path in args.head]
+        except OSError as error:
+            raise AuditError(f"cannot read signed head: {error.strerror}") from None
+    report = verify_audit_log(
+        args.log, public_key, manifests=manifests, heads=heads, party_keys=party_keys
+    )
+    print(report.to_text())
+    if args.json:
+        with atomic_output(args.json, mode=0o644) as handle:
+            handle.write((report.to_json() + "\n").encode("utf-8"))
+    if not report.passed:
+        print(
+            f"error: AuditError: {len(report.failures)} audit check(s) failed; see above",
+            file=sys.stderr,
+        )
+        return ExitCode.AUDIT_FAILED
+    return ExitCode.OK

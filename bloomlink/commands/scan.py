@@ -1,0 +1,81 @@
+"""``bloomlink scan``: check an encoded file for identifiers before it leaves the department.
+
+For now the sensitive strings come from a file (one per line, UTF-8); the encoder will feed
+them from the extract, the normaliser and the tokeniser. The report names kinds and byte
+offsets, never a value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from bloomlink.exit_codes import ExitCode
+from party.leak_scan import scan_encoded_file
+from protocol.atomic_file import atomic_output
+from protocol.errors import ConfigurationError
+
+NAME = "scan"
+HELP = "check an encoded file for raw identifiers, unkeyed hashes and extra bytes"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--encoded", required=True, type=Path, help="the encoded (CLK) file")
+    parser.add_argument(
+        "--sensitive-strings",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="values that must not appear, one per line (UTF-8); kept private to the department",
+    )
+    parser.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=1e-6,
+        help="chance a clean file is flagged (default 1e-6); short values repeated by chance "
+        "in random bytes are judged against this",
+    )
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
+
+
+def _lines(path: Path) -> Iterator[str]:
+    try:
+        with path.open(encoding="utf-8", newline="") as handle:
+            for line in handle:
+                value = line.rstrip("\r\n")
+                if value:
+                    yield value
+    except OSError as error:
+        raise ConfigurationError(
+            f"{path}: cannot read sensitive strings: {error.strerror}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{path}: sensitive strings must be UTF-8 text") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    report = scan_encoded_file(
+        args.encoded, _lines(args.sensitive_strings), false_alarm_rate=args.false_alarm_rate
+    )
+    for finding in report.findings:
+        where = f" at byte {finding.offset}" if finding.offset is not None else ""
+        print(f"LEAK  {finding.kind}{where}: {finding.message}")
+    verdict = "clean" if report.clean else f"{len(report.findings)} finding(s)"
+    print(
+        f"scanned {report.file_bytes} bytes for {report.strings_checked} sensitive strings "
+        f"({report.patterns_checked} byte forms): {verdict}; {report.undetectable} too short "
+        "to tell from chance if seen once"
+    )
+    if args.json:
+        with atomic_output(args.json, mode=0o600) as handle:
+            handle.write((json.dumps(report.to_record(), indent=2) + "\n").encode("utf-8"))
+    if not report.clean:
+        print(
+            "error: AuditError: the encoded file must not be sent; see the findings",
+            file=sys.stderr,
+        )
+        return ExitCode.AUDIT_FAILED
+    return ExitCode.OK

@@ -1,0 +1,343 @@
+"""The linkage unit's audit log: an append-only, hash-chained, signed JSON-lines file.
+
+Stage: audit. The service calls :meth:`AuditLog.append` at each event (it satisfies the
+service's ``AuditSink`` protocol); the record format and its checks are in
+``protocol/audit.py``. Guarantees:
+
+* ``append`` returns only after the line is written and fsync'd; a failed write is cut back
+  off the file so the chain stays verifiable, and the error says the event was not recorded;
+* on open the whole chain is re-hashed and the last signature and the signed head checked;
+  a corrupted or torn log is refused, never appended to;
+* one process at a time (an exclusive ``flock``), one thread at a time (a lock);
+* after each append a signed head (``<log>.head``) is replaced atomically, so a later
+  truncation of the log is detectable by anyone holding an earlier head.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from protocol.atomic_file import atomic_output, fsync_directory
+from protocol.audit import (
+    GENESIS_HASH,
+    AuditEntry,
+    RedactedEntry,
+    SignedHead,
+    build_entry,
+    check_event,
+    entry_to_json,
+    head_from_json,
+    head_to_json,
+    parse_log,
+    redacted_to_json,
+    sign_head,
+    verify_chain,
+)
+from protocol.errors import AuditError
+from protocol.labels import check_label
+from protocol.signing import load_or_create_signing_key, public_key_pem
+
+__all__ = [
+    "AuditLog",
+    "delete_payload",
+    "head_path_for",
+    "read_entries",
+    "read_head",
+    "repair_torn_tail",
+]
+
+_log = logging.getLogger(__name__)
+
+
+def head_path_for(log_path: Path | str) -> Path:
+    """Where the signed head of ``log_path`` lives."""
+    path = Path(log_path)
+    return path.with_name(path.name + ".head")
+
+
+def read_head(log_path: Path | str) -> SignedHead | None:
+    """The signed head beside ``log_path``, or None if there is none yet."""
+    try:
+        return head_from_json(head_path_for(log_path).read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def read_entries(log_path: Path | str) -> list[AuditEntry | RedactedEntry]:
+    """Every entry of a log file; a malformed or torn line raises naming its entry index."""
+    parsed = parse_log(Path(log_path).read_bytes())
+    if parsed.torn_line is not None:
+        raise AuditError(
+            "the last line is incomplete: the linkage unit stopped during an append that was "
+            "never acknowledged; see docs/audit.md before repairing",
+            entry=parsed.torn_line,
+        )
+    return list(parsed.entries)
+
+
+def repair_torn_tail(log_path: Path | str) -> int:
+    """Move an incomplete last line (never acknowledged) to ``<log>.torn``; return its size.
+
+    Only an unterminated final line is touched; a bad complete line is tampering, not a
+    crash, and is left for the auditor.
+    """
+    path = Path(log_path)
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    if cut == len(data):
+        return 0
+    with atomic_output(path.with_name(path.name + ".torn")) as handle:
+        handle.write(data[cut:])
+    with path.open("r+b") as handle:
+        handle.truncate(cut)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return len(data) - cut
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AuditLog:
+    """The append-only audit log of one linkage unit (thread-safe; one process per file).
+
+    ``AuditLog.open(path, signing_key_path=...)`` is the usual way in; the signing key file
+    is created (0600) on first start.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        signing_key: Ed25519PrivateKey,
+        clock: Callable[[], datetime] = _utc_now,
+        new_log_id: Callable[[], str] = lambda: os.urandom(16).hex(),
+    ) -> None:
+        self.path = Path(path)
+        self._key = signing_key
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._unusable = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        created = not self.path.exists()
+        self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AuditError(
+                    f"{self.path}: another process has this audit log open; run one linkage "
+                    "unit per log"
+                ) from None
+            if created:
+                fsync_directory(self.path.parent)
+            self._last = self._verify_existing()
+            self._log_id = self._last.log_id if self._last else new_log_id()
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    @classmethod
+    def open(
+        cls,
+        path: Path | str,
+        *,
+        signing_key_path: Path | str,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> AuditLog:
+        """Open (or start) the log at ``path`` signed by the key at ``signing_key_path``."""
+        return cls(path, signing_key=load_or_create_signing_key(signing_key_path), clock=clock)
+
+    def _verify_existing(self) -> AuditEntry | None:
+        parsed = parse_log(self.path.read_bytes())
+        if parsed.torn_line is not None:
+            raise AuditError(
+                f"{self.path}: the last line is incomplete (the linkage unit stopped during an "
+                "append that was never acknowledged); refusing to append. See docs/audit.md",
+                entry=parsed.torn_line,
+            )
+        entries = parsed.entries
+        head = read_head(self.path)
+        if not entries and head is None:
+            return None
+        if any(isinstance(entry, RedactedEntry) for entry in entries):
+            raise AuditError(f"{self.path}: is a per-project export, not a live log")
+        # Re-hash everything; the last signature then vouches for the whole chain.
+        report = verify_chain(
+            entries,
+            self._key.public_key(),
+            heads=[head] if head else [],
+            verify_signatures=[len(entries) - 1] if entries else [],
+        )
+        if not report.intact:
+            raise AuditError(
+                f"{self.path}: {report.message}; refusing to append to a damaged log",
+                entry=report.bad_index,
+            )
+        last = entries[-1]
+        assert isinstance(last, AuditEntry)
+        return last
+
+    @property
+    def log_id(self) -> str:
+        return self._log_id
+
+    @property
+    def last_entry(self) -> AuditEntry | None:
+        with self._lock:
+            return self._last
+
+    def public_key_pem(self) -> bytes:
+        """The LU's audit public key (PEM), for auditors and parties."""
+        return public_key_pem(self._key)
+
+    def append(
+        self,
+        event: str,
+        *,
+        project_id: str | None,
+        details: Mapping[str, str | int],
+    ) -> None:
+        """Record ``event``; durable on disk before this returns.
+
+        Raises :class:`AuditError` if the event or a detail is not allow-listed, or if the
+        write failed (then nothing was recorded and the file is as before).
+        """
+        with self._lock:
+            if self._unusable:
+                raise AuditError(
+                    f"{self.path}: a failed write could not be undone; restart the linkage unit "
+                    "so the log is re-verified"
+                )
+            previous = self._last
+            entry = build_entry(
+                signing_key=self._key,
+                log_id=self._log_id,
+                sequence=previous.sequence + 1 if previous else 0,
+                previous_hash=previous.entry_hash if previous else GENESIS_HASH,
+                moment=self._clock(),
+                event=event,
+                project_id=project_id,
+                details=details,
+            )
+            line = (entry_to_json(entry) + "\n").encode("ascii")
+            size = os.fstat(self._fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(self._fd, view) :]
+                os.fsync(self._fd)
+            except OSError as error:
+                self._undo(size)
+                raise AuditError(
+                    f"{self.path}: could not write the audit log ({error.strerror}); the "
+                    f"{event} event was not recorded"
+                ) from None
+            self._last = entry
+            self._write_head(entry)
+
+    def _undo(self, size: int) -> None:
+        try:
+            os.ftruncate(self._fd, size)
+            os.fsync(self._fd)
+        except OSError:
+            self._unusable = True
+
+    def _write_head(self, entry: AuditEntry) -> None:
+        head = sign_head(entry, signing_key=self._key, moment=self._clock())
+        try:
+            with atomic_output(head_path_for(self.path), mode=0o644) as handle:
+                handle.write(head_to_json(head).encode("ascii"))
+        except OSError as error:
+            # The entry itself is durable; a stale head only weakens truncation evidence.
+            _log.warning(
+                "audit head not updated (%s); entry %d is recorded", error.strerror, entry.sequence
+            )
+
+    def head(self) -> SignedHead | None:
+        """A freshly signed head for the latest entry (to publish to parties and auditors)."""
+        with self._lock:
+            if self._last is None:
+                return None
+            return sign_head(self._last, signing_key=self._key, moment=self._clock())
+
+    def entries(self) -> list[AuditEntry]:
+        """Every entry, re-read from disk."""
+        with self._lock:
+            found = read_entries(self.path)
+        return [entry for entry in found if isinstance(entry, AuditEntry)]
+
+    def export_project(self, project_id: str, destination: Path | str) -> int:
+        """Write a per-project export for the project's auditor; return its entry count.
+
+        The project's entries appear in full; every other entry as a redacted stub (hash,
+        link, signature), so the chain still verifies end to end without showing other
+        projects' details. The signed head follows in ``<destination>.head``.
+        """
+        check_label(project_id, what="project id")
+        entries = self.entries()
+        head = self.head()
+        lines = [
+            entry_to_json(entry)
+            if entry.project_id == project_id
+            else redacted_to_json(RedactedEntry.of(entry))
+            for entry in entries
+        ]
+        with atomic_output(destination, mode=0o644) as handle:
+            handle.write("".join(line + "\n" for line in lines).encode("ascii"))
+        if head is not None:
+            with atomic_output(head_path_for(destination), mode=0o644) as handle:
+                handle.write(head_to_json(head).encode("ascii"))
+        return sum(1 for entry in entries if entry.project_id == project_id)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)  # also releases the flock
+                self._fd = -1
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def delete_payload(
+    log: AuditLog,
+    payload_path: Path | str,
+    *,
+    project_id: str,
+    party: str,
+    payload_sha256: str,
+    reason: str,
+    missing_ok: bool = False,
+) -> None:
+    """Delete a stored payload for real (unlink, then fsync the directory), then log it.
+
+    ``missing_ok`` is for recovery after a crash between the unlink and the log entry: the
+    file is already gone, so only the entry is written.
+    """
+    details = {"party": party, "payload_sha256": payload_sha256, "reason": reason}
+    # Check the entry first: a payload must never be deleted without its record.
+    check_event("payload_deleted", project_id=project_id, details=details)
+    path = Path(payload_path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        if not missing_ok:
+            raise AuditError(
+                f"payload of party {party} is not at {path}; nothing deleted, nothing logged"
+            ) from None
+    else:
+        fsync_directory(path.parent)
+    log.append("payload_deleted", project_id=project_id, details=details)

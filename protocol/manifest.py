@@ -1,0 +1,254 @@
+"""Upload manifests: a party's signed statement of what one encode produced.
+
+Stage: audit (written by the party after encoding, checked by the linkage unit on upload and
+by the auditor against the LU's ``upload_committed`` entry). The format lives in
+``protocol`` because both sides read it; signing lives in ``party/manifest.py``.
+
+A manifest binds project, party, record count, CLK length, payload SHA-256, schema
+fingerprint, KCV, software version, creation time and a random nonce. Its **canonical
+bytes** are compact sorted-key ASCII JSON with a ``format`` field; the party signs exactly
+those bytes with its Ed25519 key. The manifest file is JSON:
+``{"manifest": {...}, "public_key": <raw key hex>, "signature": <hex>}``. The embedded public
+key only says which key signed; trust comes from comparing it with the party's registered
+key (``expected_public_key``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from protocol.atomic_file import atomic_output
+from protocol.clk_file import check_clk_bits
+from protocol.errors import AuditError, ConfigurationError
+from protocol.labels import check_label
+
+__all__ = [
+    "MANIFEST_FORMAT",
+    "SignedManifest",
+    "UploadManifest",
+    "manifest_mismatches",
+    "read_manifest",
+    "sign_manifest",
+    "verify_manifest",
+    "write_signed_manifest",
+]
+
+MANIFEST_FORMAT = "bloomlink-manifest-v1"
+_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{6})?Z$")
+_FIELDS = (
+    "format",
+    "project_id",
+    "party",
+    "record_count",
+    "clk_bits",
+    "payload_sha256",
+    "schema_fingerprint",
+    "kcv",
+    "software_version",
+    "created_at",
+    "nonce",
+)
+
+
+def _bytes_field(value: object, length: int, what: str) -> None:
+    if not isinstance(value, bytes) or len(value) != length:
+        raise ConfigurationError(f"manifest {what} must be {length} bytes")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UploadManifest:
+    """What one encode produced. Byte fields are raw bytes; the file spells them in hex."""
+
+    project_id: str
+    party: str
+    record_count: int
+    clk_bits: int
+    payload_sha256: bytes
+    schema_fingerprint: bytes
+    kcv: bytes
+    software_version: str
+    created_at: str
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        check_label(self.project_id, what="manifest project id")
+        check_label(self.party, what="manifest party")
+        if isinstance(self.record_count, bool) or not isinstance(self.record_count, int):
+            raise ConfigurationError("manifest record count must be a whole number")
+        if self.record_count < 0:
+            raise ConfigurationError("manifest record count cannot be negative")
+        check_clk_bits(self.clk_bits)
+        _bytes_field(self.payload_sha256, 32, "payload digest")
+        _bytes_field(self.schema_fingerprint, 32, "schema fingerprint")
+        _bytes_field(self.kcv, 16, "key check value")
+        _bytes_field(self.nonce, 16, "nonce")
+        if not isinstance(self.software_version, str) or not _VERSION.fullmatch(
+            self.software_version
+        ):
+            raise ConfigurationError("manifest software version must be a short version string")
+        if not isinstance(self.created_at, str) or not _TIMESTAMP.fullmatch(self.created_at):
+            raise ConfigurationError("manifest creation time must be UTC like 2026-01-31T12:00:00Z")
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "project_id": self.project_id,
+            "party": self.party,
+            "record_count": self.record_count,
+            "clk_bits": self.clk_bits,
+            "payload_sha256": self.payload_sha256.hex(),
+            "schema_fingerprint": self.schema_fingerprint.hex(),
+            "kcv": self.kcv.hex(),
+            "software_version": self.software_version,
+            "created_at": self.created_at,
+            "nonce": self.nonce.hex(),
+        }
+
+    def canonical_bytes(self) -> bytes:
+        """The bytes the party signs."""
+        return json.dumps(
+            self.to_record(), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+        ).encode("ascii")
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the canonical bytes: the ``manifest_sha256`` in the LU's log."""
+        return hashlib.sha256(self.canonical_bytes()).hexdigest()
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> UploadManifest:
+        if set(record) != set(_FIELDS):
+            raise ConfigurationError("manifest does not have exactly the manifest fields")
+        if record["format"] != MANIFEST_FORMAT:
+            raise ConfigurationError(f"unknown manifest format; this build reads {MANIFEST_FORMAT}")
+        try:
+            return cls(
+                project_id=record["project_id"],
+                party=record["party"],
+                record_count=record["record_count"],
+                clk_bits=record["clk_bits"],
+                payload_sha256=bytes.fromhex(record["payload_sha256"]),
+                schema_fingerprint=bytes.fromhex(record["schema_fingerprint"]),
+                kcv=bytes.fromhex(record["kcv"]),
+                software_version=record["software_version"],
+                created_at=record["created_at"],
+                nonce=bytes.fromhex(record["nonce"]),
+            )
+        except (TypeError, ValueError):
+            raise ConfigurationError("manifest has a malformed hex field") from None
+
+
+def _raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SignedManifest:
+    """A manifest, its Ed25519 signature and the public key that made it."""
+
+    manifest: UploadManifest
+    signature: bytes
+    public_key: bytes
+
+    def __post_init__(self) -> None:
+        _bytes_field(self.signature, 64, "signature")
+        _bytes_field(self.public_key, 32, "public key")
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "manifest": self.manifest.to_record(),
+                "public_key": self.public_key.hex(),
+                "signature": self.signature.hex(),
+            },
+            sort_keys=True,
+            indent=2,
+        )
+
+
+def sign_manifest(manifest: UploadManifest, signing_key: Ed25519PrivateKey) -> SignedManifest:
+    """Sign ``manifest`` with the party's key."""
+    return SignedManifest(
+        manifest=manifest,
+        signature=signing_key.sign(manifest.canonical_bytes()),
+        public_key=_raw_public(signing_key.public_key()),
+    )
+
+
+def write_signed_manifest(signed: SignedManifest, path: Path | str) -> Path:
+    """Write a signed manifest file atomically (world-readable: it holds no secret)."""
+    target = Path(path)
+    with atomic_output(target, mode=0o644) as handle:
+        handle.write((signed.to_json() + "\n").encode("ascii"))
+    return target
+
+
+def read_manifest(path: Path | str) -> SignedManifest:
+    """Parse a manifest file (does not verify it: see :func:`verify_manifest`)."""
+    try:
+        record = json.loads(Path(path).read_bytes())
+    except OSError as error:
+        raise ConfigurationError(f"{path}: cannot read manifest: {error.strerror}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ConfigurationError(f"{path}: manifest is not valid JSON") from None
+    if not isinstance(record, dict) or set(record) != {"manifest", "public_key", "signature"}:
+        raise ConfigurationError(f"{path}: manifest file does not have the expected fields")
+    try:
+        return SignedManifest(
+            manifest=UploadManifest.from_record(record["manifest"]),
+            signature=bytes.fromhex(record["signature"]),
+            public_key=bytes.fromhex(record["public_key"]),
+        )
+    except (TypeError, ValueError, AttributeError):
+        raise ConfigurationError(f"{path}: manifest has malformed fields") from None
+
+
+def verify_manifest(
+    signed: SignedManifest, *, expected_public_key: Ed25519PublicKey | None = None
+) -> UploadManifest:
+    """Return the manifest if its signature holds (and, if given, it is the party's key).
+
+    Raises :class:`AuditError` otherwise; the message names the party, never a value.
+    """
+    party = signed.manifest.party
+    if expected_public_key is not None and _raw_public(expected_public_key) != signed.public_key:
+        raise AuditError(f"manifest of party {party} is signed by a key that is not the party's")
+    try:
+        Ed25519PublicKey.from_public_bytes(signed.public_key).verify(
+            signed.signature, signed.manifest.canonical_bytes()
+        )
+    except InvalidSignature:
+        raise AuditError(f"manifest of party {party} has an invalid signature") from None
+    return signed.manifest
+
+
+def manifest_mismatches(
+    manifest: UploadManifest, *, project_id: str | None, details: Mapping[str, object]
+) -> tuple[str, ...]:
+    """Which aspects of an ``upload_committed`` entry disagree with the manifest (empty if
+    none). Aspects are field names; values are never returned."""
+    expected: dict[str, object] = {
+        "party": manifest.party,
+        "record_count": manifest.record_count,
+        "clk_bits": manifest.clk_bits,
+        "payload_sha256": manifest.payload_sha256.hex(),
+        "schema_fingerprint": manifest.schema_fingerprint.hex(),
+        "kcv": manifest.kcv.hex(),
+    }
+    wrong = [key for key, value in expected.items() if details.get(key) != value]
+    if project_id != manifest.project_id:
+        wrong.insert(0, "project_id")
+    if "manifest_sha256" in details and details["manifest_sha256"] != manifest.sha256:
+        wrong.append("manifest_sha256")
+    return tuple(wrong)

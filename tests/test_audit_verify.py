@@ -1,0 +1,324 @@
+"""`bloomlink audit verify` and `bloomlink scan`: clean history passes, each broken rule fails."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bloomlink.cli import main
+from bloomlink.exit_codes import ExitCode
+from linkage_unit.audit_log import AuditLog
+from party.manifest import (
+    create_party_signing_key,
+    load_party_signing_key,
+    party_public_key_pem,
+    write_manifest,
+)
+from protocol.audit_verify import AuditReport, verify_audit_log
+from protocol.clk_file import ClkFileWriter
+from protocol.manifest import SignedManifest, read_manifest
+from protocol.signing import load_public_key
+from tests.audit_fixtures import KCV, SCHEMA, make_log, payload_digest, write_project
+
+PROJECT = "moj-dfe-2026"
+
+
+def manifest_for(
+    tmp_path: Path, party: str, count: int, *, record_count: int | None = None
+) -> Path:
+    key_path = tmp_path / f"{party}-signing.pem"
+    key = create_party_signing_key(key_path)
+    path = tmp_path / f"{party}.manifest.json"
+    write_manifest(
+        path,
+        signing_key=key,
+        project_id=PROJECT,
+        party=party,
+        record_count=count if record_count is None else record_count,
+        clk_bits=1024,
+        payload_sha256=bytes.fromhex(payload_digest(party)),
+        schema_fingerprint=bytes.fromhex(SCHEMA),
+        kcv=bytes.fromhex(KCV),
+        software_version="0.1.0",
+    )
+    return path
+
+
+def export_public_key(tmp_path: Path, log: AuditLog) -> Path:
+    path = tmp_path / "lu-public.pem"
+    path.write_bytes(log.public_key_pem())
+    return path
+
+
+def verify(tmp_path: Path, **kwargs: object) -> AuditReport:
+    key = load_public_key(tmp_path / "lu-public.pem")
+    return verify_audit_log(tmp_path / "audit.jsonl", key, **kwargs)  # type: ignore[arg-type]
+
+
+def failures(report: AuditReport) -> list[tuple[str, int | None]]:
+    return [(check.name, check.entry) for check in report.failures]
+
+
+def test_clean_history_passes_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    moj = manifest_for(tmp_path, "moj", 1000)
+    dfe = manifest_for(tmp_path, "dfe", 5000)
+    manifest_sha = {
+        party: read_manifest(path).manifest.sha256 for party, path in (("moj", moj), ("dfe", dfe))
+    }
+    with make_log(tmp_path) as log:
+        write_project(log, PROJECT, manifest_sha256=manifest_sha)
+        public = export_public_key(tmp_path, log)
+    code = main(
+        [
+            "audit",
+            "verify",
+            "--log",
+            str(tmp_path / "audit.jsonl"),
+            "--public-key",
+            str(public),
+            "--manifest",
+            str(moj),
+            "--manifest",
+            str(dfe),
+            "--party-key",
+            f"moj={write_pub(tmp_path, 'moj')}",
+            "--json",
+            str(tmp_path / "report.json"),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == ExitCode.OK, out
+    assert "result: PASSED" in out
+    record = json.loads((tmp_path / "report.json").read_text())
+    assert record["passed"] is True and record["entry_count"] == 12
+    names = {(check["name"], check["status"]) for check in record["checks"]}
+    assert {
+        ("chain", "pass"),
+        ("rules", "pass"),
+        ("retention", "pass"),
+        ("manifest", "pass"),
+    } <= names
+
+
+def write_pub(tmp_path: Path, party: str) -> Path:
+    path = tmp_path / f"{party}.pub"
+    path.write_bytes(
+        party_public_key_pem(load_party_signing_key(tmp_path / f"{party}-signing.pem"))
+    )
+    return path
+
+
+def test_tampered_log_fails_on_the_command_line_naming_the_entry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with make_log(tmp_path) as log:
+        write_project(log, PROJECT)
+        public = export_public_key(tmp_path, log)
+    path = tmp_path / "audit.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[8] = lines[8].replace(b'"key_count":1000', b'"key_count":999')
+    path.write_bytes(b"".join(lines))
+    code = main(
+        [
+            "audit",
+            "verify",
+            "--log",
+            str(path),
+            "--public-key",
+            str(public),
+            "--json",
+            str(tmp_path / "r.json"),
+        ]
+    )
+    assert code == ExitCode.AUDIT_FAILED
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert [
+        (check["name"], check["entry"]) for check in record["checks"] if check["status"] == "fail"
+    ] == [("chain", 8)]
+    assert "edited" in capsys.readouterr().out
+
+
+def test_manifest_that_disagrees_with_the_log_fails(tmp_path: Path) -> None:
+    moj = manifest_for(tmp_path, "moj", 1000, record_count=1001)
+    with make_log(tmp_path) as log:
+        write_project(log, PROJECT)
+        export_public_key(tmp_path, log)
+    report = verify(tmp_path, manifests=[read_manifest(moj)])
+    assert [check.name for check in report.failures] == ["manifest"]
+    assert report.failures[0].message.endswith("on record_count") and report.failures[0].entry == 2
+
+
+def test_manifest_signed_by_an_unregistered_key_fails(tmp_path: Path) -> None:
+    moj = manifest_for(tmp_path, "moj", 1000)
+    other = create_party_signing_key(tmp_path / "other.pem")
+    with make_log(tmp_path) as log:
+        write_project(log, PROJECT)
+        export_public_key(tmp_path, log)
+    signed: SignedManifest = read_manifest(moj)
+    report = verify(tmp_path, manifests=[signed], party_keys={"moj": other.public_key()})
+    assert [check.name for check in report.failures] == ["manifest"]
+
+
+def details_upload(party: str, count: int, kcv: str = KCV) -> dict[str, str | int]:
+    return {
+        "party": party,
+        "record_count": count,
+        "clk_bits": 1024,
+        "payload_sha256": payload_digest(party),
+        "schema_fingerprint": SCHEMA,
+        "kcv": kcv,
+    }
+
+
+def start_project(log: AuditLog, retention: str = "delete-after-release") -> None:
+    log.append(
+        "project_created",
+        project_id=PROJECT,
+        details={
+            "settings_fingerprint": SCHEMA,
+            "members": "moj,dfe",
+            "schema_fingerprint": SCHEMA,
+            "retention": retention,
+        },
+    )
+
+
+def keys(party: str, count: int) -> dict[str, str | int]:
+    return {
+        "party": party,
+        "key_count": count,
+        "keys_sha256": hashlib.sha256(party.encode()).hexdigest(),
+    }
+
+
+RUN = {"run_id": "run-1", "parties": "moj,dfe"}
+FINISHED = {"run_id": "run-1", "cluster_count": 1, "linked_record_count": 2, "comparisons": 3}
+
+
+def history(
+    tmp_path: Path,
+    steps: list[tuple[str, dict[str, str | int]]],
+    retention: str = "delete-after-release",
+) -> AuditReport:
+    with make_log(tmp_path) as log:
+        start_project(log, retention)
+        for event, details in steps:
+            log.append(event, project_id=PROJECT, details=details)
+        export_public_key(tmp_path, log)
+    return verify(tmp_path)
+
+
+UPLOADS: list[tuple[str, dict[str, str | int]]] = [
+    ("upload_committed", details_upload("moj", 10)),
+    ("upload_committed", details_upload("dfe", 20)),
+]
+
+
+def test_run_without_checks_fails(tmp_path: Path) -> None:
+    report = history(tmp_path, [*UPLOADS, ("run_started", RUN)])
+    assert failures(report) == [("rules", 3)]
+
+
+def test_run_after_an_unchecked_upload_fails(tmp_path: Path) -> None:
+    steps = [*UPLOADS, ("checks_passed", {"parties": "moj,dfe"}), UPLOADS[0], ("run_started", RUN)]
+    assert failures(history(tmp_path, steps)) == [("rules", 5)]
+
+
+def test_checks_passed_despite_different_keys_fails(tmp_path: Path) -> None:
+    steps = [
+        UPLOADS[0],
+        ("upload_committed", details_upload("dfe", 20, kcv="ff" * 16)),
+        ("checks_passed", {"parties": "moj,dfe"}),
+    ]
+    report = history(tmp_path, steps)
+    assert failures(report) == [("rules", 3)] and "kcv" in report.failures[0].message
+
+
+def test_keys_to_a_non_member_twice_and_short_all_fail(tmp_path: Path) -> None:
+    steps = [
+        *UPLOADS,
+        ("checks_passed", {"parties": "moj,dfe"}),
+        ("run_started", RUN),
+        ("run_finished", FINISHED),
+        ("keys_released", keys("hmrc", 10)),
+        ("keys_released", keys("moj", 9)),
+        ("keys_released", keys("moj", 10)),
+    ]
+    report = history(tmp_path, steps)
+    assert [(name, entry) for name, entry in failures(report) if name == "keys"] == [
+        ("keys", 6),
+        ("keys", 7),
+        ("keys", 8),
+    ]
+
+
+def test_payload_not_deleted_after_release_fails_and_pending_is_a_note(tmp_path: Path) -> None:
+    released = [
+        *UPLOADS,
+        ("checks_passed", {"parties": "moj,dfe"}),
+        ("run_started", RUN),
+        ("run_finished", FINISHED),
+        ("keys_released", keys("moj", 10)),
+    ]
+    report = history(tmp_path, released)
+    assert report.passed and any(
+        check.status == "note" and check.name == "retention" for check in report.checks
+    )
+    deleted_one = [
+        *released,
+        ("keys_released", keys("dfe", 20)),
+        (
+            "payload_deleted",
+            {"party": "moj", "payload_sha256": payload_digest("moj"), "reason": "retention"},
+        ),
+    ]
+    other = tmp_path / "second"
+    other.mkdir()
+    report = history(other, deleted_one)
+    assert failures(report) == [("retention", 7)]
+    assert "dfe" in report.failures[0].message
+
+
+def test_unknown_retention_fails(tmp_path: Path) -> None:
+    assert failures(history(tmp_path, [], retention="forever")) == [("retention", 0)]
+
+
+def test_scan_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clks = np.random.default_rng(5).integers(0, 256, size=(500, 128), dtype=np.uint8)
+    strings = tmp_path / "sensitive.txt"
+    strings.write_text("Thornton\nMargaret\n", encoding="utf-8")
+    clean = tmp_path / "clean.clk"
+    with ClkFileWriter(
+        clean, project_id=PROJECT, schema_fingerprint=bytes(32), kcv=bytes(16), clk_bits=1024
+    ) as writer:
+        writer.write(clks)
+    assert (
+        main(["scan", "--encoded", str(clean), "--sensitive-strings", str(strings)]) == ExitCode.OK
+    )
+    clks[10, :8] = np.frombuffer(b"Thornton", dtype=np.uint8)
+    leaky = tmp_path / "leaky.clk"
+    with ClkFileWriter(
+        leaky, project_id=PROJECT, schema_fingerprint=bytes(32), kcv=bytes(16), clk_bits=1024
+    ) as writer:
+        writer.write(clks)
+    code = main(
+        [
+            "scan",
+            "--encoded",
+            str(leaky),
+            "--sensitive-strings",
+            str(strings),
+            "--json",
+            str(tmp_path / "s.json"),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == ExitCode.AUDIT_FAILED
+    assert "raw-utf-8 at byte 1480" in captured.out
+    assert "Thornton" not in captured.out + captured.err + (tmp_path / "s.json").read_text()

@@ -1,0 +1,194 @@
+"""The leak scanner: seeded leaks are found in every form, clean random payloads pass."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from party.leak_scan import (
+    find_occurrences,
+    find_occurrences_naive,
+    scan_encoded_file,
+    sensitive_patterns,
+    unkeyed_encoding_check,
+)
+from protocol.clk_file import HEADER_LENGTH, ClkFileWriter
+
+NAMES = ["Thornton", "Margaret", "Okonkwo-Hughes", "1984-02-29", "Siobhan", "Wilkinson"]
+RECORDS = 2000
+CLK_BYTES = 128
+
+
+def random_clks(seed: int = 7) -> npt.NDArray[np.uint8]:
+    return np.random.default_rng(seed).integers(0, 256, size=(RECORDS, CLK_BYTES), dtype=np.uint8)
+
+
+def write_clk_file(path: Path, clks: npt.NDArray[np.uint8]) -> Path:
+    with ClkFileWriter(
+        path,
+        project_id="moj-dfe-2026",
+        schema_fingerprint=bytes(32),
+        kcv=bytes(16),
+        clk_bits=CLK_BYTES * 8,
+    ) as writer:
+        writer.write(clks)
+    return path
+
+
+def seeded(tmp_path: Path, leak: bytes, *, record: int = 321, at: int = 17) -> Path:
+    clks = random_clks()
+    flat = clks.reshape(-1)
+    start = record * CLK_BYTES + at
+    flat[start : start + len(leak)] = np.frombuffer(leak, dtype=np.uint8)
+    return write_clk_file(tmp_path / "seeded.clk", clks)
+
+
+def test_clean_random_payload_passes(tmp_path: Path) -> None:
+    path = write_clk_file(tmp_path / "clean.clk", random_clks())
+    report = scan_encoded_file(path, NAMES)
+    assert report.clean, report.findings
+    assert report.strings_checked == len(NAMES) and report.patterns_checked > 20 * len(NAMES)
+
+
+@pytest.mark.parametrize(
+    ("leak", "kind"),
+    [
+        (b"Thornton", "raw-utf-8"),
+        ("Margaret".encode("utf-16-le"), "raw-utf-16-le"),
+        ("Siobhan".encode("utf-16-be"), "raw-utf-16-be"),
+        (b"WILKINSON", "raw-utf-8"),
+        (base64.b64encode(b"1984-02-29"), "base64"),
+        (base64.b64encode(b"xy:Okonkwo-Hughes"), "base64"),  # misaligned inside longer text
+        (hashlib.md5(b"Thornton").digest(), "md5-raw"),
+        (hashlib.md5(b"Margaret").hexdigest().encode(), "md5-hex"),
+        (hashlib.sha1(b"Siobhan").digest(), "sha1-raw"),
+        (hashlib.sha256(b"Wilkinson").digest(), "sha256-raw"),
+        (hashlib.sha256(b"1984-02-29").hexdigest().upper().encode(), "sha256-hex"),
+    ],
+)
+def test_seeded_leak_is_found_without_echoing_it(tmp_path: Path, leak: bytes, kind: str) -> None:
+    path = seeded(tmp_path, leak)
+    report = scan_encoded_file(path, NAMES)
+    assert not report.clean
+    finding = next(finding for finding in report.findings if finding.kind == kind)
+    assert (
+        finding.offset is not None
+        and HEADER_LENGTH + 321 * CLK_BYTES
+        <= finding.offset
+        <= HEADER_LENGTH + 321 * CLK_BYTES + 17 + len(leak)
+    )
+    for name in NAMES:
+        assert name.lower() not in finding.message.lower()
+
+
+def test_short_value_repeated_in_every_record_is_found(tmp_path: Path) -> None:
+    clks = random_clks()
+    clks[:, 40:44] = np.frombuffer(b"Bell", dtype=np.uint8)
+    path = write_clk_file(tmp_path / "short.clk", clks)
+    report = scan_encoded_file(path, ["Bell"])
+    assert [finding.kind for finding in report.findings] == ["raw-utf-8"]
+    assert report.findings[0].occurrences == RECORDS
+
+
+def test_single_short_value_counts_as_undetectable(tmp_path: Path) -> None:
+    path = write_clk_file(tmp_path / "clean.clk", random_clks())
+    assert scan_encoded_file(path, ["Ng"]).undetectable == 1
+    assert scan_encoded_file(path, ["Thornton"]).undetectable == 0
+
+
+def test_trailing_bytes_are_found(tmp_path: Path) -> None:
+    path = write_clk_file(tmp_path / "clean.clk", random_clks())
+    path.write_bytes(path.read_bytes() + b"\0\0\0\0")
+    report = scan_encoded_file(path, NAMES)
+    assert [finding.kind for finding in report.findings] == ["container-length"]
+    assert report.findings[0].offset == HEADER_LENGTH + RECORDS * CLK_BYTES
+
+
+def test_payload_edited_after_encoding_is_found(tmp_path: Path) -> None:
+    path = write_clk_file(tmp_path / "clean.clk", random_clks())
+    data = bytearray(path.read_bytes())
+    data[HEADER_LENGTH + 5] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert [finding.kind for finding in scan_encoded_file(path, NAMES).findings] == [
+        "container-digest"
+    ]
+
+
+def test_not_a_clk_file_is_found(tmp_path: Path) -> None:
+    path = tmp_path / "names.csv"
+    path.write_bytes(b"surname,given\nThornton,Margaret\n" * 10)
+    kinds = {finding.kind for finding in scan_encoded_file(path, NAMES).findings}
+    assert "container-header" in kinds and "raw-utf-8" in kinds
+
+
+def fake_encode(values: npt.NDArray[np.int64], salt: int) -> npt.NDArray[np.uint64]:
+    """A stand-in encoding: 30 bits per value chosen by a (salted) hash of the value."""
+    out = np.zeros((values.size, 16), dtype=np.uint64)
+    for row, value in enumerate(values.tolist()):
+        for bit in range(30):
+            position = (
+                int.from_bytes(hashlib.sha256(f"{salt}:{value}:{bit}".encode()).digest()[:2]) % 1024
+            )
+            out[row, position // 64] |= np.uint64(1) << np.uint64(position % 64)
+    return out
+
+
+def test_unkeyed_encoding_is_flagged_and_keyed_passes() -> None:
+    values = np.arange(300, dtype=np.int64) * 7919
+    unkeyed = fake_encode(values, salt=0)
+    keyed = fake_encode(values, salt=12345)
+
+    def reencode(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+        return fake_encode(values[positions], salt=0)
+
+    rng = np.random.default_rng(3)
+    finding = unkeyed_encoding_check(unkeyed, reencode, sample_size=100, rng=rng)
+    assert finding is not None and finding.kind == "unkeyed-encoding"
+    assert unkeyed_encoding_check(keyed, reencode, sample_size=100, rng=rng) is None
+
+
+def test_scan_runs_the_unkeyed_check(tmp_path: Path) -> None:
+    values = np.arange(RECORDS, dtype=np.int64)
+    path = write_clk_file(tmp_path / "unkeyed.clk", fake_encode(values, salt=0).view(np.uint8))
+    report = scan_encoded_file(
+        path,
+        NAMES,
+        unkeyed_reencoder=lambda positions: fake_encode(values[positions], salt=0),
+        sample_size=50,
+    )
+    assert [finding.kind for finding in report.findings] == ["unkeyed-encoding"]
+
+
+@given(
+    background=st.binary(min_size=0, max_size=600),
+    words=st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=4),
+    places=st.lists(st.integers(min_value=0, max_value=600), max_size=4),
+)
+def test_fast_search_agrees_with_naive(
+    background: bytes, words: list[str], places: list[int]
+) -> None:
+    patterns, _ = sensitive_patterns(words)
+    data = bytearray(background)
+    for number, place in enumerate(places):
+        if patterns:
+            piece = patterns[(number * 7) % len(patterns)].data
+            data[place:place] = piece
+    assert find_occurrences(bytes(data), patterns) == find_occurrences_naive(bytes(data), patterns)
+
+
+def test_chunk_boundaries_lose_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    import party.leak_scan as leak_scan
+
+    monkeypatch.setattr(leak_scan, "_CHUNK_BYTES", 5)
+    patterns, _ = sensitive_patterns(["Thornton", "Siobhan"])
+    data = bytes(range(50)) + b"Thornton" + bytes(3) + "Siobhan".encode("utf-16-le") + b"THORNTON"
+    found = find_occurrences(data, patterns)
+    # UTF-8, both UTF-16 orders (the zero byte before it completes the big-endian form), upper.
+    assert found == find_occurrences_naive(data, patterns) and len(found) == 4

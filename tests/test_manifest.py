@@ -1,0 +1,113 @@
+"""Signed manifests: round trip, every tampering refused, matched to the LU's log entry."""
+
+from __future__ import annotations
+
+import json
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from party.manifest import (
+    create_party_signing_key,
+    read_manifest,
+    verify_manifest,
+    write_manifest,
+    write_manifest_for_file,
+)
+from protocol.clk_file import ClkFileWriter
+from protocol.errors import AuditError, ConfigurationError
+from protocol.manifest import manifest_mismatches
+
+FINGERPRINT = bytes(range(32))
+KCV = bytes(range(16))
+
+
+def sample(tmp_path: Path) -> tuple[Path, Ed25519PrivateKey]:
+    key = create_party_signing_key(tmp_path / "moj-signing.pem")
+    path = tmp_path / "moj.manifest.json"
+    write_manifest(
+        path,
+        signing_key=key,
+        project_id="moj-dfe-2026",
+        party="moj",
+        record_count=1000,
+        clk_bits=1024,
+        payload_sha256=b"\x11" * 32,
+        schema_fingerprint=FINGERPRINT,
+        kcv=KCV,
+        software_version="0.1.0",
+        clock=lambda: datetime(2026, 1, 5, tzinfo=UTC),
+        nonce=lambda size: b"\x07" * size,
+    )
+    return path, key
+
+
+def test_round_trip_and_key_file_is_private(tmp_path: Path) -> None:
+    path, key = sample(tmp_path)
+    manifest = verify_manifest(read_manifest(path), expected_public_key=key.public_key())
+    assert manifest.record_count == 1000 and manifest.kcv == KCV
+    assert manifest.created_at == "2026-01-05T00:00:00.000000Z"
+    assert stat.S_IMODE((tmp_path / "moj-signing.pem").stat().st_mode) == 0o600
+    with pytest.raises(ConfigurationError, match="already exists"):
+        create_party_signing_key(tmp_path / "moj-signing.pem")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("record_count", 999), ("party", "dfe"), ("kcv", "ff" * 16), ("clk_bits", 2048)],
+)
+def test_tampered_manifest_is_refused(tmp_path: Path, field: str, value: object) -> None:
+    path, _ = sample(tmp_path)
+    record = json.loads(path.read_text())
+    record["manifest"][field] = value
+    path.write_text(json.dumps(record))
+    with pytest.raises(AuditError, match="invalid signature"):
+        verify_manifest(read_manifest(path))
+
+
+def test_manifest_signed_by_another_key_is_refused(tmp_path: Path) -> None:
+    path, _ = sample(tmp_path)
+    with pytest.raises(AuditError, match="not the party's"):
+        verify_manifest(
+            read_manifest(path), expected_public_key=Ed25519PrivateKey.generate().public_key()
+        )
+
+
+def test_manifest_matches_its_upload_entry(tmp_path: Path) -> None:
+    path, _ = sample(tmp_path)
+    manifest = read_manifest(path).manifest
+    details: dict[str, object] = {
+        "party": "moj",
+        "record_count": 1000,
+        "clk_bits": 1024,
+        "payload_sha256": "11" * 32,
+        "schema_fingerprint": FINGERPRINT.hex(),
+        "kcv": KCV.hex(),
+        "manifest_sha256": manifest.sha256,
+    }
+    assert manifest_mismatches(manifest, project_id="moj-dfe-2026", details=details) == ()
+    details["record_count"] = 1001
+    details["manifest_sha256"] = "00" * 32
+    assert manifest_mismatches(manifest, project_id="other", details=details) == (
+        "project_id",
+        "record_count",
+        "manifest_sha256",
+    )
+
+
+def test_manifest_for_file_checks_the_payload(tmp_path: Path) -> None:
+    key = create_party_signing_key(tmp_path / "key.pem")
+    encoded = tmp_path / "moj.clk"
+    with ClkFileWriter(
+        encoded, project_id="p1", schema_fingerprint=FINGERPRINT, kcv=KCV, clk_bits=128
+    ) as writer:
+        writer.write(np.arange(8, dtype=np.uint64).reshape(4, 2))
+    signed = write_manifest_for_file(
+        encoded, tmp_path / "m.json", signing_key=key, party="moj", software_version="0.1.0"
+    )
+    assert signed.manifest.record_count == 4 and signed.manifest.clk_bits == 128
+    assert verify_manifest(read_manifest(tmp_path / "m.json")) == signed.manifest
