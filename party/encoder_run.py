@@ -148,25 +148,31 @@ class _ChunkEncoder:
             cache = self._raw_masks[field_index]
             column = [row[column_index] for row in rows]
             field_masks = list(map(cache.get, column))
-            for offset, mask in enumerate(field_masks):
-                if mask is not None:
-                    continue
-                raw = column[offset]
-                try:
-                    value = normalise(raw)
-                except ValueRejectedError as error:
-                    if self.policy == "blank":
-                        blanked.append((first + offset, name, error.message))
-                        field_masks[offset] = 0
-                    else:
-                        self._reject(problems, offset, first, name, error.message)
-                        field_masks[offset] = 0
-                    continue
-                mask = 0 if value is None else self.encoder.field_mask(field_index, value)
-                if len(cache) >= _RAW_CACHE_LIMIT:
+            if None in field_masks:
+                # Work out each distinct new value once, then look the column up again in C.
+                fresh = dict.fromkeys(
+                    raw for raw, mask in zip(column, field_masks, strict=True) if mask is None
+                )
+                if len(cache) + len(fresh) > _RAW_CACHE_LIMIT:
                     cache.clear()
-                cache[raw] = mask
-                field_masks[offset] = mask
+                rejected: dict[str, str] = {}
+                for raw in fresh:
+                    try:
+                        value = normalise(raw)
+                    except ValueRejectedError as error:
+                        rejected[raw] = error.message
+                        continue
+                    cache[raw] = 0 if value is None else self.encoder.field_mask(field_index, value)
+                field_masks = list(map(cache.get, column))
+                for offset in (
+                    [i for i, mask in enumerate(field_masks) if mask is None] if rejected else ()
+                ):
+                    reason = rejected[column[offset]]
+                    if self.policy == "blank":
+                        blanked.append((first + offset, name, reason))
+                    else:
+                        self._reject(problems, offset, first, name, reason)
+                    field_masks[offset] = 0
             masks = list(map(operator.or_, masks, field_masks))
         if problems:
             keep = [offset for offset in range(len(rows)) if offset not in problems]

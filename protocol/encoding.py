@@ -161,12 +161,17 @@ class _FieldEncoder:
         if mask is not None:
             return mask
         mask = 0
+        token_masks = self._token_masks
         for spec in self.spec.tokens:
             tokens = tokenise(value, spec)
             if tokens:
                 count = bits_for_token(spec, len(tokens))
                 for token in tokens:
-                    mask |= self._token_mask(token, count)
+                    prefixes = token_masks.get(token)  # inlined _token_mask: the hot loop
+                    if prefixes is not None and len(prefixes) > count:
+                        mask |= prefixes[count]
+                    else:
+                        mask |= self._token_mask(token, count)
         if len(self._value_masks) >= _CACHE_LIMIT:
             self._value_masks.clear()
         self._value_masks[value] = mask
