@@ -137,22 +137,24 @@ class _FieldEncoder:
         self._key = key
         self._clk_bits = clk_bits
         self._hashing = hashing
-        self._token_masks: dict[tuple[str, int], int] = {}
+        self._token_masks: dict[str, list[int]] = {}
         self._value_masks: dict[str, int] = {}
 
     def _token_mask(self, token: str, count: int) -> int:
-        cache_key = (token, count)
-        mask = self._token_masks.get(cache_key)
-        if mask is None:
-            mask = 0
+        # One entry per token holds the masks of its first 1, 2, ... positions, so a token
+        # weighted differently in values of different lengths is hashed only once.
+        prefixes = self._token_masks.get(token)
+        if prefixes is None or len(prefixes) <= count:
+            wanted = max(count, 8)  # one HMAC block gives 8 positions (at 1024 bits)
+            prefixes = [0]
             for position in token_positions(
-                self._key, token, count, clk_bits=self._clk_bits, hashing=self._hashing
+                self._key, token, wanted, clk_bits=self._clk_bits, hashing=self._hashing
             ):
-                mask |= 1 << position
+                prefixes.append(prefixes[-1] | (1 << position))
             if len(self._token_masks) >= _CACHE_LIMIT:
                 self._token_masks.clear()
-            self._token_masks[cache_key] = mask
-        return mask
+            self._token_masks[token] = prefixes
+        return prefixes[count]
 
     def mask(self, value: str) -> int:
         mask = self._value_masks.get(value)
@@ -214,6 +216,21 @@ class ClkEncoder:
         """Length of the CLKs this encoder emits (after hardening)."""
         return self.schema.encoded_bits
 
+    @property
+    def field_count(self) -> int:
+        return len(self._fields)
+
+    def field_mask(self, index: int, value: str) -> int:
+        """The bits one normalised value of field ``index`` sets, as an int (cached)."""
+        return self._fields[index].mask(value)
+
+    def pack(self, masks: Sequence[int]) -> npt.NDArray[np.uint64]:
+        """Unhardened record masks -> hardened ``(records, encoded_bits // 64)`` uint64 CLKs."""
+        size = self._clk_bytes
+        packed = b"".join([mask.to_bytes(size, "little") for mask in masks])
+        clks = np.frombuffer(packed, dtype="<u8").reshape(-1, size // 8).astype(np.uint64)
+        return self.harden(clks)
+
     def record_mask(self, values: Sequence[str | None]) -> int:
         """The unhardened CLK of one record as an int (bit i = CLK bit i)."""
         mask = 0
@@ -233,10 +250,7 @@ class ClkEncoder:
 
     def encode_many(self, records: Iterable[Sequence[str | None]]) -> npt.NDArray[np.uint64]:
         """CLKs of many records as a ``(records, encoded_bits // 64)`` uint64 array."""
-        size = self._clk_bytes
-        packed = b"".join(self.record_mask(values).to_bytes(size, "little") for values in records)
-        clks = np.frombuffer(packed, dtype="<u8").reshape(-1, size // 8).astype(np.uint64)
-        return self.harden(clks)
+        return self.pack([self.record_mask(values) for values in records])
 
     def encode(self, values: Sequence[str | None]) -> bytes:
         """The CLK of one record, packed (bit i is bit i % 8 of byte i // 8)."""

@@ -77,12 +77,15 @@ RAW_LENGTH_LIMIT = 1000  # characters; anything longer is an extract fault, not 
 _APOSTROPHES = "'\u2018\u2019\u201b\u0060\u00b4\u02bc\u02bb\u2032"
 _HYPHENS = "-\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
 _APOSTROPHE_TABLE = str.maketrans({char: None for char in _APOSTROPHES})
-_HYPHEN_TABLE = str.maketrans({char: " " for char in _HYPHENS})
 # Letters NFKD does not decompose into base + accent.
 _LETTER_FOLDS = str.maketrans(
     {"ø": "o", "đ": "d", "ł": "l", "æ": "ae", "œ": "oe", "þ": "th", "ð": "d", "ı": "i", "ħ": "h"}
 )
 _SPACES = re.compile(r"\s+")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+_NOT_LETTERS = re.compile(r"[\W\d_]+")  # runs of anything but a letter (any script)
+_NOT_ALNUM = re.compile(r"[\W_]+")
+_NAME_PUNCTUATION = str.maketrans({**{c: None for c in _APOSTROPHES}, **{c: " " for c in _HYPHENS}})
 _POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?)([0-9][A-Z]{2})$")
 _PLACEHOLDER_DATES = frozenset({"1900-01-01", "1800-01-01", "1111-11-11", "9999-12-31"})
 
@@ -91,14 +94,14 @@ def _check_raw(value: str) -> None:
     if len(value) > RAW_LENGTH_LIMIT:
         raise ValueRejectedError(f"value is longer than {RAW_LENGTH_LIMIT} characters")
     # Lone surrogates are how undecodable bytes arrive (surrogateescape); name them.
-    if any("\ud800" <= char <= "\udfff" for char in value):
+    if not value.isascii() and _SURROGATES.search(value):
         raise ValueRejectedError("value is not valid UTF-8 (check the extract's encoding)")
 
 
 def strip_invisible(value: str) -> str:
     """NFKC, control characters to spaces, format characters removed, whitespace collapsed."""
     _check_raw(value)
-    text = unicodedata.normalize("NFKC", value)
+    text = value if value.isascii() else unicodedata.normalize("NFKC", value)
     if not text.isascii() or not text.isprintable():
         chars = []
         for char in text:
@@ -117,10 +120,21 @@ def is_null_like(cleaned: str, extra_markers: frozenset[str] = frozenset()) -> b
 
 
 def _fold_accents(text: str) -> str:
+    """Drop accents from Latin letters only: in other scripts a mark makes a different
+    letter (Cyrillic й is not и), and those scripts are kept as written."""
     if text.isascii():
         return text
     decomposed = unicodedata.normalize("NFKD", text.translate(_LETTER_FOLDS))
-    return "".join(char for char in decomposed if not unicodedata.combining(char))
+    kept: list[str] = []
+    base_is_latin = False
+    for char in decomposed:
+        if unicodedata.combining(char):
+            if not base_is_latin:
+                kept.append(char)
+            continue
+        base_is_latin = char.isascii()
+        kept.append(char)
+    return unicodedata.normalize("NFC", "".join(kept))
 
 
 def _limit(text: str, max_length: int) -> str:
@@ -140,10 +154,8 @@ def normalise_name(
     cleaned = strip_invisible(value)
     if is_null_like(cleaned, null_markers):
         return None
-    text = cleaned.translate(_APOSTROPHE_TABLE).translate(_HYPHEN_TABLE).casefold()
-    text = _fold_accents(text)
-    text = "".join(char if char.isalpha() else " " for char in text)
-    text = _SPACES.sub(" ", text).strip()
+    text = _fold_accents(cleaned.translate(_NAME_PUNCTUATION).casefold())
+    text = _NOT_LETTERS.sub(" ", text).strip()
     if not text:
         return None
     if nicknames:
@@ -159,8 +171,7 @@ def normalise_text(
     if is_null_like(cleaned, null_markers):
         return None
     text = _fold_accents(cleaned.translate(_APOSTROPHE_TABLE).casefold())
-    text = "".join(char if char.isalnum() else " " for char in text)
-    text = _SPACES.sub(" ", text).strip()
+    text = _NOT_ALNUM.sub(" ", text).strip()
     return _limit(text, max_length) if text else None
 
 
@@ -171,7 +182,7 @@ def normalise_identifier(
     cleaned = strip_invisible(value)
     if is_null_like(cleaned, null_markers):
         return None
-    text = "".join(char for char in _fold_accents(cleaned).upper() if char.isalnum())
+    text = _NOT_ALNUM.sub("", _fold_accents(cleaned).upper())
     return _limit(text, max_length) if text else None
 
 
@@ -183,7 +194,7 @@ def normalise_postcode(
     cleaned = strip_invisible(value)
     if is_null_like(cleaned, null_markers):
         return None
-    compact = "".join(char for char in cleaned.upper() if char.isalnum())
+    compact = _NOT_ALNUM.sub("", cleaned.upper())
     if not compact:
         return None
     match = _POSTCODE.fullmatch(compact)

@@ -25,7 +25,10 @@ def _ngrams(value: str, spec: TokenSpec) -> set[str]:
         return {
             f"p{size}:{index}:{text[index : index + size]}" for index in range(len(text) - size + 1)
         }
-    return {f"g{size}:{text[index : index + size]}" for index in range(len(text) - size + 1)}
+    tag = f"g{size}:"
+    if size == 2:
+        return {tag + first + second for first, second in zip(text, text[1:], strict=False)}
+    return {tag + text[index : index + size] for index in range(len(text) - size + 1)}
 
 
 def _date_parts(value: str) -> set[str]:
