@@ -24,7 +24,11 @@ csv.field_size_limit(1 << 20)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExtractChunk:
-    """Consecutive rows of the extract: ``rows[i]`` is data row ``first_row + i``."""
+    """Consecutive rows of the extract: ``rows[i]`` is data row ``first_row + i``.
+
+    Data rows are numbered from 1 after the header, counting CSV records (a quoted value may
+    span lines) and not counting blank lines.
+    """
 
     first_row: int
     rows: list[list[str]]
@@ -66,12 +70,15 @@ def _csv_reader(path: Path, chunk_rows: int) -> ExtractReader:
 
     def chunks() -> Iterator[ExtractChunk]:
         row_number = 0
+        seen_rows = False
         try:
             while True:
                 rows: list[list[str]] = []
                 first = row_number + 1
                 try:
                     for row in reader:
+                        if not row:
+                            continue  # a blank line (often a trailing one) is not a record
                         row_number += 1
                         rows.append(row)
                         if len(rows) >= chunk_rows:
@@ -83,9 +90,10 @@ def _csv_reader(path: Path, chunk_rows: int) -> ExtractReader:
                         path=str(path),
                     ) from None
                 if not rows:
-                    if row_number == 0:
+                    if not seen_rows:
                         raise ExtractError("file has a header but no data rows", path=str(path))
                     return
+                seen_rows = True
                 yield ExtractChunk(first_row=first, rows=rows)
                 if len(rows) < chunk_rows:
                     return
@@ -113,6 +121,10 @@ def _parquet_reader(path: Path, chunk_rows: int) -> ExtractReader:
     def to_text(value: object) -> str:
         if value is None:
             return ""
+        if isinstance(value, bytes):
+            # Like the CSV reader: undecodable bytes become surrogate escapes, which the
+            # normaliser rejects naming the row and field.
+            return value.decode("utf-8", "surrogateescape")
         if hasattr(value, "isoformat"):
             return value.isoformat()  # type: ignore[no-any-return]
         return str(value)
