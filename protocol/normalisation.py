@@ -76,6 +76,9 @@ DEFAULT_NULL_MARKERS = frozenset(
     }
 )
 
+# Brackets and trailing dots systems wrap null markers in: "<NULL>", "(unknown)", "N/K.".
+_MARKER_WRAPPING = " .,;:!()[]{}<>\"'*_"
+
 RAW_LENGTH_LIMIT = 1000  # characters; anything longer is an extract fault, not a name
 
 _APOSTROPHES = "'\u2018\u2019\u201b\u0060\u00b4\u02bc\u02bb\u2032"
@@ -140,7 +143,10 @@ def is_null_like(cleaned: str, extra_markers: frozenset[str] = frozenset()) -> b
     the encoder as the literal word (every such record would share its bits).
     """
     folded = cleaned.casefold()
-    return folded in DEFAULT_NULL_MARKERS or folded in extra_markers
+    if folded in DEFAULT_NULL_MARKERS or folded in extra_markers:
+        return True
+    bare = folded.strip(_MARKER_WRAPPING)
+    return bare != folded and (bare in DEFAULT_NULL_MARKERS or bare in extra_markers)
 
 
 def _is_foldable_base(char: str) -> bool:
