@@ -276,17 +276,21 @@ def encode_extract(
         raise ConfigurationError("an output path is the extract itself; choose another --out")
     reader = open_extract(extract_path, chunk_rows=chunk_rows)
     source = str(extract_path)
-    local = _ChunkEncoder(
-        schema, mapping, reader.header, secret.material(), project_id, bad_rows, source
-    )
+    try:  # the extract is closed on every path out, so a bad row does not leave it open
+        local = _ChunkEncoder(
+            schema, mapping, reader.header, secret.material(), project_id, bad_rows, source
+        )
+        encoded_path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".bloomlink-encode-", dir=encoded_path.parent))
+    except BaseException:
+        reader.close()
+        raise
     clk_bytes = schema.encoded_bits // 8
     size = Path(extract_path).stat().st_size
     process_count = workers or _default_workers()
     if size < PARALLEL_FROM_BYTES:
         process_count = 1
 
-    encoded_path.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".bloomlink-encode-", dir=encoded_path.parent))
     try:
         clk_scratch = scratch / "clks.bin"
         ids_scratch = scratch / "ids.txt"
@@ -428,4 +432,5 @@ def encode_extract(
             workers=process_count,
         )
     finally:
+        reader.close()
         shutil.rmtree(scratch, ignore_errors=True)

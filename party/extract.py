@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,15 +35,35 @@ class ExtractChunk:
 
 
 class ExtractReader:
-    """Iterate an extract in chunks; ``header`` is available before the first chunk."""
+    """Iterate an extract in chunks; ``header`` is available before the first chunk.
 
-    def __init__(self, path: Path, header: list[str], chunks: Iterator[ExtractChunk]) -> None:
+    Close it (or use it as a context manager) when done: a run that stops early, on a bad
+    row, must not leave the extract open.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        header: list[str],
+        chunks: Iterator[ExtractChunk],
+        close: Callable[[], None] = lambda: None,
+    ) -> None:
         self.path = path
         self.header = header
         self._chunks = chunks
+        self._close = close
 
     def __iter__(self) -> Iterator[ExtractChunk]:
         return self._chunks
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> ExtractReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _csv_reader(path: Path, chunk_rows: int) -> ExtractReader:
@@ -100,7 +120,7 @@ def _csv_reader(path: Path, chunk_rows: int) -> ExtractReader:
         finally:
             text.close()
 
-    return ExtractReader(path, header, chunks())
+    return ExtractReader(path, header, chunks(), close=text.close)
 
 
 def _parquet_reader(path: Path, chunk_rows: int) -> ExtractReader:
@@ -116,6 +136,7 @@ def _parquet_reader(path: Path, chunk_rows: int) -> ExtractReader:
         raise ExtractError("not a readable Parquet file", path=str(path)) from None
     header = list(parquet_file.schema_arrow.names)
     if parquet_file.metadata.num_rows == 0:
+        parquet_file.close()
         raise ExtractError("file has columns but no data rows", path=str(path))
 
     def to_text(value: object) -> str:
@@ -137,7 +158,7 @@ def _parquet_reader(path: Path, chunk_rows: int) -> ExtractReader:
             yield ExtractChunk(first_row=row_number + 1, rows=rows)
             row_number += len(rows)
 
-    return ExtractReader(path, header, chunks())
+    return ExtractReader(path, header, chunks(), close=parquet_file.close)
 
 
 def open_extract(path: Path | str, *, chunk_rows: int = 20_000) -> ExtractReader:
