@@ -381,9 +381,9 @@ def encode_extract(
         digests = np.concatenate(id_digests)
         unique, occurrences = np.unique(digests, return_counts=True)
         if len(unique) != record_count:
-            rows = np.concatenate(row_numbers)
+            all_rows = np.concatenate(row_numbers)
             repeated = unique[occurrences > 1][0]
-            where = rows[np.flatnonzero(digests == repeated)[:2]]
+            where = all_rows[np.flatnonzero(digests == repeated)[:2]]
             raise RecordError(
                 f"record id repeats the id of row {int(where[0])}; record ids must be unique",
                 row=int(where[1]),

@@ -125,7 +125,7 @@ def _csv_reader(path: Path, chunk_rows: int) -> ExtractReader:
 
 def _parquet_reader(path: Path, chunk_rows: int) -> ExtractReader:
     try:
-        import pyarrow.parquet as parquet  # optional extra: bloomlink[parquet]
+        import pyarrow.parquet as parquet  # type: ignore[import-untyped]  # bloomlink[parquet]
     except ImportError:
         raise ExtractError(
             "reading Parquet needs pyarrow: pip install 'bloomlink[parquet]'", path=str(path)

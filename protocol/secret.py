@@ -13,6 +13,7 @@ import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from protocol.errors import SecretError
 
@@ -46,7 +47,7 @@ class LinkageSecret:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         # Refuse to be pickled into a worker by accident; pass material() explicitly.
         raise TypeError("LinkageSecret cannot be serialised")
 

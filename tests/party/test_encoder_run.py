@@ -43,9 +43,7 @@ def write_csv(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> 
     return path
 
 
-def run(
-    extract: Path, out: Path, *, seed: int | None = 7, **options: object
-) -> EncodeSummary:
+def run(extract: Path, out: Path, *, seed: int | None = 7, **options: object) -> EncodeSummary:
     generator = np.random.default_rng(seed) if seed is not None else None
     return encode_extract(
         extract_path=extract,
@@ -69,10 +67,7 @@ def expected_clks(rows: list[list[str]]) -> dict[str, bytes]:
     """Each record's CLK computed directly: mapping normalisation + ClkEncoder."""
     bound = shipped_mapping("moj").bind(default_schema(), HEADER)
     encoder = ClkEncoder(default_schema(), SECRET, project_id="demo")
-    return {
-        row[0]: encoder.encode(bound.normalise(row, row_number=1))
-        for row in rows
-    }
+    return {row[0]: encoder.encode(bound.normalise(row, row_number=1)) for row in rows}
 
 
 @pytest.fixture
@@ -212,7 +207,7 @@ def test_trailing_blank_lines_are_not_records(dirs: tuple[Path, Path]) -> None:
 def test_undecodable_bytes_name_row_and_field_not_the_bytes(dirs: tuple[Path, Path]) -> None:
     source, out = dirs
     extract = write_csv(source / "moj.csv", [person(0), person(1), person(2)])
-    data = extract.read_bytes().replace("Bill".encode(), b"B\xefll")
+    data = extract.read_bytes().replace(b"Bill", b"B\xefll")
     extract.write_bytes(data)
     with pytest.raises(RecordError) as raised:
         run(extract, out)

@@ -40,13 +40,18 @@ def test_same_person_normalises_identically_in_every_layout() -> None:
         dfe.normalise(written["dfe"], row_number=1),
         hmpps.normalise(written["hmpps"], row_number=1),
     ]
-    assert values[0] == values[1] == values[2] == [
-        "zoe",
-        "obrien",
-        "2000-02-29",
-        "f",
-        "SW1A 1AA",
-    ]
+    assert (
+        values[0]
+        == values[1]
+        == values[2]
+        == [
+            "zoe",
+            "obrien",
+            "2000-02-29",
+            "f",
+            "SW1A 1AA",
+        ]
+    )
 
 
 def test_nicknames_apply_to_the_forename_only() -> None:
