@@ -81,15 +81,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+        print("error: KeyboardInterrupt: interrupted; nothing was written", file=sys.stderr)
         return ExitCode.INTERRUPTED
     except BloomlinkError as error:
         print(f"error: {type(error).__name__}: {error.message}", file=sys.stderr)
         return exit_code_for(error)
     except Exception as error:
         # Never echo the exception's text: it could carry a record value. Its type and the
-        # traceback's locations are enough to report.
+        # traceback's locations are enough to report; they go to the debug log (--verbose) so
+        # the error stays one line by default.
         frames = "".join(traceback.format_tb(error.__traceback__))
-        logging.getLogger("bloomlink").error("unexpected %s at\n%s", type(error).__name__, frames)
-        print(f"error: {type(error).__name__}: unexpected failure; see the log", file=sys.stderr)
+        logging.getLogger("bloomlink").debug("unexpected %s at\n%s", type(error).__name__, frames)
+        hint = "" if args.verbose else "; rerun with --verbose for where it happened"
+        print(
+            f"error: {type(error).__name__}: unexpected failure (please report it){hint}",
+            file=sys.stderr,
+        )
         return ExitCode.INTERNAL

@@ -43,8 +43,8 @@ BAD_ROW_POLICIES = ("fail", "skip", "blank")
 Progress = Callable[[int], None]
 """Called with the number of rows read so far."""
 
-PARALLEL_FROM_BYTES = 4 << 20
-_RAW_CACHE_LIMIT = 200_000  # per field; cleared when full so memory stays flat  # smaller extracts encode in-process: workers cost ~0.5 s to start
+PARALLEL_FROM_BYTES = 4 << 20  # smaller extracts encode in-process: workers cost ~0.5 s to start
+_RAW_CACHE_LIMIT = 200_000  # per field; cleared when full so memory stays flat
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +89,10 @@ class _ChunkResult:
     row_numbers: list[int]
     skipped: list[tuple[int, str | None, str]]
     blanked: list[tuple[int, str | None, str]]
+    # Under the "fail" policy: the first unusable row (row, field, reason). Carried as data,
+    # not raised in the worker: our errors take keyword-only context and do not survive
+    # pickling back from a worker process (the pool would report a broken process instead).
+    failure: tuple[int, str | None, str] | None = None
 
 
 class _ChunkEncoder:
@@ -164,11 +168,12 @@ class _ChunkEncoder:
                         continue
                     cache[raw] = 0 if value is None else self.encoder.field_mask(field_index, value)
                 field_masks = list(map(cache.get, column))
+                blank_allowed = self.policy == "blank" and name not in self.bound.required_fields
                 for offset in (
                     [i for i, mask in enumerate(field_masks) if mask is None] if rejected else ()
                 ):
                     reason = rejected[column[offset]]
-                    if self.policy == "blank":
+                    if blank_allowed:
                         blanked.append((first + offset, name, reason))
                     else:
                         self._reject(problems, offset, first, name, reason)
@@ -184,6 +189,9 @@ class _ChunkEncoder:
         skipped = [
             (first + offset, field, reason) for offset, (field, reason) in sorted(problems.items())
         ]
+        if self.policy == "fail" and skipped:
+            # Report the chunk's first bad row, whichever field or check found it.
+            return _ChunkResult(b"", [], [], [], [], failure=skipped[0])
         clks = self.encoder.pack(masks) if masks else np.zeros((0, 1), np.uint64)
         return _ChunkResult(clks.tobytes(), record_ids, row_numbers, skipped, blanked)
 
@@ -195,8 +203,6 @@ class _ChunkEncoder:
         field_name: str | None,
         reason: str,
     ) -> None:
-        if self.policy == "fail":
-            raise RecordError(reason, row=first + offset, field=field_name)
         problems.setdefault(offset, (field_name, reason))
 
 
@@ -223,6 +229,27 @@ def _fresh_generator() -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(secrets.randbits(128)))
 
 
+def _write_positions(
+    positions_path: Path, ids_scratch: Path, position_of: npt.NDArray[np.int64]
+) -> None:
+    """The private ``record_id,position`` file, in extract order, written atomically."""
+    with (
+        atomic_output(positions_path, mode=0o600) as positions_out,
+        ids_scratch.open("r", encoding="utf-8", newline="\n") as ids_in,
+    ):
+        positions_out.write(b"record_id,position\n")
+        buffer: list[str] = []
+        for index, line in enumerate(ids_in):
+            record_id = line[:-1]
+            if any(char in record_id for char in ',"'):
+                record_id = '"' + record_id.replace('"', '""') + '"'
+            buffer.append(f"{record_id},{position_of[index]}\n")
+            if len(buffer) >= 65536:
+                positions_out.write("".join(buffer).encode("utf-8", "surrogateescape"))
+                buffer.clear()
+        positions_out.write("".join(buffer).encode("utf-8", "surrogateescape"))
+
+
 def encode_extract(
     *,
     extract_path: Path | str,
@@ -247,21 +274,30 @@ def encode_extract(
     check_label(project_id, what="project id")
     if bad_rows not in BAD_ROW_POLICIES:
         raise ConfigurationError(f"bad-row policy must be one of {', '.join(BAD_ROW_POLICIES)}")
+    if workers is not None and workers < 1:
+        raise ConfigurationError("workers must be at least 1 (or left out to use every core)")
     encoded_path, positions_path = Path(encoded_path), Path(positions_path)
     if encoded_path.resolve() == positions_path.resolve():
         raise ConfigurationError("the encoded file and the positions file must be different paths")
+    if Path(extract_path).resolve() in (encoded_path.resolve(), positions_path.resolve()):
+        raise ConfigurationError("an output path is the extract itself; choose another --out")
     reader = open_extract(extract_path, chunk_rows=chunk_rows)
     source = str(extract_path)
-    local = _ChunkEncoder(
-        schema, mapping, reader.header, secret.material(), project_id, bad_rows, source
-    )
+    try:  # the extract is closed on every path out, so a bad row does not leave it open
+        local = _ChunkEncoder(
+            schema, mapping, reader.header, secret.material(), project_id, bad_rows, source
+        )
+        encoded_path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".bloomlink-encode-", dir=encoded_path.parent))
+    except BaseException:
+        reader.close()
+        raise
     clk_bytes = schema.encoded_bits // 8
     size = Path(extract_path).stat().st_size
     process_count = workers or _default_workers()
     if size < PARALLEL_FROM_BYTES:
         process_count = 1
 
-    scratch = Path(tempfile.mkdtemp(prefix=".bloomlink-encode-", dir=encoded_path.parent))
     try:
         clk_scratch = scratch / "clks.bin"
         ids_scratch = scratch / "ids.txt"
@@ -281,6 +317,9 @@ def encode_extract(
 
             def collect(result: _ChunkResult, rows_in_chunk: int) -> None:
                 nonlocal skipped_rows, blanked_values
+                if result.failure is not None:
+                    row, field_name, reason = result.failure
+                    raise RecordError(reason, row=row, field=field_name)
                 clk_out.write(result.clks)
                 ids_out.write("".join(f"{record_id}\n" for record_id in result.record_ids))
                 counts["read"] += rows_in_chunk
@@ -349,9 +388,9 @@ def encode_extract(
         digests = np.concatenate(id_digests)
         unique, occurrences = np.unique(digests, return_counts=True)
         if len(unique) != record_count:
-            rows = np.concatenate(row_numbers)
+            all_rows = np.concatenate(row_numbers)
             repeated = unique[occurrences > 1][0]
-            where = rows[np.flatnonzero(digests == repeated)[:2]]
+            where = all_rows[np.flatnonzero(digests == repeated)[:2]]
             raise RecordError(
                 f"record id repeats the id of row {int(where[0])}; record ids must be unique",
                 row=int(where[1]),
@@ -361,7 +400,11 @@ def encode_extract(
         stored = np.memmap(clk_scratch, dtype=np.uint8, mode="r", shape=(record_count, clk_bytes))
         position_of = np.empty(record_count, dtype=np.int64)
         position_of[permutation] = np.arange(record_count, dtype=np.int64)
-        with atomic_output(positions_path, mode=0o600) as positions_out:
+        # Both files or neither: the positions file is committed inside the encoded file's
+        # block (so a failure writing it leaves no encoded file), and removed again if the
+        # encoded file then fails to commit.
+        positions_committed = False
+        try:
             with ClkFileWriter(
                 encoded_path,
                 project_id=project_id,
@@ -372,18 +415,12 @@ def encode_extract(
                 step = 1 << 16
                 for start in range(0, record_count, step):
                     writer.write(np.asarray(stored[permutation[start : start + step]]))
-            positions_out.write(b"record_id,position\n")
-            with ids_scratch.open("r", encoding="utf-8", newline="\n") as ids_in:
-                buffer: list[str] = []
-                for index, line in enumerate(ids_in):
-                    record_id = line[:-1]
-                    if any(char in record_id for char in ',"'):
-                        record_id = '"' + record_id.replace('"', '""') + '"'
-                    buffer.append(f"{record_id},{position_of[index]}\n")
-                    if len(buffer) >= 65536:
-                        positions_out.write("".join(buffer).encode("utf-8", "surrogateescape"))
-                        buffer.clear()
-                positions_out.write("".join(buffer).encode("utf-8", "surrogateescape"))
+                _write_positions(positions_path, ids_scratch, position_of)
+                positions_committed = True
+        except BaseException:
+            if positions_committed:
+                positions_path.unlink(missing_ok=True)
+            raise
         del stored
         assert writer.header is not None
         return EncodeSummary(
@@ -402,4 +439,5 @@ def encode_extract(
             workers=process_count,
         )
     finally:
+        reader.close()
         shutil.rmtree(scratch, ignore_errors=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,22 +24,46 @@ csv.field_size_limit(1 << 20)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ExtractChunk:
-    """Consecutive rows of the extract: ``rows[i]`` is data row ``first_row + i``."""
+    """Consecutive rows of the extract: ``rows[i]`` is data row ``first_row + i``.
+
+    Data rows are numbered from 1 after the header, counting CSV records (a quoted value may
+    span lines) and not counting blank lines.
+    """
 
     first_row: int
     rows: list[list[str]]
 
 
 class ExtractReader:
-    """Iterate an extract in chunks; ``header`` is available before the first chunk."""
+    """Iterate an extract in chunks; ``header`` is available before the first chunk.
 
-    def __init__(self, path: Path, header: list[str], chunks: Iterator[ExtractChunk]) -> None:
+    Close it (or use it as a context manager) when done: a run that stops early, on a bad
+    row, must not leave the extract open.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        header: list[str],
+        chunks: Iterator[ExtractChunk],
+        close: Callable[[], None] = lambda: None,
+    ) -> None:
         self.path = path
         self.header = header
         self._chunks = chunks
+        self._close = close
 
     def __iter__(self) -> Iterator[ExtractChunk]:
         return self._chunks
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> ExtractReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _csv_reader(path: Path, chunk_rows: int) -> ExtractReader:
@@ -66,12 +90,15 @@ def _csv_reader(path: Path, chunk_rows: int) -> ExtractReader:
 
     def chunks() -> Iterator[ExtractChunk]:
         row_number = 0
+        seen_rows = False
         try:
             while True:
                 rows: list[list[str]] = []
                 first = row_number + 1
                 try:
                     for row in reader:
+                        if not row:
+                            continue  # a blank line (often a trailing one) is not a record
                         row_number += 1
                         rows.append(row)
                         if len(rows) >= chunk_rows:
@@ -83,21 +110,22 @@ def _csv_reader(path: Path, chunk_rows: int) -> ExtractReader:
                         path=str(path),
                     ) from None
                 if not rows:
-                    if row_number == 0:
+                    if not seen_rows:
                         raise ExtractError("file has a header but no data rows", path=str(path))
                     return
+                seen_rows = True
                 yield ExtractChunk(first_row=first, rows=rows)
                 if len(rows) < chunk_rows:
                     return
         finally:
             text.close()
 
-    return ExtractReader(path, header, chunks())
+    return ExtractReader(path, header, chunks(), close=text.close)
 
 
 def _parquet_reader(path: Path, chunk_rows: int) -> ExtractReader:
     try:
-        import pyarrow.parquet as parquet  # optional extra: bloomlink[parquet]
+        import pyarrow.parquet as parquet  # type: ignore[import-untyped]  # bloomlink[parquet]
     except ImportError:
         raise ExtractError(
             "reading Parquet needs pyarrow: pip install 'bloomlink[parquet]'", path=str(path)
@@ -108,11 +136,16 @@ def _parquet_reader(path: Path, chunk_rows: int) -> ExtractReader:
         raise ExtractError("not a readable Parquet file", path=str(path)) from None
     header = list(parquet_file.schema_arrow.names)
     if parquet_file.metadata.num_rows == 0:
+        parquet_file.close()
         raise ExtractError("file has columns but no data rows", path=str(path))
 
     def to_text(value: object) -> str:
         if value is None:
             return ""
+        if isinstance(value, bytes):
+            # Like the CSV reader: undecodable bytes become surrogate escapes, which the
+            # normaliser rejects naming the row and field.
+            return value.decode("utf-8", "surrogateescape")
         if hasattr(value, "isoformat"):
             return value.isoformat()  # type: ignore[no-any-return]
         return str(value)
@@ -125,7 +158,7 @@ def _parquet_reader(path: Path, chunk_rows: int) -> ExtractReader:
             yield ExtractChunk(first_row=row_number + 1, rows=rows)
             row_number += len(rows)
 
-    return ExtractReader(path, header, chunks())
+    return ExtractReader(path, header, chunks(), close=parquet_file.close)
 
 
 def open_extract(path: Path | str, *, chunk_rows: int = 20_000) -> ExtractReader:

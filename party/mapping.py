@@ -11,6 +11,8 @@ once. :meth:`DepartmentMapping.bind` checks it against an extract's header and r
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +81,10 @@ class DepartmentMapping:
                 problems.append(
                     f'field {spec.name!r} is sex: give codes, e.g. {{ M = "m", F = "f" }}'
                 )
+            if source_spec and source_spec.column is None and spec.missing == "required":
+                problems.append(
+                    f"field {spec.name!r} is required by the schema, so it cannot be absent"
+                )
         if problems:
             raise MappingError(problems, source=source)
 
@@ -108,9 +114,18 @@ class DepartmentMapping:
             record_id_index=columns.index(self.record_id_column),
             readers=tuple(readers),
             width=len(columns),
+            required_fields=frozenset(
+                spec.name for spec in schema.fields if spec.missing == "required"
+            ),
         )
 
     def _normaliser(self, spec: FieldSpec, source: FieldSource) -> Normaliser:
+        normalise = self._kind_normaliser(spec, source)
+        if spec.missing != "required":
+            return normalise
+        return partial(_require_value, normalise)
+
+    def _kind_normaliser(self, spec: FieldSpec, source: FieldSource) -> Normaliser:
         markers = self.null_markers
         if spec.kind == "person_name":
             table = normalisation.nickname_table() if spec.nicknames else None
@@ -129,7 +144,11 @@ class DepartmentMapping:
                 normalisation.normalise_identifier, max_length=spec.max_length, null_markers=markers
             )
         if spec.kind == "postcode":
-            return partial(normalisation.normalise_postcode, null_markers=markers)
+            # The schema's limit, not the normaliser's UK-sized default: a value that is not
+            # UK-shaped is kept (as letters and digits), not rejected.
+            return partial(
+                normalisation.normalise_postcode, max_length=spec.max_length, null_markers=markers
+            )
         if spec.kind == "sex":
             return partial(normalisation.normalise_sex, codes=source.codes, null_markers=markers)
         if spec.kind == "date":
@@ -139,6 +158,13 @@ class DepartmentMapping:
         raise AssertionError(f"unhandled field kind {spec.kind}")
 
 
+def _require_value(normalise: Normaliser, raw: str) -> str | None:
+    value = normalise(raw)
+    if value is None:
+        raise ValueRejectedError('a value is required (the schema says missing = "required")')
+    return value
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BoundMapping:
     """A mapping fitted to one extract's columns: turns a row into normalised field values."""
@@ -146,6 +172,8 @@ class BoundMapping:
     record_id_index: int
     readers: tuple[tuple[str, int | None, Normaliser], ...]
     width: int
+    required_fields: frozenset[str] = frozenset()
+    """Fields the schema marks ``missing = "required"``: never blanked, the row is skipped."""
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -174,9 +202,39 @@ class BoundMapping:
                 problem = RecordError(error.message, row=row_number, field=name)
                 if blanked is None:
                     raise problem from None
+                if name in self.required_fields:
+                    raise problem from None
                 blanked.append(problem)
                 values.append(None)
         return values
+
+
+def _date_format_problems(date_format: str) -> list[str]:
+    """Why a strptime format cannot give a full, unambiguous date (empty if it can)."""
+    directives = set(re.findall(r"%.", date_format.replace("%%", "")))
+    problems = []
+    if "%y" in directives:
+        problems.append(
+            f"{date_format!r} has a two-digit year (%y), which is ambiguous for dates of birth; "
+            "convert years to four digits before encoding"
+        )
+    elif "%Y" not in directives:
+        problems.append(f"{date_format!r} has no year (%Y)")
+    if "%j" not in directives:
+        if not directives & {"%m", "%b", "%B"}:
+            problems.append(f"{date_format!r} has no month (%m, %b or %B)")
+        if "%d" not in directives:
+            problems.append(f"{date_format!r} has no day (%d)")
+    if not problems:
+        # An unknown directive makes strptime fail on every row; catch it here instead.
+        sample = dt.datetime(1987, 11, 23)
+        try:
+            round_trip = dt.datetime.strptime(sample.strftime(date_format), date_format)
+        except ValueError:
+            round_trip = None
+        if round_trip is None or round_trip.date() != sample.date():
+            problems.append(f"{date_format!r} is not a strptime format that reads back a date")
+    return problems
 
 
 def _strings(value: Any) -> bool:
@@ -228,7 +286,13 @@ def parse_mapping(data: Any, *, source: str | None = None) -> DepartmentMapping:
                 problems.append(f"{where}: unknown key {key!r}")
             absent = entry.get("absent", False)
             column = entry.get("column")
-            if absent is True:
+            if not isinstance(absent, bool):
+                problems.append(f"{where}.absent must be true or false")
+                continue
+            if absent and column is not None:
+                problems.append(f"{where}: give column or absent = true, not both")
+                continue
+            if absent:
                 column = None
             elif not isinstance(column, str) or not column:
                 problems.append(f'{where}: give column = "..." (or absent = true)')
@@ -238,17 +302,22 @@ def parse_mapping(data: Any, *, source: str | None = None) -> DepartmentMapping:
                 problems.append(f"{where}.date_formats must be a list of strptime formats")
                 formats = []
             for date_format in formats:
-                if "%y" in date_format:
-                    problems.append(
-                        f"{where}.date_formats: two-digit years (%y) are ambiguous for dates of "
-                        "birth; convert them to four digits before encoding"
-                    )
+                problems.extend(
+                    f"{where}.date_formats: {p}" for p in _date_format_problems(date_format)
+                )
             codes = entry.get("codes", {})
             if not isinstance(codes, Mapping) or not all(
                 isinstance(v, str) and v in ("m", "f", "") for v in codes.values()
             ):
                 problems.append(f'{where}.codes must map each code to "m", "f" or "" (not known)')
                 codes = {}
+            folded_codes = [str(code).casefold() for code in codes]
+            clashes = sorted({code for code in folded_codes if folded_codes.count(code) > 1})
+            if clashes:
+                problems.append(
+                    f"{where}.codes: codes are matched ignoring case, so these clash: "
+                    + ", ".join(clashes)
+                )
             sources.append(
                 FieldSource(
                     field_name=str(name),

@@ -8,12 +8,14 @@ the output for any input is a new version.
 
 Rules of norm/v1, in order (docs/schema.md has the full table):
  1. invalid UTF-8 (surrogate escapes) and over-long raw values are rejected;
- 2. NFKC (compatibility forms: fullwidth letters, ligatures, superscripts);
- 3. control characters become spaces; format characters (zero-width, bidi marks, BOM, soft
+ 2. control characters become spaces; format characters (zero-width, bidi marks, BOM, soft
     hyphen) are removed;
- 4. null-like values ("NULL", "N/A", "UNKNOWN", "-", ...) and empty values are missing;
- 5. per kind: names are case-folded, accents folded (é -> e, ø -> o, ß -> ss), apostrophes
-    removed, hyphens and dashes become spaces, other punctuation removed; dates are parsed
+ 3. NFKC (compatibility forms: fullwidth letters, ligatures, superscripts);
+ 4. null-like values ("NULL", "N/A", "UNKNOWN", "-", ...) and empty values are missing, both
+    as written and once normalised ("<NULL>", "Null." are missing too);
+ 5. per kind: names are case-folded, Latin and Greek accents folded (é -> e, ø -> o,
+    ß -> ss, έ -> ε), marks of other scripts kept (Devanagari vowel signs, Cyrillic й),
+    apostrophes removed, hyphens and dashes become spaces, other punctuation removed; dates are parsed
     with the department's formats and written as ISO YYYY-MM-DD; UK postcodes are written
     as "OUTWARD INWARD"; sex codes are mapped to "m" or "f"; identifiers are upper-cased
     letters and digits only;
@@ -69,8 +71,13 @@ DEFAULT_NULL_MARKERS = frozenset(
         "--",
         "?",
         "not stated",
+        "not applicable",
+        "n/k",
     }
 )
+
+# Brackets and trailing dots systems wrap null markers in: "<NULL>", "(unknown)", "N/K.".
+_MARKER_WRAPPING = " .,;:!()[]{}<>\"'*_"
 
 RAW_LENGTH_LIMIT = 1000  # characters; anything longer is an extract fault, not a name
 
@@ -86,8 +93,20 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 _NOT_LETTERS = re.compile(r"[\W\d_]+")  # runs of anything but a letter (any script)
 _NOT_ALNUM = re.compile(r"[\W_]+")
 _NAME_PUNCTUATION = str.maketrans({**{c: None for c in _APOSTROPHES}, **{c: " " for c in _HYPHENS}})
-_POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?)([0-9][A-Z]{2})$")
-_PLACEHOLDER_DATES = frozenset({"1900-01-01", "1800-01-01", "1111-11-11", "9999-12-31"})
+_POSTCODE = re.compile(r"^([A-Z]{1,2}[0-9][A-Z0-9]?|GIR)([0-9][A-Z]{2})$")
+# Dates systems write when they hold none: 1900-01-01 and friends, .NET's DateTime.MinValue,
+# SQL Server's datetime minimum and the Excel/OLE epoch.
+_PLACEHOLDER_DATES = frozenset(
+    {
+        "1900-01-01",
+        "1800-01-01",
+        "1111-11-11",
+        "9999-12-31",
+        "0001-01-01",
+        "1753-01-01",
+        "1899-12-30",
+    }
+)
 
 
 def _check_raw(value: str) -> None:
@@ -101,8 +120,10 @@ def _check_raw(value: str) -> None:
 def strip_invisible(value: str) -> str:
     """NFKC, control characters to spaces, format characters removed, whitespace collapsed."""
     _check_raw(value)
-    text = value if value.isascii() else unicodedata.normalize("NFKC", value)
+    text = value
     if not text.isascii() or not text.isprintable():
+        # Invisible characters go before NFKC, so a zero-width joiner between a letter and
+        # its accent cannot stop them composing (and cleaning twice changes nothing).
         chars = []
         for char in text:
             category = unicodedata.category(char)
@@ -110,18 +131,54 @@ def strip_invisible(value: str) -> str:
                 continue
             chars.append(" " if category == "Cc" else char)
         text = "".join(chars)
+        if not text.isascii():
+            text = unicodedata.normalize("NFKC", text)
     return _SPACES.sub(" ", text).strip()
 
 
 def is_null_like(cleaned: str, extra_markers: frozenset[str] = frozenset()) -> bool:
-    """Whether an already-cleaned value means "missing"."""
+    """Whether an already-cleaned value means "missing".
+
+    Also checked on the normalised value, so "<NULL>", "(unknown)" or "Null." never reach
+    the encoder as the literal word (every such record would share its bits).
+    """
     folded = cleaned.casefold()
-    return folded in DEFAULT_NULL_MARKERS or folded in extra_markers
+    if folded in DEFAULT_NULL_MARKERS or folded in extra_markers:
+        return True
+    bare = folded.strip(_MARKER_WRAPPING)
+    return bare != folded and (bare in DEFAULT_NULL_MARKERS or bare in extra_markers)
+
+
+def _is_foldable_base(char: str) -> bool:
+    # Latin (NFKD leaves an ASCII base) and Greek (tonos and dialytika are accents; Greek
+    # capitals are usually written without them, so "ΟΔΥΣΣΕΑΣ" must match "Οδυσσέας").
+    return char.isascii() or "\u0370" <= char <= "\u03ff" or "\u1f00" <= char <= "\u1fff"
+
+
+def _word_characters(text: str, *, digits: bool) -> str:
+    """Letters (and digits) of any script, with the marks that belong to them; everything
+    else becomes one space. Marks are kept because in scripts such as Devanagari a vowel
+    sign or virama is part of the spelling, not decoration (accents were folded already)."""
+    pattern = _NOT_ALNUM if digits else _NOT_LETTERS
+    if text.isascii():
+        return pattern.sub(" ", text).strip()
+    chars: list[str] = []
+    after_letter = False
+    for char in text:
+        if char.isalpha() or (digits and char.isalnum()):
+            chars.append(char)
+            after_letter = True
+        elif after_letter and unicodedata.category(char)[0] == "M":
+            chars.append(char)
+        else:
+            chars.append(" ")
+            after_letter = False
+    return _SPACES.sub(" ", "".join(chars)).strip()
 
 
 def _fold_accents(text: str) -> str:
-    """Drop accents from Latin letters only: in other scripts a mark makes a different
-    letter (Cyrillic й is not и), and those scripts are kept as written."""
+    """Drop accents from Latin and Greek letters only: in other scripts a mark makes a
+    different letter (Cyrillic й is not и), and those scripts are kept as written."""
     if text.isascii():
         return text
     decomposed = unicodedata.normalize("NFKD", text.translate(_LETTER_FOLDS))
@@ -132,7 +189,7 @@ def _fold_accents(text: str) -> str:
             if not base_is_latin:
                 kept.append(char)
             continue
-        base_is_latin = char.isascii()
+        base_is_latin = _is_foldable_base(char)
         kept.append(char)
     return unicodedata.normalize("NFC", "".join(kept))
 
@@ -155,8 +212,8 @@ def normalise_name(
     if is_null_like(cleaned, null_markers):
         return None
     text = _fold_accents(cleaned.translate(_NAME_PUNCTUATION).casefold())
-    text = _NOT_LETTERS.sub(" ", text).strip()
-    if not text:
+    text = _word_characters(text, digits=False)
+    if is_null_like(text, null_markers):
         return None
     if nicknames:
         text = " ".join(nicknames.get(word, word) for word in text.split(" "))
@@ -171,8 +228,10 @@ def normalise_text(
     if is_null_like(cleaned, null_markers):
         return None
     text = _fold_accents(cleaned.translate(_APOSTROPHE_TABLE).casefold())
-    text = _NOT_ALNUM.sub(" ", text).strip()
-    return _limit(text, max_length) if text else None
+    text = _word_characters(text, digits=True)
+    if is_null_like(text, null_markers):
+        return None
+    return _limit(text, max_length)
 
 
 def normalise_identifier(
@@ -182,8 +241,12 @@ def normalise_identifier(
     cleaned = strip_invisible(value)
     if is_null_like(cleaned, null_markers):
         return None
-    text = _NOT_ALNUM.sub("", _fold_accents(cleaned).upper())
-    return _limit(text, max_length) if text else None
+    # Case-fold before folding letters, so "Ø" and "ø" give the same identifier.
+    folded = _fold_accents(cleaned.casefold()).upper()
+    text = _word_characters(folded, digits=True).replace(" ", "")
+    if is_null_like(text, null_markers):
+        return None
+    return _limit(text, max_length)
 
 
 def normalise_postcode(
@@ -195,7 +258,7 @@ def normalise_postcode(
     if is_null_like(cleaned, null_markers):
         return None
     compact = _NOT_ALNUM.sub("", cleaned.upper())
-    if not compact:
+    if is_null_like(compact, null_markers):
         return None
     match = _POSTCODE.fullmatch(compact)
     text = f"{match.group(1)} {match.group(2)}" if match else compact

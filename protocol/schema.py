@@ -246,13 +246,13 @@ def _parse_field(problems: _Problems, where: str, data: Any) -> FieldSpec | None
         problems.add(where, "must be a table")
         return None
     allowed = {"name", "kind", "tokens", "missing", "nicknames", "key_group", "max_length"}
-    problems.unknown_keys(where, data, allowed)
     name = data.get("name")
     if not isinstance(name, str) or not LABEL_PATTERN.fullmatch(name.replace("_", "-")):
         problems.add(f"{where}.name", "must be a lower-case name of letters, digits, '_' or '-'")
         name = None
     else:
         where = f"field {name!r}"
+    problems.unknown_keys(where, data, allowed)
     kind = _choice(problems, f"{where}.kind", data.get("kind"), FIELD_KINDS)
     raw_tokens = data.get("tokens")
     tokens: list[TokenSpec] = []
@@ -361,12 +361,27 @@ def load_schema(path: Path | str) -> LinkageSchema:
         raise SchemaError(["file does not exist"], source=str(source)) from None
     except (OSError, UnicodeDecodeError) as error:
         raise SchemaError([f"cannot read file: {error}"], source=str(source)) from None
+    duplicates: list[str] = []
+
+    def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        # TOML refuses a repeated key; JSON would silently keep the last one.
+        keys = [key for key, _ in pairs]
+        duplicates.extend(sorted({key for key in keys if keys.count(key) > 1}))
+        return dict(pairs)
+
     try:
-        data = json.loads(text) if source.suffix == ".json" else tomllib.loads(text)
+        if source.suffix == ".json":
+            data = json.loads(text, object_pairs_hook=no_duplicate_keys)
+        else:
+            data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
         raise SchemaError(
             [f"not valid {source.suffix.lstrip('.') or 'TOML'}: {error}"], source=str(source)
         ) from None
+    if duplicates:
+        raise SchemaError(
+            [f"key {key!r} is given more than once" for key in duplicates], source=str(source)
+        )
     return parse_schema(data, source=str(source))
 
 

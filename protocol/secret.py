@@ -7,11 +7,13 @@ Its repr is redacted so it cannot slip into a log or a traceback.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from protocol.errors import SecretError
 
@@ -20,6 +22,7 @@ __all__ = ["SECRET_BYTES", "SECRET_ENV_VAR", "LinkageSecret", "read_secret", "wr
 SECRET_BYTES = 32
 SECRET_ENV_VAR = "BLOOMLINK_SECRET_FILE"
 _HEADER = "bloomlink-linkage-secret-v1"
+_MAX_FILE_BYTES = 4096  # a real file is ~93 bytes; never read a huge file named by mistake
 
 
 class LinkageSecret:
@@ -44,7 +47,7 @@ class LinkageSecret:
 
     __str__ = __repr__
 
-    def __reduce__(self) -> object:
+    def __reduce__(self) -> NoReturn:
         # Refuse to be pickled into a worker by accident; pass material() explicitly.
         raise TypeError("LinkageSecret cannot be serialised")
 
@@ -76,10 +79,16 @@ def write_secret(
         ) from None
     try:
         os.fchmod(fd, 0o600)  # the umask cannot widen it
-        os.write(fd, text)
+        written = os.write(fd, text)
+        if written != len(text):
+            raise OSError(errno.ENOSPC, "short write")
         os.fsync(fd)
-    finally:
+    except OSError as error:
+        # Never leave a partial secret behind: it would block the retry ("exists already").
         os.close(fd)
+        target.unlink(missing_ok=True)
+        raise SecretError(f"cannot write secret file: {error.strerror}", path=str(target)) from None
+    os.close(fd)
     return target
 
 
@@ -109,7 +118,17 @@ def read_secret(path: Path | str | None = None) -> LinkageSecret:
             "secret if others may have read it",
             path=str(source),
         )
-    lines = source.read_bytes().decode("ascii", errors="replace").split()
+    try:
+        with source.open("rb") as handle:
+            data = handle.read(_MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise SecretError(f"cannot read secret file: {error.strerror}", path=str(source)) from None
+    if len(data) > _MAX_FILE_BYTES:
+        raise SecretError(
+            "not a bloomlink secret file (far too long; expected two short lines)",
+            path=str(source),
+        )
+    lines = data.decode("ascii", errors="replace").split()
     if len(lines) != 2 or lines[0] != _HEADER:
         raise SecretError(
             "not a bloomlink secret file (expected the header line and one hex line)",

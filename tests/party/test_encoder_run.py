@@ -1,0 +1,392 @@
+"""The encoder run on bad extracts, its bad-row policies, its outputs (atomic, shuffled,
+joinable through the positions file) and its parallel path."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import party.encoder_run
+from party.encoder_run import EncodeSummary, encode_extract
+from party.mapping import shipped_mapping
+from protocol.clk_file import read_clks
+from protocol.encoding import ClkEncoder
+from protocol.errors import ConfigurationError, ExtractError, RecordError
+from protocol.schema import default_schema
+from protocol.secret import LinkageSecret
+
+SECRET = LinkageSecret(bytes(range(32)))
+HEADER = ["person_id", "forename", "surname", "date_of_birth", "gender", "postcode"]
+FORENAMES = ["Ann", "Zoë", "Bill", "Mohammed", "Siobhán", "Jo", "Émile", "Li", "Ola", "Tom"]
+SURNAMES = ["O’Brien", "Smith-Jones", "Ng", "Kowalski", "Ó Súilleabháin", "Lee", "Ali"]
+
+
+def person(index: int) -> list[str]:
+    return [
+        f"P{index:05d}",
+        FORENAMES[index % len(FORENAMES)],
+        SURNAMES[index % len(SURNAMES)],
+        f"{index % 28 + 1:02d}/{index % 12 + 1:02d}/{1950 + index % 50}",
+        ("Male", "Female", "Unknown")[index % 3],
+        ("SW1A 1AA", "M1 1AE", "", "EH1 1YZ")[index % 4],
+    ]
+
+
+def write_csv(path: Path, rows: list[list[str]], header: list[str] = HEADER) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def run(extract: Path, out: Path, *, seed: int | None = 7, **options: object) -> EncodeSummary:
+    generator = np.random.default_rng(seed) if seed is not None else None
+    return encode_extract(
+        extract_path=extract,
+        mapping=shipped_mapping("moj"),
+        schema=default_schema(),
+        secret=SECRET,
+        project_id="demo",
+        encoded_path=out / "moj.clk",
+        positions_path=out / "moj.positions.csv",
+        generator=generator,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def read_positions(path: Path) -> dict[str, int]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return {row["record_id"]: int(row["position"]) for row in csv.DictReader(handle)}
+
+
+def expected_clks(rows: list[list[str]]) -> dict[str, bytes]:
+    """Each record's CLK computed directly: mapping normalisation + ClkEncoder."""
+    bound = shipped_mapping("moj").bind(default_schema(), HEADER)
+    encoder = ClkEncoder(default_schema(), SECRET, project_id="demo")
+    return {row[0]: encoder.encode(bound.normalise(row, row_number=1)) for row in rows}
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    out.mkdir()
+    return source, out
+
+
+def assert_nothing_written(out: Path) -> None:
+    assert list(out.iterdir()) == []  # no encoded file, no positions file, no scratch
+
+
+def test_positions_join_gives_each_record_its_clk(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    rows = [person(index) for index in range(60)]
+    summary = run(write_csv(source / "moj.csv", rows), out)
+    assert (summary.rows_read, summary.records_encoded, summary.rows_skipped) == (60, 60, 0)
+    header, clks = read_clks(out / "moj.clk")
+    assert header.record_count == 60 and header.clk_bits == 1024
+    assert header.kcv.hex() == summary.kcv
+    positions = read_positions(out / "moj.positions.csv")
+    assert sorted(positions) == sorted(row[0] for row in rows)
+    assert sorted(positions.values()) == list(range(60))  # distinct, dense
+    for record_id, clk in expected_clks(rows).items():
+        assert clks[positions[record_id]].tobytes() == clk
+    assert (out / "moj.positions.csv").stat().st_mode & 0o077 == 0
+    assert sorted(path.name for path in out.iterdir()) == ["moj.clk", "moj.positions.csv"]
+
+
+def test_shuffle_is_fresh_each_run_and_never_the_input_order(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    extract = write_csv(source / "moj.csv", [person(index) for index in range(40)])
+    orders = []
+    for _ in range(2):
+        run(extract, out, seed=None)
+        positions = read_positions(out / "moj.positions.csv")
+        orders.append([positions[f"P{index:05d}"] for index in range(40)])
+    assert orders[0] != orders[1]
+    assert all(order != list(range(40)) for order in orders)
+
+
+def test_fixed_generator_gives_identical_files(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    extract = write_csv(source / "moj.csv", [person(index) for index in range(30)])
+    run(extract, out, seed=3)
+    first = (out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()
+    run(extract, out, seed=3)
+    assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == first
+
+
+def test_parallel_path_matches_in_process_path(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, out = dirs
+    extract = write_csv(source / "moj.csv", [person(index) for index in range(90)])
+    single = run(extract, out, seed=11, chunk_rows=25)
+    single_bytes = (out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()
+    monkeypatch.setattr(party.encoder_run, "PARALLEL_FROM_BYTES", 0)
+    parallel = run(extract, out, seed=11, chunk_rows=25, workers=2)
+    assert single.workers == 1 and parallel.workers == 2
+    assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == (
+        single_bytes
+    )
+
+
+def test_parallel_path_reports_a_bad_row_and_writes_nothing(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source, out = dirs
+    rows = [person(index) for index in range(30)]
+    rows[17][3] = "31/02/1990"
+    monkeypatch.setattr(party.encoder_run, "PARALLEL_FROM_BYTES", 0)
+    with pytest.raises(RecordError) as raised:
+        run(write_csv(source / "moj.csv", rows), out, chunk_rows=10, workers=2)
+    assert (raised.value.row, raised.value.field) == (18, "date_of_birth")
+    assert_nothing_written(out)
+
+
+def test_parquet_gives_the_same_clks_as_csv(dirs: tuple[Path, Path]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source, out = dirs
+    rows = [person(index) for index in range(25)]
+    run(write_csv(source / "moj.csv", rows), out, seed=5)
+    from_csv = (out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()
+    table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(HEADER)})
+    pq.write_table(table, source / "moj.parquet")
+    run(source / "moj.parquet", out, seed=5)
+    assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == from_csv
+
+
+def test_parquet_binary_column_with_bad_bytes_names_row_and_field(
+    dirs: tuple[Path, Path],
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source, out = dirs
+    rows = [person(index) for index in range(3)]
+    columns = {name: [row[i] for row in rows] for i, name in enumerate(HEADER)}
+    surnames = [row[2].encode("utf-8") for row in rows]
+    surnames[1] = b"Sm\xefth"
+    columns["surname"] = surnames  # type: ignore[assignment]
+    pq.write_table(pa.table(columns), source / "moj.parquet")
+    with pytest.raises(RecordError) as raised:
+        run(source / "moj.parquet", out)
+    assert (raised.value.row, raised.value.field) == (2, "surname")
+    assert_nothing_written(out)
+
+
+def test_empty_and_header_only_files(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    empty = source / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(ExtractError, match="file is empty"):
+        run(empty, out)
+    with pytest.raises(ExtractError, match="header but no data rows"):
+        run(write_csv(source / "header.csv", []), out)
+    blank_lines = source / "blank.csv"
+    blank_lines.write_text(",".join(HEADER) + "\n\n\n", encoding="utf-8")
+    with pytest.raises(ExtractError, match="header but no data rows"):
+        run(blank_lines, out)
+    assert_nothing_written(out)
+
+
+def test_trailing_blank_lines_are_not_records(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    extract = write_csv(source / "moj.csv", [person(0), person(1)])
+    with extract.open("a", encoding="utf-8") as handle:
+        handle.write("\r\n\r\n")
+    assert run(extract, out).records_encoded == 2
+
+
+def test_undecodable_bytes_name_row_and_field_not_the_bytes(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    extract = write_csv(source / "moj.csv", [person(0), person(1), person(2)])
+    data = extract.read_bytes().replace(b"Bill", b"B\xefll")
+    extract.write_bytes(data)
+    with pytest.raises(RecordError) as raised:
+        run(extract, out)
+    assert (raised.value.row, raised.value.field) == (3, "forename")
+    assert "UTF-8" in str(raised.value) and "ll" not in str(raised.value)
+    assert_nothing_written(out)
+
+
+def test_ten_thousand_character_name(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    rows = [person(0), person(1)]
+    rows[1][2] = "Featherstonehaugh" * 600
+    with pytest.raises(RecordError) as raised:
+        run(write_csv(source / "moj.csv", rows), out)
+    assert (raised.value.row, raised.value.field) == (2, "surname")
+    assert "Featherstone" not in str(raised.value)
+
+
+def test_wrong_cell_count_and_unclosed_quote(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    short = write_csv(source / "short.csv", [person(0), person(1)[:4], person(2)])
+    with pytest.raises(RecordError, match="row 2: has 4 cells but the header has 6"):
+        run(short, out)
+    unclosed = source / "unclosed.csv"
+    unclosed.write_text(
+        ",".join(HEADER) + '\nP1,Ann,Lee,01/02/1990,Female,M1 1AE\nP2,"Bob,Lee,01/02/1990\n',
+        encoding="utf-8",
+    )
+    with pytest.raises(ExtractError, match="row 2 is not valid CSV"):
+        run(unclosed, out)
+    assert_nothing_written(out)
+
+
+def test_duplicate_and_empty_record_ids(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    rows = [person(index) for index in range(5)]
+    rows[3][0] = rows[1][0]
+    with pytest.raises(RecordError, match="row 4: record id repeats the id of row 2"):
+        run(write_csv(source / "dup.csv", rows), out)
+    rows = [person(index) for index in range(5)]
+    rows[2][0] = "   "
+    with pytest.raises(RecordError, match="row 3: record id is empty"):
+        run(write_csv(source / "empty_id.csv", rows), out)
+    assert_nothing_written(out)
+
+
+def test_fail_policy_reports_the_first_bad_row_whatever_its_field(
+    dirs: tuple[Path, Path],
+) -> None:
+    source, out = dirs
+    rows = [person(index) for index in range(10)]
+    rows[6][1] = "x" * 2000  # forename, checked first, but a later row
+    rows[2][5] = "q" * 2000  # postcode, checked last, but the earlier row
+    with pytest.raises(RecordError) as raised:
+        run(write_csv(source / "moj.csv", rows), out)
+    assert (raised.value.row, raised.value.field) == (3, "postcode")
+    assert_nothing_written(out)
+
+
+def test_skip_and_blank_policies_count_what_they_did(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    rows = [person(index) for index in range(10)]
+    rows[2][3] = "31/02/1990"
+    rows[5][4] = "Xyzzy"
+    rows[7] = rows[7][:3]
+    extract = write_csv(source / "moj.csv", rows)
+
+    skipped = run(extract, out, bad_rows="skip")
+    assert (skipped.rows_read, skipped.records_encoded, skipped.rows_skipped) == (10, 7, 3)
+    assert skipped.problems_by_field == {"date_of_birth": 1, "sex": 1, "(row)": 1}
+    assert set(read_positions(out / "moj.positions.csv")) == {
+        row[0] for index, row in enumerate(rows) if index not in (2, 5, 7)
+    }
+
+    blanked = run(extract, out, bad_rows="blank")
+    assert (blanked.records_encoded, blanked.rows_skipped, blanked.values_blanked) == (9, 1, 2)
+    _, clks = read_clks(out / "moj.clk")
+    positions = read_positions(out / "moj.positions.csv")
+    bound = shipped_mapping("moj").bind(default_schema(), HEADER)
+    encoder = ClkEncoder(default_schema(), SECRET, project_id="demo")
+    values = bound.normalise(rows[2], row_number=3, blanked=[])
+    assert values[2] is None
+    assert clks[positions[rows[2][0]]].tobytes() == encoder.encode(values)
+
+
+def test_all_rows_skipped_writes_nothing(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    rows = [person(index)[:3] for index in range(4)]
+    with pytest.raises(ExtractError, match="none of the 4 rows could be encoded"):
+        run(write_csv(source / "moj.csv", rows), out, bad_rows="skip")
+    assert_nothing_written(out)
+
+
+def test_failure_writing_positions_leaves_no_encoded_file(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    extract = write_csv(source / "moj.csv", [person(0), person(1)])
+    (out / "moj.positions.csv").mkdir()  # cannot be replaced by a file
+    with pytest.raises(OSError):
+        run(extract, out)
+    assert sorted(path.name for path in out.iterdir()) == ["moj.positions.csv"]
+    assert (out / "moj.positions.csv").is_dir()
+
+
+def test_outputs_replace_earlier_ones_only_on_success(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    good = write_csv(source / "good.csv", [person(0), person(1)])
+    run(good, out)
+    before = (out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()
+    bad = write_csv(source / "bad.csv", [person(0), person(1)[:2]])
+    with pytest.raises(RecordError):
+        run(bad, out)
+    assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == before
+
+
+def test_settings_are_checked_before_any_work(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    extract = write_csv(source / "moj.csv", [person(0)])
+    with pytest.raises(ConfigurationError, match="project id"):
+        encode_extract(
+            extract_path=extract,
+            mapping=shipped_mapping("moj"),
+            schema=default_schema(),
+            secret=SECRET,
+            project_id="Not A Label",
+            encoded_path=out / "a.clk",
+            positions_path=out / "a.csv",
+        )
+    with pytest.raises(ConfigurationError, match="bad-row policy"):
+        run(extract, out, bad_rows="ignore")
+    with pytest.raises(ConfigurationError, match="workers"):
+        run(extract, out, workers=0)
+    with pytest.raises(ConfigurationError, match="different paths"):
+        encode_extract(
+            extract_path=extract,
+            mapping=shipped_mapping("moj"),
+            schema=default_schema(),
+            secret=SECRET,
+            project_id="demo",
+            encoded_path=out / "same",
+            positions_path=out / "same",
+        )
+    with pytest.raises(ConfigurationError, match="the extract itself"):
+        encode_extract(
+            extract_path=extract,
+            mapping=shipped_mapping("moj"),
+            schema=default_schema(),
+            secret=SECRET,
+            project_id="demo",
+            encoded_path=extract,
+            positions_path=out / "p.csv",
+        )
+    assert_nothing_written(out)
+    assert extract.read_text(encoding="utf-8").startswith("person_id")
+
+
+def test_missing_output_directory_is_created(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    extract = write_csv(source / "moj.csv", [person(0)])
+    summary = encode_extract(
+        extract_path=extract,
+        mapping=shipped_mapping("moj"),
+        schema=default_schema(),
+        secret=SECRET,
+        project_id="demo",
+        encoded_path=out / "new" / "moj.clk",
+        positions_path=out / "new" / "moj.positions.csv",
+    )
+    assert summary.encoded_path.is_file()
+
+
+def test_progress_and_summary_carry_counts_not_values(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    rows = [person(index) for index in range(12)]
+    seen: list[int] = []
+    summary = run(write_csv(source / "moj.csv", rows), out, chunk_rows=5, progress=seen.append)
+    assert seen == [5, 10, 12]
+    line = summary.one_line()
+    assert "encoded 12 of 12 rows" in line
+    for row in rows:
+        for value in row[1:]:
+            if len(value) > 3:
+                assert value not in line

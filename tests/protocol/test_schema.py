@@ -1,0 +1,199 @@
+"""Linkage schema: validation lists every problem at once; the fingerprint tracks exactly what
+changes an encoding."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from protocol import normalisation
+from protocol.errors import SchemaError
+from protocol.schema import default_schema, load_schema, parse_schema
+
+
+def default_document() -> dict[str, Any]:
+    text = resources.files("protocol").joinpath("data/default_schema.toml").read_text("utf-8")
+    return tomllib.loads(text)
+
+
+def test_default_schema_loads() -> None:
+    schema = default_schema()
+    assert [spec.name for spec in schema.fields] == [
+        "forename",
+        "surname",
+        "date_of_birth",
+        "sex",
+        "postcode",
+    ]
+    assert schema.clk_bits == 1024 and schema.encoded_bits == 1024
+    assert len(schema.fingerprint) == 32
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    document = {
+        "schema_version": 1,
+        "name": "bad",
+        "clk_bits": 1000,
+        "hardening": "xor-fold",
+        "colour": "red",
+        "fields": [
+            {"name": "a", "kind": "weird", "tokens": [{"method": "ngram", "bits": 10}]},
+            {"name": "b", "kind": "sex", "tokens": [{"method": "ngram", "bits": 10}]},
+            {"name": "c", "kind": "date", "tokens": [{"method": "date_parts"}]},
+            {"name": "d", "kind": "sex", "tokens": [{"method": "exact", "bits": 5}], "x": 1},
+            {"name": "d", "kind": "sex", "tokens": [{"method": "exact", "bits": 5}]},
+            {"name": "e", "kind": "person_name", "tokens": []},
+        ],
+    }
+    with pytest.raises(SchemaError) as raised:
+        parse_schema(document, source="bad.toml")
+    problems = raised.value.problems
+    expected = [
+        "unknown key 'colour'",
+        "clk_bits: must be a multiple of 64",
+        "xor-fold needs clk_bits to be a multiple of 128",
+        "field 'a'.kind: must be one of",
+        "'ngram' does not apply to a sex field",
+        "field 'c'.tokens[0]: give exactly one of 'bits'",
+        "field 'd': unknown key 'x'",
+        "field 'd': is defined twice",
+        "field 'e'.tokens: must list at least one tokeniser",
+    ]
+    for fragment in expected:
+        assert any(fragment in problem for problem in problems), fragment
+    assert len(problems) == len(expected)
+    assert str(raised.value).startswith(f"{len(expected)} problems in linkage schema in bad.toml")
+
+
+def test_xor_fold_needs_a_multiple_of_128_on_its_own() -> None:
+    document = default_document() | {"clk_bits": 192, "hardening": "xor-fold"}
+    with pytest.raises(SchemaError) as raised:
+        parse_schema(document)
+    assert raised.value.problems == ("hardening: xor-fold needs clk_bits to be a multiple of 128",)
+    assert parse_schema(default_document() | {"clk_bits": 256, "hardening": "xor-fold"})
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"clk_bits": 32}, "between 64 and 65536"),
+        ({"clk_bits": True}, "whole number"),
+        ({"hashing": "md5"}, "hashing: must be one of"),
+        ({"schema_version": 2}, "schema_version: must be 1"),
+        ({"name": "Has Spaces"}, "name: must be a lower-case label"),
+        ({"fields": []}, "fields: must list at least one field"),
+    ],
+)
+def test_single_problems(change: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(SchemaError) as raised:
+        parse_schema(default_document() | change)
+    assert any(fragment in problem for problem in raised.value.problems)
+
+
+def test_token_and_field_problems() -> None:
+    document = default_document()
+    document["fields"][0]["tokens"][0] = {"method": "ngram", "size": 9, "bits": 10, "bogus": 1}
+    document["fields"][1]["nicknames"] = "yes"
+    document["fields"][2]["nicknames"] = True
+    document["fields"][3]["key_group"] = "Bad Group"
+    document["fields"][4]["max_length"] = 0
+    with pytest.raises(SchemaError) as raised:
+        parse_schema(document)
+    text = " | ".join(raised.value.problems)
+    for fragment in (
+        "field 'forename'.tokens[0]: unknown key 'bogus'",
+        "field 'forename'.tokens[0].size: must be between 1 and 5",
+        "field 'surname'.nicknames: must be true or false",
+        "field 'date_of_birth'.nicknames: applies only to person_name fields",
+        "field 'sex'.key_group: must be a lower-case label",
+        "field 'postcode'.max_length: must be between 1 and 1000",
+    ):
+        assert fragment in text
+    assert len(raised.value.problems) == 6
+
+
+def test_fingerprint_ignores_key_order_whitespace_and_description(tmp_path: Path) -> None:
+    base = default_schema()
+    reordered = dict(reversed(list(default_document().items())))
+    reordered["fields"] = [dict(reversed(list(field.items()))) for field in reordered["fields"]]
+    assert parse_schema(reordered).fingerprint == base.fingerprint
+    assert (
+        parse_schema(default_document() | {"description": "something else"}).fingerprint
+        == base.fingerprint
+    )
+    text = resources.files("protocol").joinpath("data/default_schema.toml").read_text("utf-8")
+    spaced = tmp_path / "spaced.toml"
+    spaced.write_text("\n\n# a comment\n" + text.replace(" = ", "   =   "), encoding="utf-8")
+    assert load_schema(spaced).fingerprint == base.fingerprint
+
+
+def test_json_and_toml_forms_give_the_same_fingerprint(tmp_path: Path) -> None:
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(default_document(), indent=2), encoding="utf-8")
+    assert load_schema(path).fingerprint == default_schema().fingerprint
+
+
+def test_json_with_a_repeated_key_is_refused(tmp_path: Path) -> None:
+    text = json.dumps(default_document())
+    path = tmp_path / "schema.json"
+    path.write_text(text[:-1] + ', "clk_bits": 2048}', encoding="utf-8")
+    with pytest.raises(SchemaError, match="'clk_bits' is given more than once"):
+        load_schema(path)
+
+
+def _changed(edit: Any) -> bytes:
+    document = copy.deepcopy(default_document())
+    edit(document)
+    return parse_schema(document).fingerprint
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda d: d.update(clk_bits=2048),
+        lambda d: d.update(hashing="blake2b"),
+        lambda d: d.update(hardening="balance"),
+        lambda d: d["fields"][0]["tokens"][0].update(bits=151),
+        lambda d: d["fields"][0]["tokens"][0].update(size=3),
+        lambda d: d["fields"][0]["tokens"][0].update(positional=True),
+        lambda d: d["fields"][0].update(nicknames=False),
+        lambda d: d["fields"][0].update(key_group="names"),
+        lambda d: d["fields"][1].update(kind="free_text"),
+        lambda d: d["fields"].reverse(),
+        lambda d: d["fields"].pop(),
+    ],
+)
+def test_fingerprint_changes_with_anything_that_changes_encoding(edit: Any) -> None:
+    assert _changed(edit) != default_schema().fingerprint
+
+
+def test_fingerprint_covers_normaliser_version_and_nickname_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    base = default_schema().fingerprint  # computed now: the property reads the globals
+    monkeypatch.setattr("protocol.schema.NORMALISER_VERSION", "norm/v2")
+    assert default_schema().fingerprint != base
+    monkeypatch.undo()
+    assert default_schema().fingerprint == base
+    monkeypatch.setattr("protocol.schema.nickname_table_digest", lambda: "0" * 64)
+    assert default_schema().fingerprint != base
+    assert normalisation.nickname_table_digest() != "0" * 64
+
+
+def test_unreadable_or_invalid_files(tmp_path: Path) -> None:
+    with pytest.raises(SchemaError, match="does not exist"):
+        load_schema(tmp_path / "missing.toml")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("clk_bits = = 3", encoding="utf-8")
+    with pytest.raises(SchemaError, match="not valid toml"):
+        load_schema(broken)
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe")
+    with pytest.raises(SchemaError, match="cannot read file"):
+        load_schema(binary)

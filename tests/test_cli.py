@@ -1,0 +1,310 @@
+"""The command line: documented exit codes, one-line errors, and no secret or record value in
+any output of keygen and encode."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import stat
+from pathlib import Path
+
+import pytest
+
+from bloomlink import cli
+from bloomlink.exit_codes import EXIT_CODE_HELP, ExitCode, exit_code_for
+from protocol import errors
+from protocol.secret import SECRET_ENV_VAR
+
+HEADER = ["person_id", "forename", "surname", "date_of_birth", "gender", "postcode"]
+ROWS = [
+    ["MJ-000001", "Theodora", "Featherstonehaugh", "29/02/2000", "Female", "SW1A 1AA"],
+    ["MJ-000002", "Bartholomew", "Okonkwo-Whitfield", "13/07/1985", "Male", "EH1 1YZ"],
+    ["MJ-000003", "Siobhán", "Ó Súilleabháin", "01/01/1900", "Unknown", "NULL"],
+]
+# Values (raw and normalised) that must never appear in any output.
+SENSITIVE = [
+    "Theodora",
+    "theodora",
+    "Featherstonehaugh",
+    "featherstonehaugh",
+    "Bartholomew",
+    "bartholomew",
+    "Okonkwo",
+    "okonkwo",
+    "whitfield",
+    "Siobh",
+    "siobhan",
+    "suilleabhain",
+    "29/02/2000",
+    "2000-02-29",
+    "1985-07-13",
+    "SW1A",
+    "EH1 1YZ",
+]
+
+
+def write_extract(path: Path, rows: list[list[str]]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        writer.writerows(rows)
+    return path
+
+
+def secret_hex(path: Path) -> str:
+    return path.read_text(encoding="ascii").split()[1]
+
+
+def test_every_exit_code_has_help_and_appears_in_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert set(EXIT_CODE_HELP) == set(ExitCode)
+    assert all(text.strip() for text in EXIT_CODE_HELP.values())
+    assert cli.main(["--help"]) == ExitCode.OK
+    help_text = capsys.readouterr().out
+    for code, text in EXIT_CODE_HELP.items():
+        assert f"{int(code):>3}  {text}" in help_text
+
+
+def _concrete_errors() -> list[type[errors.BloomlinkError]]:
+    return [
+        getattr(errors, name)
+        for name in errors.__all__
+        if issubclass(getattr(errors, name), errors.BloomlinkError)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("error_type", "code"),
+    [
+        (errors.SchemaError, ExitCode.CONFIGURATION),
+        (errors.MappingError, ExitCode.CONFIGURATION),
+        (errors.SecretError, ExitCode.CONFIGURATION),
+        (errors.ConfigurationError, ExitCode.CONFIGURATION),
+        (errors.ExtractError, ExitCode.INPUT),
+        (errors.RecordError, ExitCode.INPUT),
+        (errors.ValueRejectedError, ExitCode.INPUT),
+        (errors.ClkFileError, ExitCode.ENCODED_FILE),
+        (errors.CompatibilityError, ExitCode.INCOMPATIBLE),
+        (errors.UnavailableError, ExitCode.UNAVAILABLE),
+        (errors.NotFoundError, ExitCode.SERVICE),
+        (errors.InvalidRequestError, ExitCode.SERVICE),
+        (errors.MatchingError, ExitCode.MATCHING),
+        (errors.AuditError, ExitCode.AUDIT_FAILED),
+    ],
+)
+def test_each_error_class_maps_to_its_code(
+    error_type: type[errors.BloomlinkError], code: ExitCode
+) -> None:
+    assert exit_code_for(error_type.__new__(error_type)) == code
+
+
+def test_every_error_class_has_a_documented_code() -> None:
+    for error_type in _concrete_errors():
+        code = exit_code_for(error_type.__new__(error_type))
+        assert code in EXIT_CODE_HELP
+        if error_type is not errors.BloomlinkError:
+            assert code != ExitCode.INTERNAL, error_type
+
+
+def _with_command(
+    monkeypatch: pytest.MonkeyPatch, handler: object, capsys: pytest.CaptureFixture[str]
+) -> tuple[int, str, str]:
+    # The keygen command's handler is replaced; the parser picks it up when main builds it.
+    monkeypatch.setattr("bloomlink.commands.keygen.run", handler)
+    code = cli.main(["keygen", "--out", "never-written"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_our_errors_print_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def handler(args: argparse.Namespace) -> int:
+        raise errors.RecordError("value is not a date", row=4, field="date_of_birth")
+
+    code, out, err = _with_command(monkeypatch, handler, capsys)
+    assert code == ExitCode.INPUT
+    assert out == ""
+    assert err == "error: RecordError: row 4, field 'date_of_birth': value is not a date\n"
+
+
+def test_unexpected_error_prints_one_line_without_its_text(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def handler(args: argparse.Namespace) -> int:
+        raise ValueError("Featherstonehaugh 29/02/2000")
+
+    code, out, err = _with_command(monkeypatch, handler, capsys)
+    assert code == ExitCode.INTERNAL
+    assert err.count("\n") == 1 and err.startswith("error: ValueError: unexpected failure")
+    assert "Featherstonehaugh" not in out + err and "29/02" not in out + err
+
+
+def test_interrupt_prints_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def handler(args: argparse.Namespace) -> int:
+        raise KeyboardInterrupt
+
+    code, _, err = _with_command(monkeypatch, handler, capsys)
+    assert code == ExitCode.INTERRUPTED
+    assert err.count("\n") == 1 and err.startswith("error: KeyboardInterrupt: ")
+
+
+def test_usage_errors_exit_with_usage_code(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["encode"]) == ExitCode.USAGE
+    assert cli.main(["no-such-command"]) == ExitCode.USAGE
+    capsys.readouterr()
+
+
+def test_keygen_creates_owner_only_file_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "s.key"
+    assert cli.main(["keygen", "--out", str(path)]) == ExitCode.OK
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    out = capsys.readouterr().out
+    assert secret_hex(path) not in out
+    before = path.read_bytes()
+    assert cli.main(["keygen", "--out", str(path)]) == ExitCode.CONFIGURATION
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: SecretError: ")
+    assert path.read_bytes() == before
+
+
+def test_full_encode_run_never_shows_the_secret_or_a_value(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = tmp_path / "s.key"
+    assert cli.main(["keygen", "--out", str(key)]) == ExitCode.OK
+    extract = write_extract(tmp_path / "moj.csv", ROWS)
+    out_path = tmp_path / "moj.clk"
+    code = cli.main(
+        [
+            "--verbose",
+            "encode",
+            str(extract),
+            "--project",
+            "demo",
+            "--layout",
+            "moj",
+            "--secret-file",
+            str(key),
+            "--out",
+            str(out_path),
+        ]
+    )
+    assert code == ExitCode.OK
+    captured = capsys.readouterr()
+    everything = captured.out + captured.err + caplog.text
+    assert "encoded 3 of 3 rows" in captured.out
+    hex_secret = secret_hex(key)
+    assert hex_secret not in everything and hex_secret.upper() not in everything
+    for value in SENSITIVE:
+        assert value not in everything, value
+    written = out_path.read_bytes() + (tmp_path / "moj.clk.positions.csv").read_bytes()
+    assert bytes.fromhex(hex_secret) not in written
+    assert b"Featherstonehaugh" not in written and b"featherstonehaugh" not in written
+
+
+def test_failed_encode_names_row_and_field_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    key = tmp_path / "s.key"
+    cli.main(["keygen", "--out", str(key)])
+    rows = [row[:] for row in ROWS]
+    rows[1][3] = "31/02/1985"
+    extract = write_extract(tmp_path / "moj.csv", rows)
+    code = cli.main(
+        ["encode", str(extract), "--project", "demo", "--layout", "moj"]
+        + ["--secret-file", str(key), "--out", str(tmp_path / "moj.clk")]
+    )
+    assert code == ExitCode.INPUT
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines == [
+        "error: RecordError: row 2, field 'date_of_birth': value is not a date in the format "
+        "%d/%m/%Y"
+    ]
+    assert "31/02/1985" not in err + caplog.text
+    assert secret_hex(key) not in err + caplog.text
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["moj.csv", "s.key"]
+
+
+@pytest.mark.parametrize(
+    ("setup", "fragment"),
+    [
+        ("missing", "does not exist"),
+        ("readable", "readable by group or others"),
+        ("short", "at least 256 are required"),
+        ("malformed", "not a bloomlink secret file"),
+    ],
+)
+def test_encode_refuses_unusable_secret_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], setup: str, fragment: str
+) -> None:
+    key = tmp_path / "s.key"
+    if setup != "missing":
+        text = {
+            "readable": "bloomlink-linkage-secret-v1\n" + "ab" * 32 + "\n",
+            "short": "bloomlink-linkage-secret-v1\n" + "ab" * 16 + "\n",
+            "malformed": "ab" * 32 + "\n",
+        }[setup]
+        key.write_text(text, encoding="ascii")
+        key.chmod(0o644 if setup == "readable" else 0o600)
+    extract = write_extract(tmp_path / "moj.csv", ROWS)
+    code = cli.main(
+        ["encode", str(extract), "--project", "demo", "--layout", "moj"]
+        + ["--secret-file", str(key), "--out", str(tmp_path / "moj.clk")]
+    )
+    assert code == ExitCode.CONFIGURATION
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: SecretError: ")
+    assert fragment in err and "abab" not in err
+    assert not (tmp_path / "moj.clk").exists()
+
+
+def test_encode_reads_the_secret_file_from_the_environment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = tmp_path / "s.key"
+    cli.main(["keygen", "--out", str(key)])
+    monkeypatch.setenv(SECRET_ENV_VAR, str(key))
+    extract = write_extract(tmp_path / "moj.csv", ROWS)
+    code = cli.main(
+        ["encode", str(extract), "--project", "demo", "--layout", "moj"]
+        + ["--out", str(tmp_path / "moj.clk"), "--workers", "1"]
+    )
+    assert code == ExitCode.OK
+    assert (tmp_path / "moj.clk.positions.csv").is_file()
+    monkeypatch.delenv(SECRET_ENV_VAR)
+    code = cli.main(
+        ["encode", str(extract), "--project", "demo", "--layout", "moj"]
+        + ["--out", str(tmp_path / "again.clk")]
+    )
+    assert code == ExitCode.CONFIGURATION
+    assert SECRET_ENV_VAR in capsys.readouterr().err
+
+
+def test_encode_configuration_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "s.key"
+    cli.main(["keygen", "--out", str(key)])
+    extract = write_extract(tmp_path / "moj.csv", ROWS)
+    base = ["encode", str(extract), "--secret-file", str(key), "--out", str(tmp_path / "o.clk")]
+    capsys.readouterr()
+    cases = [
+        (["--project", "Bad Project", "--layout", "moj"], "ConfigurationError"),
+        (["--project", "demo", "--layout", "nosuch"], "MappingError"),
+        (["--project", "demo", "--layout", "dfe"], "ExtractError"),
+        (["--project", "demo", "--layout", "moj", "--schema", str(tmp_path / "x.toml")], "SchemaError"),
+        (["--project", "demo", "--layout", "moj", "--workers", "0"], "ConfigurationError"),
+    ]  # fmt: skip
+    for extra, error_name in cases:
+        code = cli.main(base + extra)
+        err = capsys.readouterr().err
+        assert code in (ExitCode.CONFIGURATION, ExitCode.INPUT), extra
+        assert err.count("\n") == 1 and err.startswith(f"error: {error_name}: "), err
