@@ -244,6 +244,8 @@ class LinkageService:
                     UploadState.COMPLETE,
                 )
             ):
+                if record.state is UploadState.PARTIAL:
+                    self.storage.check_free_space(header.payload_bytes - record.committed_bytes)
                 return UploadSession(self, header, committed=record.committed_bytes)
             if record is not None and record.state is UploadState.PARTIAL:
                 self._discard(header.project_id, record.header, reason="superseded")
@@ -261,6 +263,7 @@ class LinkageService:
                 self.runs.delete_payloads(
                     header.project_id, {header.party_id: record.header}, reason="replaced"
                 )
+            self.storage.check_free_space(header.payload_bytes)
             self.storage.begin_upload(header)
             return UploadSession(self, header, committed=0)
         except BaseException:
