@@ -299,6 +299,17 @@ class LinkageService:
             or caller.identity.party not in project.members
             or party_id != caller.identity.party
         ):
+            # Audited for the auditor (case 16); the caller sees only "not found".
+            self.audit.append(
+                "access_refused",
+                project_id=project_id if project is not None else None,
+                details={
+                    "party": caller.identity.party or "",
+                    "requested_project": project_id,
+                    "requested_party": party_id,
+                    "certificate_fingerprint": caller.certificate_fingerprint,
+                },
+            )
             raise NotFoundError(_NO_KEYS)
         key_set = self.storage.key_set(project_id, party_id)
         if key_set is None:
