@@ -50,7 +50,10 @@ def out_of_space(error: BaseException) -> bool:
     """Whether ``error`` means the disk (or a file-size or quota limit) is full."""
     if isinstance(error, OSError):
         return error.errno in _OUT_OF_SPACE
-    return isinstance(error, sqlite3.OperationalError) and "full" in str(error)
+    # SQLite reports ENOSPC as "database or disk is full" and EFBIG as "disk I/O error".
+    return isinstance(error, sqlite3.OperationalError) and (
+        "full" in str(error) or "disk I/O" in str(error)
+    )
 
 
 def _space_error() -> ResourceLimitError:
@@ -329,13 +332,15 @@ class Storage:
     def append(self, project_id: str, party: str, *, committed: int, data: bytes) -> int:
         """Durably append ``data`` at payload offset ``committed``; return the new offset."""
         path = self._partial_path(project_id, party)
-        with path.open("r+b") as handle:
+        # Unbuffered, so a failed write leaves no buffer behind to fail again on close.
+        with path.open("r+b", buffering=0) as handle:
             # Drop any tail written before a crash but never committed.
             handle.truncate(HEADER_LENGTH + committed)
             handle.seek(HEADER_LENGTH + committed)
             try:
-                handle.write(data)
-                handle.flush()
+                view = memoryview(data)
+                while view:
+                    view = view[handle.write(view) :]
                 os.fsync(handle.fileno())
             except OSError as error:
                 if not out_of_space(error):

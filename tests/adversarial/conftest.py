@@ -133,6 +133,11 @@ class LinkageUnitProcess:
         assert self.process is not None
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
+        self._close()
+
+    def _close(self) -> None:
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -141,6 +146,7 @@ class LinkageUnitProcess:
                 self.process.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+        self._close()
 
 
 @pytest.fixture
