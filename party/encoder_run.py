@@ -396,4 +396,5 @@ def encode_extract(
             workers=process_count,
         )
     finally:
+        reader.close()
         shutil.rmtree(scratch, ignore_errors=True)

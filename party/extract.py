@@ -41,6 +41,12 @@ class ExtractReader:
     def __iter__(self) -> Iterator[ExtractChunk]:
         return self._chunks
 
+    def close(self) -> None:
+        """Release the file now, also when encoding stopped part-way (e.g. a bad row)."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
 
 def _csv_reader(path: Path, chunk_rows: int) -> ExtractReader:
     try:
