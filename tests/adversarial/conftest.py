@@ -40,7 +40,11 @@ def create_project(client, members=("moj", "dfe"), project_id="p1", **options) -
     )
 
 
-def raw_stub(port: int, pki: CertificateSet, who: str) -> tuple[grpc.Channel, pb_grpc.LinkageUnitStub]:
+def raw_stub(
+    port: int,
+    pki: CertificateSet,
+    who: str,  # noqa: F811 - same name as the fixture
+) -> tuple[grpc.Channel, pb_grpc.LinkageUnitStub]:
     """A bare stub with ``who``'s certificate, for messages the real client never sends."""
     pair = pki.operator if who == "operator" else pki.parties[who]
     credentials = grpc.ssl_channel_credentials(
@@ -57,7 +61,9 @@ def upload_messages(path: Path, party: str, *, chunk: int = 256) -> list[pb.Uplo
     payload = path.read_bytes()[HEADER_LENGTH:]
     messages = [serde.upload_header_to_proto(header)]
     for offset in range(0, len(payload), chunk):
-        messages.append(serde.upload_chunk_to_proto(UploadChunk.of(offset, payload[offset : offset + chunk])))
+        messages.append(
+            serde.upload_chunk_to_proto(UploadChunk.of(offset, payload[offset : offset + chunk]))
+        )
     return messages
 
 
@@ -69,16 +75,27 @@ def send(stub: pb_grpc.LinkageUnitStub, messages: Iterable[pb.UploadRequest]) ->
         raise error_from_rpc(error) from None
 
 
-def upload_all(server, connect, tmp_path: Path, clks: dict[str, np.ndarray], project_id="p1", **file_options) -> dict[str, Path]:
+def upload_all(
+    server,
+    connect,
+    tmp_path: Path,
+    clks: dict[str, np.ndarray],
+    project_id="p1",
+    **file_options,  # noqa: F811
+) -> dict[str, Path]:
     paths = {}
     for party, party_clks in clks.items():
         options = file_options.get(party, {})
-        paths[party] = write_clk_file(tmp_path / f"{party}.clk", party_clks, project_id=project_id, **options)
+        paths[party] = write_clk_file(
+            tmp_path / f"{party}.clk", party_clks, project_id=project_id, **options
+        )
         connect(server, party).upload_file(paths[party], party_id=party)
     return paths
 
 
-def partition(clusters_by_party: dict[str, dict[int, str]]) -> frozenset[frozenset[tuple[str, int]]]:
+def partition(
+    clusters_by_party: dict[str, dict[int, str]],
+) -> frozenset[frozenset[tuple[str, int]]]:
     """Records grouped by link key: the link structure, independent of the key strings."""
     groups: dict[str, set[tuple[str, int]]] = {}
     for party, keys in clusters_by_party.items():
@@ -90,7 +107,7 @@ def partition(clusters_by_party: dict[str, dict[int, str]]) -> frozenset[frozens
 class LinkageUnitProcess:
     """``python -m bloomlink serve --config`` as a child process that tests can SIGKILL."""
 
-    def __init__(self, pki: CertificateSet, data_dir: Path, **settings: object) -> None:
+    def __init__(self, pki: CertificateSet, data_dir: Path, **settings: object) -> None:  # noqa: F811
         self.pki, self.data_dir, self.settings = pki, data_dir, settings
         self.process: subprocess.Popen[str] | None = None
         self.port = 0
@@ -105,7 +122,10 @@ class LinkageUnitProcess:
             "grace_seconds": 0.5,
             **self.settings,
         }
-        lines = [f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}" for key, value in values.items()]
+        lines = [
+            f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}"
+            for key, value in values.items()
+        ]
         path = self.data_dir.parent / f"{self.data_dir.name}.toml"
         path.write_text("\n".join(lines).replace("'", '"') + "\n", encoding="utf-8")
         return path
@@ -150,7 +170,7 @@ class LinkageUnitProcess:
 
 
 @pytest.fixture
-def lu_process(pki, tmp_path: Path) -> Iterator[LinkageUnitProcess]:
+def lu_process(pki, tmp_path: Path) -> Iterator[LinkageUnitProcess]:  # noqa: F811
     processes: list[LinkageUnitProcess] = []
 
     def make(**settings: object) -> LinkageUnitProcess:

@@ -22,21 +22,45 @@ def _rss_mib(pid: int) -> float:
     return 0.0
 
 
-def run_load(process, pki, directory: Path, *, projects: int, pollers: int, seconds: float, records: int, clk_bits: int = 1024) -> dict[str, float | int]:
+def run_load(
+    process,
+    pki,
+    directory: Path,
+    *,
+    projects: int,
+    pollers: int,
+    seconds: float,
+    records: int,
+    clk_bits: int = 1024,
+) -> dict[str, float | int]:
     port = process.start()
     target = f"127.0.0.1:{port}"
     parties = ("moj", "dfe")
 
     def client(who: str) -> LinkageClient:
         pair = pki.operator if who == "operator" else pki.parties[who]
-        return LinkageClient(target, tls=pki.tls_files(pair), timeout=10, retries=2, chunk_bytes=64 * 1024)
+        return LinkageClient(
+            target, tls=pki.tls_files(pair), timeout=10, retries=2, chunk_bytes=64 * 1024
+        )
 
     generator = np.random.default_rng(7)
     with client("operator") as operator:
         for number in range(projects):
-            operator.create_project(ProjectSettings(project_id=f"load-{number}", members=parties, schema_fingerprint=SCHEMA_FINGERPRINT, auto_run=False))
+            operator.create_project(
+                ProjectSettings(
+                    project_id=f"load-{number}",
+                    members=parties,
+                    schema_fingerprint=SCHEMA_FINGERPRINT,
+                    auto_run=False,
+                )
+            )
     files = {
-        (number, party): write_clk_file(directory / f"load-{number}-{party}.clk", random_clks(generator, records, clk_bits), project_id=f"load-{number}", clk_bits=clk_bits)
+        (number, party): write_clk_file(
+            directory / f"load-{number}-{party}.clk",
+            random_clks(generator, records, clk_bits),
+            project_id=f"load-{number}",
+            clk_bits=clk_bits,
+        )
         for number in range(projects)
         for party in parties
     }
@@ -50,7 +74,10 @@ def run_load(process, pki, directory: Path, *, projects: int, pollers: int, seco
     def upload(number: int, party: str) -> None:
         try:
             with client(party) as uploader:
-                if uploader.upload_file(files[number, party], party_id=party).state is UploadState.COMPLETE:
+                if (
+                    uploader.upload_file(files[number, party], party_id=party).state
+                    is UploadState.COMPLETE
+                ):
                     completed.append(1)
         except Exception as error:  # counted, reported in the result
             upload_errors.append(type(error).__name__)

@@ -70,7 +70,9 @@ def server(start_server, connect):
     return started
 
 
-@pytest.mark.parametrize("clk_bits", [1023, 1016, 0, 65536 + 64], ids=["1023", "127B", "0", "over-max"])
+@pytest.mark.parametrize(
+    "clk_bits", [1023, 1016, 0, 65536 + 64], ids=["1023", "127B", "0", "over-max"]
+)
 def test_case_1_wrong_clk_length_is_invalid_argument(server, pki, clk_bits) -> None:
     """Case 1 (and 7, bounds): a CLK length that is not a multiple of 64 in 64..65536 bits is
     refused at the header with INVALID_ARGUMENT; nothing is stored."""
@@ -99,7 +101,9 @@ def test_case_2_trailing_garbage_after_the_payload_is_refused(server, pki, tmp_p
     clks = planted_party_clks(["moj"], seed=2, records=4, shared=0)["moj"]
     path = write_clk_file(tmp_path / "m.clk", clks, project_id="p1")
     messages = upload_messages(path, "moj", chunk=10_000)
-    garbage = pb.UploadRequest(chunk=pb.UploadChunk(offset=len(messages[1].chunk.data), data=b"\x00junk"))
+    garbage = pb.UploadRequest(
+        chunk=pb.UploadChunk(offset=len(messages[1].chunk.data), data=b"\x00junk")
+    )
     garbage.chunk.chunk_sha256 = hashlib.sha256(garbage.chunk.data).digest()
     channel, stub = raw_stub(server.port, pki, "moj")
     with channel, pytest.raises(InvalidRequestError):
@@ -161,15 +165,24 @@ def test_case_4_a_second_different_upload_is_refused(server, connect, tmp_path: 
     """Case 4 (versions): a different payload for a party that has completed its upload is
     ALREADY_EXISTS; only the first is kept (no implicit versioning)."""
     moj = connect(server, "moj")
-    first = write_clk_file(tmp_path / "a.clk", planted_party_clks(["moj"], seed=4)["moj"], project_id="p1")
-    second = write_clk_file(tmp_path / "b.clk", planted_party_clks(["moj"], seed=5)["moj"], project_id="p1")
+    first = write_clk_file(
+        tmp_path / "a.clk", planted_party_clks(["moj"], seed=4)["moj"], project_id="p1"
+    )
+    second = write_clk_file(
+        tmp_path / "b.clk", planted_party_clks(["moj"], seed=5)["moj"], project_id="p1"
+    )
     assert moj.upload_file(first, party_id="moj").state is UploadState.COMPLETE
     with pytest.raises(AlreadyExistsError):
         moj.upload_file(second, party_id="moj")
-    assert server.storage.upload("p1", "moj").header.payload_sha256 == hashlib.sha256(first.read_bytes()[200:]).digest()
+    assert (
+        server.storage.upload("p1", "moj").header.payload_sha256
+        == hashlib.sha256(first.read_bytes()[200:]).digest()
+    )
 
 
-def test_case_5_fewer_records_than_the_header_never_complete(server, connect, pki, tmp_path: Path) -> None:
+def test_case_5_fewer_records_than_the_header_never_complete(
+    server, connect, pki, tmp_path: Path
+) -> None:
     """Case 5: a stream carrying fewer records than its header's count stays PARTIAL; the run
     cannot start (FAILED_PRECONDITION) until the rest arrives."""
     clks = planted_party_clks(["moj"], seed=6, records=8, shared=0)["moj"]
@@ -229,7 +242,9 @@ def test_case_6_non_utf8_text_where_a_label_is_expected_is_refused(server, pki) 
     assert "\\xff" not in (error.details() or "")
 
 
-def test_case_7_parties_with_different_clk_lengths_refuse_the_run(server, connect, tmp_path: Path) -> None:
+def test_case_7_parties_with_different_clk_lengths_refuse_the_run(
+    server, connect, tmp_path: Path
+) -> None:
     """Case 7: parties whose CLK lengths differ refuse the run (REFUSED, aspect clk_bits)."""
     generator = np.random.default_rng(8)
     clks = {

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -72,7 +71,9 @@ def test_case_10_replayed_upload_is_an_idempotent_no_op(audited, connect, tmp_pa
     """Case 10: replaying the same upload (same header and bytes) reports COMPLETE and is
     never counted twice: one upload_committed event, one payload."""
     server, audit = audited
-    path = write_clk_file(tmp_path / "m.clk", planted_party_clks(["moj"], seed=23)["moj"], project_id="p1")
+    path = write_clk_file(
+        tmp_path / "m.clk", planted_party_clks(["moj"], seed=23)["moj"], project_id="p1"
+    )
     moj = connect(server, "moj")
     for _ in range(3):
         assert moj.upload_file(path, party_id="moj").state is UploadState.COMPLETE
@@ -90,14 +91,22 @@ def test_case_11_cross_project_kcv_refuses_the_run(audited, connect, tmp_path) -
     clks = planted_party_clks(["moj", "dfe"], seed=24, records=10, shared=4)
     upload_all(server, connect, tmp_path, clks, moj={"kcv": this}, dfe={"kcv": other})
     status = connect(server, "operator").wait_for_run("p1", timeout=20)
-    assert (status.run_state, status.check_party_id, status.check_aspect) == (RunState.REFUSED, "dfe", "kcv")
+    assert (status.run_state, status.check_party_id, status.check_aspect) == (
+        RunState.REFUSED,
+        "dfe",
+        "kcv",
+    )
 
 
-def test_case_11_upload_to_a_project_the_party_is_not_in_is_not_found(audited, connect, tmp_path) -> None:
+def test_case_11_upload_to_a_project_the_party_is_not_in_is_not_found(
+    audited, connect, tmp_path
+) -> None:
     """Case 11: a header naming a project the caller is not a member of looks exactly like a
     project that does not exist (NOT_FOUND); nothing is stored."""
     server, _ = audited
-    path = write_clk_file(tmp_path / "h.clk", planted_party_clks(["hmrc"], seed=25)["hmrc"], project_id="p1")
+    path = write_clk_file(
+        tmp_path / "h.clk", planted_party_clks(["hmrc"], seed=25)["hmrc"], project_id="p1"
+    )
     from protocol.errors import NotFoundError
 
     with pytest.raises(NotFoundError):
@@ -109,7 +118,9 @@ def test_case_12_header_party_must_be_the_certificate_identity(audited, connect,
     """Case 12 (the mTLS half): MoJ's certificate uploading a header that says DfE ->
     PERMISSION_DENIED; nothing stored for DfE."""
     server, _ = audited
-    path = write_clk_file(tmp_path / "d.clk", planted_party_clks(["dfe"], seed=26)["dfe"], project_id="p1")
+    path = write_clk_file(
+        tmp_path / "d.clk", planted_party_clks(["dfe"], seed=26)["dfe"], project_id="p1"
+    )
     with pytest.raises(PermissionDeniedError):
         connect(server, "moj").upload_file(path, party_id="dfe")
     assert server.storage.upload("p1", "dfe") is None
@@ -131,7 +142,9 @@ _ROWS = [
 ]
 
 
-def test_case_13_encoding_is_bit_identical_across_processes_locales_and_hash_seeds(tmp_path) -> None:
+def test_case_13_encoding_is_bit_identical_across_processes_locales_and_hash_seeds(
+    tmp_path,
+) -> None:
     """Case 13: the same records with the same test key encode bit-identically in this
     process and in child processes under other locales, time zones and hash seeds."""
     expected, _ = encode_rows(tmp_path / "here", "moj", _ROWS)
@@ -139,7 +152,13 @@ def test_case_13_encoding_is_bit_identical_across_processes_locales_and_hash_see
     for number, environment in enumerate(
         (
             {"LC_ALL": "C", "LANG": "C", "PYTHONHASHSEED": "0", "TZ": "UTC"},
-            {"LC_ALL": "tr_TR.UTF-8", "LANG": "tr_TR.UTF-8", "PYTHONHASHSEED": "4242", "TZ": "Asia/Kolkata", "PYTHONUTF8": "1"},
+            {
+                "LC_ALL": "tr_TR.UTF-8",
+                "LANG": "tr_TR.UTF-8",
+                "PYTHONHASHSEED": "4242",
+                "TZ": "Asia/Kolkata",
+                "PYTHONUTF8": "1",
+            },
         )
     ):
         output = subprocess.run(

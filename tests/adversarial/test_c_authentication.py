@@ -9,7 +9,6 @@ short-lived certificates from a per-deployment CA and revokes by re-issuing from
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 
 import grpc
 import pytest
@@ -48,7 +47,17 @@ def authority(tmp_path_factory):
     return ca, ca_pair.certificate, server_pair, directory
 
 
-def _client_files(authority, name: str, *, san=None, usage=ExtendedKeyUsageOID.CLIENT_AUTH, start=None, end=None, common_name="bloomlink party:moj", signer=None) -> TlsFiles:
+def _client_files(
+    authority,
+    name: str,
+    *,
+    san=None,
+    usage=ExtendedKeyUsageOID.CLIENT_AUTH,
+    start=None,
+    end=None,
+    common_name="bloomlink party:moj",
+    signer=None,
+) -> TlsFiles:
     ca, ca_file, _, directory = authority
     signer = signer or ca
     key = ec.generate_private_key(ec.SECP256R1())
@@ -63,21 +72,37 @@ def _client_files(authority, name: str, *, san=None, usage=ExtendedKeyUsageOID.C
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     )
-    names = [x509.UniformResourceIdentifier(Identity(role=Role.PARTY, party="moj").uri)] if san is None else san
+    names = (
+        [x509.UniformResourceIdentifier(Identity(role=Role.PARTY, party="moj").uri)]
+        if san is None
+        else san
+    )
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     certificate = builder.sign(signer.private_key, hashes.SHA256())
     (directory / f"{name}.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     (directory / f"{name}-key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
     )
-    return TlsFiles(ca_certificate=ca_file, certificate=directory / f"{name}.pem", private_key=directory / f"{name}-key.pem")
+    return TlsFiles(
+        ca_certificate=ca_file,
+        certificate=directory / f"{name}.pem",
+        private_key=directory / f"{name}-key.pem",
+    )
 
 
 @pytest.fixture
 def own_server(start_server, authority) -> LinkageUnitServer:
     _, ca_file, server_pair, _ = authority
-    return start_server(ca_certificate=ca_file, certificate=server_pair.certificate, private_key=server_pair.private_key)
+    return start_server(
+        ca_certificate=ca_file,
+        certificate=server_pair.certificate,
+        private_key=server_pair.private_key,
+    )
 
 
 def _status(server, files: TlsFiles) -> None:
@@ -90,7 +115,9 @@ def test_case_14_no_client_certificate_fails_the_handshake(own_server, authority
     credentials = grpc.ssl_channel_credentials(root_certificates=authority[1].read_bytes())
     with grpc.secure_channel(f"127.0.0.1:{own_server.port}", credentials) as channel:
         with pytest.raises(grpc.RpcError) as caught:
-            pb_grpc.LinkageUnitStub(channel).GetProjectStatus(pb.GetProjectStatusRequest(project_id="p1"), timeout=3)
+            pb_grpc.LinkageUnitStub(channel).GetProjectStatus(
+                pb.GetProjectStatusRequest(project_id="p1"), timeout=3
+            )
     assert caught.value.code() is grpc.StatusCode.UNAVAILABLE
 
 
@@ -98,7 +125,9 @@ def test_case_14_no_client_certificate_fails_the_handshake(own_server, authority
     "kind",
     ["other-ca", "expired", "not-yet-valid"],
 )
-def test_case_14_untrusted_or_out_of_date_certificates_fail_the_handshake(own_server, authority, kind) -> None:
+def test_case_14_untrusted_or_out_of_date_certificates_fail_the_handshake(
+    own_server, authority, kind
+) -> None:
     """Case 14: a certificate from another CA, an expired one or a not-yet-valid one is
     refused at the handshake (UNAVAILABLE)."""
     options = {
@@ -111,7 +140,9 @@ def test_case_14_untrusted_or_out_of_date_certificates_fail_the_handshake(own_se
 
 
 @pytest.mark.parametrize("kind", ["dns-san", "no-san", "two-identities"])
-def test_case_14_right_common_name_wrong_san_is_unauthenticated(own_server, authority, kind) -> None:
+def test_case_14_right_common_name_wrong_san_is_unauthenticated(
+    own_server, authority, kind
+) -> None:
     """Case 14: the CN says "party:moj" but the SAN carries no bloomlink identity (a DNS
     name, no SAN at all) or two of them -> UNAUTHENTICATED; the CN is never trusted."""
     sans = {
@@ -130,10 +161,15 @@ def test_case_14_server_auth_only_certificate_is_refused(own_server, authority) 
     """Case 14: a certificate whose extended key usage is serverAuth only (a server's
     certificate reused as a client's) is refused at the handshake."""
     with pytest.raises(UnavailableError):
-        _status(own_server, _client_files(authority, "server-eku", usage=ExtendedKeyUsageOID.SERVER_AUTH))
+        _status(
+            own_server,
+            _client_files(authority, "server-eku", usage=ExtendedKeyUsageOID.SERVER_AUTH),
+        )
 
 
-def test_case_15_server_answering_clients_without_a_certificate_refuses_to_start(authority, tmp_path, monkeypatch) -> None:
+def test_case_15_server_answering_clients_without_a_certificate_refuses_to_start(
+    authority, tmp_path, monkeypatch
+) -> None:
     """Case 15: if the credentials were ever built with require_client_auth=False, the start-up
     self-test connects without a certificate, is answered, and start() raises
     ConfigurationError; the port is released."""
@@ -161,7 +197,9 @@ def test_case_15_the_self_test_passes_on_a_properly_configured_server(own_server
     assert serves_without_client_certificate(own_server.port) is False
 
 
-def test_case_16_other_partys_or_projects_keys_look_like_not_found(start_server, connect, tmp_path) -> None:
+def test_case_16_other_partys_or_projects_keys_look_like_not_found(
+    start_server, connect, tmp_path
+) -> None:
     """Case 16: DfE asking for MoJ's keys, and a party asking about a project it is not in or
     one that does not exist, all get NOT_FOUND with one identical message; the refusal is
     audited (access_refused) without releasing anything."""
@@ -170,7 +208,9 @@ def test_case_16_other_partys_or_projects_keys_look_like_not_found(start_server,
     operator = connect(server, "operator")
     create_project(operator)
     create_project(operator, members=("moj", "hmrc"), project_id="p2")
-    upload_all(server, connect, tmp_path, planted_party_clks(["moj", "dfe"], seed=31, records=8, shared=3))
+    upload_all(
+        server, connect, tmp_path, planted_party_clks(["moj", "dfe"], seed=31, records=8, shared=3)
+    )
     operator.wait_for_run("p1", timeout=20)
     dfe = connect(server, "dfe")
     messages = set()
@@ -183,7 +223,9 @@ def test_case_16_other_partys_or_projects_keys_look_like_not_found(start_server,
     assert len(audit.named("access_refused")) == 4
 
 
-def test_case_17_and_18_results_carry_only_positions_and_keys_for_every_record(start_server, connect, tmp_path) -> None:
+def test_case_17_and_18_results_carry_only_positions_and_keys_for_every_record(
+    start_server, connect, tmp_path
+) -> None:
     """Case 17: the results message type has no field for CLKs, scores, cluster sizes or other
     parties' keys (checked on the descriptor), and a party's keys are opaque random strings.
     Case 18: every submitted record gets a key (positions are exactly 0..n-1, so membership in
@@ -204,7 +246,9 @@ def test_case_17_and_18_results_carry_only_positions_and_keys_for_every_record(s
     assert all(len(key) == 26 and key not in clk_hex for key in fetched.link_keys)
 
 
-def test_case_19_a_second_linkage_unit_cannot_bind_the_same_port(own_server, authority, tmp_path) -> None:
+def test_case_19_a_second_linkage_unit_cannot_bind_the_same_port(
+    own_server, authority, tmp_path
+) -> None:
     """Case 19: a second LU on the same port fails to bind (so_reuseport=0) with a
     ConfigurationError, instead of silently sharing the first one's traffic."""
     _, ca_file, server_pair, _ = authority

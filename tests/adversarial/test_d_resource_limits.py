@@ -31,7 +31,9 @@ def capped(start_server, connect, tmp_path: Path):
     audit = MemoryAuditSink()
     server = start_server(audit=audit, max_message_bytes=64 * 1024, max_upload_bytes=32 * 1024)
     create_project(connect(server, "operator"))
-    path = write_clk_file(tmp_path / "m.clk", planted_party_clks(["moj"], seed=41, records=40)["moj"], project_id="p1")
+    path = write_clk_file(
+        tmp_path / "m.clk", planted_party_clks(["moj"], seed=41, records=40)["moj"], project_id="p1"
+    )
     return server, audit, path
 
 
@@ -39,13 +41,21 @@ def test_case_20_one_message_over_the_cap_is_resource_exhausted(capped, pki) -> 
     """Case 20: a single 100 KiB message against a 64 KiB cap -> RESOURCE_EXHAUSTED."""
     server, _, path = capped
     messages = upload_messages(path, "moj")
-    big = pb.UploadRequest(chunk=pb.UploadChunk(offset=0, data=bytes(100 * 1024), chunk_sha256=hashlib.sha256(bytes(100 * 1024)).digest()))
+    big = pb.UploadRequest(
+        chunk=pb.UploadChunk(
+            offset=0,
+            data=bytes(100 * 1024),
+            chunk_sha256=hashlib.sha256(bytes(100 * 1024)).digest(),
+        )
+    )
     channel, stub = raw_stub(server.port, pki, "moj")
     with channel, pytest.raises(ResourceLimitError):
         send(stub, [messages[0], big])
 
 
-def test_case_20_a_stream_of_small_messages_over_the_total_cap_is_cut_and_deleted(capped, pki) -> None:
+def test_case_20_a_stream_of_small_messages_over_the_total_cap_is_cut_and_deleted(
+    capped, pki
+) -> None:
     """Case 20: many small messages (each under the per-message cap) adding up past the
     per-upload cap -> RESOURCE_EXHAUSTED, partial data deleted and the deletion audited."""
     server, audit, path = capped
@@ -57,7 +67,9 @@ def test_case_20_a_stream_of_small_messages_over_the_total_cap_is_cut_and_delete
     assert not list((server.config.data_dir / "payloads" / "p1").iterdir())
 
 
-def _stalled_upload(server, pki, party: str, path: Path, release: threading.Event, pace: float | None = None):
+def _stalled_upload(
+    server, pki, party: str, path: Path, release: threading.Event, pace: float | None = None
+):
     messages = upload_messages(path, party, chunk=64)
 
     def requests():
@@ -75,16 +87,22 @@ def _stalled_upload(server, pki, party: str, path: Path, release: threading.Even
 
 
 @pytest.mark.parametrize("kind", ["idle", "trickle"])
-def test_case_21_slow_loris_streams_are_cut_by_the_server(start_server, connect, pki, tmp_path, kind) -> None:
+def test_case_21_slow_loris_streams_are_cut_by_the_server(
+    start_server, connect, pki, tmp_path, kind
+) -> None:
     """Case 21: an upload stream that goes silent (idle timeout 0.5 s), or trickles bytes past
     the maximum stream duration (1.5 s), is cancelled by the server well before the client's
     own 20 s deadline; the worker is freed and the party can resume at once."""
     server = start_server(stream_idle_seconds=0.5, max_stream_seconds=1.5)
     create_project(connect(server, "operator"))
-    path = write_clk_file(tmp_path / "m.clk", planted_party_clks(["moj"], seed=42, records=40)["moj"], project_id="p1")
+    path = write_clk_file(
+        tmp_path / "m.clk", planted_party_clks(["moj"], seed=42, records=40)["moj"], project_id="p1"
+    )
     release = threading.Event()
     started = time.monotonic()
-    channel, future = _stalled_upload(server, pki, "moj", path, release, pace=None if kind == "idle" else 0.2)
+    channel, future = _stalled_upload(
+        server, pki, "moj", path, release, pace=None if kind == "idle" else 0.2
+    )
     with channel:
         with pytest.raises(grpc.RpcError) as caught:
             future.result(timeout=10)
@@ -94,7 +112,9 @@ def test_case_21_slow_loris_streams_are_cut_by_the_server(start_server, connect,
     assert connect(server, "moj").upload_file(path, party_id="moj").state is UploadState.COMPLETE
 
 
-def test_case_22_rpcs_beyond_maximum_concurrent_rpcs_are_resource_exhausted(start_server, connect, pki, tmp_path) -> None:
+def test_case_22_rpcs_beyond_maximum_concurrent_rpcs_are_resource_exhausted(
+    start_server, connect, pki, tmp_path
+) -> None:
     """Case 22: with maximum_concurrent_rpcs=2 and two streams held open, a third call is
     RESOURCE_EXHAUSTED at once; the server keeps serving when they end (no crash)."""
     server = start_server(max_concurrent_rpcs=2, stream_idle_seconds=30)
@@ -115,20 +135,32 @@ def test_case_22_rpcs_beyond_maximum_concurrent_rpcs_are_resource_exhausted(star
         for held_channel, future in held:
             future.result(timeout=10)
             held_channel.close()
-        assert stub.GetProjectStatus(pb.GetProjectStatusRequest(project_id="p1"), timeout=5).project_id == "p1"
+        assert (
+            stub.GetProjectStatus(pb.GetProjectStatusRequest(project_id="p1"), timeout=5).project_id
+            == "p1"
+        )
 
 
 def _frame(kind: int, payload: bytes, flags: int = 0, stream: int = 0) -> bytes:
-    return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
+    return (
+        struct.pack(">I", len(payload))[1:]
+        + bytes([kind, flags])
+        + struct.pack(">I", stream)
+        + payload
+    )
 
 
-def test_case_23_ping_flood_gets_goaway_and_others_are_unaffected(start_server, connect, pki) -> None:
+def test_case_23_ping_flood_gets_goaway_and_others_are_unaffected(
+    start_server, connect, pki
+) -> None:
     """Case 23: a mutually authenticated client flooding HTTP/2 PINGs (no data) gets GOAWAY
     ENHANCE_YOUR_CALM "too_many_pings"; a well-behaved client is served meanwhile."""
     server = start_server(min_ping_interval_seconds=1)
     create_project(connect(server, "operator"))
     context = ssl.create_default_context(cafile=str(pki.ca_certificate))
-    context.load_cert_chain(str(pki.parties["moj"].certificate), str(pki.parties["moj"].private_key))
+    context.load_cert_chain(
+        str(pki.parties["moj"].certificate), str(pki.parties["moj"].private_key)
+    )
     context.set_alpn_protocols(["h2"])
     received = b""
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
@@ -167,7 +199,13 @@ def test_case_24_compressed_message_inflating_past_the_cap_is_refused(capped, pk
     (verified on grpcio 1.85)."""
     server, _, path = capped
     messages = upload_messages(path, "moj")
-    bomb = pb.UploadRequest(chunk=pb.UploadChunk(offset=0, data=bytes(200 * 1024), chunk_sha256=hashlib.sha256(bytes(200 * 1024)).digest()))
+    bomb = pb.UploadRequest(
+        chunk=pb.UploadChunk(
+            offset=0,
+            data=bytes(200 * 1024),
+            chunk_sha256=hashlib.sha256(bytes(200 * 1024)).digest(),
+        )
+    )
     channel, stub = raw_stub(server.port, pki, "moj")
     with channel, pytest.raises(grpc.RpcError) as caught:
         stub.Upload(iter([messages[0], bomb]), timeout=5, compression=grpc.Compression.Gzip)

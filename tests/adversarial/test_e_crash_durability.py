@@ -40,10 +40,14 @@ pytestmark = pytest.mark.integration
 
 def _client(pki, port: int, who: str) -> LinkageClient:
     pair = pki.operator if who == "operator" else pki.parties[who]
-    return LinkageClient(f"127.0.0.1:{port}", tls=pki.tls_files(pair), timeout=5, retries=3, backoff=0.1)
+    return LinkageClient(
+        f"127.0.0.1:{port}", tls=pki.tls_files(pair), timeout=5, retries=3, backoff=0.1
+    )
 
 
-def test_case_25_sigkill_mid_upload_resumes_to_identical_bytes(lu_process, pki, tmp_path: Path) -> None:
+def test_case_25_sigkill_mid_upload_resumes_to_identical_bytes(
+    lu_process, pki, tmp_path: Path
+) -> None:
     """Case 25: SIGKILL while a stream is half-way; after restart the LU reports exactly the
     offset it had committed, the client resumes from there (no duplicate chunks) and the
     stored file is byte-identical to the party's."""
@@ -51,7 +55,9 @@ def test_case_25_sigkill_mid_upload_resumes_to_identical_bytes(lu_process, pki, 
     port = lu.start()
     with _client(pki, port, "operator") as operator:
         create_project(operator)
-    path = write_clk_file(tmp_path / "m.clk", planted_party_clks(["moj"], seed=51, records=64)["moj"], project_id="p1")
+    path = write_clk_file(
+        tmp_path / "m.clk", planted_party_clks(["moj"], seed=51, records=64)["moj"], project_id="p1"
+    )
     messages = upload_messages(path, "moj", chunk=256)
     release = threading.Event()
 
@@ -87,7 +93,9 @@ def _keys(pki, port: int, parties) -> dict[str, dict[int, str]]:
     return result
 
 
-def test_case_26_sigkill_mid_run_gives_the_same_link_structure(lu_process, start_server, connect, pki, tmp_path: Path) -> None:
+def test_case_26_sigkill_mid_run_gives_the_same_link_structure(
+    lu_process, start_server, connect, pki, tmp_path: Path
+) -> None:
     """Case 26: SIGKILL while the run is RUNNING (no keys can be fetched before FINISHED);
     after restart the run resumes and its partition of records into clusters equals an
     uninterrupted run's; each party gets only its own positions; fetching twice returns
@@ -98,7 +106,9 @@ def test_case_26_sigkill_mid_run_gives_the_same_link_structure(lu_process, start
     create_project(connect(reference, "operator"), members=parties, retention_days=1)
     (tmp_path / "ref-files").mkdir()
     upload_all(reference, connect, tmp_path / "ref-files", clks)
-    assert connect(reference, "operator").wait_for_run("p1", timeout=60).run_state is RunState.FINISHED
+    assert (
+        connect(reference, "operator").wait_for_run("p1", timeout=60).run_state is RunState.FINISHED
+    )
     expected = partition(_keys(pki, reference.port, parties))
 
     lu = lu_process()
@@ -108,7 +118,13 @@ def test_case_26_sigkill_mid_run_gives_the_same_link_structure(lu_process, start
         for party in parties:
             with _client(pki, port, party) as client:
                 client.upload_file(tmp_path / "ref-files" / f"{party}.clk", party_id=party)
-        wait_until(lambda: operator.project_status("p1").run_state in (RunState.RUNNING, RunState.FINISHED), timeout=20, interval=0.005)
+        wait_until(
+            lambda: (
+                operator.project_status("p1").run_state in (RunState.RUNNING, RunState.FINISHED)
+            ),
+            timeout=20,
+            interval=0.005,
+        )
         state_at_kill = operator.project_status("p1").run_state
     if state_at_kill is RunState.RUNNING:
         with _client(pki, port, "moj") as moj, pytest.raises(PreconditionError):
@@ -142,34 +158,52 @@ class _FileSizeLimit:
         resource.setrlimit(resource.RLIMIT_FSIZE, self.previous)
 
 
-def test_case_27_full_disk_during_upload_is_a_clean_error_and_a_retry_succeeds(start_server, connect, pki, tmp_path: Path) -> None:
+def test_case_27_full_disk_during_upload_is_a_clean_error_and_a_retry_succeeds(
+    start_server, connect, pki, tmp_path: Path
+) -> None:
     """Case 27 (upload): the disk fills after some chunks are committed -> RESOURCE_EXHAUSTED
     naming disk space; the partial file holds exactly the committed bytes (no torn tail);
     once space is back, the party's retry resumes and completes byte-identically."""
     server = start_server(audit=MemoryAuditSink())
     create_project(connect(server, "operator"))
-    path = write_clk_file(tmp_path / "m.clk", planted_party_clks(["moj"], seed=53, records=512)["moj"], project_id="p1")
+    path = write_clk_file(
+        tmp_path / "m.clk",
+        planted_party_clks(["moj"], seed=53, records=512)["moj"],
+        project_id="p1",
+    )
     messages = upload_messages(path, "moj", chunk=4096)
     partial = server.config.data_dir / "payloads" / "p1" / "moj.partial"
     channel, stub = raw_stub(server.port, pki, "moj")
     with channel:
         assert send(stub, messages[:3]).committed_bytes == 8192
-        with _FileSizeLimit(HEADER_LENGTH + 8192 + 100), pytest.raises(ResourceLimitError, match="disk space"):
+        with (
+            _FileSizeLimit(HEADER_LENGTH + 8192 + 100),
+            pytest.raises(ResourceLimitError, match="disk space"),
+        ):
             send(stub, [messages[0], *messages[3:]])
     assert partial.stat().st_size == HEADER_LENGTH + 8192
     assert server.storage.upload("p1", "moj").committed_bytes == 8192
     assert connect(server, "moj").upload_file(path, party_id="moj").state is UploadState.COMPLETE
-    assert (server.config.data_dir / "payloads" / "p1" / "moj.clk").read_bytes() == path.read_bytes()
+    assert (
+        server.config.data_dir / "payloads" / "p1" / "moj.clk"
+    ).read_bytes() == path.read_bytes()
 
 
-def test_case_27_full_disk_while_writing_results_fails_the_run_and_a_restart_finishes(start_server, connect, tmp_path: Path) -> None:
+def test_case_27_full_disk_while_writing_results_fails_the_run_and_a_restart_finishes(
+    start_server, connect, tmp_path: Path
+) -> None:
     """Case 27 (results): the disk is full when link keys are written -> the run is FAILED
     (one SQLite transaction: no partial key set, nothing fetchable); after space is freed
     the operator's restart finishes with a key for every record."""
     server = start_server()
     operator = connect(server, "operator")
     create_project(operator, auto_run=False)
-    upload_all(server, connect, tmp_path, planted_party_clks(["moj", "dfe"], seed=54, records=3000, shared=100))
+    upload_all(
+        server,
+        connect,
+        tmp_path,
+        planted_party_clks(["moj", "dfe"], seed=54, records=3000, shared=100),
+    )
     largest = max(p.stat().st_size for p in server.config.data_dir.glob("state.sqlite3*"))
     with _FileSizeLimit(largest + 32 * 1024):
         operator.start_run("p1")
@@ -181,12 +215,16 @@ def test_case_27_full_disk_while_writing_results_fails_the_run_and_a_restart_fin
     assert len(connect(server, "moj").fetch_link_keys("p1", "moj").link_keys) == 3000
 
 
-def test_case_28_out_of_order_duplicate_and_missing_offsets(start_server, connect, pki, tmp_path: Path) -> None:
+def test_case_28_out_of_order_duplicate_and_missing_offsets(
+    start_server, connect, pki, tmp_path: Path
+) -> None:
     """Case 28: a gap is INVALID_ARGUMENT naming the expected offset; a duplicate of a
     committed chunk is harmless; a stream that stops early stays PARTIAL at its offset."""
     server = start_server()
     create_project(connect(server, "operator"))
-    path = write_clk_file(tmp_path / "m.clk", planted_party_clks(["moj"], seed=55, records=40)["moj"], project_id="p1")
+    path = write_clk_file(
+        tmp_path / "m.clk", planted_party_clks(["moj"], seed=55, records=40)["moj"], project_id="p1"
+    )
     messages = upload_messages(path, "moj", chunk=100)
     channel, stub = raw_stub(server.port, pki, "moj")
     with channel:
@@ -206,7 +244,11 @@ def test_case_29_a_clock_jump_back_does_not_reorder_runs(tmp_path: Path, monkeyp
     from tests.service_helpers import SCHEMA_FINGERPRINT
 
     store = storage_module.Storage(tmp_path / "lu")
-    store.create_project(ProjectSettings(project_id="p1", members=("moj", "dfe"), schema_fingerprint=SCHEMA_FINGERPRINT))
+    store.create_project(
+        ProjectSettings(
+            project_id="p1", members=("moj", "dfe"), schema_fingerprint=SCHEMA_FINGERPRINT
+        )
+    )
     store.create_run("p1", "first")
     real = time.time
     monkeypatch.setattr(storage_module.time, "time", lambda: real() - 86400)

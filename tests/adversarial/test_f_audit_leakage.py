@@ -23,7 +23,14 @@ from protocol.errors import InvalidRequestError, NotFoundError, PermissionDenied
 from protocol.messages import ProjectSettings
 from protocol.schema import default_schema
 from protocol.secret import LinkageSecret, read_secret, write_secret
-from tests.adversarial.conftest import MOJ_HEADER, TEST_SECRET, encode_rows, raw_stub, send, upload_messages
+from tests.adversarial.conftest import (
+    MOJ_HEADER,
+    TEST_SECRET,
+    encode_rows,
+    raw_stub,
+    send,
+    upload_messages,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -33,24 +40,45 @@ CANARY_DOB = "17/03/1983"
 
 
 def _needles(clk: bytes) -> list[bytes]:
-    values = [CANARY_FORENAME, CANARY_SURNAME, CANARY_SURNAME.lower(), CANARY_SURNAME.upper(), "1983-03-17", CANARY_DOB]
-    needles = [value.encode("utf-8") for value in values] + [value.encode("utf-16-le") for value in values]
+    values = [
+        CANARY_FORENAME,
+        CANARY_SURNAME,
+        CANARY_SURNAME.lower(),
+        CANARY_SURNAME.upper(),
+        "1983-03-17",
+        CANARY_DOB,
+    ]
+    needles = [value.encode("utf-8") for value in values] + [
+        value.encode("utf-16-le") for value in values
+    ]
     needles += [base64.b64encode(value.encode()) for value in values]
-    needles += [TEST_SECRET.hex().encode(), clk.hex().encode(), clk[:16], base64.b64encode(clk)[:24]]
+    needles += [
+        TEST_SECRET.hex().encode(),
+        clk.hex().encode(),
+        clk[:16],
+        base64.b64encode(clk)[:24],
+    ]
     return needles
 
 
-def test_case_31_no_canary_value_clk_or_key_in_logs_audit_or_error_details(start_server, connect, pki, tmp_path: Path, caplog) -> None:
+def test_case_31_no_canary_value_clk_or_key_in_logs_audit_or_error_details(
+    start_server, connect, pki, tmp_path: Path, caplog
+) -> None:
     """Case 31: a canary person is encoded and uploaded, then refusals are provoked (a digest
     mismatch, an upload as another party, a fetch of someone else's keys). Neither the audit
     file, nor any log record at DEBUG, nor any error message contains the canary's names (UTF-8,
     UTF-16, base64, case variants), date of birth, the linkage secret or the canary's CLK."""
     caplog.set_level(logging.DEBUG)
-    rows = [("c1", CANARY_FORENAME, CANARY_SURNAME, CANARY_DOB, "Female", "SW1A 1AA"), ("c2", "Ann", "Lee", "01/02/1990", "Female", "M1 1AE")]
+    rows = [
+        ("c1", CANARY_FORENAME, CANARY_SURNAME, CANARY_DOB, "Female", "SW1A 1AA"),
+        ("c2", "Ann", "Lee", "01/02/1990", "Female", "M1 1AE"),
+    ]
     by_id, _ = encode_rows(tmp_path / "moj", "moj", rows, project_id="p1")
     server = start_server()  # the default JSON-lines audit file in the data directory
     connect(server, "operator").create_project(
-        ProjectSettings(project_id="p1", members=("moj", "dfe"), schema_fingerprint=default_schema().fingerprint)
+        ProjectSettings(
+            project_id="p1", members=("moj", "dfe"), schema_fingerprint=default_schema().fingerprint
+        )
     )
     errors: list[str] = []
     path = tmp_path / "moj" / "moj.clk"
@@ -71,7 +99,9 @@ def test_case_31_no_canary_value_clk_or_key_in_logs_audit_or_error_details(start
     server.stop(0)
     haystacks = {
         "audit": (server.config.data_dir / "audit.jsonl").read_bytes(),
-        "logs": "\n".join(record.getMessage() + str(record.exc_info or "") for record in caplog.records).encode(),
+        "logs": "\n".join(
+            record.getMessage() + str(record.exc_info or "") for record in caplog.records
+        ).encode(),
         "errors": "\n".join(errors).encode(),
     }
     assert haystacks["audit"] and haystacks["errors"]
@@ -100,7 +130,9 @@ def test_case_33_the_secret_is_never_printed_pickled_or_left_readable(tmp_path: 
 def test_case_34_positions_are_shuffled_not_row_order(tmp_path: Path) -> None:
     """Case 34: record ids never cross the wire; what does (a CLK's position) is a uniform
     shuffle: positions are not row order and their rank correlation with it is near zero."""
-    rows = [(f"r{i:04d}", f"Name{i}", "Lee", "01/02/1990", "Female", "SW1A 1AA") for i in range(400)]
+    rows = [
+        (f"r{i:04d}", f"Name{i}", "Lee", "01/02/1990", "Female", "SW1A 1AA") for i in range(400)
+    ]
     encode_rows(tmp_path, "moj", rows)
     lines = (tmp_path / "moj.positions.csv").read_text().splitlines()[1:]
     positions = np.array([int(line.split(",")[1]) for line in lines])

@@ -46,8 +46,12 @@ def test_cases_35_to_38_and_41_odd_forms_give_identical_clks_across_departments(
     """Cases 35-38, 41: NFD vs NFC, NFKC compatibility forms, ß/ss, dotless i, final sigma,
     invisible and bidi characters, apostrophe/hyphen variants, stray whitespace, 29 February
     and DD/MM vs ISO: each MoJ row's CLK equals its DfE twin's, bit for bit."""
-    moj_rows = [(f"m{i}", f, s, d, "Female", "SW1A 1AA") for i, (_, f, s, d, _, _) in enumerate(SAME_PERSON)]
-    dfe_rows = [(f"d{i}", f, s, _iso(d), "F", "sw1a1aa") for i, (_, _, _, d, f, s) in enumerate(SAME_PERSON)]
+    moj_rows = [
+        (f"m{i}", f, s, d, "Female", "SW1A 1AA") for i, (_, f, s, d, _, _) in enumerate(SAME_PERSON)
+    ]
+    dfe_rows = [
+        (f"d{i}", f, s, _iso(d), "F", "sw1a1aa") for i, (_, _, _, d, f, s) in enumerate(SAME_PERSON)
+    ]
     moj, dfe = _encode_pair(tmp_path, moj_rows, dfe_rows)
     differing = [case for i, (case, *_) in enumerate(SAME_PERSON) if moj[f"m{i}"] != dfe[f"d{i}"]]
     assert differing == []
@@ -57,8 +61,15 @@ def test_case_39_null_like_values_are_missing_never_hashed_as_text(tmp_path) -> 
     """Case 39: "NULL", "N/A", "-", "UNKNOWN", "" and whitespace-only surnames encode exactly
     like a missing surname (and unlike a real surname "Null")."""
     markers = ["NULL", "N/A", "-", "UNKNOWN", "", "   "]
-    rows = [(f"r{i}", "Ann", marker, "01/02/2001", "Female", "SW1A 1AA") for i, marker in enumerate(markers)]
-    moj, _ = encode_rows(tmp_path / "moj", "moj", rows + [("real", "Ann", "Nullman", "01/02/2001", "Female", "SW1A 1AA")])
+    rows = [
+        (f"r{i}", "Ann", marker, "01/02/2001", "Female", "SW1A 1AA")
+        for i, marker in enumerate(markers)
+    ]
+    moj, _ = encode_rows(
+        tmp_path / "moj",
+        "moj",
+        rows + [("real", "Ann", "Nullman", "01/02/2001", "Female", "SW1A 1AA")],
+    )
     assert len({moj[f"r{i}"] for i in range(len(markers))}) == 1
     assert moj["real"] != moj["r0"]
 
@@ -68,7 +79,11 @@ def test_case_40_long_invalid_and_non_latin_values(tmp_path) -> None:
     under bad_rows=blank, treated as missing; emoji, Arabic, CJK and Cyrillic encode without a
     crash and deterministically; Latin "a" and Cyrillic "а" (confusables) stay different."""
     with pytest.raises(RecordError) as caught:
-        encode_rows(tmp_path / "fail", "moj", [("r1", "A" * 10_000, "Lee", "01/02/2001", "Female", "SW1A 1AA")])
+        encode_rows(
+            tmp_path / "fail",
+            "moj",
+            [("r1", "A" * 10_000, "Lee", "01/02/2001", "Female", "SW1A 1AA")],
+        )
     assert "AAAA" not in str(caught.value)
     rows = [
         ("long", "A" * 10_000, "Lee", "01/02/2001", "Female", "SW1A 1AA"),
@@ -96,8 +111,14 @@ def test_case_41_date_edge_cases(tmp_path) -> None:
     base = ("Ann", "Lee")
     for bad in ("01/02/85", "01/02/2999"):
         with pytest.raises(RecordError):
-            encode_rows(tmp_path / bad.replace("/", "-"), "moj", [("r1", *base, bad, "Female", "SW1A 1AA")])
-    moj, _ = encode_rows(tmp_path / "placeholder", "moj", [("p", *base, "01/01/1900", "Female", "SW1A 1AA"), ("n", *base, "", "Female", "SW1A 1AA")])
+            encode_rows(
+                tmp_path / bad.replace("/", "-"), "moj", [("r1", *base, bad, "Female", "SW1A 1AA")]
+            )
+    moj, _ = encode_rows(
+        tmp_path / "placeholder",
+        "moj",
+        [("p", *base, "01/01/1900", "Female", "SW1A 1AA"), ("n", *base, "", "Female", "SW1A 1AA")],
+    )
     assert moj["p"] == moj["n"]
 
 

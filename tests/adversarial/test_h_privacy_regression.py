@@ -36,18 +36,26 @@ def _population(seed: int, *, vary_only_forename: bool) -> list[tuple[str, ...]]
         if vary_only_forename:
             rows.append((FORENAMES[forenames[index]], "Lee", "01/02/1990", "Female", "SW1A 1AA"))
         else:
-            day, month, year = generator.integers(1, 29), generator.integers(1, 13), generator.integers(1960, 2005)
-            rows.append((
-                FORENAMES[forenames[index]],
-                SURNAMES[surnames[index]],
-                f"{day:02d}/{month:02d}/{year}",
-                "Female" if generator.random() < 0.5 else "Male",
-                f"M{generator.integers(1, 40)} {generator.integers(1, 9)}AB",
-            ))
+            day, month, year = (
+                generator.integers(1, 29),
+                generator.integers(1, 13),
+                generator.integers(1960, 2005),
+            )
+            rows.append(
+                (
+                    FORENAMES[forenames[index]],
+                    SURNAMES[surnames[index]],
+                    f"{day:02d}/{month:02d}/{year}",
+                    "Female" if generator.random() < 0.5 else "Male",
+                    f"M{generator.integers(1, 40)} {generator.integers(1, 9)}AB",
+                )
+            )
     return rows
 
 
-def frequency_attack(clks: list[bytes], reference: list[tuple[str, ...]]) -> list[tuple[str, ...] | None]:
+def frequency_attack(
+    clks: list[bytes], reference: list[tuple[str, ...]]
+) -> list[tuple[str, ...] | None]:
     """Each CLK's guessed plaintext: the reference value of its group's frequency rank."""
     groups = [clk for clk, _ in Counter(clks).most_common()]
     values = [value for value, _ in Counter(reference).most_common()]
@@ -58,7 +66,9 @@ def frequency_attack(clks: list[bytes], reference: list[tuple[str, ...]]) -> lis
 def _reidentified(tmp_path: Path, *, vary_only_forename: bool) -> float:
     truth = _population(1, vary_only_forename=vary_only_forename)
     reference = _population(2, vary_only_forename=vary_only_forename)
-    by_id, _ = encode_rows(tmp_path, "moj", [(f"r{index}", *row) for index, row in enumerate(truth)])
+    by_id, _ = encode_rows(
+        tmp_path, "moj", [(f"r{index}", *row) for index, row in enumerate(truth)]
+    )
     clks = [by_id[f"r{index}"] for index in range(RECORDS)]
     guesses = frequency_attack(clks, reference)
     return sum(guess == actual for guess, actual in zip(guesses, truth, strict=True)) / RECORDS
