@@ -42,8 +42,8 @@ def create_project(client, members=("moj", "dfe"), project_id="p1", **options) -
 
 def raw_stub(
     port: int,
-    pki: CertificateSet,
-    who: str,  # noqa: F811 - same name as the fixture
+    pki: CertificateSet,  # noqa: F811 - same name as the fixture
+    who: str,
 ) -> tuple[grpc.Channel, pb_grpc.LinkageUnitStub]:
     """A bare stub with ``who``'s certificate, for messages the real client never sends."""
     pair = pki.operator if who == "operator" else pki.parties[who]
@@ -77,7 +77,7 @@ def send(stub: pb_grpc.LinkageUnitStub, messages: Iterable[pb.UploadRequest]) ->
 
 def upload_all(
     server,
-    connect,
+    connect,  # noqa: F811 - same name as the fixture
     tmp_path: Path,
     clks: dict[str, np.ndarray],
     project_id="p1",
