@@ -37,7 +37,17 @@ def test_operator_and_parties_drive_a_project_from_the_command_line(tmp_path: Pa
                     "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
                     "--timeout", "5"]  # fmt: skip
 
-        create = ["project", "create", "p1", "--parties", "moj,dfe", "--threshold", "0.9"]
+        # No auto-run: with a warm JIT the automatic run can finish before "project run" is called.
+        create = [
+            "project",
+            "create",
+            "p1",
+            "--parties",
+            "moj,dfe",
+            "--threshold",
+            "0.9",
+            "--no-auto-run",
+        ]
         create += ["--schema-fingerprint", SCHEMA_FINGERPRINT.hex(), *tls("operator")]
         assert main(create) == 0
         clks = planted_party_clks(["moj", "dfe"], seed=21, records=15, shared=5)
