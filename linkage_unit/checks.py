@@ -3,7 +3,7 @@
 Run by the linkage unit after every member has uploaded and before matching. Every party
 must have used the project's schema (fingerprint), the same linkage secret (KCV) and the
 same CLK length; record counts must match the headers; CLKs must look like CLKs (no
-all-zero or all-one filters, per-party mean bit density near the others'). A mismatch is a
+all-zero or near-all-one filters, per-party mean bit density near the others'). A mismatch is a
 :class:`CompatibilityError` naming the party and the aspect, never a key or a value:
 a silent zero-match run is the failure this stage exists to prevent.
 """
@@ -19,7 +19,11 @@ import numpy.typing as npt
 from protocol.errors import CompatibilityError
 from protocol.messages import ProjectSettings, UploadHeader
 
-__all__ = ["MAX_DENSITY_GAP", "check_clks", "check_headers"]
+__all__ = ["MAX_DENSITY_GAP", "MAX_RECORD_DENSITY", "check_clks", "check_headers"]
+
+MAX_RECORD_DENSITY = 0.9
+"""Largest share of set bits in one CLK. Real encodings sit near 0.3-0.5; a CLK above this
+would match many records at a high Dice score and could be used to probe the others'."""
 
 MAX_DENSITY_GAP = 0.15
 """Largest allowed gap between one party's mean bit density and the median of all parties'.
@@ -82,10 +86,13 @@ def check_clks(
         if header.record_count == 0:
             continue
         popcounts = np.bitwise_count(np.asarray(clks)).sum(axis=1, dtype=np.int64)
-        degenerate = int(np.count_nonzero((popcounts == 0) | (popcounts == header.clk_bits)))
+        # Near-all-one filters score a high Dice against almost anything: a probe, not a record.
+        ceiling = MAX_RECORD_DENSITY * header.clk_bits
+        degenerate = int(np.count_nonzero((popcounts == 0) | (popcounts > ceiling)))
         if degenerate:
             raise CompatibilityError(
-                f"party {party!r} sent {degenerate} CLK(s) with no bits or every bit set; "
+                f"party {party!r} sent {degenerate} CLK(s) with no bits or nearly every bit "
+                f"set (over {MAX_RECORD_DENSITY:.0%}); "
                 "check its extract and encoder (empty records encode to all-zero CLKs)",
                 party=party,
                 aspect="degenerate_clks",

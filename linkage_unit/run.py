@@ -22,7 +22,7 @@ from linkage_unit import matching
 from linkage_unit.audit_hook import AuditSink
 from linkage_unit.checks import check_clks, check_headers
 from linkage_unit.link_keys import RandomBytes, issue_link_keys
-from linkage_unit.storage import Storage
+from linkage_unit.storage import Storage, out_of_space
 from protocol.clk_file import read_clks
 from protocol.errors import (
     AlreadyExistsError,
@@ -144,10 +144,18 @@ class RunManager:
                 check_party=error.party or "",
                 check_aspect=error.aspect or "",
             )
-        except Exception:
-            # Traceback only: no payload, CLK or key is ever formatted into a log line.
-            logger.exception("run failed unexpectedly run_id=%s", run_id)
-            self._storage.set_run_state(run_id, RunState.FAILED)
+        except Exception as error:
+            if out_of_space(error):
+                logger.error(
+                    "run failed: the disk is full run_id=%s; free space, start it again", run_id
+                )
+            else:
+                # Traceback only: no payload, CLK or key is ever formatted into a log line.
+                logger.exception("run failed unexpectedly run_id=%s", run_id)
+            try:
+                self._storage.set_run_state(run_id, RunState.FAILED)
+            except Exception:  # a full disk can refuse even this; the run resumes on restart
+                logger.error("could not record the failure of run_id=%s", run_id)
 
     def _run(self, run_id: str, project_id: str) -> None:
         project = self._storage.project(project_id)

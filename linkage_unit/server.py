@@ -3,13 +3,18 @@
 Client certificates are required and verified (``require_client_auth=True``); without TLS
 files the server refuses to start unless ``insecure`` is set, which binds loopback only and
 takes identities from metadata (tests and development). Port reuse is off, so a second
-linkage unit on the same port fails to bind instead of silently sharing its traffic.
+linkage unit on the same port fails to bind instead of silently sharing its traffic. On
+start, a self-test connects without a client certificate and refuses to serve if that
+connection is answered (grpcio would otherwise serve certificate-less clients silently if
+client authentication were ever switched off).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
+import ssl
 import tomllib
 from concurrent import futures
 from dataclasses import dataclass, field, fields, replace
@@ -56,6 +61,10 @@ class ServerConfig:
     keepalive_timeout_seconds: int = 20
     min_ping_interval_seconds: int = 30
     grace_seconds: float = 5.0
+    # An upload stream that sends nothing for this long, or lasts longer than the maximum,
+    # is cancelled so a slow or idle client cannot hold a worker thread; it resumes later.
+    stream_idle_seconds: float = 120.0
+    max_stream_seconds: float = 6 * 3600.0
     extra_options: tuple[tuple[str, int], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -63,6 +72,8 @@ class ServerConfig:
             raise ConfigurationError("max_message_bytes must be >= 1024 and max_upload_bytes > 0")
         if self.max_workers < 2 or self.max_concurrent_rpcs < 1 or self.run_workers < 0:
             raise ConfigurationError("max_workers >= 2, max_concurrent_rpcs >= 1, run_workers >= 0")
+        if not (0 < self.stream_idle_seconds <= self.max_stream_seconds):
+            raise ConfigurationError("0 < stream_idle_seconds <= max_stream_seconds")
         tls = (self.ca_certificate, self.certificate, self.private_key)
         if not self.insecure and any(path is None for path in tls):
             raise ConfigurationError(
@@ -92,6 +103,11 @@ def _is_loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _self_test_host(listen: str) -> str:
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 
 
 def load_config(path: Path | str | None, **overrides: Any) -> ServerConfig:
@@ -164,7 +180,13 @@ class LinkageUnitServer:
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         )
         pb_grpc.add_LinkageUnitServicer_to_server(
-            LinkageUnitServicer(self.service, insecure=config.insecure), self._server
+            LinkageUnitServicer(
+                self.service,
+                insecure=config.insecure,
+                stream_idle_seconds=config.stream_idle_seconds,
+                max_stream_seconds=config.max_stream_seconds,
+            ),
+            self._server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
 
@@ -198,6 +220,15 @@ class LinkageUnitServer:
             ) from None
         self.port = port
         self._server.start()
+        if not self.config.insecure and serves_without_client_certificate(
+            port, host=_self_test_host(self.config.listen)
+        ):
+            self._server.stop(0)
+            self.close_storage()
+            raise ConfigurationError(
+                "self-test failed: the linkage unit answered a client without a certificate; "
+                "mutual TLS is not enforced, so it refuses to start"
+            )
         self.service.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -225,6 +256,30 @@ class LinkageUnitServer:
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return bool(self._server.wait_for_termination(timeout))
+
+
+def serves_without_client_certificate(
+    port: int, *, host: str = "127.0.0.1", timeout: float = 3.0
+) -> bool:
+    """Whether a TLS client presenting no certificate gets an HTTP/2 answer on ``port``.
+
+    Only whether the server demands a certificate is tested, so the server certificate is not
+    verified here. With client authentication the server closes the connection after the
+    handshake; without it, it answers the HTTP/2 preface with a SETTINGS frame (type 4).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            with context.wrap_socket(raw) as connection:
+                connection.sendall(preface)
+                answer = connection.recv(9)
+    except (OSError, ssl.SSLError):
+        return False
+    return len(answer) >= 4 and answer[3] == 4
 
 
 def create_server(

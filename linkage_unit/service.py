@@ -244,6 +244,8 @@ class LinkageService:
                     UploadState.COMPLETE,
                 )
             ):
+                if record.state is UploadState.PARTIAL:
+                    self.storage.check_free_space(header.payload_bytes - record.committed_bytes)
                 return UploadSession(self, header, committed=record.committed_bytes)
             if record is not None and record.state is UploadState.PARTIAL:
                 self._discard(header.project_id, record.header, reason="superseded")
@@ -261,6 +263,7 @@ class LinkageService:
                 self.runs.delete_payloads(
                     header.project_id, {header.party_id: record.header}, reason="replaced"
                 )
+            self.storage.check_free_space(header.payload_bytes)
             self.storage.begin_upload(header)
             return UploadSession(self, header, committed=0)
         except BaseException:
@@ -296,6 +299,17 @@ class LinkageService:
             or caller.identity.party not in project.members
             or party_id != caller.identity.party
         ):
+            # Audited for the auditor (case 16); the caller sees only "not found".
+            self.audit.append(
+                "access_refused",
+                project_id=project_id if project is not None else None,
+                details={
+                    "party": caller.identity.party or "",
+                    "requested_project": project_id,
+                    "requested_party": party_id,
+                    "certificate_fingerprint": caller.certificate_fingerprint,
+                },
+            )
             raise NotFoundError(_NO_KEYS)
         key_set = self.storage.key_set(project_id, party_id)
         if key_set is None:

@@ -9,6 +9,8 @@ traceback (never a payload) and returned as INTERNAL with a generic message.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -106,12 +108,64 @@ def _translate(error: BaseException) -> _Abort:
     return _Abort(grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE, ())
 
 
+class _StreamWatchdog:
+    """Cancels a client stream that sends nothing for ``idle_seconds`` or runs past
+    ``max_seconds``: grpcio has no server-side stream timeout, and a slow-loris stream would
+    otherwise hold a worker thread for as long as its client likes."""
+
+    def __init__(
+        self, context: grpc.ServicerContext, *, idle_seconds: float, max_seconds: float
+    ) -> None:
+        self._context = context
+        self._idle = idle_seconds
+        self._end = time.monotonic() + max_seconds
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self.expired = False
+        threading.Thread(target=self._watch, name="stream-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(
+            max(0.0, min(self._last + self._idle, self._end) - time.monotonic())
+        ):
+            now = time.monotonic()
+            if now >= self._last + self._idle or now >= self._end:
+                self.expired = True
+                self._context.cancel()
+                return
+
+    def watched(self, messages: Iterator[T]) -> Iterator[T]:
+        try:
+            for message in messages:
+                self._last = time.monotonic()
+                yield message
+        except grpc.RpcError:
+            if self.expired:
+                raise UnavailableError(
+                    f"the upload stream was idle for {self._idle:.0f}s or exceeded its maximum "
+                    "duration and was cut; resume the upload"
+                ) from None
+            raise
+
+    def stop(self) -> None:
+        self._done.set()
+
+
 class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
     """Translates between gRPC and :class:`LinkageService`; holds no logic of its own."""
 
-    def __init__(self, service: LinkageService, *, insecure: bool = False) -> None:
+    def __init__(
+        self,
+        service: LinkageService,
+        *,
+        insecure: bool = False,
+        stream_idle_seconds: float = 120.0,
+        max_stream_seconds: float = 6 * 3600.0,
+    ) -> None:
         self._service = service
         self._insecure = insecure
+        self._stream_idle_seconds = stream_idle_seconds
+        self._max_stream_seconds = max_stream_seconds
 
     # -- identity -----------------------------------------------------------------------
 
@@ -179,8 +233,13 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
     def Upload(
         self, request_iterator: Iterator[pb.UploadRequest], context: grpc.ServicerContext
     ) -> pb.UploadResponse:
+        watchdog = _StreamWatchdog(
+            context, idle_seconds=self._stream_idle_seconds, max_seconds=self._max_stream_seconds
+        )
+        messages = watchdog.watched(request_iterator)
+
         def action(caller: Caller) -> pb.UploadResponse:
-            first = next(request_iterator, None)
+            first = next(messages, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise InvalidRequestError("an upload must start with its header message")
             serde.check_no_unknown_fields(first)
@@ -188,7 +247,7 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
                 caller, serde.upload_header_from_proto(first.header)
             )
             try:
-                for message in request_iterator:
+                for message in messages:
                     if message.WhichOneof("part") != "chunk":
                         raise InvalidRequestError("only chunks may follow the upload header")
                     serde.check_no_unknown_fields(message)
@@ -198,7 +257,10 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
                 session.close()
             return serde.upload_progress_to_proto(progress, pb.UploadResponse)
 
-        return self._call(context, action)
+        try:
+            return self._call(context, action)
+        finally:
+            watchdog.stop()
 
     def GetUploadOffset(
         self, request: pb.GetUploadOffsetRequest, context: grpc.ServicerContext

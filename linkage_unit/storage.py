@@ -11,8 +11,10 @@ crash between the two leaves a tail that the next append truncates away.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -23,7 +25,12 @@ from typing import Any
 
 from protocol.atomic_file import fsync_directory
 from protocol.clk_file import HEADER_LENGTH
-from protocol.errors import AlreadyExistsError, ConfigurationError, InvalidRequestError
+from protocol.errors import (
+    AlreadyExistsError,
+    ConfigurationError,
+    InvalidRequestError,
+    ResourceLimitError,
+)
 from protocol.messages import (
     LinkKeyMode,
     ProjectSettings,
@@ -32,7 +39,29 @@ from protocol.messages import (
     UploadState,
 )
 
-__all__ = ["RunRecord", "Storage", "UploadRecord"]
+__all__ = ["RunRecord", "Storage", "UploadRecord", "out_of_space"]
+
+_OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+SPACE_MARGIN_BYTES = 16 << 20
+"""Free space kept beyond a payload's remaining bytes (database, audit log, WAL)."""
+
+
+def out_of_space(error: BaseException) -> bool:
+    """Whether ``error`` means the disk (or a file-size or quota limit) is full."""
+    if isinstance(error, OSError):
+        return error.errno in _OUT_OF_SPACE
+    # SQLite reports ENOSPC as "database or disk is full" and EFBIG as "disk I/O error".
+    return isinstance(error, sqlite3.OperationalError) and (
+        "full" in str(error) or "disk I/O" in str(error)
+    )
+
+
+def _space_error() -> ResourceLimitError:
+    return ResourceLimitError(
+        "the linkage unit is out of disk space; nothing partial was kept past the last "
+        "committed offset. Retry once the operator has freed space"
+    )
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects (
@@ -270,11 +299,17 @@ class Storage:
         """Start a fresh partial upload (replacing any partial one for this party)."""
         path = self._partial_path(header.project_id, header.party_id)
         path.parent.mkdir(exist_ok=True)
-        with path.open("wb") as handle:
-            handle.write(header.clk_file_header.to_bytes())
-            handle.flush()
-            os.fsync(handle.fileno())
-        fsync_directory(path.parent)
+        try:
+            with path.open("wb") as handle:
+                handle.write(header.clk_file_header.to_bytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+            fsync_directory(path.parent)
+        except OSError as error:
+            if out_of_space(error):
+                path.unlink(missing_ok=True)
+                raise _space_error() from None
+            raise
         self._write(
             [
                 (
@@ -297,13 +332,21 @@ class Storage:
     def append(self, project_id: str, party: str, *, committed: int, data: bytes) -> int:
         """Durably append ``data`` at payload offset ``committed``; return the new offset."""
         path = self._partial_path(project_id, party)
-        with path.open("r+b") as handle:
+        # Unbuffered, so a failed write leaves no buffer behind to fail again on close.
+        with path.open("r+b", buffering=0) as handle:
             # Drop any tail written before a crash but never committed.
             handle.truncate(HEADER_LENGTH + committed)
             handle.seek(HEADER_LENGTH + committed)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[handle.write(view) :]
+                os.fsync(handle.fileno())
+            except OSError as error:
+                if not out_of_space(error):
+                    raise
+                handle.truncate(HEADER_LENGTH + committed)  # give back what was written
+                raise _space_error() from None
         new_offset = committed + len(data)
         self._write(
             [
@@ -315,6 +358,11 @@ class Storage:
             ]
         )
         return new_offset
+
+    def check_free_space(self, needed_bytes: int) -> None:
+        """Fail fast (before accepting bytes) when the disk cannot hold ``needed_bytes``."""
+        if shutil.disk_usage(self.payload_dir).free < needed_bytes + SPACE_MARGIN_BYTES:
+            raise _space_error()
 
     def complete_upload(self, project_id: str, party: str) -> None:
         """Verify the whole payload against the header digest, then publish it atomically."""
@@ -508,14 +556,14 @@ class Storage:
     def latest_run(self, project_id: str) -> RunRecord | None:
         row = self._one(
             f"SELECT {self._RUN_COLUMNS} FROM runs WHERE project_id = ? "
-            "ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            "ORDER BY rowid DESC LIMIT 1",  # insertion order: a clock jump must not reorder runs
             (project_id,),
         )
         return None if row is None else self._run(row)
 
     def unfinished_runs(self) -> list[RunRecord]:
         rows = self._all(
-            f"SELECT {self._RUN_COLUMNS} FROM runs WHERE state IN (?, ?) ORDER BY created_at",
+            f"SELECT {self._RUN_COLUMNS} FROM runs WHERE state IN (?, ?) ORDER BY rowid",
             (str(RunState.QUEUED), str(RunState.RUNNING)),
         )
         return [self._run(row) for row in rows]

@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keepalive-time-seconds", type=int)
     parser.add_argument("--keepalive-timeout-seconds", type=int)
     parser.add_argument("--min-ping-interval-seconds", type=int)
+    parser.add_argument(
+        "--stream-idle-seconds", type=float, help="cut an upload stream silent for this long"
+    )
+    parser.add_argument("--max-stream-seconds", type=float, help="cut an upload stream this old")
     parser.add_argument("--grace-seconds", type=float, help="shutdown grace for in-flight calls")
     parser.add_argument(
         "--insecure",
@@ -52,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         "listen", "data_dir", "ca_certificate", "certificate", "private_key", "audit_log",
         "max_message_bytes", "max_upload_bytes", "max_workers", "max_concurrent_rpcs",
         "run_workers", "keepalive_time_seconds", "keepalive_timeout_seconds",
-        "min_ping_interval_seconds", "grace_seconds", "insecure",
+        "min_ping_interval_seconds", "grace_seconds", "insecure", "stream_idle_seconds",
+        "max_stream_seconds",
     )  # fmt: skip
     config = load_config(args.config, **{name: getattr(args, name) for name in names})
     server = create_server(config)

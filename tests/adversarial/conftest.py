@@ -1,0 +1,240 @@
+"""Shared pieces of the adversarial suite (security.md section 6): the real mutual-TLS
+server fixtures of tests/integration, raw stubs for hand-built hostile messages, and a
+linkage unit run as a real ``python -m bloomlink serve`` subprocess for SIGKILL tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from party.client import error_from_rpc
+from protocol import serde
+from protocol.certificates import CertificateSet
+from protocol.clk_file import HEADER_LENGTH, read_header
+from protocol.messages import ProjectSettings, UploadChunk, UploadHeader
+from protocol.pb import linkage_pb2 as pb
+from protocol.pb import linkage_pb2_grpc as pb_grpc
+from tests.integration.conftest import connect, pki, start_server  # noqa: F401 - fixtures
+from tests.service_helpers import SCHEMA_FINGERPRINT, write_clk_file
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+
+
+def create_project(client, members=("moj", "dfe"), project_id="p1", **options) -> None:
+    client.create_project(
+        ProjectSettings(
+            project_id=project_id,
+            members=tuple(members),
+            schema_fingerprint=SCHEMA_FINGERPRINT,
+            **options,
+        )
+    )
+
+
+def raw_stub(
+    port: int,
+    pki: CertificateSet,  # noqa: F811 - same name as the fixture
+    who: str,
+) -> tuple[grpc.Channel, pb_grpc.LinkageUnitStub]:
+    """A bare stub with ``who``'s certificate, for messages the real client never sends."""
+    pair = pki.operator if who == "operator" else pki.parties[who]
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=pki.ca_certificate.read_bytes(),
+        private_key=pair.private_key.read_bytes(),
+        certificate_chain=pair.certificate.read_bytes(),
+    )
+    channel = grpc.secure_channel(f"127.0.0.1:{port}", credentials)
+    return channel, pb_grpc.LinkageUnitStub(channel)
+
+
+def upload_messages(path: Path, party: str, *, chunk: int = 256) -> list[pb.UploadRequest]:
+    header = UploadHeader.from_clk_file_header(read_header(path), party_id=party)
+    payload = path.read_bytes()[HEADER_LENGTH:]
+    messages = [serde.upload_header_to_proto(header)]
+    for offset in range(0, len(payload), chunk):
+        messages.append(
+            serde.upload_chunk_to_proto(UploadChunk.of(offset, payload[offset : offset + chunk]))
+        )
+    return messages
+
+
+def send(stub: pb_grpc.LinkageUnitStub, messages: Iterable[pb.UploadRequest]) -> pb.UploadResponse:
+    """One Upload call; a refusal comes back as the protocol.errors class the LU raised."""
+    try:
+        return stub.Upload(iter(messages), timeout=10)
+    except grpc.RpcError as error:
+        raise error_from_rpc(error) from None
+
+
+def upload_all(
+    server,
+    connect,  # noqa: F811 - same name as the fixture
+    tmp_path: Path,
+    clks: dict[str, np.ndarray],
+    project_id="p1",
+    **file_options,  # noqa: F811
+) -> dict[str, Path]:
+    paths = {}
+    for party, party_clks in clks.items():
+        options = file_options.get(party, {})
+        paths[party] = write_clk_file(
+            tmp_path / f"{party}.clk", party_clks, project_id=project_id, **options
+        )
+        connect(server, party).upload_file(paths[party], party_id=party)
+    return paths
+
+
+def partition(
+    clusters_by_party: dict[str, dict[int, str]],
+) -> frozenset[frozenset[tuple[str, int]]]:
+    """Records grouped by link key: the link structure, independent of the key strings."""
+    groups: dict[str, set[tuple[str, int]]] = {}
+    for party, keys in clusters_by_party.items():
+        for position, key in keys.items():
+            groups.setdefault(key, set()).add((party, position))
+    return frozenset(frozenset(group) for group in groups.values())
+
+
+class LinkageUnitProcess:
+    """``python -m bloomlink serve --config`` as a child process that tests can SIGKILL."""
+
+    def __init__(self, pki: CertificateSet, data_dir: Path, **settings: object) -> None:  # noqa: F811
+        self.pki, self.data_dir, self.settings = pki, data_dir, settings
+        self.process: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def _config(self) -> Path:
+        values: dict[str, object] = {
+            "data_dir": str(self.data_dir),
+            "listen": f"127.0.0.1:{self.port}",
+            "ca_certificate": str(self.pki.ca_certificate),
+            "certificate": str(self.pki.linkage_unit.certificate),
+            "private_key": str(self.pki.linkage_unit.private_key),
+            "grace_seconds": 0.5,
+            **self.settings,
+        }
+        lines = [
+            f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}"
+            for key, value in values.items()
+        ]
+        path = self.data_dir.parent / f"{self.data_dir.name}.toml"
+        path.write_text("\n".join(lines).replace("'", '"') + "\n", encoding="utf-8")
+        return path
+
+    def start(self, **environment: str) -> int:
+        config = self._config()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bloomlink", "serve", "--config", str(config)],
+            cwd=REPOSITORY,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPOSITORY), **environment},
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if "listening on port" not in line:
+            self.process.kill()
+            raise RuntimeError(f"linkage unit did not start: {line!r}")
+        self.port = int(line.rsplit(" ", 1)[1])  # restarts reuse the port the parties know
+        return self.port
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown handler runs, exactly like a crash or the OOM killer."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        self._close()
+
+    def _close(self) -> None:
+        if self.process is not None and self.process.stdout is not None:
+            self.process.stdout.close()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._close()
+
+
+@pytest.fixture
+def lu_process(pki, tmp_path: Path) -> Iterator[LinkageUnitProcess]:  # noqa: F811
+    processes: list[LinkageUnitProcess] = []
+
+    def make(**settings: object) -> LinkageUnitProcess:
+        process = LinkageUnitProcess(pki, tmp_path / f"lu{len(processes)}", **settings)
+        processes.append(process)
+        return process
+
+    yield make  # type: ignore[misc]
+    for process in processes:
+        process.stop()
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(interval)
+
+
+MOJ_HEADER = ("person_id", "forename", "surname", "date_of_birth", "gender", "postcode")
+DFE_HEADER = ("pupil_id", "legal_forename", "legal_surname", "dob", "sex", "home_postcode")
+TEST_SECRET = bytes(range(32))
+
+
+def encode_rows(
+    directory: Path,
+    layout: str,
+    rows: list[tuple[str, ...]],
+    *,
+    project_id: str = "p1",
+    secret: bytes = TEST_SECRET,
+    bad_rows: str = "fail",
+):
+    """Write ``rows`` as a ``layout`` (moj/dfe) CSV extract, run the real ``encode_extract``
+    and return ({record id: CLK as bytes}, summary)."""
+    import csv
+
+    from party.encoder_run import encode_extract
+    from party.mapping import shipped_mapping
+    from protocol.clk_file import read_clks
+    from protocol.schema import default_schema
+    from protocol.secret import LinkageSecret
+
+    directory.mkdir(parents=True, exist_ok=True)
+    extract = directory / f"{layout}.csv"
+    with extract.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(MOJ_HEADER if layout == "moj" else DFE_HEADER)
+        writer.writerows(rows)
+    summary = encode_extract(
+        extract_path=extract,
+        mapping=shipped_mapping(layout),
+        schema=default_schema(),
+        secret=LinkageSecret(secret),
+        project_id=project_id,
+        encoded_path=directory / f"{layout}.clk",
+        positions_path=directory / f"{layout}.positions.csv",
+        bad_rows=bad_rows,
+        workers=1,
+    )
+    _, clks = read_clks(directory / f"{layout}.clk")
+    by_id = {}
+    with (directory / f"{layout}.positions.csv").open(encoding="utf-8", newline="") as handle:
+        for record in csv.DictReader(handle):
+            by_id[record["record_id"]] = clks[int(record["position"])].tobytes()
+    return by_id, summary

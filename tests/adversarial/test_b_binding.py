@@ -1,0 +1,174 @@
+"""Group B, schema / key / protocol binding (security.md section 6, cases 8-13), against a
+real mutual-TLS server on 127.0.0.1:0.
+
+Pending the audit log and manifests (branch ``audit``): case 12's manifest *signature* (an
+invalid signature, or one by another department's key) and case 10's manifest nonce. Here
+the binding that exists today is tested: the upload header's party must be the certificate's
+identity (PERMISSION_DENIED), and a replayed upload is an idempotent no-op.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from protocol.errors import PermissionDeniedError
+from protocol.keys import key_check_value
+from protocol.messages import RunState, UploadState
+from protocol.secret import LinkageSecret
+from tests.adversarial.conftest import REPOSITORY, create_project, encode_rows, upload_all
+from tests.service_helpers import MemoryAuditSink, planted_party_clks, write_clk_file
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def audited(start_server, connect):
+    audit = MemoryAuditSink()
+    server = start_server(audit=audit)
+    create_project(connect(server, "operator"))
+    return server, audit
+
+
+def _refused(server, connect, audit, tmp_path, aspect, **dfe_file) -> None:
+    clks = planted_party_clks(["moj", "dfe"], seed=21, records=10, shared=4)
+    upload_all(server, connect, tmp_path, clks, dfe=dfe_file)
+    status = connect(server, "operator").wait_for_run("p1", timeout=20)
+    assert status.run_state is RunState.REFUSED
+    assert (status.check_party_id, status.check_aspect) == ("dfe", aspect)
+    assert status.comparisons == 0 and not audit.named("run_started")
+
+
+def test_case_8_schema_mismatch_refuses_before_any_comparison(audited, connect, tmp_path) -> None:
+    """Case 8: a party encoded under another schema (fingerprint) -> run REFUSED naming the
+    party and aspect schema_fingerprint; zero comparisons; no run_started audit event."""
+    server, audit = audited
+    _refused(server, connect, audit, tmp_path, "schema_fingerprint", schema_fingerprint=bytes(32))
+
+
+def test_case_9_kcv_mismatch_refuses_the_run(audited, connect, tmp_path) -> None:
+    """Case 9: a party encoded under another linkage secret (KCV) -> REFUSED, aspect kcv."""
+    server, audit = audited
+    _refused(server, connect, audit, tmp_path, "kcv", kcv=bytes(16))
+
+
+def test_case_9_bit_density_far_from_the_others_refuses_the_run(audited, connect, tmp_path) -> None:
+    """Case 9 (statistical check): same KCV but a party whose mean bit density is far from
+    the others' (different encoder settings) -> REFUSED, aspect bit_density."""
+    server, audit = audited
+    clks = planted_party_clks(["moj", "dfe"], seed=22, records=20, shared=0)
+    clks["dfe"] = clks["dfe"] & (clks["dfe"] >> 1) & (clks["dfe"] >> 2)  # density 0.5 -> ~0.12
+    upload_all(server, connect, tmp_path, clks)
+    status = connect(server, "operator").wait_for_run("p1", timeout=20)
+    assert status.run_state is RunState.REFUSED and status.check_aspect == "bit_density"
+    assert status.comparisons == 0
+
+
+def test_case_10_replayed_upload_is_an_idempotent_no_op(audited, connect, tmp_path) -> None:
+    """Case 10: replaying the same upload (same header and bytes) reports COMPLETE and is
+    never counted twice: one upload_committed event, one payload."""
+    server, audit = audited
+    path = write_clk_file(
+        tmp_path / "m.clk", planted_party_clks(["moj"], seed=23)["moj"], project_id="p1"
+    )
+    moj = connect(server, "moj")
+    for _ in range(3):
+        assert moj.upload_file(path, party_id="moj").state is UploadState.COMPLETE
+    assert len(audit.named("upload_committed")) == 1
+    assert len(list((server.config.data_dir / "payloads" / "p1").glob("*.clk"))) == 1
+
+
+def test_case_11_cross_project_kcv_refuses_the_run(audited, connect, tmp_path) -> None:
+    """Case 11: a file encoded for another project carries that project's KCV (the KCV binds
+    the project id), so relabelling it for this project refuses the run (aspect kcv)."""
+    server, audit = audited
+    secret = LinkageSecret(bytes(range(32)))
+    this, other = (key_check_value(secret, project_id=p) for p in ("p1", "p2"))
+    assert this != other
+    clks = planted_party_clks(["moj", "dfe"], seed=24, records=10, shared=4)
+    upload_all(server, connect, tmp_path, clks, moj={"kcv": this}, dfe={"kcv": other})
+    status = connect(server, "operator").wait_for_run("p1", timeout=20)
+    assert (status.run_state, status.check_party_id, status.check_aspect) == (
+        RunState.REFUSED,
+        "dfe",
+        "kcv",
+    )
+
+
+def test_case_11_upload_to_a_project_the_party_is_not_in_is_not_found(
+    audited, connect, tmp_path
+) -> None:
+    """Case 11: a header naming a project the caller is not a member of looks exactly like a
+    project that does not exist (NOT_FOUND); nothing is stored."""
+    server, _ = audited
+    path = write_clk_file(
+        tmp_path / "h.clk", planted_party_clks(["hmrc"], seed=25)["hmrc"], project_id="p1"
+    )
+    from protocol.errors import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        connect(server, "hmrc").upload_file(path, party_id="hmrc")
+    assert server.storage.upload("p1", "hmrc") is None
+
+
+def test_case_12_header_party_must_be_the_certificate_identity(audited, connect, tmp_path) -> None:
+    """Case 12 (the mTLS half): MoJ's certificate uploading a header that says DfE ->
+    PERMISSION_DENIED; nothing stored for DfE."""
+    server, _ = audited
+    path = write_clk_file(
+        tmp_path / "d.clk", planted_party_clks(["dfe"], seed=26)["dfe"], project_id="p1"
+    )
+    with pytest.raises(PermissionDeniedError):
+        connect(server, "moj").upload_file(path, party_id="dfe")
+    assert server.storage.upload("p1", "dfe") is None
+
+
+_ENCODE_IN_CHILD = """
+import sys
+from pathlib import Path
+from tests.adversarial.conftest import encode_rows
+rows = [tuple(line.split("|")) for line in sys.argv[2].split(";")]
+by_id, _ = encode_rows(Path(sys.argv[1]), "moj", rows)
+print(";".join(f"{key}={value.hex()}" for key, value in sorted(by_id.items())))
+"""
+
+_ROWS = [
+    ("r1", "Zoë", "O'Brien", "29/02/2000", "Female", "sw1a 1aa"),
+    ("r2", "İsmail", "Straße", "01/01/1970", "Male", "M1 1AE"),
+    ("r3", "Ольга", "李", "31/12/1999", "Female", "EH1 1YZ"),
+]
+
+
+def test_case_13_encoding_is_bit_identical_across_processes_locales_and_hash_seeds(
+    tmp_path,
+) -> None:
+    """Case 13: the same records with the same test key encode bit-identically in this
+    process and in child processes under other locales, time zones and hash seeds."""
+    expected, _ = encode_rows(tmp_path / "here", "moj", _ROWS)
+    argument = ";".join("|".join(row) for row in _ROWS)
+    for number, environment in enumerate(
+        (
+            {"LC_ALL": "C", "LANG": "C", "PYTHONHASHSEED": "0", "TZ": "UTC"},
+            {
+                "LC_ALL": "tr_TR.UTF-8",
+                "LANG": "tr_TR.UTF-8",
+                "PYTHONHASHSEED": "4242",
+                "TZ": "Asia/Kolkata",
+                "PYTHONUTF8": "1",
+            },
+        )
+    ):
+        output = subprocess.run(
+            [sys.executable, "-c", _ENCODE_IN_CHILD, str(tmp_path / f"child{number}"), argument],
+            cwd=REPOSITORY,
+            env={**os.environ, "PYTHONPATH": str(REPOSITORY), **environment},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+        got = dict(item.split("=") for item in output.split(";"))
+        assert got == {key: value.hex() for key, value in expected.items()}

@@ -1,0 +1,258 @@
+"""Group E, crash and durability (security.md section 6, cases 25-29). The linkage unit is
+killed with SIGKILL as a real ``python -m bloomlink serve`` subprocess (no shutdown handler
+runs) mid-upload and mid-run, then restarted on the same port and data directory. A full
+disk is a real kernel error: RLIMIT_FSIZE makes the next write fail with EFBIG, exactly the
+path ENOSPC takes.
+
+Pending the audit log (branch ``audit``): case 27's "the hash chain still verifies" and case
+29's "manifest timestamps within tolerance"; case 29's ordering of runs by sequence number,
+not wall clock, is tested here.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from party.client import LinkageClient
+from protocol.clk_file import HEADER_LENGTH, read_header
+from protocol.errors import InvalidRequestError, PreconditionError, ResourceLimitError
+from protocol.messages import RunState, UploadHeader, UploadState
+from tests.adversarial.conftest import (
+    create_project,
+    partition,
+    raw_stub,
+    send,
+    upload_all,
+    upload_messages,
+    wait_until,
+)
+from tests.service_helpers import MemoryAuditSink, planted_party_clks, write_clk_file
+
+pytestmark = pytest.mark.integration
+
+
+def _client(pki, port: int, who: str) -> LinkageClient:
+    pair = pki.operator if who == "operator" else pki.parties[who]
+    return LinkageClient(
+        f"127.0.0.1:{port}", tls=pki.tls_files(pair), timeout=5, retries=3, backoff=0.1
+    )
+
+
+def test_case_25_sigkill_mid_upload_resumes_to_identical_bytes(
+    lu_process, pki, tmp_path: Path
+) -> None:
+    """Case 25: SIGKILL while a stream is half-way; after restart the LU reports exactly the
+    offset it had committed, the client resumes from there (no duplicate chunks) and the
+    stored file is byte-identical to the party's."""
+    lu = lu_process()
+    port = lu.start()
+    with _client(pki, port, "operator") as operator:
+        create_project(operator)
+    path = write_clk_file(
+        tmp_path / "m.clk", planted_party_clks(["moj"], seed=51, records=64)["moj"], project_id="p1"
+    )
+    messages = upload_messages(path, "moj", chunk=256)
+    release = threading.Event()
+
+    def stalled():
+        yield from messages[:4]
+        release.wait(10)
+
+    header = UploadHeader.from_clk_file_header(read_header(path), party_id="moj")
+    channel, stub = raw_stub(port, pki, "moj")
+    future = stub.Upload.future(stalled(), timeout=15)
+    with _client(pki, port, "moj") as moj:
+        wait_until(lambda: moj.upload_offset(header).committed_bytes == 768)
+    lu.kill()
+    release.set()
+    with pytest.raises(grpc.RpcError):
+        future.result()
+    channel.close()
+    lu.start()
+    with _client(pki, port, "moj") as moj:
+        assert moj.upload_offset(header).committed_bytes == 768
+        assert moj.upload_file(path, party_id="moj").state is UploadState.COMPLETE
+    assert (lu.data_dir / "payloads" / "p1" / "moj.clk").read_bytes() == path.read_bytes()
+
+
+def _keys(pki, port: int, parties) -> dict[str, dict[int, str]]:
+    result = {}
+    for party in parties:
+        with _client(pki, port, party) as client:
+            fetched = client.fetch_link_keys("p1", party)
+            again = client.fetch_link_keys("p1", party)
+        assert fetched == again  # idempotent: the same keys every time, never re-issued
+        result[party] = dict(zip(fetched.positions, fetched.link_keys, strict=True))
+    return result
+
+
+def test_case_26_sigkill_mid_run_gives_the_same_link_structure(
+    lu_process, start_server, connect, pki, tmp_path: Path
+) -> None:
+    """Case 26: SIGKILL while the run is RUNNING (no keys can be fetched before FINISHED);
+    after restart the run resumes and its partition of records into clusters equals an
+    uninterrupted run's; each party gets only its own positions; fetching twice returns
+    the same keys, and the audit log shows one release per fetch, per party."""
+    parties = ("moj", "dfe", "hmrc")
+    clks = planted_party_clks(list(parties), seed=52, records=1500, shared=400)
+    reference = start_server(data_dir=tmp_path / "reference")
+    create_project(connect(reference, "operator"), members=parties, retention_days=1)
+    (tmp_path / "ref-files").mkdir()
+    upload_all(reference, connect, tmp_path / "ref-files", clks)
+    assert (
+        connect(reference, "operator").wait_for_run("p1", timeout=60).run_state is RunState.FINISHED
+    )
+    expected = partition(_keys(pki, reference.port, parties))
+
+    lu = lu_process()
+    port = lu.start()
+    with _client(pki, port, "operator") as operator:
+        create_project(operator, members=parties, retention_days=1)
+        for party in parties:
+            with _client(pki, port, party) as client:
+                client.upload_file(tmp_path / "ref-files" / f"{party}.clk", party_id=party)
+        wait_until(
+            lambda: (
+                operator.project_status("p1").run_state in (RunState.RUNNING, RunState.FINISHED)
+            ),
+            timeout=20,
+            interval=0.005,
+        )
+        state_at_kill = operator.project_status("p1").run_state
+    if state_at_kill is RunState.RUNNING:
+        with _client(pki, port, "moj") as moj, pytest.raises(PreconditionError):
+            moj.fetch_link_keys("p1", "moj")
+    lu.kill()
+    lu.start()
+    with _client(pki, port, "operator") as operator:
+        assert operator.wait_for_run("p1", timeout=60).run_state is RunState.FINISHED
+    keys = _keys(pki, port, parties)
+    assert partition(keys) == expected
+    for party in parties:
+        assert sorted(keys[party]) == list(range(1500))
+    events = [json.loads(line) for line in (lu.data_dir / "audit.jsonl").read_text().splitlines()]
+    released = [e for e in events if e.get("event") == "keys_released"]
+    assert sorted(e["details"]["party"] for e in released) == sorted(2 * parties)
+    assert state_at_kill is RunState.RUNNING, "the kill must land mid-run"
+
+
+class _FileSizeLimit:
+    """RLIMIT_FSIZE on this process: a write past ``limit`` bytes fails with EFBIG (Python
+    ignores SIGXFSZ), the same error path as a full disk."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __enter__(self) -> None:
+        self.previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (self.limit, self.previous[1]))
+
+    def __exit__(self, *exc_info: object) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, self.previous)
+
+
+def test_case_27_full_disk_during_upload_is_a_clean_error_and_a_retry_succeeds(
+    start_server, connect, pki, tmp_path: Path
+) -> None:
+    """Case 27 (upload): the disk fills after some chunks are committed -> RESOURCE_EXHAUSTED
+    naming disk space; the partial file holds exactly the committed bytes (no torn tail);
+    once space is back, the party's retry resumes and completes byte-identically."""
+    server = start_server(audit=MemoryAuditSink())
+    create_project(connect(server, "operator"))
+    path = write_clk_file(
+        tmp_path / "m.clk",
+        planted_party_clks(["moj"], seed=53, records=512)["moj"],
+        project_id="p1",
+    )
+    messages = upload_messages(path, "moj", chunk=4096)
+    partial = server.config.data_dir / "payloads" / "p1" / "moj.partial"
+    channel, stub = raw_stub(server.port, pki, "moj")
+    with channel:
+        assert send(stub, messages[:3]).committed_bytes == 8192
+        with (
+            _FileSizeLimit(HEADER_LENGTH + 8192 + 100),
+            pytest.raises(ResourceLimitError, match="disk space"),
+        ):
+            send(stub, [messages[0], *messages[3:]])
+    assert partial.stat().st_size == HEADER_LENGTH + 8192
+    assert server.storage.upload("p1", "moj").committed_bytes == 8192
+    assert connect(server, "moj").upload_file(path, party_id="moj").state is UploadState.COMPLETE
+    assert (
+        server.config.data_dir / "payloads" / "p1" / "moj.clk"
+    ).read_bytes() == path.read_bytes()
+
+
+def test_case_27_full_disk_while_writing_results_fails_the_run_and_a_restart_finishes(
+    start_server, connect, tmp_path: Path
+) -> None:
+    """Case 27 (results): the disk is full when link keys are written -> the run is FAILED
+    (one SQLite transaction: no partial key set, nothing fetchable); after space is freed
+    the operator's restart finishes with a key for every record."""
+    server = start_server()
+    operator = connect(server, "operator")
+    create_project(operator, auto_run=False)
+    upload_all(
+        server,
+        connect,
+        tmp_path,
+        planted_party_clks(["moj", "dfe"], seed=54, records=3000, shared=100),
+    )
+    largest = max(p.stat().st_size for p in server.config.data_dir.glob("state.sqlite3*"))
+    with _FileSizeLimit(largest + 32 * 1024):
+        operator.start_run("p1")
+        assert operator.wait_for_run("p1", timeout=60).run_state is RunState.FAILED
+    with pytest.raises(PreconditionError):
+        connect(server, "moj").fetch_link_keys("p1", "moj")
+    operator.start_run("p1")
+    assert operator.wait_for_run("p1", timeout=60).run_state is RunState.FINISHED
+    assert len(connect(server, "moj").fetch_link_keys("p1", "moj").link_keys) == 3000
+
+
+def test_case_28_out_of_order_duplicate_and_missing_offsets(
+    start_server, connect, pki, tmp_path: Path
+) -> None:
+    """Case 28: a gap is INVALID_ARGUMENT naming the expected offset; a duplicate of a
+    committed chunk is harmless; a stream that stops early stays PARTIAL at its offset."""
+    server = start_server()
+    create_project(connect(server, "operator"))
+    path = write_clk_file(
+        tmp_path / "m.clk", planted_party_clks(["moj"], seed=55, records=40)["moj"], project_id="p1"
+    )
+    messages = upload_messages(path, "moj", chunk=100)
+    channel, stub = raw_stub(server.port, pki, "moj")
+    with channel:
+        with pytest.raises(InvalidRequestError, match="expected offset is 0"):
+            send(stub, [messages[0], messages[3]])
+        assert send(stub, messages[:4]).committed_bytes == 300
+        with pytest.raises(InvalidRequestError, match="expected offset is 300"):
+            send(stub, [messages[0], messages[2], messages[6]])
+        assert send(stub, [messages[0], messages[1], *messages[1:]]).upload_state == 3
+
+
+def test_case_29_a_clock_jump_back_does_not_reorder_runs(tmp_path: Path, monkeypatch) -> None:
+    """Case 29: runs are ordered by insertion sequence, not wall clock: after the clock jumps
+    back a day, the newest run is still the latest, and unfinished runs resume in order."""
+    from linkage_unit import storage as storage_module
+    from protocol.messages import ProjectSettings
+    from tests.service_helpers import SCHEMA_FINGERPRINT
+
+    store = storage_module.Storage(tmp_path / "lu")
+    store.create_project(
+        ProjectSettings(
+            project_id="p1", members=("moj", "dfe"), schema_fingerprint=SCHEMA_FINGERPRINT
+        )
+    )
+    store.create_run("p1", "first")
+    real = time.time
+    monkeypatch.setattr(storage_module.time, "time", lambda: real() - 86400)
+    store.create_run("p1", "second")
+    assert store.latest_run("p1").run_id == "second"
+    assert [run.run_id for run in store.unfinished_runs()] == ["first", "second"]
+    store.close()
