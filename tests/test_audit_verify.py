@@ -44,6 +44,8 @@ def manifest_for(
         schema_fingerprint=bytes.fromhex(SCHEMA),
         kcv=bytes.fromhex(KCV),
         software_version="0.1.0",
+        leak_scan_strings=50,
+        leak_scan_rows=10,
     )
     return path
 
