@@ -162,7 +162,10 @@ def peak_rss_mib(extract: Path, workdir: Path) -> int:
 
 
 def head_of(extract: Path, rows: int, target: Path) -> Path:
-    with extract.open(newline="", encoding="utf-8") as source, target.open("w", newline="", encoding="utf-8") as out:
+    with (
+        extract.open(newline="", encoding="utf-8") as source,
+        target.open("w", newline="", encoding="utf-8") as out,
+    ):
         reader, writer = csv.reader(source), csv.writer(out)
         for index, row in enumerate(reader):
             if index > rows:
@@ -172,7 +175,9 @@ def head_of(extract: Path, rows: int, target: Path) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--records", type=int, default=1_000_000, help="rows in the synth extract")
     parser.add_argument("--repeats", type=int, default=3, help="repeats for FEBRL4 (median taken)")
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir)")
@@ -193,7 +198,13 @@ def main() -> None:
     for name in ("febrl4_a", "febrl4_b"):
         records = peer_febrl[name]["records"]  # type: ignore[index]
         ours = [
-            time_bloomlink(workdir / f"{name}.csv", schema=febrl_schema, mapping=febrl_mapping, workers=1, workdir=workdir)
+            time_bloomlink(
+                workdir / f"{name}.csv",
+                schema=febrl_schema,
+                mapping=febrl_mapping,
+                workers=1,
+                workdir=workdir,
+            )
             for _ in range(args.repeats)
         ]
         theirs = peer_febrl[name]["seconds"]  # type: ignore[index]
@@ -202,13 +213,26 @@ def main() -> None:
         rows.append((name, records, febrl_ours[-1], febrl_peer[-1]))
 
     synth_dir = workdir / "synth"
-    write(generate(SynthConfig(departments=("moj",), records=args.records, difficulty="none", seed=7)), synth_dir)
+    write(
+        generate(
+            SynthConfig(departments=("moj",), records=args.records, difficulty="none", seed=7)
+        ),
+        synth_dir,
+    )
     extract = synth_dir / "moj.csv"
     clkhash_schema = workdir / "moj_clkhash_schema.json"
     clkhash_schema.write_text(json.dumps(moj_clkhash_schema()), encoding="utf-8")
     peer_synth = run_peer(PEER_CSV, str(extract), str(clkhash_schema))
-    ours_one = time_bloomlink(extract, schema=default_schema(), mapping=shipped_mapping("moj"), workers=1, workdir=workdir)
-    ours_all = time_bloomlink(extract, schema=default_schema(), mapping=shipped_mapping("moj"), workers=0 or None, workdir=workdir)  # type: ignore[arg-type]
+    ours_one = time_bloomlink(
+        extract, schema=default_schema(), mapping=shipped_mapping("moj"), workers=1, workdir=workdir
+    )
+    ours_all = time_bloomlink(
+        extract,
+        schema=default_schema(),
+        mapping=shipped_mapping("moj"),
+        workers=0 or None,
+        workdir=workdir,
+    )  # type: ignore[arg-type]
     synth_records = peer_synth["records"]  # type: ignore[index]
     synth_ours = synth_records / ours_one
     synth_peer = synth_records / peer_synth["seconds"]  # type: ignore[index]
@@ -218,12 +242,18 @@ def main() -> None:
     rss_small = peak_rss_mib(small, workdir)
     rss_full = peak_rss_mib(extract, workdir)
 
-    print(f"{'data':<24} {'records':>10} {'bloomlink rec/s':>16} {'clkhash rec/s':>14} {'ratio':>7}")
+    print(
+        f"{'data':<24} {'records':>10} {'bloomlink rec/s':>16} {'clkhash rec/s':>14} {'ratio':>7}"
+    )
     for name, records, ours, theirs in rows:
         print(f"{name:<24} {records:>10,} {ours:>16,.0f} {theirs:>14,.0f} {ours / theirs:>7.1f}")
     print(f"bloomlink on every core, synth: {synth_records / ours_all:,.0f} rec/s")
-    print(f"peak RSS, one process: {rss_small} MiB at {max(args.records // 10, 1000):,} rows, {rss_full} MiB at {synth_records:,} rows")
-    print("(bloomlink: file to shuffled encoded file incl. I/O; clkhash: rows in memory to CLKs; both one process, cold caches)")
+    print(
+        f"peak RSS, one process: {rss_small} MiB at {max(args.records // 10, 1000):,} rows, {rss_full} MiB at {synth_records:,} rows"
+    )
+    print(
+        "(bloomlink: file to shuffled encoded file incl. I/O; clkhash: rows in memory to CLKs; both one process, cold caches)"
+    )
     figures = {
         "bench": "encode",
         "records": synth_records,

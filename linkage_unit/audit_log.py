@@ -276,6 +276,35 @@ class AuditLog:
             found = read_entries(self.path)
         return [entry for entry in found if isinstance(entry, AuditEntry)]
 
+    def export_lines(self, project_id: str | None) -> tuple[list[bytes], bytes]:
+        """The log's lines (ASCII JSON, each ending in a newline) and a signed head (JSON).
+
+        With ``project_id``, that project's entries in full and every other entry as a
+        redacted stub, as :meth:`export_project` writes them. The head is signed now for the
+        last line returned, so the reader can check nothing was cut from the end.
+        """
+        if project_id is not None:
+            check_label(project_id, what="project id")
+        with self._lock:
+            found = read_entries(self.path)
+            last = self._last
+            head = (
+                sign_head(last, signing_key=self._key, moment=self._clock())
+                if last is not None
+                else None
+            )
+        entries = [entry for entry in found if isinstance(entry, AuditEntry)]
+        lines = [
+            (
+                entry_to_json(entry)
+                if project_id is None or entry.project_id == project_id
+                else redacted_to_json(RedactedEntry.of(entry))
+            ).encode("ascii")
+            + b"\n"
+            for entry in entries
+        ]
+        return lines, head_to_json(head).encode("ascii") if head is not None else b""
+
     def export_project(self, project_id: str, destination: Path | str) -> int:
         """Write a per-project export for the project's auditor; return its entry count.
 

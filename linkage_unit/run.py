@@ -238,8 +238,8 @@ class RunManager:
             result.linked_record_count,
             result.comparisons,
         )
-        if project.retention_days == 0:
-            self.delete_payloads(project_id, headers, reason="retention")
+        if project.retention_days == 0:  # retention policy delete-after-run
+            self.delete_payloads(project_id, headers, reason="run-finished")
 
     def delete_payloads(
         self, project_id: str, headers: Mapping[str, UploadHeader], *, reason: str

@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import threading
 import tomllib
 from concurrent import futures
 from dataclasses import dataclass, field, fields, replace
@@ -24,7 +25,8 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from linkage_unit.audit_hook import AuditSink, JsonLinesAuditSink
+from linkage_unit.audit_hook import AuditReader, AuditSink
+from linkage_unit.audit_log import AuditLog
 from linkage_unit.run import LinkFunction, RunManager
 from linkage_unit.service import LinkageService, UploadLimits
 from linkage_unit.servicer import LinkageUnitServicer
@@ -51,7 +53,14 @@ class ServerConfig:
     certificate: Path | None = None
     private_key: Path | None = None
     insecure: bool = False
+    # The signed audit log (default <data_dir>/audit.jsonl) and its Ed25519 key, created 0600
+    # on first start (default <data_dir>/audit-signing-key.pem).
     audit_log: Path | None = None
+    audit_signing_key: Path | None = None
+    # Refuse uploads that come without the party's signed manifest (docs/audit.md).
+    require_manifest: bool = True
+    # How often to delete payloads whose retention ran out (besides at start).
+    retention_check_seconds: float = 3600.0
     max_message_bytes: int = 4 * _MiB
     max_upload_bytes: int = 4096 * _MiB
     max_workers: int = 16
@@ -70,6 +79,8 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.max_message_bytes < 1024 or self.max_upload_bytes < 1:
             raise ConfigurationError("max_message_bytes must be >= 1024 and max_upload_bytes > 0")
+        if self.retention_check_seconds <= 0:
+            raise ConfigurationError("retention_check_seconds must be positive")
         if self.max_workers < 2 or self.max_concurrent_rpcs < 1 or self.run_workers < 0:
             raise ConfigurationError("max_workers >= 2, max_concurrent_rpcs >= 1, run_workers >= 0")
         if not (0 < self.stream_idle_seconds <= self.max_stream_seconds):
@@ -125,7 +136,14 @@ def load_config(path: Path | str | None, **overrides: Any) -> ServerConfig:
     values.update({key: value for key, value in overrides.items() if value is not None})
     if "data_dir" not in values:
         raise ConfigurationError("set data_dir (--data-dir or data_dir in the config file)")
-    for key in ("data_dir", "ca_certificate", "certificate", "private_key", "audit_log"):
+    for key in (
+        "data_dir",
+        "ca_certificate",
+        "certificate",
+        "private_key",
+        "audit_log",
+        "audit_signing_key",
+    ):
         if values.get(key) is not None:
             values[key] = Path(values[key])
     try:
@@ -146,9 +164,17 @@ class LinkageUnitServer:
     ) -> None:
         self.config = config
         self.storage = Storage(config.data_dir)
-        self.audit = audit or JsonLinesAuditSink(
-            config.audit_log or config.data_dir / "audit.jsonl"
-        )
+        self.audit_log: AuditLog | None = None
+        if audit is None:
+            self.audit_log = AuditLog.open(
+                config.audit_log or config.data_dir / "audit.jsonl",
+                signing_key_path=config.audit_signing_key
+                or config.data_dir / "audit-signing-key.pem",
+            )
+        self.audit: AuditSink = audit or self.audit_log  # type: ignore[assignment]
+        reader: AuditReader | None = self.audit_log
+        if reader is None and hasattr(audit, "export_lines"):
+            reader = audit  # type: ignore[assignment]
         self.runs = RunManager(
             self.storage, self.audit, workers=config.run_workers, link_function=link_function
         )
@@ -157,7 +183,11 @@ class LinkageUnitServer:
             self.audit,
             self.runs,
             limits=UploadLimits(max_upload_bytes=config.max_upload_bytes),
+            require_manifest=config.require_manifest,
+            audit_reader=reader,
         )
+        self._retention_stop = threading.Event()
+        self._retention_thread: threading.Thread | None = None
         self.health = health.HealthServicer()
         self.port: int | None = None
         options: list[tuple[str, int]] = [
@@ -230,6 +260,10 @@ class LinkageUnitServer:
                 "mutual TLS is not enforced, so it refuses to start"
             )
         self.service.start()
+        self._retention_thread = threading.Thread(
+            target=self._retention_loop, name="bloomlink-retention", daemon=True
+        )
+        self._retention_thread.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         logger.info(
@@ -241,6 +275,16 @@ class LinkageUnitServer:
         )
         return port
 
+    def _retention_loop(self) -> None:
+        while not self._retention_stop.wait(self.config.retention_check_seconds):
+            try:
+                purged = self.service.purge_expired()
+            except Exception:
+                logger.exception("retention check failed; it is retried at the next interval")
+                continue
+            if purged:
+                logger.info("retention deleted payloads=%d", purged)
+
     def stop(self, grace: float | None = None) -> None:
         """Graceful stop: refuse new calls, let in-flight ones finish within the grace period,
         interrupt runs (they resume on the next start), close the database."""
@@ -251,8 +295,11 @@ class LinkageUnitServer:
         logger.info("linkage unit stopped")
 
     def close_storage(self) -> None:
+        self._retention_stop.set()
         self.runs.shutdown(wait=False)
         self.storage.close()
+        if self.audit_log is not None:
+            self.audit_log.close()
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return bool(self._server.wait_for_termination(timeout))

@@ -15,11 +15,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from linkage_unit.audit_hook import AuditSink
+from linkage_unit.audit_hook import AuditReader, AuditSink
 from linkage_unit.run import RunManager
 from linkage_unit.storage import Storage
 from protocol.errors import (
     AlreadyExistsError,
+    AuditError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
@@ -27,6 +28,7 @@ from protocol.errors import (
     ResourceLimitError,
 )
 from protocol.identity import Identity, Role
+from protocol.manifest import SignedManifest, manifest_mismatches, verify_manifest
 from protocol.messages import (
     LinkKeyBatch,
     PartyStatus,
@@ -80,11 +82,15 @@ class LinkageService:
         runs: RunManager,
         *,
         limits: UploadLimits | None = None,
+        require_manifest: bool = False,
+        audit_reader: AuditReader | None = None,
     ) -> None:
         self.storage = storage
         self.audit = audit
         self.runs = runs
         self.limits = limits or UploadLimits()
+        self.require_manifest = require_manifest
+        self.audit_reader = audit_reader
         self._active_uploads: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -102,7 +108,9 @@ class LinkageService:
         for project_id, party in expired:
             record = self.storage.upload(project_id, party)
             assert record is not None
-            self.runs.delete_payloads(project_id, {party: record.header}, reason="retention")
+            self.runs.delete_payloads(
+                project_id, {party: record.header}, reason="retention-expired"
+            )
         return len(expired)
 
     # -- authorisation helpers ----------------------------------------------------------
@@ -144,7 +152,7 @@ class LinkageService:
                 "settings_fingerprint": settings.fingerprint,
                 "members": ",".join(settings.members),
                 "schema_fingerprint": settings.schema_fingerprint.hex(),
-                "retention": settings.retention_days,
+                "retention": settings.retention_policy,
             },
         )
         logger.info(
@@ -219,9 +227,43 @@ class LinkageService:
             state=record.state,
         )
 
-    def open_upload(self, caller: Caller, header: UploadHeader) -> UploadSession:
+    def _check_manifest(self, header: UploadHeader, manifest: SignedManifest | None) -> None:
+        if manifest is None:
+            if self.require_manifest:
+                raise InvalidRequestError(
+                    "this linkage unit takes an upload only with the party's signed manifest; "
+                    "encode with a signing key, then submit the file with its manifest"
+                )
+            return
+        try:
+            verify_manifest(manifest)
+        except AuditError:
+            raise InvalidRequestError("the upload's manifest has an invalid signature") from None
+        details = {
+            "party": header.party_id,
+            "record_count": header.record_count,
+            "clk_bits": header.clk_bits,
+            "payload_sha256": header.payload_sha256.hex(),
+            "schema_fingerprint": header.schema_fingerprint.hex(),
+            "kcv": header.kcv.hex(),
+        }
+        wrong = manifest_mismatches(
+            manifest.manifest, project_id=header.project_id, details=details
+        )
+        if wrong:
+            raise InvalidRequestError(
+                f"the upload's manifest disagrees with its header on {', '.join(wrong)}; send "
+                "the manifest written with this encoded file"
+            )
+        if manifest.manifest.leak_scan_strings == 0:
+            raise InvalidRequestError("the upload's manifest records no leak scan")
+
+    def open_upload(
+        self, caller: Caller, header: UploadHeader, manifest: SignedManifest | None = None
+    ) -> UploadSession:
         """Begin or resume an upload. Release it with :meth:`UploadSession.close`."""
         self._uploader(caller, header.project_id, header.party_id)
+        self._check_manifest(header, manifest)
         if header.payload_bytes > self.limits.max_upload_bytes:
             raise ResourceLimitError(
                 f"the payload ({header.payload_bytes} bytes) exceeds this linkage unit's "
@@ -246,7 +288,9 @@ class LinkageService:
             ):
                 if record.state is UploadState.PARTIAL:
                     self.storage.check_free_space(header.payload_bytes - record.committed_bytes)
-                return UploadSession(self, header, committed=record.committed_bytes)
+                return UploadSession(
+                    self, header, committed=record.committed_bytes, manifest=manifest
+                )
             if record is not None and record.state is UploadState.PARTIAL:
                 self._discard(header.project_id, record.header, reason="superseded")
             elif record is not None:
@@ -265,7 +309,7 @@ class LinkageService:
                 )
             self.storage.check_free_space(header.payload_bytes)
             self.storage.begin_upload(header)
-            return UploadSession(self, header, committed=0)
+            return UploadSession(self, header, committed=0, manifest=manifest)
         except BaseException:
             self._release(key)
             raise
@@ -330,7 +374,53 @@ class LinkageService:
             party_id,
             key_set.key_count,
         )
+        fetched = self.storage.record_key_release(project_id, party_id)
+        if project.retention_days > 0 and fetched >= set(project.members):
+            self._delete_released(project_id)
         return self._key_batches(project_id, party_id, key_set.key_count, key_set.keys_sha256)
+
+    def _delete_released(self, project_id: str) -> None:
+        """Every member has its keys: the CLKs have served their purpose (retention)."""
+        headers = {}
+        project = self.storage.project(project_id)
+        assert project is not None
+        for party in project.members:
+            record = self.storage.upload(project_id, party)
+            if record is not None and record.state is UploadState.COMPLETE:
+                headers[party] = record.header
+        self.runs.delete_payloads(project_id, headers, reason="keys-released")
+
+    # -- audit --------------------------------------------------------------------------
+
+    def audit_public_key(self, caller: Caller) -> bytes:
+        """The LU's audit public key (PEM): not secret, given to any authenticated caller."""
+        return self._reader().public_key_pem()
+
+    def project_settings(self, caller: Caller, project_id: str) -> ProjectSettings:
+        """A project's settings, for the operator, auditors and its members."""
+        return self._visible_project(caller, project_id)
+
+    def audit_lines(self, caller: Caller, project_id: str | None) -> tuple[list[bytes], bytes]:
+        """The audit log's lines and a signed head covering them.
+
+        The operator and auditors may read the whole log or one project's view; a member
+        party only its own project's view (other projects' entries redacted to hash and
+        signature). A non-member is told the project does not exist.
+        """
+        self._require(caller, Role.OPERATOR, Role.AUDITOR, Role.PARTY)
+        if project_id is None:
+            if caller.identity.role is Role.PARTY:
+                raise PermissionDeniedError(
+                    "a party may read only its own project's audit entries; give the project id"
+                )
+        else:
+            self._visible_project(caller, project_id)
+        return self._reader().export_lines(project_id)
+
+    def _reader(self) -> AuditReader:
+        if self.audit_reader is None:
+            raise PreconditionError("this linkage unit's audit sink cannot be read back")
+        return self.audit_reader
 
     def _key_batches(
         self, project_id: str, party_id: str, total: int, digest: str
@@ -353,9 +443,17 @@ class LinkageService:
 class UploadSession:
     """One upload stream: accepts chunks, appends them durably, completes the upload."""
 
-    def __init__(self, service: LinkageService, header: UploadHeader, *, committed: int) -> None:
+    def __init__(
+        self,
+        service: LinkageService,
+        header: UploadHeader,
+        *,
+        committed: int,
+        manifest: SignedManifest | None = None,
+    ) -> None:
         self._service = service
         self.header = header
+        self.manifest = manifest
         self.committed = committed
         self._received = 0
         self._closed = False
@@ -414,18 +512,17 @@ class UploadSession:
         except InvalidRequestError:
             service._discard(header.project_id, header, reason="digest_mismatch")
             raise
-        service.audit.append(
-            "upload_committed",
-            project_id=header.project_id,
-            details={
-                "party": header.party_id,
-                "record_count": header.record_count,
-                "clk_bits": header.clk_bits,
-                "payload_sha256": header.payload_sha256.hex(),
-                "schema_fingerprint": header.schema_fingerprint.hex(),
-                "kcv": header.kcv.hex(),
-            },
-        )
+        details: dict[str, str | int] = {
+            "party": header.party_id,
+            "record_count": header.record_count,
+            "clk_bits": header.clk_bits,
+            "payload_sha256": header.payload_sha256.hex(),
+            "schema_fingerprint": header.schema_fingerprint.hex(),
+            "kcv": header.kcv.hex(),
+        }
+        if self.manifest is not None:
+            details["manifest_sha256"] = self.manifest.manifest.sha256
+        service.audit.append("upload_committed", project_id=header.project_id, details=details)
         logger.info(
             "upload committed project=%s party=%s records=%d",
             header.project_id,

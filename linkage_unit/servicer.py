@@ -68,6 +68,7 @@ STATUS_FOR_ERROR: tuple[tuple[type[ServiceError], grpc.StatusCode], ...] = (
     (UnavailableError, grpc.StatusCode.UNAVAILABLE),
 )
 
+_AUDIT_BATCH_BYTES = 1 << 20  # well under the default 4 MiB message cap
 _INTERNAL_MESSAGE = "the linkage unit failed unexpectedly; the operator's log has the details"
 
 T = TypeVar("T")
@@ -244,7 +245,9 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
                 raise InvalidRequestError("an upload must start with its header message")
             serde.check_no_unknown_fields(first)
             session = self._service.open_upload(
-                caller, serde.upload_header_from_proto(first.header)
+                caller,
+                serde.upload_header_from_proto(first.header),
+                serde.manifest_from_proto(first.header),
             )
             try:
                 for message in messages:
@@ -286,6 +289,51 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
             return serde.run_ticket_to_proto(self._service.start_run(caller, project_id))
 
         return self._call(context, action)
+
+    def GetAuditPublicKey(
+        self, request: pb.GetAuditPublicKeyRequest, context: grpc.ServicerContext
+    ) -> pb.GetAuditPublicKeyResponse:
+        def action(caller: Caller) -> pb.GetAuditPublicKeyResponse:
+            serde.check_no_unknown_fields(request)
+            return pb.GetAuditPublicKeyResponse(
+                public_key_pem=self._service.audit_public_key(caller)
+            )
+
+        return self._call(context, action)
+
+    def GetProjectSettings(
+        self, request: pb.GetProjectSettingsRequest, context: grpc.ServicerContext
+    ) -> pb.CreateProjectRequest:
+        def action(caller: Caller) -> pb.CreateProjectRequest:
+            serde.check_no_unknown_fields(request)
+            project_id = serde.label_from_proto(request.project_id, what="project id")
+            settings = self._service.project_settings(caller, project_id)
+            return serde.project_settings_to_proto(settings)
+
+        return self._call(context, action)
+
+    def FetchAuditLog(
+        self, request: pb.FetchAuditLogRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.FetchAuditLogResponse]:
+        def action(caller: Caller) -> tuple[list[bytes], bytes]:
+            serde.check_no_unknown_fields(request)
+            project_id = (
+                serde.label_from_proto(request.project_id, what="project id")
+                if request.project_id
+                else None
+            )
+            return self._service.audit_lines(caller, project_id)
+
+        lines, head = self._call(context, action)
+        batch: list[bytes] = []
+        size = 0
+        for line in lines:
+            if batch and size + len(line) > _AUDIT_BATCH_BYTES:
+                yield pb.FetchAuditLogResponse(lines=batch)
+                batch, size = [], 0
+            batch.append(line)
+            size += len(line)
+        yield pb.FetchAuditLogResponse(lines=batch, signed_head=head)
 
     def FetchLinkKeys(
         self, request: pb.FetchLinkKeysRequest, context: grpc.ServicerContext

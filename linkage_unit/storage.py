@@ -127,6 +127,12 @@ CREATE TABLE IF NOT EXISTS link_keys (
     link_key TEXT NOT NULL,
     PRIMARY KEY (project_id, party, ordinal)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS key_releases (
+    project_id TEXT NOT NULL,
+    party TEXT NOT NULL,
+    released_at REAL NOT NULL,
+    PRIMARY KEY (project_id, party)
+);
 """
 
 
@@ -579,6 +585,20 @@ class Storage:
         if row is None:
             return None
         return KeySet(run_id=str(row[0]), key_count=int(row[1]), keys_sha256=str(row[2]))
+
+    def record_key_release(self, project_id: str, party: str) -> set[str]:
+        """Note that ``party`` fetched its keys; return every party that has, so far."""
+        self._write(
+            [
+                (
+                    "INSERT OR IGNORE INTO key_releases (project_id, party, released_at) "
+                    "VALUES (?, ?, ?)",
+                    (project_id, party, time.time()),
+                )
+            ]
+        )
+        rows = self._all("SELECT party FROM key_releases WHERE project_id = ?", (project_id,))
+        return {str(row[0]) for row in rows}
 
     def iter_link_keys(
         self, project_id: str, party: str, *, batch_size: int

@@ -33,6 +33,7 @@ from protocol.errors import (
     UnavailableError,
 )
 from protocol.identity import Identity
+from protocol.manifest import SignedManifest
 from protocol.messages import (
     ProjectSettings,
     ProjectStatus,
@@ -231,9 +232,9 @@ class LinkageClient:
         return serde.upload_progress_from_proto(response)
 
     def _requests(
-        self, path: Path, header: UploadHeader, offset: int
+        self, path: Path, header: UploadHeader, offset: int, manifest: SignedManifest | None
     ) -> Iterator[pb.UploadRequest]:
-        yield serde.upload_header_to_proto(header)
+        yield serde.upload_header_to_proto(header, manifest)
         with path.open("rb") as handle:
             handle.seek(HEADER_LENGTH + offset)
             while data := handle.read(self.chunk_bytes):
@@ -241,9 +242,15 @@ class LinkageClient:
                 offset += len(data)
 
     def upload_file(
-        self, path: Path | str, *, party_id: str, progress: ProgressCallback | None = None
+        self,
+        path: Path | str,
+        *,
+        party_id: str,
+        manifest: SignedManifest | None = None,
+        progress: ProgressCallback | None = None,
     ) -> UploadProgress:
-        """Send an encoded file as ``party_id``, resuming from whatever is already committed.
+        """Send an encoded file as ``party_id`` with its signed manifest, resuming from
+        whatever is already committed.
 
         Uploading a byte-identical file again is a no-op that reports COMPLETE.
         """
@@ -256,7 +263,7 @@ class LinkageClient:
                 return held
             start = held.committed_bytes if held.state is UploadState.PARTIAL else 0
             response: pb.UploadResponse = self._stub.Upload(
-                self._requests(file_path, header, start),
+                self._requests(file_path, header, start, manifest),
                 timeout=self.upload_timeout,
                 metadata=self._metadata,
             )
@@ -266,6 +273,39 @@ class LinkageClient:
         if progress:
             progress(result.committed_bytes, header.payload_bytes)
         return result
+
+    # -- audit --------------------------------------------------------------------------
+
+    def audit_public_key(self) -> bytes:
+        """The linkage unit's audit public key (PEM)."""
+        response: pb.GetAuditPublicKeyResponse = self._unary(
+            self._stub.GetAuditPublicKey, pb.GetAuditPublicKeyRequest()
+        )
+        return bytes(response.public_key_pem)
+
+    def project_settings(self, project_id: str) -> ProjectSettings:
+        response: pb.CreateProjectRequest = self._unary(
+            self._stub.GetProjectSettings, pb.GetProjectSettingsRequest(project_id=project_id)
+        )
+        return serde.project_settings_from_proto(response)
+
+    def fetch_audit_log(self, project_id: str | None = None) -> tuple[bytes, bytes]:
+        """The audit log (whole, or one project's view) as JSON-lines bytes, and its signed
+        head (JSON bytes; empty if the log is empty)."""
+
+        def attempt() -> tuple[bytes, bytes]:
+            lines: list[bytes] = []
+            head = b""
+            for message in self._stub.FetchAuditLog(
+                pb.FetchAuditLogRequest(project_id=project_id or ""),
+                timeout=self.upload_timeout,
+                metadata=self._metadata,
+            ):
+                lines.extend(bytes(line) for line in message.lines)
+                head = bytes(message.signed_head) or head
+            return b"".join(lines), head
+
+        return self._retrying(attempt)
 
     def fetch_link_keys(self, project_id: str, party_id: str) -> FetchedLinkKeys:
         """Download this party's link keys; checks their count and digest."""

@@ -1,8 +1,10 @@
 """Signing upload manifests at the party, right after an encode.
 
-Stage: audit, department side. The encoder calls :func:`write_manifest` once the encoded
-file exists (or :func:`write_manifest_for_file`, which takes the facts from the file's
-header). The party's Ed25519 signing key is its own (``create_party_signing_key``, 0600),
+Stage: audit, department side. ``bloomlink encode`` calls :func:`vouch_for_encoded_file`
+once the encoded file exists: it leak-scans the file for the extract's own sensitive strings
+and, only if the scan is clean, signs a manifest recording the scan beside the file
+(``<encoded>.manifest.json``). ``bloomlink submit`` sends that manifest with the upload and
+refuses a file whose manifest does not vouch for exactly its payload. The party's Ed25519 signing key is its own (``create_party_signing_key``, 0600),
 distinct from the linkage secret: it proves authorship, it encodes nothing. The format and
 verification live in ``protocol/manifest.py``.
 """
@@ -16,10 +18,14 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol.clk_file import read_clks
+from party.leak_scan import LeakScanReport, scan_encoded_file
+from party.sensitive_strings import SensitiveStrings
+from protocol.clk_file import read_clks, read_header
+from protocol.errors import AuditError
 from protocol.manifest import (
     SignedManifest,
     UploadManifest,
+    manifest_mismatches,
     read_manifest,
     sign_manifest,
     verify_manifest,
@@ -28,7 +34,11 @@ from protocol.manifest import (
 from protocol.signing import create_signing_key, load_signing_key, public_key_pem
 
 __all__ = [
+    "SIGNING_KEY_ENV_VAR",
+    "check_manifest_for_file",
     "create_party_signing_key",
+    "manifest_path_for",
+    "vouch_for_encoded_file",
     "load_party_signing_key",
     "party_public_key_pem",
     "read_manifest",
@@ -36,6 +46,8 @@ __all__ = [
     "write_manifest",
     "write_manifest_for_file",
 ]
+
+SIGNING_KEY_ENV_VAR = "BLOOMLINK_SIGNING_KEY"
 
 create_party_signing_key = create_signing_key
 load_party_signing_key = load_signing_key
@@ -58,6 +70,8 @@ def write_manifest(
     schema_fingerprint: bytes,
     kcv: bytes,
     software_version: str,
+    leak_scan_strings: int,
+    leak_scan_rows: int,
     clock: Callable[[], datetime] = _utc_now,
     nonce: Callable[[int], bytes] = os.urandom,
 ) -> SignedManifest:
@@ -77,6 +91,8 @@ def write_manifest(
         software_version=software_version,
         created_at=clock().astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
         nonce=nonce(16),
+        leak_scan_strings=leak_scan_strings,
+        leak_scan_rows=leak_scan_rows,
     )
     signed = sign_manifest(manifest, signing_key)
     write_signed_manifest(signed, path)
@@ -90,6 +106,8 @@ def write_manifest_for_file(
     signing_key: Ed25519PrivateKey,
     party: str,
     software_version: str,
+    leak_scan_strings: int,
+    leak_scan_rows: int,
 ) -> SignedManifest:
     """The manifest of an existing encoded file, from its header, after checking the payload
     digest (a manifest must never vouch for bytes nobody hashed)."""
@@ -105,4 +123,78 @@ def write_manifest_for_file(
         schema_fingerprint=header.schema_fingerprint,
         kcv=header.kcv,
         software_version=software_version,
+        leak_scan_strings=leak_scan_strings,
+        leak_scan_rows=leak_scan_rows,
     )
+
+
+def manifest_path_for(encoded_path: Path | str) -> Path:
+    """Where the manifest of an encoded file lives: beside it, ``<file>.manifest.json``."""
+    path = Path(encoded_path)
+    return path.with_name(path.name + ".manifest.json")
+
+
+def vouch_for_encoded_file(
+    encoded_path: Path | str,
+    *,
+    signing_key: Ed25519PrivateKey,
+    party: str,
+    strings: SensitiveStrings,
+    software_version: str,
+    manifest_path: Path | str | None = None,
+) -> tuple[SignedManifest, LeakScanReport]:
+    """Leak-scan an encoded file for ``strings``; if clean, sign and write its manifest.
+
+    A finding raises :class:`AuditError` and leaves no manifest (a stale one is removed), so
+    ``bloomlink submit`` will not send the file.
+    """
+    target = Path(manifest_path) if manifest_path else manifest_path_for(encoded_path)
+    target.unlink(missing_ok=True)
+    report = scan_encoded_file(encoded_path, strings.strings)
+    if not report.clean:
+        kinds = sorted({finding.kind for finding in report.findings})
+        raise AuditError(
+            f"the leak scan found {len(report.findings)} problem(s) in {encoded_path} "
+            f"({', '.join(kinds)}); no manifest written, the file must not be sent. Run "
+            "bloomlink scan on it for the byte offsets"
+        )
+    signed = write_manifest_for_file(
+        encoded_path,
+        target,
+        signing_key=signing_key,
+        party=party,
+        software_version=software_version,
+        leak_scan_strings=report.strings_checked,
+        leak_scan_rows=strings.rows_sampled,
+    )
+    return signed, report
+
+
+def check_manifest_for_file(
+    encoded_path: Path | str, manifest_path: Path | str, *, party: str
+) -> SignedManifest:
+    """The manifest to send with an encoded file, after checking it vouches for exactly this
+    file: valid signature, same party and header fields, and a recorded clean leak scan."""
+    signed = read_manifest(manifest_path)
+    manifest = verify_manifest(signed)
+    header = read_header(encoded_path)
+    details: dict[str, object] = {
+        "party": party,
+        "record_count": header.record_count,
+        "clk_bits": header.clk_bits,
+        "payload_sha256": header.payload_sha256.hex(),
+        "schema_fingerprint": header.schema_fingerprint.hex(),
+        "kcv": header.kcv.hex(),
+    }
+    wrong = manifest_mismatches(manifest, project_id=header.project_id, details=details)
+    if wrong:
+        raise AuditError(
+            f"the manifest {manifest_path} does not vouch for {encoded_path}: it differs on "
+            f"{', '.join(wrong)}; re-run bloomlink encode (or give --extract to scan now)"
+        )
+    if manifest.leak_scan_strings == 0:
+        raise AuditError(
+            f"the manifest {manifest_path} records a leak scan of no strings; give --extract "
+            "to scan the file now"
+        )
+    return signed

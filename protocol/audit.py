@@ -198,6 +198,17 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
         "payload_deleted": _EventRule(
             required={"party": _label, "payload_sha256": _SHA256, "reason": _token}
         ),
+        # A party asked for keys that are not its own (or for a project it is not in): the
+        # caller sees only "not found", the auditor sees who asked for what.
+        "access_refused": _EventRule(
+            required={
+                "party": _label,
+                "requested_project": _label,
+                "requested_party": _label,
+                "certificate_fingerprint": _SHA256,
+            },
+            project_required=False,
+        ),
     }
 )
 

@@ -46,7 +46,11 @@ from protocol.errors import AuditError
 from protocol.manifest import SignedManifest, manifest_mismatches, verify_manifest
 from protocol.signing import public_key_fingerprint
 
-__all__ = ["AuditReport", "Check", "verify_audit_log"]
+__all__ = ["PARTIAL_UPLOAD_REASONS", "AuditReport", "Check", "verify_audit_log", "wire_checks"]
+
+# payload_deleted reasons for bytes of an upload that was never committed (the LU discards
+# them: a newer upload superseded it, the stream broke the cap, the digest did not match).
+PARTIAL_UPLOAD_REASONS = frozenset({"superseded", "stream_cap", "digest_mismatch"})
 
 PASS = "pass"
 FAIL = "fail"
@@ -132,6 +136,7 @@ class _Run:
     uploads: dict[str, tuple[str, int]]  # party -> (payload digest, record count)
     finished: int | None = None
     released: dict[str, int] = field(default_factory=dict)
+    released_digest: dict[str, tuple[str, str | int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -157,6 +162,8 @@ class _Replay:
         self.projects: dict[str, _Project] = {}
         self.checks: list[Check] = []
         self.uploads_by_key: dict[tuple[str, str, str], AuditEntry] = {}
+        self.notes: list[Check] = []
+        self.unmanifested: list[tuple[str, int]] = []
 
     def fail(self, project_id: str | None, index: int, message: str, name: str = "rules") -> None:
         self.checks.append(
@@ -190,6 +197,19 @@ class _Replay:
             retention=str(details["retention"]),
         )
 
+    def _on_access_refused(self, index: int, entry: AuditEntry, project: _Project) -> None:
+        # Not a failure of the LU: it is the LU doing its job. The auditor sees who asked.
+        self.notes.append(
+            Check(
+                name="access",
+                status=NOTE,
+                message=f"party {entry.details['party']} was refused another party's or "
+                "project's link keys",
+                project_id=entry.project_id,
+                entry=index,
+            )
+        )
+
     def _on_party_authenticated(self, index: int, entry: AuditEntry, project: _Project) -> None:
         return
 
@@ -198,6 +218,8 @@ class _Replay:
         if party not in project.members:
             self.fail(entry.project_id, index, f"upload from {party}, which is not a member")
         project.uploads[party] = (index, entry.details)
+        if "manifest_sha256" not in entry.details:
+            self.unmanifested.append((str(entry.project_id), index))
         project.uploaded_payloads.add((party, str(entry.details["payload_sha256"])))
         project.last_upload = index
         assert entry.project_id is not None
@@ -295,15 +317,32 @@ class _Replay:
             )
             return
         if party in run.released:
-            self.fail(
-                entry.project_id,
-                index,
-                f"keys of run {run_id} released to {party} twice "
-                f"(first at entry {run.released[party]})",
-                "keys",
-            )
+            first, digest = run.released[party], run.released_digest.get(party)
+            if (str(entry.details["keys_sha256"]), entry.details["key_count"]) != digest:
+                self.fail(
+                    entry.project_id,
+                    index,
+                    f"keys of run {run_id} released to {party} again with a different count or digest "
+                    f"(first at entry {first})",
+                    "keys",
+                )
+            else:
+                self.notes.append(
+                    Check(
+                        name="keys",
+                        status=NOTE,
+                        message=f"{party} fetched the same keys of run {run_id} again "
+                        f"(first at entry {first})",
+                        project_id=entry.project_id,
+                        entry=index,
+                    )
+                )
             return
         run.released[party] = index
+        run.released_digest[party] = (
+            str(entry.details["keys_sha256"]),
+            entry.details["key_count"],
+        )
         expected = run.uploads[party][1] if party in run.uploads else None
         if entry.details["key_count"] != expected:
             self.fail(
@@ -317,6 +356,8 @@ class _Replay:
 
     def _on_payload_deleted(self, index: int, entry: AuditEntry, project: _Project) -> None:
         key = (str(entry.details["party"]), str(entry.details["payload_sha256"]))
+        if entry.details["reason"] in PARTIAL_UPLOAD_REASONS:
+            return  # an upload never committed: its partial bytes were discarded
         if key not in project.uploaded_payloads:
             self.fail(
                 entry.project_id,
@@ -463,6 +504,34 @@ def _manifest_checks(
     return checks
 
 
+def wire_checks() -> list[Check]:
+    """The structural check: from the compiled .proto descriptor, every string and bytes
+    field an upload can carry is on the allow-list of validated fields (labels, digests,
+    fixed-length keys, pattern-checked version and timestamp, CLK bytes), so no field exists
+    in which free text - a name, a date of birth - could travel."""
+    from protocol import serde  # protobuf only when the check runs
+
+    fields = serde.upload_text_fields()
+    unexplained = serde.unexplained_upload_fields()
+    if unexplained:
+        return [
+            Check(
+                name="wire",
+                status=FAIL,
+                message="upload messages have string/bytes fields not on the allow-list of "
+                f"validated fields: {', '.join(unexplained)}",
+            )
+        ]
+    return [
+        Check(
+            name="wire",
+            status=PASS,
+            message=f"all {len(fields)} string/bytes fields of upload messages are validated "
+            "labels, digests, keys, a version, a timestamp or CLK bytes: no free-text field",
+        )
+    ]
+
+
 def verify_audit_log(
     log_path: Path | str,
     public_key: Ed25519PublicKey,
@@ -470,6 +539,7 @@ def verify_audit_log(
     manifests: Sequence[SignedManifest] = (),
     heads: Sequence[SignedHead] | None = None,
     party_keys: Mapping[str, Ed25519PublicKey] | None = None,
+    check_wire: bool = True,
 ) -> AuditReport:
     """Verify a log file (or a per-project export) and return the full report.
 
@@ -559,5 +629,19 @@ def verify_audit_log(
                 )
             )
     checks.extend(replay.checks)
+    checks.extend(replay.notes)
+    for project_id, index in replay.unmanifested:
+        checks.append(
+            Check(
+                name="manifest",
+                status=NOTE,
+                message="upload committed without a signed manifest: the log holds no party "
+                "statement that this payload was leak-scanned",
+                project_id=project_id,
+                entry=index,
+            )
+        )
+    if check_wire:
+        checks.extend(wire_checks())
     checks.extend(_manifest_checks(manifests, replay.uploads_by_key, entries, party_keys or {}))
     return report(entries, chain.log_id)

@@ -5,7 +5,9 @@ by the auditor against the LU's ``upload_committed`` entry). The format lives in
 ``protocol`` because both sides read it; signing lives in ``party/manifest.py``.
 
 A manifest binds project, party, record count, CLK length, payload SHA-256, schema
-fingerprint, KCV, software version, creation time and a random nonce. Its **canonical
+fingerprint, KCV, software version, creation time, a random nonce, and the clean leak scan
+the party ran on exactly this payload (how many sensitive strings, from how many rows): the
+party writes a manifest only for a payload its scan found clean. Its **canonical
 bytes** are compact sorted-key ASCII JSON with a ``format`` field; the party signs exactly
 those bytes with its Ed25519 key. The manifest file is JSON:
 ``{"manifest": {...}, "public_key": <raw key hex>, "signature": <hex>}``. The embedded public
@@ -58,6 +60,8 @@ _FIELDS = (
     "software_version",
     "created_at",
     "nonce",
+    "leak_scan_strings",
+    "leak_scan_rows",
 )
 
 
@@ -80,6 +84,8 @@ class UploadManifest:
     software_version: str
     created_at: str
     nonce: bytes
+    leak_scan_strings: int
+    leak_scan_rows: int
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="manifest project id")
@@ -99,6 +105,10 @@ class UploadManifest:
             raise ConfigurationError("manifest software version must be a short version string")
         if not isinstance(self.created_at, str) or not _TIMESTAMP.fullmatch(self.created_at):
             raise ConfigurationError("manifest creation time must be UTC like 2026-01-31T12:00:00Z")
+        for name in ("leak_scan_strings", "leak_scan_rows"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigurationError(f"manifest {name} must be a whole number")
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -113,6 +123,8 @@ class UploadManifest:
             "software_version": self.software_version,
             "created_at": self.created_at,
             "nonce": self.nonce.hex(),
+            "leak_scan_strings": self.leak_scan_strings,
+            "leak_scan_rows": self.leak_scan_rows,
         }
 
     def canonical_bytes(self) -> bytes:
@@ -144,6 +156,8 @@ class UploadManifest:
                 software_version=record["software_version"],
                 created_at=record["created_at"],
                 nonce=bytes.fromhex(record["nonce"]),
+                leak_scan_strings=record["leak_scan_strings"],
+                leak_scan_rows=record["leak_scan_rows"],
             )
         except (TypeError, ValueError):
             raise ConfigurationError("manifest has a malformed hex field") from None

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 
+from protocol.audit import RETENTION_DELETE_AFTER_RELEASE, RETENTION_DELETE_AFTER_RUN
 from protocol.clk_file import ClkFileHeader
 from protocol.errors import ConfigurationError
 from protocol.labels import check_label
@@ -97,6 +98,19 @@ class ProjectSettings:
             sort_keys=True,
             separators=(",", ":"),
         )
+
+    @property
+    def retention_policy(self) -> str:
+        """The audit log's name for how long CLKs are kept (docs/audit.md).
+
+        ``retention_days == 0``: deleted as soon as the run finishes (``delete-after-run``).
+        Otherwise deleted once every member has fetched its link keys, or ``retention_days``
+        after the upload completed if a party never fetches (``delete-after-release``; the
+        verifier requires the deletion once every party's keys were released).
+        """
+        if self.retention_days == 0:
+            return RETENTION_DELETE_AFTER_RUN
+        return RETENTION_DELETE_AFTER_RELEASE
 
     @property
     def fingerprint(self) -> str:

@@ -7,13 +7,14 @@ service logic only ever sees validated :mod:`protocol.messages` values.
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from google.protobuf import unknown_fields
 from google.protobuf.message import Message
 
 from protocol.errors import ConfigurationError, InvalidRequestError
 from protocol.labels import check_label
+from protocol.manifest import SignedManifest, UploadManifest
 from protocol.messages import (
     LinkKeyBatch,
     LinkKeyMode,
@@ -35,7 +36,12 @@ __all__ = [
     "IDENTITY_METADATA_KEY",
     "PARTY_METADATA_KEY",
     "check_no_unknown_fields",
+    "UPLOAD_FIELD_ALLOW_LIST",
     "label_from_proto",
+    "manifest_from_proto",
+    "manifest_to_proto",
+    "unexplained_upload_fields",
+    "upload_text_fields",
     "link_key_batch_from_proto",
     "link_key_batch_to_proto",
     "project_settings_from_proto",
@@ -206,19 +212,121 @@ def project_status_from_proto(message: pb.GetProjectStatusResponse) -> ProjectSt
     )
 
 
-def upload_header_to_proto(header: UploadHeader) -> pb.UploadRequest:
-    return pb.UploadRequest(
-        header=pb.UploadHeader(
-            project_id=header.project_id,
-            party_id=header.party_id,
-            format_version=header.format_version,
-            schema_fingerprint=header.schema_fingerprint,
-            kcv=header.kcv,
-            clk_bits=header.clk_bits,
-            record_count=header.record_count,
-            payload_sha256=header.payload_sha256,
-        )
+def upload_header_to_proto(
+    header: UploadHeader, manifest: SignedManifest | None = None
+) -> pb.UploadRequest:
+    message = pb.UploadHeader(
+        project_id=header.project_id,
+        party_id=header.party_id,
+        format_version=header.format_version,
+        schema_fingerprint=header.schema_fingerprint,
+        kcv=header.kcv,
+        clk_bits=header.clk_bits,
+        record_count=header.record_count,
+        payload_sha256=header.payload_sha256,
     )
+    if manifest is not None:
+        message.manifest.CopyFrom(manifest_to_proto(manifest))
+    return pb.UploadRequest(header=message)
+
+
+def manifest_to_proto(signed: SignedManifest) -> pb.UploadManifest:
+    manifest = signed.manifest
+    return pb.UploadManifest(
+        project_id=manifest.project_id,
+        party_id=manifest.party,
+        record_count=manifest.record_count,
+        clk_bits=manifest.clk_bits,
+        payload_sha256=manifest.payload_sha256,
+        schema_fingerprint=manifest.schema_fingerprint,
+        kcv=manifest.kcv,
+        software_version=manifest.software_version,
+        created_at=manifest.created_at,
+        nonce=manifest.nonce,
+        leak_scan_strings=manifest.leak_scan_strings,
+        leak_scan_rows=manifest.leak_scan_rows,
+        signature=signed.signature,
+        public_key=signed.public_key,
+    )
+
+
+def manifest_from_proto(message: pb.UploadHeader) -> SignedManifest | None:
+    """The signed manifest carried by an upload header, or None if it has none."""
+    if not message.HasField("manifest"):
+        return None
+    part = message.manifest
+    check_no_unknown_fields(part)
+    manifest = _validated(
+        UploadManifest,
+        project_id=part.project_id,
+        party=part.party_id,
+        record_count=part.record_count,
+        clk_bits=part.clk_bits,
+        payload_sha256=bytes(part.payload_sha256),
+        schema_fingerprint=bytes(part.schema_fingerprint),
+        kcv=bytes(part.kcv),
+        software_version=part.software_version,
+        created_at=part.created_at,
+        nonce=bytes(part.nonce),
+        leak_scan_strings=part.leak_scan_strings,
+        leak_scan_rows=part.leak_scan_rows,
+    )
+    return _validated(
+        SignedManifest,
+        manifest=manifest,
+        signature=bytes(part.signature),
+        public_key=bytes(part.public_key),
+    )
+
+
+# The STRUCTURAL guarantee behind "no identifier can travel in an upload": every string and
+# bytes field reachable from an upload message, and what bounds it. A new field there must be
+# added here with the validation that enforces it, or `bloomlink audit verify` fails.
+UPLOAD_FIELD_ALLOW_LIST: dict[str, str] = {
+    "bloomlink.v1.UploadHeader.project_id": "label ^[a-z][a-z0-9-]{0,62}$",
+    "bloomlink.v1.UploadHeader.party_id": "label ^[a-z][a-z0-9-]{0,62}$",
+    "bloomlink.v1.UploadHeader.schema_fingerprint": "32 bytes (SHA-256)",
+    "bloomlink.v1.UploadHeader.kcv": "16 bytes",
+    "bloomlink.v1.UploadHeader.payload_sha256": "32 bytes (SHA-256)",
+    "bloomlink.v1.UploadManifest.project_id": "label ^[a-z][a-z0-9-]{0,62}$",
+    "bloomlink.v1.UploadManifest.party_id": "label ^[a-z][a-z0-9-]{0,62}$",
+    "bloomlink.v1.UploadManifest.payload_sha256": "32 bytes (SHA-256)",
+    "bloomlink.v1.UploadManifest.schema_fingerprint": "32 bytes (SHA-256)",
+    "bloomlink.v1.UploadManifest.kcv": "16 bytes",
+    "bloomlink.v1.UploadManifest.software_version": "version ^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$",
+    "bloomlink.v1.UploadManifest.created_at": "UTC timestamp 2026-01-31T12:00:00.000000Z",
+    "bloomlink.v1.UploadManifest.nonce": "16 bytes",
+    "bloomlink.v1.UploadManifest.signature": "64 bytes (Ed25519)",
+    "bloomlink.v1.UploadManifest.public_key": "32 bytes (Ed25519)",
+    "bloomlink.v1.UploadChunk.data": "CLK bytes: length-checked, digest-checked, leak-scanned",
+    "bloomlink.v1.UploadChunk.chunk_sha256": "32 bytes (SHA-256)",
+}
+
+
+def upload_text_fields(root: Any = None) -> list[str]:
+    """Every string or bytes field reachable from the upload request, by full name, read
+    from the compiled descriptor (so a field added to the .proto cannot hide)."""
+    descriptor = root or pb.UploadRequest.DESCRIPTOR
+    found: list[str] = []
+    seen: set[str] = set()
+
+    def walk(message: Any) -> None:
+        if message.full_name in seen:
+            return
+        seen.add(message.full_name)
+        for item in message.fields:
+            if item.message_type is not None:
+                walk(item.message_type)
+            elif item.type in (item.TYPE_STRING, item.TYPE_BYTES):
+                found.append(item.full_name)
+
+    walk(descriptor)
+    return sorted(found)
+
+
+def unexplained_upload_fields() -> list[str]:
+    """Upload string/bytes fields not on :data:`UPLOAD_FIELD_ALLOW_LIST` (should be none)."""
+    return [name for name in upload_text_fields() if name not in UPLOAD_FIELD_ALLOW_LIST]
 
 
 def upload_header_from_proto(message: pb.UploadHeader) -> UploadHeader:

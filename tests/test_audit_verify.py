@@ -44,6 +44,8 @@ def manifest_for(
         schema_fingerprint=bytes.fromhex(SCHEMA),
         kcv=bytes.fromhex(KCV),
         software_version="0.1.0",
+        leak_scan_strings=50,
+        leak_scan_rows=10,
     )
     return path
 
@@ -322,3 +324,15 @@ def test_scan_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert code == ExitCode.AUDIT_FAILED
     assert "raw-utf-8 at byte 1480" in captured.out
     assert "Thornton" not in captured.out + captured.err + (tmp_path / "s.json").read_text()
+
+
+def test_a_refused_key_request_is_noted_not_failed(tmp_path: Path) -> None:
+    refused = {
+        "party": "dfe",
+        "requested_project": PROJECT,
+        "requested_party": "moj",
+        "certificate_fingerprint": "ab" * 32,
+    }
+    report = history(tmp_path, [*UPLOADS, ("access_refused", refused)])
+    assert failures(report) == []
+    assert any(check.name == "access" and check.status == "note" for check in report.checks)

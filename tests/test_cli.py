@@ -13,6 +13,7 @@ import pytest
 
 from bloomlink import cli
 from bloomlink.exit_codes import EXIT_CODE_HELP, ExitCode, exit_code_for
+from party.manifest import SIGNING_KEY_ENV_VAR, create_party_signing_key
 from protocol import errors
 from protocol.secret import SECRET_ENV_VAR
 
@@ -42,6 +43,17 @@ SENSITIVE = [
     "SW1A",
     "EH1 1YZ",
 ]
+
+
+@pytest.fixture(autouse=True)
+def party_signing_key(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """encode signs a manifest, so every run here has a real party signing key."""
+    path = tmp_path_factory.mktemp("signing") / "moj-signing.pem"
+    create_party_signing_key(path)
+    monkeypatch.setenv(SIGNING_KEY_ENV_VAR, str(path))
+    return path
 
 
 def write_extract(path: Path, rows: list[list[str]]) -> Path:
@@ -191,6 +203,8 @@ def test_full_encode_run_never_shows_the_secret_or_a_value(
             "demo",
             "--layout",
             "moj",
+            "--party",
+            "moj",
             "--secret-file",
             str(key),
             "--out",
@@ -220,7 +234,7 @@ def test_failed_encode_names_row_and_field_only(
     rows[1][3] = "31/02/1985"
     extract = write_extract(tmp_path / "moj.csv", rows)
     code = cli.main(
-        ["encode", str(extract), "--project", "demo", "--layout", "moj"]
+        ["encode", str(extract), "--project", "demo", "--layout", "moj", "--party", "moj"]
         + ["--secret-file", str(key), "--out", str(tmp_path / "moj.clk")]
     )
     assert code == ExitCode.INPUT
@@ -258,7 +272,7 @@ def test_encode_refuses_unusable_secret_files(
         key.chmod(0o644 if setup == "readable" else 0o600)
     extract = write_extract(tmp_path / "moj.csv", ROWS)
     code = cli.main(
-        ["encode", str(extract), "--project", "demo", "--layout", "moj"]
+        ["encode", str(extract), "--project", "demo", "--layout", "moj", "--party", "moj"]
         + ["--secret-file", str(key), "--out", str(tmp_path / "moj.clk")]
     )
     assert code == ExitCode.CONFIGURATION
@@ -276,14 +290,14 @@ def test_encode_reads_the_secret_file_from_the_environment(
     monkeypatch.setenv(SECRET_ENV_VAR, str(key))
     extract = write_extract(tmp_path / "moj.csv", ROWS)
     code = cli.main(
-        ["encode", str(extract), "--project", "demo", "--layout", "moj"]
+        ["encode", str(extract), "--project", "demo", "--layout", "moj", "--party", "moj"]
         + ["--out", str(tmp_path / "moj.clk"), "--workers", "1"]
     )
     assert code == ExitCode.OK
     assert (tmp_path / "moj.clk.positions.csv").is_file()
     monkeypatch.delenv(SECRET_ENV_VAR)
     code = cli.main(
-        ["encode", str(extract), "--project", "demo", "--layout", "moj"]
+        ["encode", str(extract), "--project", "demo", "--layout", "moj", "--party", "moj"]
         + ["--out", str(tmp_path / "again.clk")]
     )
     assert code == ExitCode.CONFIGURATION
@@ -294,10 +308,19 @@ def test_encode_configuration_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     key = tmp_path / "s.key"
     cli.main(["keygen", "--out", str(key)])
     extract = write_extract(tmp_path / "moj.csv", ROWS)
-    base = ["encode", str(extract), "--secret-file", str(key), "--out", str(tmp_path / "o.clk")]
+    base = [
+        "encode",
+        str(extract),
+        "--party",
+        "moj",
+        "--secret-file",
+        str(key),
+        "--out",
+        str(tmp_path / "o.clk"),
+    ]
     capsys.readouterr()
     cases = [
-        (["--project", "Bad Project", "--layout", "moj"], "ConfigurationError"),
+        (["--project", "Bad Project", "--layout", "moj", "--party", "moj"], "ConfigurationError"),
         (["--project", "demo", "--layout", "nosuch"], "MappingError"),
         (["--project", "demo", "--layout", "dfe"], "ExtractError"),
         (["--project", "demo", "--layout", "moj", "--schema", str(tmp_path / "x.toml")], "SchemaError"),

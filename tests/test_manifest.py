@@ -40,6 +40,8 @@ def sample(tmp_path: Path) -> tuple[Path, Ed25519PrivateKey]:
         schema_fingerprint=FINGERPRINT,
         kcv=KCV,
         software_version="0.1.0",
+        leak_scan_strings=50,
+        leak_scan_rows=10,
         clock=lambda: datetime(2026, 1, 5, tzinfo=UTC),
         nonce=lambda size: b"\x07" * size,
     )
@@ -107,7 +109,13 @@ def test_manifest_for_file_checks_the_payload(tmp_path: Path) -> None:
     ) as writer:
         writer.write(np.arange(8, dtype=np.uint64).reshape(4, 2))
     signed = write_manifest_for_file(
-        encoded, tmp_path / "m.json", signing_key=key, party="moj", software_version="0.1.0"
+        encoded,
+        tmp_path / "m.json",
+        signing_key=key,
+        party="moj",
+        software_version="0.1.0",
+        leak_scan_strings=5,
+        leak_scan_rows=4,
     )
     assert signed.manifest.record_count == 4 and signed.manifest.clk_bits == 128
     assert verify_manifest(read_manifest(tmp_path / "m.json")) == signed.manifest

@@ -1,7 +1,9 @@
-"""``bloomlink audit verify``: the auditor checks a linkage unit's audit log.
+"""``bloomlink audit fetch`` / ``verify``: the auditor downloads and checks the audit log.
 
-Reads the log, the LU's public key and, optionally, the parties' signed manifests; prints a
-readable report, writes it as JSON on request, and exits non-zero on any failure.
+``fetch`` downloads, with the auditor's certificate, the log (or one project's view), its
+signed head, the LU's audit public key and the project's settings. ``verify`` reads the log,
+the LU's public key and, optionally, the parties' signed manifests; prints a readable report,
+writes it as JSON on request, and exits non-zero on any failure.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bloomlink.commands._connection import add_client_arguments, client_from_args
 from bloomlink.exit_codes import ExitCode
 from protocol.atomic_file import atomic_output
 from protocol.audit import head_from_json
@@ -17,7 +20,7 @@ from protocol.audit_verify import verify_audit_log
 from protocol.errors import AuditError, ConfigurationError
 from protocol.labels import check_label
 from protocol.manifest import read_manifest
-from protocol.signing import load_public_key
+from protocol.signing import load_public_key, public_key_fingerprint
 
 NAME = "audit"
 HELP = "verify a linkage unit's audit log (for auditors)"
@@ -25,6 +28,15 @@ HELP = "verify a linkage unit's audit log (for auditors)"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="audit_action", required=True, metavar="ACTION")
+    fetch = actions.add_parser(
+        "fetch",
+        help="download the audit log, its signed head, the LU's public key and project settings",
+        description="Download the audit log (auditor or operator certificate; a member party "
+        "may fetch its own project's view), its signed head and the LU's audit public key.",
+    )
+    fetch.add_argument("--project", help="one project's view (others redacted); default all")
+    fetch.add_argument("--out", required=True, type=Path, help="folder to write into")
+    add_client_arguments(fetch)
     verify = actions.add_parser(
         "verify",
         help="check the hash chain, signatures, project rules, retention and manifests",
@@ -60,7 +72,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
 
 
+def fetch(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    with client_from_args(args) as client:
+        log, head = client.fetch_audit_log(args.project)
+        public_key = client.audit_public_key()
+        settings = client.project_settings(args.project) if args.project else None
+    log_path = out / "audit.jsonl"
+    writes = [(log_path, log), (out / "lu-audit-key.pem", public_key)]
+    if head:
+        writes.append((out / "audit.jsonl.head", head))
+    if settings is not None:
+        writes.append((out / "project-settings.json", settings.canonical_json().encode("ascii")))
+    for path, data in writes:
+        with atomic_output(path, mode=0o644) as handle:
+            handle.write(data)
+    lines = log.count(b"\n")
+    print(
+        f"fetched {lines} audit entries to {log_path} with its signed head and the LU key "
+        f"(sha256:{public_key_fingerprint(load_public_key(public_key))[:16]}); check the key "
+        "against the one published out of band, then run bloomlink audit verify"
+    )
+    return ExitCode.OK
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.audit_action == "fetch":
+        return fetch(args)
+    return verify(args)
+
+
+def verify(args: argparse.Namespace) -> int:
     public_key = load_public_key(args.public_key)
     manifests = [read_manifest(path) for path in args.manifest]
     party_keys = {}

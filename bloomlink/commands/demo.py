@@ -4,8 +4,9 @@ Creates certificates, starts a linkage unit on a loopback port with mutual TLS, 
 two department extracts with known truth, creates a linkage secret, encodes both extracts,
 creates the project as the operator, submits both encoded files as their parties, waits for
 the run, fetches each party's link keys and joins them with its private positions file, then
-prints the linkage quality against the synthetic truth, the time of every stage, and where
-every output is.
+fetches the audit log as the auditor and verifies it (chain, rules, retention, manifests,
+wire), and prints the linkage quality against the synthetic truth, the audit verdict, the
+time of every stage, and where every output is.
 """
 
 from __future__ import annotations
@@ -20,17 +21,30 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import bloomlink
+from bloomlink.exit_codes import ExitCode
 from bloomlink.synth import SynthConfig, generate, write
 from linkage_unit.server import ServerConfig, create_server
 from party.client import LinkageClient
 from party.encoder_run import encode_extract
 from party.link_key_file import join_link_keys
+from party.manifest import (
+    create_party_signing_key,
+    manifest_path_for,
+    party_public_key_pem,
+    read_manifest,
+    vouch_for_encoded_file,
+)
 from party.mapping import shipped_mapping
+from party.sensitive_strings import sensitive_strings
+from protocol.atomic_file import atomic_output
+from protocol.audit_verify import verify_audit_log
 from protocol.certificates import init_certificates
 from protocol.errors import ConfigurationError
 from protocol.messages import ProjectSettings
 from protocol.schema import default_schema, load_schema
 from protocol.secret import read_secret, write_secret
+from protocol.signing import load_public_key
 
 NAME = "demo"
 HELP = "run an end-to-end linkage on synthetic data: real certificates, real mTLS, real files"
@@ -174,7 +188,11 @@ def run(args: argparse.Namespace) -> int:
         stages.run("keygen (the parties' shared secret)", lambda: write_secret(secret_path))
         secret = read_secret(secret_path)
         summaries = {}
+        manifests = {}
         for party in PARTIES:
+            signing_key = create_party_signing_key(department_dirs[party] / "signing-key.pem")
+            with atomic_output(department_dirs[party] / "signing-key.pem.pub", mode=0o644) as out:
+                out.write(party_public_key_pem(signing_key))
             summaries[party] = stages.run(
                 f"encode {party} (at {party}; nothing leaves yet)",
                 lambda party=party: encode_extract(  # type: ignore[misc]
@@ -186,6 +204,18 @@ def run(args: argparse.Namespace) -> int:
                     encoded_path=department_dirs[party] / f"{party}.clk",
                     positions_path=department_dirs[party] / f"{party}.positions.csv",
                 ),
+            )
+            manifests[party] = stages.run(
+                f"leak-scan {party}'s encoded file and sign its manifest",
+                lambda party=party, signing_key=signing_key: vouch_for_encoded_file(  # type: ignore[misc]
+                    summaries[party].encoded_path,
+                    signing_key=signing_key,
+                    party=party,
+                    strings=sensitive_strings(
+                        root / "synth" / f"{party}.csv", shipped_mapping(party), schema
+                    ),
+                    software_version=bloomlink.__version__,
+                )[0],
             )
         with LinkageClient(target, tls=pki.tls_files(pki.operator)) as operator:
             stages.run(
@@ -204,7 +234,9 @@ def run(args: argparse.Namespace) -> int:
                     stages.run(
                         f"{party} submits its encoded file",
                         lambda client=client, party=party: client.upload_file(  # type: ignore[misc]
-                            summaries[party].encoded_path, party_id=party
+                            summaries[party].encoded_path,
+                            party_id=party,
+                            manifest=manifests[party],
                         ),
                     )
             status = stages.run(
@@ -225,6 +257,23 @@ def run(args: argparse.Namespace) -> int:
                 fetched.link_keys,
                 keys_paths[party],
             )
+        audit_dir = root / "auditor"
+        assert pki.auditor is not None
+        with LinkageClient(target, tls=pki.tls_files(pki.auditor)) as auditor:
+            stages.run("auditor fetches the audit log", lambda: _fetch_audit(auditor, audit_dir))
+        report = stages.run(
+            "auditor verifies it",
+            lambda: verify_audit_log(
+                audit_dir / "audit.jsonl",
+                load_public_key(audit_dir / "lu-audit-key.pem"),
+                manifests=[
+                    read_manifest(manifest_path_for(summaries[p].encoded_path)) for p in PARTIES
+                ],
+                party_keys={
+                    p: load_public_key(department_dirs[p] / "signing-key.pem.pub") for p in PARTIES
+                },
+            ),
+        )
     finally:
         server.stop(1.0)
         server.close_storage()
@@ -244,15 +293,35 @@ def run(args: argparse.Namespace) -> int:
         f"  run {status.run_id}: {status.comparisons:,} comparisons, {status.cluster_count:,} link keys, "
         f"{status.linked_record_count:,} records linked"
     )
+    verdict = "PASSED" if report.passed else f"FAILED ({len(report.failures)} failure(s))"
+    print(
+        f"audit: {verdict} - {report.entry_count} signed entries; chain, rules, retention, "
+        f"{len(PARTIES)} manifests and the wire allow-list checked "
+        f"(bloomlink audit verify --log {audit_dir / 'audit.jsonl'} --public-key "
+        f"{audit_dir / 'lu-audit-key.pem'})"
+    )
     print(f"total {total:.1f} s")
     print()
     print("where everything is:")
     print(f"  certificates          {root / 'certs'}")
     print(f"  linkage unit state    {root / 'linkage-unit'} (SQLite, payloads, audit log)")
     print(f"  synthetic extracts    {root / 'synth'} (truth.csv is the answer key)")
+    print(f"  auditor               {audit_dir} (audit log, signed head, LU public key)")
     print(f"  linkage secret        {secret_path} (mode 0600)")
     for party in PARTIES:
         print(
             f"  {party:<21} {department_dirs[party]} (encoded file, private positions, link keys)"
         )
-    return 0
+    return 0 if report.passed else int(ExitCode.AUDIT_FAILED)
+
+
+def _fetch_audit(client: LinkageClient, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    log, head = client.fetch_audit_log()
+    for name, data in (
+        ("audit.jsonl", log),
+        ("audit.jsonl.head", head),
+        ("lu-audit-key.pem", client.audit_public_key()),
+    ):
+        with atomic_output(out / name, mode=0o644) as handle:
+            handle.write(data)

@@ -1,14 +1,27 @@
-"""`bloomlink encode`: the department-side encoder run (extract -> encoded file + positions)."""
+"""`bloomlink encode`: the department-side encoder run (extract -> encoded file + positions).
+
+Every encode ends by leak-scanning its own output for a sample of the extract's raw values,
+normalised values and tokens, and, if clean, signing a manifest beside the encoded file
+(``<out>.manifest.json``) that records the scan and the payload digest. A signing key is
+required (flag or ``BLOOMLINK_SIGNING_KEY``): a department cannot forget the manifest
+silently, and ``bloomlink submit`` will not send a file without one.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
+import bloomlink
 from party.encoder_run import BAD_ROW_POLICIES, encode_extract
+from party.manifest import SIGNING_KEY_ENV_VAR, load_party_signing_key, vouch_for_encoded_file
 from party.mapping import load_mapping, shipped_mapping
+from party.sensitive_strings import DEFAULT_MAX_ROWS, sensitive_strings
+from protocol.errors import ConfigurationError
+from protocol.labels import check_label
 from protocol.schema import default_schema, load_schema
 from protocol.secret import SECRET_ENV_VAR, read_secret
 
@@ -46,6 +59,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "out; blank: treat an unusable value as missing",
     )
     parser.add_argument("--workers", type=int, help="processes to use (default: every core)")
+    parser.add_argument("--party", required=True, help="your party name (signed into the manifest)")
+    parser.add_argument(
+        "--signing-key",
+        type=Path,
+        default=os.environ.get(SIGNING_KEY_ENV_VAR),
+        help=f"your manifest signing key (bloomlink keygen --signing; or set {SIGNING_KEY_ENV_VAR})",
+    )
+    parser.add_argument(
+        "--scan-rows",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
+        help=f"rows sampled for the leak scan's sensitive strings (default {DEFAULT_MAX_ROWS})",
+    )
 
 
 class _ProgressLine:
@@ -71,6 +97,14 @@ class _ProgressLine:
 
 
 def run(args: argparse.Namespace) -> int:
+    party = check_label(args.party, what="--party")
+    if args.signing_key is None:
+        raise ConfigurationError(
+            "encode signs a manifest for every encoded file and needs your signing key: give "
+            f"--signing-key or set {SIGNING_KEY_ENV_VAR} (create one once with bloomlink keygen "
+            "--signing --out FILE)"
+        )
+    signing_key = load_party_signing_key(args.signing_key)
     schema = load_schema(args.schema) if args.schema else default_schema()
     mapping = load_mapping(args.mapping) if args.mapping else shipped_mapping(args.layout)
     secret = read_secret(args.secret_file)
@@ -90,5 +124,18 @@ def run(args: argparse.Namespace) -> int:
     )
     progress.done()
     print(summary.one_line())
+    strings = sensitive_strings(args.extract, mapping, schema, max_rows=args.scan_rows)
+    signed, report = vouch_for_encoded_file(
+        summary.encoded_path,
+        signing_key=signing_key,
+        party=party,
+        strings=strings,
+        software_version=bloomlink.__version__,
+    )
+    print(
+        f"leak scan clean: {report.strings_checked} sensitive strings from {strings.rows_sampled} "
+        f"sampled rows ({report.patterns_checked} byte forms); signed manifest "
+        f"{summary.encoded_path.name}.manifest.json (sha256 {signed.manifest.sha256[:12]})"
+    )
     print(f"private positions file: {summary.positions_path} (keep it in the department)")
     return 0

@@ -1,23 +1,45 @@
-"""`bloomlink keygen`: create a new 256-bit linkage secret in a file only its owner can read."""
+"""`bloomlink keygen`: create a new 256-bit linkage secret, or a party's manifest signing key."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from party.manifest import create_party_signing_key, party_public_key_pem
+from protocol.atomic_file import atomic_output
 from protocol.secret import write_secret
 
 NAME = "keygen"
-HELP = "create a new linkage secret file (256 bits, mode 0600); share it only with the parties"
+HELP = (
+    "create a new linkage secret file (256 bits, mode 0600; share it only with the parties), "
+    "or with --signing a party's own manifest signing key"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--out", required=True, type=Path, help="path of the new secret file (must not exist)"
+        "--out", required=True, type=Path, help="path of the new key file (must not exist)"
+    )
+    parser.add_argument(
+        "--signing",
+        action="store_true",
+        help="create this party's Ed25519 manifest signing key (never shared) and its public "
+        "key OUT.pub (give that to the auditor), instead of a linkage secret",
     )
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.signing:
+        key = create_party_signing_key(args.out)
+        public = args.out.with_name(args.out.name + ".pub")
+        with atomic_output(public, mode=0o644) as handle:
+            handle.write(party_public_key_pem(key))
+        print(
+            f"wrote this party's manifest signing key to {args.out} (mode 0600; keep it in the "
+            f"department) and its public key to {public} (register it with the auditor); "
+            "bloomlink encode signs every manifest with it"
+        )
+        return 0
     path = write_secret(args.out)
     print(
         f"wrote a new 256-bit linkage secret to {path} (mode 0600); give it to the other parties "

@@ -1,7 +1,8 @@
 """``bloomlink scan``: check an encoded file for identifiers before it leaves the department.
 
-For now the sensitive strings come from a file (one per line, UTF-8); the encoder will feed
-them from the extract, the normaliser and the tokeniser. The report names kinds and byte
+The sensitive strings come from the extract itself (``--extract`` with ``--mapping`` or
+``--layout``: raw values, normalised values and tokens of a random sample of rows, see
+``party/sensitive_strings.py``) and/or from a file (one per line, UTF-8). The report names kinds and byte
 offsets, never a value.
 """
 
@@ -15,8 +16,11 @@ from pathlib import Path
 
 from bloomlink.exit_codes import ExitCode
 from party.leak_scan import scan_encoded_file
+from party.mapping import load_mapping, shipped_mapping
+from party.sensitive_strings import DEFAULT_MAX_ROWS, sensitive_strings
 from protocol.atomic_file import atomic_output
 from protocol.errors import ConfigurationError
+from protocol.schema import default_schema, load_schema
 
 NAME = "scan"
 HELP = "check an encoded file for raw identifiers, unkeyed hashes and extra bytes"
@@ -24,9 +28,19 @@ HELP = "check an encoded file for raw identifiers, unkeyed hashes and extra byte
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoded", required=True, type=Path, help="the encoded (CLK) file")
+    parser.add_argument("--extract", type=Path, help="the extract the file was encoded from")
+    mapping = parser.add_mutually_exclusive_group()
+    mapping.add_argument("--mapping", type=Path, help="the department's mapping file (TOML)")
+    mapping.add_argument("--layout", help="a shipped mapping for a synth layout")
+    parser.add_argument("--schema", type=Path, help="linkage schema (default: the shipped one)")
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
+        help=f"extract rows sampled for sensitive strings (default {DEFAULT_MAX_ROWS})",
+    )
     parser.add_argument(
         "--sensitive-strings",
-        required=True,
         type=Path,
         metavar="FILE",
         help="values that must not appear, one per line (UTF-8); kept private to the department",
@@ -57,9 +71,18 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    report = scan_encoded_file(
-        args.encoded, _lines(args.sensitive_strings), false_alarm_rate=args.false_alarm_rate
-    )
+    strings: list[str] = []
+    if args.extract:
+        if not (args.mapping or args.layout):
+            raise ConfigurationError("--extract needs --mapping or --layout")
+        schema = load_schema(args.schema) if args.schema else default_schema()
+        mapping = load_mapping(args.mapping) if args.mapping else shipped_mapping(args.layout)
+        strings.extend(sensitive_strings(args.extract, mapping, schema, max_rows=args.rows).strings)
+    if args.sensitive_strings:
+        strings.extend(_lines(args.sensitive_strings))
+    if not args.extract and not args.sensitive_strings:
+        raise ConfigurationError("give --extract (with --mapping) or --sensitive-strings")
+    report = scan_encoded_file(args.encoded, strings, false_alarm_rate=args.false_alarm_rate)
     for finding in report.findings:
         where = f" at byte {finding.offset}" if finding.offset is not None else ""
         print(f"LEAK  {finding.kind}{where}: {finding.message}")

@@ -13,7 +13,9 @@ HELP = "validate a linkage schema and print its fingerprint (for `project create
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("check",), help="check: validate and print the fingerprint")
+    parser.add_argument(
+        "action", choices=("check",), help="check: validate and print the fingerprint"
+    )
     parser.add_argument("--schema", type=Path, help="schema file (default: the shipped one)")
 
 

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protocol/pb/linkage.proto\x12\x0c\x62loomlink.v1\"b\n\x10MatchingSettings\x12\x16\n\tthreshold\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12(\n\x08\x62locking\x18\x02 \x01(\x0e\x32\x16.bloomlink.v1.BlockingB\x0c\n\n_threshold\"\xee\x01\n\x14\x43reateProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x18\n\x10member_party_ids\x18\x02 \x03(\t\x12\x1a\n\x12schema_fingerprint\x18\x03 \x01(\x0c\x12\x30\n\x08matching\x18\x04 \x01(\x0b\x32\x1e.bloomlink.v1.MatchingSettings\x12\x30\n\rlink_key_mode\x18\x05 \x01(\x0e\x32\x19.bloomlink.v1.LinkKeyMode\x12\x16\n\x0eretention_days\x18\x06 \x01(\r\x12\x10\n\x08\x61uto_run\x18\x07 \x01(\x08\"I\n\x15\x43reateProjectResponse\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x1c\n\x14settings_fingerprint\x18\x02 \x01(\t\"-\n\x17GetProjectStatusRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"\x7f\n\x0bPartyStatus\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12/\n\x0cupload_state\x18\x02 \x01(\x0e\x32\x19.bloomlink.v1.UploadState\x12\x17\n\x0f\x63ommitted_bytes\x18\x03 \x01(\x04\x12\x14\n\x0crecord_count\x18\x04 \x01(\x04\"\x8d\x03\n\x18GetProjectStatusResponse\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12*\n\x07parties\x18\x02 \x03(\x0b\x32\x19.bloomlink.v1.PartyStatus\x12)\n\trun_state\x18\x03 \x01(\x0e\x32\x16.bloomlink.v1.RunState\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x16\n\x0eprogress_stage\x18\x05 \x01(\t\x12\x15\n\rprogress_done\x18\x06 \x01(\x04\x12\x16\n\x0eprogress_total\x18\x07 \x01(\x04\x12\x16\n\x0e\x63heck_party_id\x18\x08 \x01(\t\x12\x14\n\x0c\x63heck_aspect\x18\t \x01(\t\x12\x15\n\rcluster_count\x18\n \x01(\x04\x12\x1b\n\x13linked_record_count\x18\x0b \x01(\x04\x12\x13\n\x0b\x63omparisons\x18\x0c \x01(\x04\x12\x1a\n\x12schema_fingerprint\x18\r \x01(\x0c\x12\x1c\n\x14settings_fingerprint\x18\x0e \x01(\t\"\xb5\x01\n\x0cUploadHeader\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x03 \x01(\r\x12\x1a\n\x12schema_fingerprint\x18\x04 \x01(\x0c\x12\x0b\n\x03kcv\x18\x05 \x01(\x0c\x12\x10\n\x08\x63lk_bits\x18\x06 \x01(\r\x12\x14\n\x0crecord_count\x18\x07 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x08 \x01(\x0c\"A\n\x0bUploadChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63hunk_sha256\x18\x03 \x01(\x0c\"q\n\rUploadRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.bloomlink.v1.UploadHeaderH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.bloomlink.v1.UploadChunkH\x00\x42\x06\n\x04part\"q\n\x0eUploadResponse\x12\x17\n\x0f\x63ommitted_bytes\x18\x01 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x02 \x01(\x04\x12/\n\x0cupload_state\x18\x03 \x01(\x0e\x32\x19.bloomlink.v1.UploadState\"V\n\x16GetUploadOffsetRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x16\n\x0epayload_sha256\x18\x03 \x01(\x0c\"z\n\x17GetUploadOffsetResponse\x12\x17\n\x0f\x63ommitted_bytes\x18\x01 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x02 \x01(\x04\x12/\n\x0cupload_state\x18\x03 \x01(\x0e\x32\x19.bloomlink.v1.UploadState\"%\n\x0fStartRunRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"M\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12)\n\trun_state\x18\x02 \x01(\x0e\x32\x16.bloomlink.v1.RunState\"<\n\x14\x46\x65tchLinkKeysRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\"2\n\x0cLinkKeyEntry\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x10\n\x08link_key\x18\x02 \x01(\t\"n\n\x15\x46\x65tchLinkKeysResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.bloomlink.v1.LinkKeyEntry\x12\x13\n\x0btotal_count\x18\x02 \x01(\x04\x12\x13\n\x0bkeys_sha256\x18\x03 \x01(\t*c\n\x0bLinkKeyMode\x12\x1d\n\x19LINK_KEY_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14LINK_KEY_MODE_SHARED\x10\x01\x12\x1b\n\x17LINK_KEY_MODE_PER_PARTY\x10\x02*I\n\x08\x42locking\x12\x18\n\x14\x42LOCKING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x42LOCKING_LSH\x10\x01\x12\x11\n\rBLOCKING_NONE\x10\x02*\x98\x01\n\x0bUploadState\x12\x1c\n\x18UPLOAD_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18UPLOAD_STATE_NOT_STARTED\x10\x01\x12\x18\n\x14UPLOAD_STATE_PARTIAL\x10\x02\x12\x19\n\x15UPLOAD_STATE_COMPLETE\x10\x03\x12\x18\n\x14UPLOAD_STATE_DELETED\x10\x04*\xba\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12!\n\x1dRUN_STATE_WAITING_FOR_UPLOADS\x10\x01\x12\x14\n\x10RUN_STATE_QUEUED\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x16\n\x12RUN_STATE_FINISHED\x10\x04\x12\x15\n\x11RUN_STATE_REFUSED\x10\x05\x12\x14\n\x10RUN_STATE_FAILED\x10\x06\x32\x98\x04\n\x0bLinkageUnit\x12X\n\rCreateProject\x12\".bloomlink.v1.CreateProjectRequest\x1a#.bloomlink.v1.CreateProjectResponse\x12\x61\n\x10GetProjectStatus\x12%.bloomlink.v1.GetProjectStatusRequest\x1a&.bloomlink.v1.GetProjectStatusResponse\x12\x45\n\x06Upload\x12\x1b.bloomlink.v1.UploadRequest\x1a\x1c.bloomlink.v1.UploadResponse(\x01\x12^\n\x0fGetUploadOffset\x12$.bloomlink.v1.GetUploadOffsetRequest\x1a%.bloomlink.v1.GetUploadOffsetResponse\x12I\n\x08StartRun\x12\x1d.bloomlink.v1.StartRunRequest\x1a\x1e.bloomlink.v1.StartRunResponse\x12Z\n\rFetchLinkKeys\x12\".bloomlink.v1.FetchLinkKeysRequest\x1a#.bloomlink.v1.FetchLinkKeysResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protocol/pb/linkage.proto\x12\x0c\x62loomlink.v1\"b\n\x10MatchingSettings\x12\x16\n\tthreshold\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12(\n\x08\x62locking\x18\x02 \x01(\x0e\x32\x16.bloomlink.v1.BlockingB\x0c\n\n_threshold\"\xee\x01\n\x14\x43reateProjectRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x18\n\x10member_party_ids\x18\x02 \x03(\t\x12\x1a\n\x12schema_fingerprint\x18\x03 \x01(\x0c\x12\x30\n\x08matching\x18\x04 \x01(\x0b\x32\x1e.bloomlink.v1.MatchingSettings\x12\x30\n\rlink_key_mode\x18\x05 \x01(\x0e\x32\x19.bloomlink.v1.LinkKeyMode\x12\x16\n\x0eretention_days\x18\x06 \x01(\r\x12\x10\n\x08\x61uto_run\x18\x07 \x01(\x08\"I\n\x15\x43reateProjectResponse\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x1c\n\x14settings_fingerprint\x18\x02 \x01(\t\"-\n\x17GetProjectStatusRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"\x7f\n\x0bPartyStatus\x12\x10\n\x08party_id\x18\x01 \x01(\t\x12/\n\x0cupload_state\x18\x02 \x01(\x0e\x32\x19.bloomlink.v1.UploadState\x12\x17\n\x0f\x63ommitted_bytes\x18\x03 \x01(\x04\x12\x14\n\x0crecord_count\x18\x04 \x01(\x04\"\x8d\x03\n\x18GetProjectStatusResponse\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12*\n\x07parties\x18\x02 \x03(\x0b\x32\x19.bloomlink.v1.PartyStatus\x12)\n\trun_state\x18\x03 \x01(\x0e\x32\x16.bloomlink.v1.RunState\x12\x0e\n\x06run_id\x18\x04 \x01(\t\x12\x16\n\x0eprogress_stage\x18\x05 \x01(\t\x12\x15\n\rprogress_done\x18\x06 \x01(\x04\x12\x16\n\x0eprogress_total\x18\x07 \x01(\x04\x12\x16\n\x0e\x63heck_party_id\x18\x08 \x01(\t\x12\x14\n\x0c\x63heck_aspect\x18\t \x01(\t\x12\x15\n\rcluster_count\x18\n \x01(\x04\x12\x1b\n\x13linked_record_count\x18\x0b \x01(\x04\x12\x13\n\x0b\x63omparisons\x18\x0c \x01(\x04\x12\x1a\n\x12schema_fingerprint\x18\r \x01(\x0c\x12\x1c\n\x14settings_fingerprint\x18\x0e \x01(\t\"\xe5\x01\n\x0cUploadHeader\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x16\n\x0e\x66ormat_version\x18\x03 \x01(\r\x12\x1a\n\x12schema_fingerprint\x18\x04 \x01(\x0c\x12\x0b\n\x03kcv\x18\x05 \x01(\x0c\x12\x10\n\x08\x63lk_bits\x18\x06 \x01(\r\x12\x14\n\x0crecord_count\x18\x07 \x01(\x04\x12\x16\n\x0epayload_sha256\x18\x08 \x01(\x0c\x12.\n\x08manifest\x18\t \x01(\x0b\x32\x1c.bloomlink.v1.UploadManifest\"\xb6\x02\n\x0eUploadManifest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x14\n\x0crecord_count\x18\x03 \x01(\x04\x12\x10\n\x08\x63lk_bits\x18\x04 \x01(\r\x12\x16\n\x0epayload_sha256\x18\x05 \x01(\x0c\x12\x1a\n\x12schema_fingerprint\x18\x06 \x01(\x0c\x12\x0b\n\x03kcv\x18\x07 \x01(\x0c\x12\x18\n\x10software_version\x18\x08 \x01(\t\x12\x12\n\ncreated_at\x18\t \x01(\t\x12\r\n\x05nonce\x18\n \x01(\x0c\x12\x19\n\x11leak_scan_strings\x18\x0b \x01(\x04\x12\x16\n\x0eleak_scan_rows\x18\x0c \x01(\x04\x12\x11\n\tsignature\x18\r \x01(\x0c\x12\x12\n\npublic_key\x18\x0e \x01(\x0c\"A\n\x0bUploadChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63hunk_sha256\x18\x03 \x01(\x0c\"q\n\rUploadRequest\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.bloomlink.v1.UploadHeaderH\x00\x12*\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x19.bloomlink.v1.UploadChunkH\x00\x42\x06\n\x04part\"q\n\x0eUploadResponse\x12\x17\n\x0f\x63ommitted_bytes\x18\x01 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x02 \x01(\x04\x12/\n\x0cupload_state\x18\x03 \x01(\x0e\x32\x19.bloomlink.v1.UploadState\"V\n\x16GetUploadOffsetRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x16\n\x0epayload_sha256\x18\x03 \x01(\x0c\"z\n\x17GetUploadOffsetResponse\x12\x17\n\x0f\x63ommitted_bytes\x18\x01 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x02 \x01(\x04\x12/\n\x0cupload_state\x18\x03 \x01(\x0e\x32\x19.bloomlink.v1.UploadState\"%\n\x0fStartRunRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\"M\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12)\n\trun_state\x18\x02 \x01(\x0e\x32\x16.bloomlink.v1.RunState\"<\n\x14\x46\x65tchLinkKeysRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\x12\x10\n\x08party_id\x18\x02 \x01(\t\"2\n\x0cLinkKeyEntry\x12\x10\n\x08position\x18\x01 \x01(\x04\x12\x10\n\x08link_key\x18\x02 \x01(\t\"n\n\x15\x46\x65tchLinkKeysResponse\x12+\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1a.bloomlink.v1.LinkKeyEntry\x12\x13\n\x0btotal_count\x18\x02 \x01(\x04\x12\x13\n\x0bkeys_sha256\x18\x03 \x01(\t\"*\n\x14\x46\x65tchAuditLogRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t\";\n\x15\x46\x65tchAuditLogResponse\x12\r\n\x05lines\x18\x01 \x03(\x0c\x12\x13\n\x0bsigned_head\x18\x02 \x01(\x0c\"\x1a\n\x18GetAuditPublicKeyRequest\"3\n\x19GetAuditPublicKeyResponse\x12\x16\n\x0epublic_key_pem\x18\x01 \x01(\x0c\"/\n\x19GetProjectSettingsRequest\x12\x12\n\nproject_id\x18\x01 \x01(\t*c\n\x0bLinkKeyMode\x12\x1d\n\x19LINK_KEY_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14LINK_KEY_MODE_SHARED\x10\x01\x12\x1b\n\x17LINK_KEY_MODE_PER_PARTY\x10\x02*I\n\x08\x42locking\x12\x18\n\x14\x42LOCKING_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x42LOCKING_LSH\x10\x01\x12\x11\n\rBLOCKING_NONE\x10\x02*\x98\x01\n\x0bUploadState\x12\x1c\n\x18UPLOAD_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18UPLOAD_STATE_NOT_STARTED\x10\x01\x12\x18\n\x14UPLOAD_STATE_PARTIAL\x10\x02\x12\x19\n\x15UPLOAD_STATE_COMPLETE\x10\x03\x12\x18\n\x14UPLOAD_STATE_DELETED\x10\x04*\xba\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12!\n\x1dRUN_STATE_WAITING_FOR_UPLOADS\x10\x01\x12\x14\n\x10RUN_STATE_QUEUED\x10\x02\x12\x15\n\x11RUN_STATE_RUNNING\x10\x03\x12\x16\n\x12RUN_STATE_FINISHED\x10\x04\x12\x15\n\x11RUN_STATE_REFUSED\x10\x05\x12\x14\n\x10RUN_STATE_FAILED\x10\x06\x32\xbd\x06\n\x0bLinkageUnit\x12X\n\rCreateProject\x12\".bloomlink.v1.CreateProjectRequest\x1a#.bloomlink.v1.CreateProjectResponse\x12\x61\n\x10GetProjectStatus\x12%.bloomlink.v1.GetProjectStatusRequest\x1a&.bloomlink.v1.GetProjectStatusResponse\x12\x45\n\x06Upload\x12\x1b.bloomlink.v1.UploadRequest\x1a\x1c.bloomlink.v1.UploadResponse(\x01\x12^\n\x0fGetUploadOffset\x12$.bloomlink.v1.GetUploadOffsetRequest\x1a%.bloomlink.v1.GetUploadOffsetResponse\x12I\n\x08StartRun\x12\x1d.bloomlink.v1.StartRunRequest\x1a\x1e.bloomlink.v1.StartRunResponse\x12Z\n\rFetchLinkKeys\x12\".bloomlink.v1.FetchLinkKeysRequest\x1a#.bloomlink.v1.FetchLinkKeysResponse0\x01\x12Z\n\rFetchAuditLog\x12\".bloomlink.v1.FetchAuditLogRequest\x1a#.bloomlink.v1.FetchAuditLogResponse0\x01\x12\x64\n\x11GetAuditPublicKey\x12&.bloomlink.v1.GetAuditPublicKeyRequest\x1a\'.bloomlink.v1.GetAuditPublicKeyResponse\x12\x61\n\x12GetProjectSettings\x12\'.bloomlink.v1.GetProjectSettingsRequest\x1a\".bloomlink.v1.CreateProjectRequestb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protocol.pb.linkage_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LINKKEYMODE']._serialized_start=2072
-  _globals['_LINKKEYMODE']._serialized_end=2171
-  _globals['_BLOCKING']._serialized_start=2173
-  _globals['_BLOCKING']._serialized_end=2246
-  _globals['_UPLOADSTATE']._serialized_start=2249
-  _globals['_UPLOADSTATE']._serialized_end=2401
-  _globals['_RUNSTATE']._serialized_start=2404
-  _globals['_RUNSTATE']._serialized_end=2590
+  _globals['_LINKKEYMODE']._serialized_start=2668
+  _globals['_LINKKEYMODE']._serialized_end=2767
+  _globals['_BLOCKING']._serialized_start=2769
+  _globals['_BLOCKING']._serialized_end=2842
+  _globals['_UPLOADSTATE']._serialized_start=2845
+  _globals['_UPLOADSTATE']._serialized_end=2997
+  _globals['_RUNSTATE']._serialized_start=3000
+  _globals['_RUNSTATE']._serialized_end=3186
   _globals['_MATCHINGSETTINGS']._serialized_start=43
   _globals['_MATCHINGSETTINGS']._serialized_end=141
   _globals['_CREATEPROJECTREQUEST']._serialized_start=144
@@ -52,27 +52,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPROJECTSTATUSRESPONSE']._serialized_start=636
   _globals['_GETPROJECTSTATUSRESPONSE']._serialized_end=1033
   _globals['_UPLOADHEADER']._serialized_start=1036
-  _globals['_UPLOADHEADER']._serialized_end=1217
-  _globals['_UPLOADCHUNK']._serialized_start=1219
-  _globals['_UPLOADCHUNK']._serialized_end=1284
-  _globals['_UPLOADREQUEST']._serialized_start=1286
-  _globals['_UPLOADREQUEST']._serialized_end=1399
-  _globals['_UPLOADRESPONSE']._serialized_start=1401
-  _globals['_UPLOADRESPONSE']._serialized_end=1514
-  _globals['_GETUPLOADOFFSETREQUEST']._serialized_start=1516
-  _globals['_GETUPLOADOFFSETREQUEST']._serialized_end=1602
-  _globals['_GETUPLOADOFFSETRESPONSE']._serialized_start=1604
-  _globals['_GETUPLOADOFFSETRESPONSE']._serialized_end=1726
-  _globals['_STARTRUNREQUEST']._serialized_start=1728
-  _globals['_STARTRUNREQUEST']._serialized_end=1765
-  _globals['_STARTRUNRESPONSE']._serialized_start=1767
-  _globals['_STARTRUNRESPONSE']._serialized_end=1844
-  _globals['_FETCHLINKKEYSREQUEST']._serialized_start=1846
-  _globals['_FETCHLINKKEYSREQUEST']._serialized_end=1906
-  _globals['_LINKKEYENTRY']._serialized_start=1908
-  _globals['_LINKKEYENTRY']._serialized_end=1958
-  _globals['_FETCHLINKKEYSRESPONSE']._serialized_start=1960
-  _globals['_FETCHLINKKEYSRESPONSE']._serialized_end=2070
-  _globals['_LINKAGEUNIT']._serialized_start=2593
-  _globals['_LINKAGEUNIT']._serialized_end=3129
+  _globals['_UPLOADHEADER']._serialized_end=1265
+  _globals['_UPLOADMANIFEST']._serialized_start=1268
+  _globals['_UPLOADMANIFEST']._serialized_end=1578
+  _globals['_UPLOADCHUNK']._serialized_start=1580
+  _globals['_UPLOADCHUNK']._serialized_end=1645
+  _globals['_UPLOADREQUEST']._serialized_start=1647
+  _globals['_UPLOADREQUEST']._serialized_end=1760
+  _globals['_UPLOADRESPONSE']._serialized_start=1762
+  _globals['_UPLOADRESPONSE']._serialized_end=1875
+  _globals['_GETUPLOADOFFSETREQUEST']._serialized_start=1877
+  _globals['_GETUPLOADOFFSETREQUEST']._serialized_end=1963
+  _globals['_GETUPLOADOFFSETRESPONSE']._serialized_start=1965
+  _globals['_GETUPLOADOFFSETRESPONSE']._serialized_end=2087
+  _globals['_STARTRUNREQUEST']._serialized_start=2089
+  _globals['_STARTRUNREQUEST']._serialized_end=2126
+  _globals['_STARTRUNRESPONSE']._serialized_start=2128
+  _globals['_STARTRUNRESPONSE']._serialized_end=2205
+  _globals['_FETCHLINKKEYSREQUEST']._serialized_start=2207
+  _globals['_FETCHLINKKEYSREQUEST']._serialized_end=2267
+  _globals['_LINKKEYENTRY']._serialized_start=2269
+  _globals['_LINKKEYENTRY']._serialized_end=2319
+  _globals['_FETCHLINKKEYSRESPONSE']._serialized_start=2321
+  _globals['_FETCHLINKKEYSRESPONSE']._serialized_end=2431
+  _globals['_FETCHAUDITLOGREQUEST']._serialized_start=2433
+  _globals['_FETCHAUDITLOGREQUEST']._serialized_end=2475
+  _globals['_FETCHAUDITLOGRESPONSE']._serialized_start=2477
+  _globals['_FETCHAUDITLOGRESPONSE']._serialized_end=2536
+  _globals['_GETAUDITPUBLICKEYREQUEST']._serialized_start=2538
+  _globals['_GETAUDITPUBLICKEYREQUEST']._serialized_end=2564
+  _globals['_GETAUDITPUBLICKEYRESPONSE']._serialized_start=2566
+  _globals['_GETAUDITPUBLICKEYRESPONSE']._serialized_end=2617
+  _globals['_GETPROJECTSETTINGSREQUEST']._serialized_start=2619
+  _globals['_GETPROJECTSETTINGSREQUEST']._serialized_end=2666
+  _globals['_LINKAGEUNIT']._serialized_start=3189
+  _globals['_LINKAGEUNIT']._serialized_end=4018
 # @@protoc_insertion_point(module_scope)

@@ -5,8 +5,10 @@ The bloomlink wire protocol between parties, the operator, auditors and the link
 
 Version 1. A breaking change is a new package (bloomlink.v2), never an edit here.
 Upload messages carry only labels (project id, party id: ^[a-z][a-z0-9-]{0,62}$), the
-encoded file's header fields, CLK bytes and chunk bookkeeping: there is no free-text field
-in which a personal identifier could travel.
+encoded file's header fields, the party's signed manifest (the same fields plus a version
+string and a timestamp, both pattern-checked), CLK bytes and chunk bookkeeping: there is no
+free-text field in which a personal identifier could travel. `bloomlink audit verify`
+checks this from the descriptor against an allow-list (protocol/serde.py).
 """
 
 from collections import abc as _abc
@@ -320,6 +322,7 @@ class UploadHeader(_message.Message):
     CLK_BITS_FIELD_NUMBER: _builtins.int
     RECORD_COUNT_FIELD_NUMBER: _builtins.int
     PAYLOAD_SHA256_FIELD_NUMBER: _builtins.int
+    MANIFEST_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     party_id: _builtins.str
     format_version: _builtins.int
@@ -328,6 +331,12 @@ class UploadHeader(_message.Message):
     clk_bits: _builtins.int
     record_count: _builtins.int
     payload_sha256: _builtins.bytes
+    @_builtins.property
+    def manifest(self) -> Global___UploadManifest:
+        """The party's signed manifest of this encode; the linkage unit checks it against the
+        fields above and records its digest in the audit log.
+        """
+
     def __init__(
         self,
         *,
@@ -339,14 +348,81 @@ class UploadHeader(_message.Message):
         clk_bits: _builtins.int = ...,
         record_count: _builtins.int = ...,
         payload_sha256: _builtins.bytes = ...,
+        manifest: Global___UploadManifest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "format_version", b"format_version", "kcv", b"kcv", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "record_count", b"record_count", "schema_fingerprint", b"schema_fingerprint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "format_version", b"format_version", "kcv", b"kcv", "manifest", b"manifest", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "record_count", b"record_count", "schema_fingerprint", b"schema_fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UploadHeader: _TypeAlias = UploadHeader  # noqa: Y015
+
+@_typing.final
+class UploadManifest(_message.Message):
+    """A party's signed statement of one encode (protocol/manifest.py). The signature covers the
+    canonical JSON of these fields; nothing here is free text.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    PARTY_ID_FIELD_NUMBER: _builtins.int
+    RECORD_COUNT_FIELD_NUMBER: _builtins.int
+    CLK_BITS_FIELD_NUMBER: _builtins.int
+    PAYLOAD_SHA256_FIELD_NUMBER: _builtins.int
+    SCHEMA_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    KCV_FIELD_NUMBER: _builtins.int
+    SOFTWARE_VERSION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    NONCE_FIELD_NUMBER: _builtins.int
+    LEAK_SCAN_STRINGS_FIELD_NUMBER: _builtins.int
+    LEAK_SCAN_ROWS_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    party_id: _builtins.str
+    record_count: _builtins.int
+    clk_bits: _builtins.int
+    payload_sha256: _builtins.bytes
+    schema_fingerprint: _builtins.bytes
+    kcv: _builtins.bytes
+    software_version: _builtins.str
+    """^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"""
+    created_at: _builtins.str
+    """UTC, 2026-01-31T12:00:00.000000Z"""
+    nonce: _builtins.bytes
+    leak_scan_strings: _builtins.int
+    """The leak scan the party ran on exactly this payload before signing."""
+    leak_scan_rows: _builtins.int
+    signature: _builtins.bytes
+    """Ed25519 signature and the raw 32-byte public key that made it."""
+    public_key: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+        party_id: _builtins.str = ...,
+        record_count: _builtins.int = ...,
+        clk_bits: _builtins.int = ...,
+        payload_sha256: _builtins.bytes = ...,
+        schema_fingerprint: _builtins.bytes = ...,
+        kcv: _builtins.bytes = ...,
+        software_version: _builtins.str = ...,
+        created_at: _builtins.str = ...,
+        nonce: _builtins.bytes = ...,
+        leak_scan_strings: _builtins.int = ...,
+        leak_scan_rows: _builtins.int = ...,
+        signature: _builtins.bytes = ...,
+        public_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "created_at", b"created_at", "kcv", b"kcv", "leak_scan_rows", b"leak_scan_rows", "leak_scan_strings", b"leak_scan_strings", "nonce", b"nonce", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "public_key", b"public_key", "record_count", b"record_count", "schema_fingerprint", b"schema_fingerprint", "signature", b"signature", "software_version", b"software_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadManifest: _TypeAlias = UploadManifest  # noqa: Y015
 
 @_typing.final
 class UploadChunk(_message.Message):
@@ -588,3 +664,102 @@ class FetchLinkKeysResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FetchLinkKeysResponse: _TypeAlias = FetchLinkKeysResponse  # noqa: Y015
+
+@_typing.final
+class FetchAuditLogRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    """Empty for the whole log (auditor and operator only)."""
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchAuditLogRequest: _TypeAlias = FetchAuditLogRequest  # noqa: Y015
+
+@_typing.final
+class FetchAuditLogResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    SIGNED_HEAD_FIELD_NUMBER: _builtins.int
+    signed_head: _builtins.bytes
+    """Set on the last message: the signed head (JSON) covering the last line sent."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Complete JSON lines of the log, in order (bloomlink-audit-v1; see docs/audit.md)."""
+
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[_builtins.bytes] | None = ...,
+        signed_head: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lines", b"lines", "signed_head", b"signed_head"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchAuditLogResponse: _TypeAlias = FetchAuditLogResponse  # noqa: Y015
+
+@_typing.final
+class GetAuditPublicKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuditPublicKeyRequest: _TypeAlias = GetAuditPublicKeyRequest  # noqa: Y015
+
+@_typing.final
+class GetAuditPublicKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
+    public_key_pem: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        public_key_pem: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_key_pem", b"public_key_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAuditPublicKeyResponse: _TypeAlias = GetAuditPublicKeyResponse  # noqa: Y015
+
+@_typing.final
+class GetProjectSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProjectSettingsRequest: _TypeAlias = GetProjectSettingsRequest  # noqa: Y015

@@ -65,6 +65,21 @@ class LinkageUnitStub:
                 request_serializer=protocol_dot_pb_dot_linkage__pb2.FetchLinkKeysRequest.SerializeToString,
                 response_deserializer=protocol_dot_pb_dot_linkage__pb2.FetchLinkKeysResponse.FromString,
                 _registered_method=True)
+        self.FetchAuditLog = channel.unary_stream(
+                '/bloomlink.v1.LinkageUnit/FetchAuditLog',
+                request_serializer=protocol_dot_pb_dot_linkage__pb2.FetchAuditLogRequest.SerializeToString,
+                response_deserializer=protocol_dot_pb_dot_linkage__pb2.FetchAuditLogResponse.FromString,
+                _registered_method=True)
+        self.GetAuditPublicKey = channel.unary_unary(
+                '/bloomlink.v1.LinkageUnit/GetAuditPublicKey',
+                request_serializer=protocol_dot_pb_dot_linkage__pb2.GetAuditPublicKeyRequest.SerializeToString,
+                response_deserializer=protocol_dot_pb_dot_linkage__pb2.GetAuditPublicKeyResponse.FromString,
+                _registered_method=True)
+        self.GetProjectSettings = channel.unary_unary(
+                '/bloomlink.v1.LinkageUnit/GetProjectSettings',
+                request_serializer=protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsRequest.SerializeToString,
+                response_deserializer=protocol_dot_pb_dot_linkage__pb2.CreateProjectRequest.FromString,
+                _registered_method=True)
 
 
 class LinkageUnitServicer:
@@ -113,6 +128,28 @@ class LinkageUnitServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchAuditLog(self, request, context):
+        """Auditor and operator: the whole audit log, or one project's view of it (other projects'
+        entries redacted to hash and signature). A member party may read its own project's view.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAuditPublicKey(self, request, context):
+        """Anyone authenticated: the linkage unit's audit public key (PEM).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProjectSettings(self, request, context):
+        """Operator, auditor and members: a project's settings, as the operator created them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LinkageUnitServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +182,21 @@ def add_LinkageUnitServicer_to_server(servicer, server):
                     servicer.FetchLinkKeys,
                     request_deserializer=protocol_dot_pb_dot_linkage__pb2.FetchLinkKeysRequest.FromString,
                     response_serializer=protocol_dot_pb_dot_linkage__pb2.FetchLinkKeysResponse.SerializeToString,
+            ),
+            'FetchAuditLog': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchAuditLog,
+                    request_deserializer=protocol_dot_pb_dot_linkage__pb2.FetchAuditLogRequest.FromString,
+                    response_serializer=protocol_dot_pb_dot_linkage__pb2.FetchAuditLogResponse.SerializeToString,
+            ),
+            'GetAuditPublicKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAuditPublicKey,
+                    request_deserializer=protocol_dot_pb_dot_linkage__pb2.GetAuditPublicKeyRequest.FromString,
+                    response_serializer=protocol_dot_pb_dot_linkage__pb2.GetAuditPublicKeyResponse.SerializeToString,
+            ),
+            'GetProjectSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProjectSettings,
+                    request_deserializer=protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsRequest.FromString,
+                    response_serializer=protocol_dot_pb_dot_linkage__pb2.CreateProjectRequest.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +362,87 @@ class LinkageUnit:
             '/bloomlink.v1.LinkageUnit/FetchLinkKeys',
             protocol_dot_pb_dot_linkage__pb2.FetchLinkKeysRequest.SerializeToString,
             protocol_dot_pb_dot_linkage__pb2.FetchLinkKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchAuditLog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/bloomlink.v1.LinkageUnit/FetchAuditLog',
+            protocol_dot_pb_dot_linkage__pb2.FetchAuditLogRequest.SerializeToString,
+            protocol_dot_pb_dot_linkage__pb2.FetchAuditLogResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAuditPublicKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bloomlink.v1.LinkageUnit/GetAuditPublicKey',
+            protocol_dot_pb_dot_linkage__pb2.GetAuditPublicKeyRequest.SerializeToString,
+            protocol_dot_pb_dot_linkage__pb2.GetAuditPublicKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProjectSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bloomlink.v1.LinkageUnit/GetProjectSettings',
+            protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsRequest.SerializeToString,
+            protocol_dot_pb_dot_linkage__pb2.CreateProjectRequest.FromString,
             options,
             channel_credentials,
             insecure,

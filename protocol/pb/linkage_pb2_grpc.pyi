@@ -5,8 +5,10 @@ The bloomlink wire protocol between parties, the operator, auditors and the link
 
 Version 1. A breaking change is a new package (bloomlink.v2), never an edit here.
 Upload messages carry only labels (project id, party id: ^[a-z][a-z0-9-]{0,62}$), the
-encoded file's header fields, CLK bytes and chunk bookkeeping: there is no free-text field
-in which a personal identifier could travel.
+encoded file's header fields, the party's signed manifest (the same fields plus a version
+string and a timestamp, both pattern-checked), CLK bytes and chunk bookkeeping: there is no
+free-text field in which a personal identifier could travel. `bloomlink audit verify`
+checks this from the descriptor against an allow-list (protocol/serde.py).
 """
 
 from collections import abc as _abc
@@ -51,6 +53,14 @@ class LinkageUnitStub:
     """Operator only: start (or restart) the run once every member has uploaded."""
     FetchLinkKeys: _grpc.UnaryStreamMultiCallable[_linkage_pb2.FetchLinkKeysRequest, _linkage_pb2.FetchLinkKeysResponse]
     """A party, as itself: its own link keys, as (record position, link key) pairs."""
+    FetchAuditLog: _grpc.UnaryStreamMultiCallable[_linkage_pb2.FetchAuditLogRequest, _linkage_pb2.FetchAuditLogResponse]
+    """Auditor and operator: the whole audit log, or one project's view of it (other projects'
+    entries redacted to hash and signature). A member party may read its own project's view.
+    """
+    GetAuditPublicKey: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetAuditPublicKeyRequest, _linkage_pb2.GetAuditPublicKeyResponse]
+    """Anyone authenticated: the linkage unit's audit public key (PEM)."""
+    GetProjectSettings: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.CreateProjectRequest]
+    """Operator, auditor and members: a project's settings, as the operator created them."""
 
 @_typing.type_check_only
 class LinkageUnitAsyncStub(LinkageUnitStub):
@@ -69,6 +79,14 @@ class LinkageUnitAsyncStub(LinkageUnitStub):
     """Operator only: start (or restart) the run once every member has uploaded."""
     FetchLinkKeys: _aio.UnaryStreamMultiCallable[_linkage_pb2.FetchLinkKeysRequest, _linkage_pb2.FetchLinkKeysResponse]  # type: ignore[assignment]
     """A party, as itself: its own link keys, as (record position, link key) pairs."""
+    FetchAuditLog: _aio.UnaryStreamMultiCallable[_linkage_pb2.FetchAuditLogRequest, _linkage_pb2.FetchAuditLogResponse]  # type: ignore[assignment]
+    """Auditor and operator: the whole audit log, or one project's view of it (other projects'
+    entries redacted to hash and signature). A member party may read its own project's view.
+    """
+    GetAuditPublicKey: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetAuditPublicKeyRequest, _linkage_pb2.GetAuditPublicKeyResponse]  # type: ignore[assignment]
+    """Anyone authenticated: the linkage unit's audit public key (PEM)."""
+    GetProjectSettings: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.CreateProjectRequest]  # type: ignore[assignment]
+    """Operator, auditor and members: a project's settings, as the operator created them."""
 
 class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
     """The linkage unit: every RPC authenticates the caller by its mutual-TLS certificate."""
@@ -120,5 +138,31 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_linkage_pb2.FetchLinkKeysResponse], _abc.AsyncIterator[_linkage_pb2.FetchLinkKeysResponse]]:
         """A party, as itself: its own link keys, as (record position, link key) pairs."""
+
+    @_abc_1.abstractmethod
+    def FetchAuditLog(
+        self,
+        request: _linkage_pb2.FetchAuditLogRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_linkage_pb2.FetchAuditLogResponse], _abc.AsyncIterator[_linkage_pb2.FetchAuditLogResponse]]:
+        """Auditor and operator: the whole audit log, or one project's view of it (other projects'
+        entries redacted to hash and signature). A member party may read its own project's view.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAuditPublicKey(
+        self,
+        request: _linkage_pb2.GetAuditPublicKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_linkage_pb2.GetAuditPublicKeyResponse, _abc.Awaitable[_linkage_pb2.GetAuditPublicKeyResponse]]:
+        """Anyone authenticated: the linkage unit's audit public key (PEM)."""
+
+    @_abc_1.abstractmethod
+    def GetProjectSettings(
+        self,
+        request: _linkage_pb2.GetProjectSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_linkage_pb2.CreateProjectRequest, _abc.Awaitable[_linkage_pb2.CreateProjectRequest]]:
+        """Operator, auditor and members: a project's settings, as the operator created them."""
 
 def add_LinkageUnitServicer_to_server(servicer: LinkageUnitServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -120,10 +120,17 @@ class LinkageUnitProcess:
             "certificate": str(self.pki.linkage_unit.certificate),
             "private_key": str(self.pki.linkage_unit.private_key),
             "grace_seconds": 0.5,
+            # These tests upload random CLK files with no manifest; manifests are enforced
+            # and tested in tests/integration/test_audit_wiring.py.
+            "require_manifest": False,
             **self.settings,
         }
         lines = [
-            f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {value}"
+            f"{key} = {str(value).lower()}"
+            if isinstance(value, bool)
+            else f"{key} = {value!r}"
+            if isinstance(value, str)
+            else f"{key} = {value}"
             for key, value in values.items()
         ]
         path = self.data_dir.parent / f"{self.data_dir.name}.toml"

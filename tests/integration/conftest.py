@@ -39,6 +39,9 @@ def start_server(pki: CertificateSet, tmp_path: Path) -> Iterator[StartServer]:
             "private_key": pki.linkage_unit.private_key,
             "max_workers": 8,
             "grace_seconds": 0.5,
+            # Most tests upload bare CLK files; tests/integration/test_audit_wiring.py covers
+            # the manifest requirement (the production default).
+            "require_manifest": False,
         }
         values.update(overrides)
         server = create_server(ServerConfig(**values), audit=audit)

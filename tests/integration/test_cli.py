@@ -10,6 +10,7 @@ import pytest
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
 from linkage_unit.server import ServerConfig, create_server
+from party.manifest import create_party_signing_key, manifest_path_for, write_manifest_for_file
 from tests.service_helpers import SCHEMA_FINGERPRINT, planted_party_clks, write_clk_file
 
 pytestmark = pytest.mark.integration
@@ -38,12 +39,31 @@ def test_operator_and_parties_drive_a_project_from_the_command_line(tmp_path: Pa
                     "--timeout", "5"]  # fmt: skip
 
         # The test starts the run itself, so the project must not start it on the last upload.
-        create = ["project", "create", "p1", "--parties", "moj,dfe", "--threshold", "0.9", "--no-auto-run"]
+        create = [
+            "project",
+            "create",
+            "p1",
+            "--parties",
+            "moj,dfe",
+            "--threshold",
+            "0.9",
+            "--no-auto-run",
+        ]
         create += ["--schema-fingerprint", SCHEMA_FINGERPRINT.hex(), *tls("operator")]
         assert main(create) == 0
         clks = planted_party_clks(["moj", "dfe"], seed=21, records=15, shared=5)
         for party in ("moj", "dfe"):
             path = write_clk_file(tmp_path / f"{party}.clk", clks[party], project_id="p1")
+            # Random CLKs have no extract to scan; this manifest vouches as encode's would.
+            write_manifest_for_file(
+                path,
+                manifest_path_for(path),
+                signing_key=create_party_signing_key(tmp_path / f"{party}-signing.pem"),
+                party=party,
+                software_version="0.1.0",
+                leak_scan_strings=1,
+                leak_scan_rows=1,
+            )
             assert main(["submit", str(path), "--party", party, *tls(f"party-{party}")]) == 0
         assert main(["project", "run", "p1", "--wait", "20", *tls("operator")]) == 0
         assert "finished" in capsys.readouterr().out

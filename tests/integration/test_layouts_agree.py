@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bloomlink.cli import main
+from party.manifest import check_manifest_for_file, manifest_path_for
 from protocol.clk_file import read_clks
 
 LAYOUTS = ("moj", "dfe", "hmpps")
@@ -39,6 +40,7 @@ def test_uncorrupted_synth_layouts_give_identical_clks_per_person(tmp_path: Path
         == 0
     )
     assert main(["keygen", "--out", str(tmp_path / "secret.key")]) == 0
+    assert main(["keygen", "--signing", "--out", str(tmp_path / "signing.pem")]) == 0
     clk_of: dict[tuple[str, str], bytes] = {}
     for layout in LAYOUTS:
         encoded = tmp_path / f"{layout}.clk"
@@ -55,11 +57,17 @@ def test_uncorrupted_synth_layouts_give_identical_clks_per_person(tmp_path: Path
                     str(tmp_path / "secret.key"),
                     "--out",
                     str(encoded),
+                    "--party",
+                    layout,
+                    "--signing-key",
+                    str(tmp_path / "signing.pem"),
                 ]
             )
             == 0
         )
         _, clks = read_clks(encoded)
+        # encode leak-scanned its own output and signed a manifest for exactly this payload
+        assert check_manifest_for_file(encoded, manifest_path_for(encoded), party=layout)
         with (tmp_path / f"{layout}.clk.positions.csv").open(newline="") as handle:
             for row in csv.DictReader(handle):
                 clk_of[(layout, row["record_id"])] = np.asarray(

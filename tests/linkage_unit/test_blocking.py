@@ -28,8 +28,18 @@ def test_blocked_pairs_are_exhaustive_pairs_with_the_same_scores(left, right, th
     blocked = BlockingIndex(left, right, settings=settings, seed=1).candidate_pairs(threshold)
     exhaustive = candidate_pairs(left, right, threshold)
     assert as_set(blocked) <= as_set(exhaustive)
-    lookup = dict(zip(zip(exhaustive.left.tolist(), exhaustive.right.tolist()), exhaustive.scores))
-    for pair, score in zip(zip(blocked.left.tolist(), blocked.right.tolist()), blocked.scores):
+    lookup = dict(
+        zip(
+            zip(exhaustive.left.tolist(), exhaustive.right.tolist(), strict=False),
+            exhaustive.scores,
+            strict=False,
+        )
+    )
+    for pair, score in zip(
+        zip(blocked.left.tolist(), blocked.right.tolist(), strict=False),
+        blocked.scores,
+        strict=False,
+    ):
         assert lookup[pair] == score
     assert len(as_set(blocked)) == len(blocked)  # the union holds each pair once
 

@@ -44,7 +44,9 @@ def problems(draw):
                     PartyPairs(
                         left_party=i,
                         right_party=j,
-                        pairs=pairs(*zip(*edges)) if edges else CandidatePairs.empty(),
+                        pairs=pairs(*zip(*edges, strict=False))
+                        if edges
+                        else CandidatePairs.empty(),
                     )
                 )
     return sizes, items
