@@ -21,7 +21,6 @@ test: install
 	$(BIN)/python -m pytest
 
 lint: install
-	$(BIN)/python -m pip install --quiet 'ruff>=0.6' 'mypy>=1.10'
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy
 
 stubs: install

@@ -26,6 +26,7 @@ import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numba
 import numpy as np
@@ -114,7 +115,8 @@ def check_threshold(threshold: float) -> float:
 
 def popcounts(clks: npt.NDArray[np.uint64]) -> npt.NDArray[np.int32]:
     """Set bits per CLK."""
-    return np.bitwise_count(clks).sum(axis=1, dtype=np.int32)
+    counts: npt.NDArray[np.int32] = np.bitwise_count(clks).sum(axis=1, dtype=np.int32)
+    return counts
 
 
 def required_shared(threshold: float, clk_bits: int) -> npt.NDArray[np.int32]:
@@ -130,7 +132,7 @@ def required_shared(threshold: float, clk_bits: int) -> npt.NDArray[np.int32]:
 
 
 @intrinsic
-def _popcount(typing_context: object, value: types.Type) -> object:  # pragma: no cover
+def _ctpop(typing_context: object, value: types.Type) -> object:  # pragma: no cover
     """LLVM ``ctpop`` on a uint64: hardware popcount, vectorised inside word-major loops."""
     signature = types.uint64(types.uint64)
 
@@ -138,6 +140,10 @@ def _popcount(typing_context: object, value: types.Type) -> object:  # pragma: n
         return builder.ctpop(args[0])  # type: ignore[attr-defined]
 
     return signature, codegen
+
+
+# Inside jitted code the intrinsic is called with one uint64; say so to the type checker.
+_popcount = cast(Callable[[Any], Any], _ctpop)
 
 
 @numba.njit(nogil=True, cache=True)

@@ -190,7 +190,7 @@ class ClkFileWriter:
 
     def __enter__(self) -> ClkFileWriter:
         self._context = atomic_output(self._path, mode=0o644)
-        self._output = self._context.__enter__()  # type: ignore[attr-defined]
+        self._output = self._context.__enter__()
         self._output.write(bytes(HEADER_LENGTH))  # placeholder, rewritten on close
         return self
 
@@ -267,4 +267,4 @@ def read_clks(
     clks = np.memmap(
         path, dtype="<u8", mode="r", offset=HEADER_LENGTH, shape=(header.record_count, words)
     )
-    return header, clks  # type: ignore[return-value]
+    return header, clks

@@ -124,7 +124,7 @@ def balance(
     doubled = np.concatenate([clks, ~clks], axis=1)
     bits = np.unpackbits(doubled.view(np.uint8), axis=1, bitorder="little")
     packed = np.packbits(bits[:, permutation], axis=1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u8")  # type: ignore[return-value]
+    return np.ascontiguousarray(packed).view("<u8")
 
 
 class _FieldEncoder:

@@ -193,9 +193,8 @@ def run(args: argparse.Namespace) -> int:
             signing_key = create_party_signing_key(department_dirs[party] / "signing-key.pem")
             with atomic_output(department_dirs[party] / "signing-key.pem.pub", mode=0o644) as out:
                 out.write(party_public_key_pem(signing_key))
-            summaries[party] = stages.run(
-                f"encode {party} (at {party}; nothing leaves yet)",
-                lambda party=party: encode_extract(  # type: ignore[misc]
+            with stages.stage(f"encode {party} (at {party}; nothing leaves yet)"):
+                summaries[party] = encode_extract(
                     extract_path=root / "synth" / f"{party}.csv",
                     mapping=shipped_mapping(party),
                     schema=schema,
@@ -203,11 +202,9 @@ def run(args: argparse.Namespace) -> int:
                     project_id=project_id,
                     encoded_path=department_dirs[party] / f"{party}.clk",
                     positions_path=department_dirs[party] / f"{party}.positions.csv",
-                ),
-            )
-            manifests[party] = stages.run(
-                f"leak-scan {party}'s encoded file and sign its manifest",
-                lambda party=party, signing_key=signing_key: vouch_for_encoded_file(  # type: ignore[misc]
+                )
+            with stages.stage(f"leak-scan {party}'s encoded file and sign its manifest"):
+                manifests[party] = vouch_for_encoded_file(
                     summaries[party].encoded_path,
                     signing_key=signing_key,
                     party=party,
@@ -215,8 +212,7 @@ def run(args: argparse.Namespace) -> int:
                         root / "synth" / f"{party}.csv", shipped_mapping(party), schema
                     ),
                     software_version=bloomlink.__version__,
-                )[0],
-            )
+                )[0]
         with LinkageClient(target, tls=pki.tls_files(pki.operator)) as operator:
             stages.run(
                 "operator creates the project",
@@ -231,14 +227,12 @@ def run(args: argparse.Namespace) -> int:
             )
             for party in PARTIES:
                 with LinkageClient(target, tls=pki.tls_files(pki.parties[party])) as client:
-                    stages.run(
-                        f"{party} submits its encoded file",
-                        lambda client=client, party=party: client.upload_file(  # type: ignore[misc]
+                    with stages.stage(f"{party} submits its encoded file"):
+                        client.upload_file(
                             summaries[party].encoded_path,
                             party_id=party,
                             manifest=manifests[party],
-                        ),
-                    )
+                        )
             status = stages.run(
                 "linkage unit checks, blocks, compares, solves",
                 lambda: operator.wait_for_run(project_id, timeout=args.timeout),
@@ -246,10 +240,8 @@ def run(args: argparse.Namespace) -> int:
         keys_paths: dict[str, Path] = {}
         for party in PARTIES:
             with LinkageClient(target, tls=pki.tls_files(pki.parties[party])) as client:
-                fetched = stages.run(
-                    f"{party} fetches its link keys",
-                    lambda client=client, party=party: client.fetch_link_keys(project_id, party),
-                )  # type: ignore[misc]
+                with stages.stage(f"{party} fetches its link keys"):
+                    fetched = client.fetch_link_keys(project_id, party)
             keys_paths[party] = department_dirs[party] / f"{party}.link-keys.csv"
             join_link_keys(
                 summaries[party].positions_path,
