@@ -215,9 +215,11 @@ def test_case_24_compressed_message_inflating_past_the_cap_is_refused(capped, pk
 def test_bounded_load_many_parties_upload_and_poll(lu_process, pki, tmp_path) -> None:
     """Load (short form of benchmarks/load.py): 8 projects x 2 parties upload concurrently
     while 8 pollers call status for 3 s against a subprocess LU; every upload completes, no
-    status call fails, p99 status latency stays under 1 s and server RSS stays under 200 MiB (auto_run off: matching memory is not measured here)."""
+    status call fails, p99 status latency stays under 1 s and the server's RSS grows by less
+    than 128 MiB over its idle size (auto_run off: matching memory is not measured here). The
+    idle size depends on what the installed libraries load, so growth is what is bounded."""
     result = run_load(lu_process(), pki, tmp_path, projects=8, pollers=8, seconds=3.0, records=2000)
     assert result["uploads_completed"] == 16 and result["status_errors"] == 0
     assert result["status_calls"] > 50
     assert result["status_p99_ms"] < 1000
-    assert result["server_rss_mib"] < 200
+    assert result["server_rss_mib"] - result["server_rss_start_mib"] < 128, result
