@@ -28,6 +28,7 @@ from protocol.errors import (
     AlreadyExistsError,
     ClkFileError,
     CompatibilityError,
+    MatchingError,
     PreconditionError,
 )
 from protocol.messages import RunState, RunTicket, UploadHeader, UploadState
@@ -144,6 +145,11 @@ class RunManager:
                 check_party=error.party or "",
                 check_aspect=error.aspect or "",
             )
+        except MatchingError as error:
+            # The engine or its Dask cluster cannot finish (settings, limits, timeouts, a task
+            # that keeps failing): the status says why. These messages never carry data.
+            logger.error("run failed run_id=%s: %s", run_id, error)
+            self._storage.set_run_state(run_id, RunState.FAILED, stage=f"failed: {error}")
         except Exception:
             # Traceback only: no payload, CLK or key is ever formatted into a log line.
             logger.exception("run failed unexpectedly run_id=%s", run_id)

@@ -8,6 +8,7 @@ linkage unit on the same port fails to bind instead of silently sharing its traf
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import tomllib
@@ -19,13 +20,15 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from linkage_unit import matching
 from linkage_unit.audit_hook import AuditSink, JsonLinesAuditSink
+from linkage_unit.distributed import ClusterSettings, DaskExecutor
 from linkage_unit.run import LinkFunction, RunManager
 from linkage_unit.service import LinkageService, UploadLimits
 from linkage_unit.servicer import LinkageUnitServicer
 from linkage_unit.storage import Storage
 from protocol.certificates import TlsFiles
-from protocol.errors import ConfigurationError
+from protocol.errors import ConfigurationError, MatchingError
 from protocol.pb import linkage_pb2_grpc as pb_grpc
 
 __all__ = ["SERVICE_NAME", "LinkageUnitServer", "ServerConfig", "create_server", "load_config"]
@@ -56,6 +59,14 @@ class ServerConfig:
     keepalive_timeout_seconds: int = 20
     min_ping_interval_seconds: int = 30
     grace_seconds: float = 5.0
+    # Matching on a Dask cluster (linkage_unit/distributed.py); unset: in this process.
+    dask_scheduler: str | None = None
+    dask_ca_certificate: Path | None = None
+    dask_certificate: Path | None = None
+    dask_private_key: Path | None = None
+    dask_timeout_seconds: float = 3600.0
+    dask_task_retries: int = 2
+    dask_worker_memory_bytes: int = 8 << 30
     extra_options: tuple[tuple[str, int], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -71,6 +82,30 @@ class ServerConfig:
             )
         if self.insecure and not _is_loopback(self.listen):
             raise ConfigurationError("--insecure binds loopback only (127.0.0.1, ::1, localhost)")
+        dask_files = (self.dask_ca_certificate, self.dask_certificate, self.dask_private_key)
+        if self.dask_scheduler is None and any(path is not None for path in dask_files):
+            raise ConfigurationError("Dask TLS files are set but dask_scheduler is not")
+        if self.dask_scheduler is not None:
+            try:
+                self.cluster_settings  # noqa: B018 - validates the Dask settings once, here
+            except MatchingError as error:
+                raise ConfigurationError(f"Dask settings: {error}") from None
+
+    @property
+    def cluster_settings(self) -> ClusterSettings | None:
+        """The Dask cluster the runs use, or None to match in this process."""
+        if self.dask_scheduler is None:
+            return None
+        return ClusterSettings(
+            scheduler_address=self.dask_scheduler,
+            ca_certificate=self.dask_ca_certificate,
+            certificate=self.dask_certificate,
+            private_key=self.dask_private_key,
+            task_retries=self.dask_task_retries,
+            timeout_seconds=self.dask_timeout_seconds,
+            connect_timeout_seconds=min(30.0, self.dask_timeout_seconds),
+            worker_memory_bytes=self.dask_worker_memory_bytes,
+        )
 
     @property
     def tls_files(self) -> TlsFiles | None:
@@ -109,7 +144,10 @@ def load_config(path: Path | str | None, **overrides: Any) -> ServerConfig:
     values.update({key: value for key, value in overrides.items() if value is not None})
     if "data_dir" not in values:
         raise ConfigurationError("set data_dir (--data-dir or data_dir in the config file)")
-    for key in ("data_dir", "ca_certificate", "certificate", "private_key", "audit_log"):
+    for key in (
+        "data_dir", "ca_certificate", "certificate", "private_key", "audit_log",
+        "dask_ca_certificate", "dask_certificate", "dask_private_key",
+    ):  # fmt: skip
         if values.get(key) is not None:
             values[key] = Path(values[key])
     try:
@@ -133,6 +171,9 @@ class LinkageUnitServer:
         self.audit = audit or JsonLinesAuditSink(
             config.audit_log or config.data_dir / "audit.jsonl"
         )
+        cluster = config.cluster_settings
+        if link_function is None and cluster is not None:
+            link_function = functools.partial(matching.link, executor=DaskExecutor(cluster))
         self.runs = RunManager(
             self.storage, self.audit, workers=config.run_workers, link_function=link_function
         )
@@ -202,11 +243,12 @@ class LinkageUnitServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         logger.info(
-            "linkage unit serving listen=%s port=%d mutual_tls=%s data_dir=%s",
+            "linkage unit serving listen=%s port=%d mutual_tls=%s data_dir=%s matching=%s",
             self.config.listen,
             port,
             not self.config.insecure,
             self.config.data_dir,
+            self.config.dask_scheduler or "in-process",
         )
         return port
 
