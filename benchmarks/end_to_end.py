@@ -182,7 +182,9 @@ def main() -> int:
             watcher.join()
             times["run (checks .. link keys issued)"] = finished - started
             marks = sorted(seen.items(), key=lambda item: item[1])
-            for (stage, at), (_, following) in zip(marks, [*marks[1:], ("end", finished)]):
+            for (stage, at), (_, following) in zip(
+                marks, [*marks[1:], ("end", finished)], strict=True
+            ):
                 times[f"  run stage: {stage}"] = following - at
         for party in PARTIES:
             started = time.perf_counter()

@@ -161,11 +161,33 @@ def _keys(clks: npt.NDArray[np.uint64], positions: npt.NDArray[np.int64]) -> npt
 
 
 @numba.njit(nogil=True, cache=True)
+def _gather(  # pragma: no cover - compiled
+    clks: npt.NDArray[np.uint64],
+    counts: npt.NDArray[np.int32],
+    rests: npt.NDArray[np.int32],
+    members: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+    """CLKs and popcounts in band order, so each block's members are contiguous."""
+    out = np.empty((members.shape[0], clks.shape[1]), np.uint64)
+    out_counts = np.empty(members.shape[0], np.int32)
+    out_rests = np.empty(members.shape[0], np.int32)
+    for position in range(members.shape[0]):
+        record = members[position]
+        for w in range(clks.shape[1]):
+            out[position, w] = clks[record, w]
+        out_counts[position] = counts[record]
+        out_rests[position] = rests[record]
+    return out, out_counts, out_rests
+
+
+@numba.njit(nogil=True, cache=True)
 def _compare_blocks(  # pragma: no cover - compiled
     left: npt.NDArray[np.uint64],
     right: npt.NDArray[np.uint64],
     left_counts: npt.NDArray[np.int32],
     right_counts: npt.NDArray[np.int32],
+    left_rests: npt.NDArray[np.int32],
+    right_rests: npt.NDArray[np.int32],
     required: npt.NDArray[np.int32],
     left_members: npt.NDArray[np.int64],
     left_starts: npt.NDArray[np.int64],
@@ -182,8 +204,14 @@ def _compare_blocks(  # pragma: no cover - compiled
 ) -> tuple[int, int, int, int]:
     """Every pair inside each block of one band; returns (kept, compared, next_block,
     next_offset), next_block == -1 when done. Stops before a left record whose block row
-    might overflow the caller's buffers (capacity >= the largest block side)."""
+    might overflow the caller's buffers (capacity >= the largest block side).
+
+    ``left``/``right`` and their counts are in band order (see :func:`_gather`): position p
+    is record ``members[p]``, so a block is a contiguous run and stays in cache. ``rests``
+    are popcounts of the second half of the words: after the first half, a pair whose
+    shared bits so far plus the most the rest can add is short of the rule stops there."""
     words = left.shape[1]
+    half = words // 2
     capacity = out_rows.shape[0]
     kept = 0
     compared = 0
@@ -192,24 +220,32 @@ def _compare_blocks(  # pragma: no cover - compiled
         stop = left_stops[block]
         first = resume_offset if block == resume_block else start
         for position in range(first, stop):
-            row = left_members[position]
             r_start = right_starts[block]
             r_stop = right_stops[block]
             if within:
                 r_start = position + 1
             if kept + (r_stop - r_start) > capacity:
                 return kept, compared, block, position
-            count_a = left_counts[row]
+            count_a = left_counts[position]
+            rest_a = left_rests[position]
             compared += r_stop - r_start
             for other in range(r_start, r_stop):
-                column = right_members[other]
-                shared = np.uint64(0)
-                for w in range(words):
-                    shared += _popcount(left[row, w] & right[column, w])
-                if shared < np.uint64(required[count_a + right_counts[column]]):
+                count_b = right_counts[other]
+                need = np.uint64(required[count_a + count_b])
+                # Exact bounds: shared <= the smaller popcount, half by half.
+                if np.uint64(min(count_a, count_b)) < need:
                     continue
-                out_rows[kept] = row
-                out_cols[kept] = column
+                shared = np.uint64(0)
+                for w in range(half):
+                    shared += _popcount(left[position, w] & right[other, w])
+                if shared + np.uint64(min(rest_a, right_rests[other])) < need:
+                    continue
+                for w in range(half, words):
+                    shared += _popcount(left[position, w] & right[other, w])
+                if shared < need:
+                    continue
+                out_rows[kept] = left_members[position]
+                out_cols[kept] = right_members[other]
                 out_shared[kept] = shared
                 kept += 1
     return kept, compared, -1, -1
@@ -230,11 +266,44 @@ class _Band:
     oversized_comparisons: int
 
 
+_DENSE_KEY_BITS = 20
+"""Up to this many bits per band, block keys index a dense table (2^20 entries at most) and
+records are grouped by a counting sort in one pass instead of an argsort per side."""
+
+
+@numba.njit(nogil=True, cache=True)
+def _counting_sort(  # pragma: no cover - compiled
+    keys: npt.NDArray[np.uint64], size: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(order, starts, counts): records stably grouped by key; key k's members are
+    order[starts[k]:starts[k] + counts[k]]."""
+    counts = np.zeros(size, np.int64)
+    for record in range(keys.shape[0]):
+        counts[keys[record]] += 1
+    starts = np.empty(size, np.int64)
+    total = 0
+    for key in range(size):
+        starts[key] = total
+        total += counts[key]
+    cursor = starts.copy()
+    order = np.empty(keys.shape[0], np.int64)
+    for record in range(keys.shape[0]):
+        key = keys[record]
+        order[cursor[key]] = record
+        cursor[key] += 1
+    return order, starts, counts
+
+
 def _groups(
-    keys: npt.NDArray[np.uint64],
+    keys: npt.NDArray[np.uint64], key_bits: int
 ) -> tuple[
     npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.int64]
 ]:
+    """(order, keys present, their starts in order, their counts), keys ascending."""
+    if key_bits <= _DENSE_KEY_BITS:
+        order, starts, counts = _counting_sort(keys, 1 << key_bits)
+        present = np.flatnonzero(counts)
+        return order, present.astype(np.uint64), starts[present], counts[present]
     order = np.argsort(keys, kind="stable").astype(np.int64)
     ordered = keys[order]
     unique, starts, counts = np.unique(ordered, return_index=True, return_counts=True)
@@ -245,8 +314,9 @@ def _build_band(
     left_keys: npt.NDArray[np.uint64],
     right_keys: npt.NDArray[np.uint64] | None,
     cap: int,
+    key_bits: int = 64,
 ) -> _Band:
-    left_order, left_unique, left_starts, left_counts = _groups(left_keys)
+    left_order, left_unique, left_starts, left_counts = _groups(left_keys, key_bits)
     if right_keys is None:
         keep = left_counts >= 2
         starts, counts = left_starts[keep], left_counts[keep]
@@ -254,7 +324,9 @@ def _build_band(
         right_order, right_starts, right_counts = left_order, starts, counts
         left_starts, left_counts = starts, counts
     else:
-        right_order, right_unique, right_starts_all, right_counts_all = _groups(right_keys)
+        right_order, right_unique, right_starts_all, right_counts_all = _groups(
+            right_keys, key_bits
+        )
         _, left_index, right_index = np.intersect1d(
             left_unique, right_unique, assume_unique=True, return_indices=True
         )
@@ -344,6 +416,7 @@ class BlockingIndex:
             _keys(self.left, positions)[:, 0],
             None if self.within else _keys(self.right, positions)[:, 0],
             self.settings.max_block_comparisons,
+            int(self.positions.shape[1]),
         )
 
     def candidate_pairs(
@@ -358,10 +431,21 @@ class BlockingIndex:
         required = required_shared(threshold, 64 * self.left.shape[1])
         left_counts = popcounts(self.left)
         right_counts = left_counts if self.within else popcounts(self.right)
+        half = self.left.shape[1] // 2
+        left_rests = popcounts(np.ascontiguousarray(self.left[:, half:]))
+        right_rests = (
+            left_rests if self.within else popcounts(np.ascontiguousarray(self.right[:, half:]))
+        )
 
         def task(band_number: int) -> tuple[npt.NDArray[np.int64], int] | None:
             band = self._band(band_number)
             capacity = max(_CAPACITY, 2 * band.largest_side)
+            left_band = _gather(self.left, left_counts, left_rests, band.left_members)
+            right_band = (
+                left_band
+                if self.within
+                else _gather(self.right, right_counts, right_rests, band.right_members)
+            )
             codes_parts = []
             compared_total, kept_total = 0, 0
             block = 0
@@ -371,7 +455,8 @@ class BlockingIndex:
                 out_cols = np.empty(capacity, np.int64)
                 out_shared = np.empty(capacity, np.int32)
                 kept, compared, block, offset = _compare_blocks(
-                    self.left, self.right, left_counts, right_counts, required,
+                    left_band[0], right_band[0], left_band[1], right_band[1], left_band[2],
+                    right_band[2], required,
                     band.left_members, band.left_starts, band.left_stops,
                     band.right_members, band.right_starts, band.right_stops,
                     self.within, block, offset, out_rows, out_cols, out_shared,
@@ -388,16 +473,26 @@ class BlockingIndex:
 
         width = len(self.right)
         codes = np.empty(0, np.int64)
+        pending: list[npt.NDArray[np.int64]] = []
+        pending_length = 0
         comparisons = 0
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             for result in pool.map(task, range(self.positions.shape[0])):
                 if result is None:
                     raise self._too_many(max_pairs, threshold)
-                # The union: a pair met in several bands is kept once.
-                codes = np.union1d(codes, result[0])
                 comparisons += result[1]
-                if len(codes) > max_pairs:
-                    raise self._too_many(max_pairs, threshold)
+                pending.append(result[0])
+                pending_length += len(result[0])
+                # The union: a pair met in several bands is kept once. Merging only when the
+                # bands' codes outgrow the union so far keeps it linear, not bands x union.
+                if pending_length > max(len(codes), 1 << 22):
+                    codes = np.unique(np.concatenate([codes, *pending]))
+                    pending, pending_length = [], 0
+                    if len(codes) > max_pairs:
+                        raise self._too_many(max_pairs, threshold)
+        codes = np.unique(np.concatenate([codes, *pending]))
+        if len(codes) > max_pairs:
+            raise self._too_many(max_pairs, threshold)
         rows, cols = np.divmod(codes, width)
         shared = _shared_counts(self.left, self.right, rows, cols)
         scores = _scores(shared, left_counts[rows].astype(np.int64) + right_counts[cols])
