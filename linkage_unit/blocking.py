@@ -162,32 +162,32 @@ def _keys(clks: npt.NDArray[np.uint64], positions: npt.NDArray[np.int64]) -> npt
 
 @numba.njit(nogil=True, cache=True)
 def _gather(  # pragma: no cover - compiled
-    clks: npt.NDArray[np.uint64],
-    counts: npt.NDArray[np.int32],
-    rests: npt.NDArray[np.int32],
-    members: npt.NDArray[np.int64],
-) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
-    """CLKs and popcounts in band order, so each block's members are contiguous."""
-    out = np.empty((members.shape[0], clks.shape[1]), np.uint64)
-    out_counts = np.empty(members.shape[0], np.int32)
-    out_rests = np.empty(members.shape[0], np.int32)
+    clks: npt.NDArray[np.uint64], members: npt.NDArray[np.int64], word_major: bool
+) -> npt.NDArray[np.uint64]:
+    """CLKs in band order, so each block's members are contiguous: ``(records, words)``, or
+    ``(words, records)`` when ``word_major`` (the layout the vectorised inner loop reads)."""
+    words = clks.shape[1]
+    if word_major:
+        out = np.empty((words, members.shape[0]), np.uint64)
+        for position in range(members.shape[0]):
+            record = members[position]
+            for w in range(words):
+                out[w, position] = clks[record, w]
+        return out
+    out = np.empty((members.shape[0], words), np.uint64)
     for position in range(members.shape[0]):
         record = members[position]
-        for w in range(clks.shape[1]):
+        for w in range(words):
             out[position, w] = clks[record, w]
-        out_counts[position] = counts[record]
-        out_rests[position] = rests[record]
-    return out, out_counts, out_rests
+    return out
 
 
 @numba.njit(nogil=True, cache=True)
 def _compare_blocks(  # pragma: no cover - compiled
     left: npt.NDArray[np.uint64],
-    right: npt.NDArray[np.uint64],
+    right_word_major: npt.NDArray[np.uint64],
     left_counts: npt.NDArray[np.int32],
     right_counts: npt.NDArray[np.int32],
-    left_rests: npt.NDArray[np.int32],
-    right_rests: npt.NDArray[np.int32],
     required: npt.NDArray[np.int32],
     left_members: npt.NDArray[np.int64],
     left_starts: npt.NDArray[np.int64],
@@ -201,17 +201,18 @@ def _compare_blocks(  # pragma: no cover - compiled
     out_rows: npt.NDArray[np.int64],
     out_cols: npt.NDArray[np.int64],
     out_shared: npt.NDArray[np.int32],
+    acc: npt.NDArray[np.uint64],
 ) -> tuple[int, int, int, int]:
     """Every pair inside each block of one band; returns (kept, compared, next_block,
     next_offset), next_block == -1 when done. Stops before a left record whose block row
     might overflow the caller's buffers (capacity >= the largest block side).
 
-    ``left``/``right`` and their counts are in band order (see :func:`_gather`): position p
-    is record ``members[p]``, so a block is a contiguous run and stays in cache. ``rests``
-    are popcounts of the second half of the words: after the first half, a pair whose
-    shared bits so far plus the most the rest can add is short of the rule stops there."""
+    ``left`` (row-major) and ``right_word_major`` are in band order (see :func:`_gather`):
+    position p is record ``members[p]``, so a block is a contiguous run (gathering the left
+    side too measured faster than reading its records where they lie). One left record
+    against its block's right records is the word-major loop of ``similarity.py``, which
+    LLVM vectorises; ``acc`` holds at least the largest block side."""
     words = left.shape[1]
-    half = words // 2
     capacity = out_rows.shape[0]
     kept = 0
     compared = 0
@@ -224,30 +225,43 @@ def _compare_blocks(  # pragma: no cover - compiled
             r_stop = right_stops[block]
             if within:
                 r_start = position + 1
-            if kept + (r_stop - r_start) > capacity:
+            width = r_stop - r_start
+            if width <= 0:
+                continue
+            if kept + width > capacity:
                 return kept, compared, block, position
+            compared += width
+            for j in range(width):
+                acc[j] = np.uint64(0)
+            for w in range(0, words - 3, 4):
+                a0 = left[position, w]
+                a1 = left[position, w + 1]
+                a2 = left[position, w + 2]
+                a3 = left[position, w + 3]
+                r0 = right_word_major[w, r_start:r_stop]
+                r1 = right_word_major[w + 1, r_start:r_stop]
+                r2 = right_word_major[w + 2, r_start:r_stop]
+                r3 = right_word_major[w + 3, r_start:r_stop]
+                for j in range(width):
+                    acc[j] += (
+                        _popcount(a0 & r0[j])
+                        + _popcount(a1 & r1[j])
+                        + _popcount(a2 & r2[j])
+                        + _popcount(a3 & r3[j])
+                    )
+            for w in range(words - words % 4, words):
+                a0 = left[position, w]
+                r0 = right_word_major[w, r_start:r_stop]
+                for j in range(width):
+                    acc[j] += _popcount(a0 & r0[j])
             count_a = left_counts[position]
-            rest_a = left_rests[position]
-            compared += r_stop - r_start
-            for other in range(r_start, r_stop):
-                count_b = right_counts[other]
-                need = np.uint64(required[count_a + count_b])
-                # Exact bounds: shared <= the smaller popcount, half by half.
-                if np.uint64(min(count_a, count_b)) < need:
-                    continue
-                shared = np.uint64(0)
-                for w in range(half):
-                    shared += _popcount(left[position, w] & right[other, w])
-                if shared + np.uint64(min(rest_a, right_rests[other])) < need:
-                    continue
-                for w in range(half, words):
-                    shared += _popcount(left[position, w] & right[other, w])
-                if shared < need:
-                    continue
-                out_rows[kept] = left_members[position]
-                out_cols[kept] = right_members[other]
-                out_shared[kept] = shared
-                kept += 1
+            for j in range(width):
+                other = r_start + j
+                if acc[j] >= np.uint64(required[count_a + right_counts[other]]):
+                    out_rows[kept] = left_members[position]
+                    out_cols[kept] = right_members[other]
+                    out_shared[kept] = acc[j]
+                    kept += 1
     return kept, compared, -1, -1
 
 
@@ -431,21 +445,15 @@ class BlockingIndex:
         required = required_shared(threshold, 64 * self.left.shape[1])
         left_counts = popcounts(self.left)
         right_counts = left_counts if self.within else popcounts(self.right)
-        half = self.left.shape[1] // 2
-        left_rests = popcounts(np.ascontiguousarray(self.left[:, half:]))
-        right_rests = (
-            left_rests if self.within else popcounts(np.ascontiguousarray(self.right[:, half:]))
-        )
 
         def task(band_number: int) -> tuple[npt.NDArray[np.int64], int] | None:
             band = self._band(band_number)
             capacity = max(_CAPACITY, 2 * band.largest_side)
-            left_band = _gather(self.left, left_counts, left_rests, band.left_members)
-            right_band = (
-                left_band
-                if self.within
-                else _gather(self.right, right_counts, right_rests, band.right_members)
-            )
+            left_band = _gather(self.left, band.left_members, False)
+            right_band = _gather(self.right, band.right_members, True)
+            left_band_counts = left_counts[band.left_members]
+            right_band_counts = right_counts[band.right_members]
+            acc = np.empty(max(1, band.largest_side), np.uint64)
             codes_parts = []
             compared_total, kept_total = 0, 0
             block = 0
@@ -455,11 +463,10 @@ class BlockingIndex:
                 out_cols = np.empty(capacity, np.int64)
                 out_shared = np.empty(capacity, np.int32)
                 kept, compared, block, offset = _compare_blocks(
-                    left_band[0], right_band[0], left_band[1], right_band[1], left_band[2],
-                    right_band[2], required,
+                    left_band, right_band, left_band_counts, right_band_counts, required,
                     band.left_members, band.left_starts, band.left_stops,
                     band.right_members, band.right_starts, band.right_stops,
-                    self.within, block, offset, out_rows, out_cols, out_shared,
+                    self.within, block, offset, out_rows, out_cols, out_shared, acc,
                 )  # fmt: skip
                 kept_total += kept
                 compared_total += compared
