@@ -280,6 +280,10 @@ class _Band:
     oversized_comparisons: int
 
 
+_GATHER_RECORDS = 1 << 18
+"""Records per side gathered at once (32 MiB of 1024-bit CLKs): a thread's copy stays this
+size however large the parties are."""
+
 _DENSE_KEY_BITS = 20
 """Up to this many bits per band, block keys index a dense table (2^20 entries at most) and
 records are grouped by a counting sort in one pass instead of an argsort per side."""
@@ -449,33 +453,56 @@ class BlockingIndex:
         def task(band_number: int) -> tuple[npt.NDArray[np.int64], int] | None:
             band = self._band(band_number)
             capacity = max(_CAPACITY, 2 * band.largest_side)
-            left_band = _gather(self.left, band.left_members, False)
-            right_band = _gather(self.right, band.right_members, True)
-            left_band_counts = left_counts[band.left_members]
-            right_band_counts = right_counts[band.right_members]
             acc = np.empty(max(1, band.largest_side), np.uint64)
-            codes_parts = []
+            codes_parts = [np.empty(0, np.int64)]
             compared_total, kept_total = 0, 0
-            block = 0
-            offset = int(band.left_starts[0]) if len(band.left_starts) else 0
-            while block >= 0:
-                out_rows = np.empty(capacity, np.int64)
-                out_cols = np.empty(capacity, np.int64)
-                out_shared = np.empty(capacity, np.int32)
-                kept, compared, block, offset = _compare_blocks(
-                    left_band, right_band, left_band_counts, right_band_counts, required,
-                    band.left_members, band.left_starts, band.left_stops,
-                    band.right_members, band.right_starts, band.right_stops,
-                    self.within, block, offset, out_rows, out_cols, out_shared, acc,
-                )  # fmt: skip
-                kept_total += kept
-                compared_total += compared
-                if kept_total > max_pairs:
-                    return None
-                rows, cols = out_rows[:kept], out_cols[:kept]
-                if self.within:
-                    rows, cols = np.minimum(rows, cols), np.maximum(rows, cols)
-                codes_parts.append(rows * width + cols)
+            blocks = len(band.left_starts)
+            first_block = 0
+            while first_block < blocks:
+                # A run of whole blocks whose members fit the gather budget (at least one).
+                left_from = int(band.left_starts[first_block])
+                right_from = int(band.right_starts[first_block])
+                end_block = max(
+                    first_block + 1,
+                    min(
+                        int(np.searchsorted(band.left_stops, left_from + _GATHER_RECORDS, "right")),
+                        int(
+                            np.searchsorted(band.right_stops, right_from + _GATHER_RECORDS, "right")
+                        ),
+                    ),
+                )
+                left_to = int(band.left_stops[end_block - 1])
+                right_to = int(band.right_stops[end_block - 1])
+                left_members = band.left_members[left_from:left_to]
+                right_members = band.right_members[right_from:right_to]
+                left_band = _gather(self.left, left_members, False)
+                right_band = _gather(self.right, right_members, True)
+                left_band_counts = left_counts[left_members]
+                right_band_counts = right_counts[right_members]
+                left_starts = band.left_starts[first_block:end_block] - left_from
+                left_stops = band.left_stops[first_block:end_block] - left_from
+                right_starts = band.right_starts[first_block:end_block] - right_from
+                right_stops = band.right_stops[first_block:end_block] - right_from
+                block, offset = 0, int(left_starts[0])
+                while block >= 0:
+                    out_rows = np.empty(capacity, np.int64)
+                    out_cols = np.empty(capacity, np.int64)
+                    out_shared = np.empty(capacity, np.int32)
+                    kept, compared, block, offset = _compare_blocks(
+                        left_band, right_band, left_band_counts, right_band_counts, required,
+                        left_members, left_starts, left_stops,
+                        right_members, right_starts, right_stops,
+                        self.within, block, offset, out_rows, out_cols, out_shared, acc,
+                    )  # fmt: skip
+                    kept_total += kept
+                    compared_total += compared
+                    if kept_total > max_pairs:
+                        return None
+                    rows, cols = out_rows[:kept], out_cols[:kept]
+                    if self.within:
+                        rows, cols = np.minimum(rows, cols), np.maximum(rows, cols)
+                    codes_parts.append(rows * width + cols)
+                first_block = end_block
             return np.unique(np.concatenate(codes_parts)), compared_total
 
         width = len(self.right)
