@@ -185,6 +185,8 @@ def link(
     if settings.threshold is not None:
         choice = ThresholdChoice(threshold=settings.threshold, method="operator")
     else:
+        if progress is not None:
+            progress("threshold", 0, 1)
         choice = _choose_threshold(arrays, settings, seed)
     threshold = choice.threshold
 
@@ -196,13 +198,15 @@ def link(
     statistics: dict[str, float] = {}
     party_pairs: list[PartyPairs] = []
     if executor is None:
+        if progress is not None:
+            progress("block and compare", 0, len(jobs))
         for done, (i, j) in enumerate(jobs, start=1):
             pairs = _compare(
                 arrays[i], None if i == j else arrays[j], threshold, settings, seed, statistics
             )
             party_pairs.append(PartyPairs(left_party=i, right_party=j, pairs=pairs))
             if progress is not None:
-                progress("compare", done, len(jobs))
+                progress("block and compare", done, len(jobs))
     else:
         with executor.session() as session:
             for number, (i, j) in enumerate(jobs, start=1):
@@ -228,6 +232,8 @@ def link(
             f"more than {settings.max_candidate_pairs} candidate pairs in total at threshold "
             f"{threshold}: raise the threshold or the candidate-pair limit"
         )
+    if progress is not None:
+        progress("solve", 0, 1)
     if settings.deduplicate:
         solution = solve_with_duplicates(
             sizes, party_pairs, min_link_fraction=settings.min_link_fraction

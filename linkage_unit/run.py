@@ -205,6 +205,7 @@ class RunManager:
         result = self._link(clks, settings, progress=progress)
         if self._stop.is_set():
             raise _Stopped
+        self._storage.set_progress(run_id, "link keys", 0, 1)
         options = {} if self._random_bytes is None else {"random_bytes": self._random_bytes}
         keys = issue_link_keys(result.clusters, project.link_key_mode, **options)
         self._storage.finish_run(
