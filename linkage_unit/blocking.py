@@ -161,9 +161,31 @@ def _keys(clks: npt.NDArray[np.uint64], positions: npt.NDArray[np.int64]) -> npt
 
 
 @numba.njit(nogil=True, cache=True)
+def _gather(  # pragma: no cover - compiled
+    clks: npt.NDArray[np.uint64], members: npt.NDArray[np.int64], word_major: bool
+) -> npt.NDArray[np.uint64]:
+    """CLKs in band order, so each block's members are contiguous: ``(records, words)``, or
+    ``(words, records)`` when ``word_major`` (the layout the vectorised inner loop reads)."""
+    words = clks.shape[1]
+    if word_major:
+        out = np.empty((words, members.shape[0]), np.uint64)
+        for position in range(members.shape[0]):
+            record = members[position]
+            for w in range(words):
+                out[w, position] = clks[record, w]
+        return out
+    out = np.empty((members.shape[0], words), np.uint64)
+    for position in range(members.shape[0]):
+        record = members[position]
+        for w in range(words):
+            out[position, w] = clks[record, w]
+    return out
+
+
+@numba.njit(nogil=True, cache=True)
 def _compare_blocks(  # pragma: no cover - compiled
     left: npt.NDArray[np.uint64],
-    right: npt.NDArray[np.uint64],
+    right_word_major: npt.NDArray[np.uint64],
     left_counts: npt.NDArray[np.int32],
     right_counts: npt.NDArray[np.int32],
     required: npt.NDArray[np.int32],
@@ -179,10 +201,17 @@ def _compare_blocks(  # pragma: no cover - compiled
     out_rows: npt.NDArray[np.int64],
     out_cols: npt.NDArray[np.int64],
     out_shared: npt.NDArray[np.int32],
+    acc: npt.NDArray[np.uint64],
 ) -> tuple[int, int, int, int]:
     """Every pair inside each block of one band; returns (kept, compared, next_block,
     next_offset), next_block == -1 when done. Stops before a left record whose block row
-    might overflow the caller's buffers (capacity >= the largest block side)."""
+    might overflow the caller's buffers (capacity >= the largest block side).
+
+    ``left`` (row-major) and ``right_word_major`` are in band order (see :func:`_gather`):
+    position p is record ``members[p]``, so a block is a contiguous run (gathering the left
+    side too measured faster than reading its records where they lie). One left record
+    against its block's right records is the word-major loop of ``similarity.py``, which
+    LLVM vectorises; ``acc`` holds at least the largest block side."""
     words = left.shape[1]
     capacity = out_rows.shape[0]
     kept = 0
@@ -192,26 +221,47 @@ def _compare_blocks(  # pragma: no cover - compiled
         stop = left_stops[block]
         first = resume_offset if block == resume_block else start
         for position in range(first, stop):
-            row = left_members[position]
             r_start = right_starts[block]
             r_stop = right_stops[block]
             if within:
                 r_start = position + 1
-            if kept + (r_stop - r_start) > capacity:
+            width = r_stop - r_start
+            if width <= 0:
+                continue
+            if kept + width > capacity:
                 return kept, compared, block, position
-            count_a = left_counts[row]
-            compared += r_stop - r_start
-            for other in range(r_start, r_stop):
-                column = right_members[other]
-                shared = np.uint64(0)
-                for w in range(words):
-                    shared += _popcount(left[row, w] & right[column, w])
-                if shared < np.uint64(required[count_a + right_counts[column]]):
-                    continue
-                out_rows[kept] = row
-                out_cols[kept] = column
-                out_shared[kept] = shared
-                kept += 1
+            compared += width
+            for j in range(width):
+                acc[j] = np.uint64(0)
+            for w in range(0, words - 3, 4):
+                a0 = left[position, w]
+                a1 = left[position, w + 1]
+                a2 = left[position, w + 2]
+                a3 = left[position, w + 3]
+                r0 = right_word_major[w, r_start:r_stop]
+                r1 = right_word_major[w + 1, r_start:r_stop]
+                r2 = right_word_major[w + 2, r_start:r_stop]
+                r3 = right_word_major[w + 3, r_start:r_stop]
+                for j in range(width):
+                    acc[j] += (
+                        _popcount(a0 & r0[j])
+                        + _popcount(a1 & r1[j])
+                        + _popcount(a2 & r2[j])
+                        + _popcount(a3 & r3[j])
+                    )
+            for w in range(words - words % 4, words):
+                a0 = left[position, w]
+                r0 = right_word_major[w, r_start:r_stop]
+                for j in range(width):
+                    acc[j] += _popcount(a0 & r0[j])
+            count_a = left_counts[position]
+            for j in range(width):
+                other = r_start + j
+                if acc[j] >= np.uint64(required[count_a + right_counts[other]]):
+                    out_rows[kept] = left_members[position]
+                    out_cols[kept] = right_members[other]
+                    out_shared[kept] = acc[j]
+                    kept += 1
     return kept, compared, -1, -1
 
 
@@ -230,11 +280,48 @@ class _Band:
     oversized_comparisons: int
 
 
+_GATHER_RECORDS = 1 << 18
+"""Records per side gathered at once (32 MiB of 1024-bit CLKs): a thread's copy stays this
+size however large the parties are."""
+
+_DENSE_KEY_BITS = 20
+"""Up to this many bits per band, block keys index a dense table (2^20 entries at most) and
+records are grouped by a counting sort in one pass instead of an argsort per side."""
+
+
+@numba.njit(nogil=True, cache=True)
+def _counting_sort(  # pragma: no cover - compiled
+    keys: npt.NDArray[np.uint64], size: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(order, starts, counts): records stably grouped by key; key k's members are
+    order[starts[k]:starts[k] + counts[k]]."""
+    counts = np.zeros(size, np.int64)
+    for record in range(keys.shape[0]):
+        counts[keys[record]] += 1
+    starts = np.empty(size, np.int64)
+    total = 0
+    for key in range(size):
+        starts[key] = total
+        total += counts[key]
+    cursor = starts.copy()
+    order = np.empty(keys.shape[0], np.int64)
+    for record in range(keys.shape[0]):
+        key = keys[record]
+        order[cursor[key]] = record
+        cursor[key] += 1
+    return order, starts, counts
+
+
 def _groups(
-    keys: npt.NDArray[np.uint64],
+    keys: npt.NDArray[np.uint64], key_bits: int
 ) -> tuple[
     npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.int64]
 ]:
+    """(order, keys present, their starts in order, their counts), keys ascending."""
+    if key_bits <= _DENSE_KEY_BITS:
+        order, starts, counts = _counting_sort(keys, 1 << key_bits)
+        present = np.flatnonzero(counts)
+        return order, present.astype(np.uint64), starts[present], counts[present]
     order = np.argsort(keys, kind="stable").astype(np.int64)
     ordered = keys[order]
     unique, starts, counts = np.unique(ordered, return_index=True, return_counts=True)
@@ -245,8 +332,9 @@ def _build_band(
     left_keys: npt.NDArray[np.uint64],
     right_keys: npt.NDArray[np.uint64] | None,
     cap: int,
+    key_bits: int = 64,
 ) -> _Band:
-    left_order, left_unique, left_starts, left_counts = _groups(left_keys)
+    left_order, left_unique, left_starts, left_counts = _groups(left_keys, key_bits)
     if right_keys is None:
         keep = left_counts >= 2
         starts, counts = left_starts[keep], left_counts[keep]
@@ -254,7 +342,9 @@ def _build_band(
         right_order, right_starts, right_counts = left_order, starts, counts
         left_starts, left_counts = starts, counts
     else:
-        right_order, right_unique, right_starts_all, right_counts_all = _groups(right_keys)
+        right_order, right_unique, right_starts_all, right_counts_all = _groups(
+            right_keys, key_bits
+        )
         _, left_index, right_index = np.intersect1d(
             left_unique, right_unique, assume_unique=True, return_indices=True
         )
@@ -344,6 +434,7 @@ class BlockingIndex:
             _keys(self.left, positions)[:, 0],
             None if self.within else _keys(self.right, positions)[:, 0],
             self.settings.max_block_comparisons,
+            int(self.positions.shape[1]),
         )
 
     def candidate_pairs(
@@ -362,42 +453,80 @@ class BlockingIndex:
         def task(band_number: int) -> tuple[npt.NDArray[np.int64], int] | None:
             band = self._band(band_number)
             capacity = max(_CAPACITY, 2 * band.largest_side)
-            codes_parts = []
+            acc = np.empty(max(1, band.largest_side), np.uint64)
+            codes_parts = [np.empty(0, np.int64)]
             compared_total, kept_total = 0, 0
-            block = 0
-            offset = int(band.left_starts[0]) if len(band.left_starts) else 0
-            while block >= 0:
-                out_rows = np.empty(capacity, np.int64)
-                out_cols = np.empty(capacity, np.int64)
-                out_shared = np.empty(capacity, np.int32)
-                kept, compared, block, offset = _compare_blocks(
-                    self.left, self.right, left_counts, right_counts, required,
-                    band.left_members, band.left_starts, band.left_stops,
-                    band.right_members, band.right_starts, band.right_stops,
-                    self.within, block, offset, out_rows, out_cols, out_shared,
-                )  # fmt: skip
-                kept_total += kept
-                compared_total += compared
-                if kept_total > max_pairs:
-                    return None
-                rows, cols = out_rows[:kept], out_cols[:kept]
-                if self.within:
-                    rows, cols = np.minimum(rows, cols), np.maximum(rows, cols)
-                codes_parts.append(rows * width + cols)
+            blocks = len(band.left_starts)
+            first_block = 0
+            while first_block < blocks:
+                # A run of whole blocks whose members fit the gather budget (at least one).
+                left_from = int(band.left_starts[first_block])
+                right_from = int(band.right_starts[first_block])
+                end_block = max(
+                    first_block + 1,
+                    min(
+                        int(np.searchsorted(band.left_stops, left_from + _GATHER_RECORDS, "right")),
+                        int(
+                            np.searchsorted(band.right_stops, right_from + _GATHER_RECORDS, "right")
+                        ),
+                    ),
+                )
+                left_to = int(band.left_stops[end_block - 1])
+                right_to = int(band.right_stops[end_block - 1])
+                left_members = band.left_members[left_from:left_to]
+                right_members = band.right_members[right_from:right_to]
+                left_band = _gather(self.left, left_members, False)
+                right_band = _gather(self.right, right_members, True)
+                left_band_counts = left_counts[left_members]
+                right_band_counts = right_counts[right_members]
+                left_starts = band.left_starts[first_block:end_block] - left_from
+                left_stops = band.left_stops[first_block:end_block] - left_from
+                right_starts = band.right_starts[first_block:end_block] - right_from
+                right_stops = band.right_stops[first_block:end_block] - right_from
+                block, offset = 0, int(left_starts[0])
+                while block >= 0:
+                    out_rows = np.empty(capacity, np.int64)
+                    out_cols = np.empty(capacity, np.int64)
+                    out_shared = np.empty(capacity, np.int32)
+                    kept, compared, block, offset = _compare_blocks(
+                        left_band, right_band, left_band_counts, right_band_counts, required,
+                        left_members, left_starts, left_stops,
+                        right_members, right_starts, right_stops,
+                        self.within, block, offset, out_rows, out_cols, out_shared, acc,
+                    )  # fmt: skip
+                    kept_total += kept
+                    compared_total += compared
+                    if kept_total > max_pairs:
+                        return None
+                    rows, cols = out_rows[:kept], out_cols[:kept]
+                    if self.within:
+                        rows, cols = np.minimum(rows, cols), np.maximum(rows, cols)
+                    codes_parts.append(rows * width + cols)
+                first_block = end_block
             return np.unique(np.concatenate(codes_parts)), compared_total
 
         width = len(self.right)
         codes = np.empty(0, np.int64)
+        pending: list[npt.NDArray[np.int64]] = []
+        pending_length = 0
         comparisons = 0
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             for result in pool.map(task, range(self.positions.shape[0])):
                 if result is None:
                     raise self._too_many(max_pairs, threshold)
-                # The union: a pair met in several bands is kept once.
-                codes = np.union1d(codes, result[0])
                 comparisons += result[1]
-                if len(codes) > max_pairs:
-                    raise self._too_many(max_pairs, threshold)
+                pending.append(result[0])
+                pending_length += len(result[0])
+                # The union: a pair met in several bands is kept once. Merging only when the
+                # bands' codes outgrow the union so far keeps it linear, not bands x union.
+                if pending_length > max(len(codes), 1 << 22):
+                    codes = np.unique(np.concatenate([codes, *pending]))
+                    pending, pending_length = [], 0
+                    if len(codes) > max_pairs:
+                        raise self._too_many(max_pairs, threshold)
+        codes = np.unique(np.concatenate([codes, *pending]))
+        if len(codes) > max_pairs:
+            raise self._too_many(max_pairs, threshold)
         rows, cols = np.divmod(codes, width)
         shared = _shared_counts(self.left, self.right, rows, cols)
         scores = _scores(shared, left_counts[rows].astype(np.int64) + right_counts[cols])

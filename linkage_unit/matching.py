@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from linkage_unit.blocking import EXHAUSTIVE_BELOW_COMPARISONS, BlockingIndex, BlockingSettings
+from linkage_unit.distributed import DaskExecutor, compare_on_cluster
 from linkage_unit.similarity import (
     DEFAULT_MAX_CANDIDATE_PAIRS,
     CandidatePairs,
@@ -112,6 +113,16 @@ def _choose_threshold(
     return choose_threshold(np.concatenate(bests))
 
 
+def _use_lsh(
+    left: npt.NDArray[np.uint64], right: npt.NDArray[np.uint64] | None, settings: MatchSettings
+) -> bool:
+    n_left = len(left)
+    exhaustive = n_left * (n_left - 1) // 2 if right is None else n_left * len(right)
+    return settings.blocking == "lsh" or (
+        settings.blocking == "auto" and exhaustive > EXHAUSTIVE_BELOW_COMPARISONS
+    )
+
+
 def _compare(
     left: npt.NDArray[np.uint64],
     right: npt.NDArray[np.uint64] | None,
@@ -120,12 +131,7 @@ def _compare(
     seed: int,
     statistics: dict[str, float],
 ) -> CandidatePairs:
-    n_left = len(left)
-    exhaustive = n_left * (n_left - 1) // 2 if right is None else n_left * len(right)
-    use_lsh = settings.blocking == "lsh" or (
-        settings.blocking == "auto" and exhaustive > EXHAUSTIVE_BELOW_COMPARISONS
-    )
-    if not use_lsh:
+    if not _use_lsh(left, right, settings):
         if right is None:
             return candidate_pairs_within(
                 left, threshold, workers=settings.workers, max_pairs=settings.max_candidate_pairs
@@ -155,9 +161,13 @@ def link(
     settings: MatchSettings,
     *,
     progress: ProgressCallback | None = None,
+    executor: DaskExecutor | None = None,
 ) -> LinkResult:
     """Link every party's CLKs into clusters: at most one record per party per cluster, or
-    with ``settings.deduplicate`` several (guarded against chaining)."""
+    with ``settings.deduplicate`` several (guarded against chaining).
+
+    ``executor``: run the compare stage on a Dask cluster (``linkage_unit/distributed.py``);
+    None compares in this process. The link structure is the same either way."""
     parties = list(clks_by_party)
     if not parties:
         raise MatchingError("no parties to link: at least one party's CLKs are needed")
@@ -175,6 +185,8 @@ def link(
     if settings.threshold is not None:
         choice = ThresholdChoice(threshold=settings.threshold, method="operator")
     else:
+        if progress is not None:
+            progress("threshold", 0, 1)
         choice = _choose_threshold(arrays, settings, seed)
     threshold = choice.threshold
 
@@ -185,21 +197,43 @@ def link(
         jobs += [(i, i) for i in range(len(parties))]
     statistics: dict[str, float] = {}
     party_pairs: list[PartyPairs] = []
-    comparisons = 0
-    for done, (i, j) in enumerate(jobs, start=1):
-        pairs = _compare(
-            arrays[i], None if i == j else arrays[j], threshold, settings, seed, statistics
-        )
-        comparisons += pairs.comparisons
-        party_pairs.append(PartyPairs(left_party=i, right_party=j, pairs=pairs))
+    if executor is None:
         if progress is not None:
-            progress("compare", done, len(jobs))
+            progress("block and compare", 0, len(jobs))
+        for done, (i, j) in enumerate(jobs, start=1):
+            pairs = _compare(
+                arrays[i], None if i == j else arrays[j], threshold, settings, seed, statistics
+            )
+            party_pairs.append(PartyPairs(left_party=i, right_party=j, pairs=pairs))
+            if progress is not None:
+                progress("block and compare", done, len(jobs))
+    else:
+        with executor.session() as session:
+            for number, (i, j) in enumerate(jobs, start=1):
+                right = None if i == j else arrays[j]
+                pairs = compare_on_cluster(
+                    session,
+                    arrays[i],
+                    right,
+                    threshold,
+                    use_lsh=_use_lsh(arrays[i], right, settings),
+                    blocking=settings.blocking_settings,
+                    seed=seed,
+                    max_pairs=settings.max_candidate_pairs,
+                    statistics=statistics,
+                    progress=progress,
+                    stage=f"compare on Dask (party pair {number} of {len(jobs)})",
+                )
+                party_pairs.append(PartyPairs(left_party=i, right_party=j, pairs=pairs))
+    comparisons = sum(item.pairs.comparisons for item in party_pairs)
     candidate_count = sum(len(item.pairs) for item in party_pairs)
     if candidate_count > settings.max_candidate_pairs:
         raise MatchingError(
             f"more than {settings.max_candidate_pairs} candidate pairs in total at threshold "
             f"{threshold}: raise the threshold or the candidate-pair limit"
         )
+    if progress is not None:
+        progress("solve", 0, 1)
     if settings.deduplicate:
         solution = solve_with_duplicates(
             sizes, party_pairs, min_link_fraction=settings.min_link_fraction

@@ -28,6 +28,7 @@ from protocol.errors import (
     AlreadyExistsError,
     ClkFileError,
     CompatibilityError,
+    MatchingError,
     PreconditionError,
 )
 from protocol.messages import RunState, RunTicket, UploadHeader, UploadState
@@ -144,6 +145,11 @@ class RunManager:
                 check_party=error.party or "",
                 check_aspect=error.aspect or "",
             )
+        except MatchingError as error:
+            # The engine or its Dask cluster cannot finish (settings, limits, timeouts, a task
+            # that keeps failing): the status says why. These messages never carry data.
+            logger.error("run failed run_id=%s: %s", run_id, error)
+            self._storage.set_run_state(run_id, RunState.FAILED, stage=f"failed: {error}")
         except Exception as error:
             if out_of_space(error):
                 logger.error(
@@ -207,6 +213,7 @@ class RunManager:
         result = self._link(clks, settings, progress=progress)
         if self._stop.is_set():
             raise _Stopped
+        self._storage.set_progress(run_id, "link keys", 0, 1)
         options = {} if self._random_bytes is None else {"random_bytes": self._random_bytes}
         keys = issue_link_keys(result.clusters, project.link_key_mode, **options)
         self._storage.finish_run(

@@ -11,6 +11,7 @@ client authentication were ever switched off).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import socket
@@ -25,14 +26,16 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from linkage_unit import matching
 from linkage_unit.audit_hook import AuditReader, AuditSink
 from linkage_unit.audit_log import AuditLog
+from linkage_unit.distributed import ClusterSettings, DaskExecutor
 from linkage_unit.run import LinkFunction, RunManager
 from linkage_unit.service import LinkageService, UploadLimits
 from linkage_unit.servicer import LinkageUnitServicer
 from linkage_unit.storage import Storage
 from protocol.certificates import TlsFiles
-from protocol.errors import ConfigurationError
+from protocol.errors import ConfigurationError, MatchingError
 from protocol.pb import linkage_pb2_grpc as pb_grpc
 
 __all__ = ["SERVICE_NAME", "LinkageUnitServer", "ServerConfig", "create_server", "load_config"]
@@ -74,6 +77,14 @@ class ServerConfig:
     # is cancelled so a slow or idle client cannot hold a worker thread; it resumes later.
     stream_idle_seconds: float = 120.0
     max_stream_seconds: float = 6 * 3600.0
+    # Matching on a Dask cluster (linkage_unit/distributed.py); unset: in this process.
+    dask_scheduler: str | None = None
+    dask_ca_certificate: Path | None = None
+    dask_certificate: Path | None = None
+    dask_private_key: Path | None = None
+    dask_timeout_seconds: float = 3600.0
+    dask_task_retries: int = 2
+    dask_worker_memory_bytes: int = 8 << 30
     extra_options: tuple[tuple[str, int], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -93,6 +104,30 @@ class ServerConfig:
             )
         if self.insecure and not _is_loopback(self.listen):
             raise ConfigurationError("--insecure binds loopback only (127.0.0.1, ::1, localhost)")
+        dask_files = (self.dask_ca_certificate, self.dask_certificate, self.dask_private_key)
+        if self.dask_scheduler is None and any(path is not None for path in dask_files):
+            raise ConfigurationError("Dask TLS files are set but dask_scheduler is not")
+        if self.dask_scheduler is not None:
+            try:
+                self.cluster_settings  # noqa: B018 - validates the Dask settings once, here
+            except MatchingError as error:
+                raise ConfigurationError(f"Dask settings: {error}") from None
+
+    @property
+    def cluster_settings(self) -> ClusterSettings | None:
+        """The Dask cluster the runs use, or None to match in this process."""
+        if self.dask_scheduler is None:
+            return None
+        return ClusterSettings(
+            scheduler_address=self.dask_scheduler,
+            ca_certificate=self.dask_ca_certificate,
+            certificate=self.dask_certificate,
+            private_key=self.dask_private_key,
+            task_retries=self.dask_task_retries,
+            timeout_seconds=self.dask_timeout_seconds,
+            connect_timeout_seconds=min(30.0, self.dask_timeout_seconds),
+            worker_memory_bytes=self.dask_worker_memory_bytes,
+        )
 
     @property
     def tls_files(self) -> TlsFiles | None:
@@ -137,13 +172,9 @@ def load_config(path: Path | str | None, **overrides: Any) -> ServerConfig:
     if "data_dir" not in values:
         raise ConfigurationError("set data_dir (--data-dir or data_dir in the config file)")
     for key in (
-        "data_dir",
-        "ca_certificate",
-        "certificate",
-        "private_key",
-        "audit_log",
-        "audit_signing_key",
-    ):
+        "data_dir", "ca_certificate", "certificate", "private_key", "audit_log",
+        "audit_signing_key", "dask_ca_certificate", "dask_certificate", "dask_private_key",
+    ):  # fmt: skip
         if values.get(key) is not None:
             values[key] = Path(values[key])
     try:
@@ -175,6 +206,9 @@ class LinkageUnitServer:
         reader: AuditReader | None = self.audit_log
         if reader is None and hasattr(audit, "export_lines"):
             reader = audit  # type: ignore[assignment]
+        cluster = config.cluster_settings
+        if link_function is None and cluster is not None:
+            link_function = functools.partial(matching.link, executor=DaskExecutor(cluster))
         self.runs = RunManager(
             self.storage, self.audit, workers=config.run_workers, link_function=link_function
         )
@@ -267,11 +301,12 @@ class LinkageUnitServer:
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         logger.info(
-            "linkage unit serving listen=%s port=%d mutual_tls=%s data_dir=%s",
+            "linkage unit serving listen=%s port=%d mutual_tls=%s data_dir=%s matching=%s",
             self.config.listen,
             port,
             not self.config.insecure,
             self.config.data_dir,
+            self.config.dask_scheduler or "in-process",
         )
         return port
 

@@ -405,27 +405,57 @@ def _best_chunk(  # pragma: no cover - compiled
     right_word_major: npt.NDArray[np.uint64],
     left_counts: npt.NDArray[np.int32],
     right_counts: npt.NDArray[np.int32],
+    tile_low: npt.NDArray[np.int32],
+    tile_high: npt.NDArray[np.int32],
     excluded: npt.NDArray[np.int64],
     out: npt.NDArray[np.float64],
 ) -> None:
+    """Right side sorted by popcount, in tiles of _TILE_COLUMNS; a (row, tile) whose best
+    possible Dice (at the popcount nearest the row's) cannot beat the row's best so far is
+    skipped, which leaves every result unchanged."""
     words = left.shape[1]
     columns = right_word_major.shape[1]
-    acc = np.empty(4096, np.int64)
-    for col0 in range(0, columns, 4096):
-        width = min(4096, columns - col0)
+    acc = np.empty(_TILE_COLUMNS, np.uint64)
+    for tile in range((columns + _TILE_COLUMNS - 1) // _TILE_COLUMNS):
+        col0 = tile * _TILE_COLUMNS
+        width = min(_TILE_COLUMNS, columns - col0)
+        low = tile_low[tile]
+        high = tile_high[tile]
         for row in range(left.shape[0]):
-            for j in range(width):
-                acc[j] = np.uint64(0)
-            for w in range(words):
-                word = left[row, w]
-                for j in range(width):
-                    acc[j] += _popcount(word & right_word_major[w, col0 + j])
             best = out[row]
             count_a = left_counts[row]
+            nearest = min(max(count_a, low), high)
+            if count_a + nearest > 0:
+                bound = 2.0 * min(count_a, nearest) / (count_a + nearest)
+                if bound <= best:
+                    continue
+            for j in range(width):
+                acc[j] = np.uint64(0)
+            for w in range(0, words - 3, 4):
+                a0 = left[row, w]
+                a1 = left[row, w + 1]
+                a2 = left[row, w + 2]
+                a3 = left[row, w + 3]
+                r0 = right_word_major[w, col0 : col0 + width]
+                r1 = right_word_major[w + 1, col0 : col0 + width]
+                r2 = right_word_major[w + 2, col0 : col0 + width]
+                r3 = right_word_major[w + 3, col0 : col0 + width]
+                for j in range(width):
+                    acc[j] += (
+                        _popcount(a0 & r0[j])
+                        + _popcount(a1 & r1[j])
+                        + _popcount(a2 & r2[j])
+                        + _popcount(a3 & r3[j])
+                    )
+            for w in range(words - words % 4, words):
+                a0 = left[row, w]
+                r0 = right_word_major[w, col0 : col0 + width]
+                for j in range(width):
+                    acc[j] += _popcount(a0 & r0[j])
             for j in range(width):
                 total = count_a + right_counts[col0 + j]
                 if total > 0 and col0 + j != excluded[row]:
-                    score = 2.0 * acc[j] / total
+                    score = 2.0 * np.float64(acc[j]) / total
                     if score > best:
                         best = score
             out[row] = best
@@ -453,9 +483,12 @@ def best_scores(
         return out
     if left_array.shape[1] != right_array.shape[1]:
         raise MatchingError("the two sides' CLKs have different lengths; they cannot be compared")
-    right_word_major = np.ascontiguousarray(right_array.T)
     left_counts = popcounts(left_array)
-    right_counts = popcounts(right_array)
+    right_counts_raw = popcounts(right_array)
+    order = np.argsort(right_counts_raw, kind="stable")
+    right_counts = np.ascontiguousarray(right_counts_raw[order])
+    right_word_major = np.ascontiguousarray(right_array[order].T)
+    tile_low, tile_high = _tile_ranges(right_counts)
     skip = (
         np.full(left_array.shape[0], -1, np.int64)
         if excluded is None
@@ -463,6 +496,10 @@ def best_scores(
     )
     if skip.shape != (left_array.shape[0],):
         raise MatchingError("excluded must hold one right position (or -1) per left record")
+    # Excluded positions follow the right side into popcount order.
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order))
+    skip = np.where(skip >= 0, rank[np.clip(skip, 0, len(order) - 1)], -1)
     workers = default_workers() if workers is None else workers
     chunk = max(1, -(-left_array.shape[0] // (workers * 4)))
     starts = range(0, left_array.shape[0], chunk)
@@ -471,7 +508,7 @@ def best_scores(
         stop = min(left_array.shape[0], start + chunk)
         _best_chunk(
             left_array[start:stop], right_word_major, left_counts[start:stop], right_counts,
-            skip[start:stop], out[start:stop],
+            tile_low, tile_high, skip[start:stop], out[start:stop],
         )  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -40,6 +40,8 @@ def describe(status: ProjectStatus) -> str:
     line = f"project {status.project_id}: run {status.run_state}; uploads {uploads}"
     if status.run_state is RunState.RUNNING and status.progress_stage:
         line += f"; {status.progress_stage} {status.progress_done}/{status.progress_total}"
+    if status.run_state is RunState.FAILED and status.progress_stage:
+        line += f"; {status.progress_stage}"
     if status.run_state is RunState.REFUSED:
         line += f"; checks refused: party {status.check_party_id}, {status.check_aspect}"
     if status.run_state is RunState.FINISHED:

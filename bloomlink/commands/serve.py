@@ -43,6 +43,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-stream-seconds", type=float, help="cut an upload stream this old")
     parser.add_argument("--grace-seconds", type=float, help="shutdown grace for in-flight calls")
     parser.add_argument(
+        "--dask-scheduler",
+        help="run matching on this Dask cluster, e.g. tls://scheduler:8786 (default: in-process)",
+    )
+    parser.add_argument("--dask-ca-certificate", type=Path, help="CA for Dask's own mutual TLS")
+    parser.add_argument("--dask-certificate", type=Path, help="client certificate for Dask (PEM)")
+    parser.add_argument("--dask-private-key", type=Path, help="its private key (PEM)")
+    parser.add_argument(
+        "--dask-timeout-seconds", type=float, help="a compare on Dask fails after this (3600)"
+    )
+    parser.add_argument("--dask-task-retries", type=int, help="resubmits of a failed task (2)")
+    parser.add_argument(
+        "--dask-worker-memory-bytes", type=int, help="memory one Dask worker may use (8 GiB)"
+    )
+    parser.add_argument(
         "--insecure",
         action="store_true",
         default=None,
@@ -57,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         "max_message_bytes", "max_upload_bytes", "max_workers", "max_concurrent_rpcs",
         "run_workers", "keepalive_time_seconds", "keepalive_timeout_seconds",
         "min_ping_interval_seconds", "grace_seconds", "insecure", "stream_idle_seconds",
-        "max_stream_seconds",
+        "max_stream_seconds", "dask_scheduler", "dask_ca_certificate", "dask_certificate",
+        "dask_private_key", "dask_timeout_seconds", "dask_task_retries",
+        "dask_worker_memory_bytes",
     )  # fmt: skip
     config = load_config(args.config, **{name: getattr(args, name) for name in names})
     server = create_server(config)

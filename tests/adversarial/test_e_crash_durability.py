@@ -205,7 +205,7 @@ def test_case_27_full_disk_while_writing_results_fails_the_run_and_a_restart_fin
         planted_party_clks(["moj", "dfe"], seed=54, records=3000, shared=100),
     )
     largest = max(p.stat().st_size for p in server.config.data_dir.glob("state.sqlite3*"))
-    with _FileSizeLimit(largest + 32 * 1024):
+    with _FileSizeLimit(largest + 128 * 1024):  # room for stage updates, not the key set
         operator.start_run("p1")
         assert operator.wait_for_run("p1", timeout=60).run_state is RunState.FAILED
     with pytest.raises(PreconditionError):

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from linkage_unit import blocking
 from linkage_unit.blocking import (
     BlockingIndex,
     BlockingSettings,
@@ -116,3 +117,25 @@ def test_pair_completeness_counts_shared_pairs() -> None:
         comparisons=0,
     )
     assert pair_completeness(half, everything) == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("within", [False, True])
+def test_gathering_blocks_in_small_runs_finds_the_same_pairs(
+    within: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Parties larger than the gather budget are compared a run of blocks at a time; the
+    # pairs, scores and counts must not depend on where the runs are cut.
+    generator = np.random.default_rng(21)
+    left = random_clks(generator, 600, words=4)
+    right = (
+        None if within else np.concatenate([noisy_copies(generator, left[:300], 0.05), left[300:]])
+    )
+    settings = BlockingSettings(bands=6, bits_per_band=4)
+    whole = BlockingIndex(left, right, settings=settings, seed=2).candidate_pairs(0.6)
+    monkeypatch.setattr(blocking, "_GATHER_RECORDS", 7)
+    pieces = BlockingIndex(left, right, settings=settings, seed=2).candidate_pairs(0.6)
+    assert len(whole) > 0
+    np.testing.assert_array_equal(whole.left, pieces.left)
+    np.testing.assert_array_equal(whole.right, pieces.right)
+    np.testing.assert_array_equal(whole.scores, pieces.scores)
+    assert whole.comparisons == pieces.comparisons

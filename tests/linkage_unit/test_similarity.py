@@ -106,3 +106,23 @@ def test_best_scores_match_the_brute_force_maximum() -> None:
     np.testing.assert_allclose(best_scores(left, right), expected, rtol=1e-6)
     excluded = np.arange(50, 70)
     assert np.all(best_scores(left, right, excluded=excluded) < best_scores(left, right))
+
+
+def test_best_scores_skip_no_winning_tile_across_many_popcount_tiles() -> None:
+    # Over 4096 right records of widely spread density, so several popcount tiles exist and
+    # the tile bound prunes; the result must still be the exact brute-force maximum.
+    generator = np.random.default_rng(8)
+    density = generator.uniform(0.05, 0.6, (9000, 1))
+    bits = generator.random((9000, 256)) < density
+    right = np.packbits(bits, axis=1, bitorder="little").view(np.uint64).reshape(9000, 4)
+    left = np.concatenate([right[:30] ^ np.uint64(0b1011), right[4000:4030]])
+    shared = np.bitwise_count(left[:, None, :] & right[None, :, :]).sum(axis=2)
+    counts = np.bitwise_count(right).sum(axis=1)
+    totals = np.bitwise_count(left).sum(axis=1)[:, None] + counts[None, :]
+    scores = 2.0 * shared / totals
+    np.testing.assert_array_equal(best_scores(left, right, workers=2), scores.max(axis=1))
+    excluded = np.concatenate([np.arange(30), np.arange(4000, 4030)])
+    scores[np.arange(60), excluded] = -1.0
+    np.testing.assert_array_equal(
+        best_scores(left, right, excluded=excluded, workers=2), scores.max(axis=1)
+    )

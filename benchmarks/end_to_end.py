@@ -1,0 +1,276 @@
+"""End to end at scale: N x N ``synth`` records (default 1,000,000 each, half overlapping,
+moj + dfe, difficulty medium) through the real protocol on one machine.
+
+Stages: synthesise (not counted: the departments' own data), encode both departments in
+parallel (real ``encode_extract``, one process each), start a real linkage unit (``bloomlink
+serve`` in its own process, mutual TLS on loopback), create the project, upload both files,
+the run (checks, threshold, block, compare, solve, link keys), fetch both parties' keys. Then
+blocking recall: a sample of moj's records against all of dfe's, exhaustively (the compiled
+kernel), against the LSH blocking of the same sample at the engine's settings.
+
+    /work/devenv/bin/python benchmarks/end_to_end.py [--records 1000000] [--dir /tmp/e2e]
+        [--reuse]  # keep synthetic and encoded files from an earlier run in --dir
+
+Prints a table, then ONE JSON line. No peer runs this end to end, so "peer" is null and
+"ratio" is the end-to-end time against the 180 s target (below 1 meets it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bloomlink.synth import SynthConfig, generate, write  # noqa: E402
+from linkage_unit.blocking import BlockingIndex, BlockingSettings  # noqa: E402
+from linkage_unit.similarity import best_scores, candidate_pairs  # noqa: E402
+from linkage_unit.threshold import choose_threshold  # noqa: E402
+from party.client import LinkageClient  # noqa: E402
+from protocol.certificates import init_certificates  # noqa: E402
+from protocol.clk_file import read_clks  # noqa: E402
+from protocol.messages import ProjectSettings  # noqa: E402
+
+PARTIES = ("moj", "dfe")
+PROJECT = "e2e"
+TARGET_SECONDS = 180.0
+
+
+def _encode(root: str, party: str) -> tuple[float, int, int]:
+    """Runs in its own process, like a department's encoder: (seconds, records, peak KiB)."""
+    from party.encoder_run import encode_extract
+    from party.mapping import shipped_mapping
+    from protocol.schema import default_schema
+    from protocol.secret import read_secret
+
+    base = Path(root)
+    started = time.perf_counter()
+    summary = encode_extract(
+        extract_path=base / "synth" / f"{party}.csv",
+        mapping=shipped_mapping(party),
+        schema=default_schema(),
+        secret=read_secret(base / "linkage-secret.key"),
+        project_id=PROJECT,
+        encoded_path=base / party / f"{party}.clk",
+        positions_path=base / party / f"{party}.positions.csv",
+        workers=1,
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return time.perf_counter() - started, summary.records_encoded, peak
+
+
+def _peak_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _watch(client: LinkageClient, stop: threading.Event, seen: dict[str, float]) -> None:
+    """Record when each run stage first shows in the project's status."""
+    while not stop.is_set():
+        try:
+            status = client.project_status(PROJECT)
+            stage = status.progress_stage.split(" (")[0] or str(status.run_state)
+            seen.setdefault(stage, time.perf_counter())
+        except Exception:  # noqa: BLE001 - a status poll failing must not stop the benchmark
+            pass
+        stop.wait(0.25)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/bloomlink-e2e"))
+    parser.add_argument("--reuse", action="store_true", help="reuse synth + encoded files")
+    parser.add_argument("--sample", type=int, default=20_000, help="records for the recall check")
+    parser.add_argument("--seed", type=int, default=20240601)
+    args = parser.parse_args()
+    root: Path = args.dir
+    times: dict[str, float] = {}
+    memory: dict[str, float] = {}
+    for party in PARTIES:
+        (root / party).mkdir(parents=True, exist_ok=True)
+
+    synth_done = all((root / "synth" / f"{party}.csv").exists() for party in PARTIES)
+    if not (args.reuse and synth_done):
+        started = time.perf_counter()
+        write(
+            generate(
+                SynthConfig(
+                    departments=PARTIES,
+                    records=args.records,
+                    overlap=0.5,
+                    difficulty="medium",
+                    seed=args.seed,
+                )
+            ),
+            root / "synth",
+        )
+        times["synthesise (not counted)"] = time.perf_counter() - started
+    encoded = all((root / party / f"{party}.clk").exists() for party in PARTIES)
+    if not (args.reuse and encoded):
+        from protocol.secret import write_secret
+
+        secret_path = root / "linkage-secret.key"
+        if secret_path.exists():
+            secret_path.unlink()
+        write_secret(secret_path)
+        started = time.perf_counter()
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
+            jobs = {party: pool.submit(_encode, str(root), party) for party in PARTIES}
+            for party, job in jobs.items():
+                seconds, _, peak = job.result()
+                times[f"encode {party} (own process)"] = seconds
+                memory[f"encoder {party}"] = peak / 1024
+        times["encode both (parallel, wall)"] = time.perf_counter() - started
+
+    from protocol.schema import default_schema
+
+    schema = default_schema()
+    pki = init_certificates(root / f"certs-{os.getpid()}", parties=PARTIES, auditor=False)
+    data_dir = root / f"lu-{os.getpid()}"
+    config = root / f"lu-{os.getpid()}.toml"
+    config.write_text(
+        f'data_dir = "{data_dir}"\nlisten = "127.0.0.1:0"\n'
+        f'ca_certificate = "{pki.ca_certificate}"\n'
+        f'certificate = "{pki.linkage_unit.certificate}"\n'
+        f'private_key = "{pki.linkage_unit.private_key}"\n'
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bloomlink", "serve", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        port = int(line.rsplit(" ", 1)[1])
+        target = f"127.0.0.1:{port}"
+        e2e_started = time.perf_counter()
+        with LinkageClient(target, tls=pki.tls_files(pki.operator)) as operator:
+            operator.create_project(
+                ProjectSettings(
+                    project_id=PROJECT, members=PARTIES, schema_fingerprint=schema.fingerprint
+                )
+            )
+            stop, seen = threading.Event(), {}
+            watcher = threading.Thread(target=_watch, args=(operator, stop, seen), daemon=True)
+            started = time.perf_counter()
+            for party in PARTIES:
+                with LinkageClient(target, tls=pki.tls_files(pki.parties[party])) as client:
+                    client.upload_file(root / party / f"{party}.clk", party_id=party)
+                times[f"upload {party}"] = time.perf_counter() - started
+                started = time.perf_counter()
+            watcher.start()
+            status = operator.wait_for_run(PROJECT, timeout=1800)
+            finished = time.perf_counter()
+            stop.set()
+            watcher.join()
+            times["run (checks .. link keys issued)"] = finished - started
+            marks = sorted(seen.items(), key=lambda item: item[1])
+            for (stage, at), (_, following) in zip(
+                marks, [*marks[1:], ("end", finished)], strict=True
+            ):
+                times[f"  run stage: {stage}"] = following - at
+        for party in PARTIES:
+            started = time.perf_counter()
+            with LinkageClient(target, tls=pki.tls_files(pki.parties[party])) as client:
+                fetched = client.fetch_link_keys(PROJECT, party)
+            times[f"fetch link keys {party}"] = time.perf_counter() - started
+            assert len(fetched.link_keys) == args.records
+        end_to_end = time.perf_counter() - e2e_started
+        memory["linkage unit"] = _peak_kib(server.pid) / 1024
+    finally:
+        server.terminate()
+        server.wait(30)
+    encode_wall = times.get("encode both (parallel, wall)")
+    total = end_to_end + (encode_wall or 0.0)
+
+    # Recall of blocking against exhaustive comparison on a sample of moj's records, at the
+    # threshold the data suggests (as the linkage unit chooses it) and at the default 0.8.
+    _, left = read_clks(root / "moj" / "moj.clk")
+    _, right = read_clks(root / "dfe" / "dfe.clk")
+    generator = np.random.default_rng(7)
+    sample = np.sort(generator.choice(len(left), size=min(args.sample, len(left)), replace=False))
+    chosen = choose_threshold(best_scores(left[sample[:5000]], right)).threshold
+    # Block sizes at full scale: a block of the sample is a 1/fraction slice of the real one,
+    # so the oversized cap is scaled by the same fraction.
+    fraction = len(sample) / len(left)
+    settings = BlockingSettings()
+    scaled = BlockingSettings(
+        bands=settings.bands,
+        bits_per_band=settings.bits_per_band,
+        max_block_comparisons=max(1, int(settings.max_block_comparisons * fraction)),
+    )
+    index = BlockingIndex(left[sample], right, settings=scaled)
+    recalls: dict[float, tuple[float, int, float]] = {}
+    for threshold in sorted({chosen, 0.8}):
+        started = time.perf_counter()
+        exhaustive = candidate_pairs(left[sample], right, threshold)
+        exhaustive_seconds = time.perf_counter() - started
+        blocked = index.candidate_pairs(threshold)
+        wanted = exhaustive.left * len(right) + exhaustive.right
+        found = blocked.left * len(right) + blocked.right
+        recall = float(np.isin(wanted, found).mean()) if len(wanted) else 1.0
+        recalls[threshold] = (recall, len(exhaustive), exhaustive_seconds)
+    threshold = min(recalls)
+    recall = recalls[threshold][0]
+
+    print(f"\nend to end, {args.records:,} x {args.records:,} records (medium, overlap 0.5)")
+    for name, seconds in times.items():
+        print(f"  {name:<44} {seconds:8.1f} s")
+    print(f"  {'END TO END (encode + upload + run + fetch)':<44} {total:8.1f} s")
+    for name, mib in memory.items():
+        print(f"  peak memory {name:<32} {mib:8.0f} MiB")
+    print(
+        f"  run: {status.comparisons:,} comparisons, {status.cluster_count:,} link keys, "
+        f"{status.linked_record_count:,} linked records"
+    )
+    for value, (value_recall, pairs, seconds) in recalls.items():
+        print(
+            f"  blocking recall on {len(sample):,} x {len(right):,} at threshold {value}: "
+            f"{value_recall:.5f} ({pairs:,} exhaustive pairs; exhaustive took {seconds:.1f} s)"
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "end_to_end",
+                "records_per_party": args.records,
+                "end_to_end_s": round(total, 1),
+                "encode_wall_s": None if encode_wall is None else round(encode_wall, 1),
+                "run_s": round(times["run (checks .. link keys issued)"], 1),
+                "lu_peak_mib": round(memory["linkage unit"]),
+                "encoder_peak_mib": max(
+                    (value for key, value in memory.items() if key.startswith("encoder")),
+                    default=None,
+                ),
+                "comparisons": status.comparisons,
+                "linked_records": status.linked_record_count,
+                "blocking_recall": round(recall, 5),
+                "recall_threshold": threshold,
+                "threshold_chosen_from_sample": chosen,
+                "peer": None,
+                "ratio": round(total / TARGET_SECONDS, 3),
+                "ratio_meaning": "end-to-end seconds / 180 s target (no peer runs this)",
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

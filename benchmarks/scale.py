@@ -1,0 +1,150 @@
+"""Scaling benchmark: the same synthetic linkage matched in-process, on a Dask LocalCluster of
+1 worker and of 2 workers (one thread each), with time and peak memory per worker, plus the
+per-core figures docs/scale.md builds its capacity plan from.
+
+    /work/devenv/bin/python benchmarks/scale.py [--records 200000]
+
+The data: two parties of random 1024-bit CLKs (density 0.4); half of the second party are
+noisy copies of the first party's records (Dice ~0.8-1.0). Blocking is the engine's default
+LSH. Prints a table, then ONE JSON line. No peer system runs this comparison, so "peer" is
+null and "ratio" is in-process time / 2-worker time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from linkage_unit.distributed import ClusterSettings, DaskExecutor  # noqa: E402
+from linkage_unit.matching import LinkResult, MatchSettings, link  # noqa: E402
+
+THRESHOLD = 0.8
+
+
+def parties(records: int, seed: int) -> dict[str, np.ndarray]:
+    generator = np.random.default_rng(seed)
+
+    def clks(count: int) -> np.ndarray:
+        out = np.empty((count, 16), np.uint64)
+        for start in range(0, count, 50_000):
+            stop = min(count, start + 50_000)
+            bits = generator.random((stop - start, 1024)) < 0.4
+            out[start:stop] = np.packbits(bits, axis=1, bitorder="little").view(np.uint64)
+        return out
+
+    left, right = clks(records), clks(records)
+    half = records // 2
+    for start in range(0, half, 50_000):
+        stop = min(half, start + 50_000)
+        rate = generator.uniform(0.0, 0.05, (stop - start, 1))
+        flips = generator.random((stop - start, 1024)) < rate
+        noise = np.packbits(flips, axis=1, bitorder="little").view(np.uint64)
+        right[start:stop] = left[start:stop] ^ noise
+    return {"moj": left, "dfe": right[generator.permutation(records)]}
+
+
+def _peak_kib() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def run_cluster(
+    clks: dict[str, np.ndarray], settings: MatchSettings, workers: int
+) -> tuple[float, LinkResult, list[float], list[str]]:
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        executor = DaskExecutor(
+            ClusterSettings(scheduler_address=cluster.scheduler_address), client=client
+        )
+        # Warm the workers (imports, numba's compiled cache) outside the timing.
+        link({name: array[:2000] for name, array in clks.items()}, settings, executor=executor)
+        baseline = client.run(_peak_kib)
+        stages: list[str] = []
+        started = time.perf_counter()
+        result = link(
+            clks,
+            settings,
+            executor=executor,
+            progress=lambda stage, done, total: stages.append(f"{stage} {done}/{total}"),
+        )
+        seconds = time.perf_counter() - started
+        peaks = client.run(_peak_kib)
+        mib = [max(peaks[key], baseline[key]) / 1024 for key in sorted(peaks)]
+    return seconds, result, mib, stages
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=3)
+    args = parser.parse_args()
+    clks = parties(args.records, args.seed)
+    settings = MatchSettings(threshold=THRESHOLD, blocking="lsh", blocking_seed=11)
+    clk_mib = sum(array.nbytes for array in clks.values()) / 2**20
+
+    link({name: array[:2000] for name, array in clks.items()}, settings)  # warm
+    before = _peak_kib()
+    started = time.perf_counter()
+    local = link(clks, settings)
+    local_seconds = time.perf_counter() - started
+    local_mib = max(before, _peak_kib()) / 1024
+    one_seconds, one, one_mib, _ = run_cluster(clks, settings, 1)
+    two_seconds, two, two_mib, stages = run_cluster(clks, settings, 2)
+    for result in (one, two):
+        for party in clks:
+            if not np.array_equal(result.clusters[party], local.clusters[party]):
+                raise SystemExit("the Dask link structure differs from the in-process one")
+
+    planned = local.statistics["blocked_comparisons_planned"]
+    per_core = planned / one_seconds
+    print(f"\nscale: {args.records:,} x {args.records:,} CLKs, LSH blocking, threshold {THRESHOLD}")
+    print(f"  inputs {clk_mib:.0f} MiB of CLKs; {planned:,.0f} block comparisons planned")
+    print(f"  {'executor':<34} {'time s':>8} {'peak MiB per process':>22}")
+    print(f"  {'in-process (2 threads)':<34} {local_seconds:8.1f} {local_mib:22.0f}")
+    print(
+        f"  {'Dask, 1 worker x 1 thread':<34} {one_seconds:8.1f} {', '.join(f'{m:.0f}' for m in one_mib):>22}"
+    )
+    print(
+        f"  {'Dask, 2 workers x 1 thread':<34} {two_seconds:8.1f} {', '.join(f'{m:.0f}' for m in two_mib):>22}"
+    )
+    print(f"  identical link structure on all three: yes ({local.linked_record_count:,} linked)")
+    print(f"  per core (1 worker): {per_core / 1e6:.0f} M block comparisons/s end to end")
+    print(f"  candidate pairs: {local.candidate_pair_count:,}; last progress: {stages[-1]}")
+    print(
+        json.dumps(
+            {
+                "bench": "scale",
+                "records_per_party": args.records,
+                "in_process_s": round(local_seconds, 2),
+                "dask_1_worker_s": round(one_seconds, 2),
+                "dask_2_workers_s": round(two_seconds, 2),
+                "in_process_peak_mib": round(local_mib),
+                "dask_1_worker_peak_mib": [round(m) for m in one_mib],
+                "dask_2_workers_peak_mib": [round(m) for m in two_mib],
+                "block_comparisons": int(planned),
+                "block_comparisons_per_core_s": round(per_core),
+                "candidate_pairs": local.candidate_pair_count,
+                "peer": None,
+                "ratio": round(local_seconds / two_seconds, 3),
+                "ratio_meaning": "in-process time / 2-worker Dask time (no peer runs this)",
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,445 @@
+"""Distributed compare: the compare stage of matching run as tasks on a Dask cluster
+(block -> **compare** -> solve, for linkages too large for one machine).
+
+The linkage unit stays the coordinator. It scatters each party's CLKs to every worker once
+(``broadcast``), cuts the work into tasks - groups of LSH bands when blocking, row tiles of the
+left party when comparing exhaustively - and gathers compact candidate pairs back (int32
+record positions and float32 scores, 12 bytes a pair). Each task runs the same kernels as the
+in-process path (:class:`linkage_unit.blocking.BlockingIndex` restricted to its bands,
+:func:`linkage_unit.similarity.candidate_pairs` on its rows), and the union over tasks is the
+in-process union, so the link structure is identical. Solving stays at the linkage unit, on
+the gathered pairs, so nothing about it depends on task boundaries.
+
+Failures: a task that raises, or whose worker dies, is resubmitted up to ``task_retries``
+times (Dask itself also reschedules tasks of a lost worker); every retry and every finished
+task is reported through the run's progress callback, so the project's status shows it. A
+task that keeps failing, a cluster that cannot be reached, or a compare that exceeds
+``timeout_seconds`` (for example: no worker ever joins) ends the run with a MatchingError that
+says which; nothing waits forever.
+
+Trust: the Dask workers see CLKs, exactly as the linkage unit does, and Dask moves tasks and
+results with pickle. The cluster is therefore part of the linkage unit (same operator, same
+network zone), and its comms use mutual TLS (``tls://`` with CA, certificate and key) unless
+the scheduler is on loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import numpy.typing as npt
+
+from linkage_unit.blocking import BlockingIndex, BlockingSettings, sample_band_positions
+from linkage_unit.similarity import CandidatePairs, candidate_pairs
+from protocol.errors import MatchingError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from distributed import Client
+
+__all__ = ["ClusterSettings", "DaskExecutor", "TaskFailure"]
+
+ProgressCallback = Callable[[str, int, int], None]
+
+_PAIR_BYTES = 12
+_BAND_BYTES_PER_RECORD = 48
+"""One band's working set per record: block key, sort order, group bookkeeping."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterSettings:
+    """Where the Dask scheduler is and how to talk to it.
+
+    ``ca_certificate``/``certificate``/``private_key``: mutual TLS for Dask's own comms
+    (required unless the scheduler is on loopback). ``worker_memory_bytes``: what one worker
+    may use; a compare whose per-worker share does not fit is refused before it starts.
+    ``timeout_seconds`` bounds one compare from submission to the last result.
+    """
+
+    scheduler_address: str
+    ca_certificate: Path | None = None
+    certificate: Path | None = None
+    private_key: Path | None = None
+    task_retries: int = 2
+    timeout_seconds: float = 3600.0
+    connect_timeout_seconds: float = 30.0
+    worker_memory_bytes: int = 8 << 30
+    tasks_per_worker: int = 4
+
+    def __post_init__(self) -> None:
+        tls = (self.ca_certificate, self.certificate, self.private_key)
+        if any(path is not None for path in tls) and any(path is None for path in tls):
+            raise MatchingError(
+                "Dask TLS needs all three of ca_certificate, certificate and private_key"
+            )
+        scheme = urlsplit(self.scheduler_address).scheme
+        if not scheme or not urlsplit(self.scheduler_address).hostname:
+            raise MatchingError(
+                "the Dask scheduler address must look like tls://host:port (or tcp://127.0.0.1:port)"
+            )
+        if self.tls and scheme != "tls":
+            raise MatchingError("with Dask TLS files set, the scheduler address must be tls://")
+        if not self.tls and not _is_loopback(self.scheduler_address):
+            raise MatchingError(
+                "a Dask scheduler off this machine needs mutual TLS: set the Dask ca_certificate, "
+                "certificate and private_key and use a tls:// address"
+            )
+        if self.task_retries < 0:
+            raise MatchingError("task_retries must be >= 0")
+        if self.timeout_seconds <= 0 or self.connect_timeout_seconds <= 0:
+            raise MatchingError("Dask timeouts must be > 0 seconds")
+        if self.worker_memory_bytes < 1 << 20:
+            raise MatchingError("worker_memory_bytes must be at least 1 MiB")
+        if self.tasks_per_worker < 1:
+            raise MatchingError("tasks_per_worker must be >= 1")
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_certificate is not None
+
+
+def _is_loopback(address: str) -> bool:
+    host = urlsplit(address).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class TaskFailure(MatchingError):
+    """A Dask task kept failing after its retries (the message names the task, not data)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _TaskResult:
+    """What one task sends back: compact pairs plus counts."""
+
+    left: npt.NDArray[np.int32]
+    right: npt.NDArray[np.int32]
+    scores: npt.NDArray[np.float32]
+    comparisons: int
+    block_comparisons: int = 0
+    oversized_blocks: int = 0
+    oversized_comparisons: int = 0
+
+
+def _compact(pairs: CandidatePairs, **counts: int) -> _TaskResult:
+    return _TaskResult(
+        left=pairs.left.astype(np.int32),
+        right=pairs.right.astype(np.int32),
+        scores=pairs.scores,
+        comparisons=pairs.comparisons,
+        **counts,
+    )
+
+
+def _band_task(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    positions: npt.NDArray[np.int64],
+    blocking: BlockingSettings,
+    threshold: float,
+    max_pairs: int,
+    threads: int,
+) -> _TaskResult:
+    """Runs on a worker: the blocked compare restricted to one group of bands."""
+    index = BlockingIndex(left, right, settings=blocking, positions=positions, workers=threads)
+    plan = index.plan
+    return _compact(
+        index.candidate_pairs(threshold, max_pairs=max_pairs),
+        block_comparisons=plan.block_comparisons,
+        oversized_blocks=plan.oversized_blocks,
+        oversized_comparisons=plan.oversized_comparisons,
+    )
+
+
+def _tile_task(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    start: int,
+    stop: int,
+    threshold: float,
+    max_pairs: int,
+    threads: int,
+) -> _TaskResult:
+    """Runs on a worker: rows [start, stop) of the left side against all of the right (or,
+    within one party, against the records after them)."""
+    if right is None:
+        # Rows [start, stop) against columns [start, n): keep column > row only.
+        pairs = candidate_pairs(
+            left[start:stop], left[start:], threshold, workers=threads, max_pairs=max_pairs
+        )
+        keep = pairs.right > pairs.left
+        return _TaskResult(
+            left=(pairs.left[keep] + start).astype(np.int32),
+            right=(pairs.right[keep] + start).astype(np.int32),
+            scores=pairs.scores[keep],
+            comparisons=pairs.comparisons,
+        )
+    pairs = candidate_pairs(
+        left[start:stop], right, threshold, workers=threads, max_pairs=max_pairs
+    )
+    return _TaskResult(
+        left=(pairs.left + start).astype(np.int32),
+        right=pairs.right.astype(np.int32),
+        scores=pairs.scores,
+        comparisons=pairs.comparisons,
+    )
+
+
+def _merge(results: Sequence[_TaskResult], width: int) -> CandidatePairs:
+    """The union of the tasks' pairs, each pair once, sorted by (left, right) - exactly what
+    the in-process union gives (a pair found by two band groups has the same score in both)."""
+    if not results:
+        return CandidatePairs.empty()
+    codes = np.concatenate([item.left.astype(np.int64) * width + item.right for item in results])
+    scores = np.concatenate([item.scores for item in results])
+    comparisons = sum(item.comparisons for item in results)
+    unique, first = np.unique(codes, return_index=True)
+    rows, cols = np.divmod(unique, max(width, 1))
+    return CandidatePairs(
+        left=rows.astype(np.int64),
+        right=cols.astype(np.int64),
+        scores=scores[first],
+        comparisons=comparisons,
+    )
+
+
+def _groups(count: int, parts: int) -> list[tuple[int, int]]:
+    parts = max(1, min(count, parts))
+    edges = np.linspace(0, count, parts + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a]
+
+
+class DaskExecutor:
+    """Runs the compare stage of :func:`linkage_unit.matching.link` on a Dask cluster.
+
+    Pass one to ``link(..., executor=...)``. It connects for each run and disconnects after,
+    so a cluster restarted between runs is simply found again. ``client`` (tests, benchmarks)
+    uses an existing connection instead and leaves it open.
+    """
+
+    def __init__(self, settings: ClusterSettings, *, client: Client | None = None) -> None:
+        self.settings = settings
+        self._client = client
+
+    # -- connection -----------------------------------------------------------------------
+
+    @contextmanager
+    def session(self) -> Iterator[_Session]:
+        """One connection for one run; everything scattered in it is released at the end."""
+        if self._client is not None:
+            session = _Session(self._client, self.settings)
+            try:
+                yield session
+            finally:
+                session.release()
+            return
+        try:
+            from distributed import Client
+            from distributed.security import Security
+        except ImportError:  # pragma: no cover - the optional extra is missing
+            raise MatchingError(
+                "a Dask scheduler is configured but dask[distributed] is not installed: "
+                "install bloomlink[dask]"
+            ) from None
+        security: Security | None = None
+        if self.settings.tls:
+            security = Security(
+                tls_ca_file=str(self.settings.ca_certificate),
+                tls_client_cert=str(self.settings.certificate),
+                tls_client_key=str(self.settings.private_key),
+                require_encryption=True,
+            )
+        try:
+            client = Client(
+                self.settings.scheduler_address,
+                security=security,
+                timeout=self.settings.connect_timeout_seconds,
+                set_as_default=False,
+            )
+        except (OSError, TimeoutError) as error:
+            raise MatchingError(
+                f"cannot reach the Dask scheduler within {self.settings.connect_timeout_seconds:g} s "
+                f"({type(error).__name__}): check its address, that it runs, and the Dask TLS files"
+            ) from None
+        session = _Session(client, self.settings)
+        try:
+            yield session
+        finally:
+            session.release()
+            client.close()
+
+
+class _Session:
+    """A connection in use by one run: scattered inputs and the task loop."""
+
+    def __init__(self, client: Client, settings: ClusterSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self._scattered: list[Any] = []
+
+    def release(self) -> None:
+        if self._scattered:
+            self.client.cancel(self._scattered)
+            self._scattered = []
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        info = self.client.scheduler_info()
+        workers: dict[str, dict[str, Any]] = info.get("workers", {})
+        return workers
+
+    def wait_for_workers(self, progress: ProgressCallback | None) -> int:
+        deadline = time.monotonic() + self.settings.timeout_seconds
+        while True:
+            count = len(self.workers())
+            if count:
+                return count
+            if progress is not None:
+                progress("compare (waiting for Dask workers)", 0, 1)
+            if time.monotonic() >= deadline:
+                raise MatchingError(
+                    f"no Dask worker joined the scheduler within {self.settings.timeout_seconds:g} s"
+                )
+            time.sleep(0.5)
+
+    def scatter(self, array: npt.NDArray[np.uint64]) -> Any:
+        """Send one array to every worker, once."""
+        future = self.client.scatter(array, broadcast=True, hash=False)
+        self._scattered.append(future)
+        return future
+
+    def map(
+        self,
+        function: Callable[..., Any],
+        arguments: Sequence[tuple[Any, ...]],
+        *,
+        stage: str,
+        progress: ProgressCallback | None,
+    ) -> list[Any]:
+        """Run ``function(*arguments[k])`` for every k on the cluster and return the results
+        in order. A failed task (error or lost worker) is resubmitted up to ``task_retries``
+        times, and each retry is reported as ``"<stage> (retrying a failed Dask task)"``."""
+        total = len(arguments)
+        results: list[Any] = [None] * total
+        attempts = [0] * total
+        changed = threading.Event()
+
+        def submit(argument: tuple[Any, ...]) -> Any:
+            future = self.client.submit(function, *argument, pure=False)
+            future.add_done_callback(lambda _: changed.set())
+            return future
+
+        futures = {submit(argument): k for k, argument in enumerate(arguments)}
+        deadline = time.monotonic() + self.settings.timeout_seconds
+        done_count = 0
+        retries = 0
+        label = stage
+        try:
+            while futures:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise MatchingError(
+                        f"{stage}: {len(futures)} of {total} Dask tasks unfinished after "
+                        f"{self.settings.timeout_seconds:g} s; check the cluster's workers and "
+                        "memory, or raise the Dask timeout"
+                    )
+                changed.wait(min(1.0, remaining))
+                changed.clear()
+                for future in [future for future in futures if future.done()]:
+                    k = futures.pop(future)
+                    if future.status == "finished":
+                        results[k] = future.result()
+                        done_count += 1
+                        continue
+                    error = future.exception()
+                    attempts[k] += 1
+                    if attempts[k] > self.settings.task_retries:
+                        raise TaskFailure(
+                            f"{stage}: Dask task {k + 1} of {total} failed {attempts[k]} times "
+                            f"(last: {type(error).__name__}); see the Dask worker logs"
+                        ) from None
+                    retries += 1
+                    label = f"{stage} (retried {retries} failed Dask task(s))"
+                    if progress is not None:
+                        progress(label, done_count, total)
+                    futures[submit(arguments[k])] = k
+                if progress is not None:
+                    progress(label, done_count, total)
+        finally:
+            if futures:
+                self.client.cancel(list(futures))
+        return results
+
+
+def compare_on_cluster(
+    session: _Session,
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    *,
+    use_lsh: bool,
+    blocking: BlockingSettings,
+    seed: int,
+    max_pairs: int,
+    statistics: dict[str, float],
+    progress: ProgressCallback | None,
+    stage: str = "compare",
+) -> CandidatePairs:
+    """The compare of one party pair (or one party with itself) as cluster tasks; returns the
+    same candidate pairs as the in-process path with the same settings and seed."""
+    n_left = len(left)
+    n_right = n_left if right is None else len(right)
+    if n_left == 0 or n_right == 0:
+        return CandidatePairs.empty()
+    workers = session.wait_for_workers(progress)
+    clk_bytes = left.nbytes + (0 if right is None else right.nbytes)
+    band_bytes = _BAND_BYTES_PER_RECORD * (n_left + n_right)
+    need = clk_bytes + band_bytes
+    if need > session.settings.worker_memory_bytes:
+        raise MatchingError(
+            f"{stage}: each Dask worker needs about {need / 2**30:.1f} GiB (all CLKs of the two "
+            f"parties plus one band's working set) but worker_memory_bytes allows "
+            f"{session.settings.worker_memory_bytes / 2**30:.1f} GiB: use workers with more memory"
+        )
+    left_future = session.scatter(left)
+    right_future = None if right is None else session.scatter(right)
+    parts = workers * session.settings.tasks_per_worker
+    arguments: list[tuple[Any, ...]]
+    if use_lsh:
+        clk_bits = 64 * left.shape[1]
+        positions = sample_band_positions(clk_bits, blocking, seed)
+        arguments = [
+            (left_future, right_future, positions[a:b], blocking, threshold, max_pairs, 1)
+            for a, b in _groups(blocking.bands, parts)
+        ]
+        results = session.map(_band_task, arguments, stage=stage, progress=progress)
+        for key, name in (
+            ("blocked_comparisons_planned", "block_comparisons"),
+            ("oversized_blocks_skipped", "oversized_blocks"),
+            ("oversized_block_comparisons_skipped", "oversized_comparisons"),
+        ):
+            statistics[key] = statistics.get(key, 0) + sum(getattr(r, name) for r in results)
+    else:
+        arguments = [
+            (left_future, right_future, a, b, threshold, max_pairs, 1)
+            for a, b in _groups(n_left, parts)
+        ]
+        results = session.map(_tile_task, arguments, stage=stage, progress=progress)
+    merged = _merge(results, n_right)
+    if len(merged) > max_pairs:
+        raise MatchingError(
+            f"more than {max_pairs} candidate pairs at threshold {threshold}: "
+            "raise the threshold or the candidate-pair limit"
+        )
+    return merged

@@ -1,0 +1,268 @@
+"""The compare stage on a real Dask LocalCluster (two worker processes): the same link
+structure as in-process, retries of failed and killed tasks, timeouts, and failures in the
+project's status."""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from linkage_unit import matching
+from linkage_unit.blocking import BlockingSettings
+from linkage_unit.distributed import ClusterSettings, DaskExecutor, TaskFailure
+from linkage_unit.server import ServerConfig
+from protocol.errors import ConfigurationError, MatchingError
+from protocol.messages import ProjectSettings, RunState
+from tests.linkage_unit.test_service import OPERATOR, build, upload
+from tests.service_helpers import SCHEMA_FINGERPRINT, planted_party_clks, write_clk_file
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def client(cluster: LocalCluster) -> Iterator[Client]:
+    with Client(cluster, set_as_default=False) as connected:
+        yield connected
+
+
+def executor(client: Client, **options: float) -> DaskExecutor:
+    settings = ClusterSettings(scheduler_address=client.scheduler.address, **options)
+    return DaskExecutor(settings, client=client)
+
+
+def noisy_parties(seed: int, records: int, parties: int = 2) -> dict[str, np.ndarray]:
+    """Random CLKs (density 0.4); half of each other party's records are noisy copies of
+    party 0's first half (a few flipped bits each, so scores spread and ties are rare). One
+    party alone holds noisy duplicates of its own first half instead."""
+    generator = np.random.default_rng(seed)
+    half = records // 2
+
+    def clks(count: int) -> np.ndarray:
+        bits = generator.random((count, 1024)) < 0.4
+        return np.packbits(bits, axis=1, bitorder="little").view(np.uint64).reshape(count, 16)
+
+    def noisy(source: np.ndarray) -> np.ndarray:
+        flips = generator.random((len(source), 1024)) < generator.uniform(0, 0.06, (len(source), 1))
+        return source ^ np.packbits(flips, axis=1, bitorder="little").view(np.uint64).reshape(
+            -1, 16
+        )
+
+    base = clks(records)
+    if parties == 1:
+        base[half:] = noisy(base[:half])
+        return {"p0": base[generator.permutation(records)]}
+    result = {"p0": base}
+    for number in range(1, parties):
+        other = clks(records)
+        other[:half] = noisy(base[:half])
+        result[f"p{number}"] = other[generator.permutation(records)]
+    return result
+
+
+@pytest.mark.parametrize(
+    ("blocking", "deduplicate", "parties"),
+    [("lsh", False, 2), ("none", False, 2), ("lsh", True, 2), ("none", True, 1), ("lsh", False, 3)],
+)
+def test_dask_gives_the_in_process_link_structure(
+    client: Client, blocking: str, deduplicate: bool, parties: int
+) -> None:
+    clks = noisy_parties(seed=11 + parties, records=1500, parties=parties)
+    settings = matching.MatchSettings(
+        threshold=0.8,
+        blocking=blocking,
+        deduplicate=deduplicate,
+        blocking_seed=5,
+        blocking_settings=BlockingSettings(bands=24, bits_per_band=10),
+    )
+    stages: list[tuple[str, int, int]] = []
+    local = matching.link(clks, settings)
+    remote = matching.link(
+        clks,
+        settings,
+        executor=executor(client),
+        progress=lambda stage, done, total: stages.append((stage, done, total)),
+    )
+    assert local.linked_record_count > 0
+    for party in clks:
+        np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
+    assert remote.candidate_pair_count == local.candidate_pair_count
+    if blocking == "lsh":
+        # Band groups partition the bands, so even the work counts agree.
+        assert remote.comparisons == local.comparisons
+        assert (
+            remote.statistics["blocked_comparisons_planned"]
+            == (local.statistics["blocked_comparisons_planned"])
+        )
+    dask_stages = [item for item in stages if item[0].startswith("compare on Dask")]
+    assert dask_stages and all(done == total for _, done, total in dask_stages[-1:])
+    assert dask_stages[-1][2] > 1  # the work was cut into several tasks
+
+
+def crash_once(marker: str, value: int) -> int:
+    """Kills its own worker process the first time it runs (a lost worker mid-run)."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("crashed")
+        os._exit(1)
+    return value * 2
+
+
+def fail_once(marker: str, value: int) -> int:
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("failed")
+        raise RuntimeError("transient failure")
+    return value * 2
+
+
+def always_fail(value: int) -> int:
+    raise RuntimeError("permanent failure")
+
+
+def test_a_killed_worker_does_not_lose_the_run(client: Client, tmp_path: Path) -> None:
+    stages: list[str] = []
+    with executor(client).session() as session:
+        results = session.map(
+            crash_once,
+            [(str(tmp_path / "crashed"), value) for value in range(4)],
+            stage="compare",
+            progress=lambda stage, done, total: stages.append(stage),
+        )
+    assert results == [0, 2, 4, 6]
+    assert (tmp_path / "crashed").exists()
+    client.wait_for_workers(2, timeout=30)  # the nanny restarts the killed worker
+
+
+def test_a_failed_task_is_retried_and_the_retry_shows_in_progress(
+    client: Client, tmp_path: Path
+) -> None:
+    stages: list[str] = []
+    with executor(client).session() as session:
+        results = session.map(
+            fail_once,
+            [(str(tmp_path / "failed"), value) for value in range(3)],
+            stage="compare",
+            progress=lambda stage, done, total: stages.append(stage),
+        )
+    assert results == [0, 2, 4]
+    assert "compare (retried 1 failed Dask task(s))" in stages
+
+
+def test_a_task_that_keeps_failing_ends_the_compare_with_the_reason(client: Client) -> None:
+    with executor(client, task_retries=1).session() as session:
+        with pytest.raises(TaskFailure, match=r"failed 2 times \(last: RuntimeError\)"):
+            session.map(always_fail, [(1,)], stage="compare", progress=None)
+
+
+def test_a_compare_that_overruns_its_timeout_fails_instead_of_hanging(client: Client) -> None:
+    started = time.monotonic()
+    with executor(client, timeout_seconds=0.5).session() as session:
+        with pytest.raises(MatchingError, match="unfinished after 0.5 s"):
+            session.map(time.sleep, [(1.5,)], stage="compare", progress=None)
+    assert time.monotonic() - started < 1.4
+
+
+def test_inputs_beyond_a_workers_memory_are_refused_before_any_task(client: Client) -> None:
+    clks = noisy_parties(seed=3, records=5000)
+    settings = matching.MatchSettings(threshold=0.8, blocking="lsh", blocking_seed=1)
+    with pytest.raises(MatchingError, match="each Dask worker needs about"):
+        matching.link(clks, settings, executor=executor(client, worker_memory_bytes=1 << 20))
+
+
+def test_a_run_on_the_cluster_finishes_through_the_run_manager(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    settings = ClusterSettings(scheduler_address=cluster.scheduler_address)
+    service = build(
+        tmp_path, link_function=functools.partial(matching.link, executor=DaskExecutor(settings))
+    )
+    clks = planted_party_clks(["moj", "dfe"], seed=4, records=30, shared=10)
+    _run_project(service, tmp_path, clks)
+    status = service.project_status(OPERATOR, "p1")
+    assert status.run_state is RunState.FINISHED and status.linked_record_count == 20
+    service.runs.shutdown()
+    service.storage.close()
+
+
+def test_an_unreachable_scheduler_fails_the_run_and_the_status_says_why(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = ClusterSettings(
+        scheduler_address=f"tcp://127.0.0.1:{port}", connect_timeout_seconds=1.0
+    )
+    service = build(
+        tmp_path, link_function=functools.partial(matching.link, executor=DaskExecutor(settings))
+    )
+    _run_project(service, tmp_path, planted_party_clks(["moj", "dfe"], seed=5, records=8, shared=4))
+    status = service.project_status(OPERATOR, "p1")
+    assert status.run_state is RunState.FAILED
+    assert status.progress_stage.startswith("failed: cannot reach the Dask scheduler")
+    service.runs.shutdown()
+    service.storage.close()
+
+
+def _run_project(service, tmp_path: Path, clks: dict[str, np.ndarray]) -> None:
+    service.create_project(
+        OPERATOR,
+        ProjectSettings(
+            project_id="p1", members=("moj", "dfe"), schema_fingerprint=SCHEMA_FINGERPRINT
+        ),
+    )
+    for name in ("moj", "dfe"):
+        upload(service, write_clk_file(tmp_path / f"{name}.clk", clks[name], project_id="p1"), name)
+    service.runs.wait_idle(60)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"scheduler_address": "tcp://10.1.2.3:8786"}, "needs mutual TLS"),
+        ({"scheduler_address": "scheduler:8786"}, "must look like"),
+        (
+            {"scheduler_address": "tls://10.1.2.3:8786", "ca_certificate": Path("ca.pem")},
+            "all three",
+        ),
+        (
+            {
+                "scheduler_address": "tcp://10.1.2.3:8786",
+                "ca_certificate": Path("ca.pem"),
+                "certificate": Path("c.pem"),
+                "private_key": Path("k.pem"),
+            },
+            "must be tls://",
+        ),
+        ({"scheduler_address": "tcp://127.0.0.1:8786", "timeout_seconds": 0}, "timeouts"),
+    ],
+)
+def test_cluster_settings_refuse_plaintext_off_loopback_and_partial_tls(
+    options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(MatchingError, match=message):
+        ClusterSettings(**options)  # type: ignore[arg-type]
+
+
+def test_server_config_names_a_cluster_or_matches_in_process(tmp_path: Path) -> None:
+    assert ServerConfig(data_dir=tmp_path, insecure=True).cluster_settings is None
+    config = ServerConfig(
+        data_dir=tmp_path, insecure=True, dask_scheduler="tcp://127.0.0.1:8786", dask_task_retries=5
+    )
+    assert config.cluster_settings is not None and config.cluster_settings.task_retries == 5
+    with pytest.raises(ConfigurationError, match="Dask settings: a Dask scheduler off this"):
+        ServerConfig(data_dir=tmp_path, insecure=True, dask_scheduler="tcp://10.0.0.9:8786")
