@@ -170,6 +170,10 @@ class LinkageUnitServer:
         link_function: LinkFunction | None = None,
     ) -> None:
         self.config = config
+        # Read first: a bad key file must stop start-up before anything is opened.
+        manifest_policy = ManifestPolicy(
+            party_keys={party: load_public_key(path) for party, path in config.party_keys.items()}
+        )
         self.storage = Storage(config.data_dir)
         self.audit_log: AuditLog | None = None
         if audit is None:
@@ -192,11 +196,7 @@ class LinkageUnitServer:
             limits=UploadLimits(max_upload_bytes=config.max_upload_bytes),
             require_manifest=config.require_manifest,
             audit_reader=reader,
-            manifest_policy=ManifestPolicy(
-                party_keys={
-                    party: load_public_key(path) for party, path in config.party_keys.items()
-                }
-            ),
+            manifest_policy=manifest_policy,
         )
         self._retention_stop = threading.Event()
         self._retention_thread: threading.Thread | None = None

@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import serde
+from protocol.audit_verify import verify_audit_log
 from protocol.errors import AlreadyExistsError, PermissionDeniedError
 from protocol.keys import key_check_value
 from protocol.messages import RunState, UploadState
@@ -132,6 +133,12 @@ def test_case_10_a_manifest_nonce_vouches_for_one_upload_only(
     # A fresh manifest (new nonce) for the p2 file is accepted.
     fresh = signed_manifest(other, "moj", key)
     assert moj.upload_file(other, party_id="moj", manifest=fresh).state is UploadState.COMPLETE
+    # The auditor's verifier accepts the refusals as the LU doing its job, and notes them.
+    log = server.audit_log
+    report = verify_audit_log(log.path, log._key.public_key(), check_wire=False)
+    assert report.passed, [check.message for check in report.failures]
+    notes = [check.message for check in report.checks if check.name == "uploads"]
+    assert len(notes) == 2 and all("manifest_nonce" in note for note in notes)
 
 
 def test_case_11_cross_project_kcv_refuses_the_run(audited, connect, tmp_path) -> None:
