@@ -25,6 +25,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from linkage_unit.storage import out_of_space
 from protocol.atomic_file import atomic_output, fsync_directory
 from protocol.audit import (
     GENESIS_HASH,
@@ -41,7 +42,7 @@ from protocol.audit import (
     sign_head,
     verify_chain,
 )
-from protocol.errors import AuditError
+from protocol.errors import AuditError, ResourceLimitError
 from protocol.labels import check_label
 from protocol.signing import load_or_create_signing_key, public_key_pem
 
@@ -210,7 +211,8 @@ class AuditLog:
         """Record ``event``; durable on disk before this returns.
 
         Raises :class:`AuditError` if the event or a detail is not allow-listed, or if the
-        write failed (then nothing was recorded and the file is as before).
+        write failed (then nothing was recorded and the file is as before); a full disk is a
+        :class:`ResourceLimitError`, so the caller sees RESOURCE_EXHAUSTED and can retry.
         """
         with self._lock:
             if self._unusable:
@@ -238,6 +240,12 @@ class AuditLog:
                 os.fsync(self._fd)
             except OSError as error:
                 self._undo(size)
+                if out_of_space(error) and not self._unusable:
+                    raise ResourceLimitError(
+                        "the linkage unit is out of disk space for its audit log; the "
+                        f"{event} event was not recorded and nothing was changed. Retry once "
+                        "the operator has freed space"
+                    ) from None
                 raise AuditError(
                     f"{self.path}: could not write the audit log ({error.strerror}); the "
                     f"{event} event was not recorded"

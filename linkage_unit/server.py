@@ -18,6 +18,7 @@ import socket
 import ssl
 import threading
 import tomllib
+from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -31,12 +32,13 @@ from linkage_unit.audit_hook import AuditReader, AuditSink
 from linkage_unit.audit_log import AuditLog
 from linkage_unit.distributed import ClusterSettings, DaskExecutor
 from linkage_unit.run import LinkFunction, RunManager
-from linkage_unit.service import LinkageService, UploadLimits
+from linkage_unit.service import LinkageService, ManifestPolicy, UploadLimits
 from linkage_unit.servicer import LinkageUnitServicer
 from linkage_unit.storage import Storage
 from protocol.certificates import TlsFiles
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.pb import linkage_pb2_grpc as pb_grpc
+from protocol.signing import load_public_key
 
 __all__ = ["SERVICE_NAME", "LinkageUnitServer", "ServerConfig", "create_server", "load_config"]
 
@@ -62,6 +64,9 @@ class ServerConfig:
     audit_signing_key: Path | None = None
     # Refuse uploads that come without the party's signed manifest (docs/audit.md).
     require_manifest: bool = True
+    # Parties' registered manifest public keys (PEM files), e.g. ``[party_keys]`` with
+    # ``moj = "moj.pub"``: with any set, a manifest must be signed by its party's key.
+    party_keys: Mapping[str, Path] = field(default_factory=dict)
     # How often to delete payloads whose retention ran out (besides at start).
     retention_check_seconds: float = 3600.0
     max_message_bytes: int = 4 * _MiB
@@ -177,6 +182,8 @@ def load_config(path: Path | str | None, **overrides: Any) -> ServerConfig:
     ):  # fmt: skip
         if values.get(key) is not None:
             values[key] = Path(values[key])
+    if isinstance(values.get("party_keys"), dict):
+        values["party_keys"] = {party: Path(key) for party, key in values["party_keys"].items()}
     try:
         return ServerConfig(**values)
     except TypeError as error:
@@ -194,6 +201,10 @@ class LinkageUnitServer:
         link_function: LinkFunction | None = None,
     ) -> None:
         self.config = config
+        # Read first: a bad key file must stop start-up before anything is opened.
+        manifest_policy = ManifestPolicy(
+            party_keys={party: load_public_key(path) for party, path in config.party_keys.items()}
+        )
         self.storage = Storage(config.data_dir)
         self.audit_log: AuditLog | None = None
         if audit is None:
@@ -219,6 +230,7 @@ class LinkageUnitServer:
             limits=UploadLimits(max_upload_bytes=config.max_upload_bytes),
             require_manifest=config.require_manifest,
             audit_reader=reader,
+            manifest_policy=manifest_policy,
         )
         self._retention_stop = threading.Event()
         self._retention_thread: threading.Thread | None = None

@@ -12,8 +12,12 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
+from typing import NoReturn
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from linkage_unit.audit_hook import AuditReader, AuditSink
 from linkage_unit.run import RunManager
@@ -42,7 +46,7 @@ from protocol.messages import (
     UploadState,
 )
 
-__all__ = ["Caller", "LinkageService", "UploadLimits", "UploadSession"]
+__all__ = ["Caller", "LinkageService", "ManifestPolicy", "UploadLimits", "UploadSession"]
 
 logger = logging.getLogger("bloomlink.linkage_unit")
 
@@ -72,6 +76,31 @@ class UploadLimits:
             raise ValueError("max_upload_bytes must be positive")
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManifestPolicy:
+    """How the LU judges an upload's signed manifest beyond its signature.
+
+    ``party_keys`` are the parties' registered manifest keys: with any registered, a
+    manifest must be signed by its own party's key (a party with none registered is
+    refused); with none, only the signature is checked here and the auditor checks the key.
+    A manifest created more than ``max_future_seconds`` ahead of the LU's clock, or more than
+    ``max_age_seconds`` before it, is refused (a wrong clock, or a manifest kept for replay).
+    """
+
+    party_keys: Mapping[str, Ed25519PublicKey] | None = None
+    max_future_seconds: float = 600.0
+    max_age_seconds: float = 30 * 86400.0
+
+    def __post_init__(self) -> None:
+        if not (self.max_future_seconds >= 0 and self.max_age_seconds > 0):
+            raise ValueError("max_future_seconds must be >= 0 and max_age_seconds positive")
+
+
+def _created_at(manifest: SignedManifest) -> float:
+    # Validated by UploadManifest as UTC "YYYY-MM-DDTHH:MM:SS[.ffffff]Z".
+    return datetime.fromisoformat(manifest.manifest.created_at.replace("Z", "+00:00")).timestamp()
+
+
 class LinkageService:
     """Projects, uploads, runs and link keys, for callers already authenticated."""
 
@@ -84,6 +113,8 @@ class LinkageService:
         limits: UploadLimits | None = None,
         require_manifest: bool = False,
         audit_reader: AuditReader | None = None,
+        manifest_policy: ManifestPolicy | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.storage = storage
         self.audit = audit
@@ -91,8 +122,12 @@ class LinkageService:
         self.limits = limits or UploadLimits()
         self.require_manifest = require_manifest
         self.audit_reader = audit_reader
+        self.manifest_policy = manifest_policy or ManifestPolicy()
+        self._clock = clock
         self._active_uploads: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        # Serialises "is this nonce unused?" with recording it at commit (case 10).
+        self._commit_lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -227,18 +262,76 @@ class LinkageService:
             state=record.state,
         )
 
+    def _refuse_upload(
+        self,
+        header: UploadHeader,
+        error: Exception,
+        *,
+        reason: str,
+        manifest: SignedManifest | None = None,
+    ) -> NoReturn:
+        """Audit a refused upload (reason code, never a value), then raise ``error``."""
+        details: dict[str, str | int] = {"party": header.party_id, "reason": reason}
+        if manifest is not None:
+            details["manifest_sha256"] = manifest.manifest.sha256
+        self.audit.append("upload_refused", project_id=header.project_id, details=details)
+        logger.warning(
+            "upload refused project=%s party=%s reason=%s",
+            header.project_id,
+            header.party_id,
+            reason,
+        )
+        raise error
+
     def _check_manifest(self, header: UploadHeader, manifest: SignedManifest | None) -> None:
+        """Signature, signer, party and agreement with the header (case 12)."""
         if manifest is None:
             if self.require_manifest:
-                raise InvalidRequestError(
-                    "this linkage unit takes an upload only with the party's signed manifest; "
-                    "encode with a signing key, then submit the file with its manifest"
+                self._refuse_upload(
+                    header,
+                    InvalidRequestError(
+                        "this linkage unit takes an upload only with the party's signed "
+                        "manifest; encode with a signing key, then submit the file with its "
+                        "manifest"
+                    ),
+                    reason="manifest_missing",
                 )
             return
+        if manifest.manifest.party != header.party_id:
+            # The header's party is already the caller's mTLS identity (see _uploader).
+            self._refuse_upload(
+                header,
+                PermissionDeniedError(
+                    "the upload's manifest is another party's; a party may send only a "
+                    "manifest it signed for itself"
+                ),
+                reason="manifest_party",
+                manifest=manifest,
+            )
+        keys = self.manifest_policy.party_keys
+        expected = keys.get(header.party_id) if keys else None
+        if keys and expected is None:
+            self._refuse_upload(
+                header,
+                PermissionDeniedError(
+                    "no manifest key is registered for this party at the linkage unit; ask "
+                    "the operator to register the party's public key"
+                ),
+                reason="manifest_key",
+                manifest=manifest,
+            )
         try:
-            verify_manifest(manifest)
+            verify_manifest(manifest, expected_public_key=expected)
         except AuditError:
-            raise InvalidRequestError("the upload's manifest has an invalid signature") from None
+            self._refuse_upload(
+                header,
+                PermissionDeniedError(
+                    "the upload's manifest has an invalid signature or is not signed by this "
+                    "party's registered key; send the manifest written with this encoded file"
+                ),
+                reason="manifest_signature",
+                manifest=manifest,
+            )
         details = {
             "party": header.party_id,
             "record_count": header.record_count,
@@ -251,12 +344,64 @@ class LinkageService:
             manifest.manifest, project_id=header.project_id, details=details
         )
         if wrong:
-            raise InvalidRequestError(
-                f"the upload's manifest disagrees with its header on {', '.join(wrong)}; send "
-                "the manifest written with this encoded file"
+            self._refuse_upload(
+                header,
+                InvalidRequestError(
+                    f"the upload's manifest disagrees with its header on {', '.join(wrong)}; "
+                    "send the manifest written with this encoded file"
+                ),
+                reason="manifest_mismatch",
+                manifest=manifest,
             )
         if manifest.manifest.leak_scan_strings == 0:
-            raise InvalidRequestError("the upload's manifest records no leak scan")
+            self._refuse_upload(
+                header,
+                InvalidRequestError("the upload's manifest records no leak scan"),
+                reason="manifest_no_scan",
+                manifest=manifest,
+            )
+
+    def _check_fresh_manifest(self, header: UploadHeader, manifest: SignedManifest | None) -> None:
+        """For an upload not yet committed: the manifest's time is plausible (case 29) and
+        its nonce has not vouched for a committed upload before (case 10)."""
+        if manifest is None:
+            return
+        policy = self.manifest_policy
+        lead = _created_at(manifest) - self._clock()
+        if lead > policy.max_future_seconds:
+            self._refuse_upload(
+                header,
+                InvalidRequestError(
+                    f"the upload's manifest was created {lead / 60:.0f} minutes ahead of the "
+                    "linkage unit's clock; check the party's clock (NTP), then encode again"
+                ),
+                reason="manifest_time",
+                manifest=manifest,
+            )
+        if -lead > policy.max_age_seconds:
+            self._refuse_upload(
+                header,
+                InvalidRequestError(
+                    f"the upload's manifest is {-lead / 86400:.0f} days old, more than the "
+                    f"linkage unit accepts ({policy.max_age_seconds / 86400:.0f}); encode "
+                    "again for a fresh manifest"
+                ),
+                reason="manifest_time",
+                manifest=manifest,
+            )
+        self._check_nonce_unused(header, manifest)
+
+    def _check_nonce_unused(self, header: UploadHeader, manifest: SignedManifest) -> None:
+        if self.storage.manifest_for_nonce(manifest.manifest.nonce) is not None:
+            self._refuse_upload(
+                header,
+                AlreadyExistsError(
+                    "the upload's manifest nonce has already vouched for a committed upload; "
+                    "a manifest vouches for one upload only: encode again for a fresh manifest"
+                ),
+                reason="manifest_nonce",
+                manifest=manifest,
+            )
 
     def open_upload(
         self, caller: Caller, header: UploadHeader, manifest: SignedManifest | None = None
@@ -287,10 +432,19 @@ class LinkageService:
                 )
             ):
                 if record.state is UploadState.PARTIAL:
+                    self._check_fresh_manifest(header, manifest)
                     self.storage.check_free_space(header.payload_bytes - record.committed_bytes)
+                elif manifest is not None:
+                    # A re-send of a committed upload is a no-op, but only under the manifest
+                    # that vouched for it (or one never used): a nonce vouches once.
+                    recorded = self.storage.manifest_for_nonce(manifest.manifest.nonce)
+                    if recorded is not None and recorded != manifest.manifest.sha256:
+                        self._check_nonce_unused(header, manifest)
                 return UploadSession(
                     self, header, committed=record.committed_bytes, manifest=manifest
                 )
+            # Before anything held is superseded or replaced: a refused manifest changes nothing.
+            self._check_fresh_manifest(header, manifest)
             if record is not None and record.state is UploadState.PARTIAL:
                 self._discard(header.project_id, record.header, reason="superseded")
             elif record is not None:
@@ -507,11 +661,6 @@ class UploadSession:
         assert record is not None
         if record.state is UploadState.COMPLETE or self.committed < header.payload_bytes:
             return self.progress
-        try:
-            service.storage.complete_upload(header.project_id, header.party_id)
-        except InvalidRequestError:
-            service._discard(header.project_id, header, reason="digest_mismatch")
-            raise
         details: dict[str, str | int] = {
             "party": header.party_id,
             "record_count": header.record_count,
@@ -520,9 +669,28 @@ class UploadSession:
             "schema_fingerprint": header.schema_fingerprint.hex(),
             "kcv": header.kcv.hex(),
         }
-        if self.manifest is not None:
-            details["manifest_sha256"] = self.manifest.manifest.sha256
-        service.audit.append("upload_committed", project_id=header.project_id, details=details)
+        manifest = self.manifest
+        if manifest is not None:
+            details["manifest_sha256"] = manifest.manifest.sha256
+
+        def record_commit() -> None:
+            # Durable in the log before the upload counts (a full disk leaves it PARTIAL).
+            service.audit.append("upload_committed", project_id=header.project_id, details=details)
+
+        with service._commit_lock:
+            if manifest is not None:
+                service._check_nonce_unused(header, manifest)  # another stream may have won
+            try:
+                service.storage.complete_upload(
+                    header.project_id,
+                    header.party_id,
+                    before_publish=record_commit,
+                    manifest_nonce=manifest.manifest.nonce if manifest else b"",
+                    manifest_sha256=manifest.manifest.sha256 if manifest else "",
+                )
+            except InvalidRequestError:
+                service._discard(header.project_id, header, reason="digest_mismatch")
+                raise
         logger.info(
             "upload committed project=%s party=%s records=%d",
             header.project_id,

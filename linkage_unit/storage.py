@@ -18,7 +18,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -132,6 +132,13 @@ CREATE TABLE IF NOT EXISTS key_releases (
     party TEXT NOT NULL,
     released_at REAL NOT NULL,
     PRIMARY KEY (project_id, party)
+);
+-- Nonces of manifests whose uploads were committed: a manifest vouches for one upload only.
+CREATE TABLE IF NOT EXISTS manifest_nonces (
+    nonce TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    party TEXT NOT NULL,
+    manifest_sha256 TEXT NOT NULL
 );
 """
 
@@ -370,8 +377,22 @@ class Storage:
         if shutil.disk_usage(self.payload_dir).free < needed_bytes + SPACE_MARGIN_BYTES:
             raise _space_error()
 
-    def complete_upload(self, project_id: str, party: str) -> None:
-        """Verify the whole payload against the header digest, then publish it atomically."""
+    def complete_upload(
+        self,
+        project_id: str,
+        party: str,
+        *,
+        before_publish: Callable[[], None] | None = None,
+        manifest_nonce: bytes = b"",
+        manifest_sha256: str = "",
+    ) -> None:
+        """Verify the whole payload against the header digest, then publish it atomically,
+        recording the manifest's nonce (if any) in the same transaction.
+
+        ``before_publish`` runs once the digest holds and before anything changes (the
+        service writes the audit entry there): if it raises, the upload stays PARTIAL with
+        all its bytes, so a commit is never published without its record.
+        """
         record = self.upload(project_id, party)
         assert record is not None and record.state is UploadState.PARTIAL
         path = self._partial_path(project_id, party)
@@ -386,18 +407,32 @@ class Storage:
                 "the uploaded payload does not hash to the header's payload digest; "
                 "re-encode or re-send the file"
             )
+        if before_publish is not None:
+            before_publish()
         final = self.payload_path(project_id, party)
         os.replace(path, final)
         fsync_directory(final.parent)
-        self._write(
-            [
+        statements: list[tuple[str, tuple[object, ...]]] = [
+            (
+                "UPDATE uploads SET state = ?, completed_at = ? WHERE project_id = ? AND party = ?",
+                (str(UploadState.COMPLETE), time.time(), project_id, party),
+            )
+        ]
+        if manifest_nonce:
+            statements.append(
                 (
-                    "UPDATE uploads SET state = ?, completed_at = ? WHERE project_id = ? "
-                    "AND party = ?",
-                    (str(UploadState.COMPLETE), time.time(), project_id, party),
+                    "INSERT OR IGNORE INTO manifest_nonces VALUES (?, ?, ?, ?)",
+                    (manifest_nonce.hex(), project_id, party, manifest_sha256),
                 )
-            ]
+            )
+        self._write(statements)
+
+    def manifest_for_nonce(self, nonce: bytes) -> str | None:
+        """The SHA-256 (hex) of the committed manifest that carried ``nonce``, if any."""
+        row = self._one(
+            "SELECT manifest_sha256 FROM manifest_nonces WHERE nonce = ?", (nonce.hex(),)
         )
+        return None if row is None else str(row[0])
 
     def discard_upload(self, project_id: str, party: str) -> None:
         """Forget an unfinished upload and delete its partial bytes."""

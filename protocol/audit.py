@@ -198,6 +198,12 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
         "payload_deleted": _EventRule(
             required={"party": _label, "payload_sha256": _SHA256, "reason": _token}
         ),
+        # An upload the LU refused for its manifest (missing, another party's, bad signature,
+        # disagreeing, stale or a reused nonce): the reason code, never a value.
+        "upload_refused": _EventRule(
+            required={"party": _label, "reason": _token},
+            optional={"manifest_sha256": _SHA256},
+        ),
         # A party asked for keys that are not its own (or for a project it is not in): the
         # caller sees only "not found", the auditor sees who asked for what.
         "access_refused": _EventRule(

@@ -210,6 +210,19 @@ class _Replay:
             )
         )
 
+    def _on_upload_refused(self, index: int, entry: AuditEntry, project: _Project) -> None:
+        # The LU refusing an upload is the LU doing its job; nothing was stored or counted.
+        self.notes.append(
+            Check(
+                name="uploads",
+                status=NOTE,
+                message=f"an upload from {entry.details['party']} was refused "
+                f"({entry.details['reason']})",
+                project_id=entry.project_id,
+                entry=index,
+            )
+        )
+
     def _on_party_authenticated(self, index: int, entry: AuditEntry, project: _Project) -> None:
         return
 

@@ -25,7 +25,7 @@ from protocol.audit import (
     parse_log,
     verify_chain,
 )
-from protocol.errors import AuditError, ConfigurationError
+from protocol.errors import AuditError, ConfigurationError, ResourceLimitError
 from protocol.signing import load_public_key, load_signing_key
 from tests.audit_fixtures import (
     KCV,
@@ -267,7 +267,8 @@ def test_failed_write_leaves_the_log_verifiable(
             real_fsync(fd)
 
         monkeypatch.setattr(os, "fsync", full_disk)
-        with pytest.raises(AuditError, match="was not recorded"):
+        # A full disk is RESOURCE_EXHAUSTED for the caller, who may retry once space is back.
+        with pytest.raises(ResourceLimitError, match="was not recorded"):
             log.append("checks_passed", project_id="moj-dfe-2026", details={"parties": "moj"})
         monkeypatch.setattr(os, "fsync", real_fsync)
         log.append("checks_passed", project_id="moj-dfe-2026", details={"parties": "dfe"})

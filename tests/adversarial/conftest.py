@@ -4,6 +4,7 @@ linkage unit run as a real ``python -m bloomlink serve`` subprocess for SIGKILL 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from party.client import error_from_rpc
 from protocol import serde
 from protocol.certificates import CertificateSet
 from protocol.clk_file import HEADER_LENGTH, read_header
+from protocol.manifest import SignedManifest, UploadManifest, sign_manifest
 from protocol.messages import ProjectSettings, UploadChunk, UploadHeader
 from protocol.pb import linkage_pb2 as pb
 from protocol.pb import linkage_pb2_grpc as pb_grpc
@@ -56,10 +58,12 @@ def raw_stub(
     return channel, pb_grpc.LinkageUnitStub(channel)
 
 
-def upload_messages(path: Path, party: str, *, chunk: int = 256) -> list[pb.UploadRequest]:
+def upload_messages(
+    path: Path, party: str, *, chunk: int = 256, manifest: SignedManifest | None = None
+) -> list[pb.UploadRequest]:
     header = UploadHeader.from_clk_file_header(read_header(path), party_id=party)
     payload = path.read_bytes()[HEADER_LENGTH:]
-    messages = [serde.upload_header_to_proto(header)]
+    messages = [serde.upload_header_to_proto(header, manifest)]
     for offset in range(0, len(payload), chunk):
         messages.append(
             serde.upload_chunk_to_proto(UploadChunk.of(offset, payload[offset : offset + chunk]))
@@ -102,6 +106,35 @@ def partition(
         for position, key in keys.items():
             groups.setdefault(key, set()).add((party, position))
     return frozenset(frozenset(group) for group in groups.values())
+
+
+def signed_manifest(path: Path, party: str, signing_key, **changes: object) -> SignedManifest:
+    """A manifest for the encoded file at ``path`` signed by ``signing_key``, created now with
+    a fresh nonce; ``changes`` replace fields (nonce, created_at, party...) before signing,
+    as a forger holding some key could."""
+    from datetime import UTC, datetime
+
+    header = read_header(path)
+    manifest = UploadManifest(
+        project_id=header.project_id,
+        party=party,
+        record_count=header.record_count,
+        clk_bits=header.clk_bits,
+        payload_sha256=header.payload_sha256,
+        schema_fingerprint=header.schema_fingerprint,
+        kcv=header.kcv,
+        software_version="0.1.0",
+        created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        nonce=os.urandom(16),
+        leak_scan_strings=3,
+        leak_scan_rows=3,
+    )
+    return sign_manifest(dataclasses.replace(manifest, **changes), signing_key)
+
+
+def audit_events(server, event: str) -> list[dict[str, object]]:
+    """Details of every ``event`` in the server's real signed audit log, in log order."""
+    return [dict(entry.details) for entry in server.audit_log.entries() if entry.event == event]
 
 
 class LinkageUnitProcess:

@@ -1,10 +1,7 @@
 """Group B, schema / key / protocol binding (security.md section 6, cases 8-13), against a
-real mutual-TLS server on 127.0.0.1:0.
-
-Pending the audit log and manifests (branch ``audit``): case 12's manifest *signature* (an
-invalid signature, or one by another department's key) and case 10's manifest nonce. Here
-the binding that exists today is tested: the upload header's party must be the certificate's
-identity (PERMISSION_DENIED), and a replayed upload is an idempotent no-op.
+real mutual-TLS server on 127.0.0.1:0. The manifest cases (10, 12) run with the real signed
+audit log and ``require_manifest`` on, as in production: every refusal must leave an
+``upload_refused`` entry with its reason code and store nothing.
 """
 
 from __future__ import annotations
@@ -14,12 +11,26 @@ import subprocess
 import sys
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from protocol.errors import PermissionDeniedError
+from protocol import serde
+from protocol.audit_verify import verify_audit_log
+from protocol.errors import AlreadyExistsError, PermissionDeniedError
 from protocol.keys import key_check_value
 from protocol.messages import RunState, UploadState
 from protocol.secret import LinkageSecret
-from tests.adversarial.conftest import REPOSITORY, create_project, encode_rows, upload_all
+from protocol.signing import public_key_pem
+from tests.adversarial.conftest import (
+    REPOSITORY,
+    audit_events,
+    create_project,
+    encode_rows,
+    raw_stub,
+    send,
+    signed_manifest,
+    upload_all,
+    upload_messages,
+)
 from tests.service_helpers import MemoryAuditSink, planted_party_clks, write_clk_file
 
 pytestmark = pytest.mark.integration
@@ -81,6 +92,55 @@ def test_case_10_replayed_upload_is_an_idempotent_no_op(audited, connect, tmp_pa
     assert len(list((server.config.data_dir / "payloads" / "p1").glob("*.clk"))) == 1
 
 
+def test_case_10_a_manifest_nonce_vouches_for_one_upload_only(
+    start_server, connect, pki, tmp_path
+) -> None:
+    """Case 10 (manifests): re-sending an upload with the manifest that vouched for it is a
+    no-op (one upload_committed). A different manifest reusing that nonce - for another
+    project's upload, or for the same upload - is ALREADY_EXISTS, audited as upload_refused
+    (reason manifest_nonce), and stores nothing."""
+    server = start_server(require_manifest=True)
+    operator = connect(server, "operator")
+    create_project(operator, project_id="p1")
+    create_project(operator, project_id="p2")
+    key = Ed25519PrivateKey.generate()
+    clks = planted_party_clks(["moj"], seed=27)["moj"]
+    first = write_clk_file(tmp_path / "p1.clk", clks, project_id="p1")
+    vouched = signed_manifest(first, "moj", key)
+    moj = connect(server, "moj")
+    for _ in range(2):
+        assert (
+            moj.upload_file(first, party_id="moj", manifest=vouched).state is UploadState.COMPLETE
+        )
+    assert len(audit_events(server, "upload_committed")) == 1
+
+    other = write_clk_file(tmp_path / "p2.clk", clks[::-1].copy(), project_id="p2")
+    reused = signed_manifest(other, "moj", key, nonce=vouched.manifest.nonce)
+    with pytest.raises(AlreadyExistsError, match="nonce"):
+        moj.upload_file(other, party_id="moj", manifest=reused)
+    assert server.storage.upload("p2", "moj") is None
+    # The real client skips a COMPLETE upload, so the same bytes go by a raw stub.
+    again = signed_manifest(first, "moj", key, nonce=vouched.manifest.nonce)
+    channel, stub = raw_stub(server.port, pki, "moj")
+    with channel:
+        resent = send(stub, upload_messages(first, "moj", manifest=vouched))
+        assert serde.upload_progress_from_proto(resent).state is UploadState.COMPLETE
+        with pytest.raises(AlreadyExistsError, match="nonce"):
+            send(stub, upload_messages(first, "moj", manifest=again))
+    refused = audit_events(server, "upload_refused")
+    assert [event["reason"] for event in refused] == ["manifest_nonce", "manifest_nonce"]
+    assert len(audit_events(server, "upload_committed")) == 1
+    # A fresh manifest (new nonce) for the p2 file is accepted.
+    fresh = signed_manifest(other, "moj", key)
+    assert moj.upload_file(other, party_id="moj", manifest=fresh).state is UploadState.COMPLETE
+    # The auditor's verifier accepts the refusals as the LU doing its job, and notes them.
+    log = server.audit_log
+    report = verify_audit_log(log.path, log._key.public_key(), check_wire=False)
+    assert report.passed, [check.message for check in report.failures]
+    notes = [check.message for check in report.checks if check.name == "uploads"]
+    assert len(notes) == 2 and all("manifest_nonce" in note for note in notes)
+
+
 def test_case_11_cross_project_kcv_refuses_the_run(audited, connect, tmp_path) -> None:
     """Case 11: a file encoded for another project carries that project's KCV (the KCV binds
     the project id), so relabelling it for this project refuses the run (aspect kcv)."""
@@ -124,6 +184,76 @@ def test_case_12_header_party_must_be_the_certificate_identity(audited, connect,
     with pytest.raises(PermissionDeniedError):
         connect(server, "moj").upload_file(path, party_id="dfe")
     assert server.storage.upload("p1", "dfe") is None
+
+
+@pytest.fixture
+def keyed_server(start_server, connect, tmp_path):
+    """A production-like LU: manifests required, MoJ's and DfE's manifest keys registered
+    (HMRC is a member with no registered key)."""
+    keys = {party: Ed25519PrivateKey.generate() for party in ("moj", "dfe", "hmrc")}
+    registered = {}
+    for party in ("moj", "dfe"):
+        registered[party] = tmp_path / f"{party}.pub"
+        registered[party].write_bytes(public_key_pem(keys[party]))
+    server = start_server(require_manifest=True, party_keys=registered)
+    create_project(connect(server, "operator"), members=("moj", "dfe", "hmrc"))
+    path = write_clk_file(
+        tmp_path / "m.clk", planted_party_clks(["moj"], seed=28)["moj"], project_id="p1"
+    )
+    return server, keys, path
+
+
+def _refused_for(server, connect, path, manifest, reason: str, who: str = "moj") -> None:
+    with pytest.raises(PermissionDeniedError):
+        connect(server, who).upload_file(path, party_id=who, manifest=manifest)
+    assert server.storage.upload("p1", who) is None
+    assert [event["reason"] for event in audit_events(server, "upload_refused")] == [reason]
+    assert not audit_events(server, "upload_committed")
+
+
+def test_case_12_manifest_signed_by_another_departments_key(keyed_server, connect) -> None:
+    """Case 12: MoJ's upload with a manifest that names MoJ but is signed by DfE's key ->
+    PERMISSION_DENIED (reason manifest_signature); the same file with MoJ's key succeeds."""
+    server, keys, path = keyed_server
+    _refused_for(
+        server, connect, path, signed_manifest(path, "moj", keys["dfe"]), "manifest_signature"
+    )
+    good = signed_manifest(path, "moj", keys["moj"])
+    assert connect(server, "moj").upload_file(path, party_id="moj", manifest=good).state is (
+        UploadState.COMPLETE
+    )
+
+
+def test_case_12_manifest_with_an_invalid_signature(keyed_server, connect) -> None:
+    """Case 12: a manifest whose signature does not verify (one bit flipped) ->
+    PERMISSION_DENIED (reason manifest_signature); nothing stored."""
+    server, keys, path = keyed_server
+    signed = signed_manifest(path, "moj", keys["moj"])
+    broken = type(signed)(
+        manifest=signed.manifest,
+        signature=bytes([signed.signature[0] ^ 1]) + signed.signature[1:],
+        public_key=signed.public_key,
+    )
+    _refused_for(server, connect, path, broken, "manifest_signature")
+
+
+def test_case_12_manifest_party_is_not_the_mtls_identity(keyed_server, connect) -> None:
+    """Case 12: MoJ's certificate and header, with DfE's validly signed manifest for the same
+    bytes -> PERMISSION_DENIED (reason manifest_party)."""
+    server, keys, path = keyed_server
+    _refused_for(server, connect, path, signed_manifest(path, "dfe", keys["dfe"]), "manifest_party")
+
+
+def test_case_12_party_without_a_registered_key_is_refused(keyed_server, connect, tmp_path) -> None:
+    """Case 12: once the operator registers manifest keys, a member with none registered
+    cannot vouch for an upload -> PERMISSION_DENIED (reason manifest_key)."""
+    server, keys, _ = keyed_server
+    path = write_clk_file(
+        tmp_path / "h.clk", planted_party_clks(["hmrc"], seed=29)["hmrc"], project_id="p1"
+    )
+    _refused_for(
+        server, connect, path, signed_manifest(path, "hmrc", keys["hmrc"]), "manifest_key", "hmrc"
+    )
 
 
 _ENCODE_IN_CHILD = """

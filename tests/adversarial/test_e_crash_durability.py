@@ -4,9 +4,10 @@ runs) mid-upload and mid-run, then restarted on the same port and data directory
 disk is a real kernel error: RLIMIT_FSIZE makes the next write fail with EFBIG, exactly the
 path ENOSPC takes.
 
-Pending the audit log (branch ``audit``): case 27's "the hash chain still verifies" and case
-29's "manifest timestamps within tolerance"; case 29's ordering of runs by sequence number,
-not wall clock, is tested here.
+Case 27's audit half runs the real signed audit log: the append of ``upload_committed`` hits
+the full disk, the chain still verifies, and the retry commits once. Case 29 covers manifest
+creation times against the LU's clock, runs ordered by insertion, and the audit log ordered
+by sequence number when the wall clock jumps back.
 """
 
 from __future__ import annotations
@@ -15,20 +16,26 @@ import json
 import resource
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from linkage_unit.audit_log import AuditLog
 from party.client import LinkageClient
+from protocol.audit_verify import verify_audit_log
 from protocol.clk_file import HEADER_LENGTH, read_header
 from protocol.errors import InvalidRequestError, PreconditionError, ResourceLimitError
 from protocol.messages import RunState, UploadHeader, UploadState
 from tests.adversarial.conftest import (
+    audit_events,
     create_project,
     partition,
     raw_stub,
     send,
+    signed_manifest,
     upload_all,
     upload_messages,
     wait_until,
@@ -215,6 +222,49 @@ def test_case_27_full_disk_while_writing_results_fails_the_run_and_a_restart_fin
     assert len(connect(server, "moj").fetch_link_keys("p1", "moj").link_keys) == 3000
 
 
+def _verify(server) -> None:
+    log = server.audit_log
+    report = verify_audit_log(log.path, log._key.public_key(), check_wire=False)
+    assert report.passed, [check.message for check in report.failures]
+
+
+def test_case_27_full_disk_during_the_audit_append_keeps_the_chain_and_the_retry_commits(
+    start_server, connect, tmp_path: Path
+) -> None:
+    """Case 27 (audit): the disk fills exactly when ``upload_committed`` is appended ->
+    RESOURCE_EXHAUSTED naming disk space; the log gains no partial line and its hash chain and
+    signed head still verify; the upload is not counted (PARTIAL, every byte kept, no run).
+    Once space is back the party's retry commits it, with exactly one upload_committed."""
+    server = start_server()  # the real signed audit log
+    create_project(connect(server, "operator"))
+    path = write_clk_file(
+        tmp_path / "m.clk", planted_party_clks(["moj"], seed=56, records=16)["moj"], project_id="p1"
+    )
+    log_path = server.audit_log.path
+    # Grow the log with real entries until it is the largest file the LU writes, so a file
+    # size limit just past its next line fails the audit append and nothing else.
+    largest = max(p.stat().st_size for p in server.config.data_dir.glob("state.sqlite3*"))
+    while log_path.stat().st_size < largest + 256 * 1024:
+        server.audit_log.append(
+            "party_authenticated",
+            project_id=None,
+            details={"party": "moj", "role": "party", "certificate_fingerprint": "ab" * 32},
+        )
+    line = len(log_path.read_bytes().splitlines()[-1]) + 1  # party_authenticated fits, the
+    before = log_path.stat().st_size  # longer upload_committed does not
+    full = pytest.raises(ResourceLimitError, match="disk space for its audit log")
+    with _FileSizeLimit(before + line + 64), full:
+        connect(server, "moj").upload_file(path, party_id="moj")
+    assert log_path.read_bytes().endswith(b"\n") and not audit_events(server, "upload_committed")
+    _verify(server)
+    record = server.storage.upload("p1", "moj")
+    assert record.state is UploadState.PARTIAL
+    assert record.committed_bytes == record.header.payload_bytes
+    assert connect(server, "moj").upload_file(path, party_id="moj").state is UploadState.COMPLETE
+    assert len(audit_events(server, "upload_committed")) == 1
+    _verify(server)
+
+
 def test_case_28_out_of_order_duplicate_and_missing_offsets(
     start_server, connect, pki, tmp_path: Path
 ) -> None:
@@ -256,3 +306,50 @@ def test_case_29_a_clock_jump_back_does_not_reorder_runs(tmp_path: Path, monkeyp
     assert store.latest_run("p1").run_id == "second"
     assert [run.run_id for run in store.unfinished_runs()] == ["first", "second"]
     store.close()
+
+
+def _at(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def test_case_29_manifest_times_are_checked_against_the_lu_clock(
+    start_server, connect, tmp_path: Path
+) -> None:
+    """Case 29: a manifest created a day ahead of the LU's clock, or 31 days before it ->
+    INVALID_ARGUMENT (reason manifest_time, nothing stored); 5 minutes ahead is within the
+    10-minute tolerance and is accepted."""
+    server = start_server(require_manifest=True)
+    create_project(connect(server, "operator"))
+    path = write_clk_file(
+        tmp_path / "m.clk", planted_party_clks(["moj"], seed=57)["moj"], project_id="p1"
+    )
+    key, now, moj = Ed25519PrivateKey.generate(), datetime.now(UTC), connect(server, "moj")
+    for moment, message in ((now + timedelta(days=1), "ahead"), (now - timedelta(31), "old")):
+        manifest = signed_manifest(path, "moj", key, created_at=_at(moment))
+        with pytest.raises(InvalidRequestError, match=message):
+            moj.upload_file(path, party_id="moj", manifest=manifest)
+    assert server.storage.upload("p1", "moj") is None
+    assert [e["reason"] for e in audit_events(server, "upload_refused")] == ["manifest_time"] * 2
+    manifest = signed_manifest(path, "moj", key, created_at=_at(now + timedelta(minutes=5)))
+    assert moj.upload_file(path, party_id="moj", manifest=manifest).state is UploadState.COMPLETE
+
+
+def test_case_29_the_audit_log_is_ordered_by_sequence_not_clock(tmp_path: Path) -> None:
+    """Case 29: the LU's clock jumps back a day between audit entries -> the log still
+    verifies, in sequence order, and the entry written after the jump is the later one."""
+    moments = iter(
+        [datetime(2026, 3, 2, 12, tzinfo=UTC)] * 2 + [datetime(2026, 3, 1, 12, tzinfo=UTC)] * 9
+    )
+    key = Ed25519PrivateKey.generate()
+    with AuditLog(tmp_path / "audit.jsonl", signing_key=key, clock=lambda: next(moments)) as log:
+        for party in ("moj", "dfe"):
+            log.append(
+                "party_authenticated",
+                project_id=None,
+                details={"party": party, "role": "party", "certificate_fingerprint": "cd" * 32},
+            )
+        entries = log.entries()
+    assert [entry.sequence for entry in entries] == [0, 1]
+    assert entries[1].timestamp < entries[0].timestamp and entries[1].details["party"] == "dfe"
+    report = verify_audit_log(tmp_path / "audit.jsonl", key.public_key(), check_wire=False)
+    assert report.passed, [check.message for check in report.failures]

@@ -116,7 +116,7 @@ def test_an_upload_whose_manifest_disagrees_is_refused(
         ).signature,
         public_key=signed.public_key,
     )
-    with pytest.raises(InvalidRequestError, match="invalid signature"):
+    with pytest.raises(PermissionDeniedError, match="invalid signature"):
         moj.upload_file(path, party_id="moj", manifest=forged)
     with pytest.raises(InvalidRequestError, match="manifest"):
         moj.upload_file(path, party_id="moj")
