@@ -10,6 +10,7 @@ from pathlib import Path
 from types import FrameType
 
 from linkage_unit.server import create_server, load_config
+from protocol.errors import ConfigurationError
 
 NAME = "serve"
 HELP = "run the linkage unit service (mutual TLS; config file and/or flags)"
@@ -57,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--dask-worker-memory-bytes", type=int, help="memory one Dask worker may use (8 GiB)"
     )
     parser.add_argument(
+        "--party-key",
+        action="append",
+        metavar="PARTY=PEM",
+        help="a party's registered manifest public key (repeat per party; config: [party_keys])",
+    )
+    parser.add_argument(
         "--insecure",
         action="store_true",
         default=None,
@@ -75,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
         "dask_private_key", "dask_timeout_seconds", "dask_task_retries",
         "dask_worker_memory_bytes",
     )  # fmt: skip
-    config = load_config(args.config, **{name: getattr(args, name) for name in names})
+    overrides = {name: getattr(args, name) for name in names}
+    if args.party_key:
+        overrides["party_keys"] = dict(_party_key(item) for item in args.party_key)
+    config = load_config(args.config, **overrides)
     server = create_server(config)
     stopping = threading.Event()
 
@@ -93,3 +103,10 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
         server.stop()
     return 0
+
+
+def _party_key(item: str) -> tuple[str, Path]:
+    party, separator, path = item.partition("=")
+    if not separator or not party or not path:
+        raise ConfigurationError(f"--party-key wants PARTY=PEM, got {item!r}")
+    return party, Path(path)

@@ -31,3 +31,28 @@ def test_an_unreadable_party_key_stops_the_server_being_built(tmp_path: Path) ->
     )
     with pytest.raises(ConfigurationError, match="cannot read public key"):
         create_server(config)
+
+
+def test_serve_party_key_flag_must_name_a_party_and_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bloomlink import cli
+    from bloomlink.exit_codes import ExitCode
+
+    argv = ["serve", "--data-dir", str(tmp_path / "lu"), "--insecure", "--party-key", "moj"]
+    assert cli.main(argv) == ExitCode.CONFIGURATION
+    assert "--party-key wants PARTY=PEM" in capsys.readouterr().err
+
+
+def test_serve_party_key_flag_reaches_the_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bloomlink import cli
+    from bloomlink.exit_codes import ExitCode
+
+    missing = tmp_path / "moj.pub"
+    argv = ["serve", "--data-dir", str(tmp_path / "lu"), "--listen", "127.0.0.1:0"]
+    argv += ["--insecure", "--party-key", f"moj={missing}"]
+    # The key is loaded before the server binds, so a missing file fails the start.
+    assert cli.main(argv) == ExitCode.CONFIGURATION
+    assert "cannot read public key" in capsys.readouterr().err
