@@ -23,6 +23,9 @@ SECRET_BYTES = 32
 SECRET_ENV_VAR = "BLOOMLINK_SECRET_FILE"
 _HEADER = "bloomlink-linkage-secret-v1"
 _MAX_FILE_BYTES = 4096  # a real file is ~93 bytes; never read a huge file named by mistake
+# 32 random bytes have about 30 distinct values; fewer than this means a hand-made secret
+# (all zeros, a repeated pattern) whose CLKs anyone could reproduce. Chance by accident: below 2^-80.
+_MIN_DISTINCT_BYTES = 12
 
 
 class LinkageSecret:
@@ -141,6 +144,12 @@ def read_secret(path: Path | str | None = None) -> LinkageSecret:
     if len(material) < SECRET_BYTES:
         raise SecretError(
             f"secret is {len(material) * 8} bits; at least {SECRET_BYTES * 8} are required",
+            path=str(source),
+        )
+    if len(set(material)) < _MIN_DISTINCT_BYTES:
+        raise SecretError(
+            "secret is not random (too few distinct bytes, e.g. all zeros or a repeated "
+            "pattern); create one with `bloomlink keygen`",
             path=str(source),
         )
     return LinkageSecret(material)

@@ -62,6 +62,8 @@ def _write(path: Path, text: str, mode: int = 0o600) -> Path:
         (FIXED.hex() + "\n", 0o600, "not a bloomlink secret file"),
         ("", 0o600, "not a bloomlink secret file"),
         ("x" * 10_000, 0o600, "not a bloomlink secret file"),
+        ("bloomlink-linkage-secret-v1\n" + "00" * 32 + "\n", 0o600, "not random"),
+        ("bloomlink-linkage-secret-v1\n" + "0123456789abcdef" * 4 + "\n", 0o600, "not random"),
     ],
 )
 def test_unusable_secret_files_are_refused(
