@@ -18,7 +18,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from party.leak_scan import LeakScanReport, scan_encoded_file
+from party.leak_scan import LeakScanReport, UnkeyedReencoder, scan_encoded_file
 from party.sensitive_strings import SensitiveStrings
 from protocol.clk_file import read_clks, read_header
 from protocol.errors import AuditError
@@ -142,6 +142,7 @@ def vouch_for_encoded_file(
     strings: SensitiveStrings,
     software_version: str,
     manifest_path: Path | str | None = None,
+    unkeyed_reencoder: UnkeyedReencoder | None = None,
 ) -> tuple[SignedManifest, LeakScanReport]:
     """Leak-scan an encoded file for ``strings``; if clean, sign and write its manifest.
 
@@ -150,7 +151,7 @@ def vouch_for_encoded_file(
     """
     target = Path(manifest_path) if manifest_path else manifest_path_for(encoded_path)
     target.unlink(missing_ok=True)
-    report = scan_encoded_file(encoded_path, strings.strings)
+    report = scan_encoded_file(encoded_path, strings.strings, unkeyed_reencoder=unkeyed_reencoder)
     if not report.clean:
         kinds = sorted({finding.kind for finding in report.findings})
         raise AuditError(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import bloomlink
 from party.encoder_run import BAD_ROW_POLICIES, encode_extract
+from party.known_keys import known_key_reencoder
 from party.manifest import SIGNING_KEY_ENV_VAR, load_party_signing_key, vouch_for_encoded_file
 from party.mapping import load_mapping, shipped_mapping
 from party.sensitive_strings import DEFAULT_MAX_ROWS, sensitive_strings
@@ -131,6 +132,13 @@ def run(args: argparse.Namespace) -> int:
         party=party,
         strings=strings,
         software_version=bloomlink.__version__,
+        unkeyed_reencoder=known_key_reencoder(
+            encoded_path=summary.encoded_path,
+            positions_path=summary.positions_path,
+            extract_path=args.extract,
+            mapping=mapping,
+            schema=schema,
+        ),
     )
     print(
         f"leak scan clean: {report.strings_checked} sensitive strings from {strings.rows_sampled} "

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bloomlink.exit_codes import ExitCode
-from party.leak_scan import scan_encoded_file
+from party.known_keys import known_key_reencoder
+from party.leak_scan import UnkeyedReencoder, scan_encoded_file
 from party.mapping import load_mapping, shipped_mapping
 from party.sensitive_strings import DEFAULT_MAX_ROWS, sensitive_strings
 from protocol.atomic_file import atomic_output
@@ -33,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mapping.add_argument("--mapping", type=Path, help="the department's mapping file (TOML)")
     mapping.add_argument("--layout", help="a shipped mapping for a synth layout")
     parser.add_argument("--schema", type=Path, help="linkage schema (default: the shipped one)")
+    parser.add_argument(
+        "--positions",
+        type=Path,
+        help="the private positions file (default: next to --encoded); with --extract, the "
+        "CLKs are also checked against a re-encoding under a known all-zero key",
+    )
     parser.add_argument(
         "--rows",
         type=int,
@@ -72,17 +79,34 @@ def _lines(path: Path) -> Iterator[str]:
 
 def run(args: argparse.Namespace) -> int:
     strings: list[str] = []
+    reencoder: UnkeyedReencoder | None = None
     if args.extract:
         if not (args.mapping or args.layout):
             raise ConfigurationError("--extract needs --mapping or --layout")
         schema = load_schema(args.schema) if args.schema else default_schema()
         mapping = load_mapping(args.mapping) if args.mapping else shipped_mapping(args.layout)
         strings.extend(sensitive_strings(args.extract, mapping, schema, max_rows=args.rows).strings)
+        positions = args.positions or args.encoded.with_name(args.encoded.name + ".positions.csv")
+        if positions.exists():
+            reencoder = known_key_reencoder(
+                encoded_path=args.encoded,
+                positions_path=positions,
+                extract_path=args.extract,
+                mapping=mapping,
+                schema=schema,
+            )
+        elif args.positions:
+            raise ConfigurationError(f"{positions}: positions file not found")
     if args.sensitive_strings:
         strings.extend(_lines(args.sensitive_strings))
     if not args.extract and not args.sensitive_strings:
         raise ConfigurationError("give --extract (with --mapping) or --sensitive-strings")
-    report = scan_encoded_file(args.encoded, strings, false_alarm_rate=args.false_alarm_rate)
+    report = scan_encoded_file(
+        args.encoded,
+        strings,
+        false_alarm_rate=args.false_alarm_rate,
+        unkeyed_reencoder=reencoder,
+    )
     for finding in report.findings:
         where = f" at byte {finding.offset}" if finding.offset is not None else ""
         print(f"LEAK  {finding.kind}{where}: {finding.message}")

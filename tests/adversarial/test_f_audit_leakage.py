@@ -296,6 +296,31 @@ def test_case_32_an_unkeyed_encoding_is_flagged(tmp_path: Path) -> None:
     assert kinds(tmp_path / "keyed") == []
 
 
+def test_case_32_bloomlink_scan_flags_a_default_key_file_from_its_extract(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Case 32 through the CLI: ``bloomlink scan --extract`` re-encodes a sample of the
+    department's records under the known all-zero key (through the private positions file):
+    a file made under that key is refused as ``unkeyed-encoding``; the keyed file is clean."""
+    from bloomlink import cli
+    from bloomlink.exit_codes import ExitCode
+
+    encode_rows(tmp_path / "default", "moj", _LEAK_ROWS, secret=bytes(32))
+    encode_rows(tmp_path / "keyed", "moj", _LEAK_ROWS)
+
+    def scan(directory: Path) -> tuple[int, str]:
+        argv = ["scan", "--encoded", str(directory / "moj.clk")]
+        argv += ["--extract", str(directory / "moj.csv"), "--layout", "moj"]
+        argv += ["--positions", str(directory / "moj.positions.csv")]
+        code = cli.main(argv)
+        return code, capsys.readouterr().out
+
+    code, out = scan(tmp_path / "default")
+    assert code == ExitCode.AUDIT_FAILED and "LEAK  unkeyed-encoding" in out
+    code, out = scan(tmp_path / "keyed")
+    assert code == ExitCode.OK and "clean" in out
+
+
 def test_case_33_the_secret_is_never_printed_pickled_or_left_readable(tmp_path: Path) -> None:
     """Case 33: the linkage secret's repr and str hide it, it refuses to be pickled, its file is
     created owner-only (0600) and an error about it does not contain the material."""
