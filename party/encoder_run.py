@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import multiprocessing
-import operator
 import os
 import secrets
 import shutil
@@ -44,7 +43,7 @@ Progress = Callable[[int], None]
 """Called with the number of rows read so far."""
 
 PARALLEL_FROM_BYTES = 4 << 20  # smaller extracts encode in-process: workers cost ~0.5 s to start
-_RAW_CACHE_LIMIT = 200_000  # per field; cleared when full so memory stays flat
+_TABLE_ROWS = 1 << 16  # distinct raw values remembered per field (8 MiB at 1024 bits)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +81,41 @@ class EncodeSummary:
         )
 
 
+class _MaskTable:
+    """One field's raw value -> row of a bit-mask table, bounded so memory stays flat.
+
+    Row 0 is the empty mask (a missing value). When a chunk's new values would not fit, the
+    table starts again (a chunk's own distinct values always fit). Rejected values are never
+    remembered, so each occurrence is reported.
+    """
+
+    __slots__ = ("capacity", "masks", "rows", "used")
+
+    def __init__(self, words: int) -> None:
+        self.capacity = _TABLE_ROWS
+        self.rows: dict[str, int] = {}
+        # np.zeros maps untouched pages lazily: the table costs only the rows it uses.
+        self.masks = np.zeros((self.capacity, words), dtype=np.uint64)
+        self.used = 1
+
+    def make_room(self, count: int) -> bool:
+        """Ensure ``count`` more rows fit; True if that meant forgetting every value."""
+        if self.used + count <= self.capacity:
+            return False
+        if count + 1 > self.capacity:
+            self.capacity = count + 1
+            self.masks = np.zeros((self.capacity, self.masks.shape[1]), dtype=np.uint64)
+        self.rows.clear()
+        self.used = 1
+        return True
+
+    def add(self, raws: list[str], masks: npt.NDArray[np.uint64]) -> None:
+        start = self.used
+        self.masks[start : start + len(raws)] = masks
+        self.rows.update(zip(raws, range(start, start + len(raws)), strict=True))
+        self.used += len(raws)
+
+
 @dataclass(frozen=True, slots=True)
 class _ChunkResult:
     clks: bytes
@@ -111,13 +145,13 @@ class _ChunkEncoder:
         self.bound: BoundMapping = mapping.bind(schema, header, source=source)
         self.encoder = ClkEncoder(schema, LinkageSecret(secret_material), project_id=project_id)
         self.policy = policy
-        # raw value -> bit mask, per field; rejected values are never cached
-        self._raw_masks: list[dict[str, int]] = [{} for _ in self.bound.readers]
+        self._tables = [_MaskTable(schema.clk_bits // 64) for _ in self.bound.readers]
 
     def encode(self, chunk: ExtractChunk) -> _ChunkResult:
         """Encode a chunk column by column: per-row interpreter work is what limits a Python
-        encoder, so each field's raw values go through one cache lookup (raw value -> bits)
-        and rows are only combined at the end with C-level ``map``."""
+        encoder, so each field's raw values become rows of a mask table (each distinct new
+        value normalised once, all of them encoded in one column call) and the CLKs are the
+        OR of the fields' table rows, gathered in numpy."""
         rows = chunk.rows
         first = chunk.first_row
         width = self.bound.width
@@ -145,43 +179,52 @@ class _ChunkEncoder:
                 self._reject(
                     problems, offset, first, None, "record id is empty or has control characters"
                 )
-        masks = [0] * len(rows)
+        clks = np.zeros((len(rows), self.encoder.schema.clk_bits // 64), dtype=np.uint64)
         for field_index, (name, column_index, normalise) in enumerate(self.bound.readers):
             if column_index is None:
                 continue
-            cache = self._raw_masks[field_index]
+            table = self._tables[field_index]
             column = [row[column_index] for row in rows]
-            field_masks = list(map(cache.get, column))
-            if None in field_masks:
+            codes = list(map(table.rows.get, column))
+            if None in codes:
                 # Work out each distinct new value once, then look the column up again in C.
                 fresh = dict.fromkeys(
-                    raw for raw, mask in zip(column, field_masks, strict=True) if mask is None
+                    raw for raw, code in zip(column, codes, strict=True) if code is None
                 )
-                if len(cache) + len(fresh) > _RAW_CACHE_LIMIT:
-                    cache.clear()
+                if table.make_room(len(fresh)):
+                    fresh = dict.fromkeys(column)
                 rejected: dict[str, str] = {}
+                new_raws: list[str] = []
+                new_values: list[str] = []
                 for raw in fresh:
                     try:
                         value = normalise(raw)
                     except ValueRejectedError as error:
                         rejected[raw] = error.message
                         continue
-                    cache[raw] = 0 if value is None else self.encoder.field_mask(field_index, value)
-                field_masks = list(map(cache.get, column))
-                blank_allowed = self.policy == "blank" and name not in self.bound.required_fields
-                for offset in (
-                    [i for i, mask in enumerate(field_masks) if mask is None] if rejected else ()
-                ):
-                    reason = rejected[column[offset]]
-                    if blank_allowed:
-                        blanked.append((first + offset, name, reason))
+                    if value is None:
+                        table.rows[raw] = 0
                     else:
-                        self._reject(problems, offset, first, name, reason)
-                    field_masks[offset] = 0
-            masks = list(map(operator.or_, masks, field_masks))
+                        new_raws.append(raw)
+                        new_values.append(value)
+                if new_values:
+                    table.add(new_raws, self.encoder.field_masks(field_index, new_values))
+                codes = list(map(table.rows.get, column))
+                if rejected:
+                    blank_allowed = (
+                        self.policy == "blank" and name not in self.bound.required_fields
+                    )
+                    for offset in [i for i, code in enumerate(codes) if code is None]:
+                        reason = rejected[column[offset]]
+                        if blank_allowed:
+                            blanked.append((first + offset, name, reason))
+                        else:
+                            self._reject(problems, offset, first, name, reason)
+                        codes[offset] = 0
+            clks |= table.masks[np.asarray(codes, dtype=np.intp)]
         if problems:
             keep = [offset for offset in range(len(rows)) if offset not in problems]
-            masks = [masks[offset] for offset in keep]
+            clks = clks[np.asarray(keep, dtype=np.intp)]
             record_ids = [record_ids[offset] for offset in keep]
             row_numbers = [first + offset for offset in keep]
         else:
@@ -192,8 +235,9 @@ class _ChunkEncoder:
         if self.policy == "fail" and skipped:
             # Report the chunk's first bad row, whichever field or check found it.
             return _ChunkResult(b"", [], [], [], [], failure=skipped[0])
-        clks = self.encoder.pack(masks) if masks else np.zeros((0, 1), np.uint64)
-        return _ChunkResult(clks.tobytes(), record_ids, row_numbers, skipped, blanked)
+        return _ChunkResult(
+            self.encoder.harden(clks).tobytes(), record_ids, row_numbers, skipped, blanked
+        )
 
     def _reject(
         self,

@@ -390,3 +390,24 @@ def test_progress_and_summary_carry_counts_not_values(dirs: tuple[Path, Path]) -
         for value in row[1:]:
             if len(value) > 3:
                 assert value not in line
+
+
+def test_a_full_mask_table_starts_again_without_changing_a_bit(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A table smaller than a chunk's distinct values, and chunks mixing remembered and new
+    # values, as at a million rows with near-unique postcodes (this once crashed there).
+    source, out = dirs
+    rows = [person(index) for index in range(60)]
+    for index, row in enumerate(rows):
+        row[5] = f"N{index % 9 + 1} {index % 7}AB"
+    extract = write_csv(source / "moj.csv", rows)
+    run(extract, out, seed=5, chunk_rows=13)
+    expected = (out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()
+    monkeypatch.setattr(party.encoder_run, "_TABLE_ROWS", 6)
+    run(extract, out, seed=5, chunk_rows=13)
+    assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == expected
+    _, clks = read_clks(out / "moj.clk")
+    positions = read_positions(out / "moj.positions.csv")
+    direct = expected_clks(rows)
+    assert all(clks[position].tobytes() == direct[rid] for rid, position in positions.items())
