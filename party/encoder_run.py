@@ -11,7 +11,7 @@ department. Both files appear only if the whole run succeeds.
 from __future__ import annotations
 
 import collections
-import hashlib
+import itertools
 import multiprocessing
 import os
 import secrets
@@ -157,7 +157,7 @@ class _ChunkEncoder:
         width = self.bound.width
         problems: dict[int, tuple[str | None, str]] = {}  # row offset -> (field, reason)
         blanked: list[tuple[int, str | None, str]] = []
-        if any(len(row) != width for row in rows):
+        if set(map(len, rows)) - {width}:
             blank_row = [""] * width
             fixed = []
             for offset, row in enumerate(rows):
@@ -172,25 +172,29 @@ class _ChunkEncoder:
                     row = blank_row
                 fixed.append(row)
             rows = fixed
-        id_index = self.bound.record_id_index
-        record_ids = [row[id_index].strip() for row in rows]
-        for offset, record_id in enumerate(record_ids):
-            if not record_id or not record_id.isprintable():
-                self._reject(
-                    problems, offset, first, None, "record id is empty or has control characters"
-                )
+        # Columns by one C-level transpose: indexing every row per field is a Python loop.
+        columns = list(zip(*rows, strict=True)) if rows else [()] * width
+        record_ids = list(map(str.strip, columns[self.bound.record_id_index]))
+        if "" in record_ids or not all(map(str.isprintable, record_ids)):
+            for offset, record_id in enumerate(record_ids):
+                if not record_id or not record_id.isprintable():
+                    self._reject(
+                        problems,
+                        offset,
+                        first,
+                        None,
+                        "record id is empty or has control characters",
+                    )
         clks = np.zeros((len(rows), self.encoder.schema.clk_bits // 64), dtype=np.uint64)
         for field_index, (name, column_index, normalise) in enumerate(self.bound.readers):
             if column_index is None:
                 continue
             table = self._tables[field_index]
-            column = [row[column_index] for row in rows]
+            column = columns[column_index]
             codes = list(map(table.rows.get, column))
             if None in codes:
                 # Work out each distinct new value once, then look the column up again in C.
-                fresh = dict.fromkeys(
-                    raw for raw, code in zip(column, codes, strict=True) if code is None
-                )
+                fresh = dict.fromkeys(itertools.compress(column, map(_is_none, codes)))
                 if table.make_room(len(fresh)):
                     fresh = dict.fromkeys(column)
                 rejected: dict[str, str] = {}
@@ -253,6 +257,10 @@ class _ChunkEncoder:
 _worker: _ChunkEncoder | None = None
 
 
+def _is_none(item: object) -> bool:
+    return item is None
+
+
 def _start_worker(*args: object) -> None:
     global _worker
     _worker = _ChunkEncoder(*args)  # type: ignore[arg-type]
@@ -273,6 +281,29 @@ def _fresh_generator() -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(secrets.randbits(128)))
 
 
+def _first_repeated_id(digests: npt.NDArray[np.int64], ids_scratch: Path) -> tuple[int, int] | None:
+    """The record indices (earlier, later) of the first record whose id repeats an earlier
+    one, or None. Equal digests are only candidates: their ids are compared to confirm."""
+    order = np.argsort(digests, kind="stable")
+    ordered = digests[order]
+    same = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if len(same) == 0:
+        return None
+    candidates = set(order[same].tolist()) | set(order[same + 1].tolist())
+    last = max(candidates)
+    first_seen: dict[str, int] = {}
+    best: tuple[int, int] | None = None
+    with ids_scratch.open("r", encoding="utf-8", newline="\n") as ids:
+        for index, line in enumerate(ids):
+            if index > last:
+                break
+            if index in candidates:
+                earlier = first_seen.setdefault(line, index)
+                if earlier != index and (best is None or index < best[1]):
+                    best = (earlier, index)
+    return best
+
+
 def _write_positions(
     positions_path: Path, ids_scratch: Path, position_of: npt.NDArray[np.int64]
 ) -> None:
@@ -282,16 +313,20 @@ def _write_positions(
         ids_scratch.open("r", encoding="utf-8", newline="\n") as ids_in,
     ):
         positions_out.write(b"record_id,position\n")
-        buffer: list[str] = []
-        for index, line in enumerate(ids_in):
-            record_id = line[:-1]
-            if any(char in record_id for char in ',"'):
-                record_id = '"' + record_id.replace('"', '""') + '"'
-            buffer.append(f"{record_id},{position_of[index]}\n")
-            if len(buffer) >= 65536:
-                positions_out.write("".join(buffer).encode("utf-8", "surrogateescape"))
-                buffer.clear()
-        positions_out.write("".join(buffer).encode("utf-8", "surrogateescape"))
+        done = 0
+        while lines := ids_in.readlines(1 << 22):
+            record_ids = [line[:-1] for line in lines]
+            if any("," in line or '"' in line for line in lines):
+                record_ids = [
+                    '"' + record_id.replace('"', '""') + '"'
+                    if "," in record_id or '"' in record_id
+                    else record_id
+                    for record_id in record_ids
+                ]
+            positions = position_of[done : done + len(record_ids)].tolist()
+            done += len(record_ids)
+            text = "".join(map("{},{}\n".format, record_ids, positions))
+            positions_out.write(text.encode("utf-8", "surrogateescape"))
 
 
 def encode_extract(
@@ -350,9 +385,9 @@ def encode_extract(
         blanked_values = 0
         problems: collections.Counter[str] = collections.Counter()
         row_numbers: list[npt.NDArray[np.int64]] = []
-        # A keyed 64-bit digest per record id finds duplicates in 8 bytes a row.
-        id_key = secrets.token_bytes(16)
-        id_digests: list[npt.NDArray[np.uint64]] = []
+        # Python's string hash (SipHash, keyed per process) finds repeated record ids in 8
+        # bytes a row; a repeat it reports is confirmed on the ids themselves before failing.
+        id_digests: list[npt.NDArray[np.int64]] = []
 
         with (
             clk_scratch.open("wb") as clk_out,
@@ -365,7 +400,8 @@ def encode_extract(
                     row, field_name, reason = result.failure
                     raise RecordError(reason, row=row, field=field_name)
                 clk_out.write(result.clks)
-                ids_out.write("".join(f"{record_id}\n" for record_id in result.record_ids))
+                if result.record_ids:
+                    ids_out.write("\n".join(result.record_ids) + "\n")
                 counts["read"] += rows_in_chunk
                 counts["encoded"] += len(result.record_ids)
                 skipped_rows += len(result.skipped)
@@ -374,20 +410,7 @@ def encode_extract(
                     problems[field_name or "(row)"] += 1
                 row_numbers.append(np.asarray(result.row_numbers, dtype=np.int64))
                 id_digests.append(
-                    np.asarray(
-                        [
-                            int.from_bytes(
-                                hashlib.blake2b(
-                                    rid.encode("utf-8", "surrogateescape"),
-                                    key=id_key,
-                                    digest_size=8,
-                                ).digest(),
-                                "little",
-                            )
-                            for rid in result.record_ids
-                        ],
-                        dtype=np.uint64,
-                    )
+                    np.fromiter(map(hash, result.record_ids), np.int64, len(result.record_ids))
                 )
                 if progress:
                     progress(counts["read"])
@@ -429,15 +452,13 @@ def encode_extract(
                 f"none of the {counts['read']} rows could be encoded (all were skipped)",
                 path=source,
             )
-        digests = np.concatenate(id_digests)
-        unique, occurrences = np.unique(digests, return_counts=True)
-        if len(unique) != record_count:
+        repeat = _first_repeated_id(np.concatenate(id_digests), ids_scratch)
+        if repeat is not None:
             all_rows = np.concatenate(row_numbers)
-            repeated = unique[occurrences > 1][0]
-            where = all_rows[np.flatnonzero(digests == repeated)[:2]]
             raise RecordError(
-                f"record id repeats the id of row {int(where[0])}; record ids must be unique",
-                row=int(where[1]),
+                f"record id repeats the id of row {int(all_rows[repeat[0]])}; record ids must "
+                "be unique",
+                row=int(all_rows[repeat[1]]),
             )
 
         permutation = (generator or _fresh_generator()).permutation(record_count)

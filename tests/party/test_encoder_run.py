@@ -411,3 +411,12 @@ def test_a_full_mask_table_starts_again_without_changing_a_bit(
     positions = read_positions(out / "moj.positions.csv")
     direct = expected_clks(rows)
     assert all(clks[position].tobytes() == direct[rid] for rid, position in positions.items())
+
+
+def test_equal_id_digests_are_confirmed_on_the_ids(tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("a\nb\nc\nb\nd\n", encoding="utf-8")
+    colliding = np.array([5, 5, 7, 8, 9], dtype=np.int64)  # a and b share a digest only
+    assert party.encoder_run._first_repeated_id(colliding, ids) is None
+    repeated = np.array([1, 2, 3, 2, 4], dtype=np.int64)
+    assert party.encoder_run._first_repeated_id(repeated, ids) == (1, 3)
