@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import itertools
 import multiprocessing
+import operator
 import os
 import secrets
 import shutil
@@ -198,19 +199,30 @@ class _ChunkEncoder:
                 if table.make_room(len(fresh)):
                     fresh = dict.fromkeys(column)
                 rejected: dict[str, str] = {}
-                new_raws: list[str] = []
-                new_values: list[str] = []
-                for raw in fresh:
-                    try:
-                        value = normalise(raw)
-                    except ValueRejectedError as error:
-                        rejected[raw] = error.message
-                        continue
-                    if value is None:
-                        table.rows[raw] = 0
-                    else:
-                        new_raws.append(raw)
-                        new_values.append(value)
+                raws = list(fresh)
+                try:  # normalised by a C-level map; a rejected value sends us the long way
+                    values: list[str | None] = list(map(normalise, raws))
+                except ValueRejectedError:
+                    values = []
+                    for raw in raws:
+                        try:
+                            values.append(normalise(raw))
+                        except ValueRejectedError as error:
+                            rejected[raw] = error.message
+                            values.append(None)
+                    kept = [raw for raw in raws if raw not in rejected]
+                    values = [
+                        value
+                        for raw, value in zip(raws, values, strict=True)
+                        if raw not in rejected
+                    ]
+                    raws = kept
+                present = list(map(_is_not_none, values))
+                table.rows.update(
+                    dict.fromkeys(itertools.compress(raws, map(operator.not_, present)), 0)
+                )
+                new_raws = list(itertools.compress(raws, present))
+                new_values: list[str] = list(itertools.compress(values, present))  # type: ignore[arg-type]
                 if new_values:
                     table.add(new_raws, self.encoder.field_masks(field_index, new_values))
                 codes = list(map(table.rows.get, column))
@@ -259,6 +271,10 @@ _worker: _ChunkEncoder | None = None
 
 def _is_none(item: object) -> bool:
     return item is None
+
+
+def _is_not_none(item: object) -> bool:
+    return item is not None
 
 
 def _start_worker(*args: object) -> None:

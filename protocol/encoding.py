@@ -269,18 +269,17 @@ class _FieldEncoder:
         size = spec.size
         pad = PAD * (size - 1) if spec.padded else ""
         texts = [pad + value + pad for value in values] if pad else list(values)
-        slow: list[int] = []
-        coded: list[int] = []
-        for offset, text in enumerate(texts):
-            if size <= len(text) <= _CODED_LENGTH and "\x00" not in text:
-                coded.append(offset)
-            else:
-                slow.append(offset)
-        if not coded:
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        fits = (lengths >= size) & (lengths <= _CODED_LENGTH)
+        if "\x00" in "".join(texts):
+            fits &= np.fromiter(("\x00" not in text for text in texts), bool, len(texts))
+        coded = np.flatnonzero(fits)
+        slow = np.flatnonzero(~fits).tolist()
+        if len(coded) == 0:
             return slow
         if slow:
-            texts = [texts[offset] for offset in coded]
-        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+            texts = [texts[offset] for offset in coded.tolist()]
+            lengths = lengths[coded]
         width = int(lengths.max())
         points = (
             np.array(texts, dtype=f"U{width}").view(np.uint32).reshape(len(texts), width)
@@ -329,9 +328,7 @@ class _FieldEncoder:
         combo_bits.reshape(-1)[flat[take]] = 1
         combo_masks = np.packbits(combo_bits, axis=1, bitorder="little").view("<u8")
         starts = np.flatnonzero(np.diff(pair_rows, prepend=-1))
-        block[np.asarray(coded, dtype=np.intp)] |= np.bitwise_or.reduceat(
-            combo_masks[combo_of_pair], starts, axis=0
-        )
+        block[coded] |= np.bitwise_or.reduceat(combo_masks[combo_of_pair], starts, axis=0)
         return slow
 
     def _code_positions(self, code: int, count: int, spec: TokenSpec) -> list[int]:
