@@ -173,8 +173,11 @@ class _ChunkEncoder:
                     row = blank_row
                 fixed.append(row)
             rows = fixed
-        # Columns by one C-level transpose: indexing every row per field is a Python loop.
-        columns = list(zip(*rows, strict=True)) if rows else [()] * width
+        # Columns by C-level maps (a Python loop indexing every row per field costs more).
+        wanted = {self.bound.record_id_index} | {
+            index for _, index, _ in self.bound.readers if index is not None
+        }
+        columns = {index: list(map(operator.itemgetter(index), rows)) for index in wanted}
         record_ids = list(map(str.strip, columns[self.bound.record_id_index]))
         if "" in record_ids or not all(map(str.isprintable, record_ids)):
             for offset, record_id in enumerate(record_ids):
