@@ -20,9 +20,10 @@ caches (token -> bit mask, value -> bit mask) as Python ints, so a repeated name
 dictionary lookup. The column path (:meth:`ClkEncoder.field_masks`, what an encoder run uses)
 takes many distinct values of one field at once and works out n-gram tokens as integer codes
 in numpy: the windows of every value, their distinct codes, each distinct code hashed once,
-and the bits set with one scatter, with no per-token Python work. Tokens it cannot express
-as codes (other methods, long or unusual values) go through the per-value path. The caches
-key on tokens and values only, never on the key, and die with the encoder.
+one mask per (token, bit count) and an OR-reduce per value, so the Python work is per
+distinct token, not per token occurrence. Tokens it cannot express as codes (other methods,
+long or unusual values) go through the per-value path. The caches key on tokens and values
+only, never on the key, and die with the encoder.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ _CODE_POINT_BITS = 21
 _CODE_POINT_MASK = (1 << _CODE_POINT_BITS) - 1
 _CODED_LENGTH = 64
 _NO_TOKEN = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # above every code: sorts last, never a token
-_BATCH = 8192  # distinct values per scatter: bounds the (values, clk_bits) byte matrix
+_BATCH = 8192  # values per column step: bounds the (token occurrences, words) gather
 # TokenSpec attributes the column path understands; a new option turns it off for that spec
 # (the per-value path then serves it) until the column path learns the option.
 _CODED_SPEC_ATTRIBUTES = frozenset(
