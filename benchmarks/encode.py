@@ -137,7 +137,7 @@ def time_bloomlink(extract: Path, *, schema, mapping, workers: int, workdir: Pat
 
 
 PEAK_RSS = r"""
-import resource, sys
+import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from party.encoder_run import encode_extract
@@ -148,7 +148,10 @@ work = Path(sys.argv[3])
 encode_extract(extract_path=sys.argv[2], mapping=shipped_mapping("moj"), schema=default_schema(),
                secret=LinkageSecret(bytes(32)), project_id="benchmark", encoded_path=work / "rss.clk",
                positions_path=work / "rss.positions.csv", workers=1)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so it would report
+# the benchmark's own size (the generated extract is in its memory) instead of the encoder's.
+status = Path("/proc/self/status").read_text().splitlines()
+print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) // 1024)
 """
 
 
