@@ -323,6 +323,56 @@ def _first_repeated_id(digests: npt.NDArray[np.int64], ids_scratch: Path) -> tup
     return best
 
 
+_BUCKET_BYTES = 8 << 20  # CLKs per shuffle bucket: what the shuffle holds at once
+
+
+def _write_shuffled(
+    writer: ClkFileWriter, clk_scratch: Path, position_of: npt.NDArray[np.int64], clk_bytes: int
+) -> None:
+    """Write the scratch CLKs (extract order) so that record i lands at ``position_of[i]``,
+    holding one bucket of CLKs at a time however large the file.
+
+    Random reads of the scratch file would map all of it (the kernel faults pages in around
+    each read), so the shuffle goes through buckets of consecutive output positions: pass 1
+    reads the scratch file in order and appends each record to its bucket's region of a
+    second scratch file; pass 2 reads one region at a time and puts its records in order.
+    """
+    count = len(position_of)
+    bucket_rows = max(1, _BUCKET_BYTES // clk_bytes)
+    buckets = position_of // bucket_rows
+    bucketed = clk_scratch.with_name("bucketed.bin")
+    # Within a region, records are in extract order, so a stable sort names them.
+    order = np.argsort(buckets, kind="stable")
+    cursor = np.arange(0, count, bucket_rows, dtype=np.int64)  # next free row per bucket
+    with clk_scratch.open("rb") as source, bucketed.open("w+b") as regions:
+        descriptor = regions.fileno()
+        for start in range(0, count, bucket_rows):
+            block = np.fromfile(source, dtype=np.uint8, count=bucket_rows * clk_bytes)
+            block = block.reshape(-1, clk_bytes)
+            block_buckets = buckets[start : start + len(block)]
+            within = np.argsort(block_buckets, kind="stable")
+            grouped = block[within]
+            present, first, sizes = np.unique(
+                block_buckets[within], return_index=True, return_counts=True
+            )
+            for bucket, low, size in zip(
+                present.tolist(), first.tolist(), sizes.tolist(), strict=True
+            ):
+                os.pwrite(
+                    descriptor,
+                    grouped[low : low + size].tobytes(),
+                    int(cursor[bucket]) * clk_bytes,
+                )
+                cursor[bucket] += size
+        for low in range(0, count, bucket_rows):
+            high = min(count, low + bucket_rows)
+            region = os.pread(descriptor, (high - low) * clk_bytes, low * clk_bytes)
+            rows = np.frombuffer(region, dtype=np.uint8).reshape(-1, clk_bytes)
+            shuffled = np.empty_like(rows)
+            shuffled[position_of[order[low:high]] - low] = rows
+            writer.write(shuffled)
+
+
 def _write_positions(
     positions_path: Path, ids_scratch: Path, position_of: npt.NDArray[np.int64]
 ) -> None:
@@ -333,7 +383,7 @@ def _write_positions(
     ):
         positions_out.write(b"record_id,position\n")
         done = 0
-        while lines := ids_in.readlines(1 << 22):
+        while lines := ids_in.readlines(1 << 20):
             record_ids = [line[:-1] for line in lines]
             if any("," in line or '"' in line for line in lines):
                 record_ids = [
@@ -472,6 +522,7 @@ def encode_extract(
                 path=source,
             )
         repeat = _first_repeated_id(np.concatenate(id_digests), ids_scratch)
+        id_digests.clear()  # what the shuffle needs per record is its 8-byte position only
         if repeat is not None:
             all_rows = np.concatenate(row_numbers)
             raise RecordError(
@@ -481,9 +532,9 @@ def encode_extract(
             )
 
         permutation = (generator or _fresh_generator()).permutation(record_count)
-        stored = np.memmap(clk_scratch, dtype=np.uint8, mode="r", shape=(record_count, clk_bytes))
         position_of = np.empty(record_count, dtype=np.int64)
         position_of[permutation] = np.arange(record_count, dtype=np.int64)
+        del permutation
         # Both files or neither: the positions file is committed inside the encoded file's
         # block (so a failure writing it leaves no encoded file), and removed again if the
         # encoded file then fails to commit.
@@ -496,16 +547,13 @@ def encode_extract(
                 kcv=local.encoder.kcv,
                 clk_bits=schema.encoded_bits,
             ) as writer:
-                step = 1 << 16
-                for start in range(0, record_count, step):
-                    writer.write(np.asarray(stored[permutation[start : start + step]]))
+                _write_shuffled(writer, clk_scratch, position_of, clk_bytes)
                 _write_positions(positions_path, ids_scratch, position_of)
                 positions_committed = True
         except BaseException:
             if positions_committed:
                 positions_path.unlink(missing_ok=True)
             raise
-        del stored
         assert writer.header is not None
         return EncodeSummary(
             rows_read=counts["read"],

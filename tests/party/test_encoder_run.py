@@ -392,7 +392,7 @@ def test_progress_and_summary_carry_counts_not_values(dirs: tuple[Path, Path]) -
                 assert value not in line
 
 
-def test_a_full_mask_table_starts_again_without_changing_a_bit(
+def test_small_mask_tables_and_shuffle_buckets_change_no_bit(
     dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A table smaller than a chunk's distinct values, and chunks mixing remembered and new
@@ -405,6 +405,7 @@ def test_a_full_mask_table_starts_again_without_changing_a_bit(
     run(extract, out, seed=5, chunk_rows=13)
     expected = (out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()
     monkeypatch.setattr(party.encoder_run, "_TABLE_ROWS", 6)
+    monkeypatch.setattr(party.encoder_run, "_BUCKET_BYTES", 7 * 128)  # 9 shuffle buckets
     run(extract, out, seed=5, chunk_rows=13)
     assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == expected
     _, clks = read_clks(out / "moj.clk")
