@@ -85,9 +85,11 @@ class EncodeSummary:
 class _MaskTable:
     """One field's raw value -> row of a bit-mask table, bounded so memory stays flat.
 
-    Row 0 is the empty mask (a missing value). When a chunk's new values would not fit, the
-    table starts again (a chunk's own distinct values always fit). Rejected values are never
-    remembered, so each occurrence is reported.
+    Row 0 is the empty mask (a missing value). The array grows by doubling up to
+    ``capacity`` rows (a field with few distinct values, or a small file, never pays for the
+    whole table); when a chunk's new values would not fit, the table starts again (a chunk's
+    own distinct values always fit). Rejected values are never remembered, so each
+    occurrence is reported.
     """
 
     __slots__ = ("capacity", "masks", "rows", "used")
@@ -95,22 +97,25 @@ class _MaskTable:
     def __init__(self, words: int) -> None:
         self.capacity = _TABLE_ROWS
         self.rows: dict[str, int] = {}
-        # np.zeros maps untouched pages lazily: the table costs only the rows it uses.
-        self.masks = np.zeros((self.capacity, words), dtype=np.uint64)
+        self.masks = np.zeros((min(1024, self.capacity), words), dtype=np.uint64)
         self.used = 1
 
     def make_room(self, count: int) -> bool:
         """Ensure ``count`` more rows fit; True if that meant forgetting every value."""
-        if self.used + count <= self.capacity:
-            return False
-        if count + 1 > self.capacity:
-            self.capacity = count + 1
-            self.masks = np.zeros((self.capacity, self.masks.shape[1]), dtype=np.uint64)
-        self.rows.clear()
-        self.used = 1
-        return True
+        forget = self.used + count > self.capacity
+        if forget:
+            self.capacity = max(self.capacity, count + 1)
+            self.rows.clear()
+            self.used = 1
+        if self.used + count > len(self.masks):
+            size = min(self.capacity, max(2 * len(self.masks), self.used + count))
+            grown = np.zeros((size, self.masks.shape[1]), dtype=np.uint64)
+            grown[: self.used] = self.masks[: self.used]
+            self.masks = grown
+        return forget
 
     def add(self, raws: list[str], masks: npt.NDArray[np.uint64]) -> None:
+        """Remember ``raws`` with their masks (call :meth:`make_room` for them first)."""
         start = self.used
         self.masks[start : start + len(raws)] = masks
         self.rows.update(zip(raws, range(start, start + len(raws)), strict=True))
@@ -200,7 +205,8 @@ class _ChunkEncoder:
                 # Work out each distinct new value once, then look the column up again in C.
                 fresh = dict.fromkeys(itertools.compress(column, map(_is_none, codes)))
                 if table.make_room(len(fresh)):
-                    fresh = dict.fromkeys(column)
+                    fresh = dict.fromkeys(column)  # forgotten: the whole column is new
+                    table.make_room(len(fresh))
                 rejected: dict[str, str] = {}
                 raws = list(fresh)
                 try:  # normalised by a C-level map; a rejected value sends us the long way
