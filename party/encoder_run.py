@@ -203,7 +203,9 @@ class _ChunkEncoder:
             codes = list(map(table.rows.get, column))
             if None in codes:
                 # Work out each distinct new value once, then look the column up again in C.
-                fresh = dict.fromkeys(itertools.compress(column, map(_is_none, codes)))
+                fresh = dict.fromkeys(
+                    itertools.compress(column, map(operator.is_, codes, itertools.repeat(None)))
+                )
                 if table.make_room(len(fresh)):
                     fresh = dict.fromkeys(column)  # forgotten: the whole column is new
                     table.make_room(len(fresh))
@@ -226,7 +228,7 @@ class _ChunkEncoder:
                         if raw not in rejected
                     ]
                     raws = kept
-                present = list(map(_is_not_none, values))
+                present = list(map(operator.is_not, values, itertools.repeat(None)))
                 table.rows.update(
                     dict.fromkeys(itertools.compress(raws, map(operator.not_, present)), 0)
                 )
@@ -276,14 +278,6 @@ class _ChunkEncoder:
 
 
 _worker: _ChunkEncoder | None = None
-
-
-def _is_none(item: object) -> bool:
-    return item is None
-
-
-def _is_not_none(item: object) -> bool:
-    return item is not None
 
 
 def _start_worker(*args: object) -> None:
