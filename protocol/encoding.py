@@ -62,8 +62,9 @@ _CODE_POINT_MASK = (1 << _CODE_POINT_BITS) - 1
 _CODED_LENGTH = 64
 _NO_TOKEN = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # above every code: sorts last, never a token
 _BATCH = 8192  # values per column step: bounds the (token occurrences, words) gather
-# TokenSpec attributes the column path understands; a new option turns it off for that spec
-# (the per-value path then serves it) until the column path learns the option.
+# TokenSpec attributes the column path understands. A spec that sets a newer option away from
+# its default goes to the per-value path until the column path learns the option (a default
+# keeps the old tokens, or the golden vectors would change).
 _CODED_SPEC_ATTRIBUTES = frozenset(
     {"method", "size", "padded", "positional", "algorithm", "bits", "bits_per_token"}
 )
@@ -73,8 +74,9 @@ def _coded(spec: TokenSpec) -> bool:
     """Whether the column path can work out ``spec``'s tokens as integer codes."""
     if spec.method != "ngram" or spec.size < 1:
         return False
-    if {item.name for item in dataclasses.fields(spec)} != _CODED_SPEC_ATTRIBUTES:
-        return False
+    for item in dataclasses.fields(spec):
+        if item.name not in _CODED_SPEC_ATTRIBUTES and getattr(spec, item.name) != item.default:
+            return False
     index_bits = 6 if spec.positional else 0
     return spec.size * _CODE_POINT_BITS + index_bits <= 64
 

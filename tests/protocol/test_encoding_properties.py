@@ -1,12 +1,16 @@
-"""Properties of the encoder: the cached fast path agrees with the plain reference, and CLKs
-are deterministic, token-order independent, of the right length, with missing fields empty."""
+"""Properties of the encoder: the cached per-value path and the numpy column path agree with
+each other and with the plain reference, and CLKs are deterministic, token-order independent,
+of the right length, with missing fields empty."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from protocol import encoding
 from protocol.encoding import ClkEncoder, balance, keyed_permutation, xor_fold
 from protocol.schema import TokenSpec, default_schema, parse_schema
 from protocol.secret import LinkageSecret
@@ -185,3 +189,17 @@ def test_column_path_serves_every_length_and_repeats_in_one_call() -> None:
     masks = ENCODER.field_masks(4, values)
     for value, row in zip(values, masks, strict=True):
         assert int.from_bytes(row.astype("<u8").tobytes(), "little") == ENCODER.field_mask(4, value)
+
+
+def test_a_newer_token_option_set_away_from_its_default_leaves_the_column_path() -> None:
+    # Another tokeniser option may land in TokenSpec before the column path learns it.
+    newer = dataclasses.make_dataclass(
+        "NewerTokenSpec",
+        [("reversed_text", bool, dataclasses.field(default=False))],
+        bases=(TokenSpec,),
+        frozen=True,
+        kw_only=True,
+    )
+    assert encoding._coded(newer(method="ngram", bits=40))
+    assert not encoding._coded(newer(method="ngram", bits=40, reversed_text=True))
+    assert not encoding._coded(TokenSpec(method="exact", bits=40))
