@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def time_bloomlink(extract: Path, *, schema, mapping, workers: int, workdir: Pat
 
 
 PEAK_RSS = r"""
-import resource, sys
+import sys
 sys.path.insert(0, sys.argv[1])
 from pathlib import Path
 from party.encoder_run import encode_extract
@@ -147,7 +148,10 @@ work = Path(sys.argv[3])
 encode_extract(extract_path=sys.argv[2], mapping=shipped_mapping("moj"), schema=default_schema(),
                secret=LinkageSecret(bytes(32)), project_id="benchmark", encoded_path=work / "rss.clk",
                positions_path=work / "rss.positions.csv", workers=1)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so it would report
+# the benchmark's own size (the generated extract is in its memory) instead of the encoder's.
+status = Path("/proc/self/status").read_text().splitlines()
+print(next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) // 1024)
 """
 
 
@@ -189,6 +193,7 @@ def main() -> None:
     from bloomlink.synth import SynthConfig, generate, write  # the department-style generator
 
     print(f"scratch: {workdir}", file=sys.stderr)
+    load_start = os.getloadavg()[0]  # the machine is shared: say how busy it was
     peer_febrl = run_peer(PEER_FEBRL, str(workdir), str(FEBRL_SCHEMA), str(args.repeats))
     febrl_schema = load_schema(SCHEMAS / "febrl4.toml")
     febrl_mapping = load_mapping(SCHEMAS / "febrl4_mapping.toml")
@@ -254,6 +259,11 @@ def main() -> None:
     print(
         "(bloomlink: file to shuffled encoded file incl. I/O; clkhash: rows in memory to CLKs; both one process, cold caches)"
     )
+    load_end = os.getloadavg()[0]
+    print(
+        f"1-minute load average {load_start:.1f} at the start, {load_end:.1f} at the end, on "
+        f"{os.cpu_count()} cores"
+    )
     figures = {
         "bench": "encode",
         "records": synth_records,
@@ -267,6 +277,9 @@ def main() -> None:
         "bloomlink_rec_s_all_cores": round(synth_records / ours_all),
         "peak_rss_mib_small": rss_small,
         "peak_rss_mib_full": rss_full,
+        "load_avg_start": round(load_start, 1),
+        "load_avg_end": round(load_end, 1),
+        "cores": os.cpu_count(),
     }
     print(json.dumps(figures))
 

@@ -11,7 +11,7 @@ department. Both files appear only if the whole run succeeds.
 from __future__ import annotations
 
 import collections
-import hashlib
+import itertools
 import multiprocessing
 import operator
 import os
@@ -44,7 +44,7 @@ Progress = Callable[[int], None]
 """Called with the number of rows read so far."""
 
 PARALLEL_FROM_BYTES = 4 << 20  # smaller extracts encode in-process: workers cost ~0.5 s to start
-_RAW_CACHE_LIMIT = 200_000  # per field; cleared when full so memory stays flat
+_TABLE_ROWS = 1 << 16  # distinct raw values remembered per field (8 MiB at 1024 bits)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -82,6 +82,46 @@ class EncodeSummary:
         )
 
 
+class _MaskTable:
+    """One field's raw value -> row of a bit-mask table, bounded so memory stays flat.
+
+    Row 0 is the empty mask (a missing value). The array grows by doubling up to
+    ``capacity`` rows (a field with few distinct values, or a small file, never pays for the
+    whole table); when a chunk's new values would not fit, the table starts again (a chunk's
+    own distinct values always fit). Rejected values are never remembered, so each
+    occurrence is reported.
+    """
+
+    __slots__ = ("capacity", "masks", "rows", "used")
+
+    def __init__(self, words: int) -> None:
+        self.capacity = _TABLE_ROWS
+        self.rows: dict[str, int] = {}
+        self.masks = np.zeros((min(1024, self.capacity), words), dtype=np.uint64)
+        self.used = 1
+
+    def make_room(self, count: int) -> bool:
+        """Ensure ``count`` more rows fit; True if that meant forgetting every value."""
+        forget = self.used + count > self.capacity
+        if forget:
+            self.capacity = max(self.capacity, count + 1)
+            self.rows.clear()
+            self.used = 1
+        if self.used + count > len(self.masks):
+            size = min(self.capacity, max(2 * len(self.masks), self.used + count))
+            grown = np.zeros((size, self.masks.shape[1]), dtype=np.uint64)
+            grown[: self.used] = self.masks[: self.used]
+            self.masks = grown
+        return forget
+
+    def add(self, raws: list[str], masks: npt.NDArray[np.uint64]) -> None:
+        """Remember ``raws`` with their masks (call :meth:`make_room` for them first)."""
+        start = self.used
+        self.masks[start : start + len(raws)] = masks
+        self.rows.update(zip(raws, range(start, start + len(raws)), strict=True))
+        self.used += len(raws)
+
+
 @dataclass(frozen=True, slots=True)
 class _ChunkResult:
     clks: bytes
@@ -111,19 +151,19 @@ class _ChunkEncoder:
         self.bound: BoundMapping = mapping.bind(schema, header, source=source)
         self.encoder = ClkEncoder(schema, LinkageSecret(secret_material), project_id=project_id)
         self.policy = policy
-        # raw value -> bit mask, per field; rejected values are never cached
-        self._raw_masks: list[dict[str, int]] = [{} for _ in self.bound.readers]
+        self._tables = [_MaskTable(schema.clk_bits // 64) for _ in self.bound.readers]
 
     def encode(self, chunk: ExtractChunk) -> _ChunkResult:
         """Encode a chunk column by column: per-row interpreter work is what limits a Python
-        encoder, so each field's raw values go through one cache lookup (raw value -> bits)
-        and rows are only combined at the end with C-level ``map``."""
+        encoder, so each field's raw values become rows of a mask table (each distinct new
+        value normalised once, all of them encoded in one column call) and the CLKs are the
+        OR of the fields' table rows, gathered in numpy."""
         rows = chunk.rows
         first = chunk.first_row
         width = self.bound.width
         problems: dict[int, tuple[str | None, str]] = {}  # row offset -> (field, reason)
         blanked: list[tuple[int, str | None, str]] = []
-        if any(len(row) != width for row in rows):
+        if set(map(len, rows)) - {width}:
             blank_row = [""] * width
             fixed = []
             for offset, row in enumerate(rows):
@@ -138,50 +178,80 @@ class _ChunkEncoder:
                     row = blank_row
                 fixed.append(row)
             rows = fixed
-        id_index = self.bound.record_id_index
-        record_ids = [row[id_index].strip() for row in rows]
-        for offset, record_id in enumerate(record_ids):
-            if not record_id or not record_id.isprintable():
-                self._reject(
-                    problems, offset, first, None, "record id is empty or has control characters"
-                )
-        masks = [0] * len(rows)
+        # Columns by C-level maps (a Python loop indexing every row per field costs more).
+        wanted = {self.bound.record_id_index} | {
+            index for _, index, _ in self.bound.readers if index is not None
+        }
+        columns = {index: list(map(operator.itemgetter(index), rows)) for index in wanted}
+        record_ids = list(map(str.strip, columns[self.bound.record_id_index]))
+        if "" in record_ids or not all(map(str.isprintable, record_ids)):
+            for offset, record_id in enumerate(record_ids):
+                if not record_id or not record_id.isprintable():
+                    self._reject(
+                        problems,
+                        offset,
+                        first,
+                        None,
+                        "record id is empty or has control characters",
+                    )
+        clks = np.zeros((len(rows), self.encoder.schema.clk_bits // 64), dtype=np.uint64)
         for field_index, (name, column_index, normalise) in enumerate(self.bound.readers):
             if column_index is None:
                 continue
-            cache = self._raw_masks[field_index]
-            column = [row[column_index] for row in rows]
-            field_masks = list(map(cache.get, column))
-            if None in field_masks:
+            table = self._tables[field_index]
+            column = columns[column_index]
+            codes = list(map(table.rows.get, column))
+            if None in codes:
                 # Work out each distinct new value once, then look the column up again in C.
                 fresh = dict.fromkeys(
-                    raw for raw, mask in zip(column, field_masks, strict=True) if mask is None
+                    itertools.compress(column, map(operator.is_, codes, itertools.repeat(None)))
                 )
-                if len(cache) + len(fresh) > _RAW_CACHE_LIMIT:
-                    cache.clear()
+                if table.make_room(len(fresh)):
+                    fresh = dict.fromkeys(column)  # forgotten: the whole column is new
+                    table.make_room(len(fresh))
                 rejected: dict[str, str] = {}
-                for raw in fresh:
-                    try:
-                        value = normalise(raw)
-                    except ValueRejectedError as error:
-                        rejected[raw] = error.message
-                        continue
-                    cache[raw] = 0 if value is None else self.encoder.field_mask(field_index, value)
-                field_masks = list(map(cache.get, column))
-                blank_allowed = self.policy == "blank" and name not in self.bound.required_fields
-                for offset in (
-                    [i for i, mask in enumerate(field_masks) if mask is None] if rejected else ()
-                ):
-                    reason = rejected[column[offset]]
-                    if blank_allowed:
-                        blanked.append((first + offset, name, reason))
-                    else:
-                        self._reject(problems, offset, first, name, reason)
-                    field_masks[offset] = 0
-            masks = list(map(operator.or_, masks, field_masks))
+                raws = list(fresh)
+                try:  # normalised by a C-level map; a rejected value sends us the long way
+                    values: list[str | None] = list(map(normalise, raws))
+                except ValueRejectedError:
+                    values = []
+                    for raw in raws:
+                        try:
+                            values.append(normalise(raw))
+                        except ValueRejectedError as error:
+                            rejected[raw] = error.message
+                            values.append(None)
+                    kept = [raw for raw in raws if raw not in rejected]
+                    values = [
+                        value
+                        for raw, value in zip(raws, values, strict=True)
+                        if raw not in rejected
+                    ]
+                    raws = kept
+                present = list(map(operator.is_not, values, itertools.repeat(None)))
+                table.rows.update(
+                    dict.fromkeys(itertools.compress(raws, map(operator.not_, present)), 0)
+                )
+                new_raws = list(itertools.compress(raws, present))
+                new_values: list[str] = list(itertools.compress(values, present))  # type: ignore[arg-type]
+                if new_values:
+                    table.add(new_raws, self.encoder.field_masks(field_index, new_values))
+                codes = list(map(table.rows.get, column))
+                if rejected:
+                    blank_allowed = (
+                        self.policy == "blank" and name not in self.bound.required_fields
+                    )
+                    for offset in [i for i, code in enumerate(codes) if code is None]:
+                        reason = rejected[column[offset]]
+                        if blank_allowed:
+                            blanked.append((first + offset, name, reason))
+                        else:
+                            self._reject(problems, offset, first, name, reason)
+                        codes[offset] = 0
+            clks |= table.masks[np.asarray(codes, dtype=np.intp)]
         if problems:
             keep = [offset for offset in range(len(rows)) if offset not in problems]
-            masks = [masks[offset] for offset in keep]
+            clks = clks[np.asarray(keep, dtype=np.intp)]
             record_ids = [record_ids[offset] for offset in keep]
             row_numbers = [first + offset for offset in keep]
         else:
@@ -192,8 +262,9 @@ class _ChunkEncoder:
         if self.policy == "fail" and skipped:
             # Report the chunk's first bad row, whichever field or check found it.
             return _ChunkResult(b"", [], [], [], [], failure=skipped[0])
-        clks = self.encoder.pack(masks) if masks else np.zeros((0, 1), np.uint64)
-        return _ChunkResult(clks.tobytes(), record_ids, row_numbers, skipped, blanked)
+        return _ChunkResult(
+            self.encoder.harden(clks).tobytes(), record_ids, row_numbers, skipped, blanked
+        )
 
     def _reject(
         self,
@@ -229,6 +300,79 @@ def _fresh_generator() -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(secrets.randbits(128)))
 
 
+def _first_repeated_id(digests: npt.NDArray[np.int64], ids_scratch: Path) -> tuple[int, int] | None:
+    """The record indices (earlier, later) of the first record whose id repeats an earlier
+    one, or None. Equal digests are only candidates: their ids are compared to confirm."""
+    order = np.argsort(digests, kind="stable")
+    ordered = digests[order]
+    same = np.flatnonzero(ordered[1:] == ordered[:-1])
+    if len(same) == 0:
+        return None
+    candidates = set(order[same].tolist()) | set(order[same + 1].tolist())
+    last = max(candidates)
+    first_seen: dict[str, int] = {}
+    best: tuple[int, int] | None = None
+    with ids_scratch.open("r", encoding="utf-8", newline="\n") as ids:
+        for index, line in enumerate(ids):
+            if index > last:
+                break
+            if index in candidates:
+                earlier = first_seen.setdefault(line, index)
+                if earlier != index and (best is None or index < best[1]):
+                    best = (earlier, index)
+    return best
+
+
+_BUCKET_BYTES = 8 << 20  # CLKs per shuffle bucket: what the shuffle holds at once
+
+
+def _write_shuffled(
+    writer: ClkFileWriter, clk_scratch: Path, position_of: npt.NDArray[np.int64], clk_bytes: int
+) -> None:
+    """Write the scratch CLKs (extract order) so that record i lands at ``position_of[i]``,
+    holding one bucket of CLKs at a time however large the file.
+
+    Random reads of the scratch file would map all of it (the kernel faults pages in around
+    each read), so the shuffle goes through buckets of consecutive output positions: pass 1
+    reads the scratch file in order and appends each record to its bucket's region of a
+    second scratch file; pass 2 reads one region at a time and puts its records in order.
+    """
+    count = len(position_of)
+    bucket_rows = max(1, _BUCKET_BYTES // clk_bytes)
+    buckets = position_of // bucket_rows
+    bucketed = clk_scratch.with_name("bucketed.bin")
+    # Within a region, records are in extract order, so a stable sort names them.
+    order = np.argsort(buckets, kind="stable")
+    cursor = np.arange(0, count, bucket_rows, dtype=np.int64)  # next free row per bucket
+    with clk_scratch.open("rb") as source, bucketed.open("w+b") as regions:
+        descriptor = regions.fileno()
+        for start in range(0, count, bucket_rows):
+            block = np.fromfile(source, dtype=np.uint8, count=bucket_rows * clk_bytes)
+            block = block.reshape(-1, clk_bytes)
+            block_buckets = buckets[start : start + len(block)]
+            within = np.argsort(block_buckets, kind="stable")
+            grouped = block[within]
+            present, first, sizes = np.unique(
+                block_buckets[within], return_index=True, return_counts=True
+            )
+            for bucket, low, size in zip(
+                present.tolist(), first.tolist(), sizes.tolist(), strict=True
+            ):
+                os.pwrite(
+                    descriptor,
+                    grouped[low : low + size].tobytes(),
+                    int(cursor[bucket]) * clk_bytes,
+                )
+                cursor[bucket] += size
+        for low in range(0, count, bucket_rows):
+            high = min(count, low + bucket_rows)
+            region = os.pread(descriptor, (high - low) * clk_bytes, low * clk_bytes)
+            rows = np.frombuffer(region, dtype=np.uint8).reshape(-1, clk_bytes)
+            shuffled = np.empty_like(rows)
+            shuffled[position_of[order[low:high]] - low] = rows
+            writer.write(shuffled)
+
+
 def _write_positions(
     positions_path: Path, ids_scratch: Path, position_of: npt.NDArray[np.int64]
 ) -> None:
@@ -238,16 +382,20 @@ def _write_positions(
         ids_scratch.open("r", encoding="utf-8", newline="\n") as ids_in,
     ):
         positions_out.write(b"record_id,position\n")
-        buffer: list[str] = []
-        for index, line in enumerate(ids_in):
-            record_id = line[:-1]
-            if any(char in record_id for char in ',"'):
-                record_id = '"' + record_id.replace('"', '""') + '"'
-            buffer.append(f"{record_id},{position_of[index]}\n")
-            if len(buffer) >= 65536:
-                positions_out.write("".join(buffer).encode("utf-8", "surrogateescape"))
-                buffer.clear()
-        positions_out.write("".join(buffer).encode("utf-8", "surrogateescape"))
+        done = 0
+        while lines := ids_in.readlines(1 << 20):
+            record_ids = [line[:-1] for line in lines]
+            if any("," in line or '"' in line for line in lines):
+                record_ids = [
+                    '"' + record_id.replace('"', '""') + '"'
+                    if "," in record_id or '"' in record_id
+                    else record_id
+                    for record_id in record_ids
+                ]
+            positions = position_of[done : done + len(record_ids)].tolist()
+            done += len(record_ids)
+            text = "".join(map("{},{}\n".format, record_ids, positions))
+            positions_out.write(text.encode("utf-8", "surrogateescape"))
 
 
 def encode_extract(
@@ -306,9 +454,9 @@ def encode_extract(
         blanked_values = 0
         problems: collections.Counter[str] = collections.Counter()
         row_numbers: list[npt.NDArray[np.int64]] = []
-        # A keyed 64-bit digest per record id finds duplicates in 8 bytes a row.
-        id_key = secrets.token_bytes(16)
-        id_digests: list[npt.NDArray[np.uint64]] = []
+        # Python's string hash (SipHash, keyed per process) finds repeated record ids in 8
+        # bytes a row; a repeat it reports is confirmed on the ids themselves before failing.
+        id_digests: list[npt.NDArray[np.int64]] = []
 
         with (
             clk_scratch.open("wb") as clk_out,
@@ -321,7 +469,8 @@ def encode_extract(
                     row, field_name, reason = result.failure
                     raise RecordError(reason, row=row, field=field_name)
                 clk_out.write(result.clks)
-                ids_out.write("".join(f"{record_id}\n" for record_id in result.record_ids))
+                if result.record_ids:
+                    ids_out.write("\n".join(result.record_ids) + "\n")
                 counts["read"] += rows_in_chunk
                 counts["encoded"] += len(result.record_ids)
                 skipped_rows += len(result.skipped)
@@ -330,20 +479,7 @@ def encode_extract(
                     problems[field_name or "(row)"] += 1
                 row_numbers.append(np.asarray(result.row_numbers, dtype=np.int64))
                 id_digests.append(
-                    np.asarray(
-                        [
-                            int.from_bytes(
-                                hashlib.blake2b(
-                                    rid.encode("utf-8", "surrogateescape"),
-                                    key=id_key,
-                                    digest_size=8,
-                                ).digest(),
-                                "little",
-                            )
-                            for rid in result.record_ids
-                        ],
-                        dtype=np.uint64,
-                    )
+                    np.fromiter(map(hash, result.record_ids), np.int64, len(result.record_ids))
                 )
                 if progress:
                     progress(counts["read"])
@@ -385,21 +521,20 @@ def encode_extract(
                 f"none of the {counts['read']} rows could be encoded (all were skipped)",
                 path=source,
             )
-        digests = np.concatenate(id_digests)
-        unique, occurrences = np.unique(digests, return_counts=True)
-        if len(unique) != record_count:
+        repeat = _first_repeated_id(np.concatenate(id_digests), ids_scratch)
+        id_digests.clear()  # what the shuffle needs per record is its 8-byte position only
+        if repeat is not None:
             all_rows = np.concatenate(row_numbers)
-            repeated = unique[occurrences > 1][0]
-            where = all_rows[np.flatnonzero(digests == repeated)[:2]]
             raise RecordError(
-                f"record id repeats the id of row {int(where[0])}; record ids must be unique",
-                row=int(where[1]),
+                f"record id repeats the id of row {int(all_rows[repeat[0]])}; record ids must "
+                "be unique",
+                row=int(all_rows[repeat[1]]),
             )
 
         permutation = (generator or _fresh_generator()).permutation(record_count)
-        stored = np.memmap(clk_scratch, dtype=np.uint8, mode="r", shape=(record_count, clk_bytes))
         position_of = np.empty(record_count, dtype=np.int64)
         position_of[permutation] = np.arange(record_count, dtype=np.int64)
+        del permutation
         # Both files or neither: the positions file is committed inside the encoded file's
         # block (so a failure writing it leaves no encoded file), and removed again if the
         # encoded file then fails to commit.
@@ -412,16 +547,13 @@ def encode_extract(
                 kcv=local.encoder.kcv,
                 clk_bits=schema.encoded_bits,
             ) as writer:
-                step = 1 << 16
-                for start in range(0, record_count, step):
-                    writer.write(np.asarray(stored[permutation[start : start + step]]))
+                _write_shuffled(writer, clk_scratch, position_of, clk_bytes)
                 _write_positions(positions_path, ids_scratch, position_of)
                 positions_committed = True
         except BaseException:
             if positions_committed:
                 positions_path.unlink(missing_ok=True)
             raise
-        del stored
         assert writer.header is not None
         return EncodeSummary(
             rows_read=counts["read"],

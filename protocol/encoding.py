@@ -15,13 +15,20 @@ a warning to use the recipe. Encoding v1 (docs/encoding.md has the worked exampl
 * a missing value sets no bits; the CLK is the OR of every field's bits;
 * optional hardening (``xor-fold`` or ``balance``) is applied to the finished CLK.
 
-Speed comes from two bounded caches per encoder (token -> bit mask, value -> bit mask) held
-as Python ints, so a repeated name costs a dictionary lookup. The caches key on tokens and
-values only, never on the key, and die with the encoder.
+Two paths give the same bits. The per-value path (:meth:`ClkEncoder.encode`) holds bounded
+caches (token -> bit mask, value -> bit mask) as Python ints, so a repeated name costs a
+dictionary lookup. The column path (:meth:`ClkEncoder.field_masks`, what an encoder run uses)
+takes many distinct values of one field at once and works out n-gram tokens as integer codes
+in numpy: the windows of every value, their distinct codes, each distinct code hashed once,
+one mask per (token, bit count) and an OR-reduce per value, so the Python work is per
+distinct token, not per token occurrence. Tokens it cannot express as codes (other methods,
+long or unusual values) go through the per-value path. The caches key on tokens and values
+only, never on the key, and die with the encoder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import struct
@@ -33,7 +40,7 @@ import numpy.typing as npt
 from protocol.keys import derive_field_key, derive_hardening_key, key_check_value
 from protocol.schema import FieldSpec, LinkageSchema, TokenSpec
 from protocol.secret import LinkageSecret
-from protocol.tokens import tokenise
+from protocol.tokens import PAD, tokenise
 
 __all__ = [
     "ClkEncoder",
@@ -46,6 +53,44 @@ __all__ = [
 
 _WORDS = struct.Struct(">8I")
 _CACHE_LIMIT = 200_000  # entries per cache; cleared when full so memory stays flat
+
+# The column path codes an n-gram as its code points, 21 bits each (every code point fits),
+# and a positional n-gram's index above them; it takes values up to _CODED_LENGTH characters
+# (so an index fits in 6 bits) and n-grams whose code fits in 64 bits.
+_CODE_POINT_BITS = 21
+_CODE_POINT_MASK = (1 << _CODE_POINT_BITS) - 1
+_CODED_LENGTH = 64
+_NO_TOKEN = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # above every code: sorts last, never a token
+_BATCH = 8192  # values per column step: bounds the (token occurrences, words) gather
+# TokenSpec attributes the column path understands. A spec that sets a newer option away from
+# its default goes to the per-value path until the column path learns the option (a default
+# keeps the old tokens, or the golden vectors would change).
+_CODED_SPEC_ATTRIBUTES = frozenset(
+    {"method", "size", "padded", "positional", "algorithm", "bits", "bits_per_token"}
+)
+
+
+def _coded(spec: TokenSpec) -> bool:
+    """Whether the column path can work out ``spec``'s tokens as integer codes."""
+    if spec.method != "ngram" or spec.size < 1:
+        return False
+    for item in dataclasses.fields(spec):
+        if item.name not in _CODED_SPEC_ATTRIBUTES and getattr(spec, item.name) != item.default:
+            return False
+    index_bits = 6 if spec.positional else 0
+    return spec.size * _CODE_POINT_BITS + index_bits <= 64
+
+
+def _token_of_code(code: int, spec: TokenSpec) -> str:
+    """The token string an n-gram code stands for (the inverse of the column path's coding)."""
+    size = spec.size
+    gram = "".join(
+        chr((code >> (_CODE_POINT_BITS * (size - 1 - place))) & _CODE_POINT_MASK)
+        for place in range(size)
+    )
+    if spec.positional:
+        return f"p{size}:{code >> (_CODE_POINT_BITS * size)}:{gram}"
+    return f"g{size}:{gram}"
 
 
 def token_positions(
@@ -130,7 +175,15 @@ def balance(
 class _FieldEncoder:
     """Bit masks for one field's values, under its key, with bounded caches."""
 
-    __slots__ = ("_clk_bits", "_hashing", "_key", "_token_masks", "_value_masks", "spec")
+    __slots__ = (
+        "_clk_bits",
+        "_code_positions_cache",
+        "_hashing",
+        "_key",
+        "_token_masks",
+        "_value_masks",
+        "spec",
+    )
 
     def __init__(self, spec: FieldSpec, *, key: bytes, clk_bits: int, hashing: str) -> None:
         self.spec = spec
@@ -139,6 +192,7 @@ class _FieldEncoder:
         self._hashing = hashing
         self._token_masks: dict[str, list[int]] = {}
         self._value_masks: dict[str, int] = {}
+        self._code_positions_cache: dict[TokenSpec, dict[int, list[int]]] = {}
 
     def _token_mask(self, token: str, count: int) -> int:
         # One entry per token holds the masks of its first 1, 2, ... positions, so a token
@@ -156,26 +210,147 @@ class _FieldEncoder:
             self._token_masks[token] = prefixes
         return prefixes[count]
 
+    def _spec_mask(self, value: str, spec: TokenSpec) -> int:
+        """The bits one tokeniser's tokens of ``value`` set (per-value path)."""
+        mask = 0
+        tokens = tokenise(value, spec)
+        if tokens:
+            count = bits_for_token(spec, len(tokens))
+            token_masks = self._token_masks
+            for token in tokens:
+                prefixes = token_masks.get(token)  # inlined _token_mask: the hot loop
+                if prefixes is not None and len(prefixes) > count:
+                    mask |= prefixes[count]
+                else:
+                    mask |= self._token_mask(token, count)
+        return mask
+
     def mask(self, value: str) -> int:
         mask = self._value_masks.get(value)
         if mask is not None:
             return mask
         mask = 0
-        token_masks = self._token_masks
         for spec in self.spec.tokens:
-            tokens = tokenise(value, spec)
-            if tokens:
-                count = bits_for_token(spec, len(tokens))
-                for token in tokens:
-                    prefixes = token_masks.get(token)  # inlined _token_mask: the hot loop
-                    if prefixes is not None and len(prefixes) > count:
-                        mask |= prefixes[count]
-                    else:
-                        mask |= self._token_mask(token, count)
+            mask |= self._spec_mask(value, spec)
         if len(self._value_masks) >= _CACHE_LIMIT:
             self._value_masks.clear()
         self._value_masks[value] = mask
         return mask
+
+    def masks(self, values: Sequence[str]) -> npt.NDArray[np.uint64]:
+        """Column path: the bits of many values as a ``(values, clk_bits // 64)`` array."""
+        words = self._clk_bits // 64
+        result = np.zeros((len(values), words), dtype=np.uint64)
+        for start in range(0, len(values), _BATCH):
+            batch = values[start : start + _BATCH]
+            block = result[start : start + len(batch)]
+            leftover: dict[int, int] = {}  # value offset -> bits from the per-value path
+            for spec in self.spec.tokens:
+                slow: Iterable[int] = (
+                    self._or_coded_masks(batch, spec, block) if _coded(spec) else range(len(batch))
+                )
+                for offset in slow:
+                    mask = self._spec_mask(batch[offset], spec)
+                    leftover[offset] = leftover.get(offset, 0) | mask
+            if leftover:
+                offsets = list(leftover)
+                size = self._clk_bits // 8
+                extra = np.frombuffer(
+                    b"".join([leftover[offset].to_bytes(size, "little") for offset in offsets]),
+                    dtype="<u8",
+                ).reshape(-1, words)
+                block[np.asarray(offsets, dtype=np.intp)] |= extra
+        return result
+
+    def _or_coded_masks(
+        self, values: Sequence[str], spec: TokenSpec, block: npt.NDArray[np.uint64]
+    ) -> list[int]:
+        """OR the bits of ``spec``'s n-grams into ``block`` (one row per value) for every value
+        it can code; return the offsets of the values left to the per-value path (shorter
+        than one n-gram, longer than _CODED_LENGTH, or holding NUL, which numpy's fixed-width
+        strings would drop)."""
+        size = spec.size
+        pad = PAD * (size - 1) if spec.padded else ""
+        texts = [pad + value + pad for value in values] if pad else list(values)
+        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+        fits = (lengths >= size) & (lengths <= _CODED_LENGTH)
+        if "\x00" in "".join(texts):
+            fits &= np.fromiter(("\x00" not in text for text in texts), bool, len(texts))
+        coded = np.flatnonzero(fits)
+        slow = np.flatnonzero(~fits).tolist()
+        if len(coded) == 0:
+            return slow
+        if slow:
+            texts = [texts[offset] for offset in coded.tolist()]
+            lengths = lengths[coded]
+        width = int(lengths.max())
+        points = (
+            np.array(texts, dtype=f"U{width}").view(np.uint32).reshape(len(texts), width)
+        ).astype(np.uint64)
+        windows = width - size + 1
+        codes = np.zeros((len(texts), windows), dtype=np.uint64)
+        for place in range(size):
+            codes = (codes << np.uint64(_CODE_POINT_BITS)) | points[:, place : place + windows]
+        if spec.positional:
+            codes |= np.arange(windows, dtype=np.uint64)[None, :] << np.uint64(
+                _CODE_POINT_BITS * size
+            )
+        codes[np.arange(windows)[None, :] > (lengths - size)[:, None]] = _NO_TOKEN
+        # Tokens are a set: keep each distinct code of a value once (positional codes differ
+        # by their index already). Every coded value has at least one token.
+        codes.sort(axis=1)
+        distinct = codes != _NO_TOKEN
+        distinct[:, 1:] &= codes[:, 1:] != codes[:, :-1]
+        token_counts = distinct.sum(axis=1)
+        if spec.bits_per_token is not None:
+            counts = np.full(len(texts), spec.bits_per_token, dtype=np.int64)
+        else:
+            assert spec.bits is not None
+            counts = np.maximum(1, (spec.bits + token_counts // 2) // token_counts)
+        pair_rows, pair_columns = np.nonzero(distinct)  # row-major: rows ascending
+        pair_counts = counts[pair_rows]
+        unique_codes, code_of_pair = np.unique(codes[pair_rows, pair_columns], return_inverse=True)
+        # A (token, bit count) combination is one mask; a chunk holds few of them.
+        most = int(pair_counts.max())
+        combos, combo_of_pair = np.unique(
+            code_of_pair * (most + 1) + pair_counts, return_inverse=True
+        )
+        combo_tokens, combo_counts = np.divmod(combos, most + 1)
+        table = np.zeros((len(unique_codes), most), dtype=np.int64)
+        wanted = np.zeros(len(unique_codes), dtype=np.int64)
+        np.maximum.at(wanted, combo_tokens, combo_counts)
+        for index, (code, count) in enumerate(
+            zip(unique_codes.tolist(), wanted.tolist(), strict=True)
+        ):
+            table[index, :count] = self._code_positions(code, count, spec)
+        take = np.arange(most)[None, :] < combo_counts[:, None]
+        combo_bits = np.zeros((len(combos), self._clk_bits), dtype=np.uint8)
+        flat = (np.arange(len(combos), dtype=np.int64)[:, None] * self._clk_bits) + table[
+            combo_tokens
+        ]
+        combo_bits.reshape(-1)[flat[take]] = 1
+        combo_masks = np.packbits(combo_bits, axis=1, bitorder="little").view("<u8")
+        starts = np.flatnonzero(np.diff(pair_rows, prepend=-1))
+        block[coded] |= np.bitwise_or.reduceat(combo_masks[combo_of_pair], starts, axis=0)
+        return slow
+
+    def _code_positions(self, code: int, count: int, spec: TokenSpec) -> list[int]:
+        """The first ``count`` positions of the n-gram ``code`` stands for (cached per
+        tokeniser and code, never per key)."""
+        cache = self._code_positions_cache.setdefault(spec, {})
+        positions = cache.get(code)
+        if positions is None or len(positions) < count:
+            positions = token_positions(
+                self._key,
+                _token_of_code(code, spec),
+                max(count, 8),
+                clk_bits=self._clk_bits,
+                hashing=self._hashing,
+            )
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[code] = positions
+        return positions[:count]
 
 
 class ClkEncoder:
@@ -228,6 +403,12 @@ class ClkEncoder:
     def field_mask(self, index: int, value: str) -> int:
         """The bits one normalised value of field ``index`` sets, as an int (cached)."""
         return self._fields[index].mask(value)
+
+    def field_masks(self, index: int, values: Sequence[str]) -> npt.NDArray[np.uint64]:
+        """Column path: the bits many normalised values of field ``index`` set, as a
+        ``(values, clk_bits // 64)`` uint64 array (row i is ``field_mask(index, values[i])``).
+        Pass each distinct value once: the work is per value, not cached across calls."""
+        return self._fields[index].masks(values)
 
     def pack(self, masks: Sequence[int]) -> npt.NDArray[np.uint64]:
         """Unhardened record masks -> hardened ``(records, encoded_bits // 64)`` uint64 CLKs."""

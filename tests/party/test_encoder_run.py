@@ -15,7 +15,7 @@ from party.mapping import shipped_mapping
 from protocol.clk_file import read_clks
 from protocol.encoding import ClkEncoder
 from protocol.errors import ConfigurationError, ExtractError, RecordError
-from protocol.schema import default_schema
+from protocol.schema import default_schema, parse_schema
 from protocol.secret import LinkageSecret
 
 SECRET = LinkageSecret(bytes(range(32)))
@@ -390,3 +390,97 @@ def test_progress_and_summary_carry_counts_not_values(dirs: tuple[Path, Path]) -
         for value in row[1:]:
             if len(value) > 3:
                 assert value not in line
+
+
+def test_small_mask_tables_and_shuffle_buckets_change_no_bit(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A table smaller than a chunk's distinct values, and chunks mixing remembered and new
+    # values, as at a million rows with near-unique postcodes (this once crashed there).
+    source, out = dirs
+    rows = [person(index) for index in range(60)]
+    for index, row in enumerate(rows):
+        row[5] = f"N{index % 9 + 1} {index % 7}AB"
+    extract = write_csv(source / "moj.csv", rows)
+    run(extract, out, seed=5, chunk_rows=13)
+    expected = (out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()
+    monkeypatch.setattr(party.encoder_run, "_TABLE_ROWS", 6)
+    monkeypatch.setattr(party.encoder_run, "_BUCKET_BYTES", 7 * 128)  # 9 shuffle buckets
+    run(extract, out, seed=5, chunk_rows=13)
+    assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == expected
+    _, clks = read_clks(out / "moj.clk")
+    positions = read_positions(out / "moj.positions.csv")
+    direct = expected_clks(rows)
+    assert all(clks[position].tobytes() == direct[rid] for rid, position in positions.items())
+
+
+def test_equal_id_digests_are_confirmed_on_the_ids(tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("a\nb\nc\nb\nd\n", encoding="utf-8")
+    colliding = np.array([5, 5, 7, 8, 9], dtype=np.int64)  # a and b share a digest only
+    assert party.encoder_run._first_repeated_id(colliding, ids) is None
+    repeated = np.array([1, 2, 3, 2, 4], dtype=np.int64)
+    assert party.encoder_run._first_repeated_id(repeated, ids) == (1, 3)
+
+
+@pytest.mark.parametrize("hardening", ["none", "xor-fold", "balance"])
+def test_every_token_method_and_hardening_match_the_per_value_encoder(
+    dirs: tuple[Path, Path], hardening: str
+) -> None:
+    # The run's column path against ClkEncoder.encode, record by record, on a schema that
+    # uses every tokeniser, a key group, blake2b and each hardening.
+    source, out = dirs
+    document = {
+        "schema_version": 1,
+        "name": "every-method",
+        "clk_bits": 512,
+        "hashing": "blake2b",
+        "hardening": hardening,
+        "fields": [
+            {
+                "name": "forename",
+                "kind": "person_name",
+                "key_group": "names",
+                "tokens": [
+                    {"method": "ngram", "size": 3, "padded": False, "bits_per_token": 3},
+                    {"method": "phonetic", "algorithm": "soundex", "bits": 20},
+                ],
+            },
+            {
+                "name": "surname",
+                "kind": "person_name",
+                "key_group": "names",
+                "tokens": [{"method": "ngram", "size": 2, "positional": True, "bits": 90}],
+            },
+            {
+                "name": "date_of_birth",
+                "kind": "date",
+                "tokens": [{"method": "date_parts", "bits": 60}],
+            },
+            {"name": "sex", "kind": "sex", "tokens": [{"method": "exact", "bits": 20}]},
+            {
+                "name": "postcode",
+                "kind": "postcode",
+                "tokens": [{"method": "ngram", "size": 1, "bits_per_token": 2}],
+            },
+        ],
+    }
+    schema = parse_schema(document)
+    rows = [person(index) for index in range(40)]
+    encode_extract(
+        extract_path=write_csv(source / "moj.csv", rows),
+        mapping=shipped_mapping("moj"),
+        schema=schema,
+        secret=SECRET,
+        project_id="demo",
+        encoded_path=out / "moj.clk",
+        positions_path=out / "moj.positions.csv",
+        chunk_rows=16,
+    )
+    _, clks = read_clks(out / "moj.clk")
+    positions = read_positions(out / "moj.positions.csv")
+    bound = shipped_mapping("moj").bind(schema, HEADER)
+    encoder = ClkEncoder(schema, SECRET, project_id="demo")
+    for row in rows:
+        expected = encoder.encode(bound.normalise(row, row_number=1))
+        assert clks[positions[row[0]]].tobytes() == expected
