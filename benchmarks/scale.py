@@ -62,7 +62,11 @@ def run_cluster(
 
     with (
         LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",  # None still binds :8787
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):

@@ -10,10 +10,12 @@ in-process path (:class:`linkage_unit.blocking.BlockingIndex` restricted to its 
 in-process union, so the link structure is identical. Solving stays at the linkage unit, on
 the gathered pairs, so nothing about it depends on task boundaries.
 
-Failures: a task that raises, or whose worker dies, is resubmitted up to ``task_retries``
-times (Dask itself also reschedules tasks of a lost worker); every retry and every finished
-task is reported through the run's progress callback, so the project's status shows it. A
-task that keeps failing, a cluster that cannot be reached, or a compare that exceeds
+Failures: when a worker dies, the Dask scheduler reschedules its tasks on the others (the
+scattered CLKs are on every worker); if every copy of a scattered input was lost, the linkage
+unit scatters it again. A task that raises, or that Dask gives up on (``KilledWorker``), is
+resubmitted up to ``task_retries`` times. Lost workers, retries and finished tasks are
+reported through the run's progress callback, so the project's status shows them. A task that
+keeps failing, a cluster that cannot be reached, or a compare that exceeds
 ``timeout_seconds`` (for example: no worker ever joins) ends the run with a MatchingError that
 says which; nothing waits forever.
 
@@ -26,6 +28,7 @@ the scheduler is on loopback.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +49,8 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from distributed import Client
 
 __all__ = ["ClusterSettings", "DaskExecutor", "TaskFailure"]
+
+logger = logging.getLogger("bloomlink.linkage_unit.distributed")
 
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -287,17 +292,22 @@ class _Session:
     def __init__(self, client: Client, settings: ClusterSettings) -> None:
         self.client = client
         self.settings = settings
-        self._scattered: list[Any] = []
+        # Scattered future key -> (its future, the linkage unit's copy to scatter again).
+        self._scattered: dict[str, tuple[Any, npt.NDArray[np.uint64]]] = {}
 
     def release(self) -> None:
         if self._scattered:
-            self.client.cancel(self._scattered)
-            self._scattered = []
+            self.client.cancel([future for future, _ in self._scattered.values()])
+            self._scattered = {}
 
     def workers(self) -> dict[str, dict[str, Any]]:
-        info = self.client.scheduler_info()
+        info = self.client.scheduler_info(n_workers=-1)
         workers: dict[str, dict[str, Any]] = info.get("workers", {})
         return workers
+
+    def worker_addresses(self) -> set[str]:
+        """The workers the scheduler knows now (a cheap call: addresses and thread counts)."""
+        return set(self.client.nthreads())
 
     def wait_for_workers(self, progress: ProgressCallback | None) -> int:
         deadline = time.monotonic() + self.settings.timeout_seconds
@@ -315,9 +325,32 @@ class _Session:
 
     def scatter(self, array: npt.NDArray[np.uint64]) -> Any:
         """Send one array to every worker, once."""
-        future = self.client.scatter(array, broadcast=True, hash=False)
-        self._scattered.append(future)
+        try:
+            future = self.client.scatter(
+                array, broadcast=True, hash=False, timeout=self.settings.connect_timeout_seconds
+            )
+        except (OSError, TimeoutError) as error:
+            raise MatchingError(
+                f"could not send the CLKs to the Dask workers within "
+                f"{self.settings.connect_timeout_seconds:g} s ({type(error).__name__}): "
+                "check that workers are running and can reach the scheduler"
+            ) from None
+        self._scattered[future.key] = (future, array)
         return future
+
+    def _with_live_inputs(self, argument: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``argument`` with every scattered input whose copies were all lost (every worker
+        holding it died) scattered again from the linkage unit's copy."""
+        refreshed = []
+        for item in argument:
+            key = getattr(item, "key", None)
+            entry = self._scattered.get(key) if isinstance(key, str) else None
+            if entry is not None and entry[0].status != "finished":
+                del self._scattered[entry[0].key]
+                logger.warning("every copy of a scattered CLK array was lost; scattering it again")
+                item = self.scatter(entry[1])
+            refreshed.append(item)
+        return tuple(refreshed)
 
     def map(
         self,
@@ -328,11 +361,14 @@ class _Session:
         progress: ProgressCallback | None,
     ) -> list[Any]:
         """Run ``function(*arguments[k])`` for every k on the cluster and return the results
-        in order. A failed task (error or lost worker) is resubmitted up to ``task_retries``
-        times, and each retry is reported as ``"<stage> (retrying a failed Dask task)"``."""
+        in order. A failed task (error, lost worker Dask gave up on, or lost input) is
+        resubmitted up to ``task_retries`` times. Lost workers and retries show in the stage
+        label: ``"<stage> (lost 1 Dask worker(s), tasks rescheduled; retried 2 failed Dask
+        task(s))"``."""
         total = len(arguments)
         results: list[Any] = [None] * total
         attempts = [0] * total
+        current = list(arguments)
         changed = threading.Event()
 
         def submit(argument: tuple[Any, ...]) -> Any:
@@ -340,11 +376,33 @@ class _Session:
             future.add_done_callback(lambda _: changed.set())
             return future
 
-        futures = {submit(argument): k for k, argument in enumerate(arguments)}
+        futures = {submit(argument): k for k, argument in enumerate(current)}
         deadline = time.monotonic() + self.settings.timeout_seconds
         done_count = 0
         retries = 0
-        label = stage
+        lost_workers = 0
+        known_workers = self.worker_addresses()
+        next_worker_check = time.monotonic() + 1.0
+
+        def label() -> str:
+            notes = []
+            if lost_workers:
+                notes.append(f"lost {lost_workers} Dask worker(s), tasks rescheduled")
+            if retries:
+                notes.append(f"retried {retries} failed Dask task(s)")
+            return f"{stage} ({'; '.join(notes)})" if notes else stage
+
+        def check_workers() -> None:
+            nonlocal known_workers, lost_workers
+            now_known = self.worker_addresses()
+            gone = len(known_workers - now_known)
+            if gone:
+                lost_workers += gone
+                logger.warning(
+                    "%s: lost %d Dask worker(s); the scheduler reschedules their tasks", stage, gone
+                )
+            known_workers = now_known
+
         try:
             while futures:
                 remaining = deadline - time.monotonic()
@@ -356,26 +414,41 @@ class _Session:
                     )
                 changed.wait(min(1.0, remaining))
                 changed.clear()
+                if time.monotonic() >= next_worker_check:
+                    check_workers()
+                    next_worker_check = time.monotonic() + 1.0
                 for future in [future for future in futures if future.done()]:
                     k = futures.pop(future)
                     if future.status == "finished":
                         results[k] = future.result()
                         done_count += 1
                         continue
-                    error = future.exception()
+                    # "error", or "cancelled"/"lost" when an input's every copy was lost.
+                    reason = (
+                        type(future.exception()).__name__
+                        if future.status == "error"
+                        else f"input lost ({future.status})"
+                    )
                     attempts[k] += 1
                     if attempts[k] > self.settings.task_retries:
                         raise TaskFailure(
                             f"{stage}: Dask task {k + 1} of {total} failed {attempts[k]} times "
-                            f"(last: {type(error).__name__}); see the Dask worker logs"
+                            f"(last: {reason}); see the Dask worker logs"
                         ) from None
                     retries += 1
-                    label = f"{stage} (retried {retries} failed Dask task(s))"
+                    logger.warning(
+                        "%s: Dask task %d of %d failed (%s); retrying", stage, k + 1, total, reason
+                    )
                     if progress is not None:
-                        progress(label, done_count, total)
-                    futures[submit(arguments[k])] = k
+                        progress(label(), done_count, total)
+                    current[k] = self._with_live_inputs(current[k])
+                    futures[submit(current[k])] = k
                 if progress is not None:
-                    progress(label, done_count, total)
+                    progress(label(), done_count, total)
+            previous = lost_workers
+            check_workers()  # a loss in the last second still shows
+            if progress is not None and lost_workers != previous:
+                progress(label(), done_count, total)
         finally:
             if futures:
                 self.client.cancel(list(futures))

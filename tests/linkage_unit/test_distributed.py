@@ -5,6 +5,7 @@ project's status."""
 from __future__ import annotations
 
 import functools
+import importlib
 import os
 import socket
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, WorkerPlugin
 
 from linkage_unit import matching
 from linkage_unit.blocking import BlockingSettings
@@ -21,6 +22,7 @@ from linkage_unit.distributed import ClusterSettings, DaskExecutor, TaskFailure
 from linkage_unit.server import ServerConfig
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.messages import ProjectSettings, RunState
+from tests.dask_helpers import local_cluster
 from tests.linkage_unit.test_service import OPERATOR, build, upload
 from tests.service_helpers import SCHEMA_FINGERPRINT, planted_party_clks, write_clk_file
 
@@ -29,9 +31,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as local:
+    with local_cluster(2) as local:
         yield local
 
 
@@ -146,7 +146,112 @@ def test_a_killed_worker_does_not_lose_the_run(client: Client, tmp_path: Path) -
         )
     assert results == [0, 2, 4, 6]
     assert (tmp_path / "crashed").exists()
-    client.wait_for_workers(2, timeout=30)  # the nanny restarts the killed worker
+    assert "compare (lost 1 Dask worker(s), tasks rescheduled)" in stages
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+
+
+class CompareTaskFaults(WorkerPlugin):
+    """Fault injection inside the Dask workers, not in the linkage unit: the compare task
+    functions, which a worker looks up by name for each task, are wrapped so that the first
+    one to run anywhere kills its own worker process (``kill_marker``), or every one raises
+    (``fail``), or each waits for a file to exist (``gate``) so a test can watch a run in
+    flight. ``teardown`` puts the real functions back."""
+
+    names = ("_band_task", "_tile_task")
+
+    def __init__(
+        self, *, kill_marker: str | None = None, fail: bool = False, gate: str | None = None
+    ) -> None:
+        self.kill_marker = kill_marker
+        self.fail = fail
+        self.gate = gate
+
+    def setup(self, worker: object) -> None:
+        module = importlib.import_module("linkage_unit.distributed")
+        self.originals = {name: getattr(module, name) for name in self.names}
+        for name, original in self.originals.items():
+            setattr(module, name, self._wrap(original))
+
+    def teardown(self, worker: object) -> None:
+        module = importlib.import_module("linkage_unit.distributed")
+        for name, original in self.originals.items():
+            setattr(module, name, original)
+
+    def _wrap(self, original):  # type: ignore[no-untyped-def]
+        def faulty(*arguments):  # type: ignore[no-untyped-def]
+            if self.kill_marker is not None:
+                try:
+                    os.close(os.open(self.kill_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    pass
+                else:
+                    os._exit(1)  # a worker lost mid-task, as on an out-of-memory kill
+            if self.fail:
+                raise RuntimeError("injected task failure")
+            if self.gate is not None:
+                deadline = time.monotonic() + 120
+                while not Path(self.gate).exists() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            return original(*arguments)
+
+        return faulty
+
+
+def test_a_worker_killed_mid_link_leaves_the_link_structure_unchanged(
+    client: Client, tmp_path: Path
+) -> None:
+    clks = noisy_parties(seed=21, records=1500)
+    settings = matching.MatchSettings(
+        threshold=0.8,
+        blocking="lsh",
+        blocking_seed=9,
+        blocking_settings=BlockingSettings(bands=24, bits_per_band=10),
+    )
+    local = matching.link(clks, settings)
+    marker = tmp_path / "killed"
+    client.register_plugin(CompareTaskFaults(kill_marker=str(marker)), name="kill-once")
+    stages: list[str] = []
+    try:
+        remote = matching.link(
+            clks,
+            settings,
+            executor=executor(client),
+            progress=lambda stage, done, total: stages.append(stage),
+        )
+    finally:
+        client.unregister_worker_plugin("kill-once")
+        client.wait_for_workers(2, timeout=60)
+    assert marker.exists()  # a worker really died during a compare task
+    assert any("lost 1 Dask worker(s), tasks rescheduled" in stage for stage in stages)
+    assert local.linked_record_count > 0
+    for party in clks:
+        np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
+    assert remote.comparisons == local.comparisons
+
+
+def crash_holding(marker: str, array: np.ndarray) -> int:
+    """Kills its worker the first time it runs; with one worker, every copy of ``array``
+    (scattered) dies with it."""
+    crash_once(marker, 0)
+    return int(array.sum())
+
+
+def test_inputs_lost_with_every_worker_are_scattered_again(tmp_path: Path) -> None:
+    stages: list[str] = []
+    with (
+        local_cluster(1) as single,
+        Client(single, set_as_default=False) as connected,
+    ):
+        with executor(connected, connect_timeout_seconds=60).session() as session:
+            array = session.scatter(np.arange(10, dtype=np.uint64))
+            results = session.map(
+                crash_holding,
+                [(str(tmp_path / "crashed"), array)],
+                stage="compare",
+                progress=lambda stage, done, total: stages.append(stage),
+            )
+    assert results == [45]
+    assert any("retried 1 failed Dask task(s)" in stage for stage in stages)
 
 
 def test_a_failed_task_is_retried_and_the_retry_shows_in_progress(
