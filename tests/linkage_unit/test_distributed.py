@@ -5,7 +5,6 @@ project's status."""
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import socket
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from distributed import Client, LocalCluster, WorkerPlugin
+from distributed import Client, LocalCluster
 
 from linkage_unit import matching
 from linkage_unit.blocking import BlockingSettings
@@ -22,7 +21,7 @@ from linkage_unit.distributed import ClusterSettings, DaskExecutor, TaskFailure
 from linkage_unit.server import ServerConfig
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.messages import ProjectSettings, RunState
-from tests.dask_helpers import local_cluster
+from tests.dask_helpers import CompareTaskFaults, local_cluster
 from tests.linkage_unit.test_service import OPERATOR, build, upload
 from tests.service_helpers import SCHEMA_FINGERPRINT, planted_party_clks, write_clk_file
 
@@ -148,53 +147,6 @@ def test_a_killed_worker_does_not_lose_the_run(client: Client, tmp_path: Path) -
     assert (tmp_path / "crashed").exists()
     assert "compare (lost 1 Dask worker(s), tasks rescheduled)" in stages
     client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
-
-
-class CompareTaskFaults(WorkerPlugin):
-    """Fault injection inside the Dask workers, not in the linkage unit: the compare task
-    functions, which a worker looks up by name for each task, are wrapped so that the first
-    one to run anywhere kills its own worker process (``kill_marker``), or every one raises
-    (``fail``), or each waits for a file to exist (``gate``) so a test can watch a run in
-    flight. ``teardown`` puts the real functions back."""
-
-    names = ("_band_task", "_tile_task")
-
-    def __init__(
-        self, *, kill_marker: str | None = None, fail: bool = False, gate: str | None = None
-    ) -> None:
-        self.kill_marker = kill_marker
-        self.fail = fail
-        self.gate = gate
-
-    def setup(self, worker: object) -> None:
-        module = importlib.import_module("linkage_unit.distributed")
-        self.originals = {name: getattr(module, name) for name in self.names}
-        for name, original in self.originals.items():
-            setattr(module, name, self._wrap(original))
-
-    def teardown(self, worker: object) -> None:
-        module = importlib.import_module("linkage_unit.distributed")
-        for name, original in self.originals.items():
-            setattr(module, name, original)
-
-    def _wrap(self, original):  # type: ignore[no-untyped-def]
-        def faulty(*arguments):  # type: ignore[no-untyped-def]
-            if self.kill_marker is not None:
-                try:
-                    os.close(os.open(self.kill_marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                except FileExistsError:
-                    pass
-                else:
-                    os._exit(1)  # a worker lost mid-task, as on an out-of-memory kill
-            if self.fail:
-                raise RuntimeError("injected task failure")
-            if self.gate is not None:
-                deadline = time.monotonic() + 120
-                while not Path(self.gate).exists() and time.monotonic() < deadline:
-                    time.sleep(0.05)
-            return original(*arguments)
-
-        return faulty
 
 
 def test_a_worker_killed_mid_link_leaves_the_link_structure_unchanged(
