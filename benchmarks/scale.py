@@ -4,6 +4,12 @@ per-core figures docs/scale.md builds its capacity plan from.
 
     /work/devenv/bin/python benchmarks/scale.py [--records 200000]
 
+Peak memory is each process's resident high-water mark (Linux VmHWM), reset after warm-up, so
+it is what the linkage itself needed (ru_maxrss would report the parent's peak in every forked
+worker). The "large-block probe" times the blocked compare on one thread with blocks as big as
+the default LSH makes them at 60M records per party (about 3,700 records a side), which is the
+per-core rate the capacity plan uses; small inputs have tiny blocks and overheads dominate.
+
 The data: two parties of random 1024-bit CLKs (density 0.4); half of the second party are
 noisy copies of the first party's records (Dice ~0.8-1.0). Blocking is the engine's default
 LSH. Prints a table, then ONE JSON line. No peer system runs this comparison, so "peer" is
@@ -14,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import resource
 import sys
 import time
@@ -23,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from linkage_unit.blocking import BlockingIndex, BlockingSettings  # noqa: E402
 from linkage_unit.distributed import ClusterSettings, DaskExecutor  # noqa: E402
 from linkage_unit.matching import LinkResult, MatchSettings, link  # noqa: E402
 
@@ -51,8 +60,43 @@ def parties(records: int, seed: int) -> dict[str, np.ndarray]:
     return {"moj": left, "dfe": right[generator.permutation(records)]}
 
 
-def _peak_kib() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+def _reset_peak() -> bool:
+    """Reset this process's resident high-water mark (Linux); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mib() -> float:
+    """This process's resident high-water mark since the last reset, in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+DEFAULT_BLOCKING = BlockingSettings()
+RECORDS_60M = 60_000_000
+
+
+def large_block_probe(clks: dict[str, np.ndarray]) -> tuple[float, int, float]:
+    """One thread, two bands, blocks of the size the default LSH gives at 60M a side; returns
+    (block comparisons per second, block comparisons, records a side per block)."""
+    records = len(clks["moj"])
+    side_at_60m = RECORDS_60M / 2**DEFAULT_BLOCKING.bits_per_band
+    bits = max(1, round(math.log2(records / side_at_60m)))
+    settings = BlockingSettings(bands=2, bits_per_band=bits, max_block_comparisons=10**12)
+    index = BlockingIndex(clks["moj"], clks["dfe"], settings=settings, seed=5, workers=1)
+    started = time.perf_counter()
+    index.candidate_pairs(THRESHOLD, max_pairs=10**8)
+    seconds = time.perf_counter() - started
+    comparisons = index.plan.block_comparisons
+    return comparisons / seconds, comparisons, records / 2**bits
 
 
 def run_cluster(
@@ -75,7 +119,7 @@ def run_cluster(
         )
         # Warm the workers (imports, numba's compiled cache) outside the timing.
         link({name: array[:2000] for name, array in clks.items()}, settings, executor=executor)
-        baseline = client.run(_peak_kib)
+        client.run(_reset_peak)
         stages: list[str] = []
         started = time.perf_counter()
         result = link(
@@ -85,8 +129,8 @@ def run_cluster(
             progress=lambda stage, done, total: stages.append(f"{stage} {done}/{total}"),
         )
         seconds = time.perf_counter() - started
-        peaks = client.run(_peak_kib)
-        mib = [max(peaks[key], baseline[key]) / 1024 for key in sorted(peaks)]
+        peaks = client.run(_peak_mib)
+        mib = [peaks[key] for key in sorted(peaks)]
     return seconds, result, mib, stages
 
 
@@ -100,17 +144,20 @@ def main() -> int:
     clk_mib = sum(array.nbytes for array in clks.values()) / 2**20
 
     link({name: array[:2000] for name, array in clks.items()}, settings)  # warm
-    before = _peak_kib()
+    load_before = os.getloadavg()[0]
+    _reset_peak()
     started = time.perf_counter()
     local = link(clks, settings)
     local_seconds = time.perf_counter() - started
-    local_mib = max(before, _peak_kib()) / 1024
+    local_mib = _peak_mib()
     one_seconds, one, one_mib, _ = run_cluster(clks, settings, 1)
     two_seconds, two, two_mib, stages = run_cluster(clks, settings, 2)
     for result in (one, two):
         for party in clks:
             if not np.array_equal(result.clusters[party], local.clusters[party]):
                 raise SystemExit("the Dask link structure differs from the in-process one")
+    probe_rate, probe_comparisons, probe_side = large_block_probe(clks)
+    load_after = os.getloadavg()[0]
 
     planned = local.statistics["blocked_comparisons_planned"]
     per_core = planned / one_seconds
@@ -126,7 +173,12 @@ def main() -> int:
     )
     print(f"  identical link structure on all three: yes ({local.linked_record_count:,} linked)")
     print(f"  per core (1 worker): {per_core / 1e6:.0f} M block comparisons/s end to end")
+    print(
+        f"  large-block probe (1 thread, ~{probe_side:,.0f} records a side per block as at 60M): "
+        f"{probe_rate / 1e6:.0f} M block comparisons/s ({probe_comparisons:,} compared)"
+    )
     print(f"  candidate pairs: {local.candidate_pair_count:,}; last progress: {stages[-1]}")
+    print(f"  machine: {os.cpu_count()} cores, load average {load_before:.1f} -> {load_after:.1f}")
     print(
         json.dumps(
             {
@@ -140,7 +192,9 @@ def main() -> int:
                 "dask_2_workers_peak_mib": [round(m) for m in two_mib],
                 "block_comparisons": int(planned),
                 "block_comparisons_per_core_s": round(per_core),
+                "large_block_comparisons_per_core_s": round(probe_rate),
                 "candidate_pairs": local.candidate_pair_count,
+                "load_average": [round(load_before, 1), round(load_after, 1)],
                 "peer": None,
                 "ratio": round(local_seconds / two_seconds, 3),
                 "ratio_meaning": "in-process time / 2-worker Dask time (no peer runs this)",

@@ -477,12 +477,15 @@ def compare_on_cluster(
         return CandidatePairs.empty()
     workers = session.wait_for_workers(progress)
     clk_bytes = left.nbytes + (0 if right is None else right.nbytes)
+    # A worker runs one task per thread at once, each with its own band working set.
+    threads = max(session.client.nthreads().values(), default=1)
     band_bytes = _BAND_BYTES_PER_RECORD * (n_left + n_right)
-    need = clk_bytes + band_bytes
+    need = clk_bytes + threads * band_bytes
     if need > session.settings.worker_memory_bytes:
         raise MatchingError(
             f"{stage}: each Dask worker needs about {need / 2**30:.1f} GiB (all CLKs of the two "
-            f"parties plus one band's working set) but worker_memory_bytes allows "
+            f"parties plus one band's working set per thread, {threads} threads) but "
+            "worker_memory_bytes allows "
             f"{session.settings.worker_memory_bytes / 2**30:.1f} GiB: use workers with more memory"
         )
     left_future = session.scatter(left)
