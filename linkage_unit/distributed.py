@@ -202,22 +202,62 @@ def _tile_task(
     )
 
 
-def _merge(results: Sequence[_TaskResult], width: int) -> CandidatePairs:
-    """The union of the tasks' pairs, each pair once, sorted by (left, right) - exactly what
-    the in-process union gives (a pair found by two band groups has the same score in both)."""
-    if not results:
-        return CandidatePairs.empty()
-    codes = np.concatenate([item.left.astype(np.int64) * width + item.right for item in results])
-    scores = np.concatenate([item.scores for item in results])
-    comparisons = sum(item.comparisons for item in results)
-    unique, first = np.unique(codes, return_index=True)
-    rows, cols = np.divmod(unique, max(width, 1))
-    return CandidatePairs(
-        left=rows.astype(np.int64),
-        right=cols.astype(np.int64),
-        scores=scores[first],
-        comparisons=comparisons,
-    )
+class _PairUnion:
+    """The union of the tasks' pairs, each pair once, sorted by (left, right) - exactly what the
+    in-process union gives (a pair found by two band groups has the same score in both).
+
+    Results are folded in as they arrive, so the linkage unit holds the distinct pairs plus a
+    backlog no larger than them, not every task's copy: a true match comes back from each band
+    group it collides in. Past ``max_pairs`` distinct pairs it fails at once."""
+
+    def __init__(
+        self, *, width: int, max_pairs: int, threshold: float, backlog: int = 1 << 20
+    ) -> None:
+        self.width = max(width, 1)
+        self.backlog = backlog
+        self.max_pairs = max_pairs
+        self.threshold = threshold
+        self.codes = np.empty(0, np.int64)
+        self.scores = np.empty(0, np.float32)
+        self.pending: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = []
+        self.pending_count = 0
+        self.comparisons = 0
+        self.counts: dict[str, int] = {}
+
+    def add(self, result: _TaskResult) -> None:
+        self.comparisons += result.comparisons
+        for name in ("block_comparisons", "oversized_blocks", "oversized_comparisons"):
+            self.counts[name] = self.counts.get(name, 0) + getattr(result, name)
+        self.pending.append(
+            (result.left.astype(np.int64) * self.width + result.right, result.scores)
+        )
+        self.pending_count += len(result.left)
+        if self.pending_count > max(len(self.codes), self.backlog):
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self.pending:
+            return
+        codes = np.concatenate([self.codes, *(codes for codes, _ in self.pending)])
+        scores = np.concatenate([self.scores, *(scores for _, scores in self.pending)])
+        self.pending, self.pending_count = [], 0
+        self.codes, first = np.unique(codes, return_index=True)
+        self.scores = scores[first]
+        if len(self.codes) > self.max_pairs:
+            raise MatchingError(
+                f"more than {self.max_pairs} candidate pairs at threshold {self.threshold}: "
+                "raise the threshold or the candidate-pair limit"
+            )
+
+    def pairs(self) -> CandidatePairs:
+        self._fold()
+        rows, cols = np.divmod(self.codes, self.width)
+        return CandidatePairs(
+            left=rows.astype(np.int64),
+            right=cols.astype(np.int64),
+            scores=self.scores,
+            comparisons=self.comparisons,
+        )
 
 
 def _groups(count: int, parts: int) -> list[tuple[int, int]]:
@@ -359,9 +399,10 @@ class _Session:
         *,
         stage: str,
         progress: ProgressCallback | None,
+        collect: Callable[[Any], None] | None = None,
     ) -> list[Any]:
         """Run ``function(*arguments[k])`` for every k on the cluster and return the results
-        in order. A failed task (error, lost worker Dask gave up on, or lost input) is
+        in order (or, with ``collect``, hand each to it as it arrives and keep none). A failed task (error, lost worker Dask gave up on, or lost input) is
         resubmitted up to ``task_retries`` times. Lost workers and retries show in the stage
         label: ``"<stage> (lost 1 Dask worker(s), tasks rescheduled; retried 2 failed Dask
         task(s))"``."""
@@ -420,7 +461,11 @@ class _Session:
                 for future in [future for future in futures if future.done()]:
                     k = futures.pop(future)
                     if future.status == "finished":
-                        results[k] = future.result()
+                        if collect is None:
+                            results[k] = future.result()
+                        else:
+                            collect(future.result())
+                        future.release()  # the worker may drop its copy now
                         done_count += 1
                         continue
                     # "error", or "cancelled"/"lost" when an input's every copy was lost.
@@ -491,6 +536,7 @@ def compare_on_cluster(
     left_future = session.scatter(left)
     right_future = None if right is None else session.scatter(right)
     parts = workers * session.settings.tasks_per_worker
+    union = _PairUnion(width=n_right, max_pairs=max_pairs, threshold=threshold)
     arguments: list[tuple[Any, ...]]
     if use_lsh:
         clk_bits = 64 * left.shape[1]
@@ -499,23 +545,17 @@ def compare_on_cluster(
             (left_future, right_future, positions[a:b], blocking, threshold, max_pairs, 1)
             for a, b in _groups(blocking.bands, parts)
         ]
-        results = session.map(_band_task, arguments, stage=stage, progress=progress)
+        session.map(_band_task, arguments, stage=stage, progress=progress, collect=union.add)
         for key, name in (
             ("blocked_comparisons_planned", "block_comparisons"),
             ("oversized_blocks_skipped", "oversized_blocks"),
             ("oversized_block_comparisons_skipped", "oversized_comparisons"),
         ):
-            statistics[key] = statistics.get(key, 0) + sum(getattr(r, name) for r in results)
+            statistics[key] = statistics.get(key, 0) + union.counts.get(name, 0)
     else:
         arguments = [
             (left_future, right_future, a, b, threshold, max_pairs, 1)
             for a, b in _groups(n_left, parts)
         ]
-        results = session.map(_tile_task, arguments, stage=stage, progress=progress)
-    merged = _merge(results, n_right)
-    if len(merged) > max_pairs:
-        raise MatchingError(
-            f"more than {max_pairs} candidate pairs at threshold {threshold}: "
-            "raise the threshold or the candidate-pair limit"
-        )
-    return merged
+        session.map(_tile_task, arguments, stage=stage, progress=progress, collect=union.add)
+    return union.pairs()

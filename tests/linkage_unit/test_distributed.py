@@ -17,7 +17,13 @@ from distributed import Client, LocalCluster
 
 from linkage_unit import matching
 from linkage_unit.blocking import BlockingSettings
-from linkage_unit.distributed import ClusterSettings, DaskExecutor, TaskFailure
+from linkage_unit.distributed import (
+    ClusterSettings,
+    DaskExecutor,
+    TaskFailure,
+    _PairUnion,
+    _TaskResult,
+)
 from linkage_unit.server import ServerConfig
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.messages import ProjectSettings, RunState
@@ -323,3 +329,34 @@ def test_server_config_names_a_cluster_or_matches_in_process(tmp_path: Path) -> 
     assert config.cluster_settings is not None and config.cluster_settings.task_retries == 5
     with pytest.raises(ConfigurationError, match="Dask settings: a Dask scheduler off this"):
         ServerConfig(data_dir=tmp_path, insecure=True, dask_scheduler="tcp://10.0.0.9:8786")
+
+
+def test_the_pair_union_folds_duplicates_as_results_arrive() -> None:
+    generator = np.random.default_rng(4)
+    width = 50
+    truth: dict[tuple[int, int], float] = {}
+    union = _PairUnion(width=width, max_pairs=10_000, threshold=0.8, backlog=20)
+    folds = 0
+    for _ in range(30):  # tasks whose pairs overlap, as band groups' do
+        left = generator.integers(0, 40, 25).astype(np.int32)
+        right = generator.integers(0, width, 25).astype(np.int32)
+        scores = ((left * 7 + right * 3) % 20 / 100 + 0.8).astype(np.float32)
+        truth.update(
+            {(int(a), int(b)): float(c) for a, b, c in zip(left, right, scores, strict=True)}
+        )
+        before = len(union.pending)
+        union.add(_TaskResult(left=left, right=right, scores=scores, comparisons=25))
+        folds += len(union.pending) < before + 1
+    pairs = union.pairs()
+    assert folds > 0  # the backlog was folded while results arrived, not only at the end
+    expected = sorted(truth)
+    assert list(zip(pairs.left.tolist(), pairs.right.tolist(), strict=True)) == expected
+    np.testing.assert_allclose(pairs.scores, [truth[key] for key in expected], rtol=1e-6)
+    assert pairs.comparisons == 30 * 25
+    small = _PairUnion(width=width, max_pairs=10, threshold=0.8, backlog=5)
+    with pytest.raises(MatchingError, match="more than 10 candidate pairs at threshold 0.8"):
+        for start in range(0, 40, 8):
+            rows = np.arange(start, start + 8, dtype=np.int32)
+            small.add(
+                _TaskResult(left=rows, right=rows, scores=np.ones(8, np.float32), comparisons=8)
+            )
