@@ -364,16 +364,21 @@ class _Session:
             time.sleep(0.5)
 
     def scatter(self, array: npt.NDArray[np.uint64]) -> Any:
-        """Send one array to every worker, once."""
+        """Send one array to every worker, once: to one worker straight from the linkage unit
+        (not through the scheduler, which would hold a copy), then worker to worker."""
         try:
             future = self.client.scatter(
-                array, broadcast=True, hash=False, timeout=self.settings.connect_timeout_seconds
+                array,
+                broadcast=True,
+                hash=False,
+                direct=True,
+                timeout=self.settings.connect_timeout_seconds,
             )
         except (OSError, TimeoutError) as error:
             raise MatchingError(
                 f"could not send the CLKs to the Dask workers within "
                 f"{self.settings.connect_timeout_seconds:g} s ({type(error).__name__}): "
-                "check that workers are running and can reach the scheduler"
+                "check that workers are running and that the linkage unit can reach them"
             ) from None
         self._scattered[future.key] = (future, array)
         return future
