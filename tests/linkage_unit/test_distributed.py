@@ -24,12 +24,17 @@ from linkage_unit.distributed import (
     _PairUnion,
     _TaskResult,
 )
-from linkage_unit.server import ServerConfig
+from linkage_unit.server import ServerConfig, create_server
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.messages import ProjectSettings, RunState
 from tests.dask_helpers import CompareTaskFaults, local_cluster
 from tests.linkage_unit.test_service import OPERATOR, build, upload
-from tests.service_helpers import SCHEMA_FINGERPRINT, planted_party_clks, write_clk_file
+from tests.service_helpers import (
+    SCHEMA_FINGERPRINT,
+    MemoryAuditSink,
+    planted_party_clks,
+    write_clk_file,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -360,3 +365,32 @@ def test_the_pair_union_folds_duplicates_as_results_arrive() -> None:
             small.add(
                 _TaskResult(left=rows, right=rows, scores=np.ones(8, np.float32), comparisons=8)
             )
+
+
+def test_server_config_sets_the_lsh_shape_of_every_run(tmp_path: Path) -> None:
+    assert ServerConfig(data_dir=tmp_path, insecure=True).blocking_settings == BlockingSettings()
+    config = ServerConfig(
+        data_dir=tmp_path,
+        insecure=True,
+        require_manifest=False,
+        lsh_bands=256,
+        lsh_bits_per_band=20,
+    )
+    assert config.blocking_settings == BlockingSettings(bands=256, bits_per_band=20)
+    seen: list[BlockingSettings] = []
+
+    def engine(clks, settings, **options):  # type: ignore[no-untyped-def]
+        seen.append(settings.blocking_settings)
+        return matching.link(clks, settings, **options)
+
+    server = create_server(config, audit=MemoryAuditSink(), link_function=engine)
+    try:
+        clks = planted_party_clks(["moj", "dfe"], seed=6, records=20, shared=5)
+        _run_project(server.service, tmp_path, clks)
+        status = server.service.project_status(OPERATOR, "p1")
+        assert status.run_state is RunState.FINISHED and status.linked_record_count == 10
+        assert seen == [BlockingSettings(bands=256, bits_per_band=20)]
+    finally:
+        server.stop(0)
+    with pytest.raises(ConfigurationError, match="LSH settings: bits_per_band must be"):
+        ServerConfig(data_dir=tmp_path, insecure=True, lsh_bits_per_band=65)
