@@ -9,6 +9,7 @@ it is what the linkage itself needed (ru_maxrss would report the parent's peak i
 worker). The "large-block probe" times the blocked compare on one thread with blocks as big as
 the default LSH makes them at 60M records per party (about 3,700 records a side), which is the
 per-core rate the capacity plan uses; small inputs have tiny blocks and overheads dominate.
+The "band overhead probe" times the per-band work that does not depend on block size.
 
 The data: two parties of random 1024-bit CLKs (density 0.4); half of the second party are
 noisy copies of the first party's records (Dice ~0.8-1.0). Blocking is the engine's default
@@ -134,6 +135,17 @@ def run_cluster(
     return seconds, result, mib, stages
 
 
+def band_overhead_probe(clks: dict[str, np.ndarray]) -> float:
+    """One thread, eight bands of 30 bits (almost every block a single pair): the cost of
+    computing, sorting and grouping band keys, in seconds per record per band."""
+    settings = BlockingSettings(bands=8, bits_per_band=30)
+    index = BlockingIndex(clks["moj"], clks["dfe"], settings=settings, seed=5, workers=1)
+    started = time.perf_counter()
+    index.candidate_pairs(THRESHOLD, max_pairs=10**8)
+    seconds = time.perf_counter() - started
+    return seconds / (settings.bands * (len(clks["moj"]) + len(clks["dfe"])))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=200_000)
@@ -157,6 +169,7 @@ def main() -> int:
             if not np.array_equal(result.clusters[party], local.clusters[party]):
                 raise SystemExit("the Dask link structure differs from the in-process one")
     probe_rate, probe_comparisons, probe_side = large_block_probe(clks)
+    band_seconds = band_overhead_probe(clks)
     load_after = os.getloadavg()[0]
 
     planned = local.statistics["blocked_comparisons_planned"]
@@ -177,6 +190,10 @@ def main() -> int:
         f"  large-block probe (1 thread, ~{probe_side:,.0f} records a side per block as at 60M): "
         f"{probe_rate / 1e6:.0f} M block comparisons/s ({probe_comparisons:,} compared)"
     )
+    print(
+        f"  band overhead probe (1 thread): {band_seconds * 1e9:.0f} ns per record per band "
+        "(keys, sort, grouping)"
+    )
     print(f"  candidate pairs: {local.candidate_pair_count:,}; last progress: {stages[-1]}")
     print(f"  machine: {os.cpu_count()} cores, load average {load_before:.1f} -> {load_after:.1f}")
     print(
@@ -193,6 +210,7 @@ def main() -> int:
                 "block_comparisons": int(planned),
                 "block_comparisons_per_core_s": round(per_core),
                 "large_block_comparisons_per_core_s": round(probe_rate),
+                "band_ns_per_record": round(band_seconds * 1e9),
                 "candidate_pairs": local.candidate_pair_count,
                 "load_average": [round(load_before, 1), round(load_after, 1)],
                 "peer": None,
