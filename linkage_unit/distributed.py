@@ -55,8 +55,13 @@ logger = logging.getLogger("bloomlink.linkage_unit.distributed")
 ProgressCallback = Callable[[str, int, int], None]
 
 _PAIR_BYTES = 12
-_BAND_BYTES_PER_RECORD = 48
-"""One band's working set per record: block key, sort order, group bookkeeping."""
+_BAND_BYTES_PER_RECORD = 64
+"""One band's working set per record and thread: block key, sort order, group bookkeeping
+(benchmarks/scale.py measured ~60 bytes at 400k records a party, beyond the CLKs)."""
+_PLAN_BYTES_PER_RECORD = 8
+"""A band's plan (record order by block) kept for the whole task, per record (~5.4 measured)."""
+_GATHER_BYTES = 2 * (1 << 18) * 128
+"""Each thread gathers block members in runs of at most 2^18 CLKs a side."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,6 +72,9 @@ class ClusterSettings:
     (required unless the scheduler is on loopback). ``worker_memory_bytes``: what one worker
     may use; a compare whose per-worker share does not fit is refused before it starts.
     ``timeout_seconds`` bounds one compare from submission to the last result.
+    ``tasks_per_thread``: the work is cut into at least this many tasks per worker thread in
+    the cluster (more when a task's bands would not fit a worker's memory), so a slow or lost
+    worker delays little of it.
     """
 
     scheduler_address: str
@@ -77,7 +85,7 @@ class ClusterSettings:
     timeout_seconds: float = 3600.0
     connect_timeout_seconds: float = 30.0
     worker_memory_bytes: int = 8 << 30
-    tasks_per_worker: int = 4
+    tasks_per_thread: int = 2
 
     def __post_init__(self) -> None:
         tls = (self.ca_certificate, self.certificate, self.private_key)
@@ -103,8 +111,8 @@ class ClusterSettings:
             raise MatchingError("Dask timeouts must be > 0 seconds")
         if self.worker_memory_bytes < 1 << 20:
             raise MatchingError("worker_memory_bytes must be at least 1 MiB")
-        if self.tasks_per_worker < 1:
-            raise MatchingError("tasks_per_worker must be >= 1")
+        if self.tasks_per_thread < 1:
+            raise MatchingError("tasks_per_thread must be >= 1")
 
     @property
     def tls(self) -> bool:
@@ -525,22 +533,37 @@ def compare_on_cluster(
     n_right = n_left if right is None else len(right)
     if n_left == 0 or n_right == 0:
         return CandidatePairs.empty()
-    workers = session.wait_for_workers(progress)
+    session.wait_for_workers(progress)
+    nthreads = session.client.nthreads()
+    # A worker runs one task per thread at once; each holds one band's working set while it
+    # compares and its bands' plans (block boundaries) for the whole task.
+    threads = max(nthreads.values(), default=1)
+    parts = max(1, sum(nthreads.values())) * session.settings.tasks_per_thread
+    records = n_left + n_right
     clk_bytes = left.nbytes + (0 if right is None else right.nbytes)
-    # A worker runs one task per thread at once, each with its own band working set.
-    threads = max(session.client.nthreads().values(), default=1)
-    band_bytes = _BAND_BYTES_PER_RECORD * (n_left + n_right)
-    need = clk_bytes + threads * band_bytes
-    if need > session.settings.worker_memory_bytes:
+    band_count = blocking.bands if use_lsh else 1
+    bands_per_task = -(-band_count // parts)
+
+    def need(bands_in_task: int) -> int:
+        per_thread = _BAND_BYTES_PER_RECORD * records + _GATHER_BYTES
+        if use_lsh:
+            per_thread += _PLAN_BYTES_PER_RECORD * records * bands_in_task
+        return clk_bytes + threads * per_thread
+
+    budget = session.settings.worker_memory_bytes
+    while bands_per_task > 1 and need(bands_per_task) > budget:
+        bands_per_task -= 1
+    if need(bands_per_task) > budget:
         raise MatchingError(
-            f"{stage}: each Dask worker needs about {need / 2**30:.1f} GiB (all CLKs of the two "
-            f"parties plus one band's working set per thread, {threads} threads) but "
-            "worker_memory_bytes allows "
-            f"{session.settings.worker_memory_bytes / 2**30:.1f} GiB: use workers with more memory"
+            f"{stage}: each Dask worker needs about {need(bands_per_task) / 2**30:.1f} GiB (all "
+            f"CLKs of the two parties plus one band's working set per thread, {threads} "
+            f"threads) but worker_memory_bytes allows {budget / 2**30:.1f} GiB: use workers "
+            "with more memory or fewer threads"
         )
+    if use_lsh:
+        parts = max(parts, -(-band_count // bands_per_task))
     left_future = session.scatter(left)
     right_future = None if right is None else session.scatter(right)
-    parts = workers * session.settings.tasks_per_worker
     union = _PairUnion(width=n_right, max_pairs=max_pairs, threshold=threshold)
     arguments: list[tuple[Any, ...]]
     if use_lsh:

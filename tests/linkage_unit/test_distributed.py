@@ -394,3 +394,29 @@ def test_server_config_sets_the_lsh_shape_of_every_run(tmp_path: Path) -> None:
         server.stop(0)
     with pytest.raises(ConfigurationError, match="LSH settings: bits_per_band must be"):
         ServerConfig(data_dir=tmp_path, insecure=True, lsh_bits_per_band=65)
+
+
+def test_a_tight_worker_memory_budget_cuts_the_bands_into_more_tasks(client: Client) -> None:
+    clks = noisy_parties(seed=31, records=1500)
+    settings = matching.MatchSettings(
+        threshold=0.8,
+        blocking="lsh",
+        blocking_seed=3,
+        blocking_settings=BlockingSettings(bands=24, bits_per_band=10),
+    )
+    records = 3000
+    # CLKs + one band's working set and gather buffers + the plans of two bands, per thread.
+    budget = records * 128 + 64 * records + 2 * (1 << 18) * 128 + 2 * 8 * records
+    totals: list[int] = []
+    remote = matching.link(
+        clks,
+        settings,
+        executor=executor(client, worker_memory_bytes=budget),
+        progress=lambda stage, done, total: (
+            totals.append(total) if stage.startswith("compare on Dask") else None
+        ),
+    )
+    assert totals[-1] == 12  # 24 bands, 2 a task; without the budget, 4 tasks of 6
+    local = matching.link(clks, settings)
+    for party in clks:
+        np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
