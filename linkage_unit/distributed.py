@@ -3,8 +3,9 @@
 
 The linkage unit stays the coordinator. It scatters each party's CLKs to every worker once
 (``broadcast``), cuts the work into tasks - groups of LSH bands when blocking, row tiles of the
-left party when comparing exhaustively - and gathers compact candidate pairs back (int32
-record positions and float32 scores, 12 bytes a pair). Each task runs the same kernels as the
+left party when comparing exhaustively; at least ``tasks_per_thread`` per worker thread, and
+small enough for ``worker_memory_bytes`` - and folds compact candidate pairs back into one
+union as they arrive (int32 record positions and float32 scores, 12 bytes a pair). Each task runs the same kernels as the
 in-process path (:class:`linkage_unit.blocking.BlockingIndex` restricted to its bands,
 :func:`linkage_unit.similarity.candidate_pairs` on its rows), and the union over tasks is the
 in-process union, so the link structure is identical. Solving stays at the linkage unit, on
@@ -70,7 +71,8 @@ class ClusterSettings:
 
     ``ca_certificate``/``certificate``/``private_key``: mutual TLS for Dask's own comms
     (required unless the scheduler is on loopback). ``worker_memory_bytes``: what one worker
-    may use; a compare whose per-worker share does not fit is refused before it starts.
+    may use: bands are cut into smaller tasks until one fits, and a compare that does not fit
+    even at one band a task is refused before anything is sent.
     ``timeout_seconds`` bounds one compare from submission to the last result.
     ``tasks_per_thread``: the work is cut into at least this many tasks per worker thread in
     the cluster (more when a task's bands would not fit a worker's memory), so a slow or lost
