@@ -6,10 +6,11 @@ per-core figures docs/scale.md builds its capacity plan from.
 
 Peak memory is each process's resident high-water mark (Linux VmHWM), reset after warm-up, so
 it is what the linkage itself needed (ru_maxrss would report the parent's peak in every forked
-worker). The "large-block probe" times the blocked compare on one thread with blocks as big as
-the default LSH makes them at 60M records per party (about 3,700 records a side), which is the
-per-core rate the capacity plan uses; small inputs have tiny blocks and overheads dominate.
-The "band overhead probe" times the per-band work that does not depend on block size.
+worker). The "band overhead probe" times the per-band work that does not depend on block size
+(keys, grouping, plan). The "block probes" time the blocked compare on one thread with blocks of
+the nominal size an LSH shape makes at 60M records a party (records / 2^bits a side: ~3,700 for
+the default 128 x 14, ~57 for 256 x 20), net of that overhead: the per-core rates the capacity
+plan in docs/scale.md uses. At the benchmark's own size blocks are tiny and overheads dominate.
 
 The data: two parties of random 1024-bit CLKs (density 0.4); half of the second party are
 noisy copies of the first party's records (Dice ~0.8-1.0). Blocking is the engine's default
@@ -85,19 +86,28 @@ DEFAULT_BLOCKING = BlockingSettings()
 RECORDS_60M = 60_000_000
 
 
-def large_block_probe(clks: dict[str, np.ndarray]) -> tuple[float, int, float]:
-    """One thread, two bands, blocks of the size the default LSH gives at 60M a side; returns
-    (block comparisons per second, block comparisons, records a side per block)."""
+def block_probe(
+    clks: dict[str, np.ndarray], side_at_60m: float, band_seconds: float
+) -> tuple[float, int, float]:
+    """One thread, blocks of the nominal size (records / 2^bits a side) an LSH shape gives at
+    60M a party, enough bands for ~2e9 comparisons. Returns (block comparisons per second net
+    of the band overhead measured by :func:`band_overhead_probe`, block comparisons, records a
+    side per block). Where the band overhead is more than half the time, the rate includes it
+    (a floor), since the difference of two noisy timings would mean little."""
     records = len(clks["moj"])
-    side_at_60m = RECORDS_60M / 2**DEFAULT_BLOCKING.bits_per_band
     bits = max(1, round(math.log2(records / side_at_60m)))
-    settings = BlockingSettings(bands=2, bits_per_band=bits, max_block_comparisons=10**12)
+    per_band = records * records * 0.52**bits  # density 0.4: 52 % of bits agree
+    bands = int(min(64, max(2, round(2e9 / per_band))))
+    settings = BlockingSettings(bands=bands, bits_per_band=bits, max_block_comparisons=10**12)
     started = time.perf_counter()  # the plan (built once per task) and the compare
     index = BlockingIndex(clks["moj"], clks["dfe"], settings=settings, seed=5, workers=1)
     index.candidate_pairs(THRESHOLD, max_pairs=10**8)
     seconds = time.perf_counter() - started
+    net = seconds - band_seconds * bands * 2 * records
     comparisons = index.plan.block_comparisons
-    return comparisons / seconds, comparisons, records / 2**bits
+    # Net of overhead only when the compare is most of the time; else the gross rate (a floor).
+    rate = comparisons / net if net > seconds / 2 else comparisons / seconds
+    return rate, comparisons, records / 2**bits
 
 
 def run_cluster(
@@ -136,9 +146,10 @@ def run_cluster(
 
 
 def band_overhead_probe(clks: dict[str, np.ndarray]) -> float:
-    """One thread, eight bands of 30 bits (almost every block a single pair): the cost of
-    computing, sorting and grouping band keys, in seconds per record per band."""
-    settings = BlockingSettings(bands=8, bits_per_band=30)
+    """One thread, eight bands of 20 bits (at this size almost every block a single pair; the
+    dense-key grouping every shape up to 20 bits uses): the cost of computing, grouping and
+    planning band keys, in seconds per record per band."""
+    settings = BlockingSettings(bands=8, bits_per_band=20)
     started = time.perf_counter()  # the plan (built once per task) and the compare
     index = BlockingIndex(clks["moj"], clks["dfe"], settings=settings, seed=5, workers=1)
     index.candidate_pairs(THRESHOLD, max_pairs=10**8)
@@ -168,8 +179,13 @@ def main() -> int:
         for party in clks:
             if not np.array_equal(result.clusters[party], local.clusters[party]):
                 raise SystemExit("the Dask link structure differs from the in-process one")
-    probe_rate, probe_comparisons, probe_side = large_block_probe(clks)
     band_seconds = band_overhead_probe(clks)
+    probes = {
+        # Nominal block side at 60M a party: the default 128 x 14 shape, and the 256 x 20 shape
+        # docs/scale.md recommends there.
+        "default_shape": block_probe(clks, RECORDS_60M / 2**14, band_seconds),
+        "shape_256x20": block_probe(clks, RECORDS_60M / 2**20, band_seconds),
+    }
     load_after = os.getloadavg()[0]
 
     planned = local.statistics["blocked_comparisons_planned"]
@@ -186,13 +202,14 @@ def main() -> int:
     )
     print(f"  identical link structure on all three: yes ({local.linked_record_count:,} linked)")
     print(f"  per core (1 worker): {per_core / 1e6:.0f} M block comparisons/s end to end")
-    print(
-        f"  large-block probe (1 thread, ~{probe_side:,.0f} records a side per block as at 60M): "
-        f"{probe_rate / 1e6:.0f} M block comparisons/s ({probe_comparisons:,} compared)"
-    )
+    for name, (rate, compared, side) in probes.items():
+        print(
+            f"  block probe {name} (1 thread, ~{side:,.0f} records a side as at 60M): "
+            f"{rate / 1e6:.0f} M block comparisons/s ({compared:,} compared)"
+        )
     print(
         f"  band overhead probe (1 thread): {band_seconds * 1e9:.0f} ns per record per band "
-        "(keys, sort, grouping)"
+        "(keys, grouping, plan)"
     )
     print(f"  candidate pairs: {local.candidate_pair_count:,}; last progress: {stages[-1]}")
     print(f"  machine: {os.cpu_count()} cores, load average {load_before:.1f} -> {load_after:.1f}")
@@ -209,7 +226,8 @@ def main() -> int:
                 "dask_2_workers_peak_mib": [round(m) for m in two_mib],
                 "block_comparisons": int(planned),
                 "block_comparisons_per_core_s": round(per_core),
-                "large_block_comparisons_per_core_s": round(probe_rate),
+                "block_comparisons_per_core_s_default_shape": round(probes["default_shape"][0]),
+                "block_comparisons_per_core_s_256x20": round(probes["shape_256x20"][0]),
                 "band_ns_per_record": round(band_seconds * 1e9),
                 "candidate_pairs": local.candidate_pair_count,
                 "load_average": [round(load_before, 1), round(load_after, 1)],
