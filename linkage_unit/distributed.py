@@ -350,6 +350,25 @@ class _Session:
             self.client.cancel([future for future, _ in self._scattered.values()])
             self._scattered = {}
 
+    def _held(self, array: npt.NDArray[np.uint64]) -> Any | None:
+        for future, held in self._scattered.values():
+            if held is array:
+                return future
+        return None
+
+    def held_bytes(self, *arrays: npt.NDArray[np.uint64] | None) -> int:
+        """What the workers hold for this run once ``arrays`` are there too."""
+        held = {id(array): array.nbytes for _, array in self._scattered.values()}
+        held.update({id(array): array.nbytes for array in arrays if array is not None})
+        return sum(held.values())
+
+    def forget(self, array: npt.NDArray[np.uint64]) -> None:
+        """Let the workers drop ``array`` (no later party pair of the run needs it)."""
+        future = self._held(array)
+        if future is not None:
+            del self._scattered[future.key]
+            self.client.cancel([future])
+
     def workers(self) -> dict[str, dict[str, Any]]:
         info = self.client.scheduler_info(n_workers=-1)
         workers: dict[str, dict[str, Any]] = info.get("workers", {})
@@ -374,8 +393,12 @@ class _Session:
             time.sleep(0.5)
 
     def scatter(self, array: npt.NDArray[np.uint64]) -> Any:
-        """Send one array to every worker, once: to one worker straight from the linkage unit
-        (not through the scheduler, which would hold a copy), then worker to worker."""
+        """Send one array to every worker, once per run (a party in several party pairs is
+        sent once): to one worker straight from the linkage unit (not through the scheduler,
+        which would hold a copy), then worker to worker."""
+        held = self._held(array)
+        if held is not None:
+            return held
         try:
             future = self.client.scatter(
                 array,
@@ -542,7 +565,7 @@ def compare_on_cluster(
     threads = max(nthreads.values(), default=1)
     parts = max(1, sum(nthreads.values())) * session.settings.tasks_per_thread
     records = n_left + n_right
-    clk_bytes = left.nbytes + (0 if right is None else right.nbytes)
+    clk_bytes = session.held_bytes(left, right)  # every party the workers hold for the run
     band_count = blocking.bands if use_lsh else 1
     bands_per_task = -(-band_count // parts)
 
@@ -557,8 +580,8 @@ def compare_on_cluster(
         bands_per_task -= 1
     if need(bands_per_task) > budget:
         raise MatchingError(
-            f"{stage}: each Dask worker needs about {need(bands_per_task) / 2**30:.1f} GiB (all "
-            f"CLKs of the two parties plus one band's working set per thread, {threads} "
+            f"{stage}: each Dask worker needs about {need(bands_per_task) / 2**30:.1f} GiB (the "
+            f"CLKs of the parties it holds plus one band's working set per thread, {threads} "
             f"threads) but worker_memory_bytes allows {budget / 2**30:.1f} GiB: use workers "
             "with more memory or fewer threads"
         )

@@ -420,3 +420,35 @@ def test_a_tight_worker_memory_budget_cuts_the_bands_into_more_tasks(client: Cli
     local = matching.link(clks, settings)
     for party in clks:
         np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
+
+
+def test_each_party_is_sent_once_per_run_and_dropped_when_no_pair_needs_it(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clks = noisy_parties(seed=41, records=600, parties=3)
+    sent: list[int] = []
+    scatter = client.scatter
+
+    def counting_scatter(data, **options):  # type: ignore[no-untyped-def]
+        sent.append(len(data))
+        return scatter(data, **options)
+
+    monkeypatch.setattr(client, "scatter", counting_scatter)
+    cancelled: list[int] = []
+    cancel = client.cancel
+
+    def counting_cancel(futures, **options):  # type: ignore[no-untyped-def]
+        cancelled.append(len(futures))
+        return cancel(futures, **options)
+
+    monkeypatch.setattr(client, "cancel", counting_cancel)
+    settings = matching.MatchSettings(
+        threshold=0.8, blocking="lsh", blocking_seed=2, blocking_settings=BlockingSettings(bands=8)
+    )
+    remote = matching.link(clks, settings, executor=executor(client))
+    local = matching.link(clks, settings)
+    # Three party pairs, three parties: each sent once, each dropped after its last pair.
+    assert sent == [600, 600, 600]
+    assert sum(cancelled) == 3
+    for party in clks:
+        np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
