@@ -3,17 +3,20 @@
 
 The linkage unit stays the coordinator. It scatters each party's CLKs to every worker once
 (``broadcast``), cuts the work into tasks - groups of LSH bands when blocking, row tiles of the
-left party when comparing exhaustively - and gathers compact candidate pairs back (int32
-record positions and float32 scores, 12 bytes a pair). Each task runs the same kernels as the
+left party when comparing exhaustively; at least ``tasks_per_thread`` per worker thread, and
+small enough for ``worker_memory_bytes`` - and folds compact candidate pairs back into one
+union as they arrive (int32 record positions and float32 scores, 12 bytes a pair). Each task runs the same kernels as the
 in-process path (:class:`linkage_unit.blocking.BlockingIndex` restricted to its bands,
 :func:`linkage_unit.similarity.candidate_pairs` on its rows), and the union over tasks is the
 in-process union, so the link structure is identical. Solving stays at the linkage unit, on
 the gathered pairs, so nothing about it depends on task boundaries.
 
-Failures: a task that raises, or whose worker dies, is resubmitted up to ``task_retries``
-times (Dask itself also reschedules tasks of a lost worker); every retry and every finished
-task is reported through the run's progress callback, so the project's status shows it. A
-task that keeps failing, a cluster that cannot be reached, or a compare that exceeds
+Failures: when a worker dies, the Dask scheduler reschedules its tasks on the others (the
+scattered CLKs are on every worker); if every copy of a scattered input was lost, the linkage
+unit scatters it again. A task that raises, or that Dask gives up on (``KilledWorker``), is
+resubmitted up to ``task_retries`` times. Lost workers, retries and finished tasks are
+reported through the run's progress callback, so the project's status shows them. A task that
+keeps failing, a cluster that cannot be reached, or a compare that exceeds
 ``timeout_seconds`` (for example: no worker ever joins) ends the run with a MatchingError that
 says which; nothing waits forever.
 
@@ -26,6 +29,7 @@ the scheduler is on loopback.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -47,11 +51,18 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 __all__ = ["ClusterSettings", "DaskExecutor", "TaskFailure"]
 
+logger = logging.getLogger("bloomlink.linkage_unit.distributed")
+
 ProgressCallback = Callable[[str, int, int], None]
 
 _PAIR_BYTES = 12
-_BAND_BYTES_PER_RECORD = 48
-"""One band's working set per record: block key, sort order, group bookkeeping."""
+_BAND_BYTES_PER_RECORD = 64
+"""One band's working set per record and thread: block key, sort order, group bookkeeping
+(benchmarks/scale.py measured ~60 bytes at 400k records a party, beyond the CLKs)."""
+_PLAN_BYTES_PER_RECORD = 8
+"""A band's plan (record order by block) kept for the whole task, per record (~5.4 measured)."""
+_GATHER_BYTES = 2 * (1 << 18) * 128
+"""Each thread gathers block members in runs of at most 2^18 CLKs a side."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,8 +71,12 @@ class ClusterSettings:
 
     ``ca_certificate``/``certificate``/``private_key``: mutual TLS for Dask's own comms
     (required unless the scheduler is on loopback). ``worker_memory_bytes``: what one worker
-    may use; a compare whose per-worker share does not fit is refused before it starts.
+    may use: bands are cut into smaller tasks until one fits, and a compare that does not fit
+    even at one band a task is refused before anything is sent.
     ``timeout_seconds`` bounds one compare from submission to the last result.
+    ``tasks_per_thread``: the work is cut into at least this many tasks per worker thread in
+    the cluster (more when a task's bands would not fit a worker's memory), so a slow or lost
+    worker delays little of it.
     """
 
     scheduler_address: str
@@ -72,7 +87,7 @@ class ClusterSettings:
     timeout_seconds: float = 3600.0
     connect_timeout_seconds: float = 30.0
     worker_memory_bytes: int = 8 << 30
-    tasks_per_worker: int = 4
+    tasks_per_thread: int = 2
 
     def __post_init__(self) -> None:
         tls = (self.ca_certificate, self.certificate, self.private_key)
@@ -98,8 +113,8 @@ class ClusterSettings:
             raise MatchingError("Dask timeouts must be > 0 seconds")
         if self.worker_memory_bytes < 1 << 20:
             raise MatchingError("worker_memory_bytes must be at least 1 MiB")
-        if self.tasks_per_worker < 1:
-            raise MatchingError("tasks_per_worker must be >= 1")
+        if self.tasks_per_thread < 1:
+            raise MatchingError("tasks_per_thread must be >= 1")
 
     @property
     def tls(self) -> bool:
@@ -197,22 +212,62 @@ def _tile_task(
     )
 
 
-def _merge(results: Sequence[_TaskResult], width: int) -> CandidatePairs:
-    """The union of the tasks' pairs, each pair once, sorted by (left, right) - exactly what
-    the in-process union gives (a pair found by two band groups has the same score in both)."""
-    if not results:
-        return CandidatePairs.empty()
-    codes = np.concatenate([item.left.astype(np.int64) * width + item.right for item in results])
-    scores = np.concatenate([item.scores for item in results])
-    comparisons = sum(item.comparisons for item in results)
-    unique, first = np.unique(codes, return_index=True)
-    rows, cols = np.divmod(unique, max(width, 1))
-    return CandidatePairs(
-        left=rows.astype(np.int64),
-        right=cols.astype(np.int64),
-        scores=scores[first],
-        comparisons=comparisons,
-    )
+class _PairUnion:
+    """The union of the tasks' pairs, each pair once, sorted by (left, right) - exactly what the
+    in-process union gives (a pair found by two band groups has the same score in both).
+
+    Results are folded in as they arrive, so the linkage unit holds the distinct pairs plus a
+    backlog no larger than them, not every task's copy: a true match comes back from each band
+    group it collides in. Past ``max_pairs`` distinct pairs it fails at once."""
+
+    def __init__(
+        self, *, width: int, max_pairs: int, threshold: float, backlog: int = 1 << 20
+    ) -> None:
+        self.width = max(width, 1)
+        self.backlog = backlog
+        self.max_pairs = max_pairs
+        self.threshold = threshold
+        self.codes = np.empty(0, np.int64)
+        self.scores = np.empty(0, np.float32)
+        self.pending: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = []
+        self.pending_count = 0
+        self.comparisons = 0
+        self.counts: dict[str, int] = {}
+
+    def add(self, result: _TaskResult) -> None:
+        self.comparisons += result.comparisons
+        for name in ("block_comparisons", "oversized_blocks", "oversized_comparisons"):
+            self.counts[name] = self.counts.get(name, 0) + getattr(result, name)
+        self.pending.append(
+            (result.left.astype(np.int64) * self.width + result.right, result.scores)
+        )
+        self.pending_count += len(result.left)
+        if self.pending_count > max(len(self.codes), self.backlog):
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self.pending:
+            return
+        codes = np.concatenate([self.codes, *(codes for codes, _ in self.pending)])
+        scores = np.concatenate([self.scores, *(scores for _, scores in self.pending)])
+        self.pending, self.pending_count = [], 0
+        self.codes, first = np.unique(codes, return_index=True)
+        self.scores = scores[first]
+        if len(self.codes) > self.max_pairs:
+            raise MatchingError(
+                f"more than {self.max_pairs} candidate pairs at threshold {self.threshold}: "
+                "raise the threshold or the candidate-pair limit"
+            )
+
+    def pairs(self) -> CandidatePairs:
+        self._fold()
+        rows, cols = np.divmod(self.codes, self.width)
+        return CandidatePairs(
+            left=rows.astype(np.int64),
+            right=cols.astype(np.int64),
+            scores=self.scores,
+            comparisons=self.comparisons,
+        )
 
 
 def _groups(count: int, parts: int) -> list[tuple[int, int]]:
@@ -287,17 +342,41 @@ class _Session:
     def __init__(self, client: Client, settings: ClusterSettings) -> None:
         self.client = client
         self.settings = settings
-        self._scattered: list[Any] = []
+        # Scattered future key -> (its future, the linkage unit's copy to scatter again).
+        self._scattered: dict[str, tuple[Any, npt.NDArray[np.uint64]]] = {}
 
     def release(self) -> None:
         if self._scattered:
-            self.client.cancel(self._scattered)
-            self._scattered = []
+            self.client.cancel([future for future, _ in self._scattered.values()])
+            self._scattered = {}
+
+    def _held(self, array: npt.NDArray[np.uint64]) -> Any | None:
+        for future, held in self._scattered.values():
+            if held is array:
+                return future
+        return None
+
+    def held_bytes(self, *arrays: npt.NDArray[np.uint64] | None) -> int:
+        """What the workers hold for this run once ``arrays`` are there too."""
+        held = {id(array): array.nbytes for _, array in self._scattered.values()}
+        held.update({id(array): array.nbytes for array in arrays if array is not None})
+        return sum(held.values())
+
+    def forget(self, array: npt.NDArray[np.uint64]) -> None:
+        """Let the workers drop ``array`` (no later party pair of the run needs it)."""
+        future = self._held(array)
+        if future is not None:
+            del self._scattered[future.key]
+            self.client.cancel([future])
 
     def workers(self) -> dict[str, dict[str, Any]]:
-        info = self.client.scheduler_info()
+        info = self.client.scheduler_info(n_workers=-1)
         workers: dict[str, dict[str, Any]] = info.get("workers", {})
         return workers
+
+    def worker_addresses(self) -> set[str]:
+        """The workers the scheduler knows now (a cheap call: addresses and thread counts)."""
+        return set(self.client.nthreads())
 
     def wait_for_workers(self, progress: ProgressCallback | None) -> int:
         deadline = time.monotonic() + self.settings.timeout_seconds
@@ -314,10 +393,42 @@ class _Session:
             time.sleep(0.5)
 
     def scatter(self, array: npt.NDArray[np.uint64]) -> Any:
-        """Send one array to every worker, once."""
-        future = self.client.scatter(array, broadcast=True, hash=False)
-        self._scattered.append(future)
+        """Send one array to every worker, once per run (a party in several party pairs is
+        sent once): to one worker straight from the linkage unit (not through the scheduler,
+        which would hold a copy), then worker to worker."""
+        held = self._held(array)
+        if held is not None:
+            return held
+        try:
+            future = self.client.scatter(
+                array,
+                broadcast=True,
+                hash=False,
+                direct=True,
+                timeout=self.settings.connect_timeout_seconds,
+            )
+        except (OSError, TimeoutError) as error:
+            raise MatchingError(
+                f"could not send the CLKs to the Dask workers within "
+                f"{self.settings.connect_timeout_seconds:g} s ({type(error).__name__}): "
+                "check that workers are running and that the linkage unit can reach them"
+            ) from None
+        self._scattered[future.key] = (future, array)
         return future
+
+    def _with_live_inputs(self, argument: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``argument`` with every scattered input whose copies were all lost (every worker
+        holding it died) scattered again from the linkage unit's copy."""
+        refreshed = []
+        for item in argument:
+            key = getattr(item, "key", None)
+            entry = self._scattered.get(key) if isinstance(key, str) else None
+            if entry is not None and entry[0].status != "finished":
+                del self._scattered[entry[0].key]
+                logger.warning("every copy of a scattered CLK array was lost; scattering it again")
+                item = self.scatter(entry[1])
+            refreshed.append(item)
+        return tuple(refreshed)
 
     def map(
         self,
@@ -326,13 +437,17 @@ class _Session:
         *,
         stage: str,
         progress: ProgressCallback | None,
+        collect: Callable[[Any], None] | None = None,
     ) -> list[Any]:
         """Run ``function(*arguments[k])`` for every k on the cluster and return the results
-        in order. A failed task (error or lost worker) is resubmitted up to ``task_retries``
-        times, and each retry is reported as ``"<stage> (retrying a failed Dask task)"``."""
+        in order (or, with ``collect``, hand each to it as it arrives and keep none). A failed task (error, lost worker Dask gave up on, or lost input) is
+        resubmitted up to ``task_retries`` times. Lost workers and retries show in the stage
+        label: ``"<stage> (lost 1 Dask worker(s), tasks rescheduled; retried 2 failed Dask
+        task(s))"``."""
         total = len(arguments)
         results: list[Any] = [None] * total
         attempts = [0] * total
+        current = list(arguments)
         changed = threading.Event()
 
         def submit(argument: tuple[Any, ...]) -> Any:
@@ -340,11 +455,33 @@ class _Session:
             future.add_done_callback(lambda _: changed.set())
             return future
 
-        futures = {submit(argument): k for k, argument in enumerate(arguments)}
+        futures = {submit(argument): k for k, argument in enumerate(current)}
         deadline = time.monotonic() + self.settings.timeout_seconds
         done_count = 0
         retries = 0
-        label = stage
+        lost_workers = 0
+        known_workers = self.worker_addresses()
+        next_worker_check = time.monotonic() + 1.0
+
+        def label() -> str:
+            notes = []
+            if lost_workers:
+                notes.append(f"lost {lost_workers} Dask worker(s), tasks rescheduled")
+            if retries:
+                notes.append(f"retried {retries} failed Dask task(s)")
+            return f"{stage} ({'; '.join(notes)})" if notes else stage
+
+        def check_workers() -> None:
+            nonlocal known_workers, lost_workers
+            now_known = self.worker_addresses()
+            gone = len(known_workers - now_known)
+            if gone:
+                lost_workers += gone
+                logger.warning(
+                    "%s: lost %d Dask worker(s); the scheduler reschedules their tasks", stage, gone
+                )
+            known_workers = now_known
+
         try:
             while futures:
                 remaining = deadline - time.monotonic()
@@ -356,26 +493,45 @@ class _Session:
                     )
                 changed.wait(min(1.0, remaining))
                 changed.clear()
+                if time.monotonic() >= next_worker_check:
+                    check_workers()
+                    next_worker_check = time.monotonic() + 1.0
                 for future in [future for future in futures if future.done()]:
                     k = futures.pop(future)
                     if future.status == "finished":
-                        results[k] = future.result()
+                        if collect is None:
+                            results[k] = future.result()
+                        else:
+                            collect(future.result())
+                        future.release()  # the worker may drop its copy now
                         done_count += 1
                         continue
-                    error = future.exception()
+                    # "error", or "cancelled"/"lost" when an input's every copy was lost.
+                    reason = (
+                        type(future.exception()).__name__
+                        if future.status == "error"
+                        else f"input lost ({future.status})"
+                    )
                     attempts[k] += 1
                     if attempts[k] > self.settings.task_retries:
                         raise TaskFailure(
                             f"{stage}: Dask task {k + 1} of {total} failed {attempts[k]} times "
-                            f"(last: {type(error).__name__}); see the Dask worker logs"
+                            f"(last: {reason}); see the Dask worker logs"
                         ) from None
                     retries += 1
-                    label = f"{stage} (retried {retries} failed Dask task(s))"
+                    logger.warning(
+                        "%s: Dask task %d of %d failed (%s); retrying", stage, k + 1, total, reason
+                    )
                     if progress is not None:
-                        progress(label, done_count, total)
-                    futures[submit(arguments[k])] = k
+                        progress(label(), done_count, total)
+                    current[k] = self._with_live_inputs(current[k])
+                    futures[submit(current[k])] = k
                 if progress is not None:
-                    progress(label, done_count, total)
+                    progress(label(), done_count, total)
+            previous = lost_workers
+            check_workers()  # a loss in the last second still shows
+            if progress is not None and lost_workers != previous:
+                progress(label(), done_count, total)
         finally:
             if futures:
                 self.client.cancel(list(futures))
@@ -402,19 +558,38 @@ def compare_on_cluster(
     n_right = n_left if right is None else len(right)
     if n_left == 0 or n_right == 0:
         return CandidatePairs.empty()
-    workers = session.wait_for_workers(progress)
-    clk_bytes = left.nbytes + (0 if right is None else right.nbytes)
-    band_bytes = _BAND_BYTES_PER_RECORD * (n_left + n_right)
-    need = clk_bytes + band_bytes
-    if need > session.settings.worker_memory_bytes:
+    session.wait_for_workers(progress)
+    nthreads = session.client.nthreads()
+    # A worker runs one task per thread at once; each holds one band's working set while it
+    # compares and its bands' plans (block boundaries) for the whole task.
+    threads = max(nthreads.values(), default=1)
+    parts = max(1, sum(nthreads.values())) * session.settings.tasks_per_thread
+    records = n_left + n_right
+    clk_bytes = session.held_bytes(left, right)  # every party the workers hold for the run
+    band_count = blocking.bands if use_lsh else 1
+    bands_per_task = -(-band_count // parts)
+
+    def need(bands_in_task: int) -> int:
+        per_thread = _BAND_BYTES_PER_RECORD * records + _GATHER_BYTES
+        if use_lsh:
+            per_thread += _PLAN_BYTES_PER_RECORD * records * bands_in_task
+        return clk_bytes + threads * per_thread
+
+    budget = session.settings.worker_memory_bytes
+    while bands_per_task > 1 and need(bands_per_task) > budget:
+        bands_per_task -= 1
+    if need(bands_per_task) > budget:
         raise MatchingError(
-            f"{stage}: each Dask worker needs about {need / 2**30:.1f} GiB (all CLKs of the two "
-            f"parties plus one band's working set) but worker_memory_bytes allows "
-            f"{session.settings.worker_memory_bytes / 2**30:.1f} GiB: use workers with more memory"
+            f"{stage}: each Dask worker needs about {need(bands_per_task) / 2**30:.1f} GiB (the "
+            f"CLKs of the parties it holds plus one band's working set per thread, {threads} "
+            f"threads) but worker_memory_bytes allows {budget / 2**30:.1f} GiB: use workers "
+            "with more memory or fewer threads"
         )
+    if use_lsh:
+        parts = max(parts, -(-band_count // bands_per_task))
     left_future = session.scatter(left)
     right_future = None if right is None else session.scatter(right)
-    parts = workers * session.settings.tasks_per_worker
+    union = _PairUnion(width=n_right, max_pairs=max_pairs, threshold=threshold)
     arguments: list[tuple[Any, ...]]
     if use_lsh:
         clk_bits = 64 * left.shape[1]
@@ -423,23 +598,17 @@ def compare_on_cluster(
             (left_future, right_future, positions[a:b], blocking, threshold, max_pairs, 1)
             for a, b in _groups(blocking.bands, parts)
         ]
-        results = session.map(_band_task, arguments, stage=stage, progress=progress)
+        session.map(_band_task, arguments, stage=stage, progress=progress, collect=union.add)
         for key, name in (
             ("blocked_comparisons_planned", "block_comparisons"),
             ("oversized_blocks_skipped", "oversized_blocks"),
             ("oversized_block_comparisons_skipped", "oversized_comparisons"),
         ):
-            statistics[key] = statistics.get(key, 0) + sum(getattr(r, name) for r in results)
+            statistics[key] = statistics.get(key, 0) + union.counts.get(name, 0)
     else:
         arguments = [
             (left_future, right_future, a, b, threshold, max_pairs, 1)
             for a, b in _groups(n_left, parts)
         ]
-        results = session.map(_tile_task, arguments, stage=stage, progress=progress)
-    merged = _merge(results, n_right)
-    if len(merged) > max_pairs:
-        raise MatchingError(
-            f"more than {max_pairs} candidate pairs at threshold {threshold}: "
-            "raise the threshold or the candidate-pair limit"
-        )
-    return merged
+        session.map(_tile_task, arguments, stage=stage, progress=progress, collect=union.add)
+    return union.pairs()

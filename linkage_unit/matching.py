@@ -225,6 +225,10 @@ def link(
                     stage=f"compare on Dask (party pair {number} of {len(jobs)})",
                 )
                 party_pairs.append(PartyPairs(left_party=i, right_party=j, pairs=pairs))
+                # Workers keep a party's CLKs only while a later party pair needs them.
+                later = {party for job in jobs[number:] for party in job}
+                for party in {i, j} - later:
+                    session.forget(arrays[party])
     comparisons = sum(item.pairs.comparisons for item in party_pairs)
     candidate_count = sum(len(item.pairs) for item in party_pairs)
     if candidate_count > settings.max_candidate_pairs:

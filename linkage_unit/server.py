@@ -30,6 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from linkage_unit import matching
 from linkage_unit.audit_hook import AuditReader, AuditSink
 from linkage_unit.audit_log import AuditLog
+from linkage_unit.blocking import BlockingSettings
 from linkage_unit.distributed import ClusterSettings, DaskExecutor
 from linkage_unit.run import LinkFunction, RunManager
 from linkage_unit.service import LinkageService, ManifestPolicy, UploadLimits
@@ -90,6 +91,10 @@ class ServerConfig:
     dask_timeout_seconds: float = 3600.0
     dask_task_retries: int = 2
     dask_worker_memory_bytes: int = 8 << 30
+    # LSH blocking shape for every run (linkage_unit/blocking.py). The defaults suit up to a
+    # few million records a party; docs/scale.md gives the shape for 60M x 60M.
+    lsh_bands: int = 128
+    lsh_bits_per_band: int = 14
     extra_options: tuple[tuple[str, int], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -117,6 +122,14 @@ class ServerConfig:
                 self.cluster_settings  # noqa: B018 - validates the Dask settings once, here
             except MatchingError as error:
                 raise ConfigurationError(f"Dask settings: {error}") from None
+        try:
+            self.blocking_settings  # noqa: B018 - validates the LSH shape once, here
+        except MatchingError as error:
+            raise ConfigurationError(f"LSH settings: {error}") from None
+
+    @property
+    def blocking_settings(self) -> BlockingSettings:
+        return BlockingSettings(bands=self.lsh_bands, bits_per_band=self.lsh_bits_per_band)
 
     @property
     def cluster_settings(self) -> ClusterSettings | None:
@@ -190,6 +203,17 @@ def load_config(path: Path | str | None, **overrides: Any) -> ServerConfig:
         raise ConfigurationError(f"invalid config value: {error}") from None
 
 
+def _with_blocking(link: LinkFunction, blocking: BlockingSettings) -> LinkFunction:
+    """``link`` with the operator's LSH shape in place of the engine's default."""
+
+    def link_with_blocking(
+        clks: Any, settings: matching.MatchSettings, **options: Any
+    ) -> matching.LinkResult:
+        return link(clks, replace(settings, blocking_settings=blocking), **options)
+
+    return link_with_blocking
+
+
 class LinkageUnitServer:
     """A started-or-startable linkage unit. ``start()`` returns the bound port."""
 
@@ -220,6 +244,8 @@ class LinkageUnitServer:
         cluster = config.cluster_settings
         if link_function is None and cluster is not None:
             link_function = functools.partial(matching.link, executor=DaskExecutor(cluster))
+        if config.blocking_settings != BlockingSettings():
+            link_function = _with_blocking(link_function or matching.link, config.blocking_settings)
         self.runs = RunManager(
             self.storage, self.audit, workers=config.run_workers, link_function=link_function
         )

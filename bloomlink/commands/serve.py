@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dask-worker-memory-bytes", type=int, help="memory one Dask worker may use (8 GiB)"
     )
+    parser.add_argument("--lsh-bands", type=int, help="LSH blocking bands (128)")
+    parser.add_argument(
+        "--lsh-bits-per-band", type=int, help="LSH bits per band (14; 20 at 60M records)"
+    )
     parser.add_argument(
         "--party-key",
         action="append",
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         "min_ping_interval_seconds", "grace_seconds", "insecure", "stream_idle_seconds",
         "max_stream_seconds", "dask_scheduler", "dask_ca_certificate", "dask_certificate",
         "dask_private_key", "dask_timeout_seconds", "dask_task_retries",
-        "dask_worker_memory_bytes",
+        "dask_worker_memory_bytes", "lsh_bands", "lsh_bits_per_band",
     )  # fmt: skip
     overrides = {name: getattr(args, name) for name in names}
     if args.party_key:

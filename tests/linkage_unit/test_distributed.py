@@ -17,21 +17,31 @@ from distributed import Client, LocalCluster
 
 from linkage_unit import matching
 from linkage_unit.blocking import BlockingSettings
-from linkage_unit.distributed import ClusterSettings, DaskExecutor, TaskFailure
-from linkage_unit.server import ServerConfig
+from linkage_unit.distributed import (
+    ClusterSettings,
+    DaskExecutor,
+    TaskFailure,
+    _PairUnion,
+    _TaskResult,
+)
+from linkage_unit.server import ServerConfig, create_server
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.messages import ProjectSettings, RunState
+from tests.dask_helpers import CompareTaskFaults, local_cluster
 from tests.linkage_unit.test_service import OPERATOR, build, upload
-from tests.service_helpers import SCHEMA_FINGERPRINT, planted_party_clks, write_clk_file
+from tests.service_helpers import (
+    SCHEMA_FINGERPRINT,
+    MemoryAuditSink,
+    planted_party_clks,
+    write_clk_file,
+)
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-    ) as local:
+    with local_cluster(2) as local:
         yield local
 
 
@@ -146,7 +156,65 @@ def test_a_killed_worker_does_not_lose_the_run(client: Client, tmp_path: Path) -
         )
     assert results == [0, 2, 4, 6]
     assert (tmp_path / "crashed").exists()
-    client.wait_for_workers(2, timeout=30)  # the nanny restarts the killed worker
+    assert "compare (lost 1 Dask worker(s), tasks rescheduled)" in stages
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+
+
+def test_a_worker_killed_mid_link_leaves_the_link_structure_unchanged(
+    client: Client, tmp_path: Path
+) -> None:
+    clks = noisy_parties(seed=21, records=1500)
+    settings = matching.MatchSettings(
+        threshold=0.8,
+        blocking="lsh",
+        blocking_seed=9,
+        blocking_settings=BlockingSettings(bands=24, bits_per_band=10),
+    )
+    local = matching.link(clks, settings)
+    marker = tmp_path / "killed"
+    client.register_plugin(CompareTaskFaults(kill_marker=str(marker)), name="kill-once")
+    stages: list[str] = []
+    try:
+        remote = matching.link(
+            clks,
+            settings,
+            executor=executor(client),
+            progress=lambda stage, done, total: stages.append(stage),
+        )
+    finally:
+        client.unregister_worker_plugin("kill-once")
+        client.wait_for_workers(2, timeout=60)
+    assert marker.exists()  # a worker really died during a compare task
+    assert any("lost 1 Dask worker(s), tasks rescheduled" in stage for stage in stages)
+    assert local.linked_record_count > 0
+    for party in clks:
+        np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
+    assert remote.comparisons == local.comparisons
+
+
+def crash_holding(marker: str, array: np.ndarray) -> int:
+    """Kills its worker the first time it runs; with one worker, every copy of ``array``
+    (scattered) dies with it."""
+    crash_once(marker, 0)
+    return int(array.sum())
+
+
+def test_inputs_lost_with_every_worker_are_scattered_again(tmp_path: Path) -> None:
+    stages: list[str] = []
+    with (
+        local_cluster(1) as single,
+        Client(single, set_as_default=False) as connected,
+    ):
+        with executor(connected, connect_timeout_seconds=60).session() as session:
+            array = session.scatter(np.arange(10, dtype=np.uint64))
+            results = session.map(
+                crash_holding,
+                [(str(tmp_path / "crashed"), array)],
+                stage="compare",
+                progress=lambda stage, done, total: stages.append(stage),
+            )
+    assert results == [45]
+    assert any("retried 1 failed Dask task(s)" in stage for stage in stages)
 
 
 def test_a_failed_task_is_retried_and_the_retry_shows_in_progress(
@@ -266,3 +334,121 @@ def test_server_config_names_a_cluster_or_matches_in_process(tmp_path: Path) -> 
     assert config.cluster_settings is not None and config.cluster_settings.task_retries == 5
     with pytest.raises(ConfigurationError, match="Dask settings: a Dask scheduler off this"):
         ServerConfig(data_dir=tmp_path, insecure=True, dask_scheduler="tcp://10.0.0.9:8786")
+
+
+def test_the_pair_union_folds_duplicates_as_results_arrive() -> None:
+    generator = np.random.default_rng(4)
+    width = 50
+    truth: dict[tuple[int, int], float] = {}
+    union = _PairUnion(width=width, max_pairs=10_000, threshold=0.8, backlog=20)
+    folds = 0
+    for _ in range(30):  # tasks whose pairs overlap, as band groups' do
+        left = generator.integers(0, 40, 25).astype(np.int32)
+        right = generator.integers(0, width, 25).astype(np.int32)
+        scores = ((left * 7 + right * 3) % 20 / 100 + 0.8).astype(np.float32)
+        truth.update(
+            {(int(a), int(b)): float(c) for a, b, c in zip(left, right, scores, strict=True)}
+        )
+        before = len(union.pending)
+        union.add(_TaskResult(left=left, right=right, scores=scores, comparisons=25))
+        folds += len(union.pending) < before + 1
+    pairs = union.pairs()
+    assert folds > 0  # the backlog was folded while results arrived, not only at the end
+    expected = sorted(truth)
+    assert list(zip(pairs.left.tolist(), pairs.right.tolist(), strict=True)) == expected
+    np.testing.assert_allclose(pairs.scores, [truth[key] for key in expected], rtol=1e-6)
+    assert pairs.comparisons == 30 * 25
+    small = _PairUnion(width=width, max_pairs=10, threshold=0.8, backlog=5)
+    with pytest.raises(MatchingError, match="more than 10 candidate pairs at threshold 0.8"):
+        for start in range(0, 40, 8):
+            rows = np.arange(start, start + 8, dtype=np.int32)
+            small.add(
+                _TaskResult(left=rows, right=rows, scores=np.ones(8, np.float32), comparisons=8)
+            )
+
+
+def test_server_config_sets_the_lsh_shape_of_every_run(tmp_path: Path) -> None:
+    assert ServerConfig(data_dir=tmp_path, insecure=True).blocking_settings == BlockingSettings()
+    config = ServerConfig(
+        data_dir=tmp_path,
+        insecure=True,
+        require_manifest=False,
+        lsh_bands=256,
+        lsh_bits_per_band=20,
+    )
+    assert config.blocking_settings == BlockingSettings(bands=256, bits_per_band=20)
+    seen: list[BlockingSettings] = []
+
+    def engine(clks, settings, **options):  # type: ignore[no-untyped-def]
+        seen.append(settings.blocking_settings)
+        return matching.link(clks, settings, **options)
+
+    server = create_server(config, audit=MemoryAuditSink(), link_function=engine)
+    try:
+        clks = planted_party_clks(["moj", "dfe"], seed=6, records=20, shared=5)
+        _run_project(server.service, tmp_path, clks)
+        status = server.service.project_status(OPERATOR, "p1")
+        assert status.run_state is RunState.FINISHED and status.linked_record_count == 10
+        assert seen == [BlockingSettings(bands=256, bits_per_band=20)]
+    finally:
+        server.stop(0)
+    with pytest.raises(ConfigurationError, match="LSH settings: bits_per_band must be"):
+        ServerConfig(data_dir=tmp_path, insecure=True, lsh_bits_per_band=65)
+
+
+def test_a_tight_worker_memory_budget_cuts_the_bands_into_more_tasks(client: Client) -> None:
+    clks = noisy_parties(seed=31, records=1500)
+    settings = matching.MatchSettings(
+        threshold=0.8,
+        blocking="lsh",
+        blocking_seed=3,
+        blocking_settings=BlockingSettings(bands=24, bits_per_band=10),
+    )
+    records = 3000
+    # CLKs + one band's working set and gather buffers + the plans of two bands, per thread.
+    budget = records * 128 + 64 * records + 2 * (1 << 18) * 128 + 2 * 8 * records
+    totals: list[int] = []
+    remote = matching.link(
+        clks,
+        settings,
+        executor=executor(client, worker_memory_bytes=budget),
+        progress=lambda stage, done, total: (
+            totals.append(total) if stage.startswith("compare on Dask") else None
+        ),
+    )
+    assert totals[-1] == 12  # 24 bands, 2 a task; without the budget, 4 tasks of 6
+    local = matching.link(clks, settings)
+    for party in clks:
+        np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
+
+
+def test_each_party_is_sent_once_per_run_and_dropped_when_no_pair_needs_it(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clks = noisy_parties(seed=41, records=600, parties=3)
+    sent: list[int] = []
+    scatter = client.scatter
+
+    def counting_scatter(data, **options):  # type: ignore[no-untyped-def]
+        sent.append(len(data))
+        return scatter(data, **options)
+
+    monkeypatch.setattr(client, "scatter", counting_scatter)
+    cancelled: list[int] = []
+    cancel = client.cancel
+
+    def counting_cancel(futures, **options):  # type: ignore[no-untyped-def]
+        cancelled.append(len(futures))
+        return cancel(futures, **options)
+
+    monkeypatch.setattr(client, "cancel", counting_cancel)
+    settings = matching.MatchSettings(
+        threshold=0.8, blocking="lsh", blocking_seed=2, blocking_settings=BlockingSettings(bands=8)
+    )
+    remote = matching.link(clks, settings, executor=executor(client))
+    local = matching.link(clks, settings)
+    # Three party pairs, three parties: each sent once, each dropped after its last pair.
+    assert sent == [600, 600, 600]
+    assert sum(cancelled) == 3
+    for party in clks:
+        np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
