@@ -27,6 +27,7 @@ from bloomlink.synth import SynthConfig, generate, write
 from linkage_unit.server import ServerConfig, create_server
 from party.client import LinkageClient
 from party.encoder_run import encode_extract
+from party.known_keys import known_key_reencoder
 from party.link_key_file import join_link_keys
 from party.manifest import (
     create_party_signing_key,
@@ -212,6 +213,13 @@ def run(args: argparse.Namespace) -> int:
                         root / "synth" / f"{party}.csv", shipped_mapping(party), schema
                     ),
                     software_version=bloomlink.__version__,
+                    unkeyed_reencoder=known_key_reencoder(
+                        encoded_path=summaries[party].encoded_path,
+                        positions_path=summaries[party].positions_path,
+                        extract_path=root / "synth" / f"{party}.csv",
+                        mapping=shipped_mapping(party),
+                        schema=schema,
+                    ),
                 )[0]
         with LinkageClient(target, tls=pki.tls_files(pki.operator)) as operator:
             stages.run(
