@@ -34,10 +34,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bloomlink.synth import SynthConfig, generate, write  # noqa: E402
+from bloomlink.synth.scoring import link_quality  # noqa: E402
 from linkage_unit.blocking import BlockingIndex, BlockingSettings  # noqa: E402
 from linkage_unit.similarity import best_scores, candidate_pairs  # noqa: E402
 from linkage_unit.threshold import choose_threshold  # noqa: E402
 from party.client import LinkageClient  # noqa: E402
+from party.link_key_file import join_link_keys  # noqa: E402
 from party.manifest import check_manifest_for_file, manifest_path_for  # noqa: E402
 from protocol.certificates import init_certificates  # noqa: E402
 from protocol.clk_file import read_clks  # noqa: E402
@@ -220,8 +222,15 @@ def main() -> int:
             started = time.perf_counter()
             with LinkageClient(target, tls=pki.tls_files(pki.parties[party])) as client:
                 fetched = client.fetch_link_keys(PROJECT, party)
-            times[f"fetch link keys {party}"] = time.perf_counter() - started
             assert len(fetched.link_keys) == args.records
+            # The department's own step: link keys back onto its record ids.
+            join_link_keys(
+                root / party / f"{party}.positions.csv",
+                fetched.positions,
+                fetched.link_keys,
+                root / party / f"{party}.link-keys.csv",
+            )
+            times[f"fetch + join link keys {party}"] = time.perf_counter() - started
         end_to_end = time.perf_counter() - e2e_started
         memory["linkage unit"] = _peak_kib(server.pid) / 1024
     finally:
@@ -259,6 +268,10 @@ def main() -> int:
         recalls[threshold] = (recall, len(exhaustive), exhaustive_seconds)
     threshold = min(recalls)
     recall = recalls[threshold][0]
+    quality = link_quality(
+        root / "synth" / "truth.csv",
+        {party: root / party / f"{party}.link-keys.csv" for party in PARTIES},
+    )
 
     print(f"\nend to end, {args.records:,} x {args.records:,} records (medium, overlap 0.5)")
     for name, seconds in times.items():
@@ -269,6 +282,10 @@ def main() -> int:
     print(
         f"  run: {status.comparisons:,} comparisons, {status.cluster_count:,} link keys, "
         f"{status.linked_record_count:,} linked records"
+    )
+    print(
+        f"  link quality against the truth: precision {quality.precision:.4f} recall "
+        f"{quality.recall:.4f} F1 {quality.f1:.4f} (threshold {status.threshold:.3f}, automatic)"
     )
     for value, (value_recall, pairs, seconds) in recalls.items():
         print(
@@ -291,6 +308,10 @@ def main() -> int:
                 "comparisons": status.comparisons,
                 "linked_records": status.linked_record_count,
                 "blocking_recall": round(recall, 5),
+                "precision": round(quality.precision, 4),
+                "recall": round(quality.recall, 4),
+                "f1": round(quality.f1, 4),
+                "run_threshold": round(status.threshold, 3),
                 "recall_threshold": threshold,
                 "threshold_chosen_from_sample": chosen,
                 "peer": None,

@@ -222,6 +222,8 @@ class RunManager:
             cluster_count=result.cluster_count,
             linked_record_count=result.linked_record_count,
             comparisons=result.comparisons,
+            threshold=result.threshold,
+            threshold_method=result.threshold_method,
             keys_by_party={
                 party: (party_keys.positions, party_keys.link_keys, party_keys.keys_sha256)
                 for party, party_keys in keys.items()

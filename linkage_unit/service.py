@@ -231,6 +231,8 @@ class LinkageService:
             cluster_count=run.cluster_count,
             linked_record_count=run.linked_record_count,
             comparisons=run.comparisons,
+            threshold=run.threshold,
+            threshold_method=run.threshold_method,
             **common,  # type: ignore[arg-type]
         )
 

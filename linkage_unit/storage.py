@@ -109,7 +109,9 @@ CREATE TABLE IF NOT EXISTS runs (
     check_aspect TEXT NOT NULL DEFAULT '',
     cluster_count INTEGER NOT NULL DEFAULT 0,
     linked_record_count INTEGER NOT NULL DEFAULT 0,
-    comparisons INTEGER NOT NULL DEFAULT 0
+    comparisons INTEGER NOT NULL DEFAULT 0,
+    threshold REAL,
+    threshold_method TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS key_sets (
     project_id TEXT NOT NULL,
@@ -143,6 +145,10 @@ CREATE TABLE IF NOT EXISTS manifest_nonces (
 """
 
 
+# Columns added to ``runs`` after its first release, as (name, declaration).
+_ADDED_RUN_COLUMNS = (("threshold", "REAL"), ("threshold_method", "TEXT NOT NULL DEFAULT ''"))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UploadRecord:
     header: UploadHeader
@@ -164,6 +170,8 @@ class RunRecord:
     linked_record_count: int
     comparisons: int
     finished_at: float | None
+    threshold: float | None = None
+    threshold_method: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -195,6 +203,15 @@ class Storage:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        # A state file from an older release lacks columns added since: add them with their
+        # defaults rather than refuse to start an LU that has been running for months.
+        present = {str(row[1]) for row in self._db.execute("PRAGMA table_info(runs)")}
+        for name, declaration in _ADDED_RUN_COLUMNS:
+            if name not in present:
+                self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -517,6 +534,8 @@ class Storage:
         linked_record_count: int,
         comparisons: int,
         keys_by_party: Mapping[str, tuple[list[int], list[str], str]],
+        threshold: float | None = None,
+        threshold_method: str = "",
     ) -> None:
         """Write every party's link keys and mark the run finished, in one transaction:
         keys are never visible for a run that has not finished."""
@@ -543,13 +562,16 @@ class Storage:
                     )
                 self._db.execute(
                     "UPDATE runs SET state = ?, finished_at = ?, cluster_count = ?, "
-                    "linked_record_count = ?, comparisons = ? WHERE run_id = ?",
+                    "linked_record_count = ?, comparisons = ?, threshold = ?, "
+                    "threshold_method = ? WHERE run_id = ?",
                     (
                         str(RunState.FINISHED),
                         time.time(),
                         cluster_count,
                         linked_record_count,
                         comparisons,
+                        threshold,
+                        threshold_method,
                         run_id,
                     ),
                 )
@@ -560,7 +582,8 @@ class Storage:
 
     _RUN_COLUMNS = (
         "run_id, project_id, state, stage, done, total, check_party, check_aspect, "
-        "cluster_count, linked_record_count, comparisons, finished_at"
+        "cluster_count, linked_record_count, comparisons, finished_at, threshold, "
+        "threshold_method"
     )
 
     @staticmethod
@@ -578,6 +601,8 @@ class Storage:
             linked,
             pairs,
             end,
+            threshold,
+            threshold_method,
         ) = row
         return RunRecord(
             run_id=str(run_id),
@@ -592,6 +617,8 @@ class Storage:
             linked_record_count=int(linked),
             comparisons=int(pairs),
             finished_at=None if end is None else float(end),
+            threshold=None if threshold is None else float(threshold),
+            threshold_method=str(threshold_method),
         )
 
     def latest_run(self, project_id: str) -> RunRecord | None:

@@ -224,6 +224,10 @@ class ProjectStatus:
     cluster_count: int = 0
     linked_record_count: int = 0
     comparisons: int = 0
+    # The Dice threshold the finished run used, and how it was set ("operator" or the
+    # automatic method's name): the operator must be able to see what the engine chose.
+    threshold: float | None = None
+    threshold_method: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -159,7 +159,7 @@ def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSett
 
 
 def project_status_to_proto(status: ProjectStatus) -> pb.GetProjectStatusResponse:
-    return pb.GetProjectStatusResponse(
+    message = pb.GetProjectStatusResponse(
         project_id=status.project_id,
         parties=[
             pb.PartyStatus(
@@ -182,7 +182,11 @@ def project_status_to_proto(status: ProjectStatus) -> pb.GetProjectStatusRespons
         comparisons=status.comparisons,
         schema_fingerprint=status.schema_fingerprint,
         settings_fingerprint=status.settings_fingerprint,
+        threshold_method=status.threshold_method,
     )
+    if status.threshold is not None:
+        message.threshold = status.threshold
+    return message
 
 
 def project_status_from_proto(message: pb.GetProjectStatusResponse) -> ProjectStatus:
@@ -209,6 +213,8 @@ def project_status_from_proto(message: pb.GetProjectStatusResponse) -> ProjectSt
         comparisons=message.comparisons,
         schema_fingerprint=bytes(message.schema_fingerprint),
         settings_fingerprint=message.settings_fingerprint,
+        threshold=message.threshold if message.HasField("threshold") else None,
+        threshold_method=message.threshold_method,
     )
 
 

@@ -12,9 +12,7 @@ time of every stage, and where every output is.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import itertools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +22,7 @@ from typing import TypeVar
 import bloomlink
 from bloomlink.exit_codes import ExitCode
 from bloomlink.synth import SynthConfig, generate, write
+from bloomlink.synth.scoring import link_quality
 from linkage_unit.server import ServerConfig, create_server
 from party.client import LinkageClient
 from party.encoder_run import encode_extract
@@ -98,44 +97,6 @@ class _Stages:
     def run(self, name: str, action: Callable[[], T]) -> T:
         with self.stage(name):
             return action()
-
-
-def _link_quality(truth_path: Path, keys_paths: dict[str, Path]) -> dict[str, float]:
-    """Precision, recall and F1 of cross-department links against the synthetic truth."""
-    person_of: dict[tuple[str, str], str] = {}
-    with truth_path.open(newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            person_of[(row["department"], row["record_id"])] = row["person_id"]
-    key_of: dict[tuple[str, str], str] = {}
-    for party, path in keys_paths.items():
-        with path.open(newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                key_of[(party, row["own_record_id"])] = row["link_key"]
-
-    def pairs(label: dict[tuple[str, str], str]) -> set[tuple[str, str]]:
-        groups: dict[str, dict[str, list[str]]] = {}
-        for (party, record), value in label.items():
-            groups.setdefault(value, {}).setdefault(party, []).append(record)
-        found: set[tuple[str, str]] = set()
-        for members in groups.values():
-            left, right = members.get(PARTIES[0], []), members.get(PARTIES[1], [])
-            found.update(itertools.product(left, right))
-        return found
-
-    predicted = pairs(key_of)
-    actual = pairs(person_of)
-    true_positive = len(predicted & actual)
-    precision = true_positive / len(predicted) if predicted else 0.0
-    recall = true_positive / len(actual) if actual else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {
-        "true_pairs": len(actual),
-        "linked_pairs": len(predicted),
-        "correct": true_positive,
-        "precision": precision,
-        "recall": recall,
-        "f1": f1,
-    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -278,20 +239,21 @@ def run(args: argparse.Namespace) -> int:
         server.stop(1.0)
         server.close_storage()
 
-    quality = _link_quality(synth.truth, keys_paths)
+    quality = link_quality(synth.truth, keys_paths)
     total = time.perf_counter() - started
     print()
     print(
         f"link quality against the synthetic truth ({args.difficulty}, {args.records:,} records each):"
     )
     print(
-        f"  precision {quality['precision']:.4f}  recall {quality['recall']:.4f}  F1 {quality['f1']:.4f}"
-        f"  ({quality['correct']:,} of {quality['true_pairs']:,} true pairs found, "
-        f"{quality['linked_pairs']:,} linked)"
+        f"  precision {quality.precision:.4f}  recall {quality.recall:.4f}  F1 {quality.f1:.4f}"
+        f"  ({quality.correct:,} of {quality.true_pairs:,} true pairs found, "
+        f"{quality.linked_pairs:,} linked)"
     )
     print(
         f"  run {status.run_id}: {status.comparisons:,} comparisons, {status.cluster_count:,} link keys, "
-        f"{status.linked_record_count:,} records linked"
+        f"{status.linked_record_count:,} records linked, Dice threshold "
+        f"{status.threshold or 0.0:.3f} ({status.threshold_method})"
     )
     verdict = "PASSED" if report.passed else f"FAILED ({len(report.failures)} failure(s))"
     print(

@@ -49,6 +49,9 @@ def describe(status: ProjectStatus) -> str:
             f"; {status.cluster_count} clusters, {status.linked_record_count} linked records, "
             f"{status.comparisons} comparisons"
         )
+        if status.threshold is not None:
+            line += f"; threshold {status.threshold:.3f} ({status.threshold_method})"
+
     return line
 
 

@@ -268,6 +268,8 @@ class GetProjectStatusResponse(_message.Message):
     COMPARISONS_FIELD_NUMBER: _builtins.int
     SCHEMA_FINGERPRINT_FIELD_NUMBER: _builtins.int
     SETTINGS_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    THRESHOLD_METHOD_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     run_state: Global___RunState.ValueType
     run_id: _builtins.str
@@ -282,6 +284,11 @@ class GetProjectStatusResponse(_message.Message):
     comparisons: _builtins.int
     schema_fingerprint: _builtins.bytes
     settings_fingerprint: _builtins.str
+    threshold: _builtins.float
+    """The Dice threshold a finished run used and how it was set ("operator" or the automatic
+    method): a setting of the run, not a score of any pair.
+    """
+    threshold_method: _builtins.str
     @_builtins.property
     def parties(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyStatus]: ...
     def __init__(
@@ -301,12 +308,16 @@ class GetProjectStatusResponse(_message.Message):
         comparisons: _builtins.int = ...,
         schema_fingerprint: _builtins.bytes = ...,
         settings_fingerprint: _builtins.str = ...,
+        threshold: _builtins.float | None = ...,
+        threshold_method: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "threshold", b"threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check_aspect", b"check_aspect", "check_party_id", b"check_party_id", "cluster_count", b"cluster_count", "comparisons", b"comparisons", "linked_record_count", b"linked_record_count", "parties", b"parties", "progress_done", b"progress_done", "progress_stage", b"progress_stage", "progress_total", b"progress_total", "project_id", b"project_id", "run_id", b"run_id", "run_state", b"run_state", "schema_fingerprint", b"schema_fingerprint", "settings_fingerprint", b"settings_fingerprint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "check_aspect", b"check_aspect", "check_party_id", b"check_party_id", "cluster_count", b"cluster_count", "comparisons", b"comparisons", "linked_record_count", b"linked_record_count", "parties", b"parties", "progress_done", b"progress_done", "progress_stage", b"progress_stage", "progress_total", b"progress_total", "project_id", b"project_id", "run_id", b"run_id", "run_state", b"run_state", "schema_fingerprint", b"schema_fingerprint", "settings_fingerprint", b"settings_fingerprint", "threshold", b"threshold", "threshold_method", b"threshold_method"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
+    _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
 
 Global___GetProjectStatusResponse: _TypeAlias = GetProjectStatusResponse  # noqa: Y015
 

@@ -41,6 +41,7 @@ def test_parties_upload_run_and_fetch_their_keys(
     status = operator.wait_for_run("p1", timeout=20)
     assert status.run_state is RunState.FINISHED, status
     assert status.linked_record_count == 8 * len(parties)
+    assert (status.threshold, status.threshold_method) == (0.9, "operator")
     keys = {}
     for party in parties:
         fetched = connect(server, party).fetch_link_keys("p1", party)
@@ -72,3 +73,25 @@ def test_parties_upload_run_and_fetch_their_keys(
     assert audit.named("keys_released")[0]["key_count"] == 30
     # Retention 0: CLKs are deleted once the run has finished.
     assert not list((server.config.data_dir / "payloads" / "p1").glob("*.clk"))
+
+
+def test_status_reports_the_threshold_the_engine_chose(
+    start_server, connect, tmp_path: Path
+) -> None:
+    """With no operator threshold the run chooses one from its own scores; status shows it."""
+    server = start_server()
+    operator = connect(server, "operator")
+    operator.create_project(
+        ProjectSettings(
+            project_id="p1", members=("moj", "dfe"), schema_fingerprint=SCHEMA_FINGERPRINT
+        )
+    )
+    assert operator.project_status("p1").threshold is None
+    clks = planted_party_clks(["moj", "dfe"], seed=11, records=400, shared=150)
+    for party in ("moj", "dfe"):
+        path = write_clk_file(tmp_path / f"{party}.clk", clks[party], project_id="p1")
+        connect(server, party).upload_file(path, party_id=party)
+    status = operator.wait_for_run("p1", timeout=30)
+    assert status.run_state is RunState.FINISHED, status
+    assert status.threshold is not None and 0.0 < status.threshold <= 1.0
+    assert status.threshold_method not in ("", "operator")

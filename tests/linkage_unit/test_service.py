@@ -157,3 +157,33 @@ def test_clk_checks_catch_degenerate_and_implausible_density() -> None:
             {**good, "dfe": sparse}, {**headers, "hmrc": headers["moj"]} | {"dfe": headers["dfe"]}
         )
     assert caught.value.aspect == "bit_density"
+
+
+def test_state_from_before_the_threshold_columns_opens_and_gains_them(tmp_path) -> None:
+    """An LU upgraded in place keeps its state: the runs table gains the new columns."""
+    import sqlite3
+
+    from linkage_unit.storage import Storage
+
+    directory = tmp_path / "lu"
+    directory.mkdir()
+    with sqlite3.connect(directory / "state.sqlite3") as old:
+        old.execute(
+            "CREATE TABLE runs (run_id TEXT PRIMARY KEY, project_id TEXT NOT NULL, "
+            "state TEXT NOT NULL, created_at REAL NOT NULL, finished_at REAL, "
+            "stage TEXT NOT NULL DEFAULT '', done INTEGER NOT NULL DEFAULT 0, "
+            "total INTEGER NOT NULL DEFAULT 0, check_party TEXT NOT NULL DEFAULT '', "
+            "check_aspect TEXT NOT NULL DEFAULT '', cluster_count INTEGER NOT NULL DEFAULT 0, "
+            "linked_record_count INTEGER NOT NULL DEFAULT 0, "
+            "comparisons INTEGER NOT NULL DEFAULT 0)"
+        )
+        old.execute(
+            "INSERT INTO runs (run_id, project_id, state, created_at) VALUES ('r1', 'p1', 'finished', 1.0)"
+        )
+    store = Storage(directory)
+    try:
+        run = store.latest_run("p1")
+        assert run is not None and run.run_id == "r1"
+        assert (run.threshold, run.threshold_method) == (None, "")
+    finally:
+        store.close()
