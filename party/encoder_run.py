@@ -196,6 +196,7 @@ class _ChunkEncoder:
                     )
         clks = np.zeros((len(rows), self.encoder.schema.clk_bits // 64), dtype=np.uint64)
         for field_index, (name, column_index, normalise) in enumerate(self.bound.readers):
+            normalise_many = self.bound.batch_normalisers[field_index]
             if column_index is None:
                 continue
             table = self._tables[field_index]
@@ -211,8 +212,8 @@ class _ChunkEncoder:
                     table.make_room(len(fresh))
                 rejected: dict[str, str] = {}
                 raws = list(fresh)
-                try:  # normalised by a C-level map; a rejected value sends us the long way
-                    values: list[str | None] = list(map(normalise, raws))
+                try:  # normalised as a batch; a rejected value sends us the long way
+                    values: list[str | None] = normalise_many(raws)
                 except ValueRejectedError:
                     values = []
                     for raw in raws:
