@@ -150,6 +150,16 @@ class DepartmentMapping:
                 nicknames=normalisation.nickname_table() if spec.nicknames else None,
                 null_markers=markers,
             )
+        if spec.kind == "free_text":
+            return partial(
+                normalisation.normalise_texts, max_length=spec.max_length, null_markers=markers
+            )
+        if spec.kind == "identifier":
+            return partial(
+                normalisation.normalise_identifiers,
+                max_length=spec.max_length,
+                null_markers=markers,
+            )
         if spec.kind == "date":
             return partial(
                 normalisation.normalise_dates, formats=source.date_formats, null_markers=markers

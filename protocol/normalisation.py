@@ -52,12 +52,14 @@ __all__ = [
     "normalise_date",
     "normalise_dates",
     "normalise_identifier",
+    "normalise_identifiers",
     "normalise_name",
     "normalise_names",
     "normalise_postcode",
     "normalise_postcodes",
     "normalise_sex",
     "normalise_text",
+    "normalise_texts",
     "strip_invisible",
 ]
 
@@ -466,7 +468,7 @@ def normalise_names(
     missing = DEFAULT_NULL_MARKERS | null_markers
     result: list[str | None] = []
     for value, match in zip(values, map(_PLAIN_NAME.fullmatch, values), strict=True):
-        if match is not None:
+        if match is not None and len(value) <= RAW_LENGTH_LIMIT:
             text = value.lower()
             if text in missing:
                 result.append(None)
@@ -481,4 +483,45 @@ def normalise_names(
                 value, max_length=max_length, nicknames=nicknames, null_markers=null_markers
             )
         )
+    return result
+
+
+# ASCII letters and digits, in words split by single spaces (free text) or in one word
+# (identifiers): cleaning and folding leave these as their lower- (upper-) case selves.
+_PLAIN_TEXT = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
+_PLAIN_IDENTIFIER = re.compile(r"[A-Za-z0-9]+")
+
+
+def normalise_texts(
+    values: Sequence[str], *, max_length: int = 100, null_markers: frozenset[str] = frozenset()
+) -> list[str | None]:
+    """:func:`normalise_text` over many values (the same results; raises ValueRejectedError
+    as soon as a value is rejected, without saying which)."""
+    missing = DEFAULT_NULL_MARKERS | null_markers
+    limit = min(max_length, RAW_LENGTH_LIMIT)  # the output is as long as the value
+    result: list[str | None] = []
+    for value, match in zip(values, map(_PLAIN_TEXT.fullmatch, values), strict=True):
+        if match is not None and len(value) <= limit:
+            text = value.lower()
+            result.append(None if text in missing else text)
+        else:
+            result.append(normalise_text(value, max_length=max_length, null_markers=null_markers))
+    return result
+
+
+def normalise_identifiers(
+    values: Sequence[str], *, max_length: int = 100, null_markers: frozenset[str] = frozenset()
+) -> list[str | None]:
+    """:func:`normalise_identifier` over many values (the same results; raises
+    ValueRejectedError as soon as a value is rejected, without saying which)."""
+    missing = DEFAULT_NULL_MARKERS | null_markers
+    limit = min(max_length, RAW_LENGTH_LIMIT)  # the output is as long as the value
+    result: list[str | None] = []
+    for value, match in zip(values, map(_PLAIN_IDENTIFIER.fullmatch, values), strict=True):
+        if match is not None and len(value) <= limit:
+            result.append(None if value.lower() in missing else value.upper())
+        else:
+            result.append(
+                normalise_identifier(value, max_length=max_length, null_markers=null_markers)
+            )
     return result

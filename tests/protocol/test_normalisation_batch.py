@@ -200,8 +200,11 @@ name_markers = st.frozensets(st.sampled_from(["tbc", "anon", "baby", "not given"
         max_size=8,
     ),
     null_markers=name_markers,
-    max_length=st.sampled_from([100, 3]),
+    max_length=st.sampled_from([100, 3, 2000]),
     nicknames=st.booleans(),
+)
+@example(
+    values=["Ann " * 300, "B" * 1001], null_markers=frozenset(), max_length=2000, nicknames=False
 )
 @example(
     values=["Bob", "bob smith", "Not Known", "TBC", "Al", "O'Neil", "ANNE-MARIE", "Zoë"],
@@ -230,3 +233,45 @@ def test_names_match_on_synth_extracts() -> None:
     table = normalisation.nickname_table()
     _agree(normalisation.normalise_names, normalisation.normalise_name, values, nicknames=table)
     _agree(normalisation.normalise_names, normalisation.normalise_name, values)
+
+
+near_text = st.text(alphabet="Aa9z0 '\u2019-.,\t\u00a0\u200b\u212aſıéß", max_size=14)
+text_markers = st.frozensets(st.sampled_from(["tbc", "na", "0", "none given", "x1"]))
+
+
+@given(
+    values=st.lists(
+        st.one_of(st.text(max_size=14), near_text, st.sampled_from(["NULL", "nk", "Unknown"])),
+        max_size=8,
+    ),
+    null_markers=text_markers,
+    max_length=st.sampled_from([100, 4, 2000]),
+)
+@example(
+    values=["12 Miller Place", "Flat 3", "TBC", "none", "O'Hara St", "A" * 1500, "AB12" * 300],
+    null_markers=frozenset({"tbc"}),
+    max_length=2000,
+)
+def test_texts_and_identifiers_match_the_per_value_rules(
+    values: list[str], null_markers: frozenset[str], max_length: int
+) -> None:
+    _agree(
+        normalisation.normalise_texts,
+        normalisation.normalise_text,
+        values,
+        max_length=max_length,
+        null_markers=null_markers,
+    )
+    _agree(
+        normalisation.normalise_identifiers,
+        normalisation.normalise_identifier,
+        values,
+        max_length=max_length,
+        null_markers=null_markers,
+    )
+
+
+def test_texts_and_identifiers_match_on_synth_extracts() -> None:
+    values = [value for column in _synth_columns().values() for value in column]
+    _agree(normalisation.normalise_texts, normalisation.normalise_text, values)
+    _agree(normalisation.normalise_identifiers, normalisation.normalise_identifier, values)
