@@ -196,6 +196,7 @@ class _ChunkEncoder:
                     )
         clks = np.zeros((len(rows), self.encoder.schema.clk_bits // 64), dtype=np.uint64)
         for field_index, (name, column_index, normalise) in enumerate(self.bound.readers):
+            normalise_many = self.bound.batch_normalisers[field_index]
             if column_index is None:
                 continue
             table = self._tables[field_index]
@@ -211,8 +212,8 @@ class _ChunkEncoder:
                     table.make_room(len(fresh))
                 rejected: dict[str, str] = {}
                 raws = list(fresh)
-                try:  # normalised by a C-level map; a rejected value sends us the long way
-                    values: list[str | None] = list(map(normalise, raws))
+                try:  # normalised as a batch; a rejected value sends us the long way
+                    values: list[str | None] = normalise_many(raws)
                 except ValueRejectedError:
                     values = []
                     for raw in raws:
@@ -373,6 +374,9 @@ def _write_shuffled(
             writer.write(shuffled)
 
 
+_IDS_BLOCK_CHARS = 1 << 20  # record id text read per positions-file block
+
+
 def _write_positions(
     positions_path: Path, ids_scratch: Path, position_of: npt.NDArray[np.int64]
 ) -> None:
@@ -383,19 +387,30 @@ def _write_positions(
     ):
         positions_out.write(b"record_id,position\n")
         done = 0
-        while lines := ids_in.readlines(1 << 20):
-            record_ids = [line[:-1] for line in lines]
-            if any("," in line or '"' in line for line in lines):
+        rest = ""
+        # Whole lines per block, cut at the last newline; the lines are laid out by slice
+        # assignment and one join, not a format call per record.
+        while block := ids_in.read(_IDS_BLOCK_CHARS):
+            block = rest + block
+            cut = block.rfind("\n") + 1
+            block, rest = block[:cut], block[cut:]
+            record_ids = block.split("\n")
+            record_ids.pop()  # what follows the last newline: nothing
+            if "," in block or '"' in block:
                 record_ids = [
                     '"' + record_id.replace('"', '""') + '"'
                     if "," in record_id or '"' in record_id
                     else record_id
                     for record_id in record_ids
                 ]
-            positions = position_of[done : done + len(record_ids)].tolist()
-            done += len(record_ids)
-            text = "".join(map("{},{}\n".format, record_ids, positions))
-            positions_out.write(text.encode("utf-8", "surrogateescape"))
+            count = len(record_ids)
+            pieces = [","] * (4 * count)  # id , position newline
+            pieces[0::4] = record_ids
+            pieces[2::4] = map(str, position_of[done : done + count].tolist())
+            pieces[3::4] = ["\n"] * count
+            done += count
+            positions_out.write("".join(pieces).encode("utf-8", "surrogateescape"))
+        assert not rest, "every record id in the scratch file ends with a newline"
 
 
 def encode_extract(

@@ -30,6 +30,9 @@ __all__ = ["BoundMapping", "DepartmentMapping", "FieldSource", "load_mapping", "
 
 MAPPING_VERSION = 1
 Normaliser = Callable[[str], "str | None"]
+BatchNormaliser = Callable[[list[str]], "list[str | None]"]
+"""Normalises many values at once: the same results as the field's Normaliser on each, and
+ValueRejectedError if any is rejected (the Normaliser then says which and why)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -106,13 +109,16 @@ class DepartmentMapping:
             raise ExtractError("; ".join(column_problems), path=source)
 
         readers: list[tuple[str, int | None, Normaliser]] = []
+        batch_normalisers: list[BatchNormaliser] = []
         for spec in schema.fields:
             source_spec = by_field[spec.name]
             index = columns.index(source_spec.column) if source_spec.column else None
             readers.append((spec.name, index, self._normaliser(spec, source_spec)))
+            batch_normalisers.append(self._batch_normaliser(spec, source_spec))
         return BoundMapping(
             record_id_index=columns.index(self.record_id_column),
             readers=tuple(readers),
+            batch_normalisers=tuple(batch_normalisers),
             width=len(columns),
             required_fields=frozenset(
                 spec.name for spec in schema.fields if spec.missing == "required"
@@ -124,6 +130,42 @@ class DepartmentMapping:
         if spec.missing != "required":
             return normalise
         return partial(_require_value, normalise)
+
+    def _batch_normaliser(self, spec: FieldSpec, source: FieldSource) -> BatchNormaliser:
+        batch = self._kind_batch_normaliser(spec, source)
+        if spec.missing != "required":
+            return batch
+        return partial(_require_values, batch)
+
+    def _kind_batch_normaliser(self, spec: FieldSpec, source: FieldSource) -> BatchNormaliser:
+        markers = self.null_markers
+        if spec.kind == "postcode":
+            return partial(
+                normalisation.normalise_postcodes, max_length=spec.max_length, null_markers=markers
+            )
+        if spec.kind == "person_name":
+            return partial(
+                normalisation.normalise_names,
+                max_length=spec.max_length,
+                nicknames=normalisation.nickname_table() if spec.nicknames else None,
+                null_markers=markers,
+            )
+        if spec.kind == "free_text":
+            return partial(
+                normalisation.normalise_texts, max_length=spec.max_length, null_markers=markers
+            )
+        if spec.kind == "identifier":
+            return partial(
+                normalisation.normalise_identifiers,
+                max_length=spec.max_length,
+                null_markers=markers,
+            )
+        if spec.kind == "date":
+            return partial(
+                normalisation.normalise_dates, formats=source.date_formats, null_markers=markers
+            )
+        # No fast path for this kind (few distinct values, or rare): one value at a time.
+        return partial(_each, self._kind_normaliser(spec, source))
 
     def _kind_normaliser(self, spec: FieldSpec, source: FieldSource) -> Normaliser:
         markers = self.null_markers
@@ -165,6 +207,17 @@ def _require_value(normalise: Normaliser, raw: str) -> str | None:
     return value
 
 
+def _each(normalise: Normaliser, raws: list[str]) -> list[str | None]:
+    return list(map(normalise, raws))
+
+
+def _require_values(batch: BatchNormaliser, raws: list[str]) -> list[str | None]:
+    values = batch(raws)
+    if None in values:
+        raise ValueRejectedError('a value is required (the schema says missing = "required")')
+    return values
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BoundMapping:
     """A mapping fitted to one extract's columns: turns a row into normalised field values."""
@@ -172,8 +225,14 @@ class BoundMapping:
     record_id_index: int
     readers: tuple[tuple[str, int | None, Normaliser], ...]
     width: int
+    batch_normalisers: tuple[BatchNormaliser, ...]
+    """Per field, in ``readers`` order: the same normalisation over many values at once."""
     required_fields: frozenset[str] = frozenset()
     """Fields the schema marks ``missing = "required"``: never blanked, the row is skipped."""
+
+    def __post_init__(self) -> None:
+        if len(self.batch_normalisers) != len(self.readers):
+            raise ValueError("give one batch normaliser per reader")
 
     @property
     def field_names(self) -> tuple[str, ...]:

@@ -319,10 +319,14 @@ class _FieldEncoder:
         table = np.zeros((len(unique_codes), most), dtype=np.int64)
         wanted = np.zeros(len(unique_codes), dtype=np.int64)
         np.maximum.at(wanted, combo_tokens, combo_counts)
+        cache = self._code_positions_cache.setdefault(spec, {})  # hashing a spec is not free
         for index, (code, count) in enumerate(
             zip(unique_codes.tolist(), wanted.tolist(), strict=True)
         ):
-            table[index, :count] = self._code_positions(code, count, spec)
+            positions = cache.get(code)
+            if positions is None or len(positions) < count:
+                positions = self._code_positions(code, count, spec)
+            table[index, :count] = positions[:count]
         take = np.arange(most)[None, :] < combo_counts[:, None]
         combo_bits = np.zeros((len(combos), self._clk_bits), dtype=np.uint8)
         flat = (np.arange(len(combos), dtype=np.int64)[:, None] * self._clk_bits) + table[

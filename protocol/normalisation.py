@@ -23,6 +23,11 @@ Rules of norm/v1, in order (docs/schema.md has the full table):
     with bloomlink, applied identically at every party).
 Non-Latin scripts are kept as they are (no transliteration), so confusable letters from
 different scripts stay different.
+
+The per-value ``normalise_*`` functions are the definition. The batched ``normalise_*s``
+functions give the same output for every input (a property test holds them to it): they
+answer the common already-clean ASCII shapes with one precompiled regex and cheap string
+methods, and send every other value to the per-value function.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import functools
 import hashlib
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 
 from protocol.errors import ValueRejectedError
@@ -45,11 +50,16 @@ __all__ = [
     "nickname_table",
     "nickname_table_digest",
     "normalise_date",
+    "normalise_dates",
     "normalise_identifier",
+    "normalise_identifiers",
     "normalise_name",
+    "normalise_names",
     "normalise_postcode",
+    "normalise_postcodes",
     "normalise_sex",
     "normalise_text",
+    "normalise_texts",
     "strip_invisible",
 ]
 
@@ -329,3 +339,189 @@ def nickname_table() -> Mapping[str, str]:
 def nickname_table_digest() -> str:
     """SHA-256 of the shipped table, so a changed table changes the schema fingerprint."""
     return hashlib.sha256(_nickname_bytes()).hexdigest()
+
+
+# Batched fast paths. Each recognises a shape for which the per-value rules provably reduce
+# to a few string operations, and hands anything else to its per-value twin.
+
+# A UK postcode in ASCII, either case, with at most a few spaces around and between its
+# halves: the only shapes whose cleaning is "drop the spaces, upper-case" (no control,
+# format or non-ASCII characters; re.ASCII stops IGNORECASE matching the Kelvin sign or ſ).
+_PLAIN_POSTCODE = re.compile(
+    r" {0,3}([A-Z]{1,2}[0-9][A-Z0-9]?|GIR) {0,3}([0-9][A-Z]{2}) {0,3}", re.ASCII | re.IGNORECASE
+)
+_CANONICAL_POSTCODE = re.compile(r"(?:[A-Z]{1,2}[0-9][A-Z0-9]?|GIR) [0-9][A-Z]{2}")
+_POSTCODE_LENGTH = 8  # the longest "OUTWARD INWARD"
+
+
+def normalise_postcodes(
+    values: Sequence[str], *, max_length: int = 10, null_markers: frozenset[str] = frozenset()
+) -> list[str | None]:
+    """:func:`normalise_postcode` over many values (the same results; raises
+    ValueRejectedError as soon as a value is rejected, without saying which)."""
+    if max_length < _POSTCODE_LENGTH:
+        return [
+            normalise_postcode(value, max_length=max_length, null_markers=null_markers)
+            for value in values
+        ]
+
+    # The default markers hold no digits, but a department's own may be postcode-shaped
+    # (ZZ99 3VZ); only those can match a value this fast path answers.
+    shaped_markers = frozenset(filter(_PLAIN_POSTCODE.fullmatch, null_markers))
+
+    def reshape(value: str) -> str | None:
+        match = _PLAIN_POSTCODE.fullmatch(value)
+        if match is None:
+            return normalise_postcode(value, max_length=max_length, null_markers=null_markers)
+        outward, inward = match.group(1).upper(), match.group(2).upper()
+        text = f"{outward} {inward}"
+        # Compared cleaned (spaced only if the raw value had a space inside) and compacted.
+        if shaped_markers and (
+            (outward + inward).lower() in shaped_markers
+            or (" " in value.strip(" ") and text.lower() in shaped_markers)
+        ):
+            return None
+        return text
+
+    if shaped_markers:
+        return list(map(reshape, values))
+    # Already "OUTWARD INWARD": the value is its own normal form.
+    return [
+        value if match is not None else reshape(value)
+        for value, match in zip(values, map(_CANONICAL_POSTCODE.fullmatch, values), strict=True)
+    ]
+
+
+# A date format made only of %d, %m and %Y (each once), split by "/", "-", "." or nothing:
+# "%d/%m/%Y", "%Y-%m-%d", "%Y%m%d". For zero-padded ASCII digits of a real date, strptime's
+# pattern (2-digit alternatives tried first, then the rest must fit) reads exactly the
+# two-two-four digits this pattern captures; anything else goes to strptime itself.
+_DATE_SEPARATORS = frozenset({"", "/", "-", "."})
+_DATE_FIELDS = {"%d": "day", "%m": "month", "%Y": "year"}
+_DATE_DIGITS = {"%d": 2, "%m": 2, "%Y": 4}
+
+
+@functools.cache
+def _plain_date_pattern(date_format: str) -> re.Pattern[str] | None:
+    parts = re.split("(%.)", date_format)
+    directives, separators = parts[1::2], parts[0::2]
+    if sorted(directives) != sorted(_DATE_FIELDS) or separators[0] or separators[-1]:
+        return None
+    if not all(part in _DATE_SEPARATORS for part in separators[1:-1]):
+        return None
+    pattern = "".join(
+        f"(?P<{_DATE_FIELDS[directive]}>[0-9]{{{_DATE_DIGITS[directive]}}})" + re.escape(separator)
+        for directive, separator in zip(directives, [*separators[1:-1], ""], strict=True)
+    )
+    return re.compile(pattern, re.ASCII)
+
+
+def normalise_dates(
+    values: Sequence[str],
+    *,
+    formats: tuple[str, ...],
+    null_markers: frozenset[str] = frozenset(),
+    today: dt.date | None = None,
+) -> list[str | None]:
+    """:func:`normalise_date` over many values (the same results; raises ValueRejectedError
+    as soon as a value is rejected, without saying which)."""
+    pattern = _plain_date_pattern(formats[0]) if formats else None
+    if pattern is None:
+        return [
+            normalise_date(value, formats=formats, null_markers=null_markers, today=today)
+            for value in values
+        ]
+    # Only dates before the day the batch began are answered here: a date that is "today"
+    # near midnight goes to the per-value rule, which reads the clock itself.
+    latest = today or dt.date.today()
+    result: list[str | None] = []
+    for value, match in zip(values, map(pattern.fullmatch, values), strict=True):
+        if match is not None and not (null_markers and value.casefold() in null_markers):
+            try:
+                parsed = dt.date(int(match["year"]), int(match["month"]), int(match["day"]))
+            except ValueError:
+                parsed = None
+            if parsed is not None and (parsed < latest or (today is not None and parsed <= today)):
+                iso = parsed.isoformat()
+                result.append(None if iso in _PLACEHOLDER_DATES else iso)
+                continue
+        result.append(
+            normalise_date(value, formats=formats, null_markers=null_markers, today=today)
+        )
+    return result
+
+
+# ASCII letters in words split by single spaces: cleaning, folding and punctuation rules
+# leave such a name as its lower-case self.
+_PLAIN_NAME = re.compile(r"[A-Za-z]+(?: [A-Za-z]+)*")
+
+
+def normalise_names(
+    values: Sequence[str],
+    *,
+    max_length: int = 100,
+    nicknames: Mapping[str, str] | None = None,
+    null_markers: frozenset[str] = frozenset(),
+) -> list[str | None]:
+    """:func:`normalise_name` over many values (the same results; raises ValueRejectedError
+    as soon as a value is rejected, without saying which)."""
+    missing = DEFAULT_NULL_MARKERS | null_markers
+    result: list[str | None] = []
+    for value, match in zip(values, map(_PLAIN_NAME.fullmatch, values), strict=True):
+        if match is not None and len(value) <= RAW_LENGTH_LIMIT:
+            text = value.lower()
+            if text in missing:
+                result.append(None)
+                continue
+            if nicknames:
+                text = " ".join(nicknames.get(word, word) for word in text.split(" "))
+            if len(text) <= max_length:
+                result.append(text)
+                continue
+        result.append(
+            normalise_name(
+                value, max_length=max_length, nicknames=nicknames, null_markers=null_markers
+            )
+        )
+    return result
+
+
+# ASCII letters and digits, in words split by single spaces (free text) or in one word
+# (identifiers): cleaning and folding leave these as their lower- (upper-) case selves.
+_PLAIN_TEXT = re.compile(r"[A-Za-z0-9]+(?: [A-Za-z0-9]+)*")
+_PLAIN_IDENTIFIER = re.compile(r"[A-Za-z0-9]+")
+
+
+def normalise_texts(
+    values: Sequence[str], *, max_length: int = 100, null_markers: frozenset[str] = frozenset()
+) -> list[str | None]:
+    """:func:`normalise_text` over many values (the same results; raises ValueRejectedError
+    as soon as a value is rejected, without saying which)."""
+    missing = DEFAULT_NULL_MARKERS | null_markers
+    limit = min(max_length, RAW_LENGTH_LIMIT)  # the output is as long as the value
+    result: list[str | None] = []
+    for value, match in zip(values, map(_PLAIN_TEXT.fullmatch, values), strict=True):
+        if match is not None and len(value) <= limit:
+            text = value.lower()
+            result.append(None if text in missing else text)
+        else:
+            result.append(normalise_text(value, max_length=max_length, null_markers=null_markers))
+    return result
+
+
+def normalise_identifiers(
+    values: Sequence[str], *, max_length: int = 100, null_markers: frozenset[str] = frozenset()
+) -> list[str | None]:
+    """:func:`normalise_identifier` over many values (the same results; raises
+    ValueRejectedError as soon as a value is rejected, without saying which)."""
+    missing = DEFAULT_NULL_MARKERS | null_markers
+    limit = min(max_length, RAW_LENGTH_LIMIT)  # the output is as long as the value
+    result: list[str | None] = []
+    for value, match in zip(values, map(_PLAIN_IDENTIFIER.fullmatch, values), strict=True):
+        if match is not None and len(value) <= limit:
+            result.append(None if value.lower() in missing else value.upper())
+        else:
+            result.append(
+                normalise_identifier(value, max_length=max_length, null_markers=null_markers)
+            )
+    return result

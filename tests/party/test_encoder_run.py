@@ -484,3 +484,23 @@ def test_every_token_method_and_hardening_match_the_per_value_encoder(
     for row in rows:
         expected = encoder.encode(bound.normalise(row, row_number=1))
         assert clks[positions[row[0]]].tobytes() == expected
+
+
+def test_positions_file_quotes_ids_across_blocks(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blocks of 7 characters cut record ids mid-way, so every id crosses a block boundary
+    # somewhere; ids with commas and quotes must come back whole from a CSV reader.
+    monkeypatch.setattr(party.encoder_run, "_IDS_BLOCK_CHARS", 7)
+    source, out = dirs
+    rows = [person(index) for index in range(30)]
+    odd_ids = ["A,1", 'B"2', 'C,"3"', "Dé4", "E 5", "F☃6"]
+    for row, record_id in zip(rows, odd_ids, strict=False):
+        row[0] = record_id
+    run(write_csv(source / "moj.csv", rows), out)
+    positions = read_positions(out / "moj.positions.csv")
+    assert sorted(positions) == sorted(row[0] for row in rows)
+    assert sorted(positions.values()) == list(range(30))
+    _, clks = read_clks(out / "moj.clk")
+    for record_id, clk in expected_clks(rows).items():
+        assert clks[positions[record_id]].tobytes() == clk
