@@ -41,11 +41,30 @@ def test_within_mode_agrees_exactly_with_reference(clks, threshold) -> None:
     assert np.all(fast.left < fast.right)
 
 
+# Word counts around the kernels' 8-word passes: tail only, exact passes, passes plus tail.
+word_counts = st.sampled_from([1, 3, 7, 8, 9, 16, 17])
+
+
+@given(data=st.data(), words=word_counts, threshold=thresholds)
+def test_kernels_agree_with_reference_at_every_word_count(data, words, threshold) -> None:
+    left = data.draw(clk_arrays(words=words, max_records=25))
+    right = data.draw(clk_arrays(words=words, max_records=25))
+    assert_same(
+        candidate_pairs(left, right, threshold), reference_candidate_pairs(left, right, threshold)
+    )
+    if len(left) and len(right):
+        pairs = reference_candidate_pairs(left, right, 1e-12)
+        expected = np.zeros(len(left))
+        np.maximum.at(expected, pairs.left, pairs.scores.astype(np.float64))
+        np.testing.assert_allclose(best_scores(left, right), expected, rtol=1e-6)
+
+
 def test_kernel_agrees_across_tiles_and_odd_word_counts() -> None:
     generator = np.random.default_rng(11)
-    # 5000 right records span two column tiles; 7 words exercise the non-multiple-of-4 tail.
-    left = random_clks(generator, 30, words=7)
-    right = random_clks(generator, 5000, words=7)
+    # 5000 right records span two column tiles; 11 words exercise one 8-word pass and the
+    # 3-word tail.
+    left = random_clks(generator, 30, words=11)
+    right = random_clks(generator, 5000, words=11)
     right[4100:4130] = noisy_copies(generator, left, 0.03)
     fast = candidate_pairs(left, right, 0.7)
     assert len(fast) >= 30
