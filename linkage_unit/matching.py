@@ -27,7 +27,12 @@ from linkage_unit.similarity import (
     check_clks,
 )
 from linkage_unit.solving import MAX_PARTIES, PartyPairs, solve_linkage, solve_with_duplicates
-from linkage_unit.threshold import ThresholdChoice, choose_threshold
+from linkage_unit.threshold import (
+    MIN_THRESHOLD,
+    ThresholdChoice,
+    choose_threshold,
+    choose_threshold_with_null,
+)
 from protocol.errors import MatchingError
 
 __all__ = ["LinkResult", "MatchSettings", "link"]
@@ -88,13 +93,39 @@ class LinkResult:
     candidate_pair_count: int = 0
 
 
+def _second_best(
+    sample: npt.NDArray[np.uint64],
+    other: npt.NDArray[np.uint64],
+    best: npt.NDArray[np.float64],
+    settings: MatchSettings,
+) -> npt.NDArray[np.float64]:
+    """Second-best scores of the sampled records whose best is at least the sample's median
+    best (each one's best non-match, for the null model in ``threshold.py``). The best
+    record is found among the pairs at or above that floor, then excluded."""
+    floor = max(float(np.median(best)), MIN_THRESHOLD)
+    limit = 50 * len(sample)
+    try:
+        pairs = candidate_pairs(sample, other, floor, workers=settings.workers, max_pairs=limit)
+    except MatchingError:  # a flat distribution: too many ties above the median
+        return np.empty(0)
+    if len(pairs) == 0:
+        return np.empty(0)
+    # Per sampled record, the right position of its highest pair (ties: the first).
+    order = np.lexsort((pairs.right, -pairs.scores.astype(np.float64), pairs.left))
+    left, right = pairs.left[order], pairs.right[order]
+    first = np.ones(len(left), bool)
+    first[1:] = left[1:] != left[:-1]
+    rows, argmax = left[first], right[first]
+    return best_scores(sample[rows], other, excluded=argmax, workers=settings.workers)
+
+
 def _choose_threshold(
     arrays: list[npt.NDArray[np.uint64]], settings: MatchSettings, seed: int
 ) -> ThresholdChoice:
-    """Best score of a sample of each party's records against the next party (or, alone,
-    against the rest of its own records)."""
+    """Best (and, with two or more parties, second-best) score of a sample of each party's
+    records against the next party; alone, best against the rest of its own records."""
     generator = np.random.default_rng(seed)
-    bests = []
+    bests, nulls = [], []
     for index, array in enumerate(arrays):
         if len(array) == 0:
             continue
@@ -103,13 +134,18 @@ def _choose_threshold(
         if len(arrays) > 1:
             other = arrays[(index + 1) % len(arrays)]
             if len(other):
-                bests.append(best_scores(array[sample], other, workers=settings.workers))
+                best = best_scores(array[sample], other, workers=settings.workers)
+                bests.append(best)
+                if len(other) > 1:
+                    nulls.append(_second_best(array[sample], other, best, settings))
         elif len(array) > 1:
             bests.append(
                 best_scores(array[sample], array, excluded=sample, workers=settings.workers)
             )
     if not bests:
         return choose_threshold(np.empty(0))
+    if nulls and not settings.deduplicate:
+        return choose_threshold_with_null(np.concatenate(bests), np.concatenate(nulls))
     return choose_threshold(np.concatenate(bests))
 
 
