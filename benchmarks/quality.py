@@ -18,7 +18,7 @@ Peer: clkhash 0.18.3 encodes the same normalised values (so the peer gets blooml
 normalisation, nickname table included) under a clkhash schema in the style of its FEBRL
 tutorial (bigrams for names and postcode, positional unigrams for the date, exact sex); on
 FEBRL4 it uses the tutorial's own schema. anonlink's greedy solver links at the best
-threshold (chosen with the truth) and at 0.8; candidates are each record's top 5 at
+threshold (chosen with the truth) and at 0.8; candidates are each record's top 20 at
 Dice >= 0.5. The greedy solver keeps at most one record per party per cluster, so on the
 repeat-record set the peer cannot link records within a party.
 
@@ -61,8 +61,9 @@ from protocol.secret import LinkageSecret  # noqa: E402
 HERE = Path(__file__).resolve().parent
 SECRET = LinkageSecret(bytes(range(32)))
 SWEEP = np.round(np.arange(0.50, 0.96, 0.01), 2)
+DEDUP_SWEEP_FROM = 0.62
 PEER_FIXED = 0.8
-PEER_TOP_K = 5
+PEER_TOP_K = 20
 FEBRL_COLUMNS = (
     "rec_id", "given_name", "surname", "street_number", "address_1", "address_2", "suburb",
     "postcode", "state", "date_of_birth", "soc_sec_id",
@@ -260,7 +261,9 @@ def ours_best(
     """The best F1 over the sweep, chosen with the truth (exhaustive comparison, same solver)."""
     arrays = [clks[party.name] for party in parties]
     truths = [party.truth for party in parties]
-    low = float(SWEEP.min())
+    # The de-duplicating solver is plain Python over every pair: start its sweep higher.
+    sweep = SWEEP[SWEEP >= DEDUP_SWEEP_FROM] if deduplicate else SWEEP
+    low = float(sweep.min())
     all_pairs: list[PartyPairs] = []
     for i in range(len(arrays)):
         for j in range(i + 1, len(arrays)):
@@ -278,7 +281,7 @@ def ours_best(
         ]
     sizes = [len(array) for array in arrays]
     best: Quality | None = None
-    for threshold in SWEEP:
+    for threshold in sweep:
         subset = []
         for item in all_pairs:
             keep = item.pairs.scores >= np.float32(threshold) - 1e-6

@@ -17,8 +17,13 @@ threshold ``t``, estimate
 * unmatched records ``U``: records whose best score lies below the null sample's median,
   doubled (a true match almost never scores below the median best non-match); at least 1 %
   of the sample, so a run that looks fully matched still pays for false positives;
-* false positives ``FP(t) = U * P(null >= t)``, true positives ``TP(t) = #(best >= t) - FP(t)``,
-  false negatives ``FN(t) = (n - U) - TP(t)``;
+* matched records found, ``TP(t) = #(best >= t) - U * P(null >= t)``, and the matched
+  records in all, ``M = max over t of TP(t)`` (below the matches the excess over the null
+  stops growing; this is steadier than ``n - U``, whose small error would swamp ``FN``);
+* false positives ``FP(t) = U * P(null >= t) * U / n``: an unmatched record whose best
+  non-match is at least ``t``, whose partner is itself unmatched (a matched partner is taken
+  first by its own, higher-scoring, match in the one-to-one solve);
+* false negatives ``FN(t) = M - TP(t)``;
 
 and take the ``t`` (0.005 steps) that maximises the estimated F1 ``2TP / (2TP + FP + FN)``.
 This is the Fellegi-Sunter decision rule with both distributions read off the run itself:
@@ -156,9 +161,13 @@ def choose_threshold_with_null(
     sorted_best = np.sort(best)
     above = records - np.searchsorted(sorted_best, candidates - 1e-9, side="left")
     null_above = (len(null) - np.searchsorted(null, candidates - 1e-9, side="left")) / len(null)
-    false_positives = unmatched * null_above
-    true_positives = np.maximum(above - false_positives, 0.0)
-    false_negatives = np.maximum(records - unmatched - true_positives, 0.0)
+    # Matched records with a best score >= t: all best scores >= t, less the unmatched ones.
+    true_positives = np.maximum(above - unmatched * null_above, 0.0)
+    matched = float(true_positives.max())  # where the excess over the null stops growing
+    # An unmatched record's best non-match only becomes a false positive if that partner is
+    # free, i.e. not taken first by its own (higher-scoring) match: about U / n of them.
+    false_positives = unmatched * null_above * (unmatched / records)
+    false_negatives = np.maximum(matched - true_positives, 0.0)
     denominator = 2 * true_positives + false_positives + false_negatives
     f1 = np.where(denominator > 0, 2 * true_positives / np.maximum(denominator, 1e-12), 0.0)
     # Several thresholds can tie (a flat stretch with no scores): take the middle of the
