@@ -41,6 +41,8 @@ ProgressCallback = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)``; counts only, never data."""
 
 BLOCKING_MODES = ("auto", "lsh", "none")
+_CLEAR_MARGIN = 0.05  # Dice above the 99th percentile of second-best scores
+_MIN_CLEAR = 50
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,9 +101,10 @@ def _second_best(
     best: npt.NDArray[np.float64],
     settings: MatchSettings,
 ) -> npt.NDArray[np.float64]:
-    """Second-best scores of the sampled records whose best is at least the sample's median
-    best (each one's best non-match, for the null model in ``threshold.py``). The best
-    record is found among the pairs at or above that floor, then excluded."""
+    """Second-best scores of sampled records that clearly have a match (each one's best
+    non-match, for the null model in ``threshold.py``). Only records whose best is at least
+    the sample's median best are looked at: their best record is found among the pairs at or
+    above that floor, then excluded."""
     floor = max(float(np.median(best)), MIN_THRESHOLD)
     limit = 50 * len(sample)
     try:
@@ -116,7 +119,12 @@ def _second_best(
     first = np.ones(len(left), bool)
     first[1:] = left[1:] != left[:-1]
     rows, argmax = left[first], right[first]
-    return best_scores(sample[rows], other, excluded=argmax, workers=settings.workers)
+    second = best_scores(sample[rows], other, excluded=argmax, workers=settings.workers)
+    # An unmatched record's second-best is the second-highest of its non-match scores, lower
+    # than the best non-match the null model needs; keep records clearly above the non-match
+    # scores (matched, so their second-best IS their best non-match).
+    clear = best[rows] >= np.quantile(second, 0.99) + _CLEAR_MARGIN
+    return second[clear] if int(clear.sum()) >= _MIN_CLEAR else second
 
 
 def _choose_threshold(

@@ -161,6 +161,14 @@ def choose_threshold_with_null(
     sorted_best = np.sort(best)
     above = records - np.searchsorted(sorted_best, candidates - 1e-9, side="left")
     null_above = (len(null) - np.searchsorted(null, candidates - 1e-9, side="left")) / len(null)
+    # Beyond the sample's top decile, never less than an exponential tail fitted to it (best
+    # non-match scores are maxima, so their tail is about exponential): with fewer null
+    # scores than unmatched records the sample's maximum is not the distribution's.
+    decile = float(np.quantile(null, 0.9))
+    excess = null[null > decile] - decile
+    scale = max(float(excess.mean()) if len(excess) else 0.0, 1e-3)
+    tail = 0.1 * np.exp(-(candidates - decile) / scale)
+    null_above = np.where(candidates > decile, np.maximum(null_above, tail), null_above)
     # Matched records with a best score >= t: all best scores >= t, less the unmatched ones.
     true_positives = np.maximum(above - unmatched * null_above, 0.0)
     matched = float(true_positives.max())  # where the excess over the null stops growing
@@ -170,10 +178,18 @@ def choose_threshold_with_null(
     false_negatives = np.maximum(matched - true_positives, 0.0)
     denominator = 2 * true_positives + false_positives + false_negatives
     f1 = np.where(denominator > 0, 2 * true_positives / np.maximum(denominator, 1e-12), 0.0)
-    # Several thresholds can tie (a flat stretch with no scores): take the middle of the
-    # best ones, so the choice sits in the gap rather than on its edge.
-    top = np.flatnonzero(f1 >= f1.max() - 1e-9)
-    value = float(candidates[top[len(top) // 2]])
+    # Several thresholds can tie (the estimate sees no errors either way): take the one
+    # farthest from any best score, the middle of the widest empty gap, so a run whose
+    # sample differs a little (another party order) still makes the same links.
+    # Within half an expected error of the best counts as a tie.
+    tolerance = 0.5 / max(2.0 * matched, 1.0)
+    top = candidates[f1 >= f1.max() - tolerance]
+    slot = np.clip(np.searchsorted(sorted_best, top), 1, records - 1)
+    distance = np.minimum(
+        np.abs(top - sorted_best[slot - 1]),
+        np.abs(sorted_best[np.minimum(slot, records - 1)] - top),
+    )
+    value = float(top[int(np.argmax(distance))])
     return ThresholdChoice(
         threshold=value,
         method="null-model",
