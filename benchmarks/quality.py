@@ -60,6 +60,9 @@ from protocol.secret import LinkageSecret  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SECRET = LinkageSecret(bytes(range(32)))
+# clkhash's FEBRL tutorial schema (its docs/_static/febrl_schema_v3_final.json), as the peer
+# baseline uses it; the synth peer schema borrows its key derivation settings.
+PEER_FEBRL_SCHEMA = HERE / "schemas" / "febrl4_clkhash_schema.json"
 SWEEP = np.round(np.arange(0.50, 0.96, 0.01), 2)
 DEDUP_SWEEP_FROM = 0.62
 PEER_FIXED = 0.8
@@ -323,16 +326,7 @@ def synth_clkhash_schema() -> dict[str, Any]:
     """The clkhash FEBRL tutorial schema's choices applied to the synth fields: bigrams for
     names (200 bits each) and postcode (100), positional unigrams for the date (200, as
     YYYYMMDD digits), exact sex (50 bits)."""
-    tutorial = (
-        json.loads((Path("/work/shared/peers/febrl4_clkhash_schema.json")).read_text())
-        if Path("/work/shared/peers/febrl4_clkhash_schema.json").exists()
-        else None
-    )
-    kdf = (
-        tutorial["clkConfig"]["kdf"]
-        if tutorial
-        else {"type": "HKDF", "hash": "SHA256", "keySize": 64}
-    )
+    kdf = json.loads(PEER_FEBRL_SCHEMA.read_text())["clkConfig"]["kdf"]
     sex = _clkhash_feature("sex", 50)
     sex["hashing"]["comparison"] = {"type": "exact"}
     return {
@@ -468,9 +462,7 @@ def main() -> int:
                 mapping = load_mapping(HERE / "schemas" / "febrl4_mapping.toml")
                 parties, raw = febrl_parties(febrl_schema, mapping)
                 clks = encode(parties, febrl_schema)
-                peer_schema = json.loads(
-                    Path("/work/shared/peers/febrl4_clkhash_schema.json").read_text()
-                )
+                peer_schema = json.loads(PEER_FEBRL_SCHEMA.read_text())
                 peer_data: list[list[list[str]]] = raw
                 label = "FEBRL4 5k x 5k"
             else:
