@@ -27,7 +27,12 @@ from linkage_unit.similarity import (
     check_clks,
 )
 from linkage_unit.solving import MAX_PARTIES, PartyPairs, solve_linkage, solve_with_duplicates
-from linkage_unit.threshold import ThresholdChoice, choose_threshold
+from linkage_unit.threshold import (
+    MIN_THRESHOLD,
+    ThresholdChoice,
+    choose_threshold,
+    choose_threshold_with_null,
+)
 from protocol.errors import MatchingError
 
 __all__ = ["LinkResult", "MatchSettings", "link"]
@@ -36,6 +41,8 @@ ProgressCallback = Callable[[str, int, int], None]
 """Called as ``progress(stage, done, total)``; counts only, never data."""
 
 BLOCKING_MODES = ("auto", "lsh", "none")
+_CLEAR_MARGIN = 0.05  # Dice above the 99th percentile of second-best scores
+_MIN_CLEAR = 50
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -88,13 +95,45 @@ class LinkResult:
     candidate_pair_count: int = 0
 
 
+def _second_best(
+    sample: npt.NDArray[np.uint64],
+    other: npt.NDArray[np.uint64],
+    best: npt.NDArray[np.float64],
+    settings: MatchSettings,
+) -> npt.NDArray[np.float64]:
+    """Second-best scores of sampled records that clearly have a match (each one's best
+    non-match, for the null model in ``threshold.py``). Only records whose best is at least
+    the sample's median best are looked at: their best record is found among the pairs at or
+    above that floor, then excluded."""
+    floor = max(float(np.median(best)), MIN_THRESHOLD)
+    limit = 50 * len(sample)
+    try:
+        pairs = candidate_pairs(sample, other, floor, workers=settings.workers, max_pairs=limit)
+    except MatchingError:  # a flat distribution: too many ties above the median
+        return np.empty(0)
+    if len(pairs) == 0:
+        return np.empty(0)
+    # Per sampled record, the right position of its highest pair (ties: the first).
+    order = np.lexsort((pairs.right, -pairs.scores.astype(np.float64), pairs.left))
+    left, right = pairs.left[order], pairs.right[order]
+    first = np.ones(len(left), bool)
+    first[1:] = left[1:] != left[:-1]
+    rows, argmax = left[first], right[first]
+    second = best_scores(sample[rows], other, excluded=argmax, workers=settings.workers)
+    # An unmatched record's second-best is the second-highest of its non-match scores, lower
+    # than the best non-match the null model needs; keep records clearly above the non-match
+    # scores (matched, so their second-best IS their best non-match).
+    clear = best[rows] >= np.quantile(second, 0.99) + _CLEAR_MARGIN
+    return second[clear] if int(clear.sum()) >= _MIN_CLEAR else second
+
+
 def _choose_threshold(
     arrays: list[npt.NDArray[np.uint64]], settings: MatchSettings, seed: int
 ) -> ThresholdChoice:
-    """Best score of a sample of each party's records against the next party (or, alone,
-    against the rest of its own records)."""
+    """Best (and, with two or more parties, second-best) score of a sample of each party's
+    records against the next party; alone, best against the rest of its own records."""
     generator = np.random.default_rng(seed)
-    bests = []
+    bests, nulls = [], []
     for index, array in enumerate(arrays):
         if len(array) == 0:
             continue
@@ -103,13 +142,18 @@ def _choose_threshold(
         if len(arrays) > 1:
             other = arrays[(index + 1) % len(arrays)]
             if len(other):
-                bests.append(best_scores(array[sample], other, workers=settings.workers))
+                best = best_scores(array[sample], other, workers=settings.workers)
+                bests.append(best)
+                if len(other) > 1:
+                    nulls.append(_second_best(array[sample], other, best, settings))
         elif len(array) > 1:
             bests.append(
                 best_scores(array[sample], array, excluded=sample, workers=settings.workers)
             )
     if not bests:
         return choose_threshold(np.empty(0))
+    if nulls and not settings.deduplicate:
+        return choose_threshold_with_null(np.concatenate(bests), np.concatenate(nulls))
     return choose_threshold(np.concatenate(bests))
 
 

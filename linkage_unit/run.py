@@ -237,15 +237,20 @@ class RunManager:
                 "cluster_count": result.cluster_count,
                 "linked_record_count": result.linked_record_count,
                 "comparisons": result.comparisons,
+                "threshold_thousandths": round(result.threshold * 1000),
+                "threshold_method": result.threshold_method,
             },
         )
         logger.info(
-            "run finished run_id=%s project=%s clusters=%d linked_records=%d comparisons=%d",
+            "run finished run_id=%s project=%s clusters=%d linked_records=%d comparisons=%d "
+            "threshold=%.3f (%s)",
             run_id,
             project_id,
             result.cluster_count,
             result.linked_record_count,
             result.comparisons,
+            result.threshold,
+            result.threshold_method,
         )
         if project.retention_days == 0:  # retention policy delete-after-run
             self.delete_payloads(project_id, headers, reason="run-finished")

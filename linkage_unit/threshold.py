@@ -8,6 +8,27 @@ scores in 0.01 bins on a log scale (the match mode may hold only a few per cent 
 smooth it, find the two most prominent peaks, and put the threshold at the centre of the
 lowest stretch between them.
 
+Method ("null-model"), used when the second-best scores are available (two or more
+parties): a record's second-best score is the best of its non-matches (at most one record per
+party is the same person), so the second-best scores of the sampled records are a sample of
+the "best non-match" distribution. From them and the best scores, for each candidate
+threshold ``t``, estimate
+
+* unmatched records ``U``: records whose best score lies below the null sample's median,
+  doubled (a true match almost never scores below the median best non-match); at least 1 %
+  of the sample, so a run that looks fully matched still pays for false positives;
+* matched records found, ``TP(t) = #(best >= t) - U * P(null >= t)``, and the matched
+  records in all, ``M = max over t of TP(t)`` (below the matches the excess over the null
+  stops growing; this is steadier than ``n - U``, whose small error would swamp ``FN``);
+* false positives ``FP(t) = U * P(null >= t) * U / n``: an unmatched record whose best
+  non-match is at least ``t``, whose partner is itself unmatched (a matched partner is taken
+  first by its own, higher-scoring, match in the one-to-one solve);
+* false negatives ``FN(t) = M - TP(t)``;
+
+and take the ``t`` (0.005 steps) that maximises the estimated F1 ``2TP / (2TP + FP + FN)``.
+This is the Fellegi-Sunter decision rule with both distributions read off the run itself:
+no ground truth, no labelled pairs.
+
 Fallback ("default"): if there are too few scores or no valley at least ``min_depth`` below
 the smaller peak (one mode only: every record matches, or none does), use
 ``DEFAULT_THRESHOLD``. The chosen value is clamped to [MIN_THRESHOLD, MAX_THRESHOLD] so a
@@ -29,6 +50,7 @@ __all__ = [
     "MIN_THRESHOLD",
     "ThresholdChoice",
     "choose_threshold",
+    "choose_threshold_with_null",
 ]
 
 DEFAULT_THRESHOLD = 0.8
@@ -40,7 +62,8 @@ _MIN_SCORES = 50
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ThresholdChoice:
-    """The threshold a run uses and how it was found ("valley", "default" or "operator")."""
+    """The threshold a run uses and how it was found ("null-model", "valley", "default" or
+    "operator")."""
 
     threshold: float
     method: str
@@ -50,8 +73,8 @@ class ThresholdChoice:
     def __post_init__(self) -> None:
         if not (0.0 < self.threshold <= 1.0):
             raise MatchingError("threshold must be in (0, 1]")
-        if self.method not in ("valley", "default", "operator"):
-            raise MatchingError("threshold method must be valley, default or operator")
+        if self.method not in ("null-model", "valley", "default", "operator"):
+            raise MatchingError("threshold method must be null-model, valley, default or operator")
 
 
 def _smooth(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -112,4 +135,64 @@ def choose_threshold(best_scores: npt.ArrayLike, *, min_depth: float = 1.0) -> T
         method="valley",
         non_match_mode=float(edges[low] + width / 2),
         match_mode=float(edges[high] + width / 2),
+    )
+
+
+_STEP = 0.005
+_MIN_UNMATCHED_FRACTION = 0.002
+
+
+def choose_threshold_with_null(
+    best_scores: npt.ArrayLike, null_scores: npt.ArrayLike
+) -> ThresholdChoice:
+    """Threshold maximising the F1 estimated from the best scores and a sample of best
+    non-match scores (each record's second-best); see the module docstring."""
+    best = np.asarray(best_scores, dtype=np.float64)
+    best = best[np.isfinite(best)]
+    null = np.asarray(null_scores, dtype=np.float64)
+    null = np.sort(null[np.isfinite(null)])
+    if len(best) < _MIN_SCORES or len(null) < _MIN_SCORES:
+        return choose_threshold(best)
+    records = len(best)
+    null_median = float(np.median(null))
+    unmatched = 2.0 * float((best < null_median).sum())
+    unmatched = float(np.clip(unmatched, _MIN_UNMATCHED_FRACTION * records, records))
+    candidates = np.round(np.arange(MIN_THRESHOLD, MAX_THRESHOLD + _STEP / 2, _STEP), 3)
+    sorted_best = np.sort(best)
+    above = records - np.searchsorted(sorted_best, candidates - 1e-9, side="left")
+    null_above = (len(null) - np.searchsorted(null, candidates - 1e-9, side="left")) / len(null)
+    # Beyond the sample's top decile, never less than an exponential tail fitted to it (best
+    # non-match scores are maxima, so their tail is about exponential): with fewer null
+    # scores than unmatched records the sample's maximum is not the distribution's.
+    decile = float(np.quantile(null, 0.9))
+    excess = null[null > decile] - decile
+    scale = max(float(excess.mean()) if len(excess) else 0.0, 1e-3)
+    tail = 0.1 * np.exp(-(candidates - decile) / scale)
+    null_above = np.where(candidates > decile, np.maximum(null_above, tail), null_above)
+    # Matched records with a best score >= t: all best scores >= t, less the unmatched ones.
+    true_positives = np.maximum(above - unmatched * null_above, 0.0)
+    matched = float(true_positives.max())  # where the excess over the null stops growing
+    # An unmatched record's best non-match only becomes a false positive if that partner is
+    # free, i.e. not taken first by its own (higher-scoring) match: about U / n of them.
+    false_positives = unmatched * null_above * (unmatched / records)
+    false_negatives = np.maximum(matched - true_positives, 0.0)
+    denominator = 2 * true_positives + false_positives + false_negatives
+    f1 = np.where(denominator > 0, 2 * true_positives / np.maximum(denominator, 1e-12), 0.0)
+    # Several thresholds can tie (the estimate sees no errors either way): take the one
+    # farthest from any best score, the middle of the widest empty gap, so a run whose
+    # sample differs a little (another party order) still makes the same links.
+    # Within half an expected error of the best counts as a tie.
+    tolerance = 0.5 / max(2.0 * matched, 1.0)
+    top = candidates[f1 >= f1.max() - tolerance]
+    slot = np.clip(np.searchsorted(sorted_best, top), 1, records - 1)
+    distance = np.minimum(
+        np.abs(top - sorted_best[slot - 1]),
+        np.abs(sorted_best[np.minimum(slot, records - 1)] - top),
+    )
+    value = float(top[int(np.argmax(distance))])
+    return ThresholdChoice(
+        threshold=value,
+        method="null-model",
+        non_match_mode=null_median,
+        match_mode=float(np.median(best[best >= value])) if (best >= value).any() else None,
     )

@@ -189,7 +189,9 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "cluster_count": _count,
                 "linked_record_count": _count,
                 "comparisons": _count,
-            }
+            },
+            # The Dice threshold the run used, in thousandths, and how it was chosen.
+            optional={"threshold_thousandths": _count, "threshold_method": _token},
         ),
         "keys_released": _EventRule(
             required={"party": _label, "key_count": _count, "keys_sha256": _SHA256},

@@ -66,7 +66,7 @@ _BATCH = 8192  # values per column step: bounds the (token occurrences, words) g
 # its default goes to the per-value path until the column path learns the option (a default
 # keeps the old tokens, or the golden vectors would change).
 _CODED_SPEC_ATTRIBUTES = frozenset(
-    {"method", "size", "padded", "positional", "algorithm", "bits", "bits_per_token"}
+    {"method", "size", "padded", "positional", "algorithm", "bits", "bits_per_token", "words"}
 )
 
 
@@ -270,6 +270,8 @@ class _FieldEncoder:
         than one n-gram, longer than _CODED_LENGTH, or holding NUL, which numpy's fixed-width
         strings would drop)."""
         size = spec.size
+        if spec.words == "first":  # as tokenise(): n-grams of the first word only
+            values = [value.split(" ", 1)[0] for value in values]
         pad = PAD * (size - 1) if spec.padded else ""
         texts = [pad + value + pad for value in values] if pad else list(values)
         lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))

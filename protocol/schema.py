@@ -43,6 +43,7 @@ HASHING_SCHEMES = ("hmac-sha256", "blake2b")
 HARDENING_METHODS = ("none", "xor-fold", "balance")
 MISSING_POLICIES = ("no-bits", "required")
 PHONETIC_ALGORITHMS = ("soundex",)
+TOKEN_WORDS = ("all", "first")
 
 # Which tokenisers make sense for which kind of field.
 _METHODS_FOR_KIND: dict[str, tuple[str, ...]] = {
@@ -61,6 +62,8 @@ class TokenSpec:
 
     Weight is either ``bits`` (a budget: each token sets ``round(bits / token count)`` bits,
     so every value of the field sets about the same number of bits) or ``bits_per_token``.
+    ``words = "first"`` tokenises only the value's first word (a forename field that holds
+    middle names in one system and not in another).
     """
 
     method: str
@@ -70,9 +73,12 @@ class TokenSpec:
     algorithm: str = "soundex"
     bits: int | None = None
     bits_per_token: int | None = None
+    words: str = "all"
 
     def canonical(self) -> dict[str, Any]:
         data: dict[str, Any] = {"method": self.method}
+        if self.words != "all":  # absent by default, so older schemas keep their fingerprints
+            data["words"] = self.words
         if self.method == "ngram":
             data.update(size=self.size, padded=self.padded, positional=self.positional)
         if self.method == "phonetic":
@@ -202,7 +208,16 @@ def _parse_token(problems: _Problems, where: str, data: Any, kind: str | None) -
     if not isinstance(data, Mapping):
         problems.add(where, "must be a table")
         return None
-    allowed = {"method", "size", "padded", "positional", "algorithm", "bits", "bits_per_token"}
+    allowed = {
+        "method",
+        "size",
+        "padded",
+        "positional",
+        "algorithm",
+        "bits",
+        "bits_per_token",
+        "words",
+    }
     problems.unknown_keys(where, data, allowed)
     method = _choice(problems, f"{where}.method", data.get("method"), TOKEN_METHODS)
     if method and kind and method not in _METHODS_FOR_KIND[kind]:
@@ -220,6 +235,9 @@ def _parse_token(problems: _Problems, where: str, data: Any, kind: str | None) -
         )
         or "soundex"
     )
+    words = _choice(problems, f"{where}.words", data.get("words", "all"), TOKEN_WORDS) or "all"
+    if words != "all" and method == "date_parts":
+        problems.add(f"{where}.words", "does not apply to date_parts")
     bits = data.get("bits")
     per_token = data.get("bits_per_token")
     if (bits is None) == (per_token is None):
@@ -238,6 +256,7 @@ def _parse_token(problems: _Problems, where: str, data: Any, kind: str | None) -
         algorithm=algorithm,
         bits=bits,
         bits_per_token=per_token,
+        words=words,
     )
 
 

@@ -45,6 +45,8 @@ def _phonetic(value: str) -> set[str]:
 
 def tokenise(value: str, spec: TokenSpec) -> frozenset[str]:
     """The tokens one tokeniser makes from one normalised value."""
+    if spec.words == "first":  # normalised values hold single spaces between words
+        value = value.split(" ", 1)[0]
     if spec.method == "ngram":
         return frozenset(_ngrams(value, spec))
     if spec.method == "exact":

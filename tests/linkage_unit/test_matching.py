@@ -31,10 +31,10 @@ def test_planted_matches_are_linked_and_nothing_else(blocking: str) -> None:
     assert result.threshold_method == "operator"
 
 
-def test_automatic_threshold_finds_the_valley_and_links() -> None:
+def test_automatic_threshold_from_the_null_model_links() -> None:
     left, right = planted(2)
     result = link({"a": left, "b": right}, MatchSettings(blocking_seed=1))
-    assert result.threshold_method == "valley"
+    assert result.threshold_method == "null-model"
     assert 0.6 < result.threshold < 0.9
     assert result.linked_record_count == 800
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from linkage_unit.threshold import DEFAULT_THRESHOLD, ThresholdChoice, choose_threshold
+from linkage_unit.threshold import (
+    DEFAULT_THRESHOLD,
+    ThresholdChoice,
+    choose_threshold,
+    choose_threshold_with_null,
+)
 from protocol.errors import MatchingError
 
 
@@ -48,3 +53,34 @@ def test_choice_is_clamped() -> None:
 def test_invalid_choice_is_refused() -> None:
     with pytest.raises(MatchingError):
         ThresholdChoice(threshold=0.0, method="valley")
+
+
+def _mixture(seed: int, matched: int, unmatched: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best scores of matched (around 0.9) and unmatched (best non-match around 0.6)
+    records, and a second-best (non-match) sample drawn like the unmatched bests."""
+    generator = np.random.default_rng(seed)
+    best = np.concatenate(
+        [generator.normal(0.9, 0.05, matched), generator.normal(0.6, 0.03, unmatched)]
+    )
+    return np.clip(best, 0, 1), np.clip(generator.normal(0.6, 0.03, 3000), 0, 1)
+
+
+def test_null_model_puts_the_threshold_between_the_two_distributions() -> None:
+    best, null = _mixture(5, 2000, 3000)
+    choice = choose_threshold_with_null(best, null)
+    assert choice.method == "null-model"
+    assert 0.66 < choice.threshold < 0.8
+
+
+def test_null_model_keeps_weak_matches_when_every_record_has_one() -> None:
+    # With no unmatched records a low threshold costs no false positives, so the chosen
+    # threshold keeps the weak matches; the valley method sees one mode and falls back.
+    all_matched, null = _mixture(6, 5000, 0)
+    chosen = choose_threshold_with_null(all_matched, null).threshold
+    assert chosen < np.quantile(all_matched, 0.005)
+    assert choose_threshold(all_matched).threshold > np.quantile(all_matched, 0.01)
+
+
+def test_null_model_without_enough_scores_uses_the_valley_method() -> None:
+    best, _ = _mixture(7, 400, 4000)
+    assert choose_threshold_with_null(best, np.empty(0)) == choose_threshold(best)

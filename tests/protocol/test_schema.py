@@ -197,3 +197,28 @@ def test_unreadable_or_invalid_files(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe")
     with pytest.raises(SchemaError, match="cannot read file"):
         load_schema(binary)
+
+
+def test_first_word_tokens_ignore_middle_names_and_stay_out_of_older_fingerprints() -> None:
+    from protocol.tokens import tokenise
+
+    def document(words: str | None, method: str = "ngram", kind: str = "person_name") -> dict:
+        token = {"method": method, "bits": 100}
+        if words is not None:
+            token["words"] = words
+        return {
+            "schema_version": 1,
+            "name": "words",
+            "fields": [{"name": "forename", "kind": kind, "tokens": [token]}],
+        }
+
+    first = parse_schema(document("first")).fields[0].tokens[0]
+    assert tokenise("john paul", first) == tokenise("john", first)
+    whole = parse_schema(document(None)).fields[0].tokens[0]
+    assert tokenise("john paul", whole) != tokenise("john", whole)
+    assert "words" not in whole.canonical() and first.canonical()["words"] == "first"
+    assert parse_schema(document("all")).fingerprint == parse_schema(document(None)).fingerprint
+    with pytest.raises(SchemaError, match="words"):
+        parse_schema(document("last"))
+    with pytest.raises(SchemaError, match="date_parts"):
+        parse_schema(document("first", method="date_parts", kind="date"))

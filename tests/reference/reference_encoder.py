@@ -70,6 +70,8 @@ def soundex(word: str) -> str | None:
 def tokens(value: str, tokeniser: dict[str, Any]) -> list[str]:
     method = tokeniser["method"]
     found: list[str] = []
+    if tokeniser.get("words", "all") == "first":
+        value = value.partition(" ")[0]
     if method == "ngram":
         size = tokeniser["size"]
         text = "_" * (size - 1) + value + "_" * (size - 1) if tokeniser["padded"] else value
@@ -199,6 +201,8 @@ def canonical_schema(
         tokenisers = []
         for tokeniser in field["tokens"]:
             canonical: dict[str, Any] = {"method": tokeniser["method"]}
+            if tokeniser.get("words", "all") != "all":
+                canonical["words"] = tokeniser["words"]
             if tokeniser["method"] == "ngram":
                 canonical["size"] = tokeniser.get("size", 2)
                 canonical["padded"] = tokeniser.get("padded", True)
