@@ -125,20 +125,22 @@ def test_dask_gives_the_in_process_link_structure(
 
 
 def crash_once(marker: str, value: int) -> int:
-    """Kills its own worker process the first time it runs (a lost worker mid-run)."""
-    path = Path(marker)
-    if not path.exists():
-        path.write_text("crashed")
-        os._exit(1)
-    return value * 2
+    """Kills its own worker process the first time it runs anywhere (a lost worker mid-run).
+
+    The marker is claimed atomically: two workers starting at once must not both die."""
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return value * 2
+    os._exit(1)
 
 
 def fail_once(marker: str, value: int) -> int:
-    path = Path(marker)
-    if not path.exists():
-        path.write_text("failed")
-        raise RuntimeError("transient failure")
-    return value * 2
+    try:  # claimed atomically, as in crash_once: exactly one task fails
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return value * 2
+    raise RuntimeError("transient failure")
 
 
 def always_fail(value: int) -> int:
