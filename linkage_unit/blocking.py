@@ -31,7 +31,7 @@ import numpy.typing as npt
 from linkage_unit.similarity import (
     DEFAULT_MAX_CANDIDATE_PAIRS,
     CandidatePairs,
-    _popcount,
+    _add_shared_bits,
     _scores,
     check_clks,
     check_threshold,
@@ -212,7 +212,6 @@ def _compare_blocks(  # pragma: no cover - compiled
     side too measured faster than reading its records where they lie). One left record
     against its block's right records is the word-major loop of ``similarity.py``, which
     LLVM vectorises; ``acc`` holds at least the largest block side."""
-    words = left.shape[1]
     capacity = out_rows.shape[0]
     kept = 0
     compared = 0
@@ -231,29 +230,7 @@ def _compare_blocks(  # pragma: no cover - compiled
             if kept + width > capacity:
                 return kept, compared, block, position
             compared += width
-            for j in range(width):
-                acc[j] = np.uint64(0)
-            for w in range(0, words - 3, 4):
-                a0 = left[position, w]
-                a1 = left[position, w + 1]
-                a2 = left[position, w + 2]
-                a3 = left[position, w + 3]
-                r0 = right_word_major[w, r_start:r_stop]
-                r1 = right_word_major[w + 1, r_start:r_stop]
-                r2 = right_word_major[w + 2, r_start:r_stop]
-                r3 = right_word_major[w + 3, r_start:r_stop]
-                for j in range(width):
-                    acc[j] += (
-                        _popcount(a0 & r0[j])
-                        + _popcount(a1 & r1[j])
-                        + _popcount(a2 & r2[j])
-                        + _popcount(a3 & r3[j])
-                    )
-            for w in range(words - words % 4, words):
-                a0 = left[position, w]
-                r0 = right_word_major[w, r_start:r_stop]
-                for j in range(width):
-                    acc[j] += _popcount(a0 & r0[j])
+            _add_shared_bits(left[position], right_word_major, r_start, r_stop, acc)
             count_a = left_counts[position]
             for j in range(width):
                 other = r_start + j

@@ -146,6 +146,56 @@ def _ctpop(typing_context: object, value: types.Type) -> object:  # pragma: no c
 _popcount = cast(Callable[[Any], Any], _ctpop)
 
 
+@numba.njit(inline="always", nogil=True, cache=True)
+def _add_shared_bits(  # pragma: no cover - compiled
+    row_words: npt.NDArray[np.uint64],
+    right_word_major: npt.NDArray[np.uint64],
+    first: int,
+    stop: int,
+    acc: npt.NDArray[np.uint64],
+) -> None:
+    """``acc[j] = popcount(row & right column first + j)`` for columns [first, stop): the one
+    hot loop every Dice kernel shares. Word-major so LLVM vectorises the popcounts; eight
+    words a pass halves the accumulator's loads and stores against four (sixteen spills)."""
+    words = row_words.shape[0]
+    width = stop - first
+    for j in range(width):
+        acc[j] = np.uint64(0)
+    for w in range(0, words - 7, 8):
+        a0 = row_words[w]
+        a1 = row_words[w + 1]
+        a2 = row_words[w + 2]
+        a3 = row_words[w + 3]
+        a4 = row_words[w + 4]
+        a5 = row_words[w + 5]
+        a6 = row_words[w + 6]
+        a7 = row_words[w + 7]
+        r0 = right_word_major[w, first:stop]
+        r1 = right_word_major[w + 1, first:stop]
+        r2 = right_word_major[w + 2, first:stop]
+        r3 = right_word_major[w + 3, first:stop]
+        r4 = right_word_major[w + 4, first:stop]
+        r5 = right_word_major[w + 5, first:stop]
+        r6 = right_word_major[w + 6, first:stop]
+        r7 = right_word_major[w + 7, first:stop]
+        for j in range(width):
+            acc[j] += (
+                _popcount(a0 & r0[j])
+                + _popcount(a1 & r1[j])
+                + _popcount(a2 & r2[j])
+                + _popcount(a3 & r3[j])
+                + _popcount(a4 & r4[j])
+                + _popcount(a5 & r5[j])
+                + _popcount(a6 & r6[j])
+                + _popcount(a7 & r7[j])
+            )
+    for w in range(words - words % 8, words):
+        a0 = row_words[w]
+        r0 = right_word_major[w, first:stop]
+        for j in range(width):
+            acc[j] += _popcount(a0 & r0[j])
+
+
 @numba.njit(nogil=True, cache=True)
 def _compare_chunk(  # pragma: no cover - compiled
     left: npt.NDArray[np.uint64],
@@ -171,7 +221,6 @@ def _compare_chunk(  # pragma: no cover - compiled
     (kept, compared, next_tile, next_row); next_tile == -1 when done. Stopping before a
     (tile, row) that might not fit, instead of growing buffers here, keeps the hot loop free
     of reallocation, which would stop LLVM from vectorising it."""
-    words = left.shape[1]
     columns = right_word_major.shape[1]
     capacity = out_rows.shape[0]
     kept = 0
@@ -201,43 +250,7 @@ def _compare_chunk(  # pragma: no cover - compiled
             compared += width
             # Necessary, as required is nondecreasing; unsigned so compares stay integer.
             bound = np.uint64(required[count_a + low])
-            for j in range(width):
-                acc[j] = np.uint64(0)
-            # Eight words per pass: the accumulator is read and written twice per row, not
-            # four times, which is what bounds the loop once popcount is vectorised.
-            for w in range(0, words - 7, 8):
-                a0 = left[row, w]
-                a1 = left[row, w + 1]
-                a2 = left[row, w + 2]
-                a3 = left[row, w + 3]
-                a4 = left[row, w + 4]
-                a5 = left[row, w + 5]
-                a6 = left[row, w + 6]
-                a7 = left[row, w + 7]
-                r0 = right_word_major[w, first:col1]
-                r1 = right_word_major[w + 1, first:col1]
-                r2 = right_word_major[w + 2, first:col1]
-                r3 = right_word_major[w + 3, first:col1]
-                r4 = right_word_major[w + 4, first:col1]
-                r5 = right_word_major[w + 5, first:col1]
-                r6 = right_word_major[w + 6, first:col1]
-                r7 = right_word_major[w + 7, first:col1]
-                for j in range(width):
-                    acc[j] += (
-                        _popcount(a0 & r0[j])
-                        + _popcount(a1 & r1[j])
-                        + _popcount(a2 & r2[j])
-                        + _popcount(a3 & r3[j])
-                        + _popcount(a4 & r4[j])
-                        + _popcount(a5 & r5[j])
-                        + _popcount(a6 & r6[j])
-                        + _popcount(a7 & r7[j])
-                    )
-            for w in range(words - words % 8, words):
-                a0 = left[row, w]
-                r0 = right_word_major[w, first:col1]
-                for j in range(width):
-                    acc[j] += _popcount(a0 & r0[j])
+            _add_shared_bits(left[row], right_word_major, first, col1, acc)
             for j in range(width):
                 shared = acc[j]
                 if shared >= bound:
@@ -427,7 +440,6 @@ def _best_chunk(  # pragma: no cover - compiled
     """Right side sorted by popcount, in tiles of _TILE_COLUMNS; a (row, tile) whose best
     possible Dice (at the popcount nearest the row's) cannot beat the row's best so far is
     skipped, which leaves every result unchanged."""
-    words = left.shape[1]
     columns = right_word_major.shape[1]
     acc = np.empty(_TILE_COLUMNS, np.uint64)
     for tile in range((columns + _TILE_COLUMNS - 1) // _TILE_COLUMNS):
@@ -443,41 +455,7 @@ def _best_chunk(  # pragma: no cover - compiled
                 bound = 2.0 * min(count_a, nearest) / (count_a + nearest)
                 if bound <= best:
                     continue
-            for j in range(width):
-                acc[j] = np.uint64(0)
-            for w in range(0, words - 7, 8):  # as in _compare_chunk
-                a0 = left[row, w]
-                a1 = left[row, w + 1]
-                a2 = left[row, w + 2]
-                a3 = left[row, w + 3]
-                a4 = left[row, w + 4]
-                a5 = left[row, w + 5]
-                a6 = left[row, w + 6]
-                a7 = left[row, w + 7]
-                r0 = right_word_major[w, col0 : col0 + width]
-                r1 = right_word_major[w + 1, col0 : col0 + width]
-                r2 = right_word_major[w + 2, col0 : col0 + width]
-                r3 = right_word_major[w + 3, col0 : col0 + width]
-                r4 = right_word_major[w + 4, col0 : col0 + width]
-                r5 = right_word_major[w + 5, col0 : col0 + width]
-                r6 = right_word_major[w + 6, col0 : col0 + width]
-                r7 = right_word_major[w + 7, col0 : col0 + width]
-                for j in range(width):
-                    acc[j] += (
-                        _popcount(a0 & r0[j])
-                        + _popcount(a1 & r1[j])
-                        + _popcount(a2 & r2[j])
-                        + _popcount(a3 & r3[j])
-                        + _popcount(a4 & r4[j])
-                        + _popcount(a5 & r5[j])
-                        + _popcount(a6 & r6[j])
-                        + _popcount(a7 & r7[j])
-                    )
-            for w in range(words - words % 8, words):
-                a0 = left[row, w]
-                r0 = right_word_major[w, col0 : col0 + width]
-                for j in range(width):
-                    acc[j] += _popcount(a0 & r0[j])
+            _add_shared_bits(left[row], right_word_major, col0, col0 + width, acc)
             for j in range(width):
                 total = count_a + right_counts[col0 + j]
                 if total > 0 and col0 + j != excluded[row]:
