@@ -8,6 +8,7 @@ left QUEUED or RUNNING by a stopped linkage unit is resubmitted when it starts a
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -22,7 +23,7 @@ from linkage_unit import matching
 from linkage_unit.audit_hook import AuditSink
 from linkage_unit.checks import check_clks, check_headers
 from linkage_unit.link_keys import RandomBytes, issue_link_keys
-from linkage_unit.storage import Storage, out_of_space
+from linkage_unit.storage import RunRecord, Storage, out_of_space
 from protocol.clk_file import read_clks
 from protocol.errors import (
     AlreadyExistsError,
@@ -66,6 +67,10 @@ class RunManager:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._futures: list[Future[None]] = []
+        # Failures a full disk would not let us record (run id -> status stage). Status shows
+        # them as FAILED, and recording is retried whenever the run is looked at, so the
+        # operator sees why and can start again instead of watching a run that never ends.
+        self._unrecorded_failures: dict[str, str] = {}
 
     # -- starting -----------------------------------------------------------------------
 
@@ -78,10 +83,23 @@ class RunManager:
                 return False
         return True
 
+    def latest_run(self, project_id: str) -> RunRecord | None:
+        """The project's newest run as it stands, including a failure not yet recorded."""
+        run = self._storage.latest_run(project_id)
+        if run is None or run.run_id not in self._unrecorded_failures:
+            return run
+        stage = self._unrecorded_failures[run.run_id]
+        try:
+            self._storage.set_run_state(run.run_id, RunState.FAILED, stage=stage)
+        except Exception:  # still no room: report the failure from memory
+            return dataclasses.replace(run, state=RunState.FAILED, stage=stage)
+        self._unrecorded_failures.pop(run.run_id, None)
+        return self._storage.latest_run(project_id)
+
     def start(self, project_id: str, *, automatic: bool) -> RunTicket:
         """Queue a run if every member has uploaded. Idempotent while one is queued or running."""
         with self._lock:
-            latest = self._storage.latest_run(project_id)
+            latest = self.latest_run(project_id)
             if latest is not None and latest.state in (RunState.QUEUED, RunState.RUNNING):
                 return RunTicket(run_id=latest.run_id, state=latest.state)
             if latest is not None and latest.state is RunState.FINISHED:
@@ -151,7 +169,11 @@ class RunManager:
             logger.error("run failed run_id=%s: %s", run_id, error)
             self._storage.set_run_state(run_id, RunState.FAILED, stage=f"failed: {error}")
         except Exception as error:
+            stage = "failed: unexpected error; the linkage unit's log has the details"
             if out_of_space(error):
+                stage = (
+                    "failed: the linkage unit's disk is full; free space, then start the run again"
+                )
                 logger.error(
                     "run failed: the disk is full run_id=%s; free space, start it again", run_id
                 )
@@ -159,9 +181,10 @@ class RunManager:
                 # Traceback only: no payload, CLK or key is ever formatted into a log line.
                 logger.exception("run failed unexpectedly run_id=%s", run_id)
             try:
-                self._storage.set_run_state(run_id, RunState.FAILED)
-            except Exception:  # a full disk can refuse even this; the run resumes on restart
-                logger.error("could not record the failure of run_id=%s", run_id)
+                self._storage.set_run_state(run_id, RunState.FAILED, stage=stage)
+            except Exception:  # a full disk can refuse even this: keep it until it can be written
+                self._unrecorded_failures[run_id] = stage
+                logger.error("could not record the failure of run_id=%s yet", run_id)
 
     def _run(self, run_id: str, project_id: str) -> None:
         project = self._storage.project(project_id)

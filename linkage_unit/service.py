@@ -211,7 +211,7 @@ class LinkageService:
                     record_count=record.header.record_count if record and own else 0,
                 )
             )
-        run = self.storage.latest_run(project_id)
+        run = self.runs.latest_run(project_id)
         common = {
             "project_id": project_id,
             "parties": tuple(parties),
