@@ -12,7 +12,6 @@ The re-encodings stay in memory in this process: they are as sensitive as the ex
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import numpy.typing as npt
 
 from party.extract import open_extract
 from party.leak_scan import UnkeyedReencoder
+from party.link_key_file import read_positions
 from party.mapping import DepartmentMapping
 from protocol.clk_file import read_header
 from protocol.encoding import ClkEncoder
@@ -31,20 +31,6 @@ __all__ = ["KNOWN_KEY", "known_key_reencoder"]
 
 # The placeholder every hand-rolled setup reaches for first.
 KNOWN_KEY = bytes(SECRET_BYTES)
-
-
-def _record_ids_by_position(positions_path: Path) -> dict[int, str]:
-    try:
-        with positions_path.open(encoding="utf-8", newline="") as handle:
-            return {int(row["position"]): row["record_id"] for row in csv.DictReader(handle)}
-    except OSError as error:
-        raise ConfigurationError(
-            f"{positions_path}: cannot read positions file: {error.strerror}"
-        ) from None
-    except (KeyError, ValueError):
-        raise ConfigurationError(
-            f"{positions_path}: not a positions file (expected columns position,record_id)"
-        ) from None
 
 
 def known_key_reencoder(
@@ -63,15 +49,18 @@ def known_key_reencoder(
     """
     header = read_header(encoded_path)
     encoder = ClkEncoder(schema, LinkageSecret(KNOWN_KEY), project_id=header.project_id)
-    record_ids = _record_ids_by_position(Path(positions_path))
 
     def reencode(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
-        try:
-            wanted = {record_ids[int(position)]: int(position) for position in positions}
-        except KeyError:
+        asked = {int(position) for position in positions}
+        wanted = {
+            record_id: position
+            for _, record_id, position in read_positions(positions_path)
+            if position in asked
+        }
+        if len(wanted) != len(asked):
             raise ConfigurationError(
                 "the positions file does not cover the encoded file (wrong positions file?)"
-            ) from None
+            )
         values: dict[int, list[str | None]] = {}
         with open_extract(extract_path) as reader:
             bound = mapping.bind(schema, list(reader.header), source=str(extract_path))

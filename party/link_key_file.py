@@ -9,13 +9,31 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from protocol.atomic_file import atomic_output
 from protocol.errors import ExtractError
 
-__all__ = ["join_link_keys"]
+__all__ = ["join_link_keys", "read_positions"]
+
+
+def read_positions(positions_path: Path | str) -> Iterator[tuple[int, str, int]]:
+    """``(line, record_id, position)`` for every row of a positions file, checked as read."""
+    path = str(positions_path)
+    try:
+        with open(positions_path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            if next(reader, None) != ["record_id", "position"]:
+                raise ExtractError(
+                    "positions file must start with the header record_id,position", path=path
+                )
+            for line, row in enumerate(reader, start=2):
+                if len(row) != 2 or not row[1].isdigit():
+                    raise ExtractError(f"line {line} is not record_id,position", path=path)
+                yield line, row[0], int(row[1])
+    except OSError as error:
+        raise ExtractError(f"cannot read positions file: {error.strerror}", path=path) from None
 
 
 def join_link_keys(
@@ -28,26 +46,14 @@ def join_link_keys(
     path = str(positions_path)
     key_at = dict(zip(positions, link_keys, strict=True))
     rows: list[tuple[str, str]] = []
-    try:
-        with open(positions_path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            if next(reader, None) != ["record_id", "position"]:
-                raise ExtractError(
-                    "positions file must start with the header record_id,position", path=path
-                )
-            for line, row in enumerate(reader, start=2):
-                if len(row) != 2 or not row[1].isdigit():
-                    raise ExtractError(f"line {line} is not record_id,position", path=path)
-                position = int(row[1])
-                if position not in key_at:
-                    raise ExtractError(
-                        f"line {line}: no link key for its position; was this positions file "
-                        "written for the encoded file that was submitted?",
-                        path=path,
-                    )
-                rows.append((row[0], key_at.pop(position)))
-    except OSError as error:
-        raise ExtractError(f"cannot read positions file: {error.strerror}", path=path) from None
+    for line, record_id, position in read_positions(positions_path):
+        if position not in key_at:
+            raise ExtractError(
+                f"line {line}: no link key for its position; was this positions file "
+                "written for the encoded file that was submitted?",
+                path=path,
+            )
+        rows.append((record_id, key_at.pop(position)))
     if key_at:
         raise ExtractError(
             f"{len(key_at)} link key(s) have no record in the positions file; it does not "
