@@ -116,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
         f"({report.patterns_checked} byte forms): {verdict}; {report.undetectable} too short "
         "to tell from chance if seen once"
     )
+    if reencoder is None:
+        print(
+            "not checked: whether the CLKs were made without the secret (needs --extract and "
+            "the private positions file)"
+        )
     if args.json:
         with atomic_output(args.json, mode=0o600) as handle:
             handle.write((json.dumps(report.to_record(), indent=2) + "\n").encode("utf-8"))
