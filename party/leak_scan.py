@@ -359,8 +359,9 @@ def _excess_sharing(
         * (bits - ones_right)
         / (bits * bits * (bits - 1))
     )
-    scores: npt.NDArray[np.float64] = (shared - mean) / np.sqrt(np.where(usable, variance, 1.0))
-    return scores[usable]
+    scores = (shared - mean) / np.sqrt(np.where(usable, variance, 1.0))
+    kept: npt.NDArray[np.float64] = np.asarray(scores[usable], dtype=np.float64)
+    return kept
 
 
 def unkeyed_encoding_check(
