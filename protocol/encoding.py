@@ -70,6 +70,7 @@ __all__ = [
     "bits_for_token",
     "keyed_permutation",
     "token_positions",
+    "token_positions_many",
     "xor_fold",
 ]
 
@@ -141,6 +142,36 @@ def token_positions(
                 if len(positions) == count:
                     break
         block += 1
+    return positions
+
+
+def token_positions_many(
+    key: bytes, tokens: Sequence[str], count: int, *, clk_bits: int, hashing: str
+) -> npt.NDArray[np.int64]:
+    """Primitive: :func:`token_positions` of many tokens at once, as a ``(tokens, count)``
+    array. The first ``ceil(count / 8)`` blocks of every token are hashed in one pass and
+    read as words in numpy; a token with a rejected word among its first ``count`` (rare:
+    at most clk_bits in 2**32 per word) is worked out one by one instead.
+
+    Use :class:`ClkEncoder`; this is exposed for the reference tests.
+    """
+    blocks = -(-count // 8)
+    prefixes = [block.to_bytes(4, "big") for block in range(blocks)]
+    messages = [prefix + token.encode("utf-8") for token in tokens for prefix in prefixes]
+    if hashing == "hmac-sha256":
+        digests = [hmac.digest(key, message, "sha256") for message in messages]
+    else:
+        digests = [
+            hashlib.blake2b(message, key=key, digest_size=32).digest() for message in messages
+        ]
+    words = np.frombuffer(b"".join(digests), dtype=">u4").reshape(len(tokens), 8 * blocks)
+    words = words[:, :count].astype(np.int64)
+    limit = (1 << 32) - (1 << 32) % clk_bits
+    positions = words % clk_bits
+    for index in np.flatnonzero((words >= limit).any(axis=1)).tolist():
+        positions[index] = token_positions(
+            key, tokens[index], count, clk_bits=clk_bits, hashing=hashing
+        )
     return positions
 
 
@@ -263,13 +294,12 @@ class _FieldEncoder:
                 for offset in slow:
                     mask = self._spec_mask(batch[offset], spec)
                     leftover[offset] = leftover.get(offset, 0) | mask
-            if self._salted_specs:  # salted tokens depend on two values: the per-value path
-                for offset, value in enumerate(batch):
-                    row_salts = {
-                        name: column[start + offset] for name, column in salt_columns.items()
-                    }
-                    mask = self.salted_mask(value, row_salts)
-                    leftover[offset] = leftover.get(offset, 0) | mask
+            for spec in self._salted_specs:
+                salt_column = salt_columns.get(spec.salt or "")
+                if salt_column is not None:
+                    self._or_salted_masks(
+                        batch, salt_column[start : start + len(batch)], spec, block
+                    )
             if leftover:
                 offsets = list(leftover)
                 size = self._clk_bits // 8
@@ -279,6 +309,46 @@ class _FieldEncoder:
                 ).reshape(-1, words)
                 block[np.asarray(offsets, dtype=np.intp)] |= extra
         return result
+
+    def _or_salted_masks(
+        self,
+        values: Sequence[str],
+        salts: Sequence[str | None],
+        spec: TokenSpec,
+        block: npt.NDArray[np.uint64],
+    ) -> None:
+        """OR the bits of ``spec``'s salted tokens into ``block`` (one row per value): salted
+        tokens are nearly all distinct, so their positions are worked out in bulk
+        (:func:`token_positions_many`), not cached."""
+        rows: list[int] = []
+        tokens: list[str] = []
+        counts: list[int] = []
+        for offset, (value, salt) in enumerate(zip(values, salts, strict=True)):
+            if salt is None:
+                continue  # never salted with an empty value
+            found = tokenise(value, spec)
+            if not found:
+                continue
+            count = bits_for_token(spec, len(found))
+            for token in found:
+                rows.append(offset)
+                tokens.append(salted_token(token, salt))
+                counts.append(count)
+        if not tokens:
+            return
+        bits = np.zeros((len(values), self._clk_bits), dtype=np.uint8)
+        row_array, count_array = np.asarray(rows), np.asarray(counts)
+        for count in np.unique(count_array).tolist():
+            chosen = np.flatnonzero(count_array == count)
+            positions = token_positions_many(
+                self._key,
+                [tokens[index] for index in chosen.tolist()],
+                count,
+                clk_bits=self._clk_bits,
+                hashing=self._hashing,
+            )
+            bits[row_array[chosen][:, None], positions] = 1
+        block |= np.packbits(bits, axis=1, bitorder="little").view("<u8")
 
     def _or_coded_masks(
         self, values: Sequence[str], spec: TokenSpec, block: npt.NDArray[np.uint64]

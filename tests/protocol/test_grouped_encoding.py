@@ -5,6 +5,8 @@ salted tokens need their salt, and the column path agrees with the per-value pat
 from __future__ import annotations
 
 import hashlib
+import hmac
+import struct
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocol.encoding import ClkEncoder
+from protocol.encoding import ClkEncoder, token_positions, token_positions_many
 from protocol.schema import LinkageSchema, load_schema, parse_schema
 from protocol.secret import LinkageSecret
 from tests import strategies
@@ -172,3 +174,34 @@ def test_blip_encodings_differ_between_runs_but_stay_similar() -> None:
     a, b = np.frombuffer(first, np.uint8), np.frombuffer(second, np.uint8)
     distance = np.unpackbits(a ^ b).sum() / (8 * len(first))
     assert 0.05 < distance < 0.15  # two independent 5 % flips: about 9.5 % of bits differ
+
+
+@given(
+    st.lists(st.text(max_size=12), min_size=1, max_size=20),
+    st.integers(min_value=1, max_value=30),
+    st.sampled_from([64, 576, 1024, 65472]),
+    st.sampled_from(["hmac-sha256", "blake2b"]),
+)
+def test_bulk_token_positions_agree_with_one_at_a_time(
+    tokens: list[str], count: int, clk_bits: int, hashing: str
+) -> None:
+    bulk = token_positions_many(SECRET, tokens, count, clk_bits=clk_bits, hashing=hashing)
+    for token, row in zip(tokens, bulk.tolist(), strict=True):
+        assert row == token_positions(SECRET, token, count, clk_bits=clk_bits, hashing=hashing)
+
+
+def test_bulk_token_positions_fall_back_on_a_rejected_word() -> None:
+    # At 65472 bits a word is rejected with probability about 1.5e-5: find a token whose
+    # first eight words hold one, so the bulk path must hand it to the one-at-a-time path.
+    limit = (1 << 32) - (1 << 32) % 65472
+    token = next(
+        candidate
+        for candidate in (f"t{index}" for index in range(400_000))
+        if max(
+            struct.unpack(">8I", hmac.digest(SECRET, b"\0\0\0\0" + candidate.encode(), "sha256"))
+        )
+        >= limit
+    )
+    expected = token_positions(SECRET, token, 8, clk_bits=65472, hashing="hmac-sha256")
+    bulk = token_positions_many(SECRET, [token], 8, clk_bits=65472, hashing="hmac-sha256")
+    assert bulk.tolist() == [expected]
