@@ -91,3 +91,15 @@ def test_a_grouped_project_from_the_command_line(tmp_path: Path, capsys) -> None
         assert "error: CompatibilityError:" in error and "created without a layout" in error
     finally:
         server.stop(0)
+
+
+def test_the_demo_runs_a_grouped_schema_and_its_audit_passes(tmp_path: Path, capsys) -> None:
+    # v2 manifests recording the hardening, layout digests in the LU's log: audit verify
+    # (run by the demo) must accept them all.
+    code = main(["demo", "--dir", str(tmp_path), "--records", "300", "--difficulty", "low",
+                 "--seed", "3", "--schema", str(SCHEMA)])  # fmt: skip
+    output = capsys.readouterr().out
+    assert code == 0, output
+    assert "audit: PASSED" in output
+    f1 = float(output.split("F1 ")[1].split()[0])
+    assert f1 > 0.9
