@@ -380,8 +380,8 @@ def unkeyed_encoding_check(
     Each pair's sharing is scored as standard deviations above what two random sets of their
     sizes share (:func:`_excess_sharing`, so dense and sparse records weigh alike), for the
     records' own pairs and for unrelated pairs (each CLK against the next record's
-    re-encoding); the finding is raised when the own pairs score ``margin`` above the
-    unrelated ones on average. An unkeyed encoding scores tens above; BLIP's random flips
+    re-encoding); the finding is raised when the own pairs score ``margin`` (plus four
+    standard errors of the difference) above the unrelated ones on average. An unkeyed encoding scores tens above; BLIP's random flips
     shrink that by about ``(1 - 2 * flip probability) ** 2``, still far above the margin
     below a flip probability of about 0.4. Groups are compared one by one (``layout``), and
     only where set on both sides, so a missing group, all zero on both sides, never looks
@@ -408,7 +408,12 @@ def unkeyed_encoding_check(
     if own.size == 0 or other.size == 0:
         return None
     own_mean, other_mean = float(own.mean()), float(other.mean())
-    if own_mean - other_mean <= margin:
+    # A small sample's means wander: ask for the margin plus four standard errors (variances
+    # floored at 1, a score's variance under the key, so three records cannot false-alarm).
+    spread = np.sqrt(
+        max(float(own.var()), 1.0) / own.size + max(float(other.var()), 1.0) / other.size
+    )
+    if own_mean - other_mean <= margin + 4.0 * spread:
         return None
     return LeakFinding(
         kind="unkeyed-encoding",
