@@ -52,6 +52,7 @@ __all__ = [
     "HardeningStep",
     "RandomBytes",
     "balance",
+    "balance_reference",
     "blip",
     "blip_reference",
     "chain_output_bits",
@@ -435,7 +436,21 @@ def balance(
     clks: npt.NDArray[np.uint64], permutation: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.uint64]:
     """Primitive hardening: append the complement, then permute the 2L bits with a keyed
-    permutation. Every output has exactly L bits set, hiding how many tokens a record had."""
+    permutation. Every output has exactly L bits set, hiding how many tokens a record had.
+
+    Computed as a width-1 diffusion (output bit j is input bit ``permutation[j] mod L``) with
+    the bits that came from the complement inverted: the bit-sliced kernel, not an unpacked
+    gather (:func:`balance_reference` is that, kept as the twin)."""
+    length = clks.shape[1] * 64
+    sources = (permutation % length).astype(np.int64)[:, None]
+    inverted = np.packbits(permutation >= length, bitorder="little").view("<u8")
+    return np.ascontiguousarray(diffuse(clks, sources) ^ inverted, dtype=np.uint64)
+
+
+def balance_reference(
+    clks: npt.NDArray[np.uint64], permutation: npt.NDArray[np.int64]
+) -> npt.NDArray[np.uint64]:
+    """The slow, obvious twin of :func:`balance`: unpack, gather, pack."""
     doubled = np.concatenate([clks, ~clks], axis=1)
     bits = np.unpackbits(doubled.view(np.uint8), axis=1, bitorder="little")
     packed = np.packbits(bits[:, permutation], axis=1, bitorder="little")

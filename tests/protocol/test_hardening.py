@@ -16,6 +16,8 @@ from protocol.hardening import (
     ChainHardener,
     HardeningMethod,
     HardeningStep,
+    balance,
+    balance_reference,
     blip,
     blip_reference,
     check_chain,
@@ -24,6 +26,7 @@ from protocol.hardening import (
     diffuse_reference,
     diffusion_taps,
     fresh_random_bytes,
+    keyed_permutation,
     parse_descriptor,
     rule90,
     rule90_reference,
@@ -221,3 +224,11 @@ def test_steps_that_protect_nothing_are_refused_by_parameter(
 
 def test_blip_that_flips_a_bit_on_average_is_accepted() -> None:
     assert check_chain([HardeningStep(method=HardeningMethod.BLIP, flip_per_65536=64)], 1024) == []
+
+
+@given(strategies.clk_blocks(max_rows=70, max_words=3), st.binary(min_size=32, max_size=32))
+def test_balance_agrees_with_its_twin(clks: np.ndarray, key: bytes) -> None:
+    permutation = keyed_permutation(key, 2 * 64 * clks.shape[1])
+    fast = balance(clks, permutation)
+    assert np.array_equal(fast, balance_reference(clks, permutation))
+    assert (np.bitwise_count(fast).sum(axis=1) == 64 * clks.shape[1]).all()
