@@ -126,10 +126,19 @@ def check_clks(
             )
         if header.record_count == 0:
             continue
-        popcounts = np.bitwise_count(np.asarray(clks)).sum(axis=1, dtype=np.int64)
+        counts = np.bitwise_count(np.asarray(clks))
+        popcounts = counts.sum(axis=1, dtype=np.int64)
         # Near-all-one filters score a high Dice against almost anything: a probe, not a record.
+        # A grouped record is checked group by group too (a probe may fill one group only).
         ceiling = MAX_RECORD_DENSITY * header.clk_bits
-        degenerate = int(np.count_nonzero((popcounts == 0) | (popcounts > ceiling)))
+        bad = (popcounts == 0) | (popcounts > ceiling)
+        layout = header.clk_layout
+        if len(layout.groups) > 1:
+            for index, group in enumerate(layout.groups):
+                start, stop = layout.word_range(index)
+                group_counts = counts[:, start:stop].sum(axis=1, dtype=np.int64)
+                bad |= group_counts > MAX_RECORD_DENSITY * group.bits
+        degenerate = int(np.count_nonzero(bad))
         if degenerate:
             raise CompatibilityError(
                 f"party {party!r} sent {degenerate} CLK(s) with no bits or nearly every bit "

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from linkage_unit import matching
-from linkage_unit.checks import check_headers
+from linkage_unit.checks import check_clks, check_headers
 from linkage_unit.run import RunManager
 from linkage_unit.service import Caller, LinkageService
 from linkage_unit.storage import Storage
@@ -223,3 +223,24 @@ def test_the_layout_crosses_the_wire_intact() -> None:
 def test_settings_fingerprint_is_unchanged_without_a_layout() -> None:
     assert "layout" not in settings(None).canonical_json()
     assert settings(None).fingerprint != settings().fingerprint
+
+
+def test_a_probe_filling_one_group_is_refused_as_degenerate() -> None:
+    clks = planted(4)["moj"].copy()
+    clks[:, 0:2] = np.uint64(0)  # a missing name group is fine
+    header = UploadHeader(
+        project_id="p1",
+        party_id="moj",
+        schema_fingerprint=SCHEMA_FINGERPRINT,
+        kcv=KCV,
+        clk_bits=256,
+        record_count=len(clks),
+        payload_sha256=bytes(32),
+        format_version=2,
+        layout=LAYOUT,
+    )
+    check_clks({"moj": clks}, {"moj": header})
+    clks[3, 2:4] = np.uint64(0xFFFF_FFFF_FFFF_FFFF)  # one record's birth group all ones
+    with pytest.raises(CompatibilityError) as refused:
+        check_clks({"moj": clks}, {"moj": header})
+    assert refused.value.aspect == "degenerate_clks"
