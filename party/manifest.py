@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from party.leak_scan import LeakScanReport, UnkeyedReencoder, scan_encoded_file
 from party.sensitive_strings import SensitiveStrings
-from protocol.clk_file import read_clks, read_header
+from protocol.clk_file import GROUPED_FORMAT_VERSION, read_clks, read_header
+from protocol.clk_layout import ClkLayout
 from protocol.errors import AuditError
 from protocol.manifest import (
     SignedManifest,
@@ -72,13 +73,16 @@ def write_manifest(
     software_version: str,
     leak_scan_strings: int,
     leak_scan_rows: int,
+    layout: ClkLayout | None = None,
     clock: Callable[[], datetime] = _utc_now,
     nonce: Callable[[int], bytes] = os.urandom,
 ) -> SignedManifest:
     """Build, sign and atomically write the manifest of one encode; return it.
 
     Byte fields are raw bytes (``payload_sha256`` and ``schema_fingerprint`` 32, ``kcv`` 16).
-    The nonce makes two encodes of the same data distinguishable (replays are refused).
+    ``layout``: a grouped encoding's groups and the hardening applied to each (recorded in
+    a version 2 manifest). The nonce makes two encodes of the same data distinguishable
+    (replays are refused).
     """
     manifest = UploadManifest(
         project_id=project_id,
@@ -93,6 +97,7 @@ def write_manifest(
         nonce=nonce(16),
         leak_scan_strings=leak_scan_strings,
         leak_scan_rows=leak_scan_rows,
+        layout=layout,
     )
     signed = sign_manifest(manifest, signing_key)
     write_signed_manifest(signed, path)
@@ -110,7 +115,8 @@ def write_manifest_for_file(
     leak_scan_rows: int,
 ) -> SignedManifest:
     """The manifest of an existing encoded file, from its header, after checking the payload
-    digest (a manifest must never vouch for bytes nobody hashed)."""
+    digest (a manifest must never vouch for bytes nobody hashed). A format 2 file's layout
+    and hardening go into the manifest."""
     header, _ = read_clks(encoded_path, verify=True)
     return write_manifest(
         manifest_path,
@@ -125,6 +131,7 @@ def write_manifest_for_file(
         software_version=software_version,
         leak_scan_strings=leak_scan_strings,
         leak_scan_rows=leak_scan_rows,
+        layout=header.layout if header.format_version == GROUPED_FORMAT_VERSION else None,
     )
 
 
@@ -187,6 +194,8 @@ def check_manifest_for_file(
         "schema_fingerprint": header.schema_fingerprint.hex(),
         "kcv": header.kcv.hex(),
     }
+    if header.format_version == GROUPED_FORMAT_VERSION:
+        details["layout_sha256"] = header.clk_layout.sha256
     wrong = manifest_mismatches(manifest, project_id=header.project_id, details=details)
     if wrong:
         raise AuditError(

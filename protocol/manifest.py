@@ -7,7 +7,9 @@ by the auditor against the LU's ``upload_committed`` entry). The format lives in
 A manifest binds project, party, record count, CLK length, payload SHA-256, schema
 fingerprint, KCV, software version, creation time, a random nonce, and the clean leak scan
 the party ran on exactly this payload (how many sensitive strings, from how many rows): the
-party writes a manifest only for a payload its scan found clean. Its **canonical
+party writes a manifest only for a payload its scan found clean. A grouped encoding (file
+format 2) has a version 2 manifest that also records the layout: each group's name, bits and
+the hardening applied with its parameters (``layout``, protocol/clk_layout.py). Its **canonical
 bytes** are compact sorted-key ASCII JSON with a ``format`` field; the party signs exactly
 those bytes with its Ed25519 key. The manifest file is JSON:
 ``{"manifest": {...}, "public_key": <raw key hex>, "signature": <hex>}``. The embedded public
@@ -31,11 +33,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from protocol.atomic_file import atomic_output
 from protocol.clk_file import check_clk_bits
+from protocol.clk_layout import ClkLayout
 from protocol.errors import AuditError, ConfigurationError
 from protocol.labels import check_label
 
 __all__ = [
     "MANIFEST_FORMAT",
+    "MANIFEST_FORMAT_GROUPED",
     "SignedManifest",
     "UploadManifest",
     "manifest_mismatches",
@@ -46,6 +50,8 @@ __all__ = [
 ]
 
 MANIFEST_FORMAT = "bloomlink-manifest-v1"
+MANIFEST_FORMAT_GROUPED = "bloomlink-manifest-v2"
+"""A manifest that also records the layout and hardening of a grouped encoding."""
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{6})?Z$")
 _FIELDS = (
@@ -86,6 +92,8 @@ class UploadManifest:
     nonce: bytes
     leak_scan_strings: int
     leak_scan_rows: int
+    layout: ClkLayout | None = None
+    """A grouped encoding's groups and hardening (version 2 manifest); None for one CLK."""
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="manifest project id")
@@ -109,10 +117,19 @@ class UploadManifest:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigurationError(f"manifest {name} must be a whole number")
+        if self.layout is not None:
+            if not isinstance(self.layout, ClkLayout):
+                raise ConfigurationError("manifest layout must be a layout")
+            if self.layout.total_bits != self.clk_bits:
+                raise ConfigurationError("manifest layout must add up to its CLK bits")
+
+    @property
+    def format(self) -> str:
+        return MANIFEST_FORMAT if self.layout is None else MANIFEST_FORMAT_GROUPED
 
     def to_record(self) -> dict[str, Any]:
-        return {
-            "format": MANIFEST_FORMAT,
+        record: dict[str, Any] = {
+            "format": self.format,
             "project_id": self.project_id,
             "party": self.party,
             "record_count": self.record_count,
@@ -126,6 +143,9 @@ class UploadManifest:
             "leak_scan_strings": self.leak_scan_strings,
             "leak_scan_rows": self.leak_scan_rows,
         }
+        if self.layout is not None:
+            record["layout"] = self.layout.to_record()
+        return record
 
     def canonical_bytes(self) -> bytes:
         """The bytes the party signs."""
@@ -140,10 +160,18 @@ class UploadManifest:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> UploadManifest:
-        if set(record) != set(_FIELDS):
+        grouped = record.get("format") == MANIFEST_FORMAT_GROUPED
+        if grouped:
+            expected = set(_FIELDS) | {"layout"}
+        elif record.get("format") == MANIFEST_FORMAT:
+            expected = set(_FIELDS)
+        else:
+            raise ConfigurationError(
+                f"unknown manifest format; this build reads {MANIFEST_FORMAT} and "
+                f"{MANIFEST_FORMAT_GROUPED}"
+            )
+        if set(record) != expected:
             raise ConfigurationError("manifest does not have exactly the manifest fields")
-        if record["format"] != MANIFEST_FORMAT:
-            raise ConfigurationError(f"unknown manifest format; this build reads {MANIFEST_FORMAT}")
         try:
             return cls(
                 project_id=record["project_id"],
@@ -158,6 +186,7 @@ class UploadManifest:
                 nonce=bytes.fromhex(record["nonce"]),
                 leak_scan_strings=record["leak_scan_strings"],
                 leak_scan_rows=record["leak_scan_rows"],
+                layout=ClkLayout.from_record(record["layout"]) if grouped else None,
             )
         except (TypeError, ValueError):
             raise ConfigurationError("manifest has a malformed hex field") from None
@@ -251,7 +280,8 @@ def manifest_mismatches(
     manifest: UploadManifest, *, project_id: str | None, details: Mapping[str, object]
 ) -> tuple[str, ...]:
     """Which aspects of an ``upload_committed`` entry disagree with the manifest (empty if
-    none). Aspects are field names; values are never returned."""
+    none). Aspects are field names; values are never returned. A grouped encoding's layout
+    is compared by its digest (``layout_sha256``, absent for a single CLK)."""
     expected: dict[str, object] = {
         "party": manifest.party,
         "record_count": manifest.record_count,
@@ -259,6 +289,7 @@ def manifest_mismatches(
         "payload_sha256": manifest.payload_sha256.hex(),
         "schema_fingerprint": manifest.schema_fingerprint.hex(),
         "kcv": manifest.kcv.hex(),
+        "layout_sha256": None if manifest.layout is None else manifest.layout.sha256,
     }
     wrong = [key for key, value in expected.items() if details.get(key) != value]
     if project_id != manifest.project_id:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from bloomlink.commands._connection import add_client_arguments, client_from_args
 from protocol.errors import ConfigurationError
 from protocol.messages import LinkKeyMode, ProjectSettings, ProjectStatus, RunState
+from protocol.schema import load_schema
 
 NAME = "project"
 HELP = "create a linkage project, show its status, or start its run"
@@ -17,7 +19,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create = sub.add_parser("create", help="register a project (operator)")
     create.add_argument("project_id")
     create.add_argument("--parties", required=True, help="comma-separated member parties")
-    create.add_argument("--schema-fingerprint", required=True, help="hex SHA-256 of the schema")
+    schema = create.add_mutually_exclusive_group(required=True)
+    schema.add_argument(
+        "--schema",
+        type=Path,
+        help="the project's linkage schema file: its fingerprint, and for a grouped (v2) "
+        "schema its layout and hardening, which every upload must then have (holds no secret)",
+    )
+    schema.add_argument(
+        "--schema-fingerprint", help="hex SHA-256 of a single-CLK (v1) schema, instead of --schema"
+    )
     create.add_argument("--threshold", type=float, help="Dice threshold; omit for automatic")
     create.add_argument("--blocking", choices=("lsh", "none"), default="lsh")
     create.add_argument(
@@ -58,10 +69,16 @@ def describe(status: ProjectStatus) -> str:
 def run(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         if args.project_action == "create":
-            try:
-                fingerprint = bytes.fromhex(args.schema_fingerprint)
-            except ValueError:
-                raise ConfigurationError("--schema-fingerprint must be hex") from None
+            layout = None
+            if args.schema is not None:
+                schema = load_schema(args.schema)
+                fingerprint = schema.fingerprint
+                layout = schema.layout if schema.grouped else None
+            else:
+                try:
+                    fingerprint = bytes.fromhex(args.schema_fingerprint)
+                except ValueError:
+                    raise ConfigurationError("--schema-fingerprint must be hex") from None
             settings = ProjectSettings(
                 project_id=args.project_id,
                 members=tuple(p.strip() for p in args.parties.split(",") if p.strip()),
@@ -71,9 +88,15 @@ def run(args: argparse.Namespace) -> int:
                 link_key_mode=LinkKeyMode(args.link_key_mode),
                 retention_days=args.retention_days,
                 auto_run=not args.no_auto_run,
+                layout=layout,
             )
             digest = client.create_project(settings)
             print(f"project {args.project_id} created; settings fingerprint {digest}")
+            if layout is not None:
+                groups = ", ".join(
+                    f"{group.name} {group.bits} bits ({group.hardening})" for group in layout.groups
+                )
+                print(f"uploads must be grouped encodings: {groups}")
         elif args.project_action == "status":
             print(describe(client.project_status(args.project_id)))
         else:

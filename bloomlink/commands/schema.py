@@ -21,8 +21,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     schema = load_schema(args.schema) if args.schema else default_schema()
+    if schema.grouped:
+        groups = "; ".join(
+            f"{group.name} {group.bits} bits, hardening {group.hardening}"
+            for group in schema.layout.groups
+        )
+        shape = f"{schema.encoded_bits}-bit encodings of {len(schema.groups)} groups ({groups})"
+    else:
+        shape = f"{schema.encoded_bits}-bit CLKs, hardening {schema.hardening}"
     print(
         f"{schema.fingerprint.hex()}  schema {schema.name!r}: {len(schema.fields)} fields, "
-        f"{schema.encoded_bits}-bit CLKs, {schema.hashing}, hardening {schema.hardening}"
+        f"{shape}, {schema.hashing}"
     )
     return 0
