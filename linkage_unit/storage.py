@@ -588,9 +588,10 @@ class Storage:
                         (project_id, party, run_id, len(keys), digest),
                     )
                 self._db.execute(
+                    # done = total: a finished run reports its last stage complete.
                     "UPDATE runs SET state = ?, finished_at = ?, cluster_count = ?, "
                     "linked_record_count = ?, comparisons = ?, threshold = ?, "
-                    "threshold_method = ? WHERE run_id = ?",
+                    "threshold_method = ?, done = total WHERE run_id = ?",
                     (
                         str(RunState.FINISHED),
                         time.time(),

@@ -4,9 +4,11 @@ Stage: audit (shared by the linkage unit, which appends, and the auditor, who ve
 
 One entry per event, in a hash chain signed by the linkage unit's Ed25519 key:
 
-* **Canonical bytes** of an entry are the compact JSON (sorted keys, ``","``/``":"``
-  separators, ASCII only) of ``{"format", "log_id", "sequence", "timestamp", "event",
-  "project_id", "details", "previous_hash"}``; byte strings are lower-case hex. Everything a
+* **Canonical bytes** of an entry are the RFC 8785 canonical JSON (protocol/canonical.py) of
+  ``{"format", "log_id", "sequence", "timestamp", "event", "project_id", "details",
+  "previous_hash"}``; byte strings are lower-case hex. Every value is an ASCII string, a whole
+  number below 2^53 or null, where RFC 8785 gives the same bytes as the compact sorted-key
+  ASCII ``json.dumps`` of earlier versions: logs written before verify unchanged. Everything a
   verifier needs is in those bytes, so any edit changes them.
 * **Entry hash** = SHA-256 of the canonical bytes. They include the previous entry's hash
   (32 zero bytes for the first entry, sequence 0), so each hash commits to the whole past.
@@ -38,6 +40,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from protocol.canonical import MAX_SAFE_INTEGER, canonical_json
 from protocol.errors import AuditError, ConfigurationError
 from protocol.labels import check_label
 
@@ -68,7 +71,7 @@ ENTRY_FORMAT = "bloomlink-audit-v1"
 GENESIS_HASH = bytes(32)
 _ENTRY_PREFIX = b"bloomlink-audit-entry-v1\0"
 _HEAD_PREFIX = b"bloomlink-audit-head-v1\0"
-_MAX_COUNT = 2**63 - 1
+_MAX_COUNT = MAX_SAFE_INTEGER  # exact in every language's JSON (docs/protocol.md)
 
 # Retention values the verifier understands (project_created.retention).
 RETENTION_KEEP = "keep"
@@ -108,7 +111,7 @@ def _count(value: object, where: str) -> int:
     except TypeError:
         raise AuditError(f"{where} must be a whole number") from None
     if not 0 <= number <= _MAX_COUNT:
-        raise AuditError(f"{where} must be between 0 and 2**63 - 1")
+        raise AuditError(f"{where} must be between 0 and 2**53 - 1")
     return number
 
 
@@ -350,9 +353,7 @@ class RedactedEntry:
 
 
 def _canonical_json(value: Mapping[str, Any]) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
-        "ascii"
-    )
+    return canonical_json(value)
 
 
 def _canonical_bytes(

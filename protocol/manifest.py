@@ -10,8 +10,10 @@ the party ran on exactly this payload (how many sensitive strings, from how many
 party writes a manifest only for a payload its scan found clean. A grouped encoding (file
 format 2) has a version 2 manifest that also records the layout: each group's name, bits and
 the hardening applied with its parameters (``layout``, protocol/clk_layout.py). Its **canonical
-bytes** are compact sorted-key ASCII JSON with a ``format`` field; the party signs exactly
-those bytes with its Ed25519 key. The manifest file is JSON:
+bytes** are the RFC 8785 canonical JSON (protocol/canonical.py) of the record with a ``format``
+field; the party signs exactly those bytes with its Ed25519 key. Every field is an ASCII string
+or a whole number below 2^53, where RFC 8785 and the compact sorted-key ``json.dumps`` of
+earlier versions give the same bytes, so manifests signed before keep verifying. The manifest file is JSON:
 ``{"manifest": {...}, "public_key": <raw key hex>, "signature": <hex>}``. The embedded public
 key only says which key signed; trust comes from comparing it with the party's registered
 key (``expected_public_key``).
@@ -32,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protocol.atomic_file import atomic_output
+from protocol.canonical import MAX_SAFE_INTEGER, canonical_json
 from protocol.clk_file import check_clk_bits
 from protocol.clk_layout import ClkLayout
 from protocol.errors import AuditError, ConfigurationError
@@ -100,8 +103,8 @@ class UploadManifest:
         check_label(self.party, what="manifest party")
         if isinstance(self.record_count, bool) or not isinstance(self.record_count, int):
             raise ConfigurationError("manifest record count must be a whole number")
-        if self.record_count < 0:
-            raise ConfigurationError("manifest record count cannot be negative")
+        if not 0 <= self.record_count <= MAX_SAFE_INTEGER:
+            raise ConfigurationError("manifest record count must be between 0 and 2**53 - 1")
         check_clk_bits(self.clk_bits)
         _bytes_field(self.payload_sha256, 32, "payload digest")
         _bytes_field(self.schema_fingerprint, 32, "schema fingerprint")
@@ -115,8 +118,12 @@ class UploadManifest:
             raise ConfigurationError("manifest creation time must be UTC like 2026-01-31T12:00:00Z")
         for name in ("leak_scan_strings", "leak_scan_rows"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"manifest {name} must be a whole number")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 0 <= value <= MAX_SAFE_INTEGER
+            ):
+                raise ConfigurationError(f"manifest {name} must be a whole number below 2**53")
         if self.layout is not None:
             if not isinstance(self.layout, ClkLayout):
                 raise ConfigurationError("manifest layout must be a layout")
@@ -148,10 +155,8 @@ class UploadManifest:
         return record
 
     def canonical_bytes(self) -> bytes:
-        """The bytes the party signs."""
-        return json.dumps(
-            self.to_record(), sort_keys=True, separators=(",", ":"), ensure_ascii=True
-        ).encode("ascii")
+        """The bytes the party signs: RFC 8785 canonical JSON of :meth:`to_record`."""
+        return canonical_json(self.to_record())
 
     @property
     def sha256(self) -> str:

@@ -7,17 +7,18 @@ Every value is validated on construction, so a malformed request never reaches t
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 
 from protocol.audit import RETENTION_DELETE_AFTER_RELEASE, RETENTION_DELETE_AFTER_RUN
+from protocol.canonical import canonical_json
 from protocol.clk_file import FORMAT_VERSION, GROUPED_FORMAT_VERSION, ClkFileHeader
 from protocol.clk_layout import ClkLayout
 from protocol.errors import ConfigurationError
 from protocol.labels import check_label
 
 __all__ = [
+    "SETTINGS_FORMAT",
     "LinkKeyBatch",
     "LinkKeyMode",
     "PartyStatus",
@@ -30,6 +31,12 @@ __all__ = [
     "UploadProgress",
     "UploadState",
 ]
+
+
+SETTINGS_FORMAT = "bloomlink-settings-v2"
+"""The settings document's format (docs/protocol.md, "Settings fingerprint"). Version 1 was
+Python's ``json.dumps`` of the same fields without this one, whose float spelling no other
+language reproduces."""
 
 
 class LinkKeyMode(StrEnum):
@@ -89,9 +96,10 @@ class ProjectSettings:
             raise ConfigurationError("a project's layout must be a ClkLayout")
 
     def canonical_json(self) -> str:
-        """Sorted-keys JSON of every setting: what the settings fingerprint covers (the
-        layout only when set, so a single-CLK project keeps its fingerprint)."""
+        """The settings document in RFC 8785 canonical JSON (protocol/canonical.py): what
+        the settings fingerprint covers. The layout is there only when set."""
         settings: dict[str, object] = {
+            "format": SETTINGS_FORMAT,
             "project_id": self.project_id,
             "members": sorted(self.members),
             "schema_fingerprint": self.schema_fingerprint.hex(),
@@ -103,7 +111,7 @@ class ProjectSettings:
         }
         if self.layout is not None:
             settings["layout"] = self.layout.to_record()
-        return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+        return canonical_json(settings).decode("utf-8")
 
     @property
     def retention_policy(self) -> str:

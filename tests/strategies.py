@@ -39,3 +39,41 @@ def clk_blocks(
         zero = draw(st.lists(st.booleans(), min_size=rows, max_size=rows))
         block[np.asarray(zero, dtype=bool)] = 0
     return block
+
+
+# JSON documents as the canonical form holds them: any text (lone surrogates excluded),
+# numbers within +-(2**53 - 1), nested arrays and objects.
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-(2**53 - 1), max_value=2**53 - 1),
+    st.text(alphabet=st.characters(exclude_categories=["Cs"])),
+)
+json_documents = st.recursive(
+    json_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(
+            st.text(alphabet=st.characters(exclude_categories=["Cs"])), children, max_size=4
+        ),
+    ),
+    max_leaves=12,
+)
+# What audit entries and manifests hold: ASCII text, whole numbers below 2**53, null.
+ascii_documents = st.recursive(
+    st.one_of(
+        st.none(),
+        st.integers(min_value=0, max_value=2**53 - 1),
+        st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(
+            st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)),
+            children,
+            max_size=4,
+        ),
+    ),
+    max_leaves=12,
+)
