@@ -96,6 +96,7 @@ class _UploadState:
 class _UploadStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UploadState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     UPLOAD_STATE_UNSPECIFIED: _UploadState.ValueType  # 0
+    """Never sent; a client reads it (or a value it does not know) as "unknown"."""
     UPLOAD_STATE_NOT_STARTED: _UploadState.ValueType  # 1
     """Nothing held for this party (or, from GetUploadOffset, nothing for this payload digest)."""
     UPLOAD_STATE_PARTIAL: _UploadState.ValueType  # 2
@@ -109,6 +110,7 @@ class UploadState(_UploadState, metaclass=_UploadStateEnumTypeWrapper):
     """One party's upload, as the linkage unit holds it. Never UNSPECIFIED in a response."""
 
 UPLOAD_STATE_UNSPECIFIED: UploadState.ValueType  # 0
+"""Never sent; a client reads it (or a value it does not know) as "unknown"."""
 UPLOAD_STATE_NOT_STARTED: UploadState.ValueType  # 1
 """Nothing held for this party (or, from GetUploadOffset, nothing for this payload digest)."""
 UPLOAD_STATE_PARTIAL: UploadState.ValueType  # 2
@@ -126,6 +128,7 @@ class _RunState:
 class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     RUN_STATE_UNSPECIFIED: _RunState.ValueType  # 0
+    """Never sent; a client reads it (or a value it does not know) as "unknown"."""
     RUN_STATE_WAITING_FOR_UPLOADS: _RunState.ValueType  # 1
     """No run yet (or, from StartRun with auto-run, not every member has uploaded)."""
     RUN_STATE_QUEUED: _RunState.ValueType  # 2
@@ -145,6 +148,7 @@ class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
     """The project's latest run. Never UNSPECIFIED in a response."""
 
 RUN_STATE_UNSPECIFIED: RunState.ValueType  # 0
+"""Never sent; a client reads it (or a value it does not know) as "unknown"."""
 RUN_STATE_WAITING_FOR_UPLOADS: RunState.ValueType  # 1
 """No run yet (or, from StartRun with auto-run, not every member has uploaded)."""
 RUN_STATE_QUEUED: RunState.ValueType  # 2
@@ -355,6 +359,7 @@ class PartyStatus(_message.Message):
     party_id: _builtins.str
     """The member's label."""
     upload_state: Global___UploadState.ValueType
+    """Its upload's state (every caller who may read status sees it)."""
     committed_bytes: _builtins.int
     """Payload bytes held. Shown to the party itself, the operator and auditors; 0 for other
     parties.
@@ -398,7 +403,9 @@ class GetProjectStatusResponse(_message.Message):
     THRESHOLD_FIELD_NUMBER: _builtins.int
     THRESHOLD_METHOD_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
+    """The project asked about."""
     run_state: Global___RunState.ValueType
+    """The latest run's state; WAITING_FOR_UPLOADS before the first run."""
     run_id: _builtins.str
     """The latest run's id (a token); empty before the first run."""
     progress_stage: _builtins.str
@@ -410,18 +417,22 @@ class GetProjectStatusResponse(_message.Message):
     run reports its last stage complete.
     """
     progress_total: _builtins.int
+    """See progress_done."""
     check_party_id: _builtins.str
     """When the checks refused the run: which party and which aspect (never a value). Aspects:
     schema_fingerprint, layout, hardening, kcv, clk_bits, record_count, degenerate_clks,
     bit_density; more may be added.
     """
     check_aspect: _builtins.str
+    """See check_party_id; the same word as the refusal's bloomlink-aspect trailer."""
     cluster_count: _builtins.int
     """A finished run's figures (0 before): clusters with records of two or more parties,
     records in them, and candidate pairs compared.
     """
     linked_record_count: _builtins.int
+    """See cluster_count."""
     comparisons: _builtins.int
+    """See cluster_count."""
     schema_fingerprint: _builtins.bytes
     """The project's schema fingerprint (32 bytes)."""
     settings_fingerprint: _builtins.str
@@ -431,6 +442,9 @@ class GetProjectStatusResponse(_message.Message):
     method): a setting of the run, not a score of any pair. Not set before a run finishes.
     """
     threshold_method: _builtins.str
+    """"operator", "null-model", "valley" or "default" (linkage_unit/threshold.py); empty
+    before a run finishes.
+    """
     @_builtins.property
     def parties(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyStatus]:
         """Every member, in the order the operator listed them."""
@@ -587,6 +601,7 @@ class UploadManifest(_message.Message):
     searched for (0 is refused: no scan) and the rows they came from.
     """
     leak_scan_rows: _builtins.int
+    """See leak_scan_strings."""
     signature: _builtins.bytes
     """64 bytes: Ed25519 signature over the canonical manifest bytes."""
     public_key: _builtins.bytes
@@ -763,6 +778,7 @@ class GetUploadOffsetResponse(_message.Message):
     payload_bytes: _builtins.int
     """The held upload's payload length (0 when NOT_STARTED)."""
     upload_state: Global___UploadState.ValueType
+    """NOT_STARTED (nothing for this digest), PARTIAL, COMPLETE or DELETED."""
     def __init__(
         self,
         *,
