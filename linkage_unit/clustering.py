@@ -54,6 +54,7 @@ import numpy.typing as npt
 
 from linkage_unit.solving import PartyPairs, Solution, dense_solution
 from protocol.errors import MatchingError
+from protocol.messages import DEFAULT_MAX_CLUSTER_SIZE
 
 __all__ = [
     "DEFAULT_MAX_CLUSTER_SIZE",
@@ -64,7 +65,6 @@ __all__ = [
     "reference_cluster_records",
 ]
 
-DEFAULT_MAX_CLUSTER_SIZE = 1000
 DEFAULT_UNSCORED_MARGIN = 0.02
 """In Dice units. On synth hard with repeats and FEBRL3, 0.01-0.03 reach the same best F1
 (within 0.001); 0.02 holds it over the widest range of thresholds. Larger margins split

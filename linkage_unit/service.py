@@ -180,18 +180,22 @@ class LinkageService:
         """Register a project; return its settings fingerprint."""
         self._require(caller, Role.OPERATOR)
         self.storage.create_project(settings)
-        self.audit.append(
-            "project_created",
-            project_id=settings.project_id,
-            details={
-                "settings_fingerprint": settings.fingerprint,
-                "members": ",".join(settings.members),
-                "schema_fingerprint": settings.schema_fingerprint.hex(),
-                "retention": settings.retention_policy,
-            },
-        )
+        details: dict[str, str | int] = {
+            "settings_fingerprint": settings.fingerprint,
+            "members": ",".join(settings.members),
+            "schema_fingerprint": settings.schema_fingerprint.hex(),
+            "retention": settings.retention_policy,
+            "link_model": str(settings.link_model),
+        }
+        if settings.deduplicated:
+            details["deduplicated"] = ",".join(settings.deduplicated)
+            details["max_cluster_size"] = settings.max_cluster_size
+        self.audit.append("project_created", project_id=settings.project_id, details=details)
         logger.info(
-            "project created project=%s members=%d", settings.project_id, len(settings.members)
+            "project created project=%s members=%d link_model=%s",
+            settings.project_id,
+            len(settings.members),
+            settings.link_model,
         )
         return settings.fingerprint
 

@@ -163,7 +163,14 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "members": _label_list,
                 "schema_fingerprint": _SHA256,
                 "retention": _token,
-            }
+            },
+            # The link model (protocol.messages.LinkModel), the members it deduplicates and
+            # its cluster-size cap; a log written before link models is one-to-one.
+            optional={
+                "link_model": _token,
+                "deduplicated": _label_list,
+                "max_cluster_size": _count,
+            },
         ),
         "party_authenticated": _EventRule(
             required={"party": _label, "role": _token, "certificate_fingerprint": _SHA256},
