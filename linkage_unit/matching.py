@@ -180,7 +180,9 @@ def _choose_threshold(
     if not bests:
         return choose_threshold(np.empty(0))
     if nulls:
-        return choose_threshold_with_null(np.concatenate(bests), np.concatenate(nulls))
+        return choose_threshold_with_null(
+            np.concatenate(bests), np.concatenate(nulls), one_to_one=not any(flags)
+        )
     return choose_threshold(np.concatenate(bests))
 
 
