@@ -559,8 +559,10 @@ def scale_main(args: argparse.Namespace) -> int:
         peaks = ", ".join(f"{m:.0f}" for m in dask_mib)
         print(f"  {'Dask, 2 workers x 1 thread':<32} {dask_seconds:8.1f} {peaks:>20}")
         print(f"  identical clusters in-process and on Dask: {'yes' if same else 'NO'}")
+    largest = int(local.statistics["largest_cluster"])
     print(
-        f"  pairwise precision {p:.4f} recall {r:.4f} F1 {f:.4f}; {local.cluster_count:,} clusters"
+        f"  pairwise precision {p:.4f} recall {r:.4f} F1 {f:.4f}; {local.cluster_count:,} "
+        f"clusters, the largest of {largest} records"
     )
     print(f"  machine: {os.cpu_count()} cores, load average {load_before:.1f} -> {load_after:.1f}")
     print(
@@ -577,6 +579,7 @@ def scale_main(args: argparse.Namespace) -> int:
                 "threshold": local.threshold,
                 "threshold_method": local.threshold_method,
                 "candidate_pairs": local.candidate_pair_count,
+                "largest_cluster": largest,
                 "precision": round(p, 4),
                 "recall": round(r, 4),
                 "f1": round(f, 4),

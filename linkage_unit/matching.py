@@ -335,6 +335,7 @@ def link(
     linked = int((cluster_sizes[all_ids] > 1).sum()) if len(all_ids) else 0
     statistics["candidate_pairs"] = candidate_count
     statistics["accepted_pairs"] = solution.accepted_pairs
+    statistics["largest_cluster"] = int(cluster_sizes.max()) if len(cluster_sizes) else 0
     if choice.non_match_mode is not None and choice.match_mode is not None:
         statistics["threshold_non_match_mode"] = choice.non_match_mode
         statistics["threshold_match_mode"] = choice.match_mode

@@ -140,6 +140,7 @@ def test_deduplicate_and_link_clusters_people_across_and_within_parties() -> Non
     np.testing.assert_array_equal(ids_a[:300], ids_b[:300])
     assert len(np.unique(ids_a[:600])) == 600 and not set(ids_b[300:]) & set(ids_a)
     assert result.cluster_count == 600 + 300
+    assert result.statistics["largest_cluster"] == 4  # three records in a, one in b
     # b is duplicate-free, so each a record's second-best in b is a non-match: the null
     # model applies; with every party deduplicated there is no such party.
     assert result.threshold_method == "null-model"
