@@ -232,7 +232,12 @@ class RunManager:
                 last_report = now
                 self._storage.set_progress(run_id, stage, done, total)
 
-        settings = matching.MatchSettings(threshold=project.threshold, blocking=project.blocking)
+        settings = matching.MatchSettings(
+            threshold=project.threshold,
+            blocking=project.blocking,
+            deduplicated=frozenset(project.deduplicated),
+            max_cluster_size=project.max_cluster_size,
+        )
         # A grouped project's layout (every upload was checked to have it) tells the engine
         # which words are which field group; a single-CLK project passes none.
         grouped = {} if project.layout is None else {"layout": project.layout}
@@ -268,10 +273,11 @@ class RunManager:
             },
         )
         logger.info(
-            "run finished run_id=%s project=%s clusters=%d linked_records=%d comparisons=%d "
-            "threshold=%.3f (%s)",
+            "run finished run_id=%s project=%s link_model=%s clusters=%d linked_records=%d "
+            "comparisons=%d threshold=%.3f (%s)",
             run_id,
             project_id,
+            project.link_model,
             result.cluster_count,
             result.linked_record_count,
             result.comparisons,

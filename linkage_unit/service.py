@@ -182,17 +182,24 @@ class LinkageService:
         """Register a project; return its settings fingerprint."""
         self._require(caller, Role.OPERATOR)
         self.storage.create_project(settings)
-        created: dict[str, str] = {
+        details: dict[str, str | int] = {
             "settings_fingerprint": settings.fingerprint,
             "members": ",".join(settings.members),
             "schema_fingerprint": settings.schema_fingerprint.hex(),
             "retention": settings.retention_policy,
+            "link_model": str(settings.link_model),
         }
         if settings.layout is not None:
-            created["layout_sha256"] = settings.layout.sha256
-        self.audit.append("project_created", project_id=settings.project_id, details=created)
+            details["layout_sha256"] = settings.layout.sha256
+        if settings.deduplicated:
+            details["deduplicated"] = ",".join(settings.deduplicated)
+            details["max_cluster_size"] = settings.max_cluster_size
+        self.audit.append("project_created", project_id=settings.project_id, details=details)
         logger.info(
-            "project created project=%s members=%d", settings.project_id, len(settings.members)
+            "project created project=%s members=%d link_model=%s",
+            settings.project_id,
+            len(settings.members),
+            settings.link_model,
         )
         return settings.fingerprint
 

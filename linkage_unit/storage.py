@@ -290,7 +290,7 @@ class Storage:
     def project(self, project_id: str) -> ProjectSettings | None:
         row = self._one(
             "SELECT schema_fingerprint, threshold, blocking, link_key_mode, retention_days, "
-            "auto_run, layout FROM projects WHERE project_id = ?",
+            "auto_run, layout, settings_json FROM projects WHERE project_id = ?",
             (project_id,),
         )
         if row is None:
@@ -298,10 +298,19 @@ class Storage:
         members = self._all(
             "SELECT party FROM members WHERE project_id = ? ORDER BY ordinal", (project_id,)
         )
-        fingerprint, threshold, blocking, mode, retention, auto_run, layout = row
+        fingerprint, threshold, blocking, mode, retention, auto_run, layout, settings_json = row
+        # The link model is read back from the canonical settings (the fingerprinted record);
+        # a project stored before link models existed has none there and is one-to-one.
+        recorded = json.loads(settings_json)
+        parties = tuple(str(member[0]) for member in members)
+        link_model: dict[str, Any] = {}
+        if recorded.get("deduplicated"):
+            deduplicated = set(recorded["deduplicated"])
+            link_model["deduplicated"] = tuple(p for p in parties if p in deduplicated)
+            link_model["max_cluster_size"] = int(recorded["max_cluster_size"])
         return ProjectSettings(
             project_id=project_id,
-            members=tuple(str(member[0]) for member in members),
+            members=parties,
             schema_fingerprint=bytes(fingerprint),
             threshold=None if threshold is None else float(threshold),
             blocking=str(blocking),
@@ -309,6 +318,7 @@ class Storage:
             retention_days=int(retention),
             auto_run=bool(auto_run),
             layout=_layout_of(layout),
+            **link_model,
         )
 
     # -- uploads ----------------------------------------------------------------------

@@ -164,8 +164,15 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "schema_fingerprint": _SHA256,
                 "retention": _token,
             },
-            # A grouped project's expected layout and hardening (ClkLayout.sha256).
-            optional={"layout_sha256": _SHA256},
+            # A grouped project's expected layout and hardening (ClkLayout.sha256); the link
+            # model (protocol.messages.LinkModel), the members it deduplicates and its
+            # cluster-size cap (a log written before link models is one-to-one).
+            optional={
+                "layout_sha256": _SHA256,
+                "link_model": _token,
+                "deduplicated": _label_list,
+                "max_cluster_size": _count,
+            },
         ),
         "party_authenticated": _EventRule(
             required={"party": _label, "role": _token, "certificate_fingerprint": _SHA256},

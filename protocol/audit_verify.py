@@ -44,6 +44,7 @@ from protocol.audit import (
 )
 from protocol.errors import AuditError
 from protocol.manifest import SignedManifest, manifest_mismatches, verify_manifest
+from protocol.messages import LinkModel
 from protocol.signing import public_key_fingerprint
 
 __all__ = ["PARTIAL_UPLOAD_REASONS", "AuditReport", "Check", "verify_audit_log", "wire_checks"]
@@ -190,11 +191,53 @@ class _Replay:
             self.fail(entry.project_id, index, "project created twice")
             return
         details = entry.details
+        members = tuple(str(details["members"]).split(","))
         self.projects[entry.project_id] = _Project(
             created=index,
-            members=tuple(str(details["members"]).split(",")),
+            members=members,
             schema_fingerprint=str(details["schema_fingerprint"]),
             retention=str(details["retention"]),
+        )
+        self._link_model(index, entry, members)
+
+    def _link_model(self, index: int, entry: AuditEntry, members: tuple[str, ...]) -> None:
+        """Show the project's link model; it may deduplicate members only, and says so."""
+        details = entry.details
+        model = str(details.get("link_model", LinkModel.ONE_TO_ONE))
+        deduplicated = [p for p in str(details.get("deduplicated", "")).split(",") if p]
+        strangers = sorted(set(deduplicated) - set(members))
+        expected = (
+            LinkModel.ONE_TO_ONE
+            if not deduplicated
+            else LinkModel.DEDUPE_ONLY
+            if len(members) == 1
+            else LinkModel.DEDUPE_AND_LINK
+        )
+        if strangers:
+            self.fail(
+                entry.project_id, index, f"the link model deduplicates non-members {strangers}"
+            )
+        elif model != expected:
+            self.fail(
+                entry.project_id,
+                index,
+                f"link model {model!r} disagrees with the deduplicated members "
+                f"({', '.join(deduplicated) or 'none'})",
+            )
+        elif len(members) < 2 and not deduplicated:
+            self.fail(entry.project_id, index, "a one-party project that deduplicates nothing")
+        message = f"link model {model}"
+        if deduplicated:
+            clean = [party for party in members if party not in deduplicated]
+            message += f": {', '.join(deduplicated)} deduplicated"
+            if clean:
+                message += f", at most one record per person from {', '.join(clean)}"
+            if "max_cluster_size" in details:
+                message += f"; clusters capped at {details['max_cluster_size']} records"
+        self.notes.append(
+            Check(
+                name="model", status=NOTE, message=message, project_id=entry.project_id, entry=index
+            )
         )
 
     def _on_access_refused(self, index: int, entry: AuditEntry, project: _Project) -> None:

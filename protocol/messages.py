@@ -18,8 +18,10 @@ from protocol.errors import ConfigurationError
 from protocol.labels import check_label
 
 __all__ = [
+    "DEFAULT_MAX_CLUSTER_SIZE",
     "LinkKeyBatch",
     "LinkKeyMode",
+    "LinkModel",
     "PartyStatus",
     "ProjectSettings",
     "ProjectStatus",
@@ -35,6 +37,25 @@ __all__ = [
 class LinkKeyMode(StrEnum):
     SHARED = "shared"
     PER_PARTY = "per_party"
+
+
+class LinkModel(StrEnum):
+    """What a project's run makes of the records (fixed when the project is created).
+
+    ``one-to-one``: no party holds two records of one person; each cluster has at most one
+    record per party. ``dedupe-and-link``: some parties (``deduplicated``) may hold several
+    records of one person; a cluster holds all of them and at most one record of each other
+    party. ``dedupe-only``: one party, deduplicated.
+    """
+
+    ONE_TO_ONE = "one-to-one"
+    DEDUPE_AND_LINK = "dedupe-and-link"
+    DEDUPE_ONLY = "dedupe-only"
+
+
+DEFAULT_MAX_CLUSTER_SIZE = 1000
+"""Records one person's cluster may hold before the run fails (deduplicating projects)."""
+MAX_CLUSTER_SIZE_LIMIT = 10_000_000
 
 
 class UploadState(StrEnum):
@@ -55,7 +76,12 @@ class RunState(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProjectSettings:
-    """What the operator fixes when creating a project; its fingerprint goes to the audit log."""
+    """What the operator fixes when creating a project; its fingerprint goes to the audit log.
+
+    ``deduplicated``: the members whose extracts may hold several records of one person
+    (``--dedupe``); see :class:`LinkModel`. ``max_cluster_size``: with any, the largest
+    cluster a run may make before it fails instead of issuing keys.
+    """
 
     project_id: str
     members: tuple[str, ...]
@@ -68,15 +94,36 @@ class ProjectSettings:
     layout: ClkLayout | None = None
     """The grouped layout (and each group's hardening) every upload must have, from a
     schema v2; None for a single record-level CLK (schema v1: uploads are format 1)."""
+    deduplicated: tuple[str, ...] = ()
+    max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="project id")
         for member in self.members:
             check_label(member, what="member party name")
-        if len(self.members) < 2:
-            raise ConfigurationError("a project needs at least two member parties")
         if len(set(self.members)) != len(self.members):
             raise ConfigurationError("member parties must be distinct")
+        strangers = [party for party in self.deduplicated if party not in self.members]
+        if strangers:
+            raise ConfigurationError(
+                f"--dedupe names {', '.join(repr(party) for party in strangers)}, not a member "
+                "party of this project; deduplicate only members (--parties)"
+            )
+        if len(set(self.deduplicated)) != len(self.deduplicated):
+            raise ConfigurationError("--dedupe names a party twice")
+        if len(self.members) < 2 and not self.deduplicated:
+            raise ConfigurationError(
+                "a project needs at least two member parties, or one that is deduplicated "
+                "(--dedupe)"
+            )
+        if not 2 <= self.max_cluster_size <= MAX_CLUSTER_SIZE_LIMIT:
+            raise ConfigurationError(
+                f"the cluster-size cap must be between 2 and {MAX_CLUSTER_SIZE_LIMIT} records"
+            )
+        if not self.deduplicated and self.max_cluster_size != DEFAULT_MAX_CLUSTER_SIZE:
+            raise ConfigurationError(
+                "a cluster-size cap applies only to a project that deduplicates (--dedupe)"
+            )
         if len(self.schema_fingerprint) != 32:
             raise ConfigurationError("schema fingerprint must be 32 bytes (SHA-256)")
         if self.threshold is not None and not (0.0 < self.threshold <= 1.0):
@@ -88,10 +135,29 @@ class ProjectSettings:
         if self.layout is not None and not isinstance(self.layout, ClkLayout):
             raise ConfigurationError("a project's layout must be a ClkLayout")
 
+    @property
+    def link_model(self) -> LinkModel:
+        if not self.deduplicated:
+            return LinkModel.ONE_TO_ONE
+        if len(self.members) == 1:
+            return LinkModel.DEDUPE_ONLY
+        return LinkModel.DEDUPE_AND_LINK
+
+    def describe_link_model(self) -> str:
+        """One line for status and logs: the model and who is deduplicated."""
+        if self.link_model is LinkModel.ONE_TO_ONE:
+            return f"{self.link_model}: at most one record per person from each party"
+        clean = [party for party in self.members if party not in self.deduplicated]
+        line = f"{self.link_model}: deduplicating {', '.join(sorted(self.deduplicated))}"
+        if clean:
+            line += f"; at most one record per person from {', '.join(clean)}"
+        return line + f"; clusters over {self.max_cluster_size} records fail the run"
+
     def canonical_json(self) -> str:
-        """Sorted-keys JSON of every setting: what the settings fingerprint covers (the
-        layout only when set, so a single-CLK project keeps its fingerprint)."""
-        settings: dict[str, object] = {
+        """Sorted-keys JSON of every setting: what the settings fingerprint covers. The
+        layout appears only when set and the deduplication settings only in a project that
+        deduplicates, so a single-CLK one-to-one project keeps its earlier fingerprint."""
+        values: dict[str, object] = {
             "project_id": self.project_id,
             "members": sorted(self.members),
             "schema_fingerprint": self.schema_fingerprint.hex(),
@@ -102,8 +168,11 @@ class ProjectSettings:
             "auto_run": self.auto_run,
         }
         if self.layout is not None:
-            settings["layout"] = self.layout.to_record()
-        return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+            values["layout"] = self.layout.to_record()
+        if self.deduplicated:
+            values["deduplicated"] = sorted(self.deduplicated)
+            values["max_cluster_size"] = self.max_cluster_size
+        return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
     @property
     def retention_policy(self) -> str:

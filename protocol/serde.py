@@ -161,9 +161,14 @@ def layout_from_proto(groups: Sequence[pb.ClkGroup]) -> ClkLayout | None:
 
 
 def project_settings_to_proto(settings: ProjectSettings) -> pb.CreateProjectRequest:
-    matching = pb.MatchingSettings(blocking=_BLOCKING[settings.blocking])
+    matching = pb.MatchingSettings(
+        blocking=_BLOCKING[settings.blocking],
+        deduplicated_party_ids=list(settings.deduplicated),
+    )
     if settings.threshold is not None:
         matching.threshold = settings.threshold
+    if settings.deduplicated:
+        matching.max_cluster_size = settings.max_cluster_size
     return pb.CreateProjectRequest(
         project_id=settings.project_id,
         member_party_ids=list(settings.members),
@@ -178,6 +183,12 @@ def project_settings_to_proto(settings: ProjectSettings) -> pb.CreateProjectRequ
 
 def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSettings:
     check_no_unknown_fields(message)
+    matching = message.matching
+    cap = (
+        {"max_cluster_size": matching.max_cluster_size}
+        if matching.HasField("max_cluster_size")
+        else {}
+    )
     return _validated(
         ProjectSettings,
         project_id=message.project_id,
@@ -189,6 +200,11 @@ def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSett
         retention_days=message.retention_days,
         auto_run=message.auto_run,
         layout=layout_from_proto(message.groups),
+        deduplicated=tuple(
+            label_from_proto(party, what="deduplicated party")
+            for party in matching.deduplicated_party_ids
+        ),
+        **cap,
     )
 
 

@@ -7,11 +7,21 @@ from pathlib import Path
 
 from bloomlink.commands._connection import add_client_arguments, client_from_args
 from protocol.errors import ConfigurationError
-from protocol.messages import LinkKeyMode, ProjectSettings, ProjectStatus, RunState
+from protocol.messages import (
+    DEFAULT_MAX_CLUSTER_SIZE,
+    LinkKeyMode,
+    ProjectSettings,
+    ProjectStatus,
+    RunState,
+)
 from protocol.schema import load_schema
 
 NAME = "project"
 HELP = "create a linkage project, show its status, or start its run"
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,6 +29,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create = sub.add_parser("create", help="register a project (operator)")
     create.add_argument("project_id")
     create.add_argument("--parties", required=True, help="comma-separated member parties")
+    create.add_argument(
+        "--dedupe",
+        default="",
+        metavar="PARTIES",
+        help="comma-separated members whose extracts may hold several records of one person "
+        "(deduplicated and linked as one cluster per person; the others are duplicate-free); "
+        "one party alone with --dedupe is a deduplication-only project. Default: one-to-one",
+    )
+    create.add_argument(
+        "--max-cluster-size",
+        type=int,
+        help=f"with --dedupe: a run fails rather than make a cluster of more records than "
+        f"this (default {DEFAULT_MAX_CLUSTER_SIZE})",
+    )
     schema = create.add_mutually_exclusive_group(required=True)
     schema.add_argument(
         "--schema",
@@ -79,9 +103,20 @@ def run(args: argparse.Namespace) -> int:
                     fingerprint = bytes.fromhex(args.schema_fingerprint)
                 except ValueError:
                     raise ConfigurationError("--schema-fingerprint must be hex") from None
+            members = _names(args.parties)
+            dedupe = _names(args.dedupe)
+            # Members first, in member order; names that are not members stay at the end so
+            # that the settings refuse them by name.
+            deduplicated = tuple(p for p in members if p in dedupe)
+            deduplicated += tuple(p for p in dedupe if p not in members)
+            cap = (
+                {} if args.max_cluster_size is None else {"max_cluster_size": args.max_cluster_size}
+            )
             settings = ProjectSettings(
                 project_id=args.project_id,
-                members=tuple(p.strip() for p in args.parties.split(",") if p.strip()),
+                members=members,
+                deduplicated=deduplicated,
+                **cap,
                 schema_fingerprint=fingerprint,
                 threshold=args.threshold,
                 blocking=args.blocking,
@@ -91,14 +126,19 @@ def run(args: argparse.Namespace) -> int:
                 layout=layout,
             )
             digest = client.create_project(settings)
-            print(f"project {args.project_id} created; settings fingerprint {digest}")
+            print(
+                f"project {args.project_id} created ({settings.describe_link_model()}); "
+                f"settings fingerprint {digest}"
+            )
             if layout is not None:
                 groups = ", ".join(
                     f"{group.name} {group.bits} bits ({group.hardening})" for group in layout.groups
                 )
                 print(f"uploads must be grouped encodings: {groups}")
         elif args.project_action == "status":
-            print(describe(client.project_status(args.project_id)))
+            status = client.project_status(args.project_id)
+            settings = client.project_settings(args.project_id)
+            print(f"{describe(status)}; link model {settings.describe_link_model()}")
         else:
             ticket = client.start_run(args.project_id)
             print(f"run {ticket.run_id} {ticket.state}")

@@ -121,21 +121,39 @@ class MatchingSettings(_message.Message):
 
     THRESHOLD_FIELD_NUMBER: _builtins.int
     BLOCKING_FIELD_NUMBER: _builtins.int
+    DEDUPLICATED_PARTY_IDS_FIELD_NUMBER: _builtins.int
+    MAX_CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
     threshold: _builtins.float
     """Dice threshold in (0, 1]; unset means the engine chooses it from the run's own scores."""
     blocking: Global___Blocking.ValueType
+    max_cluster_size: _builtins.int
+    """With deduplication: the largest cluster a run may make before it fails; unset: 1000."""
+    @_builtins.property
+    def deduplicated_party_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Member parties whose extracts may hold several records of one person: their records
+        are deduplicated and clustered. Empty: one-to-one linkage. One member, deduplicated:
+        a deduplication-only project.
+        """
+
     def __init__(
         self,
         *,
         threshold: _builtins.float | None = ...,
         blocking: Global___Blocking.ValueType = ...,
+        deduplicated_party_ids: _abc.Iterable[_builtins.str] | None = ...,
+        max_cluster_size: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "threshold", b"threshold"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "blocking", b"blocking", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "blocking", b"blocking", "deduplicated_party_ids", b"deduplicated_party_ids", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_cluster_size: _TypeAlias = _typing.Literal["max_cluster_size"]  # noqa: Y015
+    _WhichOneofArgType__max_cluster_size: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size"]  # noqa: Y015
     _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
     _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cluster_size) -> _WhichOneofReturnType__max_cluster_size | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
 
 Global___MatchingSettings: _TypeAlias = MatchingSettings  # noqa: Y015
