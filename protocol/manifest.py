@@ -6,8 +6,12 @@ by the auditor against the LU's ``upload_committed`` entry). The format lives in
 
 A manifest binds project, party, record count, CLK length, payload SHA-256, schema
 fingerprint, KCV, software version, creation time, a random nonce, and the clean leak scan
-the party ran on exactly this payload (how many sensitive strings, from how many rows): the
-party writes a manifest only for a payload its scan found clean. Its **canonical
+the party ran on exactly this payload (how many sensitive strings, from how many rows, and
+whether the CLKs were checked against a re-encoding under a known key): the party writes a
+manifest only for a payload its scan found clean. It also carries the encode's counts - rows
+read and skipped, and per schema field how many records have no value and how many values
+were blanked - so the linkage unit and the auditor see each party's field completeness.
+Counts only: never a value, and nothing the linkage unit could not estimate from the CLKs. Its **canonical
 bytes** are compact sorted-key ASCII JSON with a ``format`` field; the party signs exactly
 those bytes with its Ed25519 key. The manifest file is JSON:
 ``{"manifest": {...}, "public_key": <raw key hex>, "signature": <hex>}``. The embedded public
@@ -36,6 +40,7 @@ from protocol.labels import check_label
 
 __all__ = [
     "MANIFEST_FORMAT",
+    "FieldCount",
     "SignedManifest",
     "UploadManifest",
     "manifest_mismatches",
@@ -45,7 +50,8 @@ __all__ = [
     "write_signed_manifest",
 ]
 
-MANIFEST_FORMAT = "bloomlink-manifest-v1"
+MANIFEST_FORMAT = "bloomlink-manifest-v2"
+_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{6})?Z$")
 _FIELDS = (
@@ -62,7 +68,31 @@ _FIELDS = (
     "nonce",
     "leak_scan_strings",
     "leak_scan_rows",
+    "unkeyed_check",
+    "rows_read",
+    "rows_skipped",
+    "field_counts",
 )
+
+
+def _count(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"manifest {what} must be a whole number")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FieldCount:
+    """One schema field's counts over an encode: records with no value, values blanked."""
+
+    field: str
+    missing: int
+    blanked: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.field, str) or not _FIELD_NAME.fullmatch(self.field):
+            raise ConfigurationError("manifest field counts must name a schema field")
+        _count(self.missing, "missing count")
+        _count(self.blanked, "blanked count")
 
 
 def _bytes_field(value: object, length: int, what: str) -> None:
@@ -86,6 +116,13 @@ class UploadManifest:
     nonce: bytes
     leak_scan_strings: int
     leak_scan_rows: int
+    unkeyed_check: bool = False
+    """Whether the scan compared the CLKs with a re-encoding under a publicly known key (a
+    file made without the linkage secret fails it)."""
+    rows_read: int = 0
+    """Rows of the extract the encode read (0: not recorded, e.g. a re-scan at submit)."""
+    rows_skipped: int = 0
+    field_counts: tuple[FieldCount, ...] = ()
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="manifest project id")
@@ -105,10 +142,17 @@ class UploadManifest:
             raise ConfigurationError("manifest software version must be a short version string")
         if not isinstance(self.created_at, str) or not _TIMESTAMP.fullmatch(self.created_at):
             raise ConfigurationError("manifest creation time must be UTC like 2026-01-31T12:00:00Z")
-        for name in ("leak_scan_strings", "leak_scan_rows"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"manifest {name} must be a whole number")
+        for name in ("leak_scan_strings", "leak_scan_rows", "rows_read", "rows_skipped"):
+            _count(getattr(self, name), name)
+        if not isinstance(self.unkeyed_check, bool):
+            raise ConfigurationError("manifest unkeyed_check must be true or false")
+        if not all(isinstance(item, FieldCount) for item in self.field_counts):
+            raise ConfigurationError("manifest field counts must be FieldCount values")
+        names = [item.field for item in self.field_counts]
+        if len(set(names)) != len(names):
+            raise ConfigurationError("manifest field counts name a field twice")
+        if any(item.missing > self.record_count for item in self.field_counts):
+            raise ConfigurationError("manifest field counts exceed the record count")
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -125,6 +169,13 @@ class UploadManifest:
             "nonce": self.nonce.hex(),
             "leak_scan_strings": self.leak_scan_strings,
             "leak_scan_rows": self.leak_scan_rows,
+            "unkeyed_check": self.unkeyed_check,
+            "rows_read": self.rows_read,
+            "rows_skipped": self.rows_skipped,
+            "field_counts": [
+                {"field": item.field, "missing": item.missing, "blanked": item.blanked}
+                for item in self.field_counts
+            ],
         }
 
     def canonical_bytes(self) -> bytes:
@@ -140,10 +191,18 @@ class UploadManifest:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> UploadManifest:
+        if record.get("format") != MANIFEST_FORMAT and "format" in record:
+            raise ConfigurationError(
+                f"unknown manifest format; this build reads {MANIFEST_FORMAT} (re-run "
+                "bloomlink encode to sign a new one)"
+            )
         if set(record) != set(_FIELDS):
             raise ConfigurationError("manifest does not have exactly the manifest fields")
         if record["format"] != MANIFEST_FORMAT:
-            raise ConfigurationError(f"unknown manifest format; this build reads {MANIFEST_FORMAT}")
+            raise ConfigurationError(
+                f"unknown manifest format; this build reads {MANIFEST_FORMAT} (re-run "
+                "bloomlink encode to sign a new one)"
+            )
         try:
             return cls(
                 project_id=record["project_id"],
@@ -158,8 +217,17 @@ class UploadManifest:
                 nonce=bytes.fromhex(record["nonce"]),
                 leak_scan_strings=record["leak_scan_strings"],
                 leak_scan_rows=record["leak_scan_rows"],
+                unkeyed_check=record["unkeyed_check"],
+                rows_read=record["rows_read"],
+                rows_skipped=record["rows_skipped"],
+                field_counts=tuple(
+                    FieldCount(
+                        field=item["field"], missing=item["missing"], blanked=item["blanked"]
+                    )
+                    for item in record["field_counts"]
+                ),
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, KeyError):
             raise ConfigurationError("manifest has a malformed hex field") from None
 
 
