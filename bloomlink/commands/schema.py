@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bloomlink.commands._output import add_json_flag, emit
 from protocol.schema import default_schema, load_schema
 
 NAME = "schema"
@@ -17,12 +18,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "action", choices=("check",), help="check: validate and print the fingerprint"
     )
     parser.add_argument("--schema", type=Path, help="schema file (default: the shipped one)")
+    add_json_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     schema = load_schema(args.schema) if args.schema else default_schema()
-    print(
-        f"{schema.fingerprint.hex()}  schema {schema.name!r}: {len(schema.fields)} fields, "
-        f"{schema.encoded_bits}-bit CLKs, {schema.hashing}, hardening {schema.hardening}"
+    emit(
+        args,
+        {
+            "fingerprint": schema.fingerprint.hex(),
+            "name": schema.name,
+            "fields": [spec.name for spec in schema.fields],
+            "clk_bits": schema.clk_bits,
+            "encoded_bits": schema.encoded_bits,
+            "hashing": str(schema.hashing),
+            "hardening": str(schema.hardening),
+        },
+        [
+            f"{schema.fingerprint.hex()}  schema {schema.name!r}: {len(schema.fields)} fields, "
+            f"{schema.encoded_bits}-bit CLKs, {schema.hashing}, hardening {schema.hardening}"
+        ],
     )
     return 0
