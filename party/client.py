@@ -64,6 +64,7 @@ __all__ = [
     "FetchedLinkKeys",
     "LinkageClient",
     "certificate_identity",
+    "retry_service_config",
     "error_from_rpc",
 ]
 
@@ -97,7 +98,7 @@ _HOSTNAME_MISMATCH = ("Hostname Verification Check failed", "No match found for 
 _UNTRUSTED_SERVER = ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed")
 
 
-def _service_config(retries: int, backoff: float) -> str:
+def retry_service_config(retries: int, backoff: float) -> str:
     """gRPC's retry policy for every method of the service: UNAVAILABLE is retried with
     exponential backoff (gRPC caps attempts at five)."""
     return json.dumps(
@@ -222,7 +223,7 @@ class LinkageClient:
             ("grpc.enable_retries", 1 if retries > 0 else 0),
         ]
         if retries > 0:
-            options.append(("grpc.service_config", _service_config(retries, backoff)))
+            options.append(("grpc.service_config", retry_service_config(retries, backoff)))
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         self._metadata: tuple[tuple[str, str], ...] = ()

@@ -1,5 +1,4 @@
 """Shared flags for commands that talk to the linkage unit (not a command itself)."""
-# Plain words for the linkage unit's compatibility refusals live in _explain.py.
 
 from __future__ import annotations
 

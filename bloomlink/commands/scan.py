@@ -13,7 +13,9 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from bloomlink.commands._output import progress_bar
 from bloomlink.exit_codes import ExitCode
 from party.known_keys import known_key_reencoder
 from party.leak_scan import UnkeyedReencoder, scan_encoded_file
@@ -108,12 +110,22 @@ def run(args: argparse.Namespace) -> int:
         strings.extend(_lines(args.sensitive_strings))
     if not args.extract and not args.sensitive_strings:
         raise ConfigurationError("give --extract (with --mapping) or --sensitive-strings")
-    report = scan_encoded_file(
-        args.encoded,
-        strings,
-        false_alarm_rate=args.false_alarm_rate,
-        unkeyed_reencoder=reencoder,
-    )
+    bar: Any = progress_bar("leak scan", total=None, unit="B")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        report = scan_encoded_file(
+            args.encoded,
+            strings,
+            false_alarm_rate=args.false_alarm_rate,
+            unkeyed_reencoder=reencoder,
+            progress=progress,
+        )
+    finally:
+        bar.close()
     lines = []
     for finding in report.findings:
         where = f" at byte {finding.offset}" if finding.offset is not None else ""

@@ -67,8 +67,11 @@ def test_operator_and_parties_drive_a_project_from_the_command_line(tmp_path: Pa
                 unkeyed_check=True,
             )
             assert main(["submit", str(path), "--party", party, *tls(f"party-{party}")]) == 0
-        assert main(["project", "run", "p1", "--wait", "20", *tls("operator")]) == 0
-        assert "finished" in capsys.readouterr().out
+        capsys.readouterr()
+        assert main(["project", "run", "p1", "--wait", "20", "--json", *tls("operator")]) == 0
+        ran = json.loads(capsys.readouterr().out)
+        assert ran["state"] == "queued" or ran["state"] == "running"
+        assert ran["status"]["run_state"] == "finished" and ran["status"]["comparisons"] > 0
         positions = tmp_path / "moj-positions.csv"
         positions.write_text(
             "record_id,position\n" + "".join(f"r{i:03d},{i}\n" for i in range(15)), encoding="utf-8"
@@ -207,6 +210,16 @@ def test_json_outputs_and_a_reencode_cannot_scramble_the_keys(deployment, capsys
     with (base / "keys.csv").open(encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 120
+    # The operator fetches the audit log and verifies it, both as JSON.
+    audit = base / "audit"
+    assert main(["audit", "fetch", "--out", str(audit), "--json",
+                 *_tls(base, port, "operator")]) == 0  # fmt: skip
+    fetched_log = _json(capsys)
+    assert fetched_log["entries"] > 5 and fetched_log["log"] == str(audit / "audit.jsonl")
+    assert main(["audit", "verify", "--log", str(audit / "audit.jsonl"), "--public-key",
+                 str(audit / "lu-audit-key.pem"), "--json"]) == 0  # fmt: skip
+    verified = json.loads(capsys.readouterr().out)
+    assert verified["passed"] is True
 
 
 def test_submit_refuses_a_file_for_another_schema_before_sending(deployment, capsys) -> None:
@@ -270,3 +283,59 @@ def test_a_host_name_not_in_the_certificate_is_a_configuration_error(
         assert "NotFoundError" in capsys.readouterr().err
     finally:
         server.stop(0)
+
+
+def test_serve_logs_json_to_a_file_without_grpc_handshake_noise(tmp_path: Path) -> None:
+    """`bloomlink serve` in its own process, as an operator runs it: the example config,
+    JSON logs to a file, and no 'Handshake failed ... PEER_DID_NOT_RETURN_A_CERTIFICATE' from
+    the LU's own mutual-TLS self-check on stderr."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    assert main(["certs", "init", "--dir", str(tmp_path / "pki"), "--parties", "moj,dfe"]) == 0
+    config = tmp_path / "lu.toml"
+    config.write_text(
+        (Path(__file__).resolve().parents[2] / "lu.example.toml")
+        .read_text(encoding="utf-8")
+        .replace('"127.0.0.1:50051"', '"127.0.0.1:0"'),
+        encoding="utf-8",
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bloomlink",
+            "serve",
+            "--config",
+            "lu.toml",
+            "--log-format",
+            "json",
+            "--log-file",
+            "lu.log",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("linkage unit listening on port "), line
+        port = int(line.rsplit(" ", 1)[1])
+        pki = tmp_path / "pki"
+        assert main(["health", "--target", f"localhost:{port}", "--ca", str(pki / "ca.pem"),
+                     "--cert", str(pki / "operator.pem"), "--key", str(pki / "operator.key")]) == 0  # fmt: skip
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert "Handshake failed" not in stderr and "PEER_DID_NOT_RETURN" not in stderr
+    entries = [json.loads(text) for text in (tmp_path / "lu.log").read_text().splitlines()]
+    messages = [entry["message"] for entry in entries]
+    assert any(message.startswith("mutual TLS self-check passed") for message in messages)
+    assert any(message.startswith("linkage unit serving") for message in messages)
