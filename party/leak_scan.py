@@ -455,6 +455,8 @@ def scan_encoded_file(
     """
     if not 0 < false_alarm_rate < 1:
         raise ConfigurationError("false alarm rate must be between 0 and 1")
+    if progress:
+        progress(0, max(Path(path).stat().st_size - MIN_PATTERN_BYTES + 1, 0))
     patterns, string_count = sensitive_patterns(sensitive_strings)
     file_path = Path(path)
     try:

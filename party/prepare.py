@@ -164,6 +164,9 @@ def prepare_upload(
         generator=generator,
         observer=sample,
     )
+    if scan_progress:
+        # The scan's bar starts now: drawing its strings and patterns takes a while too.
+        scan_progress(0, encoded.stat().st_size)
     strings = strings_from_sample(sample, mapping, schema, source=str(extract_path))
     reencode, sampled_positions = _known_key_sample(sample, mapping, schema, project_id)
     counts = EncodeCounts(

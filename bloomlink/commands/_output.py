@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -62,6 +63,7 @@ def progress_bar(
     stream = file or sys.stderr
     if enabled is None:
         enabled = stream.isatty()
+    size = shutil.get_terminal_size(fallback=(100, 24))
     return tqdm(
         total=total,
         desc=description,
@@ -71,7 +73,9 @@ def progress_bar(
         file=stream,
         disable=not enabled,
         leave=True,
-        dynamic_ncols=True,
+        # A terminal that reports no size (some multiplexers, `script`) gets 100 x 24.
+        ncols=size.columns,
+        nrows=size.lines,
         mininterval=0.2,
     )
 

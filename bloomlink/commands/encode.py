@@ -119,14 +119,19 @@ class _EncodeBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
 
 
 class _ScanBar:
-    def __init__(self) -> None:
+    """The leak scan's bar; it starts when encoding has ended, so it closes that bar first."""
+
+    def __init__(self, encode_bar: _EncodeBar) -> None:
         self.bar: Any = None
+        self.encode_bar = encode_bar
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
+            self.encode_bar.close()
             self.bar = progress_bar("leak scan", total=total, unit="B")
         self.bar.update(done - self.bar.n)
 
@@ -147,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     schema = load_schema(args.schema) if args.schema else default_schema()
     mapping = load_mapping(args.mapping) if args.mapping else shipped_mapping(args.layout)
     secret = read_secret(args.secret_file)
-    encode_bar, scan_bar = _EncodeBar(), _ScanBar()
+    encode_bar = _EncodeBar()
+    scan_bar = _ScanBar(encode_bar)
     try:
         prepared = prepare_upload(
             extract_path=args.extract,
