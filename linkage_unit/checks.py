@@ -1,7 +1,8 @@
 """Checks before any comparison: can these parties' CLKs be compared at all?
 
 Run by the linkage unit after every member has uploaded and before matching. Every party
-must have used the project's schema (fingerprint), the same linkage secret (KCV) and the
+must have used the project's schema (fingerprint), the project's layout and hardening (a
+grouped encoding's groups, checked at upload time too), the same linkage secret (KCV) and the
 same CLK length; record counts must match the headers; CLKs must look like CLKs (no
 all-zero or near-all-one filters, per-party mean bit density near the others'). A mismatch is a
 :class:`CompatibilityError` naming the party and the aspect, never a key or a value:
@@ -19,7 +20,13 @@ import numpy.typing as npt
 from protocol.errors import CompatibilityError
 from protocol.messages import ProjectSettings, UploadHeader
 
-__all__ = ["MAX_DENSITY_GAP", "MAX_RECORD_DENSITY", "check_clks", "check_headers"]
+__all__ = [
+    "MAX_DENSITY_GAP",
+    "MAX_RECORD_DENSITY",
+    "check_clks",
+    "check_headers",
+    "check_layout",
+]
 
 MAX_RECORD_DENSITY = 0.9
 """Largest share of set bits in one CLK. Real encodings sit near 0.3-0.5; a CLK above this
@@ -39,8 +46,40 @@ def _odd_one_out(values: Mapping[str, object], order: tuple[str, ...]) -> str | 
     return next((party for party in order if values[party] != reference), None)
 
 
+def check_layout(project: ProjectSettings, header: UploadHeader) -> None:
+    """The upload's layout and hardening are the project's: a grouped project takes only
+    format 2 uploads with exactly its groups (names, bits, hardening descriptors); a project
+    created without a layout takes only single record-level CLKs (format 1)."""
+    party = header.party_id
+    expected = project.layout
+    if expected is None:
+        if header.layout is not None:
+            raise CompatibilityError(
+                f"party {party!r} sent a grouped encoding (file format 2) but the project was "
+                "created without a layout; the operator must create it with --schema",
+                party=party,
+                aspect="layout",
+            )
+        return
+    actual = header.layout
+    if actual is None or actual.geometry != expected.geometry:
+        raise CompatibilityError(
+            f"party {party!r} sent an encoding whose field groups differ from the project's "
+            "(names, order or lengths); it must re-encode with the project schema",
+            party=party,
+            aspect="layout",
+        )
+    if actual != expected:
+        raise CompatibilityError(
+            f"party {party!r} sent an encoding hardened differently from the project's "
+            "(hardening method or parameters); it must re-encode with the project schema",
+            party=party,
+            aspect="hardening",
+        )
+
+
 def check_headers(project: ProjectSettings, headers: Mapping[str, UploadHeader]) -> None:
-    """Schema fingerprints (against the project's), KCVs and CLK lengths must agree."""
+    """Schema fingerprints (against the project's), layouts, KCVs and CLK lengths must agree."""
     order = tuple(party for party in project.members if party in headers)
     for party in order:
         if headers[party].schema_fingerprint != project.schema_fingerprint:
@@ -50,6 +89,8 @@ def check_headers(project: ProjectSettings, headers: Mapping[str, UploadHeader])
                 party=party,
                 aspect="schema_fingerprint",
             )
+    for party in order:
+        check_layout(project, headers[party])
     kcv_party = _odd_one_out({party: headers[party].kcv for party in order}, order)
     if kcv_party is not None:
         raise CompatibilityError(
@@ -85,10 +126,19 @@ def check_clks(
             )
         if header.record_count == 0:
             continue
-        popcounts = np.bitwise_count(np.asarray(clks)).sum(axis=1, dtype=np.int64)
+        counts = np.bitwise_count(np.asarray(clks))
+        popcounts = counts.sum(axis=1, dtype=np.int64)
         # Near-all-one filters score a high Dice against almost anything: a probe, not a record.
+        # A grouped record is checked group by group too (a probe may fill one group only).
         ceiling = MAX_RECORD_DENSITY * header.clk_bits
-        degenerate = int(np.count_nonzero((popcounts == 0) | (popcounts > ceiling)))
+        bad = (popcounts == 0) | (popcounts > ceiling)
+        layout = header.clk_layout
+        if len(layout.groups) > 1:
+            for index, group in enumerate(layout.groups):
+                start, stop = layout.word_range(index)
+                group_counts = counts[:, start:stop].sum(axis=1, dtype=np.int64)
+                bad |= group_counts > MAX_RECORD_DENSITY * group.bits
+        degenerate = int(np.count_nonzero(bad))
         if degenerate:
             raise CompatibilityError(
                 f"party {party!r} sent {degenerate} CLK(s) with no bits or nearly every bit "

@@ -33,6 +33,7 @@ from linkage_unit.threshold import (
     choose_threshold,
     choose_threshold_with_null,
 )
+from protocol.clk_layout import ClkLayout
 from protocol.errors import MatchingError
 
 __all__ = ["LinkResult", "MatchSettings", "link"]
@@ -206,12 +207,15 @@ def link(
     *,
     progress: ProgressCallback | None = None,
     executor: DaskExecutor | None = None,
+    layout: ClkLayout | None = None,
 ) -> LinkResult:
     """Link every party's CLKs into clusters: at most one record per party per cluster, or
     with ``settings.deduplicate`` several (guarded against chaining).
 
     ``executor``: run the compare stage on a Dask cluster (``linkage_unit/distributed.py``);
-    None compares in this process. The link structure is the same either way."""
+    None compares in this process. The link structure is the same either way.
+    ``layout``: which words of a record are which field group (None: one record-level CLK);
+    the CLKs must be exactly that wide."""
     parties = list(clks_by_party)
     if not parties:
         raise MatchingError("no parties to link: at least one party's CLKs are needed")
@@ -223,6 +227,8 @@ def link(
     widths = {array.shape[1] for array in arrays if len(array)}
     if len(widths) > 1:
         raise MatchingError("parties' CLKs have different lengths; they cannot be compared")
+    if layout is not None and widths - {layout.total_words}:
+        raise MatchingError("the CLKs are not as wide as the project's layout says")
     sizes = [len(array) for array in arrays]
     seed = settings.blocking_seed if settings.blocking_seed is not None else secrets.randbits(128)
 

@@ -60,7 +60,7 @@ class RunManager:
     ) -> None:
         self._storage = storage
         self._audit = audit
-        self._link = link_function or matching.link
+        self._link: LinkFunction = link_function or matching.link
         self._random_bytes = random_bytes
         self._progress_interval = progress_interval
         self._executor = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
@@ -233,7 +233,10 @@ class RunManager:
                 self._storage.set_progress(run_id, stage, done, total)
 
         settings = matching.MatchSettings(threshold=project.threshold, blocking=project.blocking)
-        result = self._link(clks, settings, progress=progress)
+        # A grouped project's layout (every upload was checked to have it) tells the engine
+        # which words are which field group; a single-CLK project passes none.
+        grouped = {} if project.layout is None else {"layout": project.layout}
+        result = self._link(clks, settings, progress=progress, **grouped)
         if self._stop.is_set():
             raise _Stopped
         self._storage.set_progress(run_id, "link keys", 0, 1)

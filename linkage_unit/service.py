@@ -20,11 +20,13 @@ from typing import NoReturn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from linkage_unit.audit_hook import AuditReader, AuditSink
+from linkage_unit.checks import check_layout
 from linkage_unit.run import RunManager
 from linkage_unit.storage import Storage
 from protocol.errors import (
     AlreadyExistsError,
     AuditError,
+    CompatibilityError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
@@ -180,16 +182,15 @@ class LinkageService:
         """Register a project; return its settings fingerprint."""
         self._require(caller, Role.OPERATOR)
         self.storage.create_project(settings)
-        self.audit.append(
-            "project_created",
-            project_id=settings.project_id,
-            details={
-                "settings_fingerprint": settings.fingerprint,
-                "members": ",".join(settings.members),
-                "schema_fingerprint": settings.schema_fingerprint.hex(),
-                "retention": settings.retention_policy,
-            },
-        )
+        created: dict[str, str] = {
+            "settings_fingerprint": settings.fingerprint,
+            "members": ",".join(settings.members),
+            "schema_fingerprint": settings.schema_fingerprint.hex(),
+            "retention": settings.retention_policy,
+        }
+        if settings.layout is not None:
+            created["layout_sha256"] = settings.layout.sha256
+        self.audit.append("project_created", project_id=settings.project_id, details=created)
         logger.info(
             "project created project=%s members=%d", settings.project_id, len(settings.members)
         )
@@ -342,6 +343,8 @@ class LinkageService:
             "schema_fingerprint": header.schema_fingerprint.hex(),
             "kcv": header.kcv.hex(),
         }
+        if header.layout is not None:
+            details["layout_sha256"] = header.layout.sha256
         wrong = manifest_mismatches(
             manifest.manifest, project_id=header.project_id, details=details
         )
@@ -409,7 +412,11 @@ class LinkageService:
         self, caller: Caller, header: UploadHeader, manifest: SignedManifest | None = None
     ) -> UploadSession:
         """Begin or resume an upload. Release it with :meth:`UploadSession.close`."""
-        self._uploader(caller, header.project_id, header.party_id)
+        project = self._uploader(caller, header.project_id, header.party_id)
+        try:  # the project's layout and hardening, before any byte is stored (case 43)
+            check_layout(project, header)
+        except CompatibilityError as error:
+            self._refuse_upload(header, error, reason=error.aspect or "layout", manifest=manifest)
         self._check_manifest(header, manifest)
         if header.payload_bytes > self.limits.max_upload_bytes:
             raise ResourceLimitError(
@@ -674,6 +681,8 @@ class UploadSession:
         manifest = self.manifest
         if manifest is not None:
             details["manifest_sha256"] = manifest.manifest.sha256
+        if header.layout is not None:
+            details["layout_sha256"] = header.layout.sha256
 
         def record_commit() -> None:
             # Durable in the log before the upload counts (a full disk leaves it PARTIAL).

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.atomic_file import fsync_directory
-from protocol.clk_file import HEADER_LENGTH
+from protocol.clk_layout import ClkLayout
 from protocol.errors import (
     AlreadyExistsError,
     ConfigurationError,
@@ -44,6 +45,14 @@ __all__ = ["RunRecord", "Storage", "UploadRecord", "out_of_space"]
 _OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 SPACE_MARGIN_BYTES = 16 << 20
 """Free space kept beyond a payload's remaining bytes (database, audit log, WAL)."""
+
+
+def _layout_text(layout: ClkLayout | None) -> str | None:
+    return None if layout is None else layout.canonical_json()
+
+
+def _layout_of(text: object) -> ClkLayout | None:
+    return None if text is None else ClkLayout.from_record(json.loads(str(text)))
 
 
 def out_of_space(error: BaseException) -> bool:
@@ -74,7 +83,8 @@ CREATE TABLE IF NOT EXISTS projects (
     link_key_mode TEXT NOT NULL,
     retention_days INTEGER NOT NULL,
     auto_run INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    layout TEXT
 );
 CREATE TABLE IF NOT EXISTS members (
     project_id TEXT NOT NULL REFERENCES projects(project_id),
@@ -94,6 +104,7 @@ CREATE TABLE IF NOT EXISTS uploads (
     payload_sha256 BLOB NOT NULL,
     committed_bytes INTEGER NOT NULL,
     completed_at REAL,
+    layout TEXT,
     PRIMARY KEY (project_id, party)
 );
 CREATE TABLE IF NOT EXISTS runs (
@@ -147,6 +158,9 @@ CREATE TABLE IF NOT EXISTS manifest_nonces (
 
 # Columns added to ``runs`` after its first release, as (name, declaration).
 _ADDED_RUN_COLUMNS = (("threshold", "REAL"), ("threshold_method", "TEXT NOT NULL DEFAULT ''"))
+# A grouped encoding's layout (ClkLayout.canonical_json; NULL for one record-level CLK), added
+# to ``projects`` (what uploads must have) and ``uploads`` (what each has).
+_ADDED_LAYOUT_COLUMNS = (("projects", "layout", "TEXT"), ("uploads", "layout", "TEXT"))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -212,6 +226,10 @@ class Storage:
         for name, declaration in _ADDED_RUN_COLUMNS:
             if name not in present:
                 self._db.execute(f"ALTER TABLE runs ADD COLUMN {name} {declaration}")
+        for table, name, declaration in _ADDED_LAYOUT_COLUMNS:
+            columns = {str(row[1]) for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -247,7 +265,7 @@ class Storage:
             raise AlreadyExistsError("a project with this id exists; choose another id")
         statements: list[tuple[str, tuple[object, ...]]] = [
             (
-                "INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     settings.project_id,
                     settings.canonical_json(),
@@ -259,6 +277,7 @@ class Storage:
                     settings.retention_days,
                     int(settings.auto_run),
                     time.time(),
+                    _layout_text(settings.layout),
                 ),
             )
         ]
@@ -271,7 +290,7 @@ class Storage:
     def project(self, project_id: str) -> ProjectSettings | None:
         row = self._one(
             "SELECT schema_fingerprint, threshold, blocking, link_key_mode, retention_days, "
-            "auto_run FROM projects WHERE project_id = ?",
+            "auto_run, layout FROM projects WHERE project_id = ?",
             (project_id,),
         )
         if row is None:
@@ -279,7 +298,7 @@ class Storage:
         members = self._all(
             "SELECT party FROM members WHERE project_id = ? ORDER BY ordinal", (project_id,)
         )
-        fingerprint, threshold, blocking, mode, retention, auto_run = row
+        fingerprint, threshold, blocking, mode, retention, auto_run, layout = row
         return ProjectSettings(
             project_id=project_id,
             members=tuple(str(member[0]) for member in members),
@@ -289,6 +308,7 @@ class Storage:
             link_key_mode=LinkKeyMode(str(mode)),
             retention_days=int(retention),
             auto_run=bool(auto_run),
+            layout=_layout_of(layout),
         )
 
     # -- uploads ----------------------------------------------------------------------
@@ -303,12 +323,13 @@ class Storage:
     def upload(self, project_id: str, party: str) -> UploadRecord | None:
         row = self._one(
             "SELECT state, format_version, schema_fingerprint, kcv, clk_bits, record_count, "
-            "payload_sha256, committed_bytes FROM uploads WHERE project_id = ? AND party = ?",
+            "payload_sha256, committed_bytes, layout FROM uploads "
+            "WHERE project_id = ? AND party = ?",
             (project_id, party),
         )
         if row is None:
             return None
-        state, version, fingerprint, kcv, bits, count, digest, committed = row
+        state, version, fingerprint, kcv, bits, count, digest, committed, layout = row
         header = UploadHeader(
             project_id=project_id,
             party_id=party,
@@ -318,6 +339,7 @@ class Storage:
             clk_bits=int(bits),
             record_count=int(count),
             payload_sha256=bytes(digest),
+            layout=_layout_of(layout),
         )
         return UploadRecord(
             header=header,
@@ -343,7 +365,7 @@ class Storage:
         self._write(
             [
                 (
-                    "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL)",
+                    "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?)",
                     (
                         header.project_id,
                         header.party_id,
@@ -354,6 +376,7 @@ class Storage:
                         header.clk_bits,
                         header.record_count,
                         header.payload_sha256,
+                        _layout_text(header.layout),
                     ),
                 )
             ]
@@ -362,11 +385,14 @@ class Storage:
     def append(self, project_id: str, party: str, *, committed: int, data: bytes) -> int:
         """Durably append ``data`` at payload offset ``committed``; return the new offset."""
         path = self._partial_path(project_id, party)
+        record = self.upload(project_id, party)
+        assert record is not None
+        start = record.header.clk_file_header.header_length  # 200 for format 1
         # Unbuffered, so a failed write leaves no buffer behind to fail again on close.
         with path.open("r+b", buffering=0) as handle:
             # Drop any tail written before a crash but never committed.
-            handle.truncate(HEADER_LENGTH + committed)
-            handle.seek(HEADER_LENGTH + committed)
+            handle.truncate(start + committed)
+            handle.seek(start + committed)
             try:
                 view = memoryview(data)
                 while view:
@@ -375,7 +401,7 @@ class Storage:
             except OSError as error:
                 if not out_of_space(error):
                     raise
-                handle.truncate(HEADER_LENGTH + committed)  # give back what was written
+                handle.truncate(start + committed)  # give back what was written
                 raise _space_error() from None
         new_offset = committed + len(data)
         self._write(
@@ -414,9 +440,10 @@ class Storage:
         assert record is not None and record.state is UploadState.PARTIAL
         path = self._partial_path(project_id, party)
         digest = hashlib.sha256()
+        start = record.header.clk_file_header.header_length  # 200 for format 1
         with path.open("r+b") as handle:
-            handle.truncate(HEADER_LENGTH + record.committed_bytes)  # an uncommitted tail
-            handle.seek(HEADER_LENGTH)
+            handle.truncate(start + record.committed_bytes)  # an uncommitted tail
+            handle.seek(start)
             while block := handle.read(1 << 20):
                 digest.update(block)
         if digest.digest() != record.header.payload_sha256:

@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protocol import serde
 from protocol.certificates import TlsFiles
-from protocol.clk_file import HEADER_LENGTH, read_header
+from protocol.clk_file import read_header
 from protocol.errors import (
     AlreadyExistsError,
     BloomlinkError,
@@ -367,7 +367,7 @@ class LinkageClient:
     ) -> Iterator[pb.UploadRequest]:
         yield serde.upload_header_to_proto(header, manifest)
         with path.open("rb") as handle:
-            handle.seek(HEADER_LENGTH + offset)
+            handle.seek(header.clk_file_header.header_length + offset)
             while data := handle.read(self.chunk_bytes):
                 yield serde.upload_chunk_to_proto(UploadChunk.of(offset, data))
                 offset += len(data)

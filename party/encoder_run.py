@@ -30,7 +30,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -258,7 +258,8 @@ class EncodeSummary:
 
 
 class _MaskTable:
-    """One field's raw value -> row of a bit-mask table, bounded so memory stays flat.
+    """One field's raw value (or, for a salted field, raw value and salt values) -> row of a
+    bit-mask table of the field's group, bounded so memory stays flat.
 
     Row 0 is the empty mask (a missing value). The array grows by doubling up to
     ``capacity`` rows (a field with few distinct values, or a small file, never pays for the
@@ -271,7 +272,7 @@ class _MaskTable:
 
     def __init__(self, words: int) -> None:
         self.capacity = _TABLE_ROWS
-        self.rows: dict[str, int] = {}
+        self.rows: dict[Any, int] = {}
         self.masks = np.zeros((min(1024, self.capacity), words), dtype=np.uint64)
         self.used = 1
 
@@ -289,7 +290,7 @@ class _MaskTable:
             self.masks = grown
         return forget
 
-    def add(self, raws: list[str], masks: npt.NDArray[np.uint64]) -> None:
+    def add(self, raws: list[Any], masks: npt.NDArray[np.uint64]) -> None:
         """Remember ``raws`` with their masks (call :meth:`make_room` for them first)."""
         start = self.used
         self.masks[start : start + len(raws)] = masks
@@ -331,7 +332,41 @@ class _ChunkEncoder:
         )
         self.encoder = ClkEncoder(schema, LinkageSecret(secret_material), project_id=project_id)
         self.policy = policy
-        self._tables = [_MaskTable(schema.clk_bits // 64) for _ in self.bound.fields]
+        ranges = [self.encoder.field_word_range(index) for index in range(len(schema.fields))]
+        self._tables = [_MaskTable(stop - start) for start, stop in ranges]
+        self._ranges = ranges
+        # Schema v2 salting: a salted field's bits depend on another field's normalised value,
+        # so that field's values are worked out per chunk and the salted field's table is
+        # keyed by (raw value, salt values).
+        position = {spec.name: index for index, spec in enumerate(schema.fields)}
+        self._salt_fields = {
+            name: position[name]
+            for index in range(len(schema.fields))
+            for name in self.encoder.field_salts(index)
+        }
+        self._salt_cache: dict[str, dict[str, str | None]] = {
+            name: {} for name in self._salt_fields
+        }
+
+    def _salt_column(self, name: str, column: list[str]) -> list[str | None]:
+        """Normalised values of salt field ``name`` (None where missing or rejected: such a
+        value salts nothing, and its own field reports it)."""
+        cache = self._salt_cache[name]
+        fresh = [raw for raw in dict.fromkeys(column) if raw not in cache]
+        if fresh:
+            if len(cache) + len(fresh) > _TABLE_ROWS:
+                cache.clear()
+                fresh = list(dict.fromkeys(column))
+            reader = self.bound.fields[self._salt_fields[name]]
+            try:
+                cache.update(zip(fresh, reader.normalise_many(fresh), strict=True))
+            except ValueRejectedError:
+                for raw in fresh:
+                    try:
+                        cache[raw] = reader.normalise(raw)
+                    except ValueRejectedError:
+                        cache[raw] = None
+        return list(map(cache.__getitem__, column))
 
     def encode(self, chunk: ExtractChunk) -> _ChunkResult:
         """Encode a chunk column by column: per-row interpreter work is what limits a Python
@@ -375,7 +410,15 @@ class _ChunkEncoder:
                         None,
                         "record id is empty or has control characters",
                     )
-        clks = np.zeros((len(rows), self.encoder.schema.clk_bits // 64), dtype=np.uint64)
+        clks = np.zeros((len(rows), self.encoder.input_layout.total_words), dtype=np.uint64)
+        salt_values = {
+            name: (
+                self._salt_column(name, columns[column_index])
+                if (column_index := self.bound.fields[index].column_index) is not None
+                else [None] * len(rows)
+            )
+            for name, index in self._salt_fields.items()
+        }
         for field_index, reader in enumerate(self.bound.fields):
             name, column_index = reader.name, reader.column_index
             normalise, normalise_many = reader.normalise, reader.normalise_many
@@ -383,7 +426,10 @@ class _ChunkEncoder:
                 missing_masks.append(None)
                 continue
             table = self._tables[field_index]
-            column = columns[column_index]
+            column: list[Any] = columns[column_index]
+            salts = self.encoder.field_salts(field_index)
+            if salts:  # the table remembers (raw value, salt values) pairs
+                column = list(zip(column, *(salt_values[salt] for salt in salts), strict=True))
             codes = list(map(table.rows.get, column))
             if None in codes:
                 # Work out each distinct new value once, then look the column up again in C.
@@ -393,15 +439,16 @@ class _ChunkEncoder:
                 if table.make_room(len(fresh)):
                     fresh = dict.fromkeys(column)  # forgotten: the whole column is new
                     table.make_room(len(fresh))
-                rejected: dict[str, str] = {}
-                raws = list(fresh)
+                rejected: dict[Any, str] = {}
+                raws = list(fresh)  # raw values, or (raw value, salt values) keys
+                texts: list[str] = [key[0] for key in raws] if salts else raws
                 try:  # normalised as a batch; a rejected value sends us the long way
-                    values: list[str | None] = normalise_many(raws)
+                    values: list[str | None] = normalise_many(texts)
                 except ValueRejectedError:
                     values = []
-                    for raw in raws:
+                    for raw, text in zip(raws, texts, strict=True):
                         try:
-                            values.append(normalise(raw))
+                            values.append(normalise(text))
                         except ValueRejectedError as error:
                             rejected[raw] = error.message
                             values.append(None)
@@ -419,7 +466,14 @@ class _ChunkEncoder:
                 new_raws = list(itertools.compress(raws, present))
                 new_values: list[str] = list(itertools.compress(values, present))  # type: ignore[arg-type]
                 if new_values:
-                    table.add(new_raws, self.encoder.field_masks(field_index, new_values))
+                    salt_columns = {
+                        salt: [key[1 + place] for key in new_raws]
+                        for place, salt in enumerate(salts)
+                    }
+                    table.add(
+                        new_raws,
+                        self.encoder.field_masks(field_index, new_values, salt_columns or None),
+                    )
                 codes = list(map(table.rows.get, column))
                 if rejected:
                     blank_allowed = (
@@ -436,7 +490,8 @@ class _ChunkEncoder:
                         codes[offset] = 0
             code_array = np.asarray(codes, dtype=np.intp)
             missing_masks.append(code_array == 0)
-            clks |= table.masks[code_array]
+            start, stop = self._ranges[field_index]
+            clks[:, start:stop] |= table.masks[code_array]
         if problems:
             keep = [offset for offset in range(len(rows)) if offset not in problems]
             kept_rows = np.asarray(keep, dtype=np.intp)
@@ -779,6 +834,7 @@ def encode_extract(
                 schema_fingerprint=schema.fingerprint,
                 kcv=local.encoder.kcv,
                 clk_bits=schema.encoded_bits,
+                layout=schema.layout if schema.grouped else None,
             ) as writer:
                 _write_shuffled(writer, clk_scratch, position_of, clk_bytes, payload_digest)
                 binding = PositionsBinding(

@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from party.leak_scan import LeakScanReport, ScanProgress, UnkeyedReencoder, scan_encoded_file
 from party.sensitive_strings import SensitiveStrings
-from protocol.clk_file import read_clks, read_header
+from protocol.clk_file import GROUPED_FORMAT_VERSION, read_clks, read_header
+from protocol.clk_layout import ClkLayout
 from protocol.errors import AuditError
 from protocol.manifest import (
     FieldCount,
@@ -88,13 +89,16 @@ def write_manifest(
     leak_scan_rows: int,
     unkeyed_check: bool = False,
     counts: EncodeCounts | None = None,
+    layout: ClkLayout | None = None,
     clock: Callable[[], datetime] = _utc_now,
     nonce: Callable[[int], bytes] = os.urandom,
 ) -> SignedManifest:
     """Build, sign and atomically write the manifest of one encode; return it.
 
     Byte fields are raw bytes (``payload_sha256`` and ``schema_fingerprint`` 32, ``kcv`` 16).
-    The nonce makes two encodes of the same data distinguishable (replays are refused).
+    ``layout``: a grouped encoding's groups and the hardening applied to each (None for a
+    single record-level CLK). The nonce makes two encodes of the same data distinguishable
+    (replays are refused).
     """
     manifest = UploadManifest(
         project_id=project_id,
@@ -113,6 +117,7 @@ def write_manifest(
         rows_read=counts.rows_read if counts else 0,
         rows_skipped=counts.rows_skipped if counts else 0,
         field_counts=counts.field_counts if counts else (),
+        layout=layout,
     )
     signed = sign_manifest(manifest, signing_key)
     write_signed_manifest(signed, path)
@@ -132,7 +137,8 @@ def write_manifest_for_file(
     counts: EncodeCounts | None = None,
 ) -> SignedManifest:
     """The manifest of an existing encoded file, from its header, after checking the payload
-    digest (a manifest must never vouch for bytes nobody hashed)."""
+    digest (a manifest must never vouch for bytes nobody hashed). A format 2 file's layout
+    and hardening go into the manifest."""
     header, _ = read_clks(encoded_path, verify=True)
     return write_manifest(
         manifest_path,
@@ -149,6 +155,7 @@ def write_manifest_for_file(
         leak_scan_rows=leak_scan_rows,
         unkeyed_check=unkeyed_check,
         counts=counts,
+        layout=header.layout if header.format_version == GROUPED_FORMAT_VERSION else None,
     )
 
 
@@ -224,6 +231,8 @@ def check_manifest_for_file(
         "schema_fingerprint": header.schema_fingerprint.hex(),
         "kcv": header.kcv.hex(),
     }
+    if header.format_version == GROUPED_FORMAT_VERSION:
+        details["layout_sha256"] = header.clk_layout.sha256
     wrong = manifest_mismatches(manifest, project_id=header.project_id, details=details)
     if wrong:
         raise AuditError(

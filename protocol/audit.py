@@ -163,7 +163,9 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "members": _label_list,
                 "schema_fingerprint": _SHA256,
                 "retention": _token,
-            }
+            },
+            # A grouped project's expected layout and hardening (ClkLayout.sha256).
+            optional={"layout_sha256": _SHA256},
         ),
         "party_authenticated": _EventRule(
             required={"party": _label, "role": _token, "certificate_fingerprint": _SHA256},
@@ -178,7 +180,8 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "schema_fingerprint": _SHA256,
                 "kcv": _KCV,
             },
-            optional={"manifest_sha256": _SHA256},
+            # layout_sha256: a grouped upload's layout and hardening (ClkLayout.sha256).
+            optional={"manifest_sha256": _SHA256, "layout_sha256": _SHA256},
         ),
         "checks_passed": _EventRule(required={"parties": _label_list}),
         "checks_failed": _EventRule(required={"party": _label, "aspect": _token}),

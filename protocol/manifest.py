@@ -11,8 +11,15 @@ whether the CLKs were checked against a re-encoding under a known key): the part
 manifest only for a payload its scan found clean. It also carries the encode's counts - rows
 read and skipped, and per schema field how many records have no value and how many values
 were blanked - so the linkage unit and the auditor see each party's field completeness.
-Counts only: never a value, and nothing the linkage unit could not estimate from the CLKs. Its **canonical
-bytes** are compact sorted-key ASCII JSON with a ``format`` field; the party signs exactly
+Counts only: never a value, and nothing the linkage unit could not estimate from the CLKs.
+A grouped encoding (file format 2) also records its layout: each group's name, bits and the
+hardening applied with its parameters (``layout``, protocol/clk_layout.py; ``null`` for a
+single record-level CLK, file format 1).
+
+There is one manifest format, ``bloomlink-manifest-v2``, for both file formats. A
+``bloomlink-manifest-v1`` manifest (from an earlier build) is refused with a message to
+re-encode: it lacks the fields above, and nothing here re-signs a party's statement. Its
+**canonical bytes** are compact sorted-key ASCII JSON with a ``format`` field; the party signs exactly
 those bytes with its Ed25519 key. The manifest file is JSON:
 ``{"manifest": {...}, "public_key": <raw key hex>, "signature": <hex>}``. The embedded public
 key only says which key signed; trust comes from comparing it with the party's registered
@@ -35,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from protocol.atomic_file import atomic_output
 from protocol.clk_file import check_clk_bits
+from protocol.clk_layout import ClkLayout
 from protocol.errors import AuditError, ConfigurationError
 from protocol.labels import check_label
 
@@ -72,6 +80,7 @@ _FIELDS = (
     "rows_read",
     "rows_skipped",
     "field_counts",
+    "layout",
 )
 
 
@@ -123,6 +132,8 @@ class UploadManifest:
     """Rows of the extract the encode read (0: not recorded, e.g. a re-scan at submit)."""
     rows_skipped: int = 0
     field_counts: tuple[FieldCount, ...] = ()
+    layout: ClkLayout | None = None
+    """A grouped encoding's groups and hardening (file format 2); None for one CLK."""
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="manifest project id")
@@ -153,6 +164,11 @@ class UploadManifest:
             raise ConfigurationError("manifest field counts name a field twice")
         if any(item.missing > self.record_count for item in self.field_counts):
             raise ConfigurationError("manifest field counts exceed the record count")
+        if self.layout is not None:
+            if not isinstance(self.layout, ClkLayout):
+                raise ConfigurationError("manifest layout must be a layout")
+            if self.layout.total_bits != self.clk_bits:
+                raise ConfigurationError("manifest layout must add up to its CLK bits")
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -176,6 +192,7 @@ class UploadManifest:
                 {"field": item.field, "missing": item.missing, "blanked": item.blanked}
                 for item in self.field_counts
             ],
+            "layout": None if self.layout is None else self.layout.to_record(),
         }
 
     def canonical_bytes(self) -> bytes:
@@ -191,18 +208,16 @@ class UploadManifest:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> UploadManifest:
-        if record.get("format") != MANIFEST_FORMAT and "format" in record:
+        # The format is checked first so that a manifest from an earlier build (v1, fewer
+        # fields) is told to re-encode rather than that its fields are wrong.
+        if record.get("format") != MANIFEST_FORMAT:
             raise ConfigurationError(
-                f"unknown manifest format; this build reads {MANIFEST_FORMAT} (re-run "
-                "bloomlink encode to sign a new one)"
+                f"unknown manifest format; this build reads {MANIFEST_FORMAT} only (re-encode "
+                "with this version of bloomlink to sign a new one)"
             )
         if set(record) != set(_FIELDS):
             raise ConfigurationError("manifest does not have exactly the manifest fields")
-        if record["format"] != MANIFEST_FORMAT:
-            raise ConfigurationError(
-                f"unknown manifest format; this build reads {MANIFEST_FORMAT} (re-run "
-                "bloomlink encode to sign a new one)"
-            )
+        layout = record["layout"]
         try:
             return cls(
                 project_id=record["project_id"],
@@ -226,6 +241,7 @@ class UploadManifest:
                     )
                     for item in record["field_counts"]
                 ),
+                layout=None if layout is None else ClkLayout.from_record(layout),
             )
         except (TypeError, ValueError, KeyError):
             raise ConfigurationError("manifest has a malformed hex field") from None
@@ -319,7 +335,8 @@ def manifest_mismatches(
     manifest: UploadManifest, *, project_id: str | None, details: Mapping[str, object]
 ) -> tuple[str, ...]:
     """Which aspects of an ``upload_committed`` entry disagree with the manifest (empty if
-    none). Aspects are field names; values are never returned."""
+    none). Aspects are field names; values are never returned. A grouped encoding's layout
+    is compared by its digest (``layout_sha256``, absent for a single CLK)."""
     expected: dict[str, object] = {
         "party": manifest.party,
         "record_count": manifest.record_count,
@@ -327,6 +344,7 @@ def manifest_mismatches(
         "payload_sha256": manifest.payload_sha256.hex(),
         "schema_fingerprint": manifest.schema_fingerprint.hex(),
         "kcv": manifest.kcv.hex(),
+        "layout_sha256": None if manifest.layout is None else manifest.layout.sha256,
     }
     wrong = [key for key, value in expected.items() if details.get(key) != value]
     if project_id != manifest.project_id:

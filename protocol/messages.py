@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from protocol.audit import RETENTION_DELETE_AFTER_RELEASE, RETENTION_DELETE_AFTER_RUN
-from protocol.clk_file import ClkFileHeader
+from protocol.clk_file import FORMAT_VERSION, GROUPED_FORMAT_VERSION, ClkFileHeader
+from protocol.clk_layout import ClkLayout
 from protocol.errors import ConfigurationError
 from protocol.labels import check_label
 
@@ -64,6 +65,9 @@ class ProjectSettings:
     link_key_mode: LinkKeyMode = LinkKeyMode.SHARED
     retention_days: int = 0
     auto_run: bool = True
+    layout: ClkLayout | None = None
+    """The grouped layout (and each group's hardening) every upload must have, from a
+    schema v2; None for a single record-level CLK (schema v1: uploads are format 1)."""
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="project id")
@@ -81,23 +85,25 @@ class ProjectSettings:
             raise ConfigurationError("blocking must be 'lsh' or 'none'")
         if not (0 <= self.retention_days <= 3650):
             raise ConfigurationError("retention must be 0..3650 days")
+        if self.layout is not None and not isinstance(self.layout, ClkLayout):
+            raise ConfigurationError("a project's layout must be a ClkLayout")
 
     def canonical_json(self) -> str:
-        """Sorted-keys JSON of every setting: what the settings fingerprint covers."""
-        return json.dumps(
-            {
-                "project_id": self.project_id,
-                "members": sorted(self.members),
-                "schema_fingerprint": self.schema_fingerprint.hex(),
-                "threshold": self.threshold,
-                "blocking": self.blocking,
-                "link_key_mode": str(self.link_key_mode),
-                "retention_days": self.retention_days,
-                "auto_run": self.auto_run,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        """Sorted-keys JSON of every setting: what the settings fingerprint covers (the
+        layout only when set, so a single-CLK project keeps its fingerprint)."""
+        settings: dict[str, object] = {
+            "project_id": self.project_id,
+            "members": sorted(self.members),
+            "schema_fingerprint": self.schema_fingerprint.hex(),
+            "threshold": self.threshold,
+            "blocking": self.blocking,
+            "link_key_mode": str(self.link_key_mode),
+            "retention_days": self.retention_days,
+            "auto_run": self.auto_run,
+        }
+        if self.layout is not None:
+            settings["layout"] = self.layout.to_record()
+        return json.dumps(settings, sort_keys=True, separators=(",", ":"))
 
     @property
     def retention_policy(self) -> str:
@@ -129,7 +135,9 @@ class UploadHeader:
     clk_bits: int
     record_count: int
     payload_sha256: bytes
-    format_version: int = 1
+    format_version: int = FORMAT_VERSION
+    layout: ClkLayout | None = None
+    """Format 2: the record's groups and their hardening, as the file header lists them."""
 
     def __post_init__(self) -> None:
         check_label(self.party_id, what="party id")
@@ -145,7 +153,13 @@ class UploadHeader:
             record_count=self.record_count,
             payload_sha256=self.payload_sha256,
             format_version=self.format_version,
+            layout=self.layout,
         )
+
+    @property
+    def clk_layout(self) -> ClkLayout:
+        """The record's layout (``ClkLayout.single`` for format 1)."""
+        return self.layout or ClkLayout.single(self.clk_bits)
 
     @property
     def payload_bytes(self) -> int:
@@ -162,6 +176,7 @@ class UploadHeader:
             record_count=header.record_count,
             payload_sha256=header.payload_sha256,
             format_version=header.format_version,
+            layout=header.layout if header.format_version == GROUPED_FORMAT_VERSION else None,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import strategies as st
 
 # Normalised name-like text: lower-case letters (Latin and a few others) and single spaces.
@@ -23,3 +24,18 @@ default_schema_records = st.tuples(
     maybe(sex_values),
     maybe(postcodes),
 ).map(list)
+
+
+@st.composite
+def clk_blocks(
+    draw: st.DrawFn, *, max_rows: int = 10, max_words: int = 2, empty_rows: bool = False
+) -> np.ndarray:
+    """A ``(rows, words)`` uint64 block of random CLK words, some rows all zero if asked."""
+    rows = draw(st.integers(min_value=1, max_value=max_rows))
+    words = draw(st.integers(min_value=1, max_value=max_words))
+    data = draw(st.binary(min_size=8 * rows * words, max_size=8 * rows * words))
+    block = np.frombuffer(data, dtype="<u8").reshape(rows, words).astype(np.uint64)
+    if empty_rows:
+        zero = draw(st.lists(st.booleans(), min_size=rows, max_size=rows))
+        block[np.asarray(zero, dtype=bool)] = 0
+    return block

@@ -170,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
                         members=PARTIES,
                         schema_fingerprint=schema.fingerprint,
                         threshold=args.threshold,
+                        layout=schema.layout if schema.grouped else None,
                     )
                 ),
             )

@@ -12,8 +12,10 @@ from bloomlink.commands._connection import add_client_arguments, client_from_arg
 from bloomlink.commands._explain import explain_aspect
 from bloomlink.commands._output import add_json_flag, emit, progress_bar
 from party.client import LinkageClient
+from protocol.clk_layout import ClkLayout
 from protocol.errors import ConfigurationError, UnavailableError
 from protocol.messages import LinkKeyMode, ProjectSettings, ProjectStatus, RunState
+from protocol.schema import load_schema
 
 NAME = "project"
 HELP = "create a linkage project, show its status, or start its run"
@@ -26,13 +28,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create = sub.add_parser("create", help="register a project (operator)")
     create.add_argument("project_id")
     create.add_argument("--parties", required=True, help="comma-separated member parties")
-    fingerprint = create.add_mutually_exclusive_group(required=True)
-    fingerprint.add_argument("--schema-fingerprint", help="hex SHA-256 of the schema")
-    fingerprint.add_argument(
+    schema = create.add_mutually_exclusive_group(required=True)
+    schema.add_argument(
+        "--schema",
+        type=Path,
+        help="the project's linkage schema file: its fingerprint, and for a grouped (v2) "
+        "schema its layout and hardening, which every upload must then have (holds no secret)",
+    )
+    schema.add_argument(
+        "--schema-fingerprint", help="hex SHA-256 of a single-CLK (v1) schema, instead of --schema"
+    )
+    schema.add_argument(
         "--schema-fingerprint-file",
         type=Path,
         metavar="JSON",
-        help="read it from the output of bloomlink schema check --json",
+        help="read the fingerprint (and a grouped schema's layout) from the output of "
+        "bloomlink schema check --json, instead of --schema",
     )
     create.add_argument("--threshold", type=float, help="Dice threshold; omit for automatic")
     create.add_argument("--blocking", choices=("lsh", "none"), default="lsh")
@@ -58,22 +69,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         add_json_flag(action)
 
 
-def _fingerprint(args: argparse.Namespace) -> bytes:
+def _schema_identity(args: argparse.Namespace) -> tuple[bytes, ClkLayout | None]:
+    """The project's schema fingerprint and, for a grouped schema, its layout."""
+    if args.schema is not None:
+        schema = load_schema(args.schema)
+        return schema.fingerprint, schema.layout if schema.grouped else None
     text = args.schema_fingerprint
+    layout = None
     if args.schema_fingerprint_file is not None:
+        source = args.schema_fingerprint_file
         try:
-            record = json.loads(args.schema_fingerprint_file.read_text(encoding="utf-8"))
+            record = json.loads(source.read_text(encoding="utf-8"))
             text = record["fingerprint"]
+            if record.get("layout") is not None:
+                layout = ClkLayout.from_record(record["layout"])
         except OSError as error:
+            raise ConfigurationError(f"cannot read {source}: {error.strerror}") from None
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise ConfigurationError(
-                f"cannot read {args.schema_fingerprint_file}: {error.strerror}"
-            ) from None
-        except (ValueError, KeyError, TypeError):
-            raise ConfigurationError(
-                f"{args.schema_fingerprint_file} is not the output of bloomlink schema check --json"
+                f"{source} is not the output of bloomlink schema check --json"
             ) from None
     try:
-        return bytes.fromhex(str(text))
+        return bytes.fromhex(str(text)), layout
     except ValueError:
         raise ConfigurationError("--schema-fingerprint must be hex") from None
 
@@ -161,7 +178,7 @@ def follow(
 def run(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         if args.project_action == "create":
-            fingerprint = _fingerprint(args)
+            fingerprint, layout = _schema_identity(args)
             settings = ProjectSettings(
                 project_id=args.project_id,
                 members=tuple(p.strip() for p in args.parties.split(",") if p.strip()),
@@ -171,8 +188,15 @@ def run(args: argparse.Namespace) -> int:
                 link_key_mode=LinkKeyMode(args.link_key_mode),
                 retention_days=args.retention_days,
                 auto_run=not args.no_auto_run,
+                layout=layout,
             )
             digest = client.create_project(settings)
+            lines = [f"project {args.project_id} created; settings fingerprint {digest}"]
+            if layout is not None:
+                groups = ", ".join(
+                    f"{group.name} {group.bits} bits ({group.hardening})" for group in layout.groups
+                )
+                lines.append(f"uploads must be grouped encodings: {groups}")
             emit(
                 args,
                 {
@@ -180,8 +204,10 @@ def run(args: argparse.Namespace) -> int:
                     "settings_fingerprint": digest,
                     "members": list(settings.members),
                     "auto_run": settings.auto_run,
+                    "schema_fingerprint": fingerprint.hex(),
+                    "layout": None if layout is None else layout.to_record(),
                 },
-                [f"project {args.project_id} created; settings fingerprint {digest}"],
+                lines,
             )
             return 0
         if args.project_action == "status":

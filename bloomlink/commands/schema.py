@@ -23,20 +23,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     schema = load_schema(args.schema) if args.schema else default_schema()
+    if schema.grouped:
+        groups = "; ".join(
+            f"{group.name} {group.bits} bits, hardening {group.hardening}"
+            for group in schema.layout.groups
+        )
+        shape = f"{schema.encoded_bits}-bit encodings of {len(schema.groups)} groups ({groups})"
+    else:
+        shape = f"{schema.encoded_bits}-bit CLKs, hardening {schema.hardening}"
     emit(
         args,
         {
             "fingerprint": schema.fingerprint.hex(),
             "name": schema.name,
+            "schema_version": schema.schema_version,
             "fields": [spec.name for spec in schema.fields],
             "clk_bits": schema.clk_bits,
             "encoded_bits": schema.encoded_bits,
             "hashing": str(schema.hashing),
-            "hardening": str(schema.hardening),
+            # Version 1 hardens the whole record; version 2 each group (in "layout").
+            "hardening": None if schema.grouped else str(schema.hardening),
+            "layout": schema.layout.to_record() if schema.grouped else None,
         },
         [
             f"{schema.fingerprint.hex()}  schema {schema.name!r}: {len(schema.fields)} fields, "
-            f"{schema.encoded_bits}-bit CLKs, {schema.hashing}, hardening {schema.hardening}"
+            f"{shape}, {schema.hashing}"
         ],
     )
     return 0

@@ -23,7 +23,7 @@ from party.mapping import DepartmentMapping, shipped_mapping
 from protocol.clk_file import read_clks
 from protocol.encoding import ClkEncoder
 from protocol.errors import ConfigurationError, ExtractError, RecordError
-from protocol.schema import default_schema, parse_schema
+from protocol.schema import default_schema, load_schema, parse_schema
 from protocol.secret import LinkageSecret
 
 SECRET = LinkageSecret(bytes(range(32)))
@@ -501,6 +501,50 @@ def test_every_token_method_and_hardening_match_the_per_value_encoder(
     for row in rows:
         expected = encoder.encode(bound.normalise(row, row_number=1))
         assert clks[positions[row[0]]].tobytes() == expected
+
+
+GROUPED_SCHEMAS = Path(__file__).resolve().parents[2] / "benchmarks" / "schemas"
+
+
+@pytest.mark.parametrize(
+    "name", ["grouped_salted.toml", "grouped_diffusion_w3.toml", "grouped_balance.toml"]
+)
+@pytest.mark.parametrize("bad_rows", ["fail", "blank"])
+def test_a_grouped_schema_writes_format_2_matching_the_per_value_encoder(
+    dirs: tuple[Path, Path], name: str, bad_rows: str
+) -> None:
+    # Schema v2 through the run's column path (salted sex keyed by its date, every group in
+    # its own words, each group hardened, a missing group all zero) against ClkEncoder.encode.
+    source, out = dirs
+    schema = load_schema(GROUPED_SCHEMAS / name)
+    rows = [person(index) for index in range(50)]
+    rows[3][3] = ""  # no date: the salted sex sets nothing, the birth group is all zero
+    rows[4][3] = "31/02/1990"  # not a date: blanked, so again no salt
+    if bad_rows == "fail":
+        rows[4][3] = "01/02/1990"
+    encode_extract(
+        extract_path=write_csv(source / "moj.csv", rows),
+        mapping=shipped_mapping("moj"),
+        schema=schema,
+        secret=SECRET,
+        project_id="demo",
+        encoded_path=out / "moj.clk",
+        positions_path=out / "moj.positions.csv",
+        chunk_rows=16,
+        bad_rows=bad_rows,
+        max_bad_rows=BadRowLimit(rows=1),  # the one blanked date (2 %, over the 1 % default)
+    )
+    header, clks = read_clks(out / "moj.clk")
+    assert header.format_version == 2 and header.layout == schema.layout
+    positions = read_positions(out / "moj.positions.csv")
+    bound = shipped_mapping("moj").bind(schema, HEADER)
+    encoder = ClkEncoder(schema, SECRET, project_id="demo")
+    blanked: list[RecordError] = []
+    for row in rows:
+        expected = encoder.encode(bound.normalise(row, row_number=1, blanked=blanked))
+        assert clks[positions[row[0]]].tobytes() == expected
+    birth = slice(*schema.layout.word_range(1))
+    assert not clks[positions[rows[3][0]], birth].any()
 
 
 def test_positions_file_quotes_ids_across_blocks(
