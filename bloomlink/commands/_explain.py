@@ -21,6 +21,11 @@ _PLAIN_WORDS: dict[str, str] = {
     "damaged or edited file? Re-encode and submit again",
     "degenerate_clks": "sent CLKs with no bits or nearly every bit set - an empty or wrongly "
     "mapped column? Check the mapping and re-encode",
+    "layout": "sent an encoding whose field groups (names, order, lengths) are not the "
+    "project's - a different schema file, or a project created without --schema? Re-encode "
+    "with the project's schema",
+    "hardening": "sent an encoding whose groups are hardened differently from the project's - "
+    "a different schema file? Re-encode with the project's schema",
     "bit_density": "sent CLKs much denser or sparser than the other parties' - different "
     "encoder settings, or a mapping that leaves fields empty? Compare the fill rates encode "
     "prints and re-encode",

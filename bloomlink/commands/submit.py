@@ -3,7 +3,8 @@
 Before a byte of the payload is sent (and after its manifest is checked), the file is checked against the project the linkage
 unit holds: your certificate is the party you name, you are a member, and the file was
 encoded under the project's schema (its fingerprint fixes the fields, the CLK length and the
-hardening). A mismatch is refused here, in plain words, not at the run.
+hardening) with the project's layout, if it has one (each group's bits and hardening). A
+mismatch is refused here, in plain words, not at the run.
 
 The file goes only with a signed manifest that records a clean leak scan of exactly its
 payload, including the check that its CLKs were made with the linkage secret (``bloomlink
@@ -33,7 +34,7 @@ from party.manifest import (
 from party.mapping import load_mapping, shipped_mapping
 from party.prepare import default_positions_path
 from party.sensitive_strings import sensitive_strings
-from protocol.clk_file import ClkFileHeader, read_header
+from protocol.clk_file import GROUPED_FORMAT_VERSION, ClkFileHeader, read_header
 from protocol.errors import CompatibilityError, ConfigurationError, NotFoundError
 from protocol.messages import UploadState
 from protocol.schema import default_schema, load_schema
@@ -91,6 +92,32 @@ def check_against_project(client: LinkageClient, header: ClkFileHeader, party: s
             f"{settings.schema_fingerprint.hex()[:12]}; nothing was sent",
             party=party,
             aspect="schema_fingerprint",
+        )
+    # The layout (each group's bits and hardening) as the linkage unit will check it at
+    # upload: a project created from a fingerprint alone has none and takes format 1 only.
+    layout = header.clk_layout if header.format_version == GROUPED_FORMAT_VERSION else None
+    expected = settings.layout
+    if expected is None and layout is not None:
+        raise CompatibilityError(
+            f"the file is a grouped encoding (file format 2), but project {header.project_id} "
+            "was created without a layout (from a schema fingerprint alone); ask the operator "
+            "to create the project with --schema; nothing was sent",
+            party=party,
+            aspect="layout",
+        )
+    if expected is not None and (layout is None or layout.geometry != expected.geometry):
+        raise CompatibilityError(
+            f"the file's field groups (names, order or lengths) are not project "
+            f"{header.project_id}'s; re-encode with the project's schema; nothing was sent",
+            party=party,
+            aspect="layout",
+        )
+    if expected is not None and layout != expected:
+        raise CompatibilityError(
+            f"the file's groups are hardened differently from project {header.project_id}'s "
+            "(method or parameters); re-encode with the project's schema; nothing was sent",
+            party=party,
+            aspect="hardening",
         )
 
 
