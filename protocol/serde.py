@@ -17,7 +17,7 @@ from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import ConfigurationError, InvalidRequestError
 from protocol.hardening import HARDENING_DESCRIPTOR_PATTERN
 from protocol.labels import check_label
-from protocol.manifest import SignedManifest, UploadManifest
+from protocol.manifest import FieldCount, SignedManifest, UploadManifest
 from protocol.messages import (
     LinkKeyBatch,
     LinkKeyMode,
@@ -302,6 +302,13 @@ def manifest_to_proto(signed: SignedManifest) -> pb.UploadManifest:
         nonce=manifest.nonce,
         leak_scan_strings=manifest.leak_scan_strings,
         leak_scan_rows=manifest.leak_scan_rows,
+        unkeyed_check=manifest.unkeyed_check,
+        rows_read=manifest.rows_read,
+        rows_skipped=manifest.rows_skipped,
+        field_counts=[
+            pb.ManifestFieldCount(field_name=item.field, missing=item.missing, blanked=item.blanked)
+            for item in manifest.field_counts
+        ],
         signature=signed.signature,
         public_key=signed.public_key,
         groups=layout_to_proto(manifest.layout),
@@ -328,6 +335,15 @@ def manifest_from_proto(message: pb.UploadHeader) -> SignedManifest | None:
         nonce=bytes(part.nonce),
         leak_scan_strings=part.leak_scan_strings,
         leak_scan_rows=part.leak_scan_rows,
+        unkeyed_check=part.unkeyed_check,
+        rows_read=part.rows_read,
+        rows_skipped=part.rows_skipped,
+        field_counts=tuple(
+            _validated(
+                FieldCount, field=item.field_name, missing=item.missing, blanked=item.blanked
+            )
+            for item in part.field_counts
+        ),
         layout=layout_from_proto(part.groups),
     )
     return _validated(
@@ -357,6 +373,7 @@ UPLOAD_FIELD_ALLOW_LIST: dict[str, str] = {
     "bloomlink.v1.UploadManifest.nonce": "16 bytes",
     "bloomlink.v1.UploadManifest.signature": "64 bytes (Ed25519)",
     "bloomlink.v1.UploadManifest.public_key": "32 bytes (Ed25519)",
+    "bloomlink.v1.ManifestFieldCount.field_name": "schema field name ^[a-z][a-z0-9_-]{0,62}$",
     "bloomlink.v1.ClkGroup.name": "label ^[a-z][a-z0-9-]{0,62}$",
     "bloomlink.v1.ClkGroup.hardening": f"hardening descriptor {HARDENING_DESCRIPTOR_PATTERN.pattern}",
     "bloomlink.v1.UploadChunk.data": "CLK bytes: length-checked, digest-checked, leak-scanned",

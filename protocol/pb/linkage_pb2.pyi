@@ -7,9 +7,9 @@ Version 1. A breaking change is a new package (bloomlink.v2), never an edit here
 Upload messages carry only labels (project id, party id: ^[a-z][a-z0-9-]{0,62}$), the
 encoded file's header fields (with the layout of a grouped encoding: group labels, bit
 counts and hardening descriptors from a fixed grammar), the party's signed manifest (the
-same fields plus a version string and a timestamp, both pattern-checked), CLK bytes and
-chunk bookkeeping: there is no
-free-text field in which a personal identifier could travel. `bloomlink audit verify`
+same fields plus a version string and a timestamp, both pattern-checked, and counts per
+schema field named by pattern-checked field names), CLK bytes and chunk bookkeeping: there
+is no free-text field in which a personal identifier could travel. `bloomlink audit verify`
 checks this from the descriptor against an allow-list (protocol/serde.py).
 """
 
@@ -462,6 +462,10 @@ class UploadManifest(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
+    UNKEYED_CHECK_FIELD_NUMBER: _builtins.int
+    ROWS_READ_FIELD_NUMBER: _builtins.int
+    ROWS_SKIPPED_FIELD_NUMBER: _builtins.int
+    FIELD_COUNTS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     party_id: _builtins.str
     record_count: _builtins.int
@@ -480,10 +484,17 @@ class UploadManifest(_message.Message):
     signature: _builtins.bytes
     """Ed25519 signature and the raw 32-byte public key that made it."""
     public_key: _builtins.bytes
+    unkeyed_check: _builtins.bool
+    """Whether the scan compared the CLKs with a re-encoding under a publicly known key."""
+    rows_read: _builtins.int
+    """The encode's counts (0 rows read: not recorded); per schema field, counts only."""
+    rows_skipped: _builtins.int
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClkGroup]:
-        """A grouped encoding's groups and the hardening applied to each (manifest format v2)."""
+        """A grouped encoding's groups and the hardening applied to each (empty for one CLK)."""
 
+    @_builtins.property
+    def field_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestFieldCount]: ...
     def __init__(
         self,
         *,
@@ -502,14 +513,46 @@ class UploadManifest(_message.Message):
         signature: _builtins.bytes = ...,
         public_key: _builtins.bytes = ...,
         groups: _abc.Iterable[Global___ClkGroup] | None = ...,
+        unkeyed_check: _builtins.bool = ...,
+        rows_read: _builtins.int = ...,
+        rows_skipped: _builtins.int = ...,
+        field_counts: _abc.Iterable[Global___ManifestFieldCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "created_at", b"created_at", "groups", b"groups", "kcv", b"kcv", "leak_scan_rows", b"leak_scan_rows", "leak_scan_strings", b"leak_scan_strings", "nonce", b"nonce", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "public_key", b"public_key", "record_count", b"record_count", "schema_fingerprint", b"schema_fingerprint", "signature", b"signature", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "created_at", b"created_at", "field_counts", b"field_counts", "groups", b"groups", "kcv", b"kcv", "leak_scan_rows", b"leak_scan_rows", "leak_scan_strings", b"leak_scan_strings", "nonce", b"nonce", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "public_key", b"public_key", "record_count", b"record_count", "rows_read", b"rows_read", "rows_skipped", b"rows_skipped", "schema_fingerprint", b"schema_fingerprint", "signature", b"signature", "software_version", b"software_version", "unkeyed_check", b"unkeyed_check"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UploadManifest: _TypeAlias = UploadManifest  # noqa: Y015
+
+@_typing.final
+class ManifestFieldCount(_message.Message):
+    """One schema field's counts over an encode: records with no value, values blanked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_NAME_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    BLANKED_FIELD_NUMBER: _builtins.int
+    field_name: _builtins.str
+    """A schema field name, ^[a-z][a-z0-9_-]{0,62}$."""
+    missing: _builtins.int
+    blanked: _builtins.int
+    def __init__(
+        self,
+        *,
+        field_name: _builtins.str = ...,
+        missing: _builtins.int = ...,
+        blanked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blanked", b"blanked", "field_name", b"field_name", "missing", b"missing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManifestFieldCount: _TypeAlias = ManifestFieldCount  # noqa: Y015
 
 @_typing.final
 class UploadChunk(_message.Message):
