@@ -95,12 +95,20 @@ class Matching:
 
 
 @numba.njit(cache=True)
-def _greedy(order: npt.NDArray[np.int64], columns: int, rows: int) -> npt.NDArray[np.int64]:
-    taken_row = np.zeros(rows, dtype=np.bool_)
-    taken_column = np.zeros(columns, dtype=np.bool_)
-    out = np.full(rows, -1, dtype=np.int64)
-    remaining = min(rows, columns)
-    for flat in order:
+def _greedy(
+    keys: npt.NDArray[np.uint64],
+    columns: int,
+    taken_row: npt.NDArray[np.bool_],
+    taken_column: npt.NDArray[np.bool_],
+    out: npt.NDArray[np.int64],
+    remaining: int,
+) -> int:
+    """Take pairs in ``keys`` order (low 32 bits: flat index) while both ends are free;
+    return how many assignments are still wanted."""
+    for key in keys:
+        if remaining == 0:
+            break
+        flat = np.int64(key & np.uint64(0xFFFFFFFF))
         row, column = flat // columns, flat % columns
         if taken_row[row] or taken_column[column]:
             continue
@@ -108,20 +116,41 @@ def _greedy(order: npt.NDArray[np.int64], columns: int, rows: int) -> npt.NDArra
         taken_column[column] = True
         out[row] = column
         remaining -= 1
-        if remaining == 0:
-            break
-    return out
+    return remaining
+
+
+def _order_keys(cost: npt.NDArray[np.float32]) -> npt.NDArray[np.uint64]:
+    """One uint64 per finite cost that sorts as (cost, flat index): the float's bits made
+    order-preserving as an unsigned integer, above the index."""
+    flat = cost.ravel().astype(np.float32) + np.float32(0.0)  # -0.0 becomes +0.0
+    index = np.flatnonzero(np.isfinite(flat))
+    bits = flat[index].view(np.uint32)
+    negative = (bits >> np.uint32(31)).astype(bool)
+    ordered = np.where(negative, ~bits, bits | np.uint32(0x80000000)).astype(np.uint64)
+    keys: npt.NDArray[np.uint64] = (ordered << np.uint64(32)) | index.astype(np.uint64)
+    return keys
 
 
 def greedy_assignment(cost: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
     """One-to-one greedy assignment, cheapest pair first (ties by position): each row's
-    column, or -1. Infinite costs are never assigned."""
+    column, or -1. Infinite costs are never assigned. Sorts only the cheapest pairs unless
+    they run out before every row or column is taken."""
     rows, columns = cost.shape
-    flat = cost.ravel()
-    finite = np.flatnonzero(np.isfinite(flat))
-    order = finite[np.argsort(flat[finite], kind="stable")].astype(np.int64)
-    result: npt.NDArray[np.int64] = _greedy(order, columns, rows)
-    return result
+    if rows * columns >= 2**32:
+        raise ValueError("greedy assignment takes fewer than 2**32 pairs")
+    out = np.full(rows, -1, dtype=np.int64)
+    keys = _order_keys(cost)
+    taken_row = np.zeros(rows, dtype=np.bool_)
+    taken_column = np.zeros(columns, dtype=np.bool_)
+    remaining = min(rows, columns)
+    cheapest = min(len(keys), 32 * max(rows, columns))
+    if 0 < cheapest < len(keys):
+        keys = np.partition(keys, cheapest - 1)
+        head, keys = np.sort(keys[:cheapest]), keys[cheapest:]
+        remaining = _greedy(head, columns, taken_row, taken_column, out, remaining)
+    if remaining and len(keys):
+        _greedy(np.sort(keys), columns, taken_row, taken_column, out, remaining)
+    return out
 
 
 def reference_greedy_assignment(cost: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
@@ -193,8 +222,9 @@ def match_features(
     chosen = distance[rows, columns]
     others = distance[rows]
     others[np.arange(len(rows)), columns] = np.inf
-    finite = np.where(np.isfinite(distance[rows]), distance[rows], np.nan)
-    scale = np.nanmedian(finite, axis=1) if len(rows) else np.zeros(0)
+    open_columns = np.ones(distance.shape[1], dtype=bool)
+    open_columns[known[:, 1]] = False
+    scale = np.median(distance[np.ix_(rows, np.flatnonzero(open_columns))], axis=1)
     # how much nearer the assigned reference is than the row's best alternative
     confidence = (chosen - others.min(axis=1)) / np.where(scale > 0, scale, 1.0)
     # a positive confidence (a row that lost its best reference to another) is never
@@ -278,18 +308,23 @@ def _node_features(
     columns = []
     for bits in groups:
         similarity = dice_matrix(bits, bits)
-        np.fill_diagonal(similarity, np.nan)
-        filled = np.nan_to_num(similarity, nan=-1.0)
-        ordered = -np.sort(-filled, axis=1)[:, :neighbours]
-        mean = np.nanmean(similarity, axis=1)
-        nearest = np.argsort(-filled, axis=1)[:, :neighbours]
+        np.fill_diagonal(similarity, -1.0)
+        ordered = np.sort(similarity, axis=1)[:, 1:]  # ascending, the record itself dropped
+        others = ordered.shape[1]
+        mean = ordered.mean(axis=1)
+        quantiles = [
+            ordered[:, min(others - 1, int(q * (others - 1)))] for q in (0.5, 0.9, 0.99, 0.999)
+        ]
+        best = ordered[:, ::-1][:, :neighbours]
+        nearest = np.argpartition(-similarity, neighbours - 1, axis=1)[:, :neighbours]
+        degrees = [(ordered >= t).mean(axis=1) for t in thresholds]
         columns.extend(
             [
                 bits.sum(axis=1, keepdims=True),
                 mean[:, None],
-                np.nanpercentile(similarity, [50, 90, 99, 99.9], axis=1).T,
-                ordered,
-                np.stack([(filled >= t).mean(axis=1) for t in thresholds], axis=1),
+                np.stack(quantiles, axis=1),
+                best,
+                np.stack(degrees, axis=1),
                 mean[nearest].mean(axis=1, keepdims=True),
             ]
         )

@@ -121,20 +121,19 @@ def reference_tokens(
 
 def _distinct(signatures: Sequence[BitSignature], jaccard: float) -> list[BitSignature]:
     """Drop sets whose members nearly equal those of a larger set already kept."""
-    kept: list[BitSignature] = []
-    kept_members: list[npt.NDArray[np.bool_]] = []
-    for signature in sorted(signatures, key=lambda item: (-len(item.bits), item.bits)):
-        members = signature.members
-        duplicate = False
-        for other in kept_members:
-            union = int((members | other).sum())
-            if union and int((members & other).sum()) / union >= jaccard:
-                duplicate = True
-                break
-        if not duplicate:
-            kept.append(signature)
-            kept_members.append(members)
-    return sorted(kept, key=lambda item: (-item.frequency, item.bits))
+    ordered = sorted(signatures, key=lambda item: (-len(item.bits), item.bits))
+    if not ordered:
+        return []
+    members = np.stack([item.members for item in ordered]).astype(np.float32)
+    together = members @ members.T
+    counts = members.sum(axis=1)
+    union = counts[:, None] + counts[None, :] - together
+    similar = together >= jaccard * np.maximum(union, 1.0)
+    keep = np.zeros(len(ordered), dtype=bool)
+    for index in range(len(ordered)):
+        keep[index] = not similar[index, keep].any()
+    kept = np.flatnonzero(keep).tolist()
+    return sorted((ordered[index] for index in kept), key=lambda item: (-item.frequency, item.bits))
 
 
 def _exclusive(

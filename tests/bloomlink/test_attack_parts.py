@@ -39,6 +39,15 @@ def test_greedy_assignment_agrees_with_its_reference(cost: list[list[float]]) ->
     assert greedy_assignment(matrix).tolist() == reference_greedy_assignment(matrix).tolist()
 
 
+def test_greedy_assignment_past_its_cheapest_pairs_agrees_with_its_reference() -> None:
+    """Large enough that the fast path sorts only its cheapest pairs first, then the rest."""
+    generator = np.random.default_rng(5)
+    cost = generator.integers(0, 30, size=(70, 60)).astype(np.float32)
+    cost[generator.random(cost.shape) < 0.1] = np.inf
+    cost[:, :5] = -1.0  # every row's cheapest five pairs are the same few columns
+    assert greedy_assignment(cost).tolist() == reference_greedy_assignment(cost).tolist()
+
+
 def test_greedy_assignment_takes_the_cheapest_pair_first() -> None:
     cost = np.array([[1.0, 2.0], [0.5, 9.0]], dtype=np.float32)
     assert greedy_assignment(cost).tolist() == [1, 0]
