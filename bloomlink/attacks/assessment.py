@@ -62,6 +62,8 @@ from protocol.schema import LinkageSchema
 __all__ = ["AssessmentSettings", "AttackReport", "Reference", "Truth", "assess"]
 
 ALL_ATTACKS = frozenset(AttackName)
+IDENTIFIED = 0.6
+"""``min(precision, recall)`` at which an attribute value counts as identified (issue 19)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, eq=False)
@@ -154,7 +156,7 @@ class AttackReport:
         return {}
 
     def identified(
-        self, attack: AttackName, view: str, threshold: float = 0.6
+        self, attack: AttackName, view: str, threshold: float = IDENTIFIED
     ) -> dict[Attribute, tuple[int, int]]:
         """Per attribute: (values with min(P, R) >= threshold, values scored)."""
         out: dict[Attribute, tuple[int, int]] = {}
@@ -175,7 +177,16 @@ class AttackReport:
                 for attribute, score in best.items()
             )
             out.append(f"[{result.view}] {result.attack}: best P/R per attribute: {summary}")
-            out.extend(f"    {line}" for line in result.findings[:12])
+            out.extend(f"    {line}" for line in result.findings[:2])
+            identified = [score for score in result.scores if score.min_pr >= IDENTIFIED]
+            if identified:
+                out.append(
+                    "    identified (min(P, R) >= 0.6): "
+                    + ", ".join(
+                        f"{score.attribute}={score.value} {score.precision:.2f}/{score.recall:.2f}"
+                        for score in identified
+                    )
+                )
         for graph in self.graph_results:
             out.append(
                 f"[{graph.view}] {graph.attack} ({graph.seeds} known pairs): "
