@@ -212,6 +212,14 @@ def print_table(runs: Sequence[SchemaRun]) -> None:
         )
 
 
+def _hardening(schema: LinkageSchema) -> str:
+    """The schema's hardening: v1's one method, or each field group's chain (encoding v2)."""
+    groups = getattr(schema, "groups", ())
+    if groups:
+        return "; ".join(f"{group.name}: {group.descriptor or 'none'}" for group in groups)
+    return schema.hardening
+
+
 def _figures(run: SchemaRun, baseline: float | None) -> dict[str, Any]:
     report = run.report
     worst = report.worst_attribute
@@ -227,7 +235,7 @@ def _figures(run: SchemaRun, baseline: float | None) -> dict[str, Any]:
     )
     return {
         "schema": run.label,
-        "hardening": run.schema.hardening,
+        "hardening": _hardening(run.schema),
         "worst_attribute_min_pr": round(report.worst_attribute_min_pr, 4),
         "worst_attribute": (
             f"{worst[0]} [{worst[1]}] {worst[2].attribute}={worst[2].value}" if worst else None
