@@ -92,3 +92,12 @@ def clustering_problems(draw: st.DrawFn) -> tuple[list[PartyRecords], list[Party
             )
             items.append(PartyPairs(left_party=i, right_party=j, pairs=pairs))
     return parties, items
+
+
+@st.composite
+def cost_matrices(draw: st.DrawFn, *, max_side: int = 7) -> list[list[float]]:
+    """Small assignment cost matrices with ties and forbidden (infinite) pairs."""
+    rows = draw(st.integers(0, max_side))
+    columns = draw(st.integers(0, max_side))
+    cell = st.one_of(st.integers(0, 4).map(float), st.just(float("inf")))
+    return [[draw(cell) for _ in range(columns)] for _ in range(rows)]
