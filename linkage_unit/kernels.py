@@ -8,15 +8,19 @@ Paths (:class:`KernelPath`), best first:
   right side is stored as two nibble planes, the left side likewise), so a word costs two
   ANDs, two table lookups (VPSHUFB) and two byte adds; bytes are summed (VPSADBW) every 31
   words, before a byte counter could overflow.
+* ``popcnt``: x86 without AVX2 (Sandy Bridge, Westmere, restricted virtual CPUs): scalar
+  POPCNT, one pair at a time, still four rows per load of the right side.
 * ``generic``: four pairs a register with LLVM's own popcount lowering, for any other CPU
-  (scalar POPCNT, SSSE3 or NEON, whatever the target has).
+  (x86 without POPCNT, ARM NEON, whatever the target has).
 
-All three share one driver. The right side is sorted by popcount and cut into column tiles
+All four share one driver. The right side is sorted by popcount and cut into column tiles
 that stay in L2; four left rows are compared at once against each vector of right columns,
 so one load of the right side serves four rows. A (rows, tile) whose best possible pair
 cannot reach the threshold is skipped. With ``split`` < words, the count stops half-way: if
 ``shared so far + min(bits left in a, bits left in b)`` cannot reach the row's floor for
-any pair in the vector, the rest of the words are not read. Every skip is exact: it only
+any pair in the vector, the rest of the words are not read (at thresholds near 0.8 this
+halves the work on non-matching pairs; where the test lets most vectors through, as at
+lower thresholds, it is dropped for the rest of the tile). Every skip is exact: it only
 drops pairs that fail the integer rule, so all paths return exactly the same pairs.
 
 The path is part of the driver's argument types (a marker object), so each path's
@@ -53,6 +57,8 @@ from linkage_unit.simd import (
     add_bytes,
     and_,
     any_at_least,
+    element,
+    element_at,
     lane,
     load4,
     load4_at,
@@ -64,6 +70,7 @@ from linkage_unit.simd import (
     splat4,
     splat8,
     sum_bytes,
+    vector4,
     zeros4,
     zeros8,
 )
@@ -74,6 +81,8 @@ __all__ = [
     "PreparedRight",
     "ROWS_PER_BLOCK",
     "TILE_COLUMNS",
+    "X86_64_V2_FEATURES",
+    "X86_64_V3_FEATURES",
     "best_row_blocks",
     "check_path",
     "compare_row_blocks",
@@ -93,10 +102,16 @@ class KernelPath(StrEnum):
 
     AVX512_VPOPCNTDQ = "avx512-vpopcntdq"
     AVX2 = "avx2"
+    POPCNT = "popcnt"
     GENERIC = "generic"
 
 
-_PATH_CODES = {KernelPath.AVX512_VPOPCNTDQ: 0, KernelPath.AVX2: 1, KernelPath.GENERIC: 2}
+_PATH_CODES = {
+    KernelPath.AVX512_VPOPCNTDQ: 0,
+    KernelPath.AVX2: 1,
+    KernelPath.GENERIC: 2,
+    KernelPath.POPCNT: 3,
+}
 
 
 class _PathMarker:
@@ -130,6 +145,19 @@ def _unbox_path_marker(typ: Any, obj: Any, context: Any) -> Any:  # pragma: no c
 
 _MARKERS = {path: _PathMarker(code) for path, code in _PATH_CODES.items()}
 _X86_MACHINES = {"x86_64", "amd64", "x86-64"}
+
+X86_64_V2_FEATURES = frozenset(
+    {"64bit", "cmov", "cx8", "fxsr", "mmx", "sse", "sse2"}  # the x86-64 baseline
+    | {"cx16", "sahf", "popcnt", "sse3", "sse4.1", "sse4.2", "ssse3", "crc32"}
+)
+"""The x86-64-v2 level (LLVM feature names): Nehalem and later; the ``popcnt`` path."""
+
+X86_64_V3_FEATURES = X86_64_V2_FEATURES | {
+    "avx", "avx2", "bmi", "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave"
+}  # fmt: skip
+"""The x86-64-v3 level: what every AVX2 server has, and all the AVX2 path needs. Tests and
+benchmarks compile for exactly these levels to run a path as a CPU without the later
+features would (no AVX-512, and no GFNI, which LLVM would use for popcounts)."""
 
 ROWS_PER_BLOCK = 4
 """Left rows compared at once against one vector of right columns (one load, four uses)."""
@@ -166,6 +194,8 @@ def supported_paths(
             paths.append(KernelPath.AVX512_VPOPCNTDQ)
         if "avx2" in have:
             paths.append(KernelPath.AVX2)
+        if "popcnt" in have:
+            paths.append(KernelPath.POPCNT)
     paths.append(KernelPath.GENERIC)
     return tuple(paths)
 
@@ -285,6 +315,40 @@ def _count_generic(  # pragma: no cover - compiled
     return a0, a1, a2, a3
 
 
+@numba.njit(inline="always", nogil=True, cache=True)
+def _column_counts(  # pragma: no cover - compiled
+    left_packed: Any, right: Any, base: int, column: int, first_word: int, stop_word: int
+) -> Any:
+    """Shared bits of four rows against one column, with scalar POPCNT."""
+    t0 = t1 = t2 = t3 = np.uint64(0)
+    for word in range(first_word, stop_word):
+        right_word = element(right, word, column)
+        at = base + word * 4
+        t0 += popcount(element_at(left_packed, at) & right_word)
+        t1 += popcount(element_at(left_packed, at + 1) & right_word)
+        t2 += popcount(element_at(left_packed, at + 2) & right_word)
+        t3 += popcount(element_at(left_packed, at + 3) & right_word)
+    return t0, t1, t2, t3
+
+
+@numba.njit(nogil=True, cache=True)
+def _count_popcnt(  # pragma: no cover - compiled
+    left_packed: Any, right: Any, block: int, words: int, column: int,
+    first_word: int, stop_word: int, s0: Any, s1: Any, s2: Any, s3: Any,
+) -> Any:  # fmt: skip
+    base = block * words * 4
+    c0 = _column_counts(left_packed, right, base, column, first_word, stop_word)
+    c1 = _column_counts(left_packed, right, base, column + 1, first_word, stop_word)
+    c2 = _column_counts(left_packed, right, base, column + 2, first_word, stop_word)
+    c3 = _column_counts(left_packed, right, base, column + 3, first_word, stop_word)
+    return (
+        add(s0, vector4(c0[0], c1[0], c2[0], c3[0])),
+        add(s1, vector4(c0[1], c1[1], c2[1], c3[1])),
+        add(s2, vector4(c0[2], c1[2], c2[2], c3[2])),
+        add(s3, vector4(c0[3], c1[3], c2[3], c3[3])),
+    )
+
+
 @numba.njit(nogil=True, cache=True)
 def _count_avx2(  # pragma: no cover - compiled
     left_packed: Any, right: Any, block: int, words: int, column: int,
@@ -393,7 +457,7 @@ def _count_for_path(  # pragma: no cover - typing only
     code = _literal_path(path)
     if code is None:
         return None
-    kernel = {0: _count_avx512, 1: _count_avx2, 2: _count_generic}[code]
+    kernel = {0: _count_avx512, 1: _count_avx2, 2: _count_generic, 3: _count_popcnt}[code]
 
     def count(
         path: Any, left_packed: Any, right: Any, block: Any, words: Any, column: Any,
@@ -500,13 +564,19 @@ def _compare_row_blocks(  # pragma: no cover - compiled
             f1 = floors[1]
             f2 = floors[2]
             f3 = floors[3]
+            # The half-way test pays only where it often prunes: after 16 tries here, if it
+            # let most vectors through, count the rest of this tile in one go.
+            pause = split
+            tries = 0
+            through = 0
             for column in range(start, col1, lanes):
                 zero = _zeros(path)
                 s0, s1, s2, s3 = _count(
-                    path, left_packed, right, block, words, column, 0, split,
+                    path, left_packed, right, block, words, column, 0, pause,
                     zero, zero, zero, zero,
                 )  # fmt: skip
-                if split < words:
+                if pause < words:
+                    tries += 1
                     rest_right = _load_rest(path, right_rest, column)
                     if not (
                         may_reach(s0, rest_right, rests[0], f0)
@@ -515,6 +585,9 @@ def _compare_row_blocks(  # pragma: no cover - compiled
                         or may_reach(s3, rest_right, rests[3], f3)
                     ):
                         continue
+                    through += 1
+                    if tries >= 16 and 2 * through > tries:
+                        pause = words
                     s0, s1, s2, s3 = _count(
                         path, left_packed, right, block, words, column, split, words,
                         s0, s1, s2, s3,
@@ -610,13 +683,19 @@ def _best_row_blocks(  # pragma: no cover - compiled
             f1 = floors[1]
             f2 = floors[2]
             f3 = floors[3]
+            # The half-way test pays only where it often prunes: after 16 tries here, if it
+            # let most vectors through, count the rest of this tile in one go.
+            pause = split
+            tries = 0
+            through = 0
             for column in range(col0, col1, lanes):
                 zero = _zeros(path)
                 s0, s1, s2, s3 = _count(
-                    path, left_packed, right, block, words, column, 0, split,
+                    path, left_packed, right, block, words, column, 0, pause,
                     zero, zero, zero, zero,
                 )  # fmt: skip
-                if split < words:
+                if pause < words:
+                    tries += 1
                     rest_right = _load_rest(path, right_rest, column)
                     if not (
                         may_reach(s0, rest_right, rests[0], f0)
@@ -625,6 +704,9 @@ def _best_row_blocks(  # pragma: no cover - compiled
                         or may_reach(s3, rest_right, rests[3], f3)
                     ):
                         continue
+                    through += 1
+                    if tries >= 16 and 2 * through > tries:
+                        pause = words
                     s0, s1, s2, s3 = _count(
                         path, left_packed, right, block, words, column, split, words,
                         s0, s1, s2, s3,

@@ -29,6 +29,8 @@ __all__ = [
     "add",
     "add_bytes",
     "and_",
+    "element",
+    "element_at",
     "any_at_least",
     "lane",
     "load4",
@@ -41,6 +43,7 @@ __all__ = [
     "splat4",
     "splat8",
     "sum_bytes",
+    "vector4",
     "zeros4",
     "zeros8",
 ]
@@ -186,8 +189,14 @@ def _add(typing_context: Any, left: Any, right: Any) -> Any:  # pragma: no cover
 
 
 @intrinsic
-def _popcount(typing_context: Any, vector: Any) -> Any:  # pragma: no cover
+def _popcount(typing_context: Any, value: Any) -> Any:  # pragma: no cover
+    scalar = not isinstance(value, VectorU64)
+    if scalar and value != types.uint64:
+        return None
+
     def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        if scalar:
+            return builder.ctpop(args[0])
         lanes = sig.args[0].lanes
         function_type = ir.FunctionType(_vector(lanes), [_vector(lanes)])
         function = cgutils.get_or_insert_function(
@@ -195,7 +204,35 @@ def _popcount(typing_context: Any, vector: Any) -> Any:  # pragma: no cover
         )
         return builder.call(function, [args[0]])
 
-    return vector(vector), codegen
+    return value(value), codegen
+
+
+@intrinsic
+def _vector4(typing_context: Any, first: Any, second: Any, third: Any, fourth: Any) -> Any:
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:  # pragma: no cover
+        vector = ir.Constant(_vector(4), ir.Undefined)
+        for index, value in enumerate(args):
+            vector = builder.insert_element(vector, value, ir.Constant(_I32, index))
+        return vector
+
+    return U64x4(types.uint64, types.uint64, types.uint64, types.uint64), codegen
+
+
+@intrinsic
+def _element(typing_context: Any, array: Any, row: Any, column: Any) -> Any:  # pragma: no cover
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        pointer = _element_pointer(context, builder, sig.args[0], args[0], [args[1], args[2]])
+        return builder.load(pointer)
+
+    return types.uint64(array, row, column), codegen
+
+
+@intrinsic
+def _element_at(typing_context: Any, array: Any, index: Any) -> Any:  # pragma: no cover
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        return builder.load(_element_pointer(context, builder, sig.args[0], args[0], [args[1]]))
+
+    return types.uint64(array, index), codegen
 
 
 @intrinsic
@@ -284,7 +321,14 @@ and_ = _typed(_and)
 add = _typed(_add)
 """Lane-wise 64-bit add."""
 popcount = _typed(_popcount)
-"""Lane-wise popcount (``llvm.ctpop``): one VPOPCNTQ where the CPU has AVX-512 VPOPCNTDQ."""
+"""Popcount of a uint64 or of each lane (``llvm.ctpop``): POPCNT, or one VPOPCNTQ for a
+vector where the CPU has AVX-512 VPOPCNTDQ."""
+vector4 = _typed(_vector4)
+"""A U64x4 of four uint64 values."""
+element = _typed(_element)
+"""``array[row, column]`` of a 2-D uint64 array, unchecked."""
+element_at = _typed(_element_at)
+"""``array[index]`` of a 1-D uint64 array, unchecked."""
 add_bytes = _typed(_add_bytes)
 """Byte-wise add of two U64x4 (VPADDB): 32 byte counters that must not pass 255."""
 nibble_popcount = _typed(_nibble_popcount)

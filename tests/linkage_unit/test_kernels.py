@@ -1,5 +1,6 @@
-"""Kernel dispatch: which path a CPU gets, and the AVX2 and generic paths compiled as they
-would be on CPUs without AVX-512 (or without AVX2), checked against the slow reference."""
+"""Kernel dispatch: which path a CPU gets, and the AVX2, POPCNT and generic paths compiled as
+they would be on CPUs without AVX-512, without AVX2, or without POPCNT, checked against the
+slow reference."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from linkage_unit.kernels import KernelPath, cpu_features, kernel_path, supported_paths
+from linkage_unit.kernels import (
+    X86_64_V2_FEATURES,
+    X86_64_V3_FEATURES,
+    KernelPath,
+    cpu_features,
+    kernel_path,
+    supported_paths,
+)
 from linkage_unit.similarity import reference_best_scores, reference_candidate_pairs
 from tests.linkage_unit.clk_strategies import noisy_copies, random_clks
 
@@ -30,7 +38,9 @@ def test_each_cpu_family_gets_its_path() -> None:
     # AVX-512 without the vector popcount (Skylake-X) takes the AVX2 path.
     skylake = AVX2_FEATURES | {"avx512f", "avx512bw"}
     assert kernel_path(skylake, machine=x86) is KernelPath.AVX2
-    assert supported_paths(frozenset({"popcnt", "sse4.2"}), machine=x86) == (KernelPath.GENERIC,)
+    westmere = frozenset({"popcnt", "sse4.2"})
+    assert supported_paths(westmere, machine=x86) == (KernelPath.POPCNT, KernelPath.GENERIC)
+    assert supported_paths(frozenset({"sse2"}), machine=x86) == (KernelPath.GENERIC,)
     # The AVX2 instructions are x86 only, whatever a feature string says.
     assert supported_paths(AVX512_FEATURES, machine="aarch64") == (KernelPath.GENERIC,)
 
@@ -66,31 +76,35 @@ print(json.dumps(out))
 """
 
 
-def _avx2_only_features() -> str:
-    # This CPU's own features with every AVX-512 (and later) extension switched off: the
-    # AVX2 machine the same core would be without them.
-    off = ("avx512", "avx10", "amx", "evex512")
-    features = sorted(cpu_features())
-    return ",".join(("-" if name.startswith(off) else "+") + name for name in features)
+def _only(level: frozenset[str]) -> str:
+    # One x86-64 level and nothing more (every other feature this CPU has, AVX-512 and GFNI
+    # included, switched off): the code a CPU of that level compiles.
+    features = sorted(cpu_features() | level)
+    return ",".join(("+" if name in level else "-") + name for name in features)
+
+
+_FORCED = {
+    "znver3": (X86_64_V3_FEATURES, KernelPath.AVX2),
+    "westmere": (X86_64_V2_FEATURES, KernelPath.POPCNT),
+    "generic": (None, KernelPath.GENERIC),
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    ("cpu_name", "expected"),
-    [("haswell", KernelPath.AVX2), ("generic", KernelPath.GENERIC)],
-)
-def test_forced_cpu_runs_its_path_and_agrees_with_reference(tmp_path, cpu_name, expected) -> None:
-    if cpu_name == "haswell" and "avx2" not in cpu_features():
-        expected = KernelPath.GENERIC  # an older host cannot run AVX2 code at all
+@pytest.mark.parametrize("cpu_name", list(_FORCED))
+def test_forced_cpu_runs_its_path_and_agrees_with_reference(tmp_path, cpu_name) -> None:
+    level, expected = _FORCED[cpu_name]
+    if level is not None and not level <= cpu_features():
+        level, expected = None, KernelPath.GENERIC  # this host cannot run that level's code
     generator = np.random.default_rng(21)
     left = random_clks(generator, 45, words=16)
     right = np.concatenate(
         [random_clks(generator, 300, words=16), noisy_copies(generator, left, 0.1)]
     )
     np.savez(tmp_path / "clks.npz", left=left, right=right)
-    environment = dict(os.environ, NUMBA_CPU_NAME=cpu_name)
-    if cpu_name == "haswell":
-        environment["NUMBA_CPU_FEATURES"] = _avx2_only_features()
+    environment = dict(os.environ, NUMBA_CPU_NAME=cpu_name if level else "generic")
+    if level is not None:
+        environment["NUMBA_CPU_FEATURES"] = _only(level)
     else:
         environment.pop("NUMBA_CPU_FEATURES", None)
     completed = subprocess.run(

@@ -115,17 +115,30 @@ def test_full_clks_do_not_overflow_any_counter(path, words) -> None:
     np.testing.assert_array_equal(best_scores(full, full, path=path), np.ones(5))
 
 
+def brute_force(left, right, threshold) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair's Dice test at once (the integer rule, written as a matrix)."""
+    shared = np.bitwise_count(left[:, None, :] & right[None, :, :]).sum(axis=2)
+    totals = np.bitwise_count(left).sum(axis=1)[:, None] + np.bitwise_count(right).sum(axis=1)
+    return np.nonzero((totals > 0) & (2 * shared >= threshold * totals))
+
+
 @pytest.mark.parametrize("path", PATHS)
-def test_kernel_agrees_across_tiles_and_odd_word_counts(path) -> None:
+@pytest.mark.parametrize("words", [11, 16])
+@pytest.mark.parametrize("threshold", [0.6, 0.75, 0.8, 0.9])
+def test_kernel_agrees_across_tiles_and_both_sides_of_the_half_way_test(path, words, threshold):
+    # 5001 right records span several column tiles and a last partial vector; 30 rows end on
+    # a partial row block. At 0.8 and 0.9 the half-way test prunes nearly every vector; at
+    # 0.6 it prunes none and is dropped for the rest of each tile; 0.75 is in between.
     generator = np.random.default_rng(11)
-    # 5000 right records span several column tiles and a last partial vector; 11 words put
-    # the half-way bound after 5 words; 30 rows end on a partial row block.
-    left = random_clks(generator, 30, words=11)
-    right = random_clks(generator, 5001, words=11)
+    left = random_clks(generator, 30, words=words)
+    right = random_clks(generator, 5001, words=words)
     right[4100:4130] = noisy_copies(generator, left, 0.03)
-    fast = candidate_pairs(left, right, 0.7, path=path)
+    right[100:130] = noisy_copies(generator, left, 0.12)
+    fast = candidate_pairs(left, right, threshold, path=path)
+    expected_left, expected_right = brute_force(left, right, threshold)
     assert len(fast) >= 30
-    assert_same(fast, reference_candidate_pairs(left, right, 0.7))
+    np.testing.assert_array_equal(fast.left, expected_left)
+    np.testing.assert_array_equal(fast.right, expected_right)
 
 
 @pytest.mark.parametrize("path", PATHS)
