@@ -18,9 +18,9 @@ scores stay distinct and in order in float32 (fractions with denominators <= 409
 more than float32's spacing below 1); the threshold test never looks at the float32 score.
 
 The kernels are in ``kernels.py``: one variant per CPU family (AVX-512 VPOPCNTDQ, AVX2,
-generic), chosen at run time from the CPU's features (:func:`kernel_path` says which), all
-giving exactly the same pairs. Rows are split into chunks run on a thread pool; the numba
-functions release the GIL.
+scalar POPCNT, generic), chosen at run time from the CPU's features (:func:`kernel_path`
+says which), all giving exactly the same pairs. Rows are split into chunks run on a thread
+pool; the numba functions release the GIL.
 
 :func:`group_counts` gives, for given pairs, shared bits and popcounts per field group of a
 several-group encoding (``protocol/clk_layout.py``), for per-group similarity vectors.

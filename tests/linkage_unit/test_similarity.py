@@ -24,7 +24,7 @@ from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import MatchingError
 from tests.linkage_unit.clk_strategies import clk_arrays, noisy_copies, random_clks
 
-# Every kernel variant this machine can run (an AVX-512 machine runs all three); the forced
+# Every kernel variant this machine can run (an AVX-512 machine runs all four); the forced
 # AVX2-only and generic CPUs are tested in test_kernels.py.
 PATHS = supported_paths()
 paths = st.sampled_from(PATHS)
