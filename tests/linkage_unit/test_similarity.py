@@ -25,7 +25,7 @@ from protocol.errors import MatchingError
 from tests.linkage_unit.clk_strategies import clk_arrays, noisy_copies, random_clks
 
 # Every kernel variant this machine can run (an AVX-512 machine runs all four); the forced
-# AVX2-only and generic CPUs are tested in test_kernels.py.
+# AVX2-only, pre-AVX2 and generic CPUs are tested in test_kernels.py.
 PATHS = supported_paths()
 paths = st.sampled_from(PATHS)
 measures = st.sampled_from(list(SimilarityMeasure))
