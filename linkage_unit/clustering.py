@@ -336,14 +336,14 @@ def _merge_component(
             continue  # one side was merged away since this entry was pushed
         stats = table[a].get(b)
         if stats is None:
-            continue  # dropped: the two clusters hold clusters of one party
+            continue  # dropped: both hold a cluster of one party
         value = mean(a, b, stats)
         if value != -negative:
             continue  # stale: a fresher entry for this pair is in the heap
         if value < 0:
             break
         if clean[a] & clean[b]:
-            del table[a][b], table[b][a]  # two clusters of one party: never
+            del table[a][b], table[b][a]  # both hold a cluster of one party: never
             continue
         if cap is not None and size[a] + size[b] > cap:
             raise _too_big(settings)
