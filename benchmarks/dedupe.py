@@ -15,10 +15,13 @@ deduplication-only project, with the FEBRL schema (``schemas/febrl4.toml``).
 
 Columns, all pairwise over every pair of records, within and across parties:
 
-* bloomlink auto: the engine as an operator runs it (``link()``, automatic threshold);
+* bloomlink auto: the engine as an operator runs it (``link()``, automatic threshold for
+  pairs across parties, and each deduplicated party's own pairs cut where deduplicating it
+  alone would cut them; the own cuts are printed with the threshold methods);
 * bloomlink, valley threshold: the same clustering at the threshold the engine chose before
   link models (the valley method whenever records repeat), to measure the threshold change;
-* bloomlink best: the best threshold of a 0.005 sweep, chosen with the truth (a bound);
+* bloomlink best: the best threshold of a 0.005 sweep, chosen with the truth, one threshold
+  for both stages of the clustering (a bound);
 * connected components best: the same pairs joined by connected components, at their best
   threshold (what chaining costs);
 * Splink 5 (plaintext, own venv; ``splink_peer.py``): connected components of its pairs at
@@ -279,7 +282,12 @@ def ours(data: DedupeSet, clks: Mapping[str, npt.NDArray[np.uint64]]) -> dict[st
         [result.clusters[name] for name in parties],
         data,
         threshold=result.threshold,
-        method=result.threshold_method,
+        method=result.threshold_method
+        + "".join(
+            f", {name.removeprefix('own_threshold:')} own {value:.3f}"
+            for name, value in result.statistics.items()
+            if name.startswith("own_threshold:")
+        ),
     )
     low, high = data.sweep
     items = exhaustive_pairs(clks, data, low)

@@ -61,7 +61,7 @@ class MatchSettings:
     unit's per-project seed for the LSH bit positions (None: fresh from ``secrets``).
     ``deduplicated``: the parties whose extracts may hold several records of one person;
     with any, the solve is the clustering in ``clustering.py``, which fails the run rather
-    than make a cluster of more than ``max_cluster_size`` records.
+    than give one person more than ``max_cluster_size`` records of one party.
     """
 
     threshold: float | None = None
@@ -274,6 +274,19 @@ def link(
             progress("threshold", 0, 1)
         choice = _choose_threshold(arrays, settings, seed, deduplicated)
     threshold = choice.threshold
+    # A deduplicated party's own pairs are cut where a deduplication-only run of its extract
+    # alone would cut them, so which of its records share a link key depends on nothing
+    # another party uploads (clustering.py: no membership oracle through one's own keys).
+    own_threshold = {
+        i: threshold
+        if settings.threshold is not None or len(parties) == 1
+        else _choose_threshold([arrays[i]], settings, seed, [True]).threshold
+        for i in range(len(parties))
+        if deduplicated[i]
+    }
+
+    def cut(i: int, j: int) -> float:
+        return own_threshold[i] if i == j else threshold
 
     jobs: list[tuple[int, int]] = [
         (i, j) for i in range(len(parties)) for j in range(i + 1, len(parties))
@@ -286,7 +299,7 @@ def link(
             progress("block and compare", 0, len(jobs))
         for done, (i, j) in enumerate(jobs, start=1):
             pairs = _compare(
-                arrays[i], None if i == j else arrays[j], threshold, settings, seed, statistics
+                arrays[i], None if i == j else arrays[j], cut(i, j), settings, seed, statistics
             )
             party_pairs.append(PartyPairs(left_party=i, right_party=j, pairs=pairs))
             if progress is not None:
@@ -299,7 +312,7 @@ def link(
                     session,
                     arrays[i],
                     right,
-                    threshold,
+                    cut(i, j),
                     use_lsh=_use_lsh(arrays[i], right, settings),
                     blocking=settings.blocking_settings,
                     seed=seed,
@@ -325,8 +338,12 @@ def link(
     if settings.deduplicated:
         solution = cluster_records(
             [
-                PartyRecords(name=party, size=size, deduplicated=flag)
-                for party, size, flag in zip(parties, sizes, deduplicated, strict=True)
+                PartyRecords(
+                    name=party, size=size, deduplicated=flag, own_threshold=own_threshold.get(i)
+                )
+                for i, (party, size, flag) in enumerate(
+                    zip(parties, sizes, deduplicated, strict=True)
+                )
             ],
             party_pairs,
             ClusterSettings(threshold=threshold, max_cluster_size=settings.max_cluster_size),
@@ -342,6 +359,8 @@ def link(
     statistics["candidate_pairs"] = candidate_count
     statistics["accepted_pairs"] = solution.accepted_pairs
     statistics["largest_cluster"] = int(cluster_sizes.max()) if len(cluster_sizes) else 0
+    for i, own in own_threshold.items():
+        statistics[f"own_threshold:{parties[i]}"] = own
     if choice.non_match_mode is not None and choice.match_mode is not None:
         statistics["threshold_non_match_mode"] = choice.non_match_mode
         statistics["threshold_match_mode"] = choice.match_mode

@@ -54,7 +54,8 @@ class LinkModel(StrEnum):
 
 
 DEFAULT_MAX_CLUSTER_SIZE = 1000
-"""Records one person's cluster may hold before the run fails (deduplicating projects)."""
+"""Records of one party one person's cluster may hold before the run fails (deduplicating
+projects)."""
 MAX_CLUSTER_SIZE_LIMIT = 10_000_000
 
 
@@ -79,8 +80,8 @@ class ProjectSettings:
     """What the operator fixes when creating a project; its fingerprint goes to the audit log.
 
     ``deduplicated``: the members whose extracts may hold several records of one person
-    (``--dedupe``); see :class:`LinkModel`. ``max_cluster_size``: with any, the largest
-    cluster a run may make before it fails instead of issuing keys.
+    (``--dedupe``); see :class:`LinkModel`. ``max_cluster_size``: with any, the most records
+    of one party a person's cluster may hold before the run fails instead of issuing keys.
     """
 
     project_id: str
@@ -151,7 +152,9 @@ class ProjectSettings:
         line = f"{self.link_model}: deduplicating {', '.join(sorted(self.deduplicated))}"
         if clean:
             line += f"; at most one record per person from {', '.join(clean)}"
-        return line + f"; clusters over {self.max_cluster_size} records fail the run"
+        return (
+            line + f"; over {self.max_cluster_size} records of one party in a cluster fail the run"
+        )
 
     def canonical_json(self) -> str:
         """Sorted-keys JSON of every setting: what the settings fingerprint covers. The

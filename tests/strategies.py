@@ -52,46 +52,93 @@ CLUSTERING_THRESHOLD = 0.75
 _CLUSTER_SCORES = [0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 1.0]
 
 
+def _scored_pairs(
+    draw: st.DrawFn, left: PartyRecords, right: PartyRecords, *, within: bool
+) -> CandidatePairs | None:
+    """Up to 14 distinct scored pairs between two parties (or within one), or None."""
+    if not (left.size and right.size):
+        return None
+    edges = draw(
+        st.lists(
+            st.tuples(
+                st.integers(0, left.size - 1),
+                st.integers(0, right.size - 1),
+                st.sampled_from(_CLUSTER_SCORES),
+            ),
+            unique_by=lambda edge: (edge[0], edge[1]),
+            max_size=14,
+        )
+    )
+    if within:
+        edges = [edge for edge in edges if edge[0] != edge[1]]
+    if not edges:
+        return None
+    lefts, rights, scores = zip(*edges, strict=True)
+    return CandidatePairs(
+        left=np.array(lefts, np.int64),
+        right=np.array(rights, np.int64),
+        scores=np.array(scores, np.float32),
+        comparisons=0,
+    )
+
+
+def _draw_party(draw: st.DrawFn, name: str, *, deduplicated: bool | None = None) -> PartyRecords:
+    flag = draw(st.booleans()) if deduplicated is None else deduplicated
+    # Sometimes a deduplicated party's own pairs are cut elsewhere than pairs across parties.
+    own = draw(st.sampled_from([None, 0.7, 0.8])) if flag else None
+    return PartyRecords(
+        name=name, size=draw(st.integers(0, 7)), deduplicated=flag, own_threshold=own
+    )
+
+
+def _all_pairs(
+    draw: st.DrawFn, parties: list[PartyRecords], *, skip_within: int | None = None
+) -> list[PartyPairs]:
+    """Pairs between every two parties and within each deduplicated one (but ``skip_within``)."""
+    items = []
+    for i, left in enumerate(parties):
+        for j in range(i, len(parties)):
+            if i == j and (not left.deduplicated or i == skip_within):
+                continue
+            pairs = _scored_pairs(draw, left, parties[j], within=i == j)
+            if pairs is not None:
+                items.append(PartyPairs(left_party=i, right_party=j, pairs=pairs))
+    return items
+
+
 @st.composite
 def clustering_problems(draw: st.DrawFn) -> tuple[list[PartyRecords], list[PartyPairs]]:
     """(parties, party pairs) for ``cluster_records``: one to four parties, each deduplicated
     or not, up to seven records each, pairs across parties and within deduplicated ones."""
     count = draw(st.integers(1, 4))
     names = draw(st.lists(st.sampled_from("abcdefgh"), min_size=count, max_size=count, unique=True))
-    parties = [
-        PartyRecords(name=name, size=draw(st.integers(0, 7)), deduplicated=draw(st.booleans()))
-        for name in names
-    ]
-    items = []
-    for i, left in enumerate(parties):
-        for j in range(i, count):
-            right = parties[j]
-            if not (left.size and right.size) or (i == j and not left.deduplicated):
-                continue
-            edges = draw(
-                st.lists(
-                    st.tuples(
-                        st.integers(0, left.size - 1),
-                        st.integers(0, right.size - 1),
-                        st.sampled_from(_CLUSTER_SCORES),
-                    ),
-                    unique_by=lambda edge: (edge[0], edge[1]),
-                    max_size=14,
-                )
-            )
-            if i == j:
-                edges = [edge for edge in edges if edge[0] != edge[1]]
-            if not edges:
-                continue
-            lefts, rights, scores = zip(*edges, strict=True)
-            pairs = CandidatePairs(
-                left=np.array(lefts, np.int64),
-                right=np.array(rights, np.int64),
-                scores=np.array(scores, np.float32),
-                comparisons=0,
-            )
-            items.append(PartyPairs(left_party=i, right_party=j, pairs=pairs))
-    return parties, items
+    parties = [_draw_party(draw, name) for name in names]
+    return parties, _all_pairs(draw, parties)
+
+
+@st.composite
+def clustering_worlds(
+    draw: st.DrawFn,
+) -> tuple[list[PartyRecords], list[PartyPairs], list[PartyRecords], list[PartyPairs]]:
+    """Two clustering problems that share one deduplicated party, ``parties[0]`` in both, and
+    its pairs within itself, and nothing else: the other parties (how many, their names,
+    sizes and link models), their own pairs and every pair across parties are drawn afresh
+    for each. Returns (parties, pairs) of one world, then of the other."""
+    observer = _draw_party(draw, "m", deduplicated=True)
+    own = _scored_pairs(draw, observer, observer, within=True)
+    own_items = [] if own is None else [PartyPairs(left_party=0, right_party=0, pairs=own)]
+
+    def world() -> tuple[list[PartyRecords], list[PartyPairs]]:
+        count = draw(st.integers(0, 3))
+        # Names on both sides of "m", so the observer's canonical numbers move too.
+        names = draw(
+            st.lists(st.sampled_from("abxyz"), min_size=count, max_size=count, unique=True)
+        )
+        parties = [observer, *(_draw_party(draw, name) for name in names)]
+        return parties, own_items + _all_pairs(draw, parties, skip_within=0)
+
+    (first_parties, first_pairs), (second_parties, second_pairs) = world(), world()
+    return first_parties, first_pairs, second_parties, second_pairs
 
 
 @st.composite

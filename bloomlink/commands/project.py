@@ -49,8 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--max-cluster-size",
         type=int,
-        help=f"with --dedupe: a run fails rather than make a cluster of more records than "
-        f"this (default {DEFAULT_MAX_CLUSTER_SIZE})",
+        help=f"with --dedupe: a run fails rather than give one person more records of one "
+        f"party than this (default {DEFAULT_MAX_CLUSTER_SIZE})",
     )
     schema = create.add_mutually_exclusive_group(required=True)
     schema.add_argument(

@@ -1,5 +1,6 @@
 """Clustering: the fast path against its twin, the constraints, invariance to party and pair
-order, resistance to chaining, and the cluster-size cap."""
+order, a party's own partition depending on its own pairs only, resistance to chaining, and
+the cluster-size cap."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from linkage_unit.clustering import (
 from linkage_unit.similarity import CandidatePairs
 from linkage_unit.solving import PartyPairs, Solution
 from protocol.errors import MatchingError
-from tests.strategies import CLUSTERING_THRESHOLD, clustering_problems
+from tests.strategies import CLUSTERING_THRESHOLD, clustering_problems, clustering_worlds
 
 SETTINGS = ClusterSettings(threshold=CLUSTERING_THRESHOLD)
 
@@ -104,6 +105,100 @@ def test_party_order_and_pair_order_do_not_change_the_clusters(problem, random) 
     assert outcome(shuffled_parties, shuffled_items) == outcome(parties, items)
 
 
+def own_partition(ids: np.ndarray) -> set[frozenset[int]]:
+    """Which of one party's records share a cluster (so a link key): what the party sees."""
+    groups: dict[int, set[int]] = {}
+    for position, cluster in enumerate(ids.tolist()):
+        groups.setdefault(cluster, set()).add(position)
+    return {frozenset(group) for group in groups.values()}
+
+
+@given(clustering_worlds())
+def test_a_partys_own_partition_depends_on_its_own_pairs_only(worlds) -> None:
+    # Two worlds share one deduplicated party and its pairs within itself; everything else
+    # (other parties, their pairs, every pair across parties) differs. What the party sees
+    # of the result, which of its records share a key, must not.
+    first_parties, first_pairs, second_parties, second_pairs = worlds
+    for solve in (cluster_records, reference_cluster_records):
+        seen = [
+            own_partition(solve(parties, items, SETTINGS).clusters[0])
+            for parties, items in ((first_parties, first_pairs), (second_parties, second_pairs))
+        ]
+        assert seen[0] == seen[1]
+        alone = solve(
+            first_parties[:1],
+            [i for i in first_pairs if i.left_party == 0 == i.right_party],
+            SETTINGS,
+        )
+        assert own_partition(alone.clusters[0]) == seen[0]
+
+
+@given(clustering_problems(), st.sampled_from([2, 3]))
+def test_whether_the_cap_fails_a_run_depends_on_each_partys_own_pairs(problem, cap) -> None:
+    # The cap counts one party's records: a run fails exactly when some party, clustered
+    # alone from its own pairs, fails; records of other parties never tip a cluster over.
+    parties, items = problem
+    settings = ClusterSettings(threshold=CLUSTERING_THRESHOLD, max_cluster_size=cap)
+
+    def fails(solve, chosen, chosen_items) -> bool:
+        try:
+            solve(chosen, chosen_items, settings)
+        except MatchingError:
+            return True
+        return False
+
+    alone = [
+        fails(
+            cluster_records,
+            [party],
+            [
+                PartyPairs(left_party=0, right_party=0, pairs=item.pairs)
+                for item in items
+                if item.left_party == index == item.right_party
+            ],
+        )
+        for index, party in enumerate(parties)
+    ]
+    assert fails(cluster_records, parties, items) == any(alone)
+    assert fails(reference_cluster_records, parties, items) == any(alone)
+
+
+def test_a_bridging_record_never_joins_two_records_of_a_deduplicated_party() -> None:
+    # The membership probe: MoJ 0 (name right, date wrong) and MoJ 1 (date right, name
+    # wrong) are too unlike to be one person (their pair was not scored). DfE 0, the person
+    # herself, matches both. Joined through her, MoJ would learn from its own keys that she
+    # is in DfE's extract. She links to the better probe only; the probes stay apart.
+    parties = [
+        PartyRecords(name="moj", size=2, deduplicated=True),
+        PartyRecords(name="dfe", size=1, deduplicated=False),
+    ]
+    items = [PartyPairs(left_party=0, right_party=1, pairs=pairs([0, 1], [0, 0], [0.84, 0.83]))]
+    for solve in (cluster_records, reference_cluster_records):
+        moj, dfe = solve(parties, items, SETTINGS).clusters
+        assert moj[0] == dfe[0] != moj[1]
+        (alone,) = solve(parties[:1], [], SETTINGS).clusters
+        assert own_partition(moj) == own_partition(alone) == {frozenset({0}), frozenset({1})}
+
+
+def test_a_partys_own_pairs_are_cut_at_its_own_threshold() -> None:
+    # MoJ's own pair (0.78) is below MoJ's own cut (0.8) though above the cut across parties
+    # (0.75); its records stay apart, while its pair with DfE (0.78) links.
+    parties = [
+        PartyRecords(name="moj", size=2, deduplicated=True, own_threshold=0.8),
+        PartyRecords(name="dfe", size=1, deduplicated=False),
+    ]
+    items = [
+        PartyPairs(left_party=0, right_party=0, pairs=pairs([0], [1], [0.78])),
+        PartyPairs(left_party=0, right_party=1, pairs=pairs([0], [0], [0.78])),
+    ]
+    for solve in (cluster_records, reference_cluster_records):
+        moj, dfe = solve(parties, items, SETTINGS).clusters
+        assert moj[0] == dfe[0] != moj[1]
+    lower = [PartyRecords(name="moj", size=2, deduplicated=True, own_threshold=0.7), parties[1]]
+    moj, dfe = cluster_records(lower, items, SETTINGS).clusters
+    assert moj[0] == moj[1] == dfe[0]
+
+
 def test_a_person_with_three_records_is_one_cluster_but_a_chain_is_not() -> None:
     # 0-1-2 all alike (one person, three records); 3-4-5-6 only neighbours alike, and only
     # just (a chain of look-alikes, each pair above the threshold).
@@ -176,6 +271,20 @@ def test_a_cluster_over_the_cap_fails_the_run_naming_the_cap_and_no_value() -> N
         one, items, ClusterSettings(threshold=0.8, max_cluster_size=12)
     ).clusters
     assert len(set(ids.tolist())) == 1
+    # The cap counts one party's records: two of MoJ's and one of DfE's make a person of
+    # three records under a cap of two.
+    two = [
+        PartyRecords(name="moj", size=2, deduplicated=True),
+        PartyRecords(name="dfe", size=1, deduplicated=False),
+    ]
+    items = [
+        PartyPairs(left_party=0, right_party=0, pairs=pairs([0], [1], [0.9])),
+        PartyPairs(left_party=0, right_party=1, pairs=pairs([0, 1], [0, 0], [0.9, 0.9])),
+    ]
+    settings = ClusterSettings(threshold=0.8, max_cluster_size=2)
+    for solve in (cluster_records, reference_cluster_records):
+        moj, dfe = solve(two, items, settings).clusters
+        assert moj[0] == moj[1] == dfe[0]
 
 
 def test_bad_inputs_are_refused() -> None:
@@ -200,3 +309,7 @@ def test_bad_inputs_are_refused() -> None:
             [PartyPairs(left_party=0, right_party=0, pairs=pairs([0], [1], [np.nan]))],
             SETTINGS,
         )
+    with pytest.raises(MatchingError, match="only a deduplicated party"):
+        PartyRecords(name="dfe", size=2, deduplicated=False, own_threshold=0.8)
+    with pytest.raises(MatchingError, match="finite"):
+        PartyRecords(name="moj", size=2, deduplicated=True, own_threshold=float("inf"))

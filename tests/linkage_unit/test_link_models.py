@@ -45,7 +45,7 @@ def test_the_link_model_follows_from_the_deduplicated_members() -> None:
     line = settings(deduplicated=("moj",), max_cluster_size=50).describe_link_model()
     assert line == (
         "dedupe-and-link: deduplicating moj; at most one record per person from dfe; "
-        "clusters over 50 records fail the run"
+        "over 50 records of one party in a cluster fail the run"
     )
 
 
