@@ -33,7 +33,7 @@ from protocol.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from protocol.identity import URI_PREFIX, Identity
+from protocol.identity import Identity, identity_from_certificate
 from protocol.messages import LinkKeyBatch
 from protocol.pb import linkage_pb2 as pb
 from protocol.pb import linkage_pb2_grpc as pb_grpc
@@ -180,22 +180,13 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
                 return Caller(identity=Identity.from_text(text), certificate_fingerprint="insecure")
             except ConfigurationError:
                 raise UnauthenticatedError("insecure mode: unrecognised identity") from None
-        # Fail closed: without a verified peer certificate there is no identity.
-        identities = context.peer_identities() or []
-        uris = [value for value in identities if value.startswith(URI_PREFIX.encode())]
-        if len(uris) != 1:
-            raise UnauthenticatedError(
-                "the client certificate carries no bloomlink identity (or more than one)"
-            )
-        try:
-            identity = Identity.from_uri(uris[0].decode("ascii"))
-        except (ConfigurationError, UnicodeDecodeError):
-            raise UnauthenticatedError(
-                "the client certificate's identity is not recognised"
-            ) from None
+        # Fail closed: without a verified peer certificate there is no identity. The role
+        # comes from the certificate's one bloomlink URI SAN only (protocol/identity.py),
+        # never from gRPC's peer identities, which fall back to the common name.
         pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
         if not pem:
             raise UnauthenticatedError("no verified client certificate on this connection")
+        identity = identity_from_certificate(pem)
         return Caller(identity=identity, certificate_fingerprint=certificate_fingerprint(pem))
 
     def _call(self, context: grpc.ServicerContext, action: Callable[[Caller], T]) -> T:
