@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from linkage_unit import matching
+from linkage_unit.admission import Admission, AdmissionLimits
 from linkage_unit.audit_hook import AuditReader, AuditSink
 from linkage_unit.audit_log import AuditLog
 from linkage_unit.blocking import BlockingSettings
@@ -36,6 +37,7 @@ from linkage_unit.run import LinkFunction, RunManager
 from linkage_unit.service import LinkageService, ManifestPolicy, UploadLimits
 from linkage_unit.servicer import LinkageUnitServicer
 from linkage_unit.storage import Storage
+from linkage_unit.watchdog import StreamWatchdog
 from protocol.certificates import TlsFiles
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.pb import linkage_pb2_grpc as pb_grpc
@@ -83,6 +85,13 @@ class ServerConfig:
     # is cancelled so a slow or idle client cannot hold a worker thread; it resumes later.
     stream_idle_seconds: float = 120.0
     max_stream_seconds: float = 6 * 3600.0
+    # Streams one identity (one role, or one party) may hold at once; unset: half the worker
+    # threads, so one certificate can never hold them all.
+    max_streams_per_identity: int | None = None
+    # Calls that write audit entries (upload, fetch keys, create project, start run, refused
+    # probes) draw from a per-identity bucket: this many a minute, this many in a burst.
+    audited_calls_per_minute: float = 60.0
+    audited_call_burst: int = 30
     # Matching on a Dask cluster (linkage_unit/distributed.py); unset: in this process.
     dask_scheduler: str | None = None
     dask_ca_certificate: Path | None = None
@@ -106,6 +115,15 @@ class ServerConfig:
             raise ConfigurationError("max_workers >= 2, max_concurrent_rpcs >= 1, run_workers >= 0")
         if not (0 < self.stream_idle_seconds <= self.max_stream_seconds):
             raise ConfigurationError("0 < stream_idle_seconds <= max_stream_seconds")
+        if not 1 <= self.stream_limit_per_identity < self.max_workers:
+            raise ConfigurationError(
+                "max_streams_per_identity must be at least 1 and below max_workers, so one "
+                "identity cannot hold every worker thread"
+            )
+        if self.audited_call_burst < 1 or not self.audited_calls_per_minute > 0:
+            raise ConfigurationError(
+                "audited_call_burst must be at least 1 and audited_calls_per_minute positive"
+            )
         tls = (self.ca_certificate, self.certificate, self.private_key)
         if not self.insecure and any(path is None for path in tls):
             raise ConfigurationError(
@@ -126,6 +144,22 @@ class ServerConfig:
             self.blocking_settings  # noqa: B018 - validates the LSH shape once, here
         except MatchingError as error:
             raise ConfigurationError(f"LSH settings: {error}") from None
+
+    @property
+    def stream_limit_per_identity(self) -> int:
+        """The streams one identity may hold at once (``max_streams_per_identity``, or half
+        the worker threads)."""
+        if self.max_streams_per_identity is not None:
+            return self.max_streams_per_identity
+        return max(1, self.max_workers // 2)
+
+    @property
+    def admission_limits(self) -> AdmissionLimits:
+        return AdmissionLimits(
+            max_streams=self.stream_limit_per_identity,
+            audited_calls_per_minute=self.audited_calls_per_minute,
+            audited_call_burst=self.audited_call_burst,
+        )
 
     @property
     def blocking_settings(self) -> BlockingSettings:
@@ -257,6 +291,7 @@ class LinkageUnitServer:
             require_manifest=config.require_manifest,
             audit_reader=reader,
             manifest_policy=manifest_policy,
+            admission=Admission(config.admission_limits),
         )
         self._retention_stop = threading.Event()
         self._retention_thread: threading.Thread | None = None
@@ -285,8 +320,10 @@ class LinkageUnitServer:
             LinkageUnitServicer(
                 self.service,
                 insecure=config.insecure,
-                stream_idle_seconds=config.stream_idle_seconds,
-                max_stream_seconds=config.max_stream_seconds,
+                watchdog=StreamWatchdog(
+                    idle_seconds=config.stream_idle_seconds,
+                    max_seconds=config.max_stream_seconds,
+                ),
             ),
             self._server,
         )

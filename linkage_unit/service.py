@@ -13,12 +13,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NoReturn
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from linkage_unit.admission import Admission, Operation, require_role
 from linkage_unit.audit_hook import AuditReader, AuditSink
 from linkage_unit.run import RunManager
 from linkage_unit.storage import Storage
@@ -114,6 +116,7 @@ class LinkageService:
         require_manifest: bool = False,
         audit_reader: AuditReader | None = None,
         manifest_policy: ManifestPolicy | None = None,
+        admission: Admission | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.storage = storage
@@ -123,6 +126,7 @@ class LinkageService:
         self.require_manifest = require_manifest
         self.audit_reader = audit_reader
         self.manifest_policy = manifest_policy or ManifestPolicy()
+        self.admission = admission or Admission()
         self._clock = clock
         self._active_uploads: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -150,18 +154,52 @@ class LinkageService:
 
     # -- authorisation helpers ----------------------------------------------------------
 
-    def _require(self, caller: Caller, *roles: Role) -> None:
-        if caller.identity.role not in roles:
-            allowed = " or ".join(str(role) for role in roles)
-            raise PermissionDeniedError(f"only the {allowed} may do this")
+    def admit(
+        self, caller: Caller, operation: Operation, *, stream: bool = False
+    ) -> AbstractContextManager[None]:
+        """Admission for a call as it starts, before any request message is read: the role
+        may make it, a stream slot is free, an audited call has budget (admission.py)."""
+        return self.admission.admit(caller.identity, operation, stream=stream)
 
-    def _visible_project(self, caller: Caller, project_id: str) -> ProjectSettings:
+    def _visible_project(
+        self, caller: Caller, project_id: str, *, call: Operation
+    ) -> ProjectSettings:
+        """The project, if the caller may see it. Otherwise NotFoundError, the same for
+        "not a member" and "does not exist"; a party's probe is audited either way."""
         project = self.storage.project(project_id)
-        if project is None:
-            raise NotFoundError(_NO_PROJECT)
-        if caller.identity.role is Role.PARTY and caller.identity.party not in project.members:
-            raise NotFoundError(_NO_PROJECT)
-        return project
+        if project is not None and (
+            caller.identity.role is not Role.PARTY or caller.identity.party in project.members
+        ):
+            return project
+        if caller.identity.role is Role.PARTY:
+            self._refuse_access(
+                caller, project_id, exists=project is not None, call=call, requested_party=None
+            )
+        raise NotFoundError(_NO_PROJECT)
+
+    def _refuse_access(
+        self,
+        caller: Caller,
+        project_id: str,
+        *,
+        exists: bool,
+        call: Operation,
+        requested_party: str | None,
+    ) -> None:
+        """Audit a party's refused request for a project it is not in, or for another
+        party's keys; the auditor sees who asked for what, the caller only "not found"."""
+        self.admission.charge_audited(caller.identity)
+        details: dict[str, str | int] = {
+            "party": caller.identity.party or "",
+            "requested_project": project_id,
+            "call": str(call),
+            "certificate_fingerprint": caller.certificate_fingerprint,
+        }
+        if requested_party is not None:
+            details["requested_party"] = requested_party
+        self.audit.append(
+            "access_refused", project_id=project_id if exists else None, details=details
+        )
 
     def _authenticated(self, caller: Caller, project_id: str) -> None:
         self.audit.append(
@@ -178,7 +216,7 @@ class LinkageService:
 
     def create_project(self, caller: Caller, settings: ProjectSettings) -> str:
         """Register a project; return its settings fingerprint."""
-        self._require(caller, Role.OPERATOR)
+        require_role(caller.identity, Operation.CREATE_PROJECT)
         self.storage.create_project(settings)
         self.audit.append(
             "project_created",
@@ -197,7 +235,7 @@ class LinkageService:
 
     def project_status(self, caller: Caller, project_id: str) -> ProjectStatus:
         """States and counts; a party sees record counts only for itself."""
-        project = self._visible_project(caller, project_id)
+        project = self._visible_project(caller, project_id, call=Operation.GET_PROJECT_STATUS)
         sees_counts = caller.identity.role is not Role.PARTY
         parties = []
         for party in project.members:
@@ -237,15 +275,15 @@ class LinkageService:
         )
 
     def start_run(self, caller: Caller, project_id: str) -> RunTicket:
-        self._require(caller, Role.OPERATOR)
-        self._visible_project(caller, project_id)
+        require_role(caller.identity, Operation.START_RUN)
+        self._visible_project(caller, project_id, call=Operation.START_RUN)
         return self.runs.start(project_id, automatic=False)
 
     # -- uploads ------------------------------------------------------------------------
 
     def _uploader(self, caller: Caller, project_id: str, party_id: str) -> ProjectSettings:
-        self._require(caller, Role.PARTY)
-        project = self._visible_project(caller, project_id)
+        require_role(caller.identity, Operation.UPLOAD)
+        project = self._visible_project(caller, project_id, call=Operation.UPLOAD)
         if party_id != caller.identity.party:
             raise PermissionDeniedError("a party may upload only as itself")
         return project
@@ -492,7 +530,7 @@ class LinkageService:
         self, caller: Caller, project_id: str, party_id: str
     ) -> Iterator[LinkKeyBatch]:
         """The caller's own link keys in release order; anything else is NOT_FOUND."""
-        self._require(caller, Role.PARTY)
+        require_role(caller.identity, Operation.FETCH_LINK_KEYS)
         project = self.storage.project(project_id)
         if (
             project is None
@@ -500,15 +538,12 @@ class LinkageService:
             or party_id != caller.identity.party
         ):
             # Audited for the auditor (case 16); the caller sees only "not found".
-            self.audit.append(
-                "access_refused",
-                project_id=project_id if project is not None else None,
-                details={
-                    "party": caller.identity.party or "",
-                    "requested_project": project_id,
-                    "requested_party": party_id,
-                    "certificate_fingerprint": caller.certificate_fingerprint,
-                },
+            self._refuse_access(
+                caller,
+                project_id,
+                exists=project is not None,
+                call=Operation.FETCH_LINK_KEYS,
+                requested_party=party_id,
             )
             raise NotFoundError(_NO_KEYS)
         key_set = self.storage.key_set(project_id, party_id)
@@ -554,7 +589,7 @@ class LinkageService:
 
     def project_settings(self, caller: Caller, project_id: str) -> ProjectSettings:
         """A project's settings, for the operator, auditors and its members."""
-        return self._visible_project(caller, project_id)
+        return self._visible_project(caller, project_id, call=Operation.GET_PROJECT_SETTINGS)
 
     def audit_lines(self, caller: Caller, project_id: str | None) -> tuple[list[bytes], bytes]:
         """The audit log's lines and a signed head covering them.
@@ -563,14 +598,14 @@ class LinkageService:
         party only its own project's view (other projects' entries redacted to hash and
         signature). A non-member is told the project does not exist.
         """
-        self._require(caller, Role.OPERATOR, Role.AUDITOR, Role.PARTY)
+        require_role(caller.identity, Operation.FETCH_AUDIT_LOG)
         if project_id is None:
             if caller.identity.role is Role.PARTY:
                 raise PermissionDeniedError(
                     "a party may read only its own project's audit entries; give the project id"
                 )
         else:
-            self._visible_project(caller, project_id)
+            self._visible_project(caller, project_id, call=Operation.FETCH_AUDIT_LOG)
         return self._reader().export_lines(project_id)
 
     def _reader(self) -> AuditReader:

@@ -206,15 +206,17 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
             required={"party": _label, "reason": _token},
             optional={"manifest_sha256": _SHA256},
         ),
-        # A party asked for keys that are not its own (or for a project it is not in): the
-        # caller sees only "not found", the auditor sees who asked for what.
+        # A party asked for keys that are not its own, or for anything of a project it is not
+        # in: the caller sees only "not found", the auditor sees who asked for what.
         "access_refused": _EventRule(
             required={
                 "party": _label,
                 "requested_project": _label,
-                "requested_party": _label,
                 "certificate_fingerprint": _SHA256,
             },
+            # Which call (a token such as fetch_link_keys, get_project_status) and, for
+            # keys, whose were asked for.
+            optional={"requested_party": _label, "call": _token},
             project_required=False,
         ),
     }

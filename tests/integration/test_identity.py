@@ -15,11 +15,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from protocol.certificates import CertificateSet
 from party.client import LinkageClient
+from protocol.certificates import CertificateSet, TlsFiles
 from protocol.errors import UnauthenticatedError, UnavailableError
 from protocol.messages import ProjectSettings, RunState
-from protocol.certificates import TlsFiles
 from tests.service_helpers import SCHEMA_FINGERPRINT, planted_party_clks, write_clk_file
 
 pytestmark = pytest.mark.integration
@@ -29,9 +28,7 @@ _NOW = datetime.datetime.now(datetime.UTC)
 
 def _ca(pki: CertificateSet) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     certificate = x509.load_pem_x509_certificate(pki.ca_certificate.read_bytes())
-    key = serialization.load_pem_private_key(
-        (pki.directory / "ca.key").read_bytes(), password=None
-    )
+    key = serialization.load_pem_private_key((pki.directory / "ca.key").read_bytes(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     return certificate, key
 
@@ -57,9 +54,7 @@ def _certificate(
         .serial_number(x509.random_serial_number())
         .not_valid_before(_NOW - datetime.timedelta(days=1))
         .not_valid_after(_NOW + datetime.timedelta(days=1))
-        .add_extension(
-            x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True
-        )
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -143,9 +138,7 @@ def test_no_role_without_exactly_one_bloomlink_uri_on_a_client_certificate(
     status (any role), creating a project (operator) and MoJ's keys (party moj) are all
     refused, and the refusal never says which part of the certificate was looked at."""
     files = _certificate(pki, tmp_path, kind, **BAD_CERTIFICATES[kind])  # type: ignore[arg-type]
-    with LinkageClient(
-        f"127.0.0.1:{project.port}", tls=files, timeout=5, retries=0
-    ) as client:
+    with LinkageClient(f"127.0.0.1:{project.port}", tls=files, timeout=5, retries=0) as client:
         for call in (
             lambda: client.project_status("p1"),
             lambda: client.create_project(
