@@ -8,7 +8,7 @@ documented in docs/audit.md; ``append`` refuses anything else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Protocol
 
 __all__ = ["AuditReader", "AuditSink"]
@@ -27,4 +27,6 @@ class AuditReader(Protocol):
 
     def public_key_pem(self) -> bytes: ...
 
-    def export_lines(self, project_id: str | None) -> tuple[list[bytes], bytes]: ...
+    def export(
+        self, project_id: str | None, *, viewer: str | None = None
+    ) -> tuple[Iterator[bytes], bytes]: ...

@@ -273,7 +273,7 @@ class LinkageUnitServer:
             )
         self.audit: AuditSink = audit or self.audit_log  # type: ignore[assignment]
         reader: AuditReader | None = self.audit_log
-        if reader is None and hasattr(audit, "export_lines"):
+        if reader is None and hasattr(audit, "export"):
             reader = audit  # type: ignore[assignment]
         cluster = config.cluster_settings
         if link_function is None and cluster is not None:

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import NoReturn
 
@@ -226,6 +226,7 @@ class LinkageService:
                 "members": ",".join(settings.members),
                 "schema_fingerprint": settings.schema_fingerprint.hex(),
                 "retention": settings.retention_policy,
+                "hold_days": settings.hold_days,
             },
         )
         logger.info(
@@ -234,31 +235,46 @@ class LinkageService:
         return settings.fingerprint
 
     def project_status(self, caller: Caller, project_id: str) -> ProjectStatus:
-        """States and counts; a party sees record counts only for itself."""
+        """The project's state. The operator and auditors see every party and every figure
+        of the run; a member party sees its own upload and the run's state only, never a
+        figure that depends on another party's data (docs/audit.md, "Who can learn what")."""
         project = self._visible_project(caller, project_id, call=Operation.GET_PROJECT_STATUS)
-        sees_counts = caller.identity.role is not Role.PARTY
+        viewer = caller.identity.party if caller.identity.role is Role.PARTY else None
         parties = []
         for party in project.members:
+            if viewer is not None and party != viewer:
+                continue
             record = self.storage.upload(project_id, party)
-            own = sees_counts or caller.identity.party == party
             parties.append(
                 PartyStatus(
                     party_id=party,
                     upload_state=record.state if record else UploadState.NOT_STARTED,
-                    committed_bytes=record.committed_bytes if record and own else 0,
-                    record_count=record.header.record_count if record and own else 0,
+                    committed_bytes=record.committed_bytes if record else 0,
+                    record_count=record.header.record_count if record else 0,
                 )
             )
+        status = ProjectStatus(
+            project_id=project_id,
+            parties=tuple(parties),
+            run_state=RunState.WAITING_FOR_UPLOADS,
+            schema_fingerprint=project.schema_fingerprint,
+            settings_fingerprint=project.fingerprint,
+        )
         run = self.runs.latest_run(project_id)
-        common = {
-            "project_id": project_id,
-            "parties": tuple(parties),
-            "schema_fingerprint": project.schema_fingerprint,
-            "settings_fingerprint": project.fingerprint,
-        }
         if run is None:
-            return ProjectStatus(run_state=RunState.WAITING_FOR_UPLOADS, **common)  # type: ignore[arg-type]
-        return ProjectStatus(
+            return status
+        if viewer is not None:
+            # A party learns whether the run finished, and why its own upload was refused.
+            own_refusal = run.check_party == viewer
+            return replace(
+                status,
+                run_state=run.state,
+                run_id=run.run_id,
+                check_party_id=run.check_party if own_refusal else "",
+                check_aspect=run.check_aspect if own_refusal else "",
+            )
+        return replace(
+            status,
             run_state=run.state,
             run_id=run.run_id,
             progress_stage=run.stage,
@@ -271,7 +287,6 @@ class LinkageService:
             comparisons=run.comparisons,
             threshold=run.threshold,
             threshold_method=run.threshold_method,
-            **common,  # type: ignore[arg-type]
         )
 
     def start_run(self, caller: Caller, project_id: str) -> RunTicket:
@@ -555,6 +570,7 @@ class LinkageService:
             project_id=project_id,
             details={
                 "party": party_id,
+                "run_id": key_set.run_id,
                 "key_count": key_set.key_count,
                 "keys_sha256": key_set.keys_sha256,
             },
@@ -591,12 +607,13 @@ class LinkageService:
         """A project's settings, for the operator, auditors and its members."""
         return self._visible_project(caller, project_id, call=Operation.GET_PROJECT_SETTINGS)
 
-    def audit_lines(self, caller: Caller, project_id: str | None) -> tuple[list[bytes], bytes]:
-        """The audit log's lines and a signed head covering them.
+    def audit_lines(self, caller: Caller, project_id: str | None) -> tuple[Iterator[bytes], bytes]:
+        """The audit log as the caller may read it, streamed, and a signed head covering it.
 
-        The operator and auditors may read the whole log or one project's view; a member
-        party only its own project's view (other projects' entries redacted to hash and
-        signature). A non-member is told the project does not exist.
+        The operator and auditors may read the whole log or one project's view (that
+        project's entries in full, every other entry as a stub). A member party may read
+        only its own project's view, in which the other parties' figures are withheld
+        (``protocol.audit.withheld_from``). A non-member is told the project does not exist.
         """
         require_role(caller.identity, Operation.FETCH_AUDIT_LOG)
         if project_id is None:
@@ -606,7 +623,8 @@ class LinkageService:
                 )
         else:
             self._visible_project(caller, project_id, call=Operation.FETCH_AUDIT_LOG)
-        return self._reader().export_lines(project_id)
+        viewer = caller.identity.party if caller.identity.role is Role.PARTY else None
+        return self._reader().export(project_id, viewer=viewer)
 
     def _reader(self) -> AuditReader:
         if self.audit_reader is None:

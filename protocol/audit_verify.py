@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -36,21 +37,35 @@ from protocol.audit import (
     RETENTION_DELETE_AFTER_RUN,
     RETENTION_KEEP,
     AuditEntry,
+    EntryView,
+    LogLine,
     RedactedEntry,
     SignedHead,
+    check_project_tags,
     head_from_json,
     parse_log,
+    project_tag,
     verify_chain,
+    withheld_from,
 )
 from protocol.errors import AuditError
 from protocol.manifest import SignedManifest, manifest_mismatches, verify_manifest
 from protocol.signing import public_key_fingerprint
 
-__all__ = ["PARTIAL_UPLOAD_REASONS", "AuditReport", "Check", "verify_audit_log", "wire_checks"]
+__all__ = [
+    "PARTIAL_UPLOAD_REASONS",
+    "AuditReport",
+    "AuditView",
+    "Check",
+    "verify_audit_log",
+    "wire_checks",
+]
 
 # payload_deleted reasons for bytes of an upload that was never committed (the LU discards
 # them: a newer upload superseded it, the stream broke the cap, the digest did not match).
-PARTIAL_UPLOAD_REASONS = frozenset({"superseded", "stream_cap", "digest_mismatch"})
+PARTIAL_UPLOAD_REASONS = frozenset(
+    {"superseded", "stream_cap", "digest_mismatch", "partial-expired"}
+)
 
 PASS = "pass"
 FAIL = "fail"
@@ -130,13 +145,35 @@ class AuditReport:
 
 
 @dataclass(slots=True)
+class _Upload:
+    """One committed upload as the log shows it; a withheld value (another party's, in a
+    party's view) is None."""
+
+    index: int
+    party: str
+    payload: str | None
+    record_count: int | None
+    moment: datetime
+    used_by: list[str] = field(default_factory=list)
+    superseded_at: int | None = None
+
+
+@dataclass(slots=True)
 class _Run:
     started: int
     parties: tuple[str, ...]
-    uploads: dict[str, tuple[str, int]]  # party -> (payload digest, record count)
+    uploads: dict[str, _Upload]
     finished: int | None = None
     released: dict[str, int] = field(default_factory=dict)
-    released_digest: dict[str, tuple[str, str | int]] = field(default_factory=dict)
+    released_digest: dict[str, tuple[object, object]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Deletion:
+    index: int
+    party: str
+    payload: str | None
+    reason: str
 
 
 @dataclass(slots=True)
@@ -145,23 +182,33 @@ class _Project:
     members: tuple[str, ...]
     schema_fingerprint: str
     retention: str
-    uploads: dict[str, tuple[int, Mapping[str, str | int]]] = field(default_factory=dict)
-    uploaded_payloads: set[tuple[str, str]] = field(default_factory=set)
+    hold_days: int
+    uploads: dict[str, _Upload] = field(default_factory=dict)
+    committed: list[_Upload] = field(default_factory=list)
+    upload_details: dict[str, Mapping[str, str | int]] = field(default_factory=dict)
     last_upload: int = -1
     last_passed: tuple[int, tuple[str, ...]] | None = None
     last_failed: int = -1
     runs: dict[str, _Run] = field(default_factory=dict)
     last_finished: str | None = None
-    deleted: dict[tuple[str, str], int] = field(default_factory=dict)
+    deletions: list[_Deletion] = field(default_factory=list)
+
+
+def _moment(timestamp: str) -> datetime:
+    return datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+Revealed = AuditEntry | EntryView
 
 
 class _Replay:
-    """Replays the log's events per project and collects every rule broken."""
+    """Replays the log's events per project and collects every rule broken. In a party's
+    view some values are withheld; a rule that needs one is left to the project's auditor."""
 
     def __init__(self) -> None:
         self.projects: dict[str, _Project] = {}
         self.checks: list[Check] = []
-        self.uploads_by_key: dict[tuple[str, str, str], AuditEntry] = {}
+        self.uploads_by_key: dict[tuple[str, str, str], Revealed] = {}
         self.notes: list[Check] = []
         self.unmanifested: list[tuple[str, int]] = []
 
@@ -170,7 +217,7 @@ class _Replay:
             Check(name=name, status=FAIL, message=message, project_id=project_id, entry=index)
         )
 
-    def run(self, entries: Sequence[AuditEntry | RedactedEntry]) -> None:
+    def run(self, entries: Sequence[LogLine]) -> None:
         for index, entry in enumerate(entries):
             if isinstance(entry, RedactedEntry) or entry.project_id is None:
                 continue
@@ -184,62 +231,76 @@ class _Replay:
                 continue
             handler(index, entry, project)
 
-    def _on_project_created(self, index: int, entry: AuditEntry) -> None:
-        assert entry.project_id is not None
-        if entry.project_id in self.projects:
-            self.fail(entry.project_id, index, "project created twice")
+    def _on_project_created(self, index: int, entry: Revealed) -> None:
+        project_id = str(entry.project_id)
+        if project_id in self.projects:
+            self.fail(project_id, index, "project created twice")
             return
         details = entry.details
-        self.projects[entry.project_id] = _Project(
+        self.projects[project_id] = _Project(
             created=index,
             members=tuple(str(details["members"]).split(",")),
             schema_fingerprint=str(details["schema_fingerprint"]),
             retention=str(details["retention"]),
+            hold_days=int(details["hold_days"]),
         )
 
-    def _on_access_refused(self, index: int, entry: AuditEntry, project: _Project) -> None:
+    def _on_access_refused(self, index: int, entry: Revealed, project: _Project) -> None:
         # Not a failure of the LU: it is the LU doing its job. The auditor sees who asked.
+        call = entry.details.get("call", "fetch_link_keys")
         self.notes.append(
             Check(
                 name="access",
                 status=NOTE,
-                message=f"party {entry.details['party']} was refused another party's or "
-                "project's link keys",
+                message=f"party {entry.details['party']} was refused {call} on a project it "
+                "is not in, or another party's keys",
                 project_id=entry.project_id,
                 entry=index,
             )
         )
 
-    def _on_upload_refused(self, index: int, entry: AuditEntry, project: _Project) -> None:
+    def _on_upload_refused(self, index: int, entry: Revealed, project: _Project) -> None:
         # The LU refusing an upload is the LU doing its job; nothing was stored or counted.
+        reason = entry.details.get("reason", "reason withheld from this view")
         self.notes.append(
             Check(
                 name="uploads",
                 status=NOTE,
-                message=f"an upload from {entry.details['party']} was refused "
-                f"({entry.details['reason']})",
+                message=f"an upload from {entry.details['party']} was refused ({reason})",
                 project_id=entry.project_id,
                 entry=index,
             )
         )
 
-    def _on_party_authenticated(self, index: int, entry: AuditEntry, project: _Project) -> None:
+    def _on_party_authenticated(self, index: int, entry: Revealed, project: _Project) -> None:
         return
 
-    def _on_upload_committed(self, index: int, entry: AuditEntry, project: _Project) -> None:
+    def _on_upload_committed(self, index: int, entry: Revealed, project: _Project) -> None:
         party = str(entry.details["party"])
         if party not in project.members:
             self.fail(entry.project_id, index, f"upload from {party}, which is not a member")
-        project.uploads[party] = (index, entry.details)
-        if "manifest_sha256" not in entry.details:
+        payload = entry.details.get("payload_sha256")
+        count = entry.details.get("record_count")
+        upload = _Upload(
+            index=index,
+            party=party,
+            payload=None if payload is None else str(payload),
+            record_count=None if count is None else int(count),
+            moment=_moment(entry.timestamp),
+        )
+        previous = project.uploads.get(party)
+        if previous is not None and previous.payload != upload.payload:
+            previous.superseded_at = index
+        project.uploads[party] = upload
+        project.committed.append(upload)
+        project.upload_details[party] = entry.details
+        if "manifest_sha256" not in entry.details and "manifest_sha256" not in entry.withheld:
             self.unmanifested.append((str(entry.project_id), index))
-        project.uploaded_payloads.add((party, str(entry.details["payload_sha256"])))
         project.last_upload = index
-        assert entry.project_id is not None
-        key = (entry.project_id, party, str(entry.details["payload_sha256"]))
-        self.uploads_by_key[key] = entry
+        if payload is not None:
+            self.uploads_by_key[(str(entry.project_id), party, str(payload))] = entry
 
-    def _on_checks_passed(self, index: int, entry: AuditEntry, project: _Project) -> None:
+    def _on_checks_passed(self, index: int, entry: Revealed, project: _Project) -> None:
         parties = tuple(str(entry.details["parties"]).split(","))
         if set(parties) != set(project.members):
             self.fail(entry.project_id, index, "checks passed for parties other than the members")
@@ -249,16 +310,19 @@ class _Replay:
                 entry.project_id, index, f"checks passed before {', '.join(missing)} uploaded"
             )
         else:
-            uploads = [project.uploads[party][1] for party in parties]
+            uploads = [project.upload_details[party] for party in parties]
             for aspect in ("schema_fingerprint", "kcv", "clk_bits"):
-                if len({upload[aspect] for upload in uploads}) != 1:
+                values = [upload.get(aspect) for upload in uploads]
+                if None not in values and len(set(values)) != 1:
                     self.fail(
                         entry.project_id,
                         index,
                         f"checks passed although the uploads' {aspect} differ",
                     )
             if any(
-                upload["schema_fingerprint"] != project.schema_fingerprint for upload in uploads
+                upload.get("schema_fingerprint", project.schema_fingerprint)
+                != project.schema_fingerprint
+                for upload in uploads
             ):
                 self.fail(
                     entry.project_id,
@@ -267,10 +331,10 @@ class _Replay:
                 )
         project.last_passed = (index, parties)
 
-    def _on_checks_failed(self, index: int, entry: AuditEntry, project: _Project) -> None:
+    def _on_checks_failed(self, index: int, entry: Revealed, project: _Project) -> None:
         project.last_failed = index
 
-    def _on_run_started(self, index: int, entry: AuditEntry, project: _Project) -> None:
+    def _on_run_started(self, index: int, entry: Revealed, project: _Project) -> None:
         run_id = str(entry.details["run_id"])
         parties = tuple(str(entry.details["parties"]).split(","))
         passed = project.last_passed
@@ -296,14 +360,22 @@ class _Replay:
         if run_id in project.runs:
             self.fail(entry.project_id, index, f"run {run_id} started twice")
             return
-        uploads = {
-            party: (str(details["payload_sha256"]), int(details["record_count"]))
-            for party, (_, details) in project.uploads.items()
-            if party in parties
-        }
+        uploads = {party: upload for party, upload in project.uploads.items() if party in parties}
+        for upload in uploads.values():
+            upload.used_by.append(run_id)
         project.runs[run_id] = _Run(started=index, parties=parties, uploads=uploads)
 
-    def _on_run_finished(self, index: int, entry: AuditEntry, project: _Project) -> None:
+    def _on_run_resumed(self, index: int, entry: Revealed, project: _Project) -> None:
+        run_id = str(entry.details["run_id"])
+        run = project.runs.get(run_id)
+        if run is None or run.finished is not None:
+            self.fail(
+                entry.project_id,
+                index,
+                f"run {run_id} resumed without starting, or after it finished",
+            )
+
+    def _on_run_finished(self, index: int, entry: Revealed, project: _Project) -> None:
         run_id = str(entry.details["run_id"])
         run = project.runs.get(run_id)
         if run is None or run.finished is not None:
@@ -312,7 +384,7 @@ class _Replay:
         run.finished = index
         project.last_finished = run_id
 
-    def _on_keys_released(self, index: int, entry: AuditEntry, project: _Project) -> None:
+    def _on_keys_released(self, index: int, entry: Revealed, project: _Project) -> None:
         party = str(entry.details["party"])
         run_id = str(entry.details.get("run_id", project.last_finished or ""))
         run = project.runs.get(run_id)
@@ -329,14 +401,15 @@ class _Replay:
                 "keys",
             )
             return
+        released = (entry.details.get("keys_sha256"), entry.details.get("key_count"))
         if party in run.released:
             first, digest = run.released[party], run.released_digest.get(party)
-            if (str(entry.details["keys_sha256"]), entry.details["key_count"]) != digest:
+            if None not in released and released != digest:
                 self.fail(
                     entry.project_id,
                     index,
-                    f"keys of run {run_id} released to {party} again with a different count or digest "
-                    f"(first at entry {first})",
+                    f"keys of run {run_id} released to {party} again with a different count "
+                    f"or digest (first at entry {first})",
                     "keys",
                 )
             else:
@@ -352,52 +425,49 @@ class _Replay:
                 )
             return
         run.released[party] = index
-        run.released_digest[party] = (
-            str(entry.details["keys_sha256"]),
-            entry.details["key_count"],
-        )
-        expected = run.uploads[party][1] if party in run.uploads else None
-        if entry.details["key_count"] != expected:
+        run.released_digest[party] = released
+        key_count = entry.details.get("key_count")
+        upload = run.uploads.get(party)
+        expected = upload.record_count if upload is not None else None
+        if (
+            key_count is not None
+            and (upload is None or expected is not None)
+            and (key_count != expected)
+        ):
             self.fail(
                 entry.project_id,
                 index,
-                f"{party} got {entry.details['key_count']} link keys for {expected} uploaded "
-                "records "
+                f"{party} got {key_count} link keys for {expected} uploaded records "
                 "(every record must get exactly one)",
                 "keys",
             )
 
-    def _on_payload_deleted(self, index: int, entry: AuditEntry, project: _Project) -> None:
-        key = (str(entry.details["party"]), str(entry.details["payload_sha256"]))
-        if entry.details["reason"] in PARTIAL_UPLOAD_REASONS:
+    def _on_payload_deleted(self, index: int, entry: Revealed, project: _Project) -> None:
+        party, reason = str(entry.details["party"]), str(entry.details["reason"])
+        payload = entry.details.get("payload_sha256")
+        if reason in PARTIAL_UPLOAD_REASONS:
             return  # an upload never committed: its partial bytes were discarded
-        if key not in project.uploaded_payloads:
+        deletion = _Deletion(
+            index=index,
+            party=party,
+            payload=None if payload is None else str(payload),
+            reason=reason,
+        )
+        if not any(_deletes(deletion, upload) for upload in project.committed):
             self.fail(
                 entry.project_id,
                 index,
-                f"deletion of a payload {key[0]} never uploaded",
+                f"deletion of a payload {party} never uploaded",
                 "retention",
             )
-        project.deleted.setdefault(key, index)
+        project.deletions.append(deletion)
 
-    def finish(self) -> None:
+    def finish(self, now: datetime | None) -> None:
         for project_id, project in self.projects.items():
-            self._retention(project_id, project)
+            self._retention(project_id, project, now)
 
-    def _retention(self, project_id: str, project: _Project) -> None:
-        before = len(self.checks)
-        self._check_retention(project_id, project)
-        if len(self.checks) == before and project.runs:
-            self.checks.append(
-                Check(
-                    name="retention",
-                    status=PASS,
-                    message=f"every payload deleted as retention {project.retention!r} requires",
-                    project_id=project_id,
-                )
-            )
-
-    def _check_retention(self, project_id: str, project: _Project) -> None:
+    def _retention(self, project_id: str, project: _Project, now: datetime | None) -> None:
+        """One verdict per committed upload: deleted when due, or why it is still kept."""
         if project.retention == RETENTION_KEEP:
             self.checks.append(
                 Check(
@@ -417,48 +487,94 @@ class _Replay:
                 "retention",
             )
             return
-        for run_id, run in project.runs.items():
-            if project.retention == RETENTION_DELETE_AFTER_RUN:
-                due = run.finished
-            elif set(run.released) >= set(run.parties):
-                due = max(run.released.values())
-            else:
-                due = None
-            if due is None:
-                self.checks.append(
-                    Check(
-                        name="retention",
-                        status=NOTE,
-                        message=f"run {run_id} has not released every party's keys; deletion "
-                        "not yet due",
-                        project_id=project_id,
-                        entry=run.started,
-                    )
+        for upload in project.committed:
+            self._upload_retention(project_id, project, upload, now)
+
+    def _upload_retention(
+        self, project_id: str, project: _Project, upload: _Upload, now: datetime | None
+    ) -> None:
+        where = f"payload of {upload.party} (committed at entry {upload.index})"
+        deleted = next(
+            (
+                deletion
+                for deletion in project.deletions
+                if deletion.index > upload.index and _deletes(deletion, upload)
+            ),
+            None,
+        )
+        due, why = self._due(project, upload)
+        deadline = upload.moment + timedelta(days=project.hold_days)
+        if deleted is not None:
+            started = [project.runs[run].started for run in upload.used_by]
+            if any(deleted.index < start for start in started):
+                self.fail(
+                    project_id,
+                    deleted.index,
+                    f"{where} was deleted before a run that used it started",
+                    "retention",
                 )
-                continue
-            for party, (payload, _) in sorted(run.uploads.items()):
-                deleted = project.deleted.get((party, payload))
-                if deleted is None:
-                    self.fail(
-                        project_id,
-                        due,
-                        f"payload of {party} used by run {run_id} was never deleted "
-                        f"(retention {project.retention})",
-                        "retention",
-                    )
-                elif deleted < run.started:
-                    self.fail(
-                        project_id,
-                        deleted,
-                        f"payload of {party} deleted before run {run_id} that used it started",
-                        "retention",
-                    )
+                return
+            self.checks.append(
+                Check(
+                    name="retention",
+                    status=PASS,
+                    message=f"{where} deleted at entry {deleted.index} ({deleted.reason})",
+                    project_id=project_id,
+                    entry=deleted.index,
+                )
+            )
+        elif due is not None:
+            self.fail(project_id, due, f"{where} was never deleted although {why}", "retention")
+        elif now is not None and now > deadline + _HOLD_GRACE:
+            self.fail(
+                project_id,
+                upload.index,
+                f"{where} is kept past its {project.hold_days}-day hold (due "
+                f"{deadline:%Y-%m-%d}), whatever became of the run",
+                "retention",
+            )
+        else:
+            self.checks.append(
+                Check(
+                    name="retention",
+                    status=NOTE,
+                    message=f"{where} not due for deletion yet: {why}, or by "
+                    f"{deadline:%Y-%m-%d} at the latest",
+                    project_id=project_id,
+                    entry=upload.index,
+                )
+            )
+
+    @staticmethod
+    def _due(project: _Project, upload: _Upload) -> tuple[int | None, str]:
+        """The entry from which ``upload`` must be deleted, if one is in the log, and why."""
+        if upload.superseded_at is not None:
+            return upload.superseded_at, "a later upload of the same party replaced it"
+        for run_id in upload.used_by:
+            run = project.runs[run_id]
+            if project.retention == RETENTION_DELETE_AFTER_RUN and run.finished is not None:
+                return run.finished, f"run {run_id} that used it finished"
+            if project.retention == RETENTION_DELETE_AFTER_RELEASE and set(run.released) >= set(
+                run.parties
+            ):
+                return max(run.released.values()), f"every party fetched run {run_id}'s keys"
+        if project.retention == RETENTION_DELETE_AFTER_RUN:
+            return None, "due when a run that uses it finishes"
+        return None, "due once every party has fetched the keys of a run that uses it"
+
+
+def _deletes(deletion: _Deletion, upload: _Upload) -> bool:
+    """Whether ``deletion`` names ``upload``'s payload (by party alone if a digest is
+    withheld from this view)."""
+    if deletion.party != upload.party:
+        return False
+    return deletion.payload is None or upload.payload is None or deletion.payload == upload.payload
 
 
 def _manifest_checks(
     manifests: Iterable[SignedManifest],
-    uploads: Mapping[tuple[str, str, str], AuditEntry],
-    entries: Sequence[AuditEntry | RedactedEntry],
+    uploads: Mapping[tuple[str, str, str], AuditEntry | EntryView],
+    entries: Sequence[LogLine],
     party_keys: Mapping[str, Ed25519PublicKey],
 ) -> list[Check]:
     checks: list[Check] = []
@@ -545,6 +661,88 @@ def wire_checks() -> list[Check]:
     ]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditView:
+    """What a log file is claimed to be, when it is not the whole log: one project's view,
+    as the operator or an auditor reads it (``party`` None) or as member ``party`` does."""
+
+    project_id: str
+    party: str | None = None
+
+
+def _form_checks(entries: Sequence[LogLine], view: AuditView | None) -> list[Check]:
+    """A full log admits only full entries, with every project tag its project's. A view
+    shows its project's entries (partial only for a party, withholding no more than the
+    policy says), and stubs for everything else, none of them of its own project."""
+    if view is None:
+        for index, entry in enumerate(entries):
+            if not isinstance(entry, AuditEntry):
+                return [
+                    Check(
+                        name="chain",
+                        status=FAIL,
+                        message=f"entry {index} is redacted or partial: a full log admits "
+                        "none (verify one project's view with --project)",
+                        entry=index,
+                    )
+                ]
+        mistagged = check_project_tags(entries)
+        if mistagged is not None:
+            return [Check(name="chain", status=FAIL, message=mistagged[1], entry=mistagged[0])]
+        return []
+    created = next(
+        (
+            entry
+            for entry in entries
+            if not isinstance(entry, RedactedEntry)
+            and entry.event == "project_created"
+            and entry.project_id == view.project_id
+        ),
+        None,
+    )
+    if created is None:
+        return [
+            Check(
+                name="chain",
+                status=FAIL,
+                message=f"project {view.project_id}'s creation is not in this view, so its "
+                "entries cannot be told from other projects'",
+                project_id=view.project_id,
+            )
+        ]
+    own_tag = project_tag(bytes.fromhex(str(created.details["view_key"])), view.project_id)
+    problems = []
+    for index, entry in enumerate(entries):
+        problem = None
+        if isinstance(entry, RedactedEntry):
+            if entry.project_tag == own_tag:
+                problem = f"entry {index} is this project's but shown only as a stub"
+        elif entry.project_id != view.project_id:
+            problem = f"entry {index} is not this project's, yet shown in its view"
+        elif entry.project_tag != own_tag:
+            problem = f"entry {index}'s project tag is not its project's"
+        elif isinstance(entry, EntryView):
+            allowed = withheld_from(entry.event, entry.details, view.party)
+            if not set(entry.withheld) <= allowed:
+                problem = f"entry {index} withholds details this reader may see"
+        if problem is not None:
+            problems.append(
+                Check(
+                    name="chain",
+                    status=FAIL,
+                    message=problem,
+                    project_id=view.project_id,
+                    entry=index,
+                )
+            )
+    return problems
+
+
+_HOLD_GRACE = timedelta(days=1)
+"""Slack on an upload's hold before a kept payload fails: the LU checks retention
+periodically (``retention_check_seconds``) and may have been stopped for a while."""
+
+
 def verify_audit_log(
     log_path: Path | str,
     public_key: Ed25519PublicKey,
@@ -553,11 +751,13 @@ def verify_audit_log(
     heads: Sequence[SignedHead] | None = None,
     party_keys: Mapping[str, Ed25519PublicKey] | None = None,
     check_wire: bool = True,
+    view: AuditView | None = None,
 ) -> AuditReport:
-    """Verify a log file (or a per-project export) and return the full report.
+    """Verify a whole log, or one project's view of it (``view``), and return the report.
 
-    ``heads`` defaults to the signed head stored beside the log (``<log>.head``), if any;
-    heads the auditor collected earlier are stronger evidence against truncation.
+    ``heads`` defaults to the signed head stored beside the log (``<log>.head``); without
+    any head the chain check fails, because entries cut from the end would go unnoticed.
+    Heads the auditor collected earlier are stronger evidence against truncation.
     """
     path = Path(log_path)
     fingerprint = public_key_fingerprint(public_key)
@@ -605,32 +805,63 @@ def verify_audit_log(
             Check(name="chain", status=FAIL, message=chain.message, entry=chain.bad_index)
         )
         return report(entries, chain.log_id)
-    head_note = (
-        f"; {len(heads)} signed head(s) match"
-        if heads
-        else "; no signed head given, so entries cut from the end would go unnoticed"
-    )
+    if not heads:
+        checks.append(
+            Check(
+                name="chain",
+                status=FAIL,
+                message=f"{chain.entry_count} entries chain, but no signed head was given: "
+                "entries cut from the end would go unnoticed (fetch the log with its head, "
+                "or pass --head)",
+            )
+        )
+        return report(entries, chain.log_id)
+    newest = max(head.sequence for head in heads)
     checks.append(
         Check(
             name="chain",
-            status=PASS if heads else NOTE,
-            message=f"{chain.entry_count} entries hash-chained and signed by the LU key{head_note}",
+            status=PASS,
+            message=f"{chain.entry_count} entries hash-chained and signed by the LU key; "
+            f"{len(heads)} signed head(s) match",
         )
     )
-    redacted = sum(isinstance(entry, RedactedEntry) for entry in entries)
-    if redacted:
+    if newest < len(entries) - 1:
         checks.append(
             Check(
                 name="chain",
                 status=NOTE,
-                message=f"{redacted} entries of other projects are redacted (hash and "
-                "signature only)",
+                message=f"the newest signed head is at entry {newest}: entries after it would "
+                "not be missed if cut; collect a fresh head",
+                entry=newest,
+            )
+        )
+    forms = _form_checks(entries, view)
+    checks.extend(forms)
+    if forms:
+        return report(entries, chain.log_id)
+    redacted = sum(isinstance(entry, RedactedEntry) for entry in entries)
+    if view is not None:
+        reader = "the operator or an auditor" if view.party is None else f"party {view.party}"
+        checks.append(
+            Check(
+                name="chain",
+                status=NOTE,
+                message=f"project {view.project_id}'s view as {reader} reads it: {redacted} "
+                "entries of other projects are stubs, none of them this project's"
+                + (
+                    "; other parties' figures are withheld, and rules that need them are left "
+                    "to the project's auditor"
+                    if view.party is not None
+                    else ""
+                ),
+                project_id=view.project_id,
             )
         )
     replay = _Replay()
     replay.run(entries)
-    replay.finish()
-    if not any(check.status == FAIL for check in replay.checks):
+    moments = [_moment(head.timestamp) for head in heads]
+    replay.finish(max(moments) if moments else None)
+    if not any(check.status == FAIL and check.name == "rules" for check in replay.checks):
         for project_id in replay.projects:
             checks.append(
                 Check(

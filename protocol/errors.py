@@ -2,6 +2,7 @@
 
     BloomlinkError
     ├── ConfigurationError           a file a person wrote is wrong
+    │   ├── InUseError               a data directory, log or port another process holds
     │   ├── SchemaError              every problem in a linkage schema, raised once
     │   ├── MappingError             a department mapping does not fit the schema or extract
     │   └── SecretError              the linkage secret file is missing, short or readable by others
@@ -41,6 +42,7 @@ __all__ = [
     "CompatibilityError",
     "ConfigurationError",
     "ExtractError",
+    "InUseError",
     "InputError",
     "InvalidRequestError",
     "MappingError",
@@ -69,6 +71,11 @@ class BloomlinkError(Exception):
 
 class ConfigurationError(BloomlinkError):
     """A configuration file a person wrote is wrong."""
+
+
+class InUseError(ConfigurationError):
+    """Another process holds what this one needs alone: a linkage unit's data directory, its
+    audit log or its port (a second linkage unit started on the same ones)."""
 
 
 class SchemaError(ConfigurationError):

@@ -28,7 +28,13 @@ __all__ = [
     "UploadHeader",
     "UploadProgress",
     "UploadState",
+    "UNRUN_HOLD_DAYS",
 ]
+
+
+UNRUN_HOLD_DAYS = 30
+"""How long an upload of a ``delete-after-run`` project (``retention_days`` 0) waits for a
+run that finishes before it is deleted anyway."""
 
 
 class LinkKeyMode(StrEnum):
@@ -111,6 +117,13 @@ class ProjectSettings:
         if self.retention_days == 0:
             return RETENTION_DELETE_AFTER_RUN
         return RETENTION_DELETE_AFTER_RELEASE
+
+    @property
+    def hold_days(self) -> int:
+        """The most days the LU keeps any upload of this project, whatever becomes of the
+        run (one party never uploads, the run is refused or fails): ``retention_days``, or
+        :data:`UNRUN_HOLD_DAYS` under ``delete-after-run``, whose CLKs wait for a run."""
+        return self.retention_days or UNRUN_HOLD_DAYS
 
     @property
     def fingerprint(self) -> str:

@@ -46,6 +46,7 @@ def write_project(
             "members": ",".join(parties),
             "schema_fingerprint": SCHEMA,
             "retention": retention,
+            "hold_days": 30,
         },
     )
     for party, count in zip(parties, counts, strict=True):

@@ -12,26 +12,25 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from linkage_unit.audit_log import (
-    delete_payload,
     head_path_for,
     read_entries,
     read_head,
+    repair_missing_head,
     repair_torn_tail,
 )
 from protocol.audit import (
     AuditEntry,
+    RedactedEntry,
     build_entry,
-    entry_to_json,
+    line_to_json,
     parse_log,
     verify_chain,
 )
-from protocol.errors import AuditError, ConfigurationError, ResourceLimitError
+from protocol.errors import AuditError, ConfigurationError, InUseError, ResourceLimitError
 from protocol.signing import load_public_key, load_signing_key
 from tests.audit_fixtures import (
-    KCV,
     SCHEMA,
     make_log,
-    payload_digest,
     stepping_clock,
     write_project,
 )
@@ -118,8 +117,10 @@ def test_forged_entry_is_named(tmp_path: Path) -> None:
         event="keys_released",
         project_id="moj-dfe-2026",
         details={"party": "moj", "key_count": 1, "keys_sha256": SCHEMA},
+        salt=bytes(16),
+        view_key=bytes(16),
     )
-    path.write_bytes(b"".join(lines) + (entry_to_json(forged) + "\n").encode())
+    path.write_bytes(b"".join(lines) + (line_to_json(forged) + "\n").encode())
     assert verify_file(path, with_head=False) == (False, 12, "forged")
 
 
@@ -230,7 +231,7 @@ def test_truncated_log_is_refused_on_open(tmp_path: Path) -> None:
 
 
 def test_second_process_cannot_open_the_same_log(tmp_path: Path) -> None:
-    with make_log(tmp_path), pytest.raises(AuditError, match="another process"):
+    with make_log(tmp_path), pytest.raises(InUseError, match="another process"):
         make_log(tmp_path)
 
 
@@ -277,38 +278,18 @@ def test_failed_write_leaves_the_log_verifiable(
     assert len(read_entries(path)) == 13
 
 
-def test_delete_payload_unlinks_then_logs(tmp_path: Path) -> None:
-    payload = tmp_path / "payloads" / "moj.clk"
-    payload.parent.mkdir()
-    payload.write_bytes(b"x" * 64)
+def test_a_log_whose_head_is_missing_is_refused_and_repairable(tmp_path: Path) -> None:
+    """Cutting entries off the end and deleting the head leaves a log that chains: the LU
+    will not open it; after the operator has checked it against heads held elsewhere,
+    repair_missing_head signs a head for it."""
+    path, lines = written_log(tmp_path)
+    path.write_bytes(b"".join(lines[:-3]))
+    head_path_for(path).unlink()
+    with pytest.raises(AuditError, match="head is missing"):
+        make_log(tmp_path)
+    assert repair_missing_head(path, signing_key_path=tmp_path / "lu-signing.pem") == 8
     with make_log(tmp_path) as log:
-        delete_payload(
-            log,
-            payload,
-            project_id="p",
-            party="moj",
-            payload_sha256=payload_digest("moj"),
-            reason="retention",
-        )
-        assert not payload.exists()
-        last = log.last_entry
-        assert last is not None and last.event == "payload_deleted"
-        with pytest.raises(AuditError, match="nothing deleted"):
-            delete_payload(
-                log,
-                payload,
-                project_id="p",
-                party="moj",
-                payload_sha256=payload_digest("moj"),
-                reason="retention",
-            )
-        # A bad reason is refused before anything is deleted.
-        payload.write_bytes(b"y")
-        with pytest.raises(AuditError):
-            delete_payload(
-                log, payload, project_id="p", party="moj", payload_sha256=KCV, reason="retention"
-            )
-        assert payload.exists()
+        assert log.last_entry is not None and log.last_entry.sequence == 8
 
 
 def test_project_export_verifies_and_hides_other_projects(tmp_path: Path) -> None:
@@ -316,9 +297,12 @@ def test_project_export_verifies_and_hides_other_projects(tmp_path: Path) -> Non
         write_project(log, "first-project")
         write_project(log, "second-project")
         count = log.export_project("second-project", tmp_path / "export.jsonl")
-    assert count == 10  # party_authenticated entries carry no project
+    assert count == 24  # every entry: the other project's as stubs
     text = (tmp_path / "export.jsonl").read_text()
     assert "first-project" not in text
+    entries = parse_log(text.encode()).entries
+    stubs = [entry for entry in entries if isinstance(entry, RedactedEntry)]
+    assert len(stubs) == 14  # the first project's 12, and the 2 entries with no project
     export = tmp_path / "export.jsonl"
     assert head_path_for(export).exists()
     assert verify_file(export) == (True, None, None)

@@ -92,6 +92,7 @@ def _concrete_errors() -> list[type[errors.BloomlinkError]]:
         (errors.MappingError, ExitCode.CONFIGURATION),
         (errors.SecretError, ExitCode.CONFIGURATION),
         (errors.ConfigurationError, ExitCode.CONFIGURATION),
+        (errors.InUseError, ExitCode.IN_USE),
         (errors.ExtractError, ExitCode.INPUT),
         (errors.RecordError, ExitCode.INPUT),
         (errors.ValueRejectedError, ExitCode.INPUT),

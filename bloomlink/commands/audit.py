@@ -16,7 +16,7 @@ from bloomlink.commands._connection import add_client_arguments, client_from_arg
 from bloomlink.exit_codes import ExitCode
 from protocol.atomic_file import atomic_output
 from protocol.audit import head_from_json
-from protocol.audit_verify import verify_audit_log
+from protocol.audit_verify import AuditView, verify_audit_log
 from protocol.errors import AuditError, ConfigurationError
 from protocol.labels import check_label
 from protocol.manifest import read_manifest
@@ -69,6 +69,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="H",
         help="a signed head collected earlier (repeatable; default: the one beside the log)",
     )
+    verify.add_argument(
+        "--project",
+        help="the file is this project's view (other projects' entries as stubs), not the "
+        "whole log",
+    )
+    verify.add_argument(
+        "--party",
+        help="with --project: the view is this member party's (other parties' figures withheld)",
+    )
     verify.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
 
 
@@ -93,6 +102,7 @@ def fetch(args: argparse.Namespace) -> int:
         f"fetched {lines} audit entries to {log_path} with its signed head and the LU key "
         f"(sha256:{public_key_fingerprint(load_public_key(public_key))[:16]}); check the key "
         "against the one published out of band, then run bloomlink audit verify"
+        + (f" --project {args.project}" if args.project else "")
     )
     return ExitCode.OK
 
@@ -118,8 +128,18 @@ def verify(args: argparse.Namespace) -> int:
             heads = [head_from_json(path.read_bytes()) for path in args.head]
         except OSError as error:
             raise AuditError(f"cannot read signed head: {error.strerror}") from None
+    if args.party and not args.project:
+        raise ConfigurationError("--party needs --project: a party reads one project's view")
+    view = (
+        AuditView(
+            project_id=check_label(args.project, what="--project"),
+            party=check_label(args.party, what="--party") if args.party else None,
+        )
+        if args.project
+        else None
+    )
     report = verify_audit_log(
-        args.log, public_key, manifests=manifests, heads=heads, party_keys=party_keys
+        args.log, public_key, manifests=manifests, heads=heads, party_keys=party_keys, view=view
     )
     print(report.to_text())
     if args.json:

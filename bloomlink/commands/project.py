@@ -44,7 +44,10 @@ def describe(status: ProjectStatus) -> str:
         line += f"; {status.progress_stage}"
     if status.run_state is RunState.REFUSED:
         line += f"; checks refused: party {status.check_party_id}, {status.check_aspect}"
-    if status.run_state is RunState.FINISHED:
+    if status.run_state is RunState.FINISHED and status.cluster_count == 0:
+        # A member party is never shown a figure that depends on another party's data.
+        line += "; the run's figures are for the operator and auditors"
+    elif status.run_state is RunState.FINISHED:
         line += (
             f"; {status.cluster_count} clusters, {status.linked_record_count} linked records, "
             f"{status.comparisons} comparisons"
