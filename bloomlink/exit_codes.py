@@ -53,6 +53,7 @@ _TABLE: tuple[tuple[type[errors.BloomlinkError], ExitCode], ...] = (
     (errors.ServiceError, ExitCode.SERVICE),
     (errors.MatchingError, ExitCode.MATCHING),
     (errors.AuditError, ExitCode.AUDIT_FAILED),
+    (errors.InvariantError, ExitCode.INTERNAL),  # a bug: the message says what to report
 )
 
 

@@ -21,6 +21,13 @@ class AuditSink(Protocol):
         self, event: str, *, project_id: str | None, details: Mapping[str, str | int]
     ) -> None: ...
 
+    def recorded(
+        self, event: str, *, project_id: str | None, details: Mapping[str, str | int]
+    ) -> bool:
+        """Whether an ``event`` entry of ``project_id`` with (at least) these details is in
+        the log: how start-up reconciliation knows a step before a crash was logged."""
+        ...
+
 
 class AuditReader(Protocol):
     """Reads the log back for auditors (the RPCs ``FetchAuditLog``, ``GetAuditPublicKey``)."""

@@ -353,6 +353,21 @@ class AuditLog:
                 if entry.sequence >= last:
                     return
 
+    def recorded(
+        self, event: str, *, project_id: str | None, details: Mapping[str, str | int]
+    ) -> bool:
+        """Whether an ``event`` entry of ``project_id`` with (at least) these details is in
+        the log, read from disk (start-up reconciliation; not for a hot path)."""
+        last = self.last_entry
+        for entry in self._iter_entries(-1 if last is None else last.sequence):
+            if (
+                entry.event == event
+                and entry.project_id == project_id
+                and all(entry.details.get(key) == value for key, value in details.items())
+            ):
+                return True
+        return False
+
     def entries(self) -> list[AuditEntry]:
         """Every entry, re-read from disk (small logs and tests; readers use :meth:`export`)."""
         last = self.last_entry

@@ -17,8 +17,9 @@ import logging
 import socket
 import ssl
 import threading
+import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -32,7 +33,9 @@ from linkage_unit.admission import Admission, AdmissionLimits
 from linkage_unit.audit_hook import AuditReader, AuditSink
 from linkage_unit.audit_log import AuditLog
 from linkage_unit.blocking import BlockingSettings
+from linkage_unit.checkpoints import Checkpoint, no_checkpoint
 from linkage_unit.distributed import ClusterSettings, DaskExecutor
+from linkage_unit.retention import Retention
 from linkage_unit.run import LinkFunction, RunManager
 from linkage_unit.service import LinkageService, ManifestPolicy, UploadLimits
 from linkage_unit.servicer import LinkageUnitServicer
@@ -257,20 +260,26 @@ class LinkageUnitServer:
         *,
         audit: AuditSink | None = None,
         link_function: LinkFunction | None = None,
+        clock: Callable[[], float] = time.time,
+        checkpoint: Checkpoint = no_checkpoint,
     ) -> None:
         self.config = config
         # Read first: a bad key file must stop start-up before anything is opened.
         manifest_policy = ManifestPolicy(
             party_keys={party: load_public_key(path) for party, path in config.party_keys.items()}
         )
-        self.storage = Storage(config.data_dir)
+        self.storage = Storage(config.data_dir, clock=clock, checkpoint=checkpoint)
         self.audit_log: AuditLog | None = None
         if audit is None:
-            self.audit_log = AuditLog.open(
-                config.audit_log or config.data_dir / "audit.jsonl",
-                signing_key_path=config.audit_signing_key
-                or config.data_dir / "audit-signing-key.pem",
-            )
+            try:
+                self.audit_log = AuditLog.open(
+                    config.audit_log or config.data_dir / "audit.jsonl",
+                    signing_key_path=config.audit_signing_key
+                    or config.data_dir / "audit-signing-key.pem",
+                )
+            except BaseException:
+                self.storage.close()
+                raise
         self.audit: AuditSink = audit or self.audit_log  # type: ignore[assignment]
         reader: AuditReader | None = self.audit_log
         if reader is None and hasattr(audit, "export"):
@@ -281,7 +290,12 @@ class LinkageUnitServer:
         if config.blocking_settings != BlockingSettings():
             link_function = _with_blocking(link_function or matching.link, config.blocking_settings)
         self.runs = RunManager(
-            self.storage, self.audit, workers=config.run_workers, link_function=link_function
+            self.storage,
+            self.audit,
+            workers=config.run_workers,
+            link_function=link_function,
+            retention=Retention(self.storage, self.audit, clock=clock, checkpoint=checkpoint),
+            checkpoint=checkpoint,
         )
         self.service = LinkageService(
             self.storage,
@@ -292,6 +306,7 @@ class LinkageUnitServer:
             audit_reader=reader,
             manifest_policy=manifest_policy,
             admission=Admission(config.admission_limits),
+            clock=clock,
         )
         self._retention_stop = threading.Event()
         self._retention_thread: threading.Thread | None = None
@@ -388,7 +403,7 @@ class LinkageUnitServer:
     def _retention_loop(self) -> None:
         while not self._retention_stop.wait(self.config.retention_check_seconds):
             try:
-                purged = self.service.purge_expired()
+                purged = self.service.maintain()
             except Exception:
                 logger.exception("retention check failed; it is retried at the next interval")
                 continue
@@ -444,9 +459,14 @@ def create_server(
     *,
     audit: AuditSink | None = None,
     link_function: LinkFunction | None = None,
+    clock: Callable[[], float] = time.time,
+    checkpoint: Checkpoint = no_checkpoint,
 ) -> LinkageUnitServer:
-    """Build (not start) a linkage unit server from its config."""
-    return LinkageUnitServer(config, audit=audit, link_function=link_function)
+    """Build (not start) a linkage unit server from its config. ``clock`` is the wall clock
+    every stored time is read from; ``checkpoint`` the fault-injection hook (checkpoints.py)."""
+    return LinkageUnitServer(
+        config, audit=audit, link_function=link_function, clock=clock, checkpoint=checkpoint
+    )
 
 
 def with_listen(config: ServerConfig, listen: str) -> ServerConfig:

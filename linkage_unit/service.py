@@ -127,6 +127,7 @@ class LinkageService:
         self.audit_reader = audit_reader
         self.manifest_policy = manifest_policy or ManifestPolicy()
         self.admission = admission or Admission()
+        self.retention = runs.retention
         self._clock = clock
         self._active_uploads: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -136,21 +137,27 @@ class LinkageService:
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Resume interrupted runs and apply retention; call once when the LU starts."""
+        """Call once when the LU starts, before serving: finish whatever a crash left half
+        done (uploads being published, payload deletions, runs whose keys are stored but
+        whose run_finished is not logged), resume interrupted runs, apply retention."""
+        recovered = self.storage.recover_uploads()
+        for project_id, _ in recovered:
+            self._start_if_ready(project_id)
         resumed = self.runs.resume()
-        purged = self.purge_expired()
-        logger.info("linkage unit state loaded resumed_runs=%d purged_payloads=%d", resumed, purged)
+        deleted = self.retention.apply()
+        logger.info(
+            "linkage unit state loaded recovered_uploads=%d resumed_runs=%d deleted_payloads=%d",
+            len(recovered),
+            resumed,
+            deleted,
+        )
 
-    def purge_expired(self, *, now: float | None = None) -> int:
-        """Delete payloads of finished projects whose retention has run out."""
-        expired = self.storage.completed_uploads_before(time.time() if now is None else now)
-        for project_id, party in expired:
-            record = self.storage.upload(project_id, party)
-            assert record is not None
-            self.runs.delete_payloads(
-                project_id, {party: record.header}, reason="retention-expired"
-            )
-        return len(expired)
+    def maintain(self) -> int:
+        """The periodic check: finish runs and deletions an audit append failed for, then
+        apply retention (every upload is deleted by its hold, whatever its run's state).
+        Return how many payloads were deleted."""
+        self.runs.reconcile()
+        return self.retention.apply()
 
     # -- authorisation helpers ----------------------------------------------------------
 
@@ -475,6 +482,7 @@ class LinkageService:
                 raise PreconditionError("an upload for this party is already in progress")
             self._active_uploads.add(key)
         try:
+            self.retention.settle(header.project_id, header.party_id)
             self._authenticated(caller, header.project_id)
             record = self.storage.upload(header.project_id, header.party_id)
             if (
@@ -513,8 +521,8 @@ class LinkageService:
                     raise AlreadyExistsError(
                         "this party has already uploaded a different payload to this project"
                     )
-                self.runs.delete_payloads(
-                    header.project_id, {header.party_id: record.header}, reason="replaced"
+                self.retention.retire(
+                    header.project_id, record.header, reason="replaced", partial=False
                 )
             self.storage.check_free_space(header.payload_bytes)
             self.storage.begin_upload(header)
@@ -528,16 +536,13 @@ class LinkageService:
             self._active_uploads.discard(key)
 
     def _discard(self, project_id: str, header: UploadHeader, *, reason: str) -> None:
-        self.storage.discard_upload(project_id, header.party_id)
-        self.audit.append(
-            "payload_deleted",
-            project_id=project_id,
-            details={
-                "party": header.party_id,
-                "payload_sha256": header.payload_sha256.hex(),
-                "reason": reason,
-            },
-        )
+        """Delete an upload that was never committed (its partial bytes), audited."""
+        self.retention.retire(project_id, header, reason=reason, partial=True)
+
+    def _start_if_ready(self, project_id: str) -> None:
+        project = self.storage.project(project_id)
+        if project is not None and project.auto_run:
+            self.runs.start(project_id, automatic=True)
 
     # -- link keys ----------------------------------------------------------------------
 
@@ -583,19 +588,9 @@ class LinkageService:
         )
         fetched = self.storage.record_key_release(project_id, party_id)
         if project.retention_days > 0 and fetched >= set(project.members):
-            self._delete_released(project_id)
+            # Every member has its keys: the CLKs have served their purpose (retention).
+            self.retention.retire_due()
         return self._key_batches(project_id, party_id, key_set.key_count, key_set.keys_sha256)
-
-    def _delete_released(self, project_id: str) -> None:
-        """Every member has its keys: the CLKs have served their purpose (retention)."""
-        headers = {}
-        project = self.storage.project(project_id)
-        assert project is not None
-        for party in project.members:
-            record = self.storage.upload(project_id, party)
-            if record is not None and record.state is UploadState.COMPLETE:
-                headers[party] = record.header
-        self.runs.delete_payloads(project_id, headers, reason="keys-released")
 
     # -- audit --------------------------------------------------------------------------
 
@@ -713,7 +708,8 @@ class UploadSession:
         """End of stream: complete the upload if every byte is here, else report progress."""
         service, header = self._service, self.header
         record = service.storage.upload(header.project_id, header.party_id)
-        assert record is not None
+        if record is None:
+            raise PreconditionError("this upload was deleted while it was sent; start it again")
         if record.state is UploadState.COMPLETE or self.committed < header.payload_bytes:
             return self.progress
         details: dict[str, str | int] = {
@@ -752,10 +748,7 @@ class UploadSession:
             header.party_id,
             header.record_count,
         )
-        project = service.storage.project(header.project_id)
-        assert project is not None
-        if project.auto_run:
-            service.runs.start(header.project_id, automatic=True)
+        service._start_if_ready(header.project_id)
         return self.progress
 
     def close(self) -> None:

@@ -23,7 +23,8 @@
     │   ├── ResourceLimitError       RESOURCE_EXHAUSTED
     │   └── UnavailableError         UNAVAILABLE
     ├── MatchingError                a matching setting or input the engine cannot honour
-    └── AuditError                   an audit log or manifest fails verification
+    ├── AuditError                   an audit log or manifest fails verification
+    └── InvariantError               the linkage unit broke a rule of its own (a bug); INTERNAL
 
 Rules every raise follows: the message says what was expected and what to do; it never
 contains a record value, a token, a CLK, a key or a block key. Context goes in keyword-only
@@ -45,6 +46,7 @@ __all__ = [
     "InUseError",
     "InputError",
     "InvalidRequestError",
+    "InvariantError",
     "MappingError",
     "MatchingError",
     "NotFoundError",
@@ -204,3 +206,9 @@ class AuditError(BloomlinkError):
     def __init__(self, message: str, *, entry: int | None = None) -> None:
         self.entry = entry
         super().__init__(f"audit entry {entry}: {message}" if entry is not None else message)
+
+
+class InvariantError(BloomlinkError):
+    """The linkage unit's own code broke a rule it relies on (a bug, never the caller's
+    input). Checked explicitly, not by ``assert``, so it holds under ``python -O``; a caller
+    sees INTERNAL and the operator's log has the traceback."""

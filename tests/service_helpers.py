@@ -27,6 +27,16 @@ class MemoryAuditSink:
     ) -> None:
         self.events.append((event, project_id, dict(details)))
 
+    def recorded(
+        self, event: str, *, project_id: str | None, details: Mapping[str, str | int]
+    ) -> bool:
+        return any(
+            name == event
+            and project == project_id
+            and all(logged.get(key) == value for key, value in details.items())
+            for name, project, logged in self.events
+        )
+
     def named(self, event: str) -> list[dict[str, str | int]]:
         return [details for name, _, details in self.events if name == event]
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import resource
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -290,22 +289,23 @@ def test_case_28_out_of_order_duplicate_and_missing_offsets(
         assert send(stub, [messages[0], messages[1], *messages[1:]]).upload_state == 3
 
 
-def test_case_29_a_clock_jump_back_does_not_reorder_runs(tmp_path: Path, monkeypatch) -> None:
-    """Case 29: runs are ordered by insertion sequence, not wall clock: after the clock jumps
-    back a day, the newest run is still the latest, and unfinished runs resume in order."""
-    from linkage_unit import storage as storage_module
+def test_case_29_a_clock_jump_back_does_not_reorder_runs(tmp_path: Path) -> None:
+    """Case 29: runs are ordered by insertion sequence, not wall clock: after the LU's clock
+    jumps back a day, the newest run is still the latest, and unfinished runs resume in
+    order."""
+    from linkage_unit.storage import Storage
     from protocol.messages import ProjectSettings
     from tests.service_helpers import SCHEMA_FINGERPRINT
 
-    store = storage_module.Storage(tmp_path / "lu")
+    now = [1_800_000_000.0]
+    store = Storage(tmp_path / "lu", clock=lambda: now[0])
     store.create_project(
         ProjectSettings(
             project_id="p1", members=("moj", "dfe"), schema_fingerprint=SCHEMA_FINGERPRINT
         )
     )
     store.create_run("p1", "first")
-    real = time.time
-    monkeypatch.setattr(storage_module.time, "time", lambda: real() - 86400)
+    now[0] -= 86400  # the clock jumps back a day
     store.create_run("p1", "second")
     assert store.latest_run("p1").run_id == "second"
     assert [run.run_id for run in store.unfinished_runs()] == ["first", "second"]
