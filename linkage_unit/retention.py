@@ -1,6 +1,6 @@
 """Retention: deleting payloads, and auditing each deletion, however a crash interrupts it.
 
-Stage: storage lifecycle. :meth:`Retention.retire` is the one way a payload (a committed
+Stage: storage lifecycle. :meth:`Retention.retire_payload` is the one way a payload (a committed
 upload's CLKs, or a partial upload's bytes) is deleted: it records the intent, deletes the
 file, appends ``payload_deleted``, then marks the upload deleted and drops the intent. A
 crash or a failed audit append anywhere in between leaves the intent, and
@@ -46,7 +46,9 @@ class Retention:
         self._clock = clock
         self._checkpoint = checkpoint
 
-    def retire(self, project_id: str, header: UploadHeader, *, reason: str, partial: bool) -> None:
+    def retire_payload(
+        self, project_id: str, header: UploadHeader, *, reason: str, partial: bool
+    ) -> None:
         """Delete this upload's payload (``partial``: its uncommitted bytes) and audit it.
 
         If the audit append fails the intent stays and the error propagates: the deletion
@@ -117,7 +119,9 @@ class Retention:
         (``delete-after-release``); return how many."""
         due = self._storage.uploads_due()
         for record, reason in due:
-            self.retire(record.header.project_id, record.header, reason=reason, partial=False)
+            self.retire_payload(
+                record.header.project_id, record.header, reason=reason, partial=False
+            )
         return len(due)
 
     def apply(self, *, now: float | None = None) -> int:
@@ -130,7 +134,7 @@ class Retention:
         expired = self._storage.expired_uploads(self._clock() if now is None else now)
         for record in expired:
             partial = record.state is UploadState.PARTIAL
-            self.retire(
+            self.retire_payload(
                 record.header.project_id,
                 record.header,
                 reason="partial-expired" if partial else "retention-expired",

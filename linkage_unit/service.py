@@ -269,6 +269,9 @@ class LinkageService:
         )
         run = self.runs.latest_run(project_id)
         if run is None:
+            if self.runs.all_uploaded(project_id):
+                # Only a project without auto-run gets here: its run waits for the operator.
+                return replace(status, run_state=RunState.READY)
             return status
         if viewer is not None:
             # A party learns whether the run finished, and why its own upload was refused.
@@ -521,7 +524,7 @@ class LinkageService:
                     raise AlreadyExistsError(
                         "this party has already uploaded a different payload to this project"
                     )
-                self.retention.retire(
+                self.retention.retire_payload(
                     header.project_id, record.header, reason="replaced", partial=False
                 )
             self.storage.check_free_space(header.payload_bytes)
@@ -537,7 +540,7 @@ class LinkageService:
 
     def _discard(self, project_id: str, header: UploadHeader, *, reason: str) -> None:
         """Delete an upload that was never committed (its partial bytes), audited."""
-        self.retention.retire(project_id, header, reason=reason, partial=True)
+        self.retention.retire_payload(project_id, header, reason=reason, partial=True)
 
     def _start_if_ready(self, project_id: str) -> None:
         project = self.storage.project(project_id)

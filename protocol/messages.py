@@ -51,6 +51,8 @@ class UploadState(StrEnum):
 
 class RunState(StrEnum):
     WAITING_FOR_UPLOADS = "waiting_for_uploads"
+    # Every member has uploaded; a project created without auto-run waits for the operator.
+    READY = "ready"
     QUEUED = "queued"
     RUNNING = "running"
     FINISHED = "finished"

@@ -38,6 +38,8 @@ def describe(status: ProjectStatus) -> str:
     """A status summary a person can paste into a ticket (states and counts only)."""
     uploads = ", ".join(f"{party.party_id}={party.upload_state}" for party in status.parties)
     line = f"project {status.project_id}: run {status.run_state}; uploads {uploads}"
+    if status.run_state is RunState.READY:
+        line += "; every upload is complete: the operator starts the run with 'project run'"
     if status.run_state is RunState.RUNNING and status.progress_stage:
         line += f"; {status.progress_stage} {status.progress_done}/{status.progress_total}"
     if status.run_state is RunState.FAILED and status.progress_stage:

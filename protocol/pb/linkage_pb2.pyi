@@ -100,6 +100,10 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     RUN_STATE_REFUSED: _RunState.ValueType  # 5
     """The checks before any comparison failed; see check_party and check_aspect."""
     RUN_STATE_FAILED: _RunState.ValueType  # 6
+    RUN_STATE_READY: _RunState.ValueType  # 7
+    """Every member has uploaded and the project waits for the operator to start the run
+    (created without auto-run).
+    """
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper): ...
 
@@ -111,6 +115,10 @@ RUN_STATE_FINISHED: RunState.ValueType  # 4
 RUN_STATE_REFUSED: RunState.ValueType  # 5
 """The checks before any comparison failed; see check_party and check_aspect."""
 RUN_STATE_FAILED: RunState.ValueType  # 6
+RUN_STATE_READY: RunState.ValueType  # 7
+"""Every member has uploaded and the project waits for the operator to start the run
+(created without auto-run).
+"""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 @_typing.final
