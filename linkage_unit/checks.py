@@ -11,7 +11,7 @@ a silent zero-match run is the failure this stage exists to prevent.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -19,7 +19,13 @@ import numpy.typing as npt
 from protocol.errors import CompatibilityError
 from protocol.messages import ProjectSettings, UploadHeader
 
-__all__ = ["MAX_DENSITY_GAP", "MAX_RECORD_DENSITY", "check_clks", "check_headers"]
+__all__ = [
+    "MAX_DENSITY_GAP",
+    "MAX_RECORD_DENSITY",
+    "check_clks",
+    "check_headers",
+    "compatibility_refusal",
+]
 
 MAX_RECORD_DENSITY = 0.9
 """Largest share of set bits in one CLK. Real encodings sit near 0.3-0.5; a CLK above this
@@ -66,6 +72,41 @@ def check_headers(project: ProjectSettings, headers: Mapping[str, UploadHeader])
             party=bits_party,
             aspect="clk_bits",
         )
+
+
+def compatibility_refusal(
+    project: ProjectSettings, header: UploadHeader, others: Sequence[UploadHeader]
+) -> CompatibilityError | None:
+    """Why an upload's header can never be compared in this project, in plain words, or
+    None. Checked when the header arrives, before any byte is stored: the schema fingerprint
+    must be the project's; once another member has uploaded, the KCV and the CLK length must
+    be theirs. (The run checks the same again, with the CLKs themselves.)"""
+    party = header.party_id
+    if header.schema_fingerprint != project.schema_fingerprint:
+        return CompatibilityError(
+            "your file was encoded with a different schema than the project's (the schema "
+            "fingerprints differ): encode it again with the project's schema",
+            party=party,
+            aspect="schema_fingerprint",
+        )
+    for other in others:
+        if header.kcv != other.kcv:
+            return CompatibilityError(
+                "your key check value differs from the other parties' - a different linkage "
+                "secret? Check with the other parties that you hold the same secret file for "
+                "this project, then encode again",
+                party=party,
+                aspect="kcv",
+            )
+        if header.clk_bits != other.clk_bits:
+            return CompatibilityError(
+                f"your CLKs are {header.clk_bits} bits long, not the length of the other "
+                "parties': the encoder settings differ; encode again with the project's "
+                "schema and the same bloomlink version",
+                party=party,
+                aspect="clk_bits",
+            )
+    return None
 
 
 def check_clks(

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from linkage_unit.admission import Admission, Operation, require_role
 from linkage_unit.audit_hook import AuditReader, AuditSink
+from linkage_unit.checks import compatibility_refusal
 from linkage_unit.run import RunManager
 from linkage_unit.storage import Storage
 from protocol.errors import (
@@ -426,6 +427,24 @@ class LinkageService:
                 manifest=manifest,
             )
 
+    def _check_compatible(self, project: ProjectSettings, header: UploadHeader) -> None:
+        """Refuse, before any byte is stored, a header that cannot be compared with the
+        project's schema or with what another member has already uploaded: the run would
+        only be refused later, after the whole transfer."""
+        refusal = compatibility_refusal(project, header, self._other_uploads(project, header))
+        if refusal is not None:
+            self._refuse_upload(header, refusal, reason=refusal.aspect or "incompatible")
+
+    def _other_uploads(self, project: ProjectSettings, header: UploadHeader) -> list[UploadHeader]:
+        others = []
+        for party in project.members:
+            if party == header.party_id:
+                continue
+            record = self.storage.upload(project.project_id, party)
+            if record is not None and record.state is UploadState.COMPLETE:
+                others.append(record.header)
+        return others
+
     def _check_fresh_manifest(self, header: UploadHeader, manifest: SignedManifest | None) -> None:
         """For an upload not yet committed: the manifest's time is plausible (case 29) and
         its nonce has not vouched for a committed upload before (case 10)."""
@@ -472,8 +491,9 @@ class LinkageService:
         self, caller: Caller, header: UploadHeader, manifest: SignedManifest | None = None
     ) -> UploadSession:
         """Begin or resume an upload. Release it with :meth:`UploadSession.close`."""
-        self._uploader(caller, header.project_id, header.party_id)
+        project = self._uploader(caller, header.project_id, header.party_id)
         self._check_manifest(header, manifest)
+        self._check_compatible(project, header)
         if header.payload_bytes > self.limits.max_upload_bytes:
             raise ResourceLimitError(
                 f"the payload ({header.payload_bytes} bytes) exceeds this linkage unit's "
