@@ -12,7 +12,6 @@ client authentication were ever switched off).
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import socket
 import ssl
@@ -41,10 +40,11 @@ from linkage_unit.service import LinkageService, ManifestPolicy, UploadLimits
 from linkage_unit.servicer import LinkageUnitServicer
 from linkage_unit.storage import Storage
 from linkage_unit.watchdog import StreamWatchdog
-from protocol.certificates import TlsFiles
+from protocol.addresses import is_loopback
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.pb import linkage_pb2_grpc as pb_grpc
 from protocol.signing import load_public_key
+from protocol.tls import TlsFiles
 
 __all__ = ["SERVICE_NAME", "LinkageUnitServer", "ServerConfig", "create_server", "load_config"]
 
@@ -133,7 +133,7 @@ class ServerConfig:
                 "the linkage unit needs ca_certificate, certificate and private_key for mutual "
                 "TLS; it will not start without them (--insecure is for local tests only)"
             )
-        if self.insecure and not _is_loopback(self.listen):
+        if self.insecure and not is_loopback(self.listen):
             raise ConfigurationError("--insecure binds loopback only (127.0.0.1, ::1, localhost)")
         dask_files = (self.dask_ca_certificate, self.dask_certificate, self.dask_private_key)
         if self.dask_scheduler is None and any(path is not None for path in dask_files):
@@ -194,16 +194,6 @@ class ServerConfig:
             certificate=self.certificate,
             private_key=self.private_key,
         )
-
-
-def _is_loopback(listen: str) -> bool:
-    host = listen.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _self_test_host(listen: str) -> str:

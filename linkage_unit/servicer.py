@@ -19,7 +19,6 @@ from linkage_unit.admission import Operation
 from linkage_unit.service import Caller, LinkageService
 from linkage_unit.watchdog import StreamWatchdog, WatchedStream
 from protocol import serde
-from protocol.certificates import certificate_fingerprint
 from protocol.errors import (
     AlreadyExistsError,
     CompatibilityError,
@@ -43,6 +42,7 @@ from protocol.serde import (
     IDENTITY_METADATA_KEY,
     PARTY_METADATA_KEY,
 )
+from protocol.tls import certificate_fingerprint
 
 __all__ = [
     "ERROR_METADATA_KEY",

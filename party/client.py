@@ -7,7 +7,6 @@ table: a refusal arrives as the same ``protocol.errors`` class the service raise
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -18,7 +17,6 @@ from typing import TypeVar
 import grpc
 
 from protocol import serde
-from protocol.certificates import TlsFiles
 from protocol.clk_file import HEADER_LENGTH, read_header
 from protocol.errors import (
     AlreadyExistsError,
@@ -35,6 +33,7 @@ from protocol.errors import (
 from protocol.identity import Identity
 from protocol.manifest import SignedManifest
 from protocol.messages import (
+    LinkKeysDigest,
     ProjectSettings,
     ProjectStatus,
     RunState,
@@ -47,6 +46,7 @@ from protocol.messages import (
 from protocol.pb import linkage_pb2 as pb
 from protocol.pb import linkage_pb2_grpc as pb_grpc
 from protocol.serde import ASPECT_METADATA_KEY, ERROR_METADATA_KEY, PARTY_METADATA_KEY
+from protocol.tls import TlsFiles
 
 __all__ = ["ERROR_FOR_STATUS", "FetchedLinkKeys", "LinkageClient", "error_from_rpc"]
 
@@ -313,7 +313,7 @@ class LinkageClient:
         def attempt() -> FetchedLinkKeys:
             positions: list[int] = []
             keys: list[str] = []
-            digest, total, claimed = hashlib.sha256(), -1, ""
+            digest, total, claimed = LinkKeysDigest(), -1, ""
             for message in self._stub.FetchLinkKeys(
                 pb.FetchLinkKeysRequest(project_id=project_id, party_id=party_id),
                 timeout=self.upload_timeout,
@@ -322,8 +322,7 @@ class LinkageClient:
                 batch = serde.link_key_batch_from_proto(message)
                 positions.extend(batch.positions)
                 keys.extend(batch.link_keys)
-                for position, key in zip(batch.positions, batch.link_keys, strict=True):
-                    digest.update(f"{position},{key}\n".encode("ascii"))
+                digest.update(batch.positions, batch.link_keys)
                 total, claimed = batch.total_count, batch.keys_sha256 or claimed
             if len(keys) != total or digest.hexdigest() != claimed:
                 raise UnavailableError("the link-key download was incomplete or corrupted; retry")

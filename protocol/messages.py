@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -18,6 +19,7 @@ from protocol.labels import check_label
 
 __all__ = [
     "LinkKeyBatch",
+    "LinkKeysDigest",
     "LinkKeyMode",
     "PartyStatus",
     "ProjectSettings",
@@ -29,6 +31,7 @@ __all__ = [
     "UploadProgress",
     "UploadState",
     "UNRUN_HOLD_DAYS",
+    "link_keys_digest",
 ]
 
 
@@ -251,12 +254,35 @@ class RunTicket:
     state: RunState
 
 
+class LinkKeysDigest:
+    """The digest both sides compute over a party's released keys: hex SHA-256 of the lines
+    ``f"{position},{link_key}\\n"`` in release order. The LU logs it in ``keys_released``
+    and sends it with the last batch; the party checks what it received against it."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def update(self, positions: Iterable[int], link_keys: Iterable[str]) -> None:
+        for position, key in zip(positions, link_keys, strict=True):
+            self._hash.update(f"{position},{key}\n".encode("ascii"))
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def link_keys_digest(positions: Iterable[int], link_keys: Iterable[str]) -> str:
+    """:class:`LinkKeysDigest` of one whole key set."""
+    digest = LinkKeysDigest()
+    digest.update(positions, link_keys)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkKeyBatch:
     """Part of one party's link keys: ``positions[i]`` has ``link_keys[i]``.
 
-    ``keys_sha256`` is set on the last batch only: the hex SHA-256 of the lines
-    ``f"{position},{link_key}\\n"`` over every batch in order.
+    ``keys_sha256`` is set on the last batch only: :class:`LinkKeysDigest` over every batch
+    in order.
     """
 
     positions: tuple[int, ...]

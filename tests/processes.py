@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from protocol.certificates import CertificateSet
+from linkage_unit.pki import CertificateSet
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 

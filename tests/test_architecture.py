@@ -1,5 +1,6 @@
-"""The house's shape, enforced: party and linkage_unit never import each other, and nothing
-under linkage_unit can reach the linkage secret or the key derivation."""
+"""The house's shape, enforced: party and linkage_unit never import each other, nothing
+under linkage_unit can reach the linkage secret or the key derivation, protocol imports no
+role, and the auditor imports protocol only."""
 
 from __future__ import annotations
 
@@ -57,9 +58,19 @@ def test_party_never_imports_the_linkage_unit(path: Path) -> None:
 @pytest.mark.parametrize("path", package_files("protocol"), ids=str)
 def test_protocol_imports_neither_role(path: Path) -> None:
     names = imported_modules(path)
-    assert not touches(names, {"linkage_unit", "party", "bloomlink"})
+    assert not touches(names, {"linkage_unit", "party", "auditor", "bloomlink"})
+
+
+@pytest.mark.parametrize("path", package_files("auditor"), ids=str)
+def test_the_auditor_imports_protocol_only(path: Path) -> None:
+    """An auditor needs the shared record format, never the LU's or a party's code."""
+    names = imported_modules(path)
+    assert not touches(names, {"linkage_unit", "party", "bloomlink"}), f"{path} imports them"
+    assert "<dynamic import>" not in names
 
 
 def test_the_checks_see_files() -> None:
     # Guards against the parametrised checks above passing vacuously on an empty glob.
-    assert package_files("linkage_unit") and package_files("party") and package_files("protocol")
+    assert all(
+        package_files(package) for package in ("linkage_unit", "party", "protocol", "auditor")
+    )

@@ -12,11 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from auditor.verify import AuditView, verify_audit_log
 from bloomlink.commands._connection import add_client_arguments, client_from_args
 from bloomlink.exit_codes import ExitCode
 from protocol.atomic_file import atomic_output
 from protocol.audit import head_from_json
-from protocol.audit_verify import AuditView, verify_audit_log
 from protocol.errors import AuditError, ConfigurationError
 from protocol.labels import check_label
 from protocol.manifest import read_manifest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from protocol.certificates import init_certificates
+from linkage_unit.pki import init_certificates
 
 NAME = "certs"
 HELP = "create a local CA and mutual-TLS certificates for the LU, operator, parties, auditor"

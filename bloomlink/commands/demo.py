@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import bloomlink
+from auditor.verify import verify_audit_log
 from bloomlink.exit_codes import ExitCode
 from bloomlink.synth import SynthConfig, generate, write
 from bloomlink.synth.scoring import link_quality
+from linkage_unit.pki import init_certificates
 from linkage_unit.server import ServerConfig, create_server
 from party.client import LinkageClient
 from party.encoder_run import encode_extract
@@ -38,8 +40,6 @@ from party.manifest import (
 from party.mapping import shipped_mapping
 from party.sensitive_strings import sensitive_strings
 from protocol.atomic_file import atomic_output
-from protocol.audit_verify import verify_audit_log
-from protocol.certificates import init_certificates
 from protocol.errors import ConfigurationError
 from protocol.messages import ProjectSettings
 from protocol.schema import default_schema, load_schema

@@ -13,9 +13,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from linkage_unit.pki import CertificateSet
 from party.client import error_from_rpc
 from protocol import serde
-from protocol.certificates import CertificateSet
 from protocol.clk_file import HEADER_LENGTH, read_header
 from protocol.manifest import SignedManifest, UploadManifest, sign_manifest
 from protocol.messages import ProjectSettings, UploadChunk, UploadHeader

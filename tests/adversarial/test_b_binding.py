@@ -13,8 +13,8 @@ import sys
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auditor.verify import verify_audit_log
 from protocol import serde
-from protocol.audit_verify import verify_audit_log
 from protocol.errors import AlreadyExistsError, CompatibilityError, PermissionDeniedError
 from protocol.keys import key_check_value
 from protocol.messages import RunState, UploadState

@@ -22,9 +22,9 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auditor.verify import verify_audit_log
 from linkage_unit.audit_log import AuditLog
 from party.client import LinkageClient
-from protocol.audit_verify import verify_audit_log
 from protocol.clk_file import HEADER_LENGTH, read_header
 from protocol.errors import InvalidRequestError, PreconditionError, ResourceLimitError
 from protocol.messages import RunState, UploadHeader, UploadState

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
+from linkage_unit.pki import CertificateSet, init_certificates
 from linkage_unit.server import LinkageUnitServer, ServerConfig, create_server
 from party.client import LinkageClient
-from protocol.certificates import CertificateSet, init_certificates
 from tests.processes import lu_process  # noqa: F401 - a fixture for the tests here
 
 

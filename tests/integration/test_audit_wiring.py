@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from auditor.verify import AuditView, verify_audit_log
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
 from party.manifest import create_party_signing_key, manifest_path_for, write_manifest_for_file
-from protocol.audit_verify import AuditView, verify_audit_log
 from protocol.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from protocol.manifest import read_manifest, sign_manifest
 from protocol.messages import ProjectSettings, RunState

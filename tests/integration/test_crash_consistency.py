@@ -18,9 +18,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from auditor.verify import verify_audit_log
 from linkage_unit.audit_log import AuditLog
 from party.client import LinkageClient
-from protocol.audit_verify import verify_audit_log
 from protocol.errors import AuditError, PreconditionError, ServiceError
 from protocol.messages import ProjectSettings, RunState, UploadState
 from protocol.signing import load_public_key

@@ -15,10 +15,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from linkage_unit.pki import CertificateSet
 from party.client import LinkageClient
-from protocol.certificates import CertificateSet, TlsFiles
 from protocol.errors import UnauthenticatedError, UnavailableError
 from protocol.messages import ProjectSettings, RunState
+from protocol.tls import TlsFiles
 from tests.service_helpers import SCHEMA_FINGERPRINT, planted_party_clks, write_clk_file
 
 pytestmark = pytest.mark.integration

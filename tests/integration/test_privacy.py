@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from protocol.audit_verify import AuditView, verify_audit_log
+from auditor.verify import AuditView, verify_audit_log
 from protocol.errors import NotFoundError, ServiceError
 from protocol.messages import ProjectSettings, RunState
 from protocol.schema import default_schema

@@ -14,7 +14,6 @@ import pytest
 
 from party.client import error_from_rpc
 from protocol import serde
-from protocol.certificates import certificate_fingerprint
 from protocol.clk_file import HEADER_LENGTH, read_header
 from protocol.errors import (
     AlreadyExistsError,
@@ -25,6 +24,7 @@ from protocol.errors import (
 from protocol.messages import ProjectSettings, RunState, UploadChunk, UploadHeader, UploadState
 from protocol.pb import linkage_pb2 as pb
 from protocol.pb import linkage_pb2_grpc as pb_grpc
+from protocol.tls import certificate_fingerprint
 from tests.service_helpers import (
     SCHEMA_FINGERPRINT,
     MemoryAuditSink,

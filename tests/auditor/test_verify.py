@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auditor.verify import AuditReport, AuditView, verify_audit_log
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
 from linkage_unit.audit_log import AuditLog
@@ -21,7 +22,6 @@ from party.manifest import (
     write_manifest,
 )
 from protocol.audit import AuditEntry, line_to_json, parse_log
-from protocol.audit_verify import AuditReport, AuditView, verify_audit_log
 from protocol.clk_file import ClkFileWriter
 from protocol.manifest import SignedManifest, read_manifest
 from protocol.signing import load_public_key, public_key_pem
