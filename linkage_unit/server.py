@@ -41,7 +41,7 @@ from linkage_unit.servicer import LinkageUnitServicer
 from linkage_unit.storage import Storage
 from linkage_unit.watchdog import StreamWatchdog
 from protocol.addresses import is_loopback
-from protocol.errors import ConfigurationError, MatchingError
+from protocol.errors import ConfigurationError, InvariantError, MatchingError
 from protocol.pb import linkage_pb2_grpc as pb_grpc
 from protocol.signing import load_public_key
 from protocol.tls import TlsFiles
@@ -188,7 +188,8 @@ class ServerConfig:
     def tls_files(self) -> TlsFiles | None:
         if self.insecure:
             return None
-        assert self.ca_certificate and self.certificate and self.private_key
+        if not (self.ca_certificate and self.certificate and self.private_key):
+            raise InvariantError("a mutual-TLS config without its files passed validation")
         return TlsFiles(
             ca_certificate=self.ca_certificate,
             certificate=self.certificate,
@@ -336,7 +337,8 @@ class LinkageUnitServer:
 
     def _credentials(self) -> grpc.ServerCredentials:
         files = self.config.tls_files
-        assert files is not None
+        if files is None:
+            raise InvariantError("TLS credentials asked for in insecure mode")
         ca, chain, key = files.read()
         # require_client_auth defaults to False in grpcio, which silently serves clients with
         # no certificate at all; it is always True here.
@@ -457,7 +459,3 @@ def create_server(
     return LinkageUnitServer(
         config, audit=audit, link_function=link_function, clock=clock, checkpoint=checkpoint
     )
-
-
-def with_listen(config: ServerConfig, listen: str) -> ServerConfig:
-    return replace(config, listen=listen)

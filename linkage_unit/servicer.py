@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import NoReturn, TypeVar
 
 import grpc
@@ -24,7 +25,6 @@ from protocol.errors import (
     CompatibilityError,
     ConfigurationError,
     InvalidRequestError,
-    MatchingError,
     NotFoundError,
     PermissionDeniedError,
     PreconditionError,
@@ -45,10 +45,12 @@ from protocol.serde import (
 from protocol.tls import certificate_fingerprint
 
 __all__ = [
+    "Abort",
     "ERROR_METADATA_KEY",
     "IDENTITY_METADATA_KEY",
     "STATUS_FOR_ERROR",
     "LinkageUnitServicer",
+    "abort_for",
     "status_for_error",
 ]
 
@@ -89,25 +91,25 @@ def status_for_error(error: ServiceError) -> tuple[grpc.StatusCode, tuple[tuple[
     return grpc.StatusCode.INTERNAL, ()
 
 
-class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str, metadata: tuple[tuple[str, str], ...]):
-        super().__init__(message)
-        self.code, self.message, self.metadata = code, message, metadata
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Abort:
+    """How a call that raised ends: its status code, message and trailing metadata."""
+
+    code: grpc.StatusCode
+    message: str
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
-def _translate(error: BaseException) -> _Abort:
+def abort_for(error: BaseException) -> Abort:
+    """The one translation of an exception into a status: a ServiceError through the table
+    (the caller's mistake or state, in its own words); anything else is the linkage unit's
+    fault, logged with its traceback (never a payload) and returned as INTERNAL with a fixed
+    message, whatever it says."""
     if isinstance(error, ServiceError):
         code, metadata = status_for_error(error)
-        return _Abort(code, error.message, metadata)
-    if isinstance(error, ConfigurationError | MatchingError):
-        # Validation of request values (labels, settings): the caller's mistake.
-        return _Abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            error.message,
-            ((ERROR_METADATA_KEY, InvalidRequestError.__name__),),
-        )
+        return Abort(code=code, message=error.message, metadata=metadata)
     logger.error("unexpected %s in a request handler", type(error).__name__, exc_info=error)
-    return _Abort(grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE, ())
+    return Abort(code=grpc.StatusCode.INTERNAL, message=_INTERNAL_MESSAGE)
 
 
 class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
@@ -152,7 +154,7 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
 
     @staticmethod
     def _abort(context: grpc.ServicerContext, error: BaseException) -> NoReturn:
-        abort = _translate(error)
+        abort = abort_for(error)
         context.set_trailing_metadata(abort.metadata)
         context.abort(abort.code, abort.message)
         raise AssertionError("unreachable")  # context.abort raises
@@ -296,12 +298,15 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
 
     def GetProjectSettings(
         self, request: pb.GetProjectSettingsRequest, context: grpc.ServicerContext
-    ) -> pb.CreateProjectRequest:
-        def action(caller: Caller) -> pb.CreateProjectRequest:
+    ) -> pb.GetProjectSettingsResponse:
+        def action(caller: Caller) -> pb.GetProjectSettingsResponse:
             serde.check_no_unknown_fields(request)
             project_id = serde.label_from_proto(request.project_id, what="project id")
             settings = self._service.project_settings(caller, project_id)
-            return serde.project_settings_to_proto(settings)
+            return pb.GetProjectSettingsResponse(
+                settings=serde.project_settings_to_proto(settings),
+                settings_fingerprint=settings.fingerprint,
+            )
 
         return self._call(context, Operation.GET_PROJECT_SETTINGS, action)
 

@@ -284,10 +284,13 @@ class LinkageClient:
         return bytes(response.public_key_pem)
 
     def project_settings(self, project_id: str) -> ProjectSettings:
-        response: pb.CreateProjectRequest = self._unary(
+        response: pb.GetProjectSettingsResponse = self._unary(
             self._stub.GetProjectSettings, pb.GetProjectSettingsRequest(project_id=project_id)
         )
-        return serde.project_settings_from_proto(response)
+        settings = serde.project_settings_from_proto(response.settings)
+        if settings.fingerprint != response.settings_fingerprint:
+            raise UnavailableError("the project settings were garbled in transit; retry")
+        return settings
 
     def fetch_audit_log(self, project_id: str | None = None) -> tuple[bytes, bytes]:
         """The audit log (whole, or one project's view) as JSON-lines bytes, and its signed
