@@ -33,9 +33,6 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from protocol.audit import (
-    RETENTION_DELETE_AFTER_RELEASE,
-    RETENTION_DELETE_AFTER_RUN,
-    RETENTION_KEEP,
     AuditEntry,
     EntryView,
     LogLine,
@@ -51,6 +48,7 @@ from protocol.audit import (
 from protocol.errors import AuditError
 from protocol.manifest import SignedManifest, manifest_mismatches, verify_manifest
 from protocol.signing import public_key_fingerprint
+from protocol.vocabulary import DeletionReason, RetentionPolicy
 
 __all__ = [
     "PARTIAL_UPLOAD_REASONS",
@@ -63,9 +61,7 @@ __all__ = [
 
 # payload_deleted reasons for bytes of an upload that was never committed (the LU discards
 # them: a newer upload superseded it, the stream broke the cap, the digest did not match).
-PARTIAL_UPLOAD_REASONS = frozenset(
-    {"superseded", "stream_cap", "digest_mismatch", "partial-expired"}
-)
+PARTIAL_UPLOAD_REASONS = frozenset(reason for reason in DeletionReason if reason.partial)
 
 PASS = "pass"
 FAIL = "fail"
@@ -468,7 +464,7 @@ class _Replay:
 
     def _retention(self, project_id: str, project: _Project, now: datetime | None) -> None:
         """One verdict per committed upload: deleted when due, or why it is still kept."""
-        if project.retention == RETENTION_KEEP:
+        if project.retention == RetentionPolicy.KEEP:
             self.checks.append(
                 Check(
                     name="retention",
@@ -479,7 +475,10 @@ class _Replay:
                 )
             )
             return
-        if project.retention not in {RETENTION_DELETE_AFTER_RELEASE, RETENTION_DELETE_AFTER_RUN}:
+        if project.retention not in {
+            RetentionPolicy.DELETE_AFTER_RELEASE,
+            RetentionPolicy.DELETE_AFTER_RUN,
+        }:
             self.fail(
                 project_id,
                 project.created,
@@ -552,13 +551,13 @@ class _Replay:
             return upload.superseded_at, "a later upload of the same party replaced it"
         for run_id in upload.used_by:
             run = project.runs[run_id]
-            if project.retention == RETENTION_DELETE_AFTER_RUN and run.finished is not None:
+            if project.retention == RetentionPolicy.DELETE_AFTER_RUN and run.finished is not None:
                 return run.finished, f"run {run_id} that used it finished"
-            if project.retention == RETENTION_DELETE_AFTER_RELEASE and set(run.released) >= set(
-                run.parties
-            ):
+            if project.retention == RetentionPolicy.DELETE_AFTER_RELEASE and set(
+                run.released
+            ) >= set(run.parties):
                 return max(run.released.values()), f"every party fetched run {run_id}'s keys"
-        if project.retention == RETENTION_DELETE_AFTER_RUN:
+        if project.retention == RetentionPolicy.DELETE_AFTER_RUN:
             return None, "due when a run that uses it finishes"
         return None, "due once every party has fetched the keys of a run that uses it"
 

@@ -1,15 +1,17 @@
 """The audit hook: where the linkage unit reports every event an auditor must be able to see.
 
 The service depends only on these protocols; the real implementation of both is the signed,
-hash-chained :class:`linkage_unit.audit_log.AuditLog` (the server's default). The events and
-their detail keys are allow-listed in ``protocol/audit.py`` (``ALLOWED_EVENTS``) and
-documented in docs/audit.md; ``append`` refuses anything else.
+hash-chained :class:`linkage_unit.audit_log.AuditLog` (the server's default). Events are the
+frozen dataclasses of ``protocol/audit_events.py``, checked against the format's allow-list
+when they are made, and documented in docs/audit.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Protocol
+
+from protocol.audit_events import AuditEvent
 
 __all__ = ["AuditReader", "AuditSink"]
 
@@ -17,15 +19,13 @@ __all__ = ["AuditReader", "AuditSink"]
 class AuditSink(Protocol):
     """Receives audit events; ``append`` returns only once the event is durable."""
 
-    def append(
-        self, event: str, *, project_id: str | None, details: Mapping[str, str | int]
-    ) -> None: ...
+    def append(self, event: AuditEvent) -> None: ...
 
     def recorded(
-        self, event: str, *, project_id: str | None, details: Mapping[str, str | int]
+        self, kind: type[AuditEvent], *, project_id: str | None, **match: str | int
     ) -> bool:
-        """Whether an ``event`` entry of ``project_id`` with (at least) these details is in
-        the log: how start-up reconciliation knows a step before a crash was logged."""
+        """Whether an event of ``kind`` of ``project_id`` whose details include ``match`` is
+        in the log: how start-up reconciliation knows a step before a crash was logged."""
         ...
 
 

@@ -28,7 +28,8 @@ import hmac
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -54,6 +55,7 @@ from protocol.audit import (
     sign_head,
     verify_chain,
 )
+from protocol.audit_events import AuditEvent, ProjectCreated, event_record
 from protocol.errors import AuditError, InUseError, ResourceLimitError
 from protocol.labels import check_label
 from protocol.signing import load_or_create_signing_key, load_signing_key, public_key_pem
@@ -259,21 +261,16 @@ class AuditLog:
         """The LU's audit public key (PEM), for auditors and parties."""
         return public_key_pem(self._key)
 
-    def append(
-        self,
-        event: str,
-        *,
-        project_id: str | None,
-        details: Mapping[str, str | int],
-    ) -> None:
-        """Record ``event``; durable on disk before this returns.
+    def append(self, record: AuditEvent) -> None:
+        """Record ``record``; durable on disk before this returns.
 
-        Raises :class:`AuditError` if the event or a detail is not allow-listed, or if the
-        write failed (then nothing was recorded and the file is as before); a full disk is a
-        :class:`ResourceLimitError`, so the caller sees RESOURCE_EXHAUSTED and can retry.
+        Raises :class:`AuditError` if the write failed (then nothing was recorded and the
+        file is as before); a full disk is a :class:`ResourceLimitError`, so the caller sees
+        RESOURCE_EXHAUSTED and can retry. A ``project_created`` gets the project's view key.
         """
-        if event == "project_created" and project_id is not None:
-            details = {**details, "view_key": self.view_key(project_id).hex()}
+        if isinstance(record, ProjectCreated) and record.view_key is None:
+            record = replace(record, view_key=self.view_key(record.project_id))
+        event, project_id, details = event_record(record)
         with self._lock:
             if self._unusable:
                 raise AuditError(
@@ -354,16 +351,16 @@ class AuditLog:
                     return
 
     def recorded(
-        self, event: str, *, project_id: str | None, details: Mapping[str, str | int]
+        self, kind: type[AuditEvent], *, project_id: str | None, **match: str | int
     ) -> bool:
-        """Whether an ``event`` entry of ``project_id`` with (at least) these details is in
+        """Whether a ``kind`` entry of ``project_id`` whose details include ``match`` is in
         the log, read from disk (start-up reconciliation; not for a hot path)."""
         last = self.last_entry
         for entry in self._iter_entries(-1 if last is None else last.sequence):
             if (
-                entry.event == event
+                entry.event == kind.NAME
                 and entry.project_id == project_id
-                and all(entry.details.get(key) == value for key, value in details.items())
+                and all(entry.details.get(key) == value for key, value in match.items())
             ):
                 return True
         return False

@@ -22,8 +22,10 @@ from collections.abc import Callable
 from linkage_unit.audit_hook import AuditSink
 from linkage_unit.checkpoints import Checkpoint, Step, no_checkpoint
 from linkage_unit.storage import Retirement, Storage
+from protocol.audit_events import PayloadDeleted
 from protocol.errors import UnavailableError
 from protocol.messages import UploadHeader, UploadState
+from protocol.vocabulary import DeletionReason
 
 __all__ = ["Retention"]
 
@@ -47,7 +49,7 @@ class Retention:
         self._checkpoint = checkpoint
 
     def retire_payload(
-        self, project_id: str, header: UploadHeader, *, reason: str, partial: bool
+        self, project_id: str, header: UploadHeader, *, reason: DeletionReason, partial: bool
     ) -> None:
         """Delete this upload's payload (``partial``: its uncommitted bytes) and audit it.
 
@@ -64,13 +66,12 @@ class Retention:
         self._storage.unlink_payload(retirement)
         self._checkpoint(Step.PAYLOAD_UNLINKED)
         self._audit.append(
-            "payload_deleted",
-            project_id=retirement.project_id,
-            details={
-                "party": retirement.party,
-                "payload_sha256": retirement.payload_sha256.hex(),
-                "reason": retirement.reason,
-            },
+            PayloadDeleted(
+                project_id=retirement.project_id,
+                party=retirement.party,
+                payload_sha256=retirement.payload_sha256,
+                reason=retirement.reason,
+            )
         )
         self._storage.finish_retirement(retirement)
         logger.info(
@@ -118,10 +119,9 @@ class Retention:
         finished (``delete-after-run``), or once every member fetched its keys
         (``delete-after-release``); return how many."""
         due = self._storage.uploads_due()
-        for record, reason in due:
-            self.retire_payload(
-                record.header.project_id, record.header, reason=reason, partial=False
-            )
+        for upload in due:
+            header = upload.record.header
+            self.retire_payload(header.project_id, header, reason=upload.reason, partial=False)
         return len(due)
 
     def apply(self, *, now: float | None = None) -> int:
@@ -137,7 +137,9 @@ class Retention:
             self.retire_payload(
                 record.header.project_id,
                 record.header,
-                reason="partial-expired" if partial else "retention-expired",
+                reason=(
+                    DeletionReason.PARTIAL_EXPIRED if partial else DeletionReason.RETENTION_EXPIRED
+                ),
                 partial=partial,
             )
         return len(expired)

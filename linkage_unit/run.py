@@ -32,6 +32,13 @@ from linkage_unit.checks import check_clks, check_headers
 from linkage_unit.link_keys import RandomBytes, issue_link_keys
 from linkage_unit.retention import Retention
 from linkage_unit.storage import RunOutcome, RunRecord, Storage, out_of_space
+from protocol.audit_events import (
+    ChecksFailed,
+    ChecksPassed,
+    RunFinished,
+    RunResumed,
+    RunStarted,
+)
 from protocol.clk_file import read_clks
 from protocol.errors import (
     AlreadyExistsError,
@@ -42,6 +49,7 @@ from protocol.errors import (
     PreconditionError,
 )
 from protocol.messages import ProjectSettings, RunState, RunTicket, UploadHeader, UploadState
+from protocol.vocabulary import CheckAspect
 
 __all__ = ["LinkFunction", "RunManager"]
 
@@ -263,28 +271,25 @@ class RunManager:
                     raise CompatibilityError(
                         f"party {party!r}'s stored payload fails its digest or length check",
                         party=party,
-                        aspect="record_count",
+                        aspect=CheckAspect.RECORD_COUNT,
                     ) from None
             check_clks(clks, headers)
         except CompatibilityError as error:
+            if error.aspect is None or error.party is None:
+                raise InvariantError("a check refused without naming party and aspect") from error
             self._audit.append(
-                "checks_failed",
-                project_id=project_id,
-                details={"party": error.party or "", "aspect": error.aspect or ""},
+                ChecksFailed(
+                    project_id=project_id, party=error.party, aspect=CheckAspect(error.aspect)
+                )
             )
             raise
-        parties = ",".join(project.members)
-        if resumed and self._audit.recorded(
-            "run_started", project_id=project_id, details={"run_id": run_id}
-        ):
+        if resumed and self._audit.recorded(RunStarted, project_id=project_id, run_id=run_id):
             # Interrupted after it started (a stop or a crash): the same run carries on.
-            self._audit.append("run_resumed", project_id=project_id, details={"run_id": run_id})
+            self._audit.append(RunResumed(project_id=project_id, run_id=run_id))
         else:
-            self._audit.append("checks_passed", project_id=project_id, details={"parties": parties})
+            self._audit.append(ChecksPassed(project_id=project_id, parties=project.members))
             self._audit.append(
-                "run_started",
-                project_id=project_id,
-                details={"run_id": run_id, "parties": parties},
+                RunStarted(project_id=project_id, run_id=run_id, parties=project.members)
             )
         last_report = 0.0
 
@@ -328,20 +333,22 @@ class RunManager:
         """Log ``run_finished`` (``check_log``: unless the log has it already, when a crash
         or a failure came after the append), then mark the run FINISHED: only now are its
         keys releasable. Under ``delete-after-run`` the payloads go next."""
-        details: dict[str, str | int] = {
-            "run_id": run_id,
-            "cluster_count": outcome.cluster_count,
-            "linked_record_count": outcome.linked_record_count,
-            "comparisons": outcome.comparisons,
-        }
-        if outcome.threshold is not None:
-            details["threshold_thousandths"] = round(outcome.threshold * 1000)
-        if outcome.threshold_method:
-            details["threshold_method"] = outcome.threshold_method
         if not check_log or not self._audit.recorded(
-            "run_finished", project_id=project_id, details={"run_id": run_id}
+            RunFinished, project_id=project_id, run_id=run_id
         ):
-            self._audit.append("run_finished", project_id=project_id, details=details)
+            self._audit.append(
+                RunFinished(
+                    project_id=project_id,
+                    run_id=run_id,
+                    cluster_count=outcome.cluster_count,
+                    linked_record_count=outcome.linked_record_count,
+                    comparisons=outcome.comparisons,
+                    threshold_thousandths=(
+                        None if outcome.threshold is None else round(outcome.threshold * 1000)
+                    ),
+                    threshold_method=outcome.threshold_method or None,
+                )
+            )
         self._checkpoint(Step.RUN_FINISHED_LOGGED)
         self._storage.mark_finished(run_id)
         logger.info(

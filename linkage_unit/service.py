@@ -25,6 +25,15 @@ from linkage_unit.audit_hook import AuditReader, AuditSink
 from linkage_unit.checks import compatibility_refusal
 from linkage_unit.run import RunManager
 from linkage_unit.storage import Storage
+from protocol.audit_events import (
+    AccessRefused,
+    KeysReleased,
+    PartyAuthenticated,
+    ProjectCreated,
+    UploadCommitted,
+    UploadRefused,
+    event_record,
+)
 from protocol.errors import (
     AlreadyExistsError,
     AuditError,
@@ -48,6 +57,7 @@ from protocol.messages import (
     UploadProgress,
     UploadState,
 )
+from protocol.vocabulary import DeletionReason, UploadRefusal
 
 __all__ = ["Caller", "LinkageService", "ManifestPolicy", "UploadLimits", "UploadSession"]
 
@@ -97,6 +107,21 @@ class ManifestPolicy:
     def __post_init__(self) -> None:
         if not (self.max_future_seconds >= 0 and self.max_age_seconds > 0):
             raise ValueError("max_future_seconds must be >= 0 and max_age_seconds positive")
+
+
+def upload_committed(header: UploadHeader, manifest: SignedManifest | None) -> UploadCommitted:
+    """The audit event of an upload committed under ``header`` (the one place its details
+    are written: the manifest check compares against the same)."""
+    return UploadCommitted(
+        project_id=header.project_id,
+        party=header.party_id,
+        record_count=header.record_count,
+        clk_bits=header.clk_bits,
+        payload_sha256=header.payload_sha256,
+        schema_fingerprint=header.schema_fingerprint,
+        kcv=header.kcv,
+        manifest_sha256=manifest.manifest.sha256 if manifest is not None else None,
+    )
 
 
 def _created_at(manifest: SignedManifest) -> float:
@@ -197,27 +222,25 @@ class LinkageService:
         """Audit a party's refused request for a project it is not in, or for another
         party's keys; the auditor sees who asked for what, the caller only "not found"."""
         self.admission.charge_audited(caller.identity)
-        details: dict[str, str | int] = {
-            "party": caller.identity.party or "",
-            "requested_project": project_id,
-            "call": str(call),
-            "certificate_fingerprint": caller.certificate_fingerprint,
-        }
-        if requested_party is not None:
-            details["requested_party"] = requested_party
         self.audit.append(
-            "access_refused", project_id=project_id if exists else None, details=details
+            AccessRefused(
+                project_id=project_id if exists else None,
+                party=caller.identity.party or "",
+                requested_project=project_id,
+                call=str(call),
+                requested_party=requested_party,
+                certificate_fingerprint=caller.certificate_fingerprint,
+            )
         )
 
     def _authenticated(self, caller: Caller, project_id: str) -> None:
         self.audit.append(
-            "party_authenticated",
-            project_id=project_id,
-            details={
-                "party": caller.identity.party or "",
-                "role": str(caller.identity.role),
-                "certificate_fingerprint": caller.certificate_fingerprint,
-            },
+            PartyAuthenticated(
+                project_id=project_id,
+                party=caller.identity.party or "",
+                role=str(caller.identity.role),
+                certificate_fingerprint=caller.certificate_fingerprint,
+            )
         )
 
     # -- projects -----------------------------------------------------------------------
@@ -227,15 +250,14 @@ class LinkageService:
         require_role(caller.identity, Operation.CREATE_PROJECT)
         self.storage.create_project(settings)
         self.audit.append(
-            "project_created",
-            project_id=settings.project_id,
-            details={
-                "settings_fingerprint": settings.fingerprint,
-                "members": ",".join(settings.members),
-                "schema_fingerprint": settings.schema_fingerprint.hex(),
-                "retention": settings.retention_policy,
-                "hold_days": settings.hold_days,
-            },
+            ProjectCreated(
+                project_id=settings.project_id,
+                settings_fingerprint=settings.fingerprint,
+                members=settings.members,
+                schema_fingerprint=settings.schema_fingerprint,
+                retention=settings.retention_policy,
+                hold_days=settings.hold_days,
+            )
         )
         logger.info(
             "project created project=%s members=%d", settings.project_id, len(settings.members)
@@ -333,14 +355,18 @@ class LinkageService:
         header: UploadHeader,
         error: Exception,
         *,
-        reason: str,
+        reason: UploadRefusal,
         manifest: SignedManifest | None = None,
     ) -> NoReturn:
         """Audit a refused upload (reason code, never a value), then raise ``error``."""
-        details: dict[str, str | int] = {"party": header.party_id, "reason": reason}
-        if manifest is not None:
-            details["manifest_sha256"] = manifest.manifest.sha256
-        self.audit.append("upload_refused", project_id=header.project_id, details=details)
+        self.audit.append(
+            UploadRefused(
+                project_id=header.project_id,
+                party=header.party_id,
+                reason=reason,
+                manifest_sha256=manifest.manifest.sha256 if manifest is not None else None,
+            )
+        )
         logger.warning(
             "upload refused project=%s party=%s reason=%s",
             header.project_id,
@@ -360,7 +386,7 @@ class LinkageService:
                         "manifest; encode with a signing key, then submit the file with its "
                         "manifest"
                     ),
-                    reason="manifest_missing",
+                    reason=UploadRefusal.MANIFEST_MISSING,
                 )
             return
         if manifest.manifest.party != header.party_id:
@@ -371,7 +397,7 @@ class LinkageService:
                     "the upload's manifest is another party's; a party may send only a "
                     "manifest it signed for itself"
                 ),
-                reason="manifest_party",
+                reason=UploadRefusal.MANIFEST_PARTY,
                 manifest=manifest,
             )
         keys = self.manifest_policy.party_keys
@@ -383,7 +409,7 @@ class LinkageService:
                     "no manifest key is registered for this party at the linkage unit; ask "
                     "the operator to register the party's public key"
                 ),
-                reason="manifest_key",
+                reason=UploadRefusal.MANIFEST_KEY,
                 manifest=manifest,
             )
         try:
@@ -395,20 +421,11 @@ class LinkageService:
                     "the upload's manifest has an invalid signature or is not signed by this "
                     "party's registered key; send the manifest written with this encoded file"
                 ),
-                reason="manifest_signature",
+                reason=UploadRefusal.MANIFEST_SIGNATURE,
                 manifest=manifest,
             )
-        details = {
-            "party": header.party_id,
-            "record_count": header.record_count,
-            "clk_bits": header.clk_bits,
-            "payload_sha256": header.payload_sha256.hex(),
-            "schema_fingerprint": header.schema_fingerprint.hex(),
-            "kcv": header.kcv.hex(),
-        }
-        wrong = manifest_mismatches(
-            manifest.manifest, project_id=header.project_id, details=details
-        )
+        _, project_id, details = event_record(upload_committed(header, manifest))
+        wrong = manifest_mismatches(manifest.manifest, project_id=project_id, details=details)
         if wrong:
             self._refuse_upload(
                 header,
@@ -416,14 +433,14 @@ class LinkageService:
                     f"the upload's manifest disagrees with its header on {', '.join(wrong)}; "
                     "send the manifest written with this encoded file"
                 ),
-                reason="manifest_mismatch",
+                reason=UploadRefusal.MANIFEST_MISMATCH,
                 manifest=manifest,
             )
         if manifest.manifest.leak_scan_strings == 0:
             self._refuse_upload(
                 header,
                 InvalidRequestError("the upload's manifest records no leak scan"),
-                reason="manifest_no_scan",
+                reason=UploadRefusal.MANIFEST_NO_SCAN,
                 manifest=manifest,
             )
 
@@ -433,7 +450,7 @@ class LinkageService:
         only be refused later, after the whole transfer."""
         refusal = compatibility_refusal(project, header, self._other_uploads(project, header))
         if refusal is not None:
-            self._refuse_upload(header, refusal, reason=refusal.aspect or "incompatible")
+            self._refuse_upload(header, refusal.error, reason=refusal.reason)
 
     def _other_uploads(self, project: ProjectSettings, header: UploadHeader) -> list[UploadHeader]:
         others = []
@@ -459,7 +476,7 @@ class LinkageService:
                     f"the upload's manifest was created {lead / 60:.0f} minutes ahead of the "
                     "linkage unit's clock; check the party's clock (NTP), then encode again"
                 ),
-                reason="manifest_time",
+                reason=UploadRefusal.MANIFEST_TIME,
                 manifest=manifest,
             )
         if -lead > policy.max_age_seconds:
@@ -470,7 +487,7 @@ class LinkageService:
                     f"linkage unit accepts ({policy.max_age_seconds / 86400:.0f}); encode "
                     "again for a fresh manifest"
                 ),
-                reason="manifest_time",
+                reason=UploadRefusal.MANIFEST_TIME,
                 manifest=manifest,
             )
         self._check_nonce_unused(header, manifest)
@@ -483,7 +500,7 @@ class LinkageService:
                     "the upload's manifest nonce has already vouched for a committed upload; "
                     "a manifest vouches for one upload only: encode again for a fresh manifest"
                 ),
-                reason="manifest_nonce",
+                reason=UploadRefusal.MANIFEST_NONCE,
                 manifest=manifest,
             )
 
@@ -532,7 +549,7 @@ class LinkageService:
             # Before anything held is superseded or replaced: a refused manifest changes nothing.
             self._check_fresh_manifest(header, manifest)
             if record is not None and record.state is UploadState.PARTIAL:
-                self._discard(header.project_id, record.header, reason="superseded")
+                self._discard(header.project_id, record.header, reason=DeletionReason.SUPERSEDED)
             elif record is not None:
                 latest = self.storage.latest_run(header.project_id)
                 replaceable = (
@@ -545,7 +562,7 @@ class LinkageService:
                         "this party has already uploaded a different payload to this project"
                     )
                 self.retention.retire_payload(
-                    header.project_id, record.header, reason="replaced", partial=False
+                    header.project_id, record.header, reason=DeletionReason.REPLACED, partial=False
                 )
             self.storage.check_free_space(header.payload_bytes)
             self.storage.begin_upload(header)
@@ -558,7 +575,7 @@ class LinkageService:
         with self._lock:
             self._active_uploads.discard(key)
 
-    def _discard(self, project_id: str, header: UploadHeader, *, reason: str) -> None:
+    def _discard(self, project_id: str, header: UploadHeader, *, reason: DeletionReason) -> None:
         """Delete an upload that was never committed (its partial bytes), audited."""
         self.retention.retire_payload(project_id, header, reason=reason, partial=True)
 
@@ -594,14 +611,13 @@ class LinkageService:
             raise PreconditionError("the project's run has not finished; see project status")
         self._authenticated(caller, project_id)
         self.audit.append(
-            "keys_released",
-            project_id=project_id,
-            details={
-                "party": party_id,
-                "run_id": key_set.run_id,
-                "key_count": key_set.key_count,
-                "keys_sha256": key_set.keys_sha256,
-            },
+            KeysReleased(
+                project_id=project_id,
+                party=party_id,
+                run_id=key_set.run_id,
+                key_count=key_set.key_count,
+                keys_sha256=key_set.keys_sha256,
+            )
         )
         logger.info(
             "link keys released project=%s party=%s keys=%d",
@@ -699,7 +715,9 @@ class UploadSession:
         self._received += max(len(chunk.data), _MIN_CHARGE)
         if self._received > service.limits.max_upload_bytes:
             if self.progress.state is UploadState.PARTIAL:
-                service._discard(self.header.project_id, self.header, reason="stream_cap")
+                service._discard(
+                    self.header.project_id, self.header, reason=DeletionReason.STREAM_CAP
+                )
             raise ResourceLimitError(
                 "this upload stream carried more bytes than the linkage unit's upload cap "
                 f"({service.limits.max_upload_bytes}); its partial data was deleted"
@@ -735,21 +753,12 @@ class UploadSession:
             raise PreconditionError("this upload was deleted while it was sent; start it again")
         if record.state is UploadState.COMPLETE or self.committed < header.payload_bytes:
             return self.progress
-        details: dict[str, str | int] = {
-            "party": header.party_id,
-            "record_count": header.record_count,
-            "clk_bits": header.clk_bits,
-            "payload_sha256": header.payload_sha256.hex(),
-            "schema_fingerprint": header.schema_fingerprint.hex(),
-            "kcv": header.kcv.hex(),
-        }
         manifest = self.manifest
-        if manifest is not None:
-            details["manifest_sha256"] = manifest.manifest.sha256
+        committed = upload_committed(header, manifest)
 
         def record_commit() -> None:
             # Durable in the log before the upload counts (a full disk leaves it PARTIAL).
-            service.audit.append("upload_committed", project_id=header.project_id, details=details)
+            service.audit.append(committed)
 
         with service._commit_lock:
             if manifest is not None:
@@ -763,7 +772,7 @@ class UploadSession:
                     manifest_sha256=manifest.manifest.sha256 if manifest else "",
                 )
             except InvalidRequestError:
-                service._discard(header.project_id, header, reason="digest_mismatch")
+                service._discard(header.project_id, header, reason=DeletionReason.DIGEST_MISMATCH)
                 raise
         logger.info(
             "upload committed project=%s party=%s records=%d",

@@ -54,9 +54,11 @@ from protocol.messages import (
     UploadHeader,
     UploadState,
 )
+from protocol.vocabulary import DeletionReason
 
 __all__ = [
     "SCHEMA_VERSION",
+    "DueUpload",
     "KeySet",
     "Retirement",
     "RunOutcome",
@@ -266,13 +268,21 @@ class KeySet:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DueUpload:
+    """A complete upload its project's policy is done with, and why."""
+
+    record: UploadRecord
+    reason: DeletionReason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Retirement:
     """A payload deletion under way: intended, maybe done, not yet recorded as done."""
 
     project_id: str
     party: str
     payload_sha256: bytes
-    reason: str
+    reason: DeletionReason
     partial: bool
 
 
@@ -635,14 +645,20 @@ class Storage:
     # -- retiring payloads ------------------------------------------------------------
 
     def intend_retirement(
-        self, project_id: str, party: str, payload_sha256: bytes, *, reason: str, partial: bool
+        self,
+        project_id: str,
+        party: str,
+        payload_sha256: bytes,
+        *,
+        reason: DeletionReason,
+        partial: bool,
     ) -> Retirement:
         """Record that this payload is to be deleted, before anything is (see retention.py)."""
         self._write(
             [
                 (
                     "INSERT OR IGNORE INTO retirements VALUES (?, ?, ?, ?, ?, ?)",
-                    (project_id, party, payload_sha256, reason, int(partial), self._clock()),
+                    (project_id, party, payload_sha256, str(reason), int(partial), self._clock()),
                 )
             ]
         )
@@ -666,7 +682,7 @@ class Storage:
                 project_id=str(project),
                 party=str(party),
                 payload_sha256=bytes(digest),
-                reason=str(reason),
+                reason=DeletionReason(str(reason)),
                 partial=bool(partial),
             )
             for project, party, digest, reason, partial in rows
@@ -712,7 +728,7 @@ class Storage:
             ]
         )
 
-    def uploads_due(self) -> list[tuple[UploadRecord, str]]:
+    def uploads_due(self) -> list[DueUpload]:
         """Complete uploads their project's policy is done with, and the deletion reason:
         ``run-finished`` (retention 0: the latest run finished) or ``keys-released``
         (retention N > 0: every member fetched its keys)."""
@@ -731,7 +747,12 @@ class Storage:
         for project, party, retention_days in rows:
             record = self.upload(str(project), str(party))
             if record is not None:
-                due.append((record, "run-finished" if retention_days == 0 else "keys-released"))
+                reason = (
+                    DeletionReason.RUN_FINISHED
+                    if retention_days == 0
+                    else DeletionReason.KEYS_RELEASED
+                )
+                due.append(DueUpload(record=record, reason=reason))
         return due
 
     def expired_uploads(self, now: float) -> list[UploadRecord]:

@@ -68,7 +68,6 @@ __all__ = [
     "ALLOWED_EVENTS",
     "ENTRY_FORMAT",
     "GENESIS_HASH",
-    "RETENTION_POLICIES",
     "AuditEntry",
     "ChainReport",
     "EntryView",
@@ -101,14 +100,6 @@ _PROJECT_PREFIX = b"bloomlink-audit-project-v2\0"
 _MAX_COUNT = 2**63 - 1
 SALT_BYTES = 16
 VIEW_KEY_BYTES = 16
-
-# Retention values the verifier understands (project_created.retention).
-RETENTION_KEEP = "keep"
-RETENTION_DELETE_AFTER_RUN = "delete-after-run"
-RETENTION_DELETE_AFTER_RELEASE = "delete-after-release"
-RETENTION_POLICIES = frozenset(
-    {RETENTION_KEEP, RETENTION_DELETE_AFTER_RUN, RETENTION_DELETE_AFTER_RELEASE}
-)
 
 _HEX_LOWER = re.compile(r"^[0-9a-f]*$")
 # Identifiers the service invents (run ids, reasons, aspects, roles): short lower-case tokens.

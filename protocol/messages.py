@@ -12,10 +12,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from protocol.audit import RETENTION_DELETE_AFTER_RELEASE, RETENTION_DELETE_AFTER_RUN
 from protocol.clk_file import ClkFileHeader
 from protocol.errors import ConfigurationError
 from protocol.labels import check_label
+from protocol.vocabulary import RetentionPolicy
 
 __all__ = [
     "LinkKeyBatch",
@@ -111,7 +111,7 @@ class ProjectSettings:
         )
 
     @property
-    def retention_policy(self) -> str:
+    def retention_policy(self) -> RetentionPolicy:
         """The audit log's name for how long CLKs are kept (docs/audit.md).
 
         ``retention_days == 0``: deleted as soon as the run finishes (``delete-after-run``).
@@ -120,8 +120,8 @@ class ProjectSettings:
         verifier requires the deletion once every party's keys were released).
         """
         if self.retention_days == 0:
-            return RETENTION_DELETE_AFTER_RUN
-        return RETENTION_DELETE_AFTER_RELEASE
+            return RetentionPolicy.DELETE_AFTER_RUN
+        return RetentionPolicy.DELETE_AFTER_RELEASE
 
     @property
     def hold_days(self) -> int:

@@ -19,7 +19,6 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from linkage_unit import matching
 from linkage_unit.audit_log import AuditLog
 from linkage_unit.checkpoints import Step
 from linkage_unit.server import create_server, load_config
+from protocol.audit_events import AuditEvent
 
 
 def _die() -> None:
@@ -40,13 +40,11 @@ class _KillingAuditLog(AuditLog):
     before: str | None = None
     after: str | None = None
 
-    def append(
-        self, event: str, *, project_id: str | None, details: Mapping[str, str | int]
-    ) -> None:
-        if event == self.before:
+    def append(self, record: AuditEvent) -> None:
+        if record.NAME == self.before:
             _die()
-        super().append(event, project_id=project_id, details=details)
-        if event == self.after:
+        super().append(record)
+        if record.NAME == self.after:
             _die()
 
 

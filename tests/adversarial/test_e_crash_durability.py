@@ -39,6 +39,7 @@ from tests.adversarial.conftest import (
     upload_messages,
     wait_until,
 )
+from tests.audit_fixtures import append
 from tests.service_helpers import MemoryAuditSink, planted_party_clks, write_clk_file
 
 pytestmark = pytest.mark.integration
@@ -248,7 +249,8 @@ def test_case_27_full_disk_during_the_audit_append_keeps_the_chain_and_the_retry
     # size limit just past its next line fails the audit append and nothing else.
     largest = max(p.stat().st_size for p in server.config.data_dir.glob("state.sqlite3*"))
     while log_path.stat().st_size < largest + 256 * 1024:
-        server.audit_log.append(
+        append(
+            server.audit_log,
             "party_authenticated",
             project_id=None,
             details={"party": "moj", "role": "party", "certificate_fingerprint": "ab" * 32},
@@ -347,7 +349,8 @@ def test_case_29_the_audit_log_is_ordered_by_sequence_not_clock(tmp_path: Path) 
     key = Ed25519PrivateKey.generate()
     with AuditLog(tmp_path / "audit.jsonl", signing_key=key, clock=lambda: next(moments)) as log:
         for party in ("moj", "dfe"):
-            log.append(
+            append(
+                log,
                 "party_authenticated",
                 project_id=None,
                 details={"party": party, "role": "party", "certificate_fingerprint": "cd" * 32},

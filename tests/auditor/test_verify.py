@@ -25,7 +25,7 @@ from protocol.audit import AuditEntry, line_to_json, parse_log
 from protocol.clk_file import ClkFileWriter
 from protocol.manifest import SignedManifest, read_manifest
 from protocol.signing import load_public_key, public_key_pem
-from tests.audit_fixtures import KCV, SCHEMA, make_log, payload_digest, write_project
+from tests.audit_fixtures import KCV, SCHEMA, append, make_log, payload_digest, write_project
 
 PROJECT = "moj-dfe-2026"
 
@@ -182,7 +182,8 @@ def details_upload(party: str, count: int, kcv: str = KCV) -> dict[str, str | in
 
 
 def start_project(log: AuditLog, retention: str = "delete-after-release") -> None:
-    log.append(
+    append(
+        log,
         "project_created",
         project_id=PROJECT,
         details={
@@ -198,6 +199,7 @@ def start_project(log: AuditLog, retention: str = "delete-after-release") -> Non
 def keys(party: str, count: int) -> dict[str, str | int]:
     return {
         "party": party,
+        "run_id": "run-1",
         "key_count": count,
         "keys_sha256": hashlib.sha256(party.encode()).hexdigest(),
     }
@@ -215,7 +217,7 @@ def history(
     with make_log(tmp_path) as log:
         start_project(log, retention)
         for event, details in steps:
-            log.append(event, project_id=PROJECT, details=details)
+            append(log, event, project_id=PROJECT, details=details)
         export_public_key(tmp_path, log)
     return verify(tmp_path)
 
@@ -429,7 +431,8 @@ def test_a_log_without_any_signed_head_fails(tmp_path: Path) -> None:
     head nothing shows the cut, so verification fails (it passed with a note before)."""
     with make_log(tmp_path) as log:
         write_project(log, PROJECT)
-        log.append(
+        append(
+            log,
             "party_authenticated",
             project_id=None,
             details={"party": "moj", "role": "party", "certificate_fingerprint": "ab" * 32},
@@ -451,7 +454,7 @@ def test_retention_is_reported_for_an_upload_whose_run_never_came(tmp_path: Path
     key = Ed25519PrivateKey.generate()
     with AuditLog(tmp_path / "audit.jsonl", signing_key=key, clock=lambda: next(moments)) as log:
         start_project(log)
-        log.append("upload_committed", project_id=PROJECT, details=details_upload("moj", 10))
+        append(log, "upload_committed", project_id=PROJECT, details=details_upload("moj", 10))
     (tmp_path / "lu-public.pem").write_bytes(public_key_pem(key))
     early = verify(tmp_path)
     assert early.passed and any(
@@ -459,7 +462,8 @@ def test_retention_is_reported_for_an_upload_whose_run_never_came(tmp_path: Path
         for check in early.checks
     ), early.to_text()
     with AuditLog(tmp_path / "audit.jsonl", signing_key=key, clock=lambda: next(moments)) as log:
-        log.append(
+        append(
+            log,
             "party_authenticated",
             project_id=None,
             details={"party": "moj", "role": "party", "certificate_fingerprint": "ab" * 32},

@@ -21,6 +21,7 @@ import pytest
 from auditor.verify import verify_audit_log
 from linkage_unit.audit_log import AuditLog
 from party.client import LinkageClient
+from protocol.audit_events import AuditEvent
 from protocol.errors import AuditError, PreconditionError, ServiceError
 from protocol.messages import ProjectSettings, RunState, UploadState
 from protocol.signing import load_public_key
@@ -158,12 +159,10 @@ class RefusingAuditLog(AuditLog):
 
     refused: set[str]
 
-    def append(
-        self, event: str, *, project_id: str | None, details: Mapping[str, str | int]
-    ) -> None:
-        if event in self.refused:
+    def append(self, record: AuditEvent) -> None:
+        if record.NAME in self.refused:
             raise AuditError(f"{self.path}: could not write the audit log (test)")
-        super().append(event, project_id=project_id, details=details)
+        super().append(record)
 
 
 def _refusing_log(tmp_path: Path, *refused: str) -> RefusingAuditLog:

@@ -30,6 +30,7 @@ from protocol.errors import AuditError, ConfigurationError, InUseError, Resource
 from protocol.signing import load_public_key, load_signing_key
 from tests.audit_fixtures import (
     SCHEMA,
+    append,
     make_log,
     stepping_clock,
     write_project,
@@ -154,19 +155,26 @@ def test_entry_of_another_project_in_the_same_log_is_named(tmp_path: Path) -> No
 def test_disallowed_events_and_details_are_refused(tmp_path: Path) -> None:
     with make_log(tmp_path) as log:
         with pytest.raises(AuditError, match="allow-list"):
-            log.append("note", project_id="p", details={})
+            append(log, "note", project_id="p", details={})
         with pytest.raises(AuditError, match="does not allow detail key"):
-            log.append(
-                "checks_passed", project_id="p", details={"parties": "moj", "surname": "Smith"}
+            append(
+                log, "checks_passed", project_id="p", details={"parties": "moj", "surname": "Smith"}
             )
         with pytest.raises(AuditError, match="lower-case hex"):
-            log.append(
+            append(
+                log,
                 "keys_released",
                 project_id="p",
-                details={"party": "moj", "key_count": 3, "keys_sha256": "Jane Smith 1970-01-01"},
+                details={
+                    "party": "moj",
+                    "run_id": "r1",
+                    "key_count": 3,
+                    "keys_sha256": "Jane Smith 1970-01-01",
+                },
             )
         with pytest.raises(AuditError, match="whole number"):
-            log.append(
+            append(
+                log,
                 "run_finished",
                 project_id="p",
                 details={
@@ -177,13 +185,13 @@ def test_disallowed_events_and_details_are_refused(tmp_path: Path) -> None:
                 },
             )
         with pytest.raises(AuditError, match="party"):
-            log.append(
-                "checks_failed", project_id="p", details={"party": "O'Brien", "aspect": "kcv"}
+            append(
+                log, "checks_failed", project_id="p", details={"party": "O'Brien", "aspect": "kcv"}
             )
         with pytest.raises(AuditError, match="missing"):
-            log.append("upload_committed", project_id="p", details={"party": "moj"})
+            append(log, "upload_committed", project_id="p", details={"party": "moj"})
         with pytest.raises(AuditError, match="project id"):
-            log.append("checks_passed", project_id=None, details={"parties": "moj"})
+            append(log, "checks_passed", project_id=None, details={"parties": "moj"})
         assert log.last_entry is None
     assert (tmp_path / "audit.jsonl").read_bytes() == b""
 
@@ -209,7 +217,7 @@ def test_torn_last_line_is_refused_and_repairable(tmp_path: Path) -> None:
         read_entries(path)
     assert repair_torn_tail(path) == 40
     with make_log(tmp_path) as log:
-        log.append("checks_passed", project_id="moj-dfe-2026", details={"parties": "moj,dfe"})
+        append(log, "checks_passed", project_id="moj-dfe-2026", details={"parties": "moj,dfe"})
     assert verify_file(path) == (True, None, None)
 
 
@@ -240,7 +248,7 @@ def test_concurrent_appends_keep_one_chain(tmp_path: Path) -> None:
 
         def worker(number: int) -> None:
             for _ in range(10):
-                log.append("checks_passed", project_id=f"p{number}", details={"parties": "moj"})
+                append(log, "checks_passed", project_id=f"p{number}", details={"parties": "moj"})
 
         threads = [threading.Thread(target=worker, args=(number,)) for number in range(4)]
         for thread in threads:
@@ -270,9 +278,9 @@ def test_failed_write_leaves_the_log_verifiable(
         monkeypatch.setattr(os, "fsync", full_disk)
         # A full disk is RESOURCE_EXHAUSTED for the caller, who may retry once space is back.
         with pytest.raises(ResourceLimitError, match="was not recorded"):
-            log.append("checks_passed", project_id="moj-dfe-2026", details={"parties": "moj"})
+            append(log, "checks_passed", project_id="moj-dfe-2026", details={"parties": "moj"})
         monkeypatch.setattr(os, "fsync", real_fsync)
-        log.append("checks_passed", project_id="moj-dfe-2026", details={"parties": "dfe"})
+        append(log, "checks_passed", project_id="moj-dfe-2026", details={"parties": "dfe"})
     path = tmp_path / "audit.jsonl"
     assert verify_file(path) == (True, None, None)
     assert len(read_entries(path)) == 13

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -33,11 +34,16 @@ from tests.service_helpers import (
     write_clk_file,
 )
 
-OPERATOR = Caller(identity=Identity(role=Role.OPERATOR), certificate_fingerprint="op")
+OPERATOR = Caller(
+    identity=Identity(role=Role.OPERATOR), certificate_fingerprint=hashlib.sha256(b"op").hexdigest()
+)
 
 
 def party(name: str) -> Caller:
-    return Caller(identity=Identity(role=Role.PARTY, party=name), certificate_fingerprint=name)
+    return Caller(
+        identity=Identity(role=Role.PARTY, party=name),
+        certificate_fingerprint=hashlib.sha256(name.encode()).hexdigest(),
+    )
 
 
 def build(data_dir: Path, **run_options) -> LinkageService:
