@@ -34,11 +34,13 @@ from linkage_unit.audit_log import AuditLog
 from linkage_unit.blocking import BlockingSettings
 from linkage_unit.checkpoints import Checkpoint, no_checkpoint
 from linkage_unit.distributed import ClusterSettings, DaskExecutor
+from linkage_unit.manifest_policy import ManifestPolicy
 from linkage_unit.retention import Retention
 from linkage_unit.run import LinkFunction, RunManager
-from linkage_unit.service import LinkageService, ManifestPolicy, UploadLimits
+from linkage_unit.service import LinkageService
 from linkage_unit.servicer import LinkageUnitServicer
 from linkage_unit.storage import Storage
+from linkage_unit.uploads import UploadLimits
 from linkage_unit.watchdog import StreamWatchdog
 from protocol.addresses import is_loopback
 from protocol.errors import ConfigurationError, InvariantError, MatchingError
@@ -257,7 +259,8 @@ class LinkageUnitServer:
         self.config = config
         # Read first: a bad key file must stop start-up before anything is opened.
         manifest_policy = ManifestPolicy(
-            party_keys={party: load_public_key(path) for party, path in config.party_keys.items()}
+            require_manifest=config.require_manifest,
+            party_keys={party: load_public_key(path) for party, path in config.party_keys.items()},
         )
         self.storage = Storage(config.data_dir, clock=clock, checkpoint=checkpoint)
         self.audit_log: AuditLog | None = None
@@ -293,7 +296,6 @@ class LinkageUnitServer:
             self.audit,
             self.runs,
             limits=UploadLimits(max_upload_bytes=config.max_upload_bytes),
-            require_manifest=config.require_manifest,
             audit_reader=reader,
             manifest_policy=manifest_policy,
             admission=Admission(config.admission_limits),

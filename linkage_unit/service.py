@@ -8,23 +8,27 @@ exist" raise the same :class:`NotFoundError` with the same message.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import NoReturn
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from linkage_unit.admission import Admission, Operation, require_role
 from linkage_unit.audit_hook import AuditReader, AuditSink
 from linkage_unit.checks import compatibility_refusal
+from linkage_unit.manifest_policy import (
+    ManifestPolicy,
+    Refusal,
+    freshness_refusal,
+    manifest_refusal,
+    nonce_refusal,
+)
 from linkage_unit.run import RunManager
 from linkage_unit.storage import Storage
+from linkage_unit.uploads import UploadClaim, UploadLimits, UploadRegistry, UploadSession
 from protocol.audit_events import (
     AccessRefused,
     KeysReleased,
@@ -36,7 +40,6 @@ from protocol.audit_events import (
 )
 from protocol.errors import (
     AlreadyExistsError,
-    AuditError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
@@ -44,7 +47,7 @@ from protocol.errors import (
     ResourceLimitError,
 )
 from protocol.identity import Identity, Role
-from protocol.manifest import SignedManifest, manifest_mismatches, verify_manifest
+from protocol.manifest import SignedManifest
 from protocol.messages import (
     LinkKeyBatch,
     PartyStatus,
@@ -52,20 +55,18 @@ from protocol.messages import (
     ProjectStatus,
     RunState,
     RunTicket,
-    UploadChunk,
     UploadHeader,
     UploadProgress,
     UploadState,
 )
 from protocol.vocabulary import DeletionReason, UploadRefusal
 
-__all__ = ["Caller", "LinkageService", "ManifestPolicy", "UploadLimits", "UploadSession"]
+__all__ = ["Caller", "LinkageService", "upload_committed"]
 
 logger = logging.getLogger("bloomlink.linkage_unit")
 
 _NO_PROJECT = "no such project (or you are not a member of it)"
 _NO_KEYS = "no link keys for this project and party"
-_MIN_CHARGE = 1024  # bytes every chunk counts for, so a flood of empty chunks is capped too
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,39 +75,6 @@ class Caller:
 
     identity: Identity
     certificate_fingerprint: str
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UploadLimits:
-    """``max_upload_bytes`` caps both a payload's declared size and the bytes one upload
-    stream may carry (resent chunks included): a per-message cap does not bound a stream."""
-
-    max_upload_bytes: int = 1 << 32
-    chunk_batch_size: int = 10_000
-
-    def __post_init__(self) -> None:
-        if self.max_upload_bytes < 1:
-            raise ValueError("max_upload_bytes must be positive")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ManifestPolicy:
-    """How the LU judges an upload's signed manifest beyond its signature.
-
-    ``party_keys`` are the parties' registered manifest keys: with any registered, a
-    manifest must be signed by its own party's key (a party with none registered is
-    refused); with none, only the signature is checked here and the auditor checks the key.
-    A manifest created more than ``max_future_seconds`` ahead of the LU's clock, or more than
-    ``max_age_seconds`` before it, is refused (a wrong clock, or a manifest kept for replay).
-    """
-
-    party_keys: Mapping[str, Ed25519PublicKey] | None = None
-    max_future_seconds: float = 600.0
-    max_age_seconds: float = 30 * 86400.0
-
-    def __post_init__(self) -> None:
-        if not (self.max_future_seconds >= 0 and self.max_age_seconds > 0):
-            raise ValueError("max_future_seconds must be >= 0 and max_age_seconds positive")
 
 
 def upload_committed(header: UploadHeader, manifest: SignedManifest | None) -> UploadCommitted:
@@ -124,11 +92,6 @@ def upload_committed(header: UploadHeader, manifest: SignedManifest | None) -> U
     )
 
 
-def _created_at(manifest: SignedManifest) -> float:
-    # Validated by UploadManifest as UTC "YYYY-MM-DDTHH:MM:SS[.ffffff]Z".
-    return datetime.fromisoformat(manifest.manifest.created_at.replace("Z", "+00:00")).timestamp()
-
-
 class LinkageService:
     """Projects, uploads, runs and link keys, for callers already authenticated."""
 
@@ -139,7 +102,6 @@ class LinkageService:
         runs: RunManager,
         *,
         limits: UploadLimits | None = None,
-        require_manifest: bool = False,
         audit_reader: AuditReader | None = None,
         manifest_policy: ManifestPolicy | None = None,
         admission: Admission | None = None,
@@ -149,14 +111,12 @@ class LinkageService:
         self.audit = audit
         self.runs = runs
         self.limits = limits or UploadLimits()
-        self.require_manifest = require_manifest
         self.audit_reader = audit_reader
         self.manifest_policy = manifest_policy or ManifestPolicy()
         self.admission = admission or Admission()
         self.retention = runs.retention
         self._clock = clock
-        self._active_uploads: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
+        self._uploads = UploadRegistry()
         # Serialises "is this nonce unused?" with recording it at commit (case 10).
         self._commit_lock = threading.Lock()
 
@@ -375,74 +335,17 @@ class LinkageService:
         )
         raise error
 
+    def _refuse(
+        self, header: UploadHeader, refusal: Refusal | None, manifest: SignedManifest | None
+    ) -> None:
+        if refusal is not None:
+            self._refuse_upload(header, refusal.error, reason=refusal.reason, manifest=manifest)
+
     def _check_manifest(self, header: UploadHeader, manifest: SignedManifest | None) -> None:
         """Signature, signer, party and agreement with the header (case 12)."""
-        if manifest is None:
-            if self.require_manifest:
-                self._refuse_upload(
-                    header,
-                    InvalidRequestError(
-                        "this linkage unit takes an upload only with the party's signed "
-                        "manifest; encode with a signing key, then submit the file with its "
-                        "manifest"
-                    ),
-                    reason=UploadRefusal.MANIFEST_MISSING,
-                )
-            return
-        if manifest.manifest.party != header.party_id:
-            # The header's party is already the caller's mTLS identity (see _uploader).
-            self._refuse_upload(
-                header,
-                PermissionDeniedError(
-                    "the upload's manifest is another party's; a party may send only a "
-                    "manifest it signed for itself"
-                ),
-                reason=UploadRefusal.MANIFEST_PARTY,
-                manifest=manifest,
-            )
-        keys = self.manifest_policy.party_keys
-        expected = keys.get(header.party_id) if keys else None
-        if keys and expected is None:
-            self._refuse_upload(
-                header,
-                PermissionDeniedError(
-                    "no manifest key is registered for this party at the linkage unit; ask "
-                    "the operator to register the party's public key"
-                ),
-                reason=UploadRefusal.MANIFEST_KEY,
-                manifest=manifest,
-            )
-        try:
-            verify_manifest(manifest, expected_public_key=expected)
-        except AuditError:
-            self._refuse_upload(
-                header,
-                PermissionDeniedError(
-                    "the upload's manifest has an invalid signature or is not signed by this "
-                    "party's registered key; send the manifest written with this encoded file"
-                ),
-                reason=UploadRefusal.MANIFEST_SIGNATURE,
-                manifest=manifest,
-            )
-        _, project_id, details = event_record(upload_committed(header, manifest))
-        wrong = manifest_mismatches(manifest.manifest, project_id=project_id, details=details)
-        if wrong:
-            self._refuse_upload(
-                header,
-                InvalidRequestError(
-                    f"the upload's manifest disagrees with its header on {', '.join(wrong)}; "
-                    "send the manifest written with this encoded file"
-                ),
-                reason=UploadRefusal.MANIFEST_MISMATCH,
-                manifest=manifest,
-            )
-        if manifest.manifest.leak_scan_strings == 0:
-            self._refuse_upload(
-                header,
-                InvalidRequestError("the upload's manifest records no leak scan"),
-                reason=UploadRefusal.MANIFEST_NO_SCAN,
-                manifest=manifest,
-            )
+        _, _, details = event_record(upload_committed(header, manifest))
+        refusal = manifest_refusal(self.manifest_policy, header, manifest, upload_details=details)
+        self._refuse(header, refusal, manifest)
 
     def _check_compatible(self, project: ProjectSettings, header: UploadHeader) -> None:
         """Refuse, before any byte is stored, a header that cannot be compared with the
@@ -467,42 +370,14 @@ class LinkageService:
         its nonce has not vouched for a committed upload before (case 10)."""
         if manifest is None:
             return
-        policy = self.manifest_policy
-        lead = _created_at(manifest) - self._clock()
-        if lead > policy.max_future_seconds:
-            self._refuse_upload(
-                header,
-                InvalidRequestError(
-                    f"the upload's manifest was created {lead / 60:.0f} minutes ahead of the "
-                    "linkage unit's clock; check the party's clock (NTP), then encode again"
-                ),
-                reason=UploadRefusal.MANIFEST_TIME,
-                manifest=manifest,
-            )
-        if -lead > policy.max_age_seconds:
-            self._refuse_upload(
-                header,
-                InvalidRequestError(
-                    f"the upload's manifest is {-lead / 86400:.0f} days old, more than the "
-                    f"linkage unit accepts ({policy.max_age_seconds / 86400:.0f}); encode "
-                    "again for a fresh manifest"
-                ),
-                reason=UploadRefusal.MANIFEST_TIME,
-                manifest=manifest,
-            )
+        self._refuse(
+            header, freshness_refusal(self.manifest_policy, manifest, now=self._clock()), manifest
+        )
         self._check_nonce_unused(header, manifest)
 
     def _check_nonce_unused(self, header: UploadHeader, manifest: SignedManifest) -> None:
-        if self.storage.manifest_for_nonce(manifest.manifest.nonce) is not None:
-            self._refuse_upload(
-                header,
-                AlreadyExistsError(
-                    "the upload's manifest nonce has already vouched for a committed upload; "
-                    "a manifest vouches for one upload only: encode again for a fresh manifest"
-                ),
-                reason=UploadRefusal.MANIFEST_NONCE,
-                manifest=manifest,
-            )
+        vouched = self.storage.manifest_for_nonce(manifest.manifest.nonce)
+        self._refuse(header, nonce_refusal(vouched), manifest)
 
     def open_upload(
         self, caller: Caller, header: UploadHeader, manifest: SignedManifest | None = None
@@ -516,24 +391,13 @@ class LinkageService:
                 f"the payload ({header.payload_bytes} bytes) exceeds this linkage unit's "
                 f"upload cap of {self.limits.max_upload_bytes} bytes; ask the operator"
             )
-        key = (header.project_id, header.party_id)
-        with self._lock:
-            if key in self._active_uploads:
-                raise PreconditionError("an upload for this party is already in progress")
-            self._active_uploads.add(key)
+        claim = self._uploads.claim(header)
         try:
             self.retention.settle(header.project_id, header.party_id)
             self._authenticated(caller, header.project_id)
             record = self.storage.upload(header.project_id, header.party_id)
-            if (
-                record is not None
-                and record.header == header
-                and record.state
-                in (
-                    UploadState.PARTIAL,
-                    UploadState.COMPLETE,
-                )
-            ):
+            resumable = (UploadState.PARTIAL, UploadState.COMPLETE)
+            if record is not None and record.header == header and record.state in resumable:
                 if record.state is UploadState.PARTIAL:
                     self._check_fresh_manifest(header, manifest)
                     self.storage.check_free_space(header.payload_bytes - record.committed_bytes)
@@ -543,13 +407,11 @@ class LinkageService:
                     recorded = self.storage.manifest_for_nonce(manifest.manifest.nonce)
                     if recorded is not None and recorded != manifest.manifest.sha256:
                         self._check_nonce_unused(header, manifest)
-                return UploadSession(
-                    self, header, committed=record.committed_bytes, manifest=manifest
-                )
+                return self._session(claim, header, record.committed_bytes, manifest)
             # Before anything held is superseded or replaced: a refused manifest changes nothing.
             self._check_fresh_manifest(header, manifest)
             if record is not None and record.state is UploadState.PARTIAL:
-                self._discard(header.project_id, record.header, reason=DeletionReason.SUPERSEDED)
+                self.discard_upload(record.header, reason=DeletionReason.SUPERSEDED)
             elif record is not None:
                 latest = self.storage.latest_run(header.project_id)
                 replaceable = (
@@ -566,18 +428,59 @@ class LinkageService:
                 )
             self.storage.check_free_space(header.payload_bytes)
             self.storage.begin_upload(header)
-            return UploadSession(self, header, committed=0, manifest=manifest)
+            return self._session(claim, header, 0, manifest)
         except BaseException:
-            self._release(key)
+            claim.release()
             raise
 
-    def _release(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._active_uploads.discard(key)
+    def _session(
+        self,
+        claim: UploadClaim,
+        header: UploadHeader,
+        committed: int,
+        manifest: SignedManifest | None,
+    ) -> UploadSession:
+        return UploadSession(
+            owner=self,
+            storage=self.storage,
+            limits=self.limits,
+            claim=claim,
+            header=header,
+            committed=committed,
+            manifest=manifest,
+        )
 
-    def _discard(self, project_id: str, header: UploadHeader, *, reason: DeletionReason) -> None:
+    def commit_upload(self, header: UploadHeader, manifest: SignedManifest | None) -> None:
+        """Every byte of an upload is here: check its nonce is still unused, verify its
+        digest, log ``upload_committed`` and publish it (in that order: a failed append
+        leaves it PARTIAL with all its bytes); a digest mismatch deletes its bytes. Then
+        start the run if every member has uploaded and the project runs by itself."""
+        committed = upload_committed(header, manifest)
+        with self._commit_lock:
+            if manifest is not None:
+                self._check_nonce_unused(header, manifest)  # another stream may have won
+            try:
+                self.storage.complete_upload(
+                    header.project_id,
+                    header.party_id,
+                    before_publish=lambda: self.audit.append(committed),
+                    manifest_nonce=manifest.manifest.nonce if manifest else b"",
+                    manifest_sha256=manifest.manifest.sha256 if manifest else "",
+                )
+            except InvalidRequestError:
+                self.discard_upload(header, reason=DeletionReason.DIGEST_MISMATCH)
+                raise
+        logger.info(
+            "upload committed project=%s party=%s records=%d",
+            header.project_id,
+            header.party_id,
+            header.record_count,
+        )
+        self._start_if_ready(header.project_id)
+
+    def discard_upload(self, header: UploadHeader, *, reason: DeletionReason) -> None:
         """Delete an upload that was never committed (its partial bytes), audited."""
-        self.retention.retire_payload(project_id, header, reason=reason, partial=True)
+        self.retention.retire_payload(header.project_id, header, reason=reason, partial=True)
 
     def _start_if_ready(self, project_id: str) -> None:
         project = self.storage.project(project_id)
@@ -681,109 +584,3 @@ class LinkageService:
             )
         if total == 0:
             yield LinkKeyBatch(positions=(), link_keys=(), total_count=0, keys_sha256=digest)
-
-
-class UploadSession:
-    """One upload stream: accepts chunks, appends them durably, completes the upload."""
-
-    def __init__(
-        self,
-        service: LinkageService,
-        header: UploadHeader,
-        *,
-        committed: int,
-        manifest: SignedManifest | None = None,
-    ) -> None:
-        self._service = service
-        self.header = header
-        self.manifest = manifest
-        self.committed = committed
-        self._received = 0
-        self._closed = False
-
-    @property
-    def progress(self) -> UploadProgress:
-        record = self._service.storage.upload(self.header.project_id, self.header.party_id)
-        state = record.state if record else UploadState.NOT_STARTED
-        return UploadProgress(
-            committed_bytes=self.committed, payload_bytes=self.header.payload_bytes, state=state
-        )
-
-    def accept(self, chunk: UploadChunk) -> None:
-        """Append a chunk at the committed offset; an already-committed chunk is ignored."""
-        service = self._service
-        self._received += max(len(chunk.data), _MIN_CHARGE)
-        if self._received > service.limits.max_upload_bytes:
-            if self.progress.state is UploadState.PARTIAL:
-                service._discard(
-                    self.header.project_id, self.header, reason=DeletionReason.STREAM_CAP
-                )
-            raise ResourceLimitError(
-                "this upload stream carried more bytes than the linkage unit's upload cap "
-                f"({service.limits.max_upload_bytes}); its partial data was deleted"
-            )
-        if hashlib.sha256(chunk.data).digest() != chunk.chunk_sha256:
-            raise InvalidRequestError(
-                f"the chunk at offset {chunk.offset} does not match its SHA-256 (corrupted in "
-                f"transit); resend from offset {self.committed}"
-            )
-        end = chunk.offset + len(chunk.data)
-        if end > self.header.payload_bytes:
-            raise InvalidRequestError(
-                f"the chunk at offset {chunk.offset} runs past the {self.header.payload_bytes} "
-                "payload bytes the header promises"
-            )
-        if chunk.offset > self.committed:
-            raise InvalidRequestError(
-                f"chunk offset {chunk.offset} leaves a gap; the next expected offset is "
-                f"{self.committed}"
-            )
-        if end <= self.committed:
-            return  # a resend of committed bytes: harmless
-        tail = chunk.data[self.committed - chunk.offset :]
-        self.committed = service.storage.append(
-            self.header.project_id, self.header.party_id, committed=self.committed, data=tail
-        )
-
-    def finish(self) -> UploadProgress:
-        """End of stream: complete the upload if every byte is here, else report progress."""
-        service, header = self._service, self.header
-        record = service.storage.upload(header.project_id, header.party_id)
-        if record is None:
-            raise PreconditionError("this upload was deleted while it was sent; start it again")
-        if record.state is UploadState.COMPLETE or self.committed < header.payload_bytes:
-            return self.progress
-        manifest = self.manifest
-        committed = upload_committed(header, manifest)
-
-        def record_commit() -> None:
-            # Durable in the log before the upload counts (a full disk leaves it PARTIAL).
-            service.audit.append(committed)
-
-        with service._commit_lock:
-            if manifest is not None:
-                service._check_nonce_unused(header, manifest)  # another stream may have won
-            try:
-                service.storage.complete_upload(
-                    header.project_id,
-                    header.party_id,
-                    before_publish=record_commit,
-                    manifest_nonce=manifest.manifest.nonce if manifest else b"",
-                    manifest_sha256=manifest.manifest.sha256 if manifest else "",
-                )
-            except InvalidRequestError:
-                service._discard(header.project_id, header, reason=DeletionReason.DIGEST_MISMATCH)
-                raise
-        logger.info(
-            "upload committed project=%s party=%s records=%d",
-            header.project_id,
-            header.party_id,
-            header.record_count,
-        )
-        service._start_if_ready(header.project_id)
-        return self.progress
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._service._release((self.header.project_id, self.header.party_id))
