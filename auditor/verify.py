@@ -687,7 +687,9 @@ def _form_checks(entries: Sequence[LogLine], view: AuditView | None) -> list[Che
                 ]
         mistagged = check_project_tags(entries)
         if mistagged is not None:
-            return [Check(name="chain", status=FAIL, message=mistagged[1], entry=mistagged[0])]
+            return [
+                Check(name="chain", status=FAIL, message=mistagged.message, entry=mistagged.index)
+            ]
         return []
     created = next(
         (

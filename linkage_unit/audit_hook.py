@@ -9,11 +9,12 @@ when they are made, and documented in docs/audit.md.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 from protocol.audit_events import AuditEvent
 
-__all__ = ["AuditReader", "AuditSink"]
+__all__ = ["AuditExport", "AuditReader", "AuditSink"]
 
 
 class AuditSink(Protocol):
@@ -34,6 +35,12 @@ class AuditReader(Protocol):
 
     def public_key_pem(self) -> bytes: ...
 
-    def export(
-        self, project_id: str | None, *, viewer: str | None = None
-    ) -> tuple[Iterator[bytes], bytes]: ...
+    def export(self, project_id: str | None, *, viewer: str | None = None) -> AuditExport: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditExport:
+    """A read of the log: its lines, streamed from disk, and a head signed for the last."""
+
+    lines: Iterator[bytes]
+    head: bytes

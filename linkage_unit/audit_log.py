@@ -36,6 +36,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from linkage_unit.audit_hook import AuditExport
 from linkage_unit.storage import out_of_space
 from protocol.atomic_file import atomic_output, fsync_directory
 from protocol.audit import (
@@ -242,7 +243,9 @@ class AuditLog:
             )
         mistagged = check_project_tags(entries)
         if mistagged is not None:
-            raise AuditError(f"{self.path}: {mistagged[1]}; refusing to append", entry=mistagged[0])
+            raise AuditError(
+                f"{self.path}: {mistagged.message}; refusing to append", entry=mistagged.index
+            )
         last = entries[-1]
         if not isinstance(last, AuditEntry):  # checked above; narrows the type
             raise AuditError(f"{self.path}: is a project's view, not a live log")
@@ -270,7 +273,12 @@ class AuditLog:
         """
         if isinstance(record, ProjectCreated) and record.view_key is None:
             record = replace(record, view_key=self.view_key(record.project_id))
-        event, project_id, details = event_record(record)
+        entry_record = event_record(record)
+        event, project_id, details = (
+            entry_record.event,
+            entry_record.project_id,
+            entry_record.details,
+        )
         with self._lock:
             if self._unusable:
                 raise AuditError(
@@ -370,9 +378,7 @@ class AuditLog:
         last = self.last_entry
         return list(self._iter_entries(-1 if last is None else last.sequence))
 
-    def export(
-        self, project_id: str | None, *, viewer: str | None = None
-    ) -> tuple[Iterator[bytes], bytes]:
+    def export(self, project_id: str | None, *, viewer: str | None = None) -> AuditExport:
         """The log as a reader may see it, streamed from disk, and a signed head (JSON).
 
         ``project_id`` None: every entry in full (operator, auditors). Otherwise the
@@ -403,22 +409,24 @@ class AuditLog:
                     shown = entry.stub()
                 yield (line_to_json(shown) + "\n").encode("ascii")
 
-        return lines(), head_to_json(head).encode("ascii") if head is not None else b""
+        return AuditExport(
+            lines=lines(), head=head_to_json(head).encode("ascii") if head is not None else b""
+        )
 
     def export_project(
         self, project_id: str, destination: Path | str, *, viewer: str | None = None
     ) -> int:
         """Write a project's view (see :meth:`export`) to ``destination`` and its signed
         head to ``<destination>.head``; return how many lines it has."""
-        lines, head = self.export(project_id, viewer=viewer)
+        export = self.export(project_id, viewer=viewer)
         count = 0
         with atomic_output(destination, mode=0o644) as handle:
-            for line in lines:
+            for line in export.lines:
                 handle.write(line)
                 count += 1
-        if head:
+        if export.head:
             with atomic_output(head_path_for(destination), mode=0o644) as handle:
-                handle.write(head)
+                handle.write(export.head)
         return count
 
     def close(self) -> None:

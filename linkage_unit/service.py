@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from typing import NoReturn
 
 from linkage_unit.admission import Admission, Operation, require_role
-from linkage_unit.audit_hook import AuditReader, AuditSink
+from linkage_unit.audit_hook import AuditExport, AuditReader, AuditSink
 from linkage_unit.checks import compatibility_refusal
 from linkage_unit.manifest_policy import (
     ManifestPolicy,
@@ -127,8 +127,8 @@ class LinkageService:
         done (uploads being published, payload deletions, runs whose keys are stored but
         whose run_finished is not logged), resume interrupted runs, apply retention."""
         recovered = self.storage.recover_uploads()
-        for project_id, _ in recovered:
-            self._start_if_ready(project_id)
+        for record in recovered:
+            self._start_if_ready(record.header.project_id)
         resumed = self.runs.resume()
         deleted = self.retention.apply()
         logger.info(
@@ -343,7 +343,7 @@ class LinkageService:
 
     def _check_manifest(self, header: UploadHeader, manifest: SignedManifest | None) -> None:
         """Signature, signer, party and agreement with the header (case 12)."""
-        _, _, details = event_record(upload_committed(header, manifest))
+        details = event_record(upload_committed(header, manifest)).details
         refusal = manifest_refusal(self.manifest_policy, header, manifest, upload_details=details)
         self._refuse(header, refusal, manifest)
 
@@ -544,7 +544,7 @@ class LinkageService:
         """A project's settings, for the operator, auditors and its members."""
         return self._visible_project(caller, project_id, call=Operation.GET_PROJECT_SETTINGS)
 
-    def audit_lines(self, caller: Caller, project_id: str | None) -> tuple[Iterator[bytes], bytes]:
+    def audit_lines(self, caller: Caller, project_id: str | None) -> AuditExport:
         """The audit log as the caller may read it, streamed, and a signed head covering it.
 
         The operator and auditors may read the whole log or one project's view (that
@@ -572,13 +572,13 @@ class LinkageService:
         self, project_id: str, party_id: str, total: int, digest: str
     ) -> Iterator[LinkKeyBatch]:
         sent = 0
-        for positions, keys in self.storage.iter_link_keys(
+        for rows in self.storage.iter_link_keys(
             project_id, party_id, batch_size=self.limits.chunk_batch_size
         ):
-            sent += len(keys)
+            sent += len(rows.link_keys)
             yield LinkKeyBatch(
-                positions=tuple(positions),
-                link_keys=tuple(keys),
+                positions=tuple(rows.positions),
+                link_keys=tuple(rows.link_keys),
                 total_count=total,
                 keys_sha256=digest if sent == total else "",
             )

@@ -320,8 +320,8 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
                 if request.project_id
                 else None
             )
-            lines, head = self._service.audit_lines(caller, project_id)
-            return _audit_batches(lines, head)
+            export = self._service.audit_lines(caller, project_id)
+            return _audit_batches(export.lines, export.head)
 
         return self._stream(context, Operation.FETCH_AUDIT_LOG, produce)
 

@@ -59,6 +59,7 @@ from protocol.vocabulary import DeletionReason
 __all__ = [
     "SCHEMA_VERSION",
     "DueUpload",
+    "KeyRows",
     "KeySet",
     "Retirement",
     "RunOutcome",
@@ -265,6 +266,14 @@ class KeySet:
     run_id: str
     key_count: int
     keys_sha256: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyRows:
+    """One batch of a party's stored keys: ``positions[i]`` has ``link_keys[i]``."""
+
+    positions: list[int]
+    link_keys: list[str]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -617,9 +626,9 @@ class Storage:
             )
         self._write(statements)
 
-    def recover_uploads(self) -> list[tuple[str, str]]:
+    def recover_uploads(self) -> list[UploadRecord]:
         """Finish every publish a crash interrupted (its ``upload_committed`` is logged and
-        its digest verified before it is marked); return the (project, party) finished."""
+        its digest verified before it is marked); return the uploads finished."""
         rows = self._all(
             "SELECT project_id, party FROM uploads WHERE publishing = 1 AND state = ?",
             (str(UploadState.PARTIAL),),
@@ -632,7 +641,9 @@ class Storage:
             ):
                 continue  # nothing to publish: left PARTIAL for the party to resend
             self._publish(str(project_id), str(party))
-            recovered.append((str(project_id), str(party)))
+            record = self.upload(str(project_id), str(party))
+            if record is not None:
+                recovered.append(record)
         return recovered
 
     def manifest_for_nonce(self, nonce: bytes) -> str | None:
@@ -999,10 +1010,8 @@ class Storage:
         rows = self._all("SELECT party FROM key_releases WHERE project_id = ?", (project_id,))
         return {str(row[0]) for row in rows}
 
-    def iter_link_keys(
-        self, project_id: str, party: str, *, batch_size: int
-    ) -> Iterator[tuple[list[int], list[str]]]:
-        """Yield (positions, link keys) batches in release order."""
+    def iter_link_keys(self, project_id: str, party: str, *, batch_size: int) -> Iterator[KeyRows]:
+        """Yield a party's keys in batches, in release order."""
         ordinal = 0
         while True:
             rows = self._all(
@@ -1013,4 +1022,6 @@ class Storage:
             if not rows:
                 return
             ordinal += len(rows)
-            yield [int(row[0]) for row in rows], [str(row[1]) for row in rows]
+            yield KeyRows(
+                positions=[int(row[0]) for row in rows], link_keys=[str(row[1]) for row in rows]
+            )

@@ -75,6 +75,7 @@ __all__ = [
     "ParsedLog",
     "RedactedEntry",
     "SignedHead",
+    "TagProblem",
     "build_entry",
     "check_event",
     "check_project_tags",
@@ -1073,9 +1074,16 @@ def verify_chain(
     )
 
 
-def check_project_tags(entries: Iterable[LogLine]) -> tuple[int, str] | None:
-    """The first entry whose project tag is not its project's, as (index, message), or
-    None. A project's view key is read from its ``project_created`` entry; an entry that
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TagProblem:
+    """An entry whose project tag is not its project's."""
+
+    index: int
+    message: str
+
+
+def check_project_tags(entries: Iterable[LogLine]) -> TagProblem | None:
+    """The first entry whose project tag is not its project's, or None. A project's view key is read from its ``project_created`` entry; an entry that
     comes before it is left to the project rules (which fail it)."""
     view_keys: dict[str, bytes] = {}
     for index, entry in enumerate(entries):
@@ -1085,8 +1093,9 @@ def check_project_tags(entries: Iterable[LogLine]) -> tuple[int, str] | None:
             view_keys.setdefault(entry.project_id, bytes.fromhex(str(entry.details["view_key"])))
         key = view_keys.get(entry.project_id)
         if key is not None and entry.project_tag != project_tag(key, entry.project_id):
-            return index, (
-                f"entry {index}'s project tag is not its project's: it would hide as "
-                "another project's entry in the project's view"
+            return TagProblem(
+                index=index,
+                message=f"entry {index}'s project tag is not its project's: it would hide as "
+                "another project's entry in the project's view",
             )
     return None

@@ -25,6 +25,7 @@ __all__ = [
     "ChecksFailed",
     "ChecksPassed",
     "EVENTS",
+    "EntryRecord",
     "KeysReleased",
     "PartyAuthenticated",
     "PayloadDeleted",
@@ -41,6 +42,15 @@ Details = dict[str, str | int]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EntryRecord:
+    """What an event becomes in the log: its entry name, project and details."""
+
+    event: str
+    project_id: str | None
+    details: Details
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuditEvent:
     """Base of every event: the project it belongs to (None for none)."""
 
@@ -48,15 +58,20 @@ class AuditEvent:
     project_id: str | None
 
     def __post_init__(self) -> None:
-        name, project_id, details = event_record(self)
-        check_event(name, project_id=project_id, details=details, withheld=self.pending())
+        record = event_record(self)
+        check_event(
+            record.event,
+            project_id=record.project_id,
+            details=record.details,
+            withheld=self.pending(),
+        )
 
     def pending(self) -> tuple[str, ...]:
         """Details the log itself fills in when it appends the event (none by default)."""
         return ()
 
 
-def event_record(event: AuditEvent) -> tuple[str, str | None, Details]:
+def event_record(event: AuditEvent) -> EntryRecord:
     """The entry an event becomes: (event name, project id, details). Bytes become
     lower-case hex, label tuples comma-joined, enums their value; unset optionals vanish."""
     details: Details = {}
@@ -74,7 +89,7 @@ def event_record(event: AuditEvent) -> tuple[str, str | None, Details]:
             details[item.name] = str(value)
         else:
             details[item.name] = value
-    return event.NAME, event.project_id, details
+    return EntryRecord(event=event.NAME, project_id=event.project_id, details=details)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,7 +23,8 @@ class MemoryAuditSink:
     events: list[tuple[str, str | None, dict[str, str | int]]] = field(default_factory=list)
 
     def append(self, event: AuditEvent) -> None:
-        self.events.append(event_record(event))
+        record = event_record(event)
+        self.events.append((record.event, record.project_id, record.details))
 
     def recorded(
         self, kind: type[AuditEvent], *, project_id: str | None, **match: str | int

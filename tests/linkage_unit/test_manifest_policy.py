@@ -54,7 +54,7 @@ def _manifest(key, **changes):
 
 
 def _refusal(policy, manifest):
-    details = event_record(upload_committed(HEADER, manifest))[2]
+    details = event_record(upload_committed(HEADER, manifest)).details
     return manifest_refusal(policy, HEADER, manifest, upload_details=details)
 
 
