@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import stat
 import threading
 from pathlib import Path
@@ -260,26 +261,22 @@ def test_concurrent_appends_keep_one_chain(tmp_path: Path) -> None:
     assert len(read_entries(path)) == 40
 
 
-def test_failed_write_leaves_the_log_verifiable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_write_leaves_the_log_verifiable(tmp_path: Path) -> None:
+    """The disk fills mid-append (RLIMIT_FSIZE: a real EFBIG from the kernel, the path a
+    full disk takes): RESOURCE_EXHAUSTED for the caller, nothing partial in the file, and
+    the next append continues the chain."""
     with make_log(tmp_path) as log:
         write_project(log)
-        real_fsync = os.fsync
-
-        calls = []
-
-        def full_disk(fd: int) -> None:
-            calls.append(fd)
-            if len(calls) == 1:  # the append's fsync fails; the undo's succeeds
-                raise OSError(28, "No space left on device")
-            real_fsync(fd)
-
-        monkeypatch.setattr(os, "fsync", full_disk)
-        # A full disk is RESOURCE_EXHAUSTED for the caller, who may retry once space is back.
-        with pytest.raises(ResourceLimitError, match="was not recorded"):
-            append(log, "checks_passed", project_id="moj-dfe-2026", details={"parties": "moj"})
-        monkeypatch.setattr(os, "fsync", real_fsync)
+        size = (tmp_path / "audit.jsonl").stat().st_size
+        previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, previous[1]))
+        try:
+            # A full disk is RESOURCE_EXHAUSTED for the caller, who may retry once space is back.
+            with pytest.raises(ResourceLimitError, match="was not recorded"):
+                append(log, "checks_passed", project_id="moj-dfe-2026", details={"parties": "moj"})
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+        assert (tmp_path / "audit.jsonl").stat().st_size == size
         append(log, "checks_passed", project_id="moj-dfe-2026", details={"parties": "dfe"})
     path = tmp_path / "audit.jsonl"
     assert verify_file(path) == (True, None, None)
