@@ -1,23 +1,28 @@
 """The auditor's verification of a linkage unit's audit log (``bloomlink audit verify``).
 
-Stage: audit, auditor side. Needs only the log, the LU's public key and, optionally, the
-parties' signed manifests and signed heads collected earlier; never a CLK, an identifier or
-the linkage secret. It checks, in order:
+Stage: audit, auditor side. Needs only the log (or one project's view of it), the LU's
+public key and, optionally, the parties' signed manifests and signed heads collected
+earlier; never a CLK, an identifier or the linkage secret. It checks, in order:
 
-1. **chain**: every line parses, every hash recomputes, every signature is the LU's, no entry
-   is missing, reordered or foreign, and every signed head matches (else truncation);
-2. **project rules**, replayed entry by entry for each project (only if the chain holds):
-   uploads only from members; ``checks_passed`` names exactly the members, follows the
-   project's last upload, and the uploads it covers really share the project's schema
-   fingerprint, one KCV and one CLK length; every ``run_started`` follows a
-   ``checks_passed`` with no later upload or failed check; each run finishes once;
+1. **chain**: every line parses, every hash recomputes from what the line shows, every
+   signature is the LU's, no entry is missing, reordered or foreign, and every signed head
+   matches (else truncation); with no signed head at all the log fails, since a cut-off end
+   would go unnoticed;
+2. **form**: a whole log admits only full entries (a stub could hide anything) with every
+   project tag its project's; a project's view (:class:`AuditView`) shows that project's
+   entries, hides none of them as a stub, and withholds no more than the policy withholds
+   from its reader;
+3. **project rules**, replayed entry by entry for each project: uploads only from members;
+   ``checks_passed`` names exactly the members, follows the project's last upload, and the
+   uploads it covers really share the project's schema fingerprint, one KCV and one CLK
+   length; every ``run_started`` follows a ``checks_passed`` with no later upload or failed
+   check; ``run_resumed`` continues a started run; each run finishes once;
    ``keys_released`` goes only to the run's parties, once per party per run, with as many
-   keys as that party uploaded records (every record gets a key); deletions name payloads
-   that were uploaded;
-3. **retention**: under ``delete-after-release`` every payload a run used is deleted once
-   that run's keys have all been released (pending until then); under ``delete-after-run``
-   once the run finished; ``keep`` needs nothing;
-4. **manifests**: each manifest's signature (and the party's registered key, if given), and
+   keys as that party uploaded records; deletions name payloads that were uploaded. In a
+   party's view a rule that needs a withheld value is left to the project's auditor;
+4. **retention**, one verdict per committed upload, run or not: deleted, due and not
+   deleted, held past its ``hold_days``, or not yet due (and when it will be);
+5. **manifests**: each manifest's signature (and the party's registered key, if given), and
    an ``upload_committed`` entry with the same project, party, payload digest, record count,
    CLK length, schema fingerprint, KCV (and manifest digest, when the LU logged one).
 """
