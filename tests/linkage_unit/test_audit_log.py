@@ -311,3 +311,19 @@ def test_project_export_verifies_and_hides_other_projects(tmp_path: Path) -> Non
     export = tmp_path / "export.jsonl"
     assert head_path_for(export).exists()
     assert verify_file(export) == (True, None, None)
+
+
+def test_a_read_streams_to_the_head_it_was_signed_for(tmp_path: Path) -> None:
+    """A read (FetchAuditLog) is streamed from disk, not loaded whole: entries appended while
+    it is read are left for the next read, and the lines end exactly at the head the read
+    came with, so the reader's copy verifies."""
+    with make_log(tmp_path) as log:
+        write_project(log)
+        export = log.export(None)
+        first = next(export.lines)
+        append(log, "checks_passed", project_id="moj-dfe-2026", details={"parties": "moj"})
+        lines = [first, *export.lines]
+        assert len(lines) == 12 and log.last_entry.sequence == 12
+    (tmp_path / "read.jsonl").write_bytes(b"".join(lines))
+    (tmp_path / "read.jsonl.head").write_bytes(export.head)
+    assert verify_file(tmp_path / "read.jsonl") == (True, None, None)
