@@ -12,7 +12,9 @@ earlier; never a CLK, an identifier or the linkage secret. It checks, in order:
    project tag its project's; a project's view (:class:`AuditView`) shows that project's
    entries, hides none of them as a stub, and withholds no more than the policy withholds
    from its reader;
-3. **project rules**, replayed entry by entry for each project: uploads only from members;
+3. **project rules**, replayed entry by entry for each project: the link model agrees with
+   the members it deduplicates (shown as a note); uploads only from members, each with the
+   project's layout digest (a grouped project's groups and hardening, none for one CLK);
    ``checks_passed`` names exactly the members, follows the project's last upload, and the
    uploads it covers really share the project's schema fingerprint, one KCV and one CLK
    length; every ``run_started`` follows a ``checks_passed`` with no later upload or failed
@@ -24,7 +26,8 @@ earlier; never a CLK, an identifier or the linkage secret. It checks, in order:
    deleted, held past its ``hold_days``, or not yet due (and when it will be);
 5. **manifests**: each manifest's signature (and the party's registered key, if given), and
    an ``upload_committed`` entry with the same project, party, payload digest, record count,
-   CLK length, schema fingerprint, KCV (and manifest digest, when the LU logged one).
+   CLK length, schema fingerprint, KCV, layout digest (and manifest digest, when the LU
+   logged one).
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from protocol.audit import (
 from protocol.errors import AuditError
 from protocol.manifest import SignedManifest, manifest_mismatches, verify_manifest
 from protocol.signing import public_key_fingerprint
-from protocol.vocabulary import DeletionReason, RetentionPolicy
+from protocol.vocabulary import DeletionReason, LinkModel, RetentionPolicy
 
 __all__ = [
     "PARTIAL_UPLOAD_REASONS",
@@ -184,6 +187,8 @@ class _Project:
     schema_fingerprint: str
     retention: str
     hold_days: int
+    # A grouped project's layout digest (every upload must have it); None: one CLK.
+    layout_sha256: str | None = None
     uploads: dict[str, _Upload] = field(default_factory=dict)
     committed: list[_Upload] = field(default_factory=list)
     upload_details: dict[str, Mapping[str, str | int]] = field(default_factory=dict)
@@ -238,12 +243,56 @@ class _Replay:
             self.fail(project_id, index, "project created twice")
             return
         details = entry.details
+        members = tuple(str(details["members"]).split(","))
+        layout = details.get("layout_sha256")
         self.projects[project_id] = _Project(
             created=index,
-            members=tuple(str(details["members"]).split(",")),
+            members=members,
             schema_fingerprint=str(details["schema_fingerprint"]),
             retention=str(details["retention"]),
             hold_days=int(details["hold_days"]),
+            layout_sha256=None if layout is None else str(layout),
+        )
+        self._link_model(index, entry, members)
+
+    def _link_model(self, index: int, entry: Revealed, members: tuple[str, ...]) -> None:
+        """Show the project's link model; it may deduplicate members only, and says so. A
+        log written before link models has none: one-to-one."""
+        project_id = str(entry.project_id)
+        details = entry.details
+        model = str(details.get("link_model", LinkModel.ONE_TO_ONE))
+        deduplicated = [p for p in str(details.get("deduplicated", "")).split(",") if p]
+        strangers = sorted(set(deduplicated) - set(members))
+        expected = (
+            LinkModel.ONE_TO_ONE
+            if not deduplicated
+            else LinkModel.DEDUPE_ONLY
+            if len(members) == 1
+            else LinkModel.DEDUPE_AND_LINK
+        )
+        if strangers:
+            self.fail(project_id, index, f"the link model deduplicates non-members {strangers}")
+        elif model != expected:
+            self.fail(
+                project_id,
+                index,
+                f"link model {model!r} disagrees with the deduplicated members "
+                f"({', '.join(deduplicated) or 'none'})",
+            )
+        elif len(members) < 2 and not deduplicated:
+            self.fail(project_id, index, "a one-party project that deduplicates nothing")
+        elif "max_cluster_size" in details and not deduplicated:
+            self.fail(project_id, index, "a cluster-size cap in a project that deduplicates none")
+        message = f"link model {model}"
+        if deduplicated:
+            clean = [party for party in members if party not in deduplicated]
+            message += f": {', '.join(deduplicated)} deduplicated"
+            if clean:
+                message += f", at most one record per person from {', '.join(clean)}"
+            if "max_cluster_size" in details:
+                message += f"; clusters capped at {details['max_cluster_size']} records"
+        self.notes.append(
+            Check(name="model", status=NOTE, message=message, project_id=project_id, entry=index)
         )
 
     def _on_access_refused(self, index: int, entry: Revealed, project: _Project) -> None:
@@ -297,6 +346,15 @@ class _Replay:
         project.upload_details[party] = entry.details
         if "manifest_sha256" not in entry.details and "manifest_sha256" not in entry.withheld:
             self.unmanifested.append((str(entry.project_id), index))
+        if "layout_sha256" not in entry.withheld:
+            layout = entry.details.get("layout_sha256")
+            if layout != project.layout_sha256:
+                self.fail(
+                    entry.project_id,
+                    index,
+                    f"upload from {party} does not have the project's layout (its field "
+                    "groups or their hardening differ); the LU must refuse such an upload",
+                )
         project.last_upload = index
         if payload is not None:
             self.uploads_by_key[(str(entry.project_id), party, str(payload))] = entry

@@ -83,7 +83,7 @@ class RunManager:
         self.retention = retention or Retention(storage, audit)
         self._monotonic = monotonic
         self._checkpoint = checkpoint
-        self._link = link_function or matching.link
+        self._link: LinkFunction = link_function or matching.link
         self._random_bytes = random_bytes
         self._progress_interval = progress_interval
         self._executor = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
@@ -302,8 +302,16 @@ class RunManager:
                 last_report = now
                 self._storage.set_progress(run_id, stage, done, total)
 
-        settings = matching.MatchSettings(threshold=project.threshold, blocking=project.blocking)
-        result = self._link(clks, settings, progress=progress)
+        settings = matching.MatchSettings(
+            threshold=project.threshold,
+            blocking=project.blocking,
+            deduplicated=frozenset(project.deduplicated),
+            max_cluster_size=project.max_cluster_size,
+        )
+        # A grouped project's layout (every upload was checked to have it) tells the engine
+        # which words are which field group; a single-CLK project passes none.
+        grouped = {} if project.layout is None else {"layout": project.layout}
+        result = self._link(clks, settings, progress=progress, **grouped)
         if self._stop.is_set():
             raise _Stopped
         self._storage.set_progress(run_id, "link keys", 0, 1)
@@ -351,18 +359,20 @@ class RunManager:
             )
         self._checkpoint(Step.RUN_FINISHED_LOGGED)
         self._storage.mark_finished(run_id)
+        project = self._project(project_id)
         logger.info(
-            "run finished run_id=%s project=%s clusters=%d linked_records=%d comparisons=%d "
-            "threshold=%s (%s)",
+            "run finished run_id=%s project=%s link_model=%s clusters=%d linked_records=%d "
+            "comparisons=%d threshold=%s (%s)",
             run_id,
             project_id,
+            project.link_model,
             outcome.cluster_count,
             outcome.linked_record_count,
             outcome.comparisons,
             "unset" if outcome.threshold is None else f"{outcome.threshold:.3f}",
             outcome.threshold_method,
         )
-        if self._project(project_id).retention_days == 0:  # retention delete-after-run
+        if project.retention_days == 0:  # retention delete-after-run
             try:
                 self.retention.retire_due()
             except Exception:  # the intent stays; the next retention check finishes it

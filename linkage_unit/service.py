@@ -89,6 +89,7 @@ def upload_committed(header: UploadHeader, manifest: SignedManifest | None) -> U
         schema_fingerprint=header.schema_fingerprint,
         kcv=header.kcv,
         manifest_sha256=manifest.manifest.sha256 if manifest is not None else None,
+        layout_sha256=header.layout.sha256 if header.layout is not None else None,
     )
 
 
@@ -217,10 +218,17 @@ class LinkageService:
                 schema_fingerprint=settings.schema_fingerprint,
                 retention=settings.retention_policy,
                 hold_days=settings.hold_days,
+                link_model=settings.link_model,
+                layout_sha256=settings.layout.sha256 if settings.layout is not None else None,
+                deduplicated=settings.deduplicated or None,
+                max_cluster_size=settings.max_cluster_size if settings.deduplicated else None,
             )
         )
         logger.info(
-            "project created project=%s members=%d", settings.project_id, len(settings.members)
+            "project created project=%s members=%d link_model=%s",
+            settings.project_id,
+            len(settings.members),
+            settings.link_model,
         )
         return settings.fingerprint
 

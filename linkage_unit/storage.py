@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import sqlite3
@@ -36,7 +37,7 @@ from typing import Any
 from linkage_unit.checkpoints import Checkpoint, Step, no_checkpoint
 from linkage_unit.link_keys import PartyLinkKeys
 from protocol.atomic_file import fsync_directory
-from protocol.clk_file import HEADER_LENGTH
+from protocol.clk_layout import ClkLayout
 from protocol.errors import (
     AlreadyExistsError,
     ConfigurationError,
@@ -47,6 +48,7 @@ from protocol.errors import (
     ResourceLimitError,
 )
 from protocol.messages import (
+    DEFAULT_MAX_CLUSTER_SIZE,
     UNRUN_HOLD_DAYS,
     LinkKeyMode,
     ProjectSettings,
@@ -72,6 +74,14 @@ __all__ = [
 _OUT_OF_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 SPACE_MARGIN_BYTES = 16 << 20
 """Free space kept beyond a payload's remaining bytes (database, audit log, WAL)."""
+
+
+def _layout_text(layout: ClkLayout | None) -> str | None:
+    return None if layout is None else layout.canonical_json()
+
+
+def _layout_of(text: object) -> ClkLayout | None:
+    return None if text is None else ClkLayout.from_record(json.loads(str(text)))
 
 
 def out_of_space(error: BaseException) -> bool:
@@ -103,7 +113,8 @@ CREATE TABLE IF NOT EXISTS projects (
     link_key_mode TEXT NOT NULL,
     retention_days INTEGER NOT NULL,
     auto_run INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    layout TEXT
 );
 CREATE TABLE IF NOT EXISTS members (
     project_id TEXT NOT NULL REFERENCES projects(project_id),
@@ -123,6 +134,7 @@ CREATE TABLE IF NOT EXISTS uploads (
     payload_sha256 BLOB NOT NULL,
     committed_bytes INTEGER NOT NULL,
     completed_at REAL,
+    layout TEXT,
     PRIMARY KEY (project_id, party)
 );
 CREATE TABLE IF NOT EXISTS runs (
@@ -202,6 +214,41 @@ def _migrate_crash_consistency(db: sqlite3.Connection, now: float) -> None:
     )
 
 
+def _migrate_layouts(db: sqlite3.Connection, now: float) -> None:
+    # A grouped encoding's layout (ClkLayout.canonical_json; NULL for one record-level CLK):
+    # what a project's uploads must have, and what each upload has. Released before this
+    # migration existed (without user_version), so a state file may have them already.
+    for table in ("projects", "uploads"):
+        if "layout" not in _columns(db, table):
+            db.execute(f"ALTER TABLE {table} ADD COLUMN layout TEXT")
+
+
+def _migrate_link_models(db: sqlite3.Connection, now: float) -> None:
+    # Which members are deduplicated and the project's cluster-size cap. A release without
+    # this migration kept them only in the fingerprinted settings JSON: read them back from
+    # there once, so such a project keeps its link model.
+    db.execute("ALTER TABLE members ADD COLUMN deduplicated INTEGER NOT NULL DEFAULT 0")
+    db.execute(
+        "ALTER TABLE projects ADD COLUMN max_cluster_size INTEGER NOT NULL "
+        f"DEFAULT {DEFAULT_MAX_CLUSTER_SIZE}"
+    )
+    rows = db.execute("SELECT project_id, settings_json FROM projects").fetchall()
+    for project_id, settings_json in rows:
+        recorded = json.loads(settings_json)
+        deduplicated = recorded.get("deduplicated") if isinstance(recorded, dict) else None
+        if not deduplicated:
+            continue
+        for party in deduplicated:
+            db.execute(
+                "UPDATE members SET deduplicated = 1 WHERE project_id = ? AND party = ?",
+                (project_id, str(party)),
+            )
+        db.execute(
+            "UPDATE projects SET max_cluster_size = ? WHERE project_id = ?",
+            (int(recorded["max_cluster_size"]), project_id),
+        )
+
+
 def _migrate_first(db: sqlite3.Connection, now: float) -> None:
     # Statement by statement: executescript would commit the migration's transaction.
     for statement in _FIRST_SCHEMA.split(";"):
@@ -214,6 +261,8 @@ _MIGRATIONS: tuple[_Migration, ...] = (
     _migrate_first,
     _migrate_threshold,
     _migrate_crash_consistency,
+    _migrate_layouts,
+    _migrate_link_models,
 )
 """Migration n (1-based) takes a database at ``user_version`` n - 1 to n. Add new ones at
 the end; never edit a released one."""
@@ -400,7 +449,10 @@ class Storage:
             raise AlreadyExistsError("a project with this id exists; choose another id")
         statements: list[tuple[str, tuple[object, ...]]] = [
             (
-                "INSERT INTO projects VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO projects (project_id, settings_json, settings_fingerprint, "
+                "schema_fingerprint, threshold, blocking, link_key_mode, retention_days, "
+                "auto_run, created_at, layout, max_cluster_size) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     settings.project_id,
                     settings.canonical_json(),
@@ -412,11 +464,17 @@ class Storage:
                     settings.retention_days,
                     int(settings.auto_run),
                     self._clock(),
+                    _layout_text(settings.layout),
+                    settings.max_cluster_size,
                 ),
             )
         ]
         statements += [
-            ("INSERT INTO members VALUES (?, ?, ?)", (settings.project_id, party, ordinal))
+            (
+                "INSERT INTO members (project_id, party, ordinal, deduplicated) "
+                "VALUES (?, ?, ?, ?)",
+                (settings.project_id, party, ordinal, int(party in settings.deduplicated)),
+            )
             for ordinal, party in enumerate(settings.members)
         ]
         self._write(statements)
@@ -424,15 +482,16 @@ class Storage:
     def project(self, project_id: str) -> ProjectSettings | None:
         row = self._one(
             "SELECT schema_fingerprint, threshold, blocking, link_key_mode, retention_days, "
-            "auto_run FROM projects WHERE project_id = ?",
+            "auto_run, layout, max_cluster_size FROM projects WHERE project_id = ?",
             (project_id,),
         )
         if row is None:
             return None
         members = self._all(
-            "SELECT party FROM members WHERE project_id = ? ORDER BY ordinal", (project_id,)
+            "SELECT party, deduplicated FROM members WHERE project_id = ? ORDER BY ordinal",
+            (project_id,),
         )
-        fingerprint, threshold, blocking, mode, retention, auto_run = row
+        fingerprint, threshold, blocking, mode, retention, auto_run, layout, cluster_cap = row
         return ProjectSettings(
             project_id=project_id,
             members=tuple(str(member[0]) for member in members),
@@ -442,6 +501,9 @@ class Storage:
             link_key_mode=LinkKeyMode(str(mode)),
             retention_days=int(retention),
             auto_run=bool(auto_run),
+            layout=_layout_of(layout),
+            deduplicated=tuple(str(member[0]) for member in members if member[1]),
+            max_cluster_size=int(cluster_cap),
         )
 
     # -- uploads ----------------------------------------------------------------------
@@ -456,12 +518,13 @@ class Storage:
     def upload(self, project_id: str, party: str) -> UploadRecord | None:
         row = self._one(
             "SELECT state, format_version, schema_fingerprint, kcv, clk_bits, record_count, "
-            "payload_sha256, committed_bytes FROM uploads WHERE project_id = ? AND party = ?",
+            "payload_sha256, committed_bytes, layout FROM uploads "
+            "WHERE project_id = ? AND party = ?",
             (project_id, party),
         )
         if row is None:
             return None
-        state, version, fingerprint, kcv, bits, count, digest, committed = row
+        state, version, fingerprint, kcv, bits, count, digest, committed, layout = row
         header = UploadHeader(
             project_id=project_id,
             party_id=party,
@@ -471,6 +534,7 @@ class Storage:
             clk_bits=int(bits),
             record_count=int(count),
             payload_sha256=bytes(digest),
+            layout=_layout_of(layout),
         )
         return UploadRecord(
             header=header,
@@ -498,8 +562,8 @@ class Storage:
                 (
                     "INSERT OR REPLACE INTO uploads (project_id, party, state, format_version, "
                     "schema_fingerprint, kcv, clk_bits, record_count, payload_sha256, "
-                    "committed_bytes, completed_at, started_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?)",
+                    "committed_bytes, completed_at, started_at, layout) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?)",
                     (
                         header.project_id,
                         header.party_id,
@@ -511,6 +575,7 @@ class Storage:
                         header.record_count,
                         header.payload_sha256,
                         self._clock(),
+                        _layout_text(header.layout),
                     ),
                 )
             ]
@@ -519,11 +584,15 @@ class Storage:
     def append(self, project_id: str, party: str, *, committed: int, data: bytes) -> int:
         """Durably append ``data`` at payload offset ``committed``; return the new offset."""
         path = self._partial_path(project_id, party)
+        record = self.upload(project_id, party)
+        if record is None or record.state is not UploadState.PARTIAL:
+            raise PreconditionError("there is no partial upload to append to; resend it")
+        start = record.header.clk_file_header.header_length  # 200 for format 1
         # Unbuffered, so a failed write leaves no buffer behind to fail again on close.
         with path.open("r+b", buffering=0) as handle:
             # Drop any tail written before a crash but never committed.
-            handle.truncate(HEADER_LENGTH + committed)
-            handle.seek(HEADER_LENGTH + committed)
+            handle.truncate(start + committed)
+            handle.seek(start + committed)
             try:
                 view = memoryview(data)
                 while view:
@@ -532,7 +601,7 @@ class Storage:
             except OSError as error:
                 if not out_of_space(error):
                     raise
-                handle.truncate(HEADER_LENGTH + committed)  # give back what was written
+                handle.truncate(start + committed)  # give back what was written
                 raise _space_error() from None
         new_offset = committed + len(data)
         self._write(
@@ -574,9 +643,10 @@ class Storage:
             raise PreconditionError("there is no partial upload to complete; resend it")
         path = self._partial_path(project_id, party)
         digest = hashlib.sha256()
+        start = record.header.clk_file_header.header_length  # 200 for format 1
         with path.open("r+b") as handle:
-            handle.truncate(HEADER_LENGTH + record.committed_bytes)  # an uncommitted tail
-            handle.seek(HEADER_LENGTH)
+            handle.truncate(start + record.committed_bytes)  # an uncommitted tail
+            handle.seek(start)
             while block := handle.read(1 << 20):
                 digest.update(block)
         if digest.digest() != record.header.payload_sha256:

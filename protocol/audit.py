@@ -201,7 +201,17 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "hold_days": _count,
                 # The key of this project's tags: its readers can tell its stubs from others'.
                 "view_key": _VIEW_KEY,
-            }
+            },
+            # A grouped project's expected layout and hardening (ClkLayout.sha256); the link
+            # model (protocol.vocabulary.LinkModel), the members it deduplicates and its
+            # cluster-size cap (a log written before link models is one-to-one). Project
+            # settings every member agreed to: every member may read them.
+            optional={
+                "layout_sha256": _SHA256,
+                "link_model": _token,
+                "deduplicated": _label_list,
+                "max_cluster_size": _count,
+            },
         ),
         "party_authenticated": _EventRule(
             required={"party": _label, "role": _token, "certificate_fingerprint": _SHA256},
@@ -217,7 +227,8 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "schema_fingerprint": _SHA256,
                 "kcv": _KCV,
             },
-            optional={"manifest_sha256": _SHA256},
+            # layout_sha256: a grouped upload's layout and hardening (ClkLayout.sha256).
+            optional={"manifest_sha256": _SHA256, "layout_sha256": _SHA256},
             private=frozenset(
                 {
                     "record_count",
@@ -226,6 +237,7 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                     "schema_fingerprint",
                     "kcv",
                     "manifest_sha256",
+                    "layout_sha256",
                 }
             ),
         ),

@@ -17,7 +17,13 @@ from types import MappingProxyType
 from typing import ClassVar
 
 from protocol.audit import check_event
-from protocol.vocabulary import CheckAspect, DeletionReason, RetentionPolicy, UploadRefusal
+from protocol.vocabulary import (
+    CheckAspect,
+    DeletionReason,
+    LinkModel,
+    RetentionPolicy,
+    UploadRefusal,
+)
 
 __all__ = [
     "AccessRefused",
@@ -101,6 +107,12 @@ class ProjectCreated(AuditEvent):
     schema_fingerprint: bytes
     retention: RetentionPolicy
     hold_days: int
+    link_model: LinkModel = LinkModel.ONE_TO_ONE
+    # A grouped project's expected layout and hardening (ClkLayout.sha256); None: one CLK.
+    layout_sha256: str | None = None
+    # Only in a project that deduplicates: who, and the cluster-size cap.
+    deduplicated: tuple[str, ...] | None = None
+    max_cluster_size: int | None = None
     # Filled in by the log itself (linkage_unit/audit_log.py), which owns the view keys.
     view_key: bytes | None = None
 
@@ -127,6 +139,8 @@ class UploadCommitted(AuditEvent):
     schema_fingerprint: bytes
     kcv: bytes
     manifest_sha256: str | None = None
+    # A grouped upload's layout and hardening (ClkLayout.sha256); None: one CLK.
+    layout_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["CheckAspect", "DeletionReason", "RetentionPolicy", "UploadRefusal"]
+__all__ = ["CheckAspect", "DeletionReason", "LinkModel", "RetentionPolicy", "UploadRefusal"]
 
 
 class RetentionPolicy(StrEnum):
@@ -21,10 +21,27 @@ class RetentionPolicy(StrEnum):
     DELETE_AFTER_RELEASE = "delete-after-release"
 
 
+class LinkModel(StrEnum):
+    """What a project's run makes of the records (fixed when the project is created).
+
+    ``one-to-one``: no party holds two records of one person; each cluster has at most one
+    record per party. ``dedupe-and-link``: some parties (``deduplicated``) may hold several
+    records of one person; a cluster holds all of them and at most one record of each other
+    party. ``dedupe-only``: one party, deduplicated.
+    """
+
+    ONE_TO_ONE = "one-to-one"
+    DEDUPE_AND_LINK = "dedupe-and-link"
+    DEDUPE_ONLY = "dedupe-only"
+
+
 class CheckAspect(StrEnum):
     """What a check before any comparison found differing or implausible."""
 
     SCHEMA_FINGERPRINT = "schema_fingerprint"
+    # A grouped encoding's groups (names, order, lengths), then each group's hardening.
+    LAYOUT = "layout"
+    HARDENING = "hardening"
     KCV = "kcv"
     CLK_BITS = "clk_bits"
     RECORD_COUNT = "record_count"
@@ -45,6 +62,8 @@ class UploadRefusal(StrEnum):
     MANIFEST_NONCE = "manifest_nonce"
     # A header that can never be compared (the check aspects of the same names).
     SCHEMA_FINGERPRINT = "schema_fingerprint"
+    LAYOUT = "layout"
+    HARDENING = "hardening"
     KCV = "kcv"
     CLK_BITS = "clk_bits"
 

@@ -76,7 +76,8 @@ def test_the_checks_see_files() -> None:
     )
 
 
-# Files the encoding work (issue "encoding v2") is rewriting; their asserts go with it.
+# Encoding-side files whose asserts (struct sizes at import, type narrowing) predate this
+# test; encoding v2 kept them. Left to their owner, and no other file may join them.
 _ASSERTS_LEFT_TO_THE_ENCODING_WORK = {
     "protocol/clk_file.py",
     "protocol/encoding.py",

@@ -333,3 +333,20 @@ def test_encode_configuration_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
         err = capsys.readouterr().err
         assert code in (ExitCode.CONFIGURATION, ExitCode.INPUT), extra
         assert err.count("\n") == 1 and err.startswith(f"error: {error_name}: "), err
+
+
+def test_schema_check_describes_groups_and_their_hardening(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from protocol.schema import default_schema, load_schema
+
+    root = Path(__file__).resolve().parent.parent
+    assert cli.main(["schema", "check"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert out.startswith(default_schema().fingerprint.hex()) and "1024-bit CLKs" in out
+    grouped = root / "benchmarks/schemas/grouped_diffusion_w3.toml"
+    assert cli.main(["schema", "check", "--schema", str(grouped)]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert out.startswith(load_schema(grouped).fingerprint.hex())
+    assert "1280-bit encodings of 3 groups" in out
+    assert "birth 512 bits, hardening diffusion:width=3,output_bits=512" in out

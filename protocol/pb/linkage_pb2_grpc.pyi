@@ -5,9 +5,11 @@ The bloomlink wire protocol between parties, the operator, auditors and the link
 
 Version 1. A breaking change is a new package (bloomlink.v2), never an edit here.
 Upload messages carry only labels (project id, party id: ^[a-z][a-z0-9-]{0,62}$), the
-encoded file's header fields, the party's signed manifest (the same fields plus a version
-string and a timestamp, both pattern-checked), CLK bytes and chunk bookkeeping: there is no
-free-text field in which a personal identifier could travel. `bloomlink audit verify`
+encoded file's header fields (with the layout of a grouped encoding: group labels, bit
+counts and hardening descriptors from a fixed grammar), the party's signed manifest (the
+same fields plus a version string and a timestamp, both pattern-checked, and counts per
+schema field named by pattern-checked field names), CLK bytes and chunk bookkeeping: there
+is no free-text field in which a personal identifier could travel. `bloomlink audit verify`
 checks this from the descriptor against an allow-list (protocol/serde.py).
 """
 

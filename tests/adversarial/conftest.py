@@ -160,8 +160,9 @@ def encode_rows(
     and return ({record id: CLK as bytes}, summary)."""
     import csv
 
-    from party.encoder_run import encode_extract
+    from party.encoder_run import BadRowLimit, encode_extract
     from party.mapping import shipped_mapping
+    from party.positions_file import read_positions
     from protocol.clk_file import read_clks
     from protocol.schema import default_schema
     from protocol.secret import LinkageSecret
@@ -181,11 +182,13 @@ def encode_rows(
         encoded_path=directory / f"{layout}.clk",
         positions_path=directory / f"{layout}.positions.csv",
         bad_rows=bad_rows,
+        # These cases feed hostile values on purpose: no share of bad rows stops them.
+        max_bad_rows=BadRowLimit(percent=100),
         workers=1,
     )
     _, clks = read_clks(directory / f"{layout}.clk")
-    by_id = {}
-    with (directory / f"{layout}.positions.csv").open(encoding="utf-8", newline="") as handle:
-        for record in csv.DictReader(handle):
-            by_id[record["record_id"]] = clks[int(record["position"])].tobytes()
+    by_id = {
+        record_id: clks[position].tobytes()
+        for _, record_id, position in read_positions(directory / f"{layout}.positions.csv")
+    }
     return by_id, summary

@@ -152,10 +152,14 @@ def test_submit_refuses_a_file_its_leak_scan_flags(tmp_path: Path, capsys) -> No
     extract = tmp_path / "synth" / "moj.csv"
     surname = extract.read_text().splitlines()[1].split(",")
     # An "encoded" file that carries a raw value of the extract in its CLK bytes.
-    clks = np.zeros((40, 4), dtype=np.uint64)
-    raw = max(surname, key=len).encode().ljust(32, b" ")[:32] * 40
-    clks = np.frombuffer(raw, dtype="<u8").reshape(40, 4).copy()
-    path = write_clk_file(tmp_path / "moj.clk", clks, project_id="p1")
+    # As wide as the shipped schema's CLKs, so the known-key check can compare them too.
+    raw = max(surname, key=len).encode().ljust(128, b" ")[:128] * 40
+    clks = np.frombuffer(raw, dtype="<u8").reshape(40, 16).copy()
+    path = write_clk_file(tmp_path / "moj.clk", clks, project_id="p1", clk_bits=1024)
+    # The rescan's known-key check finds records through the private positions file.
+    (tmp_path / "moj.clk.positions.csv").write_text(
+        "record_id,position\n" + "".join(f"r{i},{i}\n" for i in range(40)), encoding="utf-8"
+    )
     main(["keygen", "--signing", "--out", str(tmp_path / "sign.pem")])
     capsys.readouterr()
     code = main(

@@ -1,14 +1,17 @@
-"""Storage: an old state file upgrades in place, one process holds a data directory, and a
-state file from a newer release is refused rather than misread."""
+"""Storage: an old state file upgrades in place (the release before user_version was kept,
+and the release that added layouts and link models without it), one process holds a data
+directory, and a state file from a newer release is refused rather than misread."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from linkage_unit.storage import SCHEMA_VERSION, Storage
+from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import ConfigurationError, InUseError
 from protocol.messages import RunState, UploadState
 
@@ -61,15 +64,64 @@ def test_the_previous_releases_state_upgrades_in_place(tmp_path: Path) -> None:
     for _ in range(2):
         store = Storage(directory, clock=lambda: 100.0)
         try:
-            assert store.project("p1").members == ("moj", "dfe")
+            project = store.project("p1")
+            assert project is not None and project.members == ("moj", "dfe")
+            # Before layouts and link models: a single-CLK, one-to-one project.
+            assert project.layout is None and project.deduplicated == ()
             upload = store.upload("p1", "moj")
             assert upload is not None and upload.state is UploadState.COMPLETE
+            assert upload.header.layout is None
             run = store.latest_run("p1")
             assert run is not None and run.state is RunState.FINISHED and not run.keys_ready
             assert store.key_set("p1", "moj").keys_sha256 == "abc"
             assert store.retirements() == []
             # The hold runs from when the upload completed, as before the upgrade.
             assert [r.header.party_id for r in store.expired_uploads(5.0 + 31 * 86400)] == ["moj"]
+        finally:
+            store.close()
+    with sqlite3.connect(directory / "state.sqlite3") as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+_LAYOUT = ClkLayout(
+    groups=(
+        GroupLayout(name="name", bits=128, hardening="diffusion:width=3,output_bits=128"),
+        GroupLayout(name="birth", bits=128, hardening="none"),
+    )
+)
+# The release with grouped layouts and link models, still without user_version: layout
+# columns, and a project's deduplicated members only in its fingerprinted settings JSON.
+_LAYOUT_RELEASE = (
+    _PREVIOUS_RELEASE.replace(
+        "created_at REAL NOT NULL);", "created_at REAL NOT NULL, layout TEXT);"
+    )
+    .replace("completed_at REAL, PRIMARY KEY", "completed_at REAL, layout TEXT, PRIMARY KEY")
+    .replace("0, 1, 1.0);", "0, 1, 1.0, NULL);")
+    .replace("96, 5.0);", "96, 5.0, NULL);")
+)
+
+
+def test_the_release_with_layouts_and_link_models_upgrades_in_place(tmp_path: Path) -> None:
+    """Its layouts stay, and a deduplicating project keeps its link model: the deduplicated
+    members and cluster cap it recorded only in its settings JSON become columns."""
+    settings = {"deduplicated": ["dfe"], "max_cluster_size": 50, "layout": _LAYOUT.to_record()}
+    directory = tmp_path / "lu"
+    directory.mkdir()
+    with sqlite3.connect(directory / "state.sqlite3") as old:
+        old.executescript(_LAYOUT_RELEASE)
+        old.execute(
+            "INSERT INTO projects VALUES ('p2', ?, 'f', zeroblob(32), NULL, 'lsh', 'shared', 0, "
+            "1, 1.0, ?)",
+            (json.dumps(settings), _LAYOUT.canonical_json()),
+        )
+        old.execute("INSERT INTO members VALUES ('p2', 'moj', 0), ('p2', 'dfe', 1)")
+    for _ in range(2):
+        store = Storage(directory, clock=lambda: 100.0)
+        try:
+            plain, grouped = store.project("p1"), store.project("p2")
+            assert plain is not None and plain.deduplicated == () and plain.layout is None
+            assert grouped is not None and grouped.layout == _LAYOUT
+            assert (grouped.deduplicated, grouped.max_cluster_size) == (("dfe",), 50)
         finally:
             store.close()
     with sqlite3.connect(directory / "state.sqlite3") as db:
