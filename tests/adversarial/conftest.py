@@ -155,9 +155,11 @@ def encode_rows(
     project_id: str = "p1",
     secret: bytes = TEST_SECRET,
     bad_rows: str = "fail",
+    schema=None,
 ):
     """Write ``rows`` as a ``layout`` (moj/dfe) CSV extract, run the real ``encode_extract``
-    and return ({record id: CLK as bytes}, summary)."""
+    (under ``schema``, default the shipped one) and return ({record id: CLK as bytes},
+    summary)."""
     import csv
 
     from party.encoder_run import BadRowLimit, encode_extract
@@ -176,7 +178,7 @@ def encode_rows(
     summary = encode_extract(
         extract_path=extract,
         mapping=shipped_mapping(layout),
-        schema=default_schema(),
+        schema=schema or default_schema(),
         secret=LinkageSecret(secret),
         project_id=project_id,
         encoded_path=directory / f"{layout}.clk",

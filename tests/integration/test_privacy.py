@@ -6,7 +6,9 @@ view, its keys, the errors it provokes) differs with whether the person is in Mo
 DfE learns that MoJ holds that person. Two real linkage units on loopback get the same probe
 and two MoJ extracts that differ only in that person; DfE's complete view must be byte-
 identical once ids, digests and timestamps are masked. The operator's view, which keeps the
-figures, shows that the two runs really differ.
+figures, shows that the two runs really differ. The same holds for a grouped (schema v2)
+project in which MoJ's extract is deduplicated: neither the layout nor the link model opens
+a channel (no cluster size or count reaches DfE).
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import pytest
 from auditor.verify import AuditView, verify_audit_log
 from protocol.errors import NotFoundError, ServiceError
 from protocol.messages import ProjectSettings, RunState
-from protocol.schema import default_schema
+from protocol.schema import LinkageSchema, default_schema, load_schema
 from protocol.signing import load_public_key
 from tests.adversarial.conftest import encode_rows
 
 pytestmark = pytest.mark.integration
+
+GROUPED = Path(__file__).resolve().parents[2] / "benchmarks/schemas/grouped_salted.toml"
 
 PROBE = ("d-probe", "Quillonwyth", "Zabrowskaya", "1983-03-17", "F", "SW1A 1AA")
 # Disjoint pools, so the made-up people of the two parties never link by chance.
@@ -105,7 +109,16 @@ def _error(call) -> str:
     return "no error"
 
 
-def _scenario(start_server, connect, root: Path, dfe_file: Path, moj_file: Path):
+def _scenario(
+    start_server,
+    connect,
+    root: Path,
+    dfe_file: Path,
+    moj_file: Path,
+    *,
+    schema: LinkageSchema,
+    deduplicated: tuple[str, ...],
+):
     """One linkage unit; DfE's whole view of it and the operator's status."""
     server = start_server(data_dir=root / "lu")
     operator = connect(server, "operator")
@@ -114,7 +127,9 @@ def _scenario(start_server, connect, root: Path, dfe_file: Path, moj_file: Path)
             ProjectSettings(
                 project_id=project,
                 members=members,
-                schema_fingerprint=default_schema().fingerprint,
+                schema_fingerprint=schema.fingerprint,
+                layout=schema.layout if schema.grouped else None,
+                deduplicated=deduplicated,
                 threshold=0.85,
                 retention_days=1,
             )
@@ -162,27 +177,37 @@ def _scenario(start_server, connect, root: Path, dfe_file: Path, moj_file: Path)
     return view, final
 
 
+@pytest.mark.parametrize(
+    ("schema_path", "deduplicated"),
+    [(None, ()), (GROUPED, ("moj",))],
+    ids=["single-clk-one-to-one", "grouped-v2-moj-deduplicated"],
+)
 def test_a_party_cannot_tell_whether_its_probe_person_is_in_the_other_partys_data(
-    start_server, connect, tmp_path: Path
+    start_server, connect, tmp_path: Path, schema_path: Path | None, deduplicated: tuple[str, ...]
 ) -> None:
+    schema = default_schema() if schema_path is None else load_schema(schema_path)
     probe_rows = [PROBE, *_made_up("d", 30)]
     dfe_dir = tmp_path / "dfe"
-    encode_rows(dfe_dir, "dfe", probe_rows)
+    encode_rows(dfe_dir, "dfe", probe_rows, schema=schema)
     moj_rows = [_as_moj(row) for row in _made_up("m", 120)]
     person = _as_moj(("m-person", *PROBE[1:]))
-    encode_rows(tmp_path / "with", "moj", [*moj_rows[:60], person, *moj_rows[60:]])
-    encode_rows(tmp_path / "without", "moj", moj_rows)
+    with_person = [*moj_rows[:60], person, *moj_rows[60:]]
+    if deduplicated:  # MoJ holds the person twice: one cluster of three records
+        with_person.insert(90, _as_moj(("m-person-again", *PROBE[1:])))
+    encode_rows(tmp_path / "with", "moj", with_person, schema=schema)
+    encode_rows(tmp_path / "without", "moj", moj_rows, schema=schema)
 
     views, finals = [], []
     for name in ("with", "without"):
         view, final = _scenario(
             start_server, connect, tmp_path / f"lu-{name}", dfe_dir / "dfe.clk",
-            tmp_path / name / "moj.clk",
+            tmp_path / name / "moj.clk", schema=schema, deduplicated=deduplicated,
         )  # fmt: skip
         views.append(_mask(view))
         finals.append(final)
     # The probe really is found in one world and not the other: the operator sees it.
-    assert (finals[0].linked_record_count, finals[1].linked_record_count) == (2, 0)
+    found = 3 if deduplicated else 2
+    assert (finals[0].linked_record_count, finals[1].linked_record_count) == (found, 0)
     assert json.dumps(views[0], sort_keys=True, default=str) == json.dumps(
         views[1], sort_keys=True, default=str
     )
