@@ -248,6 +248,32 @@ def test_checks_passed_despite_different_keys_fails(tmp_path: Path) -> None:
     assert failures(report) == [("rules", 3)] and "kcv" in report.failures[0].message
 
 
+def test_an_upload_without_its_projects_layout_fails(tmp_path: Path) -> None:
+    """A grouped project's uploads carry its layout digest; a single-CLK project's none."""
+    layout, other = (hashlib.sha256(name).hexdigest() for name in (b"layout", b"other"))
+    with make_log(tmp_path) as log:
+        start_project(log)  # entry 0: single CLK, no layout
+        grouped = {"settings_fingerprint": SCHEMA, "members": "moj,dfe",
+                   "schema_fingerprint": SCHEMA, "retention": "delete-after-release",
+                   "hold_days": 30, "layout_sha256": layout}  # fmt: skip
+        append(log, "project_created", project_id="grouped", details=grouped)
+        for project, party, digest in [
+            (PROJECT, "moj", None),  # 2: passes
+            (PROJECT, "dfe", layout),  # 3: a grouped upload in a single-CLK project
+            ("grouped", "moj", layout),  # 4: passes
+            ("grouped", "dfe", other),  # 5: another layout or hardening
+            ("grouped", "hmrc", None),  # 6: not a member, and a single CLK: one failure each
+        ]:
+            details = details_upload(party, 10)
+            if digest is not None:
+                details["layout_sha256"] = digest
+            append(log, "upload_committed", project_id=project, details=details)
+        export_public_key(tmp_path, log)
+    report = verify(tmp_path)
+    assert failures(report) == [("rules", 3), ("rules", 5), ("rules", 6), ("rules", 6)]
+    assert "does not have the project's layout" in report.failures[0].message
+
+
 def test_keys_to_a_non_member_twice_and_short_all_fail(tmp_path: Path) -> None:
     steps = [
         *UPLOADS,
