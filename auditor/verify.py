@@ -931,8 +931,9 @@ def verify_audit_log(
                 Check(
                     name="rules",
                     status=PASS,
-                    message="uploads from members; runs only after checks covering every upload; "
-                    "keys only to run parties, once each, one per record; deletions as logged",
+                    message="uploads from members, each with the project's layout; runs only "
+                    "after checks covering every upload; keys only to run parties, once each, "
+                    "one per record; deletions as logged",
                     project_id=project_id,
                 )
             )
