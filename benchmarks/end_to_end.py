@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bloomlink.synth import SynthConfig, generate, write  # noqa: E402
 from bloomlink.synth.scoring import link_quality  # noqa: E402
 from linkage_unit.blocking import BlockingIndex, BlockingSettings  # noqa: E402
+from linkage_unit.pki import init_certificates  # noqa: E402
 from linkage_unit.similarity import candidate_pairs  # noqa: E402
 from party.client import LinkageClient  # noqa: E402
 from party.link_key_file import join_link_keys  # noqa: E402
 from party.manifest import check_manifest_for_file, manifest_path_for  # noqa: E402
-from protocol.certificates import init_certificates  # noqa: E402
 from protocol.clk_file import read_clks  # noqa: E402
 from protocol.messages import ProjectSettings  # noqa: E402
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from protocol.errors import MatchingError
+from protocol.errors import InvariantError, MatchingError
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -122,7 +122,8 @@ def choose_threshold(best_scores: npt.ArrayLike, *, min_depth: float = 1.0) -> T
         depth = min(curve[low], curve[high]) - floor
         if best_pair is None or depth > best_pair[0]:
             best_pair = (depth, low, high)
-    assert best_pair is not None
+    if best_pair is None:  # two peaks or more were found above, so a pair was too
+        raise InvariantError("the valley search found no pair of peaks")
     depth, low, high = best_pair
     if depth < min_depth:
         return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method="default")

@@ -12,7 +12,6 @@ certificate, or --ca did not sign it) is a ConfigurationError naming the flag to
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -22,11 +21,9 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
-from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protocol import serde
-from protocol.certificates import TlsFiles
 from protocol.clk_file import read_header
 from protocol.errors import (
     AlreadyExistsError,
@@ -42,9 +39,10 @@ from protocol.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from protocol.identity import Identity
+from protocol.identity import Identity, identity_from_certificate
 from protocol.manifest import SignedManifest
 from protocol.messages import (
+    LinkKeysDigest,
     ProjectSettings,
     ProjectStatus,
     RunState,
@@ -57,6 +55,7 @@ from protocol.messages import (
 from protocol.pb import linkage_pb2 as pb
 from protocol.pb import linkage_pb2_grpc as pb_grpc
 from protocol.serde import ASPECT_METADATA_KEY, ERROR_METADATA_KEY, PARTY_METADATA_KEY
+from protocol.tls import TlsFiles
 
 __all__ = [
     "ERROR_FOR_STATUS",
@@ -120,18 +119,12 @@ def retry_service_config(retries: int, backoff: float) -> str:
 
 
 def certificate_identity(certificate_pem: bytes) -> Identity | None:
-    """The bloomlink identity in a certificate's URI SAN, or None if it holds none."""
+    """The identity the linkage unit will read from this client certificate (one exact
+    bloomlink URI SAN, protocol/identity.py), or None if it would refuse the certificate."""
     try:
-        certificate = x509.load_pem_x509_certificate(certificate_pem)
-        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except (ValueError, x509.ExtensionNotFound):
+        return identity_from_certificate(certificate_pem)
+    except UnauthenticatedError:
         return None
-    for uri in names.value.get_values_for_type(x509.UniformResourceIdentifier):
-        try:
-            return Identity.from_uri(uri)
-        except ConfigurationError:
-            continue
-    return None
 
 
 def error_from_rpc(
@@ -432,10 +425,13 @@ class LinkageClient:
         return bytes(response.public_key_pem)
 
     def project_settings(self, project_id: str) -> ProjectSettings:
-        response: pb.CreateProjectRequest = self._unary(
+        response: pb.GetProjectSettingsResponse = self._unary(
             self._stub.GetProjectSettings, pb.GetProjectSettingsRequest(project_id=project_id)
         )
-        return serde.project_settings_from_proto(response)
+        settings = serde.project_settings_from_proto(response.settings)
+        if settings.fingerprint != response.settings_fingerprint:
+            raise UnavailableError("the project settings were garbled in transit; retry")
+        return settings
 
     def fetch_audit_log(self, project_id: str | None = None) -> tuple[bytes, bytes]:
         """The audit log (whole, or one project's view) as JSON-lines bytes, and its signed
@@ -463,7 +459,7 @@ class LinkageClient:
         def attempt() -> FetchedLinkKeys:
             positions: list[int] = []
             keys: list[str] = []
-            digest, total, claimed = hashlib.sha256(), -1, ""
+            digest, total, claimed = LinkKeysDigest(), -1, ""
             for message in self._stub.FetchLinkKeys(
                 pb.FetchLinkKeysRequest(project_id=project_id, party_id=party_id),
                 timeout=self.upload_timeout,
@@ -472,8 +468,7 @@ class LinkageClient:
                 batch = serde.link_key_batch_from_proto(message)
                 positions.extend(batch.positions)
                 keys.extend(batch.link_keys)
-                for position, key in zip(batch.positions, batch.link_keys, strict=True):
-                    digest.update(f"{position},{key}\n".encode("ascii"))
+                digest.update(batch.positions, batch.link_keys)
                 total, claimed = batch.total_count, batch.keys_sha256 or claimed
                 if progress:
                     progress(len(keys), total)

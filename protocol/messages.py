@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from protocol.audit import RETENTION_DELETE_AFTER_RELEASE, RETENTION_DELETE_AFTER_RUN
 from protocol.clk_file import FORMAT_VERSION, GROUPED_FORMAT_VERSION, ClkFileHeader
 from protocol.clk_layout import ClkLayout
 from protocol.errors import ConfigurationError
 from protocol.labels import check_label
+from protocol.vocabulary import LinkModel, RetentionPolicy
 
 __all__ = [
     "DEFAULT_MAX_CLUSTER_SIZE",
     "LinkKeyBatch",
+    "LinkKeysDigest",
     "LinkKeyMode",
     "LinkModel",
     "PartyStatus",
@@ -31,26 +33,19 @@ __all__ = [
     "UploadHeader",
     "UploadProgress",
     "UploadState",
+    "UNRUN_HOLD_DAYS",
+    "link_keys_digest",
 ]
+
+
+UNRUN_HOLD_DAYS = 30
+"""How long an upload of a ``delete-after-run`` project (``retention_days`` 0) waits for a
+run that finishes before it is deleted anyway."""
 
 
 class LinkKeyMode(StrEnum):
     SHARED = "shared"
     PER_PARTY = "per_party"
-
-
-class LinkModel(StrEnum):
-    """What a project's run makes of the records (fixed when the project is created).
-
-    ``one-to-one``: no party holds two records of one person; each cluster has at most one
-    record per party. ``dedupe-and-link``: some parties (``deduplicated``) may hold several
-    records of one person; a cluster holds all of them and at most one record of each other
-    party. ``dedupe-only``: one party, deduplicated.
-    """
-
-    ONE_TO_ONE = "one-to-one"
-    DEDUPE_AND_LINK = "dedupe-and-link"
-    DEDUPE_ONLY = "dedupe-only"
 
 
 DEFAULT_MAX_CLUSTER_SIZE = 1000
@@ -68,6 +63,8 @@ class UploadState(StrEnum):
 
 class RunState(StrEnum):
     WAITING_FOR_UPLOADS = "waiting_for_uploads"
+    # Every member has uploaded; a project created without auto-run waits for the operator.
+    READY = "ready"
     QUEUED = "queued"
     RUNNING = "running"
     FINISHED = "finished"
@@ -178,7 +175,7 @@ class ProjectSettings:
         return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
     @property
-    def retention_policy(self) -> str:
+    def retention_policy(self) -> RetentionPolicy:
         """The audit log's name for how long CLKs are kept (docs/audit.md).
 
         ``retention_days == 0``: deleted as soon as the run finishes (``delete-after-run``).
@@ -187,8 +184,15 @@ class ProjectSettings:
         verifier requires the deletion once every party's keys were released).
         """
         if self.retention_days == 0:
-            return RETENTION_DELETE_AFTER_RUN
-        return RETENTION_DELETE_AFTER_RELEASE
+            return RetentionPolicy.DELETE_AFTER_RUN
+        return RetentionPolicy.DELETE_AFTER_RELEASE
+
+    @property
+    def hold_days(self) -> int:
+        """The most days the LU keeps any upload of this project, whatever becomes of the
+        run (one party never uploads, the run is refused or fails): ``retention_days``, or
+        :data:`UNRUN_HOLD_DAYS` under ``delete-after-run``, whose CLKs wait for a run."""
+        return self.retention_days or UNRUN_HOLD_DAYS
 
     @property
     def fingerprint(self) -> str:
@@ -323,12 +327,35 @@ class RunTicket:
     state: RunState
 
 
+class LinkKeysDigest:
+    """The digest both sides compute over a party's released keys: hex SHA-256 of the lines
+    ``f"{position},{link_key}\\n"`` in release order. The LU logs it in ``keys_released``
+    and sends it with the last batch; the party checks what it received against it."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def update(self, positions: Iterable[int], link_keys: Iterable[str]) -> None:
+        for position, key in zip(positions, link_keys, strict=True):
+            self._hash.update(f"{position},{key}\n".encode("ascii"))
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def link_keys_digest(positions: Iterable[int], link_keys: Iterable[str]) -> str:
+    """:class:`LinkKeysDigest` of one whole key set."""
+    digest = LinkKeysDigest()
+    digest.update(positions, link_keys)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkKeyBatch:
     """Part of one party's link keys: ``positions[i]`` has ``link_keys[i]``.
 
-    ``keys_sha256`` is set on the last batch only: the hex SHA-256 of the lines
-    ``f"{position},{link_key}\\n"`` over every batch in order.
+    ``keys_sha256`` is set on the last batch only: :class:`LinkKeysDigest` over every batch
+    in order.
     """
 
     positions: tuple[int, ...]

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 from party.client import LinkageClient
-from protocol.certificates import TlsFiles
 from protocol.errors import ConfigurationError
 from protocol.identity import Identity
+from protocol.tls import TlsFiles
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,12 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from auditor.verify import AuditView, verify_audit_log
 from bloomlink.commands._connection import add_client_arguments, client_from_args
 from bloomlink.commands._output import add_json_flag, emit
 from bloomlink.exit_codes import ExitCode
 from protocol.atomic_file import atomic_output
 from protocol.audit import head_from_json
-from protocol.audit_verify import verify_audit_log
 from protocol.errors import AuditError, ConfigurationError
 from protocol.labels import check_label
 from protocol.manifest import read_manifest
@@ -72,6 +72,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a signed head collected earlier (repeatable; default: the one beside the log)",
     )
     verify.add_argument(
+        "--project",
+        help="the file is this project's view (other projects' entries as stubs), not the "
+        "whole log",
+    )
+    verify.add_argument(
+        "--party",
+        help="with --project: the view is this member party's (other parties' figures withheld)",
+    )
+    verify.add_argument(
         "--json",
         type=Path,
         nargs="?",
@@ -111,6 +120,7 @@ def fetch(args: argparse.Namespace) -> int:
             f"fetched {lines} audit entries to {log_path} with its signed head and the LU key "
             f"(sha256:{fingerprint[:16]}); check the key against the one published out of "
             "band, then run bloomlink audit verify"
+            + (f" --project {args.project}" if args.project else "")
         ],
     )
     return ExitCode.OK
@@ -137,8 +147,18 @@ def verify(args: argparse.Namespace) -> int:
             heads = [head_from_json(path.read_bytes()) for path in args.head]
         except OSError as error:
             raise AuditError(f"cannot read signed head: {error.strerror}") from None
+    if args.party and not args.project:
+        raise ConfigurationError("--party needs --project: a party reads one project's view")
+    view = (
+        AuditView(
+            project_id=check_label(args.project, what="--project"),
+            party=check_label(args.party, what="--party") if args.party else None,
+        )
+        if args.project
+        else None
+    )
     report = verify_audit_log(
-        args.log, public_key, manifests=manifests, heads=heads, party_keys=party_keys
+        args.log, public_key, manifests=manifests, heads=heads, party_keys=party_keys, view=view
     )
     to_stdout = args.json is not None and str(args.json) == "-"
     print(report.to_json() if to_stdout else report.to_text())

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from bloomlink.commands._output import add_json_flag, emit
-from protocol.certificates import CertificateSet, TlsPair, init_certificates
+from linkage_unit.pki import CertificateSet, TlsPair, init_certificates
 
 NAME = "certs"
 HELP = "create a local CA and mutual-TLS certificates for the LU, operator, parties, auditor"

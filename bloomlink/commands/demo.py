@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import bloomlink
+from auditor.verify import verify_audit_log
 from bloomlink.exit_codes import ExitCode
 from bloomlink.synth import SynthConfig, generate, write
 from bloomlink.synth.scoring import link_quality
+from linkage_unit.pki import init_certificates
 from linkage_unit.server import ServerConfig, create_server
 from party.client import LinkageClient
 from party.link_key_file import join_link_keys
@@ -30,8 +32,6 @@ from party.manifest import create_party_signing_key, party_public_key_pem
 from party.mapping import shipped_mapping
 from party.prepare import prepare_upload
 from protocol.atomic_file import atomic_output
-from protocol.audit_verify import verify_audit_log
-from protocol.certificates import init_certificates
 from protocol.errors import ConfigurationError
 from protocol.messages import ProjectSettings
 from protocol.schema import default_schema, load_schema

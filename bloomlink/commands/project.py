@@ -123,6 +123,8 @@ def describe(status: ProjectStatus) -> str:
     """A status summary a person can paste into a ticket (states and counts only)."""
     uploads = ", ".join(f"{party.party_id}={party.upload_state}" for party in status.parties)
     line = f"project {status.project_id}: run {status.run_state}; uploads {uploads}"
+    if status.run_state is RunState.READY:
+        line += "; every upload is complete: the operator starts the run with 'project run'"
     if status.run_state is RunState.RUNNING and status.progress_stage:
         line += f"; {status.progress_stage} {status.progress_done}/{status.progress_total}"
     if status.run_state is RunState.FAILED and status.progress_stage:
@@ -131,7 +133,10 @@ def describe(status: ProjectStatus) -> str:
         line += f"; checks refused: party {status.check_party_id}, {status.check_aspect}"
         plain = explain_aspect(status.check_aspect, status.check_party_id)
         line += f" ({plain})" if plain else ""
-    if status.run_state is RunState.FINISHED:
+    if status.run_state is RunState.FINISHED and status.cluster_count == 0:
+        # A member party is never shown a figure that depends on another party's data.
+        line += "; the run's figures are for the operator and auditors"
+    elif status.run_state is RunState.FINISHED:
         line += (
             f"; {status.cluster_count} clusters, {status.linked_record_count} linked records, "
             f"{status.comparisons} comparisons"

@@ -63,6 +63,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-stream-seconds", type=float, help="cut an upload stream this old")
     parser.add_argument("--grace-seconds", type=float, help="shutdown grace for in-flight calls")
     parser.add_argument(
+        "--max-streams-per-identity",
+        type=int,
+        help="streams one certificate may hold at once (default: half of --max-workers)",
+    )
+    parser.add_argument(
+        "--audited-calls-per-minute", type=float, help="audited calls per certificate (60)"
+    )
+    parser.add_argument(
+        "--audited-call-burst", type=int, help="audited calls per certificate at once (30)"
+    )
+    parser.add_argument(
         "--dask-scheduler",
         help="run matching on this Dask cluster, e.g. tls://scheduler:8786 (default: in-process)",
     )
@@ -104,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         "max_message_bytes", "max_upload_bytes", "max_workers", "max_concurrent_rpcs",
         "run_workers", "keepalive_time_seconds", "keepalive_timeout_seconds",
         "min_ping_interval_seconds", "grace_seconds", "insecure", "stream_idle_seconds",
-        "max_stream_seconds", "dask_scheduler", "dask_ca_certificate", "dask_certificate",
+        "max_stream_seconds", "max_streams_per_identity", "audited_calls_per_minute",
+        "audited_call_burst", "dask_scheduler", "dask_ca_certificate", "dask_certificate",
         "dask_private_key", "dask_timeout_seconds", "dask_task_retries",
         "dask_worker_memory_bytes", "lsh_bands", "lsh_bits_per_band",
     )  # fmt: skip

@@ -38,6 +38,7 @@ from protocol.clk_file import GROUPED_FORMAT_VERSION, ClkFileHeader, read_header
 from protocol.errors import CompatibilityError, ConfigurationError, NotFoundError
 from protocol.messages import UploadState
 from protocol.schema import default_schema, load_schema
+from protocol.vocabulary import CheckAspect
 
 NAME = "submit"
 HELP = "check against the project, then upload an encoded (CLK) file with its signed manifest"
@@ -91,7 +92,7 @@ def check_against_project(client: LinkageClient, header: ClkFileHeader, party: s
             f"project {header.project_id} expects schema "
             f"{settings.schema_fingerprint.hex()[:12]}; nothing was sent",
             party=party,
-            aspect="schema_fingerprint",
+            aspect=CheckAspect.SCHEMA_FINGERPRINT,
         )
     # The layout (each group's bits and hardening) as the linkage unit will check it at
     # upload: a project created from a fingerprint alone has none and takes format 1 only.
@@ -103,21 +104,21 @@ def check_against_project(client: LinkageClient, header: ClkFileHeader, party: s
             "was created without a layout (from a schema fingerprint alone); ask the operator "
             "to create the project with --schema; nothing was sent",
             party=party,
-            aspect="layout",
+            aspect=CheckAspect.LAYOUT,
         )
     if expected is not None and (layout is None or layout.geometry != expected.geometry):
         raise CompatibilityError(
             f"the file's field groups (names, order or lengths) are not project "
             f"{header.project_id}'s; re-encode with the project's schema; nothing was sent",
             party=party,
-            aspect="layout",
+            aspect=CheckAspect.LAYOUT,
         )
     if expected is not None and layout != expected:
         raise CompatibilityError(
             f"the file's groups are hardened differently from project {header.project_id}'s "
             "(method or parameters); re-encode with the project's schema; nothing was sent",
             party=party,
-            aspect="hardening",
+            aspect=CheckAspect.HARDENING,
         )
 
 

@@ -102,6 +102,10 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     RUN_STATE_REFUSED: _RunState.ValueType  # 5
     """The checks before any comparison failed; see check_party and check_aspect."""
     RUN_STATE_FAILED: _RunState.ValueType  # 6
+    RUN_STATE_READY: _RunState.ValueType  # 7
+    """Every member has uploaded and the project waits for the operator to start the run
+    (created without auto-run).
+    """
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper): ...
 
@@ -113,6 +117,10 @@ RUN_STATE_FINISHED: RunState.ValueType  # 4
 RUN_STATE_REFUSED: RunState.ValueType  # 5
 """The checks before any comparison failed; see check_party and check_aspect."""
 RUN_STATE_FAILED: RunState.ValueType  # 6
+RUN_STATE_READY: RunState.ValueType  # 7
+"""Every member has uploaded and the project waits for the operator to start the run
+(created without auto-run).
+"""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 @_typing.final
@@ -893,3 +901,29 @@ class GetProjectSettingsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetProjectSettingsRequest: _TypeAlias = GetProjectSettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetProjectSettingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    settings_fingerprint: _builtins.str
+    """Hex SHA-256 of the canonical settings JSON, as written to the audit log."""
+    @_builtins.property
+    def settings(self) -> Global___CreateProjectRequest:
+        """The settings as the operator created the project (the same fields as its request)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___CreateProjectRequest | None = ...,
+        settings_fingerprint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "settings_fingerprint", b"settings_fingerprint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProjectSettingsResponse: _TypeAlias = GetProjectSettingsResponse  # noqa: Y015

@@ -61,7 +61,7 @@ class LinkageUnitStub:
     """
     GetAuditPublicKey: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetAuditPublicKeyRequest, _linkage_pb2.GetAuditPublicKeyResponse]
     """Anyone authenticated: the linkage unit's audit public key (PEM)."""
-    GetProjectSettings: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.CreateProjectRequest]
+    GetProjectSettings: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.GetProjectSettingsResponse]
     """Operator, auditor and members: a project's settings, as the operator created them."""
 
 @_typing.type_check_only
@@ -87,7 +87,7 @@ class LinkageUnitAsyncStub(LinkageUnitStub):
     """
     GetAuditPublicKey: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetAuditPublicKeyRequest, _linkage_pb2.GetAuditPublicKeyResponse]  # type: ignore[assignment]
     """Anyone authenticated: the linkage unit's audit public key (PEM)."""
-    GetProjectSettings: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.CreateProjectRequest]  # type: ignore[assignment]
+    GetProjectSettings: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.GetProjectSettingsResponse]  # type: ignore[assignment]
     """Operator, auditor and members: a project's settings, as the operator created them."""
 
 class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
@@ -164,7 +164,7 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _linkage_pb2.GetProjectSettingsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_linkage_pb2.CreateProjectRequest, _abc.Awaitable[_linkage_pb2.CreateProjectRequest]]:
+    ) -> _typing.Union[_linkage_pb2.GetProjectSettingsResponse, _abc.Awaitable[_linkage_pb2.GetProjectSettingsResponse]]:
         """Operator, auditor and members: a project's settings, as the operator created them."""
 
 def add_LinkageUnitServicer_to_server(servicer: LinkageUnitServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auditor.verify import verify_audit_log
 from party.leak_scan import scan_encoded_file
 from party.manifest import manifest_path_for, vouch_for_encoded_file
 from party.mapping import shipped_mapping
 from party.positions_file import read_positions
 from party.sensitive_strings import sensitive_strings
-from protocol.audit_verify import verify_audit_log
 from protocol.clk_file import ClkFileWriter, read_clks, read_header
 from protocol.errors import AuditError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from protocol.messages import ProjectSettings, RunState

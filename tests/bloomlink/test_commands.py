@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from bloomlink import cli
-from bloomlink.commands import _output, project, serve
+from bloomlink.commands import _explain, _output, project, serve
 from bloomlink.exit_codes import ExitCode
 from linkage_unit.server import ServerConfig, create_server, load_config
 from party.manifest import SIGNING_KEY_ENV_VAR, create_party_signing_key, read_manifest
 from protocol.messages import PartyStatus, ProjectStatus, RunState, UploadState
+from protocol.vocabulary import CheckAspect
 from tests.test_cli import ROWS, write_extract
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -252,6 +253,15 @@ def test_a_refused_run_is_explained_in_plain_words() -> None:
     assert "checks refused: party schools, kcv" in line
     assert "a different linkage secret?" in line
     assert project.status_record(status)["refused"]["explanation"].startswith("party schools")
+
+
+def test_every_check_aspect_has_plain_words_and_an_unknown_one_none() -> None:
+    """A new aspect (the linkage unit's vocabulary) cannot ship without its explanation."""
+    assert set(_explain._PLAIN_WORDS) == set(CheckAspect)
+    for aspect in CheckAspect:
+        assert _explain.explain_aspect(aspect, "dfe").startswith("party dfe ")
+    assert _explain.explain_aspect("from_a_newer_lu", "dfe") == ""
+    assert _explain.explain_aspect(None, None) == ""
 
 
 def test_a_compatibility_error_prints_with_plain_words(

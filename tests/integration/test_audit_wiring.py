@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from auditor.verify import AuditView, verify_audit_log
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
 from party.manifest import create_party_signing_key, manifest_path_for, write_manifest_for_file
-from protocol.audit_verify import verify_audit_log
 from protocol.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from protocol.manifest import read_manifest, sign_manifest
 from protocol.messages import ProjectSettings, RunState
@@ -139,7 +139,7 @@ def test_payloads_are_deleted_once_every_party_fetched_its_keys(
     (tmp_path / "a.jsonl").write_bytes(log)
     (tmp_path / "a.jsonl.head").write_bytes(head)
     key = load_public_key(connect(server, "auditor").audit_public_key())
-    report = verify_audit_log(tmp_path / "a.jsonl", key)
+    report = verify_audit_log(tmp_path / "a.jsonl", key, view=AuditView(project_id="p1"))
     assert report.passed and any(
         check.name == "retention" and check.status == "pass" for check in report.checks
     ), report.to_text()

@@ -10,16 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from auditor.verify import verify_audit_log
 from linkage_unit.link_keys import issue_link_keys
 from linkage_unit.run import RunManager
 from linkage_unit.service import LinkageService
 from linkage_unit.storage import Storage
 from protocol import serde
-from protocol.audit_verify import verify_audit_log
 from protocol.errors import ConfigurationError, InvalidRequestError, NotFoundError
-from protocol.messages import LinkKeyMode, LinkModel, ProjectSettings, RunState
+from protocol.messages import LinkKeyMode, ProjectSettings, RunState
 from protocol.pb import linkage_pb2 as pb
-from tests.audit_fixtures import make_log
+from protocol.vocabulary import LinkModel
+from tests.audit_fixtures import append, make_log
 from tests.linkage_unit.test_service import OPERATOR, party, upload
 from tests.service_helpers import SCHEMA_FINGERPRINT, MemoryAuditSink, random_clks, write_clk_file
 
@@ -201,18 +202,20 @@ def test_audit_verify_shows_the_link_model_and_fails_one_naming_a_non_member(
     tmp_path: Path,
 ) -> None:
     base = {"settings_fingerprint": "ab" * 32, "schema_fingerprint": "cd" * 32,
-            "retention": "delete-after-run"}  # fmt: skip
+            "retention": "delete-after-run", "hold_days": 30}  # fmt: skip
     with make_log(tmp_path) as log:
-        log.append("project_created", project_id="good", details={
+        append(log, "project_created", project_id="good", details={
             **base, "members": "moj,dfe", "link_model": "dedupe-and-link",
             "deduplicated": "moj", "max_cluster_size": 1000})  # fmt: skip
-        log.append("project_created", project_id="old", details={**base, "members": "moj,dfe"})
-        log.append("project_created", project_id="bad", details={
+        append(log, "project_created", project_id="old", details={**base, "members": "moj,dfe"})
+        append(log, "project_created", project_id="bad", details={
             **base, "members": "moj", "link_model": "dedupe-only", "deduplicated": "dfe",
             "max_cluster_size": 1000})  # fmt: skip
-        log.append("project_created", project_id="wrong", details={
+        append(log, "project_created", project_id="wrong", details={
             **base, "members": "moj,dfe", "link_model": "one-to-one", "deduplicated": "moj",
             "max_cluster_size": 1000})  # fmt: skip
+        append(log, "project_created", project_id="capped", details={
+            **base, "members": "moj,dfe", "max_cluster_size": 1000})  # fmt: skip
         (tmp_path / "lu.pem").write_bytes(log.public_key_pem())
     from protocol.signing import load_public_key
 
@@ -227,4 +230,5 @@ def test_audit_verify_shows_the_link_model_and_fails_one_naming_a_non_member(
     assert failed == {
         "bad": "the link model deduplicates non-members ['dfe']",
         "wrong": "link model 'one-to-one' disagrees with the deduplicated members (moj)",
+        "capped": "a cluster-size cap in a project that deduplicates none",
     }

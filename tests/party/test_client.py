@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from linkage_unit.pki import init_certificates
 from party.client import SERVICE_NAME, LinkageClient, certificate_identity, retry_service_config
-from protocol.certificates import init_certificates
 from protocol.errors import ConfigurationError
 from protocol.identity import Identity, Role
 
