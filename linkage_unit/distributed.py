@@ -28,7 +28,6 @@ the scheduler is on loopback.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
@@ -44,6 +43,7 @@ import numpy.typing as npt
 
 from linkage_unit.blocking import BlockingIndex, BlockingSettings, sample_band_positions
 from linkage_unit.similarity import CandidatePairs, candidate_pairs
+from protocol.addresses import is_loopback
 from protocol.errors import MatchingError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -102,7 +102,7 @@ class ClusterSettings:
             )
         if self.tls and scheme != "tls":
             raise MatchingError("with Dask TLS files set, the scheduler address must be tls://")
-        if not self.tls and not _is_loopback(self.scheduler_address):
+        if not self.tls and not is_loopback(self.scheduler_address):
             raise MatchingError(
                 "a Dask scheduler off this machine needs mutual TLS: set the Dask ca_certificate, "
                 "certificate and private_key and use a tls:// address"
@@ -119,16 +119,6 @@ class ClusterSettings:
     @property
     def tls(self) -> bool:
         return self.ca_certificate is not None
-
-
-def _is_loopback(address: str) -> bool:
-    host = urlsplit(address).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class TaskFailure(MatchingError):

@@ -1,8 +1,8 @@
 """Matching: the linkage unit's one entry point from checked CLKs to a link structure.
 
 Stages behind it: block (``blocking.py``) -> compare (``similarity.py``) -> solve
-(``solving.py``), with ``threshold.py`` choosing the Dice threshold when the operator set
-none. The service calls :func:`link` and gets, for every party, one cluster id per record
+(``solving.py``, one-to-one) or cluster (``clustering.py``, when a party is deduplicated),
+with ``threshold.py`` choosing the Dice threshold when the operator set none. The service calls :func:`link` and gets, for every party, one cluster id per record
 position; link keys are issued per cluster (``linkage_unit/link_keys.py``). Nothing here sees
 a secret or a raw value, and no message names a score or a CLK.
 """
@@ -17,6 +17,12 @@ import numpy as np
 import numpy.typing as npt
 
 from linkage_unit.blocking import EXHAUSTIVE_BELOW_COMPARISONS, BlockingIndex, BlockingSettings
+from linkage_unit.clustering import (
+    DEFAULT_MAX_CLUSTER_SIZE,
+    ClusterSettings,
+    PartyRecords,
+    cluster_records,
+)
 from linkage_unit.distributed import DaskExecutor, compare_on_cluster
 from linkage_unit.similarity import (
     DEFAULT_MAX_CANDIDATE_PAIRS,
@@ -26,7 +32,7 @@ from linkage_unit.similarity import (
     candidate_pairs_within,
     check_clks,
 )
-from linkage_unit.solving import MAX_PARTIES, PartyPairs, solve_linkage, solve_with_duplicates
+from linkage_unit.solving import MAX_PARTIES, PartyPairs, solve_linkage
 from linkage_unit.threshold import (
     MIN_THRESHOLD,
     ThresholdChoice,
@@ -53,17 +59,19 @@ class MatchSettings:
     ``blocking``: "auto" compares exhaustively up to 20k x 20k pairs (faster there) and uses
     LSH above; "lsh" always blocks; "none" never does. ``blocking_seed`` is the linkage
     unit's per-project seed for the LSH bit positions (None: fresh from ``secrets``).
-    ``deduplicate``: a party may hold several records of one person (see ``solving.py``).
+    ``deduplicated``: the parties whose extracts may hold several records of one person;
+    with any, the solve is the clustering in ``clustering.py``, which fails the run rather
+    than give one person more than ``max_cluster_size`` records of one party.
     """
 
     threshold: float | None = None
     blocking: str = "auto"
-    deduplicate: bool = False
+    deduplicated: frozenset[str] = frozenset()
+    max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE
     blocking_settings: BlockingSettings = field(default_factory=BlockingSettings)
     blocking_seed: int | None = None
     max_candidate_pairs: int = DEFAULT_MAX_CANDIDATE_PAIRS
     threshold_sample: int = 5000
-    min_link_fraction: float = 0.5
     workers: int | None = None
 
     def __post_init__(self) -> None:
@@ -75,10 +83,10 @@ class MatchSettings:
             raise MatchingError("max_candidate_pairs must be >= 1")
         if self.threshold_sample < 1:
             raise MatchingError("threshold_sample must be >= 1")
-        if not (0.0 < self.min_link_fraction <= 1.0):
-            raise MatchingError("min_link_fraction must be in (0, 1]")
         if self.workers is not None and self.workers < 1:
             raise MatchingError("workers must be >= 1")
+        if self.max_cluster_size < 2:
+            raise MatchingError("max_cluster_size must be at least 2 records")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,11 +136,29 @@ def _second_best(
     return second[clear] if int(clear.sum()) >= _MIN_CLEAR else second
 
 
+def _other_party(index: int, deduplicated: list[bool]) -> tuple[int, bool]:
+    """The party a sample of ``index``'s records is scored against, and whether their
+    second-best scores are best non-matches: the next duplicate-free party (a record has at
+    most one match there), else simply the next party (its second-best may be a repeat)."""
+    count = len(deduplicated)
+    for step in range(1, count):
+        other = (index + step) % count
+        if not deduplicated[other]:
+            return other, True
+    return (index + 1) % count, False
+
+
 def _choose_threshold(
-    arrays: list[npt.NDArray[np.uint64]], settings: MatchSettings, seed: int
+    arrays: list[npt.NDArray[np.uint64]],
+    settings: MatchSettings,
+    seed: int,
+    deduplicated: list[bool] | None = None,
 ) -> ThresholdChoice:
     """Best (and, with two or more parties, second-best) score of a sample of each party's
-    records against the next party; alone, best against the rest of its own records."""
+    records against another party (a duplicate-free one where there is one); alone, best
+    against the rest of its own records. The null model needs second-best scores that are
+    best non-matches; without a duplicate-free party to give them, the valley method."""
+    flags = deduplicated if deduplicated is not None else [False] * len(arrays)
     generator = np.random.default_rng(seed)
     bests, nulls = [], []
     for index, array in enumerate(arrays):
@@ -141,11 +167,12 @@ def _choose_threshold(
         take = min(len(array), settings.threshold_sample)
         sample = np.sort(generator.choice(len(array), size=take, replace=False))
         if len(arrays) > 1:
-            other = arrays[(index + 1) % len(arrays)]
+            other_index, second_is_null = _other_party(index, flags)
+            other = arrays[other_index]
             if len(other):
                 best = best_scores(array[sample], other, workers=settings.workers)
                 bests.append(best)
-                if len(other) > 1:
+                if len(other) > 1 and second_is_null:
                     nulls.append(_second_best(array[sample], other, best, settings))
         elif len(array) > 1:
             bests.append(
@@ -153,8 +180,10 @@ def _choose_threshold(
             )
     if not bests:
         return choose_threshold(np.empty(0))
-    if nulls and not settings.deduplicate:
-        return choose_threshold_with_null(np.concatenate(bests), np.concatenate(nulls))
+    if nulls:
+        return choose_threshold_with_null(
+            np.concatenate(bests), np.concatenate(nulls), one_to_one=not any(flags)
+        )
     return choose_threshold(np.concatenate(bests))
 
 
@@ -209,8 +238,8 @@ def link(
     executor: DaskExecutor | None = None,
     layout: ClkLayout | None = None,
 ) -> LinkResult:
-    """Link every party's CLKs into clusters: at most one record per party per cluster, or
-    with ``settings.deduplicate`` several (guarded against chaining).
+    """Link every party's CLKs into clusters: at most one record per party per cluster, or,
+    for the parties in ``settings.deduplicated``, several (clustered against chaining).
 
     ``executor``: run the compare stage on a Dask cluster (``linkage_unit/distributed.py``);
     None compares in this process. The link structure is the same either way.
@@ -221,8 +250,14 @@ def link(
         raise MatchingError("no parties to link: at least one party's CLKs are needed")
     if len(parties) > MAX_PARTIES:
         raise MatchingError(f"at most {MAX_PARTIES} parties can be linked in one run")
-    if len(parties) == 1 and not settings.deduplicate:
-        raise MatchingError("linking needs at least two parties; set deduplicate for one party")
+    unknown = settings.deduplicated - set(parties)
+    if unknown:
+        raise MatchingError(
+            f"cannot deduplicate {', '.join(sorted(unknown))}: not a party to this run"
+        )
+    if len(parties) == 1 and not settings.deduplicated:
+        raise MatchingError("linking needs at least two parties; deduplicate a party alone")
+    deduplicated = [party in settings.deduplicated for party in parties]
     arrays = [check_clks(clks_by_party[party], name=f"party {party!r}") for party in parties]
     widths = {array.shape[1] for array in arrays if len(array)}
     if len(widths) > 1:
@@ -237,14 +272,26 @@ def link(
     else:
         if progress is not None:
             progress("threshold", 0, 1)
-        choice = _choose_threshold(arrays, settings, seed)
+        choice = _choose_threshold(arrays, settings, seed, deduplicated)
     threshold = choice.threshold
+    # A deduplicated party's own pairs are cut where a deduplication-only run of its extract
+    # alone would cut them, so which of its records share a link key depends on nothing
+    # another party uploads (clustering.py: no membership oracle through one's own keys).
+    own_threshold = {
+        i: threshold
+        if settings.threshold is not None or len(parties) == 1
+        else _choose_threshold([arrays[i]], settings, seed, [True]).threshold
+        for i in range(len(parties))
+        if deduplicated[i]
+    }
+
+    def cut(i: int, j: int) -> float:
+        return own_threshold[i] if i == j else threshold
 
     jobs: list[tuple[int, int]] = [
         (i, j) for i in range(len(parties)) for j in range(i + 1, len(parties))
     ]
-    if settings.deduplicate:
-        jobs += [(i, i) for i in range(len(parties))]
+    jobs += [(i, i) for i in range(len(parties)) if deduplicated[i]]
     statistics: dict[str, float] = {}
     party_pairs: list[PartyPairs] = []
     if executor is None:
@@ -252,7 +299,7 @@ def link(
             progress("block and compare", 0, len(jobs))
         for done, (i, j) in enumerate(jobs, start=1):
             pairs = _compare(
-                arrays[i], None if i == j else arrays[j], threshold, settings, seed, statistics
+                arrays[i], None if i == j else arrays[j], cut(i, j), settings, seed, statistics
             )
             party_pairs.append(PartyPairs(left_party=i, right_party=j, pairs=pairs))
             if progress is not None:
@@ -265,7 +312,7 @@ def link(
                     session,
                     arrays[i],
                     right,
-                    threshold,
+                    cut(i, j),
                     use_lsh=_use_lsh(arrays[i], right, settings),
                     blocking=settings.blocking_settings,
                     seed=seed,
@@ -288,9 +335,18 @@ def link(
         )
     if progress is not None:
         progress("solve", 0, 1)
-    if settings.deduplicate:
-        solution = solve_with_duplicates(
-            sizes, party_pairs, min_link_fraction=settings.min_link_fraction
+    if settings.deduplicated:
+        solution = cluster_records(
+            [
+                PartyRecords(
+                    name=party, size=size, deduplicated=flag, own_threshold=own_threshold.get(i)
+                )
+                for i, (party, size, flag) in enumerate(
+                    zip(parties, sizes, deduplicated, strict=True)
+                )
+            ],
+            party_pairs,
+            ClusterSettings(threshold=threshold, max_cluster_size=settings.max_cluster_size),
         )
     else:
         solution = solve_linkage(sizes, party_pairs)
@@ -302,6 +358,9 @@ def link(
     linked = int((cluster_sizes[all_ids] > 1).sum()) if len(all_ids) else 0
     statistics["candidate_pairs"] = candidate_count
     statistics["accepted_pairs"] = solution.accepted_pairs
+    statistics["largest_cluster"] = int(cluster_sizes.max()) if len(cluster_sizes) else 0
+    for i, own in own_threshold.items():
+        statistics[f"own_threshold:{parties[i]}"] = own
     if choice.non_match_mode is not None and choice.match_mode is not None:
         statistics["threshold_non_match_mode"] = choice.non_match_mode
         statistics["threshold_match_mode"] = choice.match_mode

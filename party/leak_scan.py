@@ -59,6 +59,7 @@ __all__ = [
     "LeakFinding",
     "LeakScanReport",
     "Pattern",
+    "ScanProgress",
     "UnkeyedReencoder",
     "find_occurrences",
     "find_occurrences_naive",
@@ -74,6 +75,8 @@ _MULTIPLIER = np.uint32(0x9E3779B1)  # Knuth's multiplicative hash: spreads pref
 
 # Given the CLKs' record positions, return the caller's unkeyed re-encodings of those records.
 UnkeyedReencoder = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.uint64]]
+ScanProgress = Callable[[int, int], None]
+"""``progress(bytes_searched, bytes_total)`` while the scan searches the file."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -253,7 +256,10 @@ class _PrefixIndex:
 
 
 def find_occurrences(
-    buffer: bytes | mmap.mmap, patterns: Sequence[Pattern]
+    buffer: bytes | mmap.mmap,
+    patterns: Sequence[Pattern],
+    *,
+    progress: ScanProgress | None = None,
 ) -> dict[int, list[int]]:
     """Every offset of every pattern in ``buffer`` (same answer as the naive twin, fast)."""
     found: dict[int, list[int]] = {}
@@ -263,6 +269,8 @@ def find_occurrences(
     index = _PrefixIndex(patterns)
     windows = size - MIN_PATTERN_BYTES + 1
     for start in range(0, windows, _CHUNK_BYTES):
+        if progress:
+            progress(start, windows)
         count = min(_CHUNK_BYTES, windows - start)
         for offset in index.candidates(buffer, start, count).tolist():
             prefix = int.from_bytes(buffer[offset : offset + 4], "little")
@@ -270,6 +278,8 @@ def find_occurrences(
                 data = patterns[number].data
                 if buffer[offset : offset + len(data)] == data:
                     found.setdefault(number, []).append(offset)
+    if progress:
+        progress(windows, windows)
     return found
 
 
@@ -372,6 +382,7 @@ def unkeyed_encoding_check(
     sample_size: int = 1000,
     margin: float = 1.0,
     rng: np.random.Generator | None = None,
+    candidates: npt.NDArray[np.int64] | None = None,
 ) -> LeakFinding | None:
     """Compare a sample of CLKs with their unkeyed re-encodings; a finding if they are alike.
 
@@ -381,18 +392,23 @@ def unkeyed_encoding_check(
     sizes share (:func:`_excess_sharing`, so dense and sparse records weigh alike), for the
     records' own pairs and for unrelated pairs (each CLK against the next record's
     re-encoding); the finding is raised when the own pairs score ``margin`` (plus four
-    standard errors of the difference) above the unrelated ones on average. An unkeyed encoding scores tens above; BLIP's random flips
-    shrink that by about ``(1 - 2 * flip probability) ** 2``, still far above the margin
-    below a flip probability of about 0.4. Groups are compared one by one (``layout``), and
-    only where set on both sides, so a missing group, all zero on both sides, never looks
-    like agreement.
+    standard errors of the difference) above the unrelated ones on average. An unkeyed
+    encoding scores tens above; BLIP's random flips shrink that by about
+    ``(1 - 2 * flip probability) ** 2``, still far above the margin below a flip probability
+    of about 0.4. Groups are compared one by one (``layout``), and only where set on both
+    sides, so a missing group, all zero on both sides, never looks like agreement.
+
+    The sample is drawn from every position, or from ``candidates`` (positions of records the
+    caller sampled already, e.g. :func:`party.prepare.prepare_upload`'s one-pass row sample)
+    when given.
     """
-    count = clks.shape[0]
+    pool = np.arange(clks.shape[0], dtype=np.int64) if candidates is None else candidates
+    count = len(pool)
     if count < 2:
         return None
     generator = rng if rng is not None else np.random.default_rng()
     positions = np.sort(
-        generator.choice(count, size=min(sample_size, count), replace=False)
+        pool[generator.choice(count, size=min(sample_size, count), replace=False)]
     ).astype(np.int64)
     reencoded = np.asarray(reencode(positions), dtype=np.uint64)
     sample = np.asarray(clks[positions], dtype=np.uint64)
@@ -431,6 +447,7 @@ def _pattern_findings(
     patterns: Sequence[Pattern],
     string_count: int,
     false_alarm_rate: float,
+    progress: ScanProgress | None = None,
 ) -> tuple[list[LeakFinding], int]:
     """Findings, and how many strings could hide in plain UTF-8 (one occurrence = chance)."""
     size = len(buffer)
@@ -443,7 +460,7 @@ def _pattern_findings(
         if _poisson_tail(1, _expected_by_chance(pattern.data, frequencies, size)) < threshold:
             detectable.add(pattern.source_index)
     findings: list[LeakFinding] = []
-    for number, offsets in sorted(find_occurrences(buffer, patterns).items()):
+    for number, offsets in sorted(find_occurrences(buffer, patterns, progress=progress).items()):
         pattern = patterns[number]
         expected = _expected_by_chance(pattern.data, frequencies, size)
         if _poisson_tail(len(offsets), expected) >= threshold:
@@ -472,10 +489,17 @@ def scan_encoded_file(
     unkeyed_reencoder: UnkeyedReencoder | None = None,
     sample_size: int = 1000,
     rng: np.random.Generator | None = None,
+    unkeyed_positions: npt.NDArray[np.int64] | None = None,
+    progress: ScanProgress | None = None,
 ) -> LeakScanReport:
-    """Scan one encoded file; the report is clean only if nothing was found."""
+    """Scan one encoded file; the report is clean only if nothing was found.
+
+    ``unkeyed_positions``: the positions ``unkeyed_reencoder`` can re-encode (default: all).
+    """
     if not 0 < false_alarm_rate < 1:
         raise ConfigurationError("false alarm rate must be between 0 and 1")
+    if progress:
+        progress(0, max(Path(path).stat().st_size - MIN_PATTERN_BYTES + 1, 0))
     patterns, string_count = sensitive_patterns(sensitive_strings)
     file_path = Path(path)
     try:
@@ -492,7 +516,7 @@ def scan_encoded_file(
             findings = _container_findings(buffer)
             container_ok = not findings
             pattern_findings, undetectable = _pattern_findings(
-                buffer, patterns, string_count, false_alarm_rate
+                buffer, patterns, string_count, false_alarm_rate, progress
             )
             findings.extend(pattern_findings)
             if unkeyed_reencoder is not None and container_ok:
@@ -509,6 +533,7 @@ def scan_encoded_file(
                     layout=header.clk_layout,
                     sample_size=sample_size,
                     rng=rng,
+                    candidates=unkeyed_positions,
                 )
                 del clks
                 if finding is not None:

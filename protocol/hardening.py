@@ -558,6 +558,9 @@ def blip_reference(
     return np.packbits(bits, axis=1, bitorder="little").view("<u8")
 
 
+_NO_TABLE: npt.NDArray[np.int64] = np.empty(0, np.int64)
+
+
 class ChainHardener:
     """Applies one group's chain to blocks of its unhardened bits, keeping empty rows empty.
 
@@ -580,23 +583,22 @@ class ChainHardener:
             raise ConfigurationError(f"hardening {problems[0][0]}: {problems[0][1]}")
         self._steps = tuple(steps)
         self._random_bytes = random_bytes
-        self._tables: list[npt.NDArray[np.int64] | None] = []
+        # A keyed step's table; an unkeyed step's is empty (it has none).
+        self._tables: list[npt.NDArray[np.int64]] = []
         bits = input_bits
         for step, key in zip(self._steps, keys, strict=True):
-            if step.keyed and key is None:
+            if not step.keyed:
+                self._tables.append(_NO_TABLE)
+            elif key is None:
                 raise ConfigurationError(f"hardening step {step.method} needs a key")
-            if step.method is HardeningMethod.BALANCE:
-                assert key is not None
+            elif step.method is HardeningMethod.BALANCE:
                 self._tables.append(keyed_permutation(key, 2 * bits))
-            elif step.method is HardeningMethod.DIFFUSION:
-                assert key is not None
+            else:  # diffusion, the other keyed step
                 self._tables.append(
                     diffusion_taps(
                         key, input_bits=bits, output_bits=step.output_bits, width=step.width
                     )
                 )
-            else:
-                self._tables.append(None)
             bits = step.output_length(bits)
         self.input_bits = input_bits
         self.output_bits = bits
@@ -610,12 +612,10 @@ class ChainHardener:
             if step.method is HardeningMethod.XOR_FOLD:
                 clks = xor_fold(clks)
             elif step.method is HardeningMethod.BALANCE:
-                assert table is not None
                 clks = balance(clks, table)
             elif step.method is HardeningMethod.RULE90:
                 clks = rule90(clks)
             elif step.method is HardeningMethod.DIFFUSION:
-                assert table is not None
                 clks = diffuse(clks, table)
             else:
                 clks = blip(clks, step.flip_per_65536, self._random_bytes)

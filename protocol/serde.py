@@ -17,7 +17,7 @@ from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import ConfigurationError, InvalidRequestError
 from protocol.hardening import HARDENING_DESCRIPTOR_PATTERN
 from protocol.labels import check_label
-from protocol.manifest import SignedManifest, UploadManifest
+from protocol.manifest import FieldCount, SignedManifest, UploadManifest
 from protocol.messages import (
     LinkKeyBatch,
     LinkKeyMode,
@@ -89,6 +89,7 @@ _UPLOAD_STATE = {
 }
 _RUN_STATE = {
     RunState.WAITING_FOR_UPLOADS: pb.RUN_STATE_WAITING_FOR_UPLOADS,
+    RunState.READY: pb.RUN_STATE_READY,
     RunState.QUEUED: pb.RUN_STATE_QUEUED,
     RunState.RUNNING: pb.RUN_STATE_RUNNING,
     RunState.FINISHED: pb.RUN_STATE_FINISHED,
@@ -165,9 +166,14 @@ def layout_from_proto(groups: Sequence[pb.ClkGroup]) -> ClkLayout | None:
 
 
 def project_settings_to_proto(settings: ProjectSettings) -> pb.CreateProjectRequest:
-    matching = pb.MatchingSettings(blocking=_BLOCKING[settings.blocking])
+    matching = pb.MatchingSettings(
+        blocking=_BLOCKING[settings.blocking],
+        deduplicated_party_ids=list(settings.deduplicated),
+    )
     if settings.threshold is not None:
         matching.threshold = settings.threshold
+    if settings.deduplicated:
+        matching.max_cluster_size = settings.max_cluster_size
     return pb.CreateProjectRequest(
         project_id=settings.project_id,
         member_party_ids=list(settings.members),
@@ -182,6 +188,12 @@ def project_settings_to_proto(settings: ProjectSettings) -> pb.CreateProjectRequ
 
 def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSettings:
     check_no_unknown_fields(message)
+    matching = message.matching
+    cap = (
+        {"max_cluster_size": matching.max_cluster_size}
+        if matching.HasField("max_cluster_size")
+        else {}
+    )
     return _validated(
         ProjectSettings,
         project_id=message.project_id,
@@ -199,6 +211,11 @@ def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSett
         retention_days=message.retention_days,
         auto_run=message.auto_run if message.HasField("auto_run") else True,
         layout=layout_from_proto(message.groups),
+        deduplicated=tuple(
+            label_from_proto(party, what="deduplicated party")
+            for party in matching.deduplicated_party_ids
+        ),
+        **cap,
     )
 
 
@@ -296,6 +313,13 @@ def manifest_to_proto(signed: SignedManifest) -> pb.UploadManifest:
         nonce=manifest.nonce,
         leak_scan_strings=manifest.leak_scan_strings,
         leak_scan_rows=manifest.leak_scan_rows,
+        unkeyed_check=manifest.unkeyed_check,
+        rows_read=manifest.rows_read,
+        rows_skipped=manifest.rows_skipped,
+        field_counts=[
+            pb.ManifestFieldCount(field_name=item.field, missing=item.missing, blanked=item.blanked)
+            for item in manifest.field_counts
+        ],
         signature=signed.signature,
         public_key=signed.public_key,
         groups=layout_to_proto(manifest.layout),
@@ -322,6 +346,15 @@ def manifest_from_proto(message: pb.UploadHeader) -> SignedManifest | None:
         nonce=bytes(part.nonce),
         leak_scan_strings=part.leak_scan_strings,
         leak_scan_rows=part.leak_scan_rows,
+        unkeyed_check=part.unkeyed_check,
+        rows_read=part.rows_read,
+        rows_skipped=part.rows_skipped,
+        field_counts=tuple(
+            _validated(
+                FieldCount, field=item.field_name, missing=item.missing, blanked=item.blanked
+            )
+            for item in part.field_counts
+        ),
         layout=layout_from_proto(part.groups),
     )
     return _validated(
@@ -351,6 +384,7 @@ UPLOAD_FIELD_ALLOW_LIST: dict[str, str] = {
     "bloomlink.v1.UploadManifest.nonce": "16 bytes",
     "bloomlink.v1.UploadManifest.signature": "64 bytes (Ed25519)",
     "bloomlink.v1.UploadManifest.public_key": "32 bytes (Ed25519)",
+    "bloomlink.v1.ManifestFieldCount.field_name": "schema field name ^[a-z][a-z0-9_-]{0,62}$",
     "bloomlink.v1.ClkGroup.name": "label ^[a-z][a-z0-9-]{0,62}$",
     "bloomlink.v1.ClkGroup.hardening": f"hardening descriptor {HARDENING_DESCRIPTOR_PATTERN.pattern}",
     "bloomlink.v1.UploadChunk.data": "CLK bytes: length-checked, digest-checked, leak-scanned",

@@ -92,6 +92,7 @@ def _concrete_errors() -> list[type[errors.BloomlinkError]]:
         (errors.MappingError, ExitCode.CONFIGURATION),
         (errors.SecretError, ExitCode.CONFIGURATION),
         (errors.ConfigurationError, ExitCode.CONFIGURATION),
+        (errors.InUseError, ExitCode.IN_USE),
         (errors.ExtractError, ExitCode.INPUT),
         (errors.RecordError, ExitCode.INPUT),
         (errors.ValueRejectedError, ExitCode.INPUT),
@@ -102,6 +103,7 @@ def _concrete_errors() -> list[type[errors.BloomlinkError]]:
         (errors.InvalidRequestError, ExitCode.SERVICE),
         (errors.MatchingError, ExitCode.MATCHING),
         (errors.AuditError, ExitCode.AUDIT_FAILED),
+        (errors.InvariantError, ExitCode.INTERNAL),
     ],
 )
 def test_each_error_class_maps_to_its_code(
@@ -114,7 +116,7 @@ def test_every_error_class_has_a_documented_code() -> None:
     for error_type in _concrete_errors():
         code = exit_code_for(error_type.__new__(error_type))
         assert code in EXIT_CODE_HELP
-        if error_type is not errors.BloomlinkError:
+        if error_type not in (errors.BloomlinkError, errors.InvariantError):
             assert code != ExitCode.INTERNAL, error_type
 
 

@@ -11,10 +11,10 @@ are compatible. The test vectors in tests/vectors/ pin every digest and signatur
 Upload messages carry only labels (project id, party id: ^[a-z][a-z0-9-]{0,62}$), the
 encoded file's header fields (with the layout of a grouped encoding: group labels, bit
 counts and hardening descriptors from a fixed grammar), the party's signed manifest (the
-same fields plus a version string and a timestamp, both pattern-checked), CLK bytes and
-chunk bookkeeping: there is no free-text field in which a personal identifier could
-travel. `bloomlink audit verify` checks this from the descriptor against an allow-list
-(protocol/serde.py).
+same fields plus a version string and a timestamp, both pattern-checked, and counts per
+schema field named by pattern-checked field names), CLK bytes and chunk bookkeeping: there
+is no free-text field in which a personal identifier could travel. `bloomlink audit verify`
+checks this from the descriptor against an allow-list (protocol/serde.py).
 
 Conventions for every message:
 - The linkage unit refuses a request carrying a field it does not know (INVALID_ARGUMENT),
@@ -143,6 +143,10 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     """
     RUN_STATE_FAILED: _RunState.ValueType  # 6
     """The run could not finish (progress_stage says why); the operator may start it again."""
+    RUN_STATE_READY: _RunState.ValueType  # 7
+    """Every member has uploaded and the project waits for the operator to start the run
+    (created without auto-run).
+    """
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
     """The project's latest run. Never UNSPECIFIED in a response."""
@@ -163,6 +167,10 @@ may upload again (a new payload replaces a complete one), then the run restarts.
 """
 RUN_STATE_FAILED: RunState.ValueType  # 6
 """The run could not finish (progress_stage says why); the operator may start it again."""
+RUN_STATE_READY: RunState.ValueType  # 7
+"""Every member has uploaded and the project waits for the operator to start the run
+(created without auto-run).
+"""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 @_typing.final
@@ -173,24 +181,42 @@ class MatchingSettings(_message.Message):
 
     THRESHOLD_FIELD_NUMBER: _builtins.int
     BLOCKING_FIELD_NUMBER: _builtins.int
+    DEDUPLICATED_PARTY_IDS_FIELD_NUMBER: _builtins.int
+    MAX_CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
     threshold: _builtins.float
     """Dice threshold in (0, 1]; not set: the engine chooses it from the run's own scores.
     0 or above 1 is refused (INVALID_ARGUMENT).
     """
     blocking: Global___Blocking.ValueType
     """Not set (UNSPECIFIED): BLOCKING_LSH."""
+    max_cluster_size: _builtins.int
+    """With deduplication: the largest cluster a run may make before it fails; unset: 1000."""
+    @_builtins.property
+    def deduplicated_party_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Member parties whose extracts may hold several records of one person: their records
+        are deduplicated and clustered. Empty: one-to-one linkage. One member, deduplicated:
+        a deduplication-only project.
+        """
+
     def __init__(
         self,
         *,
         threshold: _builtins.float | None = ...,
         blocking: Global___Blocking.ValueType = ...,
+        deduplicated_party_ids: _abc.Iterable[_builtins.str] | None = ...,
+        max_cluster_size: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "threshold", b"threshold"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "blocking", b"blocking", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "blocking", b"blocking", "deduplicated_party_ids", b"deduplicated_party_ids", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_cluster_size: _TypeAlias = _typing.Literal["max_cluster_size"]  # noqa: Y015
+    _WhichOneofArgType__max_cluster_size: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size"]  # noqa: Y015
     _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
     _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cluster_size) -> _WhichOneofReturnType__max_cluster_size | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
 
 Global___MatchingSettings: _TypeAlias = MatchingSettings  # noqa: Y015
@@ -574,6 +600,10 @@ class UploadManifest(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
+    UNKEYED_CHECK_FIELD_NUMBER: _builtins.int
+    ROWS_READ_FIELD_NUMBER: _builtins.int
+    ROWS_SKIPPED_FIELD_NUMBER: _builtins.int
+    FIELD_COUNTS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """Label: the upload header's project id."""
     party_id: _builtins.str
@@ -608,12 +638,19 @@ class UploadManifest(_message.Message):
     """32 bytes: the raw Ed25519 public key that made it (the party's registered key, where
     the linkage unit has one).
     """
+    unkeyed_check: _builtins.bool
+    """Whether the scan compared the CLKs with a re-encoding under a publicly known key."""
+    rows_read: _builtins.int
+    """The encode's counts (0 rows read: not recorded); per schema field, counts only."""
+    rows_skipped: _builtins.int
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClkGroup]:
-        """A grouped encoding's groups and the hardening applied to each (manifest format v2);
-        empty for format v1.
+        """A grouped encoding's groups and the hardening applied to each (the manifest's
+        "layout"); empty for one record-level CLK (file format 1, "layout": null).
         """
 
+    @_builtins.property
+    def field_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestFieldCount]: ...
     def __init__(
         self,
         *,
@@ -632,14 +669,46 @@ class UploadManifest(_message.Message):
         signature: _builtins.bytes = ...,
         public_key: _builtins.bytes = ...,
         groups: _abc.Iterable[Global___ClkGroup] | None = ...,
+        unkeyed_check: _builtins.bool = ...,
+        rows_read: _builtins.int = ...,
+        rows_skipped: _builtins.int = ...,
+        field_counts: _abc.Iterable[Global___ManifestFieldCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "created_at", b"created_at", "groups", b"groups", "kcv", b"kcv", "leak_scan_rows", b"leak_scan_rows", "leak_scan_strings", b"leak_scan_strings", "nonce", b"nonce", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "public_key", b"public_key", "record_count", b"record_count", "schema_fingerprint", b"schema_fingerprint", "signature", b"signature", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "created_at", b"created_at", "field_counts", b"field_counts", "groups", b"groups", "kcv", b"kcv", "leak_scan_rows", b"leak_scan_rows", "leak_scan_strings", b"leak_scan_strings", "nonce", b"nonce", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "public_key", b"public_key", "record_count", b"record_count", "rows_read", b"rows_read", "rows_skipped", b"rows_skipped", "schema_fingerprint", b"schema_fingerprint", "signature", b"signature", "software_version", b"software_version", "unkeyed_check", b"unkeyed_check"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UploadManifest: _TypeAlias = UploadManifest  # noqa: Y015
+
+@_typing.final
+class ManifestFieldCount(_message.Message):
+    """One schema field's counts over an encode: records with no value, values blanked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_NAME_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    BLANKED_FIELD_NUMBER: _builtins.int
+    field_name: _builtins.str
+    """A schema field name, ^[a-z][a-z0-9_-]{0,62}$."""
+    missing: _builtins.int
+    blanked: _builtins.int
+    def __init__(
+        self,
+        *,
+        field_name: _builtins.str = ...,
+        missing: _builtins.int = ...,
+        blanked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blanked", b"blanked", "field_name", b"field_name", "missing", b"missing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManifestFieldCount: _TypeAlias = ManifestFieldCount  # noqa: Y015
 
 @_typing.final
 class UploadChunk(_message.Message):
@@ -1024,3 +1093,29 @@ class GetProjectSettingsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetProjectSettingsRequest: _TypeAlias = GetProjectSettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetProjectSettingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    settings_fingerprint: _builtins.str
+    """Hex SHA-256 of the canonical settings JSON, as written to the audit log."""
+    @_builtins.property
+    def settings(self) -> Global___CreateProjectRequest:
+        """The settings as the operator created the project (the same fields as its request)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___CreateProjectRequest | None = ...,
+        settings_fingerprint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "settings_fingerprint", b"settings_fingerprint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProjectSettingsResponse: _TypeAlias = GetProjectSettingsResponse  # noqa: Y015

@@ -11,10 +11,10 @@ are compatible. The test vectors in tests/vectors/ pin every digest and signatur
 Upload messages carry only labels (project id, party id: ^[a-z][a-z0-9-]{0,62}$), the
 encoded file's header fields (with the layout of a grouped encoding: group labels, bit
 counts and hardening descriptors from a fixed grammar), the party's signed manifest (the
-same fields plus a version string and a timestamp, both pattern-checked), CLK bytes and
-chunk bookkeeping: there is no free-text field in which a personal identifier could
-travel. `bloomlink audit verify` checks this from the descriptor against an allow-list
-(protocol/serde.py).
+same fields plus a version string and a timestamp, both pattern-checked, and counts per
+schema field named by pattern-checked field names), CLK bytes and chunk bookkeeping: there
+is no free-text field in which a personal identifier could travel. `bloomlink audit verify`
+checks this from the descriptor against an allow-list (protocol/serde.py).
 
 Conventions for every message:
 - The linkage unit refuses a request carrying a field it does not know (INVALID_ARGUMENT),
@@ -92,9 +92,10 @@ class LinkageUnitStub:
     """
     GetAuditPublicKey: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetAuditPublicKeyRequest, _linkage_pb2.GetAuditPublicKeyResponse]
     """Any authenticated caller: the linkage unit's audit public key (PEM)."""
-    GetProjectSettings: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.CreateProjectRequest]
-    """Operator, auditor and member parties: a project's settings, with every default filled
-    in (auto_run, blocking and link_key_mode always set).
+    GetProjectSettings: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.GetProjectSettingsResponse]
+    """Operator, auditor and member parties: a project's settings as the operator created
+    them, with every default filled in (auto_run, blocking and link_key_mode always set),
+    and the settings fingerprint.
     """
 
 @_typing.type_check_only
@@ -139,9 +140,10 @@ class LinkageUnitAsyncStub(LinkageUnitStub):
     """
     GetAuditPublicKey: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetAuditPublicKeyRequest, _linkage_pb2.GetAuditPublicKeyResponse]  # type: ignore[assignment]
     """Any authenticated caller: the linkage unit's audit public key (PEM)."""
-    GetProjectSettings: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.CreateProjectRequest]  # type: ignore[assignment]
-    """Operator, auditor and member parties: a project's settings, with every default filled
-    in (auto_run, blocking and link_key_mode always set).
+    GetProjectSettings: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.GetProjectSettingsResponse]  # type: ignore[assignment]
+    """Operator, auditor and member parties: a project's settings as the operator created
+    them, with every default filled in (auto_run, blocking and link_key_mode always set),
+    and the settings fingerprint.
     """
 
 class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
@@ -237,9 +239,10 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _linkage_pb2.GetProjectSettingsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_linkage_pb2.CreateProjectRequest, _abc.Awaitable[_linkage_pb2.CreateProjectRequest]]:
-        """Operator, auditor and member parties: a project's settings, with every default filled
-        in (auto_run, blocking and link_key_mode always set).
+    ) -> _typing.Union[_linkage_pb2.GetProjectSettingsResponse, _abc.Awaitable[_linkage_pb2.GetProjectSettingsResponse]]:
+        """Operator, auditor and member parties: a project's settings as the operator created
+        them, with every default filled in (auto_run, blocking and link_key_mode always set),
+        and the settings fingerprint.
         """
 
 def add_LinkageUnitServicer_to_server(servicer: LinkageUnitServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

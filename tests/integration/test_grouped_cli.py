@@ -52,6 +52,20 @@ def test_a_grouped_project_from_the_command_line(tmp_path: Path, capsys) -> None
         assert "uploads must be grouped encodings: name 512 bits" in capsys.readouterr().out
         fingerprint = load_schema(SCHEMA).fingerprint.hex()
         assert main(["project", "create", "p2", "--schema-fingerprint", fingerprint, *common]) == 0
+        assert "grouped" not in capsys.readouterr().out  # a fingerprint alone: no layout
+        # schema check --json carries the layout, and project create reads it back from there.
+        assert main(["schema", "check", "--schema", str(SCHEMA), "--json"]) == 0
+        checked = json.loads(capsys.readouterr().out)
+        assert checked["layout"] == load_schema(SCHEMA).layout.to_record()
+        # An operator's hand-edited copy: the right fingerprint, one group's hardening dropped.
+        edited = tmp_path / "schema-edited.json"
+        checked["layout"][1]["hardening"] = "none"
+        edited.write_text(json.dumps(checked), encoding="utf-8")
+        assert main(["project", "create", "p3", "--schema-fingerprint-file", str(edited),
+                     "--json", *common]) == 0  # fmt: skip
+        created = json.loads(capsys.readouterr().out)
+        assert created["layout"] == checked["layout"]
+        assert created["schema_fingerprint"] == fingerprint
 
         rows = [person(index) for index in range(60)]
         encoded = {}
@@ -59,7 +73,7 @@ def test_a_grouped_project_from_the_command_line(tmp_path: Path, capsys) -> None
             extract = write_csv(tmp_path / f"{party}.csv", chosen)
             key = tmp_path / f"{party}-signing.pem"
             assert main(["keygen", "--signing", "--out", str(key)]) == 0
-            for project in ("p1", "p2"):
+            for project in ("p1", "p2", "p3"):
                 out = tmp_path / f"{party}-{project}.clk"
                 assert main(["encode", str(extract), "--project", project, "--layout", "moj",
                              "--schema", str(SCHEMA), "--secret-file", str(secret),
@@ -89,6 +103,16 @@ def test_a_grouped_project_from_the_command_line(tmp_path: Path, capsys) -> None
         assert code == ExitCode.INCOMPATIBLE
         error = capsys.readouterr().err
         assert "error: CompatibilityError:" in error and "created without a layout" in error
+        assert "nothing was sent" in error  # refused by submit itself, before the upload
+        code = main(["submit", str(encoded["moj", "p3"]), "--party", "moj",
+                     *tls("party-moj")])  # fmt: skip
+        assert code == ExitCode.INCOMPATIBLE
+        error = capsys.readouterr().err
+        assert "hardened differently from project p3's" in error and "nothing was sent" in error
+        assert "a different schema file?" in error  # the plain words for aspect hardening
+        for project in ("p2", "p3"):
+            assert main(["project", "status", project, "--json", *tls("operator")]) == 0
+            assert json.loads(capsys.readouterr().out)["uploads"]["moj"] == "not_started"
     finally:
         server.stop(0)
 

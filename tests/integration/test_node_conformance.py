@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from auditor.verify import verify_audit_log
+from linkage_unit.pki import CertificateSet
 from linkage_unit.server import LinkageUnitServer
-from protocol.audit_verify import verify_audit_log
-from protocol.certificates import CertificateSet
 from protocol.clk_file import ClkFileWriter
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.manifest import read_manifest, verify_manifest

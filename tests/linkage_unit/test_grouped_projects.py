@@ -1,11 +1,10 @@
 """Grouped encodings (file format 2) at the linkage unit: a project created with a layout runs
 end to end and hands the layout to the engine; an upload whose layout or hardening differs
-from the project's is refused before a byte is stored; the layout survives a restart and an
-older state file gains its column."""
+from the project's is refused before a byte is stored; the layout survives a restart (an older
+state file gaining the column is tests/linkage_unit/test_storage.py)."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,27 +14,22 @@ import pytest
 from linkage_unit import matching
 from linkage_unit.checks import check_clks, check_headers
 from linkage_unit.run import RunManager
-from linkage_unit.service import Caller, LinkageService
+from linkage_unit.service import LinkageService
 from linkage_unit.storage import Storage
 from protocol import serde
 from protocol.clk_file import ClkFileWriter, read_header
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import CompatibilityError
-from protocol.identity import Identity, Role
 from protocol.messages import ProjectSettings, RunState, UploadChunk, UploadHeader
+from tests.linkage_unit.test_service import OPERATOR, party
 from tests.service_helpers import KCV, SCHEMA_FINGERPRINT, MemoryAuditSink
 
-OPERATOR = Caller(identity=Identity(role=Role.OPERATOR), certificate_fingerprint="op")
 LAYOUT = ClkLayout(
     groups=(
         GroupLayout(name="name", bits=128, hardening="diffusion:width=3,output_bits=128"),
         GroupLayout(name="birth", bits=128, hardening="none"),
     )
 )
-
-
-def party(name: str) -> Caller:
-    return Caller(identity=Identity(role=Role.PARTY, party=name), certificate_fingerprint=name)
 
 
 def settings(layout: ClkLayout | None = LAYOUT) -> ProjectSettings:
@@ -166,9 +160,7 @@ def test_an_upload_with_another_layout_or_hardening_is_refused_before_storing(
     storage.close()
 
 
-def test_layouts_survive_a_restart_and_an_older_state_file_gains_the_column(
-    tmp_path: Path,
-) -> None:
+def test_layouts_survive_a_restart(tmp_path: Path) -> None:
     storage = Storage(tmp_path / "lu")
     storage.create_project(settings())
     path = grouped_file(tmp_path / "moj.clk", planted(3)["moj"])
@@ -178,21 +170,10 @@ def test_layouts_survive_a_restart_and_an_older_state_file_gains_the_column(
     reopened = Storage(tmp_path / "lu")
     project = reopened.project("p1")
     assert project is not None and project.layout == LAYOUT
+    assert project == settings()
     record = reopened.upload("p1", "moj")
     assert record is not None and record.header == header and record.header.layout == LAYOUT
     reopened.close()
-
-    old = tmp_path / "old"
-    Storage(old).close()
-    with sqlite3.connect(old / "state.sqlite3") as database:  # a state file from before layouts
-        database.execute("ALTER TABLE projects DROP COLUMN layout")
-        database.execute("ALTER TABLE uploads DROP COLUMN layout")
-    upgraded = Storage(old)
-    upgraded.create_project(settings())
-    upgraded.begin_upload(header)
-    assert upgraded.project("p1") == settings()
-    assert upgraded.upload("p1", "moj") is not None
-    upgraded.close()
 
 
 def test_the_layout_crosses_the_wire_intact() -> None:

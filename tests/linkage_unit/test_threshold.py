@@ -84,3 +84,22 @@ def test_null_model_keeps_weak_matches_when_every_record_has_one() -> None:
 def test_null_model_without_enough_scores_uses_the_valley_method() -> None:
     best, _ = _mixture(7, 400, 4000)
     assert choose_threshold_with_null(best, np.empty(0)) == choose_threshold(best)
+
+
+def test_null_model_for_a_clustering_run_pays_every_false_link() -> None:
+    # Overlapping match and non-match scores: in a one-to-one run a false link needs a free
+    # partner (about U/n of them), in a deduplicating one it does not, so its F1 estimate
+    # charges more false positives and the threshold goes up.
+    generator = np.random.default_rng(8)
+    best = np.clip(
+        np.concatenate([generator.normal(0.85, 0.06, 2000), generator.normal(0.66, 0.04, 3000)]),
+        0, 1,
+    )  # fmt: skip
+    null = np.clip(generator.normal(0.66, 0.04, 3000), 0, 1)
+    one_to_one = choose_threshold_with_null(best, null)
+    clustering = choose_threshold_with_null(best, null, one_to_one=False)
+    assert clustering.method == one_to_one.method == "null-model"
+    assert clustering.threshold > one_to_one.threshold
+    # Fewer unmatched records above it, as the estimate asks.
+    unmatched = best[2000:]
+    assert (unmatched >= clustering.threshold).sum() < (unmatched >= one_to_one.threshold).sum()
