@@ -29,7 +29,10 @@ def _vector_count() -> int:
                 "clk_file_header",
             )
         )
-        + 1  # the audit log, checked as one
+        # the audit log: prefixes, tags, each entry's steps, the log, refusals, a view
+        + 2
+        + len(protocol["audit"]["lines"])
+        + 3
     )
 
 
@@ -49,3 +52,25 @@ def test_node_fails_on_a_wrong_vector(tmp_path: Path) -> None:
     done = run_script("vectors.mjs", str(tmp_path))
     assert done.returncode == 1
     assert f"FAIL settings fingerprint: {vectors['settings_fingerprint'][0]['name']}" in done.stdout
+
+
+def test_node_fails_on_a_view_that_shows_a_withheld_figure(tmp_path: Path) -> None:
+    """A member's view in which another party's record count is shown in place of its field
+    hash no longer recomputes the entry hash: the Node verifier catches it."""
+    for name in ("canonical_json.json", "protocol_vectors.json"):
+        shutil.copy(VECTORS / name, tmp_path / name)
+    vectors = json.loads((tmp_path / "protocol_vectors.json").read_text("utf-8"))
+    view = vectors["audit"]["view"]["lines"]
+    index, line = next(
+        (index, line)
+        for index, line in enumerate(json.loads(text) for text in view)
+        if "record_count" in line.get("withheld", {})
+    )
+    line["details"]["record_count"] = 40
+    line["field_salts"]["record_count"] = "00" * 16
+    del line["withheld"]["record_count"]
+    view[index] = json.dumps(line, sort_keys=True, separators=(",", ":"))
+    (tmp_path / "protocol_vectors.json").write_text(json.dumps(vectors), "utf-8")
+    done = run_script("vectors.mjs", str(tmp_path))
+    assert done.returncode == 1
+    assert "FAIL audit: a member's view" in done.stdout and "entry hash" in done.stdout

@@ -10,10 +10,18 @@ import { fileURLToPath } from "node:url";
 
 import { CanonicalError, canonicalBytes, canonicalText } from "./canonical.mjs";
 import {
+  AUDIT_PREFIXES,
+  ConformanceError,
+  bodyHash,
+  bodySalt,
   ed25519FromSeed,
+  entryHash,
+  fieldHash,
+  fieldSalt,
   layoutDigest,
   linkKeysDigest,
   parseClkHeader,
+  projectTag,
   rawPublicKey,
   settingsDocument,
   settingsFingerprint,
@@ -97,36 +105,103 @@ for (const vector of vectors.link_keys_sha256) {
     differ("keys_sha256", linkKeysDigest(vector.entries), vector.keys_sha256),
   );
 }
-check("audit: entry hashes, signatures, chain, redacted stub, signed head", () => {
-  const audit = vectors.audit;
-  const key = ed25519FromSeed(Buffer.from(audit.signing_seed, "hex"));
-  const publicKey = createPublicKey(key);
-  const problem = differ("public key", rawPublicKey(key).toString("hex"), audit.public_key);
+const audit = vectors.audit;
+const auditKey = ed25519FromSeed(Buffer.from(audit.signing_seed, "hex"));
+const auditPublic = createPublicKey(auditKey);
+check("audit: the LU key and the five domain prefixes", () =>
+  differ("public key", rawPublicKey(auditKey).toString("hex"), audit.public_key) ||
+  Object.entries(audit.prefixes_hex)
+    .map(([name, want]) => differ(`${name} prefix`, AUDIT_PREFIXES[name].toString("hex"), want))
+    .find(Boolean),
+);
+check("audit: project tags from view keys", () =>
+  audit.project_tags
+    .map((tag) =>
+      differ(tag.project_id, projectTag(Buffer.from(tag.view_key, "hex"), tag.project_id).toString("hex"), tag.project_tag),
+    )
+    .find(Boolean),
+);
+audit.lines.forEach((line, index) => {
+  check(`audit entry ${index}: field salts and hashes, body, entry hash`, () => {
+    const entry = JSON.parse(line);
+    const steps = audit.intermediates[index];
+    const salt = Buffer.from(entry.salt, "hex");
+    const fields = {};
+    for (const [key, value] of Object.entries(entry.details)) {
+      const mine = fieldSalt(salt, key);
+      const problem =
+        differ(`${key} salt`, mine.toString("hex"), steps.fields[key].field_salt) ||
+        differ(`${key} hash`, fieldHash(key, value, mine).toString("hex"), steps.fields[key].field_hash);
+      if (problem) return problem;
+      fields[key] = fieldHash(key, value, mine);
+    }
+    const body = bodyHash({ event: entry.event, timestamp: entry.timestamp, project_id: entry.project_id, fields, salt: bodySalt(salt) });
+    return (
+      differ("body salt", bodySalt(salt).toString("hex"), steps.body_salt) ||
+      differ("body hash", body.toString("hex"), steps.body_hash) ||
+      differ("entry hash", entryHash({ ...entry, body }).toString("hex"), steps.entry_hash) ||
+      differ("entry hash (canonical text)", sha256hex(Buffer.from(steps.entry_canonical, "utf8")), steps.entry_hash)
+    );
+  });
+});
+check("audit: the whole log (hashes, signatures, chain, tags, signed head)", () => {
+  const entries = verifyAuditLines(audit.lines, auditPublic);
+  const problem = differ("entry hashes", entries.map((entry) => entry.entry_hash).join(), audit.entry_hashes.join());
   if (problem) return problem;
-  const entries = verifyAuditLines(audit.lines, publicKey);
-  const hashes = entries.map((entry) => entry.entry_hash).join(",");
-  if (hashes !== audit.entry_hashes.join(",")) return "entry hashes differ";
-  for (const [index, text] of audit.canonical.entries()) {
-    const { entry_hash: _h, signature: _s, ...content } = entries[index];
-    if (!entries[index].redacted && canonicalText(content) !== text) return `entry ${index} canonical`;
-  }
-  // The redacted stub's content is not shown, but its hash is the full entry's.
-  const last = audit.canonical.length - 1;
-  if (sha256hex(Buffer.from(audit.canonical[last], "utf8")) !== entries[last].entry_hash) {
-    return "redacted stub's hash is not its entry's";
-  }
   // Deterministic Ed25519: this client's signature equals the recorded one.
-  const prefix = Buffer.from(audit.entry_signature_prefix_hex, "hex");
-  const mine = sign(null, Buffer.concat([prefix, Buffer.from(entries[0].entry_hash, "hex")]), key);
-  if (mine.toString("hex") !== entries[0].signature) return "entry signature differs";
-  verifySignedHead(audit.signed_head, publicKey, entries);
+  const signed = Buffer.concat([AUDIT_PREFIXES.entry_signature, Buffer.from(entries[0].entry_hash, "hex")]);
+  if (sign(null, signed, auditKey).toString("hex") !== entries[0].signature) return "entry signature differs";
+  verifySignedHead(audit.signed_head, auditPublic, entries);
+  return null;
+});
+check("audit: an edited detail, a stub in a whole log, or a hidden own entry fail", () => {
   const edited = audit.lines[0].replace('"members":"moj,dfe"', '"members":"dfe,moj"');
-  try {
-    verifyAuditLines([edited, ...audit.lines.slice(1)], publicKey);
-  } catch {
-    return null;
+  const refusals = [
+    () => verifyAuditLines([edited, ...audit.lines.slice(1)], auditPublic),
+    () => verifyAuditLines(audit.view.lines, auditPublic),
+    () => {
+      // moj's view with one of p1's own entries swapped for its stub.
+      const full = JSON.parse(audit.lines[2]);
+      const steps = audit.intermediates[2];
+      const stub = {
+        body_hash: steps.body_hash,
+        entry_hash: full.entry_hash,
+        format: full.format,
+        log_id: full.log_id,
+        previous_hash: full.previous_hash,
+        project_tag: full.project_tag,
+        redacted: true,
+        sequence: full.sequence,
+        signature: full.signature,
+      };
+      const lines = [...audit.view.lines];
+      lines[2] = canonicalText(stub);
+      verifyAuditLines(lines, auditPublic, { project_id: audit.view.project_id });
+    },
+  ];
+  for (const [index, attempt] of refusals.entries()) {
+    try {
+      attempt();
+    } catch (error) {
+      if (error instanceof ConformanceError) continue;
+      throw error;
+    }
+    return `case ${index} verified`;
   }
-  return "an edited entry verified";
+  return null;
+});
+check("audit: a member's view (partial entries, stubs) verifies with the same hashes", () => {
+  const entries = verifyAuditLines(audit.view.lines, auditPublic, { project_id: audit.view.project_id });
+  const problem = differ("entry hashes", entries.map((entry) => entry.entry_hash).join(), audit.entry_hashes.join());
+  if (problem) return problem;
+  verifySignedHead(audit.signed_head, auditPublic, entries);
+  const withheld = entries.filter((entry) => entry.form === "view" && Object.keys(entry.withheld).length);
+  const other = entries.find((entry) => entry.event === "upload_committed" && entry.details.party !== audit.view.party);
+  const finished = entries.find((entry) => entry.event === "run_finished");
+  if (!withheld.length) return "nothing withheld in a member's view";
+  if (Object.keys(other.details).join() !== "party") return "another party's upload figures shown";
+  if ("cluster_count" in finished.details) return "run figures shown to a party";
+  return null;
 });
 for (const vector of vectors.clk_file_header) {
   check(`encoded file header: ${vector.name}`, () => {

@@ -5,6 +5,7 @@ what tests/reference/make_protocol_vectors.py writes."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -12,12 +13,23 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from linkage_unit.link_keys import keys_digest
+from auditor.verify import AuditView, verify_audit_log
 from protocol import serde
-from protocol.audit import AuditEntry, head_from_json, parse_log, verify_chain
+from protocol.audit import (
+    AuditEntry,
+    EntryView,
+    RedactedEntry,
+    check_project_tags,
+    head_from_json,
+    parse_log,
+    project_tag,
+    verify_chain,
+    withheld_from,
+)
 from protocol.clk_file import ClkFileHeader
 from protocol.clk_layout import ClkLayout
 from protocol.manifest import SignedManifest, UploadManifest, sign_manifest, verify_manifest
+from protocol.messages import link_keys_digest
 from protocol.pb import linkage_pb2 as pb
 from tests.reference import make_protocol_vectors
 
@@ -92,25 +104,80 @@ def test_layout_digest(case: dict[str, Any]) -> None:
 def test_link_keys_digest(case: dict[str, Any]) -> None:
     positions = [position for position, _ in case["entries"]]
     keys = [key for _, key in case["entries"]]
-    assert keys_digest(positions, keys) == case["keys_sha256"]
+    assert link_keys_digest(positions, keys) == case["keys_sha256"]
 
 
-def test_audit_entries_hash_chain_and_signatures() -> None:
+def _parsed(lines: list[str]) -> tuple[AuditEntry | EntryView | RedactedEntry, ...]:
+    return parse_log("".join(line + "\n" for line in lines).encode("ascii")).entries
+
+
+def test_audit_log_hashes_signatures_and_head() -> None:
     audit = VECTORS["audit"]
     public_key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(audit["public_key"]))
-    parsed = parse_log("".join(line + "\n" for line in audit["lines"]).encode("ascii"))
-    assert [entry.entry_hash.hex() for entry in parsed.entries] == audit["entry_hashes"]
-    full = [entry for entry in parsed.entries if isinstance(entry, AuditEntry)]
-    assert [entry.canonical_bytes().decode("ascii") for entry in full] == audit["canonical"][
-        : len(full)
-    ]
-    report = verify_chain(parsed.entries, public_key, heads=[head_from_json(audit["signed_head"])])
+    entries = _parsed(audit["lines"])
+    assert all(isinstance(entry, AuditEntry) for entry in entries)
+    assert [entry.entry_hash.hex() for entry in entries] == audit["entry_hashes"]
+    head = head_from_json(audit["signed_head"])
+    report = verify_chain(entries, public_key, heads=[head])
     assert report.intact, report.message
-    # A changed byte of the canonical form is an edit.
+    assert check_project_tags(entries) is None
+    # A changed byte of a detail is an edit.
     edited = audit["lines"][0].replace('"members":"moj,dfe"', '"members":"dfe,moj"')
     assert edited != audit["lines"][0]
-    broken = parse_log("".join(line + "\n" for line in [edited, *audit["lines"][1:]]).encode())
-    assert verify_chain(broken.entries, public_key).problem == "edited"
+    assert verify_chain(_parsed([edited, *audit["lines"][1:]]), public_key).problem == "edited"
+
+
+def test_audit_intermediate_values_are_the_production_ones() -> None:
+    audit = VECTORS["audit"]
+    for entry, steps in zip(_parsed(audit["lines"]), audit["intermediates"], strict=True):
+        assert isinstance(entry, AuditEntry)
+        assert {key: digest.hex() for key, digest in entry.field_hashes().items()} == {
+            key: field["field_hash"] for key, field in steps["fields"].items()
+        }
+        assert (
+            hashlib.sha256(
+                bytes.fromhex(audit["prefixes_hex"]["body_hash"]) + steps["body_canonical"].encode()
+            ).hexdigest()
+            == steps["body_hash"]
+            == entry.body_hash().hex()
+        )
+        assert hashlib.sha256(steps["entry_canonical"].encode()).hexdigest() == steps["entry_hash"]
+    for tag in audit["project_tags"]:
+        assert (
+            project_tag(bytes.fromhex(tag["view_key"]), tag["project_id"]).hex()
+            == (tag["project_tag"])
+        )
+
+
+def test_a_members_view_withholds_what_the_policy_says_and_still_verifies(tmp_path: Path) -> None:
+    audit = VECTORS["audit"]
+    view = audit["view"]
+    public_key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(audit["public_key"]))
+    full = _parsed(audit["lines"])
+    shown = _parsed(view["lines"])
+    assert [line.entry_hash for line in shown] == [entry.entry_hash for entry in full]
+    for entry, line in zip(full, shown, strict=True):
+        assert isinstance(entry, AuditEntry)
+        if entry.project_id == view["project_id"]:
+            assert isinstance(line, EntryView)
+            hidden = withheld_from(entry.event, entry.details, view["party"]) & set(entry.details)
+            assert set(line.withheld) == hidden and set(line.details) == set(entry.details) - hidden
+        else:
+            assert isinstance(line, RedactedEntry)
+    assert any(isinstance(line, EntryView) and line.withheld for line in shown)
+    head = head_from_json(audit["signed_head"])
+    assert verify_chain(shown, public_key, heads=[head]).intact
+    # The auditor's verifier takes it as moj's view of p1.
+    path = tmp_path / "view.jsonl"
+    path.write_text("".join(line + "\n" for line in view["lines"]), "ascii")
+    report = verify_audit_log(
+        path,
+        public_key,
+        heads=[head],
+        check_wire=False,
+        view=AuditView(project_id=view["project_id"], party=view["party"]),
+    )
+    assert not [check for check in report.checks if check.status == "FAIL"], report.to_text()
 
 
 @pytest.mark.parametrize("case", VECTORS["clk_file_header"], ids=lambda case: case["name"])

@@ -22,16 +22,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from protocol import serde
 from protocol.audit import (
     GENESIS_HASH,
-    RedactedEntry,
+    AuditEntry,
+    LogLine,
+    body_salt,
     build_entry,
-    entry_to_json,
+    field_salt,
     head_to_json,
-    redacted_to_json,
+    line_to_json,
+    project_tag,
     sign_head,
 )
+from protocol.canonical import canonical_json
 from protocol.clk_file import ClkFileHeader
 from protocol.clk_layout import ClkLayout, GroupLayout
-from protocol.manifest import UploadManifest, sign_manifest
+from protocol.manifest import FieldCount, UploadManifest, sign_manifest
 from protocol.pb import linkage_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,6 +107,38 @@ SETTINGS_REQUESTS: list[tuple[str, dict[str, Any]]] = [
             "groups": LAYOUT.to_record(),
         },
     ),
+    (
+        "dedupe-and-link: moj deduplicated, cluster cap unset (1000)",
+        {
+            "project_id": "p5",
+            "member_party_ids": ["moj", "dfe"],
+            "schema_fingerprint": SCHEMA.hex(),
+            "matching": {"deduplicated_party_ids": ["moj"]},
+        },
+    ),
+    (
+        "dedupe-only: one member, deduplicated, cluster cap 50, a grouped layout",
+        {
+            "project_id": "p6",
+            "member_party_ids": ["moj"],
+            "schema_fingerprint": SCHEMA.hex(),
+            "matching": {
+                "threshold": 0.9,
+                "deduplicated_party_ids": ["moj"],
+                "max_cluster_size": 50,
+            },
+            "groups": LAYOUT.to_record(),
+        },
+    ),
+    (
+        "both deduplicated, listed out of order",
+        {
+            "project_id": "p7",
+            "member_party_ids": ["moj", "dfe"],
+            "schema_fingerprint": SCHEMA.hex(),
+            "matching": {"deduplicated_party_ids": ["moj", "dfe"], "max_cluster_size": 2},
+        },
+    ),
 ]
 
 
@@ -120,6 +156,9 @@ def request_from_vector(fields: dict[str, Any]) -> pb.CreateProjectRequest:
         message.matching.threshold = matching["threshold"]
     if "blocking" in matching:
         message.matching.blocking = pb.Blocking.Value(matching["blocking"])
+    message.matching.deduplicated_party_ids.extend(matching.get("deduplicated_party_ids", []))
+    if "max_cluster_size" in matching:
+        message.matching.max_cluster_size = matching["max_cluster_size"]
     if "link_key_mode" in fields:
         message.link_key_mode = pb.LinkKeyMode.Value(fields["link_key_mode"])
     if "auto_run" in fields:
@@ -165,9 +204,19 @@ def manifest_vectors() -> list[dict[str, Any]]:
         "nonce": bytes(range(200, 216)),
         "leak_scan_strings": 500,
         "leak_scan_rows": 100,
+        "unkeyed_check": True,
+        "rows_read": 1003,
+        "rows_skipped": 3,
+        "field_counts": (
+            FieldCount(field="surname", missing=0, blanked=2),
+            FieldCount(field="date_of_birth", missing=17, blanked=0),
+        ),
     }
     vectors = []
-    for name, layout in (("format v1: one record-level CLK", None), ("format v2: grouped", LAYOUT)):
+    for name, layout in (
+        ("one record-level CLK (file format 1, layout null)", None),
+        ("grouped (file format 2)", LAYOUT),
+    ):
         manifest = UploadManifest(**common, layout=layout)
         signed = sign_manifest(manifest, key)
         canonical = manifest.canonical_bytes()
@@ -212,6 +261,8 @@ def link_key_vectors() -> list[dict[str, Any]]:
     ]
     vectors = []
     for name, entries in cases:
+        # Written out here rather than calling protocol.messages.link_keys_digest, so the
+        # test that compares the two checks something.
         digest = hashlib.sha256()
         for position, key in entries:
             digest.update(f"{position},{key}\n".encode("ascii"))
@@ -225,50 +276,134 @@ def link_key_vectors() -> list[dict[str, Any]]:
     return vectors
 
 
+# Two projects' view keys (in the log, the LU derives them from a secret of its own).
+VIEW_KEYS = {"p1": bytes(range(100, 116)), "p2": bytes(range(116, 132))}
+AUDIT_EVENTS: list[tuple[str | None, str, dict[str, str | int]]] = [
+    (
+        "p1",
+        "project_created",
+        {
+            "settings_fingerprint": hashlib.sha256(b"settings").hexdigest(),
+            "members": "moj,dfe",
+            "schema_fingerprint": SCHEMA.hex(),
+            "retention": "delete-after-run",
+            "hold_days": 30,
+            "view_key": VIEW_KEYS["p1"].hex(),
+            "link_model": "dedupe-and-link",
+            "deduplicated": "moj",
+            "max_cluster_size": 1000,
+        },
+    ),
+    (
+        None,
+        "party_authenticated",
+        {
+            "party": "moj",
+            "role": "party",
+            "certificate_fingerprint": hashlib.sha256(b"c").hexdigest(),
+        },
+    ),
+    (
+        "p1",
+        "upload_committed",
+        {
+            "party": "moj",
+            "record_count": 9007199254740991,
+            "clk_bits": 1024,
+            "payload_sha256": PAYLOAD.hex(),
+            "schema_fingerprint": SCHEMA.hex(),
+            "kcv": KCV.hex(),
+        },
+    ),
+    (
+        "p2",
+        "project_created",
+        {
+            "settings_fingerprint": hashlib.sha256(b"settings 2").hexdigest(),
+            "members": "dfe,hmrc",
+            "schema_fingerprint": SCHEMA.hex(),
+            "retention": "delete-after-release",
+            "hold_days": 7,
+            "view_key": VIEW_KEYS["p2"].hex(),
+            "link_model": "one-to-one",
+        },
+    ),
+    (
+        "p1",
+        "upload_committed",
+        {
+            "party": "dfe",
+            "record_count": 40,
+            "clk_bits": 1024,
+            "payload_sha256": hashlib.sha256(b"dfe payload").hexdigest(),
+            "schema_fingerprint": SCHEMA.hex(),
+            "kcv": KCV.hex(),
+            "manifest_sha256": hashlib.sha256(b"dfe manifest").hexdigest(),
+        },
+    ),
+    ("p2", "checks_failed", {"party": "dfe", "aspect": "kcv"}),
+    (
+        "p1",
+        "run_finished",
+        {
+            "run_id": "r1",
+            "cluster_count": 12,
+            "linked_record_count": 30,
+            "comparisons": 400,
+            "threshold_thousandths": 875,
+            "threshold_method": "operator",
+        },
+    ),
+]
+VIEW_PROJECT, VIEW_PARTY = "p1", "moj"
+
+
+def _intermediates(entry: AuditEntry) -> dict[str, Any]:
+    """What an implementer recomputes on the way to an entry's hash, written out with the
+    plain canonical form (not the audit module's own functions) so both are checked."""
+    fields = {
+        key: {
+            "field_salt": field_salt(entry.salt, key).hex(),
+            "field_hash": digest.hex(),
+        }
+        for key, digest in entry.field_hashes().items()
+    }
+    body = canonical_json(
+        {
+            "event": entry.event,
+            "timestamp": entry.timestamp,
+            "project_id": entry.project_id,
+            "fields": {key: digest.hex() for key, digest in entry.field_hashes().items()},
+            "salt": body_salt(entry.salt).hex(),
+        }
+    ).decode("ascii")
+    hashed = canonical_json(
+        {
+            "format": "bloomlink-audit-v2",
+            "log_id": entry.log_id,
+            "sequence": entry.sequence,
+            "previous_hash": entry.previous_hash.hex(),
+            "project": None if entry.project_tag is None else entry.project_tag.hex(),
+            "body": entry.body_hash().hex(),
+        }
+    ).decode("ascii")
+    return {
+        "fields": fields,
+        "body_salt": body_salt(entry.salt).hex(),
+        "body_canonical": body,
+        "body_hash": entry.body_hash().hex(),
+        "entry_canonical": hashed,
+        "entry_hash": entry.entry_hash.hex(),
+    }
+
+
 def audit_vectors() -> dict[str, Any]:
     key = Ed25519PrivateKey.from_private_bytes(LU_SEED)
     start = datetime(2026, 1, 31, 12, 0, tzinfo=UTC)
     log_id = "0123456789abcdef0123456789abcdef"
-    events: list[tuple[str, str | None, dict[str, str | int]]] = [
-        (
-            "project_created",
-            "p1",
-            {
-                "settings_fingerprint": hashlib.sha256(b"settings").hexdigest(),
-                "members": "moj,dfe",
-                "schema_fingerprint": SCHEMA.hex(),
-                "retention": "delete-after-run",
-            },
-        ),
-        (
-            "party_authenticated",
-            None,
-            {
-                "party": "moj",
-                "role": "party",
-                "certificate_fingerprint": hashlib.sha256(b"cert").hexdigest(),
-            },
-        ),
-        (
-            "upload_committed",
-            "p1",
-            {
-                "party": "moj",
-                "record_count": 9007199254740991,
-                "clk_bits": 1024,
-                "payload_sha256": PAYLOAD.hex(),
-                "schema_fingerprint": SCHEMA.hex(),
-                "kcv": KCV.hex(),
-            },
-        ),
-        ("checks_failed", "p2", {"party": "dfe", "aspect": "kcv"}),
-    ]
     previous = GENESIS_HASH
-    lines: list[str] = []
-    hashes: list[str] = []
-    canonical: list[str] = []
-    entries = []
-    for sequence, (event, project, details) in enumerate(events):
+    entries: list[AuditEntry] = []
+    for sequence, (project, event, details) in enumerate(AUDIT_EVENTS):
         entry = build_entry(
             signing_key=key,
             log_id=log_id,
@@ -278,23 +413,43 @@ def audit_vectors() -> dict[str, Any]:
             event=event,
             project_id=project,
             details=details,
+            salt=hashlib.sha256(b"entry salt %d" % sequence).digest()[:16],
+            view_key=None if project is None else VIEW_KEYS[project],
         )
         entries.append(entry)
-        canonical.append(entry.canonical_bytes().decode("ascii"))
-        hashes.append(entry.entry_hash.hex())
-        # The last entry as another project's view shows it: a redacted stub.
-        last = sequence == len(events) - 1
-        lines.append(redacted_to_json(RedactedEntry.of(entry)) if last else entry_to_json(entry))
         previous = entry.entry_hash
+    # Member moj's view of p1, as FetchAuditLog{project_id: "p1"} gives it to moj.
+    view: list[LogLine] = [
+        entry.view_for(VIEW_PARTY) if entry.project_id == VIEW_PROJECT else entry.stub()
+        for entry in entries
+    ]
     head = sign_head(entries[-1], signing_key=key, moment=start + timedelta(minutes=1))
     return {
         "signing_seed": LU_SEED.hex(),
         "public_key": _raw_public(key),
-        "entry_signature_prefix_hex": b"bloomlink-audit-entry-v1\0".hex(),
-        "head_signature_prefix_hex": b"bloomlink-audit-head-v1\0".hex(),
-        "lines": lines,
-        "canonical": canonical,
-        "entry_hashes": hashes,
+        "prefixes_hex": {
+            "entry_signature": b"bloomlink-audit-entry-v2\0".hex(),
+            "head_signature": b"bloomlink-audit-head-v2\0".hex(),
+            "field_hash": b"bloomlink-audit-field-v2\0".hex(),
+            "body_hash": b"bloomlink-audit-body-v2\0".hex(),
+            "project_tag": b"bloomlink-audit-project-v2\0".hex(),
+        },
+        "project_tags": [
+            {
+                "project_id": project,
+                "view_key": view_key.hex(),
+                "project_tag": project_tag(view_key, project).hex(),
+            }
+            for project, view_key in VIEW_KEYS.items()
+        ],
+        "lines": [line_to_json(entry) for entry in entries],
+        "intermediates": [_intermediates(entry) for entry in entries],
+        "entry_hashes": [entry.entry_hash.hex() for entry in entries],
+        "view": {
+            "project_id": VIEW_PROJECT,
+            "party": VIEW_PARTY,
+            "lines": [line_to_json(line) for line in view],
+        },
         "signed_head": head_to_json(head),
     }
 
