@@ -1,11 +1,19 @@
 """A second client, in Node.js, written from docs/protocol.md and the .proto alone, against a
 real linkage unit on loopback with real certificates, manifests required and the parties'
-manifest keys registered: health, projects, a resumed upload, the run, link keys with their
-digest, a refusal per role, and the audit log (tests/interop/conformance.mjs).
+manifest keys registered: health, projects (defaults, a link model), a refusal per role when
+the call starts, refusals at the upload header (schema, KCV) with their trailers, a resumed
+upload after a client cancel and an idle cut, the run, what a party sees of it, link keys
+with their digest, the audited-call rate limit, and the whole audit log and a member's view
+(tests/interop/conformance.mjs).
+
+The LU's limits are set here explicitly, not left to defaults the session would depend on:
+a 4 s stream idle cut (the session waits one out) and an audited-call burst of 40 refilled
+at 6 a minute (the non-member spends its burst on refused probes; every other identity's
+session stays well inside it).
 
 Afterwards the Python side checks what the Node client made: its manifests verify under the
-parties' keys, `audit verify` passes on the log with them, and the keys it saved are the ones
-the linkage unit holds."""
+parties' keys, `audit verify` passes on the log with them and on the member's view it
+fetched (as that member's view), and the keys it saved are the ones the linkage unit holds."""
 
 from __future__ import annotations
 
@@ -16,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auditor.verify import verify_audit_log
+from auditor.verify import AuditView, verify_audit_log
 from linkage_unit.pki import CertificateSet
 from linkage_unit.server import LinkageUnitServer
 from protocol.clk_file import ClkFileWriter
@@ -39,6 +47,8 @@ LAYOUT = ClkLayout(
     )
 )
 SENSITIVE = ["zoe", "obrien", "1985-12-03", "SW1A 1AA"]
+IDLE_SECONDS = 4
+AUDITED_CALL_BURST = 40
 
 
 def _encoded_files(directory: Path) -> tuple[dict[str, Path], list[list[int]]]:
@@ -74,7 +84,13 @@ def test_the_node_client_conforms(
         signing[party] = tmp_path / f"{party}-signing.pem"
         public[party] = tmp_path / f"{party}-signing.pub"
         public[party].write_bytes(public_key_pem(create_signing_key(signing[party])))
-    server = start_server(require_manifest=True, party_keys=public)
+    server = start_server(
+        require_manifest=True,
+        party_keys=public,
+        stream_idle_seconds=IDLE_SECONDS,
+        audited_call_burst=AUDITED_CALL_BURST,
+        audited_calls_per_minute=6,
+    )
 
     def pair(name: str) -> dict[str, str]:
         if name == "operator":
@@ -98,6 +114,9 @@ def test_the_node_client_conforms(
         "non_member": "hmrc",
         "project_id": PROJECT,
         "defaults_project_id": "interop-defaults",
+        "dedupe_project_id": "interop-dedupe",
+        "stream_idle_seconds": IDLE_SECONDS,
+        "audited_call_burst": AUDITED_CALL_BURST,
         "truth": truth,
         "sensitive_strings": SENSITIVE,
         "out": str(out),
@@ -114,12 +133,20 @@ def test_the_node_client_conforms(
     for expected in (
         "health",
         "create project",
-        "refused per role",
-        "a cancelled stream keeps",
+        "dedupe-only",
+        "refused per role when the call starts",
+        "another schema (CompatibilityError",
+        "the client cancels keeps",
+        "cut by the LU's idle watchdog",
         "resume from before the committed offset",
+        "under another key is refused",
+        "READY",
         "StartRun",
+        "party view",
         "count and digest",
+        "rate limit",
         "the whole log verifies",
+        "a member's project view verifies",
     ):
         assert expected in names, names
 
@@ -138,12 +165,20 @@ def test_the_node_client_conforms(
         party_keys={party: load_public_key(public[party]) for party in PARTIES},
     )
     assert audit.passed, audit.to_text()
+    # The view the first party fetched, checked as that party's view of the project.
+    first = PARTIES[0]
+    view = verify_audit_log(
+        out / f"{first}.view.jsonl",
+        load_public_key(server.audit_log.public_key_pem()),
+        view=AuditView(project_id=PROJECT, party=first),
+    )
+    assert view.passed, view.to_text()
     # The keys the client saved are the ones the linkage unit released.
     for party in PARTIES:
         held = [
             f"{position},{key}\n"
-            for positions, keys in server.storage.iter_link_keys(PROJECT, party, batch_size=1000)
-            for position, key in zip(positions, keys, strict=True)
+            for rows in server.storage.iter_link_keys(PROJECT, party, batch_size=1000)
+            for position, key in zip(rows.positions, rows.link_keys, strict=True)
         ]
         assert (out / f"{party}.keys.csv").read_text("ascii") == "".join(held)
     assert np.unique([pair[0] for pair in truth]).size == len(truth)
