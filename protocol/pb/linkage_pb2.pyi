@@ -130,7 +130,7 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     RUN_STATE_UNSPECIFIED: _RunState.ValueType  # 0
     """Never sent; a client reads it (or a value it does not know) as "unknown"."""
     RUN_STATE_WAITING_FOR_UPLOADS: _RunState.ValueType  # 1
-    """No run yet (or, from StartRun with auto-run, not every member has uploaded)."""
+    """No run yet and not every member has uploaded (or, from an automatic start, not yet)."""
     RUN_STATE_QUEUED: _RunState.ValueType  # 2
     """Accepted; waiting for a run worker."""
     RUN_STATE_RUNNING: _RunState.ValueType  # 3
@@ -142,10 +142,12 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     may upload again (a new payload replaces a complete one), then the run restarts.
     """
     RUN_STATE_FAILED: _RunState.ValueType  # 6
-    """The run could not finish (progress_stage says why); the operator may start it again."""
+    """The run could not finish (progress_stage, shown to the operator and auditors, says why;
+    e.g. a deduplicating run over its cluster cap); the operator may start it again.
+    """
     RUN_STATE_READY: _RunState.ValueType  # 7
     """Every member has uploaded and the project waits for the operator to start the run
-    (created without auto-run).
+    (created without auto-run). A client that does not know it reads "unknown".
     """
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
@@ -154,7 +156,7 @@ class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
 RUN_STATE_UNSPECIFIED: RunState.ValueType  # 0
 """Never sent; a client reads it (or a value it does not know) as "unknown"."""
 RUN_STATE_WAITING_FOR_UPLOADS: RunState.ValueType  # 1
-"""No run yet (or, from StartRun with auto-run, not every member has uploaded)."""
+"""No run yet and not every member has uploaded (or, from an automatic start, not yet)."""
 RUN_STATE_QUEUED: RunState.ValueType  # 2
 """Accepted; waiting for a run worker."""
 RUN_STATE_RUNNING: RunState.ValueType  # 3
@@ -166,10 +168,12 @@ RUN_STATE_REFUSED: RunState.ValueType  # 5
 may upload again (a new payload replaces a complete one), then the run restarts.
 """
 RUN_STATE_FAILED: RunState.ValueType  # 6
-"""The run could not finish (progress_stage says why); the operator may start it again."""
+"""The run could not finish (progress_stage, shown to the operator and auditors, says why;
+e.g. a deduplicating run over its cluster cap); the operator may start it again.
+"""
 RUN_STATE_READY: RunState.ValueType  # 7
 """Every member has uploaded and the project waits for the operator to start the run
-(created without auto-run).
+(created without auto-run). A client that does not know it reads "unknown".
 """
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
@@ -190,12 +194,16 @@ class MatchingSettings(_message.Message):
     blocking: Global___Blocking.ValueType
     """Not set (UNSPECIFIED): BLOCKING_LSH."""
     max_cluster_size: _builtins.int
-    """With deduplication: the largest cluster a run may make before it fails; unset: 1000."""
+    """With deduplication: the most records of one party a cluster may hold before the run
+    fails (2..10000000); unset: 1000. Without deduplication it must be unset (or 1000). In
+    the settings document ("max_cluster_size") only with deduplication.
+    """
     @_builtins.property
     def deduplicated_party_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Member parties whose extracts may hold several records of one person: their records
         are deduplicated and clustered. Empty: one-to-one linkage. One member, deduplicated:
-        a deduplication-only project.
+        a deduplication-only project. Distinct labels, each a member. In the settings document
+        (key "deduplicated", sorted) only when not empty.
         """
 
     def __init__(
@@ -292,11 +300,13 @@ class CreateProjectRequest(_message.Message):
     """
     @_builtins.property
     def member_party_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """At least two distinct labels: the parties whose certificates may upload and fetch keys."""
+        """Distinct labels, at least two (or one that is deduplicated): the parties whose
+        certificates may upload and fetch keys.
+        """
 
     @_builtins.property
     def matching(self) -> Global___MatchingSettings:
-        """Not set: automatic threshold, LSH blocking."""
+        """Not set: automatic threshold, LSH blocking, one-to-one linkage."""
 
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClkGroup]:
@@ -374,7 +384,7 @@ Global___GetProjectStatusRequest: _TypeAlias = GetProjectStatusRequest  # noqa: 
 
 @_typing.final
 class PartyStatus(_message.Message):
-    """One member's upload, as the caller may see it."""
+    """One member's upload. A member party is sent its own row only."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -385,13 +395,11 @@ class PartyStatus(_message.Message):
     party_id: _builtins.str
     """The member's label."""
     upload_state: Global___UploadState.ValueType
-    """Its upload's state (every caller who may read status sees it)."""
+    """Its upload's state."""
     committed_bytes: _builtins.int
-    """Payload bytes held. Shown to the party itself, the operator and auditors; 0 for other
-    parties.
-    """
+    """Payload bytes held."""
     record_count: _builtins.int
-    """Shown to the party itself, the operator and auditors; 0 for other parties."""
+    """Records in the upload's header."""
     def __init__(
         self,
         *,
@@ -410,6 +418,10 @@ Global___PartyStatus: _TypeAlias = PartyStatus  # noqa: Y015
 
 @_typing.final
 class GetProjectStatusResponse(_message.Message):
+    """A project's status. The operator and auditors get every field; a member party gets the
+    fields marked "all", the rest at their defaults (docs/protocol.md, "Project status").
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROJECT_ID_FIELD_NUMBER: _builtins.int
@@ -429,11 +441,13 @@ class GetProjectStatusResponse(_message.Message):
     THRESHOLD_FIELD_NUMBER: _builtins.int
     THRESHOLD_METHOD_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
-    """The project asked about."""
+    """All: the project asked about."""
     run_state: Global___RunState.ValueType
-    """The latest run's state; WAITING_FOR_UPLOADS before the first run."""
+    """All: the latest run's state; before the first run WAITING_FOR_UPLOADS, or READY once
+    every member has uploaded to a project without auto-run.
+    """
     run_id: _builtins.str
-    """The latest run's id (a token); empty before the first run."""
+    """All: the latest run's id (a token); empty before the first run."""
     progress_stage: _builtins.str
     """What the run is doing ("checks", "block and compare", "solve", "link keys", ...: for
     people, not to be parsed); for a FAILED run, "failed: <reason>". Empty before a run.
@@ -447,22 +461,22 @@ class GetProjectStatusResponse(_message.Message):
     check_party_id: _builtins.str
     """When the checks refused the run: which party and which aspect (never a value). Aspects:
     schema_fingerprint, layout, hardening, kcv, clk_bits, record_count, degenerate_clks,
-    bit_density; more may be added.
+    bit_density; more may be added. A member party: only when it is its own upload.
     """
     check_aspect: _builtins.str
     """See check_party_id; the same word as the refusal's bloomlink-aspect trailer."""
     cluster_count: _builtins.int
-    """A finished run's figures (0 before): clusters with records of two or more parties,
-    records in them, and candidate pairs compared.
+    """A finished run's figures (0 before): clusters (people; a record alone is one), records
+    in clusters of two or more records, and candidate pairs compared.
     """
     linked_record_count: _builtins.int
     """See cluster_count."""
     comparisons: _builtins.int
     """See cluster_count."""
     schema_fingerprint: _builtins.bytes
-    """The project's schema fingerprint (32 bytes)."""
+    """All: the project's schema fingerprint (32 bytes)."""
     settings_fingerprint: _builtins.str
-    """Hex SHA-256 of the project's canonical settings document (as CreateProjectResponse)."""
+    """All: hex SHA-256 of the project's canonical settings document (as CreateProjectResponse)."""
     threshold: _builtins.float
     """The Dice threshold a finished run used and how it was set ("operator" or the automatic
     method): a setting of the run, not a score of any pair. Not set before a run finishes.
@@ -473,7 +487,7 @@ class GetProjectStatusResponse(_message.Message):
     """
     @_builtins.property
     def parties(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyStatus]:
-        """Every member, in the order the operator listed them."""
+        """Every member, in the order the operator listed them; a member party: its own row only."""
 
     def __init__(
         self,
@@ -550,8 +564,10 @@ class UploadHeader(_message.Message):
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClkGroup]:
         """Format 2 only: the record's groups, as the encoded file's header lists them; empty for
-        format 1. The linkage unit refuses an upload whose layout or hardening differs from the
-        project's (FAILED_PRECONDITION, bloomlink-aspect layout or hardening).
+        format 1. Before it stores a byte the linkage unit refuses a header that can never be
+        compared (FAILED_PRECONDITION, CompatibilityError, bloomlink-aspect schema_fingerprint,
+        layout or hardening against the project; kcv or clk_bits against another member's
+        complete upload).
         """
 
     def __init__(
@@ -639,10 +655,13 @@ class UploadManifest(_message.Message):
     the linkage unit has one).
     """
     unkeyed_check: _builtins.bool
-    """Whether the scan compared the CLKs with a re-encoding under a publicly known key."""
+    """Whether the scan compared the CLKs with a re-encoding under a publicly known key (false:
+    not done; the linkage unit accepts it, `bloomlink submit` does not).
+    """
     rows_read: _builtins.int
-    """The encode's counts (0 rows read: not recorded); per schema field, counts only."""
+    """Extract rows the encode read (0: not recorded, e.g. a client that encodes elsewhere)."""
     rows_skipped: _builtins.int
+    """Extract rows the encode skipped."""
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClkGroup]:
         """A grouped encoding's groups and the hardening applied to each (the manifest's
@@ -650,7 +669,11 @@ class UploadManifest(_message.Message):
         """
 
     @_builtins.property
-    def field_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestFieldCount]: ...
+    def field_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestFieldCount]:
+        """Per schema field, in the encoder's order, each field once: counts only, never a value
+        (the manifest's "field_counts"); empty when not recorded.
+        """
+
     def __init__(
         self,
         *,
@@ -684,7 +707,9 @@ Global___UploadManifest: _TypeAlias = UploadManifest  # noqa: Y015
 
 @_typing.final
 class ManifestFieldCount(_message.Message):
-    """One schema field's counts over an encode: records with no value, values blanked."""
+    """One schema field's counts over an encode: records with no value, values blanked (the
+    manifest's {"field", "missing", "blanked"}).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -692,9 +717,11 @@ class ManifestFieldCount(_message.Message):
     MISSING_FIELD_NUMBER: _builtins.int
     BLANKED_FIELD_NUMBER: _builtins.int
     field_name: _builtins.str
-    """A schema field name, ^[a-z][a-z0-9_-]{0,62}$."""
+    """A schema field name, ^[a-z][a-z0-9_-]{0,62}$ (JSON key "field")."""
     missing: _builtins.int
+    """Records with no value for the field; at most the record count."""
     blanked: _builtins.int
+    """Values the encoder blanked (placeholders, values it could not use)."""
     def __init__(
         self,
         *,
@@ -1019,8 +1046,9 @@ class FetchAuditLogResponse(_message.Message):
     """Set on the last message: the signed head (JSON) covering the last line sent."""
     @_builtins.property
     def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """Complete JSON lines of the log, in order, each ending in "\\n" (bloomlink-audit-v1;
-        docs/audit.md and docs/protocol.md, "Audit entries"). Concatenated, they are the log.
+        """Complete JSON lines of the log or view, in order, each ending in "\\n"
+        (bloomlink-audit-v2: full entries, a member's partial entries, stubs; docs/protocol.md,
+        "Audit log"). Concatenated, they are the log or view.
         """
 
     def __init__(
@@ -1101,10 +1129,14 @@ class GetProjectSettingsResponse(_message.Message):
     SETTINGS_FIELD_NUMBER: _builtins.int
     SETTINGS_FINGERPRINT_FIELD_NUMBER: _builtins.int
     settings_fingerprint: _builtins.str
-    """Hex SHA-256 of the canonical settings JSON, as written to the audit log."""
+    """Hex SHA-256 of the canonical settings document (docs/protocol.md, "Settings
+    fingerprint"), as written to the audit log's project_created entry.
+    """
     @_builtins.property
     def settings(self) -> Global___CreateProjectRequest:
-        """The settings as the operator created the project (the same fields as its request)."""
+        """The settings as the operator created the project (the same fields as its request),
+        every default filled in: recomputing their fingerprint gives settings_fingerprint.
+        """
 
     def __init__(
         self,

@@ -28,7 +28,11 @@ if _version_not_supported:
 class LinkageUnitStub:
     """The linkage unit. Every RPC authenticates the caller by its mutual-TLS client
     certificate: exactly one URI SAN `bloomlink:party:<label>`, `bloomlink:operator` or
-    `bloomlink:auditor` (docs/protocol.md, "Identities and roles"). The standard
+    `bloomlink:auditor`, on a clientAuth, non-CA certificate (docs/protocol.md, "Identities and
+    roles"). When a call starts, before any request message is read, a role that may not make
+    it is refused (PERMISSION_DENIED), a stream needs a free per-identity slot and a call that
+    writes audit entries a token from the identity's bucket (RESOURCE_EXHAUSTED); every stream
+    that stops making progress is cut (CANCELLED). See "Admission and limits". The standard
     grpc.health.v1.Health service answers on the same port for "" and
     "bloomlink.v1.LinkageUnit".
     """
@@ -89,7 +93,11 @@ class LinkageUnitStub:
 class LinkageUnitServicer:
     """The linkage unit. Every RPC authenticates the caller by its mutual-TLS client
     certificate: exactly one URI SAN `bloomlink:party:<label>`, `bloomlink:operator` or
-    `bloomlink:auditor` (docs/protocol.md, "Identities and roles"). The standard
+    `bloomlink:auditor`, on a clientAuth, non-CA certificate (docs/protocol.md, "Identities and
+    roles"). When a call starts, before any request message is read, a role that may not make
+    it is refused (PERMISSION_DENIED), a stream needs a free per-identity slot and a call that
+    writes audit entries a token from the identity's bucket (RESOURCE_EXHAUSTED); every stream
+    that stops making progress is cut (CANCELLED). See "Admission and limits". The standard
     grpc.health.v1.Health service answers on the same port for "" and
     "bloomlink.v1.LinkageUnit".
     """
@@ -105,7 +113,9 @@ class LinkageUnitServicer:
 
     def GetProjectStatus(self, request, context):
         """Operator, auditor and member parties: who has uploaded, checks, run progress and counts.
-        A non-member party gets NOT_FOUND, exactly as for a project that does not exist.
+        A member party sees its own row and the run's state only, never a figure that depends
+        on another party's data (docs/audit.md, "Who can learn what"). A non-member party gets
+        NOT_FOUND, exactly as for a project that does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,8 +139,9 @@ class LinkageUnitServicer:
 
     def StartRun(self, request, context):
         """Operator only: start (or restart after REFUSED or FAILED) the run once every member has
-        uploaded. Idempotent while a run is queued or running. FAILED_PRECONDITION before every
-        upload is complete; ALREADY_EXISTS once a run has finished.
+        uploaded (status READY without auto-run). Idempotent while a run is queued or running.
+        FAILED_PRECONDITION before every upload is complete; ALREADY_EXISTS once a run has
+        finished.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,15 +149,17 @@ class LinkageUnitServicer:
 
     def FetchLinkKeys(self, request, context):
         """A member party, as itself: its own link keys, as (record position, link key) pairs, in
-        batches. Anything not its own is NOT_FOUND; FAILED_PRECONDITION before the run finished.
+        batches. Anything not its own is NOT_FOUND (and audited); FAILED_PRECONDITION before the
+        run finished. The operator and auditors never fetch keys (PERMISSION_DENIED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FetchAuditLog(self, request, context):
-        """Auditor and operator: the whole audit log, or one project's view of it (other projects'
-        entries redacted to hash and signature). A member party may read its own project's view.
+        """Auditor and operator: the whole audit log, or one project's view of it (its entries in
+        full, every other entry as a stub). A member party may read its own project's view only:
+        its entries as partial entries, other parties' and the run's figures withheld.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -227,7 +240,11 @@ def add_LinkageUnitServicer_to_server(servicer, server):
 class LinkageUnit:
     """The linkage unit. Every RPC authenticates the caller by its mutual-TLS client
     certificate: exactly one URI SAN `bloomlink:party:<label>`, `bloomlink:operator` or
-    `bloomlink:auditor` (docs/protocol.md, "Identities and roles"). The standard
+    `bloomlink:auditor`, on a clientAuth, non-CA certificate (docs/protocol.md, "Identities and
+    roles"). When a call starts, before any request message is read, a role that may not make
+    it is refused (PERMISSION_DENIED), a stream needs a free per-identity slot and a call that
+    writes audit entries a token from the identity's bucket (RESOURCE_EXHAUSTED); every stream
+    that stops making progress is cut (CANCELLED). See "Admission and limits". The standard
     grpc.health.v1.Health service answers on the same port for "" and
     "bloomlink.v1.LinkageUnit".
     """

@@ -51,7 +51,11 @@ GRPC_VERSION: str
 class LinkageUnitStub:
     """The linkage unit. Every RPC authenticates the caller by its mutual-TLS client
     certificate: exactly one URI SAN `bloomlink:party:<label>`, `bloomlink:operator` or
-    `bloomlink:auditor` (docs/protocol.md, "Identities and roles"). The standard
+    `bloomlink:auditor`, on a clientAuth, non-CA certificate (docs/protocol.md, "Identities and
+    roles"). When a call starts, before any request message is read, a role that may not make
+    it is refused (PERMISSION_DENIED), a stream needs a free per-identity slot and a call that
+    writes audit entries a token from the identity's bucket (RESOURCE_EXHAUSTED); every stream
+    that stops making progress is cut (CANCELLED). See "Admission and limits". The standard
     grpc.health.v1.Health service answers on the same port for "" and
     "bloomlink.v1.LinkageUnit".
     """
@@ -67,7 +71,9 @@ class LinkageUnitStub:
     """
     GetProjectStatus: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectStatusRequest, _linkage_pb2.GetProjectStatusResponse]
     """Operator, auditor and member parties: who has uploaded, checks, run progress and counts.
-    A non-member party gets NOT_FOUND, exactly as for a project that does not exist.
+    A member party sees its own row and the run's state only, never a figure that depends
+    on another party's data (docs/audit.md, "Who can learn what"). A non-member party gets
+    NOT_FOUND, exactly as for a project that does not exist.
     """
     Upload: _grpc.StreamUnaryMultiCallable[_linkage_pb2.UploadRequest, _linkage_pb2.UploadResponse]
     """A member party, as itself: one UploadRequest with the header, then UploadRequests with
@@ -79,16 +85,19 @@ class LinkageUnitStub:
     """
     StartRun: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.StartRunRequest, _linkage_pb2.StartRunResponse]
     """Operator only: start (or restart after REFUSED or FAILED) the run once every member has
-    uploaded. Idempotent while a run is queued or running. FAILED_PRECONDITION before every
-    upload is complete; ALREADY_EXISTS once a run has finished.
+    uploaded (status READY without auto-run). Idempotent while a run is queued or running.
+    FAILED_PRECONDITION before every upload is complete; ALREADY_EXISTS once a run has
+    finished.
     """
     FetchLinkKeys: _grpc.UnaryStreamMultiCallable[_linkage_pb2.FetchLinkKeysRequest, _linkage_pb2.FetchLinkKeysResponse]
     """A member party, as itself: its own link keys, as (record position, link key) pairs, in
-    batches. Anything not its own is NOT_FOUND; FAILED_PRECONDITION before the run finished.
+    batches. Anything not its own is NOT_FOUND (and audited); FAILED_PRECONDITION before the
+    run finished. The operator and auditors never fetch keys (PERMISSION_DENIED).
     """
     FetchAuditLog: _grpc.UnaryStreamMultiCallable[_linkage_pb2.FetchAuditLogRequest, _linkage_pb2.FetchAuditLogResponse]
-    """Auditor and operator: the whole audit log, or one project's view of it (other projects'
-    entries redacted to hash and signature). A member party may read its own project's view.
+    """Auditor and operator: the whole audit log, or one project's view of it (its entries in
+    full, every other entry as a stub). A member party may read its own project's view only:
+    its entries as partial entries, other parties' and the run's figures withheld.
     """
     GetAuditPublicKey: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetAuditPublicKeyRequest, _linkage_pb2.GetAuditPublicKeyResponse]
     """Any authenticated caller: the linkage unit's audit public key (PEM)."""
@@ -102,7 +111,11 @@ class LinkageUnitStub:
 class LinkageUnitAsyncStub(LinkageUnitStub):
     """The linkage unit. Every RPC authenticates the caller by its mutual-TLS client
     certificate: exactly one URI SAN `bloomlink:party:<label>`, `bloomlink:operator` or
-    `bloomlink:auditor` (docs/protocol.md, "Identities and roles"). The standard
+    `bloomlink:auditor`, on a clientAuth, non-CA certificate (docs/protocol.md, "Identities and
+    roles"). When a call starts, before any request message is read, a role that may not make
+    it is refused (PERMISSION_DENIED), a stream needs a free per-identity slot and a call that
+    writes audit entries a token from the identity's bucket (RESOURCE_EXHAUSTED); every stream
+    that stops making progress is cut (CANCELLED). See "Admission and limits". The standard
     grpc.health.v1.Health service answers on the same port for "" and
     "bloomlink.v1.LinkageUnit".
     """
@@ -115,7 +128,9 @@ class LinkageUnitAsyncStub(LinkageUnitStub):
     """
     GetProjectStatus: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectStatusRequest, _linkage_pb2.GetProjectStatusResponse]  # type: ignore[assignment]
     """Operator, auditor and member parties: who has uploaded, checks, run progress and counts.
-    A non-member party gets NOT_FOUND, exactly as for a project that does not exist.
+    A member party sees its own row and the run's state only, never a figure that depends
+    on another party's data (docs/audit.md, "Who can learn what"). A non-member party gets
+    NOT_FOUND, exactly as for a project that does not exist.
     """
     Upload: _aio.StreamUnaryMultiCallable[_linkage_pb2.UploadRequest, _linkage_pb2.UploadResponse]  # type: ignore[assignment]
     """A member party, as itself: one UploadRequest with the header, then UploadRequests with
@@ -127,16 +142,19 @@ class LinkageUnitAsyncStub(LinkageUnitStub):
     """
     StartRun: _aio.UnaryUnaryMultiCallable[_linkage_pb2.StartRunRequest, _linkage_pb2.StartRunResponse]  # type: ignore[assignment]
     """Operator only: start (or restart after REFUSED or FAILED) the run once every member has
-    uploaded. Idempotent while a run is queued or running. FAILED_PRECONDITION before every
-    upload is complete; ALREADY_EXISTS once a run has finished.
+    uploaded (status READY without auto-run). Idempotent while a run is queued or running.
+    FAILED_PRECONDITION before every upload is complete; ALREADY_EXISTS once a run has
+    finished.
     """
     FetchLinkKeys: _aio.UnaryStreamMultiCallable[_linkage_pb2.FetchLinkKeysRequest, _linkage_pb2.FetchLinkKeysResponse]  # type: ignore[assignment]
     """A member party, as itself: its own link keys, as (record position, link key) pairs, in
-    batches. Anything not its own is NOT_FOUND; FAILED_PRECONDITION before the run finished.
+    batches. Anything not its own is NOT_FOUND (and audited); FAILED_PRECONDITION before the
+    run finished. The operator and auditors never fetch keys (PERMISSION_DENIED).
     """
     FetchAuditLog: _aio.UnaryStreamMultiCallable[_linkage_pb2.FetchAuditLogRequest, _linkage_pb2.FetchAuditLogResponse]  # type: ignore[assignment]
-    """Auditor and operator: the whole audit log, or one project's view of it (other projects'
-    entries redacted to hash and signature). A member party may read its own project's view.
+    """Auditor and operator: the whole audit log, or one project's view of it (its entries in
+    full, every other entry as a stub). A member party may read its own project's view only:
+    its entries as partial entries, other parties' and the run's figures withheld.
     """
     GetAuditPublicKey: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetAuditPublicKeyRequest, _linkage_pb2.GetAuditPublicKeyResponse]  # type: ignore[assignment]
     """Any authenticated caller: the linkage unit's audit public key (PEM)."""
@@ -149,7 +167,11 @@ class LinkageUnitAsyncStub(LinkageUnitStub):
 class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
     """The linkage unit. Every RPC authenticates the caller by its mutual-TLS client
     certificate: exactly one URI SAN `bloomlink:party:<label>`, `bloomlink:operator` or
-    `bloomlink:auditor` (docs/protocol.md, "Identities and roles"). The standard
+    `bloomlink:auditor`, on a clientAuth, non-CA certificate (docs/protocol.md, "Identities and
+    roles"). When a call starts, before any request message is read, a role that may not make
+    it is refused (PERMISSION_DENIED), a stream needs a free per-identity slot and a call that
+    writes audit entries a token from the identity's bucket (RESOURCE_EXHAUSTED); every stream
+    that stops making progress is cut (CANCELLED). See "Admission and limits". The standard
     grpc.health.v1.Health service answers on the same port for "" and
     "bloomlink.v1.LinkageUnit".
     """
@@ -172,7 +194,9 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_linkage_pb2.GetProjectStatusResponse, _abc.Awaitable[_linkage_pb2.GetProjectStatusResponse]]:
         """Operator, auditor and member parties: who has uploaded, checks, run progress and counts.
-        A non-member party gets NOT_FOUND, exactly as for a project that does not exist.
+        A member party sees its own row and the run's state only, never a figure that depends
+        on another party's data (docs/audit.md, "Who can learn what"). A non-member party gets
+        NOT_FOUND, exactly as for a project that does not exist.
         """
 
     @_abc_1.abstractmethod
@@ -202,8 +226,9 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_linkage_pb2.StartRunResponse, _abc.Awaitable[_linkage_pb2.StartRunResponse]]:
         """Operator only: start (or restart after REFUSED or FAILED) the run once every member has
-        uploaded. Idempotent while a run is queued or running. FAILED_PRECONDITION before every
-        upload is complete; ALREADY_EXISTS once a run has finished.
+        uploaded (status READY without auto-run). Idempotent while a run is queued or running.
+        FAILED_PRECONDITION before every upload is complete; ALREADY_EXISTS once a run has
+        finished.
         """
 
     @_abc_1.abstractmethod
@@ -213,7 +238,8 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_linkage_pb2.FetchLinkKeysResponse], _abc.AsyncIterator[_linkage_pb2.FetchLinkKeysResponse]]:
         """A member party, as itself: its own link keys, as (record position, link key) pairs, in
-        batches. Anything not its own is NOT_FOUND; FAILED_PRECONDITION before the run finished.
+        batches. Anything not its own is NOT_FOUND (and audited); FAILED_PRECONDITION before the
+        run finished. The operator and auditors never fetch keys (PERMISSION_DENIED).
         """
 
     @_abc_1.abstractmethod
@@ -222,8 +248,9 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         request: _linkage_pb2.FetchAuditLogRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_linkage_pb2.FetchAuditLogResponse], _abc.AsyncIterator[_linkage_pb2.FetchAuditLogResponse]]:
-        """Auditor and operator: the whole audit log, or one project's view of it (other projects'
-        entries redacted to hash and signature). A member party may read its own project's view.
+        """Auditor and operator: the whole audit log, or one project's view of it (its entries in
+        full, every other entry as a stub). A member party may read its own project's view only:
+        its entries as partial entries, other parties' and the run's figures withheld.
         """
 
     @_abc_1.abstractmethod
