@@ -986,7 +986,8 @@ class Storage:
         self._write(
             [
                 (
-                    "UPDATE runs SET state = ?, finished_at = ?, keys_ready = 0 "
+                    # done = total: a finished run reports its last stage complete.
+                    "UPDATE runs SET state = ?, finished_at = ?, keys_ready = 0, done = total "
                     "WHERE run_id = ? AND keys_ready = 1",
                     (str(RunState.FINISHED), self._clock(), run_id),
                 )

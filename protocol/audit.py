@@ -4,20 +4,23 @@ Stage: audit (shared by the linkage unit, which appends, and the auditor, who ve
 
 One entry per event, in a hash chain signed by the linkage unit's Ed25519 key. The format
 (``bloomlink-audit-v2``) lets the LU show each reader only what that reader may see while
-every reader can still check the whole chain:
+every reader can still check the whole chain. "JSON" below is always the RFC 8785 canonical
+JSON of protocol/canonical.py (docs/protocol.md, "Canonical JSON"); every value hashed is an
+ASCII string, a whole number below 2^53 or null, where it is also the compact sorted-key
+ASCII ``json.dumps``, so any language reproduces the bytes.
 
 * **Field hashes.** Each detail ``key: value`` is committed to on its own:
   ``SHA-256("bloomlink-audit-field-v2\\0" + field salt + JSON [key, value])``, with a field
   salt of 16 bytes derived from the entry's random 16-byte ``salt`` (HMAC-SHA256, label
   ``field\\0<key>``). A value can be withheld from a reader by showing its field hash
   instead; the salt makes small values (a count, a KCV) impossible to guess from it.
-* **Body hash** = SHA-256 of ``"bloomlink-audit-body-v2\\0"`` + the compact JSON of
+* **Body hash** = SHA-256 of ``"bloomlink-audit-body-v2\\0"`` + the JSON of
   ``{event, timestamp, project_id, fields: {key: field hash}, salt: body salt}`` (body salt
   derived from ``salt``, label ``body\\0``).
 * **Project tag**: HMAC-SHA256 under the project's ``view_key`` (16 bytes, in the project's
   ``project_created`` entry) of ``"bloomlink-audit-project-v2\\0" + project id``; null for
   an entry with no project. Only the project's readers know its view key.
-* **Entry hash** = SHA-256 of the compact JSON (sorted keys, ASCII) of ``{format, log_id,
+* **Entry hash** = SHA-256 of the JSON of ``{format, log_id,
   sequence, previous_hash, project: tag, body: body hash}``; ``previous_hash`` is the
   previous entry's hash (32 zero bytes for sequence 0), so each hash commits to the whole
   past. **Signature** = Ed25519 over ``b"bloomlink-audit-entry-v2\\0" + entry hash``.
@@ -61,6 +64,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from protocol.canonical import MAX_SAFE_INTEGER, canonical_json
 from protocol.errors import AuditError, ConfigurationError
 from protocol.labels import check_label
 
@@ -98,7 +102,7 @@ _HEAD_PREFIX = b"bloomlink-audit-head-v2\0"
 _FIELD_PREFIX = b"bloomlink-audit-field-v2\0"
 _BODY_PREFIX = b"bloomlink-audit-body-v2\0"
 _PROJECT_PREFIX = b"bloomlink-audit-project-v2\0"
-_MAX_COUNT = 2**63 - 1
+_MAX_COUNT = MAX_SAFE_INTEGER  # exact in every language's JSON (docs/protocol.md)
 SALT_BYTES = 16
 VIEW_KEY_BYTES = 16
 
@@ -132,7 +136,7 @@ def _count(value: object, where: str) -> int:
     except TypeError:
         raise AuditError(f"{where} must be a whole number") from None
     if not 0 <= number <= _MAX_COUNT:
-        raise AuditError(f"{where} must be between 0 and 2**63 - 1")
+        raise AuditError(f"{where} must be between 0 and 2**53 - 1")
     return number
 
 
@@ -401,9 +405,7 @@ def _check_timestamp(value: object) -> None:
 
 
 def _canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
-        "ascii"
-    )
+    return canonical_json(value)
 
 
 def _derived_salt(salt: bytes, label: bytes) -> bytes:

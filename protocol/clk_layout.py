@@ -13,11 +13,11 @@ CLK (encoding v1) is the layout with one group, ``record``.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from protocol.canonical import canonical_json
 from protocol.errors import ConfigurationError
 from protocol.hardening import HARDENING_DESCRIPTOR_PATTERN, NO_HARDENING, parse_descriptor
 from protocol.labels import check_label
@@ -117,8 +117,9 @@ class ClkLayout:
         return cls(groups=tuple(groups))
 
     def canonical_json(self) -> str:
-        """Compact sorted-key ASCII JSON of :meth:`to_record`."""
-        return json.dumps(self.to_record(), sort_keys=True, separators=(",", ":"))
+        """RFC 8785 canonical JSON of :meth:`to_record` (ASCII: the same bytes as the compact
+        sorted-key JSON of earlier versions)."""
+        return canonical_json(self.to_record()).decode("ascii")
 
     @property
     def sha256(self) -> str:

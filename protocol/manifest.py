@@ -19,8 +19,10 @@ single record-level CLK, file format 1).
 There is one manifest format, ``bloomlink-manifest-v2``, for both file formats. A
 ``bloomlink-manifest-v1`` manifest (from an earlier build) is refused with a message to
 re-encode: it lacks the fields above, and nothing here re-signs a party's statement. Its
-**canonical bytes** are compact sorted-key ASCII JSON with a ``format`` field; the party signs exactly
-those bytes with its Ed25519 key. The manifest file is JSON:
+**canonical bytes** are the RFC 8785 canonical JSON (protocol/canonical.py) of the record with
+its ``format`` field; the party signs exactly those bytes with its Ed25519 key. Every value is
+an ASCII string, a whole number below 2^53, a boolean or null, where RFC 8785 gives the same
+bytes as compact sorted-key ASCII ``json.dumps``. The manifest file is JSON:
 ``{"manifest": {...}, "public_key": <raw key hex>, "signature": <hex>}``. The embedded public
 key only says which key signed; trust comes from comparing it with the party's registered
 key (``expected_public_key``).
@@ -41,6 +43,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protocol.atomic_file import atomic_output
+from protocol.canonical import MAX_SAFE_INTEGER, canonical_json
 from protocol.clk_file import check_clk_bits
 from protocol.clk_layout import ClkLayout
 from protocol.errors import AuditError, ConfigurationError
@@ -85,8 +88,8 @@ _FIELDS = (
 
 
 def _count(value: object, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"manifest {what} must be a whole number")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SAFE_INTEGER:
+        raise ConfigurationError(f"manifest {what} must be a whole number below 2**53")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,8 +143,8 @@ class UploadManifest:
         check_label(self.party, what="manifest party")
         if isinstance(self.record_count, bool) or not isinstance(self.record_count, int):
             raise ConfigurationError("manifest record count must be a whole number")
-        if self.record_count < 0:
-            raise ConfigurationError("manifest record count cannot be negative")
+        if not 0 <= self.record_count <= MAX_SAFE_INTEGER:
+            raise ConfigurationError("manifest record count must be between 0 and 2**53 - 1")
         check_clk_bits(self.clk_bits)
         _bytes_field(self.payload_sha256, 32, "payload digest")
         _bytes_field(self.schema_fingerprint, 32, "schema fingerprint")
@@ -196,10 +199,8 @@ class UploadManifest:
         }
 
     def canonical_bytes(self) -> bytes:
-        """The bytes the party signs."""
-        return json.dumps(
-            self.to_record(), sort_keys=True, separators=(",", ":"), ensure_ascii=True
-        ).encode("ascii")
+        """The bytes the party signs: RFC 8785 canonical JSON of :meth:`to_record`."""
+        return canonical_json(self.to_record())
 
     @property
     def sha256(self) -> str:

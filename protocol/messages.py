@@ -7,11 +7,11 @@ Every value is validated on construction, so a malformed request never reaches t
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
+from protocol.canonical import canonical_json
 from protocol.clk_file import FORMAT_VERSION, GROUPED_FORMAT_VERSION, ClkFileHeader
 from protocol.clk_layout import ClkLayout
 from protocol.errors import ConfigurationError
@@ -20,6 +20,7 @@ from protocol.vocabulary import LinkModel, RetentionPolicy
 
 __all__ = [
     "DEFAULT_MAX_CLUSTER_SIZE",
+    "SETTINGS_FORMAT",
     "LinkKeyBatch",
     "LinkKeysDigest",
     "LinkKeyMode",
@@ -37,6 +38,11 @@ __all__ = [
     "link_keys_digest",
 ]
 
+
+SETTINGS_FORMAT = "bloomlink-settings-v2"
+"""The settings document's format (docs/protocol.md, "Settings fingerprint"). Version 1 was
+Python's ``json.dumps`` of the same fields without this one, whose float spelling no other
+language reproduces."""
 
 UNRUN_HOLD_DAYS = 30
 """How long an upload of a ``delete-after-run`` project (``retention_days`` 0) waits for a
@@ -154,10 +160,12 @@ class ProjectSettings:
         )
 
     def canonical_json(self) -> str:
-        """Sorted-keys JSON of every setting: what the settings fingerprint covers. The
-        layout appears only when set and the deduplication settings only in a project that
-        deduplicates, so a single-CLK one-to-one project keeps its earlier fingerprint."""
+        """The settings document in RFC 8785 canonical JSON (protocol/canonical.py): what the
+        settings fingerprint covers. The layout is there only when set and the deduplication
+        settings only in a project that deduplicates, so a one-to-one project's document
+        has no key that means nothing for it."""
         values: dict[str, object] = {
+            "format": SETTINGS_FORMAT,
             "project_id": self.project_id,
             "members": sorted(self.members),
             "schema_fingerprint": self.schema_fingerprint.hex(),
@@ -172,7 +180,7 @@ class ProjectSettings:
         if self.deduplicated:
             values["deduplicated"] = sorted(self.deduplicated)
             values["max_cluster_size"] = self.max_cluster_size
-        return json.dumps(values, sort_keys=True, separators=(",", ":"))
+        return canonical_json(values).decode("utf-8")
 
     @property
     def retention_policy(self) -> RetentionPolicy:

@@ -98,7 +98,11 @@ _RUN_STATE = {
 }
 
 
-def _inverse(table: dict[K, V], value: V, *, what: str) -> K:
+def _inverse(table: dict[K, V], value: V, *, what: str, unspecified: K | None = None) -> K:
+    """The plain value of a wire enum; ``unspecified`` (when given) is what its
+    ``*_UNSPECIFIED`` (0) means, the documented default."""
+    if unspecified is not None and value == 0:
+        return unspecified
     for key, mapped in table.items():
         if mapped == value:
             return key
@@ -196,10 +200,16 @@ def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSett
         members=tuple(message.member_party_ids),
         schema_fingerprint=bytes(message.schema_fingerprint),
         threshold=message.matching.threshold if message.matching.HasField("threshold") else None,
-        blocking=_inverse(_BLOCKING, message.matching.blocking, what="blocking"),
-        link_key_mode=_inverse(_LINK_KEY_MODE, message.link_key_mode, what="link-key mode"),
+        # UNSPECIFIED and an unset auto_run mean the documented defaults (linkage.proto).
+        blocking=_inverse(_BLOCKING, message.matching.blocking, what="blocking", unspecified="lsh"),
+        link_key_mode=_inverse(
+            _LINK_KEY_MODE,
+            message.link_key_mode,
+            what="link-key mode",
+            unspecified=LinkKeyMode.SHARED,
+        ),
         retention_days=message.retention_days,
-        auto_run=message.auto_run,
+        auto_run=message.auto_run if message.HasField("auto_run") else True,
         layout=layout_from_proto(message.groups),
         deduplicated=tuple(
             label_from_proto(party, what="deduplicated party")

@@ -45,6 +45,46 @@ def clk_blocks(
     return block
 
 
+# JSON documents as the canonical form holds them: any text (lone surrogates excluded),
+# numbers within +-(2**53 - 1), nested arrays and objects.
+json_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1),
+    st.floats(allow_nan=False, allow_infinity=False, min_value=-(2**53 - 1), max_value=2**53 - 1),
+    st.text(alphabet=st.characters(exclude_categories=["Cs"])),
+)
+json_documents = st.recursive(
+    json_scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(
+            st.text(alphabet=st.characters(exclude_categories=["Cs"])), children, max_size=4
+        ),
+    ),
+    max_leaves=12,
+)
+# What audit entries and manifests hold: ASCII text, whole numbers below 2**53, booleans
+# (a manifest's unkeyed_check), null.
+ascii_documents = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=0, max_value=2**53 - 1),
+        st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(
+            st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E)),
+            children,
+            max_size=4,
+        ),
+    ),
+    max_leaves=12,
+)
+
+
 # -- clustering problems (linkage_unit/clustering.py) -------------------------------------
 # Scores from a short list so that ties, exact-threshold scores and below-threshold pairs
 # are common; the threshold is 0.75.

@@ -3,7 +3,11 @@
 isort:skip_file
 The bloomlink wire protocol between parties, the operator, auditors and the linkage unit.
 
-Version 1. A breaking change is a new package (bloomlink.v2), never an edit here.
+This file and docs/protocol.md are the contract; the linkage unit serves no reflection, so
+a client is built from this file. Version 1. A breaking change is a new package
+(bloomlink.v2), never an edit here; docs/protocol.md ("Compatibility") says which changes
+are compatible. The test vectors in tests/vectors/ pin every digest and signature.
+
 Upload messages carry only labels (project id, party id: ^[a-z][a-z0-9-]{0,62}$), the
 encoded file's header fields (with the layout of a grouped encoding: group labels, bit
 counts and hardening descriptors from a fixed grammar), the party's signed manifest (the
@@ -11,6 +15,14 @@ same fields plus a version string and a timestamp, both pattern-checked, and cou
 schema field named by pattern-checked field names), CLK bytes and chunk bookkeeping: there
 is no free-text field in which a personal identifier could travel. `bloomlink audit verify`
 checks this from the descriptor against an allow-list (protocol/serde.py).
+
+Conventions for every message:
+- The linkage unit refuses a request carrying a field it does not know (INVALID_ARGUMENT),
+  so nothing rides along unseen; a client must ignore response fields it does not know.
+- "Label" means ^[a-z][a-z0-9-]{0,62}$. Digests are raw bytes on the wire (32 for
+  SHA-256); the same digests are lower-case hex in JSON documents and the audit log.
+- A refusal is a gRPC status with trailing metadata `bloomlink-error` naming its class
+  (docs/protocol.md, "Errors"); its message is for people and never carries a value.
 """
 
 from collections import abc as _abc
@@ -36,14 +48,17 @@ class _LinkKeyMode:
 class _LinkKeyModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LinkKeyMode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     LINK_KEY_MODE_UNSPECIFIED: _LinkKeyMode.ValueType  # 0
+    """Not set: the default, LINK_KEY_MODE_SHARED."""
     LINK_KEY_MODE_SHARED: _LinkKeyMode.ValueType  # 1
     """Records in one cluster share one link key across all parties."""
     LINK_KEY_MODE_PER_PARTY: _LinkKeyMode.ValueType  # 2
     """Each party gets its own pseudonym per cluster; only the linkage unit can join them."""
 
-class LinkKeyMode(_LinkKeyMode, metaclass=_LinkKeyModeEnumTypeWrapper): ...
+class LinkKeyMode(_LinkKeyMode, metaclass=_LinkKeyModeEnumTypeWrapper):
+    """How link keys relate across parties."""
 
 LINK_KEY_MODE_UNSPECIFIED: LinkKeyMode.ValueType  # 0
+"""Not set: the default, LINK_KEY_MODE_SHARED."""
 LINK_KEY_MODE_SHARED: LinkKeyMode.ValueType  # 1
 """Records in one cluster share one link key across all parties."""
 LINK_KEY_MODE_PER_PARTY: LinkKeyMode.ValueType  # 2
@@ -57,14 +72,21 @@ class _Blocking:
 class _BlockingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Blocking.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BLOCKING_UNSPECIFIED: _Blocking.ValueType  # 0
+    """Not set: the default, BLOCKING_LSH."""
     BLOCKING_LSH: _Blocking.ValueType  # 1
+    """Locality-sensitive hashing on the CLK bits (the linkage unit's configured shape)."""
     BLOCKING_NONE: _Blocking.ValueType  # 2
+    """Compare every pair (small projects only)."""
 
-class Blocking(_Blocking, metaclass=_BlockingEnumTypeWrapper): ...
+class Blocking(_Blocking, metaclass=_BlockingEnumTypeWrapper):
+    """How the linkage unit chooses the pairs it compares."""
 
 BLOCKING_UNSPECIFIED: Blocking.ValueType  # 0
+"""Not set: the default, BLOCKING_LSH."""
 BLOCKING_LSH: Blocking.ValueType  # 1
+"""Locality-sensitive hashing on the CLK bits (the linkage unit's configured shape)."""
 BLOCKING_NONE: Blocking.ValueType  # 2
+"""Compare every pair (small projects only)."""
 Global___Blocking: _TypeAlias = Blocking  # noqa: Y015
 
 class _UploadState:
@@ -74,18 +96,29 @@ class _UploadState:
 class _UploadStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UploadState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     UPLOAD_STATE_UNSPECIFIED: _UploadState.ValueType  # 0
+    """Never sent; a client reads it (or a value it does not know) as "unknown"."""
     UPLOAD_STATE_NOT_STARTED: _UploadState.ValueType  # 1
+    """Nothing held for this party (or, from GetUploadOffset, nothing for this payload digest)."""
     UPLOAD_STATE_PARTIAL: _UploadState.ValueType  # 2
+    """Some bytes held; resume at committed_bytes."""
     UPLOAD_STATE_COMPLETE: _UploadState.ValueType  # 3
+    """Every byte held and the payload digest verified; committed to the audit log."""
     UPLOAD_STATE_DELETED: _UploadState.ValueType  # 4
+    """Was complete; the CLKs were deleted under the project's retention policy."""
 
-class UploadState(_UploadState, metaclass=_UploadStateEnumTypeWrapper): ...
+class UploadState(_UploadState, metaclass=_UploadStateEnumTypeWrapper):
+    """One party's upload, as the linkage unit holds it. Never UNSPECIFIED in a response."""
 
 UPLOAD_STATE_UNSPECIFIED: UploadState.ValueType  # 0
+"""Never sent; a client reads it (or a value it does not know) as "unknown"."""
 UPLOAD_STATE_NOT_STARTED: UploadState.ValueType  # 1
+"""Nothing held for this party (or, from GetUploadOffset, nothing for this payload digest)."""
 UPLOAD_STATE_PARTIAL: UploadState.ValueType  # 2
+"""Some bytes held; resume at committed_bytes."""
 UPLOAD_STATE_COMPLETE: UploadState.ValueType  # 3
+"""Every byte held and the payload digest verified; committed to the audit log."""
 UPLOAD_STATE_DELETED: UploadState.ValueType  # 4
+"""Was complete; the CLKs were deleted under the project's retention policy."""
 Global___UploadState: _TypeAlias = UploadState  # noqa: Y015
 
 class _RunState:
@@ -95,36 +128,59 @@ class _RunState:
 class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     RUN_STATE_UNSPECIFIED: _RunState.ValueType  # 0
+    """Never sent; a client reads it (or a value it does not know) as "unknown"."""
     RUN_STATE_WAITING_FOR_UPLOADS: _RunState.ValueType  # 1
+    """No run yet and not every member has uploaded (or, from an automatic start, not yet)."""
     RUN_STATE_QUEUED: _RunState.ValueType  # 2
+    """Accepted; waiting for a run worker."""
     RUN_STATE_RUNNING: _RunState.ValueType  # 3
+    """Checks, comparison, solving or key issue in progress; see progress_stage."""
     RUN_STATE_FINISHED: _RunState.ValueType  # 4
+    """Link keys issued: every member party may fetch its own. Final."""
     RUN_STATE_REFUSED: _RunState.ValueType  # 5
-    """The checks before any comparison failed; see check_party and check_aspect."""
+    """The checks before any comparison failed; see check_party_id and check_aspect. A member
+    may upload again (a new payload replaces a complete one), then the run restarts.
+    """
     RUN_STATE_FAILED: _RunState.ValueType  # 6
+    """The run could not finish (progress_stage, shown to the operator and auditors, says why;
+    e.g. a deduplicating run over its cluster cap); the operator may start it again.
+    """
     RUN_STATE_READY: _RunState.ValueType  # 7
     """Every member has uploaded and the project waits for the operator to start the run
-    (created without auto-run).
+    (created without auto-run). A client that does not know it reads "unknown".
     """
 
-class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper): ...
+class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
+    """The project's latest run. Never UNSPECIFIED in a response."""
 
 RUN_STATE_UNSPECIFIED: RunState.ValueType  # 0
+"""Never sent; a client reads it (or a value it does not know) as "unknown"."""
 RUN_STATE_WAITING_FOR_UPLOADS: RunState.ValueType  # 1
+"""No run yet and not every member has uploaded (or, from an automatic start, not yet)."""
 RUN_STATE_QUEUED: RunState.ValueType  # 2
+"""Accepted; waiting for a run worker."""
 RUN_STATE_RUNNING: RunState.ValueType  # 3
+"""Checks, comparison, solving or key issue in progress; see progress_stage."""
 RUN_STATE_FINISHED: RunState.ValueType  # 4
+"""Link keys issued: every member party may fetch its own. Final."""
 RUN_STATE_REFUSED: RunState.ValueType  # 5
-"""The checks before any comparison failed; see check_party and check_aspect."""
+"""The checks before any comparison failed; see check_party_id and check_aspect. A member
+may upload again (a new payload replaces a complete one), then the run restarts.
+"""
 RUN_STATE_FAILED: RunState.ValueType  # 6
+"""The run could not finish (progress_stage, shown to the operator and auditors, says why;
+e.g. a deduplicating run over its cluster cap); the operator may start it again.
+"""
 RUN_STATE_READY: RunState.ValueType  # 7
 """Every member has uploaded and the project waits for the operator to start the run
-(created without auto-run).
+(created without auto-run). A client that does not know it reads "unknown".
 """
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 @_typing.final
 class MatchingSettings(_message.Message):
+    """How a project's records are compared."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     THRESHOLD_FIELD_NUMBER: _builtins.int
@@ -132,15 +188,22 @@ class MatchingSettings(_message.Message):
     DEDUPLICATED_PARTY_IDS_FIELD_NUMBER: _builtins.int
     MAX_CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
     threshold: _builtins.float
-    """Dice threshold in (0, 1]; unset means the engine chooses it from the run's own scores."""
+    """Dice threshold in (0, 1]; not set: the engine chooses it from the run's own scores.
+    0 or above 1 is refused (INVALID_ARGUMENT).
+    """
     blocking: Global___Blocking.ValueType
+    """Not set (UNSPECIFIED): BLOCKING_LSH."""
     max_cluster_size: _builtins.int
-    """With deduplication: the largest cluster a run may make before it fails; unset: 1000."""
+    """With deduplication: the most records of one party a cluster may hold before the run
+    fails (2..10000000); unset: 1000. Without deduplication it must be unset (or 1000). In
+    the settings document ("max_cluster_size") only with deduplication.
+    """
     @_builtins.property
     def deduplicated_party_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Member parties whose extracts may hold several records of one person: their records
         are deduplicated and clustered. Empty: one-to-one linkage. One member, deduplicated:
-        a deduplication-only project.
+        a deduplication-only project. Distinct labels, each a member. In the settings document
+        (key "deduplicated", sorted) only when not empty.
         """
 
     def __init__(
@@ -180,11 +243,13 @@ class ClkGroup(_message.Message):
     BITS_FIELD_NUMBER: _builtins.int
     HARDENING_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """^[a-z][a-z0-9-]{0,62}$"""
+    """Label (^[a-z][a-z0-9-]{0,62}$); distinct within a layout."""
     bits: _builtins.int
     """A multiple of 64, 64..65536."""
     hardening: _builtins.str
-    """The hardening descriptor grammar (protocol/hardening.py HARDENING_DESCRIPTOR_PATTERN)."""
+    """The hardening descriptor grammar (protocol/hardening.py HARDENING_DESCRIPTOR_PATTERN),
+    at most 123 ASCII bytes; "none" for no hardening. Required (empty is refused).
+    """
     def __init__(
         self,
         *,
@@ -202,6 +267,10 @@ Global___ClkGroup: _TypeAlias = ClkGroup  # noqa: Y015
 
 @_typing.final
 class CreateProjectRequest(_message.Message):
+    """A project, as the operator creates it; also GetProjectSettings' answer (defaults filled).
+    Its settings fingerprint is defined in docs/protocol.md ("Settings fingerprint").
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROJECT_ID_FIELD_NUMBER: _builtins.int
@@ -213,16 +282,32 @@ class CreateProjectRequest(_message.Message):
     AUTO_RUN_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
+    """Label; unique on this linkage unit. Required."""
     schema_fingerprint: _builtins.bytes
+    """SHA-256 (32 bytes) of the canonical linkage schema every upload must be encoded under.
+    Required.
+    """
     link_key_mode: Global___LinkKeyMode.ValueType
+    """Not set (UNSPECIFIED): LINK_KEY_MODE_SHARED."""
     retention_days: _builtins.int
-    """Days to keep the parties' CLKs after the run; 0 deletes them as soon as it finishes."""
+    """Days to keep the parties' CLKs after the run, 0..3650; 0 (the default) deletes them as
+    soon as the run finishes, N > 0 once every member has fetched its keys or N days after
+    the upload completed, whichever is first.
+    """
     auto_run: _builtins.bool
-    """Start the run by itself once every member has uploaded."""
+    """Start the run by itself once every member has uploaded. Not set: true. Set false to
+    start it with StartRun.
+    """
     @_builtins.property
-    def member_party_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def member_party_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Distinct labels, at least two (or one that is deduplicated): the parties whose
+        certificates may upload and fetch keys.
+        """
+
     @_builtins.property
-    def matching(self) -> Global___MatchingSettings: ...
+    def matching(self) -> Global___MatchingSettings:
+        """Not set: automatic threshold, LSH blocking, one-to-one linkage."""
+
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClkGroup]:
         """The grouped layout every upload must have (from a schema v2); empty for a single
@@ -238,14 +323,16 @@ class CreateProjectRequest(_message.Message):
         matching: Global___MatchingSettings | None = ...,
         link_key_mode: Global___LinkKeyMode.ValueType = ...,
         retention_days: _builtins.int = ...,
-        auto_run: _builtins.bool = ...,
+        auto_run: _builtins.bool | None = ...,
         groups: _abc.Iterable[Global___ClkGroup] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["matching", b"matching"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_auto_run", b"_auto_run", "auto_run", b"auto_run", "matching", b"matching"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_run", b"auto_run", "groups", b"groups", "link_key_mode", b"link_key_mode", "matching", b"matching", "member_party_ids", b"member_party_ids", "project_id", b"project_id", "retention_days", b"retention_days", "schema_fingerprint", b"schema_fingerprint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_auto_run", b"_auto_run", "auto_run", b"auto_run", "groups", b"groups", "link_key_mode", b"link_key_mode", "matching", b"matching", "member_party_ids", b"member_party_ids", "project_id", b"project_id", "retention_days", b"retention_days", "schema_fingerprint", b"schema_fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__auto_run: _TypeAlias = _typing.Literal["auto_run"]  # noqa: Y015
+    _WhichOneofArgType__auto_run: _TypeAlias = _typing.Literal["_auto_run", b"_auto_run"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__auto_run) -> _WhichOneofReturnType__auto_run | None: ...
 
 Global___CreateProjectRequest: _TypeAlias = CreateProjectRequest  # noqa: Y015
 
@@ -256,8 +343,11 @@ class CreateProjectResponse(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     SETTINGS_FINGERPRINT_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
+    """The project id, as created."""
     settings_fingerprint: _builtins.str
-    """Hex SHA-256 of the canonical settings JSON, as written to the audit log."""
+    """Hex SHA-256 of the canonical settings document (docs/protocol.md, "Settings
+    fingerprint"), as written to the audit log's project_created entry.
+    """
     def __init__(
         self,
         *,
@@ -278,6 +368,7 @@ class GetProjectStatusRequest(_message.Message):
 
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
+    """Label. Required."""
     def __init__(
         self,
         *,
@@ -293,6 +384,8 @@ Global___GetProjectStatusRequest: _TypeAlias = GetProjectStatusRequest  # noqa: 
 
 @_typing.final
 class PartyStatus(_message.Message):
+    """One member's upload. A member party is sent its own row only."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PARTY_ID_FIELD_NUMBER: _builtins.int
@@ -300,10 +393,13 @@ class PartyStatus(_message.Message):
     COMMITTED_BYTES_FIELD_NUMBER: _builtins.int
     RECORD_COUNT_FIELD_NUMBER: _builtins.int
     party_id: _builtins.str
+    """The member's label."""
     upload_state: Global___UploadState.ValueType
+    """Its upload's state."""
     committed_bytes: _builtins.int
+    """Payload bytes held."""
     record_count: _builtins.int
-    """Shown to the party itself, the operator and auditors; 0 for other parties."""
+    """Records in the upload's header."""
     def __init__(
         self,
         *,
@@ -322,6 +418,10 @@ Global___PartyStatus: _TypeAlias = PartyStatus  # noqa: Y015
 
 @_typing.final
 class GetProjectStatusResponse(_message.Message):
+    """A project's status. The operator and auditors get every field; a member party gets the
+    fields marked "all", the rest at their defaults (docs/protocol.md, "Project status").
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROJECT_ID_FIELD_NUMBER: _builtins.int
@@ -341,26 +441,54 @@ class GetProjectStatusResponse(_message.Message):
     THRESHOLD_FIELD_NUMBER: _builtins.int
     THRESHOLD_METHOD_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
+    """All: the project asked about."""
     run_state: Global___RunState.ValueType
+    """All: the latest run's state; before the first run WAITING_FOR_UPLOADS, or READY once
+    every member has uploaded to a project without auto-run.
+    """
     run_id: _builtins.str
+    """All: the latest run's id (a token); empty before the first run."""
     progress_stage: _builtins.str
+    """What the run is doing ("checks", "block and compare", "solve", "link keys", ...: for
+    people, not to be parsed); for a FAILED run, "failed: <reason>". Empty before a run.
+    """
     progress_done: _builtins.int
+    """Units of that stage done, of progress_total (0 of 0 while it has no count). A FINISHED
+    run reports its last stage complete.
+    """
     progress_total: _builtins.int
+    """See progress_done."""
     check_party_id: _builtins.str
-    """When the checks refused the run: which party and which aspect (never a value)."""
+    """When the checks refused the run: which party and which aspect (never a value). Aspects:
+    schema_fingerprint, layout, hardening, kcv, clk_bits, record_count, degenerate_clks,
+    bit_density; more may be added. A member party: only when it is its own upload.
+    """
     check_aspect: _builtins.str
+    """See check_party_id; the same word as the refusal's bloomlink-aspect trailer."""
     cluster_count: _builtins.int
+    """A finished run's figures (0 before): clusters (people; a record alone is one), records
+    in clusters of two or more records, and candidate pairs compared.
+    """
     linked_record_count: _builtins.int
+    """See cluster_count."""
     comparisons: _builtins.int
+    """See cluster_count."""
     schema_fingerprint: _builtins.bytes
+    """All: the project's schema fingerprint (32 bytes)."""
     settings_fingerprint: _builtins.str
+    """All: hex SHA-256 of the project's canonical settings document (as CreateProjectResponse)."""
     threshold: _builtins.float
     """The Dice threshold a finished run used and how it was set ("operator" or the automatic
-    method): a setting of the run, not a score of any pair.
+    method): a setting of the run, not a score of any pair. Not set before a run finishes.
     """
     threshold_method: _builtins.str
+    """"operator", "null-model", "valley" or "default" (linkage_unit/threshold.py); empty
+    before a run finishes.
+    """
     @_builtins.property
-    def parties(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyStatus]: ...
+    def parties(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyStatus]:
+        """Every member, in the order the operator listed them; a member party: its own row only."""
+
     def __init__(
         self,
         *,
@@ -393,6 +521,11 @@ Global___GetProjectStatusResponse: _TypeAlias = GetProjectStatusResponse  # noqa
 
 @_typing.final
 class UploadHeader(_message.Message):
+    """The first message of an upload: the encoded file's header fields, as the file says them
+    (docs/protocol.md, "Encoded file"), plus who sends it. The linkage unit checks them against
+    the project and the manifest before it stores a byte.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROJECT_ID_FIELD_NUMBER: _builtins.int
@@ -406,23 +539,35 @@ class UploadHeader(_message.Message):
     MANIFEST_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
+    """The file header's project id; must be a project the caller is a member of."""
     party_id: _builtins.str
+    """The caller's own party label (its certificate's); another party's is PERMISSION_DENIED."""
     format_version: _builtins.int
+    """The file's format version: 1 (single CLK) or 2 (grouped). 0 is refused."""
     schema_fingerprint: _builtins.bytes
+    """32 bytes: the file header's schema fingerprint. Required."""
     kcv: _builtins.bytes
+    """16 bytes: the file header's key check value. Required."""
     clk_bits: _builtins.int
+    """Bits per record (every group together): a multiple of 64, 64..65536."""
     record_count: _builtins.int
+    """Records in the payload; the payload is record_count x clk_bits / 8 bytes."""
     payload_sha256: _builtins.bytes
+    """32 bytes: SHA-256 of the whole payload (the file after its header). Required."""
     @_builtins.property
     def manifest(self) -> Global___UploadManifest:
         """The party's signed manifest of this encode; the linkage unit checks it against the
-        fields above and records its digest in the audit log.
+        fields above and records its digest in the audit log. Required unless the linkage unit
+        is configured without require_manifest (tests only).
         """
 
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClkGroup]:
-        """Format 2 only: the record's groups, as the encoded file's header lists them. The
-        linkage unit refuses an upload whose layout or hardening differs from the project's.
+        """Format 2 only: the record's groups, as the encoded file's header lists them; empty for
+        format 1. Before it stores a byte the linkage unit refuses a header that can never be
+        compared (FAILED_PRECONDITION, CompatibilityError, bloomlink-aspect schema_fingerprint,
+        layout or hardening against the project; kcv or clk_bits against another member's
+        complete upload).
         """
 
     def __init__(
@@ -450,7 +595,8 @@ Global___UploadHeader: _TypeAlias = UploadHeader  # noqa: Y015
 @_typing.final
 class UploadManifest(_message.Message):
     """A party's signed statement of one encode (protocol/manifest.py). The signature covers the
-    canonical JSON of these fields; nothing here is free text.
+    RFC 8785 canonical JSON of these fields in the manifest file's spelling (docs/protocol.md,
+    "Manifest"); nothing here is free text.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -475,34 +621,59 @@ class UploadManifest(_message.Message):
     ROWS_SKIPPED_FIELD_NUMBER: _builtins.int
     FIELD_COUNTS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
+    """Label: the upload header's project id."""
     party_id: _builtins.str
+    """Label: the signing party (JSON key "party"); must be the caller."""
     record_count: _builtins.int
+    """As the upload header; below 2^53."""
     clk_bits: _builtins.int
+    """As the upload header."""
     payload_sha256: _builtins.bytes
+    """32 bytes, as the upload header."""
     schema_fingerprint: _builtins.bytes
+    """32 bytes, as the upload header."""
     kcv: _builtins.bytes
+    """16 bytes, as the upload header."""
     software_version: _builtins.str
-    """^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$"""
+    """^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$: the encoder's version."""
     created_at: _builtins.str
-    """UTC, 2026-01-31T12:00:00.000000Z"""
+    """UTC, 2026-01-31T12:00:00.000000Z (or without the microseconds); at most 10 minutes
+    ahead of the linkage unit's clock and at most 30 days behind it.
+    """
     nonce: _builtins.bytes
+    """16 random bytes; a nonce vouches for one committed upload only."""
     leak_scan_strings: _builtins.int
-    """The leak scan the party ran on exactly this payload before signing."""
+    """The leak scan the party ran on exactly this payload before signing: sensitive strings
+    searched for (0 is refused: no scan) and the rows they came from.
+    """
     leak_scan_rows: _builtins.int
+    """See leak_scan_strings."""
     signature: _builtins.bytes
-    """Ed25519 signature and the raw 32-byte public key that made it."""
+    """64 bytes: Ed25519 signature over the canonical manifest bytes."""
     public_key: _builtins.bytes
+    """32 bytes: the raw Ed25519 public key that made it (the party's registered key, where
+    the linkage unit has one).
+    """
     unkeyed_check: _builtins.bool
-    """Whether the scan compared the CLKs with a re-encoding under a publicly known key."""
+    """Whether the scan compared the CLKs with a re-encoding under a publicly known key (false:
+    not done; the linkage unit accepts it, `bloomlink submit` does not).
+    """
     rows_read: _builtins.int
-    """The encode's counts (0 rows read: not recorded); per schema field, counts only."""
+    """Extract rows the encode read (0: not recorded, e.g. a client that encodes elsewhere)."""
     rows_skipped: _builtins.int
+    """Extract rows the encode skipped."""
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClkGroup]:
-        """A grouped encoding's groups and the hardening applied to each (empty for one CLK)."""
+        """A grouped encoding's groups and the hardening applied to each (the manifest's
+        "layout"); empty for one record-level CLK (file format 1, "layout": null).
+        """
 
     @_builtins.property
-    def field_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestFieldCount]: ...
+    def field_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestFieldCount]:
+        """Per schema field, in the encoder's order, each field once: counts only, never a value
+        (the manifest's "field_counts"); empty when not recorded.
+        """
+
     def __init__(
         self,
         *,
@@ -536,7 +707,9 @@ Global___UploadManifest: _TypeAlias = UploadManifest  # noqa: Y015
 
 @_typing.final
 class ManifestFieldCount(_message.Message):
-    """One schema field's counts over an encode: records with no value, values blanked."""
+    """One schema field's counts over an encode: records with no value, values blanked (the
+    manifest's {"field", "missing", "blanked"}).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -544,9 +717,11 @@ class ManifestFieldCount(_message.Message):
     MISSING_FIELD_NUMBER: _builtins.int
     BLANKED_FIELD_NUMBER: _builtins.int
     field_name: _builtins.str
-    """A schema field name, ^[a-z][a-z0-9_-]{0,62}$."""
+    """A schema field name, ^[a-z][a-z0-9_-]{0,62}$ (JSON key "field")."""
     missing: _builtins.int
+    """Records with no value for the field; at most the record count."""
     blanked: _builtins.int
+    """Values the encoder blanked (placeholders, values it could not use)."""
     def __init__(
         self,
         *,
@@ -564,15 +739,24 @@ Global___ManifestFieldCount: _TypeAlias = ManifestFieldCount  # noqa: Y015
 
 @_typing.final
 class UploadChunk(_message.Message):
+    """Payload bytes at an offset."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OFFSET_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
     CHUNK_SHA256_FIELD_NUMBER: _builtins.int
     offset: _builtins.int
-    """Byte offset of data within the payload (the CLKs, after the file header)."""
+    """Byte offset of data within the payload: the file's bytes after its header (the header
+    is 200 bytes for format 1 and 204 + 192 x groups for format 2; its own bytes 10..11 say
+    how long it is). At most the committed offset; bytes already committed are ignored.
+    """
     data: _builtins.bytes
+    """Payload bytes; offset + length must not pass the payload's end. Keep every message
+    under the linkage unit's 4 MiB cap (1 MiB chunks are a good size).
+    """
     chunk_sha256: _builtins.bytes
+    """32 bytes: SHA-256 of data; a mismatch is INVALID_ARGUMENT."""
     def __init__(
         self,
         *,
@@ -595,9 +779,13 @@ class UploadRequest(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def header(self) -> Global___UploadHeader: ...
+    def header(self) -> Global___UploadHeader:
+        """Exactly one, first."""
+
     @_builtins.property
-    def chunk(self) -> Global___UploadChunk: ...
+    def chunk(self) -> Global___UploadChunk:
+        """Any number, after the header, in offset order."""
+
     def __init__(
         self,
         *,
@@ -616,14 +804,19 @@ Global___UploadRequest: _TypeAlias = UploadRequest  # noqa: Y015
 
 @_typing.final
 class UploadResponse(_message.Message):
+    """The upload as the linkage unit holds it when the stream ended."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     COMMITTED_BYTES_FIELD_NUMBER: _builtins.int
     PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
     UPLOAD_STATE_FIELD_NUMBER: _builtins.int
     committed_bytes: _builtins.int
+    """Payload bytes held durably."""
     payload_bytes: _builtins.int
+    """record_count x clk_bits / 8."""
     upload_state: Global___UploadState.ValueType
+    """COMPLETE once every byte is held and the payload digest verified; PARTIAL otherwise."""
     def __init__(
         self,
         *,
@@ -647,9 +840,13 @@ class GetUploadOffsetRequest(_message.Message):
     PARTY_ID_FIELD_NUMBER: _builtins.int
     PAYLOAD_SHA256_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
+    """Label. Required."""
     party_id: _builtins.str
+    """The caller's own party label."""
     payload_sha256: _builtins.bytes
-    """The digest of the payload being resumed; a different stored payload reads as 0 bytes."""
+    """The digest of the payload being resumed; a different stored payload reads as
+    NOT_STARTED with 0 bytes.
+    """
     def __init__(
         self,
         *,
@@ -673,8 +870,11 @@ class GetUploadOffsetResponse(_message.Message):
     PAYLOAD_BYTES_FIELD_NUMBER: _builtins.int
     UPLOAD_STATE_FIELD_NUMBER: _builtins.int
     committed_bytes: _builtins.int
+    """Where to resume: the next chunk's offset may be at most this."""
     payload_bytes: _builtins.int
+    """The held upload's payload length (0 when NOT_STARTED)."""
     upload_state: Global___UploadState.ValueType
+    """NOT_STARTED (nothing for this digest), PARTIAL, COMPLETE or DELETED."""
     def __init__(
         self,
         *,
@@ -696,6 +896,7 @@ class StartRunRequest(_message.Message):
 
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
+    """Label. Required."""
     def __init__(
         self,
         *,
@@ -716,7 +917,9 @@ class StartRunResponse(_message.Message):
     RUN_ID_FIELD_NUMBER: _builtins.int
     RUN_STATE_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run's id (a token)."""
     run_state: Global___RunState.ValueType
+    """QUEUED or RUNNING (an existing run's state when one is already under way)."""
     def __init__(
         self,
         *,
@@ -738,7 +941,9 @@ class FetchLinkKeysRequest(_message.Message):
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     PARTY_ID_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
+    """Label. Required."""
     party_id: _builtins.str
+    """The caller's own party label; anything else is NOT_FOUND."""
     def __init__(
         self,
         *,
@@ -762,6 +967,7 @@ class LinkKeyEntry(_message.Message):
     position: _builtins.int
     """0-based index of the record's CLK in the party's encoded file."""
     link_key: _builtins.str
+    """26 lower-case base32 characters (128 random bits); opaque, compare as strings."""
     def __init__(
         self,
         *,
@@ -784,10 +990,17 @@ class FetchLinkKeysResponse(_message.Message):
     TOTAL_COUNT_FIELD_NUMBER: _builtins.int
     KEYS_SHA256_FIELD_NUMBER: _builtins.int
     total_count: _builtins.int
+    """The number of entries over the whole stream; the same in every message."""
     keys_sha256: _builtins.str
-    """Set on the last message: hex SHA-256 of "position,link_key\\n" lines in release order."""
+    """Set on the last message only: hex SHA-256 of "<position>,<link_key>\\n" lines (decimal
+    position, ASCII) over every entry in release order (docs/protocol.md, "Link keys").
+    """
     @_builtins.property
-    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkKeyEntry]: ...
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkKeyEntry]:
+        """A batch of entries, in release order (random, not by position). Every position of the
+        party's upload appears exactly once over the whole stream.
+        """
+
     def __init__(
         self,
         *,
@@ -809,7 +1022,7 @@ class FetchAuditLogRequest(_message.Message):
 
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
-    """Empty for the whole log (auditor and operator only)."""
+    """Empty for the whole log (auditor and operator only); a project id for its view."""
     def __init__(
         self,
         *,
@@ -833,7 +1046,10 @@ class FetchAuditLogResponse(_message.Message):
     """Set on the last message: the signed head (JSON) covering the last line sent."""
     @_builtins.property
     def lines(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """Complete JSON lines of the log, in order (bloomlink-audit-v1; see docs/audit.md)."""
+        """Complete JSON lines of the log or view, in order, each ending in "\\n"
+        (bloomlink-audit-v2: full entries, a member's partial entries, stubs; docs/protocol.md,
+        "Audit log"). Concatenated, they are the log or view.
+        """
 
     def __init__(
         self,
@@ -870,6 +1086,9 @@ class GetAuditPublicKeyResponse(_message.Message):
 
     PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
     public_key_pem: _builtins.bytes
+    """The linkage unit's Ed25519 audit public key, PEM (SubjectPublicKeyInfo). Check its
+    fingerprint against one published out of band.
+    """
     def __init__(
         self,
         *,
@@ -889,6 +1108,7 @@ class GetProjectSettingsRequest(_message.Message):
 
     PROJECT_ID_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
+    """Label. Required."""
     def __init__(
         self,
         *,
@@ -909,10 +1129,14 @@ class GetProjectSettingsResponse(_message.Message):
     SETTINGS_FIELD_NUMBER: _builtins.int
     SETTINGS_FINGERPRINT_FIELD_NUMBER: _builtins.int
     settings_fingerprint: _builtins.str
-    """Hex SHA-256 of the canonical settings JSON, as written to the audit log."""
+    """Hex SHA-256 of the canonical settings document (docs/protocol.md, "Settings
+    fingerprint"), as written to the audit log's project_created entry.
+    """
     @_builtins.property
     def settings(self) -> Global___CreateProjectRequest:
-        """The settings as the operator created the project (the same fields as its request)."""
+        """The settings as the operator created the project (the same fields as its request),
+        every default filled in: recomputing their fingerprint gives settings_fingerprint.
+        """
 
     def __init__(
         self,

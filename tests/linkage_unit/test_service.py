@@ -95,6 +95,8 @@ def test_a_run_interrupted_by_shutdown_completes_after_restart(tmp_path: Path) -
     restarted.runs.wait_idle(10)
     status = restarted.project_status(OPERATOR, "p1")
     assert status.run_state is RunState.FINISHED and status.linked_record_count == 8
+    # A finished run reports its last stage complete, not "0 of 1".
+    assert status.progress_total > 0 and status.progress_done == status.progress_total
     batches = list(restarted.fetch_link_keys(party("moj"), "p1", "moj"))
     assert sum(len(batch.link_keys) for batch in batches) == 12
     with pytest.raises(NotFoundError):
