@@ -32,6 +32,7 @@ from protocol.errors import (
     ResourceLimitError,
 )
 from protocol.messages import (
+    BlockingMode,
     LinkKeyMode,
     ProjectSettings,
     RunState,
@@ -285,7 +286,7 @@ class Storage:
             members=tuple(str(member[0]) for member in members),
             schema_fingerprint=bytes(fingerprint),
             threshold=None if threshold is None else float(threshold),
-            blocking=str(blocking),
+            blocking=BlockingMode(str(blocking)),
             link_key_mode=LinkKeyMode(str(mode)),
             retention_days=int(retention),
             auto_run=bool(auto_run),

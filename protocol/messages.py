@@ -17,6 +17,7 @@ from protocol.errors import ConfigurationError
 from protocol.labels import check_label
 
 __all__ = [
+    "BlockingMode",
     "LinkKeyBatch",
     "LinkKeyMode",
     "PartyStatus",
@@ -29,6 +30,16 @@ __all__ = [
     "UploadProgress",
     "UploadState",
 ]
+
+
+class BlockingMode(StrEnum):
+    """How a run finds candidate pairs (linkage_unit/blocking.py): ``lsh`` always blocks,
+    ``none`` compares every pair, ``auto`` compares every pair up to 20,000 x 20,000 and
+    blocks above. One vocabulary for the project settings, the wire and the engine."""
+
+    AUTO = "auto"
+    LSH = "lsh"
+    NONE = "none"
 
 
 class LinkKeyMode(StrEnum):
@@ -60,7 +71,7 @@ class ProjectSettings:
     members: tuple[str, ...]
     schema_fingerprint: bytes
     threshold: float | None = None
-    blocking: str = "lsh"
+    blocking: BlockingMode = BlockingMode.LSH
     link_key_mode: LinkKeyMode = LinkKeyMode.SHARED
     retention_days: int = 0
     auto_run: bool = True
@@ -77,8 +88,11 @@ class ProjectSettings:
             raise ConfigurationError("schema fingerprint must be 32 bytes (SHA-256)")
         if self.threshold is not None and not (0.0 < self.threshold <= 1.0):
             raise ConfigurationError("threshold must be in (0, 1], or unset for automatic")
-        if self.blocking not in ("lsh", "none"):
-            raise ConfigurationError("blocking must be 'lsh' or 'none'")
+        try:
+            object.__setattr__(self, "blocking", BlockingMode(self.blocking))
+        except ValueError:
+            choices = ", ".join(repr(str(mode)) for mode in BlockingMode)
+            raise ConfigurationError(f"blocking must be one of {choices}") from None
         if not (0 <= self.retention_days <= 3650):
             raise ConfigurationError("retention must be 0..3650 days")
 
@@ -90,7 +104,7 @@ class ProjectSettings:
                 "members": sorted(self.members),
                 "schema_fingerprint": self.schema_fingerprint.hex(),
                 "threshold": self.threshold,
-                "blocking": self.blocking,
+                "blocking": str(self.blocking),
                 "link_key_mode": str(self.link_key_mode),
                 "retention_days": self.retention_days,
                 "auto_run": self.auto_run,

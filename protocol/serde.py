@@ -16,6 +16,7 @@ from protocol.errors import ConfigurationError, InvalidRequestError
 from protocol.labels import check_label
 from protocol.manifest import SignedManifest, UploadManifest
 from protocol.messages import (
+    BlockingMode,
     LinkKeyBatch,
     LinkKeyMode,
     PartyStatus,
@@ -71,7 +72,11 @@ V = TypeVar("V")
 T = TypeVar("T")
 M = TypeVar("M", pb.UploadResponse, pb.GetUploadOffsetResponse)
 
-_BLOCKING = {"lsh": pb.BLOCKING_LSH, "none": pb.BLOCKING_NONE}
+_BLOCKING = {
+    BlockingMode.LSH: pb.BLOCKING_LSH,
+    BlockingMode.NONE: pb.BLOCKING_NONE,
+    BlockingMode.AUTO: pb.BLOCKING_AUTO,
+}
 _LINK_KEY_MODE = {
     LinkKeyMode.SHARED: pb.LINK_KEY_MODE_SHARED,
     LinkKeyMode.PER_PARTY: pb.LINK_KEY_MODE_PER_PARTY,

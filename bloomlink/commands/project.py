@@ -6,7 +6,13 @@ import argparse
 
 from bloomlink.commands._connection import add_client_arguments, client_from_args
 from protocol.errors import ConfigurationError
-from protocol.messages import LinkKeyMode, ProjectSettings, ProjectStatus, RunState
+from protocol.messages import (
+    BlockingMode,
+    LinkKeyMode,
+    ProjectSettings,
+    ProjectStatus,
+    RunState,
+)
 
 NAME = "project"
 HELP = "create a linkage project, show its status, or start its run"
@@ -19,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--parties", required=True, help="comma-separated member parties")
     create.add_argument("--schema-fingerprint", required=True, help="hex SHA-256 of the schema")
     create.add_argument("--threshold", type=float, help="Dice threshold; omit for automatic")
-    create.add_argument("--blocking", choices=("lsh", "none"), default="lsh")
+    create.add_argument(
+        "--blocking",
+        choices=[mode.value for mode in BlockingMode],
+        default=BlockingMode.LSH.value,
+        help="lsh: always block; none: compare every pair; auto: every pair up to 20k x 20k",
+    )
     create.add_argument(
         "--link-key-mode", choices=[mode.value for mode in LinkKeyMode], default="shared"
     )
@@ -67,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 members=tuple(p.strip() for p in args.parties.split(",") if p.strip()),
                 schema_fingerprint=fingerprint,
                 threshold=args.threshold,
-                blocking=args.blocking,
+                blocking=BlockingMode(args.blocking),
                 link_key_mode=LinkKeyMode(args.link_key_mode),
                 retention_days=args.retention_days,
                 auto_run=not args.no_auto_run,

@@ -57,12 +57,16 @@ class _BlockingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Blocking.Val
     BLOCKING_UNSPECIFIED: _Blocking.ValueType  # 0
     BLOCKING_LSH: _Blocking.ValueType  # 1
     BLOCKING_NONE: _Blocking.ValueType  # 2
+    BLOCKING_AUTO: _Blocking.ValueType  # 3
+    """Exhaustive up to 20,000 x 20,000 pairs, LSH above."""
 
 class Blocking(_Blocking, metaclass=_BlockingEnumTypeWrapper): ...
 
 BLOCKING_UNSPECIFIED: Blocking.ValueType  # 0
 BLOCKING_LSH: Blocking.ValueType  # 1
 BLOCKING_NONE: Blocking.ValueType  # 2
+BLOCKING_AUTO: Blocking.ValueType  # 3
+"""Exhaustive up to 20,000 x 20,000 pairs, LSH above."""
 Global___Blocking: _TypeAlias = Blocking  # noqa: Y015
 
 class _UploadState:

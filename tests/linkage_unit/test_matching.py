@@ -78,8 +78,8 @@ def test_a_block_over_budget_is_reported_not_hidden() -> None:
         blocking_settings=BlockingSettings(bands=2, bits_per_band=4, max_block_comparisons=100),
     )  # fmt: skip
     result = link({"a": same, "b": same.copy()}, settings)
-    assert result.statistics["oversized_blocks_skipped"] == 2
-    assert result.statistics["oversized_block_comparisons_skipped"] == 2 * 1600
+    assert result.statistics.compare.oversized_blocks_skipped == 2
+    assert result.statistics.compare.oversized_block_comparisons_skipped == 2 * 1600
 
 
 def test_candidate_pairs_over_the_limit_raise() -> None:
