@@ -37,7 +37,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +47,18 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import run_in_peers  # noqa: E402
+from peers import run_in_peers, run_in_splink  # noqa: E402
 
+from linkage_unit.blocking import BlockingMode  # noqa: E402
+from linkage_unit.fellegi_sunter import probability_of_weight  # noqa: E402
 from linkage_unit.matching import MatchSettings, link  # noqa: E402
 from linkage_unit.similarity import CandidatePairs, candidate_pairs, candidate_pairs_within  # noqa: E402
 from linkage_unit.solving import PartyPairs, solve_linkage, solve_with_duplicates  # noqa: E402
 from party.mapping import DepartmentMapping, load_mapping, shipped_mapping  # noqa: E402
+from protocol.clk_layout import ClkLayout, GroupLayout  # noqa: E402
 from protocol.encoding import ClkEncoder  # noqa: E402
 from protocol.errors import RecordError  # noqa: E402
-from protocol.schema import LinkageSchema, default_schema, load_schema  # noqa: E402
+from protocol.schema import FieldSpec, LinkageSchema, default_schema, load_schema  # noqa: E402
 from protocol.secret import LinkageSecret  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -431,8 +434,283 @@ def peer_values(parties: Sequence[PartyData]) -> list[list[list[str]]]:
 
 
 # ---------------------------------------------------------------------------------------
+# bloomlink: field-group encodings and the Fellegi-Sunter model
+# ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupSpec:
+    """One field group: its schema fields, CLK length and a factor on their bit budgets."""
+
+    name: str
+    fields: tuple[str, ...]
+    bits: int
+
+
+SYNTH_GROUPS = (
+    GroupSpec(name="name", fields=("forename", "surname"), bits=1024),
+    GroupSpec(name="birth", fields=("date_of_birth",), bits=512),
+    GroupSpec(name="postcode", fields=("postcode",), bits=512),
+)
+FEBRL_GROUPS = (
+    GroupSpec(name="name", fields=("given_name", "surname"), bits=1024),
+    GroupSpec(name="birth", fields=("date_of_birth",), bits=512),
+    GroupSpec(name="address", fields=("street_number", "address_1", "address_2"), bits=1024),
+    GroupSpec(name="locality", fields=("suburb", "postcode", "state"), bits=512),
+)
+WIDTHS = (0, 2, 3, 4, 6, 8)
+FILLS = (1.0, 0.5, 0.25)
+
+
+def _scaled(spec: FieldSpec, factor: float) -> FieldSpec:
+    tokens = tuple(
+        replace(token, bits=max(1, round(token.bits * factor))) if token.bits else token
+        for token in spec.tokens
+    )
+    return replace(spec, tokens=tokens)
+
+
+def diffuse(clks: npt.NDArray[np.uint64], taps: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+    """A prototype of keyed diffusion (until the encoder ships one): output bit j is the XOR of
+    input bits ``taps[j]``. All-zero input (a missing group) stays all zero."""
+    bits = np.unpackbits(np.ascontiguousarray(clks).view(np.uint8), axis=1, bitorder="little")
+    out = np.bitwise_xor.reduce(bits[:, taps].astype(bool), axis=2)
+    packed = np.ascontiguousarray(np.packbits(out, axis=1, bitorder="little"))
+    return packed.view(np.uint64).copy()
+
+
+def encode_groups(
+    parties: Sequence[PartyData],
+    schema: LinkageSchema,
+    groups: Sequence[GroupSpec],
+    *,
+    fill: float = 1.0,
+    width: int = 0,
+) -> tuple[dict[str, npt.NDArray[np.uint64]], ClkLayout]:
+    """Each group encoded by today's ClkEncoder under a sub-schema of only its fields (the
+    same field keys: key derivation names the field or key group), then concatenated in
+    group order. ``fill`` scales the bit budgets; ``width`` > 0 diffuses each group."""
+    names = [spec.name for spec in schema.fields]
+    columns: dict[str, list[npt.NDArray[np.uint64]]] = {party.name: [] for party in parties}
+    for number, group in enumerate(groups):
+        positions = [names.index(field) for field in group.fields]
+        sub = LinkageSchema(
+            name=f"{schema.name}-{group.name}",
+            fields=tuple(_scaled(schema.fields[p], fill) for p in positions),
+            clk_bits=group.bits,
+            hashing=schema.hashing,
+        )
+        encoder = ClkEncoder(sub, SECRET, project_id="quality")
+        generator = np.random.default_rng([17, number])  # the prototype's "key"
+        taps = (
+            np.stack(
+                [generator.choice(group.bits, width, replace=False) for _ in range(group.bits)]
+            )
+            if width
+            else None
+        )
+        for party in parties:
+            clks = encoder.encode_many([[row[p] for p in positions] for row in party.values])
+            columns[party.name].append(clks if taps is None else diffuse(clks, taps))
+    layout = ClkLayout(groups=tuple(GroupLayout(name=g.name, bits=g.bits) for g in groups))
+    return (
+        {
+            name: np.ascontiguousarray(np.concatenate(parts, axis=1))
+            for name, parts in columns.items()
+        },
+        layout,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelQuality:
+    quality: Quality
+    estimated_f1: float
+    probabilities: npt.NDArray[np.float64]
+    truth: npt.NDArray[np.bool_]
+
+
+def ours_model(
+    parties: Sequence[PartyData],
+    clks: Mapping[str, npt.NDArray[np.uint64]],
+    layout: ClkLayout,
+    *,
+    deduplicate: bool,
+    blocking: BlockingMode = BlockingMode.AUTO,
+) -> ModelQuality:
+    """The real engine with the Fellegi-Sunter model at its defaults (cut 0.5)."""
+    result = link(
+        clks,
+        MatchSettings(deduplicate=deduplicate, blocking_seed=11, blocking=blocking),
+        layout=layout,
+    )
+    clusters = [result.clusters[party.name] for party in parties]
+    p, r, f = pair_quality(clusters, [party.truth for party in parties], within=deduplicate)
+    assert result.scored is not None and result.statistics.estimated is not None
+    probabilities, truth = [], []
+    for item in result.scored.party_pairs:
+        left_truth = parties[item.left_party].truth[item.pairs.left]
+        right_truth = parties[item.right_party].truth[item.pairs.right]
+        probabilities.append(probability_of_weight(item.pairs.scores.astype(np.float64)))
+        truth.append(left_truth == right_truth)
+    return ModelQuality(
+        quality=Quality(
+            precision=p, recall=r, f1=f, threshold=result.threshold, method=result.threshold_method
+        ),
+        estimated_f1=result.statistics.estimated.f1,
+        probabilities=np.concatenate(probabilities),
+        truth=np.concatenate(truth),
+    )
+
+
+def calibration(
+    probabilities: npt.NDArray[np.float64], truth: npt.NDArray[np.bool_], *, bins: int = 10
+) -> list[tuple[float, float, int, float, float]]:
+    """Per probability decile: (low, high, pairs, mean predicted, observed match share)."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.searchsorted(edges, probabilities, side="right") - 1, 0, bins - 1)
+    rows = []
+    for k in range(bins):
+        chosen = index == k
+        count = int(chosen.sum())
+        mean = float(probabilities[chosen].mean()) if count else float("nan")
+        observed = float(truth[chosen].mean()) if count else float("nan")
+        rows.append((float(edges[k]), float(edges[k + 1]), count, mean, observed))
+    return rows
+
+
+def worst_calibration_gap(rows: Sequence[tuple[float, float, int, float, float]]) -> float:
+    """The largest |mean predicted - observed| over deciles with at least 100 pairs."""
+    gaps = [abs(mean - observed) for _, _, count, mean, observed in rows if count >= 100]
+    return max(gaps) if gaps else 0.0
+
+
+# ---------------------------------------------------------------------------------------
+# Peer: plaintext Splink 5
+# ---------------------------------------------------------------------------------------
+SPLINK_SNIPPET = r"""
+import json, logging, sys, time
+import pandas as pd
+import splink.comparison_library as cl
+from splink import Linker, SettingsCreator, block_on
+from splink.backends.duckdb import DuckDBAPI
+logging.disable(logging.WARNING)
+job = json.loads(sys.stdin.buffer.read())
+started = time.perf_counter()
+frames = []
+for number, rows in enumerate(job["datasets"]):
+    frame = pd.DataFrame(rows, columns=job["columns"])
+    frame.insert(0, "unique_id", range(len(frame)))
+    frame["source_dataset"] = f"d{number}"
+    frames.append(frame)
+names, date = job["names"], job["date"]
+comparisons = [cl.NameComparison(name) for name in names]
+comparisons.append(cl.DateOfBirthComparison(date, input_is_string=True, datetime_format=job["date_format"]))
+if job["uk_postcode"]:
+    comparisons.append(cl.PostcodeComparison(job["postcode"]))
+else:
+    comparisons.append(cl.LevenshteinAtThresholds(job["postcode"], [1, 2]))
+comparisons += [cl.ExactMatch(column) for column in job["exact"]]
+rules = [block_on(*names), block_on(date), block_on(job["postcode"]), block_on(names[1], job["exact"][0])]
+settings = SettingsCreator(
+    link_type="link_and_dedupe" if job["dedupe"] else "link_only",
+    comparisons=comparisons,
+    blocking_rules_to_generate_predictions=rules,
+    retain_matching_columns=False,
+)
+api = DuckDBAPI()
+linker = Linker([api.register(frame) for frame in frames], settings)
+linker.training.estimate_probability_two_random_records_match([block_on(*names, date)], recall=0.7)
+linker.training.estimate_u_using_random_sampling(max_pairs=1e7, seed=1)
+linker.training.estimate_parameters_using_expectation_maximisation(block_on(date))
+linker.training.estimate_parameters_using_expectation_maximisation(block_on(*names))
+predictions = linker.inference.predict(threshold_match_probability=0.01)
+if job["dedupe"]:
+    clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(predictions, 0.5)
+else:
+    clusters = linker.clustering.cluster_using_single_best_links(
+        predictions, duplicate_free_datasets=[f"d{n}" for n in range(len(frames))],
+        threshold_match_probability=0.5)
+table = clusters.as_pandas_dataframe()
+out = []
+for number, frame in enumerate(frames):
+    part = table[table["source_dataset"] == f"d{number}"].set_index("unique_id")["cluster_id"]
+    out.append([str(part.get(i, f"alone-{number}-{i}")) for i in range(len(frame))])
+print(json.dumps({"clusters": out, "seconds": time.perf_counter() - started}))
+"""
+
+
+def run_splink(parties: Sequence[PartyData], *, febrl: bool, within: bool) -> Quality:
+    """Plaintext Splink 5 on the same normalised values: its standard name, date-of-birth and
+    postcode comparisons (exact sex; on FEBRL4 exact suburb and state, Levenshtein postcode),
+    u from 1e7 random pairs, EM on two blocking rules, untuned; one-to-one best links at
+    p >= 0.5 (connected components at 0.5 with repeat records)."""
+    if febrl:
+        columns = ["given_name", "surname", "date_of_birth", "postcode", "suburb", "state"]
+        job: dict[str, Any] = {
+            "columns": columns,
+            "names": ["given_name", "surname"],
+            "date": "date_of_birth",
+            "date_format": "%Y%m%d",
+            "postcode": "postcode",
+            "uk_postcode": False,
+            "exact": ["suburb", "state"],
+        }
+        index = [FEBRL_SCHEMA_FIELDS.index(column) for column in columns]
+    else:
+        columns = ["forename", "surname", "date_of_birth", "sex", "postcode"]
+        job = {
+            "columns": columns,
+            "names": ["forename", "surname"],
+            "date": "date_of_birth",
+            "date_format": "%Y-%m-%d",
+            "postcode": "postcode",
+            "uk_postcode": True,
+            "exact": ["sex"],
+        }
+        index = list(range(5))
+    job["dedupe"] = within
+    job["datasets"] = [[[row[i] for i in index] for row in party.values] for party in parties]
+    answer = run_in_splink(SPLINK_SNIPPET, stdin_bytes=json.dumps(job).encode(), timeout=7200)
+    ids: dict[str, int] = {}
+    clusters = [
+        np.array([ids.setdefault(value, len(ids)) for value in party_ids], dtype=np.int64)
+        for party_ids in answer["clusters"]
+    ]
+    p, r, f = pair_quality(clusters, [party.truth for party in parties], within=within)
+    return Quality(precision=p, recall=r, f1=f, threshold=0.5, method="splink")
+
+
+FEBRL_SCHEMA_FIELDS = (
+    "given_name", "surname", "street_number", "address_1", "address_2", "suburb", "postcode",
+    "state", "date_of_birth",
+)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------
+def _data(
+    name: str, seed: int, records: int, schema: LinkageSchema
+) -> tuple[list[PartyData], LinkageSchema, Sequence[GroupSpec], str, bool]:
+    if name == "febrl4":
+        febrl_schema = load_schema(HERE / "schemas" / "febrl4.toml")
+        mapping = load_mapping(HERE / "schemas" / "febrl4_mapping.toml")
+        parties, _ = febrl_parties(febrl_schema, mapping)
+        return parties, febrl_schema, FEBRL_GROUPS, "FEBRL4 5k x 5k", False
+    difficulty = name.split("-")[0]
+    within = name == "hard-repeats"
+    departments = ("moj", "dfe", "hmpps") if name == "hard-3party" else ("moj", "dfe")
+    parties = synth_parties(
+        schema,
+        departments=departments,
+        records=records,
+        difficulty=difficulty,
+        seed=seed,
+        repeat_rate=0.05 if within else 0.0,
+    )
+    label = f"synth {name} {len(parties)}x{records // 1000}k s{seed}"
+    return parties, schema, SYNTH_GROUPS, label, within
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=10_000, help="synth records per party")
@@ -443,7 +721,17 @@ def main() -> int:
         "--sets", default=",".join(SETS), help=f"comma-separated of {','.join(SETS)}"
     )
     parser.add_argument("--schema", type=Path, help="a schema to measure instead of the default")
-    parser.add_argument("--no-peer", action="store_true", help="bloomlink only")
+    parser.add_argument("--no-peer", action="store_true", help="no anonlink (clkhash) peer")
+    parser.add_argument("--no-splink", action="store_true", help="no plaintext Splink peer")
+    parser.add_argument(
+        "--large", action="store_true", help="also 100k x 100k synth hard (model and Splink)"
+    )
+    parser.add_argument(
+        "--hardening",
+        action="store_true",
+        help=f"model F1 on hard and medium for diffusion widths {WIDTHS} at budget factors {FILLS}",
+    )
+    parser.add_argument("--plot", type=Path, help="write a reliability plot PNG (matplotlib)")
     args = parser.parse_args()
     wanted = [name for name in args.sets.split(",") if name]
     unknown = set(wanted) - set(SETS)
@@ -451,106 +739,199 @@ def main() -> int:
         parser.error(f"unknown sets {sorted(unknown)}")
     schema = load_schema(args.schema) if args.schema else default_schema()
     rows: list[dict[str, Any]] = []
+    pooled: list[tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]] = []
     started = time.perf_counter()
-    for name in wanted:
-        seeds = [0] if name == "febrl4" else args.seeds
-        for seed in seeds:
-            set_started = time.perf_counter()
-            within = name == "hard-repeats"
+    jobs = [
+        (name, seed, args.records)
+        for name in wanted
+        for seed in ([0] if name == "febrl4" else args.seeds)
+    ]
+    if args.large:
+        jobs.append(("hard", args.seeds[0], 100_000))
+    for name, seed, records in jobs:
+        set_started = time.perf_counter()
+        parties, set_schema, groups, label, within = _data(name, seed, records, schema)
+        row: dict[str, Any] = {"set": name if records <= 20_000 else f"{name}-{records // 1000}k",
+                               "label": label, "seed": seed}  # fmt: skip
+        large = records > 20_000
+        if not large:
+            clks = encode(parties, set_schema)
+            row["auto"] = ours_auto(parties, clks, deduplicate=within)
+            row["best"] = ours_best(parties, clks, deduplicate=within)
+        grouped, layout = encode_groups(parties, set_schema, groups)
+        model = ours_model(
+            parties, grouped, layout, deduplicate=within,
+            blocking=BlockingMode.NONE if large else BlockingMode.AUTO,
+        )  # fmt: skip
+        row["model"] = model.quality
+        row["estimated_f1"] = model.estimated_f1
+        row["calibration"] = worst_calibration_gap(calibration(model.probabilities, model.truth))
+        if name != "febrl4":
+            pooled.append((model.probabilities, model.truth))
+        if not args.no_splink:
+            row["splink"] = run_splink(parties, febrl=name == "febrl4", within=within)
+        if not args.no_peer and not large:
+            truths = [party.truth for party in parties]
             if name == "febrl4":
-                febrl_schema = load_schema(HERE / "schemas" / "febrl4.toml")
-                mapping = load_mapping(HERE / "schemas" / "febrl4_mapping.toml")
-                parties, raw = febrl_parties(febrl_schema, mapping)
-                clks = encode(parties, febrl_schema)
-                peer_schema = json.loads(PEER_FEBRL_SCHEMA.read_text())
-                peer_data: list[list[list[str]]] = raw
-                label = "FEBRL4 5k x 5k"
+                _, raw = febrl_parties(
+                    set_schema, load_mapping(HERE / "schemas" / "febrl4_mapping.toml")
+                )
+                peer_schema, peer_data = json.loads(PEER_FEBRL_SCHEMA.read_text()), raw
             else:
-                difficulty = name.split("-")[0]
-                departments = ("moj", "dfe", "hmpps") if name == "hard-3party" else ("moj", "dfe")
-                parties = synth_parties(
-                    schema,
-                    departments=departments,
-                    records=args.records,
-                    difficulty=difficulty,
-                    seed=seed,
-                    repeat_rate=0.05 if within else 0.0,
-                )
-                clks = encode(parties, schema)
-                peer_schema = synth_clkhash_schema()
-                peer_data = peer_values(parties)
-                label = f"synth {name} {len(parties)}x{args.records // 1000}k s{seed}"
-            auto = ours_auto(parties, clks, deduplicate=within)
-            best = ours_best(parties, clks, deduplicate=within)
-            row: dict[str, Any] = {
-                "set": name,
-                "label": label,
-                "seed": seed,
-                "auto": auto,
-                "best": best,
-            }
-            if not args.no_peer:
-                truths = [party.truth for party in parties]
-                row["peer_best"], row["peer_fixed"] = run_peer(
-                    peer_data, peer_schema, truths, within=within
-                )
-            row["seconds"] = time.perf_counter() - set_started
-            rows.append(row)
-            print(_format_row(row), flush=True)
+                peer_schema, peer_data = synth_clkhash_schema(), peer_values(parties)
+            row["peer_best"], row["peer_fixed"] = run_peer(
+                peer_data, peer_schema, truths, within=within
+            )
+        row["seconds"] = time.perf_counter() - set_started
+        rows.append(row)
+        print(_format_row(row), flush=True)
+    grid: dict[str, float] = {}
+    if args.hardening:
+        grid = _hardening_grid(schema, args.seeds[0], args.records)
     _print_table(rows)
-    print(json.dumps(_summary(rows, time.perf_counter() - started)))
+    calibration_rows = []
+    if pooled:
+        probabilities = np.concatenate([p for p, _ in pooled])
+        truth = np.concatenate([t for _, t in pooled])
+        calibration_rows = calibration(probabilities, truth)
+        _print_calibration(calibration_rows)
+        if args.plot:
+            _plot(calibration_rows, args.plot)
+    if grid:
+        _print_grid(grid)
+    print(json.dumps(_summary(rows, grid, calibration_rows, time.perf_counter() - started)))
     return 0
+
+
+def _hardening_grid(schema: LinkageSchema, seed: int, records: int) -> dict[str, float]:
+    """Model F1 on synth hard and medium, plain and with each group diffused."""
+    grid = {}
+    for name in ("hard", "medium"):
+        parties, set_schema, groups, _, _ = _data(name, seed, records, schema)
+        for fill in FILLS:
+            for width in WIDTHS:
+                grouped, layout = encode_groups(parties, set_schema, groups, fill=fill, width=width)
+                model = ours_model(parties, grouped, layout, deduplicate=False)
+                key = f"{name}_fill{fill:g}_w{width}"
+                grid[key] = round(model.quality.f1, 4)
+                grid[key + "_est"] = round(model.estimated_f1, 4)
+                print(
+                    f"hardening {name:<7} budget x{fill:<4g} width {width}: F1 "
+                    f"{model.quality.f1:.4f} (estimated {model.estimated_f1:.4f})",
+                    flush=True,
+                )
+    return grid
 
 
 def _cell(quality: Quality | None) -> str:
     if quality is None:
-        return f"{'-':>30}"
-    return (
-        f"{quality.f1:6.4f} ({quality.precision:.4f}/{quality.recall:.4f}) @{quality.threshold:.3f}"
-    )
+        return f"{'-':>24}"
+    return f"{quality.f1:6.4f} ({quality.precision:.4f}/{quality.recall:.4f})"
 
 
 def _format_row(row: Mapping[str, Any]) -> str:
+    auto = row.get("auto")
+    auto_cell = f"{_cell(auto)} @{auto.threshold:.3f}" if auto is not None else f"{'-':>31}"
     return (
-        f"{row['label']:<26} {_cell(row['auto']):>34} {_cell(row['best']):>34} "
-        f"{_cell(row.get('peer_best')):>34} {_cell(row.get('peer_fixed')):>34} {row['seconds']:5.0f}s"
+        f"{row['label']:<28} {auto_cell:>31} {_cell(row.get('best')):>24} "
+        f"{_cell(row.get('model')):>24} {row.get('estimated_f1', float('nan')):>6.4f} "
+        f"{row.get('calibration', float('nan')):>5.3f} {_cell(row.get('splink')):>24} "
+        f"{_cell(row.get('peer_best')):>24} {_cell(row.get('peer_fixed')):>24} "
+        f"{row['seconds']:5.0f}s"
     )
 
 
 def _print_table(rows: Sequence[Mapping[str, Any]]) -> None:
-    print("\nF1 (precision/recall) @threshold; pairwise, against the truth")
+    print("\nF1 (precision/recall); pairwise, against the truth")
     print(
-        f"{'data':<26} {'bloomlink auto threshold':>34} {'bloomlink best threshold':>34} "
-        f"{'anonlink best threshold':>34} {'anonlink at 0.8':>34}"
+        f"{'data':<28} {'one CLK, auto threshold':>31} {'one CLK, best (truth)':>24} "
+        f"{'groups + FS model @0.5':>24} {'est.F1':>6} {'calib':>5} {'Splink 5 (plaintext)':>24} "
+        f"{'anonlink best (truth)':>24} {'anonlink at 0.8':>24}"
     )
     for row in rows:
         print(_format_row(row))
 
 
-def _mean_f1(rows: Sequence[Mapping[str, Any]], name: str, column: str) -> float | None:
-    values = [row[column].f1 for row in rows if row["set"] == name and row.get(column) is not None]
+def _print_calibration(rows: Sequence[tuple[float, float, int, float, float]]) -> None:
+    print("\nCalibration of the model on the synth sets (candidate pairs, pooled)")
+    print(f"{'predicted':>11} {'pairs':>9} {'mean predicted':>15} {'observed':>9} {'gap':>6}")
+    for low, high, count, mean, observed in rows:
+        print(
+            f"{low:4.1f}-{high:3.1f}   {count:9d} {mean:15.4f} {observed:9.4f} "
+            f"{abs(mean - observed):6.3f}"
+        )
+
+
+def _print_grid(grid: Mapping[str, float]) -> None:
+    print("\nModel F1 with each group diffused (width 0: plain), synth, by bit-budget factor")
+    for name in ("hard", "medium"):
+        for fill in FILLS:
+            cells = " ".join(f"w{w}: {grid[f'{name}_fill{fill:g}_w{w}']:.4f}" for w in WIDTHS)
+            print(f"{name:<7} budget x{fill:<4g} {cells}")
+
+
+def _plot(rows: Sequence[tuple[float, float, int, float, float]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no reliability plot", file=sys.stderr)
+        return
+    figure, axis = plt.subplots(figsize=(4.5, 4.5))
+    kept = [(mean, observed, count) for _, _, count, mean, observed in rows if count]
+    axis.plot([0, 1], [0, 1], color="grey", linewidth=1)
+    axis.scatter(
+        [k[0] for k in kept], [k[1] for k in kept], s=[10 + 3 * np.log1p(k[2]) ** 2 for k in kept]
+    )
+    axis.set_xlabel("mean predicted match probability")
+    axis.set_ylabel("observed share of true matches")
+    axis.set_title("bloomlink Fellegi-Sunter model, synth")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def _f1(rows: Sequence[Mapping[str, Any]], name: str, column: str) -> float | None:
+    values = [
+        row[column].f1 if isinstance(row.get(column), Quality) else row[column]
+        for row in rows
+        if row["set"] == name and row.get(column) is not None
+    ]
     return round(float(np.mean(values)), 4) if values else None
 
 
-def _summary(rows: Sequence[Mapping[str, Any]], seconds: float) -> dict[str, Any]:
+def _summary(
+    rows: Sequence[Mapping[str, Any]],
+    grid: Mapping[str, float],
+    calibration_rows: Sequence[tuple[float, float, int, float, float]],
+    seconds: float,
+) -> dict[str, Any]:
     summary: dict[str, Any] = {"bench": "quality"}
-    for name in SETS:
+    for name in sorted({row["set"] for row in rows}):
         key = name.replace("-", "_")
         for column, suffix in (
             ("auto", "f1_auto"),
             ("best", "f1_best"),
+            ("model", "model_f1"),
+            ("estimated_f1", "model_est_f1"),
+            ("calibration", "model_calibration_gap"),
+            ("splink", "splink_f1"),
             ("peer_best", "peer_f1_best"),
             ("peer_fixed", "peer_f1_08"),
         ):
-            value = _mean_f1(rows, name, column)
+            value = _f1(rows, name, column)
             if value is not None:
                 summary[f"{key}_{suffix}"] = value
-    summary["peer"] = "clkhash 0.18.3 + anonlink 0.15.3 greedy (best threshold with truth)"
-    ours, theirs = summary.get("hard_f1_auto"), summary.get("hard_peer_f1_best")
+    if calibration_rows:
+        summary["calibration_worst_gap"] = round(worst_calibration_gap(calibration_rows), 4)
+    summary.update(grid)
+    summary["peer"] = "splink 5.0.0 (plaintext, untuned)"
+    ours, theirs = summary.get("hard_model_f1"), summary.get("hard_splink_f1")
     summary["ratio"] = round(ours / theirs, 4) if ours and theirs else None
-    summary["ratio_meaning"] = (
-        "bloomlink F1 at auto threshold / anonlink F1 at best threshold, synth hard"
-    )
+    summary["ratio_meaning"] = "bloomlink model F1 at p >= 0.5 / Splink F1 at p >= 0.5, synth hard"
+    anonlink = summary.get("hard_peer_f1_best")
+    summary["ratio_anonlink"] = round(ours / anonlink, 4) if ours and anonlink else None
     summary["seconds"] = round(seconds, 1)
     return summary
 

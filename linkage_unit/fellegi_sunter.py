@@ -19,7 +19,8 @@ without labels on the run's own pairs, as Splink does for plaintext:
   every iteration, never below ``floor = 0.5 / random pairs``.
 * **m** (a level's probability for a match) and **lambda** (the prior: the share of all
   comparable pairs that match, one per party pair) by expectation-maximisation over the
-  candidate pairs. Pairs that are not candidates (below the record-level Dice cut) count as
+  candidate pairs, with ``m / u`` kept non-decreasing over a group's levels (more similar is
+  never less evidence of a match) and lambda at most the smaller party's records. Pairs that are not candidates (below the record-level Dice cut) count as
   non-matches: ``lambda = sum of candidate posteriors / comparable pairs``.
 * The **match weight** of a pair is ``log2(lambda / (1 - lambda)) + sum over non-missing groups
   of log2(m / u)``; its probability ``1 / (1 + 2 ** -weight)``.
@@ -255,12 +256,16 @@ def weight_of_probability(probability: float) -> float:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Start:
     """What both EM implementations start from: the observed u (matches included), the floor
-    under the corrected u, initial m and priors."""
+    under the corrected u, initial m and priors, and the priors' caps (``max_matches`` per
+    party pair: with one record per person and party, no more matches than the smaller party
+    has records; without the cap, a model of one group could explain random pairs away as
+    matches)."""
 
     u_observed: tuple[npt.NDArray[np.float64], ...]
     floors: tuple[float, ...]
     m: tuple[npt.NDArray[np.float64], ...]
     prior: npt.NDArray[np.float64]
+    caps: npt.NDArray[np.float64]
 
 
 def _start(
@@ -268,11 +273,11 @@ def _start(
     random_counts: Sequence[npt.NDArray[np.float64]],
     identical_rates: Sequence[float | None],
     comparable_pairs: Sequence[int],
-    initial_matches: Sequence[float],
+    max_matches: Sequence[float],
 ) -> _Start:
     if len(random_counts) != len(groups) or len(identical_rates) != len(groups):
         raise MatchingError("random counts and identical rates are needed for every group")
-    if len(comparable_pairs) != len(initial_matches) or not comparable_pairs:
+    if len(comparable_pairs) != len(max_matches) or not comparable_pairs:
         raise MatchingError("one comparable-pair count and one match guess per party pair")
     if any(count < 1 for count in comparable_pairs):
         raise MatchingError("every party pair needs at least one comparable pair")
@@ -293,14 +298,40 @@ def _start(
         # Matches concentrate on the high levels: start m rising with the level.
         start = np.arange(1, group.count, dtype=np.float64) ** 3
         m.append(start / start.sum())
-    prior = np.array(
+    caps = np.array(
         [
-            min(max(guess, 1.0) / pairs, 0.5)
-            for guess, pairs in zip(initial_matches, comparable_pairs, strict=True)
+            min(max(most, 1.0) / pairs, 0.5)
+            for most, pairs in zip(max_matches, comparable_pairs, strict=True)
         ],
         dtype=np.float64,
     )
-    return _Start(u_observed=tuple(observed), floors=tuple(floors), m=tuple(m), prior=prior)
+    return _Start(
+        u_observed=tuple(observed), floors=tuple(floors), m=tuple(m), prior=caps / 2, caps=caps
+    )
+
+
+def _monotone(m: list[float], u: list[float]) -> list[float]:
+    """``m`` with ``m / u`` made non-decreasing over the levels (a higher similarity is never
+    less evidence of a match): weighted pool-adjacent-violators on the ratio, weights ``u``,
+    which keeps ``sum(m)``. Without it a level in the middle of the random pairs can soak up
+    sampling noise as "matches" when few other groups speak (one group alone)."""
+    blocks: list[list[float]] = []  # [ratio, weight, levels pooled]
+    for m_k, u_k in zip(m, u, strict=True):
+        blocks.append([m_k / u_k, u_k, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            ratio, weight, size = blocks.pop()
+            previous = blocks[-1]
+            total = previous[1] + weight
+            previous[0] = (previous[0] * previous[1] + ratio * weight) / total
+            previous[1] = total
+            previous[2] += size
+    out: list[float] = []
+    position = 0
+    for ratio, _, size in blocks:
+        for _ in range(int(size)):
+            out.append(ratio * u[position])
+            position += 1
+    return out
 
 
 def _corrected_u(
@@ -320,12 +351,13 @@ def fit(
     random_counts: Sequence[npt.NDArray[np.float64]],
     identical_rates: Sequence[float | None],
     comparable_pairs: Sequence[int],
-    initial_matches: Sequence[float],
+    max_matches: Sequence[float],
     settings: ModelSettings,
 ) -> FellegiSunterModel:
     """Train m, u and the priors by EM on the candidate pairs (``levels``: ``(pairs, groups)``;
-    ``jobs[k]``: the party pair of pair k, indexing ``comparable_pairs``)."""
-    start = _start(groups, random_counts, identical_rates, comparable_pairs, initial_matches)
+    ``jobs[k]``: the party pair of pair k, indexing ``comparable_pairs``; ``max_matches``: the
+    most matches each party pair can hold, which caps its prior)."""
+    start = _start(groups, random_counts, identical_rates, comparable_pairs, max_matches)
     pairs_per_job = np.asarray(comparable_pairs, dtype=np.float64)
     if levels.ndim != 2 or levels.shape[1] != len(groups) or len(jobs) != len(levels):
         raise MatchingError("levels must be (pairs, groups) with one party pair per pair")
@@ -357,9 +389,9 @@ def fit(
         for g, group in enumerate(groups):
             totals = np.bincount(pattern_levels[:, g], weights=matched, minlength=group.count)
             present = totals[1:] + _M_PSEUDO
-            new_m.append(present / present.sum())
+            new_m.append(np.array(_monotone((present / present.sum()).tolist(), u[g].tolist())))
         matched_by_job = np.bincount(pattern_jobs, weights=matched, minlength=len(prior))
-        new_prior = np.clip(matched_by_job / pairs_per_job, 1e-12, 0.5)
+        new_prior = np.clip(matched_by_job / pairs_per_job, 1e-12, start.caps)
         pooled = float(new_prior @ pairs_per_job / pairs_per_job.sum())
         new_u = [
             _corrected_u(observed, m_g, pooled, floor)
@@ -392,11 +424,11 @@ def reference_fit(
     random_counts: Sequence[npt.NDArray[np.float64]],
     identical_rates: Sequence[float | None],
     comparable_pairs: Sequence[int],
-    initial_matches: Sequence[float],
+    max_matches: Sequence[float],
     settings: ModelSettings,
 ) -> FellegiSunterModel:
     """The slow obvious twin of :func:`fit`: the same EM, one pair at a time in Python."""
-    start = _start(groups, random_counts, identical_rates, comparable_pairs, initial_matches)
+    start = _start(groups, random_counts, identical_rates, comparable_pairs, max_matches)
     rows = [[int(x) for x in row] for row in levels.tolist()]
     pair_jobs = [int(job) for job in jobs.tolist()]
     total_pairs = sum(comparable_pairs)
@@ -432,10 +464,12 @@ def reference_fit(
         new_m = []
         for g in range(len(groups)):
             present = [value + _M_PSEUDO for value in matched_by_level[g]]
-            new_m.append([value / sum(present) for value in present])
+            new_m.append(_monotone([value / sum(present) for value in present], u[g]))
         new_prior = [
-            min(max(matched / pairs, 1e-12), 0.5)
-            for matched, pairs in zip(matched_by_job, comparable_pairs, strict=True)
+            min(max(matched / pairs, 1e-12), float(cap))
+            for matched, pairs, cap in zip(
+                matched_by_job, comparable_pairs, start.caps.tolist(), strict=True
+            )
         ]
         pooled = sum(p * n for p, n in zip(new_prior, comparable_pairs, strict=True)) / total_pairs
         new_u = [corrected(g, new_m[g], pooled) for g in range(len(groups))]

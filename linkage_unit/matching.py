@@ -38,7 +38,7 @@ from linkage_unit.comparison import (
     ProgressCallback,
 )
 from linkage_unit.fellegi_sunter import FellegiSunterModel, ModelSettings
-from linkage_unit.scoring import CandidateCut, EstimatedQuality, Scorer
+from linkage_unit.scoring import CandidateCut, EstimatedQuality, ScoredPairs, Scorer
 from linkage_unit.similarity import (
     DEFAULT_MAX_CANDIDATE_PAIRS,
     best_scores,
@@ -74,7 +74,8 @@ __all__ = [
 
 class Scoring(StrEnum):
     """How candidate pairs are scored: ``auto`` uses the Fellegi-Sunter model when the
-    encoding has several field groups and Dice when it has one (encoding v1, as before)."""
+    encoding has several field groups and Dice when it has one (encoding v1, as before). The
+    model needs at least two groups: with one, asking for it is an error."""
 
     AUTO = "auto"
     DICE = "dice"
@@ -157,7 +158,9 @@ class LinkResult:
 
     ``threshold``: the Dice threshold (Dice scoring) or the match probability cut
     (Fellegi-Sunter); ``threshold_method``: how it was found, as status and the audit log show
-    it (:attr:`linkage_unit.threshold.ThresholdChoice.label`)."""
+    it (:attr:`linkage_unit.threshold.ThresholdChoice.label`). ``scored``: with
+    Fellegi-Sunter scoring, every candidate pair with its match weight and the cut (what a
+    clustering or a quality report consumes)."""
 
     clusters: Mapping[str, npt.NDArray[np.int64]]
     threshold: float
@@ -167,6 +170,7 @@ class LinkResult:
     statistics: LinkStatistics = field(default_factory=LinkStatistics)
     threshold_method: str = ThresholdMethod.OPERATOR.value
     candidate_pair_count: int = 0
+    scored: ScoredPairs | None = None
 
 
 def _second_best(
@@ -299,6 +303,13 @@ def link(
     use_model = settings.scoring is Scoring.FELLEGI_SUNTER or (
         settings.scoring is Scoring.AUTO and groups > 1
     )
+    if use_model and groups < 2:
+        # One similarity per pair is one indicator: EM cannot tell matches from the noise in
+        # the random pairs' u at busy levels, so the model would link nearly nothing.
+        raise MatchingError(
+            "Fellegi-Sunter scoring needs an encoding of at least two field groups; a single "
+            "record-level CLK is scored by Dice"
+        )
     comparable = sum(
         sizes[i] * (sizes[i] - 1) // 2 if i == j else sizes[i] * sizes[j] for i, j in jobs
     )
@@ -390,7 +401,7 @@ def _link_with_model(
         model=scored.model,
         estimated=estimated,
     )
-    return _result(parties, sizes, solution, choice, statistics)
+    return _result(parties, sizes, solution, choice, statistics, scored=scored)
 
 
 def _total(comparisons: Sequence[Comparison]) -> CompareStatistics:
@@ -418,6 +429,8 @@ def _result(
     solution: Solution,
     choice: ThresholdChoice,
     statistics: LinkStatistics,
+    *,
+    scored: ScoredPairs | None = None,
 ) -> LinkResult:
     clusters = dict(zip(parties, solution.clusters, strict=True))
     all_ids = np.concatenate(solution.clusters) if sum(sizes) else np.empty(0, np.int64)
@@ -432,4 +445,5 @@ def _result(
         statistics=statistics,
         threshold_method=choice.label,
         candidate_pair_count=statistics.candidate_pairs,
+        scored=scored,
     )

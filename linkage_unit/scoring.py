@@ -190,8 +190,7 @@ class Scorer:
         wanted = max(settings.random_pairs, int(4 * settings.min_tail_samples / self.tail))
         wanted = min(wanted, settings.max_random_pairs)
         parts: list[GroupSimilarities] = []
-        self.random_jobs: list[npt.NDArray[np.int64]] = []
-        for number, ((i, j), comparable) in enumerate(zip(self.jobs, self.comparable, strict=True)):
+        for (i, j), comparable in zip(self.jobs, self.comparable, strict=True):
             count = int(np.ceil(wanted * comparable / total)) if comparable else 0
             if count == 0:
                 continue
@@ -208,8 +207,14 @@ class Scorer:
                     workers=workers,
                 )  # fmt: skip
             )
-            self.random_jobs.append(np.full(count, number, np.int64))
         self.random = _concatenate(parts, len(layout.groups))
+        # Level cuts come from one half of the random pairs and u from the other: cut points
+        # taken from the sample they are counted on sit where that sample happens to thin out
+        # (on an atom of the discrete Dice values, the bias reached a tenth of a level's mass).
+        half = np.zeros(len(self.random), bool)
+        half[generator.permutation(len(self.random))[: len(self.random) // 2]] = True
+        self.random_for_levels = _select(self.random, half)
+        self.random_for_u = _select(self.random, ~half)
 
     # -- before the compare -------------------------------------------------------------------
 
@@ -246,8 +251,10 @@ class Scorer:
             [np.full(len(pairs), number, np.int64) for number, pairs in enumerate(candidates)]
             or [np.empty(0, np.int64)]
         )
-        groups = derive_levels(self.layout.names, self.random, similarities, self.settings)
-        random_levels = comparison_levels(self.random, groups)
+        groups = derive_levels(
+            self.layout.names, self.random_for_levels, similarities, self.settings
+        )
+        random_levels = comparison_levels(self.random_for_u, groups)
         levels = comparison_levels(similarities, groups)
         identical_rates = self._identical_rates()
         sizes = [len(array) for array in self.arrays]
@@ -258,7 +265,12 @@ class Scorer:
             random_counts=random_level_counts(random_levels, groups),
             identical_rates=identical_rates,
             comparable_pairs=[max(count, 1) for count in self.comparable],
-            initial_matches=[min(sizes[i], sizes[j]) / 2 for i, j in self.jobs],
+            # One record per person and party: at most the smaller party's records match;
+            # within a party, at most every record has a duplicate (pairs grow past that only
+            # for people with three or more records, which the cap then under-counts).
+            max_matches=[
+                float(sizes[i]) if i == j else float(min(sizes[i], sizes[j])) for i, j in self.jobs
+            ],
             settings=self.settings,
         )
         self.model = model
@@ -466,6 +478,14 @@ def _joined_pairs(
     offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     seconds = right_order[np.repeat(low, counts) + offsets].astype(np.int64)
     return firsts, seconds
+
+
+def _select(similarities: GroupSimilarities, rows: npt.NDArray[np.bool_]) -> GroupSimilarities:
+    return GroupSimilarities(
+        shared=similarities.shared[rows],
+        left_counts=similarities.left_counts[rows],
+        right_counts=similarities.right_counts[rows],
+    )
 
 
 def _concatenate(parts: Sequence[GroupSimilarities], groups: int) -> GroupSimilarities:
