@@ -23,7 +23,10 @@ without labels on the run's own pairs, as Splink does for plaintext:
   never less evidence of a match) and lambda at most the smaller party's records. Pairs that are not candidates (below the record-level Dice cut) count as
   non-matches: ``lambda = sum of candidate posteriors / comparable pairs``.
 * The **match weight** of a pair is ``log2(lambda / (1 - lambda)) + sum over non-missing groups
-  of log2(m / u)``; its probability ``1 / (1 + 2 ** -weight)``.
+  of log2(m / u)``; its probability ``1 / (1 + 2 ** -weight)``. Between two parties that each
+  hold at most one record per person, :func:`exclusive_weights` then conditions each pair on
+  its two records' other candidates (a pair with no rival is likelier, one with a stronger
+  rival less likely).
 
 :func:`fit` is the vectorised fast path (EM over the distinct comparison patterns with their
 counts); :func:`reference_fit` is its slow obvious twin (one pair at a time, plain Python).
@@ -48,9 +51,11 @@ __all__ = [
     "ModelSettings",
     "comparison_levels",
     "derive_levels",
+    "exclusive_weights",
     "fit",
     "probability_of_weight",
     "random_level_counts",
+    "reference_exclusive_weights",
     "reference_fit",
     "weight_of_probability",
 ]
@@ -343,6 +348,31 @@ def _corrected_u(
     return result
 
 
+def _patterns(
+    levels: npt.NDArray[np.uint8],
+    jobs: npt.NDArray[np.int64],
+    groups: Sequence[GroupLevels],
+    job_count: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each distinct (party pair, levels) row and how often it occurs: all EM needs. Rows are
+    packed into one integer (mixed radix) when they fit, which sorts far faster than rows."""
+    keyed = np.concatenate([jobs[:, None].astype(np.int64), levels.astype(np.int64)], axis=1)
+    radices = [max(job_count, 1), *(group.count for group in groups)]
+    if len(keyed) == 0:
+        return np.empty((0, len(groups) + 1), np.int64), np.empty(0, np.int64)
+    if math.prod(radices) >= 2**62:
+        patterns, counts = np.unique(keyed, axis=0, return_counts=True)
+        return patterns, counts
+    code = np.zeros(len(keyed), np.int64)
+    for column, radix in enumerate(radices):
+        code = code * radix + keyed[:, column]
+    unique, counts = np.unique(code, return_counts=True)
+    patterns = np.empty((len(unique), len(radices)), np.int64)
+    for column in range(len(radices) - 1, -1, -1):
+        unique, patterns[:, column] = np.divmod(unique, radices[column])
+    return patterns, counts
+
+
 def fit(
     levels: npt.NDArray[np.uint8],
     jobs: npt.NDArray[np.int64],
@@ -361,12 +391,7 @@ def fit(
     pairs_per_job = np.asarray(comparable_pairs, dtype=np.float64)
     if levels.ndim != 2 or levels.shape[1] != len(groups) or len(jobs) != len(levels):
         raise MatchingError("levels must be (pairs, groups) with one party pair per pair")
-    # EM only needs each distinct (party pair, levels) pattern and how often it occurs.
-    keyed = np.concatenate([jobs[:, None].astype(np.int64), levels.astype(np.int64)], axis=1)
-    if len(keyed):
-        patterns, counts = np.unique(keyed, axis=0, return_counts=True)
-    else:
-        patterns, counts = np.empty((0, len(groups) + 1), np.int64), np.empty(0, np.int64)
+    patterns, counts = _patterns(levels, jobs, groups, len(comparable_pairs))
     pattern_jobs, pattern_levels = patterns[:, 0], patterns[:, 1:]
     weights = counts.astype(np.float64)
     m = [array.copy() for array in start.m]
@@ -493,3 +518,88 @@ def reference_fit(
         iterations=iteration,
         converged=converged,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# One record per party and person
+# ---------------------------------------------------------------------------------------------
+def exclusive_weights(
+    left: npt.NDArray[np.int64],
+    right: npt.NDArray[np.int64],
+    weights: npt.NDArray[np.float64],
+    *,
+    left_size: int,
+    right_size: int,
+    left_matched: float,
+    right_matched: float,
+) -> npt.NDArray[np.float64]:
+    """Match weights of one party pair's candidate pairs given that each record has at most
+    one match in the other party (a person has one record per party).
+
+    The pairwise model asks "is this pair a match?" as if the two records' other pairs said
+    nothing. With one match at most, a pair whose two records have no other plausible partner
+    is likelier than that, and one whose record has a stronger partner less likely. Locally
+    (each record's own candidates, conflicts further out ignored), with ``x`` a pair's
+    pairwise odds and ``left_matched`` / ``right_matched`` the share of each party's records
+    that have a match:
+
+        odds(a, b) = x_ab / ((1 - left_matched + sum_j x_aj - x_ab)
+                             * (1 - right_matched + sum_i x_ib - x_ab))
+
+    the odds of "a and b are each other's match" against "each is unmatched or matched to
+    another of its candidates". Returns log2 of those odds.
+    """
+    odds = np.exp2(np.clip(weights, -200.0, 200.0))
+    left_rest = (1.0 - left_matched) + _others(left, odds, left_size)
+    right_rest = (1.0 - right_matched) + _others(right, odds, right_size)
+    result: npt.NDArray[np.float64] = np.log2(odds) - np.log2(left_rest) - np.log2(right_rest)
+    return result
+
+
+def _others(
+    records: npt.NDArray[np.int64], odds: npt.NDArray[np.float64], size: int
+) -> npt.NDArray[np.float64]:
+    """Per pair, the sum of the odds of its record's other pairs. ``total - own`` would lose
+    the small others to rounding when the own odds are the record's (huge) largest, so those
+    pairs get the sum of the rest added up directly."""
+    total = np.bincount(records, weights=odds, minlength=size)
+    largest = np.full(size, -np.inf)
+    np.maximum.at(largest, records, odds)
+    is_largest = odds == largest[records]
+    tied = np.bincount(records, weights=is_largest.astype(np.float64), minlength=size)
+    rest_of_largest = np.bincount(records, weights=np.where(is_largest, 0.0, odds), minlength=size)
+    alone_largest = is_largest & (tied[records] == 1)
+    others = np.where(alone_largest, rest_of_largest[records], total[records] - odds)
+    result: npt.NDArray[np.float64] = np.maximum(others, 0.0)
+    return result
+
+
+def reference_exclusive_weights(
+    left: npt.NDArray[np.int64],
+    right: npt.NDArray[np.int64],
+    weights: npt.NDArray[np.float64],
+    *,
+    left_size: int,
+    right_size: int,
+    left_matched: float,
+    right_matched: float,
+) -> npt.NDArray[np.float64]:
+    """The slow obvious twin of :func:`exclusive_weights`: one pair at a time."""
+    pairs = list(zip(left.tolist(), right.tolist(), weights.tolist(), strict=True))
+    out = []
+    for k, (a, b, weight) in enumerate(pairs):
+        odds = 2.0 ** min(max(weight, -200.0), 200.0)
+        others_a = sum(
+            2.0 ** min(max(w, -200.0), 200.0)
+            for n, (i, _, w) in enumerate(pairs)
+            if i == a and n != k
+        )
+        others_b = sum(
+            2.0 ** min(max(w, -200.0), 200.0)
+            for n, (_, j, w) in enumerate(pairs)
+            if j == b and n != k
+        )
+        rest_a = (1.0 - left_matched) + others_a
+        rest_b = (1.0 - right_matched) + others_b
+        out.append(math.log2(odds) - math.log2(rest_a) - math.log2(rest_b))
+    return np.array(out, dtype=np.float64)

@@ -332,7 +332,7 @@ def link(
         PartyPairs(left_party=item.left_party, right_party=item.right_party, pairs=item.pairs)
         for item in comparisons
     ]
-    candidate_count = _check_candidate_count(party_pairs, settings, choice.threshold)
+    candidate_count = _check_candidate_count(comparisons, settings, choice.threshold)
     if progress is not None:
         progress("solve", 0, 1)
     solution = _solve(sizes, party_pairs, settings)
@@ -372,17 +372,10 @@ def _link_with_model(
         cut = scorer.candidate_cut()
     comparisons = comparer.compare(arrays, jobs, cut.threshold, compare_settings, progress=progress)
     candidates = [item.pairs for item in comparisons]
-    candidate_count = _check_candidate_count(
-        [
-            PartyPairs(left_party=i, right_party=j, pairs=pairs)
-            for (i, j), pairs in zip(jobs, candidates, strict=True)
-        ],
-        settings,
-        cut.threshold,
-    )
+    candidate_count = _check_candidate_count(comparisons, settings, cut.threshold)
     if progress is not None:
         progress("model: train and score", 0, 1)
-    scored = scorer.score(candidates)
+    scored = scorer.score(candidates, one_to_one=not settings.deduplicate)
     if progress is not None:
         progress("solve", 0, 1)
     sizes = [len(array) for array in arrays]
@@ -412,9 +405,9 @@ def _total(comparisons: Sequence[Comparison]) -> CompareStatistics:
 
 
 def _check_candidate_count(
-    party_pairs: Sequence[PartyPairs], settings: MatchSettings, threshold: float
+    comparisons: Sequence[Comparison], settings: MatchSettings, threshold: float
 ) -> int:
-    count = sum(len(item.pairs) for item in party_pairs)
+    count = sum(len(item.pairs) for item in comparisons)
     if count > settings.max_candidate_pairs:
         raise MatchingError(
             f"more than {settings.max_candidate_pairs} candidate pairs in total at threshold "

@@ -32,6 +32,7 @@ from linkage_unit.fellegi_sunter import (
     ModelSettings,
     comparison_levels,
     derive_levels,
+    exclusive_weights,
     fit,
     probability_of_weight,
     random_level_counts,
@@ -177,6 +178,7 @@ class Scorer:
         self.settings = settings
         self.workers = workers
         self.popcounts = [group_popcounts(array, layout) for array in self.arrays]
+        self.hashes = [_group_hashes(array, layout) for array in self.arrays]
         sizes = [len(array) for array in self.arrays]
         self.comparable = [
             sizes[i] * (sizes[i] - 1) // 2 if i == j else sizes[i] * sizes[j] for i, j in jobs
@@ -240,9 +242,14 @@ class Scorer:
             left_counts=self.popcounts[i], right_counts=self.popcounts[j], workers=self.workers,
         )  # fmt: skip
 
-    def score(self, candidates: Sequence[CandidatePairs]) -> ScoredPairs:
+    def score(
+        self, candidates: Sequence[CandidatePairs], *, one_to_one: bool = True
+    ) -> ScoredPairs:
         """Train the model on the candidate pairs (one set per job, in job order) and score
-        them."""
+        them. ``one_to_one``: each party holds at most one record per person, so pairs
+        between two parties are conditioned on their records' other candidates
+        (:func:`linkage_unit.fellegi_sunter.exclusive_weights`); pairs within a party never
+        are."""
         if len(candidates) != len(self.jobs):
             raise MatchingError("one set of candidate pairs per party pair is needed")
         parts = [self.similarities(number, pairs) for number, pairs in enumerate(candidates)]
@@ -279,9 +286,20 @@ class Scorer:
         )
         party_pairs = []
         offset = 0
-        for (i, j), pairs in zip(self.jobs, candidates, strict=True):
+        for number, ((i, j), pairs) in enumerate(zip(self.jobs, candidates, strict=True)):
             part = weights[offset : offset + len(pairs)]
             offset += len(pairs)
+            if one_to_one and i != j and len(pairs):
+                matches = model.prior[number] * self.comparable[number]
+                part = exclusive_weights(
+                    pairs.left,
+                    pairs.right,
+                    part,
+                    left_size=sizes[i],
+                    right_size=sizes[j],
+                    left_matched=float(np.clip(matches / max(sizes[i], 1), 1e-3, 0.999)),
+                    right_matched=float(np.clip(matches / max(sizes[j], 1), 1e-3, 0.999)),
+                )
             party_pairs.append(
                 PartyPairs(
                     left_party=i,
@@ -319,7 +337,7 @@ class Scorer:
         """Per group: the share of all comparable non-missing pairs whose group encodings are
         identical, exactly, from counts of equal encodings (true matches included, as in a
         random sample)."""
-        hashes = [_group_hashes(array, self.layout) for array in self.arrays]
+        hashes = self.hashes
         rates: list[float | None] = []
         for g in range(len(self.layout.groups)):
             present = [counts[:, g] > 0 for counts in self.popcounts]
@@ -356,7 +374,7 @@ class Scorer:
         chance that two records share an encoding over this encoding's frequency."""
         if not self.settings.term_frequencies:
             return None
-        hashes = [_group_hashes(array, self.layout) for array in self.arrays]
+        hashes = self.hashes
         out = np.zeros(levels.shape, np.float64)
         for g, group in enumerate(model.groups):
             present = [counts[:, g] > 0 for counts in self.popcounts]

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 from linkage_unit.fellegi_sunter import (
     FellegiSunterModel,
@@ -15,8 +16,10 @@ from linkage_unit.fellegi_sunter import (
     ModelSettings,
     comparison_levels,
     derive_levels,
+    exclusive_weights,
     fit,
     probability_of_weight,
+    reference_exclusive_weights,
     reference_fit,
     weight_of_probability,
 )
@@ -191,3 +194,41 @@ def test_models_are_checked() -> None:
         )  # fmt: skip
     with pytest.raises(MatchingError, match="increasing"):
         GroupLevels(name="a", cuts=(0.5, 0.2))
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    pairs=st.integers(0, 40),
+    sizes=st.tuples(st.integers(1, 12), st.integers(1, 12)),
+    matched=st.tuples(st.floats(0.001, 0.999), st.floats(0.001, 0.999)),
+)
+def test_exclusive_weights_agree_with_the_reference(
+    seed: int, pairs: int, sizes: tuple[int, int], matched: tuple[float, float]
+) -> None:
+    generator = np.random.default_rng(seed)
+    codes = generator.choice(sizes[0] * sizes[1], min(pairs, sizes[0] * sizes[1]), replace=False)
+    left, right = np.divmod(codes.astype(np.int64), sizes[1])
+    # Up to 2^150 odds: a record's largest must not swamp its others in rounding.
+    weights = generator.uniform(-30, 150, len(left))
+    options = {
+        "left_size": sizes[0],
+        "right_size": sizes[1],
+        "left_matched": matched[0],
+        "right_matched": matched[1],
+    }
+    fast = exclusive_weights(left, right, weights, **options)
+    slow = reference_exclusive_weights(left, right, weights, **options)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-9)
+
+
+def test_a_pair_without_rivals_gains_and_one_with_a_stronger_rival_loses() -> None:
+    # Records 0-0 alone; record 1 has two partners, 1-1 weaker than 1-2.
+    left = np.array([0, 1, 1])
+    right = np.array([0, 1, 2])
+    pairwise = np.array([-1.0, -1.0, 5.0])
+    adjusted = exclusive_weights(
+        left, right, pairwise, left_size=2, right_size=3, left_matched=0.5, right_matched=0.5
+    )
+    assert adjusted[0] == pytest.approx(-1.0 + 2.0)  # both records free: odds x 1 / 0.5**2
+    assert adjusted[1] < pairwise[1]
+    assert adjusted[2] > pairwise[2] - 0.1

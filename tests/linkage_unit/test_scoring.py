@@ -6,9 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from linkage_unit.fellegi_sunter import GroupLevels, ModelSettings, probability_of_weight
+from linkage_unit.fellegi_sunter import (
+    GroupLevels,
+    ModelSettings,
+    comparison_levels,
+    probability_of_weight,
+)
 from linkage_unit.matching import LinkResult, MatchSettings, Scoring, link
-from linkage_unit.scoring import ScoredPairs, estimate_quality
+from linkage_unit.scoring import ScoredPairs, Scorer, estimate_quality
 from linkage_unit.similarity import CandidatePairs
 from linkage_unit.solving import PartyPairs
 from protocol.clk_layout import ClkLayout, GroupLayout
@@ -194,3 +199,33 @@ def test_estimated_quality_counts_links_made_and_matches_missed() -> None:
     accepted = scored.accepted()[0].pairs
     assert probability_of_weight(accepted.scores.astype(np.float64)).min() >= 0.5 - 1e-6
     assert accepted.left.tolist() == [0, 1, 2]
+
+
+def test_term_frequencies_weigh_agreement_on_a_common_encoding_less() -> None:
+    generator = np.random.default_rng(6)
+    left, right = grouped_parties(
+        generator, LAYOUT, left=1000, right=1000, shared=500, missing=0.0, changed=0.0
+    )
+    start, stop = LAYOUT.word_range(1)
+    common = left[0, start:stop].copy()
+    left[:150, start:stop] = common  # 150 people on each side share one birth encoding
+    right[:150, start:stop] = common
+    scorer = Scorer(
+        [left, right],
+        LAYOUT,
+        [(0, 1)],
+        ModelSettings(random_pairs=100_000, term_frequencies=True),
+        seed=3,
+    )
+    same = np.flatnonzero((left[150:500, start:stop] == right[150:500, start:stop]).all(axis=1))
+    rare = 150 + int(same[0])
+    pairs = CandidatePairs(
+        left=np.array([0, rare]), right=np.array([0, rare]), scores=np.zeros(2, np.float32),
+        comparisons=2,
+    )  # fmt: skip
+    # A common and a rare birth encoding, each identical across the pair.
+    scorer.score([pairs])
+    adjustments = scorer._adjustments([pairs], comparison_levels(
+        scorer.similarities(0, pairs), scorer.model.groups), scorer.model)  # fmt: skip
+    assert adjustments is not None
+    assert adjustments[0, 1] < 0 < adjustments[1, 1]
