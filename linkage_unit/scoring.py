@@ -82,6 +82,8 @@ class ScoredPairs:
     party_pairs: tuple[PartyPairs, ...]
     match_probability: float
     model: FellegiSunterModel
+    exclusive: bool = False
+    """Weights between two parties already condition on their records' other candidates."""
 
     @property
     def cut_weight(self) -> float:
@@ -316,6 +318,7 @@ class Scorer:
             party_pairs=tuple(party_pairs),
             match_probability=self.settings.match_probability,
             model=model,
+            exclusive=one_to_one,
         )
 
     def weights_of(
@@ -417,8 +420,10 @@ def estimate_quality(
 ) -> EstimatedQuality:
     """From the model's probabilities: every pair the clustering joins (two records of the
     party pairs compared, in one cluster) is a true link with its probability; a candidate pair
-    it does not join is a missed match with its probability, discounted between two parties by
-    the chance that either record's own link (at most one per party) is right instead."""
+    it does not join is a missed match with its probability. Between two parties whose pair
+    probabilities do not yet condition on the records' other candidates
+    (``scored.exclusive`` false), that is discounted by the chance that either record's own
+    link (at most one per party) is right instead."""
     true_links = 0.0
     false_links = 0.0
     missed = 0.0
@@ -446,7 +451,7 @@ def estimate_quality(
         false_links += float((1.0 - joined_probability).sum())
         not_joined = ~np.isin(candidate_codes, joined_codes)
         rest = probability[not_joined]
-        if i == j:
+        if i == j or scored.exclusive:
             missed += float(rest.sum())
             continue
         # At most one record of the other party per person: a record's link, if right,

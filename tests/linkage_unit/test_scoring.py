@@ -3,6 +3,8 @@ missing groups, estimated quality against the truth, and the ways the model is c
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -196,6 +198,9 @@ def test_estimated_quality_counts_links_made_and_matches_missed() -> None:
     assert quality.expected_missed_matches == pytest.approx(missed, rel=1e-6)
     assert quality.precision == pytest.approx(0.7)
     assert quality.recall == pytest.approx(1.4 / (1.4 + missed), rel=1e-6)
+    # Probabilities that already condition on rivals are not discounted again.
+    exclusive = estimate_quality(replace(scored, exclusive=True), clusters, [(0, 1)], never)
+    assert exclusive.expected_missed_matches == pytest.approx(0.3 + 0.8, rel=1e-6)
     accepted = scored.accepted()[0].pairs
     assert probability_of_weight(accepted.scores.astype(np.float64)).min() >= 0.5 - 1e-6
     assert accepted.left.tolist() == [0, 1, 2]
