@@ -2,8 +2,8 @@
 moj + dfe, difficulty medium) through the real protocol on one machine.
 
 Stages: synthesise (not counted: the departments' own data), encode both departments in
-parallel (real ``encode_extract``, one process each, then the leak scan and signed manifest
-that ``bloomlink encode`` runs; the LU takes no upload without one), start a real linkage unit (``bloomlink
+parallel (``party.prepare.prepare_upload``, one process each: the recipe ``bloomlink encode``
+runs, encoding, leak scan and signed manifest in one pass; the LU takes no upload without one), start a real linkage unit (``bloomlink
 serve`` in its own process, mutual TLS on loopback), create the project, upload both files,
 the run (checks, threshold, block, compare, solve, link keys), fetch both parties' keys. Then
 blocking recall: a sample of moj's records against all of dfe's, exhaustively (the compiled
@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bloomlink.synth import SynthConfig, generate, write  # noqa: E402
 from bloomlink.synth.scoring import link_quality  # noqa: E402
 from linkage_unit.blocking import BlockingIndex, BlockingSettings  # noqa: E402
+from linkage_unit.pki import init_certificates  # noqa: E402
 from linkage_unit.similarity import candidate_pairs  # noqa: E402
 from party.client import LinkageClient  # noqa: E402
 from party.link_key_file import join_link_keys  # noqa: E402
 from party.manifest import check_manifest_for_file, manifest_path_for  # noqa: E402
-from protocol.certificates import init_certificates  # noqa: E402
 from protocol.clk_file import read_clks  # noqa: E402
 from protocol.messages import ProjectSettings  # noqa: E402
 
@@ -49,51 +49,37 @@ PROJECT = "e2e"
 TARGET_SECONDS = 180.0
 
 
-def _encode(root: str, party: str) -> tuple[float, float, int]:
-    """Runs in its own process, like a department's encoder and ``bloomlink encode``: encode,
-    then leak-scan the output and sign its manifest. (encode s, scan + sign s, peak KiB)."""
+def _encode(root: str, party: str) -> tuple[float, int]:
+    """Runs in its own process, like a department's ``bloomlink encode``: the party's recipe
+    (encode, leak-scan the output, sign its manifest; one pass over the extract).
+    (seconds, peak KiB)."""
     import bloomlink
-    from party.encoder_run import encode_extract
-    from party.known_keys import known_key_reencoder
-    from party.manifest import create_party_signing_key, vouch_for_encoded_file
+    from party.manifest import create_party_signing_key
     from party.mapping import shipped_mapping
-    from party.sensitive_strings import sensitive_strings
+    from party.prepare import prepare_upload
     from protocol.schema import default_schema
     from protocol.secret import read_secret
 
     base = Path(root)
-    extract = base / "synth" / f"{party}.csv"
-    mapping, schema = shipped_mapping(party), default_schema()
+    key_path = base / party / "signing-key.pem"
+    key_path.unlink(missing_ok=True)
     started = time.perf_counter()
-    summary = encode_extract(
-        extract_path=extract,
-        mapping=mapping,
-        schema=schema,
+    prepare_upload(
+        extract_path=base / "synth" / f"{party}.csv",
+        mapping=shipped_mapping(party),
+        schema=default_schema(),
         secret=read_secret(base / "linkage-secret.key"),
         project_id=PROJECT,
+        party=party,
+        signing_key=create_party_signing_key(key_path),
+        software_version=bloomlink.__version__,
         encoded_path=base / party / f"{party}.clk",
         positions_path=base / party / f"{party}.positions.csv",
         workers=1,
-    )
-    encoded = time.perf_counter()
-    key_path = base / party / "signing-key.pem"
-    key_path.unlink(missing_ok=True)
-    vouch_for_encoded_file(
-        summary.encoded_path,
-        signing_key=create_party_signing_key(key_path),
-        party=party,
-        strings=sensitive_strings(extract, mapping, schema),
-        software_version=bloomlink.__version__,
-        unkeyed_reencoder=known_key_reencoder(
-            encoded_path=summary.encoded_path,
-            positions_path=summary.positions_path,
-            extract_path=extract,
-            mapping=mapping,
-            schema=schema,
-        ),
+        overwrite=True,
     )
     peak = _peak_kib(os.getpid())
-    return encoded - started, time.perf_counter() - encoded, peak
+    return time.perf_counter() - started, peak
 
 
 def _peak_kib(pid: int) -> int:
@@ -158,9 +144,8 @@ def main() -> int:
         with ProcessPoolExecutor(max_workers=2, mp_context=context) as pool:
             jobs = {party: pool.submit(_encode, str(root), party) for party in PARTIES}
             for party, job in jobs.items():
-                seconds, vouch_seconds, peak = job.result()
-                times[f"encode {party} (own process)"] = seconds
-                times[f"leak scan + manifest {party} (same process)"] = vouch_seconds
+                seconds, peak = job.result()
+                times[f"encode + leak scan + manifest {party} (own process)"] = seconds
                 memory[f"encoder {party}"] = peak / 1024
         times["encode both (parallel, wall)"] = time.perf_counter() - started
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from protocol.certificates import init_certificates  # noqa: E402
+from linkage_unit.pki import init_certificates  # noqa: E402
 from tests.adversarial.conftest import LinkageUnitProcess  # noqa: E402
 from tests.adversarial.load import run_load  # noqa: E402
 

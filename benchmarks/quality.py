@@ -50,10 +50,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import run_in_peers, run_in_splink  # noqa: E402
 
 from linkage_unit.blocking import BlockingMode  # noqa: E402
+from linkage_unit.clustering import ClusterSettings, PartyRecords, cluster_records  # noqa: E402
 from linkage_unit.fellegi_sunter import probability_of_weight  # noqa: E402
 from linkage_unit.matching import MatchSettings, link  # noqa: E402
 from linkage_unit.similarity import CandidatePairs, candidate_pairs, candidate_pairs_within  # noqa: E402
-from linkage_unit.solving import PartyPairs, solve_linkage, solve_with_duplicates  # noqa: E402
+from linkage_unit.solving import PartyPairs, solve_linkage  # noqa: E402
 from party.mapping import DepartmentMapping, load_mapping, shipped_mapping  # noqa: E402
 from protocol.clk_layout import ClkLayout, GroupLayout  # noqa: E402
 from protocol.encoding import ClkEncoder  # noqa: E402
@@ -239,7 +240,8 @@ def ours_auto(
     parties: Sequence[PartyData], clks: Mapping[str, npt.NDArray[np.uint64]], *, deduplicate: bool
 ) -> Quality:
     """The real engine at its defaults (automatic threshold)."""
-    result = link(clks, MatchSettings(deduplicate=deduplicate, blocking_seed=11))
+    deduplicated = frozenset(clks) if deduplicate else frozenset()
+    result = link(clks, MatchSettings(deduplicated=deduplicated, blocking_seed=11))
     clusters = [result.clusters[party.name] for party in parties]
     p, r, f = pair_quality(clusters, [party.truth for party in parties], within=deduplicate)
     return Quality(
@@ -298,9 +300,14 @@ def ours_best(
             subset.append(
                 PartyPairs(left_party=item.left_party, right_party=item.right_party, pairs=pairs)
             )
-        solution = (
-            solve_with_duplicates(sizes, subset) if deduplicate else solve_linkage(sizes, subset)
-        )
+        if deduplicate:
+            records = [
+                PartyRecords(name=party.name, size=size, deduplicated=True)
+                for party, size in zip(parties, sizes, strict=True)
+            ]
+            solution = cluster_records(records, subset, ClusterSettings(threshold=threshold))
+        else:
+            solution = solve_linkage(sizes, subset)
         p, r, f = pair_quality(solution.clusters, truths, within=deduplicate)
         if best is None or f > best.f1:
             best = Quality(precision=p, recall=r, f1=f, threshold=float(threshold), method="best")
@@ -537,9 +544,10 @@ def ours_model(
     blocking: BlockingMode = BlockingMode.AUTO,
 ) -> ModelQuality:
     """The real engine with the Fellegi-Sunter model at its defaults (cut 0.5)."""
+    deduplicated = frozenset(clks) if deduplicate else frozenset()
     result = link(
         clks,
-        MatchSettings(deduplicate=deduplicate, blocking_seed=11, blocking=blocking),
+        MatchSettings(deduplicated=deduplicated, blocking_seed=11, blocking=blocking),
         layout=layout,
     )
     clusters = [result.clusters[party.name] for party in parties]

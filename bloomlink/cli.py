@@ -10,13 +10,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Sequence
 
-from bloomlink import __version__
-from bloomlink.exit_codes import EXIT_CODE_HELP, ExitCode, exit_code_for
-from protocol.errors import BloomlinkError
+# gRPC's C core logs at INFO to stderr unless told otherwise, read once when grpc is first
+# imported (below, through the commands): every server start printed the mutual-TLS
+# self-check's own "Handshake failed ... PEER_DID_NOT_RETURN_A_CERTIFICATE" and client
+# connections "No match found for server name". Errors still show; GRPC_VERBOSITY=INFO or
+# DEBUG in the environment brings the rest back.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+from bloomlink import __version__  # noqa: E402
+from bloomlink.commands._explain import explain_aspect  # noqa: E402
+from bloomlink.commands._output import add_log_arguments, configure_logging  # noqa: E402
+from bloomlink.exit_codes import EXIT_CODE_HELP, ExitCode, exit_code_for  # noqa: E402
+from protocol.errors import BloomlinkError, CompatibilityError  # noqa: E402
 
 __all__ = ["build_parser", "main"]
 
@@ -31,6 +41,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "project",
     "submit",
     "fetch",
+    "health",
     "audit",
     "synth",
     "demo",
@@ -54,12 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"bloomlink {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    logs = argparse.ArgumentParser(add_help=False)
+    add_log_arguments(logs)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in _load_commands():
         sub = subparsers.add_parser(
             module.NAME,  # type: ignore[attr-defined]
             help=module.HELP,  # type: ignore[attr-defined]
             description=module.HELP,  # type: ignore[attr-defined]
+            parents=[logs],
+            allow_abbrev=False,  # "--log" of audit verify must not read as "--log-file"
         )
         module.add_arguments(sub)  # type: ignore[attr-defined]
         sub.set_defaults(handler=module.run)  # type: ignore[attr-defined]
@@ -73,18 +88,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:
         return int(exit_.code or 0)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
     try:
+        configure_logging(verbose=args.verbose, log_format=args.log_format, log_file=args.log_file)
         return int(args.handler(args))
     except KeyboardInterrupt:
         print("error: KeyboardInterrupt: interrupted; nothing was written", file=sys.stderr)
         return ExitCode.INTERRUPTED
     except BloomlinkError as error:
-        print(f"error: {type(error).__name__}: {error.message}", file=sys.stderr)
+        message = error.message
+        if isinstance(error, CompatibilityError):
+            hint = explain_aspect(error.aspect, error.party)
+            message += f" ({hint})" if hint else ""
+        print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
         return exit_code_for(error)
     except Exception as error:
         # Never echo the exception's text: it could carry a record value. Its type and the

@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     MATCHING = 8
     AUDIT_FAILED = 9
     UNAVAILABLE = 10
+    IN_USE = 11
     INTERRUPTED = 130
 
 
@@ -37,6 +38,7 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.MATCHING: "a matching setting or input the engine cannot honour",
     ExitCode.AUDIT_FAILED: "audit verification found a problem",
     ExitCode.UNAVAILABLE: "the linkage unit could not be reached; retrying may help",
+    ExitCode.IN_USE: "another linkage unit holds this data directory, audit log or port",
     ExitCode.INTERRUPTED: "interrupted by the user (Ctrl-C)",
 }
 
@@ -44,12 +46,14 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
 _TABLE: tuple[tuple[type[errors.BloomlinkError], ExitCode], ...] = (
     (errors.CompatibilityError, ExitCode.INCOMPATIBLE),
     (errors.UnavailableError, ExitCode.UNAVAILABLE),
+    (errors.InUseError, ExitCode.IN_USE),
     (errors.ConfigurationError, ExitCode.CONFIGURATION),
     (errors.InputError, ExitCode.INPUT),
     (errors.ClkFileError, ExitCode.ENCODED_FILE),
     (errors.ServiceError, ExitCode.SERVICE),
     (errors.MatchingError, ExitCode.MATCHING),
     (errors.AuditError, ExitCode.AUDIT_FAILED),
+    (errors.InvariantError, ExitCode.INTERNAL),  # a bug: the message says what to report
 )
 
 

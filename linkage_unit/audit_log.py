@@ -6,52 +6,67 @@ service's ``AuditSink`` protocol); the record format and its checks are in
 
 * ``append`` returns only after the line is written and fsync'd; a failed write is cut back
   off the file so the chain stays verifiable, and the error says the event was not recorded;
-* on open the whole chain is re-hashed and the last signature and the signed head checked;
-  a corrupted or torn log is refused, never appended to;
+* on open the whole chain is re-hashed, every project tag checked, and the last signature
+  and the signed head checked; a corrupted or torn log, or one whose head is missing, is
+  refused, never appended to;
 * one process at a time (an exclusive ``flock``), one thread at a time (a lock);
 * after each append a signed head (``<log>.head``) is replaced atomically, so a later
-  truncation of the log is detectable by anyone holding an earlier head.
+  truncation of the log is detectable by anyone holding an earlier head;
+* reads stream the file (:meth:`AuditLog.export`): the log is never loaded whole to serve it,
+  and each reader gets the form it may see (full, partial for a member party, or a stub for
+  another project's entry).
+
+Each project's entries carry a tag under a per-project view key, derived from the LU's own
+signing key (so nothing more is stored) and published in the project's ``project_created``.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import hmac
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from linkage_unit.audit_hook import AuditExport
 from linkage_unit.storage import out_of_space
 from protocol.atomic_file import atomic_output, fsync_directory
 from protocol.audit import (
     GENESIS_HASH,
+    SALT_BYTES,
+    VIEW_KEY_BYTES,
     AuditEntry,
-    RedactedEntry,
+    LogLine,
     SignedHead,
     build_entry,
-    check_event,
-    entry_to_json,
+    check_project_tags,
     head_from_json,
     head_to_json,
+    line_from_json,
+    line_to_json,
     parse_log,
-    redacted_to_json,
     sign_head,
     verify_chain,
 )
-from protocol.errors import AuditError, ResourceLimitError
+from protocol.audit_events import AuditEvent, ProjectCreated, event_record
+from protocol.errors import AuditError, InUseError, ResourceLimitError
 from protocol.labels import check_label
-from protocol.signing import load_or_create_signing_key, public_key_pem
+from protocol.signing import load_or_create_signing_key, load_signing_key, public_key_pem
 
 __all__ = [
     "AuditLog",
-    "delete_payload",
     "head_path_for",
     "read_entries",
     "read_head",
+    "repair_missing_head",
     "repair_torn_tail",
 ]
 
@@ -72,7 +87,7 @@ def read_head(log_path: Path | str) -> SignedHead | None:
         return None
 
 
-def read_entries(log_path: Path | str) -> list[AuditEntry | RedactedEntry]:
+def read_entries(log_path: Path | str) -> list[LogLine]:
     """Every entry of a log file; a malformed or torn line raises naming its entry index."""
     parsed = parse_log(Path(log_path).read_bytes())
     if parsed.torn_line is not None:
@@ -104,6 +119,28 @@ def repair_torn_tail(log_path: Path | str) -> int:
     return len(data) - cut
 
 
+def repair_missing_head(log_path: Path | str, *, signing_key_path: Path | str) -> int:
+    """Write a signed head for the last entry of a log whose head file is missing (the LU
+    stopped between its first append and its first head); return that entry's sequence.
+
+    The LU refuses to open a log without its head, because a missing head is also what
+    cutting entries off the end and deleting the head looks like. Run this only after
+    checking, against heads the parties and auditors hold, that nothing was cut.
+    """
+    path = Path(log_path)
+    if read_head(path) is not None:
+        raise AuditError(f"{path}: already has a signed head; nothing to repair")
+    key = load_signing_key(signing_key_path)
+    entries = read_entries(path)
+    report = verify_chain(entries, key.public_key())
+    if not report.intact or not entries:
+        raise AuditError(f"{path}: {report.message}; not writing a head for it")
+    head = sign_head(entries[-1], signing_key=key, moment=_utc_now())
+    with atomic_output(head_path_for(path), mode=0o644) as handle:
+        handle.write(head_to_json(head).encode("ascii"))
+    return entries[-1].sequence
+
+
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -122,10 +159,19 @@ class AuditLog:
         signing_key: Ed25519PrivateKey,
         clock: Callable[[], datetime] = _utc_now,
         new_log_id: Callable[[], str] = lambda: os.urandom(16).hex(),
+        random_bytes: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.path = Path(path)
         self._key = signing_key
         self._clock = clock
+        self._random_bytes = random_bytes
+        raw = signing_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        # Per-project view keys come from the signing key: nothing more to store or lose.
+        self._tag_secret = hashlib.sha256(b"bloomlink-audit-view-keys-v2\0" + raw).digest()
         self._lock = threading.Lock()
         self._unusable = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,7 +181,7 @@ class AuditLog:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise AuditError(
+                raise InUseError(
                     f"{self.path}: another process has this audit log open; run one linkage "
                     "unit per log"
                 ) from None
@@ -158,6 +204,12 @@ class AuditLog:
         """Open (or start) the log at ``path`` signed by the key at ``signing_key_path``."""
         return cls(path, signing_key=load_or_create_signing_key(signing_key_path), clock=clock)
 
+    def view_key(self, project_id: str) -> bytes:
+        """The project's view key: its readers can tell its entries' stubs from others'."""
+        return hmac.new(self._tag_secret, project_id.encode("ascii"), hashlib.sha256).digest()[
+            :VIEW_KEY_BYTES
+        ]
+
     def _verify_existing(self) -> AuditEntry | None:
         parsed = parse_log(self.path.read_bytes())
         if parsed.torn_line is not None:
@@ -170,8 +222,13 @@ class AuditLog:
         head = read_head(self.path)
         if not entries and head is None:
             return None
-        if any(isinstance(entry, RedactedEntry) for entry in entries):
-            raise AuditError(f"{self.path}: is a per-project export, not a live log")
+        if any(not isinstance(entry, AuditEntry) for entry in entries):
+            raise AuditError(f"{self.path}: is a project's view, not a live log")
+        if entries and head is None:
+            raise AuditError(
+                f"{self.path}: the signed head is missing, which is also what cutting entries "
+                "off the end looks like; refusing to append. See docs/audit.md"
+            )
         # Re-hash everything; the last signature then vouches for the whole chain.
         report = verify_chain(
             entries,
@@ -184,8 +241,14 @@ class AuditLog:
                 f"{self.path}: {report.message}; refusing to append to a damaged log",
                 entry=report.bad_index,
             )
+        mistagged = check_project_tags(entries)
+        if mistagged is not None:
+            raise AuditError(
+                f"{self.path}: {mistagged.message}; refusing to append", entry=mistagged.index
+            )
         last = entries[-1]
-        assert isinstance(last, AuditEntry)
+        if not isinstance(last, AuditEntry):  # checked above; narrows the type
+            raise AuditError(f"{self.path}: is a project's view, not a live log")
         return last
 
     @property
@@ -201,19 +264,21 @@ class AuditLog:
         """The LU's audit public key (PEM), for auditors and parties."""
         return public_key_pem(self._key)
 
-    def append(
-        self,
-        event: str,
-        *,
-        project_id: str | None,
-        details: Mapping[str, str | int],
-    ) -> None:
-        """Record ``event``; durable on disk before this returns.
+    def append(self, record: AuditEvent) -> None:
+        """Record ``record``; durable on disk before this returns.
 
-        Raises :class:`AuditError` if the event or a detail is not allow-listed, or if the
-        write failed (then nothing was recorded and the file is as before); a full disk is a
-        :class:`ResourceLimitError`, so the caller sees RESOURCE_EXHAUSTED and can retry.
+        Raises :class:`AuditError` if the write failed (then nothing was recorded and the
+        file is as before); a full disk is a :class:`ResourceLimitError`, so the caller sees
+        RESOURCE_EXHAUSTED and can retry. A ``project_created`` gets the project's view key.
         """
+        if isinstance(record, ProjectCreated) and record.view_key is None:
+            record = replace(record, view_key=self.view_key(record.project_id))
+        entry_record = event_record(record)
+        event, project_id, details = (
+            entry_record.event,
+            entry_record.project_id,
+            entry_record.details,
+        )
         with self._lock:
             if self._unusable:
                 raise AuditError(
@@ -230,8 +295,10 @@ class AuditLog:
                 event=event,
                 project_id=project_id,
                 details=details,
+                salt=self._random_bytes(SALT_BYTES),
+                view_key=None if project_id is None else self.view_key(project_id),
             )
-            line = (entry_to_json(entry) + "\n").encode("ascii")
+            line = (line_to_json(entry) + "\n").encode("ascii")
             size = os.fstat(self._fd).st_size
             try:
                 view = memoryview(line)
@@ -278,63 +345,89 @@ class AuditLog:
                 return None
             return sign_head(self._last, signing_key=self._key, moment=self._clock())
 
+    def _iter_entries(self, last: int) -> Iterator[AuditEntry]:
+        """The entries up to sequence ``last``, read from disk one line at a time."""
+        if last < 0:
+            return
+        with self.path.open("rb") as handle:
+            for line in handle:
+                entry = line_from_json(line)
+                if not isinstance(entry, AuditEntry):
+                    raise AuditError(f"{self.path}: holds a line that is not a full entry")
+                yield entry
+                if entry.sequence >= last:
+                    return
+
+    def recorded(
+        self, kind: type[AuditEvent], *, project_id: str | None, **match: str | int
+    ) -> bool:
+        """Whether a ``kind`` entry of ``project_id`` whose details include ``match`` is in
+        the log, read from disk (start-up reconciliation; not for a hot path)."""
+        last = self.last_entry
+        for entry in self._iter_entries(-1 if last is None else last.sequence):
+            if (
+                entry.event == kind.NAME
+                and entry.project_id == project_id
+                and all(entry.details.get(key) == value for key, value in match.items())
+            ):
+                return True
+        return False
+
     def entries(self) -> list[AuditEntry]:
-        """Every entry, re-read from disk."""
-        with self._lock:
-            found = read_entries(self.path)
-        return [entry for entry in found if isinstance(entry, AuditEntry)]
+        """Every entry, re-read from disk (small logs and tests; readers use :meth:`export`)."""
+        last = self.last_entry
+        return list(self._iter_entries(-1 if last is None else last.sequence))
 
-    def export_lines(self, project_id: str | None) -> tuple[list[bytes], bytes]:
-        """The log's lines (ASCII JSON, each ending in a newline) and a signed head (JSON).
+    def export(self, project_id: str | None, *, viewer: str | None = None) -> AuditExport:
+        """The log as a reader may see it, streamed from disk, and a signed head (JSON).
 
-        With ``project_id``, that project's entries in full and every other entry as a
-        redacted stub, as :meth:`export_project` writes them. The head is signed now for the
-        last line returned, so the reader can check nothing was cut from the end.
+        ``project_id`` None: every entry in full (operator, auditors). Otherwise the
+        project's view: its entries in full for the operator and auditors (``viewer``
+        None) or partial for member party ``viewer``, every other entry as a stub. The head
+        is signed now for the last entry the lines reach, so a reader can check nothing was
+        cut from the end; entries appended meanwhile are left for the next read.
         """
         if project_id is not None:
             check_label(project_id, what="project id")
         with self._lock:
-            found = read_entries(self.path)
             last = self._last
             head = (
                 sign_head(last, signing_key=self._key, moment=self._clock())
                 if last is not None
                 else None
             )
-        entries = [entry for entry in found if isinstance(entry, AuditEntry)]
-        lines = [
-            (
-                entry_to_json(entry)
-                if project_id is None or entry.project_id == project_id
-                else redacted_to_json(RedactedEntry.of(entry))
-            ).encode("ascii")
-            + b"\n"
-            for entry in entries
-        ]
-        return lines, head_to_json(head).encode("ascii") if head is not None else b""
+        end = -1 if last is None else last.sequence
 
-    def export_project(self, project_id: str, destination: Path | str) -> int:
-        """Write a per-project export for the project's auditor; return its entry count.
+        def lines() -> Iterator[bytes]:
+            for entry in self._iter_entries(end):
+                shown: LogLine
+                if project_id is None:
+                    shown = entry
+                elif entry.project_id == project_id:
+                    shown = entry.view_for(viewer)
+                else:
+                    shown = entry.stub()
+                yield (line_to_json(shown) + "\n").encode("ascii")
 
-        The project's entries appear in full; every other entry as a redacted stub (hash,
-        link, signature), so the chain still verifies end to end without showing other
-        projects' details. The signed head follows in ``<destination>.head``.
-        """
-        check_label(project_id, what="project id")
-        entries = self.entries()
-        head = self.head()
-        lines = [
-            entry_to_json(entry)
-            if entry.project_id == project_id
-            else redacted_to_json(RedactedEntry.of(entry))
-            for entry in entries
-        ]
+        return AuditExport(
+            lines=lines(), head=head_to_json(head).encode("ascii") if head is not None else b""
+        )
+
+    def export_project(
+        self, project_id: str, destination: Path | str, *, viewer: str | None = None
+    ) -> int:
+        """Write a project's view (see :meth:`export`) to ``destination`` and its signed
+        head to ``<destination>.head``; return how many lines it has."""
+        export = self.export(project_id, viewer=viewer)
+        count = 0
         with atomic_output(destination, mode=0o644) as handle:
-            handle.write("".join(line + "\n" for line in lines).encode("ascii"))
-        if head is not None:
+            for line in export.lines:
+                handle.write(line)
+                count += 1
+        if export.head:
             with atomic_output(head_path_for(destination), mode=0o644) as handle:
-                handle.write(head_to_json(head).encode("ascii"))
-        return sum(1 for entry in entries if entry.project_id == project_id)
+                handle.write(export.head)
+        return count
 
     def close(self) -> None:
         with self._lock:
@@ -347,34 +440,3 @@ class AuditLog:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def delete_payload(
-    log: AuditLog,
-    payload_path: Path | str,
-    *,
-    project_id: str,
-    party: str,
-    payload_sha256: str,
-    reason: str,
-    missing_ok: bool = False,
-) -> None:
-    """Delete a stored payload for real (unlink, then fsync the directory), then log it.
-
-    ``missing_ok`` is for recovery after a crash between the unlink and the log entry: the
-    file is already gone, so only the entry is written.
-    """
-    details = {"party": party, "payload_sha256": payload_sha256, "reason": reason}
-    # Check the entry first: a payload must never be deleted without its record.
-    check_event("payload_deleted", project_id=project_id, details=details)
-    path = Path(payload_path)
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        if not missing_ok:
-            raise AuditError(
-                f"payload of party {party} is not at {path}; nothing deleted, nothing logged"
-            ) from None
-    else:
-        fsync_directory(path.parent)
-    log.append("payload_deleted", project_id=project_id, details=details)

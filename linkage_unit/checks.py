@@ -1,7 +1,8 @@
 """Checks before any comparison: can these parties' CLKs be compared at all?
 
 Run by the linkage unit after every member has uploaded and before matching. Every party
-must have used the project's schema (fingerprint), the same linkage secret (KCV) and the
+must have used the project's schema (fingerprint), the project's layout and hardening (a
+grouped encoding's groups, checked at upload time too), the same linkage secret (KCV) and the
 same CLK length; record counts must match the headers; CLKs must look like CLKs (no
 all-zero or near-all-one filters, per-party mean bit density near the others'). A mismatch is a
 :class:`CompatibilityError` naming the party and the aspect, never a key or a value:
@@ -11,15 +12,26 @@ a silent zero-match run is the failure this stage exists to prevent.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from protocol.errors import CompatibilityError
 from protocol.messages import ProjectSettings, UploadHeader
+from protocol.vocabulary import CheckAspect, UploadRefusal
 
-__all__ = ["MAX_DENSITY_GAP", "MAX_RECORD_DENSITY", "check_clks", "check_headers"]
+__all__ = [
+    "MAX_DENSITY_GAP",
+    "MAX_RECORD_DENSITY",
+    "check_clks",
+    "check_headers",
+    "HeaderRefusal",
+    "check_layout",
+    "compatibility_refusal",
+    "layout_error",
+]
 
 MAX_RECORD_DENSITY = 0.9
 """Largest share of set bits in one CLK. Real encodings sit near 0.3-0.5; a CLK above this
@@ -39,8 +51,48 @@ def _odd_one_out(values: Mapping[str, object], order: tuple[str, ...]) -> str | 
     return next((party for party in order if values[party] != reference), None)
 
 
+def layout_error(project: ProjectSettings, header: UploadHeader) -> CompatibilityError | None:
+    """Why the upload's layout or hardening is not the project's, or None: a grouped project
+    takes only format 2 uploads with exactly its groups (names, bits, hardening descriptors);
+    a project created without a layout takes only single record-level CLKs (format 1)."""
+    party = header.party_id
+    expected = project.layout
+    if expected is None:
+        if header.layout is None:
+            return None
+        return CompatibilityError(
+            f"party {party!r} sent a grouped encoding (file format 2) but the project was "
+            "created without a layout; the operator must create it with --schema",
+            party=party,
+            aspect=CheckAspect.LAYOUT,
+        )
+    actual = header.layout
+    if actual is None or actual.geometry != expected.geometry:
+        return CompatibilityError(
+            f"party {party!r} sent an encoding whose field groups differ from the project's "
+            "(names, order or lengths); it must re-encode with the project schema",
+            party=party,
+            aspect=CheckAspect.LAYOUT,
+        )
+    if actual != expected:
+        return CompatibilityError(
+            f"party {party!r} sent an encoding hardened differently from the project's "
+            "(hardening method or parameters); it must re-encode with the project schema",
+            party=party,
+            aspect=CheckAspect.HARDENING,
+        )
+    return None
+
+
+def check_layout(project: ProjectSettings, header: UploadHeader) -> None:
+    """Raise :func:`layout_error`'s error, if any."""
+    error = layout_error(project, header)
+    if error is not None:
+        raise error
+
+
 def check_headers(project: ProjectSettings, headers: Mapping[str, UploadHeader]) -> None:
-    """Schema fingerprints (against the project's), KCVs and CLK lengths must agree."""
+    """Schema fingerprints (against the project's), layouts, KCVs and CLK lengths must agree."""
     order = tuple(party for party in project.members if party in headers)
     for party in order:
         if headers[party].schema_fingerprint != project.schema_fingerprint:
@@ -48,8 +100,10 @@ def check_headers(project: ProjectSettings, headers: Mapping[str, UploadHeader])
                 f"party {party!r} encoded with a different schema than the project's "
                 "(schema fingerprint differs); it must re-encode with the project schema",
                 party=party,
-                aspect="schema_fingerprint",
+                aspect=CheckAspect.SCHEMA_FINGERPRINT,
             )
+    for party in order:
+        check_layout(project, headers[party])
     kcv_party = _odd_one_out({party: headers[party].kcv for party in order}, order)
     if kcv_party is not None:
         raise CompatibilityError(
@@ -57,15 +111,72 @@ def check_headers(project: ProjectSettings, headers: Mapping[str, UploadHeader])
             f"{order[0] if order[0] != kcv_party else order[1]!r} (key check values differ); "
             "the parties must agree on one secret and re-encode",
             party=kcv_party,
-            aspect="kcv",
+            aspect=CheckAspect.KCV,
         )
     bits_party = _odd_one_out({party: headers[party].clk_bits for party in order}, order)
     if bits_party is not None:
         raise CompatibilityError(
             f"party {bits_party!r} sent CLKs of a different length than the other parties",
             party=bits_party,
-            aspect="clk_bits",
+            aspect=CheckAspect.CLK_BITS,
         )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeaderRefusal:
+    """Why an upload's header was refused: the audit reason and the error for the party."""
+
+    reason: UploadRefusal
+    error: CompatibilityError
+
+
+def compatibility_refusal(
+    project: ProjectSettings, header: UploadHeader, others: Sequence[UploadHeader]
+) -> HeaderRefusal | None:
+    """Why an upload's header can never be compared in this project, in plain words, or
+    None. Checked when the header arrives, before any byte is stored: the schema fingerprint,
+    the layout and each group's hardening must be the project's; once another member has
+    uploaded, the KCV and the CLK length must be theirs. (The run checks the same again, with
+    the CLKs themselves.) This is the one place an upload's header is judged against the
+    project and the other uploads."""
+    party = header.party_id
+    if header.schema_fingerprint != project.schema_fingerprint:
+        return HeaderRefusal(
+            reason=UploadRefusal.SCHEMA_FINGERPRINT,
+            error=CompatibilityError(
+                "your file was encoded with a different schema than the project's (the schema "
+                "fingerprints differ): encode it again with the project's schema",
+                party=party,
+                aspect=CheckAspect.SCHEMA_FINGERPRINT,
+            ),
+        )
+    layout = layout_error(project, header)
+    if layout is not None:
+        return HeaderRefusal(reason=UploadRefusal(str(layout.aspect)), error=layout)
+    for other in others:
+        if header.kcv != other.kcv:
+            return HeaderRefusal(
+                reason=UploadRefusal.KCV,
+                error=CompatibilityError(
+                    "your key check value differs from the other parties' - a different "
+                    "linkage secret? Check with the other parties that you hold the same "
+                    "secret file for this project, then encode again",
+                    party=party,
+                    aspect=CheckAspect.KCV,
+                ),
+            )
+        if header.clk_bits != other.clk_bits:
+            return HeaderRefusal(
+                reason=UploadRefusal.CLK_BITS,
+                error=CompatibilityError(
+                    f"your CLKs are {header.clk_bits} bits long, not the length of the other "
+                    "parties': the encoder settings differ; encode again with the project's "
+                    "schema and the same bloomlink version",
+                    party=party,
+                    aspect=CheckAspect.CLK_BITS,
+                ),
+            )
+    return None
 
 
 def check_clks(
@@ -81,21 +192,30 @@ def check_clks(
                 f"party {party!r} sent a payload that does not hold the record count its "
                 "header promises",
                 party=party,
-                aspect="record_count",
+                aspect=CheckAspect.RECORD_COUNT,
             )
         if header.record_count == 0:
             continue
-        popcounts = np.bitwise_count(np.asarray(clks)).sum(axis=1, dtype=np.int64)
+        counts = np.bitwise_count(np.asarray(clks))
+        popcounts = counts.sum(axis=1, dtype=np.int64)
         # Near-all-one filters score a high Dice against almost anything: a probe, not a record.
+        # A grouped record is checked group by group too (a probe may fill one group only).
         ceiling = MAX_RECORD_DENSITY * header.clk_bits
-        degenerate = int(np.count_nonzero((popcounts == 0) | (popcounts > ceiling)))
+        bad = (popcounts == 0) | (popcounts > ceiling)
+        layout = header.clk_layout
+        if len(layout.groups) > 1:
+            for index, group in enumerate(layout.groups):
+                start, stop = layout.word_range(index)
+                group_counts = counts[:, start:stop].sum(axis=1, dtype=np.int64)
+                bad |= group_counts > MAX_RECORD_DENSITY * group.bits
+        degenerate = int(np.count_nonzero(bad))
         if degenerate:
             raise CompatibilityError(
                 f"party {party!r} sent {degenerate} CLK(s) with no bits or nearly every bit "
                 f"set (over {MAX_RECORD_DENSITY:.0%}); "
                 "check its extract and encoder (empty records encode to all-zero CLKs)",
                 party=party,
-                aspect="degenerate_clks",
+                aspect=CheckAspect.DEGENERATE_CLKS,
             )
         densities[party] = float(popcounts.mean()) / header.clk_bits
     if len(densities) >= 2:
@@ -110,5 +230,5 @@ def check_clks(
                 f"(gap {gap:.2f} > {MAX_DENSITY_GAP}); the parties likely used different "
                 "encoder settings",
                 party=party,
-                aspect="bit_density",
+                aspect=CheckAspect.BIT_DENSITY,
             )

@@ -1,8 +1,9 @@
 """Comparison: the compare stage of a run, behind one protocol (block -> **compare** -> solve).
 
 A :class:`Comparer` takes the run's parties and the party pairs to compare and returns, per
-party pair, the candidate pairs at or above a record-level Dice threshold with what finding
-them cost (:class:`CompareStatistics`). :class:`LocalComparer` compares in this process
+party pair, the candidate pairs at or above that party pair's record-level Dice threshold
+(a deduplicated party's own pairs may have their own) with what finding them cost
+(:class:`CompareStatistics`). :class:`LocalComparer` compares in this process
 through ``blocking.generate_candidates`` (blocking owns candidate generation and calls
 similarity.py to score); ``distributed.DaskExecutor`` does the same on a Dask cluster. Both give
 the same pairs for the same settings and seed, so the link structure never depends on where
@@ -96,13 +97,13 @@ class Comparer(Protocol):
         self,
         arrays: Sequence[npt.NDArray[np.uint64]],
         jobs: Sequence[tuple[int, int]],
-        threshold: float,
+        thresholds: Sequence[float],
         settings: CompareSettings,
         *,
         progress: ProgressCallback | None = None,
     ) -> tuple[Comparison, ...]:
-        """Candidate pairs at or above ``threshold`` for each (left, right) party pair in
-        ``jobs`` (indices into ``arrays``), in job order."""
+        """Candidate pairs at or above ``thresholds[k]`` for each (left, right) party pair
+        ``jobs[k]`` (indices into ``arrays``), in job order."""
         ...
 
 
@@ -113,13 +114,13 @@ class LocalComparer:
         self,
         arrays: Sequence[npt.NDArray[np.uint64]],
         jobs: Sequence[tuple[int, int]],
-        threshold: float,
+        thresholds: Sequence[float],
         settings: CompareSettings,
         *,
         progress: ProgressCallback | None = None,
     ) -> tuple[Comparison, ...]:
         results = []
-        for number, (i, j) in enumerate(jobs):
+        for number, ((i, j), threshold) in enumerate(zip(jobs, thresholds, strict=True)):
             if progress is not None:
                 progress("compare", number, len(jobs))
             pairs, plan = generate_candidates(

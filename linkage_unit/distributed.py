@@ -28,7 +28,6 @@ the scheduler is on loopback.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import threading
 import time
@@ -55,6 +54,7 @@ from linkage_unit.comparison import (
     ProgressCallback,
 )
 from linkage_unit.similarity import CandidatePairs, candidate_pairs
+from protocol.addresses import is_loopback
 from protocol.errors import MatchingError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -112,7 +112,7 @@ class ClusterSettings:
             )
         if self.tls and scheme != "tls":
             raise MatchingError("with Dask TLS files set, the scheduler address must be tls://")
-        if not self.tls and not _is_loopback(self.scheduler_address):
+        if not self.tls and not is_loopback(self.scheduler_address):
             raise MatchingError(
                 "a Dask scheduler off this machine needs mutual TLS: set the Dask ca_certificate, "
                 "certificate and private_key and use a tls:// address"
@@ -129,16 +129,6 @@ class ClusterSettings:
     @property
     def tls(self) -> bool:
         return self.ca_certificate is not None
-
-
-def _is_loopback(address: str) -> bool:
-    host = urlsplit(address).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class TaskFailure(MatchingError):
@@ -306,7 +296,7 @@ class DaskExecutor:
         self,
         arrays: Sequence[npt.NDArray[np.uint64]],
         jobs: Sequence[tuple[int, int]],
-        threshold: float,
+        thresholds: Sequence[float],
         settings: CompareSettings,
         *,
         progress: ProgressCallback | None = None,
@@ -315,7 +305,9 @@ class DaskExecutor:
         sent once and dropped when no later party pair needs them."""
         results = []
         with self.session() as session:
-            for number, (i, j) in enumerate(jobs, start=1):
+            for number, ((i, j), threshold) in enumerate(
+                zip(jobs, thresholds, strict=True), start=1
+            ):
                 right = None if i == j else arrays[j]
                 pairs, statistics = compare_on_cluster(
                     session,

@@ -23,10 +23,12 @@ without labels on the run's own pairs, as Splink does for plaintext:
   never less evidence of a match) and lambda at most the smaller party's records. Pairs that are not candidates (below the record-level Dice cut) count as
   non-matches: ``lambda = sum of candidate posteriors / comparable pairs``.
 * The **match weight** of a pair is ``log2(lambda / (1 - lambda)) + sum over non-missing groups
-  of log2(m / u)``; its probability ``1 / (1 + 2 ** -weight)``. Between two parties that each
-  hold at most one record per person, :func:`exclusive_weights` then conditions each pair on
-  its two records' other candidates (a pair with no rival is likelier, one with a stronger
-  rival less likely).
+  of log2(m / u)``; its probability ``1 / (1 + 2 ** -weight)``. Between two parties,
+  :func:`exclusive_weights` then conditions each pair on its records' other candidates (a pair
+  with no rival is likelier, one with a stronger rival less likely), on each side where the
+  other party holds at most one record per person: both sides between duplicate-free parties,
+  only the deduplicated party's record's side between a deduplicated and a duplicate-free
+  party, neither between two deduplicated parties.
 
 :func:`fit` is the vectorised fast path (EM over the distinct comparison patterns with their
 counts); :func:`reference_fit` is its slow obvious twin (one pair at a time, plain Python).
@@ -530,11 +532,11 @@ def exclusive_weights(
     *,
     left_size: int,
     right_size: int,
-    left_matched: float,
-    right_matched: float,
+    left_matched: float | None,
+    right_matched: float | None,
 ) -> npt.NDArray[np.float64]:
-    """Match weights of one party pair's candidate pairs given that each record has at most
-    one match in the other party (a person has one record per party).
+    """Match weights of one party pair's candidate pairs given that a record has at most one
+    match in the other party (a person has at most one record there).
 
     The pairwise model asks "is this pair a match?" as if the two records' other pairs said
     nothing. With one match at most, a pair whose two records have no other plausible partner
@@ -547,12 +549,16 @@ def exclusive_weights(
                              * (1 - right_matched + sum_i x_ib - x_ab))
 
     the odds of "a and b are each other's match" against "each is unmatched or matched to
-    another of its candidates". Returns log2 of those odds.
+    another of its candidates". Returns log2 of those odds. ``left_matched=None``: a left
+    record may match several records of the right party (the right party is deduplicated),
+    so its other candidates are no rivals and its factor is left out (likewise ``right``).
     """
     odds = np.exp2(np.clip(weights, -200.0, 200.0))
-    left_rest = (1.0 - left_matched) + _others(left, odds, left_size)
-    right_rest = (1.0 - right_matched) + _others(right, odds, right_size)
-    result: npt.NDArray[np.float64] = np.log2(odds) - np.log2(left_rest) - np.log2(right_rest)
+    result: npt.NDArray[np.float64] = np.log2(odds)
+    if left_matched is not None:
+        result = result - np.log2((1.0 - left_matched) + _others(left, odds, left_size))
+    if right_matched is not None:
+        result = result - np.log2((1.0 - right_matched) + _others(right, odds, right_size))
     return result
 
 
@@ -581,8 +587,8 @@ def reference_exclusive_weights(
     *,
     left_size: int,
     right_size: int,
-    left_matched: float,
-    right_matched: float,
+    left_matched: float | None,
+    right_matched: float | None,
 ) -> npt.NDArray[np.float64]:
     """The slow obvious twin of :func:`exclusive_weights`: one pair at a time."""
     pairs = list(zip(left.tolist(), right.tolist(), weights.tolist(), strict=True))
@@ -599,7 +605,10 @@ def reference_exclusive_weights(
             for n, (_, j, w) in enumerate(pairs)
             if j == b and n != k
         )
-        rest_a = (1.0 - left_matched) + others_a
-        rest_b = (1.0 - right_matched) + others_b
-        out.append(math.log2(odds) - math.log2(rest_a) - math.log2(rest_b))
+        value = math.log2(odds)
+        if left_matched is not None:
+            value -= math.log2((1.0 - left_matched) + others_a)
+        if right_matched is not None:
+            value -= math.log2((1.0 - right_matched) + others_b)
+        out.append(value)
     return np.array(out, dtype=np.float64)

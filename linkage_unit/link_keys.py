@@ -9,7 +9,6 @@ link key) pairs in random order.
 from __future__ import annotations
 
 import base64
-import hashlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -17,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from protocol.messages import LinkKeyMode
+from protocol.messages import LinkKeyMode, link_keys_digest
 
-__all__ = ["KEY_BYTES", "PartyLinkKeys", "issue_link_keys", "keys_digest"]
+__all__ = ["KEY_BYTES", "PartyLinkKeys", "issue_link_keys"]
 
 KEY_BYTES = 16
 
@@ -33,14 +32,6 @@ class PartyLinkKeys:
     positions: list[int]
     link_keys: list[str]
     keys_sha256: str
-
-
-def keys_digest(positions: list[int], link_keys: list[str]) -> str:
-    """Hex SHA-256 over ``f"{position},{link_key}\\n"`` lines in release order."""
-    digest = hashlib.sha256()
-    for position, key in zip(positions, link_keys, strict=True):
-        digest.update(f"{position},{key}\n".encode("ascii"))
-    return digest.hexdigest()
 
 
 def _fresh_keys(count: int, random_bytes: RandomBytes) -> list[str]:
@@ -77,6 +68,6 @@ def issue_link_keys(
         positions = [int(position) for position in order]
         keys = [table[int(ids[position])] for position in positions]
         result[party] = PartyLinkKeys(
-            positions=positions, link_keys=keys, keys_sha256=keys_digest(positions, keys)
+            positions=positions, link_keys=keys, keys_sha256=link_keys_digest(positions, keys)
         )
     return result

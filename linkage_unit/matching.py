@@ -1,8 +1,9 @@
 """Matching: the linkage unit's one entry point from checked CLKs to a link structure.
 
 Stages behind it: compare (``comparison.py``: blocking.py generates candidate pairs and
-similarity.py scores them, in this process or on Dask) -> score -> solve (``solving.py``).
-Scoring is one of two:
+similarity.py scores them, in this process or on Dask) -> score -> solve (``solving.py``,
+one-to-one) or cluster (``clustering.py``, when a party is deduplicated). Scoring is one of
+two:
 
 * **Dice** (single record-level CLKs, encoding v1): a pair's score is its Dice similarity;
   ``threshold.py`` chooses the Dice threshold from the run's own scores when the operator set
@@ -12,6 +13,16 @@ Scoring is one of two:
   an EM-trained model gives each its match probability (``scoring.py``,
   ``fellegi_sunter.py``), and the solver takes pairs at or above the operator's probability
   (0.5 by default). The model's estimated precision, recall and F1 come with the result.
+
+The solve is the same for both: a run with no deduplicated party links one-to-one
+(``solve_linkage`` over the pairs at or above the cut); a run that deduplicates a party makes
+one call into ``clustering.py`` with every candidate pair and the cut, in the scores' own
+units (Dice and the Dice threshold, or match probabilities and the probability cut, a pair
+never scored counting as probability 0). A deduplicated party's own pairs are found and
+scored from its own records alone, as a deduplication-only run of its extract would: with
+Dice at the threshold that run would choose, with the model by a model trained on its
+records alone. Which of its records share a link key then depends on nothing another party
+uploads (``clustering.py``: no membership oracle through a party's own keys).
 
 The service calls :func:`link` and gets, for every party, one cluster id per record position;
 link keys are issued per cluster (``linkage_unit/link_keys.py``). Nothing here sees a secret
@@ -29,6 +40,13 @@ import numpy as np
 import numpy.typing as npt
 
 from linkage_unit.blocking import BlockingMode, BlockingSettings
+from linkage_unit.clustering import (
+    DEFAULT_MAX_CLUSTER_SIZE,
+    DEFAULT_UNSCORED_MARGIN,
+    ClusterSettings,
+    PartyRecords,
+    cluster_records,
+)
 from linkage_unit.comparison import (
     Comparer,
     CompareSettings,
@@ -41,17 +59,12 @@ from linkage_unit.fellegi_sunter import FellegiSunterModel, ModelSettings
 from linkage_unit.scoring import CandidateCut, EstimatedQuality, ScoredPairs, Scorer
 from linkage_unit.similarity import (
     DEFAULT_MAX_CANDIDATE_PAIRS,
+    CandidatePairs,
     best_scores,
     candidate_pairs,
     check_clks,
 )
-from linkage_unit.solving import (
-    MAX_PARTIES,
-    PartyPairs,
-    Solution,
-    solve_linkage,
-    solve_with_duplicates,
-)
+from linkage_unit.solving import MAX_PARTIES, PartyPairs, Solution, solve_linkage
 from linkage_unit.threshold import (
     MIN_THRESHOLD,
     ThresholdChoice,
@@ -96,18 +109,21 @@ class MatchSettings:
     ``blocking``: ``auto`` compares exhaustively up to 20k x 20k pairs (faster there) and uses
     LSH above; ``lsh`` always blocks; ``none`` never does. ``blocking_seed`` is the linkage
     unit's per-project seed for the LSH bit positions and the model's random pairs (None:
-    fresh from ``secrets``). ``deduplicate``: a party may hold several records of one person
-    (see ``solving.py``). ``scoring``: see :class:`Scoring`.
+    fresh from ``secrets``). ``deduplicated``: the parties whose extracts may hold several
+    records of one person; with any, the solve is the clustering in ``clustering.py``, which
+    fails the run rather than give one person more than ``max_cluster_size`` records of one
+    party.
+    ``scoring``: see :class:`Scoring`.
     """
 
     threshold: float | None = None
     blocking: BlockingMode = BlockingMode.AUTO
-    deduplicate: bool = False
+    deduplicated: frozenset[str] = frozenset()
+    max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE
     blocking_settings: BlockingSettings = field(default_factory=BlockingSettings)
     blocking_seed: int | None = None
     max_candidate_pairs: int = DEFAULT_MAX_CANDIDATE_PAIRS
     threshold_sample: int = 5000
-    min_link_fraction: float = 0.5
     workers: int | None = None
     scoring: Scoring = Scoring.AUTO
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -125,18 +141,20 @@ class MatchSettings:
             raise MatchingError("max_candidate_pairs must be >= 1")
         if self.threshold_sample < 1:
             raise MatchingError("threshold_sample must be >= 1")
-        if not (0.0 < self.min_link_fraction <= 1.0):
-            raise MatchingError("min_link_fraction must be in (0, 1]")
         if self.workers is not None and self.workers < 1:
             raise MatchingError("workers must be >= 1")
+        if self.max_cluster_size < 2:
+            raise MatchingError("max_cluster_size must be at least 2 records")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkStatistics:
     """What a run did and what its model expects of its links.
 
-    ``compare``: comparisons and blocking figures. ``threshold_non_match_mode`` /
-    ``threshold_match_mode``: the automatic Dice threshold's view of the two score modes.
+    ``compare``: comparisons and blocking figures. ``largest_cluster``: records in the
+    largest cluster made. ``own_thresholds``: with Dice scoring, the cut of each
+    deduplicated party's own pairs (chosen from its records alone). ``threshold_non_match_mode`` / ``threshold_match_mode``: the
+    automatic Dice threshold's view of the two score modes.
     With Fellegi-Sunter scoring: ``candidate_cut`` (the record-level Dice cut), ``model`` (the
     trained m, u and priors) and ``estimated`` (expected precision, recall and F1 of the links
     made, from the model alone)."""
@@ -144,6 +162,8 @@ class LinkStatistics:
     compare: CompareStatistics = field(default_factory=CompareStatistics)
     candidate_pairs: int = 0
     accepted_pairs: int = 0
+    largest_cluster: int = 0
+    own_thresholds: Mapping[str, float] = field(default_factory=dict)
     threshold_non_match_mode: float | None = None
     threshold_match_mode: float | None = None
     candidate_cut: CandidateCut | None = None
@@ -205,11 +225,29 @@ def _second_best(
     return second[clear] if int(clear.sum()) >= _MIN_CLEAR else second
 
 
+def _other_party(index: int, deduplicated: list[bool]) -> tuple[int, bool]:
+    """The party a sample of ``index``'s records is scored against, and whether their
+    second-best scores are best non-matches: the next duplicate-free party (a record has at
+    most one match there), else simply the next party (its second-best may be a repeat)."""
+    count = len(deduplicated)
+    for step in range(1, count):
+        other = (index + step) % count
+        if not deduplicated[other]:
+            return other, True
+    return (index + 1) % count, False
+
+
 def _choose_threshold(
-    arrays: list[npt.NDArray[np.uint64]], settings: MatchSettings, seed: int
+    arrays: list[npt.NDArray[np.uint64]],
+    settings: MatchSettings,
+    seed: int,
+    deduplicated: list[bool] | None = None,
 ) -> ThresholdChoice:
     """Best (and, with two or more parties, second-best) score of a sample of each party's
-    records against the next party; alone, best against the rest of its own records."""
+    records against another party (a duplicate-free one where there is one); alone, best
+    against the rest of its own records. The null model needs second-best scores that are
+    best non-matches; without a duplicate-free party to give them, the valley method."""
+    flags = deduplicated if deduplicated is not None else [False] * len(arrays)
     generator = np.random.default_rng(seed)
     bests, nulls = [], []
     for index, array in enumerate(arrays):
@@ -218,11 +256,12 @@ def _choose_threshold(
         take = min(len(array), settings.threshold_sample)
         sample = np.sort(generator.choice(len(array), size=take, replace=False))
         if len(arrays) > 1:
-            other = arrays[(index + 1) % len(arrays)]
+            other_index, second_is_null = _other_party(index, flags)
+            other = arrays[other_index]
             if len(other):
                 best = best_scores(array[sample], other, workers=settings.workers)
                 bests.append(best)
-                if len(other) > 1:
+                if len(other) > 1 and second_is_null:
                     nulls.append(_second_best(array[sample], other, best, settings))
         elif len(array) > 1:
             bests.append(
@@ -230,19 +269,46 @@ def _choose_threshold(
             )
     if not bests:
         return choose_threshold(np.empty(0))
-    if nulls and not settings.deduplicate:
-        return choose_threshold_with_null(np.concatenate(bests), np.concatenate(nulls))
+    if nulls:
+        return choose_threshold_with_null(
+            np.concatenate(bests), np.concatenate(nulls), one_to_one=not any(flags)
+        )
     return choose_threshold(np.concatenate(bests))
 
 
 def _solve(
-    sizes: Sequence[int], party_pairs: Sequence[PartyPairs], settings: MatchSettings
+    parties: Sequence[str],
+    sizes: Sequence[int],
+    party_pairs: Sequence[PartyPairs],
+    settings: MatchSettings,
+    *,
+    threshold: float,
+    own_thresholds: Mapping[int, float] | None = None,
+    unscored_margin: float = DEFAULT_UNSCORED_MARGIN,
 ) -> Solution:
-    if settings.deduplicate:
-        return solve_with_duplicates(
-            sizes, party_pairs, min_link_fraction=settings.min_link_fraction
-        )
-    return solve_linkage(sizes, party_pairs)
+    """One-to-one over the pairs at or above ``threshold`` when no party is deduplicated;
+    else one call into ``clustering.py`` with every scored pair (generic scores, the cut in
+    their units)."""
+    if not settings.deduplicated:
+        return solve_linkage(sizes, party_pairs)
+    own = own_thresholds or {}
+    return cluster_records(
+        [
+            PartyRecords(
+                name=party,
+                size=size,
+                deduplicated=party in settings.deduplicated,
+                own_threshold=own.get(index),
+            )
+            for index, (party, size) in enumerate(zip(parties, sizes, strict=True))
+        ],
+        party_pairs,
+        ClusterSettings(
+            threshold=threshold,
+            unscored_margin=unscored_margin,
+            max_cluster_size=settings.max_cluster_size,
+        ),
+    )
 
 
 def _check_layout(layout: ClkLayout | None, words: int | None) -> ClkLayout | None:
@@ -264,10 +330,11 @@ def link(
     progress: ProgressCallback | None = None,
     executor: Comparer | None = None,
 ) -> LinkResult:
-    """Link every party's CLKs into clusters: at most one record per party per cluster, or
-    with ``settings.deduplicate`` several (guarded against chaining).
+    """Link every party's CLKs into clusters: at most one record per party per cluster, or,
+    for the parties in ``settings.deduplicated``, several (clustered against chaining).
 
-    ``layout``: which bits of a record are which field group (None: one record-level CLK).
+    ``layout``: which bits of a record are which field group (None: one record-level CLK);
+    the CLKs must be exactly that wide.
     ``executor``: the compare stage (:class:`linkage_unit.comparison.Comparer`), e.g. a
     ``DaskExecutor`` for a Dask cluster; None compares in this process. The link structure is
     the same either way."""
@@ -276,8 +343,14 @@ def link(
         raise MatchingError("no parties to link: at least one party's CLKs are needed")
     if len(parties) > MAX_PARTIES:
         raise MatchingError(f"at most {MAX_PARTIES} parties can be linked in one run")
-    if len(parties) == 1 and not settings.deduplicate:
-        raise MatchingError("linking needs at least two parties; set deduplicate for one party")
+    unknown = settings.deduplicated - set(parties)
+    if unknown:
+        raise MatchingError(
+            f"cannot deduplicate {', '.join(sorted(unknown))}: not a party to this run"
+        )
+    if len(parties) == 1 and not settings.deduplicated:
+        raise MatchingError("linking needs at least two parties; deduplicate a party alone")
+    deduplicated = [party in settings.deduplicated for party in parties]
     arrays = [check_clks(clks_by_party[party], name=f"party {party!r}") for party in parties]
     widths = {array.shape[1] for array in arrays if len(array)}
     if len(widths) > 1:
@@ -289,8 +362,7 @@ def link(
     jobs: list[tuple[int, int]] = [
         (i, j) for i in range(len(parties)) for j in range(i + 1, len(parties))
     ]
-    if settings.deduplicate:
-        jobs += [(i, i) for i in range(len(parties))]
+    jobs += [(i, i) for i in range(len(parties)) if deduplicated[i]]
     comparer: Comparer = executor if executor is not None else LocalComparer()
     compare_settings = CompareSettings(
         blocking=settings.blocking,
@@ -324,24 +396,38 @@ def link(
     else:
         if progress is not None:
             progress("threshold", 0, 1)
-        choice = _choose_threshold(arrays, settings, seed)
-    comparisons = comparer.compare(
-        arrays, jobs, choice.threshold, compare_settings, progress=progress
-    )
+        choice = _choose_threshold(arrays, settings, seed, deduplicated)
+    # A deduplicated party's own pairs are cut where a deduplication-only run of its extract
+    # alone would cut them, so which of its records share a link key depends on nothing
+    # another party uploads (clustering.py: no membership oracle through one's own keys).
+    own_thresholds = {
+        i: choice.threshold
+        if settings.threshold is not None or len(parties) == 1
+        else _choose_threshold([arrays[i]], settings, seed, [True]).threshold
+        for i in range(len(parties))
+        if deduplicated[i]
+    }
+    thresholds = [own_thresholds[i] if i == j else choice.threshold for i, j in jobs]
+    comparisons = comparer.compare(arrays, jobs, thresholds, compare_settings, progress=progress)
     party_pairs = [
         PartyPairs(left_party=item.left_party, right_party=item.right_party, pairs=item.pairs)
         for item in comparisons
     ]
-    candidate_count = _check_candidate_count(comparisons, settings, choice.threshold)
+    candidate_count = _check_candidate_count(comparisons, settings, max(thresholds, default=1.0))
     if progress is not None:
         progress("solve", 0, 1)
-    solution = _solve(sizes, party_pairs, settings)
+    solution = _solve(
+        parties, sizes, party_pairs, settings,
+        threshold=choice.threshold, own_thresholds=own_thresholds,
+    )  # fmt: skip
     if progress is not None:
         progress("solve", 1, 1)
     statistics = LinkStatistics(
         compare=_total(comparisons),
         candidate_pairs=candidate_count,
         accepted_pairs=solution.accepted_pairs,
+        largest_cluster=_largest(solution),
+        own_thresholds={parties[i]: value for i, value in own_thresholds.items()},
         threshold_non_match_mode=choice.non_match_mode,
         threshold_match_mode=choice.match_mode,
     )
@@ -358,31 +444,86 @@ def _link_with_model(
     comparer: Comparer,
     progress: ProgressCallback | None,
 ) -> LinkResult:
-    """The Fellegi-Sunter path of :func:`link` (module docstring)."""
+    """The Fellegi-Sunter path of :func:`link` (module docstring). Pairs across parties are
+    scored by one model over every party pair; with other parties in the run, a deduplicated
+    party's own pairs by a model of its records alone (as a deduplication-only run of its
+    extract: the same random pairs, candidate cut and training), so that its partition of its
+    own records depends on nothing another party uploads."""
     if progress is not None:
         progress("model: random pairs", 0, 1)
-    scorer = Scorer(
-        arrays, layout, jobs, settings.model, seed=compare_settings.seed, workers=settings.workers
-    )
-    if settings.threshold is not None:
-        cut = CandidateCut(
-            threshold=settings.threshold, at_boundary=False, random_pairs=len(scorer.random)
-        )
+    deduplicated = [party in settings.deduplicated for party in parties]
+    sizes = [len(array) for array in arrays]
+    # Each scorer: its parties (indices into arrays) and its jobs in its own numbering.
+    groups: list[tuple[list[int], list[tuple[int, int]]]] = []
+    if len(parties) > 1 and any(deduplicated):
+        cross = [(i, j) for i, j in jobs if i != j]
+        if any(sizes[i] * sizes[j] for i, j in cross):
+            groups.append((list(range(len(parties))), cross))
+        groups += [([i], [(0, 0)]) for i, j in jobs if i == j and sizes[i] > 1]
     else:
-        cut = scorer.candidate_cut()
-    comparisons = comparer.compare(arrays, jobs, cut.threshold, compare_settings, progress=progress)
-    candidates = [item.pairs for item in comparisons]
-    candidate_count = _check_candidate_count(comparisons, settings, cut.threshold)
+        groups.append((list(range(len(parties))), jobs))
+    scorers = [
+        Scorer(
+            [arrays[i] for i in members],
+            layout,
+            own_jobs,
+            settings.model,
+            seed=compare_settings.seed,
+            workers=settings.workers,
+        )  # fmt: skip
+        for members, own_jobs in groups
+    ]
+    if settings.threshold is not None:
+        cuts = [
+            CandidateCut(
+                threshold=settings.threshold, at_boundary=False, random_pairs=len(scorer.random)
+            )
+            for scorer in scorers
+        ]
+    else:
+        cuts = [scorer.candidate_cut() for scorer in scorers]
+    # Every job's record-level cut: its scorer's (a job no scorer takes has no comparable pair).
+    job_cut: dict[tuple[int, int], float] = {}
+    for (members, own_jobs), cut in zip(groups, cuts, strict=True):
+        for i, j in own_jobs:
+            job_cut[members[i], members[j]] = cut.threshold
+    thresholds = [job_cut.get(job, cuts[0].threshold) for job in jobs]
+    comparisons = comparer.compare(arrays, jobs, thresholds, compare_settings, progress=progress)
+    candidate_count = _check_candidate_count(comparisons, settings, max(thresholds))
+    by_job = {(item.left_party, item.right_party): item.pairs for item in comparisons}
     if progress is not None:
         progress("model: train and score", 0, 1)
-    scored = scorer.score(candidates, one_to_one=not settings.deduplicate)
+    scored_parts: list[ScoredPairs] = []
+    for (members, own_jobs), scorer in zip(groups, scorers, strict=True):
+        scored_parts.append(
+            scorer.score(
+                [by_job[members[i], members[j]] for i, j in own_jobs],
+                deduplicated=[deduplicated[member] for member in members],
+            )
+        )
+    scored = _combine(scored_parts, groups, jobs, deduplicated)
     if progress is not None:
         progress("solve", 0, 1)
-    sizes = [len(array) for array in arrays]
-    solution = _solve(sizes, scored.accepted(), settings)
+    if settings.deduplicated:
+        # Every candidate pair with its probability: below the cut is evidence against one
+        # person too. A pair never scored is below the candidate Dice cut, where the model's
+        # probability is about 0: it counts as 0 (margin = the cut).
+        probability = settings.model.match_probability
+        solution = _solve(
+            parties, sizes, scored.probabilities(), settings,
+            threshold=probability, unscored_margin=probability,
+        )  # fmt: skip
+    else:
+        solution = _solve(parties, sizes, scored.accepted(), settings, threshold=scored.cut_weight)
     if progress is not None:
         progress("solve", 1, 1)
-    estimated = scorer.estimate_quality(scored, solution.clusters)
+    estimated = EstimatedQuality(
+        expected_true_links=0.0, expected_false_links=0.0, expected_missed_matches=0.0
+    )
+    for (members, _), scorer, part in zip(groups, scorers, scored_parts, strict=True):
+        estimated = estimated + scorer.estimate_quality(
+            part, [solution.clusters[member] for member in members]
+        )
     choice = ThresholdChoice(
         threshold=settings.model.match_probability, method=ThresholdMethod.FELLEGI_SUNTER
     )
@@ -390,11 +531,46 @@ def _link_with_model(
         compare=_total(comparisons),
         candidate_pairs=candidate_count,
         accepted_pairs=solution.accepted_pairs,
-        candidate_cut=cut,
+        largest_cluster=_largest(solution),
+        candidate_cut=cuts[0],
         model=scored.model,
         estimated=estimated,
     )
     return _result(parties, sizes, solution, choice, statistics, scored=scored)
+
+
+def _combine(
+    parts: Sequence[ScoredPairs],
+    groups: Sequence[tuple[list[int], list[tuple[int, int]]]],
+    jobs: Sequence[tuple[int, int]],
+    deduplicated: Sequence[bool],
+) -> ScoredPairs:
+    """One run's scored pairs, in job order and the run's party numbers, from its scorers'
+    (the first scorer's model is the run's: across parties, or a lone party's own)."""
+    found: dict[tuple[int, int], PartyPairs] = {}
+    for part, (members, _) in zip(parts, groups, strict=True):
+        for item in part.party_pairs:
+            i, j = members[item.left_party], members[item.right_party]
+            found[i, j] = PartyPairs(left_party=i, right_party=j, pairs=item.pairs)
+    return ScoredPairs(
+        party_pairs=tuple(
+            found.get(
+                job, PartyPairs(left_party=job[0], right_party=job[1], pairs=CandidatePairs.empty())
+            )
+            for job in jobs
+        ),  # fmt: skip
+        match_probability=parts[0].match_probability,
+        model=parts[0].model,
+        exclusive=True,
+        deduplicated=tuple(deduplicated),
+    )
+
+
+def _largest(solution: Solution) -> int:
+    if not solution.clusters or not sum(len(ids) for ids in solution.clusters):
+        return 0
+    ids = np.concatenate(solution.clusters)
+    return int(np.bincount(ids, minlength=solution.cluster_count).max())
 
 
 def _total(comparisons: Sequence[Comparison]) -> CompareStatistics:

@@ -1,9 +1,15 @@
 """Runs: checks, matching and link keys for one project, in a worker thread.
 
-A run is persisted QUEUED -> RUNNING -> FINISHED (or REFUSED by the checks, or FAILED).
-Link keys and FINISHED are written in one transaction, so nothing is released early. A run
-left QUEUED or RUNNING by a stopped linkage unit is resubmitted when it starts again
-(:meth:`RunManager.resume`): matching is recomputed from the stored payloads.
+A run is persisted QUEUED -> RUNNING -> FINISHED (or REFUSED by the checks, or FAILED). It
+finishes in three durable steps: its keys and figures are stored (the run stays RUNNING,
+``keys_ready``), ``run_finished`` is logged, and only then is it FINISHED and its keys
+releasable. A crash or a failed append between the steps is finished by
+:meth:`RunManager.reconcile` with the same stored keys, never new ones; and once any key of a
+project is released, storing another key set for it is refused.
+
+A run left QUEUED or RUNNING by a stopped linkage unit is resubmitted when it starts again
+(:meth:`RunManager.resume`): matching is recomputed from the stored payloads, and a run whose
+``run_started`` is already logged continues as ``run_resumed``, not a second start.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -21,18 +27,29 @@ import numpy.typing as npt
 
 from linkage_unit import matching
 from linkage_unit.audit_hook import AuditSink
+from linkage_unit.checkpoints import Checkpoint, Step, no_checkpoint
 from linkage_unit.checks import check_clks, check_headers
 from linkage_unit.link_keys import RandomBytes, issue_link_keys
-from linkage_unit.storage import RunRecord, Storage, out_of_space
+from linkage_unit.retention import Retention
+from linkage_unit.storage import RunOutcome, RunRecord, Storage, out_of_space
+from protocol.audit_events import (
+    ChecksFailed,
+    ChecksPassed,
+    RunFinished,
+    RunResumed,
+    RunStarted,
+)
 from protocol.clk_file import read_clks
 from protocol.errors import (
     AlreadyExistsError,
     ClkFileError,
     CompatibilityError,
+    InvariantError,
     MatchingError,
     PreconditionError,
 )
-from protocol.messages import RunState, RunTicket, UploadHeader, UploadState
+from protocol.messages import ProjectSettings, RunState, RunTicket, UploadHeader, UploadState
+from protocol.vocabulary import CheckAspect
 
 __all__ = ["LinkFunction", "RunManager"]
 
@@ -57,10 +74,16 @@ class RunManager:
         link_function: LinkFunction | None = None,
         random_bytes: RandomBytes | None = None,
         progress_interval: float = 0.5,
+        retention: Retention | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        checkpoint: Checkpoint = no_checkpoint,
     ) -> None:
         self._storage = storage
         self._audit = audit
-        self._link = link_function or matching.link
+        self.retention = retention or Retention(storage, audit)
+        self._monotonic = monotonic
+        self._checkpoint = checkpoint
+        self._link: LinkFunction = link_function or matching.link
         self._random_bytes = random_bytes
         self._progress_interval = progress_interval
         self._executor = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
@@ -74,9 +97,15 @@ class RunManager:
 
     # -- starting -----------------------------------------------------------------------
 
-    def _all_uploaded(self, project_id: str) -> bool:
+    def _project(self, project_id: str) -> ProjectSettings:
         project = self._storage.project(project_id)
-        assert project is not None
+        if project is None:
+            raise InvariantError("a run refers to a project that is not stored")
+        return project
+
+    def all_uploaded(self, project_id: str) -> bool:
+        """Whether every member's upload is complete."""
+        project = self._project(project_id)
         for party in project.members:
             record = self._storage.upload(project_id, party)
             if record is None or record.state is not UploadState.COMPLETE:
@@ -106,7 +135,7 @@ class RunManager:
                 raise AlreadyExistsError(
                     "this project's run has finished and its link keys are released"
                 )
-            if not self._all_uploaded(project_id):
+            if not self.all_uploaded(project_id):
                 if automatic:
                     return RunTicket(run_id="", state=RunState.WAITING_FOR_UPLOADS)
                 raise PreconditionError(
@@ -122,12 +151,45 @@ class RunManager:
             return RunTicket(run_id=run_id, state=RunState.QUEUED)
 
     def resume(self) -> int:
-        """Resubmit every run a previous process left unfinished; return how many."""
+        """Resubmit every run a previous process left unfinished; return how many. A run
+        whose keys are stored is finished from them, not recomputed."""
         runs = self._storage.unfinished_runs()
         for run in runs:
+            if run.keys_ready:
+                self._finish_pending(run)
+                continue
             logger.info("resuming run run_id=%s project=%s", run.run_id, run.project_id)
             self._submit(run.run_id, run.project_id)
         return len(runs)
+
+    def reconcile(self) -> int:
+        """Finish every run whose keys are stored but whose ``run_finished`` is not logged
+        (a crash, or an append that failed); return how many. Called at start-up and with
+        each retention check."""
+        finished = 0
+        for run in self._storage.unfinished_runs():
+            if run.keys_ready and self._finish_pending(run):
+                finished += 1
+        return finished
+
+    def _finish_pending(self, run: RunRecord) -> bool:
+        try:
+            self._record_finish(
+                run.run_id,
+                run.project_id,
+                RunOutcome(
+                    cluster_count=run.cluster_count,
+                    linked_record_count=run.linked_record_count,
+                    comparisons=run.comparisons,
+                    threshold=run.threshold,
+                    threshold_method=run.threshold_method,
+                ),
+                check_log=True,
+            )
+        except Exception:
+            logger.exception("run_finished still cannot be logged run_id=%s; retried", run.run_id)
+            return False
+        return True
 
     def _submit(self, run_id: str, project_id: str) -> None:
         if self._executor is None or self._stop.is_set():
@@ -142,9 +204,9 @@ class RunManager:
 
     def wait_idle(self, timeout: float) -> None:
         """Wait for submitted runs to end (tests and the CLI's --wait)."""
-        deadline = time.monotonic() + timeout
+        deadline = self._monotonic() + timeout
         for future in list(self._futures):
-            future.exception(timeout=max(0.0, deadline - time.monotonic()))
+            future.exception(timeout=max(0.0, deadline - self._monotonic()))
 
     # -- executing ----------------------------------------------------------------------
 
@@ -187,14 +249,17 @@ class RunManager:
                 logger.error("could not record the failure of run_id=%s yet", run_id)
 
     def _run(self, run_id: str, project_id: str) -> None:
-        project = self._storage.project(project_id)
-        assert project is not None
+        project = self._project(project_id)
         headers: dict[str, UploadHeader] = {}
         for party in project.members:
             record = self._storage.upload(project_id, party)
             if record is None or record.state is not UploadState.COMPLETE:
                 raise PreconditionError("an upload is missing or was deleted")
             headers[party] = record.header
+        stored = self._storage.latest_run(project_id)
+        resumed = (
+            stored is not None and stored.run_id == run_id and stored.state is RunState.RUNNING
+        )
         self._storage.set_run_state(run_id, RunState.RUNNING, stage="checks", done=0, total=0)
         try:
             check_headers(project, headers)
@@ -206,89 +271,109 @@ class RunManager:
                     raise CompatibilityError(
                         f"party {party!r}'s stored payload fails its digest or length check",
                         party=party,
-                        aspect="record_count",
+                        aspect=CheckAspect.RECORD_COUNT,
                     ) from None
             check_clks(clks, headers)
         except CompatibilityError as error:
+            if error.aspect is None or error.party is None:
+                raise InvariantError("a check refused without naming party and aspect") from error
             self._audit.append(
-                "checks_failed",
-                project_id=project_id,
-                details={"party": error.party or "", "aspect": error.aspect or ""},
+                ChecksFailed(
+                    project_id=project_id, party=error.party, aspect=CheckAspect(error.aspect)
+                )
             )
             raise
-        parties = ",".join(project.members)
-        self._audit.append("checks_passed", project_id=project_id, details={"parties": parties})
-        self._audit.append(
-            "run_started", project_id=project_id, details={"run_id": run_id, "parties": parties}
-        )
+        if resumed and self._audit.recorded(RunStarted, project_id=project_id, run_id=run_id):
+            # Interrupted after it started (a stop or a crash): the same run carries on.
+            self._audit.append(RunResumed(project_id=project_id, run_id=run_id))
+        else:
+            self._audit.append(ChecksPassed(project_id=project_id, parties=project.members))
+            self._audit.append(
+                RunStarted(project_id=project_id, run_id=run_id, parties=project.members)
+            )
         last_report = 0.0
 
         def progress(stage: str, done: int, total: int) -> None:
             nonlocal last_report
             if self._stop.is_set():
                 raise _Stopped
-            now = time.monotonic()
+            now = self._monotonic()
             if now - last_report >= self._progress_interval or done >= total:
                 last_report = now
                 self._storage.set_progress(run_id, stage, done, total)
 
-        settings = matching.MatchSettings(threshold=project.threshold, blocking=project.blocking)
-        result = self._link(clks, settings, progress=progress)
+        settings = matching.MatchSettings(
+            threshold=project.threshold,
+            blocking=project.blocking,
+            deduplicated=frozenset(project.deduplicated),
+            max_cluster_size=project.max_cluster_size,
+        )
+        # A grouped project's layout (every upload was checked to have it) tells the engine
+        # which words are which field group; a single-CLK project passes none.
+        grouped = {} if project.layout is None else {"layout": project.layout}
+        result = self._link(clks, settings, progress=progress, **grouped)
         if self._stop.is_set():
             raise _Stopped
         self._storage.set_progress(run_id, "link keys", 0, 1)
         options = {} if self._random_bytes is None else {"random_bytes": self._random_bytes}
         keys = issue_link_keys(result.clusters, project.link_key_mode, **options)
-        self._storage.finish_run(
-            run_id,
-            project_id,
+        outcome = RunOutcome(
             cluster_count=result.cluster_count,
             linked_record_count=result.linked_record_count,
             comparisons=result.comparisons,
             threshold=result.threshold,
             threshold_method=result.threshold_method,
-            keys_by_party={
-                party: (party_keys.positions, party_keys.link_keys, party_keys.keys_sha256)
-                for party, party_keys in keys.items()
-            },
         )
-        self._audit.append(
-            "run_finished",
-            project_id=project_id,
-            details={
-                "run_id": run_id,
-                "cluster_count": result.cluster_count,
-                "linked_record_count": result.linked_record_count,
-                "comparisons": result.comparisons,
-                "threshold_thousandths": round(result.threshold * 1000),
-                "threshold_method": result.threshold_method,
-            },
-        )
+        self._storage.store_keys(run_id, project_id, outcome=outcome, keys=keys)
+        self._checkpoint(Step.KEYS_STORED)
+        try:
+            self._record_finish(run_id, project_id, outcome, check_log=False)
+        except Exception:
+            # The keys stay stored and unreleasable; reconcile() logs run_finished later.
+            logger.exception(
+                "run_finished could not be logged run_id=%s; the run finishes when it can be",
+                run_id,
+            )
+
+    def _record_finish(
+        self, run_id: str, project_id: str, outcome: RunOutcome, *, check_log: bool
+    ) -> None:
+        """Log ``run_finished`` (``check_log``: unless the log has it already, when a crash
+        or a failure came after the append), then mark the run FINISHED: only now are its
+        keys releasable. Under ``delete-after-run`` the payloads go next."""
+        if not check_log or not self._audit.recorded(
+            RunFinished, project_id=project_id, run_id=run_id
+        ):
+            self._audit.append(
+                RunFinished(
+                    project_id=project_id,
+                    run_id=run_id,
+                    cluster_count=outcome.cluster_count,
+                    linked_record_count=outcome.linked_record_count,
+                    comparisons=outcome.comparisons,
+                    threshold_thousandths=(
+                        None if outcome.threshold is None else round(outcome.threshold * 1000)
+                    ),
+                    threshold_method=outcome.threshold_method or None,
+                )
+            )
+        self._checkpoint(Step.RUN_FINISHED_LOGGED)
+        self._storage.mark_finished(run_id)
+        project = self._project(project_id)
         logger.info(
-            "run finished run_id=%s project=%s clusters=%d linked_records=%d comparisons=%d "
-            "threshold=%.3f (%s)",
+            "run finished run_id=%s project=%s link_model=%s clusters=%d linked_records=%d "
+            "comparisons=%d threshold=%s (%s)",
             run_id,
             project_id,
-            result.cluster_count,
-            result.linked_record_count,
-            result.comparisons,
-            result.threshold,
-            result.threshold_method,
+            project.link_model,
+            outcome.cluster_count,
+            outcome.linked_record_count,
+            outcome.comparisons,
+            "unset" if outcome.threshold is None else f"{outcome.threshold:.3f}",
+            outcome.threshold_method,
         )
-        if project.retention_days == 0:  # retention policy delete-after-run
-            self.delete_payloads(project_id, headers, reason="run-finished")
-
-    def delete_payloads(
-        self, project_id: str, headers: Mapping[str, UploadHeader], *, reason: str
-    ) -> None:
-        for party, header in headers.items():
-            if self._storage.delete_payload(project_id, party):
-                self._audit.append(
-                    "payload_deleted",
-                    project_id=project_id,
-                    details={
-                        "party": party,
-                        "payload_sha256": header.payload_sha256.hex(),
-                        "reason": reason,
-                    },
-                )
+        if project.retention_days == 0:  # retention delete-after-run
+            try:
+                self.retention.retire_due()
+            except Exception:  # the intent stays; the next retention check finishes it
+                logger.exception("payloads of run_id=%s not yet deleted; retried", run_id)

@@ -77,17 +77,25 @@ class ScoredPairs:
     """Candidate pairs per party pair whose ``scores`` are match weights (log2 odds of a match,
     float32), and the cut: a pair is a link candidate for the solver (or clustering) when its
     weight is at least ``cut_weight``, i.e. its probability at least ``match_probability``.
-    ``probability_of_weight`` turns weights into probabilities."""
+    ``probability_of_weight`` turns weights into probabilities.
+
+    ``deduplicated``: per party (as the party pairs index them), whether it may hold several
+    records of one person (empty: none does). ``exclusive``: weights between two parties
+    already condition on their records' other candidates on every side where that holds (a
+    record has at most one match in a duplicate-free party)."""
 
     party_pairs: tuple[PartyPairs, ...]
     match_probability: float
     model: FellegiSunterModel
     exclusive: bool = False
-    """Weights between two parties already condition on their records' other candidates."""
+    deduplicated: tuple[bool, ...] = ()
 
     @property
     def cut_weight(self) -> float:
         return weight_of_probability(self.match_probability)
+
+    def is_deduplicated(self, party: int) -> bool:
+        return bool(self.deduplicated) and self.deduplicated[party]
 
     def accepted(self) -> tuple[PartyPairs, ...]:
         """The pairs at or above the cut, in the solver's terms."""
@@ -105,6 +113,23 @@ class ScoredPairs:
                 PartyPairs(left_party=item.left_party, right_party=item.right_party, pairs=pairs)
             )
         return tuple(kept)
+
+    def probabilities(self) -> tuple[PartyPairs, ...]:
+        """Every candidate pair with its match probability as its score (float32), for a
+        clustering whose threshold is ``match_probability``."""
+        out = []
+        for item in self.party_pairs:
+            probability = probability_of_weight(item.pairs.scores.astype(np.float64))
+            pairs = CandidatePairs(
+                left=item.pairs.left,
+                right=item.pairs.right,
+                scores=probability.astype(np.float32),
+                comparisons=item.pairs.comparisons,
+            )
+            out.append(
+                PartyPairs(left_party=item.left_party, right_party=item.right_party, pairs=pairs)
+            )
+        return tuple(out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,6 +157,14 @@ class EstimatedQuality:
             2 * self.expected_true_links + self.expected_false_links + self.expected_missed_matches
         )
         return 2 * self.expected_true_links / denominator if denominator > 0 else 1.0
+
+    def __add__(self, other: EstimatedQuality) -> EstimatedQuality:
+        """Expected counts of two sets of links made (e.g. several scorers of one run)."""
+        return EstimatedQuality(
+            expected_true_links=self.expected_true_links + other.expected_true_links,
+            expected_false_links=self.expected_false_links + other.expected_false_links,
+            expected_missed_matches=self.expected_missed_matches + other.expected_missed_matches,
+        )
 
 
 def _group_hashes(clks: npt.NDArray[np.uint64], layout: ClkLayout) -> npt.NDArray[np.uint64]:
@@ -245,15 +278,21 @@ class Scorer:
         )  # fmt: skip
 
     def score(
-        self, candidates: Sequence[CandidatePairs], *, one_to_one: bool = True
+        self, candidates: Sequence[CandidatePairs], *, deduplicated: Sequence[bool] = ()
     ) -> ScoredPairs:
         """Train the model on the candidate pairs (one set per job, in job order) and score
-        them. ``one_to_one``: each party holds at most one record per person, so pairs
-        between two parties are conditioned on their records' other candidates
-        (:func:`linkage_unit.fellegi_sunter.exclusive_weights`); pairs within a party never
-        are."""
+        them. ``deduplicated``: per party, whether it may hold several records of one person
+        (empty: none does). A record has at most one match in a duplicate-free party, so a
+        pair between two parties is conditioned on its record's other candidates there
+        (:func:`linkage_unit.fellegi_sunter.exclusive_weights`): on both sides between two
+        duplicate-free parties, on the deduplicated party's record's side only between a
+        deduplicated and a duplicate-free one, on neither between two deduplicated parties.
+        Pairs within a party never are."""
         if len(candidates) != len(self.jobs):
             raise MatchingError("one set of candidate pairs per party pair is needed")
+        flags = tuple(bool(flag) for flag in deduplicated) or (False,) * len(self.arrays)
+        if len(flags) != len(self.arrays):
+            raise MatchingError("one deduplicated flag per party is needed")
         parts = [self.similarities(number, pairs) for number, pairs in enumerate(candidates)]
         similarities = _concatenate(parts, len(self.layout.groups))
         jobs = np.concatenate(
@@ -291,16 +330,22 @@ class Scorer:
         for number, ((i, j), pairs) in enumerate(zip(self.jobs, candidates, strict=True)):
             part = weights[offset : offset + len(pairs)]
             offset += len(pairs)
-            if one_to_one and i != j and len(pairs):
+            if i != j and len(pairs) and not (flags[i] and flags[j]):
                 matches = model.prior[number] * self.comparable[number]
+                # A left record's candidates are rivals only if the right party is
+                # duplicate-free (it holds at most one record of the left record's person).
                 part = exclusive_weights(
                     pairs.left,
                     pairs.right,
                     part,
                     left_size=sizes[i],
                     right_size=sizes[j],
-                    left_matched=float(np.clip(matches / max(sizes[i], 1), 1e-3, 0.999)),
-                    right_matched=float(np.clip(matches / max(sizes[j], 1), 1e-3, 0.999)),
+                    left_matched=None
+                    if flags[j]
+                    else float(np.clip(matches / max(sizes[i], 1), 1e-3, 0.999)),
+                    right_matched=None
+                    if flags[i]
+                    else float(np.clip(matches / max(sizes[j], 1), 1e-3, 0.999)),
                 )
             party_pairs.append(
                 PartyPairs(
@@ -318,7 +363,8 @@ class Scorer:
             party_pairs=tuple(party_pairs),
             match_probability=self.settings.match_probability,
             model=model,
-            exclusive=one_to_one,
+            exclusive=True,
+            deduplicated=flags,
         )
 
     def weights_of(
@@ -422,8 +468,9 @@ def estimate_quality(
     party pairs compared, in one cluster) is a true link with its probability; a candidate pair
     it does not join is a missed match with its probability. Between two parties whose pair
     probabilities do not yet condition on the records' other candidates
-    (``scored.exclusive`` false), that is discounted by the chance that either record's own
-    link (at most one per party) is right instead."""
+    (``scored.exclusive`` false), that is discounted by the chance that a record's own link
+    is right instead, on each side where the other party is duplicate-free (a record has at
+    most one match there)."""
     true_links = 0.0
     false_links = 0.0
     missed = 0.0
@@ -454,12 +501,14 @@ def estimate_quality(
         if i == j or scored.exclusive:
             missed += float(rest.sum())
             continue
-        # At most one record of the other party per person: a record's link, if right,
-        # rules out its other candidates.
+        # At most one record of a duplicate-free party per person: a record's link there, if
+        # right, rules out its other candidates there.
         best_left = np.zeros(len(left_ids))
         best_right = np.zeros(len(right_ids))
-        np.maximum.at(best_left, joined_left, joined_probability)
-        np.maximum.at(best_right, joined_right, joined_probability)
+        if not scored.is_deduplicated(j):
+            np.maximum.at(best_left, joined_left, joined_probability)
+        if not scored.is_deduplicated(i):
+            np.maximum.at(best_right, joined_right, joined_probability)
         rest_left = candidates.left[not_joined]
         rest_right = candidates.right[not_joined]
         missed += float(

@@ -12,13 +12,13 @@ client authentication were ever switched off).
 from __future__ import annotations
 
 import functools
-import ipaddress
 import logging
 import socket
 import ssl
 import threading
+import time
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -28,18 +28,25 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from linkage_unit import matching
+from linkage_unit.admission import Admission, AdmissionLimits
 from linkage_unit.audit_hook import AuditReader, AuditSink
 from linkage_unit.audit_log import AuditLog
 from linkage_unit.blocking import BlockingSettings
+from linkage_unit.checkpoints import Checkpoint, no_checkpoint
 from linkage_unit.distributed import ClusterSettings, DaskExecutor
+from linkage_unit.manifest_policy import ManifestPolicy
+from linkage_unit.retention import Retention
 from linkage_unit.run import LinkFunction, RunManager
-from linkage_unit.service import LinkageService, ManifestPolicy, UploadLimits
+from linkage_unit.service import LinkageService
 from linkage_unit.servicer import LinkageUnitServicer
 from linkage_unit.storage import Storage
-from protocol.certificates import TlsFiles
-from protocol.errors import ConfigurationError, MatchingError
+from linkage_unit.uploads import UploadLimits
+from linkage_unit.watchdog import StreamWatchdog
+from protocol.addresses import is_loopback
+from protocol.errors import ConfigurationError, InvariantError, MatchingError
 from protocol.pb import linkage_pb2_grpc as pb_grpc
 from protocol.signing import load_public_key
+from protocol.tls import TlsFiles
 
 __all__ = ["SERVICE_NAME", "LinkageUnitServer", "ServerConfig", "create_server", "load_config"]
 
@@ -83,6 +90,13 @@ class ServerConfig:
     # is cancelled so a slow or idle client cannot hold a worker thread; it resumes later.
     stream_idle_seconds: float = 120.0
     max_stream_seconds: float = 6 * 3600.0
+    # Streams one identity (one role, or one party) may hold at once; unset: half the worker
+    # threads, so one certificate can never hold them all.
+    max_streams_per_identity: int | None = None
+    # Calls that write audit entries (upload, fetch keys, create project, start run, refused
+    # probes) draw from a per-identity bucket: this many a minute, this many in a burst.
+    audited_calls_per_minute: float = 60.0
+    audited_call_burst: int = 30
     # Matching on a Dask cluster (linkage_unit/distributed.py); unset: in this process.
     dask_scheduler: str | None = None
     dask_ca_certificate: Path | None = None
@@ -106,13 +120,22 @@ class ServerConfig:
             raise ConfigurationError("max_workers >= 2, max_concurrent_rpcs >= 1, run_workers >= 0")
         if not (0 < self.stream_idle_seconds <= self.max_stream_seconds):
             raise ConfigurationError("0 < stream_idle_seconds <= max_stream_seconds")
+        if not 1 <= self.stream_limit_per_identity < self.max_workers:
+            raise ConfigurationError(
+                "max_streams_per_identity must be at least 1 and below max_workers, so one "
+                "identity cannot hold every worker thread"
+            )
+        if self.audited_call_burst < 1 or not self.audited_calls_per_minute > 0:
+            raise ConfigurationError(
+                "audited_call_burst must be at least 1 and audited_calls_per_minute positive"
+            )
         tls = (self.ca_certificate, self.certificate, self.private_key)
         if not self.insecure and any(path is None for path in tls):
             raise ConfigurationError(
                 "the linkage unit needs ca_certificate, certificate and private_key for mutual "
                 "TLS; it will not start without them (--insecure is for local tests only)"
             )
-        if self.insecure and not _is_loopback(self.listen):
+        if self.insecure and not is_loopback(self.listen):
             raise ConfigurationError("--insecure binds loopback only (127.0.0.1, ::1, localhost)")
         dask_files = (self.dask_ca_certificate, self.dask_certificate, self.dask_private_key)
         if self.dask_scheduler is None and any(path is not None for path in dask_files):
@@ -126,6 +149,22 @@ class ServerConfig:
             self.blocking_settings  # noqa: B018 - validates the LSH shape once, here
         except MatchingError as error:
             raise ConfigurationError(f"LSH settings: {error}") from None
+
+    @property
+    def stream_limit_per_identity(self) -> int:
+        """The streams one identity may hold at once (``max_streams_per_identity``, or half
+        the worker threads)."""
+        if self.max_streams_per_identity is not None:
+            return self.max_streams_per_identity
+        return max(1, self.max_workers // 2)
+
+    @property
+    def admission_limits(self) -> AdmissionLimits:
+        return AdmissionLimits(
+            max_streams=self.stream_limit_per_identity,
+            audited_calls_per_minute=self.audited_calls_per_minute,
+            audited_call_burst=self.audited_call_burst,
+        )
 
     @property
     def blocking_settings(self) -> BlockingSettings:
@@ -151,22 +190,13 @@ class ServerConfig:
     def tls_files(self) -> TlsFiles | None:
         if self.insecure:
             return None
-        assert self.ca_certificate and self.certificate and self.private_key
+        if not (self.ca_certificate and self.certificate and self.private_key):
+            raise InvariantError("a mutual-TLS config without its files passed validation")
         return TlsFiles(
             ca_certificate=self.ca_certificate,
             certificate=self.certificate,
             private_key=self.private_key,
         )
-
-
-def _is_loopback(listen: str) -> bool:
-    host = listen.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _self_test_host(listen: str) -> str:
@@ -223,23 +253,30 @@ class LinkageUnitServer:
         *,
         audit: AuditSink | None = None,
         link_function: LinkFunction | None = None,
+        clock: Callable[[], float] = time.time,
+        checkpoint: Checkpoint = no_checkpoint,
     ) -> None:
         self.config = config
         # Read first: a bad key file must stop start-up before anything is opened.
         manifest_policy = ManifestPolicy(
-            party_keys={party: load_public_key(path) for party, path in config.party_keys.items()}
+            require_manifest=config.require_manifest,
+            party_keys={party: load_public_key(path) for party, path in config.party_keys.items()},
         )
-        self.storage = Storage(config.data_dir)
+        self.storage = Storage(config.data_dir, clock=clock, checkpoint=checkpoint)
         self.audit_log: AuditLog | None = None
         if audit is None:
-            self.audit_log = AuditLog.open(
-                config.audit_log or config.data_dir / "audit.jsonl",
-                signing_key_path=config.audit_signing_key
-                or config.data_dir / "audit-signing-key.pem",
-            )
+            try:
+                self.audit_log = AuditLog.open(
+                    config.audit_log or config.data_dir / "audit.jsonl",
+                    signing_key_path=config.audit_signing_key
+                    or config.data_dir / "audit-signing-key.pem",
+                )
+            except BaseException:
+                self.storage.close()
+                raise
         self.audit: AuditSink = audit or self.audit_log  # type: ignore[assignment]
         reader: AuditReader | None = self.audit_log
-        if reader is None and hasattr(audit, "export_lines"):
+        if reader is None and hasattr(audit, "export"):
             reader = audit  # type: ignore[assignment]
         cluster = config.cluster_settings
         if link_function is None and cluster is not None:
@@ -247,16 +284,22 @@ class LinkageUnitServer:
         if config.blocking_settings != BlockingSettings():
             link_function = _with_blocking(link_function or matching.link, config.blocking_settings)
         self.runs = RunManager(
-            self.storage, self.audit, workers=config.run_workers, link_function=link_function
+            self.storage,
+            self.audit,
+            workers=config.run_workers,
+            link_function=link_function,
+            retention=Retention(self.storage, self.audit, clock=clock, checkpoint=checkpoint),
+            checkpoint=checkpoint,
         )
         self.service = LinkageService(
             self.storage,
             self.audit,
             self.runs,
             limits=UploadLimits(max_upload_bytes=config.max_upload_bytes),
-            require_manifest=config.require_manifest,
             audit_reader=reader,
             manifest_policy=manifest_policy,
+            admission=Admission(config.admission_limits),
+            clock=clock,
         )
         self._retention_stop = threading.Event()
         self._retention_thread: threading.Thread | None = None
@@ -285,8 +328,10 @@ class LinkageUnitServer:
             LinkageUnitServicer(
                 self.service,
                 insecure=config.insecure,
-                stream_idle_seconds=config.stream_idle_seconds,
-                max_stream_seconds=config.max_stream_seconds,
+                watchdog=StreamWatchdog(
+                    idle_seconds=config.stream_idle_seconds,
+                    max_seconds=config.max_stream_seconds,
+                ),
             ),
             self._server,
         )
@@ -294,7 +339,8 @@ class LinkageUnitServer:
 
     def _credentials(self) -> grpc.ServerCredentials:
         files = self.config.tls_files
-        assert files is not None
+        if files is None:
+            raise InvariantError("TLS credentials asked for in insecure mode")
         ca, chain, key = files.read()
         # require_client_auth defaults to False in grpcio, which silently serves clients with
         # no certificate at all; it is always True here.
@@ -351,7 +397,7 @@ class LinkageUnitServer:
     def _retention_loop(self) -> None:
         while not self._retention_stop.wait(self.config.retention_check_seconds):
             try:
-                purged = self.service.purge_expired()
+                purged = self.service.maintain()
             except Exception:
                 logger.exception("retention check failed; it is retried at the next interval")
                 continue
@@ -407,10 +453,11 @@ def create_server(
     *,
     audit: AuditSink | None = None,
     link_function: LinkFunction | None = None,
+    clock: Callable[[], float] = time.time,
+    checkpoint: Checkpoint = no_checkpoint,
 ) -> LinkageUnitServer:
-    """Build (not start) a linkage unit server from its config."""
-    return LinkageUnitServer(config, audit=audit, link_function=link_function)
-
-
-def with_listen(config: ServerConfig, listen: str) -> ServerConfig:
-    return replace(config, listen=listen)
+    """Build (not start) a linkage unit server from its config. ``clock`` is the wall clock
+    every stored time is read from; ``checkpoint`` the fault-injection hook (checkpoints.py)."""
+    return LinkageUnitServer(
+        config, audit=audit, link_function=link_function, clock=clock, checkpoint=checkpoint
+    )

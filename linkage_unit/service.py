@@ -8,23 +8,38 @@ exist" raise the same :class:`NotFoundError` with the same message.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
 from typing import NoReturn
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from linkage_unit.audit_hook import AuditReader, AuditSink
+from linkage_unit.admission import Admission, Operation, require_role
+from linkage_unit.audit_hook import AuditExport, AuditReader, AuditSink
+from linkage_unit.checks import compatibility_refusal
+from linkage_unit.manifest_policy import (
+    ManifestPolicy,
+    Refusal,
+    freshness_refusal,
+    manifest_refusal,
+    nonce_refusal,
+)
 from linkage_unit.run import RunManager
 from linkage_unit.storage import Storage
+from linkage_unit.uploads import UploadClaim, UploadLimits, UploadRegistry, UploadSession
+from protocol.audit_events import (
+    AccessRefused,
+    KeysReleased,
+    PartyAuthenticated,
+    ProjectCreated,
+    UploadCommitted,
+    UploadRefused,
+    event_record,
+)
 from protocol.errors import (
     AlreadyExistsError,
-    AuditError,
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
@@ -32,7 +47,7 @@ from protocol.errors import (
     ResourceLimitError,
 )
 from protocol.identity import Identity, Role
-from protocol.manifest import SignedManifest, manifest_mismatches, verify_manifest
+from protocol.manifest import SignedManifest
 from protocol.messages import (
     LinkKeyBatch,
     PartyStatus,
@@ -40,19 +55,18 @@ from protocol.messages import (
     ProjectStatus,
     RunState,
     RunTicket,
-    UploadChunk,
     UploadHeader,
     UploadProgress,
     UploadState,
 )
+from protocol.vocabulary import DeletionReason, UploadRefusal
 
-__all__ = ["Caller", "LinkageService", "ManifestPolicy", "UploadLimits", "UploadSession"]
+__all__ = ["Caller", "LinkageService", "upload_committed"]
 
 logger = logging.getLogger("bloomlink.linkage_unit")
 
 _NO_PROJECT = "no such project (or you are not a member of it)"
 _NO_KEYS = "no link keys for this project and party"
-_MIN_CHARGE = 1024  # bytes every chunk counts for, so a flood of empty chunks is capped too
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,42 +77,20 @@ class Caller:
     certificate_fingerprint: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UploadLimits:
-    """``max_upload_bytes`` caps both a payload's declared size and the bytes one upload
-    stream may carry (resent chunks included): a per-message cap does not bound a stream."""
-
-    max_upload_bytes: int = 1 << 32
-    chunk_batch_size: int = 10_000
-
-    def __post_init__(self) -> None:
-        if self.max_upload_bytes < 1:
-            raise ValueError("max_upload_bytes must be positive")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ManifestPolicy:
-    """How the LU judges an upload's signed manifest beyond its signature.
-
-    ``party_keys`` are the parties' registered manifest keys: with any registered, a
-    manifest must be signed by its own party's key (a party with none registered is
-    refused); with none, only the signature is checked here and the auditor checks the key.
-    A manifest created more than ``max_future_seconds`` ahead of the LU's clock, or more than
-    ``max_age_seconds`` before it, is refused (a wrong clock, or a manifest kept for replay).
-    """
-
-    party_keys: Mapping[str, Ed25519PublicKey] | None = None
-    max_future_seconds: float = 600.0
-    max_age_seconds: float = 30 * 86400.0
-
-    def __post_init__(self) -> None:
-        if not (self.max_future_seconds >= 0 and self.max_age_seconds > 0):
-            raise ValueError("max_future_seconds must be >= 0 and max_age_seconds positive")
-
-
-def _created_at(manifest: SignedManifest) -> float:
-    # Validated by UploadManifest as UTC "YYYY-MM-DDTHH:MM:SS[.ffffff]Z".
-    return datetime.fromisoformat(manifest.manifest.created_at.replace("Z", "+00:00")).timestamp()
+def upload_committed(header: UploadHeader, manifest: SignedManifest | None) -> UploadCommitted:
+    """The audit event of an upload committed under ``header`` (the one place its details
+    are written: the manifest check compares against the same)."""
+    return UploadCommitted(
+        project_id=header.project_id,
+        party=header.party_id,
+        record_count=header.record_count,
+        clk_bits=header.clk_bits,
+        payload_sha256=header.payload_sha256,
+        schema_fingerprint=header.schema_fingerprint,
+        kcv=header.kcv,
+        manifest_sha256=manifest.manifest.sha256 if manifest is not None else None,
+        layout_sha256=header.layout.sha256 if header.layout is not None else None,
+    )
 
 
 class LinkageService:
@@ -111,116 +103,179 @@ class LinkageService:
         runs: RunManager,
         *,
         limits: UploadLimits | None = None,
-        require_manifest: bool = False,
         audit_reader: AuditReader | None = None,
         manifest_policy: ManifestPolicy | None = None,
+        admission: Admission | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.storage = storage
         self.audit = audit
         self.runs = runs
         self.limits = limits or UploadLimits()
-        self.require_manifest = require_manifest
         self.audit_reader = audit_reader
         self.manifest_policy = manifest_policy or ManifestPolicy()
+        self.admission = admission or Admission()
+        self.retention = runs.retention
         self._clock = clock
-        self._active_uploads: set[tuple[str, str]] = set()
-        self._lock = threading.Lock()
+        self._uploads = UploadRegistry()
         # Serialises "is this nonce unused?" with recording it at commit (case 10).
         self._commit_lock = threading.Lock()
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Resume interrupted runs and apply retention; call once when the LU starts."""
+        """Call once when the LU starts, before serving: finish whatever a crash left half
+        done (uploads being published, payload deletions, runs whose keys are stored but
+        whose run_finished is not logged), resume interrupted runs, apply retention."""
+        recovered = self.storage.recover_uploads()
+        for record in recovered:
+            self._start_if_ready(record.header.project_id)
         resumed = self.runs.resume()
-        purged = self.purge_expired()
-        logger.info("linkage unit state loaded resumed_runs=%d purged_payloads=%d", resumed, purged)
+        deleted = self.retention.apply()
+        logger.info(
+            "linkage unit state loaded recovered_uploads=%d resumed_runs=%d deleted_payloads=%d",
+            len(recovered),
+            resumed,
+            deleted,
+        )
 
-    def purge_expired(self, *, now: float | None = None) -> int:
-        """Delete payloads of finished projects whose retention has run out."""
-        expired = self.storage.completed_uploads_before(time.time() if now is None else now)
-        for project_id, party in expired:
-            record = self.storage.upload(project_id, party)
-            assert record is not None
-            self.runs.delete_payloads(
-                project_id, {party: record.header}, reason="retention-expired"
-            )
-        return len(expired)
+    def maintain(self) -> int:
+        """The periodic check: finish runs and deletions an audit append failed for, then
+        apply retention (every upload is deleted by its hold, whatever its run's state).
+        Return how many payloads were deleted."""
+        self.runs.reconcile()
+        return self.retention.apply()
 
     # -- authorisation helpers ----------------------------------------------------------
 
-    def _require(self, caller: Caller, *roles: Role) -> None:
-        if caller.identity.role not in roles:
-            allowed = " or ".join(str(role) for role in roles)
-            raise PermissionDeniedError(f"only the {allowed} may do this")
+    def admit(
+        self, caller: Caller, operation: Operation, *, stream: bool = False
+    ) -> AbstractContextManager[None]:
+        """Admission for a call as it starts, before any request message is read: the role
+        may make it, a stream slot is free, an audited call has budget (admission.py)."""
+        return self.admission.admit(caller.identity, operation, stream=stream)
 
-    def _visible_project(self, caller: Caller, project_id: str) -> ProjectSettings:
+    def _visible_project(
+        self, caller: Caller, project_id: str, *, call: Operation
+    ) -> ProjectSettings:
+        """The project, if the caller may see it. Otherwise NotFoundError, the same for
+        "not a member" and "does not exist"; a party's probe is audited either way."""
         project = self.storage.project(project_id)
-        if project is None:
-            raise NotFoundError(_NO_PROJECT)
-        if caller.identity.role is Role.PARTY and caller.identity.party not in project.members:
-            raise NotFoundError(_NO_PROJECT)
-        return project
+        if project is not None and (
+            caller.identity.role is not Role.PARTY or caller.identity.party in project.members
+        ):
+            return project
+        if caller.identity.role is Role.PARTY:
+            self._refuse_access(
+                caller, project_id, exists=project is not None, call=call, requested_party=None
+            )
+        raise NotFoundError(_NO_PROJECT)
+
+    def _refuse_access(
+        self,
+        caller: Caller,
+        project_id: str,
+        *,
+        exists: bool,
+        call: Operation,
+        requested_party: str | None,
+    ) -> None:
+        """Audit a party's refused request for a project it is not in, or for another
+        party's keys; the auditor sees who asked for what, the caller only "not found"."""
+        self.admission.charge_audited(caller.identity)
+        self.audit.append(
+            AccessRefused(
+                project_id=project_id if exists else None,
+                party=caller.identity.party or "",
+                requested_project=project_id,
+                call=str(call),
+                requested_party=requested_party,
+                certificate_fingerprint=caller.certificate_fingerprint,
+            )
+        )
 
     def _authenticated(self, caller: Caller, project_id: str) -> None:
         self.audit.append(
-            "party_authenticated",
-            project_id=project_id,
-            details={
-                "party": caller.identity.party or "",
-                "role": str(caller.identity.role),
-                "certificate_fingerprint": caller.certificate_fingerprint,
-            },
+            PartyAuthenticated(
+                project_id=project_id,
+                party=caller.identity.party or "",
+                role=str(caller.identity.role),
+                certificate_fingerprint=caller.certificate_fingerprint,
+            )
         )
 
     # -- projects -----------------------------------------------------------------------
 
     def create_project(self, caller: Caller, settings: ProjectSettings) -> str:
         """Register a project; return its settings fingerprint."""
-        self._require(caller, Role.OPERATOR)
+        require_role(caller.identity, Operation.CREATE_PROJECT)
         self.storage.create_project(settings)
         self.audit.append(
-            "project_created",
-            project_id=settings.project_id,
-            details={
-                "settings_fingerprint": settings.fingerprint,
-                "members": ",".join(settings.members),
-                "schema_fingerprint": settings.schema_fingerprint.hex(),
-                "retention": settings.retention_policy,
-            },
+            ProjectCreated(
+                project_id=settings.project_id,
+                settings_fingerprint=settings.fingerprint,
+                members=settings.members,
+                schema_fingerprint=settings.schema_fingerprint,
+                retention=settings.retention_policy,
+                hold_days=settings.hold_days,
+                link_model=settings.link_model,
+                layout_sha256=settings.layout.sha256 if settings.layout is not None else None,
+                deduplicated=settings.deduplicated or None,
+                max_cluster_size=settings.max_cluster_size if settings.deduplicated else None,
+            )
         )
         logger.info(
-            "project created project=%s members=%d", settings.project_id, len(settings.members)
+            "project created project=%s members=%d link_model=%s",
+            settings.project_id,
+            len(settings.members),
+            settings.link_model,
         )
         return settings.fingerprint
 
     def project_status(self, caller: Caller, project_id: str) -> ProjectStatus:
-        """States and counts; a party sees record counts only for itself."""
-        project = self._visible_project(caller, project_id)
-        sees_counts = caller.identity.role is not Role.PARTY
+        """The project's state. The operator and auditors see every party and every figure
+        of the run; a member party sees its own upload and the run's state only, never a
+        figure that depends on another party's data (docs/audit.md, "Who can learn what")."""
+        project = self._visible_project(caller, project_id, call=Operation.GET_PROJECT_STATUS)
+        viewer = caller.identity.party if caller.identity.role is Role.PARTY else None
         parties = []
         for party in project.members:
+            if viewer is not None and party != viewer:
+                continue
             record = self.storage.upload(project_id, party)
-            own = sees_counts or caller.identity.party == party
             parties.append(
                 PartyStatus(
                     party_id=party,
                     upload_state=record.state if record else UploadState.NOT_STARTED,
-                    committed_bytes=record.committed_bytes if record and own else 0,
-                    record_count=record.header.record_count if record and own else 0,
+                    committed_bytes=record.committed_bytes if record else 0,
+                    record_count=record.header.record_count if record else 0,
                 )
             )
+        status = ProjectStatus(
+            project_id=project_id,
+            parties=tuple(parties),
+            run_state=RunState.WAITING_FOR_UPLOADS,
+            schema_fingerprint=project.schema_fingerprint,
+            settings_fingerprint=project.fingerprint,
+        )
         run = self.runs.latest_run(project_id)
-        common = {
-            "project_id": project_id,
-            "parties": tuple(parties),
-            "schema_fingerprint": project.schema_fingerprint,
-            "settings_fingerprint": project.fingerprint,
-        }
         if run is None:
-            return ProjectStatus(run_state=RunState.WAITING_FOR_UPLOADS, **common)  # type: ignore[arg-type]
-        return ProjectStatus(
+            if self.runs.all_uploaded(project_id):
+                # Only a project without auto-run gets here: its run waits for the operator.
+                return replace(status, run_state=RunState.READY)
+            return status
+        if viewer is not None:
+            # A party learns whether the run finished, and why its own upload was refused.
+            own_refusal = run.check_party == viewer
+            return replace(
+                status,
+                run_state=run.state,
+                run_id=run.run_id,
+                check_party_id=run.check_party if own_refusal else "",
+                check_aspect=run.check_aspect if own_refusal else "",
+            )
+        return replace(
+            status,
             run_state=run.state,
             run_id=run.run_id,
             progress_stage=run.stage,
@@ -233,19 +288,18 @@ class LinkageService:
             comparisons=run.comparisons,
             threshold=run.threshold,
             threshold_method=run.threshold_method,
-            **common,  # type: ignore[arg-type]
         )
 
     def start_run(self, caller: Caller, project_id: str) -> RunTicket:
-        self._require(caller, Role.OPERATOR)
-        self._visible_project(caller, project_id)
+        require_role(caller.identity, Operation.START_RUN)
+        self._visible_project(caller, project_id, call=Operation.START_RUN)
         return self.runs.start(project_id, automatic=False)
 
     # -- uploads ------------------------------------------------------------------------
 
     def _uploader(self, caller: Caller, project_id: str, party_id: str) -> ProjectSettings:
-        self._require(caller, Role.PARTY)
-        project = self._visible_project(caller, project_id)
+        require_role(caller.identity, Operation.UPLOAD)
+        project = self._visible_project(caller, project_id, call=Operation.UPLOAD)
         if party_id != caller.identity.party:
             raise PermissionDeniedError("a party may upload only as itself")
         return project
@@ -269,14 +323,18 @@ class LinkageService:
         header: UploadHeader,
         error: Exception,
         *,
-        reason: str,
+        reason: UploadRefusal,
         manifest: SignedManifest | None = None,
     ) -> NoReturn:
         """Audit a refused upload (reason code, never a value), then raise ``error``."""
-        details: dict[str, str | int] = {"party": header.party_id, "reason": reason}
-        if manifest is not None:
-            details["manifest_sha256"] = manifest.manifest.sha256
-        self.audit.append("upload_refused", project_id=header.project_id, details=details)
+        self.audit.append(
+            UploadRefused(
+                project_id=header.project_id,
+                party=header.party_id,
+                reason=reason,
+                manifest_sha256=manifest.manifest.sha256 if manifest is not None else None,
+            )
+        )
         logger.warning(
             "upload refused project=%s party=%s reason=%s",
             header.project_id,
@@ -285,154 +343,69 @@ class LinkageService:
         )
         raise error
 
+    def _refuse(
+        self, header: UploadHeader, refusal: Refusal | None, manifest: SignedManifest | None
+    ) -> None:
+        if refusal is not None:
+            self._refuse_upload(header, refusal.error, reason=refusal.reason, manifest=manifest)
+
     def _check_manifest(self, header: UploadHeader, manifest: SignedManifest | None) -> None:
         """Signature, signer, party and agreement with the header (case 12)."""
-        if manifest is None:
-            if self.require_manifest:
-                self._refuse_upload(
-                    header,
-                    InvalidRequestError(
-                        "this linkage unit takes an upload only with the party's signed "
-                        "manifest; encode with a signing key, then submit the file with its "
-                        "manifest"
-                    ),
-                    reason="manifest_missing",
-                )
-            return
-        if manifest.manifest.party != header.party_id:
-            # The header's party is already the caller's mTLS identity (see _uploader).
-            self._refuse_upload(
-                header,
-                PermissionDeniedError(
-                    "the upload's manifest is another party's; a party may send only a "
-                    "manifest it signed for itself"
-                ),
-                reason="manifest_party",
-                manifest=manifest,
-            )
-        keys = self.manifest_policy.party_keys
-        expected = keys.get(header.party_id) if keys else None
-        if keys and expected is None:
-            self._refuse_upload(
-                header,
-                PermissionDeniedError(
-                    "no manifest key is registered for this party at the linkage unit; ask "
-                    "the operator to register the party's public key"
-                ),
-                reason="manifest_key",
-                manifest=manifest,
-            )
-        try:
-            verify_manifest(manifest, expected_public_key=expected)
-        except AuditError:
-            self._refuse_upload(
-                header,
-                PermissionDeniedError(
-                    "the upload's manifest has an invalid signature or is not signed by this "
-                    "party's registered key; send the manifest written with this encoded file"
-                ),
-                reason="manifest_signature",
-                manifest=manifest,
-            )
-        details = {
-            "party": header.party_id,
-            "record_count": header.record_count,
-            "clk_bits": header.clk_bits,
-            "payload_sha256": header.payload_sha256.hex(),
-            "schema_fingerprint": header.schema_fingerprint.hex(),
-            "kcv": header.kcv.hex(),
-        }
-        wrong = manifest_mismatches(
-            manifest.manifest, project_id=header.project_id, details=details
-        )
-        if wrong:
-            self._refuse_upload(
-                header,
-                InvalidRequestError(
-                    f"the upload's manifest disagrees with its header on {', '.join(wrong)}; "
-                    "send the manifest written with this encoded file"
-                ),
-                reason="manifest_mismatch",
-                manifest=manifest,
-            )
-        if manifest.manifest.leak_scan_strings == 0:
-            self._refuse_upload(
-                header,
-                InvalidRequestError("the upload's manifest records no leak scan"),
-                reason="manifest_no_scan",
-                manifest=manifest,
-            )
+        details = event_record(upload_committed(header, manifest)).details
+        refusal = manifest_refusal(self.manifest_policy, header, manifest, upload_details=details)
+        self._refuse(header, refusal, manifest)
+
+    def _check_compatible(self, project: ProjectSettings, header: UploadHeader) -> None:
+        """Refuse, before any byte is stored, a header that cannot be compared with the
+        project's schema or with what another member has already uploaded: the run would
+        only be refused later, after the whole transfer."""
+        refusal = compatibility_refusal(project, header, self._other_uploads(project, header))
+        if refusal is not None:
+            self._refuse_upload(header, refusal.error, reason=refusal.reason)
+
+    def _other_uploads(self, project: ProjectSettings, header: UploadHeader) -> list[UploadHeader]:
+        others = []
+        for party in project.members:
+            if party == header.party_id:
+                continue
+            record = self.storage.upload(project.project_id, party)
+            if record is not None and record.state is UploadState.COMPLETE:
+                others.append(record.header)
+        return others
 
     def _check_fresh_manifest(self, header: UploadHeader, manifest: SignedManifest | None) -> None:
         """For an upload not yet committed: the manifest's time is plausible (case 29) and
         its nonce has not vouched for a committed upload before (case 10)."""
         if manifest is None:
             return
-        policy = self.manifest_policy
-        lead = _created_at(manifest) - self._clock()
-        if lead > policy.max_future_seconds:
-            self._refuse_upload(
-                header,
-                InvalidRequestError(
-                    f"the upload's manifest was created {lead / 60:.0f} minutes ahead of the "
-                    "linkage unit's clock; check the party's clock (NTP), then encode again"
-                ),
-                reason="manifest_time",
-                manifest=manifest,
-            )
-        if -lead > policy.max_age_seconds:
-            self._refuse_upload(
-                header,
-                InvalidRequestError(
-                    f"the upload's manifest is {-lead / 86400:.0f} days old, more than the "
-                    f"linkage unit accepts ({policy.max_age_seconds / 86400:.0f}); encode "
-                    "again for a fresh manifest"
-                ),
-                reason="manifest_time",
-                manifest=manifest,
-            )
+        self._refuse(
+            header, freshness_refusal(self.manifest_policy, manifest, now=self._clock()), manifest
+        )
         self._check_nonce_unused(header, manifest)
 
     def _check_nonce_unused(self, header: UploadHeader, manifest: SignedManifest) -> None:
-        if self.storage.manifest_for_nonce(manifest.manifest.nonce) is not None:
-            self._refuse_upload(
-                header,
-                AlreadyExistsError(
-                    "the upload's manifest nonce has already vouched for a committed upload; "
-                    "a manifest vouches for one upload only: encode again for a fresh manifest"
-                ),
-                reason="manifest_nonce",
-                manifest=manifest,
-            )
+        vouched = self.storage.manifest_for_nonce(manifest.manifest.nonce)
+        self._refuse(header, nonce_refusal(vouched), manifest)
 
     def open_upload(
         self, caller: Caller, header: UploadHeader, manifest: SignedManifest | None = None
     ) -> UploadSession:
         """Begin or resume an upload. Release it with :meth:`UploadSession.close`."""
-        self._uploader(caller, header.project_id, header.party_id)
+        project = self._uploader(caller, header.project_id, header.party_id)
         self._check_manifest(header, manifest)
+        self._check_compatible(project, header)
         if header.payload_bytes > self.limits.max_upload_bytes:
             raise ResourceLimitError(
                 f"the payload ({header.payload_bytes} bytes) exceeds this linkage unit's "
                 f"upload cap of {self.limits.max_upload_bytes} bytes; ask the operator"
             )
-        key = (header.project_id, header.party_id)
-        with self._lock:
-            if key in self._active_uploads:
-                raise PreconditionError("an upload for this party is already in progress")
-            self._active_uploads.add(key)
+        claim = self._uploads.claim(header)
         try:
+            self.retention.settle(header.project_id, header.party_id)
             self._authenticated(caller, header.project_id)
             record = self.storage.upload(header.project_id, header.party_id)
-            if (
-                record is not None
-                and record.header == header
-                and record.state
-                in (
-                    UploadState.PARTIAL,
-                    UploadState.COMPLETE,
-                )
-            ):
+            resumable = (UploadState.PARTIAL, UploadState.COMPLETE)
+            if record is not None and record.header == header and record.state in resumable:
                 if record.state is UploadState.PARTIAL:
                     self._check_fresh_manifest(header, manifest)
                     self.storage.check_free_space(header.payload_bytes - record.committed_bytes)
@@ -442,13 +415,11 @@ class LinkageService:
                     recorded = self.storage.manifest_for_nonce(manifest.manifest.nonce)
                     if recorded is not None and recorded != manifest.manifest.sha256:
                         self._check_nonce_unused(header, manifest)
-                return UploadSession(
-                    self, header, committed=record.committed_bytes, manifest=manifest
-                )
+                return self._session(claim, header, record.committed_bytes, manifest)
             # Before anything held is superseded or replaced: a refused manifest changes nothing.
             self._check_fresh_manifest(header, manifest)
             if record is not None and record.state is UploadState.PARTIAL:
-                self._discard(header.project_id, record.header, reason="superseded")
+                self.discard_upload(record.header, reason=DeletionReason.SUPERSEDED)
             elif record is not None:
                 latest = self.storage.latest_run(header.project_id)
                 replaceable = (
@@ -460,31 +431,69 @@ class LinkageService:
                     raise AlreadyExistsError(
                         "this party has already uploaded a different payload to this project"
                     )
-                self.runs.delete_payloads(
-                    header.project_id, {header.party_id: record.header}, reason="replaced"
+                self.retention.retire_payload(
+                    header.project_id, record.header, reason=DeletionReason.REPLACED, partial=False
                 )
             self.storage.check_free_space(header.payload_bytes)
             self.storage.begin_upload(header)
-            return UploadSession(self, header, committed=0, manifest=manifest)
+            return self._session(claim, header, 0, manifest)
         except BaseException:
-            self._release(key)
+            claim.release()
             raise
 
-    def _release(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._active_uploads.discard(key)
-
-    def _discard(self, project_id: str, header: UploadHeader, *, reason: str) -> None:
-        self.storage.discard_upload(project_id, header.party_id)
-        self.audit.append(
-            "payload_deleted",
-            project_id=project_id,
-            details={
-                "party": header.party_id,
-                "payload_sha256": header.payload_sha256.hex(),
-                "reason": reason,
-            },
+    def _session(
+        self,
+        claim: UploadClaim,
+        header: UploadHeader,
+        committed: int,
+        manifest: SignedManifest | None,
+    ) -> UploadSession:
+        return UploadSession(
+            owner=self,
+            storage=self.storage,
+            limits=self.limits,
+            claim=claim,
+            header=header,
+            committed=committed,
+            manifest=manifest,
         )
+
+    def commit_upload(self, header: UploadHeader, manifest: SignedManifest | None) -> None:
+        """Every byte of an upload is here: check its nonce is still unused, verify its
+        digest, log ``upload_committed`` and publish it (in that order: a failed append
+        leaves it PARTIAL with all its bytes); a digest mismatch deletes its bytes. Then
+        start the run if every member has uploaded and the project runs by itself."""
+        committed = upload_committed(header, manifest)
+        with self._commit_lock:
+            if manifest is not None:
+                self._check_nonce_unused(header, manifest)  # another stream may have won
+            try:
+                self.storage.complete_upload(
+                    header.project_id,
+                    header.party_id,
+                    before_publish=lambda: self.audit.append(committed),
+                    manifest_nonce=manifest.manifest.nonce if manifest else b"",
+                    manifest_sha256=manifest.manifest.sha256 if manifest else "",
+                )
+            except InvalidRequestError:
+                self.discard_upload(header, reason=DeletionReason.DIGEST_MISMATCH)
+                raise
+        logger.info(
+            "upload committed project=%s party=%s records=%d",
+            header.project_id,
+            header.party_id,
+            header.record_count,
+        )
+        self._start_if_ready(header.project_id)
+
+    def discard_upload(self, header: UploadHeader, *, reason: DeletionReason) -> None:
+        """Delete an upload that was never committed (its partial bytes), audited."""
+        self.retention.retire_payload(header.project_id, header, reason=reason, partial=True)
+
+    def _start_if_ready(self, project_id: str) -> None:
+        project = self.storage.project(project_id)
+        if project is not None and project.auto_run:
+            self.runs.start(project_id, automatic=True)
 
     # -- link keys ----------------------------------------------------------------------
 
@@ -492,7 +501,7 @@ class LinkageService:
         self, caller: Caller, project_id: str, party_id: str
     ) -> Iterator[LinkKeyBatch]:
         """The caller's own link keys in release order; anything else is NOT_FOUND."""
-        self._require(caller, Role.PARTY)
+        require_role(caller.identity, Operation.FETCH_LINK_KEYS)
         project = self.storage.project(project_id)
         if (
             project is None
@@ -500,15 +509,12 @@ class LinkageService:
             or party_id != caller.identity.party
         ):
             # Audited for the auditor (case 16); the caller sees only "not found".
-            self.audit.append(
-                "access_refused",
-                project_id=project_id if project is not None else None,
-                details={
-                    "party": caller.identity.party or "",
-                    "requested_project": project_id,
-                    "requested_party": party_id,
-                    "certificate_fingerprint": caller.certificate_fingerprint,
-                },
+            self._refuse_access(
+                caller,
+                project_id,
+                exists=project is not None,
+                call=Operation.FETCH_LINK_KEYS,
+                requested_party=party_id,
             )
             raise NotFoundError(_NO_KEYS)
         key_set = self.storage.key_set(project_id, party_id)
@@ -516,13 +522,13 @@ class LinkageService:
             raise PreconditionError("the project's run has not finished; see project status")
         self._authenticated(caller, project_id)
         self.audit.append(
-            "keys_released",
-            project_id=project_id,
-            details={
-                "party": party_id,
-                "key_count": key_set.key_count,
-                "keys_sha256": key_set.keys_sha256,
-            },
+            KeysReleased(
+                project_id=project_id,
+                party=party_id,
+                run_id=key_set.run_id,
+                key_count=key_set.key_count,
+                keys_sha256=key_set.keys_sha256,
+            )
         )
         logger.info(
             "link keys released project=%s party=%s keys=%d",
@@ -532,19 +538,9 @@ class LinkageService:
         )
         fetched = self.storage.record_key_release(project_id, party_id)
         if project.retention_days > 0 and fetched >= set(project.members):
-            self._delete_released(project_id)
+            # Every member has its keys: the CLKs have served their purpose (retention).
+            self.retention.retire_due()
         return self._key_batches(project_id, party_id, key_set.key_count, key_set.keys_sha256)
-
-    def _delete_released(self, project_id: str) -> None:
-        """Every member has its keys: the CLKs have served their purpose (retention)."""
-        headers = {}
-        project = self.storage.project(project_id)
-        assert project is not None
-        for party in project.members:
-            record = self.storage.upload(project_id, party)
-            if record is not None and record.state is UploadState.COMPLETE:
-                headers[party] = record.header
-        self.runs.delete_payloads(project_id, headers, reason="keys-released")
 
     # -- audit --------------------------------------------------------------------------
 
@@ -554,24 +550,26 @@ class LinkageService:
 
     def project_settings(self, caller: Caller, project_id: str) -> ProjectSettings:
         """A project's settings, for the operator, auditors and its members."""
-        return self._visible_project(caller, project_id)
+        return self._visible_project(caller, project_id, call=Operation.GET_PROJECT_SETTINGS)
 
-    def audit_lines(self, caller: Caller, project_id: str | None) -> tuple[list[bytes], bytes]:
-        """The audit log's lines and a signed head covering them.
+    def audit_lines(self, caller: Caller, project_id: str | None) -> AuditExport:
+        """The audit log as the caller may read it, streamed, and a signed head covering it.
 
-        The operator and auditors may read the whole log or one project's view; a member
-        party only its own project's view (other projects' entries redacted to hash and
-        signature). A non-member is told the project does not exist.
+        The operator and auditors may read the whole log or one project's view (that
+        project's entries in full, every other entry as a stub). A member party may read
+        only its own project's view, in which the other parties' figures are withheld
+        (``protocol.audit.withheld_from``). A non-member is told the project does not exist.
         """
-        self._require(caller, Role.OPERATOR, Role.AUDITOR, Role.PARTY)
+        require_role(caller.identity, Operation.FETCH_AUDIT_LOG)
         if project_id is None:
             if caller.identity.role is Role.PARTY:
                 raise PermissionDeniedError(
                     "a party may read only its own project's audit entries; give the project id"
                 )
         else:
-            self._visible_project(caller, project_id)
-        return self._reader().export_lines(project_id)
+            self._visible_project(caller, project_id, call=Operation.FETCH_AUDIT_LOG)
+        viewer = caller.identity.party if caller.identity.role is Role.PARTY else None
+        return self._reader().export(project_id, viewer=viewer)
 
     def _reader(self) -> AuditReader:
         if self.audit_reader is None:
@@ -582,130 +580,15 @@ class LinkageService:
         self, project_id: str, party_id: str, total: int, digest: str
     ) -> Iterator[LinkKeyBatch]:
         sent = 0
-        for positions, keys in self.storage.iter_link_keys(
+        for rows in self.storage.iter_link_keys(
             project_id, party_id, batch_size=self.limits.chunk_batch_size
         ):
-            sent += len(keys)
+            sent += len(rows.link_keys)
             yield LinkKeyBatch(
-                positions=tuple(positions),
-                link_keys=tuple(keys),
+                positions=tuple(rows.positions),
+                link_keys=tuple(rows.link_keys),
                 total_count=total,
                 keys_sha256=digest if sent == total else "",
             )
         if total == 0:
             yield LinkKeyBatch(positions=(), link_keys=(), total_count=0, keys_sha256=digest)
-
-
-class UploadSession:
-    """One upload stream: accepts chunks, appends them durably, completes the upload."""
-
-    def __init__(
-        self,
-        service: LinkageService,
-        header: UploadHeader,
-        *,
-        committed: int,
-        manifest: SignedManifest | None = None,
-    ) -> None:
-        self._service = service
-        self.header = header
-        self.manifest = manifest
-        self.committed = committed
-        self._received = 0
-        self._closed = False
-
-    @property
-    def progress(self) -> UploadProgress:
-        record = self._service.storage.upload(self.header.project_id, self.header.party_id)
-        state = record.state if record else UploadState.NOT_STARTED
-        return UploadProgress(
-            committed_bytes=self.committed, payload_bytes=self.header.payload_bytes, state=state
-        )
-
-    def accept(self, chunk: UploadChunk) -> None:
-        """Append a chunk at the committed offset; an already-committed chunk is ignored."""
-        service = self._service
-        self._received += max(len(chunk.data), _MIN_CHARGE)
-        if self._received > service.limits.max_upload_bytes:
-            if self.progress.state is UploadState.PARTIAL:
-                service._discard(self.header.project_id, self.header, reason="stream_cap")
-            raise ResourceLimitError(
-                "this upload stream carried more bytes than the linkage unit's upload cap "
-                f"({service.limits.max_upload_bytes}); its partial data was deleted"
-            )
-        if hashlib.sha256(chunk.data).digest() != chunk.chunk_sha256:
-            raise InvalidRequestError(
-                f"the chunk at offset {chunk.offset} does not match its SHA-256 (corrupted in "
-                f"transit); resend from offset {self.committed}"
-            )
-        end = chunk.offset + len(chunk.data)
-        if end > self.header.payload_bytes:
-            raise InvalidRequestError(
-                f"the chunk at offset {chunk.offset} runs past the {self.header.payload_bytes} "
-                "payload bytes the header promises"
-            )
-        if chunk.offset > self.committed:
-            raise InvalidRequestError(
-                f"chunk offset {chunk.offset} leaves a gap; the next expected offset is "
-                f"{self.committed}"
-            )
-        if end <= self.committed:
-            return  # a resend of committed bytes: harmless
-        tail = chunk.data[self.committed - chunk.offset :]
-        self.committed = service.storage.append(
-            self.header.project_id, self.header.party_id, committed=self.committed, data=tail
-        )
-
-    def finish(self) -> UploadProgress:
-        """End of stream: complete the upload if every byte is here, else report progress."""
-        service, header = self._service, self.header
-        record = service.storage.upload(header.project_id, header.party_id)
-        assert record is not None
-        if record.state is UploadState.COMPLETE or self.committed < header.payload_bytes:
-            return self.progress
-        details: dict[str, str | int] = {
-            "party": header.party_id,
-            "record_count": header.record_count,
-            "clk_bits": header.clk_bits,
-            "payload_sha256": header.payload_sha256.hex(),
-            "schema_fingerprint": header.schema_fingerprint.hex(),
-            "kcv": header.kcv.hex(),
-        }
-        manifest = self.manifest
-        if manifest is not None:
-            details["manifest_sha256"] = manifest.manifest.sha256
-
-        def record_commit() -> None:
-            # Durable in the log before the upload counts (a full disk leaves it PARTIAL).
-            service.audit.append("upload_committed", project_id=header.project_id, details=details)
-
-        with service._commit_lock:
-            if manifest is not None:
-                service._check_nonce_unused(header, manifest)  # another stream may have won
-            try:
-                service.storage.complete_upload(
-                    header.project_id,
-                    header.party_id,
-                    before_publish=record_commit,
-                    manifest_nonce=manifest.manifest.nonce if manifest else b"",
-                    manifest_sha256=manifest.manifest.sha256 if manifest else "",
-                )
-            except InvalidRequestError:
-                service._discard(header.project_id, header, reason="digest_mismatch")
-                raise
-        logger.info(
-            "upload committed project=%s party=%s records=%d",
-            header.project_id,
-            header.party_id,
-            header.record_count,
-        )
-        project = service.storage.project(header.project_id)
-        assert project is not None
-        if project.auto_run:
-            service.runs.start(header.project_id, automatic=True)
-        return self.progress
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._service._release((self.header.project_id, self.header.party_id))

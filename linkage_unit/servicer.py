@@ -8,23 +8,23 @@ traceback (never a payload) and returned as INTERNAL with a generic message.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
-import time
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import NoReturn, TypeVar
 
 import grpc
 
+from linkage_unit.admission import Operation
 from linkage_unit.service import Caller, LinkageService
+from linkage_unit.watchdog import StreamWatchdog, WatchedStream
 from protocol import serde
-from protocol.certificates import certificate_fingerprint
 from protocol.errors import (
     AlreadyExistsError,
     CompatibilityError,
     ConfigurationError,
     InvalidRequestError,
-    MatchingError,
     NotFoundError,
     PermissionDeniedError,
     PreconditionError,
@@ -33,8 +33,7 @@ from protocol.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from protocol.identity import URI_PREFIX, Identity
-from protocol.messages import LinkKeyBatch
+from protocol.identity import Identity, identity_from_certificate
 from protocol.pb import linkage_pb2 as pb
 from protocol.pb import linkage_pb2_grpc as pb_grpc
 from protocol.serde import (
@@ -43,12 +42,15 @@ from protocol.serde import (
     IDENTITY_METADATA_KEY,
     PARTY_METADATA_KEY,
 )
+from protocol.tls import certificate_fingerprint
 
 __all__ = [
+    "Abort",
     "ERROR_METADATA_KEY",
     "IDENTITY_METADATA_KEY",
     "STATUS_FOR_ERROR",
     "LinkageUnitServicer",
+    "abort_for",
     "status_for_error",
 ]
 
@@ -72,6 +74,7 @@ _AUDIT_BATCH_BYTES = 1 << 20  # well under the default 4 MiB message cap
 _INTERNAL_MESSAGE = "the linkage unit failed unexpectedly; the operator's log has the details"
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def status_for_error(error: ServiceError) -> tuple[grpc.StatusCode, tuple[tuple[str, str], ...]]:
@@ -88,85 +91,45 @@ def status_for_error(error: ServiceError) -> tuple[grpc.StatusCode, tuple[tuple[
     return grpc.StatusCode.INTERNAL, ()
 
 
-class _Abort(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str, metadata: tuple[tuple[str, str], ...]):
-        super().__init__(message)
-        self.code, self.message, self.metadata = code, message, metadata
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Abort:
+    """How a call that raised ends: its status code, message and trailing metadata."""
+
+    code: grpc.StatusCode
+    message: str
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
-def _translate(error: BaseException) -> _Abort:
+def abort_for(error: BaseException) -> Abort:
+    """The one translation of an exception into a status: a ServiceError through the table
+    (the caller's mistake or state, in its own words); anything else is the linkage unit's
+    fault, logged with its traceback (never a payload) and returned as INTERNAL with a fixed
+    message, whatever it says."""
     if isinstance(error, ServiceError):
         code, metadata = status_for_error(error)
-        return _Abort(code, error.message, metadata)
-    if isinstance(error, ConfigurationError | MatchingError):
-        # Validation of request values (labels, settings): the caller's mistake.
-        return _Abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            error.message,
-            ((ERROR_METADATA_KEY, InvalidRequestError.__name__),),
-        )
+        return Abort(code=code, message=error.message, metadata=metadata)
     logger.error("unexpected %s in a request handler", type(error).__name__, exc_info=error)
-    return _Abort(grpc.StatusCode.INTERNAL, _INTERNAL_MESSAGE, ())
-
-
-class _StreamWatchdog:
-    """Cancels a client stream that sends nothing for ``idle_seconds`` or runs past
-    ``max_seconds``: grpcio has no server-side stream timeout, and a slow-loris stream would
-    otherwise hold a worker thread for as long as its client likes."""
-
-    def __init__(
-        self, context: grpc.ServicerContext, *, idle_seconds: float, max_seconds: float
-    ) -> None:
-        self._context = context
-        self._idle = idle_seconds
-        self._end = time.monotonic() + max_seconds
-        self._last = time.monotonic()
-        self._done = threading.Event()
-        self.expired = False
-        threading.Thread(target=self._watch, name="stream-watchdog", daemon=True).start()
-
-    def _watch(self) -> None:
-        while not self._done.wait(
-            max(0.0, min(self._last + self._idle, self._end) - time.monotonic())
-        ):
-            now = time.monotonic()
-            if now >= self._last + self._idle or now >= self._end:
-                self.expired = True
-                self._context.cancel()
-                return
-
-    def watched(self, messages: Iterator[T]) -> Iterator[T]:
-        try:
-            for message in messages:
-                self._last = time.monotonic()
-                yield message
-        except grpc.RpcError:
-            if self.expired:
-                raise UnavailableError(
-                    f"the upload stream was idle for {self._idle:.0f}s or exceeded its maximum "
-                    "duration and was cut; resume the upload"
-                ) from None
-            raise
-
-    def stop(self) -> None:
-        self._done.set()
+    return Abort(code=grpc.StatusCode.INTERNAL, message=_INTERNAL_MESSAGE)
 
 
 class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
-    """Translates between gRPC and :class:`LinkageService`; holds no logic of its own."""
+    """Translates between gRPC and :class:`LinkageService`; holds no logic of its own.
+
+    Every call is authenticated and admitted (role, stream slot, audit budget:
+    ``linkage_unit/admission.py``) before any request message is read, and every stream is
+    under the watchdog (``linkage_unit/watchdog.py``) for as long as it is open.
+    """
 
     def __init__(
         self,
         service: LinkageService,
         *,
         insecure: bool = False,
-        stream_idle_seconds: float = 120.0,
-        max_stream_seconds: float = 6 * 3600.0,
+        watchdog: StreamWatchdog | None = None,
     ) -> None:
         self._service = service
         self._insecure = insecure
-        self._stream_idle_seconds = stream_idle_seconds
-        self._max_stream_seconds = max_stream_seconds
+        self._watchdog = watchdog or StreamWatchdog(idle_seconds=120.0, max_seconds=6 * 3600.0)
 
     # -- identity -----------------------------------------------------------------------
 
@@ -180,32 +143,64 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
                 return Caller(identity=Identity.from_text(text), certificate_fingerprint="insecure")
             except ConfigurationError:
                 raise UnauthenticatedError("insecure mode: unrecognised identity") from None
-        # Fail closed: without a verified peer certificate there is no identity.
-        identities = context.peer_identities() or []
-        uris = [value for value in identities if value.startswith(URI_PREFIX.encode())]
-        if len(uris) != 1:
-            raise UnauthenticatedError(
-                "the client certificate carries no bloomlink identity (or more than one)"
-            )
-        try:
-            identity = Identity.from_uri(uris[0].decode("ascii"))
-        except (ConfigurationError, UnicodeDecodeError):
-            raise UnauthenticatedError(
-                "the client certificate's identity is not recognised"
-            ) from None
+        # Fail closed: without a verified peer certificate there is no identity. The role
+        # comes from the certificate's one bloomlink URI SAN only (protocol/identity.py),
+        # never from gRPC's peer identities, which fall back to the common name.
         pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
         if not pem:
             raise UnauthenticatedError("no verified client certificate on this connection")
+        identity = identity_from_certificate(pem)
         return Caller(identity=identity, certificate_fingerprint=certificate_fingerprint(pem))
 
-    def _call(self, context: grpc.ServicerContext, action: Callable[[Caller], T]) -> T:
-        try:
-            return action(self._caller(context))
-        except Exception as error:  # translated below, outside the handler's try
-            abort = _translate(error)
+    @staticmethod
+    def _abort(context: grpc.ServicerContext, error: BaseException) -> NoReturn:
+        abort = abort_for(error)
         context.set_trailing_metadata(abort.metadata)
         context.abort(abort.code, abort.message)
         raise AssertionError("unreachable")  # context.abort raises
+
+    def _call(
+        self, context: grpc.ServicerContext, operation: Operation, action: Callable[[Caller], T]
+    ) -> T:
+        """A unary call (or a client stream): authenticate, admit, act, translate errors."""
+        try:
+            caller = self._caller(context)
+            with self._service.admit(caller, operation, stream=operation is Operation.UPLOAD):
+                return action(caller)
+        except Exception as error:  # translated below, outside the handler's try
+            failure = error
+        self._abort(context, failure)
+
+    def _stream(
+        self,
+        context: grpc.ServicerContext,
+        operation: Operation,
+        produce: Callable[[Caller], Iterator[R]],
+    ) -> Iterator[R]:
+        """A server stream: admitted and watched for its whole life. The first item is made
+        before anything is sent, so every check has run by then; each item the client takes
+        (the generator resumes once gRPC has sent the previous one) counts as progress."""
+        with contextlib.ExitStack() as held:
+            try:
+                caller = self._caller(context)
+                held.enter_context(self._service.admit(caller, operation, stream=True))
+                watched = self._watchdog.watch(context.cancel)
+                held.callback(watched.close)
+                items = produce(caller)
+                first = next(items)
+            except Exception as error:
+                self._abort(context, error)
+            yield first
+            watched.progress()
+            while True:
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                except Exception as error:
+                    self._abort(context, error)
+                yield item
+                watched.progress()
 
     # -- RPCs ---------------------------------------------------------------------------
 
@@ -219,7 +214,7 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
                 project_id=settings.project_id, settings_fingerprint=fingerprint
             )
 
-        return self._call(context, action)
+        return self._call(context, Operation.CREATE_PROJECT, action)
 
     def GetProjectStatus(
         self, request: pb.GetProjectStatusRequest, context: grpc.ServicerContext
@@ -229,17 +224,20 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
             project_id = serde.label_from_proto(request.project_id, what="project id")
             return serde.project_status_to_proto(self._service.project_status(caller, project_id))
 
-        return self._call(context, action)
+        return self._call(context, Operation.GET_PROJECT_STATUS, action)
 
     def Upload(
         self, request_iterator: Iterator[pb.UploadRequest], context: grpc.ServicerContext
     ) -> pb.UploadResponse:
-        watchdog = _StreamWatchdog(
-            context, idle_seconds=self._stream_idle_seconds, max_seconds=self._max_stream_seconds
-        )
-        messages = watchdog.watched(request_iterator)
-
         def action(caller: Caller) -> pb.UploadResponse:
+            # Admitted (role and stream slot) before the first message is read.
+            watched = self._watchdog.watch(context.cancel)
+            try:
+                return upload(caller, _progressing(request_iterator, watched))
+            finally:
+                watched.close()
+
+        def upload(caller: Caller, messages: Iterator[pb.UploadRequest]) -> pb.UploadResponse:
             first = next(messages, None)
             if first is None or first.WhichOneof("part") != "header":
                 raise InvalidRequestError("an upload must start with its header message")
@@ -260,10 +258,7 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
                 session.close()
             return serde.upload_progress_to_proto(progress, pb.UploadResponse)
 
-        try:
-            return self._call(context, action)
-        finally:
-            watchdog.stop()
+        return self._call(context, Operation.UPLOAD, action)
 
     def GetUploadOffset(
         self, request: pb.GetUploadOffsetRequest, context: grpc.ServicerContext
@@ -278,7 +273,7 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
             )
             return serde.upload_progress_to_proto(progress, pb.GetUploadOffsetResponse)
 
-        return self._call(context, action)
+        return self._call(context, Operation.GET_UPLOAD_OFFSET, action)
 
     def StartRun(
         self, request: pb.StartRunRequest, context: grpc.ServicerContext
@@ -288,7 +283,7 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
             project_id = serde.label_from_proto(request.project_id, what="project id")
             return serde.run_ticket_to_proto(self._service.start_run(caller, project_id))
 
-        return self._call(context, action)
+        return self._call(context, Operation.START_RUN, action)
 
     def GetAuditPublicKey(
         self, request: pb.GetAuditPublicKeyRequest, context: grpc.ServicerContext
@@ -299,60 +294,78 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
                 public_key_pem=self._service.audit_public_key(caller)
             )
 
-        return self._call(context, action)
+        return self._call(context, Operation.GET_AUDIT_PUBLIC_KEY, action)
 
     def GetProjectSettings(
         self, request: pb.GetProjectSettingsRequest, context: grpc.ServicerContext
-    ) -> pb.CreateProjectRequest:
-        def action(caller: Caller) -> pb.CreateProjectRequest:
+    ) -> pb.GetProjectSettingsResponse:
+        def action(caller: Caller) -> pb.GetProjectSettingsResponse:
             serde.check_no_unknown_fields(request)
             project_id = serde.label_from_proto(request.project_id, what="project id")
             settings = self._service.project_settings(caller, project_id)
-            return serde.project_settings_to_proto(settings)
+            return pb.GetProjectSettingsResponse(
+                settings=serde.project_settings_to_proto(settings),
+                settings_fingerprint=settings.fingerprint,
+            )
 
-        return self._call(context, action)
+        return self._call(context, Operation.GET_PROJECT_SETTINGS, action)
 
     def FetchAuditLog(
         self, request: pb.FetchAuditLogRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.FetchAuditLogResponse]:
-        def action(caller: Caller) -> tuple[list[bytes], bytes]:
+        def produce(caller: Caller) -> Iterator[pb.FetchAuditLogResponse]:
             serde.check_no_unknown_fields(request)
             project_id = (
                 serde.label_from_proto(request.project_id, what="project id")
                 if request.project_id
                 else None
             )
-            return self._service.audit_lines(caller, project_id)
+            export = self._service.audit_lines(caller, project_id)
+            return _audit_batches(export.lines, export.head)
 
-        lines, head = self._call(context, action)
-        batch: list[bytes] = []
-        size = 0
-        for line in lines:
-            if batch and size + len(line) > _AUDIT_BATCH_BYTES:
-                yield pb.FetchAuditLogResponse(lines=batch)
-                batch, size = [], 0
-            batch.append(line)
-            size += len(line)
-        yield pb.FetchAuditLogResponse(lines=batch, signed_head=head)
+        return self._stream(context, Operation.FETCH_AUDIT_LOG, produce)
 
     def FetchLinkKeys(
         self, request: pb.FetchLinkKeysRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.FetchLinkKeysResponse]:
-        def action(caller: Caller) -> tuple[LinkKeyBatch, Iterator[LinkKeyBatch]]:
+        def produce(caller: Caller) -> Iterator[pb.FetchLinkKeysResponse]:
             serde.check_no_unknown_fields(request)
             batches = self._service.fetch_link_keys(
                 caller,
                 serde.label_from_proto(request.project_id, what="project id"),
                 serde.label_from_proto(request.party_id, what="party id"),
             )
-            return next(batches), batches  # every check has run before anything is sent
+            return (serde.link_key_batch_to_proto(batch) for batch in batches)
 
-        first, rest = self._call(context, action)
-        yield serde.link_key_batch_to_proto(first)
-        try:
-            for batch in rest:
-                yield serde.link_key_batch_to_proto(batch)
-        except Exception as error:
-            abort = _translate(error)
-            context.set_trailing_metadata(abort.metadata)
-            context.abort(abort.code, abort.message)
+        return self._stream(context, Operation.FETCH_LINK_KEYS, produce)
+
+
+def _progressing(
+    messages: Iterator[pb.UploadRequest], watched: WatchedStream
+) -> Iterator[pb.UploadRequest]:
+    """The upload's messages, telling the watchdog about progress: the header and chunks
+    that carry bytes. An empty chunk is not progress, so a trickle of them is cut as idle."""
+    try:
+        for message in messages:
+            if message.WhichOneof("part") != "chunk" or message.chunk.data:
+                watched.progress()
+            yield message
+    except grpc.RpcError:
+        if watched.expired:
+            raise UnavailableError(
+                "the upload stream made no progress for too long or exceeded its maximum "
+                "duration and was cut; resume the upload"
+            ) from None
+        raise
+
+
+def _audit_batches(lines: Iterable[bytes], head: bytes) -> Iterator[pb.FetchAuditLogResponse]:
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        if batch and size + len(line) > _AUDIT_BATCH_BYTES:
+            yield pb.FetchAuditLogResponse(lines=batch)
+            batch, size = [], 0
+        batch.append(line)
+        size += len(line)
+    yield pb.FetchAuditLogResponse(lines=batch, signed_head=head)

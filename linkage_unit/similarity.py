@@ -1,31 +1,38 @@
 """Similarity: the compare stage of matching (block -> **compare** -> solve).
 
-Dice similarity between packed CLKs, ``dice(a, b) = 2 |a & b| / (|a| + |b|)``, keeping only
-the candidate pairs at or above a threshold, as compact arrays.
+Dice similarity between packed CLKs, ``dice(a, b) = 2 |a & b| / (|a| + |b|)``, or Hamming
+similarity ``1 - |a ^ b| / bits`` (for hardened, diffused encodings), keeping only the
+candidate pairs at or above a threshold, as compact arrays.
 
 The threshold rule (exact and the same everywhere, including the slow reference): a pair is
-kept iff ``2 * shared >= float64(threshold) * (|a| + |b|)``, the right side evaluated as one
-IEEE float64 product. It is turned into an integer table ``required_shared[total]`` (the least
-``shared`` that passes for each ``total = |a| + |b|``), so the kernel tests integers only. Two
-empty CLKs (``total == 0``) never match: their Dice is defined as 0.
+kept iff ``2 * shared >= float64(threshold) * (|a| + |b|)`` (Dice) or
+``bits - hamming >= float64(threshold) * bits`` (Hamming), the right side evaluated as one
+IEEE float64 product. Since ``hamming = |a| + |b| - 2 * shared``, both are turned into one
+integer table ``required_shared[total]`` (the least ``shared`` that passes for each
+``total = |a| + |b|``), so the kernels test integers only. Two empty CLKs (``total == 0``)
+never match under either measure: their Dice is defined as 0, and two all-zero encodings
+carry no evidence.
 
-Scores are reported as float32 of the float64 quotient. For CLKs up to 2048 bits distinct Dice
-values stay distinct and in order in float32 (fractions with denominators <= 4096 differ by more
-than float32's spacing below 1); the threshold test never looks at the float32 score.
+Scores are reported as float32 of the float64 value. For CLKs up to 2048 bits distinct
+scores stay distinct and in order in float32 (fractions with denominators <= 4096 differ by
+more than float32's spacing below 1); the threshold test never looks at the float32 score.
 
-The kernel is word-major: the right side is transposed to ``(words, records)`` so the inner
-loop runs over records and LLVM vectorises it to hardware popcount (``vpopcntq`` on AVX-512
-VPOPCNTDQ CPUs). The right side is sorted by popcount so each column tile has a narrow popcount
-range, and a (row, tile) is skipped when no pair in it can reach the threshold. Rows are split
-into chunks run on a thread pool; the numba functions release the GIL.
+The kernels are in ``kernels.py``: one variant per CPU family (AVX-512 VPOPCNTDQ, AVX2,
+scalar POPCNT, generic), chosen at run time from the CPU's features (:func:`kernel_path`
+says which), all giving exactly the same pairs. Rows are split into chunks run on a thread
+pool; the numba functions release the GIL.
+
+:func:`group_counts` gives, for given pairs, shared bits and popcounts per field group of a
+several-group encoding (``protocol/clk_layout.py``), for per-group similarity vectors.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, cast
 
 import numba
@@ -34,27 +41,44 @@ import numpy.typing as npt
 from numba import types
 from numba.extending import intrinsic
 
+from linkage_unit import kernels
+from linkage_unit.kernels import KernelPath, kernel_path
 from protocol.errors import MatchingError
 
 __all__ = [
     "DEFAULT_MAX_CANDIDATE_PAIRS",
     "CandidatePairs",
+    "GroupCounts",
+    "KernelPath",
+    "SimilarityMeasure",
     "best_scores",
     "candidate_pairs",
     "candidate_pairs_within",
     "default_workers",
+    "group_counts",
+    "kernel_path",
     "popcounts",
+    "reference_best_scores",
     "reference_candidate_pairs",
+    "reference_group_counts",
     "required_shared",
 ]
 
 DEFAULT_MAX_CANDIDATE_PAIRS = 200_000_000
 """At 12 bytes a pair, about 2.2 GiB: a run that would keep more stops with MatchingError."""
 
-_TILE_COLUMNS = 4096  # 16 words x 4096 x 8 bytes = 512 KiB of right side: stays in L2
 _MAX_CHUNK_ROWS = 256
-_INITIAL_CAPACITY = 2 * _TILE_COLUMNS  # a buffer must hold one (row, tile)
+# A buffer must hold one (row block, tile): 4 rows x (a tile plus one vector).
+_INITIAL_CAPACITY = 2 * kernels.ROWS_PER_BLOCK * (kernels.TILE_COLUMNS + 8)
 _MAX_CAPACITY = 1 << 22
+
+
+class SimilarityMeasure(StrEnum):
+    """How a pair is scored: Dice on set bits, or Hamming on all bits (diffused encodings)."""
+
+    DICE = "dice"
+    HAMMING = "hamming"
+
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -119,16 +143,25 @@ def popcounts(clks: npt.NDArray[np.uint64]) -> npt.NDArray[np.int32]:
     return counts
 
 
-def required_shared(threshold: float, clk_bits: int) -> npt.NDArray[np.int32]:
+def required_shared(
+    threshold: float, clk_bits: int, measure: SimilarityMeasure = SimilarityMeasure.DICE
+) -> npt.NDArray[np.int32]:
     """``table[total]``: least shared bit count that keeps a pair with ``|a| + |b| == total``.
 
-    Encodes the module's rule ``2 * shared >= float64(threshold) * total``; ``table[0]`` is
+    Encodes the module's rule: ``2 * shared >= float64(threshold) * total`` for Dice, and for
+    Hamming ``clk_bits - (total - 2 * shared) >= float64(threshold) * clk_bits``, whose left
+    side is an integer, so it holds iff it is >= the product rounded up. ``table[0]`` is
     unreachable so that two empty CLKs never match.
     """
-    totals = np.arange(2 * clk_bits + 1, dtype=np.float64)
-    table = np.ceil(np.float64(check_threshold(threshold)) * totals / 2.0).astype(np.int32)
+    value = np.float64(check_threshold(threshold))
+    totals = np.arange(2 * clk_bits + 1, dtype=np.int64)
+    if SimilarityMeasure(measure) is SimilarityMeasure.DICE:
+        table = np.ceil(value * totals.astype(np.float64) / 2.0).astype(np.int64)
+    else:
+        least_agreeing = int(np.ceil(value * np.float64(clk_bits)))
+        table = np.maximum(0, -((clk_bits - least_agreeing - totals) // 2))
     table[0] = clk_bits + 1
-    return table
+    return table.astype(np.int32)
 
 
 @intrinsic
@@ -154,9 +187,10 @@ def _add_shared_bits(  # pragma: no cover - compiled
     stop: int,
     acc: npt.NDArray[np.uint64],
 ) -> None:
-    """``acc[j] = popcount(row & right column first + j)`` for columns [first, stop): the one
-    hot loop every Dice kernel shares. Word-major so LLVM vectorises the popcounts; eight
-    words a pass halves the accumulator's loads and stores against four (sixteen spills)."""
+    """``acc[j] = popcount(row & right column first + j)`` for columns [first, stop): one row
+    against a short run of columns, the blocking kernel's loop (blocks are too small and
+    scattered for the row-block kernels of ``kernels.py``). Word-major so LLVM vectorises
+    the popcounts; eight words a pass halves the accumulator's loads and stores."""
     words = row_words.shape[0]
     width = stop - first
     for j in range(width):
@@ -196,86 +230,46 @@ def _add_shared_bits(  # pragma: no cover - compiled
             acc[j] += _popcount(a0 & r0[j])
 
 
-@numba.njit(nogil=True, cache=True)
-def _compare_chunk(  # pragma: no cover - compiled
-    left: npt.NDArray[np.uint64],
-    right_word_major: npt.NDArray[np.uint64],
-    left_counts: npt.NDArray[np.int32],
-    right_counts: npt.NDArray[np.int32],
-    required: npt.NDArray[np.int32],
-    tile_low: npt.NDArray[np.int32],
-    tile_high: npt.NDArray[np.int32],
-    row_start: int,
-    row_stop: int,
-    within: bool,
-    resume_tile: int,
-    resume_row: int,
-    out_rows: npt.NDArray[np.int32],
-    out_cols: npt.NDArray[np.int32],
-    out_shared: npt.NDArray[np.int32],
-) -> tuple[int, int, int, int]:
-    """Rows [row_start, row_stop) of ``left`` against every right column (only columns after
-    the row when ``within``), starting at (resume_tile, resume_row).
-
-    Writes kept pairs into the caller's buffers (capacity >= one tile width) and returns
-    (kept, compared, next_tile, next_row); next_tile == -1 when done. Stopping before a
-    (tile, row) that might not fit, instead of growing buffers here, keeps the hot loop free
-    of reallocation, which would stop LLVM from vectorising it."""
-    columns = right_word_major.shape[1]
-    capacity = out_rows.shape[0]
-    kept = 0
-    compared = 0
-    acc = np.empty(_TILE_COLUMNS, np.uint64)
-    tiles = (columns + _TILE_COLUMNS - 1) // _TILE_COLUMNS
-    for tile in range(resume_tile, tiles):
-        col0 = tile * _TILE_COLUMNS
-        col1 = min(columns, col0 + _TILE_COLUMNS)
-        low = tile_low[tile]
-        high = tile_high[tile]
-        first_row = resume_row if tile == resume_tile else row_start
-        for row in range(first_row, row_stop):
-            first = col0
-            if within:
-                first = max(col0, row + 1)
-                if first >= col1:
-                    continue
-            width = col1 - first
-            count_a = left_counts[row]
-            # Best case in this tile is the right popcount nearest count_a (exact bound).
-            nearest = min(max(count_a, low), high)
-            if min(count_a, nearest) < required[count_a + nearest]:
-                continue
-            if kept + width > capacity:
-                return kept, compared, tile, row
-            compared += width
-            # Necessary, as required is nondecreasing; unsigned so compares stay integer.
-            bound = np.uint64(required[count_a + low])
-            _add_shared_bits(left[row], right_word_major, first, col1, acc)
-            for j in range(width):
-                shared = acc[j]
-                if shared >= bound:
-                    column = first + j
-                    if shared >= np.uint64(required[count_a + right_counts[column]]):
-                        out_rows[kept] = row
-                        out_cols[kept] = column
-                        out_shared[kept] = shared
-                        kept += 1
-    return kept, compared, -1, -1
-
-
-def _tile_ranges(sorted_counts: npt.NDArray[np.int32]) -> tuple[npt.NDArray[np.int32], ...]:
-    starts = np.arange(0, len(sorted_counts), _TILE_COLUMNS)
-    if len(starts) == 0:
-        return np.empty(0, np.int32), np.empty(0, np.int32)
-    low = sorted_counts[starts]
-    high = sorted_counts[np.minimum(starts + _TILE_COLUMNS, len(sorted_counts)) - 1]
-    return low.astype(np.int32), high.astype(np.int32)
-
-
 def _scores(
-    shared: npt.NDArray[np.integer], totals: npt.NDArray[np.integer]
+    shared: npt.NDArray[np.integer],
+    totals: npt.NDArray[np.integer],
+    measure: SimilarityMeasure = SimilarityMeasure.DICE,
+    clk_bits: int = 0,
 ) -> npt.NDArray[np.float32]:
-    return (2.0 * shared.astype(np.float64) / totals.astype(np.float64)).astype(np.float32)
+    shared_bits = shared.astype(np.float64)
+    if measure is SimilarityMeasure.DICE:
+        return (2.0 * shared_bits / totals.astype(np.float64)).astype(np.float32)
+    hamming = totals.astype(np.float64) - 2.0 * shared_bits
+    return (1.0 - hamming / np.float64(clk_bits)).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _SortedRight:
+    """The right side in popcount order, as the kernels read it."""
+
+    order: npt.NDArray[np.int64]
+    counts: npt.NDArray[np.int32]
+    clks: npt.NDArray[np.uint64]
+    prepared: kernels.PreparedRight
+    tile_low: npt.NDArray[np.int32]
+    tile_high: npt.NDArray[np.int32]
+
+
+def _sort_right(path: KernelPath, right: npt.NDArray[np.uint64], split: int) -> _SortedRight:
+    # Sorted by popcount, each column tile spans a narrow popcount range: tighter bounds.
+    counts = popcounts(right)
+    order = np.argsort(counts, kind="stable").astype(np.int64)
+    sorted_counts = np.ascontiguousarray(counts[order])
+    sorted_clks = np.ascontiguousarray(right[order])
+    tile_low, tile_high = kernels.tile_ranges(sorted_counts)
+    return _SortedRight(
+        order=order,
+        counts=sorted_counts,
+        clks=sorted_clks,
+        prepared=kernels.prepare_right(path, sorted_clks, split),
+        tile_low=tile_low,
+        tile_high=tile_high,
+    )
 
 
 def _run(
@@ -287,8 +281,12 @@ def _run(
     workers: int | None,
     max_pairs: int,
     progress: ProgressCallback | None,
+    measure: SimilarityMeasure,
+    path: KernelPath | None,
 ) -> CandidatePairs:
     threshold = check_threshold(threshold)
+    measure = SimilarityMeasure(measure)
+    chosen = kernels.check_path(path)
     if max_pairs < 0:
         raise MatchingError("max_pairs must be >= 0")
     n_left, n_right = left.shape[0], right.shape[0]
@@ -297,37 +295,41 @@ def _run(
     if left.shape[1] != right.shape[1]:
         raise MatchingError("the two sides' CLKs have different lengths; they cannot be compared")
     words = left.shape[1]
-    required = required_shared(threshold, words * 64)
-    left_counts = popcounts(left)
-    right_counts_raw = popcounts(right)
-    # Sort the right side by popcount so each column tile spans a narrow popcount range.
-    order = np.argsort(right_counts_raw, kind="stable")
-    right_counts = np.ascontiguousarray(right_counts_raw[order])
-    right_word_major = np.ascontiguousarray(right[order].T)
+    clk_bits = words * 64
+    required = required_shared(threshold, clk_bits, measure)
+    split = kernels.split_word(words)
+    side = _sort_right(chosen, right, split)
     if within:
         # Same permutation on both sides keeps "row < column" meaning "pair counted once".
-        left = np.ascontiguousarray(left[order])
-        left_counts = right_counts
-    tile_low, tile_high = _tile_ranges(right_counts)
+        left = side.clks
+        left_counts = side.counts
+    else:
+        left_counts = popcounts(left)
+    left_packed = kernels.pack_left(chosen, left)
+    left_rest = kernels.rest_counts(left, split, n_left)
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise MatchingError("workers must be >= 1")
-    chunk = int(min(_MAX_CHUNK_ROWS, max(16, -(-n_left // (workers * 8)))))
-    bounds = [(start, min(n_left, start + chunk)) for start in range(0, n_left, chunk)]
+    rows_per_block = kernels.ROWS_PER_BLOCK
+    blocks = -(-n_left // rows_per_block)
+    chunk = int(min(_MAX_CHUNK_ROWS, max(16, -(-n_left // (workers * 8))))) // rows_per_block
+    bounds = [(start, min(blocks, start + chunk)) for start in range(0, blocks, chunk)]
 
     def task(bound: tuple[int, int]) -> tuple[npt.NDArray[np.int32], ...] | int:
         rows_parts, cols_parts, shared_parts = [], [], []
         compared_total = 0
         kept_total = 0
-        tile, row = 0, bound[0]
+        tile, block = 0, bound[0]
         capacity = _INITIAL_CAPACITY
         while tile >= 0:
             out_rows = np.empty(capacity, np.int32)
             out_cols = np.empty(capacity, np.int32)
             out_shared = np.empty(capacity, np.int32)
-            kept, compared, tile, row = _compare_chunk(
-                left, right_word_major, left_counts, right_counts, required, tile_low,
-                tile_high, bound[0], bound[1], within, tile, row, out_rows, out_cols, out_shared,
+            kept, compared, tile, block = kernels.compare_row_blocks(
+                chosen, left_packed, side.prepared.data, left_counts, side.counts, left_rest,
+                side.prepared.rest, required, side.tile_low, side.tile_high, n_left, n_right,
+                words, split, within, bound[0], bound[1], tile, block,
+                out_rows, out_cols, out_shared,
             )  # fmt: skip
             compared_total += compared
             kept_total += kept
@@ -358,13 +360,14 @@ def _run(
             total_kept += len(result[0])
             comparisons += int(result[3][0])
             if progress is not None:
-                progress(done * chunk if done < len(bounds) else n_left, n_left)
+                progress(min(n_left, done * chunk * rows_per_block), n_left)
     rows = np.concatenate([piece[0] for piece in pieces]).astype(np.int64)
     cols = np.concatenate([piece[1] for piece in pieces]).astype(np.int64)
     shared = np.concatenate([piece[2] for piece in pieces])
-    scores = _scores(shared, left_counts[rows].astype(np.int64) + right_counts[cols])
-    left_index = order[rows] if within else rows
-    right_index = order[cols]
+    totals = left_counts[rows].astype(np.int64) + side.counts[cols]
+    scores = _scores(shared, totals, measure, clk_bits)
+    left_index = side.order[rows] if within else rows
+    right_index = side.order[cols]
     if within:
         left_index, right_index = (
             np.minimum(left_index, right_index),
@@ -387,11 +390,15 @@ def candidate_pairs(
     workers: int | None = None,
     max_pairs: int = DEFAULT_MAX_CANDIDATE_PAIRS,
     progress: ProgressCallback | None = None,
+    measure: SimilarityMeasure = SimilarityMeasure.DICE,
+    path: KernelPath | None = None,
 ) -> CandidatePairs:
-    """Every (left, right) pair with Dice at or above ``threshold``, exhaustively.
+    """Every (left, right) pair scoring at or above ``threshold``, exhaustively.
 
-    Memory beyond the inputs is one transposed copy of ``right`` plus the kept pairs; more
-    than ``max_pairs`` kept pairs raises MatchingError instead of exhausting memory.
+    Memory beyond the inputs is one sorted, transposed copy of ``right`` (two for the AVX2
+    path's nibble planes) plus the kept pairs; more than ``max_pairs`` kept pairs raises
+    MatchingError instead of exhausting memory. ``path`` forces a kernel variant this CPU
+    supports (tests, benchmarks); None takes :func:`kernel_path`.
     """
     return _run(
         check_clks(left, name="left"),
@@ -401,6 +408,8 @@ def candidate_pairs(
         workers=workers,
         max_pairs=max_pairs,
         progress=progress,
+        measure=measure,
+        path=path,
     )
 
 
@@ -411,6 +420,8 @@ def candidate_pairs_within(
     workers: int | None = None,
     max_pairs: int = DEFAULT_MAX_CANDIDATE_PAIRS,
     progress: ProgressCallback | None = None,
+    measure: SimilarityMeasure = SimilarityMeasure.DICE,
+    path: KernelPath | None = None,
 ) -> CandidatePairs:
     """Every pair ``left < right`` within one party's CLKs at or above ``threshold``
     (for de-duplication)."""
@@ -423,46 +434,9 @@ def candidate_pairs_within(
         workers=workers,
         max_pairs=max_pairs,
         progress=progress,
+        measure=measure,
+        path=path,
     )
-
-
-@numba.njit(nogil=True, cache=True)
-def _best_chunk(  # pragma: no cover - compiled
-    left: npt.NDArray[np.uint64],
-    right_word_major: npt.NDArray[np.uint64],
-    left_counts: npt.NDArray[np.int32],
-    right_counts: npt.NDArray[np.int32],
-    tile_low: npt.NDArray[np.int32],
-    tile_high: npt.NDArray[np.int32],
-    excluded: npt.NDArray[np.int64],
-    out: npt.NDArray[np.float64],
-) -> None:
-    """Right side sorted by popcount, in tiles of _TILE_COLUMNS; a (row, tile) whose best
-    possible Dice (at the popcount nearest the row's) cannot beat the row's best so far is
-    skipped, which leaves every result unchanged."""
-    columns = right_word_major.shape[1]
-    acc = np.empty(_TILE_COLUMNS, np.uint64)
-    for tile in range((columns + _TILE_COLUMNS - 1) // _TILE_COLUMNS):
-        col0 = tile * _TILE_COLUMNS
-        width = min(_TILE_COLUMNS, columns - col0)
-        low = tile_low[tile]
-        high = tile_high[tile]
-        for row in range(left.shape[0]):
-            best = out[row]
-            count_a = left_counts[row]
-            nearest = min(max(count_a, low), high)
-            if count_a + nearest > 0:
-                bound = 2.0 * min(count_a, nearest) / (count_a + nearest)
-                if bound <= best:
-                    continue
-            _add_shared_bits(left[row], right_word_major, col0, col0 + width, acc)
-            for j in range(width):
-                total = count_a + right_counts[col0 + j]
-                if total > 0 and col0 + j != excluded[row]:
-                    score = 2.0 * np.float64(acc[j]) / total
-                    if score > best:
-                        best = score
-            out[row] = best
 
 
 def best_scores(
@@ -471,6 +445,7 @@ def best_scores(
     *,
     excluded: npt.ArrayLike | None = None,
     workers: int | None = None,
+    path: KernelPath | None = None,
 ) -> npt.NDArray[np.float64]:
     """Each left record's highest Dice against any right record (0 when ``right`` is empty).
 
@@ -482,41 +457,64 @@ def best_scores(
     """
     left_array = check_clks(left, name="left")
     right_array = check_clks(right, name="right")
-    out = np.zeros(left_array.shape[0], np.float64)
-    if left_array.shape[0] == 0 or right_array.shape[0] == 0:
+    chosen = kernels.check_path(path)
+    n_left = left_array.shape[0]
+    out = np.zeros(n_left, np.float64)
+    if n_left == 0 or right_array.shape[0] == 0:
         return out
     if left_array.shape[1] != right_array.shape[1]:
         raise MatchingError("the two sides' CLKs have different lengths; they cannot be compared")
-    left_counts = popcounts(left_array)
-    right_counts_raw = popcounts(right_array)
-    order = np.argsort(right_counts_raw, kind="stable")
-    right_counts = np.ascontiguousarray(right_counts_raw[order])
-    right_word_major = np.ascontiguousarray(right_array[order].T)
-    tile_low, tile_high = _tile_ranges(right_counts)
     skip = (
-        np.full(left_array.shape[0], -1, np.int64)
+        np.full(n_left, -1, np.int64)
         if excluded is None
         else np.ascontiguousarray(excluded, dtype=np.int64)
     )
-    if skip.shape != (left_array.shape[0],):
+    if skip.shape != (n_left,):
         raise MatchingError("excluded must hold one right position (or -1) per left record")
+    words = left_array.shape[1]
+    split = kernels.split_word(words)
+    side = _sort_right(chosen, right_array, split)
     # Excluded positions follow the right side into popcount order.
-    rank = np.empty(len(order), np.int64)
-    rank[order] = np.arange(len(order))
-    skip = np.where(skip >= 0, rank[np.clip(skip, 0, len(order) - 1)], -1)
+    rank = np.empty(len(side.order), np.int64)
+    rank[side.order] = np.arange(len(side.order))
+    skip = np.where(skip >= 0, rank[np.clip(skip, 0, len(side.order) - 1)], -1)
+    left_counts = popcounts(left_array)
+    left_packed = kernels.pack_left(chosen, left_array)
+    left_rest = kernels.rest_counts(left_array, split, n_left)
     workers = default_workers() if workers is None else workers
-    chunk = max(1, -(-left_array.shape[0] // (workers * 4)))
-    starts = range(0, left_array.shape[0], chunk)
+    if workers < 1:
+        raise MatchingError("workers must be >= 1")
+    blocks = -(-n_left // kernels.ROWS_PER_BLOCK)
+    chunk = max(1, -(-blocks // (workers * 4)))
 
     def task(start: int) -> None:
-        stop = min(left_array.shape[0], start + chunk)
-        _best_chunk(
-            left_array[start:stop], right_word_major, left_counts[start:stop], right_counts,
-            tile_low, tile_high, skip[start:stop], out[start:stop],
+        kernels.best_row_blocks(
+            chosen, left_packed, side.prepared.data, left_counts, side.counts, left_rest,
+            side.prepared.rest, side.tile_low, side.tile_high, skip, n_left,
+            right_array.shape[0], words, split, start, min(blocks, start + chunk), out,
         )  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(task, starts))
+        list(pool.map(task, range(0, blocks, chunk)))
+    return out
+
+
+def reference_best_scores(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64],
+    *,
+    excluded: npt.NDArray[np.int64] | None = None,
+) -> npt.NDArray[np.float64]:
+    """The slow obvious twin of :func:`best_scores`: one pair at a time."""
+    out = np.zeros(len(left), np.float64)
+    for i in range(len(left)):
+        for j in range(len(right)):
+            if excluded is not None and excluded[i] == j:
+                continue
+            shared = int(np.bitwise_count(left[i] & right[j]).sum())
+            total = int(np.bitwise_count(left[i]).sum()) + int(np.bitwise_count(right[j]).sum())
+            if total > 0:
+                out[i] = max(out[i], 2.0 * shared / total)
     return out
 
 
@@ -526,10 +524,13 @@ def reference_candidate_pairs(
     threshold: float,
     *,
     within: bool = False,
+    measure: SimilarityMeasure = SimilarityMeasure.DICE,
 ) -> CandidatePairs:
     """The slow obvious twin of :func:`candidate_pairs` (``within`` for
-    :func:`candidate_pairs_within`): one pair at a time in plain Python/numpy."""
+    :func:`candidate_pairs_within`): one pair at a time in plain Python/numpy; Hamming from
+    ``a ^ b`` directly."""
     threshold = check_threshold(threshold)
+    bits = 64 * (left.shape[1] if left.ndim == 2 else 0)
     lefts: list[int] = []
     rights: list[int] = []
     scores: list[float] = []
@@ -537,15 +538,166 @@ def reference_candidate_pairs(
     for i in range(len(left)):
         for j in range(i + 1 if within else 0, len(right)):
             comparisons += 1
-            shared = int(np.bitwise_count(left[i] & right[j]).sum())
             total = int(np.bitwise_count(left[i]).sum()) + int(np.bitwise_count(right[j]).sum())
-            if total > 0 and 2 * shared >= threshold * total:
+            if total == 0:
+                continue
+            if SimilarityMeasure(measure) is SimilarityMeasure.DICE:
+                shared = int(np.bitwise_count(left[i] & right[j]).sum())
+                keep = 2 * shared >= threshold * total
+                score = 2.0 * shared / total
+            else:
+                hamming = int(np.bitwise_count(left[i] ^ right[j]).sum())
+                keep = bits - hamming >= threshold * bits
+                score = 1.0 - hamming / bits
+            if keep:
                 lefts.append(i)
                 rights.append(j)
-                scores.append(float(np.float32(2.0 * shared / total)))
+                scores.append(float(np.float32(score)))
     return CandidatePairs(
         left=np.array(lefts, np.int64),
         right=np.array(rights, np.int64),
         scores=np.array(scores, np.float32),
         comparisons=comparisons,
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupCounts:
+    """Per candidate pair (row k) and field group (column g): set bits both CLKs share and
+    each side's set bits, in ``uint16`` when every group fits, else ``uint32``."""
+
+    shared: npt.NDArray[np.unsignedinteger]
+    left: npt.NDArray[np.unsignedinteger]
+    right: npt.NDArray[np.unsignedinteger]
+
+    def __post_init__(self) -> None:
+        if not (self.shared.shape == self.left.shape == self.right.shape):
+            raise MatchingError("group count arrays must have the same shape")
+        if self.shared.ndim != 2:
+            raise MatchingError("group counts are (pairs, groups) arrays")
+
+
+@numba.njit(nogil=True, cache=True)
+def _group_shared(  # pragma: no cover - compiled
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64],
+    left_index: npt.NDArray[np.int64],
+    right_index: npt.NDArray[np.int64],
+    offsets: npt.NDArray[np.int64],
+    start: int,
+    stop: int,
+    out: npt.NDArray[np.uint32],
+) -> None:
+    for pair in range(start, stop):
+        a = left_index[pair]
+        b = right_index[pair]
+        for group in range(offsets.shape[0] - 1):
+            shared = np.uint64(0)
+            for word in range(offsets[group], offsets[group + 1]):
+                shared += _popcount(left[a, word] & right[b, word])
+            out[pair, group] = shared
+
+
+def _check_offsets(
+    word_offsets: Sequence[int] | npt.ArrayLike, words: int
+) -> npt.NDArray[np.int64]:
+    offsets = np.asarray(word_offsets, dtype=np.int64)
+    if (
+        offsets.ndim != 1
+        or len(offsets) < 2
+        or offsets[0] != 0
+        or offsets[-1] != words
+        or np.any(np.diff(offsets) <= 0)
+    ):
+        raise MatchingError(
+            "word_offsets must rise from 0 to the CLK length in words, one group at least "
+            "(ClkLayout.word_offsets())"
+        )
+    return offsets
+
+
+def _check_index(index: npt.ArrayLike, records: int, name: str) -> npt.NDArray[np.int64]:
+    array = np.ascontiguousarray(index, dtype=np.int64)
+    if array.ndim != 1:
+        raise MatchingError(f"{name}: expected a 1-D array of record positions")
+    if len(array) and (array.min() < 0 or array.max() >= records):
+        raise MatchingError(f"{name}: a record position is outside the CLK array")
+    return array
+
+
+def group_counts(
+    left: npt.ArrayLike,
+    right: npt.ArrayLike,
+    left_index: npt.ArrayLike,
+    right_index: npt.ArrayLike,
+    word_offsets: Sequence[int] | npt.ArrayLike,
+    *,
+    workers: int | None = None,
+) -> GroupCounts:
+    """For each pair ``(left[left_index[k]], right[right_index[k]])`` and each field group
+    ``g`` (words ``word_offsets[g]:word_offsets[g + 1]``, as ``ClkLayout.word_offsets()``
+    gives them): shared set bits and each side's set bits. A group all zero on one side is
+    missing there (``protocol/clk_layout.py``); the caller decides what that means."""
+    left_array = check_clks(left, name="left")
+    right_array = check_clks(right, name="right")
+    if left_array.shape[1] != right_array.shape[1]:
+        raise MatchingError("the two sides' CLKs have different lengths; they cannot be compared")
+    offsets = _check_offsets(word_offsets, left_array.shape[1])
+    lefts = _check_index(left_index, len(left_array), "left_index")
+    rights = _check_index(right_index, len(right_array), "right_index")
+    if len(lefts) != len(rights):
+        raise MatchingError("left_index and right_index must have the same length")
+    widest_bits = 64 * int(np.diff(offsets).max())
+    dtype = np.uint16 if widest_bits <= np.iinfo(np.uint16).max else np.uint32
+    starts = offsets[:-1]
+    left_groups = np.add.reduceat(np.bitwise_count(left_array), starts, axis=1, dtype=np.uint32)
+    right_groups = np.add.reduceat(np.bitwise_count(right_array), starts, axis=1, dtype=np.uint32)
+    if len(left_array) == 0:
+        left_groups = np.zeros((0, len(starts)), np.uint32)
+    if len(right_array) == 0:
+        right_groups = np.zeros((0, len(starts)), np.uint32)
+    shared = np.empty((len(lefts), len(starts)), np.uint32)
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise MatchingError("workers must be >= 1")
+    chunk = max(1 << 14, -(-len(lefts) // workers))
+
+    def task(start: int) -> None:
+        _group_shared(
+            left_array, right_array, lefts, rights, offsets, start,
+            min(len(lefts), start + chunk), shared,
+        )  # fmt: skip
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(task, range(0, len(lefts), chunk)))
+    return GroupCounts(
+        shared=shared.astype(dtype),
+        left=left_groups[lefts].astype(dtype),
+        right=right_groups[rights].astype(dtype),
+    )
+
+
+def reference_group_counts(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64],
+    left_index: npt.NDArray[np.int64],
+    right_index: npt.NDArray[np.int64],
+    word_offsets: Sequence[int],
+) -> GroupCounts:
+    """The slow obvious twin of :func:`group_counts`: one pair and group at a time."""
+    groups = len(word_offsets) - 1
+    shape = (len(left_index), groups)
+    shared = np.zeros(shape, np.int64)
+    left_bits = np.zeros(shape, np.int64)
+    right_bits = np.zeros(shape, np.int64)
+    for k, (a, b) in enumerate(zip(left_index, right_index, strict=True)):
+        for g in range(groups):
+            words = slice(word_offsets[g], word_offsets[g + 1])
+            shared[k, g] = int(np.bitwise_count(left[a, words] & right[b, words]).sum())
+            left_bits[k, g] = int(np.bitwise_count(left[a, words]).sum())
+            right_bits[k, g] = int(np.bitwise_count(right[b, words]).sum())
+    widest = 64 * max(word_offsets[g + 1] - word_offsets[g] for g in range(groups))
+    dtype = np.uint16 if widest <= 65535 else np.uint32
+    return GroupCounts(
+        shared=shared.astype(dtype), left=left_bits.astype(dtype), right=right_bits.astype(dtype)
     )

@@ -12,12 +12,9 @@ result never depends on thread count or input order of the pairs.
   greedy merge of clusters in score order when their party sets are disjoint. For two parties
   this is greedy one-to-one matching. Compiled fast path, with :func:`reference_solve_linkage`
   as its slow obvious twin.
-* :func:`solve_with_duplicates` - a party may hold several records of one person (de-duplication,
-  alone or combined with linkage). Greedy in score order with an anti-chaining guard: two
-  clusters merge only if at least ``min_link_fraction`` of all record pairs between them are
-  candidate pairs (an average-linkage style density rule; 0.5 by default). A chain
-  a-b-c-d of near neighbours therefore does not collapse into one cluster unless its members
-  are also similar across the chain. ``max_cluster_size`` caps clusters outright.
+
+When a party may hold several records of one person (deduplication, alone or with linkage),
+the solve is a clustering instead: ``linkage_unit/clustering.py``.
 """
 
 from __future__ import annotations
@@ -36,9 +33,9 @@ __all__ = [
     "MAX_PARTIES",
     "PartyPairs",
     "Solution",
+    "dense_solution",
     "reference_solve_linkage",
     "solve_linkage",
-    "solve_with_duplicates",
 ]
 
 MAX_PARTIES = 64
@@ -100,7 +97,9 @@ def _global_edges(
     return first[order], second[order], score[order]
 
 
-def _dense(roots: npt.NDArray[np.int64], party_sizes: Sequence[int]) -> Solution:
+def dense_solution(roots: npt.NDArray[np.int64], party_sizes: Sequence[int]) -> Solution:
+    """Records with the same root are one cluster; ids dense from 0 in order of each
+    cluster's first record (concatenated party order), whatever the roots were."""
     _, first_seen, dense = np.unique(roots, return_index=True, return_inverse=True)
     # Renumber so ids follow each cluster's first record, independent of root choice.
     rank = np.empty(len(first_seen), np.int64)
@@ -166,11 +165,11 @@ def solve_linkage(party_sizes: Sequence[int], party_pairs: Sequence[PartyPairs])
     if len(sizes) > MAX_PARTIES:
         raise MatchingError(f"at most {MAX_PARTIES} parties can be linked in one run")
     if any(item.left_party == item.right_party for item in party_pairs):
-        raise MatchingError("pairs within one party need solve_with_duplicates")
+        raise MatchingError("pairs within one party need the clustering (clustering.py)")
     first, second, _ = _global_edges(sizes, party_pairs)
     party_of = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
     roots, accepted = _greedy_merge(first, second, party_of)
-    solution = _dense(roots, sizes)
+    solution = dense_solution(roots, sizes)
     return Solution(
         clusters=solution.clusters, cluster_count=solution.cluster_count, accepted_pairs=accepted
     )
@@ -206,55 +205,7 @@ def reference_solve_linkage(
             cluster_of[record] = keep
         members[keep].extend(members.pop(gone))
         accepted += 1
-    solution = _dense(np.array(cluster_of, dtype=np.int64), sizes)
-    return Solution(
-        clusters=solution.clusters, cluster_count=solution.cluster_count, accepted_pairs=accepted
-    )
-
-
-def solve_with_duplicates(
-    party_sizes: Sequence[int],
-    party_pairs: Sequence[PartyPairs],
-    *,
-    min_link_fraction: float = 0.5,
-    max_cluster_size: int = 1000,
-) -> Solution:
-    """Clusters that may hold several records of one party (de-duplication, alone or with
-    linkage), guarded against chaining by the density rule in the module docstring."""
-    sizes = _check_sizes(party_sizes)
-    if not (0.0 < min_link_fraction <= 1.0):
-        raise MatchingError("min_link_fraction must be in (0, 1]")
-    if max_cluster_size < 1:
-        raise MatchingError("max_cluster_size must be >= 1")
-    first, second, _ = _global_edges(sizes, party_pairs)
-    records = sum(sizes)
-    neighbours: dict[int, set[int]] = {}
-    for a, b in zip(first.tolist(), second.tolist(), strict=True):
-        neighbours.setdefault(a, set()).add(b)
-        neighbours.setdefault(b, set()).add(a)
-    cluster_of = np.arange(records, dtype=np.int64)
-    members: dict[int, list[int]] = {}
-    accepted = 0
-    for a, b in zip(first.tolist(), second.tolist(), strict=True):
-        ca, cb = int(cluster_of[a]), int(cluster_of[b])
-        if ca == cb:
-            continue
-        group_a = members.get(ca, [a])
-        group_b = members.get(cb, [b])
-        if len(group_a) + len(group_b) > max_cluster_size:
-            continue
-        small, large = (group_a, group_b) if len(group_a) <= len(group_b) else (group_b, group_a)
-        large_set = set(large)
-        links = sum(len(neighbours.get(record, set()) & large_set) for record in small)
-        if links < min_link_fraction * len(group_a) * len(group_b):
-            continue
-        keep, gone = min(ca, cb), max(ca, cb)
-        merged = group_a + group_b
-        cluster_of[members.get(gone, [gone])] = keep
-        members.pop(gone, None)
-        members[keep] = merged
-        accepted += 1
-    solution = _dense(cluster_of, sizes)
+    solution = dense_solution(np.array(cluster_of, dtype=np.int64), sizes)
     return Solution(
         clusters=solution.clusters, cluster_count=solution.cluster_count, accepted_pairs=accepted
     )

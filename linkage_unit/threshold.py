@@ -22,7 +22,9 @@ threshold ``t``, estimate
   stops growing; this is steadier than ``n - U``, whose small error would swamp ``FN``);
 * false positives ``FP(t) = U * P(null >= t) * U / n``: an unmatched record whose best
   non-match is at least ``t``, whose partner is itself unmatched (a matched partner is taken
-  first by its own, higher-scoring, match in the one-to-one solve);
+  first by its own, higher-scoring, match in the one-to-one solve). When a party is
+  deduplicated (``one_to_one=False``) nothing takes the partner first, since a cluster may
+  hold several of that party's records: ``FP(t) = U * P(null >= t)``;
 * false negatives ``FN(t) = M - TP(t)``;
 
 and take the ``t`` (0.005 steps) that maximises the estimated F1 ``2TP / (2TP + FP + FN)``.
@@ -44,7 +46,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
-from protocol.errors import MatchingError
+from protocol.errors import InvariantError, MatchingError
 
 __all__ = [
     "DEFAULT_THRESHOLD",
@@ -163,7 +165,8 @@ def choose_threshold(best_scores: npt.ArrayLike, *, min_depth: float = 1.0) -> T
         depth = min(curve[low], curve[high]) - floor
         if best_pair is None or depth > best_pair[0]:
             best_pair = (depth, low, high)
-    assert best_pair is not None
+    if best_pair is None:  # two peaks or more were found above, so a pair was too
+        raise InvariantError("the valley search found no pair of peaks")
     depth, low, high = best_pair
     if depth < min_depth:
         return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method=ThresholdMethod.DEFAULT)
@@ -187,10 +190,12 @@ _MIN_UNMATCHED_FRACTION = 0.002
 
 
 def choose_threshold_with_null(
-    best_scores: npt.ArrayLike, null_scores: npt.ArrayLike
+    best_scores: npt.ArrayLike, null_scores: npt.ArrayLike, *, one_to_one: bool = True
 ) -> ThresholdChoice:
     """Threshold maximising the F1 estimated from the best scores and a sample of best
-    non-match scores (each record's second-best); see the module docstring."""
+    non-match scores (each record's second-best); see the module docstring.
+    ``one_to_one=False``: the run clusters deduplicated parties (false links need no free
+    partner)."""
     best = np.asarray(best_scores, dtype=np.float64)
     best = best[np.isfinite(best)]
     null = np.asarray(null_scores, dtype=np.float64)
@@ -218,7 +223,7 @@ def choose_threshold_with_null(
     matched = float(true_positives.max())  # where the excess over the null stops growing
     # An unmatched record's best non-match only becomes a false positive if that partner is
     # free, i.e. not taken first by its own (higher-scoring) match: about U / n of them.
-    false_positives = unmatched * null_above * (unmatched / records)
+    false_positives = unmatched * null_above * (unmatched / records if one_to_one else 1.0)
     false_negatives = np.maximum(matched - true_positives, 0.0)
     denominator = 2 * true_positives + false_positives + false_negatives
     f1 = np.where(denominator > 0, 2 * true_positives / np.maximum(denominator, 1e-12), 0.0)

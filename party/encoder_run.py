@@ -3,33 +3,41 @@
 Reads the extract in chunks, encodes them on every core (separate processes, each with its
 own encoder built from the secret), keeps at most a few chunks in flight so memory stays flat
 however large the file, then writes the CLKs in a fresh random order with the encoded file's
-header, and a private positions file (``record_id,position``) that maps each shuffled
-position back to the department's own record id. The positions file never leaves the
-department. Both files appear only if the whole run succeeds.
+header, and a private positions file (``record_id,position``, party/positions_file.py) that
+maps each shuffled position back to the department's own record id and names the project and
+payload digest of its encoded file. The positions file never leaves the department. Both
+files appear only if the whole run succeeds.
+
+This is a primitive: a department runs :func:`party.prepare.prepare_upload`, which also
+leak-scans the output and signs its manifest in the same pass over the extract.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
 import itertools
 import multiprocessing
 import operator
 import os
+import re
 import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from party.extract import ExtractChunk, open_extract
+from party.extract import ExtractChunk, ReadProgress, open_extract
 from party.mapping import BoundMapping, DepartmentMapping
-from protocol.atomic_file import atomic_output
+from party.positions_file import PositionsBinding, write_positions
 from protocol.clk_file import ClkFileWriter
 from protocol.encoding import ClkEncoder
 from protocol.errors import ConfigurationError, ExtractError, RecordError, ValueRejectedError
@@ -37,11 +45,139 @@ from protocol.labels import check_label
 from protocol.schema import LinkageSchema
 from protocol.secret import LinkageSecret
 
-__all__ = ["BAD_ROW_POLICIES", "EncodeSummary", "encode_extract"]
+__all__ = [
+    "BadRowLimit",
+    "BadRowPolicy",
+    "EncodeProgress",
+    "EncodeSummary",
+    "FieldCounts",
+    "RowObserver",
+    "RowProblem",
+    "encode_extract",
+]
 
-BAD_ROW_POLICIES = ("fail", "skip", "blank")
-Progress = Callable[[int], None]
-"""Called with the number of rows read so far."""
+
+class BadRowPolicy(StrEnum):
+    """What an encoder run does with a row it cannot use."""
+
+    FAIL = "fail"
+    """Stop at the first unusable row; nothing is written."""
+    SKIP = "skip"
+    """Leave such rows out (counted, within the bad-row limit)."""
+    BLANK = "blank"
+    """Treat an unusable value as missing (a required field's row is still skipped)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RowProblem:
+    """Why one row (1-based data row) could not be used as it was: field and reason, never
+    the value. ``field`` is None for a problem with the row as a whole."""
+
+    row: int
+    field: str | None
+    reason: str
+
+    def error(self) -> RecordError:
+        return RecordError(self.reason, row=self.row, field=self.field)
+
+
+_LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%?)\s*$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BadRowLimit:
+    """How many unusable rows ``skip`` and ``blank`` accept before the run stops: a count
+    (``rows``) or a share of the rows read (``percent``)."""
+
+    rows: int | None = None
+    percent: float | None = None
+
+    def __post_init__(self) -> None:
+        if (self.rows is None) == (self.percent is None):
+            raise ConfigurationError("a bad-row limit is a number of rows or a percentage")
+        if self.rows is not None and self.rows < 0:
+            raise ConfigurationError("the bad-row limit cannot be negative")
+        if self.percent is not None and not 0 <= self.percent <= 100:
+            raise ConfigurationError("a bad-row percentage must be between 0 and 100")
+
+    @classmethod
+    def parse(cls, text: str) -> BadRowLimit:
+        """``"25"`` (rows) or ``"2.5%"`` (of the rows read)."""
+        match = _LIMIT.fullmatch(text)
+        if match is None:
+            raise ConfigurationError(
+                "--max-bad-rows takes a number of rows (25) or a percentage (2.5%)"
+            )
+        number, percent = match.groups()
+        if percent:
+            return cls(percent=float(number))
+        if "." in number:
+            raise ConfigurationError("a bad-row count must be a whole number (or give N%)")
+        return cls(rows=int(number))
+
+    def allows(self, bad_rows: int, rows_read: int) -> bool:
+        if self.rows is not None:
+            return bad_rows <= self.rows
+        assert self.percent is not None
+        return bad_rows * 100 <= self.percent * rows_read
+
+    def __str__(self) -> str:
+        return f"{self.rows}" if self.rows is not None else f"{self.percent:g}%"
+
+
+DEFAULT_BAD_ROW_LIMIT = BadRowLimit(percent=1.0)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FieldCounts:
+    """Counts for one schema field over an encoder run (never a value)."""
+
+    field: str
+    missing: int
+    """Encoded records with no value for the field (blanked values included)."""
+    blanked: int
+    """Values that could not be read and were treated as missing (``blank``)."""
+    skipped_rows: int
+    """Rows left out because of this field (``skip``, or a required field under ``blank``)."""
+    records: int
+
+    @property
+    def fill_rate(self) -> float:
+        """Share of encoded records with a value for the field."""
+        return (self.records - self.missing) / self.records if self.records else 0.0
+
+    def to_record(self) -> dict[str, object]:
+        return {
+            "field": self.field,
+            "missing": self.missing,
+            "blanked": self.blanked,
+            "skipped_rows": self.skipped_rows,
+            "fill_rate": round(self.fill_rate, 6),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EncodeProgress:
+    """Where an encoder run is: rows read so far and how far through the file that is."""
+
+    rows_read: int
+    read: ReadProgress | None
+
+
+Progress = Callable[[EncodeProgress], None]
+
+
+class RowObserver(Protocol):
+    """Sees every chunk of the extract as the encoder reads it (in the calling process), and
+    where each kept row's CLK landed: lets a caller sample rows in the same pass."""
+
+    def start(self, header: list[str], date_columns: frozenset[str]) -> None: ...
+
+    def observe(self, chunk: ExtractChunk) -> None: ...
+
+    def placed(self, row_numbers: npt.NDArray[np.int64], positions: npt.NDArray[np.int64]) -> None:
+        """``row_numbers[i]`` (a 1-based data row) was encoded at shuffled ``positions[i]``."""
+
 
 PARALLEL_FROM_BYTES = 4 << 20  # smaller extracts encode in-process: workers cost ~0.5 s to start
 _TABLE_ROWS = 1 << 16  # distinct raw values remembered per field (8 MiB at 1024 bits)
@@ -55,7 +191,11 @@ class EncodeSummary:
     records_encoded: int
     rows_skipped: int
     values_blanked: int
+    rows_blanked: int = 0
+    """Rows that had at least one value blanked."""
     problems_by_field: dict[str, int] = field(default_factory=dict)
+    fields: tuple[FieldCounts, ...] = ()
+    project_id: str = ""
     clk_bits: int
     schema_fingerprint: str
     kcv: str
@@ -68,6 +208,41 @@ class EncodeSummary:
     @property
     def records_per_second(self) -> float:
         return self.records_encoded / self.seconds if self.seconds > 0 else 0.0
+
+    def field_lines(self) -> list[str]:
+        """Per field: fill rate and counts of missing, blanked and skipped (no values)."""
+        lines = []
+        for counts in self.fields:
+            extra = ""
+            if counts.blanked:
+                extra += f", {counts.blanked:,} blanked"
+            if counts.skipped_rows:
+                extra += f", {counts.skipped_rows:,} rows skipped"
+            lines.append(
+                f"  {counts.field:<16} filled {counts.fill_rate:7.2%}  "
+                f"({counts.missing:,} missing{extra})"
+            )
+        return lines
+
+    def to_record(self) -> dict[str, object]:
+        """The summary as JSON-ready data (counts, digests and paths; never a value)."""
+        return {
+            "project_id": self.project_id,
+            "rows_read": self.rows_read,
+            "records_encoded": self.records_encoded,
+            "rows_skipped": self.rows_skipped,
+            "rows_blanked": self.rows_blanked,
+            "values_blanked": self.values_blanked,
+            "fields": [counts.to_record() for counts in self.fields],
+            "clk_bits": self.clk_bits,
+            "schema_fingerprint": self.schema_fingerprint,
+            "kcv": self.kcv,
+            "payload_sha256": self.payload_sha256,
+            "encoded_path": str(self.encoded_path),
+            "positions_path": str(self.positions_path),
+            "seconds": round(self.seconds, 3),
+            "workers": self.workers,
+        }
 
     def one_line(self) -> str:
         """A summary a person can paste into a ticket."""
@@ -83,7 +258,8 @@ class EncodeSummary:
 
 
 class _MaskTable:
-    """One field's raw value -> row of a bit-mask table, bounded so memory stays flat.
+    """One field's raw value (or, for a salted field, raw value and salt values) -> row of a
+    bit-mask table of the field's group, bounded so memory stays flat.
 
     Row 0 is the empty mask (a missing value). The array grows by doubling up to
     ``capacity`` rows (a field with few distinct values, or a small file, never pays for the
@@ -96,7 +272,7 @@ class _MaskTable:
 
     def __init__(self, words: int) -> None:
         self.capacity = _TABLE_ROWS
-        self.rows: dict[str, int] = {}
+        self.rows: dict[Any, int] = {}
         self.masks = np.zeros((min(1024, self.capacity), words), dtype=np.uint64)
         self.used = 1
 
@@ -114,7 +290,7 @@ class _MaskTable:
             self.masks = grown
         return forget
 
-    def add(self, raws: list[str], masks: npt.NDArray[np.uint64]) -> None:
+    def add(self, raws: list[Any], masks: npt.NDArray[np.uint64]) -> None:
         """Remember ``raws`` with their masks (call :meth:`make_room` for them first)."""
         start = self.used
         self.masks[start : start + len(raws)] = masks
@@ -127,12 +303,14 @@ class _ChunkResult:
     clks: bytes
     record_ids: list[str]
     row_numbers: list[int]
-    skipped: list[tuple[int, str | None, str]]
-    blanked: list[tuple[int, str | None, str]]
-    # Under the "fail" policy: the first unusable row (row, field, reason). Carried as data,
-    # not raised in the worker: our errors take keyword-only context and do not survive
-    # pickling back from a worker process (the pool would report a broken process instead).
-    failure: tuple[int, str | None, str] | None = None
+    skipped: list[RowProblem]
+    blanked: list[RowProblem]
+    # Per schema field: kept records with no value for it (blanked ones included).
+    missing: list[int]
+    # Under the "fail" policy: the first unusable row. Carried as data, not raised in the
+    # worker: our errors take keyword-only context and do not survive pickling back from a
+    # worker process (the pool would report a broken process instead).
+    failure: RowProblem | None = None
 
 
 class _ChunkEncoder:
@@ -145,13 +323,50 @@ class _ChunkEncoder:
         header: list[str],
         secret_material: bytes,
         project_id: str,
-        policy: str,
+        policy: BadRowPolicy,
         source: str,
+        date_columns: frozenset[str] = frozenset(),
     ) -> None:
-        self.bound: BoundMapping = mapping.bind(schema, header, source=source)
+        self.bound: BoundMapping = mapping.bind(
+            schema, header, source=source, date_columns=date_columns
+        )
         self.encoder = ClkEncoder(schema, LinkageSecret(secret_material), project_id=project_id)
         self.policy = policy
-        self._tables = [_MaskTable(schema.clk_bits // 64) for _ in self.bound.readers]
+        ranges = [self.encoder.field_word_range(index) for index in range(len(schema.fields))]
+        self._tables = [_MaskTable(stop - start) for start, stop in ranges]
+        self._ranges = ranges
+        # Schema v2 salting: a salted field's bits depend on another field's normalised value,
+        # so that field's values are worked out per chunk and the salted field's table is
+        # keyed by (raw value, salt values).
+        position = {spec.name: index for index, spec in enumerate(schema.fields)}
+        self._salt_fields = {
+            name: position[name]
+            for index in range(len(schema.fields))
+            for name in self.encoder.field_salts(index)
+        }
+        self._salt_cache: dict[str, dict[str, str | None]] = {
+            name: {} for name in self._salt_fields
+        }
+
+    def _salt_column(self, name: str, column: list[str]) -> list[str | None]:
+        """Normalised values of salt field ``name`` (None where missing or rejected: such a
+        value salts nothing, and its own field reports it)."""
+        cache = self._salt_cache[name]
+        fresh = [raw for raw in dict.fromkeys(column) if raw not in cache]
+        if fresh:
+            if len(cache) + len(fresh) > _TABLE_ROWS:
+                cache.clear()
+                fresh = list(dict.fromkeys(column))
+            reader = self.bound.fields[self._salt_fields[name]]
+            try:
+                cache.update(zip(fresh, reader.normalise_many(fresh), strict=True))
+            except ValueRejectedError:
+                for raw in fresh:
+                    try:
+                        cache[raw] = reader.normalise(raw)
+                    except ValueRejectedError:
+                        cache[raw] = None
+        return list(map(cache.__getitem__, column))
 
     def encode(self, chunk: ExtractChunk) -> _ChunkResult:
         """Encode a chunk column by column: per-row interpreter work is what limits a Python
@@ -162,7 +377,8 @@ class _ChunkEncoder:
         first = chunk.first_row
         width = self.bound.width
         problems: dict[int, tuple[str | None, str]] = {}  # row offset -> (field, reason)
-        blanked: list[tuple[int, str | None, str]] = []
+        blanked: list[RowProblem] = []
+        missing_masks: list[npt.NDArray[np.bool_] | None] = []  # None: the field is absent
         if set(map(len, rows)) - {width}:
             blank_row = [""] * width
             fixed = []
@@ -180,7 +396,7 @@ class _ChunkEncoder:
             rows = fixed
         # Columns by C-level maps (a Python loop indexing every row per field costs more).
         wanted = {self.bound.record_id_index} | {
-            index for _, index, _ in self.bound.readers if index is not None
+            reader.column_index for reader in self.bound.fields if reader.column_index is not None
         }
         columns = {index: list(map(operator.itemgetter(index), rows)) for index in wanted}
         record_ids = list(map(str.strip, columns[self.bound.record_id_index]))
@@ -194,13 +410,26 @@ class _ChunkEncoder:
                         None,
                         "record id is empty or has control characters",
                     )
-        clks = np.zeros((len(rows), self.encoder.schema.clk_bits // 64), dtype=np.uint64)
-        for field_index, (name, column_index, normalise) in enumerate(self.bound.readers):
-            normalise_many = self.bound.batch_normalisers[field_index]
+        clks = np.zeros((len(rows), self.encoder.input_layout.total_words), dtype=np.uint64)
+        salt_values = {
+            name: (
+                self._salt_column(name, columns[column_index])
+                if (column_index := self.bound.fields[index].column_index) is not None
+                else [None] * len(rows)
+            )
+            for name, index in self._salt_fields.items()
+        }
+        for field_index, reader in enumerate(self.bound.fields):
+            name, column_index = reader.name, reader.column_index
+            normalise, normalise_many = reader.normalise, reader.normalise_many
             if column_index is None:
+                missing_masks.append(None)
                 continue
             table = self._tables[field_index]
-            column = columns[column_index]
+            column: list[Any] = columns[column_index]
+            salts = self.encoder.field_salts(field_index)
+            if salts:  # the table remembers (raw value, salt values) pairs
+                column = list(zip(column, *(salt_values[salt] for salt in salts), strict=True))
             codes = list(map(table.rows.get, column))
             if None in codes:
                 # Work out each distinct new value once, then look the column up again in C.
@@ -210,15 +439,16 @@ class _ChunkEncoder:
                 if table.make_room(len(fresh)):
                     fresh = dict.fromkeys(column)  # forgotten: the whole column is new
                     table.make_room(len(fresh))
-                rejected: dict[str, str] = {}
-                raws = list(fresh)
+                rejected: dict[Any, str] = {}
+                raws = list(fresh)  # raw values, or (raw value, salt values) keys
+                texts: list[str] = [key[0] for key in raws] if salts else raws
                 try:  # normalised as a batch; a rejected value sends us the long way
-                    values: list[str | None] = normalise_many(raws)
+                    values: list[str | None] = normalise_many(texts)
                 except ValueRejectedError:
                     values = []
-                    for raw in raws:
+                    for raw, text in zip(raws, texts, strict=True):
                         try:
-                            values.append(normalise(raw))
+                            values.append(normalise(text))
                         except ValueRejectedError as error:
                             rejected[raw] = error.message
                             values.append(None)
@@ -236,35 +466,60 @@ class _ChunkEncoder:
                 new_raws = list(itertools.compress(raws, present))
                 new_values: list[str] = list(itertools.compress(values, present))  # type: ignore[arg-type]
                 if new_values:
-                    table.add(new_raws, self.encoder.field_masks(field_index, new_values))
+                    salt_columns = {
+                        salt: [key[1 + place] for key in new_raws]
+                        for place, salt in enumerate(salts)
+                    }
+                    table.add(
+                        new_raws,
+                        self.encoder.field_masks(field_index, new_values, salt_columns or None),
+                    )
                 codes = list(map(table.rows.get, column))
                 if rejected:
                     blank_allowed = (
-                        self.policy == "blank" and name not in self.bound.required_fields
+                        self.policy is BadRowPolicy.BLANK and name not in self.bound.required_fields
                     )
                     for offset in [i for i, code in enumerate(codes) if code is None]:
                         reason = rejected[column[offset]]
                         if blank_allowed:
-                            blanked.append((first + offset, name, reason))
+                            blanked.append(
+                                RowProblem(row=first + offset, field=name, reason=reason)
+                            )
                         else:
                             self._reject(problems, offset, first, name, reason)
                         codes[offset] = 0
-            clks |= table.masks[np.asarray(codes, dtype=np.intp)]
+            code_array = np.asarray(codes, dtype=np.intp)
+            missing_masks.append(code_array == 0)
+            start, stop = self._ranges[field_index]
+            clks[:, start:stop] |= table.masks[code_array]
         if problems:
             keep = [offset for offset in range(len(rows)) if offset not in problems]
-            clks = clks[np.asarray(keep, dtype=np.intp)]
+            kept_rows = np.asarray(keep, dtype=np.intp)
+            clks = clks[kept_rows]
             record_ids = [record_ids[offset] for offset in keep]
             row_numbers = [first + offset for offset in keep]
+            blanked = [problem for problem in blanked if problem.row - first not in problems]
+            missing_masks = [None if mask is None else mask[kept_rows] for mask in missing_masks]
         else:
             row_numbers = list(range(first, first + len(rows)))
         skipped = [
-            (first + offset, field, reason) for offset, (field, reason) in sorted(problems.items())
+            RowProblem(row=first + offset, field=field, reason=reason)
+            for offset, (field, reason) in sorted(problems.items())
         ]
-        if self.policy == "fail" and skipped:
+        if self.policy is BadRowPolicy.FAIL and skipped:
             # Report the chunk's first bad row, whichever field or check found it.
-            return _ChunkResult(b"", [], [], [], [], failure=skipped[0])
+            return _ChunkResult(b"", [], [], [], [], [], failure=skipped[0])
+        missing = [
+            len(record_ids) if mask is None else int(np.count_nonzero(mask))
+            for mask in missing_masks
+        ]
         return _ChunkResult(
-            self.encoder.harden(clks).tobytes(), record_ids, row_numbers, skipped, blanked
+            self.encoder.harden(clks).tobytes(),
+            record_ids,
+            row_numbers,
+            skipped,
+            blanked,
+            missing,
         )
 
     def _reject(
@@ -328,7 +583,11 @@ _BUCKET_BYTES = 8 << 20  # CLKs per shuffle bucket: what the shuffle holds at on
 
 
 def _write_shuffled(
-    writer: ClkFileWriter, clk_scratch: Path, position_of: npt.NDArray[np.int64], clk_bytes: int
+    writer: ClkFileWriter,
+    clk_scratch: Path,
+    position_of: npt.NDArray[np.int64],
+    clk_bytes: int,
+    digest: hashlib._Hash,
 ) -> None:
     """Write the scratch CLKs (extract order) so that record i lands at ``position_of[i]``,
     holding one bucket of CLKs at a time however large the file.
@@ -372,45 +631,7 @@ def _write_shuffled(
             shuffled = np.empty_like(rows)
             shuffled[position_of[order[low:high]] - low] = rows
             writer.write(shuffled)
-
-
-_IDS_BLOCK_CHARS = 1 << 20  # record id text read per positions-file block
-
-
-def _write_positions(
-    positions_path: Path, ids_scratch: Path, position_of: npt.NDArray[np.int64]
-) -> None:
-    """The private ``record_id,position`` file, in extract order, written atomically."""
-    with (
-        atomic_output(positions_path, mode=0o600) as positions_out,
-        ids_scratch.open("r", encoding="utf-8", newline="\n") as ids_in,
-    ):
-        positions_out.write(b"record_id,position\n")
-        done = 0
-        rest = ""
-        # Whole lines per block, cut at the last newline; the lines are laid out by slice
-        # assignment and one join, not a format call per record.
-        while block := ids_in.read(_IDS_BLOCK_CHARS):
-            block = rest + block
-            cut = block.rfind("\n") + 1
-            block, rest = block[:cut], block[cut:]
-            record_ids = block.split("\n")
-            record_ids.pop()  # what follows the last newline: nothing
-            if "," in block or '"' in block:
-                record_ids = [
-                    '"' + record_id.replace('"', '""') + '"'
-                    if "," in record_id or '"' in record_id
-                    else record_id
-                    for record_id in record_ids
-                ]
-            count = len(record_ids)
-            pieces = [","] * (4 * count)  # id , position newline
-            pieces[0::4] = record_ids
-            pieces[2::4] = map(str, position_of[done : done + count].tolist())
-            pieces[3::4] = ["\n"] * count
-            done += count
-            positions_out.write("".join(pieces).encode("utf-8", "surrogateescape"))
-        assert not rest, "every record id in the scratch file ends with a newline"
+            digest.update(shuffled.data)
 
 
 def encode_extract(
@@ -422,21 +643,29 @@ def encode_extract(
     project_id: str,
     encoded_path: Path | str,
     positions_path: Path | str,
-    bad_rows: str = "fail",
+    bad_rows: BadRowPolicy | str = BadRowPolicy.FAIL,
+    max_bad_rows: BadRowLimit = DEFAULT_BAD_ROW_LIMIT,
     workers: int | None = None,
     chunk_rows: int = 20_000,
     progress: Progress | None = None,
     generator: np.random.Generator | None = None,
+    observer: RowObserver | None = None,
 ) -> EncodeSummary:
     """Encode an extract into an encoded file and a private positions file.
 
     ``bad_rows``: ``fail`` stops at the first unusable row (nothing is written); ``skip``
     leaves such rows out and counts them; ``blank`` treats an unusable value as missing.
+    Under ``skip`` and ``blank``, more unusable rows than ``max_bad_rows`` stop the run
+    (nothing is written): a wrong date format must not quietly drop most of an extract.
     """
     started = time.perf_counter()
     check_label(project_id, what="project id")
-    if bad_rows not in BAD_ROW_POLICIES:
-        raise ConfigurationError(f"bad-row policy must be one of {', '.join(BAD_ROW_POLICIES)}")
+    try:
+        policy = BadRowPolicy(bad_rows)
+    except ValueError:
+        raise ConfigurationError(
+            f"bad-row policy must be one of {', '.join(BadRowPolicy)}"
+        ) from None
     if workers is not None and workers < 1:
         raise ConfigurationError("workers must be at least 1 (or left out to use every core)")
     encoded_path, positions_path = Path(encoded_path), Path(positions_path)
@@ -444,12 +673,22 @@ def encode_extract(
         raise ConfigurationError("the encoded file and the positions file must be different paths")
     if Path(extract_path).resolve() in (encoded_path.resolve(), positions_path.resolve()):
         raise ConfigurationError("an output path is the extract itself; choose another --out")
-    reader = open_extract(extract_path, chunk_rows=chunk_rows)
+    reader = open_extract(extract_path, chunk_rows=chunk_rows, dialect=mapping.dialect)
     source = str(extract_path)
+    encoder_args = (
+        schema,
+        mapping,
+        reader.header,
+        secret.material(),
+        project_id,
+        policy,
+        source,
+        reader.date_columns,
+    )
     try:  # the extract is closed on every path out, so a bad row does not leave it open
-        local = _ChunkEncoder(
-            schema, mapping, reader.header, secret.material(), project_id, bad_rows, source
-        )
+        local = _ChunkEncoder(*encoder_args)
+        if observer is not None:
+            observer.start(list(reader.header), reader.date_columns)
         encoded_path.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=".bloomlink-encode-", dir=encoded_path.parent))
     except BaseException:
@@ -467,7 +706,13 @@ def encode_extract(
         counts = {"read": 0, "encoded": 0}
         skipped_rows = 0
         blanked_values = 0
+        blanked_rows = 0
+        first_problem: RowProblem | None = None
         problems: collections.Counter[str] = collections.Counter()
+        field_names = local.bound.field_names
+        missing_by_field = [0] * len(field_names)
+        blanked_by_field: collections.Counter[str] = collections.Counter()
+        skipped_by_field: collections.Counter[str] = collections.Counter()
         row_numbers: list[npt.NDArray[np.int64]] = []
         # Python's string hash (SipHash, keyed per process) finds repeated record ids in 8
         # bytes a row; a repeat it reports is confirmed on the ids themselves before failing.
@@ -479,10 +724,9 @@ def encode_extract(
         ):
 
             def collect(result: _ChunkResult, rows_in_chunk: int) -> None:
-                nonlocal skipped_rows, blanked_values
+                nonlocal skipped_rows, blanked_values, blanked_rows, first_problem
                 if result.failure is not None:
-                    row, field_name, reason = result.failure
-                    raise RecordError(reason, row=row, field=field_name)
+                    raise result.failure.error()
                 clk_out.write(result.clks)
                 if result.record_ids:
                     ids_out.write("\n".join(result.record_ids) + "\n")
@@ -490,17 +734,50 @@ def encode_extract(
                 counts["encoded"] += len(result.record_ids)
                 skipped_rows += len(result.skipped)
                 blanked_values += len(result.blanked)
-                for _, field_name, _ in result.skipped + result.blanked:
-                    problems[field_name or "(row)"] += 1
+                blanked_rows += len({problem.row for problem in result.blanked})
+                for problem in result.skipped:
+                    problems[problem.field or "(row)"] += 1
+                    skipped_by_field[problem.field or "(row)"] += 1
+                for problem in result.blanked:
+                    problems[problem.field or "(row)"] += 1
+                    blanked_by_field[problem.field or "(row)"] += 1
+                for index, count in enumerate(result.missing):
+                    missing_by_field[index] += count
+                if first_problem is None and (result.skipped or result.blanked):
+                    first_problem = min(result.skipped + result.blanked, key=lambda p: p.row)
+                if max_bad_rows.rows is not None and not max_bad_rows.allows(
+                    skipped_rows + blanked_rows, counts["read"]
+                ):
+                    # A count is known to be exceeded before the end: stop reading now.
+                    raise _too_many_bad_rows()
                 row_numbers.append(np.asarray(result.row_numbers, dtype=np.int64))
                 id_digests.append(
                     np.fromiter(map(hash, result.record_ids), np.int64, len(result.record_ids))
                 )
                 if progress:
-                    progress(counts["read"])
+                    progress(EncodeProgress(rows_read=counts["read"], read=reader.progress()))
+
+            def _too_many_bad_rows() -> ExtractError:
+                bad = skipped_rows + blanked_rows
+                by_field = ", ".join(f"{name} {count:,}" for name, count in problems.most_common())
+                first = f"; the first: {first_problem.error().message}" if first_problem else ""
+                return ExtractError(
+                    f"{bad:,} of {counts['read']:,} rows read were unusable "
+                    f"({'skipped' if policy is BadRowPolicy.SKIP else 'values blanked'}), more "
+                    f"than --max-bad-rows {max_bad_rows} allows ({by_field}){first}. Nothing "
+                    "was written: fix the mapping (a date format?) or the extract, or raise "
+                    "--max-bad-rows",
+                    path=source,
+                )
+
+            def read_chunks() -> Iterator[ExtractChunk]:
+                for chunk in reader:
+                    if observer is not None:
+                        observer.observe(chunk)
+                    yield chunk
 
             if process_count == 1:
-                for chunk in reader:
+                for chunk in read_chunks():
                     collect(local.encode(chunk), len(chunk.rows))
             else:
                 context = multiprocessing.get_context("spawn")
@@ -508,20 +785,12 @@ def encode_extract(
                     max_workers=process_count,
                     mp_context=context,
                     initializer=_start_worker,
-                    initargs=(
-                        schema,
-                        mapping,
-                        reader.header,
-                        secret.material(),
-                        project_id,
-                        bad_rows,
-                        source,
-                    ),
+                    initargs=encoder_args,
                 ) as pool:
                     pending: collections.deque[tuple[Future[_ChunkResult], int]] = (
                         collections.deque()
                     )
-                    for chunk in reader:
+                    for chunk in read_chunks():
                         pending.append((pool.submit(_encode_in_worker, chunk), len(chunk.rows)))
                         if len(pending) >= 2 * process_count:
                             future, rows = pending.popleft()
@@ -531,6 +800,8 @@ def encode_extract(
                         collect(future.result(), rows)
 
         record_count = counts["encoded"]
+        if not max_bad_rows.allows(skipped_rows + blanked_rows, counts["read"]):
+            raise _too_many_bad_rows()
         if record_count == 0:
             raise ExtractError(
                 f"none of the {counts['read']} rows could be encoded (all were skipped)",
@@ -552,8 +823,10 @@ def encode_extract(
         del permutation
         # Both files or neither: the positions file is committed inside the encoded file's
         # block (so a failure writing it leaves no encoded file), and removed again if the
-        # encoded file then fails to commit.
+        # encoded file then fails to commit. The payload digest it is bound to is taken
+        # over the same bytes the writer hashes into the header (and checked against it).
         positions_committed = False
+        payload_digest = hashlib.sha256()
         try:
             with ClkFileWriter(
                 encoded_path,
@@ -561,25 +834,46 @@ def encode_extract(
                 schema_fingerprint=schema.fingerprint,
                 kcv=local.encoder.kcv,
                 clk_bits=schema.encoded_bits,
+                layout=schema.layout if schema.grouped else None,
             ) as writer:
-                _write_shuffled(writer, clk_scratch, position_of, clk_bytes)
-                _write_positions(positions_path, ids_scratch, position_of)
+                _write_shuffled(writer, clk_scratch, position_of, clk_bytes, payload_digest)
+                binding = PositionsBinding(
+                    project_id=project_id,
+                    payload_sha256=payload_digest.hexdigest(),
+                    record_count=record_count,
+                )
+                write_positions(positions_path, ids_scratch, position_of, binding)
                 positions_committed = True
+            if writer.header is None or writer.header.payload_sha256 != payload_digest.digest():
+                raise ConfigurationError("the encoded file's payload digest is not the one bound")
         except BaseException:
             if positions_committed:
                 positions_path.unlink(missing_ok=True)
             raise
-        assert writer.header is not None
+        if observer is not None:
+            observer.placed(np.concatenate(row_numbers), position_of)
         return EncodeSummary(
             rows_read=counts["read"],
             records_encoded=record_count,
             rows_skipped=skipped_rows,
             values_blanked=blanked_values,
+            rows_blanked=blanked_rows,
             problems_by_field=dict(problems),
+            fields=tuple(
+                FieldCounts(
+                    field=name,
+                    missing=missing_by_field[index],
+                    blanked=blanked_by_field[name],
+                    skipped_rows=skipped_by_field[name],
+                    records=record_count,
+                )
+                for index, name in enumerate(field_names)
+            ),
+            project_id=project_id,
             clk_bits=schema.encoded_bits,
             schema_fingerprint=schema.fingerprint.hex(),
             kcv=local.encoder.kcv.hex(),
-            payload_sha256=writer.header.payload_sha256.hex(),
+            payload_sha256=payload_digest.hexdigest(),
             encoded_path=encoded_path,
             positions_path=positions_path,
             seconds=time.perf_counter() - started,

@@ -4,19 +4,59 @@ Rows come out as lists of strings with their 1-based data row numbers, never the
 at once, so a file larger than memory encodes in constant memory. Undecodable bytes are kept
 as surrogate escapes and rejected by the normaliser with the row and field named, instead of
 failing the whole file with a decoder message that could quote the bytes.
+
+A CSV file's delimiter and encoding come from the department mapping (:class:`CsvDialect`).
+Typed Parquet/Arrow date and timestamp columns are written as ISO dates (``YYYY-MM-DD``) and
+listed in ``ExtractReader.date_columns``, so they need no date format in the mapping.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import datetime as dt
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from protocol.errors import ExtractError
+from protocol.errors import ExtractError, MappingError
 
-__all__ = ["ExtractChunk", "ExtractReader", "open_extract"]
+__all__ = ["CsvDialect", "ExtractChunk", "ExtractReader", "ReadProgress", "open_extract"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CsvDialect:
+    """How a CSV extract is spelled: its delimiter and text encoding (from the mapping)."""
+
+    delimiter: str = ","
+    encoding: str = "utf-8"
+
+    def __post_init__(self) -> None:
+        if len(self.delimiter) != 1 or self.delimiter in '"\r\n':
+            raise MappingError(["delimiter must be one character (not a quote or a newline)"])
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise MappingError(
+                [f"encoding {self.encoding!r} is not a known text encoding"]
+            ) from None
+
+    @property
+    def python_encoding(self) -> str:
+        """The codec to read with: UTF-8 also drops a byte-order mark."""
+        return "utf-8-sig" if codecs.lookup(self.encoding).name == "utf-8" else self.encoding
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadProgress:
+    """How far through the extract a reader is: bytes of a CSV file, rows of a Parquet one."""
+
+    done: int
+    total: int
+    unit: str
+
 
 # A field longer than this is an extract fault; the normaliser rejects anything over 1,000.
 csv.field_size_limit(1 << 20)
@@ -47,11 +87,21 @@ class ExtractReader:
         header: list[str],
         chunks: Iterator[ExtractChunk],
         close: Callable[[], None] = lambda: None,
+        *,
+        progress: Callable[[], ReadProgress] | None = None,
+        date_columns: frozenset[str] = frozenset(),
     ) -> None:
         self.path = path
         self.header = header
+        self.date_columns = date_columns
+        """Typed date/timestamp columns, written as ISO dates (``DepartmentMapping.bind``)."""
         self._chunks = chunks
         self._close = close
+        self._progress = progress
+
+    def progress(self) -> ReadProgress | None:
+        """How much of the file has been read so far (None if the reader cannot tell)."""
+        return self._progress() if self._progress else None
 
     def __iter__(self) -> Iterator[ExtractChunk]:
         return self._chunks
@@ -66,13 +116,16 @@ class ExtractReader:
         self.close()
 
 
-def _csv_reader(path: Path, chunk_rows: int) -> ExtractReader:
+def _csv_reader(path: Path, chunk_rows: int, dialect: CsvDialect) -> ExtractReader:
     try:
         handle = path.open("rb")
+        total = path.stat().st_size
     except OSError as error:
         raise ExtractError(f"cannot open extract: {error.strerror}", path=str(path)) from None
-    text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="surrogateescape", newline="")
-    reader = csv.reader(text, strict=True)
+    text = io.TextIOWrapper(
+        handle, encoding=dialect.python_encoding, errors="surrogateescape", newline=""
+    )
+    reader = csv.reader(text, strict=True, delimiter=dialect.delimiter)
     try:
         header = next(reader)
     except StopIteration:
@@ -86,7 +139,10 @@ def _csv_reader(path: Path, chunk_rows: int) -> ExtractReader:
     header = [name.strip() for name in header]
     if any("\udc80" <= char <= "\udcff" for name in header for char in name):
         text.close()
-        raise ExtractError("the header row is not valid UTF-8", path=str(path))
+        raise ExtractError(
+            f"the header row is not valid {dialect.encoding} (set encoding in the mapping)",
+            path=str(path),
+        )
 
     def chunks() -> Iterator[ExtractChunk]:
         row_number = 0
@@ -120,7 +176,11 @@ def _csv_reader(path: Path, chunk_rows: int) -> ExtractReader:
         finally:
             text.close()
 
-    return ExtractReader(path, header, chunks(), close=text.close)
+    def progress() -> ReadProgress:
+        done = total if handle.closed else handle.tell()
+        return ReadProgress(done=done, total=total, unit="B")
+
+    return ExtractReader(path, header, chunks(), close=text.close, progress=progress)
 
 
 def _parquet_reader(path: Path, chunk_rows: int) -> ExtractReader:
@@ -134,10 +194,19 @@ def _parquet_reader(path: Path, chunk_rows: int) -> ExtractReader:
         parquet_file = parquet.ParquetFile(path)
     except Exception:  # pyarrow raises several types for a bad file; none carry row data
         raise ExtractError("not a readable Parquet file", path=str(path)) from None
-    header = list(parquet_file.schema_arrow.names)
-    if parquet_file.metadata.num_rows == 0:
+    import pyarrow.types as arrow_types  # type: ignore[import-untyped]
+
+    schema = parquet_file.schema_arrow
+    header = list(schema.names)
+    total_rows = int(parquet_file.metadata.num_rows)
+    if total_rows == 0:
         parquet_file.close()
         raise ExtractError("file has columns but no data rows", path=str(path))
+    date_columns = frozenset(
+        item.name
+        for item in schema
+        if arrow_types.is_date(item.type) or arrow_types.is_timestamp(item.type)
+    )
 
     def to_text(value: object) -> str:
         if value is None:
@@ -150,22 +219,45 @@ def _parquet_reader(path: Path, chunk_rows: int) -> ExtractReader:
             return value.isoformat()  # type: ignore[no-any-return]
         return str(value)
 
+    def date_text(value: object) -> str:
+        # A timestamp is a date of birth at some time of day: only the date is encoded.
+        if value is None:
+            return ""
+        day: Any = value.date() if isinstance(value, dt.datetime) else value
+        return str(day.isoformat())
+
+    converters = [date_text if name in date_columns else to_text for name in header]
+    read = 0
+
     def chunks() -> Iterator[ExtractChunk]:
-        row_number = 0
+        nonlocal read
         for batch in parquet_file.iter_batches(batch_size=chunk_rows):
-            columns = [[to_text(value) for value in column.to_pylist()] for column in batch.columns]
+            columns = [
+                list(map(convert, column.to_pylist()))
+                for convert, column in zip(converters, batch.columns, strict=True)
+            ]
             rows = [list(values) for values in zip(*columns, strict=True)]
-            yield ExtractChunk(first_row=row_number + 1, rows=rows)
-            row_number += len(rows)
+            yield ExtractChunk(first_row=read + 1, rows=rows)
+            read += len(rows)
 
-    return ExtractReader(path, header, chunks(), close=parquet_file.close)
+    return ExtractReader(
+        path,
+        header,
+        chunks(),
+        close=parquet_file.close,
+        progress=lambda: ReadProgress(done=read, total=total_rows, unit="rows"),
+        date_columns=date_columns,
+    )
 
 
-def open_extract(path: Path | str, *, chunk_rows: int = 20_000) -> ExtractReader:
-    """Open a CSV (``.csv``, UTF-8, header row) or Parquet (``.parquet``) extract."""
+def open_extract(
+    path: Path | str, *, chunk_rows: int = 20_000, dialect: CsvDialect | None = None
+) -> ExtractReader:
+    """Open a CSV (``.csv``, header row; delimiter and encoding from ``dialect``, by default
+    comma and UTF-8) or Parquet (``.parquet``) extract."""
     source = Path(path)
     if not source.is_file():
         raise ExtractError("extract does not exist or is not a file", path=str(source))
     if source.suffix.lower() in (".parquet", ".pq"):
         return _parquet_reader(source, chunk_rows)
-    return _csv_reader(source, chunk_rows)
+    return _csv_reader(source, chunk_rows, dialect or CsvDialect())

@@ -62,8 +62,13 @@ def known_key_reencoder(
                 "the positions file does not cover the encoded file (wrong positions file?)"
             )
         values: dict[int, list[str | None]] = {}
-        with open_extract(extract_path) as reader:
-            bound = mapping.bind(schema, list(reader.header), source=str(extract_path))
+        with open_extract(extract_path, dialect=mapping.dialect) as reader:
+            bound = mapping.bind(
+                schema,
+                list(reader.header),
+                source=str(extract_path),
+                date_columns=reader.date_columns,
+            )
             row_number = 0
             for chunk in reader:
                 for row in chunk.rows:

@@ -11,7 +11,8 @@ values, tokens), it looks for each string, in its given, lower- and upper-case s
 
 and checks the container holds only what the format allows (header parses, payload exactly
 the promised length, payload digest matches). Optionally it compares a sample of CLKs with
-the caller's *unkeyed* re-encoding of the same records: high Dice means the key was not used.
+the caller's *unkeyed* re-encoding of the same records: sharing more bits than chance means the
+key was not used.
 
 **Search cost.** Every pattern is at least 4 bytes long. All patterns are indexed by their
 first 4 bytes; the file is read through a memory map in 8 MiB chunks, each chunk's 4-byte
@@ -49,7 +50,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from protocol.clk_file import HEADER_LENGTH, ClkFileHeader
+from protocol.clk_file import MAX_HEADER_LENGTH, ClkFileHeader
+from protocol.clk_layout import ClkLayout
 from protocol.errors import ClkFileError, ConfigurationError
 
 __all__ = [
@@ -57,6 +59,7 @@ __all__ = [
     "LeakFinding",
     "LeakScanReport",
     "Pattern",
+    "ScanProgress",
     "UnkeyedReencoder",
     "find_occurrences",
     "find_occurrences_naive",
@@ -72,6 +75,8 @@ _MULTIPLIER = np.uint32(0x9E3779B1)  # Knuth's multiplicative hash: spreads pref
 
 # Given the CLKs' record positions, return the caller's unkeyed re-encodings of those records.
 UnkeyedReencoder = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.uint64]]
+ScanProgress = Callable[[int, int], None]
+"""``progress(bytes_searched, bytes_total)`` while the scan searches the file."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -251,7 +256,10 @@ class _PrefixIndex:
 
 
 def find_occurrences(
-    buffer: bytes | mmap.mmap, patterns: Sequence[Pattern]
+    buffer: bytes | mmap.mmap,
+    patterns: Sequence[Pattern],
+    *,
+    progress: ScanProgress | None = None,
 ) -> dict[int, list[int]]:
     """Every offset of every pattern in ``buffer`` (same answer as the naive twin, fast)."""
     found: dict[int, list[int]] = {}
@@ -261,6 +269,8 @@ def find_occurrences(
     index = _PrefixIndex(patterns)
     windows = size - MIN_PATTERN_BYTES + 1
     for start in range(0, windows, _CHUNK_BYTES):
+        if progress:
+            progress(start, windows)
         count = min(_CHUNK_BYTES, windows - start)
         for offset in index.candidates(buffer, start, count).tolist():
             prefix = int.from_bytes(buffer[offset : offset + 4], "little")
@@ -268,6 +278,8 @@ def find_occurrences(
                 data = patterns[number].data
                 if buffer[offset : offset + len(data)] == data:
                     found.setdefault(number, []).append(offset)
+    if progress:
+        progress(windows, windows)
     return found
 
 
@@ -308,11 +320,12 @@ def _poisson_tail(count: int, expected: float) -> float:
 
 def _container_findings(buffer: bytes | mmap.mmap) -> list[LeakFinding]:
     try:
-        header = ClkFileHeader.from_bytes(bytes(buffer[:HEADER_LENGTH]))
+        header = ClkFileHeader.from_bytes(bytes(buffer[:MAX_HEADER_LENGTH]))
     except ClkFileError as error:
         return [LeakFinding(kind="container-header", message=error.message, offset=0)]
     findings: list[LeakFinding] = []
-    expected_end = HEADER_LENGTH + header.payload_length
+    start_of_payload = header.header_length
+    expected_end = start_of_payload + header.payload_length
     if len(buffer) != expected_end:
         what = "trailing bytes after" if len(buffer) > expected_end else "a payload shorter than"
         findings.append(
@@ -324,47 +337,78 @@ def _container_findings(buffer: bytes | mmap.mmap) -> list[LeakFinding]:
         )
     else:
         digest = hashlib.sha256()
-        for start in range(HEADER_LENGTH, len(buffer), _CHUNK_BYTES):
+        for start in range(start_of_payload, len(buffer), _CHUNK_BYTES):
             digest.update(buffer[start : min(start + _CHUNK_BYTES, len(buffer))])
         if digest.digest() != header.payload_sha256:
             findings.append(
                 LeakFinding(
                     kind="container-digest",
                     message="the payload does not match the digest in the header",
-                    offset=HEADER_LENGTH,
+                    offset=start_of_payload,
                 )
             )
     return findings
 
 
-def _dice(left: npt.NDArray[np.uint64], right: npt.NDArray[np.uint64]) -> npt.NDArray[np.float64]:
-    common = np.bitwise_count(left & right).sum(axis=1, dtype=np.int64)
-    total = np.bitwise_count(left).sum(axis=1, dtype=np.int64) + np.bitwise_count(right).sum(
-        axis=1, dtype=np.int64
+def _excess_sharing(
+    left: npt.NDArray[np.uint64], right: npt.NDArray[np.uint64]
+) -> npt.NDArray[np.float64]:
+    """Per row, how many standard deviations more bits ``left`` and ``right`` share than two
+    independent random sets of their sizes would (hypergeometric mean and variance). Rows
+    where either side is empty or full are left out (they say nothing)."""
+    bits = left.shape[1] * 64
+    ones_left = np.bitwise_count(left).sum(axis=1, dtype=np.int64).astype(np.float64)
+    ones_right = np.bitwise_count(right).sum(axis=1, dtype=np.int64).astype(np.float64)
+    shared = np.bitwise_count(left & right).sum(axis=1, dtype=np.int64).astype(np.float64)
+    usable = (ones_left > 0) & (ones_right > 0) & (ones_left < bits) & (ones_right < bits)
+    mean = ones_left * ones_right / bits
+    variance = (
+        ones_left
+        * ones_right
+        * (bits - ones_left)
+        * (bits - ones_right)
+        / (bits * bits * (bits - 1))
     )
-    return np.where(total > 0, 2.0 * common / np.maximum(total, 1), 0.0)
+    scores = (shared - mean) / np.sqrt(np.where(usable, variance, 1.0))
+    kept: npt.NDArray[np.float64] = np.asarray(scores[usable], dtype=np.float64)
+    return kept
 
 
 def unkeyed_encoding_check(
     clks: npt.NDArray[np.uint64],
     reencode: UnkeyedReencoder,
     *,
+    layout: ClkLayout | None = None,
     sample_size: int = 1000,
-    margin: float = 0.2,
+    margin: float = 1.0,
     rng: np.random.Generator | None = None,
+    candidates: npt.NDArray[np.int64] | None = None,
 ) -> LeakFinding | None:
     """Compare a sample of CLKs with their unkeyed re-encodings; a finding if they are alike.
 
-    Keyed CLKs look unrelated to an unkeyed encoding of the same values: paired Dice is about
-    the background Dice of unrelated pairs. If the paired mean exceeds the background mean by
-    ``margin``, the key was not applied.
+    Under the key, a CLK's bits are positions no one without the key can predict, so a CLK
+    shares about as many bits with its own unkeyed re-encoding as with an unrelated record's.
+    Each pair's sharing is scored as standard deviations above what two random sets of their
+    sizes share (:func:`_excess_sharing`, so dense and sparse records weigh alike), for the
+    records' own pairs and for unrelated pairs (each CLK against the next record's
+    re-encoding); the finding is raised when the own pairs score ``margin`` (plus four
+    standard errors of the difference) above the unrelated ones on average. An unkeyed
+    encoding scores tens above; BLIP's random flips shrink that by about
+    ``(1 - 2 * flip probability) ** 2``, still far above the margin below a flip probability
+    of about 0.4. Groups are compared one by one (``layout``), and only where set on both
+    sides, so a missing group, all zero on both sides, never looks like agreement.
+
+    The sample is drawn from every position, or from ``candidates`` (positions of records the
+    caller sampled already, e.g. :func:`party.prepare.prepare_upload`'s one-pass row sample)
+    when given.
     """
-    count = clks.shape[0]
+    pool = np.arange(clks.shape[0], dtype=np.int64) if candidates is None else candidates
+    count = len(pool)
     if count < 2:
         return None
     generator = rng if rng is not None else np.random.default_rng()
     positions = np.sort(
-        generator.choice(count, size=min(sample_size, count), replace=False)
+        pool[generator.choice(count, size=min(sample_size, count), replace=False)]
     ).astype(np.int64)
     reencoded = np.asarray(reencode(positions), dtype=np.uint64)
     sample = np.asarray(clks[positions], dtype=np.uint64)
@@ -372,15 +416,27 @@ def unkeyed_encoding_check(
         raise ConfigurationError(
             "the unkeyed re-encoding must return one CLK per requested position"
         )
-    paired = float(_dice(sample, reencoded).mean())
-    background = float(_dice(sample, np.roll(reencoded, 1, axis=0)).mean())
-    if paired - background <= margin:
+    groups = layout or ClkLayout.single(64 * sample.shape[1])
+    ranges = [groups.word_range(index) for index in range(len(groups.groups))]
+    unrelated = np.roll(reencoded, 1, axis=0)
+    own = np.concatenate([_excess_sharing(sample[:, a:b], reencoded[:, a:b]) for a, b in ranges])
+    other = np.concatenate([_excess_sharing(sample[:, a:b], unrelated[:, a:b]) for a, b in ranges])
+    if own.size == 0 or other.size == 0:
+        return None
+    own_mean, other_mean = float(own.mean()), float(other.mean())
+    # A small sample's means wander: ask for the margin plus four standard errors (variances
+    # floored at 1, a score's variance under the key, so three records cannot false-alarm).
+    spread = np.sqrt(
+        max(float(own.var()), 1.0) / own.size + max(float(other.var()), 1.0) / other.size
+    )
+    if own_mean - other_mean <= margin + 4.0 * spread:
         return None
     return LeakFinding(
         kind="unkeyed-encoding",
         message=(
-            f"CLKs are close to an unkeyed encoding of the same records (mean Dice {paired:.2f} "
-            f"vs {background:.2f} for unrelated pairs): the linkage secret was not applied"
+            f"CLKs share far more bits with an unkeyed encoding of the same records than with "
+            f"unrelated records' ({own_mean:.1f} vs {other_mean:.1f} standard deviations above "
+            "chance): the linkage secret was not applied"
         ),
         occurrences=int(positions.size),
     )
@@ -391,6 +447,7 @@ def _pattern_findings(
     patterns: Sequence[Pattern],
     string_count: int,
     false_alarm_rate: float,
+    progress: ScanProgress | None = None,
 ) -> tuple[list[LeakFinding], int]:
     """Findings, and how many strings could hide in plain UTF-8 (one occurrence = chance)."""
     size = len(buffer)
@@ -403,7 +460,7 @@ def _pattern_findings(
         if _poisson_tail(1, _expected_by_chance(pattern.data, frequencies, size)) < threshold:
             detectable.add(pattern.source_index)
     findings: list[LeakFinding] = []
-    for number, offsets in sorted(find_occurrences(buffer, patterns).items()):
+    for number, offsets in sorted(find_occurrences(buffer, patterns, progress=progress).items()):
         pattern = patterns[number]
         expected = _expected_by_chance(pattern.data, frequencies, size)
         if _poisson_tail(len(offsets), expected) >= threshold:
@@ -432,10 +489,17 @@ def scan_encoded_file(
     unkeyed_reencoder: UnkeyedReencoder | None = None,
     sample_size: int = 1000,
     rng: np.random.Generator | None = None,
+    unkeyed_positions: npt.NDArray[np.int64] | None = None,
+    progress: ScanProgress | None = None,
 ) -> LeakScanReport:
-    """Scan one encoded file; the report is clean only if nothing was found."""
+    """Scan one encoded file; the report is clean only if nothing was found.
+
+    ``unkeyed_positions``: the positions ``unkeyed_reencoder`` can re-encode (default: all).
+    """
     if not 0 < false_alarm_rate < 1:
         raise ConfigurationError("false alarm rate must be between 0 and 1")
+    if progress:
+        progress(0, max(Path(path).stat().st_size - MIN_PATTERN_BYTES + 1, 0))
     patterns, string_count = sensitive_patterns(sensitive_strings)
     file_path = Path(path)
     try:
@@ -452,16 +516,24 @@ def scan_encoded_file(
             findings = _container_findings(buffer)
             container_ok = not findings
             pattern_findings, undetectable = _pattern_findings(
-                buffer, patterns, string_count, false_alarm_rate
+                buffer, patterns, string_count, false_alarm_rate, progress
             )
             findings.extend(pattern_findings)
             if unkeyed_reencoder is not None and container_ok:
-                header = ClkFileHeader.from_bytes(bytes(buffer[:HEADER_LENGTH]))
+                header = ClkFileHeader.from_bytes(bytes(buffer[:MAX_HEADER_LENGTH]))
                 clks = np.frombuffer(
-                    buffer, dtype="<u8", offset=HEADER_LENGTH, count=header.payload_length // 8
+                    buffer,
+                    dtype="<u8",
+                    offset=header.header_length,
+                    count=header.payload_length // 8,
                 ).reshape(header.record_count, header.clk_bits // 64)
                 finding = unkeyed_encoding_check(
-                    clks, unkeyed_reencoder, sample_size=sample_size, rng=rng
+                    clks,
+                    unkeyed_reencoder,
+                    layout=header.clk_layout,
+                    sample_size=sample_size,
+                    rng=rng,
+                    candidates=unkeyed_positions,
                 )
                 del clks
                 if finding is not None:

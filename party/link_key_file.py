@@ -9,31 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
+from party.positions_file import read_positions
 from protocol.atomic_file import atomic_output
 from protocol.errors import ExtractError
 
 __all__ = ["join_link_keys", "read_positions"]
-
-
-def read_positions(positions_path: Path | str) -> Iterator[tuple[int, str, int]]:
-    """``(line, record_id, position)`` for every row of a positions file, checked as read."""
-    path = str(positions_path)
-    try:
-        with open(positions_path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            if next(reader, None) != ["record_id", "position"]:
-                raise ExtractError(
-                    "positions file must start with the header record_id,position", path=path
-                )
-            for line, row in enumerate(reader, start=2):
-                if len(row) != 2 or not row[1].isdigit():
-                    raise ExtractError(f"line {line} is not record_id,position", path=path)
-                yield line, row[0], int(row[1])
-    except OSError as error:
-        raise ExtractError(f"cannot read positions file: {error.strerror}", path=path) from None
 
 
 def join_link_keys(

@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from party.leak_scan import LeakScanReport, UnkeyedReencoder, scan_encoded_file
+from party.leak_scan import LeakScanReport, ScanProgress, UnkeyedReencoder, scan_encoded_file
 from party.sensitive_strings import SensitiveStrings
-from protocol.clk_file import read_clks, read_header
+from protocol.clk_file import GROUPED_FORMAT_VERSION, read_clks, read_header
+from protocol.clk_layout import ClkLayout
 from protocol.errors import AuditError
 from protocol.manifest import (
+    FieldCount,
     SignedManifest,
     UploadManifest,
     manifest_mismatches,
@@ -35,6 +40,7 @@ from protocol.signing import create_signing_key, load_signing_key, public_key_pe
 
 __all__ = [
     "SIGNING_KEY_ENV_VAR",
+    "EncodeCounts",
     "check_manifest_for_file",
     "create_party_signing_key",
     "manifest_path_for",
@@ -52,6 +58,15 @@ SIGNING_KEY_ENV_VAR = "BLOOMLINK_SIGNING_KEY"
 create_party_signing_key = create_signing_key
 load_party_signing_key = load_signing_key
 party_public_key_pem = public_key_pem
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EncodeCounts:
+    """What an encode counted, for its manifest: rows, and per field missing and blanked."""
+
+    rows_read: int
+    rows_skipped: int
+    field_counts: tuple[FieldCount, ...]
 
 
 def _utc_now() -> datetime:
@@ -72,13 +87,18 @@ def write_manifest(
     software_version: str,
     leak_scan_strings: int,
     leak_scan_rows: int,
+    unkeyed_check: bool = False,
+    counts: EncodeCounts | None = None,
+    layout: ClkLayout | None = None,
     clock: Callable[[], datetime] = _utc_now,
     nonce: Callable[[int], bytes] = os.urandom,
 ) -> SignedManifest:
     """Build, sign and atomically write the manifest of one encode; return it.
 
     Byte fields are raw bytes (``payload_sha256`` and ``schema_fingerprint`` 32, ``kcv`` 16).
-    The nonce makes two encodes of the same data distinguishable (replays are refused).
+    ``layout``: a grouped encoding's groups and the hardening applied to each (None for a
+    single record-level CLK). The nonce makes two encodes of the same data distinguishable
+    (replays are refused).
     """
     manifest = UploadManifest(
         project_id=project_id,
@@ -93,6 +113,11 @@ def write_manifest(
         nonce=nonce(16),
         leak_scan_strings=leak_scan_strings,
         leak_scan_rows=leak_scan_rows,
+        unkeyed_check=unkeyed_check,
+        rows_read=counts.rows_read if counts else 0,
+        rows_skipped=counts.rows_skipped if counts else 0,
+        field_counts=counts.field_counts if counts else (),
+        layout=layout,
     )
     signed = sign_manifest(manifest, signing_key)
     write_signed_manifest(signed, path)
@@ -108,9 +133,12 @@ def write_manifest_for_file(
     software_version: str,
     leak_scan_strings: int,
     leak_scan_rows: int,
+    unkeyed_check: bool = False,
+    counts: EncodeCounts | None = None,
 ) -> SignedManifest:
     """The manifest of an existing encoded file, from its header, after checking the payload
-    digest (a manifest must never vouch for bytes nobody hashed)."""
+    digest (a manifest must never vouch for bytes nobody hashed). A format 2 file's layout
+    and hardening go into the manifest."""
     header, _ = read_clks(encoded_path, verify=True)
     return write_manifest(
         manifest_path,
@@ -125,6 +153,9 @@ def write_manifest_for_file(
         software_version=software_version,
         leak_scan_strings=leak_scan_strings,
         leak_scan_rows=leak_scan_rows,
+        unkeyed_check=unkeyed_check,
+        counts=counts,
+        layout=header.layout if header.format_version == GROUPED_FORMAT_VERSION else None,
     )
 
 
@@ -143,15 +174,26 @@ def vouch_for_encoded_file(
     software_version: str,
     manifest_path: Path | str | None = None,
     unkeyed_reencoder: UnkeyedReencoder | None = None,
+    unkeyed_positions: npt.NDArray[np.int64] | None = None,
+    counts: EncodeCounts | None = None,
+    progress: ScanProgress | None = None,
 ) -> tuple[SignedManifest, LeakScanReport]:
     """Leak-scan an encoded file for ``strings``; if clean, sign and write its manifest.
 
     A finding raises :class:`AuditError` and leaves no manifest (a stale one is removed), so
-    ``bloomlink submit`` will not send the file.
+    ``bloomlink submit`` will not send the file. The manifest records whether the scan ran
+    the known-key check (``unkeyed_reencoder`` given); a department runs
+    :func:`party.prepare.prepare_upload`, which always does.
     """
     target = Path(manifest_path) if manifest_path else manifest_path_for(encoded_path)
     target.unlink(missing_ok=True)
-    report = scan_encoded_file(encoded_path, strings.strings, unkeyed_reencoder=unkeyed_reencoder)
+    report = scan_encoded_file(
+        encoded_path,
+        strings.strings,
+        unkeyed_reencoder=unkeyed_reencoder,
+        unkeyed_positions=unkeyed_positions,
+        progress=progress,
+    )
     if not report.clean:
         kinds = sorted({finding.kind for finding in report.findings})
         raise AuditError(
@@ -167,6 +209,8 @@ def vouch_for_encoded_file(
         software_version=software_version,
         leak_scan_strings=report.strings_checked,
         leak_scan_rows=strings.rows_sampled,
+        unkeyed_check=unkeyed_reencoder is not None,
+        counts=counts,
     )
     return signed, report
 
@@ -187,6 +231,8 @@ def check_manifest_for_file(
         "schema_fingerprint": header.schema_fingerprint.hex(),
         "kcv": header.kcv.hex(),
     }
+    if header.format_version == GROUPED_FORMAT_VERSION:
+        details["layout_sha256"] = header.clk_layout.sha256
     wrong = manifest_mismatches(manifest, project_id=header.project_id, details=details)
     if wrong:
         raise AuditError(
@@ -197,5 +243,11 @@ def check_manifest_for_file(
         raise AuditError(
             f"the manifest {manifest_path} records a leak scan of no strings; give --extract "
             "to scan the file now"
+        )
+    if not manifest.unkeyed_check:
+        raise AuditError(
+            f"the manifest {manifest_path} does not record the check that the CLKs were made "
+            "with the linkage secret; re-run bloomlink encode, or give --extract (with the "
+            "positions file beside the encoded file) to scan the file now"
         )
     return signed

@@ -15,20 +15,32 @@ import datetime as dt
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from party.extract import CsvDialect
 from protocol import normalisation
 from protocol.errors import ExtractError, MappingError, RecordError, ValueRejectedError
 from protocol.labels import LABEL_PATTERN
 from protocol.schema import FieldSpec, LinkageSchema
 
-__all__ = ["BoundMapping", "DepartmentMapping", "FieldSource", "load_mapping", "shipped_mapping"]
+__all__ = [
+    "BoundMapping",
+    "CsvDialect",
+    "DepartmentMapping",
+    "FieldReader",
+    "FieldSource",
+    "load_mapping",
+    "shipped_mapping",
+]
 
 MAPPING_VERSION = 1
+ISO_DATE_FORMAT = "%Y-%m-%d"
+"""How the extract reader writes typed (Parquet/Arrow) date and timestamp values."""
+_DELIMITERS = (",", ";", "\t", "|")
 Normaliser = Callable[[str], "str | None"]
 BatchNormaliser = Callable[[list[str]], "list[str | None]"]
 """Normalises many values at once: the same results as the field's Normaliser on each, and
@@ -54,14 +66,27 @@ class DepartmentMapping:
     sources: tuple[FieldSource, ...]
     null_markers: frozenset[str] = frozenset()
     extra_columns: str = "error"
+    dialect: CsvDialect = field(default_factory=CsvDialect)
+    two_digit_year_pivot: int | None = None
+    """Dates with ``%y``: a two-digit year is the year from the pivot to pivot + 99 ending in
+    those digits (protocol.normalisation.normalise_date)."""
 
     def used_columns(self) -> set[str]:
         return {self.record_id_column} | {s.column for s in self.sources if s.column}
 
     def bind(
-        self, schema: LinkageSchema, header: Sequence[str], *, source: str | None = None
+        self,
+        schema: LinkageSchema,
+        header: Sequence[str],
+        *,
+        source: str | None = None,
+        date_columns: frozenset[str] = frozenset(),
     ) -> BoundMapping:
-        """Check this mapping against the schema and the extract's header; list all problems."""
+        """Check this mapping against the schema and the extract's header; list all problems.
+
+        ``date_columns`` are typed date columns (Parquet/Arrow ``date32``, timestamps): the
+        reader writes them as ISO dates, so they need no ``date_formats``.
+        """
         problems: list[str] = []
         by_field = {s.field_name: s for s in self.sources}
         for spec in schema.fields:
@@ -78,6 +103,7 @@ class DepartmentMapping:
                 and spec.kind == "date"
                 and source_spec.column
                 and not source_spec.date_formats
+                and source_spec.column not in date_columns
             ):
                 problems.append(f"field {spec.name!r} is a date: give date_formats")
             if source_spec and spec.kind == "sex" and source_spec.column and not source_spec.codes:
@@ -98,9 +124,10 @@ class DepartmentMapping:
         column_problems = []
         if duplicates:
             column_problems.append(f"columns appear more than once: {', '.join(duplicates)}")
+        hint = _delimiter_hint(columns, missing, self.dialect.delimiter) if missing else ""
         if missing:
-            column_problems.append(f"missing columns the mapping needs: {', '.join(missing)}")
-        if extra and self.extra_columns == "error":
+            column_problems.append(f"missing columns the mapping needs: {', '.join(missing)}{hint}")
+        if extra and self.extra_columns == "error" and not hint:
             column_problems.append(
                 f"columns the mapping does not mention: {', '.join(extra)} (map them, remove "
                 'them, or set extra_columns = "ignore")'
@@ -108,17 +135,24 @@ class DepartmentMapping:
         if column_problems:
             raise ExtractError("; ".join(column_problems), path=source)
 
-        readers: list[tuple[str, int | None, Normaliser]] = []
-        batch_normalisers: list[BatchNormaliser] = []
+        readers: list[FieldReader] = []
         for spec in schema.fields:
             source_spec = by_field[spec.name]
+            if source_spec.column in date_columns and spec.kind == "date":
+                # Typed dates arrive as ISO text whatever the mapping says for text extracts.
+                source_spec = replace(source_spec, date_formats=(ISO_DATE_FORMAT,))
             index = columns.index(source_spec.column) if source_spec.column else None
-            readers.append((spec.name, index, self._normaliser(spec, source_spec)))
-            batch_normalisers.append(self._batch_normaliser(spec, source_spec))
+            readers.append(
+                FieldReader(
+                    name=spec.name,
+                    column_index=index,
+                    normalise=self._normaliser(spec, source_spec),
+                    normalise_many=self._batch_normaliser(spec, source_spec),
+                )
+            )
         return BoundMapping(
             record_id_index=columns.index(self.record_id_column),
-            readers=tuple(readers),
-            batch_normalisers=tuple(batch_normalisers),
+            fields=tuple(readers),
             width=len(columns),
             required_fields=frozenset(
                 spec.name for spec in schema.fields if spec.missing == "required"
@@ -162,7 +196,10 @@ class DepartmentMapping:
             )
         if spec.kind == "date":
             return partial(
-                normalisation.normalise_dates, formats=source.date_formats, null_markers=markers
+                normalisation.normalise_dates,
+                formats=source.date_formats,
+                null_markers=markers,
+                two_digit_year_pivot=self.two_digit_year_pivot,
             )
         # No fast path for this kind (few distinct values, or rare): one value at a time.
         return partial(_each, self._kind_normaliser(spec, source))
@@ -195,7 +232,10 @@ class DepartmentMapping:
             return partial(normalisation.normalise_sex, codes=source.codes, null_markers=markers)
         if spec.kind == "date":
             return partial(
-                normalisation.normalise_date, formats=source.date_formats, null_markers=markers
+                normalisation.normalise_date,
+                formats=source.date_formats,
+                null_markers=markers,
+                two_digit_year_pivot=self.two_digit_year_pivot,
             )
         raise AssertionError(f"unhandled field kind {spec.kind}")
 
@@ -218,25 +258,48 @@ def _require_values(batch: BatchNormaliser, raws: list[str]) -> list[str | None]
     return values
 
 
+def _delimiter_hint(header: Sequence[str], missing: Sequence[str], delimiter: str) -> str:
+    """A hint when the header splits into the missing columns on another delimiter."""
+    for candidate in _DELIMITERS:
+        if candidate == delimiter:
+            continue
+        names = {part.strip() for cell in header for part in cell.split(candidate)}
+        if len(names) > len(header) and set(missing) <= names:
+            if candidate == "\t":
+                return '; the file looks tab-separated: set delimiter = "\\t" in the mapping'
+            return (
+                f"; the file looks '{candidate}'-separated: set delimiter = '{candidate}' in the "
+                "mapping"
+            )
+    return ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FieldReader:
+    """How one schema field is read from a row: its column and its normalisers."""
+
+    name: str
+    column_index: int | None
+    """None: the department does not hold this field (it is always missing)."""
+    normalise: Normaliser
+    normalise_many: BatchNormaliser
+    """The same normalisation over many values at once (the encoder's fast path)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BoundMapping:
     """A mapping fitted to one extract's columns: turns a row into normalised field values."""
 
     record_id_index: int
-    readers: tuple[tuple[str, int | None, Normaliser], ...]
+    fields: tuple[FieldReader, ...]
+    """One per schema field, in schema order."""
     width: int
-    batch_normalisers: tuple[BatchNormaliser, ...]
-    """Per field, in ``readers`` order: the same normalisation over many values at once."""
     required_fields: frozenset[str] = frozenset()
     """Fields the schema marks ``missing = "required"``: never blanked, the row is skipped."""
 
-    def __post_init__(self) -> None:
-        if len(self.batch_normalisers) != len(self.readers):
-            raise ValueError("give one batch normaliser per reader")
-
     @property
     def field_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _, _ in self.readers)
+        return tuple(reader.name for reader in self.fields)
 
     def normalise(
         self, row: Sequence[str], *, row_number: int, blanked: list[RecordError] | None = None
@@ -251,33 +314,34 @@ class BoundMapping:
                 f"has {len(row)} cells but the header has {self.width}", row=row_number
             )
         values: list[str | None] = []
-        for name, index, normalise in self.readers:
-            if index is None:
+        for reader in self.fields:
+            if reader.column_index is None:
                 values.append(None)
                 continue
             try:
-                values.append(normalise(row[index]))
+                values.append(reader.normalise(row[reader.column_index]))
             except ValueRejectedError as error:
-                problem = RecordError(error.message, row=row_number, field=name)
+                problem = RecordError(error.message, row=row_number, field=reader.name)
                 if blanked is None:
                     raise problem from None
-                if name in self.required_fields:
+                if reader.name in self.required_fields:
                     raise problem from None
                 blanked.append(problem)
                 values.append(None)
         return values
 
 
-def _date_format_problems(date_format: str) -> list[str]:
+def _date_format_problems(date_format: str, *, pivot: int | None) -> list[str]:
     """Why a strptime format cannot give a full, unambiguous date (empty if it can)."""
     directives = set(re.findall(r"%.", date_format.replace("%%", "")))
     problems = []
-    if "%y" in directives:
+    if "%y" in directives and pivot is None:
         problems.append(
             f"{date_format!r} has a two-digit year (%y), which is ambiguous for dates of birth; "
-            "convert years to four digits before encoding"
+            "set two_digit_year_pivot (e.g. 1925: 00-24 are 2000-2024, 25-99 are 1925-1999) "
+            "or convert years to four digits before encoding"
         )
-    elif "%Y" not in directives:
+    elif "%Y" not in directives and "%y" not in directives:
         problems.append(f"{date_format!r} has no year (%Y)")
     if "%j" not in directives:
         if not directives & {"%m", "%b", "%B"}:
@@ -311,6 +375,9 @@ def parse_mapping(data: Any, *, source: str | None = None) -> DepartmentMapping:
         "record_id",
         "null_markers",
         "extra_columns",
+        "delimiter",
+        "encoding",
+        "two_digit_year_pivot",
         "fields",
     }
     for key in sorted(set(data) - allowed):
@@ -330,6 +397,21 @@ def parse_mapping(data: Any, *, source: str | None = None) -> DepartmentMapping:
     extra_columns = data.get("extra_columns", "error")
     if extra_columns not in ("error", "ignore"):
         problems.append("extra_columns must be 'error' or 'ignore'")
+    dialect = CsvDialect()
+    delimiter, encoding = data.get("delimiter", ","), data.get("encoding", "utf-8")
+    if not isinstance(delimiter, str) or not isinstance(encoding, str):
+        problems.append('delimiter and encoding must be strings, e.g. delimiter = ";"')
+    else:
+        try:
+            dialect = CsvDialect(delimiter=delimiter, encoding=encoding)
+        except MappingError as error:
+            problems.extend(error.problems)
+    pivot = data.get("two_digit_year_pivot")
+    if pivot is not None and (
+        isinstance(pivot, bool) or not isinstance(pivot, int) or not 1800 <= pivot <= 2100
+    ):
+        problems.append("two_digit_year_pivot must be a four-digit year, e.g. 1925")
+        pivot = None
     fields_table = data.get("fields")
     sources: list[FieldSource] = []
     if not isinstance(fields_table, Mapping) or not fields_table:
@@ -362,7 +444,8 @@ def parse_mapping(data: Any, *, source: str | None = None) -> DepartmentMapping:
                 formats = []
             for date_format in formats:
                 problems.extend(
-                    f"{where}.date_formats: {p}" for p in _date_format_problems(date_format)
+                    f"{where}.date_formats: {p}"
+                    for p in _date_format_problems(date_format, pivot=pivot)
                 )
             codes = entry.get("codes", {})
             if not isinstance(codes, Mapping) or not all(
@@ -396,6 +479,8 @@ def parse_mapping(data: Any, *, source: str | None = None) -> DepartmentMapping:
         sources=tuple(sources),
         null_markers=cleaned_markers,
         extra_columns=str(extra_columns),
+        dialect=dialect,
+        two_digit_year_pivot=pivot,
     )
 
 

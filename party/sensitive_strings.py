@@ -22,14 +22,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
-from party.extract import open_extract
+from party.extract import CsvDialect, ExtractChunk, open_extract
 from party.mapping import DepartmentMapping
 from protocol.errors import ConfigurationError, ValueRejectedError
 from protocol.schema import LinkageSchema
 from protocol.tokens import tokenise
 
-__all__ = ["SensitiveStrings", "sensitive_strings"]
+__all__ = [
+    "RowSample",
+    "SensitiveStrings",
+    "sample_rows",
+    "sensitive_strings",
+    "strings_from_sample",
+]
 
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_TOKEN_ROWS = 1_000
@@ -58,27 +65,118 @@ class SensitiveStrings:
         )
 
 
-def _sample_rows(
-    path: Path, max_rows: int, generator: np.random.Generator
-) -> tuple[list[str], list[list[str]], int]:
-    """A uniform reservoir sample of rows (Vitter's algorithm R, vectorised per chunk)."""
-    reader = open_extract(path)
-    reservoir: list[list[str]] = []
-    seen = 0
-    for chunk in reader:
+class RowSample:
+    """A uniform reservoir sample of an extract's rows (Vitter's algorithm R, vectorised per
+    chunk), fed chunk by chunk: a :class:`party.encoder_run.RowObserver`, so the encoder run
+    draws it in the same pass over the extract. ``positions`` then gives the shuffled
+    position of each sampled row that was encoded (rows skipped as bad have none)."""
+
+    def __init__(self, max_rows: int, generator: np.random.Generator) -> None:
+        if max_rows < 1:
+            raise ConfigurationError("max_rows must be positive")
+        self.max_rows = max_rows
+        self.generator = generator
+        self.header: list[str] = []
+        self.date_columns: frozenset[str] = frozenset()
+        self.rows: list[list[str]] = []
+        self.row_numbers: list[int] = []
+        self.rows_read = 0
+        self.positions: dict[int, int] = {}
+        """Sampled row number -> shuffled position of its CLK."""
+
+    def __repr__(self) -> str:  # the rows are personal data
+        return f"RowSample(rows={len(self.rows)}, rows_read={self.rows_read})"
+
+    def start(self, header: list[str], date_columns: frozenset[str]) -> None:
+        self.header, self.date_columns = list(header), date_columns
+
+    def observe(self, chunk: ExtractChunk) -> None:
         rows = chunk.rows
-        fill = min(max_rows - len(reservoir), len(rows))
-        reservoir.extend(list(row) for row in rows[:fill])
+        fill = min(self.max_rows - len(self.rows), len(rows))
+        self.rows.extend(list(row) for row in rows[:fill])
+        self.row_numbers.extend(range(chunk.first_row, chunk.first_row + fill))
         rest = len(rows) - fill
         if rest > 0:
             # Row number n (0-based over the extract) replaces a random slot with chance
             # max_rows / (n + 1).
-            numbers = np.arange(seen + fill, seen + len(rows), dtype=np.int64)
-            slots = generator.integers(0, numbers + 1)
-            for offset in np.flatnonzero(slots < max_rows):
-                reservoir[int(slots[offset])] = list(rows[fill + int(offset)])
-        seen += len(rows)
-    return list(reader.header), reservoir, seen
+            numbers = np.arange(self.rows_read + fill, self.rows_read + len(rows), dtype=np.int64)
+            slots = self.generator.integers(0, numbers + 1)
+            for offset in np.flatnonzero(slots < self.max_rows):
+                slot, index = int(slots[offset]), fill + int(offset)
+                self.rows[slot] = list(rows[index])
+                self.row_numbers[slot] = chunk.first_row + index
+        self.rows_read += len(rows)
+
+    def placed(self, row_numbers: npt.NDArray[np.int64], positions: npt.NDArray[np.int64]) -> None:
+        # The encoder keeps rows in extract order, so row numbers are sorted.
+        wanted = np.asarray(self.row_numbers, dtype=np.int64)
+        places = np.minimum(np.searchsorted(row_numbers, wanted), max(len(row_numbers) - 1, 0))
+        found = row_numbers[places] == wanted if len(row_numbers) else np.zeros(0, dtype=bool)
+        self.positions = {
+            int(number): int(positions[place])
+            for number, place, hit in zip(wanted, places, found, strict=True)
+            if hit
+        }
+
+
+def sample_rows(
+    path: Path | str,
+    dialect: CsvDialect,
+    *,
+    max_rows: int = DEFAULT_MAX_ROWS,
+    generator: np.random.Generator | None = None,
+) -> RowSample:
+    """Read the extract once and sample its rows (for a scan after the encode)."""
+    sample = RowSample(max_rows, generator or np.random.default_rng())
+    with open_extract(path, dialect=dialect) as reader:
+        sample.start(list(reader.header), reader.date_columns)
+        for chunk in reader:
+            sample.observe(chunk)
+    return sample
+
+
+def strings_from_sample(
+    sample: RowSample,
+    mapping: DepartmentMapping,
+    schema: LinkageSchema,
+    *,
+    source: str | None = None,
+    token_rows: int = DEFAULT_TOKEN_ROWS,
+    started: float | None = None,
+) -> SensitiveStrings:
+    """Raw values, normalised values and tokens of the sampled rows."""
+    if token_rows < 0:
+        raise ConfigurationError("token_rows must not be negative")
+    begun = time.perf_counter() if started is None else started
+    header = sample.header
+    bound = mapping.bind(schema, header, source=source, date_columns=sample.date_columns)
+    used = sorted(header.index(column) for column in mapping.used_columns())
+    specs = {spec.name: spec for spec in schema.fields}
+    found: set[str] = set()
+    for number, row in enumerate(sample.rows):
+        if len(row) != bound.width:
+            continue  # the encoder rejected or skipped such a row; it sent nothing from it
+        found.update(row[index].strip() for index in used)
+        for reader in bound.fields:
+            if reader.column_index is None:
+                continue
+            try:
+                value = reader.normalise(row[reader.column_index])
+            except ValueRejectedError:
+                continue
+            if not value:
+                continue
+            found.add(value)
+            if number < token_rows:
+                for token_spec in specs[reader.name].tokens:
+                    found.update(tokenise(value, token_spec))
+    found.discard("")
+    return SensitiveStrings(
+        strings=tuple(sorted(found)),
+        rows_sampled=len(sample.rows),
+        rows_read=sample.rows_read,
+        seconds=time.perf_counter() - begun,
+    )
 
 
 def sensitive_strings(
@@ -90,38 +188,17 @@ def sensitive_strings(
     token_rows: int = DEFAULT_TOKEN_ROWS,
     generator: np.random.Generator | None = None,
 ) -> SensitiveStrings:
-    """Raw values, normalised values and tokens of a random sample of the extract's rows."""
+    """Raw values, normalised values and tokens of a random sample of the extract's rows
+    (reads the extract; an encode draws the same sample in its own pass instead)."""
     if max_rows < 1 or token_rows < 0:
         raise ConfigurationError("max_rows must be positive and token_rows not negative")
     started = time.perf_counter()
-    path = Path(extract_path)
-    rng = generator or np.random.default_rng()
-    header, rows, rows_read = _sample_rows(path, max_rows, rng)
-    bound = mapping.bind(schema, header, source=str(path))
-    used = sorted(header.index(column) for column in mapping.used_columns())
-    specs = {spec.name: spec for spec in schema.fields}
-    found: set[str] = set()
-    for number, row in enumerate(rows):
-        if len(row) != bound.width:
-            continue  # the encoder rejected or skipped such a row; it sent nothing from it
-        found.update(row[index].strip() for index in used)
-        for name, index, normalise in bound.readers:
-            if index is None:
-                continue
-            try:
-                value = normalise(row[index])
-            except ValueRejectedError:
-                continue
-            if not value:
-                continue
-            found.add(value)
-            if number < token_rows:
-                for token_spec in specs[name].tokens:
-                    found.update(tokenise(value, token_spec))
-    found.discard("")
-    return SensitiveStrings(
-        strings=tuple(sorted(found)),
-        rows_sampled=len(rows),
-        rows_read=rows_read,
-        seconds=time.perf_counter() - started,
+    sample = sample_rows(extract_path, mapping.dialect, max_rows=max_rows, generator=generator)
+    return strings_from_sample(
+        sample,
+        mapping,
+        schema,
+        source=str(extract_path),
+        token_rows=token_rows,
+        started=started,
     )

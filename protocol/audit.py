@@ -2,29 +2,52 @@
 
 Stage: audit (shared by the linkage unit, which appends, and the auditor, who verifies).
 
-One entry per event, in a hash chain signed by the linkage unit's Ed25519 key:
+One entry per event, in a hash chain signed by the linkage unit's Ed25519 key. The format
+(``bloomlink-audit-v2``) lets the LU show each reader only what that reader may see while
+every reader can still check the whole chain:
 
-* **Canonical bytes** of an entry are the compact JSON (sorted keys, ``","``/``":"``
-  separators, ASCII only) of ``{"format", "log_id", "sequence", "timestamp", "event",
-  "project_id", "details", "previous_hash"}``; byte strings are lower-case hex. Everything a
-  verifier needs is in those bytes, so any edit changes them.
-* **Entry hash** = SHA-256 of the canonical bytes. They include the previous entry's hash
-  (32 zero bytes for the first entry, sequence 0), so each hash commits to the whole past.
-* **Signature** = Ed25519 over ``b"bloomlink-audit-entry-v1\\0" + entry hash``.
-* **Signed head**: ``{log_id, sequence, entry_hash, timestamp}`` signed the same way under its
-  own prefix. A head held by anyone proves the log once reached that sequence: a log shorter
-  than a head, or with another hash there, was truncated or rewritten.
-* **log_id**: 16 random bytes (hex) chosen when a log is created and carried in every entry,
-  so an entry copied from another log is named as such instead of as a generic break.
+* **Field hashes.** Each detail ``key: value`` is committed to on its own:
+  ``SHA-256("bloomlink-audit-field-v2\\0" + field salt + JSON [key, value])``, with a field
+  salt of 16 bytes derived from the entry's random 16-byte ``salt`` (HMAC-SHA256, label
+  ``field\\0<key>``). A value can be withheld from a reader by showing its field hash
+  instead; the salt makes small values (a count, a KCV) impossible to guess from it.
+* **Body hash** = SHA-256 of ``"bloomlink-audit-body-v2\\0"`` + the compact JSON of
+  ``{event, timestamp, project_id, fields: {key: field hash}, salt: body salt}`` (body salt
+  derived from ``salt``, label ``body\\0``).
+* **Project tag**: HMAC-SHA256 under the project's ``view_key`` (16 bytes, in the project's
+  ``project_created`` entry) of ``"bloomlink-audit-project-v2\\0" + project id``; null for
+  an entry with no project. Only the project's readers know its view key.
+* **Entry hash** = SHA-256 of the compact JSON (sorted keys, ASCII) of ``{format, log_id,
+  sequence, previous_hash, project: tag, body: body hash}``; ``previous_hash`` is the
+  previous entry's hash (32 zero bytes for sequence 0), so each hash commits to the whole
+  past. **Signature** = Ed25519 over ``b"bloomlink-audit-entry-v2\\0" + entry hash``.
+* **Signed head**: ``{log_id, sequence, entry_hash, timestamp}`` signed under its own prefix.
+  A head proves the log once reached that sequence: a log shorter than a head, or with
+  another hash there, was truncated or rewritten.
+
+A log line is one of three forms, each enough to recompute the entry hash:
+
+* a **full entry** (the LU's own log, the auditor's and operator's reads): every detail,
+  the entry ``salt`` and the project tag;
+* a **partial entry** (a member party's view of its own project): the details the party
+  may see with their field salts, the field hashes of those it may not (``withheld``), the
+  body salt and the tag (never the entry salt, from which the withheld values' salts follow);
+* a **redacted stub** (another project's entry in a project's view): the tag and body hash
+  only. Because the stub's hash covers its tag, a stub of the viewer's own project is
+  recognisable, so a view cannot hide the viewer's own entries.
 
 Only allow-listed events with allow-listed detail keys can be written, and every value is
 checked (hex digests of the right length, labels, counts as ints, comma-joined labels), so
-the log can hold no free text: no name, CLK, score, value or key can ever reach it.
+the log can hold no free text: no name, CLK, score, value or key can ever reach it. Which
+details a party may see of each event is declared beside it (``private``: only the subject
+party, the operator and auditors; ``operator_only``: the operator and auditors) and applied
+by :func:`withheld_from`, the one policy both the LU and the verifier use.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import operator
 import re
@@ -45,38 +68,39 @@ __all__ = [
     "ALLOWED_EVENTS",
     "ENTRY_FORMAT",
     "GENESIS_HASH",
-    "RETENTION_POLICIES",
     "AuditEntry",
     "ChainReport",
+    "EntryView",
+    "LogLine",
     "ParsedLog",
     "RedactedEntry",
     "SignedHead",
+    "TagProblem",
     "build_entry",
     "check_event",
-    "entry_from_json",
-    "entry_to_json",
+    "check_project_tags",
     "format_timestamp",
     "head_from_json",
     "head_to_json",
+    "line_from_json",
+    "line_to_json",
     "parse_log",
-    "redacted_to_json",
+    "project_tag",
     "sign_head",
     "verify_chain",
+    "withheld_from",
 ]
 
-ENTRY_FORMAT = "bloomlink-audit-v1"
+ENTRY_FORMAT = "bloomlink-audit-v2"
 GENESIS_HASH = bytes(32)
-_ENTRY_PREFIX = b"bloomlink-audit-entry-v1\0"
-_HEAD_PREFIX = b"bloomlink-audit-head-v1\0"
+_ENTRY_PREFIX = b"bloomlink-audit-entry-v2\0"
+_HEAD_PREFIX = b"bloomlink-audit-head-v2\0"
+_FIELD_PREFIX = b"bloomlink-audit-field-v2\0"
+_BODY_PREFIX = b"bloomlink-audit-body-v2\0"
+_PROJECT_PREFIX = b"bloomlink-audit-project-v2\0"
 _MAX_COUNT = 2**63 - 1
-
-# Retention values the verifier understands (project_created.retention).
-RETENTION_KEEP = "keep"
-RETENTION_DELETE_AFTER_RUN = "delete-after-run"
-RETENTION_DELETE_AFTER_RELEASE = "delete-after-release"
-RETENTION_POLICIES = frozenset(
-    {RETENTION_KEEP, RETENTION_DELETE_AFTER_RUN, RETENTION_DELETE_AFTER_RELEASE}
-)
+SALT_BYTES = 16
+VIEW_KEY_BYTES = 16
 
 _HEX_LOWER = re.compile(r"^[0-9a-f]*$")
 # Identifiers the service invents (run ids, reasons, aspects, roles): short lower-case tokens.
@@ -145,6 +169,7 @@ def _clk_bits(value: object, where: str) -> int:
 
 _SHA256 = _hex(32)
 _KCV = _hex(16)
+_VIEW_KEY = _hex(16)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -152,6 +177,15 @@ class _EventRule:
     required: Mapping[str, _Checker]
     optional: Mapping[str, _Checker] = field(default_factory=dict)
     project_required: bool = True
+    # Who may read which detail in a project's view: ``private`` details only the party the
+    # entry is about (its ``party`` detail), the operator and auditors; ``operator_only``
+    # details only the operator and auditors. Everything else every member may read.
+    private: frozenset[str] = frozenset()
+    operator_only: frozenset[str] = frozenset()
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset(self.required) | frozenset(self.optional)
 
 
 # The allow-list. Adding an event or key is a format change: update docs/audit.md too.
@@ -163,11 +197,26 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "members": _label_list,
                 "schema_fingerprint": _SHA256,
                 "retention": _token,
-            }
+                # The most days any upload is kept, whatever becomes of the run.
+                "hold_days": _count,
+                # The key of this project's tags: its readers can tell its stubs from others'.
+                "view_key": _VIEW_KEY,
+            },
+            # A grouped project's expected layout and hardening (ClkLayout.sha256); the link
+            # model (protocol.vocabulary.LinkModel), the members it deduplicates and its
+            # cluster-size cap (a log written before link models is one-to-one). Project
+            # settings every member agreed to: every member may read them.
+            optional={
+                "layout_sha256": _SHA256,
+                "link_model": _token,
+                "deduplicated": _label_list,
+                "max_cluster_size": _count,
+            },
         ),
         "party_authenticated": _EventRule(
             required={"party": _label, "role": _token, "certificate_fingerprint": _SHA256},
             project_required=False,
+            private=frozenset({"certificate_fingerprint"}),
         ),
         "upload_committed": _EventRule(
             required={
@@ -178,11 +227,27 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "schema_fingerprint": _SHA256,
                 "kcv": _KCV,
             },
-            optional={"manifest_sha256": _SHA256},
+            # layout_sha256: a grouped upload's layout and hardening (ClkLayout.sha256).
+            optional={"manifest_sha256": _SHA256, "layout_sha256": _SHA256},
+            private=frozenset(
+                {
+                    "record_count",
+                    "clk_bits",
+                    "payload_sha256",
+                    "schema_fingerprint",
+                    "kcv",
+                    "manifest_sha256",
+                    "layout_sha256",
+                }
+            ),
         ),
         "checks_passed": _EventRule(required={"parties": _label_list}),
-        "checks_failed": _EventRule(required={"party": _label, "aspect": _token}),
+        "checks_failed": _EventRule(
+            required={"party": _label, "aspect": _token}, private=frozenset({"aspect"})
+        ),
         "run_started": _EventRule(required={"run_id": _token, "parties": _label_list}),
+        # A run interrupted by a stop or a crash carries on under the same run id.
+        "run_resumed": _EventRule(required={"run_id": _token}),
         "run_finished": _EventRule(
             required={
                 "run_id": _token,
@@ -192,33 +257,61 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
             },
             # The Dice threshold the run used, in thousandths, and how it was chosen.
             optional={"threshold_thousandths": _count, "threshold_method": _token},
+            operator_only=frozenset(
+                {
+                    "cluster_count",
+                    "linked_record_count",
+                    "comparisons",
+                    "threshold_thousandths",
+                    "threshold_method",
+                }
+            ),
         ),
         "keys_released": _EventRule(
             required={"party": _label, "key_count": _count, "keys_sha256": _SHA256},
             optional={"run_id": _token},
+            private=frozenset({"key_count", "keys_sha256"}),
         ),
         "payload_deleted": _EventRule(
-            required={"party": _label, "payload_sha256": _SHA256, "reason": _token}
+            required={"party": _label, "payload_sha256": _SHA256, "reason": _token},
+            private=frozenset({"payload_sha256"}),
         ),
-        # An upload the LU refused for its manifest (missing, another party's, bad signature,
-        # disagreeing, stale or a reused nonce): the reason code, never a value.
+        # An upload the LU refused (its manifest, or a header that cannot match the project
+        # or the other parties): the reason code, never a value.
         "upload_refused": _EventRule(
             required={"party": _label, "reason": _token},
             optional={"manifest_sha256": _SHA256},
+            private=frozenset({"reason", "manifest_sha256"}),
         ),
-        # A party asked for keys that are not its own (or for a project it is not in): the
-        # caller sees only "not found", the auditor sees who asked for what.
+        # A party asked for keys that are not its own, or for anything of a project it is not
+        # in: the caller sees only "not found", the auditor sees who asked for what.
         "access_refused": _EventRule(
             required={
                 "party": _label,
                 "requested_project": _label,
-                "requested_party": _label,
                 "certificate_fingerprint": _SHA256,
             },
+            # Which call (a token such as fetch_link_keys, get_project_status) and, for
+            # keys, whose were asked for.
+            optional={"requested_party": _label, "call": _token},
             project_required=False,
+            private=frozenset({"certificate_fingerprint"}),
         ),
     }
 )
+
+
+def withheld_from(event: str, details: Mapping[str, object], viewer: str | None) -> frozenset[str]:
+    """The detail keys of an ``event`` entry a reader may not see: none for the operator or
+    an auditor (``viewer`` None); for member party ``viewer``, the event's operator-only
+    details, and its private details unless the entry is about ``viewer`` itself."""
+    rule = ALLOWED_EVENTS.get(event)
+    if rule is None or viewer is None:
+        return frozenset()
+    hidden = set(rule.operator_only)
+    if details.get("party") != viewer:
+        hidden |= rule.private
+    return frozenset(hidden)
 
 
 def _shown(name: object) -> str:
@@ -229,37 +322,52 @@ def _shown(name: object) -> str:
     return "(not shown: not a plain name)"
 
 
-def check_event(
-    event: str, *, project_id: str | None, details: Mapping[str, object]
-) -> dict[str, _Value]:
-    """Return the details, normalised, if ``event`` may be logged with them; else raise.
-
-    Raises :class:`AuditError` naming the event and key (never the value) when the event is
-    not allow-listed, a key is missing or unknown, or a value has the wrong shape.
-    """
+def _rule(event: object) -> _EventRule:
     rule = ALLOWED_EVENTS.get(event) if isinstance(event, str) else None
     if rule is None:
         raise AuditError(f"event {_shown(event)} is not on the audit allow-list")
+    return rule
+
+
+def _check_project(event: str, rule: _EventRule, project_id: object) -> None:
     if project_id is None:
         if rule.project_required:
             raise AuditError(f"{event} needs a project id")
     else:
         _label(project_id, f"{event} project id")
+
+
+def check_event(
+    event: str,
+    *,
+    project_id: str | None,
+    details: Mapping[str, object],
+    withheld: Iterable[str] = (),
+) -> dict[str, _Value]:
+    """Return the details, normalised, if ``event`` may be logged with them; else raise.
+
+    ``withheld`` names keys shown only as field hashes (a party's view): they count as
+    present. Raises :class:`AuditError` naming the event and key (never the value) when the
+    event is not allow-listed, a key is missing or unknown, or a value has the wrong shape.
+    """
+    rule = _rule(event)
+    _check_project(event, rule, project_id)
     if not isinstance(details, Mapping):
         raise AuditError(f"{event} details must be a mapping")
-    unknown = sorted(
-        _shown(key) for key in details if key not in rule.required and key not in rule.optional
-    )
+    hidden = set(withheld)
+    unknown = sorted(_shown(key) for key in (set(details) | hidden) if key not in rule.keys)
     if unknown:
         raise AuditError(f"{event} does not allow detail key(s) {', '.join(unknown)}")
-    missing = sorted(key for key in rule.required if key not in details)
+    if hidden & set(details):
+        raise AuditError(f"{event} shows a detail and withholds it too")
+    missing = sorted(key for key in rule.required if key not in details and key not in hidden)
     if missing:
         raise AuditError(f"{event} is missing detail key(s) {', '.join(missing)}")
     checked: dict[str, _Value] = {}
     for key, value in details.items():
         checker = rule.required.get(key) or rule.optional[key]
         checked[key] = checker(value, f"{event}.{key}")
-    return checked
+    return dict(sorted(checked.items()))
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -269,14 +377,100 @@ def format_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _check_hash(value: bytes, what: str) -> None:
-    if not isinstance(value, bytes) or len(value) != 32:
-        raise AuditError(f"{what} must be 32 bytes")
+def _check_bytes(value: object, length: int, what: str) -> None:
+    if not isinstance(value, bytes) or len(value) != length:
+        raise AuditError(f"{what} must be {length} bytes")
+
+
+def _check_common(
+    log_id: object, sequence: object, previous_hash: object, entry_hash: object, signature: object
+) -> None:
+    _hex(16)(log_id, "log id")
+    _count(sequence, "sequence")
+    _check_bytes(previous_hash, 32, "previous hash")
+    _check_bytes(entry_hash, 32, "entry hash")
+    _check_bytes(signature, 64, "signature (Ed25519)")
+
+
+def _check_timestamp(value: object) -> None:
+    if not isinstance(value, str) or not _TIMESTAMP.fullmatch(value):
+        raise AuditError("timestamp must be UTC like 2026-01-31T12:00:00.000000Z")
+
+
+# -- the commitments -------------------------------------------------------------------
+
+
+def _canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
+        "ascii"
+    )
+
+
+def _derived_salt(salt: bytes, label: bytes) -> bytes:
+    return hmac.new(salt, label, hashlib.sha256).digest()[:SALT_BYTES]
+
+
+def field_salt(salt: bytes, key: str) -> bytes:
+    """The salt of one detail's field hash, derived from the entry salt."""
+    return _derived_salt(salt, b"field\0" + key.encode("ascii"))
+
+
+def body_salt(salt: bytes) -> bytes:
+    """The salt of an entry's body hash, derived from the entry salt."""
+    return _derived_salt(salt, b"body\0")
+
+
+def field_hash(key: str, value: _Value, salt: bytes) -> bytes:
+    """The commitment to one detail under its field salt."""
+    return hashlib.sha256(_FIELD_PREFIX + salt + _canonical_json([key, value])).digest()
+
+
+def project_tag(view_key: bytes, project_id: str) -> bytes:
+    """The tag a project's entries carry: only holders of its view key can compute it."""
+    return hmac.new(view_key, _PROJECT_PREFIX + project_id.encode("ascii"), hashlib.sha256).digest()
+
+
+def _body_hash(
+    *,
+    event: str,
+    timestamp: str,
+    project_id: str | None,
+    fields: Mapping[str, bytes],
+    salt: bytes,
+) -> bytes:
+    body = {
+        "event": event,
+        "timestamp": timestamp,
+        "project_id": project_id,
+        "fields": {key: digest.hex() for key, digest in fields.items()},
+        "salt": salt.hex(),
+    }
+    return hashlib.sha256(_BODY_PREFIX + _canonical_json(body)).digest()
+
+
+def _entry_hash(
+    *, log_id: str, sequence: int, previous_hash: bytes, tag: bytes | None, body: bytes
+) -> bytes:
+    return hashlib.sha256(
+        _canonical_json(
+            {
+                "format": ENTRY_FORMAT,
+                "log_id": log_id,
+                "sequence": sequence,
+                "previous_hash": previous_hash.hex(),
+                "project": None if tag is None else tag.hex(),
+                "body": body.hex(),
+            }
+        )
+    ).digest()
+
+
+# -- the three forms of a log line -----------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuditEntry:
-    """One signed, chained audit record. Build new ones with :func:`build_entry`."""
+    """One full, signed, chained audit record. Build new ones with :func:`build_entry`."""
 
     log_id: str
     sequence: int
@@ -284,96 +478,194 @@ class AuditEntry:
     event: str
     project_id: str | None
     details: Mapping[str, _Value]
+    salt: bytes
+    project_tag: bytes | None
     previous_hash: bytes
     entry_hash: bytes
     signature: bytes
 
     def __post_init__(self) -> None:
-        _hex(16)(self.log_id, "log id")
-        _count(self.sequence, "sequence")
-        if not isinstance(self.timestamp, str) or not _TIMESTAMP.fullmatch(self.timestamp):
-            raise AuditError("timestamp must be UTC like 2026-01-31T12:00:00.000000Z")
+        _check_common(
+            self.log_id, self.sequence, self.previous_hash, self.entry_hash, self.signature
+        )
+        _check_timestamp(self.timestamp)
         checked = check_event(self.event, project_id=self.project_id, details=self.details)
-        object.__setattr__(self, "details", MappingProxyType(dict(sorted(checked.items()))))
-        _check_hash(self.previous_hash, "previous hash")
-        _check_hash(self.entry_hash, "entry hash")
-        if not isinstance(self.signature, bytes) or len(self.signature) != 64:
-            raise AuditError("signature must be 64 bytes (Ed25519)")
+        object.__setattr__(self, "details", MappingProxyType(checked))
+        _check_bytes(self.salt, SALT_BYTES, "entry salt")
+        _check_tag(self.project_tag, self.project_id)
 
-    def canonical_bytes(self) -> bytes:
-        """The bytes the entry hash covers (see the module docstring)."""
-        return _canonical_bytes(
+    @property
+    def withheld(self) -> Mapping[str, bytes]:
+        return MappingProxyType({})
+
+    def field_hashes(self) -> dict[str, bytes]:
+        return {
+            key: field_hash(key, value, field_salt(self.salt, key))
+            for key, value in self.details.items()
+        }
+
+    def body_hash(self) -> bytes:
+        return _body_hash(
+            event=self.event,
+            timestamp=self.timestamp,
+            project_id=self.project_id,
+            fields=self.field_hashes(),
+            salt=body_salt(self.salt),
+        )
+
+    def computed_hash(self) -> bytes:
+        """The entry hash recomputed from what this line shows."""
+        return _entry_hash(
+            log_id=self.log_id,
+            sequence=self.sequence,
+            previous_hash=self.previous_hash,
+            tag=self.project_tag,
+            body=self.body_hash(),
+        )
+
+    def view_for(self, viewer: str | None) -> AuditEntry | EntryView:
+        """This entry as ``viewer`` (a member party; None: the operator or an auditor) may
+        see it: whole for the operator and auditors, partial for a party."""
+        if viewer is None:
+            return self
+        hidden = withheld_from(self.event, self.details, viewer)
+        hashes = self.field_hashes()
+        return EntryView(
             log_id=self.log_id,
             sequence=self.sequence,
             timestamp=self.timestamp,
             event=self.event,
             project_id=self.project_id,
-            details=self.details,
+            details={key: value for key, value in self.details.items() if key not in hidden},
+            field_salts={
+                key: field_salt(self.salt, key) for key in self.details if key not in hidden
+            },
+            withheld={key: hashes[key] for key in self.details if key in hidden},
+            body_salt=body_salt(self.salt),
+            project_tag=self.project_tag,
             previous_hash=self.previous_hash,
+            entry_hash=self.entry_hash,
+            signature=self.signature,
+        )
+
+    def stub(self) -> RedactedEntry:
+        """This entry as another project's reader sees it: tag and body hash only."""
+        return RedactedEntry(
+            log_id=self.log_id,
+            sequence=self.sequence,
+            project_tag=self.project_tag,
+            body_hash=self.body_hash(),
+            previous_hash=self.previous_hash,
+            entry_hash=self.entry_hash,
+            signature=self.signature,
         )
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RedactedEntry:
-    """An entry of another project in a per-project export: its hash, link and signature only.
+def _check_tag(tag: object, project_id: object) -> None:
+    if project_id is None:
+        if tag is not None:
+            raise AuditError("an entry without a project carries no project tag")
+    else:
+        _check_bytes(tag, 32, "project tag")
 
-    It keeps the chain verifiable (signature over the hash, hash linked to its neighbours)
-    without showing another project's details to this project's auditor.
-    """
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EntryView:
+    """An entry of the viewer's own project with some details withheld (a party's view):
+    the shown details with their field salts, the withheld ones as field hashes only."""
 
     log_id: str
     sequence: int
+    timestamp: str
+    event: str
+    project_id: str | None
+    details: Mapping[str, _Value]
+    field_salts: Mapping[str, bytes]
+    withheld: Mapping[str, bytes]
+    body_salt: bytes
+    project_tag: bytes | None
     previous_hash: bytes
     entry_hash: bytes
     signature: bytes
 
     def __post_init__(self) -> None:
-        _hex(16)(self.log_id, "log id")
-        _count(self.sequence, "sequence")
-        _check_hash(self.previous_hash, "previous hash")
-        _check_hash(self.entry_hash, "entry hash")
-        if not isinstance(self.signature, bytes) or len(self.signature) != 64:
-            raise AuditError("signature must be 64 bytes (Ed25519)")
+        _check_common(
+            self.log_id, self.sequence, self.previous_hash, self.entry_hash, self.signature
+        )
+        _check_timestamp(self.timestamp)
+        checked = check_event(
+            self.event, project_id=self.project_id, details=self.details, withheld=self.withheld
+        )
+        object.__setattr__(self, "details", MappingProxyType(checked))
+        if set(self.field_salts) != set(checked):
+            raise AuditError(f"{self.event}: a shown detail has no field salt, or a salt no detail")
+        for salt in self.field_salts.values():
+            _check_bytes(salt, SALT_BYTES, "field salt")
+        for digest in self.withheld.values():
+            _check_bytes(digest, 32, "withheld field hash")
+        _check_bytes(self.body_salt, SALT_BYTES, "body salt")
+        _check_tag(self.project_tag, self.project_id)
+        object.__setattr__(self, "field_salts", MappingProxyType(dict(self.field_salts)))
+        object.__setattr__(self, "withheld", MappingProxyType(dict(self.withheld)))
 
-    @classmethod
-    def of(cls, entry: AuditEntry) -> RedactedEntry:
-        return cls(
-            log_id=entry.log_id,
-            sequence=entry.sequence,
-            previous_hash=entry.previous_hash,
-            entry_hash=entry.entry_hash,
-            signature=entry.signature,
+    def computed_hash(self) -> bytes:
+        fields = {
+            key: field_hash(key, value, self.field_salts[key])
+            for key, value in self.details.items()
+        }
+        fields.update(self.withheld)
+        body = _body_hash(
+            event=self.event,
+            timestamp=self.timestamp,
+            project_id=self.project_id,
+            fields=fields,
+            salt=self.body_salt,
+        )
+        return _entry_hash(
+            log_id=self.log_id,
+            sequence=self.sequence,
+            previous_hash=self.previous_hash,
+            tag=self.project_tag,
+            body=body,
         )
 
 
-def _canonical_json(value: Mapping[str, Any]) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode(
-        "ascii"
-    )
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RedactedEntry:
+    """Another project's entry in a project's view: tag, body hash, link and signature.
+
+    It keeps the chain verifiable without showing anything of the other project; its hash
+    covers the tag, so whether it is of the viewer's own project can be told.
+    """
+
+    log_id: str
+    sequence: int
+    project_tag: bytes | None
+    body_hash: bytes
+    previous_hash: bytes
+    entry_hash: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _check_common(
+            self.log_id, self.sequence, self.previous_hash, self.entry_hash, self.signature
+        )
+        if self.project_tag is not None:
+            _check_bytes(self.project_tag, 32, "project tag")
+        _check_bytes(self.body_hash, 32, "body hash")
+
+    def computed_hash(self) -> bytes:
+        return _entry_hash(
+            log_id=self.log_id,
+            sequence=self.sequence,
+            previous_hash=self.previous_hash,
+            tag=self.project_tag,
+            body=self.body_hash,
+        )
 
 
-def _canonical_bytes(
-    *,
-    log_id: str,
-    sequence: int,
-    timestamp: str,
-    event: str,
-    project_id: str | None,
-    details: Mapping[str, _Value],
-    previous_hash: bytes,
-) -> bytes:
-    return _canonical_json(
-        {
-            "format": ENTRY_FORMAT,
-            "log_id": log_id,
-            "sequence": sequence,
-            "timestamp": timestamp,
-            "event": event,
-            "project_id": project_id,
-            "details": dict(details),
-            "previous_hash": previous_hash.hex(),
-        }
-    )
+LogLine = AuditEntry | EntryView | RedactedEntry
+"""Any line of a log or of a view of one."""
 
 
 def build_entry(
@@ -386,20 +678,33 @@ def build_entry(
     event: str,
     project_id: str | None,
     details: Mapping[str, object],
+    salt: bytes,
+    view_key: bytes | None,
 ) -> AuditEntry:
-    """Check, hash and sign a new entry that follows ``previous_hash``."""
+    """Check, commit to, hash and sign a new entry that follows ``previous_hash``.
+    ``salt``: 16 fresh random bytes; ``view_key``: the project's (None without a project)."""
     checked = check_event(event, project_id=project_id, details=details)
+    _check_bytes(salt, SALT_BYTES, "entry salt")
+    tag = None
+    if project_id is not None:
+        if view_key is None:
+            raise AuditError(f"{event}: an entry of a project needs the project's view key")
+        tag = project_tag(view_key, project_id)
     timestamp = format_timestamp(moment)
-    canonical = _canonical_bytes(
+    draft = AuditEntry(
         log_id=log_id,
         sequence=sequence,
         timestamp=timestamp,
         event=event,
         project_id=project_id,
         details=checked,
+        salt=salt,
+        project_tag=tag,
         previous_hash=previous_hash,
+        entry_hash=bytes(32),
+        signature=bytes(64),
     )
-    entry_hash = hashlib.sha256(canonical).digest()
+    entry_hash = draft.computed_hash()
     return AuditEntry(
         log_id=log_id,
         sequence=sequence,
@@ -407,103 +712,135 @@ def build_entry(
         event=event,
         project_id=project_id,
         details=checked,
+        salt=salt,
+        project_tag=tag,
         previous_hash=previous_hash,
         entry_hash=entry_hash,
         signature=signing_key.sign(_ENTRY_PREFIX + entry_hash),
     )
 
 
-def entry_to_json(entry: AuditEntry) -> str:
-    """One JSON line (no newline) for the log file: the canonical fields plus hash and signature."""
-    record = json.loads(entry.canonical_bytes())
-    record["entry_hash"] = entry.entry_hash.hex()
-    record["signature"] = entry.signature.hex()
+# -- JSON lines ------------------------------------------------------------------------
+
+
+def _hex_or_none(value: bytes | None) -> str | None:
+    return None if value is None else value.hex()
+
+
+def line_to_json(line: LogLine) -> str:
+    """One JSON line (no newline) for any form of entry."""
+    record: dict[str, Any] = {
+        "format": ENTRY_FORMAT,
+        "log_id": line.log_id,
+        "sequence": line.sequence,
+        "project_tag": _hex_or_none(line.project_tag),
+        "previous_hash": line.previous_hash.hex(),
+        "entry_hash": line.entry_hash.hex(),
+        "signature": line.signature.hex(),
+    }
+    if isinstance(line, RedactedEntry):
+        record.update(redacted=True, body_hash=line.body_hash.hex())
+        return _canonical_json(record).decode("ascii")
+    record.update(
+        timestamp=line.timestamp,
+        event=line.event,
+        project_id=line.project_id,
+        details=dict(line.details),
+    )
+    if isinstance(line, AuditEntry):
+        record["salt"] = line.salt.hex()
+    else:
+        record.update(
+            view=True,
+            field_salts={key: salt.hex() for key, salt in line.field_salts.items()},
+            withheld={key: digest.hex() for key, digest in line.withheld.items()},
+            body_salt=line.body_salt.hex(),
+        )
     return _canonical_json(record).decode("ascii")
 
 
-def _hex_bytes(record: Mapping[str, Any], key: str, length: int) -> bytes:
+def _bytes_of(record: Mapping[str, Any], key: str, length: int) -> bytes:
     value = record.get(key)
     _hex(length)(value, key)
     return bytes.fromhex(str(value))
 
 
-def redacted_to_json(entry: RedactedEntry) -> str:
-    """One JSON line for a redacted entry in a per-project export."""
-    return _canonical_json(
-        {
-            "format": ENTRY_FORMAT,
-            "redacted": True,
-            "log_id": entry.log_id,
-            "sequence": entry.sequence,
-            "previous_hash": entry.previous_hash.hex(),
-            "entry_hash": entry.entry_hash.hex(),
-            "signature": entry.signature.hex(),
-        }
-    ).decode("ascii")
+def _optional_bytes(record: Mapping[str, Any], key: str, length: int) -> bytes | None:
+    return None if record.get(key) is None else _bytes_of(record, key, length)
 
 
-def entry_from_json(line: str | bytes) -> AuditEntry | RedactedEntry:
-    """Parse one log line; anything malformed is an :class:`AuditError` (never echoes it)."""
+def _hex_map(value: object, length: int, what: str) -> dict[str, bytes]:
+    if not isinstance(value, dict):
+        raise AuditError(f"{what} must be a mapping")
+    result = {}
+    for key, item in value.items():
+        _hex(length)(item, what)
+        result[str(key)] = bytes.fromhex(item)
+    return result
+
+
+_COMMON_FIELDS = frozenset(
+    {"format", "log_id", "sequence", "project_tag", "previous_hash", "entry_hash", "signature"}
+)
+_STUB_FIELDS = _COMMON_FIELDS | {"redacted", "body_hash"}
+_BODY_FIELDS = _COMMON_FIELDS | {"timestamp", "event", "project_id", "details"}
+_FULL_FIELDS = _BODY_FIELDS | {"salt"}
+_VIEW_FIELDS = _BODY_FIELDS | {"view", "field_salts", "withheld", "body_salt"}
+
+
+def line_from_json(text: str | bytes) -> LogLine:
+    """Parse one log line, whichever its form; anything malformed is an
+    :class:`AuditError` (never echoing the line)."""
     try:
-        record = json.loads(line)
+        record = json.loads(text)
     except (ValueError, UnicodeDecodeError):
         raise AuditError("line is not valid JSON (torn or edited)") from None
     if not isinstance(record, dict):
         raise AuditError("line is not a JSON object")
-    if record.get("redacted") is True:
-        if set(record) != {
-            "format",
-            "redacted",
-            "log_id",
-            "sequence",
-            "previous_hash",
-            "entry_hash",
-            "signature",
-        } or isinstance(record["sequence"], bool):
-            raise AuditError("redacted line does not have exactly the redacted entry fields")
-        return RedactedEntry(
-            log_id=record["log_id"],
-            sequence=record["sequence"],
-            previous_hash=_hex_bytes(record, "previous_hash", 32),
-            entry_hash=_hex_bytes(record, "entry_hash", 32),
-            signature=_hex_bytes(record, "signature", 64),
-        )
-    expected = {
-        "format",
-        "log_id",
-        "sequence",
-        "timestamp",
-        "event",
-        "project_id",
-        "details",
-        "previous_hash",
-        "entry_hash",
-        "signature",
-    }
-    if set(record) != expected:
-        raise AuditError("line does not have exactly the audit entry fields")
-    if record["format"] != ENTRY_FORMAT:
+    if record.get("format") != ENTRY_FORMAT:
         raise AuditError(f"unknown entry format; this build reads {ENTRY_FORMAT}")
-    if not isinstance(record["details"], dict) or isinstance(record["sequence"], bool):
-        raise AuditError("line has malformed details or sequence")
-    return AuditEntry(
-        log_id=record["log_id"],
-        sequence=record["sequence"],
-        timestamp=record["timestamp"],
-        event=record["event"],
-        project_id=record["project_id"],
-        details=record["details"],
-        previous_hash=_hex_bytes(record, "previous_hash", 32),
-        entry_hash=_hex_bytes(record, "entry_hash", 32),
-        signature=_hex_bytes(record, "signature", 64),
-    )
+    if isinstance(record.get("sequence"), bool):
+        raise AuditError("line has a malformed sequence")
+    common: dict[str, Any] = {
+        "log_id": record.get("log_id"),
+        "sequence": record.get("sequence"),
+        "project_tag": _optional_bytes(record, "project_tag", 32),
+        "previous_hash": _bytes_of(record, "previous_hash", 32),
+        "entry_hash": _bytes_of(record, "entry_hash", 32),
+        "signature": _bytes_of(record, "signature", 64),
+    }
+    if record.get("redacted") is True:
+        if set(record) != _STUB_FIELDS:
+            raise AuditError("redacted line does not have exactly the redacted entry fields")
+        return RedactedEntry(body_hash=_bytes_of(record, "body_hash", 32), **common)
+    if not isinstance(record.get("details"), dict):
+        raise AuditError("line has malformed details")
+    body: dict[str, Any] = {
+        "timestamp": record.get("timestamp"),
+        "event": record.get("event"),
+        "project_id": record.get("project_id"),
+        "details": record["details"],
+    }
+    if record.get("view") is True:
+        if set(record) != _VIEW_FIELDS:
+            raise AuditError("partial line does not have exactly the partial entry fields")
+        return EntryView(
+            field_salts=_hex_map(record["field_salts"], SALT_BYTES, "field salts"),
+            withheld=_hex_map(record["withheld"], 32, "withheld field hashes"),
+            body_salt=_bytes_of(record, "body_salt", SALT_BYTES),
+            **body,
+            **common,
+        )
+    if set(record) != _FULL_FIELDS:
+        raise AuditError("line does not have exactly the audit entry fields")
+    return AuditEntry(salt=_bytes_of(record, "salt", SALT_BYTES), **body, **common)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ParsedLog:
     """The entries of a log file and, if its last line was cut short, where."""
 
-    entries: tuple[AuditEntry | RedactedEntry, ...]
+    entries: tuple[LogLine, ...]
     torn_line: int | None = None
 
 
@@ -513,13 +850,16 @@ def parse_log(data: bytes) -> ParsedLog:
     is reported in ``torn_line`` rather than parsed."""
     lines = data.split(b"\n")
     tail = lines.pop()  # b"" when the file ends with a newline
-    entries: list[AuditEntry | RedactedEntry] = []
+    entries: list[LogLine] = []
     for index, line in enumerate(lines):
         try:
-            entries.append(entry_from_json(line))
+            entries.append(line_from_json(line))
         except AuditError as error:
             raise AuditError(error.message, entry=index) from None
     return ParsedLog(entries=tuple(entries), torn_line=len(entries) if tail else None)
+
+
+# -- signed heads ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -535,11 +875,9 @@ class SignedHead:
     def __post_init__(self) -> None:
         _hex(16)(self.log_id, "log id")
         _count(self.sequence, "head sequence")
-        _check_hash(self.entry_hash, "head entry hash")
-        if not isinstance(self.timestamp, str) or not _TIMESTAMP.fullmatch(self.timestamp):
-            raise AuditError("head timestamp must be UTC like 2026-01-31T12:00:00.000000Z")
-        if not isinstance(self.signature, bytes) or len(self.signature) != 64:
-            raise AuditError("head signature must be 64 bytes (Ed25519)")
+        _check_bytes(self.entry_hash, 32, "head entry hash")
+        _check_timestamp(self.timestamp)
+        _check_bytes(self.signature, 64, "head signature (Ed25519)")
 
     def signed_bytes(self) -> bytes:
         return _HEAD_PREFIX + _head_body(
@@ -566,7 +904,7 @@ def _head_body(log_id: str, sequence: int, entry_hash: bytes, timestamp: str) ->
     )
 
 
-def sign_head(entry: AuditEntry, *, signing_key: Ed25519PrivateKey, moment: datetime) -> SignedHead:
+def sign_head(entry: LogLine, *, signing_key: Ed25519PrivateKey, moment: datetime) -> SignedHead:
     """A signed head pointing at ``entry`` (normally the last one)."""
     timestamp = format_timestamp(moment)
     body = _head_body(entry.log_id, entry.sequence, entry.entry_hash, timestamp)
@@ -604,10 +942,13 @@ def head_from_json(text: str | bytes) -> SignedHead:
     return SignedHead(
         log_id=record["log_id"],
         sequence=record["sequence"],
-        entry_hash=_hex_bytes(record, "entry_hash", 32),
+        entry_hash=_bytes_of(record, "entry_hash", 32),
         timestamp=record["timestamp"],
-        signature=_hex_bytes(record, "signature", 64),
+        signature=_bytes_of(record, "signature", 64),
     )
+
+
+# -- verification ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -631,10 +972,6 @@ class ChainReport:
     problem: str | None = None
     message: str = "intact"
 
-    def raise_if_broken(self) -> None:
-        if not self.intact:
-            raise AuditError(self.message, entry=self.bad_index)
-
 
 def _broken(
     count: int, index: int | None, problem: str, message: str, log_id: str | None
@@ -650,18 +987,19 @@ def _broken(
 
 
 def verify_chain(
-    entries: Sequence[AuditEntry | RedactedEntry],
+    entries: Sequence[LogLine],
     public_key: Ed25519PublicKey,
     *,
     heads: Iterable[SignedHead] = (),
     expected_log_id: str | None = None,
     verify_signatures: Sequence[int] | None = None,
 ) -> ChainReport:
-    """Check a whole log, in file order, against the LU public key and any signed heads.
+    """Check a whole log (or view), in file order, against the LU public key and any heads.
 
-    Every entry's hash is recomputed and every signature checked (``verify_signatures`` may
-    name a subset of indices, used when the LU re-opens its own log: the chain then binds the
-    rest). Stops at the first bad entry, since nothing after it can be trusted.
+    Every entry's hash is recomputed from what its line shows and every signature checked
+    (``verify_signatures`` may name a subset of indices, used when the LU re-opens its own
+    log: the chain then binds the rest). Stops at the first bad entry, since nothing after
+    it can be trusted.
     """
     count = len(entries)
     heads = list(heads)
@@ -687,14 +1025,11 @@ def verify_chain(
             else:
                 problem, what = "deleted", f"should have sequence {index}; entries were deleted"
             return _broken(count, index, problem, f"entry {index} {what}", log_id)
-        if (
-            isinstance(entry, AuditEntry)
-            and hashlib.sha256(entry.canonical_bytes()).digest() != entry.entry_hash
-        ):
+        if entry.computed_hash() != entry.entry_hash:
             return _broken(
                 count, index, "edited", f"entry {index} was edited after it was signed", log_id
             )
-        if index in to_verify or isinstance(entry, RedactedEntry):
+        if index in to_verify or not isinstance(entry, AuditEntry):
             try:
                 public_key.verify(entry.signature, _ENTRY_PREFIX + entry.entry_hash)
             except InvalidSignature:
@@ -749,3 +1084,30 @@ def verify_chain(
         last_sequence=last.sequence if last else None,
         last_hash=last.entry_hash if last else None,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TagProblem:
+    """An entry whose project tag is not its project's."""
+
+    index: int
+    message: str
+
+
+def check_project_tags(entries: Iterable[LogLine]) -> TagProblem | None:
+    """The first entry whose project tag is not its project's, or None. A project's view key is read from its ``project_created`` entry; an entry that
+    comes before it is left to the project rules (which fail it)."""
+    view_keys: dict[str, bytes] = {}
+    for index, entry in enumerate(entries):
+        if isinstance(entry, RedactedEntry) or entry.project_id is None:
+            continue
+        if entry.event == "project_created" and "view_key" in entry.details:
+            view_keys.setdefault(entry.project_id, bytes.fromhex(str(entry.details["view_key"])))
+        key = view_keys.get(entry.project_id)
+        if key is not None and entry.project_tag != project_tag(key, entry.project_id):
+            return TagProblem(
+                index=index,
+                message=f"entry {index}'s project tag is not its project's: it would hide as "
+                "another project's entry in the project's view",
+            )
+    return None

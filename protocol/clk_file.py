@@ -1,6 +1,8 @@
 """The encoded (CLK) file: the one artefact a party sends to the linkage unit.
 
-Format version 1, all integers little-endian. A fixed 200-byte header, then the payload:
+All integers little-endian. A header, then the payload: record count x CLK bits / 8 bytes,
+one record after another. Format version 1 (a single record-level CLK, schema v1) has a
+fixed 200-byte header:
 
     offset  size  field
     0       8     magic b"BLOOMCLK"
@@ -14,11 +16,28 @@ Format version 1, all integers little-endian. A fixed 200-byte header, then the 
     104     1     project id length n
     105     63    project id (ASCII label, zero padded)
     168     32    SHA-256 of header bytes 0..167
-    200     ...   payload: record count x CLK bits / 8 bytes, one CLK after another
+    200     ...   payload
 
-CLK bit i is bit (i % 8) of byte (i // 8) of its record, so a record read as little-endian
-uint64 words has bit i at bit (i % 64) of word (i // 64): the layout the Dice kernel uses.
-Records are in shuffled order; nothing else (no ids, no counts per field) is in the file.
+Format version 2 (field groups, schema v2) keeps bytes 0..167 (version 2; bits = the whole
+record, every group) and then says which bits are which group and how each was hardened:
+
+    168     2     group count G (1..16)
+    170     2     zero
+    172     192G  one entry per group, in order:
+                    +0    4    the group's bits (after hardening; a multiple of 64)
+                    +4    1    name length
+                    +5    63   name (ASCII label, zero padded)
+                    +68   1    hardening descriptor length
+                    +69   123  hardening descriptor (ASCII, protocol/hardening.py, zero padded)
+    172+192G 32   SHA-256 of header bytes 0..171+192G
+                  (header length H = 204 + 192G)
+
+so the header digest covers the layout, and a reader of either version finds the payload at
+the header length (bytes 10..11). A record's bit i is bit (i % 8) of byte (i // 8) of its
+record, so a record read as little-endian uint64 words has bit i at bit (i % 64) of word
+(i // 64): the layout the Dice kernel uses, group g in the words
+``ClkLayout.word_range(g)``. Records are in shuffled order; nothing else (no ids, no counts
+per field) is in the file.
 """
 
 from __future__ import annotations
@@ -34,13 +53,17 @@ import numpy as np
 import numpy.typing as npt
 
 from protocol.atomic_file import atomic_output
+from protocol.clk_layout import MAX_GROUPS, ClkLayout, GroupLayout
 from protocol.errors import ClkFileError, ConfigurationError
 from protocol.labels import check_label
 
 __all__ = [
     "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
+    "GROUPED_FORMAT_VERSION",
     "HEADER_LENGTH",
     "MAGIC",
+    "MAX_HEADER_LENGTH",
     "ClkFileHeader",
     "ClkFileWriter",
     "check_clk_bits",
@@ -51,9 +74,18 @@ __all__ = [
 
 MAGIC = b"BLOOMCLK"
 FORMAT_VERSION = 1
+"""A single record-level CLK (schema v1)."""
+GROUPED_FORMAT_VERSION = 2
+"""Field groups with their hardening (schema v2)."""
+FORMAT_VERSIONS = (FORMAT_VERSION, GROUPED_FORMAT_VERSION)
 HEADER_LENGTH = 200
+"""The header length of format version 1; version 2's is ``ClkFileHeader.header_length``."""
 _BODY = struct.Struct("<8sHHIQ32s16s32sB63s")  # bytes 0..167
 assert _BODY.size == 168
+_GROUP_COUNT = struct.Struct("<HH")
+_GROUP = struct.Struct("<IB63sB123s")
+assert _GROUP.size == 192
+MAX_HEADER_LENGTH = _BODY.size + _GROUP_COUNT.size + MAX_GROUPS * _GROUP.size + 32
 MIN_CLK_BITS = 64
 MAX_CLK_BITS = 65536
 
@@ -67,9 +99,19 @@ def check_clk_bits(clk_bits: int) -> int:
     return clk_bits
 
 
+def _header_length(version: int, groups: int) -> int:
+    if version == FORMAT_VERSION:
+        return HEADER_LENGTH
+    return _BODY.size + _GROUP_COUNT.size + groups * _GROUP.size + 32
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClkFileHeader:
-    """Everything an encoded file says about itself; the LU checks it before any comparison."""
+    """Everything an encoded file says about itself; the LU checks it before any comparison.
+
+    ``layout`` is the record's groups (format 2); a format 1 header's is
+    ``ClkLayout.single(clk_bits)``, filled in when not given.
+    """
 
     project_id: str
     schema_fingerprint: bytes
@@ -78,6 +120,7 @@ class ClkFileHeader:
     record_count: int
     payload_sha256: bytes
     format_version: int = FORMAT_VERSION
+    layout: ClkLayout | None = None
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="project id")
@@ -90,8 +133,30 @@ class ClkFileHeader:
             raise ConfigurationError("payload digest must be 32 bytes (SHA-256)")
         if self.record_count < 0:
             raise ConfigurationError("record count cannot be negative")
-        if self.format_version != FORMAT_VERSION:
+        if self.format_version not in FORMAT_VERSIONS:
             raise ConfigurationError(f"unsupported CLK file format version {self.format_version}")
+        single = ClkLayout.single(self.clk_bits)
+        if self.layout is None:
+            if self.format_version == GROUPED_FORMAT_VERSION:
+                raise ConfigurationError("a format 2 header needs the record's layout")
+            object.__setattr__(self, "layout", single)  # filled in once, at construction
+        elif not isinstance(self.layout, ClkLayout):
+            raise ConfigurationError("layout must be a ClkLayout")
+        elif self.format_version == FORMAT_VERSION and self.layout != single:
+            raise ConfigurationError("a format 1 file holds one record-level CLK; use format 2")
+        elif self.layout.total_bits != self.clk_bits:
+            raise ConfigurationError("the layout's groups must add up to the CLK bits")
+
+    @property
+    def clk_layout(self) -> ClkLayout:
+        """The record's layout (never None once constructed)."""
+        assert self.layout is not None
+        return self.layout
+
+    @property
+    def header_length(self) -> int:
+        """Bytes before the payload."""
+        return _header_length(self.format_version, len(self.clk_layout.groups))
 
     @property
     def clk_bytes(self) -> int:
@@ -104,12 +169,12 @@ class ClkFileHeader:
         return self.record_count * self.clk_bytes
 
     def to_bytes(self) -> bytes:
-        """The 200-byte header, including its own digest."""
+        """The header, including its own digest."""
         project = self.project_id.encode("ascii")
         body = _BODY.pack(
             MAGIC,
             self.format_version,
-            HEADER_LENGTH,
+            self.header_length,
             self.clk_bits,
             self.record_count,
             self.schema_fingerprint,
@@ -118,30 +183,70 @@ class ClkFileHeader:
             len(project),
             project,
         )
+        if self.format_version == GROUPED_FORMAT_VERSION:
+            groups = self.clk_layout.groups
+            body += _GROUP_COUNT.pack(len(groups), 0)
+            for group in groups:
+                name, hardening = group.name.encode("ascii"), group.hardening.encode("ascii")
+                body += _GROUP.pack(group.bits, len(name), name, len(hardening), hardening)
         return body + hashlib.sha256(body).digest()
 
     @classmethod
     def from_bytes(cls, data: bytes, *, path: str | None = None) -> ClkFileHeader:
-        """Parse and check a header; any inconsistency is a :class:`ClkFileError`."""
+        """Parse and check a header at the start of ``data`` (bytes after it are ignored);
+        any inconsistency is a :class:`ClkFileError`."""
         if len(data) < HEADER_LENGTH:
             raise ClkFileError("file is shorter than a CLK file header", path=path)
         if data[:8] != MAGIC:
             raise ClkFileError("not a bloomlink CLK file (bad magic bytes)", path=path)
-        body, digest = data[:168], data[168:HEADER_LENGTH]
-        if hashlib.sha256(body).digest() != digest:
-            raise ClkFileError("header is corrupted (header digest does not match)", path=path)
-        (_, version, length, bits, count, fingerprint, kcv, payload_digest, n, project) = (
-            _BODY.unpack(body)
-        )
-        if version != FORMAT_VERSION or length != HEADER_LENGTH:
+        version, length = struct.unpack_from("<HH", data, 8)
+        groups = 0
+        if version == GROUPED_FORMAT_VERSION and len(data) >= _BODY.size + _GROUP_COUNT.size:
+            groups = _GROUP_COUNT.unpack_from(data, _BODY.size)[0]
+        if version not in FORMAT_VERSIONS:
             raise ClkFileError(
-                f"unsupported CLK file format version {version}; this build reads version "
-                f"{FORMAT_VERSION}",
+                f"unsupported CLK file format version {version}; this build reads versions "
+                f"{', '.join(map(str, FORMAT_VERSIONS))}",
                 path=path,
             )
+        if not (version == FORMAT_VERSION or 1 <= groups <= MAX_GROUPS) or length != (
+            _header_length(version, groups)
+        ):
+            raise ClkFileError("header length or group count is malformed", path=path)
+        if len(data) < length:
+            raise ClkFileError("file is shorter than its CLK file header", path=path)
+        body, digest = data[: length - 32], data[length - 32 : length]
+        if hashlib.sha256(body).digest() != digest:
+            raise ClkFileError("header is corrupted (header digest does not match)", path=path)
+        (_, _, _, bits, count, fingerprint, kcv, payload_digest, n, project) = _BODY.unpack_from(
+            body
+        )
         if n > 63 or project[n:].strip(b"\0"):
             raise ClkFileError("header project id field is malformed", path=path)
         try:
+            layout = None
+            if version == GROUPED_FORMAT_VERSION:
+                if _GROUP_COUNT.unpack_from(body, _BODY.size)[1] != 0:
+                    raise ConfigurationError("reserved header bytes must be zero")
+                entries = []
+                for index in range(groups):
+                    group_bits, name_length, name, descriptor_length, descriptor = (
+                        _GROUP.unpack_from(
+                            body, _BODY.size + _GROUP_COUNT.size + index * _GROUP.size
+                        )
+                    )
+                    if name_length > 63 or name[name_length:].strip(b"\0"):
+                        raise ConfigurationError("a group name field is malformed")
+                    if descriptor_length > 123 or descriptor[descriptor_length:].strip(b"\0"):
+                        raise ConfigurationError("a group hardening field is malformed")
+                    entries.append(
+                        GroupLayout(
+                            name=name[:name_length].decode("ascii"),
+                            bits=group_bits,
+                            hardening=descriptor[:descriptor_length].decode("ascii"),
+                        )
+                    )
+                layout = ClkLayout(groups=tuple(entries))
             return cls(
                 project_id=project[:n].decode("ascii"),
                 schema_fingerprint=fingerprint,
@@ -150,9 +255,11 @@ class ClkFileHeader:
                 record_count=count,
                 payload_sha256=payload_digest,
                 format_version=version,
+                layout=layout,
             )
         except (ConfigurationError, UnicodeDecodeError) as error:
-            raise ClkFileError(f"header is invalid: {error}", path=path) from None
+            message = error.message if isinstance(error, ConfigurationError) else str(error)
+            raise ClkFileError(f"header is invalid: {message}", path=path) from None
 
 
 class ClkFileWriter:
@@ -160,7 +267,8 @@ class ClkFileWriter:
 
     Use as a context manager; call :meth:`write` with ``(n, clk_bits // 8)`` uint8 arrays (or
     the same bytes as ``(n, clk_bits // 64)`` uint64). The file appears only when the block
-    exits cleanly, with the header's record count and payload digest filled in.
+    exits cleanly, with the header's record count and payload digest filled in. Give
+    ``layout`` (a schema v2 encoding's groups) for a format 2 file.
     """
 
     def __init__(
@@ -171,6 +279,7 @@ class ClkFileWriter:
         schema_fingerprint: bytes,
         kcv: bytes,
         clk_bits: int,
+        layout: ClkLayout | None = None,
     ) -> None:
         self._path = Path(path)
         self._fields = {
@@ -178,9 +287,12 @@ class ClkFileWriter:
             "schema_fingerprint": schema_fingerprint,
             "kcv": kcv,
             "clk_bits": clk_bits,
+            "layout": layout,
+            "format_version": FORMAT_VERSION if layout is None else GROUPED_FORMAT_VERSION,
         }
         # Validate early, before any work, with a placeholder count and digest.
-        ClkFileHeader(record_count=0, payload_sha256=bytes(32), **self._fields)  # type: ignore[arg-type]
+        placeholder = ClkFileHeader(record_count=0, payload_sha256=bytes(32), **self._fields)  # type: ignore[arg-type]
+        self._header_length = placeholder.header_length
         self._clk_bytes = clk_bits // 8
         self._digest = hashlib.sha256()
         self._count = 0
@@ -191,7 +303,7 @@ class ClkFileWriter:
     def __enter__(self) -> ClkFileWriter:
         self._context = atomic_output(self._path, mode=0o644)
         self._output = self._context.__enter__()
-        self._output.write(bytes(HEADER_LENGTH))  # placeholder, rewritten on close
+        self._output.write(bytes(self._header_length))  # placeholder, rewritten on close
         return self
 
     def write(self, clks: npt.NDArray[np.uint8] | npt.NDArray[np.uint64]) -> None:
@@ -223,10 +335,10 @@ def read_header(path: Path | str) -> ClkFileHeader:
     file_path = Path(path)
     try:
         with file_path.open("rb") as handle:
-            header = ClkFileHeader.from_bytes(handle.read(HEADER_LENGTH), path=str(path))
+            header = ClkFileHeader.from_bytes(handle.read(MAX_HEADER_LENGTH), path=str(path))
     except OSError as error:
         raise ClkFileError(f"cannot read encoded file: {error.strerror}", path=str(path)) from None
-    actual = file_path.stat().st_size - HEADER_LENGTH
+    actual = file_path.stat().st_size - header.header_length
     if actual != header.payload_length:
         raise ClkFileError(
             f"payload is {actual} bytes but the header promises {header.payload_length} "
@@ -240,7 +352,7 @@ def read_header(path: Path | str) -> ClkFileHeader:
 def iter_payload(path: Path | str, *, chunk_bytes: int = 1 << 20) -> Iterator[bytes]:
     """Yield the payload in chunks (for uploads and digests), without loading it whole."""
     with Path(path).open("rb") as handle:
-        handle.seek(HEADER_LENGTH)
+        handle.seek(ClkFileHeader.from_bytes(handle.read(MAX_HEADER_LENGTH)).header_length)
         while chunk := handle.read(chunk_bytes):
             yield chunk
 
@@ -250,6 +362,7 @@ def read_clks(
 ) -> tuple[ClkFileHeader, npt.NDArray[np.uint64]]:
     """Return the header and the CLKs as a read-only ``(records, clk_bits // 64)`` uint64 map.
 
+    ``header.layout`` says which words are which group (``ClkLayout.single`` for format 1).
     With ``verify`` the payload digest is checked first, so a corrupted file is refused.
     """
     header = read_header(path)
@@ -265,6 +378,10 @@ def read_clks(
     if header.record_count == 0:
         return header, np.zeros((0, words), dtype=np.uint64)
     clks = np.memmap(
-        path, dtype="<u8", mode="r", offset=HEADER_LENGTH, shape=(header.record_count, words)
+        path,
+        dtype="<u8",
+        mode="r",
+        offset=header.header_length,
+        shape=(header.record_count, words),
     )
     return header, clks

@@ -15,6 +15,13 @@ a warning to use the recipe. Encoding v1 (docs/encoding.md has the worked exampl
 * a missing value sets no bits; the CLK is the OR of every field's bits;
 * optional hardening (``xor-fold`` or ``balance``) is applied to the finished CLK.
 
+Encoding v2 (schema version 2) is the same per field group: each group is its own Bloom
+filter of its own length, its fields' keys are derived per group (protocol/keys.py), a
+salted tokeniser's tokens carry another field's value (protocol/tokens.py), and each group's
+hardening chain (protocol/hardening.py) runs on its bits alone, leaving a group with no bits
+all zero. The record's encoding is its groups' hardened CLKs in declared order
+(protocol/clk_layout.py).
+
 Two paths give the same bits. The per-value path (:meth:`ClkEncoder.encode`) holds bounded
 caches (token -> bit mask, value -> bit mask) as Python ints, so a repeated name costs a
 dictionary lookup. The column path (:meth:`ClkEncoder.field_masks`, what an encoder run uses)
@@ -32,15 +39,30 @@ import dataclasses
 import hashlib
 import hmac
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from protocol.keys import derive_field_key, derive_hardening_key, key_check_value
+from protocol.clk_layout import ClkLayout
+from protocol.hardening import (
+    ChainHardener,
+    RandomBytes,
+    balance,
+    fresh_random_bytes,
+    keyed_permutation,
+    xor_fold,
+)
+from protocol.keys import (
+    derive_field_key,
+    derive_group_field_key,
+    derive_group_hardening_key,
+    derive_hardening_key,
+    key_check_value,
+)
 from protocol.schema import FieldSpec, LinkageSchema, TokenSpec
 from protocol.secret import LinkageSecret
-from protocol.tokens import PAD, tokenise
+from protocol.tokens import PAD, salted_token, tokenise
 
 __all__ = [
     "ClkEncoder",
@@ -48,8 +70,12 @@ __all__ = [
     "bits_for_token",
     "keyed_permutation",
     "token_positions",
+    "token_positions_many",
     "xor_fold",
 ]
+
+Salts = Mapping[str, str | None]
+"""A record's normalised values of the fields that salt a field's tokens, by field name."""
 
 _WORDS = struct.Struct(">8I")
 _CACHE_LIMIT = 200_000  # entries per cache; cleared when full so memory stays flat
@@ -119,57 +145,42 @@ def token_positions(
     return positions
 
 
+def token_positions_many(
+    key: bytes, tokens: Sequence[str], count: int, *, clk_bits: int, hashing: str
+) -> npt.NDArray[np.int64]:
+    """Primitive: :func:`token_positions` of many tokens at once, as a ``(tokens, count)``
+    array. The first ``ceil(count / 8)`` blocks of every token are hashed in one pass and
+    read as words in numpy; a token with a rejected word among its first ``count`` (rare:
+    at most clk_bits in 2**32 per word) is worked out one by one instead.
+
+    Use :class:`ClkEncoder`; this is exposed for the reference tests.
+    """
+    blocks = -(-count // 8)
+    prefixes = [block.to_bytes(4, "big") for block in range(blocks)]
+    messages = [prefix + token.encode("utf-8") for token in tokens for prefix in prefixes]
+    if hashing == "hmac-sha256":
+        digests = [hmac.digest(key, message, "sha256") for message in messages]
+    else:
+        digests = [
+            hashlib.blake2b(message, key=key, digest_size=32).digest() for message in messages
+        ]
+    words = np.frombuffer(b"".join(digests), dtype=">u4").reshape(len(tokens), 8 * blocks)
+    words = words[:, :count].astype(np.int64)
+    limit = (1 << 32) - (1 << 32) % clk_bits
+    positions = words % clk_bits
+    for index in np.flatnonzero((words >= limit).any(axis=1)).tolist():
+        positions[index] = token_positions(
+            key, tokens[index], count, clk_bits=clk_bits, hashing=hashing
+        )
+    return positions
+
+
 def bits_for_token(spec: TokenSpec, token_count: int) -> int:
     """Primitive: how many bits each of a value's ``token_count`` tokens sets (>= 1)."""
     if spec.bits_per_token is not None:
         return spec.bits_per_token
     assert spec.bits is not None
     return max(1, (spec.bits + token_count // 2) // token_count)  # round half up
-
-
-def xor_fold(clks: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """Primitive hardening: bit i of the result is bit i XOR bit i + L/2 (halves the length).
-
-    Keyless: it hides bit patterns from pattern mining but adds no secret.
-    """
-    half = clks.shape[1] // 2
-    return np.ascontiguousarray(clks[:, :half] ^ clks[:, half:])
-
-
-def keyed_permutation(key: bytes, length: int) -> npt.NDArray[np.int64]:
-    """Primitive: a Fisher-Yates permutation of ``range(length)`` driven by HMAC-SHA256(key,
-    u64be(counter)) words, with rejection so every permutation is equally likely."""
-    order = np.arange(length, dtype=np.int64)
-    words: list[int] = []
-    counter = 0
-
-    def draw() -> int:
-        nonlocal counter
-        if not words:
-            digest = hmac.digest(key, counter.to_bytes(8, "big"), "sha256")
-            counter += 1
-            words.extend(reversed(_WORDS.unpack(digest)))
-        return words.pop()
-
-    for index in range(length - 1, 0, -1):
-        span = index + 1
-        limit = (1 << 32) - (1 << 32) % span
-        while (word := draw()) >= limit:
-            pass
-        other = word % span
-        order[index], order[other] = order[other], order[index]
-    return order
-
-
-def balance(
-    clks: npt.NDArray[np.uint64], permutation: npt.NDArray[np.int64]
-) -> npt.NDArray[np.uint64]:
-    """Primitive hardening: append the complement, then permute the 2L bits with a keyed
-    permutation. Every output has exactly L bits set, hiding how many tokens a record had."""
-    doubled = np.concatenate([clks, ~clks], axis=1)
-    bits = np.unpackbits(doubled.view(np.uint8), axis=1, bitorder="little")
-    packed = np.packbits(bits[:, permutation], axis=1, bitorder="little")
-    return np.ascontiguousarray(packed).view("<u8")
 
 
 class _FieldEncoder:
@@ -180,6 +191,9 @@ class _FieldEncoder:
         "_code_positions_cache",
         "_hashing",
         "_key",
+        "_plain_specs",
+        "_salted_masks",
+        "_salted_specs",
         "_token_masks",
         "_value_masks",
         "spec",
@@ -190,8 +204,11 @@ class _FieldEncoder:
         self._key = key
         self._clk_bits = clk_bits
         self._hashing = hashing
+        self._plain_specs = tuple(token for token in spec.tokens if token.salt is None)
+        self._salted_specs = tuple(token for token in spec.tokens if token.salt is not None)
         self._token_masks: dict[str, list[int]] = {}
         self._value_masks: dict[str, int] = {}
+        self._salted_masks: dict[tuple[str, tuple[str | None, ...]], int] = {}
         self._code_positions_cache: dict[TokenSpec, dict[int, list[int]]] = {}
 
     def _token_mask(self, token: str, count: int) -> int:
@@ -210,10 +227,13 @@ class _FieldEncoder:
             self._token_masks[token] = prefixes
         return prefixes[count]
 
-    def _spec_mask(self, value: str, spec: TokenSpec) -> int:
-        """The bits one tokeniser's tokens of ``value`` set (per-value path)."""
+    def _spec_mask(self, value: str, spec: TokenSpec, salt: str | None = None) -> int:
+        """The bits one tokeniser's tokens of ``value`` set (per-value path), each token salted
+        with ``salt`` when given."""
         mask = 0
         tokens = tokenise(value, spec)
+        if salt is not None:
+            tokens = frozenset(salted_token(token, salt) for token in tokens)
         if tokens:
             count = bits_for_token(spec, len(tokens))
             token_masks = self._token_masks
@@ -225,33 +245,61 @@ class _FieldEncoder:
                     mask |= self._token_mask(token, count)
         return mask
 
-    def mask(self, value: str) -> int:
+    def mask(self, value: str, salts: Salts | None = None) -> int:
+        """The bits ``value`` sets: its unsalted tokens' (cached per value), and its salted
+        tokens' for every salt present in ``salts``."""
         mask = self._value_masks.get(value)
-        if mask is not None:
-            return mask
-        mask = 0
-        for spec in self.spec.tokens:
-            mask |= self._spec_mask(value, spec)
-        if len(self._value_masks) >= _CACHE_LIMIT:
-            self._value_masks.clear()
-        self._value_masks[value] = mask
+        if mask is None:
+            mask = 0
+            for spec in self._plain_specs:
+                mask |= self._spec_mask(value, spec)
+            if len(self._value_masks) >= _CACHE_LIMIT:
+                self._value_masks.clear()
+            self._value_masks[value] = mask
+        if self._salted_specs:
+            mask |= self.salted_mask(value, salts or {})
         return mask
 
-    def masks(self, values: Sequence[str]) -> npt.NDArray[np.uint64]:
-        """Column path: the bits of many values as a ``(values, clk_bits // 64)`` array."""
+    def salted_mask(self, value: str, salts: Salts) -> int:
+        """The bits of ``value``'s salted tokens; a tokeniser whose salt is missing sets none
+        (never salted with an empty value, which would mark every record without it)."""
+        key = (value, tuple(salts.get(spec.salt or "") for spec in self._salted_specs))
+        mask = self._salted_masks.get(key)
+        if mask is None:
+            mask = 0
+            for spec, salt in zip(self._salted_specs, key[1], strict=True):
+                if salt is not None:
+                    mask |= self._spec_mask(value, spec, salt)
+            if len(self._salted_masks) >= _CACHE_LIMIT:
+                self._salted_masks.clear()
+            self._salted_masks[key] = mask
+        return mask
+
+    def masks(
+        self, values: Sequence[str], salts: Mapping[str, Sequence[str | None]] | None = None
+    ) -> npt.NDArray[np.uint64]:
+        """Column path: the bits of many values as a ``(values, clk_bits // 64)`` array.
+        ``salts`` holds, per salting field, its values aligned with ``values``."""
         words = self._clk_bits // 64
         result = np.zeros((len(values), words), dtype=np.uint64)
+        salt_columns = salts or {}
         for start in range(0, len(values), _BATCH):
             batch = values[start : start + _BATCH]
             block = result[start : start + len(batch)]
             leftover: dict[int, int] = {}  # value offset -> bits from the per-value path
-            for spec in self.spec.tokens:
+            for spec in self._plain_specs:
                 slow: Iterable[int] = (
                     self._or_coded_masks(batch, spec, block) if _coded(spec) else range(len(batch))
                 )
                 for offset in slow:
                     mask = self._spec_mask(batch[offset], spec)
                     leftover[offset] = leftover.get(offset, 0) | mask
+            for spec in self._salted_specs:
+                salt_column = salt_columns.get(spec.salt or "")
+                if salt_column is not None:
+                    self._or_salted_masks(
+                        batch, salt_column[start : start + len(batch)], spec, block
+                    )
             if leftover:
                 offsets = list(leftover)
                 size = self._clk_bits // 8
@@ -261,6 +309,46 @@ class _FieldEncoder:
                 ).reshape(-1, words)
                 block[np.asarray(offsets, dtype=np.intp)] |= extra
         return result
+
+    def _or_salted_masks(
+        self,
+        values: Sequence[str],
+        salts: Sequence[str | None],
+        spec: TokenSpec,
+        block: npt.NDArray[np.uint64],
+    ) -> None:
+        """OR the bits of ``spec``'s salted tokens into ``block`` (one row per value): salted
+        tokens are nearly all distinct, so their positions are worked out in bulk
+        (:func:`token_positions_many`), not cached."""
+        rows: list[int] = []
+        tokens: list[str] = []
+        counts: list[int] = []
+        for offset, (value, salt) in enumerate(zip(values, salts, strict=True)):
+            if salt is None:
+                continue  # never salted with an empty value
+            found = tokenise(value, spec)
+            if not found:
+                continue
+            count = bits_for_token(spec, len(found))
+            for token in found:
+                rows.append(offset)
+                tokens.append(salted_token(token, salt))
+                counts.append(count)
+        if not tokens:
+            return
+        bits = np.zeros((len(values), self._clk_bits), dtype=np.uint8)
+        row_array, count_array = np.asarray(rows), np.asarray(counts)
+        for count in np.unique(count_array).tolist():
+            chosen = np.flatnonzero(count_array == count)
+            positions = token_positions_many(
+                self._key,
+                [tokens[index] for index in chosen.tolist()],
+                count,
+                clk_bits=self._clk_bits,
+                hashing=self._hashing,
+            )
+            bits[row_array[chosen][:, None], positions] = 1
+        block |= np.packbits(bits, axis=1, bitorder="little").view("<u8")
 
     def _or_coded_masks(
         self, values: Sequence[str], spec: TokenSpec, block: npt.NDArray[np.uint64]
@@ -360,35 +448,89 @@ class _FieldEncoder:
 
 
 class ClkEncoder:
-    """The encode recipe: normalised values of a record, in schema field order, to its CLK.
+    """The encode recipe: normalised values of a record, in schema field order, to its CLK
+    (schema v1) or its groups' CLKs concatenated (schema v2, :attr:`layout` says which words
+    are which group).
 
     Holds only keys derived for this project and schema, never the secret itself; build one
-    per encoder run and let it go when the run ends.
+    per encoder run and let it go when the run ends. ``random_bytes`` feeds BLIP hardening
+    (default: a fresh ChaCha20 stream keyed from ``os.urandom``; tests inject their own).
     """
 
-    def __init__(self, schema: LinkageSchema, secret: LinkageSecret, *, project_id: str) -> None:
+    def __init__(
+        self,
+        schema: LinkageSchema,
+        secret: LinkageSecret,
+        *,
+        project_id: str,
+        random_bytes: RandomBytes | None = None,
+    ) -> None:
         fingerprint = schema.fingerprint
         self.schema = schema
         self.project_id = project_id
         self.schema_fingerprint = fingerprint
         self.kcv = key_check_value(secret, project_id=project_id)
-        self._fields = [
-            _FieldEncoder(
-                spec,
-                key=derive_field_key(
+        self.layout: ClkLayout = schema.layout
+        """The encoding after hardening: groups, lengths and hardening descriptors."""
+        self.input_layout: ClkLayout = schema.input_layout
+        """The groups before hardening: where each field's bits are set."""
+        self._group_of = [schema.group_index(index) for index in range(len(schema.fields))]
+        self._fields = []
+        for spec, group_index in zip(schema.fields, self._group_of, strict=True):
+            group = self.input_layout.groups[group_index]
+            if schema.grouped:
+                key = derive_group_field_key(
+                    secret,
+                    project_id=project_id,
+                    schema_fingerprint=fingerprint,
+                    group=group.name,
+                    key_group=spec.key_label,
+                )
+            else:
+                key = derive_field_key(
                     secret,
                     project_id=project_id,
                     schema_fingerprint=fingerprint,
                     key_group=spec.key_label,
-                ),
-                clk_bits=schema.clk_bits,
-                hashing=schema.hashing,
+                )
+            self._fields.append(
+                _FieldEncoder(spec, key=key, clk_bits=group.bits, hashing=schema.hashing)
             )
-            for spec in schema.fields
+        position = {spec.name: index for index, spec in enumerate(schema.fields)}
+        # Per field, the (name, field index) of each field that salts its tokens.
+        self._salt_sources = [
+            tuple((name, position[name]) for name in spec.salts) for spec in schema.fields
         ]
-        self._clk_bytes = schema.clk_bits // 8
+        self._input_bytes = self.input_layout.total_bits // 8
         self._permutation: npt.NDArray[np.int64] | None = None
-        if schema.hardening == "balance":
+        self._hardeners: list[ChainHardener] = []
+        if schema.grouped:
+            stream: RandomBytes | None = random_bytes
+            for group_spec in schema.groups:
+                if stream is None and any(step.method == "blip" for step in group_spec.hardening):
+                    stream = fresh_random_bytes()
+                keys = [
+                    derive_group_hardening_key(
+                        secret,
+                        project_id=project_id,
+                        schema_fingerprint=fingerprint,
+                        group=group_spec.name,
+                        step=index,
+                        method=str(step.method),
+                    )
+                    if step.keyed
+                    else None
+                    for index, step in enumerate(group_spec.hardening)
+                ]
+                self._hardeners.append(
+                    ChainHardener(
+                        group_spec.hardening,
+                        input_bits=group_spec.clk_bits,
+                        keys=keys,
+                        random_bytes=stream or _no_randomness,
+                    )
+                )
+        elif schema.hardening == "balance":
             hardening_key = derive_hardening_key(
                 secret, project_id=project_id, schema_fingerprint=fingerprint, method="balance"
             )
@@ -399,40 +541,68 @@ class ClkEncoder:
 
     @property
     def encoded_bits(self) -> int:
-        """Length of the CLKs this encoder emits (after hardening)."""
-        return self.schema.encoded_bits
+        """Length of the encodings this encoder emits (after hardening, every group)."""
+        return self.layout.total_bits
 
-    @property
-    def field_count(self) -> int:
-        return len(self._fields)
+    def field_word_range(self, index: int) -> tuple[int, int]:
+        """Where field ``index``'s bits go: ``(start, stop)`` words of an unhardened record
+        (its group's words in :attr:`input_layout`)."""
+        return self.input_layout.word_range(self._group_of[index])
 
-    def field_mask(self, index: int, value: str) -> int:
-        """The bits one normalised value of field ``index`` sets, as an int (cached)."""
-        return self._fields[index].mask(value)
+    def field_salts(self, index: int) -> tuple[str, ...]:
+        """Names of the fields whose values salt field ``index``'s tokens (often none)."""
+        return self._fields[index].spec.salts
 
-    def field_masks(self, index: int, values: Sequence[str]) -> npt.NDArray[np.uint64]:
-        """Column path: the bits many normalised values of field ``index`` set, as a
-        ``(values, clk_bits // 64)`` uint64 array (row i is ``field_mask(index, values[i])``).
-        Pass each distinct value once: the work is per value, not cached across calls."""
-        return self._fields[index].masks(values)
+    def field_mask(self, index: int, value: str, salts: Salts | None = None) -> int:
+        """The bits one normalised value of field ``index`` sets within its group, as an int
+        (cached). ``salts``: the record's values of :meth:`field_salts` (missing: none)."""
+        return self._fields[index].mask(value, salts)
+
+    def field_masks(
+        self,
+        index: int,
+        values: Sequence[str],
+        salts: Mapping[str, Sequence[str | None]] | None = None,
+    ) -> npt.NDArray[np.uint64]:
+        """Column path: the bits many normalised values of field ``index`` set in its group,
+        as a ``(values, group words)`` uint64 array (row i is ``field_mask(index, values[i])``).
+        ``salts`` maps each of :meth:`field_salts` to values aligned with ``values``. Pass
+        each distinct value (or value and salts) once: the work is per value."""
+        return self._fields[index].masks(values, salts)
 
     def pack(self, masks: Sequence[int]) -> npt.NDArray[np.uint64]:
         """Unhardened record masks -> hardened ``(records, encoded_bits // 64)`` uint64 CLKs."""
-        size = self._clk_bytes
+        size = self._input_bytes
         packed = b"".join([mask.to_bytes(size, "little") for mask in masks])
         clks = np.frombuffer(packed, dtype="<u8").reshape(-1, size // 8).astype(np.uint64)
         return self.harden(clks)
 
     def record_mask(self, values: Sequence[str | None]) -> int:
-        """The unhardened CLK of one record as an int (bit i = CLK bit i)."""
+        """The unhardened encoding of one record as an int (bit i = bit i of the
+        :attr:`input_layout` record: every group's bits at its offset)."""
         mask = 0
-        for field, value in zip(self._fields, values, strict=True):
+        offsets = self.input_layout.word_offsets()
+        for field, group, sources, value in zip(
+            self._fields, self._group_of, self._salt_sources, values, strict=True
+        ):
             if value is not None:
-                mask |= field.mask(value)
+                salts = {name: values[source] for name, source in sources} if sources else None
+                mask |= field.mask(value, salts) << (64 * offsets[group])
         return mask
 
     def harden(self, clks: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-        """Apply the schema's hardening to a block of unhardened CLKs."""
+        """Apply the schema's hardening to a block of unhardened records
+        (``(records, input words)`` -> ``(records, encoded_bits // 64)``)."""
+        if self.schema.grouped:
+            parts = [
+                hardener.apply(np.ascontiguousarray(clks[:, start:stop]))
+                for hardener, (start, stop) in zip(
+                    self._hardeners,
+                    (self.input_layout.word_range(i) for i in range(len(self._hardeners))),
+                    strict=True,
+                )
+            ]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         if self.schema.hardening == "xor-fold":
             return xor_fold(clks)
         if self.schema.hardening == "balance":
@@ -441,9 +611,13 @@ class ClkEncoder:
         return clks
 
     def encode_many(self, records: Iterable[Sequence[str | None]]) -> npt.NDArray[np.uint64]:
-        """CLKs of many records as a ``(records, encoded_bits // 64)`` uint64 array."""
+        """Encodings of many records as a ``(records, encoded_bits // 64)`` uint64 array."""
         return self.pack([self.record_mask(values) for values in records])
 
     def encode(self, values: Sequence[str | None]) -> bytes:
-        """The CLK of one record, packed (bit i is bit i % 8 of byte i // 8)."""
+        """The encoding of one record, packed (bit i is bit i % 8 of byte i // 8)."""
         return self.encode_many([values]).tobytes()
+
+
+def _no_randomness(count: int) -> bytes:
+    raise AssertionError("only BLIP hardening draws random bytes")  # pragma: no cover

@@ -2,6 +2,7 @@
 
     BloomlinkError
     ├── ConfigurationError           a file a person wrote is wrong
+    │   ├── InUseError               a data directory, log or port another process holds
     │   ├── SchemaError              every problem in a linkage schema, raised once
     │   ├── MappingError             a department mapping does not fit the schema or extract
     │   └── SecretError              the linkage secret file is missing, short or readable by others
@@ -22,7 +23,8 @@
     │   ├── ResourceLimitError       RESOURCE_EXHAUSTED
     │   └── UnavailableError         UNAVAILABLE
     ├── MatchingError                a matching setting or input the engine cannot honour
-    └── AuditError                   an audit log or manifest fails verification
+    ├── AuditError                   an audit log or manifest fails verification
+    └── InvariantError               the linkage unit broke a rule of its own (a bug); INTERNAL
 
 Rules every raise follows: the message says what was expected and what to do; it never
 contains a record value, a token, a CLK, a key or a block key. Context goes in keyword-only
@@ -41,8 +43,10 @@ __all__ = [
     "CompatibilityError",
     "ConfigurationError",
     "ExtractError",
+    "InUseError",
     "InputError",
     "InvalidRequestError",
+    "InvariantError",
     "MappingError",
     "MatchingError",
     "NotFoundError",
@@ -69,6 +73,11 @@ class BloomlinkError(Exception):
 
 class ConfigurationError(BloomlinkError):
     """A configuration file a person wrote is wrong."""
+
+
+class InUseError(ConfigurationError):
+    """Another process holds what this one needs alone: a linkage unit's data directory, its
+    audit log or its port (a second linkage unit started on the same ones)."""
 
 
 class SchemaError(ConfigurationError):
@@ -197,3 +206,9 @@ class AuditError(BloomlinkError):
     def __init__(self, message: str, *, entry: int | None = None) -> None:
         self.entry = entry
         super().__init__(f"audit entry {entry}: {message}" if entry is not None else message)
+
+
+class InvariantError(BloomlinkError):
+    """The linkage unit's own code broke a rule it relies on (a bug, never the caller's
+    input). Checked explicitly, not by ``assert``, so it holds under ``python -O``; a caller
+    sees INTERNAL and the operator's log has the traceback."""

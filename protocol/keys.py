@@ -1,9 +1,21 @@
 """Key derivation: per-field keys and the key check value (KCV), from the linkage secret.
 
+Schema version 1 (one record-level CLK):
+
 Field key  = HKDF-SHA256(IKM = secret, salt = "bloomlink/v1/field-key",
                          info = lp(project id) || schema fingerprint || lp(key group))
 Hardening  = HKDF-SHA256(IKM = secret, salt = "bloomlink/v1/hardening",
                          info = lp(project id) || schema fingerprint || lp(method))
+
+Schema version 2 (field groups): every key also names its group, so no two groups' bits are
+comparable, and a hardening key names its step, so two keyed steps of one chain differ:
+
+Field key  = HKDF-SHA256(IKM = secret, salt = "bloomlink/v2/field-key",
+                         info = lp(project id) || schema fingerprint || lp(group) || lp(key group))
+Hardening  = HKDF-SHA256(IKM = secret, salt = "bloomlink/v2/hardening",
+                         info = lp(project id) || schema fingerprint || lp(group)
+                                || lp(step index as decimal ":" method))
+
 KCV        = HMAC-SHA256(secret, "bloomlink/v1/kcv" || lp(project id))[:16]
 
 ``lp(x)`` is a 2-byte big-endian length then the UTF-8 bytes, so no two inputs collide. Mixing
@@ -26,6 +38,8 @@ __all__ = [
     "FIELD_KEY_BYTES",
     "KCV_BYTES",
     "derive_field_key",
+    "derive_group_field_key",
+    "derive_group_hardening_key",
     "derive_hardening_key",
     "key_check_value",
 ]
@@ -62,6 +76,43 @@ def derive_hardening_key(
     """The key a keyed hardening step (e.g. the balancing permutation) uses."""
     info = length_prefixed(project_id) + schema_fingerprint + length_prefixed(method)
     return _hkdf(secret, salt=b"bloomlink/v1/hardening", info=info)
+
+
+def derive_group_field_key(
+    secret: LinkageSecret,
+    *,
+    project_id: str,
+    schema_fingerprint: bytes,
+    group: str,
+    key_group: str,
+) -> bytes:
+    """Schema v2: the key for one field (or key group) in one field group."""
+    info = (
+        length_prefixed(project_id)
+        + schema_fingerprint
+        + length_prefixed(group)
+        + length_prefixed(key_group)
+    )
+    return _hkdf(secret, salt=b"bloomlink/v2/field-key", info=info)
+
+
+def derive_group_hardening_key(
+    secret: LinkageSecret,
+    *,
+    project_id: str,
+    schema_fingerprint: bytes,
+    group: str,
+    step: int,
+    method: str,
+) -> bytes:
+    """Schema v2: the key of keyed hardening step ``step`` (0-based) of one group's chain."""
+    info = (
+        length_prefixed(project_id)
+        + schema_fingerprint
+        + length_prefixed(group)
+        + length_prefixed(f"{step}:{method}")
+    )
+    return _hkdf(secret, salt=b"bloomlink/v2/hardening", info=info)
 
 
 def key_check_value(secret: LinkageSecret, *, project_id: str) -> bytes:

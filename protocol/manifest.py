@@ -6,9 +6,20 @@ by the auditor against the LU's ``upload_committed`` entry). The format lives in
 
 A manifest binds project, party, record count, CLK length, payload SHA-256, schema
 fingerprint, KCV, software version, creation time, a random nonce, and the clean leak scan
-the party ran on exactly this payload (how many sensitive strings, from how many rows): the
-party writes a manifest only for a payload its scan found clean. Its **canonical
-bytes** are compact sorted-key ASCII JSON with a ``format`` field; the party signs exactly
+the party ran on exactly this payload (how many sensitive strings, from how many rows, and
+whether the CLKs were checked against a re-encoding under a known key): the party writes a
+manifest only for a payload its scan found clean. It also carries the encode's counts - rows
+read and skipped, and per schema field how many records have no value and how many values
+were blanked - so the linkage unit and the auditor see each party's field completeness.
+Counts only: never a value, and nothing the linkage unit could not estimate from the CLKs.
+A grouped encoding (file format 2) also records its layout: each group's name, bits and the
+hardening applied with its parameters (``layout``, protocol/clk_layout.py; ``null`` for a
+single record-level CLK, file format 1).
+
+There is one manifest format, ``bloomlink-manifest-v2``, for both file formats. A
+``bloomlink-manifest-v1`` manifest (from an earlier build) is refused with a message to
+re-encode: it lacks the fields above, and nothing here re-signs a party's statement. Its
+**canonical bytes** are compact sorted-key ASCII JSON with a ``format`` field; the party signs exactly
 those bytes with its Ed25519 key. The manifest file is JSON:
 ``{"manifest": {...}, "public_key": <raw key hex>, "signature": <hex>}``. The embedded public
 key only says which key signed; trust comes from comparing it with the party's registered
@@ -31,11 +42,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from protocol.atomic_file import atomic_output
 from protocol.clk_file import check_clk_bits
+from protocol.clk_layout import ClkLayout
 from protocol.errors import AuditError, ConfigurationError
 from protocol.labels import check_label
 
 __all__ = [
     "MANIFEST_FORMAT",
+    "FieldCount",
     "SignedManifest",
     "UploadManifest",
     "manifest_mismatches",
@@ -45,7 +58,8 @@ __all__ = [
     "write_signed_manifest",
 ]
 
-MANIFEST_FORMAT = "bloomlink-manifest-v1"
+MANIFEST_FORMAT = "bloomlink-manifest-v2"
+_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{6})?Z$")
 _FIELDS = (
@@ -62,7 +76,32 @@ _FIELDS = (
     "nonce",
     "leak_scan_strings",
     "leak_scan_rows",
+    "unkeyed_check",
+    "rows_read",
+    "rows_skipped",
+    "field_counts",
+    "layout",
 )
+
+
+def _count(value: object, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"manifest {what} must be a whole number")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FieldCount:
+    """One schema field's counts over an encode: records with no value, values blanked."""
+
+    field: str
+    missing: int
+    blanked: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.field, str) or not _FIELD_NAME.fullmatch(self.field):
+            raise ConfigurationError("manifest field counts must name a schema field")
+        _count(self.missing, "missing count")
+        _count(self.blanked, "blanked count")
 
 
 def _bytes_field(value: object, length: int, what: str) -> None:
@@ -86,6 +125,15 @@ class UploadManifest:
     nonce: bytes
     leak_scan_strings: int
     leak_scan_rows: int
+    unkeyed_check: bool = False
+    """Whether the scan compared the CLKs with a re-encoding under a publicly known key (a
+    file made without the linkage secret fails it)."""
+    rows_read: int = 0
+    """Rows of the extract the encode read (0: not recorded, e.g. a re-scan at submit)."""
+    rows_skipped: int = 0
+    field_counts: tuple[FieldCount, ...] = ()
+    layout: ClkLayout | None = None
+    """A grouped encoding's groups and hardening (file format 2); None for one CLK."""
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="manifest project id")
@@ -105,10 +153,22 @@ class UploadManifest:
             raise ConfigurationError("manifest software version must be a short version string")
         if not isinstance(self.created_at, str) or not _TIMESTAMP.fullmatch(self.created_at):
             raise ConfigurationError("manifest creation time must be UTC like 2026-01-31T12:00:00Z")
-        for name in ("leak_scan_strings", "leak_scan_rows"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigurationError(f"manifest {name} must be a whole number")
+        for name in ("leak_scan_strings", "leak_scan_rows", "rows_read", "rows_skipped"):
+            _count(getattr(self, name), name)
+        if not isinstance(self.unkeyed_check, bool):
+            raise ConfigurationError("manifest unkeyed_check must be true or false")
+        if not all(isinstance(item, FieldCount) for item in self.field_counts):
+            raise ConfigurationError("manifest field counts must be FieldCount values")
+        names = [item.field for item in self.field_counts]
+        if len(set(names)) != len(names):
+            raise ConfigurationError("manifest field counts name a field twice")
+        if any(item.missing > self.record_count for item in self.field_counts):
+            raise ConfigurationError("manifest field counts exceed the record count")
+        if self.layout is not None:
+            if not isinstance(self.layout, ClkLayout):
+                raise ConfigurationError("manifest layout must be a layout")
+            if self.layout.total_bits != self.clk_bits:
+                raise ConfigurationError("manifest layout must add up to its CLK bits")
 
     def to_record(self) -> dict[str, Any]:
         return {
@@ -125,6 +185,14 @@ class UploadManifest:
             "nonce": self.nonce.hex(),
             "leak_scan_strings": self.leak_scan_strings,
             "leak_scan_rows": self.leak_scan_rows,
+            "unkeyed_check": self.unkeyed_check,
+            "rows_read": self.rows_read,
+            "rows_skipped": self.rows_skipped,
+            "field_counts": [
+                {"field": item.field, "missing": item.missing, "blanked": item.blanked}
+                for item in self.field_counts
+            ],
+            "layout": None if self.layout is None else self.layout.to_record(),
         }
 
     def canonical_bytes(self) -> bytes:
@@ -140,10 +208,16 @@ class UploadManifest:
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> UploadManifest:
+        # The format is checked first so that a manifest from an earlier build (v1, fewer
+        # fields) is told to re-encode rather than that its fields are wrong.
+        if record.get("format") != MANIFEST_FORMAT:
+            raise ConfigurationError(
+                f"unknown manifest format; this build reads {MANIFEST_FORMAT} only (re-encode "
+                "with this version of bloomlink to sign a new one)"
+            )
         if set(record) != set(_FIELDS):
             raise ConfigurationError("manifest does not have exactly the manifest fields")
-        if record["format"] != MANIFEST_FORMAT:
-            raise ConfigurationError(f"unknown manifest format; this build reads {MANIFEST_FORMAT}")
+        layout = record["layout"]
         try:
             return cls(
                 project_id=record["project_id"],
@@ -158,8 +232,18 @@ class UploadManifest:
                 nonce=bytes.fromhex(record["nonce"]),
                 leak_scan_strings=record["leak_scan_strings"],
                 leak_scan_rows=record["leak_scan_rows"],
+                unkeyed_check=record["unkeyed_check"],
+                rows_read=record["rows_read"],
+                rows_skipped=record["rows_skipped"],
+                field_counts=tuple(
+                    FieldCount(
+                        field=item["field"], missing=item["missing"], blanked=item["blanked"]
+                    )
+                    for item in record["field_counts"]
+                ),
+                layout=None if layout is None else ClkLayout.from_record(layout),
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, KeyError):
             raise ConfigurationError("manifest has a malformed hex field") from None
 
 
@@ -251,7 +335,8 @@ def manifest_mismatches(
     manifest: UploadManifest, *, project_id: str | None, details: Mapping[str, object]
 ) -> tuple[str, ...]:
     """Which aspects of an ``upload_committed`` entry disagree with the manifest (empty if
-    none). Aspects are field names; values are never returned."""
+    none). Aspects are field names; values are never returned. A grouped encoding's layout
+    is compared by its digest (``layout_sha256``, absent for a single CLK)."""
     expected: dict[str, object] = {
         "party": manifest.party,
         "record_count": manifest.record_count,
@@ -259,6 +344,7 @@ def manifest_mismatches(
         "payload_sha256": manifest.payload_sha256.hex(),
         "schema_fingerprint": manifest.schema_fingerprint.hex(),
         "kcv": manifest.kcv.hex(),
+        "layout_sha256": None if manifest.layout is None else manifest.layout.sha256,
     }
     wrong = [key for key, value in expected.items() if details.get(key) != value]
     if project_id != manifest.project_id:

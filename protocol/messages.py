@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from protocol.audit import RETENTION_DELETE_AFTER_RELEASE, RETENTION_DELETE_AFTER_RUN
-from protocol.clk_file import ClkFileHeader
+from protocol.clk_file import FORMAT_VERSION, GROUPED_FORMAT_VERSION, ClkFileHeader
+from protocol.clk_layout import ClkLayout
 from protocol.errors import ConfigurationError
 from protocol.labels import check_label
+from protocol.vocabulary import LinkModel, RetentionPolicy
 
 __all__ = [
+    "DEFAULT_MAX_CLUSTER_SIZE",
     "BlockingMode",
     "LinkKeyBatch",
+    "LinkKeysDigest",
     "LinkKeyMode",
+    "LinkModel",
     "PartyStatus",
     "ProjectSettings",
     "ProjectStatus",
@@ -29,6 +34,8 @@ __all__ = [
     "UploadHeader",
     "UploadProgress",
     "UploadState",
+    "UNRUN_HOLD_DAYS",
+    "link_keys_digest",
 ]
 
 
@@ -42,9 +49,20 @@ class BlockingMode(StrEnum):
     NONE = "none"
 
 
+UNRUN_HOLD_DAYS = 30
+"""How long an upload of a ``delete-after-run`` project (``retention_days`` 0) waits for a
+run that finishes before it is deleted anyway."""
+
+
 class LinkKeyMode(StrEnum):
     SHARED = "shared"
     PER_PARTY = "per_party"
+
+
+DEFAULT_MAX_CLUSTER_SIZE = 1000
+"""Records of one party one person's cluster may hold before the run fails (deduplicating
+projects)."""
+MAX_CLUSTER_SIZE_LIMIT = 10_000_000
 
 
 class UploadState(StrEnum):
@@ -56,6 +74,8 @@ class UploadState(StrEnum):
 
 class RunState(StrEnum):
     WAITING_FOR_UPLOADS = "waiting_for_uploads"
+    # Every member has uploaded; a project created without auto-run waits for the operator.
+    READY = "ready"
     QUEUED = "queued"
     RUNNING = "running"
     FINISHED = "finished"
@@ -65,7 +85,12 @@ class RunState(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ProjectSettings:
-    """What the operator fixes when creating a project; its fingerprint goes to the audit log."""
+    """What the operator fixes when creating a project; its fingerprint goes to the audit log.
+
+    ``deduplicated``: the members whose extracts may hold several records of one person
+    (``--dedupe``); see :class:`LinkModel`. ``max_cluster_size``: with any, the most records
+    of one party a person's cluster may hold before the run fails instead of issuing keys.
+    """
 
     project_id: str
     members: tuple[str, ...]
@@ -75,15 +100,39 @@ class ProjectSettings:
     link_key_mode: LinkKeyMode = LinkKeyMode.SHARED
     retention_days: int = 0
     auto_run: bool = True
+    layout: ClkLayout | None = None
+    """The grouped layout (and each group's hardening) every upload must have, from a
+    schema v2; None for a single record-level CLK (schema v1: uploads are format 1)."""
+    deduplicated: tuple[str, ...] = ()
+    max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="project id")
         for member in self.members:
             check_label(member, what="member party name")
-        if len(self.members) < 2:
-            raise ConfigurationError("a project needs at least two member parties")
         if len(set(self.members)) != len(self.members):
             raise ConfigurationError("member parties must be distinct")
+        strangers = [party for party in self.deduplicated if party not in self.members]
+        if strangers:
+            raise ConfigurationError(
+                f"--dedupe names {', '.join(repr(party) for party in strangers)}, not a member "
+                "party of this project; deduplicate only members (--parties)"
+            )
+        if len(set(self.deduplicated)) != len(self.deduplicated):
+            raise ConfigurationError("--dedupe names a party twice")
+        if len(self.members) < 2 and not self.deduplicated:
+            raise ConfigurationError(
+                "a project needs at least two member parties, or one that is deduplicated "
+                "(--dedupe)"
+            )
+        if not 2 <= self.max_cluster_size <= MAX_CLUSTER_SIZE_LIMIT:
+            raise ConfigurationError(
+                f"the cluster-size cap must be between 2 and {MAX_CLUSTER_SIZE_LIMIT} records"
+            )
+        if not self.deduplicated and self.max_cluster_size != DEFAULT_MAX_CLUSTER_SIZE:
+            raise ConfigurationError(
+                "a cluster-size cap applies only to a project that deduplicates (--dedupe)"
+            )
         if len(self.schema_fingerprint) != 32:
             raise ConfigurationError("schema fingerprint must be 32 bytes (SHA-256)")
         if self.threshold is not None and not (0.0 < self.threshold <= 1.0):
@@ -95,26 +144,52 @@ class ProjectSettings:
             raise ConfigurationError(f"blocking must be one of {choices}") from None
         if not (0 <= self.retention_days <= 3650):
             raise ConfigurationError("retention must be 0..3650 days")
-
-    def canonical_json(self) -> str:
-        """Sorted-keys JSON of every setting: what the settings fingerprint covers."""
-        return json.dumps(
-            {
-                "project_id": self.project_id,
-                "members": sorted(self.members),
-                "schema_fingerprint": self.schema_fingerprint.hex(),
-                "threshold": self.threshold,
-                "blocking": str(self.blocking),
-                "link_key_mode": str(self.link_key_mode),
-                "retention_days": self.retention_days,
-                "auto_run": self.auto_run,
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        if self.layout is not None and not isinstance(self.layout, ClkLayout):
+            raise ConfigurationError("a project's layout must be a ClkLayout")
 
     @property
-    def retention_policy(self) -> str:
+    def link_model(self) -> LinkModel:
+        if not self.deduplicated:
+            return LinkModel.ONE_TO_ONE
+        if len(self.members) == 1:
+            return LinkModel.DEDUPE_ONLY
+        return LinkModel.DEDUPE_AND_LINK
+
+    def describe_link_model(self) -> str:
+        """One line for status and logs: the model and who is deduplicated."""
+        if self.link_model is LinkModel.ONE_TO_ONE:
+            return f"{self.link_model}: at most one record per person from each party"
+        clean = [party for party in self.members if party not in self.deduplicated]
+        line = f"{self.link_model}: deduplicating {', '.join(sorted(self.deduplicated))}"
+        if clean:
+            line += f"; at most one record per person from {', '.join(clean)}"
+        return (
+            line + f"; over {self.max_cluster_size} records of one party in a cluster fail the run"
+        )
+
+    def canonical_json(self) -> str:
+        """Sorted-keys JSON of every setting: what the settings fingerprint covers. The
+        layout appears only when set and the deduplication settings only in a project that
+        deduplicates, so a single-CLK one-to-one project keeps its earlier fingerprint."""
+        values: dict[str, object] = {
+            "project_id": self.project_id,
+            "members": sorted(self.members),
+            "schema_fingerprint": self.schema_fingerprint.hex(),
+            "threshold": self.threshold,
+            "blocking": str(self.blocking),
+            "link_key_mode": str(self.link_key_mode),
+            "retention_days": self.retention_days,
+            "auto_run": self.auto_run,
+        }
+        if self.layout is not None:
+            values["layout"] = self.layout.to_record()
+        if self.deduplicated:
+            values["deduplicated"] = sorted(self.deduplicated)
+            values["max_cluster_size"] = self.max_cluster_size
+        return json.dumps(values, sort_keys=True, separators=(",", ":"))
+
+    @property
+    def retention_policy(self) -> RetentionPolicy:
         """The audit log's name for how long CLKs are kept (docs/audit.md).
 
         ``retention_days == 0``: deleted as soon as the run finishes (``delete-after-run``).
@@ -123,8 +198,15 @@ class ProjectSettings:
         verifier requires the deletion once every party's keys were released).
         """
         if self.retention_days == 0:
-            return RETENTION_DELETE_AFTER_RUN
-        return RETENTION_DELETE_AFTER_RELEASE
+            return RetentionPolicy.DELETE_AFTER_RUN
+        return RetentionPolicy.DELETE_AFTER_RELEASE
+
+    @property
+    def hold_days(self) -> int:
+        """The most days the LU keeps any upload of this project, whatever becomes of the
+        run (one party never uploads, the run is refused or fails): ``retention_days``, or
+        :data:`UNRUN_HOLD_DAYS` under ``delete-after-run``, whose CLKs wait for a run."""
+        return self.retention_days or UNRUN_HOLD_DAYS
 
     @property
     def fingerprint(self) -> str:
@@ -143,7 +225,9 @@ class UploadHeader:
     clk_bits: int
     record_count: int
     payload_sha256: bytes
-    format_version: int = 1
+    format_version: int = FORMAT_VERSION
+    layout: ClkLayout | None = None
+    """Format 2: the record's groups and their hardening, as the file header lists them."""
 
     def __post_init__(self) -> None:
         check_label(self.party_id, what="party id")
@@ -159,7 +243,13 @@ class UploadHeader:
             record_count=self.record_count,
             payload_sha256=self.payload_sha256,
             format_version=self.format_version,
+            layout=self.layout,
         )
+
+    @property
+    def clk_layout(self) -> ClkLayout:
+        """The record's layout (``ClkLayout.single`` for format 1)."""
+        return self.layout or ClkLayout.single(self.clk_bits)
 
     @property
     def payload_bytes(self) -> int:
@@ -176,6 +266,7 @@ class UploadHeader:
             record_count=header.record_count,
             payload_sha256=header.payload_sha256,
             format_version=header.format_version,
+            layout=header.layout if header.format_version == GROUPED_FORMAT_VERSION else None,
         )
 
 
@@ -250,12 +341,35 @@ class RunTicket:
     state: RunState
 
 
+class LinkKeysDigest:
+    """The digest both sides compute over a party's released keys: hex SHA-256 of the lines
+    ``f"{position},{link_key}\\n"`` in release order. The LU logs it in ``keys_released``
+    and sends it with the last batch; the party checks what it received against it."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def update(self, positions: Iterable[int], link_keys: Iterable[str]) -> None:
+        for position, key in zip(positions, link_keys, strict=True):
+            self._hash.update(f"{position},{key}\n".encode("ascii"))
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def link_keys_digest(positions: Iterable[int], link_keys: Iterable[str]) -> str:
+    """:class:`LinkKeysDigest` of one whole key set."""
+    digest = LinkKeysDigest()
+    digest.update(positions, link_keys)
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkKeyBatch:
     """Part of one party's link keys: ``positions[i]`` has ``link_keys[i]``.
 
-    ``keys_sha256`` is set on the last batch only: the hex SHA-256 of the lines
-    ``f"{position},{link_key}\\n"`` over every batch in order.
+    ``keys_sha256`` is set on the last batch only: :class:`LinkKeysDigest` over every batch
+    in order.
     """
 
     positions: tuple[int, ...]

@@ -296,10 +296,13 @@ def normalise_date(
     formats: tuple[str, ...],
     null_markers: frozenset[str] = frozenset(),
     today: dt.date | None = None,
+    two_digit_year_pivot: int | None = None,
 ) -> str | None:
     """Parse with the department's formats (first that fits) and write ISO YYYY-MM-DD.
 
     Placeholder dates (1900-01-01 and the like) are missing; a date in the future is rejected.
+    A two-digit year (``%y``) is read as the year from ``two_digit_year_pivot`` to 99 years
+    after it that ends in those digits (pivot 1930: ``29`` is 2029, ``30`` is 1930).
     """
     cleaned = strip_invisible(value)
     if is_null_like(cleaned, null_markers):
@@ -307,6 +310,9 @@ def normalise_date(
     for date_format in formats:
         try:
             parsed = dt.datetime.strptime(cleaned, date_format).date()
+            if two_digit_year_pivot is not None and "%y" in date_format.replace("%%", ""):
+                century_year = two_digit_year_pivot + (parsed.year - two_digit_year_pivot) % 100
+                parsed = parsed.replace(year=century_year)  # 29 February may not exist then
         except ValueError:
             continue
         iso = parsed.isoformat()
@@ -422,13 +428,20 @@ def normalise_dates(
     formats: tuple[str, ...],
     null_markers: frozenset[str] = frozenset(),
     today: dt.date | None = None,
+    two_digit_year_pivot: int | None = None,
 ) -> list[str | None]:
     """:func:`normalise_date` over many values (the same results; raises ValueRejectedError
     as soon as a value is rejected, without saying which)."""
     pattern = _plain_date_pattern(formats[0]) if formats else None
     if pattern is None:
         return [
-            normalise_date(value, formats=formats, null_markers=null_markers, today=today)
+            normalise_date(
+                value,
+                formats=formats,
+                null_markers=null_markers,
+                today=today,
+                two_digit_year_pivot=two_digit_year_pivot,
+            )
             for value in values
         ]
     # Only dates before the day the batch began are answered here: a date that is "today"
@@ -446,7 +459,13 @@ def normalise_dates(
                 result.append(None if iso in _PLACEHOLDER_DATES else iso)
                 continue
         result.append(
-            normalise_date(value, formats=formats, null_markers=null_markers, today=today)
+            normalise_date(
+                value,
+                formats=formats,
+                null_markers=null_markers,
+                today=today,
+                two_digit_year_pivot=two_digit_year_pivot,
+            )
         )
     return result
 

@@ -1,16 +1,22 @@
-"""The linkage schema: which fields are encoded, how each is tokenised and weighted, and how
-long the CLK is. Every party of a project encodes under the same schema; its fingerprint
+"""The linkage schema: which fields are encoded, how each is tokenised and weighted, how
+long the CLK is and how it is hardened. Every party of a project encodes under the same schema; its fingerprint
 (SHA-256 of the canonical form, including the normaliser version) travels with the CLKs so
 the linkage unit can refuse to compare encodings made under different schemas.
 
 A schema is a TOML (or JSON) file; docs/schema.md documents every key. Validation collects
 every problem and raises one :class:`SchemaError` listing them all.
+
+Version 1 encodes every field into one record-level CLK. Version 2 declares field groups
+(``[[groups]]``, each with its own length and hardening chain) and each field names its
+group: a record's encoding is its groups' CLKs in declared order (protocol/clk_layout.py).
+A version 1 schema reads as it always did and keeps its fingerprint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +24,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from protocol.clk_layout import MAX_GROUPS, ClkLayout, GroupLayout
 from protocol.errors import SchemaError
+from protocol.hardening import (
+    HardeningStep,
+    chain_output_bits,
+    describe_chain,
+    parse_hardening,
+)
 from protocol.labels import LABEL_PATTERN
 from protocol.normalisation import NORMALISER_VERSION, nickname_table_digest
 
@@ -29,6 +42,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TOKEN_METHODS",
     "FieldSpec",
+    "GroupSpec",
     "LinkageSchema",
     "TokenSpec",
     "default_schema",
@@ -36,7 +50,10 @@ __all__ = [
     "parse_schema",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""The newest schema version this build reads (it reads every one in SCHEMA_VERSIONS)."""
+SCHEMA_VERSIONS = (1, 2)
+MAX_ENCODED_BITS = 65536
 FIELD_KINDS = ("person_name", "free_text", "date", "sex", "postcode", "identifier")
 TOKEN_METHODS = ("ngram", "exact", "date_parts", "phonetic")
 HASHING_SCHEMES = ("hmac-sha256", "blake2b")
@@ -44,6 +61,9 @@ HARDENING_METHODS = ("none", "xor-fold", "balance")
 MISSING_POLICIES = ("no-bits", "required")
 PHONETIC_ALGORITHMS = ("soundex",)
 TOKEN_WORDS = ("all", "first")
+
+# Field names: labels that may also use '_' (date_of_birth).
+_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 
 # Which tokenisers make sense for which kind of field.
 _METHODS_FOR_KIND: dict[str, tuple[str, ...]] = {
@@ -63,7 +83,9 @@ class TokenSpec:
     Weight is either ``bits`` (a budget: each token sets ``round(bits / token count)`` bits,
     so every value of the field sets about the same number of bits) or ``bits_per_token``.
     ``words = "first"`` tokenises only the value's first word (a forename field that holds
-    middle names in one system and not in another).
+    middle names in one system and not in another). ``salt`` (schema v2) names another field
+    whose normalised value is mixed into every token (protocol/tokens.py ``salted_token``);
+    a record without that value gets none of these tokens.
     """
 
     method: str
@@ -74,11 +96,14 @@ class TokenSpec:
     bits: int | None = None
     bits_per_token: int | None = None
     words: str = "all"
+    salt: str | None = None
 
     def canonical(self) -> dict[str, Any]:
         data: dict[str, Any] = {"method": self.method}
         if self.words != "all":  # absent by default, so older schemas keep their fingerprints
             data["words"] = self.words
+        if self.salt is not None:
+            data["salt"] = self.salt
         if self.method == "ngram":
             data.update(size=self.size, padded=self.padded, positional=self.positional)
         if self.method == "phonetic":
@@ -101,14 +126,21 @@ class FieldSpec:
     nicknames: bool = False
     key_group: str | None = None
     max_length: int = 100
+    group: str | None = None
+    """The field group (schema v2) whose CLK the field's bits go into."""
 
     @property
     def key_label(self) -> str:
         """The label its key is derived under: its key group, else its own name."""
         return f"group:{self.key_group}" if self.key_group else f"field:{self.name}"
 
+    @property
+    def salts(self) -> tuple[str, ...]:
+        """The other fields whose values salt this field's tokens, in first-use order."""
+        return tuple(dict.fromkeys(token.salt for token in self.tokens if token.salt))
+
     def canonical(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "name": self.name,
             "kind": self.kind,
             "tokens": [token.canonical() for token in self.tokens],
@@ -116,6 +148,35 @@ class FieldSpec:
             "nicknames": self.nicknames,
             "key_group": self.key_group,
             "max_length": self.max_length,
+        }
+        if self.group is not None:
+            data["group"] = self.group
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupSpec:
+    """A schema v2 field group: its label, Bloom-filter length and hardening chain."""
+
+    name: str
+    clk_bits: int
+    hardening: tuple[HardeningStep, ...] = ()
+
+    @property
+    def encoded_bits(self) -> int:
+        """The group's length after hardening."""
+        return chain_output_bits(self.hardening, self.clk_bits)
+
+    @property
+    def descriptor(self) -> str:
+        """The canonical hardening descriptor (protocol/hardening.py)."""
+        return describe_chain(self.hardening)
+
+    def canonical(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "clk_bits": self.clk_bits,
+            "hardening": [step.canonical() for step in self.hardening],
         }
 
 
@@ -128,29 +189,77 @@ class LinkageSchema:
     clk_bits: int = 1024
     hashing: str = "hmac-sha256"
     hardening: str = "none"
-    schema_version: int = SCHEMA_VERSION
+    """Version 1 only: the record-level hardening (version 2 hardens each group)."""
+    schema_version: int = 1
     description: str = field(default="", compare=False)
+    groups: tuple[GroupSpec, ...] = ()
+    """Version 2 only: the field groups, in encoding order."""
+
+    @property
+    def grouped(self) -> bool:
+        """Whether this is a version 2 schema (field groups, encoded file format 2)."""
+        return self.schema_version >= 2
+
+    @property
+    def input_layout(self) -> ClkLayout:
+        """The groups before hardening: where each field's bits are set."""
+        if not self.grouped:
+            return ClkLayout.single(self.clk_bits)
+        return ClkLayout(
+            groups=tuple(GroupLayout(name=group.name, bits=group.clk_bits) for group in self.groups)
+        )
+
+    @property
+    def layout(self) -> ClkLayout:
+        """The encoding's layout after hardening: what the encoded file and the LU see."""
+        if not self.grouped:
+            bits = self.clk_bits
+            if self.hardening == "xor-fold":
+                bits //= 2
+            elif self.hardening == "balance":
+                bits *= 2
+            return ClkLayout.single(bits)
+        return ClkLayout(
+            groups=tuple(
+                GroupLayout(name=group.name, bits=group.encoded_bits, hardening=group.descriptor)
+                for group in self.groups
+            )
+        )
 
     @property
     def encoded_bits(self) -> int:
         """CLK length after hardening: what the encoded file and the linkage unit see."""
-        if self.hardening == "xor-fold":
-            return self.clk_bits // 2
-        if self.hardening == "balance":
-            return self.clk_bits * 2
-        return self.clk_bits
+        return self.layout.total_bits
+
+    def group_index(self, field_index: int) -> int:
+        """Which group field ``field_index`` encodes into (0 for a version 1 schema)."""
+        group = self.fields[field_index].group
+        if group is None:
+            return 0
+        return [spec.name for spec in self.groups].index(group)
 
     def canonical(self) -> dict[str, Any]:
         """Everything that changes an encoding, and nothing else (not the description)."""
-        data: dict[str, Any] = {
-            "schema_version": self.schema_version,
-            "name": self.name,
-            "clk_bits": self.clk_bits,
-            "hashing": self.hashing,
-            "hardening": self.hardening,
-            "normaliser": NORMALISER_VERSION,
-            "fields": [spec.canonical() for spec in self.fields],
-        }
+        data: dict[str, Any]
+        if self.grouped:
+            data = {
+                "schema_version": self.schema_version,
+                "name": self.name,
+                "hashing": self.hashing,
+                "normaliser": NORMALISER_VERSION,
+                "groups": [group.canonical() for group in self.groups],
+                "fields": [spec.canonical() for spec in self.fields],
+            }
+        else:
+            data = {
+                "schema_version": self.schema_version,
+                "name": self.name,
+                "clk_bits": self.clk_bits,
+                "hashing": self.hashing,
+                "hardening": self.hardening,
+                "normaliser": NORMALISER_VERSION,
+                "fields": [spec.canonical() for spec in self.fields],
+            }
         if any(spec.nicknames for spec in self.fields):
             data["nickname_table_sha256"] = nickname_table_digest()
         return data
@@ -204,7 +313,9 @@ def _boolean(problems: _Problems, where: str, value: Any) -> bool:
     return value
 
 
-def _parse_token(problems: _Problems, where: str, data: Any, kind: str | None) -> TokenSpec | None:
+def _parse_token(
+    problems: _Problems, where: str, data: Any, kind: str | None, version: int
+) -> TokenSpec | None:
     if not isinstance(data, Mapping):
         problems.add(where, "must be a table")
         return None
@@ -217,6 +328,7 @@ def _parse_token(problems: _Problems, where: str, data: Any, kind: str | None) -
         "bits",
         "bits_per_token",
         "words",
+        "salt",
     }
     problems.unknown_keys(where, data, allowed)
     method = _choice(problems, f"{where}.method", data.get("method"), TOKEN_METHODS)
@@ -246,6 +358,14 @@ def _parse_token(problems: _Problems, where: str, data: Any, kind: str | None) -
         bits = _integer(problems, f"{where}.bits", bits, low=1, high=65536)
     if per_token is not None:
         per_token = _integer(problems, f"{where}.bits_per_token", per_token, low=1, high=64)
+    salt = data.get("salt")
+    if salt is not None:
+        if version < 2:
+            problems.add(f"{where}.salt", "needs schema_version 2")
+            salt = None
+        elif not isinstance(salt, str) or not _FIELD_NAME.fullmatch(salt):
+            problems.add(f"{where}.salt", "must name another field of the schema")
+            salt = None
     if method is None:
         return None
     return TokenSpec(
@@ -257,16 +377,19 @@ def _parse_token(problems: _Problems, where: str, data: Any, kind: str | None) -
         bits=bits,
         bits_per_token=per_token,
         words=words,
+        salt=salt,
     )
 
 
-def _parse_field(problems: _Problems, where: str, data: Any) -> FieldSpec | None:
+def _parse_field(problems: _Problems, where: str, data: Any, version: int) -> FieldSpec | None:
     if not isinstance(data, Mapping):
         problems.add(where, "must be a table")
         return None
     allowed = {"name", "kind", "tokens", "missing", "nicknames", "key_group", "max_length"}
+    if version >= 2:
+        allowed.add("group")
     name = data.get("name")
-    if not isinstance(name, str) or not LABEL_PATTERN.fullmatch(name.replace("_", "-")):
+    if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
         problems.add(f"{where}.name", "must be a lower-case name of letters, digits, '_' or '-'")
         name = None
     else:
@@ -279,7 +402,7 @@ def _parse_field(problems: _Problems, where: str, data: Any) -> FieldSpec | None
         problems.add(f"{where}.tokens", "must list at least one tokeniser")
     else:
         for index, item in enumerate(raw_tokens):
-            token = _parse_token(problems, f"{where}.tokens[{index}]", item, kind)
+            token = _parse_token(problems, f"{where}.tokens[{index}]", item, kind, version)
             if token:
                 tokens.append(token)
     missing = _choice(
@@ -297,6 +420,10 @@ def _parse_field(problems: _Problems, where: str, data: Any) -> FieldSpec | None
     max_length = _integer(
         problems, f"{where}.max_length", data.get("max_length", 100), low=1, high=1000
     )
+    group = data.get("group")
+    if version >= 2 and (not isinstance(group, str) or not LABEL_PATTERN.fullmatch(group)):
+        problems.add(f"{where}.group", "must name one of the schema's [[groups]]")
+        group = None
     if name is None or kind is None or missing is None or max_length is None:
         return None
     return FieldSpec(
@@ -307,7 +434,65 @@ def _parse_field(problems: _Problems, where: str, data: Any) -> FieldSpec | None
         nicknames=nicknames,
         key_group=key_group,
         max_length=max_length,
+        group=group if version >= 2 else None,
     )
+
+
+def _parse_group(problems: _Problems, where: str, data: Any) -> GroupSpec | None:
+    if not isinstance(data, Mapping):
+        problems.add(where, "must be a table")
+        return None
+    name = data.get("name")
+    if not isinstance(name, str) or not LABEL_PATTERN.fullmatch(name):
+        problems.add(f"{where}.name", "must be a lower-case label (a-z, 0-9, '-')")
+        name = None
+    else:
+        where = f"group {name!r}"
+    problems.unknown_keys(where, data, {"name", "clk_bits", "hardening"})
+    clk_bits = _integer(problems, f"{where}.clk_bits", data.get("clk_bits"), low=64, high=65536)
+    if clk_bits is not None and clk_bits % 64:
+        problems.add(f"{where}.clk_bits", "must be a multiple of 64")
+        clk_bits = None
+    if clk_bits is None:
+        return None
+    hardening = parse_hardening(
+        data.get("hardening"), input_bits=clk_bits, where=f"{where}.hardening", add=problems.add
+    )
+    if name is None:
+        return None
+    return GroupSpec(name=name, clk_bits=clk_bits, hardening=hardening)
+
+
+def _check_groups(
+    problems: _Problems, groups: list[GroupSpec], fields: list[FieldSpec], raw_count: int
+) -> None:
+    """Cross-checks of a version 2 schema: groups used and declared, salts that make sense."""
+    if not (1 <= raw_count <= MAX_GROUPS):
+        problems.add("groups", f"must list 1 to {MAX_GROUPS} field groups")
+    names = [group.name for group in groups]
+    for name in sorted({name for name in names if names.count(name) > 1}):
+        problems.add(f"group {name!r}", "is defined twice")
+    for spec in fields:
+        if spec.group is not None and spec.group not in names:
+            problems.add(f"field {spec.name!r}.group", f"{spec.group!r} is not a declared group")
+    used = {spec.group for spec in fields}
+    for name in names:
+        if name not in used:
+            problems.add(f"group {name!r}", "has no fields: every group needs at least one")
+    if sum(chain_output_bits(group.hardening, group.clk_bits) for group in groups) > (
+        MAX_ENCODED_BITS
+    ):
+        problems.add("groups", f"the encoding would be over {MAX_ENCODED_BITS} bits in all")
+    field_names = {spec.name for spec in fields}
+    for spec in fields:
+        for index, token in enumerate(spec.tokens):
+            if token.salt is None:
+                continue
+            at = f"field {spec.name!r}.tokens[{index}].salt"
+            if token.salt == spec.name:
+                problems.add(at, "a field cannot salt its own tokens; name another field")
+            elif token.salt not in field_names:
+                problems.add(at, f"{token.salt!r} is not a field of this schema")
 
 
 def parse_schema(data: Any, *, source: str | None = None) -> LinkageSchema:
@@ -315,35 +500,58 @@ def parse_schema(data: Any, *, source: str | None = None) -> LinkageSchema:
     problems = _Problems()
     if not isinstance(data, Mapping):
         raise SchemaError(["the document must be a table of keys"], source=source)
-    allowed = {
-        "schema_version",
-        "name",
-        "description",
-        "clk_bits",
-        "hashing",
-        "hardening",
-        "fields",
-    }
-    problems.unknown_keys("schema", data, allowed)
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
         problems.add(
             "schema_version",
-            f"must be {SCHEMA_VERSION} (this build reads version {SCHEMA_VERSION})",
+            f"must be one of {', '.join(map(str, SCHEMA_VERSIONS))} (this build reads those)",
         )
+        version = SCHEMA_VERSION
+    allowed = {"schema_version", "name", "description", "hashing", "fields"}
+    allowed |= {"groups"} if version >= 2 else {"clk_bits", "hardening"}
+    for key in ("clk_bits", "hardening"):
+        if version >= 2 and key in data:
+            problems.add(
+                key,
+                "in schema_version 2 each [[groups]] entry has its own clk_bits and hardening",
+            )
+    if version < 2 and "groups" in data:
+        problems.add("groups", "field groups need schema_version 2")
+    problems.unknown_keys(
+        "schema",
+        {
+            key: value
+            for key, value in data.items()
+            if key not in ("clk_bits", "hardening", "groups")
+        },
+        allowed,
+    )
     name = data.get("name")
     if not isinstance(name, str) or not LABEL_PATTERN.fullmatch(name):
         problems.add("name", "must be a lower-case label (a-z, 0-9, '-')")
     description = data.get("description", "")
     if not isinstance(description, str):
         problems.add("description", "must be text")
-    clk_bits = _integer(problems, "clk_bits", data.get("clk_bits", 1024), low=64, high=65536)
-    if clk_bits is not None and clk_bits % 64:
-        problems.add("clk_bits", "must be a multiple of 64")
     hashing = _choice(problems, "hashing", data.get("hashing", "hmac-sha256"), HASHING_SCHEMES)
-    hardening = _choice(problems, "hardening", data.get("hardening", "none"), HARDENING_METHODS)
-    if hardening == "xor-fold" and clk_bits is not None and clk_bits % 128:
-        problems.add("hardening", "xor-fold needs clk_bits to be a multiple of 128")
+    groups: list[GroupSpec] = []
+    raw_groups = data.get("groups")
+    if version >= 2:
+        clk_bits: int | None = 0
+        hardening: str | None = "none"
+        if not isinstance(raw_groups, list):
+            problems.add("groups", "must list the field groups ([[groups]] tables)")
+            raw_groups = []
+        for index, item in enumerate(raw_groups):
+            group = _parse_group(problems, f"groups[{index}]", item)
+            if group is not None:
+                groups.append(group)
+    else:
+        clk_bits = _integer(problems, "clk_bits", data.get("clk_bits", 1024), low=64, high=65536)
+        if clk_bits is not None and clk_bits % 64:
+            problems.add("clk_bits", "must be a multiple of 64")
+        hardening = _choice(problems, "hardening", data.get("hardening", "none"), HARDENING_METHODS)
+        if hardening == "xor-fold" and clk_bits is not None and clk_bits % 128:
+            problems.add("hardening", "xor-fold needs clk_bits to be a multiple of 128")
     raw_fields = data.get("fields")
     fields: list[FieldSpec] = []
     if not isinstance(raw_fields, list) or not raw_fields:
@@ -351,16 +559,19 @@ def parse_schema(data: Any, *, source: str | None = None) -> LinkageSchema:
     else:
         seen: set[str] = set()
         for index, item in enumerate(raw_fields):
-            spec = _parse_field(problems, f"fields[{index}]", item)
+            spec = _parse_field(problems, f"fields[{index}]", item, version)
             if spec is None:
                 continue
             if spec.name in seen:
                 problems.add(f"field {spec.name!r}", "is defined twice")
             seen.add(spec.name)
             fields.append(spec)
+    if version >= 2:
+        _check_groups(problems, groups, fields, len(raw_groups) if raw_groups else 0)
+        clk_bits = sum(group.clk_bits for group in groups)
     if problems.items:
         raise SchemaError(problems.items, source=source)
-    assert isinstance(name, str) and clk_bits and hashing and hardening
+    assert isinstance(name, str) and clk_bits is not None and hashing and hardening
     return LinkageSchema(
         name=name,
         description=description,
@@ -368,6 +579,8 @@ def parse_schema(data: Any, *, source: str | None = None) -> LinkageSchema:
         clk_bits=clk_bits,
         hashing=hashing,
         hardening=hardening,
+        schema_version=version,
+        groups=tuple(groups),
     )
 
 

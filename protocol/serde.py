@@ -7,14 +7,17 @@ service logic only ever sees validated :mod:`protocol.messages` values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from google.protobuf import unknown_fields
 from google.protobuf.message import Message
 
+from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import ConfigurationError, InvalidRequestError
+from protocol.hardening import HARDENING_DESCRIPTOR_PATTERN
 from protocol.labels import check_label
-from protocol.manifest import SignedManifest, UploadManifest
+from protocol.manifest import FieldCount, SignedManifest, UploadManifest
 from protocol.messages import (
     BlockingMode,
     LinkKeyBatch,
@@ -39,6 +42,8 @@ __all__ = [
     "check_no_unknown_fields",
     "UPLOAD_FIELD_ALLOW_LIST",
     "label_from_proto",
+    "layout_from_proto",
+    "layout_to_proto",
     "manifest_from_proto",
     "manifest_to_proto",
     "unexplained_upload_fields",
@@ -89,6 +94,7 @@ _UPLOAD_STATE = {
 }
 _RUN_STATE = {
     RunState.WAITING_FOR_UPLOADS: pb.RUN_STATE_WAITING_FOR_UPLOADS,
+    RunState.READY: pb.RUN_STATE_READY,
     RunState.QUEUED: pb.RUN_STATE_QUEUED,
     RunState.RUNNING: pb.RUN_STATE_RUNNING,
     RunState.FINISHED: pb.RUN_STATE_FINISHED,
@@ -133,10 +139,42 @@ def label_from_proto(value: str, *, what: str) -> str:
         raise InvalidRequestError(error.message) from None
 
 
+def layout_to_proto(layout: ClkLayout | None) -> list[pb.ClkGroup]:
+    """A grouped layout's groups (none for a single record-level CLK)."""
+    if layout is None:
+        return []
+    return [
+        pb.ClkGroup(name=group.name, bits=group.bits, hardening=group.hardening)
+        for group in layout.groups
+    ]
+
+
+def layout_from_proto(groups: Sequence[pb.ClkGroup]) -> ClkLayout | None:
+    """The layout the groups describe, checked; None when there are none."""
+    if not groups:
+        return None
+    for group in groups:
+        check_no_unknown_fields(group)
+    try:
+        return ClkLayout(
+            groups=tuple(
+                GroupLayout(name=group.name, bits=group.bits, hardening=group.hardening)
+                for group in groups
+            )
+        )
+    except ConfigurationError as error:
+        raise InvalidRequestError(f"the layout is invalid: {error.message}") from None
+
+
 def project_settings_to_proto(settings: ProjectSettings) -> pb.CreateProjectRequest:
-    matching = pb.MatchingSettings(blocking=_BLOCKING[settings.blocking])
+    matching = pb.MatchingSettings(
+        blocking=_BLOCKING[settings.blocking],
+        deduplicated_party_ids=list(settings.deduplicated),
+    )
     if settings.threshold is not None:
         matching.threshold = settings.threshold
+    if settings.deduplicated:
+        matching.max_cluster_size = settings.max_cluster_size
     return pb.CreateProjectRequest(
         project_id=settings.project_id,
         member_party_ids=list(settings.members),
@@ -145,11 +183,18 @@ def project_settings_to_proto(settings: ProjectSettings) -> pb.CreateProjectRequ
         link_key_mode=_LINK_KEY_MODE[settings.link_key_mode],
         retention_days=settings.retention_days,
         auto_run=settings.auto_run,
+        groups=layout_to_proto(settings.layout),
     )
 
 
 def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSettings:
     check_no_unknown_fields(message)
+    matching = message.matching
+    cap = (
+        {"max_cluster_size": matching.max_cluster_size}
+        if matching.HasField("max_cluster_size")
+        else {}
+    )
     return _validated(
         ProjectSettings,
         project_id=message.project_id,
@@ -160,6 +205,12 @@ def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSett
         link_key_mode=_inverse(_LINK_KEY_MODE, message.link_key_mode, what="link-key mode"),
         retention_days=message.retention_days,
         auto_run=message.auto_run,
+        layout=layout_from_proto(message.groups),
+        deduplicated=tuple(
+            label_from_proto(party, what="deduplicated party")
+            for party in matching.deduplicated_party_ids
+        ),
+        **cap,
     )
 
 
@@ -235,6 +286,7 @@ def upload_header_to_proto(
         clk_bits=header.clk_bits,
         record_count=header.record_count,
         payload_sha256=header.payload_sha256,
+        groups=layout_to_proto(header.layout),
     )
     if manifest is not None:
         message.manifest.CopyFrom(manifest_to_proto(manifest))
@@ -256,8 +308,16 @@ def manifest_to_proto(signed: SignedManifest) -> pb.UploadManifest:
         nonce=manifest.nonce,
         leak_scan_strings=manifest.leak_scan_strings,
         leak_scan_rows=manifest.leak_scan_rows,
+        unkeyed_check=manifest.unkeyed_check,
+        rows_read=manifest.rows_read,
+        rows_skipped=manifest.rows_skipped,
+        field_counts=[
+            pb.ManifestFieldCount(field_name=item.field, missing=item.missing, blanked=item.blanked)
+            for item in manifest.field_counts
+        ],
         signature=signed.signature,
         public_key=signed.public_key,
+        groups=layout_to_proto(manifest.layout),
     )
 
 
@@ -281,6 +341,16 @@ def manifest_from_proto(message: pb.UploadHeader) -> SignedManifest | None:
         nonce=bytes(part.nonce),
         leak_scan_strings=part.leak_scan_strings,
         leak_scan_rows=part.leak_scan_rows,
+        unkeyed_check=part.unkeyed_check,
+        rows_read=part.rows_read,
+        rows_skipped=part.rows_skipped,
+        field_counts=tuple(
+            _validated(
+                FieldCount, field=item.field_name, missing=item.missing, blanked=item.blanked
+            )
+            for item in part.field_counts
+        ),
+        layout=layout_from_proto(part.groups),
     )
     return _validated(
         SignedManifest,
@@ -309,6 +379,9 @@ UPLOAD_FIELD_ALLOW_LIST: dict[str, str] = {
     "bloomlink.v1.UploadManifest.nonce": "16 bytes",
     "bloomlink.v1.UploadManifest.signature": "64 bytes (Ed25519)",
     "bloomlink.v1.UploadManifest.public_key": "32 bytes (Ed25519)",
+    "bloomlink.v1.ManifestFieldCount.field_name": "schema field name ^[a-z][a-z0-9_-]{0,62}$",
+    "bloomlink.v1.ClkGroup.name": "label ^[a-z][a-z0-9-]{0,62}$",
+    "bloomlink.v1.ClkGroup.hardening": f"hardening descriptor {HARDENING_DESCRIPTOR_PATTERN.pattern}",
     "bloomlink.v1.UploadChunk.data": "CLK bytes: length-checked, digest-checked, leak-scanned",
     "bloomlink.v1.UploadChunk.chunk_sha256": "32 bytes (SHA-256)",
 }
@@ -352,6 +425,7 @@ def upload_header_from_proto(message: pb.UploadHeader) -> UploadHeader:
         clk_bits=message.clk_bits,
         record_count=message.record_count,
         payload_sha256=bytes(message.payload_sha256),
+        layout=layout_from_proto(message.groups),
     )
 
 

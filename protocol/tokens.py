@@ -4,6 +4,12 @@ Every token carries a tag for the method that made it (``g2:`` bigram, ``p2:3:``
 bigram, ``x:`` exact value, ``y:``/``m:``/``d:``/``dm:`` date parts, ``s:`` Soundex), so two
 methods in one field can never set the same bits by accident. Token sets are unordered: the
 CLK does not depend on the order tokens are produced in.
+
+A salted tokeniser (schema v2, ``salt = "<field>"``) mixes the record's normalised value of
+that field into each token: ``~<length of salt in code points>:<salt>~<token>``. No unsalted
+token starts with ``~`` and the length says where the salt ends, so a salted token can never
+equal another token. Sex salted with the date of birth sets bits that depend on both, so no
+bit group encodes sex alone.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 from protocol.phonetics import soundex
 from protocol.schema import TokenSpec
 
-__all__ = ["PAD", "tokenise"]
+__all__ = ["PAD", "salted_token", "tokenise"]
 
 PAD = "_"  # never in a normalised name, so padding cannot collide with a letter
 
@@ -56,3 +62,8 @@ def tokenise(value: str, spec: TokenSpec) -> frozenset[str]:
     if spec.method == "phonetic":
         return frozenset(_phonetic(value))
     raise ValueError(f"unknown tokeniser method {spec.method!r}")
+
+
+def salted_token(token: str, salt: str) -> str:
+    """``token`` salted with another field's normalised value ``salt`` (never empty)."""
+    return f"~{len(salt)}:{salt}~{token}"

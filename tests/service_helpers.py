@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from protocol.audit_events import AuditEvent, event_record
 from protocol.clk_file import ClkFileWriter
 
 SCHEMA_FINGERPRINT = hashlib.sha256(b"test schema").digest()
@@ -22,10 +22,19 @@ class MemoryAuditSink:
 
     events: list[tuple[str, str | None, dict[str, str | int]]] = field(default_factory=list)
 
-    def append(
-        self, event: str, *, project_id: str | None, details: Mapping[str, str | int]
-    ) -> None:
-        self.events.append((event, project_id, dict(details)))
+    def append(self, event: AuditEvent) -> None:
+        record = event_record(event)
+        self.events.append((record.event, record.project_id, record.details))
+
+    def recorded(
+        self, kind: type[AuditEvent], *, project_id: str | None, **match: str | int
+    ) -> bool:
+        return any(
+            name == kind.NAME
+            and project == project_id
+            and all(logged.get(key) == value for key, value in match.items())
+            for name, project, logged in self.events
+        )
 
     def named(self, event: str) -> list[dict[str, str | int]]:
         return [details for name, _, details in self.events if name == event]

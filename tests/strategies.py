@@ -7,6 +7,9 @@ from typing import Any
 import numpy as np
 from hypothesis import strategies as st
 
+from linkage_unit.clustering import PartyRecords
+from linkage_unit.similarity import CandidatePairs
+from linkage_unit.solving import PartyPairs
 from protocol.clk_layout import ClkLayout, GroupLayout
 
 # Normalised name-like text: lower-case letters (Latin and a few others) and single spaces.
@@ -71,3 +74,123 @@ def level_problems(
         "comparable_pairs": [int(x) for x in generator.integers(max(pairs, 1), 10_000, jobs)],
         "max_matches": [float(x) for x in generator.uniform(1, 20, jobs)],
     }
+
+
+@st.composite
+def clk_blocks(
+    draw: st.DrawFn, *, max_rows: int = 10, max_words: int = 2, empty_rows: bool = False
+) -> np.ndarray:
+    """A ``(rows, words)`` uint64 block of random CLK words, some rows all zero if asked."""
+    rows = draw(st.integers(min_value=1, max_value=max_rows))
+    words = draw(st.integers(min_value=1, max_value=max_words))
+    data = draw(st.binary(min_size=8 * rows * words, max_size=8 * rows * words))
+    block = np.frombuffer(data, dtype="<u8").reshape(rows, words).astype(np.uint64)
+    if empty_rows:
+        zero = draw(st.lists(st.booleans(), min_size=rows, max_size=rows))
+        block[np.asarray(zero, dtype=bool)] = 0
+    return block
+
+
+# -- clustering problems (linkage_unit/clustering.py) -------------------------------------
+# Scores from a short list so that ties, exact-threshold scores and below-threshold pairs
+# are common; the threshold is 0.75.
+CLUSTERING_THRESHOLD = 0.75
+_CLUSTER_SCORES = [0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 1.0]
+
+
+def _scored_pairs(
+    draw: st.DrawFn, left: PartyRecords, right: PartyRecords, *, within: bool
+) -> CandidatePairs | None:
+    """Up to 14 distinct scored pairs between two parties (or within one), or None."""
+    if not (left.size and right.size):
+        return None
+    edges = draw(
+        st.lists(
+            st.tuples(
+                st.integers(0, left.size - 1),
+                st.integers(0, right.size - 1),
+                st.sampled_from(_CLUSTER_SCORES),
+            ),
+            unique_by=lambda edge: (edge[0], edge[1]),
+            max_size=14,
+        )
+    )
+    if within:
+        edges = [edge for edge in edges if edge[0] != edge[1]]
+    if not edges:
+        return None
+    lefts, rights, scores = zip(*edges, strict=True)
+    return CandidatePairs(
+        left=np.array(lefts, np.int64),
+        right=np.array(rights, np.int64),
+        scores=np.array(scores, np.float32),
+        comparisons=0,
+    )
+
+
+def _draw_party(draw: st.DrawFn, name: str, *, deduplicated: bool | None = None) -> PartyRecords:
+    flag = draw(st.booleans()) if deduplicated is None else deduplicated
+    # Sometimes a deduplicated party's own pairs are cut elsewhere than pairs across parties.
+    own = draw(st.sampled_from([None, 0.7, 0.8])) if flag else None
+    return PartyRecords(
+        name=name, size=draw(st.integers(0, 7)), deduplicated=flag, own_threshold=own
+    )
+
+
+def _all_pairs(
+    draw: st.DrawFn, parties: list[PartyRecords], *, skip_within: int | None = None
+) -> list[PartyPairs]:
+    """Pairs between every two parties and within each deduplicated one (but ``skip_within``)."""
+    items = []
+    for i, left in enumerate(parties):
+        for j in range(i, len(parties)):
+            if i == j and (not left.deduplicated or i == skip_within):
+                continue
+            pairs = _scored_pairs(draw, left, parties[j], within=i == j)
+            if pairs is not None:
+                items.append(PartyPairs(left_party=i, right_party=j, pairs=pairs))
+    return items
+
+
+@st.composite
+def clustering_problems(draw: st.DrawFn) -> tuple[list[PartyRecords], list[PartyPairs]]:
+    """(parties, party pairs) for ``cluster_records``: one to four parties, each deduplicated
+    or not, up to seven records each, pairs across parties and within deduplicated ones."""
+    count = draw(st.integers(1, 4))
+    names = draw(st.lists(st.sampled_from("abcdefgh"), min_size=count, max_size=count, unique=True))
+    parties = [_draw_party(draw, name) for name in names]
+    return parties, _all_pairs(draw, parties)
+
+
+@st.composite
+def clustering_worlds(
+    draw: st.DrawFn,
+) -> tuple[list[PartyRecords], list[PartyPairs], list[PartyRecords], list[PartyPairs]]:
+    """Two clustering problems that share one deduplicated party, ``parties[0]`` in both, and
+    its pairs within itself, and nothing else: the other parties (how many, their names,
+    sizes and link models), their own pairs and every pair across parties are drawn afresh
+    for each. Returns (parties, pairs) of one world, then of the other."""
+    observer = _draw_party(draw, "m", deduplicated=True)
+    own = _scored_pairs(draw, observer, observer, within=True)
+    own_items = [] if own is None else [PartyPairs(left_party=0, right_party=0, pairs=own)]
+
+    def world() -> tuple[list[PartyRecords], list[PartyPairs]]:
+        count = draw(st.integers(0, 3))
+        # Names on both sides of "m", so the observer's canonical numbers move too.
+        names = draw(
+            st.lists(st.sampled_from("abxyz"), min_size=count, max_size=count, unique=True)
+        )
+        parties = [observer, *(_draw_party(draw, name) for name in names)]
+        return parties, own_items + _all_pairs(draw, parties, skip_within=0)
+
+    (first_parties, first_pairs), (second_parties, second_pairs) = world(), world()
+    return first_parties, first_pairs, second_parties, second_pairs
+
+
+@st.composite
+def cost_matrices(draw: st.DrawFn, *, max_side: int = 7) -> list[list[float]]:
+    """Small assignment cost matrices with ties and forbidden (infinite) pairs."""
+    rows = draw(st.integers(0, max_side))
+    columns = draw(st.integers(0, max_side))
+    cell = st.one_of(st.integers(0, 4).map(float), st.just(float("inf")))
+    return [[draw(cell) for _ in range(columns)] for _ in range(rows)]

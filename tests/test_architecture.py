@@ -1,5 +1,6 @@
-"""The house's shape, enforced: party and linkage_unit never import each other, and nothing
-under linkage_unit can reach the linkage secret or the key derivation."""
+"""The house's shape, enforced: party and linkage_unit never import each other, nothing
+under linkage_unit can reach the linkage secret or the key derivation, protocol imports no
+role, and the auditor imports protocol only."""
 
 from __future__ import annotations
 
@@ -57,9 +58,47 @@ def test_party_never_imports_the_linkage_unit(path: Path) -> None:
 @pytest.mark.parametrize("path", package_files("protocol"), ids=str)
 def test_protocol_imports_neither_role(path: Path) -> None:
     names = imported_modules(path)
-    assert not touches(names, {"linkage_unit", "party", "bloomlink"})
+    assert not touches(names, {"linkage_unit", "party", "auditor", "bloomlink"})
+
+
+@pytest.mark.parametrize("path", package_files("auditor"), ids=str)
+def test_the_auditor_imports_protocol_only(path: Path) -> None:
+    """An auditor needs the shared record format, never the LU's or a party's code."""
+    names = imported_modules(path)
+    assert not touches(names, {"linkage_unit", "party", "bloomlink"}), f"{path} imports them"
+    assert "<dynamic import>" not in names
 
 
 def test_the_checks_see_files() -> None:
     # Guards against the parametrised checks above passing vacuously on an empty glob.
-    assert package_files("linkage_unit") and package_files("party") and package_files("protocol")
+    assert all(
+        package_files(package) for package in ("linkage_unit", "party", "protocol", "auditor")
+    )
+
+
+# Encoding-side files whose asserts (struct sizes at import, type narrowing) predate this
+# test; encoding v2 kept them. Left to their owner, and no other file may join them.
+_ASSERTS_LEFT_TO_THE_ENCODING_WORK = {
+    "protocol/clk_file.py",
+    "protocol/encoding.py",
+    "protocol/schema.py",
+}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        path
+        for package in ("protocol", "linkage_unit", "auditor")
+        for path in package_files(package)
+        if "pb" not in path.parts
+        and str(path.relative_to(ROOT)) not in _ASSERTS_LEFT_TO_THE_ENCODING_WORK
+    ],
+    ids=str,
+)
+def test_no_production_code_relies_on_assert(path: Path) -> None:
+    """``python -O`` strips asserts: a check that guards data (a column name in SQL, a state
+    a step relies on) must raise from the error tree instead."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    lines = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+    assert not lines, f"{path} asserts at line(s) {lines}"

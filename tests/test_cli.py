@@ -92,6 +92,7 @@ def _concrete_errors() -> list[type[errors.BloomlinkError]]:
         (errors.MappingError, ExitCode.CONFIGURATION),
         (errors.SecretError, ExitCode.CONFIGURATION),
         (errors.ConfigurationError, ExitCode.CONFIGURATION),
+        (errors.InUseError, ExitCode.IN_USE),
         (errors.ExtractError, ExitCode.INPUT),
         (errors.RecordError, ExitCode.INPUT),
         (errors.ValueRejectedError, ExitCode.INPUT),
@@ -102,6 +103,7 @@ def _concrete_errors() -> list[type[errors.BloomlinkError]]:
         (errors.InvalidRequestError, ExitCode.SERVICE),
         (errors.MatchingError, ExitCode.MATCHING),
         (errors.AuditError, ExitCode.AUDIT_FAILED),
+        (errors.InvariantError, ExitCode.INTERNAL),
     ],
 )
 def test_each_error_class_maps_to_its_code(
@@ -114,7 +116,7 @@ def test_every_error_class_has_a_documented_code() -> None:
     for error_type in _concrete_errors():
         code = exit_code_for(error_type.__new__(error_type))
         assert code in EXIT_CODE_HELP
-        if error_type is not errors.BloomlinkError:
+        if error_type not in (errors.BloomlinkError, errors.InvariantError):
             assert code != ExitCode.INTERNAL, error_type
 
 
@@ -331,3 +333,20 @@ def test_encode_configuration_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
         err = capsys.readouterr().err
         assert code in (ExitCode.CONFIGURATION, ExitCode.INPUT), extra
         assert err.count("\n") == 1 and err.startswith(f"error: {error_name}: "), err
+
+
+def test_schema_check_describes_groups_and_their_hardening(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from protocol.schema import default_schema, load_schema
+
+    root = Path(__file__).resolve().parent.parent
+    assert cli.main(["schema", "check"]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert out.startswith(default_schema().fingerprint.hex()) and "1024-bit CLKs" in out
+    grouped = root / "benchmarks/schemas/grouped_diffusion_w3.toml"
+    assert cli.main(["schema", "check", "--schema", str(grouped)]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert out.startswith(load_schema(grouped).fingerprint.hex())
+    assert "1280-bit encodings of 3 groups" in out
+    assert "birth 512 bits, hardening diffusion:width=3,output_bits=512" in out

@@ -192,3 +192,18 @@ def test_chunk_boundaries_lose_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     found = find_occurrences(data, patterns)
     # UTF-8, both UTF-16 orders (the zero byte before it completes the big-endian form), upper.
     assert found == find_occurrences_naive(data, patterns) and len(found) == 4
+
+
+def test_a_small_keyed_file_never_false_alarms_and_a_small_unkeyed_one_is_caught() -> None:
+    # Three records: the means of three scores wander, so the check asks for standard errors
+    # beyond its margin. Over many independent keys none is flagged; unkeyed ones all are.
+    values = np.arange(3, dtype=np.int64) * 104729
+
+    def reencode(positions: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+        return fake_encode(values[positions], salt=0)
+
+    rng = np.random.default_rng(11)
+    for salt in range(1, 201):
+        keyed = fake_encode(values, salt=salt)
+        assert unkeyed_encoding_check(keyed, reencode, rng=rng) is None
+    assert unkeyed_encoding_check(fake_encode(values, salt=0), reencode, rng=rng) is not None

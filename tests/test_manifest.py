@@ -12,6 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from party.manifest import (
+    EncodeCounts,
+    check_manifest_for_file,
     create_party_signing_key,
     read_manifest,
     verify_manifest,
@@ -19,8 +21,9 @@ from party.manifest import (
     write_manifest_for_file,
 )
 from protocol.clk_file import ClkFileWriter
+from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import AuditError, ConfigurationError
-from protocol.manifest import manifest_mismatches
+from protocol.manifest import FieldCount, manifest_mismatches
 
 FINGERPRINT = bytes(range(32))
 KCV = bytes(range(16))
@@ -119,3 +122,173 @@ def test_manifest_for_file_checks_the_payload(tmp_path: Path) -> None:
     )
     assert signed.manifest.record_count == 4 and signed.manifest.clk_bits == 128
     assert verify_manifest(read_manifest(tmp_path / "m.json")) == signed.manifest
+
+
+LAYOUT = ClkLayout(
+    groups=(
+        GroupLayout(name="name", bits=64, hardening="diffusion:width=3,output_bits=64"),
+        GroupLayout(name="birth", bits=64, hardening="blip:flip_per_65536=1311"),
+    )
+)
+
+
+def test_a_grouped_file_gets_a_version_2_manifest_recording_its_hardening(
+    tmp_path: Path,
+) -> None:
+    key = create_party_signing_key(tmp_path / "key.pem")
+    encoded = tmp_path / "moj.clk"
+    with ClkFileWriter(
+        encoded,
+        project_id="p1",
+        schema_fingerprint=FINGERPRINT,
+        kcv=KCV,
+        clk_bits=128,
+        layout=LAYOUT,
+    ) as writer:
+        writer.write(np.arange(8, dtype=np.uint64).reshape(4, 2))
+    signed = write_manifest_for_file(
+        encoded,
+        tmp_path / "m.json",
+        signing_key=key,
+        party="moj",
+        software_version="0.1.0",
+        leak_scan_strings=5,
+        leak_scan_rows=4,
+        unkeyed_check=True,
+        counts=EncodeCounts(
+            rows_read=5,
+            rows_skipped=1,
+            field_counts=(FieldCount(field="surname", missing=1, blanked=0),),
+        ),
+    )
+    record = json.loads((tmp_path / "m.json").read_text())["manifest"]
+    assert record["format"] == "bloomlink-manifest-v2"
+    assert record["layout"][1] == {
+        "name": "birth",
+        "bits": 64,
+        "hardening": "blip:flip_per_65536=1311",
+    }
+    # One manifest format: the layout sits beside the encode's counts and the known-key check.
+    assert record["unkeyed_check"] is True and record["rows_skipped"] == 1
+    assert record["field_counts"] == [{"field": "surname", "missing": 1, "blanked": 0}]
+    manifest = verify_manifest(read_manifest(tmp_path / "m.json"))
+    assert manifest == signed.manifest and manifest.layout == LAYOUT
+    assert check_manifest_for_file(encoded, tmp_path / "m.json", party="moj") == signed
+    details: dict[str, object] = {
+        "party": "moj",
+        "record_count": 4,
+        "clk_bits": 128,
+        "payload_sha256": manifest.payload_sha256.hex(),
+        "schema_fingerprint": FINGERPRINT.hex(),
+        "kcv": KCV.hex(),
+        "layout_sha256": LAYOUT.sha256,
+    }
+    assert manifest_mismatches(manifest, project_id="p1", details=details) == ()
+    del details["layout_sha256"]
+    assert manifest_mismatches(manifest, project_id="p1", details=details) == ("layout_sha256",)
+
+
+def test_a_changed_hardening_breaks_the_signature(tmp_path: Path) -> None:
+    key = create_party_signing_key(tmp_path / "key.pem")
+    path = tmp_path / "m.json"
+    write_manifest(
+        path,
+        signing_key=key,
+        project_id="p1",
+        party="moj",
+        record_count=4,
+        clk_bits=128,
+        payload_sha256=b"\x11" * 32,
+        schema_fingerprint=FINGERPRINT,
+        kcv=KCV,
+        software_version="0.1.0",
+        leak_scan_strings=5,
+        leak_scan_rows=4,
+        layout=LAYOUT,
+    )
+    record = json.loads(path.read_text())
+    record["manifest"]["layout"][1]["hardening"] = "none"
+    path.write_text(json.dumps(record))
+    with pytest.raises(AuditError, match="invalid signature"):
+        verify_manifest(read_manifest(path))
+    record["manifest"]["layout"][1]["hardening"] = "blip with care"
+    path.write_text(json.dumps(record))
+    with pytest.raises(ConfigurationError):
+        read_manifest(path)
+
+
+def test_a_single_clk_manifest_has_the_same_format_with_no_layout(tmp_path: Path) -> None:
+    path, _ = sample(tmp_path)
+    record = json.loads(path.read_text())["manifest"]
+    assert record["format"] == "bloomlink-manifest-v2" and record["layout"] is None
+    assert read_manifest(path).manifest.layout is None
+    del record["layout"]  # the field is required, not optional: the signed bytes are fixed
+    path.write_text(json.dumps({**json.loads(path.read_text()), "manifest": record}))
+    with pytest.raises(ConfigurationError, match="exactly the manifest fields"):
+        read_manifest(path)
+
+
+def test_a_manifest_from_an_earlier_build_is_refused_with_re_encode(tmp_path: Path) -> None:
+    path, _ = sample(tmp_path)
+    signed = json.loads(path.read_text())
+    old = {
+        key: value
+        for key, value in signed["manifest"].items()
+        if key not in {"unkeyed_check", "rows_read", "rows_skipped", "field_counts", "layout"}
+    }
+    old["format"] = "bloomlink-manifest-v1"
+    path.write_text(json.dumps({**signed, "manifest": old}))
+    with pytest.raises(ConfigurationError, match="re-encode with this version") as caught:
+        read_manifest(path)
+    assert "exactly the manifest fields" not in caught.value.message
+
+
+def test_both_sides_fields_survive_the_wire_and_the_signature_still_holds(tmp_path: Path) -> None:
+    # The LU rebuilds the canonical bytes from the proto: layout (field 15) and the counts
+    # (20..23) must come back exactly, or a genuine manifest would fail its signature.
+    from protocol import serde
+    from protocol.messages import UploadHeader
+    from protocol.pb import linkage_pb2 as pb
+
+    key = create_party_signing_key(tmp_path / "key.pem")
+    signed = write_manifest(
+        tmp_path / "m.json",
+        signing_key=key,
+        project_id="p1",
+        party="moj",
+        record_count=4,
+        clk_bits=128,
+        payload_sha256=b"\x11" * 32,
+        schema_fingerprint=FINGERPRINT,
+        kcv=KCV,
+        software_version="0.1.0",
+        leak_scan_strings=5,
+        leak_scan_rows=4,
+        unkeyed_check=True,
+        counts=EncodeCounts(
+            rows_read=6,
+            rows_skipped=2,
+            field_counts=(
+                FieldCount(field="surname", missing=1, blanked=1),
+                FieldCount(field="date_of_birth", missing=0, blanked=0),
+            ),
+        ),
+        layout=LAYOUT,
+    )
+    header = UploadHeader(
+        project_id="p1",
+        party_id="moj",
+        schema_fingerprint=FINGERPRINT,
+        kcv=KCV,
+        clk_bits=128,
+        record_count=4,
+        payload_sha256=b"\x11" * 32,
+        format_version=2,
+        layout=LAYOUT,
+    )
+    wire = pb.UploadRequest.FromString(
+        serde.upload_header_to_proto(header, signed).SerializeToString()
+    )
+    received = serde.manifest_from_proto(wire.header)
+    assert received == signed
+    assert verify_manifest(received, expected_public_key=key.public_key()) == signed.manifest

@@ -87,6 +87,20 @@ def test_counts_overlap_and_repeats_are_as_configured(
     assert len(result.population) == config.distinct_people + 2 * fresh
 
 
+def test_only_the_named_departments_repeat_people() -> None:
+    config = SynthConfig(
+        departments=ALL, records=600, repeat_rate=0.3, repeat_departments=("moj",), seed=4
+    )
+    result = generate(config)
+    moj, *others = result.departments
+    assert len(moj) == 600 and len(set(moj.people.tolist())) == config.distinct_people
+    for extract in others:
+        assert len(extract) == len(set(extract.people.tolist())) == config.distinct_people
+    assert result.summary()["repeat_departments"] == ["moj"]
+    with pytest.raises(ConfigurationError, match="repeat departments hmrc are not generated"):
+        SynthConfig(repeat_rate=0.1, repeat_departments=("hmrc",))
+
+
 def test_truth_covers_every_record_once_with_unique_ids(
     hard_set: SynthResult, tmp_path: Path
 ) -> None:

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 from party.client import LinkageClient
-from protocol.certificates import TlsFiles
 from protocol.errors import ConfigurationError
 from protocol.identity import Identity
+from protocol.tls import TlsFiles
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,6 +27,11 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         help="RISK: plaintext, unauthenticated; claim party:<name>/operator against "
         "'serve --insecure' (local tests only, never with real data)",
     )
+    parser.add_argument(
+        "--server-name",
+        help="the name to expect in the linkage unit's certificate, when --target uses "
+        "another (e.g. an IP address or a tunnel)",
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="per-call deadline, seconds")
 
 
@@ -40,4 +45,4 @@ def client_from_args(args: argparse.Namespace) -> LinkageClient:
     if not (args.ca and args.cert and args.key):
         raise ConfigurationError("give --ca, --cert and --key (mutual TLS)")
     files = TlsFiles(ca_certificate=args.ca, certificate=args.cert, private_key=args.key)
-    return LinkageClient(args.target, tls=files, timeout=args.timeout)
+    return LinkageClient(args.target, tls=files, timeout=args.timeout, server_name=args.server_name)

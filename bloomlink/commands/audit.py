@@ -12,11 +12,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from auditor.verify import AuditView, verify_audit_log
 from bloomlink.commands._connection import add_client_arguments, client_from_args
+from bloomlink.commands._output import add_json_flag, emit
 from bloomlink.exit_codes import ExitCode
 from protocol.atomic_file import atomic_output
 from protocol.audit import head_from_json
-from protocol.audit_verify import verify_audit_log
 from protocol.errors import AuditError, ConfigurationError
 from protocol.labels import check_label
 from protocol.manifest import read_manifest
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     fetch.add_argument("--project", help="one project's view (others redacted); default all")
     fetch.add_argument("--out", required=True, type=Path, help="folder to write into")
     add_client_arguments(fetch)
+    add_json_flag(fetch)
     verify = actions.add_parser(
         "verify",
         help="check the hash chain, signatures, project rules, retention and manifests",
@@ -69,7 +71,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="H",
         help="a signed head collected earlier (repeatable; default: the one beside the log)",
     )
-    verify.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
+    verify.add_argument(
+        "--project",
+        help="the file is this project's view (other projects' entries as stubs), not the "
+        "whole log",
+    )
+    verify.add_argument(
+        "--party",
+        help="with --project: the view is this member party's (other parties' figures withheld)",
+    )
+    verify.add_argument(
+        "--json",
+        type=Path,
+        nargs="?",
+        const=Path("-"),
+        metavar="OUT",
+        help="the report as JSON: alone, on stdout instead of the text; with OUT, also to OUT",
+    )
 
 
 def fetch(args: argparse.Namespace) -> int:
@@ -89,10 +107,21 @@ def fetch(args: argparse.Namespace) -> int:
         with atomic_output(path, mode=0o644) as handle:
             handle.write(data)
     lines = log.count(b"\n")
-    print(
-        f"fetched {lines} audit entries to {log_path} with its signed head and the LU key "
-        f"(sha256:{public_key_fingerprint(load_public_key(public_key))[:16]}); check the key "
-        "against the one published out of band, then run bloomlink audit verify"
+    fingerprint = public_key_fingerprint(load_public_key(public_key))
+    emit(
+        args,
+        {
+            "entries": lines,
+            "log": str(log_path),
+            "files": [str(path) for path, _ in writes],
+            "lu_key_sha256": fingerprint,
+        },
+        [
+            f"fetched {lines} audit entries to {log_path} with its signed head and the LU key "
+            f"(sha256:{fingerprint[:16]}); check the key against the one published out of "
+            "band, then run bloomlink audit verify"
+            + (f" --project {args.project}" if args.project else "")
+        ],
     )
     return ExitCode.OK
 
@@ -118,11 +147,22 @@ def verify(args: argparse.Namespace) -> int:
             heads = [head_from_json(path.read_bytes()) for path in args.head]
         except OSError as error:
             raise AuditError(f"cannot read signed head: {error.strerror}") from None
-    report = verify_audit_log(
-        args.log, public_key, manifests=manifests, heads=heads, party_keys=party_keys
+    if args.party and not args.project:
+        raise ConfigurationError("--party needs --project: a party reads one project's view")
+    view = (
+        AuditView(
+            project_id=check_label(args.project, what="--project"),
+            party=check_label(args.party, what="--party") if args.party else None,
+        )
+        if args.project
+        else None
     )
-    print(report.to_text())
-    if args.json:
+    report = verify_audit_log(
+        args.log, public_key, manifests=manifests, heads=heads, party_keys=party_keys, view=view
+    )
+    to_stdout = args.json is not None and str(args.json) == "-"
+    print(report.to_json() if to_stdout else report.to_text())
+    if args.json is not None and not to_stdout:
         with atomic_output(args.json, mode=0o644) as handle:
             handle.write((report.to_json() + "\n").encode("utf-8"))
     if not report.passed:

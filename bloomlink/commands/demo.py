@@ -20,26 +20,18 @@ from pathlib import Path
 from typing import TypeVar
 
 import bloomlink
+from auditor.verify import verify_audit_log
 from bloomlink.exit_codes import ExitCode
 from bloomlink.synth import SynthConfig, generate, write
 from bloomlink.synth.scoring import link_quality
+from linkage_unit.pki import init_certificates
 from linkage_unit.server import ServerConfig, create_server
 from party.client import LinkageClient
-from party.encoder_run import encode_extract
-from party.known_keys import known_key_reencoder
 from party.link_key_file import join_link_keys
-from party.manifest import (
-    create_party_signing_key,
-    manifest_path_for,
-    party_public_key_pem,
-    read_manifest,
-    vouch_for_encoded_file,
-)
+from party.manifest import create_party_signing_key, party_public_key_pem
 from party.mapping import shipped_mapping
-from party.sensitive_strings import sensitive_strings
+from party.prepare import prepare_upload
 from protocol.atomic_file import atomic_output
-from protocol.audit_verify import verify_audit_log
-from protocol.certificates import init_certificates
 from protocol.errors import ConfigurationError
 from protocol.messages import ProjectSettings
 from protocol.schema import default_schema, load_schema
@@ -155,33 +147,20 @@ def run(args: argparse.Namespace) -> int:
             signing_key = create_party_signing_key(department_dirs[party] / "signing-key.pem")
             with atomic_output(department_dirs[party] / "signing-key.pem.pub", mode=0o644) as out:
                 out.write(party_public_key_pem(signing_key))
-            with stages.stage(f"encode {party} (at {party}; nothing leaves yet)"):
-                summaries[party] = encode_extract(
+            with stages.stage(f"encode, leak-scan and sign {party} (at {party})"):
+                prepared = prepare_upload(
                     extract_path=root / "synth" / f"{party}.csv",
                     mapping=shipped_mapping(party),
                     schema=schema,
                     secret=secret,
                     project_id=project_id,
+                    party=party,
+                    signing_key=signing_key,
+                    software_version=bloomlink.__version__,
                     encoded_path=department_dirs[party] / f"{party}.clk",
                     positions_path=department_dirs[party] / f"{party}.positions.csv",
                 )
-            with stages.stage(f"leak-scan {party}'s encoded file and sign its manifest"):
-                manifests[party] = vouch_for_encoded_file(
-                    summaries[party].encoded_path,
-                    signing_key=signing_key,
-                    party=party,
-                    strings=sensitive_strings(
-                        root / "synth" / f"{party}.csv", shipped_mapping(party), schema
-                    ),
-                    software_version=bloomlink.__version__,
-                    unkeyed_reencoder=known_key_reencoder(
-                        encoded_path=summaries[party].encoded_path,
-                        positions_path=summaries[party].positions_path,
-                        extract_path=root / "synth" / f"{party}.csv",
-                        mapping=shipped_mapping(party),
-                        schema=schema,
-                    ),
-                )[0]
+            summaries[party], manifests[party] = prepared.summary, prepared.manifest
         with LinkageClient(target, tls=pki.tls_files(pki.operator)) as operator:
             stages.run(
                 "operator creates the project",
@@ -191,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
                         members=PARTIES,
                         schema_fingerprint=schema.fingerprint,
                         threshold=args.threshold,
+                        layout=schema.layout if schema.grouped else None,
                     )
                 ),
             )
@@ -227,9 +207,7 @@ def run(args: argparse.Namespace) -> int:
             lambda: verify_audit_log(
                 audit_dir / "audit.jsonl",
                 load_public_key(audit_dir / "lu-audit-key.pem"),
-                manifests=[
-                    read_manifest(manifest_path_for(summaries[p].encoded_path)) for p in PARTIES
-                ],
+                manifests=[manifests[p] for p in PARTIES],
                 party_keys={
                     p: load_public_key(department_dirs[p] / "signing-key.pem.pub") for p in PARTIES
                 },

@@ -1,26 +1,28 @@
 """`bloomlink encode`: the department-side encoder run (extract -> encoded file + positions).
 
 Every encode ends by leak-scanning its own output for a sample of the extract's raw values,
-normalised values and tokens, and, if clean, signing a manifest beside the encoded file
-(``<out>.manifest.json``) that records the scan and the payload digest. A signing key is
-required (flag or ``BLOOMLINK_SIGNING_KEY``): a department cannot forget the manifest
-silently, and ``bloomlink submit`` will not send a file without one.
+normalised values and tokens, and for CLKs made without the secret (a re-encoding of sampled
+records under a known key), and, if clean, signing a manifest beside the encoded file
+(``<out>.manifest.json``) that records the scan, the encode's counts and the payload digest.
+All of it is one call, :func:`party.prepare.prepare_upload`, with one pass over the extract.
+A signing key is required (flag or ``BLOOMLINK_SIGNING_KEY``): a department cannot forget the
+manifest silently, and ``bloomlink submit`` will not send a file without one.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import bloomlink
-from party.encoder_run import BAD_ROW_POLICIES, encode_extract
-from party.known_keys import known_key_reencoder
-from party.manifest import SIGNING_KEY_ENV_VAR, load_party_signing_key, vouch_for_encoded_file
+from bloomlink.commands._output import add_json_flag, emit, progress_bar
+from party.encoder_run import DEFAULT_BAD_ROW_LIMIT, BadRowLimit, BadRowPolicy, EncodeProgress
+from party.manifest import SIGNING_KEY_ENV_VAR, load_party_signing_key
 from party.mapping import load_mapping, shipped_mapping
-from party.sensitive_strings import DEFAULT_MAX_ROWS, sensitive_strings
+from party.prepare import prepare_upload
+from party.sensitive_strings import DEFAULT_MAX_ROWS
 from protocol.errors import ConfigurationError
 from protocol.labels import check_label
 from protocol.schema import default_schema, load_schema
@@ -53,11 +55,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="private positions file to write (default: OUT with .positions.csv); never send it",
     )
     parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing encoded file, positions file and manifest (a new encode "
+        "reshuffles: never replace files already submitted)",
+    )
+    parser.add_argument(
         "--on-bad-row",
-        choices=BAD_ROW_POLICIES,
-        default="fail",
+        choices=[policy.value for policy in BadRowPolicy],
+        default=BadRowPolicy.FAIL.value,
         help="fail (default): stop at the first unusable row; skip: leave such rows "
         "out; blank: treat an unusable value as missing",
+    )
+    parser.add_argument(
+        "--max-bad-rows",
+        type=_bad_row_limit,
+        default=DEFAULT_BAD_ROW_LIMIT,
+        metavar="N|P%",
+        help="with skip or blank: stop (writing nothing) if more rows than this are unusable, "
+        f"a count or a percentage of the rows read (default {DEFAULT_BAD_ROW_LIMIT})",
     )
     parser.add_argument("--workers", type=int, help="processes to use (default: every core)")
     parser.add_argument("--party", required=True, help="your party name (signed into the manifest)")
@@ -73,28 +89,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_ROWS,
         help=f"rows sampled for the leak scan's sensitive strings (default {DEFAULT_MAX_ROWS})",
     )
+    add_json_flag(parser)
 
 
-class _ProgressLine:
-    """Progress on stderr: overwritten in a terminal, a line every few seconds otherwise."""
+def _bad_row_limit(text: str) -> BadRowLimit:
+    try:
+        return BadRowLimit.parse(text)
+    except ConfigurationError as error:
+        raise argparse.ArgumentTypeError(error.message) from None
+
+
+class _EncodeBar:
+    """Encode progress as a bar over the extract's bytes (CSV) or rows (Parquet)."""
 
     def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.last = 0.0
-        self.tty = sys.stderr.isatty()
+        self.bar: Any = None
 
-    def __call__(self, rows: int) -> None:
-        now = time.perf_counter()
-        if now - self.last < (0.2 if self.tty else 5.0):
-            return
-        self.last = now
-        rate = rows / max(now - self.started, 1e-9)
-        text = f"encoding: {rows:,} rows read ({rate:,.0f} rows/s)"
-        print(f"\r{text}" if self.tty else text, end="" if self.tty else "\n", file=sys.stderr)
+    def __call__(self, progress: EncodeProgress) -> None:
+        read = progress.read
+        if self.bar is None:
+            total = read.total if read else None
+            self.bar = progress_bar("encode", total=total, unit=read.unit if read else "rows")
+        if read is not None:
+            self.bar.update(read.done - self.bar.n)
+        else:
+            self.bar.update(progress.rows_read - self.bar.n)
+        self.bar.set_postfix_str(f"{progress.rows_read:,} rows", refresh=False)
 
-    def done(self) -> None:
-        if self.tty and self.last:
-            print(file=sys.stderr)
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _ScanBar:
+    """The leak scan's bar; it starts when encoding has ended, so it closes that bar first."""
+
+    def __init__(self, encode_bar: _EncodeBar) -> None:
+        self.bar: Any = None
+        self.encode_bar = encode_bar
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.encode_bar.close()
+            self.bar = progress_bar("leak scan", total=total, unit="B")
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,41 +152,40 @@ def run(args: argparse.Namespace) -> int:
     schema = load_schema(args.schema) if args.schema else default_schema()
     mapping = load_mapping(args.mapping) if args.mapping else shipped_mapping(args.layout)
     secret = read_secret(args.secret_file)
-    positions = args.positions or args.out.with_name(args.out.name + ".positions.csv")
-    progress = _ProgressLine()
-    summary = encode_extract(
-        extract_path=args.extract,
-        mapping=mapping,
-        schema=schema,
-        secret=secret,
-        project_id=args.project,
-        encoded_path=args.out,
-        positions_path=positions,
-        bad_rows=args.on_bad_row,
-        workers=args.workers,
-        progress=progress,
-    )
-    progress.done()
-    print(summary.one_line())
-    strings = sensitive_strings(args.extract, mapping, schema, max_rows=args.scan_rows)
-    signed, report = vouch_for_encoded_file(
-        summary.encoded_path,
-        signing_key=signing_key,
-        party=party,
-        strings=strings,
-        software_version=bloomlink.__version__,
-        unkeyed_reencoder=known_key_reencoder(
-            encoded_path=summary.encoded_path,
-            positions_path=summary.positions_path,
+    encode_bar = _EncodeBar()
+    scan_bar = _ScanBar(encode_bar)
+    try:
+        prepared = prepare_upload(
             extract_path=args.extract,
             mapping=mapping,
             schema=schema,
-        ),
-    )
-    print(
-        f"leak scan clean: {report.strings_checked} sensitive strings from {strings.rows_sampled} "
-        f"sampled rows ({report.patterns_checked} byte forms); signed manifest "
-        f"{summary.encoded_path.name}.manifest.json (sha256 {signed.manifest.sha256[:12]})"
-    )
-    print(f"private positions file: {summary.positions_path} (keep it in the department)")
+            secret=secret,
+            project_id=args.project,
+            party=party,
+            signing_key=signing_key,
+            software_version=bloomlink.__version__,
+            encoded_path=args.out,
+            positions_path=args.positions,
+            bad_rows=args.on_bad_row,
+            max_bad_rows=args.max_bad_rows,
+            workers=args.workers,
+            overwrite=args.force,
+            scan_rows=args.scan_rows,
+            progress=encode_bar,
+            scan_progress=scan_bar,
+        )
+    finally:
+        encode_bar.close()
+        scan_bar.close()
+    summary, report = prepared.summary, prepared.scan
+    lines = [summary.one_line(), "fields (share of records with a value; counts only):"]
+    lines += summary.field_lines()
+    lines += [
+        f"leak scan clean: {report.strings_checked} sensitive strings from "
+        f"{prepared.strings.rows_sampled} sampled rows ({report.patterns_checked} byte forms), "
+        "and the CLKs are unlike a known-key encoding of the same records; signed manifest "
+        f"{prepared.manifest_path.name} (sha256 {prepared.manifest.manifest.sha256[:12]})",
+        f"private positions file: {summary.positions_path} (keep it in the department)",
+    ]
+    emit(args, prepared.to_record(), lines)
     return 0

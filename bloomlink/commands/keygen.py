@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bloomlink.commands._output import add_json_flag, emit
 from party.manifest import create_party_signing_key, party_public_key_pem
 from protocol.atomic_file import atomic_output
 from protocol.secret import write_secret
+from protocol.signing import public_key_fingerprint
 
 NAME = "keygen"
 HELP = (
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="create this party's Ed25519 manifest signing key (never shared) and its public "
         "key OUT.pub (give that to the auditor), instead of a linkage secret",
     )
+    add_json_flag(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,15 +37,28 @@ def run(args: argparse.Namespace) -> int:
         public = args.out.with_name(args.out.name + ".pub")
         with atomic_output(public, mode=0o644) as handle:
             handle.write(party_public_key_pem(key))
-        print(
-            f"wrote this party's manifest signing key to {args.out} (mode 0600; keep it in the "
-            f"department) and its public key to {public} (register it with the auditor); "
-            "bloomlink encode signs every manifest with it"
+        emit(
+            args,
+            {
+                "kind": "signing-key",
+                "private_key": str(args.out),
+                "public_key": str(public),
+                "public_key_fingerprint": public_key_fingerprint(key.public_key()),
+            },
+            [
+                f"wrote this party's manifest signing key to {args.out} (mode 0600; keep it in "
+                f"the department) and its public key to {public} (register it with the "
+                "auditor); bloomlink encode signs every manifest with it"
+            ],
         )
         return 0
     path = write_secret(args.out)
-    print(
-        f"wrote a new 256-bit linkage secret to {path} (mode 0600); give it to the other parties "
-        "over a secure channel, never to the linkage unit"
+    emit(
+        args,
+        {"kind": "linkage-secret", "path": str(path), "bits": 256},
+        [
+            f"wrote a new 256-bit linkage secret to {path} (mode 0600); give it to the other "
+            "parties over a secure channel, never to the linkage unit"
+        ],
     )
     return 0

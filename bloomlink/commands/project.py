@@ -3,19 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
 
 from bloomlink.commands._connection import add_client_arguments, client_from_args
-from protocol.errors import ConfigurationError
+from bloomlink.commands._explain import explain_aspect
+from bloomlink.commands._output import add_json_flag, emit, progress_bar
+from party.client import LinkageClient
+from protocol.clk_layout import ClkLayout
+from protocol.errors import ConfigurationError, UnavailableError
 from protocol.messages import (
+    DEFAULT_MAX_CLUSTER_SIZE,
     BlockingMode,
     LinkKeyMode,
     ProjectSettings,
     ProjectStatus,
     RunState,
 )
+from protocol.schema import load_schema
 
 NAME = "project"
 HELP = "create a linkage project, show its status, or start its run"
+
+_DONE = (RunState.FINISHED, RunState.REFUSED, RunState.FAILED)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,7 +39,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create = sub.add_parser("create", help="register a project (operator)")
     create.add_argument("project_id")
     create.add_argument("--parties", required=True, help="comma-separated member parties")
-    create.add_argument("--schema-fingerprint", required=True, help="hex SHA-256 of the schema")
+    create.add_argument(
+        "--dedupe",
+        default="",
+        metavar="PARTIES",
+        help="comma-separated members whose extracts may hold several records of one person "
+        "(deduplicated and linked as one cluster per person; the others are duplicate-free); "
+        "one party alone with --dedupe is a deduplication-only project. Default: one-to-one",
+    )
+    create.add_argument(
+        "--max-cluster-size",
+        type=int,
+        help=f"with --dedupe: a run fails rather than give one person more records of one "
+        f"party than this (default {DEFAULT_MAX_CLUSTER_SIZE})",
+    )
+    schema = create.add_mutually_exclusive_group(required=True)
+    schema.add_argument(
+        "--schema",
+        type=Path,
+        help="the project's linkage schema file: its fingerprint, and for a grouped (v2) "
+        "schema its layout and hardening, which every upload must then have (holds no secret)",
+    )
+    schema.add_argument(
+        "--schema-fingerprint", help="hex SHA-256 of a single-CLK (v1) schema, instead of --schema"
+    )
+    schema.add_argument(
+        "--schema-fingerprint-file",
+        type=Path,
+        metavar="JSON",
+        help="read the fingerprint (and a grouped schema's layout) from the output of "
+        "bloomlink schema check --json, instead of --schema",
+    )
     create.add_argument("--threshold", type=float, help="Dice threshold; omit for automatic")
     create.add_argument(
         "--blocking",
@@ -38,24 +84,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("--no-auto-run", action="store_true", help="wait for 'project run'")
     status = sub.add_parser("status", help="who has uploaded, checks, run progress")
     status.add_argument("project_id")
+    status.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="follow the run (a progress bar in a terminal) until it ends or SECONDS pass",
+    )
     start = sub.add_parser("run", help="start the run (operator)")
     start.add_argument("project_id")
     start.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the result")
     for action in (create, status, start):
         add_client_arguments(action)
+        add_json_flag(action)
+
+
+def _schema_identity(args: argparse.Namespace) -> tuple[bytes, ClkLayout | None]:
+    """The project's schema fingerprint and, for a grouped schema, its layout."""
+    if args.schema is not None:
+        schema = load_schema(args.schema)
+        return schema.fingerprint, schema.layout if schema.grouped else None
+    text = args.schema_fingerprint
+    layout = None
+    if args.schema_fingerprint_file is not None:
+        source = args.schema_fingerprint_file
+        try:
+            record = json.loads(source.read_text(encoding="utf-8"))
+            text = record["fingerprint"]
+            if record.get("layout") is not None:
+                layout = ClkLayout.from_record(record["layout"])
+        except OSError as error:
+            raise ConfigurationError(f"cannot read {source}: {error.strerror}") from None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ConfigurationError(
+                f"{source} is not the output of bloomlink schema check --json"
+            ) from None
+    try:
+        return bytes.fromhex(str(text)), layout
+    except ValueError:
+        raise ConfigurationError("--schema-fingerprint must be hex") from None
 
 
 def describe(status: ProjectStatus) -> str:
     """A status summary a person can paste into a ticket (states and counts only)."""
     uploads = ", ".join(f"{party.party_id}={party.upload_state}" for party in status.parties)
     line = f"project {status.project_id}: run {status.run_state}; uploads {uploads}"
+    if status.run_state is RunState.READY:
+        line += "; every upload is complete: the operator starts the run with 'project run'"
     if status.run_state is RunState.RUNNING and status.progress_stage:
         line += f"; {status.progress_stage} {status.progress_done}/{status.progress_total}"
     if status.run_state is RunState.FAILED and status.progress_stage:
         line += f"; {status.progress_stage}"
     if status.run_state is RunState.REFUSED:
         line += f"; checks refused: party {status.check_party_id}, {status.check_aspect}"
-    if status.run_state is RunState.FINISHED:
+        plain = explain_aspect(status.check_aspect, status.check_party_id)
+        line += f" ({plain})" if plain else ""
+    if status.run_state is RunState.FINISHED and status.cluster_count == 0:
+        # A member party is never shown a figure that depends on another party's data.
+        line += "; the run's figures are for the operator and auditors"
+    elif status.run_state is RunState.FINISHED:
         line += (
             f"; {status.cluster_count} clusters, {status.linked_record_count} linked records, "
             f"{status.comparisons} comparisons"
@@ -66,32 +153,134 @@ def describe(status: ProjectStatus) -> str:
     return line
 
 
+def status_record(status: ProjectStatus) -> dict[str, Any]:
+    """The status as JSON-ready data (states, counts, ids; never a value)."""
+    record: dict[str, Any] = {
+        "project_id": status.project_id,
+        "run_id": status.run_id,
+        "run_state": str(status.run_state),
+        "schema_fingerprint": status.schema_fingerprint.hex(),
+        "settings_fingerprint": status.settings_fingerprint,
+        "uploads": {party.party_id: str(party.upload_state) for party in status.parties},
+        "progress": {
+            "stage": status.progress_stage,
+            "done": status.progress_done,
+            "total": status.progress_total,
+        },
+        "cluster_count": status.cluster_count,
+        "linked_record_count": status.linked_record_count,
+        "comparisons": status.comparisons,
+        "threshold": status.threshold,
+        "threshold_method": status.threshold_method,
+    }
+    if status.run_state is RunState.REFUSED:
+        record["refused"] = {
+            "party": status.check_party_id,
+            "aspect": status.check_aspect,
+            "explanation": explain_aspect(status.check_aspect, status.check_party_id),
+        }
+    return record
+
+
+def follow(
+    client: LinkageClient, project_id: str, *, timeout: float, poll: float = 0.5
+) -> ProjectStatus:
+    """Poll the status until the run ends, showing its stage as a bar (in a terminal)."""
+    deadline = time.monotonic() + timeout
+    bar: Any = progress_bar("run", total=None, unit="step")
+    stage = ""
+    try:
+        while True:
+            status = client.project_status(project_id)
+            if status.run_state in _DONE:
+                return status
+            if status.progress_stage and status.progress_stage != stage:
+                stage = status.progress_stage
+                bar.reset(total=status.progress_total or None)
+                bar.set_description_str(f"run: {stage.split(' (')[0]}")
+            if status.progress_total:
+                bar.update(status.progress_done - bar.n)
+            if time.monotonic() >= deadline:
+                raise UnavailableError(
+                    f"the run did not end within {timeout:.0f}s (state {status.run_state}); "
+                    "see bloomlink project status"
+                )
+            time.sleep(poll)
+    finally:
+        bar.close()
+
+
 def run(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         if args.project_action == "create":
-            try:
-                fingerprint = bytes.fromhex(args.schema_fingerprint)
-            except ValueError:
-                raise ConfigurationError("--schema-fingerprint must be hex") from None
+            fingerprint, layout = _schema_identity(args)
+            members = _names(args.parties)
+            dedupe = _names(args.dedupe)
+            # Members first, in member order; names that are not members stay at the end so
+            # that the settings refuse them by name.
+            deduplicated = tuple(p for p in members if p in dedupe)
+            deduplicated += tuple(p for p in dedupe if p not in members)
+            cap = (
+                {} if args.max_cluster_size is None else {"max_cluster_size": args.max_cluster_size}
+            )
             settings = ProjectSettings(
                 project_id=args.project_id,
-                members=tuple(p.strip() for p in args.parties.split(",") if p.strip()),
+                members=members,
+                deduplicated=deduplicated,
+                **cap,
                 schema_fingerprint=fingerprint,
                 threshold=args.threshold,
                 blocking=BlockingMode(args.blocking),
                 link_key_mode=LinkKeyMode(args.link_key_mode),
                 retention_days=args.retention_days,
                 auto_run=not args.no_auto_run,
+                layout=layout,
             )
             digest = client.create_project(settings)
-            print(f"project {args.project_id} created; settings fingerprint {digest}")
-        elif args.project_action == "status":
-            print(describe(client.project_status(args.project_id)))
-        else:
-            ticket = client.start_run(args.project_id)
-            print(f"run {ticket.run_id} {ticket.state}")
+            lines = [
+                f"project {args.project_id} created ({settings.describe_link_model()}); "
+                f"settings fingerprint {digest}"
+            ]
+            if layout is not None:
+                groups = ", ".join(
+                    f"{group.name} {group.bits} bits ({group.hardening})" for group in layout.groups
+                )
+                lines.append(f"uploads must be grouped encodings: {groups}")
+            emit(
+                args,
+                {
+                    "project_id": args.project_id,
+                    "settings_fingerprint": digest,
+                    "members": list(settings.members),
+                    "auto_run": settings.auto_run,
+                    "schema_fingerprint": fingerprint.hex(),
+                    "layout": None if layout is None else layout.to_record(),
+                    "link_model": str(settings.link_model),
+                    "deduplicated": list(settings.deduplicated),
+                    "max_cluster_size": settings.max_cluster_size,
+                },
+                lines,
+            )
+            return 0
+        if args.project_action == "status":
             if args.wait > 0:
-                status = client.wait_for_run(args.project_id, timeout=args.wait)
-                print(describe(status))
-                return 0 if status.run_state is RunState.FINISHED else 1
-    return 0
+                status = follow(client, args.project_id, timeout=args.wait)
+            else:
+                status = client.project_status(args.project_id)
+            settings = client.project_settings(args.project_id)
+            report = status_record(status)
+            report["link_model"] = str(settings.link_model)
+            report["deduplicated"] = list(settings.deduplicated)
+            emit(args, report, [f"{describe(status)}; link model {settings.describe_link_model()}"])
+            return 0
+        ticket = client.start_run(args.project_id)
+        lines = [f"run {ticket.run_id} {ticket.state}"]
+        record: dict[str, Any] = {"run_id": ticket.run_id, "state": str(ticket.state)}
+        code = 0
+        if args.wait > 0:
+            status = follow(client, args.project_id, timeout=args.wait)
+            lines.append(describe(status))
+            record["status"] = status_record(status)
+            code = 0 if status.run_state is RunState.FINISHED else 1
+        emit(args, record, lines)
+        return code

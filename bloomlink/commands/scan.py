@@ -13,7 +13,9 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from bloomlink.commands._output import progress_bar
 from bloomlink.exit_codes import ExitCode
 from party.known_keys import known_key_reencoder
 from party.leak_scan import UnkeyedReencoder, scan_encoded_file
@@ -59,7 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="chance a clean file is flagged (default 1e-6); short values repeated by chance "
         "in random bytes are judged against this",
     )
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the report as JSON")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        nargs="?",
+        const=Path("-"),
+        metavar="OUT",
+        help="the report as JSON: alone, on stdout instead of the text; with OUT, also to OUT",
+    )
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -101,29 +110,47 @@ def run(args: argparse.Namespace) -> int:
         strings.extend(_lines(args.sensitive_strings))
     if not args.extract and not args.sensitive_strings:
         raise ConfigurationError("give --extract (with --mapping) or --sensitive-strings")
-    report = scan_encoded_file(
-        args.encoded,
-        strings,
-        false_alarm_rate=args.false_alarm_rate,
-        unkeyed_reencoder=reencoder,
-    )
+    bar: Any = progress_bar("leak scan", total=None, unit="B")
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        report = scan_encoded_file(
+            args.encoded,
+            strings,
+            false_alarm_rate=args.false_alarm_rate,
+            unkeyed_reencoder=reencoder,
+            progress=progress,
+        )
+    finally:
+        bar.close()
+    lines = []
     for finding in report.findings:
         where = f" at byte {finding.offset}" if finding.offset is not None else ""
-        print(f"LEAK  {finding.kind}{where}: {finding.message}")
+        lines.append(f"LEAK  {finding.kind}{where}: {finding.message}")
     verdict = "clean" if report.clean else f"{len(report.findings)} finding(s)"
-    print(
+    lines.append(
         f"scanned {report.file_bytes} bytes for {report.strings_checked} sensitive strings "
         f"({report.patterns_checked} byte forms): {verdict}; {report.undetectable} too short "
         "to tell from chance if seen once"
     )
     if reencoder is None:
-        print(
+        lines.append(
             "not checked: whether the CLKs were made without the secret (needs --extract and "
             "the private positions file)"
         )
-    if args.json:
+    record = {**report.to_record(), "unkeyed_check": reencoder is not None}
+    to_stdout = args.json is not None and str(args.json) == "-"
+    if to_stdout:
+        print(json.dumps(record, sort_keys=True))
+    else:
+        for line in lines:
+            print(line)
+    if args.json is not None and not to_stdout:
         with atomic_output(args.json, mode=0o600) as handle:
-            handle.write((json.dumps(report.to_record(), indent=2) + "\n").encode("utf-8"))
+            handle.write((json.dumps(record, indent=2) + "\n").encode("utf-8"))
     if not report.clean:
         print(
             "error: AuditError: the encoded file must not be sent; see the findings",

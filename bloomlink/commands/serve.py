@@ -1,11 +1,20 @@
-"""``bloomlink serve``: run the linkage unit (gRPC, mutual TLS) until SIGTERM or SIGINT."""
+"""``bloomlink serve``: run the linkage unit (gRPC, mutual TLS) until SIGTERM or SIGINT.
+
+``serve --example-config`` prints a documented ``lu.toml`` (``bloomlink/data/lu.example.toml``,
+also at the repository root) that ``serve --config`` accepts as it is. Logs go to stderr, or
+to ``--log-file``, as text or JSON lines (``--log-format json``). At start the linkage unit
+checks that a client without a certificate is refused; gRPC's own report of that refused
+handshake is kept out of the log (cli.py sets ``GRPC_VERBOSITY=ERROR`` unless you set it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import signal
+import sys
 import threading
+from importlib import resources
 from pathlib import Path
 from types import FrameType
 
@@ -18,9 +27,19 @@ HELP = "run the linkage unit service (mutual TLS; config file and/or flags)"
 logger = logging.getLogger("bloomlink.serve")
 
 
+def example_config() -> str:
+    """The documented example ``lu.toml``."""
+    return resources.files("bloomlink").joinpath("data/lu.example.toml").read_text("utf-8")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, help="TOML file; keys are the long flag names with _"
+    )
+    parser.add_argument(
+        "--example-config",
+        action="store_true",
+        help="print a documented lu.toml (works as is beside certs init --dir pki) and exit",
     )
     parser.add_argument("--listen", help="address to bind, host:port (default 127.0.0.1:50051)")
     parser.add_argument("--data-dir", type=Path, help="where state and payloads live")
@@ -43,6 +62,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-stream-seconds", type=float, help="cut an upload stream this old")
     parser.add_argument("--grace-seconds", type=float, help="shutdown grace for in-flight calls")
+    parser.add_argument(
+        "--max-streams-per-identity",
+        type=int,
+        help="streams one certificate may hold at once (default: half of --max-workers)",
+    )
+    parser.add_argument(
+        "--audited-calls-per-minute", type=float, help="audited calls per certificate (60)"
+    )
+    parser.add_argument(
+        "--audited-call-burst", type=int, help="audited calls per certificate at once (30)"
+    )
     parser.add_argument(
         "--dask-scheduler",
         help="run matching on this Dask cluster, e.g. tls://scheduler:8786 (default: in-process)",
@@ -77,12 +107,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.example_config:
+        sys.stdout.write(example_config())
+        return 0
     names = (
         "listen", "data_dir", "ca_certificate", "certificate", "private_key", "audit_log",
         "max_message_bytes", "max_upload_bytes", "max_workers", "max_concurrent_rpcs",
         "run_workers", "keepalive_time_seconds", "keepalive_timeout_seconds",
         "min_ping_interval_seconds", "grace_seconds", "insecure", "stream_idle_seconds",
-        "max_stream_seconds", "dask_scheduler", "dask_ca_certificate", "dask_certificate",
+        "max_stream_seconds", "max_streams_per_identity", "audited_calls_per_minute",
+        "audited_call_burst", "dask_scheduler", "dask_ca_certificate", "dask_certificate",
         "dask_private_key", "dask_timeout_seconds", "dask_task_retries",
         "dask_worker_memory_bytes", "lsh_bands", "lsh_bits_per_band",
     )  # fmt: skip
@@ -101,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         port = server.start()
         print(f"linkage unit listening on port {port}", flush=True)
+        if not config.insecure:
+            logger.info(
+                "mutual TLS self-check passed: a client without a certificate was refused "
+                "(gRPC's own report of that handshake is hidden at GRPC_VERBOSITY=ERROR)"
+            )
         stopping.wait()
     finally:
         for sig, handler in previous.items():

@@ -59,6 +59,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fraction of records repeating a person within a department (default 0)",
     )
     parser.add_argument(
+        "--repeat-departments",
+        type=_departments,
+        default=None,
+        metavar="LIST",
+        help="only these departments repeat people; the others are duplicate-free and hold "
+        "only their distinct people (default: every department repeats)",
+    )
+    parser.add_argument(
         "--seed", type=int, default=None, help="seed for a reproducible set (default: random)"
     )
     parser.add_argument("--format", choices=("csv", "parquet"), default="csv")
@@ -71,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         difficulty=args.difficulty,
         repeat_rate=args.repeat_rate,
+        repeat_departments=args.repeat_departments,
         seed=args.seed,
     )
     started = time.perf_counter()

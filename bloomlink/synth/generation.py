@@ -43,7 +43,9 @@ class SynthConfig:
 
     ``records`` is per department. ``overlap`` is the fraction of each later department's
     distinct people who are also in the first department. ``repeat_rate`` is the fraction of
-    each department's records that repeat a person already in it. ``seed`` None draws one
+    each department's records that repeat a person already in it; ``repeat_departments``
+    limits repeats to the departments named (None: all), and a department not named holds
+    only its distinct people (a duplicate-free extract). ``seed`` None draws one
     from ``secrets`` (the result records it, so any run can be reproduced).
     """
 
@@ -52,6 +54,7 @@ class SynthConfig:
     overlap: float = 0.5
     difficulty: Difficulty = "medium"
     repeat_rate: float = 0.0
+    repeat_departments: tuple[str, ...] | None = None
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -74,6 +77,9 @@ class SynthConfig:
             problems.append(f"difficulty must be one of {', '.join(DIFFICULTIES)}")
         if not 0.0 <= self.repeat_rate <= 0.5:
             problems.append("repeat rate must be a fraction between 0 and 0.5")
+        strangers = sorted(set(self.repeat_departments or ()) - set(self.departments))
+        if strangers:
+            problems.append(f"repeat departments {', '.join(strangers)} are not generated")
         if self.seed is not None and not 0 <= self.seed < 2**63:
             problems.append("seed must be a non-negative integer below 2**63")
         if problems:
@@ -181,6 +187,7 @@ class SynthResult:
             "overlap": self.config.overlap,
             "difficulty": self.config.difficulty,
             "repeat_rate": self.config.repeat_rate,
+            "repeat_departments": list(self.config.repeat_departments or self.config.departments),
             "people": len(self.population),
             "per_department": departments,
         }
@@ -203,7 +210,10 @@ def _assign_people(
             fresh = np.arange(next_fresh, next_fresh + fresh_per_later, dtype=np.int64)
             next_fresh += fresh_per_later
             members = np.concatenate([from_first, fresh])
-        repeats = members[rng.integers(0, len(members), size=config.repeat_records)]
+        name = config.departments[position]
+        repeating = config.repeat_departments is None or name in config.repeat_departments
+        count = config.repeat_records if repeating else 0
+        repeats = members[rng.integers(0, len(members), size=count)]
         assigned.append(rng.permutation(np.concatenate([members, repeats])))
     return total, assigned
 

@@ -5,9 +5,11 @@ The bloomlink wire protocol between parties, the operator, auditors and the link
 
 Version 1. A breaking change is a new package (bloomlink.v2), never an edit here.
 Upload messages carry only labels (project id, party id: ^[a-z][a-z0-9-]{0,62}$), the
-encoded file's header fields, the party's signed manifest (the same fields plus a version
-string and a timestamp, both pattern-checked), CLK bytes and chunk bookkeeping: there is no
-free-text field in which a personal identifier could travel. `bloomlink audit verify`
+encoded file's header fields (with the layout of a grouped encoding: group labels, bit
+counts and hardening descriptors from a fixed grammar), the party's signed manifest (the
+same fields plus a version string and a timestamp, both pattern-checked, and counts per
+schema field named by pattern-checked field names), CLK bytes and chunk bookkeeping: there
+is no free-text field in which a personal identifier could travel. `bloomlink audit verify`
 checks this from the descriptor against an allow-list (protocol/serde.py).
 """
 
@@ -104,6 +106,10 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     RUN_STATE_REFUSED: _RunState.ValueType  # 5
     """The checks before any comparison failed; see check_party and check_aspect."""
     RUN_STATE_FAILED: _RunState.ValueType  # 6
+    RUN_STATE_READY: _RunState.ValueType  # 7
+    """Every member has uploaded and the project waits for the operator to start the run
+    (created without auto-run).
+    """
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper): ...
 
@@ -115,6 +121,10 @@ RUN_STATE_FINISHED: RunState.ValueType  # 4
 RUN_STATE_REFUSED: RunState.ValueType  # 5
 """The checks before any comparison failed; see check_party and check_aspect."""
 RUN_STATE_FAILED: RunState.ValueType  # 6
+RUN_STATE_READY: RunState.ValueType  # 7
+"""Every member has uploaded and the project waits for the operator to start the run
+(created without auto-run).
+"""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 @_typing.final
@@ -123,24 +133,76 @@ class MatchingSettings(_message.Message):
 
     THRESHOLD_FIELD_NUMBER: _builtins.int
     BLOCKING_FIELD_NUMBER: _builtins.int
+    DEDUPLICATED_PARTY_IDS_FIELD_NUMBER: _builtins.int
+    MAX_CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
     threshold: _builtins.float
     """Dice threshold in (0, 1]; unset means the engine chooses it from the run's own scores."""
     blocking: Global___Blocking.ValueType
+    max_cluster_size: _builtins.int
+    """With deduplication: the largest cluster a run may make before it fails; unset: 1000."""
+    @_builtins.property
+    def deduplicated_party_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Member parties whose extracts may hold several records of one person: their records
+        are deduplicated and clustered. Empty: one-to-one linkage. One member, deduplicated:
+        a deduplication-only project.
+        """
+
     def __init__(
         self,
         *,
         threshold: _builtins.float | None = ...,
         blocking: Global___Blocking.ValueType = ...,
+        deduplicated_party_ids: _abc.Iterable[_builtins.str] | None = ...,
+        max_cluster_size: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "threshold", b"threshold"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "blocking", b"blocking", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "blocking", b"blocking", "deduplicated_party_ids", b"deduplicated_party_ids", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__max_cluster_size: _TypeAlias = _typing.Literal["max_cluster_size"]  # noqa: Y015
+    _WhichOneofArgType__max_cluster_size: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size"]  # noqa: Y015
     _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
     _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cluster_size) -> _WhichOneofReturnType__max_cluster_size | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
 
 Global___MatchingSettings: _TypeAlias = MatchingSettings  # noqa: Y015
+
+@_typing.final
+class ClkGroup(_message.Message):
+    """One field group of a grouped (encoding v2, file format 2) record: its label, its length in
+    bits after hardening, and the hardening applied to it as a canonical descriptor
+    (docs/encoding.md: e.g. "diffusion:width=4,output_bits=1024", "none"). A record's encoding
+    is its groups' bits in order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    BITS_FIELD_NUMBER: _builtins.int
+    HARDENING_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """^[a-z][a-z0-9-]{0,62}$"""
+    bits: _builtins.int
+    """A multiple of 64, 64..65536."""
+    hardening: _builtins.str
+    """The hardening descriptor grammar (protocol/hardening.py HARDENING_DESCRIPTOR_PATTERN)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        bits: _builtins.int = ...,
+        hardening: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bits", b"bits", "hardening", b"hardening", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClkGroup: _TypeAlias = ClkGroup  # noqa: Y015
 
 @_typing.final
 class CreateProjectRequest(_message.Message):
@@ -153,6 +215,7 @@ class CreateProjectRequest(_message.Message):
     LINK_KEY_MODE_FIELD_NUMBER: _builtins.int
     RETENTION_DAYS_FIELD_NUMBER: _builtins.int
     AUTO_RUN_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     schema_fingerprint: _builtins.bytes
     link_key_mode: Global___LinkKeyMode.ValueType
@@ -164,6 +227,12 @@ class CreateProjectRequest(_message.Message):
     def member_party_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def matching(self) -> Global___MatchingSettings: ...
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClkGroup]:
+        """The grouped layout every upload must have (from a schema v2); empty for a single
+        record-level CLK (schema v1), whose uploads must then be file format 1.
+        """
+
     def __init__(
         self,
         *,
@@ -174,10 +243,11 @@ class CreateProjectRequest(_message.Message):
         link_key_mode: Global___LinkKeyMode.ValueType = ...,
         retention_days: _builtins.int = ...,
         auto_run: _builtins.bool = ...,
+        groups: _abc.Iterable[Global___ClkGroup] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["matching", b"matching"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_run", b"auto_run", "link_key_mode", b"link_key_mode", "matching", b"matching", "member_party_ids", b"member_party_ids", "project_id", b"project_id", "retention_days", b"retention_days", "schema_fingerprint", b"schema_fingerprint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_run", b"auto_run", "groups", b"groups", "link_key_mode", b"link_key_mode", "matching", b"matching", "member_party_ids", b"member_party_ids", "project_id", b"project_id", "retention_days", b"retention_days", "schema_fingerprint", b"schema_fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -338,6 +408,7 @@ class UploadHeader(_message.Message):
     RECORD_COUNT_FIELD_NUMBER: _builtins.int
     PAYLOAD_SHA256_FIELD_NUMBER: _builtins.int
     MANIFEST_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     party_id: _builtins.str
     format_version: _builtins.int
@@ -352,6 +423,12 @@ class UploadHeader(_message.Message):
         fields above and records its digest in the audit log.
         """
 
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClkGroup]:
+        """Format 2 only: the record's groups, as the encoded file's header lists them. The
+        linkage unit refuses an upload whose layout or hardening differs from the project's.
+        """
+
     def __init__(
         self,
         *,
@@ -364,10 +441,11 @@ class UploadHeader(_message.Message):
         record_count: _builtins.int = ...,
         payload_sha256: _builtins.bytes = ...,
         manifest: Global___UploadManifest | None = ...,
+        groups: _abc.Iterable[Global___ClkGroup] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "format_version", b"format_version", "kcv", b"kcv", "manifest", b"manifest", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "record_count", b"record_count", "schema_fingerprint", b"schema_fingerprint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "format_version", b"format_version", "groups", b"groups", "kcv", b"kcv", "manifest", b"manifest", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "record_count", b"record_count", "schema_fingerprint", b"schema_fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -395,6 +473,11 @@ class UploadManifest(_message.Message):
     LEAK_SCAN_ROWS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    GROUPS_FIELD_NUMBER: _builtins.int
+    UNKEYED_CHECK_FIELD_NUMBER: _builtins.int
+    ROWS_READ_FIELD_NUMBER: _builtins.int
+    ROWS_SKIPPED_FIELD_NUMBER: _builtins.int
+    FIELD_COUNTS_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     party_id: _builtins.str
     record_count: _builtins.int
@@ -413,6 +496,17 @@ class UploadManifest(_message.Message):
     signature: _builtins.bytes
     """Ed25519 signature and the raw 32-byte public key that made it."""
     public_key: _builtins.bytes
+    unkeyed_check: _builtins.bool
+    """Whether the scan compared the CLKs with a re-encoding under a publicly known key."""
+    rows_read: _builtins.int
+    """The encode's counts (0 rows read: not recorded); per schema field, counts only."""
+    rows_skipped: _builtins.int
+    @_builtins.property
+    def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClkGroup]:
+        """A grouped encoding's groups and the hardening applied to each (empty for one CLK)."""
+
+    @_builtins.property
+    def field_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestFieldCount]: ...
     def __init__(
         self,
         *,
@@ -430,14 +524,47 @@ class UploadManifest(_message.Message):
         leak_scan_rows: _builtins.int = ...,
         signature: _builtins.bytes = ...,
         public_key: _builtins.bytes = ...,
+        groups: _abc.Iterable[Global___ClkGroup] | None = ...,
+        unkeyed_check: _builtins.bool = ...,
+        rows_read: _builtins.int = ...,
+        rows_skipped: _builtins.int = ...,
+        field_counts: _abc.Iterable[Global___ManifestFieldCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "created_at", b"created_at", "kcv", b"kcv", "leak_scan_rows", b"leak_scan_rows", "leak_scan_strings", b"leak_scan_strings", "nonce", b"nonce", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "public_key", b"public_key", "record_count", b"record_count", "schema_fingerprint", b"schema_fingerprint", "signature", b"signature", "software_version", b"software_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "created_at", b"created_at", "field_counts", b"field_counts", "groups", b"groups", "kcv", b"kcv", "leak_scan_rows", b"leak_scan_rows", "leak_scan_strings", b"leak_scan_strings", "nonce", b"nonce", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "public_key", b"public_key", "record_count", b"record_count", "rows_read", b"rows_read", "rows_skipped", b"rows_skipped", "schema_fingerprint", b"schema_fingerprint", "signature", b"signature", "software_version", b"software_version", "unkeyed_check", b"unkeyed_check"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UploadManifest: _TypeAlias = UploadManifest  # noqa: Y015
+
+@_typing.final
+class ManifestFieldCount(_message.Message):
+    """One schema field's counts over an encode: records with no value, values blanked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_NAME_FIELD_NUMBER: _builtins.int
+    MISSING_FIELD_NUMBER: _builtins.int
+    BLANKED_FIELD_NUMBER: _builtins.int
+    field_name: _builtins.str
+    """A schema field name, ^[a-z][a-z0-9_-]{0,62}$."""
+    missing: _builtins.int
+    blanked: _builtins.int
+    def __init__(
+        self,
+        *,
+        field_name: _builtins.str = ...,
+        missing: _builtins.int = ...,
+        blanked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blanked", b"blanked", "field_name", b"field_name", "missing", b"missing"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManifestFieldCount: _TypeAlias = ManifestFieldCount  # noqa: Y015
 
 @_typing.final
 class UploadChunk(_message.Message):
@@ -778,3 +905,29 @@ class GetProjectSettingsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetProjectSettingsRequest: _TypeAlias = GetProjectSettingsRequest  # noqa: Y015
+
+@_typing.final
+class GetProjectSettingsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    SETTINGS_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    settings_fingerprint: _builtins.str
+    """Hex SHA-256 of the canonical settings JSON, as written to the audit log."""
+    @_builtins.property
+    def settings(self) -> Global___CreateProjectRequest:
+        """The settings as the operator created the project (the same fields as its request)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___CreateProjectRequest | None = ...,
+        settings_fingerprint: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "settings_fingerprint", b"settings_fingerprint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProjectSettingsResponse: _TypeAlias = GetProjectSettingsResponse  # noqa: Y015

@@ -78,7 +78,7 @@ class LinkageUnitStub:
         self.GetProjectSettings = channel.unary_unary(
                 '/bloomlink.v1.LinkageUnit/GetProjectSettings',
                 request_serializer=protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsRequest.SerializeToString,
-                response_deserializer=protocol_dot_pb_dot_linkage__pb2.CreateProjectRequest.FromString,
+                response_deserializer=protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsResponse.FromString,
                 _registered_method=True)
 
 
@@ -196,7 +196,7 @@ def add_LinkageUnitServicer_to_server(servicer, server):
             'GetProjectSettings': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProjectSettings,
                     request_deserializer=protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsRequest.FromString,
-                    response_serializer=protocol_dot_pb_dot_linkage__pb2.CreateProjectRequest.SerializeToString,
+                    response_serializer=protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,7 +442,7 @@ class LinkageUnit:
             target,
             '/bloomlink.v1.LinkageUnit/GetProjectSettings',
             protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsRequest.SerializeToString,
-            protocol_dot_pb_dot_linkage__pb2.CreateProjectRequest.FromString,
+            protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -5,9 +5,11 @@ The bloomlink wire protocol between parties, the operator, auditors and the link
 
 Version 1. A breaking change is a new package (bloomlink.v2), never an edit here.
 Upload messages carry only labels (project id, party id: ^[a-z][a-z0-9-]{0,62}$), the
-encoded file's header fields, the party's signed manifest (the same fields plus a version
-string and a timestamp, both pattern-checked), CLK bytes and chunk bookkeeping: there is no
-free-text field in which a personal identifier could travel. `bloomlink audit verify`
+encoded file's header fields (with the layout of a grouped encoding: group labels, bit
+counts and hardening descriptors from a fixed grammar), the party's signed manifest (the
+same fields plus a version string and a timestamp, both pattern-checked, and counts per
+schema field named by pattern-checked field names), CLK bytes and chunk bookkeeping: there
+is no free-text field in which a personal identifier could travel. `bloomlink audit verify`
 checks this from the descriptor against an allow-list (protocol/serde.py).
 """
 
@@ -59,7 +61,7 @@ class LinkageUnitStub:
     """
     GetAuditPublicKey: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetAuditPublicKeyRequest, _linkage_pb2.GetAuditPublicKeyResponse]
     """Anyone authenticated: the linkage unit's audit public key (PEM)."""
-    GetProjectSettings: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.CreateProjectRequest]
+    GetProjectSettings: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.GetProjectSettingsResponse]
     """Operator, auditor and members: a project's settings, as the operator created them."""
 
 @_typing.type_check_only
@@ -85,7 +87,7 @@ class LinkageUnitAsyncStub(LinkageUnitStub):
     """
     GetAuditPublicKey: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetAuditPublicKeyRequest, _linkage_pb2.GetAuditPublicKeyResponse]  # type: ignore[assignment]
     """Anyone authenticated: the linkage unit's audit public key (PEM)."""
-    GetProjectSettings: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.CreateProjectRequest]  # type: ignore[assignment]
+    GetProjectSettings: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectSettingsRequest, _linkage_pb2.GetProjectSettingsResponse]  # type: ignore[assignment]
     """Operator, auditor and members: a project's settings, as the operator created them."""
 
 class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
@@ -162,7 +164,7 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _linkage_pb2.GetProjectSettingsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_linkage_pb2.CreateProjectRequest, _abc.Awaitable[_linkage_pb2.CreateProjectRequest]]:
+    ) -> _typing.Union[_linkage_pb2.GetProjectSettingsResponse, _abc.Awaitable[_linkage_pb2.GetProjectSettingsResponse]]:
         """Operator, auditor and members: a project's settings, as the operator created them."""
 
 def add_LinkageUnitServicer_to_server(servicer: LinkageUnitServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

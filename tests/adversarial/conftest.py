@@ -6,26 +6,23 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import grpc
 import numpy as np
-import pytest
 
+from linkage_unit.pki import CertificateSet
 from party.client import error_from_rpc
 from protocol import serde
-from protocol.certificates import CertificateSet
 from protocol.clk_file import HEADER_LENGTH, read_header
 from protocol.manifest import SignedManifest, UploadManifest, sign_manifest
 from protocol.messages import ProjectSettings, UploadChunk, UploadHeader
 from protocol.pb import linkage_pb2 as pb
 from protocol.pb import linkage_pb2_grpc as pb_grpc
-from tests.integration.conftest import connect, pki, start_server  # noqa: F401 - fixtures
+from tests.integration.conftest import connect, lu_process, pki, start_server  # noqa: F401
+from tests.processes import LinkageUnitProcess  # noqa: F401 - used by the crash tests
 from tests.service_helpers import SCHEMA_FINGERPRINT, write_clk_file
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -137,92 +134,6 @@ def audit_events(server, event: str) -> list[dict[str, object]]:
     return [dict(entry.details) for entry in server.audit_log.entries() if entry.event == event]
 
 
-class LinkageUnitProcess:
-    """``python -m bloomlink serve --config`` as a child process that tests can SIGKILL."""
-
-    def __init__(self, pki: CertificateSet, data_dir: Path, **settings: object) -> None:  # noqa: F811
-        self.pki, self.data_dir, self.settings = pki, data_dir, settings
-        self.process: subprocess.Popen[str] | None = None
-        self.port = 0
-
-    def _config(self) -> Path:
-        values: dict[str, object] = {
-            "data_dir": str(self.data_dir),
-            "listen": f"127.0.0.1:{self.port}",
-            "ca_certificate": str(self.pki.ca_certificate),
-            "certificate": str(self.pki.linkage_unit.certificate),
-            "private_key": str(self.pki.linkage_unit.private_key),
-            "grace_seconds": 0.5,
-            # These tests upload random CLK files with no manifest; manifests are enforced
-            # and tested in tests/integration/test_audit_wiring.py.
-            "require_manifest": False,
-            **self.settings,
-        }
-        lines = [
-            f"{key} = {str(value).lower()}"
-            if isinstance(value, bool)
-            else f"{key} = {value!r}"
-            if isinstance(value, str)
-            else f"{key} = {value}"
-            for key, value in values.items()
-        ]
-        path = self.data_dir.parent / f"{self.data_dir.name}.toml"
-        path.write_text("\n".join(lines).replace("'", '"') + "\n", encoding="utf-8")
-        return path
-
-    def start(self, **environment: str) -> int:
-        config = self._config()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "bloomlink", "serve", "--config", str(config)],
-            cwd=REPOSITORY,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env={**os.environ, "PYTHONPATH": str(REPOSITORY), **environment},
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if "listening on port" not in line:
-            self.process.kill()
-            raise RuntimeError(f"linkage unit did not start: {line!r}")
-        self.port = int(line.rsplit(" ", 1)[1])  # restarts reuse the port the parties know
-        return self.port
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown handler runs, exactly like a crash or the OOM killer."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-        self._close()
-
-    def _close(self) -> None:
-        if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.close()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._close()
-
-
-@pytest.fixture
-def lu_process(pki, tmp_path: Path) -> Iterator[LinkageUnitProcess]:  # noqa: F811
-    processes: list[LinkageUnitProcess] = []
-
-    def make(**settings: object) -> LinkageUnitProcess:
-        process = LinkageUnitProcess(pki, tmp_path / f"lu{len(processes)}", **settings)
-        processes.append(process)
-        return process
-
-    yield make  # type: ignore[misc]
-    for process in processes:
-        process.stop()
-
-
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -244,13 +155,16 @@ def encode_rows(
     project_id: str = "p1",
     secret: bytes = TEST_SECRET,
     bad_rows: str = "fail",
+    schema=None,
 ):
     """Write ``rows`` as a ``layout`` (moj/dfe) CSV extract, run the real ``encode_extract``
-    and return ({record id: CLK as bytes}, summary)."""
+    (under ``schema``, default the shipped one) and return ({record id: CLK as bytes},
+    summary)."""
     import csv
 
-    from party.encoder_run import encode_extract
+    from party.encoder_run import BadRowLimit, encode_extract
     from party.mapping import shipped_mapping
+    from party.positions_file import read_positions
     from protocol.clk_file import read_clks
     from protocol.schema import default_schema
     from protocol.secret import LinkageSecret
@@ -264,17 +178,19 @@ def encode_rows(
     summary = encode_extract(
         extract_path=extract,
         mapping=shipped_mapping(layout),
-        schema=default_schema(),
+        schema=schema or default_schema(),
         secret=LinkageSecret(secret),
         project_id=project_id,
         encoded_path=directory / f"{layout}.clk",
         positions_path=directory / f"{layout}.positions.csv",
         bad_rows=bad_rows,
+        # These cases feed hostile values on purpose: no share of bad rows stops them.
+        max_bad_rows=BadRowLimit(percent=100),
         workers=1,
     )
     _, clks = read_clks(directory / f"{layout}.clk")
-    by_id = {}
-    with (directory / f"{layout}.positions.csv").open(encoding="utf-8", newline="") as handle:
-        for record in csv.DictReader(handle):
-            by_id[record["record_id"]] = clks[int(record["position"])].tobytes()
+    by_id = {
+        record_id: clks[position].tobytes()
+        for _, record_id, position in read_positions(directory / f"{layout}.positions.csv")
+    }
     return by_id, summary

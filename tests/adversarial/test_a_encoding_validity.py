@@ -21,6 +21,7 @@ import pytest
 
 from protocol.errors import (
     AlreadyExistsError,
+    CompatibilityError,
     InvalidRequestError,
     PreconditionError,
     RecordError,
@@ -245,13 +246,18 @@ def test_case_6_non_utf8_text_where_a_label_is_expected_is_refused(server, pki) 
 def test_case_7_parties_with_different_clk_lengths_refuse_the_run(
     server, connect, tmp_path: Path
 ) -> None:
-    """Case 7: parties whose CLK lengths differ refuse the run (REFUSED, aspect clk_bits)."""
+    """Case 7: a party whose CLK length differs from the party that uploaded first is
+    refused when its header arrives (CompatibilityError, aspect clk_bits): nothing stored,
+    no run, zero comparisons."""
     generator = np.random.default_rng(8)
     clks = {
         "moj": generator.integers(0, 1 << 63, size=(6, 4), dtype=np.uint64) | np.uint64(1),
         "dfe": generator.integers(0, 1 << 63, size=(6, 8), dtype=np.uint64) | np.uint64(1),
     }
-    upload_all(server, connect, tmp_path, clks, dfe={"clk_bits": 512})
-    status = connect(server, "operator").wait_for_run("p1", timeout=20)
-    assert status.run_state is RunState.REFUSED and status.check_aspect == "clk_bits"
-    assert status.comparisons == 0
+    upload_all(server, connect, tmp_path, {"moj": clks["moj"]})
+    with pytest.raises(CompatibilityError) as caught:
+        upload_all(server, connect, tmp_path, {"dfe": clks["dfe"]}, dfe={"clk_bits": 512})
+    assert (caught.value.party, caught.value.aspect) == ("dfe", "clk_bits")
+    assert server.storage.upload("p1", "dfe") is None
+    status = connect(server, "operator").project_status("p1")
+    assert status.run_state is RunState.WAITING_FOR_UPLOADS and status.comparisons == 0

@@ -13,9 +13,9 @@ import sys
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auditor.verify import verify_audit_log
 from protocol import serde
-from protocol.audit_verify import verify_audit_log
-from protocol.errors import AlreadyExistsError, PermissionDeniedError
+from protocol.errors import AlreadyExistsError, CompatibilityError, PermissionDeniedError
 from protocol.keys import key_check_value
 from protocol.messages import RunState, UploadState
 from protocol.secret import LinkageSecret
@@ -44,26 +44,37 @@ def audited(start_server, connect):
     return server, audit
 
 
-def _refused(server, connect, audit, tmp_path, aspect, **dfe_file) -> None:
-    clks = planted_party_clks(["moj", "dfe"], seed=21, records=10, shared=4)
-    upload_all(server, connect, tmp_path, clks, dfe=dfe_file)
-    status = connect(server, "operator").wait_for_run("p1", timeout=20)
-    assert status.run_state is RunState.REFUSED
-    assert (status.check_party_id, status.check_aspect) == ("dfe", aspect)
-    assert status.comparisons == 0 and not audit.named("run_started")
+def _refused(server, connect, audit, tmp_path, aspect, clks=None, **files) -> None:
+    """MoJ uploads; DfE's upload is refused when its header arrives (CompatibilityError
+    naming DfE and the aspect): nothing of it stored, no run, no comparison, audited."""
+    clks = clks or planted_party_clks(["moj", "dfe"], seed=21, records=10, shared=4)
+    upload_all(server, connect, tmp_path, {"moj": clks["moj"]}, moj=files.get("moj", {}))
+    with pytest.raises(CompatibilityError) as caught:
+        upload_all(server, connect, tmp_path, {"dfe": clks["dfe"]}, dfe=files.get("dfe", {}))
+    assert (caught.value.party, caught.value.aspect) == ("dfe", aspect)
+    assert server.storage.upload("p1", "dfe") is None
+    status = connect(server, "operator").project_status("p1")
+    assert status.run_state is RunState.WAITING_FOR_UPLOADS and status.comparisons == 0
+    assert not audit.named("run_started")
+    assert audit.named("upload_refused") == [{"party": "dfe", "reason": aspect}]
 
 
 def test_case_8_schema_mismatch_refuses_before_any_comparison(audited, connect, tmp_path) -> None:
-    """Case 8: a party encoded under another schema (fingerprint) -> run REFUSED naming the
-    party and aspect schema_fingerprint; zero comparisons; no run_started audit event."""
+    """Case 8: a party encoded under another schema (fingerprint) -> its upload is refused
+    when the header arrives, naming the party and aspect schema_fingerprint; nothing stored,
+    zero comparisons, no run_started audit event. (The run checks the same again.)"""
     server, audit = audited
-    _refused(server, connect, audit, tmp_path, "schema_fingerprint", schema_fingerprint=bytes(32))
+    _refused(
+        server, connect, audit, tmp_path, "schema_fingerprint",
+        dfe={"schema_fingerprint": bytes(32)},
+    )  # fmt: skip
 
 
 def test_case_9_kcv_mismatch_refuses_the_run(audited, connect, tmp_path) -> None:
-    """Case 9: a party encoded under another linkage secret (KCV) -> REFUSED, aspect kcv."""
+    """Case 9: a party encoded under another linkage secret (KCV) than the party that
+    uploaded first -> refused at the header, aspect kcv ("a different linkage secret?")."""
     server, audit = audited
-    _refused(server, connect, audit, tmp_path, "kcv", kcv=bytes(16))
+    _refused(server, connect, audit, tmp_path, "kcv", dfe={"kcv": bytes(16)})
 
 
 def test_case_9_bit_density_far_from_the_others_refuses_the_run(audited, connect, tmp_path) -> None:
@@ -143,19 +154,13 @@ def test_case_10_a_manifest_nonce_vouches_for_one_upload_only(
 
 def test_case_11_cross_project_kcv_refuses_the_run(audited, connect, tmp_path) -> None:
     """Case 11: a file encoded for another project carries that project's KCV (the KCV binds
-    the project id), so relabelling it for this project refuses the run (aspect kcv)."""
+    the project id), so relabelling it for this project is refused at the header (kcv)."""
     server, audit = audited
     secret = LinkageSecret(bytes(range(32)))
     this, other = (key_check_value(secret, project_id=p) for p in ("p1", "p2"))
     assert this != other
     clks = planted_party_clks(["moj", "dfe"], seed=24, records=10, shared=4)
-    upload_all(server, connect, tmp_path, clks, moj={"kcv": this}, dfe={"kcv": other})
-    status = connect(server, "operator").wait_for_run("p1", timeout=20)
-    assert (status.run_state, status.check_party_id, status.check_aspect) == (
-        RunState.REFUSED,
-        "dfe",
-        "kcv",
-    )
+    _refused(server, connect, audit, tmp_path, "kcv", clks, moj={"kcv": this}, dfe={"kcv": other})
 
 
 def test_case_11_upload_to_a_project_the_party_is_not_in_is_not_found(

@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from linkage_unit.pki import create_authority, issue_server_certificate
 from linkage_unit.server import LinkageUnitServer, ServerConfig, serves_without_client_certificate
 from party.client import LinkageClient
-from protocol.certificates import TlsFiles, create_authority, issue_server_certificate
 from protocol.errors import (
     ConfigurationError,
     NotFoundError,
@@ -29,6 +29,7 @@ from protocol.errors import (
 from protocol.identity import Identity, Role
 from protocol.pb import linkage_pb2 as pb
 from protocol.pb import linkage_pb2_grpc as pb_grpc
+from protocol.tls import TlsFiles
 from tests.adversarial.conftest import create_project, upload_all
 from tests.service_helpers import MemoryAuditSink, planted_party_clks
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import resource
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,9 +22,9 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auditor.verify import verify_audit_log
 from linkage_unit.audit_log import AuditLog
 from party.client import LinkageClient
-from protocol.audit_verify import verify_audit_log
 from protocol.clk_file import HEADER_LENGTH, read_header
 from protocol.errors import InvalidRequestError, PreconditionError, ResourceLimitError
 from protocol.messages import RunState, UploadHeader, UploadState
@@ -40,6 +39,7 @@ from tests.adversarial.conftest import (
     upload_messages,
     wait_until,
 )
+from tests.audit_fixtures import append
 from tests.service_helpers import MemoryAuditSink, planted_party_clks, write_clk_file
 
 pytestmark = pytest.mark.integration
@@ -249,7 +249,8 @@ def test_case_27_full_disk_during_the_audit_append_keeps_the_chain_and_the_retry
     # size limit just past its next line fails the audit append and nothing else.
     largest = max(p.stat().st_size for p in server.config.data_dir.glob("state.sqlite3*"))
     while log_path.stat().st_size < largest + 256 * 1024:
-        server.audit_log.append(
+        append(
+            server.audit_log,
             "party_authenticated",
             project_id=None,
             details={"party": "moj", "role": "party", "certificate_fingerprint": "ab" * 32},
@@ -290,22 +291,23 @@ def test_case_28_out_of_order_duplicate_and_missing_offsets(
         assert send(stub, [messages[0], messages[1], *messages[1:]]).upload_state == 3
 
 
-def test_case_29_a_clock_jump_back_does_not_reorder_runs(tmp_path: Path, monkeypatch) -> None:
-    """Case 29: runs are ordered by insertion sequence, not wall clock: after the clock jumps
-    back a day, the newest run is still the latest, and unfinished runs resume in order."""
-    from linkage_unit import storage as storage_module
+def test_case_29_a_clock_jump_back_does_not_reorder_runs(tmp_path: Path) -> None:
+    """Case 29: runs are ordered by insertion sequence, not wall clock: after the LU's clock
+    jumps back a day, the newest run is still the latest, and unfinished runs resume in
+    order."""
+    from linkage_unit.storage import Storage
     from protocol.messages import ProjectSettings
     from tests.service_helpers import SCHEMA_FINGERPRINT
 
-    store = storage_module.Storage(tmp_path / "lu")
+    now = [1_800_000_000.0]
+    store = Storage(tmp_path / "lu", clock=lambda: now[0])
     store.create_project(
         ProjectSettings(
             project_id="p1", members=("moj", "dfe"), schema_fingerprint=SCHEMA_FINGERPRINT
         )
     )
     store.create_run("p1", "first")
-    real = time.time
-    monkeypatch.setattr(storage_module.time, "time", lambda: real() - 86400)
+    now[0] -= 86400  # the clock jumps back a day
     store.create_run("p1", "second")
     assert store.latest_run("p1").run_id == "second"
     assert [run.run_id for run in store.unfinished_runs()] == ["first", "second"]
@@ -347,7 +349,8 @@ def test_case_29_the_audit_log_is_ordered_by_sequence_not_clock(tmp_path: Path) 
     key = Ed25519PrivateKey.generate()
     with AuditLog(tmp_path / "audit.jsonl", signing_key=key, clock=lambda: next(moments)) as log:
         for party in ("moj", "dfe"):
-            log.append(
+            append(
+                log,
                 "party_authenticated",
                 project_id=None,
                 details={"party": party, "role": "party", "certificate_fingerprint": "cd" * 32},

@@ -10,7 +10,6 @@ guarantee (no free-text field on the wire) is case 17 in group C.
 from __future__ import annotations
 
 import base64
-import csv
 import hashlib
 import logging
 import os
@@ -23,11 +22,12 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auditor.verify import verify_audit_log
 from party.leak_scan import scan_encoded_file
 from party.manifest import manifest_path_for, vouch_for_encoded_file
 from party.mapping import shipped_mapping
+from party.positions_file import read_positions
 from party.sensitive_strings import sensitive_strings
-from protocol.audit_verify import verify_audit_log
 from protocol.clk_file import ClkFileWriter, read_clks, read_header
 from protocol.errors import AuditError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from protocol.messages import ProjectSettings, RunState
@@ -266,8 +266,10 @@ def test_case_32_the_department_scan_blocks_a_seeded_payload(
 
 
 def _positions(directory: Path) -> dict[int, str]:
-    with (directory / "moj.positions.csv").open(encoding="utf-8", newline="") as handle:
-        return {int(row["position"]): row["record_id"] for row in csv.DictReader(handle)}
+    return {
+        position: record_id
+        for _, record_id, position in read_positions(directory / "moj.positions.csv")
+    }
 
 
 def test_case_32_an_unkeyed_encoding_is_flagged(tmp_path: Path) -> None:
@@ -345,8 +347,8 @@ def test_case_34_positions_are_shuffled_not_row_order(tmp_path: Path) -> None:
         (f"r{i:04d}", f"Name{i}", "Lee", "01/02/1990", "Female", "SW1A 1AA") for i in range(400)
     ]
     encode_rows(tmp_path, "moj", rows)
-    lines = (tmp_path / "moj.positions.csv").read_text().splitlines()[1:]
-    positions = np.array([int(line.split(",")[1]) for line in lines])
+    lines = list(read_positions(tmp_path / "moj.positions.csv"))
+    positions = np.array([position for _, _, position in lines])
     assert len(lines) == 400 and MOJ_HEADER[0] == "person_id"
     assert not np.array_equal(positions, np.arange(400))
     assert abs(np.corrcoef(positions, np.arange(400))[0, 1]) < 0.2

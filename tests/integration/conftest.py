@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
+from linkage_unit.pki import CertificateSet, init_certificates
 from linkage_unit.server import LinkageUnitServer, ServerConfig, create_server
 from party.client import LinkageClient
-from protocol.certificates import CertificateSet, init_certificates
-from tests.service_helpers import MemoryAuditSink
+from tests.processes import lu_process  # noqa: F401 - a fixture for the tests here
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,10 @@ def start_server(pki: CertificateSet, tmp_path: Path) -> Iterator[StartServer]:
     started: list[LinkageUnitServer] = []
 
     def start(
-        data_dir: Path | None = None, audit: MemoryAuditSink | None = None, **overrides: Any
+        data_dir: Path | None = None,
+        audit: Any = None,
+        clock: Any = None,
+        **overrides: Any,
     ) -> LinkageUnitServer:
         values: dict[str, Any] = {
             "data_dir": data_dir or tmp_path / "lu",
@@ -44,7 +47,8 @@ def start_server(pki: CertificateSet, tmp_path: Path) -> Iterator[StartServer]:
             "require_manifest": False,
         }
         values.update(overrides)
-        server = create_server(ServerConfig(**values), audit=audit)
+        options = {} if clock is None else {"clock": clock}
+        server = create_server(ServerConfig(**values), audit=audit, **options)
         started.append(server)
         server.start()
         return server

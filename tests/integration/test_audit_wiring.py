@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from auditor.verify import AuditView, verify_audit_log
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
 from party.manifest import create_party_signing_key, manifest_path_for, write_manifest_for_file
-from protocol.audit_verify import verify_audit_log
 from protocol.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from protocol.manifest import read_manifest, sign_manifest
 from protocol.messages import ProjectSettings, RunState
@@ -139,7 +139,7 @@ def test_payloads_are_deleted_once_every_party_fetched_its_keys(
     (tmp_path / "a.jsonl").write_bytes(log)
     (tmp_path / "a.jsonl.head").write_bytes(head)
     key = load_public_key(connect(server, "auditor").audit_public_key())
-    report = verify_audit_log(tmp_path / "a.jsonl", key)
+    report = verify_audit_log(tmp_path / "a.jsonl", key, view=AuditView(project_id="p1"))
     assert report.passed and any(
         check.name == "retention" and check.status == "pass" for check in report.checks
     ), report.to_text()
@@ -152,10 +152,14 @@ def test_submit_refuses_a_file_its_leak_scan_flags(tmp_path: Path, capsys) -> No
     extract = tmp_path / "synth" / "moj.csv"
     surname = extract.read_text().splitlines()[1].split(",")
     # An "encoded" file that carries a raw value of the extract in its CLK bytes.
-    clks = np.zeros((40, 4), dtype=np.uint64)
-    raw = max(surname, key=len).encode().ljust(32, b" ")[:32] * 40
-    clks = np.frombuffer(raw, dtype="<u8").reshape(40, 4).copy()
-    path = write_clk_file(tmp_path / "moj.clk", clks, project_id="p1")
+    # As wide as the shipped schema's CLKs, so the known-key check can compare them too.
+    raw = max(surname, key=len).encode().ljust(128, b" ")[:128] * 40
+    clks = np.frombuffer(raw, dtype="<u8").reshape(40, 16).copy()
+    path = write_clk_file(tmp_path / "moj.clk", clks, project_id="p1", clk_bits=1024)
+    # The rescan's known-key check finds records through the private positions file.
+    (tmp_path / "moj.clk.positions.csv").write_text(
+        "record_id,position\n" + "".join(f"r{i},{i}\n" for i in range(40)), encoding="utf-8"
+    )
     main(["keygen", "--signing", "--out", str(tmp_path / "sign.pem")])
     capsys.readouterr()
     code = main(

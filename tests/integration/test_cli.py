@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -63,10 +64,14 @@ def test_operator_and_parties_drive_a_project_from_the_command_line(tmp_path: Pa
                 software_version="0.1.0",
                 leak_scan_strings=1,
                 leak_scan_rows=1,
+                unkeyed_check=True,
             )
             assert main(["submit", str(path), "--party", party, *tls(f"party-{party}")]) == 0
-        assert main(["project", "run", "p1", "--wait", "20", *tls("operator")]) == 0
-        assert "finished" in capsys.readouterr().out
+        capsys.readouterr()
+        assert main(["project", "run", "p1", "--wait", "20", "--json", *tls("operator")]) == 0
+        ran = json.loads(capsys.readouterr().out)
+        assert ran["state"] == "queued" or ran["state"] == "running"
+        assert ran["status"]["run_state"] == "finished" and ran["status"]["comparisons"] > 0
         positions = tmp_path / "moj-positions.csv"
         positions.write_text(
             "record_id,position\n" + "".join(f"r{i:03d},{i}\n" for i in range(15)), encoding="utf-8"
@@ -78,10 +83,259 @@ def test_operator_and_parties_drive_a_project_from_the_command_line(tmp_path: Pa
             rows = list(csv.DictReader(handle))
         assert sorted(row["own_record_id"] for row in rows) == [f"r{i:03d}" for i in range(15)]
         assert len({row["link_key"] for row in rows}) == 15
-        # Another party's keys: a one-line error and the documented exit code.
+        # Another party's keys with moj's certificate: refused before asking, saying why.
         code = main(["fetch", "p1", "--party", "dfe", "--positions", str(positions),
                      "--output", str(tmp_path / "x.csv"), *tls("party-moj")])  # fmt: skip
-        assert code == ExitCode.SERVICE
-        assert "error: NotFoundError:" in capsys.readouterr().err
+        assert code == ExitCode.CONFIGURATION
+        assert "error: ConfigurationError: --party dfe does not match" in capsys.readouterr().err
     finally:
         server.stop(0)
+
+
+# -- issue 16: binding, early refusal, misclassified errors, --json, health ------------------
+
+
+@pytest.fixture
+def deployment(tmp_path: Path):
+    """certs init (as the CLI does it), a real mutual-TLS LU, synthetic moj + dfe extracts,
+    a linkage secret and each party's signing key."""
+    from bloomlink.synth import SynthConfig, generate, write
+
+    certs = tmp_path / "certs"
+    assert main(["certs", "init", "--dir", str(certs), "--parties", "moj,dfe"]) == 0
+    server = create_server(
+        ServerConfig(
+            data_dir=tmp_path / "lu",
+            listen="127.0.0.1:0",
+            ca_certificate=certs / "ca.pem",
+            certificate=certs / "linkage-unit.pem",
+            private_key=certs / "linkage-unit.key",
+            grace_seconds=0.5,
+        )
+    )
+    port = server.start()
+    write(
+        generate(SynthConfig(departments=("moj", "dfe"), records=120, overlap=0.5,
+                             difficulty="none", seed=5)),
+        tmp_path / "synth",
+    )  # fmt: skip
+    assert main(["keygen", "--out", str(tmp_path / "secret.key")]) == 0
+    for party in ("moj", "dfe"):
+        assert main(["keygen", "--signing", "--out", str(tmp_path / f"{party}-signing.pem")]) == 0
+    try:
+        yield tmp_path, port
+    finally:
+        server.stop(0)
+
+
+def _tls(base: Path, port: int, role: str, host: str = "127.0.0.1") -> list[str]:
+    certs = base / "certs"
+    return ["--target", f"{host}:{port}", "--ca", str(certs / "ca.pem"),
+            "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
+            "--timeout", "5"]  # fmt: skip
+
+
+def _encode(base: Path, party: str, *extra: str) -> list[str]:
+    return ["encode", str(base / "synth" / f"{party}.csv"), "--project", "p1",
+            "--layout", party, "--party", party, "--secret-file", str(base / "secret.key"),
+            "--signing-key", str(base / f"{party}-signing.pem"),
+            "--out", str(base / f"{party}.clk"), "--workers", "1", *extra]  # fmt: skip
+
+
+def _json(capsys: pytest.CaptureFixture[str]) -> dict:
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == 1, out  # exactly one JSON object and nothing else
+    return json.loads(lines[0])
+
+
+def _create(base: Path, port: int, fingerprint: str, capsys) -> dict:
+    code = main(["project", "create", "p1", "--parties", "moj,dfe", "--threshold", "0.8",
+                 "--schema-fingerprint", fingerprint, "--json", *_tls(base, port, "operator")])  # fmt: skip
+    assert code == 0
+    return _json(capsys)
+
+
+def test_json_outputs_and_a_reencode_cannot_scramble_the_keys(deployment, capsys) -> None:
+    base, port = deployment
+    capsys.readouterr()
+    assert main(["schema", "check", "--json"]) == 0
+    schema = _json(capsys)
+    assert len(bytes.fromhex(schema["fingerprint"])) == 32 and "surname" in schema["fields"]
+    created = _create(base, port, schema["fingerprint"], capsys)
+    assert created["project_id"] == "p1" and created["members"] == ["moj", "dfe"]
+    encoded = {}
+    for party in ("moj", "dfe"):
+        assert main(_encode(base, party, "--json")) == 0
+        encoded[party] = _json(capsys)
+        assert encoded[party]["records_encoded"] == 120
+        assert encoded[party]["leak_scan"]["unkeyed_check"] is True
+        assert {item["field"] for item in encoded[party]["fields"]} >= {"forename", "surname"}
+    for party in ("moj", "dfe"):
+        code = main(["submit", str(base / f"{party}.clk"), "--party", party, "--json",
+                     *_tls(base, port, f"party-{party}")])  # fmt: skip
+        assert code == 0
+        submitted = _json(capsys)
+        assert submitted["state"] == "complete"
+        assert submitted["payload_sha256"] == encoded[party]["payload_sha256"]
+    assert main(["project", "status", "p1", "--wait", "30", "--json",
+                 *_tls(base, port, "operator")]) == 0  # fmt: skip
+    status = _json(capsys)
+    # Retention (delete-after-run): the payloads are gone, their digests are remembered.
+    assert status["run_state"] == "finished" and status["uploads"] == {
+        "moj": "deleted", "dfe": "deleted"}  # fmt: skip
+    assert main(["health", "--json", *_tls(base, port, "operator")]) == 0
+    assert _json(capsys) == {"target": f"127.0.0.1:{port}", "service": "bloomlink.v1.LinkageUnit",
+                             "status": "SERVING", "serving": True}  # fmt: skip
+    # The department keeps the positions file of what it sent; then re-encodes to the same
+    # --out. encode refuses to replace the files without --force...
+    positions = base / "moj.clk.positions.csv"
+    kept = base / "moj-submitted.positions.csv"
+    kept.write_bytes(positions.read_bytes())
+    assert main(_encode(base, "moj")) == ExitCode.CONFIGURATION
+    assert "--force" in capsys.readouterr().err
+    assert kept.read_bytes() == positions.read_bytes()
+    # ...and with --force, fetch refuses the new positions file for the old submission,
+    # where it once wrote scrambled keys with exit 0.
+    assert main(_encode(base, "moj", "--force")) == 0
+    capsys.readouterr()
+    fetch = ["fetch", "p1", "--party", "moj", "--output", str(base / "keys.csv"), "--json",
+             *_tls(base, port, "party-moj")]  # fmt: skip
+    assert main([*fetch, "--positions", str(positions)]) == ExitCode.CONFIGURATION
+    err = capsys.readouterr().err
+    assert "not the file party moj submitted" in err and not (base / "keys.csv").exists()
+    assert main([*fetch, "--positions", str(kept)]) == 0
+    fetched = _json(capsys)
+    assert fetched["link_keys"] == 120 and fetched["positions_checked"] is True
+    with (base / "keys.csv").open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 120
+    # The operator fetches the audit log and verifies it, both as JSON.
+    audit = base / "audit"
+    assert main(["audit", "fetch", "--out", str(audit), "--json",
+                 *_tls(base, port, "operator")]) == 0  # fmt: skip
+    fetched_log = _json(capsys)
+    assert fetched_log["entries"] > 5 and fetched_log["log"] == str(audit / "audit.jsonl")
+    assert main(["audit", "verify", "--log", str(audit / "audit.jsonl"), "--public-key",
+                 str(audit / "lu-audit-key.pem"), "--json"]) == 0  # fmt: skip
+    verified = json.loads(capsys.readouterr().out)
+    assert verified["passed"] is True
+
+
+def test_submit_refuses_a_file_for_another_schema_before_sending(deployment, capsys) -> None:
+    base, port = deployment
+    _create(base, port, "ab" * 32, capsys)  # not the shipped schema's fingerprint
+    assert main(_encode(base, "moj")) == 0
+    capsys.readouterr()
+    code = main(["submit", str(base / "moj.clk"), "--party", "moj",
+                 *_tls(base, port, "party-moj")])  # fmt: skip
+    assert code == ExitCode.INCOMPATIBLE
+    err = capsys.readouterr().err
+    assert "project p1 expects schema abababababab" in err and "nothing was sent" in err
+    assert "a different schema file?" in err  # the plain words
+    assert main(["project", "status", "p1", "--json", *_tls(base, port, "operator")]) == 0
+    assert _json(capsys)["uploads"]["moj"] == "not_started"
+
+
+def test_party_flag_not_matching_the_certificate_says_so(deployment, capsys) -> None:
+    base, port = deployment
+    capsys.readouterr()
+    positions = base / "p.csv"
+    positions.write_text("record_id,position\n", encoding="utf-8")
+    code = main(["fetch", "p1", "--party", "dfe", "--positions", str(positions),
+                 "--output", str(base / "k.csv"), *_tls(base, port, "party-moj")])  # fmt: skip
+    assert code == ExitCode.CONFIGURATION
+    err = capsys.readouterr().err
+    assert "--party dfe does not match your certificate, which is party moj's" in err
+    assert "no link keys" not in err
+
+
+def test_a_host_name_not_in_the_certificate_is_a_configuration_error(
+    tmp_path: Path, capsys
+) -> None:
+    """The LU's certificate names lu.internal and 10.9.9.9; the client dials 127.0.0.1. That
+    is the caller's setup, not an outage: no 'unavailable, retry later'."""
+    certs = tmp_path / "certs"
+    assert main(["certs", "init", "--dir", str(certs), "--parties", "moj",
+                 "--host", "lu.internal", "--address", "10.9.9.9"]) == 0  # fmt: skip
+    server = create_server(
+        ServerConfig(
+            data_dir=tmp_path / "lu",
+            listen="127.0.0.1:0",
+            ca_certificate=certs / "ca.pem",
+            certificate=certs / "linkage-unit.pem",
+            private_key=certs / "linkage-unit.key",
+            grace_seconds=0.5,
+        )
+    )
+    port = server.start()
+    try:
+        capsys.readouterr()
+        assert main(["project", "status", "p1", *_tls(tmp_path, port, "operator")]) == (
+            ExitCode.CONFIGURATION
+        )
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "does not name '127.0.0.1'" in err
+        assert "--server-name" in err and "retry later" not in err
+        # The flag it names fixes it.
+        args = ["project", "status", "p1", *_tls(tmp_path, port, "operator")]
+        assert main([*args, "--server-name", "lu.internal"]) == ExitCode.SERVICE  # not found
+        assert "NotFoundError" in capsys.readouterr().err
+    finally:
+        server.stop(0)
+
+
+def test_serve_logs_json_to_a_file_without_grpc_handshake_noise(tmp_path: Path) -> None:
+    """`bloomlink serve` in its own process, as an operator runs it: the example config,
+    JSON logs to a file, and no 'Handshake failed ... PEER_DID_NOT_RETURN_A_CERTIFICATE' from
+    the LU's own mutual-TLS self-check on stderr."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    assert main(["certs", "init", "--dir", str(tmp_path / "pki"), "--parties", "moj,dfe"]) == 0
+    config = tmp_path / "lu.toml"
+    config.write_text(
+        (Path(__file__).resolve().parents[2] / "lu.example.toml")
+        .read_text(encoding="utf-8")
+        .replace('"127.0.0.1:50051"', '"127.0.0.1:0"'),
+        encoding="utf-8",
+    )
+    environment = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bloomlink",
+            "serve",
+            "--config",
+            "lu.toml",
+            "--log-format",
+            "json",
+            "--log-file",
+            "lu.log",
+        ],  # fmt: skip
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert line.startswith("linkage unit listening on port "), line
+        port = int(line.rsplit(" ", 1)[1])
+        pki = tmp_path / "pki"
+        assert main(["health", "--target", f"localhost:{port}", "--ca", str(pki / "ca.pem"),
+                     "--cert", str(pki / "operator.pem"), "--key", str(pki / "operator.key")]) == 0  # fmt: skip
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert "Handshake failed" not in stderr and "PEER_DID_NOT_RETURN" not in stderr
+    entries = [json.loads(text) for text in (tmp_path / "lu.log").read_text().splitlines()]
+    messages = [entry["message"] for entry in entries]
+    assert any(message.startswith("mutual TLS self-check passed") for message in messages)
+    assert any(message.startswith("linkage unit serving") for message in messages)

@@ -16,6 +16,7 @@ import pytest
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
 from linkage_unit.audit_log import AuditLog
+from protocol.audit_events import ChecksPassed
 
 pytestmark = pytest.mark.integration
 
@@ -109,7 +110,7 @@ def test_tampering_with_the_demo_log_fails_naming_the_entry(
         # an entry of another log (another LU, another project), at the same position
         with AuditLog.open(tmp_path / "other.jsonl", signing_key_path=tmp_path / "o.pem") as other:
             for _ in range(4):
-                other.append("checks_passed", project_id="elsewhere", details={"parties": "aa,bb"})
+                other.append(ChecksPassed(project_id="elsewhere", parties=("aa", "bb")))
         lines = list(original)
         lines[3] = (tmp_path / "other.jsonl").read_bytes().splitlines(keepends=True)[3]
         expected = 3

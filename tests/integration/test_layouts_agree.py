@@ -11,6 +11,7 @@ import pytest
 
 from bloomlink.cli import main
 from party.manifest import check_manifest_for_file, manifest_path_for
+from party.positions_file import read_positions
 from protocol.clk_file import read_clks
 
 LAYOUTS = ("moj", "dfe", "hmpps")
@@ -68,11 +69,8 @@ def test_uncorrupted_synth_layouts_give_identical_clks_per_person(tmp_path: Path
         _, clks = read_clks(encoded)
         # encode leak-scanned its own output and signed a manifest for exactly this payload
         assert check_manifest_for_file(encoded, manifest_path_for(encoded), party=layout)
-        with (tmp_path / f"{layout}.clk.positions.csv").open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                clk_of[(layout, row["record_id"])] = np.asarray(
-                    clks[int(row["position"])]
-                ).tobytes()
+        for _, record_id, position in read_positions(tmp_path / f"{layout}.clk.positions.csv"):
+            clk_of[(layout, record_id)] = np.asarray(clks[position]).tobytes()
     by_person: dict[str, set[bytes]] = {}
     records_per_person: dict[str, int] = {}
     with (data / "truth.csv").open(newline="") as handle:

@@ -7,13 +7,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from linkage_unit.pki import create_authority, issue_client_certificate
 from linkage_unit.server import ServerConfig, create_server
 from party.client import LinkageClient
-from protocol.certificates import (
-    TlsFiles,
-    create_authority,
-    issue_client_certificate,
-)
 from protocol.errors import (
     ConfigurationError,
     NotFoundError,
@@ -24,6 +20,7 @@ from protocol.identity import Identity, Role
 from protocol.messages import ProjectSettings, RunState
 from protocol.pb import linkage_pb2 as pb
 from protocol.pb import linkage_pb2_grpc as pb_grpc
+from protocol.tls import TlsFiles
 from tests.service_helpers import SCHEMA_FINGERPRINT, planted_party_clks, write_clk_file
 
 pytestmark = pytest.mark.integration

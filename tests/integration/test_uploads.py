@@ -9,20 +9,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from party.client import error_from_rpc
 from protocol import serde
-from protocol.certificates import certificate_fingerprint
 from protocol.clk_file import HEADER_LENGTH, read_header
 from protocol.errors import (
     AlreadyExistsError,
+    CompatibilityError,
     InvalidRequestError,
     ResourceLimitError,
 )
 from protocol.messages import ProjectSettings, RunState, UploadChunk, UploadHeader, UploadState
 from protocol.pb import linkage_pb2 as pb
 from protocol.pb import linkage_pb2_grpc as pb_grpc
+from protocol.tls import certificate_fingerprint
 from tests.service_helpers import (
     SCHEMA_FINGERPRINT,
     MemoryAuditSink,
@@ -178,12 +180,21 @@ def test_duplicate_upload(uploaded, connect, pki, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("aspect", "options"),
-    [("kcv", {"kcv": bytes(16)}), ("schema_fingerprint", {"schema_fingerprint": bytes(32)})],
+    ("aspect", "options", "words"),
+    [
+        ("kcv", {"kcv": bytes(16)}, "a different linkage secret?"),
+        ("schema_fingerprint", {"schema_fingerprint": bytes(32)}, "different schema"),
+        ("clk_bits", {"clk_bits": 512}, "bits long"),
+    ],
 )
-def test_mismatched_party_refuses_the_run_and_is_named(
-    start_server, connect, tmp_path: Path, aspect, options
+def test_an_incompatible_upload_is_refused_when_its_header_arrives(
+    start_server, connect, pki, tmp_path: Path, aspect, options, words
 ) -> None:
+    """Once MoJ has uploaded, DfE's header with another KCV or CLK length (or, from the
+    first upload on, another schema than the project's) is refused at once with
+    CompatibilityError naming DfE and the aspect in plain words: no byte is stored, the
+    refusal is audited, and no run starts. Before, the whole file was accepted and only the
+    run was refused."""
     audit = MemoryAuditSink()
     server = start_server(audit=audit)
     operator = connect(server, "operator")
@@ -192,12 +203,38 @@ def test_mismatched_party_refuses_the_run_and_is_named(
     connect(server, "moj").upload_file(
         write_clk_file(tmp_path / "m.clk", clks["moj"], project_id="p1"), party_id="moj"
     )
-    dfe_file = write_clk_file(tmp_path / "d.clk", clks["dfe"], project_id="p1", **options)
-    connect(server, "dfe").upload_file(dfe_file, party_id="dfe")
+    dfe_clks = clks["dfe"] if aspect != "clk_bits" else np.hstack([clks["dfe"], clks["dfe"]])
+    dfe_file = write_clk_file(tmp_path / "d.clk", dfe_clks, project_id="p1", **options)
+    channel, stub = _stub(server, pki, "dfe")
+    with channel, pytest.raises(CompatibilityError) as caught:
+        _send(stub, _messages(dfe_file, "dfe"))
+    assert (caught.value.party, caught.value.aspect) == ("dfe", aspect)
+    assert words in caught.value.message
+    assert server.storage.upload("p1", "dfe") is None
+    assert not (server.config.data_dir / "payloads" / "p1" / "dfe.partial").exists()
+    assert audit.named("upload_refused") == [{"party": "dfe", "reason": aspect}]
+    assert operator.project_status("p1").run_state is RunState.WAITING_FOR_UPLOADS
+    assert not audit.named("run_started")
+
+
+def test_the_run_still_checks_what_a_header_cannot_show(
+    start_server, connect, tmp_path: Path
+) -> None:
+    """Headers that agree pass the early check; the CLKs themselves (here DfE's bit density
+    far from MoJ's) are still checked before any comparison, and the run is refused."""
+    audit = MemoryAuditSink()
+    server = start_server(audit=audit)
+    operator = connect(server, "operator")
+    _project(operator)
+    clks = planted_party_clks(["moj", "dfe"], seed=6, records=20, shared=0)
+    clks["dfe"] = clks["dfe"] & (clks["dfe"] >> 1) & (clks["dfe"] >> 2)
+    for party in ("moj", "dfe"):
+        path = write_clk_file(tmp_path / f"{party}.clk", clks[party], project_id="p1")
+        connect(server, party).upload_file(path, party_id=party)
     status = operator.wait_for_run("p1", timeout=20)
     assert status.run_state is RunState.REFUSED
-    assert (status.check_party_id, status.check_aspect) == ("dfe", aspect)
-    assert audit.named("checks_failed") == [{"party": "dfe", "aspect": aspect}]
+    assert (status.check_party_id, status.check_aspect) == ("dfe", "bit_density")
+    assert audit.named("checks_failed") == [{"party": "dfe", "aspect": "bit_density"}]
     assert not audit.named("run_started")
     again = operator.start_run("p1")  # the operator's retry is checked, and refused, again
     retried = operator.wait_for_run("p1", timeout=20)

@@ -99,7 +99,7 @@ def test_dask_gives_the_in_process_link_structure(
     settings = matching.MatchSettings(
         threshold=0.8,
         blocking=blocking,
-        deduplicate=deduplicate,
+        deduplicated=frozenset(clks) if deduplicate else frozenset(),
         blocking_seed=5,
         blocking_settings=BlockingSettings(bands=24, bits_per_band=10),
     )

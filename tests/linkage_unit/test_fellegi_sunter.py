@@ -200,10 +200,11 @@ def test_models_are_checked() -> None:
     seed=st.integers(0, 2**32 - 1),
     pairs=st.integers(0, 40),
     sizes=st.tuples(st.integers(1, 12), st.integers(1, 12)),
-    matched=st.tuples(st.floats(0.001, 0.999), st.floats(0.001, 0.999)),
+    # None: that side's records may match several of the other party's (deduplicated).
+    matched=st.tuples(st.none() | st.floats(0.001, 0.999), st.none() | st.floats(0.001, 0.999)),
 )
 def test_exclusive_weights_agree_with_the_reference(
-    seed: int, pairs: int, sizes: tuple[int, int], matched: tuple[float, float]
+    seed: int, pairs: int, sizes: tuple[int, int], matched: tuple[float | None, float | None]
 ) -> None:
     generator = np.random.default_rng(seed)
     codes = generator.choice(sizes[0] * sizes[1], min(pairs, sizes[0] * sizes[1]), replace=False)
@@ -232,3 +233,24 @@ def test_a_pair_without_rivals_gains_and_one_with_a_stronger_rival_loses() -> No
     assert adjusted[0] == pytest.approx(-1.0 + 2.0)  # both records free: odds x 1 / 0.5**2
     assert adjusted[1] < pairwise[1]
     assert adjusted[2] > pairwise[2] - 0.1
+
+
+def test_only_the_side_whose_party_is_duplicate_free_has_rivals() -> None:
+    # Right record 0 has two left candidates; left record 0 has one right candidate. With the
+    # left party deduplicated (right_matched None), right 0's two partners may both be right:
+    # only each left record's own rivals (none here) and its matched share count.
+    left = np.array([0, 1])
+    right = np.array([0, 0])
+    pairwise = np.array([3.0, 3.0])
+    one_sided = exclusive_weights(
+        left, right, pairwise, left_size=2, right_size=1, left_matched=0.5, right_matched=None
+    )
+    np.testing.assert_allclose(one_sided, pairwise + 1.0)  # odds x 1 / (1 - 0.5)
+    both = exclusive_weights(
+        left, right, pairwise, left_size=2, right_size=1, left_matched=0.5, right_matched=0.5
+    )
+    assert (both < one_sided).all()  # the rival on the right side costs each pair
+    neither = exclusive_weights(
+        left, right, pairwise, left_size=2, right_size=1, left_matched=None, right_matched=None
+    )
+    np.testing.assert_allclose(neither, pairwise)

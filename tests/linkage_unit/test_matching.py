@@ -48,7 +48,7 @@ def test_three_parties_and_deduplication() -> None:
     assert np.array_equal(result.clusters["a"][:50], result.clusters["c"][:50])
     assert np.array_equal(result.clusters["a"][:100], result.clusters["b"])
     one = np.concatenate([a[:100], noisy_copies(generator, a[:100], 0.03)])
-    deduplicated = link({"a": one}, MatchSettings(threshold=0.8, deduplicate=True))
+    deduplicated = link({"a": one}, MatchSettings(threshold=0.8, deduplicated=frozenset({"a"})))
     assert np.array_equal(deduplicated.clusters["a"][:100], deduplicated.clusters["a"][100:])
     assert deduplicated.cluster_count == 100
 
@@ -67,7 +67,7 @@ def test_all_records_identical() -> None:
     same = np.tile(random_clks(np.random.default_rng(6), 1), (40, 1))
     result = link({"a": same, "b": same.copy()}, MatchSettings(threshold=0.8))
     assert result.cluster_count == 40 and result.linked_record_count == 80
-    deduplicated = link({"a": same}, MatchSettings(threshold=0.8, deduplicate=True))
+    deduplicated = link({"a": same}, MatchSettings(threshold=0.8, deduplicated=frozenset({"a"})))
     assert deduplicated.cluster_count == 1
 
 
@@ -112,3 +112,55 @@ def test_result_is_a_link_result_with_one_id_per_record() -> None:
     assert isinstance(result, LinkResult)
     assert len(result.clusters["a"]) == 1200 and len(result.clusters["b"]) == 900
     assert result.comparisons == 1200 * 900
+
+
+def planted_repeats(seed: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Party a: 600 people, 200 of them with a second and 100 with a third noisy record;
+    party b (duplicate-free): noisy copies of a's first 300 people and 300 others."""
+    generator = np.random.default_rng(seed)
+    people = random_clks(generator, 600)
+    a = np.concatenate(
+        [
+            people,
+            noisy_copies(generator, people[:200], 0.04),
+            noisy_copies(generator, people[:100], 0.04),
+        ]
+    )
+    b = np.concatenate([noisy_copies(generator, people[:300], 0.04), random_clks(generator, 300)])
+    return a, b
+
+
+def test_deduplicate_and_link_clusters_people_across_and_within_parties() -> None:
+    a, b = planted_repeats()
+    result = link({"a": a, "b": b}, MatchSettings(deduplicated=frozenset({"a"}), blocking_seed=2))
+    ids_a, ids_b = result.clusters["a"], result.clusters["b"]
+    # Each person's records in a share one cluster, with its record in b (first 300 people).
+    np.testing.assert_array_equal(ids_a[:200], ids_a[600:800])
+    np.testing.assert_array_equal(ids_a[:100], ids_a[800:])
+    np.testing.assert_array_equal(ids_a[:300], ids_b[:300])
+    assert len(np.unique(ids_a[:600])) == 600 and not set(ids_b[300:]) & set(ids_a)
+    assert result.cluster_count == 600 + 300
+    assert result.statistics.largest_cluster == 4  # three records in a, one in b
+    # b is duplicate-free, so each a record's second-best in b is a non-match: the null
+    # model applies; with every party deduplicated there is no such party.
+    assert result.threshold_method == "null-model"
+    both = link(
+        {"a": a, "b": b}, MatchSettings(deduplicated=frozenset({"a", "b"}), blocking_seed=2)
+    )
+    assert both.threshold_method != "null-model"
+    np.testing.assert_array_equal(both.clusters["a"][:300], both.clusters["b"][:300])
+
+
+def test_deduplicate_only_a_party_not_in_the_run_is_refused() -> None:
+    a, _ = planted_repeats()
+    with pytest.raises(MatchingError, match="cannot deduplicate c: not a party"):
+        link({"a": a}, MatchSettings(deduplicated=frozenset({"c"})))
+    with pytest.raises(MatchingError, match="at least two parties"):
+        link({"a": a}, MatchSettings())
+
+
+def test_a_giant_cluster_fails_the_run() -> None:
+    same = np.tile(random_clks(np.random.default_rng(9), 1), (30, 1))
+    settings = MatchSettings(threshold=0.8, deduplicated=frozenset({"a"}), max_cluster_size=20)
+    with pytest.raises(MatchingError, match="more than 20 records"):
+        link({"a": same}, settings)

@@ -144,12 +144,47 @@ def test_three_parties_and_deduplication_with_the_model() -> None:
     one = np.concatenate([a[:300], b[:300], b[300:]])
     deduplicated = link(
         {"a": one},
-        MatchSettings(deduplicate=True, blocking_seed=5, model=ModelSettings(random_pairs=200_000)),
+        MatchSettings(
+            deduplicated=frozenset({"a"}),
+            blocking_seed=5,
+            model=ModelSettings(random_pairs=200_000),
+        ),
         layout=LAYOUT,
     )
     ids = deduplicated.clusters["a"]
     assert (ids[:300] == ids[300:600]).mean() > 0.95
     assert len(set(ids[600:].tolist())) == 300
+
+
+def test_the_model_deduplicates_one_party_and_links_it_to_a_duplicate_free_one() -> None:
+    # Party a holds people 0-299 twice (records 0-299 and 300-599) and 300 others; b holds
+    # people 0-149 once and 450 others. The clustering takes the model's probabilities.
+    generator = np.random.default_rng(7)
+    first, b = grouped_parties(generator, LAYOUT, left=600, right=600, shared=150, changed=0.0)
+    a = np.concatenate([first[:300], noisy_copies(generator, first[:300], 0.01), first[300:]])
+    result = link(
+        {"a": a, "b": b},
+        MatchSettings(
+            deduplicated=frozenset({"a"}),
+            blocking_seed=5,
+            model=ModelSettings(random_pairs=200_000),
+        ),
+        layout=LAYOUT,
+    )
+    assert result.threshold_method == "fellegi-sunter" and result.scored is not None
+    ids_a, ids_b = result.clusters["a"], result.clusters["b"]
+    assert (ids_a[:300] == ids_a[300:600]).mean() > 0.95  # repeats together
+    assert (ids_a[:150] == ids_b[:150]).mean() > 0.9  # with their record in b
+    assert not set(ids_b[150:].tolist()) & set(ids_a.tolist())  # b's others alone
+    assert len(set(ids_a[600:].tolist())) == 300  # a's others alone
+    assert result.statistics.largest_cluster == 3
+    assert result.statistics.estimated is not None
+    assert result.statistics.estimated.f1 > 0.9
+    # No cluster holds two of b's records: b is duplicate-free.
+    assert len(set(ids_b.tolist())) == len(ids_b)
+    # Between the deduplicated a and the duplicate-free b the weights condition on a
+    # record's rivals in b only: the scores say so.
+    assert result.scored.exclusive and result.scored.deduplicated == (True, False)
 
 
 def test_a_layout_that_does_not_fit_the_clks_is_refused(
@@ -201,6 +236,12 @@ def test_estimated_quality_counts_links_made_and_matches_missed() -> None:
     # Probabilities that already condition on rivals are not discounted again.
     exclusive = estimate_quality(replace(scored, exclusive=True), clusters, [(0, 1)], never)
     assert exclusive.expected_missed_matches == pytest.approx(0.3 + 0.8, rel=1e-6)
+    # Left party deduplicated: right record 1 may match several left records, so only left
+    # record 0's own link (in the duplicate-free right party) rules the pair out.
+    one_sided = estimate_quality(
+        replace(scored, deduplicated=(True, False)), clusters, [(0, 1)], never
+    )
+    assert one_sided.expected_missed_matches == pytest.approx(0.3 * (1 - 0.9) + 0.8, rel=1e-6)
     accepted = scored.accepted()[0].pairs
     assert probability_of_weight(accepted.scores.astype(np.float64)).min() >= 0.5 - 1e-6
     assert accepted.left.tolist() == [0, 1, 2]

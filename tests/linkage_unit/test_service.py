@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
@@ -10,14 +11,21 @@ import pytest
 
 from linkage_unit import matching
 from linkage_unit.checks import check_clks, check_headers
-from linkage_unit.link_keys import issue_link_keys, keys_digest
+from linkage_unit.link_keys import issue_link_keys
 from linkage_unit.run import RunManager
 from linkage_unit.service import Caller, LinkageService
 from linkage_unit.storage import Storage
 from protocol.clk_file import HEADER_LENGTH, read_header
 from protocol.errors import CompatibilityError, NotFoundError
 from protocol.identity import Identity, Role
-from protocol.messages import LinkKeyMode, ProjectSettings, RunState, UploadChunk, UploadHeader
+from protocol.messages import (
+    LinkKeyMode,
+    ProjectSettings,
+    RunState,
+    UploadChunk,
+    UploadHeader,
+    link_keys_digest,
+)
 from tests.service_helpers import (
     SCHEMA_FINGERPRINT,
     MemoryAuditSink,
@@ -26,11 +34,16 @@ from tests.service_helpers import (
     write_clk_file,
 )
 
-OPERATOR = Caller(identity=Identity(role=Role.OPERATOR), certificate_fingerprint="op")
+OPERATOR = Caller(
+    identity=Identity(role=Role.OPERATOR), certificate_fingerprint=hashlib.sha256(b"op").hexdigest()
+)
 
 
 def party(name: str) -> Caller:
-    return Caller(identity=Identity(role=Role.PARTY, party=name), certificate_fingerprint=name)
+    return Caller(
+        identity=Identity(role=Role.PARTY, party=name),
+        certificate_fingerprint=hashlib.sha256(name.encode()).hexdigest(),
+    )
 
 
 def build(data_dir: Path, **run_options) -> LinkageService:
@@ -101,7 +114,9 @@ def test_link_keys_are_shared_within_clusters_and_fresh_otherwise() -> None:
     assert len({*by_position["moj"].values(), *by_position["dfe"].values()}) == 5
     assert all(len(key) == 26 for key in by_position["moj"].values())
     for party_keys in keys.values():
-        assert party_keys.keys_sha256 == keys_digest(party_keys.positions, party_keys.link_keys)
+        assert party_keys.keys_sha256 == link_keys_digest(
+            party_keys.positions, party_keys.link_keys
+        )
     per_party = issue_link_keys(clusters, LinkKeyMode.PER_PARTY)
     assert dict(zip(per_party["moj"].positions, per_party["moj"].link_keys, strict=True))[
         1

@@ -1,4 +1,4 @@
-"""Solving: the compiled greedy against its twin, and the de-duplication guard."""
+"""Solving: the compiled one-to-one greedy against its twin (clustering: test_clustering.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from linkage_unit.solving import (
     PartyPairs,
     reference_solve_linkage,
     solve_linkage,
-    solve_with_duplicates,
 )
 from protocol.errors import MatchingError
 
@@ -90,26 +89,6 @@ def test_multi_party_merge_refuses_a_second_record_of_a_party() -> None:
     assert a[0] == b[0] == c[0] and a[1] != a[0]
 
 
-def test_deduplication_groups_a_tight_cluster_but_not_a_chain() -> None:
-    # 0-1-2 all similar (a person with three records); 3-4-5-6 a chain of neighbours only.
-    tight = pairs([0, 0, 1], [1, 2, 2], [0.95, 0.94, 0.93])
-    chain = pairs([3, 4, 5], [4, 5, 6], [0.9, 0.89, 0.88])
-    items = [PartyPairs(left_party=0, right_party=0, pairs=tight),
-             PartyPairs(left_party=0, right_party=0, pairs=chain)]  # fmt: skip
-    (ids,) = solve_with_duplicates([7], items).clusters
-    assert ids[0] == ids[1] == ids[2]
-    assert len({ids[3], ids[4], ids[5], ids[6]}) == 2  # 3-4 and 5-6, not one chain
-
-
-def test_deduplication_combined_with_linkage() -> None:
-    items = [
-        PartyPairs(left_party=0, right_party=0, pairs=pairs([0], [1], [0.95])),
-        PartyPairs(left_party=0, right_party=1, pairs=pairs([0, 1], [0, 0], [0.96, 0.94])),
-    ]
-    a, b = solve_with_duplicates([3, 1], items).clusters
-    assert a[0] == a[1] == b[0] and a[2] != a[0]
-
-
 def test_records_without_pairs_get_their_own_cluster_and_empty_parties_work() -> None:
     solution = solve_linkage([3, 0], [])
     assert solution.cluster_count == 3
@@ -123,5 +102,3 @@ def test_bad_inputs_are_refused() -> None:
         )
     with pytest.raises(MatchingError, match="within one party"):
         solve_linkage([2], [PartyPairs(left_party=0, right_party=0, pairs=pairs([0], [1], [0.9]))])
-    with pytest.raises(MatchingError, match="min_link_fraction"):
-        solve_with_duplicates([2], [], min_link_fraction=0)

@@ -108,3 +108,22 @@ def test_a_clamped_valley_is_labelled_as_on_its_boundary() -> None:
     choice = choose_threshold(scores)
     assert choice.label == "valley-at-floor"
     assert ThresholdChoice(threshold=0.8, method=ThresholdMethod.OPERATOR).label == "operator"
+
+
+def test_null_model_for_a_clustering_run_pays_every_false_link() -> None:
+    # Overlapping match and non-match scores: in a one-to-one run a false link needs a free
+    # partner (about U/n of them), in a deduplicating one it does not, so its F1 estimate
+    # charges more false positives and the threshold goes up.
+    generator = np.random.default_rng(8)
+    best = np.clip(
+        np.concatenate([generator.normal(0.85, 0.06, 2000), generator.normal(0.66, 0.04, 3000)]),
+        0, 1,
+    )  # fmt: skip
+    null = np.clip(generator.normal(0.66, 0.04, 3000), 0, 1)
+    one_to_one = choose_threshold_with_null(best, null)
+    clustering = choose_threshold_with_null(best, null, one_to_one=False)
+    assert clustering.method == one_to_one.method == "null-model"
+    assert clustering.threshold > one_to_one.threshold
+    # Fewer unmatched records above it, as the estimate asks.
+    unmatched = best[2000:]
+    assert (unmatched >= clustering.threshold).sum() < (unmatched >= one_to_one.threshold).sum()

@@ -4,18 +4,26 @@ joinable through the positions file) and its parallel path."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import party.encoder_run
-from party.encoder_run import EncodeSummary, encode_extract
-from party.mapping import shipped_mapping
+from party import positions_file
+from party.encoder_run import (
+    BadRowLimit,
+    BadRowPolicy,
+    EncodeProgress,
+    EncodeSummary,
+    encode_extract,
+)
+from party.mapping import DepartmentMapping, shipped_mapping
 from protocol.clk_file import read_clks
 from protocol.encoding import ClkEncoder
 from protocol.errors import ConfigurationError, ExtractError, RecordError
-from protocol.schema import default_schema, parse_schema
+from protocol.schema import default_schema, load_schema, parse_schema
 from protocol.secret import LinkageSecret
 
 SECRET = LinkageSecret(bytes(range(32)))
@@ -59,8 +67,7 @@ def run(extract: Path, out: Path, *, seed: int | None = 7, **options: object) ->
 
 
 def read_positions(path: Path) -> dict[str, int]:
-    with path.open(encoding="utf-8", newline="") as handle:
-        return {row["record_id"]: int(row["position"]) for row in csv.DictReader(handle)}
+    return {record_id: position for _, record_id, position in positions_file.read_positions(path)}
 
 
 def expected_clks(rows: list[list[str]]) -> dict[str, bytes]:
@@ -275,14 +282,15 @@ def test_skip_and_blank_policies_count_what_they_did(dirs: tuple[Path, Path]) ->
     rows[7] = rows[7][:3]
     extract = write_csv(source / "moj.csv", rows)
 
-    skipped = run(extract, out, bad_rows="skip")
+    limit = BadRowLimit(rows=3)
+    skipped = run(extract, out, bad_rows="skip", max_bad_rows=limit)
     assert (skipped.rows_read, skipped.records_encoded, skipped.rows_skipped) == (10, 7, 3)
     assert skipped.problems_by_field == {"date_of_birth": 1, "sex": 1, "(row)": 1}
     assert set(read_positions(out / "moj.positions.csv")) == {
         row[0] for index, row in enumerate(rows) if index not in (2, 5, 7)
     }
 
-    blanked = run(extract, out, bad_rows="blank")
+    blanked = run(extract, out, bad_rows="blank", max_bad_rows=limit)
     assert (blanked.records_encoded, blanked.rows_skipped, blanked.values_blanked) == (9, 1, 2)
     _, clks = read_clks(out / "moj.clk")
     positions = read_positions(out / "moj.positions.csv")
@@ -297,7 +305,12 @@ def test_all_rows_skipped_writes_nothing(dirs: tuple[Path, Path]) -> None:
     source, out = dirs
     rows = [person(index)[:3] for index in range(4)]
     with pytest.raises(ExtractError, match="none of the 4 rows could be encoded"):
-        run(write_csv(source / "moj.csv", rows), out, bad_rows="skip")
+        run(
+            write_csv(source / "moj.csv", rows),
+            out,
+            bad_rows="skip",
+            max_bad_rows=BadRowLimit(percent=100),
+        )
     assert_nothing_written(out)
 
 
@@ -381,9 +394,13 @@ def test_missing_output_directory_is_created(dirs: tuple[Path, Path]) -> None:
 def test_progress_and_summary_carry_counts_not_values(dirs: tuple[Path, Path]) -> None:
     source, out = dirs
     rows = [person(index) for index in range(12)]
-    seen: list[int] = []
-    summary = run(write_csv(source / "moj.csv", rows), out, chunk_rows=5, progress=seen.append)
-    assert seen == [5, 10, 12]
+    seen: list[EncodeProgress] = []
+    extract = write_csv(source / "moj.csv", rows)
+    summary = run(extract, out, chunk_rows=5, progress=seen.append)
+    assert [item.rows_read for item in seen] == [5, 10, 12]
+    # The total is the file's size: a bar can show a percentage and an ETA from the start.
+    assert all(item.read is not None and item.read.total == extract.stat().st_size for item in seen)
+    assert seen[-1].read is not None and seen[-1].read.done == extract.stat().st_size
     line = summary.one_line()
     assert "encoded 12 of 12 rows" in line
     for row in rows:
@@ -486,12 +503,56 @@ def test_every_token_method_and_hardening_match_the_per_value_encoder(
         assert clks[positions[row[0]]].tobytes() == expected
 
 
+GROUPED_SCHEMAS = Path(__file__).resolve().parents[2] / "benchmarks" / "schemas"
+
+
+@pytest.mark.parametrize(
+    "name", ["grouped_salted.toml", "grouped_diffusion_w3.toml", "grouped_balance.toml"]
+)
+@pytest.mark.parametrize("bad_rows", ["fail", "blank"])
+def test_a_grouped_schema_writes_format_2_matching_the_per_value_encoder(
+    dirs: tuple[Path, Path], name: str, bad_rows: str
+) -> None:
+    # Schema v2 through the run's column path (salted sex keyed by its date, every group in
+    # its own words, each group hardened, a missing group all zero) against ClkEncoder.encode.
+    source, out = dirs
+    schema = load_schema(GROUPED_SCHEMAS / name)
+    rows = [person(index) for index in range(50)]
+    rows[3][3] = ""  # no date: the salted sex sets nothing, the birth group is all zero
+    rows[4][3] = "31/02/1990"  # not a date: blanked, so again no salt
+    if bad_rows == "fail":
+        rows[4][3] = "01/02/1990"
+    encode_extract(
+        extract_path=write_csv(source / "moj.csv", rows),
+        mapping=shipped_mapping("moj"),
+        schema=schema,
+        secret=SECRET,
+        project_id="demo",
+        encoded_path=out / "moj.clk",
+        positions_path=out / "moj.positions.csv",
+        chunk_rows=16,
+        bad_rows=bad_rows,
+        max_bad_rows=BadRowLimit(rows=1),  # the one blanked date (2 %, over the 1 % default)
+    )
+    header, clks = read_clks(out / "moj.clk")
+    assert header.format_version == 2 and header.layout == schema.layout
+    positions = read_positions(out / "moj.positions.csv")
+    bound = shipped_mapping("moj").bind(schema, HEADER)
+    encoder = ClkEncoder(schema, SECRET, project_id="demo")
+    blanked: list[RecordError] = []
+    for row in rows:
+        expected = encoder.encode(bound.normalise(row, row_number=1, blanked=blanked))
+        assert clks[positions[row[0]]].tobytes() == expected
+    birth = slice(*schema.layout.word_range(1))
+    assert not clks[positions[rows[3][0]], birth].any()
+
+
 def test_positions_file_quotes_ids_across_blocks(
     dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Blocks of 7 characters cut record ids mid-way, so every id crosses a block boundary
     # somewhere; ids with commas and quotes must come back whole from a CSV reader.
-    monkeypatch.setattr(party.encoder_run, "_IDS_BLOCK_CHARS", 7)
+    monkeypatch.setattr(positions_file, "_IDS_BLOCK_CHARS", 7)
     source, out = dirs
     rows = [person(index) for index in range(30)]
     odd_ids = ["A,1", 'B"2', 'C,"3"', "Dé4", "E 5", "F☃6"]
@@ -504,3 +565,147 @@ def test_positions_file_quotes_ids_across_blocks(
     _, clks = read_clks(out / "moj.clk")
     for record_id, clk in expected_clks(rows).items():
         assert clks[positions[record_id]].tobytes() == clk
+
+
+@pytest.mark.parametrize(
+    ("text", "limit"),
+    [("0", BadRowLimit(rows=0)), ("25", BadRowLimit(rows=25)), ("2.5%", BadRowLimit(percent=2.5)),
+     (" 1 % ", BadRowLimit(percent=1.0))],
+)  # fmt: skip
+def test_bad_row_limits_parse(text: str, limit: BadRowLimit) -> None:
+    assert BadRowLimit.parse(text) == limit
+
+
+@pytest.mark.parametrize("text", ["", "-1", "1.5", "x%", "101%", "ten"])
+def test_malformed_bad_row_limits_are_refused(text: str) -> None:
+    with pytest.raises(ConfigurationError, match="max-bad-rows|percentage|whole number"):
+        BadRowLimit.parse(text)
+
+
+@pytest.mark.parametrize("policy", [BadRowPolicy.SKIP, BadRowPolicy.BLANK])
+def test_more_bad_rows_than_the_default_one_percent_stop_the_run(
+    dirs: tuple[Path, Path], policy: BadRowPolicy
+) -> None:
+    """A wrong date format under skip or blank once gave 'encoded 7 of 300 rows' and exit 0."""
+    source, out = dirs
+    rows = [person(index) for index in range(300)]
+    for row in rows[7:]:
+        row[3] = row[3].replace("/", "-")  # 13-07-1985 against %d/%m/%Y
+    with pytest.raises(ExtractError) as raised:
+        run(write_csv(source / "moj.csv", rows), out, bad_rows=policy)
+    message = raised.value.message
+    assert "293 of 300 rows read were unusable" in message
+    assert "--max-bad-rows 1%" in message and "date_of_birth 293" in message
+    assert "row 8, field 'date_of_birth'" in message
+    assert rows[9][3] not in message
+    assert_nothing_written(out)
+
+
+def test_bad_rows_within_the_limit_are_counted_per_field(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    rows = [person(index) for index in range(200)]
+    rows[3][3] = "31/02/1990"  # rejected date: blanked
+    rows[4][5] = "NULL"  # a null marker: missing, not bad
+    summary = run(write_csv(source / "moj.csv", rows), out, bad_rows="blank")
+    counts = {item.field: item for item in summary.fields}
+    assert summary.rows_blanked == 1 and summary.values_blanked == 1
+    assert (counts["date_of_birth"].blanked, counts["date_of_birth"].missing) == (1, 1)
+    assert counts["postcode"].missing == 50 + 1 and counts["postcode"].blanked == 0  # "" and NULL
+    assert counts["forename"].fill_rate == 1.0
+    assert counts["date_of_birth"].fill_rate == pytest.approx(199 / 200)
+    record = summary.to_record()
+    assert record["fields"][2] == {  # type: ignore[index]
+        "field": "date_of_birth", "missing": 1, "blanked": 1, "skipped_rows": 0,
+        "fill_rate": 0.995,
+    }  # fmt: skip
+    text = "\n".join(summary.field_lines())
+    assert "date_of_birth" in text and "99.50%" in text and "31/02/1990" not in text
+
+
+def test_a_count_limit_stops_early_and_says_so(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    rows = [person(index) for index in range(40)]
+    for row in rows[:5]:
+        row[4] = "Xyzzy"
+    with pytest.raises(ExtractError, match="5 of 10 rows read were unusable"):
+        run(write_csv(source / "moj.csv", rows), out, bad_rows="skip", chunk_rows=10,
+            max_bad_rows=BadRowLimit(rows=4))  # fmt: skip
+    assert_nothing_written(out)
+
+
+def test_the_positions_file_names_its_project_and_payload(dirs: tuple[Path, Path]) -> None:
+    source, out = dirs
+    rows = [person(index) for index in range(5)]
+    rows[1][0] = 'MJ-"quoted", id'
+    summary = run(write_csv(source / "moj.csv", rows), out)
+    binding = positions_file.read_binding(out / "moj.positions.csv")
+    header = read_clks(out / "moj.clk")[0]
+    assert binding == positions_file.PositionsBinding(
+        project_id="demo", payload_sha256=header.payload_sha256.hex(), record_count=5
+    )
+    assert summary.payload_sha256 == header.payload_sha256.hex()
+    text = (out / "moj.positions.csv").read_text(encoding="utf-8")
+    assert text.splitlines()[1] == "record_id,position"
+    assert '"MJ-""quoted"", id",' in text  # the csv module's quoting
+    assert set(read_positions(out / "moj.positions.csv")) == {row[0] for row in rows}
+
+
+def test_version_one_positions_files_are_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "old.csv"
+    path.write_text('record_id,position\nA,1\n"B,2",0\n', encoding="utf-8")
+    assert positions_file.read_binding(path) is None
+    assert list(positions_file.read_positions(path)) == [(2, "A", 1), (3, "B,2", 0)]
+
+
+def test_typed_parquet_dates_need_no_format(dirs: tuple[Path, Path]) -> None:
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source, out = dirs
+    rows = [person(index) for index in range(4)]
+    births = [dt.datetime.strptime(row[3], "%d/%m/%Y") for row in rows]
+    table = pa.table(
+        {
+            "person_id": [row[0] for row in rows],
+            "forename": [row[1] for row in rows],
+            "surname": [row[2] for row in rows],
+            "date_of_birth": pa.array([birth.date() for birth in births], type=pa.date32()),
+            "gender": [row[4] for row in rows],
+            "postcode": [row[5] for row in rows],
+        }
+    )
+    pq.write_table(table, source / "moj.parquet")
+    mapping = replace_source(shipped_mapping("moj"), "date_of_birth", date_formats=())
+    summary = encode_extract(
+        extract_path=source / "moj.parquet", mapping=mapping, schema=default_schema(),
+        secret=SECRET, project_id="demo", encoded_path=out / "moj.clk",
+        positions_path=out / "moj.positions.csv",
+    )  # fmt: skip
+    assert summary.records_encoded == 4
+    _, clks = read_clks(out / "moj.clk")
+    positions = read_positions(out / "moj.positions.csv")
+    direct = expected_clks(rows)
+    assert all(clks[position].tobytes() == direct[rid] for rid, position in positions.items())
+    # A timestamp column reads as its date too.
+    stamped = table.set_column(3, "date_of_birth", pa.array(births, type=pa.timestamp("us")))
+    pq.write_table(stamped, source / "moj.parquet")
+    encode_extract(
+        extract_path=source / "moj.parquet", mapping=mapping, schema=default_schema(),
+        secret=SECRET, project_id="demo", encoded_path=out / "moj.clk",
+        positions_path=out / "moj.positions.csv",
+    )  # fmt: skip
+    _, clks = read_clks(out / "moj.clk")
+    positions = read_positions(out / "moj.positions.csv")
+    assert all(clks[position].tobytes() == direct[rid] for rid, position in positions.items())
+
+
+def replace_source(
+    mapping: DepartmentMapping, field_name: str, **changes: object
+) -> DepartmentMapping:
+    sources = tuple(
+        dataclasses.replace(source, **changes) if source.field_name == field_name else source  # type: ignore[arg-type]
+        for source in mapping.sources
+    )
+    return dataclasses.replace(mapping, sources=sources)

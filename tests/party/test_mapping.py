@@ -207,3 +207,89 @@ def test_mapping_files(tmp_path: Path) -> None:
         load_mapping(broken)
     with pytest.raises(MappingError, match="no shipped mapping"):
         shipped_mapping("nosuch")
+
+
+def test_dialect_and_pivot_problems_are_listed_too() -> None:
+    document = moj_document()
+    document.update(delimiter=";;", encoding="klingon", two_digit_year_pivot=25)
+    with pytest.raises(MappingError) as raised:
+        parse_mapping(document)
+    text = " | ".join(raised.value.problems)
+    assert "delimiter must be one character" in text
+    assert "two_digit_year_pivot must be a four-digit year" in text
+    assert "two-digit year (%y)" not in text  # moj's formats have four-digit years
+
+
+def test_a_semicolon_file_read_as_commas_gets_a_delimiter_hint(tmp_path: Path) -> None:
+    from party.extract import open_extract
+
+    path = tmp_path / "moj.csv"
+    path.write_text(";".join(MOJ_HEADER) + "\nM1;Ada;Lee;01/02/1990;Female;SW1A 1AA\n")
+    with open_extract(path) as reader:
+        with pytest.raises(ExtractError) as raised:
+            shipped_mapping("moj").bind(default_schema(), reader.header)
+    assert raised.value.message.endswith(
+        "the file looks ';'-separated: set delimiter = ';' in the mapping"
+    )
+    document = moj_document() | {"delimiter": ";"}
+    mapping = parse_mapping(document)
+    with open_extract(path, dialect=mapping.dialect) as reader:
+        bound = mapping.bind(default_schema(), reader.header)
+        row = next(iter(reader)).rows[0]
+    assert bound.normalise(row, row_number=1)[:3] == ["ada", "lee", "1990-02-01"]
+
+
+def test_a_tab_separated_file_gets_its_own_hint() -> None:
+    with pytest.raises(ExtractError, match=r'tab-separated: set delimiter = "\\t"'):
+        shipped_mapping("moj").bind(default_schema(), ["\t".join(MOJ_HEADER)])
+
+
+def test_the_mapping_encoding_reads_a_cp1252_file(tmp_path: Path) -> None:
+    from party.extract import open_extract
+
+    path = tmp_path / "moj.csv"
+    path.write_bytes(
+        (",".join(MOJ_HEADER) + "\nM1,Zoë,Brontë,01/02/1990,Female,SW1A 1AA\n").encode("cp1252")
+    )
+    mapping = parse_mapping(moj_document() | {"encoding": "cp1252"})
+    with open_extract(path, dialect=mapping.dialect) as reader:
+        bound = mapping.bind(default_schema(), reader.header)
+        row = next(iter(reader)).rows[0]
+    assert bound.normalise(row, row_number=1)[:2] == ["zoe", "bronte"]
+    # Read as UTF-8 (the default), the same bytes are invalid: rejected naming row and field.
+    with open_extract(path) as reader:
+        bound = shipped_mapping("moj").bind(default_schema(), reader.header)
+        row = next(iter(reader)).rows[0]
+    with pytest.raises(RecordError, match="row 1, field 'forename'"):
+        bound.normalise(row, row_number=1)
+
+
+@pytest.mark.parametrize(
+    ("pivot", "raw", "expected"),
+    [
+        (1925, "10/12/15", "2015-12-10"),
+        (1925, "08/06/55", "1955-06-08"),
+        (1925, "01/01/25", "1925-01-01"),
+        (1925, "31/12/24", "2024-12-31"),
+        (1900, "31/12/99", "1999-12-31"),
+        (1930, "29/02/00", "2000-02-29"),
+    ],
+)
+def test_two_digit_years_follow_the_pivot(pivot: int, raw: str, expected: str) -> None:
+    document = moj_document()
+    document["two_digit_year_pivot"] = pivot
+    document["fields"]["date_of_birth"]["date_formats"] = ["%d/%m/%y"]
+    bound = parse_mapping(document).bind(default_schema(), MOJ_HEADER)
+    row = ["M1", "Ada", "Lee", raw, "Female", "SW1A 1AA"]
+    assert bound.normalise(row, row_number=1)[2] == expected
+    reader = bound.fields[2]
+    assert reader.normalise_many([raw, raw]) == [expected, expected]  # the batch path agrees
+
+
+def test_a_pivot_that_lands_on_a_missing_leap_day_rejects_the_value() -> None:
+    document = moj_document()
+    document["two_digit_year_pivot"] = 1850  # "00" is 1900, which had no 29 February
+    document["fields"]["date_of_birth"]["date_formats"] = ["%d/%m/%y"]
+    bound = parse_mapping(document).bind(default_schema(), MOJ_HEADER)
+    with pytest.raises(RecordError, match="not a date"):
+        bound.normalise(["M1", "Ada", "Lee", "29/02/00", "Female", ""], row_number=4)

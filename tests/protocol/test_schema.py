@@ -85,7 +85,7 @@ def test_xor_fold_needs_a_multiple_of_128_on_its_own() -> None:
         ({"clk_bits": 32}, "between 64 and 65536"),
         ({"clk_bits": True}, "whole number"),
         ({"hashing": "md5"}, "hashing: must be one of"),
-        ({"schema_version": 2}, "schema_version: must be 1"),
+        ({"schema_version": 3}, "schema_version: must be one of 1, 2"),
         ({"name": "Has Spaces"}, "name: must be a lower-case label"),
         ({"fields": []}, "fields: must list at least one field"),
     ],
@@ -222,3 +222,145 @@ def test_first_word_tokens_ignore_middle_names_and_stay_out_of_older_fingerprint
         parse_schema(document("last"))
     with pytest.raises(SchemaError, match="date_parts"):
         parse_schema(document("first", method="date_parts", kind="date"))
+
+
+# -- schema version 2: field groups, per-group hardening, salted tokens --------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def grouped_document() -> dict[str, Any]:
+    return tomllib.loads(
+        (ROOT / "benchmarks/schemas/grouped_diffusion_w3_blip_p02.toml").read_text()
+    )
+
+
+def test_a_grouped_schema_has_its_layout_and_a_canonical_form_without_clk_bits() -> None:
+    schema = parse_schema(grouped_document())
+    assert schema.grouped and schema.schema_version == 2
+    assert schema.input_layout.geometry == (("name", 512), ("birth", 512), ("postcode", 256))
+    assert [group.hardening for group in schema.layout.groups] == [
+        "diffusion:width=3,output_bits=512+blip:flip_per_65536=1311",
+        "diffusion:width=3,output_bits=512+blip:flip_per_65536=1311",
+        "diffusion:width=3,output_bits=256+blip:flip_per_65536=1311",
+    ]
+    canonical = schema.canonical()
+    assert "clk_bits" not in canonical and "hardening" not in canonical
+    assert canonical["groups"][0]["hardening"] == [
+        {"method": "diffusion", "width": 3, "output_bits": 512},
+        {"method": "blip", "flip_per_65536": 1311},
+    ]
+    sex = next(field for field in canonical["fields"] if field["name"] == "sex")
+    assert sex["group"] == "birth" and sex["tokens"][0]["salt"] == "date_of_birth"
+    assert [schema.group_index(index) for index in range(5)] == [0, 0, 1, 1, 2]
+
+
+def test_the_fingerprint_covers_groups_and_hardening() -> None:
+    base = parse_schema(grouped_document()).fingerprint
+    for change in (
+        lambda d: d["groups"][0].update(clk_bits=576),
+        lambda d: d["groups"][1].update(hardening="none"),
+        lambda d: d["groups"][2]["hardening"][1].update(flip_probability=0.03),
+        lambda d: d["fields"][3]["tokens"][0].pop("salt"),
+        lambda d: d["fields"][2].update(group="name"),
+    ):
+        document = grouped_document()
+        change(document)
+        assert parse_schema(document).fingerprint != base
+
+
+def test_blip_by_epsilon_is_randomised_response() -> None:
+    document = grouped_document()
+    document["groups"][0]["hardening"] = {"method": "blip", "epsilon": 3.0}
+    schema = parse_schema(document)
+    assert (
+        schema.layout.groups[0].hardening == "blip:flip_per_65536=3108"
+    )  # 65536 / (1 + e^3) = 3107.8
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (
+            lambda d: d["groups"][0].update(hardening={"method": "diffusion", "width": 1}),
+            "group 'name'.hardening.width: must be at least 2",
+        ),
+        (
+            lambda d: d["groups"][0].update(
+                hardening={"method": "diffusion", "width": 3, "output_bits": 192}
+            ),
+            "group 'name'.hardening.output_bits: must be at least half",
+        ),
+        (
+            lambda d: d["groups"][1].update(hardening={"method": "blip", "flip_probability": 0}),
+            "group 'birth'.hardening.flip_probability: must be above 0",
+        ),
+        (
+            lambda d: d["groups"][1].update(hardening={"method": "blip", "epsilon": 50}),
+            "group 'birth'.hardening.epsilon: gives under 1 flip in 65536",
+        ),
+        (
+            lambda d: d["groups"][1].update(hardening={"method": "blip"}),
+            "exactly one of 'flip_probability' or 'epsilon'",
+        ),
+        (
+            lambda d: d["groups"][2].update(hardening={"method": "diffusion", "depth": 2}),
+            "group 'postcode'.hardening: unknown key 'depth'",
+        ),
+        (
+            lambda d: d["groups"][2].update(hardening="shuffle"),
+            "group 'postcode'.hardening.method: must be one of",
+        ),
+        (
+            lambda d: d["fields"][3]["tokens"][0].update(salt="sex"),
+            "field 'sex'.tokens[0].salt: a field cannot salt its own tokens",
+        ),
+        (
+            lambda d: d["fields"][3]["tokens"][0].update(salt="birth_place"),
+            "field 'sex'.tokens[0].salt: 'birth_place' is not a field",
+        ),
+        (lambda d: d["fields"][4].update(group="address"), "'address' is not a declared group"),
+        (lambda d: d["fields"][4].pop("group"), "field 'postcode'.group: must name one of"),
+        (lambda d: d.update(clk_bits=1024), "clk_bits: in schema_version 2 each [[groups]]"),
+        (lambda d: d.update(hardening="balance"), "hardening: in schema_version 2 each"),
+        (lambda d: d["groups"][1].update(name="name"), "group 'name': is defined twice"),
+        (
+            lambda d: d["groups"][0].update(clk_bits=100),
+            "group 'name'.clk_bits: must be a multiple",
+        ),
+        (lambda d: d.update(groups=[]), "groups: must list 1 to 16 field groups"),
+    ],
+)
+def test_grouped_schema_problems_name_the_parameter(change: Any, fragment: str) -> None:
+    document = grouped_document()
+    change(document)
+    with pytest.raises(SchemaError) as raised:
+        parse_schema(document)
+    assert any(fragment in problem for problem in raised.value.problems), raised.value.problems
+
+
+def test_grouped_schema_problems_are_collected_and_raised_once() -> None:
+    document = grouped_document()
+    document["groups"][0]["hardening"] = {"method": "diffusion", "width": 1}
+    document["groups"][1]["hardening"] = {"method": "blip", "flip_probability": 0.0}
+    document["fields"][3]["tokens"][0]["salt"] = "sex"
+    with pytest.raises(SchemaError) as raised:
+        parse_schema(document)
+    assert len(raised.value.problems) == 3
+
+
+def test_version_1_refuses_version_2_keys() -> None:
+    document = default_document()
+    document["fields"][3]["tokens"][0]["salt"] = "date_of_birth"
+    document["fields"][0]["group"] = "name"
+    with pytest.raises(SchemaError) as raised:
+        parse_schema(document)
+    problems = " ".join(raised.value.problems)
+    assert "salt: needs schema_version 2" in problems and "unknown key 'group'" in problems
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks/schemas").glob("grouped*.toml")))
+def test_the_candidate_schemas_load(path: Path) -> None:
+    schema = load_schema(path)
+    assert schema.grouped and schema.hashing == "blake2b"
+    assert schema.layout.names == ("name", "birth", "postcode")

@@ -1,4 +1,6 @@
-"""Write tests/vectors/golden_vectors.json with the reference encoder (never the production one).
+"""Write tests/vectors/golden_vectors.json (encoding v1) and golden_vectors_v2.json (encoding
+v2: field groups, salting, per-group hardening) with the reference encoder (never the
+production one).
 
 Run from the repository root: python -m tests.reference.make_vectors
 The identities are made up; the secret is a fixed test secret, never used for real data.
@@ -16,6 +18,10 @@ from tests.reference import reference_encoder as reference
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests" / "vectors" / "golden_vectors.json"
+OUT_V2 = ROOT / "tests" / "vectors" / "golden_vectors_v2.json"
+# BLIP's randomness in the v2 vectors: SHA-256(seed || u64be(0)) || SHA-256(seed || u64be(1))
+# || ..., restarted for each set and read in order, record by record.
+RANDOM_SEED = b"bloomlink golden vectors v2 blip"
 NORMALISER = "norm/v1"
 SECRET = bytes.fromhex("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f")
 PROJECT = "golden-vectors"
@@ -158,6 +164,82 @@ def schema_documents() -> dict[str, dict]:
     return {"default": default, "blake2b-xor-fold": blake_fold, "balance-name-group": balanced}
 
 
+def random_stream(seed: bytes):  # type: ignore[no-untyped-def]
+    """BLIP's randomness for the vectors: SHA-256 in counter mode, consumed in order."""
+    buffer = bytearray()
+    counter = [0]
+
+    def random_bytes(count: int) -> bytes:
+        while len(buffer) < count:
+            buffer.extend(hashlib.sha256(seed + counter[0].to_bytes(8, "big")).digest())
+            counter[0] += 1
+        out = bytes(buffer[:count])
+        del buffer[:count]
+        return out
+
+    return random_bytes
+
+
+def grouped_documents() -> dict[str, dict]:
+    """Version 2 schemas: the default's fields in three groups (names; date of birth with sex
+    salted by it; postcode), under each hardening."""
+    default = tomllib.loads((ROOT / "protocol" / "data" / "default_schema.toml").read_text("utf-8"))
+    fields = copy.deepcopy(default["fields"])
+    groups_of = {
+        "forename": "name",
+        "surname": "name",
+        "date_of_birth": "birth",
+        "sex": "birth",
+        "postcode": "postcode",
+    }
+    for field in fields:
+        field["group"] = groups_of[field["name"]]
+        if field["name"] == "sex":
+            field["tokens"][0]["salt"] = "date_of_birth"
+
+    def document(name: str, hashing: str, hardening: dict[str, object]) -> dict:
+        return {
+            "schema_version": 2,
+            "name": name,
+            "hashing": hashing,
+            "groups": [
+                {"name": "name", "clk_bits": 512, "hardening": hardening["name"]},
+                {"name": "birth", "clk_bits": 512, "hardening": hardening["birth"]},
+                {"name": "postcode", "clk_bits": 256, "hardening": hardening["postcode"]},
+            ],
+            "fields": copy.deepcopy(fields),
+        }
+
+    return {
+        "grouped-salted-diffusion": document(
+            "golden-grouped-diffusion",
+            "hmac-sha256",
+            {
+                "name": {"method": "diffusion", "width": 3},
+                "birth": {"method": "diffusion", "width": 4, "output_bits": 1024},
+                "postcode": "none",
+            },
+        ),
+        "grouped-blip": document(
+            "golden-grouped-blip",
+            "blake2b",
+            {
+                "name": {"method": "blip", "flip_probability": 0.05},
+                "birth": {"method": "blip", "epsilon": 3.0},
+                "postcode": [
+                    {"method": "diffusion", "width": 3},
+                    {"method": "blip", "flip_probability": 0.02},
+                ],
+            },
+        ),
+        "grouped-balance-xor-fold-rule90": document(
+            "golden-grouped-keyless",
+            "blake2b",
+            {"name": "balance", "birth": "xor-fold", "postcode": ["rule90", "balance"]},
+        ),
+    }
+
+
 def main() -> None:
     nickname_digest = hashlib.sha256(
         (ROOT / "protocol" / "data" / "nicknames.csv").read_bytes()
@@ -195,6 +277,45 @@ def main() -> None:
     }
     OUT.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"wrote {OUT} ({sum(len(s['records']) for s in sets)} vectors)")
+    grouped_sets = []
+    for label, document in grouped_documents().items():
+        canonical = reference.canonical_schema_v2(
+            document, normaliser=NORMALISER, nickname_table_sha256=nickname_digest
+        )
+        stream = random_stream(RANDOM_SEED)
+        records = [
+            {
+                "normalised": normalised,
+                "encoding_hex": reference.encode_grouped(
+                    canonical, SECRET, PROJECT, normalised, stream
+                ).hex(),
+            }
+            for _, normalised in IDENTITIES
+        ]
+        grouped_sets.append(
+            {
+                "label": label,
+                "schema_document": document,
+                "canonical_schema": canonical,
+                "schema_fingerprint_hex": reference.fingerprint(canonical).hex(),
+                "kcv_hex": reference.key_check_value(SECRET, PROJECT).hex(),
+                "records": records,
+            }
+        )
+    payload_v2 = {
+        "provenance": "made by tests/reference/make_vectors.py with tests/reference/reference_encoder.py "
+        "(standard-library hmac/hashlib only); see tests/vectors/README.md",
+        "secret_hex": SECRET.hex(),
+        "project_id": PROJECT,
+        "normaliser": NORMALISER,
+        "blip_random_stream": "SHA-256(seed || u64be(counter)) blocks, counter from 0, restarted "
+        "per set, read in record order (each record: groups in order, 2 bytes per bit per BLIP "
+        "step)",
+        "blip_random_seed_hex": RANDOM_SEED.hex(),
+        "sets": grouped_sets,
+    }
+    OUT_V2.write_text(json.dumps(payload_v2, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"wrote {OUT_V2} ({sum(len(s['records']) for s in grouped_sets)} vectors)")
 
 
 if __name__ == "__main__":

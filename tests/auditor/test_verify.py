@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from auditor.verify import AuditReport, AuditView, verify_audit_log
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
 from linkage_unit.audit_log import AuditLog
@@ -18,11 +21,11 @@ from party.manifest import (
     party_public_key_pem,
     write_manifest,
 )
-from protocol.audit_verify import AuditReport, verify_audit_log
+from protocol.audit import AuditEntry, line_to_json, parse_log
 from protocol.clk_file import ClkFileWriter
 from protocol.manifest import SignedManifest, read_manifest
-from protocol.signing import load_public_key
-from tests.audit_fixtures import KCV, SCHEMA, make_log, payload_digest, write_project
+from protocol.signing import load_public_key, public_key_pem
+from tests.audit_fixtures import KCV, SCHEMA, append, make_log, payload_digest, write_project
 
 PROJECT = "moj-dfe-2026"
 
@@ -179,7 +182,8 @@ def details_upload(party: str, count: int, kcv: str = KCV) -> dict[str, str | in
 
 
 def start_project(log: AuditLog, retention: str = "delete-after-release") -> None:
-    log.append(
+    append(
+        log,
         "project_created",
         project_id=PROJECT,
         details={
@@ -187,6 +191,7 @@ def start_project(log: AuditLog, retention: str = "delete-after-release") -> Non
             "members": "moj,dfe",
             "schema_fingerprint": SCHEMA,
             "retention": retention,
+            "hold_days": 30,
         },
     )
 
@@ -194,6 +199,7 @@ def start_project(log: AuditLog, retention: str = "delete-after-release") -> Non
 def keys(party: str, count: int) -> dict[str, str | int]:
     return {
         "party": party,
+        "run_id": "run-1",
         "key_count": count,
         "keys_sha256": hashlib.sha256(party.encode()).hexdigest(),
     }
@@ -211,7 +217,7 @@ def history(
     with make_log(tmp_path) as log:
         start_project(log, retention)
         for event, details in steps:
-            log.append(event, project_id=PROJECT, details=details)
+            append(log, event, project_id=PROJECT, details=details)
         export_public_key(tmp_path, log)
     return verify(tmp_path)
 
@@ -240,6 +246,32 @@ def test_checks_passed_despite_different_keys_fails(tmp_path: Path) -> None:
     ]
     report = history(tmp_path, steps)
     assert failures(report) == [("rules", 3)] and "kcv" in report.failures[0].message
+
+
+def test_an_upload_without_its_projects_layout_fails(tmp_path: Path) -> None:
+    """A grouped project's uploads carry its layout digest; a single-CLK project's none."""
+    layout, other = (hashlib.sha256(name).hexdigest() for name in (b"layout", b"other"))
+    with make_log(tmp_path) as log:
+        start_project(log)  # entry 0: single CLK, no layout
+        grouped = {"settings_fingerprint": SCHEMA, "members": "moj,dfe",
+                   "schema_fingerprint": SCHEMA, "retention": "delete-after-release",
+                   "hold_days": 30, "layout_sha256": layout}  # fmt: skip
+        append(log, "project_created", project_id="grouped", details=grouped)
+        for project, party, digest in [
+            (PROJECT, "moj", None),  # 2: passes
+            (PROJECT, "dfe", layout),  # 3: a grouped upload in a single-CLK project
+            ("grouped", "moj", layout),  # 4: passes
+            ("grouped", "dfe", other),  # 5: another layout or hardening
+            ("grouped", "hmrc", None),  # 6: not a member, and a single CLK: one failure each
+        ]:
+            details = details_upload(party, 10)
+            if digest is not None:
+                details["layout_sha256"] = digest
+            append(log, "upload_committed", project_id=project, details=details)
+        export_public_key(tmp_path, log)
+    report = verify(tmp_path)
+    assert failures(report) == [("rules", 3), ("rules", 5), ("rules", 6), ("rules", 6)]
+    assert "does not have the project's layout" in report.failures[0].message
 
 
 def test_keys_to_a_non_member_twice_and_short_all_fail(tmp_path: Path) -> None:
@@ -336,3 +368,131 @@ def test_a_refused_key_request_is_noted_not_failed(tmp_path: Path) -> None:
     report = history(tmp_path, [*UPLOADS, ("access_refused", refused)])
     assert failures(report) == []
     assert any(check.name == "access" and check.status == "note" for check in report.checks)
+
+
+def _lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def _as_stub(line: bytes) -> bytes:
+    entry = parse_log(line).entries[0]
+    assert isinstance(entry, AuditEntry)
+    return (line_to_json(entry.stub()) + "\n").encode()
+
+
+def test_a_full_log_admits_no_stubs(tmp_path: Path) -> None:
+    """Replacing the keys_released entries of the whole log with their redacted stubs keeps
+    every hash, link and signature intact, but a full log admits no stub: FAIL at the first.
+    (Before, the stubs passed and the releases vanished from the auditor's sight.)"""
+    with make_log(tmp_path) as log:
+        write_project(log, PROJECT)
+        export_public_key(tmp_path, log)
+    path = tmp_path / "audit.jsonl"
+    lines = _lines(path)
+    hidden = [number for number, line in enumerate(lines) if b'"keys_released"' in line]
+    for number in hidden:
+        lines[number] = _as_stub(lines[number])
+    path.write_bytes(b"".join(lines))
+    report = verify(tmp_path)
+    assert failures(report) == [("chain", hidden[0])]
+    assert "full log admits none" in report.failures[0].message
+
+
+def test_a_view_cannot_hide_the_viewers_own_entries(tmp_path: Path) -> None:
+    """A project's view shows other projects' entries as stubs. A stub commits to its
+    project's tag, so one of the viewed project's own entries passed off as a stub fails,
+    naming it; the honest view passes."""
+    with make_log(tmp_path) as log:
+        write_project(log, "other-project")
+        write_project(log, PROJECT)
+        export_public_key(tmp_path, log)
+        log.export_project(PROJECT, tmp_path / "view.jsonl")
+    key = load_public_key(tmp_path / "lu-public.pem")
+    view = AuditView(project_id=PROJECT)
+    honest = verify_audit_log(tmp_path / "view.jsonl", key, view=view, check_wire=False)
+    assert honest.passed, honest.to_text()
+    lines = _lines(tmp_path / "view.jsonl")
+    target = next(
+        n
+        for n, line in enumerate(lines)
+        if b'"keys_released"' in line and b"stub" not in line and PROJECT.encode() in line
+    )
+    lines[target] = _as_stub(lines[target])
+    (tmp_path / "view.jsonl").write_bytes(b"".join(lines))
+    report = verify_audit_log(tmp_path / "view.jsonl", key, view=view, check_wire=False)
+    assert failures(report) == [("chain", target)]
+    assert "shown only as a stub" in report.failures[0].message
+    # The same file claimed as the whole log fails too: it holds stubs.
+    assert not verify_audit_log(tmp_path / "view.jsonl", key, check_wire=False).passed
+
+
+def test_a_partys_view_withholds_only_what_the_policy_says(tmp_path: Path) -> None:
+    """DfE's view of its project hides MoJ's counts, KCV and digests and the run's figures
+    (field hashes in their place), still verifies for DfE, and fails for a reader who may
+    see everything (an auditor's view withholds nothing)."""
+    with make_log(tmp_path) as log:
+        write_project(log, PROJECT)
+        export_public_key(tmp_path, log)
+        log.export_project(PROJECT, tmp_path / "dfe.jsonl", viewer="dfe")
+    text = (tmp_path / "dfe.jsonl").read_text()
+    assert (
+        '"record_count":1000' not in text
+        and '"linked_record_count"' not in text.split('"withheld"')[0]
+    )
+    assert '"record_count":5000' in text  # DfE's own upload
+    key = load_public_key(tmp_path / "lu-public.pem")
+    as_dfe = verify_audit_log(
+        tmp_path / "dfe.jsonl", key, view=AuditView(project_id=PROJECT, party="dfe"),
+        check_wire=False,
+    )  # fmt: skip
+    assert as_dfe.passed, as_dfe.to_text()
+    as_auditor = verify_audit_log(
+        tmp_path / "dfe.jsonl", key, view=AuditView(project_id=PROJECT), check_wire=False
+    )
+    assert [check.message for check in as_auditor.failures][0].endswith("this reader may see")
+
+
+def test_a_log_without_any_signed_head_fails(tmp_path: Path) -> None:
+    """The last entry cut off and the head file deleted: the chain still links, but with no
+    head nothing shows the cut, so verification fails (it passed with a note before)."""
+    with make_log(tmp_path) as log:
+        write_project(log, PROJECT)
+        append(
+            log,
+            "party_authenticated",
+            project_id=None,
+            details={"party": "moj", "role": "party", "certificate_fingerprint": "ab" * 32},
+        )
+        export_public_key(tmp_path, log)
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"".join(_lines(path)[:-1]))
+    path.with_name("audit.jsonl.head").unlink()
+    report = verify(tmp_path)
+    assert failures(report) == [("chain", None)] and "no signed head" in report.failures[0].message
+
+
+def test_retention_is_reported_for_an_upload_whose_run_never_came(tmp_path: Path) -> None:
+    """MoJ uploads and DfE never does. While the 30-day hold lasts the upload is a NOTE
+    saying when it is due; once the log's signed head is later than that (plus a day's
+    grace) and no payload_deleted came, the verifier fails it. Before, a project without a
+    finished run got no retention verdict at all."""
+    moments = iter([datetime(2026, 1, 5, tzinfo=UTC)] * 4 + [datetime(2026, 2, 10, tzinfo=UTC)] * 4)
+    key = Ed25519PrivateKey.generate()
+    with AuditLog(tmp_path / "audit.jsonl", signing_key=key, clock=lambda: next(moments)) as log:
+        start_project(log)
+        append(log, "upload_committed", project_id=PROJECT, details=details_upload("moj", 10))
+    (tmp_path / "lu-public.pem").write_bytes(public_key_pem(key))
+    early = verify(tmp_path)
+    assert early.passed and any(
+        check.name == "retention" and check.status == "note" and "2026-02-04" in check.message
+        for check in early.checks
+    ), early.to_text()
+    with AuditLog(tmp_path / "audit.jsonl", signing_key=key, clock=lambda: next(moments)) as log:
+        append(
+            log,
+            "party_authenticated",
+            project_id=None,
+            details={"party": "moj", "role": "party", "certificate_fingerprint": "ab" * 32},
+        )
+    late = verify(tmp_path)
+    assert failures(late) == [("retention", 1)] and "hold" in late.failures[0].message

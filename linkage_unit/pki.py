@@ -1,6 +1,9 @@
-"""Certificates for mutual TLS: a local certificate authority and one certificate per role.
+"""Certificate issuance for mutual TLS: a local certificate authority and one certificate per
+role (operator tooling; the linkage unit's deployment owns its CA).
 
-Used by ``bloomlink certs init`` and by tests. The linkage unit's certificate names
+Used by ``bloomlink certs init``, the demo and tests. What both ends share - the TLS files,
+fingerprints and reading an identity from a certificate - is in ``protocol/tls.py`` and
+``protocol/identity.py``. The linkage unit's certificate names
 ``localhost`` and ``127.0.0.1`` (serverAuth); each client certificate carries exactly one
 identity URI SAN (``bloomlink:party:moj``, ``bloomlink:operator``, ``bloomlink:auditor``)
 and the clientAuth usage. Keys are EC P-256, written owner-only (0600).
@@ -9,7 +12,6 @@ and the clientAuth usage. Keys are EC P-256, written owner-only (0600).
 from __future__ import annotations
 
 import datetime
-import hashlib
 import ipaddress
 import os
 from dataclasses import dataclass
@@ -24,12 +26,13 @@ from protocol.atomic_file import atomic_output
 from protocol.errors import ConfigurationError
 from protocol.identity import Identity, Role
 from protocol.labels import check_label
+from protocol.tls import TlsFiles
 
 __all__ = [
     "CertificateAuthority",
+    "CertificateSet",
     "IssuedCertificate",
-    "TlsFiles",
-    "certificate_fingerprint",
+    "TlsPair",
     "create_authority",
     "init_certificates",
     "issue_client_certificate",
@@ -62,28 +65,6 @@ class IssuedCertificate:
 class TlsPair:
     certificate: Path
     private_key: Path
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TlsFiles:
-    """The three files one side of a mutual-TLS connection needs."""
-
-    ca_certificate: Path
-    certificate: Path
-    private_key: Path
-
-    def read(self) -> tuple[bytes, bytes, bytes]:
-        """(CA certificate, certificate chain, private key) as PEM bytes."""
-        try:
-            return (
-                self.ca_certificate.read_bytes(),
-                self.certificate.read_bytes(),
-                self.private_key.read_bytes(),
-            )
-        except OSError as error:
-            raise ConfigurationError(
-                f"cannot read TLS file {error.filename}: {error.strerror}"
-            ) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,16 +212,6 @@ def issue_client_certificate(
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
         days=days,
     )
-
-
-def certificate_fingerprint(certificate_pem_or_der: bytes) -> str:
-    """Hex SHA-256 of a certificate's DER encoding (what the audit log records)."""
-    if certificate_pem_or_der.lstrip().startswith(b"-----BEGIN"):
-        certificate = x509.load_pem_x509_certificate(certificate_pem_or_der)
-        der = certificate.public_bytes(serialization.Encoding.DER)
-    else:
-        der = certificate_pem_or_der
-    return hashlib.sha256(der).hexdigest()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import stat
 import threading
 from pathlib import Path
@@ -12,26 +13,26 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from linkage_unit.audit_log import (
-    delete_payload,
     head_path_for,
     read_entries,
     read_head,
+    repair_missing_head,
     repair_torn_tail,
 )
 from protocol.audit import (
     AuditEntry,
+    RedactedEntry,
     build_entry,
-    entry_to_json,
+    line_to_json,
     parse_log,
     verify_chain,
 )
-from protocol.errors import AuditError, ConfigurationError, ResourceLimitError
+from protocol.errors import AuditError, ConfigurationError, InUseError, ResourceLimitError
 from protocol.signing import load_public_key, load_signing_key
 from tests.audit_fixtures import (
-    KCV,
     SCHEMA,
+    append,
     make_log,
-    payload_digest,
     stepping_clock,
     write_project,
 )
@@ -118,8 +119,10 @@ def test_forged_entry_is_named(tmp_path: Path) -> None:
         event="keys_released",
         project_id="moj-dfe-2026",
         details={"party": "moj", "key_count": 1, "keys_sha256": SCHEMA},
+        salt=bytes(16),
+        view_key=bytes(16),
     )
-    path.write_bytes(b"".join(lines) + (entry_to_json(forged) + "\n").encode())
+    path.write_bytes(b"".join(lines) + (line_to_json(forged) + "\n").encode())
     assert verify_file(path, with_head=False) == (False, 12, "forged")
 
 
@@ -153,19 +156,26 @@ def test_entry_of_another_project_in_the_same_log_is_named(tmp_path: Path) -> No
 def test_disallowed_events_and_details_are_refused(tmp_path: Path) -> None:
     with make_log(tmp_path) as log:
         with pytest.raises(AuditError, match="allow-list"):
-            log.append("note", project_id="p", details={})
+            append(log, "note", project_id="p", details={})
         with pytest.raises(AuditError, match="does not allow detail key"):
-            log.append(
-                "checks_passed", project_id="p", details={"parties": "moj", "surname": "Smith"}
+            append(
+                log, "checks_passed", project_id="p", details={"parties": "moj", "surname": "Smith"}
             )
         with pytest.raises(AuditError, match="lower-case hex"):
-            log.append(
+            append(
+                log,
                 "keys_released",
                 project_id="p",
-                details={"party": "moj", "key_count": 3, "keys_sha256": "Jane Smith 1970-01-01"},
+                details={
+                    "party": "moj",
+                    "run_id": "r1",
+                    "key_count": 3,
+                    "keys_sha256": "Jane Smith 1970-01-01",
+                },
             )
         with pytest.raises(AuditError, match="whole number"):
-            log.append(
+            append(
+                log,
                 "run_finished",
                 project_id="p",
                 details={
@@ -176,13 +186,13 @@ def test_disallowed_events_and_details_are_refused(tmp_path: Path) -> None:
                 },
             )
         with pytest.raises(AuditError, match="party"):
-            log.append(
-                "checks_failed", project_id="p", details={"party": "O'Brien", "aspect": "kcv"}
+            append(
+                log, "checks_failed", project_id="p", details={"party": "O'Brien", "aspect": "kcv"}
             )
         with pytest.raises(AuditError, match="missing"):
-            log.append("upload_committed", project_id="p", details={"party": "moj"})
+            append(log, "upload_committed", project_id="p", details={"party": "moj"})
         with pytest.raises(AuditError, match="project id"):
-            log.append("checks_passed", project_id=None, details={"parties": "moj"})
+            append(log, "checks_passed", project_id=None, details={"parties": "moj"})
         assert log.last_entry is None
     assert (tmp_path / "audit.jsonl").read_bytes() == b""
 
@@ -208,7 +218,7 @@ def test_torn_last_line_is_refused_and_repairable(tmp_path: Path) -> None:
         read_entries(path)
     assert repair_torn_tail(path) == 40
     with make_log(tmp_path) as log:
-        log.append("checks_passed", project_id="moj-dfe-2026", details={"parties": "moj,dfe"})
+        append(log, "checks_passed", project_id="moj-dfe-2026", details={"parties": "moj,dfe"})
     assert verify_file(path) == (True, None, None)
 
 
@@ -230,7 +240,7 @@ def test_truncated_log_is_refused_on_open(tmp_path: Path) -> None:
 
 
 def test_second_process_cannot_open_the_same_log(tmp_path: Path) -> None:
-    with make_log(tmp_path), pytest.raises(AuditError, match="another process"):
+    with make_log(tmp_path), pytest.raises(InUseError, match="another process"):
         make_log(tmp_path)
 
 
@@ -239,7 +249,7 @@ def test_concurrent_appends_keep_one_chain(tmp_path: Path) -> None:
 
         def worker(number: int) -> None:
             for _ in range(10):
-                log.append("checks_passed", project_id=f"p{number}", details={"parties": "moj"})
+                append(log, "checks_passed", project_id=f"p{number}", details={"parties": "moj"})
 
         threads = [threading.Thread(target=worker, args=(number,)) for number in range(4)]
         for thread in threads:
@@ -251,64 +261,40 @@ def test_concurrent_appends_keep_one_chain(tmp_path: Path) -> None:
     assert len(read_entries(path)) == 40
 
 
-def test_failed_write_leaves_the_log_verifiable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_write_leaves_the_log_verifiable(tmp_path: Path) -> None:
+    """The disk fills mid-append (RLIMIT_FSIZE: a real EFBIG from the kernel, the path a
+    full disk takes): RESOURCE_EXHAUSTED for the caller, nothing partial in the file, and
+    the next append continues the chain."""
     with make_log(tmp_path) as log:
         write_project(log)
-        real_fsync = os.fsync
-
-        calls = []
-
-        def full_disk(fd: int) -> None:
-            calls.append(fd)
-            if len(calls) == 1:  # the append's fsync fails; the undo's succeeds
-                raise OSError(28, "No space left on device")
-            real_fsync(fd)
-
-        monkeypatch.setattr(os, "fsync", full_disk)
-        # A full disk is RESOURCE_EXHAUSTED for the caller, who may retry once space is back.
-        with pytest.raises(ResourceLimitError, match="was not recorded"):
-            log.append("checks_passed", project_id="moj-dfe-2026", details={"parties": "moj"})
-        monkeypatch.setattr(os, "fsync", real_fsync)
-        log.append("checks_passed", project_id="moj-dfe-2026", details={"parties": "dfe"})
+        size = (tmp_path / "audit.jsonl").stat().st_size
+        previous = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, previous[1]))
+        try:
+            # A full disk is RESOURCE_EXHAUSTED for the caller, who may retry once space is back.
+            with pytest.raises(ResourceLimitError, match="was not recorded"):
+                append(log, "checks_passed", project_id="moj-dfe-2026", details={"parties": "moj"})
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, previous)
+        assert (tmp_path / "audit.jsonl").stat().st_size == size
+        append(log, "checks_passed", project_id="moj-dfe-2026", details={"parties": "dfe"})
     path = tmp_path / "audit.jsonl"
     assert verify_file(path) == (True, None, None)
     assert len(read_entries(path)) == 13
 
 
-def test_delete_payload_unlinks_then_logs(tmp_path: Path) -> None:
-    payload = tmp_path / "payloads" / "moj.clk"
-    payload.parent.mkdir()
-    payload.write_bytes(b"x" * 64)
+def test_a_log_whose_head_is_missing_is_refused_and_repairable(tmp_path: Path) -> None:
+    """Cutting entries off the end and deleting the head leaves a log that chains: the LU
+    will not open it; after the operator has checked it against heads held elsewhere,
+    repair_missing_head signs a head for it."""
+    path, lines = written_log(tmp_path)
+    path.write_bytes(b"".join(lines[:-3]))
+    head_path_for(path).unlink()
+    with pytest.raises(AuditError, match="head is missing"):
+        make_log(tmp_path)
+    assert repair_missing_head(path, signing_key_path=tmp_path / "lu-signing.pem") == 8
     with make_log(tmp_path) as log:
-        delete_payload(
-            log,
-            payload,
-            project_id="p",
-            party="moj",
-            payload_sha256=payload_digest("moj"),
-            reason="retention",
-        )
-        assert not payload.exists()
-        last = log.last_entry
-        assert last is not None and last.event == "payload_deleted"
-        with pytest.raises(AuditError, match="nothing deleted"):
-            delete_payload(
-                log,
-                payload,
-                project_id="p",
-                party="moj",
-                payload_sha256=payload_digest("moj"),
-                reason="retention",
-            )
-        # A bad reason is refused before anything is deleted.
-        payload.write_bytes(b"y")
-        with pytest.raises(AuditError):
-            delete_payload(
-                log, payload, project_id="p", party="moj", payload_sha256=KCV, reason="retention"
-            )
-        assert payload.exists()
+        assert log.last_entry is not None and log.last_entry.sequence == 8
 
 
 def test_project_export_verifies_and_hides_other_projects(tmp_path: Path) -> None:
@@ -316,9 +302,28 @@ def test_project_export_verifies_and_hides_other_projects(tmp_path: Path) -> Non
         write_project(log, "first-project")
         write_project(log, "second-project")
         count = log.export_project("second-project", tmp_path / "export.jsonl")
-    assert count == 10  # party_authenticated entries carry no project
+    assert count == 24  # every entry: the other project's as stubs
     text = (tmp_path / "export.jsonl").read_text()
     assert "first-project" not in text
+    entries = parse_log(text.encode()).entries
+    stubs = [entry for entry in entries if isinstance(entry, RedactedEntry)]
+    assert len(stubs) == 14  # the first project's 12, and the 2 entries with no project
     export = tmp_path / "export.jsonl"
     assert head_path_for(export).exists()
     assert verify_file(export) == (True, None, None)
+
+
+def test_a_read_streams_to_the_head_it_was_signed_for(tmp_path: Path) -> None:
+    """A read (FetchAuditLog) is streamed from disk, not loaded whole: entries appended while
+    it is read are left for the next read, and the lines end exactly at the head the read
+    came with, so the reader's copy verifies."""
+    with make_log(tmp_path) as log:
+        write_project(log)
+        export = log.export(None)
+        first = next(export.lines)
+        append(log, "checks_passed", project_id="moj-dfe-2026", details={"parties": "moj"})
+        lines = [first, *export.lines]
+        assert len(lines) == 12 and log.last_entry.sequence == 12
+    (tmp_path / "read.jsonl").write_bytes(b"".join(lines))
+    (tmp_path / "read.jsonl.head").write_bytes(export.head)
+    assert verify_file(tmp_path / "read.jsonl") == (True, None, None)

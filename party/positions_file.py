@@ -1,0 +1,162 @@
+"""The private positions file: each record id and the shuffled position of its CLK.
+
+Stage: encoder output, department side (written by the encoder run, read by ``fetch`` to join
+link keys to the department's own ids, and by the leak scan's known-key check). It never
+leaves the department.
+
+Format (version 2, UTF-8 CSV written by the ``csv`` module)::
+
+    # bloomlink-positions-v2 project=p1 payload_sha256=<64 hex> records=3
+    record_id,position
+    MJ-000001,2
+    "id, with comma",0
+    ...
+
+The first line binds the file to its encoded file: the project and the SHA-256 of the
+payload the linkage unit receives. ``fetch`` refuses a positions file whose binding does not
+match the submission it fetches keys for (a re-encode with the same ``--out`` would
+otherwise join the new shuffle to the old keys). Version 1 files (no first line) are still
+read; they cannot be checked and ``fetch`` says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from protocol.atomic_file import atomic_output
+from protocol.errors import ExtractError
+from protocol.labels import check_label
+
+__all__ = [
+    "POSITIONS_HEADER",
+    "PositionsBinding",
+    "read_binding",
+    "read_positions",
+    "write_positions",
+]
+
+POSITIONS_HEADER = ["record_id", "position"]
+_MAGIC = "# bloomlink-positions-v2"
+_BINDING = re.compile(
+    r"^# bloomlink-positions-v2 project=(?P<project>\S+) payload_sha256=(?P<digest>[0-9a-f]{64})"
+    r" records=(?P<records>\d+)$"
+)
+_IDS_BLOCK_CHARS = 1 << 20  # record id text read per block
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PositionsBinding:
+    """Which encoded file a positions file belongs to."""
+
+    project_id: str
+    payload_sha256: str
+    """Hex SHA-256 of the encoded file's payload (its header says the same)."""
+    record_count: int
+
+    def __post_init__(self) -> None:
+        check_label(self.project_id, what="positions file project id")
+        if not re.fullmatch(r"[0-9a-f]{64}", self.payload_sha256):
+            raise ExtractError("positions file payload digest must be 64 lower-case hex digits")
+
+    def line(self) -> str:
+        return (
+            f"{_MAGIC} project={self.project_id} payload_sha256={self.payload_sha256} "
+            f"records={self.record_count}\n"
+        )
+
+
+def write_positions(
+    positions_path: Path,
+    ids_scratch: Path,
+    position_of: npt.NDArray[np.int64],
+    binding: PositionsBinding,
+) -> None:
+    """Write the positions file, in extract order, atomically and owner-only.
+
+    ``ids_scratch`` holds one record id per line (ids never hold a newline: the encoder
+    refuses ids with control characters); ``position_of[i]`` is record i's position.
+    """
+    with (
+        atomic_output(positions_path, mode=0o600) as raw,
+        ids_scratch.open("r", encoding="utf-8", newline="\n") as ids_in,
+    ):
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        try:
+            text.write(binding.line())
+            writer = csv.writer(text, lineterminator="\n")
+            writer.writerow(POSITIONS_HEADER)
+            done = 0
+            rest = ""
+            # Whole lines per block, cut at the last newline; csv quotes an id only where it
+            # must (a comma or a quote in it), one writerows call per block.
+            while block := ids_in.read(_IDS_BLOCK_CHARS):
+                block = rest + block
+                cut = block.rfind("\n") + 1
+                block, rest = block[:cut], block[cut:]
+                record_ids = block.split("\n")
+                record_ids.pop()  # what follows the last newline: nothing
+                count = len(record_ids)
+                writer.writerows(
+                    zip(record_ids, position_of[done : done + count].tolist(), strict=True)
+                )
+                done += count
+            if rest or done != len(position_of):
+                raise ExtractError("the encoder's record-id scratch file is inconsistent")
+            text.flush()
+        finally:
+            text.detach()
+
+
+def read_binding(positions_path: Path | str) -> PositionsBinding | None:
+    """The binding line of a positions file, or None for a version 1 file (none written)."""
+    path = str(positions_path)
+    try:
+        with open(positions_path, encoding="utf-8", newline="") as handle:
+            first = handle.readline().rstrip("\n")
+    except OSError as error:
+        raise ExtractError(f"cannot read positions file: {error.strerror}", path=path) from None
+    except UnicodeDecodeError:
+        raise ExtractError("positions file is not UTF-8 text", path=path) from None
+    if not first.startswith("#"):
+        return None
+    match = _BINDING.fullmatch(first)
+    if match is None:
+        raise ExtractError(
+            "positions file's first line is not a bloomlink-positions-v2 binding", path=path
+        )
+    return PositionsBinding(
+        project_id=match["project"],
+        payload_sha256=match["digest"],
+        record_count=int(match["records"]),
+    )
+
+
+def read_positions(positions_path: Path | str) -> Iterator[tuple[int, str, int]]:
+    """``(line, record_id, position)`` for every row of a positions file (version 1 or 2),
+    checked as read."""
+    path = str(positions_path)
+    try:
+        with open(positions_path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            first = next(reader, None)
+            header_line = 1
+            if first and first[0].startswith(_MAGIC):
+                first, header_line = next(reader, None), 2
+            if first != POSITIONS_HEADER:
+                raise ExtractError(
+                    "positions file must start with the header record_id,position", path=path
+                )
+            for line, row in enumerate(reader, start=header_line + 1):
+                if len(row) != 2 or not row[1].isdigit():
+                    raise ExtractError(f"line {line} is not record_id,position", path=path)
+                yield line, row[0], int(row[1])
+    except OSError as error:
+        raise ExtractError(f"cannot read positions file: {error.strerror}", path=path) from None
