@@ -2,38 +2,27 @@
 solve, for encodings made of several field-group CLKs).
 
 A record's encoding is its groups' CLKs concatenated (``protocol/clk_layout.py``). Blocking and
-the record-level compare find candidate pairs on the whole encoding; this stage then counts,
-for each candidate pair and each group, the bits the two records share in that group. With
-each record's per-group popcounts that gives one Dice similarity per group, and tells a
-missing group (all zero bits on either side) from a different one, which the Fellegi-Sunter
-model (``fellegi_sunter.py``) needs.
-
-:func:`group_shared_counts` is the compiled kernel over a list of pairs;
-:func:`reference_group_shared_counts` is its slow obvious twin. Nothing here sees a value.
+the record-level compare find candidate pairs on the whole encoding; this stage then takes,
+for each candidate pair and each group, the bits the two records share in that group and each
+side's set bits (the compare stage's per-pair kernel, :func:`linkage_unit.similarity.
+group_counts`, with its reference twin and property test there). That gives one Dice
+similarity per group, and tells a missing group (all zero bits on either side) from a
+different one, which the Fellegi-Sunter model (``fellegi_sunter.py``) needs. Nothing here
+sees a value.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import numpy.typing as npt
 
-from linkage_unit.similarity import check_clks, default_workers
+from linkage_unit.similarity import check_clks, group_counts
 from protocol.clk_layout import ClkLayout
 from protocol.errors import MatchingError
 
-__all__ = [
-    "GroupSimilarities",
-    "group_popcounts",
-    "group_shared_counts",
-    "group_similarities",
-    "reference_group_shared_counts",
-]
-
-_CHUNK_PAIRS = 1 << 16
+__all__ = ["GroupSimilarities", "group_popcounts", "group_similarities"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,125 +76,13 @@ def group_popcounts(clks: npt.ArrayLike, layout: ClkLayout) -> npt.NDArray[np.in
     """Set bits per record and group: ``(records, groups)``."""
     array = check_clks(clks, name="clks")
     _check_layout(array, layout, "clks")
-    offsets = layout.word_offsets()
-    counts = np.bitwise_count(array)
-    return np.stack(
-        [
-            counts[:, offsets[g] : offsets[g + 1]].sum(axis=1, dtype=np.int32)
-            for g in range(len(layout.groups))
-        ],
-        axis=1,
-    ).astype(np.int32)
-
-
-@numba.njit(nogil=True, cache=True)
-def _shared_chunk(  # pragma: no cover - compiled
-    left: npt.NDArray[np.uint64],
-    right: npt.NDArray[np.uint64],
-    rows: npt.NDArray[np.int64],
-    cols: npt.NDArray[np.int64],
-    offsets: npt.NDArray[np.int64],
-    out: npt.NDArray[np.int32],
-) -> None:
-    groups = offsets.shape[0] - 1
-    for k in range(rows.shape[0]):
-        a = left[rows[k]]
-        b = right[cols[k]]
-        for g in range(groups):
-            total = 0
-            for w in range(offsets[g], offsets[g + 1]):
-                value = a[w] & b[w]
-                # SWAR popcount: numba has no popcount intrinsic for one word outside LLVM's
-                # vectoriser, and this is portable to every CPU.
-                value = value - ((value >> np.uint64(1)) & np.uint64(0x5555555555555555))
-                value = (value & np.uint64(0x3333333333333333)) + (
-                    (value >> np.uint64(2)) & np.uint64(0x3333333333333333)
-                )
-                value = (value + (value >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-                total += int((value * np.uint64(0x0101010101010101)) >> np.uint64(56))
-            out[k, g] = total
-
-
-def _check_pairs(
-    left: npt.NDArray[np.uint64],
-    right: npt.NDArray[np.uint64],
-    rows: npt.ArrayLike,
-    cols: npt.ArrayLike,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    row_array = np.ascontiguousarray(rows, dtype=np.int64)
-    col_array = np.ascontiguousarray(cols, dtype=np.int64)
-    if row_array.shape != col_array.shape or row_array.ndim != 1:
-        raise MatchingError("pair positions must be two 1-D arrays of the same length")
-    if len(row_array) and (
-        row_array.min() < 0
-        or col_array.min() < 0
-        or row_array.max() >= len(left)
-        or col_array.max() >= len(right)
-    ):
-        raise MatchingError("a pair names a record position outside its party")
-    return row_array, col_array
-
-
-def group_shared_counts(
-    left: npt.ArrayLike,
-    right: npt.ArrayLike,
-    rows: npt.ArrayLike,
-    cols: npt.ArrayLike,
-    layout: ClkLayout,
-    *,
-    workers: int | None = None,
-) -> npt.NDArray[np.int32]:
-    """``out[k, g]``: bits record ``rows[k]`` of ``left`` and record ``cols[k]`` of ``right``
-    share in group ``g``; ``(pairs, groups)``."""
-    left_array = check_clks(left, name="left")
-    right_array = check_clks(right, name="right")
-    _check_layout(left_array, layout, "left")
-    _check_layout(right_array, layout, "right")
-    row_array, col_array = _check_pairs(left_array, right_array, rows, cols)
-    offsets = np.array(layout.word_offsets(), dtype=np.int64)
-    out = np.empty((len(row_array), len(layout.groups)), np.int32)
-    if len(row_array) == 0:
-        return out
-    workers = default_workers() if workers is None else workers
-    if workers < 1:
-        raise MatchingError("workers must be >= 1")
-    starts = range(0, len(row_array), _CHUNK_PAIRS)
-
-    def task(start: int) -> None:
-        stop = start + _CHUNK_PAIRS
-        _shared_chunk(
-            left_array, right_array, row_array[start:stop], col_array[start:stop], offsets,
-            out[start:stop],
-        )  # fmt: skip
-
-    if workers == 1 or len(starts) == 1:
-        for start in starts:
-            task(start)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(task, starts))
-    return out
-
-
-def reference_group_shared_counts(
-    left: npt.NDArray[np.uint64],
-    right: npt.NDArray[np.uint64],
-    rows: npt.ArrayLike,
-    cols: npt.ArrayLike,
-    layout: ClkLayout,
-) -> npt.NDArray[np.int32]:
-    """The slow obvious twin of :func:`group_shared_counts`: one pair and group at a time,
-    counting set bits of Python integers."""
-    out = np.empty((len(np.asarray(rows)), len(layout.groups)), np.int32)
-    for k, (row, col) in enumerate(
-        zip(np.asarray(rows).tolist(), np.asarray(cols).tolist(), strict=True)
-    ):
-        for g in range(len(layout.groups)):
-            start, stop = layout.word_range(g)
-            out[k, g] = sum(
-                (int(left[row, w]) & int(right[col, w])).bit_count() for w in range(start, stop)
-            )
-    return out
+    if len(array) == 0:
+        return np.zeros((0, len(layout.groups)), np.int32)
+    starts = np.array(layout.word_offsets()[:-1], dtype=np.int64)
+    counts: npt.NDArray[np.int32] = np.add.reduceat(
+        np.bitwise_count(array), starts, axis=1, dtype=np.int32
+    )
+    return counts
 
 
 def group_similarities(
@@ -215,24 +92,24 @@ def group_similarities(
     cols: npt.ArrayLike,
     layout: ClkLayout,
     *,
-    left_counts: npt.NDArray[np.int32] | None = None,
-    right_counts: npt.NDArray[np.int32] | None = None,
     workers: int | None = None,
 ) -> GroupSimilarities:
-    """Shared counts and popcounts of every pair in every group. ``left_counts`` and
-    ``right_counts`` (:func:`group_popcounts`) may be passed when already known."""
+    """Shared counts and popcounts of pairs ``(left[rows[k]], right[cols[k]])`` in every
+    group of ``layout``."""
     left_array = check_clks(left, name="left")
     right_array = check_clks(right, name="right")
-    row_array, col_array = _check_pairs(left_array, right_array, rows, cols)
-    shared = group_shared_counts(
-        left_array, right_array, row_array, col_array, layout, workers=workers
+    _check_layout(left_array, layout, "left")
+    _check_layout(right_array, layout, "right")
+    if len(left_array) == 0 or len(right_array) == 0:
+        if len(np.asarray(rows)) or len(np.asarray(cols)):
+            raise MatchingError("a pair names a record position outside its party")
+        empty = np.zeros((0, len(layout.groups)), np.int32)
+        return GroupSimilarities(shared=empty, left_counts=empty, right_counts=empty.copy())
+    counts = group_counts(
+        left_array, right_array, rows, cols, layout.word_offsets(), workers=workers
     )
-    if left_counts is None:
-        left_counts = group_popcounts(left_array, layout)
-    if right_counts is None:
-        right_counts = group_popcounts(right_array, layout)
     return GroupSimilarities(
-        shared=shared,
-        left_counts=np.ascontiguousarray(left_counts[row_array], dtype=np.int32),
-        right_counts=np.ascontiguousarray(right_counts[col_array], dtype=np.int32),
+        shared=counts.shared.astype(np.int32),
+        left_counts=counts.left.astype(np.int32),
+        right_counts=counts.right.astype(np.int32),
     )

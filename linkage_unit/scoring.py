@@ -239,8 +239,6 @@ class Scorer:
                     left,
                     right,
                     layout,
-                    left_counts=self.popcounts[i],
-                    right_counts=self.popcounts[j],
                     workers=workers,
                 )  # fmt: skip
             )
@@ -274,7 +272,7 @@ class Scorer:
         i, j = self.jobs[job]
         return group_similarities(
             self.arrays[i], self.arrays[j], pairs.left, pairs.right, self.layout,
-            left_counts=self.popcounts[i], right_counts=self.popcounts[j], workers=self.workers,
+            workers=self.workers,
         )  # fmt: skip
 
     def score(

@@ -1,5 +1,6 @@
-"""Per-group similarities of candidate pairs: the kernel against its reference twin, and what
-missing and identical groups look like."""
+"""Per-group similarities of candidate pairs: what missing and identical groups look like.
+The per-pair kernel itself is ``similarity.group_counts``, property-tested against its
+reference twin in test_similarity.py."""
 
 from __future__ import annotations
 
@@ -8,12 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from linkage_unit.group_similarity import (
-    group_popcounts,
-    group_shared_counts,
-    group_similarities,
-    reference_group_shared_counts,
-)
+from linkage_unit.group_similarity import group_popcounts, group_similarities
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import MatchingError
 from tests.linkage_unit.clk_strategies import random_clks
@@ -26,40 +22,23 @@ from tests.strategies import clk_layouts
     sizes=st.tuples(st.integers(1, 30), st.integers(1, 30)),
     pairs=st.integers(0, 80),
     density=st.sampled_from([0.0, 0.05, 0.4, 0.95]),
-    workers=st.sampled_from([1, 2]),
 )
-def test_kernel_agrees_with_the_reference(
-    layout: ClkLayout,
-    seed: int,
-    sizes: tuple[int, int],
-    pairs: int,
-    density: float,
-    workers: int,
+def test_groups_partition_each_pair_and_record(
+    layout: ClkLayout, seed: int, sizes: tuple[int, int], pairs: int, density: float
 ) -> None:
     generator = np.random.default_rng(seed)
     left = random_clks(generator, sizes[0], words=layout.total_words, density=density)
     right = random_clks(generator, sizes[1], words=layout.total_words, density=density)
     rows = generator.integers(0, sizes[0], pairs)
     cols = generator.integers(0, sizes[1], pairs)
-    fast = group_shared_counts(left, right, rows, cols, layout, workers=workers)
-    slow = reference_group_shared_counts(left, right, rows, cols, layout)
-    np.testing.assert_array_equal(fast, slow)
-    # The groups partition the record: their shared counts add up to the record's.
+    similarities = group_similarities(left, right, rows, cols, layout, workers=1)
+    # The groups partition the record: their counts add up to the record's.
     whole = np.bitwise_count(left[rows] & right[cols]).sum(axis=1)
-    np.testing.assert_array_equal(fast.sum(axis=1), whole)
-
-
-def test_many_pairs_cross_chunk_and_thread_boundaries() -> None:
-    layout = ClkLayout(groups=(GroupLayout(name="a", bits=128), GroupLayout(name="b", bits=64)))
-    generator = np.random.default_rng(3)
-    left = random_clks(generator, 50, words=3)
-    right = random_clks(generator, 40, words=3)
-    rows = generator.integers(0, 50, 200_000)
-    cols = generator.integers(0, 40, 200_000)
-    fast = group_shared_counts(left, right, rows, cols, layout, workers=2)
-    sample = generator.choice(200_000, 300, replace=False)
-    slow = reference_group_shared_counts(left, right, rows[sample], cols[sample], layout)
-    np.testing.assert_array_equal(fast[sample], slow)
+    np.testing.assert_array_equal(similarities.shared.sum(axis=1), whole)
+    np.testing.assert_array_equal(similarities.left_counts, group_popcounts(left, layout)[rows])
+    np.testing.assert_array_equal(
+        similarities.right_counts.sum(axis=1), np.bitwise_count(right[cols]).sum(axis=1)
+    )
 
 
 def test_missing_identical_and_dice() -> None:
@@ -84,8 +63,12 @@ def test_bad_inputs_are_refused() -> None:
     layout = ClkLayout(groups=(GroupLayout(name="a", bits=64), GroupLayout(name="b", bits=64)))
     clks = random_clks(np.random.default_rng(1), 4, words=2)
     with pytest.raises(MatchingError, match="layout"):
-        group_shared_counts(clks[:, :1].copy(), clks, [0], [0], layout)
-    with pytest.raises(MatchingError, match="outside its party"):
-        group_shared_counts(clks, clks, [4], [0], layout)
+        group_similarities(clks[:, :1].copy(), clks, [0], [0], layout)
+    with pytest.raises(MatchingError, match="outside"):
+        group_similarities(clks, clks, [4], [0], layout)
     with pytest.raises(MatchingError, match="same length"):
-        group_shared_counts(clks, clks, [0, 1], [0], layout)
+        group_similarities(clks, clks, [0, 1], [0], layout)
+    empty = np.empty((0, 2), np.uint64)
+    assert len(group_similarities(empty, clks, [], [], layout)) == 0
+    with pytest.raises(MatchingError, match="outside"):
+        group_similarities(empty, clks, [0], [0], layout)
