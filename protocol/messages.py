@@ -105,6 +105,9 @@ class ProjectSettings:
     schema v2; None for a single record-level CLK (schema v1: uploads are format 1)."""
     deduplicated: tuple[str, ...] = ()
     max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE
+    match_probability: float | None = None
+    """The operator's cut on the Fellegi-Sunter model's posterior match probability (a
+    grouped layout's runs link pairs at or above it); None: the model's default, 0.5."""
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="project id")
@@ -146,6 +149,16 @@ class ProjectSettings:
             raise ConfigurationError("retention must be 0..3650 days")
         if self.layout is not None and not isinstance(self.layout, ClkLayout):
             raise ConfigurationError("a project's layout must be a ClkLayout")
+        if self.match_probability is not None:
+            if not (0.0 < self.match_probability < 1.0):
+                raise ConfigurationError("the match probability must be in (0, 1)")
+            if self.layout is None or len(self.layout.groups) < 2:
+                # A single record-level CLK is scored by Dice: the cut would do nothing.
+                raise ConfigurationError(
+                    "a match probability applies only to a project whose schema has several "
+                    "field groups (scored by the Fellegi-Sunter model); a single-CLK project "
+                    "is cut by its Dice threshold (--threshold)"
+                )
 
     @property
     def link_model(self) -> LinkModel:
@@ -169,8 +182,9 @@ class ProjectSettings:
 
     def canonical_json(self) -> str:
         """Sorted-keys JSON of every setting: what the settings fingerprint covers. The
-        layout appears only when set and the deduplication settings only in a project that
-        deduplicates, so a single-CLK one-to-one project keeps its earlier fingerprint."""
+        layout and the match-probability cut appear only when set and the deduplication
+        settings only in a project that deduplicates, so a single-CLK one-to-one project keeps
+        its earlier fingerprint."""
         values: dict[str, object] = {
             "project_id": self.project_id,
             "members": sorted(self.members),
@@ -186,6 +200,8 @@ class ProjectSettings:
         if self.deduplicated:
             values["deduplicated"] = sorted(self.deduplicated)
             values["max_cluster_size"] = self.max_cluster_size
+        if self.match_probability is not None:
+            values["match_probability"] = self.match_probability
         return json.dumps(values, sort_keys=True, separators=(",", ":"))
 
     @property
@@ -333,6 +349,11 @@ class ProjectStatus:
     # automatic method's name): the operator must be able to see what the engine chose.
     threshold: float | None = None
     threshold_method: str = ""
+    # A run scored by the Fellegi-Sunter model: the precision, recall and F1 it expects of its
+    # links (no ground truth). Derived from every party's data: operator and auditors only.
+    estimated_precision: float | None = None
+    estimated_recall: float | None = None
+    estimated_f1: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

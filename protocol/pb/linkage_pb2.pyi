@@ -135,11 +135,16 @@ class MatchingSettings(_message.Message):
     BLOCKING_FIELD_NUMBER: _builtins.int
     DEDUPLICATED_PARTY_IDS_FIELD_NUMBER: _builtins.int
     MAX_CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
+    MATCH_PROBABILITY_FIELD_NUMBER: _builtins.int
     threshold: _builtins.float
     """Dice threshold in (0, 1]; unset means the engine chooses it from the run's own scores."""
     blocking: Global___Blocking.ValueType
     max_cluster_size: _builtins.int
     """With deduplication: the largest cluster a run may make before it fails; unset: 1000."""
+    match_probability: _builtins.float
+    """Grouped layouts (several field groups, scored by the Fellegi-Sunter model): the posterior
+    match probability in (0, 1) at or above which a pair is linked; unset: 0.5.
+    """
     @_builtins.property
     def deduplicated_party_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Member parties whose extracts may hold several records of one person: their records
@@ -154,15 +159,20 @@ class MatchingSettings(_message.Message):
         blocking: Global___Blocking.ValueType = ...,
         deduplicated_party_ids: _abc.Iterable[_builtins.str] | None = ...,
         max_cluster_size: _builtins.int | None = ...,
+        match_probability: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_match_probability", b"_match_probability", "_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "match_probability", b"match_probability", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "blocking", b"blocking", "deduplicated_party_ids", b"deduplicated_party_ids", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_match_probability", b"_match_probability", "_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "blocking", b"blocking", "deduplicated_party_ids", b"deduplicated_party_ids", "match_probability", b"match_probability", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__match_probability: _TypeAlias = _typing.Literal["match_probability"]  # noqa: Y015
+    _WhichOneofArgType__match_probability: _TypeAlias = _typing.Literal["_match_probability", b"_match_probability"]  # noqa: Y015
     _WhichOneofReturnType__max_cluster_size: _TypeAlias = _typing.Literal["max_cluster_size"]  # noqa: Y015
     _WhichOneofArgType__max_cluster_size: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size"]  # noqa: Y015
     _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
     _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__match_probability) -> _WhichOneofReturnType__match_probability | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cluster_size) -> _WhichOneofReturnType__max_cluster_size | None: ...
     @_typing.overload
@@ -344,6 +354,9 @@ class GetProjectStatusResponse(_message.Message):
     SETTINGS_FINGERPRINT_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     THRESHOLD_METHOD_FIELD_NUMBER: _builtins.int
+    ESTIMATED_PRECISION_FIELD_NUMBER: _builtins.int
+    ESTIMATED_RECALL_FIELD_NUMBER: _builtins.int
+    ESTIMATED_F1_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     run_state: Global___RunState.ValueType
     run_id: _builtins.str
@@ -363,6 +376,14 @@ class GetProjectStatusResponse(_message.Message):
     method): a setting of the run, not a score of any pair.
     """
     threshold_method: _builtins.str
+    estimated_precision: _builtins.float
+    """A finished run scored by the Fellegi-Sunter model (grouped layouts): the precision,
+    recall and F1 the model expects of its links, from its own probabilities (no ground
+    truth). Figures derived from every party's data: the operator and auditors see them, a
+    party never does.
+    """
+    estimated_recall: _builtins.float
+    estimated_f1: _builtins.float
     @_builtins.property
     def parties(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyStatus]: ...
     def __init__(
@@ -384,13 +405,29 @@ class GetProjectStatusResponse(_message.Message):
         settings_fingerprint: _builtins.str = ...,
         threshold: _builtins.float | None = ...,
         threshold_method: _builtins.str = ...,
+        estimated_precision: _builtins.float | None = ...,
+        estimated_recall: _builtins.float | None = ...,
+        estimated_f1: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "threshold", b"threshold"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_estimated_f1", b"_estimated_f1", "_estimated_precision", b"_estimated_precision", "_estimated_recall", b"_estimated_recall", "_threshold", b"_threshold", "estimated_f1", b"estimated_f1", "estimated_precision", b"estimated_precision", "estimated_recall", b"estimated_recall", "threshold", b"threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "check_aspect", b"check_aspect", "check_party_id", b"check_party_id", "cluster_count", b"cluster_count", "comparisons", b"comparisons", "linked_record_count", b"linked_record_count", "parties", b"parties", "progress_done", b"progress_done", "progress_stage", b"progress_stage", "progress_total", b"progress_total", "project_id", b"project_id", "run_id", b"run_id", "run_state", b"run_state", "schema_fingerprint", b"schema_fingerprint", "settings_fingerprint", b"settings_fingerprint", "threshold", b"threshold", "threshold_method", b"threshold_method"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_estimated_f1", b"_estimated_f1", "_estimated_precision", b"_estimated_precision", "_estimated_recall", b"_estimated_recall", "_threshold", b"_threshold", "check_aspect", b"check_aspect", "check_party_id", b"check_party_id", "cluster_count", b"cluster_count", "comparisons", b"comparisons", "estimated_f1", b"estimated_f1", "estimated_precision", b"estimated_precision", "estimated_recall", b"estimated_recall", "linked_record_count", b"linked_record_count", "parties", b"parties", "progress_done", b"progress_done", "progress_stage", b"progress_stage", "progress_total", b"progress_total", "project_id", b"project_id", "run_id", b"run_id", "run_state", b"run_state", "schema_fingerprint", b"schema_fingerprint", "settings_fingerprint", b"settings_fingerprint", "threshold", b"threshold", "threshold_method", b"threshold_method"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__estimated_f1: _TypeAlias = _typing.Literal["estimated_f1"]  # noqa: Y015
+    _WhichOneofArgType__estimated_f1: _TypeAlias = _typing.Literal["_estimated_f1", b"_estimated_f1"]  # noqa: Y015
+    _WhichOneofReturnType__estimated_precision: _TypeAlias = _typing.Literal["estimated_precision"]  # noqa: Y015
+    _WhichOneofArgType__estimated_precision: _TypeAlias = _typing.Literal["_estimated_precision", b"_estimated_precision"]  # noqa: Y015
+    _WhichOneofReturnType__estimated_recall: _TypeAlias = _typing.Literal["estimated_recall"]  # noqa: Y015
+    _WhichOneofArgType__estimated_recall: _TypeAlias = _typing.Literal["_estimated_recall", b"_estimated_recall"]  # noqa: Y015
     _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
     _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_f1) -> _WhichOneofReturnType__estimated_f1 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_precision) -> _WhichOneofReturnType__estimated_precision | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_recall) -> _WhichOneofReturnType__estimated_recall | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
 
 Global___GetProjectStatusResponse: _TypeAlias = GetProjectStatusResponse  # noqa: Y015
