@@ -47,7 +47,8 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import run_in_peers, run_in_splink  # noqa: E402
+from peers import run_in_peers  # noqa: E402
+from splink_peer import run_splink as run_splink_peer  # noqa: E402
 
 from linkage_unit.blocking import BlockingMode  # noqa: E402
 from linkage_unit.clustering import ClusterSettings, PartyRecords, cluster_records  # noqa: E402
@@ -592,105 +593,39 @@ def worst_calibration_gap(rows: Sequence[tuple[float, float, int, float, float]]
 
 
 # ---------------------------------------------------------------------------------------
-# Peer: plaintext Splink 5
+# Peer: plaintext Splink 5 (benchmarks/splink_peer.py)
 # ---------------------------------------------------------------------------------------
-SPLINK_SNIPPET = r"""
-import json, logging, sys, time
-import pandas as pd
-import splink.comparison_library as cl
-from splink import Linker, SettingsCreator, block_on
-from splink.backends.duckdb import DuckDBAPI
-logging.disable(logging.WARNING)
-job = json.loads(sys.stdin.buffer.read())
-started = time.perf_counter()
-frames = []
-for number, rows in enumerate(job["datasets"]):
-    frame = pd.DataFrame(rows, columns=job["columns"])
-    frame.insert(0, "unique_id", range(len(frame)))
-    frame["source_dataset"] = f"d{number}"
-    frames.append(frame)
-names, date = job["names"], job["date"]
-comparisons = [cl.NameComparison(name) for name in names]
-comparisons.append(cl.DateOfBirthComparison(date, input_is_string=True, datetime_format=job["date_format"]))
-if job["uk_postcode"]:
-    comparisons.append(cl.PostcodeComparison(job["postcode"]))
-else:
-    comparisons.append(cl.LevenshteinAtThresholds(job["postcode"], [1, 2]))
-comparisons += [cl.ExactMatch(column) for column in job["exact"]]
-rules = [block_on(*names), block_on(date), block_on(job["postcode"]), block_on(names[1], job["exact"][0])]
-settings = SettingsCreator(
-    link_type="link_and_dedupe" if job["dedupe"] else "link_only",
-    comparisons=comparisons,
-    blocking_rules_to_generate_predictions=rules,
-    retain_matching_columns=False,
-)
-api = DuckDBAPI()
-linker = Linker([api.register(frame) for frame in frames], settings)
-linker.training.estimate_probability_two_random_records_match([block_on(*names, date)], recall=0.7)
-linker.training.estimate_u_using_random_sampling(max_pairs=1e7, seed=1)
-linker.training.estimate_parameters_using_expectation_maximisation(block_on(date))
-linker.training.estimate_parameters_using_expectation_maximisation(block_on(*names))
-predictions = linker.inference.predict(threshold_match_probability=0.01)
-if job["dedupe"]:
-    clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(predictions, 0.5)
-else:
-    clusters = linker.clustering.cluster_using_single_best_links(
-        predictions, duplicate_free_datasets=[f"d{n}" for n in range(len(frames))],
-        threshold_match_probability=0.5)
-table = clusters.as_pandas_dataframe()
-out = []
-for number, frame in enumerate(frames):
-    part = table[table["source_dataset"] == f"d{number}"].set_index("unique_id")["cluster_id"]
-    out.append([str(part.get(i, f"alone-{number}-{i}")) for i in range(len(frame))])
-print(json.dumps({"clusters": out, "seconds": time.perf_counter() - started}))
-"""
+SYNTH_SPLINK_COLUMNS = ("forename", "surname", "date_of_birth", "sex", "postcode")
 
 
 def run_splink(parties: Sequence[PartyData], *, febrl: bool, within: bool) -> Quality:
-    """Plaintext Splink 5 on the same normalised values: its standard name, date-of-birth and
-    postcode comparisons (exact sex; on FEBRL4 exact suburb and state, Levenshtein postcode),
-    u from 1e7 random pairs, EM on two blocking rules, untuned; one-to-one best links at
-    p >= 0.5 (connected components at 0.5 with repeat records)."""
+    """Plaintext Splink 5 (``splink_peer.py``, untuned) on the same records: the synth sets'
+    normalised values; FEBRL4's raw rows as its runner reads them. Duplicate-free sets are
+    linked ``link_only`` and clustered by single best links at p >= 0.5 (one-to-one, as
+    bloomlink solves them); with repeat records, connected components at p >= 0.5."""
     if febrl:
-        columns = ["given_name", "surname", "date_of_birth", "postcode", "suburb", "state"]
-        job: dict[str, Any] = {
-            "columns": columns,
-            "names": ["given_name", "surname"],
-            "date": "date_of_birth",
-            "date_format": "%Y%m%d",
-            "postcode": "postcode",
-            "uk_postcode": False,
-            "exact": ["suburb", "state"],
-        }
-        index = [FEBRL_SCHEMA_FIELDS.index(column) for column in columns]
+        columns = FEBRL_COLUMNS[1:-1]  # the fields the FEBRL schema encodes
+        datasets = []
+        for party, path in zip(
+            parties, febrl_files(Path.home() / ".cache" / "bloomlink" / "febrl4"), strict=True
+        ):
+            header, rows = read_csv(path)
+            keep = [header.index(column) for column in columns]
+            datasets.append((party.name, [[row[i] or None for i in keep] for row in rows]))
+        kind = "febrl"
     else:
-        columns = ["forename", "surname", "date_of_birth", "sex", "postcode"]
-        job = {
-            "columns": columns,
-            "names": ["forename", "surname"],
-            "date": "date_of_birth",
-            "date_format": "%Y-%m-%d",
-            "postcode": "postcode",
-            "uk_postcode": True,
-            "exact": ["sex"],
-        }
-        index = list(range(5))
-    job["dedupe"] = within
-    job["datasets"] = [[[row[i] for i in index] for row in party.values] for party in parties]
-    answer = run_in_splink(SPLINK_SNIPPET, stdin_bytes=json.dumps(job).encode(), timeout=7200)
-    ids: dict[str, int] = {}
-    clusters = [
-        np.array([ids.setdefault(value, len(ids)) for value in party_ids], dtype=np.int64)
-        for party_ids in answer["clusters"]
-    ]
-    p, r, f = pair_quality(clusters, [party.truth for party in parties], within=within)
+        columns = SYNTH_SPLINK_COLUMNS
+        datasets = [(party.name, [list(row[:5]) for row in party.values]) for party in parties]
+        kind = "synth"
+    result = run_splink_peer(
+        kind=kind,
+        columns=columns,
+        datasets=datasets,
+        duplicate_free=() if within else [name for name, _ in datasets],
+        timeout=7200,
+    )
+    p, r, f = pair_quality(result.clusters, [party.truth for party in parties], within=within)
     return Quality(precision=p, recall=r, f1=f, threshold=0.5, method="splink")
-
-
-FEBRL_SCHEMA_FIELDS = (
-    "given_name", "surname", "street_number", "address_1", "address_2", "suburb", "postcode",
-    "state", "date_of_birth",
-)  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------
