@@ -18,6 +18,9 @@ Columns, all pairwise over every pair of records, within and across parties:
 * bloomlink auto: the engine as an operator runs it (``link()``, automatic threshold for
   pairs across parties, and each deduplicated party's own pairs cut where deduplicating it
   alone would cut them; the own cuts are printed with the threshold methods);
+* bloomlink groups + model: the same fields as field groups (``quality.py``'s
+  ``encode_groups``), the Fellegi-Sunter model's probabilities clustered at p >= 0.5 (each
+  deduplicated party's own pairs scored by a model of its records alone);
 * bloomlink, valley threshold: the same clustering at the threshold the engine chose before
   link models (the valley method whenever records repeat), to measure the threshold change;
 * bloomlink best: the best threshold of a 0.005 sweep, chosen with the truth, one threshold
@@ -66,6 +69,7 @@ from peers import run_in_peers  # noqa: E402
 from splink_peer import run_splink  # noqa: E402
 
 from linkage_unit import matching  # noqa: E402
+from linkage_unit.blocking import BlockingMode  # noqa: E402
 from linkage_unit.clustering import ClusterSettings, PartyRecords, cluster_records  # noqa: E402
 from linkage_unit.matching import LinkResult, MatchSettings, link  # noqa: E402
 from linkage_unit.similarity import CandidatePairs, candidate_pairs, candidate_pairs_within  # noqa: E402
@@ -284,9 +288,7 @@ def ours(data: DedupeSet, clks: Mapping[str, npt.NDArray[np.uint64]]) -> dict[st
         threshold=result.threshold,
         method=result.threshold_method
         + "".join(
-            f", {name.removeprefix('own_threshold:')} own {value:.3f}"
-            for name, value in result.statistics.items()
-            if name.startswith("own_threshold:")
+            f", {name} own {value:.3f}" for name, value in result.statistics.own_thresholds.items()
         ),
     )
     low, high = data.sweep
@@ -322,6 +324,23 @@ def ours(data: DedupeSet, clks: Mapping[str, npt.NDArray[np.uint64]]) -> dict[st
         "best": Quality(**{**_fields(best), "method": "best"}),
         "components": Quality(**{**_fields(components), "method": "best"}),
     }
+
+
+def ours_model(data: DedupeSet, groups: Sequence[base.GroupSpec] | None) -> Quality:
+    """The same fields split into field groups (quality.py's ``encode_groups``) and linked by
+    ``link()`` with the Fellegi-Sunter model: its probabilities clustered at p >= 0.5."""
+    grouped, layout = base.encode_groups(
+        data.parties, data.schema, groups if groups is not None else base.SYNTH_GROUPS
+    )
+    result = link(
+        grouped, MatchSettings(deduplicated=data.deduplicated, blocking_seed=11), layout=layout
+    )
+    return quality_of(
+        [result.clusters[party.name] for party in data.parties],
+        data,
+        threshold=result.threshold,
+        method=result.threshold_method,
+    )
 
 
 def _fields(quality: Quality) -> dict[str, Any]:
@@ -366,6 +385,7 @@ def anonlink(data: DedupeSet) -> dict[str, Quality]:
 
 COLUMNS = (
     ("auto", "bloomlink auto"),
+    ("model", "bloomlink groups + model"),
     ("valley", "bloomlink valley threshold"),
     ("best", "bloomlink best threshold"),
     ("components", "connected components best"),
@@ -393,8 +413,9 @@ def quality_main(args: argparse.Namespace) -> int:
         for seed in [0] if name == "febrl3" else args.seeds:
             set_started = time.perf_counter()
             data = febrl3_set() if name == "febrl3" else synth_set(name, args.records, seed)
-            clks = base.encode(data.parties, data.schema)
+            clks, _ = base.encode(data.parties, data.schema)
             row: dict[str, Any] = {"set": name, "label": data.label, **ours(data, clks)}
+            row["model"] = ours_model(data, base.FEBRL_GROUPS if name == "febrl3" else None)
             if not args.no_splink:
                 row.update(splink(data))
             if not args.no_peer:
@@ -537,7 +558,10 @@ def scale_main(args: argparse.Namespace) -> int:
     clks, truth = scale_data(directory, args.records, reuse=args.reuse)
     data = {"moj": clks}
     settings = MatchSettings(
-        deduplicated=frozenset({"moj"}), blocking="lsh", blocking_seed=11, max_candidate_pairs=10**9
+        deduplicated=frozenset({"moj"}),
+        blocking=BlockingMode.LSH,
+        blocking_seed=11,
+        max_candidate_pairs=10**9,
     )
     link({"moj": clks[:2000]}, settings)  # compile and warm outside the timing
     load_before = os.getloadavg()[0]
@@ -559,7 +583,7 @@ def scale_main(args: argparse.Namespace) -> int:
     print(
         f"  inputs {clk_mib:.0f} MiB of CLKs; threshold {local.threshold:.3f} "
         f"({local.threshold_method}); {local.candidate_pair_count:,} candidate pairs; "
-        f"{local.statistics.get('blocked_comparisons_planned', 0):,.0f} block comparisons"
+        f"{local.statistics.compare.blocked_comparisons_planned:,} block comparisons"
     )
     print(f"  {'executor':<32} {'time s':>8} {'peak MiB':>20}")
     print(f"  {'in-process':<32} {local_seconds:8.1f} {local_mib:20.0f}")
@@ -567,7 +591,7 @@ def scale_main(args: argparse.Namespace) -> int:
         peaks = ", ".join(f"{m:.0f}" for m in dask_mib)
         print(f"  {'Dask, 2 workers x 1 thread':<32} {dask_seconds:8.1f} {peaks:>20}")
         print(f"  identical clusters in-process and on Dask: {'yes' if same else 'NO'}")
-    largest = int(local.statistics["largest_cluster"])
+    largest = local.statistics.largest_cluster
     print(
         f"  pairwise precision {p:.4f} recall {r:.4f} F1 {f:.4f}; {local.cluster_count:,} "
         f"clusters, the largest of {largest} records"

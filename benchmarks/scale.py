@@ -188,7 +188,7 @@ def main() -> int:
     }
     load_after = os.getloadavg()[0]
 
-    planned = local.statistics["blocked_comparisons_planned"]
+    planned = local.statistics.compare.blocked_comparisons_planned
     per_core = planned / one_seconds
     print(f"\nscale: {args.records:,} x {args.records:,} CLKs, LSH blocking, threshold {THRESHOLD}")
     print(f"  inputs {clk_mib:.0f} MiB of CLKs; {planned:,.0f} block comparisons planned")

@@ -3,8 +3,11 @@ plaintext values, run in its own virtual environment (it pins its own DuckDB and
 
 The venv lives OUTSIDE the repository (default ``~/.cache/bloomlink/splink-venv``; override
 with ``BLOOMLINK_SPLINK_VENV``) and is built on first use. :func:`run_splink` hands it one job
-on standard input and reads back each record's cluster id (connected components of the pairs
-at match probability >= 0.5, Splink's own clustering) and the pairs it scored at >= 0.5.
+on standard input and reads back each record's cluster id (Splink's own clustering of the
+pairs at match probability >= 0.5: connected components, or, when datasets are named
+duplicate-free, its single-best-links clustering, which keeps at most one record of each of
+them per cluster) and the pairs it scored at >= 0.5. This is the one Splink runner of the
+benchmarks (quality.py, dedupe.py).
 
     python benchmarks/splink_peer.py     # create (if missing) and print its Splink version
 
@@ -15,7 +18,9 @@ with ``PostcodeComparison``, sex exact; FEBRL address lines and suburb by Jaro-W
 street number and state exact, its Australian postcode by Levenshtein (the social-security
 id is left out, as the FEBRL schema leaves it out of the CLK). ``probability_two_random_records_
 match`` from deterministic rules, u from 10M random pairs (seeded), m by EM on two blocking
-rules; predictions blocked on several rules so that each true pair is met by one.
+rules; predictions blocked on several rules so that each true pair is met by one (on synth:
+the date of birth alone, the postcode, both names, and month of birth with the surname's
+first letters; a pair whose names and postcode changed still shares its date of birth).
 """
 
 from __future__ import annotations
@@ -122,8 +127,7 @@ else:
         cl.PostcodeComparison("postcode"),
     ]
     predict_rules = [
-        block_on("forename", "date_of_birth"), block_on("surname", "date_of_birth"),
-        block_on("postcode"), block_on("forename", "surname"),
+        block_on("date_of_birth"), block_on("postcode"), block_on("forename", "surname"),
         block_on("substr(date_of_birth, 1, 7)", "substr(surname, 1, 2)"),
     ]
     deterministic = [block_on("forename", "surname", "date_of_birth")]
@@ -143,9 +147,14 @@ linker.training.estimate_u_using_random_sampling(max_pairs=1e7, seed=1)
 for rule in em_rules:
     linker.training.estimate_parameters_using_expectation_maximisation(rule)
 predictions = linker.inference.predict(threshold_match_probability=0.5)
-clustered = linker.clustering.cluster_pairwise_predictions_at_threshold(
-    predictions, threshold_match_probability=0.5
-).as_pandas_dataframe()
+if job["duplicate_free"]:
+    clustered = linker.clustering.cluster_using_single_best_links(
+        predictions, duplicate_free_datasets=job["duplicate_free"], threshold_match_probability=0.5
+    ).as_pandas_dataframe()
+else:
+    clustered = linker.clustering.cluster_pairwise_predictions_at_threshold(
+        predictions, threshold_match_probability=0.5
+    ).as_pandas_dataframe()
 pairs = predictions.as_pandas_dataframe()
 offsets, total = {}, 0
 for dataset in job["datasets"]:
@@ -173,15 +182,28 @@ def run_splink(
     kind: str,
     columns: Sequence[str],
     datasets: Sequence[tuple[str, Sequence[Sequence[str | None]]]],
+    duplicate_free: Sequence[str] = (),
     timeout: float = 3600,
 ) -> SplinkResult:
     """Run Splink on plaintext rows: ``kind`` "synth" (forename, surname, date_of_birth as
     YYYY-MM-DD, sex, postcode) or "febrl" (the FEBRL columns, dates as YYYYMMDD);
-    ``link_and_dedupe`` over several datasets, ``dedupe_only`` over one."""
+    ``link_and_dedupe`` over several datasets, ``dedupe_only`` over one, ``link_only`` when
+    every dataset is ``duplicate_free`` (at most one record per person: clustered by single
+    best links, as bloomlink's one-to-one solve)."""
+    names = [name for name, _ in datasets]
+    if set(duplicate_free) - set(names):
+        raise ValueError("duplicate_free names a dataset that is not given")
+    if len(datasets) == 1:
+        link_type = "dedupe_only"
+    elif set(duplicate_free) == set(names):
+        link_type = "link_only"
+    else:
+        link_type = "link_and_dedupe"
     job: dict[str, Any] = {
         "kind": kind,
         "columns": list(columns),
-        "link_type": "dedupe_only" if len(datasets) == 1 else "link_and_dedupe",
+        "link_type": link_type,
+        "duplicate_free": list(duplicate_free),
         "datasets": [
             {"name": name, "rows": [list(row) for row in rows]} for name, rows in datasets
         ],

@@ -33,6 +33,8 @@ from linkage_unit.similarity import (
     CandidatePairs,
     _add_shared_bits,
     _scores,
+    candidate_pairs,
+    candidate_pairs_within,
     check_clks,
     check_threshold,
     default_workers,
@@ -40,20 +42,24 @@ from linkage_unit.similarity import (
     required_shared,
 )
 from protocol.errors import MatchingError
+from protocol.messages import BlockingMode
 
 __all__ = [
     "BLOCK_COMPARISONS_PER_SECOND",
     "BlockingIndex",
+    "BlockingMode",
     "BlockingPlan",
     "BlockingSettings",
     "EXHAUSTIVE_BELOW_COMPARISONS",
+    "generate_candidates",
     "pair_completeness",
     "reduction_ratio",
     "sample_band_positions",
+    "uses_lsh",
 ]
 
 EXHAUSTIVE_BELOW_COMPARISONS = 20_000 * 20_000
-"""``blocking="auto"`` compares exhaustively up to this many pairs: the tiled kernel does
+"""``BlockingMode.AUTO`` compares exhaustively up to this many pairs: the tiled kernel does
 them in well under a second, faster than building blocks."""
 
 BLOCK_COMPARISONS_PER_SECOND = 250_000_000
@@ -530,3 +536,39 @@ def _shared_counts(
         both = left[rows[start:stop]] & right[cols[start:stop]]
         shared[start:stop] = np.bitwise_count(both).sum(axis=1, dtype=np.int64)
     return shared
+
+
+def uses_lsh(mode: BlockingMode, left_size: int, right_size: int | None) -> bool:
+    """Whether candidate generation blocks: always for ``lsh``, never for ``none``, and for
+    ``auto`` above EXHAUSTIVE_BELOW_COMPARISONS pairs (``right_size`` None: one party with
+    itself)."""
+    if mode is BlockingMode.LSH:
+        return True
+    if mode is BlockingMode.NONE:
+        return False
+    exhaustive = left_size * (left_size - 1) // 2 if right_size is None else left_size * right_size
+    return exhaustive > EXHAUSTIVE_BELOW_COMPARISONS
+
+
+def generate_candidates(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    *,
+    mode: BlockingMode,
+    settings: BlockingSettings,
+    seed: int,
+    workers: int | None = None,
+    max_pairs: int = DEFAULT_MAX_CANDIDATE_PAIRS,
+) -> tuple[CandidatePairs, BlockingPlan | None]:
+    """Candidate generation, the one entry point: the pairs at or above ``threshold`` of one
+    party pair (``right`` None: one party with itself), by LSH blocking or exhaustively as
+    ``mode`` says, and the blocking plan when it blocked. Scoring is similarity.py's."""
+    if not uses_lsh(mode, len(left), None if right is None else len(right)):
+        if right is None:
+            return candidate_pairs_within(
+                left, threshold, workers=workers, max_pairs=max_pairs
+            ), None
+        return candidate_pairs(left, right, threshold, workers=workers, max_pairs=max_pairs), None
+    index = BlockingIndex(left, right, settings=settings, seed=seed, workers=workers)
+    return index.candidate_pairs(threshold, max_pairs=max_pairs), index.plan

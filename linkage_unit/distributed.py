@@ -41,7 +41,18 @@ from urllib.parse import urlsplit
 import numpy as np
 import numpy.typing as npt
 
-from linkage_unit.blocking import BlockingIndex, BlockingSettings, sample_band_positions
+from linkage_unit.blocking import (
+    BlockingIndex,
+    BlockingSettings,
+    sample_band_positions,
+    uses_lsh,
+)
+from linkage_unit.comparison import (
+    CompareSettings,
+    CompareStatistics,
+    Comparison,
+    ProgressCallback,
+)
 from linkage_unit.similarity import CandidatePairs, candidate_pairs
 from protocol.addresses import is_loopback
 from protocol.errors import MatchingError
@@ -53,7 +64,6 @@ __all__ = ["ClusterSettings", "DaskExecutor", "TaskFailure"]
 
 logger = logging.getLogger("bloomlink.linkage_unit.distributed")
 
-ProgressCallback = Callable[[str, int, int], None]
 
 _PAIR_BYTES = 12
 _BAND_BYTES_PER_RECORD = 64
@@ -222,12 +232,15 @@ class _PairUnion:
         self.pending: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = []
         self.pending_count = 0
         self.comparisons = 0
-        self.counts: dict[str, int] = {}
+        self.block_comparisons = 0
+        self.oversized_blocks = 0
+        self.oversized_comparisons = 0
 
     def add(self, result: _TaskResult) -> None:
         self.comparisons += result.comparisons
-        for name in ("block_comparisons", "oversized_blocks", "oversized_comparisons"):
-            self.counts[name] = self.counts.get(name, 0) + getattr(result, name)
+        self.block_comparisons += result.block_comparisons
+        self.oversized_blocks += result.oversized_blocks
+        self.oversized_comparisons += result.oversized_comparisons
         self.pending.append(
             (result.left.astype(np.int64) * self.width + result.right, result.scores)
         )
@@ -267,7 +280,8 @@ def _groups(count: int, parts: int) -> list[tuple[int, int]]:
 
 
 class DaskExecutor:
-    """Runs the compare stage of :func:`linkage_unit.matching.link` on a Dask cluster.
+    """Runs the compare stage of :func:`linkage_unit.matching.link` on a Dask cluster: a
+    :class:`linkage_unit.comparison.Comparer`.
 
     Pass one to ``link(..., executor=...)``. It connects for each run and disconnects after,
     so a cluster restarted between runs is simply found again. ``client`` (tests, benchmarks)
@@ -277,6 +291,45 @@ class DaskExecutor:
     def __init__(self, settings: ClusterSettings, *, client: Client | None = None) -> None:
         self.settings = settings
         self._client = client
+
+    def compare(
+        self,
+        arrays: Sequence[npt.NDArray[np.uint64]],
+        jobs: Sequence[tuple[int, int]],
+        thresholds: Sequence[float],
+        settings: CompareSettings,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[Comparison, ...]:
+        """Every party pair's compare on the cluster, in job order: each party's CLKs are
+        sent once and dropped when no later party pair needs them."""
+        results = []
+        with self.session() as session:
+            for number, ((i, j), threshold) in enumerate(
+                zip(jobs, thresholds, strict=True), start=1
+            ):
+                right = None if i == j else arrays[j]
+                pairs, statistics = compare_on_cluster(
+                    session,
+                    arrays[i],
+                    right,
+                    threshold,
+                    use_lsh=uses_lsh(
+                        settings.blocking, len(arrays[i]), None if right is None else len(right)
+                    ),
+                    blocking=settings.blocking_settings,
+                    seed=settings.seed,
+                    max_pairs=settings.max_pairs,
+                    progress=progress,
+                    stage=f"compare on Dask (party pair {number} of {len(jobs)})",
+                )
+                results.append(
+                    Comparison(left_party=i, right_party=j, pairs=pairs, statistics=statistics)
+                )
+                later = {party for job in jobs[number:] for party in job}
+                for party in {i, j} - later:
+                    session.forget(arrays[party])
+        return tuple(results)
 
     # -- connection -----------------------------------------------------------------------
 
@@ -538,16 +591,16 @@ def compare_on_cluster(
     blocking: BlockingSettings,
     seed: int,
     max_pairs: int,
-    statistics: dict[str, float],
     progress: ProgressCallback | None,
     stage: str = "compare",
-) -> CandidatePairs:
+) -> tuple[CandidatePairs, CompareStatistics]:
     """The compare of one party pair (or one party with itself) as cluster tasks; returns the
-    same candidate pairs as the in-process path with the same settings and seed."""
+    same candidate pairs (and work counts) as the in-process path with the same settings and
+    seed."""
     n_left = len(left)
     n_right = n_left if right is None else len(right)
     if n_left == 0 or n_right == 0:
-        return CandidatePairs.empty()
+        return CandidatePairs.empty(), CompareStatistics()
     session.wait_for_workers(progress)
     nthreads = session.client.nthreads()
     # A worker runs one task per thread at once; each holds one band's working set while it
@@ -589,16 +642,16 @@ def compare_on_cluster(
             for a, b in _groups(blocking.bands, parts)
         ]
         session.map(_band_task, arguments, stage=stage, progress=progress, collect=union.add)
-        for key, name in (
-            ("blocked_comparisons_planned", "block_comparisons"),
-            ("oversized_blocks_skipped", "oversized_blocks"),
-            ("oversized_block_comparisons_skipped", "oversized_comparisons"),
-        ):
-            statistics[key] = statistics.get(key, 0) + union.counts.get(name, 0)
     else:
         arguments = [
             (left_future, right_future, a, b, threshold, max_pairs, 1)
             for a, b in _groups(n_left, parts)
         ]
         session.map(_tile_task, arguments, stage=stage, progress=progress, collect=union.add)
-    return union.pairs()
+    pairs = union.pairs()
+    return pairs, CompareStatistics(
+        comparisons=pairs.comparisons,
+        blocked_comparisons_planned=union.block_comparisons,
+        oversized_blocks_skipped=union.oversized_blocks,
+        oversized_block_comparisons_skipped=union.oversized_comparisons,
+    )

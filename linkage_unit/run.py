@@ -29,9 +29,10 @@ from linkage_unit import matching
 from linkage_unit.audit_hook import AuditSink
 from linkage_unit.checkpoints import Checkpoint, Step, no_checkpoint
 from linkage_unit.checks import check_clks, check_headers
+from linkage_unit.fellegi_sunter import ModelSettings
 from linkage_unit.link_keys import RandomBytes, issue_link_keys
 from linkage_unit.retention import Retention
-from linkage_unit.storage import RunOutcome, RunRecord, Storage, out_of_space
+from linkage_unit.storage import RunOutcome, RunQuality, RunRecord, Storage, out_of_space
 from protocol.audit_events import (
     ChecksFailed,
     ChecksPassed,
@@ -56,6 +57,18 @@ __all__ = ["LinkFunction", "RunManager"]
 logger = logging.getLogger("bloomlink.linkage_unit.run")
 
 LinkFunction = Callable[..., matching.LinkResult]
+
+
+def _millionths(estimated: RunQuality | None) -> dict[str, int]:
+    """A model-scored run's expected precision, recall and F1 for ``run_finished``, in
+    millionths (the log holds whole numbers); nothing for a Dice run."""
+    if estimated is None:
+        return {}
+    return {
+        "estimated_precision_millionths": round(estimated.precision * 1_000_000),
+        "estimated_recall_millionths": round(estimated.recall * 1_000_000),
+        "estimated_f1_millionths": round(estimated.f1 * 1_000_000),
+    }
 
 
 class _Stopped(Exception):
@@ -183,6 +196,7 @@ class RunManager:
                     comparisons=run.comparisons,
                     threshold=run.threshold,
                     threshold_method=run.threshold_method,
+                    estimated=run.estimated,
                 ),
                 check_log=True,
             )
@@ -302,11 +316,19 @@ class RunManager:
                 last_report = now
                 self._storage.set_progress(run_id, stage, done, total)
 
+        # The operator's match-probability cut (grouped layouts, scored by the model); unset:
+        # the model's default.
+        model = (
+            ModelSettings()
+            if project.match_probability is None
+            else ModelSettings(match_probability=project.match_probability)
+        )
         settings = matching.MatchSettings(
             threshold=project.threshold,
             blocking=project.blocking,
             deduplicated=frozenset(project.deduplicated),
             max_cluster_size=project.max_cluster_size,
+            model=model,
         )
         # A grouped project's layout (every upload was checked to have it) tells the engine
         # which words are which field group; a single-CLK project passes none.
@@ -317,12 +339,16 @@ class RunManager:
         self._storage.set_progress(run_id, "link keys", 0, 1)
         options = {} if self._random_bytes is None else {"random_bytes": self._random_bytes}
         keys = issue_link_keys(result.clusters, project.link_key_mode, **options)
+        expected = result.statistics.estimated
         outcome = RunOutcome(
             cluster_count=result.cluster_count,
             linked_record_count=result.linked_record_count,
             comparisons=result.comparisons,
             threshold=result.threshold,
             threshold_method=result.threshold_method,
+            estimated=None
+            if expected is None
+            else RunQuality(precision=expected.precision, recall=expected.recall, f1=expected.f1),
         )
         self._storage.store_keys(run_id, project_id, outcome=outcome, keys=keys)
         self._checkpoint(Step.KEYS_STORED)
@@ -355,6 +381,7 @@ class RunManager:
                         None if outcome.threshold is None else round(outcome.threshold * 1000)
                     ),
                     threshold_method=outcome.threshold_method or None,
+                    **_millionths(outcome.estimated),
                 )
             )
         self._checkpoint(Step.RUN_FINISHED_LOGGED)

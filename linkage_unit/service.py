@@ -288,6 +288,9 @@ class LinkageService:
             comparisons=run.comparisons,
             threshold=run.threshold,
             threshold_method=run.threshold_method,
+            estimated_precision=None if run.estimated is None else run.estimated.precision,
+            estimated_recall=None if run.estimated is None else run.estimated.recall,
+            estimated_f1=None if run.estimated is None else run.estimated.f1,
         )
 
     def start_run(self, caller: Caller, project_id: str) -> RunTicket:

@@ -50,6 +50,7 @@ from protocol.errors import (
 from protocol.messages import (
     DEFAULT_MAX_CLUSTER_SIZE,
     UNRUN_HOLD_DAYS,
+    BlockingMode,
     LinkKeyMode,
     ProjectSettings,
     RunState,
@@ -65,6 +66,7 @@ __all__ = [
     "KeySet",
     "Retirement",
     "RunOutcome",
+    "RunQuality",
     "RunRecord",
     "Storage",
     "UploadRecord",
@@ -249,6 +251,15 @@ def _migrate_link_models(db: sqlite3.Connection, now: float) -> None:
         )
 
 
+def _migrate_model_figures(db: sqlite3.Connection, now: float) -> None:
+    # The operator's match-probability cut (grouped projects, scored by the Fellegi-Sunter
+    # model; NULL: the model's default) and a model-scored run's expected precision, recall
+    # and F1 (NULL for a Dice run).
+    db.execute("ALTER TABLE projects ADD COLUMN match_probability REAL")
+    for name in ("estimated_precision", "estimated_recall", "estimated_f1"):
+        db.execute(f"ALTER TABLE runs ADD COLUMN {name} REAL")
+
+
 def _migrate_first(db: sqlite3.Connection, now: float) -> None:
     # Statement by statement: executescript would commit the migration's transaction.
     for statement in _FIRST_SCHEMA.split(";"):
@@ -263,6 +274,7 @@ _MIGRATIONS: tuple[_Migration, ...] = (
     _migrate_crash_consistency,
     _migrate_layouts,
     _migrate_link_models,
+    _migrate_model_figures,
 )
 """Migration n (1-based) takes a database at ``user_version`` n - 1 to n. Add new ones at
 the end; never edit a released one."""
@@ -297,17 +309,29 @@ class RunRecord:
     threshold: float | None = None
     threshold_method: str = ""
     keys_ready: bool = False
+    estimated: RunQuality | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunQuality:
+    """What a model-scored run's model expects of its links (no ground truth)."""
+
+    precision: float
+    recall: float
+    f1: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunOutcome:
-    """What a run found, stored with its keys and logged in ``run_finished``."""
+    """What a run found, stored with its keys and logged in ``run_finished``. ``estimated``:
+    a model-scored run's expected quality (operator and auditor figures)."""
 
     cluster_count: int
     linked_record_count: int
     comparisons: int
     threshold: float | None = None
     threshold_method: str = ""
+    estimated: RunQuality | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -451,8 +475,8 @@ class Storage:
             (
                 "INSERT INTO projects (project_id, settings_json, settings_fingerprint, "
                 "schema_fingerprint, threshold, blocking, link_key_mode, retention_days, "
-                "auto_run, created_at, layout, max_cluster_size) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "auto_run, created_at, layout, max_cluster_size, match_probability) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     settings.project_id,
                     settings.canonical_json(),
@@ -466,6 +490,7 @@ class Storage:
                     self._clock(),
                     _layout_text(settings.layout),
                     settings.max_cluster_size,
+                    settings.match_probability,
                 ),
             )
         ]
@@ -482,7 +507,8 @@ class Storage:
     def project(self, project_id: str) -> ProjectSettings | None:
         row = self._one(
             "SELECT schema_fingerprint, threshold, blocking, link_key_mode, retention_days, "
-            "auto_run, layout, max_cluster_size FROM projects WHERE project_id = ?",
+            "auto_run, layout, max_cluster_size, match_probability FROM projects "
+            "WHERE project_id = ?",
             (project_id,),
         )
         if row is None:
@@ -491,19 +517,30 @@ class Storage:
             "SELECT party, deduplicated FROM members WHERE project_id = ? ORDER BY ordinal",
             (project_id,),
         )
-        fingerprint, threshold, blocking, mode, retention, auto_run, layout, cluster_cap = row
+        (
+            fingerprint,
+            threshold,
+            blocking,
+            mode,
+            retention,
+            auto_run,
+            layout,
+            cluster_cap,
+            match_probability,
+        ) = row
         return ProjectSettings(
             project_id=project_id,
             members=tuple(str(member[0]) for member in members),
             schema_fingerprint=bytes(fingerprint),
             threshold=None if threshold is None else float(threshold),
-            blocking=str(blocking),
+            blocking=BlockingMode(str(blocking)),
             link_key_mode=LinkKeyMode(str(mode)),
             retention_days=int(retention),
             auto_run=bool(auto_run),
             layout=_layout_of(layout),
             deduplicated=tuple(str(member[0]) for member in members if member[1]),
             max_cluster_size=int(cluster_cap),
+            match_probability=None if match_probability is None else float(match_probability),
         )
 
     # -- uploads ----------------------------------------------------------------------
@@ -965,13 +1002,18 @@ class Storage:
                     )
                 self._db.execute(
                     "UPDATE runs SET keys_ready = 1, cluster_count = ?, linked_record_count = ?, "
-                    "comparisons = ?, threshold = ?, threshold_method = ? WHERE run_id = ?",
+                    "comparisons = ?, threshold = ?, threshold_method = ?, "
+                    "estimated_precision = ?, estimated_recall = ?, estimated_f1 = ? "
+                    "WHERE run_id = ?",
                     (
                         outcome.cluster_count,
                         outcome.linked_record_count,
                         outcome.comparisons,
                         outcome.threshold,
                         outcome.threshold_method,
+                        None if outcome.estimated is None else outcome.estimated.precision,
+                        None if outcome.estimated is None else outcome.estimated.recall,
+                        None if outcome.estimated is None else outcome.estimated.f1,
                         run_id,
                     ),
                 )
@@ -997,7 +1039,7 @@ class Storage:
     _RUN_COLUMNS = (
         "run_id, project_id, state, stage, done, total, check_party, check_aspect, "
         "cluster_count, linked_record_count, comparisons, finished_at, threshold, "
-        "threshold_method, keys_ready"
+        "threshold_method, keys_ready, estimated_precision, estimated_recall, estimated_f1"
     )
 
     @staticmethod
@@ -1018,7 +1060,15 @@ class Storage:
             threshold,
             threshold_method,
             keys_ready,
+            precision,
+            recall,
+            f1,
         ) = row
+        estimated = (
+            None
+            if precision is None or recall is None or f1 is None
+            else RunQuality(precision=float(precision), recall=float(recall), f1=float(f1))
+        )
         return RunRecord(
             run_id=str(run_id),
             project_id=str(project),
@@ -1035,6 +1085,7 @@ class Storage:
             threshold=None if threshold is None else float(threshold),
             threshold_method=str(threshold_method),
             keys_ready=bool(keys_ready),
+            estimated=estimated,
         )
 
     def latest_run(self, project_id: str) -> RunRecord | None:

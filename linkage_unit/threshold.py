@@ -34,12 +34,14 @@ no ground truth, no labelled pairs.
 Fallback ("default"): if there are too few scores or no valley at least ``min_depth`` below
 the smaller peak (one mode only: every record matches, or none does), use
 ``DEFAULT_THRESHOLD``. The chosen value is clamped to [MIN_THRESHOLD, MAX_THRESHOLD] so a
-stray valley cannot make a run link everything or nothing.
+stray valley cannot make a run link everything or nothing; a value on either end is reported
+as such (``null-model-at-floor``, ``valley-at-ceiling``), never as a normal choice.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 import numpy.typing as npt
@@ -50,7 +52,9 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "MAX_THRESHOLD",
     "MIN_THRESHOLD",
+    "SearchBoundary",
     "ThresholdChoice",
+    "ThresholdMethod",
     "choose_threshold",
     "choose_threshold_with_null",
 ]
@@ -62,21 +66,60 @@ _BINS = 100
 _MIN_SCORES = 50
 
 
+class ThresholdMethod(StrEnum):
+    """How a run's threshold was found. ``fellegi-sunter``: the operator's (or the default)
+    posterior match probability of the model in ``fellegi_sunter.py``."""
+
+    NULL_MODEL = "null-model"
+    VALLEY = "valley"
+    DEFAULT = "default"
+    OPERATOR = "operator"
+    FELLEGI_SUNTER = "fellegi-sunter"
+
+
+class SearchBoundary(StrEnum):
+    """A searched threshold that landed on an end of its search range: the data asked for a
+    value outside it, so the value is a limit, not a choice."""
+
+    FLOOR = "floor"
+    CEILING = "ceiling"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ThresholdChoice:
-    """The threshold a run uses and how it was found ("null-model", "valley", "default" or
-    "operator")."""
+    """The threshold a run uses, how it was found, and whether a searched value sits on an end
+    of its search range (``boundary``)."""
 
     threshold: float
-    method: str
+    method: ThresholdMethod
+    boundary: SearchBoundary | None = None
     non_match_mode: float | None = None
     match_mode: float | None = None
 
     def __post_init__(self) -> None:
         if not (0.0 < self.threshold <= 1.0):
             raise MatchingError("threshold must be in (0, 1]")
-        if self.method not in ("null-model", "valley", "default", "operator"):
-            raise MatchingError("threshold method must be null-model, valley, default or operator")
+        try:
+            object.__setattr__(self, "method", ThresholdMethod(self.method))
+        except ValueError:
+            choices = ", ".join(str(method) for method in ThresholdMethod)
+            raise MatchingError(f"threshold method must be one of {choices}") from None
+
+    @property
+    def label(self) -> str:
+        """What status, logs and the audit log show: the method, and ``-at-floor`` or
+        ``-at-ceiling`` when the value is a boundary of the search, never a normal choice."""
+        if self.boundary is None:
+            return str(self.method)
+        return f"{self.method}-at-{self.boundary}"
+
+
+def _boundary(value: float) -> SearchBoundary | None:
+    if value <= MIN_THRESHOLD:
+        return SearchBoundary.FLOOR
+    if value >= MAX_THRESHOLD:
+        return SearchBoundary.CEILING
+    return None
 
 
 def _smooth(values: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -105,12 +148,12 @@ def choose_threshold(best_scores: npt.ArrayLike, *, min_depth: float = 1.0) -> T
     scores = np.asarray(best_scores, dtype=np.float64)
     scores = scores[np.isfinite(scores)]
     if len(scores) < _MIN_SCORES:
-        return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method="default")
+        return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method=ThresholdMethod.DEFAULT)
     counts, edges = np.histogram(np.clip(scores, 0.0, 1.0), bins=_BINS, range=(0.0, 1.0))
     curve = _smooth(np.log1p(counts.astype(np.float64)))
     peaks = _peaks(curve)
     if len(peaks) < 2:
-        return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method="default")
+        return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method=ThresholdMethod.DEFAULT)
     # The two most prominent: the highest, then the best "peak minus valley to the highest".
     highest = max(peaks, key=lambda index: curve[index])
     best_pair: tuple[float, int, int] | None = None
@@ -126,7 +169,7 @@ def choose_threshold(best_scores: npt.ArrayLike, *, min_depth: float = 1.0) -> T
         raise InvariantError("the valley search found no pair of peaks")
     depth, low, high = best_pair
     if depth < min_depth:
-        return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method="default")
+        return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method=ThresholdMethod.DEFAULT)
     stretch = curve[low : high + 1]
     floor_positions = np.flatnonzero(stretch <= stretch.min() + 1e-9) + low
     centre = (floor_positions[0] + floor_positions[-1] + 1) / 2.0
@@ -135,7 +178,8 @@ def choose_threshold(best_scores: npt.ArrayLike, *, min_depth: float = 1.0) -> T
     width = edges[1] - edges[0]
     return ThresholdChoice(
         threshold=value,
-        method="valley",
+        method=ThresholdMethod.VALLEY,
+        boundary=_boundary(value),
         non_match_mode=float(edges[low] + width / 2),
         match_mode=float(edges[high] + width / 2),
     )
@@ -197,7 +241,8 @@ def choose_threshold_with_null(
     value = float(top[int(np.argmax(distance))])
     return ThresholdChoice(
         threshold=value,
-        method="null-model",
+        method=ThresholdMethod.NULL_MODEL,
+        boundary=_boundary(value),
         non_match_mode=null_median,
         match_mode=float(np.median(best[best >= value])) if (best >= value).any() else None,
     )

@@ -140,6 +140,13 @@ def _count(value: object, where: str) -> int:
     return number
 
 
+def _millionths(value: object, where: str) -> int:
+    number = _count(value, where)
+    if number > 1_000_000:
+        raise AuditError(f"{where} must be a share in millionths, 0 to 1000000")
+    return number
+
+
 def _label(value: object, where: str) -> str:
     try:
         return check_label(value, what=where)  # type: ignore[arg-type]
@@ -259,8 +266,17 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "linked_record_count": _count,
                 "comparisons": _count,
             },
-            # The Dice threshold the run used, in thousandths, and how it was chosen.
-            optional={"threshold_thousandths": _count, "threshold_method": _token},
+            # The threshold the run used, in thousandths (a Dice threshold, or the model's
+            # match-probability cut), and how it was chosen; a model-scored run's expected
+            # precision, recall and F1 in millionths (the model's own estimate, no truth).
+            # Every figure comes from all parties' data: operator (and auditor) only.
+            optional={
+                "threshold_thousandths": _count,
+                "threshold_method": _token,
+                "estimated_precision_millionths": _millionths,
+                "estimated_recall_millionths": _millionths,
+                "estimated_f1_millionths": _millionths,
+            },
             operator_only=frozenset(
                 {
                     "cluster_count",
@@ -268,6 +284,9 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                     "comparisons",
                     "threshold_thousandths",
                     "threshold_method",
+                    "estimated_precision_millionths",
+                    "estimated_recall_millionths",
+                    "estimated_f1_millionths",
                 }
             ),
         ),

@@ -183,6 +183,9 @@ class RunFinished(AuditEvent):
     comparisons: int
     threshold_thousandths: int | None = None
     threshold_method: str | None = None
+    estimated_precision_millionths: int | None = None
+    estimated_recall_millionths: int | None = None
+    estimated_f1_millionths: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

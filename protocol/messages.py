@@ -21,6 +21,7 @@ from protocol.vocabulary import LinkModel, RetentionPolicy
 __all__ = [
     "DEFAULT_MAX_CLUSTER_SIZE",
     "SETTINGS_FORMAT",
+    "BlockingMode",
     "LinkKeyBatch",
     "LinkKeysDigest",
     "LinkKeyMode",
@@ -43,6 +44,17 @@ SETTINGS_FORMAT = "bloomlink-settings-v2"
 """The settings document's format (docs/protocol.md, "Settings fingerprint"). Version 1 was
 Python's ``json.dumps`` of the same fields without this one, whose float spelling no other
 language reproduces."""
+
+
+class BlockingMode(StrEnum):
+    """How a run finds candidate pairs (linkage_unit/blocking.py): ``lsh`` always blocks,
+    ``none`` compares every pair, ``auto`` compares every pair up to 20,000 x 20,000 and
+    blocks above. One vocabulary for the project settings, the wire and the engine."""
+
+    AUTO = "auto"
+    LSH = "lsh"
+    NONE = "none"
+
 
 UNRUN_HOLD_DAYS = 30
 """How long an upload of a ``delete-after-run`` project (``retention_days`` 0) waits for a
@@ -91,7 +103,7 @@ class ProjectSettings:
     members: tuple[str, ...]
     schema_fingerprint: bytes
     threshold: float | None = None
-    blocking: str = "lsh"
+    blocking: BlockingMode = BlockingMode.LSH
     link_key_mode: LinkKeyMode = LinkKeyMode.SHARED
     retention_days: int = 0
     auto_run: bool = True
@@ -100,6 +112,9 @@ class ProjectSettings:
     schema v2; None for a single record-level CLK (schema v1: uploads are format 1)."""
     deduplicated: tuple[str, ...] = ()
     max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE
+    match_probability: float | None = None
+    """The operator's cut on the Fellegi-Sunter model's posterior match probability (a
+    grouped layout's runs link pairs at or above it); None: the model's default, 0.5."""
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="project id")
@@ -132,12 +147,25 @@ class ProjectSettings:
             raise ConfigurationError("schema fingerprint must be 32 bytes (SHA-256)")
         if self.threshold is not None and not (0.0 < self.threshold <= 1.0):
             raise ConfigurationError("threshold must be in (0, 1], or unset for automatic")
-        if self.blocking not in ("lsh", "none"):
-            raise ConfigurationError("blocking must be 'lsh' or 'none'")
+        try:
+            object.__setattr__(self, "blocking", BlockingMode(self.blocking))
+        except ValueError:
+            choices = ", ".join(repr(str(mode)) for mode in BlockingMode)
+            raise ConfigurationError(f"blocking must be one of {choices}") from None
         if not (0 <= self.retention_days <= 3650):
             raise ConfigurationError("retention must be 0..3650 days")
         if self.layout is not None and not isinstance(self.layout, ClkLayout):
             raise ConfigurationError("a project's layout must be a ClkLayout")
+        if self.match_probability is not None:
+            if not (0.0 < self.match_probability < 1.0):
+                raise ConfigurationError("the match probability must be in (0, 1)")
+            if self.layout is None or len(self.layout.groups) < 2:
+                # A single record-level CLK is scored by Dice: the cut would do nothing.
+                raise ConfigurationError(
+                    "a match probability applies only to a project whose schema has several "
+                    "field groups (scored by the Fellegi-Sunter model); a single-CLK project "
+                    "is cut by its Dice threshold (--threshold)"
+                )
 
     @property
     def link_model(self) -> LinkModel:
@@ -161,16 +189,16 @@ class ProjectSettings:
 
     def canonical_json(self) -> str:
         """The settings document in RFC 8785 canonical JSON (protocol/canonical.py): what the
-        settings fingerprint covers. The layout is there only when set and the deduplication
-        settings only in a project that deduplicates, so a one-to-one project's document
-        has no key that means nothing for it."""
+        settings fingerprint covers. The layout and the match-probability cut are there only
+        when set and the deduplication settings only in a project that deduplicates, so a
+        document has no key that means nothing for its project."""
         values: dict[str, object] = {
             "format": SETTINGS_FORMAT,
             "project_id": self.project_id,
             "members": sorted(self.members),
             "schema_fingerprint": self.schema_fingerprint.hex(),
             "threshold": self.threshold,
-            "blocking": self.blocking,
+            "blocking": str(self.blocking),
             "link_key_mode": str(self.link_key_mode),
             "retention_days": self.retention_days,
             "auto_run": self.auto_run,
@@ -180,6 +208,8 @@ class ProjectSettings:
         if self.deduplicated:
             values["deduplicated"] = sorted(self.deduplicated)
             values["max_cluster_size"] = self.max_cluster_size
+        if self.match_probability is not None:
+            values["match_probability"] = self.match_probability
         return canonical_json(values).decode("utf-8")
 
     @property
@@ -327,6 +357,11 @@ class ProjectStatus:
     # automatic method's name): the operator must be able to see what the engine chose.
     threshold: float | None = None
     threshold_method: str = ""
+    # A run scored by the Fellegi-Sunter model: the precision, recall and F1 it expects of its
+    # links (no ground truth). Derived from every party's data: operator and auditors only.
+    estimated_precision: float | None = None
+    estimated_recall: float | None = None
+    estimated_f1: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

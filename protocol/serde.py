@@ -19,6 +19,7 @@ from protocol.hardening import HARDENING_DESCRIPTOR_PATTERN
 from protocol.labels import check_label
 from protocol.manifest import FieldCount, SignedManifest, UploadManifest
 from protocol.messages import (
+    BlockingMode,
     LinkKeyBatch,
     LinkKeyMode,
     PartyStatus,
@@ -76,7 +77,11 @@ V = TypeVar("V")
 T = TypeVar("T")
 M = TypeVar("M", pb.UploadResponse, pb.GetUploadOffsetResponse)
 
-_BLOCKING = {"lsh": pb.BLOCKING_LSH, "none": pb.BLOCKING_NONE}
+_BLOCKING = {
+    BlockingMode.LSH: pb.BLOCKING_LSH,
+    BlockingMode.NONE: pb.BLOCKING_NONE,
+    BlockingMode.AUTO: pb.BLOCKING_AUTO,
+}
 _LINK_KEY_MODE = {
     LinkKeyMode.SHARED: pb.LINK_KEY_MODE_SHARED,
     LinkKeyMode.PER_PARTY: pb.LINK_KEY_MODE_PER_PARTY,
@@ -174,6 +179,8 @@ def project_settings_to_proto(settings: ProjectSettings) -> pb.CreateProjectRequ
         matching.threshold = settings.threshold
     if settings.deduplicated:
         matching.max_cluster_size = settings.max_cluster_size
+    if settings.match_probability is not None:
+        matching.match_probability = settings.match_probability
     return pb.CreateProjectRequest(
         project_id=settings.project_id,
         member_party_ids=list(settings.members),
@@ -189,11 +196,11 @@ def project_settings_to_proto(settings: ProjectSettings) -> pb.CreateProjectRequ
 def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSettings:
     check_no_unknown_fields(message)
     matching = message.matching
-    cap = (
-        {"max_cluster_size": matching.max_cluster_size}
-        if matching.HasField("max_cluster_size")
-        else {}
-    )
+    optional: dict[str, Any] = {}
+    if matching.HasField("max_cluster_size"):
+        optional["max_cluster_size"] = matching.max_cluster_size
+    if matching.HasField("match_probability"):
+        optional["match_probability"] = matching.match_probability
     return _validated(
         ProjectSettings,
         project_id=message.project_id,
@@ -201,7 +208,9 @@ def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSett
         schema_fingerprint=bytes(message.schema_fingerprint),
         threshold=message.matching.threshold if message.matching.HasField("threshold") else None,
         # UNSPECIFIED and an unset auto_run mean the documented defaults (linkage.proto).
-        blocking=_inverse(_BLOCKING, message.matching.blocking, what="blocking", unspecified="lsh"),
+        blocking=_inverse(
+            _BLOCKING, message.matching.blocking, what="blocking", unspecified=BlockingMode.LSH
+        ),
         link_key_mode=_inverse(
             _LINK_KEY_MODE,
             message.link_key_mode,
@@ -215,7 +224,7 @@ def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSett
             label_from_proto(party, what="deduplicated party")
             for party in matching.deduplicated_party_ids
         ),
-        **cap,
+        **optional,
     )
 
 
@@ -247,6 +256,12 @@ def project_status_to_proto(status: ProjectStatus) -> pb.GetProjectStatusRespons
     )
     if status.threshold is not None:
         message.threshold = status.threshold
+    if status.estimated_precision is not None:
+        message.estimated_precision = status.estimated_precision
+    if status.estimated_recall is not None:
+        message.estimated_recall = status.estimated_recall
+    if status.estimated_f1 is not None:
+        message.estimated_f1 = status.estimated_f1
     return message
 
 
@@ -276,6 +291,11 @@ def project_status_from_proto(message: pb.GetProjectStatusResponse) -> ProjectSt
         settings_fingerprint=message.settings_fingerprint,
         threshold=message.threshold if message.HasField("threshold") else None,
         threshold_method=message.threshold_method,
+        estimated_precision=(
+            message.estimated_precision if message.HasField("estimated_precision") else None
+        ),
+        estimated_recall=message.estimated_recall if message.HasField("estimated_recall") else None,
+        estimated_f1=message.estimated_f1 if message.HasField("estimated_f1") else None,
     )
 
 

@@ -16,6 +16,7 @@ from protocol.clk_layout import ClkLayout
 from protocol.errors import ConfigurationError, UnavailableError
 from protocol.messages import (
     DEFAULT_MAX_CLUSTER_SIZE,
+    BlockingMode,
     LinkKeyMode,
     ProjectSettings,
     ProjectStatus,
@@ -69,8 +70,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="read the fingerprint (and a grouped schema's layout) from the output of "
         "bloomlink schema check --json, instead of --schema",
     )
-    create.add_argument("--threshold", type=float, help="Dice threshold; omit for automatic")
-    create.add_argument("--blocking", choices=("lsh", "none"), default="lsh")
+    create.add_argument(
+        "--threshold",
+        type=float,
+        help="Dice threshold (a grouped schema: the record-level Dice cut for candidate pairs); "
+        "omit for automatic",
+    )
+    create.add_argument(
+        "--match-probability",
+        type=float,
+        metavar="P",
+        help="grouped (v2) schemas only: link pairs whose Fellegi-Sunter match probability is "
+        "at least P, in (0, 1); default 0.5",
+    )
+    create.add_argument(
+        "--blocking",
+        choices=[mode.value for mode in BlockingMode],
+        default=BlockingMode.LSH.value,
+        help="lsh: always block; none: compare every pair; auto: every pair up to 20k x 20k",
+    )
     create.add_argument(
         "--link-key-mode", choices=[mode.value for mode in LinkKeyMode], default="shared"
     )
@@ -143,6 +161,11 @@ def describe(status: ProjectStatus) -> str:
         )
         if status.threshold is not None:
             line += f"; threshold {status.threshold:.3f} ({status.threshold_method})"
+        if status.estimated_f1 is not None:
+            line += (
+                f"; the model expects precision {status.estimated_precision:.4f}, recall "
+                f"{status.estimated_recall:.4f}, F1 {status.estimated_f1:.4f}"
+            )
 
     return line
 
@@ -166,6 +189,14 @@ def status_record(status: ProjectStatus) -> dict[str, Any]:
         "comparisons": status.comparisons,
         "threshold": status.threshold,
         "threshold_method": status.threshold_method,
+        # A model-scored run, seen by the operator or an auditor: the model's own estimate.
+        "estimated": None
+        if status.estimated_f1 is None
+        else {
+            "precision": status.estimated_precision,
+            "recall": status.estimated_recall,
+            "f1": status.estimated_f1,
+        },
     }
     if status.run_state is RunState.REFUSED:
         record["refused"] = {
@@ -224,11 +255,12 @@ def run(args: argparse.Namespace) -> int:
                 **cap,
                 schema_fingerprint=fingerprint,
                 threshold=args.threshold,
-                blocking=args.blocking,
+                blocking=BlockingMode(args.blocking),
                 link_key_mode=LinkKeyMode(args.link_key_mode),
                 retention_days=args.retention_days,
                 auto_run=not args.no_auto_run,
                 layout=layout,
+                match_probability=args.match_probability,
             )
             digest = client.create_project(settings)
             lines = [
@@ -240,6 +272,11 @@ def run(args: argparse.Namespace) -> int:
                     f"{group.name} {group.bits} bits ({group.hardening})" for group in layout.groups
                 )
                 lines.append(f"uploads must be grouped encodings: {groups}")
+                probability = settings.match_probability
+                lines.append(
+                    "runs link pairs whose Fellegi-Sunter match probability is at least "
+                    f"{0.5 if probability is None else probability:g}"
+                )
             emit(
                 args,
                 {
@@ -252,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
                     "link_model": str(settings.link_model),
                     "deduplicated": list(settings.deduplicated),
                     "max_cluster_size": settings.max_cluster_size,
+                    "match_probability": settings.match_probability,
                 },
                 lines,
             )

@@ -77,6 +77,8 @@ class _BlockingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Blocking.Val
     """Locality-sensitive hashing on the CLK bits (the linkage unit's configured shape)."""
     BLOCKING_NONE: _Blocking.ValueType  # 2
     """Compare every pair (small projects only)."""
+    BLOCKING_AUTO: _Blocking.ValueType  # 3
+    """Exhaustive up to 20,000 x 20,000 pairs, LSH above."""
 
 class Blocking(_Blocking, metaclass=_BlockingEnumTypeWrapper):
     """How the linkage unit chooses the pairs it compares."""
@@ -87,6 +89,8 @@ BLOCKING_LSH: Blocking.ValueType  # 1
 """Locality-sensitive hashing on the CLK bits (the linkage unit's configured shape)."""
 BLOCKING_NONE: Blocking.ValueType  # 2
 """Compare every pair (small projects only)."""
+BLOCKING_AUTO: Blocking.ValueType  # 3
+"""Exhaustive up to 20,000 x 20,000 pairs, LSH above."""
 Global___Blocking: _TypeAlias = Blocking  # noqa: Y015
 
 class _UploadState:
@@ -187,6 +191,7 @@ class MatchingSettings(_message.Message):
     BLOCKING_FIELD_NUMBER: _builtins.int
     DEDUPLICATED_PARTY_IDS_FIELD_NUMBER: _builtins.int
     MAX_CLUSTER_SIZE_FIELD_NUMBER: _builtins.int
+    MATCH_PROBABILITY_FIELD_NUMBER: _builtins.int
     threshold: _builtins.float
     """Dice threshold in (0, 1]; not set: the engine chooses it from the run's own scores.
     0 or above 1 is refused (INVALID_ARGUMENT).
@@ -197,6 +202,10 @@ class MatchingSettings(_message.Message):
     """With deduplication: the most records of one party a cluster may hold before the run
     fails (2..10000000); unset: 1000. Without deduplication it must be unset (or 1000). In
     the settings document ("max_cluster_size") only with deduplication.
+    """
+    match_probability: _builtins.float
+    """Grouped layouts (several field groups, scored by the Fellegi-Sunter model): the posterior
+    match probability in (0, 1) at or above which a pair is linked; unset: 0.5.
     """
     @_builtins.property
     def deduplicated_party_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -213,15 +222,20 @@ class MatchingSettings(_message.Message):
         blocking: Global___Blocking.ValueType = ...,
         deduplicated_party_ids: _abc.Iterable[_builtins.str] | None = ...,
         max_cluster_size: _builtins.int | None = ...,
+        match_probability: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_match_probability", b"_match_probability", "_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "match_probability", b"match_probability", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "blocking", b"blocking", "deduplicated_party_ids", b"deduplicated_party_ids", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_match_probability", b"_match_probability", "_max_cluster_size", b"_max_cluster_size", "_threshold", b"_threshold", "blocking", b"blocking", "deduplicated_party_ids", b"deduplicated_party_ids", "match_probability", b"match_probability", "max_cluster_size", b"max_cluster_size", "threshold", b"threshold"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__match_probability: _TypeAlias = _typing.Literal["match_probability"]  # noqa: Y015
+    _WhichOneofArgType__match_probability: _TypeAlias = _typing.Literal["_match_probability", b"_match_probability"]  # noqa: Y015
     _WhichOneofReturnType__max_cluster_size: _TypeAlias = _typing.Literal["max_cluster_size"]  # noqa: Y015
     _WhichOneofArgType__max_cluster_size: _TypeAlias = _typing.Literal["_max_cluster_size", b"_max_cluster_size"]  # noqa: Y015
     _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
     _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__match_probability) -> _WhichOneofReturnType__match_probability | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__max_cluster_size) -> _WhichOneofReturnType__max_cluster_size | None: ...
     @_typing.overload
@@ -440,6 +454,9 @@ class GetProjectStatusResponse(_message.Message):
     SETTINGS_FINGERPRINT_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
     THRESHOLD_METHOD_FIELD_NUMBER: _builtins.int
+    ESTIMATED_PRECISION_FIELD_NUMBER: _builtins.int
+    ESTIMATED_RECALL_FIELD_NUMBER: _builtins.int
+    ESTIMATED_F1_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """All: the project asked about."""
     run_state: Global___RunState.ValueType
@@ -478,13 +495,23 @@ class GetProjectStatusResponse(_message.Message):
     settings_fingerprint: _builtins.str
     """All: hex SHA-256 of the project's canonical settings document (as CreateProjectResponse)."""
     threshold: _builtins.float
-    """The Dice threshold a finished run used and how it was set ("operator" or the automatic
-    method): a setting of the run, not a score of any pair. Not set before a run finishes.
+    """How a finished run cut its links: the match-probability cut (grouped projects, scored by
+    the Fellegi-Sunter model) or the Dice threshold (single-CLK projects). A setting of the
+    run, not a score of any pair. Not set before a run finishes.
     """
     threshold_method: _builtins.str
-    """"operator", "null-model", "valley" or "default" (linkage_unit/threshold.py); empty
-    before a run finishes.
+    """"fellegi-sunter", "operator", "null-model", "valley" or "default"
+    (linkage_unit/threshold.py), with "-at-floor" / "-at-ceiling" when an automatic search
+    landed on the end of its range; empty before a run finishes.
     """
+    estimated_precision: _builtins.float
+    """A finished run scored by the Fellegi-Sunter model (grouped layouts): the precision,
+    recall and F1 the model expects of its links, from its own probabilities (no ground
+    truth). Figures derived from every party's data: the operator and auditors see them, a
+    party never does.
+    """
+    estimated_recall: _builtins.float
+    estimated_f1: _builtins.float
     @_builtins.property
     def parties(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartyStatus]:
         """Every member, in the order the operator listed them; a member party: its own row only."""
@@ -508,13 +535,29 @@ class GetProjectStatusResponse(_message.Message):
         settings_fingerprint: _builtins.str = ...,
         threshold: _builtins.float | None = ...,
         threshold_method: _builtins.str = ...,
+        estimated_precision: _builtins.float | None = ...,
+        estimated_recall: _builtins.float | None = ...,
+        estimated_f1: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "threshold", b"threshold"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_estimated_f1", b"_estimated_f1", "_estimated_precision", b"_estimated_precision", "_estimated_recall", b"_estimated_recall", "_threshold", b"_threshold", "estimated_f1", b"estimated_f1", "estimated_precision", b"estimated_precision", "estimated_recall", b"estimated_recall", "threshold", b"threshold"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_threshold", b"_threshold", "check_aspect", b"check_aspect", "check_party_id", b"check_party_id", "cluster_count", b"cluster_count", "comparisons", b"comparisons", "linked_record_count", b"linked_record_count", "parties", b"parties", "progress_done", b"progress_done", "progress_stage", b"progress_stage", "progress_total", b"progress_total", "project_id", b"project_id", "run_id", b"run_id", "run_state", b"run_state", "schema_fingerprint", b"schema_fingerprint", "settings_fingerprint", b"settings_fingerprint", "threshold", b"threshold", "threshold_method", b"threshold_method"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_estimated_f1", b"_estimated_f1", "_estimated_precision", b"_estimated_precision", "_estimated_recall", b"_estimated_recall", "_threshold", b"_threshold", "check_aspect", b"check_aspect", "check_party_id", b"check_party_id", "cluster_count", b"cluster_count", "comparisons", b"comparisons", "estimated_f1", b"estimated_f1", "estimated_precision", b"estimated_precision", "estimated_recall", b"estimated_recall", "linked_record_count", b"linked_record_count", "parties", b"parties", "progress_done", b"progress_done", "progress_stage", b"progress_stage", "progress_total", b"progress_total", "project_id", b"project_id", "run_id", b"run_id", "run_state", b"run_state", "schema_fingerprint", b"schema_fingerprint", "settings_fingerprint", b"settings_fingerprint", "threshold", b"threshold", "threshold_method", b"threshold_method"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__estimated_f1: _TypeAlias = _typing.Literal["estimated_f1"]  # noqa: Y015
+    _WhichOneofArgType__estimated_f1: _TypeAlias = _typing.Literal["_estimated_f1", b"_estimated_f1"]  # noqa: Y015
+    _WhichOneofReturnType__estimated_precision: _TypeAlias = _typing.Literal["estimated_precision"]  # noqa: Y015
+    _WhichOneofArgType__estimated_precision: _TypeAlias = _typing.Literal["_estimated_precision", b"_estimated_precision"]  # noqa: Y015
+    _WhichOneofReturnType__estimated_recall: _TypeAlias = _typing.Literal["estimated_recall"]  # noqa: Y015
+    _WhichOneofArgType__estimated_recall: _TypeAlias = _typing.Literal["_estimated_recall", b"_estimated_recall"]  # noqa: Y015
     _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
     _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_f1) -> _WhichOneofReturnType__estimated_f1 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_precision) -> _WhichOneofReturnType__estimated_precision | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_recall) -> _WhichOneofReturnType__estimated_recall | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
 
 Global___GetProjectStatusResponse: _TypeAlias = GetProjectStatusResponse  # noqa: Y015

@@ -261,12 +261,12 @@ const settingsOf = async (who, projectId) => {
   return answer;
 };
 
-await step("create project: threshold 1.0, enums unset, auto_run false; fingerprint recomputed", async () => {
+await step("create project: candidate cut 1.0, match probability 0.75, enums unset, auto_run false; fingerprint recomputed", async () => {
   const request = {
     project_id: project,
     member_party_ids: [first, second],
     schema_fingerprint: schemaFingerprint,
-    matching: { threshold: 1.0 },
+    matching: { threshold: 1.0, match_probability: 0.75 },
     auto_run: false,
     groups,
   };
@@ -494,7 +494,9 @@ await step("run: StartRun, then status polled to FINISHED with its last stage co
   need(status.run_state === "RUN_STATE_FINISHED", `run ended ${status.run_state} (${status.progress_stage})`);
   need(status.run_id === ticket.run_id, "the run started is the run finished");
   need(Number(status.progress_total) > 0 && status.progress_done === status.progress_total, `progress ${status.progress_done} of ${status.progress_total}`);
-  need(status.threshold === 1 && status.threshold_method === "operator", "the operator's threshold was used");
+  // A grouped project is scored by the Fellegi-Sunter model: status reports the probability
+  // cut the operator set (the threshold, 1.0, was the Dice cut for candidate pairs).
+  need(status.threshold === 0.75 && status.threshold_method === "fellegi-sunter", `the operator's match probability was used (${status.threshold}, ${status.threshold_method})`);
   // Clusters count people (a record alone is one); linked records are those sharing a cluster.
   const records = Number(uploads[first].header.record_count) + Number(uploads[second].header.record_count);
   need(Number(status.cluster_count) === records - config.truth.length, `operator sees ${status.cluster_count} clusters`);

@@ -171,7 +171,12 @@ export function manifestMessage(record, signed) {
 
 // -- Settings fingerprint ("Settings fingerprint") -------------------------------------------
 
-const BLOCKING = { BLOCKING_UNSPECIFIED: "lsh", BLOCKING_LSH: "lsh", BLOCKING_NONE: "none" };
+const BLOCKING = {
+  BLOCKING_UNSPECIFIED: "lsh",
+  BLOCKING_LSH: "lsh",
+  BLOCKING_NONE: "none",
+  BLOCKING_AUTO: "auto",
+};
 const LINK_KEY_MODE = {
   LINK_KEY_MODE_UNSPECIFIED: "shared",
   LINK_KEY_MODE_SHARED: "shared",
@@ -205,6 +210,10 @@ export function settingsDocument(request) {
   if (deduplicated.length) {
     document.deduplicated = [...deduplicated].sort();
     document.max_cluster_size = matching.max_cluster_size ?? 1000;
+  }
+  // The model's cut only when the operator set it.
+  if (matching.match_probability !== undefined && matching.match_probability !== null) {
+    document.match_probability = matching.match_probability;
   }
   return document;
 }

@@ -19,15 +19,19 @@ import pytest
 
 from bloomlink.synth import SynthConfig, generate
 from linkage_unit.matching import MatchSettings, link
+from protocol.schema import LinkageSchema, load_schema
 from tests.adversarial.conftest import encode_rows
 
+GROUPED = Path(__file__).resolve().parents[2] / "benchmarks" / "schemas" / "grouped_plain.toml"
 PERSON = ("dfe-person", "Quillonwyth", "Zabrowskaya", "2003-03-17", "F", "SW1A 1AA")
 # MoJ's layout: DD/MM/YYYY and sex in words.
 NAME_RIGHT = ("moj-probe-name", "Quillonwyth", "Zabrowskaya", "02/11/1991", "Female", "SW1A 1AA")
 DATE_RIGHT = ("moj-probe-date", "Maria", "Smith", "17/03/2003", "Female", "SW1A 1AA")
 
 
-def encoded_worlds(directory: Path) -> dict[str, dict[str, np.ndarray]]:
+def encoded_worlds(
+    directory: Path, schema: LinkageSchema | None = None
+) -> dict[str, dict[str, np.ndarray]]:
     """MoJ (filler with repeat users, then the two probes) and DfE (filler, with or without
     the person), encoded by the real recipe; each world's CLKs by party."""
     synth = generate(
@@ -37,10 +41,12 @@ def encoded_worlds(directory: Path) -> dict[str, dict[str, np.ndarray]]:
         )
     )  # fmt: skip
     rows = {extract.name: list(extract.rows()) for extract in synth.departments}
-    moj, _ = encode_rows(directory / "moj", "moj", [*rows["moj"], NAME_RIGHT, DATE_RIGHT])
+    moj, _ = encode_rows(
+        directory / "moj", "moj", [*rows["moj"], NAME_RIGHT, DATE_RIGHT], schema=schema
+    )
     worlds = {}
     for world, extra in (("with", [PERSON]), ("without", [])):
-        dfe, _ = encode_rows(directory / world, "dfe", [*rows["dfe"], *extra])
+        dfe, _ = encode_rows(directory / world, "dfe", [*rows["dfe"], *extra], schema=schema)
         worlds[world] = {
             party: np.array([np.frombuffer(clk, np.uint64) for clk in clks.values()])
             for party, clks in (("moj", moj), ("dfe", dfe))
@@ -80,3 +86,22 @@ def test_moj_cannot_tell_from_its_own_keys_whether_its_probe_person_is_in_dfe(
     person = with_person["dfe"][-1]
     probes = (name_right, date_right)
     assert sum(with_person["moj"][probe] == person for probe in probes) == 1
+
+
+@pytest.mark.parametrize("threshold", [0.3, None], ids=["operator", "automatic"])
+def test_with_the_model_moj_cannot_tell_either(tmp_path: Path, threshold: float | None) -> None:
+    # A grouped encoding is scored by the Fellegi-Sunter model: MoJ's own pairs by a model of
+    # its records alone (its own random pairs, candidate cut and training), so nothing DfE
+    # uploads moves the probabilities that decide which of MoJ's records share a key.
+    schema = load_schema(GROUPED)
+    worlds = encoded_worlds(tmp_path, schema)
+    settings = MatchSettings(threshold=threshold, deduplicated=frozenset({"moj"}), blocking_seed=5)
+    results = {world: link(clks, settings, layout=schema.layout) for world, clks in worlds.items()}
+    assert {result.threshold_method for result in results.values()} == {"fellegi-sunter"}
+    moj_records = len(worlds["with"]["moj"])
+    seen = [partition(results[world].clusters["moj"]) for world in ("with", "without")]
+    assert seen[0] == seen[1]
+    assert not any({moj_records - 2, moj_records - 1} <= group for group in seen[0])
+    assert any(len(group) > 1 for group in seen[0])  # MoJ's repeat users are grouped
+    alone = link({"moj": worlds["with"]["moj"]}, settings, layout=schema.layout)
+    assert partition(alone.clusters["moj"]) == seen[0]

@@ -24,10 +24,13 @@ from linkage_unit.distributed import (
     _PairUnion,
     _TaskResult,
 )
+from linkage_unit.fellegi_sunter import ModelSettings
 from linkage_unit.server import ServerConfig, create_server
+from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.messages import ProjectSettings, RunState
 from tests.dask_helpers import CompareTaskFaults, local_cluster
+from tests.linkage_unit.clk_strategies import grouped_parties
 from tests.linkage_unit.test_service import OPERATOR, build, upload
 from tests.service_helpers import (
     SCHEMA_FINGERPRINT,
@@ -115,10 +118,7 @@ def test_dask_gives_the_in_process_link_structure(
     if blocking == "lsh":
         # Band groups partition the bands, so even the work counts agree.
         assert remote.comparisons == local.comparisons
-        assert (
-            remote.statistics["blocked_comparisons_planned"]
-            == (local.statistics["blocked_comparisons_planned"])
-        )
+        assert remote.statistics.compare == local.statistics.compare
     dask_stages = [item for item in stages if item[0].startswith("compare on Dask")]
     assert dask_stages and all(done == total for _, done, total in dask_stages[-1:])
     assert dask_stages[-1][2] > 1  # the work was cut into several tasks
@@ -454,3 +454,24 @@ def test_each_party_is_sent_once_per_run_and_dropped_when_no_pair_needs_it(
     assert sum(cancelled) == 3
     for party in clks:
         np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
+
+
+def test_dask_gives_the_in_process_result_with_the_fellegi_sunter_model(client: Client) -> None:
+    layout = ClkLayout(
+        groups=(GroupLayout(name="name", bits=256), GroupLayout(name="birth", bits=128))
+    )
+    left, right = grouped_parties(np.random.default_rng(8), layout, left=900, right=800, shared=400)
+    settings = matching.MatchSettings(
+        blocking="lsh",
+        blocking_seed=4,
+        blocking_settings=BlockingSettings(bands=24, bits_per_band=10),
+        model=ModelSettings(random_pairs=100_000),
+    )
+    clks = {"a": left, "b": right}
+    local = matching.link(clks, settings, layout=layout)
+    remote = matching.link(clks, settings, layout=layout, executor=executor(client))
+    assert local.threshold_method == remote.threshold_method == "fellegi-sunter"
+    assert local.linked_record_count > 600
+    for party in clks:
+        np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
+    assert remote.statistics == local.statistics

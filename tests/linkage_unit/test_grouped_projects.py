@@ -5,6 +5,7 @@ state file gaining the column is tests/linkage_unit/test_storage.py)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,14 @@ from linkage_unit.storage import Storage
 from protocol import serde
 from protocol.clk_file import ClkFileWriter, read_header
 from protocol.clk_layout import ClkLayout, GroupLayout
-from protocol.errors import CompatibilityError
-from protocol.messages import ProjectSettings, RunState, UploadChunk, UploadHeader
+from protocol.errors import CompatibilityError, ConfigurationError
+from protocol.messages import (
+    ProjectSettings,
+    ProjectStatus,
+    RunState,
+    UploadChunk,
+    UploadHeader,
+)
 from tests.linkage_unit.test_service import OPERATOR, party
 from tests.service_helpers import KCV, SCHEMA_FINGERPRINT, MemoryAuditSink
 
@@ -225,3 +232,88 @@ def test_a_probe_filling_one_group_is_refused_as_degenerate() -> None:
     with pytest.raises(CompatibilityError) as refused:
         check_clks({"moj": clks}, {"moj": header})
     assert refused.value.aspect == "degenerate_clks"
+
+
+def test_the_operators_match_probability_reaches_the_engine_status_and_audit(
+    tmp_path: Path,
+) -> None:
+    chosen = ProjectSettings(
+        project_id="p1",
+        members=("moj", "dfe"),
+        schema_fingerprint=SCHEMA_FINGERPRINT,
+        layout=LAYOUT,
+        match_probability=0.8,
+    )
+    # Recorded only when set: an existing project's fingerprint does not move.
+    assert json.loads(chosen.canonical_json())["match_probability"] == 0.8
+    assert "match_probability" not in settings().canonical_json()
+    assert chosen.fingerprint != settings().fingerprint
+    assert serde.project_settings_from_proto(serde.project_settings_to_proto(chosen)) == chosen
+    seen: list[float] = []
+
+    def spying_link(clks: Any, match_settings: Any, **options: Any) -> matching.LinkResult:
+        seen.append(match_settings.model.match_probability)
+        return matching.link(clks, match_settings, **options)
+
+    storage = Storage(tmp_path / "lu")
+    audit = MemoryAuditSink()
+    service = LinkageService(storage, audit, RunManager(storage, audit, link_function=spying_link))
+    service.create_project(OPERATOR, chosen)
+    clks = planted(1)
+    for name in ("moj", "dfe"):
+        upload(service, grouped_file(tmp_path / f"{name}.clk", clks[name]), name)
+    service.runs.wait_idle(20)
+    assert seen == [0.8]
+    status = service.project_status(OPERATOR, "p1")
+    assert status.run_state is RunState.FINISHED
+    assert (status.threshold, status.threshold_method) == (0.8, "fellegi-sunter")
+    estimated = (status.estimated_precision, status.estimated_recall, status.estimated_f1)
+    assert all(value is not None and 0.0 <= value <= 1.0 for value in estimated)
+    assert serde.project_status_from_proto(serde.project_status_to_proto(status)) == status
+    # Figures derived from every party's data: a party's view has none of them.
+    seen_by_party = service.project_status(party("moj"), "p1")
+    assert seen_by_party.estimated_f1 is None and seen_by_party.estimated_precision is None
+    assert seen_by_party.estimated_recall is None
+    (finished,) = audit.named("run_finished")
+    assert finished["threshold_thousandths"] == 800
+    assert finished["threshold_method"] == "fellegi-sunter"
+    assert finished["estimated_f1_millionths"] == round(status.estimated_f1 * 1_000_000)
+    assert {"estimated_precision_millionths", "estimated_recall_millionths"} <= set(finished)
+    service.runs.shutdown()
+    storage.close()
+    reopened = Storage(tmp_path / "lu")
+    assert reopened.project("p1") == chosen  # read back from the recorded settings
+    run = reopened.latest_run("p1")
+    assert run is not None and run.estimated is not None
+    assert run.estimated.f1 == status.estimated_f1
+    reopened.close()
+
+
+def test_a_match_probability_needs_a_grouped_layout_and_a_probability() -> None:
+    with pytest.raises(ConfigurationError, match="several field groups"):
+        ProjectSettings(
+            project_id="p1",
+            members=("moj", "dfe"),
+            schema_fingerprint=SCHEMA_FINGERPRINT,
+            match_probability=0.6,
+        )
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ConfigurationError, match=r"in \(0, 1\)"):
+            ProjectSettings(
+                project_id="p1",
+                members=("moj", "dfe"),
+                schema_fingerprint=SCHEMA_FINGERPRINT,
+                layout=LAYOUT,
+                match_probability=bad,
+            )
+    # A status without a model estimate (a Dice run) crosses the wire without one.
+    plain = ProjectStatus(
+        project_id="p1",
+        parties=(),
+        run_state=RunState.FINISHED,
+        schema_fingerprint=SCHEMA_FINGERPRINT,
+        settings_fingerprint="0" * 64,
+        threshold=0.81,
+        threshold_method="null-model",
+    )
+    assert serde.project_status_from_proto(serde.project_status_to_proto(plain)) == plain

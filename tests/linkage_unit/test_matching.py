@@ -78,8 +78,8 @@ def test_a_block_over_budget_is_reported_not_hidden() -> None:
         blocking_settings=BlockingSettings(bands=2, bits_per_band=4, max_block_comparisons=100),
     )  # fmt: skip
     result = link({"a": same, "b": same.copy()}, settings)
-    assert result.statistics["oversized_blocks_skipped"] == 2
-    assert result.statistics["oversized_block_comparisons_skipped"] == 2 * 1600
+    assert result.statistics.compare.oversized_blocks_skipped == 2
+    assert result.statistics.compare.oversized_block_comparisons_skipped == 2 * 1600
 
 
 def test_candidate_pairs_over_the_limit_raise() -> None:
@@ -140,7 +140,7 @@ def test_deduplicate_and_link_clusters_people_across_and_within_parties() -> Non
     np.testing.assert_array_equal(ids_a[:300], ids_b[:300])
     assert len(np.unique(ids_a[:600])) == 600 and not set(ids_b[300:]) & set(ids_a)
     assert result.cluster_count == 600 + 300
-    assert result.statistics["largest_cluster"] == 4  # three records in a, one in b
+    assert result.statistics.largest_cluster == 4  # three records in a, one in b
     # b is duplicate-free, so each a record's second-best in b is a non-match: the null
     # model applies; with every party deduplicated there is no such party.
     assert result.threshold_method == "null-model"

@@ -201,6 +201,6 @@ def test_state_from_before_the_threshold_columns_opens_and_gains_them(tmp_path) 
     try:
         run = store.latest_run("p1")
         assert run is not None and run.run_id == "r1"
-        assert (run.threshold, run.threshold_method) == (None, "")
+        assert (run.threshold, run.threshold_method, run.estimated) == (None, "", None)
     finally:
         store.close()

@@ -7,7 +7,9 @@ import pytest
 
 from linkage_unit.threshold import (
     DEFAULT_THRESHOLD,
+    SearchBoundary,
     ThresholdChoice,
+    ThresholdMethod,
     choose_threshold,
     choose_threshold_with_null,
 )
@@ -84,6 +86,28 @@ def test_null_model_keeps_weak_matches_when_every_record_has_one() -> None:
 def test_null_model_without_enough_scores_uses_the_valley_method() -> None:
     best, _ = _mixture(7, 400, 4000)
     assert choose_threshold_with_null(best, np.empty(0)) == choose_threshold(best)
+
+
+def test_a_null_model_threshold_on_its_floor_says_so() -> None:
+    # Every record matched, matches scoring around 0.6 and non-matches around 0.3: the best
+    # threshold lies below the search range, so the choice is its floor, labelled as such.
+    generator = np.random.default_rng(8)
+    best = np.clip(generator.normal(0.62, 0.04, 4000), 0, 1)
+    null = np.clip(generator.normal(0.3, 0.03, 3000), 0, 1)
+    choice = choose_threshold_with_null(best, null)
+    assert choice.threshold == 0.5
+    assert choice.boundary is SearchBoundary.FLOOR
+    assert choice.label == "null-model-at-floor"
+    inside = choose_threshold_with_null(*_mixture(5, 2000, 3000))
+    assert inside.boundary is None and inside.label == "null-model"
+
+
+def test_a_clamped_valley_is_labelled_as_on_its_boundary() -> None:
+    generator = np.random.default_rng(4)
+    scores = np.concatenate([generator.normal(0.1, 0.01, 3000), generator.normal(0.3, 0.01, 3000)])
+    choice = choose_threshold(scores)
+    assert choice.label == "valley-at-floor"
+    assert ThresholdChoice(threshold=0.8, method=ThresholdMethod.OPERATOR).label == "operator"
 
 
 def test_null_model_for_a_clustering_run_pays_every_false_link() -> None:

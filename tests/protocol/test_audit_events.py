@@ -6,7 +6,7 @@ from dataclasses import fields
 
 import pytest
 
-from protocol.audit import ALLOWED_EVENTS
+from protocol.audit import ALLOWED_EVENTS, withheld_from
 from protocol.audit_events import EVENTS, ChecksFailed, EntryRecord, RunFinished, event_record
 from protocol.errors import AuditError
 from protocol.vocabulary import CheckAspect
@@ -32,3 +32,34 @@ def test_an_event_is_checked_where_it_is_made_and_serialised_in_one_place() -> N
     assert event_record(failed).details == {"party": "dfe", "aspect": "kcv"}
     with pytest.raises(AuditError, match="party"):
         ChecksFailed(project_id="p1", party="O'Brien", aspect=CheckAspect.KCV)
+
+
+def test_a_model_runs_expected_quality_is_logged_for_the_operator_and_auditors_only() -> None:
+    finished = RunFinished(
+        project_id="p1",
+        run_id="r1",
+        cluster_count=3,
+        linked_record_count=4,
+        comparisons=9,
+        threshold_thousandths=500,
+        threshold_method="fellegi-sunter",
+        estimated_precision_millionths=991_234,
+        estimated_recall_millionths=982_000,
+        estimated_f1_millionths=986_600,
+    )
+    details = event_record(finished).details
+    assert details["estimated_f1_millionths"] == 986_600
+    # Figures from every party's data: withheld from any member party's view of the entry.
+    hidden = withheld_from("run_finished", details, "moj")
+    assert {
+        "estimated_precision_millionths",
+        "estimated_recall_millionths",
+        "estimated_f1_millionths",
+        "threshold_thousandths",
+    } <= hidden
+    assert withheld_from("run_finished", details, None) == frozenset()
+    with pytest.raises(AuditError, match="millionths"):
+        RunFinished(
+            project_id="p1", run_id="r1", cluster_count=3, linked_record_count=4,
+            comparisons=9, estimated_f1_millionths=1_000_001,
+        )  # fmt: skip

@@ -139,6 +139,16 @@ SETTINGS_REQUESTS: list[tuple[str, dict[str, Any]]] = [
             "matching": {"deduplicated_party_ids": ["moj", "dfe"], "max_cluster_size": 2},
         },
     ),
+    (
+        "a grouped project with a match-probability cut and automatic blocking",
+        {
+            "project_id": "p8",
+            "member_party_ids": ["moj", "dfe"],
+            "schema_fingerprint": SCHEMA.hex(),
+            "matching": {"blocking": "BLOCKING_AUTO", "match_probability": 0.75},
+            "groups": LAYOUT.to_record(),
+        },
+    ),
 ]
 
 
@@ -159,6 +169,8 @@ def request_from_vector(fields: dict[str, Any]) -> pb.CreateProjectRequest:
     message.matching.deduplicated_party_ids.extend(matching.get("deduplicated_party_ids", []))
     if "max_cluster_size" in matching:
         message.matching.max_cluster_size = matching["max_cluster_size"]
+    if "match_probability" in matching:
+        message.matching.match_probability = matching["match_probability"]
     if "link_key_mode" in fields:
         message.link_key_mode = pb.LinkKeyMode.Value(fields["link_key_mode"])
     if "auto_run" in fields:

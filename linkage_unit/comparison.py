@@ -1,0 +1,146 @@
+"""Comparison: the compare stage of a run, behind one protocol (block -> **compare** -> solve).
+
+A :class:`Comparer` takes the run's parties and the party pairs to compare and returns, per
+party pair, the candidate pairs at or above that party pair's record-level Dice threshold
+(a deduplicated party's own pairs may have their own) with what finding them cost
+(:class:`CompareStatistics`). :class:`LocalComparer` compares in this process
+through ``blocking.generate_candidates`` (blocking owns candidate generation and calls
+similarity.py to score); ``distributed.DaskExecutor`` does the same on a Dask cluster. Both give
+the same pairs for the same settings and seed, so the link structure never depends on where
+the compare ran.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from linkage_unit.blocking import BlockingMode, BlockingPlan, BlockingSettings, generate_candidates
+from linkage_unit.similarity import CandidatePairs
+
+__all__ = [
+    "CompareSettings",
+    "CompareStatistics",
+    "Comparer",
+    "Comparison",
+    "LocalComparer",
+    "ProgressCallback",
+]
+
+ProgressCallback = Callable[[str, int, int], None]
+"""Called as ``progress(stage, done, total)``; counts only, never data."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompareSettings:
+    """How to compare: the blocking mode and LSH shape, the linkage unit's blocking seed, the
+    candidate-pair limit and the threads to use (None: every CPU this process may use)."""
+
+    blocking: BlockingMode
+    blocking_settings: BlockingSettings
+    seed: int
+    max_pairs: int
+    workers: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompareStatistics:
+    """What a compare cost: pairs scored, and with LSH the planned block comparisons and what
+    oversized blocks skipped (nothing is dropped silently)."""
+
+    comparisons: int = 0
+    blocked_comparisons_planned: int = 0
+    oversized_blocks_skipped: int = 0
+    oversized_block_comparisons_skipped: int = 0
+
+    def __add__(self, other: CompareStatistics) -> CompareStatistics:
+        return CompareStatistics(
+            comparisons=self.comparisons + other.comparisons,
+            blocked_comparisons_planned=self.blocked_comparisons_planned
+            + other.blocked_comparisons_planned,
+            oversized_blocks_skipped=self.oversized_blocks_skipped + other.oversized_blocks_skipped,
+            oversized_block_comparisons_skipped=self.oversized_block_comparisons_skipped
+            + other.oversized_block_comparisons_skipped,
+        )
+
+    @classmethod
+    def of(cls, pairs: CandidatePairs, plan: BlockingPlan | None) -> CompareStatistics:
+        if plan is None:
+            return cls(comparisons=pairs.comparisons)
+        return cls(
+            comparisons=pairs.comparisons,
+            blocked_comparisons_planned=plan.block_comparisons,
+            oversized_blocks_skipped=plan.oversized_blocks,
+            oversized_block_comparisons_skipped=plan.oversized_comparisons,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Comparison:
+    """The candidate pairs of one party pair (``left_party == right_party``: one party with
+    itself, pairs with left < right)."""
+
+    left_party: int
+    right_party: int
+    pairs: CandidatePairs
+    statistics: CompareStatistics
+
+
+class Comparer(Protocol):
+    """Runs the compare stage of one run."""
+
+    def compare(
+        self,
+        arrays: Sequence[npt.NDArray[np.uint64]],
+        jobs: Sequence[tuple[int, int]],
+        thresholds: Sequence[float],
+        settings: CompareSettings,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[Comparison, ...]:
+        """Candidate pairs at or above ``thresholds[k]`` for each (left, right) party pair
+        ``jobs[k]`` (indices into ``arrays``), in job order."""
+        ...
+
+
+class LocalComparer:
+    """The compare stage in this process, on a thread pool."""
+
+    def compare(
+        self,
+        arrays: Sequence[npt.NDArray[np.uint64]],
+        jobs: Sequence[tuple[int, int]],
+        thresholds: Sequence[float],
+        settings: CompareSettings,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> tuple[Comparison, ...]:
+        results = []
+        for number, ((i, j), threshold) in enumerate(zip(jobs, thresholds, strict=True)):
+            if progress is not None:
+                progress("compare", number, len(jobs))
+            pairs, plan = generate_candidates(
+                arrays[i],
+                None if i == j else arrays[j],
+                threshold,
+                mode=settings.blocking,
+                settings=settings.blocking_settings,
+                seed=settings.seed,
+                workers=settings.workers,
+                max_pairs=settings.max_pairs,
+            )
+            results.append(
+                Comparison(
+                    left_party=i,
+                    right_party=j,
+                    pairs=pairs,
+                    statistics=CompareStatistics.of(pairs, plan),
+                )
+            )
+        if progress is not None:
+            progress("compare", len(jobs), len(jobs))
+        return tuple(results)

@@ -1,0 +1,614 @@
+"""Fellegi-Sunter model: the score stage's mathematics (block -> compare -> **score** -> solve).
+
+For an encoding of several field groups, each candidate pair has one Dice similarity per
+group (``group_similarity.py``). The model turns that vector into a match probability, trained
+without labels on the run's own pairs, as Splink does for plaintext:
+
+* **Agreement levels per group, from the data.** Level 0 is *missing* (either record has no bits
+  in the group): it weighs nothing either way. The top level is *identical* (the two group
+  CLKs are equal and not empty). In between, Dice is cut where a random pair of records
+  becomes rarer by a factor of about three (the random-pair tail probabilities
+  ``level_tails``: 10^-0.5, 10^-1, ...), and above the last such cut into ``upper_levels``
+  bins holding equally many candidate pairs. Nothing depends on where Dice values lie for a
+  particular encoding, so hardened encodings (whose dissimilar pairs look random) are cut at
+  their own places.
+* **u** (a level's probability for a non-match) from random pairs, as Splink estimates it; the
+  identical level's rate exactly, from counts of equal group encodings. Random pairs include
+  a few true matches, which at these sizes are not negligible on the high levels, so
+  ``u = (observed - lambda m) / (1 - lambda)`` is re-estimated with ``m`` and ``lambda`` on
+  every iteration, never below ``floor = 0.5 / random pairs``.
+* **m** (a level's probability for a match) and **lambda** (the prior: the share of all
+  comparable pairs that match, one per party pair) by expectation-maximisation over the
+  candidate pairs, with ``m / u`` kept non-decreasing over a group's levels (more similar is
+  never less evidence of a match) and lambda at most the smaller party's records. Pairs that are not candidates (below the record-level Dice cut) count as
+  non-matches: ``lambda = sum of candidate posteriors / comparable pairs``.
+* The **match weight** of a pair is ``log2(lambda / (1 - lambda)) + sum over non-missing groups
+  of log2(m / u)``; its probability ``1 / (1 + 2 ** -weight)``. Between two parties,
+  :func:`exclusive_weights` then conditions each pair on its records' other candidates (a pair
+  with no rival is likelier, one with a stronger rival less likely), on each side where the
+  other party holds at most one record per person: both sides between duplicate-free parties,
+  only the deduplicated party's record's side between a deduplicated and a duplicate-free
+  party, neither between two deduplicated parties.
+
+:func:`fit` is the vectorised fast path (EM over the distinct comparison patterns with their
+counts); :func:`reference_fit` is its slow obvious twin (one pair at a time, plain Python).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from linkage_unit.group_similarity import GroupSimilarities
+from protocol.errors import MatchingError
+
+__all__ = [
+    "DEFAULT_LEVEL_TAILS",
+    "FellegiSunterModel",
+    "GroupLevels",
+    "ModelSettings",
+    "comparison_levels",
+    "derive_levels",
+    "exclusive_weights",
+    "fit",
+    "probability_of_weight",
+    "random_level_counts",
+    "reference_exclusive_weights",
+    "reference_fit",
+    "weight_of_probability",
+]
+
+DEFAULT_LEVEL_TAILS = tuple(10.0 ** (-k / 2) for k in range(1, 10))
+"""Random-pair tail probabilities at which Dice levels are cut: 0.32, 0.1, 0.032, ... 1e-4.5."""
+
+_M_PSEUDO = 1e-3
+"""Pseudo-count of matches per level, so that a level no match reached keeps a finite weight."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ModelSettings:
+    """How the Fellegi-Sunter score stage runs.
+
+    ``match_probability``: the solver takes pairs whose posterior match probability is at
+    least this (the operator's cut). ``candidates_per_record``: the record-level Dice cut for
+    candidate pairs is where a random pair passes about this many times per record (so the cut
+    follows the data and the file sizes). ``random_pairs``: pairs sampled for the u
+    probabilities and the cut (more when the cut's tail needs it, up to ``max_random_pairs``).
+    ``term_frequencies``: weigh agreement on a common group encoding (many records share it)
+    less, from counts of equal encodings the linkage unit already holds.
+    """
+
+    match_probability: float = 0.5
+    candidates_per_record: float = 10.0
+    random_pairs: int = 2_000_000
+    max_random_pairs: int = 20_000_000
+    level_tails: tuple[float, ...] = DEFAULT_LEVEL_TAILS
+    upper_levels: int = 4
+    min_tail_samples: int = 50
+    max_iterations: int = 500
+    tolerance: float = 1e-7
+    term_frequencies: bool = False
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.match_probability < 1.0):
+            raise MatchingError("match_probability must be in (0, 1)")
+        if self.candidates_per_record <= 0:
+            raise MatchingError("candidates_per_record must be > 0")
+        if not (1000 <= self.random_pairs <= self.max_random_pairs):
+            raise MatchingError("random_pairs must be at least 1000 and at most max_random_pairs")
+        tails = self.level_tails
+        if (
+            not tails
+            or any(not (0.0 < t < 1.0) for t in tails)
+            or list(tails) != sorted(tails, reverse=True)
+        ):
+            raise MatchingError("level_tails must be decreasing probabilities in (0, 1)")
+        if not (0 <= self.upper_levels <= 16):
+            raise MatchingError("upper_levels must be between 0 and 16")
+        if self.min_tail_samples < 1 or self.max_iterations < 1 or self.tolerance <= 0:
+            raise MatchingError("min_tail_samples, max_iterations and tolerance must be > 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupLevels:
+    """One group's agreement levels: 0 missing; 1 .. len(cuts) + 1 Dice below each cut in
+    turn (the last: at or above the last cut); len(cuts) + 2 identical."""
+
+    name: str
+    cuts: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if any(not (0.0 <= c < 1.0) for c in self.cuts) or list(self.cuts) != sorted(
+            set(self.cuts)
+        ):
+            raise MatchingError("level cuts must be distinct, increasing and in [0, 1)")
+
+    @property
+    def count(self) -> int:
+        """Levels including missing and identical."""
+        return len(self.cuts) + 3
+
+    @property
+    def identical(self) -> int:
+        return len(self.cuts) + 2
+
+
+def comparison_levels(
+    similarities: GroupSimilarities, groups: Sequence[GroupLevels]
+) -> npt.NDArray[np.uint8]:
+    """``(pairs, groups)`` agreement levels (see :class:`GroupLevels`)."""
+    if similarities.shared.shape[1] != len(groups):
+        raise MatchingError("one set of levels per group is needed")
+    dice = similarities.dice()
+    missing = similarities.missing
+    identical = similarities.identical
+    out = np.empty(dice.shape, np.uint8)
+    for g, group in enumerate(groups):
+        level = np.searchsorted(np.array(group.cuts, np.float64), dice[:, g], side="right") + 1
+        level[identical[:, g]] = group.identical
+        level[missing[:, g]] = 0
+        out[:, g] = level
+    return out
+
+
+def derive_levels(
+    names: Sequence[str],
+    random: GroupSimilarities,
+    candidates: GroupSimilarities,
+    settings: ModelSettings,
+) -> tuple[GroupLevels, ...]:
+    """Each group's Dice cuts from the run's own pairs (module docstring): random-pair tail
+    quantiles while enough random pairs lie beyond them, then equal-count bins of the
+    candidate pairs above the last."""
+    random_dice, candidate_dice = random.dice(), candidates.dice()
+    random_usable = ~random.missing & ~random.identical
+    candidate_usable = ~candidates.missing & ~candidates.identical
+    groups = []
+    for g, name in enumerate(names):
+        values = random_dice[random_usable[:, g], g]
+        cuts: list[float] = []
+        for tail in settings.level_tails:
+            if tail * len(values) < settings.min_tail_samples:
+                break
+            cuts.append(float(np.quantile(values, 1.0 - tail)))
+        upper = candidate_dice[candidate_usable[:, g], g]
+        if cuts:
+            upper = upper[upper > cuts[-1]]
+        if settings.upper_levels > 1 and len(upper) >= 25 * settings.upper_levels:
+            inner = np.linspace(0.0, 1.0, settings.upper_levels + 1)[1:-1]
+            cuts.extend(float(value) for value in np.quantile(upper, inner))
+        distinct = sorted({round(c, 12) for c in cuts if 0.0 <= c < 1.0})
+        groups.append(GroupLevels(name=name, cuts=tuple(distinct)))
+    return tuple(groups)
+
+
+def random_level_counts(
+    levels: npt.NDArray[np.uint8], groups: Sequence[GroupLevels]
+) -> tuple[npt.NDArray[np.float64], ...]:
+    """Per group, how many random pairs fell in each level (index 0: missing)."""
+    return tuple(
+        np.bincount(levels[:, g], minlength=group.count).astype(np.float64)
+        for g, group in enumerate(groups)
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FellegiSunterModel:
+    """A trained model. ``m[g]`` and ``u[g]``: probabilities of group g's levels 1 .. top for a
+    match and a non-match (level 0, missing, is left out: it weighs nothing). ``prior[j]``:
+    lambda of party pair j (the share of its comparable pairs that match)."""
+
+    groups: tuple[GroupLevels, ...]
+    m: tuple[tuple[float, ...], ...]
+    u: tuple[tuple[float, ...], ...]
+    prior: tuple[float, ...]
+    iterations: int
+    converged: bool
+
+    def __post_init__(self) -> None:
+        if not (len(self.groups) == len(self.m) == len(self.u)):
+            raise MatchingError("a model needs m and u for every group")
+        for group, m, u in zip(self.groups, self.m, self.u, strict=True):
+            if len(m) != group.count - 1 or len(u) != group.count - 1:
+                raise MatchingError("m and u need one probability per non-missing level")
+        if any(not (0.0 < p < 1.0) for p in self.prior):
+            raise MatchingError("a prior must be in (0, 1)")
+
+    def level_weights(self) -> tuple[npt.NDArray[np.float64], ...]:
+        """Per group, ``log2(m / u)`` per level, with 0 for level 0 (missing)."""
+        return tuple(
+            np.concatenate([[0.0], np.log2(np.array(m)) - np.log2(np.array(u))])
+            for m, u in zip(self.m, self.u, strict=True)
+        )
+
+    def match_weights(
+        self,
+        levels: npt.NDArray[np.uint8],
+        jobs: npt.NDArray[np.int64],
+        *,
+        adjustments: npt.NDArray[np.float64] | None = None,
+    ) -> npt.NDArray[np.float64]:
+        """``log2`` posterior odds of a match per pair: the prior of its party pair plus each
+        group's level weight, plus ``adjustments`` (term frequencies, log2) when given."""
+        weights = np.log2(np.array(self.prior)) - np.log2(1.0 - np.array(self.prior))
+        total: npt.NDArray[np.float64] = weights[jobs].astype(np.float64)
+        for g, level_weight in enumerate(self.level_weights()):
+            total = total + level_weight[levels[:, g]]
+        if adjustments is not None:
+            total = total + adjustments.sum(axis=1)
+        return total
+
+
+def probability_of_weight(weights: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """Match probability from a match weight (log2 odds)."""
+    array = np.asarray(weights, dtype=np.float64)
+    result: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp2(-np.clip(array, -1000, 1000)))
+    return result
+
+
+def weight_of_probability(probability: float) -> float:
+    """Match weight (log2 odds) of a probability in (0, 1)."""
+    if not (0.0 < probability < 1.0):
+        raise MatchingError("a probability must be in (0, 1)")
+    return math.log2(probability) - math.log2(1.0 - probability)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Start:
+    """What both EM implementations start from: the observed u (matches included), the floor
+    under the corrected u, initial m and priors, and the priors' caps (``max_matches`` per
+    party pair: with one record per person and party, no more matches than the smaller party
+    has records; without the cap, a model of one group could explain random pairs away as
+    matches)."""
+
+    u_observed: tuple[npt.NDArray[np.float64], ...]
+    floors: tuple[float, ...]
+    m: tuple[npt.NDArray[np.float64], ...]
+    prior: npt.NDArray[np.float64]
+    caps: npt.NDArray[np.float64]
+
+
+def _start(
+    groups: Sequence[GroupLevels],
+    random_counts: Sequence[npt.NDArray[np.float64]],
+    identical_rates: Sequence[float | None],
+    comparable_pairs: Sequence[int],
+    max_matches: Sequence[float],
+) -> _Start:
+    if len(random_counts) != len(groups) or len(identical_rates) != len(groups):
+        raise MatchingError("random counts and identical rates are needed for every group")
+    if len(comparable_pairs) != len(max_matches) or not comparable_pairs:
+        raise MatchingError("one comparable-pair count and one match guess per party pair")
+    if any(count < 1 for count in comparable_pairs):
+        raise MatchingError("every party pair needs at least one comparable pair")
+    observed, floors, m = [], [], []
+    for group, counts, identical in zip(groups, random_counts, identical_rates, strict=True):
+        if len(counts) != group.count:
+            raise MatchingError("random counts need one entry per level")
+        present = counts[1:].astype(np.float64)
+        sampled = float(present.sum())
+        floor = 0.5 / max(sampled, 1.0)
+        u = present + 0.5
+        if identical is not None:  # exact, from counts of equal encodings
+            rest = u[:-1] / u[:-1].sum()
+            u = np.concatenate([rest * (1.0 - identical), [identical]])
+        u = np.maximum(u / u.sum(), floor)
+        observed.append(u / u.sum())
+        floors.append(floor)
+        # Matches concentrate on the high levels: start m rising with the level.
+        start = np.arange(1, group.count, dtype=np.float64) ** 3
+        m.append(start / start.sum())
+    caps = np.array(
+        [
+            min(max(most, 1.0) / pairs, 0.5)
+            for most, pairs in zip(max_matches, comparable_pairs, strict=True)
+        ],
+        dtype=np.float64,
+    )
+    return _Start(
+        u_observed=tuple(observed), floors=tuple(floors), m=tuple(m), prior=caps / 2, caps=caps
+    )
+
+
+def _monotone(m: list[float], u: list[float]) -> list[float]:
+    """``m`` with ``m / u`` made non-decreasing over the levels (a higher similarity is never
+    less evidence of a match): weighted pool-adjacent-violators on the ratio, weights ``u``,
+    which keeps ``sum(m)``. Without it a level in the middle of the random pairs can soak up
+    sampling noise as "matches" when few other groups speak (one group alone)."""
+    blocks: list[list[float]] = []  # [ratio, weight, levels pooled]
+    for m_k, u_k in zip(m, u, strict=True):
+        blocks.append([m_k / u_k, u_k, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            ratio, weight, size = blocks.pop()
+            previous = blocks[-1]
+            total = previous[1] + weight
+            previous[0] = (previous[0] * previous[1] + ratio * weight) / total
+            previous[1] = total
+            previous[2] += size
+    out: list[float] = []
+    position = 0
+    for ratio, _, size in blocks:
+        for _ in range(int(size)):
+            out.append(ratio * u[position])
+            position += 1
+    return out
+
+
+def _corrected_u(
+    observed: npt.NDArray[np.float64], m: npt.NDArray[np.float64], prior: float, floor: float
+) -> npt.NDArray[np.float64]:
+    """u without the true matches a random sample holds (module docstring)."""
+    corrected = np.maximum((observed - prior * m) / (1.0 - prior), floor)
+    result: npt.NDArray[np.float64] = corrected / corrected.sum()
+    return result
+
+
+def _patterns(
+    levels: npt.NDArray[np.uint8],
+    jobs: npt.NDArray[np.int64],
+    groups: Sequence[GroupLevels],
+    job_count: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each distinct (party pair, levels) row and how often it occurs: all EM needs. Rows are
+    packed into one integer (mixed radix) when they fit, which sorts far faster than rows."""
+    keyed = np.concatenate([jobs[:, None].astype(np.int64), levels.astype(np.int64)], axis=1)
+    radices = [max(job_count, 1), *(group.count for group in groups)]
+    if len(keyed) == 0:
+        return np.empty((0, len(groups) + 1), np.int64), np.empty(0, np.int64)
+    if math.prod(radices) >= 2**62:
+        patterns, counts = np.unique(keyed, axis=0, return_counts=True)
+        return patterns, counts
+    code = np.zeros(len(keyed), np.int64)
+    for column, radix in enumerate(radices):
+        code = code * radix + keyed[:, column]
+    unique, counts = np.unique(code, return_counts=True)
+    patterns = np.empty((len(unique), len(radices)), np.int64)
+    for column in range(len(radices) - 1, -1, -1):
+        unique, patterns[:, column] = np.divmod(unique, radices[column])
+    return patterns, counts
+
+
+def fit(
+    levels: npt.NDArray[np.uint8],
+    jobs: npt.NDArray[np.int64],
+    groups: Sequence[GroupLevels],
+    *,
+    random_counts: Sequence[npt.NDArray[np.float64]],
+    identical_rates: Sequence[float | None],
+    comparable_pairs: Sequence[int],
+    max_matches: Sequence[float],
+    settings: ModelSettings,
+) -> FellegiSunterModel:
+    """Train m, u and the priors by EM on the candidate pairs (``levels``: ``(pairs, groups)``;
+    ``jobs[k]``: the party pair of pair k, indexing ``comparable_pairs``; ``max_matches``: the
+    most matches each party pair can hold, which caps its prior)."""
+    start = _start(groups, random_counts, identical_rates, comparable_pairs, max_matches)
+    pairs_per_job = np.asarray(comparable_pairs, dtype=np.float64)
+    if levels.ndim != 2 or levels.shape[1] != len(groups) or len(jobs) != len(levels):
+        raise MatchingError("levels must be (pairs, groups) with one party pair per pair")
+    patterns, counts = _patterns(levels, jobs, groups, len(comparable_pairs))
+    pattern_jobs, pattern_levels = patterns[:, 0], patterns[:, 1:]
+    weights = counts.astype(np.float64)
+    m = [array.copy() for array in start.m]
+    prior = start.prior.copy()
+    u = [
+        _corrected_u(observed, m_g, float(prior @ pairs_per_job / pairs_per_job.sum()), floor)
+        for observed, m_g, floor in zip(start.u_observed, m, start.floors, strict=True)
+    ]
+    converged = False
+    iteration = 0
+    while iteration < settings.max_iterations:
+        iteration += 1
+        odds = np.log(prior / (1.0 - prior))[pattern_jobs]
+        for g in range(len(groups)):
+            ratio = np.concatenate([[0.0], np.log(m[g]) - np.log(u[g])])
+            odds = odds + ratio[pattern_levels[:, g]]
+        posterior = 1.0 / (1.0 + np.exp(-np.clip(odds, -700, 700)))
+        matched = posterior * weights
+        new_m = []
+        for g, group in enumerate(groups):
+            totals = np.bincount(pattern_levels[:, g], weights=matched, minlength=group.count)
+            present = totals[1:] + _M_PSEUDO
+            new_m.append(np.array(_monotone((present / present.sum()).tolist(), u[g].tolist())))
+        matched_by_job = np.bincount(pattern_jobs, weights=matched, minlength=len(prior))
+        new_prior = np.clip(matched_by_job / pairs_per_job, 1e-12, start.caps)
+        pooled = float(new_prior @ pairs_per_job / pairs_per_job.sum())
+        new_u = [
+            _corrected_u(observed, m_g, pooled, floor)
+            for observed, m_g, floor in zip(start.u_observed, new_m, start.floors, strict=True)
+        ]
+        change = max(
+            max(float(np.abs(a - b).max()) for a, b in zip(new_m, m, strict=True)),
+            max(float(np.abs(np.log(a) - np.log(b)).max()) for a, b in zip(new_u, u, strict=True)),
+            float(np.abs(np.log(new_prior) - np.log(prior)).max()),
+        )
+        m, u, prior = new_m, new_u, new_prior
+        if change < settings.tolerance:
+            converged = True
+            break
+    return FellegiSunterModel(
+        groups=tuple(groups),
+        m=tuple(tuple(float(x) for x in m_g) for m_g in m),
+        u=tuple(tuple(float(x) for x in u_g) for u_g in u),
+        prior=tuple(float(p) for p in prior),
+        iterations=iteration,
+        converged=converged,
+    )
+
+
+def reference_fit(
+    levels: npt.NDArray[np.uint8],
+    jobs: npt.NDArray[np.int64],
+    groups: Sequence[GroupLevels],
+    *,
+    random_counts: Sequence[npt.NDArray[np.float64]],
+    identical_rates: Sequence[float | None],
+    comparable_pairs: Sequence[int],
+    max_matches: Sequence[float],
+    settings: ModelSettings,
+) -> FellegiSunterModel:
+    """The slow obvious twin of :func:`fit`: the same EM, one pair at a time in Python."""
+    start = _start(groups, random_counts, identical_rates, comparable_pairs, max_matches)
+    rows = [[int(x) for x in row] for row in levels.tolist()]
+    pair_jobs = [int(job) for job in jobs.tolist()]
+    total_pairs = sum(comparable_pairs)
+    m = [[float(x) for x in array] for array in start.m]
+    prior = [float(p) for p in start.prior]
+
+    def corrected(g: int, m_g: list[float], lam: float) -> list[float]:
+        raw = [
+            max((float(o) - lam * mk) / (1.0 - lam), start.floors[g])
+            for o, mk in zip(start.u_observed[g].tolist(), m_g, strict=True)
+        ]
+        return [value / sum(raw) for value in raw]
+
+    pooled = sum(p * n for p, n in zip(prior, comparable_pairs, strict=True)) / total_pairs
+    u = [corrected(g, m[g], pooled) for g in range(len(groups))]
+    converged = False
+    iteration = 0
+    while iteration < settings.max_iterations:
+        iteration += 1
+        matched_by_level = [[0.0] * (group.count - 1) for group in groups]
+        matched_by_job = [0.0] * len(prior)
+        for row, job in zip(rows, pair_jobs, strict=True):
+            odds = math.log(prior[job] / (1.0 - prior[job]))
+            for g, level in enumerate(row):
+                if level > 0:
+                    odds += math.log(m[g][level - 1]) - math.log(u[g][level - 1])
+            odds = min(max(odds, -700.0), 700.0)
+            posterior = 1.0 / (1.0 + math.exp(-odds))
+            matched_by_job[job] += posterior
+            for g, level in enumerate(row):
+                if level > 0:
+                    matched_by_level[g][level - 1] += posterior
+        new_m = []
+        for g in range(len(groups)):
+            present = [value + _M_PSEUDO for value in matched_by_level[g]]
+            new_m.append(_monotone([value / sum(present) for value in present], u[g]))
+        new_prior = [
+            min(max(matched / pairs, 1e-12), float(cap))
+            for matched, pairs, cap in zip(
+                matched_by_job, comparable_pairs, start.caps.tolist(), strict=True
+            )
+        ]
+        pooled = sum(p * n for p, n in zip(new_prior, comparable_pairs, strict=True)) / total_pairs
+        new_u = [corrected(g, new_m[g], pooled) for g in range(len(groups))]
+        change = 0.0
+        for g in range(len(groups)):
+            for a, b in zip(new_m[g], m[g], strict=True):
+                change = max(change, abs(a - b))
+            for a, b in zip(new_u[g], u[g], strict=True):
+                change = max(change, abs(math.log(a) - math.log(b)))
+        for a, b in zip(new_prior, prior, strict=True):
+            change = max(change, abs(math.log(a) - math.log(b)))
+        m, u, prior = new_m, new_u, new_prior
+        if change < settings.tolerance:
+            converged = True
+            break
+    return FellegiSunterModel(
+        groups=tuple(groups),
+        m=tuple(tuple(m_g) for m_g in m),
+        u=tuple(tuple(u_g) for u_g in u),
+        prior=tuple(prior),
+        iterations=iteration,
+        converged=converged,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# One record per party and person
+# ---------------------------------------------------------------------------------------------
+def exclusive_weights(
+    left: npt.NDArray[np.int64],
+    right: npt.NDArray[np.int64],
+    weights: npt.NDArray[np.float64],
+    *,
+    left_size: int,
+    right_size: int,
+    left_matched: float | None,
+    right_matched: float | None,
+) -> npt.NDArray[np.float64]:
+    """Match weights of one party pair's candidate pairs given that a record has at most one
+    match in the other party (a person has at most one record there).
+
+    The pairwise model asks "is this pair a match?" as if the two records' other pairs said
+    nothing. With one match at most, a pair whose two records have no other plausible partner
+    is likelier than that, and one whose record has a stronger partner less likely. Locally
+    (each record's own candidates, conflicts further out ignored), with ``x`` a pair's
+    pairwise odds and ``left_matched`` / ``right_matched`` the share of each party's records
+    that have a match:
+
+        odds(a, b) = x_ab / ((1 - left_matched + sum_j x_aj - x_ab)
+                             * (1 - right_matched + sum_i x_ib - x_ab))
+
+    the odds of "a and b are each other's match" against "each is unmatched or matched to
+    another of its candidates". Returns log2 of those odds. ``left_matched=None``: a left
+    record may match several records of the right party (the right party is deduplicated),
+    so its other candidates are no rivals and its factor is left out (likewise ``right``).
+    """
+    odds = np.exp2(np.clip(weights, -200.0, 200.0))
+    result: npt.NDArray[np.float64] = np.log2(odds)
+    if left_matched is not None:
+        result = result - np.log2((1.0 - left_matched) + _others(left, odds, left_size))
+    if right_matched is not None:
+        result = result - np.log2((1.0 - right_matched) + _others(right, odds, right_size))
+    return result
+
+
+def _others(
+    records: npt.NDArray[np.int64], odds: npt.NDArray[np.float64], size: int
+) -> npt.NDArray[np.float64]:
+    """Per pair, the sum of the odds of its record's other pairs. ``total - own`` would lose
+    the small others to rounding when the own odds are the record's (huge) largest, so those
+    pairs get the sum of the rest added up directly."""
+    total = np.bincount(records, weights=odds, minlength=size)
+    largest = np.full(size, -np.inf)
+    np.maximum.at(largest, records, odds)
+    is_largest = odds == largest[records]
+    tied = np.bincount(records, weights=is_largest.astype(np.float64), minlength=size)
+    rest_of_largest = np.bincount(records, weights=np.where(is_largest, 0.0, odds), minlength=size)
+    alone_largest = is_largest & (tied[records] == 1)
+    others = np.where(alone_largest, rest_of_largest[records], total[records] - odds)
+    result: npt.NDArray[np.float64] = np.maximum(others, 0.0)
+    return result
+
+
+def reference_exclusive_weights(
+    left: npt.NDArray[np.int64],
+    right: npt.NDArray[np.int64],
+    weights: npt.NDArray[np.float64],
+    *,
+    left_size: int,
+    right_size: int,
+    left_matched: float | None,
+    right_matched: float | None,
+) -> npt.NDArray[np.float64]:
+    """The slow obvious twin of :func:`exclusive_weights`: one pair at a time."""
+    pairs = list(zip(left.tolist(), right.tolist(), weights.tolist(), strict=True))
+    out = []
+    for k, (a, b, weight) in enumerate(pairs):
+        odds = 2.0 ** min(max(weight, -200.0), 200.0)
+        others_a = sum(
+            2.0 ** min(max(w, -200.0), 200.0)
+            for n, (i, _, w) in enumerate(pairs)
+            if i == a and n != k
+        )
+        others_b = sum(
+            2.0 ** min(max(w, -200.0), 200.0)
+            for n, (_, j, w) in enumerate(pairs)
+            if j == b and n != k
+        )
+        value = math.log2(odds)
+        if left_matched is not None:
+            value -= math.log2((1.0 - left_matched) + others_a)
+        if right_matched is not None:
+            value -= math.log2((1.0 - right_matched) + others_b)
+        out.append(value)
+    return np.array(out, dtype=np.float64)

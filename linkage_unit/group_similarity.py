@@ -1,0 +1,115 @@
+"""Group similarity: per-field-group Dice of candidate pairs (block -> compare -> **score** ->
+solve, for encodings made of several field-group CLKs).
+
+A record's encoding is its groups' CLKs concatenated (``protocol/clk_layout.py``). Blocking and
+the record-level compare find candidate pairs on the whole encoding; this stage then takes,
+for each candidate pair and each group, the bits the two records share in that group and each
+side's set bits (the compare stage's per-pair kernel, :func:`linkage_unit.similarity.
+group_counts`, with its reference twin and property test there). That gives one Dice
+similarity per group, and tells a missing group (all zero bits on either side) from a
+different one, which the Fellegi-Sunter model (``fellegi_sunter.py``) needs. Nothing here
+sees a value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from linkage_unit.similarity import check_clks, group_counts
+from protocol.clk_layout import ClkLayout
+from protocol.errors import MatchingError
+
+__all__ = ["GroupSimilarities", "group_popcounts", "group_similarities"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupSimilarities:
+    """Per pair and group (``(pairs, groups)`` arrays): the shared bit count and both sides'
+    popcounts. ``dice`` is 0 where a side is missing; ``missing`` says where."""
+
+    shared: npt.NDArray[np.int32]
+    left_counts: npt.NDArray[np.int32]
+    right_counts: npt.NDArray[np.int32]
+
+    def __post_init__(self) -> None:
+        if not (self.shared.shape == self.left_counts.shape == self.right_counts.shape):
+            raise MatchingError("group similarity arrays must have the same shape")
+
+    def __len__(self) -> int:
+        return int(self.shared.shape[0])
+
+    @property
+    def missing(self) -> npt.NDArray[np.bool_]:
+        """True where either record has no bits in the group (its fields were all missing)."""
+        result: npt.NDArray[np.bool_] = (self.left_counts == 0) | (self.right_counts == 0)
+        return result
+
+    @property
+    def identical(self) -> npt.NDArray[np.bool_]:
+        """True where both records' group CLKs are identical and not empty."""
+        result: npt.NDArray[np.bool_] = (
+            (self.shared == self.left_counts) & (self.shared == self.right_counts)
+        ) & (self.shared > 0)
+        return result
+
+    def dice(self) -> npt.NDArray[np.float64]:
+        """``2 shared / (|a| + |b|)`` per pair and group; 0 where both sides are empty."""
+        totals = (self.left_counts + self.right_counts).astype(np.float64)
+        result: npt.NDArray[np.float64] = np.divide(
+            2.0 * self.shared, totals, out=np.zeros_like(totals), where=totals > 0
+        )
+        return result
+
+
+def _check_layout(clks: npt.NDArray[np.uint64], layout: ClkLayout, name: str) -> None:
+    if clks.shape[0] and clks.shape[1] != layout.total_words:
+        raise MatchingError(
+            f"{name}: CLKs have {clks.shape[1] * 64} bits but the layout says "
+            f"{layout.total_bits}: the encoding and its layout disagree"
+        )
+
+
+def group_popcounts(clks: npt.ArrayLike, layout: ClkLayout) -> npt.NDArray[np.int32]:
+    """Set bits per record and group: ``(records, groups)``."""
+    array = check_clks(clks, name="clks")
+    _check_layout(array, layout, "clks")
+    if len(array) == 0:
+        return np.zeros((0, len(layout.groups)), np.int32)
+    starts = np.array(layout.word_offsets()[:-1], dtype=np.int64)
+    counts: npt.NDArray[np.int32] = np.add.reduceat(
+        np.bitwise_count(array), starts, axis=1, dtype=np.int32
+    )
+    return counts
+
+
+def group_similarities(
+    left: npt.ArrayLike,
+    right: npt.ArrayLike,
+    rows: npt.ArrayLike,
+    cols: npt.ArrayLike,
+    layout: ClkLayout,
+    *,
+    workers: int | None = None,
+) -> GroupSimilarities:
+    """Shared counts and popcounts of pairs ``(left[rows[k]], right[cols[k]])`` in every
+    group of ``layout``."""
+    left_array = check_clks(left, name="left")
+    right_array = check_clks(right, name="right")
+    _check_layout(left_array, layout, "left")
+    _check_layout(right_array, layout, "right")
+    if len(left_array) == 0 or len(right_array) == 0:
+        if len(np.asarray(rows)) or len(np.asarray(cols)):
+            raise MatchingError("a pair names a record position outside its party")
+        empty = np.zeros((0, len(layout.groups)), np.int32)
+        return GroupSimilarities(shared=empty, left_counts=empty, right_counts=empty.copy())
+    counts = group_counts(
+        left_array, right_array, rows, cols, layout.word_offsets(), workers=workers
+    )
+    return GroupSimilarities(
+        shared=counts.shared.astype(np.int32),
+        left_counts=counts.left.astype(np.int32),
+        right_counts=counts.right.astype(np.int32),
+    )
