@@ -117,6 +117,7 @@ def test_the_report_headline_is_the_worst_of_its_results() -> None:
     assert any(line.startswith("[record] pattern mining") for line in report.lines())
 
 
+@pytest.mark.timeout(1200)  # about 80 s alone; every attack at the issue's 3,000 records
 def test_the_shipped_default_resists_every_attack() -> None:
     # Issue 19, item 4, at its own scale: 3,000 default encodings of synth people. No attribute
     # value is identified with precision and recall both >= 0.6 by any attack (the oracle
