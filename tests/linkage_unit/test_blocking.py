@@ -16,7 +16,7 @@ from linkage_unit.blocking import (
 )
 from linkage_unit.similarity import candidate_pairs, candidate_pairs_within
 from protocol.errors import MatchingError
-from tests.linkage_unit.clk_strategies import clk_arrays, noisy_copies, random_clks
+from tests.strategies import clk_arrays, noisy_copies, random_clks
 
 
 def as_set(pairs) -> set[tuple[int, int]]:

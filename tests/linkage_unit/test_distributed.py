@@ -30,7 +30,6 @@ from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.messages import ProjectSettings, RunState
 from tests.dask_helpers import CompareTaskFaults, local_cluster
-from tests.linkage_unit.clk_strategies import grouped_parties
 from tests.linkage_unit.test_service import OPERATOR, build, upload
 from tests.service_helpers import (
     SCHEMA_FINGERPRINT,
@@ -38,6 +37,7 @@ from tests.service_helpers import (
     planted_party_clks,
     write_clk_file,
 )
+from tests.strategies import grouped_parties
 
 pytestmark = pytest.mark.integration
 
@@ -475,3 +475,4 @@ def test_dask_gives_the_in_process_result_with_the_fellegi_sunter_model(client: 
     for party in clks:
         np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
     assert remote.statistics == local.statistics
+
