@@ -31,6 +31,7 @@ from protocol.errors import (
     CompatibilityError,
     ConfigurationError,
     InvalidRequestError,
+    InvariantError,
     NotFoundError,
     PermissionDeniedError,
     PreconditionError,
@@ -83,7 +84,7 @@ ERROR_FOR_STATUS: dict[grpc.StatusCode, type[ServiceError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
 }
-"""Inverse of ``linkage_unit.servicer.STATUS_FOR_ERROR`` (tests/test_error_table.py)."""
+"""Inverse of ``linkage_unit.servicer.STATUS_FOR_ERROR`` (tests/protocol/test_error_table.py)."""
 
 # Subclasses told apart by the error-name trailing metadata, only under their own status.
 _SPECIFIC = {CompatibilityError.__name__: CompatibilityError}
@@ -230,7 +231,8 @@ class LinkageClient:
             )
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
-            assert insecure_identity is not None
+            if insecure_identity is None:
+                raise InvariantError("a plaintext channel needs the identity it claims")
             self._metadata = ((serde.IDENTITY_METADATA_KEY, insecure_identity.text),)
             self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.LinkageUnitStub(self._channel)
