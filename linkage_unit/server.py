@@ -274,10 +274,10 @@ class LinkageUnitServer:
             except BaseException:
                 self.storage.close()
                 raise
-        self.audit: AuditSink = audit or self.audit_log  # type: ignore[assignment]
-        reader: AuditReader | None = self.audit_log
-        if reader is None and hasattr(audit, "export"):
-            reader = audit  # type: ignore[assignment]
+            audit = self.audit_log
+        self.audit: AuditSink = audit
+        # A sink given by the caller serves auditors too when it can read the log back.
+        reader = audit if isinstance(audit, AuditReader) else None
         cluster = config.cluster_settings
         if link_function is None and cluster is not None:
             link_function = functools.partial(matching.link, executor=DaskExecutor(cluster))
