@@ -76,7 +76,12 @@ from linkage_unit.similarity import CandidatePairs, candidate_pairs, candidate_p
 from linkage_unit.solving import PartyPairs  # noqa: E402
 from party.mapping import load_mapping  # noqa: E402
 from protocol.errors import MatchingError  # noqa: E402
-from protocol.schema import LinkageSchema, default_schema, load_schema  # noqa: E402
+from protocol.schema import (  # noqa: E402
+    LinkageSchema,
+    default_schema,
+    load_schema,
+    single_clk_schema,
+)
 
 HERE = Path(__file__).resolve().parent
 SETS = ("hard-repeats", "three-repeats", "febrl3")
@@ -104,7 +109,9 @@ class DedupeSet:
 def synth_set(name: str, records: int, seed: int) -> DedupeSet:
     from bloomlink.synth import SynthConfig, generate
 
-    schema = default_schema()
+    # The single-CLK columns use the single-CLK schema (the default until 2026-12-05); the
+    # model column encodes the same values under the shipped default (ours_model).
+    schema = single_clk_schema()
     if name == "hard-repeats":
         departments, repeating = ("moj", "dfe"), ("moj",)
     else:
@@ -327,11 +334,15 @@ def ours(data: DedupeSet, clks: Mapping[str, npt.NDArray[np.uint64]]) -> dict[st
 
 
 def ours_model(data: DedupeSet, groups: Sequence[base.GroupSpec] | None) -> Quality:
-    """The same fields split into field groups (quality.py's ``encode_groups``) and linked by
+    """Synth sets: the values encoded under the shipped default (grouped, hardened); FEBRL3:
+    its fields split into plain field groups (quality.py's ``encode_groups``). Linked by
     ``link()`` with the Fellegi-Sunter model: its probabilities clustered at p >= 0.5."""
-    grouped, layout = base.encode_groups(
-        data.parties, data.schema, groups if groups is not None else base.SYNTH_GROUPS
-    )
+    if groups is None:
+        grouped, shipped_layout = base.encode(data.parties, default_schema())
+        assert shipped_layout is not None
+        layout = shipped_layout
+    else:
+        grouped, layout = base.encode_groups(data.parties, data.schema, groups)
     result = link(
         grouped, MatchSettings(deduplicated=data.deduplicated, blocking_seed=11), layout=layout
     )
@@ -495,7 +506,7 @@ def scale_data(directory: Path, records: int, *, reuse: bool) -> tuple[np.ndarra
         encode_extract(
             extract_path=directory / "synth" / "moj.csv",
             mapping=shipped_mapping("moj"),
-            schema=default_schema(),
+            schema=single_clk_schema(),
             secret=LinkageSecret(bytes(range(32))),
             project_id="dedupe",
             encoded_path=encoded,

@@ -67,7 +67,13 @@ from party.mapping import DepartmentMapping, load_mapping, shipped_mapping  # no
 from protocol.clk_layout import ClkLayout, GroupLayout  # noqa: E402
 from protocol.encoding import ClkEncoder  # noqa: E402
 from protocol.errors import RecordError  # noqa: E402
-from protocol.schema import FieldSpec, LinkageSchema, default_schema, load_schema  # noqa: E402
+from protocol.schema import (  # noqa: E402
+    FieldSpec,
+    LinkageSchema,
+    default_schema,
+    load_schema,
+    single_clk_schema,
+)
 from protocol.secret import LinkageSecret  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -697,7 +703,10 @@ def main() -> int:
     unknown = set(wanted) - set(SETS)
     if unknown:
         parser.error(f"unknown sets {sorted(unknown)}")
-    schema = load_schema(args.schema) if args.schema else default_schema()
+    # Without --schema: the single-CLK columns from the single-CLK schema (the default until
+    # 2026-12-05) and the model column from the shipped default (grouped and hardened).
+    schema = load_schema(args.schema) if args.schema else single_clk_schema()
+    shipped = None if args.schema else default_schema()
     if args.hardening and schema.grouped:
         parser.error("--hardening splits a single-CLK schema into groups; give a v1 --schema")
     rows: list[dict[str, Any]] = []
@@ -726,8 +735,13 @@ def main() -> int:
                 clks, _ = encode(parties, set_schema)
                 row["auto"] = ours_auto(parties, clks, deduplicate=within)
                 row["best"] = ours_best(parties, clks, deduplicate=within)
-            # The set's single-CLK schema split into field groups (encode_groups).
-            grouped, layout = encode_groups(parties, set_schema, groups)
+            if shipped is not None and name != "febrl4":
+                grouped, layout = encode(parties, shipped)
+                assert layout is not None
+            else:
+                # The set's single-CLK schema split into plain field groups (encode_groups):
+                # FEBRL4 has its own fields, so the default's hardening does not apply.
+                grouped, layout = encode_groups(parties, set_schema, groups)
         model = ours_model(
             parties, grouped, layout, deduplicate=within,
             blocking=BlockingMode.NONE if large else BlockingMode.AUTO,

@@ -46,6 +46,7 @@ __all__ = [
     "LinkageSchema",
     "TokenSpec",
     "default_schema",
+    "single_clk_schema",
     "load_schema",
     "parse_schema",
 ]
@@ -618,7 +619,18 @@ def load_schema(path: Path | str) -> LinkageSchema:
     return parse_schema(data, source=str(source))
 
 
+def _shipped(name: str) -> LinkageSchema:
+    text = resources.files("protocol").joinpath(f"data/{name}").read_text("utf-8")
+    return parse_schema(tomllib.loads(text), source=name)
+
+
 def default_schema() -> LinkageSchema:
-    """The schema shipped with bloomlink (protocol/data/default_schema.toml)."""
-    text = resources.files("protocol").joinpath("data/default_schema.toml").read_text("utf-8")
-    return parse_schema(tomllib.loads(text), source="default_schema.toml")
+    """The schema shipped with bloomlink (protocol/data/default_schema.toml): three hardened
+    field groups (docs/encoding.md says why)."""
+    return _shipped("default_schema.toml")
+
+
+def single_clk_schema() -> LinkageSchema:
+    """The unhardened single-CLK (v1) schema, the default until 2026-12-05
+    (protocol/data/single_clk_schema.toml): for v1 projects and side-by-side measurement."""
+    return _shipped("single_clk_schema.toml")

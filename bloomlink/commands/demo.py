@@ -66,7 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--schema", type=Path, help="linkage schema (default: the shipped one)")
     parser.add_argument(
-        "--threshold", type=float, help="Dice threshold (default: chosen automatically)"
+        "--threshold",
+        type=float,
+        help="Dice threshold; with the default grouped schema, the record-level Dice cut for "
+        "candidate pairs (default: chosen automatically)",
     )
     parser.add_argument("--seed", type=int, help="seed for the synthetic data (default: fresh)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the run")
@@ -229,9 +232,10 @@ def run(args: argparse.Namespace) -> int:
         f"  ({quality.correct:,} of {quality.true_pairs:,} true pairs found, "
         f"{quality.linked_pairs:,} linked)"
     )
+    cut = "match probability" if status.threshold_method.startswith("fellegi") else "Dice threshold"
     print(
         f"  run {status.run_id}: {status.comparisons:,} comparisons, {status.cluster_count:,} link keys, "
-        f"{status.linked_record_count:,} records linked, Dice threshold "
+        f"{status.linked_record_count:,} records linked, {cut} "
         f"{status.threshold or 0.0:.3f} ({status.threshold_method})"
     )
     verdict = "PASSED" if report.passed else f"FAILED ({len(report.failures)} failure(s))"

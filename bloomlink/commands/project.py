@@ -22,7 +22,7 @@ from protocol.messages import (
     ProjectStatus,
     RunState,
 )
-from protocol.schema import load_schema
+from protocol.schema import default_schema, load_schema, single_clk_schema
 
 NAME = "project"
 HELP = "create a linkage project, show its status, or start its run"
@@ -61,7 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "schema its layout and hardening, which every upload must then have (holds no secret)",
     )
     schema.add_argument(
-        "--schema-fingerprint", help="hex SHA-256 of a single-CLK (v1) schema, instead of --schema"
+        "--schema-fingerprint",
+        help="hex SHA-256 of a single-CLK (v1) schema or of a schema bloomlink ships (its layout "
+        "is known), instead of --schema",
     )
     schema.add_argument(
         "--schema-fingerprint-file",
@@ -132,9 +134,16 @@ def _schema_identity(args: argparse.Namespace) -> tuple[bytes, ClkLayout | None]
                 f"{source} is not the output of bloomlink schema check --json"
             ) from None
     try:
-        return bytes.fromhex(str(text)), layout
+        fingerprint = bytes.fromhex(str(text))
     except ValueError:
         raise ConfigurationError("--schema-fingerprint must be hex") from None
+    if layout is None:
+        # The fingerprint of a schema bloomlink ships names its layout too (a schema holds
+        # no secret), so the operator can name the default by its fingerprint alone.
+        for shipped in (default_schema(), single_clk_schema()):
+            if shipped.grouped and shipped.fingerprint == fingerprint:
+                layout = shipped.layout
+    return fingerprint, layout
 
 
 def describe(status: ProjectStatus) -> str:

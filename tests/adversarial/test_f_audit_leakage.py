@@ -92,7 +92,10 @@ def test_case_31_no_canary_value_clk_or_key_in_logs_audit_or_error_details(
     server = start_server()  # the default JSON-lines audit file in the data directory
     connect(server, "operator").create_project(
         ProjectSettings(
-            project_id="p1", members=("moj", "dfe"), schema_fingerprint=default_schema().fingerprint
+            project_id="p1",
+            members=("moj", "dfe"),
+            schema_fingerprint=default_schema().fingerprint,
+            layout=default_schema().layout,
         )
     )
     errors: list[str] = []

@@ -343,7 +343,9 @@ def test_schema_check_describes_groups_and_their_hardening(
     root = Path(__file__).resolve().parents[2]
     assert cli.main(["schema", "check"]) == ExitCode.OK
     out = capsys.readouterr().out
-    assert out.startswith(default_schema().fingerprint.hex()) and "1024-bit CLKs" in out
+    assert out.startswith(default_schema().fingerprint.hex())
+    assert "2560-bit encodings of 3 groups" in out
+    assert "name 1024 bits, hardening diffusion:width=4,output_bits=1024" in out
     grouped = root / "benchmarks/schemas/grouped_diffusion_w3.toml"
     assert cli.main(["schema", "check", "--schema", str(grouped)]) == ExitCode.OK
     out = capsys.readouterr().out

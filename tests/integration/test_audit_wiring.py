@@ -17,6 +17,7 @@ from party.manifest import create_party_signing_key, manifest_path_for, write_ma
 from protocol.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from protocol.manifest import read_manifest, sign_manifest
 from protocol.messages import ProjectSettings, RunState
+from protocol.schema import default_schema
 from protocol.signing import load_public_key
 from tests.service_helpers import SCHEMA_FINGERPRINT, planted_party_clks, write_clk_file
 
@@ -153,9 +154,10 @@ def test_submit_refuses_a_file_its_leak_scan_flags(tmp_path: Path, capsys) -> No
     surname = extract.read_text().splitlines()[1].split(",")
     # An "encoded" file that carries a raw value of the extract in its CLK bytes.
     # As wide as the shipped schema's CLKs, so the known-key check can compare them too.
-    raw = max(surname, key=len).encode().ljust(128, b" ")[:128] * 40
-    clks = np.frombuffer(raw, dtype="<u8").reshape(40, 16).copy()
-    path = write_clk_file(tmp_path / "moj.clk", clks, project_id="p1", clk_bits=1024)
+    width = default_schema().encoded_bits // 8
+    raw = max(surname, key=len).encode().ljust(width, b" ")[:width] * 40
+    clks = np.frombuffer(raw, dtype="<u8").reshape(40, width // 8).copy()
+    path = write_clk_file(tmp_path / "moj.clk", clks, project_id="p1", clk_bits=8 * width)
     # The rescan's known-key check finds records through the private positions file.
     (tmp_path / "moj.clk.positions.csv").write_text(
         "record_id,position\n" + "".join(f"r{i},{i}\n" for i in range(40)), encoding="utf-8"

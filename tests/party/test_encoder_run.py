@@ -95,7 +95,7 @@ def test_positions_join_gives_each_record_its_clk(dirs: tuple[Path, Path]) -> No
     summary = run(write_csv(source / "moj.csv", rows), out)
     assert (summary.rows_read, summary.records_encoded, summary.rows_skipped) == (60, 60, 0)
     header, clks = read_clks(out / "moj.clk")
-    assert header.record_count == 60 and header.clk_bits == 1024
+    assert header.record_count == 60 and header.clk_bits == default_schema().encoded_bits
     assert header.kcv.hex() == summary.kcv
     positions = read_positions(out / "moj.positions.csv")
     assert sorted(positions) == sorted(row[0] for row in rows)

@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 
 from protocol import encoding
 from protocol.encoding import ClkEncoder, balance, keyed_permutation, xor_fold
-from protocol.schema import TokenSpec, default_schema, parse_schema
+from protocol.schema import TokenSpec, parse_schema, single_clk_schema
 from protocol.secret import LinkageSecret
 from protocol.tokens import tokenise
 from tests import strategies
 from tests.reference import reference_encoder as reference
 
 SECRET = bytes(range(32))
-SCHEMA = default_schema()
+SCHEMA = single_clk_schema()
 ENCODER = ClkEncoder(SCHEMA, LinkageSecret(SECRET), project_id="properties")
 
 

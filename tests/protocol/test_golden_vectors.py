@@ -46,11 +46,11 @@ def test_schema_fingerprint_and_kcv(label: str) -> None:
     assert encoder.kcv.hex() == vector_set["kcv_hex"]
 
 
-def test_the_default_vectors_pin_the_shipped_default_schema() -> None:
-    shipped = tomllib.loads((ROOT / "protocol" / "data" / "default_schema.toml").read_text("utf-8"))
-    assert SETS["default"]["schema_document"] == shipped, (
-        "the default schema changed: regenerate the vectors (python -m tests.reference.make_vectors)"
+def test_the_v1_vectors_pin_the_former_single_clk_default() -> None:
+    former = tomllib.loads(
+        (ROOT / "protocol" / "data" / "single_clk_schema.toml").read_text("utf-8")
     )
+    assert SETS["v1-default"]["schema_document"] == former
 
 
 @pytest.mark.parametrize(("vector_set", "index", "record"), cases())
@@ -70,10 +70,10 @@ def test_reference_encoder_reproduces_each_vector(
     assert clk.hex() == record["clk_hex"]
 
 
-@pytest.mark.parametrize("index", range(len(SETS["default"]["records"])))
+@pytest.mark.parametrize("index", range(len(SETS["v1-default"]["records"])))
 def test_normaliser_gives_the_recorded_values(index: int) -> None:
-    record = SETS["default"]["records"][index]
-    schema = parse_schema(SETS["default"]["schema_document"])
+    record = SETS["v1-default"]["records"][index]
+    schema = parse_schema(SETS["v1-default"]["schema_document"])
     bound = shipped_mapping("moj").bind(schema, MOJ_COLUMNS)
     row = ["P1"] + [record["raw_moj"][column] for column in MOJ_COLUMNS[1:]]
     assert bound.normalise(row, row_number=1) == record["normalised"]
@@ -84,6 +84,13 @@ def test_normaliser_gives_the_recorded_values(index: int) -> None:
 VECTORS_V2 = json.loads((ROOT / "tests" / "vectors" / "golden_vectors_v2.json").read_text("utf-8"))
 SETS_V2 = {vector_set["label"]: vector_set for vector_set in VECTORS_V2["sets"]}
 SEED_V2 = bytes.fromhex(VECTORS_V2["blip_random_seed_hex"])
+
+
+def test_the_v2_default_vectors_pin_the_shipped_default_schema() -> None:
+    shipped = tomllib.loads((ROOT / "protocol" / "data" / "default_schema.toml").read_text("utf-8"))
+    assert SETS_V2["default"]["schema_document"] == shipped, (
+        "the default schema changed: regenerate the vectors (python -m tests.reference.make_vectors)"
+    )
 
 
 @pytest.mark.parametrize("label", sorted(SETS_V2))

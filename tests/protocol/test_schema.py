@@ -15,25 +15,35 @@ import pytest
 
 from protocol import normalisation
 from protocol.errors import SchemaError
-from protocol.schema import default_schema, load_schema, parse_schema
+from protocol.schema import default_schema, load_schema, parse_schema, single_clk_schema
 
 
 def default_document() -> dict[str, Any]:
-    text = resources.files("protocol").joinpath("data/default_schema.toml").read_text("utf-8")
+    text = resources.files("protocol").joinpath("data/single_clk_schema.toml").read_text("utf-8")
     return tomllib.loads(text)
 
 
-def test_default_schema_loads() -> None:
+FIELDS = ["forename", "surname", "date_of_birth", "sex", "postcode"]
+
+
+def test_default_schema_loads_hardened_in_every_group() -> None:
     schema = default_schema()
-    assert [spec.name for spec in schema.fields] == [
-        "forename",
-        "surname",
-        "date_of_birth",
-        "sex",
-        "postcode",
-    ]
-    assert schema.clk_bits == 1024 and schema.encoded_bits == 1024
+    assert [spec.name for spec in schema.fields] == FIELDS
+    assert schema.grouped
+    groups = schema.layout.groups
+    assert [group.name for group in groups] == ["name", "birth", "postcode"]
+    # Every group diffused (docs/encoding.md): no group may go out unhardened.
+    assert all(group.hardening.startswith("diffusion:") for group in groups)
+    assert schema.encoded_bits == sum(group.bits for group in groups) == 2560
     assert len(schema.fingerprint) == 32
+
+
+def test_single_clk_schema_loads() -> None:
+    schema = single_clk_schema()
+    assert [spec.name for spec in schema.fields] == FIELDS
+    assert not schema.grouped
+    assert schema.clk_bits == 1024 and schema.encoded_bits == 1024
+    assert schema.fingerprint != default_schema().fingerprint
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -120,7 +130,7 @@ def test_token_and_field_problems() -> None:
 
 
 def test_fingerprint_ignores_key_order_whitespace_and_description(tmp_path: Path) -> None:
-    base = default_schema()
+    base = single_clk_schema()
     reordered = dict(reversed(list(default_document().items())))
     reordered["fields"] = [dict(reversed(list(field.items()))) for field in reordered["fields"]]
     assert parse_schema(reordered).fingerprint == base.fingerprint
@@ -128,7 +138,7 @@ def test_fingerprint_ignores_key_order_whitespace_and_description(tmp_path: Path
         parse_schema(default_document() | {"description": "something else"}).fingerprint
         == base.fingerprint
     )
-    text = resources.files("protocol").joinpath("data/default_schema.toml").read_text("utf-8")
+    text = resources.files("protocol").joinpath("data/single_clk_schema.toml").read_text("utf-8")
     spaced = tmp_path / "spaced.toml"
     spaced.write_text("\n\n# a comment\n" + text.replace(" = ", "   =   "), encoding="utf-8")
     assert load_schema(spaced).fingerprint == base.fingerprint
@@ -137,7 +147,7 @@ def test_fingerprint_ignores_key_order_whitespace_and_description(tmp_path: Path
 def test_json_and_toml_forms_give_the_same_fingerprint(tmp_path: Path) -> None:
     path = tmp_path / "schema.json"
     path.write_text(json.dumps(default_document(), indent=2), encoding="utf-8")
-    assert load_schema(path).fingerprint == default_schema().fingerprint
+    assert load_schema(path).fingerprint == single_clk_schema().fingerprint
 
 
 def test_json_with_a_repeated_key_is_refused(tmp_path: Path) -> None:
@@ -171,14 +181,15 @@ def _changed(edit: Any) -> bytes:
     ],
 )
 def test_fingerprint_changes_with_anything_that_changes_encoding(edit: Any) -> None:
-    assert _changed(edit) != default_schema().fingerprint
+    assert _changed(edit) != single_clk_schema().fingerprint
 
 
-def test_fingerprint_covers_normaliser_version_and_nickname_table() -> None:
+@pytest.mark.parametrize("make", [default_schema, single_clk_schema], ids=["grouped", "single"])
+def test_fingerprint_covers_normaliser_version_and_nickname_table(make: Any) -> None:
     """The fingerprint is the digest of the canonical form, and that form carries the
     normaliser version and the nickname table's digest (read when computed, so a new
     normaliser or table changes every fingerprint that depends on it)."""
-    schema = default_schema()
+    schema = make()
     canonical = schema.canonical()
     assert canonical["normaliser"] == normalisation.NORMALISER_VERSION
     assert any(spec.nicknames for spec in schema.fields)

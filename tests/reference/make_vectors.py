@@ -146,8 +146,13 @@ IDENTITIES: list[tuple[dict[str, str], list[str | None]]] = [
 ]
 
 
+# The shipped default (schema v2 since 2026-12-05) and the single-CLK default before it (v1).
+SHIPPED_DEFAULT = ROOT / "protocol" / "data" / "default_schema.toml"
+V1_DEFAULT = ROOT / "protocol" / "data" / "single_clk_schema.toml"
+
+
 def schema_documents() -> dict[str, dict]:
-    default = tomllib.loads((ROOT / "protocol" / "data" / "default_schema.toml").read_text("utf-8"))
+    default = tomllib.loads(V1_DEFAULT.read_text("utf-8"))
     blake_fold = copy.deepcopy(default)
     blake_fold.update(name="golden-blake2b-xor-fold", hashing="blake2b", hardening="xor-fold")
     balanced = copy.deepcopy(default)
@@ -161,7 +166,7 @@ def schema_documents() -> dict[str, dict]:
                 "positional": False,
                 "bits_per_token": 3,
             }
-    return {"default": default, "blake2b-xor-fold": blake_fold, "balance-name-group": balanced}
+    return {"v1-default": default, "blake2b-xor-fold": blake_fold, "balance-name-group": balanced}
 
 
 def random_stream(seed: bytes):  # type: ignore[no-untyped-def]
@@ -182,8 +187,8 @@ def random_stream(seed: bytes):  # type: ignore[no-untyped-def]
 
 def grouped_documents() -> dict[str, dict]:
     """Version 2 schemas: the default's fields in three groups (names; date of birth with sex
-    salted by it; postcode), under each hardening."""
-    default = tomllib.loads((ROOT / "protocol" / "data" / "default_schema.toml").read_text("utf-8"))
+    salted by it; postcode), under each hardening, and the shipped default."""
+    default = tomllib.loads(V1_DEFAULT.read_text("utf-8"))
     fields = copy.deepcopy(default["fields"])
     groups_of = {
         "forename": "name",
@@ -211,6 +216,7 @@ def grouped_documents() -> dict[str, dict]:
         }
 
     return {
+        "default": tomllib.loads(SHIPPED_DEFAULT.read_text("utf-8")),
         "grouped-salted-diffusion": document(
             "golden-grouped-diffusion",
             "hmac-sha256",
