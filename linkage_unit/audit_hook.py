@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from protocol.audit_events import AuditEvent
 
@@ -30,6 +30,7 @@ class AuditSink(Protocol):
         ...
 
 
+@runtime_checkable
 class AuditReader(Protocol):
     """Reads the log back for auditors (the RPCs ``FetchAuditLog``, ``GetAuditPublicKey``)."""
 

@@ -263,7 +263,7 @@ class _Band:
     oversized_comparisons: int
 
 
-_GATHER_RECORDS = 1 << 18
+GATHER_RECORDS = 1 << 18
 """Records per side gathered at once (32 MiB of 1024-bit CLKs): a thread's copy stays this
 size however large the parties are."""
 
@@ -374,8 +374,12 @@ class BlockingIndex:
         seed: int | None = None,
         positions: npt.NDArray[np.int64] | None = None,
         workers: int | None = None,
+        gather_records: int = GATHER_RECORDS,
     ) -> None:
         self.settings = settings or BlockingSettings()
+        if gather_records < 1:
+            raise MatchingError("gather_records must be >= 1")
+        self.gather_records = gather_records
         self.left = check_clks(left, name="left")
         self.within = right is None
         self.right = self.left if right is None else check_clks(right, name="right")
@@ -448,9 +452,15 @@ class BlockingIndex:
                 end_block = max(
                     first_block + 1,
                     min(
-                        int(np.searchsorted(band.left_stops, left_from + _GATHER_RECORDS, "right")),
                         int(
-                            np.searchsorted(band.right_stops, right_from + _GATHER_RECORDS, "right")
+                            np.searchsorted(
+                                band.left_stops, left_from + self.gather_records, "right"
+                            )
+                        ),
+                        int(
+                            np.searchsorted(
+                                band.right_stops, right_from + self.gather_records, "right"
+                            )
                         ),
                     ),
                 )

@@ -288,9 +288,18 @@ class DaskExecutor:
     uses an existing connection instead and leaves it open.
     """
 
-    def __init__(self, settings: ClusterSettings, *, client: Client | None = None) -> None:
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        *,
+        client: Client | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.settings = settings
         self._client = client
+        self._monotonic = monotonic
+        self._sleep = sleep
 
     def compare(
         self,
@@ -337,7 +346,9 @@ class DaskExecutor:
     def session(self) -> Iterator[_Session]:
         """One connection for one run; everything scattered in it is released at the end."""
         if self._client is not None:
-            session = _Session(self._client, self.settings)
+            session = _Session(
+                self._client, self.settings, monotonic=self._monotonic, sleep=self._sleep
+            )
             try:
                 yield session
             finally:
@@ -371,7 +382,7 @@ class DaskExecutor:
                 f"cannot reach the Dask scheduler within {self.settings.connect_timeout_seconds:g} s "
                 f"({type(error).__name__}): check its address, that it runs, and the Dask TLS files"
             ) from None
-        session = _Session(client, self.settings)
+        session = _Session(client, self.settings, monotonic=self._monotonic, sleep=self._sleep)
         try:
             yield session
         finally:
@@ -382,9 +393,18 @@ class DaskExecutor:
 class _Session:
     """A connection in use by one run: scattered inputs and the task loop."""
 
-    def __init__(self, client: Client, settings: ClusterSettings) -> None:
+    def __init__(
+        self,
+        client: Client,
+        settings: ClusterSettings,
+        *,
+        monotonic: Callable[[], float],
+        sleep: Callable[[float], None],
+    ) -> None:
         self.client = client
         self.settings = settings
+        self.monotonic = monotonic
+        self.sleep = sleep
         # Scattered future key -> (its future, the linkage unit's copy to scatter again).
         self._scattered: dict[str, tuple[Any, npt.NDArray[np.uint64]]] = {}
 
@@ -422,18 +442,18 @@ class _Session:
         return set(self.client.nthreads())
 
     def wait_for_workers(self, progress: ProgressCallback | None) -> int:
-        deadline = time.monotonic() + self.settings.timeout_seconds
+        deadline = self.monotonic() + self.settings.timeout_seconds
         while True:
             count = len(self.workers())
             if count:
                 return count
             if progress is not None:
                 progress("compare (waiting for Dask workers)", 0, 1)
-            if time.monotonic() >= deadline:
+            if self.monotonic() >= deadline:
                 raise MatchingError(
                     f"no Dask worker joined the scheduler within {self.settings.timeout_seconds:g} s"
                 )
-            time.sleep(0.5)
+            self.sleep(0.5)
 
     def scatter(self, array: npt.NDArray[np.uint64]) -> Any:
         """Send one array to every worker, once per run (a party in several party pairs is
@@ -499,12 +519,12 @@ class _Session:
             return future
 
         futures = {submit(argument): k for k, argument in enumerate(current)}
-        deadline = time.monotonic() + self.settings.timeout_seconds
+        deadline = self.monotonic() + self.settings.timeout_seconds
         done_count = 0
         retries = 0
         lost_workers = 0
         known_workers = self.worker_addresses()
-        next_worker_check = time.monotonic() + 1.0
+        next_worker_check = self.monotonic() + 1.0
 
         def label() -> str:
             notes = []
@@ -527,7 +547,7 @@ class _Session:
 
         try:
             while futures:
-                remaining = deadline - time.monotonic()
+                remaining = deadline - self.monotonic()
                 if remaining <= 0:
                     raise MatchingError(
                         f"{stage}: {len(futures)} of {total} Dask tasks unfinished after "
@@ -536,9 +556,9 @@ class _Session:
                     )
                 changed.wait(min(1.0, remaining))
                 changed.clear()
-                if time.monotonic() >= next_worker_check:
+                if self.monotonic() >= next_worker_check:
                     check_workers()
-                    next_worker_check = time.monotonic() + 1.0
+                    next_worker_check = self.monotonic() + 1.0
                 for future in [future for future in futures if future.done()]:
                     k = futures.pop(future)
                     if future.status == "finished":

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ __all__ = [
     "init_certificates",
     "issue_client_certificate",
     "issue_server_certificate",
+    "utc_now",
 ]
 
 _DEFAULT_DAYS = 365
@@ -95,17 +97,21 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _now() -> datetime.datetime:
+def utc_now() -> datetime.datetime:
+    """The default clock of every issuing call (tests pass their own)."""
     return datetime.datetime.now(datetime.UTC)
 
 
+Clock = Callable[[], datetime.datetime]
+
+
 def create_authority(
-    *, common_name: str = "bloomlink local CA", days: int = 3650
+    *, common_name: str = "bloomlink local CA", days: int = 3650, clock: Clock = utc_now
 ) -> CertificateAuthority:
     """A new self-signed CA (path length 0: it issues only end-entity certificates)."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = _now()
+    now = clock()
     certificate = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -142,9 +148,10 @@ def _issue(
     names: list[x509.GeneralName],
     usage: x509.ObjectIdentifier,
     days: int,
+    clock: Clock,
 ) -> IssuedCertificate:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
+    now = clock()
     certificate = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
@@ -188,6 +195,7 @@ def issue_server_certificate(
     hosts: tuple[str, ...] = ("localhost",),
     addresses: tuple[str, ...] = ("127.0.0.1",),
     days: int = _DEFAULT_DAYS,
+    clock: Clock = utc_now,
 ) -> IssuedCertificate:
     """The linkage unit's certificate (serverAuth), valid for ``hosts`` and ``addresses``."""
     names: list[x509.GeneralName] = [x509.DNSName(host) for host in hosts]
@@ -198,11 +206,16 @@ def issue_server_certificate(
         names=names,
         usage=ExtendedKeyUsageOID.SERVER_AUTH,
         days=days,
+        clock=clock,
     )
 
 
 def issue_client_certificate(
-    authority: CertificateAuthority, identity: Identity, *, days: int = _DEFAULT_DAYS
+    authority: CertificateAuthority,
+    identity: Identity,
+    *,
+    days: int = _DEFAULT_DAYS,
+    clock: Clock = utc_now,
 ) -> IssuedCertificate:
     """A client certificate (clientAuth) carrying ``identity`` as its one URI SAN."""
     return _issue(
@@ -211,6 +224,7 @@ def issue_client_certificate(
         names=[x509.UniformResourceIdentifier(identity.uri)],
         usage=ExtendedKeyUsageOID.CLIENT_AUTH,
         days=days,
+        clock=clock,
     )
 
 
@@ -241,6 +255,7 @@ def init_certificates(
     hosts: tuple[str, ...] = ("localhost",),
     addresses: tuple[str, ...] = ("127.0.0.1",),
     days: int = _DEFAULT_DAYS,
+    clock: Clock = utc_now,
 ) -> CertificateSet:
     """Create a CA and certificates for the linkage unit, the operator, each party and an
     auditor under ``directory`` (refuses to overwrite an existing CA)."""
@@ -253,24 +268,24 @@ def init_certificates(
         raise ConfigurationError(f"{root} already holds a CA; choose an empty directory")
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o700)
-    authority = create_authority(days=max(days, 30))
+    authority = create_authority(days=max(days, 30), clock=clock)
     ca_pair = authority.issued().write(root, "ca")
     linkage_unit = issue_server_certificate(
-        authority, hosts=hosts, addresses=addresses, days=days
+        authority, hosts=hosts, addresses=addresses, days=days, clock=clock
     ).write(root, "linkage-unit")
-    operator = issue_client_certificate(authority, Identity(role=Role.OPERATOR), days=days).write(
-        root, "operator"
-    )
+    operator = issue_client_certificate(
+        authority, Identity(role=Role.OPERATOR), days=days, clock=clock
+    ).write(root, "operator")
     party_pairs = {
         party: issue_client_certificate(
-            authority, Identity(role=Role.PARTY, party=party), days=days
+            authority, Identity(role=Role.PARTY, party=party), days=days, clock=clock
         ).write(root, f"party-{party}")
         for party in parties
     }
     auditor_pair = (
-        issue_client_certificate(authority, Identity(role=Role.AUDITOR), days=days).write(
-            root, "auditor"
-        )
+        issue_client_certificate(
+            authority, Identity(role=Role.AUDITOR), days=days, clock=clock
+        ).write(root, "auditor")
         if auditor
         else None
     )

@@ -274,10 +274,10 @@ class LinkageUnitServer:
             except BaseException:
                 self.storage.close()
                 raise
-        self.audit: AuditSink = audit or self.audit_log  # type: ignore[assignment]
-        reader: AuditReader | None = self.audit_log
-        if reader is None and hasattr(audit, "export"):
-            reader = audit  # type: ignore[assignment]
+            audit = self.audit_log
+        self.audit: AuditSink = audit
+        # A sink given by the caller serves auditors too when it can read the log back.
+        reader = audit if isinstance(audit, AuditReader) else None
         cluster = config.cluster_settings
         if link_function is None and cluster is not None:
             link_function = functools.partial(matching.link, executor=DaskExecutor(cluster))
@@ -368,15 +368,13 @@ class LinkageUnitServer:
             ) from None
         self.port = port
         self._server.start()
-        if not self.config.insecure and serves_without_client_certificate(
-            port, host=_self_test_host(self.config.listen)
-        ):
-            self._server.stop(0)
-            self.close_storage()
-            raise ConfigurationError(
-                "self-test failed: the linkage unit answered a client without a certificate; "
-                "mutual TLS is not enforced, so it refuses to start"
-            )
+        if not self.config.insecure:
+            try:
+                require_client_certificates(port, host=_self_test_host(self.config.listen))
+            except ConfigurationError:
+                self._server.stop(0)
+                self.close_storage()
+                raise
         self.service.start()
         self._retention_thread = threading.Thread(
             target=self._retention_loop, name="bloomlink-retention", daemon=True
@@ -422,6 +420,16 @@ class LinkageUnitServer:
 
     def wait_for_termination(self, timeout: float | None = None) -> bool:
         return bool(self._server.wait_for_termination(timeout))
+
+
+def require_client_certificates(port: int, *, host: str = "127.0.0.1") -> None:
+    """The start-up self-test: raise ``ConfigurationError`` if the TLS server on ``port``
+    answers a client that presents no certificate (mutual TLS not enforced)."""
+    if serves_without_client_certificate(port, host=host):
+        raise ConfigurationError(
+            "self-test failed: the linkage unit answered a client without a certificate; "
+            "mutual TLS is not enforced, so it refuses to start"
+        )
 
 
 def serves_without_client_certificate(

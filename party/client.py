@@ -31,6 +31,7 @@ from protocol.errors import (
     CompatibilityError,
     ConfigurationError,
     InvalidRequestError,
+    InvariantError,
     NotFoundError,
     PermissionDeniedError,
     PreconditionError,
@@ -83,7 +84,7 @@ ERROR_FOR_STATUS: dict[grpc.StatusCode, type[ServiceError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: UnavailableError,
 }
-"""Inverse of ``linkage_unit.servicer.STATUS_FOR_ERROR`` (tests/test_error_table.py)."""
+"""Inverse of ``linkage_unit.servicer.STATUS_FOR_ERROR`` (tests/protocol/test_error_table.py)."""
 
 # Subclasses told apart by the error-name trailing metadata, only under their own status.
 _SPECIFIC = {CompatibilityError.__name__: CompatibilityError}
@@ -182,7 +183,8 @@ class LinkageClient:
     ``tls`` gives mutual TLS (the default and the only mode for real data); with
     ``insecure_identity`` the channel is plaintext and the identity is merely claimed
     (tests and development against ``bloomlink serve --insecure``). ``retries`` and
-    ``backoff`` set gRPC's retry policy (and the upload's resume attempts).
+    ``backoff`` set gRPC's retry policy (and the upload's resume attempts). ``monotonic`` and
+    ``sleep`` are the clock the client waits on (tests pass their own).
     """
 
     def __init__(
@@ -199,6 +201,8 @@ class LinkageClient:
         max_message_bytes: int = 4 << 20,
         server_name: str | None = None,
         keepalive_seconds: int = 60,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if (tls is None) == (insecure_identity is None):
             raise ValueError("give exactly one of tls or insecure_identity")
@@ -208,6 +212,8 @@ class LinkageClient:
         self.upload_timeout = upload_timeout
         self.retries = retries
         self.backoff = backoff
+        self._monotonic = monotonic
+        self._sleep = sleep
         self.chunk_bytes = min(chunk_bytes, max_message_bytes - 1024)
         options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -230,7 +236,8 @@ class LinkageClient:
             )
             self._channel = grpc.secure_channel(target, credentials, options=options)
         else:
-            assert insecure_identity is not None
+            if insecure_identity is None:
+                raise InvariantError("a plaintext channel needs the identity it claims")
             self._metadata = ((serde.IDENTITY_METADATA_KEY, insecure_identity.text),)
             self._channel = grpc.insecure_channel(target, options=options)
         self._stub = pb_grpc.LinkageUnitStub(self._channel)
@@ -313,16 +320,16 @@ class LinkageClient:
 
     def wait_for_run(self, project_id: str, *, timeout: float, poll: float = 0.2) -> ProjectStatus:
         """Poll status until the run finishes, is refused or fails (or ``timeout`` passes)."""
-        deadline = time.monotonic() + timeout
+        deadline = self._monotonic() + timeout
         while True:
             status = self.project_status(project_id)
             if status.run_state in (RunState.FINISHED, RunState.REFUSED, RunState.FAILED):
                 return status
-            if time.monotonic() >= deadline:
+            if self._monotonic() >= deadline:
                 raise UnavailableError(
                     f"the run did not finish within {timeout:.0f}s (state {status.run_state})"
                 )
-            time.sleep(poll)
+            self._sleep(poll)
 
     # -- party ----------------------------------------------------------------------------
 
@@ -410,7 +417,7 @@ class LinkageClient:
                     raise
                 delay = self.backoff * (2**number)
                 logger.info("upload interrupted; resuming (%d) in %.1fs", number + 1, delay)
-                time.sleep(delay)
+                self._sleep(delay)
         if progress:
             progress(result.committed_bytes, header.payload_bytes)
         return result

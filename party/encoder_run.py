@@ -40,7 +40,13 @@ from party.mapping import BoundMapping, DepartmentMapping
 from party.positions_file import PositionsBinding, write_positions
 from protocol.clk_file import ClkFileWriter
 from protocol.encoding import ClkEncoder
-from protocol.errors import ConfigurationError, ExtractError, RecordError, ValueRejectedError
+from protocol.errors import (
+    ConfigurationError,
+    ExtractError,
+    InvariantError,
+    RecordError,
+    ValueRejectedError,
+)
 from protocol.labels import check_label
 from protocol.schema import LinkageSchema
 from protocol.secret import LinkageSecret
@@ -118,7 +124,8 @@ class BadRowLimit:
     def allows(self, bad_rows: int, rows_read: int) -> bool:
         if self.rows is not None:
             return bad_rows <= self.rows
-        assert self.percent is not None
+        if self.percent is None:
+            raise InvariantError("a bad-row limit is a count or a percentage")
         return bad_rows * 100 <= self.percent * rows_read
 
     def __str__(self) -> str:
@@ -542,7 +549,8 @@ def _start_worker(*args: object) -> None:
 
 
 def _encode_in_worker(chunk: ExtractChunk) -> _ChunkResult:
-    assert _worker is not None
+    if _worker is None:
+        raise InvariantError("the encoder worker was not started")
     return _worker.encode(chunk)
 
 

@@ -54,7 +54,7 @@ import numpy.typing as npt
 
 from protocol.atomic_file import atomic_output
 from protocol.clk_layout import MAX_GROUPS, ClkLayout, GroupLayout
-from protocol.errors import ClkFileError, ConfigurationError
+from protocol.errors import ClkFileError, ConfigurationError, InvariantError
 from protocol.labels import check_label
 
 __all__ = [
@@ -81,10 +81,12 @@ FORMAT_VERSIONS = (FORMAT_VERSION, GROUPED_FORMAT_VERSION)
 HEADER_LENGTH = 200
 """The header length of format version 1; version 2's is ``ClkFileHeader.header_length``."""
 _BODY = struct.Struct("<8sHHIQ32s16s32sB63s")  # bytes 0..167
-assert _BODY.size == 168
+if _BODY.size != 168:  # pragma: no cover - the format itself
+    raise InvariantError("the CLK file header body must be 168 bytes")
 _GROUP_COUNT = struct.Struct("<HH")
 _GROUP = struct.Struct("<IB63sB123s")
-assert _GROUP.size == 192
+if _GROUP.size != 192:  # pragma: no cover - the format itself
+    raise InvariantError("a CLK file group entry must be 192 bytes")
 MAX_HEADER_LENGTH = _BODY.size + _GROUP_COUNT.size + MAX_GROUPS * _GROUP.size + 32
 MIN_CLK_BITS = 64
 MAX_CLK_BITS = 65536
@@ -150,7 +152,8 @@ class ClkFileHeader:
     @property
     def clk_layout(self) -> ClkLayout:
         """The record's layout (never None once constructed)."""
-        assert self.layout is not None
+        if self.layout is None:
+            raise InvariantError("a constructed header always has a layout")
         return self.layout
 
     @property
@@ -308,7 +311,8 @@ class ClkFileWriter:
 
     def write(self, clks: npt.NDArray[np.uint8] | npt.NDArray[np.uint64]) -> None:
         """Append a block of packed CLKs."""
-        assert self._output is not None, "use ClkFileWriter as a context manager"
+        if self._output is None:
+            raise InvariantError("use ClkFileWriter as a context manager")
         data = np.ascontiguousarray(clks).view(np.uint8)
         if data.ndim != 2 or data.shape[1] != self._clk_bytes:
             raise ClkFileError(f"expected CLKs of {self._clk_bytes} bytes each")
@@ -318,7 +322,8 @@ class ClkFileWriter:
         self._count += data.shape[0]
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
-        assert self._output is not None
+        if self._output is None:
+            raise InvariantError("use ClkFileWriter as a context manager")
         if exc_type is None:
             self.header = ClkFileHeader(
                 record_count=self._count,

@@ -45,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from protocol.clk_layout import ClkLayout
+from protocol.errors import InvariantError
 from protocol.hardening import (
     ChainHardener,
     RandomBytes,
@@ -179,7 +180,8 @@ def bits_for_token(spec: TokenSpec, token_count: int) -> int:
     """Primitive: how many bits each of a value's ``token_count`` tokens sets (>= 1)."""
     if spec.bits_per_token is not None:
         return spec.bits_per_token
-    assert spec.bits is not None
+    if spec.bits is None:
+        raise InvariantError("a token spec sets bits per token or bits per value")
     return max(1, (spec.bits + token_count // 2) // token_count)  # round half up
 
 
@@ -395,7 +397,8 @@ class _FieldEncoder:
         if spec.bits_per_token is not None:
             counts = np.full(len(texts), spec.bits_per_token, dtype=np.int64)
         else:
-            assert spec.bits is not None
+            if spec.bits is None:
+                raise InvariantError("a token spec sets bits per token or bits per value")
             counts = np.maximum(1, (spec.bits + token_counts // 2) // token_counts)
         pair_rows, pair_columns = np.nonzero(distinct)  # row-major: rows ascending
         pair_counts = counts[pair_rows]
@@ -606,7 +609,8 @@ class ClkEncoder:
         if self.schema.hardening == "xor-fold":
             return xor_fold(clks)
         if self.schema.hardening == "balance":
-            assert self._permutation is not None
+            if self._permutation is None:
+                raise InvariantError("balance hardening was built without its permutation")
             return balance(clks, self._permutation)
         return clks
 

@@ -24,7 +24,7 @@
     │   └── UnavailableError         UNAVAILABLE
     ├── MatchingError                a matching setting or input the engine cannot honour
     ├── AuditError                   an audit log or manifest fails verification
-    └── InvariantError               the linkage unit broke a rule of its own (a bug); INTERNAL
+    └── InvariantError               our own code broke a rule of its own (a bug); INTERNAL
 
 Rules every raise follows: the message says what was expected and what to do; it never
 contains a record value, a token, a CLK, a key or a block key. Context goes in keyword-only
@@ -209,6 +209,6 @@ class AuditError(BloomlinkError):
 
 
 class InvariantError(BloomlinkError):
-    """The linkage unit's own code broke a rule it relies on (a bug, never the caller's
+    """bloomlink's own code broke a rule it relies on (a bug, never the caller's
     input). Checked explicitly, not by ``assert``, so it holds under ``python -O``; a caller
     sees INTERNAL and the operator's log has the traceback."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.clk_layout import MAX_GROUPS, ClkLayout, GroupLayout
-from protocol.errors import SchemaError
+from protocol.errors import InvariantError, SchemaError
 from protocol.hardening import (
     HardeningStep,
     chain_output_bits,
@@ -572,7 +572,8 @@ def parse_schema(data: Any, *, source: str | None = None) -> LinkageSchema:
         clk_bits = sum(group.clk_bits for group in groups)
     if problems.items:
         raise SchemaError(problems.items, source=source)
-    assert isinstance(name, str) and clk_bits is not None and hashing and hardening
+    if not (isinstance(name, str) and clk_bits is not None and hashing and hardening):
+        raise InvariantError("a schema without problems has a name, CLK bits and settings")
     return LinkageSchema(
         name=name,
         description=description,

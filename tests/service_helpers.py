@@ -10,10 +10,12 @@ import numpy as np
 
 from protocol.audit_events import AuditEvent, event_record
 from protocol.clk_file import ClkFileWriter
+from tests.strategies import random_clks
 
 SCHEMA_FINGERPRINT = hashlib.sha256(b"test schema").digest()
 KCV = bytes(range(16))
 CLK_BITS = 256
+CLK_WORDS = CLK_BITS // 64
 
 
 @dataclass
@@ -38,12 +40,6 @@ class MemoryAuditSink:
 
     def named(self, event: str) -> list[dict[str, str | int]]:
         return [details for name, _, details in self.events if name == event]
-
-
-def random_clks(generator: np.random.Generator, count: int, clk_bits: int = CLK_BITS) -> np.ndarray:
-    return generator.integers(
-        0, 1 << 63, size=(count, clk_bits // 64), dtype=np.uint64
-    ) | np.uint64(1)
 
 
 def write_clk_file(
@@ -72,9 +68,11 @@ def planted_party_clks(
     """Random CLKs per party; the first ``shared`` rows (in shuffled positions) are identical
     across every party, so links exist."""
     generator = np.random.default_rng(seed)
-    common = random_clks(generator, shared)
+    common = random_clks(generator, shared, words=CLK_WORDS, density=0.5)
     result = {}
     for party in parties:
-        clks = np.concatenate([common, random_clks(generator, records - shared)])
+        clks = np.concatenate(
+            [common, random_clks(generator, records - shared, words=CLK_WORDS, density=0.5)]
+        )
         result[party] = clks[generator.permutation(records)]
     return result

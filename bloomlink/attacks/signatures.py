@@ -28,6 +28,7 @@ from bloomlink.attacks.attributes import AttributeTable, ValueScore
 from bloomlink.attacks.mining import BitSignature
 from bloomlink.attacks.results import AttackName, AttributeAttackResult
 from bloomlink.attacks.views import BitView
+from protocol.errors import InvariantError
 
 __all__ = ["SignatureSettings", "insider_signature_attack", "oracle_signature_attack"]
 
@@ -153,7 +154,8 @@ def oracle_signature_attack(
             quality = min(hits / count if count else 0.0, hits / support if support else 0.0)
             if picked is None or quality > picked[0]:
                 picked = (quality, candidate)
-        assert picked is not None
+        if picked is None:
+            raise InvariantError("no candidate signature was scored")
         claim = np.logical_and.reduce(members[picked[1]], axis=0)
         hits = int((claim & has)[test].sum())
         count, support = int(claim[test].sum()), int(has[test].sum())

@@ -32,7 +32,7 @@ from party.manifest import create_party_signing_key, party_public_key_pem
 from party.mapping import shipped_mapping
 from party.prepare import prepare_upload
 from protocol.atomic_file import atomic_output
-from protocol.errors import ConfigurationError
+from protocol.errors import ConfigurationError, InvariantError
 from protocol.messages import ProjectSettings
 from protocol.schema import default_schema, load_schema
 from protocol.secret import read_secret, write_secret
@@ -202,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
                 keys_paths[party],
             )
         audit_dir = root / "auditor"
-        assert pki.auditor is not None
+        if pki.auditor is None:
+            raise InvariantError("the demo PKI issues an auditor certificate")
         with LinkageClient(target, tls=pki.tls_files(pki.auditor)) as auditor:
             stages.run("auditor fetches the audit log", lambda: _fetch_audit(auditor, audit_dir))
         report = stages.run(

@@ -12,7 +12,8 @@ import numpy as np
 
 from party.client import LinkageClient
 from protocol.messages import ProjectSettings, UploadState
-from tests.service_helpers import SCHEMA_FINGERPRINT, random_clks, write_clk_file
+from tests.service_helpers import SCHEMA_FINGERPRINT, write_clk_file
+from tests.strategies import random_clks
 
 
 def _rss_mib(pid: int) -> float:
@@ -57,7 +58,7 @@ def run_load(
     files = {
         (number, party): write_clk_file(
             directory / f"load-{number}-{party}.clk",
-            random_clks(generator, records, clk_bits),
+            random_clks(generator, records, words=clk_bits // 64, density=0.5),
             project_id=f"load-{number}",
             clk_bits=clk_bits,
         )

@@ -9,6 +9,7 @@ short-lived certificates from a per-deployment CA and revokes by re-issuing from
 from __future__ import annotations
 
 import datetime
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
@@ -18,7 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from linkage_unit.pki import create_authority, issue_server_certificate
-from linkage_unit.server import LinkageUnitServer, ServerConfig, serves_without_client_certificate
+from linkage_unit.server import (
+    LinkageUnitServer,
+    ServerConfig,
+    require_client_certificates,
+    serves_without_client_certificate,
+)
 from party.client import LinkageClient
 from protocol.errors import (
     ConfigurationError,
@@ -168,34 +174,34 @@ def test_case_14_server_auth_only_certificate_is_refused(own_server, authority) 
         )
 
 
-def test_case_15_server_answering_clients_without_a_certificate_refuses_to_start(
-    authority, tmp_path, monkeypatch
+def test_case_15_server_answering_clients_without_a_certificate_fails_the_self_test(
+    authority,
 ) -> None:
-    """Case 15: if the credentials were ever built with require_client_auth=False, the start-up
-    self-test connects without a certificate, is answered, and start() raises
-    ConfigurationError; the port is released."""
+    """Case 15: a real gRPC server whose credentials were built with
+    require_client_auth=False (grpcio's default) answers a client without a certificate;
+    the self-test LinkageUnitServer.start() runs on its own port finds that and raises
+    ConfigurationError, so such a linkage unit refuses to start."""
     _, ca_file, server_pair, _ = authority
-    config = ServerConfig(
-        data_dir=tmp_path / "lu",
-        listen="127.0.0.1:0",
-        ca_certificate=ca_file,
-        certificate=server_pair.certificate,
-        private_key=server_pair.private_key,
-        grace_seconds=0.1,
+    credentials = grpc.ssl_server_credentials(
+        [(server_pair.private_key.read_bytes(), server_pair.certificate.read_bytes())],
+        root_certificates=ca_file.read_bytes(),
+        require_client_auth=False,
     )
-    real = grpc.ssl_server_credentials
-
-    def without_client_auth(pairs, root_certificates=None, require_client_auth=False):
-        return real(pairs, root_certificates=root_certificates, require_client_auth=False)
-
-    monkeypatch.setattr(grpc, "ssl_server_credentials", without_client_auth)
-    with pytest.raises(ConfigurationError, match="self-test"):
-        LinkageUnitServer(config).start()
+    misconfigured = grpc.server(ThreadPoolExecutor(max_workers=1))
+    port = misconfigured.add_secure_port("127.0.0.1:0", credentials)
+    misconfigured.start()
+    try:
+        assert serves_without_client_certificate(port) is True
+        with pytest.raises(ConfigurationError, match="self-test failed"):
+            require_client_certificates(port)
+    finally:
+        misconfigured.stop(0)
 
 
 def test_case_15_the_self_test_passes_on_a_properly_configured_server(own_server) -> None:
     """Case 15 (the control): a real LU with client auth is not answered without a cert."""
     assert serves_without_client_certificate(own_server.port) is False
+    require_client_certificates(own_server.port)
 
 
 def test_case_16_other_partys_or_projects_keys_look_like_not_found(

@@ -23,8 +23,7 @@ from bloomlink.attacks.patterns import reference_tokens
 from bloomlink.attacks.views import EncodedRecords, bit_matrix, bit_views, dice_matrix
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.schema import default_schema
-from tests.linkage_unit.clk_strategies import clk_arrays
-from tests.strategies import cost_matrices
+from tests.strategies import clk_arrays, cost_matrices
 
 ROWS = [
     ["jo", "smith", "1990-03-07", "f", "SW1A 1AA"],

@@ -18,7 +18,7 @@ from linkage_unit.server import ServerConfig, create_server, load_config
 from party.manifest import SIGNING_KEY_ENV_VAR, create_party_signing_key, read_manifest
 from protocol.messages import PartyStatus, ProjectStatus, RunState, UploadState
 from protocol.vocabulary import CheckAspect
-from tests.test_cli import ROWS, write_extract
+from tests.bloomlink.test_cli import ROWS, write_extract
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 

@@ -9,6 +9,7 @@ import pytest
 
 from bloomlink import cli
 from bloomlink.exit_codes import ExitCode
+from protocol.errors import UnavailableError
 from protocol.messages import RunState, UploadState
 from tests.adversarial.conftest import create_project
 from tests.service_helpers import planted_party_clks, write_clk_file
@@ -50,3 +51,23 @@ def test_a_project_without_auto_run_is_ready_once_every_upload_is_complete(
     assert connect(server, "moj").project_status("p1").run_state is RunState.READY
     operator.start_run("p1")
     assert operator.wait_for_run("p1", timeout=20).run_state is RunState.FINISHED
+
+
+def test_waiting_for_a_run_that_never_starts_ends_on_the_clients_clock(
+    start_server, connect
+) -> None:
+    """No upload arrives, so the run never finishes: wait_for_run gives up at its timeout on
+    the clock the client was given, polling every ``poll`` seconds, with no real waiting."""
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    server = start_server()
+    operator = connect(server, "operator", monotonic=lambda: now[0], sleep=sleep)
+    create_project(operator)
+    with pytest.raises(UnavailableError, match="did not finish within 3s"):
+        operator.wait_for_run("p1", timeout=3, poll=0.5)
+    assert sleeps == [0.5] * 6

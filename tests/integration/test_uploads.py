@@ -233,13 +233,16 @@ def test_the_run_still_checks_what_a_header_cannot_show(
         connect(server, party).upload_file(path, party_id=party)
     status = operator.wait_for_run("p1", timeout=20)
     assert status.run_state is RunState.REFUSED
-    assert (status.check_party_id, status.check_aspect) == ("dfe", "bit_density")
-    assert audit.named("checks_failed") == [{"party": "dfe", "aspect": "bit_density"}]
+    # With two parties both sit the same distance from their median density, so which one
+    # the check names is a floating-point tie; the aspect and the refusal are what matter.
+    named = status.check_party_id
+    assert named in {"moj", "dfe"} and status.check_aspect == "bit_density"
+    assert audit.named("checks_failed") == [{"party": named, "aspect": "bit_density"}]
     assert not audit.named("run_started")
     again = operator.start_run("p1")  # the operator's retry is checked, and refused, again
     retried = operator.wait_for_run("p1", timeout=20)
     assert retried.run_id == again.run_id != status.run_id
-    assert retried.run_state is RunState.REFUSED and retried.check_party_id == "dfe"
+    assert retried.run_state is RunState.REFUSED and retried.check_party_id == named
 
 
 def test_server_stopped_mid_upload_resumes_on_restart(

@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from linkage_unit import blocking
 from linkage_unit.blocking import (
     BlockingIndex,
     BlockingSettings,
@@ -16,7 +15,7 @@ from linkage_unit.blocking import (
 )
 from linkage_unit.similarity import candidate_pairs, candidate_pairs_within
 from protocol.errors import MatchingError
-from tests.linkage_unit.clk_strategies import clk_arrays, noisy_copies, random_clks
+from tests.strategies import clk_arrays, noisy_copies, random_clks
 
 
 def as_set(pairs) -> set[tuple[int, int]]:
@@ -121,7 +120,7 @@ def test_pair_completeness_counts_shared_pairs() -> None:
 
 @pytest.mark.parametrize("within", [False, True])
 def test_gathering_blocks_in_small_runs_finds_the_same_pairs(
-    within: bool, monkeypatch: pytest.MonkeyPatch
+    within: bool,
 ) -> None:
     # Parties larger than the gather budget are compared a run of blocks at a time; the
     # pairs, scores and counts must not depend on where the runs are cut.
@@ -132,10 +131,17 @@ def test_gathering_blocks_in_small_runs_finds_the_same_pairs(
     )
     settings = BlockingSettings(bands=6, bits_per_band=4)
     whole = BlockingIndex(left, right, settings=settings, seed=2).candidate_pairs(0.6)
-    monkeypatch.setattr(blocking, "_GATHER_RECORDS", 7)
-    pieces = BlockingIndex(left, right, settings=settings, seed=2).candidate_pairs(0.6)
+    pieces = BlockingIndex(
+        left, right, settings=settings, seed=2, gather_records=7
+    ).candidate_pairs(0.6)
     assert len(whole) > 0
     np.testing.assert_array_equal(whole.left, pieces.left)
     np.testing.assert_array_equal(whole.right, pieces.right)
     np.testing.assert_array_equal(whole.scores, pieces.scores)
     assert whole.comparisons == pieces.comparisons
+
+
+def test_a_gather_budget_below_one_record_is_refused() -> None:
+    clks = random_clks(np.random.default_rng(3), 4, words=2)
+    with pytest.raises(MatchingError, match="gather_records must be >= 1"):
+        BlockingIndex(clks, None, gather_records=0)

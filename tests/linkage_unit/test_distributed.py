@@ -30,7 +30,6 @@ from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.messages import ProjectSettings, RunState
 from tests.dask_helpers import CompareTaskFaults, local_cluster
-from tests.linkage_unit.clk_strategies import grouped_parties
 from tests.linkage_unit.test_service import OPERATOR, build, upload
 from tests.service_helpers import (
     SCHEMA_FINGERPRINT,
@@ -38,6 +37,7 @@ from tests.service_helpers import (
     planted_party_clks,
     write_clk_file,
 )
+from tests.strategies import grouped_parties
 
 pytestmark = pytest.mark.integration
 
@@ -475,3 +475,33 @@ def test_dask_gives_the_in_process_result_with_the_fellegi_sunter_model(client: 
     for party in clks:
         np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
     assert remote.statistics == local.statistics
+
+
+def test_waiting_for_workers_reads_the_injected_clock() -> None:
+    """No worker ever joins: the wait ends at the settings' timeout on the clock it was given,
+    sleeping half a second between looks, with no real time passing."""
+    now = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    with (
+        LocalCluster(
+            n_workers=0,
+            processes=False,
+            protocol="tcp://",
+            host="127.0.0.1",
+            dashboard_address=None,
+        ) as empty,
+        Client(empty, set_as_default=False) as client,
+    ):
+        settings = ClusterSettings(scheduler_address=empty.scheduler_address, timeout_seconds=3)
+        waiting = DaskExecutor(settings, client=client, monotonic=lambda: now[0], sleep=sleep)
+        with waiting.session() as session:
+            with pytest.raises(
+                MatchingError, match="no Dask worker joined the scheduler within 3 s"
+            ):
+                session.wait_for_workers(None)
+    assert sleeps == [0.5] * 6

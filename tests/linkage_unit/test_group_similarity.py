@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from linkage_unit.group_similarity import group_popcounts, group_similarities
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import MatchingError
-from tests.linkage_unit.clk_strategies import random_clks
-from tests.strategies import clk_layouts
+from tests.strategies import clk_layouts, random_clks
 
 
 @given(

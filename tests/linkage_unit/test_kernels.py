@@ -22,7 +22,7 @@ from linkage_unit.kernels import (
     supported_paths,
 )
 from linkage_unit.similarity import reference_best_scores, reference_candidate_pairs
-from tests.linkage_unit.clk_strategies import noisy_copies, random_clks
+from tests.strategies import noisy_copies, random_clks
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -22,7 +22,8 @@ from protocol.pb import linkage_pb2 as pb
 from protocol.vocabulary import LinkModel
 from tests.audit_fixtures import append, make_log
 from tests.linkage_unit.test_service import OPERATOR, party, upload
-from tests.service_helpers import SCHEMA_FINGERPRINT, MemoryAuditSink, random_clks, write_clk_file
+from tests.service_helpers import CLK_WORDS, SCHEMA_FINGERPRINT, MemoryAuditSink, write_clk_file
+from tests.strategies import random_clks
 
 KEY_FORM = re.compile(r"^[a-z2-7]{26}$")
 
@@ -138,7 +139,7 @@ def test_a_deduplication_only_project_gives_one_key_per_person_and_refuses_other
         "dedupe-only", "moj", 1000,
     )  # fmt: skip
     generator = np.random.default_rng(31)
-    people = random_clks(generator, 20)
+    people = random_clks(generator, 20, words=CLK_WORDS, density=0.5)
     # Records 20-24 repeat people 0-4, records 25-26 repeat person 0 again.
     moj = np.concatenate([people, people[:5], people[:1], people[:1]])
     path = write_clk_file(tmp_path / "moj.clk", moj, project_id="p1")
@@ -166,8 +167,12 @@ def test_a_cluster_over_the_cap_fails_the_run_saying_why_and_issues_no_keys(
         OPERATOR,
         settings(members=("moj",), deduplicated=("moj",), threshold=0.9, max_cluster_size=5),
     )
-    placeholder = np.tile(random_clks(np.random.default_rng(32), 1), (8, 1))
-    moj = np.concatenate([placeholder, random_clks(np.random.default_rng(33), 10)])
+    placeholder = np.tile(
+        random_clks(np.random.default_rng(32), 1, words=CLK_WORDS, density=0.5), (8, 1)
+    )
+    moj = np.concatenate(
+        [placeholder, random_clks(np.random.default_rng(33), 10, words=CLK_WORDS, density=0.5)]
+    )
     upload(service, write_clk_file(tmp_path / "moj.clk", moj, project_id="p1"), "moj")
     service.runs.wait_idle(20)
     status = service.project_status(OPERATOR, "p1")

@@ -8,7 +8,7 @@ import pytest
 from linkage_unit.blocking import BlockingSettings
 from linkage_unit.matching import LinkResult, MatchSettings, link
 from protocol.errors import MatchingError
-from tests.linkage_unit.clk_strategies import noisy_copies, random_clks
+from tests.strategies import noisy_copies, random_clks
 
 
 def planted(seed: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,7 @@ from linkage_unit.similarity import CandidatePairs
 from linkage_unit.solving import PartyPairs
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import MatchingError
-from tests.linkage_unit.clk_strategies import grouped_parties, noisy_copies
+from tests.strategies import grouped_parties, noisy_copies
 
 LAYOUT = ClkLayout(
     groups=(

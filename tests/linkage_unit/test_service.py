@@ -27,12 +27,13 @@ from protocol.messages import (
     link_keys_digest,
 )
 from tests.service_helpers import (
+    CLK_WORDS,
     SCHEMA_FINGERPRINT,
     MemoryAuditSink,
     planted_party_clks,
-    random_clks,
     write_clk_file,
 )
+from tests.strategies import random_clks
 
 OPERATOR = Caller(
     identity=Identity(role=Role.OPERATOR), certificate_fingerprint=hashlib.sha256(b"op").hexdigest()
@@ -161,7 +162,10 @@ def test_checks_name_the_differing_party_and_aspect_never_a_value() -> None:
 def test_clk_checks_catch_degenerate_and_implausible_density() -> None:
     generator = np.random.default_rng(1)
     headers = _headers()
-    good = {"moj": random_clks(generator, 5), "dfe": random_clks(generator, 5)}
+    good = {
+        "moj": random_clks(generator, 5, words=CLK_WORDS, density=0.5),
+        "dfe": random_clks(generator, 5, words=CLK_WORDS, density=0.5),
+    }
     check_clks(good, headers)
     zero = {**good, "dfe": np.zeros((5, 4), dtype=np.uint64)}
     with pytest.raises(CompatibilityError) as caught:

@@ -22,7 +22,7 @@ from linkage_unit.similarity import (
 )
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import MatchingError
-from tests.linkage_unit.clk_strategies import clk_arrays, noisy_copies, random_clks
+from tests.strategies import clk_arrays, noisy_copies, random_clks
 
 # Every kernel variant this machine can run (an AVX-512 machine runs all four); the forced
 # AVX2-only, pre-AVX2 and generic CPUs are tested in test_kernels.py.

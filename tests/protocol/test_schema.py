@@ -4,6 +4,7 @@ changes an encoding."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import tomllib
 from importlib import resources
@@ -183,17 +184,17 @@ def test_fingerprint_changes_with_anything_that_changes_encoding(edit: Any) -> N
     assert _changed(edit) != single_clk_schema().fingerprint
 
 
-def test_fingerprint_covers_normaliser_version_and_nickname_table(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    base = single_clk_schema().fingerprint  # computed now: the property reads the globals
-    monkeypatch.setattr("protocol.schema.NORMALISER_VERSION", "norm/v2")
-    assert single_clk_schema().fingerprint != base
-    monkeypatch.undo()
-    assert single_clk_schema().fingerprint == base
-    monkeypatch.setattr("protocol.schema.nickname_table_digest", lambda: "0" * 64)
-    assert single_clk_schema().fingerprint != base
-    assert normalisation.nickname_table_digest() != "0" * 64
+@pytest.mark.parametrize("make", [default_schema, single_clk_schema], ids=["grouped", "single"])
+def test_fingerprint_covers_normaliser_version_and_nickname_table(make: Any) -> None:
+    """The fingerprint is the digest of the canonical form, and that form carries the
+    normaliser version and the nickname table's digest (read when computed, so a new
+    normaliser or table changes every fingerprint that depends on it)."""
+    schema = make()
+    canonical = schema.canonical()
+    assert canonical["normaliser"] == normalisation.NORMALISER_VERSION
+    assert any(spec.nicknames for spec in schema.fields)
+    assert canonical["nickname_table_sha256"] == normalisation.nickname_table_digest()
+    assert schema.fingerprint == hashlib.sha256(schema.canonical_json()).digest()
 
 
 def test_unreadable_or_invalid_files(tmp_path: Path) -> None:

@@ -19,39 +19,41 @@ from party.leak_scan import (
     sensitive_patterns,
     unkeyed_encoding_check,
 )
-from protocol.clk_file import HEADER_LENGTH, ClkFileWriter
+from protocol.clk_file import HEADER_LENGTH
+from tests.service_helpers import write_clk_file
+from tests.strategies import random_clks
 
 NAMES = ["Thornton", "Margaret", "Okonkwo-Hughes", "1984-02-29", "Siobhan", "Wilkinson"]
 RECORDS = 2000
 CLK_BYTES = 128
 
 
-def random_clks(seed: int = 7) -> npt.NDArray[np.uint8]:
-    return np.random.default_rng(seed).integers(0, 256, size=(RECORDS, CLK_BYTES), dtype=np.uint8)
+def random_clks_bytes(seed: int = 7) -> npt.NDArray[np.uint8]:
+    generator = np.random.default_rng(seed)
+    return random_clks(generator, RECORDS, words=CLK_BYTES // 8, density=0.5).view(np.uint8)
 
 
-def write_clk_file(path: Path, clks: npt.NDArray[np.uint8]) -> Path:
-    with ClkFileWriter(
+def write_scan_file(path: Path, clks: npt.NDArray[np.uint8]) -> Path:
+    return write_clk_file(
         path,
+        clks,
         project_id="moj-dfe-2026",
         schema_fingerprint=bytes(32),
         kcv=bytes(16),
         clk_bits=CLK_BYTES * 8,
-    ) as writer:
-        writer.write(clks)
-    return path
+    )
 
 
 def seeded(tmp_path: Path, leak: bytes, *, record: int = 321, at: int = 17) -> Path:
-    clks = random_clks()
+    clks = random_clks_bytes()
     flat = clks.reshape(-1)
     start = record * CLK_BYTES + at
     flat[start : start + len(leak)] = np.frombuffer(leak, dtype=np.uint8)
-    return write_clk_file(tmp_path / "seeded.clk", clks)
+    return write_scan_file(tmp_path / "seeded.clk", clks)
 
 
 def test_clean_random_payload_passes(tmp_path: Path) -> None:
-    path = write_clk_file(tmp_path / "clean.clk", random_clks())
+    path = write_scan_file(tmp_path / "clean.clk", random_clks_bytes())
     report = scan_encoded_file(path, NAMES)
     assert report.clean, report.findings
     assert report.strings_checked == len(NAMES) and report.patterns_checked > 20 * len(NAMES)
@@ -89,22 +91,22 @@ def test_seeded_leak_is_found_without_echoing_it(tmp_path: Path, leak: bytes, ki
 
 
 def test_short_value_repeated_in_every_record_is_found(tmp_path: Path) -> None:
-    clks = random_clks()
+    clks = random_clks_bytes()
     clks[:, 40:44] = np.frombuffer(b"Bell", dtype=np.uint8)
-    path = write_clk_file(tmp_path / "short.clk", clks)
+    path = write_scan_file(tmp_path / "short.clk", clks)
     report = scan_encoded_file(path, ["Bell"])
     assert [finding.kind for finding in report.findings] == ["raw-utf-8"]
     assert report.findings[0].occurrences == RECORDS
 
 
 def test_single_short_value_counts_as_undetectable(tmp_path: Path) -> None:
-    path = write_clk_file(tmp_path / "clean.clk", random_clks())
+    path = write_scan_file(tmp_path / "clean.clk", random_clks_bytes())
     assert scan_encoded_file(path, ["Ng"]).undetectable == 1
     assert scan_encoded_file(path, ["Thornton"]).undetectable == 0
 
 
 def test_trailing_bytes_are_found(tmp_path: Path) -> None:
-    path = write_clk_file(tmp_path / "clean.clk", random_clks())
+    path = write_scan_file(tmp_path / "clean.clk", random_clks_bytes())
     path.write_bytes(path.read_bytes() + b"\0\0\0\0")
     report = scan_encoded_file(path, NAMES)
     assert [finding.kind for finding in report.findings] == ["container-length"]
@@ -112,7 +114,7 @@ def test_trailing_bytes_are_found(tmp_path: Path) -> None:
 
 
 def test_payload_edited_after_encoding_is_found(tmp_path: Path) -> None:
-    path = write_clk_file(tmp_path / "clean.clk", random_clks())
+    path = write_scan_file(tmp_path / "clean.clk", random_clks_bytes())
     data = bytearray(path.read_bytes())
     data[HEADER_LENGTH + 5] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -156,7 +158,7 @@ def test_unkeyed_encoding_is_flagged_and_keyed_passes() -> None:
 
 def test_scan_runs_the_unkeyed_check(tmp_path: Path) -> None:
     values = np.arange(RECORDS, dtype=np.int64)
-    path = write_clk_file(tmp_path / "unkeyed.clk", fake_encode(values, salt=0).view(np.uint8))
+    path = write_scan_file(tmp_path / "unkeyed.clk", fake_encode(values, salt=0).view(np.uint8))
     report = scan_encoded_file(
         path,
         NAMES,

@@ -340,7 +340,7 @@ def test_schema_check_describes_groups_and_their_hardening(
 ) -> None:
     from protocol.schema import default_schema, load_schema
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     assert cli.main(["schema", "check"]) == ExitCode.OK
     out = capsys.readouterr().out
     assert out.startswith(default_schema().fingerprint.hex())

@@ -17,7 +17,7 @@ from bloomlink.synth import CORRUPTION_KINDS, SynthConfig, SynthResult, generate
 from bloomlink.synth.tables import load_tables
 from bloomlink.synth.typos import date_digit_typo, name_typo, postcode_typo, strip_accents
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 RECORDS = 20_000
 NULLS = {"", "NULL", "N/A", "UNKNOWN", "-"}
 
