@@ -49,6 +49,7 @@ from protocol.errors import (
     NotFoundError,
     PreconditionError,
 )
+from protocol.labels import LABEL_PATTERN
 from protocol.messages import LinkKeyMode, link_keys_digest
 from protocol.vocabulary import CheckAspect
 
@@ -65,6 +66,7 @@ __all__ = [
     "check_upload",
     "link_into_spine",
     "read_spine_key",
+    "spine_directory",
 ]
 
 SPINE_PARTY = "spine"
@@ -73,7 +75,6 @@ SPINE_PARTY = "spine"
 SHARED_KEY = "*"
 """The one key slot of a person in ``shared`` link-key mode."""
 
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _FILE_MAGIC = b"bloomlink-spine-v1\n"
 _NONCE_BYTES = 12
 SPINE_KEY_BYTES = 32
@@ -100,8 +101,8 @@ class SpineSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        if not _NAME.match(self.name):
-            problems.append("the spine name must be 1-63 of a-z, 0-9, '_' or '-', from a letter")
+        if not LABEL_PATTERN.fullmatch(self.name):
+            problems.append("the spine name must be 1-63 of a-z, 0-9 and '-', from a letter")
         if not self.parties or len(set(self.parties)) != len(self.parties):
             problems.append("a spine lists one or more distinct parties")
         if SPINE_PARTY in self.parties:
@@ -420,6 +421,11 @@ def _assign(
 
 
 # -- at rest ----------------------------------------------------------------------------
+
+
+def spine_directory(data_dir: Path) -> Path:
+    """Where a linkage unit keeps its spines."""
+    return data_dir / "spines"
 
 
 def read_spine_key(path: Path) -> bytes:
