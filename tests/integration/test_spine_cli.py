@@ -150,6 +150,20 @@ def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(
                  "--spine-key", str(spine_key)]) == 0  # fmt: skip
     assert crosswalk.read_text(encoding="ascii").startswith("old_link_key,current_link_key\n")
     capsys.readouterr()
+    # The auditor fetches the log (LU started again) and verifies it, spine events included.
+    server = create_server(config)
+    port = server.start()
+    try:
+        auditor = tmp_path / "auditor"
+        assert main(["audit", "fetch", "--out", str(auditor), "--target", f"127.0.0.1:{port}",
+                     "--ca", str(certs / "ca.pem"), "--cert", str(certs / "auditor.pem"),
+                     "--key", str(certs / "auditor.key"), "--timeout", "10"]) == 0  # fmt: skip
+    finally:
+        server.stop(0)
+    capsys.readouterr()
+    assert main(["audit", "verify", "--log", str(auditor / "audit.jsonl"),
+                 "--public-key", str(auditor / "lu-audit-key.pem")]) == 0  # fmt: skip
+    assert "result: PASSED" in capsys.readouterr().out
     log = read_rows_jsonl(lu / "audit.jsonl")
     events = [entry["event"] for entry in log]
     for name in ("spine_created", "spine_run_linked", "crosswalk_released"):
