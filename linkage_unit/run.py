@@ -478,10 +478,11 @@ class RunManager:
         )  # every record is keyed; "linked" below counts those of existing people
         result = matching.LinkResult(
             clusters={},
-            threshold=settings.threshold or 0.0,
+            threshold=outcome.threshold,
             cluster_count=outcome.matched_people + outcome.new_people,
             linked_record_count=linked,
             comparisons=outcome.comparisons,
+            threshold_method=outcome.threshold_method,
         )
         return result, dict(outcome.keys)
 

@@ -195,6 +195,8 @@ class SpineRunResult:
     merges: tuple[SpineEvent, ...]
     splits: tuple[SpineEvent, ...]
     comparisons: int
+    threshold: float = 0.0
+    threshold_method: str = ""
 
 
 def check_upload(settings: SpineSettings, upload: SpineUpload) -> None:
@@ -417,6 +419,8 @@ def _assign(
         merges=tuple(merges),
         splits=tuple(splits),
         comparisons=result.comparisons,
+        threshold=result.threshold,
+        threshold_method=result.threshold_method,
     )
 
 
