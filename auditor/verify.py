@@ -434,6 +434,22 @@ class _Replay:
                 f"run {run_id} resumed without starting, or after it finished",
             )
 
+    def _on_spine_run_linked(self, index: int, entry: Revealed, project: _Project) -> None:
+        # A run into a spine (docs/spine.md): within its run, before it finished.
+        run_id = str(entry.details["run_id"])
+        run = project.runs.get(run_id)
+        if run is None or run.finished is not None:
+            self.fail(
+                entry.project_id,
+                index,
+                f"run {run_id} linked into spine {entry.details['spine']} without starting, "
+                "or after it finished",
+            )
+
+    def _on_spine_changed(self, index: int, entry: Revealed, project: _Project) -> None:
+        # A merge or split is within its run too; the operator releases the crosswalk.
+        self._on_spine_run_linked(index, entry, project)
+
     def _on_run_finished(self, index: int, entry: Revealed, project: _Project) -> None:
         run_id = str(entry.details["run_id"])
         run = project.runs.get(run_id)

@@ -39,6 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "certs",
     "serve",
     "project",
+    "spine",
     "submit",
     "fetch",
     "health",

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from protocol.messages import LinkKeyMode, link_keys_digest
 
-__all__ = ["KEY_BYTES", "PartyLinkKeys", "issue_link_keys"]
+__all__ = ["KEY_BYTES", "PartyLinkKeys", "fresh_keys", "issue_link_keys"]
 
 KEY_BYTES = 16
 
@@ -34,7 +34,7 @@ class PartyLinkKeys:
     keys_sha256: str
 
 
-def _fresh_keys(count: int, random_bytes: RandomBytes) -> list[str]:
+def fresh_keys(count: int, random_bytes: RandomBytes) -> list[str]:
     raw = random_bytes(count * KEY_BYTES)
     keys = [
         base64.b32encode(raw[index : index + KEY_BYTES]).decode("ascii").rstrip("=").lower()
@@ -56,13 +56,13 @@ def issue_link_keys(
     shared: dict[int, str] = {}
     if mode is LinkKeyMode.SHARED:
         cluster_ids = sorted({int(c) for ids in clusters.values() for c in np.unique(ids)})
-        shared = dict(zip(cluster_ids, _fresh_keys(len(cluster_ids), random_bytes), strict=True))
+        shared = dict(zip(cluster_ids, fresh_keys(len(cluster_ids), random_bytes), strict=True))
     for party, ids in clusters.items():
         if mode is LinkKeyMode.SHARED:
             table = shared
         else:
             unique = [int(c) for c in np.unique(ids)]
-            table = dict(zip(unique, _fresh_keys(len(unique), random_bytes), strict=True))
+            table = dict(zip(unique, fresh_keys(len(unique), random_bytes), strict=True))
         seed = int.from_bytes(random_bytes(32), "little")
         order = np.random.default_rng(seed).permutation(len(ids))
         positions = [int(position) for position in order]

@@ -30,8 +30,9 @@ from linkage_unit.audit_hook import AuditSink
 from linkage_unit.checkpoints import Checkpoint, Step, no_checkpoint
 from linkage_unit.checks import check_clks, check_headers
 from linkage_unit.fellegi_sunter import ModelSettings
-from linkage_unit.link_keys import RandomBytes, issue_link_keys
+from linkage_unit.link_keys import PartyLinkKeys, RandomBytes, issue_link_keys
 from linkage_unit.retention import Retention
+from linkage_unit.spine import SpineState, SpineStore, SpineUpload, check_upload, link_into_spine
 from linkage_unit.storage import RunOutcome, RunQuality, RunRecord, Storage, out_of_space
 from protocol.audit_events import (
     ChecksFailed,
@@ -39,6 +40,8 @@ from protocol.audit_events import (
     RunFinished,
     RunResumed,
     RunStarted,
+    SpineChanged,
+    SpineRunLinked,
 )
 from protocol.clk_file import read_clks
 from protocol.errors import (
@@ -90,7 +93,9 @@ class RunManager:
         retention: Retention | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         checkpoint: Checkpoint = no_checkpoint,
+        spines: SpineStore | None = None,
     ) -> None:
+        self.spines = spines
         self._storage = storage
         self._audit = audit
         self.retention = retention or Retention(storage, audit)
@@ -288,6 +293,7 @@ class RunManager:
                         aspect=CheckAspect.RECORD_COUNT,
                     ) from None
             check_clks(clks, headers)
+            spine = self._spine_checked(project, headers)
         except CompatibilityError as error:
             if error.aspect is None or error.party is None:
                 raise InvariantError("a check refused without naming party and aspect") from error
@@ -333,12 +339,17 @@ class RunManager:
         # A grouped project's layout (every upload was checked to have it) tells the engine
         # which words are which field group; a single-CLK project passes none.
         grouped = {} if project.layout is None else {"layout": project.layout}
-        result = self._link(clks, settings, progress=progress, **grouped)
-        if self._stop.is_set():
-            raise _Stopped
-        self._storage.set_progress(run_id, "link keys", 0, 1)
         options = {} if self._random_bytes is None else {"random_bytes": self._random_bytes}
-        keys = issue_link_keys(result.clusters, project.link_key_mode, **options)
+        if spine is not None:
+            result, keys = self._link_into_spine(
+                project_id, run_id, spine, headers, clks, settings, options
+            )
+        else:
+            result = self._link(clks, settings, progress=progress, **grouped)
+            if self._stop.is_set():
+                raise _Stopped
+            self._storage.set_progress(run_id, "link keys", 0, 1)
+            keys = issue_link_keys(result.clusters, project.link_key_mode, **options)
         expected = result.statistics.estimated
         outcome = RunOutcome(
             cluster_count=result.cluster_count,
@@ -360,6 +371,120 @@ class RunManager:
                 "run_finished could not be logged run_id=%s; the run finishes when it can be",
                 run_id,
             )
+
+    def spine_for(self, project: ProjectSettings) -> SpineState:
+        """The spine a project links into, if this LU holds spines and it exists; its parties
+        must list every member (checked again, with the upload's schema and KCV, by the run)."""
+        if self.spines is None:
+            raise PreconditionError(
+                "this linkage unit holds no spines: start it with a spine key (serve "
+                "--spine-key FILE; docs/spine.md)"
+            )
+        state = self.spines.load(project.spine or "")
+        strangers = [party for party in project.members if party not in state.settings.parties]
+        if strangers:
+            raise PreconditionError(
+                f"spine {state.settings.name!r} does not list {', '.join(strangers)}; a project "
+                "joins a spine with its listed parties only"
+            )
+        if state.settings.schema_fingerprint != project.schema_fingerprint.hex():
+            raise PreconditionError(
+                f"spine {state.settings.name!r} is bound to another schema fingerprint than "
+                "this project's; encode with the spine's schema"
+            )
+        if state.settings.link_key_mode is not project.link_key_mode:
+            raise PreconditionError(
+                f"spine {state.settings.name!r} issues {state.settings.link_key_mode} link keys; "
+                "create the project with the same link-key mode"
+            )
+        return state
+
+    def _spine_checked(
+        self, project: ProjectSettings, headers: dict[str, UploadHeader]
+    ) -> SpineState | None:
+        """Before any comparison: every upload fits the project's spine (schema, KCV)."""
+        if project.spine is None:
+            return None
+        try:
+            state = self.spine_for(project)
+        except PreconditionError as error:
+            raise MatchingError(error.message) from None
+        for party, header in headers.items():
+            check_upload(
+                state.settings,
+                SpineUpload(
+                    party=party,
+                    schema_fingerprint=header.schema_fingerprint.hex(),
+                    kcv=header.kcv.hex(),
+                    clks=np.zeros((0, 1), dtype=np.uint64),
+                ),
+            )
+        return state
+
+    def _link_into_spine(
+        self,
+        project_id: str,
+        run_id: str,
+        spine: SpineState,
+        headers: dict[str, UploadHeader],
+        clks: dict[str, npt.NDArray[np.uint64]],
+        settings: matching.MatchSettings,
+        options: dict[str, RandomBytes],
+    ) -> tuple[matching.LinkResult, dict[str, PartyLinkKeys]]:
+        """Link into the spine, save it, and return a result whose clusters are per person."""
+        if self.spines is None:
+            raise InvariantError("a spine run without a spine store")
+        uploads = [
+            SpineUpload(
+                party=party,
+                schema_fingerprint=headers[party].schema_fingerprint.hex(),
+                kcv=headers[party].kcv.hex(),
+                clks=array,
+            )
+            for party, array in clks.items()
+        ]
+        self._storage.set_progress(run_id, "linking into the spine", 0, 1)
+        try:
+            outcome = link_into_spine(spine, uploads, settings, run_id=run_id, **options)
+        except PreconditionError as error:
+            if isinstance(error, CompatibilityError):
+                raise
+            raise MatchingError(error.message) from None
+        if self._stop.is_set():
+            raise _Stopped
+        self.spines.save(outcome.state)
+        for event in (*outcome.merges, *outcome.splits):
+            self._audit.append(
+                SpineChanged(
+                    project_id=project_id,
+                    spine=spine.settings.name,
+                    run_id=run_id,
+                    change=str(event.kind),
+                    people=len(event.people) + 1,
+                )
+            )
+        self._audit.append(
+            SpineRunLinked(
+                project_id=project_id,
+                spine=spine.settings.name,
+                run_id=run_id,
+                matched_people=outcome.matched_people,
+                new_people=outcome.new_people,
+                spine_people=outcome.state.person_count,
+            )
+        )
+        linked = sum(
+            1 for keys in outcome.keys.values() for _ in keys.positions
+        )  # every record is keyed; "linked" below counts those of existing people
+        result = matching.LinkResult(
+            clusters={},
+            threshold=outcome.threshold,
+            cluster_count=outcome.matched_people + outcome.new_people,
+            linked_record_count=linked,
+            comparisons=outcome.comparisons,
+            threshold_method=outcome.threshold_method,
+        )
+        return result, dict(outcome.keys)
 
     def _record_finish(
         self, run_id: str, project_id: str, outcome: RunOutcome, *, check_log: bool

@@ -39,6 +39,7 @@ from linkage_unit.retention import Retention
 from linkage_unit.run import LinkFunction, RunManager
 from linkage_unit.service import LinkageService
 from linkage_unit.servicer import LinkageUnitServicer
+from linkage_unit.spine import SpineStore, read_spine_key, spine_directory
 from linkage_unit.storage import Storage
 from linkage_unit.uploads import UploadLimits
 from linkage_unit.watchdog import StreamWatchdog
@@ -75,6 +76,9 @@ class ServerConfig:
     # Parties' registered manifest public keys (PEM files), e.g. ``[party_keys]`` with
     # ``moj = "moj.pub"``: with any set, a manifest must be signed by its party's key.
     party_keys: Mapping[str, Path] = field(default_factory=dict)
+    # The operator's spine key (32 bytes, mode 0600; docs/spine.md): with it, spines live
+    # encrypted under <data_dir>/spines and projects may join them; unset: no spines.
+    spine_key: Path | None = None
     # How often to delete payloads whose retention ran out (besides at start).
     retention_check_seconds: float = 3600.0
     max_message_bytes: int = 4 * _MiB
@@ -221,7 +225,7 @@ def load_config(path: Path | str | None, **overrides: Any) -> ServerConfig:
         raise ConfigurationError("set data_dir (--data-dir or data_dir in the config file)")
     for key in (
         "data_dir", "ca_certificate", "certificate", "private_key", "audit_log",
-        "audit_signing_key", "dask_ca_certificate", "dask_certificate", "dask_private_key",
+        "audit_signing_key", "spine_key", "dask_ca_certificate", "dask_certificate", "dask_private_key",
     ):  # fmt: skip
         if values.get(key) is not None:
             values[key] = Path(values[key])
@@ -290,6 +294,9 @@ class LinkageUnitServer:
             link_function=link_function,
             retention=Retention(self.storage, self.audit, clock=clock, checkpoint=checkpoint),
             checkpoint=checkpoint,
+            spines=None
+            if config.spine_key is None
+            else SpineStore(spine_directory(config.data_dir), read_spine_key(config.spine_key)),
         )
         self.service = LinkageService(
             self.storage,

@@ -209,6 +209,8 @@ class LinkageService:
     def create_project(self, caller: Caller, settings: ProjectSettings) -> str:
         """Register a project; return its settings fingerprint."""
         require_role(caller.identity, Operation.CREATE_PROJECT)
+        if settings.spine is not None:
+            self.runs.spine_for(settings)  # refused now, not after every party has uploaded
         self.storage.create_project(settings)
         self.audit.append(
             ProjectCreated(

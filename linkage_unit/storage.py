@@ -260,6 +260,11 @@ def _migrate_model_figures(db: sqlite3.Connection, now: float) -> None:
         db.execute(f"ALTER TABLE runs ADD COLUMN {name} REAL")
 
 
+def _migrate_spines(db: sqlite3.Connection, now: float) -> None:
+    # The spine a project links into (docs/spine.md); NULL: a one-off project.
+    db.execute("ALTER TABLE projects ADD COLUMN spine TEXT")
+
+
 def _migrate_first(db: sqlite3.Connection, now: float) -> None:
     # Statement by statement: executescript would commit the migration's transaction.
     for statement in _FIRST_SCHEMA.split(";"):
@@ -275,6 +280,7 @@ _MIGRATIONS: tuple[_Migration, ...] = (
     _migrate_layouts,
     _migrate_link_models,
     _migrate_model_figures,
+    _migrate_spines,
 )
 """Migration n (1-based) takes a database at ``user_version`` n - 1 to n. Add new ones at
 the end; never edit a released one."""
@@ -475,8 +481,8 @@ class Storage:
             (
                 "INSERT INTO projects (project_id, settings_json, settings_fingerprint, "
                 "schema_fingerprint, threshold, blocking, link_key_mode, retention_days, "
-                "auto_run, created_at, layout, max_cluster_size, match_probability) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "auto_run, created_at, layout, max_cluster_size, match_probability, spine) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     settings.project_id,
                     settings.canonical_json(),
@@ -491,6 +497,7 @@ class Storage:
                     _layout_text(settings.layout),
                     settings.max_cluster_size,
                     settings.match_probability,
+                    settings.spine,
                 ),
             )
         ]
@@ -507,7 +514,7 @@ class Storage:
     def project(self, project_id: str) -> ProjectSettings | None:
         row = self._one(
             "SELECT schema_fingerprint, threshold, blocking, link_key_mode, retention_days, "
-            "auto_run, layout, max_cluster_size, match_probability FROM projects "
+            "auto_run, layout, max_cluster_size, match_probability, spine FROM projects "
             "WHERE project_id = ?",
             (project_id,),
         )
@@ -527,6 +534,7 @@ class Storage:
             layout,
             cluster_cap,
             match_probability,
+            spine,
         ) = row
         return ProjectSettings(
             project_id=project_id,
@@ -541,6 +549,7 @@ class Storage:
             deduplicated=tuple(str(member[0]) for member in members if member[1]),
             max_cluster_size=int(cluster_cap),
             match_probability=None if match_probability is None else float(match_probability),
+            spine=None if spine is None else str(spine),
         )
 
     # -- uploads ----------------------------------------------------------------------

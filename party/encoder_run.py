@@ -651,6 +651,7 @@ def encode_extract(
     project_id: str,
     encoded_path: Path | str,
     positions_path: Path | str,
+    key_context: str | None = None,
     bad_rows: BadRowPolicy | str = BadRowPolicy.FAIL,
     max_bad_rows: BadRowLimit = DEFAULT_BAD_ROW_LIMIT,
     workers: int | None = None,
@@ -665,6 +666,10 @@ def encode_extract(
     leaves such rows out and counts them; ``blank`` treats an unusable value as missing.
     Under ``skip`` and ``blank``, more unusable rows than ``max_bad_rows`` stop the run
     (nothing is written): a wrong date format must not quietly drop most of an extract.
+
+    ``key_context``: what the field keys and the KCV are derived for, instead of the project
+    id: a spine's context (:func:`protocol.keys.spine_key_context`), so that every project joining one
+    spine encodes comparably (docs/spine.md).
     """
     started = time.perf_counter()
     check_label(project_id, what="project id")
@@ -688,7 +693,7 @@ def encode_extract(
         mapping,
         reader.header,
         secret.material(),
-        project_id,
+        key_context or project_id,
         policy,
         source,
         reader.date_columns,

@@ -130,6 +130,7 @@ def prepare_upload(
     scan_progress: ScanProgress | None = None,
     generator: np.random.Generator | None = None,
     sample_generator: np.random.Generator | None = None,
+    key_context: str | None = None,
 ) -> PreparedUpload:
     """Encode an extract, leak-scan the output and sign its manifest, in one pass.
 
@@ -157,6 +158,7 @@ def prepare_upload(
         project_id=project_id,
         encoded_path=encoded,
         positions_path=positions,
+        key_context=key_context,
         bad_rows=bad_rows,
         max_bad_rows=max_bad_rows,
         workers=workers,

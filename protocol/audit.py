@@ -306,6 +306,39 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
             optional={"manifest_sha256": _SHA256},
             private=frozenset({"reason", "manifest_sha256"}),
         ),
+        # Spines (docs/spine.md). The operator created a spine: its parties and binding.
+        "spine_created": _EventRule(
+            required={
+                "spine": _label,
+                "parties": _label_list,
+                "schema_fingerprint": _SHA256,
+                "max_merge_share_millionths": _millionths,
+            },
+            project_required=False,
+        ),
+        # A project's run linked into a spine: how many people it matched and added. The
+        # figures come from every party's data: operator (and auditor) only.
+        "spine_run_linked": _EventRule(
+            required={
+                "spine": _label,
+                "run_id": _token,
+                "matched_people": _count,
+                "new_people": _count,
+                "spine_people": _count,
+            },
+            operator_only=frozenset({"matched_people", "new_people", "spine_people"}),
+        ),
+        # A run showed spine people to be one (merge) or one to be several (split); issued
+        # keys stay valid, the crosswalk maps them. Operator (and auditor) only.
+        "spine_changed": _EventRule(
+            required={"spine": _label, "run_id": _token, "change": _token, "people": _count},
+            operator_only=frozenset({"change", "people"}),
+        ),
+        # The operator released a spine's crosswalk (old key -> current key).
+        "crosswalk_released": _EventRule(
+            required={"spine": _label, "row_count": _count, "crosswalk_sha256": _SHA256},
+            project_required=False,
+        ),
         # A party asked for keys that are not its own, or for anything of a project it is not
         # in: the caller sees only "not found", the auditor sees who asked for what.
         "access_refused": _EventRule(

@@ -30,6 +30,7 @@ __all__ = [
     "AuditEvent",
     "ChecksFailed",
     "ChecksPassed",
+    "CrosswalkReleased",
     "EVENTS",
     "EntryRecord",
     "KeysReleased",
@@ -39,6 +40,9 @@ __all__ = [
     "RunFinished",
     "RunResumed",
     "RunStarted",
+    "SpineChanged",
+    "SpineCreated",
+    "SpineRunLinked",
     "UploadCommitted",
     "UploadRefused",
     "event_record",
@@ -229,6 +233,46 @@ class AccessRefused(AuditEvent):
     requested_party: str | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpineCreated(AuditEvent):
+    NAME: ClassVar[str] = "spine_created"
+    project_id: None = None
+    spine: str
+    parties: tuple[str, ...]
+    schema_fingerprint: bytes
+    max_merge_share_millionths: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpineRunLinked(AuditEvent):
+    NAME: ClassVar[str] = "spine_run_linked"
+    project_id: str
+    spine: str
+    run_id: str
+    matched_people: int
+    new_people: int
+    spine_people: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpineChanged(AuditEvent):
+    NAME: ClassVar[str] = "spine_changed"
+    project_id: str
+    spine: str
+    run_id: str
+    change: str
+    people: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrosswalkReleased(AuditEvent):
+    NAME: ClassVar[str] = "crosswalk_released"
+    project_id: None = None
+    spine: str
+    row_count: int
+    crosswalk_sha256: str
+
+
 EVENTS: Mapping[str, type[AuditEvent]] = MappingProxyType(
     {
         kind.NAME: kind
@@ -245,6 +289,10 @@ EVENTS: Mapping[str, type[AuditEvent]] = MappingProxyType(
             PayloadDeleted,
             UploadRefused,
             AccessRefused,
+            SpineCreated,
+            SpineRunLinked,
+            SpineChanged,
+            CrosswalkReleased,
         )
     }
 )

@@ -115,9 +115,13 @@ class ProjectSettings:
     match_probability: float | None = None
     """The operator's cut on the Fellegi-Sunter model's posterior match probability (a
     grouped layout's runs link pairs at or above it); None: the model's default, 0.5."""
+    spine: str | None = None
+    """The spine the run links into (docs/spine.md); None: a one-off project."""
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="project id")
+        if self.spine is not None:
+            check_label(self.spine, what="spine name")
         for member in self.members:
             check_label(member, what="member party name")
         if len(set(self.members)) != len(self.members):
@@ -210,6 +214,8 @@ class ProjectSettings:
             values["max_cluster_size"] = self.max_cluster_size
         if self.match_probability is not None:
             values["match_probability"] = self.match_probability
+        if self.spine is not None:
+            values["spine"] = self.spine
         return canonical_json(values).decode("utf-8")
 
     @property

@@ -190,6 +190,7 @@ def project_settings_to_proto(settings: ProjectSettings) -> pb.CreateProjectRequ
         retention_days=settings.retention_days,
         auto_run=settings.auto_run,
         groups=layout_to_proto(settings.layout),
+        **({} if settings.spine is None else {"spine_name": settings.spine}),
     )
 
 
@@ -201,6 +202,8 @@ def project_settings_from_proto(message: pb.CreateProjectRequest) -> ProjectSett
         optional["max_cluster_size"] = matching.max_cluster_size
     if matching.HasField("match_probability"):
         optional["match_probability"] = matching.match_probability
+    if message.HasField("spine_name") and message.spine_name:
+        optional["spine"] = message.spine_name
     return _validated(
         ProjectSettings,
         project_id=message.project_id,

@@ -24,6 +24,7 @@ from party.mapping import load_mapping, shipped_mapping
 from party.prepare import prepare_upload
 from party.sensitive_strings import DEFAULT_MAX_ROWS
 from protocol.errors import ConfigurationError
+from protocol.keys import spine_key_context
 from protocol.labels import check_label
 from protocol.schema import default_schema, load_schema
 from protocol.secret import SECRET_ENV_VAR, read_secret
@@ -35,6 +36,12 @@ HELP = "encode an extract (CSV or Parquet) into CLKs under the linkage secret"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("extract", type=Path, help="the department's extract (.csv or .parquet)")
     parser.add_argument("--project", required=True, help="the linkage project id")
+    parser.add_argument(
+        "--spine",
+        metavar="NAME",
+        help="the project joins this spine: derive the field keys for the spine, not the "
+        "project, so encodings compare across every project of the spine (docs/spine.md)",
+    )
     mapping = parser.add_mutually_exclusive_group(required=True)
     mapping.add_argument("--mapping", type=Path, help="the department's mapping file (TOML)")
     mapping.add_argument("--layout", help="a shipped mapping for a synth layout: moj, dfe or hmpps")
@@ -161,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
             schema=schema,
             secret=secret,
             project_id=args.project,
+            key_context=None if args.spine is None else spine_key_context(args.spine),
             party=party,
             signing_key=signing_key,
             software_version=bloomlink.__version__,

@@ -94,6 +94,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--link-key-mode", choices=[mode.value for mode in LinkKeyMode], default="shared"
     )
+    create.add_argument(
+        "--spine",
+        metavar="NAME",
+        help="link into this spine: people it holds keep their link keys (docs/spine.md)",
+    )
     create.add_argument("--retention-days", type=int, default=0, help="0: delete CLKs after run")
     create.add_argument("--no-auto-run", action="store_true", help="wait for 'project run'")
     status = sub.add_parser("status", help="who has uploaded, checks, run progress")
@@ -270,6 +275,7 @@ def run(args: argparse.Namespace) -> int:
                 auto_run=not args.no_auto_run,
                 layout=layout,
                 match_probability=args.match_probability,
+                spine=args.spine,
             )
             digest = client.create_project(settings)
             lines = [

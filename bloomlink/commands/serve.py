@@ -49,6 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--audit-log", type=Path, help="audit JSON-lines file (default in data dir)"
     )
+    parser.add_argument(
+        "--spine-key",
+        type=Path,
+        help="the operator's spine key file (32 bytes, 0600; `bloomlink spine keygen`): "
+        "spines are kept encrypted under it (docs/spine.md)",
+    )
     parser.add_argument("--max-message-bytes", type=int, help="largest single gRPC message")
     parser.add_argument("--max-upload-bytes", type=int, help="largest payload / upload stream")
     parser.add_argument("--max-workers", type=int, help="RPC worker threads")
@@ -111,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(example_config())
         return 0
     names = (
-        "listen", "data_dir", "ca_certificate", "certificate", "private_key", "audit_log",
+        "listen", "data_dir", "spine_key", "ca_certificate", "certificate", "private_key", "audit_log",
         "max_message_bytes", "max_upload_bytes", "max_workers", "max_concurrent_rpcs",
         "run_workers", "keepalive_time_seconds", "keepalive_timeout_seconds",
         "min_ping_interval_seconds", "grace_seconds", "insecure", "stream_idle_seconds",

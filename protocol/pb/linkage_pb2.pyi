@@ -295,6 +295,7 @@ class CreateProjectRequest(_message.Message):
     RETENTION_DAYS_FIELD_NUMBER: _builtins.int
     AUTO_RUN_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
+    SPINE_NAME_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """Label; unique on this linkage unit. Required."""
     schema_fingerprint: _builtins.bytes
@@ -311,6 +312,12 @@ class CreateProjectRequest(_message.Message):
     auto_run: _builtins.bool
     """Start the run by itself once every member has uploaded. Not set: true. Set false to
     start it with StartRun.
+    """
+    spine_name: _builtins.str
+    """The spine (docs/spine.md) the project's run links into: records that match a spine
+    person get that person's existing link key, new people are added. The operator creates
+    the spine at the linkage unit first; it lists its parties, schema fingerprint and KCV.
+    Unset or empty: a one-off project. In the settings document ("spine") only when set.
     """
     @_builtins.property
     def member_party_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -339,14 +346,20 @@ class CreateProjectRequest(_message.Message):
         retention_days: _builtins.int = ...,
         auto_run: _builtins.bool | None = ...,
         groups: _abc.Iterable[Global___ClkGroup] | None = ...,
+        spine_name: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_auto_run", b"_auto_run", "auto_run", b"auto_run", "matching", b"matching"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_auto_run", b"_auto_run", "_spine_name", b"_spine_name", "auto_run", b"auto_run", "matching", b"matching", "spine_name", b"spine_name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_auto_run", b"_auto_run", "auto_run", b"auto_run", "groups", b"groups", "link_key_mode", b"link_key_mode", "matching", b"matching", "member_party_ids", b"member_party_ids", "project_id", b"project_id", "retention_days", b"retention_days", "schema_fingerprint", b"schema_fingerprint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_auto_run", b"_auto_run", "_spine_name", b"_spine_name", "auto_run", b"auto_run", "groups", b"groups", "link_key_mode", b"link_key_mode", "matching", b"matching", "member_party_ids", b"member_party_ids", "project_id", b"project_id", "retention_days", b"retention_days", "schema_fingerprint", b"schema_fingerprint", "spine_name", b"spine_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__auto_run: _TypeAlias = _typing.Literal["auto_run"]  # noqa: Y015
     _WhichOneofArgType__auto_run: _TypeAlias = _typing.Literal["_auto_run", b"_auto_run"]  # noqa: Y015
+    _WhichOneofReturnType__spine_name: _TypeAlias = _typing.Literal["spine_name"]  # noqa: Y015
+    _WhichOneofArgType__spine_name: _TypeAlias = _typing.Literal["_spine_name", b"_spine_name"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__auto_run) -> _WhichOneofReturnType__auto_run | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__spine_name) -> _WhichOneofReturnType__spine_name | None: ...
 
 Global___CreateProjectRequest: _TypeAlias = CreateProjectRequest  # noqa: Y015
 

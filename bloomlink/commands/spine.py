@@ -1,0 +1,168 @@
+"""`bloomlink spine`: the operator's persistent population of people (docs/spine.md).
+
+These commands work on the linkage unit's data directory while the linkage unit is stopped
+(they take its audit log, which one process holds at a time) and append their audit events:
+``keygen`` makes the spine key, ``create`` a spine, ``show`` its figures, ``crosswalk``
+releases the merges' old key -> current key table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+from pathlib import Path
+
+from bloomlink.commands._output import add_json_flag, emit
+from linkage_unit.audit_log import AuditLog
+from linkage_unit.spine import (
+    SPINE_KEY_BYTES,
+    SpineSettings,
+    SpineStore,
+    read_spine_key,
+    spine_directory,
+)
+from protocol.audit_events import CrosswalkReleased, SpineCreated
+from protocol.errors import ConfigurationError
+from protocol.messages import LinkKeyMode
+from protocol.schema import load_schema
+
+NAME = "spine"
+HELP = "create and inspect spines: link keys that survive refreshes (operator, LU stopped)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="spine_action", required=True, metavar="ACTION")
+    keygen = sub.add_parser("keygen", help="create the operator's spine key file (32 bytes)")
+    keygen.add_argument("--out", required=True, type=Path, help="new key file (must not exist)")
+    create = sub.add_parser("create", help="create a spine bound to a schema")
+    create.add_argument("name")
+    create.add_argument("--parties", required=True, help="comma-separated parties allowed")
+    binding = create.add_mutually_exclusive_group(required=True)
+    binding.add_argument("--schema", type=Path, help="the linkage schema file")
+    binding.add_argument("--schema-fingerprint", help="hex SHA-256 of the schema, instead")
+    create.add_argument(
+        "--max-merge-share",
+        type=float,
+        default=0.05,
+        help="a run that would merge more than this share of the spine's people fails "
+        "before any key is issued (default 0.05)",
+    )
+    create.add_argument(
+        "--link-key-mode", choices=[mode.value for mode in LinkKeyMode], default="shared"
+    )
+    show = sub.add_parser("show", help="a spine's parties, binding and figures")
+    show.add_argument("name")
+    crosswalk = sub.add_parser(
+        "crosswalk", help="release the crosswalk (old link key -> current link key), audited"
+    )
+    crosswalk.add_argument("name")
+    crosswalk.add_argument("--out", required=True, type=Path, help="CSV to write")
+    for action in (create, show, crosswalk):
+        action.add_argument("--data-dir", required=True, type=Path, help="the LU's data dir")
+        action.add_argument(
+            "--spine-key", required=True, type=Path, help="the operator's spine key file"
+        )
+    for action in (create, crosswalk):
+        action.add_argument("--audit-log", type=Path, help="default <data-dir>/audit.jsonl")
+        action.add_argument(
+            "--audit-signing-key", type=Path, help="default <data-dir>/audit-signing-key.pem"
+        )
+    for action in (keygen, create, show, crosswalk):
+        add_json_flag(action)
+
+
+def _store(args: argparse.Namespace) -> SpineStore:
+    return SpineStore(spine_directory(args.data_dir), read_spine_key(args.spine_key))
+
+
+def _audit(args: argparse.Namespace) -> AuditLog:
+    return AuditLog.open(
+        args.audit_log or args.data_dir / "audit.jsonl",
+        signing_key_path=args.audit_signing_key or args.data_dir / "audit-signing-key.pem",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.spine_action == "keygen":
+        try:
+            descriptor = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as error:
+            raise ConfigurationError(f"cannot create {args.out}: {error.strerror}") from None
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(os.urandom(SPINE_KEY_BYTES))
+        emit(
+            args,
+            {"kind": "spine-key", "path": str(args.out)},
+            [f"wrote a new spine key to {args.out} (mode 0600); keep it at the linkage unit"],
+        )
+        return 0
+    store = _store(args)
+    if args.spine_action == "create":
+        if args.schema is not None:
+            fingerprint = load_schema(args.schema).fingerprint
+        else:
+            try:
+                fingerprint = bytes.fromhex(args.schema_fingerprint)
+            except ValueError:
+                raise ConfigurationError("--schema-fingerprint must be hex") from None
+        settings = SpineSettings(
+            name=args.name,
+            parties=tuple(p.strip() for p in args.parties.split(",") if p.strip()),
+            schema_fingerprint=fingerprint.hex(),
+            link_key_mode=LinkKeyMode(args.link_key_mode),
+            max_merge_share=args.max_merge_share,
+        )
+        with _audit(args) as audit:
+            store.create(settings)
+            audit.append(
+                SpineCreated(
+                    spine=settings.name,
+                    parties=settings.parties,
+                    schema_fingerprint=fingerprint,
+                    max_merge_share_millionths=round(settings.max_merge_share * 1_000_000),
+                )
+            )
+        emit(
+            args,
+            {"spine": settings.name, "parties": list(settings.parties)},
+            [
+                f"spine {settings.name} created for {', '.join(settings.parties)}; the first "
+                "run into it binds its KCV"
+            ],
+        )
+        return 0
+    state = store.load(args.name)
+    if args.spine_action == "show":
+        record = {
+            "spine": state.settings.name,
+            "parties": list(state.settings.parties),
+            "kcv_bound": state.settings.kcv is not None,
+            "people": state.person_count,
+            "records": len(state.record_person),
+            "runs": len(state.runs),
+            "merges": sum(1 for event in state.events if event.kind == "merge"),
+            "splits": sum(1 for event in state.events if event.kind == "split"),
+        }
+        emit(args, record, [f"{key}: {value}" for key, value in record.items()])
+        return 0
+    rows = state.crosswalk().rows
+    text = "old_link_key,current_link_key\n" + "".join(f"{old},{new}\n" for old, new in rows)
+    data = text.encode("ascii")
+    with _audit(args) as audit:
+        descriptor = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        audit.append(
+            CrosswalkReleased(
+                spine=state.settings.name,
+                row_count=len(rows),
+                crosswalk_sha256=hashlib.sha256(data).hexdigest(),
+            )
+        )
+    emit(
+        args,
+        {"spine": state.settings.name, "rows": len(rows), "path": str(args.out)},
+        [f"wrote {len(rows)} crosswalk rows of spine {state.settings.name} to {args.out}"],
+    )
+    return 0

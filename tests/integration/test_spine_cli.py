@@ -1,0 +1,175 @@
+"""Issue 14's done-when, with the command line alone against a real mutual-TLS linkage unit:
+release 1 (MoJ + DfE) into a spine; release 2 of MoJ (people re-extracted with other errors,
+new people, some gone) keeps each returning person's link key; a third department joins
+later and links to both; the crosswalk is released and the audit log verifies."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from bloomlink.cli import main
+from linkage_unit.server import ServerConfig, create_server
+from protocol.schema import default_schema
+
+pytestmark = pytest.mark.integration
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs = tmp_path / "certs"
+    assert main(["certs", "init", "--dir", str(certs), "--parties", "moj,dfe,hmpps,hmrc",
+                 "--auditor"]) == 0  # fmt: skip
+    data = tmp_path / "synth"
+    # One population, three extracts. MoJ release 2 is the DfE-layout extract sent by MoJ:
+    # half its people are MoJ release 1's (other errors), the rest are new to MoJ, and half of
+    # release 1's MoJ people are gone.
+    assert main(["synth", "--out", str(data), "--records", "300", "--difficulty", "low",
+                 "--departments", "moj,dfe,hmpps", "--seed", "14"]) == 0  # fmt: skip
+    secret = tmp_path / "linkage-secret.key"
+    assert main(["keygen", "--out", str(secret)]) == 0
+    for party in ("moj", "dfe", "hmpps"):
+        assert main(["keygen", "--signing", "--out", str(tmp_path / f"{party}-signing.pem")]) == 0
+    lu = tmp_path / "lu"
+    lu.mkdir()
+    spine_key = tmp_path / "spine.key"
+    assert main(["spine", "keygen", "--out", str(spine_key)]) == 0
+    fingerprint = default_schema().fingerprint.hex()
+    config = ServerConfig(
+        data_dir=lu,
+        listen="127.0.0.1:0",
+        ca_certificate=certs / "ca.pem",
+        certificate=certs / "linkage-unit.pem",
+        private_key=certs / "linkage-unit.key",
+        grace_seconds=0.5,
+        spine_key=spine_key,
+    )
+    # The spine is created while the LU is stopped (the command appends to its audit log).
+    create_server(config).stop(0)
+    assert main(["spine", "create", "people", "--parties", "moj,dfe,hmpps",
+                 "--schema-fingerprint", fingerprint, "--data-dir", str(lu),
+                 "--spine-key", str(spine_key)]) == 0  # fmt: skip
+    server = create_server(config)
+    port = server.start()
+    truth = {
+        (row["department"], row["record_id"]): row["person_id"]
+        for row in read_rows(data / "truth.csv")
+    }
+    try:
+
+        def tls(role: str) -> list[str]:
+            return ["--target", f"127.0.0.1:{port}", "--ca", str(certs / "ca.pem"),
+                    "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
+                    "--timeout", "10"]  # fmt: skip
+
+        def release(project: str, sends: dict[str, str]) -> dict[str, dict[str, str]]:
+            """Create the project, encode and submit each party's extract (party -> the
+            synth department whose file it sends), run, fetch: party -> record id -> key."""
+            parties = ",".join(sends)
+            dedupe = ["--dedupe", parties] if len(sends) == 1 else []
+            assert main(["project", "create", project, "--parties", parties, *dedupe,
+                         "--spine", "people", "--no-auto-run", "--threshold", "0.8",
+                         "--schema-fingerprint", fingerprint, *tls("operator")]) == 0  # fmt: skip
+            encoded = {}
+            for party, department in sends.items():
+                out = tmp_path / project / f"{party}.clk"
+                out.parent.mkdir(exist_ok=True)
+                assert main(["encode", str(data / f"{department}.csv"), "--project", project,
+                             "--layout", department, "--party", party, "--spine", "people",
+                             "--secret-file", str(secret),
+                             "--signing-key", str(tmp_path / f"{party}-signing.pem"),
+                             "--out", str(out), "--workers", "1"]) == 0  # fmt: skip
+                assert main(["submit", str(out), "--party", party, *tls(f"party-{party}")]) == 0
+                encoded[party] = out
+            assert main(["project", "run", project, "--wait", "120", *tls("operator")]) == 0
+            keys: dict[str, dict[str, str]] = {}
+            for party, out in encoded.items():
+                output = tmp_path / project / f"{party}-keys.csv"
+                assert main(["fetch", project, "--party", party,
+                             "--positions", str(out.with_name(out.name + ".positions.csv")),
+                             "--output", str(output), *tls(f"party-{party}")]) == 0  # fmt: skip
+                keys[party] = {row["own_record_id"]: row["link_key"] for row in read_rows(output)}
+            return keys
+
+        first = release("release-1", {"moj": "moj", "dfe": "dfe"})
+        second = release("release-2", {"moj": "dfe"})
+        third = release("hmpps-joins", {"hmpps": "hmpps"})
+
+        def person_keys(keys: dict[str, str], department: str) -> dict[str, set[str]]:
+            by_person: dict[str, set[str]] = defaultdict(set)
+            for record, key in keys.items():
+                by_person[truth[(department, record)]].add(key)
+            return by_person
+
+        moj_one = person_keys(first["moj"], "moj")
+        moj_two = person_keys(second["moj"], "dfe")
+        returning = sorted(set(moj_one) & set(moj_two))
+        assert len(returning) >= 50
+        kept = sum(moj_one[person] == moj_two[person] for person in returning)
+        assert kept / len(returning) >= 0.98, (kept, len(returning))
+        # No two different people share a key, across both releases.
+        owners: dict[str, set[str]] = defaultdict(set)
+        for by_person in (moj_one, moj_two, person_keys(first["dfe"], "dfe")):
+            for person, keys in by_person.items():
+                for key in keys:
+                    owners[key].add(person)
+        assert all(len(people) == 1 for people in owners.values())
+        # The third department links to people of both earlier releases.
+        hmpps = person_keys(third["hmpps"], "hmpps")
+        known = {person: keys for person, keys in moj_one.items()}
+        for by_person in (moj_two, person_keys(first["dfe"], "dfe")):
+            for person, keys in by_person.items():
+                known.setdefault(person, keys)
+        shared = [person for person in hmpps if person in known]
+        linked = sum(hmpps[person] == known[person] for person in shared)
+        assert shared and linked / len(shared) >= 0.95, (linked, len(shared))
+
+        # A party the spine does not list cannot join it: refused at project create.
+        capsys.readouterr()
+        assert main(["project", "create", "stranger", "--parties", "moj,hmrc", "--spine",
+                     "people", "--schema-fingerprint", fingerprint, *tls("operator")]) != 0  # fmt: skip
+        assert "does not list hmrc" in capsys.readouterr().err
+    finally:
+        server.stop(0)
+    capsys.readouterr()
+    assert main(["spine", "show", "people", "--data-dir", str(lu), "--spine-key",
+                 str(spine_key), "--json"]) == 0  # fmt: skip
+    assert '"runs": 3' in capsys.readouterr().out
+    crosswalk = tmp_path / "crosswalk.csv"
+    assert main(["spine", "crosswalk", "people", "--out", str(crosswalk), "--data-dir", str(lu),
+                 "--spine-key", str(spine_key)]) == 0  # fmt: skip
+    assert crosswalk.read_text(encoding="ascii").startswith("old_link_key,current_link_key\n")
+    capsys.readouterr()
+    # The auditor fetches the log (LU started again) and verifies it, spine events included.
+    server = create_server(config)
+    port = server.start()
+    try:
+        auditor = tmp_path / "auditor"
+        assert main(["audit", "fetch", "--out", str(auditor), "--target", f"127.0.0.1:{port}",
+                     "--ca", str(certs / "ca.pem"), "--cert", str(certs / "auditor.pem"),
+                     "--key", str(certs / "auditor.key"), "--timeout", "10"]) == 0  # fmt: skip
+    finally:
+        server.stop(0)
+    capsys.readouterr()
+    assert main(["audit", "verify", "--log", str(auditor / "audit.jsonl"),
+                 "--public-key", str(auditor / "lu-audit-key.pem")]) == 0  # fmt: skip
+    assert "result: PASSED" in capsys.readouterr().out
+    log = read_rows_jsonl(lu / "audit.jsonl")
+    events = [entry["event"] for entry in log]
+    for name in ("spine_created", "spine_run_linked", "crosswalk_released"):
+        assert name in events, name
+    assert events.count("spine_run_linked") == 3
+
+
+def read_rows_jsonl(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
