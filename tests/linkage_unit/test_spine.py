@@ -28,7 +28,7 @@ from protocol.errors import (
     PreconditionError,
 )
 from protocol.messages import LinkKeyMode
-from tests.linkage_unit.clk_strategies import noisy_copies, random_clks
+from tests.strategies import noisy_copies, random_clks
 
 SCHEMA = "ab" * 32
 OTHER_SCHEMA = "cd" * 32
