@@ -53,6 +53,7 @@ __all__ = [
     "BlockingSettings",
     "EXHAUSTIVE_BELOW_COMPARISONS",
     "LshShape",
+    "blocking_settings_for",
     "choose_lsh_shape",
     "choose_lsh_shape_reference",
     "fit_blocking_settings",
@@ -298,6 +299,19 @@ def fit_blocking_settings(
         max_block_comparisons=settings.max_block_comparisons,
         target_recall=settings.target_recall,
     )
+
+
+def blocking_settings_for(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    settings: BlockingSettings,
+) -> BlockingSettings:
+    """The shape one comparison blocks with: fitted to these CLKs when ``settings`` asks for
+    it, else ``settings`` as they are. In-process and Dask compares both call this."""
+    if not settings.fit_to_data or len(left) == 0:
+        return settings
+    return fit_blocking_settings(left, right, threshold, settings)
 
 
 def sample_band_positions(
@@ -744,7 +758,6 @@ def generate_candidates(
                 left, threshold, workers=workers, max_pairs=max_pairs
             ), None
         return candidate_pairs(left, right, threshold, workers=workers, max_pairs=max_pairs), None
-    if settings.fit_to_data:
-        settings = fit_blocking_settings(left, right, threshold, settings)
+    settings = blocking_settings_for(left, right, threshold, settings)
     index = BlockingIndex(left, right, settings=settings, seed=seed, workers=workers)
     return index.candidate_pairs(threshold, max_pairs=max_pairs), index.plan

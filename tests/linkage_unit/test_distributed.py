@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -475,3 +476,22 @@ def test_dask_gives_the_in_process_result_with_the_fellegi_sunter_model(client: 
     for party in clks:
         np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
     assert remote.statistics == local.statistics
+
+
+def test_dask_blocks_with_the_same_fitted_shape_as_in_process(client: Client) -> None:
+    clks = noisy_parties(seed=21, records=1500, parties=2)
+    settings = matching.MatchSettings(
+        threshold=0.8,
+        blocking="lsh",
+        blocking_seed=5,
+        blocking_settings=BlockingSettings(fit_to_data=True),
+    )
+    fixed = matching.link(clks, replace(settings, blocking_settings=BlockingSettings()))
+    local = matching.link(clks, settings)
+    remote = matching.link(clks, settings, executor=executor(client))
+    assert local.linked_record_count > 0
+    for party in clks:
+        np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
+    # Same fitted shape on both paths: the same work; a different one from the fixed shape.
+    assert remote.comparisons == local.comparisons
+    assert local.comparisons != fixed.comparisons
