@@ -20,6 +20,7 @@ block comparisons, a memory figure and a time estimate.
 
 from __future__ import annotations
 
+import math
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -51,6 +52,11 @@ __all__ = [
     "BlockingPlan",
     "BlockingSettings",
     "EXHAUSTIVE_BELOW_COMPARISONS",
+    "LshShape",
+    "blocking_settings_for",
+    "choose_lsh_shape",
+    "choose_lsh_shape_reference",
+    "fit_blocking_settings",
     "generate_candidates",
     "pair_completeness",
     "reduction_ratio",
@@ -78,8 +84,15 @@ class BlockingSettings:
     bands: int = 128
     bits_per_band: int = 14
     max_block_comparisons: int = 25_000_000
+    fit_to_data: bool = False
+    """True: ``bands`` and ``bits_per_band`` are replaced, per comparison, by the shape
+    :func:`fit_blocking_settings` chooses from the CLKs' bit density and the run's threshold
+    (``target_recall`` at that threshold, fewest expected comparisons)."""
+    target_recall: float = 0.999
 
     def __post_init__(self) -> None:
+        if not (0.0 < self.target_recall < 1.0):
+            raise MatchingError("target_recall must be in (0, 1)")
         if not (1 <= self.bands <= 1024):
             raise MatchingError("bands must be between 1 and 1024")
         if not (1 <= self.bits_per_band <= 64):
@@ -124,6 +137,181 @@ def pair_completeness(found: CandidatePairs, exhaustive: CandidatePairs) -> floa
     wanted = exhaustive.left * width + exhaustive.right
     have = found.left * width + found.right
     return float(np.isin(wanted, have).mean())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LshShape:
+    """An LSH shape and what the independent-bit model expects of it at one threshold.
+
+    For CLKs of bit density ``p`` (share of bits set), two records at exactly Dice ``d``
+    differ on ``2 p (1 - d)`` of their bits, so a band of ``k`` sampled bits collides with
+    probability ``q ** k``, ``q = 1 - 2 p (1 - d)``; a random pair agrees on a bit with
+    probability ``r = p**2 + (1 - p)**2``. ``miss_probability`` is ``(1 - q**k) ** bands``
+    for a pair at the threshold (pairs above it are missed less often); ``cost`` is in units of
+    one pair comparison: per band, the pairs expected to share a key plus the per-record work
+    of building and grouping keys."""
+
+    bands: int
+    bits_per_band: int
+    miss_probability: float
+    expected_comparisons: float
+    cost: float
+
+
+RECORD_COST_IN_COMPARISONS = 8.0
+"""Per band, building and grouping one record's key costs about this many pair comparisons
+(key extraction and counting sort ~20-30 ns a record against ~3-4 ns a pair here)."""
+
+_MAX_BANDS = 1024
+_MAX_BITS_PER_BAND = 64
+
+
+def _shape_terms(bit_density: float, threshold: float) -> tuple[float, float]:
+    if not (0.0 < bit_density < 1.0):
+        raise MatchingError("bit_density must be in (0, 1)")
+    check_threshold(threshold)
+    agree_at_threshold = min(1.0, max(0.0, 1.0 - 2.0 * bit_density * (1.0 - threshold)))
+    agree_random = bit_density**2 + (1.0 - bit_density) ** 2
+    return agree_at_threshold, agree_random
+
+
+def _shape(bands: int, bits: int, q: float, r: float, pairs: int, records: int) -> LshShape:
+    collide = q**bits
+    miss = (1.0 - collide) ** bands
+    expected = bands * pairs * r**bits
+    return LshShape(
+        bands=bands,
+        bits_per_band=bits,
+        miss_probability=miss,
+        expected_comparisons=expected,
+        cost=expected + bands * RECORD_COST_IN_COMPARISONS * records,
+    )
+
+
+def _refuse_unreachable(target_recall: float, threshold: float) -> MatchingError:
+    return MatchingError(
+        f"no LSH shape of at most {_MAX_BANDS} bands reaches recall {target_recall} at "
+        f"threshold {threshold}: raise the threshold or block with set bands"
+    )
+
+
+def choose_lsh_shape(
+    *,
+    bit_density: float,
+    threshold: float,
+    pairs: int,
+    records: int,
+    clk_bits: int,
+    target_recall: float = 0.999,
+) -> LshShape:
+    """The cheapest shape (fewest comparisons plus key building) whose miss probability at
+    ``threshold`` is at most ``1 - target_recall``. ``pairs``: the exhaustive comparisons;
+    ``records``: both sides' records (one side's when it is compared with itself).
+
+    Per bits-per-band ``k`` the fewest bands is solved in closed form,
+    ``ceil(log(1 - target) / log(1 - q**k))``, then nudged so the model's own miss figure
+    decides; :func:`choose_lsh_shape_reference` is the obvious grid search it must agree with.
+    """
+    q, r = _shape_terms(bit_density, threshold)
+    allowed = 1.0 - target_recall
+    best: LshShape | None = None
+    for bits in range(1, min(_MAX_BITS_PER_BAND, clk_bits) + 1):
+        collide = q**bits
+        if collide <= 0.0:
+            break
+        if collide >= 1.0:
+            bands = 1
+        else:
+            estimate = math.log(allowed) / math.log1p(-collide)
+            if estimate > _MAX_BANDS + 1:
+                continue
+            bands = max(1, math.ceil(estimate))
+            while bands > 1 and (1.0 - collide) ** (bands - 1) <= allowed:
+                bands -= 1
+            while bands <= _MAX_BANDS and (1.0 - collide) ** bands > allowed:
+                bands += 1
+            if bands > _MAX_BANDS:
+                continue
+        shape = _shape(bands, bits, q, r, pairs, records)
+        if best is None or (shape.cost, shape.bands) < (best.cost, best.bands):
+            best = shape
+    if best is None:
+        raise _refuse_unreachable(target_recall, threshold)
+    return best
+
+
+def choose_lsh_shape_reference(
+    *,
+    bit_density: float,
+    threshold: float,
+    pairs: int,
+    records: int,
+    clk_bits: int,
+    target_recall: float = 0.999,
+) -> LshShape:
+    """Slow twin of :func:`choose_lsh_shape`: every (bands, bits) pair, the cheapest that
+    meets the target (ties: fewer bands)."""
+    q, r = _shape_terms(bit_density, threshold)
+    allowed = 1.0 - target_recall
+    feasible = [
+        _shape(bands, bits, q, r, pairs, records)
+        for bits in range(1, min(_MAX_BITS_PER_BAND, clk_bits) + 1)
+        for bands in range(1, _MAX_BANDS + 1)
+    ]
+    feasible = [shape for shape in feasible if shape.miss_probability <= allowed]
+    if not feasible:
+        raise _refuse_unreachable(target_recall, threshold)
+    return min(feasible, key=lambda shape: (shape.cost, shape.bands))
+
+
+DENSITY_QUANTILE = 0.9
+"""The shape is fitted to the density of the denser records (this quantile of popcount /
+clk_bits, both sides pooled): at a fixed Dice, denser CLKs differ on more bits."""
+
+
+def fit_blocking_settings(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    settings: BlockingSettings,
+) -> BlockingSettings:
+    """``settings`` with the bands and bits per band :func:`choose_lsh_shape` picks for these
+    CLKs at ``threshold`` (``right`` None: one party with itself)."""
+    clk_bits = 64 * left.shape[1]
+    sides = [left] if right is None else [left, right]
+    counts = np.concatenate([popcounts(side) for side in sides])
+    density = float(np.quantile(counts, DENSITY_QUANTILE)) / clk_bits if len(counts) else 0.5
+    density = min(max(density, 1.0 / clk_bits), 1.0 - 1.0 / clk_bits)
+    n_left = len(left)
+    n_right = n_left if right is None else len(right)
+    pairs = n_left * (n_left - 1) // 2 if right is None else n_left * n_right
+    shape = choose_lsh_shape(
+        bit_density=density,
+        threshold=threshold,
+        pairs=pairs,
+        records=n_left if right is None else n_left + n_right,
+        clk_bits=clk_bits,
+        target_recall=settings.target_recall,
+    )
+    return BlockingSettings(
+        bands=shape.bands,
+        bits_per_band=shape.bits_per_band,
+        max_block_comparisons=settings.max_block_comparisons,
+        target_recall=settings.target_recall,
+    )
+
+
+def blocking_settings_for(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    settings: BlockingSettings,
+) -> BlockingSettings:
+    """The shape one comparison blocks with: fitted to these CLKs when ``settings`` asks for
+    it, else ``settings`` as they are. In-process and Dask compares both call this."""
+    if not settings.fit_to_data or len(left) == 0:
+        return settings
+    return fit_blocking_settings(left, right, threshold, settings)
 
 
 def sample_band_positions(
@@ -580,5 +768,6 @@ def generate_candidates(
                 left, threshold, workers=workers, max_pairs=max_pairs
             ), None
         return candidate_pairs(left, right, threshold, workers=workers, max_pairs=max_pairs), None
+    settings = blocking_settings_for(left, right, threshold, settings)
     index = BlockingIndex(left, right, settings=settings, seed=seed, workers=workers)
     return index.candidate_pairs(threshold, max_pairs=max_pairs), index.plan

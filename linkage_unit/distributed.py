@@ -44,6 +44,7 @@ import numpy.typing as npt
 from linkage_unit.blocking import (
     BlockingIndex,
     BlockingSettings,
+    blocking_settings_for,
     sample_band_positions,
     uses_lsh,
 )
@@ -326,7 +327,9 @@ class DaskExecutor:
                     use_lsh=uses_lsh(
                         settings.blocking, len(arrays[i]), None if right is None else len(right)
                     ),
-                    blocking=settings.blocking_settings,
+                    blocking=blocking_settings_for(
+                        arrays[i], right, threshold, settings.blocking_settings
+                    ),
                     seed=settings.seed,
                     max_pairs=settings.max_pairs,
                     progress=progress,

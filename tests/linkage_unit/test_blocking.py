@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from linkage_unit.blocking import (
+    RECORD_COST_IN_COMPARISONS,
     BlockingIndex,
+    BlockingMode,
+    BlockingPlan,
     BlockingSettings,
+    choose_lsh_shape,
+    choose_lsh_shape_reference,
+    fit_blocking_settings,
+    generate_candidates,
     pair_completeness,
     sample_band_positions,
 )
@@ -145,3 +152,74 @@ def test_a_gather_budget_below_one_record_is_refused() -> None:
     clks = random_clks(np.random.default_rng(3), 4, words=2)
     with pytest.raises(MatchingError, match="gather_records must be >= 1"):
         BlockingIndex(clks, None, gather_records=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    bit_density=st.floats(0.05, 0.95),
+    threshold=st.floats(0.5, 1.0),
+    records=st.integers(2, 4_000_000),
+    clk_bits=st.sampled_from([16, 64, 128]),
+    target_recall=st.sampled_from([0.9, 0.99, 0.999]),
+)
+def test_closed_form_shape_choice_agrees_with_the_grid_search(
+    bit_density, threshold, records, clk_bits, target_recall
+) -> None:
+    arguments = dict(
+        bit_density=bit_density,
+        threshold=threshold,
+        pairs=records * records // 4,
+        records=records,
+        clk_bits=clk_bits,
+        target_recall=target_recall,
+    )
+    try:
+        expected = choose_lsh_shape_reference(**arguments)
+    except MatchingError:
+        with pytest.raises(MatchingError):
+            choose_lsh_shape(**arguments)
+        return
+    chosen = choose_lsh_shape(**arguments)
+    assert (chosen.bands, chosen.bits_per_band) == (expected.bands, expected.bits_per_band)
+    assert chosen.miss_probability <= 1 - target_recall
+
+
+def test_fitted_shape_keeps_recall_0_999_at_less_work_than_the_default() -> None:
+    """At this size key building dominates, so the fitted shape has fewer bands and more
+    comparisons; the work (comparisons plus per-record key building) must be smaller."""
+    generator = np.random.default_rng(11)
+    left = random_clks(generator, 4000)
+    right = random_clks(generator, 4000)
+    right[:2000] = noisy_copies(generator, left[:2000], 0.07)  # Dice around 0.85
+    threshold = 0.8
+    exhaustive = candidate_pairs(left, right, threshold)
+    fitted_settings = fit_blocking_settings(
+        left, right, threshold, BlockingSettings(fit_to_data=True)
+    )
+    fitted, plan = generate_candidates(
+        left, right, threshold, mode=BlockingMode.LSH,
+        settings=BlockingSettings(fit_to_data=True), seed=5,
+    )  # fmt: skip
+    default = BlockingIndex(left, right, seed=5)
+    assert plan is not None
+    assert (plan.bands, plan.bits_per_band) == (
+        fitted_settings.bands,
+        fitted_settings.bits_per_band,
+    )
+    assert len(exhaustive) >= 1900
+    assert pair_completeness(fitted, exhaustive) >= 0.999
+
+    def work(measured: BlockingPlan) -> float:
+        return measured.block_comparisons + measured.bands * RECORD_COST_IN_COMPARISONS * 8000
+
+    assert work(plan) < work(default.plan)
+
+
+def test_unreachable_recall_is_refused() -> None:
+    with pytest.raises(MatchingError, match="no LSH shape"):
+        choose_lsh_shape(
+            bit_density=0.9, threshold=0.4, pairs=100, records=20, clk_bits=16,
+            target_recall=0.999,
+        )  # fmt: skip
+    with pytest.raises(MatchingError, match="target_recall"):
+        BlockingSettings(target_recall=1.0)

@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -505,3 +506,22 @@ def test_waiting_for_workers_reads_the_injected_clock() -> None:
             ):
                 session.wait_for_workers(None)
     assert sleeps == [0.5] * 6
+
+
+def test_dask_blocks_with_the_same_fitted_shape_as_in_process(client: Client) -> None:
+    clks = noisy_parties(seed=21, records=1500, parties=2)
+    settings = matching.MatchSettings(
+        threshold=0.8,
+        blocking="lsh",
+        blocking_seed=5,
+        blocking_settings=BlockingSettings(fit_to_data=True),
+    )
+    fixed = matching.link(clks, replace(settings, blocking_settings=BlockingSettings()))
+    local = matching.link(clks, settings)
+    remote = matching.link(clks, settings, executor=executor(client))
+    assert local.linked_record_count > 0
+    for party in clks:
+        np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
+    # Same fitted shape on both paths: the same work; a different one from the fixed shape.
+    assert remote.comparisons == local.comparisons
+    assert local.comparisons != fixed.comparisons
