@@ -136,6 +136,21 @@ def render_report(run_id: str, report: Mapping[str, Any], out: Path) -> list[Pat
         f"<td>{int(item['linked_records'])}</td><td>{float(item['match_rate']):.4f}</td></tr>"
         for item in report.get("parties", ())
     )
+    completeness = report.get("completeness") or ()
+    completeness_html = (
+        ""
+        if not completeness
+        else "<h2>Field-group completeness</h2><table id='completeness'><tr><th>party</th>"
+        "<th>group</th><th>records</th><th>present</th><th>share</th></tr>"
+        + "".join(
+            f"<tr><td>{html.escape(str(item['party']))}</td>"
+            f"<td>{html.escape(str(item['group']))}</td><td>{int(item['records'])}</td>"
+            f"<td>{int(item['present'])}</td>"
+            f"<td>{int(item['present']) / max(int(item['records']), 1):.4f}</td></tr>"
+            for item in completeness
+        )
+        + "</table>"
+    )
     note = (
         ""
         if report.get("estimated_f1") is not None
@@ -163,7 +178,7 @@ def render_report(run_id: str, report: Mapping[str, Any], out: Path) -> list[Pat
         + f"</table>{note}<h2>Parties</h2><table id='parties'><tr><th>party</th>"
         "<th>records</th><th>linked</th><th>match rate</th></tr>"
         + party_rows
-        + f"</table><h2>Charts</h2>{images}</body></html>\n"
+        + f"</table>{completeness_html}<h2>Charts</h2>{images}</body></html>\n"
     )
     html_path = out / "report.html"
     html_path.write_text(body, encoding="utf-8")

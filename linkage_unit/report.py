@@ -2,7 +2,8 @@
 
 A run keeps, at run time, only aggregates: a histogram of its candidate pairs' match weights
 with the model's fitted match / non-match split of every bin, the model's expected precision,
-recall and F1 against the probability cut, and per-party match rates. No CLK, record position
+recall and F1 against the probability cut, and per-party match rates, and for a grouped encoding each party's field-group completeness
+(records with a group present). No CLK, record position
 or per-record figure is in it, so the report can be stored and shown after the run.
 
 The fitted curves are the model's own: each candidate pair counts ``p`` towards the match
@@ -26,9 +27,17 @@ import numpy.typing as npt
 
 from linkage_unit.fellegi_sunter import probability_of_weight
 from linkage_unit.matching import LinkResult
+from protocol.clk_layout import ClkLayout
 from protocol.errors import InvariantError
 
-__all__ = ["PartyRate", "ReportHistogram", "RunReport", "ThresholdPoint", "build_report"]
+__all__ = [
+    "GroupCompleteness",
+    "PartyRate",
+    "ReportHistogram",
+    "RunReport",
+    "ThresholdPoint",
+    "build_report",
+]
 
 HISTOGRAM_BINS = 40
 CURVE_CUTS = tuple(round(0.05 * step, 2) for step in range(1, 20))
@@ -77,6 +86,38 @@ class PartyRate:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GroupCompleteness:
+    """How many of a party's records have any bit set in a field group of a grouped (v2)
+    encoding: a group whose fields were all missing is encoded with no bits."""
+
+    party: str
+    group: str
+    records: int
+    present: int
+
+
+def group_completeness(
+    clks_by_party: Mapping[str, npt.NDArray[np.uint64]], layout: ClkLayout | None
+) -> tuple[GroupCompleteness, ...]:
+    """Per party and field group, the records with the group present (none without a
+    layout: one record-level CLK does not say which field is missing)."""
+    if layout is None:
+        return ()
+    out = []
+    for party, clks in clks_by_party.items():
+        start = 0
+        for group in layout.groups:
+            words = group.bits // 64
+            block = clks[:, start : start + words] if len(clks) else np.empty((0, words))
+            present = int(np.any(block != 0, axis=1).sum()) if len(clks) else 0
+            out.append(
+                GroupCompleteness(party=party, group=group.name, records=len(clks), present=present)
+            )
+            start += words
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RunReport:
     """A finished run's report (aggregates only; module docstring)."""
 
@@ -93,6 +134,7 @@ class RunReport:
     parties: tuple[PartyRate, ...]
     histogram: ReportHistogram | None = None
     threshold_curve: tuple[ThresholdPoint, ...] = ()
+    completeness: tuple[GroupCompleteness, ...] = ()
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -141,6 +183,15 @@ class RunReport:
                     f1=float(item["f1"]),
                 )
                 for item in data.get("threshold_curve", ())
+            ),
+            completeness=tuple(
+                GroupCompleteness(
+                    party=str(item["party"]),
+                    group=str(item["group"]),
+                    records=int(item["records"]),
+                    present=int(item["present"]),
+                )
+                for item in data.get("completeness", ())
             ),
         )
 
@@ -212,8 +263,13 @@ def threshold_curve_reference(
     return tuple(points)
 
 
-def build_report(result: LinkResult) -> RunReport:
-    """The report of a run's link result (aggregates only)."""
+def build_report(
+    result: LinkResult,
+    clks_by_party: Mapping[str, npt.NDArray[np.uint64]] | None = None,
+    layout: ClkLayout | None = None,
+) -> RunReport:
+    """The report of a run's link result (aggregates only); with the run's CLKs and a grouped
+    layout, each party's field-group completeness too."""
     statistics = result.statistics
     estimated = statistics.estimated
     dice = RunReport(
@@ -228,6 +284,7 @@ def build_report(result: LinkResult) -> RunReport:
         cluster_count=result.cluster_count,
         linked_record_count=result.linked_record_count,
         parties=party_rates(result.clusters),
+        completeness=group_completeness(clks_by_party or {}, layout),
     )
     if result.scored is None or estimated is None:
         return dice

@@ -352,7 +352,9 @@ class RunManager:
             else RunQuality(precision=expected.precision, recall=expected.recall, f1=expected.f1),
         )
         # The report before the keys: a run whose keys are stored always has its report.
-        self._storage.store_report(run_id, project_id, build_report(result).to_json())
+        self._storage.store_report(
+            run_id, project_id, build_report(result, clks, project.layout).to_json()
+        )
         self._storage.store_keys(run_id, project_id, outcome=outcome, keys=keys)
         self._checkpoint(Step.KEYS_STORED)
         try:

@@ -108,8 +108,17 @@ def test_the_operator_gets_a_report_and_no_one_else_does(tmp_path: Path, capsys)
                                "estimated_recall", "estimated_f1"}  # fmt: skip
         assert not {"positions", "clks", "link_keys", "pairs"} & set(report)
 
+        # As the LU sees the encodings: every record has a name; counts never exceed records.
+        groups = {(item["party"], item["group"]): item for item in report["completeness"]}
+        assert set(groups) == {
+            (p, g) for p in ("moj", "dfe") for g in ("name", "birth", "postcode")
+        }
+        assert all(0 < item["present"] <= item["records"] == 45 for item in groups.values())
+        assert groups["moj", "name"]["present"] == groups["dfe", "name"]["present"] == 45
+
         page = (out_dir / "report.html").read_text(encoding="utf-8")
         assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 3
+        assert "<table id='completeness'>" in page
         assert "<table id='summary'>" in page and "estimated F1" in page
         for name in ("histogram.png", "threshold_curve.png", "match_rates.png"):
             assert (out_dir / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

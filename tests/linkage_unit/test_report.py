@@ -16,6 +16,7 @@ from linkage_unit.matching import link
 from linkage_unit.report import (
     RunReport,
     build_report,
+    group_completeness,
     threshold_curve,
     threshold_curve_reference,
 )
@@ -59,6 +60,27 @@ def test_a_dice_run_reports_no_estimates(planted: tuple[np.ndarray, np.ndarray])
     assert report.histogram is None and report.threshold_curve == ()
     assert sum(rate.linked_records for rate in report.parties) > 1000
     assert RunReport.from_json(report.to_json()) == report
+
+
+def test_completeness_counts_records_whose_group_has_no_bits(
+    planted: tuple[np.ndarray, np.ndarray],  # noqa: F811
+) -> None:
+    left, right = planted
+    has = {name: np.any(left[:, words] != 0, axis=1) for name, words in
+           (("name", slice(0, 4)), ("birth", slice(4, 6)), ("postcode", slice(6, 8)))}  # fmt: skip
+    left = left.copy()
+    left[:100, 4:6] = 0  # birth (words 4-5): missing in the first 100 records of a
+    found = {
+        (item.party, item.group): item
+        for item in group_completeness({"a": left, "b": right}, LAYOUT)
+    }
+    assert found["a", "birth"].records == 1500
+    assert found["a", "birth"].present == int(has["birth"][100:].sum())
+    assert found["a", "birth"].present == int(has["birth"].sum()) - 100
+    assert found["a", "name"].present == int(has["name"].sum())
+    assert found["a", "postcode"].present == int(has["postcode"].sum())
+    assert found["b", "birth"].present == int(np.any(right[:, 4:6] != 0, axis=1).sum())
+    assert group_completeness({"a": left}, None) == ()
 
 
 @given(
