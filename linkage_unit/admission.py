@@ -37,6 +37,7 @@ class Operation(StrEnum):
     FETCH_LINK_KEYS = "fetch_link_keys"
     FETCH_AUDIT_LOG = "fetch_audit_log"
     GET_AUDIT_PUBLIC_KEY = "get_audit_public_key"
+    GET_PROJECT_REPORT = "get_project_report"
 
 
 _EVERYONE = frozenset(Role)
@@ -51,6 +52,7 @@ ALLOWED_ROLES: Mapping[Operation, frozenset[Role]] = MappingProxyType(
         Operation.FETCH_LINK_KEYS: frozenset({Role.PARTY}),
         Operation.FETCH_AUDIT_LOG: _EVERYONE,
         Operation.GET_AUDIT_PUBLIC_KEY: _EVERYONE,
+        Operation.GET_PROJECT_REPORT: frozenset({Role.OPERATOR}),
     }
 )
 """Who may start each call. Membership of a project is checked later, by the service."""

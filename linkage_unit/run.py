@@ -31,6 +31,7 @@ from linkage_unit.checkpoints import Checkpoint, Step, no_checkpoint
 from linkage_unit.checks import check_clks, check_headers
 from linkage_unit.fellegi_sunter import ModelSettings
 from linkage_unit.link_keys import PartyLinkKeys, RandomBytes, issue_link_keys
+from linkage_unit.report import build_report
 from linkage_unit.retention import Retention
 from linkage_unit.spine import SpineState, SpineStore, SpineUpload, check_upload, link_into_spine
 from linkage_unit.storage import RunOutcome, RunQuality, RunRecord, Storage, out_of_space
@@ -360,6 +361,10 @@ class RunManager:
             estimated=None
             if expected is None
             else RunQuality(precision=expected.precision, recall=expected.recall, f1=expected.f1),
+        )
+        # The report before the keys: a run whose keys are stored always has its report.
+        self._storage.store_report(
+            run_id, project_id, build_report(result, clks, project.layout).to_json()
         )
         self._storage.store_keys(run_id, project_id, outcome=outcome, keys=keys)
         self._checkpoint(Step.KEYS_STORED)

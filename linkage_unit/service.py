@@ -295,6 +295,19 @@ class LinkageService:
             estimated_f1=None if run.estimated is None else run.estimated.f1,
         )
 
+    def project_report(self, caller: Caller, project_id: str) -> tuple[str, str]:
+        """The operator's match-quality report of the project's newest finished run: its
+        run id and report JSON (linkage_unit/report.py; aggregates only). A party never gets
+        it. FAILED_PRECONDITION while no run has finished."""
+        require_role(caller.identity, Operation.GET_PROJECT_REPORT)
+        self._visible_project(caller, project_id, call=Operation.GET_PROJECT_REPORT)
+        found = self.storage.finished_report(project_id)
+        if found is None:
+            raise PreconditionError(
+                "no finished run with a report for this project: wait for its run to finish"
+            )
+        return found
+
     def start_run(self, caller: Caller, project_id: str) -> RunTicket:
         require_role(caller.identity, Operation.START_RUN)
         self._visible_project(caller, project_id, call=Operation.START_RUN)

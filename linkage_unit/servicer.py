@@ -310,6 +310,17 @@ class LinkageUnitServicer(pb_grpc.LinkageUnitServicer):
 
         return self._call(context, Operation.GET_PROJECT_SETTINGS, action)
 
+    def GetProjectReport(
+        self, request: pb.GetProjectReportRequest, context: grpc.ServicerContext
+    ) -> pb.GetProjectReportResponse:
+        def action(caller: Caller) -> pb.GetProjectReportResponse:
+            serde.check_no_unknown_fields(request)
+            project_id = serde.label_from_proto(request.project_id, what="project id")
+            run_id, report_json = self._service.project_report(caller, project_id)
+            return pb.GetProjectReportResponse(run_id=run_id, report_json=report_json)
+
+        return self._call(context, Operation.GET_PROJECT_REPORT, action)
+
     def FetchAuditLog(
         self, request: pb.FetchAuditLogRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.FetchAuditLogResponse]:

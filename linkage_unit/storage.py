@@ -265,6 +265,15 @@ def _migrate_spines(db: sqlite3.Connection, now: float) -> None:
     db.execute("ALTER TABLE projects ADD COLUMN spine TEXT")
 
 
+def _migrate_run_reports(db: sqlite3.Connection, now: float) -> None:
+    # A run's match-quality report (linkage_unit/report.py: aggregates only, no CLK, record
+    # position or per-record figure), kept so the operator can ask for it after the run.
+    db.execute(
+        "CREATE TABLE run_reports (run_id TEXT PRIMARY KEY, project_id TEXT NOT NULL, "
+        "report_json TEXT NOT NULL)"
+    )
+
+
 def _migrate_first(db: sqlite3.Connection, now: float) -> None:
     # Statement by statement: executescript would commit the migration's transaction.
     for statement in _FIRST_SCHEMA.split(";"):
@@ -281,6 +290,7 @@ _MIGRATIONS: tuple[_Migration, ...] = (
     _migrate_link_models,
     _migrate_model_figures,
     _migrate_spines,
+    _migrate_run_reports,
 )
 """Migration n (1-based) takes a database at ``user_version`` n - 1 to n. Add new ones at
 the end; never edit a released one."""
@@ -1104,6 +1114,28 @@ class Storage:
             (project_id,),
         )
         return None if row is None else self._run(row)
+
+    def store_report(self, run_id: str, project_id: str, report_json: str) -> None:
+        """Keep a run's match-quality report (aggregates only; linkage_unit/report.py). A
+        resumed run recomputes it and replaces the one it left."""
+        self._write(
+            [
+                (
+                    "INSERT OR REPLACE INTO run_reports VALUES (?, ?, ?)",
+                    (run_id, project_id, report_json),
+                )
+            ]
+        )
+
+    def finished_report(self, project_id: str) -> tuple[str, str] | None:
+        """The run id and report JSON of the project's newest FINISHED run, if it has one."""
+        row = self._one(
+            "SELECT r.run_id, p.report_json FROM runs r JOIN run_reports p "
+            "ON p.run_id = r.run_id WHERE r.project_id = ? AND r.state = ? "
+            "ORDER BY r.rowid DESC LIMIT 1",
+            (project_id, str(RunState.FINISHED)),
+        )
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def unfinished_runs(self) -> list[RunRecord]:
         rows = self._all(

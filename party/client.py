@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -439,6 +439,20 @@ class LinkageClient:
         if settings.fingerprint != response.settings_fingerprint:
             raise UnavailableError("the project settings were garbled in transit; retry")
         return settings
+
+    def project_report(self, project_id: str) -> tuple[str, dict[str, Any]]:
+        """Operator only: the run id and match-quality report (aggregates only) of the
+        project's newest finished run."""
+        response: pb.GetProjectReportResponse = self._unary(
+            self._stub.GetProjectReport, pb.GetProjectReportRequest(project_id=project_id)
+        )
+        try:
+            report = json.loads(response.report_json)
+        except ValueError:
+            raise UnavailableError("the report was garbled in transit; retry") from None
+        if not isinstance(report, dict):
+            raise UnavailableError("the report was garbled in transit; retry")
+        return str(response.run_id), report
 
     def fetch_audit_log(self, project_id: str | None = None) -> tuple[bytes, bytes]:
         """The audit log (whole, or one project's view) as JSON-lines bytes, and its signed

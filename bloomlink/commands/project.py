@@ -1,4 +1,4 @@
-"""``bloomlink project create|status|run``: the operator's (and members') project commands."""
+"""``bloomlink project create|status|run|report``: the operator's (and members') project commands."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 from bloomlink.commands._connection import add_client_arguments, client_from_args
 from bloomlink.commands._explain import explain_aspect
 from bloomlink.commands._output import add_json_flag, emit, progress_bar
+from bloomlink.report_html import render_report
 from party.client import LinkageClient
 from protocol.clk_layout import ClkLayout
 from protocol.errors import ConfigurationError, UnavailableError
@@ -25,7 +26,7 @@ from protocol.messages import (
 from protocol.schema import default_schema, load_schema, single_clk_schema
 
 NAME = "project"
-HELP = "create a linkage project, show its status, or start its run"
+HELP = "create a linkage project, show its status, start its run, or report on it"
 
 _DONE = (RunState.FINISHED, RunState.REFUSED, RunState.FAILED)
 
@@ -113,7 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     start = sub.add_parser("run", help="start the run (operator)")
     start.add_argument("project_id")
     start.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the result")
-    for action in (create, status, start):
+    report = sub.add_parser(
+        "report",
+        help="match-quality report of the finished run (operator): report.html, PNGs, report.json",
+    )
+    report.add_argument("project_id")
+    report.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    for action in (create, status, start, report):
         add_client_arguments(action)
         add_json_flag(action)
 
@@ -319,6 +326,21 @@ def run(args: argparse.Namespace) -> int:
             report["link_model"] = str(settings.link_model)
             report["deduplicated"] = list(settings.deduplicated)
             emit(args, report, [f"{describe(status)}; link model {settings.describe_link_model()}"])
+            return 0
+        if args.project_action == "report":
+            run_id, data = client.project_report(args.project_id)
+            written = render_report(run_id, data, args.out)
+            f1 = data.get("estimated_f1")
+            summary = (
+                f"report of run {run_id} written to {args.out / 'report.html'}; threshold "
+                f"{float(data['threshold']):.3f} ({data['threshold_method']}); estimated F1 "
+                + ("unavailable (Dice run)" if f1 is None else f"{float(f1):.4f}")
+            )
+            emit(
+                args,
+                {"run_id": run_id, "files": [str(path) for path in written], "report": data},
+                [summary],
+            )
             return 0
         ticket = client.start_run(args.project_id)
         lines = [f"run {ticket.run_id} {ticket.state}"]

@@ -1207,3 +1207,51 @@ class GetProjectSettingsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetProjectSettingsResponse: _TypeAlias = GetProjectSettingsResponse  # noqa: Y015
+
+@_typing.final
+class GetProjectReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROJECT_ID_FIELD_NUMBER: _builtins.int
+    project_id: _builtins.str
+    """Label. Required."""
+    def __init__(
+        self,
+        *,
+        project_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["project_id", b"project_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProjectReportRequest: _TypeAlias = GetProjectReportRequest  # noqa: Y015
+
+@_typing.final
+class GetProjectReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    REPORT_JSON_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run the report is of."""
+    report_json: _builtins.str
+    """The report as a JSON object (docs/protocol.md, "Match-quality report"): threshold,
+    threshold_method, estimated_precision / estimated_recall / estimated_f1 (null for a Dice
+    run), candidate_pairs, accepted_pairs, cluster_count, linked_record_count, parties,
+    histogram, threshold_curve.
+    """
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        report_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["report_json", b"report_json", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProjectReportResponse: _TypeAlias = GetProjectReportResponse  # noqa: Y015

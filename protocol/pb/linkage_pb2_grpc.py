@@ -88,6 +88,11 @@ class LinkageUnitStub:
                 request_serializer=protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsRequest.SerializeToString,
                 response_deserializer=protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsResponse.FromString,
                 _registered_method=True)
+        self.GetProjectReport = channel.unary_unary(
+                '/bloomlink.v1.LinkageUnit/GetProjectReport',
+                request_serializer=protocol_dot_pb_dot_linkage__pb2.GetProjectReportRequest.SerializeToString,
+                response_deserializer=protocol_dot_pb_dot_linkage__pb2.GetProjectReportResponse.FromString,
+                _registered_method=True)
 
 
 class LinkageUnitServicer:
@@ -181,6 +186,16 @@ class LinkageUnitServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetProjectReport(self, request, context):
+        """Operator only (PERMISSION_DENIED for a party or an auditor): the match-quality report of
+        the project's newest finished run, aggregates only (score histogram with the model's
+        fitted match / non-match counts, threshold curve, per-party match rates; no CLK, record
+        position or per-record figure). FAILED_PRECONDITION before a run has finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LinkageUnitServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -228,6 +243,11 @@ def add_LinkageUnitServicer_to_server(servicer, server):
                     servicer.GetProjectSettings,
                     request_deserializer=protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsRequest.FromString,
                     response_serializer=protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsResponse.SerializeToString,
+            ),
+            'GetProjectReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProjectReport,
+                    request_deserializer=protocol_dot_pb_dot_linkage__pb2.GetProjectReportRequest.FromString,
+                    response_serializer=protocol_dot_pb_dot_linkage__pb2.GetProjectReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -482,6 +502,33 @@ class LinkageUnit:
             '/bloomlink.v1.LinkageUnit/GetProjectSettings',
             protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsRequest.SerializeToString,
             protocol_dot_pb_dot_linkage__pb2.GetProjectSettingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProjectReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bloomlink.v1.LinkageUnit/GetProjectReport',
+            protocol_dot_pb_dot_linkage__pb2.GetProjectReportRequest.SerializeToString,
+            protocol_dot_pb_dot_linkage__pb2.GetProjectReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -106,6 +106,12 @@ class LinkageUnitStub:
     them, with every default filled in (auto_run, blocking and link_key_mode always set),
     and the settings fingerprint.
     """
+    GetProjectReport: _grpc.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectReportRequest, _linkage_pb2.GetProjectReportResponse]
+    """Operator only (PERMISSION_DENIED for a party or an auditor): the match-quality report of
+    the project's newest finished run, aggregates only (score histogram with the model's
+    fitted match / non-match counts, threshold curve, per-party match rates; no CLK, record
+    position or per-record figure). FAILED_PRECONDITION before a run has finished.
+    """
 
 @_typing.type_check_only
 class LinkageUnitAsyncStub(LinkageUnitStub):
@@ -162,6 +168,12 @@ class LinkageUnitAsyncStub(LinkageUnitStub):
     """Operator, auditor and member parties: a project's settings as the operator created
     them, with every default filled in (auto_run, blocking and link_key_mode always set),
     and the settings fingerprint.
+    """
+    GetProjectReport: _aio.UnaryUnaryMultiCallable[_linkage_pb2.GetProjectReportRequest, _linkage_pb2.GetProjectReportResponse]  # type: ignore[assignment]
+    """Operator only (PERMISSION_DENIED for a party or an auditor): the match-quality report of
+    the project's newest finished run, aggregates only (score histogram with the model's
+    fitted match / non-match counts, threshold curve, per-party match rates; no CLK, record
+    position or per-record figure). FAILED_PRECONDITION before a run has finished.
     """
 
 class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
@@ -270,6 +282,18 @@ class LinkageUnitServicer(metaclass=_abc_1.ABCMeta):
         """Operator, auditor and member parties: a project's settings as the operator created
         them, with every default filled in (auto_run, blocking and link_key_mode always set),
         and the settings fingerprint.
+        """
+
+    @_abc_1.abstractmethod
+    def GetProjectReport(
+        self,
+        request: _linkage_pb2.GetProjectReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_linkage_pb2.GetProjectReportResponse, _abc.Awaitable[_linkage_pb2.GetProjectReportResponse]]:
+        """Operator only (PERMISSION_DENIED for a party or an auditor): the match-quality report of
+        the project's newest finished run, aggregates only (score histogram with the model's
+        fitted match / non-match counts, threshold curve, per-party match rates; no CLK, record
+        position or per-record figure). FAILED_PRECONDITION before a run has finished.
         """
 
 def add_LinkageUnitServicer_to_server(servicer: LinkageUnitServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

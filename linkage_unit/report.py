@@ -1,0 +1,323 @@
+"""Match-quality report (after solving): the aggregates an operator sees of a finished run.
+
+A run keeps, at run time, only aggregates: a histogram of its candidate pairs' match weights
+with the model's fitted match / non-match split of every bin, the model's expected precision,
+recall and F1 against the probability cut, and per-party match rates, and for a grouped encoding each party's field-group completeness
+(records with a group present). No CLK, record position
+or per-record figure is in it, so the report can be stored and shown after the run.
+
+The fitted curves are the model's own: each candidate pair counts ``p`` towards the match
+curve and ``1 - p`` towards the non-match curve of its bin, ``p`` its match probability.
+The threshold curve counts, at a cut ``c``, the expected true links ``sum p`` and false links
+``sum (1 - p)`` of the pairs with ``p >= c``; the expected matches are ``sum p`` over every
+candidate pair plus the missed matches the run's estimate already counts beyond the
+candidates. It ignores the one-to-one solver (which only removes pairs), so it is an
+approximation away from the run's own cut; at the run's cut the run's own estimate is given.
+A Dice run (one record-level CLK) has no model: its estimates are unavailable, never guessed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+from linkage_unit.fellegi_sunter import probability_of_weight
+from linkage_unit.matching import LinkResult
+from protocol.clk_layout import ClkLayout
+from protocol.errors import InvariantError
+
+__all__ = [
+    "GroupCompleteness",
+    "PartyRate",
+    "ReportHistogram",
+    "RunReport",
+    "ThresholdPoint",
+    "build_report",
+]
+
+HISTOGRAM_BINS = 40
+CURVE_CUTS = tuple(round(0.05 * step, 2) for step in range(1, 20))
+"""Probability cuts of the threshold curve: 0.05, 0.10, ..., 0.95."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportHistogram:
+    """Candidate pairs per match-weight bin (``edges`` has one more entry than ``counts``),
+    with the model's expected matches and non-matches per bin."""
+
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+    expected_matches: tuple[float, ...]
+    expected_non_matches: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        bins = len(self.counts)
+        if len(self.edges) != bins + 1 or not (
+            len(self.expected_matches) == len(self.expected_non_matches) == bins
+        ):
+            raise InvariantError("a report histogram needs one more edge than bins")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ThresholdPoint:
+    """The model's expected precision, recall and F1 of links at a probability cut."""
+
+    cut: float
+    precision: float
+    recall: float
+    f1: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartyRate:
+    """How many of a party's records were linked to at least one other record."""
+
+    party: str
+    records: int
+    linked_records: int
+
+    @property
+    def match_rate(self) -> float:
+        return self.linked_records / self.records if self.records else 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupCompleteness:
+    """How many of a party's records have any bit set in a field group of a grouped (v2)
+    encoding: a group whose fields were all missing is encoded with no bits."""
+
+    party: str
+    group: str
+    records: int
+    present: int
+
+
+def group_completeness(
+    clks_by_party: Mapping[str, npt.NDArray[np.uint64]], layout: ClkLayout | None
+) -> tuple[GroupCompleteness, ...]:
+    """Per party and field group, the records with the group present (none without a
+    layout: one record-level CLK does not say which field is missing)."""
+    if layout is None:
+        return ()
+    out = []
+    for party, clks in clks_by_party.items():
+        start = 0
+        for group in layout.groups:
+            words = group.bits // 64
+            block = clks[:, start : start + words] if len(clks) else np.empty((0, words))
+            present = int(np.any(block != 0, axis=1).sum()) if len(clks) else 0
+            out.append(
+                GroupCompleteness(party=party, group=group.name, records=len(clks), present=present)
+            )
+            start += words
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunReport:
+    """A finished run's report (aggregates only; module docstring)."""
+
+    scoring: str
+    threshold: float
+    threshold_method: str
+    estimated_precision: float | None
+    estimated_recall: float | None
+    estimated_f1: float | None
+    candidate_pairs: int
+    accepted_pairs: int
+    cluster_count: int
+    linked_record_count: int
+    parties: tuple[PartyRate, ...]
+    histogram: ReportHistogram | None = None
+    threshold_curve: tuple[ThresholdPoint, ...] = ()
+    completeness: tuple[GroupCompleteness, ...] = ()
+
+    def to_dict(self) -> dict[str, object]:
+        out = asdict(self)
+        out["parties"] = [{**asdict(rate), "match_rate": rate.match_rate} for rate in self.parties]
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> RunReport:
+        data = json.loads(text)
+        histogram = data.get("histogram")
+        return cls(
+            scoring=str(data["scoring"]),
+            threshold=float(data["threshold"]),
+            threshold_method=str(data["threshold_method"]),
+            estimated_precision=_optional(data.get("estimated_precision")),
+            estimated_recall=_optional(data.get("estimated_recall")),
+            estimated_f1=_optional(data.get("estimated_f1")),
+            candidate_pairs=int(data["candidate_pairs"]),
+            accepted_pairs=int(data["accepted_pairs"]),
+            cluster_count=int(data["cluster_count"]),
+            linked_record_count=int(data["linked_record_count"]),
+            parties=tuple(
+                PartyRate(
+                    party=str(item["party"]),
+                    records=int(item["records"]),
+                    linked_records=int(item["linked_records"]),
+                )
+                for item in data["parties"]
+            ),
+            histogram=None
+            if histogram is None
+            else ReportHistogram(
+                edges=tuple(float(value) for value in histogram["edges"]),
+                counts=tuple(int(value) for value in histogram["counts"]),
+                expected_matches=tuple(float(v) for v in histogram["expected_matches"]),
+                expected_non_matches=tuple(float(v) for v in histogram["expected_non_matches"]),
+            ),
+            threshold_curve=tuple(
+                ThresholdPoint(
+                    cut=float(item["cut"]),
+                    precision=float(item["precision"]),
+                    recall=float(item["recall"]),
+                    f1=float(item["f1"]),
+                )
+                for item in data.get("threshold_curve", ())
+            ),
+            completeness=tuple(
+                GroupCompleteness(
+                    party=str(item["party"]),
+                    group=str(item["group"]),
+                    records=int(item["records"]),
+                    present=int(item["present"]),
+                )
+                for item in data.get("completeness", ())
+            ),
+        )
+
+
+def _optional(value: object) -> float | None:
+    return None if value is None else float(str(value))
+
+
+def party_rates(clusters: Mapping[str, npt.NDArray[np.int64]]) -> tuple[PartyRate, ...]:
+    """Each party's records in a cluster of two or more (across or within parties)."""
+    arrays = list(clusters.values())
+    if not arrays or not sum(len(ids) for ids in arrays):
+        return tuple(PartyRate(party=p, records=0, linked_records=0) for p in clusters)
+    all_ids = np.concatenate(arrays)
+    sizes = np.bincount(all_ids)
+    return tuple(
+        PartyRate(
+            party=party,
+            records=len(ids),
+            linked_records=int((sizes[ids] > 1).sum()) if len(ids) else 0,
+        )
+        for party, ids in clusters.items()
+    )
+
+
+def threshold_curve(
+    probabilities: npt.NDArray[np.float64],
+    missed_beyond_candidates: float,
+    cuts: Sequence[float] = CURVE_CUTS,
+) -> tuple[ThresholdPoint, ...]:
+    """Expected precision, recall and F1 of keeping the pairs with probability >= each cut
+    (module docstring). ``missed_beyond_candidates``: expected matches no candidate holds."""
+    total_matches = float(probabilities.sum()) + max(missed_beyond_candidates, 0.0)
+    points = []
+    for cut in cuts:
+        kept = probabilities[probabilities >= cut]
+        true_links = float(kept.sum())
+        false_links = float(len(kept)) - true_links
+        precision = true_links / (true_links + false_links) if len(kept) else 1.0
+        recall = true_links / total_matches if total_matches > 0 else 1.0
+        denominator = 2 * true_links + false_links + (total_matches - true_links)
+        f1 = 2 * true_links / denominator if denominator > 0 else 1.0
+        points.append(ThresholdPoint(cut=cut, precision=precision, recall=recall, f1=f1))
+    return tuple(points)
+
+
+def threshold_curve_reference(
+    probabilities: Sequence[float],
+    missed_beyond_candidates: float,
+    cuts: Sequence[float] = CURVE_CUTS,
+) -> tuple[ThresholdPoint, ...]:
+    """The slow obvious twin of :func:`threshold_curve`: a loop over pairs per cut."""
+    total = sum(probabilities) + max(missed_beyond_candidates, 0.0)
+    points = []
+    for cut in cuts:
+        true_links = 0.0
+        false_links = 0.0
+        for probability in probabilities:
+            if probability >= cut:
+                true_links += probability
+                false_links += 1.0 - probability
+        made = true_links + false_links
+        precision = true_links / made if made > 0 else 1.0
+        recall = true_links / total if total > 0 else 1.0
+        missed = total - true_links
+        denominator = 2 * true_links + false_links + missed
+        f1 = 2 * true_links / denominator if denominator > 0 else 1.0
+        points.append(ThresholdPoint(cut=cut, precision=precision, recall=recall, f1=f1))
+    return tuple(points)
+
+
+def build_report(
+    result: LinkResult,
+    clks_by_party: Mapping[str, npt.NDArray[np.uint64]] | None = None,
+    layout: ClkLayout | None = None,
+) -> RunReport:
+    """The report of a run's link result (aggregates only); with the run's CLKs and a grouped
+    layout, each party's field-group completeness too."""
+    statistics = result.statistics
+    estimated = statistics.estimated
+    dice = RunReport(
+        scoring="dice",
+        threshold=result.threshold,
+        threshold_method=result.threshold_method,
+        estimated_precision=None,
+        estimated_recall=None,
+        estimated_f1=None,
+        candidate_pairs=statistics.candidate_pairs,
+        accepted_pairs=statistics.accepted_pairs,
+        cluster_count=result.cluster_count,
+        linked_record_count=result.linked_record_count,
+        parties=party_rates(result.clusters),
+        completeness=group_completeness(clks_by_party or {}, layout),
+    )
+    if result.scored is None or estimated is None:
+        return dice
+    weights = [item.pairs.scores.astype(np.float64) for item in result.scored.party_pairs]
+    all_weights = np.concatenate(weights) if weights else np.empty(0)
+    probabilities = probability_of_weight(all_weights) if len(all_weights) else np.empty(0)
+    histogram = None
+    if len(all_weights):
+        low, high = float(all_weights.min()), float(all_weights.max())
+        if high <= low:
+            high = low + 1.0
+        edges = np.linspace(low, high, HISTOGRAM_BINS + 1)
+        counts, _ = np.histogram(all_weights, bins=edges)
+        matches, _ = np.histogram(all_weights, bins=edges, weights=probabilities)
+        histogram = ReportHistogram(
+            edges=tuple(float(edge) for edge in edges),
+            counts=tuple(int(count) for count in counts),
+            expected_matches=tuple(float(value) for value in matches),
+            expected_non_matches=tuple(
+                float(count - match) for count, match in zip(counts, matches, strict=True)
+            ),
+        )
+    # Matches the estimate counts as missed but no candidate pair carries (below the
+    # candidate Dice cut): the estimate's missed matches less those among the candidates.
+    kept = probabilities[probabilities >= result.scored.match_probability]
+    candidate_missed = float(probabilities.sum() - kept.sum())
+    beyond = estimated.expected_missed_matches - candidate_missed
+    return replace(
+        dice,
+        scoring="fellegi-sunter",
+        estimated_precision=estimated.precision,
+        estimated_recall=estimated.recall,
+        estimated_f1=estimated.f1,
+        histogram=histogram,
+        threshold_curve=threshold_curve(probabilities, beyond),
+    )
