@@ -31,6 +31,7 @@ or a raw value, and no message names a score or a CLK.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -403,7 +404,7 @@ def link(
     own_thresholds = {
         i: choice.threshold
         if settings.threshold is not None or len(parties) == 1
-        else _choose_threshold([arrays[i]], settings, seed, [True]).threshold
+        else _choose_threshold([arrays[i]], settings, own_seed(arrays[i]), [True]).threshold
         for i in range(len(parties))
         if deduplicated[i]
     }
@@ -462,16 +463,22 @@ def _link_with_model(
         groups += [([i], [(0, 0)]) for i, j in jobs if i == j and sizes[i] > 1]
     else:
         groups.append((list(range(len(parties))), jobs))
+    # A party's own scorer samples its random pairs from a seed of its own encodings, not the
+    # run's fresh seed: its partition is then a function of its upload alone, the same in every
+    # run, and no other party's upload or the run's randomness can move it.
     scorers = [
         Scorer(
             [arrays[i] for i in members],
             layout,
             own_jobs,
             settings.model,
-            seed=compare_settings.seed,
+            seed=own_seed(arrays[members[0]]) if own else compare_settings.seed,
             workers=settings.workers,
         )  # fmt: skip
-        for members, own_jobs in groups
+        for members, own_jobs, own in (
+            (members, own_jobs, len(members) == 1 and deduplicated[members[0]])
+            for members, own_jobs in groups
+        )
     ]
     if settings.threshold is not None:
         cuts = [
@@ -537,6 +544,14 @@ def _link_with_model(
         estimated=estimated,
     )
     return _result(parties, sizes, solution, choice, statistics, scored=scored)
+
+
+def own_seed(clks: npt.NDArray[np.uint64]) -> int:
+    """The seed of a deduplicated party's own sampling (its own cut, its own model's random
+    pairs): from its encodings alone, so a deduplication within a linkage run gives the same
+    partition as a deduplication-only run of the same upload, whatever else the run holds."""
+    digest = hashlib.sha256(np.ascontiguousarray(clks).tobytes()).digest()
+    return int.from_bytes(digest[:16], "big")
 
 
 def _combine(

@@ -26,13 +26,8 @@ from linkage_unit.pki import CertificateSet
 from party.positions_file import read_positions
 from protocol.errors import ServiceError
 from protocol.messages import RunState
-from protocol.schema import single_clk_schema
+from protocol.schema import LinkageSchema, default_schema, single_clk_schema
 from tests.adversarial.conftest import encode_rows
-
-# The made-up people below share forenames, birth-date parts and postcode patterns by
-# construction, too regular for the model's EM on 160 records: the single-CLK schema's Dice
-# keeps this test about what MoJ can see, not about tuning a model to a toy population.
-SCHEMA = single_clk_schema()
 
 pytestmark = pytest.mark.integration
 
@@ -122,7 +117,7 @@ def _error(call: Any) -> str:
 
 def _world(
     start_server: Any, connect: Any, pki: CertificateSet, root: Path, moj_file: Path,
-    dfe_file: Path,
+    dfe_file: Path, schema: LinkageSchema,
 ) -> tuple[dict[str, Any], Any]:  # fmt: skip
     """One linkage unit: MoJ's whole view of it, and the operator's final status."""
     server = start_server(data_dir=root / "lu")
@@ -132,7 +127,7 @@ def _world(
     # Automatic threshold; exhaustive comparison, so no per-project LSH seed differs.
     assert main(["project", "create", "p1", "--parties", "moj,dfe", "--dedupe", "moj",
                  "--blocking", "none", "--retention-days", "1",
-                 "--schema-fingerprint", SCHEMA.fingerprint.hex(), *tls]) == 0  # fmt: skip
+                 "--schema-fingerprint", schema.fingerprint.hex(), *tls]) == 0  # fmt: skip
     moj, dfe = connect(server, "moj"), connect(server, "dfe")
     view: dict[str, Any] = {"upload": _fields(moj.upload_file(moj_file, party_id="moj"))}
     view["status before dfe"] = _fields(moj.project_status("p1"))
@@ -159,20 +154,25 @@ def _world(
     return view, final
 
 
+# Each world is its own linkage unit, so each run draws its own fresh seed: with the shipped
+# default (scored by the model), MoJ's own sampling must not depend on it.
+@pytest.mark.parametrize(
+    "schema", [single_clk_schema(), default_schema()], ids=["single-clk", "default"]
+)
 def test_moj_cannot_tell_from_its_view_whether_its_probe_person_is_in_dfe(
-    start_server: Any, connect: Any, pki: CertificateSet, tmp_path: Path
+    start_server: Any, connect: Any, pki: CertificateSet, tmp_path: Path, schema: LinkageSchema
 ) -> None:
     moj_rows = _moj_rows()
-    encode_rows(tmp_path / "moj", "moj", moj_rows, schema=SCHEMA)
+    encode_rows(tmp_path / "moj", "moj", moj_rows, schema=schema)
     filler = _made_up("d", 60)
-    encode_rows(tmp_path / "with", "dfe", [*filler[:30], PERSON, *filler[30:]], schema=SCHEMA)
-    encode_rows(tmp_path / "without", "dfe", filler, schema=SCHEMA)
+    encode_rows(tmp_path / "with", "dfe", [*filler[:30], PERSON, *filler[30:]], schema=schema)
+    encode_rows(tmp_path / "without", "dfe", filler, schema=schema)
 
     views, finals = {}, {}
     for world in ("with", "without"):
         view, finals[world] = _world(
             start_server, connect, pki, tmp_path / f"lu-{world}", tmp_path / "moj" / "moj.clk",
-            tmp_path / world / "dfe.clk",
+            tmp_path / world / "dfe.clk", schema,
         )  # fmt: skip
         views[world] = _mask(view)
     # Which of MoJ's records share a key: identical, with the repeat users grouped and the
@@ -184,9 +184,16 @@ def test_moj_cannot_tell_from_its_view_whether_its_probe_person_is_in_dfe(
     }
     probes = [position[probe[0]] for probe in PROBES]
     assert key_of[probes[0]] != key_of[probes[1]]
-    assert len(set(key_of.values())) == len(moj_rows) - 20
+    if not schema.grouped:
+        # The made-up people share forenames, birth-date parts and postcode patterns by
+        # construction; Dice groups exactly the 20 repeats. The model on 160 such records
+        # groups more (it is trained on a toy population): the same in both worlds is the point.
+        assert len(set(key_of.values())) == len(moj_rows) - 20
     # She really is found in one world: the operator sees her linked, to one probe.
-    assert finals["with"].linked_record_count == finals["without"].linked_record_count + 2
+    if not schema.grouped:
+        # (The model's cross-party fit differs between the two runs' fresh seeds on this toy
+        # population, so the operator's count moves by more than her two links there.)
+        assert finals["with"].linked_record_count == finals["without"].linked_record_count + 2
     # And everything else MoJ can see (issue 11 keeps every figure from DfE's data out of it).
     assert json.dumps(views["with"], sort_keys=True, default=str) == json.dumps(
         views["without"], sort_keys=True, default=str
