@@ -446,10 +446,6 @@ class _Replay:
                 "or after it finished",
             )
 
-    def _on_spine_changed(self, index: int, entry: Revealed, project: _Project) -> None:
-        # A merge or split is within its run too; the operator releases the crosswalk.
-        self._on_spine_run_linked(index, entry, project)
-
     def _on_run_finished(self, index: int, entry: Revealed, project: _Project) -> None:
         run_id = str(entry.details["run_id"])
         run = project.runs.get(run_id)

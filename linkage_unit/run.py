@@ -41,7 +41,6 @@ from protocol.audit_events import (
     RunFinished,
     RunResumed,
     RunStarted,
-    SpineChanged,
     SpineRunLinked,
 )
 from protocol.clk_file import read_clks
@@ -458,16 +457,6 @@ class RunManager:
         if self._stop.is_set():
             raise _Stopped
         self.spines.save(outcome.state)
-        for event in (*outcome.merges, *outcome.splits):
-            self._audit.append(
-                SpineChanged(
-                    project_id=project_id,
-                    spine=spine.settings.name,
-                    run_id=run_id,
-                    change=str(event.kind),
-                    people=len(event.people) + 1,
-                )
-            )
         self._audit.append(
             SpineRunLinked(
                 project_id=project_id,
@@ -476,6 +465,10 @@ class RunManager:
                 matched_people=outcome.matched_people,
                 new_people=outcome.new_people,
                 spine_people=outcome.state.person_count,
+                # Counts on this one event, never an event per change: how many entries a
+                # run writes would tell every member that others' records merged people.
+                merges=len(outcome.merges),
+                splits=len(outcome.splits),
             )
         )
         linked = sum(

@@ -325,14 +325,14 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "matched_people": _count,
                 "new_people": _count,
                 "spine_people": _count,
+                # Merges (spine people found to be one) and splits in this run: counts on this
+                # event, never an event each, whose number every member could see.
+                "merges": _count,
+                "splits": _count,
             },
-            operator_only=frozenset({"matched_people", "new_people", "spine_people"}),
-        ),
-        # A run showed spine people to be one (merge) or one to be several (split); issued
-        # keys stay valid, the crosswalk maps them. Operator (and auditor) only.
-        "spine_changed": _EventRule(
-            required={"spine": _label, "run_id": _token, "change": _token, "people": _count},
-            operator_only=frozenset({"change", "people"}),
+            operator_only=frozenset(
+                {"matched_people", "new_people", "spine_people", "merges", "splits"}
+            ),
         ),
         # The operator released a spine's crosswalk (old key -> current key).
         "crosswalk_released": _EventRule(

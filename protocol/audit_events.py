@@ -40,7 +40,6 @@ __all__ = [
     "RunFinished",
     "RunResumed",
     "RunStarted",
-    "SpineChanged",
     "SpineCreated",
     "SpineRunLinked",
     "UploadCommitted",
@@ -252,16 +251,8 @@ class SpineRunLinked(AuditEvent):
     matched_people: int
     new_people: int
     spine_people: int
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SpineChanged(AuditEvent):
-    NAME: ClassVar[str] = "spine_changed"
-    project_id: str
-    spine: str
-    run_id: str
-    change: str
-    people: int
+    merges: int
+    splits: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -291,7 +282,6 @@ EVENTS: Mapping[str, type[AuditEvent]] = MappingProxyType(
             AccessRefused,
             SpineCreated,
             SpineRunLinked,
-            SpineChanged,
             CrosswalkReleased,
         )
     }

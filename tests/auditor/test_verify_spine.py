@@ -37,6 +37,8 @@ def _verify(tmp_path: Path, *, run_id: str) -> list[tuple[str, int | None]]:
                 "matched_people": 10,
                 "new_people": 5,
                 "spine_people": 15,
+                "merges": 0,
+                "splits": 0,
             },
         )
         (tmp_path / "lu-public.pem").write_bytes(log.public_key_pem())

@@ -169,6 +169,12 @@ def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(
     for name in ("spine_created", "spine_run_linked", "crosswalk_released"):
         assert name in events, name
     assert events.count("spine_run_linked") == 3
+    # One spine entry per run whatever merged or split: a member counting its project's
+    # entries must not learn that others' records joined spine people.
+    assert {name for name in events if name.startswith("spine_")} == {
+        "spine_created",
+        "spine_run_linked",
+    }
 
 
 def read_rows_jsonl(path: Path) -> list[dict[str, object]]:
