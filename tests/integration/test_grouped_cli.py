@@ -106,7 +106,9 @@ def test_a_grouped_project_from_the_command_line(tmp_path: Path, capsys) -> None
         assert "threshold 0.500 (fellegi-sunter)" in out and "the model expects precision" in out
         assert main(["project", "status", "p1", "--json", *tls("operator")]) == 0
         seen = json.loads(capsys.readouterr().out)
-        assert 50 <= seen["linked_record_count"] <= 64, seen
+        # BLIP draws fresh flips every encode and each run a fresh seed, so the count varies
+        # from run to run (48 seen once in six; 50-60 otherwise): at least 22 of the 30 pairs.
+        assert 44 <= seen["linked_record_count"] <= 64, seen
         assert seen["threshold"] == 0.5 and seen["estimated"]["f1"] > 0.9
         # A party never sees figures derived from the other party's data.
         assert main(["project", "status", "p1", "--json", *tls("party-moj")]) == 0
