@@ -52,6 +52,7 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "MAX_THRESHOLD",
     "MIN_THRESHOLD",
+    "NullPoint",
     "SearchBoundary",
     "ThresholdChoice",
     "ThresholdMethod",
@@ -86,15 +87,44 @@ class SearchBoundary(StrEnum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NullPoint:
+    """The null model's estimate at one Dice threshold, as shares of the sampled records:
+    matched records linked (``true_positives``), unmatched ones linked to a free partner
+    (``false_positives``) and matched ones left out (``false_negatives``)."""
+
+    threshold: float
+    true_positives: float
+    false_positives: float
+    false_negatives: float
+
+    @property
+    def precision(self) -> float:
+        made = self.true_positives + self.false_positives
+        return self.true_positives / made if made > 0 else 1.0
+
+    @property
+    def recall(self) -> float:
+        matches = self.true_positives + self.false_negatives
+        return self.true_positives / matches if matches > 0 else 1.0
+
+    @property
+    def f1(self) -> float:
+        denominator = 2 * self.true_positives + self.false_positives + self.false_negatives
+        return 2 * self.true_positives / denominator if denominator > 0 else 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ThresholdChoice:
     """The threshold a run uses, how it was found, and whether a searched value sits on an end
-    of its search range (``boundary``)."""
+    of its search range (``boundary``). ``curve``: with the null model, its estimate at every
+    threshold searched (empty for the other methods, which estimate nothing)."""
 
     threshold: float
     method: ThresholdMethod
     boundary: SearchBoundary | None = None
     non_match_mode: float | None = None
     match_mode: float | None = None
+    curve: tuple[NullPoint, ...] = ()
 
     def __post_init__(self) -> None:
         if not (0.0 < self.threshold <= 1.0):
@@ -104,6 +134,14 @@ class ThresholdChoice:
         except ValueError:
             choices = ", ".join(str(method) for method in ThresholdMethod)
             raise MatchingError(f"threshold method must be one of {choices}") from None
+
+    def estimated_at(self, threshold: float) -> NullPoint | None:
+        """The null model's point nearest ``threshold`` (None without a curve, or when the
+        threshold lies outside the searched range: an operator's 0.3 is no point of it)."""
+        if not self.curve:
+            return None
+        nearest = min(self.curve, key=lambda point: abs(point.threshold - threshold))
+        return nearest if abs(nearest.threshold - threshold) <= _STEP / 2 + 1e-9 else None
 
     @property
     def label(self) -> str:
@@ -245,4 +283,15 @@ def choose_threshold_with_null(
         boundary=_boundary(value),
         non_match_mode=null_median,
         match_mode=float(np.median(best[best >= value])) if (best >= value).any() else None,
+        curve=tuple(
+            NullPoint(
+                threshold=float(t),
+                true_positives=float(tp) / records,
+                false_positives=float(fp) / records,
+                false_negatives=float(fn) / records,
+            )
+            for t, tp, fp, fn in zip(
+                candidates, true_positives, false_positives, false_negatives, strict=True
+            )
+        ),
     )
