@@ -6,7 +6,8 @@ record with a true match has a high best score (the match mode, typically 0.85-1
 without has the best of many random pairs (the non-match mode, lower). Histogram the best
 scores in 0.01 bins on a log scale (the match mode may hold only a few per cent of records),
 smooth it, find the two most prominent peaks, and put the threshold at the centre of the
-lowest stretch between them.
+lowest stretch between them; when the upper one is the spike of exact copies at 1.0, the
+valley below the tallest peak between them (the match mode proper).
 
 Method ("null-model"), used when the second-best scores are available (two or more
 parties): a record's second-best score is the best of its non-matches (at most one record per
@@ -208,6 +209,14 @@ def choose_threshold(best_scores: npt.ArrayLike, *, min_depth: float = 1.0) -> T
     depth, low, high = best_pair
     if depth < min_depth:
         return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method=ThresholdMethod.DEFAULT)
+    # Exact copies (score 1.0) make a spike in the top bin beside the match mode, and the dip
+    # between the two can be lower than the valley below the match mode: against the spike,
+    # the valley is sought below the tallest peak between (the match mode proper).
+    middle = [index for index in peaks if low < index < high]
+    if high == _BINS - 1 and middle:
+        mode = max(middle, key=lambda index: curve[index])
+        if min(curve[low], curve[mode]) - curve[low : mode + 1].min() >= min_depth / 2:
+            high = mode
     stretch = curve[low : high + 1]
     floor_positions = np.flatnonzero(stretch <= stretch.min() + 1e-9) + low
     centre = (floor_positions[0] + floor_positions[-1] + 1) / 2.0
