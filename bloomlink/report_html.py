@@ -61,9 +61,7 @@ def _histogram_png(plt: Any, histogram: Mapping[str, Sequence[float]], cut: floa
     return data
 
 
-def _curve_png(
-    plt: Any, curve: Sequence[Mapping[str, float]], cut: float, *, dice: bool
-) -> bytes:
+def _curve_png(plt: Any, curve: Sequence[Mapping[str, float]], cut: float, *, dice: bool) -> bytes:
     cuts = [point["cut"] for point in curve]
     figure, axes = plt.subplots(figsize=(7, 3.6))
     for name, colour in (("precision", "#1f77b4"), ("recall", "#2ca02c"), ("f1", "#d62728")):

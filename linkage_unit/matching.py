@@ -450,10 +450,11 @@ def _null_estimate(choice: ThresholdChoice, sizes: Sequence[int]) -> EstimatedQu
     if point is None:
         return None
     records = sum(sizes) / max(len(sizes), 1)
+    share = point.estimated
     return EstimatedQuality(
-        expected_true_links=point.true_positives * records,
-        expected_false_links=point.false_positives * records,
-        expected_missed_matches=point.false_negatives * records,
+        expected_true_links=share.expected_true_links * records,
+        expected_false_links=share.expected_false_links * records,
+        expected_missed_matches=share.expected_missed_matches * records,
     )
 
 

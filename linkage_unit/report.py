@@ -302,9 +302,9 @@ def build_report(
             threshold_curve=tuple(
                 ThresholdPoint(
                     cut=point.threshold,
-                    precision=point.precision,
-                    recall=point.recall,
-                    f1=point.f1,
+                    precision=point.estimated.precision,
+                    recall=point.estimated.recall,
+                    f1=point.estimated.f1,
                 )
                 for point in statistics.dice_curve
             ),

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from linkage_unit.estimated_quality import EstimatedQuality
 from linkage_unit.fellegi_sunter import (
     FellegiSunterModel,
     ModelSettings,
@@ -138,41 +139,6 @@ class ScoredPairs:
                 PartyPairs(left_party=item.left_party, right_party=item.right_party, pairs=pairs)
             )
         return tuple(out)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EstimatedQuality:
-    """What the model expects of the links made: true links, false links and missed matches,
-    and from them precision, recall and F1. No ground truth is used."""
-
-    expected_true_links: float
-    expected_false_links: float
-    expected_missed_matches: float
-
-    @property
-    def precision(self) -> float:
-        made = self.expected_true_links + self.expected_false_links
-        return self.expected_true_links / made if made > 0 else 1.0
-
-    @property
-    def recall(self) -> float:
-        matches = self.expected_true_links + self.expected_missed_matches
-        return self.expected_true_links / matches if matches > 0 else 1.0
-
-    @property
-    def f1(self) -> float:
-        denominator = (
-            2 * self.expected_true_links + self.expected_false_links + self.expected_missed_matches
-        )
-        return 2 * self.expected_true_links / denominator if denominator > 0 else 1.0
-
-    def __add__(self, other: EstimatedQuality) -> EstimatedQuality:
-        """Expected counts of two sets of links made (e.g. several scorers of one run)."""
-        return EstimatedQuality(
-            expected_true_links=self.expected_true_links + other.expected_true_links,
-            expected_false_links=self.expected_false_links + other.expected_false_links,
-            expected_missed_matches=self.expected_missed_matches + other.expected_missed_matches,
-        )
 
 
 def _group_hashes(clks: npt.NDArray[np.uint64], layout: ClkLayout) -> npt.NDArray[np.uint64]:
@@ -522,9 +488,7 @@ def estimate_quality(
                 left=joined_left, right=joined_right, width=width, probability=joined_probability
             )
         )
-    corroborated = [
-        _corroborated(number, tables, clusters, jobs) for number in range(len(jobs))
-    ]
+    corroborated = [_corroborated(number, tables, clusters, jobs) for number in range(len(jobs))]
     true_links = 0.0
     false_links = 0.0
     missed = max(unseen, 0.0)

@@ -47,6 +47,7 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
+from linkage_unit.estimated_quality import EstimatedQuality
 from protocol.errors import InvariantError, MatchingError
 
 __all__ = [
@@ -89,29 +90,12 @@ class SearchBoundary(StrEnum):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NullPoint:
-    """The null model's estimate at one Dice threshold, as shares of the sampled records:
-    matched records linked (``true_positives``), unmatched ones linked to a free partner
-    (``false_positives``) and matched ones left out (``false_negatives``)."""
+    """The null model's estimate at one Dice threshold, in shares of the sampled records:
+    matched records linked (true links), unmatched ones linked to a free partner (false
+    links) and matched ones left out (missed matches)."""
 
     threshold: float
-    true_positives: float
-    false_positives: float
-    false_negatives: float
-
-    @property
-    def precision(self) -> float:
-        made = self.true_positives + self.false_positives
-        return self.true_positives / made if made > 0 else 1.0
-
-    @property
-    def recall(self) -> float:
-        matches = self.true_positives + self.false_negatives
-        return self.true_positives / matches if matches > 0 else 1.0
-
-    @property
-    def f1(self) -> float:
-        denominator = 2 * self.true_positives + self.false_positives + self.false_negatives
-        return 2 * self.true_positives / denominator if denominator > 0 else 1.0
+    estimated: EstimatedQuality
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -295,9 +279,11 @@ def choose_threshold_with_null(
         curve=tuple(
             NullPoint(
                 threshold=float(t),
-                true_positives=float(tp) / records,
-                false_positives=float(fp) / records,
-                false_negatives=float(fn) / records,
+                estimated=EstimatedQuality(
+                    expected_true_links=float(tp) / records,
+                    expected_false_links=float(fp) / records,
+                    expected_missed_matches=float(fn) / records,
+                ),
             )
             for t, tp, fp, fn in zip(
                 candidates, true_positives, false_positives, false_negatives, strict=True

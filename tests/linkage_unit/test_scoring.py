@@ -321,9 +321,7 @@ def test_unseen_matches_continue_the_matches_density_below_the_cut() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
-        st.tuples(
-            st.floats(0.0, 1.0, allow_nan=False), st.floats(0.0, 1.0, allow_nan=False)
-        ),
+        st.tuples(st.floats(0.0, 1.0, allow_nan=False), st.floats(0.0, 1.0, allow_nan=False)),
         max_size=60,
     ),
     st.floats(0.05, 0.95, allow_nan=False),

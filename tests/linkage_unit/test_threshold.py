@@ -33,17 +33,14 @@ OWN_BEST_COUNTS = (
     1, 1, 7, 16, 10, 19, 24, 51, 141, 487, 771, 739, 585, 469, 432, 359, 208, 82, 34, 25, 12,
     16, 9, 13, 8, 6, 19, 13, 8, 15, 14, 19, 27, 20, 16, 24, 24, 31, 24, 25, 23, 24, 11, 11, 2,
     12, 113,
-)
+)  # fmt: skip
 
 
 def test_a_spike_of_exact_copies_does_not_pull_the_valley_above_the_match_mode() -> None:
     # The dip between the repeats' mode and the spike of exact copies (0.96) is lower than
     # the valley below the repeats' mode (0.77), which is where the threshold belongs.
     scores = np.concatenate(
-        [
-            np.full(count, min(0.535 + 0.01 * k, 1.0))
-            for k, count in enumerate(OWN_BEST_COUNTS)
-        ]
+        [np.full(count, min(0.535 + 0.01 * k, 1.0)) for k, count in enumerate(OWN_BEST_COUNTS)]
     )
     choice = choose_threshold(scores)
     assert choice.method == "valley" and choice.boundary is None
