@@ -8,9 +8,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from linkage_unit.blocking import BlockingMode
 from linkage_unit.link_keys import PartyLinkKeys
-from linkage_unit.matching import MatchSettings
+from linkage_unit.matching import MatchSettings, link
 from linkage_unit.spine import (
     SpineSettings,
     SpineState,
@@ -125,19 +129,12 @@ def test_shared_mode_gives_every_party_the_persons_one_key() -> None:
 
 
 def test_a_merge_keeps_old_keys_valid_through_the_crosswalk() -> None:
-    truth = _people(0, 1)
-    generator = np.random.default_rng(11)
     # Release 1 at a strict cut: two noisy extracts of one person stay two spine people.
-    copies = noisy_copies(generator, np.repeat(truth, 2, axis=0), 0.08)
-    state = link_into_spine(
-        SpineState(settings=_settings(max_merge_share=0.5)),
-        [_upload("moj", copies)],
-        MatchSettings(threshold=0.97, deduplicated=frozenset({"moj"})),
-        run_id="r1",
-    ).state
+    state, truth = _two_spine_people_of_one_person()
+    generator = np.random.default_rng(12)
     assert state.person_count == 2
     before = [dict(keys) for keys in state.person_keys]
-    # Release 2 at the usual cut shows them to be one person.
+    # Release 2 at the usual cut: a new record bridges them, showing them to be one person.
     result = link_into_spine(
         state,
         [_upload("dfe", noisy_copies(generator, truth, 0.04))],
@@ -151,6 +148,131 @@ def test_a_merge_keeps_old_keys_valid_through_the_crosswalk() -> None:
     assert result.state.person_keys[1]["moj"] == before[1]["moj"]
     assert result.state.crosswalk().rows == ((before[1]["moj"], before[0]["moj"]),)
     assert [event.kind for event in result.state.events] == ["merge"]
+
+
+def _two_spine_people_of_one_person() -> tuple[SpineState, npt.NDArray[np.uint64]]:
+    truth = _people(0, 1)
+    generator = np.random.default_rng(11)
+    copies = noisy_copies(generator, np.repeat(truth, 2, axis=0), 0.08)
+    state = link_into_spine(
+        SpineState(settings=_settings(max_merge_share=0.5)),
+        [_upload("moj", copies)],
+        MatchSettings(threshold=0.97, deduplicated=frozenset({"moj"})),
+        run_id="r1",
+    ).state
+    return state, truth
+
+
+def test_spine_people_are_not_merged_without_a_new_record_bridging_them() -> None:
+    state, _ = _two_spine_people_of_one_person()
+    assert state.person_count == 2
+    # At 0.6 the two spine people's records match each other, but the run brings only a
+    # stranger: spine records are never compared with each other, so nothing merges.
+    result = link_into_spine(
+        state, [_upload("dfe", _people(99, 1))], MatchSettings(threshold=0.6), run_id="r2"
+    )
+    assert result.merges == () and result.splits == ()
+    assert result.new_people == 1 and result.matched_people == 0
+    assert result.state.person_count == 3
+    assert list(result.state.record_person[:2]) == list(state.record_person)
+
+
+def test_no_spine_pair_is_compared_with_another_spine_pair() -> None:
+    truth = _people(0, 140)
+    state, _ = _release_one(truth)
+    spine_records = len(state.record_person)
+    exhaustive = MatchSettings(
+        threshold=0.8, blocking=BlockingMode.NONE, deduplicated=frozenset({"moj"})
+    )
+    moj = np.concatenate([_noisy(3, truth[10:80]), _noisy(4, truth[100:140])])
+    dwp = _noisy(5, truth[0:100:5])
+    result = link_into_spine(
+        state, [_upload("moj", moj), _upload("dwp", dwp)], exhaustive, run_id="r2"
+    )
+    new_only = link({"moj": moj, "dwp": dwp}, exhaustive).comparisons
+    assert result.spine_comparisons == (len(moj) + len(dwp)) * spine_records
+    # Only the new records among themselves and each new record against the spine.
+    assert result.comparisons == new_only + result.spine_comparisons
+
+
+def test_new_records_showing_one_spine_person_to_be_two_split_it() -> None:
+    generator = np.random.default_rng(21)
+    first = _people(30, 1)
+    second = noisy_copies(generator, first, 0.2)  # another person, alike at about 0.78
+    # Release 1 at a permissive cut links MoJ's record of one to DfE's of the other.
+    release_one = link_into_spine(
+        SpineState(settings=_settings()),
+        [_upload("moj", _noisy(31, first)), _upload("dfe", _noisy(32, second))],
+        MatchSettings(threshold=0.6),
+        run_id="r1",
+    )
+    assert release_one.state.person_count == 1
+    moj_key = release_one.keys["moj"].link_keys[0]
+    # Release 2: MoJ's deduplicated extract holds both, clearly two people at 0.8, each close
+    # to one of the spine person's records only.
+    both = np.concatenate([_noisy(33, first), _noisy(34, second)])
+    result = link_into_spine(
+        release_one.state,
+        [_upload("moj", both)],
+        MatchSettings(threshold=0.8, deduplicated=frozenset({"moj"})),
+        run_id="r2",
+    )
+    assert len(result.splits) == 1 and result.merges == ()
+    assert result.splits[0].kept == 0 and result.splits[0].people == (1,)
+    keys = _key_by_row(result.keys["moj"])
+    # The new record that matched the person best keeps its key; the other is a new person.
+    assert sorted([keys[0] == moj_key, keys[1] == moj_key]) == [False, True]
+    person_of = {
+        keys[row]: next(
+            p for p, held in enumerate(result.state.person_keys) if held["moj"] == keys[row]
+        )
+        for row in (0, 1)
+    }
+    one, other = person_of[keys[0]], person_of[keys[1]]
+    assert {one, other} == {0, 1}
+    # Each old record follows the new record alike to it: MoJ's (of the first person) with
+    # row 0, DfE's (of the second) with row 1; the new records come after them.
+    assert list(result.state.record_person) == [one, other, one, other]
+    assert result.state.person_count == 2
+
+
+@hypothesis_settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 30),
+    st.integers(1, 30),
+    st.sampled_from([0.6, 0.7, 0.8, 0.9]),
+)
+def test_people_no_new_record_reaches_keep_their_records(
+    seed: int, spine_size: int, new_size: int, threshold: float
+) -> None:
+    generator = np.random.default_rng(seed)
+    truth = random_clks(generator, spine_size + new_size, density=0.3)
+    state = link_into_spine(
+        SpineState(settings=_settings(max_merge_share=1.0)),
+        [_upload("moj", noisy_copies(generator, truth[:spine_size], 0.05))],
+        MatchSettings(threshold=threshold, deduplicated=frozenset({"moj"})),
+        run_id="r1",
+    ).state
+    chosen = generator.choice(len(truth), size=new_size, replace=False)
+    result = link_into_spine(
+        state,
+        [_upload("dfe", noisy_copies(generator, truth[chosen], 0.05))],
+        MatchSettings(threshold=threshold),
+        run_id="r2",
+    )
+    after = result.state
+    touched = {event.kept for event in result.merges + result.splits}
+    for event in result.merges + result.splits:
+        touched.update(event.people)
+    old = len(state.record_person)
+    for record in range(old):
+        before = state.current(int(state.record_person[record]))
+        if before not in touched:
+            assert after.current(int(after.record_person[record])) == before
+    # Every dfe record has exactly one key; no two dfe records share one (duplicate-free).
+    dfe = result.keys["dfe"].link_keys
+    assert len(dfe) == new_size and len(set(dfe)) == new_size
 
 
 def test_a_run_merging_too_much_of_the_spine_fails_before_any_key() -> None:
