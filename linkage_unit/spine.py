@@ -482,8 +482,8 @@ def _assign(
     merged_people = sum(len(event.people) for event in merges)
     if merged_people > state.settings.max_merge_share * max(state.person_count, 1):
         raise PreconditionError(
-            f"this run would merge {merged_people} of spine {state.settings.name!r}'s "
-            f"{state.person_count} people, more than its max_merge_share "
+            f"this run would merge {merged_people} of the {state.person_count} people of spine "
+            f"{state.settings.name!r}, more than its max_merge_share "
             f"{state.settings.max_merge_share}; no key was issued. Check the parties' "
             "linkage secret and extracts"
         )
