@@ -416,9 +416,9 @@ def _assign(
     scored counts ``unscored_margin`` below the cut, as in ``clustering.py``)."""
     margin = DEFAULT_UNSCORED_MARGIN
     cut = new.threshold
-    roots = np.arange(len(state.merged_into), dtype=np.int64)
-    for person in range(len(roots)):
-        roots[person] = state.current(person)
+    roots = np.array(state.merged_into, dtype=np.int64)
+    while len(roots) and not np.array_equal(roots[roots], roots):
+        roots = roots[roots]  # pointer jumping: every person -> the person it now is
     current = roots[state.record_person] if len(state.record_person) else roots[:0]
     person_records = np.bincount(current, minlength=len(roots)).astype(np.int64)
     clusters = int(new.cluster.max()) + 1 if len(new.cluster) else 0
@@ -522,11 +522,11 @@ def _assign(
         record_people = cluster_person[new.cluster[offset : offset + len(upload.clks)]]
         offset += len(upload.clks)
         slot = SHARED_KEY if mode is LinkKeyMode.SHARED else upload.party
-        missing = sorted(
-            {int(p) for p in np.unique(record_people)} - {
-                p for p in range(len(person_keys)) if slot in person_keys[p]
-            }
-        )  # fmt: skip
+        missing = [
+            person
+            for person in np.unique(record_people).tolist()
+            if slot not in person_keys[person]
+        ]
         for person, key in zip(missing, fresh_keys(len(missing), random_bytes), strict=True):
             person_keys[person][slot] = key
         seed = int.from_bytes(random_bytes(32), "little")
