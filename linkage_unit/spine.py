@@ -82,8 +82,14 @@ __all__ = [
     "SpineState",
     "SpineStore",
     "SpineUpload",
+    "RecordOrigin",
+    "Reencoding",
+    "Rotation",
+    "Pruning",
     "check_upload",
     "link_into_spine",
+    "prune_spine",
+    "rotate_spine",
     "read_spine_key",
     "spine_directory",
 ]
@@ -109,7 +115,7 @@ class SpineEventKind(StrEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpineSettings:
     """A spine's binding: its parties, schema fingerprint, KCV (None until the first run),
-    link-key mode and the largest share of its people one run may merge."""
+    link-key mode, the largest share of its people one run may merge, and its retention."""
 
     name: str
     parties: tuple[str, ...]
@@ -117,6 +123,9 @@ class SpineSettings:
     kcv: str | None = None
     link_key_mode: LinkKeyMode = LinkKeyMode.PER_PARTY
     max_merge_share: float = 0.05
+    keep_runs: int | None = None
+    """Retention: ``spine prune`` keeps the encodings of records from the last ``keep_runs``
+    runs only (None: keep every record's encoding). People and their keys are kept."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -130,6 +139,8 @@ class SpineSettings:
             problems.append("the schema fingerprint must be 64 lower-case hex digits")
         if not 0.0 <= self.max_merge_share <= 1.0:
             problems.append("max_merge_share must be between 0 and 1")
+        if self.keep_runs is not None and self.keep_runs < 1:
+            problems.append("keep_runs must be at least 1 (or unset to keep every record)")
         if problems:
             raise InvalidRequestError("; ".join(problems))
 
@@ -145,6 +156,18 @@ class SpineEvent:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RecordOrigin:
+    """Where a batch of spine records came from: one party's upload to one run of a project,
+    ``records`` long; a spine record is (origin, position in that upload). Key rotation maps
+    a party's re-encoding of the same upload back to its records by this (docs/spine.md)."""
+
+    project_id: str
+    party: str
+    run_id: str
+    records: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Crosswalk:
     """Old link key -> current link key, for the research environment to apply."""
 
@@ -154,7 +177,9 @@ class Crosswalk:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpineState:
     """The whole spine: settings; per person (index = person id) its keys by party and
-    the id it was merged into (or itself); per record its encoding and person."""
+    the id it was merged into (or itself); per record its encoding, person, origin (index
+    into ``origins``; -1 for records of a spine written before origins were kept) and
+    position in that origin's upload."""
 
     settings: SpineSettings
     person_keys: tuple[Mapping[str, str], ...] = ()
@@ -167,6 +192,23 @@ class SpineState:
     )
     events: tuple[SpineEvent, ...] = ()
     runs: tuple[str, ...] = ()
+    origins: tuple[RecordOrigin, ...] = ()
+    record_origin: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
+    record_position: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
+
+    def __post_init__(self) -> None:
+        records = len(self.record_person)
+        if len(self.encodings) != records:
+            raise InvalidRequestError("a spine holds one encoding per record")
+        if len(self.record_origin) == 0 and records:  # a spine from before origins
+            object.__setattr__(self, "record_origin", np.full(records, -1, np.int64))
+            object.__setattr__(self, "record_position", np.full(records, -1, np.int64))
+        if not len(self.record_origin) == len(self.record_position) == records:
+            raise InvalidRequestError("a spine holds one origin and position per record")
 
     @property
     def person_count(self) -> int:
@@ -248,9 +290,11 @@ def link_into_spine(
     settings: matching.MatchSettings,
     *,
     run_id: str,
+    project_id: str = "",
     random_bytes: RandomBytes = os.urandom,
 ) -> SpineRunResult:
-    """Link ``uploads`` among themselves and against the spine; issue every record one key."""
+    """Link ``uploads`` among themselves and against the spine; issue every record one key.
+    ``project_id``: the project whose run this is (the records' origin, for key rotation)."""
     if not uploads:
         raise InvalidRequestError("a run into a spine needs at least one upload")
     parties = [upload.party for upload in uploads]
@@ -275,7 +319,9 @@ def link_into_spine(
             aspect=CheckAspect.CLK_BITS,
         )
     new = _link_new(state, uploads, settings)
-    return _assign(state, uploads, new, settings, run_id=run_id, random_bytes=random_bytes)
+    return _assign(
+        state, uploads, new, run_id=run_id, project_id=project_id, random_bytes=random_bytes
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -407,9 +453,9 @@ def _assign(
     state: SpineState,
     uploads: Sequence[SpineUpload],
     new: _NewLinks,
-    settings: matching.MatchSettings,
     *,
     run_id: str,
+    project_id: str,
     random_bytes: RandomBytes,
 ) -> SpineRunResult:
     """New clusters -> spine people, by average linkage over new-vs-spine pairs (a pair never
@@ -544,6 +590,13 @@ def _assign(
     spine_settings = state.settings
     if spine_settings.kcv is None:
         spine_settings = replace(spine_settings, kcv=uploads[0].kcv)
+    origins = tuple(
+        RecordOrigin(
+            project_id=project_id, party=upload.party, run_id=run_id, records=len(upload.clks)
+        )
+        for upload in uploads
+    )
+    first_origin = len(state.origins)
     new_state = SpineState(
         settings=spine_settings,
         person_keys=tuple(person_keys),
@@ -552,6 +605,18 @@ def _assign(
         record_person=np.concatenate([spine_people, *added_people]).astype(np.int64),
         events=state.events + tuple(merges) + tuple(splits),
         runs=(*state.runs, run_id),
+        origins=state.origins + origins,
+        record_origin=np.concatenate(
+            [state.record_origin]
+            + [
+                np.full(len(upload.clks), first_origin + k, np.int64)
+                for k, upload in enumerate(uploads)
+            ]
+        ),
+        record_position=np.concatenate(
+            [state.record_position]
+            + [np.arange(len(upload.clks), dtype=np.int64) for upload in uploads]
+        ),
     )
     matched = sum(1 for root in root_person if people_of[root])
     return SpineRunResult(
@@ -602,6 +667,151 @@ def _split_records(
     return records[moved]
 
 
+# -- key rotation and retention ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reencoding:
+    """One party's re-encoding, under the new linkage secret, of its upload to an earlier run
+    of a spine project: the same records at the same positions (``encode --same-positions``)."""
+
+    project_id: str
+    party: str
+    schema_fingerprint: str
+    kcv: str
+    clks: npt.NDArray[np.uint64]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rotation:
+    """A rotated spine and what the rotation did."""
+
+    state: SpineState
+    old_kcv: str
+    new_kcv: str
+    records: int
+
+
+def rotate_spine(state: SpineState, reencodings: Sequence[Reencoding]) -> Rotation:
+    """Rebind the spine to a new linkage secret: every record it holds gets its party's new
+    encoding of the same record (same upload, same position); people, keys, merges and
+    splits are untouched, so every person keeps its link keys. All or nothing: any missing,
+    surplus or mismatched re-encoding refuses the rotation and the spine is unchanged."""
+    settings = state.settings
+    if settings.kcv is None:
+        raise PreconditionError(
+            f"spine {settings.name!r} has had no run, so no secret to rotate from; its first "
+            "run binds whatever secret the parties use"
+        )
+    if len(state.record_origin) and int(state.record_origin.min()) < 0:
+        raise PreconditionError(
+            f"spine {settings.name!r} holds records from before record origins were kept; they "
+            "cannot be matched to re-encodings, so it cannot be rotated (relink it instead)"
+        )
+    kcvs = {item.kcv for item in reencodings}
+    if len(kcvs) != 1:
+        raise CompatibilityError(
+            "a rotation's re-encodings must all be under one new linkage secret (one KCV)",
+            party=reencodings[0].party if reencodings else "",
+            aspect=CheckAspect.KCV,
+        )
+    (new_kcv,) = kcvs
+    if new_kcv == settings.kcv:
+        raise CompatibilityError(
+            f"the re-encodings are under spine {settings.name!r}'s current secret; a rotation "
+            "needs every party to re-encode under the new one",
+            party=reencodings[0].party,
+            aspect=CheckAspect.KCV,
+        )
+    needed = {
+        (origin.project_id, origin.party): index
+        for index, origin in enumerate(state.origins)
+        if np.any(state.record_origin == index)
+    }
+    given: dict[tuple[str, str], Reencoding] = {}
+    for item in reencodings:
+        where = (item.project_id, item.party)
+        if where in given:
+            raise InvalidRequestError(
+                f"two re-encodings of party {item.party!r}'s upload to project {item.project_id!r}"
+            )
+        given[where] = item
+    surplus = sorted(set(given) - set(needed))
+    missing = sorted(set(needed) - set(given))
+    if surplus or missing:
+        raise PreconditionError(
+            "a rotation needs exactly one re-encoding of each upload whose records spine "
+            f"{settings.name!r} still holds; missing: "
+            + (", ".join(f"{party}@{project}" for project, party in missing) or "none")
+            + "; not held: "
+            + (", ".join(f"{party}@{project}" for project, party in surplus) or "none")
+        )
+    encodings = state.encodings.copy()
+    for where, index in needed.items():
+        item, origin = given[where], state.origins[index]
+        if item.schema_fingerprint != settings.schema_fingerprint:
+            raise CompatibilityError(
+                f"party {item.party!r} re-encoded under another schema than spine {settings.name!r}",
+                party=item.party,
+                aspect=CheckAspect.SCHEMA_FINGERPRINT,
+            )
+        if len(item.clks) != origin.records or item.clks.shape[1] != encodings.shape[1]:
+            raise CompatibilityError(
+                f"party {item.party!r}'s re-encoding of its upload to project "
+                f"{item.project_id!r} holds {len(item.clks)} records of "
+                f"{item.clks.shape[1] * 64} bits; the upload held {origin.records} of "
+                f"{encodings.shape[1] * 64}: re-encode the same extract with --same-positions",
+                party=item.party,
+                aspect=CheckAspect.CLK_BITS,
+            )
+        rows = np.flatnonzero(state.record_origin == index)
+        encodings[rows] = item.clks[state.record_position[rows]]
+    rotated = replace(state, settings=replace(settings, kcv=new_kcv), encodings=encodings)
+    return Rotation(
+        state=rotated, old_kcv=settings.kcv, new_kcv=new_kcv, records=len(state.record_person)
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pruning:
+    """A pruned spine and what retention removed."""
+
+    state: SpineState
+    removed: int
+    kept: int
+    people_without_records: int
+
+
+def prune_spine(state: SpineState, keep_runs: int) -> Pruning:
+    """Retention: remove the encodings of records from all but the last ``keep_runs`` runs
+    (with their origin and position), keeping every person, key, merge and split. A person
+    left with no record can no longer be matched: a returning person then gets a new key.
+    Records from before origins were kept cannot be dated and are kept."""
+    if keep_runs < 1:
+        raise InvalidRequestError("keep_runs must be at least 1")
+    recent = set(state.runs[-keep_runs:])
+    old_origins = np.array(
+        [index for index, origin in enumerate(state.origins) if origin.run_id not in recent],
+        dtype=np.int64,
+    )
+    drop = np.isin(state.record_origin, old_origins)
+    keep = ~drop
+    pruned = replace(
+        state,
+        encodings=state.encodings[keep],
+        record_person=state.record_person[keep],
+        record_origin=state.record_origin[keep],
+        record_position=state.record_position[keep],
+    )
+    held = {pruned.current(int(person)) for person in np.unique(pruned.record_person).tolist()}
+    return Pruning(
+        state=pruned,
+        removed=int(drop.sum()),
+        kept=int(keep.sum()),
+        people_without_records=pruned.person_count - len(held),
+    )
+
+
 # -- at rest ----------------------------------------------------------------------------
 
 
@@ -639,6 +849,7 @@ def _to_bytes(state: SpineState) -> bytes:
             "kcv": s.kcv,
             "link_key_mode": s.link_key_mode.value,
             "max_merge_share": s.max_merge_share,
+            "keep_runs": s.keep_runs,
         },
         "person_keys": [dict(keys) for keys in state.person_keys],
         "merged_into": list(state.merged_into),
@@ -647,6 +858,10 @@ def _to_bytes(state: SpineState) -> bytes:
             for e in state.events
         ],
         "runs": list(state.runs),
+        "origins": [
+            {"project_id": o.project_id, "party": o.party, "run_id": o.run_id, "records": o.records}
+            for o in state.origins
+        ],
     }
     buffer = io.BytesIO()
     np.savez(
@@ -654,6 +869,8 @@ def _to_bytes(state: SpineState) -> bytes:
         meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8),
         encodings=state.encodings,
         record_person=state.record_person,
+        record_origin=state.record_origin,
+        record_position=state.record_position,
     )
     return buffer.getvalue()
 
@@ -670,6 +887,7 @@ def _from_bytes(data: bytes) -> SpineState:
             kcv=s["kcv"],
             link_key_mode=LinkKeyMode(s["link_key_mode"]),
             max_merge_share=float(s["max_merge_share"]),
+            keep_runs=s.get("keep_runs"),
         ),
         person_keys=tuple(dict(keys) for keys in meta["person_keys"]),
         merged_into=tuple(int(p) for p in meta["merged_into"]),
@@ -685,6 +903,18 @@ def _from_bytes(data: bytes) -> SpineState:
             for e in meta["events"]
         ),
         runs=tuple(meta["runs"]),
+        # A spine written before origins were kept has none: its records' origins are -1.
+        origins=tuple(RecordOrigin(**origin) for origin in meta.get("origins", [])),
+        record_origin=(
+            arrays["record_origin"].astype(np.int64)
+            if "record_origin" in arrays
+            else np.zeros(0, np.int64)
+        ),
+        record_position=(
+            arrays["record_position"].astype(np.int64)
+            if "record_position" in arrays
+            else np.zeros(0, np.int64)
+        ),
     )
 
 

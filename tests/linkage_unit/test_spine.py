@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,15 @@ from linkage_unit.blocking import BlockingMode
 from linkage_unit.link_keys import PartyLinkKeys
 from linkage_unit.matching import MatchSettings, link
 from linkage_unit.spine import (
+    Reencoding,
     SpineSettings,
     SpineState,
     SpineStore,
     SpineUpload,
     link_into_spine,
+    prune_spine,
     read_spine_key,
+    rotate_spine,
 )
 from protocol.errors import (
     AlreadyExistsError,
@@ -350,3 +354,144 @@ def test_the_spine_key_file_must_be_private_and_32_bytes(tmp_path: Path) -> None
     path.write_bytes(bytes(5))
     with pytest.raises(ConfigurationError, match="32 bytes"):
         read_spine_key(path)
+
+
+NEW_KCV = "fedcba9876543210"
+
+
+def _reencoded(
+    state: SpineState, by_origin: Mapping[tuple[str, str], npt.NDArray[np.uint64]]
+) -> list[Reencoding]:
+    return [
+        Reencoding(
+            project_id=project, party=party, schema_fingerprint=SCHEMA, kcv=NEW_KCV, clks=clks
+        )
+        for (project, party), clks in by_origin.items()
+    ]
+
+
+def test_a_rotation_rebinds_the_spine_and_every_person_keeps_its_keys() -> None:
+    old_truth, new_truth = _people(0, 140), _people(1, 140)  # the same people, another secret
+    first = link_into_spine(
+        SpineState(settings=_settings()),
+        [_upload("moj", _noisy(1, old_truth[:80])), _upload("dfe", _noisy(2, old_truth[20:100]))],
+        SETTINGS,
+        run_id="r1",
+        project_id="release-1",
+    )
+    moj_first = _key_by_row(first.keys["moj"])
+    # Each party re-encodes its release-1 upload under the new secret, same positions.
+    rotation = rotate_spine(
+        first.state,
+        _reencoded(
+            first.state,
+            {
+                ("release-1", "moj"): _noisy(11, new_truth[:80]),
+                ("release-1", "dfe"): _noisy(12, new_truth[20:100]),
+            },
+        ),
+    )
+    rotated = rotation.state
+    assert (rotation.old_kcv, rotation.new_kcv, rotation.records) == (KCV, NEW_KCV, 160)
+    assert rotated.settings.kcv == NEW_KCV
+    assert rotated.person_keys == first.state.person_keys
+    assert np.array_equal(rotated.record_person, first.state.record_person)
+    assert not np.array_equal(rotated.encodings, first.state.encodings)
+    # The old secret is refused now; a release under the new one keeps every key.
+    with pytest.raises(CompatibilityError, match="KCV"):
+        link_into_spine(rotated, [_upload("moj", _noisy(3, old_truth[:80]))], SETTINGS, run_id="x")
+    result = link_into_spine(
+        rotated,
+        [_upload("moj", _noisy(13, new_truth[10:80]), kcv=NEW_KCV)],
+        SETTINGS,
+        run_id="r2",
+        project_id="release-2",
+    )
+    moj_second = _key_by_row(result.keys["moj"])
+    assert all(moj_second[row] == moj_first[row + 10] for row in range(70))
+    assert result.new_people == 0
+
+
+def test_a_rotation_is_all_or_nothing() -> None:
+    truth = _people(0, 40)
+    state = link_into_spine(
+        SpineState(settings=_settings()),
+        [_upload("moj", truth[:30]), _upload("dfe", truth[10:])],
+        SETTINGS,
+        run_id="r1",
+        project_id="release-1",
+    ).state
+    fresh = _people(5, 40)
+    moj = ("release-1", "moj"), fresh[:30]
+    dfe = ("release-1", "dfe"), fresh[10:]
+    with pytest.raises(PreconditionError, match=r"missing: dfe@release-1"):
+        rotate_spine(state, _reencoded(state, dict([moj])))
+    with pytest.raises(PreconditionError, match=r"not held: dwp@release-1"):
+        rotate_spine(state, _reencoded(state, dict([moj, dfe, (("release-1", "dwp"), fresh)])))
+    with pytest.raises(CompatibilityError, match="holds 29 records"):
+        rotate_spine(state, _reencoded(state, dict([(moj[0], fresh[:29]), dfe])))
+    same = [replace(item, kcv=KCV) for item in _reencoded(state, dict([moj, dfe]))]
+    with pytest.raises(CompatibilityError, match="current secret"):
+        rotate_spine(state, same)
+    mixed = _reencoded(state, dict([moj, dfe]))
+    with pytest.raises(CompatibilityError, match="one KCV"):
+        rotate_spine(state, [mixed[0], replace(mixed[1], kcv="aa" * 8)])
+    legacy = replace(state, record_origin=np.full(60, -1, np.int64))
+    with pytest.raises(PreconditionError, match="before record origins"):
+        rotate_spine(legacy, _reencoded(state, dict([moj, dfe])))
+    with pytest.raises(PreconditionError, match="no run"):
+        rotate_spine(SpineState(settings=_settings()), _reencoded(state, dict([moj, dfe])))
+
+
+def test_retention_removes_old_records_encodings_and_keeps_people_and_keys() -> None:
+    truth = _people(0, 60)
+    one = link_into_spine(
+        SpineState(settings=_settings(keep_runs=1)),
+        [_upload("moj", truth[:40])],
+        MatchSettings(threshold=0.8, deduplicated=frozenset({"moj"})),
+        run_id="r1",
+        project_id="release-1",
+    )
+    two = link_into_spine(
+        one.state,
+        [_upload("dfe", _noisy(2, truth[20:60]))],
+        SETTINGS,
+        run_id="r2",
+        project_id="release-2",
+    )
+    pruning = prune_spine(two.state, 1)
+    pruned = pruning.state
+    assert (pruning.removed, pruning.kept) == (40, 40)
+    assert pruning.people_without_records == 20  # people 0..19 were only in release 1
+    assert pruned.person_keys == two.state.person_keys and pruned.person_count == 60
+    assert np.array_equal(pruned.encodings, two.state.encodings[40:])
+    assert {pruned.origins[int(index)].run_id for index in pruned.record_origin} == {"r2"}
+    # People 20..59 still match through their release-2 records; 0..19 cannot any more.
+    three = link_into_spine(
+        pruned, [_upload("moj", _noisy(3, truth))], SETTINGS, run_id="r3", project_id="release-3"
+    )
+    assert three.matched_people == 40 and three.new_people == 20
+    assert prune_spine(pruned, 1).removed == 0
+    again = prune_spine(pruned, 2)
+    assert again.removed == 0 and again.kept == 40
+    with pytest.raises(InvalidRequestError, match="keep_runs"):
+        prune_spine(pruned, 0)
+    with pytest.raises(InvalidRequestError, match="keep_runs"):
+        _settings(keep_runs=0)
+
+
+def test_a_spine_keeps_record_origins_at_rest(tmp_path: Path) -> None:
+    store = SpineStore(tmp_path, bytes(range(32)))
+    state = link_into_spine(
+        SpineState(settings=_settings(keep_runs=3)),
+        [_upload("moj", _people(0, 10)), _upload("dfe", _people(1, 5))],
+        SETTINGS,
+        run_id="r1",
+        project_id="release-1",
+    ).state
+    store.save(state)
+    loaded = store.load("people")
+    assert loaded.settings.keep_runs == 3
+    assert loaded.origins == state.origins
+    assert list(loaded.record_position) == [*range(10), *range(5)]
+    assert list(loaded.record_origin) == [0] * 10 + [1] * 5
