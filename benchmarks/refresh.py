@@ -12,7 +12,9 @@ records: this measures the engine, not the encoder. Prints a table, then ONE JSO
     nice .venv/bin/python benchmarks/refresh.py --spine 1000000 --refresh 100000
 
 Peak memory: ``tracemalloc``'s traced peak (numpy allocations) of each measured call, and
-the process's peak RSS (``ru_maxrss``) after each, which includes the spine itself.
+the process's peak RSS (``ru_maxrss``) after each. RSS is the whole process's high-water
+mark, the generated CLKs and the spine included, and never falls: the second figure is only
+a bound for the second run.
 """
 
 from __future__ import annotations
@@ -67,13 +69,23 @@ def _measured(work: Callable[[], T]) -> tuple[T, float, int]:
 
 
 def _cpu() -> str:
+    """Model name, family and model, and whether AVX-512 VPOPCNTDQ is there (the kernels')."""
+    fields: dict[str, str] = {}
     try:
-        for line in open("/proc/cpuinfo", encoding="ascii", errors="replace"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if not line.strip():
+                    break  # the first processor is enough
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return platform.processor() or "unknown"
+    popcount = "avx512_vpopcntdq" in fields.get("flags", "").split()
+    return (
+        f"{fields.get('model name', 'unknown')} family {fields.get('cpu family', '?')} model "
+        f"{fields.get('model', '?')}{' AVX-512 VPOPCNTDQ' if popcount else ''}, "
+        f"{os.cpu_count()} cores"
+    )
 
 
 def main() -> None:
