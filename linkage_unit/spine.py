@@ -723,11 +723,12 @@ def rotate_spine(state: SpineState, reencodings: Sequence[Reencoding]) -> Rotati
             party=reencodings[0].party,
             aspect=CheckAspect.KCV,
         )
-    needed = {
-        (origin.project_id, origin.party): index
-        for index, origin in enumerate(state.origins)
-        if np.any(state.record_origin == index)
-    }
+    # Origins still holding records, by upload (a run resumed after a crash can have added
+    # one upload's records twice: both map to the one re-encoding).
+    needed: dict[tuple[str, str], list[int]] = {}
+    for index in np.unique(state.record_origin).tolist():
+        origin = state.origins[index]
+        needed.setdefault((origin.project_id, origin.party), []).append(index)
     given: dict[tuple[str, str], Reencoding] = {}
     for item in reencodings:
         where = (item.project_id, item.party)
@@ -747,7 +748,7 @@ def rotate_spine(state: SpineState, reencodings: Sequence[Reencoding]) -> Rotati
             + (", ".join(f"{party}@{project}" for project, party in surplus) or "none")
         )
     encodings = state.encodings.copy()
-    for where, index in needed.items():
+    for where, index in ((where, index) for where, indices in needed.items() for index in indices):
         item, origin = given[where], state.origins[index]
         if item.schema_fingerprint != settings.schema_fingerprint:
             raise CompatibilityError(
@@ -789,7 +790,7 @@ def prune_spine(state: SpineState, keep_runs: int) -> Pruning:
     Records from before origins were kept cannot be dated and are kept."""
     if keep_runs < 1:
         raise InvalidRequestError("keep_runs must be at least 1")
-    recent = set(state.runs[-keep_runs:])
+    recent = set(list(dict.fromkeys(state.runs))[-keep_runs:])  # a resumed run counts once
     old_origins = np.array(
         [index for index, origin in enumerate(state.origins) if origin.run_id not in recent],
         dtype=np.int64,

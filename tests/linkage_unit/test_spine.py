@@ -495,3 +495,19 @@ def test_a_spine_keeps_record_origins_at_rest(tmp_path: Path) -> None:
     assert loaded.origins == state.origins
     assert list(loaded.record_position) == [*range(10), *range(5)]
     assert list(loaded.record_origin) == [0] * 10 + [1] * 5
+
+
+def test_a_rotation_covers_an_upload_a_resumed_run_added_twice() -> None:
+    truth, fresh = _people(0, 20), _people(1, 20)
+    upload = [_upload("moj", truth)]
+    dedupe = MatchSettings(threshold=0.8, deduplicated=frozenset({"moj"}))
+    once = link_into_spine(
+        SpineState(settings=_settings()), upload, dedupe, run_id="r1", project_id="release-1"
+    )
+    # A crash after the spine was saved: the resumed run adds the same records again.
+    twice = link_into_spine(once.state, upload, dedupe, run_id="r1", project_id="release-1")
+    assert len(twice.state.origins) == 2 and len(twice.state.record_person) == 40
+    assert twice.state.person_count == 20
+    rotated = rotate_spine(twice.state, _reencoded(twice.state, {("release-1", "moj"): fresh}))
+    assert np.array_equal(rotated.state.encodings, np.concatenate([fresh, fresh]))
+    assert prune_spine(rotated.state, 1).removed == 0  # one run, however often resumed
