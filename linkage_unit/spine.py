@@ -59,7 +59,6 @@ from linkage_unit import matching
 from linkage_unit.clustering import DEFAULT_UNSCORED_MARGIN
 from linkage_unit.comparison import CompareSettings, LocalComparer
 from linkage_unit.link_keys import PartyLinkKeys, RandomBytes, fresh_keys
-from linkage_unit.threshold import ThresholdChoice, ThresholdMethod
 from protocol.errors import (
     AlreadyExistsError,
     CompatibilityError,
@@ -86,8 +85,11 @@ __all__ = [
     "Reencoding",
     "Rotation",
     "Pruning",
+    "LinkMeans",
     "check_upload",
     "link_into_spine",
+    "link_means",
+    "reference_link_means",
     "prune_spine",
     "rotate_spine",
     "read_spine_key",
@@ -353,20 +355,19 @@ def _link_new(
     if spine_size and len(uploads) == 1 and uploads[0].party not in settings.deduplicated:
         # One duplicate-free party: every record is its own cluster before the spine.
         labels = np.arange(sizes[0], dtype=np.int64)
-        own = ThresholdChoice(threshold=settings.threshold or 0.0, method=ThresholdMethod.OPERATOR)
-        own_label, own_comparisons = own.label, 0
+        own_threshold, own_label, own_comparisons = 0.0, "", 0
     else:
         result = matching.link({upload.party: upload.clks for upload in uploads}, settings)
         labels = np.concatenate([result.clusters[upload.party] for upload in uploads])
-        own_label, own_comparisons = result.threshold_method, result.comparisons
-        own = ThresholdChoice(threshold=result.threshold, method=ThresholdMethod.OPERATOR)
+        own_threshold, own_label = result.threshold, result.threshold_method
+        own_comparisons = result.comparisons
     cluster = np.unique(labels, return_inverse=True)[1].astype(np.int64).reshape(-1)
     party = np.repeat(np.arange(len(uploads), dtype=np.int64), sizes)
     if not spine_size:
         empty = np.zeros(0, np.int64)
         return _NewLinks(
             cluster=cluster, party=party, new_record=empty, spine_record=empty,
-            scores=np.zeros(0), threshold=own.threshold, threshold_method=own_label,
+            scores=np.zeros(0), threshold=own_threshold, threshold_method=own_label,
             comparisons=own_comparisons, spine_comparisons=0,
         )  # fmt: skip
     seed = settings.blocking_seed if settings.blocking_seed is not None else secrets.randbits(128)
@@ -436,17 +437,67 @@ class _Components:
         return True
 
 
-def _evidence(
-    keys: npt.NDArray[np.int64], scores: npt.NDArray[np.float64], threshold: float
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64]]:
-    """Per distinct key: summed ``score - threshold`` and the number of scored pairs."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkMeans:
+    """Every (new cluster, spine person) pair with at least one scored record pair, and the
+    mean ``score - cut`` over all their record pairs (a pair never scored counting
+    ``margin`` below the cut): a link may be made where it is at least zero."""
+
+    cluster: npt.NDArray[np.int64]
+    person: npt.NDArray[np.int64]
+    mean: npt.NDArray[np.float64]
+
+
+def link_means(
+    new_cluster: npt.NDArray[np.int64],
+    spine_person: npt.NDArray[np.int64],
+    pairs: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]],
+    *,
+    cut: float,
+    margin: float,
+) -> LinkMeans:
+    """The attach step's evidence (fast path: one pass over the scored pairs). ``pairs``:
+    new record, spine record, score; ``new_cluster[i]`` is new record i's cluster and
+    ``spine_person[j]`` spine record j's person. Sorted by (cluster, person)."""
+    new_record, spine_record, scores = pairs
+    cluster_records = np.bincount(new_cluster, minlength=1).astype(np.int64)
+    person_records = np.bincount(spine_person, minlength=1).astype(np.int64)
+    width = max(len(person_records), 1)
+    keys = new_cluster[new_record] * width + spine_person[spine_record]
     unique, inverse = np.unique(keys, return_inverse=True)
     inverse = inverse.reshape(-1)
-    total = np.bincount(inverse, weights=scores - threshold, minlength=len(unique)).astype(
-        np.float64
-    )
+    total = np.bincount(inverse, weights=scores - cut, minlength=len(unique)).astype(np.float64)
     count = np.bincount(inverse, minlength=len(unique)).astype(np.int64)
-    return unique, total, count
+    cluster, person = unique // width, unique % width
+    between = cluster_records[cluster] * person_records[person]
+    mean: npt.NDArray[np.float64] = (total - margin * (between - count)) / between
+    return LinkMeans(cluster=cluster, person=person, mean=mean)
+
+
+def reference_link_means(
+    new_cluster: npt.NDArray[np.int64],
+    spine_person: npt.NDArray[np.int64],
+    pairs: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]],
+    *,
+    cut: float,
+    margin: float,
+) -> dict[tuple[int, int], float]:
+    """The slow, obvious twin of :func:`link_means`: for each (cluster, person) with a
+    scored pair, average over every record of one and every record of the other."""
+    score = {
+        (int(a), int(b)): float(value)
+        for a, b, value in zip(pairs[0].tolist(), pairs[1].tolist(), pairs[2].tolist(), strict=True)
+    }
+    means: dict[tuple[int, int], float] = {}
+    for a, b in score:
+        key = (int(new_cluster[a]), int(spine_person[b]))
+        if key in means:
+            continue
+        ones = [i for i in range(len(new_cluster)) if new_cluster[i] == key[0]]
+        others = [j for j in range(len(spine_person)) if spine_person[j] == key[1]]
+        total = sum(score.get((i, j), cut - margin) - cut for i in ones for j in others)
+        means[key] = total / (len(ones) * len(others))
+    return means
 
 
 def _assign(
@@ -473,16 +524,14 @@ def _assign(
     for c, upload_index in zip(new.cluster.tolist(), new.party.tolist(), strict=True):
         cluster_mask[c] |= 1 << upload_index
     pair_cluster = new.cluster[new.new_record]
-    pair_person = current[new.spine_record]
     components = _Components()
     for c in range(clusters):
         components.add(("c", c), cluster_mask[c])
     # Candidate (cluster, person) links whose mean evidence is at least zero, best first.
-    width = max(len(roots), 1)
-    keys, total, count = _evidence(pair_cluster * width + pair_person, new.scores, cut)
-    link_cluster, link_person = keys // width, keys % width
-    pairs_between = cluster_records[link_cluster] * person_records[link_person]
-    mean = (total - margin * (pairs_between - count)) / pairs_between
+    means = link_means(
+        new.cluster, current, (new.new_record, new.spine_record, new.scores), cut=cut, margin=margin
+    )
+    link_cluster, link_person, mean = means.cluster, means.person, means.mean
     rejected: list[tuple[int, int]] = []
     for index in np.lexsort((link_person, link_cluster, -mean)).tolist():
         if mean[index] < 0:

@@ -23,8 +23,10 @@ from linkage_unit.spine import (
     SpineStore,
     SpineUpload,
     link_into_spine,
+    link_means,
     prune_spine,
     read_spine_key,
+    reference_link_means,
     rotate_spine,
 )
 from protocol.errors import (
@@ -511,3 +513,34 @@ def test_a_rotation_covers_an_upload_a_resumed_run_added_twice() -> None:
     rotated = rotate_spine(twice.state, _reencoded(twice.state, {("release-1", "moj"): fresh}))
     assert np.array_equal(rotated.state.encodings, np.concatenate([fresh, fresh]))
     assert prune_spine(rotated.state, 1).removed == 0  # one run, however often resumed
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0.5, 0.8]),
+    st.sampled_from([0.01, 0.02, 0.1]),
+)
+def test_the_attach_evidence_agrees_with_its_slow_twin(
+    new_records: int, spine_records: int, seed: int, cut: float, margin: float
+) -> None:
+    generator = np.random.default_rng(seed)
+    new_cluster = np.unique(generator.integers(0, 4, new_records), return_inverse=True)[1]
+    spine_person = generator.integers(0, 5, spine_records)
+    chosen = generator.random((new_records, spine_records)) < 0.4
+    left, right = np.nonzero(chosen)
+    scores = generator.uniform(cut, 1.0, len(left))
+    pairs = (left.astype(np.int64), right.astype(np.int64), scores)
+    fast = link_means(new_cluster.astype(np.int64), spine_person, pairs, cut=cut, margin=margin)
+    slow = reference_link_means(
+        new_cluster.astype(np.int64), spine_person, pairs, cut=cut, margin=margin
+    )
+    got = {
+        (int(c), int(p)): float(m)
+        for c, p, m in zip(fast.cluster, fast.person, fast.mean, strict=True)
+    }
+    assert got.keys() == slow.keys()
+    for key, value in slow.items():
+        assert got[key] == pytest.approx(value, abs=1e-9)
