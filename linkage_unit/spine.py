@@ -34,6 +34,11 @@ upload's schema fingerprint is the spine's and its KCV the spine's (the first ru
 A run that would merge more than ``max_merge_share`` of the spine's people fails before any
 key is issued (:func:`link_into_spine`): a wrong key or a broken extract looks like that.
 
+Each record keeps its origin (the upload it came in and its position there).
+:func:`rotate_spine` moves a spine to a new linkage secret from the parties' re-encodings of
+the same uploads at the same positions, record by record, so no person and no key changes;
+:func:`prune_spine` is retention: old runs' encodings go, people and keys stay.
+
 At rest a spine is one file, AES-256-GCM encrypted under a key the operator holds in a key
 file (:class:`SpineStore`); nothing in the linkage unit can reach the linkage secret, and the
 spine key is not it.
