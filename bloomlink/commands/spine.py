@@ -182,7 +182,18 @@ def run(args: argparse.Namespace) -> int:
             "splits": sum(1 for event in state.events if event.kind == "split"),
             "keep_runs": state.settings.keep_runs,
         }
-        emit(args, record, [f"{key}: {value}" for key, value in record.items()])
+        # The uploads whose records the spine holds: what a key rotation needs re-encoded.
+        held = np.bincount(
+            state.record_origin[state.record_origin >= 0], minlength=len(state.origins)
+        )
+        uploads = [
+            {"project": origin.project_id, "party": origin.party, "records": origin.records}
+            for index, origin in enumerate(state.origins)
+            if held[index]
+        ]
+        lines = [f"{key}: {value}" for key, value in record.items()]
+        lines += [f"holds records of {u['party']}'s upload to {u['project']}" for u in uploads]
+        emit(args, {**record, "uploads": uploads}, lines)
         return 0
     if args.spine_action == "rotate":
         return _rotate(args, store, state)

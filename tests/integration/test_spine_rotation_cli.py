@@ -116,7 +116,15 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
     assert first is not None
 
     # Rotation: each party re-encodes its release-1 upload under the new secret, each record
-    # at the position it had; the operator rebinds the spine (LU stopped).
+    # at the position it had; the operator rebinds the spine (LU stopped). `spine show` says
+    # which uploads the spine holds records of.
+    capsys.readouterr()
+    assert main(["spine", "show", "people", *operator_dir, "--json"]) == 0
+    held = json.loads(capsys.readouterr().out)["uploads"]
+    assert held == [
+        {"project": "release-1", "party": "moj", "records": len(first["moj"])},
+        {"project": "release-1", "party": "dfe", "records": len(first["dfe"])},
+    ]
     reencoded = []
     for party in ("moj", "dfe"):
         out = tmp_path / "rotation" / f"{party}.clk"
