@@ -14,6 +14,7 @@ import pytest
 
 from bloomlink.cli import main
 from linkage_unit.audit_log import AuditLog
+from linkage_unit.blocking import BlockingMode
 from linkage_unit.run import RunManager
 from linkage_unit.service import LinkageService
 from linkage_unit.spine import SpineStore, read_spine_key, spine_directory
@@ -66,6 +67,9 @@ class LinkageUnit:
                 threshold=threshold,
                 deduplicated=dedupe,
                 spine="people",
+                # Exhaustive: LSH blocking with the project's fresh seed may miss the pairs
+                # at 0.6-0.8 these tests are built on, and the outcome would vary by run.
+                blocking=BlockingMode.NONE,
             ),
         )
         for name, clks in uploads.items():
