@@ -207,6 +207,14 @@ def _moment(timestamp: str) -> datetime:
 Revealed = AuditEntry | EntryView
 
 
+@dataclass(slots=True)
+class _Spine:
+    """A spine as its project-less entries show it: the KCV a rotation last bound it to."""
+
+    created: int
+    kcv: str | None = None
+
+
 class _Replay:
     """Replays the log's events per project and collects every rule broken. In a party's
     view some values are withheld; a rule that needs one is left to the project's auditor."""
@@ -217,6 +225,7 @@ class _Replay:
         self.uploads_by_key: dict[tuple[str, str, str], Revealed] = {}
         self.notes: list[Check] = []
         self.unmanifested: list[tuple[str, int]] = []
+        self.spines: dict[str, _Spine] = {}
 
     def fail(self, project_id: str | None, index: int, message: str, name: str = "rules") -> None:
         self.checks.append(
@@ -225,7 +234,10 @@ class _Replay:
 
     def run(self, entries: Sequence[LogLine]) -> None:
         for index, entry in enumerate(entries):
-            if isinstance(entry, RedactedEntry) or entry.project_id is None:
+            if isinstance(entry, RedactedEntry):
+                continue
+            if entry.project_id is None:
+                self._on_spine_entry(index, entry)
                 continue
             handler = getattr(self, f"_on_{entry.event}")
             if entry.event == "project_created":
@@ -236,6 +248,38 @@ class _Replay:
                 self.fail(entry.project_id, index, f"{entry.event} before the project was created")
                 continue
             handler(index, entry, project)
+
+    def _on_spine_entry(self, index: int, entry: Revealed) -> None:
+        """Spine entries (docs/spine.md): a spine is created once; rotations, retention
+        deletions and crosswalk releases name a spine created before them; a rotation moves
+        the KCV binding from the one the last rotation bound to a different one; a retention
+        deletion removed something."""
+        if not entry.event.startswith("spine_") and entry.event != "crosswalk_released":
+            return
+        name = str(entry.details["spine"])
+        spine = self.spines.get(name)
+        if entry.event == "spine_created":
+            if spine is not None:
+                self.fail(None, index, f"spine {name} created twice")
+            else:
+                self.spines[name] = _Spine(created=index)
+            return
+        if spine is None:
+            self.fail(None, index, f"{entry.event} of spine {name} before it was created")
+            return
+        if entry.event == "spine_rotated":
+            old, new = str(entry.details["old_kcv"]), str(entry.details["new_kcv"])
+            if old == new:
+                self.fail(None, index, f"spine {name} rotated to the KCV it already had")
+            elif spine.kcv is not None and old != spine.kcv:
+                self.fail(
+                    None,
+                    index,
+                    f"spine {name} rotated from a KCV its last rotation did not bind it to",
+                )
+            spine.kcv = new
+        elif entry.event == "spine_pruned" and int(entry.details["records_removed"]) < 1:
+            self.fail(None, index, f"spine {name} logged a retention deletion of no record")
 
     def _on_project_created(self, index: int, entry: Revealed) -> None:
         project_id = str(entry.project_id)

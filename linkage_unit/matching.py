@@ -83,6 +83,7 @@ __all__ = [
     "MatchSettings",
     "ProgressCallback",
     "Scoring",
+    "choose_run_threshold",
     "link",
 ]
 
@@ -280,6 +281,19 @@ def _choose_threshold(
             np.concatenate(bests), np.concatenate(nulls), one_to_one=not any(flags)
         )
     return choose_threshold(np.concatenate(bests))
+
+
+def choose_run_threshold(
+    arrays: Sequence[npt.NDArray[np.uint64]],
+    settings: MatchSettings,
+    seed: int,
+    deduplicated: Sequence[bool],
+) -> ThresholdChoice:
+    """The Dice threshold :func:`link` would choose for these parties' records (the
+    operator's when set): what a run into a spine cuts its new-vs-spine pairs at."""
+    if settings.threshold is not None:
+        return ThresholdChoice(threshold=settings.threshold, method=ThresholdMethod.OPERATOR)
+    return _choose_threshold(list(arrays), settings, seed, list(deduplicated))
 
 
 def _solve(

@@ -450,7 +450,9 @@ class RunManager:
         ]
         self._storage.set_progress(run_id, "linking into the spine", 0, 1)
         try:
-            outcome = link_into_spine(spine, uploads, settings, run_id=run_id, **options)
+            outcome = link_into_spine(
+                spine, uploads, settings, run_id=run_id, project_id=project_id, **options
+            )
         except PreconditionError as error:
             if isinstance(error, CompatibilityError):
                 raise

@@ -2,22 +2,42 @@
 
 Pipeline stage: after upload checks, in place of a one-off run's link-key issue. A spine
 holds, per person, its link keys (one per party in ``per_party`` mode, one in ``shared``
-mode) and the encodings of the records that made it. A run into a spine links the new
-uploads among themselves and against the spine's encodings, with the spine as one more,
-deduplicated party of :func:`linkage_unit.matching.link`:
+mode) and the encodings of the records that made it. A run into a spine compares only what
+is new (:func:`link_into_spine`):
 
-* a cluster holding records of exactly one spine person takes that person's keys;
-* a cluster holding records of no spine person is a new person: fresh keys, added;
-* a cluster holding records of several spine people is a **merge**: it keeps the oldest
-  person's keys, the others' keys stay valid and map to them in the crosswalk;
-* a spine person whose records fall in several clusters that carry new records is a
-  **split**: the cluster with most of its records keeps its keys, the others are new
-  people, and the event is recorded. Issued keys never change silently.
+1. the new uploads among themselves, exactly as a one-off run of them
+   (:func:`linkage_unit.matching.link`, with or without deduplication), giving clusters of
+   new records; a deduplicated party's partition of its own records is its own, as ever;
+2. every new record against the spine's records, at the run's Dice cut. Spine records are
+   never compared with each other: the spine's people are already resolved, and are not
+   re-clustered.
+
+Then new clusters are joined to spine people by the clustering's average linkage (a
+cluster and a person are linked when their record pairs' mean ``score - cut``, a pair never
+scored counting ``unscored_margin`` below the cut, is at least zero), best links first, at
+most one cluster of each new upload per person (as in the clustering's stage 2):
+
+* a cluster joined to exactly one spine person takes that person's keys;
+* a cluster joined to none is a new person: fresh keys, added;
+* a cluster joined to several spine people **bridges** them: a **merge**. The oldest
+  person keeps its keys; the others' keys stay valid and map to them in the crosswalk.
+  Spine people that no new record bridges are never merged, however alike their records;
+* a person whose link to a cluster was refused (another cluster of the same upload took it
+  first) is **split** when that cluster joined no spine person and some of the person's
+  records are close, on average, to that cluster's new records (evidence at least zero) and
+  not to the new records that kept the person (below zero): those records move to a new
+  person with the cluster, and the event is recorded. The person's best-linked new records
+  keep its keys. Issued keys never change silently.
 
 Checks before any comparison (:func:`check_upload`): the party is one the spine lists, the
 upload's schema fingerprint is the spine's and its KCV the spine's (the first run binds it).
 A run that would merge more than ``max_merge_share`` of the spine's people fails before any
 key is issued (:func:`link_into_spine`): a wrong key or a broken extract looks like that.
+
+Each record keeps its origin (the upload it came in and its position there).
+:func:`rotate_spine` moves a spine to a new linkage secret from the parties' re-encodings of
+the same uploads at the same positions, record by record, so no person and no key changes;
+:func:`prune_spine` is retention: old runs' encodings go, people and keys stay.
 
 At rest a spine is one file, AES-256-GCM encrypted under a key the operator holds in a key
 file (:class:`SpineStore`); nothing in the linkage unit can reach the linkage secret, and the
@@ -30,8 +50,9 @@ import io
 import json
 import os
 import re
+import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
@@ -40,6 +61,8 @@ import numpy.typing as npt
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from linkage_unit import matching
+from linkage_unit.clustering import DEFAULT_UNSCORED_MARGIN
+from linkage_unit.comparison import CompareSettings, LocalComparer
 from linkage_unit.link_keys import PartyLinkKeys, RandomBytes, fresh_keys
 from protocol.errors import (
     AlreadyExistsError,
@@ -63,8 +86,17 @@ __all__ = [
     "SpineState",
     "SpineStore",
     "SpineUpload",
+    "RecordOrigin",
+    "Reencoding",
+    "Rotation",
+    "Pruning",
+    "LinkMeans",
     "check_upload",
     "link_into_spine",
+    "link_means",
+    "reference_link_means",
+    "prune_spine",
+    "rotate_spine",
     "read_spine_key",
     "spine_directory",
 ]
@@ -90,7 +122,7 @@ class SpineEventKind(StrEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpineSettings:
     """A spine's binding: its parties, schema fingerprint, KCV (None until the first run),
-    link-key mode and the largest share of its people one run may merge."""
+    link-key mode, the largest share of its people one run may merge, and its retention."""
 
     name: str
     parties: tuple[str, ...]
@@ -98,6 +130,9 @@ class SpineSettings:
     kcv: str | None = None
     link_key_mode: LinkKeyMode = LinkKeyMode.PER_PARTY
     max_merge_share: float = 0.05
+    keep_runs: int | None = None
+    """Retention: ``spine prune`` keeps the encodings of records from the last ``keep_runs``
+    runs only (None: keep every record's encoding). People and their keys are kept."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -111,6 +146,8 @@ class SpineSettings:
             problems.append("the schema fingerprint must be 64 lower-case hex digits")
         if not 0.0 <= self.max_merge_share <= 1.0:
             problems.append("max_merge_share must be between 0 and 1")
+        if self.keep_runs is not None and self.keep_runs < 1:
+            problems.append("keep_runs must be at least 1 (or unset to keep every record)")
         if problems:
             raise InvalidRequestError("; ".join(problems))
 
@@ -126,6 +163,18 @@ class SpineEvent:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class RecordOrigin:
+    """Where a batch of spine records came from: one party's upload to one run of a project,
+    ``records`` long; a spine record is (origin, position in that upload). Key rotation maps
+    a party's re-encoding of the same upload back to its records by this (docs/spine.md)."""
+
+    project_id: str
+    party: str
+    run_id: str
+    records: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Crosswalk:
     """Old link key -> current link key, for the research environment to apply."""
 
@@ -135,7 +184,9 @@ class Crosswalk:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpineState:
     """The whole spine: settings; per person (index = person id) its keys by party and
-    the id it was merged into (or itself); per record its encoding and person."""
+    the id it was merged into (or itself); per record its encoding, person, origin (index
+    into ``origins``; -1 for records of a spine written before origins were kept) and
+    position in that origin's upload."""
 
     settings: SpineSettings
     person_keys: tuple[Mapping[str, str], ...] = ()
@@ -148,6 +199,23 @@ class SpineState:
     )
     events: tuple[SpineEvent, ...] = ()
     runs: tuple[str, ...] = ()
+    origins: tuple[RecordOrigin, ...] = ()
+    record_origin: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
+    record_position: npt.NDArray[np.int64] = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )
+
+    def __post_init__(self) -> None:
+        records = len(self.record_person)
+        if len(self.encodings) != records:
+            raise InvalidRequestError("a spine holds one encoding per record")
+        if len(self.record_origin) == 0 and records:  # a spine from before origins
+            object.__setattr__(self, "record_origin", np.full(records, -1, np.int64))
+            object.__setattr__(self, "record_position", np.full(records, -1, np.int64))
+        if not len(self.record_origin) == len(self.record_position) == records:
+            raise InvalidRequestError("a spine holds one origin and position per record")
 
     @property
     def person_count(self) -> int:
@@ -195,6 +263,7 @@ class SpineRunResult:
     merges: tuple[SpineEvent, ...]
     splits: tuple[SpineEvent, ...]
     comparisons: int
+    spine_comparisons: int = 0
     threshold: float = 0.0
     threshold_method: str = ""
 
@@ -228,9 +297,11 @@ def link_into_spine(
     settings: matching.MatchSettings,
     *,
     run_id: str,
+    project_id: str = "",
     random_bytes: RandomBytes = os.urandom,
 ) -> SpineRunResult:
-    """Link ``uploads`` among themselves and against the spine; issue every record one key."""
+    """Link ``uploads`` among themselves and against the spine; issue every record one key.
+    ``project_id``: the project whose run this is (the records' origin, for key rotation)."""
     if not uploads:
         raise InvalidRequestError("a run into a spine needs at least one upload")
     parties = [upload.party for upload in uploads]
@@ -254,173 +325,545 @@ def link_into_spine(
             party=uploads[0].party,
             aspect=CheckAspect.CLK_BITS,
         )
-    clks = {upload.party: upload.clks for upload in uploads}
-    deduplicated = set(settings.deduplicated)
-    if len(state.record_person):
-        clks = {SPINE_PARTY: state.encodings, **clks}
-        deduplicated.add(SPINE_PARTY)
-    result = matching.link(
-        clks,
-        matching.MatchSettings(
-            threshold=settings.threshold,
+    new = _link_new(state, uploads, settings)
+    return _assign(
+        state, uploads, new, run_id=run_id, project_id=project_id, random_bytes=random_bytes
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _NewLinks:
+    """The new uploads linked among themselves (one cluster id per new record, uploads
+    concatenated in order, dense from 0) and against the spine (pairs of a new record and a
+    spine record at or above ``threshold``)."""
+
+    cluster: npt.NDArray[np.int64]
+    party: npt.NDArray[np.int64]  # per new record: its upload's index
+    new_record: npt.NDArray[np.int64]
+    spine_record: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float64]
+    threshold: float
+    threshold_method: str
+    comparisons: int
+    spine_comparisons: int
+
+
+def _link_new(
+    state: SpineState, uploads: Sequence[SpineUpload], settings: matching.MatchSettings
+) -> _NewLinks:
+    """Compare only what is new: the uploads among themselves (exactly the one-off run of
+    these uploads, so a deduplicated party's own partition is its own as ever) and each new
+    record against the spine's records. Spine records are never compared with each other:
+    the spine's people are already resolved."""
+    sizes = [len(upload.clks) for upload in uploads]
+    spine_size = len(state.record_person)
+    if spine_size and len(uploads) == 1 and uploads[0].party not in settings.deduplicated:
+        # One duplicate-free party: every record is its own cluster before the spine.
+        labels = np.arange(sizes[0], dtype=np.int64)
+        own_threshold, own_label, own_comparisons = 0.0, "", 0
+    else:
+        result = matching.link({upload.party: upload.clks for upload in uploads}, settings)
+        labels = np.concatenate([result.clusters[upload.party] for upload in uploads])
+        own_threshold, own_label = result.threshold, result.threshold_method
+        own_comparisons = result.comparisons
+    cluster = np.unique(labels, return_inverse=True)[1].astype(np.int64).reshape(-1)
+    party = np.repeat(np.arange(len(uploads), dtype=np.int64), sizes)
+    if not spine_size:
+        empty = np.zeros(0, np.int64)
+        return _NewLinks(
+            cluster=cluster, party=party, new_record=empty, spine_record=empty,
+            scores=np.zeros(0), threshold=own_threshold, threshold_method=own_label,
+            comparisons=own_comparisons, spine_comparisons=0,
+        )  # fmt: skip
+    seed = settings.blocking_seed if settings.blocking_seed is not None else secrets.randbits(128)
+    new_records = np.concatenate([upload.clks for upload in uploads])
+    choice = matching.choose_run_threshold(
+        [state.encodings, *(upload.clks for upload in uploads)],
+        settings,
+        seed,
+        [True, *(upload.party in settings.deduplicated for upload in uploads)],
+    )
+    (compared,) = LocalComparer().compare(
+        [new_records, state.encodings],
+        [(0, 1)],
+        [choice.threshold],
+        CompareSettings(
             blocking=settings.blocking,
-            deduplicated=frozenset(deduplicated),
-            max_cluster_size=settings.max_cluster_size,
             blocking_settings=settings.blocking_settings,
-            blocking_seed=settings.blocking_seed,
-            max_candidate_pairs=settings.max_candidate_pairs,
-            threshold_sample=settings.threshold_sample,
+            seed=seed,
+            max_pairs=settings.max_candidate_pairs,
             workers=settings.workers,
-            scoring=settings.scoring,
-            model=settings.model,
         ),
     )
-    return _assign(state, uploads, result, run_id=run_id, random_bytes=random_bytes)
+    return _NewLinks(
+        cluster=cluster,
+        party=party,
+        new_record=compared.pairs.left.astype(np.int64),
+        spine_record=compared.pairs.right.astype(np.int64),
+        scores=compared.pairs.scores.astype(np.float64),
+        threshold=choice.threshold,
+        threshold_method=choice.label,
+        comparisons=own_comparisons + compared.statistics.comparisons,
+        spine_comparisons=compared.statistics.comparisons,
+    )
+
+
+class _Components:
+    """Union-find over nodes (new clusters, spine people), each component carrying the set
+    of new uploads whose records it holds (as bits): at most one cluster of each upload's
+    party per person, as in the clustering's stage 2."""
+
+    def __init__(self) -> None:
+        self.parent: dict[tuple[str, int], tuple[str, int]] = {}
+        self.mask: dict[tuple[str, int], int] = {}
+
+    def add(self, node: tuple[str, int], mask: int) -> None:
+        self.parent.setdefault(node, node)
+        self.mask.setdefault(node, mask)
+
+    def find(self, node: tuple[str, int]) -> tuple[str, int]:
+        root = node
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[node] != root:
+            self.parent[node], node = root, self.parent[node]
+        return root
+
+    def join(self, one: tuple[str, int], other: tuple[str, int]) -> bool:
+        """Join the two nodes' components unless they hold records of one upload."""
+        a, b = self.find(one), self.find(other)
+        if a == b:
+            return True
+        if self.mask[a] & self.mask[b]:
+            return False
+        keep, gone = min(a, b), max(a, b)
+        self.parent[gone] = keep
+        self.mask[keep] |= self.mask.pop(gone)
+        return True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkMeans:
+    """Every (new cluster, spine person) pair with at least one scored record pair, and the
+    mean ``score - cut`` over all their record pairs (a pair never scored counting
+    ``margin`` below the cut): a link may be made where it is at least zero."""
+
+    cluster: npt.NDArray[np.int64]
+    person: npt.NDArray[np.int64]
+    mean: npt.NDArray[np.float64]
+
+
+def link_means(
+    new_cluster: npt.NDArray[np.int64],
+    spine_person: npt.NDArray[np.int64],
+    pairs: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]],
+    *,
+    cut: float,
+    margin: float,
+) -> LinkMeans:
+    """The attach step's evidence (fast path: one pass over the scored pairs). ``pairs``:
+    new record, spine record, score; ``new_cluster[i]`` is new record i's cluster and
+    ``spine_person[j]`` spine record j's person. Sorted by (cluster, person)."""
+    new_record, spine_record, scores = pairs
+    cluster_records = np.bincount(new_cluster, minlength=1).astype(np.int64)
+    person_records = np.bincount(spine_person, minlength=1).astype(np.int64)
+    width = max(len(person_records), 1)
+    keys = new_cluster[new_record] * width + spine_person[spine_record]
+    unique, inverse = np.unique(keys, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    total = np.bincount(inverse, weights=scores - cut, minlength=len(unique)).astype(np.float64)
+    count = np.bincount(inverse, minlength=len(unique)).astype(np.int64)
+    cluster, person = unique // width, unique % width
+    between = cluster_records[cluster] * person_records[person]
+    mean: npt.NDArray[np.float64] = (total - margin * (between - count)) / between
+    return LinkMeans(cluster=cluster, person=person, mean=mean)
+
+
+def reference_link_means(
+    new_cluster: npt.NDArray[np.int64],
+    spine_person: npt.NDArray[np.int64],
+    pairs: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]],
+    *,
+    cut: float,
+    margin: float,
+) -> dict[tuple[int, int], float]:
+    """The slow, obvious twin of :func:`link_means`: for each (cluster, person) with a
+    scored pair, average over every record of one and every record of the other."""
+    score = {
+        (int(a), int(b)): float(value)
+        for a, b, value in zip(pairs[0].tolist(), pairs[1].tolist(), pairs[2].tolist(), strict=True)
+    }
+    means: dict[tuple[int, int], float] = {}
+    for a, b in score:
+        key = (int(new_cluster[a]), int(spine_person[b]))
+        if key in means:
+            continue
+        ones = [i for i in range(len(new_cluster)) if new_cluster[i] == key[0]]
+        others = [j for j in range(len(spine_person)) if spine_person[j] == key[1]]
+        total = sum(score.get((i, j), cut - margin) - cut for i in ones for j in others)
+        means[key] = total / (len(ones) * len(others))
+    return means
 
 
 def _assign(
     state: SpineState,
     uploads: Sequence[SpineUpload],
-    result: matching.LinkResult,
+    new: _NewLinks,
     *,
     run_id: str,
+    project_id: str,
     random_bytes: RandomBytes,
 ) -> SpineRunResult:
-    spine_clusters = result.clusters.get(SPINE_PARTY, np.zeros(0, dtype=np.int64))
-    current = np.array(
-        [state.current(int(person)) for person in state.record_person], dtype=np.int64
+    """New clusters -> spine people, by average linkage over new-vs-spine pairs (a pair never
+    scored counts ``unscored_margin`` below the cut, as in ``clustering.py``)."""
+    margin = DEFAULT_UNSCORED_MARGIN
+    cut = new.threshold
+    roots = np.array(state.merged_into, dtype=np.int64)
+    while len(roots) and not np.array_equal(roots[roots], roots):
+        roots = roots[roots]  # pointer jumping: every person -> the person it now is
+    current = roots[state.record_person] if len(state.record_person) else roots[:0]
+    person_records = np.bincount(current, minlength=len(roots)).astype(np.int64)
+    clusters = int(new.cluster.max()) + 1 if len(new.cluster) else 0
+    cluster_records = np.bincount(new.cluster, minlength=clusters).astype(np.int64)
+    cluster_mask = [0] * clusters
+    for c, upload_index in zip(new.cluster.tolist(), new.party.tolist(), strict=True):
+        cluster_mask[c] |= 1 << upload_index
+    pair_cluster = new.cluster[new.new_record]
+    components = _Components()
+    for c in range(clusters):
+        components.add(("c", c), cluster_mask[c])
+    # Candidate (cluster, person) links whose mean evidence is at least zero, best first.
+    means = link_means(
+        new.cluster, current, (new.new_record, new.spine_record, new.scores), cut=cut, margin=margin
     )
-    # The clusters that carry new records decide; spine-only clusters change nothing.
-    new_clusters: set[int] = set()
-    for upload in uploads:
-        new_clusters.update(int(c) for c in np.unique(result.clusters[upload.party]))
-    people_of: dict[int, set[int]] = {}
-    for cluster, person in zip(spine_clusters.tolist(), current.tolist(), strict=True):
-        if cluster in new_clusters:
-            people_of.setdefault(cluster, set()).add(person)
+    link_cluster, link_person, mean = means.cluster, means.person, means.mean
+    rejected: list[tuple[int, int]] = []
+    for index in np.lexsort((link_person, link_cluster, -mean)).tolist():
+        if mean[index] < 0:
+            continue
+        c, person = int(link_cluster[index]), int(link_person[index])
+        components.add(("p", person), 0)
+        if not components.join(("c", c), ("p", person)):
+            rejected.append((c, person))
+    members: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    for node in list(components.parent):
+        members.setdefault(components.find(node), []).append(node)
+    people_of = {
+        root: sorted(number for kind, number in nodes if kind == "p")
+        for root, nodes in members.items()
+    }
+    # Splits: a person's link lost to another component of new records that holds none of
+    # the spine's people, and some of the person's records are on average close to those new
+    # records and not to the ones that kept the person: those records are another person.
+    spine_people = current.copy()
+    split_from: dict[tuple[str, int], tuple[int, npt.NDArray[np.int64]]] = {}
+    for c, person in rejected:
+        root = components.find(("c", c))
+        if people_of[root] or root in split_from:
+            continue
+        kept_clusters = {n for kind, n in members[components.find(("p", person))] if kind == "c"}
+        lost_clusters = {n for kind, n in members[root] if kind == "c"}
+        moved = _split_records(
+            new, current, pair_cluster, person, kept_clusters, lost_clusters,
+            cluster_records, cut, margin,
+        )  # fmt: skip
+        if 0 < len(moved) < person_records[person]:
+            split_from[root] = (person, moved)
     merges: list[SpineEvent] = []
     merged_into = list(state.merged_into)
-    cluster_person: dict[int, int] = {}
-    for cluster, people in people_of.items():
-        kept = min(people)  # the oldest person keeps its keys
+    for _root, people in sorted(people_of.items()):
         if len(people) > 1:
             merges.append(
                 SpineEvent(
-                    kind=SpineEventKind.MERGE,
-                    run_id=run_id,
-                    kept=kept,
-                    people=tuple(sorted(people - {kept})),
+                    kind=SpineEventKind.MERGE, run_id=run_id, kept=people[0],
+                    people=tuple(people[1:]),
                 )
-            )
-        cluster_person[cluster] = kept
+            )  # fmt: skip
     merged_people = sum(len(event.people) for event in merges)
     if merged_people > state.settings.max_merge_share * max(state.person_count, 1):
         raise PreconditionError(
-            f"this run would merge {merged_people} of spine {state.settings.name!r}'s "
-            f"{state.person_count} people, more than its max_merge_share "
+            f"this run would merge {merged_people} of the {state.person_count} people of spine "
+            f"{state.settings.name!r}, more than its max_merge_share "
             f"{state.settings.max_merge_share}; no key was issued. Check the parties' "
             "linkage secret and extracts"
         )
-    # Splits: a current person in several new-record clusters keeps the one with most of
-    # its records; the others become new people (their records move with them).
-    clusters_of_person: dict[int, dict[int, int]] = {}
-    for cluster, person in zip(spine_clusters.tolist(), current.tolist(), strict=True):
-        if cluster in new_clusters:
-            counts = clusters_of_person.setdefault(person, {})
-            counts[cluster] = counts.get(cluster, 0) + 1
-    split_away: dict[int, int] = {}  # cluster -> person it was split from
-    for person, counts in clusters_of_person.items():
-        if len(counts) < 2:
-            continue
-        kept_cluster = max(sorted(counts), key=lambda c: counts[c])
-        for cluster in counts:
-            if cluster != kept_cluster and cluster_person.get(cluster) == person:
-                split_away[cluster] = person
-    person_keys = [dict(keys) for keys in state.person_keys]
     for event in merges:
         for person in event.people:
             merged_into[person] = event.kept
+    person_keys = [dict(keys) for keys in state.person_keys]
+    root_person: dict[tuple[str, int], int] = {}
     splits: list[SpineEvent] = []
-    split_new: dict[int, list[int]] = {}
-    matched = {person for person in cluster_person.values()}
     new_people = 0
-    for cluster in sorted(new_clusters):
-        if cluster in cluster_person and cluster not in split_away:
+    for root in sorted(members):
+        if not any(kind == "c" for kind, _ in members[root]):
+            continue
+        if people_of[root]:
+            root_person[root] = people_of[root][0]
             continue
         person = len(person_keys)
         person_keys.append({})
         merged_into.append(person)
-        cluster_person[cluster] = person
+        root_person[root] = person
         new_people += 1
-        if cluster in split_away:
-            split_new.setdefault(split_away[cluster], []).append(person)
-    for origin, split_people in sorted(split_new.items()):
-        splits.append(
-            SpineEvent(
-                kind=SpineEventKind.SPLIT, run_id=run_id, kept=origin, people=tuple(split_people)
+        if root in split_from:
+            origin, moved = split_from[root]
+            spine_people[moved] = person
+            splits.append(
+                SpineEvent(kind=SpineEventKind.SPLIT, run_id=run_id, kept=origin, people=(person,))
             )
-        )
+    cluster_person = np.array(
+        [root_person[components.find(("c", c))] for c in range(clusters)], dtype=np.int64
+    )
     mode = state.settings.link_key_mode
-    keys: dict[str, PartyLinkKeys] = {}
-    added_encodings: list[npt.NDArray[np.uint64]] = []
+    keys_by_party: dict[str, PartyLinkKeys] = {}
     added_people: list[npt.NDArray[np.int64]] = []
+    offset = 0
     for upload in uploads:
-        ids = result.clusters[upload.party]
+        record_people = cluster_person[new.cluster[offset : offset + len(upload.clks)]]
+        offset += len(upload.clks)
         slot = SHARED_KEY if mode is LinkKeyMode.SHARED else upload.party
-        missing = sorted(
-            {cluster_person[int(c)] for c in np.unique(ids)}
-            - {p for p in range(len(person_keys)) if slot in person_keys[p]}
-        )
+        missing = [
+            person
+            for person in np.unique(record_people).tolist()
+            if slot not in person_keys[person]
+        ]
         for person, key in zip(missing, fresh_keys(len(missing), random_bytes), strict=True):
             person_keys[person][slot] = key
-        record_people = np.array([cluster_person[int(c)] for c in ids], dtype=np.int64)
         seed = int.from_bytes(random_bytes(32), "little")
-        order = np.random.default_rng(seed).permutation(len(ids))
+        order = np.random.default_rng(seed).permutation(len(record_people))
         positions = [int(position) for position in order]
         link_keys = [person_keys[int(record_people[p])][slot] for p in positions]
-        keys[upload.party] = PartyLinkKeys(
+        keys_by_party[upload.party] = PartyLinkKeys(
             positions=positions,
             link_keys=link_keys,
             keys_sha256=link_keys_digest(positions, link_keys),
         )
-        added_encodings.append(upload.clks)
         added_people.append(record_people)
-    # Split-away spine records follow their new person.
-    spine_people = current.copy()
-    for index, cluster in enumerate(spine_clusters.tolist()):
-        if cluster in split_away:
-            spine_people[index] = cluster_person[cluster]
-    width = uploads[0].clks.shape[1]
-    old = state.encodings if len(state.record_person) else np.zeros((0, width), np.uint64)
-    settings = state.settings
-    if settings.kcv is None:
-        settings = SpineSettings(
-            name=settings.name,
-            parties=settings.parties,
-            schema_fingerprint=settings.schema_fingerprint,
-            kcv=uploads[0].kcv,
-            link_key_mode=settings.link_key_mode,
-            max_merge_share=settings.max_merge_share,
+    width_words = uploads[0].clks.shape[1]
+    old = state.encodings if len(state.record_person) else np.zeros((0, width_words), np.uint64)
+    spine_settings = state.settings
+    if spine_settings.kcv is None:
+        spine_settings = replace(spine_settings, kcv=uploads[0].kcv)
+    origins = tuple(
+        RecordOrigin(
+            project_id=project_id, party=upload.party, run_id=run_id, records=len(upload.clks)
         )
+        for upload in uploads
+    )
+    first_origin = len(state.origins)
     new_state = SpineState(
-        settings=settings,
+        settings=spine_settings,
         person_keys=tuple(person_keys),
         merged_into=tuple(merged_into),
-        encodings=np.concatenate([old, *added_encodings]).astype(np.uint64),
+        encodings=np.concatenate([old, *(upload.clks for upload in uploads)]).astype(np.uint64),
         record_person=np.concatenate([spine_people, *added_people]).astype(np.int64),
         events=state.events + tuple(merges) + tuple(splits),
         runs=(*state.runs, run_id),
+        origins=state.origins + origins,
+        record_origin=np.concatenate(
+            [state.record_origin]
+            + [
+                np.full(len(upload.clks), first_origin + k, np.int64)
+                for k, upload in enumerate(uploads)
+            ]
+        ),
+        record_position=np.concatenate(
+            [state.record_position]
+            + [np.arange(len(upload.clks), dtype=np.int64) for upload in uploads]
+        ),
     )
+    matched = sum(1 for root in root_person if people_of[root])
     return SpineRunResult(
-        keys=keys,
+        keys=keys_by_party,
         state=new_state,
-        matched_people=len(matched),
+        matched_people=matched,
         new_people=new_people,
         merges=tuple(merges),
         splits=tuple(splits),
-        comparisons=result.comparisons,
-        threshold=result.threshold,
-        threshold_method=result.threshold_method,
+        comparisons=new.comparisons,
+        spine_comparisons=new.spine_comparisons,
+        threshold=new.threshold,
+        threshold_method=new.threshold_method,
+    )
+
+
+def _split_records(
+    new: _NewLinks,
+    current: npt.NDArray[np.int64],
+    pair_cluster: npt.NDArray[np.int64],
+    person: int,
+    kept_clusters: set[int],
+    lost_clusters: set[int],
+    cluster_records: npt.NDArray[np.int64],
+    cut: float,
+    margin: float,
+) -> npt.NDArray[np.int64]:
+    """The spine records of ``person`` on average close to the ``lost`` clusters' new records
+    (evidence at least zero) and not to the ``kept`` ones' (below zero)."""
+    records = np.flatnonzero(current == person)
+    of_person = np.isin(new.spine_record, records)
+    spine_record = new.spine_record[of_person]
+    scores = new.scores[of_person]
+    clusters = pair_cluster[of_person]
+
+    def evidence(chosen: set[int]) -> npt.NDArray[np.float64]:
+        inside = np.isin(clusters, np.array(sorted(chosen), dtype=np.int64))
+        size = int(cluster_records[sorted(chosen)].sum()) if chosen else 0
+        total = np.zeros(len(records))
+        count = np.zeros(len(records))
+        where = np.searchsorted(records, spine_record[inside])
+        np.add.at(total, where, scores[inside] - cut)
+        np.add.at(count, where, 1)
+        result: npt.NDArray[np.float64] = total - margin * (size - count)
+        return result
+
+    moved = (evidence(lost_clusters) >= 0) & (evidence(kept_clusters) < 0)
+    return records[moved]
+
+
+# -- key rotation and retention ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reencoding:
+    """One party's re-encoding, under the new linkage secret, of its upload to an earlier run
+    of a spine project: the same records at the same positions (``encode --same-positions``)."""
+
+    project_id: str
+    party: str
+    schema_fingerprint: str
+    kcv: str
+    clks: npt.NDArray[np.uint64]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rotation:
+    """A rotated spine and what the rotation did."""
+
+    state: SpineState
+    old_kcv: str
+    new_kcv: str
+    records: int
+
+
+def rotate_spine(state: SpineState, reencodings: Sequence[Reencoding]) -> Rotation:
+    """Rebind the spine to a new linkage secret: every record it holds gets its party's new
+    encoding of the same record (same upload, same position); people, keys, merges and
+    splits are untouched, so every person keeps its link keys. All or nothing: any missing,
+    surplus or mismatched re-encoding refuses the rotation and the spine is unchanged."""
+    settings = state.settings
+    if settings.kcv is None:
+        raise PreconditionError(
+            f"spine {settings.name!r} has had no run, so no secret to rotate from; its first "
+            "run binds whatever secret the parties use"
+        )
+    if len(state.record_origin) and int(state.record_origin.min()) < 0:
+        raise PreconditionError(
+            f"spine {settings.name!r} holds records from before record origins were kept; they "
+            "cannot be matched to re-encodings, so it cannot be rotated (relink it instead)"
+        )
+    kcvs = {item.kcv for item in reencodings}
+    if len(kcvs) != 1:
+        raise CompatibilityError(
+            "a rotation's re-encodings must all be under one new linkage secret (one KCV)",
+            party=reencodings[0].party if reencodings else "",
+            aspect=CheckAspect.KCV,
+        )
+    (new_kcv,) = kcvs
+    if new_kcv == settings.kcv:
+        raise CompatibilityError(
+            f"the re-encodings are under spine {settings.name!r}'s current secret; a rotation "
+            "needs every party to re-encode under the new one",
+            party=reencodings[0].party,
+            aspect=CheckAspect.KCV,
+        )
+    # Origins still holding records, by upload (a run resumed after a crash can have added
+    # one upload's records twice: both map to the one re-encoding).
+    needed: dict[tuple[str, str], list[int]] = {}
+    for index in np.unique(state.record_origin).tolist():
+        origin = state.origins[index]
+        needed.setdefault((origin.project_id, origin.party), []).append(index)
+    given: dict[tuple[str, str], Reencoding] = {}
+    for item in reencodings:
+        where = (item.project_id, item.party)
+        if where in given:
+            raise InvalidRequestError(
+                f"two re-encodings of party {item.party!r}'s upload to project {item.project_id!r}"
+            )
+        given[where] = item
+    surplus = sorted(set(given) - set(needed))
+    missing = sorted(set(needed) - set(given))
+    if surplus or missing:
+        raise PreconditionError(
+            "a rotation needs exactly one re-encoding of each upload whose records spine "
+            f"{settings.name!r} still holds; missing: "
+            + (", ".join(f"{party}@{project}" for project, party in missing) or "none")
+            + "; not held: "
+            + (", ".join(f"{party}@{project}" for project, party in surplus) or "none")
+        )
+    encodings = state.encodings.copy()
+    for where, index in ((where, index) for where, indices in needed.items() for index in indices):
+        item, origin = given[where], state.origins[index]
+        if item.schema_fingerprint != settings.schema_fingerprint:
+            raise CompatibilityError(
+                f"party {item.party!r} re-encoded under another schema than spine {settings.name!r}",
+                party=item.party,
+                aspect=CheckAspect.SCHEMA_FINGERPRINT,
+            )
+        if len(item.clks) != origin.records or item.clks.shape[1] != encodings.shape[1]:
+            raise CompatibilityError(
+                f"party {item.party!r}'s re-encoding of its upload to project "
+                f"{item.project_id!r} holds {len(item.clks)} records of "
+                f"{item.clks.shape[1] * 64} bits; the upload held {origin.records} of "
+                f"{encodings.shape[1] * 64}: re-encode the same extract with --same-positions",
+                party=item.party,
+                aspect=CheckAspect.CLK_BITS,
+            )
+        rows = np.flatnonzero(state.record_origin == index)
+        encodings[rows] = item.clks[state.record_position[rows]]
+    rotated = replace(state, settings=replace(settings, kcv=new_kcv), encodings=encodings)
+    return Rotation(
+        state=rotated, old_kcv=settings.kcv, new_kcv=new_kcv, records=len(state.record_person)
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pruning:
+    """A pruned spine and what retention removed."""
+
+    state: SpineState
+    removed: int
+    kept: int
+    people_without_records: int
+
+
+def prune_spine(state: SpineState, keep_runs: int) -> Pruning:
+    """Retention: remove the encodings of records from all but the last ``keep_runs`` runs
+    (with their origin and position), keeping every person, key, merge and split. A person
+    left with no record can no longer be matched: a returning person then gets a new key.
+    Records from before origins were kept cannot be dated and are kept."""
+    if keep_runs < 1:
+        raise InvalidRequestError("keep_runs must be at least 1")
+    recent = set(list(dict.fromkeys(state.runs))[-keep_runs:])  # a resumed run counts once
+    old_origins = np.array(
+        [index for index, origin in enumerate(state.origins) if origin.run_id not in recent],
+        dtype=np.int64,
+    )
+    drop = np.isin(state.record_origin, old_origins)
+    keep = ~drop
+    pruned = replace(
+        state,
+        encodings=state.encodings[keep],
+        record_person=state.record_person[keep],
+        record_origin=state.record_origin[keep],
+        record_position=state.record_position[keep],
+    )
+    held = {pruned.current(int(person)) for person in np.unique(pruned.record_person).tolist()}
+    return Pruning(
+        state=pruned,
+        removed=int(drop.sum()),
+        kept=int(keep.sum()),
+        people_without_records=pruned.person_count - len(held),
     )
 
 
@@ -461,6 +904,7 @@ def _to_bytes(state: SpineState) -> bytes:
             "kcv": s.kcv,
             "link_key_mode": s.link_key_mode.value,
             "max_merge_share": s.max_merge_share,
+            "keep_runs": s.keep_runs,
         },
         "person_keys": [dict(keys) for keys in state.person_keys],
         "merged_into": list(state.merged_into),
@@ -469,6 +913,10 @@ def _to_bytes(state: SpineState) -> bytes:
             for e in state.events
         ],
         "runs": list(state.runs),
+        "origins": [
+            {"project_id": o.project_id, "party": o.party, "run_id": o.run_id, "records": o.records}
+            for o in state.origins
+        ],
     }
     buffer = io.BytesIO()
     np.savez(
@@ -476,6 +924,8 @@ def _to_bytes(state: SpineState) -> bytes:
         meta=np.frombuffer(json.dumps(meta, sort_keys=True).encode(), dtype=np.uint8),
         encodings=state.encodings,
         record_person=state.record_person,
+        record_origin=state.record_origin,
+        record_position=state.record_position,
     )
     return buffer.getvalue()
 
@@ -492,6 +942,7 @@ def _from_bytes(data: bytes) -> SpineState:
             kcv=s["kcv"],
             link_key_mode=LinkKeyMode(s["link_key_mode"]),
             max_merge_share=float(s["max_merge_share"]),
+            keep_runs=s.get("keep_runs"),
         ),
         person_keys=tuple(dict(keys) for keys in meta["person_keys"]),
         merged_into=tuple(int(p) for p in meta["merged_into"]),
@@ -507,6 +958,18 @@ def _from_bytes(data: bytes) -> SpineState:
             for e in meta["events"]
         ),
         runs=tuple(meta["runs"]),
+        # A spine written before origins were kept has none: its records' origins are -1.
+        origins=tuple(RecordOrigin(**origin) for origin in meta.get("origins", [])),
+        record_origin=(
+            arrays["record_origin"].astype(np.int64)
+            if "record_origin" in arrays
+            else np.zeros(0, np.int64)
+        ),
+        record_position=(
+            arrays["record_position"].astype(np.int64)
+            if "record_position" in arrays
+            else np.zeros(0, np.int64)
+        ),
     )
 
 

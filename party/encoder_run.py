@@ -37,7 +37,12 @@ import numpy.typing as npt
 
 from party.extract import ExtractChunk, ReadProgress, open_extract
 from party.mapping import BoundMapping, DepartmentMapping
-from party.positions_file import PositionsBinding, write_positions
+from party.positions_file import (
+    PositionsBinding,
+    read_binding,
+    read_positions,
+    write_positions,
+)
 from protocol.clk_file import ClkFileWriter
 from protocol.encoding import ClkEncoder
 from protocol.errors import (
@@ -587,6 +592,42 @@ def _first_repeated_id(digests: npt.NDArray[np.int64], ids_scratch: Path) -> tup
     return best
 
 
+def _earlier_positions(
+    path: Path, ids_scratch: Path, rows: npt.NDArray[np.int64], project_id: str
+) -> npt.NDArray[np.int64]:
+    """Each encoded record's position in an earlier positions file of the same extract and
+    project (errors name rows and counts, never a record id)."""
+    binding = read_binding(path)
+    if binding is not None and binding.project_id != project_id:
+        raise ExtractError(
+            f"the earlier positions file is for project {binding.project_id!r}, not "
+            f"{project_id!r}; give the positions file of this project's upload",
+            path=str(path),
+        )
+    earlier: dict[str, int] = {}
+    for _, record_id, position in read_positions(path):
+        earlier[record_id] = position
+    count = len(rows)
+    if len(earlier) != count or sorted(earlier.values()) != list(range(count)):
+        raise ExtractError(
+            f"the earlier positions file holds {len(earlier)} records and this extract encodes "
+            f"{count}: re-encode exactly the extract (and bad-row policy) that made it",
+            path=str(path),
+        )
+    position_of = np.empty(count, dtype=np.int64)
+    with ids_scratch.open("r", encoding="utf-8", newline="\n") as ids:
+        for index, line in enumerate(ids):
+            found = earlier.get(line[:-1])
+            if found is None:
+                raise RecordError(
+                    "this record's id is not in the earlier positions file; re-encode exactly "
+                    "the extract that made it",
+                    row=int(rows[index]),
+                )
+            position_of[index] = found
+    return position_of
+
+
 _BUCKET_BYTES = 8 << 20  # CLKs per shuffle bucket: what the shuffle holds at once
 
 
@@ -659,8 +700,14 @@ def encode_extract(
     progress: Progress | None = None,
     generator: np.random.Generator | None = None,
     observer: RowObserver | None = None,
+    same_positions: Path | str | None = None,
 ) -> EncodeSummary:
     """Encode an extract into an encoded file and a private positions file.
+
+    ``same_positions``: an earlier positions file of this extract for this project; each
+    record goes to the position it had there instead of a fresh shuffle (a spine's key
+    rotation: the linkage unit maps the re-encoding to its records by position). The extract
+    must encode exactly the records that file holds.
 
     ``bad_rows``: ``fail`` stops at the first unusable row (nothing is written); ``skip``
     leaves such rows out and counts them; ``blank`` treats an unusable value as missing.
@@ -830,10 +877,15 @@ def encode_extract(
                 row=int(all_rows[repeat[1]]),
             )
 
-        permutation = (generator or _fresh_generator()).permutation(record_count)
-        position_of = np.empty(record_count, dtype=np.int64)
-        position_of[permutation] = np.arange(record_count, dtype=np.int64)
-        del permutation
+        if same_positions is not None:
+            position_of = _earlier_positions(
+                Path(same_positions), ids_scratch, np.concatenate(row_numbers), project_id
+            )
+        else:
+            permutation = (generator or _fresh_generator()).permutation(record_count)
+            position_of = np.empty(record_count, dtype=np.int64)
+            position_of[permutation] = np.arange(record_count, dtype=np.int64)
+            del permutation
         # Both files or neither: the positions file is committed inside the encoded file's
         # block (so a failure writing it leaves no encoded file), and removed again if the
         # encoded file then fails to commit. The payload digest it is bound to is taken

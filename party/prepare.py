@@ -131,6 +131,7 @@ def prepare_upload(
     generator: np.random.Generator | None = None,
     sample_generator: np.random.Generator | None = None,
     key_context: str | None = None,
+    same_positions: Path | str | None = None,
 ) -> PreparedUpload:
     """Encode an extract, leak-scan the output and sign its manifest, in one pass.
 
@@ -165,6 +166,7 @@ def prepare_upload(
         progress=progress,
         generator=generator,
         observer=sample,
+        same_positions=same_positions,
     )
     if scan_progress:
         # The scan's bar starts now: drawing its strings and patterns takes a while too.

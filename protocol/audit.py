@@ -339,6 +339,29 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
             required={"spine": _label, "row_count": _count, "crosswalk_sha256": _SHA256},
             project_required=False,
         ),
+        # The operator moved a spine to a new linkage secret: its KCV binding, old and new
+        # (KCVs only; the LU never holds a secret), and how many records were re-encoded.
+        "spine_rotated": _EventRule(
+            required={
+                "spine": _label,
+                "old_kcv": _KCV,
+                "new_kcv": _KCV,
+                "records": _count,
+                "uploads": _count,
+            },
+            project_required=False,
+        ),
+        # Retention removed records' encodings from a spine; people and keys stay.
+        "spine_pruned": _EventRule(
+            required={
+                "spine": _label,
+                "keep_runs": _count,
+                "records_removed": _count,
+                "records_kept": _count,
+                "people_without_records": _count,
+            },
+            project_required=False,
+        ),
         # A party asked for keys that are not its own, or for anything of a project it is not
         # in: the caller sees only "not found", the auditor sees who asked for what.
         "access_refused": _EventRule(

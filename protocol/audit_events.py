@@ -264,6 +264,34 @@ class CrosswalkReleased(AuditEvent):
     crosswalk_sha256: str
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpineRotated(AuditEvent):
+    """The operator moved a spine to a new linkage secret (``spine rotate``): its KCV binding
+    from ``old_kcv`` to ``new_kcv``, ``records`` re-encodings taken from ``uploads`` files."""
+
+    NAME: ClassVar[str] = "spine_rotated"
+    project_id: None = None
+    spine: str
+    old_kcv: bytes
+    new_kcv: bytes
+    records: int
+    uploads: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SpinePruned(AuditEvent):
+    """Retention removed ``records_removed`` records' encodings from a spine (``spine
+    prune``), keeping the last ``keep_runs`` runs' records; every person keeps its keys."""
+
+    NAME: ClassVar[str] = "spine_pruned"
+    project_id: None = None
+    spine: str
+    keep_runs: int
+    records_removed: int
+    records_kept: int
+    people_without_records: int
+
+
 EVENTS: Mapping[str, type[AuditEvent]] = MappingProxyType(
     {
         kind.NAME: kind
@@ -283,6 +311,8 @@ EVENTS: Mapping[str, type[AuditEvent]] = MappingProxyType(
             SpineCreated,
             SpineRunLinked,
             CrosswalkReleased,
+            SpineRotated,
+            SpinePruned,
         )
     }
 )

@@ -42,6 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the project joins this spine: derive the field keys for the spine, not the "
         "project, so encodings compare across every project of the spine (docs/spine.md)",
     )
+    parser.add_argument(
+        "--same-positions",
+        type=Path,
+        metavar="POSITIONS_CSV",
+        help="put each record at the position it had in this earlier positions file of the "
+        "same extract and project, instead of a fresh shuffle: a spine's key rotation "
+        "(docs/spine.md)",
+    )
     mapping = parser.add_mutually_exclusive_group(required=True)
     mapping.add_argument("--mapping", type=Path, help="the department's mapping file (TOML)")
     mapping.add_argument("--layout", help="a shipped mapping for a synth layout: moj, dfe or hmpps")
@@ -169,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
             secret=secret,
             project_id=args.project,
             key_context=None if args.spine is None else spine_key_context(args.spine),
+            same_positions=args.same_positions,
             party=party,
             signing_key=signing_key,
             software_version=bloomlink.__version__,

@@ -3,7 +3,9 @@
 These commands work on the linkage unit's data directory while the linkage unit is stopped
 (they take its audit log, which one process holds at a time) and append their audit events:
 ``keygen`` makes the spine key, ``create`` a spine, ``show`` its figures, ``crosswalk``
-releases the merges' old key -> current key table.
+releases the merges' old key -> current key table, ``rotate`` moves the spine to a new
+linkage secret from the parties' re-encodings (every person keeps its keys), ``prune``
+applies the retention policy (records' encodings go, people and keys stay).
 """
 
 from __future__ import annotations
@@ -13,16 +15,23 @@ import hashlib
 import os
 from pathlib import Path
 
+import numpy as np
+
 from bloomlink.commands._output import add_json_flag, emit
 from linkage_unit.audit_log import AuditLog
 from linkage_unit.spine import (
     SPINE_KEY_BYTES,
+    Reencoding,
     SpineSettings,
+    SpineState,
     SpineStore,
+    prune_spine,
     read_spine_key,
+    rotate_spine,
     spine_directory,
 )
-from protocol.audit_events import CrosswalkReleased, SpineCreated
+from protocol.audit_events import CrosswalkReleased, SpineCreated, SpinePruned, SpineRotated
+from protocol.clk_file import read_clks
 from protocol.errors import ConfigurationError
 from protocol.messages import LinkKeyMode
 from protocol.schema import load_schema
@@ -51,24 +60,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--link-key-mode", choices=[mode.value for mode in LinkKeyMode], default="shared"
     )
+    create.add_argument(
+        "--keep-runs",
+        type=int,
+        help="retention: `spine prune` keeps the encodings of the last N runs' records only "
+        "(people and keys are kept); default: keep every record",
+    )
     show = sub.add_parser("show", help="a spine's parties, binding and figures")
     show.add_argument("name")
+    rotate = sub.add_parser(
+        "rotate",
+        help="move the spine to a new linkage secret from every party's re-encoding of its "
+        "earlier uploads (encode --same-positions); each person keeps its keys, audited",
+    )
+    rotate.add_argument("name")
+    rotate.add_argument(
+        "--reencoded",
+        required=True,
+        action="append",
+        metavar="PARTY=FILE",
+        help="a party's re-encoded file of one earlier upload (its header names the project); "
+        "one per upload the spine holds records of, repeat the flag",
+    )
+    prune = sub.add_parser(
+        "prune", help="retention: remove old records' encodings, keep people and keys, audited"
+    )
+    prune.add_argument("name")
+    prune.add_argument(
+        "--keep-runs", type=int, help="keep the last N runs' records (default: the spine's policy)"
+    )
     crosswalk = sub.add_parser(
         "crosswalk", help="release the crosswalk (old link key -> current link key), audited"
     )
     crosswalk.add_argument("name")
     crosswalk.add_argument("--out", required=True, type=Path, help="CSV to write")
-    for action in (create, show, crosswalk):
+    for action in (create, show, crosswalk, rotate, prune):
         action.add_argument("--data-dir", required=True, type=Path, help="the LU's data dir")
         action.add_argument(
             "--spine-key", required=True, type=Path, help="the operator's spine key file"
         )
-    for action in (create, crosswalk):
+    for action in (create, crosswalk, rotate, prune):
         action.add_argument("--audit-log", type=Path, help="default <data-dir>/audit.jsonl")
         action.add_argument(
             "--audit-signing-key", type=Path, help="default <data-dir>/audit-signing-key.pem"
         )
-    for action in (keygen, create, show, crosswalk):
+    for action in (keygen, create, show, crosswalk, rotate, prune):
         add_json_flag(action)
 
 
@@ -112,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             schema_fingerprint=fingerprint.hex(),
             link_key_mode=LinkKeyMode(args.link_key_mode),
             max_merge_share=args.max_merge_share,
+            keep_runs=args.keep_runs,
         )
         with _audit(args) as audit:
             store.create(settings)
@@ -143,9 +180,25 @@ def run(args: argparse.Namespace) -> int:
             "runs": len(state.runs),
             "merges": sum(1 for event in state.events if event.kind == "merge"),
             "splits": sum(1 for event in state.events if event.kind == "split"),
+            "keep_runs": state.settings.keep_runs,
         }
-        emit(args, record, [f"{key}: {value}" for key, value in record.items()])
+        # The uploads whose records the spine holds: what a key rotation needs re-encoded.
+        held = np.bincount(
+            state.record_origin[state.record_origin >= 0], minlength=len(state.origins)
+        )
+        uploads = [
+            {"project": origin.project_id, "party": origin.party, "records": origin.records}
+            for index, origin in enumerate(state.origins)
+            if held[index]
+        ]
+        lines = [f"{key}: {value}" for key, value in record.items()]
+        lines += [f"holds records of {u['party']}'s upload to {u['project']}" for u in uploads]
+        emit(args, {**record, "uploads": uploads}, lines)
         return 0
+    if args.spine_action == "rotate":
+        return _rotate(args, store, state)
+    if args.spine_action == "prune":
+        return _prune(args, store, state)
     rows = state.crosswalk().rows
     text = "old_link_key,current_link_key\n" + "".join(f"{old},{new}\n" for old, new in rows)
     data = text.encode("ascii")
@@ -165,4 +218,74 @@ def run(args: argparse.Namespace) -> int:
         {"spine": state.settings.name, "rows": len(rows), "path": str(args.out)},
         [f"wrote {len(rows)} crosswalk rows of spine {state.settings.name} to {args.out}"],
     )
+    return 0
+
+
+def _rotate(args: argparse.Namespace, store: SpineStore, state: SpineState) -> int:
+    reencodings = []
+    for item in args.reencoded:
+        party, separator, path = item.partition("=")
+        if not separator or not party or not path:
+            raise ConfigurationError("--reencoded takes PARTY=FILE")
+        header, clks = read_clks(Path(path))
+        reencodings.append(
+            Reencoding(
+                project_id=header.project_id,
+                party=party,
+                schema_fingerprint=header.schema_fingerprint.hex(),
+                kcv=header.kcv.hex(),
+                clks=np.array(clks, dtype=np.uint64),
+            )
+        )
+    rotation = rotate_spine(state, reencodings)  # refuses before anything is written
+    with _audit(args) as audit:
+        store.save(rotation.state)
+        audit.append(
+            SpineRotated(
+                spine=state.settings.name,
+                old_kcv=bytes.fromhex(rotation.old_kcv),
+                new_kcv=bytes.fromhex(rotation.new_kcv),
+                records=rotation.records,
+                uploads=len(reencodings),
+            )
+        )
+    emit(
+        args,
+        {"spine": state.settings.name, "records": rotation.records, "uploads": len(reencodings)},
+        [
+            f"spine {state.settings.name} now takes uploads under the new linkage secret only: "
+            f"{rotation.records} records re-encoded from {len(reencodings)} files, every "
+            "person keeps its link keys"
+        ],
+    )
+    return 0
+
+
+def _prune(args: argparse.Namespace, store: SpineStore, state: SpineState) -> int:
+    keep_runs = args.keep_runs if args.keep_runs is not None else state.settings.keep_runs
+    if keep_runs is None:
+        raise ConfigurationError(
+            f"spine {state.settings.name} has no retention policy; give --keep-runs N"
+        )
+    pruning = prune_spine(state, keep_runs)
+    if pruning.removed:
+        with _audit(args) as audit:
+            store.save(pruning.state)
+            audit.append(
+                SpinePruned(
+                    spine=state.settings.name,
+                    keep_runs=keep_runs,
+                    records_removed=pruning.removed,
+                    records_kept=pruning.kept,
+                    people_without_records=pruning.people_without_records,
+                )
+            )
+    record = {
+        "spine": state.settings.name,
+        "keep_runs": keep_runs,
+        "records_removed": pruning.removed,
+        "records_kept": pruning.kept,
+        "people_without_records": pruning.people_without_records,
+    }
+    emit(args, record, [f"{key}: {value}" for key, value in record.items()])
     return 0

@@ -3,21 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
+from linkage_unit.blocking import BlockingMode
 from linkage_unit.link_keys import PartyLinkKeys
-from linkage_unit.matching import MatchSettings
+from linkage_unit.matching import MatchSettings, link
 from linkage_unit.spine import (
+    Reencoding,
     SpineSettings,
     SpineState,
     SpineStore,
     SpineUpload,
     link_into_spine,
+    link_means,
+    prune_spine,
     read_spine_key,
+    reference_link_means,
+    rotate_spine,
 )
 from protocol.errors import (
     AlreadyExistsError,
@@ -125,19 +135,12 @@ def test_shared_mode_gives_every_party_the_persons_one_key() -> None:
 
 
 def test_a_merge_keeps_old_keys_valid_through_the_crosswalk() -> None:
-    truth = _people(0, 1)
-    generator = np.random.default_rng(11)
     # Release 1 at a strict cut: two noisy extracts of one person stay two spine people.
-    copies = noisy_copies(generator, np.repeat(truth, 2, axis=0), 0.08)
-    state = link_into_spine(
-        SpineState(settings=_settings(max_merge_share=0.5)),
-        [_upload("moj", copies)],
-        MatchSettings(threshold=0.97, deduplicated=frozenset({"moj"})),
-        run_id="r1",
-    ).state
+    state, truth = _two_spine_people_of_one_person()
+    generator = np.random.default_rng(12)
     assert state.person_count == 2
     before = [dict(keys) for keys in state.person_keys]
-    # Release 2 at the usual cut shows them to be one person.
+    # Release 2 at the usual cut: a new record bridges them, showing them to be one person.
     result = link_into_spine(
         state,
         [_upload("dfe", noisy_copies(generator, truth, 0.04))],
@@ -151,6 +154,131 @@ def test_a_merge_keeps_old_keys_valid_through_the_crosswalk() -> None:
     assert result.state.person_keys[1]["moj"] == before[1]["moj"]
     assert result.state.crosswalk().rows == ((before[1]["moj"], before[0]["moj"]),)
     assert [event.kind for event in result.state.events] == ["merge"]
+
+
+def _two_spine_people_of_one_person() -> tuple[SpineState, npt.NDArray[np.uint64]]:
+    truth = _people(0, 1)
+    generator = np.random.default_rng(11)
+    copies = noisy_copies(generator, np.repeat(truth, 2, axis=0), 0.08)
+    state = link_into_spine(
+        SpineState(settings=_settings(max_merge_share=0.5)),
+        [_upload("moj", copies)],
+        MatchSettings(threshold=0.97, deduplicated=frozenset({"moj"})),
+        run_id="r1",
+    ).state
+    return state, truth
+
+
+def test_spine_people_are_not_merged_without_a_new_record_bridging_them() -> None:
+    state, _ = _two_spine_people_of_one_person()
+    assert state.person_count == 2
+    # At 0.6 the two spine people's records match each other, but the run brings only a
+    # stranger: spine records are never compared with each other, so nothing merges.
+    result = link_into_spine(
+        state, [_upload("dfe", _people(99, 1))], MatchSettings(threshold=0.6), run_id="r2"
+    )
+    assert result.merges == () and result.splits == ()
+    assert result.new_people == 1 and result.matched_people == 0
+    assert result.state.person_count == 3
+    assert list(result.state.record_person[:2]) == list(state.record_person)
+
+
+def test_no_spine_pair_is_compared_with_another_spine_pair() -> None:
+    truth = _people(0, 140)
+    state, _ = _release_one(truth)
+    spine_records = len(state.record_person)
+    exhaustive = MatchSettings(
+        threshold=0.8, blocking=BlockingMode.NONE, deduplicated=frozenset({"moj"})
+    )
+    moj = np.concatenate([_noisy(3, truth[10:80]), _noisy(4, truth[100:140])])
+    dwp = _noisy(5, truth[0:100:5])
+    result = link_into_spine(
+        state, [_upload("moj", moj), _upload("dwp", dwp)], exhaustive, run_id="r2"
+    )
+    new_only = link({"moj": moj, "dwp": dwp}, exhaustive).comparisons
+    assert result.spine_comparisons == (len(moj) + len(dwp)) * spine_records
+    # Only the new records among themselves and each new record against the spine.
+    assert result.comparisons == new_only + result.spine_comparisons
+
+
+def test_new_records_showing_one_spine_person_to_be_two_split_it() -> None:
+    generator = np.random.default_rng(21)
+    first = _people(30, 1)
+    second = noisy_copies(generator, first, 0.2)  # another person, alike at about 0.78
+    # Release 1 at a permissive cut links MoJ's record of one to DfE's of the other.
+    release_one = link_into_spine(
+        SpineState(settings=_settings()),
+        [_upload("moj", _noisy(31, first)), _upload("dfe", _noisy(32, second))],
+        MatchSettings(threshold=0.6),
+        run_id="r1",
+    )
+    assert release_one.state.person_count == 1
+    moj_key = release_one.keys["moj"].link_keys[0]
+    # Release 2: MoJ's deduplicated extract holds both, clearly two people at 0.8, each close
+    # to one of the spine person's records only.
+    both = np.concatenate([_noisy(33, first), _noisy(34, second)])
+    result = link_into_spine(
+        release_one.state,
+        [_upload("moj", both)],
+        MatchSettings(threshold=0.8, deduplicated=frozenset({"moj"})),
+        run_id="r2",
+    )
+    assert len(result.splits) == 1 and result.merges == ()
+    assert result.splits[0].kept == 0 and result.splits[0].people == (1,)
+    keys = _key_by_row(result.keys["moj"])
+    # The new record that matched the person best keeps its key; the other is a new person.
+    assert sorted([keys[0] == moj_key, keys[1] == moj_key]) == [False, True]
+    person_of = {
+        keys[row]: next(
+            p for p, held in enumerate(result.state.person_keys) if held["moj"] == keys[row]
+        )
+        for row in (0, 1)
+    }
+    one, other = person_of[keys[0]], person_of[keys[1]]
+    assert {one, other} == {0, 1}
+    # Each old record follows the new record alike to it: MoJ's (of the first person) with
+    # row 0, DfE's (of the second) with row 1; the new records come after them.
+    assert list(result.state.record_person) == [one, other, one, other]
+    assert result.state.person_count == 2
+
+
+@hypothesis_settings(max_examples=25, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 30),
+    st.integers(1, 30),
+    st.sampled_from([0.6, 0.7, 0.8, 0.9]),
+)
+def test_people_no_new_record_reaches_keep_their_records(
+    seed: int, spine_size: int, new_size: int, threshold: float
+) -> None:
+    generator = np.random.default_rng(seed)
+    truth = random_clks(generator, spine_size + new_size, density=0.3)
+    state = link_into_spine(
+        SpineState(settings=_settings(max_merge_share=1.0)),
+        [_upload("moj", noisy_copies(generator, truth[:spine_size], 0.05))],
+        MatchSettings(threshold=threshold, deduplicated=frozenset({"moj"})),
+        run_id="r1",
+    ).state
+    chosen = generator.choice(len(truth), size=new_size, replace=False)
+    result = link_into_spine(
+        state,
+        [_upload("dfe", noisy_copies(generator, truth[chosen], 0.05))],
+        MatchSettings(threshold=threshold),
+        run_id="r2",
+    )
+    after = result.state
+    touched = {event.kept for event in result.merges + result.splits}
+    for event in result.merges + result.splits:
+        touched.update(event.people)
+    old = len(state.record_person)
+    for record in range(old):
+        before = state.current(int(state.record_person[record]))
+        if before not in touched:
+            assert after.current(int(after.record_person[record])) == before
+    # Every dfe record has exactly one key; no two dfe records share one (duplicate-free).
+    dfe = result.keys["dfe"].link_keys
+    assert len(dfe) == new_size and len(set(dfe)) == new_size
 
 
 def test_a_run_merging_too_much_of_the_spine_fails_before_any_key() -> None:
@@ -228,3 +356,191 @@ def test_the_spine_key_file_must_be_private_and_32_bytes(tmp_path: Path) -> None
     path.write_bytes(bytes(5))
     with pytest.raises(ConfigurationError, match="32 bytes"):
         read_spine_key(path)
+
+
+NEW_KCV = "fedcba9876543210"
+
+
+def _reencoded(
+    state: SpineState, by_origin: Mapping[tuple[str, str], npt.NDArray[np.uint64]]
+) -> list[Reencoding]:
+    return [
+        Reencoding(
+            project_id=project, party=party, schema_fingerprint=SCHEMA, kcv=NEW_KCV, clks=clks
+        )
+        for (project, party), clks in by_origin.items()
+    ]
+
+
+def test_a_rotation_rebinds_the_spine_and_every_person_keeps_its_keys() -> None:
+    old_truth, new_truth = _people(0, 140), _people(1, 140)  # the same people, another secret
+    first = link_into_spine(
+        SpineState(settings=_settings()),
+        [_upload("moj", _noisy(1, old_truth[:80])), _upload("dfe", _noisy(2, old_truth[20:100]))],
+        SETTINGS,
+        run_id="r1",
+        project_id="release-1",
+    )
+    moj_first = _key_by_row(first.keys["moj"])
+    # Each party re-encodes its release-1 upload under the new secret, same positions.
+    rotation = rotate_spine(
+        first.state,
+        _reencoded(
+            first.state,
+            {
+                ("release-1", "moj"): _noisy(11, new_truth[:80]),
+                ("release-1", "dfe"): _noisy(12, new_truth[20:100]),
+            },
+        ),
+    )
+    rotated = rotation.state
+    assert (rotation.old_kcv, rotation.new_kcv, rotation.records) == (KCV, NEW_KCV, 160)
+    assert rotated.settings.kcv == NEW_KCV
+    assert rotated.person_keys == first.state.person_keys
+    assert np.array_equal(rotated.record_person, first.state.record_person)
+    assert not np.array_equal(rotated.encodings, first.state.encodings)
+    # The old secret is refused now; a release under the new one keeps every key.
+    with pytest.raises(CompatibilityError, match="KCV"):
+        link_into_spine(rotated, [_upload("moj", _noisy(3, old_truth[:80]))], SETTINGS, run_id="x")
+    result = link_into_spine(
+        rotated,
+        [_upload("moj", _noisy(13, new_truth[10:80]), kcv=NEW_KCV)],
+        SETTINGS,
+        run_id="r2",
+        project_id="release-2",
+    )
+    moj_second = _key_by_row(result.keys["moj"])
+    assert all(moj_second[row] == moj_first[row + 10] for row in range(70))
+    assert result.new_people == 0
+
+
+def test_a_rotation_is_all_or_nothing() -> None:
+    truth = _people(0, 40)
+    state = link_into_spine(
+        SpineState(settings=_settings()),
+        [_upload("moj", truth[:30]), _upload("dfe", truth[10:])],
+        SETTINGS,
+        run_id="r1",
+        project_id="release-1",
+    ).state
+    fresh = _people(5, 40)
+    moj = ("release-1", "moj"), fresh[:30]
+    dfe = ("release-1", "dfe"), fresh[10:]
+    with pytest.raises(PreconditionError, match=r"missing: dfe@release-1"):
+        rotate_spine(state, _reencoded(state, dict([moj])))
+    with pytest.raises(PreconditionError, match=r"not held: dwp@release-1"):
+        rotate_spine(state, _reencoded(state, dict([moj, dfe, (("release-1", "dwp"), fresh)])))
+    with pytest.raises(CompatibilityError, match="holds 29 records"):
+        rotate_spine(state, _reencoded(state, dict([(moj[0], fresh[:29]), dfe])))
+    same = [replace(item, kcv=KCV) for item in _reencoded(state, dict([moj, dfe]))]
+    with pytest.raises(CompatibilityError, match="current secret"):
+        rotate_spine(state, same)
+    mixed = _reencoded(state, dict([moj, dfe]))
+    with pytest.raises(CompatibilityError, match="one KCV"):
+        rotate_spine(state, [mixed[0], replace(mixed[1], kcv="aa" * 8)])
+    legacy = replace(state, record_origin=np.full(60, -1, np.int64))
+    with pytest.raises(PreconditionError, match="before record origins"):
+        rotate_spine(legacy, _reencoded(state, dict([moj, dfe])))
+    with pytest.raises(PreconditionError, match="no run"):
+        rotate_spine(SpineState(settings=_settings()), _reencoded(state, dict([moj, dfe])))
+
+
+def test_retention_removes_old_records_encodings_and_keeps_people_and_keys() -> None:
+    truth = _people(0, 60)
+    one = link_into_spine(
+        SpineState(settings=_settings(keep_runs=1)),
+        [_upload("moj", truth[:40])],
+        MatchSettings(threshold=0.8, deduplicated=frozenset({"moj"})),
+        run_id="r1",
+        project_id="release-1",
+    )
+    two = link_into_spine(
+        one.state,
+        [_upload("dfe", _noisy(2, truth[20:60]))],
+        SETTINGS,
+        run_id="r2",
+        project_id="release-2",
+    )
+    pruning = prune_spine(two.state, 1)
+    pruned = pruning.state
+    assert (pruning.removed, pruning.kept) == (40, 40)
+    assert pruning.people_without_records == 20  # people 0..19 were only in release 1
+    assert pruned.person_keys == two.state.person_keys and pruned.person_count == 60
+    assert np.array_equal(pruned.encodings, two.state.encodings[40:])
+    assert {pruned.origins[int(index)].run_id for index in pruned.record_origin} == {"r2"}
+    # People 20..59 still match through their release-2 records; 0..19 cannot any more.
+    three = link_into_spine(
+        pruned, [_upload("moj", _noisy(3, truth))], SETTINGS, run_id="r3", project_id="release-3"
+    )
+    assert three.matched_people == 40 and three.new_people == 20
+    assert prune_spine(pruned, 1).removed == 0
+    again = prune_spine(pruned, 2)
+    assert again.removed == 0 and again.kept == 40
+    with pytest.raises(InvalidRequestError, match="keep_runs"):
+        prune_spine(pruned, 0)
+    with pytest.raises(InvalidRequestError, match="keep_runs"):
+        _settings(keep_runs=0)
+
+
+def test_a_spine_keeps_record_origins_at_rest(tmp_path: Path) -> None:
+    store = SpineStore(tmp_path, bytes(range(32)))
+    state = link_into_spine(
+        SpineState(settings=_settings(keep_runs=3)),
+        [_upload("moj", _people(0, 10)), _upload("dfe", _people(1, 5))],
+        SETTINGS,
+        run_id="r1",
+        project_id="release-1",
+    ).state
+    store.save(state)
+    loaded = store.load("people")
+    assert loaded.settings.keep_runs == 3
+    assert loaded.origins == state.origins
+    assert list(loaded.record_position) == [*range(10), *range(5)]
+    assert list(loaded.record_origin) == [0] * 10 + [1] * 5
+
+
+def test_a_rotation_covers_an_upload_a_resumed_run_added_twice() -> None:
+    truth, fresh = _people(0, 20), _people(1, 20)
+    upload = [_upload("moj", truth)]
+    dedupe = MatchSettings(threshold=0.8, deduplicated=frozenset({"moj"}))
+    once = link_into_spine(
+        SpineState(settings=_settings()), upload, dedupe, run_id="r1", project_id="release-1"
+    )
+    # A crash after the spine was saved: the resumed run adds the same records again.
+    twice = link_into_spine(once.state, upload, dedupe, run_id="r1", project_id="release-1")
+    assert len(twice.state.origins) == 2 and len(twice.state.record_person) == 40
+    assert twice.state.person_count == 20
+    rotated = rotate_spine(twice.state, _reencoded(twice.state, {("release-1", "moj"): fresh}))
+    assert np.array_equal(rotated.state.encodings, np.concatenate([fresh, fresh]))
+    assert prune_spine(rotated.state, 1).removed == 0  # one run, however often resumed
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0.5, 0.8]),
+    st.sampled_from([0.01, 0.02, 0.1]),
+)
+def test_the_attach_evidence_agrees_with_its_slow_twin(
+    new_records: int, spine_records: int, seed: int, cut: float, margin: float
+) -> None:
+    generator = np.random.default_rng(seed)
+    new_cluster = np.unique(generator.integers(0, 4, new_records), return_inverse=True)[1]
+    spine_person = generator.integers(0, 5, spine_records)
+    chosen = generator.random((new_records, spine_records)) < 0.4
+    left, right = np.nonzero(chosen)
+    scores = generator.uniform(cut, 1.0, len(left))
+    pairs = (left.astype(np.int64), right.astype(np.int64), scores)
+    fast = link_means(new_cluster.astype(np.int64), spine_person, pairs, cut=cut, margin=margin)
+    slow = reference_link_means(
+        new_cluster.astype(np.int64), spine_person, pairs, cut=cut, margin=margin
+    )
+    got = {
+        (int(c), int(p)): float(m)
+        for c, p, m in zip(fast.cluster, fast.person, fast.mean, strict=True)
+    }
+    assert got.keys() == slow.keys()
+    for key, value in slow.items():
+        assert got[key] == pytest.approx(value, abs=1e-9)

@@ -1,0 +1,192 @@
+"""Key rotation and retention of a spine with the command line alone, against a real
+mutual-TLS linkage unit: release 1 (MoJ + DfE) under one linkage secret; every party
+re-encodes its release-1 upload under a new secret at the same positions (``encode
+--same-positions``); the operator rotates the spine (``spine rotate``); release 2 of MoJ
+under the new secret keeps each returning person's link key, and an upload under the old
+secret is refused; retention (``spine prune``) removes release 1's encodings; the audit log,
+rotation and deletion included, verifies."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from bloomlink.cli import main
+from linkage_unit.server import ServerConfig, create_server
+from protocol.schema import default_schema
+
+pytestmark = pytest.mark.integration
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    certs = tmp_path / "certs"
+    assert main(["certs", "init", "--dir", str(certs), "--parties", "moj,dfe",
+                 "--auditor"]) == 0  # fmt: skip
+    data = tmp_path / "synth"
+    assert main(["synth", "--out", str(data), "--records", "300", "--difficulty", "low",
+                 "--departments", "moj,dfe", "--seed", "15"]) == 0  # fmt: skip
+    old_secret, new_secret = tmp_path / "secret-1.key", tmp_path / "secret-2.key"
+    for secret in (old_secret, new_secret):
+        assert main(["keygen", "--out", str(secret)]) == 0
+    for party in ("moj", "dfe"):
+        assert main(["keygen", "--signing", "--out", str(tmp_path / f"{party}-signing.pem")]) == 0
+    lu = tmp_path / "lu"
+    lu.mkdir()
+    spine_key = tmp_path / "spine.key"
+    assert main(["spine", "keygen", "--out", str(spine_key)]) == 0
+    fingerprint = default_schema().fingerprint.hex()
+    config = ServerConfig(
+        data_dir=lu,
+        listen="127.0.0.1:0",
+        ca_certificate=certs / "ca.pem",
+        certificate=certs / "linkage-unit.pem",
+        private_key=certs / "linkage-unit.key",
+        grace_seconds=0.5,
+        spine_key=spine_key,
+    )
+    operator_dir = ["--data-dir", str(lu), "--spine-key", str(spine_key)]
+    create_server(config).stop(0)
+    assert main(["spine", "create", "people", "--parties", "moj,dfe", "--keep-runs", "1",
+                 "--schema-fingerprint", fingerprint, *operator_dir]) == 0  # fmt: skip
+    truth = {
+        (row["department"], row["record_id"]): row["person_id"]
+        for row in read_rows(data / "truth.csv")
+    }
+
+    def encode(
+        project: str, party: str, department: str, secret: Path, out: Path, *extra: str
+    ) -> None:
+        out.parent.mkdir(exist_ok=True)
+        assert main(["encode", str(data / f"{department}.csv"), "--project", project,
+                     "--layout", department, "--party", party, "--spine", "people",
+                     "--secret-file", str(secret),
+                     "--signing-key", str(tmp_path / f"{party}-signing.pem"),
+                     "--out", str(out), "--workers", "1", *extra]) == 0  # fmt: skip
+
+    def positions(out: Path) -> Path:
+        return out.with_name(out.name + ".positions.csv")
+
+    def release(
+        port: int, project: str, sends: dict[str, str], secret: Path
+    ) -> dict[str, dict[str, str]] | None:
+        """Create, encode, submit, run and fetch: party -> record id -> key (None: the run
+        did not finish)."""
+
+        def tls(role: str) -> list[str]:
+            return ["--target", f"127.0.0.1:{port}", "--ca", str(certs / "ca.pem"),
+                    "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
+                    "--timeout", "10"]  # fmt: skip
+
+        parties = ",".join(sends)
+        dedupe = ["--dedupe", parties] if len(sends) == 1 else []
+        assert main(["project", "create", project, "--parties", parties, *dedupe,
+                     "--spine", "people", "--no-auto-run", "--threshold", "0.8",
+                     "--schema-fingerprint", fingerprint, *tls("operator")]) == 0  # fmt: skip
+        for party, department in sends.items():
+            out = tmp_path / project / f"{party}.clk"
+            encode(project, party, department, secret, out)
+            assert main(["submit", str(out), "--party", party, *tls(f"party-{party}")]) == 0
+        if main(["project", "run", project, "--wait", "120", *tls("operator")]) != 0:
+            return None
+        keys: dict[str, dict[str, str]] = {}
+        for party in sends:
+            out = tmp_path / project / f"{party}.clk"
+            output = tmp_path / project / f"{party}-keys.csv"
+            assert main(["fetch", project, "--party", party, "--positions", str(positions(out)),
+                         "--output", str(output), *tls(f"party-{party}")]) == 0  # fmt: skip
+            keys[party] = {row["own_record_id"]: row["link_key"] for row in read_rows(output)}
+        return keys
+
+    server = create_server(config)
+    try:
+        first = release(server.start(), "release-1", {"moj": "moj", "dfe": "dfe"}, old_secret)
+    finally:
+        server.stop(0)
+    assert first is not None
+
+    # Rotation: each party re-encodes its release-1 upload under the new secret, each record
+    # at the position it had; the operator rebinds the spine (LU stopped). `spine show` says
+    # which uploads the spine holds records of.
+    capsys.readouterr()
+    assert main(["spine", "show", "people", *operator_dir, "--json"]) == 0
+    held = json.loads(capsys.readouterr().out)["uploads"]
+    assert held == [
+        {"project": "release-1", "party": "moj", "records": len(first["moj"])},
+        {"project": "release-1", "party": "dfe", "records": len(first["dfe"])},
+    ]
+    reencoded = []
+    for party in ("moj", "dfe"):
+        out = tmp_path / "rotation" / f"{party}.clk"
+        encode("release-1", party, party, new_secret, out,
+               "--same-positions", str(positions(tmp_path / "release-1" / f"{party}.clk")))  # fmt: skip
+        reencoded += ["--reencoded", f"{party}={out}"]
+    capsys.readouterr()
+    assert main(["spine", "rotate", "people", *reencoded, *operator_dir, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["uploads"] == 2
+
+    server = create_server(config)
+    try:
+        port = server.start()
+        second = release(port, "release-2", {"moj": "dfe"}, new_secret)
+        # The spine's binding moved: an upload under the old secret is refused.
+        capsys.readouterr()
+        stale = release(port, "release-stale", {"dfe": "dfe"}, old_secret)
+        refusal = capsys.readouterr()
+    finally:
+        server.stop(0)
+    assert second is not None and stale is None
+    assert "refused" in refusal.out + refusal.err and "kcv" in refusal.out + refusal.err
+
+    def person_keys(keys: dict[str, str], department: str) -> dict[str, set[str]]:
+        by_person: dict[str, set[str]] = defaultdict(set)
+        for record, key in keys.items():
+            by_person[truth[(department, record)]].add(key)
+        return by_person
+
+    moj_one = person_keys(first["moj"], "moj")
+    moj_two = person_keys(second["moj"], "dfe")
+    returning = sorted(set(moj_one) & set(moj_two))
+    assert len(returning) >= 50
+    kept = sum(moj_one[person] == moj_two[person] for person in returning)
+    assert kept / len(returning) >= 0.98, (kept, len(returning))
+
+    # Retention: keep the last run's records only; release 1's encodings go.
+    capsys.readouterr()
+    assert main(["spine", "prune", "people", *operator_dir, "--json"]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert pruned["records_removed"] == len(first["moj"]) + len(first["dfe"])
+    assert pruned["records_kept"] == len(second["moj"])
+    assert main(["spine", "show", "people", *operator_dir, "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["records"] == len(second["moj"]) and shown["people"] >= len(moj_one)
+
+    server = create_server(config)
+    try:
+        port = server.start()
+        auditor = tmp_path / "auditor"
+        assert main(["audit", "fetch", "--out", str(auditor), "--target", f"127.0.0.1:{port}",
+                     "--ca", str(certs / "ca.pem"), "--cert", str(certs / "auditor.pem"),
+                     "--key", str(certs / "auditor.key"), "--timeout", "10"]) == 0  # fmt: skip
+    finally:
+        server.stop(0)
+    capsys.readouterr()
+    assert main(["audit", "verify", "--log", str(auditor / "audit.jsonl"),
+                 "--public-key", str(auditor / "lu-audit-key.pem")]) == 0  # fmt: skip
+    assert "result: PASSED" in capsys.readouterr().out
+    events = [
+        json.loads(line)["event"]
+        for line in (lu / "audit.jsonl").read_text(encoding="utf-8").splitlines()
+        if line
+    ]
+    assert events.count("spine_rotated") == 1 and events.count("spine_pruned") == 1
