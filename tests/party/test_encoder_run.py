@@ -397,7 +397,10 @@ def test_progress_and_summary_carry_counts_not_values(dirs: tuple[Path, Path]) -
     seen: list[EncodeProgress] = []
     extract = write_csv(source / "moj.csv", rows)
     summary = run(extract, out, chunk_rows=5, progress=seen.append)
-    assert [item.rows_read for item in seen] == [5, 10, 12]
+    # One report per byte range of about chunk_rows rows (cut at line ends, by length).
+    counts = [item.rows_read for item in seen]
+    assert len(counts) >= 2 and counts == sorted(set(counts)) and counts[-1] == 12
+    assert all(abs(later - earlier - 5) <= 2 for earlier, later in zip(counts, counts[1:-1]))
     # The total is the file's size: a bar can show a percentage and an ETA from the start.
     assert all(item.read is not None and item.read.total == extract.stat().st_size for item in seen)
     assert seen[-1].read is not None and seen[-1].read.done == extract.stat().st_size
@@ -627,7 +630,8 @@ def test_a_count_limit_stops_early_and_says_so(dirs: tuple[Path, Path]) -> None:
     rows = [person(index) for index in range(40)]
     for row in rows[:5]:
         row[4] = "Xyzzy"
-    with pytest.raises(ExtractError, match="5 of 10 rows read were unusable"):
+    # Stopped after the first range of about 10 rows, not at the end of the file.
+    with pytest.raises(ExtractError, match="5 of 1[0-2] rows read were unusable"):
         run(write_csv(source / "moj.csv", rows), out, bad_rows="skip", chunk_rows=10,
             max_bad_rows=BadRowLimit(rows=4))  # fmt: skip
     assert_nothing_written(out)
