@@ -108,6 +108,15 @@ def _coded(spec: TokenSpec) -> bool:
     return spec.size * _CODE_POINT_BITS + index_bits <= 64
 
 
+_ASCII_BASE = 128  # the compiled path codes an ASCII n-gram as its bytes in base 128
+_DENSE_SIZE = 2  # ... for n-grams up to this size (a table of 128 ** size entries per batch)
+
+
+def _dense(spec: TokenSpec) -> bool:
+    """Whether the compiled path takes ``spec``'s ASCII values (a coded, plain n-gram)."""
+    return _coded(spec) and not spec.positional and spec.size <= _DENSE_SIZE
+
+
 def _token_of_code(code: int, spec: TokenSpec) -> str:
     """The token string an n-gram code stands for (the inverse of the column path's coding)."""
     size = spec.size
@@ -291,7 +300,7 @@ class _FieldEncoder:
             leftover: dict[int, int] = {}  # value offset -> bits from the per-value path
             for spec in self._plain_specs:
                 slow: Iterable[int] = (
-                    self._or_coded_masks(batch, spec, block) if _coded(spec) else range(len(batch))
+                    self._or_ngram_masks(batch, spec, block) if _coded(spec) else range(len(batch))
                 )
                 for offset in slow:
                     mask = self._spec_mask(batch[offset], spec)
@@ -351,6 +360,65 @@ class _FieldEncoder:
             )
             bits[row_array[chosen][:, None], positions] = 1
         block |= np.packbits(bits, axis=1, bitorder="little").view("<u8")
+
+    def _or_ngram_masks(
+        self, values: Sequence[str], spec: TokenSpec, block: npt.NDArray[np.uint64]
+    ) -> list[int]:
+        """OR the bits of ``spec``'s n-grams into ``block``: ASCII values by the compiled
+        kernel (:meth:`_or_ascii_masks`), the rest by numpy (:meth:`_or_coded_masks`); return
+        the offsets of the values left to the per-value path."""
+        if not _dense(spec):
+            return self._or_coded_masks(values, spec, block)
+        rest = self._or_ascii_masks(values, spec, block)
+        if not rest:
+            return []
+        part = np.zeros((len(rest), block.shape[1]), dtype=np.uint64)
+        slow = self._or_coded_masks([values[offset] for offset in rest], spec, part)
+        block[np.asarray(rest, dtype=np.intp)] |= part
+        return [rest[offset] for offset in slow]
+
+    def _or_ascii_masks(
+        self, values: Sequence[str], spec: TokenSpec, block: npt.NDArray[np.uint64]
+    ) -> list[int]:
+        """OR the bits of ``spec``'s n-grams into ``block`` (one row per value) for every
+        value that is ASCII and at least one n-gram long, in compiled loops
+        (protocol/ngram_kernel.py); return the offsets of the other values."""
+        from protocol.ngram_kernel import ngram_counts, ngram_masks  # numba: only when used
+
+        size = spec.size
+        if spec.words == "first":  # as tokenise(): n-grams of the first word only
+            values = [value.split(" ", 1)[0] for value in values]
+        pad = PAD * (size - 1) if spec.padded else ""
+        texts = [pad + value + pad for value in values] if pad else list(values)
+        fits = [text.isascii() and len(text) >= size for text in texts]
+        rest = [offset for offset, fit in enumerate(fits) if not fit]
+        rows = [offset for offset, fit in enumerate(fits) if fit] if rest else range(len(texts))
+        if not rows:
+            return rest
+        chosen = [texts[offset] for offset in rows] if rest else texts
+        data = np.frombuffer("".join(chosen).encode("ascii"), dtype=np.uint8)
+        offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, chosen), np.int64, len(chosen)), out=offsets[1:])
+        most = np.zeros(_ASCII_BASE**size, dtype=np.int64)
+        counts = ngram_counts(data, offsets, size, spec.bits or 0, spec.bits_per_token or 0, most)
+        used = np.flatnonzero(most)
+        wanted = most[used]
+        positions = np.zeros((len(used), int(wanted.max())), dtype=np.int64)
+        row_of = np.zeros(_ASCII_BASE**size, dtype=np.int64)
+        row_of[used] = np.arange(len(used))
+        cache = self._code_positions_cache.setdefault(spec, {})
+        for row, (dense, count) in enumerate(zip(used.tolist(), wanted.tolist(), strict=True)):
+            code = 0  # the numpy path's code of the same n-gram: 21 bits a character
+            for place in range(size - 1, -1, -1):
+                code = (code << _CODE_POINT_BITS) | ((dense // _ASCII_BASE**place) % _ASCII_BASE)
+            found = cache.get(code)
+            if found is None or len(found) < count:
+                found = self._code_positions(code, count, spec)
+            positions[row, :count] = found[:count]
+        ngram_masks(
+            data, offsets, size, counts, row_of, positions, block, np.asarray(rows, np.int64)
+        )
+        return rest
 
     def _or_coded_masks(
         self, values: Sequence[str], spec: TokenSpec, block: npt.NDArray[np.uint64]
