@@ -47,6 +47,7 @@ from party.extract import (
     open_extract,
     read_csv_range,
 )
+from party.id_digests import line_digests
 from party.mapping import BoundMapping, DepartmentMapping
 from party.positions_file import PositionsBinding, write_positions
 from protocol.clk_file import ClkFileWriter
@@ -349,12 +350,6 @@ class _ChunkResult:
     """A row that is not valid CSV (numbered as the problems are)."""
 
 
-def _id_digests(record_ids: list[str]) -> bytes:
-    # Keyed per run nowhere: a process-independent digest (Python's str hash is seeded per
-    # process), compared only to find candidate repeats, which are then confirmed on the ids.
-    return b"".join([hashlib.blake2b(text.encode(), digest_size=8).digest() for text in record_ids])
-
-
 class _Column:
     """One extract column of a chunk, dictionary-encoded: row r holds
     ``distinct[codes[r]]``."""
@@ -588,7 +583,9 @@ class _ChunkEncoder:
                     )
                 found = list(map(table.rows.get, keys))
             key_rows = np.fromiter(
-                (0 if row is None else row for row in found), dtype=np.intp, count=len(found)
+                (0 if row is None else row for row in found) if rejected else found,
+                dtype=np.intp,
+                count=len(found),
             )
             code_array = key_rows[codes]
             if rejected:
@@ -624,11 +621,13 @@ class _ChunkEncoder:
             len(record_ids) if mask is None else int(np.count_nonzero(mask))
             for mask in missing_masks
         ]
+        # Kept ids are printable, so no line break or surrogate is inside one.
+        id_lines = ("\n".join(record_ids) + "\n").encode() if record_ids else b""
         return _ChunkResult(
             row_count,
             self.encoder.harden(clks).tobytes(),
-            ("\n".join(record_ids) + "\n").encode() if record_ids else b"",
-            _id_digests(record_ids),
+            id_lines,
+            line_digests(id_lines).tobytes(),
             skipped,
             blanked,
             missing,
