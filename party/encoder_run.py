@@ -550,7 +550,12 @@ class _ChunkEncoder:
                 raws = fresh  # raw values, or (raw value, salt values) keys
                 texts: list[str] = [key[0] for key in raws] if salts else raws
                 try:  # normalised as a batch; a rejected value sends us the long way
-                    values: list[str | None] = normalise_many(texts)
+                    if salts:  # many (value, salt) keys share a value: normalise each once
+                        unique = list(dict.fromkeys(texts))
+                        normal = dict(zip(unique, normalise_many(unique), strict=True))
+                        values: list[str | None] = list(map(normal.__getitem__, texts))
+                    else:
+                        values = normalise_many(texts)
                 except ValueRejectedError:
                     values = []
                     for raw, text in zip(raws, texts, strict=True):
