@@ -205,7 +205,9 @@ class RowObserver(Protocol):
 
 
 PARALLEL_FROM_BYTES = 4 << 20  # smaller extracts encode in-process: workers cost ~0.5 s to start
-_TABLE_ROWS = 1 << 16  # distinct raw values remembered per field (8 MiB at 1024 bits)
+_TABLE_ROWS = 1 << 17  # distinct raw values remembered per field (8 MiB at 512 bits)
+# (The default schema's birth group holds about 73,000 (sex, date of birth) pairs over a
+# century of dates: they must fit, or the table would start again every chunk.)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -537,17 +539,16 @@ class _ChunkEncoder:
                 keys = list(
                     zip([keys[item] for item in rest.tolist()], *reversed(parts), strict=True)
                 )
-            found = list(map(table.rows.get, keys))
+            # Each key's table row; -1: not in the table (new, or rejected).
+            key_rows = np.array(list(map(table.rows.get, keys, itertools.repeat(-1))), np.intp)
             rejected: dict[Any, str] = {}
-            if None in found:
+            fresh_at = np.flatnonzero(key_rows < 0)
+            if len(fresh_at):
                 # Work out each distinct new value once.
-                fresh = list(
-                    itertools.compress(keys, map(operator.is_, found, itertools.repeat(None)))
-                )
-                if table.make_room(len(fresh)):
-                    fresh = list(keys)  # forgotten: every value is new
-                    table.make_room(len(fresh))
-                raws = fresh  # raw values, or (raw value, salt values) keys
+                if table.make_room(len(fresh_at)):
+                    fresh_at = np.arange(len(keys))  # forgotten: every value is new
+                    table.make_room(len(fresh_at))
+                raws = [keys[index] for index in fresh_at.tolist()]  # values or (value, salts)
                 texts: list[str] = [key[0] for key in raws] if salts else raws
                 try:  # normalised as a batch; a rejected value sends us the long way
                     if salts:  # many (value, salt) keys share a value: normalise each once
@@ -564,41 +565,37 @@ class _ChunkEncoder:
                         except ValueRejectedError as error:
                             rejected[raw] = error.message
                             values.append(None)
-                    kept = [raw for raw in raws if raw not in rejected]
-                    values = [
-                        value
-                        for raw, value in zip(raws, values, strict=True)
-                        if raw not in rejected
-                    ]
-                    raws = kept
-                present = list(map(operator.is_not, values, itertools.repeat(None)))
-                table.rows.update(
-                    dict.fromkeys(itertools.compress(raws, map(operator.not_, present)), 0)
+                present = np.fromiter(
+                    map(operator.is_not, values, itertools.repeat(None)), bool, len(values)
                 )
-                new_raws = list(itertools.compress(raws, present))
-                new_values: list[str] = list(itertools.compress(values, present))  # type: ignore[arg-type]
+                fresh_rows = np.zeros(len(raws), dtype=np.intp)  # missing: row 0
+                if rejected:
+                    fresh_rows[[raw in rejected for raw in raws]] = -1  # never remembered
+                missing_raws = [
+                    raw
+                    for raw, value in zip(raws, values, strict=True)
+                    if value is None and raw not in rejected
+                ]
+                table.rows.update(dict.fromkeys(missing_raws, 0))
+                new_raws = list(itertools.compress(raws, present.tolist()))
+                new_values: list[str] = list(itertools.compress(values, present.tolist()))  # type: ignore[arg-type]
                 if new_values:
                     salt_columns = {
                         salt: [key[1 + place] for key in new_raws]
                         for place, salt in enumerate(salts)
                     }
+                    first_new = table.used
                     table.add(
                         new_raws,
                         self.encoder.field_masks(field_index, new_values, salt_columns or None),
                     )
-                found = list(map(table.rows.get, keys))
-            key_rows = np.fromiter(
-                (0 if row is None else row for row in found) if rejected else found,
-                dtype=np.intp,
-                count=len(found),
-            )
-            code_array = key_rows[codes]
+                    fresh_rows[present] = np.arange(first_new, first_new + len(new_raws))
+                key_rows[fresh_at] = fresh_rows
+            is_rejected = key_rows < 0
+            code_array = np.where(is_rejected, 0, key_rows)[codes]
             if rejected:
                 blank_allowed = (
                     self.policy is BadRowPolicy.BLANK and name not in self.bound.required_fields
-                )
-                is_rejected = np.fromiter(
-                    (row is None for row in found), dtype=bool, count=len(found)
                 )
                 for offset in np.flatnonzero(is_rejected[codes]).tolist():
                     reason = rejected[keys[codes[offset]]]
