@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import hashlib
 import itertools
 import multiprocessing
 import operator
@@ -709,7 +708,6 @@ def _write_shuffled(
     clk_scratch: Path,
     position_of: npt.NDArray[np.int64],
     clk_bytes: int,
-    digest: hashlib._Hash,
 ) -> None:
     """Write the scratch CLKs (extract order) so that record i lands at ``position_of[i]``,
     holding one bucket of CLKs at a time however large the file.
@@ -753,7 +751,6 @@ def _write_shuffled(
             shuffled = np.empty_like(rows)
             shuffled[position_of[order[low:high]] - low] = rows
             writer.write(shuffled)
-            digest.update(shuffled.data)
 
 
 def encode_extract(
@@ -1047,10 +1044,10 @@ def encode_extract(
         del permutation
         # Both files or neither: the positions file is committed inside the encoded file's
         # block (so a failure writing it leaves no encoded file), and removed again if the
-        # encoded file then fails to commit. The payload digest it is bound to is taken
-        # over the same bytes the writer hashes into the header (and checked against it).
+        # encoded file then fails to commit. The payload digest it is bound to is the
+        # writer's own over the bytes it wrote (checked against the header it commits).
         positions_committed = False
-        payload_digest = hashlib.sha256()
+        payload_digest = b""
         try:
             with ClkFileWriter(
                 encoded_path,
@@ -1060,15 +1057,16 @@ def encode_extract(
                 clk_bits=schema.encoded_bits,
                 layout=schema.layout if schema.grouped else None,
             ) as writer:
-                _write_shuffled(writer, clk_scratch, position_of, clk_bytes, payload_digest)
+                _write_shuffled(writer, clk_scratch, position_of, clk_bytes)
+                payload_digest = writer.payload_sha256()
                 binding = PositionsBinding(
                     project_id=project_id,
-                    payload_sha256=payload_digest.hexdigest(),
+                    payload_sha256=payload_digest.hex(),
                     record_count=record_count,
                 )
                 write_positions(positions_path, ids_scratch, position_of, binding)
                 positions_committed = True
-            if writer.header is None or writer.header.payload_sha256 != payload_digest.digest():
+            if writer.header is None or writer.header.payload_sha256 != payload_digest:
                 raise ConfigurationError("the encoded file's payload digest is not the one bound")
         except BaseException:
             if positions_committed:
@@ -1097,7 +1095,7 @@ def encode_extract(
             clk_bits=schema.encoded_bits,
             schema_fingerprint=schema.fingerprint.hex(),
             kcv=local.encoder.kcv.hex(),
-            payload_sha256=payload_digest.hexdigest(),
+            payload_sha256=payload_digest.hex(),
             encoded_path=encoded_path,
             positions_path=positions_path,
             seconds=time.perf_counter() - started,
