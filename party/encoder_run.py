@@ -205,6 +205,7 @@ class RowObserver(Protocol):
 
 PARALLEL_FROM_BYTES = 4 << 20  # smaller extracts encode in-process: workers cost ~0.5 s to start
 _TABLE_ROWS = 1 << 17  # distinct raw values remembered per field (8 MiB at 512 bits)
+_DIRECT_AFTER = 50_000  # values a table looks up before it may stop remembering
 # (The default schema's birth group holds about 73,000 (sex, date of birth) pairs over a
 # century of dates: they must fit, or the table would start again every chunk.)
 
@@ -292,15 +293,37 @@ class _MaskTable:
     whole table); when a chunk's new values would not fit, the table starts again (a chunk's
     own distinct values always fit). Rejected values are never remembered, so each
     occurrence is reported.
+
+    A field whose values are nearly all distinct (postcodes) gains nothing from remembering
+    them and pays a lookup and an insertion per value: once the table has seen
+    ``_DIRECT_AFTER`` values and found fewer than one in ten, it stops remembering
+    (``remember`` False) and only holds each chunk's masks.
     """
 
-    __slots__ = ("capacity", "masks", "rows", "used")
+    __slots__ = ("capacity", "hits", "lookups", "masks", "remember", "rows", "used")
 
     def __init__(self, words: int) -> None:
         self.capacity = _TABLE_ROWS
         self.rows: dict[Any, int] = {}
         self.masks = np.zeros((min(1024, self.capacity), words), dtype=np.uint64)
         self.used = 1
+        self.remember = True
+        self.lookups = 0
+        self.hits = 0
+
+    def note(self, lookups: int, hits: int) -> None:
+        """Count a chunk's lookups and how many found their value; stop remembering a field
+        whose values rarely repeat."""
+        self.lookups += lookups
+        self.hits += hits
+        if self.lookups >= _DIRECT_AFTER and self.hits * 10 < self.lookups:
+            self.remember = False
+            self.rows.clear()
+
+    def start_chunk(self) -> None:
+        """A table that does not remember starts every chunk empty (row 0: missing)."""
+        if not self.remember:
+            self.used = 1
 
     def make_room(self, count: int) -> bool:
         """Ensure ``count`` more rows fit; True if that meant forgetting every value."""
@@ -320,7 +343,8 @@ class _MaskTable:
         """Remember ``raws`` with their masks (call :meth:`make_room` for them first)."""
         start = self.used
         self.masks[start : start + len(raws)] = masks
-        self.rows.update(zip(raws, range(start, start + len(raws)), strict=True))
+        if self.remember:
+            self.rows.update(zip(raws, range(start, start + len(raws)), strict=True))
         self.used += len(raws)
 
 
@@ -539,9 +563,17 @@ class _ChunkEncoder:
                     zip([keys[item] for item in rest.tolist()], *reversed(parts), strict=True)
                 )
             # Each key's table row; -1: not in the table (new, or rejected).
-            key_rows = np.array(list(map(table.rows.get, keys, itertools.repeat(-1))), np.intp)
+            table.start_chunk()
+            if table.remember:
+                key_rows = np.array(
+                    list(map(table.rows.get, keys, itertools.repeat(-1))), dtype=np.intp
+                )
+                fresh_at = np.flatnonzero(key_rows < 0)
+                table.note(len(keys), len(keys) - len(fresh_at))
+            else:
+                key_rows = np.full(len(keys), -1, dtype=np.intp)
+                fresh_at = np.arange(len(keys))
             rejected: dict[Any, str] = {}
-            fresh_at = np.flatnonzero(key_rows < 0)
             if len(fresh_at):
                 # Work out each distinct new value once.
                 if table.make_room(len(fresh_at)):
@@ -575,7 +607,8 @@ class _ChunkEncoder:
                     for raw, value in zip(raws, values, strict=True)
                     if value is None and raw not in rejected
                 ]
-                table.rows.update(dict.fromkeys(missing_raws, 0))
+                if table.remember:
+                    table.rows.update(dict.fromkeys(missing_raws, 0))
                 new_raws = list(itertools.compress(raws, present.tolist()))
                 new_values: list[str] = list(itertools.compress(values, present.tolist()))  # type: ignore[arg-type]
                 if new_values:

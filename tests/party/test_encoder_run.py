@@ -438,6 +438,41 @@ def test_small_mask_tables_and_shuffle_buckets_change_no_bit(
     assert all(clks[position].tobytes() == direct[rid] for rid, position in positions.items())
 
 
+def test_tables_that_stop_remembering_change_no_bit(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every postcode distinct: after _DIRECT_AFTER lookups its table stops remembering and
+    # holds each chunk's masks only, while repeating fields' tables keep theirs; bad values
+    # are still reported with their rows.
+    source, out = dirs
+    rows = [person(index) for index in range(80)]
+    for index, row in enumerate(rows):
+        row[5] = f"N{index % 9 + 1} {index % 10}{chr(65 + index % 26)}{chr(65 + index // 26)}"
+    rows[61][3] = "31/02/1990"
+    extract = write_csv(source / "moj.csv", rows)
+    run(extract, out, seed=5, chunk_rows=13, bad_rows="skip", max_bad_rows=BadRowLimit(rows=1))
+    expected = (out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()
+    monkeypatch.setattr(party.encoder_run, "_DIRECT_AFTER", 20)
+    tables: list[object] = []
+    original = party.encoder_run._MaskTable.note
+
+    def note(table: party.encoder_run._MaskTable, lookups: int, hits: int) -> None:
+        original(table, lookups, hits)
+        tables.append((id(table), table.remember))
+
+    monkeypatch.setattr(party.encoder_run._MaskTable, "note", note)
+    summary = run(
+        extract, out, seed=5, chunk_rows=13, bad_rows="skip", max_bad_rows=BadRowLimit(rows=1)
+    )
+    assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == expected
+    assert summary.rows_skipped == 1
+    stopped = {table for table, remember in tables if not remember}
+    kept = {table for table, remember in tables if remember} - stopped
+    # Names repeat (10 forenames, 7 surnames) and stay remembered; dates of birth, their
+    # (sex, date) pairs and postcodes are all distinct here and stop.
+    assert (len(kept), len(stopped)) == (2, 3)
+
+
 def test_equal_id_digests_are_confirmed_on_the_ids(tmp_path: Path) -> None:
     ids = tmp_path / "ids.txt"
     ids.write_text("a\nb\nc\nb\nd\n", encoding="utf-8")
