@@ -1,8 +1,14 @@
 """An encoder run: extract -> normalise -> tokenise -> encode -> shuffle -> encoded file.
 
-Reads the extract in chunks, encodes them on every core (separate processes, each with its
-own encoder built from the secret), keeps at most a few chunks in flight so memory stays flat
-however large the file, then writes the CLKs in a fresh random order with the encoded file's
+Encodes the extract on every core (separate processes, each with its own encoder built from
+the secret). A UTF-8 CSV extract is cut into byte ranges at line ends and each process reads
+its own ranges with Arrow's CSV parser (party/extract.py), so only offsets go to a worker and
+only packed CLKs, id lines and problem rows come back, in order; from the first range that
+holds a quote on (a quoted value may span lines), and for Parquet or other encodings, the
+extract is read here with the csv module and sent in chunks. Columns are dictionary-encoded,
+so each distinct value is normalised and encoded once. At most a few ranges or chunks are in
+flight, so memory stays flat however large the file; then the run writes the CLKs in a fresh
+random order with the encoded file's
 header, and a private positions file (``record_id,position``, party/positions_file.py) that
 maps each shuffled position back to the department's own record id and names the project and
 payload digest of its encoded file. The positions file never leaves the department. Both
@@ -997,27 +1003,31 @@ def encode_extract(
                     report(ReadProgress(done=byte_range.stop, total=size, unit="B"))
                     return True
 
-                for byte_range in ranges:
-                    if pool is None:
-                        if not take(local.encode_range(source, byte_range), byte_range):
-                            return byte_range.start
-                        continue
-                    pending.append(
-                        (pool.submit(_encode_range_in_worker, source, byte_range), byte_range)
+                def finish(future: Future[_ChunkResult] | None, done: ByteRange) -> bool:
+                    result = local.encode_range(source, done) if future is None else future.result()
+                    if take(result, done):
+                        return True
+                    for other, _ in pending:
+                        if other is not None:
+                            other.cancel()
+                    return False
+
+                # This process encodes every process_count-th range itself (when it comes
+                # due), the pool's process_count - 1 workers the others, ahead of time.
+                for index, byte_range in enumerate(ranges):
+                    future = (
+                        None
+                        if pool is None or index % process_count == 0
+                        else pool.submit(_encode_range_in_worker, source, byte_range)
                     )
+                    pending.append((future, byte_range))
                     if len(pending) >= 2 * process_count:
                         future, done = pending.popleft()
-                        if future is not None and not take(future.result(), done):
-                            for other, _ in pending:
-                                if other is not None:
-                                    other.cancel()
+                        if not finish(future, done):
                             return done.start
                 while pending:
                     future, done = pending.popleft()
-                    if future is not None and not take(future.result(), done):
-                        for other, _ in pending:
-                            if other is not None:
-                                other.cancel()
+                    if not finish(future, done):
                         return done.start
                 return None
 
@@ -1045,8 +1055,9 @@ def encode_extract(
                 encode_all(None)
             else:
                 context = multiprocessing.get_context("spawn")
+                # This process encodes too (its byte ranges' share, or reads the chunks).
                 with ProcessPoolExecutor(
-                    max_workers=process_count,
+                    max_workers=process_count - 1,
                     mp_context=context,
                     initializer=_start_worker,
                     initargs=encoder_args,

@@ -24,6 +24,7 @@ from party.encoder_run import (
 )
 from party.id_digests import line_digests, line_digests_reference
 from party.mapping import DepartmentMapping, shipped_mapping
+from party.sensitive_strings import RowSample
 from protocol.clk_file import read_clks
 from protocol.encoding import ClkEncoder
 from protocol.errors import ConfigurationError, ExtractError, RecordError
@@ -762,3 +763,71 @@ def test_record_id_digests_agree_with_their_reference(ids: list[str]) -> None:
     # the ids; none is expected among a handful).
     if len(set(ids)) == len(ids):
         assert len(set(line_digests(text).tolist())) == len(ids)
+
+
+def quoted_rows() -> list[list[str]]:
+    rows = [person(index) for index in range(90)]
+    rows[41][1] = "Ann, Jr"  # the csv module quotes it: byte ranges stop here
+    rows[63][2] = "Mary\nJane"  # a quoted value spanning two lines
+    return rows
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_quote_hands_the_rest_of_the_file_to_the_csv_module(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    source, out = dirs
+    rows = quoted_rows()
+    monkeypatch.setattr(party.encoder_run, "PARALLEL_FROM_BYTES", 0)
+    summary = run(write_csv(source / "moj.csv", rows), out, chunk_rows=10, workers=workers)
+    assert (summary.rows_read, summary.records_encoded) == (90, 90)
+    _, clks = read_clks(out / "moj.clk")
+    positions = read_positions(out / "moj.positions.csv")
+    expected = expected_clks(rows)
+    assert all(clks[positions[rid]].tobytes() == clk for rid, clk in expected.items())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_row_of_the_wrong_width_is_named_by_its_row_in_the_file(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    source, out = dirs
+    rows = [person(index) for index in range(90)]
+    rows[56].append("extra")  # Arrow refuses its range; the csv module reads it
+    monkeypatch.setattr(party.encoder_run, "PARALLEL_FROM_BYTES", 0)
+    with pytest.raises(RecordError) as raised:
+        run(write_csv(source / "moj.csv", rows), out, chunk_rows=10, workers=workers)
+    assert (raised.value.row, raised.value.field) == (57, None)
+    assert "7 cells" in raised.value.message and "extra" not in raised.value.message
+    summary = run(
+        write_csv(source / "moj.csv", rows),
+        out,
+        chunk_rows=10,
+        workers=workers,
+        bad_rows="skip",
+        max_bad_rows=BadRowLimit(rows=1),
+    )
+    assert (summary.rows_read, summary.records_encoded, summary.rows_skipped) == (90, 89, 1)
+    assert "P00056" not in read_positions(out / "moj.positions.csv")
+
+
+@pytest.mark.parametrize(("quoted", "workers"), [(False, 1), (False, 2), (True, 2)])
+def test_the_row_sample_sees_the_rows_it_chose(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, quoted: bool, workers: int
+) -> None:
+    # The sample draws row numbers in the parent; where workers read the file, the parent
+    # reads just the chosen rows again. Each sampled row must be the extract's row.
+    source, out = dirs
+    rows = quoted_rows() if quoted else [person(index) for index in range(90)]
+    monkeypatch.setattr(party.encoder_run, "PARALLEL_FROM_BYTES", 0)
+    sample = RowSample(12, np.random.default_rng(4))
+    run(write_csv(source / "moj.csv", rows), out, chunk_rows=10, workers=workers, observer=sample)
+    assert sample.rows_read == 90 and len(sample.rows) == 12
+    assert len(set(sample.row_numbers)) == 12 and max(sample.row_numbers) > 12  # replaced
+    assert all(
+        row == rows[number - 1] for row, number in zip(sample.rows, sample.row_numbers, strict=True)
+    )
+    positions = read_positions(out / "moj.positions.csv")
+    assert sample.positions == {
+        number: positions[rows[number - 1][0]] for number in sample.row_numbers
+    }
