@@ -261,3 +261,21 @@ def test_compiled_ngram_kernel_agrees_with_the_numpy_path(
     for offset in handled:
         expected = numpy_twin._spec_mask(values[offset], parsed)
         assert int.from_bytes(fast[offset].astype("<u8").tobytes(), "little") == expected
+
+
+ASCII_WORDS = st.text(alphabet="abcdz _", max_size=12)
+
+
+@given(st.lists(st.lists(ASCII_WORDS, min_size=1, max_size=20), min_size=1, max_size=5))
+def test_the_kernel_table_kept_between_calls_gives_the_per_value_bits(
+    batches: list[list[str]],
+) -> None:
+    # One encoder over several column calls: an n-gram first met in a long value (few bits)
+    # is later asked for more bits by a short one, so the kept table must grow, not reuse.
+    column = ClkEncoder(SCHEMA, LinkageSecret(SECRET), project_id="kept")
+    per_value = ClkEncoder(SCHEMA, LinkageSecret(SECRET), project_id="kept")
+    for values in batches:
+        masks = column.field_masks(4, values)  # postcode: bigrams, 150 bits a value
+        for value, row in zip(values, masks, strict=True):
+            expected = per_value.field_mask(4, value)
+            assert int.from_bytes(row.astype("<u8").tobytes(), "little") == expected
