@@ -139,10 +139,13 @@ def cpu_seconds() -> float:
 
 
 def cpu_model() -> str:
+    """The CPU's model name with its family and model numbers (the name alone can be vague)."""
+    info: dict[str, str] = {}
     for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    name = info.get("model name", "unknown CPU")
+    return f"{name} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
 
 
 def time_bloomlink(
