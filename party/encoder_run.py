@@ -1037,17 +1037,14 @@ def encode_extract(
                     return
                 quoted_from = encode_ranges(pool)
                 if quoted_from is not None:
-                    chunks, close = csv_chunks_from(
+                    with csv_chunks_from(
                         extract_path,
                         mapping.dialect,
                         start=quoted_from,
                         first_row=counts["read"] + 1,
                         chunk_rows=chunk_rows,
-                    )
-                    try:
-                        encode_chunks(chunks, pool, lambda: None)
-                    finally:
-                        close()
+                    ) as rest:
+                        encode_chunks(iter(rest), pool, rest.progress)
                 if counts["read"] == 0:
                     raise ExtractError("file has a header but no data rows", path=source)
 

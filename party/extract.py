@@ -446,14 +446,19 @@ _LINES = re.compile(rb"[^\r\n]+")
 
 def csv_chunks_from(
     path: Path | str, dialect: CsvDialect, *, start: int, first_row: int, chunk_rows: int
-) -> tuple[Iterator[ExtractChunk], Callable[[], None]]:
+) -> ExtractReader:
     """Data rows from byte ``start`` (a line start) to the end, read with the csv module, in
-    chunks numbered from ``first_row``; and a function that closes the file."""
+    chunks numbered from ``first_row`` (the reader's header is empty: it was read before)."""
     source = Path(path)
     handle = source.open("rb")
+    total = source.stat().st_size
     handle.seek(start)
     text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
     reader = csv.reader(text, strict=True, delimiter=dialect.delimiter)
-    return _csv_chunks(
-        reader, chunk_rows, source, first_row=first_row, whole_file=False
-    ), text.close
+    chunks = _csv_chunks(reader, chunk_rows, source, first_row=first_row, whole_file=False)
+
+    def progress() -> ReadProgress:
+        done = total if handle.closed else handle.tell()
+        return ReadProgress(done=done, total=total, unit="B")
+
+    return ExtractReader(source, [], chunks, close=text.close, progress=progress)

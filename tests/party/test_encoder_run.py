@@ -779,8 +779,14 @@ def test_a_quote_hands_the_rest_of_the_file_to_the_csv_module(
     source, out = dirs
     rows = quoted_rows()
     monkeypatch.setattr(party.encoder_run, "PARALLEL_FROM_BYTES", 0)
-    summary = run(write_csv(source / "moj.csv", rows), out, chunk_rows=10, workers=workers)
+    seen: list[EncodeProgress] = []
+    extract = write_csv(source / "moj.csv", rows)
+    summary = run(extract, out, chunk_rows=10, workers=workers, progress=seen.append)
     assert (summary.rows_read, summary.records_encoded) == (90, 90)
+    # Progress is in bytes of the file throughout, ranges and csv-module chunks alike.
+    assert all(item.read is not None and item.read.unit == "B" for item in seen)
+    assert seen[-1].read is not None and seen[-1].read.done == extract.stat().st_size
+    assert [item.rows_read for item in seen] == sorted({item.rows_read for item in seen})
     _, clks = read_clks(out / "moj.clk")
     positions = read_positions(out / "moj.positions.csv")
     expected = expected_clks(rows)
