@@ -1,8 +1,14 @@
 """An encoder run: extract -> normalise -> tokenise -> encode -> shuffle -> encoded file.
 
-Reads the extract in chunks, encodes them on every core (separate processes, each with its
-own encoder built from the secret), keeps at most a few chunks in flight so memory stays flat
-however large the file, then writes the CLKs in a fresh random order with the encoded file's
+Encodes the extract on every core (separate processes, each with its own encoder built from
+the secret). A UTF-8 CSV extract is cut into byte ranges at line ends and each process reads
+its own ranges with Arrow's CSV parser (party/extract.py), so only offsets go to a worker and
+only packed CLKs, id lines and problem rows come back, in order; from the first range that
+holds a quote on (a quoted value may span lines), and for Parquet or other encodings, the
+extract is read here with the csv module and sent in chunks. Columns are dictionary-encoded,
+so each distinct value is normalised and encoded once. At most a few ranges or chunks are in
+flight, so memory stays flat however large the file; then the run writes the CLKs in a fresh
+random order with the encoded file's
 header, and a private positions file (``record_id,position``, party/positions_file.py) that
 maps each shuffled position back to the department's own record id and names the project and
 payload digest of its encoded file. The positions file never leaves the department. Both
@@ -15,7 +21,7 @@ leak-scans the output and signs its manifest in the same pass over the extract.
 from __future__ import annotations
 
 import collections
-import hashlib
+import dataclasses
 import itertools
 import multiprocessing
 import operator
@@ -35,7 +41,18 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from party.extract import ExtractChunk, ReadProgress, open_extract
+from party.extract import (
+    ByteRange,
+    CsvRangeError,
+    ExtractChunk,
+    ReadProgress,
+    csv_chunks_from,
+    csv_data_ranges,
+    csv_rows_at,
+    open_extract,
+    read_csv_range,
+)
+from party.id_digests import line_digests
 from party.mapping import BoundMapping, DepartmentMapping
 from party.positions_file import (
     PositionsBinding,
@@ -180,19 +197,28 @@ Progress = Callable[[EncodeProgress], None]
 
 
 class RowObserver(Protocol):
-    """Sees every chunk of the extract as the encoder reads it (in the calling process), and
-    where each kept row's CLK landed: lets a caller sample rows in the same pass."""
+    """Chooses rows of the extract as the encoder reads it (in the calling process), sees
+    the rows it chose, and where each kept row's CLK landed: lets a caller sample rows in the
+    same pass. The encoder reads the chosen rows again only where its workers read the file."""
 
     def start(self, header: list[str], date_columns: frozenset[str]) -> None: ...
 
-    def observe(self, chunk: ExtractChunk) -> None: ...
+    def choose(self, first_row: int, count: int) -> list[int]:
+        """Of the next ``count`` rows (the first is data row ``first_row``), the offsets
+        (ascending, distinct) of those it wants to see."""
+
+    def take(self, rows: list[list[str]]) -> None:
+        """The rows it chose in the last :meth:`choose`, in the same order."""
 
     def placed(self, row_numbers: npt.NDArray[np.int64], positions: npt.NDArray[np.int64]) -> None:
         """``row_numbers[i]`` (a 1-based data row) was encoded at shuffled ``positions[i]``."""
 
 
 PARALLEL_FROM_BYTES = 4 << 20  # smaller extracts encode in-process: workers cost ~0.5 s to start
-_TABLE_ROWS = 1 << 16  # distinct raw values remembered per field (8 MiB at 1024 bits)
+_TABLE_ROWS = 1 << 17  # distinct raw values remembered per field (8 MiB at 512 bits)
+_DIRECT_AFTER = 50_000  # values a table looks up before it may stop remembering
+# (The default schema's birth group holds about 73,000 (sex, date of birth) pairs over a
+# century of dates: they must fit, or the table would start again every chunk.)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -278,15 +304,37 @@ class _MaskTable:
     whole table); when a chunk's new values would not fit, the table starts again (a chunk's
     own distinct values always fit). Rejected values are never remembered, so each
     occurrence is reported.
+
+    A field whose values are nearly all distinct (postcodes) gains nothing from remembering
+    them and pays a lookup and an insertion per value: once the table has seen
+    ``_DIRECT_AFTER`` values and found fewer than one in ten, it stops remembering
+    (``remember`` False) and only holds each chunk's masks.
     """
 
-    __slots__ = ("capacity", "masks", "rows", "used")
+    __slots__ = ("capacity", "hits", "lookups", "masks", "remember", "rows", "used")
 
     def __init__(self, words: int) -> None:
         self.capacity = _TABLE_ROWS
         self.rows: dict[Any, int] = {}
         self.masks = np.zeros((min(1024, self.capacity), words), dtype=np.uint64)
         self.used = 1
+        self.remember = True
+        self.lookups = 0
+        self.hits = 0
+
+    def note(self, lookups: int, hits: int) -> None:
+        """Count a chunk's lookups and how many found their value; stop remembering a field
+        whose values rarely repeat."""
+        self.lookups += lookups
+        self.hits += hits
+        if self.lookups >= _DIRECT_AFTER and self.hits * 10 < self.lookups:
+            self.remember = False
+            self.rows.clear()
+
+    def start_chunk(self) -> None:
+        """A table that does not remember starts every chunk empty (row 0: missing)."""
+        if not self.remember:
+            self.used = 1
 
     def make_room(self, count: int) -> bool:
         """Ensure ``count`` more rows fit; True if that meant forgetting every value."""
@@ -306,15 +354,24 @@ class _MaskTable:
         """Remember ``raws`` with their masks (call :meth:`make_room` for them first)."""
         start = self.used
         self.masks[start : start + len(raws)] = masks
-        self.rows.update(zip(raws, range(start, start + len(raws)), strict=True))
+        if self.remember:
+            self.rows.update(zip(raws, range(start, start + len(raws)), strict=True))
         self.used += len(raws)
 
 
 @dataclass(frozen=True, slots=True)
 class _ChunkResult:
+    """What encoding one chunk or byte range gives back: array-sized buffers and the few
+    problem rows, never a per-row Python object (these cross between processes). Problem
+    rows are numbered as the chunk was (a byte range from 1: the caller shifts them)."""
+
+    rows: int
+    """Data rows read."""
     clks: bytes
-    record_ids: list[str]
-    row_numbers: list[int]
+    ids: bytes
+    """Kept records' ids, one per line, UTF-8."""
+    id_digests: bytes
+    """An 8-byte digest of each kept record's id, to find repeats."""
     skipped: list[RowProblem]
     blanked: list[RowProblem]
     # Per schema field: kept records with no value for it (blanked ones included).
@@ -323,6 +380,27 @@ class _ChunkResult:
     # worker: our errors take keyword-only context and do not survive pickling back from a
     # worker process (the pool would report a broken process instead).
     failure: RowProblem | None = None
+    quoted: bool = False
+    """A byte range that holds a quote was not read: read on from its start with csv."""
+    invalid_row: int | None = None
+    """A row that is not valid CSV (numbered as the problems are)."""
+
+
+class _Column:
+    """One extract column of a chunk, dictionary-encoded: row r holds
+    ``distinct[codes[r]]``."""
+
+    __slots__ = ("codes", "distinct")
+
+    def __init__(self, distinct: list[str], codes: npt.NDArray[np.intp]) -> None:
+        self.distinct = distinct
+        self.codes = codes
+
+    @classmethod
+    def of(cls, values: list[str]) -> _Column:
+        index = {value: code for code, value in enumerate(dict.fromkeys(values))}
+        codes = np.fromiter(map(index.__getitem__, values), dtype=np.intp, count=len(values))
+        return cls(list(index), codes)
 
 
 class _ChunkEncoder:
@@ -344,6 +422,8 @@ class _ChunkEncoder:
         )
         self.encoder = ClkEncoder(schema, LinkageSecret(secret_material), project_id=project_id)
         self.policy = policy
+        self.source = source
+        self.delimiter = mapping.dialect.delimiter
         ranges = [self.encoder.field_word_range(index) for index in range(len(schema.fields))]
         self._tables = [_MaskTable(stop - start) for start, stop in ranges]
         self._ranges = ranges
@@ -359,16 +439,19 @@ class _ChunkEncoder:
         self._salt_cache: dict[str, dict[str, str | None]] = {
             name: {} for name in self._salt_fields
         }
+        self._wanted = sorted(
+            {reader.column_index for reader in self.bound.fields if reader.column_index is not None}
+        )
 
-    def _salt_column(self, name: str, column: list[str]) -> list[str | None]:
-        """Normalised values of salt field ``name`` (None where missing or rejected: such a
-        value salts nothing, and its own field reports it)."""
+    def _salt_values(self, name: str, distinct: list[str]) -> list[str | None]:
+        """Normalised values of salt field ``name`` for each distinct raw value (None where
+        missing or rejected: such a value salts nothing, and its own field reports it)."""
         cache = self._salt_cache[name]
-        fresh = [raw for raw in dict.fromkeys(column) if raw not in cache]
+        fresh = [raw for raw in distinct if raw not in cache]
         if fresh:
             if len(cache) + len(fresh) > _TABLE_ROWS:
                 cache.clear()
-                fresh = list(dict.fromkeys(column))
+                fresh = list(distinct)
             reader = self.bound.fields[self._salt_fields[name]]
             try:
                 cache.update(zip(fresh, reader.normalise_many(fresh), strict=True))
@@ -378,59 +461,91 @@ class _ChunkEncoder:
                         cache[raw] = reader.normalise(raw)
                     except ValueRejectedError:
                         cache[raw] = None
-        return list(map(cache.__getitem__, column))
+        return list(map(cache.__getitem__, distinct))
 
     def encode(self, chunk: ExtractChunk) -> _ChunkResult:
-        """Encode a chunk column by column: per-row interpreter work is what limits a Python
-        encoder, so each field's raw values become rows of a mask table (each distinct new
-        value normalised once, all of them encoded in one column call) and the CLKs are the
-        OR of the fields' table rows, gathered in numpy."""
+        """Encode a chunk of rows (the csv module's or Parquet's): its columns are
+        dictionary-encoded here, then encoded as :meth:`encode_columns` does."""
         rows = chunk.rows
         first = chunk.first_row
         width = self.bound.width
         problems: dict[int, tuple[str | None, str]] = {}  # row offset -> (field, reason)
-        blanked: list[RowProblem] = []
-        missing_masks: list[npt.NDArray[np.bool_] | None] = []  # None: the field is absent
         if set(map(len, rows)) - {width}:
             blank_row = [""] * width
             fixed = []
             for offset, row in enumerate(rows):
                 if len(row) != width:
-                    self._reject(
-                        problems,
-                        offset,
-                        first,
-                        None,
-                        f"has {len(row)} cells but the header has {width}",
+                    problems.setdefault(
+                        offset, (None, f"has {len(row)} cells but the header has {width}")
                     )
                     row = blank_row
                 fixed.append(row)
             rows = fixed
         # Columns by C-level maps (a Python loop indexing every row per field costs more).
-        wanted = {self.bound.record_id_index} | {
-            reader.column_index for reader in self.bound.fields if reader.column_index is not None
+        columns = {
+            index: _Column.of(list(map(operator.itemgetter(index), rows))) for index in self._wanted
         }
-        columns = {index: list(map(operator.itemgetter(index), rows)) for index in wanted}
-        record_ids = list(map(str.strip, columns[self.bound.record_id_index]))
+        record_ids = list(map(operator.itemgetter(self.bound.record_id_index), rows))
+        return self.encode_columns(first, len(rows), record_ids, columns, problems)
+
+    def encode_range(self, path: str, byte_range: ByteRange) -> _ChunkResult:
+        """Read one byte range of a CSV extract (Arrow's parser) and encode it; its problem
+        rows are numbered from 1 within the range."""
+        try:
+            read = read_csv_range(
+                path,
+                byte_range,
+                width=self.bound.width,
+                delimiter=self.delimiter,
+                wanted=self._wanted,
+                record_id=self.bound.record_id_index,
+            )
+        except CsvRangeError as error:
+            return _ChunkResult(0, b"", b"", b"", [], [], [], invalid_row=error.row)
+        if read is None:
+            return _ChunkResult(0, b"", b"", b"", [], [], [], quoted=True)
+        if read.rows is not None:
+            return self.encode(ExtractChunk(first_row=1, rows=read.rows))
+        columns = {
+            index: _Column(distinct, codes.astype(np.intp, copy=False))
+            for index, (distinct, codes) in read.columns.items()
+        }
+        return self.encode_columns(1, read.row_count, read.record_ids, columns, {})
+
+    def encode_columns(
+        self,
+        first: int,
+        row_count: int,
+        raw_ids: list[str],
+        columns: dict[int, _Column],
+        problems: dict[int, tuple[str | None, str]],
+    ) -> _ChunkResult:
+        """Encode a chunk column by column: per-row interpreter work is what limits a Python
+        encoder, so each field's distinct raw values become rows of a mask table (each new
+        one normalised once, all of them encoded in one column call) and the CLKs are the OR
+        of the fields' table rows, gathered in numpy."""
+        blanked: list[RowProblem] = []
+        missing_masks: list[npt.NDArray[np.bool_] | None] = []  # None: the field is absent
+        record_ids = list(map(str.strip, raw_ids))
         if "" in record_ids or not all(map(str.isprintable, record_ids)):
             for offset, record_id in enumerate(record_ids):
                 if not record_id or not record_id.isprintable():
-                    self._reject(
-                        problems,
-                        offset,
-                        first,
-                        None,
-                        "record id is empty or has control characters",
+                    problems.setdefault(
+                        offset, (None, "record id is empty or has control characters")
                     )
-        clks = np.zeros((len(rows), self.encoder.input_layout.total_words), dtype=np.uint64)
-        salt_values = {
-            name: (
-                self._salt_column(name, columns[column_index])
-                if (column_index := self.bound.fields[index].column_index) is not None
-                else [None] * len(rows)
-            )
-            for name, index in self._salt_fields.items()
-        }
+        clks = np.zeros((row_count, self.encoder.input_layout.total_words), dtype=np.uint64)
+        # Per salting field: an id per distinct normalised value, and that id for each row.
+        salt_rows: dict[str, tuple[list[str | None], npt.NDArray[np.intp]]] = {}
+        for name, index in self._salt_fields.items():
+            column_index = self.bound.fields[index].column_index
+            if column_index is None:
+                salt_rows[name] = ([None], np.zeros(row_count, dtype=np.intp))
+                continue
+            column = columns[column_index]
+            normalised = self._salt_values(name, column.distinct)
+            ids = {value: place for place, value in enumerate(dict.fromkeys(normalised))}
+            of_distinct = np.fromiter(map(ids.__getitem__, normalised), np.intp, len(normalised))
+            salt_rows[name] = (list(ids), of_distinct[column.codes])
         for field_index, reader in enumerate(self.bound.fields):
             name, column_index = reader.name, reader.column_index
             normalise, normalise_many = reader.normalise, reader.normalise_many
@@ -438,24 +553,52 @@ class _ChunkEncoder:
                 missing_masks.append(None)
                 continue
             table = self._tables[field_index]
-            column: list[Any] = columns[column_index]
+            column = columns[column_index]
+            keys: list[Any] = column.distinct
+            codes = column.codes
             salts = self.encoder.field_salts(field_index)
             if salts:  # the table remembers (raw value, salt values) pairs
-                column = list(zip(column, *(salt_values[salt] for salt in salts), strict=True))
-            codes = list(map(table.rows.get, column))
-            if None in codes:
-                # Work out each distinct new value once, then look the column up again in C.
-                fresh = dict.fromkeys(
-                    itertools.compress(column, map(operator.is_, codes, itertools.repeat(None)))
+                combined = codes.astype(np.int64)
+                for salt in salts:
+                    salt_values, salt_ids = salt_rows[salt]
+                    combined = combined * len(salt_values) + salt_ids
+                distinct_pairs, codes = np.unique(combined, return_inverse=True)
+                codes = codes.reshape(-1)
+                parts = []
+                rest = distinct_pairs
+                for salt in reversed(salts):
+                    salt_values = salt_rows[salt][0]
+                    rest, place = np.divmod(rest, len(salt_values))
+                    parts.append([salt_values[item] for item in place.tolist()])
+                keys = list(
+                    zip([keys[item] for item in rest.tolist()], *reversed(parts), strict=True)
                 )
-                if table.make_room(len(fresh)):
-                    fresh = dict.fromkeys(column)  # forgotten: the whole column is new
-                    table.make_room(len(fresh))
-                rejected: dict[Any, str] = {}
-                raws = list(fresh)  # raw values, or (raw value, salt values) keys
+            # Each key's table row; -1: not in the table (new, or rejected).
+            table.start_chunk()
+            if table.remember:
+                key_rows = np.array(
+                    list(map(table.rows.get, keys, itertools.repeat(-1))), dtype=np.intp
+                )
+                fresh_at = np.flatnonzero(key_rows < 0)
+                table.note(len(keys), len(keys) - len(fresh_at))
+            else:
+                key_rows = np.full(len(keys), -1, dtype=np.intp)
+                fresh_at = np.arange(len(keys))
+            rejected: dict[Any, str] = {}
+            if len(fresh_at):
+                # Work out each distinct new value once.
+                if table.make_room(len(fresh_at)):
+                    fresh_at = np.arange(len(keys))  # forgotten: every value is new
+                    table.make_room(len(fresh_at))
+                raws = [keys[index] for index in fresh_at.tolist()]  # values or (value, salts)
                 texts: list[str] = [key[0] for key in raws] if salts else raws
                 try:  # normalised as a batch; a rejected value sends us the long way
-                    values: list[str | None] = normalise_many(texts)
+                    if salts:  # many (value, salt) keys share a value: normalise each once
+                        unique = list(dict.fromkeys(texts))
+                        normal = dict(zip(unique, normalise_many(unique), strict=True))
+                        values: list[str | None] = list(map(normal.__getitem__, texts))
+                    else:
+                        values = normalise_many(texts)
                 except ValueRejectedError:
                     values = []
                     for raw, text in zip(raws, texts, strict=True):
@@ -464,85 +607,76 @@ class _ChunkEncoder:
                         except ValueRejectedError as error:
                             rejected[raw] = error.message
                             values.append(None)
-                    kept = [raw for raw in raws if raw not in rejected]
-                    values = [
-                        value
-                        for raw, value in zip(raws, values, strict=True)
-                        if raw not in rejected
-                    ]
-                    raws = kept
-                present = list(map(operator.is_not, values, itertools.repeat(None)))
-                table.rows.update(
-                    dict.fromkeys(itertools.compress(raws, map(operator.not_, present)), 0)
+                present = np.fromiter(
+                    map(operator.is_not, values, itertools.repeat(None)), bool, len(values)
                 )
-                new_raws = list(itertools.compress(raws, present))
-                new_values: list[str] = list(itertools.compress(values, present))  # type: ignore[arg-type]
+                fresh_rows = np.zeros(len(raws), dtype=np.intp)  # missing: row 0
+                if rejected:
+                    fresh_rows[[raw in rejected for raw in raws]] = -1  # never remembered
+                missing_raws = [
+                    raw
+                    for raw, value in zip(raws, values, strict=True)
+                    if value is None and raw not in rejected
+                ]
+                if table.remember:
+                    table.rows.update(dict.fromkeys(missing_raws, 0))
+                new_raws = list(itertools.compress(raws, present.tolist()))
+                new_values: list[str] = list(itertools.compress(values, present.tolist()))  # type: ignore[arg-type]
                 if new_values:
                     salt_columns = {
                         salt: [key[1 + place] for key in new_raws]
                         for place, salt in enumerate(salts)
                     }
+                    first_new = table.used
                     table.add(
                         new_raws,
                         self.encoder.field_masks(field_index, new_values, salt_columns or None),
                     )
-                codes = list(map(table.rows.get, column))
-                if rejected:
-                    blank_allowed = (
-                        self.policy is BadRowPolicy.BLANK and name not in self.bound.required_fields
-                    )
-                    for offset in [i for i, code in enumerate(codes) if code is None]:
-                        reason = rejected[column[offset]]
-                        if blank_allowed:
-                            blanked.append(
-                                RowProblem(row=first + offset, field=name, reason=reason)
-                            )
-                        else:
-                            self._reject(problems, offset, first, name, reason)
-                        codes[offset] = 0
-            code_array = np.asarray(codes, dtype=np.intp)
+                    fresh_rows[present] = np.arange(first_new, first_new + len(new_raws))
+                key_rows[fresh_at] = fresh_rows
+            is_rejected = key_rows < 0
+            code_array = np.where(is_rejected, 0, key_rows)[codes]
+            if rejected:
+                blank_allowed = (
+                    self.policy is BadRowPolicy.BLANK and name not in self.bound.required_fields
+                )
+                for offset in np.flatnonzero(is_rejected[codes]).tolist():
+                    reason = rejected[keys[codes[offset]]]
+                    if blank_allowed:
+                        blanked.append(RowProblem(row=first + offset, field=name, reason=reason))
+                    else:
+                        problems.setdefault(offset, (name, reason))
             missing_masks.append(code_array == 0)
             start, stop = self._ranges[field_index]
             clks[:, start:stop] |= table.masks[code_array]
         if problems:
-            keep = [offset for offset in range(len(rows)) if offset not in problems]
-            kept_rows = np.asarray(keep, dtype=np.intp)
-            clks = clks[kept_rows]
-            record_ids = [record_ids[offset] for offset in keep]
-            row_numbers = [first + offset for offset in keep]
+            keep = np.setdiff1d(np.arange(row_count), np.fromiter(problems, np.intp))
+            clks = clks[keep]
+            record_ids = [record_ids[offset] for offset in keep.tolist()]
             blanked = [problem for problem in blanked if problem.row - first not in problems]
-            missing_masks = [None if mask is None else mask[kept_rows] for mask in missing_masks]
-        else:
-            row_numbers = list(range(first, first + len(rows)))
+            missing_masks = [None if mask is None else mask[keep] for mask in missing_masks]
         skipped = [
             RowProblem(row=first + offset, field=field, reason=reason)
             for offset, (field, reason) in sorted(problems.items())
         ]
         if self.policy is BadRowPolicy.FAIL and skipped:
             # Report the chunk's first bad row, whichever field or check found it.
-            return _ChunkResult(b"", [], [], [], [], [], failure=skipped[0])
+            return _ChunkResult(row_count, b"", b"", b"", [], [], [], failure=skipped[0])
         missing = [
             len(record_ids) if mask is None else int(np.count_nonzero(mask))
             for mask in missing_masks
         ]
+        # Kept ids are printable, so no line break or surrogate is inside one.
+        id_lines = ("\n".join(record_ids) + "\n").encode() if record_ids else b""
         return _ChunkResult(
+            row_count,
             self.encoder.harden(clks).tobytes(),
-            record_ids,
-            row_numbers,
+            id_lines,
+            line_digests(id_lines).tobytes(),
             skipped,
             blanked,
             missing,
         )
-
-    def _reject(
-        self,
-        problems: dict[int, tuple[str | None, str]],
-        offset: int,
-        first: int,
-        field_name: str | None,
-        reason: str,
-    ) -> None:
-        problems.setdefault(offset, (field_name, reason))
 
 
 _worker: _ChunkEncoder | None = None
@@ -557,6 +691,24 @@ def _encode_in_worker(chunk: ExtractChunk) -> _ChunkResult:
     if _worker is None:
         raise InvariantError("the encoder worker was not started")
     return _worker.encode(chunk)
+
+
+def _encode_range_in_worker(path: str, byte_range: ByteRange) -> _ChunkResult:
+    if _worker is None:
+        raise InvariantError("the encoder worker was not started")
+    return _worker.encode_range(path, byte_range)
+
+
+def _shifted(problem: RowProblem, base: int) -> RowProblem:
+    return dataclasses.replace(problem, row=problem.row + base) if base else problem
+
+
+def _range_bytes(path: Path | str, chunk_rows: int) -> int:
+    """Bytes per range: about ``chunk_rows`` rows, at the average length of the first lines."""
+    with Path(path).open("rb") as handle:
+        head = handle.read(1 << 16)
+    lines = max(1, head.count(b"\n"))
+    return max(1, chunk_rows * len(head) // lines)
 
 
 def _default_workers() -> int:
@@ -636,7 +788,6 @@ def _write_shuffled(
     clk_scratch: Path,
     position_of: npt.NDArray[np.int64],
     clk_bytes: int,
-    digest: hashlib._Hash,
 ) -> None:
     """Write the scratch CLKs (extract order) so that record i lands at ``position_of[i]``,
     holding one bucket of CLKs at a time however large the file.
@@ -680,7 +831,6 @@ def _write_shuffled(
             shuffled = np.empty_like(rows)
             shuffled[position_of[order[low:high]] - low] = rows
             writer.write(shuffled)
-            digest.update(shuffled.data)
 
 
 def encode_extract(
@@ -759,6 +909,15 @@ def encode_extract(
     process_count = workers or _default_workers()
     if size < PARALLEL_FROM_BYTES:
         process_count = 1
+    ranges = (
+        None
+        if reader.date_columns or Path(extract_path).suffix.lower() in (".parquet", ".pq")
+        else csv_data_ranges(
+            extract_path, mapping.dialect, range_bytes=_range_bytes(extract_path, chunk_rows)
+        )
+    )
+    if not ranges:
+        ranges = None
 
     try:
         clk_scratch = scratch / "clks.bin"
@@ -774,48 +933,58 @@ def encode_extract(
         blanked_by_field: collections.Counter[str] = collections.Counter()
         skipped_by_field: collections.Counter[str] = collections.Counter()
         row_numbers: list[npt.NDArray[np.int64]] = []
-        # Python's string hash (SipHash, keyed per process) finds repeated record ids in 8
-        # bytes a row; a repeat it reports is confirmed on the ids themselves before failing.
+        # An 8-byte digest a row finds repeated record ids; a repeat it reports is confirmed
+        # on the ids themselves before failing.
         id_digests: list[npt.NDArray[np.int64]] = []
 
         with (
             clk_scratch.open("wb") as clk_out,
-            ids_scratch.open("w", encoding="utf-8", newline="\n") as ids_out,
+            ids_scratch.open("wb") as ids_out,
         ):
 
-            def collect(result: _ChunkResult, rows_in_chunk: int) -> None:
+            def collect(result: _ChunkResult, base: int) -> None:
+                """Take one chunk's or range's result, in extract order; ``base`` is added to
+                its row numbers (a range numbers its rows from 1)."""
                 nonlocal skipped_rows, blanked_values, blanked_rows, first_problem
+                if result.invalid_row is not None:
+                    raise ExtractError(
+                        f"row {base + result.invalid_row} is not valid CSV (an unclosed quote "
+                        "or a stray NUL byte)",
+                        path=source,
+                    )
                 if result.failure is not None:
-                    raise result.failure.error()
+                    raise _shifted(result.failure, base).error()
+                skipped = [_shifted(problem, base) for problem in result.skipped]
+                blanked = [_shifted(problem, base) for problem in result.blanked]
+                first_row = counts["read"] + 1
                 clk_out.write(result.clks)
-                if result.record_ids:
-                    ids_out.write("\n".join(result.record_ids) + "\n")
-                counts["read"] += rows_in_chunk
-                counts["encoded"] += len(result.record_ids)
-                skipped_rows += len(result.skipped)
-                blanked_values += len(result.blanked)
-                blanked_rows += len({problem.row for problem in result.blanked})
-                for problem in result.skipped:
+                ids_out.write(result.ids)
+                digests = np.frombuffer(result.id_digests, dtype=np.int64)
+                counts["read"] += result.rows
+                counts["encoded"] += len(digests)
+                skipped_rows += len(skipped)
+                blanked_values += len(blanked)
+                blanked_rows += len({problem.row for problem in blanked})
+                for problem in skipped:
                     problems[problem.field or "(row)"] += 1
                     skipped_by_field[problem.field or "(row)"] += 1
-                for problem in result.blanked:
+                for problem in blanked:
                     problems[problem.field or "(row)"] += 1
                     blanked_by_field[problem.field or "(row)"] += 1
                 for index, count in enumerate(result.missing):
                     missing_by_field[index] += count
-                if first_problem is None and (result.skipped or result.blanked):
-                    first_problem = min(result.skipped + result.blanked, key=lambda p: p.row)
+                if first_problem is None and (skipped or blanked):
+                    first_problem = min(skipped + blanked, key=lambda p: p.row)
                 if max_bad_rows.rows is not None and not max_bad_rows.allows(
                     skipped_rows + blanked_rows, counts["read"]
                 ):
                     # A count is known to be exceeded before the end: stop reading now.
                     raise _too_many_bad_rows()
-                row_numbers.append(np.asarray(result.row_numbers, dtype=np.int64))
-                id_digests.append(
-                    np.fromiter(map(hash, result.record_ids), np.int64, len(result.record_ids))
-                )
-                if progress:
-                    progress(EncodeProgress(rows_read=counts["read"], read=reader.progress()))
+                kept = np.arange(first_row, first_row + result.rows, dtype=np.int64)
+                if skipped:
+                    kept = np.setdiff1d(kept, [problem.row for problem in skipped])
+                row_numbers.append(kept)
+                id_digests.append(digests)
 
             def _too_many_bad_rows() -> ExtractError:
                 bad = skipped_rows + blanked_rows
@@ -830,34 +999,114 @@ def encode_extract(
                     path=source,
                 )
 
-            def read_chunks() -> Iterator[ExtractChunk]:
-                for chunk in reader:
+            def report(read: ReadProgress | None) -> None:
+                if progress:
+                    progress(EncodeProgress(rows_read=counts["read"], read=read))
+
+            def encode_chunks(
+                chunks: Iterator[ExtractChunk],
+                pool: ProcessPoolExecutor | None,
+                read: Callable[[], ReadProgress | None],
+            ) -> None:
+                """The csv module's (or Parquet's) rows, chunk by chunk, in this process or
+                pickled to the pool."""
+                pending: collections.deque[Future[_ChunkResult]] = collections.deque()
+                for chunk in chunks:
                     if observer is not None:
-                        observer.observe(chunk)
-                    yield chunk
+                        wanted = observer.choose(chunk.first_row, len(chunk.rows))
+                        observer.take([chunk.rows[offset] for offset in wanted])
+                    if pool is None:
+                        collect(local.encode(chunk), 0)
+                        report(read())
+                        continue
+                    pending.append(pool.submit(_encode_in_worker, chunk))
+                    if len(pending) >= 2 * process_count:
+                        collect(pending.popleft().result(), 0)
+                        report(read())
+                while pending:
+                    collect(pending.popleft().result(), 0)
+                    report(read())
+
+            def encode_ranges(pool: ProcessPoolExecutor | None) -> int | None:
+                """Byte ranges of the CSV extract, each read and encoded by one process (this
+                one or the pool's); returns where a range holding a quote starts (the rest is
+                read with the csv module), or None when every range was encoded."""
+                if ranges is None:
+                    raise InvariantError("encode_ranges needs the extract's byte ranges")
+                pending: collections.deque[tuple[Future[_ChunkResult] | None, ByteRange]] = (
+                    collections.deque()
+                )
+
+                def take(result: _ChunkResult, byte_range: ByteRange) -> bool:
+                    if result.quoted:
+                        return False
+                    base = counts["read"]
+                    collect(result, base)
+                    if observer is not None:
+                        wanted = observer.choose(base + 1, result.rows)
+                        observer.take(
+                            csv_rows_at(extract_path, byte_range, wanted, delimiter=local.delimiter)
+                        )
+                    report(ReadProgress(done=byte_range.stop, total=size, unit="B"))
+                    return True
+
+                def finish(future: Future[_ChunkResult] | None, done: ByteRange) -> bool:
+                    result = local.encode_range(source, done) if future is None else future.result()
+                    if take(result, done):
+                        return True
+                    for other, _ in pending:
+                        if other is not None:
+                            other.cancel()
+                    return False
+
+                # This process encodes every process_count-th range itself (when it comes
+                # due), the pool's process_count - 1 workers the others, ahead of time.
+                for index, byte_range in enumerate(ranges):
+                    future = (
+                        None
+                        if pool is None or index % process_count == 0
+                        else pool.submit(_encode_range_in_worker, source, byte_range)
+                    )
+                    pending.append((future, byte_range))
+                    if len(pending) >= 2 * process_count:
+                        future, done = pending.popleft()
+                        if not finish(future, done):
+                            return done.start
+                while pending:
+                    future, done = pending.popleft()
+                    if not finish(future, done):
+                        return done.start
+                return None
+
+            def encode_all(pool: ProcessPoolExecutor | None) -> None:
+                if ranges is None:
+                    encode_chunks(iter(reader), pool, reader.progress)
+                    return
+                quoted_from = encode_ranges(pool)
+                if quoted_from is not None:
+                    with csv_chunks_from(
+                        extract_path,
+                        mapping.dialect,
+                        start=quoted_from,
+                        first_row=counts["read"] + 1,
+                        chunk_rows=chunk_rows,
+                    ) as rest:
+                        encode_chunks(iter(rest), pool, rest.progress)
+                if counts["read"] == 0:
+                    raise ExtractError("file has a header but no data rows", path=source)
 
             if process_count == 1:
-                for chunk in read_chunks():
-                    collect(local.encode(chunk), len(chunk.rows))
+                encode_all(None)
             else:
                 context = multiprocessing.get_context("spawn")
+                # This process encodes too (its byte ranges' share, or reads the chunks).
                 with ProcessPoolExecutor(
-                    max_workers=process_count,
+                    max_workers=process_count - 1,
                     mp_context=context,
                     initializer=_start_worker,
                     initargs=encoder_args,
                 ) as pool:
-                    pending: collections.deque[tuple[Future[_ChunkResult], int]] = (
-                        collections.deque()
-                    )
-                    for chunk in read_chunks():
-                        pending.append((pool.submit(_encode_in_worker, chunk), len(chunk.rows)))
-                        if len(pending) >= 2 * process_count:
-                            future, rows = pending.popleft()
-                            collect(future.result(), rows)
-                    while pending:
-                        future, rows = pending.popleft()
-                        collect(future.result(), rows)
+                    encode_all(pool)
 
         record_count = counts["encoded"]
         if not max_bad_rows.allows(skipped_rows + blanked_rows, counts["read"]):
@@ -888,10 +1137,10 @@ def encode_extract(
             del permutation
         # Both files or neither: the positions file is committed inside the encoded file's
         # block (so a failure writing it leaves no encoded file), and removed again if the
-        # encoded file then fails to commit. The payload digest it is bound to is taken
-        # over the same bytes the writer hashes into the header (and checked against it).
+        # encoded file then fails to commit. The payload digest it is bound to is the
+        # writer's own over the bytes it wrote (checked against the header it commits).
         positions_committed = False
-        payload_digest = hashlib.sha256()
+        payload_digest = b""
         try:
             with ClkFileWriter(
                 encoded_path,
@@ -901,15 +1150,16 @@ def encode_extract(
                 clk_bits=schema.encoded_bits,
                 layout=schema.layout if schema.grouped else None,
             ) as writer:
-                _write_shuffled(writer, clk_scratch, position_of, clk_bytes, payload_digest)
+                _write_shuffled(writer, clk_scratch, position_of, clk_bytes)
+                payload_digest = writer.payload_sha256()
                 binding = PositionsBinding(
                     project_id=project_id,
-                    payload_sha256=payload_digest.hexdigest(),
+                    payload_sha256=payload_digest.hex(),
                     record_count=record_count,
                 )
                 write_positions(positions_path, ids_scratch, position_of, binding)
                 positions_committed = True
-            if writer.header is None or writer.header.payload_sha256 != payload_digest.digest():
+            if writer.header is None or writer.header.payload_sha256 != payload_digest:
                 raise ConfigurationError("the encoded file's payload digest is not the one bound")
         except BaseException:
             if positions_committed:
@@ -938,7 +1188,7 @@ def encode_extract(
             clk_bits=schema.encoded_bits,
             schema_fingerprint=schema.fingerprint.hex(),
             kcv=local.encoder.kcv.hex(),
-            payload_sha256=payload_digest.hexdigest(),
+            payload_sha256=payload_digest.hex(),
             encoded_path=encoded_path,
             positions_path=positions_path,
             seconds=time.perf_counter() - started,

@@ -16,6 +16,7 @@ import codecs
 import csv
 import datetime as dt
 import io
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,20 @@ from typing import Any
 
 from protocol.errors import ExtractError, MappingError
 
-__all__ = ["CsvDialect", "ExtractChunk", "ExtractReader", "ReadProgress", "open_extract"]
+__all__ = [
+    "ByteRange",
+    "CsvDialect",
+    "ExtractChunk",
+    "ExtractReader",
+    "CsvRangeError",
+    "RangeColumns",
+    "ReadProgress",
+    "csv_chunks_from",
+    "csv_rows_at",
+    "csv_data_ranges",
+    "open_extract",
+    "read_csv_range",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -116,6 +130,39 @@ class ExtractReader:
         self.close()
 
 
+def _csv_chunks(
+    reader: Any, chunk_rows: int, path: Path, *, first_row: int, whole_file: bool = True
+) -> Iterator[ExtractChunk]:
+    """Rows of a ``csv.reader`` in chunks, numbered from ``first_row``. ``whole_file``: a
+    reader with no rows at all is an extract with a header but no data."""
+    row_number = first_row - 1
+    seen_rows = not whole_file
+    while True:
+        rows: list[list[str]] = []
+        first = row_number + 1
+        try:
+            for row in reader:
+                if not row:
+                    continue  # a blank line (often a trailing one) is not a record
+                row_number += 1
+                rows.append(row)
+                if len(rows) >= chunk_rows:
+                    break
+        except csv.Error:
+            raise ExtractError(
+                f"row {row_number + 1} is not valid CSV (an unclosed quote or a stray NUL byte)",
+                path=str(path),
+            ) from None
+        if not rows:
+            if not seen_rows:
+                raise ExtractError("file has a header but no data rows", path=str(path))
+            return
+        seen_rows = True
+        yield ExtractChunk(first_row=first, rows=rows)
+        if len(rows) < chunk_rows:
+            return
+
+
 def _csv_reader(path: Path, chunk_rows: int, dialect: CsvDialect) -> ExtractReader:
     try:
         handle = path.open("rb")
@@ -145,34 +192,8 @@ def _csv_reader(path: Path, chunk_rows: int, dialect: CsvDialect) -> ExtractRead
         )
 
     def chunks() -> Iterator[ExtractChunk]:
-        row_number = 0
-        seen_rows = False
         try:
-            while True:
-                rows: list[list[str]] = []
-                first = row_number + 1
-                try:
-                    for row in reader:
-                        if not row:
-                            continue  # a blank line (often a trailing one) is not a record
-                        row_number += 1
-                        rows.append(row)
-                        if len(rows) >= chunk_rows:
-                            break
-                except csv.Error:
-                    raise ExtractError(
-                        f"row {row_number + 1} is not valid CSV (an unclosed quote or a stray "
-                        "NUL byte)",
-                        path=str(path),
-                    ) from None
-                if not rows:
-                    if not seen_rows:
-                        raise ExtractError("file has a header but no data rows", path=str(path))
-                    return
-                seen_rows = True
-                yield ExtractChunk(first_row=first, rows=rows)
-                if len(rows) < chunk_rows:
-                    return
+            yield from _csv_chunks(reader, chunk_rows, path, first_row=1)
         finally:
             text.close()
 
@@ -261,3 +282,183 @@ def open_extract(
     if source.suffix.lower() in (".parquet", ".pq"):
         return _parquet_reader(source, chunk_rows)
     return _csv_reader(source, chunk_rows, dialect or CsvDialect())
+
+
+# Reading a CSV extract in byte ranges, one per task, so that encoder processes each read their
+# own part of the file and nothing row-level crosses between processes. A range starts and ends
+# at a line end. Splitting there is only safe while no quote has been seen (a quoted value may
+# hold a line end), so a range that holds a quote is not read here: the caller reads the file
+# from that range's start on with the csv module, as :func:`open_extract` would.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ByteRange:
+    """Bytes ``start`` to ``stop`` of an extract: whole lines of data rows."""
+
+    start: int
+    stop: int
+
+
+def csv_data_ranges(
+    path: Path | str, dialect: CsvDialect, *, range_bytes: int
+) -> list[ByteRange] | None:
+    """The data rows of a CSV extract cut into ranges of about ``range_bytes`` at line ends,
+    or None if the file cannot be read in ranges (not UTF-8, or a header row holding a quote
+    or a lone carriage return, which the csv module might read differently)."""
+    if codecs.lookup(dialect.encoding).name != "utf-8":
+        return None
+    source = Path(path)
+    size = source.stat().st_size
+    with source.open("rb") as handle:
+        header = handle.readline()
+        if not header.endswith(b"\n") or b'"' in header or b"\r" in header[:-2]:
+            return None
+        ranges = []
+        start = len(header)
+        while start < size:
+            stop = start + max(range_bytes, 1)
+            if stop >= size:
+                stop = size
+            else:
+                handle.seek(stop)
+                while True:
+                    block = handle.read(1 << 16)
+                    if not block:
+                        stop = size
+                        break
+                    end = block.find(b"\n")
+                    if end >= 0:
+                        stop += end + 1
+                        break
+                    stop += len(block)
+            ranges.append(ByteRange(start=start, stop=stop))
+            start = stop
+    return ranges
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RangeColumns:
+    """The rows of one byte range: ``row_count`` data rows, and per wanted column index its
+    values dictionary-encoded: ``columns[i] = (distinct values, codes)``, row r holding
+    ``distinct[codes[r]]``, and the record id column as it is. ``rows`` instead holds the rows themselves when the range had to
+    be read with the csv module (a row of the wrong width, invalid UTF-8, a NUL byte)."""
+
+    row_count: int
+    columns: dict[int, tuple[list[str], Any]]
+    record_ids: list[str]
+    rows: list[list[str]] | None = None
+
+
+class CsvRangeError(Exception):
+    """Row ``row`` (1-based within the range) of a range is not valid CSV."""
+
+    def __init__(self, row: int) -> None:
+        super().__init__(row)
+        self.row = row
+
+
+def read_csv_range(
+    path: Path | str,
+    byte_range: ByteRange,
+    *,
+    width: int,
+    delimiter: str,
+    wanted: list[int],
+    record_id: int,
+) -> RangeColumns | None:
+    """Read one range of data rows with Arrow's CSV parser, or None if the range holds a quote
+    (the caller reads from here on with the csv module). A range Arrow refuses (a row of the
+    wrong width, invalid UTF-8) or that holds a NUL byte is read with the csv module instead,
+    so its problems are reported exactly as :func:`open_extract` would report them."""
+    import pyarrow as pa
+    import pyarrow.csv as arrow_csv  # type: ignore[import-untyped]
+
+    with Path(path).open("rb") as handle:
+        handle.seek(byte_range.start)
+        data = handle.read(byte_range.stop - byte_range.start)
+    if b'"' in data:
+        return None
+    if b"\0" not in data:
+        names = [f"c{index}" for index in range(width)]
+        try:
+            table = arrow_csv.read_csv(
+                pa.py_buffer(data),
+                read_options=arrow_csv.ReadOptions(
+                    column_names=names, use_threads=False, block_size=max(len(data), 1 << 20)
+                ),
+                parse_options=arrow_csv.ParseOptions(
+                    delimiter=delimiter, quote_char=False, ignore_empty_lines=True
+                ),
+                convert_options=arrow_csv.ConvertOptions(
+                    column_types={names[index]: pa.string() for index in [*wanted, record_id]},
+                    include_columns=[names[index] for index in dict.fromkeys([*wanted, record_id])],
+                    strings_can_be_null=False,
+                    check_utf8=True,
+                ),
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            pass  # the csv module reads it below and names the row
+        else:
+            columns = {}
+            for index in dict.fromkeys(wanted):
+                encoded = table.column(names[index]).combine_chunks().dictionary_encode()
+                columns[index] = (
+                    encoded.dictionary.to_pylist(),
+                    encoded.indices.to_numpy(zero_copy_only=False),
+                )
+            return RangeColumns(
+                row_count=table.num_rows,
+                columns=columns,
+                record_ids=table.column(names[record_id]).to_pylist(),
+            )
+    text = io.StringIO(data.decode("utf-8", "surrogateescape"), newline="")
+    rows: list[list[str]] = []
+    reader = csv.reader(text, strict=True, delimiter=delimiter)
+    try:
+        rows.extend(row for row in reader if row)
+    except csv.Error:
+        raise CsvRangeError(len(rows) + 1) from None
+    return RangeColumns(row_count=len(rows), columns={}, record_ids=[], rows=rows)
+
+
+def csv_rows_at(
+    path: Path | str, byte_range: ByteRange, offsets: list[int], *, delimiter: str
+) -> list[list[str]]:
+    """Rows ``offsets`` (0-based, ascending) of a range that holds no quote: its non-blank
+    lines split at the delimiter, which is what the csv module makes of them."""
+    with Path(path).open("rb") as handle:
+        handle.seek(byte_range.start)
+        data = handle.read(byte_range.stop - byte_range.start)
+    wanted = iter(offsets)
+    target = next(wanted, None)
+    rows: list[list[str]] = []
+    for index, line in enumerate(_LINES.finditer(data)):
+        if target is None:
+            break
+        while target == index:
+            rows.append(line.group().decode("utf-8", "surrogateescape").split(delimiter))
+            target = next(wanted, None)
+    return rows
+
+
+_LINES = re.compile(rb"[^\r\n]+")
+
+
+def csv_chunks_from(
+    path: Path | str, dialect: CsvDialect, *, start: int, first_row: int, chunk_rows: int
+) -> ExtractReader:
+    """Data rows from byte ``start`` (a line start) to the end, read with the csv module, in
+    chunks numbered from ``first_row`` (the reader's header is empty: it was read before)."""
+    source = Path(path)
+    handle = source.open("rb")
+    total = source.stat().st_size
+    handle.seek(start)
+    text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
+    reader = csv.reader(text, strict=True, delimiter=dialect.delimiter)
+    chunks = _csv_chunks(reader, chunk_rows, source, first_row=first_row, whole_file=False)
+
+    def progress() -> ReadProgress:
+        done = total if handle.closed else handle.tell()
+        return ReadProgress(done=done, total=total, unit="B")
+
+    return ExtractReader(source, [], chunks, close=text.close, progress=progress)

@@ -83,6 +83,7 @@ class RowSample:
         self.rows_read = 0
         self.positions: dict[int, int] = {}
         """Sampled row number -> shuffled position of its CLK."""
+        self._plan: tuple[int, list[tuple[int | None, int]], list[int]] = (0, [], [])
 
     def __repr__(self) -> str:  # the rows are personal data
         return f"RowSample(rows={len(self.rows)}, rows_read={self.rows_read})"
@@ -91,21 +92,40 @@ class RowSample:
         self.header, self.date_columns = list(header), date_columns
 
     def observe(self, chunk: ExtractChunk) -> None:
-        rows = chunk.rows
-        fill = min(self.max_rows - len(self.rows), len(rows))
-        self.rows.extend(list(row) for row in rows[:fill])
-        self.row_numbers.extend(range(chunk.first_row, chunk.first_row + fill))
-        rest = len(rows) - fill
+        """Sample from a chunk of rows (:meth:`choose` then :meth:`take`)."""
+        wanted = self.choose(chunk.first_row, len(chunk.rows))
+        self.take([chunk.rows[offset] for offset in wanted])
+
+    def choose(self, first_row: int, count: int) -> list[int]:
+        """Draw which of the next ``count`` rows enter the sample (their offsets); the rows
+        themselves come in :meth:`take`."""
+        fill = min(self.max_rows - len(self.rows), count)
+        plan: list[tuple[int | None, int]] = [(None, offset) for offset in range(fill)]
+        rest = count - fill
         if rest > 0:
             # Row number n (0-based over the extract) replaces a random slot with chance
             # max_rows / (n + 1).
-            numbers = np.arange(self.rows_read + fill, self.rows_read + len(rows), dtype=np.int64)
+            numbers = np.arange(self.rows_read + fill, self.rows_read + count, dtype=np.int64)
             slots = self.generator.integers(0, numbers + 1)
-            for offset in np.flatnonzero(slots < self.max_rows):
-                slot, index = int(slots[offset]), fill + int(offset)
-                self.rows[slot] = list(rows[index])
-                self.row_numbers[slot] = chunk.first_row + index
-        self.rows_read += len(rows)
+            for offset in np.flatnonzero(slots < self.max_rows).tolist():
+                plan.append((int(slots[offset]), fill + offset))
+        self.rows_read += count
+        wanted = sorted({offset for _, offset in plan})
+        self._plan = (first_row, plan, wanted)
+        return wanted
+
+    def take(self, rows: list[list[str]]) -> None:
+        first_row, plan, wanted = self._plan
+        by_offset = dict(zip(wanted, rows, strict=True))
+        for slot, offset in plan:  # in draw order: a later row may replace an earlier one
+            row, number = list(by_offset[offset]), first_row + offset
+            if slot is None:
+                self.rows.append(row)
+                self.row_numbers.append(number)
+            else:
+                self.rows[slot] = row
+                self.row_numbers[slot] = number
+        self._plan = (0, [], [])
 
     def placed(self, row_numbers: npt.NDArray[np.int64], positions: npt.NDArray[np.int64]) -> None:
         # The encoder keeps rows in extract order, so row numbers are sorted.

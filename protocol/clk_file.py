@@ -316,10 +316,14 @@ class ClkFileWriter:
         data = np.ascontiguousarray(clks).view(np.uint8)
         if data.ndim != 2 or data.shape[1] != self._clk_bytes:
             raise ClkFileError(f"expected CLKs of {self._clk_bytes} bytes each")
-        raw = data.tobytes()
-        self._digest.update(raw)
-        self._output.write(raw)
+        flat = data.reshape(-1).data  # hashed and written from the array, not a copy
+        self._digest.update(flat)
+        self._output.write(flat)
         self._count += data.shape[0]
+
+    def payload_sha256(self) -> bytes:
+        """SHA-256 of the CLKs written so far (the header's digest, once the block exits)."""
+        return self._digest.copy().digest()
 
     def __exit__(self, exc_type: object, exc: object, traceback: object) -> None:
         if self._output is None:

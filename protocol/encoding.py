@@ -35,6 +35,7 @@ only, never on the key, and die with the encoder.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 import hmac
@@ -106,6 +107,15 @@ def _coded(spec: TokenSpec) -> bool:
             return False
     index_bits = 6 if spec.positional else 0
     return spec.size * _CODE_POINT_BITS + index_bits <= 64
+
+
+_ASCII_BASE = 128  # the compiled path codes an ASCII n-gram as its bytes in base 128
+_DENSE_SIZE = 2  # ... for n-grams up to this size (a table of 128 ** size entries per batch)
+
+
+def _dense(spec: TokenSpec) -> bool:
+    """Whether the compiled path takes ``spec``'s ASCII values (a coded, plain n-gram)."""
+    return _coded(spec) and not spec.positional and spec.size <= _DENSE_SIZE
 
 
 def _token_of_code(code: int, spec: TokenSpec) -> str:
@@ -191,6 +201,7 @@ class _FieldEncoder:
     __slots__ = (
         "_clk_bits",
         "_code_positions_cache",
+        "_dense_tables",
         "_hashing",
         "_key",
         "_plain_specs",
@@ -212,6 +223,10 @@ class _FieldEncoder:
         self._value_masks: dict[str, int] = {}
         self._salted_masks: dict[tuple[str, tuple[str | None, ...]], int] = {}
         self._code_positions_cache: dict[TokenSpec, dict[int, list[int]]] = {}
+        self._dense_tables: dict[
+            TokenSpec,
+            tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]],
+        ] = {}
 
     def _token_mask(self, token: str, count: int) -> int:
         # One entry per token holds the masks of its first 1, 2, ... positions, so a token
@@ -285,14 +300,29 @@ class _FieldEncoder:
         words = self._clk_bits // 64
         result = np.zeros((len(values), words), dtype=np.uint64)
         salt_columns = salts or {}
+        # ASCII n-grams over the whole column by the compiled kernel; what it leaves (sorted
+        # offsets) goes to the numpy path below, batch by batch.
+        ascii_rest = {
+            spec: self._or_ascii_masks(values, spec, result)
+            for spec in self._plain_specs
+            if _dense(spec)
+        }
         for start in range(0, len(values), _BATCH):
             batch = values[start : start + _BATCH]
             block = result[start : start + len(batch)]
             leftover: dict[int, int] = {}  # value offset -> bits from the per-value path
             for spec in self._plain_specs:
-                slow: Iterable[int] = (
-                    self._or_coded_masks(batch, spec, block) if _coded(spec) else range(len(batch))
-                )
+                slow: Iterable[int]
+                if spec in ascii_rest:
+                    rest = ascii_rest[spec]
+                    low = bisect.bisect_left(rest, start)
+                    high = bisect.bisect_left(rest, start + len(batch))
+                    local = [offset - start for offset in rest[low:high]]
+                    slow = self._or_coded_subset(batch, local, spec, block)
+                elif _coded(spec):
+                    slow = self._or_coded_masks(batch, spec, block)
+                else:
+                    slow = range(len(batch))
                 for offset in slow:
                     mask = self._spec_mask(batch[offset], spec)
                     leftover[offset] = leftover.get(offset, 0) | mask
@@ -351,6 +381,94 @@ class _FieldEncoder:
             )
             bits[row_array[chosen][:, None], positions] = 1
         block |= np.packbits(bits, axis=1, bitorder="little").view("<u8")
+
+    def _or_coded_subset(
+        self,
+        values: Sequence[str],
+        offsets: list[int],
+        spec: TokenSpec,
+        block: npt.NDArray[np.uint64],
+    ) -> list[int]:
+        """:meth:`_or_coded_masks` for ``values[offsets]`` only (into those rows of
+        ``block``); returns the offsets left to the per-value path."""
+        if not offsets:
+            return []
+        part = np.zeros((len(offsets), block.shape[1]), dtype=np.uint64)
+        slow = self._or_coded_masks([values[offset] for offset in offsets], spec, part)
+        block[np.asarray(offsets, dtype=np.intp)] |= part
+        return [offsets[offset] for offset in slow]
+
+    def _or_ascii_masks(
+        self, values: Sequence[str], spec: TokenSpec, block: npt.NDArray[np.uint64]
+    ) -> list[int]:
+        """OR the bits of ``spec``'s n-grams into ``block`` (one row per value) for every
+        value that is ASCII and at least one n-gram long, in compiled loops
+        (protocol/ngram_kernel.py); return the offsets of the other values."""
+        from protocol.ngram_kernel import ngram_counts, ngram_masks  # numba: only when used
+
+        size = spec.size
+        if spec.words == "first":  # as tokenise(): n-grams of the first word only
+            values = [value.split(" ", 1)[0] for value in values]
+        pad = PAD * (size - 1) if spec.padded else ""
+        texts = [pad + value + pad for value in values] if pad else list(values)
+        fits = [text.isascii() and len(text) >= size for text in texts]
+        rest = [offset for offset, fit in enumerate(fits) if not fit]
+        rows = [offset for offset, fit in enumerate(fits) if fit] if rest else range(len(texts))
+        if not rows:
+            return rest
+        chosen = [texts[offset] for offset in rows] if rest else texts
+        data = np.frombuffer("".join(chosen).encode("ascii"), dtype=np.uint8)
+        offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, chosen), np.int64, len(chosen)), out=offsets[1:])
+        most = np.zeros(_ASCII_BASE**size, dtype=np.int64)
+        counts = ngram_counts(data, offsets, size, spec.bits or 0, spec.bits_per_token or 0, most)
+        row_of, positions = self._dense_positions(spec, most)
+        ngram_masks(
+            data, offsets, size, counts, row_of, positions, block, np.asarray(rows, np.int64)
+        )
+        return rest
+
+    def _dense_positions(
+        self, spec: TokenSpec, most: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+        """The compiled path's table for ``spec``: ``positions[row_of[code]]`` holds the
+        first positions of the n-gram with base-128 code ``code``, at least ``most[code]`` of
+        them for every code the call uses. Kept for the encoder's life (at most 128 ** size
+        rows, each n-gram hashed once); only n-grams new or wanting more bits are hashed."""
+        row_of, positions, have = self._dense_tables.get(
+            spec,
+            (
+                np.full(_ASCII_BASE**spec.size, -1, dtype=np.int64),
+                np.zeros((0, 8), dtype=np.int64),
+                np.zeros(0, dtype=np.int64),
+            ),
+        )
+        used = np.flatnonzero(most)
+        rows = row_of[used]
+        known = rows >= 0
+        enough = np.zeros(len(used), dtype=bool)
+        enough[known] = have[rows[known]] >= most[used][known]
+        short = np.flatnonzero(~enough)
+        if len(short):
+            fresh = used[short][rows[short] < 0]
+            row_of[fresh] = len(have) + np.arange(len(fresh))
+            width = max(positions.shape[1], int(most[used].max()))
+            grown = np.zeros((len(have) + len(fresh), width), dtype=np.int64)
+            grown[: len(have), : positions.shape[1]] = positions
+            have = np.concatenate([have, np.zeros(len(fresh), dtype=np.int64)])
+            positions = grown
+            for dense in used[short].tolist():
+                count = int(most[dense])
+                code = 0  # the numpy path's code of the same n-gram: 21 bits a character
+                for place in range(spec.size - 1, -1, -1):
+                    digit = (dense // _ASCII_BASE**place) % _ASCII_BASE
+                    code = (code << _CODE_POINT_BITS) | digit
+                found = self._code_positions(code, count, spec)
+                row = row_of[dense]
+                positions[row, : len(found)] = found[: positions.shape[1]]
+                have[row] = min(len(found), positions.shape[1])
+            self._dense_tables[spec] = (row_of, positions, have)
+        return row_of, positions
 
     def _or_coded_masks(
         self, values: Sequence[str], spec: TokenSpec, block: npt.NDArray[np.uint64]

@@ -209,3 +209,73 @@ def test_a_newer_token_option_set_away_from_its_default_leaves_the_column_path()
     assert encoding._coded(newer(method="ngram", bits=40))
     assert not encoding._coded(newer(method="ngram", bits=40, reversed_text=True))
     assert not encoding._coded(TokenSpec(method="exact", bits=40))
+
+
+# The compiled ASCII n-gram kernel against its numpy twin, value by value: the column path
+# sends ASCII values to the kernel and the rest to numpy, so each must give the same bits.
+@given(
+    st.sampled_from([1, 2]),
+    st.booleans(),
+    st.sampled_from(["all", "first"]),
+    weights,
+    st.lists(
+        st.one_of(
+            st.text(alphabet="abz _'-\x00\x7f", max_size=10),
+            strategies.normalised_names,
+            strategies.postcodes,
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_compiled_ngram_kernel_agrees_with_the_numpy_path(
+    size: int, padded: bool, words: str, weight: dict[str, int], values: list[str]
+) -> None:
+    spec = TokenSpec(method="ngram", size=size, padded=padded, words=words, **weight)
+    schema = parse_schema(
+        {
+            "schema_version": 1,
+            "name": "kernel",
+            "clk_bits": 256,
+            "fields": [{"name": "forename", "kind": "person_name", "tokens": [spec.canonical()]}],
+        }
+    )
+    compiled = ClkEncoder(schema, LinkageSecret(SECRET), project_id="kernel")._fields[0]
+    numpy_twin = ClkEncoder(schema, LinkageSecret(SECRET), project_id="kernel")._fields[0]
+    parsed = compiled.spec.tokens[0]
+    fast = np.zeros((len(values), 4), dtype=np.uint64)
+    slow = np.zeros((len(values), 4), dtype=np.uint64)
+    fast_rest = compiled._or_ascii_masks(values, parsed, fast)
+    slow_rest = numpy_twin._or_coded_masks(values, parsed, slow)
+    texts = [value.split(" ", 1)[0] if words == "first" else value for value in values]
+    handled = sorted(set(range(len(values))) - set(fast_rest))
+    # The kernel takes every ASCII value at least one n-gram long (padding counts), and only
+    # those; where the numpy path took the value too, the two agree.
+    assert handled == [
+        offset
+        for offset, text in enumerate(texts)
+        if text.isascii() and len(text) + (2 * size - 2 if padded else 0) >= size
+    ]
+    both = [offset for offset in handled if offset not in slow_rest]
+    assert (fast[both] == slow[both]).all()
+    for offset in handled:
+        expected = numpy_twin._spec_mask(values[offset], parsed)
+        assert int.from_bytes(fast[offset].astype("<u8").tobytes(), "little") == expected
+
+
+ASCII_WORDS = st.text(alphabet="abcdz _", max_size=12)
+
+
+@given(st.lists(st.lists(ASCII_WORDS, min_size=1, max_size=20), min_size=1, max_size=5))
+def test_the_kernel_table_kept_between_calls_gives_the_per_value_bits(
+    batches: list[list[str]],
+) -> None:
+    # One encoder over several column calls: an n-gram first met in a long value (few bits)
+    # is later asked for more bits by a short one, so the kept table must grow, not reuse.
+    column = ClkEncoder(SCHEMA, LinkageSecret(SECRET), project_id="kept")
+    per_value = ClkEncoder(SCHEMA, LinkageSecret(SECRET), project_id="kept")
+    for values in batches:
+        masks = column.field_masks(4, values)  # postcode: bigrams, 150 bits a value
+        for value, row in zip(values, masks, strict=True):
+            expected = per_value.field_mask(4, value)
+            assert int.from_bytes(row.astype("<u8").tobytes(), "little") == expected

@@ -1,0 +1,98 @@
+"""The compiled kernels behind the column path of stage 3, encode (protocol/encoding.py),
+for n-grams of ASCII values.
+
+An ASCII n-gram of size ``n`` is coded as its bytes in base 128, a dense index below
+``128 ** n``, so a value's distinct n-grams, each n-gram's bit count and the OR of their bit
+positions are worked out per value in compiled loops, with no sort over the whole column.
+:func:`ngram_counts` finds every value's distinct n-grams and how many bits each sets (and,
+per n-gram, the most bits any value asks of it, so the caller hashes each n-gram once);
+:func:`ngram_masks` ORs the positions in. The numpy twin in protocol/encoding.py
+(``_FieldEncoder._or_coded_masks``) serves every other value, and a property test holds the
+two to the same bits. Imported lazily (numba's import costs a third of a second).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["ngram_counts", "ngram_masks"]
+
+
+@numba.njit(inline="always", nogil=True, cache=True)
+def _distinct_codes(
+    data: npt.NDArray[np.uint8], start: int, stop: int, size: int, codes: npt.NDArray[np.int64]
+) -> int:
+    """The distinct base-128 codes of the n-grams of ``data[start:stop]`` into ``codes``;
+    returns how many there are."""
+    found = 0
+    for window in range(start, stop - size + 1):
+        code = 0
+        for place in range(size):
+            code = code * 128 + int(data[window + place])
+        seen = False
+        for earlier in range(found):
+            if codes[earlier] == code:
+                seen = True
+                break
+        if not seen:
+            codes[found] = code
+            found += 1
+    return found
+
+
+@numba.njit(nogil=True, cache=True)
+def ngram_counts(
+    data: npt.NDArray[np.uint8],
+    offsets: npt.NDArray[np.int64],
+    size: int,
+    bits: int,
+    bits_per_token: int,
+    most: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]:
+    """Per value (``data[offsets[i]:offsets[i + 1]]``, at least ``size`` bytes): how many
+    bits each of its n-grams sets (``bits_per_token`` if positive, else ``bits`` over its
+    distinct n-grams, rounded half up, at least 1). ``most[code]`` is raised to the largest
+    count any value asks of n-gram ``code``."""
+    values = len(offsets) - 1
+    counts = np.empty(values, dtype=np.int64)
+    codes = np.empty(max(1, int(np.max(np.diff(offsets))) if values else 1), dtype=np.int64)
+    for value in range(values):
+        found = _distinct_codes(data, offsets[value], offsets[value + 1], size, codes)
+        if bits_per_token > 0:
+            count = bits_per_token
+        else:
+            count = max(1, (bits + found // 2) // found)
+        counts[value] = count
+        for index in range(found):
+            if most[codes[index]] < count:
+                most[codes[index]] = count
+    return counts
+
+
+@numba.njit(nogil=True, cache=True)
+def ngram_masks(
+    data: npt.NDArray[np.uint8],
+    offsets: npt.NDArray[np.int64],
+    size: int,
+    counts: npt.NDArray[np.int64],
+    row_of: npt.NDArray[np.int64],
+    positions: npt.NDArray[np.int64],
+    out: npt.NDArray[np.uint64],
+    rows: npt.NDArray[np.int64],
+) -> None:
+    """OR into ``out[rows[i]]`` the first ``counts[i]`` positions of each distinct n-gram of
+    value i: n-gram ``code``'s positions are ``positions[row_of[code]]``."""
+    values = len(offsets) - 1
+    codes = np.empty(max(1, int(np.max(np.diff(offsets))) if values else 1), dtype=np.int64)
+    one = np.uint64(1)
+    for value in range(values):
+        found = _distinct_codes(data, offsets[value], offsets[value + 1], size, codes)
+        target = rows[value]
+        count = counts[value]
+        for index in range(found):
+            table_row = row_of[codes[index]]
+            for place in range(count):
+                position = positions[table_row, place]
+                out[target, position >> 6] |= one << np.uint64(position & 63)
