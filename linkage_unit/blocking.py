@@ -76,15 +76,18 @@ _CAPACITY = 1 << 20
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BlockingSettings:
-    """LSH shape. The defaults kept pair completeness >= 99.97 % of exhaustive at Dice 0.8 with
-    reduction ratio 0.94-0.99 on CLKs of density 0.3-0.5 with matches planted at Dice 0.75-1.0
-    (``benchmarks/match.py`` measures it). At density 0.5 a pair at exactly Dice 0.8 agrees on
-    80 % of bits and is missed with probability (1 - 0.8**14) ** 128 ~ 0.3 %."""
+    """LSH shape. By default (``fit_to_data``) the shape is chosen per comparison from the
+    CLKs and the run's threshold; ``bands`` and ``bits_per_band`` are the fixed shape used
+    when ``fit_to_data`` is False. A fixed shape keeps its recall only near the threshold it
+    was tuned for: 128 x 14 missed 4.8 % of the pairs at Dice 0.7 on 20k x 20k synth medium
+    (default schema), where the fitted shape kept 99.992 % (``benchmarks/blocking_fit.py``;
+    docs/benchmarks.md). At density 0.5 a pair at exactly Dice 0.8 agrees on 80 % of bits and
+    128 x 14 misses it with probability (1 - 0.8**14) ** 128 ~ 0.3 %."""
 
     bands: int = 128
     bits_per_band: int = 14
     max_block_comparisons: int = 25_000_000
-    fit_to_data: bool = False
+    fit_to_data: bool = True
     """True: ``bands`` and ``bits_per_band`` are replaced, per comparison, by the shape
     :func:`fit_blocking_settings` chooses from the CLKs' bit density and the run's threshold
     (``target_recall`` at that threshold, fewest expected comparisons)."""
@@ -99,6 +102,12 @@ class BlockingSettings:
             raise MatchingError("bits_per_band must be between 1 and 64")
         if self.max_block_comparisons < 1:
             raise MatchingError("max_block_comparisons must be >= 1")
+        if self.fit_to_data and (self.bands, self.bits_per_band) != (128, 14):
+            # Never silently replace a shape someone chose.
+            raise MatchingError(
+                "a fixed LSH shape (bands, bits_per_band) needs fit_to_data=False; with "
+                "fit_to_data the shape is fitted to each comparison"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -297,6 +306,7 @@ def fit_blocking_settings(
         bands=shape.bands,
         bits_per_band=shape.bits_per_band,
         max_block_comparisons=settings.max_block_comparisons,
+        fit_to_data=False,
         target_recall=settings.target_recall,
     )
 

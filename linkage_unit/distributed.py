@@ -677,4 +677,5 @@ def compare_on_cluster(
         blocked_comparisons_planned=union.block_comparisons,
         oversized_blocks_skipped=union.oversized_blocks,
         oversized_block_comparisons_skipped=union.oversized_comparisons,
+        lsh_shapes=((blocking.bands, blocking.bits_per_band),) if use_lsh else (),
     )

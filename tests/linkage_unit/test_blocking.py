@@ -31,7 +31,7 @@ def as_set(pairs) -> set[tuple[int, int]]:
 
 @given(left=clk_arrays(), right=clk_arrays(), threshold=st.sampled_from([0.3, 0.6, 0.8]))
 def test_blocked_pairs_are_exhaustive_pairs_with_the_same_scores(left, right, threshold) -> None:
-    settings = BlockingSettings(bands=8, bits_per_band=4)
+    settings = BlockingSettings(fit_to_data=False, bands=8, bits_per_band=4)
     blocked = BlockingIndex(left, right, settings=settings, seed=1).candidate_pairs(threshold)
     exhaustive = candidate_pairs(left, right, threshold)
     assert as_set(blocked) <= as_set(exhaustive)
@@ -77,7 +77,9 @@ def test_default_settings_keep_pair_completeness_at_dice_0_8() -> None:
 
 def test_oversized_blocks_are_skipped_and_counted_never_silently() -> None:
     same = np.tile(random_clks(np.random.default_rng(8), 1), (50, 1))
-    settings = BlockingSettings(bands=4, bits_per_band=8, max_block_comparisons=100)
+    settings = BlockingSettings(
+        fit_to_data=False, bands=4, bits_per_band=8, max_block_comparisons=100
+    )
     index = BlockingIndex(same, same, settings=settings, seed=9)
     assert index.plan.oversized_blocks == 4
     assert index.plan.oversized_comparisons == 4 * 50 * 50
@@ -96,7 +98,7 @@ def test_plan_estimates_are_positive_and_consistent() -> None:
 
 
 def test_band_positions_depend_on_the_seed_only() -> None:
-    settings = BlockingSettings(bands=3, bits_per_band=5)
+    settings = BlockingSettings(fit_to_data=False, bands=3, bits_per_band=5)
     one = sample_band_positions(1024, settings, seed=1)
     assert np.array_equal(one, sample_band_positions(1024, settings, seed=1))
     assert not np.array_equal(one, sample_band_positions(1024, settings, seed=2))
@@ -105,9 +107,9 @@ def test_band_positions_depend_on_the_seed_only() -> None:
 
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(MatchingError):
-        BlockingSettings(bands=0)
+        BlockingSettings(fit_to_data=False, bands=0)
     with pytest.raises(MatchingError):
-        BlockingSettings(bits_per_band=65)
+        BlockingSettings(fit_to_data=False, bits_per_band=65)
     with pytest.raises(MatchingError, match="threshold"):
         BlockingIndex(random_clks(np.random.default_rng(1), 3), None).candidate_pairs(1.5)
 
@@ -136,7 +138,7 @@ def test_gathering_blocks_in_small_runs_finds_the_same_pairs(
     right = (
         None if within else np.concatenate([noisy_copies(generator, left[:300], 0.05), left[300:]])
     )
-    settings = BlockingSettings(bands=6, bits_per_band=4)
+    settings = BlockingSettings(fit_to_data=False, bands=6, bits_per_band=4)
     whole = BlockingIndex(left, right, settings=settings, seed=2).candidate_pairs(0.6)
     pieces = BlockingIndex(
         left, right, settings=settings, seed=2, gather_records=7
