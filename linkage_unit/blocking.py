@@ -52,6 +52,7 @@ __all__ = [
     "BlockingPlan",
     "BlockingSettings",
     "EXHAUSTIVE_BELOW_COMPARISONS",
+    "EXHAUSTIVE_PAIR_COST",
     "LshShape",
     "blocking_settings_for",
     "choose_lsh_shape",
@@ -278,14 +279,20 @@ DENSITY_QUANTILE = 0.9
 clk_bits, both sides pooled): at a fixed Dice, denser CLKs differ on more bits."""
 
 
-def fit_blocking_settings(
+EXHAUSTIVE_PAIR_COST = 0.2
+"""One pair compared by the tiled exhaustive kernel, in block comparisons (the unit of
+:attr:`LshShape.cost`): ``benchmarks/match.py`` measured the tiled kernel at 1.57-1.66 G pairs/s
+a thread on AMD EPYC Zen 4 (AVX-512), the per-block kernel at about 300 M/s."""
+
+
+def _fitted_shape(
     left: npt.NDArray[np.uint64],
     right: npt.NDArray[np.uint64] | None,
     threshold: float,
     settings: BlockingSettings,
-) -> BlockingSettings:
-    """``settings`` with the bands and bits per band :func:`choose_lsh_shape` picks for these
-    CLKs at ``threshold`` (``right`` None: one party with itself)."""
+) -> tuple[LshShape, int]:
+    """The shape :func:`choose_lsh_shape` picks for these CLKs at ``threshold``, and the
+    exhaustive comparisons it is weighed against."""
     clk_bits = 64 * left.shape[1]
     sides = [left] if right is None else [left, right]
     counts = np.concatenate([popcounts(side) for side in sides])
@@ -302,6 +309,18 @@ def fit_blocking_settings(
         clk_bits=clk_bits,
         target_recall=settings.target_recall,
     )
+    return shape, pairs
+
+
+def fit_blocking_settings(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    settings: BlockingSettings,
+) -> BlockingSettings:
+    """``settings`` with the bands and bits per band :func:`choose_lsh_shape` picks for these
+    CLKs at ``threshold`` (``right`` None: one party with itself)."""
+    shape, _ = _fitted_shape(left, right, threshold, settings)
     return BlockingSettings(
         bands=shape.bands,
         bits_per_band=shape.bits_per_band,
@@ -316,12 +335,27 @@ def blocking_settings_for(
     right: npt.NDArray[np.uint64] | None,
     threshold: float,
     settings: BlockingSettings,
-) -> BlockingSettings:
+) -> BlockingSettings | None:
     """The shape one comparison blocks with: fitted to these CLKs when ``settings`` asks for
-    it, else ``settings`` as they are. In-process and Dask compares both call this."""
+    it, else ``settings`` as they are. None: compare every pair instead, because the fitted
+    shape would cost more than that (a low threshold: at 100k x 100k and Dice 0.54 the fitted
+    shape plans 4.5e10 block comparisons against 1e10 pairs) or no shape reaches the target
+    recall; comparing every pair has recall 1. In-process and Dask compares both call this."""
     if not settings.fit_to_data or len(left) == 0:
         return settings
-    return fit_blocking_settings(left, right, threshold, settings)
+    try:
+        shape, pairs = _fitted_shape(left, right, threshold, settings)
+    except MatchingError:
+        return None
+    if shape.cost >= EXHAUSTIVE_PAIR_COST * pairs:
+        return None
+    return BlockingSettings(
+        bands=shape.bands,
+        bits_per_band=shape.bits_per_band,
+        max_block_comparisons=settings.max_block_comparisons,
+        fit_to_data=False,
+        target_recall=settings.target_recall,
+    )
 
 
 def sample_band_positions(
@@ -772,12 +806,16 @@ def generate_candidates(
     """Candidate generation, the one entry point: the pairs at or above ``threshold`` of one
     party pair (``right`` None: one party with itself), by LSH blocking or exhaustively as
     ``mode`` says, and the blocking plan when it blocked. Scoring is similarity.py's."""
-    if not uses_lsh(mode, len(left), None if right is None else len(right)):
+    shape = (
+        blocking_settings_for(left, right, threshold, settings)
+        if uses_lsh(mode, len(left), None if right is None else len(right))
+        else None
+    )
+    if shape is None:
         if right is None:
             return candidate_pairs_within(
                 left, threshold, workers=workers, max_pairs=max_pairs
             ), None
         return candidate_pairs(left, right, threshold, workers=workers, max_pairs=max_pairs), None
-    settings = blocking_settings_for(left, right, threshold, settings)
-    index = BlockingIndex(left, right, settings=settings, seed=seed, workers=workers)
+    index = BlockingIndex(left, right, settings=shape, seed=seed, workers=workers)
     return index.candidate_pairs(threshold, max_pairs=max_pairs), index.plan

@@ -376,30 +376,50 @@ def _report(server) -> RunReport:  # type: ignore[no-untyped-def]
     return RunReport.from_json(text)
 
 
+@pytest.mark.parametrize(("records", "blocked"), [(2000, True), (300, False)])
 def test_a_run_through_the_service_blocks_with_the_shape_fitted_to_its_data(
-    tmp_path: Path,
+    tmp_path: Path, records: int, blocked: bool
 ) -> None:
     """The default config fits the LSH shape per run: the shape the run's report names is the
-    one fitted to these CLKs at the run's own record-level threshold, not the fixed 128 x 14."""
+    one fitted to these CLKs at the run's record-level threshold, not the fixed 128 x 14; on
+    few records, where the fitted shape would cost more than comparing every pair, the run
+    compares every pair and names no shape."""
     config = ServerConfig(data_dir=tmp_path, insecure=True, require_manifest=False)
     assert config.blocking_settings == BlockingSettings(fit_to_data=True)
     assert BlockingSettings() == BlockingSettings(fit_to_data=True)
     server = create_server(config, audit=MemoryAuditSink())
+    shared = records // 4
+    clks = planted_party_clks(["moj", "dfe"], seed=6, records=records, shared=shared)
     try:
-        clks = planted_party_clks(["moj", "dfe"], seed=6, records=400, shared=100)
-        _run_project(server.service, tmp_path, clks)
+        server.service.create_project(
+            OPERATOR,
+            ProjectSettings(
+                project_id="p1",
+                members=("moj", "dfe"),
+                schema_fingerprint=SCHEMA_FINGERPRINT,
+                threshold=0.9,
+            ),
+        )
+        for name in ("moj", "dfe"):
+            path = write_clk_file(tmp_path / f"{name}.clk", clks[name], project_id="p1")
+            upload(server.service, path, name)
+        server.service.runs.wait_idle(120)
         status = server.service.project_status(OPERATOR, "p1")
-        assert status.run_state is RunState.FINISHED and status.linked_record_count == 200
+        assert status.run_state is RunState.FINISHED
+        assert status.linked_record_count == 2 * shared
         report = _report(server)
     finally:
         server.stop(0)
-    assert report.record_threshold is not None
-    fitted = fit_blocking_settings(
-        clks["moj"], clks["dfe"], report.record_threshold, BlockingSettings(fit_to_data=True)
-    )
+    assert report.record_threshold == 0.9
+    assert report.comparisons == status.comparisons > 0
+    if not blocked:
+        assert report.lsh_shapes == ()
+        assert report.comparisons == records * records
+        return
+    fitted = fit_blocking_settings(clks["moj"], clks["dfe"], 0.9, BlockingSettings())
     assert report.lsh_shapes == ((fitted.bands, fitted.bits_per_band),)
     assert report.lsh_shapes != ((128, 14),)
-    assert report.comparisons == status.comparisons > 0
+    assert report.comparisons < records * records // 10
 
 
 def test_server_config_can_fix_the_lsh_shape_of_every_run(tmp_path: Path) -> None:
