@@ -61,14 +61,14 @@ def _histogram_png(plt: Any, histogram: Mapping[str, Sequence[float]], cut: floa
     return data
 
 
-def _curve_png(plt: Any, curve: Sequence[Mapping[str, float]], cut: float) -> bytes:
+def _curve_png(plt: Any, curve: Sequence[Mapping[str, float]], cut: float, *, dice: bool) -> bytes:
     cuts = [point["cut"] for point in curve]
     figure, axes = plt.subplots(figsize=(7, 3.6))
     for name, colour in (("precision", "#1f77b4"), ("recall", "#2ca02c"), ("f1", "#d62728")):
         axes.plot(cuts, [point[name] for point in curve], color=colour, marker=".", label=name)
     axes.axvline(cut, color="black", linestyle="--", label="this run's cut")
-    axes.set_xlabel("match probability cut")
-    axes.set_ylabel("estimated (model, no truth)")
+    axes.set_xlabel("Dice threshold" if dice else "match probability cut")
+    axes.set_ylabel("estimated (null model, no truth)" if dice else "estimated (model, no truth)")
     lowest = min(min(point[name] for name in ("precision", "recall", "f1")) for point in curve)
     axes.set_ylim(max(0.0, lowest - 0.05), 1.005)
     axes.legend(loc="lower left")
@@ -109,7 +109,9 @@ def render_report(run_id: str, report: Mapping[str, Any], out: Path) -> list[Pat
         cut_weight = math.log2(threshold / (1 - threshold)) if 0 < threshold < 1 else None
         charts["histogram.png"] = _histogram_png(plt, histogram, cut_weight)
     if report.get("threshold_curve"):
-        charts["threshold_curve.png"] = _curve_png(plt, report["threshold_curve"], threshold)
+        charts["threshold_curve.png"] = _curve_png(
+            plt, report["threshold_curve"], threshold, dice=scoring == "dice"
+        )
     if report.get("parties"):
         charts["match_rates.png"] = _rates_png(plt, report["parties"])
     written = []
@@ -154,7 +156,8 @@ def render_report(run_id: str, report: Mapping[str, Any], out: Path) -> list[Pat
     note = (
         ""
         if report.get("estimated_f1") is not None
-        else "<p class='note'>A Dice run (one record-level CLK) has no fitted model: its "
+        else "<p class='note'>This Dice run (one record-level CLK) has no fitted model and no "
+        "null-model threshold (an operator's threshold, or every party deduplicated): its "
         "precision, recall and F1 cannot be estimated without ground truth.</p>"
     )
     images = "".join(

@@ -68,6 +68,7 @@ from linkage_unit.similarity import (
 from linkage_unit.solving import MAX_PARTIES, PartyPairs, Solution, solve_linkage
 from linkage_unit.threshold import (
     MIN_THRESHOLD,
+    NullPoint,
     ThresholdChoice,
     ThresholdMethod,
     choose_threshold,
@@ -158,7 +159,10 @@ class LinkStatistics:
     automatic Dice threshold's view of the two score modes.
     With Fellegi-Sunter scoring: ``candidate_cut`` (the record-level Dice cut), ``model`` (the
     trained m, u and priors) and ``estimated`` (expected precision, recall and F1 of the links
-    made, from the model alone)."""
+    made, from the model alone). With Dice scoring and the null-model threshold:
+    ``estimated`` from the null model at the threshold used (its counts per party record, as
+    the null model reads them off a sample) and ``dice_curve``, its estimate at every Dice
+    threshold searched."""
 
     compare: CompareStatistics = field(default_factory=CompareStatistics)
     candidate_pairs: int = 0
@@ -170,6 +174,7 @@ class LinkStatistics:
     candidate_cut: CandidateCut | None = None
     model: FellegiSunterModel | None = None
     estimated: EstimatedQuality | None = None
+    dice_curve: tuple[NullPoint, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -431,8 +436,26 @@ def link(
         own_thresholds={parties[i]: value for i, value in own_thresholds.items()},
         threshold_non_match_mode=choice.non_match_mode,
         threshold_match_mode=choice.match_mode,
+        estimated=_null_estimate(choice, sizes),
+        dice_curve=choice.curve,
     )
     return _result(parties, sizes, solution, choice, statistics)
+
+
+def _null_estimate(choice: ThresholdChoice, sizes: Sequence[int]) -> EstimatedQuality | None:
+    """The null model's estimate at the threshold used, scaled from shares of the sampled
+    records to a party's records (the mean party size): a one-to-one link is one record on
+    each side."""
+    point = choice.estimated_at(choice.threshold)
+    if point is None:
+        return None
+    records = sum(sizes) / max(len(sizes), 1)
+    share = point.estimated
+    return EstimatedQuality(
+        expected_true_links=share.expected_true_links * records,
+        expected_false_links=share.expected_false_links * records,
+        expected_missed_matches=share.expected_missed_matches * records,
+    )
 
 
 def _link_with_model(
@@ -501,11 +524,12 @@ def _link_with_model(
     if progress is not None:
         progress("model: train and score", 0, 1)
     scored_parts: list[ScoredPairs] = []
-    for (members, own_jobs), scorer in zip(groups, scorers, strict=True):
+    for (members, own_jobs), scorer, cut in zip(groups, scorers, cuts, strict=True):
         scored_parts.append(
             scorer.score(
                 [by_job[members[i], members[j]] for i, j in own_jobs],
                 deduplicated=[deduplicated[member] for member in members],
+                cut=cut.threshold,
             )
         )
     scored = _combine(scored_parts, groups, jobs, deduplicated)

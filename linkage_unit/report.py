@@ -13,7 +13,10 @@ The threshold curve counts, at a cut ``c``, the expected true links ``sum p`` an
 candidate pair plus the missed matches the run's estimate already counts beyond the
 candidates. It ignores the one-to-one solver (which only removes pairs), so it is an
 approximation away from the run's own cut; at the run's cut the run's own estimate is given.
-A Dice run (one record-level CLK) has no model: its estimates are unavailable, never guessed.
+A Dice run (one record-level CLK) has no model. With the automatic (null-model) threshold
+its estimates are the null model's, read off the run's sampled best and second-best scores
+(``linkage_unit/threshold.py``), and its curve is over Dice thresholds, not probabilities.
+With an operator's threshold or the valley method nothing is estimated, and nothing is guessed.
 """
 
 from __future__ import annotations
@@ -300,8 +303,26 @@ def build_report(
         comparisons=statistics.compare.comparisons,
         lsh_shapes=statistics.compare.lsh_shapes,
     )
-    if result.scored is None or estimated is None:
+    if estimated is None:
         return dice
+    if result.scored is None:
+        # Dice scoring: the null model's estimate at the threshold used and at every Dice
+        # threshold it searched (the curve's cut is a Dice threshold here).
+        return replace(
+            dice,
+            estimated_precision=estimated.precision,
+            estimated_recall=estimated.recall,
+            estimated_f1=estimated.f1,
+            threshold_curve=tuple(
+                ThresholdPoint(
+                    cut=point.threshold,
+                    precision=point.estimated.precision,
+                    recall=point.estimated.recall,
+                    f1=point.estimated.f1,
+                )
+                for point in statistics.dice_curve
+            ),
+        )
     weights = [item.pairs.scores.astype(np.float64) for item in result.scored.party_pairs]
     all_weights = np.concatenate(weights) if weights else np.empty(0)
     probabilities = probability_of_weight(all_weights) if len(all_weights) else np.empty(0)

@@ -63,8 +63,9 @@ LinkFunction = Callable[..., matching.LinkResult]
 
 
 def _millionths(estimated: RunQuality | None) -> dict[str, int]:
-    """A model-scored run's expected precision, recall and F1 for ``run_finished``, in
-    millionths (the log holds whole numbers); nothing for a Dice run."""
+    """A run's expected precision, recall and F1 for ``run_finished`` (the model's, or the
+    null model's for a Dice run), in millionths (the log holds whole numbers); nothing when
+    the run has no estimate."""
     if estimated is None:
         return {}
     return {

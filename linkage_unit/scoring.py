@@ -21,12 +21,13 @@ by itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from linkage_unit.estimated_quality import EstimatedQuality
 from linkage_unit.fellegi_sunter import (
     FellegiSunterModel,
     ModelSettings,
@@ -52,10 +53,18 @@ __all__ = [
     "ScoredPairs",
     "Scorer",
     "estimate_quality",
+    "unseen_matches",
+    "unseen_matches_reference",
 ]
 
 WeightsOf = Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.float64]]
 """``weights_of(job, left, right)``: match weights of pairs of one party pair."""
+
+UNSEEN_BIN_WIDTH = 0.05
+UNSEEN_BINS = 3
+UNSEEN_MAX_RATIO = 0.9
+"""The tail of matches below the candidate cut (:func:`unseen_matches`): fitted to this many
+bins of this width above the cut; each bin below holds at most this share of the one above."""
 
 MIN_CANDIDATE_CUT = 0.05
 MAX_CANDIDATE_CUT = 0.95
@@ -130,41 +139,6 @@ class ScoredPairs:
                 PartyPairs(left_party=item.left_party, right_party=item.right_party, pairs=pairs)
             )
         return tuple(out)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EstimatedQuality:
-    """What the model expects of the links made: true links, false links and missed matches,
-    and from them precision, recall and F1. No ground truth is used."""
-
-    expected_true_links: float
-    expected_false_links: float
-    expected_missed_matches: float
-
-    @property
-    def precision(self) -> float:
-        made = self.expected_true_links + self.expected_false_links
-        return self.expected_true_links / made if made > 0 else 1.0
-
-    @property
-    def recall(self) -> float:
-        matches = self.expected_true_links + self.expected_missed_matches
-        return self.expected_true_links / matches if matches > 0 else 1.0
-
-    @property
-    def f1(self) -> float:
-        denominator = (
-            2 * self.expected_true_links + self.expected_false_links + self.expected_missed_matches
-        )
-        return 2 * self.expected_true_links / denominator if denominator > 0 else 1.0
-
-    def __add__(self, other: EstimatedQuality) -> EstimatedQuality:
-        """Expected counts of two sets of links made (e.g. several scorers of one run)."""
-        return EstimatedQuality(
-            expected_true_links=self.expected_true_links + other.expected_true_links,
-            expected_false_links=self.expected_false_links + other.expected_false_links,
-            expected_missed_matches=self.expected_missed_matches + other.expected_missed_matches,
-        )
 
 
 def _group_hashes(clks: npt.NDArray[np.uint64], layout: ClkLayout) -> npt.NDArray[np.uint64]:
@@ -250,6 +224,8 @@ class Scorer:
         half[generator.permutation(len(self.random))[: len(self.random) // 2]] = True
         self.random_for_levels = _select(self.random, half)
         self.random_for_u = _select(self.random, ~half)
+        self.unseen_matches = 0.0
+        """Expected matches below the candidate cut, from the last :meth:`score`."""
 
     # -- before the compare -------------------------------------------------------------------
 
@@ -276,7 +252,11 @@ class Scorer:
         )  # fmt: skip
 
     def score(
-        self, candidates: Sequence[CandidatePairs], *, deduplicated: Sequence[bool] = ()
+        self,
+        candidates: Sequence[CandidatePairs],
+        *,
+        deduplicated: Sequence[bool] = (),
+        cut: float | None = None,
     ) -> ScoredPairs:
         """Train the model on the candidate pairs (one set per job, in job order) and score
         them. ``deduplicated``: per party, whether it may hold several records of one person
@@ -285,7 +265,9 @@ class Scorer:
         (:func:`linkage_unit.fellegi_sunter.exclusive_weights`): on both sides between two
         duplicate-free parties, on the deduplicated party's record's side only between a
         deduplicated and a duplicate-free one, on neither between two deduplicated parties.
-        Pairs within a party never are."""
+        Pairs within a party never are. ``cut``: the record-level similarity the candidates
+        were kept at, below which :func:`unseen_matches` estimates the matches no candidate
+        holds (None: none are estimated)."""
         if len(candidates) != len(self.jobs):
             raise MatchingError("one set of candidate pairs per party pair is needed")
         flags = tuple(bool(flag) for flag in deduplicated) or (False,) * len(self.arrays)
@@ -325,6 +307,7 @@ class Scorer:
         )
         party_pairs = []
         offset = 0
+        unseen = 0.0
         for number, ((i, j), pairs) in enumerate(zip(self.jobs, candidates, strict=True)):
             part = weights[offset : offset + len(pairs)]
             offset += len(pairs)
@@ -345,6 +328,10 @@ class Scorer:
                     if flags[i]
                     else float(np.clip(matches / max(sizes[j], 1), 1e-3, 0.999)),
                 )
+            if cut is not None:
+                unseen += unseen_matches(
+                    pairs.scores, probability_of_weight(part.astype(np.float64)), cut
+                )
             party_pairs.append(
                 PartyPairs(
                     left_party=i,
@@ -357,6 +344,7 @@ class Scorer:
                     ),
                 )
             )
+        self.unseen_matches = unseen
         return ScoredPairs(
             party_pairs=tuple(party_pairs),
             match_probability=self.settings.match_probability,
@@ -453,7 +441,9 @@ class Scorer:
     ) -> EstimatedQuality:
         """Expected true links, false links and missed matches of a clustering
         (:func:`estimate_quality`), scoring pairs it joins that were not candidates."""
-        return estimate_quality(scored, clusters, self.jobs, self.weights_of)
+        return estimate_quality(
+            scored, clusters, self.jobs, self.weights_of, unseen=self.unseen_matches
+        )
 
 
 def estimate_quality(
@@ -461,17 +451,18 @@ def estimate_quality(
     clusters: Sequence[npt.NDArray[np.int64]],
     jobs: Sequence[tuple[int, int]],
     weights_of: WeightsOf,
+    *,
+    unseen: float = 0.0,
 ) -> EstimatedQuality:
     """From the model's probabilities: every pair the clustering joins (two records of the
     party pairs compared, in one cluster) is a true link with its probability; a candidate pair
-    it does not join is a missed match with its probability. Between two parties whose pair
+    it does not join is a missed match with its probability; ``unseen`` matches (below the
+    candidate cut, :func:`unseen_matches`) are missed too. Between two parties whose pair
     probabilities do not yet condition on the records' other candidates
     (``scored.exclusive`` false), that is discounted by the chance that a record's own link
     is right instead, on each side where the other party is duplicate-free (a record has at
     most one match there)."""
-    true_links = 0.0
-    false_links = 0.0
-    missed = 0.0
+    tables: list[_JoinedTable] = []
     for number, (i, j) in enumerate(jobs):
         left_ids, right_ids = clusters[i], clusters[j]
         joined_left, joined_right = _joined_pairs(left_ids, right_ids, within=i == j)
@@ -492,21 +483,35 @@ def estimate_quality(
             joined_probability[~found] = probability_of_weight(
                 weights_of(number, joined_left[~found], joined_right[~found])
             )
+        tables.append(
+            _JoinedTable(
+                left=joined_left, right=joined_right, width=width, probability=joined_probability
+            )
+        )
+    corroborated = [_corroborated(number, tables, clusters, jobs) for number in range(len(jobs))]
+    true_links = 0.0
+    false_links = 0.0
+    missed = max(unseen, 0.0)
+    for number, (i, j) in enumerate(jobs):
+        table = tables[number]
+        joined_probability = corroborated[number]
         true_links += float(joined_probability.sum())
         false_links += float((1.0 - joined_probability).sum())
-        not_joined = ~np.isin(candidate_codes, joined_codes)
+        candidates = scored.party_pairs[number].pairs
+        probability = probability_of_weight(candidates.scores.astype(np.float64))
+        not_joined = ~np.isin(candidates.left * table.width + candidates.right, table.codes)
         rest = probability[not_joined]
         if i == j or scored.exclusive:
             missed += float(rest.sum())
             continue
         # At most one record of a duplicate-free party per person: a record's link there, if
         # right, rules out its other candidates there.
-        best_left = np.zeros(len(left_ids))
-        best_right = np.zeros(len(right_ids))
+        best_left = np.zeros(len(clusters[i]))
+        best_right = np.zeros(len(clusters[j]))
         if not scored.is_deduplicated(j):
-            np.maximum.at(best_left, joined_left, joined_probability)
+            np.maximum.at(best_left, table.left, joined_probability)
         if not scored.is_deduplicated(i):
-            np.maximum.at(best_right, joined_right, joined_probability)
+            np.maximum.at(best_right, table.right, joined_probability)
         rest_left = candidates.left[not_joined]
         rest_right = candidates.right[not_joined]
         missed += float(
@@ -517,6 +522,173 @@ def estimate_quality(
         expected_false_links=false_links,
         expected_missed_matches=missed,
     )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _JoinedTable:
+    """One job's joined pairs (left, right record numbers) and their match probabilities."""
+
+    left: npt.NDArray[np.int64]
+    right: npt.NDArray[np.int64]
+    width: int
+    probability: npt.NDArray[np.float64]
+
+    @property
+    def codes(self) -> npt.NDArray[np.int64]:
+        return self.left * self.width + self.right
+
+    def lookup(
+        self, left: npt.NDArray[np.int64], right: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float64]:
+        """The probabilities of the given joined pairs (0 for a pair not in the table)."""
+        codes = self.codes
+        order = np.argsort(codes)
+        wanted = left * self.width + right
+        out = np.zeros(len(wanted), np.float64)
+        if len(codes) == 0 or len(wanted) == 0:
+            return out
+        position = np.minimum(np.searchsorted(codes[order], wanted), len(codes) - 1)
+        hit = codes[order][position] == wanted
+        out[hit] = self.probability[order][position[hit]]
+        return out
+
+
+def _corroborated(
+    number: int,
+    tables: Sequence[_JoinedTable],
+    clusters: Sequence[npt.NDArray[np.int64]],
+    jobs: Sequence[tuple[int, int]],
+) -> npt.NDArray[np.float64]:
+    """A joined pair's probability with the evidence of its cluster's third records: two
+    records ``a``, ``b`` are one person if each is the person of a record ``c`` of a third
+    party in their cluster, so the pair's own probability ``p_ab`` is combined with the best
+    ``p_ac * p_bc`` as ``1 - (1 - p_ab)(1 - p_ac p_bc)``. Without it every pair of a cluster
+    spanning three parties is judged on its own fields alone, and the estimate counts as false
+    links pairs the clustering rightly joined through their third record."""
+    i, j = jobs[number]
+    table = tables[number]
+    own = table.probability
+    if len(own) == 0:
+        return own
+    index = {job: k for k, job in enumerate(jobs)}
+    best = np.zeros(len(own), np.float64)
+    parties = {party for job in jobs for party in job}
+    for k in sorted(parties - {i, j}):
+        first = _oriented(index, tables, i, k)
+        second = _oriented(index, tables, j, k)
+        if first is None or second is None:
+            continue
+        # Every record of party k in each joined pair's cluster.
+        cluster = clusters[i][table.left]
+        order = np.argsort(clusters[k], kind="stable")
+        members = clusters[k][order]
+        low = np.searchsorted(members, cluster, side="left")
+        high = np.searchsorted(members, cluster, side="right")
+        counts = high - low
+        if counts.sum() == 0:
+            continue
+        pair = np.repeat(np.arange(len(own)), counts)
+        offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        third = order[np.repeat(low, counts) + offsets].astype(np.int64)
+        through = first(table.left[pair], third) * second(table.right[pair], third)
+        np.maximum.at(best, pair, through)
+    return np.asarray(1.0 - (1.0 - own) * (1.0 - best))
+
+
+def _oriented(
+    index: Mapping[tuple[int, int], int], tables: Sequence[_JoinedTable], party: int, other: int
+) -> Callable[[npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.NDArray[np.float64]] | None:
+    """Look up joined pairs between a record of ``party`` and one of ``other``, whichever way
+    round the run compared the two parties (None: it did not)."""
+    if (party, other) in index:
+        table = tables[index[party, other]]
+        return table.lookup
+    if (other, party) in index:
+        table = tables[index[other, party]]
+        return lambda mine, theirs: table.lookup(theirs, mine)
+    return None
+
+
+def unseen_matches(
+    scores: npt.NDArray[np.float32] | npt.NDArray[np.float64],
+    probabilities: npt.NDArray[np.float64],
+    cut: float,
+) -> float:
+    """Expected matches below the candidate cut, which no candidate pair carries.
+
+    The model sees only pairs whose record-level similarity reached ``cut``; a match whose
+    fields nearly all changed falls below it, and counting it as found would make the
+    estimated recall optimistic exactly where the data are hardest. The matches' density of
+    record-level similarity (candidate pairs weighted by match probability) is read in
+    ``UNSEEN_BINS`` bins of ``UNSEEN_BIN_WIDTH`` just above the cut and its lower tail is
+    continued below it as a geometric series: a straight line fitted through the logs of the
+    bins gives the ratio from one bin to the next lower one (at most ``UNSEEN_MAX_RATIO``),
+    summed bin by bin down to similarity 0. A density that does not fall towards the cut is
+    no match tail but the floor of many non-matches' small probabilities, and fewer than two
+    non-empty bins are no line: neither is continued (0)."""
+    bins = int(min(UNSEEN_BINS, np.floor((1.0 - cut) / UNSEEN_BIN_WIDTH + 1e-9)))
+    if bins < 2 or len(scores) == 0:
+        return 0.0
+    edges = cut + UNSEEN_BIN_WIDTH * np.arange(bins + 1)
+    values = np.asarray(scores, np.float64)
+    index = np.searchsorted(edges, values, side="right") - 1
+    index[values == edges[-1]] = bins - 1
+    inside = (index >= 0) & (index < bins)
+    mass = np.bincount(index[inside], weights=probabilities[inside], minlength=bins)
+    present = mass > 0
+    if present.sum() < 2 or not present[0]:
+        return 0.0
+    steps = np.arange(bins)[present]
+    slope, intercept = np.polyfit(steps, np.log(mass[present]), 1)
+    if slope <= 1e-9:  # flat within rounding: no fall towards the cut
+        return 0.0
+    ratio = float(min(np.exp(-slope), UNSEEN_MAX_RATIO))
+    below = int(np.floor(cut / UNSEEN_BIN_WIDTH + 1e-9))
+    if below == 0:
+        return 0.0
+    powers = ratio ** np.arange(1, below + 1)
+    return float(np.exp(intercept) * powers.sum())
+
+
+def unseen_matches_reference(
+    scores: Sequence[float], probabilities: Sequence[float], cut: float
+) -> float:
+    """The slow obvious twin of :func:`unseen_matches`: bins by loop, the least-squares line
+    by its closed form, the tail bin by bin."""
+    width = UNSEEN_BIN_WIDTH
+    bins = 0
+    while bins < UNSEEN_BINS and cut + (bins + 1) * width <= 1.0 + 1e-9:
+        bins += 1
+    if bins < 2 or not scores:
+        return 0.0
+    mass = [0.0] * bins
+    for score, probability in zip(scores, probabilities, strict=True):
+        for k in range(bins):
+            low, high = cut + k * width, cut + (k + 1) * width
+            if low <= score < high or (k == bins - 1 and score == high):
+                mass[k] += probability
+                break
+    points = [(float(k), float(np.log(m))) for k, m in enumerate(mass) if m > 0]
+    if len(points) < 2 or mass[0] <= 0:
+        return 0.0
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sum(
+        (x - mean_x) ** 2 for x, _ in points
+    )
+    intercept = mean_y - slope * mean_x
+    if slope <= 1e-9:  # flat within rounding: no fall towards the cut
+        return 0.0
+    ratio = min(float(np.exp(-slope)), UNSEEN_MAX_RATIO)
+    total = 0.0
+    level = float(np.exp(intercept))
+    step = 1
+    while cut - step * width > -1e-9:
+        level *= ratio
+        total += level
+        step += 1
+    return total
 
 
 def _joined_pairs(

@@ -254,7 +254,7 @@ def _migrate_link_models(db: sqlite3.Connection, now: float) -> None:
 def _migrate_model_figures(db: sqlite3.Connection, now: float) -> None:
     # The operator's match-probability cut (grouped projects, scored by the Fellegi-Sunter
     # model; NULL: the model's default) and a model-scored run's expected precision, recall
-    # and F1 (NULL for a Dice run).
+    # and F1 (NULL for a run with no estimate: a Dice run without the null-model threshold).
     db.execute("ALTER TABLE projects ADD COLUMN match_probability REAL")
     for name in ("estimated_precision", "estimated_recall", "estimated_f1"):
         db.execute(f"ALTER TABLE runs ADD COLUMN {name} REAL")

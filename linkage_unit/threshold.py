@@ -6,7 +6,8 @@ record with a true match has a high best score (the match mode, typically 0.85-1
 without has the best of many random pairs (the non-match mode, lower). Histogram the best
 scores in 0.01 bins on a log scale (the match mode may hold only a few per cent of records),
 smooth it, find the two most prominent peaks, and put the threshold at the centre of the
-lowest stretch between them.
+lowest stretch between them; when the upper one is the spike of exact copies at 1.0, the
+valley below the tallest peak between them (the match mode proper).
 
 Method ("null-model"), used when the second-best scores are available (two or more
 parties): a record's second-best score is the best of its non-matches (at most one record per
@@ -46,12 +47,14 @@ from enum import StrEnum
 import numpy as np
 import numpy.typing as npt
 
+from linkage_unit.estimated_quality import EstimatedQuality
 from protocol.errors import InvariantError, MatchingError
 
 __all__ = [
     "DEFAULT_THRESHOLD",
     "MAX_THRESHOLD",
     "MIN_THRESHOLD",
+    "NullPoint",
     "SearchBoundary",
     "ThresholdChoice",
     "ThresholdMethod",
@@ -86,15 +89,27 @@ class SearchBoundary(StrEnum):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class NullPoint:
+    """The null model's estimate at one Dice threshold, in shares of the sampled records:
+    matched records linked (true links), unmatched ones linked to a free partner (false
+    links) and matched ones left out (missed matches)."""
+
+    threshold: float
+    estimated: EstimatedQuality
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ThresholdChoice:
     """The threshold a run uses, how it was found, and whether a searched value sits on an end
-    of its search range (``boundary``)."""
+    of its search range (``boundary``). ``curve``: with the null model, its estimate at every
+    threshold searched (empty for the other methods, which estimate nothing)."""
 
     threshold: float
     method: ThresholdMethod
     boundary: SearchBoundary | None = None
     non_match_mode: float | None = None
     match_mode: float | None = None
+    curve: tuple[NullPoint, ...] = ()
 
     def __post_init__(self) -> None:
         if not (0.0 < self.threshold <= 1.0):
@@ -104,6 +119,14 @@ class ThresholdChoice:
         except ValueError:
             choices = ", ".join(str(method) for method in ThresholdMethod)
             raise MatchingError(f"threshold method must be one of {choices}") from None
+
+    def estimated_at(self, threshold: float) -> NullPoint | None:
+        """The null model's point nearest ``threshold`` (None without a curve, or when the
+        threshold lies outside the searched range: an operator's 0.3 is no point of it)."""
+        if not self.curve:
+            return None
+        nearest = min(self.curve, key=lambda point: abs(point.threshold - threshold))
+        return nearest if abs(nearest.threshold - threshold) <= _STEP / 2 + 1e-9 else None
 
     @property
     def label(self) -> str:
@@ -170,6 +193,14 @@ def choose_threshold(best_scores: npt.ArrayLike, *, min_depth: float = 1.0) -> T
     depth, low, high = best_pair
     if depth < min_depth:
         return ThresholdChoice(threshold=DEFAULT_THRESHOLD, method=ThresholdMethod.DEFAULT)
+    # Exact copies (score 1.0) make a spike in the top bin beside the match mode, and the dip
+    # between the two can be lower than the valley below the match mode: against the spike,
+    # the valley is sought below the tallest peak between (the match mode proper).
+    middle = [index for index in peaks if low < index < high]
+    if high == _BINS - 1 and middle:
+        mode = max(middle, key=lambda index: curve[index])
+        if min(curve[low], curve[mode]) - curve[low : mode + 1].min() >= min_depth / 2:
+            high = mode
     stretch = curve[low : high + 1]
     floor_positions = np.flatnonzero(stretch <= stretch.min() + 1e-9) + low
     centre = (floor_positions[0] + floor_positions[-1] + 1) / 2.0
@@ -245,4 +276,17 @@ def choose_threshold_with_null(
         boundary=_boundary(value),
         non_match_mode=null_median,
         match_mode=float(np.median(best[best >= value])) if (best >= value).any() else None,
+        curve=tuple(
+            NullPoint(
+                threshold=float(t),
+                estimated=EstimatedQuality(
+                    expected_true_links=float(tp) / records,
+                    expected_false_links=float(fp) / records,
+                    expected_missed_matches=float(fn) / records,
+                ),
+            )
+            for t, tp, fp, fn in zip(
+                candidates, true_positives, false_positives, false_negatives, strict=True
+            )
+        ),
     )

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from linkage_unit.server import ServerConfig, create_server
 from protocol.audit_events import AuditEvent, event_record
 from protocol.clk_file import ClkFileWriter
 from tests.strategies import random_clks
@@ -76,3 +79,38 @@ def planted_party_clks(
         )
         result[party] = clks[generator.permutation(records)]
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class CliLinkageUnit:
+    """A real mutual-TLS linkage unit on loopback, certificates from ``bloomlink certs init``
+    in ``certs``; ``tls(role)`` is the connection flags a CLI command of that role takes."""
+
+    certs: Path
+    port: int
+
+    def tls(self, role: str, host: str = "127.0.0.1", timeout: int = 5) -> list[str]:
+        certs = self.certs
+        return ["--target", f"{host}:{self.port}", "--ca", str(certs / "ca.pem"),
+                "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
+                "--timeout", str(timeout)]  # fmt: skip
+
+
+@contextmanager
+def cli_linkage_unit(data_dir: Path, certs: Path) -> Iterator[CliLinkageUnit]:
+    """Start the LU (state in ``data_dir``) with the certificates in ``certs``; stop it after."""
+    server = create_server(
+        ServerConfig(
+            data_dir=data_dir,
+            listen="127.0.0.1:0",
+            ca_certificate=certs / "ca.pem",
+            certificate=certs / "linkage-unit.pem",
+            private_key=certs / "linkage-unit.key",
+            grace_seconds=0.5,
+        )
+    )
+    port = server.start()
+    try:
+        yield CliLinkageUnit(certs=certs, port=port)
+    finally:
+        server.stop(0)

@@ -10,9 +10,13 @@ import pytest
 
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
-from linkage_unit.server import ServerConfig, create_server
 from party.manifest import create_party_signing_key, manifest_path_for, write_manifest_for_file
-from tests.service_helpers import SCHEMA_FINGERPRINT, planted_party_clks, write_clk_file
+from tests.service_helpers import (
+    SCHEMA_FINGERPRINT,
+    cli_linkage_unit,
+    planted_party_clks,
+    write_clk_file,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -21,23 +25,8 @@ def test_operator_and_parties_drive_a_project_from_the_command_line(tmp_path: Pa
     certs = tmp_path / "certs"
     assert main(["certs", "init", "--dir", str(certs), "--parties", "moj,dfe", "--auditor"]) == 0
     assert (certs / "party-moj.key").stat().st_mode & 0o777 == 0o600
-    server = create_server(
-        ServerConfig(
-            data_dir=tmp_path / "lu",
-            listen="127.0.0.1:0",
-            ca_certificate=certs / "ca.pem",
-            certificate=certs / "linkage-unit.pem",
-            private_key=certs / "linkage-unit.key",
-            grace_seconds=0.5,
-        )
-    )
-    port = server.start()
-    try:
-
-        def tls(role: str) -> list[str]:
-            return ["--target", f"127.0.0.1:{port}", "--ca", str(certs / "ca.pem"),
-                    "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
-                    "--timeout", "5"]  # fmt: skip
+    with cli_linkage_unit(tmp_path / "lu", certs) as lu:
+        tls = lu.tls
 
         # The test starts the run itself, so the project must not start it on the last upload.
         create = [
@@ -88,8 +77,6 @@ def test_operator_and_parties_drive_a_project_from_the_command_line(tmp_path: Pa
                      "--output", str(tmp_path / "x.csv"), *tls("party-moj")])  # fmt: skip
         assert code == ExitCode.CONFIGURATION
         assert "error: ConfigurationError: --party dfe does not match" in capsys.readouterr().err
-    finally:
-        server.stop(0)
 
 
 # -- issue 16: binding, early refusal, misclassified errors, --json, health ------------------
@@ -103,17 +90,6 @@ def deployment(tmp_path: Path):
 
     certs = tmp_path / "certs"
     assert main(["certs", "init", "--dir", str(certs), "--parties", "moj,dfe"]) == 0
-    server = create_server(
-        ServerConfig(
-            data_dir=tmp_path / "lu",
-            listen="127.0.0.1:0",
-            ca_certificate=certs / "ca.pem",
-            certificate=certs / "linkage-unit.pem",
-            private_key=certs / "linkage-unit.key",
-            grace_seconds=0.5,
-        )
-    )
-    port = server.start()
     write(
         generate(SynthConfig(departments=("moj", "dfe"), records=120, overlap=0.5,
                              difficulty="none", seed=5)),
@@ -122,10 +98,8 @@ def deployment(tmp_path: Path):
     assert main(["keygen", "--out", str(tmp_path / "secret.key")]) == 0
     for party in ("moj", "dfe"):
         assert main(["keygen", "--signing", "--out", str(tmp_path / f"{party}-signing.pem")]) == 0
-    try:
-        yield tmp_path, port
-    finally:
-        server.stop(0)
+    with cli_linkage_unit(tmp_path / "lu", certs) as lu:
+        yield tmp_path, lu.port
 
 
 def _tls(base: Path, port: int, role: str, host: str = "127.0.0.1") -> list[str]:
@@ -258,31 +232,16 @@ def test_a_host_name_not_in_the_certificate_is_a_configuration_error(
     certs = tmp_path / "certs"
     assert main(["certs", "init", "--dir", str(certs), "--parties", "moj",
                  "--host", "lu.internal", "--address", "10.9.9.9"]) == 0  # fmt: skip
-    server = create_server(
-        ServerConfig(
-            data_dir=tmp_path / "lu",
-            listen="127.0.0.1:0",
-            ca_certificate=certs / "ca.pem",
-            certificate=certs / "linkage-unit.pem",
-            private_key=certs / "linkage-unit.key",
-            grace_seconds=0.5,
-        )
-    )
-    port = server.start()
-    try:
+    with cli_linkage_unit(tmp_path / "lu", certs) as lu:
         capsys.readouterr()
-        assert main(["project", "status", "p1", *_tls(tmp_path, port, "operator")]) == (
-            ExitCode.CONFIGURATION
-        )
+        assert main(["project", "status", "p1", *lu.tls("operator")]) == (ExitCode.CONFIGURATION)
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "does not name '127.0.0.1'" in err
         assert "--server-name" in err and "retry later" not in err
         # The flag it names fixes it.
-        args = ["project", "status", "p1", *_tls(tmp_path, port, "operator")]
+        args = ["project", "status", "p1", *lu.tls("operator")]
         assert main([*args, "--server-name", "lu.internal"]) == ExitCode.SERVICE  # not found
         assert "NotFoundError" in capsys.readouterr().err
-    finally:
-        server.stop(0)
 
 
 def test_serve_logs_json_to_a_file_without_grpc_handshake_noise(tmp_path: Path) -> None:

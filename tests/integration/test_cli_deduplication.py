@@ -13,8 +13,8 @@ import pytest
 
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
-from linkage_unit.server import ServerConfig, create_server
 from protocol.schema import default_schema
+from tests.service_helpers import cli_linkage_unit
 
 pytestmark = pytest.mark.integration
 
@@ -57,23 +57,10 @@ def test_dedupe_and_link_and_dedupe_only_projects_from_the_command_line(
     assert main(["keygen", "--out", str(secret)]) == 0
     for party in ("moj", "dfe"):
         assert main(["keygen", "--signing", "--out", str(tmp_path / f"{party}-signing.pem")]) == 0
-    server = create_server(
-        ServerConfig(
-            data_dir=tmp_path / "lu",
-            listen="127.0.0.1:0",
-            ca_certificate=certs / "ca.pem",
-            certificate=certs / "linkage-unit.pem",
-            private_key=certs / "linkage-unit.key",
-            grace_seconds=0.5,
-        )
-    )
-    port = server.start()
-    try:
+    with cli_linkage_unit(tmp_path / "lu", certs) as lu:
 
         def tls(role: str) -> list[str]:
-            return ["--target", f"127.0.0.1:{port}", "--ca", str(certs / "ca.pem"),
-                    "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
-                    "--timeout", "10"]  # fmt: skip
+            return lu.tls(role, timeout=10)
 
         fingerprint = default_schema().fingerprint.hex()
         capsys.readouterr()
@@ -164,5 +151,3 @@ def test_dedupe_and_link_and_dedupe_only_projects_from_the_command_line(
         assert "link model dedupe-and-link: moj deduplicated, at most one record per person " \
             "from dfe; clusters capped at 1000 records" in report  # fmt: skip
         assert "link model dedupe-only: moj deduplicated; clusters capped at 50 records" in report
-    finally:
-        server.stop(0)

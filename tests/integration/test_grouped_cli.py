@@ -12,10 +12,10 @@ import pytest
 
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
-from linkage_unit.server import ServerConfig, create_server
 from protocol.clk_file import read_header
 from protocol.schema import load_schema
 from tests.party.test_encoder_run import person, write_csv
+from tests.service_helpers import cli_linkage_unit
 
 pytestmark = pytest.mark.integration
 
@@ -29,23 +29,8 @@ def test_a_grouped_project_from_the_command_line(tmp_path: Path, capsys) -> None
     assert main(["certs", "init", "--dir", str(certs), "--parties", "moj,dfe"]) == 0
     secret = tmp_path / "linkage.secret"
     assert main(["keygen", "--out", str(secret)]) == 0
-    server = create_server(
-        ServerConfig(
-            data_dir=tmp_path / "lu",
-            listen="127.0.0.1:0",
-            ca_certificate=certs / "ca.pem",
-            certificate=certs / "linkage-unit.pem",
-            private_key=certs / "linkage-unit.key",
-            grace_seconds=0.5,
-        )
-    )
-    port = server.start()
-    try:
-
-        def tls(role: str) -> list[str]:
-            return ["--target", f"127.0.0.1:{port}", "--ca", str(certs / "ca.pem"),
-                    "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
-                    "--timeout", "5"]  # fmt: skip
+    with cli_linkage_unit(tmp_path / "lu", certs) as lu:
+        tls = lu.tls
 
         common = ["--parties", "moj,dfe", "--no-auto-run", *tls("operator")]
         assert main(["project", "create", "p1", "--schema", str(SCHEMA), *common]) == 0
@@ -129,8 +114,6 @@ def test_a_grouped_project_from_the_command_line(tmp_path: Path, capsys) -> None
         for project in ("p2", "p3"):
             assert main(["project", "status", project, "--json", *tls("operator")]) == 0
             assert json.loads(capsys.readouterr().out)["uploads"]["moj"] == "not_started"
-    finally:
-        server.stop(0)
 
 
 def test_the_demo_runs_a_grouped_schema_and_its_audit_passes(tmp_path: Path, capsys) -> None:

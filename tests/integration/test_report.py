@@ -11,8 +11,8 @@ import pytest
 
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
-from linkage_unit.server import ServerConfig, create_server
 from tests.party.test_encoder_run import person, write_csv
+from tests.service_helpers import cli_linkage_unit
 
 pytestmark = pytest.mark.integration
 
@@ -26,23 +26,8 @@ def test_the_operator_gets_a_report_and_no_one_else_does(tmp_path: Path, capsys)
     assert main(["certs", "init", "--dir", str(certs), "--parties", "moj,dfe"]) == 0
     secret = tmp_path / "linkage.secret"
     assert main(["keygen", "--out", str(secret)]) == 0
-    server = create_server(
-        ServerConfig(
-            data_dir=tmp_path / "lu",
-            listen="127.0.0.1:0",
-            ca_certificate=certs / "ca.pem",
-            certificate=certs / "linkage-unit.pem",
-            private_key=certs / "linkage-unit.key",
-            grace_seconds=0.5,
-        )
-    )
-    port = server.start()
-    try:
-
-        def tls(role: str) -> list[str]:
-            return ["--target", f"127.0.0.1:{port}", "--ca", str(certs / "ca.pem"),
-                    "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
-                    "--timeout", "5"]  # fmt: skip
+    with cli_linkage_unit(tmp_path / "lu", certs) as lu:
+        tls = lu.tls
 
         assert main(["project", "create", "p1", "--schema", str(SCHEMA), "--parties", "moj,dfe",
                      "--no-auto-run", *tls("operator")]) == 0  # fmt: skip
@@ -122,5 +107,3 @@ def test_the_operator_gets_a_report_and_no_one_else_does(tmp_path: Path, capsys)
         assert "<table id='summary'>" in page and "estimated F1" in page
         for name in ("histogram.png", "threshold_curve.png", "match_rates.png"):
             assert (out_dir / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    finally:
-        server.stop(0)

@@ -1,9 +1,10 @@
 """The run report (linkage_unit/report.py): its estimates against planted truth, the
-threshold curve against its slow twin, a Dice run's honest gaps, the JSON round trip, who may
+threshold curve against its slow twin, a Dice run's null-model estimates and honest gaps, the JSON round trip, who may
 ask for it, and its storage."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,12 +51,31 @@ def test_the_report_estimates_f1_of_planted_matches(
     assert RunReport.from_json(report.to_json()) == report
 
 
-def test_a_dice_run_reports_no_estimates(planted: tuple[np.ndarray, np.ndarray]) -> None:  # noqa: F811
+def test_a_dice_run_reports_the_null_models_estimates_against_the_truth(
+    planted: tuple[np.ndarray, np.ndarray],  # noqa: F811
+) -> None:
     left, right = planted
-    report = build_report(link({"a": left, "b": right}, SETTINGS))
-    assert report.scoring == "dice" and report.threshold_method.startswith(
-        ("null-model", "valley", "default")
-    )
+    result = link({"a": left, "b": right}, SETTINGS)
+    report = build_report(result)
+    assert report.scoring == "dice" and report.threshold_method == "null-model"
+    _, _, f1 = pair_f1(result, 600)
+    assert report.estimated_f1 is not None and abs(report.estimated_f1 - f1) < 0.01
+    # No model, so no weight histogram; the curve is over the Dice thresholds searched and
+    # holds the run's own estimate at its threshold.
+    assert report.histogram is None
+    cuts = [point.cut for point in report.threshold_curve]
+    assert cuts[0] == 0.5 and cuts[-1] == 0.95 and len(cuts) == 91
+    at_threshold = min(report.threshold_curve, key=lambda point: abs(point.cut - result.threshold))
+    assert at_threshold.f1 == pytest.approx(report.estimated_f1)
+    assert RunReport.from_json(report.to_json()) == report
+
+
+def test_a_dice_run_at_an_operators_threshold_reports_no_estimates(
+    planted: tuple[np.ndarray, np.ndarray],  # noqa: F811
+) -> None:
+    left, right = planted
+    report = build_report(link({"a": left, "b": right}, replace(SETTINGS, threshold=0.8)))
+    assert report.scoring == "dice" and report.threshold_method == "operator"
     assert report.estimated_f1 is None and report.estimated_precision is None
     assert report.histogram is None and report.threshold_curve == ()
     assert sum(rate.linked_records for rate in report.parties) > 1000

@@ -7,6 +7,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from linkage_unit.fellegi_sunter import (
     GroupLevels,
@@ -15,7 +17,13 @@ from linkage_unit.fellegi_sunter import (
     probability_of_weight,
 )
 from linkage_unit.matching import LinkResult, MatchSettings, Scoring, link
-from linkage_unit.scoring import ScoredPairs, Scorer, estimate_quality
+from linkage_unit.scoring import (
+    ScoredPairs,
+    Scorer,
+    estimate_quality,
+    unseen_matches,
+    unseen_matches_reference,
+)
 from linkage_unit.similarity import CandidatePairs
 from linkage_unit.solving import PartyPairs
 from protocol.clk_layout import ClkLayout, GroupLayout
@@ -86,8 +94,10 @@ def test_one_group_matches_by_dice_as_before_and_refuses_the_model(
 ) -> None:
     left, right = planted
     dice = link({"a": left, "b": right}, SETTINGS)
-    assert dice.threshold_method.startswith(("null-model", "valley", "default"))
-    assert dice.statistics.model is None and dice.statistics.estimated is None
+    assert dice.threshold_method == "null-model"
+    # No model; the estimate is the null model's, at the threshold the run used.
+    assert dice.statistics.model is None and dice.statistics.estimated is not None
+    assert dice.statistics.dice_curve and dice.statistics.estimated.f1 > 0.97
     single = ClkLayout.single(LAYOUT.total_bits)
     assert link({"a": left, "b": right}, SETTINGS, layout=single).threshold == dice.threshold
     with pytest.raises(MatchingError, match="at least two field groups"):
@@ -275,3 +285,99 @@ def test_term_frequencies_weigh_agreement_on_a_common_encoding_less() -> None:
         scorer.similarities(0, pairs), scorer.model.groups), scorer.model)  # fmt: skip
     assert adjustments is not None
     assert adjustments[0, 1] < 0 < adjustments[1, 1]
+
+
+def _geometric_matches(cut: float, ratio: float, top: float) -> tuple[np.ndarray, np.ndarray]:
+    """Candidate scores above ``cut`` whose match mass falls by ``ratio`` per 0.05 towards
+    the cut: ``top`` in the highest of three bins (probability 1 each, at bin centres)."""
+    scores, probabilities = [], []
+    for k in range(3):
+        mass = top * ratio ** (2 - k)
+        scores.append(np.full(round(mass), cut + 0.05 * k + 0.025))
+        probabilities.append(np.ones(round(mass)))
+    return np.concatenate(scores), np.concatenate(probabilities)
+
+
+def test_unseen_matches_continue_the_matches_density_below_the_cut() -> None:
+    scores, probabilities = _geometric_matches(0.5, 0.5, 400.0)
+    # 100 in the bin at the cut; below it 50 + 25 + ... over ten bins down to 0.
+    expected = sum(100.0 * 0.5**k for k in range(1, 11))
+    assert unseen_matches(scores, probabilities, 0.5) == pytest.approx(expected, rel=1e-6)
+    # A density falling slowly towards the cut is continued at the largest ratio; one that
+    # does not fall is the floor of non-matches' small probabilities, not a tail.
+    gentle = np.repeat([0.52, 0.57, 0.62], [10, 11, 12])
+    slow = unseen_matches(gentle, np.ones(len(gentle)), 0.5)
+    line = np.polyfit([0, 1, 2], np.log([10.0, 11.0, 12.0]), 1)
+    level = float(np.exp(line[1]))
+    assert slow == pytest.approx(level * sum(0.9**k for k in range(1, 11)), rel=1e-6)
+    assert unseen_matches(np.array([0.52, 0.57, 0.62]), np.ones(3), 0.5) == 0.0
+    assert unseen_matches(np.array([0.52, 0.52, 0.57]), np.ones(3), 0.5) == 0.0
+    # No matches near the cut, or one bin only: nothing is claimed.
+    assert unseen_matches(np.array([0.66]), np.array([1.0]), 0.5) == 0.0
+    assert unseen_matches(np.array([0.97]), np.array([1.0]), 0.96) == 0.0
+    assert unseen_matches(np.empty(0), np.empty(0), 0.5) == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(0.0, 1.0, allow_nan=False), st.floats(0.0, 1.0, allow_nan=False)),
+        max_size=60,
+    ),
+    st.floats(0.05, 0.95, allow_nan=False),
+)
+def test_unseen_matches_agree_with_their_reference(
+    pairs: list[tuple[float, float]], cut: float
+) -> None:
+    kept = [(score, p) for score, p in pairs if score >= cut]
+    scores = np.array([score for score, _ in kept], np.float64)
+    probabilities = np.array([p for _, p in kept], np.float64)
+    fast = unseen_matches(scores, probabilities, cut)
+    slow = unseen_matches_reference(scores.tolist(), probabilities.tolist(), cut)
+    assert fast == pytest.approx(slow, rel=1e-6, abs=1e-9)
+
+
+def test_a_cluster_of_three_parties_lends_its_pairs_the_third_records_evidence() -> None:
+    from linkage_unit.fellegi_sunter import FellegiSunterModel
+
+    model = FellegiSunterModel(
+        groups=(GroupLevels(name="g", cuts=()),), m=((0.5, 0.5),), u=((0.5, 0.5),),
+        prior=(0.1, 0.1, 0.1), iterations=1, converged=True,
+    )  # fmt: skip
+
+    def one(p: float) -> CandidatePairs:
+        weight = np.float32(np.log2(p / (1 - p)))
+        return CandidatePairs(
+            left=np.array([0]), right=np.array([0]), scores=np.array([weight]), comparisons=1
+        )
+
+    # One cluster of a (party 0), b (party 1), c (party 2): a-b weak, a-c and b-c strong.
+    jobs = [(0, 1), (0, 2), (1, 2)]
+    scored = ScoredPairs(
+        party_pairs=tuple(
+            PartyPairs(left_party=i, right_party=j, pairs=one(p))
+            for (i, j), p in zip(jobs, (0.4, 0.9, 0.8), strict=True)
+        ),
+        match_probability=0.5,
+        model=model,
+        exclusive=True,
+    )
+    clusters = [np.array([7]), np.array([7]), np.array([7])]
+
+    def never(job: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        raise AssertionError("every joined pair is a candidate here")
+
+    quality = estimate_quality(scored, clusters, jobs, never)
+    through = {0: 0.9 * 0.8, 1: 0.4 * 0.8, 2: 0.4 * 0.9}
+    expected = [1 - (1 - p) * (1 - through[n]) for n, p in enumerate((0.4, 0.9, 0.8))]
+    assert quality.expected_true_links == pytest.approx(sum(expected), rel=1e-6)
+    # Two parties only: no third record, each pair on its own evidence.
+    alone = estimate_quality(
+        replace(scored, party_pairs=scored.party_pairs[:1]), clusters[:2], jobs[:1], never
+    )
+    assert alone.expected_true_links == pytest.approx(0.4, rel=1e-6)
+    # The third record in another cluster lends nothing.
+    apart = estimate_quality(
+        scored, [np.array([7]), np.array([7]), np.array([8])], jobs, lambda *_: np.zeros(1)
+    )
+    assert apart.expected_true_links == pytest.approx(0.4, rel=1e-6)
