@@ -338,9 +338,11 @@ def blocking_settings_for(
 ) -> BlockingSettings | None:
     """The shape one comparison blocks with: fitted to these CLKs when ``settings`` asks for
     it, else ``settings`` as they are. None: compare every pair instead, because the fitted
-    shape would cost more than that (a low threshold: at 100k x 100k and Dice 0.54 the fitted
-    shape plans 4.5e10 block comparisons against 1e10 pairs) or no shape reaches the target
-    recall; comparing every pair has recall 1. In-process and Dask compares both call this."""
+    shape would cost more than that (a low threshold: at 100k x 100k and Dice 0.54 the model
+    expects 4.5e10 block comparisons of the fitted shape against 1e10 pairs; a 200k x 200k run
+    of the default schema, candidate cut 0.555, compared every pair this way) or no shape
+    reaches the target recall; comparing every pair has recall 1. In-process and Dask
+    compares both call this."""
     if not settings.fit_to_data or len(left) == 0:
         return settings
     try:
