@@ -55,7 +55,10 @@ def main() -> int:
     rows = []
     for bands, bits in SHAPES:
         settings = BlockingSettings(
-            bands=bands, bits_per_band=bits, max_block_comparisons=max(1, int(cap / scale**2))
+            fit_to_data=False,
+            bands=bands,
+            bits_per_band=bits,
+            max_block_comparisons=max(1, int(cap / scale**2)),
         )
         plan = BlockingIndex(left, right, settings=settings, seed=args.seed, workers=2).plan
         kept = plan.block_comparisons * scale**2

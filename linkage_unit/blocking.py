@@ -52,6 +52,7 @@ __all__ = [
     "BlockingPlan",
     "BlockingSettings",
     "EXHAUSTIVE_BELOW_COMPARISONS",
+    "EXHAUSTIVE_PAIR_COST",
     "LshShape",
     "blocking_settings_for",
     "choose_lsh_shape",
@@ -76,15 +77,18 @@ _CAPACITY = 1 << 20
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BlockingSettings:
-    """LSH shape. The defaults kept pair completeness >= 99.97 % of exhaustive at Dice 0.8 with
-    reduction ratio 0.94-0.99 on CLKs of density 0.3-0.5 with matches planted at Dice 0.75-1.0
-    (``benchmarks/match.py`` measures it). At density 0.5 a pair at exactly Dice 0.8 agrees on
-    80 % of bits and is missed with probability (1 - 0.8**14) ** 128 ~ 0.3 %."""
+    """LSH shape. By default (``fit_to_data``) the shape is chosen per comparison from the
+    CLKs and the run's threshold; ``bands`` and ``bits_per_band`` are the fixed shape used
+    when ``fit_to_data`` is False. A fixed shape keeps its recall only near the threshold it
+    was tuned for: 128 x 14 missed 4.8 % of the pairs at Dice 0.7 on 20k x 20k synth medium
+    (default schema), where the fitted shape kept 99.992 % (``benchmarks/blocking_fit.py``;
+    docs/benchmarks.md). At density 0.5 a pair at exactly Dice 0.8 agrees on 80 % of bits and
+    128 x 14 misses it with probability (1 - 0.8**14) ** 128 ~ 0.3 %."""
 
     bands: int = 128
     bits_per_band: int = 14
     max_block_comparisons: int = 25_000_000
-    fit_to_data: bool = False
+    fit_to_data: bool = True
     """True: ``bands`` and ``bits_per_band`` are replaced, per comparison, by the shape
     :func:`fit_blocking_settings` chooses from the CLKs' bit density and the run's threshold
     (``target_recall`` at that threshold, fewest expected comparisons)."""
@@ -99,6 +103,12 @@ class BlockingSettings:
             raise MatchingError("bits_per_band must be between 1 and 64")
         if self.max_block_comparisons < 1:
             raise MatchingError("max_block_comparisons must be >= 1")
+        if self.fit_to_data and (self.bands, self.bits_per_band) != (128, 14):
+            # Never silently replace a shape someone chose.
+            raise MatchingError(
+                "a fixed LSH shape (bands, bits_per_band) needs fit_to_data=False; with "
+                "fit_to_data the shape is fitted to each comparison"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -269,14 +279,20 @@ DENSITY_QUANTILE = 0.9
 clk_bits, both sides pooled): at a fixed Dice, denser CLKs differ on more bits."""
 
 
-def fit_blocking_settings(
+EXHAUSTIVE_PAIR_COST = 0.2
+"""One pair compared by the tiled exhaustive kernel, in block comparisons (the unit of
+:attr:`LshShape.cost`): ``benchmarks/match.py`` measured the tiled kernel at 1.57-1.66 G pairs/s
+a thread on AMD EPYC Zen 4 (AVX-512), the per-block kernel at about 300 M/s."""
+
+
+def _fitted_shape(
     left: npt.NDArray[np.uint64],
     right: npt.NDArray[np.uint64] | None,
     threshold: float,
     settings: BlockingSettings,
-) -> BlockingSettings:
-    """``settings`` with the bands and bits per band :func:`choose_lsh_shape` picks for these
-    CLKs at ``threshold`` (``right`` None: one party with itself)."""
+) -> tuple[LshShape, int]:
+    """The shape :func:`choose_lsh_shape` picks for these CLKs at ``threshold``, and the
+    exhaustive comparisons it is weighed against."""
     clk_bits = 64 * left.shape[1]
     sides = [left] if right is None else [left, right]
     counts = np.concatenate([popcounts(side) for side in sides])
@@ -293,10 +309,23 @@ def fit_blocking_settings(
         clk_bits=clk_bits,
         target_recall=settings.target_recall,
     )
+    return shape, pairs
+
+
+def fit_blocking_settings(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    settings: BlockingSettings,
+) -> BlockingSettings:
+    """``settings`` with the bands and bits per band :func:`choose_lsh_shape` picks for these
+    CLKs at ``threshold`` (``right`` None: one party with itself)."""
+    shape, _ = _fitted_shape(left, right, threshold, settings)
     return BlockingSettings(
         bands=shape.bands,
         bits_per_band=shape.bits_per_band,
         max_block_comparisons=settings.max_block_comparisons,
+        fit_to_data=False,
         target_recall=settings.target_recall,
     )
 
@@ -306,12 +335,29 @@ def blocking_settings_for(
     right: npt.NDArray[np.uint64] | None,
     threshold: float,
     settings: BlockingSettings,
-) -> BlockingSettings:
+) -> BlockingSettings | None:
     """The shape one comparison blocks with: fitted to these CLKs when ``settings`` asks for
-    it, else ``settings`` as they are. In-process and Dask compares both call this."""
+    it, else ``settings`` as they are. None: compare every pair instead, because the fitted
+    shape would cost more than that (a low threshold: at 100k x 100k and Dice 0.54 the model
+    expects 4.5e10 block comparisons of the fitted shape against 1e10 pairs; a 200k x 200k run
+    of the default schema, candidate cut 0.555, compared every pair this way) or no shape
+    reaches the target recall; comparing every pair has recall 1. In-process and Dask
+    compares both call this."""
     if not settings.fit_to_data or len(left) == 0:
         return settings
-    return fit_blocking_settings(left, right, threshold, settings)
+    try:
+        shape, pairs = _fitted_shape(left, right, threshold, settings)
+    except MatchingError:
+        return None
+    if shape.cost >= EXHAUSTIVE_PAIR_COST * pairs:
+        return None
+    return BlockingSettings(
+        bands=shape.bands,
+        bits_per_band=shape.bits_per_band,
+        max_block_comparisons=settings.max_block_comparisons,
+        fit_to_data=False,
+        target_recall=settings.target_recall,
+    )
 
 
 def sample_band_positions(
@@ -762,12 +808,16 @@ def generate_candidates(
     """Candidate generation, the one entry point: the pairs at or above ``threshold`` of one
     party pair (``right`` None: one party with itself), by LSH blocking or exhaustively as
     ``mode`` says, and the blocking plan when it blocked. Scoring is similarity.py's."""
-    if not uses_lsh(mode, len(left), None if right is None else len(right)):
+    shape = (
+        blocking_settings_for(left, right, threshold, settings)
+        if uses_lsh(mode, len(left), None if right is None else len(right))
+        else None
+    )
+    if shape is None:
         if right is None:
             return candidate_pairs_within(
                 left, threshold, workers=workers, max_pairs=max_pairs
             ), None
         return candidate_pairs(left, right, threshold, workers=workers, max_pairs=max_pairs), None
-    settings = blocking_settings_for(left, right, threshold, settings)
-    index = BlockingIndex(left, right, settings=settings, seed=seed, workers=workers)
+    index = BlockingIndex(left, right, settings=shape, seed=seed, workers=workers)
     return index.candidate_pairs(threshold, max_pairs=max_pairs), index.plan

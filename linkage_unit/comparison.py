@@ -56,6 +56,9 @@ class CompareStatistics:
     blocked_comparisons_planned: int = 0
     oversized_blocks_skipped: int = 0
     oversized_block_comparisons_skipped: int = 0
+    lsh_shapes: tuple[tuple[int, int], ...] = ()
+    """(bands, bits per band) of each party pair compared with LSH, in job order (the shape
+    fitted to that pair's data, or the fixed one)."""
 
     def __add__(self, other: CompareStatistics) -> CompareStatistics:
         return CompareStatistics(
@@ -65,6 +68,7 @@ class CompareStatistics:
             oversized_blocks_skipped=self.oversized_blocks_skipped + other.oversized_blocks_skipped,
             oversized_block_comparisons_skipped=self.oversized_block_comparisons_skipped
             + other.oversized_block_comparisons_skipped,
+            lsh_shapes=self.lsh_shapes + other.lsh_shapes,
         )
 
     @classmethod
@@ -76,6 +80,7 @@ class CompareStatistics:
             blocked_comparisons_planned=plan.block_comparisons,
             oversized_blocks_skipped=plan.oversized_blocks,
             oversized_block_comparisons_skipped=plan.oversized_comparisons,
+            lsh_shapes=((plan.bands, plan.bits_per_band),),
         )
 
 

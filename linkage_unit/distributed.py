@@ -319,17 +319,20 @@ class DaskExecutor:
                 zip(jobs, thresholds, strict=True), start=1
             ):
                 right = None if i == j else arrays[j]
+                shape = (
+                    blocking_settings_for(arrays[i], right, threshold, settings.blocking_settings)
+                    if uses_lsh(
+                        settings.blocking, len(arrays[i]), None if right is None else len(right)
+                    )
+                    else None
+                )
                 pairs, statistics = compare_on_cluster(
                     session,
                     arrays[i],
                     right,
                     threshold,
-                    use_lsh=uses_lsh(
-                        settings.blocking, len(arrays[i]), None if right is None else len(right)
-                    ),
-                    blocking=blocking_settings_for(
-                        arrays[i], right, threshold, settings.blocking_settings
-                    ),
+                    use_lsh=shape is not None,
+                    blocking=shape or settings.blocking_settings,
                     seed=settings.seed,
                     max_pairs=settings.max_pairs,
                     progress=progress,
@@ -677,4 +680,5 @@ def compare_on_cluster(
         blocked_comparisons_planned=union.block_comparisons,
         oversized_blocks_skipped=union.oversized_blocks,
         oversized_block_comparisons_skipped=union.oversized_comparisons,
+        lsh_shapes=((blocking.bands, blocking.bits_per_band),) if use_lsh else (),
     )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from linkage_unit.similarity import check_clks, group_counts
+from linkage_unit.similarity import check_clks, group_bit_counts, group_counts
 from protocol.clk_layout import ClkLayout
 from protocol.errors import MatchingError
 
@@ -78,11 +78,7 @@ def group_popcounts(clks: npt.ArrayLike, layout: ClkLayout) -> npt.NDArray[np.in
     _check_layout(array, layout, "clks")
     if len(array) == 0:
         return np.zeros((0, len(layout.groups)), np.int32)
-    starts = np.array(layout.word_offsets()[:-1], dtype=np.int64)
-    counts: npt.NDArray[np.int32] = np.add.reduceat(
-        np.bitwise_count(array), starts, axis=1, dtype=np.int32
-    )
-    return counts
+    return group_bit_counts(array, layout.word_offsets())
 
 
 def group_similarities(

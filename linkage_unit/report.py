@@ -138,6 +138,12 @@ class RunReport:
     histogram: ReportHistogram | None = None
     threshold_curve: tuple[ThresholdPoint, ...] = ()
     completeness: tuple[GroupCompleteness, ...] = ()
+    record_threshold: float | None = None
+    """The record-level Dice cut candidate pairs were found at (a Dice run's threshold, or a
+    model run's candidate cut)."""
+    comparisons: int = 0
+    lsh_shapes: tuple[tuple[int, int], ...] = ()
+    """(bands, bits per band) of each party pair blocked with LSH, in job order."""
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -196,6 +202,9 @@ class RunReport:
                 )
                 for item in data.get("completeness", ())
             ),
+            record_threshold=_optional(data.get("record_threshold")),
+            comparisons=int(data.get("comparisons", 0)),
+            lsh_shapes=tuple((int(bands), int(bits)) for bands, bits in data.get("lsh_shapes", ())),
         )
 
 
@@ -288,6 +297,11 @@ def build_report(
         linked_record_count=result.linked_record_count,
         parties=party_rates(result.clusters),
         completeness=group_completeness(clks_by_party or {}, layout),
+        record_threshold=result.threshold
+        if statistics.candidate_cut is None
+        else statistics.candidate_cut.threshold,
+        comparisons=statistics.compare.comparisons,
+        lsh_shapes=statistics.compare.lsh_shapes,
     )
     if estimated is None:
         return dice

@@ -109,10 +109,13 @@ class ServerConfig:
     dask_timeout_seconds: float = 3600.0
     dask_task_retries: int = 2
     dask_worker_memory_bytes: int = 8 << 30
-    # LSH blocking shape for every run (linkage_unit/blocking.py). The defaults suit up to a
-    # few million records a party; docs/scale.md gives the shape for 60M x 60M.
-    lsh_bands: int = 128
-    lsh_bits_per_band: int = 14
+    # LSH blocking shape for every run (linkage_unit/blocking.py). Unset (the default): fitted
+    # per comparison to the CLKs' bit density, both sides' sizes and the run's record-level
+    # threshold, for blocking recall lsh_target_recall at that threshold against comparing
+    # every pair. Both set: that fixed shape for every run (docs/scale.md, 60M x 60M).
+    lsh_bands: int | None = None
+    lsh_bits_per_band: int | None = None
+    lsh_target_recall: float = 0.999
     extra_options: tuple[tuple[str, int], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -172,7 +175,24 @@ class ServerConfig:
 
     @property
     def blocking_settings(self) -> BlockingSettings:
-        return BlockingSettings(bands=self.lsh_bands, bits_per_band=self.lsh_bits_per_band)
+        """The LSH shape of every run: fitted to the data unless both ``lsh_bands`` and
+        ``lsh_bits_per_band`` fix it."""
+        fixed = (self.lsh_bands, self.lsh_bits_per_band)
+        if fixed == (None, None):
+            return BlockingSettings(fit_to_data=True, target_recall=self.lsh_target_recall)
+        if self.lsh_bands is None or self.lsh_bits_per_band is None:
+            raise MatchingError(
+                "set both lsh_bands and lsh_bits_per_band for a fixed shape, or neither for "
+                "the shape fitted to the data"
+            )
+        if self.lsh_target_recall != BlockingSettings().target_recall:
+            raise MatchingError(
+                "lsh_target_recall applies to the fitted shape only; unset lsh_bands and "
+                "lsh_bits_per_band to use it"
+            )
+        return BlockingSettings(
+            bands=self.lsh_bands, bits_per_band=self.lsh_bits_per_band, fit_to_data=False
+        )
 
     @property
     def cluster_settings(self) -> ClusterSettings | None:

@@ -60,6 +60,8 @@ __all__ = [
     "popcounts",
     "reference_best_scores",
     "reference_candidate_pairs",
+    "group_bit_counts",
+    "reference_group_bit_counts",
     "reference_group_counts",
     "required_shared",
 ]
@@ -587,15 +589,67 @@ def _group_shared(  # pragma: no cover - compiled
     start: int,
     stop: int,
     out: npt.NDArray[np.uint32],
+    out_left: npt.NDArray[np.uint32],
+    out_right: npt.NDArray[np.uint32],
 ) -> None:
+    """Shared bits and each side's bits per pair and group: the words are loaded once for
+    all three (popcounting whole parties per call cost 1.2 s a million records)."""
     for pair in range(start, stop):
         a = left_index[pair]
         b = right_index[pair]
         for group in range(offsets.shape[0] - 1):
             shared = np.uint64(0)
+            left_bits = np.uint64(0)
+            right_bits = np.uint64(0)
             for word in range(offsets[group], offsets[group + 1]):
-                shared += _popcount(left[a, word] & right[b, word])
+                x = left[a, word]
+                y = right[b, word]
+                shared += _popcount(x & y)
+                left_bits += _popcount(x)
+                right_bits += _popcount(y)
             out[pair, group] = shared
+            out_left[pair, group] = left_bits
+            out_right[pair, group] = right_bits
+
+
+@numba.njit(nogil=True, cache=True)
+def _group_bits(  # pragma: no cover - compiled
+    clks: npt.NDArray[np.uint64], offsets: npt.NDArray[np.int64], out: npt.NDArray[np.int32]
+) -> None:
+    for record in range(clks.shape[0]):
+        for group in range(offsets.shape[0] - 1):
+            bits = np.uint64(0)
+            for word in range(offsets[group], offsets[group + 1]):
+                bits += _popcount(clks[record, word])
+            out[record, group] = bits
+
+
+def group_bit_counts(
+    clks: npt.NDArray[np.uint64], word_offsets: Sequence[int] | npt.ArrayLike
+) -> npt.NDArray[np.int32]:
+    """Set bits per record and field group, ``(records, groups)`` int32, in one pass over the
+    words (``np.bitwise_count`` then ``np.add.reduceat`` took 1.2 s a million 2560-bit
+    records here; :func:`reference_group_bit_counts` is that obvious twin)."""
+    array = check_clks(clks, name="clks")
+    offsets = _check_offsets(word_offsets, array.shape[1]) if len(array) else None
+    if offsets is None:
+        return np.zeros((0, max(len(np.asarray(word_offsets)) - 1, 0)), np.int32)
+    out = np.empty((len(array), len(offsets) - 1), np.int32)
+    _group_bits(array, offsets, out)
+    return out
+
+
+def reference_group_bit_counts(
+    clks: npt.NDArray[np.uint64], word_offsets: Sequence[int]
+) -> npt.NDArray[np.int32]:
+    """The slow obvious twin of :func:`group_bit_counts`."""
+    starts = np.asarray(word_offsets[:-1], dtype=np.int64)
+    if len(clks) == 0:
+        return np.zeros((0, len(starts)), np.int32)
+    counts: npt.NDArray[np.int32] = np.add.reduceat(
+        np.bitwise_count(clks), starts, axis=1, dtype=np.int32
+    )
+    return counts
 
 
 def _check_offsets(
@@ -649,14 +703,10 @@ def group_counts(
         raise MatchingError("left_index and right_index must have the same length")
     widest_bits = 64 * int(np.diff(offsets).max())
     dtype = np.uint16 if widest_bits <= np.iinfo(np.uint16).max else np.uint32
-    starts = offsets[:-1]
-    left_groups = np.add.reduceat(np.bitwise_count(left_array), starts, axis=1, dtype=np.uint32)
-    right_groups = np.add.reduceat(np.bitwise_count(right_array), starts, axis=1, dtype=np.uint32)
-    if len(left_array) == 0:
-        left_groups = np.zeros((0, len(starts)), np.uint32)
-    if len(right_array) == 0:
-        right_groups = np.zeros((0, len(starts)), np.uint32)
-    shared = np.empty((len(lefts), len(starts)), np.uint32)
+    groups = len(offsets) - 1
+    shared = np.empty((len(lefts), groups), np.uint32)
+    left_bits = np.empty((len(lefts), groups), np.uint32)
+    right_bits = np.empty((len(lefts), groups), np.uint32)
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise MatchingError("workers must be >= 1")
@@ -665,15 +715,13 @@ def group_counts(
     def task(start: int) -> None:
         _group_shared(
             left_array, right_array, lefts, rights, offsets, start,
-            min(len(lefts), start + chunk), shared,
+            min(len(lefts), start + chunk), shared, left_bits, right_bits,
         )  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(task, range(0, len(lefts), chunk)))
     return GroupCounts(
-        shared=shared.astype(dtype),
-        left=left_groups[lefts].astype(dtype),
-        right=right_groups[rights].astype(dtype),
+        shared=shared.astype(dtype), left=left_bits.astype(dtype), right=right_bits.astype(dtype)
     )
 
 

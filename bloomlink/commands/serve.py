@@ -93,9 +93,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dask-worker-memory-bytes", type=int, help="memory one Dask worker may use (8 GiB)"
     )
-    parser.add_argument("--lsh-bands", type=int, help="LSH blocking bands (128)")
     parser.add_argument(
-        "--lsh-bits-per-band", type=int, help="LSH bits per band (14; 20 at 60M records)"
+        "--lsh-bands",
+        type=int,
+        help="LSH blocking bands of a fixed shape, with --lsh-bits-per-band (unset: the shape "
+        "is fitted to each run's data and threshold)",
+    )
+    parser.add_argument(
+        "--lsh-bits-per-band", type=int, help="LSH bits per band of a fixed shape (20 at 60M)"
+    )
+    parser.add_argument(
+        "--lsh-target-recall",
+        type=float,
+        help="blocking recall the fitted LSH shape aims for at the run's threshold (0.999)",
     )
     parser.add_argument(
         "--party-key",
@@ -124,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
         "max_stream_seconds", "max_streams_per_identity", "audited_calls_per_minute",
         "audited_call_burst", "dask_scheduler", "dask_ca_certificate", "dask_certificate",
         "dask_private_key", "dask_timeout_seconds", "dask_task_retries",
-        "dask_worker_memory_bytes", "lsh_bands", "lsh_bits_per_band",
+        "dask_worker_memory_bytes", "lsh_bands", "lsh_bits_per_band", "lsh_target_recall",
     )  # fmt: skip
     overrides = {name: getattr(args, name) for name in names}
     if args.party_key:

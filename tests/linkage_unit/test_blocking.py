@@ -8,11 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from linkage_unit.blocking import (
+    EXHAUSTIVE_PAIR_COST,
     RECORD_COST_IN_COMPARISONS,
     BlockingIndex,
     BlockingMode,
     BlockingPlan,
     BlockingSettings,
+    _fitted_shape,
+    blocking_settings_for,
     choose_lsh_shape,
     choose_lsh_shape_reference,
     fit_blocking_settings,
@@ -31,7 +34,7 @@ def as_set(pairs) -> set[tuple[int, int]]:
 
 @given(left=clk_arrays(), right=clk_arrays(), threshold=st.sampled_from([0.3, 0.6, 0.8]))
 def test_blocked_pairs_are_exhaustive_pairs_with_the_same_scores(left, right, threshold) -> None:
-    settings = BlockingSettings(bands=8, bits_per_band=4)
+    settings = BlockingSettings(fit_to_data=False, bands=8, bits_per_band=4)
     blocked = BlockingIndex(left, right, settings=settings, seed=1).candidate_pairs(threshold)
     exhaustive = candidate_pairs(left, right, threshold)
     assert as_set(blocked) <= as_set(exhaustive)
@@ -77,7 +80,9 @@ def test_default_settings_keep_pair_completeness_at_dice_0_8() -> None:
 
 def test_oversized_blocks_are_skipped_and_counted_never_silently() -> None:
     same = np.tile(random_clks(np.random.default_rng(8), 1), (50, 1))
-    settings = BlockingSettings(bands=4, bits_per_band=8, max_block_comparisons=100)
+    settings = BlockingSettings(
+        fit_to_data=False, bands=4, bits_per_band=8, max_block_comparisons=100
+    )
     index = BlockingIndex(same, same, settings=settings, seed=9)
     assert index.plan.oversized_blocks == 4
     assert index.plan.oversized_comparisons == 4 * 50 * 50
@@ -96,7 +101,7 @@ def test_plan_estimates_are_positive_and_consistent() -> None:
 
 
 def test_band_positions_depend_on_the_seed_only() -> None:
-    settings = BlockingSettings(bands=3, bits_per_band=5)
+    settings = BlockingSettings(fit_to_data=False, bands=3, bits_per_band=5)
     one = sample_band_positions(1024, settings, seed=1)
     assert np.array_equal(one, sample_band_positions(1024, settings, seed=1))
     assert not np.array_equal(one, sample_band_positions(1024, settings, seed=2))
@@ -105,9 +110,9 @@ def test_band_positions_depend_on_the_seed_only() -> None:
 
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(MatchingError):
-        BlockingSettings(bands=0)
+        BlockingSettings(fit_to_data=False, bands=0)
     with pytest.raises(MatchingError):
-        BlockingSettings(bits_per_band=65)
+        BlockingSettings(fit_to_data=False, bits_per_band=65)
     with pytest.raises(MatchingError, match="threshold"):
         BlockingIndex(random_clks(np.random.default_rng(1), 3), None).candidate_pairs(1.5)
 
@@ -136,7 +141,7 @@ def test_gathering_blocks_in_small_runs_finds_the_same_pairs(
     right = (
         None if within else np.concatenate([noisy_copies(generator, left[:300], 0.05), left[300:]])
     )
-    settings = BlockingSettings(bands=6, bits_per_band=4)
+    settings = BlockingSettings(fit_to_data=False, bands=6, bits_per_band=4)
     whole = BlockingIndex(left, right, settings=settings, seed=2).candidate_pairs(0.6)
     pieces = BlockingIndex(
         left, right, settings=settings, seed=2, gather_records=7
@@ -196,12 +201,9 @@ def test_fitted_shape_keeps_recall_0_999_at_less_work_than_the_default() -> None
     fitted_settings = fit_blocking_settings(
         left, right, threshold, BlockingSettings(fit_to_data=True)
     )
-    fitted, plan = generate_candidates(
-        left, right, threshold, mode=BlockingMode.LSH,
-        settings=BlockingSettings(fit_to_data=True), seed=5,
-    )  # fmt: skip
+    index = BlockingIndex(left, right, settings=fitted_settings, seed=5)
+    fitted, plan = index.candidate_pairs(threshold), index.plan
     default = BlockingIndex(left, right, seed=5)
-    assert plan is not None
     assert (plan.bands, plan.bits_per_band) == (
         fitted_settings.bands,
         fitted_settings.bits_per_band,
@@ -223,3 +225,36 @@ def test_unreachable_recall_is_refused() -> None:
         )  # fmt: skip
     with pytest.raises(MatchingError, match="target_recall"):
         BlockingSettings(target_recall=1.0)
+
+
+def test_the_fitted_shape_gives_way_to_comparing_every_pair_where_that_costs_less() -> None:
+    """On few records or at a low threshold the fitted shape would do more work than the
+    exhaustive kernel: the compare then scores every pair (recall 1, no plan); on more
+    records at a high threshold it blocks with the fitted shape."""
+    generator = np.random.default_rng(12)
+    left = random_clks(generator, 3000)
+    right = random_clks(generator, 3000)
+    right[:1000] = noisy_copies(generator, left[:1000], 0.03)
+    settings = BlockingSettings()
+    small = blocking_settings_for(left[:300], right[:300], 0.9, settings)
+    assert small is None
+    pairs, plan = generate_candidates(
+        left[:300], right[:300], 0.9, mode=BlockingMode.LSH, settings=settings, seed=5
+    )
+    exhaustive = candidate_pairs(left[:300], right[:300], 0.9)
+    assert plan is None and pairs.comparisons == 300 * 300
+    assert pair_completeness(pairs, exhaustive) == 1.0 and len(pairs) == len(exhaustive)
+    shape, work = _fitted_shape(left, right, 0.9, settings)
+    assert shape.cost < EXHAUSTIVE_PAIR_COST * work
+    large = blocking_settings_for(left, right, 0.9, settings)
+    assert large == fit_blocking_settings(left, right, 0.9, settings)
+    pairs, plan = generate_candidates(
+        left, right, 0.9, mode=BlockingMode.LSH, settings=settings, seed=5
+    )
+    assert plan is not None and (plan.bands, plan.bits_per_band) == (
+        shape.bands,
+        shape.bits_per_band,
+    )
+    assert pair_completeness(pairs, candidate_pairs(left, right, 0.9)) >= 0.999
+    # No shape reaches the target at all: compare every pair rather than fail the run.
+    assert blocking_settings_for(left[:50], right[:50], 0.05, settings) is None

@@ -17,7 +17,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from linkage_unit import matching
-from linkage_unit.blocking import BlockingSettings
+from linkage_unit.blocking import BlockingSettings, fit_blocking_settings
 from linkage_unit.distributed import (
     ClusterSettings,
     DaskExecutor,
@@ -26,6 +26,7 @@ from linkage_unit.distributed import (
     _TaskResult,
 )
 from linkage_unit.fellegi_sunter import ModelSettings
+from linkage_unit.report import RunReport
 from linkage_unit.server import ServerConfig, create_server
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import ConfigurationError, MatchingError
@@ -102,7 +103,7 @@ def test_dask_gives_the_in_process_link_structure(
         blocking=blocking,
         deduplicated=frozenset(clks) if deduplicate else frozenset(),
         blocking_seed=5,
-        blocking_settings=BlockingSettings(bands=24, bits_per_band=10),
+        blocking_settings=BlockingSettings(fit_to_data=False, bands=24, bits_per_band=10),
     )
     stages: list[tuple[str, int, int]] = []
     local = matching.link(clks, settings)
@@ -171,7 +172,7 @@ def test_a_worker_killed_mid_link_leaves_the_link_structure_unchanged(
         threshold=0.8,
         blocking="lsh",
         blocking_seed=9,
-        blocking_settings=BlockingSettings(bands=24, bits_per_band=10),
+        blocking_settings=BlockingSettings(fit_to_data=False, bands=24, bits_per_band=10),
     )
     local = matching.link(clks, settings)
     marker = tmp_path / "killed"
@@ -370,8 +371,58 @@ def test_the_pair_union_folds_duplicates_as_results_arrive() -> None:
             )
 
 
-def test_server_config_sets_the_lsh_shape_of_every_run(tmp_path: Path) -> None:
-    assert ServerConfig(data_dir=tmp_path, insecure=True).blocking_settings == BlockingSettings()
+def _report(server) -> RunReport:  # type: ignore[no-untyped-def]
+    _, text = server.service.project_report(OPERATOR, "p1")
+    return RunReport.from_json(text)
+
+
+@pytest.mark.parametrize(("records", "blocked"), [(2000, True), (300, False)])
+def test_a_run_through_the_service_blocks_with_the_shape_fitted_to_its_data(
+    tmp_path: Path, records: int, blocked: bool
+) -> None:
+    """The default config fits the LSH shape per run: the shape the run's report names is the
+    one fitted to these CLKs at the run's record-level threshold, not the fixed 128 x 14; on
+    few records, where the fitted shape would cost more than comparing every pair, the run
+    compares every pair and names no shape."""
+    config = ServerConfig(data_dir=tmp_path, insecure=True, require_manifest=False)
+    assert config.blocking_settings == BlockingSettings(fit_to_data=True)
+    assert BlockingSettings() == BlockingSettings(fit_to_data=True)
+    server = create_server(config, audit=MemoryAuditSink())
+    shared = records // 4
+    clks = planted_party_clks(["moj", "dfe"], seed=6, records=records, shared=shared)
+    try:
+        server.service.create_project(
+            OPERATOR,
+            ProjectSettings(
+                project_id="p1",
+                members=("moj", "dfe"),
+                schema_fingerprint=SCHEMA_FINGERPRINT,
+                threshold=0.9,
+            ),
+        )
+        for name in ("moj", "dfe"):
+            path = write_clk_file(tmp_path / f"{name}.clk", clks[name], project_id="p1")
+            upload(server.service, path, name)
+        server.service.runs.wait_idle(120)
+        status = server.service.project_status(OPERATOR, "p1")
+        assert status.run_state is RunState.FINISHED
+        assert status.linked_record_count == 2 * shared
+        report = _report(server)
+    finally:
+        server.stop(0)
+    assert report.record_threshold == 0.9
+    assert report.comparisons == status.comparisons > 0
+    if not blocked:
+        assert report.lsh_shapes == ()
+        assert report.comparisons == records * records
+        return
+    fitted = fit_blocking_settings(clks["moj"], clks["dfe"], 0.9, BlockingSettings())
+    assert report.lsh_shapes == ((fitted.bands, fitted.bits_per_band),)
+    assert report.lsh_shapes != ((128, 14),)
+    assert report.comparisons < records * records // 10
+
+
+def test_server_config_can_fix_the_lsh_shape_of_every_run(tmp_path: Path) -> None:
     config = ServerConfig(
         data_dir=tmp_path,
         insecure=True,
@@ -379,24 +430,29 @@ def test_server_config_sets_the_lsh_shape_of_every_run(tmp_path: Path) -> None:
         lsh_bands=256,
         lsh_bits_per_band=20,
     )
-    assert config.blocking_settings == BlockingSettings(bands=256, bits_per_band=20)
-    seen: list[BlockingSettings] = []
-
-    def engine(clks, settings, **options):  # type: ignore[no-untyped-def]
-        seen.append(settings.blocking_settings)
-        return matching.link(clks, settings, **options)
-
-    server = create_server(config, audit=MemoryAuditSink(), link_function=engine)
+    assert config.blocking_settings == BlockingSettings(
+        bands=256, bits_per_band=20, fit_to_data=False
+    )
+    server = create_server(config, audit=MemoryAuditSink())
     try:
         clks = planted_party_clks(["moj", "dfe"], seed=6, records=20, shared=5)
         _run_project(server.service, tmp_path, clks)
         status = server.service.project_status(OPERATOR, "p1")
         assert status.run_state is RunState.FINISHED and status.linked_record_count == 10
-        assert seen == [BlockingSettings(bands=256, bits_per_band=20)]
+        assert _report(server).lsh_shapes == ((256, 20),)
     finally:
         server.stop(0)
     with pytest.raises(ConfigurationError, match="LSH settings: bits_per_band must be"):
-        ServerConfig(data_dir=tmp_path, insecure=True, lsh_bits_per_band=65)
+        ServerConfig(data_dir=tmp_path, insecure=True, lsh_bands=8, lsh_bits_per_band=65)
+    with pytest.raises(ConfigurationError, match="set both lsh_bands and lsh_bits_per_band"):
+        ServerConfig(data_dir=tmp_path, insecure=True, lsh_bands=256)
+    with pytest.raises(ConfigurationError, match="applies to the fitted shape only"):
+        ServerConfig(
+            data_dir=tmp_path, insecure=True, lsh_bands=8, lsh_bits_per_band=8,
+            lsh_target_recall=0.99,
+        )  # fmt: skip
+    with pytest.raises(ConfigurationError, match="LSH settings: target_recall"):
+        ServerConfig(data_dir=tmp_path, insecure=True, lsh_target_recall=1.0)
 
 
 def test_a_tight_worker_memory_budget_cuts_the_bands_into_more_tasks(client: Client) -> None:
@@ -405,7 +461,7 @@ def test_a_tight_worker_memory_budget_cuts_the_bands_into_more_tasks(client: Cli
         threshold=0.8,
         blocking="lsh",
         blocking_seed=3,
-        blocking_settings=BlockingSettings(bands=24, bits_per_band=10),
+        blocking_settings=BlockingSettings(fit_to_data=False, bands=24, bits_per_band=10),
     )
     records = 3000
     # CLKs + one band's working set and gather buffers + the plans of two bands, per thread.
@@ -446,7 +502,10 @@ def test_each_party_is_sent_once_per_run_and_dropped_when_no_pair_needs_it(
 
     monkeypatch.setattr(client, "cancel", counting_cancel)
     settings = matching.MatchSettings(
-        threshold=0.8, blocking="lsh", blocking_seed=2, blocking_settings=BlockingSettings(bands=8)
+        threshold=0.8,
+        blocking="lsh",
+        blocking_seed=2,
+        blocking_settings=BlockingSettings(fit_to_data=False, bands=8),
     )
     remote = matching.link(clks, settings, executor=executor(client))
     local = matching.link(clks, settings)
@@ -465,7 +524,7 @@ def test_dask_gives_the_in_process_result_with_the_fellegi_sunter_model(client: 
     settings = matching.MatchSettings(
         blocking="lsh",
         blocking_seed=4,
-        blocking_settings=BlockingSettings(bands=24, bits_per_band=10),
+        blocking_settings=BlockingSettings(fit_to_data=False, bands=24, bits_per_band=10),
         model=ModelSettings(random_pairs=100_000),
     )
     clks = {"a": left, "b": right}
@@ -516,7 +575,9 @@ def test_dask_blocks_with_the_same_fitted_shape_as_in_process(client: Client) ->
         blocking_seed=5,
         blocking_settings=BlockingSettings(fit_to_data=True),
     )
-    fixed = matching.link(clks, replace(settings, blocking_settings=BlockingSettings()))
+    fixed = matching.link(
+        clks, replace(settings, blocking_settings=BlockingSettings(fit_to_data=False))
+    )
     local = matching.link(clks, settings)
     remote = matching.link(clks, settings, executor=executor(client))
     assert local.linked_record_count > 0

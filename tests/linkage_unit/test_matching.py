@@ -75,7 +75,7 @@ def test_a_block_over_budget_is_reported_not_hidden() -> None:
     same = np.tile(random_clks(np.random.default_rng(7), 1), (40, 1))
     settings = MatchSettings(
         threshold=0.8, blocking="lsh",
-        blocking_settings=BlockingSettings(bands=2, bits_per_band=4, max_block_comparisons=100),
+        blocking_settings=BlockingSettings(fit_to_data=False, bands=2, bits_per_band=4, max_block_comparisons=100),
     )  # fmt: skip
     result = link({"a": same, "b": same.copy()}, settings)
     assert result.statistics.compare.oversized_blocks_skipped == 2

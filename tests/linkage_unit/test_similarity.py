@@ -14,9 +14,11 @@ from linkage_unit.similarity import (
     best_scores,
     candidate_pairs,
     candidate_pairs_within,
+    group_bit_counts,
     group_counts,
     reference_best_scores,
     reference_candidate_pairs,
+    reference_group_bit_counts,
     reference_group_counts,
     required_shared,
 )
@@ -273,6 +275,16 @@ def test_group_counts_agree_with_reference(layout, data, workers) -> None:
         np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
         assert getattr(fast, name).dtype == np.uint16
         assert getattr(fast, name).shape == (pairs, len(layout.groups))
+
+
+@given(layout=layouts(), data=st.data())
+def test_group_bit_counts_agree_with_reference(layout, data) -> None:
+    clks = data.draw(clk_arrays(words=layout.total_words, max_records=12))
+    offsets = layout.word_offsets()
+    fast = group_bit_counts(clks, offsets)
+    slow = reference_group_bit_counts(clks, offsets)
+    np.testing.assert_array_equal(fast, slow)
+    assert fast.dtype == np.int32 and fast.shape == (len(clks), len(layout.groups))
 
 
 def test_group_counts_widen_to_uint32_for_a_full_65536_bit_group() -> None:
