@@ -7,7 +7,13 @@ the group's Bloom filter after every field's bits are set:
 * ``balance``: append the complement, then a keyed permutation (doubles the length);
 * ``rule90``: bit i = bit i-1 XOR bit i+1, cyclically (keyless);
 * ``diffusion`` (Armknecht et al. 2023, "BAD"): output bit j = XOR of ``width`` input bits
-  at positions drawn under the group's hardening key;
+  at positions drawn under the group's hardening key. It is linear over GF(2): every
+  encoding lies in the column space of one sparse matrix, whose columns a curious linkage unit
+  finds as that space's lowest-weight vectors and then solves each encoding back to its plain
+  Bloom filter (``bloomlink/attacks/linear.py``; docs/attacks.md). Kept for old schemas;
+* ``nonlinear-diffusion``: output bit j = XOR of ``width`` keyed input bits, XOR the AND of
+  two more: ``y_j = x_a ^ ... ^ (x_c & x_d)``. The AND terms leave no linear structure (the
+  encodings span the whole output space), and similarity falls about as with one more tap;
 * ``blip``: flip each bit independently with probability ``flip_per_65536 / 65536`` (fresh
   randomness every encode).
 
@@ -45,6 +51,7 @@ from protocol.errors import ConfigurationError
 __all__ = [
     "FLIP_SCALE",
     "HARDENING_DESCRIPTOR_PATTERN",
+    "MAX_DESCRIPTOR_BYTES",
     "MAX_HARDENING_STEPS",
     "NO_HARDENING",
     "ChainHardener",
@@ -63,6 +70,8 @@ __all__ = [
     "diffusion_taps",
     "fresh_random_bytes",
     "keyed_permutation",
+    "nonlinear_diffuse",
+    "nonlinear_diffuse_reference",
     "parse_descriptor",
     "parse_hardening",
     "rule90",
@@ -73,6 +82,8 @@ __all__ = [
 FLIP_SCALE = 65536
 """BLIP flip probabilities are whole numbers of 1/65536: exact in every language."""
 MAX_HARDENING_STEPS = 3
+MAX_DESCRIPTOR_BYTES = 123
+"""A chain's descriptor travels in a 123-byte field of the encoded file's header."""
 MAX_DIFFUSION_WIDTH = 16
 MAX_BITS = 65536
 NO_HARDENING = "none"
@@ -88,11 +99,13 @@ class HardeningMethod(StrEnum):
     BALANCE = "balance"
     RULE90 = "rule90"
     DIFFUSION = "diffusion"
+    NONLINEAR_DIFFUSION = "nonlinear-diffusion"
     BLIP = "blip"
 
 
 _STEP = (
-    r"(?:xor-fold|balance|rule90|diffusion:width=[1-9][0-9]?,output_bits=[1-9][0-9]{1,4}"
+    r"(?:xor-fold|balance|rule90"
+    r"|(?:nonlinear-)?diffusion:width=[1-9][0-9]?,output_bits=[1-9][0-9]{1,4}"
     r"|blip:flip_per_65536=[1-9][0-9]{0,4})"
 )
 HARDENING_DESCRIPTOR_PATTERN = re.compile(
@@ -118,7 +131,16 @@ class HardeningStep:
     @property
     def keyed(self) -> bool:
         """Whether the step needs a hardening key (derived per group and step)."""
-        return self.method in (HardeningMethod.BALANCE, HardeningMethod.DIFFUSION)
+        return self.method in (
+            HardeningMethod.BALANCE,
+            HardeningMethod.DIFFUSION,
+            HardeningMethod.NONLINEAR_DIFFUSION,
+        )
+
+    @property
+    def diffuses(self) -> bool:
+        """Whether the step is a diffusion layer (``width`` and ``output_bits`` apply)."""
+        return self.method in (HardeningMethod.DIFFUSION, HardeningMethod.NONLINEAR_DIFFUSION)
 
     @property
     def flip_probability(self) -> float:
@@ -129,22 +151,22 @@ class HardeningStep:
             return input_bits // 2
         if self.method is HardeningMethod.BALANCE:
             return input_bits * 2
-        if self.method is HardeningMethod.DIFFUSION:
+        if self.diffuses:
             return self.output_bits
         return input_bits
 
     def canonical(self) -> dict[str, Any]:
         """What enters the schema's canonical form (and so its fingerprint)."""
         data: dict[str, Any] = {"method": str(self.method)}
-        if self.method is HardeningMethod.DIFFUSION:
+        if self.diffuses:
             data.update(width=self.width, output_bits=self.output_bits)
         if self.method is HardeningMethod.BLIP:
             data["flip_per_65536"] = self.flip_per_65536
         return data
 
     def descriptor(self) -> str:
-        if self.method is HardeningMethod.DIFFUSION:
-            return f"diffusion:width={self.width},output_bits={self.output_bits}"
+        if self.diffuses:
+            return f"{self.method}:width={self.width},output_bits={self.output_bits}"
         if self.method is HardeningMethod.BLIP:
             return f"blip:flip_per_65536={self.flip_per_65536}"
         return str(self.method)
@@ -168,6 +190,15 @@ def check_chain(steps: Sequence[HardeningStep], input_bits: int) -> list[tuple[s
     problems: list[tuple[str, str]] = []
     if len(steps) > MAX_HARDENING_STEPS:
         problems.append(("", f"has at most {MAX_HARDENING_STEPS} steps"))
+    descriptor = describe_chain(steps)
+    if len(descriptor) > MAX_DESCRIPTOR_BYTES:
+        problems.append(
+            (
+                "",
+                f"has a descriptor of {len(descriptor)} bytes; at most {MAX_DESCRIPTOR_BYTES} "
+                "fit the encoded file's header (use fewer or shorter steps)",
+            )
+        )
     bits = input_bits
     for index, step in enumerate(steps):
         where = f"[{index}]" if len(steps) > 1 else ""
@@ -180,8 +211,23 @@ def check_chain(steps: Sequence[HardeningStep], input_bits: int) -> list[tuple[s
             problems.append(
                 (f"{where}method", f"balance would make {2 * bits} bits (> {MAX_BITS})")
             )
-        if method is HardeningMethod.DIFFUSION:
-            if step.width < 2:
+        if method is HardeningMethod.NONLINEAR_DIFFUSION and step.width < 1:
+            problems.append(
+                (f"{where}width", "must be at least 1: the linear taps XORed beside the AND term")
+            )
+        elif method is HardeningMethod.NONLINEAR_DIFFUSION and step.width + 2 > min(
+            MAX_DIFFUSION_WIDTH, bits
+        ):
+            problems.append(
+                (
+                    f"{where}width",
+                    f"must be at most {min(MAX_DIFFUSION_WIDTH, bits) - 2}: with the AND term's "
+                    "two taps, similarity falls as that power, so wider makes every pair look "
+                    "unrelated",
+                )
+            )
+        if step.diffuses:
+            if method is HardeningMethod.DIFFUSION and step.width < 2:
                 problems.append(
                     (
                         f"{where}width",
@@ -189,7 +235,9 @@ def check_chain(steps: Sequence[HardeningStep], input_bits: int) -> list[tuple[s
                         "keyed bit selection with no diffusion",
                     )
                 )
-            elif step.width > min(MAX_DIFFUSION_WIDTH, bits):
+            elif method is HardeningMethod.DIFFUSION and step.width > min(
+                MAX_DIFFUSION_WIDTH, bits
+            ):
                 problems.append(
                     (
                         f"{where}width",
@@ -241,7 +289,7 @@ def _step_from_table(
     allowed = {"method"}
     width = output_bits = flips = 0
     readable = True
-    if method is HardeningMethod.DIFFUSION:
+    if method in (HardeningMethod.DIFFUSION, HardeningMethod.NONLINEAR_DIFFUSION):
         allowed |= {"width", "output_bits"}
         width_value = _whole(data.get("width"), add, f"{where}.width")
         bits_value = _whole(data.get("output_bits", input_bits), add, f"{where}.output_bits")
@@ -494,6 +542,40 @@ def diffuse(clks: npt.NDArray[np.uint64], taps: npt.NDArray[np.int64]) -> npt.ND
     return result
 
 
+def nonlinear_diffuse(
+    clks: npt.NDArray[np.uint64], taps: npt.NDArray[np.int64]
+) -> npt.NDArray[np.uint64]:
+    """Primitive hardening: output bit j = XOR of input bits ``taps[j, :-2]``, XOR the AND of
+    input bits ``taps[j, -2]`` and ``taps[j, -1]``. All zero stays all zero.
+
+    Three runs of the bit-sliced diffusion kernel: the linear part, and each AND input as a
+    width-1 gather."""
+    if taps.shape[1] < 3:
+        raise ConfigurationError(
+            "nonlinear diffusion needs at least one linear tap and two AND taps"
+        )
+    linear = diffuse(clks, np.ascontiguousarray(taps[:, :-2]))
+    first = diffuse(clks, np.ascontiguousarray(taps[:, -2:-1]))
+    second = diffuse(clks, np.ascontiguousarray(taps[:, -1:]))
+    return np.ascontiguousarray(linear ^ (first & second))
+
+
+def nonlinear_diffuse_reference(
+    clks: npt.NDArray[np.uint64], taps: npt.NDArray[np.int64]
+) -> npt.NDArray[np.uint64]:
+    """The slow, obvious twin of :func:`nonlinear_diffuse`: one output bit at a time."""
+    bits = np.unpackbits(clks.astype("<u8").view(np.uint8), axis=1, bitorder="little")
+    out = np.zeros((bits.shape[0], taps.shape[0]), dtype=np.uint8)
+    for row in range(bits.shape[0]):
+        for output, positions in enumerate(taps.tolist()):
+            value = 0
+            for position in positions[:-2]:
+                value ^= int(bits[row, position])
+            value ^= int(bits[row, positions[-2]]) & int(bits[row, positions[-1]])
+            out[row, output] = value
+    return np.packbits(out, axis=1, bitorder="little").view("<u8")
+
+
 def diffuse_reference(
     clks: npt.NDArray[np.uint64], taps: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.uint64]:
@@ -593,10 +675,11 @@ class ChainHardener:
                 raise ConfigurationError(f"hardening step {step.method} needs a key")
             elif step.method is HardeningMethod.BALANCE:
                 self._tables.append(keyed_permutation(key, 2 * bits))
-            else:  # diffusion, the other keyed step
+            else:  # a diffusion layer; the nonlinear one draws its AND term's two taps last
+                extra = 2 if step.method is HardeningMethod.NONLINEAR_DIFFUSION else 0
                 self._tables.append(
                     diffusion_taps(
-                        key, input_bits=bits, output_bits=step.output_bits, width=step.width
+                        key, input_bits=bits, output_bits=step.output_bits, width=step.width + extra
                     )
                 )
             bits = step.output_length(bits)
@@ -617,6 +700,8 @@ class ChainHardener:
                 clks = rule90(clks)
             elif step.method is HardeningMethod.DIFFUSION:
                 clks = diffuse(clks, table)
+            elif step.method is HardeningMethod.NONLINEAR_DIFFUSION:
+                clks = nonlinear_diffuse(clks, table)
             else:
                 clks = blip(clks, step.flip_per_65536, self._random_bytes)
             clks[empty] = 0  # a missing group stays all zero whatever the step

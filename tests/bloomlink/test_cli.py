@@ -345,7 +345,7 @@ def test_schema_check_describes_groups_and_their_hardening(
     out = capsys.readouterr().out
     assert out.startswith(default_schema().fingerprint.hex())
     assert "2560-bit encodings of 3 groups" in out
-    assert "name 1024 bits, hardening diffusion:width=4,output_bits=1024" in out
+    assert "name 1024 bits, hardening nonlinear-diffusion:width=3,output_bits=1024" in out
     grouped = root / "benchmarks/schemas/grouped_diffusion_w3.toml"
     assert cli.main(["schema", "check", "--schema", str(grouped)]) == ExitCode.OK
     out = capsys.readouterr().out

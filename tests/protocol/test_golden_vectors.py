@@ -142,7 +142,15 @@ def test_v2_vectors_cover_each_hardening_and_salting() -> None:
         for group in parse_schema(vector_set["schema_document"]).layout.groups
     }
     methods = {step.split(":")[0] for text in descriptors for step in text.split("+")}
-    assert methods == {"none", "diffusion", "blip", "balance", "xor-fold", "rule90"}
+    assert methods == {
+        "none",
+        "diffusion",
+        "nonlinear-diffusion",
+        "blip",
+        "balance",
+        "xor-fold",
+        "rule90",
+    }
     salted = [
         token
         for vector_set in SETS_V2.values()

@@ -27,6 +27,8 @@ from protocol.hardening import (
     diffusion_taps,
     fresh_random_bytes,
     keyed_permutation,
+    nonlinear_diffuse,
+    nonlinear_diffuse_reference,
     parse_descriptor,
     rule90,
     rule90_reference,
@@ -82,6 +84,51 @@ def test_diffusion_is_linear_and_keeps_zero(left: np.ndarray, right: np.ndarray)
     taps = diffusion_taps(b"k" * 32, input_bits=left.shape[1] * 64, output_bits=128, width=3)
     assert np.array_equal(diffuse(left ^ right, taps), diffuse(left, taps) ^ diffuse(right, taps))
     assert not diffuse(np.zeros_like(left), taps).any()
+
+
+@given(
+    strategies.clk_blocks(max_rows=40, max_words=3),
+    st.integers(min_value=1, max_value=2),
+    st.integers(min_value=1, max_value=4),
+    st.binary(min_size=32, max_size=32),
+)
+def test_nonlinear_diffusion_agrees_with_its_twin_and_the_reference(
+    clks: np.ndarray, output_words: int, width: int, key: bytes
+) -> None:
+    input_bits = clks.shape[1] * 64
+    taps = diffusion_taps(
+        key, input_bits=input_bits, output_bits=64 * output_words, width=width + 2
+    )
+    fast = nonlinear_diffuse(clks, taps)
+    assert np.array_equal(fast, nonlinear_diffuse_reference(clks, taps))
+    for row, out in zip(clks, fast, strict=True):
+        assert as_bits(out) == reference.nonlinear_diffusion(as_bits(row), taps.tolist())
+    assert not nonlinear_diffuse(np.zeros_like(clks), taps).any()
+
+
+def test_nonlinear_diffusion_leaves_no_linear_structure() -> None:
+    """Linear diffusion's encodings lie in a space of the input's dimension (the attack in
+    bloomlink/attacks/linear.py finds its sparse basis); the AND terms fill the whole space."""
+    rng = np.random.default_rng(8)
+    inputs = np.packbits(rng.random((3000, 256)) < 0.3, axis=1, bitorder="little").view("<u8")
+    linear = diffuse(inputs, diffusion_taps(b"l" * 32, input_bits=256, output_bits=512, width=3))
+    taps = diffusion_taps(b"n" * 32, input_bits=256, output_bits=512, width=4)
+    mixed = nonlinear_diffuse(inputs, taps)
+    assert _gf2_rank(linear) <= 256
+    assert _gf2_rank(mixed) == 512
+
+
+def _gf2_rank(clks: np.ndarray) -> int:
+    rows = [int.from_bytes(row.astype("<u8").tobytes(), "little") for row in clks]
+    basis: dict[int, int] = {}
+    for value in rows:
+        while value:
+            top = value.bit_length() - 1
+            if top not in basis:
+                basis[top] = value
+                break
+            value ^= basis[top]
+    return len(basis)
 
 
 def test_diffusion_similarity_falls_as_the_width_power() -> None:
@@ -232,3 +279,11 @@ def test_balance_agrees_with_its_twin(clks: np.ndarray, key: bytes) -> None:
     fast = balance(clks, permutation)
     assert np.array_equal(fast, balance_reference(clks, permutation))
     assert (np.bitwise_count(fast).sum(axis=1) == 64 * clks.shape[1]).all()
+
+
+def test_a_chain_whose_descriptor_does_not_fit_the_header_is_refused() -> None:
+    step = HardeningStep(method=HardeningMethod.NONLINEAR_DIFFUSION, width=14, output_bits=65536)
+    fits = check_chain([step, step], 65536)
+    assert not any("descriptor" in message for _, message in fits)
+    problems = check_chain([step, step, step], 65536)
+    assert any("descriptor of 140 bytes" in message for _, message in problems)

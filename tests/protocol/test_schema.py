@@ -32,8 +32,9 @@ def test_default_schema_loads_hardened_in_every_group() -> None:
     assert schema.grouped
     groups = schema.layout.groups
     assert [group.name for group in groups] == ["name", "birth", "postcode"]
-    # Every group diffused (docs/encoding.md): no group may go out unhardened.
-    assert all(group.hardening.startswith("diffusion:") for group in groups)
+    # Every group diffused, and not linearly (docs/encoding.md, docs/attacks.md: a linear
+    # diffusion is undone by linear algebra): no group may go out unhardened or linear.
+    assert all(group.hardening.startswith("nonlinear-diffusion:") for group in groups)
     assert schema.encoded_bits == sum(group.bits for group in groups) == 2560
     assert len(schema.fingerprint) == 32
 

@@ -191,6 +191,18 @@ def taps(key: bytes, input_bits: int, output_bits: int, width: int) -> list[list
     return rows
 
 
+def nonlinear_diffusion(bits: list[int], rows: list[list[int]]) -> list[int]:
+    """Nonlinear diffusion: each output bit XORs its row's positions but the last two, and
+    XORs in the AND of those two."""
+    out = []
+    for row in rows:
+        value = 0
+        for position in row[:-2]:
+            value ^= bits[position]
+        out.append(value ^ (bits[row[-2]] & bits[row[-1]]))
+    return out
+
+
 def permutation(key: bytes, length: int) -> list[int]:
     """Fisher-Yates driven by HMAC-SHA256(key, u64be(counter)) words, with rejection."""
     order = list(range(length))
@@ -341,6 +353,9 @@ def harden_bits(
                     value ^= bits[position]
                 out.append(value)
             bits = out
+        elif method == "nonlinear-diffusion":
+            rows = taps(key_of(index, method), length, step["output_bits"], step["width"] + 2)
+            bits = nonlinear_diffusion(bits, rows)
         elif method == "blip":
             stream = random_bytes(2 * length)
             for i in range(length):
@@ -441,7 +456,7 @@ def canonical_schema_v2(
             if isinstance(step, str):
                 step = {"method": step}
             canonical_step: dict[str, Any] = {"method": step["method"]}
-            if step["method"] == "diffusion":
+            if step["method"] in ("diffusion", "nonlinear-diffusion"):
                 canonical_step["width"] = step["width"]
                 canonical_step["output_bits"] = step.get("output_bits", group["clk_bits"])
             if step["method"] == "blip":
