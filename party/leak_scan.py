@@ -42,9 +42,10 @@ outside the payload (the header, trailing bytes) counts once per occurrence, as 
 match across two records. That would also fold a real leak written into group bytes (each
 leaked value counted once per distinct group content), so a second test looks across
 strings: how many sensitive strings occur at all, against the sum of each string's chance of
-occurring (from the same per-pattern expectations); a finding of kind ``many-strings``
-when that many is less likely than ``false_alarm_rate`` (Poisson tail, which bounds the
-tail of the sum of independent rare events from above). The two tests together false-alarm
+occurring (from the same per-pattern expectations), in bands by the decade of that chance
+(so many short strings occurring by chance cannot drown a few long ones); a finding of kind
+``many-strings`` when a band's count is less likely than ``false_alarm_rate / bands``
+(Poisson tail, which bounds the tail of a sum of independent rare events from above). The two tests together false-alarm
 at most about twice ``false_alarm_rate``.
 
 Findings name the kind of leak, the byte offset and the index of the sensitive string in
@@ -92,6 +93,7 @@ __all__ = [
 MIN_PATTERN_BYTES = 4
 _CHUNK_BYTES = 8 << 20
 _TABLE_BITS = 24
+_STRING_BANDS = 13  # decades of a string's chance of occurring: 1e-0 .. below 1e-12
 _MULTIPLIER = np.uint32(0x9E3779B1)  # Knuth's multiplicative hash: spreads prefixes over the table
 
 # Given the CLKs' record positions, return the caller's unkeyed re-encodings of those records.
@@ -660,27 +662,43 @@ def _many_strings_finding(
     """A finding when more sensitive strings occur at all than chance makes believable.
 
     Each string occurs by chance with probability ``1 - exp(-sum of its patterns'
-    expectations)``; the number that occur is compared with the Poisson tail of the sum of
-    those probabilities (the Poisson bounds a sum of independent rare events from above).
+    expectations)``. Strings are banded by the decade of that probability (so the many short
+    strings that occur by chance anyway cannot drown a few long ones that should not occur
+    at all); in each band, the number that occur is compared with the Poisson tail of the
+    sum of their probabilities (the Poisson bounds a sum of independent rare events from
+    above), at ``false_alarm_rate`` over the bands.
     """
     if not first_offset:
         return None
     sources = np.fromiter((p.source_index for p in patterns), dtype=np.int64, count=len(patterns))
-    per_string = np.bincount(sources, weights=expected)
-    chance = float(-np.expm1(-per_string).sum())
-    found = len(first_offset)
-    if _poisson_tail(found, chance) >= false_alarm_rate:
+    chances = -np.expm1(-np.bincount(sources, weights=expected))
+    with np.errstate(divide="ignore"):
+        decades = np.floor(-np.log10(chances))
+    bands = np.clip(np.nan_to_num(decades, posinf=_STRING_BANDS), 0, _STRING_BANDS - 1)
+    bands = bands.astype(np.int64)
+    chance_by_band = np.bincount(bands, weights=chances, minlength=_STRING_BANDS)
+    found = np.array(sorted(first_offset), dtype=np.int64)
+    found_by_band = np.bincount(bands[found], minlength=_STRING_BANDS)
+    tails = [
+        _poisson_tail(int(count), float(chance))
+        for count, chance in zip(found_by_band, chance_by_band, strict=True)
+    ]
+    band = int(np.argmin(tails))
+    if tails[band] >= false_alarm_rate / _STRING_BANDS:
         return None
-    source = min(first_offset, key=lambda index: (first_offset[index], index))
+    in_band = [int(index) for index in found[bands[found] == band]]
+    source = min(in_band, key=lambda index: (first_offset[index], index))
+    count, chance = int(found_by_band[band]), float(chance_by_band[band])
     return LeakFinding(
         kind="many-strings",
         message=(
-            f"{found} distinct sensitive strings occur in the file (chance would give "
-            f"{chance:.2g}): values are spread through it, each too few times to stand out "
-            f"alone; the earliest is sensitive string {source}"
+            f"{count} distinct sensitive strings each with a chance of about 1e-{band} "
+            f"occur in the file (chance would give {chance:.2g}): values are spread through "
+            f"it, each too few times to stand out alone; the earliest is sensitive string "
+            f"{source}"
         ),
         offset=first_offset[source],
-        occurrences=found,
+        occurrences=count,
         source_index=source,
         expected_by_chance=chance,
     )
