@@ -322,7 +322,8 @@ def payloads(draw: st.DrawFn) -> tuple[bytes, list[int], int, PayloadGeometry]:
         st.lists(st.binary(min_size=starts[-1], max_size=starts[-1]), min_size=1, max_size=3)
     )
     rows = [draw(st.sampled_from(pool)) for _ in range(records)]
-    if rows and draw(st.booleans()):
+    flip: bool = draw(st.booleans())
+    if rows and flip:
         changed = bytearray(rows[0])
         changed[draw(st.integers(0, len(changed) - 1))] ^= 1
         rows[0] = bytes(changed)
