@@ -24,12 +24,29 @@ patterns) for ``bytes.find`` per pattern (:func:`find_occurrences_naive`, the sl
 kept for tests).
 
 **Chance.** CLK bytes look random, so short patterns occur by chance: a 5-byte name appears
-in 128 MB of random bytes with probability ~1e-4. Each occurrence count is compared with a
+in 128 MB of random bytes with probability ~1e-4. Each pattern's count is compared with a
 Poisson expectation from the file's own byte frequencies; a pattern is a finding when its
 count is that unlikely (tail probability below ``false_alarm_rate / patterns``). A value
 repeated in many records is caught however short; a single occurrence of a very short value
-in a huge file cannot be told from chance: strings whose plain UTF-8 spelling, seen once,
+in a large file cannot be told from chance: strings whose plain UTF-8 spelling, seen once,
 would pass as chance are counted in ``undetectable`` (their digests are still checked).
+
+**Copies are not evidence.** With field groups, every record sharing a value (a postcode, a
+date of birth and sex) carries a byte-identical group encoding, so one chance match inside
+it repeats once per such record. The count tested is therefore of distinct *contexts*: an
+occurrence inside the payload is placed, through the header, at (record, byte within the
+record); two occurrences at the same byte within their records whose covering bytes (the
+group encoding or encodings the pattern spans) are identical are one chance event
+(:func:`distinct_contexts`, with :func:`distinct_contexts_naive` its slow twin). Anything
+outside the payload (the header, trailing bytes) counts once per occurrence, as does a
+match across two records. That would also fold a real leak written into group bytes (each
+leaked value counted once per distinct group content), so a second test looks across
+strings: how many sensitive strings occur at all, against the sum of each string's chance of
+occurring (from the same per-pattern expectations), in bands by the decade of that chance
+(so many short strings occurring by chance cannot drown a few long ones); a finding of kind
+``many-strings`` when a band's count is less likely than ``false_alarm_rate / bands``
+(Poisson tail, which bounds the tail of a sum of independent rare events from above). The two tests together false-alarm
+at most about twice ``false_alarm_rate``.
 
 Findings name the kind of leak, the byte offset and the index of the sensitive string in
 the caller's list, never the value. This is the one module allowed MD5 and SHA-1 (it must
@@ -39,7 +56,9 @@ recompute the mistakes it looks for; see the ruff per-file ignore in pyproject.t
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
+import dataclasses
 import hashlib
 import math
 import mmap
@@ -60,7 +79,10 @@ __all__ = [
     "LeakScanReport",
     "Pattern",
     "ScanProgress",
+    "PayloadGeometry",
     "UnkeyedReencoder",
+    "distinct_contexts",
+    "distinct_contexts_naive",
     "find_occurrences",
     "find_occurrences_naive",
     "scan_encoded_file",
@@ -71,6 +93,7 @@ __all__ = [
 MIN_PATTERN_BYTES = 4
 _CHUNK_BYTES = 8 << 20
 _TABLE_BITS = 24
+_STRING_BANDS = 13  # decades of a string's chance of occurring: 1e-0 .. below 1e-12
 _MULTIPLIER = np.uint32(0x9E3779B1)  # Knuth's multiplicative hash: spreads prefixes over the table
 
 # Given the CLKs' record positions, return the caller's unkeyed re-encodings of those records.
@@ -283,6 +306,124 @@ def find_occurrences(
     return found
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PayloadGeometry:
+    """Where the records lie in an encoded file: ``record_count`` records of
+    ``record_bytes`` bytes from byte ``start``; ``group_starts`` is each group's first byte
+    within a record, then ``record_bytes``."""
+
+    start: int
+    record_count: int
+    record_bytes: int
+    group_starts: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        starts = self.group_starts
+        if (
+            self.start < 0
+            or self.record_count < 0
+            or self.record_bytes < 1
+            or len(starts) < 2
+            or starts[0] != 0
+            or starts[-1] != self.record_bytes
+            or any(low >= high for low, high in zip(starts, starts[1:], strict=False))
+        ):
+            raise ConfigurationError("payload geometry must describe whole, ordered groups")
+
+    @classmethod
+    def from_header(cls, header: ClkFileHeader) -> PayloadGeometry:
+        return cls(
+            start=header.header_length,
+            record_count=header.record_count,
+            record_bytes=header.clk_bytes,
+            group_starts=tuple(8 * word for word in header.clk_layout.word_offsets()),
+        )
+
+    @property
+    def end(self) -> int:
+        return self.start + self.record_count * self.record_bytes
+
+    def covering(self, within: int, length: int) -> tuple[int, int] | None:
+        """Bytes ``(first, stop)`` within a record of the groups that a pattern of ``length``
+        bytes at byte ``within`` spans; None if it runs past the record's end."""
+        if within + length > self.record_bytes:
+            return None
+        first = bisect.bisect_right(self.group_starts, within) - 1
+        last = bisect.bisect_right(self.group_starts, within + length - 1) - 1
+        return self.group_starts[first], self.group_starts[last + 1]
+
+
+def distinct_contexts_naive(
+    buffer: bytes | mmap.mmap,
+    offsets: Sequence[int],
+    length: int,
+    geometry: PayloadGeometry | None,
+) -> int:
+    """How many distinct chance events ``offsets`` (occurrences of a ``length``-byte pattern)
+    are: the slow obvious twin of :func:`distinct_contexts`, one key per occurrence."""
+    keys: set[tuple[int, int, bytes]] = set()
+    for offset in offsets:
+        if geometry is None or offset < geometry.start or offset + length > geometry.end:
+            keys.add((-1, offset, b""))
+            continue
+        record, within = divmod(offset - geometry.start, geometry.record_bytes)
+        covering = geometry.covering(within, length)
+        if covering is None:
+            keys.add((-1, offset, b""))
+            continue
+        base = geometry.start + record * geometry.record_bytes
+        keys.add((within, 0, bytes(buffer[base + covering[0] : base + covering[1]])))
+    return len(keys)
+
+
+def distinct_contexts(
+    buffer: bytes | mmap.mmap,
+    offsets: Sequence[int],
+    length: int,
+    geometry: PayloadGeometry | None,
+) -> int:
+    """How many distinct chance events ``offsets`` are: occurrences at the same byte within
+    their records whose covering group bytes are identical count once; the rest count once
+    each (same answer as :func:`distinct_contexts_naive`, with numpy)."""
+    places = np.asarray(offsets, dtype=np.int64)
+    if geometry is None or places.size == 0 or geometry.record_count == 0:
+        return int(np.unique(places).size)
+    inside = (places >= geometry.start) & (places + length <= geometry.end)
+    records, within = np.divmod(places - geometry.start, geometry.record_bytes)
+    inside &= within + length <= geometry.record_bytes
+    total = int(np.unique(places[~inside]).size)
+    if not inside.any():
+        return total
+    payload = np.ndarray(
+        shape=(geometry.record_count, geometry.record_bytes),
+        dtype=np.uint8,
+        buffer=buffer,
+        offset=geometry.start,
+    )
+    records, within = records[inside], within[inside]
+    for place in np.unique(within).tolist():
+        covering = geometry.covering(place, length)
+        if covering is None:  # excluded above; kept for the type checker
+            raise ConfigurationError("an occurrence inside a record must lie in its groups")
+        rows = np.unique(records[within == place])
+        block = np.ascontiguousarray(payload[rows, covering[0] : covering[1]])
+        total += int(np.unique(block.view(f"V{block.shape[1]}").reshape(-1)).size)
+    return total
+
+
+def _header_geometry(buffer: bytes | mmap.mmap) -> PayloadGeometry | None:
+    """The records' places as the header gives them (only whole records the file holds);
+    None when the header does not parse (then every occurrence counts on its own)."""
+    try:
+        geometry = PayloadGeometry.from_header(
+            ClkFileHeader.from_bytes(bytes(buffer[:MAX_HEADER_LENGTH]))
+        )
+    except (ClkFileError, ConfigurationError):
+        return None
+    held = max(len(buffer) - geometry.start, 0) // geometry.record_bytes
+    return dataclasses.replace(geometry, record_count=min(geometry.record_count, held))
+
+
 def _byte_frequencies(buffer: bytes | mmap.mmap) -> npt.NDArray[np.float64]:
     counts = np.zeros(256, dtype=np.int64)
     for start in range(0, len(buffer), _CHUNK_BYTES):
@@ -442,6 +583,20 @@ def unkeyed_encoding_check(
     )
 
 
+def _expectations(
+    patterns: Sequence[Pattern], frequencies: npt.NDArray[np.float64], size: int
+) -> npt.NDArray[np.float64]:
+    """Every pattern's chance count (:func:`_expected_by_chance`, for all at once)."""
+    if not patterns:
+        return np.zeros(0, dtype=np.float64)
+    lengths = np.fromiter((len(p.data) for p in patterns), dtype=np.int64, count=len(patterns))
+    joined = np.frombuffer(b"".join(p.data for p in patterns), dtype=np.uint8)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    log_probability = np.add.reduceat(np.log(frequencies)[joined], starts)
+    expected: npt.NDArray[np.float64] = np.maximum(size - lengths + 1, 0) * np.exp(log_probability)
+    return expected
+
+
 def _pattern_findings(
     buffer: bytes | mmap.mmap,
     patterns: Sequence[Pattern],
@@ -449,7 +604,10 @@ def _pattern_findings(
     false_alarm_rate: float,
     progress: ScanProgress | None = None,
 ) -> tuple[list[LeakFinding], int]:
-    """Findings, and how many strings could hide in plain UTF-8 (one occurrence = chance)."""
+    """Findings, and how many strings could hide in plain UTF-8 (one occurrence = chance).
+
+    Per pattern, the Poisson tail of its distinct contexts (:func:`distinct_contexts`);
+    across strings, the tail of how many strings occur at all (``many-strings``)."""
     size = len(buffer)
     frequencies = _byte_frequencies(buffer)
     threshold = false_alarm_rate / max(len(patterns), 1)
@@ -459,26 +617,91 @@ def _pattern_findings(
             continue
         if _poisson_tail(1, _expected_by_chance(pattern.data, frequencies, size)) < threshold:
             detectable.add(pattern.source_index)
+    geometry = _header_geometry(buffer)
     findings: list[LeakFinding] = []
+    first_offset: dict[int, int] = {}
     for number, offsets in sorted(find_occurrences(buffer, patterns, progress=progress).items()):
         pattern = patterns[number]
+        source = pattern.source_index
+        first_offset[source] = min(first_offset.get(source, offsets[0]), offsets[0])
         expected = _expected_by_chance(pattern.data, frequencies, size)
+        # Contexts never outnumber copies: only a count surprising as copies needs counting.
         if _poisson_tail(len(offsets), expected) >= threshold:
+            continue
+        contexts = distinct_contexts(buffer, offsets, len(pattern.data), geometry)
+        if _poisson_tail(contexts, expected) >= threshold:
             continue
         findings.append(
             LeakFinding(
                 kind=pattern.kind,
                 message=(
-                    f"sensitive string {pattern.source_index} appears as {pattern.kind} "
-                    f"{len(offsets)} time(s) (chance would give {expected:.2g})"
+                    f"sensitive string {source} appears as {pattern.kind} in {contexts} "
+                    f"distinct place(s), {len(offsets)} copies (chance would give "
+                    f"{expected:.2g})"
                 ),
                 offset=offsets[0],
-                occurrences=len(offsets),
-                source_index=pattern.source_index,
+                occurrences=contexts,
+                source_index=source,
                 expected_by_chance=expected,
             )
         )
+    aggregate = _many_strings_finding(
+        patterns, _expectations(patterns, frequencies, size), first_offset, false_alarm_rate
+    )
+    if aggregate is not None:
+        findings.append(aggregate)
     return findings, string_count - len(detectable)
+
+
+def _many_strings_finding(
+    patterns: Sequence[Pattern],
+    expected: npt.NDArray[np.float64],
+    first_offset: dict[int, int],
+    false_alarm_rate: float,
+) -> LeakFinding | None:
+    """A finding when more sensitive strings occur at all than chance makes believable.
+
+    Each string occurs by chance with probability ``1 - exp(-sum of its patterns'
+    expectations)``. Strings are banded by the decade of that probability (so the many short
+    strings that occur by chance anyway cannot drown a few long ones that should not occur
+    at all); in each band, the number that occur is compared with the Poisson tail of the
+    sum of their probabilities (the Poisson bounds a sum of independent rare events from
+    above), at ``false_alarm_rate`` over the bands.
+    """
+    if not first_offset:
+        return None
+    sources = np.fromiter((p.source_index for p in patterns), dtype=np.int64, count=len(patterns))
+    chances = -np.expm1(-np.bincount(sources, weights=expected))
+    with np.errstate(divide="ignore"):
+        decades = np.floor(-np.log10(chances))
+    bands = np.clip(np.nan_to_num(decades, posinf=_STRING_BANDS), 0, _STRING_BANDS - 1)
+    bands = bands.astype(np.int64)
+    chance_by_band = np.bincount(bands, weights=chances, minlength=_STRING_BANDS)
+    found = np.array(sorted(first_offset), dtype=np.int64)
+    found_by_band = np.bincount(bands[found], minlength=_STRING_BANDS)
+    tails = [
+        _poisson_tail(int(count), float(chance))
+        for count, chance in zip(found_by_band, chance_by_band, strict=True)
+    ]
+    band = int(np.argmin(tails))
+    if tails[band] >= false_alarm_rate / _STRING_BANDS:
+        return None
+    in_band = [int(index) for index in found[bands[found] == band]]
+    source = min(in_band, key=lambda index: (first_offset[index], index))
+    count, chance = int(found_by_band[band]), float(chance_by_band[band])
+    return LeakFinding(
+        kind="many-strings",
+        message=(
+            f"{count} distinct sensitive strings each with a chance of about 1e-{band} "
+            f"occur in the file (chance would give {chance:.2g}): values are spread through "
+            f"it, each too few times to stand out alone; the earliest is sensitive string "
+            f"{source}"
+        ),
+        offset=first_offset[source],
+        occurrences=count,
+        source_index=source,
+        expected_by_chance=chance,
+    )
 
 
 def scan_encoded_file(

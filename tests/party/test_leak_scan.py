@@ -13,13 +13,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from party.leak_scan import (
+    PayloadGeometry,
+    distinct_contexts,
+    distinct_contexts_naive,
     find_occurrences,
     find_occurrences_naive,
     scan_encoded_file,
     sensitive_patterns,
     unkeyed_encoding_check,
 )
-from protocol.clk_file import HEADER_LENGTH
+from protocol.clk_file import HEADER_LENGTH, ClkFileHeader, ClkFileWriter
+from protocol.clk_layout import ClkLayout, GroupLayout
 from tests.service_helpers import write_clk_file
 from tests.strategies import random_clks
 
@@ -209,3 +213,166 @@ def test_a_small_keyed_file_never_false_alarms_and_a_small_unkeyed_one_is_caught
         keyed = fake_encode(values, salt=salt)
         assert unkeyed_encoding_check(keyed, reencode, rng=rng) is None
     assert unkeyed_encoding_check(fake_encode(values, salt=0), reencode, rng=rng) is not None
+
+
+# The shipped default's shape: name 512 bits, birth 512 bits, postcode 256 bits.
+GROUPED = ClkLayout(
+    groups=(
+        GroupLayout(name="name", bits=512),
+        GroupLayout(name="birth", bits=512),
+        GroupLayout(name="postcode", bits=256),
+    )
+)
+GROUPED_BYTES = GROUPED.total_bits // 8  # 160; groups at bytes 0, 64, 128
+
+
+def write_grouped_file(path: Path, clks: npt.NDArray[np.uint8]) -> Path:
+    with ClkFileWriter(
+        path,
+        project_id="moj-dfe-2026",
+        schema_fingerprint=bytes(32),
+        kcv=bytes(16),
+        clk_bits=GROUPED.total_bits,
+        layout=GROUPED,
+    ) as writer:
+        writer.write(clks)
+    return path
+
+
+def random_grouped_bytes(seed: int = 7) -> npt.NDArray[np.uint8]:
+    generator = np.random.default_rng(seed)
+    return generator.integers(0, 256, size=(RECORDS, GROUPED_BYTES), dtype=np.uint8)
+
+
+def test_a_chance_match_in_a_shared_group_encoding_is_one_event(tmp_path: Path) -> None:
+    # 30 records share a postcode, so their postcode group bytes are identical; a 4-byte
+    # match inside that one group encoding is one chance event, not 30.
+    clks = random_grouped_bytes()
+    shared = clks[5, 128:160].copy()
+    shared[9:13] = np.frombuffer(b"Bell", dtype=np.uint8)
+    rows = np.arange(30) * 61
+    clks[rows, 128:160] = shared
+    path = write_grouped_file(tmp_path / "grouped.clk", clks)
+    report = scan_encoded_file(path, ["Bell", *NAMES])
+    assert report.clean, report.findings
+    # The same 30 copies in 30 different group encodings are 30 events: a leak.
+    clks[rows, 128 + 9 : 128 + 13] = np.frombuffer(b"Bell", dtype=np.uint8)
+    clks[rows, 150] = np.arange(30, dtype=np.uint8)
+    leaked = scan_encoded_file(write_grouped_file(tmp_path / "leaked.clk", clks), ["Bell"])
+    assert [(finding.kind, finding.occurrences) for finding in leaked.findings] == [
+        ("raw-utf-8", 30)
+    ]
+
+
+def leaked_values(count: int) -> list[str]:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return [letters[n % 26] + letters[(n // 26) % 26] + letters[n % 7] + "e" for n in range(count)]
+
+
+def test_values_written_into_their_group_encodings_are_found(tmp_path: Path) -> None:
+    # A broken encoder writes each record's normalised name into its name group, whose bytes
+    # are otherwise a function of the name: each value shows once per distinct group, too
+    # rare alone (4 bytes), but 300 of 300 values showing is no chance.
+    values = leaked_values(300)
+    assert len(set(values)) == 300
+    generator = np.random.default_rng(5)
+    groups = generator.integers(0, 256, size=(300, 64), dtype=np.uint8)
+    for number, value in enumerate(values):
+        groups[number, 20:24] = np.frombuffer(value.encode(), dtype=np.uint8)
+    clks = random_grouped_bytes()
+    holder = generator.integers(0, 300, size=RECORDS)
+    clks[:, 0:64] = groups[holder]
+    path = write_grouped_file(tmp_path / "names.clk", clks)
+    report = scan_encoded_file(path, values)
+    assert [finding.kind for finding in report.findings] == ["many-strings"]
+    finding = report.findings[0]
+    # Counted in the band (decade of chance) where the leak is least likely: most values.
+    assert 150 <= finding.occurrences <= len(set(holder.tolist()))
+    assert finding.expected_by_chance is not None and finding.expected_by_chance < 1
+    assert finding.source_index is not None and 0 <= finding.source_index < 300
+    assert HEADER_LENGTH <= (finding.offset or 0) < HEADER_LENGTH + RECORDS * GROUPED_BYTES
+    for value in values:
+        assert value not in finding.message.lower()
+    # The same file with the values written nowhere: clean.
+    assert scan_encoded_file(
+        write_grouped_file(tmp_path / "clean.clk", random_grouped_bytes()), values
+    ).clean
+
+
+def test_header_geometry_follows_the_layout(tmp_path: Path) -> None:
+    path = write_grouped_file(tmp_path / "grouped.clk", random_grouped_bytes())
+    header = ClkFileHeader.from_bytes(path.read_bytes()[:4096])
+    geometry = PayloadGeometry.from_header(header)
+    assert geometry.group_starts == (0, 64, 128, 160)
+    assert geometry.start == header.header_length and geometry.record_count == RECORDS
+    assert geometry.covering(60, 4) == (0, 64)
+    assert geometry.covering(62, 4) == (0, 128)  # spans name and birth
+    assert geometry.covering(158, 4) is None  # runs into the next record
+
+
+@st.composite
+def payloads(draw: st.DrawFn) -> tuple[bytes, list[int], int, PayloadGeometry]:
+    widths = draw(st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=3))
+    starts = [0]
+    for width in widths:
+        starts.append(starts[-1] + width)
+    records = draw(st.integers(min_value=0, max_value=12))
+    # Few distinct group contents, so identical covering bytes are common.
+    pool = draw(
+        st.lists(st.binary(min_size=starts[-1], max_size=starts[-1]), min_size=1, max_size=3)
+    )
+    rows = [draw(st.sampled_from(pool)) for _ in range(records)]
+    flip: bool = draw(st.booleans())
+    if rows and flip:
+        changed = bytearray(rows[0])
+        changed[draw(st.integers(0, len(changed) - 1))] ^= 1
+        rows[0] = bytes(changed)
+    head = draw(st.binary(max_size=8))
+    tail = draw(st.binary(max_size=8))
+    data = head + b"".join(rows) + tail
+    length = draw(st.integers(min_value=1, max_value=5))
+    offsets = (
+        draw(
+            st.lists(
+                st.integers(min_value=0, max_value=max(len(data) - length, 0)),
+                unique=True,
+                max_size=20,
+            )
+        )
+        if len(data) >= length
+        else []
+    )
+    geometry = PayloadGeometry(
+        start=len(head), record_count=records, record_bytes=starts[-1], group_starts=tuple(starts)
+    )
+    return data, sorted(offsets), length, geometry
+
+
+@given(payloads(), st.booleans())
+def test_fast_context_count_agrees_with_naive(
+    case: tuple[bytes, list[int], int, PayloadGeometry], without_header: bool
+) -> None:
+    data, offsets, length, geometry = case
+    chosen = None if without_header else geometry
+    assert distinct_contexts(data, offsets, length, chosen) == distinct_contexts_naive(
+        data, offsets, length, chosen
+    )
+
+
+@given(
+    words=st.lists(st.text(min_size=1, max_size=8), min_size=1, max_size=5),
+    background=st.binary(min_size=1, max_size=300),
+)
+def test_all_expectations_at_once_agree_with_one_at_a_time(
+    words: list[str], background: bytes
+) -> None:
+    import party.leak_scan as leak_scan
+
+    patterns, _ = sensitive_patterns(words)
+    frequencies = leak_scan._byte_frequencies(background)
+    together = leak_scan._expectations(patterns, frequencies, len(background))
+    one_by_one = [
+        leak_scan._expected_by_chance(pattern.data, frequencies, len(background))
+        for pattern in patterns
+    ]
+    assert np.allclose(together, one_by_one, rtol=1e-9, atol=0.0)
