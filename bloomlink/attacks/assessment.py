@@ -229,7 +229,7 @@ def _undone_views(
     if undone and len(groups) > 1:
         parts = [
             recovery.inputs.astype(np.float32) if recovery.inputs is not None else view.bits
-            for recovery, view in zip(recoveries, views, strict=True)
+            for recovery, view in zip(recoveries, views[: len(groups)], strict=True)
         ]
         undone.append(
             BitView(

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bloomlink.attacks.assessment import _undone_views
 from bloomlink.attacks.linear import (
     LinearSettings,
     _pack,
@@ -23,6 +24,8 @@ from bloomlink.attacks.linear import (
     solve,
     solve_reference,
 )
+from bloomlink.attacks.views import EncodedRecords, bit_views
+from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.hardening import diffuse, diffusion_taps
 
 
@@ -128,3 +131,24 @@ def test_agreement_is_exact_up_to_a_permutation_of_positions() -> None:
     mixed[:, 0] ^= mixed[:, 1]
     rows = (permuted[:, 0] | permuted[:, 1]).astype(bool)
     assert inputs_agreement(mixed, truth) == pytest.approx(np.mean(~rows))
+
+
+def test_assess_adds_a_view_for_each_group_whose_diffusion_is_undone() -> None:
+    """A diffused group gets an undone view (its recovered inputs), a group of random bits
+    gets none, and the whole record is offered with every undone group in place."""
+    inputs = _bloom_like(600, 128, seed=1)
+    taps = diffusion_taps(b"k" * 32, input_bits=128, output_bits=256, width=3)
+    diffused = diffuse(_pack(inputs), taps)
+    noise = np.random.default_rng(8).integers(0, 2**63, size=(600, 4), dtype=np.uint64)
+    layout = ClkLayout(groups=(GroupLayout(name="a", bits=256), GroupLayout(name="b", bits=256)))
+    records = EncodedRecords(clks=np.concatenate([diffused, noise], axis=1), layout=layout)
+    views = bit_views(records)
+    recoveries, undone = _undone_views(records, views, LinearSettings(seed=3))
+    assert [recovery.recovered for recovery in recoveries] == [True, False]
+    assert [view.name for view in undone] == [
+        "a (diffusion undone)",
+        "whole record (diffusion undone)",
+    ]
+    assert undone[0].groups == (0,) and undone[0].bits.shape == (600, 128)
+    assert undone[1].bits.shape == (600, 128 + 256)
+    assert (undone[1].bits[:, 128:] == views[1].bits).all()
