@@ -12,6 +12,12 @@ It may also hold a public-style ``population`` (name and date frequencies of oth
 and, for graph matching, plaintext records ``overlap`` that share people with the file; the
 seeded forms assume an insider who knows ``seeds`` (encoding, plaintext) pairs. ``truth`` and
 the people ids are used only to score.
+
+Before the attacks, each group's linear diffusion is undone where the encodings allow it
+(:mod:`bloomlink.attacks.linear`); the attribute attacks but frequency (identical encodings
+stay identical either way) then also run on each undone group, ``"<group> (diffusion
+undone)"``, and on the whole record with every undone group in place. Graph matching keeps
+the encoded views (its shadow encodings are encoded, not undone).
 """
 
 from __future__ import annotations
