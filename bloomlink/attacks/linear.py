@@ -16,7 +16,8 @@ vectors are, almost always, exactly ``A``'s columns. So:
    column of weight ``w`` shows up with probability about ``(1 + w + w(w-1)/2) / 2**w`` per
    iteration. The greedy minimum-weight basis of the candidates (lightest first, each kept
    when independent of those kept) is the estimate of ``A``'s used columns;
-3. each encoding is solved for its coordinates ``z`` in that basis (:func:`solve`). When the
+3. each encoding is solved for its coordinates ``z`` in that basis (:func:`solve`), and the
+   basis is corrected where it mixes two columns (:func:`sparser_coordinates`). When the
    basis vectors are ``A``'s columns, ``z`` is the record's pre-diffusion Bloom filter with
    its positions permuted: what a plain keyed CLK gives the other attacks.
 
@@ -50,6 +51,7 @@ __all__ = [
     "row_basis_reference",
     "solve",
     "solve_reference",
+    "sparser_coordinates",
 ]
 
 Packed = npt.NDArray[np.uint64]
@@ -65,12 +67,15 @@ class LinearSettings:
     weight has not fallen since the last check. ``max_weight`` bounds a candidate's weight
     (well below a random code's minimum distance, well above a diffusion column's).
     ``max_rank_share``: a span of more than this share of the output bits is not searched.
+    ``refine_moves``: at most this many moves of :func:`sparser_coordinates` (0: keep the
+    greedy basis).
     """
 
     iterations: int = 1000
     check_every: int = 50
     max_weight: int = 32
     max_rank_share: float = 0.95
+    refine_moves: int = 2000
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -336,7 +341,55 @@ def recover_inputs(
     if len(kept) != rank or all(weight == 1 for weight, _ in kept):
         return result(basis, iterations, None, 0)
     inputs, exact = solve(basis, encodings)
+    basis, inputs = sparser_coordinates(basis, inputs, moves=settings.refine_moves)
     return result(basis, iterations, inputs, int(exact.sum()))
+
+
+def sparser_coordinates(basis: Bits, inputs: Bits, *, moves: int) -> tuple[Bits, Bits]:
+    """Changes of basis that undo the minimum-weight basis's mixing of two columns.
+
+    The greedy basis can hold ``a_i + a_j`` in place of a column ``a_j``: where the two
+    overlap in more than half of ``a_i`` (``a_i`` a single bit inside ``a_j``, say) the sum
+    is lighter, and on a tie the order is arbitrary. A record's coordinate for ``a_i`` is
+    then ``x_i XOR x_j``. Two signs tell such a basis from the true columns: read as an
+    (outputs x basis vectors) matrix, the true columns give every output row the diffusion's
+    width (the commonest row weight), a mixed vector makes some rows lighter or heavier;
+    and Bloom-filter bits are set in fewer records than the XOR of two of them.
+
+    A move replaces basis vector ``b_k`` by ``b_k + b_l`` and coordinate ``z_l`` by ``z_l XOR
+    z_k`` (every ``z @ basis`` is unchanged). Each round makes the move that most lowers the
+    number of records with the coordinate set among those that do not move the row weights
+    further from the width (sum of squares); it stops when there is none, or after
+    ``moves`` moves.
+    """
+    matrix = basis.astype(np.int64)
+    coordinates = inputs.copy()
+    if len(matrix) < 2:
+        return basis, inputs
+    for _ in range(moves):
+        rows = matrix.sum(axis=0)
+        width = int(np.bincount(rows[rows > 0]).argmax()) if rows.any() else 0
+        excess = (rows - width).astype(np.float64)
+        floats = matrix.astype(np.float64)
+        # change of sum((rows - width) ** 2) when b_k becomes b_k + b_l: entry [k, l]
+        spread = (
+            floats.sum(axis=1)[None, :]
+            + 2.0 * (floats @ excess)[None, :]
+            - 4.0 * ((floats * excess[None, :]) @ floats.T)
+        )
+        counts = coordinates.sum(axis=0).astype(np.int64)
+        ones = coordinates.astype(np.float32)
+        shared = np.rint(ones.T @ ones).astype(np.int64)
+        # change of the records with z_l set when z_l becomes z_l XOR z_k: entry [l, k]
+        fewer = counts[None, :] - 2 * shared
+        allowed = (spread.T <= 0.0) & (fewer < 0)
+        np.fill_diagonal(allowed, False)
+        if not allowed.any():
+            break
+        target, source = np.unravel_index(int(np.where(allowed, fewer, 0).argmin()), fewer.shape)
+        coordinates[:, target] ^= coordinates[:, source]
+        matrix[source] ^= matrix[target]
+    return matrix.astype(np.uint8), coordinates
 
 
 # -- scoring (needs the truth: benchmarks and tests only) -------------------------------------
