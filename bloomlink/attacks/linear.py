@@ -44,7 +44,6 @@ __all__ = [
     "LinearRecovery",
     "LinearSettings",
     "columns_found",
-    "coordinates_matched",
     "inputs_agreement",
     "recover_inputs",
     "row_basis",
@@ -402,33 +401,32 @@ def columns_found(basis: Bits, columns: Bits) -> int:
     return sum(row.tobytes() in truth for row in np.ascontiguousarray(basis, dtype=np.uint8))
 
 
-def coordinates_matched(inputs: Bits, truth: Bits) -> int:
-    """How many recovered coordinates equal some true pre-diffusion position in every record
-    (a position of the plain Bloom filter, up to the permutation)."""
-    position = {column.tobytes() for column in np.ascontiguousarray(truth.T, dtype=np.uint8)}
-    columns = np.ascontiguousarray(inputs.T, dtype=np.uint8)
-    return sum(column.any() and column.tobytes() in position for column in columns)
-
-
-def inputs_agreement(inputs: Bits, truth: Bits) -> float:
+def inputs_agreement(inputs: Bits, truth: Bits, *, basis: Bits, columns: Bits) -> float:
     """Share of records whose recovered coordinates equal their true pre-diffusion Bloom
-    filter up to a permutation of positions.
+    filter up to the permutation that maps basis vectors to the diffusion matrix's columns.
 
-    Each recovered coordinate is matched to a true position holding the same bit in every
-    record. A record agrees when each of its set true bits is at a matched position and each
-    of its set coordinates is matched (then, by the matching, they are the same bits).
+    ``inputs``: recovered ``(records, rank)``; ``truth``: ``(records, input bits)``;
+    ``basis``: ``(rank, output bits)``; ``columns``: the true matrix, one column per row,
+    ``(input bits, output bits)``. Coordinate ``l`` stands for input ``i`` when basis vector
+    ``l`` is column ``i`` (the first such ``i`` where columns repeat). A record agrees when
+    every such coordinate equals its input bit, every other coordinate is 0, and every other
+    input bit that reaches the output is 0 (an input whose column is all zero is erased by
+    the diffusion, and nobody can recover it).
     """
     if len(inputs) == 0:
         return 0.0
-    true_columns = np.ascontiguousarray(truth.T, dtype=np.uint8)
-    position = {column.tobytes(): index for index, column in enumerate(true_columns)}
-    matched_inputs = np.zeros(inputs.shape[1], dtype=bool)
-    matched_truth = np.zeros(truth.shape[1], dtype=bool)
-    for index, column in enumerate(np.ascontiguousarray(inputs.T, dtype=np.uint8)):
-        where = position.get(column.tobytes())
-        if where is not None and column.any():
-            matched_inputs[index] = True
-            matched_truth[where] = True
-    stray_truth = truth[:, ~matched_truth].any(axis=1)
-    stray_inputs = inputs[:, ~matched_inputs].any(axis=1)
-    return float(np.mean(~stray_truth & ~stray_inputs))
+    first: dict[bytes, int] = {}
+    for index, column in enumerate(np.ascontiguousarray(columns, dtype=np.uint8)):
+        first.setdefault(column.tobytes(), index)
+    mapped = [first.get(row.tobytes()) for row in np.ascontiguousarray(basis, dtype=np.uint8)]
+    agree = np.ones(len(inputs), dtype=bool)
+    covered = np.zeros(truth.shape[1], dtype=bool)
+    for coordinate, position in enumerate(mapped):
+        if position is None:
+            agree &= inputs[:, coordinate] == 0
+        else:
+            agree &= inputs[:, coordinate] == truth[:, position]
+            covered[position] = True
+    visible = columns.any(axis=1)
+    agree &= ~truth[:, visible & ~covered].any(axis=1)
+    return float(agree.mean())
