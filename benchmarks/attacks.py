@@ -14,7 +14,12 @@ seed; it stands in for a public table of name and date frequencies).
 Attacks (bloomlink/attacks, docs/attacks.md): frequency, keyless pattern mining, the
 bit-correlation signature attack (oracle labelling, and an insider's labelling from the known
 pairs), and graph matching (keyless, and seeded with --known-pairs known pairs), each on every
-field group and on the whole record. Attribute values scored: sex, birth day, month and year,
+field group and on the whole record; where a group's linear diffusion can be undone
+(bloomlink/attacks/linear.py), the attribute attacks also run on the undone group and on the
+whole record with it undone. The recovery is scored against the key holder's truth (rank,
+basis vectors that are columns of the diffusion matrix, records recovered exactly, and the
+ceiling the true columns reach: JSON "linear"); "worst_attribute_min_pr_without_linear" is
+the headline over the encoded views alone. Attribute values scored: sex, birth day, month and year,
 postcode area, the 5 most common forenames and surnames (values held by at least 15 records).
 
 Linkage cost: F1 on the quality benchmark's hard set (moj + dfe, --quality-records each, seed
