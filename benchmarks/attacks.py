@@ -14,7 +14,12 @@ seed; it stands in for a public table of name and date frequencies).
 Attacks (bloomlink/attacks, docs/attacks.md): frequency, keyless pattern mining, the
 bit-correlation signature attack (oracle labelling, and an insider's labelling from the known
 pairs), and graph matching (keyless, and seeded with --known-pairs known pairs), each on every
-field group and on the whole record. Attribute values scored: sex, birth day, month and year,
+field group and on the whole record; where a group's linear diffusion can be undone
+(bloomlink/attacks/linear.py), the attribute attacks also run on the undone group and on the
+whole record with it undone. The recovery is scored against the key holder's truth (rank,
+basis vectors that are columns of the diffusion matrix, records recovered exactly, and the
+ceiling the true columns reach: JSON "linear"); "worst_attribute_min_pr_without_linear" is
+the headline over the encoded views alone. Attribute values scored: sex, birth day, month and year,
 postcode area, the 5 most common forenames and surnames (values held by at least 15 records).
 
 Linkage cost: F1 on the quality benchmark's hard set (moj + dfe, --quality-records each, seed
@@ -58,8 +63,17 @@ from bloomlink.attacks import (  # noqa: E402
     assess,
     schema_encoder,
 )
+from bloomlink.attacks.assessment import UNDONE  # noqa: E402
 from bloomlink.attacks.attributes import Attribute  # noqa: E402
+from bloomlink.attacks.linear import (  # noqa: E402
+    columns_found,
+    inputs_agreement,
+    solve,
+)
+from bloomlink.attacks.views import Row  # noqa: E402
+from protocol.encoding import ClkEncoder  # noqa: E402
 from protocol.schema import LinkageSchema, default_schema, load_schema, single_clk_schema  # noqa: E402
+from protocol.secret import LinkageSecret  # noqa: E402
 
 PROJECT_KEY = bytes(range(32))  # the project's key: the attacker never sees it
 QUALITY_SEED = 2  # benchmarks/quality.py's default seed for the synth sets
@@ -81,6 +95,83 @@ class SchemaRun:
     report: AttackReport
     f1_auto_hard: float | None
     seconds: float
+    linear: tuple[dict[str, Any], ...] = ()
+
+
+def _unpacked(clks: Any, bits: int) -> Any:
+    import numpy as np
+
+    raw = np.ascontiguousarray(clks, dtype="<u8").view(np.uint8)
+    return np.unpackbits(raw, axis=1, bitorder="little", count=bits)
+
+
+def _independent_rows(matrix: Any) -> list[int]:
+    """Indices of a maximal linearly independent set of 0/1 rows, first come first kept."""
+    echelon: dict[int, int] = {}
+    kept = []
+    for index, row in enumerate(matrix):
+        value = int("".join(str(bit) for bit in row.tolist()[::-1]) or "0", 2)
+        while value and (value.bit_length() - 1) in echelon:
+            value ^= echelon[value.bit_length() - 1]
+        if value:
+            echelon[value.bit_length() - 1] = value
+            kept.append(index)
+    return kept
+
+
+def _linear_truth(
+    schema: LinkageSchema,
+    project_id: str,
+    rows: Sequence[Row],
+    report: AttackReport,
+    report_clks: Any,
+) -> tuple[dict[str, Any], ...]:
+    """Score each group's linear recovery against the truth, which only the key holder has:
+    the records' unhardened Bloom filters, and the diffusion matrix's columns (the hardening
+    of each single input bit)."""
+    import numpy as np
+
+    if not report.linear:
+        return ()
+    encoder = ClkEncoder(schema, LinkageSecret(PROJECT_KEY), project_id=project_id)
+    words = encoder.input_layout.total_words
+    plain = np.frombuffer(
+        b"".join(encoder.record_mask(values).to_bytes(8 * words, "little") for values in rows),
+        dtype="<u8",
+    ).reshape(-1, words)
+    unit = np.packbits(np.eye(64 * words, dtype=np.uint8), axis=1, bitorder="little")
+    columns = encoder.harden(unit.view("<u8").astype(np.uint64))
+    out = []
+    for index, recovery in enumerate(report.linear):
+        start, stop = encoder.input_layout.word_range(index)
+        out_start, out_stop = encoder.layout.word_range(index)
+        truth = _unpacked(plain[:, start:stop], 64 * (stop - start))
+        matrix = _unpacked(
+            columns[64 * start : 64 * stop, out_start:out_stop], recovery.output_bits
+        )
+        item: dict[str, Any] = {
+            "group": recovery.group,
+            "rank": recovery.rank,
+            "input_bits_used": int(truth.any(axis=0).sum()),
+            "basis_vectors": len(recovery.basis),
+            "basis_weight_max": max(recovery.weights, default=0),
+            "columns_found": columns_found(recovery.basis, matrix),
+            "iterations": recovery.iterations,
+            "recovered": recovery.recovered,
+        }
+        if recovery.inputs is not None:
+            item["records_exact"] = round(
+                inputs_agreement(recovery.inputs, truth, basis=recovery.basis, columns=matrix), 4
+            )
+        # the ceiling: the same read-out from the true columns (an independent set of them)
+        independent = _independent_rows(matrix)
+        encodings = _unpacked(report_clks[:, out_start:out_stop], recovery.output_bits)
+        best, _ = solve(matrix[independent], encodings)
+        item["records_exact_true_columns"] = round(
+            inputs_agreement(best, truth, basis=matrix[independent], columns=matrix), 4
+        )
+        out.append(item)
+    return tuple(out)
 
 
 def _label(path: Path | None, schema: LinkageSchema) -> str:
@@ -145,12 +236,14 @@ def run_schema(
         if key not in quality_cache:
             quality_cache[key] = _f1_hard(schema, args.quality_records)
         f1 = quality_cache[key]
+    seconds = time.perf_counter() - started
     return SchemaRun(
         label=_label(path, schema),
         schema=schema,
         report=report,
         f1_auto_hard=f1,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
+        linear=_linear_truth(schema, "attacks-benchmark", target.values, report, encoded.clks),
     )
 
 
@@ -239,6 +332,12 @@ def _figures(run: SchemaRun, baseline: float | None) -> dict[str, Any]:
         if baseline is not None and run.f1_auto_hard is not None
         else None
     )
+    before = [
+        result.best
+        for result in report.attribute_results
+        if result.best is not None and not result.view.endswith(UNDONE)
+    ]
+    worst_before = max(before, key=lambda score: score.min_pr, default=None)
     return {
         "schema": run.label,
         "hardening": _hardening(run.schema),
@@ -246,6 +345,10 @@ def _figures(run: SchemaRun, baseline: float | None) -> dict[str, Any]:
         "worst_attribute": (
             f"{worst[0]} [{worst[1]}] {worst[2].attribute}={worst[2].value}" if worst else None
         ),
+        "worst_attribute_min_pr_without_linear": (
+            round(worst_before.min_pr, 4) if worst_before is not None else 0.0
+        ),
+        "linear": list(run.linear),
         "graph_reidentified_share": round(report.graph_reidentified_share, 4),
         "graph_keyless_share": round(max(keyless, default=0.0), 4),
         "graph_seeded_share": round(best_seeded.reidentified_share, 4) if best_seeded else None,
@@ -287,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"== {run.label}: {run.seconds:.0f}s", flush=True)
         for line in run.report.lines():
             print(line)
+        for item in run.linear:
+            print(f"    linear truth: {item}")
     print_table(runs)
     figures = [_figures(run, baseline) for run in runs]
     summary: dict[str, Any] = {"bench": "attacks", "records": args.records}

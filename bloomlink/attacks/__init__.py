@@ -11,10 +11,14 @@ records of some of the same people; never the key. One module per attack:
 * :mod:`~bloomlink.attacks.signatures`: the bit-correlation signature attack, each mined bit
   set read as a membership signature, labelled by the truth (oracle) or by known records;
 * :mod:`~bloomlink.attacks.graph_matching`: re-identification from the similarity graph,
-  keyless and seeded with known pairs.
+  keyless and seeded with known pairs;
+* :mod:`~bloomlink.attacks.linear`: not an attack of its own but a view: a group's linear
+  diffusion undone (its pre-diffusion Bloom filters recovered up to a permutation of
+  positions), on which the attribute attacks run again.
 
-:func:`assess` runs them all on each field group and on the whole record; docs/attacks.md says
-how each is scored and what it finds on the shipped default.
+:func:`assess` runs them all on each field group and on the whole record (and the attribute
+attacks on each group whose diffusion it undid, and on the whole record with those undone);
+docs/attacks.md says how each is scored and what it finds on the shipped default.
 """
 
 from bloomlink.attacks.assessment import (

@@ -12,6 +12,12 @@ It may also hold a public-style ``population`` (name and date frequencies of oth
 and, for graph matching, plaintext records ``overlap`` that share people with the file; the
 seeded forms assume an insider who knows ``seeds`` (encoding, plaintext) pairs. ``truth`` and
 the people ids are used only to score.
+
+Before the attacks, each group's linear diffusion is undone where the encodings allow it
+(:mod:`bloomlink.attacks.linear`); the attribute attacks but frequency (identical encodings
+stay identical either way) then also run on each undone group, ``"<group> (diffusion
+undone)"``, and on the whole record with every undone group in place. Graph matching keeps
+the encoded views (its shadow encodings are encoded, not undone).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from bloomlink.attacks.graph_matching import (
     score_matching,
     seeded_matching,
 )
+from bloomlink.attacks.linear import LinearRecovery, LinearSettings, recover_inputs
 from bloomlink.attacks.mining import MiningSettings, mine_signatures
 from bloomlink.attacks.patterns import PatternSettings, pattern_mining_attack
 from bloomlink.attacks.results import AttackName, AttributeAttackResult, GraphMatchResult
@@ -49,6 +56,7 @@ from bloomlink.attacks.signatures import (
     oracle_signature_attack,
 )
 from bloomlink.attacks.views import (
+    WHOLE_RECORD,
     BitView,
     EncodedRecords,
     Row,
@@ -114,6 +122,8 @@ class AssessmentSettings:
     signature: SignatureSettings = SignatureSettings()
     patterns: PatternSettings = PatternSettings()
     graph: GraphMatchSettings = GraphMatchSettings()
+    linear: LinearSettings | None = LinearSettings()
+    """Undo linear diffusion (bloomlink/attacks/linear.py) where it can; None: don't try."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,6 +133,8 @@ class AttackReport:
     views: tuple[str, ...]
     attribute_results: tuple[AttributeAttackResult, ...]
     graph_results: tuple[GraphMatchResult, ...]
+    linear: tuple[LinearRecovery, ...] = ()
+    """Each group's attempt to undo linear diffusion (empty when not tried)."""
 
     @property
     def worst_attribute(self) -> tuple[AttackName, str, ValueScore] | None:
@@ -169,7 +181,7 @@ class AttackReport:
 
     def lines(self) -> list[str]:
         """What each attack recovered and how well, for people."""
-        out = []
+        out = [recovery.line() for recovery in self.linear]
         for result in self.attribute_results:
             best = best_scores(result.scores)
             summary = ", ".join(
@@ -195,6 +207,44 @@ class AttackReport:
                 f"{graph.precision:.2f}"
             )
         return out
+
+
+UNDONE = " (diffusion undone)"
+"""Suffix of a view whose bits are a group's recovered pre-diffusion Bloom filters."""
+
+
+def _undone_views(
+    records: EncodedRecords, views: Sequence[BitView], settings: LinearSettings
+) -> tuple[tuple[LinearRecovery, ...], tuple[BitView, ...]]:
+    """Try to undo each group's linear diffusion; a view per group where it worked, and the
+    whole record with every recovered group undone when there are several groups."""
+    groups = records.layout.groups
+    recoveries = tuple(
+        recover_inputs(records.group(index), group=group.name, settings=settings)
+        for index, group in enumerate(groups)
+    )
+    undone = [
+        BitView(
+            name=group.name + UNDONE,
+            groups=(index,),
+            bits=recovery.inputs.astype(np.float32),
+        )
+        for index, (group, recovery) in enumerate(zip(groups, recoveries, strict=True))
+        if recovery.inputs is not None
+    ]
+    if undone and len(groups) > 1:
+        parts = [
+            recovery.inputs.astype(np.float32) if recovery.inputs is not None else view.bits
+            for recovery, view in zip(recoveries, views[: len(groups)], strict=True)
+        ]
+        undone.append(
+            BitView(
+                name=WHOLE_RECORD + UNDONE,
+                groups=tuple(range(len(groups))),
+                bits=np.concatenate(parts, axis=1),
+            )
+        )
+    return recoveries, tuple(undone)
 
 
 def _group_bits(records: EncodedRecords) -> tuple[npt.NDArray[np.float32], ...]:
@@ -253,7 +303,8 @@ def _attribute_attacks(
     fields = records.fields_of(view.groups, field_names)
     wanted = settings.attacks
     results = []
-    if AttackName.FREQUENCY in wanted:
+    if AttackName.FREQUENCY in wanted and not view.name.endswith(UNDONE):
+        # identical encodings are identical either way: the frequency attack gains nothing
         results.append(
             frequency_attack(
                 records,
@@ -307,8 +358,12 @@ def assess(
     table = AttributeTable.of(reference.schema, truth.rows, min_support=settings.min_support)
     known = _known_pairs(truth, reference, settings.seeds, rng)
     views = bit_views(records)
+    recoveries: tuple[LinearRecovery, ...] = ()
+    undone: tuple[BitView, ...] = ()
+    if settings.linear is not None:
+        recoveries, undone = _undone_views(records, views, settings.linear)
     attribute_results: list[AttributeAttackResult] = []
-    for view in views:
+    for view in (*views, *undone):
         attribute_results.extend(
             _attribute_attacks(view, records, reference, table, known, settings)
         )
@@ -356,7 +411,8 @@ def assess(
                     )
                 )
     return AttackReport(
-        views=tuple(view.name for view in views),
+        views=tuple(view.name for view in (*views, *undone)),
         attribute_results=tuple(attribute_results),
         graph_results=tuple(graph_results),
+        linear=recoveries,
     )
