@@ -560,35 +560,43 @@ def nonlinear_diffuse(
     return np.ascontiguousarray(linear ^ (first & second))
 
 
-def nonlinear_diffuse_reference(
-    clks: npt.NDArray[np.uint64], taps: npt.NDArray[np.int64]
+def _bit_by_bit(
+    clks: npt.NDArray[np.uint64],
+    taps: npt.NDArray[np.int64],
+    output_bit: Callable[[npt.NDArray[np.uint8], list[int]], int],
 ) -> npt.NDArray[np.uint64]:
-    """The slow, obvious twin of :func:`nonlinear_diffuse`: one output bit at a time."""
+    """The slow twins' loop: every output bit of every row from its row of taps."""
     bits = np.unpackbits(clks.astype("<u8").view(np.uint8), axis=1, bitorder="little")
     out = np.zeros((bits.shape[0], taps.shape[0]), dtype=np.uint8)
     for row in range(bits.shape[0]):
         for output, positions in enumerate(taps.tolist()):
-            value = 0
-            for position in positions[:-2]:
-                value ^= int(bits[row, position])
-            value ^= int(bits[row, positions[-2]]) & int(bits[row, positions[-1]])
-            out[row, output] = value
+            out[row, output] = output_bit(bits[row], positions)
     return np.packbits(out, axis=1, bitorder="little").view("<u8")
+
+
+def _parity(bits: npt.NDArray[np.uint8], positions: Sequence[int]) -> int:
+    value = 0
+    for position in positions:
+        value ^= int(bits[position])
+    return value
+
+
+def nonlinear_diffuse_reference(
+    clks: npt.NDArray[np.uint64], taps: npt.NDArray[np.int64]
+) -> npt.NDArray[np.uint64]:
+    """The slow, obvious twin of :func:`nonlinear_diffuse`: one output bit at a time."""
+    return _bit_by_bit(
+        clks,
+        taps,
+        lambda bits, row: _parity(bits, row[:-2]) ^ (int(bits[row[-2]]) & int(bits[row[-1]])),
+    )
 
 
 def diffuse_reference(
     clks: npt.NDArray[np.uint64], taps: npt.NDArray[np.int64]
 ) -> npt.NDArray[np.uint64]:
     """The slow, obvious twin of :func:`diffuse`: one output bit at a time."""
-    bits = np.unpackbits(clks.astype("<u8").view(np.uint8), axis=1, bitorder="little")
-    out = np.zeros((bits.shape[0], taps.shape[0]), dtype=np.uint8)
-    for row in range(bits.shape[0]):
-        for output, positions in enumerate(taps.tolist()):
-            value = 0
-            for position in positions:
-                value ^= int(bits[row, position])
-            out[row, output] = value
-    return np.packbits(out, axis=1, bitorder="little").view("<u8")
+    return _bit_by_bit(clks, taps, _parity)
 
 
 def fresh_random_bytes() -> RandomBytes:
