@@ -88,7 +88,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_BAD_ROW_LIMIT,
         metavar="N|P%",
         help="with skip or blank: stop (writing nothing) if more rows than this are unusable, "
-        f"a count or a percentage of the rows read (default {DEFAULT_BAD_ROW_LIMIT})",
+        # argparse %-formats help text: a percentage limit's "%" must be doubled.
+        "a count or a percentage of the rows read (default "
+        + str(DEFAULT_BAD_ROW_LIMIT).replace("%", "%%")
+        + ")",
     )
     parser.add_argument("--workers", type=int, help="processes to use (default: every core)")
     parser.add_argument("--party", required=True, help="your party name (signed into the manifest)")

@@ -77,6 +77,24 @@ def test_every_exit_code_has_help_and_appears_in_help(capsys: pytest.CaptureFixt
         assert f"{int(code):>3}  {text}" in help_text
 
 
+def _every_parser(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                found += _every_parser(child)
+    return found
+
+
+def test_every_command_and_action_renders_its_help() -> None:
+    """argparse expands ``%`` in help text, so a literal one (``1%``) breaks ``--help`` only
+    when someone asks for it; render every parser's help to find it first."""
+    parsers = _every_parser(cli.build_parser())
+    assert len(parsers) > 20  # the commands and their actions, not just the top level
+    for parser in parsers:
+        assert parser.format_help().startswith("usage:"), parser.prog
+
+
 def _concrete_errors() -> list[type[errors.BloomlinkError]]:
     return [
         getattr(errors, name)
