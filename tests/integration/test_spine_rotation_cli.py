@@ -3,7 +3,8 @@ mutual-TLS linkage unit: release 1 (MoJ + DfE) under one linkage secret; every p
 re-encodes its release-1 upload under a new secret at the same positions (``encode
 --same-positions``); the operator rotates the spine (``spine rotate``); release 2 of MoJ
 under the new secret keeps each returning person's link key, and an upload under the old
-secret is refused; retention (``spine prune``) removes release 1's encodings; the audit log,
+secret is refused; retention (``--keep-runs 1``) removes release 1's encodings when release 2's
+run completes; the audit log,
 rotation and deletion included, verifies."""
 
 from __future__ import annotations
@@ -161,15 +162,21 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
     kept = sum(moj_one[person] == moj_two[person] for person in returning)
     assert kept / len(returning) >= 0.98, (kept, len(returning))
 
-    # Retention: keep the last run's records only; release 1's encodings go.
+    # Retention (--keep-runs 1): release 2's run pruned release 1's encodings itself when it
+    # completed; people and keys stay. `spine prune` then has nothing left to remove.
     capsys.readouterr()
-    assert main(["spine", "prune", "people", *operator_dir, "--json"]) == 0
-    pruned = json.loads(capsys.readouterr().out)
-    assert pruned["records_removed"] == len(first["moj"]) + len(first["dfe"])
-    assert pruned["records_kept"] == len(second["moj"])
     assert main(["spine", "show", "people", *operator_dir, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["records"] == len(second["moj"]) and shown["people"] >= len(moj_one)
+    assert main(["spine", "prune", "people", *operator_dir, "--json"]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert (pruned["records_removed"], pruned["records_kept"]) == (0, len(second["moj"]))
+    (pruned_entry,) = [
+        json.loads(line)
+        for line in (lu / "audit.jsonl").read_text(encoding="utf-8").splitlines()
+        if line and json.loads(line)["event"] == "spine_pruned"
+    ]
+    assert pruned_entry["details"]["records_removed"] == len(first["moj"]) + len(first["dfe"])
 
     server = create_server(config)
     try:
