@@ -33,7 +33,14 @@ from linkage_unit.fellegi_sunter import ModelSettings
 from linkage_unit.link_keys import PartyLinkKeys, RandomBytes, issue_link_keys
 from linkage_unit.report import build_report
 from linkage_unit.retention import Retention
-from linkage_unit.spine import SpineState, SpineStore, SpineUpload, check_upload, link_into_spine
+from linkage_unit.spine import (
+    SpineState,
+    SpineStore,
+    SpineUpload,
+    check_upload,
+    link_into_spine,
+    prune_spine,
+)
 from linkage_unit.storage import RunOutcome, RunQuality, RunRecord, Storage, out_of_space
 from protocol.audit_events import (
     ChecksFailed,
@@ -41,6 +48,7 @@ from protocol.audit_events import (
     RunFinished,
     RunResumed,
     RunStarted,
+    SpinePruned,
     SpineRunLinked,
 )
 from protocol.clk_file import read_clks
@@ -459,7 +467,12 @@ class RunManager:
             raise MatchingError(error.message) from None
         if self._stop.is_set():
             raise _Stopped
-        self.spines.save(outcome.state)
+        # Retention (``spine create --keep-runs N``) in the same write as the run's records:
+        # the run's own records are always among the last N runs', so one atomic save either
+        # holds this run's records with the old ones pruned or leaves the spine as it was.
+        keep_runs = spine.settings.keep_runs
+        pruning = None if keep_runs is None else prune_spine(outcome.state, keep_runs)
+        self.spines.save(outcome.state if pruning is None else pruning.state)
         self._audit.append(
             SpineRunLinked(
                 project_id=project_id,
@@ -474,6 +487,16 @@ class RunManager:
                 splits=len(outcome.splits),
             )
         )
+        if pruning is not None and pruning.removed and keep_runs is not None:
+            self._audit.append(
+                SpinePruned(
+                    spine=spine.settings.name,
+                    keep_runs=keep_runs,
+                    records_removed=pruning.removed,
+                    records_kept=pruning.kept,
+                    people_without_records=pruning.people_without_records,
+                )
+            )
         linked = sum(
             1 for keys in outcome.keys.values() for _ in keys.positions
         )  # every record is keyed; "linked" below counts those of existing people

@@ -131,8 +131,9 @@ class SpineSettings:
     link_key_mode: LinkKeyMode = LinkKeyMode.PER_PARTY
     max_merge_share: float = 0.05
     keep_runs: int | None = None
-    """Retention: ``spine prune`` keeps the encodings of records from the last ``keep_runs``
-    runs only (None: keep every record's encoding). People and their keys are kept."""
+    """Retention: each run into the spine, when it completes, and ``spine prune`` keep the
+    encodings of records from the last ``keep_runs`` runs only (None: keep every record's
+    encoding). People and their keys are kept."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -280,8 +280,9 @@ class SpineRotated(AuditEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpinePruned(AuditEvent):
-    """Retention removed ``records_removed`` records' encodings from a spine (``spine
-    prune``), keeping the last ``keep_runs`` runs' records; every person keeps its keys."""
+    """Retention removed ``records_removed`` records' encodings from a spine (a run into a
+    spine with a policy, as it completed, or ``spine prune``), keeping the last ``keep_runs``
+    runs' records; every person keeps its keys."""
 
     NAME: ClassVar[str] = "spine_pruned"
     project_id: None = None

@@ -4,8 +4,10 @@ These commands work on the linkage unit's data directory while the linkage unit 
 (they take its audit log, which one process holds at a time) and append their audit events:
 ``keygen`` makes the spine key, ``create`` a spine, ``show`` its figures, ``crosswalk``
 releases the merges' old key -> current key table, ``rotate`` moves the spine to a new
-linkage secret from the parties' re-encodings (every person keeps its keys), ``prune``
-applies the retention policy (records' encodings go, people and keys stay).
+linkage secret from the parties' re-encodings, each vouched for by its party's signed
+manifest under the party's registered key (every person keeps its keys), ``prune``
+applies a retention policy (records' encodings go, people and keys stay; a spine with a
+policy also prunes itself when a run into it completes).
 """
 
 from __future__ import annotations
@@ -13,12 +15,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bloomlink.commands._output import add_json_flag, emit
 from linkage_unit.audit_log import AuditLog
+from linkage_unit.manifest_policy import ManifestPolicy
+from linkage_unit.reencoding import ReencodedUpload, reencoding_refusal
+from linkage_unit.server import load_config
 from linkage_unit.spine import (
     SPINE_KEY_BYTES,
     Reencoding,
@@ -30,11 +37,22 @@ from linkage_unit.spine import (
     rotate_spine,
     spine_directory,
 )
-from protocol.audit_events import CrosswalkReleased, SpineCreated, SpinePruned, SpineRotated
-from protocol.clk_file import read_clks
+from linkage_unit.storage import Storage
+from party.manifest import manifest_path_for
+from protocol.audit_events import (
+    CrosswalkReleased,
+    SpineCreated,
+    SpinePruned,
+    SpineRotated,
+    UploadRefused,
+)
+from protocol.clk_file import read_clks, read_header
 from protocol.errors import ConfigurationError
-from protocol.messages import LinkKeyMode
+from protocol.labels import check_label
+from protocol.manifest import read_manifest
+from protocol.messages import LinkKeyMode, UploadHeader
 from protocol.schema import load_schema
+from protocol.signing import load_public_key
 
 NAME = "spine"
 HELP = "create and inspect spines: link keys that survive refreshes (operator, LU stopped)"
@@ -63,8 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument(
         "--keep-runs",
         type=int,
-        help="retention: `spine prune` keeps the encodings of the last N runs' records only "
-        "(people and keys are kept); default: keep every record",
+        help="retention: each run into the spine, as it completes, keeps the encodings of "
+        "the last N runs' records only (people and keys are kept; `spine prune` applies it "
+        "too); default: keep every record",
     )
     show = sub.add_parser("show", help="a spine's parties, binding and figures")
     show.add_argument("name")
@@ -79,8 +98,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         action="append",
         metavar="PARTY=FILE",
-        help="a party's re-encoded file of one earlier upload (its header names the project); "
-        "one per upload the spine holds records of, repeat the flag",
+        help="a party's re-encoded file of one earlier upload (its header names the project), "
+        "with its signed manifest beside it (FILE.manifest.json); one per upload the spine "
+        "holds records of, repeat the flag",
+    )
+    rotate.add_argument(
+        "--party-key",
+        action="append",
+        default=[],
+        metavar="PARTY=PEM",
+        help="a party's registered manifest public key, as `serve --party-key` takes it "
+        "(repeat per party); each re-encoding's manifest must be signed by its party's key",
+    )
+    rotate.add_argument(
+        "--config",
+        type=Path,
+        help="the linkage unit's TOML config: its [party_keys] are the registered keys",
     )
     prune = sub.add_parser(
         "prune", help="retention: remove old records' encodings, keep people and keys, audited"
@@ -221,19 +254,70 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pair(item: str, flag: str, what: str) -> tuple[str, Path]:
+    party, separator, path = item.partition("=")
+    if not separator or not party or not path:
+        raise ConfigurationError(f"{flag} takes PARTY={what}")
+    return check_label(party, what=f"{flag} party"), Path(path)
+
+
+def _registered_keys(args: argparse.Namespace) -> dict[str, Ed25519PublicKey]:
+    """The parties' registered manifest keys, as the linkage unit takes them: its config's
+    ``[party_keys]``, then ``--party-key`` flags (which win)."""
+    paths: dict[str, Path] = {}
+    if args.config is not None:
+        paths.update(load_config(args.config, data_dir=args.data_dir).party_keys)
+    paths.update(_pair(item, "--party-key", "PEM") for item in args.party_key)
+    return {party: load_public_key(path) for party, path in paths.items()}
+
+
 def _rotate(args: argparse.Namespace, store: SpineStore, state: SpineState) -> int:
+    policy = ManifestPolicy(require_manifest=True, party_keys=_registered_keys(args))
+    files = [_pair(item, "--reencoded", "FILE") for item in args.reencoded]
+    uploads = []
+    for party, path in files:
+        header = UploadHeader.from_clk_file_header(read_header(path), party_id=party)
+        beside = manifest_path_for(path)
+        manifest = read_manifest(beside) if beside.exists() else None
+        uploads.append(
+            ReencodedUpload(party=party, source=str(path), header=header, manifest=manifest)
+        )
+    # Every manifest is judged before any CLK is read; the LU's storage (held while this
+    # runs: the LU must be stopped) says which nonces committed uploads have used.
+    storage = Storage(args.data_dir)
+    try:
+        refused = reencoding_refusal(
+            policy, uploads, now=time.time(), vouched_for=storage.manifest_for_nonce
+        )
+    finally:
+        storage.close()
+    if refused is not None:
+        header = refused.upload.header
+        if header.project_id in {origin.project_id for origin in state.origins}:
+            # Audited as the upload path audits a refused upload (a project the log knows).
+            with _audit(args) as audit:
+                audit.append(
+                    UploadRefused(
+                        project_id=header.project_id,
+                        party=header.party_id,
+                        reason=refused.refusal.reason,
+                        manifest_sha256=None
+                        if refused.upload.manifest is None
+                        else refused.upload.manifest.manifest.sha256,
+                    )
+                )
+        raise refused.error
     reencodings = []
-    for item in args.reencoded:
-        party, separator, path = item.partition("=")
-        if not separator or not party or not path:
-            raise ConfigurationError("--reencoded takes PARTY=FILE")
-        header, clks = read_clks(Path(path))
+    for (party, path), upload in zip(files, uploads, strict=True):
+        read, clks = read_clks(path)  # checks the payload against its header's digest
+        if read.payload_sha256 != upload.header.payload_sha256:
+            raise ConfigurationError(f"{path} changed while the rotation read it; run it again")
         reencodings.append(
             Reencoding(
-                project_id=header.project_id,
+                project_id=read.project_id,
                 party=party,
-                schema_fingerprint=header.schema_fingerprint.hex(),
-                kcv=header.kcv.hex(),
+                schema_fingerprint=read.schema_fingerprint.hex(),
+                kcv=read.kcv.hex(),
                 clks=np.array(clks, dtype=np.uint64),
             )
         )

@@ -30,7 +30,7 @@ from bloomlink.synth.population import LATEST_BIRTH, Population, draw_population
 from bloomlink.synth.tables import load_tables
 from protocol.errors import ConfigurationError
 
-__all__ = ["DepartmentExtract", "SynthConfig", "SynthResult", "generate"]
+__all__ = ["DepartmentExtract", "SynthConfig", "SynthResult", "extract_people", "generate"]
 
 MAX_RECORDS = 20_000_000
 # Records are extracted a few years after the last birth; typos may not go past it.
@@ -264,6 +264,41 @@ def _format(
     }
 
 
+def extract_people(
+    population: Population,
+    people: npt.NDArray[np.int64],
+    *,
+    department: str,
+    difficulty: Difficulty,
+    rng: np.random.Generator,
+) -> DepartmentExtract:
+    """One department's extract of ``people`` (population indices, in record order): each
+    record corrupted afresh from the person's true values, in the department's layout with
+    new record ids. ``generate`` makes every extract this way; called again on a
+    population it drew, it makes a later release of the same people with new errors."""
+    if department not in LAYOUTS:
+        raise ConfigurationError(f"unknown department layout {department}")
+    if difficulty not in DIFFICULTIES:
+        raise ConfigurationError(f"difficulty must be one of {', '.join(DIFFICULTIES)}")
+    layout = LAYOUTS[department]
+    values = RecordValues.from_population(population, people)
+    log = corrupt(
+        values,
+        population=population,
+        layout=layout,
+        difficulty=difficulty,
+        tables=load_tables(),
+        rng=rng,
+        latest_year=EXTRACT_YEAR,
+    )
+    return DepartmentExtract(
+        layout=layout,
+        columns=MappingProxyType(_format(layout, values, rng)),
+        people=people,
+        corruption=log,
+    )
+
+
 def generate(config: SynthConfig) -> SynthResult:
     """Draw the people and every department's extract described by ``config``."""
     seed = config.seed if config.seed is not None else secrets.randbits(63)
@@ -271,25 +306,8 @@ def generate(config: SynthConfig) -> SynthResult:
     tables = load_tables()
     total, assigned = _assign_people(config, rng)
     population = draw_population(rng, total, tables)
-    extracts = []
-    for name, people in zip(config.departments, assigned, strict=True):
-        layout = LAYOUTS[name]
-        values = RecordValues.from_population(population, people)
-        log = corrupt(
-            values,
-            population=population,
-            layout=layout,
-            difficulty=config.difficulty,
-            tables=tables,
-            rng=rng,
-            latest_year=EXTRACT_YEAR,
-        )
-        extracts.append(
-            DepartmentExtract(
-                layout=layout,
-                columns=MappingProxyType(_format(layout, values, rng)),
-                people=people,
-                corruption=log,
-            )
-        )
-    return SynthResult(config=config, seed=seed, population=population, departments=tuple(extracts))
+    extracts = tuple(
+        extract_people(population, people, department=name, difficulty=config.difficulty, rng=rng)
+        for name, people in zip(config.departments, assigned, strict=True)
+    )
+    return SynthResult(config=config, seed=seed, population=population, departments=extracts)

@@ -3,13 +3,15 @@ mutual-TLS linkage unit: release 1 (MoJ + DfE) under one linkage secret; every p
 re-encodes its release-1 upload under a new secret at the same positions (``encode
 --same-positions``); the operator rotates the spine (``spine rotate``); release 2 of MoJ
 under the new secret keeps each returning person's link key, and an upload under the old
-secret is refused; retention (``spine prune``) removes release 1's encodings; the audit log,
+secret is refused; retention (``--keep-runs 1``) removes release 1's encodings when release 2's
+run completes; the audit log,
 rotation and deletion included, verifies."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +19,8 @@ import pytest
 
 from bloomlink.cli import main
 from linkage_unit.server import ServerConfig, create_server
+from party.manifest import load_party_signing_key, manifest_path_for
+from protocol.manifest import SignedManifest, read_manifest, sign_manifest, write_signed_manifest
 from protocol.schema import default_schema
 
 pytestmark = pytest.mark.integration
@@ -54,6 +58,7 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
         private_key=certs / "linkage-unit.key",
         grace_seconds=0.5,
         spine_key=spine_key,
+        party_keys={party: tmp_path / f"{party}-signing.pem.pub" for party in ("moj", "dfe")},
     )
     operator_dir = ["--data-dir", str(lu), "--spine-key", str(spine_key)]
     create_server(config).stop(0)
@@ -131,8 +136,66 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
         encode("release-1", party, party, new_secret, out,
                "--same-positions", str(positions(tmp_path / "release-1" / f"{party}.clk")))  # fmt: skip
         reencoded += ["--reencoded", f"{party}={out}"]
+    # The parties' registered manifest keys, as the LU's config names them.
+    lu_config = tmp_path / "lu.toml"
+    lu_config.write_text(
+        f'data_dir = "{lu}"\nca_certificate = "{certs / "ca.pem"}"\n'
+        f'certificate = "{certs / "linkage-unit.pem"}"\n'
+        f'private_key = "{certs / "linkage-unit.key"}"\n[party_keys]\n'
+        + "".join(f'{p} = "{tmp_path / f"{p}-signing.pem.pub"}"\n' for p in ("moj", "dfe")),
+        encoding="utf-8",
+    )
+    registered = ["--config", str(lu_config)]
+
+    # A rotation takes only re-encodings their party's signed manifest vouches for; any other
+    # refuses the whole rotation, names the party and the file, and changes nothing.
+    moj_new = tmp_path / "rotation" / "moj.clk"
+    spine_file = lu / "spines" / "people.spine"
+    stored = spine_file.read_bytes()
+    moj_manifest = read_manifest(manifest_path_for(moj_new))
+
+    def suspect(case: str, manifest: SignedManifest | None) -> Path:
+        copy = tmp_path / case / "moj.clk"
+        copy.parent.mkdir()
+        shutil.copyfile(moj_new, copy)
+        if manifest is not None:
+            write_signed_manifest(manifest, manifest_path_for(copy))
+        return copy
+
+    dfe_key = load_party_signing_key(tmp_path / "dfe-signing.pem")
+    release_one_manifest = read_manifest(manifest_path_for(tmp_path / "release-1" / "moj.clk"))
+    cases = {
+        "bare": (None, "manifest_missing", "signed manifest"),
+        "forged": (
+            sign_manifest(moj_manifest.manifest, dfe_key),
+            "manifest_signature",
+            "not signed by this party's registered key",
+        ),
+        "stale": (release_one_manifest, "manifest_mismatch", "payload_sha256"),
+    }
+    for case, (manifest, reason, why) in cases.items():
+        copy = suspect(case, manifest)
+        others = ["--reencoded", f"dfe={tmp_path / 'rotation' / 'dfe.clk'}"]
+        capsys.readouterr()
+        assert main(["spine", "rotate", "people", "--reencoded", f"moj={copy}", *others,
+                     *registered, *operator_dir]) != 0  # fmt: skip
+        error = capsys.readouterr().err
+        assert f"party moj's re-encoded file {copy}" in error and why in error, (case, error)
+        assert "nothing changed" in error
+        for value in (moj_manifest.manifest.payload_sha256, release_one_manifest.manifest.kcv):
+            assert value.hex() not in error
+        assert spine_file.read_bytes() == stored
+        last = json.loads((lu / "audit.jsonl").read_text(encoding="utf-8").splitlines()[-1])
+        assert (last["event"], last["project_id"]) == ("upload_refused", "release-1")
+        assert (last["details"]["party"], last["details"]["reason"]) == ("moj", reason)
+    # Without the registered keys the rotation is refused before it reads a manifest.
+    assert main(["spine", "rotate", "people", *reencoded, *operator_dir]) != 0
+    assert "registered manifest key" in capsys.readouterr().err
+    assert spine_file.read_bytes() == stored
+
     capsys.readouterr()
-    assert main(["spine", "rotate", "people", *reencoded, *operator_dir, "--json"]) == 0
+    assert main(["spine", "rotate", "people", *reencoded, *registered, *operator_dir,
+                 "--json"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["uploads"] == 2
 
     server = create_server(config)
@@ -161,15 +224,21 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
     kept = sum(moj_one[person] == moj_two[person] for person in returning)
     assert kept / len(returning) >= 0.98, (kept, len(returning))
 
-    # Retention: keep the last run's records only; release 1's encodings go.
+    # Retention (--keep-runs 1): release 2's run pruned release 1's encodings itself when it
+    # completed; people and keys stay. `spine prune` then has nothing left to remove.
     capsys.readouterr()
-    assert main(["spine", "prune", "people", *operator_dir, "--json"]) == 0
-    pruned = json.loads(capsys.readouterr().out)
-    assert pruned["records_removed"] == len(first["moj"]) + len(first["dfe"])
-    assert pruned["records_kept"] == len(second["moj"])
     assert main(["spine", "show", "people", *operator_dir, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["records"] == len(second["moj"]) and shown["people"] >= len(moj_one)
+    assert main(["spine", "prune", "people", *operator_dir, "--json"]) == 0
+    pruned = json.loads(capsys.readouterr().out)
+    assert (pruned["records_removed"], pruned["records_kept"]) == (0, len(second["moj"]))
+    (pruned_entry,) = [
+        json.loads(line)
+        for line in (lu / "audit.jsonl").read_text(encoding="utf-8").splitlines()
+        if line and json.loads(line)["event"] == "spine_pruned"
+    ]
+    assert pruned_entry["details"]["records_removed"] == len(first["moj"]) + len(first["dfe"])
 
     server = create_server(config)
     try:

@@ -96,14 +96,17 @@ class LinkageUnit:
         return by_position
 
 
-def _lu(tmp_path: Path, *, max_merge_share: float) -> tuple[LinkageUnit, Path]:
+def _lu(
+    tmp_path: Path, *, max_merge_share: float, keep_runs: int | None = None
+) -> tuple[LinkageUnit, Path]:
     data = tmp_path / "lu"
     data.mkdir()
     spine_key = tmp_path / "spine.key"
     assert main(["spine", "keygen", "--out", str(spine_key)]) == 0
+    retention = [] if keep_runs is None else ["--keep-runs", str(keep_runs)]
     assert main(["spine", "create", "people", "--parties", "moj,dfe",
                  "--schema-fingerprint", SCHEMA_FINGERPRINT.hex(),
-                 "--max-merge-share", str(max_merge_share),
+                 "--max-merge-share", str(max_merge_share), *retention,
                  "--data-dir", str(data), "--spine-key", str(spine_key)]) == 0  # fmt: skip
     return LinkageUnit(data, spine_key), spine_key
 
@@ -201,6 +204,57 @@ def test_a_refresh_merging_too_much_of_the_spine_stops_before_any_key(
         assert ("run_started", "release-2") in events
         assert ("run_finished", "release-2") not in events
         assert ("spine_run_linked", "release-2") not in events
+    finally:
+        lu.close()
+    _verify(lu, tmp_path, capsys)
+
+
+def test_a_spine_with_a_retention_policy_prunes_itself_when_a_run_completes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lu, _ = _lu(tmp_path, max_merge_share=0.05, keep_runs=2)
+    try:
+        people = random_clks(np.random.default_rng(60), 60, words=WORDS)
+        releases = {  # each release: a third of the people, returning in the next
+            "release-1": people[0:20],
+            "release-2": np.concatenate([people[0:20], people[20:40]]),
+            "release-3": people[40:60],
+        }
+        keys: dict[str, dict[int, str]] = {}
+        records: list[int] = []
+        for seed, (project, clks) in enumerate(releases.items()):
+            state = lu.release(project, {"moj": _noisy(seed, clks)}, threshold=0.8, dedupe=("moj",))
+            assert state is RunState.FINISHED
+            keys[project] = lu.keys(project, "moj")
+            records.append(len(lu.spines.load("people").record_person))
+        # Two runs kept: release 1's 20 records went when release 3 completed, with no
+        # operator command; people and keys stay.
+        assert records == [20, 60, 60]
+        spine = lu.spines.load("people")
+        assert spine.person_count == 60
+        assert {spine.origins[i].project_id for i in np.unique(spine.record_origin)} == {
+            "release-2",
+            "release-3",
+        }
+        assert all(keys["release-2"][row] == keys["release-1"][row] for row in range(20))
+        entries = [(entry.event, entry.details) for entry in lu.audit.entries()]
+        pruned = [details for event, details in entries if event == "spine_pruned"]
+        assert pruned == [
+            {
+                "spine": "people",
+                "keep_runs": 2,
+                "records_removed": 20,
+                "records_kept": 60,
+                "people_without_records": 0,
+            }
+        ]
+        # After the run's own spine_run_linked, in the same run.
+        order = [
+            event
+            for event, _ in entries
+            if event.startswith("spine_run") or event == "spine_pruned"
+        ]
+        assert order == ["spine_run_linked"] * 3 + ["spine_pruned"]
     finally:
         lu.close()
     _verify(lu, tmp_path, capsys)

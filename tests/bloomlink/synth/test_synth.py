@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from bloomlink.cli import main
-from bloomlink.synth import LAYOUTS, SynthConfig, SynthResult, generate, write
+from bloomlink.synth import LAYOUTS, DepartmentExtract, SynthConfig, SynthResult, generate, write
+from bloomlink.synth.generation import extract_people
 from bloomlink.synth.layouts import upn_check_letters
 from protocol.errors import ConfigurationError
 
@@ -297,3 +298,26 @@ def test_cli_refuses_bad_settings_with_the_configuration_exit_code(
     assert main(["synth", "--out", str(tmp_path), "--overlap", "2"]) == 3
     assert capsys.readouterr().err.startswith("error: ConfigurationError:")
     assert main(["synth", "--out", str(tmp_path), "--departments", "moj,nhs"]) == 2
+
+
+def test_a_later_extract_of_the_same_people_has_new_errors_and_new_ids() -> None:
+    first = generate(SynthConfig(departments=("moj",), records=400, difficulty="hard", seed=21))
+    (moj,) = first.departments
+    rng = np.random.default_rng(22)
+    people = rng.permutation(moj.people[:300])
+    again = extract_people(first.population, people, department="moj", difficulty="hard", rng=rng)
+    assert again.name == "moj" and again.people.tolist() == people.tolist()
+    assert not set(again.record_ids.tolist()) & set(moj.record_ids.tolist())
+
+    # The same people, corrupted afresh: most values agree, some do not.
+    def values(department: DepartmentExtract) -> dict[int, tuple[str, ...]]:
+        layout = department.layout
+        columns = [c for c in layout.columns if c != layout.id_column]
+        rows = zip(*(department.columns[c].tolist() for c in columns), strict=True)
+        return dict(zip(department.people.tolist(), rows, strict=True))
+
+    before, after = values(moj), values(again)
+    same = sum(before[person] == after[person] for person in after)
+    assert len(after) // 10 < same < len(after) * 9 // 10
+    with pytest.raises(ConfigurationError, match="layout"):
+        extract_people(first.population, people, department="nope", difficulty="hard", rng=rng)
