@@ -39,7 +39,12 @@ from linkage_unit.fellegi_sunter import (
     random_level_counts,
     weight_of_probability,
 )
-from linkage_unit.group_similarity import GroupSimilarities, group_popcounts, group_similarities
+from linkage_unit.group_similarity import (
+    GroupSimilarities,
+    agreement_bits,
+    group_popcounts,
+    group_similarities,
+)
 from linkage_unit.similarity import CandidatePairs
 from linkage_unit.solving import PartyPairs
 from protocol.clk_layout import ClkLayout
@@ -280,7 +285,11 @@ class Scorer:
             or [np.empty(0, np.int64)]
         )
         groups = derive_levels(
-            self.layout.names, self.random_for_levels, similarities, self.settings
+            self.layout.names,
+            self.random_for_levels,
+            similarities,
+            self.settings,
+            agreement_bits=agreement_bits(self.layout),
         )
         random_levels = comparison_levels(self.random_for_u, groups)
         levels = comparison_levels(similarities, groups)
