@@ -73,7 +73,8 @@ population with structured non-matches has more than one fixed point, and with a
 start (power 3) it could settle on one that takes a class of look-alike non-matches for the
 matches (102 made-up records whose postcodes and birth dates repeat in step: prior at its cap,
 half the records joined, once diffused groups were compared by agreement); on the synth sets
-(seed 2) powers 3 and 12 reach the same F1 and estimates."""
+(seeds 2 and 3, 10k and 100k records a party) powers 3 and 12 reach the same F1 and
+estimates."""
 
 _M_PSEUDO = 1e-3
 """Pseudo-count of matches per level, so that a level no match reached keeps a finite weight."""
