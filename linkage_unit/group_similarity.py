@@ -9,10 +9,21 @@ group_counts`, with its reference twin and property test there). That gives one 
 similarity per group, and tells a missing group (all zero bits on either side) from a
 different one, which the Fellegi-Sunter model (``fellegi_sunter.py``) needs. Nothing here
 sees a value.
+
+Which similarity a group gets depends on its hardening (:func:`agreement_bits`). In a plain
+Bloom filter a set bit means "a token hashed here" and an unset one means little (two sparse
+filters agree on most zeros by chance), so the group is compared by Dice. After XOR diffusion
+(``diffusion``, ``nonlinear-diffusion``, ``rule90``) an output bit is a keyed parity of input
+bits: a 0 says as much as a 1, and about half the bits are set whatever the value. There the
+group is compared by the share of its bits on which the two records agree, ``1 - Hamming /
+bits``: Dice's denominator (both popcounts) only adds the popcounts' noise to it. On the
+shipped default (three diffused groups) that noise blurred the weak matches: synth hard 10k
+F1 0.9713 with Dice, 0.9744 with agreement (docs/quality.md).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +32,20 @@ import numpy.typing as npt
 from linkage_unit.similarity import check_clks, group_bit_counts, group_counts
 from protocol.clk_layout import ClkLayout
 from protocol.errors import MatchingError
+from protocol.hardening import HardeningMethod, parse_descriptor
 
-__all__ = ["GroupSimilarities", "group_popcounts", "group_similarities"]
+__all__ = [
+    "GroupSimilarities",
+    "agreement_bits",
+    "group_popcounts",
+    "group_similarities",
+    "reference_scores",
+]
+
+PARITY_METHODS = frozenset(
+    {HardeningMethod.DIFFUSION, HardeningMethod.NONLINEAR_DIFFUSION, HardeningMethod.RULE90}
+)
+"""Hardening steps whose output bits are keyed parities of input bits (module docstring)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -62,6 +85,73 @@ class GroupSimilarities:
             2.0 * self.shared, totals, out=np.zeros_like(totals), where=totals > 0
         )
         return result
+
+    def agreement(self, bits: Sequence[int]) -> npt.NDArray[np.float64]:
+        """``1 - Hamming / bits[g]`` per pair and group (the share of the group's bits on which
+        the two records agree); 0 where both sides are empty."""
+        if len(bits) != self.shared.shape[1] or any(b < 1 for b in bits):
+            raise MatchingError("agreement needs every group's length in bits")
+        differing = (self.left_counts + self.right_counts - 2 * self.shared).astype(np.float64)
+        lengths = np.asarray(bits, dtype=np.float64)[None, :]
+        result: npt.NDArray[np.float64] = np.where(
+            (self.left_counts + self.right_counts) > 0, 1.0 - differing / lengths, 0.0
+        )
+        return result
+
+    def scores(self, agreement_bits: Sequence[int]) -> npt.NDArray[np.float64]:
+        """Each group's similarity: Dice where ``agreement_bits[g]`` is 0, else
+        :meth:`agreement` over that many bits (see :func:`agreement_bits`)."""
+        if len(agreement_bits) != self.shared.shape[1]:
+            raise MatchingError("one agreement length (0: Dice) per group is needed")
+        result = self.dice()
+        chosen = [g for g, bits in enumerate(agreement_bits) if bits > 0]
+        if chosen:
+            lengths = [max(bits, 1) for bits in agreement_bits]
+            result[:, chosen] = self.agreement(lengths)[:, chosen]
+        return result
+
+
+def agreement_bits(layout: ClkLayout) -> tuple[int, ...]:
+    """Per group of ``layout``: its length in bits if its hardening diffuses it (a step of
+    :data:`PARITY_METHODS`: compared by agreement), else 0 (compared by Dice)."""
+    out = []
+    for group in layout.groups:
+        steps = parse_descriptor(group.hardening)
+        parity = any(step.method in PARITY_METHODS for step in steps)
+        out.append(group.bits if parity else 0)
+    return tuple(out)
+
+
+def reference_scores(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64],
+    rows: Sequence[int],
+    cols: Sequence[int],
+    layout: ClkLayout,
+) -> list[list[float]]:
+    """The slow obvious twin of ``group_similarities(...).scores(agreement_bits(layout))``:
+    per pair and group, bit by bit in plain Python."""
+    lengths = agreement_bits(layout)
+    out = []
+    for row, col in zip(rows, cols, strict=True):
+        scores = []
+        for g, group in enumerate(layout.groups):
+            start, stop = layout.word_range(g)
+            a_bits = b_bits = shared = differing = 0
+            for w in range(start, stop):
+                a, b = int(left[row, w]), int(right[col, w])
+                a_bits += a.bit_count()
+                b_bits += b.bit_count()
+                shared += (a & b).bit_count()
+                differing += (a ^ b).bit_count()
+            if a_bits + b_bits == 0:
+                scores.append(0.0)
+            elif lengths[g]:
+                scores.append(1.0 - differing / group.bits)
+            else:
+                scores.append(2.0 * shared / (a_bits + b_bits))
+        out.append(scores)
+    return out
 
 
 def _check_layout(clks: npt.NDArray[np.uint64], layout: ClkLayout, name: str) -> None:

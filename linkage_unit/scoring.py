@@ -39,7 +39,12 @@ from linkage_unit.fellegi_sunter import (
     random_level_counts,
     weight_of_probability,
 )
-from linkage_unit.group_similarity import GroupSimilarities, group_popcounts, group_similarities
+from linkage_unit.group_similarity import (
+    GroupSimilarities,
+    agreement_bits,
+    group_popcounts,
+    group_similarities,
+)
 from linkage_unit.similarity import CandidatePairs
 from linkage_unit.solving import PartyPairs
 from protocol.clk_layout import ClkLayout
@@ -63,8 +68,10 @@ WeightsOf = Callable[[int, npt.NDArray[np.int64], npt.NDArray[np.int64]], npt.ND
 UNSEEN_BIN_WIDTH = 0.05
 UNSEEN_BINS = 3
 UNSEEN_MAX_RATIO = 0.9
+UNSEEN_MIN_PROBABILITY = 0.01
 """The tail of matches below the candidate cut (:func:`unseen_matches`): fitted to this many
-bins of this width above the cut; each bin below holds at most this share of the one above."""
+bins of this width above the cut, counting pairs of at least this match probability; each
+bin below holds at most this share of the one above."""
 
 MIN_CANDIDATE_CUT = 0.05
 MAX_CANDIDATE_CUT = 0.95
@@ -280,7 +287,11 @@ class Scorer:
             or [np.empty(0, np.int64)]
         )
         groups = derive_levels(
-            self.layout.names, self.random_for_levels, similarities, self.settings
+            self.layout.names,
+            self.random_for_levels,
+            similarities,
+            self.settings,
+            agreement_bits=agreement_bits(self.layout),
         )
         random_levels = comparison_levels(self.random_for_u, groups)
         levels = comparison_levels(similarities, groups)
@@ -623,9 +634,13 @@ def unseen_matches(
     ``UNSEEN_BINS`` bins of ``UNSEEN_BIN_WIDTH`` just above the cut and its lower tail is
     continued below it as a geometric series: a straight line fitted through the logs of the
     bins gives the ratio from one bin to the next lower one (at most ``UNSEEN_MAX_RATIO``),
-    summed bin by bin down to similarity 0. A density that does not fall towards the cut is
-    no match tail but the floor of many non-matches' small probabilities, and fewer than two
-    non-empty bins are no line: neither is continued (0)."""
+    summed bin by bin down to similarity 0. Pairs below ``UNSEEN_MIN_PROBABILITY`` are left
+    out of the density: the bin at the cut holds most candidate pairs (about 95 % of them on
+    synth), and their many tiny probabilities add a floor of non-matches that read as a
+    tail (on synth hard with repeats, 45 matches below the cut of one party's own pairs where
+    4 were, and 160 in all where 91 were). A density that does not fall towards the cut is
+    no match tail but that floor, and fewer than two non-empty bins are no line: neither is
+    continued (0)."""
     bins = int(min(UNSEEN_BINS, np.floor((1.0 - cut) / UNSEEN_BIN_WIDTH + 1e-9)))
     if bins < 2 or len(scores) == 0:
         return 0.0
@@ -633,7 +648,7 @@ def unseen_matches(
     values = np.asarray(scores, np.float64)
     index = np.searchsorted(edges, values, side="right") - 1
     index[values == edges[-1]] = bins - 1
-    inside = (index >= 0) & (index < bins)
+    inside = (index >= 0) & (index < bins) & (probabilities >= UNSEEN_MIN_PROBABILITY)
     mass = np.bincount(index[inside], weights=probabilities[inside], minlength=bins)
     present = mass > 0
     if present.sum() < 2 or not present[0]:
@@ -663,6 +678,8 @@ def unseen_matches_reference(
         return 0.0
     mass = [0.0] * bins
     for score, probability in zip(scores, probabilities, strict=True):
+        if probability < UNSEEN_MIN_PROBABILITY:
+            continue
         for k in range(bins):
             low, high = cut + k * width, cut + (k + 1) * width
             if low <= score < high or (k == bins - 1 and score == high):

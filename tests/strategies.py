@@ -35,15 +35,31 @@ default_schema_records = st.tuples(
 
 
 @st.composite
-def clk_layouts(draw: st.DrawFn, *, max_groups: int = 4, max_words: int = 3) -> ClkLayout:
-    """Layouts of 1 to ``max_groups`` field groups of 1 to ``max_words`` words each."""
+def clk_layouts(
+    draw: st.DrawFn, *, max_groups: int = 4, max_words: int = 3, hardened: bool = False
+) -> ClkLayout:
+    """Layouts of 1 to ``max_groups`` field groups of 1 to ``max_words`` words each; with
+    ``hardened``, each group's hardening descriptor drawn from plain, diffused and others."""
     words = draw(st.lists(st.integers(1, max_words), min_size=1, max_size=max_groups))
+    hardening = [draw(st.sampled_from(LAYOUT_HARDENINGS)) if hardened else "none" for _ in words]
     return ClkLayout(
         groups=tuple(
-            GroupLayout(name=f"group-{number}", bits=64 * count)
-            for number, count in enumerate(words)
+            GroupLayout(name=f"group-{number}", bits=64 * count, hardening=chain)
+            for number, (count, chain) in enumerate(zip(words, hardening, strict=True))
         )
     )
+
+
+LAYOUT_HARDENINGS = (
+    "none",
+    "xor-fold",
+    "balance",
+    "rule90",
+    "diffusion:width=3,output_bits=128",
+    "nonlinear-diffusion:width=2,output_bits=64",
+    "nonlinear-diffusion:width=3,output_bits=1024+blip:flip_per_65536=100",
+    "blip:flip_per_65536=100",
+)
 
 
 @st.composite

@@ -254,3 +254,25 @@ def test_only_the_side_whose_party_is_duplicate_free_has_rivals() -> None:
         left, right, pairwise, left_size=2, right_size=1, left_matched=None, right_matched=None
     )
     np.testing.assert_allclose(neither, pairwise)
+
+
+def test_a_diffused_group_is_levelled_by_agreement_not_dice() -> None:
+    """Two pairs with the same Dice (0.5) but different shares of agreeing bits (0.5 and 0.8
+    of 100): a Dice group puts them on one level, an agreement group tells them apart."""
+    similarities = _similarities(
+        np.array([[25], [10]]), np.array([[50], [20]]), np.array([[50], [20]])
+    )
+    assert similarities.dice()[:, 0].tolist() == [0.5, 0.5]
+    cuts = (0.45, 0.55, 0.7)
+    dice = comparison_levels(similarities, [GroupLevels(name="a", cuts=cuts)])
+    agreement = comparison_levels(
+        similarities, [GroupLevels(name="a", cuts=cuts, agreement_bits=100)]
+    )
+    assert dice[:, 0].tolist() == [2, 2]
+    assert agreement[:, 0].tolist() == [2, 4]
+    with pytest.raises(MatchingError):
+        GroupLevels(name="a", cuts=(), agreement_bits=-1)
+    derived = derive_levels(
+        ["a"], similarities, similarities, ModelSettings(upper_levels=0), agreement_bits=[100]
+    )
+    assert derived[0].agreement_bits == 100

@@ -318,6 +318,20 @@ def test_unseen_matches_continue_the_matches_density_below_the_cut() -> None:
     assert unseen_matches(np.empty(0), np.empty(0), 0.5) == 0.0
 
 
+def test_the_floor_of_many_tiny_probabilities_is_no_tail_of_matches() -> None:
+    """20,000 non-matches at the cut, each with probability 0.005, add 100 to the bin at the
+    cut: counted, they would double its mass and flatten the fall; below the minimum
+    probability they are left out and the matches' own tail is continued."""
+    scores, probabilities = _geometric_matches(0.5, 0.5, 400.0)
+    matches_only = unseen_matches(scores, probabilities, 0.5)
+    floor_scores = np.concatenate([scores, np.full(20_000, 0.51)])
+    floor_probabilities = np.concatenate([probabilities, np.full(20_000, 0.005)])
+    assert unseen_matches(floor_scores, floor_probabilities, 0.5) == pytest.approx(matches_only)
+    assert unseen_matches_reference(
+        floor_scores.tolist(), floor_probabilities.tolist(), 0.5
+    ) == pytest.approx(matches_only)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     st.lists(
