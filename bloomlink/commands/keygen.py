@@ -26,7 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--signing",
         action="store_true",
         help="create this party's Ed25519 manifest signing key (never shared) and its public "
-        "key OUT.pub (give that to the auditor), instead of a linkage secret",
+        "key OUT.pub (the LU operator registers it under [party_keys] in the LU config; "
+        "auditors get it too), instead of a linkage secret",
     )
     add_json_flag(parser)
 
@@ -47,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
             },
             [
                 f"wrote this party's manifest signing key to {args.out} (mode 0600; keep it in "
-                f"the department) and its public key to {public} (register it with the "
-                "auditor); bloomlink encode signs every manifest with it"
+                f"the department) and its public key to {public}: give that to the LU "
+                "operator, who adds it to the LU config's [party_keys] (e.g. "
+                f'moj = "{public.name}", or serve --party-key PARTY=FILE), and to the auditor '
+                "(audit verify --party-key); bloomlink encode signs every manifest with it"
             ],
         )
         return 0

@@ -370,3 +370,14 @@ def test_schema_check_describes_groups_and_their_hardening(
     assert out.startswith(load_schema(grouped).fingerprint.hex())
     assert "1280-bit encodings of 3 groups" in out
     assert "birth 512 bits, hardening diffusion:width=3,output_bits=512" in out
+
+
+def test_keygen_signing_says_where_the_public_key_goes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The operator must register the public key or every upload is refused: say where."""
+    path = tmp_path / "moj-signing.pem"
+    assert cli.main(["keygen", "--signing", "--out", str(path)]) == ExitCode.OK
+    out = capsys.readouterr().out
+    assert "[party_keys]" in out and "LU config" in out
+    assert "moj-signing.pem.pub" in out
