@@ -97,6 +97,7 @@ def fetch(args: argparse.Namespace) -> int:
         log, head = client.fetch_audit_log(args.project)
         public_key = client.audit_public_key()
         settings = client.project_settings(args.project) if args.project else None
+        identity = client.identity
     log_path = out / "audit.jsonl"
     writes = [(log_path, log), (out / "lu-audit-key.pem", public_key)]
     if head:
@@ -108,6 +109,15 @@ def fetch(args: argparse.Namespace) -> int:
             handle.write(data)
     lines = log.count(b"\n")
     fingerprint = public_key_fingerprint(load_public_key(public_key))
+    # The verify command that fits what was fetched: a party's view withholds the other
+    # parties' figures, and verify must be told so (--party), or it reads them as missing.
+    verify_command = (
+        f"bloomlink audit verify --log {log_path} --public-key {out / 'lu-audit-key.pem'}"
+    )
+    if args.project:
+        verify_command += f" --project {args.project}"
+        if identity is not None and identity.party is not None:
+            verify_command += f" --party {identity.party}"
     emit(
         args,
         {
@@ -115,12 +125,12 @@ def fetch(args: argparse.Namespace) -> int:
             "log": str(log_path),
             "files": [str(path) for path, _ in writes],
             "lu_key_sha256": fingerprint,
+            "verify_command": verify_command,
         },
         [
             f"fetched {lines} audit entries to {log_path} with its signed head and the LU key "
             f"(sha256:{fingerprint[:16]}); check the key against the one published out of "
-            "band, then run bloomlink audit verify"
-            + (f" --project {args.project}" if args.project else "")
+            f"band, then run {verify_command}"
         ],
     )
     return ExitCode.OK

@@ -194,6 +194,16 @@ def test_json_outputs_and_a_reencode_cannot_scramble_the_keys(deployment, capsys
                  str(audit / "lu-audit-key.pem"), "--json"]) == 0  # fmt: skip
     verified = json.loads(capsys.readouterr().out)
     assert verified["passed"] is True
+    # A party fetches its project's view: the verify command it is told to run names its
+    # party (without --party the withheld figures read as failures), and that command passes.
+    own = base / "moj-audit"
+    assert main(["audit", "fetch", "--out", str(own), "--project", "p1",
+                 *_tls(base, port, "party-moj")]) == 0  # fmt: skip
+    hint = capsys.readouterr().out
+    assert "--project p1 --party moj" in hint
+    command = hint.split("then run bloomlink ", 1)[1].split()
+    assert main(command) == 0
+    assert "PASSED" in capsys.readouterr().out
 
 
 def test_submit_refuses_a_file_for_another_schema_before_sending(deployment, capsys) -> None:
