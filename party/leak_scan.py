@@ -62,6 +62,7 @@ import dataclasses
 import hashlib
 import math
 import mmap
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,12 +70,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from protocol.clk_file import MAX_HEADER_LENGTH, ClkFileHeader
+from protocol.clk_file import MAGIC, MAX_HEADER_LENGTH, ClkFileHeader
 from protocol.clk_layout import ClkLayout
 from protocol.errors import ClkFileError, ConfigurationError
 
 __all__ = [
     "MIN_PATTERN_BYTES",
+    "TRUNCATED_KIND",
     "LeakFinding",
     "LeakScanReport",
     "Pattern",
@@ -97,6 +99,9 @@ _STRING_BANDS = 13  # decades of a string's chance of occurring: 1e-0 .. below 1
 _MULTIPLIER = np.uint32(0x9E3779B1)  # Knuth's multiplicative hash: spreads prefixes over the table
 
 # Given the CLKs' record positions, return the caller's unkeyed re-encodings of those records.
+TRUNCATED_KIND = "container-truncated"
+"""The finding of a file shorter than its header promises: damaged, not a leak."""
+
 UnkeyedReencoder = Callable[[npt.NDArray[np.int64]], npt.NDArray[np.uint64]]
 ScanProgress = Callable[[int, int], None]
 """``progress(bytes_searched, bytes_total)`` while the scan searches the file."""
@@ -135,6 +140,11 @@ class LeakScanReport:
     @property
     def clean(self) -> bool:
         return not self.findings
+
+    @property
+    def truncated_only(self) -> bool:
+        """The file is cut off and nothing else was found: a damaged file, not a leak."""
+        return bool(self.findings) and all(f.kind == TRUNCATED_KIND for f in self.findings)
 
     def to_record(self) -> dict[str, object]:
         return {
@@ -459,21 +469,53 @@ def _poisson_tail(count: int, expected: float) -> float:
     return min(total, 1.0)
 
 
+def _cut_off_header(buffer: bytes | mmap.mmap) -> bool:
+    """The file is the start of a CLK file header and ends before it does."""
+    head = bytes(buffer[: len(MAGIC) + 4])
+    if head[: len(MAGIC)] != MAGIC[: len(head)]:
+        return False
+    if len(head) < len(MAGIC) + 4:
+        return True
+    _, header_length = struct.unpack_from("<HH", head, len(MAGIC))
+    return len(buffer) < header_length
+
+
 def _container_findings(buffer: bytes | mmap.mmap) -> list[LeakFinding]:
     try:
         header = ClkFileHeader.from_bytes(bytes(buffer[:MAX_HEADER_LENGTH]))
     except ClkFileError as error:
+        if _cut_off_header(buffer):
+            return [
+                LeakFinding(
+                    kind=TRUNCATED_KIND,
+                    message=f"the file is truncated: it has {len(buffer)} bytes, less than "
+                    "its CLK file header",
+                    offset=len(buffer),
+                )
+            ]
         return [LeakFinding(kind="container-header", message=error.message, offset=0)]
     findings: list[LeakFinding] = []
     start_of_payload = header.header_length
     expected_end = start_of_payload + header.payload_length
-    if len(buffer) != expected_end:
-        what = "trailing bytes after" if len(buffer) > expected_end else "a payload shorter than"
+    if len(buffer) > expected_end:
+        # Bytes the format has no place for could carry anything: a finding.
         findings.append(
             LeakFinding(
                 kind="container-length",
-                message=f"the file has {what} the {header.record_count} CLKs its header promises",
-                offset=min(len(buffer), expected_end),
+                message=f"the file has trailing bytes after the {header.record_count} CLKs its "
+                "header promises",
+                offset=expected_end,
+            )
+        )
+    elif len(buffer) < expected_end:
+        # A cut-off file (an interrupted copy) is damaged, not evidence of a leak; it is still
+        # not clean, and the scan command reports it as a bad file (TRUNCATED_KIND).
+        findings.append(
+            LeakFinding(
+                kind=TRUNCATED_KIND,
+                message=f"the file is truncated: it has {len(buffer)} bytes, its header promises "
+                f"{expected_end} ({header.record_count} CLKs)",
+                offset=len(buffer),
             )
         )
     else:

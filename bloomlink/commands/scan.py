@@ -22,7 +22,7 @@ from party.leak_scan import UnkeyedReencoder, scan_encoded_file
 from party.mapping import load_mapping, shipped_mapping
 from party.sensitive_strings import DEFAULT_MAX_ROWS, sensitive_strings
 from protocol.atomic_file import atomic_output
-from protocol.errors import ConfigurationError
+from protocol.errors import ClkFileError, ConfigurationError
 from protocol.schema import default_schema, load_schema
 
 NAME = "scan"
@@ -126,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
+    if report.truncated_only:
+        raise ClkFileError(
+            f"{report.findings[0].message}; it is damaged (an interrupted copy or write?), "
+            "not a leak: scan the complete file, or encode again",
+            path=str(args.encoded),
+        )
     lines = []
     for finding in report.findings:
         where = f" at byte {finding.offset}" if finding.offset is not None else ""

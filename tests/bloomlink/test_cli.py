@@ -9,6 +9,7 @@ import logging
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bloomlink import cli
@@ -16,6 +17,7 @@ from bloomlink.exit_codes import EXIT_CODE_HELP, ExitCode, exit_code_for
 from party.manifest import SIGNING_KEY_ENV_VAR, create_party_signing_key
 from protocol import errors
 from protocol.secret import SECRET_ENV_VAR
+from tests.service_helpers import write_clk_file
 
 HEADER = ["person_id", "forename", "surname", "date_of_birth", "gender", "postcode"]
 ROWS = [
@@ -381,3 +383,18 @@ def test_keygen_signing_says_where_the_public_key_goes(
     out = capsys.readouterr().out
     assert "[party_keys]" in out and "LU config" in out
     assert "moj-signing.pem.pub" in out
+
+
+def test_scan_of_a_cut_off_file_is_a_bad_file_not_a_leak(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An interrupted copy is a damaged encoded file (exit 5), not evidence of a leak (9)."""
+    path = write_clk_file(tmp_path / "moj.clk", np.zeros((50, 4), dtype=np.uint64), project_id="p1")
+    path.write_bytes(path.read_bytes()[:-100])
+    strings = tmp_path / "strings.txt"
+    strings.write_text("Thornton\nMargaret\n", encoding="utf-8")
+    code = cli.main(["scan", "--encoded", str(path), "--sensitive-strings", str(strings)])
+    assert code == ExitCode.ENCODED_FILE
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "truncated" in captured.err
+    assert "LEAK" not in captured.out + captured.err

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from party.leak_scan import (
+    TRUNCATED_KIND,
     PayloadGeometry,
     distinct_contexts,
     distinct_contexts_naive,
@@ -115,6 +116,25 @@ def test_trailing_bytes_are_found(tmp_path: Path) -> None:
     report = scan_encoded_file(path, NAMES)
     assert [finding.kind for finding in report.findings] == ["container-length"]
     assert report.findings[0].offset == HEADER_LENGTH + RECORDS * CLK_BYTES
+
+
+@pytest.mark.parametrize("keep", [0, 5, 30, HEADER_LENGTH + 3 * CLK_BYTES])
+def test_a_cut_off_file_is_truncated_not_a_leak(tmp_path: Path, keep: int) -> None:
+    path = write_scan_file(tmp_path / "clean.clk", random_clks_bytes())
+    path.write_bytes(path.read_bytes()[:keep])
+    report = scan_encoded_file(path, NAMES)
+    assert [finding.kind for finding in report.findings] == [TRUNCATED_KIND]
+    assert report.truncated_only and not report.clean
+    assert f"it has {keep} bytes" in report.findings[0].message
+
+
+def test_a_truncated_file_with_raw_values_is_still_a_leak(tmp_path: Path) -> None:
+    data = write_scan_file(tmp_path / "clean.clk", random_clks_bytes()).read_bytes()
+    path = tmp_path / "cut.clk"
+    path.write_bytes(data[: HEADER_LENGTH + CLK_BYTES] + b"Thornton Margaret " * 20)
+    report = scan_encoded_file(path, NAMES)
+    assert "raw-utf-8" in {finding.kind for finding in report.findings}
+    assert not report.truncated_only
 
 
 def test_payload_edited_after_encoding_is_found(tmp_path: Path) -> None:
