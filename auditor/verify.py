@@ -53,7 +53,7 @@ from protocol.audit import (
     verify_chain,
     withheld_from,
 )
-from protocol.errors import AuditError
+from protocol.errors import AuditError, ConfigurationError
 from protocol.manifest import SignedManifest, manifest_mismatches, verify_manifest
 from protocol.signing import public_key_fingerprint
 from protocol.vocabulary import DeletionReason, LinkModel, RetentionPolicy
@@ -895,7 +895,12 @@ def verify_audit_log(
     try:
         parsed = parse_log(path.read_bytes())
     except OSError as error:
-        raise AuditError(f"{path}: cannot read audit log: {error.strerror}") from None
+        # A file the auditor named that is not there is a wrong command line, not a log that
+        # fails verification: nothing was verified.
+        raise ConfigurationError(
+            f"{path}: cannot read audit log: {error.strerror}; give --log the audit.jsonl "
+            "that bloomlink audit fetch wrote"
+        ) from None
     except AuditError as error:
         checks.append(
             Check(

@@ -18,7 +18,7 @@ from bloomlink.commands._output import add_json_flag, emit
 from bloomlink.exit_codes import ExitCode
 from protocol.atomic_file import atomic_output
 from protocol.audit import head_from_json
-from protocol.errors import AuditError, ConfigurationError
+from protocol.errors import ConfigurationError
 from protocol.labels import check_label
 from protocol.manifest import read_manifest
 from protocol.signing import load_public_key, public_key_fingerprint
@@ -153,10 +153,15 @@ def verify(args: argparse.Namespace) -> int:
         party_keys[check_label(party, what="--party-key party")] = load_public_key(pem)
     heads = None
     if args.head:
-        try:
-            heads = [head_from_json(path.read_bytes()) for path in args.head]
-        except OSError as error:
-            raise AuditError(f"cannot read signed head: {error.strerror}") from None
+        heads = []
+        for path in args.head:
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                raise ConfigurationError(
+                    f"{path}: cannot read signed head: {error.strerror}"
+                ) from None
+            heads.append(head_from_json(data))
     if args.party and not args.project:
         raise ConfigurationError("--party needs --project: a party reads one project's view")
     view = (

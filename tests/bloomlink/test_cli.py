@@ -17,6 +17,7 @@ from bloomlink.exit_codes import EXIT_CODE_HELP, ExitCode, exit_code_for
 from party.manifest import SIGNING_KEY_ENV_VAR, create_party_signing_key
 from protocol import errors
 from protocol.secret import SECRET_ENV_VAR
+from protocol.signing import create_signing_key, public_key_pem
 from tests.service_helpers import write_clk_file
 
 HEADER = ["person_id", "forename", "surname", "date_of_birth", "gender", "postcode"]
@@ -398,3 +399,21 @@ def test_scan_of_a_cut_off_file_is_a_bad_file_not_a_leak(
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "truncated" in captured.err
     assert "LEAK" not in captured.out + captured.err
+
+
+def test_audit_verify_with_a_missing_file_is_a_wrong_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Nothing was verified, so it is not "audit verification found a problem" (9): the
+    path given does not exist (3), and the message names it."""
+    key = tmp_path / "lu-audit-key.pem"
+    key.write_bytes(public_key_pem(create_signing_key(tmp_path / "lu-audit.key")))
+    missing = tmp_path / "audit" / "audit.jsonl"
+    verify = ["audit", "verify", "--public-key", str(key)]
+    assert cli.main([*verify, "--log", str(missing)]) == ExitCode.CONFIGURATION
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{missing}: cannot read audit log" in err
+    missing_head = tmp_path / "old.head"
+    code = cli.main([*verify, "--log", str(missing), "--head", str(missing_head)])
+    assert code == ExitCode.CONFIGURATION
+    assert f"{missing_head}: cannot read signed head" in capsys.readouterr().err
