@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from protocol.errors import ConfigurationError
 
-__all__ = ["TlsFiles", "certificate_fingerprint"]
+__all__ = ["TlsFiles", "certificate_fingerprint", "check_key_pair"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,9 +27,10 @@ class TlsFiles:
     private_key: Path
 
     def read(self) -> tuple[bytes, bytes, bytes]:
-        """(CA certificate, certificate chain, private key) as PEM bytes."""
+        """(CA certificate, certificate chain, private key) as PEM bytes, checked to be
+        usable: the certificates parse and the private key is the certificate's."""
         try:
-            return (
+            files = (
                 self.ca_certificate.read_bytes(),
                 self.certificate.read_bytes(),
                 self.private_key.read_bytes(),
@@ -38,6 +39,48 @@ class TlsFiles:
             raise ConfigurationError(
                 f"cannot read TLS file {error.filename}: {error.strerror}"
             ) from None
+        try:
+            x509.load_pem_x509_certificates(files[0])
+        except ValueError:
+            raise ConfigurationError(
+                f"{self.ca_certificate} is not a PEM CA certificate: give the deployment's "
+                "ca.pem from certs init"
+            ) from None
+        check_key_pair(
+            files[1], files[2], certificate_path=self.certificate, key_path=self.private_key
+        )
+        return files
+
+
+def check_key_pair(
+    certificate_pem: bytes, private_key_pem: bytes, *, certificate_path: Path, key_path: Path
+) -> None:
+    """Refuse a private key that is not the certificate's (the first in the chain).
+
+    gRPC would only fail later, at the handshake, as "unavailable" or "Invalid private key"
+    in C-core logs; a swapped --key is the caller's setup, so say so here. Never echoes the
+    key."""
+    try:
+        certificate = x509.load_pem_x509_certificate(certificate_pem)
+    except ValueError:
+        raise ConfigurationError(
+            f"{certificate_path} is not a PEM certificate: give the .pem that certs init wrote"
+        ) from None
+    try:
+        key = serialization.load_pem_private_key(private_key_pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigurationError(
+            f"{key_path} is not an unencrypted PEM private key: give the .key that certs init "
+            "wrote beside the certificate"
+        ) from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(serialization.Encoding.DER, public) != (
+        certificate.public_key().public_bytes(serialization.Encoding.DER, public)
+    ):
+        raise ConfigurationError(
+            f"{key_path} is not the private key of {certificate_path}: give the certificate "
+            "and key that were issued together (NAME.pem with NAME.key from certs init)"
+        )
 
 
 def certificate_fingerprint(certificate_pem_or_der: bytes) -> str:

@@ -417,3 +417,46 @@ def test_audit_verify_with_a_missing_file_is_a_wrong_command_line(
     code = cli.main([*verify, "--log", str(missing), "--head", str(missing_head)])
     assert code == ExitCode.CONFIGURATION
     assert f"{missing_head}: cannot read signed head" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("ca", "cert", "key", "says"),
+    [
+        ("ca.pem", "operator.pem", "party-moj.key", "is not the private key of"),
+        ("ca.pem", "operator.pem", "operator.pem", "is not an unencrypted PEM private key"),
+        ("ca.pem", "operator.key", "operator.key", "is not a PEM certificate"),
+        ("ca.key", "operator.pem", "operator.key", "is not a PEM CA certificate"),
+    ],
+)
+def test_a_key_that_is_not_the_certificates_is_refused_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ca: str, cert: str, key: str, says: str
+) -> None:
+    """A swapped --key used to surface as 'unavailable, retry later' (exit 10) after gRPC's
+    handshake failed; it is the caller's setup (exit 3), named before any connection."""
+    pki = tmp_path / "pki"
+    assert cli.main(["certs", "init", "--dir", str(pki), "--parties", "moj"]) == ExitCode.OK
+    capsys.readouterr()
+    # Nothing listens on the target: the files are refused before any connection is tried.
+    code = cli.main(["health", "--target", "127.0.0.1:9", "--timeout", "2",
+                     "--ca", str(pki / ca), "--cert", str(pki / cert), "--key", str(pki / key)])  # fmt: skip
+    assert code == ExitCode.CONFIGURATION
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and "BEGIN" not in err
+
+
+def test_serve_refuses_a_key_that_is_not_its_certificates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pki = tmp_path / "pki"
+    assert cli.main(["certs", "init", "--dir", str(pki), "--parties", "moj"]) == ExitCode.OK
+    config = tmp_path / "lu.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "lu"}"\nlisten = "127.0.0.1:0"\n'
+        f'ca_certificate = "{pki / "ca.pem"}"\ncertificate = "{pki / "linkage-unit.pem"}"\n'
+        f'private_key = "{pki / "party-moj.key"}"\n',
+        encoding="utf-8",
+    )
+    capsys.readouterr()
+    assert cli.main(["serve", "--config", str(config)]) == ExitCode.CONFIGURATION
+    err = capsys.readouterr().err
+    assert "party-moj.key is not the private key of" in err and "linkage-unit.pem" in err
