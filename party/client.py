@@ -56,7 +56,7 @@ from protocol.messages import (
 from protocol.pb import linkage_pb2 as pb
 from protocol.pb import linkage_pb2_grpc as pb_grpc
 from protocol.serde import ASPECT_METADATA_KEY, ERROR_METADATA_KEY, PARTY_METADATA_KEY
-from protocol.tls import TlsFiles
+from protocol.tls import TlsFiles, issued_by_ca
 
 __all__ = [
     "ERROR_FOR_STATUS",
@@ -226,11 +226,14 @@ class LinkageClient:
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         self._metadata: tuple[tuple[str, str], ...] = ()
+        self._foreign_certificate: TlsFiles | None = None
         self.identity: Identity | None = insecure_identity
         """Who this client is: from its certificate's URI SAN (or the claimed identity)."""
         if tls is not None:
             ca, chain, key = tls.read()
             self.identity = certificate_identity(chain)
+            if not issued_by_ca(chain, ca):
+                self._foreign_certificate = tls
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=ca, private_key=key, certificate_chain=chain
             )
@@ -258,9 +261,18 @@ class LinkageClient:
         try:
             return attempt()
         except grpc.RpcError as rpc_error:
-            raise error_from_rpc(
-                rpc_error, target=self.target, server_name=self.server_name
-            ) from None
+            error = error_from_rpc(rpc_error, target=self.target, server_name=self.server_name)
+            foreign = self._foreign_certificate
+            if isinstance(error, UnavailableError) and foreign is not None:
+                # The LU cut the handshake: it trusts only the deployment's CA. Retrying
+                # cannot help, so this is not "unavailable".
+                raise UnauthenticatedError(
+                    f"the linkage unit at {self.target} refused your certificate: "
+                    f"{foreign.certificate} was not issued by the CA in {foreign.ca_certificate} "
+                    "(the deployment's CA, which the linkage unit trusts); use the certificate "
+                    "and key the deployment's CA issued to you"
+                ) from None
+            raise error from None
 
     def _unary(self, method: Callable[..., T], request: object) -> T:
         # Retries of UNAVAILABLE happen inside gRPC (the channel's retry policy).

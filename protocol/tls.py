@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from protocol.errors import ConfigurationError
 
-__all__ = ["TlsFiles", "certificate_fingerprint", "check_key_pair"]
+__all__ = ["TlsFiles", "certificate_fingerprint", "check_key_pair", "issued_by_ca"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -91,3 +92,25 @@ def certificate_fingerprint(certificate_pem_or_der: bytes) -> str:
     else:
         der = certificate_pem_or_der
     return hashlib.sha256(der).hexdigest()
+
+
+def issued_by_ca(certificate_chain_pem: bytes, ca_pem: bytes) -> bool:
+    """Whether the chain's first certificate was signed by a certificate in the CA file or
+    further along its own chain: the linkage unit, trusting only the deployment's CA, refuses
+    a client certificate from another CA during the handshake, where the client sees only a
+    closed connection. Lenient: anything it cannot parse counts as issued (gRPC decides)."""
+    try:
+        chain = x509.load_pem_x509_certificates(certificate_chain_pem)
+        issuers = [*x509.load_pem_x509_certificates(ca_pem), *chain[1:]]
+    except ValueError:
+        return True
+    leaf = chain[0]
+    for issuer in issuers:
+        if issuer.subject != leaf.issuer:
+            continue
+        try:
+            leaf.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return True
+    return False

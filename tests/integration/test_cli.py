@@ -308,3 +308,22 @@ def test_serve_logs_json_to_a_file_without_grpc_handshake_noise(tmp_path: Path) 
     messages = [entry["message"] for entry in entries]
     assert any(message.startswith("mutual TLS self-check passed") for message in messages)
     assert any(message.startswith("linkage unit serving") for message in messages)
+
+
+def test_a_client_certificate_from_another_ca_is_an_authentication_error(
+    deployment, capsys
+) -> None:
+    """The LU cuts the handshake of a certificate its CA did not issue; the client saw only
+    'unavailable, retry later' (exit 10). Retrying cannot help: say which file is wrong."""
+    base, port = deployment
+    other = base / "other-pki"
+    assert main(["certs", "init", "--dir", str(other), "--parties", "moj"]) == 0
+    capsys.readouterr()
+    args = ["--target", f"127.0.0.1:{port}", "--ca", str(base / "certs" / "ca.pem"),
+            "--cert", str(other / "operator.pem"), "--key", str(other / "operator.key"),
+            "--timeout", "5"]  # fmt: skip
+    assert main(["project", "status", "p1", *args]) == ExitCode.SERVICE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: UnauthenticatedError: ")
+    assert f"{other / 'operator.pem'} was not issued by the CA in" in err
+    assert "retry" not in err
