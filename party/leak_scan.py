@@ -476,7 +476,7 @@ def _cut_off_header(buffer: bytes | mmap.mmap) -> bool:
         return False
     if len(head) < len(MAGIC) + 4:
         return True
-    _, header_length = struct.unpack_from("<HH", head, len(MAGIC))
+    header_length = int(struct.unpack_from("<HH", head, len(MAGIC))[1])
     return len(buffer) < header_length
 
 
