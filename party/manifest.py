@@ -25,7 +25,7 @@ from party.leak_scan import LeakScanReport, ScanProgress, UnkeyedReencoder, scan
 from party.sensitive_strings import SensitiveStrings
 from protocol.clk_file import GROUPED_FORMAT_VERSION, read_clks, read_header
 from protocol.clk_layout import ClkLayout
-from protocol.errors import AuditError
+from protocol.errors import AuditError, ConfigurationError
 from protocol.manifest import (
     FieldCount,
     SignedManifest,
@@ -234,6 +234,13 @@ def check_manifest_for_file(
     if header.format_version == GROUPED_FORMAT_VERSION:
         details["layout_sha256"] = header.clk_layout.sha256
     wrong = manifest_mismatches(manifest, project_id=header.project_id, details=details)
+    if wrong == ("party",):
+        # The manifest vouches for exactly this file, for another party: the file is theirs.
+        raise ConfigurationError(
+            f"{encoded_path} is party {manifest.party}'s encoded file (its signed manifest "
+            f"says so), not party {party}'s: submit the file you encoded with --party {party}; "
+            "nothing was sent"
+        )
     if wrong:
         raise AuditError(
             f"the manifest {manifest_path} does not vouch for {encoded_path}: it differs on "

@@ -327,3 +327,21 @@ def test_a_client_certificate_from_another_ca_is_an_authentication_error(
     assert err.count("\n") == 1 and err.startswith("error: UnauthenticatedError: ")
     assert f"{other / 'operator.pem'} was not issued by the CA in" in err
     assert "retry" not in err
+
+
+def test_submitting_another_partys_file_is_refused_plainly(deployment, capsys) -> None:
+    """moj submits dfe's encoded file: its signed manifest says it is dfe's. That is the
+    wrong file (exit 3, saying whose it is), not a manifest that fails its audit (exit 9,
+    're-run bloomlink encode')."""
+    base, port = deployment
+    _create(base, port, "ab" * 32, capsys)
+    assert main(_encode(base, "dfe")) == 0
+    capsys.readouterr()
+    code = main(["submit", str(base / "dfe.clk"), "--party", "moj",
+                 *_tls(base, port, "party-moj")])  # fmt: skip
+    assert code == ExitCode.CONFIGURATION
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is party dfe's encoded file" in err
+    assert "nothing was sent" in err and "re-run bloomlink encode" not in err
+    assert main(["project", "status", "p1", "--json", *_tls(base, port, "operator")]) == 0
+    assert _json(capsys)["uploads"]["moj"] == "not_started"
