@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol.clk_layout import MAX_GROUPS, ClkLayout, GroupLayout
-from protocol.errors import InvariantError, SchemaError
+from protocol.errors import ConfigurationError, InvariantError, SchemaError
 from protocol.hardening import (
     HardeningStep,
     chain_output_bits,
@@ -44,10 +44,13 @@ __all__ = [
     "FieldSpec",
     "GroupSpec",
     "LinkageSchema",
+    "SchemaIdentity",
     "TokenSpec",
     "default_schema",
     "single_clk_schema",
+    "is_schema_summary",
     "load_schema",
+    "load_schema_identity",
     "parse_schema",
 ]
 
@@ -586,9 +589,68 @@ def parse_schema(data: Any, *, source: str | None = None) -> LinkageSchema:
     )
 
 
+SUMMARY_PROBLEM = (
+    "this is the output of bloomlink schema check --json (a schema's fingerprint and "
+    "summary, without the fields' rules), not a linkage schema: give the schema file it was "
+    "made from (TOML, e.g. schema.toml); only project create and spine create, which need "
+    "just the fingerprint and layout, take the summary"
+)
+
+
+def is_schema_summary(data: Any) -> bool:
+    """Whether ``data`` is the output of ``bloomlink schema check --json``, which a person may
+    feed back where a schema is expected: it names a fingerprint, not the fields."""
+    return isinstance(data, Mapping) and "fingerprint" in data and "encoded_bits" in data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SchemaIdentity:
+    """What a project or spine is bound to: a schema's fingerprint and, for a grouped (v2)
+    schema, its layout (None for a single CLK, or when only a fingerprint is known)."""
+
+    fingerprint: bytes
+    layout: ClkLayout | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.fingerprint) != 32:
+            raise SchemaError(["fingerprint: must be a SHA-256 (64 hex digits)"])
+
+
+def load_schema_identity(path: Path | str) -> SchemaIdentity:
+    """A schema's fingerprint and layout, from the schema file itself or from the output of
+    ``bloomlink schema check --json`` (what an operator may hold instead of the file)."""
+    source = Path(path)
+    data = _read_document(source)
+    if not is_schema_summary(data):
+        schema = parse_schema(data, source=str(source))
+        return SchemaIdentity(
+            fingerprint=schema.fingerprint, layout=schema.layout if schema.grouped else None
+        )
+    problem = "not the output of bloomlink schema check --json"
+    try:
+        fingerprint = bytes.fromhex(str(data["fingerprint"]))
+        raw_layout = data.get("layout")
+        layout = None if raw_layout is None else ClkLayout.from_record(raw_layout)
+        return SchemaIdentity(fingerprint=fingerprint, layout=layout)
+    except SchemaError as error:
+        raise SchemaError(error.problems, source=str(source)) from None
+    except (ValueError, TypeError, ConfigurationError) as error:
+        detail = error.message if isinstance(error, ConfigurationError) else "bad fingerprint"
+        raise SchemaError([f"{problem}: {detail}"], source=str(source)) from None
+
+
 def load_schema(path: Path | str) -> LinkageSchema:
     """Read and validate a schema file (``.toml`` or ``.json``)."""
     source = Path(path)
+    data = _read_document(source)
+    if is_schema_summary(data):
+        raise SchemaError([SUMMARY_PROBLEM], source=str(source))
+    return parse_schema(data, source=str(source))
+
+
+def _read_document(source: Path) -> Any:
+    """A schema document parsed from TOML, or JSON for ``.json`` (or a ``schema check
+    --json`` summary whatever the file is called)."""
     try:
         text = source.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -609,6 +671,8 @@ def load_schema(path: Path | str) -> LinkageSchema:
         else:
             data = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as error:
+        if source.suffix != ".json" and is_schema_summary(_json_or_none(text)):
+            return json.loads(text)
         raise SchemaError(
             [f"not valid {source.suffix.lstrip('.') or 'TOML'}: {error}"], source=str(source)
         ) from None
@@ -616,7 +680,14 @@ def load_schema(path: Path | str) -> LinkageSchema:
         raise SchemaError(
             [f"key {key!r} is given more than once" for key in duplicates], source=str(source)
         )
-    return parse_schema(data, source=str(source))
+    return data
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
 
 
 def _shipped(name: str) -> LinkageSchema:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from protocol.messages import (
     ProjectStatus,
     RunState,
 )
-from protocol.schema import default_schema, load_schema, single_clk_schema
+from protocol.schema import default_schema, load_schema_identity, single_clk_schema
 
 NAME = "project"
 HELP = "create a linkage project, show its status, start its run, or report on it"
@@ -58,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     schema.add_argument(
         "--schema",
         type=Path,
-        help="the project's linkage schema file: its fingerprint, and for a grouped (v2) "
-        "schema its layout and hardening, which every upload must then have (holds no secret)",
+        help="the project's linkage schema file (or schema check --json's output for it): its "
+        "fingerprint, and for a grouped (v2) schema its layout and hardening, which every "
+        "upload must then have (holds no secret)",
     )
     schema.add_argument(
         "--schema-fingerprint",
@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="JSON",
         help="read the fingerprint (and a grouped schema's layout) from the output of "
-        "bloomlink schema check --json, instead of --schema",
+        "bloomlink schema check --json (or the schema file), instead of --schema",
     )
     create.add_argument(
         "--threshold",
@@ -127,35 +127,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _schema_identity(args: argparse.Namespace) -> tuple[bytes, ClkLayout | None]:
     """The project's schema fingerprint and, for a grouped schema, its layout."""
-    if args.schema is not None:
-        schema = load_schema(args.schema)
-        return schema.fingerprint, schema.layout if schema.grouped else None
-    text = args.schema_fingerprint
-    layout = None
-    if args.schema_fingerprint_file is not None:
-        source = args.schema_fingerprint_file
+    # The schema file, or schema check --json's summary of it (either flag takes either).
+    source = args.schema if args.schema is not None else args.schema_fingerprint_file
+    if source is not None:
+        identity = load_schema_identity(source)
+        if identity.layout is not None or args.schema is not None:
+            return identity.fingerprint, identity.layout
+        fingerprint = identity.fingerprint
+    else:
         try:
-            record = json.loads(source.read_text(encoding="utf-8"))
-            text = record["fingerprint"]
-            if record.get("layout") is not None:
-                layout = ClkLayout.from_record(record["layout"])
-        except OSError as error:
-            raise ConfigurationError(f"cannot read {source}: {error.strerror}") from None
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise ConfigurationError(
-                f"{source} is not the output of bloomlink schema check --json"
-            ) from None
-    try:
-        fingerprint = bytes.fromhex(str(text))
-    except ValueError:
-        raise ConfigurationError("--schema-fingerprint must be hex") from None
-    if layout is None:
-        # The fingerprint of a schema bloomlink ships names its layout too (a schema holds
-        # no secret), so the operator can name the default by its fingerprint alone.
-        for shipped in (default_schema(), single_clk_schema()):
-            if shipped.grouped and shipped.fingerprint == fingerprint:
-                layout = shipped.layout
-    return fingerprint, layout
+            fingerprint = bytes.fromhex(str(args.schema_fingerprint))
+        except ValueError:
+            raise ConfigurationError("--schema-fingerprint must be hex") from None
+    # The fingerprint of a schema bloomlink ships names its layout too (a schema holds no
+    # secret), so the operator can name the default by its fingerprint alone.
+    for shipped in (default_schema(), single_clk_schema()):
+        if shipped.grouped and shipped.fingerprint == fingerprint:
+            return fingerprint, shipped.layout
+    return fingerprint, None
 
 
 def describe(status: ProjectStatus) -> str:

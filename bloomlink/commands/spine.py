@@ -51,7 +51,7 @@ from protocol.errors import ConfigurationError
 from protocol.labels import check_label
 from protocol.manifest import read_manifest
 from protocol.messages import LinkKeyMode, UploadHeader
-from protocol.schema import load_schema
+from protocol.schema import load_schema_identity
 from protocol.signing import load_public_key
 
 NAME = "spine"
@@ -66,7 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create.add_argument("name")
     create.add_argument("--parties", required=True, help="comma-separated parties allowed")
     binding = create.add_mutually_exclusive_group(required=True)
-    binding.add_argument("--schema", type=Path, help="the linkage schema file")
+    binding.add_argument(
+        "--schema",
+        type=Path,
+        help="the linkage schema file (or schema check --json's output for it)",
+    )
     binding.add_argument("--schema-fingerprint", help="hex SHA-256 of the schema, instead")
     create.add_argument(
         "--max-merge-share",
@@ -169,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
     store = _store(args)
     if args.spine_action == "create":
         if args.schema is not None:
-            fingerprint = load_schema(args.schema).fingerprint
+            # The schema file, or schema check --json's summary of it.
+            fingerprint = load_schema_identity(args.schema).fingerprint
         else:
             try:
                 fingerprint = bytes.fromhex(args.schema_fingerprint)

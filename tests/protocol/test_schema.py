@@ -15,7 +15,13 @@ import pytest
 
 from protocol import normalisation
 from protocol.errors import SchemaError
-from protocol.schema import default_schema, load_schema, parse_schema, single_clk_schema
+from protocol.schema import (
+    default_schema,
+    load_schema,
+    load_schema_identity,
+    parse_schema,
+    single_clk_schema,
+)
 
 
 def default_document() -> dict[str, Any]:
@@ -376,3 +382,29 @@ def test_the_candidate_schemas_load(path: Path) -> None:
     schema = load_schema(path)
     assert schema.grouped and schema.hashing == "blake2b"
     assert schema.layout.names == ("name", "birth", "postcode")
+
+
+@pytest.mark.parametrize("name", ["schema.json", "schema.toml"])
+@pytest.mark.parametrize("shipped", ["default_schema.toml", "single_clk_schema.toml"])
+def test_schema_check_output_fed_back_is_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, shipped: str
+) -> None:
+    """`schema check --json > schema.json`, then `--schema schema.json`: the summary has no
+    field rules, so the schema loader says what the file is (it listed twelve unknown-key
+    problems); the fingerprint-and-layout reader (project create, spine create) takes it."""
+    from bloomlink.cli import main
+
+    source = tmp_path / shipped
+    source.write_bytes((resources.files("protocol") / "data" / shipped).read_bytes())
+    schema = load_schema(source)
+    assert main(["schema", "check", "--schema", str(source), "--json"]) == 0
+    path = tmp_path / name
+    path.write_text(capsys.readouterr().out, encoding="utf-8")
+    with pytest.raises(SchemaError) as caught:
+        load_schema(path)
+    assert len(caught.value.problems) == 1
+    assert "output of bloomlink schema check --json" in caught.value.message
+    identity = load_schema_identity(path)
+    assert identity.fingerprint == schema.fingerprint
+    assert identity.layout == (schema.layout if schema.grouped else None)
+    assert load_schema_identity(source) == identity
