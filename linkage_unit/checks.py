@@ -131,14 +131,19 @@ class HeaderRefusal:
 
 
 def compatibility_refusal(
-    project: ProjectSettings, header: UploadHeader, others: Sequence[UploadHeader]
+    project: ProjectSettings,
+    header: UploadHeader,
+    others: Sequence[UploadHeader],
+    *,
+    spine_kcv: bytes | None = None,
 ) -> HeaderRefusal | None:
     """Why an upload's header can never be compared in this project, in plain words, or
     None. Checked when the header arrives, before any byte is stored: the schema fingerprint,
-    the layout and each group's hardening must be the project's; once another member has
-    uploaded, the KCV and the CLK length must be theirs. (The run checks the same again, with
-    the CLKs themselves.) This is the one place an upload's header is judged against the
-    project and the other uploads."""
+    the layout and each group's hardening must be the project's; the KCV must be the one the
+    project's spine is bound to (``spine_kcv``, once a run has bound it); once another member
+    has uploaded, the KCV and the CLK length must be theirs. (The run checks the same again,
+    with the CLKs themselves.) This is the one place an upload's header is judged against
+    the project, its spine and the other uploads."""
     party = header.party_id
     if header.schema_fingerprint != project.schema_fingerprint:
         return HeaderRefusal(
@@ -153,14 +158,33 @@ def compatibility_refusal(
     layout = layout_error(project, header)
     if layout is not None:
         return HeaderRefusal(reason=UploadRefusal(str(layout.aspect)), error=layout)
+    if spine_kcv is not None and header.kcv != spine_kcv:
+        return HeaderRefusal(
+            reason=UploadRefusal.KCV,
+            error=CompatibilityError(
+                f"your key check value is not the one spine {project.spine!r} is bound to: "
+                f"encoded without --spine {project.spine} (the keys are derived for the "
+                "spine, not the project), or under another linkage secret than the spine's? "
+                f"Encode again with --spine {project.spine} and the spine's secret; a spine "
+                "moves to a new secret only by key rotation (docs/spine.md, Key rotation)",
+                party=party,
+                aspect=CheckAspect.KCV,
+            ),
+        )
     for other in others:
         if header.kcv != other.kcv:
+            spine = (
+                ""
+                if project.spine is None
+                else f" (this project joins spine {project.spine}: every party encodes with "
+                f"--spine {project.spine})"
+            )
             return HeaderRefusal(
                 reason=UploadRefusal.KCV,
                 error=CompatibilityError(
                     "your key check value differs from the other parties' - a different "
                     "linkage secret? Check with the other parties that you hold the same "
-                    "secret file for this project, then encode again",
+                    f"secret file for this project{spine}, then encode again",
                     party=party,
                     aspect=CheckAspect.KCV,
                 ),

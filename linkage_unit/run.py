@@ -56,8 +56,10 @@ from protocol.errors import (
     AlreadyExistsError,
     ClkFileError,
     CompatibilityError,
+    ConfigurationError,
     InvariantError,
     MatchingError,
+    NotFoundError,
     PreconditionError,
 )
 from protocol.messages import ProjectSettings, RunState, RunTicket, UploadHeader, UploadState
@@ -121,6 +123,9 @@ class RunManager:
         # them as FAILED, and recording is retried whenever the run is looked at, so the
         # operator sees why and can start again instead of watching a run that never ends.
         self._unrecorded_failures: dict[str, str] = {}
+        # Spines' bound KCVs (name -> KCV), for the upload-time check. A bound KCV changes
+        # only by `spine rotate`, which runs with the LU stopped, so it is cached once seen.
+        self._spine_kcvs: dict[str, bytes] = {}
 
     # -- starting -----------------------------------------------------------------------
 
@@ -411,6 +416,25 @@ class RunManager:
                 "create the project with the same link-key mode"
             )
         return state
+
+    def spine_kcv(self, project: ProjectSettings) -> bytes | None:
+        """The KCV the project's spine is bound to (None: no spine, no such spine here, or
+        not bound yet: its first run binds it), so an upload under another is refused before
+        any byte is stored. The run checks the whole binding again (``_spine_checked``)."""
+        if project.spine is None or self.spines is None:
+            return None
+        cached = self._spine_kcvs.get(project.spine)
+        if cached is not None:
+            return cached
+        try:
+            # Cheap while unbound: a spine holds records only after its first run binds it.
+            kcv = self.spines.load(project.spine).settings.kcv
+        except (NotFoundError, ConfigurationError):
+            return None  # the run refuses it, saying why
+        if kcv is None:
+            return None
+        self._spine_kcvs[project.spine] = bytes.fromhex(kcv)
+        return self._spine_kcvs[project.spine]
 
     def _spine_checked(
         self, project: ProjectSettings, headers: dict[str, UploadHeader]

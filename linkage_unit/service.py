@@ -377,7 +377,12 @@ class LinkageService:
         """Refuse, before any byte is stored, a header that cannot be compared with the
         project's schema or with what another member has already uploaded: the run would
         only be refused later, after the whole transfer."""
-        refusal = compatibility_refusal(project, header, self._other_uploads(project, header))
+        refusal = compatibility_refusal(
+            project,
+            header,
+            self._other_uploads(project, header),
+            spine_kcv=self.runs.spine_kcv(project),
+        )
         if refusal is not None:
             self._refuse_upload(header, refusal.error, reason=refusal.reason)
 

@@ -27,9 +27,10 @@ _PLAIN_WORDS: Mapping[CheckAspect, str] = MappingProxyType(
         f"{_RE_ENCODE}",
         CheckAspect.HARDENING: "sent an encoding whose groups are hardened differently from the "
         f"project's - a different schema file? {_RE_ENCODE}",
-        CheckAspect.KCV: "encoded under a different key than the other parties - a different "
-        "linkage secret? Every party must encode with the same secret file; agree on one and "
-        "re-encode",
+        CheckAspect.KCV: "encoded under a different key than the other parties (or the "
+        "project's spine) - a different linkage secret? Or, in a project joining a spine, "
+        "encoded without --spine NAME? Every party must encode with the same secret file (a "
+        "spine's parties also with --spine); agree on one and re-encode",
         CheckAspect.CLK_BITS: "sent CLKs of a different length than the other parties - a "
         f"different schema (clk_bits or hardening)? {_RE_ENCODE}",
         CheckAspect.RECORD_COUNT: "sent a payload that does not hold the records its header "

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bloomlink.cli import main
+from bloomlink.exit_codes import ExitCode
 from linkage_unit.server import ServerConfig, create_server
 from protocol.schema import default_schema
 
@@ -139,6 +140,28 @@ def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(
         assert main(["project", "create", "stranger", "--parties", "moj,hmrc", "--spine",
                      "people", "--schema-fingerprint", fingerprint, *tls("operator")]) != 0  # fmt: skip
         assert "does not list hmrc" in capsys.readouterr().err
+
+        # Encoded without --spine (keys derived for the project, not the spine): refused when
+        # the header arrives, before any byte is stored, naming the spine's causes; it was
+        # accepted and only refused at the run, once every party had sent its file.
+        assert main(["project", "create", "release-3", "--parties", "moj", "--dedupe", "moj",
+                     "--spine", "people", "--no-auto-run", "--schema-fingerprint", fingerprint,
+                     *tls("operator")]) == 0  # fmt: skip
+        out = tmp_path / "release-3" / "moj.clk"
+        out.parent.mkdir()
+        assert main(["encode", str(data / "moj.csv"), "--project", "release-3", "--layout",
+                     "moj", "--party", "moj", "--secret-file", str(secret),
+                     "--signing-key", str(tmp_path / "moj-signing.pem"), "--out", str(out),
+                     "--workers", "1"]) == 0  # fmt: skip
+        capsys.readouterr()
+        assert main(["submit", str(out), "--party", "moj", *tls("party-moj")]) == (
+            ExitCode.INCOMPATIBLE
+        )
+        err = capsys.readouterr().err
+        assert "spine 'people' is bound to" in err and "without --spine people" in err
+        assert "key rotation" in err.lower()
+        assert main(["project", "status", "release-3", "--json", *tls("operator")]) == 0
+        assert json.loads(capsys.readouterr().out)["uploads"]["moj"] == "not_started"
     finally:
         server.stop(0)
     capsys.readouterr()

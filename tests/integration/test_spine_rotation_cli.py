@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from bloomlink.cli import main
+from bloomlink.exit_codes import ExitCode
 from linkage_unit.server import ServerConfig, create_server
 from party.manifest import load_party_signing_key, manifest_path_for
 from protocol.manifest import SignedManifest, read_manifest, sign_manifest, write_signed_manifest
@@ -83,10 +84,10 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
         return out.with_name(out.name + ".positions.csv")
 
     def release(
-        port: int, project: str, sends: dict[str, str], secret: Path
+        port: int, project: str, sends: dict[str, str], secret: Path, submitted: int = 0
     ) -> dict[str, dict[str, str]] | None:
-        """Create, encode, submit, run and fetch: party -> record id -> key (None: the run
-        did not finish)."""
+        """Create, encode, submit, run and fetch: party -> record id -> key (None: a submit
+        was refused with the exit code ``submitted``, or the run did not finish)."""
 
         def tls(role: str) -> list[str]:
             return ["--target", f"127.0.0.1:{port}", "--ca", str(certs / "ca.pem"),
@@ -101,7 +102,10 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
         for party, department in sends.items():
             out = tmp_path / project / f"{party}.clk"
             encode(project, party, department, secret, out)
-            assert main(["submit", str(out), "--party", party, *tls(f"party-{party}")]) == 0
+            code = main(["submit", str(out), "--party", party, *tls(f"party-{party}")])
+            assert code == submitted
+            if code:
+                return None
         if main(["project", "run", project, "--wait", "120", *tls("operator")]) != 0:
             return None
         keys: dict[str, dict[str, str]] = {}
@@ -202,14 +206,17 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
     try:
         port = server.start()
         second = release(port, "release-2", {"moj": "dfe"}, new_secret)
-        # The spine's binding moved: an upload under the old secret is refused.
+        # The spine's binding moved: an upload under the old secret is refused when its
+        # header arrives (before any byte is stored), naming the spine and key rotation.
         capsys.readouterr()
-        stale = release(port, "release-stale", {"dfe": "dfe"}, old_secret)
-        refusal = capsys.readouterr()
+        stale = release(
+            port, "release-stale", {"dfe": "dfe"}, old_secret, submitted=ExitCode.INCOMPATIBLE
+        )
+        refusal = capsys.readouterr().err
     finally:
         server.stop(0)
     assert second is not None and stale is None
-    assert "refused" in refusal.out + refusal.err and "kcv" in refusal.out + refusal.err
+    assert "not the one spine 'people' is bound to" in refusal and "key rotation" in refusal
 
     def person_keys(keys: dict[str, str], department: str) -> dict[str, set[str]]:
         by_person: dict[str, set[str]] = defaultdict(set)
