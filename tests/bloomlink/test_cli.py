@@ -460,3 +460,18 @@ def test_serve_refuses_a_key_that_is_not_its_certificates(
     assert cli.main(["serve", "--config", str(config)]) == ExitCode.CONFIGURATION
     err = capsys.readouterr().err
     assert "party-moj.key is not the private key of" in err and "linkage-unit.pem" in err
+
+
+def test_schema_init_writes_the_shipped_schema_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The walkthroughs pass --schema schema.toml: a newcomer gets that file from the CLI."""
+    from protocol.schema import default_schema, load_schema
+
+    out = tmp_path / "schema.toml"
+    assert cli.main(["schema", "init", "--out", str(out)]) == ExitCode.OK
+    assert load_schema(out).fingerprint == default_schema().fingerprint
+    before = out.read_bytes()
+    capsys.readouterr()
+    assert cli.main(["schema", "init", "--out", str(out)]) == ExitCode.CONFIGURATION
+    assert "does not replace" in capsys.readouterr().err and out.read_bytes() == before
