@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import secrets
 import stat
 from collections.abc import Callable
@@ -95,6 +96,16 @@ def write_secret(
     return target
 
 
+def _looks_like_key_material(text: str) -> bool:
+    """A path that is no file and reads like key material (a long run of hex or base64, or
+    the secret file's own text), not like a file name."""
+    if _HEADER in text or "\n" in text:
+        return True
+    return re.fullmatch(r"[0-9A-Za-z+/=_-]{32,}", text) is not None and not re.search(
+        r"[./]", text.rstrip("=")
+    )
+
+
 def read_secret(path: Path | str | None = None) -> LinkageSecret:
     """Read the secret from ``path`` (or the file named by ``BLOOMLINK_SECRET_FILE``)."""
     if path is None:
@@ -107,11 +118,20 @@ def read_secret(path: Path | str | None = None) -> LinkageSecret:
     source = Path(path)
     try:
         info = source.stat()
-    except FileNotFoundError:
-        raise SecretError(
-            "secret file does not exist (create one with `bloomlink keygen`)", path=str(source)
-        ) from None
     except OSError as error:
+        if _looks_like_key_material(str(path)):
+            # Someone gave the secret itself where its file's path goes: never echo it.
+            raise SecretError(
+                "--secret-file (or BLOOMLINK_SECRET_FILE) takes the path of the secret file, "
+                "not the secret; what was given is no file and is not shown. If it was the "
+                "secret, treat it as exposed (shell history, process list): create a new one "
+                "with `bloomlink keygen` and share that"
+            ) from None
+        if isinstance(error, FileNotFoundError):
+            raise SecretError(
+                "secret file does not exist (create one with `bloomlink keygen`)",
+                path=str(source),
+            ) from None
         raise SecretError(f"cannot read secret file: {error.strerror}", path=str(source)) from None
     if not stat.S_ISREG(info.st_mode):
         raise SecretError("secret path is not a regular file", path=str(source))

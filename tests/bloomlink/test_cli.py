@@ -475,3 +475,38 @@ def test_schema_init_writes_the_shipped_schema_once(
     capsys.readouterr()
     assert cli.main(["schema", "init", "--out", str(out)]) == ExitCode.CONFIGURATION
     assert "does not replace" in capsys.readouterr().err and out.read_bytes() == before
+
+
+@pytest.mark.parametrize("form", ["hex line", "whole file", "base64", "env"])
+def test_the_secret_given_instead_of_its_file_is_never_echoed(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    form: str,
+) -> None:
+    """`--secret-file <the secret>` was answered with `error: ...: <the secret>: secret file
+    does not exist`: the secret on the terminal and in every log of stderr."""
+    import base64
+
+    key = tmp_path / "s.key"
+    assert cli.main(["keygen", "--out", str(key)]) == ExitCode.OK
+    hex_line = secret_hex(key)
+    given = {
+        "hex line": hex_line,
+        "whole file": key.read_text(encoding="ascii"),
+        "base64": base64.b64encode(bytes.fromhex(hex_line)).decode("ascii"),
+        "env": hex_line,
+    }[form]
+    extract = write_extract(tmp_path / "moj.csv", ROWS)
+    argv = ["encode", str(extract), "--project", "demo", "--layout", "moj", "--party", "moj"]
+    argv += ["--out", str(tmp_path / "moj.clk")]
+    if form == "env":
+        monkeypatch.setenv(SECRET_ENV_VAR, given)
+    else:
+        argv += ["--secret-file", given]
+    capsys.readouterr()
+    assert cli.main(argv) == ExitCode.CONFIGURATION
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not the secret" in err and "bloomlink keygen" in err
+    for fragment in (hex_line[:16], given.strip()[:16]):
+        assert fragment not in err
