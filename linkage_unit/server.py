@@ -436,7 +436,8 @@ class LinkageUnitServer:
         self._server.stop(self.config.grace_seconds if grace is None else grace).wait()
         self.runs.shutdown(wait=True)
         self.close_storage()
-        logger.info("linkage unit stopped")
+        if self.port is not None:  # a start that failed is reported by its error alone
+            logger.info("linkage unit stopped")
 
     def close_storage(self) -> None:
         self._retention_stop.set()

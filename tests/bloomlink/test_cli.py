@@ -445,7 +445,7 @@ def test_a_key_that_is_not_the_certificates_is_refused_before_connecting(
 
 
 def test_serve_refuses_a_key_that_is_not_its_certificates(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     pki = tmp_path / "pki"
     assert cli.main(["certs", "init", "--dir", str(pki), "--parties", "moj"]) == ExitCode.OK
@@ -460,6 +460,7 @@ def test_serve_refuses_a_key_that_is_not_its_certificates(
     assert cli.main(["serve", "--config", str(config)]) == ExitCode.CONFIGURATION
     err = capsys.readouterr().err
     assert "party-moj.key is not the private key of" in err and "linkage-unit.pem" in err
+    assert "linkage unit stopped" not in err + caplog.text  # it never started
 
 
 def test_schema_init_writes_the_shipped_schema_once(
