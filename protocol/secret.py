@@ -101,9 +101,10 @@ def _looks_like_key_material(text: str) -> bool:
     the secret file's own text), not like a file name."""
     if _HEADER in text or "\n" in text:
         return True
-    return re.fullmatch(r"[0-9A-Za-z+/=_-]{32,}", text) is not None and not re.search(
-        r"[./]", text.rstrip("=")
-    )
+    if re.fullmatch(r"[0-9A-Za-z+/=_-]{32,}", text) is None or "." in text:
+        return False
+    # Base64 has '/' in it: a path's folders exist, a secret's "folders" do not.
+    return "/" not in text or not Path(text).parent.is_dir()
 
 
 def read_secret(path: Path | str | None = None) -> LinkageSecret:
