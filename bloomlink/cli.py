@@ -102,15 +102,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             message += f" ({hint})" if hint else ""
         print(f"error: {type(error).__name__}: {message}", file=sys.stderr)
         return exit_code_for(error)
-    except Exception as error:
-        # Never echo the exception's text: it could carry a record value. Its type and the
-        # traceback's locations are enough to report; they go to the debug log (--verbose) so
-        # the error stays one line by default.
-        frames = "".join(traceback.format_tb(error.__traceback__))
-        logging.getLogger("bloomlink").debug("unexpected %s at\n%s", type(error).__name__, frames)
-        hint = "" if args.verbose else "; rerun with --verbose for where it happened"
+    except OSError as error:
+        if error.filename is None or not error.strerror:
+            return _unexpected(error, verbose=args.verbose)
+        # A path a person gave (an output that is a directory, a folder they cannot write, a
+        # full disk): their setup, not our bug. The path and the OS's reason are safe to show.
         print(
-            f"error: {type(error).__name__}: unexpected failure (please report it){hint}",
+            f"error: {type(error).__name__}: cannot use {error.filename}: {error.strerror}",
             file=sys.stderr,
         )
-        return ExitCode.INTERNAL
+        return ExitCode.CONFIGURATION
+    except Exception as error:
+        return _unexpected(error, verbose=args.verbose)
+
+
+def _unexpected(error: BaseException, *, verbose: bool) -> int:
+    # Never echo the exception's text: it could carry a record value. Its type and the
+    # traceback's locations are enough to report; they go to the debug log (--verbose) so
+    # the error stays one line by default.
+    frames = "".join(traceback.format_tb(error.__traceback__))
+    logging.getLogger("bloomlink").debug("unexpected %s at\n%s", type(error).__name__, frames)
+    hint = "" if verbose else "; rerun with --verbose for where it happened"
+    print(
+        f"error: {type(error).__name__}: unexpected failure (please report it){hint}",
+        file=sys.stderr,
+    )
+    return ExitCode.INTERNAL

@@ -7,6 +7,7 @@ files, LU payloads) goes through here, so a crash or a bad row never leaves half
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -33,6 +34,9 @@ def atomic_output(path: Path | str, *, mode: int = 0o600) -> Iterator[BinaryIO]:
     department (positions files) and nothing should be more open than it needs to be.
     """
     target = Path(path)
+    if target.is_dir():
+        # Said before anything is written, naming the path (a rename would name the temp file).
+        raise IsADirectoryError(errno.EISDIR, "it is a directory; give a file path", str(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=".partial", dir=target.parent

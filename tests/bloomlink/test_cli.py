@@ -511,3 +511,24 @@ def test_the_secret_given_instead_of_its_file_is_never_echoed(
     assert err.count("\n") == 1 and "not the secret" in err and "bloomlink keygen" in err
     for fragment in (hex_line[:16], given.strip()[:16]):
         assert fragment not in err
+
+
+def test_an_output_path_that_is_a_directory_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`fetch --output DIR` (or any output) ended in 'IsADirectoryError: unexpected failure
+    (please report it)', exit 1: a path the person gave, so say which and why (exit 3)."""
+    path = write_clk_file(tmp_path / "moj.clk", np.zeros((5, 4), dtype=np.uint64), project_id="p1")
+    strings = tmp_path / "strings.txt"
+    strings.write_text("Thornton\n", encoding="utf-8")
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    argv = ["scan", "--encoded", str(path), "--sensitive-strings", str(strings)]
+    capsys.readouterr()
+    assert cli.main([*argv, "--json", str(folder)]) == ExitCode.CONFIGURATION
+    err = capsys.readouterr().err
+    assert (
+        err
+        == f"error: IsADirectoryError: cannot use {folder}: it is a directory; give a file path\n"
+    )
+    assert list(folder.iterdir()) == [] and [p.name for p in tmp_path.glob(".*partial")] == []
