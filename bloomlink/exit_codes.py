@@ -30,7 +30,9 @@ EXIT_CODE_HELP: dict[ExitCode, str] = {
     ExitCode.OK: "success",
     ExitCode.INTERNAL: "an unexpected error; the message says what to report",
     ExitCode.USAGE: "the command line is wrong (argparse)",
-    ExitCode.CONFIGURATION: "a schema, mapping, secret or config file is wrong",
+    ExitCode.CONFIGURATION: (
+        "a schema, mapping, secret, certificate or config file, or another path given, is wrong"
+    ),
     ExitCode.INPUT: "the extract cannot be used; the message names the row and field",
     ExitCode.ENCODED_FILE: "an encoded (CLK) file is malformed or corrupted",
     ExitCode.SERVICE: "the linkage unit refused the request (not found, not allowed, too big)",
