@@ -136,14 +136,19 @@ def test_case_14_untrusted_or_out_of_date_certificates_fail_the_handshake(
     own_server, authority, kind
 ) -> None:
     """Case 14: a certificate from another CA, an expired one or a not-yet-valid one is
-    refused at the handshake (UNAVAILABLE)."""
+    refused at the handshake (UNAVAILABLE on the wire). The client, seeing its own
+    certificate was not issued by the CA it was given, reports another CA's as the refusal
+    it is (UnauthenticatedError naming the file), not as "unavailable, retry later"."""
     options = {
         "other-ca": {"signer": create_authority(common_name="rogue CA")},
         "expired": {"start": _NOW - 10 * _DAY, "end": _NOW - _DAY},
         "not-yet-valid": {"start": _NOW + _DAY, "end": _NOW + 10 * _DAY},
     }[kind]
-    with pytest.raises(UnavailableError):
+    expected = UnauthenticatedError if kind == "other-ca" else UnavailableError
+    with pytest.raises(expected) as caught:
         _status(own_server, _client_files(authority, kind, **options))
+    if kind == "other-ca":
+        assert "other-ca.pem was not issued by the CA in" in caught.value.message
 
 
 @pytest.mark.parametrize("kind", ["dns-san", "no-san", "two-identities"])
