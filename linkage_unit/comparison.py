@@ -30,7 +30,7 @@ from linkage_unit.blocking import (
 )
 from linkage_unit.group_blocking import (
     GroupBlockingSettings,
-    GroupJoinPlan,
+    GroupCandidates,
     generate_group_candidates,
 )
 from linkage_unit.similarity import CandidatePairs
@@ -90,7 +90,10 @@ class CompareStatistics:
     fitted to that pair's data, or the fixed one)."""
     group_lsh_thresholds: tuple[float, ...] = ()
     """With group blocking, the record-level Dice each party pair's LSH part was fitted to,
-    in job order (its shape is in ``lsh_shapes``)."""
+    in job order (its shape is in ``lsh_shapes``), for the party pairs that used it."""
+    group_recall_estimates: tuple[float, ...] = ()
+    """With group blocking, each party pair's blocking recall as checked on a sample before
+    the join was used (below the target recall the pair was compared without it)."""
     group_block_pairs: int = 0
     oversized_group_blocks: int = 0
     oversized_group_block_pairs: int = 0
@@ -107,6 +110,7 @@ class CompareStatistics:
             + other.oversized_block_comparisons_skipped,
             lsh_shapes=self.lsh_shapes + other.lsh_shapes,
             group_lsh_thresholds=self.group_lsh_thresholds + other.group_lsh_thresholds,
+            group_recall_estimates=self.group_recall_estimates + other.group_recall_estimates,
             group_block_pairs=self.group_block_pairs + other.group_block_pairs,
             oversized_group_blocks=self.oversized_group_blocks + other.oversized_group_blocks,
             oversized_group_block_pairs=self.oversized_group_block_pairs
@@ -114,32 +118,29 @@ class CompareStatistics:
         )
 
     @classmethod
-    def of(
-        cls,
-        pairs: CandidatePairs,
-        plan: BlockingPlan | None,
-        join: GroupJoinPlan | None = None,
-        *,
-        group_lsh_threshold: float | None = None,
-    ) -> CompareStatistics:
+    def of(cls, pairs: CandidatePairs, plan: BlockingPlan | None) -> CompareStatistics:
         if plan is None:
             return cls(comparisons=pairs.comparisons)
-        grouped = (
-            cls()
-            if join is None or group_lsh_threshold is None
-            else cls(
-                group_lsh_thresholds=(group_lsh_threshold,),
-                group_block_pairs=join.block_pairs,
-                oversized_group_blocks=join.oversized_blocks,
-                oversized_group_block_pairs=join.oversized_pairs,
-            )
-        )
-        return grouped + cls(
+        return cls(
             comparisons=pairs.comparisons,
             blocked_comparisons_planned=plan.block_comparisons,
             oversized_blocks_skipped=plan.oversized_blocks,
             oversized_block_comparisons_skipped=plan.oversized_comparisons,
             lsh_shapes=((plan.bands, plan.bits_per_band),),
+        )
+
+    @classmethod
+    def of_groups(cls, result: GroupCandidates) -> CompareStatistics:
+        """The figures of one party pair's group blocking (or of the compare it fell back to)."""
+        join = result.join
+        return cls.of(result.pairs, result.plan) + cls(
+            group_recall_estimates=()
+            if result.recall_estimate is None
+            else (result.recall_estimate,),
+            group_lsh_thresholds=() if result.lsh_threshold is None else (result.lsh_threshold,),
+            group_block_pairs=0 if join is None else join.block_pairs,
+            oversized_group_blocks=0 if join is None else join.oversized_blocks,
+            oversized_group_block_pairs=0 if join is None else join.oversized_pairs,
         )
 
 
@@ -193,7 +194,7 @@ class LocalComparer:
             )
             if grouped is not None:
                 group_blocking, offsets = grouped
-                pairs, plan, join = generate_group_candidates(
+                result = generate_group_candidates(
                     arrays[i],
                     right,
                     threshold,
@@ -204,12 +205,7 @@ class LocalComparer:
                     workers=settings.workers,
                     max_pairs=settings.max_pairs,
                 )
-                statistics = CompareStatistics.of(
-                    pairs,
-                    plan,
-                    join,
-                    group_lsh_threshold=max(threshold, group_blocking.lsh_threshold),
-                )
+                pairs, statistics = result.pairs, CompareStatistics.of_groups(result)
             else:
                 pairs, plan = generate_candidates(
                     arrays[i],
