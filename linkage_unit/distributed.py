@@ -642,7 +642,7 @@ def _group_compare_on_cluster(
     """Group blocking with its bands on the cluster: the join (a sort per group) and its
     recall check (a sample against every record) run at the linkage unit, the LSH part as
     :func:`compare_on_cluster` tasks, and the union is the in-process one
-    (``group_blocking.merge_candidates``), so the pairs are the same. Below the target
+    (``group_blocking.merge_candidates``), so the pairs are the same. Below its minimum
     recall the party pair is compared as without group blocking, on the cluster."""
     group_settings, offsets = grouped
     lsh_threshold, shape = group_lsh_settings(
@@ -665,7 +665,7 @@ def _group_compare_on_cluster(
         left, right, joined, threshold, lsh_threshold,
         sample=group_settings.recall_sample, seed=settings.seed, workers=settings.workers,
     )  # fmt: skip
-    if recall < settings.blocking_settings.target_recall:
+    if recall < group_settings.min_recall:
         del joined
         fallback = blocking_settings_for(left, right, threshold, settings.blocking_settings)
         pairs, statistics = compare_on_cluster(

@@ -227,10 +227,13 @@ class Scorer:
         # Level cuts come from one half of the random pairs and u from the other: cut points
         # taken from the sample they are counted on sit where that sample happens to thin out
         # (on an atom of the discrete Dice values, the bias reached a tenth of a level's mass).
-        half = np.zeros(len(self.random), bool)
-        half[generator.permutation(len(self.random))[: len(self.random) // 2]] = True
-        self.random_for_levels = _select(self.random, half)
-        self.random_for_u = _select(self.random, ~half)
+        # The random pairs once, shuffled, and the two halves as views of them: the same two
+        # sets as masks would give (order matters to neither quantiles nor counts), without
+        # a second copy of every random pair (360 MiB of 10M pairs at 1M x 1M).
+        self.random = _select(self.random, generator.permutation(len(self.random)))
+        middle = len(self.random) // 2
+        self.random_for_levels = _select(self.random, slice(0, middle))
+        self.random_for_u = _select(self.random, slice(middle, None))
         self.unseen_matches = 0.0
         """Expected matches below the candidate cut, from the last :meth:`score`."""
 
@@ -739,7 +742,9 @@ def _joined_pairs(
     return firsts, seconds
 
 
-def _select(similarities: GroupSimilarities, rows: npt.NDArray[np.bool_]) -> GroupSimilarities:
+def _select(
+    similarities: GroupSimilarities, rows: npt.NDArray[np.bool_] | npt.NDArray[np.int64] | slice
+) -> GroupSimilarities:
     return GroupSimilarities(
         shared=similarities.shared[rows],
         left_counts=similarities.left_counts[rows],

@@ -96,8 +96,10 @@ def test_group_candidates_are_the_join_and_lsh_pairs_once_with_exhaustive_scores
     other = None if within else right
     if len(left) == 0 or (other is not None and len(other) == 0):
         return
-    blocking = BlockingSettings(fit_to_data=False, bands=4, bits_per_band=6, target_recall=0.9)
-    group = GroupBlockingSettings(lsh_threshold=0.9, max_group_block_pairs=10, recall_sample=7)
+    blocking = BlockingSettings(fit_to_data=False, bands=4, bits_per_band=6)
+    group = GroupBlockingSettings(
+        lsh_threshold=0.9, max_group_block_pairs=10, recall_sample=7, min_recall=0.9
+    )
     result = generate_group_candidates(
         left, other, threshold, offsets=offsets, settings=group, blocking=blocking, seed=3
     )
@@ -117,7 +119,7 @@ def test_group_candidates_are_the_join_and_lsh_pairs_once_with_exhaustive_scores
     )
     found = list(zip(pairs.left.tolist(), pairs.right.tolist(), strict=False))
     assert result.recall_estimate is not None and result.plan is not None
-    if result.recall_estimate < blocking.target_recall:
+    if result.recall_estimate < group.min_recall:
         # The join held too few pairs of the sample: compared as without group blocking.
         assert result.join is None and result.lsh_threshold is None
         assert triples(pairs) == triples(lsh)
@@ -183,6 +185,10 @@ def test_settings_refuse_nonsense() -> None:
         GroupBlockingSettings(lsh_threshold=0.0)
     with pytest.raises(MatchingError):
         GroupBlockingSettings(max_group_block_pairs=0)
+    with pytest.raises(MatchingError):
+        GroupBlockingSettings(min_recall=1.5)
+    with pytest.raises(MatchingError):
+        GroupBlockingSettings(recall_sample=0)
     with pytest.raises(MatchingError):
         group_join(np.zeros((2, 2), np.uint64), None, (0, 3), 0.5)
 
