@@ -17,10 +17,15 @@ or above the run's record-level cut among:
    0.9 by default) finds, which catch the matches whose every group differs a little.
 
 A pair of several identical groups is scored once, from its first group whose block was
-compared; the LSH pairs the join already holds are dropped before the union. Each pair's
-score is the record-level Dice of ``similarity.py``'s integer rule, so a pair found here has
-the score the exhaustive compare gives it; what is lost against comparing every pair is
-measured, not assumed (``benchmarks/end_to_end.py`` reports the blocking recall).
+compared; the LSH part skips the pairs the join compared (:func:`lsh_beyond_join`, whose twin
+is ``BlockingIndex``). Each pair's score is the record-level Dice of ``similarity.py``'s
+integer rule, so a pair found here has the score the exhaustive compare gives it.
+
+What is lost against comparing every pair depends on the cut: nearly nothing above the Dice
+of pairs sharing a whole group, much below it. So the join's recall is measured on a sample
+before it is used (:func:`estimate_recall`), below ``min_recall`` the party pair is compared
+as without group blocking, and the estimate goes into the run's report;
+``benchmarks/end_to_end.py`` measures the blocking recall again on its own sample.
 
 Group encodings are joined by a 64-bit hash of their words: a collision could only add a
 pair to compare (which the Dice cut then judges), never hide one, since identical encodings
