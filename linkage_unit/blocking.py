@@ -185,7 +185,15 @@ def _shape_terms(bit_density: float, threshold: float) -> tuple[float, float]:
     return agree_at_threshold, agree_random
 
 
-def _shape(bands: int, bits: int, q: float, r: float, pairs: int, records: int) -> LshShape:
+def _shape(
+    bands: int,
+    bits: int,
+    q: float,
+    r: float,
+    pairs: int,
+    records: int,
+    record_cost: float = RECORD_COST_IN_COMPARISONS,
+) -> LshShape:
     collide = q**bits
     miss = (1.0 - collide) ** bands
     expected = bands * pairs * r**bits
@@ -194,7 +202,7 @@ def _shape(bands: int, bits: int, q: float, r: float, pairs: int, records: int) 
         bits_per_band=bits,
         miss_probability=miss,
         expected_comparisons=expected,
-        cost=expected + bands * RECORD_COST_IN_COMPARISONS * records,
+        cost=expected + bands * record_cost * records,
     )
 
 
@@ -213,10 +221,14 @@ def choose_lsh_shape(
     records: int,
     clk_bits: int,
     target_recall: float = 0.999,
+    record_cost: float = RECORD_COST_IN_COMPARISONS,
+    max_bits_per_band: int = _MAX_BITS_PER_BAND,
 ) -> LshShape:
     """The cheapest shape (fewest comparisons plus key building) whose miss probability at
     ``threshold`` is at most ``1 - target_recall``. ``pairs``: the exhaustive comparisons;
     ``records``: both sides' records (one side's when it is compared with itself).
+    ``record_cost``: one record's key building per band in comparisons (the kernel that
+    compares the blocks decides it); ``max_bits_per_band``: the widest band tried.
 
     Per bits-per-band ``k`` the fewest bands is solved in closed form,
     ``ceil(log(1 - target) / log(1 - q**k))``, then nudged so the model's own miss figure
@@ -225,7 +237,7 @@ def choose_lsh_shape(
     q, r = _shape_terms(bit_density, threshold)
     allowed = 1.0 - target_recall
     best: LshShape | None = None
-    for bits in range(1, min(_MAX_BITS_PER_BAND, clk_bits) + 1):
+    for bits in range(1, min(max_bits_per_band, clk_bits) + 1):
         collide = q**bits
         if collide <= 0.0:
             break
@@ -242,7 +254,7 @@ def choose_lsh_shape(
                 bands += 1
             if bands > _MAX_BANDS:
                 continue
-        shape = _shape(bands, bits, q, r, pairs, records)
+        shape = _shape(bands, bits, q, r, pairs, records, record_cost)
         if best is None or (shape.cost, shape.bands) < (best.cost, best.bands):
             best = shape
     if best is None:
@@ -258,14 +270,16 @@ def choose_lsh_shape_reference(
     records: int,
     clk_bits: int,
     target_recall: float = 0.999,
+    record_cost: float = RECORD_COST_IN_COMPARISONS,
+    max_bits_per_band: int = _MAX_BITS_PER_BAND,
 ) -> LshShape:
     """Slow twin of :func:`choose_lsh_shape`: every (bands, bits) pair, the cheapest that
     meets the target (ties: fewer bands)."""
     q, r = _shape_terms(bit_density, threshold)
     allowed = 1.0 - target_recall
     feasible = [
-        _shape(bands, bits, q, r, pairs, records)
-        for bits in range(1, min(_MAX_BITS_PER_BAND, clk_bits) + 1)
+        _shape(bands, bits, q, r, pairs, records, record_cost)
+        for bits in range(1, min(max_bits_per_band, clk_bits) + 1)
         for bands in range(1, _MAX_BANDS + 1)
     ]
     feasible = [shape for shape in feasible if shape.miss_probability <= allowed]
@@ -290,6 +304,8 @@ def _fitted_shape(
     right: npt.NDArray[np.uint64] | None,
     threshold: float,
     settings: BlockingSettings,
+    record_cost: float = RECORD_COST_IN_COMPARISONS,
+    max_bits_per_band: int = _MAX_BITS_PER_BAND,
 ) -> tuple[LshShape, int]:
     """The shape :func:`choose_lsh_shape` picks for these CLKs at ``threshold``, and the
     exhaustive comparisons it is weighed against."""
@@ -308,6 +324,8 @@ def _fitted_shape(
         records=n_left if right is None else n_left + n_right,
         clk_bits=clk_bits,
         target_recall=settings.target_recall,
+        record_cost=record_cost,
+        max_bits_per_band=max_bits_per_band,
     )
     return shape, pairs
 
@@ -335,6 +353,9 @@ def blocking_settings_for(
     right: npt.NDArray[np.uint64] | None,
     threshold: float,
     settings: BlockingSettings,
+    *,
+    record_cost: float = RECORD_COST_IN_COMPARISONS,
+    max_bits_per_band: int = _MAX_BITS_PER_BAND,
 ) -> BlockingSettings | None:
     """The shape one comparison blocks with: fitted to these CLKs when ``settings`` asks for
     it, else ``settings`` as they are. None: compare every pair instead, because the fitted
@@ -342,11 +363,14 @@ def blocking_settings_for(
     expects 4.5e10 block comparisons of the fitted shape against 1e10 pairs; a 200k x 200k run
     of the default schema, candidate cut 0.555, compared every pair this way) or no shape
     reaches the target recall; comparing every pair has recall 1. In-process and Dask
-    compares both call this."""
+    compares both call this. ``record_cost`` and ``max_bits_per_band``: as
+    :func:`choose_lsh_shape` takes them, for a kernel other than ``BlockingIndex``'s."""
     if not settings.fit_to_data or len(left) == 0:
         return settings
     try:
-        shape, pairs = _fitted_shape(left, right, threshold, settings)
+        shape, pairs = _fitted_shape(
+            left, right, threshold, settings, record_cost, max_bits_per_band
+        )
     except MatchingError:
         return None
     if shape.cost >= EXHAUSTIVE_PAIR_COST * pairs:
@@ -630,23 +654,35 @@ class BlockingIndex:
             if positions is None
             else np.ascontiguousarray(positions, dtype=np.int64)
         )
+        # Only each band's counts are kept: holding every band's record orders at once cost
+        # 16 bytes a record a band (44 bands at 1M x 1M: 1.4 GiB) for figures of a few ints.
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            bands = list(pool.map(self._band, range(self.positions.shape[0])))
+            bands = list(pool.map(self._band_counts, range(self.positions.shape[0])))
         n_left, n_right = len(self.left), len(self.right)
         exhaustive = n_left * (n_left - 1) // 2 if self.within else n_left * n_right
-        comparisons = sum(band.comparisons for band in bands)
+        comparisons = sum(band[0] for band in bands)
         self.plan = BlockingPlan(
             bands=int(self.positions.shape[0]),
             bits_per_band=int(self.positions.shape[1]),
             exhaustive_comparisons=exhaustive,
             block_comparisons=comparisons,
-            largest_block_comparisons=max((band.largest for band in bands), default=0),
-            oversized_blocks=sum(band.oversized_blocks for band in bands),
-            oversized_comparisons=sum(band.oversized_comparisons for band in bands),
+            largest_block_comparisons=max((band[1] for band in bands), default=0),
+            oversized_blocks=sum(band[2] for band in bands),
+            oversized_comparisons=sum(band[3] for band in bands),
             estimated_seconds=comparisons / (BLOCK_COMPARISONS_PER_SECOND * self.workers),
             # Per worker: two key vectors and orders (8 bytes each per record) and one output
             # buffer (20 bytes a pair); plus the kept pairs, unknown until the run.
             estimated_memory_bytes=self.workers * (32 * (n_left + n_right) + 20 * _CAPACITY),
+        )
+
+    def _band_counts(self, band_number: int) -> tuple[int, int, int, int]:
+        """(comparisons, largest block, oversized blocks, their comparisons) of one band."""
+        band = self._band(band_number)
+        return (
+            band.comparisons,
+            band.largest,
+            band.oversized_blocks,
+            band.oversized_comparisons,
         )
 
     def _band(self, band_number: int) -> _Band:

@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -53,6 +53,13 @@ from linkage_unit.comparison import (
     CompareStatistics,
     Comparison,
     ProgressCallback,
+)
+from linkage_unit.group_blocking import (
+    GroupBlockingSettings,
+    estimate_recall,
+    group_join,
+    group_lsh_settings,
+    merge_candidates,
 )
 from linkage_unit.similarity import CandidatePairs, candidate_pairs
 from protocol.addresses import is_loopback
@@ -319,6 +326,21 @@ class DaskExecutor:
                 zip(jobs, thresholds, strict=True), start=1
             ):
                 right = None if i == j else arrays[j]
+                stage = f"compare on Dask (party pair {number} of {len(jobs)})"
+                grouped = settings.group_blocking_for(
+                    len(arrays[i]), None if right is None else len(right)
+                )
+                if grouped is not None:
+                    pairs, statistics = _group_compare_on_cluster(
+                        session, arrays[i], right, threshold, grouped, settings, progress, stage
+                    )
+                    results.append(
+                        Comparison(left_party=i, right_party=j, pairs=pairs, statistics=statistics)
+                    )
+                    later = {party for job in jobs[number:] for party in job}
+                    for party in {i, j} - later:
+                        session.forget(arrays[party])
+                    continue
                 shape = (
                     blocking_settings_for(arrays[i], right, threshold, settings.blocking_settings)
                     if uses_lsh(
@@ -336,7 +358,7 @@ class DaskExecutor:
                     seed=settings.seed,
                     max_pairs=settings.max_pairs,
                     progress=progress,
-                    stage=f"compare on Dask (party pair {number} of {len(jobs)})",
+                    stage=stage,
                 )
                 results.append(
                     Comparison(left_party=i, right_party=j, pairs=pairs, statistics=statistics)
@@ -605,6 +627,70 @@ class _Session:
             if futures:
                 self.client.cancel(list(futures))
         return results
+
+
+def _group_compare_on_cluster(
+    session: _Session,
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    grouped: tuple[GroupBlockingSettings, tuple[int, ...]],
+    settings: CompareSettings,
+    progress: ProgressCallback | None,
+    stage: str,
+) -> tuple[CandidatePairs, CompareStatistics]:
+    """Group blocking with its bands on the cluster: the join (a sort per group) and its
+    recall check (a sample against every record) run at the linkage unit, the LSH part as
+    :func:`compare_on_cluster` tasks, and the union is the in-process one
+    (``group_blocking.merge_candidates``), so the pairs are the same. Below its minimum
+    recall the party pair is compared as without group blocking, on the cluster."""
+    group_settings, offsets = grouped
+    lsh_threshold, shape = group_lsh_settings(
+        left, right, threshold, group_settings, settings.blocking_settings
+    )
+    common: dict[str, Any] = {
+        "seed": settings.seed, "max_pairs": settings.max_pairs, "progress": progress,
+        "stage": stage,
+    }  # fmt: skip
+    if shape is None:  # every pair costs less than the bands: as in process
+        return compare_on_cluster(
+            session, left, right, threshold, use_lsh=False,
+            blocking=settings.blocking_settings, **common,
+        )  # fmt: skip
+    joined = group_join(
+        left, right, offsets, threshold,
+        max_group_block_pairs=group_settings.max_group_block_pairs, workers=settings.workers,
+    )  # fmt: skip
+    recall = estimate_recall(
+        left, right, joined, threshold, lsh_threshold,
+        sample=group_settings.recall_sample, seed=settings.seed, workers=settings.workers,
+    )  # fmt: skip
+    if recall < group_settings.min_recall:
+        del joined
+        fallback = blocking_settings_for(left, right, threshold, settings.blocking_settings)
+        pairs, statistics = compare_on_cluster(
+            session, left, right, threshold, use_lsh=fallback is not None,
+            blocking=fallback or settings.blocking_settings, **common,
+        )  # fmt: skip
+        return pairs, replace(statistics, group_recall_estimates=(recall,))
+    lsh, statistics = compare_on_cluster(
+        session, left, right, threshold, use_lsh=True, blocking=shape, **common
+    )
+    pairs = merge_candidates(joined, lsh, len(left) if right is None else len(right))
+    if len(pairs) > settings.max_pairs:
+        raise MatchingError(
+            f"more than {settings.max_pairs} candidate pairs at threshold {threshold}: raise "
+            "the threshold or the candidate-pair limit"
+        )
+    return pairs, replace(
+        statistics,
+        comparisons=pairs.comparisons,
+        group_recall_estimates=(recall,),
+        group_lsh_thresholds=(lsh_threshold,),
+        group_block_pairs=joined.plan.block_pairs,
+        oversized_group_blocks=joined.plan.oversized_blocks,
+        oversized_group_block_pairs=joined.plan.oversized_pairs,
+    )
 
 
 def compare_on_cluster(

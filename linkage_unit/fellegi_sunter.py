@@ -161,16 +161,35 @@ def comparison_levels(
     """``(pairs, groups)`` agreement levels (see :class:`GroupLevels`)."""
     if similarities.shared.shape[1] != len(groups):
         raise MatchingError("one set of levels per group is needed")
-    dice = similarities.scores([group.agreement_bits for group in groups])
-    missing = similarities.missing
-    identical = similarities.identical
-    out = np.empty(dice.shape, np.uint8)
-    for g, group in enumerate(groups):
-        level = np.searchsorted(np.array(group.cuts, np.float64), dice[:, g], side="right") + 1
-        level[identical[:, g]] = group.identical
-        level[missing[:, g]] = 0
-        out[:, g] = level
+    out = np.empty(similarities.shared.shape, np.uint8)
+    lengths = [group.agreement_bits for group in groups]
+    # In row chunks: the float64 similarities and their temporaries are 8-24 bytes a pair and
+    # group, several GiB for the 1.8e7 candidates of a 1M x 1M run, against 1 for the levels.
+    for start in range(0, len(similarities), _LEVEL_CHUNK):
+        rows = slice(start, start + _LEVEL_CHUNK)
+        chunk = _rows(similarities, rows)
+        dice = chunk.scores(lengths)
+        missing = chunk.missing
+        identical = chunk.identical
+        for g, group in enumerate(groups):
+            level = np.searchsorted(np.array(group.cuts, np.float64), dice[:, g], side="right")
+            level += 1
+            level[identical[:, g]] = group.identical
+            level[missing[:, g]] = 0
+            out[rows, g] = level
     return out
+
+
+_LEVEL_CHUNK = 1 << 20
+
+
+def _rows(similarities: GroupSimilarities, rows: slice) -> GroupSimilarities:
+    """A row slice (views, no copy)."""
+    return GroupSimilarities(
+        shared=similarities.shared[rows],
+        left_counts=similarities.left_counts[rows],
+        right_counts=similarities.right_counts[rows],
+    )
 
 
 def derive_levels(
@@ -188,20 +207,32 @@ def derive_levels(
     lengths = tuple(agreement_bits) if agreement_bits is not None else (0,) * len(names)
     if len(lengths) != len(names):
         raise MatchingError("one agreement length (0: Dice) per group is needed")
-    random_dice, candidate_dice = random.scores(lengths), candidates.scores(lengths)
+    random_dice = random.scores(lengths)
     random_usable = ~random.missing & ~random.identical
-    candidate_usable = ~candidates.missing & ~candidates.identical
-    groups = []
-    for g, name in enumerate(names):
+    tail_cuts: list[list[float]] = []
+    for g in range(len(names)):
         values = random_dice[random_usable[:, g], g]
         cuts: list[float] = []
         for tail in settings.level_tails:
             if tail * len(values) < settings.min_tail_samples:
                 break
             cuts.append(float(np.quantile(values, 1.0 - tail)))
-        upper = candidate_dice[candidate_usable[:, g], g]
-        if cuts:
-            upper = upper[upper > cuts[-1]]
+        tail_cuts.append(cuts)
+    # The candidates above each group's last tail cut, in row chunks (as comparison_levels).
+    uppers: list[list[npt.NDArray[np.float64]]] = [[] for _ in names]
+    for start in range(0, len(candidates), _LEVEL_CHUNK):
+        chunk = _rows(candidates, slice(start, start + _LEVEL_CHUNK))
+        candidate_dice = chunk.scores(lengths)
+        candidate_usable = ~chunk.missing & ~chunk.identical
+        for g in range(len(names)):
+            upper = candidate_dice[candidate_usable[:, g], g]
+            if tail_cuts[g]:
+                upper = upper[upper > tail_cuts[g][-1]]
+            uppers[g].append(upper)
+    groups = []
+    for g, name in enumerate(names):
+        cuts = tail_cuts[g]
+        upper = np.concatenate(uppers[g] or [np.empty(0, np.float64)])
         if settings.upper_levels > 1 and len(upper) >= 25 * settings.upper_levels:
             inner = np.linspace(0.0, 1.0, settings.upper_levels + 1)[1:-1]
             cuts.extend(float(value) for value in np.quantile(upper, inner))
@@ -382,16 +413,19 @@ def _patterns(
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Each distinct (party pair, levels) row and how often it occurs: all EM needs. Rows are
     packed into one integer (mixed radix) when they fit, which sorts far faster than rows."""
-    keyed = np.concatenate([jobs[:, None].astype(np.int64), levels.astype(np.int64)], axis=1)
     radices = [max(job_count, 1), *(group.count for group in groups)]
-    if len(keyed) == 0:
+    if len(levels) == 0:
         return np.empty((0, len(groups) + 1), np.int64), np.empty(0, np.int64)
     if math.prod(radices) >= 2**62:
+        keyed = np.concatenate([jobs[:, None].astype(np.int64), levels.astype(np.int64)], axis=1)
         patterns, counts = np.unique(keyed, axis=0, return_counts=True)
         return patterns, counts
-    code = np.zeros(len(keyed), np.int64)
-    for column, radix in enumerate(radices):
-        code = code * radix + keyed[:, column]
+    # Column by column: a (pairs, groups + 1) int64 copy of the rows first cost 32 bytes a
+    # pair (600 MiB at the 1.8e7 candidates of a 1M x 1M run) for a code of 8.
+    code = jobs.astype(np.int64)
+    for column, radix in enumerate(radices[1:]):
+        code *= radix
+        code += levels[:, column]
     unique, counts = np.unique(code, return_counts=True)
     patterns = np.empty((len(unique), len(radices)), np.int64)
     for column in range(len(radices) - 1, -1, -1):

@@ -192,10 +192,11 @@ def group_similarities(
         empty = np.zeros((0, len(layout.groups)), np.int32)
         return GroupSimilarities(shared=empty, left_counts=empty, right_counts=empty.copy())
     counts = group_counts(
-        left_array, right_array, rows, cols, layout.word_offsets(), workers=workers
-    )
+        left_array, right_array, rows, cols, layout.word_offsets(), workers=workers,
+        dtype=np.int32,
+    )  # fmt: skip
     return GroupSimilarities(
-        shared=counts.shared.astype(np.int32),
-        left_counts=counts.left.astype(np.int32),
-        right_counts=counts.right.astype(np.int32),
+        shared=counts.shared.astype(np.int32, copy=False),
+        left_counts=counts.left.astype(np.int32, copy=False),
+        right_counts=counts.right.astype(np.int32, copy=False),
     )

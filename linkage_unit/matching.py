@@ -57,6 +57,7 @@ from linkage_unit.comparison import (
     ProgressCallback,
 )
 from linkage_unit.fellegi_sunter import FellegiSunterModel, ModelSettings
+from linkage_unit.group_blocking import GroupBlockingSettings
 from linkage_unit.scoring import CandidateCut, EstimatedQuality, ScoredPairs, Scorer
 from linkage_unit.similarity import (
     DEFAULT_MAX_CANDIDATE_PAIRS,
@@ -117,6 +118,9 @@ class MatchSettings:
     fails the run rather than give one person more than ``max_cluster_size`` records of one
     party.
     ``scoring``: see :class:`Scoring`.
+    ``group_blocking``: for an encoding of several field groups, block by identical group
+    encodings plus LSH at a high cut (``group_blocking.py``) wherever ``blocking`` would use
+    LSH; None (the default): LSH alone.
     """
 
     threshold: float | None = None
@@ -130,6 +134,7 @@ class MatchSettings:
     workers: int | None = None
     scoring: Scoring = Scoring.AUTO
     model: ModelSettings = field(default_factory=ModelSettings)
+    group_blocking: GroupBlockingSettings | None = None
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not (0.0 < self.threshold <= 1.0):
@@ -390,6 +395,8 @@ def link(
         seed=seed,
         max_pairs=settings.max_candidate_pairs,
         workers=settings.workers,
+        group_blocking=settings.group_blocking,
+        group_offsets=None if layout is None else layout.word_offsets(),
     )
     groups = 1 if layout is None else len(layout.groups)
     use_model = settings.scoring is Scoring.FELLEGI_SUNTER or (

@@ -144,6 +144,15 @@ class RunReport:
     comparisons: int = 0
     lsh_shapes: tuple[tuple[int, int], ...] = ()
     """(bands, bits per band) of each party pair blocked with LSH, in job order."""
+    group_lsh_thresholds: tuple[float, ...] = ()
+    """With group blocking (``group_blocking.py``): the record-level Dice each party pair's
+    LSH part was fitted to, in job order (its shape is in ``lsh_shapes``)."""
+    group_recall_estimates: tuple[float, ...] = ()
+    """With group blocking: each party pair's blocking recall, checked on a sample before the
+    join was used (below the target the pair was compared without it)."""
+    oversized_group_blocks: int = 0
+    oversized_group_block_pairs: int = 0
+    """Group blocks skipped as larger than ``max_group_block_pairs``, and their pairs."""
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -205,6 +214,14 @@ class RunReport:
             record_threshold=_optional(data.get("record_threshold")),
             comparisons=int(data.get("comparisons", 0)),
             lsh_shapes=tuple((int(bands), int(bits)) for bands, bits in data.get("lsh_shapes", ())),
+            group_lsh_thresholds=tuple(
+                float(value) for value in data.get("group_lsh_thresholds", ())
+            ),
+            group_recall_estimates=tuple(
+                float(value) for value in data.get("group_recall_estimates", ())
+            ),
+            oversized_group_blocks=int(data.get("oversized_group_blocks", 0)),
+            oversized_group_block_pairs=int(data.get("oversized_group_block_pairs", 0)),
         )
 
 
@@ -302,6 +319,10 @@ def build_report(
         else statistics.candidate_cut.threshold,
         comparisons=statistics.compare.comparisons,
         lsh_shapes=statistics.compare.lsh_shapes,
+        group_lsh_thresholds=statistics.compare.group_lsh_thresholds,
+        group_recall_estimates=statistics.compare.group_recall_estimates,
+        oversized_group_blocks=statistics.compare.oversized_group_blocks,
+        oversized_group_block_pairs=statistics.compare.oversized_group_block_pairs,
     )
     if estimated is None:
         return dice

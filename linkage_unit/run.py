@@ -326,14 +326,18 @@ class RunManager:
                 RunStarted(project_id=project_id, run_id=run_id, parties=project.members)
             )
         last_report = 0.0
+        last_stage = ""
 
         def progress(stage: str, done: int, total: int) -> None:
-            nonlocal last_report
+            nonlocal last_report, last_stage
             if self._stop.is_set():
                 raise _Stopped
             now = self._monotonic()
-            if now - last_report >= self._progress_interval or done >= total:
+            # A new stage always shows: throttled, "model: train and score" (tens of seconds
+            # at 1M x 1M) hid behind the compare's last report half a second before it.
+            if now - last_report >= self._progress_interval or done >= total or stage != last_stage:
                 last_report = now
+                last_stage = stage
                 self._storage.set_progress(run_id, stage, done, total)
 
         # The operator's match-probability cut (grouped layouts, scored by the model); unset:

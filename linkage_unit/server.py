@@ -34,6 +34,7 @@ from linkage_unit.audit_log import AuditLog
 from linkage_unit.blocking import BlockingSettings
 from linkage_unit.checkpoints import Checkpoint, no_checkpoint
 from linkage_unit.distributed import ClusterSettings, DaskExecutor
+from linkage_unit.group_blocking import GroupBlockingSettings
 from linkage_unit.manifest_policy import ManifestPolicy
 from linkage_unit.retention import Retention
 from linkage_unit.run import LinkFunction, RunManager
@@ -116,6 +117,14 @@ class ServerConfig:
     lsh_bands: int | None = None
     lsh_bits_per_band: int | None = None
     lsh_target_recall: float = 0.999
+    # Group blocking (linkage_unit/group_blocking.py) for encodings of several field groups:
+    # candidates are pairs sharing an identical group encoding (blocks of more than
+    # max_group_block_pairs pairs skipped, and counted) plus record-level LSH fitted to Dice
+    # group_lsh_threshold, instead of LSH fitted to the run's own cut. Off by default
+    # (docs/benchmarks.md says why and what it measured).
+    group_blocking: bool = False
+    group_lsh_threshold: float = 0.9
+    max_group_block_pairs: int = 1_000_000
     extra_options: tuple[tuple[str, int], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -154,6 +163,7 @@ class ServerConfig:
                 raise ConfigurationError(f"Dask settings: {error}") from None
         try:
             self.blocking_settings  # noqa: B018 - validates the LSH shape once, here
+            self.group_blocking_settings  # noqa: B018 - and the group blocking settings
         except MatchingError as error:
             raise ConfigurationError(f"LSH settings: {error}") from None
 
@@ -193,6 +203,15 @@ class ServerConfig:
         return BlockingSettings(
             bands=self.lsh_bands, bits_per_band=self.lsh_bits_per_band, fit_to_data=False
         )
+
+    @property
+    def group_blocking_settings(self) -> GroupBlockingSettings | None:
+        """Group blocking for every run of a grouped encoding, or None (LSH alone)."""
+        settings = GroupBlockingSettings(
+            lsh_threshold=self.group_lsh_threshold,
+            max_group_block_pairs=self.max_group_block_pairs,
+        )
+        return settings if self.group_blocking else None
 
     @property
     def cluster_settings(self) -> ClusterSettings | None:
@@ -257,13 +276,22 @@ def load_config(path: Path | str | None, **overrides: Any) -> ServerConfig:
         raise ConfigurationError(f"invalid config value: {error}") from None
 
 
-def _with_blocking(link: LinkFunction, blocking: BlockingSettings) -> LinkFunction:
-    """``link`` with the operator's LSH shape in place of the engine's default."""
+def _with_blocking(
+    link: LinkFunction,
+    blocking: BlockingSettings,
+    group_blocking: GroupBlockingSettings | None = None,
+) -> LinkFunction:
+    """``link`` with the operator's LSH shape and group blocking in place of the engine's
+    defaults."""
 
     def link_with_blocking(
         clks: Any, settings: matching.MatchSettings, **options: Any
     ) -> matching.LinkResult:
-        return link(clks, replace(settings, blocking_settings=blocking), **options)
+        return link(
+            clks,
+            replace(settings, blocking_settings=blocking, group_blocking=group_blocking),
+            **options,
+        )
 
     return link_with_blocking
 
@@ -305,8 +333,15 @@ class LinkageUnitServer:
         cluster = config.cluster_settings
         if link_function is None and cluster is not None:
             link_function = functools.partial(matching.link, executor=DaskExecutor(cluster))
-        if config.blocking_settings != BlockingSettings():
-            link_function = _with_blocking(link_function or matching.link, config.blocking_settings)
+        if (
+            config.blocking_settings != BlockingSettings()
+            or config.group_blocking_settings is not None
+        ):
+            link_function = _with_blocking(
+                link_function or matching.link,
+                config.blocking_settings,
+                config.group_blocking_settings,
+            )
         self.runs = RunManager(
             self.storage,
             self.audit,

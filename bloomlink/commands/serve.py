@@ -108,6 +108,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="blocking recall the fitted LSH shape aims for at the run's threshold (0.999)",
     )
     parser.add_argument(
+        "--group-blocking",
+        action="store_true",
+        default=None,
+        help="for encodings of several field groups: candidates from identical group encodings "
+        "plus LSH at a high cut, where its measured recall allows (docs/benchmarks.md)",
+    )
+    parser.add_argument(
+        "--group-lsh-threshold",
+        type=float,
+        help="record-level Dice the LSH part of group blocking is fitted to (0.9)",
+    )
+    parser.add_argument(
+        "--max-group-block-pairs",
+        type=int,
+        help="group blocking skips (and counts) a block of more pairs than this (1000000)",
+    )
+    parser.add_argument(
         "--party-key",
         action="append",
         metavar="PARTY=PEM",
@@ -135,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
         "audited_call_burst", "dask_scheduler", "dask_ca_certificate", "dask_certificate",
         "dask_private_key", "dask_timeout_seconds", "dask_task_retries",
         "dask_worker_memory_bytes", "lsh_bands", "lsh_bits_per_band", "lsh_target_recall",
+        "group_blocking", "group_lsh_threshold", "max_group_block_pairs",
     )  # fmt: skip
     overrides = {name: getattr(args, name) for name in names}
     if args.party_key:

@@ -276,3 +276,38 @@ def test_a_diffused_group_is_levelled_by_agreement_not_dice() -> None:
         ["a"], similarities, similarities, ModelSettings(upper_levels=0), agreement_bits=[100]
     )
     assert derived[0].agreement_bits == 100
+
+
+def test_levels_of_many_pairs_are_computed_in_chunks_with_the_same_result() -> None:
+    """Past a million pairs the levels and the derived cuts are taken a chunk at a time (for
+    memory); they are those of the whole computed at once, the obvious way."""
+    generator = np.random.default_rng(4)
+    count = 2_500_000
+    left = generator.integers(0, 60, (count, 2)).astype(np.int32)
+    right = generator.integers(0, 60, (count, 2)).astype(np.int32)
+    shared = np.minimum(left, right) - generator.integers(0, 5, (count, 2)).astype(np.int32)
+    candidates = _similarities(np.maximum(shared, 0), left, right)
+    random = _similarities(np.maximum(shared[:200_000] - 10, 0), left[:200_000], right[:200_000])
+    settings = ModelSettings()
+    groups = derive_levels(["a", "b"], random, candidates, settings, agreement_bits=[0, 64])
+    # The obvious way: every candidate's similarity at once.
+    candidate_scores = candidates.scores([0, 64])
+    usable = ~candidates.missing & ~candidates.identical
+    random_scores = random.scores([0, 64])
+    random_usable = ~random.missing & ~random.identical
+    for g, group in enumerate(groups):
+        values = random_scores[random_usable[:, g], g]
+        tails = [
+            float(np.quantile(values, 1.0 - tail))
+            for tail in settings.level_tails
+            if tail * len(values) >= settings.min_tail_samples
+        ]
+        upper = candidate_scores[usable[:, g], g]
+        upper = upper[upper > tails[-1]] if tails else upper
+        inner = np.linspace(0.0, 1.0, settings.upper_levels + 1)[1:-1]
+        expected = sorted({round(c, 12) for c in [*tails, *np.quantile(upper, inner)]})
+        assert group.cuts == tuple(c for c in expected if 0.0 <= c < 1.0)
+        level = np.searchsorted(np.array(group.cuts), candidate_scores[:, g], side="right") + 1
+        level[candidates.identical[:, g]] = group.identical
+        level[candidates.missing[:, g]] = 0
+        np.testing.assert_array_equal(comparison_levels(candidates, groups)[:, g], level)

@@ -271,10 +271,14 @@ def test_group_counts_agree_with_reference(layout, data, workers) -> None:
     offsets = layout.word_offsets()
     fast = group_counts(left, right, left_index, right_index, offsets, workers=workers)
     slow = reference_group_counts(left, right, left_index, right_index, offsets)
+    wide = group_counts(left, right, left_index, right_index, offsets, dtype=np.int32)
     for name in ("shared", "left", "right"):
         np.testing.assert_array_equal(getattr(fast, name), getattr(slow, name))
         assert getattr(fast, name).dtype == np.uint16
         assert getattr(fast, name).shape == (pairs, len(layout.groups))
+        # Asked for int32, the kernel writes the same counts straight into it.
+        np.testing.assert_array_equal(getattr(wide, name), getattr(slow, name))
+        assert getattr(wide, name).dtype == np.int32
 
 
 @given(layout=layouts(), data=st.data())
@@ -295,6 +299,8 @@ def test_group_counts_widen_to_uint32_for_a_full_65536_bit_group() -> None:
     # One word less and every count fits 16 bits.
     shorter = full[:, :1024]
     assert group_counts(shorter, shorter, [0], [0], [0, 1, 1024]).shared.dtype == np.uint16
+    with pytest.raises(MatchingError, match="cannot hold"):
+        group_counts(full, full, [0], [0], [0, 1, 1025], dtype=np.int16)
 
 
 def test_group_counts_refuse_bad_offsets_and_positions() -> None:

@@ -1,0 +1,837 @@
+"""Group blocking: candidate generation for encodings of several field groups
+(**block** -> compare -> score -> solve), an alternative to record-level LSH alone.
+
+Under the shipped schema (three diffused groups) the model's record-level candidate cut sits
+where a random pair passes about ten times a record; at 1M x 1M that is Dice 0.695, which is
+where pairs sharing a whole field group sit, and an LSH shape that keeps recall 0.999 there
+costs about 1e11 comparisons (docs/benchmarks.md). Nearly every pair above that cut shares an
+identical group encoding, and the linkage unit can see which records do without learning a
+value (the same fact term frequencies already use). So the candidates here are the pairs at
+or above the run's record-level cut among:
+
+1. pairs of records whose encodings of at least one field group are identical and not empty:
+   a sort-based join per group. A block (one encoding, its records on each side) of more
+   than ``max_group_block_pairs`` pairs is a degenerate encoding many records share; it is
+   skipped and counted (:class:`GroupJoinPlan`), never dropped silently;
+2. the pairs record-level LSH (``blocking.py``, its shape fitted to ``lsh_threshold``, Dice
+   0.9 by default) finds, which catch the matches whose every group differs a little.
+
+A pair of several identical groups is scored once, from its first group whose block was
+compared; the LSH part skips the pairs the join compared (:func:`lsh_beyond_join`, whose twin
+is ``BlockingIndex``). Each pair's score is the record-level Dice of ``similarity.py``'s
+integer rule, so a pair found here has the score the exhaustive compare gives it.
+
+What is lost against comparing every pair depends on the cut: nearly nothing above the Dice
+of pairs sharing a whole group, much below it. So the join's recall is measured on a sample
+before it is used (:func:`estimate_recall`), below ``min_recall`` the party pair is compared
+as without group blocking, and the estimate goes into the run's report;
+``benchmarks/end_to_end.py`` measures the blocking recall again on its own sample.
+
+Group encodings are joined by a 64-bit hash of their words: a collision could only add a
+pair to compare (which the Dice cut then judges), never hide one, since identical encodings
+always hash alike. :func:`group_join_reference` is the slow obvious twin of the join, on the
+encodings themselves. Nothing here sees a value or a secret.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from linkage_unit.blocking import (
+    BLOCK_COMPARISONS_PER_SECOND,
+    BlockingMode,
+    BlockingPlan,
+    BlockingSettings,
+    _groups,
+    _keys,
+    blocking_settings_for,
+    generate_candidates,
+    sample_band_positions,
+)
+from linkage_unit.similarity import (
+    DEFAULT_MAX_CANDIDATE_PAIRS,
+    CandidatePairs,
+    _popcount,
+    _scores,
+    candidate_pairs,
+    candidate_pairs_within,
+    check_clks,
+    check_threshold,
+    default_workers,
+    popcounts,
+    required_shared,
+)
+from protocol.errors import MatchingError
+
+__all__ = [
+    "DEFAULT_GROUP_LSH_THRESHOLD",
+    "DEFAULT_MAX_GROUP_BLOCK_PAIRS",
+    "GroupBlockingSettings",
+    "GroupCandidates",
+    "GroupJoin",
+    "GroupJoinPlan",
+    "GroupKeys",
+    "estimate_recall",
+    "generate_group_candidates",
+    "group_join",
+    "group_join_reference",
+    "group_keys",
+    "lsh_beyond_join",
+    "merge_candidates",
+]
+
+DEFAULT_GROUP_LSH_THRESHOLD = 0.9
+DEFAULT_MAX_GROUP_BLOCK_PAIRS = 1_000_000
+
+LSH_RECORD_COST = 0.5
+LSH_MAX_BITS_PER_BAND = 20
+"""The LSH part's shape (:func:`lsh_beyond_join`) is fitted with these: its blocks are
+compared where the records lie, a pair costing a few cache misses (about 100-250 ns at 1M x
+1M, AMD EPYC Zen 4, 2 shared cores), while a record's key and place in its band cost about
+60 ns, so a band is worth about half a comparison a record (``BlockingIndex``'s gathered
+blocks make comparisons cheap and records dear: 8); and keys of up to 20 bits are grouped by
+a counting sort, wider ones by an argsort several times slower. At 1M x 1M and Dice 0.9 the
+shape went from 44 x 18 (1.9e8 block comparisons) to SHAPE_FILL."""
+
+_CHUNK_PAIRS = 1 << 22
+"""Block pairs a thread compares into one output buffer (at most 20 bytes each)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupBlockingSettings:
+    """``lsh_threshold``: the record-level Dice the LSH part is fitted to (the run's cut when
+    that is higher). ``max_group_block_pairs``: a group block with more pairs is skipped."""
+
+    lsh_threshold: float = DEFAULT_GROUP_LSH_THRESHOLD
+    max_group_block_pairs: int = DEFAULT_MAX_GROUP_BLOCK_PAIRS
+    recall_sample: int = 1000
+    """Left records whose pairs with every right record check the join's recall before it
+    is used (:func:`estimate_recall`): 1e9 comparisons at 1M x 1M, 2-9 s on 2 shared cores."""
+    min_recall: float = 0.99
+    """Below this measured recall the party pair is compared without group blocking. Not the
+    blocking target (0.999): at 1M x 1M under the shipped schema the model's cut falls at
+    Dice 0.69-0.695, where the join holds 0.998-0.999 of the pairs, and the compare without it
+    would be LSH fitted to that cut, about 1e11 comparisons (hours); a cut where the join is
+    plainly the wrong tool (200k x 200k: 0.56, recall 0.36) still falls back. The measured
+    recall is in the run's report either way."""
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.lsh_threshold <= 1.0):
+            raise MatchingError("group_lsh_threshold must be in (0, 1]")
+        if self.max_group_block_pairs < 1:
+            raise MatchingError("max_group_block_pairs must be >= 1")
+        if self.recall_sample < 1:
+            raise MatchingError("the group blocking recall sample must be >= 1 record")
+        if not (0.0 <= self.min_recall <= 1.0):
+            raise MatchingError("the group blocking min_recall must be in [0, 1]")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupJoinPlan:
+    """What the join compared and skipped: ``block_pairs`` pairs in compared blocks summed
+    over groups (a pair of two identical groups counts twice, is scored once),
+    ``oversized_blocks`` blocks of more than ``max_group_block_pairs`` pairs and their
+    ``oversized_pairs`` (not compared by the join; LSH may still find them)."""
+
+    block_pairs: int
+    oversized_blocks: int
+    oversized_pairs: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupKeys:
+    """Per record and group (``(records, groups)``): the 64-bit hash of its encoding, and
+    whether its block was compared (``active``: not empty, on both sides, not oversized).
+    ``right`` is ``left`` within one party."""
+
+    left_hashes: npt.NDArray[np.uint64]
+    right_hashes: npt.NDArray[np.uint64]
+    left_active: npt.NDArray[np.bool_]
+    right_active: npt.NDArray[np.bool_]
+
+    def joined(
+        self, left: npt.NDArray[np.int64], right: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.bool_]:
+        """Which of these pairs the join compared (some group of theirs was)."""
+        found = np.zeros(len(left), bool)
+        for g in range(self.left_hashes.shape[1]):
+            found |= (
+                self.left_active[left, g]
+                & self.right_active[right, g]
+                & (self.left_hashes[left, g] == self.right_hashes[right, g])
+            )
+        return found
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupJoin:
+    """The join's pairs at or above the cut (sorted by (left, right)), its plan and keys."""
+
+    pairs: CandidatePairs
+    plan: GroupJoinPlan
+    keys: GroupKeys
+
+
+@numba.njit(nogil=True, cache=True)
+def _hash_groups(  # pragma: no cover - compiled
+    clks: npt.NDArray[np.uint64], offsets: npt.NDArray[np.int64], out: npt.NDArray[np.uint64]
+) -> npt.NDArray[np.bool_]:
+    """``out[r, g]``: a hash of record r's group g words; returns where the group has bits."""
+    groups = offsets.shape[0] - 1
+    present = np.zeros((clks.shape[0], groups), np.bool_)
+    multiplier = np.uint64(0x9E3779B97F4A7C15)
+    for record in range(clks.shape[0]):
+        for g in range(groups):
+            value = np.uint64(0)
+            bits = np.uint64(0)
+            for w in range(offsets[g], offsets[g + 1]):
+                word = clks[record, w]
+                bits |= word
+                value = (value ^ word) * multiplier
+                value ^= value >> np.uint64(29)
+            out[record, g] = value
+            present[record, g] = bits != np.uint64(0)
+    return present
+
+
+def _check_offsets(offsets: tuple[int, ...], words: int) -> npt.NDArray[np.int64]:
+    array = np.asarray(offsets, dtype=np.int64)
+    if (
+        array.ndim != 1
+        or len(array) < 2
+        or array[0] != 0
+        or array[-1] != words
+        or np.any(np.diff(array) < 1)
+    ):
+        raise MatchingError(
+            "group word offsets must start at 0, increase and end at the CLK's word count"
+        )
+    return array
+
+
+def group_keys_of(
+    clks: npt.NDArray[np.uint64], offsets: tuple[int, ...]
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.bool_]]:
+    """``(hashes, present)``, both ``(records, groups)``: each group's hash and whether it
+    has any bit set."""
+    array = _check_offsets(offsets, clks.shape[1])
+    hashes = np.empty((clks.shape[0], len(array) - 1), np.uint64)
+    if clks.shape[0] == 0:
+        return hashes, np.zeros(hashes.shape, bool)
+    return hashes, _hash_groups(clks, array, hashes)
+
+
+def group_keys(
+    left: npt.NDArray[np.uint64], right: npt.NDArray[np.uint64] | None, offsets: tuple[int, ...]
+) -> GroupKeys:
+    """Every record's group hashes, with no block marked compared yet (see :func:`group_join`)."""
+    left_hashes, left_present = group_keys_of(left, offsets)
+    if right is None:
+        return GroupKeys(
+            left_hashes=left_hashes,
+            right_hashes=left_hashes,
+            left_active=left_present,
+            right_active=left_present,
+        )
+    right_hashes, right_present = group_keys_of(right, offsets)
+    return GroupKeys(
+        left_hashes=left_hashes,
+        right_hashes=right_hashes,
+        left_active=left_present,
+        right_active=right_present,
+    )
+
+
+@numba.njit(nogil=True, cache=True)
+def _join_blocks(  # pragma: no cover - compiled
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64],
+    left_counts: npt.NDArray[np.int32],
+    right_counts: npt.NDArray[np.int32],
+    required: npt.NDArray[np.int32],
+    left_hashes: npt.NDArray[np.uint64],
+    right_hashes: npt.NDArray[np.uint64],
+    left_active: npt.NDArray[np.bool_],
+    right_active: npt.NDArray[np.bool_],
+    group: int,
+    left_members: npt.NDArray[np.int64],
+    left_starts: npt.NDArray[np.int64],
+    left_stops: npt.NDArray[np.int64],
+    right_members: npt.NDArray[np.int64],
+    right_starts: npt.NDArray[np.int64],
+    right_stops: npt.NDArray[np.int64],
+    within: bool,
+    out_rows: npt.NDArray[np.int64],
+    out_cols: npt.NDArray[np.int64],
+    out_shared: npt.NDArray[np.int32],
+) -> tuple[int, int]:
+    """Every pair of each block (within one party: each unordered pair once), skipping a pair
+    an earlier group's compared block holds; keeps those at or above ``required``. Returns
+    (kept, compared); the buffers hold at least the blocks' pairs."""
+    words = left.shape[1]
+    kept = 0
+    compared = 0
+    for block in range(left_starts.shape[0]):
+        for a in range(left_starts[block], left_stops[block]):
+            row = left_members[a]
+            first = a + 1 if within else right_starts[block]
+            for b in range(first, right_stops[block]):
+                col = right_members[b]
+                earlier = False
+                for h in range(group):
+                    if (
+                        left_active[row, h]
+                        and right_active[col, h]
+                        and left_hashes[row, h] == right_hashes[col, h]
+                    ):
+                        earlier = True
+                        break
+                if earlier:
+                    continue
+                compared += 1
+                shared = np.uint64(0)
+                for w in range(words):
+                    shared += _popcount(left[row, w] & right[col, w])
+                if shared >= np.uint64(required[left_counts[row] + right_counts[col]]):
+                    if within and col < row:
+                        out_rows[kept] = col
+                        out_cols[kept] = row
+                    else:
+                        out_rows[kept] = row
+                        out_cols[kept] = col
+                    out_shared[kept] = np.int32(shared)
+                    kept += 1
+    return kept, compared
+
+
+@dataclass(frozen=True, slots=True)
+class _GroupBlocks:
+    left_members: npt.NDArray[np.int64]
+    left_starts: npt.NDArray[np.int64]
+    left_stops: npt.NDArray[np.int64]
+    right_members: npt.NDArray[np.int64]
+    right_starts: npt.NDArray[np.int64]
+    right_stops: npt.NDArray[np.int64]
+    sizes: npt.NDArray[np.int64]
+
+
+def _sorted_runs(
+    hashes: npt.NDArray[np.uint64], present: npt.NDArray[np.bool_]
+) -> tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.int64], npt.NDArray[np.int64]
+]:
+    """(members by hash, distinct hashes, their starts and counts) of the non-empty records."""
+    records = np.flatnonzero(present).astype(np.int64)
+    order = records[np.argsort(hashes[records], kind="stable")]
+    ordered = hashes[order]
+    if len(ordered) == 0:
+        empty = np.empty(0, np.int64)
+        return order, np.empty(0, np.uint64), empty, empty
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]]).astype(np.int64)
+    counts = np.diff(np.r_[starts, len(ordered)]).astype(np.int64)
+    return order, ordered[starts], starts, counts
+
+
+def _blocks(keys: GroupKeys, group: int, within: bool, cap: int) -> tuple[_GroupBlocks, int, int]:
+    """One group's compared blocks, and the oversized ones' count and pairs; marks the
+    records of blocks not compared inactive in ``keys`` for this group."""
+    left_order, left_unique, left_starts, left_counts = _sorted_runs(
+        keys.left_hashes[:, group], keys.left_active[:, group]
+    )
+    if within:
+        keep = left_counts >= 2
+        unique = left_unique[keep]
+        left_starts, left_counts = left_starts[keep], left_counts[keep]
+        right_order, right_starts, right_counts = left_order, left_starts, left_counts
+        sizes = left_counts * (left_counts - 1) // 2
+    else:
+        right_order, right_unique, right_starts_all, right_counts_all = _sorted_runs(
+            keys.right_hashes[:, group], keys.right_active[:, group]
+        )
+        unique, left_index, right_index = np.intersect1d(
+            left_unique, right_unique, assume_unique=True, return_indices=True
+        )
+        left_starts, left_counts = left_starts[left_index], left_counts[left_index]
+        right_starts = right_starts_all[right_index]
+        right_counts = right_counts_all[right_index]
+        sizes = left_counts * right_counts
+    oversized = sizes > cap
+    compared = unique[~oversized]
+    # A record is active in this group only if its block is compared: the join's rule for
+    # scoring a pair once (its first compared group) and the merge's for the LSH pairs.
+    for hashes, active in (
+        (keys.left_hashes, keys.left_active),
+        (keys.right_hashes, keys.right_active),
+    ):
+        column = hashes[:, group]
+        position = np.minimum(np.searchsorted(compared, column), max(len(compared) - 1, 0))
+        hit = (compared[position] == column) if len(compared) else np.zeros(len(column), bool)
+        active[:, group] &= hit
+        if within:
+            break
+    keep = ~oversized
+    blocks = _GroupBlocks(
+        left_members=left_order,
+        left_starts=left_starts[keep],
+        left_stops=left_starts[keep] + left_counts[keep],
+        right_members=right_order,
+        right_starts=right_starts[keep],
+        right_stops=right_starts[keep] + right_counts[keep],
+        sizes=sizes[keep],
+    )
+    return blocks, int(oversized.sum()), int(sizes[oversized].sum())
+
+
+def _chunks(sizes: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
+    """Runs of consecutive blocks of at most ``_CHUNK_PAIRS`` pairs (a larger block alone)."""
+    if len(sizes) == 0:
+        return []
+    ends = np.cumsum(sizes)
+    out, start, base = [], 0, 0
+    while start < len(sizes):
+        stop = int(np.searchsorted(ends, base + _CHUNK_PAIRS, "right"))
+        stop = max(stop, start + 1)
+        out.append((start, stop))
+        base = int(ends[stop - 1])
+        start = stop
+    return out
+
+
+def group_join(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    offsets: tuple[int, ...],
+    threshold: float,
+    *,
+    max_group_block_pairs: int = DEFAULT_MAX_GROUP_BLOCK_PAIRS,
+    workers: int | None = None,
+) -> GroupJoin:
+    """The pairs at or above ``threshold`` (record-level Dice) among those sharing an
+    identical non-empty encoding of some group (``offsets``: each group's first word, then
+    the total), blocks of more than ``max_group_block_pairs`` pairs skipped; ``right`` None:
+    one party with itself (pairs left < right)."""
+    threshold = check_threshold(threshold)
+    if max_group_block_pairs < 1:
+        raise MatchingError("max_group_block_pairs must be >= 1")
+    left = check_clks(left, name="left")
+    within = right is None
+    other = left if right is None else check_clks(right, name="right")
+    if len(left) and len(other) and left.shape[1] != other.shape[1]:
+        raise MatchingError("the two sides' CLKs have different lengths; they cannot be compared")
+    keys = group_keys(left, None if within else other, offsets)
+    groups = keys.left_hashes.shape[1]
+    workers = default_workers() if workers is None else workers
+    required = required_shared(threshold, 64 * left.shape[1])
+    left_counts = popcounts(left)
+    right_counts = left_counts if within else popcounts(other)
+    width = max(len(other), 1)
+    parts: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]] = []
+    block_pairs = oversized_blocks = oversized_pairs = compared = 0
+    # Groups in turn (each pair is scored in its first compared group, which needs the
+    # earlier groups' active flags final), the blocks of one group across threads.
+    for group in range(groups):
+        blocks, skipped, skipped_pairs = _blocks(keys, group, within, max_group_block_pairs)
+        oversized_blocks += skipped
+        oversized_pairs += skipped_pairs
+        block_pairs += int(blocks.sizes.sum())
+
+        def task(
+            chunk: tuple[int, int], blocks: _GroupBlocks = blocks, group: int = group
+        ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], int]:
+            start, stop = chunk
+            capacity = int(blocks.sizes[start:stop].sum())
+            out_rows = np.empty(capacity, np.int64)
+            out_cols = np.empty(capacity, np.int64)
+            out_shared = np.empty(capacity, np.int32)
+            kept, count = _join_blocks(
+                left, other, left_counts, right_counts, required,
+                keys.left_hashes, keys.right_hashes, keys.left_active, keys.right_active, group,
+                blocks.left_members, blocks.left_starts[start:stop], blocks.left_stops[start:stop],
+                blocks.right_members, blocks.right_starts[start:stop],
+                blocks.right_stops[start:stop], within, out_rows, out_cols, out_shared,
+            )  # fmt: skip
+            return out_rows[:kept] * width + out_cols[:kept], out_shared[:kept].copy(), count
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for codes, shared, count in pool.map(task, _chunks(blocks.sizes)):
+                parts.append((codes, shared))
+                compared += count
+    codes = np.concatenate([codes for codes, _ in parts] or [np.empty(0, np.int64)])
+    shared = np.concatenate([shared for _, shared in parts] or [np.empty(0, np.int32)])
+    codes, shared = _sort_by_code(codes, shared)
+    rows, cols = np.divmod(codes, width)
+    scores = _scores(shared, left_counts[rows].astype(np.int64) + right_counts[cols])
+    return GroupJoin(
+        pairs=CandidatePairs(left=rows, right=cols, scores=scores, comparisons=compared),
+        plan=GroupJoinPlan(
+            block_pairs=block_pairs,
+            oversized_blocks=oversized_blocks,
+            oversized_pairs=oversized_pairs,
+        ),
+        keys=keys,
+    )
+
+
+def _sort_by_code(
+    codes: npt.NDArray[np.int64], shared: npt.NDArray[np.int32]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
+    """Both arrays in ascending code order. Codes are distinct; when code and shared count
+    fit one int64 they are sorted packed (a plain sort, several times an argsort's speed)."""
+    if len(codes) == 0:
+        return codes, shared
+    shift = max(int(shared.max()), 1).bit_length()
+    if int(codes.max()) < (1 << (62 - shift)):
+        packed = np.sort((codes << shift) | shared.astype(np.int64))
+        return packed >> shift, (packed & ((1 << shift) - 1)).astype(np.int32)
+    order = np.argsort(codes)
+    return codes[order], shared[order]
+
+
+def group_join_reference(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    offsets: tuple[int, ...],
+    threshold: float,
+    *,
+    max_group_block_pairs: int = DEFAULT_MAX_GROUP_BLOCK_PAIRS,
+) -> tuple[list[tuple[int, int, float]], GroupJoinPlan]:
+    """The slow obvious twin of :func:`group_join`: blocks by the encodings' own words (no
+    hash), every pair by nested loops, Dice by the rule ``2 shared >= threshold * total``.
+    Returns ``(left, right, score)`` triples in (left, right) order, and the plan."""
+    within = right is None
+    other = left if right is None else right
+    groups = len(offsets) - 1
+
+    def encoding(clks: npt.NDArray[np.uint64], record: int, g: int) -> tuple[int, ...] | None:
+        words = tuple(int(x) for x in clks[record, offsets[g] : offsets[g + 1]])
+        return words if any(words) else None
+
+    block_pairs = oversized_blocks = oversized_pairs = 0
+    compared_blocks: list[set[tuple[int, ...]]] = []
+    for g in range(groups):
+        left_count: dict[tuple[int, ...], int] = {}
+        right_count: dict[tuple[int, ...], int] = {}
+        for record in range(len(left)):
+            value = encoding(left, record, g)
+            if value is not None:
+                left_count[value] = left_count.get(value, 0) + 1
+        if not within:
+            for record in range(len(other)):
+                value = encoding(other, record, g)
+                if value is not None:
+                    right_count[value] = right_count.get(value, 0) + 1
+        kept: set[tuple[int, ...]] = set()
+        for value, count in left_count.items():
+            size = count * (count - 1) // 2 if within else count * right_count.get(value, 0)
+            if size == 0:
+                continue
+            if size > max_group_block_pairs:
+                oversized_blocks += 1
+                oversized_pairs += size
+            else:
+                kept.add(value)
+                block_pairs += size
+        compared_blocks.append(kept)
+    out = []
+    for row in range(len(left)):
+        for col in range(row + 1 if within else 0, len(other)):
+            joined = False
+            for g in range(groups):
+                value = encoding(left, row, g)
+                if value is not None and value == encoding(other, col, g):
+                    joined = joined or value in compared_blocks[g]
+            if not joined:
+                continue
+            a = sum(int(x).bit_count() for x in left[row])
+            b = sum(int(x).bit_count() for x in other[col])
+            shared = sum(
+                (int(x) & int(y)).bit_count() for x, y in zip(left[row], other[col], strict=True)
+            )
+            if 2 * shared >= float(threshold) * (a + b) and a + b > 0:
+                out.append((row, col, float(np.float32(2.0 * shared / (a + b)))))
+    plan = GroupJoinPlan(
+        block_pairs=block_pairs, oversized_blocks=oversized_blocks, oversized_pairs=oversized_pairs
+    )
+    return out, plan
+
+
+def merge_candidates(joined: GroupJoin, lsh: CandidatePairs, width: int) -> CandidatePairs:
+    """The union of the join's pairs and the LSH pairs, each pair once, sorted by (left,
+    right): an LSH pair the join compared (it holds it exactly when it passed the cut) is
+    dropped; ``comparisons`` adds both."""
+    extra = ~joined.keys.joined(lsh.left, lsh.right)
+    left = np.concatenate([joined.pairs.left, lsh.left[extra]])
+    right = np.concatenate([joined.pairs.right, lsh.right[extra]])
+    scores = np.concatenate([joined.pairs.scores, lsh.scores[extra]])
+    order = np.argsort(left * max(width, 1) + right, kind="stable")
+    return CandidatePairs(
+        left=left[order],
+        right=right[order],
+        scores=scores[order],
+        comparisons=joined.pairs.comparisons + lsh.comparisons,
+    )
+
+
+def group_lsh_settings(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    settings: GroupBlockingSettings,
+    blocking: BlockingSettings,
+) -> tuple[float, BlockingSettings | None]:
+    """The record-level Dice the LSH part is fitted to (``lsh_threshold``, or the run's cut
+    when higher) and its shape (None: comparing every pair costs less; see
+    :func:`linkage_unit.blocking.blocking_settings_for`)."""
+    fitted_at = max(check_threshold(threshold), settings.lsh_threshold)
+    return fitted_at, blocking_settings_for(
+        left, right, fitted_at, blocking,
+        record_cost=LSH_RECORD_COST, max_bits_per_band=LSH_MAX_BITS_PER_BAND,
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupCandidates:
+    """What group blocking gave one party pair: the candidate pairs, the LSH plan (None:
+    every pair was compared), the join's plan and the record-level Dice the LSH part was
+    fitted to (None: the join was not used), and the blocking recall the join was checked
+    at before it was used (:func:`estimate_recall`; None: not checked, every pair compared)."""
+
+    pairs: CandidatePairs
+    plan: BlockingPlan | None
+    join: GroupJoinPlan | None
+    lsh_threshold: float | None
+    recall_estimate: float | None
+
+
+def estimate_recall(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    joined: GroupJoin,
+    threshold: float,
+    lsh_threshold: float,
+    *,
+    sample: int,
+    seed: int,
+    workers: int | None = None,
+) -> float:
+    """The share of the pairs at or above ``threshold`` that group blocking holds, measured
+    on ``sample`` left records against every right record: a pair counts as held when the
+    join compared it or its Dice reaches ``lsh_threshold`` (the LSH part is fitted to find
+    those with the target recall). 1.0 when the sample has no such pair."""
+    generator = np.random.default_rng((seed, 0x6B))
+    rows = np.sort(generator.choice(len(left), size=min(sample, len(left)), replace=False))
+    other = left if right is None else right
+    found = candidate_pairs(left[rows], other, threshold, workers=workers)
+    lefts, rights = rows[found.left], found.right
+    scores = found.scores
+    if right is None:
+        distinct = lefts != rights
+        lefts, rights, scores = lefts[distinct], rights[distinct], scores[distinct]
+    if len(lefts) == 0:
+        return 1.0
+    held = joined.keys.joined(lefts, rights) | (scores >= np.float32(lsh_threshold))
+    return float(held.mean())
+
+
+def generate_group_candidates(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    *,
+    offsets: tuple[int, ...],
+    settings: GroupBlockingSettings,
+    blocking: BlockingSettings,
+    seed: int,
+    workers: int | None = None,
+    max_pairs: int = DEFAULT_MAX_CANDIDATE_PAIRS,
+) -> GroupCandidates:
+    """Group blocking for one party pair (``right`` None: one party with itself).
+
+    The join runs first (cheap); its recall is measured on a sample before it is used
+    (:func:`estimate_recall`). Below ``settings.min_recall`` - a record-level cut low enough
+    that many pairs above it share no group, as at 200k x 200k under the shipped schema (cut
+    0.56: the join held 0.36 of them) - the party pair is compared as without group
+    blocking (``blocking.generate_candidates``: LSH fitted to the cut, or every pair). Else
+    the LSH part adds its pairs. When the LSH shape would cost more than comparing every
+    pair, every pair is compared (recall 1)."""
+    lsh_threshold, shape = group_lsh_settings(left, right, threshold, settings, blocking)
+    if shape is None:
+        pairs = (
+            candidate_pairs_within(left, threshold, workers=workers, max_pairs=max_pairs)
+            if right is None
+            else candidate_pairs(left, right, threshold, workers=workers, max_pairs=max_pairs)
+        )
+        return GroupCandidates(
+            pairs=pairs, plan=None, join=None, lsh_threshold=None, recall_estimate=None
+        )
+    joined = group_join(
+        left, right, offsets, threshold,
+        max_group_block_pairs=settings.max_group_block_pairs, workers=workers,
+    )  # fmt: skip
+    recall = estimate_recall(
+        left, right, joined, threshold, lsh_threshold,
+        sample=settings.recall_sample, seed=seed, workers=workers,
+    )  # fmt: skip
+    if recall < settings.min_recall:
+        del joined
+        pairs, plan = generate_candidates(
+            left, right, threshold, mode=BlockingMode.LSH, settings=blocking, seed=seed,
+            workers=workers, max_pairs=max_pairs,
+        )  # fmt: skip
+        return GroupCandidates(
+            pairs=pairs, plan=plan, join=None, lsh_threshold=None, recall_estimate=recall
+        )
+    _check_pair_count(len(joined.pairs), max_pairs, threshold)
+    positions = sample_band_positions(64 * left.shape[1], shape, seed)
+    lsh, plan = lsh_beyond_join(
+        left, right, positions, threshold, joined.keys,
+        max_block_comparisons=shape.max_block_comparisons, workers=workers,
+    )  # fmt: skip
+    merged = merge_candidates(joined, lsh, len(left) if right is None else len(right))
+    _check_pair_count(len(merged), max_pairs, threshold)
+    return GroupCandidates(
+        pairs=merged,
+        plan=plan,
+        join=joined.plan,
+        lsh_threshold=lsh_threshold,
+        recall_estimate=recall,
+    )
+
+
+def _check_pair_count(count: int, max_pairs: int, threshold: float) -> None:
+    if count > max_pairs:
+        raise MatchingError(
+            f"more than {max_pairs} candidate pairs at threshold {threshold}: raise the "
+            "threshold or the candidate-pair limit"
+        )
+
+
+_BANDS_PER_PASS = 8
+"""LSH bands whose keys are taken in one pass over the records (8 bytes a record a band)."""
+
+
+def lsh_beyond_join(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    positions: npt.NDArray[np.int64],
+    threshold: float,
+    keys: GroupKeys,
+    *,
+    max_block_comparisons: int,
+    workers: int | None = None,
+) -> tuple[CandidatePairs, BlockingPlan]:
+    """The LSH part of group blocking: the pairs ``BlockingIndex(left, right, positions=...)``
+    finds at or above ``threshold`` that the join did not compare, each once, sorted, and
+    the LSH plan. A fast path for this one use: keys of several bands per pass over the
+    records, blocks compared where the records lie (a block here holds a few records, so
+    gathering them first only copied them), pairs the join holds skipped unscored.
+    ``BlockingIndex`` is its twin (the property test in tests/linkage_unit)."""
+    threshold = check_threshold(threshold)
+    within = right is None
+    other = left if right is None else right
+    workers = default_workers() if workers is None else workers
+    required = required_shared(threshold, 64 * left.shape[1])
+    left_counts = popcounts(left)
+    right_counts = left_counts if within else popcounts(other)
+    width = max(len(other), 1)
+    groups = keys.left_hashes.shape[1]
+    bits = int(positions.shape[1])
+    # Block comparisons, the largest block, oversized blocks and their pairs, pairs scored.
+    totals = [0, 0, 0, 0, 0]
+    parts: list[npt.NDArray[np.int64]] = []
+    shared_parts: list[npt.NDArray[np.int32]] = []
+
+    def band_task(
+        columns: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64] | None],
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], tuple[int, int, int, int, int]]:
+        left_keys, right_keys = columns
+        left_order, left_unique, left_starts, left_sizes = _groups(left_keys, bits)
+        if right_keys is None:
+            keep = left_sizes >= 2
+            left_starts, left_sizes = left_starts[keep], left_sizes[keep]
+            right_order, right_starts, right_sizes = left_order, left_starts, left_sizes
+            sizes = left_sizes * (left_sizes - 1) // 2
+        else:
+            right_order, right_unique, right_starts_all, right_sizes_all = _groups(right_keys, bits)
+            _, left_index, right_index = np.intersect1d(
+                left_unique, right_unique, assume_unique=True, return_indices=True
+            )
+            left_starts, left_sizes = left_starts[left_index], left_sizes[left_index]
+            right_starts = right_starts_all[right_index]
+            right_sizes = right_sizes_all[right_index]
+            sizes = left_sizes * right_sizes
+        oversized = sizes > max_block_comparisons
+        keep = ~oversized
+        left_starts, left_sizes = left_starts[keep], left_sizes[keep]
+        right_starts, right_sizes = right_starts[keep], right_sizes[keep]
+        kept_sizes = sizes[keep]
+        codes, shared, compared = [np.empty(0, np.int64)], [np.empty(0, np.int32)], 0
+        for start, stop in _chunks(kept_sizes):
+            capacity = int(kept_sizes[start:stop].sum())
+            out_rows = np.empty(capacity, np.int64)
+            out_cols = np.empty(capacity, np.int64)
+            out_shared = np.empty(capacity, np.int32)
+            kept, count = _join_blocks(
+                left, other, left_counts, right_counts, required,
+                keys.left_hashes, keys.right_hashes, keys.left_active, keys.right_active, groups,
+                left_order, left_starts[start:stop], left_starts[start:stop] + left_sizes[start:stop],
+                right_order, right_starts[start:stop],
+                right_starts[start:stop] + right_sizes[start:stop], within,
+                out_rows, out_cols, out_shared,
+            )  # fmt: skip
+            codes.append(out_rows[:kept] * width + out_cols[:kept])
+            shared.append(out_shared[:kept].copy())
+            compared += count
+        figures = (
+            int(kept_sizes.sum()),
+            int(kept_sizes.max(initial=0)),
+            int(oversized.sum()),
+            int(sizes[oversized].sum()),
+            compared,
+        )
+        return np.concatenate(codes), np.concatenate(shared), figures
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for band_start in range(0, positions.shape[0], _BANDS_PER_PASS):
+            batch = positions[band_start : band_start + _BANDS_PER_PASS]
+            left_keys = _keys(left, batch)
+            right_keys = None if within else _keys(other, batch)
+            columns = [
+                (
+                    np.ascontiguousarray(left_keys[:, b]),
+                    None if right_keys is None else np.ascontiguousarray(right_keys[:, b]),
+                )
+                for b in range(batch.shape[0])
+            ]
+            for band_codes, band_shared, figures in pool.map(band_task, columns):
+                parts.append(band_codes)
+                shared_parts.append(band_shared)
+                totals[0] += figures[0]
+                totals[1] = max(totals[1], figures[1])
+                totals[2] += figures[2]
+                totals[3] += figures[3]
+                totals[4] += figures[4]
+    # A pair colliding in several bands was kept once per band: the union keeps it once.
+    codes, first = np.unique(np.concatenate(parts or [np.empty(0, np.int64)]), return_index=True)
+    shared = np.concatenate(shared_parts or [np.empty(0, np.int32)])[first]
+    rows, cols = np.divmod(codes, width)
+    scores = _scores(shared, left_counts[rows].astype(np.int64) + right_counts[cols])
+    n_left, n_right = len(left), len(other)
+    plan = BlockingPlan(
+        bands=int(positions.shape[0]),
+        bits_per_band=bits,
+        exhaustive_comparisons=n_left * (n_left - 1) // 2 if within else n_left * n_right,
+        block_comparisons=totals[0],
+        largest_block_comparisons=totals[1],
+        oversized_blocks=totals[2],
+        oversized_comparisons=totals[3],
+        estimated_seconds=totals[0] / (BLOCK_COMPARISONS_PER_SECOND * workers),
+        estimated_memory_bytes=workers * 32 * (n_left + n_right)
+        + _BANDS_PER_PASS * 8 * (n_left + n_right),
+    )
+    return CandidatePairs(left=rows, right=cols, scores=scores, comparisons=totals[4]), plan
