@@ -337,6 +337,8 @@ def names(args: argparse.Namespace) -> None:
                 "matched_people": second.matched_people,
                 "merges": len(second.merges),
                 "splits": len(second.splits),
+                "untrusted_models": [*first.untrusted_models, *second.untrusted_models],
+                "release_2_linked_records": second.linked_records,
                 "scratch_s": round(scratch_s, 3),
                 "scratch_peak_mib": round(scratch_peak / 2**20, 1),
                 "scratch_rss_mib": round(scratch_rss),

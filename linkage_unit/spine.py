@@ -8,14 +8,22 @@ is new (:func:`link_into_spine`):
 1. the new uploads among themselves, exactly as a one-off run of them
    (:func:`linkage_unit.matching.link`, with or without deduplication), giving clusters of
    new records; a deduplicated party's partition of its own records is its own, as ever;
-2. every new record against the spine's records, at the run's Dice cut. Spine records are
-   never compared with each other: the spine's people are already resolved, and are not
-   re-clustered.
+2. every new record against the spine's records. Spine records are never compared with
+   each other: the spine's people are already resolved, and are not re-clustered.
+
+Scoring is the project's, as in a one-off run: with a layout of several field groups (a
+grouped schema) the uploads are linked with that layout, and new-vs-spine pairs are scored by
+a Fellegi-Sunter model of their own (candidates above a record-level Dice cut chosen from
+random new-vs-spine pairs, EM on them, a posterior match probability per pair, linked at the
+operator's match probability; an untrusted model links nothing, ``fellegi_sunter.py``);
+without one (single CLKs, or ``scoring=dice``) new-vs-spine pairs are cut at the Dice
+threshold the run chooses (or the operator's).
 
 Then new clusters are joined to spine people by the clustering's average linkage (a
 cluster and a person are linked when their record pairs' mean ``score - cut``, a pair never
-scored counting ``unscored_margin`` below the cut, is at least zero), best links first, at
-most one cluster of each new upload per person (as in the clustering's stage 2):
+scored counting ``margin`` below the cut: ``unscored_margin`` in Dice, probability 0 with
+the model, is at least zero), best links first, at most one cluster of each new upload per
+person (as in the clustering's stage 2):
 
 * a cluster joined to exactly one spine person takes that person's keys;
 * a cluster joined to none is a new person: fresh keys, added;
