@@ -16,6 +16,11 @@ record corrupted afresh from the person's true values, new record ids, a new ord
 the share of people in both MoJ releases whose release-2 key is their release-1 key, how
 many new people were given an existing person's key, and how many distinct true people
 share one key across everything issued (false merges; release 1's alone for comparison).
+``--scoring auto`` (the default) scores as a project of the default schema does: the
+Fellegi-Sunter model over its field groups, in both releases and in the relink; ``dice``
+scores whole records by Dice. Each run's cut is automatic unless ``--threshold`` sets the
+record-level Dice cut (with the model: its candidate cut). Every run draws a fresh linkage
+secret, so repeated runs measure the spread over secrets.
 
     nice .venv/bin/python benchmarks/refresh.py --people 50000
 
@@ -52,7 +57,7 @@ import numpy.typing as npt
 from bloomlink.synth import DepartmentExtract, SynthConfig, generate
 from bloomlink.synth.generation import extract_people
 from linkage_unit.link_keys import PartyLinkKeys, fresh_keys, issue_link_keys
-from linkage_unit.matching import MatchSettings, link
+from linkage_unit.matching import MatchSettings, Scoring, link
 from linkage_unit.spine import SpineSettings, SpineState, SpineUpload, link_into_spine
 from party.mapping import shipped_mapping
 from protocol.encoding import ClkEncoder
@@ -186,8 +191,12 @@ def names(args: argparse.Namespace) -> None:
             link_key_mode=LinkKeyMode.SHARED,
         )
     )
-    cut = None if args.automatic_threshold else args.threshold
-    settings = MatchSettings(threshold=cut, blocking_seed=args.seed)
+    # auto: the model over the default schema's field groups, as a grouped project's runs
+    # (and a one-off run of them) score; dice: whole-record Dice, the engine's single-CLK path.
+    layout = schema.layout
+    settings = MatchSettings(
+        threshold=args.threshold, blocking_seed=args.seed, scoring=Scoring(args.scoring)
+    )
     first, first_s, _ = _measured(
         lambda: link_into_spine(
             empty,
@@ -195,6 +204,7 @@ def names(args: argparse.Namespace) -> None:
             settings,
             run_id="release-1",
             project_id="release-1",
+            layout=layout,
         )
     )
     # Release 2 of MoJ alone: a one-party project deduplicates it (as `--dedupe moj`).
@@ -207,12 +217,14 @@ def names(args: argparse.Namespace) -> None:
                 refresh_settings,
                 run_id="release-2",
                 project_id="release-2",
+                layout=layout,
             )
         )
     except PreconditionError as refusal:  # the merge cap: the run would issue no key
         tracemalloc.stop()
         print(f"release 2 refused: {refusal.message}")
-        print(json.dumps({"bench": "refresh", "mode": "names", "refused": refusal.message,
+        print(json.dumps({"bench": "refresh", "mode": "names", "scoring": args.scoring,
+                          "refused": refusal.message,
                           "ratio": None, "keep_key_share": None,
                           "load_average": round(os.getloadavg()[0], 2)}))  # fmt: skip
         return
@@ -220,7 +232,9 @@ def names(args: argparse.Namespace) -> None:
 
     def scratch() -> int:
         result = link(
-            {"moj-1": clks["moj-1"], "dfe-1": clks["dfe-1"], "moj-2": clks["moj-2"]}, settings
+            {"moj-1": clks["moj-1"], "dfe-1": clks["dfe-1"], "moj-2": clks["moj-2"]},
+            settings,
+            layout=layout,
         )
         return len(issue_link_keys(result.clusters, LinkKeyMode.SHARED)["moj-2"].link_keys)
 
@@ -239,15 +253,16 @@ def names(args: argparse.Namespace) -> None:
     # which the research environment applies: a key that moved there is kept in effect.
     current = dict(second.state.crosswalk().rows)
     kept_via = sum(current.get(key_one[p], key_one[p]) == key_two[p] for p in returning)
-    # The bound the cut sets: returning people whose two MoJ records score at least the cut
-    # (the run's Dice) against each other. Below it only other records could carry the key.
+    # With Dice, the bound the cut sets: returning people whose two MoJ records score at
+    # least the cut against each other. Below it only other records could carry the key.
     row_one = {person: row for row, person in enumerate(moj_one.people.tolist())}
     row_two = {person: row for row, person in enumerate(moj_two.people.tolist())}
     left = clks["moj-1"][[row_one[p] for p in returning]]
     right = clks["moj-2"][[row_two[p] for p in returning]]
     ones = np.bitwise_count(left).sum(axis=1) + np.bitwise_count(right).sum(axis=1)
     dice = 2 * np.bitwise_count(left & right).sum(axis=1) / np.maximum(ones, 1)
-    above_cut = float(np.mean(dice >= second.threshold))
+    model = second.threshold_method == "fellegi-sunter"
+    above_cut = None if model else float(np.mean(dice >= second.threshold))
     earlier = set(moj_keys_one) | set(dfe_keys_one)
     new_people = sorted(set(key_two) - set(key_one) - set(dfe_one.people.tolist()))
     new_with_old_key = sum(key_two[person] in earlier for person in new_people)
@@ -283,8 +298,14 @@ def names(args: argparse.Namespace) -> None:
     )
     print(
         f"returning people keeping their MoJ key: {kept:,} of {len(returning):,} ({kept_via:,} "
-        f"with the crosswalk applied; {above_cut:.4f} of them score at least the cut against "
-        "their own release-1 record); new people "
+        f"with the crosswalk applied"
+        + (
+            ""
+            if above_cut is None
+            else f"; {above_cut:.4f} of them score at least the cut "
+            "against their own release-1 record"
+        )
+        + "); new people "
         f"given an existing key: {new_with_old_key} of {len(new_people):,}; true people sharing "
         f"a key: {shared_all} (release 1 alone: {shared_one}); merges {len(second.merges)}, "
         f"splits {len(second.splits)}"
@@ -296,6 +317,7 @@ def names(args: argparse.Namespace) -> None:
                 "mode": "names",
                 "people_per_extract": args.people,
                 "difficulty": args.difficulty,
+                "scoring": args.scoring,
                 "threshold": second.threshold,
                 "threshold_method": second.threshold_method,
                 "release_1_threshold": first.threshold,
@@ -315,12 +337,14 @@ def names(args: argparse.Namespace) -> None:
                 "matched_people": second.matched_people,
                 "merges": len(second.merges),
                 "splits": len(second.splits),
+                "untrusted_models": [*first.untrusted_models, *second.untrusted_models],
+                "release_2_linked_records": second.linked_records,
                 "scratch_s": round(scratch_s, 3),
                 "scratch_peak_mib": round(scratch_peak / 2**20, 1),
                 "scratch_rss_mib": round(scratch_rss),
                 "keep_key_share": round(keep_share, 5),
                 "keep_key_share_with_crosswalk": round(kept_via / len(returning), 5),
-                "returning_above_cut_share": round(above_cut, 5),
+                "returning_above_cut_share": None if above_cut is None else round(above_cut, 5),
                 "new_people_given_existing_key": new_with_old_key,
                 "people_sharing_a_key": shared_all,
                 "people_sharing_a_key_release_1": shared_one,
@@ -337,9 +361,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=("names", "random"), default="names")
     parser.add_argument(
-        "--automatic-threshold",
-        action="store_true",
-        help="names: let each run choose its own cut instead of --threshold",
+        "--scoring",
+        choices=("auto", "dice"),
+        default="auto",
+        help="names: auto scores by the Fellegi-Sunter model over the schema's field groups "
+        "(as a grouped project's runs do); dice by whole-record Dice",
     )
     parser.add_argument("--people", type=int, default=50_000, help="names: records per extract")
     parser.add_argument(
@@ -357,9 +383,9 @@ def main() -> None:
     parser.add_argument(
         "--threshold",
         type=float,
-        default=0.8,
-        help="names: the Dice cut of both releases (0.8; none: chosen by each run, which for "
-        "a one-party refresh is permissive enough to trip the spine's merge cap)",
+        default=None,
+        help="names: the operator's record-level Dice cut of both releases (with the model: "
+        "the candidate cut); unset (the default): chosen by each run",
     )
     parser.add_argument("--spine", type=int, default=100_000, help="random: people in the spine")
     parser.add_argument(

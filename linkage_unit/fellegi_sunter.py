@@ -49,6 +49,8 @@ from protocol.errors import MatchingError
 
 __all__ = [
     "DEFAULT_LEVEL_TAILS",
+    "MIN_SEPARATING_GROUPS",
+    "SEPARATING_DISTANCE",
     "FellegiSunterModel",
     "GroupLevels",
     "ModelSettings",
@@ -78,6 +80,18 @@ estimates."""
 
 _M_PSEUDO = 1e-3
 """Pseudo-count of matches per level, so that a level no match reached keeps a finite weight."""
+
+SEPARATING_DISTANCE = 0.5
+MIN_SEPARATING_GROUPS = 2
+"""A trained model is trusted when at least this many groups separate its matches from its
+non-matches: the total variation distance between the group's ``m`` and ``u`` (half the sum
+of their absolute differences over the non-missing levels) is at least ``SEPARATING_DISTANCE``.
+Two groups, because one group is one indicator (why the model needs two groups at all). EM
+on pairs holding no true match can settle on a class of look-alikes that agree on one group
+only: on a synth MoJ extract of 10k people without a duplicate, deduplicated alone, one
+linkage secret in eight gave a model whose "matches" were the pairs sharing a birth date
+(distances 0.03, 1.0 and 0.02 for name, birth and postcode) and joined 4,134 different people;
+fits that held true matches measured 0.87 to 0.98 on every group (docs/spine.md)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -272,6 +286,22 @@ class FellegiSunterModel:
                 raise MatchingError("m and u need one probability per non-missing level")
         if any(not (0.0 < p < 1.0) for p in self.prior):
             raise MatchingError("a prior must be in (0, 1)")
+
+    def separation(self) -> tuple[float, ...]:
+        """Per group, the total variation distance between ``m`` and ``u``: 0 when the group
+        tells the model's matches from its non-matches not at all, 1 when perfectly."""
+        return tuple(
+            0.5 * float(np.abs(np.array(m) - np.array(u)).sum())
+            for m, u in zip(self.m, self.u, strict=True)
+        )
+
+    @property
+    def trusted(self) -> bool:
+        """Whether at least ``MIN_SEPARATING_GROUPS`` groups separate the model's matches from
+        its non-matches (``SEPARATING_DISTANCE``); an untrusted model's matches are look-alikes
+        on fewer groups, not the same people, and its links are not made."""
+        separating = sum(1 for value in self.separation() if value >= SEPARATING_DISTANCE)
+        return separating >= min(MIN_SEPARATING_GROUPS, len(self.groups))
 
     def level_weights(self) -> tuple[npt.NDArray[np.float64], ...]:
         """Per group, ``log2(m / u)`` per level, with 0 for level 0 (missing)."""

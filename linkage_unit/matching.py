@@ -12,7 +12,9 @@ two:
   pairs above a record-level Dice cut chosen from random pairs get one similarity per group,
   an EM-trained model gives each its match probability (``scoring.py``,
   ``fellegi_sunter.py``), and the solver takes pairs at or above the operator's probability
-  (0.5 by default). The model's estimated precision, recall and F1 come with the result.
+  (0.5 by default). The model's estimated precision, recall and F1 come with the result. A
+  model whose matches differ from its non-matches on fewer than two field groups is not
+  trusted (``FellegiSunterModel.trusted``): its pairs make no link.
 
 The solve is the same for both: a run with no deduplicated party links one-to-one
 (``solve_linkage`` over the pairs at or above the cut); a run that deduplicates a party makes
@@ -168,7 +170,9 @@ class LinkStatistics:
     made, from the model alone). With Dice scoring and the null-model threshold:
     ``estimated`` from the null model at the threshold used (its counts per party record, as
     the null model reads them off a sample) and ``dice_curve``, its estimate at every Dice
-    threshold searched."""
+    threshold searched. ``untrusted_models``: the parties (``moj``, or ``moj+dfe`` across
+    parties) of each model that separated its matches on fewer than two field groups
+    (``FellegiSunterModel.trusted``), whose pairs were therefore linked by nothing."""
 
     compare: CompareStatistics = field(default_factory=CompareStatistics)
     candidate_pairs: int = 0
@@ -181,6 +185,7 @@ class LinkStatistics:
     model: FellegiSunterModel | None = None
     estimated: EstimatedQuality | None = None
     dice_curve: tuple[NullPoint, ...] = ()
+    untrusted_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -545,14 +550,20 @@ def _link_with_model(
     if progress is not None:
         progress("model: train and score", 0, 1)
     scored_parts: list[ScoredPairs] = []
+    untrusted: list[str] = []
     for (members, own_jobs), scorer, cut in zip(groups, scorers, cuts, strict=True):
-        scored_parts.append(
-            scorer.score(
-                [by_job[members[i], members[j]] for i, j in own_jobs],
-                deduplicated=[deduplicated[member] for member in members],
-                cut=cut.threshold,
-            )
+        part = scorer.score(
+            [by_job[members[i], members[j]] for i, j in own_jobs],
+            deduplicated=[deduplicated[member] for member in members],
+            cut=cut.threshold,
         )
+        if not part.model.trusted:
+            # Its "matches" are look-alikes on fewer than two groups (fellegi_sunter.py,
+            # MIN_SEPARATING_GROUPS): what EM finds in pairs holding no true match, e.g. a
+            # duplicate-free extract deduplicated. Its pairs link nothing.
+            part = part.distrusted()
+            untrusted.append("+".join(parties[member] for member in members))
+        scored_parts.append(part)
     scored = _combine(scored_parts, groups, jobs, deduplicated)
     if progress is not None:
         progress("solve", 0, 1)
@@ -587,6 +598,7 @@ def _link_with_model(
         candidate_cut=cuts[0],
         model=scored.model,
         estimated=estimated,
+        untrusted_models=tuple(untrusted),
     )
     return _result(parties, sizes, solution, choice, statistics, scored=scored)
 

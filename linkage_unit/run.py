@@ -52,6 +52,7 @@ from protocol.audit_events import (
     SpineRunLinked,
 )
 from protocol.clk_file import read_clks
+from protocol.clk_layout import ClkLayout
 from protocol.errors import (
     AlreadyExistsError,
     ClkFileError,
@@ -360,7 +361,7 @@ class RunManager:
         options = {} if self._random_bytes is None else {"random_bytes": self._random_bytes}
         if spine is not None:
             result, keys = self._link_into_spine(
-                project_id, run_id, spine, headers, clks, settings, options
+                project_id, run_id, spine, headers, clks, settings, options, project.layout
             )
         else:
             result = self._link(clks, settings, progress=progress, **grouped)
@@ -471,8 +472,11 @@ class RunManager:
         clks: dict[str, npt.NDArray[np.uint64]],
         settings: matching.MatchSettings,
         options: dict[str, RandomBytes],
+        layout: ClkLayout | None,
     ) -> tuple[matching.LinkResult, dict[str, PartyLinkKeys]]:
-        """Link into the spine, save it, and return a result whose clusters are per person."""
+        """Link into the spine, save it, and return a result whose clusters are per person.
+        ``layout``: the project's field groups (None: single CLKs), so a grouped project's
+        run into a spine is scored by the model as its one-off run would be."""
         if self.spines is None:
             raise InvariantError("a spine run without a spine store")
         uploads = [
@@ -487,8 +491,9 @@ class RunManager:
         self._storage.set_progress(run_id, "linking into the spine", 0, 1)
         try:
             outcome = link_into_spine(
-                spine, uploads, settings, run_id=run_id, project_id=project_id, **options
-            )
+                spine, uploads, settings, run_id=run_id, project_id=project_id, layout=layout,
+                **options,
+            )  # fmt: skip
         except PreconditionError as error:
             if isinstance(error, CompatibilityError):
                 raise
@@ -525,14 +530,13 @@ class RunManager:
                     people_without_records=pruning.people_without_records,
                 )
             )
-        linked = sum(
-            1 for keys in outcome.keys.values() for _ in keys.positions
-        )  # every record is keyed; "linked" below counts those of existing people
         result = matching.LinkResult(
             clusters={},
             threshold=outcome.threshold,
             cluster_count=outcome.matched_people + outcome.new_people,
-            linked_record_count=linked,
+            # As a one-off run counts: records of a person with another record (this run's,
+            # or one the spine already held), not every keyed record.
+            linked_record_count=outcome.linked_records,
             comparisons=outcome.comparisons,
             threshold_method=outcome.threshold_method,
         )

@@ -22,7 +22,7 @@ by itself.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -57,6 +57,7 @@ __all__ = [
     "MIN_CANDIDATE_CUT",
     "ScoredPairs",
     "Scorer",
+    "UNTRUSTED_WEIGHT",
     "estimate_quality",
     "unseen_matches",
     "unseen_matches_reference",
@@ -72,6 +73,10 @@ UNSEEN_MIN_PROBABILITY = 0.01
 """The tail of matches below the candidate cut (:func:`unseen_matches`): fitted to this many
 bins of this width above the cut, counting pairs of at least this match probability; each
 bin below holds at most this share of the one above."""
+
+UNTRUSTED_WEIGHT = -64.0
+"""The match weight of every pair of an untrusted model (:meth:`ScoredPairs.distrusted`):
+probability 2^-64, no link."""
 
 MIN_CANDIDATE_CUT = 0.05
 MAX_CANDIDATE_CUT = 0.95
@@ -129,6 +134,27 @@ class ScoredPairs:
                 PartyPairs(left_party=item.left_party, right_party=item.right_party, pairs=pairs)
             )
         return tuple(kept)
+
+    def distrusted(self) -> ScoredPairs:
+        """These pairs as an untrusted model leaves them (``FellegiSunterModel.trusted``): none
+        is a link, each weighing ``UNTRUSTED_WEIGHT`` (probability about 0), so a clustering
+        reads every one as evidence against one person."""
+        return replace(
+            self,
+            party_pairs=tuple(
+                PartyPairs(
+                    left_party=item.left_party,
+                    right_party=item.right_party,
+                    pairs=CandidatePairs(
+                        left=item.pairs.left,
+                        right=item.pairs.right,
+                        scores=np.full(len(item.pairs.scores), UNTRUSTED_WEIGHT, np.float32),
+                        comparisons=item.pairs.comparisons,
+                    ),
+                )
+                for item in self.party_pairs
+            ),
+        )
 
     def probabilities(self) -> tuple[PartyPairs, ...]:
         """Every candidate pair with its match probability as its score (float32), for a

@@ -8,14 +8,22 @@ is new (:func:`link_into_spine`):
 1. the new uploads among themselves, exactly as a one-off run of them
    (:func:`linkage_unit.matching.link`, with or without deduplication), giving clusters of
    new records; a deduplicated party's partition of its own records is its own, as ever;
-2. every new record against the spine's records, at the run's Dice cut. Spine records are
-   never compared with each other: the spine's people are already resolved, and are not
-   re-clustered.
+2. every new record against the spine's records. Spine records are never compared with
+   each other: the spine's people are already resolved, and are not re-clustered.
+
+Scoring is the project's, as in a one-off run: with a layout of several field groups (a
+grouped schema) the uploads are linked with that layout, and new-vs-spine pairs are scored by
+a Fellegi-Sunter model of their own (candidates above a record-level Dice cut chosen from
+random new-vs-spine pairs, EM on them, a posterior match probability per pair, linked at the
+operator's match probability; an untrusted model links nothing, ``fellegi_sunter.py``);
+without one (single CLKs, or ``scoring=dice``) new-vs-spine pairs are cut at the Dice
+threshold the run chooses (or the operator's).
 
 Then new clusters are joined to spine people by the clustering's average linkage (a
 cluster and a person are linked when their record pairs' mean ``score - cut``, a pair never
-scored counting ``unscored_margin`` below the cut, is at least zero), best links first, at
-most one cluster of each new upload per person (as in the clustering's stage 2):
+scored counting ``margin`` below the cut: ``unscored_margin`` in Dice, probability 0 with
+the model, is at least zero), best links first, at most one cluster of each new upload per
+person (as in the clustering's stage 2):
 
 * a cluster joined to exactly one spine person takes that person's keys;
 * a cluster joined to none is a new person: fresh keys, added;
@@ -63,12 +71,17 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from linkage_unit import matching
 from linkage_unit.clustering import DEFAULT_UNSCORED_MARGIN
 from linkage_unit.comparison import CompareSettings, LocalComparer
+from linkage_unit.fellegi_sunter import probability_of_weight
 from linkage_unit.link_keys import PartyLinkKeys, RandomBytes, fresh_keys
+from linkage_unit.scoring import Scorer
+from linkage_unit.threshold import ThresholdMethod
+from protocol.clk_layout import ClkLayout
 from protocol.errors import (
     AlreadyExistsError,
     CompatibilityError,
     ConfigurationError,
     InvalidRequestError,
+    MatchingError,
     NotFoundError,
     PreconditionError,
 )
@@ -255,7 +268,11 @@ class SpineUpload:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpineRunResult:
-    """Keys for every record of every upload, the spine after the run and what happened."""
+    """Keys for every record of every upload, the spine after the run and what happened.
+    ``linked_records``: the uploads' records whose person has another record, in this run or
+    in the spine (what a one-off run counts as linked: records in clusters of two or more).
+    ``untrusted_models``: the models of this run that were not trusted and so linked nothing
+    (``matching.LinkStatistics.untrusted_models``; ``spine`` for new-vs-spine pairs)."""
 
     keys: Mapping[str, PartyLinkKeys]
     state: SpineState
@@ -267,6 +284,8 @@ class SpineRunResult:
     spine_comparisons: int = 0
     threshold: float = 0.0
     threshold_method: str = ""
+    linked_records: int = 0
+    untrusted_models: tuple[str, ...] = ()
 
 
 def check_upload(settings: SpineSettings, upload: SpineUpload) -> None:
@@ -299,10 +318,14 @@ def link_into_spine(
     *,
     run_id: str,
     project_id: str = "",
+    layout: ClkLayout | None = None,
     random_bytes: RandomBytes = os.urandom,
 ) -> SpineRunResult:
     """Link ``uploads`` among themselves and against the spine; issue every record one key.
-    ``project_id``: the project whose run this is (the records' origin, for key rotation)."""
+    ``project_id``: the project whose run this is (the records' origin, for key rotation).
+    ``layout``: the project's field groups (None: one record-level CLK, scored by Dice); with
+    several groups (and ``settings.scoring`` not ``dice``) every comparison is scored by the
+    Fellegi-Sunter model, as in a one-off run (module docstring)."""
     if not uploads:
         raise InvalidRequestError("a run into a spine needs at least one upload")
     parties = [upload.party for upload in uploads]
@@ -326,7 +349,12 @@ def link_into_spine(
             party=uploads[0].party,
             aspect=CheckAspect.CLK_BITS,
         )
-    new = _link_new(state, uploads, settings)
+    if layout is not None and layout.total_words != next(iter(widths)):
+        raise MatchingError(
+            f"the CLKs have {next(iter(widths)) * 64} bits but their layout says "
+            f"{layout.total_bits}: the encoding and its layout disagree"
+        )
+    new = _link_new(state, uploads, settings, layout)
     return _assign(
         state, uploads, new, run_id=run_id, project_id=project_id, random_bytes=random_bytes
     )
@@ -335,8 +363,9 @@ def link_into_spine(
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _NewLinks:
     """The new uploads linked among themselves (one cluster id per new record, uploads
-    concatenated in order, dense from 0) and against the spine (pairs of a new record and a
-    spine record at or above ``threshold``)."""
+    concatenated in order, dense from 0) and against the spine: scored pairs of a new record
+    and a spine record, in the units of ``threshold`` (Dice and the Dice cut, or match
+    probabilities and the probability cut), a pair never scored counting ``margin`` below it."""
 
     cluster: npt.NDArray[np.int64]
     party: npt.NDArray[np.int64]  # per new record: its upload's index
@@ -347,26 +376,51 @@ class _NewLinks:
     threshold_method: str
     comparisons: int
     spine_comparisons: int
+    margin: float = DEFAULT_UNSCORED_MARGIN
+    untrusted_models: tuple[str, ...] = ()
+
+
+def _uses_model(settings: matching.MatchSettings, layout: ClkLayout | None) -> bool:
+    """Whether a run scores by the Fellegi-Sunter model, as :func:`matching.link` decides."""
+    groups = 1 if layout is None else len(layout.groups)
+    if settings.scoring is matching.Scoring.FELLEGI_SUNTER and groups < 2:
+        raise MatchingError(
+            "Fellegi-Sunter scoring needs an encoding of at least two field groups; a single "
+            "record-level CLK is scored by Dice"
+        )
+    return settings.scoring is not matching.Scoring.DICE and groups > 1
 
 
 def _link_new(
-    state: SpineState, uploads: Sequence[SpineUpload], settings: matching.MatchSettings
+    state: SpineState,
+    uploads: Sequence[SpineUpload],
+    settings: matching.MatchSettings,
+    layout: ClkLayout | None = None,
 ) -> _NewLinks:
     """Compare only what is new: the uploads among themselves (exactly the one-off run of
     these uploads, so a deduplicated party's own partition is its own as ever) and each new
     record against the spine's records. Spine records are never compared with each other:
-    the spine's people are already resolved."""
+    the spine's people are already resolved. With the model (``_uses_model``), new-vs-spine
+    pairs are scored as a one-off run scores its pairs: a record-level Dice cut for candidates
+    from random pairs, EM on those candidates, each pair's posterior match probability."""
+    use_model = _uses_model(settings, layout)
     sizes = [len(upload.clks) for upload in uploads]
     spine_size = len(state.record_person)
     if spine_size and len(uploads) == 1 and uploads[0].party not in settings.deduplicated:
         # One duplicate-free party: every record is its own cluster before the spine.
         labels = np.arange(sizes[0], dtype=np.int64)
         own_threshold, own_label, own_comparisons = 0.0, "", 0
+        untrusted: tuple[str, ...] = ()
     else:
-        result = matching.link({upload.party: upload.clks for upload in uploads}, settings)
+        result = matching.link(
+            {upload.party: upload.clks for upload in uploads},
+            settings,
+            layout=layout if use_model else None,
+        )
         labels = np.concatenate([result.clusters[upload.party] for upload in uploads])
         own_threshold, own_label = result.threshold, result.threshold_method
         own_comparisons = result.comparisons
+        untrusted = result.statistics.untrusted_models
     cluster = np.unique(labels, return_inverse=True)[1].astype(np.int64).reshape(-1)
     party = np.repeat(np.arange(len(uploads), dtype=np.int64), sizes)
     if not spine_size:
@@ -375,9 +429,23 @@ def _link_new(
             cluster=cluster, party=party, new_record=empty, spine_record=empty,
             scores=np.zeros(0), threshold=own_threshold, threshold_method=own_label,
             comparisons=own_comparisons, spine_comparisons=0,
+            margin=settings.model.match_probability if use_model else DEFAULT_UNSCORED_MARGIN,
+            untrusted_models=untrusted,
         )  # fmt: skip
     seed = settings.blocking_seed if settings.blocking_seed is not None else secrets.randbits(128)
     new_records = np.concatenate([upload.clks for upload in uploads])
+    compare_settings = CompareSettings(
+        blocking=settings.blocking,
+        blocking_settings=settings.blocking_settings,
+        seed=seed,
+        max_pairs=settings.max_candidate_pairs,
+        workers=settings.workers,
+    )
+    if use_model and layout is not None:
+        return _score_against_spine(
+            state, new_records, layout, settings, compare_settings, cluster=cluster,
+            party=party, own_comparisons=own_comparisons, untrusted=untrusted,
+        )  # fmt: skip
     choice = matching.choose_run_threshold(
         [state.encodings, *(upload.clks for upload in uploads)],
         settings,
@@ -385,16 +453,7 @@ def _link_new(
         [True, *(upload.party in settings.deduplicated for upload in uploads)],
     )
     (compared,) = LocalComparer().compare(
-        [new_records, state.encodings],
-        [(0, 1)],
-        [choice.threshold],
-        CompareSettings(
-            blocking=settings.blocking,
-            blocking_settings=settings.blocking_settings,
-            seed=seed,
-            max_pairs=settings.max_candidate_pairs,
-            workers=settings.workers,
-        ),
+        [new_records, state.encodings], [(0, 1)], [choice.threshold], compare_settings
     )
     return _NewLinks(
         cluster=cluster,
@@ -406,6 +465,62 @@ def _link_new(
         threshold_method=choice.label,
         comparisons=own_comparisons + compared.statistics.comparisons,
         spine_comparisons=compared.statistics.comparisons,
+        untrusted_models=untrusted,
+    )
+
+
+def _score_against_spine(
+    state: SpineState,
+    new_records: npt.NDArray[np.uint64],
+    layout: ClkLayout,
+    settings: matching.MatchSettings,
+    compare_settings: CompareSettings,
+    *,
+    cluster: npt.NDArray[np.int64],
+    party: npt.NDArray[np.int64],
+    own_comparisons: int,
+    untrusted: tuple[str, ...],
+) -> _NewLinks:
+    """New-vs-spine pairs scored by the model: candidates above the record-level Dice cut
+    (the operator's ``threshold``, else chosen from random new-vs-spine pairs), EM trained on
+    them, each pair's posterior match probability; the link cut is the operator's match
+    probability, a pair never scored counting as probability 0 (margin = the cut), as a
+    one-off run's clustering counts it. Both sides may hold several records of one person
+    (the spine's people have a record per party and release; the new uploads may be several
+    parties or deduplicated), so no pair is conditioned on its records' other candidates."""
+    probability = settings.model.match_probability
+    if not len(new_records):  # an empty upload: nothing to train on, nothing to link
+        empty = np.zeros(0, np.int64)
+        return _NewLinks(
+            cluster=cluster, party=party, new_record=empty, spine_record=empty,
+            scores=np.zeros(0), threshold=probability,
+            threshold_method=str(ThresholdMethod.FELLEGI_SUNTER), comparisons=own_comparisons,
+            spine_comparisons=0, margin=probability, untrusted_models=untrusted,
+        )  # fmt: skip
+    arrays = [new_records, state.encodings]
+    scorer = Scorer(
+        arrays, layout, [(0, 1)], settings.model, seed=compare_settings.seed,
+        workers=settings.workers,
+    )  # fmt: skip
+    cut = settings.threshold if settings.threshold is not None else scorer.candidate_cut().threshold
+    (compared,) = LocalComparer().compare(arrays, [(0, 1)], [cut], compare_settings)
+    scored = scorer.score([compared.pairs], deduplicated=[True, True], cut=cut)
+    if not scored.model.trusted:  # look-alikes on one group: no new record is a spine person
+        scored = scored.distrusted()
+        untrusted = (*untrusted, SPINE_PARTY)
+    pairs = scored.party_pairs[0].pairs
+    return _NewLinks(
+        cluster=cluster,
+        party=party,
+        new_record=pairs.left.astype(np.int64),
+        spine_record=pairs.right.astype(np.int64),
+        scores=probability_of_weight(pairs.scores.astype(np.float64)),
+        threshold=probability,
+        threshold_method=str(ThresholdMethod.FELLEGI_SUNTER),
+        comparisons=own_comparisons + compared.statistics.comparisons,
+        spine_comparisons=compared.statistics.comparisons,
+        margin=probability,
+        untrusted_models=untrusted,
     )
 
 
@@ -517,7 +632,7 @@ def _assign(
 ) -> SpineRunResult:
     """New clusters -> spine people, by average linkage over new-vs-spine pairs (a pair never
     scored counts ``unscored_margin`` below the cut, as in ``clustering.py``)."""
-    margin = DEFAULT_UNSCORED_MARGIN
+    margin = new.margin
     cut = new.threshold
     roots = np.array(state.merged_into, dtype=np.int64)
     while len(roots) and not np.array_equal(roots[roots], roots):
@@ -674,6 +789,12 @@ def _assign(
         ),
     )
     matched = sum(1 for root in root_person if people_of[root])
+    after = np.array(merged_into, dtype=np.int64)
+    while not np.array_equal(after[after], after):
+        after = after[after]
+    record_root = after[new_state.record_person]
+    records_of = np.bincount(record_root, minlength=len(after))
+    linked_records = int((records_of[record_root[len(spine_people) :]] > 1).sum())
     return SpineRunResult(
         keys=keys_by_party,
         state=new_state,
@@ -685,6 +806,8 @@ def _assign(
         spine_comparisons=new.spine_comparisons,
         threshold=new.threshold,
         threshold_method=new.threshold_method,
+        linked_records=linked_records,
+        untrusted_models=new.untrusted_models,
     )
 
 

@@ -258,3 +258,28 @@ def test_a_spine_with_a_retention_policy_prunes_itself_when_a_run_completes(
     finally:
         lu.close()
     _verify(lu, tmp_path, capsys)
+
+
+def test_a_spine_runs_status_counts_linked_records_as_a_one_off_run_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lu, _ = _lu(tmp_path, max_merge_share=0.05)
+    try:
+        people = random_clks(np.random.default_rng(70), 60, words=WORDS)
+        # Release 1: MoJ people 0..29, DfE 20..49: 10 people in both, so 20 records linked
+        # (not the 60 records keyed), as a one-off run of the same uploads counts them.
+        uploads = {"moj": _noisy(1, people[0:30]), "dfe": _noisy(2, people[20:50])}
+        assert lu.release("release-1", uploads, threshold=0.8) is RunState.FINISHED
+        one = lu.service.project_status(OPERATOR, "release-1")
+        assert one.linked_record_count == 20
+        # Release 2 of MoJ: 10 returning people (matched to spine people: linked) and 10 new
+        # (nobody's duplicate: not linked), 20 records keyed.
+        again = np.concatenate([_noisy(3, people[10:20]), _noisy(4, people[50:60])])
+        assert lu.release("release-2", {"moj": again}, threshold=0.8, dedupe=("moj",)) is (
+            RunState.FINISHED
+        )
+        two = lu.service.project_status(OPERATOR, "release-2")
+        assert two.linked_record_count == 10
+    finally:
+        lu.close()
+    _verify(lu, tmp_path, capsys)

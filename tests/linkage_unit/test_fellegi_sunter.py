@@ -311,3 +311,29 @@ def test_levels_of_many_pairs_are_computed_in_chunks_with_the_same_result() -> N
         level[candidates.identical[:, g]] = group.identical
         level[candidates.missing[:, g]] = 0
         np.testing.assert_array_equal(comparison_levels(candidates, groups)[:, g], level)
+
+
+def _model(m: list[list[float]], u: list[list[float]]) -> FellegiSunterModel:
+    return FellegiSunterModel(
+        groups=tuple(GroupLevels(name=f"g{g}", cuts=(0.5,)) for g in range(len(m))),
+        m=tuple(tuple(row) for row in m),
+        u=tuple(tuple(row) for row in u),
+        prior=(1e-4,),
+        iterations=1,
+        converged=True,
+    )
+
+
+def test_a_model_is_trusted_when_two_groups_separate_its_matches() -> None:
+    random = [0.9, 0.09, 0.01]
+    separated = [0.01, 0.09, 0.9]
+    trusted = _model([separated, separated, random], [random, random, random])
+    assert trusted.separation() == pytest.approx((0.89, 0.89, 0.0))
+    assert trusted.trusted
+    # Matches that differ from non-matches on one group only: look-alikes on that group.
+    one_group = _model([random, separated, random], [random, random, random])
+    assert one_group.separation() == pytest.approx((0.0, 0.89, 0.0))
+    assert not one_group.trusted
+    # A group just short of the distance does not count.
+    near = [0.41, 0.09, 0.5]  # distance 0.49 from random
+    assert not _model([near, separated, random], [random, random, random]).trusted
