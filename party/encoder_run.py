@@ -21,6 +21,7 @@ leak-scans the output and signs its manifest in the same pass over the extract.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import multiprocessing
@@ -29,6 +30,7 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -687,6 +689,34 @@ def _start_worker(*args: object) -> None:
     _worker = _ChunkEncoder(*args)  # type: ignore[arg-type]
 
 
+def _adopt_worker(encoder: _ChunkEncoder, args: tuple[object, ...]) -> None:
+    """A forked worker's start: it keeps the parent's encoder as it was at the fork (loaded
+    kernels, warm tables), unless that encoder draws random bytes (BLIP), whose stream the
+    parent and every worker would then share: such a worker builds its own."""
+    global _worker
+    _worker = _ChunkEncoder(*args) if encoder.encoder.draws_random_bytes else encoder  # type: ignore[arg-type]
+
+
+def _worker_pool(
+    local: _ChunkEncoder, encoder_args: tuple[object, ...], workers: int
+) -> ProcessPoolExecutor:
+    """``workers`` encoder processes: forked from this one where the platform forks safely
+    (Linux), spawned (and built from ``encoder_args``) elsewhere."""
+    if sys.platform == "linux":
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_adopt_worker,
+            initargs=(local, encoder_args),
+        )
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=encoder_args,
+    )
+
+
 def _encode_in_worker(chunk: ExtractChunk) -> _ChunkResult:
     if _worker is None:
         raise InvariantError("the encoder worker was not started")
@@ -1003,23 +1033,38 @@ def encode_extract(
                 if progress:
                     progress(EncodeProgress(rows_read=counts["read"], read=read))
 
+            # Workers start when this process has encoded its first range or chunk: forked
+            # then, they inherit the loaded modules, compiled kernels and warm mask tables
+            # (a spawned worker spends about a second importing and loading them).
+            pools = contextlib.ExitStack()
+            started_pool: list[ProcessPoolExecutor] = []
+
+            def pool() -> ProcessPoolExecutor | None:
+                if process_count == 1:
+                    return None
+                if not started_pool:
+                    started_pool.append(
+                        pools.enter_context(_worker_pool(local, encoder_args, process_count - 1))
+                    )
+                return started_pool[0]
+
             def encode_chunks(
                 chunks: Iterator[ExtractChunk],
-                pool: ProcessPoolExecutor | None,
                 read: Callable[[], ReadProgress | None],
             ) -> None:
-                """The csv module's (or Parquet's) rows, chunk by chunk, in this process or
-                pickled to the pool."""
+                """The csv module's (or Parquet's) rows, chunk by chunk, in this process (the
+                first, or with one process) or pickled to the pool."""
                 pending: collections.deque[Future[_ChunkResult]] = collections.deque()
                 for chunk in chunks:
                     if observer is not None:
                         wanted = observer.choose(chunk.first_row, len(chunk.rows))
                         observer.take([chunk.rows[offset] for offset in wanted])
-                    if pool is None:
+                    workers_pool = pool() if counts["read"] or pending else None
+                    if workers_pool is None:
                         collect(local.encode(chunk), 0)
                         report(read())
                         continue
-                    pending.append(pool.submit(_encode_in_worker, chunk))
+                    pending.append(workers_pool.submit(_encode_in_worker, chunk))
                     if len(pending) >= 2 * process_count:
                         collect(pending.popleft().result(), 0)
                         report(read())
@@ -1027,15 +1072,18 @@ def encode_extract(
                     collect(pending.popleft().result(), 0)
                     report(read())
 
-            def encode_ranges(pool: ProcessPoolExecutor | None) -> int | None:
+            def encode_ranges() -> int | None:
                 """Byte ranges of the CSV extract, each read and encoded by one process (this
                 one or the pool's); returns where a range holding a quote starts (the rest is
                 read with the csv module), or None when every range was encoded."""
                 if ranges is None:
                     raise InvariantError("encode_ranges needs the extract's byte ranges")
-                pending: collections.deque[tuple[Future[_ChunkResult] | None, ByteRange]] = (
-                    collections.deque()
-                )
+                # In extract order: a worker's future, or a result this process worked out.
+                pending: collections.deque[
+                    tuple[Future[_ChunkResult] | _ChunkResult, ByteRange]
+                ] = collections.deque()
+                queued = collections.deque(ranges)
+                window = 2 * process_count + 2  # results held at once: memory stays flat
 
                 def take(result: _ChunkResult, byte_range: ByteRange) -> bool:
                     if result.quoted:
@@ -1050,63 +1098,57 @@ def encode_extract(
                     report(ReadProgress(done=byte_range.stop, total=size, unit="B"))
                     return True
 
-                def finish(future: Future[_ChunkResult] | None, done: ByteRange) -> bool:
-                    result = local.encode_range(source, done) if future is None else future.result()
-                    if take(result, done):
-                        return True
-                    for other, _ in pending:
-                        if other is not None:
-                            other.cancel()
-                    return False
+                def ready(item: Future[_ChunkResult] | _ChunkResult) -> bool:
+                    return isinstance(item, _ChunkResult) or item.done()
 
-                # This process encodes every process_count-th range itself (when it comes
-                # due), the pool's process_count - 1 workers the others, ahead of time.
-                for index, byte_range in enumerate(ranges):
-                    future = (
-                        None
-                        if pool is None or index % process_count == 0
-                        else pool.submit(_encode_range_in_worker, source, byte_range)
-                    )
-                    pending.append((future, byte_range))
-                    if len(pending) >= 2 * process_count:
-                        future, done = pending.popleft()
-                        if not finish(future, done):
-                            return done.start
-                while pending:
-                    future, done = pending.popleft()
-                    if not finish(future, done):
+                # Load balancing: the workers always have a range queued behind the one they
+                # encode; this process takes the results in order as they are ready and, while
+                # the next one is not, encodes the next range itself.
+                while queued or pending:
+                    if pending and ready(pending[0][0]):
+                        item, done = pending.popleft()
+                    elif queued and len(pending) < window:
+                        byte_range = queued.popleft()
+                        workers_pool = pool() if counts["read"] or pending else None
+                        busy = sum(not ready(item) for item, _ in pending)
+                        if workers_pool is not None and busy < 2 * (process_count - 1):
+                            pending.append(
+                                (
+                                    workers_pool.submit(
+                                        _encode_range_in_worker, source, byte_range
+                                    ),
+                                    byte_range,
+                                )
+                            )
+                        else:
+                            pending.append((local.encode_range(source, byte_range), byte_range))
+                        continue
+                    else:
+                        item, done = pending.popleft()
+                    result = item if isinstance(item, _ChunkResult) else item.result()
+                    if not take(result, done):
+                        for other, _ in pending:
+                            if isinstance(other, Future):
+                                other.cancel()
                         return done.start
                 return None
 
-            def encode_all(pool: ProcessPoolExecutor | None) -> None:
+            with pools:
                 if ranges is None:
-                    encode_chunks(iter(reader), pool, reader.progress)
-                    return
-                quoted_from = encode_ranges(pool)
-                if quoted_from is not None:
-                    with csv_chunks_from(
-                        extract_path,
-                        mapping.dialect,
-                        start=quoted_from,
-                        first_row=counts["read"] + 1,
-                        chunk_rows=chunk_rows,
-                    ) as rest:
-                        encode_chunks(iter(rest), pool, rest.progress)
-                if counts["read"] == 0:
-                    raise ExtractError("file has a header but no data rows", path=source)
-
-            if process_count == 1:
-                encode_all(None)
-            else:
-                context = multiprocessing.get_context("spawn")
-                # This process encodes too (its byte ranges' share, or reads the chunks).
-                with ProcessPoolExecutor(
-                    max_workers=process_count - 1,
-                    mp_context=context,
-                    initializer=_start_worker,
-                    initargs=encoder_args,
-                ) as pool:
-                    encode_all(pool)
+                    encode_chunks(iter(reader), reader.progress)
+                else:
+                    quoted_from = encode_ranges()
+                    if quoted_from is not None:
+                        with csv_chunks_from(
+                            extract_path,
+                            mapping.dialect,
+                            start=quoted_from,
+                            first_row=counts["read"] + 1,
+                            chunk_rows=chunk_rows,
+                        ) as rest:
+                            encode_chunks(iter(rest), rest.progress)
+                    if counts["read"] == 0:
+                        raise ExtractError("file has a header but no data rows", path=source)
 
         record_count = counts["encoded"]
         if not max_bad_rows.allows(skipped_rows + blanked_rows, counts["read"]):

@@ -661,6 +661,14 @@ class ClkEncoder:
         return f"ClkEncoder(schema={self.schema.name!r}, project_id={self.project_id!r})"
 
     @property
+    def draws_random_bytes(self) -> bool:
+        """Whether encoding draws random bytes (BLIP hardening): a copy of this encoder in
+        another process would draw the same ones, so each process builds its own."""
+        return any(
+            step.method == "blip" for group in self.schema.groups for step in group.hardening
+        )
+
+    @property
     def encoded_bits(self) -> int:
         """Length of the encodings this encoder emits (after hardening, every group)."""
         return self.layout.total_bits

@@ -61,13 +61,12 @@ def run(extract: Path, out: Path, *, seed: int | None = 7, **options: object) ->
     return encode_extract(
         extract_path=extract,
         mapping=shipped_mapping("moj"),
-        schema=default_schema(),
         secret=SECRET,
         project_id="demo",
         encoded_path=out / "moj.clk",
         positions_path=out / "moj.positions.csv",
         generator=generator,
-        **options,  # type: ignore[arg-type]
+        **{"schema": default_schema(), **options},  # type: ignore[arg-type]
     )
 
 
@@ -145,6 +144,26 @@ def test_parallel_path_matches_in_process_path(
     assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == (
         single_bytes
     )
+
+
+def test_forked_workers_do_not_replay_the_blip_stream(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers are forked from the encoding process; under BLIP each must draw its own random
+    bytes, or one range would carry another's flips (every record here is the same person,
+    so equal random bytes would give equal encodings)."""
+    source, out = dirs
+    blip = load_schema(
+        Path(__file__).resolve().parents[2] / "benchmarks/schemas/grouped_blip_p05.toml"
+    )
+    assert ClkEncoder(blip, SECRET, project_id="demo").draws_random_bytes
+    assert not ClkEncoder(default_schema(), SECRET, project_id="demo").draws_random_bytes
+    rows = [[f"P{index:05d}", *person(1)[1:]] for index in range(400)]
+    extract = write_csv(source / "moj.csv", rows)
+    monkeypatch.setattr(party.encoder_run, "PARALLEL_FROM_BYTES", 0)
+    run(extract, out, chunk_rows=20, workers=2, schema=blip)
+    _, clks = read_clks(out / "moj.clk")
+    assert len({row.tobytes() for row in clks}) == len(rows)
 
 
 def test_parallel_path_reports_a_bad_row_and_writes_nothing(
