@@ -1043,6 +1043,9 @@ def encode_extract(
                 if process_count == 1:
                     return None
                 if not started_pool:
+                    # A forked worker holds a copy of the scratch files' buffers: empty them.
+                    clk_out.flush()
+                    ids_out.flush()
                     started_pool.append(
                         pools.enter_context(_worker_pool(local, encoder_args, process_count - 1))
                     )

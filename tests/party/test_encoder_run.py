@@ -612,9 +612,9 @@ def test_a_grouped_schema_writes_format_2_matching_the_per_value_encoder(
 def test_positions_file_quotes_ids_across_blocks(
     dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Blocks of 7 characters cut record ids mid-way, so every id crosses a block boundary
+    # Blocks of 7 bytes cut record ids (and their UTF-8 characters) mid-way, so every id crosses a block boundary
     # somewhere; ids with commas and quotes must come back whole from a CSV reader.
-    monkeypatch.setattr(positions_file, "_IDS_BLOCK_CHARS", 7)
+    monkeypatch.setattr(positions_file, "_IDS_BLOCK_BYTES", 7)
     source, out = dirs
     rows = [person(index) for index in range(30)]
     odd_ids = ["A,1", 'B"2', 'C,"3"', "Dé4", "E 5", "F☃6"]
