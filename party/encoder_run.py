@@ -34,11 +34,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -741,6 +741,20 @@ def _range_bytes(path: Path | str, chunk_rows: int) -> int:
     return max(1, chunk_rows * len(head) // lines)
 
 
+def _shuffle_buckets(path: Path | str, clk_bytes: int) -> int:
+    """Buckets for a fresh shuffle of about ``_BUCKET_BYTES`` of CLKs each, from the rows the
+    extract is likely to hold (a Parquet file's metadata; a CSV file's size over the average
+    length of its first lines). A poor guess only makes buckets larger or smaller."""
+    source = Path(path)
+    if source.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as parquet  # type: ignore[import-untyped]
+
+        rows = parquet.ParquetFile(source).metadata.num_rows
+    else:
+        rows = source.stat().st_size // _range_bytes(source, 1)
+    return int(min(1 << 16, max(1, -(-rows * clk_bytes // _BUCKET_BYTES))))
+
+
 def _default_workers() -> int:
     return max(1, len(os.sched_getaffinity(0)))
 
@@ -811,6 +825,94 @@ def _earlier_positions(
 
 
 _BUCKET_BYTES = 8 << 20  # CLKs per shuffle bucket: what the shuffle holds at once
+
+
+class _BucketedScratch:
+    """The encoded records of a fresh shuffle, on a scratch file as they are collected, each
+    sent to a random bucket.
+
+    The shuffle is the order of independent random keys ``(bucket, u)``: each record draws
+    its bucket (uniform) as its chunk is collected, and each bucket's records are put in a
+    uniformly random order at the end, which together give a uniformly random permutation.
+    A chunk is written grouped by bucket, so at the end each bucket is a run of segments
+    (one per chunk) to read back, and one bucket of CLKs is held at a time: the records are
+    read and written once more, not twice (the two passes of :func:`_write_shuffled`, which
+    an order fixed in advance still takes).
+    """
+
+    __slots__ = ("_bucket_ids", "_buckets", "_clk_bytes", "_counts", "_generator", "_out")
+
+    def __init__(
+        self, out: BinaryIO, *, clk_bytes: int, buckets: int, generator: np.random.Generator
+    ) -> None:
+        self._out = out
+        self._clk_bytes = clk_bytes
+        self._buckets = buckets
+        self._generator = generator
+        self._counts: list[npt.NDArray[np.int64]] = []  # per chunk: records per bucket
+        self._bucket_ids: list[npt.NDArray[np.int32]] = []  # per chunk: each record's bucket
+
+    def add(self, clks: bytes) -> None:
+        """Append one chunk's CLKs (extract order), grouped by the buckets they draw."""
+        rows = len(clks) // self._clk_bytes
+        chosen = self._generator.integers(0, self._buckets, rows, dtype=np.int32)
+        data = np.frombuffer(clks, dtype=np.uint8).reshape(rows, self._clk_bytes)
+        self._out.write(data[np.argsort(chosen, kind="stable")].data)
+        self._counts.append(np.bincount(chosen, minlength=self._buckets))
+        self._bucket_ids.append(chosen)
+
+    def positions(self) -> tuple[npt.NDArray[np.int64], list[npt.NDArray[np.int64]]]:
+        """Each record's shuffled position (extract order), and per bucket the order its
+        records (in extract order) take within it."""
+        sizes: npt.NDArray[np.int64] = np.stack(self._counts).sum(axis=0)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        orders = [self._generator.permutation(size) for size in map(int, sizes)]
+        buckets = np.concatenate(self._bucket_ids)
+        self._bucket_ids.clear()
+        position_of = np.empty(len(buckets), dtype=np.int64)
+        within = [order + start for order, start in zip(orders, starts.tolist(), strict=False)]
+        position_of[np.argsort(buckets, kind="stable")] = np.concatenate(within)
+        return position_of, orders
+
+    def write(
+        self, writer: ClkFileWriter, scratch: Path, orders: list[npt.NDArray[np.int64]]
+    ) -> None:
+        """Write the records to ``writer`` in shuffled order, bucket by bucket. A background
+        thread hashes and writes one bucket while the next is read and put in order (both
+        release the GIL), from two buffers used in turn."""
+        counts = np.stack(self._counts)
+        chunk_rows = counts.sum(axis=1)
+        # Row offset of each chunk's segment of each bucket in the scratch file.
+        chunk_starts = np.concatenate([[0], np.cumsum(chunk_rows)[:-1]])
+        segment_starts = chunk_starts[:, None] + np.cumsum(counts, axis=1) - counts
+        largest = max((len(order) for order in orders), default=0)
+        width = self._clk_bytes
+        buffers = [np.empty((largest, width), dtype=np.uint8) for _ in range(2)]
+        gathered = np.empty((largest, width), dtype=np.uint8)
+        view = memoryview(gathered.reshape(-1).data)
+        with (
+            scratch.open("rb", buffering=0) as source,
+            ThreadPoolExecutor(max_workers=1) as background,
+        ):
+            writing: list[Future[None]] = [Future(), Future()]
+            for future in writing:
+                future.set_result(None)
+            for bucket, order in enumerate(orders):
+                size = len(order)
+                filled = 0
+                for chunk in np.flatnonzero(counts[:, bucket]).tolist():
+                    length = int(counts[chunk, bucket]) * width
+                    source.seek(int(segment_starts[chunk, bucket]) * width)
+                    if source.readinto(view[filled : filled + length]) != length:
+                        raise InvariantError("the encoder's scratch file is shorter than written")
+                    filled += length
+                turn = bucket % 2
+                writing[turn].result()  # that buffer's last write is done
+                shuffled = buffers[turn][:size]
+                shuffled[order] = gathered[:size]
+                writing[turn] = background.submit(writer.write, shuffled)
+            for future in writing:
+                future.result()
 
 
 def _write_shuffled(
@@ -971,6 +1073,16 @@ def encode_extract(
             clk_scratch.open("wb") as clk_out,
             ids_scratch.open("wb") as ids_out,
         ):
+            bucketed = (
+                None
+                if same_positions is not None
+                else _BucketedScratch(
+                    clk_out,
+                    clk_bytes=clk_bytes,
+                    buckets=_shuffle_buckets(extract_path, clk_bytes),
+                    generator=generator or _fresh_generator(),
+                )
+            )
 
             def collect(result: _ChunkResult, base: int) -> None:
                 """Take one chunk's or range's result, in extract order; ``base`` is added to
@@ -987,7 +1099,10 @@ def encode_extract(
                 skipped = [_shifted(problem, base) for problem in result.skipped]
                 blanked = [_shifted(problem, base) for problem in result.blanked]
                 first_row = counts["read"] + 1
-                clk_out.write(result.clks)
+                if bucketed is None:
+                    clk_out.write(result.clks)
+                else:
+                    bucketed.add(result.clks)
                 ids_out.write(result.ids)
                 digests = np.frombuffer(result.id_digests, dtype=np.int64)
                 counts["read"] += result.rows
@@ -1171,15 +1286,15 @@ def encode_extract(
                 row=int(all_rows[repeat[1]]),
             )
 
-        if same_positions is not None:
+        orders: list[npt.NDArray[np.int64]] = []
+        if bucketed is None:
+            if same_positions is None:
+                raise InvariantError("a run without a fresh shuffle keeps earlier positions")
             position_of = _earlier_positions(
                 Path(same_positions), ids_scratch, np.concatenate(row_numbers), project_id
             )
         else:
-            permutation = (generator or _fresh_generator()).permutation(record_count)
-            position_of = np.empty(record_count, dtype=np.int64)
-            position_of[permutation] = np.arange(record_count, dtype=np.int64)
-            del permutation
+            position_of, orders = bucketed.positions()
         # Both files or neither: the positions file is committed inside the encoded file's
         # block (so a failure writing it leaves no encoded file), and removed again if the
         # encoded file then fails to commit. The payload digest it is bound to is the
@@ -1195,7 +1310,10 @@ def encode_extract(
                 clk_bits=schema.encoded_bits,
                 layout=schema.layout if schema.grouped else None,
             ) as writer:
-                _write_shuffled(writer, clk_scratch, position_of, clk_bytes)
+                if bucketed is None:
+                    _write_shuffled(writer, clk_scratch, position_of, clk_bytes)
+                else:
+                    bucketed.write(writer, clk_scratch, orders)
                 payload_digest = writer.payload_sha256()
                 binding = PositionsBinding(
                     project_id=project_id,

@@ -3,8 +3,10 @@ joinable through the positions file) and its parallel path."""
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
+import io
 import itertools
 from pathlib import Path
 
@@ -449,13 +451,35 @@ def test_small_mask_tables_and_shuffle_buckets_change_no_bit(
     run(extract, out, seed=5, chunk_rows=13)
     expected = (out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()
     monkeypatch.setattr(party.encoder_run, "_TABLE_ROWS", 6)
-    monkeypatch.setattr(party.encoder_run, "_BUCKET_BYTES", 7 * 128)  # 9 shuffle buckets
     run(extract, out, seed=5, chunk_rows=13)
     assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == expected
+    # Many shuffle buckets (each of a few records) give another order, never another CLK.
+    monkeypatch.setattr(party.encoder_run, "_BUCKET_BYTES", 7 * 320)
+    run(extract, out, seed=5, chunk_rows=13)
     _, clks = read_clks(out / "moj.clk")
     positions = read_positions(out / "moj.positions.csv")
+    assert sorted(positions.values()) == list(range(len(rows)))
     direct = expected_clks(rows)
     assert all(clks[position].tobytes() == direct[rid] for rid, position in positions.items())
+
+
+def test_the_bucketed_shuffle_is_uniform() -> None:
+    """Random buckets drawn chunk by chunk, then a random order within each bucket: every
+    permutation of four records in two chunks, over three buckets, about equally often."""
+    generator = np.random.default_rng(3)
+    seen: collections.Counter[tuple[int, ...]] = collections.Counter()
+    trials = 12_000
+    for _ in range(trials):
+        scratch = party.encoder_run._BucketedScratch(
+            io.BytesIO(), clk_bytes=8, buckets=3, generator=generator
+        )
+        scratch.add(bytes(16))
+        scratch.add(bytes(16))
+        position_of, _ = scratch.positions()
+        seen[tuple(position_of.tolist())] += 1
+    assert len(seen) == 24
+    expected = trials / 24  # 500; a count outside 380-620 is over 5 standard deviations out
+    assert all(abs(count - expected) < 120 for count in seen.values())
 
 
 def test_tables_that_stop_remembering_change_no_bit(
