@@ -1,18 +1,21 @@
 """An encoder run: extract -> normalise -> tokenise -> encode -> shuffle -> encoded file.
 
-Encodes the extract on every core (separate processes, each with its own encoder built from
-the secret). A UTF-8 CSV extract is cut into byte ranges at line ends and each process reads
-its own ranges with Arrow's CSV parser (party/extract.py), so only offsets go to a worker and
-only packed CLKs, id lines and problem rows come back, in order; from the first range that
-holds a quote on (a quoted value may span lines), and for Parquet or other encodings, the
-extract is read here with the csv module and sent in chunks. Columns are dictionary-encoded,
-so each distinct value is normalised and encoded once. At most a few ranges or chunks are in
-flight, so memory stays flat however large the file; then the run writes the CLKs in a fresh
-random order with the encoded file's
-header, and a private positions file (``record_id,position``, party/positions_file.py) that
-maps each shuffled position back to the department's own record id and names the project and
-payload digest of its encoded file. The positions file never leaves the department. Both
-files appear only if the whole run succeeds.
+Encodes the extract on every core (separate processes: on Linux forked from this one once it
+has encoded its first range, so they start with its loaded kernels and warm tables; each
+range goes to whichever process is free). A UTF-8 CSV extract is cut into byte ranges at
+line ends and each process reads its own ranges with Arrow's CSV parser (party/extract.py),
+so only offsets go to a worker and only packed CLKs, id lines and problem rows come back, in
+order; from the first range that holds a quote on (a quoted value may span lines), and for
+Parquet or other encodings, the extract is read here with the csv module and sent in chunks.
+Columns are dictionary-encoded, so each distinct value is normalised and encoded once. At
+most a few ranges or chunks are in flight, so memory stays flat however large the file. Each
+record draws a random shuffle bucket as it is collected (its chunk goes to scratch grouped by
+bucket); at the end each bucket is put in a random order and the run writes the CLKs bucket
+by bucket with the encoded file's header, and a private positions file
+(``record_id,position``, party/positions_file.py) that maps each shuffled position back to
+the department's own record id and names the project and payload digest of its encoded file.
+The positions file never leaves the department. Both files appear only if the whole run
+succeeds.
 
 This is a primitive: a department runs :func:`party.prepare.prepare_upload`, which also
 leak-scans the output and signs its manifest in the same pass over the extract.
@@ -38,7 +41,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -386,6 +389,50 @@ class _ChunkResult:
     """A byte range that holds a quote was not read: read on from its start with csv."""
     invalid_row: int | None = None
     """A row that is not valid CSV (numbered as the problems are)."""
+    segment: _ScratchSegment | None = None
+    """Under a fresh shuffle: where the process put the kept records' CLKs (``clks`` is
+    then empty)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _ShuffleDraw:
+    """What a process needs to send one chunk's records to random shuffle buckets: a seed
+    drawn from the run's generator in extract order (so the buckets do not depend on which
+    process encodes the chunk), the bucket count and the scratch directory."""
+
+    seed: int
+    buckets: int
+    scratch_dir: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _ScratchSegment:
+    """One chunk's CLKs on a process's scratch file, grouped by shuffle bucket: from row
+    ``offset`` of ``path``, ``counts[b]`` records of bucket b after those of buckets before
+    it; ``buckets`` holds each kept record's bucket (int32, extract order)."""
+
+    path: str
+    offset: int
+    counts: bytes
+    buckets: bytes
+
+
+def _to_scratch(clks: npt.NDArray[np.uint64], draw: _ShuffleDraw) -> _ScratchSegment:
+    """Append a chunk's hardened CLKs to this process's scratch file, grouped by the random
+    buckets they draw: the process that encoded them writes them, not the collecting one."""
+    generator = np.random.Generator(np.random.PCG64(draw.seed))
+    chosen = generator.integers(0, draw.buckets, len(clks), dtype=np.int32)
+    grouped = np.ascontiguousarray(clks[np.argsort(chosen, kind="stable")])
+    path = Path(draw.scratch_dir) / f"clks-{os.getpid()}.bin"
+    with path.open("ab") as out:
+        offset = out.tell()
+        out.write(grouped.data)
+    return _ScratchSegment(
+        path=str(path),
+        offset=offset // max(1, clks.shape[1] * 8),
+        counts=np.bincount(chosen, minlength=draw.buckets).astype(np.int64).tobytes(),
+        buckets=chosen.tobytes(),
+    )
 
 
 class _Column:
@@ -465,7 +512,7 @@ class _ChunkEncoder:
                         cache[raw] = None
         return list(map(cache.__getitem__, distinct))
 
-    def encode(self, chunk: ExtractChunk) -> _ChunkResult:
+    def encode(self, chunk: ExtractChunk, draw: _ShuffleDraw | None = None) -> _ChunkResult:
         """Encode a chunk of rows (the csv module's or Parquet's): its columns are
         dictionary-encoded here, then encoded as :meth:`encode_columns` does."""
         rows = chunk.rows
@@ -488,9 +535,11 @@ class _ChunkEncoder:
             index: _Column.of(list(map(operator.itemgetter(index), rows))) for index in self._wanted
         }
         record_ids = list(map(operator.itemgetter(self.bound.record_id_index), rows))
-        return self.encode_columns(first, len(rows), record_ids, columns, problems)
+        return self.encode_columns(first, len(rows), record_ids, columns, problems, draw)
 
-    def encode_range(self, path: str, byte_range: ByteRange) -> _ChunkResult:
+    def encode_range(
+        self, path: str, byte_range: ByteRange, draw: _ShuffleDraw | None = None
+    ) -> _ChunkResult:
         """Read one byte range of a CSV extract (Arrow's parser) and encode it; its problem
         rows are numbered from 1 within the range."""
         try:
@@ -507,12 +556,12 @@ class _ChunkEncoder:
         if read is None:
             return _ChunkResult(0, b"", b"", b"", [], [], [], quoted=True)
         if read.rows is not None:
-            return self.encode(ExtractChunk(first_row=1, rows=read.rows))
+            return self.encode(ExtractChunk(first_row=1, rows=read.rows), draw)
         columns = {
             index: _Column(distinct, codes.astype(np.intp, copy=False))
             for index, (distinct, codes) in read.columns.items()
         }
-        return self.encode_columns(1, read.row_count, read.record_ids, columns, {})
+        return self.encode_columns(1, read.row_count, read.record_ids, columns, {}, draw)
 
     def encode_columns(
         self,
@@ -521,6 +570,7 @@ class _ChunkEncoder:
         raw_ids: list[str],
         columns: dict[int, _Column],
         problems: dict[int, tuple[str | None, str]],
+        draw: _ShuffleDraw | None = None,
     ) -> _ChunkResult:
         """Encode a chunk column by column: per-row interpreter work is what limits a Python
         encoder, so each field's distinct raw values become rows of a mask table (each new
@@ -670,14 +720,16 @@ class _ChunkEncoder:
         ]
         # Kept ids are printable, so no line break or surrogate is inside one.
         id_lines = ("\n".join(record_ids) + "\n").encode() if record_ids else b""
+        hardened = self.encoder.harden(clks)
         return _ChunkResult(
             row_count,
-            self.encoder.harden(clks).tobytes(),
+            b"" if draw else hardened.tobytes(),
             id_lines,
             line_digests(id_lines).tobytes(),
             skipped,
             blanked,
             missing,
+            segment=_to_scratch(hardened, draw) if draw else None,
         )
 
 
@@ -717,16 +769,18 @@ def _worker_pool(
     )
 
 
-def _encode_in_worker(chunk: ExtractChunk) -> _ChunkResult:
+def _encode_in_worker(chunk: ExtractChunk, draw: _ShuffleDraw | None) -> _ChunkResult:
     if _worker is None:
         raise InvariantError("the encoder worker was not started")
-    return _worker.encode(chunk)
+    return _worker.encode(chunk, draw)
 
 
-def _encode_range_in_worker(path: str, byte_range: ByteRange) -> _ChunkResult:
+def _encode_range_in_worker(
+    path: str, byte_range: ByteRange, draw: _ShuffleDraw | None
+) -> _ChunkResult:
     if _worker is None:
         raise InvariantError("the encoder worker was not started")
-    return _worker.encode_range(path, byte_range)
+    return _worker.encode_range(path, byte_range, draw)
 
 
 def _shifted(problem: RowProblem, base: int) -> RowProblem:
@@ -828,72 +882,80 @@ _BUCKET_BYTES = 8 << 20  # CLKs per shuffle bucket: what the shuffle holds at on
 
 
 class _BucketedScratch:
-    """The encoded records of a fresh shuffle, on a scratch file as they are collected, each
-    sent to a random bucket.
+    """The encoded records of a fresh shuffle, each in a random bucket, on the scratch files
+    of the processes that encoded them.
 
     The shuffle is the order of independent random keys ``(bucket, u)``: each record draws
-    its bucket (uniform) as its chunk is collected, and each bucket's records are put in a
+    its bucket (uniform) where its chunk is encoded, from a seed the run's generator gives
+    the chunk in extract order (:meth:`draw`), and each bucket's records are put in a
     uniformly random order at the end, which together give a uniformly random permutation.
-    A chunk is written grouped by bucket, so at the end each bucket is a run of segments
-    (one per chunk) to read back, and one bucket of CLKs is held at a time: the records are
-    read and written once more, not twice (the two passes of :func:`_write_shuffled`, which
-    an order fixed in advance still takes).
+    A chunk is written grouped by bucket (:func:`_to_scratch`), so at the end each bucket is
+    a run of segments (one per chunk) to read back, and one bucket of CLKs is held at a
+    time: the records are read and written once more, not twice (the two passes of
+    :func:`_write_shuffled`, which an order fixed in advance still takes), and the process
+    collecting results never copies a CLK until the end.
     """
 
-    __slots__ = ("_bucket_ids", "_buckets", "_clk_bytes", "_counts", "_generator", "_out")
+    __slots__ = ("_buckets", "_clk_bytes", "_generator", "_scratch_dir", "_segments")
 
     def __init__(
-        self, out: BinaryIO, *, clk_bytes: int, buckets: int, generator: np.random.Generator
+        self, scratch_dir: Path, *, clk_bytes: int, buckets: int, generator: np.random.Generator
     ) -> None:
-        self._out = out
+        self._scratch_dir = scratch_dir
         self._clk_bytes = clk_bytes
         self._buckets = buckets
         self._generator = generator
-        self._counts: list[npt.NDArray[np.int64]] = []  # per chunk: records per bucket
-        self._bucket_ids: list[npt.NDArray[np.int32]] = []  # per chunk: each record's bucket
+        self._segments: list[_ScratchSegment] = []
 
-    def add(self, clks: bytes) -> None:
-        """Append one chunk's CLKs (extract order), grouped by the buckets they draw."""
-        rows = len(clks) // self._clk_bytes
-        chosen = self._generator.integers(0, self._buckets, rows, dtype=np.int32)
-        data = np.frombuffer(clks, dtype=np.uint8).reshape(rows, self._clk_bytes)
-        self._out.write(data[np.argsort(chosen, kind="stable")].data)
-        self._counts.append(np.bincount(chosen, minlength=self._buckets))
-        self._bucket_ids.append(chosen)
+    def draw(self) -> _ShuffleDraw:
+        """The next chunk's seed (chunks draw in extract order, whoever encodes them)."""
+        return _ShuffleDraw(
+            seed=int.from_bytes(self._generator.bytes(16), "little"),
+            buckets=self._buckets,
+            scratch_dir=str(self._scratch_dir),
+        )
+
+    def add(self, segment: _ScratchSegment) -> None:
+        """Take one chunk's segment, in extract order."""
+        self._segments.append(segment)
+
+    def _counts(self) -> npt.NDArray[np.int64]:
+        return np.stack(
+            [np.frombuffer(segment.counts, dtype=np.int64) for segment in self._segments]
+        )
 
     def positions(self) -> tuple[npt.NDArray[np.int64], list[npt.NDArray[np.int64]]]:
         """Each record's shuffled position (extract order), and per bucket the order its
         records (in extract order) take within it."""
-        sizes: npt.NDArray[np.int64] = np.stack(self._counts).sum(axis=0)
+        sizes: npt.NDArray[np.int64] = self._counts().sum(axis=0)
         starts = np.concatenate([[0], np.cumsum(sizes)])
         orders = [self._generator.permutation(size) for size in map(int, sizes)]
-        buckets = np.concatenate(self._bucket_ids)
-        self._bucket_ids.clear()
+        buckets = np.concatenate(
+            [np.frombuffer(segment.buckets, dtype=np.int32) for segment in self._segments]
+        )
         position_of = np.empty(len(buckets), dtype=np.int64)
         within = [order + start for order, start in zip(orders, starts.tolist(), strict=False)]
         position_of[np.argsort(buckets, kind="stable")] = np.concatenate(within)
         return position_of, orders
 
-    def write(
-        self, writer: ClkFileWriter, scratch: Path, orders: list[npt.NDArray[np.int64]]
-    ) -> None:
+    def write(self, writer: ClkFileWriter, orders: list[npt.NDArray[np.int64]]) -> None:
         """Write the records to ``writer`` in shuffled order, bucket by bucket. A background
         thread hashes and writes one bucket while the next is read and put in order (both
         release the GIL), from two buffers used in turn."""
-        counts = np.stack(self._counts)
-        chunk_rows = counts.sum(axis=1)
-        # Row offset of each chunk's segment of each bucket in the scratch file.
-        chunk_starts = np.concatenate([[0], np.cumsum(chunk_rows)[:-1]])
-        segment_starts = chunk_starts[:, None] + np.cumsum(counts, axis=1) - counts
+        counts = self._counts()
+        # Row of each chunk's segment of each bucket in its scratch file.
+        offsets = np.array([segment.offset for segment in self._segments], dtype=np.int64)
+        segment_starts = offsets[:, None] + np.cumsum(counts, axis=1) - counts
         largest = max((len(order) for order in orders), default=0)
         width = self._clk_bytes
         buffers = [np.empty((largest, width), dtype=np.uint8) for _ in range(2)]
         gathered = np.empty((largest, width), dtype=np.uint8)
         view = memoryview(gathered.reshape(-1).data)
-        with (
-            scratch.open("rb", buffering=0) as source,
-            ThreadPoolExecutor(max_workers=1) as background,
-        ):
+        paths = sorted({segment.path for segment in self._segments})
+        with contextlib.ExitStack() as files:
+            handles = {path: files.enter_context(open(path, "rb", buffering=0)) for path in paths}
+            sources = [handles[segment.path] for segment in self._segments]
+            background = files.enter_context(ThreadPoolExecutor(max_workers=1))
             writing: list[Future[None]] = [Future(), Future()]
             for future in writing:
                 future.set_result(None)
@@ -902,6 +964,7 @@ class _BucketedScratch:
                 filled = 0
                 for chunk in np.flatnonzero(counts[:, bucket]).tolist():
                     length = int(counts[chunk, bucket]) * width
+                    source = sources[chunk]
                     source.seek(int(segment_starts[chunk, bucket]) * width)
                     if source.readinto(view[filled : filled + length]) != length:
                         raise InvariantError("the encoder's scratch file is shorter than written")
@@ -1077,7 +1140,7 @@ def encode_extract(
                 None
                 if same_positions is not None
                 else _BucketedScratch(
-                    clk_out,
+                    scratch,
                     clk_bytes=clk_bytes,
                     buckets=_shuffle_buckets(extract_path, clk_bytes),
                     generator=generator or _fresh_generator(),
@@ -1099,10 +1162,10 @@ def encode_extract(
                 skipped = [_shifted(problem, base) for problem in result.skipped]
                 blanked = [_shifted(problem, base) for problem in result.blanked]
                 first_row = counts["read"] + 1
-                if bucketed is None:
-                    clk_out.write(result.clks)
+                if result.segment is not None and bucketed is not None:
+                    bucketed.add(result.segment)
                 else:
-                    bucketed.add(result.clks)
+                    clk_out.write(result.clks)
                 ids_out.write(result.ids)
                 digests = np.frombuffer(result.id_digests, dtype=np.int64)
                 counts["read"] += result.rows
@@ -1178,11 +1241,12 @@ def encode_extract(
                         wanted = observer.choose(chunk.first_row, len(chunk.rows))
                         observer.take([chunk.rows[offset] for offset in wanted])
                     workers_pool = pool() if counts["read"] or pending else None
+                    draw = bucketed.draw() if bucketed is not None else None
                     if workers_pool is None:
-                        collect(local.encode(chunk), 0)
+                        collect(local.encode(chunk, draw), 0)
                         report(read())
                         continue
-                    pending.append(workers_pool.submit(_encode_in_worker, chunk))
+                    pending.append(workers_pool.submit(_encode_in_worker, chunk, draw))
                     if len(pending) >= 2 * process_count:
                         collect(pending.popleft().result(), 0)
                         report(read())
@@ -1227,19 +1291,22 @@ def encode_extract(
                         item, done = pending.popleft()
                     elif queued and len(pending) < window:
                         byte_range = queued.popleft()
+                        draw = bucketed.draw() if bucketed is not None else None
                         workers_pool = pool() if counts["read"] or pending else None
                         busy = sum(not ready(item) for item, _ in pending)
                         if workers_pool is not None and busy < 2 * (process_count - 1):
                             pending.append(
                                 (
                                     workers_pool.submit(
-                                        _encode_range_in_worker, source, byte_range
+                                        _encode_range_in_worker, source, byte_range, draw
                                     ),
                                     byte_range,
                                 )
                             )
                         else:
-                            pending.append((local.encode_range(source, byte_range), byte_range))
+                            pending.append(
+                                (local.encode_range(source, byte_range, draw), byte_range)
+                            )
                         continue
                     else:
                         item, done = pending.popleft()
@@ -1313,7 +1380,7 @@ def encode_extract(
                 if bucketed is None:
                     _write_shuffled(writer, clk_scratch, position_of, clk_bytes)
                 else:
-                    bucketed.write(writer, clk_scratch, orders)
+                    bucketed.write(writer, orders)
                 payload_digest = writer.payload_sha256()
                 binding = PositionsBinding(
                     project_id=project_id,
