@@ -1,18 +1,21 @@
 """An encoder run: extract -> normalise -> tokenise -> encode -> shuffle -> encoded file.
 
-Encodes the extract on every core (separate processes, each with its own encoder built from
-the secret). A UTF-8 CSV extract is cut into byte ranges at line ends and each process reads
-its own ranges with Arrow's CSV parser (party/extract.py), so only offsets go to a worker and
-only packed CLKs, id lines and problem rows come back, in order; from the first range that
-holds a quote on (a quoted value may span lines), and for Parquet or other encodings, the
-extract is read here with the csv module and sent in chunks. Columns are dictionary-encoded,
-so each distinct value is normalised and encoded once. At most a few ranges or chunks are in
-flight, so memory stays flat however large the file; then the run writes the CLKs in a fresh
-random order with the encoded file's
-header, and a private positions file (``record_id,position``, party/positions_file.py) that
-maps each shuffled position back to the department's own record id and names the project and
-payload digest of its encoded file. The positions file never leaves the department. Both
-files appear only if the whole run succeeds.
+Encodes the extract on every core (separate processes: on Linux forked from this one once it
+has encoded its first range, so they start with its loaded kernels and warm tables; each
+range goes to whichever process is free). A UTF-8 CSV extract is cut into byte ranges at
+line ends and each process reads its own ranges with Arrow's CSV parser (party/extract.py),
+so only offsets go to a worker and only packed CLKs, id lines and problem rows come back, in
+order; from the first range that holds a quote on (a quoted value may span lines), and for
+Parquet or other encodings, the extract is read here with the csv module and sent in chunks.
+Columns are dictionary-encoded, so each distinct value is normalised and encoded once. At
+most a few ranges or chunks are in flight, so memory stays flat however large the file. Each
+record draws a random shuffle bucket as it is collected (its chunk goes to scratch grouped by
+bucket); at the end each bucket is put in a random order and the run writes the CLKs bucket
+by bucket with the encoded file's header, and a private positions file
+(``record_id,position``, party/positions_file.py) that maps each shuffled position back to
+the department's own record id and names the project and payload digest of its encoded file.
+The positions file never leaves the department. Both files appear only if the whole run
+succeeds.
 
 This is a primitive: a department runs :func:`party.prepare.prepare_upload`, which also
 leak-scans the output and signs its manifest in the same pass over the extract.
@@ -21,6 +24,7 @@ leak-scans the output and signs its manifest in the same pass over the extract.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import itertools
 import multiprocessing
@@ -29,10 +33,11 @@ import os
 import re
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -384,6 +389,50 @@ class _ChunkResult:
     """A byte range that holds a quote was not read: read on from its start with csv."""
     invalid_row: int | None = None
     """A row that is not valid CSV (numbered as the problems are)."""
+    segment: _ScratchSegment | None = None
+    """Under a fresh shuffle: where the process put the kept records' CLKs (``clks`` is
+    then empty)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _ShuffleDraw:
+    """What a process needs to send one chunk's records to random shuffle buckets: a seed
+    drawn from the run's generator in extract order (so the buckets do not depend on which
+    process encodes the chunk), the bucket count and the scratch directory."""
+
+    seed: int
+    buckets: int
+    scratch_dir: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _ScratchSegment:
+    """One chunk's CLKs on a process's scratch file, grouped by shuffle bucket: from row
+    ``offset`` of ``path``, ``counts[b]`` records of bucket b after those of buckets before
+    it; ``buckets`` holds each kept record's bucket (int32, extract order)."""
+
+    path: str
+    offset: int
+    counts: bytes
+    buckets: bytes
+
+
+def _to_scratch(clks: npt.NDArray[np.uint64], draw: _ShuffleDraw) -> _ScratchSegment:
+    """Append a chunk's hardened CLKs to this process's scratch file, grouped by the random
+    buckets they draw: the process that encoded them writes them, not the collecting one."""
+    generator = np.random.Generator(np.random.PCG64(draw.seed))
+    chosen = generator.integers(0, draw.buckets, len(clks), dtype=np.int32)
+    grouped = np.ascontiguousarray(clks[np.argsort(chosen, kind="stable")])
+    path = Path(draw.scratch_dir) / f"clks-{os.getpid()}.bin"
+    with path.open("ab") as out:
+        offset = out.tell()
+        out.write(grouped.data)
+    return _ScratchSegment(
+        path=str(path),
+        offset=offset // max(1, clks.shape[1] * 8),
+        counts=np.bincount(chosen, minlength=draw.buckets).astype(np.int64).tobytes(),
+        buckets=chosen.tobytes(),
+    )
 
 
 class _Column:
@@ -463,7 +512,7 @@ class _ChunkEncoder:
                         cache[raw] = None
         return list(map(cache.__getitem__, distinct))
 
-    def encode(self, chunk: ExtractChunk) -> _ChunkResult:
+    def encode(self, chunk: ExtractChunk, draw: _ShuffleDraw | None = None) -> _ChunkResult:
         """Encode a chunk of rows (the csv module's or Parquet's): its columns are
         dictionary-encoded here, then encoded as :meth:`encode_columns` does."""
         rows = chunk.rows
@@ -486,9 +535,11 @@ class _ChunkEncoder:
             index: _Column.of(list(map(operator.itemgetter(index), rows))) for index in self._wanted
         }
         record_ids = list(map(operator.itemgetter(self.bound.record_id_index), rows))
-        return self.encode_columns(first, len(rows), record_ids, columns, problems)
+        return self.encode_columns(first, len(rows), record_ids, columns, problems, draw)
 
-    def encode_range(self, path: str, byte_range: ByteRange) -> _ChunkResult:
+    def encode_range(
+        self, path: str, byte_range: ByteRange, draw: _ShuffleDraw | None = None
+    ) -> _ChunkResult:
         """Read one byte range of a CSV extract (Arrow's parser) and encode it; its problem
         rows are numbered from 1 within the range."""
         try:
@@ -505,12 +556,12 @@ class _ChunkEncoder:
         if read is None:
             return _ChunkResult(0, b"", b"", b"", [], [], [], quoted=True)
         if read.rows is not None:
-            return self.encode(ExtractChunk(first_row=1, rows=read.rows))
+            return self.encode(ExtractChunk(first_row=1, rows=read.rows), draw)
         columns = {
             index: _Column(distinct, codes.astype(np.intp, copy=False))
             for index, (distinct, codes) in read.columns.items()
         }
-        return self.encode_columns(1, read.row_count, read.record_ids, columns, {})
+        return self.encode_columns(1, read.row_count, read.record_ids, columns, {}, draw)
 
     def encode_columns(
         self,
@@ -519,6 +570,7 @@ class _ChunkEncoder:
         raw_ids: list[str],
         columns: dict[int, _Column],
         problems: dict[int, tuple[str | None, str]],
+        draw: _ShuffleDraw | None = None,
     ) -> _ChunkResult:
         """Encode a chunk column by column: per-row interpreter work is what limits a Python
         encoder, so each field's distinct raw values become rows of a mask table (each new
@@ -668,14 +720,16 @@ class _ChunkEncoder:
         ]
         # Kept ids are printable, so no line break or surrogate is inside one.
         id_lines = ("\n".join(record_ids) + "\n").encode() if record_ids else b""
+        hardened = self.encoder.harden(clks)
         return _ChunkResult(
             row_count,
-            self.encoder.harden(clks).tobytes(),
+            b"" if draw else hardened.tobytes(),
             id_lines,
             line_digests(id_lines).tobytes(),
             skipped,
             blanked,
             missing,
+            segment=_to_scratch(hardened, draw) if draw else None,
         )
 
 
@@ -687,16 +741,46 @@ def _start_worker(*args: object) -> None:
     _worker = _ChunkEncoder(*args)  # type: ignore[arg-type]
 
 
-def _encode_in_worker(chunk: ExtractChunk) -> _ChunkResult:
-    if _worker is None:
-        raise InvariantError("the encoder worker was not started")
-    return _worker.encode(chunk)
+def _adopt_worker(encoder: _ChunkEncoder, args: tuple[object, ...]) -> None:
+    """A forked worker's start: it keeps the parent's encoder as it was at the fork (loaded
+    kernels, warm tables), unless that encoder draws random bytes (BLIP), whose stream the
+    parent and every worker would then share: such a worker builds its own."""
+    global _worker
+    _worker = _ChunkEncoder(*args) if encoder.encoder.draws_random_bytes else encoder  # type: ignore[arg-type]
 
 
-def _encode_range_in_worker(path: str, byte_range: ByteRange) -> _ChunkResult:
+def _worker_pool(
+    local: _ChunkEncoder, encoder_args: tuple[object, ...], workers: int
+) -> ProcessPoolExecutor:
+    """``workers`` encoder processes: forked from this one where the platform forks safely
+    (Linux), spawned (and built from ``encoder_args``) elsewhere."""
+    if sys.platform == "linux":
+        return ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_adopt_worker,
+            initargs=(local, encoder_args),
+        )
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=encoder_args,
+    )
+
+
+def _encode_in_worker(chunk: ExtractChunk, draw: _ShuffleDraw | None) -> _ChunkResult:
     if _worker is None:
         raise InvariantError("the encoder worker was not started")
-    return _worker.encode_range(path, byte_range)
+    return _worker.encode(chunk, draw)
+
+
+def _encode_range_in_worker(
+    path: str, byte_range: ByteRange, draw: _ShuffleDraw | None
+) -> _ChunkResult:
+    if _worker is None:
+        raise InvariantError("the encoder worker was not started")
+    return _worker.encode_range(path, byte_range, draw)
 
 
 def _shifted(problem: RowProblem, base: int) -> RowProblem:
@@ -709,6 +793,20 @@ def _range_bytes(path: Path | str, chunk_rows: int) -> int:
         head = handle.read(1 << 16)
     lines = max(1, head.count(b"\n"))
     return max(1, chunk_rows * len(head) // lines)
+
+
+def _shuffle_buckets(path: Path | str, clk_bytes: int) -> int:
+    """Buckets for a fresh shuffle of about ``_BUCKET_BYTES`` of CLKs each, from the rows the
+    extract is likely to hold (a Parquet file's metadata; a CSV file's size over the average
+    length of its first lines). A poor guess only makes buckets larger or smaller."""
+    source = Path(path)
+    if source.suffix.lower() in (".parquet", ".pq"):
+        import pyarrow.parquet as parquet  # type: ignore[import-untyped]
+
+        rows = parquet.ParquetFile(source).metadata.num_rows
+    else:
+        rows = source.stat().st_size // _range_bytes(source, 1)
+    return int(min(1 << 16, max(1, -(-rows * clk_bytes // _BUCKET_BYTES))))
 
 
 def _default_workers() -> int:
@@ -781,6 +879,103 @@ def _earlier_positions(
 
 
 _BUCKET_BYTES = 8 << 20  # CLKs per shuffle bucket: what the shuffle holds at once
+
+
+class _BucketedScratch:
+    """The encoded records of a fresh shuffle, each in a random bucket, on the scratch files
+    of the processes that encoded them.
+
+    The shuffle is the order of independent random keys ``(bucket, u)``: each record draws
+    its bucket (uniform) where its chunk is encoded, from a seed the run's generator gives
+    the chunk in extract order (:meth:`draw`), and each bucket's records are put in a
+    uniformly random order at the end, which together give a uniformly random permutation.
+    A chunk is written grouped by bucket (:func:`_to_scratch`), so at the end each bucket is
+    a run of segments (one per chunk) to read back, and one bucket of CLKs is held at a
+    time: the records are read and written once more, not twice (the two passes of
+    :func:`_write_shuffled`, which an order fixed in advance still takes), and the process
+    collecting results never copies a CLK until the end.
+    """
+
+    __slots__ = ("_buckets", "_clk_bytes", "_generator", "_scratch_dir", "_segments")
+
+    def __init__(
+        self, scratch_dir: Path, *, clk_bytes: int, buckets: int, generator: np.random.Generator
+    ) -> None:
+        self._scratch_dir = scratch_dir
+        self._clk_bytes = clk_bytes
+        self._buckets = buckets
+        self._generator = generator
+        self._segments: list[_ScratchSegment] = []
+
+    def draw(self) -> _ShuffleDraw:
+        """The next chunk's seed (chunks draw in extract order, whoever encodes them)."""
+        return _ShuffleDraw(
+            seed=int.from_bytes(self._generator.bytes(16), "little"),
+            buckets=self._buckets,
+            scratch_dir=str(self._scratch_dir),
+        )
+
+    def add(self, segment: _ScratchSegment) -> None:
+        """Take one chunk's segment, in extract order."""
+        self._segments.append(segment)
+
+    def _counts(self) -> npt.NDArray[np.int64]:
+        return np.stack(
+            [np.frombuffer(segment.counts, dtype=np.int64) for segment in self._segments]
+        )
+
+    def positions(self) -> tuple[npt.NDArray[np.int64], list[npt.NDArray[np.int64]]]:
+        """Each record's shuffled position (extract order), and per bucket the order its
+        records (in extract order) take within it."""
+        sizes: npt.NDArray[np.int64] = self._counts().sum(axis=0)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        orders = [self._generator.permutation(size) for size in map(int, sizes)]
+        buckets = np.concatenate(
+            [np.frombuffer(segment.buckets, dtype=np.int32) for segment in self._segments]
+        )
+        position_of = np.empty(len(buckets), dtype=np.int64)
+        within = [order + start for order, start in zip(orders, starts.tolist(), strict=False)]
+        position_of[np.argsort(buckets, kind="stable")] = np.concatenate(within)
+        return position_of, orders
+
+    def write(self, writer: ClkFileWriter, orders: list[npt.NDArray[np.int64]]) -> None:
+        """Write the records to ``writer`` in shuffled order, bucket by bucket. A background
+        thread hashes and writes one bucket while the next is read and put in order (both
+        release the GIL), from two buffers used in turn."""
+        counts = self._counts()
+        # Row of each chunk's segment of each bucket in its scratch file.
+        offsets = np.array([segment.offset for segment in self._segments], dtype=np.int64)
+        segment_starts = offsets[:, None] + np.cumsum(counts, axis=1) - counts
+        largest = max((len(order) for order in orders), default=0)
+        width = self._clk_bytes
+        buffers = [np.empty((largest, width), dtype=np.uint8) for _ in range(2)]
+        gathered = np.empty((largest, width), dtype=np.uint8)
+        view = memoryview(gathered.reshape(-1).data)
+        paths = sorted({segment.path for segment in self._segments})
+        with contextlib.ExitStack() as files:
+            handles = {path: files.enter_context(open(path, "rb", buffering=0)) for path in paths}
+            sources = [handles[segment.path] for segment in self._segments]
+            background = files.enter_context(ThreadPoolExecutor(max_workers=1))
+            writing: list[Future[None]] = [Future(), Future()]
+            for future in writing:
+                future.set_result(None)
+            for bucket, order in enumerate(orders):
+                size = len(order)
+                filled = 0
+                for chunk in np.flatnonzero(counts[:, bucket]).tolist():
+                    length = int(counts[chunk, bucket]) * width
+                    source = sources[chunk]
+                    source.seek(int(segment_starts[chunk, bucket]) * width)
+                    if source.readinto(view[filled : filled + length]) != length:
+                        raise InvariantError("the encoder's scratch file is shorter than written")
+                    filled += length
+                turn = bucket % 2
+                writing[turn].result()  # that buffer's last write is done
+                shuffled = buffers[turn][:size]
+                shuffled[order] = gathered[:size]
+                writing[turn] = background.submit(writer.write, shuffled)
+            for future in writing:
+                future.result()
 
 
 def _write_shuffled(
@@ -941,6 +1136,16 @@ def encode_extract(
             clk_scratch.open("wb") as clk_out,
             ids_scratch.open("wb") as ids_out,
         ):
+            bucketed = (
+                None
+                if same_positions is not None
+                else _BucketedScratch(
+                    scratch,
+                    clk_bytes=clk_bytes,
+                    buckets=_shuffle_buckets(extract_path, clk_bytes),
+                    generator=generator or _fresh_generator(),
+                )
+            )
 
             def collect(result: _ChunkResult, base: int) -> None:
                 """Take one chunk's or range's result, in extract order; ``base`` is added to
@@ -957,7 +1162,10 @@ def encode_extract(
                 skipped = [_shifted(problem, base) for problem in result.skipped]
                 blanked = [_shifted(problem, base) for problem in result.blanked]
                 first_row = counts["read"] + 1
-                clk_out.write(result.clks)
+                if result.segment is not None and bucketed is not None:
+                    bucketed.add(result.segment)
+                else:
+                    clk_out.write(result.clks)
                 ids_out.write(result.ids)
                 digests = np.frombuffer(result.id_digests, dtype=np.int64)
                 counts["read"] += result.rows
@@ -1003,23 +1211,42 @@ def encode_extract(
                 if progress:
                     progress(EncodeProgress(rows_read=counts["read"], read=read))
 
+            # Workers start when this process has encoded its first range or chunk: forked
+            # then, they inherit the loaded modules, compiled kernels and warm mask tables
+            # (a spawned worker spends about a second importing and loading them).
+            pools = contextlib.ExitStack()
+            started_pool: list[ProcessPoolExecutor] = []
+
+            def pool() -> ProcessPoolExecutor | None:
+                if process_count == 1:
+                    return None
+                if not started_pool:
+                    # A forked worker holds a copy of the scratch files' buffers: empty them.
+                    clk_out.flush()
+                    ids_out.flush()
+                    started_pool.append(
+                        pools.enter_context(_worker_pool(local, encoder_args, process_count - 1))
+                    )
+                return started_pool[0]
+
             def encode_chunks(
                 chunks: Iterator[ExtractChunk],
-                pool: ProcessPoolExecutor | None,
                 read: Callable[[], ReadProgress | None],
             ) -> None:
-                """The csv module's (or Parquet's) rows, chunk by chunk, in this process or
-                pickled to the pool."""
+                """The csv module's (or Parquet's) rows, chunk by chunk, in this process (the
+                first, or with one process) or pickled to the pool."""
                 pending: collections.deque[Future[_ChunkResult]] = collections.deque()
                 for chunk in chunks:
                     if observer is not None:
                         wanted = observer.choose(chunk.first_row, len(chunk.rows))
                         observer.take([chunk.rows[offset] for offset in wanted])
-                    if pool is None:
-                        collect(local.encode(chunk), 0)
+                    workers_pool = pool() if counts["read"] or pending else None
+                    draw = bucketed.draw() if bucketed is not None else None
+                    if workers_pool is None:
+                        collect(local.encode(chunk, draw), 0)
                         report(read())
                         continue
-                    pending.append(pool.submit(_encode_in_worker, chunk))
+                    pending.append(workers_pool.submit(_encode_in_worker, chunk, draw))
                     if len(pending) >= 2 * process_count:
                         collect(pending.popleft().result(), 0)
                         report(read())
@@ -1027,15 +1254,18 @@ def encode_extract(
                     collect(pending.popleft().result(), 0)
                     report(read())
 
-            def encode_ranges(pool: ProcessPoolExecutor | None) -> int | None:
+            def encode_ranges() -> int | None:
                 """Byte ranges of the CSV extract, each read and encoded by one process (this
                 one or the pool's); returns where a range holding a quote starts (the rest is
                 read with the csv module), or None when every range was encoded."""
                 if ranges is None:
                     raise InvariantError("encode_ranges needs the extract's byte ranges")
-                pending: collections.deque[tuple[Future[_ChunkResult] | None, ByteRange]] = (
-                    collections.deque()
-                )
+                # In extract order: a worker's future, or a result this process worked out.
+                pending: collections.deque[
+                    tuple[Future[_ChunkResult] | _ChunkResult, ByteRange]
+                ] = collections.deque()
+                queued = collections.deque(ranges)
+                window = 2 * process_count + 2  # results held at once: memory stays flat
 
                 def take(result: _ChunkResult, byte_range: ByteRange) -> bool:
                     if result.quoted:
@@ -1050,63 +1280,60 @@ def encode_extract(
                     report(ReadProgress(done=byte_range.stop, total=size, unit="B"))
                     return True
 
-                def finish(future: Future[_ChunkResult] | None, done: ByteRange) -> bool:
-                    result = local.encode_range(source, done) if future is None else future.result()
-                    if take(result, done):
-                        return True
-                    for other, _ in pending:
-                        if other is not None:
-                            other.cancel()
-                    return False
+                def ready(item: Future[_ChunkResult] | _ChunkResult) -> bool:
+                    return isinstance(item, _ChunkResult) or item.done()
 
-                # This process encodes every process_count-th range itself (when it comes
-                # due), the pool's process_count - 1 workers the others, ahead of time.
-                for index, byte_range in enumerate(ranges):
-                    future = (
-                        None
-                        if pool is None or index % process_count == 0
-                        else pool.submit(_encode_range_in_worker, source, byte_range)
-                    )
-                    pending.append((future, byte_range))
-                    if len(pending) >= 2 * process_count:
-                        future, done = pending.popleft()
-                        if not finish(future, done):
-                            return done.start
-                while pending:
-                    future, done = pending.popleft()
-                    if not finish(future, done):
+                # Load balancing: the workers always have a range queued behind the one they
+                # encode; this process takes the results in order as they are ready and, while
+                # the next one is not, encodes the next range itself.
+                while queued or pending:
+                    if pending and ready(pending[0][0]):
+                        item, done = pending.popleft()
+                    elif queued and len(pending) < window:
+                        byte_range = queued.popleft()
+                        draw = bucketed.draw() if bucketed is not None else None
+                        workers_pool = pool() if counts["read"] or pending else None
+                        busy = sum(not ready(item) for item, _ in pending)
+                        if workers_pool is not None and busy < 2 * (process_count - 1):
+                            pending.append(
+                                (
+                                    workers_pool.submit(
+                                        _encode_range_in_worker, source, byte_range, draw
+                                    ),
+                                    byte_range,
+                                )
+                            )
+                        else:
+                            pending.append(
+                                (local.encode_range(source, byte_range, draw), byte_range)
+                            )
+                        continue
+                    else:
+                        item, done = pending.popleft()
+                    result = item if isinstance(item, _ChunkResult) else item.result()
+                    if not take(result, done):
+                        for other, _ in pending:
+                            if isinstance(other, Future):
+                                other.cancel()
                         return done.start
                 return None
 
-            def encode_all(pool: ProcessPoolExecutor | None) -> None:
+            with pools:
                 if ranges is None:
-                    encode_chunks(iter(reader), pool, reader.progress)
-                    return
-                quoted_from = encode_ranges(pool)
-                if quoted_from is not None:
-                    with csv_chunks_from(
-                        extract_path,
-                        mapping.dialect,
-                        start=quoted_from,
-                        first_row=counts["read"] + 1,
-                        chunk_rows=chunk_rows,
-                    ) as rest:
-                        encode_chunks(iter(rest), pool, rest.progress)
-                if counts["read"] == 0:
-                    raise ExtractError("file has a header but no data rows", path=source)
-
-            if process_count == 1:
-                encode_all(None)
-            else:
-                context = multiprocessing.get_context("spawn")
-                # This process encodes too (its byte ranges' share, or reads the chunks).
-                with ProcessPoolExecutor(
-                    max_workers=process_count - 1,
-                    mp_context=context,
-                    initializer=_start_worker,
-                    initargs=encoder_args,
-                ) as pool:
-                    encode_all(pool)
+                    encode_chunks(iter(reader), reader.progress)
+                else:
+                    quoted_from = encode_ranges()
+                    if quoted_from is not None:
+                        with csv_chunks_from(
+                            extract_path,
+                            mapping.dialect,
+                            start=quoted_from,
+                            first_row=counts["read"] + 1,
+                            chunk_rows=chunk_rows,
+                        ) as rest:
+                            encode_chunks(iter(rest), rest.progress)
+                    if counts["read"] == 0:
+                        raise ExtractError("file has a header but no data rows", path=source)
 
         record_count = counts["encoded"]
         if not max_bad_rows.allows(skipped_rows + blanked_rows, counts["read"]):
@@ -1126,15 +1353,15 @@ def encode_extract(
                 row=int(all_rows[repeat[1]]),
             )
 
-        if same_positions is not None:
+        orders: list[npt.NDArray[np.int64]] = []
+        if bucketed is None:
+            if same_positions is None:
+                raise InvariantError("a run without a fresh shuffle keeps earlier positions")
             position_of = _earlier_positions(
                 Path(same_positions), ids_scratch, np.concatenate(row_numbers), project_id
             )
         else:
-            permutation = (generator or _fresh_generator()).permutation(record_count)
-            position_of = np.empty(record_count, dtype=np.int64)
-            position_of[permutation] = np.arange(record_count, dtype=np.int64)
-            del permutation
+            position_of, orders = bucketed.positions()
         # Both files or neither: the positions file is committed inside the encoded file's
         # block (so a failure writing it leaves no encoded file), and removed again if the
         # encoded file then fails to commit. The payload digest it is bound to is the
@@ -1150,7 +1377,10 @@ def encode_extract(
                 clk_bits=schema.encoded_bits,
                 layout=schema.layout if schema.grouped else None,
             ) as writer:
-                _write_shuffled(writer, clk_scratch, position_of, clk_bytes)
+                if bucketed is None:
+                    _write_shuffled(writer, clk_scratch, position_of, clk_bytes)
+                else:
+                    bucketed.write(writer, orders)
                 payload_digest = writer.payload_sha256()
                 binding = PositionsBinding(
                     project_id=project_id,

@@ -4,7 +4,7 @@ Stage: encoder output, department side (written by the encoder run, read by ``fe
 link keys to the department's own ids, and by the leak scan's known-key check). It never
 leaves the department.
 
-Format (version 2, UTF-8 CSV written by the ``csv`` module)::
+Format (version 2, UTF-8 CSV as the ``csv`` module writes it; party/position_lines.py)::
 
     # bloomlink-positions-v2 project=p1 payload_sha256=<64 hex> records=3
     record_id,position
@@ -22,7 +22,6 @@ read; they cannot be checked and ``fetch`` says so.
 from __future__ import annotations
 
 import csv
-import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ _BINDING = re.compile(
     r"^# bloomlink-positions-v2 project=(?P<project>\S+) payload_sha256=(?P<digest>[0-9a-f]{64})"
     r" records=(?P<records>\d+)$"
 )
-_IDS_BLOCK_CHARS = 1 << 20  # record id text read per block
+_IDS_BLOCK_BYTES = 1 << 20  # record id text read per block
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,35 +83,30 @@ def write_positions(
     ``ids_scratch`` holds one record id per line (ids never hold a newline: the encoder
     refuses ids with control characters); ``position_of[i]`` is record i's position.
     """
+    from party.position_lines import position_lines  # numba: only for an encoder run
+
     with (
         atomic_output(positions_path, mode=0o600) as raw,
-        ids_scratch.open("r", encoding="utf-8", newline="\n") as ids_in,
+        ids_scratch.open("rb") as ids_in,
     ):
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-        try:
-            text.write(binding.line())
-            writer = csv.writer(text, lineterminator="\n")
-            writer.writerow(POSITIONS_HEADER)
-            done = 0
-            rest = ""
-            # Whole lines per block, cut at the last newline; csv quotes an id only where it
-            # must (a comma or a quote in it), one writerows call per block.
-            while block := ids_in.read(_IDS_BLOCK_CHARS):
-                block = rest + block
-                cut = block.rfind("\n") + 1
-                block, rest = block[:cut], block[cut:]
-                record_ids = block.split("\n")
-                record_ids.pop()  # what follows the last newline: nothing
-                count = len(record_ids)
-                writer.writerows(
-                    zip(record_ids, position_of[done : done + count].tolist(), strict=True)
-                )
-                done += count
-            if rest or done != len(position_of):
-                raise ExtractError("the encoder's record-id scratch file is inconsistent")
-            text.flush()
-        finally:
-            text.detach()
+        raw.write(binding.line().encode("utf-8"))
+        raw.write((",".join(POSITIONS_HEADER) + "\n").encode("utf-8"))
+        done = 0
+        rest = b""
+        # Whole lines per block, cut at the last newline; the id is quoted only where the
+        # csv module would quote it (a comma or a quote in it).
+        while block := ids_in.read(_IDS_BLOCK_BYTES):
+            block = rest + block
+            cut = block.rfind(b"\n") + 1
+            block, rest = block[:cut], block[cut:]
+            count = block.count(b"\n")
+            lines = position_lines(block, position_of[done : done + count])
+            if lines is None:
+                break
+            raw.write(lines)
+            done += count
+        if rest or done != len(position_of):
+            raise ExtractError("the encoder's record-id scratch file is inconsistent")
 
 
 def read_binding(positions_path: Path | str) -> PositionsBinding | None:

@@ -409,23 +409,30 @@ class _FieldEncoder:
         size = spec.size
         if spec.words == "first":  # as tokenise(): n-grams of the first word only
             values = [value.split(" ", 1)[0] for value in values]
-        pad = PAD * (size - 1) if spec.padded else ""
-        texts = [pad + value + pad for value in values] if pad else list(values)
-        fits = [text.isascii() and len(text) >= size for text in texts]
-        rest = [offset for offset, fit in enumerate(fits) if not fit]
-        rows = [offset for offset, fit in enumerate(fits) if fit] if rest else range(len(texts))
-        if not rows:
+        pad = size - 1 if spec.padded else 0
+        joined = "".join(values)
+        rows = np.arange(len(values), dtype=np.int64)
+        rest: list[int] = []
+        if not joined.isascii():  # rare in a column: find the values that are not
+            ascii_values = np.fromiter(map(str.isascii, values), bool, len(values))
+            rest = np.flatnonzero(~ascii_values).tolist()
+            rows = rows[ascii_values]
+            values = [values[offset] for offset in rows.tolist()]
+            joined = "".join(values)
+        if not values:
             return rest
-        chosen = [texts[offset] for offset in rows] if rest else texts
-        data = np.frombuffer("".join(chosen).encode("ascii"), dtype=np.uint8)
-        offsets = np.zeros(len(chosen) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, chosen), np.int64, len(chosen)), out=offsets[1:])
+        data = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+        offsets = np.zeros(len(values) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=offsets[1:])
         most = np.zeros(_ASCII_BASE**size, dtype=np.int64)
-        counts = ngram_counts(data, offsets, size, spec.bits or 0, spec.bits_per_token or 0, most)
-        row_of, positions = self._dense_positions(spec, most)
-        ngram_masks(
-            data, offsets, size, counts, row_of, positions, block, np.asarray(rows, np.int64)
+        counts = ngram_counts(
+            data, offsets, size, pad, ord(PAD), spec.bits or 0, spec.bits_per_token or 0, most
         )
+        row_of, positions = self._dense_positions(spec, most)
+        ngram_masks(data, offsets, size, pad, ord(PAD), counts, row_of, positions, block, rows)
+        short = rows[counts == 0]  # no n-gram at all: the per-value path says what it sets
+        if len(short):
+            rest = sorted(rest + short.tolist())
         return rest
 
     def _dense_positions(
@@ -659,6 +666,14 @@ class ClkEncoder:
 
     def __repr__(self) -> str:
         return f"ClkEncoder(schema={self.schema.name!r}, project_id={self.project_id!r})"
+
+    @property
+    def draws_random_bytes(self) -> bool:
+        """Whether encoding draws random bytes (BLIP hardening): a copy of this encoder in
+        another process would draw the same ones, so each process builds its own."""
+        return any(
+            step.method == "blip" for group in self.schema.groups for step in group.hardening
+        )
 
     @property
     def encoded_bits(self) -> int:

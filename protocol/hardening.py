@@ -548,16 +548,19 @@ def nonlinear_diffuse(
     """Primitive hardening: output bit j = XOR of input bits ``taps[j, :-2]``, XOR the AND of
     input bits ``taps[j, -2]`` and ``taps[j, -1]``. All zero stays all zero.
 
-    Three runs of the bit-sliced diffusion kernel: the linear part, and each AND input as a
-    width-1 gather."""
+    One pass of the bit-sliced kernel, the XOR and the AND on the same bit planes
+    (:func:`nonlinear_diffuse_reference` is the bit-by-bit twin)."""
+    from protocol.diffusion_kernel import nonlinear_diffuse_planes  # numba: only when used
+
     if taps.shape[1] < 3:
         raise ConfigurationError(
             "nonlinear diffusion needs at least one linear tap and two AND taps"
         )
-    linear = diffuse(clks, np.ascontiguousarray(taps[:, :-2]))
-    first = diffuse(clks, np.ascontiguousarray(taps[:, -2:-1]))
-    second = diffuse(clks, np.ascontiguousarray(taps[:, -1:]))
-    return np.ascontiguousarray(linear ^ (first & second))
+    if taps.shape[0] % 64:
+        raise ConfigurationError("diffusion output bits must be a multiple of 64")
+    data = np.ascontiguousarray(clks, dtype=np.uint64)
+    result: npt.NDArray[np.uint64] = nonlinear_diffuse_planes(data, np.ascontiguousarray(taps))
+    return result
 
 
 def _bit_by_bit(

@@ -6,7 +6,9 @@ An ASCII n-gram of size ``n`` is coded as its bytes in base 128, a dense index b
 positions are worked out per value in compiled loops, with no sort over the whole column.
 :func:`ngram_counts` finds every value's distinct n-grams and how many bits each sets (and,
 per n-gram, the most bits any value asks of it, so the caller hashes each n-gram once);
-:func:`ngram_masks` ORs the positions in. The numpy twin in protocol/encoding.py
+:func:`ngram_masks` ORs the positions in. A padded tokeniser's padding is added inside the
+kernel, and the caller passes a whole column's text as one buffer, so no per-value Python
+runs for an ASCII column. The numpy twin in protocol/encoding.py
 (``_FieldEncoder._or_coded_masks``) serves every other value, and a property test holds the
 two to the same bits. Imported lazily (numba's import costs a third of a second).
 """
@@ -22,15 +24,25 @@ __all__ = ["ngram_counts", "ngram_masks"]
 
 @numba.njit(inline="always", nogil=True, cache=True)
 def _distinct_codes(
-    data: npt.NDArray[np.uint8], start: int, stop: int, size: int, codes: npt.NDArray[np.int64]
+    data: npt.NDArray[np.uint8],
+    start: int,
+    stop: int,
+    size: int,
+    pad: int,
+    pad_byte: int,
+    codes: npt.NDArray[np.int64],
 ) -> int:
-    """The distinct base-128 codes of the n-grams of ``data[start:stop]`` into ``codes``;
-    returns how many there are."""
+    """The distinct base-128 codes of the n-grams of ``data[start:stop]``, with ``pad``
+    copies of ``pad_byte`` before and after it, into ``codes``; returns how many there are
+    (none for a text shorter than one n-gram)."""
     found = 0
-    for window in range(start, stop - size + 1):
+    length = stop - start
+    for window in range(length + 2 * pad - size + 1):
         code = 0
         for place in range(size):
-            code = code * 128 + int(data[window + place])
+            at = window + place - pad
+            byte = pad_byte if at < 0 or at >= length else int(data[start + at])
+            code = code * 128 + byte
         seen = False
         for earlier in range(found):
             if codes[earlier] == code:
@@ -47,19 +59,28 @@ def ngram_counts(
     data: npt.NDArray[np.uint8],
     offsets: npt.NDArray[np.int64],
     size: int,
+    pad: int,
+    pad_byte: int,
     bits: int,
     bits_per_token: int,
     most: npt.NDArray[np.int64],
 ) -> npt.NDArray[np.int64]:
-    """Per value (``data[offsets[i]:offsets[i + 1]]``, at least ``size`` bytes): how many
-    bits each of its n-grams sets (``bits_per_token`` if positive, else ``bits`` over its
-    distinct n-grams, rounded half up, at least 1). ``most[code]`` is raised to the largest
-    count any value asks of n-gram ``code``."""
+    """Per value (``data[offsets[i]:offsets[i + 1]]`` padded with ``pad`` copies of
+    ``pad_byte`` each side): how many bits each of its n-grams sets (``bits_per_token`` if
+    positive, else ``bits`` over its distinct n-grams, rounded half up, at least 1), or 0 for
+    a value with no n-gram. ``most[code]`` is raised to the largest count any value asks of
+    n-gram ``code``."""
     values = len(offsets) - 1
     counts = np.empty(values, dtype=np.int64)
-    codes = np.empty(max(1, int(np.max(np.diff(offsets))) if values else 1), dtype=np.int64)
+    longest = int(np.max(np.diff(offsets))) if values else 1
+    codes = np.empty(max(1, longest + 2 * pad), dtype=np.int64)
     for value in range(values):
-        found = _distinct_codes(data, offsets[value], offsets[value + 1], size, codes)
+        found = _distinct_codes(
+            data, offsets[value], offsets[value + 1], size, pad, pad_byte, codes
+        )
+        if found == 0:
+            counts[value] = 0
+            continue
         if bits_per_token > 0:
             count = bits_per_token
         else:
@@ -76,6 +97,8 @@ def ngram_masks(
     data: npt.NDArray[np.uint8],
     offsets: npt.NDArray[np.int64],
     size: int,
+    pad: int,
+    pad_byte: int,
     counts: npt.NDArray[np.int64],
     row_of: npt.NDArray[np.int64],
     positions: npt.NDArray[np.int64],
@@ -83,14 +106,20 @@ def ngram_masks(
     rows: npt.NDArray[np.int64],
 ) -> None:
     """OR into ``out[rows[i]]`` the first ``counts[i]`` positions of each distinct n-gram of
-    value i: n-gram ``code``'s positions are ``positions[row_of[code]]``."""
+    value i (padded as in :func:`ngram_counts`): n-gram ``code``'s positions are
+    ``positions[row_of[code]]``."""
     values = len(offsets) - 1
-    codes = np.empty(max(1, int(np.max(np.diff(offsets))) if values else 1), dtype=np.int64)
+    longest = int(np.max(np.diff(offsets))) if values else 1
+    codes = np.empty(max(1, longest + 2 * pad), dtype=np.int64)
     one = np.uint64(1)
     for value in range(values):
-        found = _distinct_codes(data, offsets[value], offsets[value + 1], size, codes)
-        target = rows[value]
         count = counts[value]
+        if count == 0:
+            continue
+        found = _distinct_codes(
+            data, offsets[value], offsets[value + 1], size, pad, pad_byte, codes
+        )
+        target = rows[value]
         for index in range(found):
             table_row = row_of[codes[index]]
             for place in range(count):

@@ -3,6 +3,7 @@ joinable through the positions file) and its parallel path."""
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import itertools
@@ -61,13 +62,12 @@ def run(extract: Path, out: Path, *, seed: int | None = 7, **options: object) ->
     return encode_extract(
         extract_path=extract,
         mapping=shipped_mapping("moj"),
-        schema=default_schema(),
         secret=SECRET,
         project_id="demo",
         encoded_path=out / "moj.clk",
         positions_path=out / "moj.positions.csv",
         generator=generator,
-        **options,  # type: ignore[arg-type]
+        **{"schema": default_schema(), **options},  # type: ignore[arg-type]
     )
 
 
@@ -145,6 +145,26 @@ def test_parallel_path_matches_in_process_path(
     assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == (
         single_bytes
     )
+
+
+def test_forked_workers_do_not_replay_the_blip_stream(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers are forked from the encoding process; under BLIP each must draw its own random
+    bytes, or one range would carry another's flips (every record here is the same person,
+    so equal random bytes would give equal encodings)."""
+    source, out = dirs
+    blip = load_schema(
+        Path(__file__).resolve().parents[2] / "benchmarks/schemas/grouped_blip_p05.toml"
+    )
+    assert ClkEncoder(blip, SECRET, project_id="demo").draws_random_bytes
+    assert not ClkEncoder(default_schema(), SECRET, project_id="demo").draws_random_bytes
+    rows = [[f"P{index:05d}", *person(1)[1:]] for index in range(400)]
+    extract = write_csv(source / "moj.csv", rows)
+    monkeypatch.setattr(party.encoder_run, "PARALLEL_FROM_BYTES", 0)
+    run(extract, out, chunk_rows=20, workers=2, schema=blip)
+    _, clks = read_clks(out / "moj.clk")
+    assert len({row.tobytes() for row in clks}) == len(rows)
 
 
 def test_parallel_path_reports_a_bad_row_and_writes_nothing(
@@ -430,13 +450,36 @@ def test_small_mask_tables_and_shuffle_buckets_change_no_bit(
     run(extract, out, seed=5, chunk_rows=13)
     expected = (out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()
     monkeypatch.setattr(party.encoder_run, "_TABLE_ROWS", 6)
-    monkeypatch.setattr(party.encoder_run, "_BUCKET_BYTES", 7 * 128)  # 9 shuffle buckets
     run(extract, out, seed=5, chunk_rows=13)
     assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == expected
+    # Many shuffle buckets (each of a few records) give another order, never another CLK.
+    monkeypatch.setattr(party.encoder_run, "_BUCKET_BYTES", 7 * 320)
+    run(extract, out, seed=5, chunk_rows=13)
     _, clks = read_clks(out / "moj.clk")
     positions = read_positions(out / "moj.positions.csv")
+    assert sorted(positions.values()) == list(range(len(rows)))
     direct = expected_clks(rows)
     assert all(clks[position].tobytes() == direct[rid] for rid, position in positions.items())
+
+
+def test_the_bucketed_shuffle_is_uniform(tmp_path: Path) -> None:
+    """Random buckets drawn chunk by chunk, then a random order within each bucket: every
+    permutation of four records in two chunks, over three buckets, about equally often."""
+    generator = np.random.default_rng(3)
+    seen: collections.Counter[tuple[int, ...]] = collections.Counter()
+    trials = 4_800
+    chunk = np.zeros((2, 1), dtype=np.uint64)
+    for _ in range(trials):
+        scratch = party.encoder_run._BucketedScratch(
+            tmp_path, clk_bytes=8, buckets=3, generator=generator
+        )
+        scratch.add(party.encoder_run._to_scratch(chunk, scratch.draw()))
+        scratch.add(party.encoder_run._to_scratch(chunk, scratch.draw()))
+        position_of, _ = scratch.positions()
+        seen[tuple(position_of.tolist())] += 1
+    assert len(seen) == 24
+    expected = trials / 24  # 200; a count outside 130-270 is 5 standard deviations out
+    assert all(abs(count - expected) < 70 for count in seen.values())
 
 
 def test_tables_that_stop_remembering_change_no_bit(
@@ -593,9 +636,9 @@ def test_a_grouped_schema_writes_format_2_matching_the_per_value_encoder(
 def test_positions_file_quotes_ids_across_blocks(
     dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Blocks of 7 characters cut record ids mid-way, so every id crosses a block boundary
+    # Blocks of 7 bytes cut record ids (and their UTF-8 characters) mid-way, so every id crosses a block boundary
     # somewhere; ids with commas and quotes must come back whole from a CSV reader.
-    monkeypatch.setattr(positions_file, "_IDS_BLOCK_CHARS", 7)
+    monkeypatch.setattr(positions_file, "_IDS_BLOCK_BYTES", 7)
     source, out = dirs
     rows = [person(index) for index in range(30)]
     odd_ids = ["A,1", 'B"2', 'C,"3"', "Dé4", "E 5", "F☃6"]
