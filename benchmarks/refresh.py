@@ -20,7 +20,8 @@ share one key across everything issued (false merges; release 1's alone for comp
 Fellegi-Sunter model over its field groups, in both releases and in the relink; ``dice``
 scores whole records by Dice. Each run's cut is automatic unless ``--threshold`` sets the
 record-level Dice cut (with the model: its candidate cut). Every run draws a fresh linkage
-secret, so repeated runs measure the spread over secrets.
+secret, so repeated runs measure the spread over secrets, unless ``--secret LABEL`` fixes it
+(its SHA-256), to compare two commits under the same secrets.
 
     nice .venv/bin/python benchmarks/refresh.py --people 50000
 
@@ -40,6 +41,7 @@ a bound for the second run.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -171,7 +173,9 @@ def names(args: argparse.Namespace) -> None:
     synth_s = time.perf_counter() - started
     started = time.perf_counter()
     schema = default_schema()
-    encoder = ClkEncoder(schema, LinkageSecret(os.urandom(32)), project_id="spine:bench")
+    # --secret: a label whose SHA-256 is the secret, so two commits compare under one secret.
+    secret = hashlib.sha256(args.secret.encode()).digest() if args.secret else os.urandom(32)
+    encoder = ClkEncoder(schema, LinkageSecret(secret), project_id="spine:bench")
     clks = {
         name: encoder.encode_many(_normalised(department, schema))
         for name, department in (("moj-1", moj_one), ("dfe-1", dfe_one), ("moj-2", moj_two))
@@ -392,6 +396,11 @@ def main() -> None:
         "--refresh", type=int, default=10_000, help="random: records in the refresh"
     )
     parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument(
+        "--secret",
+        default=None,
+        help="names: a label whose SHA-256 is the linkage secret (default: a fresh random one)",
+    )
     args = parser.parse_args()
     if args.mode == "names":
         names(args)

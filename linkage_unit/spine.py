@@ -19,11 +19,14 @@ operator's match probability; an untrusted model links nothing, ``fellegi_sunter
 without one (single CLKs, or ``scoring=dice``) new-vs-spine pairs are cut at the Dice
 threshold the run chooses (or the operator's).
 
-Then new clusters are joined to spine people by the clustering's average linkage (a
-cluster and a person are linked when their record pairs' mean ``score - cut``, a pair never
-scored counting ``margin`` below the cut: ``unscored_margin`` in Dice, probability 0 with
-the model, is at least zero), best links first, at most one cluster of each new upload per
-person (as in the clustering's stage 2):
+Then new clusters are joined to spine people: a cluster and a person are linked when the
+mean over the cluster's records of each record's best ``score - cut`` against the person's
+records is at least zero (a record with no scored pair with the person counting ``margin``
+below the cut: ``unscored_margin`` in Dice, probability 0 with the model), best links
+first, at most one cluster of each new upload per person (as in the clustering's stage 2).
+Best pair per new record, not the mean over every record pair: a person who has gathered
+records that disagree with each other (several parties, releases, spellings) must not
+outvote an exact copy of one of them (:func:`link_means`):
 
 * a cluster joined to exactly one spine person takes that person's keys;
 * a cluster joined to none is a new person: fresh keys, added;
@@ -560,9 +563,10 @@ class _Components:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkMeans:
-    """Every (new cluster, spine person) pair with at least one scored record pair, and the
-    mean ``score - cut`` over all their record pairs (a pair never scored counting
-    ``margin`` below the cut): a link may be made where it is at least zero."""
+    """Every (new cluster, spine person) pair with at least one scored record pair, and its
+    evidence: the mean over the cluster's records of each record's best ``score - cut``
+    against any of the person's records (a record with no scored pair with the person
+    counting ``margin`` below the cut). A link may be made where it is at least zero."""
 
     cluster: npt.NDArray[np.int64]
     person: npt.NDArray[np.int64]
@@ -579,19 +583,27 @@ def link_means(
 ) -> LinkMeans:
     """The attach step's evidence (fast path: one pass over the scored pairs). ``pairs``:
     new record, spine record, score; ``new_cluster[i]`` is new record i's cluster and
-    ``spine_person[j]`` spine record j's person. Sorted by (cluster, person)."""
+    ``spine_person[j]`` spine record j's person. Sorted by (cluster, person).
+
+    Each new record counts once, by its best pair with the person: a person who has gathered
+    records that disagree with each other (several parties, releases, spellings) is the
+    person of each of them, so those others must not outvote an exact copy of one of them
+    (the mean over every record pair did, an unscored pair counting probability 0)."""
     new_record, spine_record, scores = pairs
     cluster_records = np.bincount(new_cluster, minlength=1).astype(np.int64)
-    person_records = np.bincount(spine_person, minlength=1).astype(np.int64)
-    width = max(len(person_records), 1)
-    keys = new_cluster[new_record] * width + spine_person[spine_record]
-    unique, inverse = np.unique(keys, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    total = np.bincount(inverse, weights=scores - cut, minlength=len(unique)).astype(np.float64)
-    count = np.bincount(inverse, minlength=len(unique)).astype(np.int64)
-    cluster, person = unique // width, unique % width
-    between = cluster_records[cluster] * person_records[person]
-    mean: npt.NDArray[np.float64] = (total - margin * (between - count)) / between
+    width = max(int(spine_person.max()) + 1 if len(spine_person) else 1, 1)
+    record_keys = new_record * width + spine_person[spine_record]
+    unique, inverse = np.unique(record_keys, return_inverse=True)
+    best = np.full(len(unique), -np.inf)
+    np.maximum.at(best, inverse.reshape(-1), scores)
+    keys = new_cluster[unique // width] * width + unique % width
+    links, where = np.unique(keys, return_inverse=True)
+    where = where.reshape(-1)
+    total = np.bincount(where, weights=best - cut, minlength=len(links)).astype(np.float64)
+    count = np.bincount(where, minlength=len(links)).astype(np.int64)
+    cluster, person = links // width, links % width
+    size = cluster_records[cluster]
+    mean: npt.NDArray[np.float64] = (total - margin * (size - count)) / size
     return LinkMeans(cluster=cluster, person=person, mean=mean)
 
 
@@ -604,7 +616,8 @@ def reference_link_means(
     margin: float,
 ) -> dict[tuple[int, int], float]:
     """The slow, obvious twin of :func:`link_means`: for each (cluster, person) with a
-    scored pair, average over every record of one and every record of the other."""
+    scored pair, average over the cluster's records each one's best scored pair with the
+    person's records (``cut - margin`` where it has none)."""
     score = {
         (int(a), int(b)): float(value)
         for a, b, value in zip(pairs[0].tolist(), pairs[1].tolist(), pairs[2].tolist(), strict=True)
@@ -616,8 +629,9 @@ def reference_link_means(
             continue
         ones = [i for i in range(len(new_cluster)) if new_cluster[i] == key[0]]
         others = [j for j in range(len(spine_person)) if spine_person[j] == key[1]]
-        total = sum(score.get((i, j), cut - margin) - cut for i in ones for j in others)
-        means[key] = total / (len(ones) * len(others))
+        best = [max((score[i, j] for j in others if (i, j) in score), default=None) for i in ones]
+        total = sum(cut - margin if value is None else value for value in best) - cut * len(ones)
+        means[key] = total / len(ones)
     return means
 
 
@@ -630,8 +644,9 @@ def _assign(
     project_id: str,
     random_bytes: RandomBytes,
 ) -> SpineRunResult:
-    """New clusters -> spine people, by average linkage over new-vs-spine pairs (a pair never
-    scored counts ``unscored_margin`` below the cut, as in ``clustering.py``)."""
+    """New clusters -> spine people, by each new record's best pair with the person, averaged
+    over the cluster (:func:`link_means`; a record never scored against the person counts
+    ``margin`` below the cut)."""
     margin = new.margin
     cut = new.threshold
     roots = np.array(state.merged_into, dtype=np.int64)

@@ -14,7 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from linkage_unit.blocking import BlockingMode
-from linkage_unit.link_keys import PartyLinkKeys
+from linkage_unit.link_keys import PartyLinkKeys, fresh_keys
 from linkage_unit.matching import MatchSettings, Scoring, link
 from linkage_unit.spine import (
     Reencoding,
@@ -534,7 +534,7 @@ def test_the_attach_evidence_agrees_with_its_slow_twin(
     spine_person = generator.integers(0, 5, spine_records)
     chosen = generator.random((new_records, spine_records)) < 0.4
     left, right = np.nonzero(chosen)
-    scores = generator.uniform(cut, 1.0, len(left))
+    scores = generator.uniform(0.0, 1.0, len(left))  # pairs below the cut count too
     pairs = (left.astype(np.int64), right.astype(np.int64), scores)
     fast = link_means(new_cluster.astype(np.int64), spine_person, pairs, cut=cut, margin=margin)
     slow = reference_link_means(
@@ -661,3 +661,37 @@ def test_linked_records_count_as_a_one_off_run_counts_them() -> None:
         run_id="r2",
     )
     assert third.linked_records == 72
+
+
+def test_a_person_with_disagreeing_records_keeps_an_exact_copy_of_one() -> None:
+    # 300 people with one MoJ record each; people 0..29 have also gathered three records
+    # that agree with it on one field group only (other parties, releases, spellings). An
+    # identical MoJ re-extract must keep every key: those three records may not outvote an
+    # exact pair (under the mean over every record pair, unscored = probability 0, they did).
+    generator = np.random.default_rng(70)
+    truth = random_clks(generator, 300, words=GROUPED.total_words, density=0.3)
+    moj = _grouped_noisy(71, truth)
+    others = np.repeat(moj[:30], 3, axis=0)
+    fresh = random_clks(generator, len(others), words=GROUPED.total_words, density=0.3)
+    kept_group = np.tile(np.arange(3), 30)
+    for group in range(len(GROUPED.groups)):
+        start, stop = GROUPED.word_range(group)
+        replaced = kept_group != group
+        others[replaced, start:stop] = fresh[replaced, start:stop]
+    keys = fresh_keys(300, lambda size: generator.bytes(size))
+    state = SpineState(
+        settings=_settings(),
+        person_keys=tuple({"moj": key} for key in keys),
+        merged_into=tuple(range(300)),
+        encodings=np.concatenate([moj, others]),
+        record_person=np.concatenate([np.arange(300), np.repeat(np.arange(30), 3)]),
+        runs=("r1",),
+    )
+    again = link_into_spine(
+        state, [_upload("moj", moj.copy())], MatchSettings(blocking_seed=72), run_id="r2",
+        layout=GROUPED,
+    )  # fmt: skip
+    assert again.threshold_method == "fellegi-sunter" and not again.untrusted_models
+    by_row = _key_by_row(again.keys["moj"])
+    assert [by_row[row] for row in range(300)] == keys
+    assert again.new_people == 0 and not again.merges and not again.splits
