@@ -397,8 +397,9 @@ class _ChunkResult:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _ShuffleDraw:
     """What a process needs to send one chunk's records to random shuffle buckets: a seed
-    drawn from the run's generator in extract order (so the buckets do not depend on which
-    process encodes the chunk), the bucket count and the scratch directory."""
+    derived from the run's entropy and where the chunk starts in the extract (so the buckets
+    depend neither on which process encodes the chunk nor on how many chunks were queued
+    ahead), the bucket count and the scratch directory."""
 
     seed: int
     buckets: int
@@ -880,15 +881,22 @@ def _earlier_positions(
 
 _BUCKET_BYTES = 8 << 20  # CLKs per shuffle bucket: what the shuffle holds at once
 
+# Where a chunk starts, as a SeedSequence spawn key: a byte range by its first byte, a csv
+# module or Parquet chunk by its first data row (the kinds differ, so the keys never clash).
+_ChunkStart = tuple[int, int]
+_RANGE_START = 0
+_CHUNK_START = 1
+
 
 class _BucketedScratch:
     """The encoded records of a fresh shuffle, each in a random bucket, on the scratch files
     of the processes that encoded them.
 
     The shuffle is the order of independent random keys ``(bucket, u)``: each record draws
-    its bucket (uniform) where its chunk is encoded, from a seed the run's generator gives
-    the chunk in extract order (:meth:`draw`), and each bucket's records are put in a
-    uniformly random order at the end, which together give a uniformly random permutation.
+    its bucket (uniform) where its chunk is encoded, from a seed derived from the run's
+    entropy and the chunk's start in the extract (:meth:`draw`), and each bucket's records
+    are put in a uniformly random order at the end, which together give a uniformly random
+    permutation.
     A chunk is written grouped by bucket (:func:`_to_scratch`), so at the end each bucket is
     a run of segments (one per chunk) to read back, and one bucket of CLKs is held at a
     time: the records are read and written once more, not twice (the two passes of
@@ -896,7 +904,7 @@ class _BucketedScratch:
     collecting results never copies a CLK until the end.
     """
 
-    __slots__ = ("_buckets", "_clk_bytes", "_generator", "_scratch_dir", "_segments")
+    __slots__ = ("_buckets", "_clk_bytes", "_entropy", "_generator", "_scratch_dir", "_segments")
 
     def __init__(
         self, scratch_dir: Path, *, clk_bytes: int, buckets: int, generator: np.random.Generator
@@ -905,12 +913,20 @@ class _BucketedScratch:
         self._clk_bytes = clk_bytes
         self._buckets = buckets
         self._generator = generator
+        self._entropy = int.from_bytes(generator.bytes(16), "little")
         self._segments: list[_ScratchSegment] = []
 
-    def draw(self) -> _ShuffleDraw:
-        """The next chunk's seed (chunks draw in extract order, whoever encodes them)."""
+    def draw(self, start: _ChunkStart) -> _ShuffleDraw:
+        """The seed of the chunk that starts at ``start``.
+
+        Not the generator's next draw: ranges are queued (and seeded) ahead of the one being
+        taken, how far ahead depends on the process count, and those after a range holding a
+        quote are dropped and read again as chunks. Distinct starts give independent streams
+        (numpy's SeedSequence spawn keys), so the buckets stay uniform and independent.
+        """
+        sequence = np.random.SeedSequence(self._entropy, spawn_key=start)
         return _ShuffleDraw(
-            seed=int.from_bytes(self._generator.bytes(16), "little"),
+            seed=int.from_bytes(sequence.generate_state(4, np.uint32).tobytes(), "little"),
             buckets=self._buckets,
             scratch_dir=str(self._scratch_dir),
         )
@@ -1241,7 +1257,11 @@ def encode_extract(
                         wanted = observer.choose(chunk.first_row, len(chunk.rows))
                         observer.take([chunk.rows[offset] for offset in wanted])
                     workers_pool = pool() if counts["read"] or pending else None
-                    draw = bucketed.draw() if bucketed is not None else None
+                    draw = (
+                        bucketed.draw((_CHUNK_START, chunk.first_row))
+                        if bucketed is not None
+                        else None
+                    )
                     if workers_pool is None:
                         collect(local.encode(chunk, draw), 0)
                         report(read())
@@ -1291,7 +1311,11 @@ def encode_extract(
                         item, done = pending.popleft()
                     elif queued and len(pending) < window:
                         byte_range = queued.popleft()
-                        draw = bucketed.draw() if bucketed is not None else None
+                        draw = (
+                            bucketed.draw((_RANGE_START, byte_range.start))
+                            if bucketed is not None
+                            else None
+                        )
                         workers_pool = pool() if counts["read"] or pending else None
                         busy = sum(not ready(item) for item, _ in pending)
                         if workers_pool is not None and busy < 2 * (process_count - 1):

@@ -96,15 +96,46 @@ def write_secret(
     return target
 
 
+# A run of the key alphabets (hex, base64, base64url; '/' is base64's too) this long is no
+# file name anyone types: 32 random bytes are 64 hex or 43-44 base64 characters.
+_KEY_RUN = re.compile(r"[0-9A-Za-z+/=_-]+")
+_KEY_RUN_CHARS = 20
+
+
+def _missing_part(text: str) -> str:
+    """``text`` from its first path component that does not exist on ("" when all exist)."""
+    for component in re.finditer(r"[^/]+", text):
+        if not os.path.lexists(text[: component.end()]):
+            return text[component.start() :]
+    return ""
+
+
+def _is_key_run(run: str) -> bool:
+    letters = run.replace("/", "")
+    if len(letters) < _KEY_RUN_CHARS:
+        return False
+    # A typed name ("linkage-secret-file") is one case with no digit; random key text of
+    # this length has mixed case or a digit all but surely (below 2^-25 for 20 base64 chars).
+    word_like = not any(char.isdigit() for char in letters) and (
+        letters.lower() == letters or letters.upper() == letters
+    )
+    return not word_like
+
+
 def _looks_like_key_material(text: str) -> bool:
     """A path that is no file and reads like key material (a long run of hex or base64, or
-    the secret file's own text), not like a file name."""
+    the secret file's own text), not like a file name.
+
+    Decided from the components that do not exist, so that neither a leading '/' (whose
+    parent exists), a trailing '/' nor a '/' inside base64 can make the secret look like a
+    path that is merely missing. A component with a dot is a file name (keys have none).
+    """
     if _HEADER in text or "\n" in text:
         return True
-    if re.fullmatch(r"[0-9A-Za-z+/=_-]{32,}", text) is None or "." in text:
-        return False
-    # Base64 has '/' in it: a path's folders exist, a secret's "folders" do not.
-    return "/" not in text or not Path(text).parent.is_dir()
+    missing = _missing_part(text)
+    # Dotted components break runs; '/' does not, as base64 may hold it anywhere.
+    dotless = "/".join("\n" if "." in part else part for part in missing.split("/"))
+    return any(_is_key_run(run.group()) for run in _KEY_RUN.finditer(dotless))
 
 
 def read_secret(path: Path | str | None = None) -> LinkageSecret:

@@ -147,6 +147,29 @@ def test_parallel_path_matches_in_process_path(
     )
 
 
+def test_a_quoted_value_mid_file_leaves_the_files_independent_of_the_process_count(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Byte ranges are queued ahead of the one being taken (how many depends on the process
+    count); a range holding a quote sends the rest to the csv module and the queued ones are
+    dropped. Each chunk's bucket seed was drawn as it was queued, so the dropped draws made
+    the .clk and positions files differ between 1, 2 and 3 processes for one seed."""
+    source, out = dirs
+    rows = [person(index) for index in range(300)]
+    rows[249][2] = 'Smith, "Jr"'
+    extract = write_csv(source / "moj.csv", rows)
+    monkeypatch.setattr(party.encoder_run, "PARALLEL_FROM_BYTES", 0)
+    files = {}
+    for workers in (1, 2, 3):
+        summary = run(extract, out, seed=11, chunk_rows=20, workers=workers)
+        assert summary.workers == workers and summary.records_encoded == 300
+        files[workers] = (out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()
+    assert files[1] == files[2] == files[3]
+    positions = read_positions(out / "moj.positions.csv")
+    _, clks = read_clks(out / "moj.clk")
+    assert all(clks[positions[rid]].tobytes() == clk for rid, clk in expected_clks(rows).items())
+
+
 def test_forked_workers_do_not_replay_the_blip_stream(
     dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -473,8 +496,10 @@ def test_the_bucketed_shuffle_is_uniform(tmp_path: Path) -> None:
         scratch = party.encoder_run._BucketedScratch(
             tmp_path, clk_bytes=8, buckets=3, generator=generator
         )
-        scratch.add(party.encoder_run._to_scratch(chunk, scratch.draw()))
-        scratch.add(party.encoder_run._to_scratch(chunk, scratch.draw()))
+        # Two byte ranges, keyed by their start bytes as the run keys them.
+        for start in (0, 57):
+            draw = scratch.draw((party.encoder_run._RANGE_START, start))
+            scratch.add(party.encoder_run._to_scratch(chunk, draw))
         position_of, _ = scratch.positions()
         seen[tuple(position_of.tolist())] += 1
     assert len(seen) == 24

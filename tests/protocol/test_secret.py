@@ -116,3 +116,64 @@ def test_secret_cannot_be_pickled_copied_or_hashed() -> None:
 def test_short_material_is_refused() -> None:
     with pytest.raises(SecretError, match="at least 256 bits"):
         LinkageSecret(bytes(31))
+
+
+# Fixed base64 forms of 32-byte secrets, chosen for where their '/' falls: a random secret
+# per run made the old check fail about once in 130 runs (a leading '/').
+_LEADING_SLASH = "/yzLa6Qj01a9VJ7Uv7dulpdqDc3gWgmZahzbn4NCLsQ="
+_MIDDLE_SLASH = "TgdAhWK+24tgzgXB3s/jrRa3IjCWfeAfZAt+Rym0n84="
+_TRAILING_SLASH = "RSNUDxUEzRcQDEg16Ft+79SZEVgPjv/"  # 30 characters copied, then a '/'
+_SHORT_PIECES = "Zm9v/YmFy/cXV4/MTIz/NDU2/Nzg5/YWJj/ZGVm/Z2hp/amts/bW5v"
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        _LEADING_SLASH,
+        _MIDDLE_SLASH,
+        _TRAILING_SLASH,
+        _SHORT_PIECES,
+        "/" + _TRAILING_SLASH,
+        FIXED.hex(),
+        "/" + FIXED.hex(),
+        FIXED.hex() + "/",
+        "_-yzLa6Qj01a9VJ7Uv7dulpdqDc3gWgmZahzbn4NCLsQ",  # base64url
+    ],
+)
+def test_the_secret_given_as_its_path_is_never_echoed(
+    given: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--secret-file /<base64>` and `--secret-file <base64>/` were answered with
+    `<the secret>: secret file does not exist`: the old check only asked whether the
+    "parent folder" existed, and '/' (or '.') does."""
+    for source in ("argument", "environment"):
+        with pytest.raises(SecretError) as raised:
+            if source == "argument":
+                read_secret(given)
+            else:
+                monkeypatch.setenv(SECRET_ENV_VAR, given)
+                read_secret()
+        message = str(raised.value)
+        assert "not the secret" in message and raised.value.path is None
+        for piece in filter(None, given.split("/")):
+            assert piece[:8] not in message
+
+
+def test_the_secret_under_an_existing_folder_is_never_echoed(tmp_path: Path) -> None:
+    """An existing folder in front does not make the missing rest a file name."""
+    for given in (tmp_path / _MIDDLE_SLASH, f"{tmp_path}/{_TRAILING_SLASH}"):
+        with pytest.raises(SecretError, match="not the secret") as raised:
+            read_secret(given)
+        assert _MIDDLE_SLASH[:8] not in str(raised.value)
+        assert _TRAILING_SLASH[:8] not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["missing.key", "linkage-secret-file", "no-such-folder/s.key", "LINKAGE_SECRET_FILE/"],
+)
+def test_a_missing_file_name_is_still_named(tmp_path: Path, name: str) -> None:
+    """Only key-like components are withheld: a mistyped path is shown, so it can be fixed."""
+    with pytest.raises(SecretError, match="does not exist") as raised:
+        read_secret(f"{tmp_path}/{name}")
+    assert name.rstrip("/") in str(raised.value)
