@@ -107,8 +107,12 @@ class RunManager:
         monotonic: Callable[[], float] = time.monotonic,
         checkpoint: Checkpoint = no_checkpoint,
         spines: SpineStore | None = None,
+        configure: Callable[[matching.MatchSettings], matching.MatchSettings] | None = None,
     ) -> None:
         self.spines = spines
+        # The operator's server-wide settings (``ServerConfig.run_settings``: LSH shape, group
+        # blocking), applied to every run's settings, one-off or into a spine.
+        self._configure = configure or (lambda settings: settings)
         self._storage = storage
         self._audit = audit
         self.retention = retention or Retention(storage, audit)
@@ -349,12 +353,14 @@ class RunManager:
             if project.match_probability is None
             else ModelSettings(match_probability=project.match_probability)
         )
-        settings = matching.MatchSettings(
-            threshold=project.threshold,
-            blocking=project.blocking,
-            deduplicated=frozenset(project.deduplicated),
-            max_cluster_size=project.max_cluster_size,
-            model=model,
+        settings = self._configure(
+            matching.MatchSettings(
+                threshold=project.threshold,
+                blocking=project.blocking,
+                deduplicated=frozenset(project.deduplicated),
+                max_cluster_size=project.max_cluster_size,
+                model=model,
+            )
         )
         # A grouped project's layout (every upload was checked to have it) tells the engine
         # which words are which field group; a single-CLK project passes none.
@@ -601,5 +607,7 @@ def spine_link_result(outcome: SpineRunResult) -> matching.LinkResult:
         comparisons=outcome.comparisons,
         threshold_method=outcome.threshold_method,
         # The report's warning (report.py ``untrusted_models``) holds for spine runs too.
-        statistics=matching.LinkStatistics(untrusted_models=outcome.untrusted_models),
+        statistics=matching.LinkStatistics(
+            compare=outcome.compare, untrusted_models=outcome.untrusted_models
+        ),
     )
