@@ -160,6 +160,16 @@ def render_report(run_id: str, report: Mapping[str, Any], out: Path) -> list[Pat
         "null-model threshold (an operator's threshold, or every party deduplicated): its "
         "precision, recall and F1 cannot be estimated without ground truth.</p>"
     )
+    untrusted = [str(party) for party in report.get("untrusted_models") or ()]
+    if untrusted:
+        # First thing the operator reads: these links are missing because the model failed.
+        note = (
+            "<p class='note' id='untrusted'>Warning: the Fellegi-Sunter model of "
+            + html.escape(", ".join(untrusted))
+            + " was not trusted (its matches differed from its non-matches on fewer than two "
+            "field groups) and linked nothing: their low match rate is the model's failure, "
+            "not an absence of matches (docs/quality.md).</p>" + note
+        )
     images = "".join(
         f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,"
         f"{base64.b64encode(data).decode('ascii')}'></figure>"

@@ -153,6 +153,10 @@ class RunReport:
     oversized_group_blocks: int = 0
     oversized_group_block_pairs: int = 0
     """Group blocks skipped as larger than ``max_group_block_pairs``, and their pairs."""
+    untrusted_models: tuple[str, ...] = ()
+    """The parties (``moj``, ``moj+dfe``; ``spine`` for new-vs-spine pairs) whose model was
+    not trusted (``FellegiSunterModel.trusted``) and so linked nothing: a low match rate there
+    is the model's failure, not the data's. Operator-only, like the whole report."""
 
     def to_dict(self) -> dict[str, object]:
         out = asdict(self)
@@ -222,6 +226,7 @@ class RunReport:
             ),
             oversized_group_blocks=int(data.get("oversized_group_blocks", 0)),
             oversized_group_block_pairs=int(data.get("oversized_group_block_pairs", 0)),
+            untrusted_models=tuple(str(party) for party in data.get("untrusted_models", ())),
         )
 
 
@@ -323,6 +328,7 @@ def build_report(
         group_recall_estimates=statistics.compare.group_recall_estimates,
         oversized_group_blocks=statistics.compare.oversized_group_blocks,
         oversized_group_block_pairs=statistics.compare.oversized_group_block_pairs,
+        untrusted_models=statistics.untrusted_models,
     )
     if estimated is None:
         return dice

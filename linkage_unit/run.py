@@ -34,6 +34,7 @@ from linkage_unit.link_keys import PartyLinkKeys, RandomBytes, issue_link_keys
 from linkage_unit.report import build_report
 from linkage_unit.retention import Retention
 from linkage_unit.spine import (
+    SpineRunResult,
     SpineState,
     SpineStore,
     SpineUpload,
@@ -66,7 +67,7 @@ from protocol.errors import (
 from protocol.messages import ProjectSettings, RunState, RunTicket, UploadHeader, UploadState
 from protocol.vocabulary import CheckAspect
 
-__all__ = ["LinkFunction", "RunManager"]
+__all__ = ["LinkFunction", "RunManager", "spine_link_result"]
 
 logger = logging.getLogger("bloomlink.linkage_unit.run")
 
@@ -106,8 +107,12 @@ class RunManager:
         monotonic: Callable[[], float] = time.monotonic,
         checkpoint: Checkpoint = no_checkpoint,
         spines: SpineStore | None = None,
+        configure: Callable[[matching.MatchSettings], matching.MatchSettings] | None = None,
     ) -> None:
         self.spines = spines
+        # The operator's server-wide settings (``ServerConfig.run_settings``: LSH shape, group
+        # blocking), applied to every run's settings, one-off or into a spine.
+        self._configure = configure or (lambda settings: settings)
         self._storage = storage
         self._audit = audit
         self.retention = retention or Retention(storage, audit)
@@ -348,12 +353,14 @@ class RunManager:
             if project.match_probability is None
             else ModelSettings(match_probability=project.match_probability)
         )
-        settings = matching.MatchSettings(
-            threshold=project.threshold,
-            blocking=project.blocking,
-            deduplicated=frozenset(project.deduplicated),
-            max_cluster_size=project.max_cluster_size,
-            model=model,
+        settings = self._configure(
+            matching.MatchSettings(
+                threshold=project.threshold,
+                blocking=project.blocking,
+                deduplicated=frozenset(project.deduplicated),
+                max_cluster_size=project.max_cluster_size,
+                model=model,
+            )
         )
         # A grouped project's layout (every upload was checked to have it) tells the engine
         # which words are which field group; a single-CLK project passes none.
@@ -369,6 +376,16 @@ class RunManager:
                 raise _Stopped
             self._storage.set_progress(run_id, "link keys", 0, 1)
             keys = issue_link_keys(result.clusters, project.link_key_mode, **options)
+        if result.statistics.untrusted_models:
+            # Party ids only: which model failed, never a value. Without this an untrusted
+            # model's run reads as an ordinary low-linkage one (the report says it too).
+            logger.warning(
+                "run_id=%s project=%s: the Fellegi-Sunter model of %s was not trusted "
+                "(matches separated on fewer than two field groups) and linked nothing",
+                run_id,
+                project_id,
+                ", ".join(result.statistics.untrusted_models),
+            )
         expected = result.statistics.estimated
         outcome = RunOutcome(
             cluster_count=result.cluster_count,
@@ -530,17 +547,7 @@ class RunManager:
                     people_without_records=pruning.people_without_records,
                 )
             )
-        result = matching.LinkResult(
-            clusters={},
-            threshold=outcome.threshold,
-            cluster_count=outcome.matched_people + outcome.new_people,
-            # As a one-off run counts: records of a person with another record (this run's,
-            # or one the spine already held), not every keyed record.
-            linked_record_count=outcome.linked_records,
-            comparisons=outcome.comparisons,
-            threshold_method=outcome.threshold_method,
-        )
-        return result, dict(outcome.keys)
+        return spine_link_result(outcome), dict(outcome.keys)
 
     def _record_finish(
         self, run_id: str, project_id: str, outcome: RunOutcome, *, check_log: bool
@@ -585,3 +592,22 @@ class RunManager:
                 self.retention.retire_due()
             except Exception:  # the intent stays; the next retention check finishes it
                 logger.exception("payloads of run_id=%s not yet deleted; retried", run_id)
+
+
+def spine_link_result(outcome: SpineRunResult) -> matching.LinkResult:
+    """A spine run as the report and status read a one-off run: clusters per person (none
+    kept: the keys are the spine's), its counts, and the statistics an operator must see."""
+    return matching.LinkResult(
+        clusters={},
+        threshold=outcome.threshold,
+        cluster_count=outcome.matched_people + outcome.new_people,
+        # As a one-off run counts: records of a person with another record (this run's,
+        # or one the spine already held), not every keyed record.
+        linked_record_count=outcome.linked_records,
+        comparisons=outcome.comparisons,
+        threshold_method=outcome.threshold_method,
+        # The report's warning (report.py ``untrusted_models``) holds for spine runs too.
+        statistics=matching.LinkStatistics(
+            compare=outcome.compare, untrusted_models=outcome.untrusted_models
+        ),
+    )

@@ -102,7 +102,8 @@ class ServerConfig:
     # probes) draw from a per-identity bucket: this many a minute, this many in a burst.
     audited_calls_per_minute: float = 60.0
     audited_call_burst: int = 30
-    # Matching on a Dask cluster (linkage_unit/distributed.py); unset: in this process.
+    # Matching on a Dask cluster (linkage_unit/distributed.py); unset: in this process. One-off
+    # runs only: a run into a spine matches in this process (docs/spine.md).
     dask_scheduler: str | None = None
     dask_ca_certificate: Path | None = None
     dask_certificate: Path | None = None
@@ -110,14 +111,16 @@ class ServerConfig:
     dask_timeout_seconds: float = 3600.0
     dask_task_retries: int = 2
     dask_worker_memory_bytes: int = 8 << 30
-    # LSH blocking shape for every run (linkage_unit/blocking.py). Unset (the default): fitted
+    # LSH blocking shape for every run, one-off or into a spine (linkage_unit/blocking.py,
+    # ``run_settings``). Unset (the default): fitted
     # per comparison to the CLKs' bit density, both sides' sizes and the run's record-level
     # threshold, for blocking recall lsh_target_recall at that threshold against comparing
     # every pair. Both set: that fixed shape for every run (docs/scale.md, 60M x 60M).
     lsh_bands: int | None = None
     lsh_bits_per_band: int | None = None
     lsh_target_recall: float = 0.999
-    # Group blocking (linkage_unit/group_blocking.py) for encodings of several field groups:
+    # Group blocking (linkage_unit/group_blocking.py) for encodings of several field groups,
+    # in every run (into a spine too, its new-vs-spine pairs included):
     # candidates are pairs sharing an identical group encoding (blocks of more than
     # max_group_block_pairs pairs skipped, and counted) plus record-level LSH fitted to Dice
     # group_lsh_threshold, instead of LSH fitted to the run's own cut. Off by default
@@ -213,6 +216,15 @@ class ServerConfig:
         )
         return settings if self.group_blocking else None
 
+    def run_settings(self, settings: matching.MatchSettings) -> matching.MatchSettings:
+        """A run's settings with this LU's LSH shape and group blocking: the one place both
+        one-off runs and runs into a spine take them from (``RunManager(configure=...)``)."""
+        return replace(
+            settings,
+            blocking_settings=self.blocking_settings,
+            group_blocking=self.group_blocking_settings,
+        )
+
     @property
     def cluster_settings(self) -> ClusterSettings | None:
         """The Dask cluster the runs use, or None to match in this process."""
@@ -276,26 +288,6 @@ def load_config(path: Path | str | None, **overrides: Any) -> ServerConfig:
         raise ConfigurationError(f"invalid config value: {error}") from None
 
 
-def _with_blocking(
-    link: LinkFunction,
-    blocking: BlockingSettings,
-    group_blocking: GroupBlockingSettings | None = None,
-) -> LinkFunction:
-    """``link`` with the operator's LSH shape and group blocking in place of the engine's
-    defaults."""
-
-    def link_with_blocking(
-        clks: Any, settings: matching.MatchSettings, **options: Any
-    ) -> matching.LinkResult:
-        return link(
-            clks,
-            replace(settings, blocking_settings=blocking, group_blocking=group_blocking),
-            **options,
-        )
-
-    return link_with_blocking
-
-
 class LinkageUnitServer:
     """A started-or-startable linkage unit. ``start()`` returns the bound port."""
 
@@ -333,20 +325,12 @@ class LinkageUnitServer:
         cluster = config.cluster_settings
         if link_function is None and cluster is not None:
             link_function = functools.partial(matching.link, executor=DaskExecutor(cluster))
-        if (
-            config.blocking_settings != BlockingSettings()
-            or config.group_blocking_settings is not None
-        ):
-            link_function = _with_blocking(
-                link_function or matching.link,
-                config.blocking_settings,
-                config.group_blocking_settings,
-            )
         self.runs = RunManager(
             self.storage,
             self.audit,
             workers=config.run_workers,
             link_function=link_function,
+            configure=config.run_settings,
             retention=Retention(self.storage, self.audit, clock=clock, checkpoint=checkpoint),
             checkpoint=checkpoint,
             spines=None

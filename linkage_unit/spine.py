@@ -73,7 +73,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from linkage_unit import matching
 from linkage_unit.clustering import DEFAULT_UNSCORED_MARGIN
-from linkage_unit.comparison import CompareSettings, LocalComparer
+from linkage_unit.comparison import CompareSettings, CompareStatistics, LocalComparer
 from linkage_unit.fellegi_sunter import probability_of_weight
 from linkage_unit.link_keys import PartyLinkKeys, RandomBytes, fresh_keys
 from linkage_unit.scoring import Scorer
@@ -275,7 +275,9 @@ class SpineRunResult:
     ``linked_records``: the uploads' records whose person has another record, in this run or
     in the spine (what a one-off run counts as linked: records in clusters of two or more).
     ``untrusted_models``: the models of this run that were not trusted and so linked nothing
-    (``matching.LinkStatistics.untrusted_models``; ``spine`` for new-vs-spine pairs)."""
+    (``matching.LinkStatistics.untrusted_models``; ``spine`` for new-vs-spine pairs).
+    ``compare``: the blocking figures of both compares (the uploads', then new-vs-spine), as
+    a one-off run's report shows them."""
 
     keys: Mapping[str, PartyLinkKeys]
     state: SpineState
@@ -289,6 +291,7 @@ class SpineRunResult:
     threshold_method: str = ""
     linked_records: int = 0
     untrusted_models: tuple[str, ...] = ()
+    compare: CompareStatistics = CompareStatistics()
 
 
 def check_upload(settings: SpineSettings, upload: SpineUpload) -> None:
@@ -381,6 +384,7 @@ class _NewLinks:
     spine_comparisons: int
     margin: float = DEFAULT_UNSCORED_MARGIN
     untrusted_models: tuple[str, ...] = ()
+    compare: CompareStatistics = CompareStatistics()  # both compares' blocking figures
 
 
 def _uses_model(settings: matching.MatchSettings, layout: ClkLayout | None) -> bool:
@@ -414,6 +418,7 @@ def _link_new(
         labels = np.arange(sizes[0], dtype=np.int64)
         own_threshold, own_label, own_comparisons = 0.0, "", 0
         untrusted: tuple[str, ...] = ()
+        own_compare = CompareStatistics()
     else:
         result = matching.link(
             {upload.party: upload.clks for upload in uploads},
@@ -424,6 +429,7 @@ def _link_new(
         own_threshold, own_label = result.threshold, result.threshold_method
         own_comparisons = result.comparisons
         untrusted = result.statistics.untrusted_models
+        own_compare = result.statistics.compare
     cluster = np.unique(labels, return_inverse=True)[1].astype(np.int64).reshape(-1)
     party = np.repeat(np.arange(len(uploads), dtype=np.int64), sizes)
     if not spine_size:
@@ -433,7 +439,7 @@ def _link_new(
             scores=np.zeros(0), threshold=own_threshold, threshold_method=own_label,
             comparisons=own_comparisons, spine_comparisons=0,
             margin=settings.model.match_probability if use_model else DEFAULT_UNSCORED_MARGIN,
-            untrusted_models=untrusted,
+            untrusted_models=untrusted, compare=own_compare,
         )  # fmt: skip
     seed = settings.blocking_seed if settings.blocking_seed is not None else secrets.randbits(128)
     new_records = np.concatenate([upload.clks for upload in uploads])
@@ -443,11 +449,15 @@ def _link_new(
         seed=seed,
         max_pairs=settings.max_candidate_pairs,
         workers=settings.workers,
+        # The operator's group blocking, as matching.link applies it to a one-off run.
+        group_blocking=settings.group_blocking,
+        group_offsets=layout.word_offsets() if use_model and layout is not None else None,
     )
     if use_model and layout is not None:
         return _score_against_spine(
             state, new_records, layout, settings, compare_settings, cluster=cluster,
             party=party, own_comparisons=own_comparisons, untrusted=untrusted,
+            own_compare=own_compare,
         )  # fmt: skip
     choice = matching.choose_run_threshold(
         [state.encodings, *(upload.clks for upload in uploads)],
@@ -469,6 +479,7 @@ def _link_new(
         comparisons=own_comparisons + compared.statistics.comparisons,
         spine_comparisons=compared.statistics.comparisons,
         untrusted_models=untrusted,
+        compare=own_compare + compared.statistics,
     )
 
 
@@ -483,6 +494,7 @@ def _score_against_spine(
     party: npt.NDArray[np.int64],
     own_comparisons: int,
     untrusted: tuple[str, ...],
+    own_compare: CompareStatistics,
 ) -> _NewLinks:
     """New-vs-spine pairs scored by the model: candidates above the record-level Dice cut
     (the operator's ``threshold``, else chosen from random new-vs-spine pairs), EM trained on
@@ -499,6 +511,7 @@ def _score_against_spine(
             scores=np.zeros(0), threshold=probability,
             threshold_method=str(ThresholdMethod.FELLEGI_SUNTER), comparisons=own_comparisons,
             spine_comparisons=0, margin=probability, untrusted_models=untrusted,
+            compare=own_compare,
         )  # fmt: skip
     arrays = [new_records, state.encodings]
     scorer = Scorer(
@@ -524,6 +537,7 @@ def _score_against_spine(
         spine_comparisons=compared.statistics.comparisons,
         margin=probability,
         untrusted_models=untrusted,
+        compare=own_compare + compared.statistics,
     )
 
 
@@ -823,6 +837,7 @@ def _assign(
         threshold_method=new.threshold_method,
         linked_records=linked_records,
         untrusted_models=new.untrusted_models,
+        compare=new.compare,
     )
 
 

@@ -325,6 +325,12 @@ def run(args: argparse.Namespace) -> int:
                 f"{float(data['threshold']):.3f} ({data['threshold_method']}); estimated F1 "
                 + ("unavailable (Dice run)" if f1 is None else f"{float(f1):.4f}")
             )
+            untrusted = [str(party) for party in data.get("untrusted_models") or ()]
+            if untrusted:
+                summary += (
+                    f"; WARNING: the model of {', '.join(untrusted)} was not trusted and "
+                    "linked nothing (docs/quality.md)"
+                )
             emit(
                 args,
                 {"run_id": run_id, "files": [str(path) for path in written], "report": data},

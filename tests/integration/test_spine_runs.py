@@ -6,6 +6,7 @@ before any key is issued, losing nothing stored, with audit verify still passing
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,10 @@ import pytest
 from bloomlink.cli import main
 from linkage_unit.audit_log import AuditLog
 from linkage_unit.blocking import BlockingMode
+from linkage_unit.matching import MatchSettings
+from linkage_unit.report import RunReport
 from linkage_unit.run import RunManager
+from linkage_unit.server import ServerConfig
 from linkage_unit.service import LinkageService
 from linkage_unit.spine import SpineStore, read_spine_key, spine_directory
 from linkage_unit.storage import Storage
@@ -34,14 +38,19 @@ WORDS = 16
 class LinkageUnit:
     """The linkage unit's parts as ``serve`` assembles them, on one data directory."""
 
-    def __init__(self, data: Path, spine_key: Path) -> None:
+    def __init__(
+        self,
+        data: Path,
+        spine_key: Path,
+        configure: Callable[[MatchSettings], MatchSettings] | None = None,
+    ) -> None:
         self.data = data
         self.storage = Storage(data)
         self.audit = AuditLog.open(
             data / "audit.jsonl", signing_key_path=data / "audit-signing-key.pem"
         )
         self.spines = SpineStore(spine_directory(data), read_spine_key(spine_key))
-        self.runs = RunManager(self.storage, self.audit, spines=self.spines)
+        self.runs = RunManager(self.storage, self.audit, spines=self.spines, configure=configure)
         self.service = LinkageService(self.storage, self.audit, self.runs)
         self.service.start()
 
@@ -57,6 +66,7 @@ class LinkageUnit:
         *,
         threshold: float,
         dedupe: tuple[str, ...] = (),
+        blocking: BlockingMode = BlockingMode.NONE,
     ) -> RunState:
         self.service.create_project(
             OPERATOR,
@@ -67,9 +77,9 @@ class LinkageUnit:
                 threshold=threshold,
                 deduplicated=dedupe,
                 spine="people",
-                # Exhaustive: LSH blocking with the project's fresh seed may miss the pairs
-                # at 0.6-0.8 these tests are built on, and the outcome would vary by run.
-                blocking=BlockingMode.NONE,
+                # Exhaustive by default: LSH blocking with the project's fresh seed may miss
+                # the pairs at 0.6-0.8 these tests are built on, and the outcome would vary.
+                blocking=blocking,
             ),
         )
         for name, clks in uploads.items():
@@ -97,7 +107,11 @@ class LinkageUnit:
 
 
 def _lu(
-    tmp_path: Path, *, max_merge_share: float, keep_runs: int | None = None
+    tmp_path: Path,
+    *,
+    max_merge_share: float,
+    keep_runs: int | None = None,
+    configure: Callable[[MatchSettings], MatchSettings] | None = None,
 ) -> tuple[LinkageUnit, Path]:
     data = tmp_path / "lu"
     data.mkdir()
@@ -108,7 +122,7 @@ def _lu(
                  "--schema-fingerprint", SCHEMA_FINGERPRINT.hex(),
                  "--max-merge-share", str(max_merge_share), *retention,
                  "--data-dir", str(data), "--spine-key", str(spine_key)]) == 0  # fmt: skip
-    return LinkageUnit(data, spine_key), spine_key
+    return LinkageUnit(data, spine_key, configure), spine_key
 
 
 def _verify(lu: LinkageUnit, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -283,3 +297,28 @@ def test_a_spine_runs_status_counts_linked_records_as_a_one_off_run_does(
     finally:
         lu.close()
     _verify(lu, tmp_path, capsys)
+
+
+def test_a_spine_run_compares_with_the_servers_blocking_settings(tmp_path: Path) -> None:
+    # lu.toml's LSH shape (and group blocking) apply to runs into a spine as to one-off runs:
+    # the same ServerConfig.run_settings the server hands its RunManager.
+    config = ServerConfig(
+        data_dir=tmp_path / "unused", insecure=True, lsh_bands=24, lsh_bits_per_band=6
+    )
+    lu, _ = _lu(tmp_path, max_merge_share=0.5, configure=config.run_settings)
+    try:
+        people = random_clks(np.random.default_rng(50), 60, words=WORDS)
+        uploads = {"moj": _noisy(1, people[:40]), "dfe": _noisy(2, people[20:])}
+        one = lu.release("release-1", uploads, threshold=0.8, blocking=BlockingMode.LSH)
+        two = lu.release(
+            "release-2", {"moj": _noisy(3, people)}, threshold=0.8, dedupe=("moj",),
+            blocking=BlockingMode.LSH,
+        )  # fmt: skip
+        assert one is two is RunState.FINISHED
+        # Release 1: moj-dfe (an empty spine). Release 2: moj with itself, then new-vs-spine.
+        for project, compares in (("release-1", 1), ("release-2", 2)):
+            _, text = lu.service.project_report(OPERATOR, project)
+            report = RunReport.from_json(text)
+            assert report.lsh_shapes == ((24, 6),) * compares, (project, report.lsh_shapes)
+    finally:
+        lu.close()

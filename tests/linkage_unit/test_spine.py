@@ -14,8 +14,11 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from linkage_unit.blocking import BlockingMode
+from linkage_unit.group_blocking import GroupBlockingSettings
 from linkage_unit.link_keys import PartyLinkKeys, fresh_keys
 from linkage_unit.matching import MatchSettings, Scoring, link
+from linkage_unit.report import build_report
+from linkage_unit.run import spine_link_result
 from linkage_unit.spine import (
     Reencoding,
     SpineRunResult,
@@ -695,3 +698,21 @@ def test_a_person_with_disagreeing_records_keeps_an_exact_copy_of_one() -> None:
     by_row = _key_by_row(again.keys["moj"])
     assert [by_row[row] for row in range(300)] == keys
     assert again.new_people == 0 and not again.merges and not again.splits
+
+
+def test_group_blocking_applies_to_a_runs_new_vs_spine_pairs_and_its_report_shows_it() -> None:
+    # The operator's group blocking (lu.toml ``group_blocking``) reaches the spine compare as
+    # it reaches a one-off run's: the report's group-blocking figures come from both compares.
+    settings = MatchSettings(
+        blocking=BlockingMode.LSH, group_blocking=GroupBlockingSettings(), blocking_seed=61
+    )
+    _, second, _ = _grouped_releases(settings)
+    # Release 2 compares moj with itself (deduplicated), then its records with the spine's:
+    # each compare checked the group join's recall before using it (these random groups fall
+    # below the target, so both fell back to comparing every pair, as the report says).
+    assert len(second.compare.group_recall_estimates) == 2
+    report = build_report(spine_link_result(second))
+    assert report.group_recall_estimates == second.compare.group_recall_estimates
+    assert report.comparisons == second.comparisons
+    plain = _grouped_releases(replace(settings, group_blocking=None))[1]
+    assert plain.compare.group_recall_estimates == ()

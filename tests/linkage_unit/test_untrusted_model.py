@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
+from bloomlink.report_html import render_report
 from bloomlink.synth import SynthConfig, generate
 from bloomlink.synth.generation import extract_people
 from linkage_unit.matching import MatchSettings, link
+from linkage_unit.report import RunReport, build_report
+from linkage_unit.run import spine_link_result
+from linkage_unit.spine import SpineSettings, SpineState, SpineUpload, link_into_spine
 from party.mapping import shipped_mapping
 from protocol.encoding import ClkEncoder
 from protocol.errors import RecordError
@@ -19,7 +25,8 @@ from protocol.schema import default_schema
 from protocol.secret import LinkageSecret
 
 
-def test_a_model_fitted_to_look_alikes_on_one_group_links_nothing() -> None:
+def _release_two() -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.int64]]:
+    """MoJ's release 2 encoded under the fixed secret, and each record's true person."""
     # benchmarks/refresh.py's release 2 of MoJ at 10k: 9,000 people re-extracted and 1,000
     # new, none twice. Which model EM settles on depends on the linkage secret; this fixed
     # secret is one of the one in eight (at 10k) that gave a model whose matches were the
@@ -51,6 +58,12 @@ def test_a_model_fitted_to_look_alikes_on_one_group_links_nothing() -> None:
         rows.append(bound.normalise(row, row_number=number, blanked=blanked))
     secret = LinkageSecret(hashlib.sha256(b"spinemodel-1").digest())
     clks = ClkEncoder(schema, secret, project_id="spine:bench").encode_many(rows)
+    return clks, release.people
+
+
+def test_a_model_fitted_to_look_alikes_on_one_group_links_nothing(tmp_path: Path) -> None:
+    clks, people_of = _release_two()
+    schema = default_schema()
     result = link(
         {"moj": clks},
         MatchSettings(deduplicated=frozenset({"moj"}), blocking_seed=14),
@@ -62,9 +75,33 @@ def test_a_model_fitted_to_look_alikes_on_one_group_links_nothing() -> None:
     assert sorted(value >= 0.5 for value in model.separation()) == [False, False, True]
     assert result.statistics.untrusted_models == ("moj",)
     people: dict[int, set[int]] = defaultdict(set)
-    for cluster, person in zip(
-        result.clusters["moj"].tolist(), release.people.tolist(), strict=True
-    ):
+    for cluster, person in zip(result.clusters["moj"].tolist(), people_of.tolist(), strict=True):
         people[cluster].add(person)
     assert all(len(group) == 1 for group in people.values())
     assert result.linked_record_count == 0
+    # The operator's report names it (else it reads as a run that found few matches), and
+    # keeps it through storage; the rendered page and the report command warn.
+    report = build_report(result, {"moj": clks}, schema.layout)
+    assert report.untrusted_models == ("moj",)
+    assert RunReport.from_json(report.to_json()).untrusted_models == ("moj",)
+    render_report("r1", report.to_dict(), tmp_path)
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "id='untrusted'" in page and "model of moj was not trusted" in page
+
+
+def test_a_spine_run_keeps_the_untrusted_model_for_its_report() -> None:
+    # The same release deduplicated into an empty spine: its own model is the one above.
+    clks, _ = _release_two()
+    schema = default_schema()
+    outcome = link_into_spine(
+        SpineState(settings=SpineSettings(name="people", parties=("moj",),
+                                          schema_fingerprint="ab" * 32)),
+        [SpineUpload(party="moj", schema_fingerprint="ab" * 32, kcv="0123456789abcdef",
+                     clks=clks)],
+        MatchSettings(deduplicated=frozenset({"moj"}), blocking_seed=14),
+        run_id="r1",
+        layout=schema.layout,
+    )  # fmt: skip
+    assert outcome.untrusted_models == ("moj",)
+    result = spine_link_result(outcome)
+    assert build_report(result).untrusted_models == ("moj",)
