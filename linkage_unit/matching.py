@@ -156,6 +156,20 @@ class MatchSettings:
         if self.max_cluster_size < 2:
             raise MatchingError("max_cluster_size must be at least 2 records")
 
+    def compare_settings(self, seed: int, layout: ClkLayout | None) -> CompareSettings:
+        """What a compare of this run gets: the operator's blocking (its LSH shape and group
+        blocking) with this run's seed; ``layout``'s groups, when the pairs are scored per
+        group, for group blocking's join. One-off and spine runs both build it here."""
+        return CompareSettings(
+            blocking=self.blocking,
+            blocking_settings=self.blocking_settings,
+            seed=seed,
+            max_pairs=self.max_candidate_pairs,
+            workers=self.workers,
+            group_blocking=self.group_blocking,
+            group_offsets=None if layout is None else layout.word_offsets(),
+        )
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LinkStatistics:
@@ -394,15 +408,7 @@ def link(
     ]
     jobs += [(i, i) for i in range(len(parties)) if deduplicated[i]]
     comparer: Comparer = executor if executor is not None else LocalComparer()
-    compare_settings = CompareSettings(
-        blocking=settings.blocking,
-        blocking_settings=settings.blocking_settings,
-        seed=seed,
-        max_pairs=settings.max_candidate_pairs,
-        workers=settings.workers,
-        group_blocking=settings.group_blocking,
-        group_offsets=None if layout is None else layout.word_offsets(),
-    )
+    compare_settings = settings.compare_settings(seed, layout)
     groups = 1 if layout is None else len(layout.groups)
     use_model = settings.scoring is Scoring.FELLEGI_SUNTER or (
         settings.scoring is Scoring.AUTO and groups > 1

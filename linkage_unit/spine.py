@@ -443,16 +443,9 @@ def _link_new(
         )  # fmt: skip
     seed = settings.blocking_seed if settings.blocking_seed is not None else secrets.randbits(128)
     new_records = np.concatenate([upload.clks for upload in uploads])
-    compare_settings = CompareSettings(
-        blocking=settings.blocking,
-        blocking_settings=settings.blocking_settings,
-        seed=seed,
-        max_pairs=settings.max_candidate_pairs,
-        workers=settings.workers,
-        # The operator's group blocking, as matching.link applies it to a one-off run.
-        group_blocking=settings.group_blocking,
-        group_offsets=layout.word_offsets() if use_model and layout is not None else None,
-    )
+    # The operator's blocking, as matching.link gives a one-off run (the groups only when
+    # the pairs are scored per group).
+    compare_settings = settings.compare_settings(seed, layout if use_model else None)
     if use_model and layout is not None:
         return _score_against_spine(
             state, new_records, layout, settings, compare_settings, cluster=cluster,
