@@ -613,6 +613,25 @@ def worst_calibration_gap(rows: Sequence[tuple[float, float, int, float, float]]
     return max(gaps) if gaps else 0.0
 
 
+def calibration_noise(
+    probabilities: npt.NDArray[np.float64], *, draws: int = 200, seed: int = 0
+) -> tuple[float, float]:
+    """The worst decile gap (:func:`worst_calibration_gap`) that a perfectly calibrated model
+    would show on these same predicted probabilities: the truth of each pair drawn as a coin
+    with its probability, ``draws`` times. Returns (median, 90th percentile). A middle decile
+    holds a few hundred pairs at 10k x 10k, where the observed share's own sampling error is
+    0.03-0.04, so the worst of eight such deciles lies near 0.05 by chance alone; a measured
+    gap means something only against this floor. Deterministic (fixed seed)."""
+    generator = np.random.default_rng(seed)
+    gaps = [
+        worst_calibration_gap(
+            calibration(probabilities, generator.random(len(probabilities)) < probabilities)
+        )
+        for _ in range(draws)
+    ]
+    return float(np.median(gaps)), float(np.quantile(gaps, 0.9))
+
+
 # ---------------------------------------------------------------------------------------
 # Peer: plaintext Splink 5 (benchmarks/splink_peer.py)
 # ---------------------------------------------------------------------------------------
@@ -777,12 +796,17 @@ def main() -> int:
         probabilities = np.concatenate([p for p, _ in pooled])
         truth = np.concatenate([t for _, t in pooled])
         calibration_rows = calibration(probabilities, truth)
-        _print_calibration(calibration_rows)
+        noise = calibration_noise(probabilities)
+        _print_calibration(calibration_rows, noise)
         if args.plot:
             _plot(calibration_rows, args.plot)
     if grid:
         _print_grid(grid)
-    print(json.dumps(_summary(rows, grid, calibration_rows, time.perf_counter() - started)))
+    summary = _summary(rows, grid, calibration_rows, time.perf_counter() - started)
+    if calibration_rows:
+        summary["calibration_noise_median"] = round(noise[0], 4)
+        summary["calibration_noise_p90"] = round(noise[1], 4)
+    print(json.dumps(summary))
     return 0
 
 
@@ -835,14 +859,27 @@ def _print_table(rows: Sequence[Mapping[str, Any]]) -> None:
         print(_format_row(row))
 
 
-def _print_calibration(rows: Sequence[tuple[float, float, int, float, float]]) -> None:
+def _print_calibration(
+    rows: Sequence[tuple[float, float, int, float, float]], noise: tuple[float, float]
+) -> None:
+    """The pooled table; "s.e." is the binomial sampling error of the observed share were the
+    model calibrated, ``sqrt(m (1 - m) / pairs)`` with ``m`` the mean predicted (a slight
+    upper bound: the pairs' own ``p (1 - p)`` average a little less)."""
     print("\nCalibration of the model on the synth sets (candidate pairs, pooled)")
-    print(f"{'predicted':>11} {'pairs':>9} {'mean predicted':>15} {'observed':>9} {'gap':>6}")
+    print(
+        f"{'predicted':>11} {'pairs':>9} {'mean predicted':>15} {'observed':>9} {'gap':>6} "
+        f"{'s.e.':>6}"
+    )
     for low, high, count, mean, observed in rows:
+        error = float(np.sqrt(mean * (1.0 - mean) / count)) if count else float("nan")
         print(
             f"{low:4.1f}-{high:3.1f}   {count:9d} {mean:15.4f} {observed:9.4f} "
-            f"{abs(mean - observed):6.3f}"
+            f"{abs(mean - observed):6.3f} {error:6.3f}"
         )
+    print(
+        f"worst gap (deciles of >= 100 pairs) {worst_calibration_gap(rows):.3f}; a perfectly "
+        f"calibrated model on these pairs: median {noise[0]:.3f}, 90th percentile {noise[1]:.3f}"
+    )
 
 
 def _print_grid(grid: Mapping[str, float]) -> None:
