@@ -218,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
             "runs": len(state.runs),
             "merges": sum(1 for event in state.events if event.kind == "merge"),
             "splits": sum(1 for event in state.events if event.kind == "split"),
+            "held_apart": sum(1 for event in state.events if event.kind == "held_apart"),
             "keep_runs": state.settings.keep_runs,
         }
         # The uploads whose records the spine holds: what a key rotation needs re-encoded.
