@@ -149,8 +149,9 @@ def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(
         assert "does not list hmrc" in capsys.readouterr().err
 
         # Encoded without --spine (keys derived for the project, not the spine): refused when
-        # the header arrives, before any byte is stored, naming the spine's causes; it was
-        # accepted and only refused at the run, once every party had sent its file.
+        # the header arrives, before any byte is stored, by the file's key context, naming
+        # the party and the spine (tests/integration/test_spine_key_context.py: also before
+        # the spine's first run).
         assert main(["project", "create", "release-3", "--parties", "moj", "--dedupe", "moj",
                      "--spine", "people", "--no-auto-run", "--schema-fingerprint", fingerprint,
                      *tls("operator")]) == 0  # fmt: skip
@@ -165,8 +166,8 @@ def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(
             ExitCode.INCOMPATIBLE
         )
         err = capsys.readouterr().err
-        assert "spine 'people' is bound to" in err and "without --spine people" in err
-        assert "key rotation" in err.lower()
+        assert "party moj's file was encoded without --spine" in err
+        assert "joins spine people" in err and "--spine people" in err
         assert main(["project", "status", "release-3", "--json", *tls("operator")]) == 0
         assert json.loads(capsys.readouterr().out)["uploads"]["moj"] == "not_started"
     finally:
