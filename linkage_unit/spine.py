@@ -24,8 +24,12 @@ new record *links* to a spine person when its best pair with the person's record
 least the cut; a cluster whose linking records point at spine people in two or more groups,
 no record of one group linking to a person of another, is joined across them by nothing but
 a within-release link, against each record's direct pairs with the other people's records.
-It is split along those groups (its records linking to no one one more part), each part
-taking its own person's keys; the run records the event (``held_apart``: no key changes).
+A record linking to no one goes with the group of its best scored pair below the cut, and a
+record with none (no scored pair with any person its cluster links to) is unanchored: a
+cluster with a group and an unanchored record would give that record a person it was never
+found close to. Either cluster is split along its groups (the unanchored records one more
+part), each part taking its own person's keys by its own evidence; the run records the
+event (``held_apart``: no key changes).
 
 Then new clusters are joined to spine people: a cluster and a person are linked when the
 mean over the cluster's records of each record's best ``score - cut`` against the person's
@@ -686,8 +690,8 @@ def reference_link_means(
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeldApart:
     """The new clusters after :func:`hold_apart` (dense ids from 0, in order of the original
-    cluster, then the part's lowest spine person, the part of records linking to no spine
-    person last), and per cluster held apart the spine people of its parts, ascending."""
+    cluster, then the part's lowest spine person, the unanchored records' part last), and per
+    cluster held apart the lowest spine person of each of its groups, ascending."""
 
     cluster: npt.NDArray[np.int64]
     people: tuple[tuple[int, ...], ...]
@@ -697,13 +701,16 @@ def hold_apart(new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: f
     """The spine's evidence over the uploads' own links (fast path). A new record *links* to
     a spine person where its best pair with the person's records is at least ``cut``. Within
     a cluster of new records, the linking records and the people they link to form groups
-    (connected: records linking to a common person, through the cluster's records). A
-    cluster of two or more groups joins spine people that no record of it links to together:
-    only the uploads' own linkage joins them, against each record's direct pairs with the
-    other people's records. It is split: each group a cluster of its own (which then takes
-    its people's keys by its own evidence), the cluster's records linking to no one one more.
-    A cluster of one group (one person, or people a record of it bridges: a merge) or of none
-    is kept whole."""
+    (connected: records linking to a common person, through the cluster's records); a record
+    linking to no one goes with the group of its best scored pair (below the cut, but some
+    evidence) and is *unanchored* without one. A cluster of two or more groups joins spine
+    people that no record of it links to together, and a cluster with a group and an
+    unanchored record joins a record to a person it has no scored pair with: in both only
+    the uploads' own linkage joins them, against the records' direct pairs with the spine.
+    It is split: each group a cluster of its own (which then takes its people's keys by its
+    own evidence), the unanchored records one more. A cluster of one group and no unanchored
+    record (one person, or people a record of it bridges: a merge) or of none is kept
+    whole."""
     records = len(new_cluster)
     linking = links.best >= cut
     record, person = links.record[linking], links.person[linking]
@@ -734,12 +741,30 @@ def hold_apart(new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: f
     group[linked] = lowest[label[:records][linked]]
     clusters = int(new_cluster.max()) + 1 if records else 0
     named = np.unique(np.stack([new_cluster[linked], group[linked]]), axis=1)
-    split = np.bincount(named[0], minlength=clusters) >= 2
+    groups = np.bincount(named[0], minlength=clusters)
+    # A record linking to no one goes with the group of its cluster it has the best scored
+    # pair with (below the cut: some evidence); with none, it is unanchored.
+    loose = ~linking & ~linked[links.record] & (links.person < spine_people)
+    loose_record, loose_best = links.record[loose], links.best[loose]
+    loose_key = new_cluster[loose_record] * spine_people + links.person[loose]
+    where = np.minimum(np.searchsorted(pair_key, loose_key), max(len(pair_key) - 1, 0))
+    found = pair_key[where] == loose_key if len(pair_key) else np.zeros(len(loose_key), dtype=bool)
+    order = np.lexsort((-loose_best[found], loose_record[found]))
+    chosen_record = loose_record[found][order]
+    first = np.ones(len(chosen_record), dtype=bool)
+    first[1:] = chosen_record[1:] != chosen_record[:-1]
+    group[chosen_record[first]] = lowest[label[records + where[found][order][first]]]
+    unanchored = np.bincount(new_cluster[group < 0], minlength=clusters)
+    split = (groups >= 2) | ((groups >= 1) & (unanchored >= 1))
     # A record's part: its group in a split cluster (no group: after every person), the
     # whole cluster otherwise.
-    part = np.where(split[new_cluster], np.where(linked, group, spine_people), 0)
+    part = np.where(split[new_cluster], np.where(group >= 0, group, spine_people), 0)
     _, dense = np.unique(new_cluster * (spine_people + 1) + part, return_inverse=True)
-    held = tuple(tuple(named[1][named[0] == c].tolist()) for c in np.flatnonzero(split).tolist())
+    chosen = named[:, split[named[0]]]  # sorted by (cluster, group)
+    bounds = np.flatnonzero(np.diff(chosen[0])) + 1
+    held = (
+        tuple(tuple(part.tolist()) for part in np.split(chosen[1], bounds)) if chosen.size else ()
+    )
     return HeldApart(cluster=dense.reshape(-1).astype(np.int64), people=held)
 
 
@@ -747,11 +772,14 @@ def reference_hold_apart(
     new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: float
 ) -> HeldApart:
     """The slow, obvious twin of :func:`hold_apart`: per cluster, grow each group from a
-    linking record by the people it links to and the cluster's records linking to them."""
+    linking record by the people it links to and the cluster's records linking to them; put
+    each other record with the group of its best scored pair (the lowest person on a tie)."""
     linked: dict[int, set[int]] = {}
+    scored: dict[int, dict[int, float]] = {}
     for r, p, best in zip(
         links.record.tolist(), links.person.tolist(), links.best.tolist(), strict=True
     ):
+        scored.setdefault(r, {})[p] = best
         if best >= cut:
             linked.setdefault(r, set()).add(p)
     parts: list[tuple[int, int, list[int]]] = []  # (cluster, part key, records)
@@ -766,15 +794,25 @@ def reference_hold_apart(
                 people |= other[0]
                 rows += other[1]
             groups.append((people, rows))
-        if len(groups) < 2:
+        unanchored = []
+        for r in (r for r in members if r not in linked):
+            best_group, best_score = None, -np.inf
+            for p, score in sorted(scored.get(r, {}).items()):
+                group = next((g for g in groups if p in g[0]), None)
+                if group is not None and score > best_score:
+                    best_group, best_score = group, score
+            if best_group is None:
+                unanchored.append(r)
+            else:
+                best_group[1].append(r)
+        if not groups or (len(groups) == 1 and not unanchored):
             parts.append((c, 0, members))
             continue
         held.append(tuple(sorted(min(people) for people, _ in groups)))
         for people, rows in groups:
             parts.append((c, min(people), rows))
-        unlinked = [r for r in members if r not in linked]
-        if unlinked:
-            parts.append((c, 2**62, unlinked))
+        if unanchored:
+            parts.append((c, 2**62, unanchored))
     out = np.zeros(len(new_cluster), dtype=np.int64)
     for index, (_, _, rows) in enumerate(sorted(parts, key=lambda item: item[:2])):
         out[rows] = index

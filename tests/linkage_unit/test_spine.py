@@ -558,28 +558,48 @@ def test_the_attach_evidence_agrees_with_its_slow_twin(
 
 
 def test_a_cluster_is_held_apart_along_the_spine_people_its_records_link_to() -> None:
-    # Records 0-1: cluster 0, linking to people 3 and 7 respectively (no record to both):
-    # held apart. Records 2-4: cluster 1; 2 links to 4 and 5 (a bridge), 3 to 5, 4 to no one:
-    # one group, kept whole. Records 5-7: cluster 2; 5 to 1, 6 to 2, 7 to no one: held apart
-    # in three parts. Record 8: cluster 3, below the cut only: kept.
+    # Cluster 0 (records 0-1): 0 links to person 3 (and scores below the cut with 7), 1 to 7:
+    # two groups, held apart. Cluster 1 (2-4): 2 links to 4 and 5 (a bridge), 3 to 5, and 4
+    # scores below the cut with 5 (evidence for that group): one group, kept whole. Cluster
+    # 2 (5-7): 5 to 1, 6 to 2, 7 scored with no one: three parts. Cluster 3 (8): below the
+    # cut only, no group: kept. Cluster 4 (9-10): 9 to 0, 10 scored with no one (unanchored:
+    # only the uploads' own link gives it person 0): held apart.
     links = RecordLinks(
-        record=np.array([0, 0, 1, 2, 2, 3, 5, 6, 8]),
-        person=np.array([3, 7, 7, 4, 5, 5, 1, 2, 6]),
-        best=np.array([0.9, 0.3, 0.99, 0.7, 0.6, 0.8, 1.0, 0.51, 0.49]),
+        record=np.array([0, 0, 1, 2, 2, 3, 4, 5, 6, 8, 9]),
+        person=np.array([3, 7, 7, 4, 5, 5, 5, 1, 2, 6, 0]),
+        best=np.array([0.9, 0.3, 0.99, 0.7, 0.6, 0.8, 0.2, 1.0, 0.51, 0.49, 0.95]),
     )
-    cluster = np.array([0, 0, 1, 1, 1, 2, 2, 2, 3])
+    cluster = np.array([0, 0, 1, 1, 1, 2, 2, 2, 3, 4, 4])
     apart = hold_apart(cluster, links, cut=0.5)
-    assert apart.cluster.tolist() == [0, 1, 2, 2, 2, 3, 4, 5, 6]
-    assert apart.people == ((3, 7), (1, 2))
+    assert apart.cluster.tolist() == [0, 1, 2, 2, 2, 3, 4, 5, 6, 7, 8]
+    assert apart.people == ((3, 7), (1, 2), (0,))
     slow = reference_hold_apart(cluster, links, cut=0.5)
     assert slow.cluster.tolist() == apart.cluster.tolist() and slow.people == apart.people
+
+
+def test_nothing_is_held_apart_without_a_record_linking_to_the_spine() -> None:
+    cluster = np.array([0, 0, 1])
+    below = RecordLinks(
+        record=np.array([0, 1, 2]), person=np.array([0, 0, 1]), best=np.array([0.4, 0.3, 0.1])
+    )
+    for links in (
+        below,
+        record_links(np.zeros(0, np.int64), (np.zeros(0, np.int64),) * 2 + (np.zeros(0),)),
+    ):
+        apart = hold_apart(cluster, links, cut=0.5)
+        assert apart.cluster.tolist() == [0, 0, 1] and apart.people == ()
+    empty = np.zeros(0, np.int64)
+    assert (
+        hold_apart(empty, RecordLinks(record=empty, person=empty, best=np.zeros(0)), cut=0.5).people
+        == ()
+    )
 
 
 @given(
     st.integers(1, 14),
     st.integers(1, 12),
     st.integers(0, 2**32 - 1),
-    st.sampled_from([0.5, 0.8]),
+    st.sampled_from([0.5, 0.8, 0.95]),
 )
 def test_holding_apart_agrees_with_its_slow_twin(
     new_records: int, spine_records: int, seed: int, cut: float
