@@ -293,7 +293,11 @@ def _rotate(args: argparse.Namespace, store: SpineStore, state: SpineState) -> i
     storage = Storage(args.data_dir)
     try:
         refused = reencoding_refusal(
-            policy, uploads, now=time.time(), vouched_for=storage.manifest_for_nonce
+            policy,
+            uploads,
+            now=time.time(),
+            vouched_for=storage.manifest_for_nonce,
+            spine=state.settings.name,
         )
     finally:
         storage.close()
