@@ -45,11 +45,12 @@ and the KCV were derived for in place of the project id, a spine's ``spine:NAME`
 so the header length is 272 for version 1 and 276 + 192G for version 2; a header without
 the block (every file written before it, and every encoding for a project's own context)
 reads as before. A name, never secret material: it lets the linkage unit refuse an encoding
-made for another context than the project's spine before any byte is stored. A record's bit i is bit (i % 8) of byte (i // 8) of its
-record, so a record read as little-endian uint64 words has bit i at bit (i % 64) of word
-(i // 64): the layout the Dice kernel uses, group g in the words
-``ClkLayout.word_range(g)``. Records are in shuffled order; nothing else (no ids, no counts
-per field) is in the file.
+made for another context than the project's spine before any byte is stored.
+
+A record's bit i is bit (i % 8) of byte (i // 8) of its record, so a record read as
+little-endian uint64 words has bit i at bit (i % 64) of word (i // 64): the layout the Dice
+kernel uses, group g in the words ``ClkLayout.word_range(g)``. Records are in shuffled
+order; nothing else (no ids, no counts per field) is in the file.
 """
 
 from __future__ import annotations
