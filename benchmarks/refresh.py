@@ -312,7 +312,7 @@ def names(args: argparse.Namespace) -> None:
         + "); new people "
         f"given an existing key: {new_with_old_key} of {len(new_people):,}; true people sharing "
         f"a key: {shared_all} (release 1 alone: {shared_one}); merges {len(second.merges)}, "
-        f"splits {len(second.splits)}"
+        f"splits {len(second.splits)}, clusters held apart {len(second.held_apart)}"
     )
     print(
         json.dumps(
@@ -341,6 +341,7 @@ def names(args: argparse.Namespace) -> None:
                 "matched_people": second.matched_people,
                 "merges": len(second.merges),
                 "splits": len(second.splits),
+                "held_apart": len(second.held_apart),
                 "untrusted_models": [*first.untrusted_models, *second.untrusted_models],
                 "release_2_linked_records": second.linked_records,
                 "scratch_s": round(scratch_s, 3),

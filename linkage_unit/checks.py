@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from protocol.errors import CompatibilityError
+from protocol.labels import spine_key_context
 from protocol.messages import ProjectSettings, UploadHeader
 from protocol.vocabulary import CheckAspect, UploadRefusal
 
@@ -130,6 +131,38 @@ class HeaderRefusal:
     error: CompatibilityError
 
 
+def key_context_error(project: ProjectSettings, header: UploadHeader) -> CompatibilityError | None:
+    """Whether the header's key context (what its keys and KCV were derived for, as the
+    encoded file says) is the project's: its spine's for a project of a spine, the project
+    id's otherwise. Without this a spine's first run would bind whatever KCV its uploads
+    share, an encoding made without ``--spine`` included, and refuse every correct one
+    after it. A file from before the field says no context: fine for a one-off project,
+    refused for a spine's (it cannot show it was made for the spine)."""
+    party = header.party_id
+    if project.spine is not None and header.key_context != spine_key_context(project.spine):
+        made = (
+            "without --spine (its keys derived for the project, or a file from a bloomlink "
+            "that did not record its key context)"
+            if header.key_context is None
+            else f"for another key context ({header.key_context})"
+        )
+        return CompatibilityError(
+            f"party {party}'s file was encoded {made}, but project {project.project_id} joins "
+            f"spine {project.spine}, whose encodings must be made for the spine: encode "
+            f"again with --spine {project.spine} and the spine's secret",
+            party=party,
+            aspect=CheckAspect.KEY_CONTEXT,
+        )
+    if project.spine is None and header.key_context is not None:
+        return CompatibilityError(
+            f"party {party}'s file was encoded for {header.key_context}, but project "
+            f"{project.project_id} joins no spine: encode again without --spine",
+            party=party,
+            aspect=CheckAspect.KEY_CONTEXT,
+        )
+    return None
+
+
 def compatibility_refusal(
     project: ProjectSettings,
     header: UploadHeader,
@@ -158,6 +191,9 @@ def compatibility_refusal(
     layout = layout_error(project, header)
     if layout is not None:
         return HeaderRefusal(reason=UploadRefusal(str(layout.aspect)), error=layout)
+    context = key_context_error(project, header)
+    if context is not None:
+        return HeaderRefusal(reason=UploadRefusal.KEY_CONTEXT, error=context)
     if spine_kcv is not None and header.kcv != spine_kcv:
         return HeaderRefusal(
             reason=UploadRefusal.KCV,

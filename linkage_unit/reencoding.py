@@ -26,9 +26,11 @@ from linkage_unit.manifest_policy import (
 )
 from linkage_unit.service import upload_committed
 from protocol.audit_events import event_record
-from protocol.errors import ConfigurationError, ServiceError
+from protocol.errors import CompatibilityError, ConfigurationError, ServiceError
+from protocol.labels import spine_key_context
 from protocol.manifest import SignedManifest
 from protocol.messages import UploadHeader
+from protocol.vocabulary import CheckAspect, UploadRefusal
 
 __all__ = ["ReencodedUpload", "RotationRefusal", "reencoding_refusal"]
 
@@ -68,11 +70,15 @@ def reencoding_refusal(
     *,
     now: float,
     vouched_for: Callable[[bytes], str | None],
+    spine: str,
 ) -> RotationRefusal | None:
-    """The first re-encoding whose manifest may not vouch for it, or None if all may.
+    """The first re-encoding whose manifest may not vouch for it, or that was not made for
+    ``spine`` (its file's key context), or None if all may.
 
     ``vouched_for(nonce)``: the digest of the committed upload manifest that used the nonce,
-    if any (the LU's storage); a nonce used twice within the rotation is refused too.
+    if any (the LU's storage); a nonce used twice within the rotation is refused too. A
+    re-encoding made without ``--spine`` would bind the spine to a KCV no later upload made
+    for the spine has: refused as the upload path refuses it (``key_context_error``).
     """
     if not policy.party_keys:
         raise ConfigurationError(
@@ -83,6 +89,20 @@ def reencoding_refusal(
     strict = replace(policy, require_manifest=True)
     seen: dict[bytes, str] = {}
     for upload in uploads:
+        if upload.header.key_context != spine_key_context(spine):
+            made = upload.header.key_context or "the project, without --spine"
+            return RotationRefusal(
+                upload=upload,
+                refusal=Refusal(
+                    reason=UploadRefusal.KEY_CONTEXT,
+                    error=CompatibilityError(
+                        f"it was encoded for {made}, not for spine {spine}: re-encode it "
+                        f"with --spine {spine} and the new secret",
+                        party=upload.party,
+                        aspect=CheckAspect.KEY_CONTEXT,
+                    ),
+                ),
+            )
         details = event_record(upload_committed(upload.header, upload.manifest)).details
         refusal = manifest_refusal(strict, upload.header, upload.manifest, upload_details=details)
         if refusal is None and upload.manifest is not None:

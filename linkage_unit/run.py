@@ -535,6 +535,7 @@ class RunManager:
                 # run writes would tell every member that others' records merged people.
                 merges=len(outcome.merges),
                 splits=len(outcome.splits),
+                held_apart=len(outcome.held_apart),
             )
         )
         if pruning is not None and pruning.removed and keep_runs is not None:

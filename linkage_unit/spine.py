@@ -19,6 +19,18 @@ operator's match probability; an untrusted model links nothing, ``fellegi_sunter
 without one (single CLKs, or ``scoring=dice``) new-vs-spine pairs are cut at the Dice
 threshold the run chooses (or the operator's).
 
+Then the spine's evidence is weighed against the uploads' own links (:func:`hold_apart`): a
+new record *links* to a spine person when its best pair with the person's records is at
+least the cut; a cluster whose linking records point at spine people in two or more groups,
+no record of one group linking to a person of another, is joined across them by nothing but
+a within-release link, against each record's direct pairs with the other people's records.
+A record linking to no one goes with the group of its best scored pair below the cut, and a
+record with none (no scored pair with any person its cluster links to) is unanchored: a
+cluster with a group and an unanchored record would give that record a person it was never
+found close to. Either cluster is split along its groups (the unanchored records one more
+part), each part taking its own person's keys by its own evidence; the run records the
+event (``held_apart``: no key changes).
+
 Then new clusters are joined to spine people: a cluster and a person are linked when the
 mean over the cluster's records of each record's best ``score - cut`` against the person's
 records is at least zero (a record with no scored pair with the person counting ``margin``
@@ -107,6 +119,11 @@ __all__ = [
     "Rotation",
     "Pruning",
     "LinkMeans",
+    "HeldApart",
+    "RecordLinks",
+    "hold_apart",
+    "reference_hold_apart",
+    "record_links",
     "check_upload",
     "link_into_spine",
     "link_means",
@@ -133,6 +150,10 @@ class SpineEventKind(StrEnum):
 
     MERGE = "merge"
     SPLIT = "split"
+    HELD_APART = "held_apart"
+    """A cluster of the run's own records that the spine's evidence held apart: its records
+    each link to one of ``kept`` and ``people`` (spine people no record of it links to two
+    of), so each part took its own person's keys and no person changed."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -171,7 +192,8 @@ class SpineSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SpineEvent:
-    """A merge (``people`` became ``kept``) or a split (``kept`` lost records to ``people``)."""
+    """A merge (``people`` became ``kept``), a split (``kept`` lost records to ``people``) or
+    a cluster of new records held apart along spine people ``kept`` and ``people``."""
 
     kind: SpineEventKind
     run_id: str
@@ -277,7 +299,8 @@ class SpineRunResult:
     ``untrusted_models``: the models of this run that were not trusted and so linked nothing
     (``matching.LinkStatistics.untrusted_models``; ``spine`` for new-vs-spine pairs).
     ``compare``: the blocking figures of both compares (the uploads', then new-vs-spine), as
-    a one-off run's report shows them."""
+    a one-off run's report shows them. ``held_apart``: the uploads' own clusters that the
+    spine's evidence split along the spine people their records link to (:func:`hold_apart`)."""
 
     keys: Mapping[str, PartyLinkKeys]
     state: SpineState
@@ -287,6 +310,7 @@ class SpineRunResult:
     splits: tuple[SpineEvent, ...]
     comparisons: int
     spine_comparisons: int = 0
+    held_apart: tuple[SpineEvent, ...] = ()
     threshold: float = 0.0
     threshold_method: str = ""
     linked_records: int = 0
@@ -580,6 +604,31 @@ class LinkMeans:
     mean: npt.NDArray[np.float64]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordLinks:
+    """Every (new record, spine person) pair with at least one scored record pair, and the
+    new record's best score against any of the person's records. Sorted by (record, person)."""
+
+    record: npt.NDArray[np.int64]
+    person: npt.NDArray[np.int64]
+    best: npt.NDArray[np.float64]
+
+
+def record_links(
+    spine_person: npt.NDArray[np.int64],
+    pairs: tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float64]],
+) -> RecordLinks:
+    """Each new record's best scored pair with each spine person (``pairs``: new record,
+    spine record, score; ``spine_person[j]`` is spine record j's person)."""
+    new_record, spine_record, scores = pairs
+    width = max(int(spine_person.max()) + 1 if len(spine_person) else 1, 1)
+    record_keys = new_record * width + spine_person[spine_record]
+    unique, inverse = np.unique(record_keys, return_inverse=True)
+    best = np.full(len(unique), -np.inf)
+    np.maximum.at(best, inverse.reshape(-1), scores)
+    return RecordLinks(record=unique // width, person=unique % width, best=best)
+
+
 def link_means(
     new_cluster: npt.NDArray[np.int64],
     spine_person: npt.NDArray[np.int64],
@@ -596,19 +645,15 @@ def link_means(
     records that disagree with each other (several parties, releases, spellings) is the
     person of each of them, so those others must not outvote an exact copy of one of them
     (the mean over every record pair did, an unscored pair counting probability 0)."""
-    new_record, spine_record, scores = pairs
     cluster_records = np.bincount(new_cluster, minlength=1).astype(np.int64)
+    links = record_links(spine_person, pairs)
     width = max(int(spine_person.max()) + 1 if len(spine_person) else 1, 1)
-    record_keys = new_record * width + spine_person[spine_record]
-    unique, inverse = np.unique(record_keys, return_inverse=True)
-    best = np.full(len(unique), -np.inf)
-    np.maximum.at(best, inverse.reshape(-1), scores)
-    keys = new_cluster[unique // width] * width + unique % width
-    links, where = np.unique(keys, return_inverse=True)
+    keys = new_cluster[links.record] * width + links.person
+    unique, where = np.unique(keys, return_inverse=True)
     where = where.reshape(-1)
-    total = np.bincount(where, weights=best - cut, minlength=len(links)).astype(np.float64)
-    count = np.bincount(where, minlength=len(links)).astype(np.int64)
-    cluster, person = links // width, links % width
+    total = np.bincount(where, weights=links.best - cut, minlength=len(unique)).astype(np.float64)
+    count = np.bincount(where, minlength=len(unique)).astype(np.int64)
+    cluster, person = unique // width, unique % width
     size = cluster_records[cluster]
     mean: npt.NDArray[np.float64] = (total - margin * (size - count)) / size
     return LinkMeans(cluster=cluster, person=person, mean=mean)
@@ -642,6 +687,138 @@ def reference_link_means(
     return means
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HeldApart:
+    """The new clusters after :func:`hold_apart` (dense ids from 0, in order of the original
+    cluster, then the part's lowest spine person, the unanchored records' part last), and per
+    cluster held apart the lowest spine person of each of its groups, ascending."""
+
+    cluster: npt.NDArray[np.int64]
+    people: tuple[tuple[int, ...], ...]
+
+
+def hold_apart(new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: float) -> HeldApart:
+    """The spine's evidence over the uploads' own links (fast path). A new record *links* to
+    a spine person where its best pair with the person's records is at least ``cut``. Within
+    a cluster of new records, the linking records and the people they link to form groups
+    (connected: records linking to a common person, through the cluster's records); a record
+    linking to no one goes with the group of its best scored pair (below the cut, but some
+    evidence) and is *unanchored* without one. A cluster of two or more groups joins spine
+    people that no record of it links to together, and a cluster with a group and an
+    unanchored record joins a record to a person it has no scored pair with: in both only
+    the uploads' own linkage joins them, against the records' direct pairs with the spine.
+    It is split: each group a cluster of its own (which then takes its people's keys by its
+    own evidence), the unanchored records one more. A cluster of one group and no unanchored
+    record (one person, or people a record of it bridges: a merge) or of none is kept
+    whole."""
+    records = len(new_cluster)
+    linking = links.best >= cut
+    record, person = links.record[linking], links.person[linking]
+    # Nodes: the records 0..records-1, then each (cluster, person) a record of the cluster
+    # links to. Components by label propagation: every node takes the lowest label across
+    # its edges, then its label's label, until nothing changes.
+    spine_people = int(person.max()) + 1 if len(person) else 1
+    pair_key, pair_node = np.unique(
+        new_cluster[record] * spine_people + person, return_inverse=True
+    )
+    left, right = record, records + pair_node.reshape(-1)
+    label = np.arange(records + len(pair_key), dtype=np.int64)
+    while True:
+        before = label
+        low = np.minimum(label[left], label[right])
+        label = label.copy()
+        np.minimum.at(label, left, low)
+        np.minimum.at(label, right, low)
+        label = label[label]
+        if np.array_equal(label, before):
+            break
+    # Each component's lowest spine person names it.
+    lowest = np.full(records + len(pair_key), spine_people, dtype=np.int64)
+    np.minimum.at(lowest, label[records:], pair_key % spine_people)
+    group = np.full(records, -1, dtype=np.int64)
+    linked = np.zeros(records, dtype=bool)
+    linked[record] = True
+    group[linked] = lowest[label[:records][linked]]
+    clusters = int(new_cluster.max()) + 1 if records else 0
+    named = np.unique(np.stack([new_cluster[linked], group[linked]]), axis=1)
+    groups = np.bincount(named[0], minlength=clusters)
+    # A record linking to no one goes with the group of its cluster it has the best scored
+    # pair with (below the cut: some evidence); with none, it is unanchored.
+    loose = ~linking & ~linked[links.record] & (links.person < spine_people)
+    loose_record, loose_best = links.record[loose], links.best[loose]
+    loose_key = new_cluster[loose_record] * spine_people + links.person[loose]
+    where = np.minimum(np.searchsorted(pair_key, loose_key), max(len(pair_key) - 1, 0))
+    found = pair_key[where] == loose_key if len(pair_key) else np.zeros(len(loose_key), dtype=bool)
+    order = np.lexsort((-loose_best[found], loose_record[found]))
+    chosen_record = loose_record[found][order]
+    first = np.ones(len(chosen_record), dtype=bool)
+    first[1:] = chosen_record[1:] != chosen_record[:-1]
+    group[chosen_record[first]] = lowest[label[records + where[found][order][first]]]
+    unanchored = np.bincount(new_cluster[group < 0], minlength=clusters)
+    split = (groups >= 2) | ((groups >= 1) & (unanchored >= 1))
+    # A record's part: its group in a split cluster (no group: after every person), the
+    # whole cluster otherwise.
+    part = np.where(split[new_cluster], np.where(group >= 0, group, spine_people), 0)
+    _, dense = np.unique(new_cluster * (spine_people + 1) + part, return_inverse=True)
+    chosen = named[:, split[named[0]]]  # sorted by (cluster, group)
+    bounds = np.flatnonzero(np.diff(chosen[0])) + 1
+    held = (
+        tuple(tuple(part.tolist()) for part in np.split(chosen[1], bounds)) if chosen.size else ()
+    )
+    return HeldApart(cluster=dense.reshape(-1).astype(np.int64), people=held)
+
+
+def reference_hold_apart(
+    new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: float
+) -> HeldApart:
+    """The slow, obvious twin of :func:`hold_apart`: per cluster, grow each group from a
+    linking record by the people it links to and the cluster's records linking to them; put
+    each other record with the group of its best scored pair (the lowest person on a tie)."""
+    linked: dict[int, set[int]] = {}
+    scored: dict[int, dict[int, float]] = {}
+    for r, p, best in zip(
+        links.record.tolist(), links.person.tolist(), links.best.tolist(), strict=True
+    ):
+        scored.setdefault(r, {})[p] = best
+        if best >= cut:
+            linked.setdefault(r, set()).add(p)
+    parts: list[tuple[int, int, list[int]]] = []  # (cluster, part key, records)
+    held: list[tuple[int, ...]] = []
+    for c in sorted(set(new_cluster.tolist())):
+        members = [r for r in range(len(new_cluster)) if new_cluster[r] == c]
+        groups: list[tuple[set[int], list[int]]] = []
+        for r in (r for r in members if r in linked):
+            people, rows = set(linked[r]), [r]
+            for other in [g for g in groups if g[0] & people]:
+                groups.remove(other)
+                people |= other[0]
+                rows += other[1]
+            groups.append((people, rows))
+        unanchored = []
+        for r in (r for r in members if r not in linked):
+            best_group, best_score = None, -np.inf
+            for p, score in sorted(scored.get(r, {}).items()):
+                group = next((g for g in groups if p in g[0]), None)
+                if group is not None and score > best_score:
+                    best_group, best_score = group, score
+            if best_group is None:
+                unanchored.append(r)
+            else:
+                best_group[1].append(r)
+        if not groups or (len(groups) == 1 and not unanchored):
+            parts.append((c, 0, members))
+            continue
+        held.append(tuple(sorted(min(people) for people, _ in groups)))
+        for people, rows in groups:
+            parts.append((c, min(people), rows))
+        if unanchored:
+            parts.append((c, 2**62, unanchored))
+    out = np.zeros(len(new_cluster), dtype=np.int64)
+    for index, (_, _, rows) in enumerate(sorted(parts, key=lambda item: item[:2])):
+        out[rows] = index
+    return HeldApart(cluster=out, people=tuple(held))
+
+
 def _assign(
     state: SpineState,
     uploads: Sequence[SpineUpload],
@@ -653,13 +830,22 @@ def _assign(
 ) -> SpineRunResult:
     """New clusters -> spine people, by each new record's best pair with the person, averaged
     over the cluster (:func:`link_means`; a record never scored against the person counts
-    ``margin`` below the cut)."""
+    ``margin`` below the cut), after the spine's evidence has held apart the clusters that
+    only the uploads' own linkage joined across spine people (:func:`hold_apart`)."""
     margin = new.margin
     cut = new.threshold
     roots = np.array(state.merged_into, dtype=np.int64)
     while len(roots) and not np.array_equal(roots[roots], roots):
         roots = roots[roots]  # pointer jumping: every person -> the person it now is
     current = roots[state.record_person] if len(state.record_person) else roots[:0]
+    apart = hold_apart(
+        new.cluster, record_links(current, (new.new_record, new.spine_record, new.scores)), cut=cut
+    )
+    new = replace(new, cluster=apart.cluster)
+    held_apart = tuple(
+        SpineEvent(kind=SpineEventKind.HELD_APART, run_id=run_id, kept=people[0], people=people[1:])
+        for people in apart.people
+    )
     person_records = np.bincount(current, minlength=len(roots)).astype(np.int64)
     clusters = int(new.cluster.max()) + 1 if len(new.cluster) else 0
     cluster_records = np.bincount(new.cluster, minlength=clusters).astype(np.int64)
@@ -795,7 +981,7 @@ def _assign(
         merged_into=tuple(merged_into),
         encodings=np.concatenate([old, *(upload.clks for upload in uploads)]).astype(np.uint64),
         record_person=np.concatenate([spine_people, *added_people]).astype(np.int64),
-        events=state.events + tuple(merges) + tuple(splits),
+        events=state.events + tuple(merges) + tuple(splits) + held_apart,
         runs=(*state.runs, run_id),
         origins=state.origins + origins,
         record_origin=np.concatenate(
@@ -824,6 +1010,7 @@ def _assign(
         new_people=new_people,
         merges=tuple(merges),
         splits=tuple(splits),
+        held_apart=held_apart,
         comparisons=new.comparisons,
         spine_comparisons=new.spine_comparisons,
         threshold=new.threshold,

@@ -281,6 +281,13 @@ def _migrate_first(db: sqlite3.Connection, now: float) -> None:
             db.execute(statement)
 
 
+def _migrate_key_contexts(db: sqlite3.Connection, now: float) -> None:
+    # What an upload's keys were derived for in place of its project id, as its file header
+    # says (a spine's "spine:NAME"); NULL: the project id, and every upload before the field.
+    # The stored file's header carries it, so its length depends on it.
+    db.execute("ALTER TABLE uploads ADD COLUMN key_context TEXT")
+
+
 _Migration = Callable[[sqlite3.Connection, float], None]
 _MIGRATIONS: tuple[_Migration, ...] = (
     _migrate_first,
@@ -291,6 +298,7 @@ _MIGRATIONS: tuple[_Migration, ...] = (
     _migrate_model_figures,
     _migrate_spines,
     _migrate_run_reports,
+    _migrate_key_contexts,
 )
 """Migration n (1-based) takes a database at ``user_version`` n - 1 to n. Add new ones at
 the end; never edit a released one."""
@@ -574,13 +582,13 @@ class Storage:
     def upload(self, project_id: str, party: str) -> UploadRecord | None:
         row = self._one(
             "SELECT state, format_version, schema_fingerprint, kcv, clk_bits, record_count, "
-            "payload_sha256, committed_bytes, layout FROM uploads "
+            "payload_sha256, committed_bytes, layout, key_context FROM uploads "
             "WHERE project_id = ? AND party = ?",
             (project_id, party),
         )
         if row is None:
             return None
-        state, version, fingerprint, kcv, bits, count, digest, committed, layout = row
+        state, version, fingerprint, kcv, bits, count, digest, committed, layout, context = row
         header = UploadHeader(
             project_id=project_id,
             party_id=party,
@@ -591,6 +599,7 @@ class Storage:
             record_count=int(count),
             payload_sha256=bytes(digest),
             layout=_layout_of(layout),
+            key_context=None if context is None else str(context),
         )
         return UploadRecord(
             header=header,
@@ -618,8 +627,8 @@ class Storage:
                 (
                     "INSERT OR REPLACE INTO uploads (project_id, party, state, format_version, "
                     "schema_fingerprint, kcv, clk_bits, record_count, payload_sha256, "
-                    "committed_bytes, completed_at, started_at, layout) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?)",
+                    "committed_bytes, completed_at, started_at, layout, key_context) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?, ?, ?)",
                     (
                         header.project_id,
                         header.party_id,
@@ -632,6 +641,7 @@ class Storage:
                         header.payload_sha256,
                         self._clock(),
                         _layout_text(header.layout),
+                        header.key_context,
                     ),
                 )
             ]

@@ -1400,6 +1400,7 @@ def encode_extract(
                 kcv=local.encoder.kcv,
                 clk_bits=schema.encoded_bits,
                 layout=schema.layout if schema.grouped else None,
+                key_context=key_context,
             ) as writer:
                 if bucketed is None:
                     _write_shuffled(writer, clk_scratch, position_of, clk_bytes)

@@ -330,8 +330,11 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "merges": _count,
                 "splits": _count,
             },
+            # Clusters of the run's own records held apart along spine people (the spine's
+            # evidence over a within-release link; no key changed). Absent before the count.
+            optional={"held_apart": _count},
             operator_only=frozenset(
-                {"matched_people", "new_people", "spine_people", "merges", "splits"}
+                {"matched_people", "new_people", "spine_people", "merges", "splits", "held_apart"}
             ),
         ),
         # The operator released a spine's crosswalk (old key -> current key).

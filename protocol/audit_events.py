@@ -253,6 +253,9 @@ class SpineRunLinked(AuditEvent):
     spine_people: int
     merges: int
     splits: int
+    # Clusters of the run's own records the spine's evidence held apart (None: a log from
+    # before the count).
+    held_apart: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

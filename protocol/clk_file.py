@@ -33,11 +33,24 @@ record, every group) and then says which bits are which group and how each was h
                   (header length H = 204 + 192G)
 
 so the header digest covers the layout, and a reader of either version finds the payload at
-the header length (bytes 10..11). A record's bit i is bit (i % 8) of byte (i // 8) of its
-record, so a record read as little-endian uint64 words has bit i at bit (i % 64) of word
-(i // 64): the layout the Dice kernel uses, group g in the words
-``ClkLayout.word_range(g)``. Records are in shuffled order; nothing else (no ids, no counts
-per field) is in the file.
+the header length (bytes 10..11).
+
+Either version may carry a **key context** (``encode --spine NAME``): what the field keys
+and the KCV were derived for in place of the project id, a spine's ``spine:NAME``. It is a
+72-byte block just before the header digest (which covers it):
+
+    +0    1     key context length (1..71)
+    +1    71    key context (ASCII, ``spine:`` and a label, zero padded)
+
+so the header length is 272 for version 1 and 276 + 192G for version 2; a header without
+the block (every file written before it, and every encoding for a project's own context)
+reads as before. A name, never secret material: it lets the linkage unit refuse an encoding
+made for another context than the project's spine before any byte is stored.
+
+A record's bit i is bit (i % 8) of byte (i // 8) of its record, so a record read as
+little-endian uint64 words has bit i at bit (i % 64) of word (i // 64): the layout the Dice
+kernel uses, group g in the words ``ClkLayout.word_range(g)``. Records are in shuffled
+order; nothing else (no ids, no counts per field) is in the file.
 """
 
 from __future__ import annotations
@@ -55,7 +68,7 @@ import numpy.typing as npt
 from protocol.atomic_file import atomic_output
 from protocol.clk_layout import MAX_GROUPS, ClkLayout, GroupLayout
 from protocol.errors import ClkFileError, ConfigurationError, InvariantError
-from protocol.labels import check_label
+from protocol.labels import check_key_context, check_label
 
 __all__ = [
     "FORMAT_VERSION",
@@ -87,7 +100,10 @@ _GROUP_COUNT = struct.Struct("<HH")
 _GROUP = struct.Struct("<IB63sB123s")
 if _GROUP.size != 192:  # pragma: no cover - the format itself
     raise InvariantError("a CLK file group entry must be 192 bytes")
-MAX_HEADER_LENGTH = _BODY.size + _GROUP_COUNT.size + MAX_GROUPS * _GROUP.size + 32
+_KEY_CONTEXT = struct.Struct("<B71s")
+MAX_HEADER_LENGTH = (
+    _BODY.size + _GROUP_COUNT.size + MAX_GROUPS * _GROUP.size + _KEY_CONTEXT.size + 32
+)
 MIN_CLK_BITS = 64
 MAX_CLK_BITS = 65536
 
@@ -101,10 +117,11 @@ def check_clk_bits(clk_bits: int) -> int:
     return clk_bits
 
 
-def _header_length(version: int, groups: int) -> int:
+def _header_length(version: int, groups: int, *, key_context: bool = False) -> int:
+    context = _KEY_CONTEXT.size if key_context else 0
     if version == FORMAT_VERSION:
-        return HEADER_LENGTH
-    return _BODY.size + _GROUP_COUNT.size + groups * _GROUP.size + 32
+        return HEADER_LENGTH + context
+    return _BODY.size + _GROUP_COUNT.size + groups * _GROUP.size + context + 32
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,7 +129,9 @@ class ClkFileHeader:
     """Everything an encoded file says about itself; the LU checks it before any comparison.
 
     ``layout`` is the record's groups (format 2); a format 1 header's is
-    ``ClkLayout.single(clk_bits)``, filled in when not given.
+    ``ClkLayout.single(clk_bits)``, filled in when not given. ``key_context``: what the keys
+    and KCV were derived for in place of the project id (a spine's, ``spine:NAME``); None:
+    the project id (and every file written before the field).
     """
 
     project_id: str
@@ -123,9 +142,12 @@ class ClkFileHeader:
     payload_sha256: bytes
     format_version: int = FORMAT_VERSION
     layout: ClkLayout | None = None
+    key_context: str | None = None
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="project id")
+        if self.key_context is not None:
+            check_key_context(self.key_context)
         check_clk_bits(self.clk_bits)
         if len(self.schema_fingerprint) != 32:
             raise ConfigurationError("schema fingerprint must be 32 bytes (SHA-256)")
@@ -159,7 +181,11 @@ class ClkFileHeader:
     @property
     def header_length(self) -> int:
         """Bytes before the payload."""
-        return _header_length(self.format_version, len(self.clk_layout.groups))
+        return _header_length(
+            self.format_version,
+            len(self.clk_layout.groups),
+            key_context=self.key_context is not None,
+        )
 
     @property
     def clk_bytes(self) -> int:
@@ -192,6 +218,9 @@ class ClkFileHeader:
             for group in groups:
                 name, hardening = group.name.encode("ascii"), group.hardening.encode("ascii")
                 body += _GROUP.pack(group.bits, len(name), name, len(hardening), hardening)
+        if self.key_context is not None:
+            context = self.key_context.encode("ascii")
+            body += _KEY_CONTEXT.pack(len(context), context)
         return body + hashlib.sha256(body).digest()
 
     @classmethod
@@ -212,10 +241,12 @@ class ClkFileHeader:
                 f"{', '.join(map(str, FORMAT_VERSIONS))}",
                 path=path,
             )
-        if not (version == FORMAT_VERSION or 1 <= groups <= MAX_GROUPS) or length != (
-            _header_length(version, groups)
+        if not (version == FORMAT_VERSION or 1 <= groups <= MAX_GROUPS) or length not in (
+            _header_length(version, groups),
+            _header_length(version, groups, key_context=True),
         ):
             raise ClkFileError("header length or group count is malformed", path=path)
+        has_context = length == _header_length(version, groups, key_context=True)
         if len(data) < length:
             raise ClkFileError("file is shorter than its CLK file header", path=path)
         body, digest = data[: length - 32], data[length - 32 : length]
@@ -250,6 +281,12 @@ class ClkFileHeader:
                         )
                     )
                 layout = ClkLayout(groups=tuple(entries))
+            key_context = None
+            if has_context:
+                size, context = _KEY_CONTEXT.unpack_from(body, len(body) - _KEY_CONTEXT.size)
+                if not 1 <= size <= 71 or context[size:].strip(b"\0"):
+                    raise ConfigurationError("the key context field is malformed")
+                key_context = context[:size].decode("ascii")
             return cls(
                 project_id=project[:n].decode("ascii"),
                 schema_fingerprint=fingerprint,
@@ -259,6 +296,7 @@ class ClkFileHeader:
                 payload_sha256=payload_digest,
                 format_version=version,
                 layout=layout,
+                key_context=key_context,
             )
         except (ConfigurationError, UnicodeDecodeError) as error:
             message = error.message if isinstance(error, ConfigurationError) else str(error)
@@ -271,7 +309,8 @@ class ClkFileWriter:
     Use as a context manager; call :meth:`write` with ``(n, clk_bits // 8)`` uint8 arrays (or
     the same bytes as ``(n, clk_bits // 64)`` uint64). The file appears only when the block
     exits cleanly, with the header's record count and payload digest filled in. Give
-    ``layout`` (a schema v2 encoding's groups) for a format 2 file.
+    ``layout`` (a schema v2 encoding's groups) for a format 2 file, and ``key_context`` when
+    the keys were derived for a spine's context, not the project id.
     """
 
     def __init__(
@@ -283,9 +322,11 @@ class ClkFileWriter:
         kcv: bytes,
         clk_bits: int,
         layout: ClkLayout | None = None,
+        key_context: str | None = None,
     ) -> None:
         self._path = Path(path)
         self._fields = {
+            "key_context": key_context,
             "project_id": project_id,
             "schema_fingerprint": schema_fingerprint,
             "kcv": kcv,

@@ -32,7 +32,7 @@ import hmac
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from protocol.labels import check_label
+from protocol.labels import spine_key_context  # re-exported: where encode has always found it
 from protocol.secret import LinkageSecret
 
 __all__ = [
@@ -121,11 +121,3 @@ def key_check_value(secret: LinkageSecret, *, project_id: str) -> bytes:
     """16 bytes that match across parties exactly when their secrets match."""
     message = b"bloomlink/v1/kcv" + length_prefixed(project_id)
     return hmac.new(secret.material(), message, hashlib.sha256).digest()[:KCV_BYTES]
-
-
-def spine_key_context(spine: str) -> str:
-    """What the field keys and KCV of a project joining ``spine`` are derived for, in place
-    of its project id: every project of a spine then encodes comparably. The colon cannot
-    appear in a project id, so a spine's context never equals a project's (docs/spine.md)."""
-    check_label(spine, what="spine name")
-    return f"spine:{spine}"

@@ -11,7 +11,13 @@ import re
 
 from protocol.errors import ConfigurationError
 
-__all__ = ["LABEL_PATTERN", "check_label"]
+__all__ = [
+    "LABEL_PATTERN",
+    "SPINE_CONTEXT_PREFIX",
+    "check_key_context",
+    "check_label",
+    "spine_key_context",
+]
 
 LABEL_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
@@ -21,5 +27,31 @@ def check_label(value: str, *, what: str) -> str:
     if not isinstance(value, str) or not LABEL_PATTERN.fullmatch(value):
         raise ConfigurationError(
             f"{what} must be 1-63 characters of a-z, 0-9 and '-', starting with a letter"
+        )
+    return value
+
+
+SPINE_CONTEXT_PREFIX = "spine:"
+
+
+def spine_key_context(spine: str) -> str:
+    """What the field keys and KCV of a project joining ``spine`` are derived for, in place
+    of its project id: every project of a spine then encodes comparably. The colon cannot
+    appear in a project id, so a spine's context never equals a project's (docs/spine.md).
+    A name, no secret: encoded files and upload headers carry it (``key_context``)."""
+    check_label(spine, what="spine name")
+    return f"{SPINE_CONTEXT_PREFIX}{spine}"
+
+
+def check_key_context(value: str) -> str:
+    """Return ``value`` if it is a key context a file may name (a spine's), else raise."""
+    if not (
+        isinstance(value, str)
+        and value.startswith(SPINE_CONTEXT_PREFIX)
+        and LABEL_PATTERN.fullmatch(value[len(SPINE_CONTEXT_PREFIX) :])
+    ):
+        raise ConfigurationError(
+            "a key context must be 'spine:' and the spine name (1-63 characters of a-z, 0-9 "
+            "and '-', starting with a letter)"
         )
     return value

@@ -258,6 +258,9 @@ class UploadHeader:
     format_version: int = FORMAT_VERSION
     layout: ClkLayout | None = None
     """Format 2: the record's groups and their hardening, as the file header lists them."""
+    key_context: str | None = None
+    """What the keys and KCV were derived for in place of the project id, as the file header
+    says (a spine's ``spine:NAME``; None: the project id, or a file from before the field)."""
 
     def __post_init__(self) -> None:
         check_label(self.party_id, what="party id")
@@ -274,6 +277,7 @@ class UploadHeader:
             payload_sha256=self.payload_sha256,
             format_version=self.format_version,
             layout=self.layout,
+            key_context=self.key_context,
         )
 
     @property
@@ -297,6 +301,7 @@ class UploadHeader:
             payload_sha256=header.payload_sha256,
             format_version=header.format_version,
             layout=header.layout if header.format_version == GROUPED_FORMAT_VERSION else None,
+            key_context=header.key_context,
         )
 
 

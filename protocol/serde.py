@@ -315,6 +315,7 @@ def upload_header_to_proto(
         record_count=header.record_count,
         payload_sha256=header.payload_sha256,
         groups=layout_to_proto(header.layout),
+        key_context=header.key_context or "",
     )
     if manifest is not None:
         message.manifest.CopyFrom(manifest_to_proto(manifest))
@@ -397,6 +398,7 @@ UPLOAD_FIELD_ALLOW_LIST: dict[str, str] = {
     "bloomlink.v1.UploadHeader.schema_fingerprint": "32 bytes (SHA-256)",
     "bloomlink.v1.UploadHeader.kcv": "16 bytes",
     "bloomlink.v1.UploadHeader.payload_sha256": "32 bytes (SHA-256)",
+    "bloomlink.v1.UploadHeader.key_context": "key context ^spine:[a-z][a-z0-9-]{0,62}$ or empty",
     "bloomlink.v1.UploadManifest.project_id": "label ^[a-z][a-z0-9-]{0,62}$",
     "bloomlink.v1.UploadManifest.party_id": "label ^[a-z][a-z0-9-]{0,62}$",
     "bloomlink.v1.UploadManifest.payload_sha256": "32 bytes (SHA-256)",
@@ -454,6 +456,7 @@ def upload_header_from_proto(message: pb.UploadHeader) -> UploadHeader:
         record_count=message.record_count,
         payload_sha256=bytes(message.payload_sha256),
         layout=layout_from_proto(message.groups),
+        key_context=message.key_context or None,
     )
 
 

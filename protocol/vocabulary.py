@@ -42,6 +42,8 @@ class CheckAspect(StrEnum):
     # A grouped encoding's groups (names, order, lengths), then each group's hardening.
     LAYOUT = "layout"
     HARDENING = "hardening"
+    # What the keys were derived for: a spine project's encodings are made for its spine.
+    KEY_CONTEXT = "key_context"
     KCV = "kcv"
     CLK_BITS = "clk_bits"
     RECORD_COUNT = "record_count"
@@ -64,6 +66,7 @@ class UploadRefusal(StrEnum):
     SCHEMA_FINGERPRINT = "schema_fingerprint"
     LAYOUT = "layout"
     HARDENING = "hardening"
+    KEY_CONTEXT = "key_context"
     KCV = "kcv"
     CLK_BITS = "clk_bits"
 

@@ -53,6 +53,7 @@ def write_clk_file(
     schema_fingerprint: bytes = SCHEMA_FINGERPRINT,
     kcv: bytes = KCV,
     clk_bits: int = CLK_BITS,
+    key_context: str | None = None,
 ) -> Path:
     with ClkFileWriter(
         path,
@@ -60,6 +61,7 @@ def write_clk_file(
         schema_fingerprint=schema_fingerprint,
         kcv=kcv,
         clk_bits=clk_bits,
+        key_context=key_context,
     ) as writer:
         writer.write(clks)
     return path

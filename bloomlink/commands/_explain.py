@@ -27,6 +27,10 @@ _PLAIN_WORDS: Mapping[CheckAspect, str] = MappingProxyType(
         f"{_RE_ENCODE}",
         CheckAspect.HARDENING: "sent an encoding whose groups are hardened differently from the "
         f"project's - a different schema file? {_RE_ENCODE}",
+        CheckAspect.KEY_CONTEXT: "sent an encoding made for another key context than the "
+        "project's - encoded without --spine NAME for a project joining a spine, or with it for "
+        "one that joins none? Encode again as the project says (project status names its "
+        "spine)",
         CheckAspect.KCV: "encoded under a different key than the other parties (or the "
         "project's spine) - a different linkage secret? Or, in a project joining a spine, "
         "encoded without --spine NAME? Every party must encode with the same secret file (a "

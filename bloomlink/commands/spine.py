@@ -218,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
             "runs": len(state.runs),
             "merges": sum(1 for event in state.events if event.kind == "merge"),
             "splits": sum(1 for event in state.events if event.kind == "split"),
+            "held_apart": sum(1 for event in state.events if event.kind == "held_apart"),
             "keep_runs": state.settings.keep_runs,
         }
         # The uploads whose records the spine holds: what a key rotation needs re-encoded.
@@ -292,7 +293,11 @@ def _rotate(args: argparse.Namespace, store: SpineStore, state: SpineState) -> i
     storage = Storage(args.data_dir)
     try:
         refused = reencoding_refusal(
-            policy, uploads, now=time.time(), vouched_for=storage.manifest_for_nonce
+            policy,
+            uploads,
+            now=time.time(),
+            vouched_for=storage.manifest_for_nonce,
+            spine=state.settings.name,
         )
     finally:
         storage.close()

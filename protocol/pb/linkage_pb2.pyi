@@ -594,6 +594,7 @@ class UploadHeader(_message.Message):
     PAYLOAD_SHA256_FIELD_NUMBER: _builtins.int
     MANIFEST_FIELD_NUMBER: _builtins.int
     GROUPS_FIELD_NUMBER: _builtins.int
+    KEY_CONTEXT_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """The file header's project id; must be a project the caller is a member of."""
     party_id: _builtins.str
@@ -610,6 +611,14 @@ class UploadHeader(_message.Message):
     """Records in the payload; the payload is record_count x clk_bits / 8 bytes."""
     payload_sha256: _builtins.bytes
     """32 bytes: SHA-256 of the whole payload (the file after its header). Required."""
+    key_context: _builtins.str
+    """What the keys and the KCV were derived for in place of the project id, as the encoded
+    file's header says: "spine:" and a spine name for an encoding made with --spine; empty
+    for the project id's own context (and every file written before the field). A name, no
+    secret material. The linkage unit refuses, before it stores a byte, a header whose key
+    context is not the project's (FAILED_PRECONDITION, CompatibilityError, bloomlink-aspect
+    key_context): a spine project's uploads must be encoded for its spine.
+    """
     @_builtins.property
     def manifest(self) -> Global___UploadManifest:
         """The party's signed manifest of this encode; the linkage unit checks it against the
@@ -639,10 +648,11 @@ class UploadHeader(_message.Message):
         payload_sha256: _builtins.bytes = ...,
         manifest: Global___UploadManifest | None = ...,
         groups: _abc.Iterable[Global___ClkGroup] | None = ...,
+        key_context: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["manifest", b"manifest"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "format_version", b"format_version", "groups", b"groups", "kcv", b"kcv", "manifest", b"manifest", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "record_count", b"record_count", "schema_fingerprint", b"schema_fingerprint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "format_version", b"format_version", "groups", b"groups", "kcv", b"kcv", "key_context", b"key_context", "manifest", b"manifest", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "record_count", b"record_count", "schema_fingerprint", b"schema_fingerprint"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -177,8 +177,18 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
         ),
         "stale": (release_one_manifest, "manifest_mismatch", "payload_sha256"),
     }
+    # Re-encoded without --spine (keys for the project): it would bind the spine to a KCV
+    # no later upload for the spine has. Refused by its key context, its manifest good.
+    unspined = tmp_path / "unspined" / "moj.clk"
+    unspined.parent.mkdir()
+    assert main(["encode", str(data / "moj.csv"), "--project", "release-1", "--layout", "moj",
+                 "--party", "moj", "--secret-file", str(new_secret),
+                 "--signing-key", str(tmp_path / "moj-signing.pem"), "--out", str(unspined),
+                 "--workers", "1", "--same-positions",
+                 str(positions(tmp_path / "release-1" / "moj.clk"))]) == 0  # fmt: skip
+    cases["unspined"] = (read_manifest(manifest_path_for(unspined)), "key_context", "--spine")
     for case, (manifest, reason, why) in cases.items():
-        copy = suspect(case, manifest)
+        copy = suspect(case, manifest) if case != "unspined" else unspined
         others = ["--reencoded", f"dfe={tmp_path / 'rotation' / 'dfe.clk'}"]
         capsys.readouterr()
         assert main(["spine", "rotate", "people", "--reencoded", f"moj={copy}", *others,

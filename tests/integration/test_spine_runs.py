@@ -85,7 +85,7 @@ class LinkageUnit:
         for name, clks in uploads.items():
             path = write_clk_file(
                 self.data.parent / f"{project}-{name}.clk", clks, project_id=project,
-                clk_bits=64 * WORDS,
+                clk_bits=64 * WORDS, key_context="spine:people",
             )  # fmt: skip
             header = read_header(path)
             session = self.service.open_upload(

@@ -6,6 +6,7 @@ state file gaining the column is tests/linkage_unit/test_storage.py)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -317,3 +318,31 @@ def test_a_match_probability_needs_a_grouped_layout_and_a_probability() -> None:
         threshold_method="null-model",
     )
     assert serde.project_status_from_proto(serde.project_status_to_proto(plain)) == plain
+
+
+@pytest.mark.parametrize("format_version", [1, 2])
+def test_the_key_context_crosses_the_wire_and_a_malformed_one_is_refused(
+    format_version: int,
+) -> None:
+    header = UploadHeader(
+        project_id="p1",
+        party_id="moj",
+        schema_fingerprint=SCHEMA_FINGERPRINT,
+        kcv=KCV,
+        clk_bits=256,
+        record_count=3,
+        payload_sha256=bytes(32),
+        format_version=format_version,
+        layout=LAYOUT if format_version == 2 else None,
+        key_context="spine:people",
+    )
+    message = serde.upload_header_to_proto(header).header
+    assert message.key_context == "spine:people"
+    assert serde.upload_header_from_proto(message) == header
+    # Empty on the wire: the project id's own context, as every header before the field.
+    plain = serde.upload_header_to_proto(replace(header, key_context=None)).header
+    assert plain.key_context == ""
+    assert serde.upload_header_from_proto(plain).key_context is None
+    message.key_context = "spine:Jane Smith"  # free text cannot travel in it
+    with pytest.raises(Exception, match="key context"):
+        serde.upload_header_from_proto(message)

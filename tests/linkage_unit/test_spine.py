@@ -20,16 +20,21 @@ from linkage_unit.matching import MatchSettings, Scoring, link
 from linkage_unit.report import build_report
 from linkage_unit.run import spine_link_result
 from linkage_unit.spine import (
+    RecordLinks,
     Reencoding,
+    SpineEventKind,
     SpineRunResult,
     SpineSettings,
     SpineState,
     SpineStore,
     SpineUpload,
+    hold_apart,
     link_into_spine,
     link_means,
     prune_spine,
     read_spine_key,
+    record_links,
+    reference_hold_apart,
     reference_link_means,
     rotate_spine,
 )
@@ -550,6 +555,120 @@ def test_the_attach_evidence_agrees_with_its_slow_twin(
     assert got.keys() == slow.keys()
     for key, value in slow.items():
         assert got[key] == pytest.approx(value, abs=1e-9)
+
+
+def test_a_cluster_is_held_apart_along_the_spine_people_its_records_link_to() -> None:
+    # Cluster 0 (records 0-1): 0 links to person 3 (and scores below the cut with 7), 1 to 7:
+    # two groups, held apart. Cluster 1 (2-4): 2 links to 4 and 5 (a bridge), 3 to 5, and 4
+    # scores below the cut with 5 (evidence for that group): one group, kept whole. Cluster
+    # 2 (5-7): 5 to 1, 6 to 2, 7 scored with no one: three parts. Cluster 3 (8): below the
+    # cut only, no group: kept. Cluster 4 (9-10): 9 to 0, 10 scored with no one (unanchored:
+    # only the uploads' own link gives it person 0): held apart.
+    links = RecordLinks(
+        record=np.array([0, 0, 1, 2, 2, 3, 4, 5, 6, 8, 9]),
+        person=np.array([3, 7, 7, 4, 5, 5, 5, 1, 2, 6, 0]),
+        best=np.array([0.9, 0.3, 0.99, 0.7, 0.6, 0.8, 0.2, 1.0, 0.51, 0.49, 0.95]),
+    )
+    cluster = np.array([0, 0, 1, 1, 1, 2, 2, 2, 3, 4, 4])
+    apart = hold_apart(cluster, links, cut=0.5)
+    assert apart.cluster.tolist() == [0, 1, 2, 2, 2, 3, 4, 5, 6, 7, 8]
+    assert apart.people == ((3, 7), (1, 2), (0,))
+    slow = reference_hold_apart(cluster, links, cut=0.5)
+    assert slow.cluster.tolist() == apart.cluster.tolist() and slow.people == apart.people
+
+
+def test_nothing_is_held_apart_without_a_record_linking_to_the_spine() -> None:
+    cluster = np.array([0, 0, 1])
+    below = RecordLinks(
+        record=np.array([0, 1, 2]), person=np.array([0, 0, 1]), best=np.array([0.4, 0.3, 0.1])
+    )
+    for links in (
+        below,
+        record_links(np.zeros(0, np.int64), (np.zeros(0, np.int64),) * 2 + (np.zeros(0),)),
+    ):
+        apart = hold_apart(cluster, links, cut=0.5)
+        assert apart.cluster.tolist() == [0, 0, 1] and apart.people == ()
+    empty = np.zeros(0, np.int64)
+    assert (
+        hold_apart(empty, RecordLinks(record=empty, person=empty, best=np.zeros(0)), cut=0.5).people
+        == ()
+    )
+
+
+@given(
+    st.integers(1, 14),
+    st.integers(1, 12),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([0.5, 0.8, 0.95]),
+)
+def test_holding_apart_agrees_with_its_slow_twin(
+    new_records: int, spine_records: int, seed: int, cut: float
+) -> None:
+    generator = np.random.default_rng(seed)
+    new_cluster = np.unique(generator.integers(0, 4, new_records), return_inverse=True)[1]
+    spine_person = generator.integers(0, 6, spine_records)
+    left, right = np.nonzero(generator.random((new_records, spine_records)) < 0.3)
+    scores = generator.uniform(0.0, 1.0, len(left))
+    links = record_links(spine_person, (left.astype(np.int64), right.astype(np.int64), scores))
+    fast = hold_apart(new_cluster.astype(np.int64), links, cut=cut)
+    slow = reference_hold_apart(new_cluster.astype(np.int64), links, cut=cut)
+    assert fast.cluster.tolist() == slow.cluster.tolist()
+    assert fast.people == slow.people
+
+
+def _chain(generator: np.random.Generator, steps: list[int]) -> list[npt.NDArray[np.uint64]]:
+    """Records of 1024 bits, 400 set, each the previous with ``steps[i]`` of the first one's
+    set bits moved to bits never set before: between any two, Dice is 1 - moves / 400."""
+    order = generator.permutation(1024)
+    original, fresh = list(order[:400]), list(order[400:])
+    on = set(original)
+    out = []
+    for count in steps:
+        for _ in range(count):
+            on.remove(original.pop())
+            on.add(fresh.pop())
+        bits = np.zeros(1024, dtype=bool)
+        bits[sorted(on)] = True
+        out.append(np.packbits(bits, bitorder="little").view(np.uint64))
+    return out
+
+
+def test_the_spine_holds_apart_two_people_a_refresh_joins_only_by_its_own_link() -> None:
+    # Spine people A and B (Dice 0.7 apart); the refresh's records a (0.925 to A's record,
+    # 0.775 to B's) and b (the mirror image) are 0.85 alike. At the cut 0.8 the refresh's own
+    # deduplication joins a and b, and a cluster's mean evidence would join both people: a
+    # merge of two people on the strength of one within-release link, against each record's
+    # direct pairs with the other person's record. Held apart, each keeps its person's key.
+    generator = np.random.default_rng(90)
+    spine_records, refresh = [], []
+    for _ in range(12):
+        x_a, a, b, x_b = _chain(generator, [0, 30, 60, 30])
+        spine_records += [x_a, x_b]
+        refresh += [a, b]
+    encodings = np.stack(spine_records)
+    keys = fresh_keys(24, lambda size: generator.bytes(size))
+    state = SpineState(
+        settings=_settings(),
+        person_keys=tuple({"moj": key} for key in keys),
+        merged_into=tuple(range(24)),
+        encodings=encodings,
+        record_person=np.arange(24),
+        runs=("r1",),
+    )
+    settings = MatchSettings(
+        threshold=0.8, blocking=BlockingMode.NONE, deduplicated=frozenset({"moj"})
+    )
+    own = link({"moj": np.stack(refresh)}, settings).clusters["moj"]
+    assert len(set(own.tolist())) == 12  # the refresh's own link joins each a with its b
+    again = link_into_spine(state, [_upload("moj", np.stack(refresh))], settings, run_id="r2")
+    by_row = _key_by_row(again.keys["moj"])
+    assert [by_row[row] for row in range(24)] == keys
+    assert not again.merges and not again.splits and again.new_people == 0
+    assert [(event.kept, event.people) for event in again.held_apart] == [
+        (2 * pair, (2 * pair + 1,)) for pair in range(12)
+    ]
+    assert again.state.events == again.held_apart
+    assert {event.kind for event in again.held_apart} == {SpineEventKind.HELD_APART}
 
 
 # -- grouped encodings: the Fellegi-Sunter model, as a one-off run scores ------------------

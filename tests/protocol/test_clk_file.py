@@ -183,3 +183,40 @@ def test_a_layout_that_disagrees_with_the_bits_is_refused() -> None:
         ClkFileHeader(clk_bits=1024, format_version=1, layout=LAYOUT, **fields)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="layout"):
         ClkFileHeader(clk_bits=1024, format_version=2, **fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("layout", [None, LAYOUT])
+def test_a_key_context_travels_in_either_format_and_its_absence_reads_as_before(
+    tmp_path: Path, layout: ClkLayout | None
+) -> None:
+    clks = np.random.default_rng(3).integers(0, 2**63, size=(4, 16), dtype=np.uint64)
+    paths = {}
+    for context in (None, "spine:people"):
+        paths[context] = tmp_path / f"{context is None}.clk"
+        with ClkFileWriter(
+            paths[context], project_id="p1", schema_fingerprint=bytes(range(32)),
+            kcv=b"k" * 16, clk_bits=1024, layout=layout, key_context=context,
+        ) as writer:  # fmt: skip
+            writer.write(clks)
+    plain, spined = read_header(paths[None]), read_header(paths["spine:people"])
+    assert plain.key_context is None and spined.key_context == "spine:people"
+    # A 72-byte block before the digest; a file without it is the format as it always was.
+    assert spined.header_length == plain.header_length + 72
+    assert plain.header_length == (HEADER_LENGTH if layout is None else 204 + 192 * 3)
+    assert np.array_equal(np.asarray(read_clks(paths["spine:people"])[1]), clks)
+    assert spined.layout == plain.layout
+    # The digest covers it: one changed byte of the context is refused.
+    data = bytearray(paths["spine:people"].read_bytes())
+    data[spined.header_length - 32 - 71] ^= 1
+    paths["spine:people"].write_bytes(bytes(data))
+    with pytest.raises(ClkFileError, match="digest"):
+        read_header(paths["spine:people"])
+
+
+@pytest.mark.parametrize("context", ["people", "spine:", "spine:People", "project:p1", "spine:a b"])
+def test_a_key_context_is_a_spine_name(context: str) -> None:
+    with pytest.raises(ConfigurationError, match="key context"):
+        ClkFileHeader(
+            project_id="p1", schema_fingerprint=bytes(32), kcv=bytes(16), clk_bits=1024,
+            record_count=0, payload_sha256=bytes(32), key_context=context,
+        )  # fmt: skip
