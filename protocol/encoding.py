@@ -730,15 +730,14 @@ class ClkEncoder:
         """Apply the schema's hardening to a block of unhardened records
         (``(records, input words)`` -> ``(records, encoded_bits // 64)``)."""
         if self.schema.grouped:
-            parts = [
-                hardener.apply(np.ascontiguousarray(clks[:, start:stop]))
-                for hardener, (start, stop) in zip(
-                    self._hardeners,
-                    (self.input_layout.word_range(i) for i in range(len(self._hardeners))),
-                    strict=True,
-                )
-            ]
-            return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            # Each group's chain reads its columns of ``clks`` and writes its columns of the
+            # result in place (a diffusion writes there directly): no copy per group.
+            result = np.empty((len(clks), self.layout.total_words), dtype=np.uint64)
+            for index, hardener in enumerate(self._hardeners):
+                start, stop = self.input_layout.word_range(index)
+                low, high = self.layout.word_range(index)
+                hardener.apply(clks[:, start:stop], out=result[:, low:high])
+            return result
         if self.schema.hardening == "xor-fold":
             return xor_fold(clks)
         if self.schema.hardening == "balance":
