@@ -436,6 +436,62 @@ def _to_scratch(clks: npt.NDArray[np.uint64], draw: _ShuffleDraw) -> _ScratchSeg
     )
 
 
+_STABLE_ID_BITS = 21  # a salted field's table key: its raw value's id, then each salt's
+_STABLE_ID_LIMIT = 1 << 20  # ids in use before an id space starts again (so each < 2**21)
+
+
+class _StableIds:
+    """Small ids for values (raw values of a salted field, or normalised values of a salt
+    field) that stay the same from chunk to chunk, so table keys can be packed from them.
+    Bounded: when a chunk's new values would take the ids past ``_STABLE_ID_LIMIT``, the
+    ids start again (:meth:`make_room` says so, and the caller forgets the keys made of
+    them)."""
+
+    __slots__ = ("ids", "values")
+
+    def __init__(self) -> None:
+        self.ids: dict[Any, int] = {}
+        self.values: list[Any] = []
+
+    def make_room(self, values: list[Any]) -> bool:
+        """Give each of ``values`` an id; True if that meant forgetting every earlier one."""
+        ids = self.ids
+        fresh = [value for value in dict.fromkeys(values) if value not in ids]
+        if not fresh:
+            return False
+        forget = len(self.values) + len(fresh) > _STABLE_ID_LIMIT and bool(self.values)
+        if forget:
+            ids.clear()
+            self.values = []
+            fresh = list(dict.fromkeys(values))
+        ids.update(zip(fresh, range(len(self.values), len(self.values) + len(fresh)), strict=True))
+        self.values.extend(fresh)
+        return forget
+
+    def ids_of(self, values: list[Any]) -> npt.NDArray[np.int64]:
+        """The ids of ``values`` (given ids by :meth:`make_room` first)."""
+        return np.fromiter(map(self.ids.__getitem__, values), np.int64, len(values))
+
+
+def _unpack_keys(
+    packed: list[int], raw_values: list[Any], salt_values: list[list[Any]]
+) -> list[tuple[Any, ...]]:
+    """The (raw value, salt values...) each packed table key of a salted field stands for:
+    the raw value's stable id, then each salt's, ``_STABLE_ID_BITS`` apiece."""
+    mask = (1 << _STABLE_ID_BITS) - 1
+    last = len(salt_values)
+    return [
+        (
+            raw_values[key >> (_STABLE_ID_BITS * last)],
+            *(
+                values[(key >> (_STABLE_ID_BITS * (last - 1 - place))) & mask]
+                for place, values in enumerate(salt_values)
+            ),
+        )
+        for key in packed
+    ]
+
+
 class _Column:
     """One extract column of a chunk, dictionary-encoded: row r holds
     ``distinct[codes[r]]``."""
@@ -488,6 +544,15 @@ class _ChunkEncoder:
         }
         self._salt_cache: dict[str, dict[str, str | None]] = {
             name: {} for name in self._salt_fields
+        }
+        # Stable small ids, so that a salted field's table keys are ints packed in numpy
+        # rather than (value, salts) tuples built and hashed per distinct pair: per salt
+        # field, of its normalised values; per salted field, of its raw values.
+        self._salt_ids: dict[str, _StableIds] = {name: _StableIds() for name in self._salt_fields}
+        self._value_ids: dict[int, _StableIds] = {
+            index: _StableIds()
+            for index in range(len(schema.fields))
+            if self.encoder.field_salts(index)
         }
         self._wanted = sorted(
             {reader.column_index for reader in self.bound.fields if reader.column_index is not None}
@@ -591,14 +656,19 @@ class _ChunkEncoder:
         salt_rows: dict[str, tuple[list[str | None], npt.NDArray[np.intp]]] = {}
         for name, index in self._salt_fields.items():
             column_index = self.bound.fields[index].column_index
+            stable = self._salt_ids[name]
             if column_index is None:
-                salt_rows[name] = ([None], np.zeros(row_count, dtype=np.intp))
-                continue
-            column = columns[column_index]
-            normalised = self._salt_values(name, column.distinct)
-            ids = {value: place for place, value in enumerate(dict.fromkeys(normalised))}
-            of_distinct = np.fromiter(map(ids.__getitem__, normalised), np.intp, len(normalised))
-            salt_rows[name] = (list(ids), of_distinct[column.codes])
+                normalised: list[str | None] = [None]
+                row_codes = np.zeros(row_count, dtype=np.intp)
+            else:
+                column = columns[column_index]
+                normalised = self._salt_values(name, column.distinct)
+                row_codes = column.codes
+            if stable.make_room(normalised):  # ids start again: so do the tables keyed by them
+                for salted in self._value_ids:
+                    if name in self.encoder.field_salts(salted):
+                        self._tables[salted].rows.clear()
+            salt_rows[name] = (stable.values, stable.ids_of(normalised)[row_codes])
         for field_index, reader in enumerate(self.bound.fields):
             name, column_index = reader.name, reader.column_index
             normalise, normalise_many = reader.normalise, reader.normalise_many
@@ -610,17 +680,44 @@ class _ChunkEncoder:
             keys: list[Any] = column.distinct
             codes = column.codes
             salts = self.encoder.field_salts(field_index)
-            if salts:  # the table remembers (raw value, salt values) pairs
+            details: list[Any] | None = None  # set where the keys are packed ints
+            unpack: tuple[list[Any], list[list[Any]]] = ([], [])
+            value_ids = self._value_ids.get(field_index)
+            if value_ids is not None and value_ids.make_room(keys):
+                table.rows.clear()  # raw ids start again: the keys made of them are gone
+            if (
+                value_ids is not None
+                and len(salts) <= 2
+                and max(len(value_ids.values), *(len(salt_rows[salt][0]) for salt in salts))
+                <= _STABLE_ID_LIMIT
+            ):  # the table remembers (raw value, salt values) as one int of stable ids
+                combined = value_ids.ids_of(keys).astype(np.int64)[codes]
+                for salt in salts:
+                    combined = (combined << _STABLE_ID_BITS) | salt_rows[salt][1]
+                distinct_keys, codes = np.unique(combined, return_inverse=True)
+                codes = codes.reshape(-1)
+                keys = distinct_keys.tolist()
+                unpack = (value_ids.values, [salt_rows[salt][0] for salt in salts])
+                details = keys  # unpacked below for the fresh keys only
+            elif salts:  # the table remembers (raw value, salt values) pairs
+                # Each salt's ids compacted to this chunk's, so the mixed radix stays small.
+                compact = {}
+                for salt in salts:
+                    present_ids, salt_ids = np.unique(salt_rows[salt][1], return_inverse=True)
+                    compact[salt] = (
+                        [salt_rows[salt][0][item] for item in present_ids.tolist()],
+                        salt_ids.reshape(-1),
+                    )
                 combined = codes.astype(np.int64)
                 for salt in salts:
-                    salt_values, salt_ids = salt_rows[salt]
+                    salt_values, salt_ids = compact[salt]
                     combined = combined * len(salt_values) + salt_ids
                 distinct_pairs, codes = np.unique(combined, return_inverse=True)
                 codes = codes.reshape(-1)
                 parts = []
                 rest = distinct_pairs
                 for salt in reversed(salts):
-                    salt_values = salt_rows[salt][0]
+                    salt_values = compact[salt][0]
                     rest, place = np.divmod(rest, len(salt_values))
                     parts.append([salt_values[item] for item in place.tolist()])
                 keys = list(
@@ -644,7 +741,11 @@ class _ChunkEncoder:
                     fresh_at = np.arange(len(keys))  # forgotten: every value is new
                     table.make_room(len(fresh_at))
                 raws = [keys[index] for index in fresh_at.tolist()]  # values or (value, salts)
-                texts: list[str] = [key[0] for key in raws] if salts else raws
+                if details is not None:  # packed ints: their (value, salts) for the fresh ones
+                    details = _unpack_keys(raws, *unpack)
+                else:
+                    details = raws
+                texts: list[str] = [key[0] for key in details] if salts else raws
                 try:  # normalised as a batch; a rejected value sends us the long way
                     if salts:  # many (value, salt) keys share a value: normalise each once
                         unique = list(dict.fromkeys(texts))
@@ -674,10 +775,11 @@ class _ChunkEncoder:
                 if table.remember:
                     table.rows.update(dict.fromkeys(missing_raws, 0))
                 new_raws = list(itertools.compress(raws, present.tolist()))
+                new_details = list(itertools.compress(details, present.tolist()))
                 new_values: list[str] = list(itertools.compress(values, present.tolist()))  # type: ignore[arg-type]
                 if new_values:
                     salt_columns = {
-                        salt: [key[1 + place] for key in new_raws]
+                        salt: [key[1 + place] for key in new_details]
                         for place, salt in enumerate(salts)
                     }
                     first_new = table.used
