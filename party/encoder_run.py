@@ -945,6 +945,20 @@ def _first_repeated_id(digests: npt.NDArray[np.int64], ids_scratch: Path) -> tup
     return best
 
 
+def _refuse_repeated_id(
+    repeat: tuple[int, int] | None, row_numbers: list[npt.NDArray[np.int64]]
+) -> None:
+    """Raise for the first repeated record id (:func:`_first_repeated_id`), if any, naming
+    the rows (``row_numbers``: each encoded record's data row, per chunk), never the id."""
+    if repeat is not None:
+        all_rows = np.concatenate(row_numbers)
+        raise RecordError(
+            f"record id repeats the id of row {int(all_rows[repeat[0]])}; record ids must be "
+            "unique",
+            row=int(all_rows[repeat[1]]),
+        )
+
+
 def _earlier_positions(
     path: Path, ids_scratch: Path, rows: npt.NDArray[np.int64], project_id: str
 ) -> npt.NDArray[np.int64]:
@@ -1469,15 +1483,19 @@ def encode_extract(
                 f"none of the {counts['read']} rows could be encoded (all were skipped)",
                 path=source,
             )
-        repeat = _first_repeated_id(np.concatenate(id_digests), ids_scratch)
+        all_digests = np.concatenate(id_digests)
         id_digests.clear()  # what the shuffle needs per record is its 8-byte position only
-        if repeat is not None:
-            all_rows = np.concatenate(row_numbers)
-            raise RecordError(
-                f"record id repeats the id of row {int(all_rows[repeat[0]])}; record ids must "
-                "be unique",
-                row=int(all_rows[repeat[1]]),
-            )
+        repeat_check: Future[tuple[int, int] | None] | None = None
+        if bucketed is None:
+            _refuse_repeated_id(_first_repeated_id(all_digests, ids_scratch), row_numbers)
+        else:
+            # A fresh shuffle needs no id until the positions file: the check (a sort of every
+            # digest, which lets go of the GIL) runs in a thread while the encoded file is
+            # written, and its answer is taken before either file is committed.
+            checker = ThreadPoolExecutor(max_workers=1)
+            repeat_check = checker.submit(_first_repeated_id, all_digests, ids_scratch)
+            checker.shutdown(wait=False)
+        del all_digests
 
         orders: list[npt.NDArray[np.int64]] = []
         if bucketed is None:
@@ -1507,6 +1525,8 @@ def encode_extract(
                     _write_shuffled(writer, clk_scratch, position_of, clk_bytes)
                 else:
                     bucketed.write(writer, orders)
+                if repeat_check is not None:  # raised here, the encoded file is not committed
+                    _refuse_repeated_id(repeat_check.result(), row_numbers)
                 payload_digest = writer.payload_sha256()
                 binding = PositionsBinding(
                     project_id=project_id,

@@ -302,6 +302,7 @@ def test_duplicate_and_empty_record_ids(dirs: tuple[Path, Path]) -> None:
     rows[3][0] = rows[1][0]
     with pytest.raises(RecordError, match="row 4: record id repeats the id of row 2"):
         run(write_csv(source / "dup.csv", rows), out)
+    assert_nothing_written(out)  # found while the encoded file was written: not committed
     rows = [person(index) for index in range(5)]
     rows[2][0] = "   "
     with pytest.raises(RecordError, match="row 3: record id is empty"):
