@@ -59,6 +59,7 @@ from party.extract import (
 )
 from party.id_digests import line_digests
 from party.mapping import BoundMapping, DepartmentMapping
+from party.mask_rows import or_mask_rows
 from party.positions_file import (
     PositionsBinding,
     read_binding,
@@ -802,8 +803,7 @@ class _ChunkEncoder:
                     else:
                         problems.setdefault(offset, (name, reason))
             missing_masks.append(code_array == 0)
-            start, stop = self._ranges[field_index]
-            clks[:, start:stop] |= table.masks[code_array]
+            or_mask_rows(clks, self._ranges[field_index][0], table.masks, code_array)
         if problems:
             keep = np.setdiff1d(np.arange(row_count), np.fromiter(problems, np.intp))
             clks = clks[keep]
