@@ -543,9 +543,9 @@ class _ChunkEncoder:
             for index in range(len(schema.fields))
             for name in self.encoder.field_salts(index)
         }
-        self._salt_cache: dict[str, dict[str, str | None]] = {
-            name: {} for name in self._salt_fields
-        }
+        # Per salt field: raw value -> stable id of its normalised value (None where
+        # missing or rejected) in self._salt_ids.
+        self._salt_cache: dict[str, dict[str, int]] = {name: {} for name in self._salt_fields}
         # Stable small ids, so that a salted field's table keys are ints packed in numpy
         # rather than (value, salts) tuples built and hashed per distinct pair: per salt
         # field, of its normalised values; per salted field, of its raw values.
@@ -559,25 +559,42 @@ class _ChunkEncoder:
             {reader.column_index for reader in self.bound.fields if reader.column_index is not None}
         )
 
-    def _salt_values(self, name: str, distinct: list[str]) -> list[str | None]:
-        """Normalised values of salt field ``name`` for each distinct raw value (None where
-        missing or rejected: such a value salts nothing, and its own field reports it)."""
+    def _salt_ids_of(self, name: str, distinct: list[str]) -> tuple[npt.NDArray[np.int64], bool]:
+        """The stable id (in ``self._salt_ids[name]``) of the normalised value of salt field
+        ``name`` for each distinct raw value (None where missing or rejected: such a value
+        salts nothing, and its own field reports it), and whether the ids started again
+        (the tables keyed by them must forget)."""
         cache = self._salt_cache[name]
+        stable = self._salt_ids[name]
         fresh = [raw for raw in distinct if raw not in cache]
+        restarted = False
         if fresh:
             if len(cache) + len(fresh) > _TABLE_ROWS:
                 cache.clear()
                 fresh = list(distinct)
-            reader = self.bound.fields[self._salt_fields[name]]
-            try:
-                cache.update(zip(fresh, reader.normalise_many(fresh), strict=True))
-            except ValueRejectedError:
-                for raw in fresh:
-                    try:
-                        cache[raw] = reader.normalise(raw)
-                    except ValueRejectedError:
-                        cache[raw] = None
-        return list(map(cache.__getitem__, distinct))
+            normalised = self._normalise_salts(name, fresh)
+            if stable.make_room(normalised):  # every cached id is gone: give these new ones
+                restarted = True
+                cache.clear()
+                fresh = list(distinct)
+                normalised = self._normalise_salts(name, fresh)
+                stable.make_room(normalised)
+            cache.update(zip(fresh, stable.ids_of(normalised).tolist(), strict=True))
+        return np.fromiter(map(cache.__getitem__, distinct), np.int64, len(distinct)), restarted
+
+    def _normalise_salts(self, name: str, raws: list[str]) -> list[str | None]:
+        """Normalised values of salt field ``name`` (None where rejected)."""
+        reader = self.bound.fields[self._salt_fields[name]]
+        try:
+            return reader.normalise_many(raws)
+        except ValueRejectedError:
+            values: list[str | None] = []
+            for raw in raws:
+                try:
+                    values.append(reader.normalise(raw))
+                except ValueRejectedError:
+                    values.append(None)
+            return values
 
     def encode(self, chunk: ExtractChunk, draw: _ShuffleDraw | None = None) -> _ChunkResult:
         """Encode a chunk of rows (the csv module's or Parquet's): its columns are
@@ -659,17 +676,16 @@ class _ChunkEncoder:
             column_index = self.bound.fields[index].column_index
             stable = self._salt_ids[name]
             if column_index is None:
-                normalised: list[str | None] = [None]
-                row_codes = np.zeros(row_count, dtype=np.intp)
+                restarted = stable.make_room([None])
+                salt_rows[name] = (stable.values, np.full(row_count, stable.ids[None], np.int64))
             else:
                 column = columns[column_index]
-                normalised = self._salt_values(name, column.distinct)
-                row_codes = column.codes
-            if stable.make_room(normalised):  # ids start again: so do the tables keyed by them
+                ids, restarted = self._salt_ids_of(name, column.distinct)
+                salt_rows[name] = (stable.values, ids[column.codes])
+            if restarted:  # ids start again: so do the tables keyed by them
                 for salted in self._value_ids:
                     if name in self.encoder.field_salts(salted):
                         self._tables[salted].rows.clear()
-            salt_rows[name] = (stable.values, stable.ids_of(normalised)[row_codes])
         for field_index, reader in enumerate(self.bound.fields):
             name, column_index = reader.name, reader.column_index
             normalise, normalise_many = reader.normalise, reader.normalise_many
