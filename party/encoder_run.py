@@ -419,12 +419,20 @@ class _ScratchSegment:
     buckets: bytes
 
 
+def _stable_order(buckets: npt.NDArray[np.int32], count: int) -> npt.NDArray[np.intp]:
+    """``np.argsort(buckets, kind="stable")`` for bucket numbers below ``count``: as int16
+    where they fit, which numpy sorts by radix (about 6x faster at a million)."""
+    if count <= 1 << 15:
+        return np.argsort(buckets.astype(np.int16), kind="stable")
+    return np.argsort(buckets, kind="stable")
+
+
 def _to_scratch(clks: npt.NDArray[np.uint64], draw: _ShuffleDraw) -> _ScratchSegment:
     """Append a chunk's hardened CLKs to this process's scratch file, grouped by the random
     buckets they draw: the process that encoded them writes them, not the collecting one."""
     generator = np.random.Generator(np.random.PCG64(draw.seed))
     chosen = generator.integers(0, draw.buckets, len(clks), dtype=np.int32)
-    grouped = np.ascontiguousarray(clks[np.argsort(chosen, kind="stable")])
+    grouped = np.ascontiguousarray(clks[_stable_order(chosen, draw.buckets)])
     path = Path(draw.scratch_dir) / f"clks-{os.getpid()}.bin"
     with path.open("ab") as out:
         offset = out.tell()
@@ -941,6 +949,9 @@ def _fresh_generator() -> np.random.Generator:
 def _first_repeated_id(digests: npt.NDArray[np.int64], ids_scratch: Path) -> tuple[int, int] | None:
     """The record indices (earlier, later) of the first record whose id repeats an earlier
     one, or None. Equal digests are only candidates: their ids are compared to confirm."""
+    ordered = np.sort(digests)  # no equal digests (nearly always): no order needed
+    if not np.any(ordered[1:] == ordered[:-1]):
+        return None
     order = np.argsort(digests, kind="stable")
     ordered = digests[order]
     same = np.flatnonzero(ordered[1:] == ordered[:-1])
@@ -1083,7 +1094,7 @@ class _BucketedScratch:
         )
         position_of = np.empty(len(buckets), dtype=np.int64)
         within = [order + start for order, start in zip(orders, starts.tolist(), strict=False)]
-        position_of[np.argsort(buckets, kind="stable")] = np.concatenate(within)
+        position_of[_stable_order(buckets, self._buckets)] = np.concatenate(within)
         return position_of, orders
 
     def write(self, writer: ClkFileWriter, orders: list[npt.NDArray[np.int64]]) -> None:

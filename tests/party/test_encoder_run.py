@@ -508,6 +508,15 @@ def test_the_bucketed_shuffle_is_uniform(tmp_path: Path) -> None:
     assert all(abs(count - expected) < 70 for count in seen.values())
 
 
+@pytest.mark.parametrize("count", [1, 3, 1 << 15, (1 << 15) + 1, 1 << 20])
+def test_stable_bucket_order_is_numpys_stable_argsort(count: int) -> None:
+    # Bucket numbers go to a radix sort as int16 where they fit; the order must be the
+    # stable argsort's exactly (it decides where each record lands).
+    buckets = np.random.default_rng(count).integers(0, count, 5_000, dtype=np.int32)
+    order = party.encoder_run._stable_order(buckets, count)
+    assert np.array_equal(order, np.argsort(buckets, kind="stable"))
+
+
 def test_tables_that_stop_remembering_change_no_bit(
     dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
