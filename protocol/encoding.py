@@ -111,6 +111,7 @@ def _coded(spec: TokenSpec) -> bool:
 
 _ASCII_BASE = 128  # the compiled path codes an ASCII n-gram as its bytes in base 128
 _DENSE_SIZE = 2  # ... for n-grams up to this size (a table of 128 ** size entries per batch)
+_NGRAM_MASK_WORDS = 1 << 21  # its (n-gram, bit count) -> mask table per call: 16 MiB at most
 
 
 def _dense(spec: TokenSpec) -> bool:
@@ -429,7 +430,19 @@ class _FieldEncoder:
             data, offsets, size, pad, ord(PAD), spec.bits or 0, spec.bits_per_token or 0, most
         )
         row_of, positions = self._dense_positions(spec, most)
-        ngram_masks(data, offsets, size, pad, ord(PAD), counts, row_of, positions, block, rows)
+        ngram_masks(
+            data,
+            offsets,
+            size,
+            pad,
+            ord(PAD),
+            counts,
+            row_of,
+            positions,
+            block,
+            rows,
+            _NGRAM_MASK_WORDS,
+        )
         short = rows[counts == 0]  # no n-gram at all: the per-value path says what it sets
         if len(short):
             rest = sorted(rest + short.tolist())
