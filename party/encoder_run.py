@@ -427,19 +427,33 @@ def _stable_order(buckets: npt.NDArray[np.int32], count: int) -> npt.NDArray[np.
     return np.argsort(buckets, kind="stable")
 
 
-def _to_scratch(clks: npt.NDArray[np.uint64], draw: _ShuffleDraw) -> _ScratchSegment:
-    """Append a chunk's hardened CLKs to this process's scratch file, grouped by the random
-    buckets they draw: the process that encoded them writes them, not the collecting one."""
+def _draw_buckets(draw: _ShuffleDraw, count: int) -> npt.NDArray[np.int32]:
+    """The random shuffle bucket of each of a chunk's ``count`` kept records."""
     generator = np.random.Generator(np.random.PCG64(draw.seed))
-    chosen = generator.integers(0, draw.buckets, len(clks), dtype=np.int32)
-    grouped = np.ascontiguousarray(clks[_stable_order(chosen, draw.buckets)])
+    return generator.integers(0, draw.buckets, count, dtype=np.int32)
+
+
+def _to_scratch(clks: npt.NDArray[np.uint64], draw: _ShuffleDraw) -> _ScratchSegment:
+    """Append a chunk's hardened CLKs (extract order) to this process's scratch file, grouped
+    by the random buckets they draw: the process that encoded them writes them, not the
+    collecting one. (An encoder run builds its CLKs grouped already: :func:`_append_scratch`.)"""
+    chosen = _draw_buckets(draw, len(clks))
+    return _append_scratch(clks[_stable_order(chosen, draw.buckets)], chosen, draw)
+
+
+def _append_scratch(
+    grouped: npt.NDArray[np.uint64], chosen: npt.NDArray[np.int32], draw: _ShuffleDraw
+) -> _ScratchSegment:
+    """Append a chunk's hardened CLKs, already grouped by bucket (in the stable order of
+    ``chosen``, each kept record's bucket in extract order), to this process's scratch file."""
+    grouped = np.ascontiguousarray(grouped)
     path = Path(draw.scratch_dir) / f"clks-{os.getpid()}.bin"
     with path.open("ab") as out:
         offset = out.tell()
         out.write(grouped.data)
     return _ScratchSegment(
         path=str(path),
-        offset=offset // max(1, clks.shape[1] * 8),
+        offset=offset // max(1, grouped.shape[1] * 8),
         counts=np.bincount(chosen, minlength=draw.buckets).astype(np.int64).tobytes(),
         buckets=chosen.tobytes(),
     )
@@ -677,7 +691,9 @@ class _ChunkEncoder:
                     problems.setdefault(
                         offset, (None, "record id is empty or has control characters")
                     )
-        clks = np.zeros((row_count, self.encoder.input_layout.total_words), dtype=np.uint64)
+        # Per field: where its words start, its mask table and each row's table row. The
+        # records' bits are ORed in at the end, once the kept rows and their order are known.
+        field_rows: list[tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.intp]]] = []
         # Per salting field: an id per distinct normalised value, and that id for each row.
         salt_rows: dict[str, tuple[list[str | None], npt.NDArray[np.intp]]] = {}
         for name, index in self._salt_fields.items():
@@ -827,10 +843,10 @@ class _ChunkEncoder:
                     else:
                         problems.setdefault(offset, (name, reason))
             missing_masks.append(code_array == 0)
-            or_mask_rows(clks, self._ranges[field_index][0], table.masks, code_array)
+            field_rows.append((self._ranges[field_index][0], table.masks, code_array))
+        keep: npt.NDArray[np.intp] | None = None
         if problems:
             keep = np.setdiff1d(np.arange(row_count), np.fromiter(problems, np.intp))
-            clks = clks[keep]
             record_ids = [record_ids[offset] for offset in keep.tolist()]
             blanked = [problem for problem in blanked if problem.row - first not in problems]
             missing_masks = [None if mask is None else mask[keep] for mask in missing_masks]
@@ -847,6 +863,17 @@ class _ChunkEncoder:
         ]
         # Kept ids are printable, so no line break or surrogate is inside one.
         id_lines = ("\n".join(record_ids) + "\n").encode() if record_ids else b""
+        # Under a fresh shuffle the records are built in the order of their buckets (each
+        # field's row numbers are put in that order, not the finished CLKs).
+        order = keep
+        chosen = None
+        if draw is not None:
+            chosen = _draw_buckets(draw, len(record_ids))
+            grouped = _stable_order(chosen, draw.buckets)
+            order = grouped if keep is None else keep[grouped]
+        clks = np.zeros((len(record_ids), self.encoder.input_layout.total_words), dtype=np.uint64)
+        for start, masks, code_array in field_rows:
+            or_mask_rows(clks, start, masks, code_array if order is None else code_array[order])
         hardened = self.encoder.harden(clks)
         return _ChunkResult(
             row_count,
@@ -856,7 +883,11 @@ class _ChunkEncoder:
             skipped,
             blanked,
             missing,
-            segment=_to_scratch(hardened, draw) if draw else None,
+            segment=(
+                _append_scratch(hardened, chosen, draw)
+                if draw is not None and chosen is not None
+                else None
+            ),
         )
 
 
