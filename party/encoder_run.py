@@ -59,6 +59,7 @@ from party.extract import (
 )
 from party.id_digests import line_digests
 from party.mapping import BoundMapping, DepartmentMapping
+from party.mask_rows import or_mask_rows
 from party.positions_file import (
     PositionsBinding,
     read_binding,
@@ -418,22 +419,100 @@ class _ScratchSegment:
     buckets: bytes
 
 
-def _to_scratch(clks: npt.NDArray[np.uint64], draw: _ShuffleDraw) -> _ScratchSegment:
-    """Append a chunk's hardened CLKs to this process's scratch file, grouped by the random
-    buckets they draw: the process that encoded them writes them, not the collecting one."""
+def _stable_order(buckets: npt.NDArray[np.int32], count: int) -> npt.NDArray[np.intp]:
+    """``np.argsort(buckets, kind="stable")`` for bucket numbers below ``count``: as int16
+    where they fit, which numpy sorts by radix (about 6x faster at a million)."""
+    if count <= 1 << 15:
+        return np.argsort(buckets.astype(np.int16), kind="stable")
+    return np.argsort(buckets, kind="stable")
+
+
+def _draw_buckets(draw: _ShuffleDraw, count: int) -> npt.NDArray[np.int32]:
+    """The random shuffle bucket of each of a chunk's ``count`` kept records."""
     generator = np.random.Generator(np.random.PCG64(draw.seed))
-    chosen = generator.integers(0, draw.buckets, len(clks), dtype=np.int32)
-    grouped = np.ascontiguousarray(clks[np.argsort(chosen, kind="stable")])
+    return generator.integers(0, draw.buckets, count, dtype=np.int32)
+
+
+def _to_scratch(clks: npt.NDArray[np.uint64], draw: _ShuffleDraw) -> _ScratchSegment:
+    """Append a chunk's hardened CLKs (extract order) to this process's scratch file, grouped
+    by the random buckets they draw: the process that encoded them writes them, not the
+    collecting one. (An encoder run builds its CLKs grouped already: :func:`_append_scratch`.)"""
+    chosen = _draw_buckets(draw, len(clks))
+    return _append_scratch(clks[_stable_order(chosen, draw.buckets)], chosen, draw)
+
+
+def _append_scratch(
+    grouped: npt.NDArray[np.uint64], chosen: npt.NDArray[np.int32], draw: _ShuffleDraw
+) -> _ScratchSegment:
+    """Append a chunk's hardened CLKs, already grouped by bucket (in the stable order of
+    ``chosen``, each kept record's bucket in extract order), to this process's scratch file."""
+    grouped = np.ascontiguousarray(grouped)
     path = Path(draw.scratch_dir) / f"clks-{os.getpid()}.bin"
     with path.open("ab") as out:
         offset = out.tell()
         out.write(grouped.data)
     return _ScratchSegment(
         path=str(path),
-        offset=offset // max(1, clks.shape[1] * 8),
+        offset=offset // max(1, grouped.shape[1] * 8),
         counts=np.bincount(chosen, minlength=draw.buckets).astype(np.int64).tobytes(),
         buckets=chosen.tobytes(),
     )
+
+
+_STABLE_ID_BITS = 21  # a salted field's table key: its raw value's id, then each salt's
+_STABLE_ID_LIMIT = 1 << 20  # ids in use before an id space starts again (so each < 2**21)
+
+
+class _StableIds:
+    """Small ids for values (raw values of a salted field, or normalised values of a salt
+    field) that stay the same from chunk to chunk, so table keys can be packed from them.
+    Bounded: when a chunk's new values would take the ids past ``_STABLE_ID_LIMIT``, the
+    ids start again (:meth:`make_room` says so, and the caller forgets the keys made of
+    them)."""
+
+    __slots__ = ("ids", "values")
+
+    def __init__(self) -> None:
+        self.ids: dict[Any, int] = {}
+        self.values: list[Any] = []
+
+    def make_room(self, values: list[Any]) -> bool:
+        """Give each of ``values`` an id; True if that meant forgetting every earlier one."""
+        ids = self.ids
+        fresh = [value for value in dict.fromkeys(values) if value not in ids]
+        if not fresh:
+            return False
+        forget = len(self.values) + len(fresh) > _STABLE_ID_LIMIT and bool(self.values)
+        if forget:
+            ids.clear()
+            self.values = []
+            fresh = list(dict.fromkeys(values))
+        ids.update(zip(fresh, range(len(self.values), len(self.values) + len(fresh)), strict=True))
+        self.values.extend(fresh)
+        return forget
+
+    def ids_of(self, values: list[Any]) -> npt.NDArray[np.int64]:
+        """The ids of ``values`` (given ids by :meth:`make_room` first)."""
+        return np.fromiter(map(self.ids.__getitem__, values), np.int64, len(values))
+
+
+def _unpack_keys(
+    packed: list[int], raw_values: list[Any], salt_values: list[list[Any]]
+) -> list[tuple[Any, ...]]:
+    """The (raw value, salt values...) each packed table key of a salted field stands for:
+    the raw value's stable id, then each salt's, ``_STABLE_ID_BITS`` apiece."""
+    mask = (1 << _STABLE_ID_BITS) - 1
+    last = len(salt_values)
+    return [
+        (
+            raw_values[key >> (_STABLE_ID_BITS * last)],
+            *(
+                values[(key >> (_STABLE_ID_BITS * (last - 1 - place))) & mask]
+                for place, values in enumerate(salt_values)
+            ),
+        )
+        for key in packed
+    ]
 
 
 class _Column:
@@ -486,32 +565,58 @@ class _ChunkEncoder:
             for index in range(len(schema.fields))
             for name in self.encoder.field_salts(index)
         }
-        self._salt_cache: dict[str, dict[str, str | None]] = {
-            name: {} for name in self._salt_fields
+        # Per salt field: raw value -> stable id of its normalised value (None where
+        # missing or rejected) in self._salt_ids.
+        self._salt_cache: dict[str, dict[str, int]] = {name: {} for name in self._salt_fields}
+        # Stable small ids, so that a salted field's table keys are ints packed in numpy
+        # rather than (value, salts) tuples built and hashed per distinct pair: per salt
+        # field, of its normalised values; per salted field, of its raw values.
+        self._salt_ids: dict[str, _StableIds] = {name: _StableIds() for name in self._salt_fields}
+        self._value_ids: dict[int, _StableIds] = {
+            index: _StableIds()
+            for index in range(len(schema.fields))
+            if self.encoder.field_salts(index)
         }
         self._wanted = sorted(
             {reader.column_index for reader in self.bound.fields if reader.column_index is not None}
         )
 
-    def _salt_values(self, name: str, distinct: list[str]) -> list[str | None]:
-        """Normalised values of salt field ``name`` for each distinct raw value (None where
-        missing or rejected: such a value salts nothing, and its own field reports it)."""
+    def _salt_ids_of(self, name: str, distinct: list[str]) -> tuple[npt.NDArray[np.int64], bool]:
+        """The stable id (in ``self._salt_ids[name]``) of the normalised value of salt field
+        ``name`` for each distinct raw value (None where missing or rejected: such a value
+        salts nothing, and its own field reports it), and whether the ids started again
+        (the tables keyed by them must forget)."""
         cache = self._salt_cache[name]
+        stable = self._salt_ids[name]
         fresh = [raw for raw in distinct if raw not in cache]
+        restarted = False
         if fresh:
             if len(cache) + len(fresh) > _TABLE_ROWS:
                 cache.clear()
                 fresh = list(distinct)
-            reader = self.bound.fields[self._salt_fields[name]]
-            try:
-                cache.update(zip(fresh, reader.normalise_many(fresh), strict=True))
-            except ValueRejectedError:
-                for raw in fresh:
-                    try:
-                        cache[raw] = reader.normalise(raw)
-                    except ValueRejectedError:
-                        cache[raw] = None
-        return list(map(cache.__getitem__, distinct))
+            normalised = self._normalise_salts(name, fresh)
+            if stable.make_room(normalised):  # every cached id is gone: give these new ones
+                restarted = True
+                cache.clear()
+                fresh = list(distinct)
+                normalised = self._normalise_salts(name, fresh)
+                stable.make_room(normalised)
+            cache.update(zip(fresh, stable.ids_of(normalised).tolist(), strict=True))
+        return np.fromiter(map(cache.__getitem__, distinct), np.int64, len(distinct)), restarted
+
+    def _normalise_salts(self, name: str, raws: list[str]) -> list[str | None]:
+        """Normalised values of salt field ``name`` (None where rejected)."""
+        reader = self.bound.fields[self._salt_fields[name]]
+        try:
+            return reader.normalise_many(raws)
+        except ValueRejectedError:
+            values: list[str | None] = []
+            for raw in raws:
+                try:
+                    values.append(reader.normalise(raw))
+                except ValueRejectedError:
+                    values.append(None)
+            return values
 
     def encode(self, chunk: ExtractChunk, draw: _ShuffleDraw | None = None) -> _ChunkResult:
         """Encode a chunk of rows (the csv module's or Parquet's): its columns are
@@ -586,19 +691,25 @@ class _ChunkEncoder:
                     problems.setdefault(
                         offset, (None, "record id is empty or has control characters")
                     )
-        clks = np.zeros((row_count, self.encoder.input_layout.total_words), dtype=np.uint64)
+        # Per field: where its words start, its mask table and each row's table row. The
+        # records' bits are ORed in at the end, once the kept rows and their order are known.
+        field_rows: list[tuple[int, npt.NDArray[np.uint64], npt.NDArray[np.intp]]] = []
         # Per salting field: an id per distinct normalised value, and that id for each row.
         salt_rows: dict[str, tuple[list[str | None], npt.NDArray[np.intp]]] = {}
         for name, index in self._salt_fields.items():
             column_index = self.bound.fields[index].column_index
+            stable = self._salt_ids[name]
             if column_index is None:
-                salt_rows[name] = ([None], np.zeros(row_count, dtype=np.intp))
-                continue
-            column = columns[column_index]
-            normalised = self._salt_values(name, column.distinct)
-            ids = {value: place for place, value in enumerate(dict.fromkeys(normalised))}
-            of_distinct = np.fromiter(map(ids.__getitem__, normalised), np.intp, len(normalised))
-            salt_rows[name] = (list(ids), of_distinct[column.codes])
+                restarted = stable.make_room([None])
+                salt_rows[name] = (stable.values, np.full(row_count, stable.ids[None], np.int64))
+            else:
+                column = columns[column_index]
+                ids, restarted = self._salt_ids_of(name, column.distinct)
+                salt_rows[name] = (stable.values, ids[column.codes])
+            if restarted:  # ids start again: so do the tables keyed by them
+                for salted in self._value_ids:
+                    if name in self.encoder.field_salts(salted):
+                        self._tables[salted].rows.clear()
         for field_index, reader in enumerate(self.bound.fields):
             name, column_index = reader.name, reader.column_index
             normalise, normalise_many = reader.normalise, reader.normalise_many
@@ -610,17 +721,44 @@ class _ChunkEncoder:
             keys: list[Any] = column.distinct
             codes = column.codes
             salts = self.encoder.field_salts(field_index)
-            if salts:  # the table remembers (raw value, salt values) pairs
+            details: list[Any] | None = None  # set where the keys are packed ints
+            unpack: tuple[list[Any], list[list[Any]]] = ([], [])
+            value_ids = self._value_ids.get(field_index)
+            if value_ids is not None and value_ids.make_room(keys):
+                table.rows.clear()  # raw ids start again: the keys made of them are gone
+            if (
+                value_ids is not None
+                and len(salts) <= 2
+                and max(len(value_ids.values), *(len(salt_rows[salt][0]) for salt in salts))
+                <= _STABLE_ID_LIMIT
+            ):  # the table remembers (raw value, salt values) as one int of stable ids
+                combined = value_ids.ids_of(keys).astype(np.int64)[codes]
+                for salt in salts:
+                    combined = (combined << _STABLE_ID_BITS) | salt_rows[salt][1]
+                distinct_keys, codes = np.unique(combined, return_inverse=True)
+                codes = codes.reshape(-1)
+                keys = distinct_keys.tolist()
+                unpack = (value_ids.values, [salt_rows[salt][0] for salt in salts])
+                details = keys  # unpacked below for the fresh keys only
+            elif salts:  # the table remembers (raw value, salt values) pairs
+                # Each salt's ids compacted to this chunk's, so the mixed radix stays small.
+                compact = {}
+                for salt in salts:
+                    present_ids, salt_ids = np.unique(salt_rows[salt][1], return_inverse=True)
+                    compact[salt] = (
+                        [salt_rows[salt][0][item] for item in present_ids.tolist()],
+                        salt_ids.reshape(-1),
+                    )
                 combined = codes.astype(np.int64)
                 for salt in salts:
-                    salt_values, salt_ids = salt_rows[salt]
+                    salt_values, salt_ids = compact[salt]
                     combined = combined * len(salt_values) + salt_ids
                 distinct_pairs, codes = np.unique(combined, return_inverse=True)
                 codes = codes.reshape(-1)
                 parts = []
                 rest = distinct_pairs
                 for salt in reversed(salts):
-                    salt_values = salt_rows[salt][0]
+                    salt_values = compact[salt][0]
                     rest, place = np.divmod(rest, len(salt_values))
                     parts.append([salt_values[item] for item in place.tolist()])
                 keys = list(
@@ -644,7 +782,11 @@ class _ChunkEncoder:
                     fresh_at = np.arange(len(keys))  # forgotten: every value is new
                     table.make_room(len(fresh_at))
                 raws = [keys[index] for index in fresh_at.tolist()]  # values or (value, salts)
-                texts: list[str] = [key[0] for key in raws] if salts else raws
+                if details is not None:  # packed ints: their (value, salts) for the fresh ones
+                    details = _unpack_keys(raws, *unpack)
+                else:
+                    details = raws
+                texts: list[str] = [key[0] for key in details] if salts else raws
                 try:  # normalised as a batch; a rejected value sends us the long way
                     if salts:  # many (value, salt) keys share a value: normalise each once
                         unique = list(dict.fromkeys(texts))
@@ -674,10 +816,11 @@ class _ChunkEncoder:
                 if table.remember:
                     table.rows.update(dict.fromkeys(missing_raws, 0))
                 new_raws = list(itertools.compress(raws, present.tolist()))
+                new_details = list(itertools.compress(details, present.tolist()))
                 new_values: list[str] = list(itertools.compress(values, present.tolist()))  # type: ignore[arg-type]
                 if new_values:
                     salt_columns = {
-                        salt: [key[1 + place] for key in new_raws]
+                        salt: [key[1 + place] for key in new_details]
                         for place, salt in enumerate(salts)
                     }
                     first_new = table.used
@@ -700,11 +843,10 @@ class _ChunkEncoder:
                     else:
                         problems.setdefault(offset, (name, reason))
             missing_masks.append(code_array == 0)
-            start, stop = self._ranges[field_index]
-            clks[:, start:stop] |= table.masks[code_array]
+            field_rows.append((self._ranges[field_index][0], table.masks, code_array))
+        keep: npt.NDArray[np.intp] | None = None
         if problems:
             keep = np.setdiff1d(np.arange(row_count), np.fromiter(problems, np.intp))
-            clks = clks[keep]
             record_ids = [record_ids[offset] for offset in keep.tolist()]
             blanked = [problem for problem in blanked if problem.row - first not in problems]
             missing_masks = [None if mask is None else mask[keep] for mask in missing_masks]
@@ -721,6 +863,17 @@ class _ChunkEncoder:
         ]
         # Kept ids are printable, so no line break or surrogate is inside one.
         id_lines = ("\n".join(record_ids) + "\n").encode() if record_ids else b""
+        # Under a fresh shuffle the records are built in the order of their buckets (each
+        # field's row numbers are put in that order, not the finished CLKs).
+        order = keep
+        chosen = None
+        if draw is not None:
+            chosen = _draw_buckets(draw, len(record_ids))
+            grouped = _stable_order(chosen, draw.buckets)
+            order = grouped if keep is None else keep[grouped]
+        clks = np.zeros((len(record_ids), self.encoder.input_layout.total_words), dtype=np.uint64)
+        for start, masks, code_array in field_rows:
+            or_mask_rows(clks, start, masks, code_array if order is None else code_array[order])
         hardened = self.encoder.harden(clks)
         return _ChunkResult(
             row_count,
@@ -730,7 +883,11 @@ class _ChunkEncoder:
             skipped,
             blanked,
             missing,
-            segment=_to_scratch(hardened, draw) if draw else None,
+            segment=(
+                _append_scratch(hardened, chosen, draw)
+                if draw is not None and chosen is not None
+                else None
+            ),
         )
 
 
@@ -823,6 +980,9 @@ def _fresh_generator() -> np.random.Generator:
 def _first_repeated_id(digests: npt.NDArray[np.int64], ids_scratch: Path) -> tuple[int, int] | None:
     """The record indices (earlier, later) of the first record whose id repeats an earlier
     one, or None. Equal digests are only candidates: their ids are compared to confirm."""
+    ordered = np.sort(digests)  # no equal digests (nearly always): no order needed
+    if not np.any(ordered[1:] == ordered[:-1]):
+        return None
     order = np.argsort(digests, kind="stable")
     ordered = digests[order]
     same = np.flatnonzero(ordered[1:] == ordered[:-1])
@@ -841,6 +1001,20 @@ def _first_repeated_id(digests: npt.NDArray[np.int64], ids_scratch: Path) -> tup
                 if earlier != index and (best is None or index < best[1]):
                     best = (earlier, index)
     return best
+
+
+def _refuse_repeated_id(
+    repeat: tuple[int, int] | None, row_numbers: list[npt.NDArray[np.int64]]
+) -> None:
+    """Raise for the first repeated record id (:func:`_first_repeated_id`), if any, naming
+    the rows (``row_numbers``: each encoded record's data row, per chunk), never the id."""
+    if repeat is not None:
+        all_rows = np.concatenate(row_numbers)
+        raise RecordError(
+            f"record id repeats the id of row {int(all_rows[repeat[0]])}; record ids must be "
+            "unique",
+            row=int(all_rows[repeat[1]]),
+        )
 
 
 def _earlier_positions(
@@ -951,7 +1125,7 @@ class _BucketedScratch:
         )
         position_of = np.empty(len(buckets), dtype=np.int64)
         within = [order + start for order, start in zip(orders, starts.tolist(), strict=False)]
-        position_of[np.argsort(buckets, kind="stable")] = np.concatenate(within)
+        position_of[_stable_order(buckets, self._buckets)] = np.concatenate(within)
         return position_of, orders
 
     def write(self, writer: ClkFileWriter, orders: list[npt.NDArray[np.int64]]) -> None:
@@ -1367,15 +1541,19 @@ def encode_extract(
                 f"none of the {counts['read']} rows could be encoded (all were skipped)",
                 path=source,
             )
-        repeat = _first_repeated_id(np.concatenate(id_digests), ids_scratch)
+        all_digests = np.concatenate(id_digests)
         id_digests.clear()  # what the shuffle needs per record is its 8-byte position only
-        if repeat is not None:
-            all_rows = np.concatenate(row_numbers)
-            raise RecordError(
-                f"record id repeats the id of row {int(all_rows[repeat[0]])}; record ids must "
-                "be unique",
-                row=int(all_rows[repeat[1]]),
-            )
+        repeat_check: Future[tuple[int, int] | None] | None = None
+        if bucketed is None:
+            _refuse_repeated_id(_first_repeated_id(all_digests, ids_scratch), row_numbers)
+        else:
+            # A fresh shuffle needs no id until the positions file: the check (a sort of every
+            # digest, which lets go of the GIL) runs in a thread while the encoded file is
+            # written, and its answer is taken before either file is committed.
+            checker = ThreadPoolExecutor(max_workers=1)
+            repeat_check = checker.submit(_first_repeated_id, all_digests, ids_scratch)
+            checker.shutdown(wait=False)
+        del all_digests
 
         orders: list[npt.NDArray[np.int64]] = []
         if bucketed is None:
@@ -1406,6 +1584,8 @@ def encode_extract(
                     _write_shuffled(writer, clk_scratch, position_of, clk_bytes)
                 else:
                     bucketed.write(writer, orders)
+                if repeat_check is not None:  # raised here, the encoded file is not committed
+                    _refuse_repeated_id(repeat_check.result(), row_numbers)
                 payload_digest = writer.payload_sha256()
                 binding = PositionsBinding(
                     project_id=project_id,

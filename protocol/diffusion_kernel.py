@@ -5,10 +5,11 @@ so that one uint64 holds one input bit of 64 records; an output bit is then the 
 ``width`` such words, and a second transpose turns the output planes back into records. The
 work per record is about ``(input + output bits) / 64 * 6`` word operations for the
 transposes plus ``output bits * width / 64`` XORs, instead of ``output bits * width`` bit
-extractions. :func:`nonlinear_diffuse_planes` does nonlinear diffusion's linear XOR and its
-AND term on the same planes, so the record block is transposed in and out once, not three
-times. Imported lazily (numba's import costs a third of a second), only by an encoder
-whose schema asks for diffusion.
+extractions. Nonlinear diffusion's linear XOR and its AND term are worked out on the same
+planes, so the record block is transposed in and out once, not three times; the planes are
+read from and written to column slices of the caller's arrays (a schema's groups side by
+side), so no group is copied in or out. Imported lazily (numba's import costs a third of a
+second), only by an encoder whose schema asks for diffusion.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["diffuse_planes", "nonlinear_diffuse_planes"]
+__all__ = ["diffuse_planes"]
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
@@ -38,55 +39,39 @@ def _transpose64(block: npt.NDArray[np.uint64]) -> None:
 
 @numba.njit(nogil=True, cache=True)
 def diffuse_planes(
-    clks: npt.NDArray[np.uint64], taps: npt.NDArray[np.int64]
-) -> npt.NDArray[np.uint64]:
-    """Output bit ``j`` of each row = XOR of its input bits ``taps[j, :]``."""
+    clks: npt.NDArray[np.uint64],
+    taps: npt.NDArray[np.int64],
+    linear: int,
+    result: npt.NDArray[np.uint64],
+) -> None:
+    """Into ``result`` (a ``(rows, outputs // 64)`` array or view): output bit ``j`` of each
+    row = XOR of its input bits ``taps[j, :linear]``, and, where ``taps`` has two more
+    columns (nonlinear diffusion), XOR the AND of its input bits ``taps[j, linear]`` and
+    ``taps[j, linear + 1]``, in one pass over the planes. ``clks`` and ``result`` may be
+    column slices of wider arrays: nothing is copied in or out."""
     rows_total = clks.shape[0]
     words_in = clks.shape[1]
     outputs = taps.shape[0]
-    width = taps.shape[1]
-    words_out = outputs // 64
-    result = np.zeros((rows_total, words_out), dtype=np.uint64)
+    nonlinear = taps.shape[1] > linear
     planes = np.empty(words_in * 64, dtype=np.uint64)
     out_planes = np.empty(outputs, dtype=np.uint64)
     block = np.empty(64, dtype=np.uint64)
     for first in range(0, rows_total, 64):
         rows = min(64, rows_total - first)
         _planes_in(clks, first, rows, planes, block)
-        for output in range(outputs):
-            value = planes[taps[output, 0]]
-            for tap in range(1, width):
-                value ^= planes[taps[output, tap]]
-            out_planes[output] = value
+        if nonlinear:
+            for output in range(outputs):
+                value = planes[taps[output, linear]] & planes[taps[output, linear + 1]]
+                for tap in range(linear):
+                    value ^= planes[taps[output, tap]]
+                out_planes[output] = value
+        else:
+            for output in range(outputs):
+                value = planes[taps[output, 0]]
+                for tap in range(1, linear):
+                    value ^= planes[taps[output, tap]]
+                out_planes[output] = value
         _planes_out(out_planes, result, first, rows, block)
-    return result
-
-
-@numba.njit(nogil=True, cache=True)
-def nonlinear_diffuse_planes(
-    clks: npt.NDArray[np.uint64], taps: npt.NDArray[np.int64]
-) -> npt.NDArray[np.uint64]:
-    """Output bit ``j`` of each row = XOR of its input bits ``taps[j, :-2]``, XOR the AND of
-    its input bits ``taps[j, -2]`` and ``taps[j, -1]``, in one pass over the planes."""
-    rows_total = clks.shape[0]
-    words_in = clks.shape[1]
-    outputs = taps.shape[0]
-    linear = taps.shape[1] - 2
-    words_out = outputs // 64
-    result = np.zeros((rows_total, words_out), dtype=np.uint64)
-    planes = np.empty(words_in * 64, dtype=np.uint64)
-    out_planes = np.empty(outputs, dtype=np.uint64)
-    block = np.empty(64, dtype=np.uint64)
-    for first in range(0, rows_total, 64):
-        rows = min(64, rows_total - first)
-        _planes_in(clks, first, rows, planes, block)
-        for output in range(outputs):
-            value = planes[taps[output, linear]] & planes[taps[output, linear + 1]]
-            for tap in range(linear):
-                value ^= planes[taps[output, tap]]
-            out_planes[output] = value
-        _planes_out(out_planes, result, first, rows, block)
-    return result
 
 
 @numba.njit(inline="always", nogil=True, cache=True)

@@ -111,6 +111,7 @@ def _coded(spec: TokenSpec) -> bool:
 
 _ASCII_BASE = 128  # the compiled path codes an ASCII n-gram as its bytes in base 128
 _DENSE_SIZE = 2  # ... for n-grams up to this size (a table of 128 ** size entries per batch)
+_NGRAM_MASK_WORDS = 1 << 21  # its (n-gram, bit count) -> mask table per call: 16 MiB at most
 
 
 def _dense(spec: TokenSpec) -> bool:
@@ -429,7 +430,19 @@ class _FieldEncoder:
             data, offsets, size, pad, ord(PAD), spec.bits or 0, spec.bits_per_token or 0, most
         )
         row_of, positions = self._dense_positions(spec, most)
-        ngram_masks(data, offsets, size, pad, ord(PAD), counts, row_of, positions, block, rows)
+        ngram_masks(
+            data,
+            offsets,
+            size,
+            pad,
+            ord(PAD),
+            counts,
+            row_of,
+            positions,
+            block,
+            rows,
+            _NGRAM_MASK_WORDS,
+        )
         short = rows[counts == 0]  # no n-gram at all: the per-value path says what it sets
         if len(short):
             rest = sorted(rest + short.tolist())
@@ -730,15 +743,14 @@ class ClkEncoder:
         """Apply the schema's hardening to a block of unhardened records
         (``(records, input words)`` -> ``(records, encoded_bits // 64)``)."""
         if self.schema.grouped:
-            parts = [
-                hardener.apply(np.ascontiguousarray(clks[:, start:stop]))
-                for hardener, (start, stop) in zip(
-                    self._hardeners,
-                    (self.input_layout.word_range(i) for i in range(len(self._hardeners))),
-                    strict=True,
-                )
-            ]
-            return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            # Each group's chain reads its columns of ``clks`` and writes its columns of the
+            # result in place (a diffusion writes there directly): no copy per group.
+            result = np.empty((len(clks), self.layout.total_words), dtype=np.uint64)
+            for index, hardener in enumerate(self._hardeners):
+                start, stop = self.input_layout.word_range(index)
+                low, high = self.layout.word_range(index)
+                hardener.apply(clks[:, start:stop], out=result[:, low:high])
+            return result
         if self.schema.hardening == "xor-fold":
             return xor_fold(clks)
         if self.schema.hardening == "balance":

@@ -527,40 +527,59 @@ def rule90_reference(clks: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     return np.packbits(out, axis=1, bitorder="little").view("<u8")
 
 
-def diffuse(clks: npt.NDArray[np.uint64], taps: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+def diffuse(
+    clks: npt.NDArray[np.uint64],
+    taps: npt.NDArray[np.int64],
+    out: npt.NDArray[np.uint64] | None = None,
+) -> npt.NDArray[np.uint64]:
     """Primitive hardening: output bit j of a row = XOR of its input bits ``taps[j, :]``.
 
     Linear over GF(2), so an all-zero row stays all zero; a pair at normalised Hamming
-    distance d stays at about ``(1 - (1 - 2d) ** width) / 2``.
+    distance d stays at about ``(1 - (1 - 2d) ** width) / 2``. ``out``: where to write the
+    result (a ``(rows, output_bits // 64)`` uint64 array or column slice of one); returned.
     """
-    from protocol.diffusion_kernel import diffuse_planes  # numba: imported only when used
-
     if taps.shape[0] % 64:
         raise ConfigurationError("diffusion output bits must be a multiple of 64")
-    data = np.ascontiguousarray(clks, dtype=np.uint64)
-    result: npt.NDArray[np.uint64] = diffuse_planes(data, np.ascontiguousarray(taps))
-    return result
+    return _diffuse(clks, taps, taps.shape[1], out)
 
 
 def nonlinear_diffuse(
-    clks: npt.NDArray[np.uint64], taps: npt.NDArray[np.int64]
+    clks: npt.NDArray[np.uint64],
+    taps: npt.NDArray[np.int64],
+    out: npt.NDArray[np.uint64] | None = None,
 ) -> npt.NDArray[np.uint64]:
     """Primitive hardening: output bit j = XOR of input bits ``taps[j, :-2]``, XOR the AND of
-    input bits ``taps[j, -2]`` and ``taps[j, -1]``. All zero stays all zero.
+    input bits ``taps[j, -2]`` and ``taps[j, -1]``. All zero stays all zero. ``out`` as for
+    :func:`diffuse`.
 
     One pass of the bit-sliced kernel, the XOR and the AND on the same bit planes
     (:func:`nonlinear_diffuse_reference` is the bit-by-bit twin)."""
-    from protocol.diffusion_kernel import nonlinear_diffuse_planes  # numba: only when used
-
     if taps.shape[1] < 3:
         raise ConfigurationError(
             "nonlinear diffusion needs at least one linear tap and two AND taps"
         )
     if taps.shape[0] % 64:
         raise ConfigurationError("diffusion output bits must be a multiple of 64")
-    data = np.ascontiguousarray(clks, dtype=np.uint64)
-    result: npt.NDArray[np.uint64] = nonlinear_diffuse_planes(data, np.ascontiguousarray(taps))
-    return result
+    return _diffuse(clks, taps, taps.shape[1] - 2, out)
+
+
+def _diffuse(
+    clks: npt.NDArray[np.uint64],
+    taps: npt.NDArray[np.int64],
+    linear: int,
+    out: npt.NDArray[np.uint64] | None,
+) -> npt.NDArray[np.uint64]:
+    from protocol.diffusion_kernel import diffuse_planes  # numba: imported only when used
+
+    if clks.dtype != np.uint64 or clks.strides[1] != 8:
+        clks = np.ascontiguousarray(clks, dtype=np.uint64)
+    shape = (clks.shape[0], taps.shape[0] // 64)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint64)
+    elif out.shape != shape or out.dtype != np.uint64:
+        raise ConfigurationError(f"diffusion writes a {shape} uint64 array")
+    diffuse_planes(clks, np.ascontiguousarray(taps), linear, out)
+    return out
 
 
 def _bit_by_bit(
@@ -697,10 +716,46 @@ class ChainHardener:
         self.input_bits = input_bits
         self.output_bits = bits
 
-    def apply(self, clks: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-        """``(rows, input_bits // 64)`` unhardened -> ``(rows, output_bits // 64)`` hardened."""
+    def apply(
+        self, clks: npt.NDArray[np.uint64], out: npt.NDArray[np.uint64] | None = None
+    ) -> npt.NDArray[np.uint64]:
+        """``(rows, input_bits // 64)`` unhardened -> ``(rows, output_bits // 64)`` hardened.
+        ``clks`` may be a column slice of a wider array; ``out``, where to write the result
+        (an array or column slice of one), is returned. A chain whose last step is a
+        diffusion writes there directly; any other copies its result in."""
         if not self._steps:
-            return clks
+            if out is None:
+                return clks
+            out[...] = clks
+            return out
+        # A missing group stays all zero: every step but balance keeps a zero row zero, so
+        # only a chain with balance looks for empty rows.
+        empty = (
+            ~np.any(clks != 0, axis=1)
+            if any(step.method is HardeningMethod.BALANCE for step in self._steps)
+            else None
+        )
+        last = len(self._steps) - 1
+        for index, (step, table) in enumerate(zip(self._steps, self._tables, strict=True)):
+            target = out if index == last and empty is None else None
+            if step.method is HardeningMethod.XOR_FOLD:
+                clks = xor_fold(np.ascontiguousarray(clks))
+            elif step.method is HardeningMethod.BALANCE:
+                clks = balance(np.ascontiguousarray(clks), table)
+            elif step.method is HardeningMethod.RULE90:
+                clks = rule90(np.ascontiguousarray(clks))
+            elif step.method is HardeningMethod.DIFFUSION:
+                clks = diffuse(clks, table, target)
+            elif step.method is HardeningMethod.NONLINEAR_DIFFUSION:
+                clks = nonlinear_diffuse(clks, table, target)
+            else:
+                clks = blip(np.ascontiguousarray(clks), step.flip_per_65536, self._random_bytes)
+            if empty is not None:
+                clks[empty] = 0
+        if out is not None and clks is not out:
+            out[...] = clks
+            return out
+        return clks
         empty = ~np.any(clks != 0, axis=1)
         for step, table in zip(self._steps, self._tables, strict=True):
             if step.method is HardeningMethod.XOR_FOLD:

@@ -302,6 +302,7 @@ def test_duplicate_and_empty_record_ids(dirs: tuple[Path, Path]) -> None:
     rows[3][0] = rows[1][0]
     with pytest.raises(RecordError, match="row 4: record id repeats the id of row 2"):
         run(write_csv(source / "dup.csv", rows), out)
+    assert_nothing_written(out)  # found while the encoded file was written: not committed
     rows = [person(index) for index in range(5)]
     rows[2][0] = "   "
     with pytest.raises(RecordError, match="row 3: record id is empty"):
@@ -507,6 +508,15 @@ def test_the_bucketed_shuffle_is_uniform(tmp_path: Path) -> None:
     assert all(abs(count - expected) < 70 for count in seen.values())
 
 
+@pytest.mark.parametrize("count", [1, 3, 1 << 15, (1 << 15) + 1, 1 << 20])
+def test_stable_bucket_order_is_numpys_stable_argsort(count: int) -> None:
+    # Bucket numbers go to a radix sort as int16 where they fit; the order must be the
+    # stable argsort's exactly (it decides where each record lands).
+    buckets = np.random.default_rng(count).integers(0, count, 5_000, dtype=np.int32)
+    order = party.encoder_run._stable_order(buckets, count)
+    assert np.array_equal(order, np.argsort(buckets, kind="stable"))
+
+
 def test_tables_that_stop_remembering_change_no_bit(
     dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -656,6 +666,47 @@ def test_a_grouped_schema_writes_format_2_matching_the_per_value_encoder(
         assert clks[positions[row[0]]].tobytes() == expected
     birth = slice(*schema.layout.word_range(1))
     assert not clks[positions[rows[3][0]], birth].any()
+
+
+@pytest.mark.parametrize("limit", [2, 3, 40])
+@pytest.mark.parametrize("changing", ["dates", "sexes"])
+def test_salted_keys_packed_from_ids_that_start_again_change_no_bit(
+    dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, limit: int, changing: str
+) -> None:
+    # The salted sex field's table keys are packed from stable ids of its raw values and of
+    # the dates salting it. Each block of 36 rows (about three chunks) has 3 dates and 2
+    # sexes, and either the dates or the sexes are other ones than the block before: at a
+    # limit of 3 that id space starts again while the table still remembers keys packed
+    # from the old ids (which it must forget); at 2 (and in a chunk across two blocks) a
+    # chunk has more new values than the space holds and takes (value, salts) tuple keys
+    # instead; at 40 nothing starts again. None of it may change a bit: the per-value
+    # encoder says what each record's bits are.
+    monkeypatch.setattr(party.encoder_run, "_STABLE_ID_LIMIT", limit)
+    source, out = dirs
+    schema = load_schema(GROUPED_SCHEMAS / "grouped_salted.toml")
+    rows = [person(index) for index in range(216)]
+    for index, row in enumerate(rows):
+        block = index // 36
+        dates, sexes = (block % 3, 0) if changing == "dates" else (0, block % 2)
+        row[3] = f"0{dates * 3 + index % 3 + 1}/03/1961"
+        row[4] = (("Male", "Female"), ("Unknown", ""))[sexes][index % 2]
+    encode_extract(
+        extract_path=write_csv(source / "moj.csv", rows),
+        mapping=shipped_mapping("moj"),
+        schema=schema,
+        secret=SECRET,
+        project_id="demo",
+        encoded_path=out / "moj.clk",
+        positions_path=out / "moj.positions.csv",
+        chunk_rows=12,
+    )
+    _, clks = read_clks(out / "moj.clk")
+    positions = read_positions(out / "moj.positions.csv")
+    bound = shipped_mapping("moj").bind(schema, HEADER)
+    encoder = ClkEncoder(schema, SECRET, project_id="demo")
+    for row in rows:
+        expected = encoder.encode(bound.normalise(row, row_number=1, blanked=[]))
+        assert clks[positions[row[0]]].tobytes() == expected
 
 
 def test_positions_file_quotes_ids_across_blocks(

@@ -247,6 +247,16 @@ def test_compiled_ngram_kernel_agrees_with_the_numpy_path(
     slow = np.zeros((len(values), 4), dtype=np.uint64)
     fast_rest = compiled._or_ascii_masks(values, parsed, fast)
     slow_rest = numpy_twin._or_coded_masks(values, parsed, slow)
+    # The kernel ORs a whole mask per (n-gram, bit count); with no room for that table it
+    # sets the bits one at a time: the same bits either way.
+    bitwise = np.zeros_like(fast)
+    limit = encoding._NGRAM_MASK_WORDS
+    try:
+        encoding._NGRAM_MASK_WORDS = 0
+        assert compiled._or_ascii_masks(values, parsed, bitwise) == fast_rest
+    finally:
+        encoding._NGRAM_MASK_WORDS = limit
+    assert (bitwise == fast).all()
     texts = [value.split(" ", 1)[0] if words == "first" else value for value in values]
     handled = sorted(set(range(len(values))) - set(fast_rest))
     # The kernel takes every ASCII value at least one n-gram long (padding counts), and only
