@@ -623,3 +623,35 @@ def test_dask_gives_the_in_process_result_with_group_blocking(client: Client) ->
     ours, theirs = local.statistics.compare, remote.statistics.compare
     assert replace(ours, comparisons=0) == replace(theirs, comparisons=0)
     assert ours.comparisons <= theirs.comparisons
+
+
+def test_dask_falls_back_as_in_process_where_the_group_join_misses_pairs(client: Client) -> None:
+    """Group blocking's other route: an LSH part fitted at Dice 1 holds no pair the join
+    missed, so the join's measured recall is below the 1.0 asked for and both paths compare
+    the party pair as without group blocking (LSH at the run's cut), to the same pairs."""
+    layout = ClkLayout(
+        groups=(GroupLayout(name="name", bits=256), GroupLayout(name="birth", bits=128))
+    )
+    left, right = grouped_parties(
+        np.random.default_rng(9), layout, left=900, right=800, shared=400
+    )
+    settings = matching.MatchSettings(
+        blocking="lsh",
+        blocking_seed=4,
+        blocking_settings=BlockingSettings(fit_to_data=False, bands=24, bits_per_band=10),
+        model=ModelSettings(random_pairs=100_000),
+        group_blocking=GroupBlockingSettings(lsh_threshold=1.0, min_recall=1.0),
+        threshold=0.7,
+    )
+    clks = {"a": left, "b": right}
+    local = matching.link(clks, settings, layout=layout)
+    remote = matching.link(clks, settings, layout=layout, executor=executor(client))
+    recalls = local.statistics.compare.group_recall_estimates
+    assert len(recalls) == 1 and 0.5 < recalls[0] < 0.95, recalls
+    assert local.statistics.compare.group_lsh_thresholds == ()  # the join was not used
+    assert local.statistics.compare.lsh_shapes == ((24, 10),)
+    assert local.linked_record_count > 500  # most of the 400 shared people
+    for party in clks:
+        np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
+    # Without the join both paths block with the same bands: even the work counts agree.
+    assert remote.statistics.compare == local.statistics.compare
