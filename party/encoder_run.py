@@ -1,12 +1,12 @@
 """An encoder run: extract -> normalise -> tokenise -> encode -> shuffle -> encoded file.
 
-Encodes the extract on every core (separate processes: on Linux forked from this one once it
-has encoded its first range, so they start with its loaded kernels and warm tables; each
-range goes to whichever process is free). A UTF-8 CSV extract is cut into byte ranges at
-line ends and each process reads its own ranges with Arrow's CSV parser (party/extract.py),
-so only offsets go to a worker and only packed CLKs, id lines and problem rows come back, in
-order; from the first range that holds a quote on (a quoted value may span lines), and for
-Parquet or other encodings, the extract is read here with the csv module and sent in chunks.
+Encodes the extract on every core (separate processes, spawned once this one has encoded its
+first range; each range goes to whichever process is free). A UTF-8 CSV extract is cut into
+byte ranges at line ends and each process reads its own ranges with Arrow's CSV parser
+(party/extract.py), so only offsets go to a worker and only packed CLKs, id lines and problem
+rows come back, in order; from the first range that holds a quote on (a quoted value may
+span lines), and for Parquet or other encodings, the extract is read here with the csv
+module and sent in chunks.
 Columns are dictionary-encoded, so each distinct value is normalised and encoded once. At
 most a few ranges or chunks are in flight, so memory stays flat however large the file. Each
 record draws a random shuffle bucket as it is collected (its chunk goes to scratch grouped by
@@ -33,7 +33,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -742,26 +741,14 @@ def _start_worker(*args: object) -> None:
     _worker = _ChunkEncoder(*args)  # type: ignore[arg-type]
 
 
-def _adopt_worker(encoder: _ChunkEncoder, args: tuple[object, ...]) -> None:
-    """A forked worker's start: it keeps the parent's encoder as it was at the fork (loaded
-    kernels, warm tables), unless that encoder draws random bytes (BLIP), whose stream the
-    parent and every worker would then share: such a worker builds its own."""
-    global _worker
-    _worker = _ChunkEncoder(*args) if encoder.encoder.draws_random_bytes else encoder  # type: ignore[arg-type]
-
-
-def _worker_pool(
-    local: _ChunkEncoder, encoder_args: tuple[object, ...], workers: int
-) -> ProcessPoolExecutor:
-    """``workers`` encoder processes: forked from this one where the platform forks safely
-    (Linux), spawned (and built from ``encoder_args``) elsewhere."""
-    if sys.platform == "linux":
-        return ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_adopt_worker,
-            initargs=(local, encoder_args),
-        )
+def _worker_pool(encoder_args: tuple[object, ...], workers: int) -> ProcessPoolExecutor:
+    """``workers`` encoder processes, each a fresh interpreter (spawned) that builds its own
+    encoder from ``encoder_args``, on every platform. Not forked: by the time they start,
+    this process runs threads (Arrow's CSV reader, OpenBLAS, the scratch writer), and a
+    forked child inherits whatever lock one of them held (Python 3.12 warns of it; 3.14 no
+    longer forks by default). A worker spends about a second importing and loading its
+    kernels; this process encodes ranges itself meanwhile. Each worker draws its own random
+    bytes (BLIP), as the workers share no state."""
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
@@ -1227,9 +1214,8 @@ def encode_extract(
                 if progress:
                     progress(EncodeProgress(rows_read=counts["read"], read=read))
 
-            # Workers start when this process has encoded its first range or chunk: forked
-            # then, they inherit the loaded modules, compiled kernels and warm mask tables
-            # (a spawned worker spends about a second importing and loading them).
+            # Workers are spawned (_worker_pool) before this process encodes its first range
+            # or chunk, so their start (imports, about a second) overlaps its work.
             pools = contextlib.ExitStack()
             started_pool: list[ProcessPoolExecutor] = []
 
@@ -1237,11 +1223,8 @@ def encode_extract(
                 if process_count == 1:
                     return None
                 if not started_pool:
-                    # A forked worker holds a copy of the scratch files' buffers: empty them.
-                    clk_out.flush()
-                    ids_out.flush()
                     started_pool.append(
-                        pools.enter_context(_worker_pool(local, encoder_args, process_count - 1))
+                        pools.enter_context(_worker_pool(encoder_args, process_count - 1))
                     )
                 return started_pool[0]
 
@@ -1343,6 +1326,10 @@ def encode_extract(
                 return None
 
             with pools:
+                workers_pool = pool()
+                if workers_pool is not None:
+                    for _ in range(process_count - 1):  # a no-op task starts each worker now
+                        workers_pool.submit(int)
                 if ranges is None:
                     encode_chunks(iter(reader), reader.progress)
                 else:
