@@ -575,6 +575,9 @@ def _build_band(
     cap: int,
     key_bits: int = 64,
 ) -> _Band:
+    """One band's blocks: records grouped by key, the keys both sides hold (or, within one
+    party, the keys of two records or more), blocks of more than ``cap`` comparisons
+    skipped and counted. ``BlockingIndex`` and group blocking's LSH part both use it."""
     left_order, left_unique, left_starts, left_counts = _groups(left_keys, key_bits)
     if right_keys is None:
         keep = left_counts >= 2

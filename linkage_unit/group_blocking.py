@@ -47,7 +47,7 @@ from linkage_unit.blocking import (
     BlockingMode,
     BlockingPlan,
     BlockingSettings,
-    _groups,
+    _build_band,
     _keys,
     blocking_settings_for,
     generate_candidates,
@@ -807,26 +807,11 @@ def lsh_beyond_join(
         columns: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64] | None],
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], tuple[int, int, int, int, int]]:
         left_keys, right_keys = columns
-        left_order, left_unique, left_starts, left_sizes = _groups(left_keys, bits)
-        if right_keys is None:
-            keep = left_sizes >= 2
-            left_starts, left_sizes = left_starts[keep], left_sizes[keep]
-            right_order, right_starts, right_sizes = left_order, left_starts, left_sizes
-            sizes = left_sizes * (left_sizes - 1) // 2
-        else:
-            right_order, right_unique, right_starts_all, right_sizes_all = _groups(right_keys, bits)
-            _, left_index, right_index = np.intersect1d(
-                left_unique, right_unique, assume_unique=True, return_indices=True
-            )
-            left_starts, left_sizes = left_starts[left_index], left_sizes[left_index]
-            right_starts = right_starts_all[right_index]
-            right_sizes = right_sizes_all[right_index]
-            sizes = left_sizes * right_sizes
-        oversized = sizes > max_block_comparisons
-        keep = ~oversized
-        left_starts, left_sizes = left_starts[keep], left_sizes[keep]
-        right_starts, right_sizes = right_starts[keep], right_sizes[keep]
-        kept_sizes = sizes[keep]
+        band = _build_band(left_keys, right_keys, max_block_comparisons, bits)
+        left_starts, right_starts = band.left_starts, band.right_starts
+        left_sizes = band.left_stops - left_starts
+        right_sizes = band.right_stops - right_starts
+        kept_sizes = left_sizes * (left_sizes - 1) // 2 if within else left_sizes * right_sizes
         codes, shared, compared = [np.empty(0, np.int64)], [np.empty(0, np.int32)], 0
         for start, stop in _chunks(kept_sizes):
             capacity = int(kept_sizes[start:stop].sum())
@@ -836,21 +821,18 @@ def lsh_beyond_join(
             kept, count = _join_blocks(
                 left, other, left_counts, right_counts, required,
                 keys.left_hashes, keys.right_hashes, keys.left_active, keys.right_active, groups,
-                left_order, left_starts[start:stop], left_starts[start:stop] + left_sizes[start:stop],
-                right_order, right_starts[start:stop],
-                right_starts[start:stop] + right_sizes[start:stop], within,
+                band.left_members, left_starts[start:stop], band.left_stops[start:stop],
+                band.right_members, right_starts[start:stop], band.right_stops[start:stop],
+                within,
                 out_rows, out_cols, out_shared,
             )  # fmt: skip
             codes.append(out_rows[:kept] * width + out_cols[:kept])
             shared.append(out_shared[:kept].copy())
             compared += count
         figures = (
-            int(kept_sizes.sum()),
-            int(kept_sizes.max(initial=0)),
-            int(oversized.sum()),
-            int(sizes[oversized].sum()),
+            band.comparisons, band.largest, band.oversized_blocks, band.oversized_comparisons,
             compared,
-        )
+        )  # fmt: skip
         return np.concatenate(codes), np.concatenate(shared), figures
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
