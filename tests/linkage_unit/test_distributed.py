@@ -632,9 +632,7 @@ def test_dask_falls_back_as_in_process_where_the_group_join_misses_pairs(client:
     layout = ClkLayout(
         groups=(GroupLayout(name="name", bits=256), GroupLayout(name="birth", bits=128))
     )
-    left, right = grouped_parties(
-        np.random.default_rng(9), layout, left=900, right=800, shared=400
-    )
+    left, right = grouped_parties(np.random.default_rng(9), layout, left=900, right=800, shared=400)
     settings = matching.MatchSettings(
         blocking="lsh",
         blocking_seed=4,
