@@ -218,7 +218,7 @@ class RowObserver(Protocol):
         """``row_numbers[i]`` (a 1-based data row) was encoded at shuffled ``positions[i]``."""
 
 
-PARALLEL_FROM_BYTES = 4 << 20  # smaller extracts encode in-process: workers cost ~0.5 s to start
+PARALLEL_FROM_BYTES = 4 << 20  # smaller extracts encode in-process: a worker takes ~1 s to start
 _TABLE_ROWS = 1 << 17  # distinct raw values remembered per field (8 MiB at 512 bits)
 _DIRECT_AFTER = 50_000  # values a table looks up before it may stop remembering
 # (The default schema's birth group holds about 73,000 (sex, date of birth) pairs over a
@@ -1065,6 +1065,10 @@ def encode_extract(
     ``key_context``: what the field keys and the KCV are derived for, instead of the project
     id: a spine's context (:func:`protocol.keys.spine_key_context`), so that every project joining one
     spine encodes comparably (docs/spine.md).
+
+    ``workers``: encoder processes (default: one a core), spawned for an extract of
+    ``PARALLEL_FROM_BYTES`` or more; a script that calls this needs the usual
+    ``if __name__ == "__main__":`` guard, as each worker imports the script's main module.
     """
     started = time.perf_counter()
     check_label(project_id, what="project id")
