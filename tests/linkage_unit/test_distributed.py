@@ -275,16 +275,20 @@ def test_a_run_on_the_cluster_finishes_through_the_run_manager(
 
 
 def test_an_unreachable_scheduler_fails_the_run_and_the_status_says_why(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a loopback port nothing listens on
+    # A loopback port held (bound, never listening) for the whole run, so no other process
+    # can take it between the choice and the connect: connecting is refused.
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    settings = ClusterSettings(
-        scheduler_address=f"tcp://127.0.0.1:{port}", connect_timeout_seconds=1.0
-    )
-    service = build(
-        tmp_path, link_function=functools.partial(matching.link, executor=DaskExecutor(settings))
-    )
-    _run_project(service, tmp_path, planted_party_clks(["moj", "dfe"], seed=5, records=8, shared=4))
+        settings = ClusterSettings(
+            scheduler_address=f"tcp://127.0.0.1:{port}", connect_timeout_seconds=1.0
+        )
+        service = build(
+            tmp_path,
+            link_function=functools.partial(matching.link, executor=DaskExecutor(settings)),
+        )
+        clks = planted_party_clks(["moj", "dfe"], seed=5, records=8, shared=4)
+        _run_project(service, tmp_path, clks)
     status = service.project_status(OPERATOR, "p1")
     assert status.run_state is RunState.FAILED
     assert status.progress_stage.startswith("failed: cannot reach the Dask scheduler")
