@@ -1218,8 +1218,10 @@ def encode_extract(
                 if progress:
                     progress(EncodeProgress(rows_read=counts["read"], read=read))
 
-            # Workers are spawned (_worker_pool) before this process encodes its first range
-            # or chunk, so their start (imports, about a second) overlaps its work.
+            # Workers are spawned (_worker_pool) once this process has encoded its first range
+            # or chunk (a file of one range needs none); while they start (imports, about a
+            # second) this process goes on encoding. Spawned at the start instead, they took
+            # more CPU and the run was no shorter, side by side (docs/benchmarks.md).
             pools = contextlib.ExitStack()
             started_pool: list[ProcessPoolExecutor] = []
 
@@ -1330,10 +1332,6 @@ def encode_extract(
                 return None
 
             with pools:
-                workers_pool = pool()
-                if workers_pool is not None:
-                    for _ in range(process_count - 1):  # a no-op task starts each worker now
-                        workers_pool.submit(int)
                 if ranges is None:
                     encode_chunks(iter(reader), reader.progress)
                 else:
