@@ -52,7 +52,7 @@ from linkage_unit.group_blocking import (  # noqa: E402
     merge_candidates,
 )
 from linkage_unit.pki import init_certificates  # noqa: E402
-from linkage_unit.similarity import candidate_pairs  # noqa: E402
+from linkage_unit.similarity import DEFAULT_MAX_CANDIDATE_PAIRS, candidate_pairs  # noqa: E402
 from party.client import LinkageClient  # noqa: E402
 from party.link_key_file import join_link_keys  # noqa: E402
 from party.manifest import check_manifest_for_file, manifest_path_for  # noqa: E402
@@ -288,7 +288,11 @@ def main() -> int:
             joined.keys,
             max_block_comparisons=sample_shape.max_block_comparisons,
         )
-        recall = pair_completeness(merge_candidates(joined, lsh, len(right)), exhaustive)
+        merged = merge_candidates(
+            joined, lsh, len(right), max_pairs=DEFAULT_MAX_CANDIDATE_PAIRS,
+            threshold=record_threshold,
+        )  # fmt: skip
+        recall = pair_completeness(merged, exhaustive)
     elif shapes:
         bands, bits = shapes[0]
         index = BlockingIndex(

@@ -339,6 +339,11 @@ def fit_blocking_settings(
     """``settings`` with the bands and bits per band :func:`choose_lsh_shape` picks for these
     CLKs at ``threshold`` (``right`` None: one party with itself)."""
     shape, _ = _fitted_shape(left, right, threshold, settings)
+    return _fixed(settings, shape)
+
+
+def _fixed(settings: BlockingSettings, shape: LshShape) -> BlockingSettings:
+    """``settings`` fixed to ``shape`` (no further fitting)."""
     return BlockingSettings(
         bands=shape.bands,
         bits_per_band=shape.bits_per_band,
@@ -375,13 +380,7 @@ def blocking_settings_for(
         return None
     if shape.cost >= EXHAUSTIVE_PAIR_COST * pairs:
         return None
-    return BlockingSettings(
-        bands=shape.bands,
-        bits_per_band=shape.bits_per_band,
-        max_block_comparisons=settings.max_block_comparisons,
-        fit_to_data=False,
-        target_recall=settings.target_recall,
-    )
+    return _fixed(settings, shape)
 
 
 def sample_band_positions(
@@ -575,6 +574,9 @@ def _build_band(
     cap: int,
     key_bits: int = 64,
 ) -> _Band:
+    """One band's blocks: records grouped by key, the keys both sides hold (or, within one
+    party, the keys of two records or more), blocks of more than ``cap`` comparisons
+    skipped and counted. ``BlockingIndex`` and group blocking's LSH part both use it."""
     left_order, left_unique, left_starts, left_counts = _groups(left_keys, key_bits)
     if right_keys is None:
         keep = left_counts >= 2

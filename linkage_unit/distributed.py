@@ -43,6 +43,7 @@ import numpy.typing as npt
 
 from linkage_unit.blocking import (
     BlockingIndex,
+    BlockingMode,
     BlockingSettings,
     blocking_settings_for,
     sample_band_positions,
@@ -55,11 +56,10 @@ from linkage_unit.comparison import (
     ProgressCallback,
 )
 from linkage_unit.group_blocking import (
+    FallbackRoute,
     GroupBlockingSettings,
-    estimate_recall,
-    group_join,
-    group_lsh_settings,
     merge_candidates,
+    route_group_blocking,
 )
 from linkage_unit.similarity import CandidatePairs, candidate_pairs
 from protocol.addresses import is_loopback
@@ -334,32 +334,11 @@ class DaskExecutor:
                     pairs, statistics = _group_compare_on_cluster(
                         session, arrays[i], right, threshold, grouped, settings, progress, stage
                     )
-                    results.append(
-                        Comparison(left_party=i, right_party=j, pairs=pairs, statistics=statistics)
-                    )
-                    later = {party for job in jobs[number:] for party in job}
-                    for party in {i, j} - later:
-                        session.forget(arrays[party])
-                    continue
-                shape = (
-                    blocking_settings_for(arrays[i], right, threshold, settings.blocking_settings)
-                    if uses_lsh(
-                        settings.blocking, len(arrays[i]), None if right is None else len(right)
-                    )
-                    else None
-                )
-                pairs, statistics = compare_on_cluster(
-                    session,
-                    arrays[i],
-                    right,
-                    threshold,
-                    use_lsh=shape is not None,
-                    blocking=shape or settings.blocking_settings,
-                    seed=settings.seed,
-                    max_pairs=settings.max_pairs,
-                    progress=progress,
-                    stage=stage,
-                )
+                else:
+                    pairs, statistics = _plain_compare_on_cluster(
+                        session, arrays[i], right, threshold, settings.blocking, settings,
+                        progress, stage,
+                    )  # fmt: skip
                 results.append(
                     Comparison(left_party=i, right_party=j, pairs=pairs, statistics=statistics)
                 )
@@ -629,6 +608,31 @@ class _Session:
         return results
 
 
+def _plain_compare_on_cluster(
+    session: _Session,
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    mode: BlockingMode,
+    settings: CompareSettings,
+    progress: ProgressCallback | None,
+    stage: str,
+) -> tuple[CandidatePairs, CompareStatistics]:
+    """One party pair compared without group blocking, in ``mode``: as
+    ``blocking.generate_candidates`` in process (its shape from the same
+    ``blocking_settings_for``), as cluster tasks."""
+    shape = (
+        blocking_settings_for(left, right, threshold, settings.blocking_settings)
+        if uses_lsh(mode, len(left), None if right is None else len(right))
+        else None
+    )
+    return compare_on_cluster(
+        session, left, right, threshold, use_lsh=shape is not None,
+        blocking=shape or settings.blocking_settings, seed=settings.seed,
+        max_pairs=settings.max_pairs, progress=progress, stage=stage,
+    )  # fmt: skip
+
+
 def _group_compare_on_cluster(
     session: _Session,
     left: npt.NDArray[np.uint64],
@@ -639,54 +643,38 @@ def _group_compare_on_cluster(
     progress: ProgressCallback | None,
     stage: str,
 ) -> tuple[CandidatePairs, CompareStatistics]:
-    """Group blocking with its bands on the cluster: the join (a sort per group) and its
-    recall check (a sample against every record) run at the linkage unit, the LSH part as
-    :func:`compare_on_cluster` tasks, and the union is the in-process one
-    (``group_blocking.merge_candidates``), so the pairs are the same. Below its minimum
-    recall the party pair is compared as without group blocking, on the cluster."""
+    """Group blocking with its bands on the cluster, along the route the in-process compare
+    takes (``group_blocking.route_group_blocking``: the join, a sort per group, and its
+    recall check run at the linkage unit): the LSH part as :func:`compare_on_cluster` tasks
+    and the union the in-process one (``group_blocking.merge_candidates``), so the pairs are
+    the same; or the party pair compared without group blocking, on the cluster."""
     group_settings, offsets = grouped
-    lsh_threshold, shape = group_lsh_settings(
-        left, right, threshold, group_settings, settings.blocking_settings
-    )
-    common: dict[str, Any] = {
-        "seed": settings.seed, "max_pairs": settings.max_pairs, "progress": progress,
-        "stage": stage,
-    }  # fmt: skip
-    if shape is None:  # every pair costs less than the bands: as in process
-        return compare_on_cluster(
-            session, left, right, threshold, use_lsh=False,
-            blocking=settings.blocking_settings, **common,
-        )  # fmt: skip
-    joined = group_join(
-        left, right, offsets, threshold,
-        max_group_block_pairs=group_settings.max_group_block_pairs, workers=settings.workers,
+    route = route_group_blocking(
+        left, right, threshold, offsets=offsets, settings=group_settings,
+        blocking=settings.blocking_settings, seed=settings.seed, workers=settings.workers,
+        max_pairs=settings.max_pairs,
     )  # fmt: skip
-    recall = estimate_recall(
-        left, right, joined, threshold, lsh_threshold,
-        sample=group_settings.recall_sample, seed=settings.seed, workers=settings.workers,
-    )  # fmt: skip
-    if recall < group_settings.min_recall:
-        del joined
-        fallback = blocking_settings_for(left, right, threshold, settings.blocking_settings)
-        pairs, statistics = compare_on_cluster(
-            session, left, right, threshold, use_lsh=fallback is not None,
-            blocking=fallback or settings.blocking_settings, **common,
-        )  # fmt: skip
-        return pairs, replace(statistics, group_recall_estimates=(recall,))
-    lsh, statistics = compare_on_cluster(
-        session, left, right, threshold, use_lsh=True, blocking=shape, **common
-    )
-    pairs = merge_candidates(joined, lsh, len(left) if right is None else len(right))
-    if len(pairs) > settings.max_pairs:
-        raise MatchingError(
-            f"more than {settings.max_pairs} candidate pairs at threshold {threshold}: raise "
-            "the threshold or the candidate-pair limit"
+    if isinstance(route, FallbackRoute):
+        pairs, statistics = _plain_compare_on_cluster(
+            session, left, right, threshold, route.mode, settings, progress, stage
         )
+        if route.recall_estimate is None:
+            return pairs, statistics
+        return pairs, replace(statistics, group_recall_estimates=(route.recall_estimate,))
+    joined = route.joined
+    lsh, statistics = compare_on_cluster(
+        session, left, right, threshold, use_lsh=True, blocking=route.shape,
+        seed=settings.seed, max_pairs=settings.max_pairs, progress=progress, stage=stage,
+    )  # fmt: skip
+    pairs = merge_candidates(
+        joined, lsh, len(left) if right is None else len(right),
+        max_pairs=settings.max_pairs, threshold=threshold,
+    )  # fmt: skip
     return pairs, replace(
         statistics,
         comparisons=pairs.comparisons,
-        group_recall_estimates=(recall,),
-        group_lsh_thresholds=(lsh_threshold,),
+        group_recall_estimates=(route.recall_estimate,),
+        group_lsh_thresholds=(route.lsh_threshold,),
         group_block_pairs=joined.plan.block_pairs,
         oversized_group_blocks=joined.plan.oversized_blocks,
         oversized_group_block_pairs=joined.plan.oversized_pairs,

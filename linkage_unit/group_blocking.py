@@ -47,7 +47,7 @@ from linkage_unit.blocking import (
     BlockingMode,
     BlockingPlan,
     BlockingSettings,
-    _groups,
+    _build_band,
     _keys,
     blocking_settings_for,
     generate_candidates,
@@ -59,7 +59,6 @@ from linkage_unit.similarity import (
     _popcount,
     _scores,
     candidate_pairs,
-    candidate_pairs_within,
     check_clks,
     check_threshold,
     default_workers,
@@ -71,11 +70,14 @@ from protocol.errors import MatchingError
 __all__ = [
     "DEFAULT_GROUP_LSH_THRESHOLD",
     "DEFAULT_MAX_GROUP_BLOCK_PAIRS",
+    "FallbackRoute",
     "GroupBlockingSettings",
     "GroupCandidates",
     "GroupJoin",
     "GroupJoinPlan",
     "GroupKeys",
+    "GroupRoute",
+    "JoinRoute",
     "estimate_recall",
     "generate_group_candidates",
     "group_join",
@@ -83,6 +85,7 @@ __all__ = [
     "group_keys",
     "lsh_beyond_join",
     "merge_candidates",
+    "route_group_blocking",
 ]
 
 DEFAULT_GROUP_LSH_THRESHOLD = 0.9
@@ -560,14 +563,17 @@ def group_join_reference(
     return out, plan
 
 
-def merge_candidates(joined: GroupJoin, lsh: CandidatePairs, width: int) -> CandidatePairs:
+def merge_candidates(
+    joined: GroupJoin, lsh: CandidatePairs, width: int, *, max_pairs: int, threshold: float
+) -> CandidatePairs:
     """The union of the join's pairs and the LSH pairs, each pair once, sorted by (left,
     right): an LSH pair the join compared (it holds it exactly when it passed the cut) is
-    dropped; ``comparisons`` adds both."""
+    dropped; ``comparisons`` adds both. More than ``max_pairs`` pairs is refused."""
     extra = ~joined.keys.joined(lsh.left, lsh.right)
     left = np.concatenate([joined.pairs.left, lsh.left[extra]])
     right = np.concatenate([joined.pairs.right, lsh.right[extra]])
     scores = np.concatenate([joined.pairs.scores, lsh.scores[extra]])
+    _check_pair_count(len(left), max_pairs, threshold)
     order = np.argsort(left * max(width, 1) + right, kind="stable")
     return CandidatePairs(
         left=left[order],
@@ -638,6 +644,75 @@ def estimate_recall(
     return float(held.mean())
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JoinRoute:
+    """Group blocking is used for the party pair: the join's pairs (``joined``, its recall
+    measured at ``recall_estimate``) plus an LSH part of ``shape``, fitted to the
+    record-level Dice ``lsh_threshold``."""
+
+    joined: GroupJoin
+    shape: BlockingSettings
+    lsh_threshold: float
+    recall_estimate: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FallbackRoute:
+    """The party pair is compared as without group blocking, in ``mode``: ``none`` (every
+    pair) where that costs less than the LSH part (the join is not run: ``recall_estimate``
+    None), ``lsh`` fitted to the run's cut where the join's measured recall
+    ``recall_estimate`` is below ``min_recall``."""
+
+    mode: BlockingMode
+    recall_estimate: float | None
+
+
+GroupRoute = JoinRoute | FallbackRoute
+"""How group blocking compares one party pair (:func:`route_group_blocking`): the one
+decision the in-process compare (:func:`generate_group_candidates`) and the Dask compare
+(``distributed.py``) both follow, so they give the same pairs."""
+
+
+def route_group_blocking(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    *,
+    offsets: tuple[int, ...],
+    settings: GroupBlockingSettings,
+    blocking: BlockingSettings,
+    seed: int,
+    workers: int | None = None,
+    max_pairs: int = DEFAULT_MAX_CANDIDATE_PAIRS,
+) -> GroupRoute:
+    """Group blocking's decision for one party pair (``right`` None: one party with itself).
+
+    The join runs first (cheap); its recall is measured on a sample before it is used
+    (:func:`estimate_recall`). Below ``settings.min_recall`` - a record-level cut low enough
+    that many pairs above it share no group, as at 200k x 200k under the shipped schema (cut
+    0.56: the join held 0.36 of them) - the party pair is compared as without group
+    blocking (LSH fitted to the cut, or every pair). When the LSH part's shape would cost
+    more than comparing every pair, every pair is compared (recall 1) and the join is not
+    run."""
+    lsh_threshold, shape = group_lsh_settings(left, right, threshold, settings, blocking)
+    if shape is None:
+        return FallbackRoute(mode=BlockingMode.NONE, recall_estimate=None)
+    joined = group_join(
+        left, right, offsets, threshold,
+        max_group_block_pairs=settings.max_group_block_pairs, workers=workers,
+    )  # fmt: skip
+    recall = estimate_recall(
+        left, right, joined, threshold, lsh_threshold,
+        sample=settings.recall_sample, seed=seed, workers=workers,
+    )  # fmt: skip
+    if recall < settings.min_recall:
+        return FallbackRoute(mode=BlockingMode.LSH, recall_estimate=recall)
+    _check_pair_count(len(joined.pairs), max_pairs, threshold)
+    return JoinRoute(
+        joined=joined, shape=shape, lsh_threshold=lsh_threshold, recall_estimate=recall
+    )
+
+
 def generate_group_candidates(
     left: npt.NDArray[np.uint64],
     right: npt.NDArray[np.uint64] | None,
@@ -650,56 +725,38 @@ def generate_group_candidates(
     workers: int | None = None,
     max_pairs: int = DEFAULT_MAX_CANDIDATE_PAIRS,
 ) -> GroupCandidates:
-    """Group blocking for one party pair (``right`` None: one party with itself).
-
-    The join runs first (cheap); its recall is measured on a sample before it is used
-    (:func:`estimate_recall`). Below ``settings.min_recall`` - a record-level cut low enough
-    that many pairs above it share no group, as at 200k x 200k under the shipped schema (cut
-    0.56: the join held 0.36 of them) - the party pair is compared as without group
-    blocking (``blocking.generate_candidates``: LSH fitted to the cut, or every pair). Else
-    the LSH part adds its pairs. When the LSH shape would cost more than comparing every
-    pair, every pair is compared (recall 1)."""
-    lsh_threshold, shape = group_lsh_settings(left, right, threshold, settings, blocking)
-    if shape is None:
-        pairs = (
-            candidate_pairs_within(left, threshold, workers=workers, max_pairs=max_pairs)
-            if right is None
-            else candidate_pairs(left, right, threshold, workers=workers, max_pairs=max_pairs)
-        )
-        return GroupCandidates(
-            pairs=pairs, plan=None, join=None, lsh_threshold=None, recall_estimate=None
-        )
-    joined = group_join(
-        left, right, offsets, threshold,
-        max_group_block_pairs=settings.max_group_block_pairs, workers=workers,
+    """Group blocking for one party pair in this process (``right`` None: one party with
+    itself), along the route :func:`route_group_blocking` decides: the join's pairs plus the
+    LSH part's, or the compare without group blocking it falls back to."""
+    route = route_group_blocking(
+        left, right, threshold, offsets=offsets, settings=settings, blocking=blocking,
+        seed=seed, workers=workers, max_pairs=max_pairs,
     )  # fmt: skip
-    recall = estimate_recall(
-        left, right, joined, threshold, lsh_threshold,
-        sample=settings.recall_sample, seed=seed, workers=workers,
-    )  # fmt: skip
-    if recall < settings.min_recall:
-        del joined
+    if isinstance(route, FallbackRoute):
         pairs, plan = generate_candidates(
-            left, right, threshold, mode=BlockingMode.LSH, settings=blocking, seed=seed,
+            left, right, threshold, mode=route.mode, settings=blocking, seed=seed,
             workers=workers, max_pairs=max_pairs,
         )  # fmt: skip
         return GroupCandidates(
-            pairs=pairs, plan=plan, join=None, lsh_threshold=None, recall_estimate=recall
-        )
-    _check_pair_count(len(joined.pairs), max_pairs, threshold)
-    positions = sample_band_positions(64 * left.shape[1], shape, seed)
+            pairs=pairs, plan=plan, join=None, lsh_threshold=None,
+            recall_estimate=route.recall_estimate,
+        )  # fmt: skip
+    joined = route.joined
+    positions = sample_band_positions(64 * left.shape[1], route.shape, seed)
     lsh, plan = lsh_beyond_join(
         left, right, positions, threshold, joined.keys,
-        max_block_comparisons=shape.max_block_comparisons, workers=workers,
+        max_block_comparisons=route.shape.max_block_comparisons, workers=workers,
     )  # fmt: skip
-    merged = merge_candidates(joined, lsh, len(left) if right is None else len(right))
-    _check_pair_count(len(merged), max_pairs, threshold)
+    merged = merge_candidates(
+        joined, lsh, len(left) if right is None else len(right),
+        max_pairs=max_pairs, threshold=threshold,
+    )  # fmt: skip
     return GroupCandidates(
         pairs=merged,
         plan=plan,
         join=joined.plan,
-        lsh_threshold=lsh_threshold,
-        recall_estimate=recall,
+        lsh_threshold=route.lsh_threshold,
+        recall_estimate=route.recall_estimate,
     )
 
 
@@ -750,26 +807,11 @@ def lsh_beyond_join(
         columns: tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64] | None],
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], tuple[int, int, int, int, int]]:
         left_keys, right_keys = columns
-        left_order, left_unique, left_starts, left_sizes = _groups(left_keys, bits)
-        if right_keys is None:
-            keep = left_sizes >= 2
-            left_starts, left_sizes = left_starts[keep], left_sizes[keep]
-            right_order, right_starts, right_sizes = left_order, left_starts, left_sizes
-            sizes = left_sizes * (left_sizes - 1) // 2
-        else:
-            right_order, right_unique, right_starts_all, right_sizes_all = _groups(right_keys, bits)
-            _, left_index, right_index = np.intersect1d(
-                left_unique, right_unique, assume_unique=True, return_indices=True
-            )
-            left_starts, left_sizes = left_starts[left_index], left_sizes[left_index]
-            right_starts = right_starts_all[right_index]
-            right_sizes = right_sizes_all[right_index]
-            sizes = left_sizes * right_sizes
-        oversized = sizes > max_block_comparisons
-        keep = ~oversized
-        left_starts, left_sizes = left_starts[keep], left_sizes[keep]
-        right_starts, right_sizes = right_starts[keep], right_sizes[keep]
-        kept_sizes = sizes[keep]
+        band = _build_band(left_keys, right_keys, max_block_comparisons, bits)
+        left_starts, right_starts = band.left_starts, band.right_starts
+        left_sizes = band.left_stops - left_starts
+        right_sizes = band.right_stops - right_starts
+        kept_sizes = left_sizes * (left_sizes - 1) // 2 if within else left_sizes * right_sizes
         codes, shared, compared = [np.empty(0, np.int64)], [np.empty(0, np.int32)], 0
         for start, stop in _chunks(kept_sizes):
             capacity = int(kept_sizes[start:stop].sum())
@@ -779,21 +821,18 @@ def lsh_beyond_join(
             kept, count = _join_blocks(
                 left, other, left_counts, right_counts, required,
                 keys.left_hashes, keys.right_hashes, keys.left_active, keys.right_active, groups,
-                left_order, left_starts[start:stop], left_starts[start:stop] + left_sizes[start:stop],
-                right_order, right_starts[start:stop],
-                right_starts[start:stop] + right_sizes[start:stop], within,
+                band.left_members, left_starts[start:stop], band.left_stops[start:stop],
+                band.right_members, right_starts[start:stop], band.right_stops[start:stop],
+                within,
                 out_rows, out_cols, out_shared,
             )  # fmt: skip
             codes.append(out_rows[:kept] * width + out_cols[:kept])
             shared.append(out_shared[:kept].copy())
             compared += count
         figures = (
-            int(kept_sizes.sum()),
-            int(kept_sizes.max(initial=0)),
-            int(oversized.sum()),
-            int(sizes[oversized].sum()),
+            band.comparisons, band.largest, band.oversized_blocks, band.oversized_comparisons,
             compared,
-        )
+        )  # fmt: skip
         return np.concatenate(codes), np.concatenate(shared), figures
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

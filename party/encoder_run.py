@@ -1,12 +1,12 @@
 """An encoder run: extract -> normalise -> tokenise -> encode -> shuffle -> encoded file.
 
-Encodes the extract on every core (separate processes: on Linux forked from this one once it
-has encoded its first range, so they start with its loaded kernels and warm tables; each
-range goes to whichever process is free). A UTF-8 CSV extract is cut into byte ranges at
-line ends and each process reads its own ranges with Arrow's CSV parser (party/extract.py),
-so only offsets go to a worker and only packed CLKs, id lines and problem rows come back, in
-order; from the first range that holds a quote on (a quoted value may span lines), and for
-Parquet or other encodings, the extract is read here with the csv module and sent in chunks.
+Encodes the extract on every core (separate processes, spawned once this one has encoded its
+first range; each range goes to whichever process is free). A UTF-8 CSV extract is cut into
+byte ranges at line ends and each process reads its own ranges with Arrow's CSV parser
+(party/extract.py), so only offsets go to a worker and only packed CLKs, id lines and problem
+rows come back, in order; from the first range that holds a quote on (a quoted value may
+span lines), and for Parquet or other encodings, the extract is read here with the csv
+module and sent in chunks.
 Columns are dictionary-encoded, so each distinct value is normalised and encoded once. At
 most a few ranges or chunks are in flight, so memory stays flat however large the file. Each
 record draws a random shuffle bucket as it is collected (its chunk goes to scratch grouped by
@@ -33,7 +33,6 @@ import os
 import re
 import secrets
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -220,7 +219,7 @@ class RowObserver(Protocol):
         """``row_numbers[i]`` (a 1-based data row) was encoded at shuffled ``positions[i]``."""
 
 
-PARALLEL_FROM_BYTES = 4 << 20  # smaller extracts encode in-process: workers cost ~0.5 s to start
+PARALLEL_FROM_BYTES = 4 << 20  # smaller extracts encode in-process: a worker takes ~1 s to start
 _TABLE_ROWS = 1 << 17  # distinct raw values remembered per field (8 MiB at 512 bits)
 _DIRECT_AFTER = 50_000  # values a table looks up before it may stop remembering
 # (The default schema's birth group holds about 73,000 (sex, date of birth) pairs over a
@@ -899,26 +898,14 @@ def _start_worker(*args: object) -> None:
     _worker = _ChunkEncoder(*args)  # type: ignore[arg-type]
 
 
-def _adopt_worker(encoder: _ChunkEncoder, args: tuple[object, ...]) -> None:
-    """A forked worker's start: it keeps the parent's encoder as it was at the fork (loaded
-    kernels, warm tables), unless that encoder draws random bytes (BLIP), whose stream the
-    parent and every worker would then share: such a worker builds its own."""
-    global _worker
-    _worker = _ChunkEncoder(*args) if encoder.encoder.draws_random_bytes else encoder  # type: ignore[arg-type]
-
-
-def _worker_pool(
-    local: _ChunkEncoder, encoder_args: tuple[object, ...], workers: int
-) -> ProcessPoolExecutor:
-    """``workers`` encoder processes: forked from this one where the platform forks safely
-    (Linux), spawned (and built from ``encoder_args``) elsewhere."""
-    if sys.platform == "linux":
-        return ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=multiprocessing.get_context("fork"),
-            initializer=_adopt_worker,
-            initargs=(local, encoder_args),
-        )
+def _worker_pool(encoder_args: tuple[object, ...], workers: int) -> ProcessPoolExecutor:
+    """``workers`` encoder processes, each a fresh interpreter (spawned) that builds its own
+    encoder from ``encoder_args``, on every platform. Not forked: by the time they start,
+    this process runs threads (Arrow's CSV reader, OpenBLAS, the scratch writer), and a
+    forked child inherits whatever lock one of them held (Python 3.12 warns of it; 3.14 no
+    longer forks by default). A worker spends about a second importing and loading its
+    kernels; this process encodes ranges itself meanwhile. Each worker draws its own random
+    bytes (BLIP), as the workers share no state."""
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context("spawn"),
@@ -1252,6 +1239,10 @@ def encode_extract(
     ``key_context``: what the field keys and the KCV are derived for, instead of the project
     id: a spine's context (:func:`protocol.keys.spine_key_context`), so that every project joining one
     spine encodes comparably (docs/spine.md).
+
+    ``workers``: encoder processes (default: one a core), spawned for an extract of
+    ``PARALLEL_FROM_BYTES`` or more; a script that calls this needs the usual
+    ``if __name__ == "__main__":`` guard, as each worker imports the script's main module.
     """
     started = time.perf_counter()
     check_label(project_id, what="project id")
@@ -1401,9 +1392,10 @@ def encode_extract(
                 if progress:
                     progress(EncodeProgress(rows_read=counts["read"], read=read))
 
-            # Workers start when this process has encoded its first range or chunk: forked
-            # then, they inherit the loaded modules, compiled kernels and warm mask tables
-            # (a spawned worker spends about a second importing and loading them).
+            # Workers are spawned (_worker_pool) once this process has encoded its first range
+            # or chunk (a file of one range needs none); while they start (imports, about a
+            # second) this process goes on encoding. Spawned at the start instead, they took
+            # more CPU and the run was no shorter, side by side (docs/benchmarks.md).
             pools = contextlib.ExitStack()
             started_pool: list[ProcessPoolExecutor] = []
 
@@ -1411,11 +1403,8 @@ def encode_extract(
                 if process_count == 1:
                     return None
                 if not started_pool:
-                    # A forked worker holds a copy of the scratch files' buffers: empty them.
-                    clk_out.flush()
-                    ids_out.flush()
                     started_pool.append(
-                        pools.enter_context(_worker_pool(local, encoder_args, process_count - 1))
+                        pools.enter_context(_worker_pool(encoder_args, process_count - 1))
                     )
                 return started_pool[0]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -116,3 +117,9 @@ def cli_linkage_unit(data_dir: Path, certs: Path) -> Iterator[CliLinkageUnit]:
         yield CliLinkageUnit(certs=certs, port=port)
     finally:
         server.stop(0)
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """A CSV file the command line wrote (truth, link keys), as one dict a row."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))

@@ -4,7 +4,6 @@ all against a real mutual-TLS linkage unit on loopback."""
 
 from __future__ import annotations
 
-import csv
 import itertools
 from collections import defaultdict
 from pathlib import Path
@@ -14,14 +13,9 @@ import pytest
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
 from protocol.schema import default_schema
-from tests.service_helpers import cli_linkage_unit
+from tests.service_helpers import cli_linkage_unit, read_rows
 
 pytestmark = pytest.mark.integration
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def pair_quality(

@@ -15,7 +15,6 @@ that the runs really differ.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,10 @@ import pytest
 from bloomlink.cli import main
 from linkage_unit.pki import CertificateSet
 from party.positions_file import read_positions
-from protocol.errors import ServiceError
 from protocol.messages import RunState
 from protocol.schema import LinkageSchema, default_schema, single_clk_schema
 from tests.adversarial.conftest import encode_rows
+from tests.integration.membership_probe import as_moj, error_of, made_up, mask
 
 pytestmark = pytest.mark.integration
 
@@ -37,65 +36,14 @@ PROBES = (
     ("m-probe-name", "Quillonwyth", "Zabrowskaya", "02/11/1971", "Female", "SW1A 1AA"),
     ("m-probe-date", "Maria", "Smith", "17/03/1983", "Female", "SW1A 1AA"),
 )
-# Disjoint pools, so the made-up people of the two parties never link by chance. Every
-# fourth made-up MoJ person has a second record (a repeat user), so MoJ's keys group some
-# of its records in both worlds.
-_POOLS = {
-    "d": (
-        ("Ann", "Bilal", "Chloe", "Dmitri", "Eve", "Farah", "Gareth", "Hana", "Ivo", "Jun"),
-        ("Lee", "Okafor", "Nowak", "Patel", "Quinn", "Rossi", "Singh", "Tran", "Ueda"),
-        "M",
-    ),
-    "m": (
-        ("Kofi", "Lena", "Mateo", "Nadia", "Oren", "Priya", "Rafe", "Sanne", "Tomas", "Uma"),
-        ("Achebe", "Brandt", "Castillo", "Dubois", "Eriksen", "Fong", "Gallo", "Haddad"),
-        "B",
-    ),
-}
 
 
-def _made_up(prefix: str, count: int) -> list[tuple[str, str, str, str, str, str]]:
-    forenames, surnames, area = _POOLS[prefix]
-    return [
-        (
-            f"{prefix}{number}",
-            forenames[number % len(forenames)],
-            surnames[(number * 7) % len(surnames)],
-            f"{1940 + number % 60}-{1 + number % 12:02d}-{1 + number % 28:02d}",
-            ("F", "M")[number % 2],
-            f"{area}{1 + number % 9} {number % 10}AE",
-        )
-        for number in range(count)
-    ]
-
-
-def _as_moj(row: tuple[str, ...]) -> tuple[str, ...]:
-    year, month, day = row[3].split("-")
-    return (*row[:3], f"{day}/{month}/{year}", {"F": "Female", "M": "Male"}[row[4]], *row[5:])
-
-
+# Made-up people (tests/integration/membership_probe.py). Every fourth made-up MoJ person has
+# a second record (a repeat user), so MoJ's keys group some of its records in both worlds.
 def _moj_rows() -> list[tuple[str, ...]]:
-    people = [_as_moj(row) for row in _made_up("m", 80)]
+    people = [as_moj(row) for row in made_up("m", 80)]
     repeats = [(f"{row[0]}-again", *row[1:]) for row in people[::4]]
     return [*people[:40], PROBES[0], *repeats, PROBES[1], *people[40:]]
-
-
-_HEX = re.compile(r"^[0-9a-f]{16,}$")
-_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-
-
-def _mask(value: Any) -> Any:
-    """Ids, digests, signatures and timestamps become placeholders; every count, name,
-    state, event and structure stays."""
-    if isinstance(value, dict):
-        return {key: _mask(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_mask(item) for item in value]
-    if isinstance(value, bytes):
-        return "<bytes>"
-    if isinstance(value, str) and (_HEX.fullmatch(value) or _TIMESTAMP.fullmatch(value)):
-        return "<masked>"
-    return value
 
 
 def _fields(value: Any) -> dict[str, Any]:
@@ -105,14 +53,6 @@ def _fields(value: Any) -> dict[str, Any]:
         else getattr(value, name)
         for name in value.__slots__
     }
-
-
-def _error(call: Any) -> str:
-    try:
-        call()
-    except ServiceError as error:
-        return f"{type(error).__name__}: {error.message}"
-    return "no error"
 
 
 def _world(
@@ -145,8 +85,8 @@ def _world(
     view["status"] = _fields(moj.project_status("p1"))
     view["settings"] = _fields(moj.project_settings("p1"))
     view["errors"] = [
-        _error(lambda: moj.fetch_link_keys("p1", "dfe")),
-        _error(lambda: moj.fetch_audit_log()),
+        error_of(lambda: moj.fetch_link_keys("p1", "dfe")),
+        error_of(lambda: moj.fetch_audit_log()),
     ]
     log, head = moj.fetch_audit_log("p1")
     view["audit"] = [json.loads(line) for line in log.splitlines()]
@@ -164,7 +104,7 @@ def test_moj_cannot_tell_from_its_view_whether_its_probe_person_is_in_dfe(
 ) -> None:
     moj_rows = _moj_rows()
     encode_rows(tmp_path / "moj", "moj", moj_rows, schema=schema)
-    filler = _made_up("d", 60)
+    filler = made_up("d", 60)
     encode_rows(tmp_path / "with", "dfe", [*filler[:30], PERSON, *filler[30:]], schema=schema)
     encode_rows(tmp_path / "without", "dfe", filler, schema=schema)
 
@@ -174,7 +114,7 @@ def test_moj_cannot_tell_from_its_view_whether_its_probe_person_is_in_dfe(
             start_server, connect, pki, tmp_path / f"lu-{world}", tmp_path / "moj" / "moj.clk",
             tmp_path / world / "dfe.clk", schema,
         )  # fmt: skip
-        views[world] = _mask(view)
+        views[world] = mask(view)
     # Which of MoJ's records share a key: identical, with the repeat users grouped and the
     # two probes apart.
     assert views["with"]["keys"] == views["without"]["keys"]

@@ -14,78 +14,24 @@ a channel (no cluster size or count reaches DfE).
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from auditor.verify import AuditView, verify_audit_log
-from protocol.errors import NotFoundError, ServiceError
+from protocol.errors import NotFoundError
 from protocol.messages import ProjectSettings, RunState
 from protocol.schema import LinkageSchema, default_schema, load_schema
 from protocol.signing import load_public_key
 from tests.adversarial.conftest import encode_rows
+from tests.integration.membership_probe import as_moj, error_of, made_up, mask
 
 pytestmark = pytest.mark.integration
 
 GROUPED = Path(__file__).resolve().parents[2] / "benchmarks/schemas/grouped_salted.toml"
 
 PROBE = ("d-probe", "Quillonwyth", "Zabrowskaya", "1983-03-17", "F", "SW1A 1AA")
-# Disjoint pools, so the made-up people of the two parties never link by chance.
-_POOLS = {
-    "d": (
-        ("Ann", "Bilal", "Chloe", "Dmitri", "Eve", "Farah", "Gareth", "Hana", "Ivo", "Jun"),
-        ("Lee", "Okafor", "Nowak", "Patel", "Quinn", "Rossi", "Singh", "Tran", "Ueda"),
-        "M",
-    ),
-    "m": (
-        ("Kofi", "Lena", "Mateo", "Nadia", "Oren", "Priya", "Rafe", "Sanne", "Tomas", "Uma"),
-        ("Achebe", "Brandt", "Castillo", "Dubois", "Eriksen", "Fong", "Gallo", "Haddad"),
-        "B",
-    ),
-}
-
-
-def _as_moj(row: tuple[str, ...]) -> tuple[str, ...]:
-    """MoJ's layout writes dates of birth as DD/MM/YYYY and sex in words; DfE's (and these
-    rows) ISO dates and M/F."""
-    year, month, day = row[3].split("-")
-    sex = {"F": "Female", "M": "Male"}[row[4]]
-    return (*row[:3], f"{day}/{month}/{year}", sex, *row[5:])
-
-
-def _made_up(prefix: str, count: int) -> list[tuple[str, ...]]:
-    forenames, surnames, area = _POOLS[prefix]
-    return [
-        (
-            f"{prefix}{number}",
-            forenames[number % len(forenames)],
-            surnames[(number * 7) % len(surnames)],
-            f"{1940 + number % 60}-{1 + number % 12:02d}-{1 + number % 28:02d}",
-            ("F", "M")[number % 2],
-            f"{area}{1 + number % 9} {number % 10}AE",
-        )
-        for number in range(count)
-    ]
-
-
-_HEX = re.compile(r"^[0-9a-f]{16,}$")
-_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-
-
-def _mask(value: Any) -> Any:
-    """Ids, digests, hashes, salts, signatures and timestamps become placeholders; every
-    count, name, state, event and structure stays."""
-    if isinstance(value, dict):
-        return {key: _mask(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_mask(item) for item in value]
-    if isinstance(value, bytes):
-        return "<bytes>"
-    if isinstance(value, str) and (_HEX.fullmatch(value) or _TIMESTAMP.fullmatch(value)):
-        return "<masked>"
-    return value
 
 
 def _status_record(status) -> dict[str, Any]:
@@ -99,14 +45,6 @@ def _status_record(status) -> dict[str, Any]:
 
 def vars_of(value) -> dict[str, Any]:
     return {name: getattr(value, name) for name in value.__slots__}
-
-
-def _error(call) -> str:
-    try:
-        call()
-    except ServiceError as error:
-        return f"{type(error).__name__}: {error.message}"
-    return "no error"
 
 
 def _scenario(
@@ -138,7 +76,7 @@ def _scenario(
     view: dict[str, Any] = {}
     view["upload"] = vars_of(dfe.upload_file(dfe_file, party_id="dfe"))
     view["status before moj"] = _status_record(dfe.project_status("p1"))
-    view["keys before the run"] = _error(lambda: dfe.fetch_link_keys("p1", "dfe"))
+    view["keys before the run"] = error_of(lambda: dfe.fetch_link_keys("p1", "dfe"))
     moj.upload_file(moj_file, party_id="moj")
     final = operator.wait_for_run("p1", timeout=60)
     assert final.run_state is RunState.FINISHED
@@ -153,12 +91,12 @@ def _scenario(
     view["status"] = _status_record(dfe.project_status("p1"))
     view["settings"] = vars_of(dfe.project_settings("p1"))
     view["errors"] = [
-        _error(lambda: dfe.fetch_link_keys("p1", "moj")),
-        _error(lambda: dfe.project_status("p2")),
-        _error(lambda: dfe.project_settings("p2")),
-        _error(lambda: dfe.fetch_audit_log("p2")),
-        _error(lambda: dfe.fetch_audit_log()),
-        _error(lambda: dfe.upload_file(moj_file, party_id="moj")),
+        error_of(lambda: dfe.fetch_link_keys("p1", "moj")),
+        error_of(lambda: dfe.project_status("p2")),
+        error_of(lambda: dfe.project_settings("p2")),
+        error_of(lambda: dfe.fetch_audit_log("p2")),
+        error_of(lambda: dfe.fetch_audit_log()),
+        error_of(lambda: dfe.upload_file(moj_file, party_id="moj")),
     ]
     log, head = dfe.fetch_audit_log("p1")
     # DfE can still check its view end to end: chain, its own project's entries all there.
@@ -186,14 +124,14 @@ def test_a_party_cannot_tell_whether_its_probe_person_is_in_the_other_partys_dat
     start_server, connect, tmp_path: Path, schema_path: Path | None, deduplicated: tuple[str, ...]
 ) -> None:
     schema = default_schema() if schema_path is None else load_schema(schema_path)
-    probe_rows = [PROBE, *_made_up("d", 30)]
+    probe_rows = [PROBE, *made_up("d", 30)]
     dfe_dir = tmp_path / "dfe"
     encode_rows(dfe_dir, "dfe", probe_rows, schema=schema)
-    moj_rows = [_as_moj(row) for row in _made_up("m", 120)]
-    person = _as_moj(("m-person", *PROBE[1:]))
+    moj_rows = [as_moj(row) for row in made_up("m", 120)]
+    person = as_moj(("m-person", *PROBE[1:]))
     with_person = [*moj_rows[:60], person, *moj_rows[60:]]
     if deduplicated:  # MoJ holds the person twice: one cluster of three records
-        with_person.insert(90, _as_moj(("m-person-again", *PROBE[1:])))
+        with_person.insert(90, as_moj(("m-person-again", *PROBE[1:])))
     encode_rows(tmp_path / "with", "moj", with_person, schema=schema)
     encode_rows(tmp_path / "without", "moj", moj_rows, schema=schema)
 
@@ -203,7 +141,7 @@ def test_a_party_cannot_tell_whether_its_probe_person_is_in_the_other_partys_dat
             start_server, connect, tmp_path / f"lu-{name}", dfe_dir / "dfe.clk",
             tmp_path / name / "moj.clk", schema=schema, deduplicated=deduplicated,
         )  # fmt: skip
-        views.append(_mask(view))
+        views.append(mask(view))
         finals.append(final)
     # The probe really is found in one world and not the other: the operator sees it.
     found = 3 if deduplicated else 2

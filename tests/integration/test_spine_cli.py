@@ -8,7 +8,6 @@ Fellegi-Sunter model as a one-off run of it would be (a fresh linkage secret eac
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -19,13 +18,9 @@ from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
 from linkage_unit.server import ServerConfig, create_server
 from protocol.schema import default_schema
+from tests.service_helpers import read_rows
 
 pytestmark = pytest.mark.integration
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(

@@ -9,7 +9,6 @@ rotation and deletion included, verifies."""
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from collections import defaultdict
@@ -23,13 +22,9 @@ from linkage_unit.server import ServerConfig, create_server
 from party.manifest import load_party_signing_key, manifest_path_for
 from protocol.manifest import SignedManifest, read_manifest, sign_manifest, write_signed_manifest
 from protocol.schema import default_schema
+from tests.service_helpers import read_rows
 
 pytestmark = pytest.mark.integration
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -274,16 +275,20 @@ def test_a_run_on_the_cluster_finishes_through_the_run_manager(
 
 
 def test_an_unreachable_scheduler_fails_the_run_and_the_status_says_why(tmp_path: Path) -> None:
-    with socket.socket() as probe:  # a loopback port nothing listens on
+    # A loopback port held (bound, never listening) for the whole run, so no other process
+    # can take it between the choice and the connect: connecting is refused.
+    with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    settings = ClusterSettings(
-        scheduler_address=f"tcp://127.0.0.1:{port}", connect_timeout_seconds=1.0
-    )
-    service = build(
-        tmp_path, link_function=functools.partial(matching.link, executor=DaskExecutor(settings))
-    )
-    _run_project(service, tmp_path, planted_party_clks(["moj", "dfe"], seed=5, records=8, shared=4))
+        settings = ClusterSettings(
+            scheduler_address=f"tcp://127.0.0.1:{port}", connect_timeout_seconds=1.0
+        )
+        service = build(
+            tmp_path,
+            link_function=functools.partial(matching.link, executor=DaskExecutor(settings)),
+        )
+        clks = planted_party_clks(["moj", "dfe"], seed=5, records=8, shared=4)
+        _run_project(service, tmp_path, clks)
     status = service.project_status(OPERATOR, "p1")
     assert status.run_state is RunState.FAILED
     assert status.progress_stage.startswith("failed: cannot reach the Dask scheduler")
@@ -517,20 +522,37 @@ def test_each_party_is_sent_once_per_run_and_dropped_when_no_pair_needs_it(
         np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
 
 
-def test_dask_gives_the_in_process_result_with_the_fellegi_sunter_model(client: Client) -> None:
-    layout = ClkLayout(
-        groups=(GroupLayout(name="name", bits=256), GroupLayout(name="birth", bits=128))
-    )
-    left, right = grouped_parties(np.random.default_rng(8), layout, left=900, right=800, shared=400)
-    settings = matching.MatchSettings(
+NAME_BIRTH = ClkLayout(
+    groups=(GroupLayout(name="name", bits=256), GroupLayout(name="birth", bits=128))
+)
+
+
+def grouped_model_settings(**options: Any) -> matching.MatchSettings:
+    """A run of NAME_BIRTH encodings scored by the model: LSH of a fixed shape, seed 4."""
+    return matching.MatchSettings(
         blocking="lsh",
         blocking_seed=4,
         blocking_settings=BlockingSettings(fit_to_data=False, bands=24, bits_per_band=10),
         model=ModelSettings(random_pairs=100_000),
+        **options,
     )
+
+
+def link_here_and_on_dask(
+    client: Client, clks: dict[str, np.ndarray], settings: matching.MatchSettings
+) -> tuple[matching.LinkResult, matching.LinkResult]:
+    """The same NAME_BIRTH run in this process and on the cluster."""
+    local = matching.link(clks, settings, layout=NAME_BIRTH)
+    return local, matching.link(clks, settings, layout=NAME_BIRTH, executor=executor(client))
+
+
+def test_dask_gives_the_in_process_result_with_the_fellegi_sunter_model(client: Client) -> None:
+    left, right = grouped_parties(
+        np.random.default_rng(8), NAME_BIRTH, left=900, right=800, shared=400
+    )
+    settings = grouped_model_settings()
     clks = {"a": left, "b": right}
-    local = matching.link(clks, settings, layout=layout)
-    remote = matching.link(clks, settings, layout=layout, executor=executor(client))
+    local, remote = link_here_and_on_dask(client, clks, settings)
     assert local.threshold_method == remote.threshold_method == "fellegi-sunter"
     assert local.linked_record_count > 600
     for party in clks:
@@ -590,24 +612,16 @@ def test_dask_blocks_with_the_same_fitted_shape_as_in_process(client: Client) ->
 
 
 def test_dask_gives_the_in_process_result_with_group_blocking(client: Client) -> None:
-    layout = ClkLayout(
-        groups=(GroupLayout(name="name", bits=256), GroupLayout(name="birth", bits=128))
-    )
     left, right = grouped_parties(
-        np.random.default_rng(9), layout, left=900, right=800, shared=400, exact=0.9, flip=0.01
+        np.random.default_rng(9), NAME_BIRTH, left=900, right=800, shared=400, exact=0.9, flip=0.01
     )
-    settings = matching.MatchSettings(
-        blocking="lsh",
-        blocking_seed=4,
-        blocking_settings=BlockingSettings(fit_to_data=False, bands=24, bits_per_band=10),
-        model=ModelSettings(random_pairs=100_000),
+    settings = grouped_model_settings(
         group_blocking=GroupBlockingSettings(max_group_block_pairs=500),
         deduplicated=frozenset({"a"}),
         threshold=0.7,  # the record-level cut, where the join holds the pairs above it
     )
     clks = {"a": left, "b": right}
-    local = matching.link(clks, settings, layout=layout)
-    remote = matching.link(clks, settings, layout=layout, executor=executor(client))
+    local, remote = link_here_and_on_dask(client, clks, settings)
     assert local.statistics.compare.group_recall_estimates == (1.0, 1.0), local.statistics
     assert local.statistics.compare.group_lsh_thresholds == (0.9, 0.9)
     assert local.linked_record_count > 600
@@ -623,3 +637,27 @@ def test_dask_gives_the_in_process_result_with_group_blocking(client: Client) ->
     ours, theirs = local.statistics.compare, remote.statistics.compare
     assert replace(ours, comparisons=0) == replace(theirs, comparisons=0)
     assert ours.comparisons <= theirs.comparisons
+
+
+def test_dask_falls_back_as_in_process_where_the_group_join_misses_pairs(client: Client) -> None:
+    """Group blocking's other route: an LSH part fitted at Dice 1 holds no pair the join
+    missed, so the join's measured recall is below the 1.0 asked for and both paths compare
+    the party pair as without group blocking (LSH at the run's cut), to the same pairs."""
+    left, right = grouped_parties(
+        np.random.default_rng(9), NAME_BIRTH, left=900, right=800, shared=400
+    )
+    settings = grouped_model_settings(
+        group_blocking=GroupBlockingSettings(lsh_threshold=1.0, min_recall=1.0),
+        threshold=0.7,
+    )
+    clks = {"a": left, "b": right}
+    local, remote = link_here_and_on_dask(client, clks, settings)
+    recalls = local.statistics.compare.group_recall_estimates
+    assert len(recalls) == 1 and 0.5 < recalls[0] < 0.95, recalls
+    assert local.statistics.compare.group_lsh_thresholds == ()  # the join was not used
+    assert local.statistics.compare.lsh_shapes == ((24, 10),)
+    assert local.linked_record_count > 500  # most of the 400 shared people
+    for party in clks:
+        np.testing.assert_array_equal(local.clusters[party], remote.clusters[party])
+    # Without the join both paths block with the same bands: even the work counts agree.
+    assert remote.statistics.compare == local.statistics.compare

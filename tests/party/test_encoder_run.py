@@ -170,12 +170,12 @@ def test_a_quoted_value_mid_file_leaves_the_files_independent_of_the_process_cou
     assert all(clks[positions[rid]].tobytes() == clk for rid, clk in expected_clks(rows).items())
 
 
-def test_forked_workers_do_not_replay_the_blip_stream(
+def test_workers_do_not_replay_the_blip_stream(
     dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Workers are forked from the encoding process; under BLIP each must draw its own random
-    bytes, or one range would carry another's flips (every record here is the same person,
-    so equal random bytes would give equal encodings)."""
+    """Under BLIP each encoder process must draw its own random bytes, or one range would
+    carry another's flips (every record here is the same person, so equal random bytes
+    would give equal encodings)."""
     source, out = dirs
     blip = load_schema(
         Path(__file__).resolve().parents[2] / "benchmarks/schemas/grouped_blip_p05.toml"

@@ -20,8 +20,8 @@ from protocol.encoding import ClkEncoder, token_positions, token_positions_many
 from protocol.schema import LinkageSchema, load_schema, parse_schema
 from protocol.secret import LinkageSecret
 from tests import strategies
-from tests.protocol.test_hardening import counter_stream
 from tests.reference import reference_encoder as reference
+from tests.reference.make_vectors import random_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = bytes(range(32))
@@ -55,9 +55,9 @@ def test_every_candidate_schema_matches_the_reference(path: Path) -> None:
     canonical = canonical_of(path)
     assert schema.canonical() == canonical
     encoder = ClkEncoder(
-        schema, LinkageSecret(SECRET), project_id="grouped", random_bytes=counter_stream(b"r")
+        schema, LinkageSecret(SECRET), project_id="grouped", random_bytes=random_stream(b"r")
     )
-    stream = counter_stream(b"r")
+    stream = random_stream(b"r")
     for values in RECORDS:
         expected = reference.encode_grouped(canonical, SECRET, "grouped", values, stream)
         assert encoder.encode(values) == expected
@@ -71,10 +71,10 @@ GROUPED_CANONICAL = canonical_of(ROOT / "benchmarks/schemas/grouped_diffusion_w3
 @given(strategies.default_schema_records, st.binary(min_size=4, max_size=4))
 def test_grouped_encoder_agrees_with_the_reference(values: list[str | None], seed: bytes) -> None:
     encoder = ClkEncoder(
-        GROUPED, LinkageSecret(SECRET), project_id="grouped", random_bytes=counter_stream(seed)
+        GROUPED, LinkageSecret(SECRET), project_id="grouped", random_bytes=random_stream(seed)
     )
     expected = reference.encode_grouped(
-        GROUPED_CANONICAL, SECRET, "grouped", values, counter_stream(seed)
+        GROUPED_CANONICAL, SECRET, "grouped", values, random_stream(seed)
     )
     assert encoder.encode(values) == expected
 

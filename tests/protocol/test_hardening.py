@@ -3,8 +3,6 @@ reference encoder, keeps a missing group all zero, and the descriptors have one 
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 from hypothesis import given
@@ -35,22 +33,7 @@ from protocol.hardening import (
 )
 from tests import strategies
 from tests.reference import reference_encoder as reference
-
-
-def counter_stream(seed: bytes):  # type: ignore[no-untyped-def]
-    """A deterministic stand-in for BLIP's randomness (SHA-256 in counter mode)."""
-    buffer = bytearray()
-    counter = [0]
-
-    def random_bytes(count: int) -> bytes:
-        while len(buffer) < count:
-            buffer.extend(hashlib.sha256(seed + counter[0].to_bytes(8, "big")).digest())
-            counter[0] += 1
-        out = bytes(buffer[:count])
-        del buffer[:count]
-        return out
-
-    return random_bytes
+from tests.reference.make_vectors import random_stream
 
 
 def as_bits(row: np.ndarray) -> list[int]:
@@ -158,8 +141,8 @@ def test_rule90_agrees_with_its_twin_and_keeps_zero(clks: np.ndarray) -> None:
 def test_blip_agrees_with_its_twin_and_keeps_empty_rows_empty(
     clks: np.ndarray, flips: int, seed: bytes
 ) -> None:
-    fast = blip(clks, flips, counter_stream(seed))
-    assert np.array_equal(fast, blip_reference(clks, flips, counter_stream(seed)))
+    fast = blip(clks, flips, random_stream(seed))
+    assert np.array_equal(fast, blip_reference(clks, flips, random_stream(seed)))
     empty = ~clks.any(axis=1)
     assert not fast[empty].any()
 
@@ -187,7 +170,7 @@ def test_blip_flips_at_its_rate_with_fresh_randomness() -> None:
 def test_every_method_keeps_a_missing_group_all_zero(descriptor: str) -> None:
     steps = parse_descriptor(descriptor)
     keys = [b"h" * 32 if step.keyed else None for step in steps]
-    hardener = ChainHardener(steps, input_bits=1024, keys=keys, random_bytes=counter_stream(b"z"))
+    hardener = ChainHardener(steps, input_bits=1024, keys=keys, random_bytes=random_stream(b"z"))
     clks = np.random.default_rng(3).integers(0, 2**63, size=(6, 16), dtype=np.uint64)
     clks[[1, 4]] = 0
     out = hardener.apply(clks)
