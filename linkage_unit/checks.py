@@ -137,7 +137,11 @@ def key_context_error(project: ProjectSettings, header: UploadHeader) -> Compati
     id's otherwise. Without this a spine's first run would bind whatever KCV its uploads
     share, an encoding made without ``--spine`` included, and refuse every correct one
     after it. A file from before the field says no context: fine for a one-off project,
-    refused for a spine's (it cannot show it was made for the spine)."""
+    refused for a spine's (it cannot show it was made for the spine). The context is what
+    the file says, not proof (the header digest is unkeyed and the signed manifest does not
+    cover it): it catches an encode run without ``--spine``; that the keys are the spine's
+    is shown only by the KCV, checked next against the spine's bound one and the other
+    members'."""
     party = header.party_id
     if project.spine is not None and header.key_context != spine_key_context(project.spine):
         made = (
@@ -172,7 +176,8 @@ def compatibility_refusal(
 ) -> HeaderRefusal | None:
     """Why an upload's header can never be compared in this project, in plain words, or
     None. Checked when the header arrives, before any byte is stored: the schema fingerprint,
-    the layout and each group's hardening must be the project's; the KCV must be the one the
+    the layout and each group's hardening must be the project's, and so must the key context
+    (:func:`key_context_error`: its spine's, or none); the KCV must be the one the
     project's spine is bound to (``spine_kcv``, once a run has bound it); once another member
     has uploaded, the KCV and the CLK length must be theirs. (The run checks the same again,
     with the CLKs themselves.) This is the one place an upload's header is judged against

@@ -19,7 +19,7 @@
     │   ├── NotFoundError            NOT_FOUND: also "exists but is not yours", by design
     │   ├── AlreadyExistsError       ALREADY_EXISTS
     │   ├── PreconditionError        FAILED_PRECONDITION
-    │   │   └── CompatibilityError   parties' schema, key (KCV) or CLK length differ
+    │   │   └── CompatibilityError   parties' schema, key context, key (KCV) or CLK length differ
     │   ├── ResourceLimitError       RESOURCE_EXHAUSTED
     │   └── UnavailableError         UNAVAILABLE
     ├── MatchingError                a matching setting or input the engine cannot honour

@@ -29,6 +29,7 @@ from linkage_unit.server import load_config
 from linkage_unit.spine import (
     SPINE_KEY_BYTES,
     Reencoding,
+    SpineEventKind,
     SpineSettings,
     SpineState,
     SpineStore,
@@ -216,9 +217,11 @@ def run(args: argparse.Namespace) -> int:
             "people": state.person_count,
             "records": len(state.record_person),
             "runs": len(state.runs),
-            "merges": sum(1 for event in state.events if event.kind == "merge"),
-            "splits": sum(1 for event in state.events if event.kind == "split"),
-            "held_apart": sum(1 for event in state.events if event.kind == "held_apart"),
+            "merges": sum(1 for event in state.events if event.kind is SpineEventKind.MERGE),
+            "splits": sum(1 for event in state.events if event.kind is SpineEventKind.SPLIT),
+            "held_apart": sum(
+                1 for event in state.events if event.kind is SpineEventKind.HELD_APART
+            ),
             "keep_runs": state.settings.keep_runs,
         }
         # The uploads whose records the spine holds: what a key rotation needs re-encoded.

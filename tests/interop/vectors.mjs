@@ -218,6 +218,7 @@ for (const vector of vectors.clk_file_header) {
       project_id: header.project_id,
       groups: header.groups,
       payload_length: Number(header.payload_length),
+      key_context: header.key_context,
     };
     return differ("fields", canonicalText(got), canonicalText(want));
   });

@@ -42,8 +42,13 @@ export function parseClkHeader(buffer) {
     need(groupCount >= 1 && groupCount <= 16, "group count out of range");
     need(buffer.readUInt16LE(170) === 0, "reserved bytes 170..171 not zero");
   }
+  // Either format may carry the 72-byte key context block just before the digest.
   const expected = version === 1 ? 200 : 204 + 192 * groupCount;
-  need(headerLength === expected, `header length ${headerLength}, expected ${expected}`);
+  const hasKeyContext = headerLength === expected + 72;
+  need(
+    headerLength === expected || hasKeyContext,
+    `header length ${headerLength}, expected ${expected} or ${expected + 72}`,
+  );
   need(buffer.length >= headerLength, "shorter than its header");
   const body = buffer.subarray(0, headerLength - 32);
   need(sha256(body).equals(buffer.subarray(headerLength - 32, headerLength)), "header digest");
@@ -57,7 +62,15 @@ export function parseClkHeader(buffer) {
     payload_sha256: Buffer.from(buffer.subarray(72, 104)),
     project_id: paddedAscii(buffer, 105, 104, 63, "project id"),
     groups: [],
+    key_context: null,
   };
+  if (hasKeyContext) {
+    const at = headerLength - 104;
+    need(buffer[at] >= 1, "key context length is zero");
+    const context = paddedAscii(buffer, at + 1, at, 71, "key context");
+    need(/^spine:[a-z][a-z0-9-]{0,62}$/.test(context), "key context is not spine: and a label");
+    header.key_context = context;
+  }
   need(header.clk_bits % 64 === 0 && header.clk_bits >= 64 && header.clk_bits <= 65536, "CLK bits");
   for (let g = 0; g < groupCount; g++) {
     const at = 172 + 192 * g;

@@ -21,7 +21,7 @@ from linkage_unit.storage import Storage
 from protocol import serde
 from protocol.clk_file import ClkFileWriter, read_header
 from protocol.clk_layout import ClkLayout, GroupLayout
-from protocol.errors import CompatibilityError, ConfigurationError
+from protocol.errors import CompatibilityError, ConfigurationError, InvalidRequestError
 from protocol.messages import (
     ProjectSettings,
     ProjectStatus,
@@ -343,6 +343,9 @@ def test_the_key_context_crosses_the_wire_and_a_malformed_one_is_refused(
     plain = serde.upload_header_to_proto(replace(header, key_context=None)).header
     assert plain.key_context == ""
     assert serde.upload_header_from_proto(plain).key_context is None
-    message.key_context = "spine:Jane Smith"  # free text cannot travel in it
-    with pytest.raises(Exception, match="key context"):
+    # Free text cannot travel in it: refused as the caller's mistake (INVALID_ARGUMENT), not
+    # an unexpected failure, and the refusal does not echo what was sent.
+    message.key_context = "spine:Jane Smith"
+    with pytest.raises(InvalidRequestError, match="key context") as refused:
         serde.upload_header_from_proto(message)
+    assert "Jane" not in refused.value.message

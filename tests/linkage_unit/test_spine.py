@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +14,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from bloomlink.cli import main
 from linkage_unit.blocking import BlockingMode
 from linkage_unit.group_blocking import GroupBlockingSettings
 from linkage_unit.link_keys import PartyLinkKeys, fresh_keys
@@ -37,6 +39,7 @@ from linkage_unit.spine import (
     reference_hold_apart,
     reference_link_means,
     rotate_spine,
+    spine_directory,
 )
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import (
@@ -633,7 +636,9 @@ def _chain(generator: np.random.Generator, steps: list[int]) -> list[npt.NDArray
     return out
 
 
-def test_the_spine_holds_apart_two_people_a_refresh_joins_only_by_its_own_link() -> None:
+def test_the_spine_holds_apart_two_people_a_refresh_joins_only_by_its_own_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # Spine people A and B (Dice 0.7 apart); the refresh's records a (0.925 to A's record,
     # 0.775 to B's) and b (the mirror image) are 0.85 alike. At the cut 0.8 the refresh's own
     # deduplication joins a and b, and a cluster's mean evidence would join both people: a
@@ -669,6 +674,16 @@ def test_the_spine_holds_apart_two_people_a_refresh_joins_only_by_its_own_link()
     ]
     assert again.state.events == again.held_apart
     assert {event.kind for event in again.held_apart} == {SpineEventKind.HELD_APART}
+    # The events survive the spine's file, and `spine show` counts them (not as merges).
+    key = tmp_path / "spine.key"
+    key.write_bytes(bytes(range(32)))
+    key.chmod(0o600)
+    SpineStore(spine_directory(tmp_path), read_spine_key(key)).save(again.state)
+    capsys.readouterr()
+    assert main(["spine", "show", again.state.settings.name, "--data-dir", str(tmp_path),
+                 "--spine-key", str(key), "--json"]) == 0  # fmt: skip
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["held_apart"], shown["merges"], shown["splits"], shown["runs"]) == (12, 0, 0, 2)
 
 
 # -- grouped encodings: the Fellegi-Sunter model, as a one-off run scores ------------------

@@ -220,3 +220,33 @@ def test_a_key_context_is_a_spine_name(context: str) -> None:
             project_id="p1", schema_fingerprint=bytes(32), kcv=bytes(16), clk_bits=1024,
             record_count=0, payload_sha256=bytes(32), key_context=context,
         )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("size", "text", "problem"),
+    [
+        (0, b"", "key context field is malformed"),  # a block that names nothing
+        (72, b"spine:people", "key context field is malformed"),  # longer than its field
+        (12, b"spine:people\x00\x01", "key context field is malformed"),  # padding not zero
+        (6, b"people", "key context"),  # not a spine's context
+        (14, b"spine:Jane Doe", "key context"),  # free text
+    ],
+)
+def test_a_malformed_key_context_block_is_refused_even_under_a_good_digest(
+    tmp_path: Path, size: int, text: bytes, problem: str
+) -> None:
+    path = tmp_path / "spined.clk"
+    with ClkFileWriter(
+        path, project_id="p1", schema_fingerprint=bytes(range(32)), kcv=b"k" * 16,
+        clk_bits=1024, key_context="spine:people",
+    ) as writer:  # fmt: skip
+        writer.write(np.zeros((2, 16), dtype=np.uint64))
+    length = read_header(path).header_length
+    data = bytearray(path.read_bytes())
+    block = bytes([size]) + text.ljust(71, b"\0")[:71]
+    data[length - 32 - 72 : length - 32] = block
+    data[length - 32 : length] = hashlib.sha256(bytes(data[: length - 32])).digest()
+    path.write_bytes(bytes(data))
+    with pytest.raises(ClkFileError, match=problem) as refused:
+        read_header(path)
+    assert b"Jane" not in text or "Jane" not in str(refused.value)

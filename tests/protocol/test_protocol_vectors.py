@@ -195,5 +195,6 @@ def test_encoded_file_headers(case: dict[str, Any]) -> None:
     assert header.kcv.hex() == fields["kcv"]
     assert header.payload_sha256.hex() == fields["payload_sha256"]
     assert header.payload_length == fields["payload_length"]
+    assert header.key_context == fields["key_context"]
     if header.format_version == 2:
         assert header.clk_layout.to_record() == fields["groups"]

@@ -493,6 +493,32 @@ def header_vectors() -> list[dict[str, Any]]:
                 layout=LAYOUT,
             ),
         ),
+        (
+            "format 1, key context",
+            ClkFileHeader(
+                project_id="release-2",
+                schema_fingerprint=SCHEMA,
+                kcv=KCV,
+                clk_bits=1024,
+                record_count=1000,
+                payload_sha256=PAYLOAD,
+                key_context="spine:people",
+            ),
+        ),
+        (
+            "format 2, three groups, key context",
+            ClkFileHeader(
+                project_id="probation-2026",
+                schema_fingerprint=SCHEMA,
+                kcv=KCV,
+                clk_bits=LAYOUT.total_bits,
+                record_count=3,
+                payload_sha256=PAYLOAD,
+                format_version=2,
+                layout=LAYOUT,
+                key_context="spine:people",
+            ),
+        ),
     ):
         vectors.append(
             {
@@ -509,6 +535,7 @@ def header_vectors() -> list[dict[str, Any]]:
                     "project_id": header.project_id,
                     "groups": (header.clk_layout.to_record() if header.format_version == 2 else []),
                     "payload_length": header.payload_length,
+                    "key_context": header.key_context,
                 },
             }
         )
