@@ -24,10 +24,9 @@ new record *links* to a spine person when its best pair with the person's record
 least the cut; a cluster whose linking records point at spine people in two or more groups,
 no record of one group linking to a person of another, is joined across them by nothing but
 a within-release link, against each record's direct pairs with the other people's records.
-A record linking to no one goes with the group of its best scored pair below the cut, and a
-record with none (no scored pair with any person its cluster links to) is unanchored: a
-cluster with a group and an unanchored record would give that record a person it was never
-found close to. Either cluster is split along its groups (the unanchored records one more
+A record linking to no one is unanchored, however close its pairs below the cut: a cluster
+with a group and an unanchored record would give that record a person whose records none of
+its own pairs reaches. Either cluster is split along its groups (the unanchored records one more
 part), each part taking its own person's keys by its own evidence; the run records the
 event (``held_apart``: no key changes).
 
@@ -702,11 +701,12 @@ def hold_apart(new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: f
     a spine person where its best pair with the person's records is at least ``cut``. Within
     a cluster of new records, the linking records and the people they link to form groups
     (connected: records linking to a common person, through the cluster's records); a record
-    linking to no one goes with the group of its best scored pair (below the cut, but some
-    evidence) and is *unanchored* without one. A cluster of two or more groups joins spine
-    people that no record of it links to together, and a cluster with a group and an
-    unanchored record joins a record to a person it has no scored pair with: in both only
-    the uploads' own linkage joins them, against the records' direct pairs with the spine.
+    linking to no one is *unanchored*, whatever its pairs below the cut (a sub-cut pair is
+    not a link: the cluster's mean would otherwise carry it on another record's link). A
+    cluster of two or more groups joins spine people that no record of it links to
+    together, and a cluster with a group and an unanchored record joins a record to a
+    person none of its own pairs links it to: in both only the uploads' own linkage joins
+    them, against the records' direct pairs with the spine.
     It is split: each group a cluster of its own (which then takes its people's keys by its
     own evidence), the unanchored records one more. A cluster of one group and no unanchored
     record (one person, or people a record of it bridges: a merge) or of none is kept
@@ -742,18 +742,6 @@ def hold_apart(new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: f
     clusters = int(new_cluster.max()) + 1 if records else 0
     named = np.unique(np.stack([new_cluster[linked], group[linked]]), axis=1)
     groups = np.bincount(named[0], minlength=clusters)
-    # A record linking to no one goes with the group of its cluster it has the best scored
-    # pair with (below the cut: some evidence); with none, it is unanchored.
-    loose = ~linking & ~linked[links.record] & (links.person < spine_people)
-    loose_record, loose_best = links.record[loose], links.best[loose]
-    loose_key = new_cluster[loose_record] * spine_people + links.person[loose]
-    where = np.minimum(np.searchsorted(pair_key, loose_key), max(len(pair_key) - 1, 0))
-    found = pair_key[where] == loose_key if len(pair_key) else np.zeros(len(loose_key), dtype=bool)
-    order = np.lexsort((-loose_best[found], loose_record[found]))
-    chosen_record = loose_record[found][order]
-    first = np.ones(len(chosen_record), dtype=bool)
-    first[1:] = chosen_record[1:] != chosen_record[:-1]
-    group[chosen_record[first]] = lowest[label[records + where[found][order][first]]]
     unanchored = np.bincount(new_cluster[group < 0], minlength=clusters)
     split = (groups >= 2) | ((groups >= 1) & (unanchored >= 1))
     # A record's part: its group in a split cluster (no group: after every person), the
@@ -772,14 +760,12 @@ def reference_hold_apart(
     new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: float
 ) -> HeldApart:
     """The slow, obvious twin of :func:`hold_apart`: per cluster, grow each group from a
-    linking record by the people it links to and the cluster's records linking to them; put
-    each other record with the group of its best scored pair (the lowest person on a tie)."""
+    linking record by the people it links to and the cluster's records linking to them; every
+    other record is unanchored."""
     linked: dict[int, set[int]] = {}
-    scored: dict[int, dict[int, float]] = {}
     for r, p, best in zip(
         links.record.tolist(), links.person.tolist(), links.best.tolist(), strict=True
     ):
-        scored.setdefault(r, {})[p] = best
         if best >= cut:
             linked.setdefault(r, set()).add(p)
     parts: list[tuple[int, int, list[int]]] = []  # (cluster, part key, records)
@@ -794,17 +780,7 @@ def reference_hold_apart(
                 people |= other[0]
                 rows += other[1]
             groups.append((people, rows))
-        unanchored = []
-        for r in (r for r in members if r not in linked):
-            best_group, best_score = None, -np.inf
-            for p, score in sorted(scored.get(r, {}).items()):
-                group = next((g for g in groups if p in g[0]), None)
-                if group is not None and score > best_score:
-                    best_group, best_score = group, score
-            if best_group is None:
-                unanchored.append(r)
-            else:
-                best_group[1].append(r)
+        unanchored = [r for r in members if r not in linked]
         if not groups or (len(groups) == 1 and not unanchored):
             parts.append((c, 0, members))
             continue

@@ -563,10 +563,10 @@ def test_the_attach_evidence_agrees_with_its_slow_twin(
 def test_a_cluster_is_held_apart_along_the_spine_people_its_records_link_to() -> None:
     # Cluster 0 (records 0-1): 0 links to person 3 (and scores below the cut with 7), 1 to 7:
     # two groups, held apart. Cluster 1 (2-4): 2 links to 4 and 5 (a bridge), 3 to 5, and 4
-    # scores below the cut with 5 (evidence for that group): one group, kept whole. Cluster
-    # 2 (5-7): 5 to 1, 6 to 2, 7 scored with no one: three parts. Cluster 3 (8): below the
-    # cut only, no group: kept. Cluster 4 (9-10): 9 to 0, 10 scored with no one (unanchored:
-    # only the uploads' own link gives it person 0): held apart.
+    # scores below the cut with 5 only (unanchored: no link of its own): held apart, 2-3 one
+    # group. Cluster 2 (5-7): 5 to 1, 6 to 2, 7 scored with no one: three parts. Cluster 3
+    # (8): below the cut only, no group: kept. Cluster 4 (9-10): 9 to 0, 10 scored with no
+    # one (unanchored: only the uploads' own link gives it person 0): held apart.
     links = RecordLinks(
         record=np.array([0, 0, 1, 2, 2, 3, 4, 5, 6, 8, 9]),
         person=np.array([3, 7, 7, 4, 5, 5, 5, 1, 2, 6, 0]),
@@ -574,10 +574,28 @@ def test_a_cluster_is_held_apart_along_the_spine_people_its_records_link_to() ->
     )
     cluster = np.array([0, 0, 1, 1, 1, 2, 2, 2, 3, 4, 4])
     apart = hold_apart(cluster, links, cut=0.5)
-    assert apart.cluster.tolist() == [0, 1, 2, 2, 2, 3, 4, 5, 6, 7, 8]
-    assert apart.people == ((3, 7), (1, 2), (0,))
+    assert apart.cluster.tolist() == [0, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert apart.people == ((3, 7), (4,), (1, 2), (0,))
     slow = reference_hold_apart(cluster, links, cut=0.5)
     assert slow.cluster.tolist() == apart.cluster.tolist() and slow.people == apart.people
+
+
+def test_a_record_whose_own_pair_with_a_person_is_below_the_cut_is_held_apart() -> None:
+    # Cluster 0: record 0 links to person 2 (probability 0.99), record 1 only scores 0.3 with
+    # them. The cluster's mean ((0.49 - 0.2) / 2 >= 0) would give record 1 person 2's key on
+    # the strength of the uploads' own link to record 0 alone: record 1 is held apart. Cluster
+    # 1: records 2-3 both link to person 5 (one at the cut exactly): kept whole.
+    links = RecordLinks(
+        record=np.array([0, 1, 2, 3]), person=np.array([2, 2, 5, 5]),
+        best=np.array([0.99, 0.3, 0.9, 0.5]),
+    )  # fmt: skip
+    cluster = np.array([0, 0, 1, 1])
+    for apart in (
+        hold_apart(cluster, links, cut=0.5),
+        reference_hold_apart(cluster, links, cut=0.5),
+    ):
+        assert apart.cluster.tolist() == [0, 1, 2, 2]
+        assert apart.people == ((2,),)
 
 
 def test_nothing_is_held_apart_without_a_record_linking_to_the_spine() -> None:
