@@ -26,8 +26,8 @@ earlier; never a CLK, an identifier or the linkage secret. It checks, in order:
    deleted, held past its ``hold_days``, or not yet due (and when it will be);
 5. **manifests**: each manifest's signature (and the party's registered key, if given), and
    an ``upload_committed`` entry with the same project, party, payload digest, record count,
-   CLK length, schema fingerprint, KCV, layout digest (and manifest digest, when the LU
-   logged one).
+   CLK length, schema fingerprint, KCV, layout digest, key context (the logged ``spine``)
+   and manifest digest (when the LU logged one).
 """
 
 from __future__ import annotations

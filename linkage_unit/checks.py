@@ -138,10 +138,11 @@ def key_context_error(project: ProjectSettings, header: UploadHeader) -> Compati
     share, an encoding made without ``--spine`` included, and refuse every correct one
     after it. A file from before the field says no context: fine for a one-off project,
     refused for a spine's (it cannot show it was made for the spine). The context is what
-    the file says, not proof (the header digest is unkeyed and the signed manifest does not
-    cover it): it catches an encode run without ``--spine``; that the keys are the spine's
-    is shown only by the KCV, checked next against the spine's bound one and the other
-    members'."""
+    the party says: its signed manifest states it, and the manifest check before this one
+    refuses a header whose context the manifest does not (``manifest_mismatches``), so it
+    cannot be edited without the party's key. It catches an encode run without ``--spine``;
+    that the keys are the spine's is shown only by the KCV, checked next against the spine's
+    bound one and the other members'."""
     party = header.party_id
     if project.spine is not None and header.key_context != spine_key_context(project.spine):
         made = (

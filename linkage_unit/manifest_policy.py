@@ -120,8 +120,8 @@ def manifest_refusal(
         return Refusal(
             reason=UploadRefusal.MANIFEST_MISMATCH,
             error=InvalidRequestError(
-                f"the upload's manifest disagrees with its header on {', '.join(wrong)}; "
-                "send the manifest written with this encoded file"
+                f"party {header.party_id}'s upload manifest disagrees with its header on "
+                f"{', '.join(wrong)}; send the manifest written with this encoded file"
             ),
         )
     if manifest.manifest.leak_scan_strings == 0:

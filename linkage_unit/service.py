@@ -47,6 +47,7 @@ from protocol.errors import (
     ResourceLimitError,
 )
 from protocol.identity import Identity, Role
+from protocol.labels import spine_of_key_context
 from protocol.manifest import SignedManifest
 from protocol.messages import (
     LinkKeyBatch,
@@ -90,6 +91,7 @@ def upload_committed(header: UploadHeader, manifest: SignedManifest | None) -> U
         kcv=header.kcv,
         manifest_sha256=manifest.manifest.sha256 if manifest is not None else None,
         layout_sha256=header.layout.sha256 if header.layout is not None else None,
+        spine=None if header.key_context is None else spine_of_key_context(header.key_context),
     )
 
 

@@ -26,6 +26,7 @@ from party.sensitive_strings import SensitiveStrings
 from protocol.clk_file import GROUPED_FORMAT_VERSION, read_clks, read_header
 from protocol.clk_layout import ClkLayout
 from protocol.errors import AuditError, ConfigurationError
+from protocol.labels import spine_of_key_context
 from protocol.manifest import (
     FieldCount,
     SignedManifest,
@@ -90,6 +91,7 @@ def write_manifest(
     unkeyed_check: bool = False,
     counts: EncodeCounts | None = None,
     layout: ClkLayout | None = None,
+    key_context: str | None = None,
     clock: Callable[[], datetime] = _utc_now,
     nonce: Callable[[int], bytes] = os.urandom,
 ) -> SignedManifest:
@@ -97,7 +99,10 @@ def write_manifest(
 
     Byte fields are raw bytes (``payload_sha256`` and ``schema_fingerprint`` 32, ``kcv`` 16).
     ``layout``: a grouped encoding's groups and the hardening applied to each (None for a
-    single record-level CLK). The nonce makes two encodes of the same data distinguishable
+    single record-level CLK). ``key_context``: what the keys and KCV were derived for, as
+    the encoded file's header says (``spine:NAME`` for ``encode --spine``; None for the
+    project's own), signed so that nobody can change the header's without the party's key.
+    The nonce makes two encodes of the same data distinguishable
     (replays are refused).
     """
     manifest = UploadManifest(
@@ -118,6 +123,7 @@ def write_manifest(
         rows_skipped=counts.rows_skipped if counts else 0,
         field_counts=counts.field_counts if counts else (),
         layout=layout,
+        key_context=key_context,
     )
     signed = sign_manifest(manifest, signing_key)
     write_signed_manifest(signed, path)
@@ -138,7 +144,8 @@ def write_manifest_for_file(
 ) -> SignedManifest:
     """The manifest of an existing encoded file, from its header, after checking the payload
     digest (a manifest must never vouch for bytes nobody hashed). A format 2 file's layout
-    and hardening go into the manifest."""
+    and hardening go into the manifest, and so does the file's key context (an encoding
+    made with ``--spine``)."""
     header, _ = read_clks(encoded_path, verify=True)
     return write_manifest(
         manifest_path,
@@ -156,6 +163,7 @@ def write_manifest_for_file(
         unkeyed_check=unkeyed_check,
         counts=counts,
         layout=header.layout if header.format_version == GROUPED_FORMAT_VERSION else None,
+        key_context=header.key_context,
     )
 
 
@@ -233,6 +241,8 @@ def check_manifest_for_file(
     }
     if header.format_version == GROUPED_FORMAT_VERSION:
         details["layout_sha256"] = header.clk_layout.sha256
+    if header.key_context is not None:
+        details["spine"] = spine_of_key_context(header.key_context)
     wrong = manifest_mismatches(manifest, project_id=header.project_id, details=details)
     if wrong == ("party",):
         # The manifest vouches for exactly this file, for another party: the file is theirs.

@@ -238,8 +238,10 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                 "schema_fingerprint": _SHA256,
                 "kcv": _KCV,
             },
-            # layout_sha256: a grouped upload's layout and hardening (ClkLayout.sha256).
-            optional={"manifest_sha256": _SHA256, "layout_sha256": _SHA256},
+            # layout_sha256: a grouped upload's layout and hardening (ClkLayout.sha256);
+            # spine: the spine its keys were derived for (key context spine:NAME), a name the
+            # project's settings already give, never identifier data.
+            optional={"manifest_sha256": _SHA256, "layout_sha256": _SHA256, "spine": _label},
             private=frozenset(
                 {
                     "record_count",
@@ -249,6 +251,7 @@ ALLOWED_EVENTS: Mapping[str, _EventRule] = MappingProxyType(
                     "kcv",
                     "manifest_sha256",
                     "layout_sha256",
+                    "spine",
                 }
             ),
         ),

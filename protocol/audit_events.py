@@ -144,6 +144,9 @@ class UploadCommitted(AuditEvent):
     manifest_sha256: str | None = None
     # A grouped upload's layout and hardening (ClkLayout.sha256); None: one CLK.
     layout_sha256: str | None = None
+    # The spine the upload's keys were derived for (its key context spine:NAME, in its
+    # header and its signed manifest); None: the project's own context.
+    spine: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

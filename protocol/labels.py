@@ -17,6 +17,7 @@ __all__ = [
     "check_key_context",
     "check_label",
     "spine_key_context",
+    "spine_of_key_context",
 ]
 
 LABEL_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -55,3 +56,8 @@ def check_key_context(value: str) -> str:
             "and '-', starting with a letter)"
         )
     return value
+
+
+def spine_of_key_context(value: str) -> str:
+    """The spine a key context names (``spine:people`` -> ``people``), after checking it."""
+    return check_key_context(value)[len(SPINE_CONTEXT_PREFIX) :]

@@ -14,7 +14,12 @@ were blanked - so the linkage unit and the auditor see each party's field comple
 Counts only: never a value, and nothing the linkage unit could not estimate from the CLKs.
 A grouped encoding (file format 2) also records its layout: each group's name, bits and the
 hardening applied with its parameters (``layout``, protocol/clk_layout.py; ``null`` for a
-single record-level CLK, file format 1).
+single record-level CLK, file format 1). An encoding made for a spine (``encode --spine``)
+also records its **key context** (``key_context``, ``spine:NAME``: what its keys and KCV were
+derived for, as its file header says; protocol/labels.py), so the context is signed and the
+linkage unit refuses a header whose context the manifest does not state. The key is written
+only when set: a manifest without a key context has exactly the bytes it had before the
+field, and its signature still holds.
 
 There is one manifest format, ``bloomlink-manifest-v2``, for both file formats. A
 ``bloomlink-manifest-v1`` manifest (from an earlier build) is refused with a message to
@@ -47,7 +52,7 @@ from protocol.canonical import MAX_SAFE_INTEGER, canonical_json
 from protocol.clk_file import check_clk_bits
 from protocol.clk_layout import ClkLayout
 from protocol.errors import AuditError, ConfigurationError
-from protocol.labels import check_label
+from protocol.labels import check_key_context, check_label, spine_of_key_context
 
 __all__ = [
     "MANIFEST_FORMAT",
@@ -85,6 +90,8 @@ _FIELDS = (
     "field_counts",
     "layout",
 )
+# Written into the record only when set (old signatures and vectors stay valid).
+_OPTIONAL_FIELDS = ("key_context",)
 
 
 def _count(value: object, what: str) -> None:
@@ -137,6 +144,9 @@ class UploadManifest:
     field_counts: tuple[FieldCount, ...] = ()
     layout: ClkLayout | None = None
     """A grouped encoding's groups and hardening (file format 2); None for one CLK."""
+    key_context: str | None = None
+    """What the keys and the KCV were derived for in place of the project id, as the encoded
+    file's header says (``spine:NAME`` for ``encode --spine``); None for the project's own."""
 
     def __post_init__(self) -> None:
         check_label(self.project_id, what="manifest project id")
@@ -172,9 +182,13 @@ class UploadManifest:
                 raise ConfigurationError("manifest layout must be a layout")
             if self.layout.total_bits != self.clk_bits:
                 raise ConfigurationError("manifest layout must add up to its CLK bits")
+        if self.key_context is not None:
+            if not isinstance(self.key_context, str):
+                raise ConfigurationError("manifest key context must be spine: and a spine name")
+            check_key_context(self.key_context)
 
     def to_record(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "format": MANIFEST_FORMAT,
             "project_id": self.project_id,
             "party": self.party,
@@ -197,6 +211,9 @@ class UploadManifest:
             ],
             "layout": None if self.layout is None else self.layout.to_record(),
         }
+        if self.key_context is not None:
+            record["key_context"] = self.key_context
+        return record
 
     def canonical_bytes(self) -> bytes:
         """The bytes the party signs: RFC 8785 canonical JSON of :meth:`to_record`."""
@@ -216,8 +233,11 @@ class UploadManifest:
                 f"unknown manifest format; this build reads {MANIFEST_FORMAT} only (re-encode "
                 "with this version of bloomlink to sign a new one)"
             )
-        if set(record) != set(_FIELDS):
+        if not set(_FIELDS) <= set(record) <= set(_FIELDS) | set(_OPTIONAL_FIELDS):
             raise ConfigurationError("manifest does not have exactly the manifest fields")
+        if "key_context" in record and record["key_context"] is None:
+            # Absent, never null: one manifest has one spelling, so one canonical form.
+            raise ConfigurationError("manifest key context is absent or a spine's, never null")
         layout = record["layout"]
         try:
             return cls(
@@ -243,6 +263,7 @@ class UploadManifest:
                     for item in record["field_counts"]
                 ),
                 layout=None if layout is None else ClkLayout.from_record(layout),
+                key_context=record.get("key_context"),
             )
         except (TypeError, ValueError, KeyError):
             raise ConfigurationError("manifest has a malformed hex field") from None
@@ -337,7 +358,9 @@ def manifest_mismatches(
 ) -> tuple[str, ...]:
     """Which aspects of an ``upload_committed`` entry disagree with the manifest (empty if
     none). Aspects are field names; values are never returned. A grouped encoding's layout
-    is compared by its digest (``layout_sha256``, absent for a single CLK)."""
+    is compared by its digest (``layout_sha256``, absent for a single CLK); the key context
+    by the spine it names (``spine``, absent for the project's own context), reported as
+    ``key_context``."""
     expected: dict[str, object] = {
         "party": manifest.party,
         "record_count": manifest.record_count,
@@ -348,6 +371,9 @@ def manifest_mismatches(
         "layout_sha256": None if manifest.layout is None else manifest.layout.sha256,
     }
     wrong = [key for key, value in expected.items() if details.get(key) != value]
+    spine = None if manifest.key_context is None else spine_of_key_context(manifest.key_context)
+    if details.get("spine") != spine:
+        wrong.append("key_context")
     if project_id != manifest.project_id:
         wrong.insert(0, "project_id")
     if "manifest_sha256" in details and details["manifest_sha256"] != manifest.sha256:

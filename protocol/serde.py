@@ -347,6 +347,7 @@ def manifest_to_proto(signed: SignedManifest) -> pb.UploadManifest:
         signature=signed.signature,
         public_key=signed.public_key,
         groups=layout_to_proto(manifest.layout),
+        key_context=manifest.key_context or "",
     )
 
 
@@ -380,6 +381,7 @@ def manifest_from_proto(message: pb.UploadHeader) -> SignedManifest | None:
             for item in part.field_counts
         ),
         layout=layout_from_proto(part.groups),
+        key_context=part.key_context or None,
     )
     return _validated(
         SignedManifest,
@@ -409,6 +411,7 @@ UPLOAD_FIELD_ALLOW_LIST: dict[str, str] = {
     "bloomlink.v1.UploadManifest.nonce": "16 bytes",
     "bloomlink.v1.UploadManifest.signature": "64 bytes (Ed25519)",
     "bloomlink.v1.UploadManifest.public_key": "32 bytes (Ed25519)",
+    "bloomlink.v1.UploadManifest.key_context": "key context ^spine:[a-z][a-z0-9-]{0,62}$ or empty",
     "bloomlink.v1.ManifestFieldCount.field_name": "schema field name ^[a-z][a-z0-9_-]{0,62}$",
     "bloomlink.v1.ClkGroup.name": "label ^[a-z][a-z0-9-]{0,62}$",
     "bloomlink.v1.ClkGroup.hardening": f"hardening descriptor {HARDENING_DESCRIPTOR_PATTERN.pattern}",

@@ -65,8 +65,10 @@ def write_project(
     counts: tuple[int, ...] = (1000, 5000),
     retention: str = "delete-after-release",
     manifest_sha256: dict[str, str] | None = None,
+    spines: dict[str, str] | None = None,
 ) -> None:
-    """project -> authenticate -> uploads -> checks -> run -> keys -> deletions."""
+    """project -> authenticate -> uploads -> checks -> run -> keys -> deletions. ``spines``:
+    per party, the spine its upload's keys were made for (``upload_committed``'s ``spine``)."""
     append(
         log,
         "project_created",
@@ -100,6 +102,8 @@ def write_project(
         }
         if manifest_sha256 and party in manifest_sha256:
             details["manifest_sha256"] = manifest_sha256[party]
+        if spines and party in spines:
+            details["spine"] = spines[party]
         append(log, "upload_committed", project_id=project_id, details=details)
     append(log, "checks_passed", project_id=project_id, details={"parties": ",".join(parties)})
     append(

@@ -686,6 +686,7 @@ class UploadManifest(_message.Message):
     ROWS_READ_FIELD_NUMBER: _builtins.int
     ROWS_SKIPPED_FIELD_NUMBER: _builtins.int
     FIELD_COUNTS_FIELD_NUMBER: _builtins.int
+    KEY_CONTEXT_FIELD_NUMBER: _builtins.int
     project_id: _builtins.str
     """Label: the upload header's project id."""
     party_id: _builtins.str
@@ -728,6 +729,13 @@ class UploadManifest(_message.Message):
     """Extract rows the encode read (0: not recorded, e.g. a client that encodes elsewhere)."""
     rows_skipped: _builtins.int
     """Extract rows the encode skipped."""
+    key_context: _builtins.str
+    """The encoded file's key context, as the upload header's key_context: "spine:" and a spine
+    name for an encoding made with --spine; empty for the project id's own context (the
+    manifest's "key_context", written into the signed record only when set, so a manifest
+    without one signs the bytes it always did). The linkage unit refuses an upload whose
+    header's key context is not the manifest's (INVALID_ARGUMENT, reason manifest_mismatch).
+    """
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClkGroup]:
         """A grouped encoding's groups and the hardening applied to each (the manifest's
@@ -762,10 +770,11 @@ class UploadManifest(_message.Message):
         rows_read: _builtins.int = ...,
         rows_skipped: _builtins.int = ...,
         field_counts: _abc.Iterable[Global___ManifestFieldCount] | None = ...,
+        key_context: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "created_at", b"created_at", "field_counts", b"field_counts", "groups", b"groups", "kcv", b"kcv", "leak_scan_rows", b"leak_scan_rows", "leak_scan_strings", b"leak_scan_strings", "nonce", b"nonce", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "public_key", b"public_key", "record_count", b"record_count", "rows_read", b"rows_read", "rows_skipped", b"rows_skipped", "schema_fingerprint", b"schema_fingerprint", "signature", b"signature", "software_version", b"software_version", "unkeyed_check", b"unkeyed_check"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clk_bits", b"clk_bits", "created_at", b"created_at", "field_counts", b"field_counts", "groups", b"groups", "kcv", b"kcv", "key_context", b"key_context", "leak_scan_rows", b"leak_scan_rows", "leak_scan_strings", b"leak_scan_strings", "nonce", b"nonce", "party_id", b"party_id", "payload_sha256", b"payload_sha256", "project_id", b"project_id", "public_key", b"public_key", "record_count", b"record_count", "rows_read", b"rows_read", "rows_skipped", b"rows_skipped", "schema_fingerprint", b"schema_fingerprint", "signature", b"signature", "software_version", b"software_version", "unkeyed_check", b"unkeyed_check"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

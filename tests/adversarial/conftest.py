@@ -125,6 +125,7 @@ def signed_manifest(path: Path, party: str, signing_key, **changes: object) -> S
         nonce=os.urandom(16),
         leak_scan_strings=3,
         leak_scan_rows=3,
+        key_context=header.key_context,
     )
     return sign_manifest(dataclasses.replace(manifest, **changes), signing_key)
 

@@ -15,7 +15,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from auditor.verify import verify_audit_log
 from protocol import serde
-from protocol.errors import AlreadyExistsError, CompatibilityError, PermissionDeniedError
+from protocol.errors import (
+    AlreadyExistsError,
+    CompatibilityError,
+    InvalidRequestError,
+    PermissionDeniedError,
+)
 from protocol.keys import key_check_value
 from protocol.messages import RunState, UploadState
 from protocol.secret import LinkageSecret
@@ -259,6 +264,40 @@ def test_case_12_party_without_a_registered_key_is_refused(keyed_server, connect
     _refused_for(
         server, connect, path, signed_manifest(path, "hmrc", keys["hmrc"]), "manifest_key", "hmrc"
     )
+
+
+def test_case_12_a_header_edited_to_another_key_context_is_refused(
+    keyed_server, connect, tmp_path
+) -> None:
+    """Case 12: MoJ's encoding for spine "people", its header edited to say no key context
+    (the header digest is unkeyed: anyone can recompute it), sent to a one-off project with
+    the genuine signed manifest. The context is signed, so the manifest no longer vouches for
+    the header: INVALID_ARGUMENT (reason manifest_mismatch) naming the party and the aspect,
+    never a value; nothing stored. Before the manifest bound it, this upload was taken."""
+    server, keys, _ = keyed_server
+    clks = planted_party_clks(["moj"], seed=30)["moj"]
+    spined = write_clk_file(tmp_path / "s.clk", clks, project_id="p1", key_context="spine:people")
+    manifest = signed_manifest(spined, "moj", keys["moj"])
+    assert manifest.manifest.key_context == "spine:people"
+    edited = write_clk_file(tmp_path / "e.clk", clks, project_id="p1")
+    with pytest.raises(InvalidRequestError) as caught:
+        connect(server, "moj").upload_file(edited, party_id="moj", manifest=manifest)
+    assert "party moj's upload manifest disagrees with its header on key_context;" in (
+        caught.value.message
+    )
+    assert "people" not in caught.value.message
+    assert server.storage.upload("p1", "moj") is None
+    assert [event["reason"] for event in audit_events(server, "upload_refused")] == [
+        "manifest_mismatch"
+    ]
+    assert not audit_events(server, "upload_committed")
+    # The same file unedited, with a manifest stating no context, is taken: the project
+    # joins no spine; the committed entry records no spine.
+    good = signed_manifest(edited, "moj", keys["moj"])
+    assert connect(server, "moj").upload_file(edited, party_id="moj", manifest=good).state is (
+        UploadState.COMPLETE
+    )
+    assert "spine" not in audit_events(server, "upload_committed")[0]
 
 
 _ENCODE_IN_CHILD = """

@@ -31,7 +31,12 @@ PROJECT = "moj-dfe-2026"
 
 
 def manifest_for(
-    tmp_path: Path, party: str, count: int, *, record_count: int | None = None
+    tmp_path: Path,
+    party: str,
+    count: int,
+    *,
+    record_count: int | None = None,
+    key_context: str | None = None,
 ) -> Path:
     key_path = tmp_path / f"{party}-signing.pem"
     key = create_party_signing_key(key_path)
@@ -49,6 +54,7 @@ def manifest_for(
         software_version="0.1.0",
         leak_scan_strings=50,
         leak_scan_rows=10,
+        key_context=key_context,
     )
     return path
 
@@ -157,6 +163,26 @@ def test_manifest_that_disagrees_with_the_log_fails(tmp_path: Path) -> None:
     report = verify(tmp_path, manifests=[read_manifest(moj)])
     assert [check.name for check in report.failures] == ["manifest"]
     assert report.failures[0].message.endswith("on record_count") and report.failures[0].entry == 2
+
+
+def test_a_manifests_key_context_is_checked_against_the_logged_spine(tmp_path: Path) -> None:
+    """The auditor sees what context each upload was made for (``spine`` in
+    ``upload_committed``) and that the party's signed manifest says the same."""
+    moj = read_manifest(manifest_for(tmp_path, "moj", 1000, key_context="spine:people"))
+    cases = (({"moj": "people"}, False), (None, True), ({"moj": "other"}, True))
+    for number, (spines, wrong) in enumerate(cases):
+        directory = tmp_path / f"log{number}"
+        directory.mkdir()
+        with make_log(directory) as log:
+            write_project(log, PROJECT, spines=spines)
+            export_public_key(directory, log)
+        report = verify(directory, manifests=[moj])
+        if wrong:
+            assert [check.name for check in report.failures] == ["manifest"]
+            assert report.failures[0].message.endswith("on key_context")
+            assert "people" not in report.failures[0].message
+        else:
+            assert not report.failures
 
 
 def test_manifest_signed_by_an_unregistered_key_fails(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import pytest
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
 from linkage_unit.server import ServerConfig, create_server
+from party.manifest import manifest_path_for, read_manifest
 from protocol.clk_file import read_header
 from protocol.schema import default_schema
 
@@ -94,6 +95,9 @@ def test_a_spine_project_refuses_an_encoding_not_made_for_its_spine_before_its_f
         for party in ("dfe", "moj"):
             out = encode("release-1", party, "--spine", "people")
             assert read_header(out).key_context == "spine:people"
+            # The party's signed manifest states the context, so the header's cannot be
+            # edited without the party's key (the LU compares them before the project).
+            assert read_manifest(manifest_path_for(out)).manifest.key_context == "spine:people"
             assert main(["submit", str(out), "--party", party, *tls(f"party-{party}")]) == 0
         assert main(["project", "run", "release-1", "--wait", "120", *tls("operator")]) == 0
         # The run finished. (Its payloads are deleted just after the state is published, so
@@ -126,3 +130,9 @@ def test_a_spine_project_refuses_an_encoding_not_made_for_its_spine_before_its_f
         ("one-off", "dfe"),
     ]
     assert {entry["details"]["reason"] for entry in refused} == {"key_context"}
+    # Each committed upload records the spine its keys were made for (none for a one-off).
+    committed = [entry for entry in log if entry["event"] == "upload_committed"]
+    assert sorted(
+        (entry["project_id"], entry["details"]["party"], entry["details"].get("spine"))
+        for entry in committed
+    ) == [("one-off", "moj", None), ("release-1", "dfe", "people"), ("release-1", "moj", "people")]

@@ -103,9 +103,11 @@ export function readEncodedFile(path) {
 /** The manifest record (the JSON the party signs) for an encoded file's header. `fields`:
  * party, software_version, created_at, nonce (Buffer), leak_scan_strings, leak_scan_rows,
  * and the encode's own findings (unkeyed_check, rows_read, rows_skipped, field_counts as
- * [{field, missing, blanked}]); a client that did not record them says so: false and 0s. */
+ * [{field, missing, blanked}]); a client that did not record them says so: false and 0s.
+ * A file encoded for a spine (its header's key_context) has its context signed too; the
+ * key is absent, never null, for one that has none. */
 export function manifestRecord(header, fields) {
-  return {
+  const record = {
     format: "bloomlink-manifest-v2",
     project_id: header.project_id,
     party: fields.party,
@@ -128,6 +130,8 @@ export function manifestRecord(header, fields) {
       ? header.groups.map(({ name, bits, hardening }) => ({ bits, hardening, name }))
       : null,
   };
+  if (header.key_context) record.key_context = header.key_context;
+  return record;
 }
 
 /** The raw 32-byte Ed25519 public key of a KeyObject (private or public). */
@@ -179,6 +183,7 @@ export function manifestMessage(record, signed) {
       missing: String(missing),
       blanked: String(blanked),
     })),
+    key_context: record.key_context ?? "",
   };
 }
 

@@ -95,3 +95,31 @@ def test_time_and_nonce_refusals() -> None:
     assert nonce_refusal(None) is None
     used = nonce_refusal("ab" * 32)
     assert used is not None and isinstance(used.error, AlreadyExistsError)
+
+
+def test_a_header_whose_key_context_the_manifest_does_not_state_is_refused() -> None:
+    """The key context is signed: a header edited to another context (or to none, or to one
+    the manifest never stated) under the party's genuine manifest is a mismatch, named by
+    aspect and party, never by value."""
+    key = Ed25519PrivateKey.generate()
+    spined = replace(HEADER, key_context="spine:people")
+    manifest = _manifest(key, key_context="spine:people")
+
+    def refusal(header, signed):
+        details = event_record(upload_committed(header, signed)).details
+        return manifest_refusal(ManifestPolicy(), header, signed, upload_details=details)
+
+    assert refusal(spined, manifest) is None
+    assert event_record(upload_committed(spined, manifest)).details["spine"] == "people"
+    assert "spine" not in event_record(upload_committed(HEADER, manifest)).details
+    for header, signed in (
+        (HEADER, manifest),
+        (replace(HEADER, key_context="spine:other"), manifest),
+        (spined, _manifest(key)),
+    ):
+        refused = refusal(header, signed)
+        assert refused is not None and refused.reason is UploadRefusal.MANIFEST_MISMATCH
+        assert isinstance(refused.error, InvalidRequestError)
+        message = refused.error.message
+        assert "party moj's upload manifest" in message and "on key_context;" in message
+        assert "people" not in message and "other" not in message and "spine:" not in message

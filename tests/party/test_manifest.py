@@ -20,6 +20,7 @@ from party.manifest import (
     write_manifest,
     write_manifest_for_file,
 )
+from protocol.canonical import canonical_json
 from protocol.clk_file import ClkFileWriter
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import AuditError, ConfigurationError
@@ -292,3 +293,157 @@ def test_both_sides_fields_survive_the_wire_and_the_signature_still_holds(tmp_pa
     received = serde.manifest_from_proto(wire.header)
     assert received == signed
     assert verify_manifest(received, expected_public_key=key.public_key()) == signed.manifest
+
+
+def _spine_file(tmp_path: Path, key_context: str | None, name: str = "moj.clk") -> Path:
+    encoded = tmp_path / name
+    with ClkFileWriter(
+        encoded,
+        project_id="p1",
+        schema_fingerprint=FINGERPRINT,
+        kcv=KCV,
+        clk_bits=128,
+        key_context=key_context,
+    ) as writer:
+        writer.write(np.arange(8, dtype=np.uint64).reshape(4, 2))
+    return encoded
+
+
+def test_a_spine_encodings_manifest_signs_its_key_context(tmp_path: Path) -> None:
+    key = create_party_signing_key(tmp_path / "key.pem")
+    encoded = _spine_file(tmp_path, "spine:people")
+    signed = write_manifest_for_file(
+        encoded,
+        tmp_path / "m.json",
+        signing_key=key,
+        party="moj",
+        software_version="0.1.0",
+        leak_scan_strings=5,
+        leak_scan_rows=4,
+        unkeyed_check=True,
+    )
+    record = json.loads((tmp_path / "m.json").read_text())
+    assert record["manifest"]["key_context"] == "spine:people"
+    manifest = verify_manifest(
+        read_manifest(tmp_path / "m.json"), expected_public_key=key.public_key()
+    )
+    assert manifest == signed.manifest and manifest.key_context == "spine:people"
+    assert b'"key_context":"spine:people"' in manifest.canonical_bytes()
+    assert check_manifest_for_file(encoded, tmp_path / "m.json", party="moj") == signed
+    # The context is signed: changed, or removed, the signature no longer holds.
+    for edit in ("spine:other", None):
+        changed = json.loads(json.dumps(record))
+        if edit is None:
+            del changed["manifest"]["key_context"]
+        else:
+            changed["manifest"]["key_context"] = edit
+        (tmp_path / "edited.json").write_text(json.dumps(changed))
+        with pytest.raises(AuditError, match="manifest of party moj has an invalid signature"):
+            verify_manifest(read_manifest(tmp_path / "edited.json"))
+    # One spelling: absent, never null; and only a spine's context.
+    for bad in (None, "people", "spine:Jane Smith"):
+        changed = json.loads(json.dumps(record))
+        changed["manifest"]["key_context"] = bad
+        (tmp_path / "bad.json").write_text(json.dumps(changed))
+        with pytest.raises(ConfigurationError) as caught:
+            read_manifest(tmp_path / "bad.json")
+        assert "Jane" not in caught.value.message
+
+
+def test_a_manifest_without_a_key_context_signs_the_bytes_it_always_did(tmp_path: Path) -> None:
+    path, key = sample(tmp_path)
+    record = json.loads(path.read_text())["manifest"]
+    assert "key_context" not in record
+    manifest = verify_manifest(read_manifest(path), expected_public_key=key.public_key())
+    assert manifest.key_context is None
+    # The canonical bytes are the record's without the key (the format before the field).
+    assert manifest.canonical_bytes() == canonical_json(record)
+
+
+def test_a_key_context_is_checked_against_the_file_and_the_upload_entry(tmp_path: Path) -> None:
+    key = create_party_signing_key(tmp_path / "key.pem")
+    encoded = _spine_file(tmp_path, "spine:people")
+    signed = write_manifest_for_file(
+        encoded,
+        tmp_path / "m.json",
+        signing_key=key,
+        party="moj",
+        software_version="0.1.0",
+        leak_scan_strings=5,
+        leak_scan_rows=4,
+        unkeyed_check=True,
+    )
+    details: dict[str, object] = {
+        "party": "moj",
+        "record_count": 4,
+        "clk_bits": 128,
+        "payload_sha256": signed.manifest.payload_sha256.hex(),
+        "schema_fingerprint": FINGERPRINT.hex(),
+        "kcv": KCV.hex(),
+        "spine": "people",
+    }
+    assert manifest_mismatches(signed.manifest, project_id="p1", details=details) == ()
+    for spine in ("other", None):
+        changed = {**details, "spine": spine}
+        assert manifest_mismatches(signed.manifest, project_id="p1", details=changed) == (
+            "key_context",
+        )
+    # The same payload under a header whose context was edited (the header digest is
+    # unkeyed, anyone can recompute it): the manifest does not vouch for it.
+    for name, edited in (("plain.clk", None), ("other.clk", "spine:other")):
+        _spine_file(tmp_path, edited, name)
+        with pytest.raises(AuditError, match="differs on key_context") as caught:
+            check_manifest_for_file(tmp_path / name, tmp_path / "m.json", party="moj")
+        assert "people" not in caught.value.message.replace(str(tmp_path), "")
+
+
+def test_a_key_context_survives_the_wire_and_its_signature_still_holds(tmp_path: Path) -> None:
+    from protocol import serde
+    from protocol.messages import UploadHeader
+    from protocol.pb import linkage_pb2 as pb
+
+    key = create_party_signing_key(tmp_path / "key.pem")
+    encoded = _spine_file(tmp_path, "spine:people")
+    signed = write_manifest_for_file(
+        encoded,
+        tmp_path / "m.json",
+        signing_key=key,
+        party="moj",
+        software_version="0.1.0",
+        leak_scan_strings=5,
+        leak_scan_rows=4,
+    )
+    header = UploadHeader(
+        project_id="p1",
+        party_id="moj",
+        schema_fingerprint=FINGERPRINT,
+        kcv=KCV,
+        clk_bits=128,
+        record_count=4,
+        payload_sha256=signed.manifest.payload_sha256,
+        key_context="spine:people",
+    )
+    message = serde.upload_header_to_proto(header, signed)
+    assert message.header.manifest.key_context == "spine:people"
+    received = serde.manifest_from_proto(
+        pb.UploadRequest.FromString(message.SerializeToString()).header
+    )
+    assert received == signed
+    assert verify_manifest(received, expected_public_key=key.public_key()) == signed.manifest
+    # Without a context the field stays empty on the wire and comes back as None.
+    (tmp_path / "plain").mkdir()
+    old = read_manifest(sample(tmp_path / "plain")[0])
+    wire = serde.upload_header_to_proto(
+        UploadHeader(
+            project_id="moj-dfe-2026",
+            party_id="moj",
+            schema_fingerprint=FINGERPRINT,
+            kcv=KCV,
+            clk_bits=1024,
+            record_count=1000,
+            payload_sha256=b"\x11" * 32,
+        ),
+        old,
+    )
+    assert wire.header.manifest.key_context == ""
+    assert serde.manifest_from_proto(wire.header) == old

@@ -225,11 +225,13 @@ def manifest_vectors() -> list[dict[str, Any]]:
         ),
     }
     vectors = []
-    for name, layout in (
-        ("one record-level CLK (file format 1, layout null)", None),
-        ("grouped (file format 2)", LAYOUT),
+    for name, layout, context in (
+        ("one record-level CLK (file format 1, layout null)", None, None),
+        ("grouped (file format 2)", LAYOUT, None),
+        # The key "key_context" is written only when set, so the first two are unchanged.
+        ("encoded for spine people (key_context spine:people)", None, "spine:people"),
     ):
-        manifest = UploadManifest(**common, layout=layout)
+        manifest = UploadManifest(**common, layout=layout, key_context=context)
         signed = sign_manifest(manifest, key)
         canonical = manifest.canonical_bytes()
         vectors.append(
