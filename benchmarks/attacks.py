@@ -51,6 +51,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
 sys.path.insert(0, str(REPOSITORY / "benchmarks"))
 
+from machine import this_machine  # noqa: E402
 from quality import ours_auto, synth_parties  # noqa: E402
 
 from bloomlink.attacks import (  # noqa: E402
@@ -394,7 +395,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"    linear truth: {item}")
     print_table(runs)
     figures = [_figures(run, baseline) for run in runs]
-    summary: dict[str, Any] = {"bench": "attacks", "records": args.records}
+    summary: dict[str, Any] = {
+        "bench": "attacks",
+        "records": args.records,
+        **this_machine().fields(),
+    }
     summary.update({key: value for key, value in figures[-1].items() if key != "seconds"})
     summary["f1_auto_hard_single_clk"] = round(baseline, 4) if baseline is not None else None
     summary["schemas"] = figures

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import this_machine  # noqa: E402
 from quality import encode, synth_parties  # noqa: E402
 
 from linkage_unit.blocking import (  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> int:
                 ),
                 "fitted_comparisons": fitted_low["comparisons"],
                 "default_comparisons": default_low["comparisons"],
-                "load_avg_1m": round(os.getloadavg()[0], 2),
+                **this_machine().fields(),
                 "peer": None,
                 "ratio": round(fitted_low["comparisons"] / max(1, default_low["comparisons"]), 4),
             }

@@ -25,6 +25,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import this_machine  # noqa: E402
+
 from linkage_unit.blocking import BlockingIndex, BlockingSettings  # noqa: E402
 from protocol.clk_file import read_clks  # noqa: E402
 
@@ -90,6 +92,7 @@ def main() -> int:
         json.dumps(
             {
                 "bench": "blocking_survey",
+                **this_machine().fields(),
                 "target_records_per_party": args.target,
                 "sample_per_party": take,
                 "density": round(density, 3),

@@ -65,6 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import quality as base  # noqa: E402
+from machine import this_machine  # noqa: E402
 from peers import run_in_peers  # noqa: E402
 from splink_peer import run_splink  # noqa: E402
 
@@ -442,7 +443,7 @@ def quality_main(args: argparse.Namespace) -> int:
     print("  " + " " * 30 + " | ".join(f"{row['label']:>34}" for row in rows))
     methods = {row["label"]: row["auto"].method for row in rows}
     print(f"  automatic threshold methods: {methods}")
-    summary: dict[str, Any] = {"bench": "dedupe-quality"}
+    summary: dict[str, Any] = {"bench": "dedupe-quality", **this_machine().fields()}
     for name in SETS:
         for key, _ in COLUMNS:
             values = [row[key].f1 for row in rows if row["set"] == name and key in row]
@@ -612,6 +613,7 @@ def scale_main(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "bench": "dedupe-scale",
+                **this_machine().fields(),
                 "records": len(clks),
                 "people": len(people),
                 "in_process_s": round(local_seconds, 1),

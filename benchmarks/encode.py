@@ -43,6 +43,7 @@ REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY))
 sys.path.insert(0, str(REPOSITORY / "benchmarks"))
 
+from machine import this_machine  # noqa: E402
 from peers import ensure_peers_python, run_in_peers  # noqa: E402
 
 from party.encoder_run import BadRowLimit, encode_extract  # noqa: E402
@@ -136,16 +137,6 @@ def cpu_seconds() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def cpu_model() -> str:
-    """The CPU's model name with its family and model numbers (the name alone can be vague)."""
-    info: dict[str, str] = {}
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    name = info.get("model name", "unknown CPU")
-    return f"{name} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
 
 
 def time_bloomlink(
@@ -321,7 +312,7 @@ def main() -> None:
     (default_one, default_one_cpu), (default_two, default_two_cpu) = runs["default"]
     figures = {
         "bench": "encode",
-        "cpu": cpu_model(),
+        **this_machine().fields(),
         "records": synth_records,
         "peer": "clkhash",
         "peer_rec_s": round(synth_peer),
@@ -350,7 +341,6 @@ def main() -> None:
         "peak_rss_mib_full": rss_full,
         "load_avg_start": round(load_start, 1),
         "load_avg_end": round(load_end, 1),
-        "cores": os.cpu_count(),
     }
     print(json.dumps(figures))
 

@@ -37,6 +37,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import this_machine  # noqa: E402
+
 from bloomlink.synth import SynthConfig, generate, write  # noqa: E402
 from bloomlink.synth.scoring import link_quality  # noqa: E402
 from linkage_unit.blocking import (  # noqa: E402
@@ -345,6 +347,7 @@ def main() -> int:
         json.dumps(
             {
                 "bench": "end_to_end",
+                **this_machine().fields(),
                 "records_per_party": args.records,
                 "end_to_end_s": round(total, 1),
                 "encode_wall_s": None if encode_wall is None else round(encode_wall, 1),
@@ -364,7 +367,6 @@ def main() -> int:
                 "recall_threshold": round(record_threshold, 4),
                 "lsh_shapes": shapes,
                 "group_blocking": bool(group_thresholds),
-                "load_avg_1m": round(os.getloadavg()[0], 2),
                 "peer": None,
                 "ratio": round(total / TARGET_SECONDS, 3),
                 "ratio_meaning": "end-to-end seconds / 90 s target (no peer runs this)",

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import this_machine
 
 import party.leak_scan as leak_scan
 from party.leak_scan import find_occurrences_naive, scan_encoded_file, sensitive_patterns
@@ -160,6 +161,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "leak_scan",
+                **this_machine().fields(),
                 "file_mb": round(mb, 1),
                 "strings": args.strings,
                 "patterns": len(patterns),

@@ -17,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import this_machine  # noqa: E402
+
 from linkage_unit.pki import init_certificates  # noqa: E402
 from tests.adversarial.conftest import LinkageUnitProcess  # noqa: E402
 from tests.adversarial.load import run_load  # noqa: E402
@@ -66,6 +68,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "load",
+                **this_machine().fields(),
                 **result,
                 "upload_mib_s_lower_bound": round(uploaded_mib_s, 2),
                 "peer": None,

@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from machine import this_machine  # noqa: E402
 from peers import run_in_peers  # noqa: E402
 
 from linkage_unit.blocking import BlockingIndex, pair_completeness  # noqa: E402
@@ -72,7 +73,6 @@ FORCED = {
 for, gcc's -march level, the LLVM features of that level). AVX2 is the x86-64-v3 set (AVX2,
 BMI2, FMA, POPCNT; no AVX-512, no GFNI) scheduled for AMD Zen 3, issue 15's AVX2 machine;
 POPCNT is x86-64-v2 (SSE4.2, POPCNT), scheduled for Westmere."""
-SHOWN_FLAGS = ("popcnt", "avx2", "avx512f", "avx512bw", "avx512_vpopcntdq")
 
 ANONLINK_SNIPPET = r"""
 import json, sys, time
@@ -115,19 +115,6 @@ def planted(generator: np.random.Generator, size: int, density: float) -> tuple[
     noise = np.packbits(mask, axis=1, bitorder="little").view(np.uint64).reshape(half, 16)
     right[:half] = left[:half] ^ noise
     return left, right
-
-
-def cpu_description() -> dict[str, Any]:
-    model, flags = "unknown", set()
-    lscpu = shutil.which("lscpu")
-    if lscpu:
-        for line in subprocess.run([lscpu], capture_output=True, text=True).stdout.splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "Model name":
-                model = value.strip()
-            elif key.strip() == "Flags":
-                flags = set(value.split())
-    return {"model": model, "flags": [flag for flag in SHOWN_FLAGS if flag in flags]}
 
 
 def forced_environment(cpu: str, level: frozenset[str]) -> dict[str, str]:
@@ -337,9 +324,9 @@ def main() -> int:
         print(json.dumps(measure_kernels(args.size, args.reps, args.threshold, args.library, seed)))
         return 0
 
-    cpu = cpu_description()
+    machine = this_machine()
     native = kernel_path()
-    print(f"CPU: {cpu['model']}; flags: {' '.join(cpu['flags'])}; native kernel path: {native}")
+    print(f"CPU: {machine.cpu}; native kernel path: {native}")
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     left, right = planted(np.random.default_rng(seed), args.size, 0.45)
     pairs = args.size * args.size
@@ -394,8 +381,7 @@ def main() -> int:
         "bench": "match",
         "size": args.size,
         "threshold": args.threshold,
-        "cpu": cpu["model"],
-        "cpu_flags": cpu["flags"],
+        **machine.fields(),
         "kernel_path": str(native),
         "bloomlink_pairs_s_1t": native_summary["pairs_s_1t"],
         "bloomlink_pairs_s_1t_wall": round(rate(pairs, one)),
@@ -405,7 +391,7 @@ def main() -> int:
         "ratio": native_summary["ratio"],
         "share_of_c_limit": native_summary["share_of_c_limit"],
         "paths": paths,
-        "load_avg_1m": [round(result["load"][0], 2) for result in measured.values()],
+        "load_avg_1m_per_path": [round(result["load"][0], 2) for result in measured.values()],
     }
     if blocking_rows:
         key_figures["blocking_pc_min"] = round(min(r["pc"] for r in blocking_rows), 4)

@@ -54,6 +54,7 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import this_machine  # noqa: E402
 from peers import run_in_peers  # noqa: E402
 from splink_peer import run_splink as run_splink_peer  # noqa: E402
 
@@ -927,7 +928,7 @@ def _summary(
     calibration_rows: Sequence[tuple[float, float, int, float, float]],
     seconds: float,
 ) -> dict[str, Any]:
-    summary: dict[str, Any] = {"bench": "quality"}
+    summary: dict[str, Any] = {"bench": "quality", **this_machine().fields()}
     for name in sorted({row["set"] for row in rows}):
         key = name.replace("-", "_")
         for column, suffix in (

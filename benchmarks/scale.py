@@ -33,6 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from machine import this_machine  # noqa: E402
+
 from linkage_unit.blocking import BlockingIndex, BlockingSettings  # noqa: E402
 from linkage_unit.distributed import ClusterSettings, DaskExecutor  # noqa: E402
 from linkage_unit.matching import LinkResult, MatchSettings, link  # noqa: E402
@@ -225,6 +227,7 @@ def main() -> int:
         json.dumps(
             {
                 "bench": "scale",
+                **this_machine().fields(),
                 "records_per_party": args.records,
                 "in_process_s": round(local_seconds, 2),
                 "dask_1_worker_s": round(one_seconds, 2),

@@ -15,6 +15,8 @@ import resource
 import tempfile
 import time
 
+from machine import this_machine
+
 from bloomlink.synth import SynthConfig, generate, write
 
 TARGET_SECONDS = 60.0
@@ -49,6 +51,7 @@ def main() -> None:
     print(f"{'total':<10} {total:>8.1f} {records / total:>12,.0f}   peak RSS {peak_mb:,.0f} MB")
     figures = {
         "bench": "synth",
+        **this_machine().fields(),
         "records_per_department": args.records,
         "departments": len(config.departments),
         "difficulty": args.difficulty,

@@ -8,8 +8,10 @@ import csv
 import dataclasses
 import itertools
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,10 +28,10 @@ from party.encoder_run import (
 from party.id_digests import line_digests, line_digests_reference
 from party.mapping import DepartmentMapping, shipped_mapping
 from party.sensitive_strings import RowSample
-from protocol.clk_file import read_clks
+from protocol.clk_file import ClkFileHeader, read_clks
 from protocol.encoding import ClkEncoder
 from protocol.errors import ConfigurationError, ExtractError, RecordError
-from protocol.schema import default_schema, load_schema, parse_schema
+from protocol.schema import LinkageSchema, default_schema, load_schema, parse_schema
 from protocol.secret import LinkageSecret
 
 SECRET = LinkageSecret(bytes(range(32)))
@@ -604,7 +606,22 @@ def test_every_token_method_and_hardening_match_the_per_value_encoder(
         ],
     }
     schema = parse_schema(document)
-    rows = [person(index) for index in range(40)]
+    encode_matching_the_per_value_encoder(
+        dirs, schema, [person(index) for index in range(40)], chunk_rows=16
+    )
+
+
+GROUPED_SCHEMAS = Path(__file__).resolve().parents[2] / "benchmarks" / "schemas"
+
+
+def encode_matching_the_per_value_encoder(
+    dirs: tuple[Path, Path], schema: LinkageSchema, rows: list[list[str]], **run: Any
+) -> tuple[ClkFileHeader, npt.NDArray[np.uint64], dict[str, int]]:
+    """Encode ``rows`` as MoJ's extract through the run's column path (``run``: chunking,
+    bad-row policy) and check every record's bits against the per-value encoder,
+    ``ClkEncoder.encode``, its slow and obvious twin. The file's header, records and
+    positions, for what a test checks beyond that."""
+    source, out = dirs
     encode_extract(
         extract_path=write_csv(source / "moj.csv", rows),
         mapping=shipped_mapping("moj"),
@@ -613,18 +630,16 @@ def test_every_token_method_and_hardening_match_the_per_value_encoder(
         project_id="demo",
         encoded_path=out / "moj.clk",
         positions_path=out / "moj.positions.csv",
-        chunk_rows=16,
+        **run,
     )
-    _, clks = read_clks(out / "moj.clk")
+    header, clks = read_clks(out / "moj.clk")
     positions = read_positions(out / "moj.positions.csv")
     bound = shipped_mapping("moj").bind(schema, HEADER)
     encoder = ClkEncoder(schema, SECRET, project_id="demo")
     for row in rows:
-        expected = encoder.encode(bound.normalise(row, row_number=1))
+        expected = encoder.encode(bound.normalise(row, row_number=1, blanked=[]))
         assert clks[positions[row[0]]].tobytes() == expected
-
-
-GROUPED_SCHEMAS = Path(__file__).resolve().parents[2] / "benchmarks" / "schemas"
+    return header, clks, positions
 
 
 @pytest.mark.parametrize(
@@ -643,27 +658,15 @@ def test_a_grouped_schema_writes_format_2_matching_the_per_value_encoder(
     rows[4][3] = "31/02/1990"  # not a date: blanked, so again no salt
     if bad_rows == "fail":
         rows[4][3] = "01/02/1990"
-    encode_extract(
-        extract_path=write_csv(source / "moj.csv", rows),
-        mapping=shipped_mapping("moj"),
-        schema=schema,
-        secret=SECRET,
-        project_id="demo",
-        encoded_path=out / "moj.clk",
-        positions_path=out / "moj.positions.csv",
+    header, clks, positions = encode_matching_the_per_value_encoder(
+        dirs,
+        schema,
+        rows,
         chunk_rows=16,
         bad_rows=bad_rows,
         max_bad_rows=BadRowLimit(rows=1),  # the one blanked date (2 %, over the 1 % default)
     )
-    header, clks = read_clks(out / "moj.clk")
     assert header.format_version == 2 and header.layout == schema.layout
-    positions = read_positions(out / "moj.positions.csv")
-    bound = shipped_mapping("moj").bind(schema, HEADER)
-    encoder = ClkEncoder(schema, SECRET, project_id="demo")
-    blanked: list[RecordError] = []
-    for row in rows:
-        expected = encoder.encode(bound.normalise(row, row_number=1, blanked=blanked))
-        assert clks[positions[row[0]]].tobytes() == expected
     birth = slice(*schema.layout.word_range(1))
     assert not clks[positions[rows[3][0]], birth].any()
 
@@ -690,23 +693,7 @@ def test_salted_keys_packed_from_ids_that_start_again_change_no_bit(
         dates, sexes = (block % 3, 0) if changing == "dates" else (0, block % 2)
         row[3] = f"0{dates * 3 + index % 3 + 1}/03/1961"
         row[4] = (("Male", "Female"), ("Unknown", ""))[sexes][index % 2]
-    encode_extract(
-        extract_path=write_csv(source / "moj.csv", rows),
-        mapping=shipped_mapping("moj"),
-        schema=schema,
-        secret=SECRET,
-        project_id="demo",
-        encoded_path=out / "moj.clk",
-        positions_path=out / "moj.positions.csv",
-        chunk_rows=12,
-    )
-    _, clks = read_clks(out / "moj.clk")
-    positions = read_positions(out / "moj.positions.csv")
-    bound = shipped_mapping("moj").bind(schema, HEADER)
-    encoder = ClkEncoder(schema, SECRET, project_id="demo")
-    for row in rows:
-        expected = encoder.encode(bound.normalise(row, row_number=1, blanked=[]))
-        assert clks[positions[row[0]]].tobytes() == expected
+    encode_matching_the_per_value_encoder(dirs, schema, rows, chunk_rows=12)
 
 
 def test_positions_file_quotes_ids_across_blocks(

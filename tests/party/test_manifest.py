@@ -6,6 +6,7 @@ import json
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,36 +21,89 @@ from party.manifest import (
     write_manifest,
     write_manifest_for_file,
 )
+from protocol import serde
 from protocol.canonical import canonical_json
 from protocol.clk_file import ClkFileWriter
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import AuditError, ConfigurationError
-from protocol.manifest import FieldCount, manifest_mismatches
+from protocol.manifest import FieldCount, SignedManifest, manifest_mismatches
+from protocol.messages import UploadHeader
+from protocol.pb import linkage_pb2 as pb
 
 FINGERPRINT = bytes(range(32))
 KCV = bytes(range(16))
 
 
+def _signed(path: Path, key: Ed25519PrivateKey, **fields: Any) -> SignedManifest:
+    """A manifest of MoJ's 4-row, 128-bit encode in project p1, ``fields`` changed."""
+    defaults: dict[str, Any] = {
+        "project_id": "p1",
+        "party": "moj",
+        "record_count": 4,
+        "clk_bits": 128,
+        "payload_sha256": b"\x11" * 32,
+        "schema_fingerprint": FINGERPRINT,
+        "kcv": KCV,
+        "software_version": "0.1.0",
+        "leak_scan_strings": 5,
+        "leak_scan_rows": 4,
+    }
+    return write_manifest(path, signing_key=key, **{**defaults, **fields})
+
+
 def sample(tmp_path: Path) -> tuple[Path, Ed25519PrivateKey]:
     key = create_party_signing_key(tmp_path / "moj-signing.pem")
     path = tmp_path / "moj.manifest.json"
-    write_manifest(
+    _signed(
         path,
-        signing_key=key,
+        key,
         project_id="moj-dfe-2026",
-        party="moj",
         record_count=1000,
         clk_bits=1024,
-        payload_sha256=b"\x11" * 32,
-        schema_fingerprint=FINGERPRINT,
-        kcv=KCV,
-        software_version="0.1.0",
         leak_scan_strings=50,
         leak_scan_rows=10,
         clock=lambda: datetime(2026, 1, 5, tzinfo=UTC),
         nonce=lambda size: b"\x07" * size,
     )
     return path, key
+
+
+def _encoded_file(tmp_path: Path, name: str = "moj.clk", **header: Any) -> Path:
+    """Four 128-bit records of project p1 in an encoded file; ``header`` adds a layout or a
+    key context."""
+    encoded = tmp_path / name
+    with ClkFileWriter(
+        encoded, project_id="p1", schema_fingerprint=FINGERPRINT, kcv=KCV, clk_bits=128, **header
+    ) as writer:
+        writer.write(np.arange(8, dtype=np.uint64).reshape(4, 2))
+    return encoded
+
+
+def _signed_file(
+    encoded: Path, manifest: Path, key: Ed25519PrivateKey, **fields: Any
+) -> SignedManifest:
+    """MoJ's manifest of an existing encoded file (its header and payload digest)."""
+    return write_manifest_for_file(
+        encoded,
+        manifest,
+        signing_key=key,
+        party="moj",
+        software_version="0.1.0",
+        leak_scan_strings=5,
+        leak_scan_rows=4,
+        **fields,
+    )
+
+
+def _through_the_wire(header: UploadHeader, signed: SignedManifest) -> tuple[Any, SignedManifest]:
+    """The upload header message as the LU parses it off the wire, and the manifest it
+    rebuilds from it (the canonical bytes it checks the signature against)."""
+    message = serde.upload_header_to_proto(header, signed)
+    received = serde.manifest_from_proto(
+        pb.UploadRequest.FromString(message.SerializeToString()).header
+    )
+    assert received is not None
+    return message, received
 
 
 def test_round_trip_and_key_file_is_private(tmp_path: Path) -> None:
@@ -107,20 +161,7 @@ def test_manifest_matches_its_upload_entry(tmp_path: Path) -> None:
 
 def test_manifest_for_file_checks_the_payload(tmp_path: Path) -> None:
     key = create_party_signing_key(tmp_path / "key.pem")
-    encoded = tmp_path / "moj.clk"
-    with ClkFileWriter(
-        encoded, project_id="p1", schema_fingerprint=FINGERPRINT, kcv=KCV, clk_bits=128
-    ) as writer:
-        writer.write(np.arange(8, dtype=np.uint64).reshape(4, 2))
-    signed = write_manifest_for_file(
-        encoded,
-        tmp_path / "m.json",
-        signing_key=key,
-        party="moj",
-        software_version="0.1.0",
-        leak_scan_strings=5,
-        leak_scan_rows=4,
-    )
+    signed = _signed_file(_encoded_file(tmp_path), tmp_path / "m.json", key)
     assert signed.manifest.record_count == 4 and signed.manifest.clk_bits == 128
     assert verify_manifest(read_manifest(tmp_path / "m.json")) == signed.manifest
 
@@ -137,24 +178,11 @@ def test_a_grouped_file_gets_a_version_2_manifest_recording_its_hardening(
     tmp_path: Path,
 ) -> None:
     key = create_party_signing_key(tmp_path / "key.pem")
-    encoded = tmp_path / "moj.clk"
-    with ClkFileWriter(
-        encoded,
-        project_id="p1",
-        schema_fingerprint=FINGERPRINT,
-        kcv=KCV,
-        clk_bits=128,
-        layout=LAYOUT,
-    ) as writer:
-        writer.write(np.arange(8, dtype=np.uint64).reshape(4, 2))
-    signed = write_manifest_for_file(
+    encoded = _encoded_file(tmp_path, layout=LAYOUT)
+    signed = _signed_file(
         encoded,
         tmp_path / "m.json",
-        signing_key=key,
-        party="moj",
-        software_version="0.1.0",
-        leak_scan_strings=5,
-        leak_scan_rows=4,
+        key,
         unkeyed_check=True,
         counts=EncodeCounts(
             rows_read=5,
@@ -192,21 +220,7 @@ def test_a_grouped_file_gets_a_version_2_manifest_recording_its_hardening(
 def test_a_changed_hardening_breaks_the_signature(tmp_path: Path) -> None:
     key = create_party_signing_key(tmp_path / "key.pem")
     path = tmp_path / "m.json"
-    write_manifest(
-        path,
-        signing_key=key,
-        project_id="p1",
-        party="moj",
-        record_count=4,
-        clk_bits=128,
-        payload_sha256=b"\x11" * 32,
-        schema_fingerprint=FINGERPRINT,
-        kcv=KCV,
-        software_version="0.1.0",
-        leak_scan_strings=5,
-        leak_scan_rows=4,
-        layout=LAYOUT,
-    )
+    _signed(path, key, layout=LAYOUT)
     record = json.loads(path.read_text())
     record["manifest"]["layout"][1]["hardening"] = "none"
     path.write_text(json.dumps(record))
@@ -247,24 +261,10 @@ def test_a_manifest_from_an_earlier_build_is_refused_with_re_encode(tmp_path: Pa
 def test_both_sides_fields_survive_the_wire_and_the_signature_still_holds(tmp_path: Path) -> None:
     # The LU rebuilds the canonical bytes from the proto: layout (field 15) and the counts
     # (20..23) must come back exactly, or a genuine manifest would fail its signature.
-    from protocol import serde
-    from protocol.messages import UploadHeader
-    from protocol.pb import linkage_pb2 as pb
-
     key = create_party_signing_key(tmp_path / "key.pem")
-    signed = write_manifest(
+    signed = _signed(
         tmp_path / "m.json",
-        signing_key=key,
-        project_id="p1",
-        party="moj",
-        record_count=4,
-        clk_bits=128,
-        payload_sha256=b"\x11" * 32,
-        schema_fingerprint=FINGERPRINT,
-        kcv=KCV,
-        software_version="0.1.0",
-        leak_scan_strings=5,
-        leak_scan_rows=4,
+        key,
         unkeyed_check=True,
         counts=EncodeCounts(
             rows_read=6,
@@ -287,41 +287,15 @@ def test_both_sides_fields_survive_the_wire_and_the_signature_still_holds(tmp_pa
         format_version=2,
         layout=LAYOUT,
     )
-    wire = pb.UploadRequest.FromString(
-        serde.upload_header_to_proto(header, signed).SerializeToString()
-    )
-    received = serde.manifest_from_proto(wire.header)
+    _, received = _through_the_wire(header, signed)
     assert received == signed
     assert verify_manifest(received, expected_public_key=key.public_key()) == signed.manifest
 
 
-def _spine_file(tmp_path: Path, key_context: str | None, name: str = "moj.clk") -> Path:
-    encoded = tmp_path / name
-    with ClkFileWriter(
-        encoded,
-        project_id="p1",
-        schema_fingerprint=FINGERPRINT,
-        kcv=KCV,
-        clk_bits=128,
-        key_context=key_context,
-    ) as writer:
-        writer.write(np.arange(8, dtype=np.uint64).reshape(4, 2))
-    return encoded
-
-
 def test_a_spine_encodings_manifest_signs_its_key_context(tmp_path: Path) -> None:
     key = create_party_signing_key(tmp_path / "key.pem")
-    encoded = _spine_file(tmp_path, "spine:people")
-    signed = write_manifest_for_file(
-        encoded,
-        tmp_path / "m.json",
-        signing_key=key,
-        party="moj",
-        software_version="0.1.0",
-        leak_scan_strings=5,
-        leak_scan_rows=4,
-        unkeyed_check=True,
-    )
+    encoded = _encoded_file(tmp_path, key_context="spine:people")
+    signed = _signed_file(encoded, tmp_path / "m.json", key, unkeyed_check=True)
     record = json.loads((tmp_path / "m.json").read_text())
     assert record["manifest"]["key_context"] == "spine:people"
     manifest = verify_manifest(
@@ -362,17 +336,8 @@ def test_a_manifest_without_a_key_context_signs_the_bytes_it_always_did(tmp_path
 
 def test_a_key_context_is_checked_against_the_file_and_the_upload_entry(tmp_path: Path) -> None:
     key = create_party_signing_key(tmp_path / "key.pem")
-    encoded = _spine_file(tmp_path, "spine:people")
-    signed = write_manifest_for_file(
-        encoded,
-        tmp_path / "m.json",
-        signing_key=key,
-        party="moj",
-        software_version="0.1.0",
-        leak_scan_strings=5,
-        leak_scan_rows=4,
-        unkeyed_check=True,
-    )
+    encoded = _encoded_file(tmp_path, key_context="spine:people")
+    signed = _signed_file(encoded, tmp_path / "m.json", key, unkeyed_check=True)
     details: dict[str, object] = {
         "party": "moj",
         "record_count": 4,
@@ -391,28 +356,16 @@ def test_a_key_context_is_checked_against_the_file_and_the_upload_entry(tmp_path
     # The same payload under a header whose context was edited (the header digest is
     # unkeyed, anyone can recompute it): the manifest does not vouch for it.
     for name, edited in (("plain.clk", None), ("other.clk", "spine:other")):
-        _spine_file(tmp_path, edited, name)
+        _encoded_file(tmp_path, name, key_context=edited)
         with pytest.raises(AuditError, match="differs on key_context") as caught:
             check_manifest_for_file(tmp_path / name, tmp_path / "m.json", party="moj")
         assert "people" not in caught.value.message.replace(str(tmp_path), "")
 
 
 def test_a_key_context_survives_the_wire_and_its_signature_still_holds(tmp_path: Path) -> None:
-    from protocol import serde
-    from protocol.messages import UploadHeader
-    from protocol.pb import linkage_pb2 as pb
-
     key = create_party_signing_key(tmp_path / "key.pem")
-    encoded = _spine_file(tmp_path, "spine:people")
-    signed = write_manifest_for_file(
-        encoded,
-        tmp_path / "m.json",
-        signing_key=key,
-        party="moj",
-        software_version="0.1.0",
-        leak_scan_strings=5,
-        leak_scan_rows=4,
-    )
+    encoded = _encoded_file(tmp_path, key_context="spine:people")
+    signed = _signed_file(encoded, tmp_path / "m.json", key)
     header = UploadHeader(
         project_id="p1",
         party_id="moj",
@@ -423,11 +376,8 @@ def test_a_key_context_survives_the_wire_and_its_signature_still_holds(tmp_path:
         payload_sha256=signed.manifest.payload_sha256,
         key_context="spine:people",
     )
-    message = serde.upload_header_to_proto(header, signed)
+    message, received = _through_the_wire(header, signed)
     assert message.header.manifest.key_context == "spine:people"
-    received = serde.manifest_from_proto(
-        pb.UploadRequest.FromString(message.SerializeToString()).header
-    )
     assert received == signed
     assert verify_manifest(received, expected_public_key=key.public_key()) == signed.manifest
     # Without a context the field stays empty on the wire and comes back as None.
