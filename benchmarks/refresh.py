@@ -16,6 +16,16 @@ record corrupted afresh from the person's true values, new record ids, a new ord
 the share of people in both MoJ releases whose release-2 key is their release-1 key, how
 many new people were given an existing person's key, and how many distinct true people
 share one key across everything issued (false merges; release 1's alone for comparison).
+The done-when's own criterion apart: MoJ keys held by two or more true MoJ people over both
+releases, by cause (``sharing_causes``: a merge, a returning or new person attached to
+another's person, a new person given the key of one who left, ...), and separately release
+1's keys joining a MoJ and a DfE record of two people (the one-off linkage's precision).
+``--refresh-parties moj,dfe``: release 2 of MoJ and of DfE (DfE's people re-extracted less
+``--leave``, as many new people as MoJ's, half of them MoJ's), a two-party project without
+``--dedupe`` as release 1; adds DfE's keep share and the people in both release-2 extracts
+whose two records got two keys. ``--repeat-rate R``: MoJ release 1 holds some people twice
+(uploaded without ``--dedupe`` all the same); counts how many of them end as one spine
+person. ``--no-relink`` skips the relink from scratch (counts only).
 ``--scoring auto`` (the default) scores as a project of the default schema does: the
 Fellegi-Sunter model over its field groups, in both releases and in the relink; ``dice``
 scores whole records by Dice. Each run's cut is automatic unless ``--threshold`` sets the
@@ -48,7 +58,7 @@ import platform
 import resource
 import time
 import tracemalloc
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TypeVar
@@ -60,7 +70,13 @@ from bloomlink.synth import DepartmentExtract, SynthConfig, generate
 from bloomlink.synth.generation import extract_people
 from linkage_unit.link_keys import PartyLinkKeys, fresh_keys, issue_link_keys
 from linkage_unit.matching import MatchSettings, Scoring, link
-from linkage_unit.spine import SpineSettings, SpineState, SpineUpload, link_into_spine
+from linkage_unit.spine import (
+    SHARED_KEY,
+    SpineSettings,
+    SpineState,
+    SpineUpload,
+    link_into_spine,
+)
 from party.mapping import shipped_mapping
 from protocol.encoding import ClkEncoder
 from protocol.errors import PreconditionError, RecordError
@@ -144,9 +160,99 @@ def _people_sharing_a_key(issued: list[tuple[list[str], npt.NDArray[np.int64]]])
     return sum(len(group) for group in owners.values() if len(group) > 1)
 
 
+# Why a key of one party came to be held by a second true person of that party (the first
+# time it did), in the order tested: see ``sharing_causes``.
+SHARING_CAUSES = (
+    "earlier_link",
+    "merge",
+    "returning_attached",
+    "new_attached",
+    "new_given_leavers_key",
+    "run_cluster",
+)
+
+
+def _roots(state: SpineState) -> npt.NDArray[np.int64]:
+    roots = np.array(state.merged_into, dtype=np.int64)
+    while len(roots) and not np.array_equal(roots[roots], roots):
+        roots = roots[roots]
+    return roots
+
+
+def sharing_causes(
+    runs: list[tuple[SpineState, SpineState, list[tuple[str, npt.NDArray[np.int64], list[str]]]]],
+    party: str,
+    slot: str,
+) -> dict[str, int]:
+    """Keys of ``party`` held by two or more different true people of ``party``, by the cause
+    of the first such sharing. ``runs``: per run in order, the spine before and after it and
+    its uploads in upload order (party, true person per record, key per record); ``slot``:
+    the key slot (``*`` in shared mode, the party in per_party mode). A record of true person
+    y given key K already held by another person of the party is, with q the spine person
+    holding K before the run:
+
+    * ``earlier_link``: y already had a record in q (an earlier run's link put y there: in
+      release 1, the one-off linkage's precision);
+    * ``merge``: y's spine person before the run was merged into q by it;
+    * ``returning_attached``: y was another spine person, not merged into q;
+    * ``new_attached`` / ``new_given_leavers_key``: y was new to the spine and K's earlier
+      holders are in this run too / none of them is (they left);
+    * ``run_cluster``: K is new in this run, given to records of two people (the run's own
+      clusters joined them)."""
+    owners: dict[str, set[int]] = defaultdict(set)
+    causes: dict[str, str] = {}
+    spine_truth = np.zeros(0, np.int64)
+    for before, after, uploads in runs:
+        roots_before, roots_after = _roots(before), _roots(after)
+        key_person = {keys[slot]: p for p, keys in enumerate(before.person_keys) if slot in keys}
+        record_root = roots_before[before.record_person] if len(before.record_person) else None
+        in_run = set(np.concatenate([people for _, people, _ in uploads]).tolist())
+        for name, people, keys in uploads:
+            if name != party:
+                continue
+            for key, person in zip(keys, people.tolist(), strict=True):
+                held = owners[key]
+                if held and person not in held and key not in causes:
+                    q = key_person.get(key)
+                    own = (
+                        set(record_root[spine_truth == person].tolist())
+                        if record_root is not None
+                        else set()
+                    )
+                    if q is None:
+                        causes[key] = "run_cluster"
+                    elif int(roots_before[q]) in own:
+                        causes[key] = "earlier_link"
+                    elif any(roots_after[r] == roots_after[roots_before[q]] for r in own):
+                        causes[key] = "merge"
+                    elif own:
+                        causes[key] = "returning_attached"
+                    elif held & in_run:
+                        causes[key] = "new_attached"
+                    else:
+                        causes[key] = "new_given_leavers_key"
+                held.add(person)
+        spine_truth = np.concatenate([spine_truth, *(people for _, people, _ in uploads)])
+    counted = Counter(causes.values())
+    return {cause: counted[cause] for cause in SHARING_CAUSES}
+
+
+def keys_joining_people(state: SpineState, truth: npt.NDArray[np.int64]) -> int:
+    """Spine people (keys) whose records are of two or more true people (``truth``: per
+    spine record). After release 1 (no party deduplicated, so at most one record of each
+    party per person) these are MoJ and DfE records of different people: the one-off
+    linkage's precision, not the spine's."""
+    roots = _roots(state)[state.record_person]
+    pairs = np.unique(np.stack([roots, truth]), axis=1)
+    return int((np.bincount(pairs[0]) > 1).sum())
+
+
 def names(args: argparse.Namespace) -> None:
     if not (0 <= args.leave < 1 and 0 <= args.join <= 0.5):
         raise SystemExit("--leave must be in [0, 1) and --join in [0, 0.5]")
+    refresh_parties = tuple(args.refresh_parties.split(","))
+    if refresh_parties not in (("moj",), ("moj", "dfe")):
+        raise SystemExit("--refresh-parties is moj or moj,dfe")
     started = time.perf_counter()
     # HMPPS's own people (half of its extract) are drawn only to be release 2's new people.
     synth = generate(
@@ -155,12 +261,16 @@ def names(args: argparse.Namespace) -> None:
             records=args.people,
             overlap=0.5,
             difficulty=args.difficulty,
+            repeat_rate=args.repeat_rate,
+            repeat_departments=("moj",),
             seed=args.seed,
         )
     )
     moj_one, dfe_one, hmpps = synth.departments
     rng = np.random.default_rng(args.seed + 1)
-    staying = rng.choice(moj_one.people, size=round(len(moj_one) * (1 - args.leave)), replace=False)
+    # With repeats, MoJ release 1 holds some people twice; release 2 holds each once.
+    moj_people = np.unique(moj_one.people) if args.repeat_rate else moj_one.people
+    staying = rng.choice(moj_people, size=round(len(moj_people) * (1 - args.leave)), replace=False)
     unseen = hmpps.people[~np.isin(hmpps.people, np.concatenate([moj_one.people, dfe_one.people]))]
     joining = unseen[: round(len(moj_one) * args.join)]
     moj_two = extract_people(
@@ -170,6 +280,33 @@ def names(args: argparse.Namespace) -> None:
         difficulty=args.difficulty,
         rng=rng,
     )
+    releases = [("moj-1", moj_one), ("dfe-1", dfe_one), ("moj-2", moj_two)]
+    release = dict(releases)
+    if "dfe" in refresh_parties:
+        # Release 2 of DfE: its people re-extracted less --leave, and as many new people as
+        # MoJ's, half of them MoJ's new people (as release 1's extracts overlap by half).
+        half = len(joining) // 2
+        dfe_two = extract_people(
+            synth.population,
+            rng.permutation(
+                np.concatenate(
+                    [
+                        rng.choice(
+                            dfe_one.people,
+                            size=round(len(dfe_one) * (1 - args.leave)),
+                            replace=False,
+                        ),
+                        joining[half:],
+                        unseen[len(joining) : 2 * len(joining) - half],
+                    ]
+                )
+            ),
+            department="dfe",
+            difficulty=args.difficulty,
+            rng=rng,
+        )
+        releases.append(("dfe-2", dfe_two))
+        release["dfe-2"] = dfe_two
     synth_s = time.perf_counter() - started
     started = time.perf_counter()
     schema = default_schema()
@@ -177,8 +314,7 @@ def names(args: argparse.Namespace) -> None:
     secret = hashlib.sha256(args.secret.encode()).digest() if args.secret else os.urandom(32)
     encoder = ClkEncoder(schema, LinkageSecret(secret), project_id="spine:bench")
     clks = {
-        name: encoder.encode_many(_normalised(department, schema))
-        for name, department in (("moj-1", moj_one), ("dfe-1", dfe_one), ("moj-2", moj_two))
+        name: encoder.encode_many(_normalised(department, schema)) for name, department in releases
     }
     encode_s = time.perf_counter() - started
     kcv = encoder.kcv.hex()
@@ -211,13 +347,16 @@ def names(args: argparse.Namespace) -> None:
             layout=layout,
         )
     )
-    # Release 2 of MoJ alone: a one-party project deduplicates it (as `--dedupe moj`).
-    refresh_settings = replace(settings, deduplicated=frozenset({"moj"}))
+    # Release 2 of MoJ alone: a one-party project deduplicates it (as `--dedupe moj`); of
+    # MoJ and DfE: a two-party project without --dedupe, as release 1.
+    refresh_settings = (
+        settings if len(refresh_parties) > 1 else replace(settings, deduplicated=frozenset({"moj"}))
+    )
     try:
         second, spine_s, spine_peak = _measured(
             lambda: link_into_spine(
                 first.state,
-                [upload("moj", "moj-2")],
+                [upload(party, f"{party}-2") for party in refresh_parties],
                 refresh_settings,
                 run_id="release-2",
                 project_id="release-2",
@@ -235,14 +374,11 @@ def names(args: argparse.Namespace) -> None:
     spine_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     def scratch() -> int:
-        result = link(
-            {"moj-1": clks["moj-1"], "dfe-1": clks["dfe-1"], "moj-2": clks["moj-2"]},
-            settings,
-            layout=layout,
-        )
+        result = link(clks, settings, layout=layout)
         return len(issue_link_keys(result.clusters, LinkKeyMode.SHARED)["moj-2"].link_keys)
 
-    _, scratch_s, scratch_peak = _measured(scratch)
+    # --no-relink: the counts alone (the relink is timed only; it issues nobody a kept key).
+    _, scratch_s, scratch_peak = _measured(scratch) if not args.no_relink else (0, 0.0, 0)
     scratch_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     moj_keys_one = _keys_by_row(first.keys["moj"])
@@ -280,6 +416,57 @@ def names(args: argparse.Namespace) -> None:
             (moj_keys_two, moj_two.people),
         ]
     )
+    # The done-when's "no two different people share one": MoJ keys held by two or more
+    # true MoJ people over both releases, by cause (sharing_causes); apart from it, release
+    # 1's keys joining a MoJ and a DfE record of two people (the one-off linkage's
+    # precision, a different cause: in shared mode they share one key from release 1 on).
+    second_uploads = [(party, release[f"{party}-2"].people, _keys_by_row(second.keys[party]))
+                      for party in refresh_parties]  # fmt: skip
+    runs = [
+        (empty, first.state,
+         [("moj", moj_one.people, moj_keys_one), ("dfe", dfe_one.people, dfe_keys_one)]),
+        (first.state, second.state, second_uploads),
+    ]  # fmt: skip
+    by_cause = {party: sharing_causes(runs, party, SHARED_KEY) for party in refresh_parties}
+    release_1_joined = keys_joining_people(
+        first.state, np.concatenate([moj_one.people, dfe_one.people])
+    )
+    # Repeats (--repeat-rate): people MoJ release 1 holds twice or more, uploaded as
+    # duplicate-free (no --dedupe); how many of them end as one spine person after each
+    # release (release 2 can show it by a merge; the first cannot put them together).
+    repeated = np.flatnonzero(np.bincount(moj_one.people) > 1)
+    repeats = {"repeated_people": len(repeated)}
+    for name, state in (("release_1", first.state), ("release_2", second.state)):
+        roots = _roots(state)[state.record_person[: len(moj_one)]]
+        per_person = np.unique(np.stack([moj_one.people, roots]), axis=1)[0]
+        repeats[f"repeated_people_one_person_after_{name}"] = int(
+            (
+                np.bincount(per_person, minlength=len(np.bincount(moj_one.people)))[repeated] == 1
+            ).sum()
+        )
+    dfe: dict[str, object] = {}
+    if "dfe" in refresh_parties:
+        # DfE's keep share as MoJ's; and the people in both parties' release 2 whose two
+        # release-2 records got two keys (one person, two keys: in shared mode a person's
+        # records all carry one), with how many of them kept their release-1 key on one.
+        dfe_key_one = dict(zip(dfe_one.people.tolist(), dfe_keys_one, strict=True))
+        dfe_key_two = dict(zip(release["dfe-2"].people.tolist(), second_uploads[1][2], strict=True))
+        dfe_returning = sorted(set(dfe_key_one) & set(dfe_key_two))
+        dfe_kept = sum(dfe_key_one[p] == dfe_key_two[p] for p in dfe_returning)
+        both = sorted(set(key_two) & set(dfe_key_two))
+        split = [p for p in both if key_two[p] != dfe_key_two[p]]
+        one_kept = sum(
+            (p in key_one and key_one[p] in (key_two[p], dfe_key_two[p]))
+            or (p in dfe_key_one and dfe_key_one[p] in (key_two[p], dfe_key_two[p]))
+            for p in split
+        )
+        dfe = {
+            "dfe_returning_people": len(dfe_returning),
+            "dfe_keep_key_share": round(dfe_kept / len(dfe_returning), 5),
+            "release_2_people_in_both": len(both),
+            "release_2_people_with_two_keys": len(split),
+            "release_2_people_with_two_keys_one_kept": one_kept,
+        }
     cpu = _cpu()
     load = os.getloadavg()[0]
     print(f"CPU: {cpu}")
@@ -314,6 +501,24 @@ def names(args: argparse.Namespace) -> None:
         f"a key: {shared_all} (release 1 alone: {shared_one}); merges {len(second.merges)}, "
         f"splits {len(second.splits)}, clusters held apart {len(second.held_apart)}"
     )
+    for party, causes in by_cause.items():
+        print(
+            f"{party} keys held by two or more {party} people: {sum(causes.values())} "
+            f"({', '.join(f'{cause} {count}' for cause, count in causes.items() if count) or '-'})"
+        )
+    print(f"release-1 keys joining a MoJ and a DfE record of two people: {release_1_joined}")
+    if args.repeat_rate:
+        print(
+            f"MoJ release 1's repeated people, and those one spine person after each release: {repeats}"
+        )
+    if dfe:
+        print(
+            f"DfE: returning people keeping their key {dfe['dfe_keep_key_share']:.4f} of "
+            f"{dfe['dfe_returning_people']:,}; people in both parties' release 2 whose two "
+            f"records got two keys: {dfe['release_2_people_with_two_keys']} of "
+            f"{dfe['release_2_people_in_both']:,} ({dfe['release_2_people_with_two_keys_one_kept']} "
+            "of them with their release-1 key on one)"
+        )
     print(
         json.dumps(
             {
@@ -353,6 +558,13 @@ def names(args: argparse.Namespace) -> None:
                 "new_people_given_existing_key": new_with_old_key,
                 "people_sharing_a_key": shared_all,
                 "people_sharing_a_key_release_1": shared_one,
+                "refresh_parties": list(refresh_parties),
+                "repeat_rate": args.repeat_rate,
+                **{f"{party}_keys_shared": sum(c.values()) for party, c in by_cause.items()},
+                **{f"{party}_keys_shared_by_cause": c for party, c in by_cause.items()},
+                "release_1_keys_joining_people": release_1_joined,
+                **dfe,
+                **(repeats if args.repeat_rate else {}),
                 "peer": "relink-from-scratch",
                 "ratio": round(scratch_s / spine_s, 3),
                 "cpu": cpu,
@@ -397,6 +609,24 @@ def main() -> None:
         "--refresh", type=int, default=10_000, help="random: records in the refresh"
     )
     parser.add_argument("--seed", type=int, default=14)
+    parser.add_argument(
+        "--refresh-parties",
+        default="moj",
+        help="names: release 2 of moj alone (deduplicated, the default) or of moj,dfe (a "
+        "two-party project without --dedupe, as release 1)",
+    )
+    parser.add_argument(
+        "--repeat-rate",
+        type=float,
+        default=0.0,
+        help="names: the share of MoJ release 1's records repeating a person (synth's "
+        "repeat_rate): a party that holds repeats but uploads without --dedupe",
+    )
+    parser.add_argument(
+        "--no-relink",
+        action="store_true",
+        help="names: skip the relink from scratch (counts only; its seconds read 0)",
+    )
     parser.add_argument(
         "--secret",
         default=None,

@@ -30,10 +30,20 @@ from collections import Counter, defaultdict
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from refresh import _cpu, _keys_by_row, _normalised  # noqa: E402
+from refresh import (  # noqa: E402
+    SHARING_CAUSES,
+    _cpu,
+    _keys_by_row,
+    _normalised,
+    keys_joining_people,
+    sharing_causes,
+)
 
 from bloomlink.synth import SynthConfig, generate  # noqa: E402
 from linkage_unit.matching import MatchSettings  # noqa: E402
@@ -98,6 +108,10 @@ def main() -> None:
         settings = MatchSettings(blocking_seed=int.from_bytes(blocking[:16], "little"))
         issued: list[tuple[str, str, list[str]]] = []  # (run, department, keys by row)
         events: dict[str, dict[str, int]] = {}
+        logged: list[
+            tuple[SpineState, SpineState, list[tuple[str, npt.NDArray[np.int64], list[str]]]]
+        ] = []
+        release_1_joined = 0
         for project, sends in RUNS:
             run_settings = (
                 settings if len(sends) > 1 else replace(settings, deduplicated=frozenset(sends))
@@ -110,6 +124,15 @@ def main() -> None:
                 state, uploads, run_settings, run_id=project, project_id=project,
                 layout=schema.layout,
             )  # fmt: skip
+            logged.append(
+                (state, result.state,
+                 [(party, people[dept], _keys_by_row(result.keys[party]))
+                  for party, dept in sends.items()])
+            )  # fmt: skip
+            if project == "release-1":
+                release_1_joined = keys_joining_people(
+                    result.state, np.concatenate([people[dept] for dept in sends.values()])
+                )
             state = result.state
             events[project] = {
                 "merges": len(result.merges),
@@ -135,6 +158,9 @@ def main() -> None:
                 if len(owners[key]) > 1:
                     shared_in.setdefault(key, project)
         where = Counter(shared_in.values())
+        # The done-when's own criterion: MoJ keys held by two or more true people of MoJ's
+        # uploads (release 2 sends the DfE-layout extract as MoJ), by cause.
+        moj_causes = sharing_causes(logged, "moj", "moj")
         row = {
             "secret": label,
             "reextract_kept": kept_again,
@@ -143,12 +169,18 @@ def main() -> None:
             "release_2_returning": len(returning),
             "shared_keys": len(shared_in),
             "shared_first_in": dict(where),
+            "moj_keys_shared": sum(moj_causes.values()),
+            "moj_keys_shared_by_cause": moj_causes,
+            "release_1_keys_joining_people": release_1_joined,
             "events": events,
         }
         rows.append(row)
         print(
             f"{label:<8}{f'{kept_again}/{len(first)}':>16}{f'{kept_two}/{len(returning)}':>16}"
-            f"{len(shared_in):>13}  {dict(where) or '-'}"
+            f"{len(shared_in):>13}  {dict(where) or '-'}; MoJ keys of two MoJ people "
+            f"{sum(moj_causes.values())} "
+            f"{ {cause: count for cause, count in moj_causes.items() if count} or '' }; "
+            f"release-1 keys joining two people {release_1_joined}"
         )
     full = sum(row["reextract_kept"] == row["reextract_records"] for row in rows)
     lost = sorted(
@@ -167,10 +199,23 @@ def main() -> None:
         + f"; keys held by two true people: {sum(row['shared_keys'] for row in rows)} under "
         f"{sum(1 for row in rows if row['shared_keys'])} secrets, first shared in {dict(where_all)}"
     )
+    moj_all = {
+        cause: sum(row["moj_keys_shared_by_cause"][cause] for row in rows)
+        for cause in SHARING_CAUSES
+    }
+    print(
+        f"MoJ keys held by two or more true MoJ people: {sum(moj_all.values())} under "
+        f"{sum(1 for row in rows if row['moj_keys_shared'])} secrets "
+        f"({ {cause: count for cause, count in moj_all.items() if count} }); release-1 keys "
+        f"joining a MoJ and a DfE record of two people: "
+        f"{sum(int(row['release_1_keys_joining_people']) for row in rows)}"
+    )
     print(
         json.dumps(
             {
                 "bench": "spine_cli_path",
+                "moj_keys_shared": sum(moj_all.values()),
+                "moj_keys_shared_by_cause": moj_all,
                 "secrets": len(rows),
                 "records": args.records,
                 "difficulty": args.difficulty,

@@ -30,6 +30,15 @@ its own pairs reaches. Either cluster is split along its groups (the unanchored 
 part), each part taking its own person's keys by its own evidence; the run records the
 event (``held_apart``: no key changes).
 
+**People known apart.** An upload linked without deduplication is declared duplicate-free by
+its party: each record a different person (:attr:`RecordOrigin.duplicate_free`, kept at rest).
+So two spine people who each hold a record of one such upload are different people
+(:class:`KnownApart`), and no later run joins them, however alike: a group of
+:func:`hold_apart` holding two of them is regrouped by each record's best person (the
+person of its highest pair), and the attach step below refuses a join that would put two of
+them in one person, as it refuses two clusters of one upload. A party whose upload holds a
+person twice must deduplicate it (``--dedupe``) to have the two records joined later.
+
 Then new clusters are joined to spine people: a cluster and a person are linked when the
 mean over the cluster's records of each record's best ``score - cut`` against the person's
 records is at least zero (a record with no scored pair with the person counting ``margin``
@@ -43,7 +52,8 @@ outvote an exact copy of one of them (:func:`link_means`):
 * a cluster joined to none is a new person: fresh keys, added;
 * a cluster joined to several spine people **bridges** them: a **merge**. The oldest
   person keeps its keys; the others' keys stay valid and map to them in the crosswalk.
-  Spine people that no new record bridges are never merged, however alike their records;
+  Spine people that no new record bridges are never merged, however alike their records,
+  nor are people known apart (above);
 * a person whose link to a cluster was refused (another cluster of the same upload took it
   first) is **split** when that cluster joined no spine person and some of the person's
   records are close, on average, to that cluster's new records (evidence at least zero) and
@@ -56,7 +66,8 @@ upload's schema fingerprint is the spine's and its KCV the spine's (the first ru
 A run that would merge more than ``max_merge_share`` of the spine's people fails before any
 key is issued (:func:`link_into_spine`): a wrong key or a broken extract looks like that.
 
-Each record keeps its origin (the upload it came in and its position there).
+Each record keeps its origin (the upload it came in, whether that upload was duplicate-free,
+and its position there).
 :func:`rotate_spine` moves a spine to a new linkage secret from the parties' re-encodings of
 the same uploads at the same positions, record by record, so no person and no key changes;
 :func:`prune_spine` is retention: old runs' encodings go, people and keys stay.
@@ -119,6 +130,7 @@ __all__ = [
     "Pruning",
     "LinkMeans",
     "HeldApart",
+    "KnownApart",
     "RecordLinks",
     "hold_apart",
     "reference_hold_apart",
@@ -210,6 +222,11 @@ class RecordOrigin:
     party: str
     run_id: str
     records: int
+    duplicate_free: bool = False
+    """The upload was linked without deduplication: its party declared each record a
+    different person, so two spine people holding records of it are different people and no
+    later run joins them (:class:`KnownApart`). False for a deduplicated upload and for an
+    origin stored before this was kept (nothing known)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -385,8 +402,9 @@ def link_into_spine(
         )
     new = _link_new(state, uploads, settings, layout)
     return _assign(
-        state, uploads, new, run_id=run_id, project_id=project_id, random_bytes=random_bytes
-    )
+        state, uploads, new, run_id=run_id, project_id=project_id, random_bytes=random_bytes,
+        deduplicated=settings.deduplicated,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -687,16 +705,48 @@ def reference_link_means(
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class KnownApart:
+    """Spine people known to be different people: each (person, upload) pair a person holding
+    a record of a duplicate-free upload (one linked without deduplication: its party declared
+    each record a different person, :attr:`RecordOrigin.duplicate_free`). Two people paired
+    with one upload are different people, and no run may join them."""
+
+    person: npt.NDArray[np.int64]
+    upload: npt.NDArray[np.int64]
+
+    @staticmethod
+    def none() -> KnownApart:
+        """No two people known apart."""
+        return KnownApart(person=np.zeros(0, np.int64), upload=np.zeros(0, np.int64))
+
+    @staticmethod
+    def of(state: SpineState, person: npt.NDArray[np.int64]) -> KnownApart:
+        """The pairs of ``state``'s records (``person``: each record's current person)."""
+        free = np.array([origin.duplicate_free for origin in state.origins] + [False], bool)
+        # -1 (a record from before origins were kept) indexes the trailing False.
+        rows = np.flatnonzero(free[state.record_origin])
+        pairs = np.unique(np.stack([person[rows], state.record_origin[rows]]), axis=1)
+        return KnownApart(person=pairs[0].astype(np.int64), upload=pairs[1].astype(np.int64))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HeldApart:
     """The new clusters after :func:`hold_apart` (dense ids from 0, in order of the original
-    cluster, then the part's lowest spine person, the unanchored records' part last), and per
-    cluster held apart the lowest spine person of each of its groups, ascending."""
+    cluster, then the part's spine person, the unanchored records' part last), and per
+    cluster held apart the spine person of each of its parts, ascending: a group's lowest
+    person, or in a group of people known apart, the best person of the part's records."""
 
     cluster: npt.NDArray[np.int64]
     people: tuple[tuple[int, ...], ...]
 
 
-def hold_apart(new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: float) -> HeldApart:
+def hold_apart(
+    new_cluster: npt.NDArray[np.int64],
+    links: RecordLinks,
+    *,
+    cut: float,
+    known_apart: KnownApart | None = None,
+) -> HeldApart:
     """The spine's evidence over the uploads' own links (fast path). A new record *links* to
     a spine person where its best pair with the person's records is at least ``cut``. Within
     a cluster of new records, the linking records and the people they link to form groups
@@ -708,9 +758,11 @@ def hold_apart(new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: f
     person none of its own pairs links it to: in both only the uploads' own linkage joins
     them, against the records' direct pairs with the spine.
     It is split: each group a cluster of its own (which then takes its people's keys by its
-    own evidence), the unanchored records one more. A cluster of one group and no unanchored
-    record (one person, or people a record of it bridges: a merge) or of none is kept
-    whole."""
+    own evidence), the unanchored records one more. A group holding two people
+    ``known_apart`` (different people by a duplicate-free upload) is regrouped by each of its
+    records' best person (highest best pair; the lower person on a tie): nothing may join
+    them. A cluster of one part and no unanchored record (one person, or people a record of
+    it bridges: a merge) or of none is kept whole."""
     records = len(new_cluster)
     linking = links.best >= cut
     record, person = links.record[linking], links.person[linking]
@@ -739,6 +791,30 @@ def hold_apart(new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: f
     linked = np.zeros(records, dtype=bool)
     linked[record] = True
     group[linked] = lowest[label[:records][linked]]
+    if known_apart is not None and len(known_apart.person) and len(pair_key):
+        # Components holding two people of one duplicate-free upload: each (component,
+        # upload) of their people's pairs, counted (a component holds each person once).
+        order = np.argsort(known_apart.person, kind="stable")
+        ka_person, ka_upload = known_apart.person[order], known_apart.upload[order]
+        node_person = pair_key % spine_people
+        begin = np.searchsorted(ka_person, node_person, side="left")
+        count = np.searchsorted(ka_person, node_person, side="right") - begin
+        node = np.repeat(np.arange(len(pair_key)), count)
+        offset = np.arange(len(node)) - np.repeat(np.cumsum(count) - count, count)
+        uploads = ka_upload[np.repeat(begin, count) + offset]
+        component = label[records + node]
+        pairs, times = np.unique(np.stack([component, uploads]), axis=1, return_counts=True)
+        apart = np.zeros(records + len(pair_key), dtype=bool)
+        apart[pairs[0, times > 1]] = True
+        regroup = linked & apart[label[:records]]
+        if regroup.any():
+            # Each record's best person: highest best pair at the cut, then lowest person.
+            by = np.lexsort((person, -links.best[linking], record))
+            first = np.ones(len(by), dtype=bool)
+            first[1:] = record[by][1:] != record[by][:-1]
+            best_person = np.full(records, -1, dtype=np.int64)
+            best_person[record[by][first]] = person[by][first]
+            group[regroup] = best_person[regroup]
     clusters = int(new_cluster.max()) + 1 if records else 0
     named = np.unique(np.stack([new_cluster[linked], group[linked]]), axis=1)
     groups = np.bincount(named[0], minlength=clusters)
@@ -757,17 +833,26 @@ def hold_apart(new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: f
 
 
 def reference_hold_apart(
-    new_cluster: npt.NDArray[np.int64], links: RecordLinks, *, cut: float
+    new_cluster: npt.NDArray[np.int64],
+    links: RecordLinks,
+    *,
+    cut: float,
+    known_apart: KnownApart | None = None,
 ) -> HeldApart:
     """The slow, obvious twin of :func:`hold_apart`: per cluster, grow each group from a
     linking record by the people it links to and the cluster's records linking to them; every
-    other record is unanchored."""
-    linked: dict[int, set[int]] = {}
+    other record is unanchored. A group with two people of one duplicate-free upload is
+    parted by each record's best person."""
+    linked: dict[int, dict[int, float]] = {}
     for r, p, best in zip(
         links.record.tolist(), links.person.tolist(), links.best.tolist(), strict=True
     ):
         if best >= cut:
-            linked.setdefault(r, set()).add(p)
+            linked.setdefault(r, {})[p] = best
+    uploads_of: dict[int, set[int]] = {}
+    if known_apart is not None:
+        for p, u in zip(known_apart.person.tolist(), known_apart.upload.tolist(), strict=True):
+            uploads_of.setdefault(p, set()).add(u)
     parts: list[tuple[int, int, list[int]]] = []  # (cluster, part key, records)
     held: list[tuple[int, ...]] = []
     for c in sorted(set(new_cluster.tolist())):
@@ -780,13 +865,29 @@ def reference_hold_apart(
                 people |= other[0]
                 rows += other[1]
             groups.append((people, rows))
+        named: list[tuple[int, list[int]]] = []
+        for people, rows in groups:
+            apart = any(
+                uploads_of.get(a, set()) & uploads_of.get(b, set())
+                for a in people
+                for b in people
+                if a < b
+            )
+            if not apart:
+                named.append((min(people), rows))
+                continue
+            by_best: dict[int, list[int]] = {}
+            for r in rows:
+                best = max(linked[r].items(), key=lambda item: (item[1], -item[0]))[0]
+                by_best.setdefault(best, []).append(r)
+            named += list(by_best.items())
         unanchored = [r for r in members if r not in linked]
-        if not groups or (len(groups) == 1 and not unanchored):
+        if not named or (len(named) == 1 and not unanchored):
             parts.append((c, 0, members))
             continue
-        held.append(tuple(sorted(min(people) for people, _ in groups)))
-        for people, rows in groups:
-            parts.append((c, min(people), rows))
+        held.append(tuple(sorted(name for name, _ in named)))
+        for name, rows in named:
+            parts.append((c, name, rows))
         if unanchored:
             parts.append((c, 2**62, unanchored))
     out = np.zeros(len(new_cluster), dtype=np.int64)
@@ -803,6 +904,7 @@ def _assign(
     run_id: str,
     project_id: str,
     random_bytes: RandomBytes,
+    deduplicated: frozenset[str] = frozenset(),
 ) -> SpineRunResult:
     """New clusters -> spine people, by each new record's best pair with the person, averaged
     over the cluster (:func:`link_means`; a record never scored against the person counts
@@ -814,8 +916,12 @@ def _assign(
     while len(roots) and not np.array_equal(roots[roots], roots):
         roots = roots[roots]  # pointer jumping: every person -> the person it now is
     current = roots[state.record_person] if len(state.record_person) else roots[:0]
+    known_apart = KnownApart.of(state, current)
     apart = hold_apart(
-        new.cluster, record_links(current, (new.new_record, new.spine_record, new.scores)), cut=cut
+        new.cluster,
+        record_links(current, (new.new_record, new.spine_record, new.scores)),
+        cut=cut,
+        known_apart=known_apart,
     )
     new = replace(new, cluster=apart.cluster)
     held_apart = tuple(
@@ -832,6 +938,14 @@ def _assign(
     components = _Components()
     for c in range(clusters):
         components.add(("c", c), cluster_mask[c])
+    # A person's duplicate-free uploads, as bits after the new uploads': two people holding
+    # records of one such upload are different people, and the join refuses them as it
+    # refuses two clusters of one upload.
+    person_mask: dict[int, int] = {}
+    for person, origin in zip(
+        known_apart.person.tolist(), known_apart.upload.tolist(), strict=True
+    ):
+        person_mask[person] = person_mask.get(person, 0) | 1 << (len(uploads) + origin)
     # Candidate (cluster, person) links whose mean evidence is at least zero, best first.
     means = link_means(
         new.cluster, current, (new.new_record, new.spine_record, new.scores), cut=cut, margin=margin
@@ -842,7 +956,7 @@ def _assign(
         if mean[index] < 0:
             continue
         c, person = int(link_cluster[index]), int(link_person[index])
-        components.add(("p", person), 0)
+        components.add(("p", person), person_mask.get(person, 0))
         if not components.join(("c", c), ("p", person)):
             rejected.append((c, person))
     members: dict[tuple[str, int], list[tuple[str, int]]] = {}
@@ -946,8 +1060,12 @@ def _assign(
         spine_settings = replace(spine_settings, kcv=uploads[0].kcv)
     origins = tuple(
         RecordOrigin(
-            project_id=project_id, party=upload.party, run_id=run_id, records=len(upload.clks)
-        )
+            project_id=project_id,
+            party=upload.party,
+            run_id=run_id,
+            records=len(upload.clks),
+            duplicate_free=upload.party not in deduplicated,
+        )  # fmt: skip
         for upload in uploads
     )
     first_origin = len(state.origins)
@@ -1224,7 +1342,13 @@ def _to_bytes(state: SpineState) -> bytes:
         ],
         "runs": list(state.runs),
         "origins": [
-            {"project_id": o.project_id, "party": o.party, "run_id": o.run_id, "records": o.records}
+            {
+                "project_id": o.project_id,
+                "party": o.party,
+                "run_id": o.run_id,
+                "records": o.records,
+                "duplicate_free": o.duplicate_free,
+            }
             for o in state.origins
         ],
     }
@@ -1269,7 +1393,17 @@ def _from_bytes(data: bytes) -> SpineState:
         ),
         runs=tuple(meta["runs"]),
         # A spine written before origins were kept has none: its records' origins are -1.
-        origins=tuple(RecordOrigin(**origin) for origin in meta.get("origins", [])),
+        # One written before duplicate_free was kept: each origin read as not (nothing known).
+        origins=tuple(
+            RecordOrigin(
+                project_id=o["project_id"],
+                party=o["party"],
+                run_id=o["run_id"],
+                records=int(o["records"]),
+                duplicate_free=bool(o.get("duplicate_free", False)),
+            )
+            for o in meta.get("origins", [])
+        ),
         record_origin=(
             arrays["record_origin"].astype(np.int64)
             if "record_origin" in arrays

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Mapping
 from dataclasses import replace
@@ -22,6 +23,7 @@ from linkage_unit.matching import MatchSettings, Scoring, link
 from linkage_unit.report import build_report
 from linkage_unit.run import spine_link_result
 from linkage_unit.spine import (
+    KnownApart,
     RecordLinks,
     Reencoding,
     SpineEventKind,
@@ -30,6 +32,8 @@ from linkage_unit.spine import (
     SpineState,
     SpineStore,
     SpineUpload,
+    _from_bytes,
+    _to_bytes,
     hold_apart,
     link_into_spine,
     link_means,
@@ -621,20 +625,144 @@ def test_nothing_is_held_apart_without_a_record_linking_to_the_spine() -> None:
     st.integers(1, 12),
     st.integers(0, 2**32 - 1),
     st.sampled_from([0.5, 0.8, 0.95]),
+    st.integers(0, 12),
 )
 def test_holding_apart_agrees_with_its_slow_twin(
-    new_records: int, spine_records: int, seed: int, cut: float
+    new_records: int, spine_records: int, seed: int, cut: float, apart_pairs: int
 ) -> None:
     generator = np.random.default_rng(seed)
     new_cluster = np.unique(generator.integers(0, 4, new_records), return_inverse=True)[1]
     spine_person = generator.integers(0, 6, spine_records)
     left, right = np.nonzero(generator.random((new_records, spine_records)) < 0.3)
-    scores = generator.uniform(0.0, 1.0, len(left))
+    # Scores on a coarse grid, so records tie on their best person now and then.
+    scores = generator.integers(0, 8, len(left)) / 8
     links = record_links(spine_person, (left.astype(np.int64), right.astype(np.int64), scores))
-    fast = hold_apart(new_cluster.astype(np.int64), links, cut=cut)
-    slow = reference_hold_apart(new_cluster.astype(np.int64), links, cut=cut)
-    assert fast.cluster.tolist() == slow.cluster.tolist()
-    assert fast.people == slow.people
+    # People paired with duplicate-free uploads (0-2), some of them twice, some people not
+    # in the spine's records at all.
+    pairs = np.unique(generator.integers(0, [8, 3], (apart_pairs, 2)), axis=0)
+    known = KnownApart(person=pairs[:, 0].astype(np.int64), upload=pairs[:, 1].astype(np.int64))
+    for apart in (None, known):
+        fast = hold_apart(new_cluster.astype(np.int64), links, cut=cut, known_apart=apart)
+        slow = reference_hold_apart(new_cluster.astype(np.int64), links, cut=cut, known_apart=apart)
+        assert fast.cluster.tolist() == slow.cluster.tolist()
+        assert fast.people == slow.people
+
+
+def test_a_group_of_people_known_apart_is_regrouped_by_each_records_best_person() -> None:
+    # Cluster 0: record 0 links to people 3 (0.9) and 7 (0.6), record 1 to 7 (0.95): one group
+    # bridging 3 and 7 (a merge), unless 3 and 7 each hold a record of one duplicate-free
+    # upload (upload 0): then each record goes with its best person, 0 with 3 and 1 with 7.
+    # Cluster 1: record 2 links to 4 and 5 (0.8 each, a tie: the lower person) and record 3
+    # to 5; 4 and 5 share upload 1: parts (4,) and (5,). Cluster 2: 6 links to 1 and 2, who
+    # hold records of different duplicate-free uploads: still one group (a merge).
+    links = RecordLinks(
+        record=np.array([0, 0, 1, 2, 2, 3, 4, 4]),
+        person=np.array([3, 7, 7, 4, 5, 5, 1, 2]),
+        best=np.array([0.9, 0.6, 0.95, 0.8, 0.8, 0.7, 0.9, 0.9]),
+    )
+    cluster = np.array([0, 0, 1, 1, 2])
+    known = KnownApart(
+        person=np.array([3, 7, 4, 5, 1, 2, 9]), upload=np.array([0, 0, 1, 1, 2, 3, 0])
+    )
+    for hold in (hold_apart, reference_hold_apart):
+        assert hold(cluster, links, cut=0.5).cluster.tolist() == [0, 0, 1, 1, 2]
+        apart = hold(cluster, links, cut=0.5, known_apart=known)
+        assert apart.cluster.tolist() == [0, 1, 2, 3, 4]
+        assert apart.people == ((3, 7), (4, 5))
+
+
+def _bridged(
+    deduplicated: frozenset[str], threshold: float
+) -> tuple[SpineRunResult, SpineRunResult]:
+    """Release 1: MoJ records a and b of two people (Dice 0.8 apart) and a DfE stranger;
+    release 2 of MoJ alone (deduplicated): a record m 0.9125 like a and 0.8875 like b, so at
+    the cut 0.85 it links to both people, a bridge."""
+    generator = np.random.default_rng(91)
+    a, m, b = _chain(generator, [0, 35, 45])
+    first = link_into_spine(
+        SpineState(settings=_settings(max_merge_share=1.0)),  # a spine of 3: any merge is 1/3
+        [_upload("moj", np.stack([a, b])), _upload("dfe", _people(5, 1))],
+        MatchSettings(threshold=threshold, blocking=BlockingMode.NONE, deduplicated=deduplicated),
+        run_id="r1",
+    )
+    second = link_into_spine(
+        first.state,
+        [_upload("moj", np.stack([m]))],
+        MatchSettings(
+            threshold=threshold, blocking=BlockingMode.NONE, deduplicated=frozenset({"moj"})
+        ),
+        run_id="r2",
+    )
+    return first, second
+
+
+def test_people_of_one_duplicate_free_upload_are_never_merged() -> None:
+    # Release 1 uploaded without --dedupe: MoJ declared a and b two people. Release 2's record
+    # bridges them, but they are known apart: no merge, m takes its best person's (a's) key.
+    first, second = _bridged(frozenset(), 0.85)
+    assert [origin.duplicate_free for origin in first.state.origins] == [True, True]
+    assert first.state.person_count == 3
+    assert second.merges == () and second.state.person_count == 3
+    assert _key_by_row(second.keys["moj"])[0] == _key_by_row(first.keys["moj"])[0]
+    assert second.state.crosswalk().rows == ()
+    assert second.state.origins[-1].duplicate_free is False
+
+
+def test_a_refresh_cluster_across_people_known_apart_goes_by_each_records_best_person() -> None:
+    # Release 1 (no --dedupe): MoJ records x_a and x_b of two people. Release 2 (deduplicated):
+    # r_a (0.95 like x_a, 0.8625 like x_b) and r_b (0.975 like x_b, 0.8375 like x_a: below the
+    # cut 0.85), 0.8875 alike, so its own deduplication joins them. One group bridging both
+    # people, whom release 1 declared two: regrouped by best person, r_a takes x_a's key and
+    # r_b x_b's. Without it the cluster went whole to one person (a merge, or with merges
+    # refused, r_a took x_b's key).
+    generator = np.random.default_rng(92)
+    x_a, r_a, r_b, x_b = _chain(generator, [0, 20, 45, 10])
+    settings = MatchSettings(threshold=0.85, blocking=BlockingMode.NONE)
+    first = link_into_spine(
+        SpineState(settings=_settings(max_merge_share=1.0)),
+        [_upload("moj", np.stack([x_a, x_b])), _upload("dfe", _people(5, 1))],
+        settings,
+        run_id="r1",
+    )
+    dedupe = replace(settings, deduplicated=frozenset({"moj"}))
+    assert len(set(link({"moj": np.stack([r_a, r_b])}, dedupe).clusters["moj"].tolist())) == 1
+    second = link_into_spine(
+        first.state, [_upload("moj", np.stack([r_a, r_b]))], dedupe, run_id="r2"
+    )
+    one, two = _key_by_row(first.keys["moj"]), _key_by_row(second.keys["moj"])
+    assert two == one
+    assert second.merges == () and second.new_people == 0
+    assert [(event.kept, event.people) for event in second.held_apart] == [(0, (1,))]
+
+
+def test_people_of_a_deduplicated_upload_are_merged_by_a_bridging_record() -> None:
+    # The same records, release 1 deduplicated (a and b, 0.8 alike, stay two people at the
+    # cut 0.85): nothing says they are two people, and the bridge merges them.
+    first, second = _bridged(frozenset({"moj", "dfe"}), 0.85)
+    assert [origin.duplicate_free for origin in first.state.origins] == [False, False]
+    assert first.state.person_count == 3
+    assert len(second.merges) == 1 and second.state.person_count == 2
+
+
+def test_duplicate_free_is_kept_at_rest_and_an_older_spine_reads_as_not(tmp_path: Path) -> None:
+    first, _ = _bridged(frozenset({"dfe"}), 0.85)
+    assert [origin.duplicate_free for origin in first.state.origins] == [True, False]
+    store = SpineStore(tmp_path, bytes(range(32)))
+    store.save(first.state)
+    assert store.load("people").origins == first.state.origins
+    # A spine written before duplicate_free was kept: nothing known, nobody held apart.
+    arrays = dict(np.load(io.BytesIO(_to_bytes(first.state)), allow_pickle=False))
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    for origin in meta["origins"]:
+        del origin["duplicate_free"]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    older = _from_bytes(buffer.getvalue())
+    assert [origin.duplicate_free for origin in older.origins] == [False, False]
+    assert older.origins == tuple(
+        replace(origin, duplicate_free=False) for origin in first.state.origins
+    )
 
 
 def _chain(generator: np.random.Generator, steps: list[int]) -> list[npt.NDArray[np.uint64]]:
