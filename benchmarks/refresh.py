@@ -54,7 +54,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import resource
 import time
 import tracemalloc
@@ -65,6 +64,7 @@ from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from machine import this_machine
 
 from bloomlink.synth import DepartmentExtract, SynthConfig, generate
 from bloomlink.synth.generation import extract_people
@@ -113,26 +113,6 @@ def _measured(work: Callable[[], T]) -> tuple[T, float, int]:
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     return result, seconds, peak
-
-
-def _cpu() -> str:
-    """Model name, family and model, and whether AVX-512 VPOPCNTDQ is there (the kernels')."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if not line.strip():
-                    break  # the first processor is enough
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or "unknown"
-    popcount = "avx512_vpopcntdq" in fields.get("flags", "").split()
-    return (
-        f"{fields.get('model name', 'unknown')} family {fields.get('cpu family', '?')} model "
-        f"{fields.get('model', '?')}{' AVX-512 VPOPCNTDQ' if popcount else ''}, "
-        f"{os.cpu_count()} cores"
-    )
 
 
 def _normalised(department: DepartmentExtract, schema: LinkageSchema) -> list[list[str | None]]:
@@ -369,7 +349,7 @@ def names(args: argparse.Namespace) -> None:
         print(json.dumps({"bench": "refresh", "mode": "names", "scoring": args.scoring,
                           "refused": refusal.message,
                           "ratio": None, "keep_key_share": None,
-                          "load_average": round(os.getloadavg()[0], 2)}))  # fmt: skip
+                          **this_machine().fields()}))  # fmt: skip
         return
     spine_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -467,10 +447,9 @@ def names(args: argparse.Namespace) -> None:
             "release_2_people_with_two_keys": len(split),
             "release_2_people_with_two_keys_one_kept": one_kept,
         }
-    cpu = _cpu()
-    load = os.getloadavg()[0]
-    print(f"CPU: {cpu}")
-    print(f"load average at the end: {load:.2f}")
+    machine = this_machine().fields()
+    print(f"CPU: {machine['cpu']}, {machine['cores']} cores")
+    print(f"load average at the end: {machine['load_avg_1m']:.2f}")
     print(
         f"synth {args.people:,} per extract at {args.difficulty} ({synth_s:.1f} s); encoded "
         f"{sum(map(len, clks.values())):,} records under the default schema ({encode_s:.1f} s, "
@@ -567,8 +546,7 @@ def names(args: argparse.Namespace) -> None:
                 **(repeats if args.repeat_rate else {}),
                 "peer": "relink-from-scratch",
                 "ratio": round(scratch_s / spine_s, 3),
-                "cpu": cpu,
-                "load_average": round(load, 2),
+                **machine,
             }
         )
     )
@@ -679,9 +657,9 @@ def random_clks(args: argparse.Namespace) -> None:
 
     _, scratch_s, scratch_peak = _measured(scratch)
     scratch_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    cpu = _cpu()
-    print(f"CPU: {cpu}")
-    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    machine = this_machine().fields()
+    print(f"CPU: {machine['cpu']}, {machine['cores']} cores")
+    print(f"load average at the end: {machine['load_avg_1m']:.2f}")
     print(f"{'run':<24}{'seconds':>9}{'traced MiB':>12}{'RSS MiB':>9}{'keys kept':>11}")
     print(
         f"{'into spine':<24}{spine_s:>9.2f}{spine_peak / 2**20:>12.1f}{spine_rss:>9.0f}"
@@ -712,8 +690,7 @@ def random_clks(args: argparse.Namespace) -> None:
                 "distinct_refresh_keys": owners,
                 "peer": "relink-from-scratch",
                 "ratio": round(scratch_s / spine_s, 3),
-                "cpu": cpu,
-                "load_average": round(os.getloadavg()[0], 2),
+                **machine,
             }
         )
     )

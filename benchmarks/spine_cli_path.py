@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from collections import Counter, defaultdict
@@ -36,9 +35,9 @@ import numpy.typing as npt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from machine import this_machine  # noqa: E402
 from refresh import (  # noqa: E402
     SHARING_CAUSES,
-    _cpu,
     _keys_by_row,
     _normalised,
     keys_joining_people,
@@ -189,9 +188,10 @@ def main() -> None:
     where_all: Counter[str] = Counter()
     for row in rows:
         where_all.update(row["shared_first_in"])
-    load = os.getloadavg()[0]
+    machine = this_machine().fields()
     print(
-        f"CPU: {_cpu()}; load average at the end: {load:.2f}; {time.perf_counter() - started:.0f} s"
+        f"CPU: {machine['cpu']}, {machine['cores']} cores; load average at the end: "
+        f"{machine['load_avg_1m']:.2f}; {time.perf_counter() - started:.0f} s"
     )
     print(
         f"identical re-extract: every key kept under {full} of {len(rows)} secrets"
@@ -230,8 +230,7 @@ def main() -> None:
                 "held_apart": sum(
                     run["held_apart"] for row in rows for run in row["events"].values()
                 ),
-                "cpu": _cpu(),
-                "load_average": round(load, 2),
+                **machine,
             }
         )
     )
