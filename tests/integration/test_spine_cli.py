@@ -16,9 +16,14 @@ import pytest
 
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
-from linkage_unit.server import ServerConfig, create_server
-from protocol.schema import default_schema
-from tests.service_helpers import read_rows
+from tests.service_helpers import (
+    audit_verified,
+    cli_encode,
+    create_cli_spine,
+    positions_of,
+    read_rows,
+    serving,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -39,37 +44,14 @@ def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(
     assert main(["keygen", "--out", str(secret)]) == 0
     for party in ("moj", "dfe", "hmpps"):
         assert main(["keygen", "--signing", "--out", str(tmp_path / f"{party}-signing.pem")]) == 0
-    lu = tmp_path / "lu"
-    lu.mkdir()
-    spine_key = tmp_path / "spine.key"
-    assert main(["spine", "keygen", "--out", str(spine_key)]) == 0
-    fingerprint = default_schema().fingerprint.hex()
-    config = ServerConfig(
-        data_dir=lu,
-        listen="127.0.0.1:0",
-        ca_certificate=certs / "ca.pem",
-        certificate=certs / "linkage-unit.pem",
-        private_key=certs / "linkage-unit.key",
-        grace_seconds=0.5,
-        spine_key=spine_key,
-    )
-    # The spine is created while the LU is stopped (the command appends to its audit log).
-    create_server(config).stop(0)
-    assert main(["spine", "create", "people", "--parties", "moj,dfe,hmpps",
-                 "--schema-fingerprint", fingerprint, "--data-dir", str(lu),
-                 "--spine-key", str(spine_key)]) == 0  # fmt: skip
-    server = create_server(config)
-    port = server.start()
+    spine = create_cli_spine(tmp_path, certs, "people", "moj,dfe,hmpps")
+    fingerprint = spine.fingerprint
     truth = {
         (row["department"], row["record_id"]): row["person_id"]
         for row in read_rows(data / "truth.csv")
     }
-    try:
-
-        def tls(role: str) -> list[str]:
-            return ["--target", f"127.0.0.1:{port}", "--ca", str(certs / "ca.pem"),
-                    "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
-                    "--timeout", "10"]  # fmt: skip
+    with serving(spine.config, timeout=10) as lu:
+        tls = lu.tls
 
         def release(project: str, sends: dict[str, str]) -> dict[str, dict[str, str]]:
             """Create the project, encode and submit each party's extract (party -> the
@@ -81,13 +63,10 @@ def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(
                          "--schema-fingerprint", fingerprint, *tls("operator")]) == 0  # fmt: skip
             encoded = {}
             for party, department in sends.items():
-                out = tmp_path / project / f"{party}.clk"
-                out.parent.mkdir(exist_ok=True)
-                assert main(["encode", str(data / f"{department}.csv"), "--project", project,
-                             "--layout", department, "--party", party, "--spine", "people",
-                             "--secret-file", str(secret),
-                             "--signing-key", str(tmp_path / f"{party}-signing.pem"),
-                             "--out", str(out), "--workers", "1"]) == 0  # fmt: skip
+                out = cli_encode(data / f"{department}.csv", tmp_path / project / f"{party}.clk",
+                                 project=project, party=party, layout=department, secret=secret,
+                                 signing_key=tmp_path / f"{party}-signing.pem",
+                                 extra=["--spine", "people"])  # fmt: skip
                 assert main(["submit", str(out), "--party", party, *tls(f"party-{party}")]) == 0
                 encoded[party] = out
             assert main(["project", "run", project, "--wait", "120", *tls("operator")]) == 0
@@ -95,7 +74,7 @@ def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(
             for party, out in encoded.items():
                 output = tmp_path / project / f"{party}-keys.csv"
                 assert main(["fetch", project, "--party", party,
-                             "--positions", str(out.with_name(out.name + ".positions.csv")),
+                             "--positions", str(positions_of(out)),
                              "--output", str(output), *tls(f"party-{party}")]) == 0  # fmt: skip
                 keys[party] = {row["own_record_id"]: row["link_key"] for row in read_rows(output)}
             return keys
@@ -158,12 +137,9 @@ def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(
         assert main(["project", "create", "release-3", "--parties", "moj", "--dedupe", "moj",
                      "--spine", "people", "--no-auto-run", "--schema-fingerprint", fingerprint,
                      *tls("operator")]) == 0  # fmt: skip
-        out = tmp_path / "release-3" / "moj.clk"
-        out.parent.mkdir()
-        assert main(["encode", str(data / "moj.csv"), "--project", "release-3", "--layout",
-                     "moj", "--party", "moj", "--secret-file", str(secret),
-                     "--signing-key", str(tmp_path / "moj-signing.pem"), "--out", str(out),
-                     "--workers", "1"]) == 0  # fmt: skip
+        out = cli_encode(data / "moj.csv", tmp_path / "release-3" / "moj.clk",
+                         project="release-3", party="moj", layout="moj", secret=secret,
+                         signing_key=tmp_path / "moj-signing.pem")  # fmt: skip
         capsys.readouterr()
         assert main(["submit", str(out), "--party", "moj", *tls("party-moj")]) == (
             ExitCode.INCOMPATIBLE
@@ -173,15 +149,12 @@ def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(
         assert "joins spine people" in err and "--spine people" in err
         assert main(["project", "status", "release-3", "--json", *tls("operator")]) == 0
         assert json.loads(capsys.readouterr().out)["uploads"]["moj"] == "not_started"
-    finally:
-        server.stop(0)
     capsys.readouterr()
-    assert main(["spine", "show", "people", "--data-dir", str(lu), "--spine-key",
-                 str(spine_key), "--json"]) == 0  # fmt: skip
+    assert main(["spine", "show", "people", *spine.operator_dir, "--json"]) == 0
     assert '"runs": 4' in capsys.readouterr().out
     crosswalk = tmp_path / "crosswalk.csv"
-    assert main(["spine", "crosswalk", "people", "--out", str(crosswalk), "--data-dir", str(lu),
-                 "--spine-key", str(spine_key)]) == 0  # fmt: skip
+    assert main(["spine", "crosswalk", "people", "--out", str(crosswalk),
+                 *spine.operator_dir]) == 0  # fmt: skip
     assert crosswalk.read_text(encoding="ascii").startswith("old_link_key,current_link_key\n")
     # Each record of the identical re-extract has its release-1 MoJ key, or the key the
     # crosswalk maps it to (a person release 1 left as two, a MoJ and a DfE record, that a
@@ -192,22 +165,10 @@ def test_a_refresh_and_a_new_department_keep_link_keys_through_a_spine(
         again["moj"][record] == current.get(key, key) for record, key in first["moj"].items()
     )
     assert mapped / len(first["moj"]) >= 0.99, (same, mapped, len(first["moj"]))
-    capsys.readouterr()
     # The auditor fetches the log (LU started again) and verifies it, spine events included.
-    server = create_server(config)
-    port = server.start()
-    try:
-        auditor = tmp_path / "auditor"
-        assert main(["audit", "fetch", "--out", str(auditor), "--target", f"127.0.0.1:{port}",
-                     "--ca", str(certs / "ca.pem"), "--cert", str(certs / "auditor.pem"),
-                     "--key", str(certs / "auditor.key"), "--timeout", "10"]) == 0  # fmt: skip
-    finally:
-        server.stop(0)
-    capsys.readouterr()
-    assert main(["audit", "verify", "--log", str(auditor / "audit.jsonl"),
-                 "--public-key", str(auditor / "lu-audit-key.pem")]) == 0  # fmt: skip
-    assert "result: PASSED" in capsys.readouterr().out
-    log = read_rows_jsonl(lu / "audit.jsonl")
+    with serving(spine.config, timeout=10) as lu:
+        audit_verified(lu, tmp_path / "auditor", capsys)
+    log = read_rows_jsonl(spine.config.data_dir / "audit.jsonl")
     events = [entry["event"] for entry in log]
     for name in ("spine_created", "spine_run_linked", "crosswalk_released"):
         assert name in events, name

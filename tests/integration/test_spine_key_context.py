@@ -13,10 +13,9 @@ import pytest
 
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
-from linkage_unit.server import ServerConfig, create_server
 from party.manifest import manifest_path_for, read_manifest
 from protocol.clk_file import read_header
-from protocol.schema import default_schema
+from tests.service_helpers import cli_encode, create_cli_spine, serving
 
 pytestmark = pytest.mark.integration
 
@@ -33,42 +32,16 @@ def test_a_spine_project_refuses_an_encoding_not_made_for_its_spine_before_its_f
     assert main(["keygen", "--out", str(secret)]) == 0
     for party in ("moj", "dfe"):
         assert main(["keygen", "--signing", "--out", str(tmp_path / f"{party}-signing.pem")]) == 0
-    lu = tmp_path / "lu"
-    lu.mkdir()
-    spine_key = tmp_path / "spine.key"
-    assert main(["spine", "keygen", "--out", str(spine_key)]) == 0
-    fingerprint = default_schema().fingerprint.hex()
-    config = ServerConfig(
-        data_dir=lu,
-        listen="127.0.0.1:0",
-        ca_certificate=certs / "ca.pem",
-        certificate=certs / "linkage-unit.pem",
-        private_key=certs / "linkage-unit.key",
-        grace_seconds=0.5,
-        spine_key=spine_key,
-    )
-    create_server(config).stop(0)
-    assert main(["spine", "create", "people", "--parties", "moj,dfe",
-                 "--schema-fingerprint", fingerprint, "--data-dir", str(lu),
-                 "--spine-key", str(spine_key)]) == 0  # fmt: skip
-    server = create_server(config)
-    port = server.start()
-    try:
+    spine = create_cli_spine(tmp_path, certs, "people", "moj,dfe")
+    fingerprint = spine.fingerprint
+    with serving(spine.config, timeout=10) as lu:
+        tls = lu.tls
 
-        def tls(role: str) -> list[str]:
-            return ["--target", f"127.0.0.1:{port}", "--ca", str(certs / "ca.pem"),
-                    "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
-                    "--timeout", "10"]  # fmt: skip
-
-        def encode(project: str, party: str, *spine: str) -> Path:
-            out = tmp_path / project / f"{party}{'-spine' if spine else ''}.clk"
-            out.parent.mkdir(exist_ok=True)
-            assert main(["encode", str(data / f"{party}.csv"), "--project", project,
-                         "--layout", party, "--party", party, *spine,
-                         "--secret-file", str(secret),
-                         "--signing-key", str(tmp_path / f"{party}-signing.pem"),
-                         "--out", str(out), "--workers", "1"]) == 0  # fmt: skip
-            return out
+        def encode(project: str, party: str, *flags: str) -> Path:
+            out = tmp_path / project / f"{party}{'-spine' if flags else ''}.clk"
+            return cli_encode(data / f"{party}.csv", out, project=project, party=party,
+                              layout=party, secret=secret,
+                              signing_key=tmp_path / f"{party}-signing.pem", extra=flags)  # fmt: skip
 
         def status(project: str) -> dict[str, str]:
             capsys.readouterr()
@@ -121,9 +94,11 @@ def test_a_spine_project_refuses_an_encoding_not_made_for_its_spine_before_its_f
         err = capsys.readouterr().err
         assert "party dfe's file was encoded for spine:people" in err and "joins no spine" in err
         assert status("one-off") == {"moj": "complete", "dfe": "not_started"}
-    finally:
-        server.stop(0)
-    log = [json.loads(line) for line in (lu / "audit.jsonl").read_text().splitlines() if line]
+    log = [
+        json.loads(line)
+        for line in (spine.config.data_dir / "audit.jsonl").read_text().splitlines()
+        if line
+    ]
     refused = [entry for entry in log if entry["event"] == "upload_refused"]
     assert [(entry["project_id"], entry["details"]["party"]) for entry in refused] == [
         ("release-1", "moj"),

@@ -18,11 +18,17 @@ import pytest
 
 from bloomlink.cli import main
 from bloomlink.exit_codes import ExitCode
-from linkage_unit.server import ServerConfig, create_server
 from party.manifest import load_party_signing_key, manifest_path_for
 from protocol.manifest import SignedManifest, read_manifest, sign_manifest, write_signed_manifest
-from protocol.schema import default_schema
-from tests.service_helpers import read_rows
+from tests.service_helpers import (
+    CliLinkageUnit,
+    audit_verified,
+    cli_encode,
+    create_cli_spine,
+    positions_of,
+    read_rows,
+    serving,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -41,25 +47,10 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
         assert main(["keygen", "--out", str(secret)]) == 0
     for party in ("moj", "dfe"):
         assert main(["keygen", "--signing", "--out", str(tmp_path / f"{party}-signing.pem")]) == 0
-    lu = tmp_path / "lu"
-    lu.mkdir()
-    spine_key = tmp_path / "spine.key"
-    assert main(["spine", "keygen", "--out", str(spine_key)]) == 0
-    fingerprint = default_schema().fingerprint.hex()
-    config = ServerConfig(
-        data_dir=lu,
-        listen="127.0.0.1:0",
-        ca_certificate=certs / "ca.pem",
-        certificate=certs / "linkage-unit.pem",
-        private_key=certs / "linkage-unit.key",
-        grace_seconds=0.5,
-        spine_key=spine_key,
-        party_keys={party: tmp_path / f"{party}-signing.pem.pub" for party in ("moj", "dfe")},
-    )
-    operator_dir = ["--data-dir", str(lu), "--spine-key", str(spine_key)]
-    create_server(config).stop(0)
-    assert main(["spine", "create", "people", "--parties", "moj,dfe", "--keep-runs", "1",
-                 "--schema-fingerprint", fingerprint, *operator_dir]) == 0  # fmt: skip
+    spine = create_cli_spine(tmp_path, certs, "people", "moj,dfe", "--keep-runs", "1",
+                             party_keys={party: tmp_path / f"{party}-signing.pem.pub"
+                                         for party in ("moj", "dfe")})  # fmt: skip
+    lu, operator_dir = spine.config.data_dir, spine.operator_dir
     truth = {
         (row["department"], row["record_id"]): row["person_id"]
         for row in read_rows(data / "truth.csv")
@@ -68,32 +59,21 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
     def encode(
         project: str, party: str, department: str, secret: Path, out: Path, *extra: str
     ) -> None:
-        out.parent.mkdir(exist_ok=True)
-        assert main(["encode", str(data / f"{department}.csv"), "--project", project,
-                     "--layout", department, "--party", party, "--spine", "people",
-                     "--secret-file", str(secret),
-                     "--signing-key", str(tmp_path / f"{party}-signing.pem"),
-                     "--out", str(out), "--workers", "1", *extra]) == 0  # fmt: skip
-
-    def positions(out: Path) -> Path:
-        return out.with_name(out.name + ".positions.csv")
+        cli_encode(data / f"{department}.csv", out, project=project, party=party,
+                   layout=department, secret=secret, signing_key=tmp_path / f"{party}-signing.pem",
+                   extra=["--spine", "people", *extra])  # fmt: skip
 
     def release(
-        port: int, project: str, sends: dict[str, str], secret: Path, submitted: int = 0
+        unit: CliLinkageUnit, project: str, sends: dict[str, str], secret: Path, submitted: int = 0
     ) -> dict[str, dict[str, str]] | None:
         """Create, encode, submit, run and fetch: party -> record id -> key (None: a submit
         was refused with the exit code ``submitted``, or the run did not finish)."""
-
-        def tls(role: str) -> list[str]:
-            return ["--target", f"127.0.0.1:{port}", "--ca", str(certs / "ca.pem"),
-                    "--cert", str(certs / f"{role}.pem"), "--key", str(certs / f"{role}.key"),
-                    "--timeout", "10"]  # fmt: skip
-
+        tls = unit.tls
         parties = ",".join(sends)
         dedupe = ["--dedupe", parties] if len(sends) == 1 else []
         assert main(["project", "create", project, "--parties", parties, *dedupe,
                      "--spine", "people", "--no-auto-run", "--threshold", "0.8",
-                     "--schema-fingerprint", fingerprint, *tls("operator")]) == 0  # fmt: skip
+                     "--schema-fingerprint", spine.fingerprint, *tls("operator")]) == 0  # fmt: skip
         for party, department in sends.items():
             out = tmp_path / project / f"{party}.clk"
             encode(project, party, department, secret, out)
@@ -107,16 +87,13 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
         for party in sends:
             out = tmp_path / project / f"{party}.clk"
             output = tmp_path / project / f"{party}-keys.csv"
-            assert main(["fetch", project, "--party", party, "--positions", str(positions(out)),
+            assert main(["fetch", project, "--party", party, "--positions", str(positions_of(out)),
                          "--output", str(output), *tls(f"party-{party}")]) == 0  # fmt: skip
             keys[party] = {row["own_record_id"]: row["link_key"] for row in read_rows(output)}
         return keys
 
-    server = create_server(config)
-    try:
-        first = release(server.start(), "release-1", {"moj": "moj", "dfe": "dfe"}, old_secret)
-    finally:
-        server.stop(0)
+    with serving(spine.config, timeout=10) as unit:
+        first = release(unit, "release-1", {"moj": "moj", "dfe": "dfe"}, old_secret)
     assert first is not None
 
     # Rotation: each party re-encodes its release-1 upload under the new secret, each record
@@ -133,7 +110,7 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
     for party in ("moj", "dfe"):
         out = tmp_path / "rotation" / f"{party}.clk"
         encode("release-1", party, party, new_secret, out,
-               "--same-positions", str(positions(tmp_path / "release-1" / f"{party}.clk")))  # fmt: skip
+               "--same-positions", str(positions_of(tmp_path / "release-1" / f"{party}.clk")))  # fmt: skip
         reencoded += ["--reencoded", f"{party}={out}"]
     # The parties' registered manifest keys, as the LU's config names them.
     lu_config = tmp_path / "lu.toml"
@@ -174,13 +151,11 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
     }
     # Re-encoded without --spine (keys for the project): it would bind the spine to a KCV
     # no later upload for the spine has. Refused by its key context, its manifest good.
-    unspined = tmp_path / "unspined" / "moj.clk"
-    unspined.parent.mkdir()
-    assert main(["encode", str(data / "moj.csv"), "--project", "release-1", "--layout", "moj",
-                 "--party", "moj", "--secret-file", str(new_secret),
-                 "--signing-key", str(tmp_path / "moj-signing.pem"), "--out", str(unspined),
-                 "--workers", "1", "--same-positions",
-                 str(positions(tmp_path / "release-1" / "moj.clk"))]) == 0  # fmt: skip
+    unspined = cli_encode(data / "moj.csv", tmp_path / "unspined" / "moj.clk",
+                          project="release-1", party="moj", layout="moj", secret=new_secret,
+                          signing_key=tmp_path / "moj-signing.pem",
+                          extra=["--same-positions",
+                                 str(positions_of(tmp_path / "release-1" / "moj.clk"))])  # fmt: skip
     cases["unspined"] = (read_manifest(manifest_path_for(unspined)), "key_context", "--spine")
     for case, (manifest, reason, why) in cases.items():
         copy = suspect(case, manifest) if case != "unspined" else unspined
@@ -207,19 +182,15 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
                  "--json"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["uploads"] == 2
 
-    server = create_server(config)
-    try:
-        port = server.start()
-        second = release(port, "release-2", {"moj": "dfe"}, new_secret)
+    with serving(spine.config, timeout=10) as unit:
+        second = release(unit, "release-2", {"moj": "dfe"}, new_secret)
         # The spine's binding moved: an upload under the old secret is refused when its
         # header arrives (before any byte is stored), naming the spine and key rotation.
         capsys.readouterr()
         stale = release(
-            port, "release-stale", {"dfe": "dfe"}, old_secret, submitted=ExitCode.INCOMPATIBLE
+            unit, "release-stale", {"dfe": "dfe"}, old_secret, submitted=ExitCode.INCOMPATIBLE
         )
         refusal = capsys.readouterr().err
-    finally:
-        server.stop(0)
     assert second is not None and stale is None
     assert "not the one spine 'people' is bound to" in refusal and "key rotation" in refusal
 
@@ -252,19 +223,8 @@ def test_a_rotated_spine_keeps_link_keys_and_prunes_old_records(
     ]
     assert pruned_entry["details"]["records_removed"] == len(first["moj"]) + len(first["dfe"])
 
-    server = create_server(config)
-    try:
-        port = server.start()
-        auditor = tmp_path / "auditor"
-        assert main(["audit", "fetch", "--out", str(auditor), "--target", f"127.0.0.1:{port}",
-                     "--ca", str(certs / "ca.pem"), "--cert", str(certs / "auditor.pem"),
-                     "--key", str(certs / "auditor.key"), "--timeout", "10"]) == 0  # fmt: skip
-    finally:
-        server.stop(0)
-    capsys.readouterr()
-    assert main(["audit", "verify", "--log", str(auditor / "audit.jsonl"),
-                 "--public-key", str(auditor / "lu-audit-key.pem")]) == 0  # fmt: skip
-    assert "result: PASSED" in capsys.readouterr().out
+    with serving(spine.config, timeout=10) as unit:
+        audit_verified(unit, tmp_path / "auditor", capsys)
     events = [
         json.loads(line)["event"]
         for line in (lu / "audit.jsonl").read_text(encoding="utf-8").splitlines()
