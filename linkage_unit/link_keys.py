@@ -25,6 +25,7 @@ from protocol.messages import LinkKeyMode, link_keys_digest
 
 __all__ = [
     "KEY_BYTES",
+    "KEY_CHARACTERS",
     "PartyLinkKeys",
     "base32_keys",
     "fresh_keys",

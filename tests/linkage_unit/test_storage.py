@@ -1,6 +1,7 @@
 """Storage: an old state file upgrades in place (the release before user_version was kept,
 and the release that added layouts and link models without it), one process holds a data
-directory, and a state file from a newer release is refused rather than misread."""
+directory, a state file from a newer release is refused rather than misread, and link keys
+come back as they were stored."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import json
 import sqlite3
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from linkage_unit.storage import SCHEMA_VERSION, Storage
+from linkage_unit.link_keys import PartyLinkKeys, fresh_keys, issue_link_keys
+from linkage_unit.storage import _MIGRATIONS, KEY_BATCH, SCHEMA_VERSION, RunOutcome, Storage
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import ConfigurationError, InUseError
-from protocol.messages import RunState, UploadState
+from protocol.messages import LinkKeyMode, ProjectSettings, RunState, UploadState
 
 # The state file of the release before user_version was kept (threshold columns included).
 _PREVIOUS_RELEASE = """
@@ -144,3 +147,70 @@ def test_one_process_holds_a_data_directory(tmp_path: Path) -> None:
         Storage(tmp_path / "lu")
     first.close()
     Storage(tmp_path / "lu").close()
+
+
+def _outcome() -> RunOutcome:
+    return RunOutcome(cluster_count=1, linked_record_count=0, comparisons=0, threshold=0.5,
+                      threshold_method="fixed", estimated=None)  # fmt: skip
+
+
+def test_keys_stored_before_key_batches_move_over_in_release_order(tmp_path: Path) -> None:
+    """A state file of the release that stored a row a key (schema 9) keeps every key, in
+    release order, across batch boundaries; the old table is gone."""
+    directory = tmp_path / "lu"
+    directory.mkdir()
+    rng = np.random.default_rng(3)
+    stored = {"moj": rng.permutation(KEY_BATCH * 2 + 7).tolist(), "dfe": [2, 0, 1]}
+    keys = {party: fresh_keys(len(positions), rng.bytes) for party, positions in stored.items()}
+    with sqlite3.connect(directory / "state.sqlite3") as old:
+        for migration in _MIGRATIONS[:9]:
+            migration(old, 1.0)
+        old.execute("PRAGMA user_version = 9")
+        for party, positions in stored.items():
+            rows = enumerate(zip(positions, keys[party], strict=True))
+            old.executemany(
+                "INSERT INTO link_keys VALUES ('p1', ?, ?, ?, ?)",
+                [(party, ordinal, position, key) for ordinal, (position, key) in rows],
+            )
+    store = Storage(directory)
+    try:
+        for party, positions in stored.items():
+            batches = list(store.iter_link_keys("p1", party, batch_size=KEY_BATCH))
+            assert [p for rows in batches for p in rows.positions] == positions
+            assert [k for rows in batches for k in rows.link_keys] == keys[party]
+    finally:
+        store.close()
+    with sqlite3.connect(directory / "state.sqlite3") as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "link_keys" not in tables and "link_key_batches" in tables
+
+
+@pytest.mark.parametrize("batch_size", [1, 999, KEY_BATCH, KEY_BATCH + 1])
+def test_stored_keys_come_back_in_release_order_in_any_batch_size(
+    tmp_path: Path, batch_size: int
+) -> None:
+    store = Storage(tmp_path / "lu")
+    try:
+        store.create_project(
+            ProjectSettings(project_id="p1", members=("moj", "dfe"), schema_fingerprint=bytes(32))
+        )
+        store.create_run("p1", "r1")
+        clusters = {"moj": np.arange(KEY_BATCH + 5), "dfe": np.zeros(0, np.int64)}
+        issued = issue_link_keys(clusters, LinkKeyMode.PER_PARTY)
+        store.store_keys("r1", "p1", outcome=_outcome(), keys=issued)
+        for party, keys in issued.items():
+            batches = list(store.iter_link_keys("p1", party, batch_size=batch_size))
+            assert all(len(rows.link_keys) <= batch_size for rows in batches)
+            assert [p for rows in batches for p in rows.positions] == keys.positions
+            assert [k for rows in batches for k in rows.link_keys] == keys.link_keys
+        # A key of another length would be cut wrongly when read back: refused, not stored.
+        bad = {"moj": PartyLinkKeys(positions=[0, 1], link_keys=["a" * 25, "b" * 27],
+                                    keys_sha256="")}  # fmt: skip
+        with pytest.raises(ValueError, match="not all 26 characters"):
+            store.store_keys("r1", "p1", outcome=_outcome(), keys=bad)
+        assert (
+            list(store.iter_link_keys("p1", "moj", batch_size=KEY_BATCH))[0].link_keys[0]
+            == (issued["moj"].link_keys[0])
+        )
+    finally:
+        store.close()
