@@ -26,6 +26,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +39,7 @@ __all__ = [
     "POSITIONS_HEADER",
     "PositionsBinding",
     "read_binding",
+    "read_position_columns",
     "read_positions",
     "write_positions",
 ]
@@ -133,24 +135,55 @@ def read_binding(positions_path: Path | str) -> PositionsBinding | None:
     )
 
 
+def _rows(handle: TextIO, path: str) -> tuple[Iterator[list[str]], int]:
+    """The rows after the header (and the version-2 binding line before it), and the line
+    number of the first."""
+    reader = csv.reader(handle)
+    first = next(reader, None)
+    header_line = 1
+    if first and first[0].startswith(_MAGIC):
+        first, header_line = next(reader, None), 2
+    if first != POSITIONS_HEADER:
+        raise ExtractError(
+            "positions file must start with the header record_id,position", path=path
+        )
+    return reader, header_line + 1
+
+
+def _is_position(row: list[str]) -> bool:
+    # isdecimal, not isdigit: a superscript digit is a digit that int() refuses.
+    return len(row) == 2 and row[1].isdecimal()
+
+
 def read_positions(positions_path: Path | str) -> Iterator[tuple[int, str, int]]:
     """``(line, record_id, position)`` for every row of a positions file (version 1 or 2),
     checked as read."""
     path = str(positions_path)
     try:
         with open(positions_path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            first = next(reader, None)
-            header_line = 1
-            if first and first[0].startswith(_MAGIC):
-                first, header_line = next(reader, None), 2
-            if first != POSITIONS_HEADER:
-                raise ExtractError(
-                    "positions file must start with the header record_id,position", path=path
-                )
-            for line, row in enumerate(reader, start=header_line + 1):
-                if len(row) != 2 or not row[1].isdigit():
+            rows, first_line = _rows(handle, path)
+            for line, row in enumerate(rows, start=first_line):
+                if not _is_position(row):
                     raise ExtractError(f"line {line} is not record_id,position", path=path)
                 yield line, row[0], int(row[1])
     except OSError as error:
         raise ExtractError(f"cannot read positions file: {error.strerror}", path=path) from None
+
+
+def read_position_columns(
+    positions_path: Path | str,
+) -> tuple[list[str], npt.NDArray[np.int64], int]:
+    """A whole positions file at once, checked as ``read_positions`` checks it: the record
+    ids, their positions, and the line of the first row (row ``i`` is on line ``first + i``)."""
+    path = str(positions_path)
+    try:
+        with open(positions_path, newline="", encoding="utf-8") as handle:
+            reader, first_line = _rows(handle, path)
+            rows = list(reader)
+    except OSError as error:
+        raise ExtractError(f"cannot read positions file: {error.strerror}", path=path) from None
+    if not all(len(row) == 2 and row[1].isdecimal() for row in rows):
+        index = next(i for i, row in enumerate(rows) if not _is_position(row))
+        raise ExtractError(f"line {first_line + index} is not record_id,position", path=path)
+    positions = np.fromiter((int(row[1]) for row in rows), dtype=np.int64, count=len(rows))
+    return [row[0] for row in rows], positions, first_line

@@ -508,14 +508,13 @@ def run_ticket_from_proto(message: pb.StartRunResponse) -> RunTicket:
 
 
 def link_key_batch_to_proto(batch: LinkKeyBatch) -> pb.FetchLinkKeysResponse:
-    return pb.FetchLinkKeysResponse(
-        entries=[
-            pb.LinkKeyEntry(position=position, link_key=key)
-            for position, key in zip(batch.positions, batch.link_keys, strict=True)
-        ],
-        total_count=batch.total_count,
-        keys_sha256=batch.keys_sha256,
-    )
+    message = pb.FetchLinkKeysResponse(total_count=batch.total_count, keys_sha256=batch.keys_sha256)
+    # Added in place: building a LinkKeyEntry apiece and copying it in is 5x slower (upb),
+    # 3.4 s of a million keys' fetch.
+    add = message.entries.add
+    for position, key in zip(batch.positions, batch.link_keys, strict=True):
+        add(position=position, link_key=key)
+    return message
 
 
 def link_key_batch_from_proto(message: pb.FetchLinkKeysResponse) -> LinkKeyBatch:
