@@ -54,6 +54,7 @@ __all__ = [
     "EXHAUSTIVE_BELOW_COMPARISONS",
     "EXHAUSTIVE_PAIR_COST",
     "LshShape",
+    "blocking_cost",
     "blocking_settings_for",
     "choose_lsh_shape",
     "choose_lsh_shape_reference",
@@ -381,6 +382,31 @@ def blocking_settings_for(
     if shape.cost >= EXHAUSTIVE_PAIR_COST * pairs:
         return None
     return _fixed(settings, shape)
+
+
+def blocking_cost(
+    left: npt.NDArray[np.uint64],
+    right: npt.NDArray[np.uint64] | None,
+    threshold: float,
+    settings: BlockingSettings,
+) -> float | None:
+    """What comparing at ``threshold`` as :func:`blocking_settings_for` decides costs, in
+    block comparisons (:attr:`LshShape.cost`): the fitted shape, or every pair where that is
+    cheaper or no shape reaches the target recall. None: the operator fixed the shape."""
+    if not settings.fit_to_data:
+        return None
+    n_left = len(left)
+    n_right = n_left if right is None else len(right)
+    every_pair = EXHAUSTIVE_PAIR_COST * (
+        n_left * (n_left - 1) // 2 if right is None else n_left * n_right
+    )
+    if n_left == 0:
+        return 0.0
+    try:
+        shape, _ = _fitted_shape(left, right, threshold, settings)
+    except MatchingError:
+        return every_pair
+    return min(shape.cost, every_pair)
 
 
 def sample_band_positions(

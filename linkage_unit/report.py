@@ -148,8 +148,8 @@ class RunReport:
     """With group blocking (``group_blocking.py``): the record-level Dice each party pair's
     LSH part was fitted to, in job order (its shape is in ``lsh_shapes``)."""
     group_recall_estimates: tuple[float, ...] = ()
-    """With group blocking: each party pair's blocking recall, checked on a sample before the
-    join was used (below the target the pair was compared without it)."""
+    """With group blocking: each checked party pair's blocking recall on a sample, taken
+    before the join was used or set aside (``group_blocking.falls_back``)."""
     oversized_group_blocks: int = 0
     oversized_group_block_pairs: int = 0
     """Group blocks skipped as larger than ``max_group_block_pairs``, and their pairs."""

@@ -109,10 +109,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--group-blocking",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
         default=None,
         help="for encodings of several field groups: candidates from identical group encodings "
-        "plus LSH at a high cut, where its measured recall allows (docs/benchmarks.md)",
+        "plus LSH at a high cut, where its measured recall meets the target or comparing "
+        "without it would take hours (on by default; docs/benchmarks.md)",
     )
     parser.add_argument(
         "--group-lsh-threshold",

@@ -12,15 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from linkage_unit.blocking import (
+    EXHAUSTIVE_PAIR_COST,
     BlockingIndex,
     BlockingMode,
     BlockingSettings,
+    blocking_cost,
+    blocking_settings_for,
     sample_band_positions,
 )
 from linkage_unit.comparison import CompareSettings, LocalComparer
 from linkage_unit.group_blocking import (
     GroupBlockingSettings,
     estimate_recall,
+    falls_back,
     generate_group_candidates,
     group_join,
     group_join_reference,
@@ -97,9 +101,11 @@ def test_group_candidates_are_the_join_and_lsh_pairs_once_with_exhaustive_scores
     if len(left) == 0 or (other is not None and len(other) == 0):
         return
     blocking = BlockingSettings(fit_to_data=False, bands=4, bits_per_band=6)
+    # The fixed shape makes the fallback affordable, so the join is used from target_recall.
     group = GroupBlockingSettings(
-        lsh_threshold=0.9, max_group_block_pairs=10, recall_sample=7, min_recall=0.9
-    )
+        lsh_threshold=0.9, max_group_block_pairs=10, recall_sample=7, min_recall=0.9,
+        target_recall=0.9,
+    )  # fmt: skip
     result = generate_group_candidates(
         left, other, threshold, offsets=offsets, settings=group, blocking=blocking, seed=3
     )
@@ -180,6 +186,46 @@ def test_an_oversized_block_is_skipped_and_counted() -> None:
     assert (joined.plan.oversized_blocks, joined.plan.oversized_pairs) == (1, 435)
 
 
+@pytest.mark.parametrize(
+    ("recall", "cost", "falls"),
+    [
+        (0.5, 0.0, True),  # under min_recall: whatever the alternative costs
+        (0.5, 1e12, True),
+        (0.995, 1e9, True),  # short of the target and the alternative affordable
+        (0.995, None, True),  # an operator-fixed shape: affordable
+        (0.995, 1e11, False),  # short of the target, but the alternative takes hours
+        (0.999, 1e9, False),  # the join meets the target
+        (1.0, None, False),
+    ],
+)
+def test_a_join_short_of_the_target_is_set_aside_only_where_the_alternative_is_affordable(
+    recall: float, cost: float | None, falls: bool
+) -> None:
+    asked: list[bool] = []
+
+    def fallback_cost() -> float | None:
+        asked.append(True)
+        return cost
+
+    assert falls_back(recall, GroupBlockingSettings(), fallback_cost) is falls
+    # The cost (a fit over both parties) is asked only where it decides.
+    assert bool(asked) is (0.99 <= recall < 0.999)
+
+
+def test_the_cost_of_comparing_without_group_blocking_follows_blocking_settings_for() -> None:
+    generator = np.random.default_rng(4)
+    left = generator.integers(0, 2**63, (300, 4), dtype=np.uint64)
+    right = generator.integers(0, 2**63, (200, 4), dtype=np.uint64)
+    assert blocking_cost(left, right, 0.8, BlockingSettings(fit_to_data=False)) is None
+    # Small parties: every pair is cheaper than any shape's key building.
+    every_pair = EXHAUSTIVE_PAIR_COST * 300 * 200
+    assert blocking_settings_for(left, right, 0.8, BlockingSettings()) is None
+    assert blocking_cost(left, right, 0.8, BlockingSettings()) == every_pair
+    assert (
+        blocking_cost(left, None, 0.8, BlockingSettings()) == EXHAUSTIVE_PAIR_COST * 300 * 299 // 2
+    )
+
+
 def test_settings_refuse_nonsense() -> None:
     with pytest.raises(MatchingError):
         GroupBlockingSettings(lsh_threshold=0.0)
@@ -189,6 +235,10 @@ def test_settings_refuse_nonsense() -> None:
         GroupBlockingSettings(min_recall=1.5)
     with pytest.raises(MatchingError):
         GroupBlockingSettings(recall_sample=0)
+    with pytest.raises(MatchingError):
+        GroupBlockingSettings(target_recall=1.01)
+    with pytest.raises(MatchingError):
+        GroupBlockingSettings(max_fallback_cost=-1)
     with pytest.raises(MatchingError):
         group_join(np.zeros((2, 2), np.uint64), None, (0, 3), 0.5)
 
@@ -302,19 +352,23 @@ def test_the_lsh_part_is_blocking_index_less_the_joined_pairs(
     assert fast.comparisons <= slow.comparisons
 
 
-def test_the_operator_turns_group_blocking_on_in_the_config(tmp_path: Path) -> None:
+def test_group_blocking_is_on_by_default_and_the_operator_sets_it_in_the_config(
+    tmp_path: Path,
+) -> None:
     seen: list[Any] = []
 
     def spying_link(clks: Any, match_settings: Any, **options: Any) -> Any:
         seen.append(match_settings.group_blocking)
         return link(clks, match_settings, **options)
 
-    assert ServerConfig(data_dir=tmp_path, insecure=True).group_blocking_settings is None
+    default = ServerConfig(data_dir=tmp_path, insecure=True).group_blocking_settings
+    assert default == GroupBlockingSettings()
+    off = ServerConfig(data_dir=tmp_path, insecure=True, group_blocking=False)
+    assert off.group_blocking_settings is None
     config = ServerConfig(
         data_dir=tmp_path,
         insecure=True,
         require_manifest=False,
-        group_blocking=True,
         group_lsh_threshold=0.92,
         max_group_block_pairs=5000,
     )

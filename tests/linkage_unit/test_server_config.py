@@ -56,3 +56,25 @@ def test_serve_party_key_flag_reaches_the_server(
     # The key is loaded before the server binds, so a missing file fails the start.
     assert cli.main(argv) == ExitCode.CONFIGURATION
     assert "cannot read public key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("toml", "flag", "on"),
+    [("", None, True), ("group_blocking = false\n", None, False),
+     ("group_blocking = false\n", True, True), ("", False, False)],
+)  # fmt: skip
+def test_group_blocking_is_on_unless_the_config_or_the_flag_turns_it_off(
+    tmp_path: Path, toml: str, flag: bool | None, on: bool
+) -> None:
+    import argparse
+
+    from bloomlink.commands.serve import add_arguments
+
+    config_path = tmp_path / "lu.toml"
+    config_path.write_text(f'data_dir = "{tmp_path / "lu"}"\ninsecure = true\n{toml}')
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = [] if flag is None else ["--group-blocking" if flag else "--no-group-blocking"]
+    args = parser.parse_args(argv)
+    config = load_config(config_path, group_blocking=args.group_blocking)
+    assert config.group_blocking is on
