@@ -115,6 +115,7 @@ from protocol.messages import LinkKeyMode, link_keys_digest
 from protocol.vocabulary import CheckAspect
 
 __all__ = [
+    "DEFAULT_ATTACH_PROBABILITY",
     "SPINE_PARTY",
     "Crosswalk",
     "SpineEvent",
@@ -151,6 +152,9 @@ SPINE_PARTY = "spine"
 SHARED_KEY = "*"
 """The one key slot of a person in ``shared`` link-key mode."""
 
+DEFAULT_ATTACH_PROBABILITY = 0.7
+"""The default :attr:`SpineSettings.attach_probability` (docs/spine.md: measured)."""
+
 _FILE_MAGIC = b"bloomlink-spine-v1\n"
 _NONCE_BYTES = 12
 SPINE_KEY_BYTES = 32
@@ -182,6 +186,12 @@ class SpineSettings:
     """Retention: each run into the spine, when it completes, and ``spine prune`` keep the
     encodings of records from the last ``keep_runs`` runs only (None: keep every record's
     encoding). People and their keys are kept."""
+    attach_probability: float = DEFAULT_ATTACH_PROBABILITY
+    """With the model: the match probability a new cluster's evidence must reach to take a
+    spine person's keys (the mean over its records of each one's best pair with the
+    person), above the project's own link cut where that is lower. A look-alike new person
+    attaching to one who left gives a key to two people; one that fails to attach loses a
+    key. Dice runs attach at their own cut (docs/spine.md, "Attaching to a spine person")."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -195,6 +205,8 @@ class SpineSettings:
             problems.append("the schema fingerprint must be 64 lower-case hex digits")
         if not 0.0 <= self.max_merge_share <= 1.0:
             problems.append("max_merge_share must be between 0 and 1")
+        if not 0.0 < self.attach_probability < 1.0:
+            problems.append("attach_probability must be between 0 and 1 (exclusive)")
         if self.keep_runs is not None and self.keep_runs < 1:
             problems.append("keep_runs must be at least 1 (or unset to keep every record)")
         if problems:
@@ -329,6 +341,9 @@ class SpineRunResult:
     held_apart: tuple[SpineEvent, ...] = ()
     threshold: float = 0.0
     threshold_method: str = ""
+    attach_threshold: float = 0.0
+    """The cut a new cluster's evidence had to reach to take a spine person's keys (the
+    link cut, or with the model the spine's attach probability where that is higher)."""
     linked_records: int = 0
     untrusted_models: tuple[str, ...] = ()
     compare: CompareStatistics = CompareStatistics()
@@ -426,6 +441,10 @@ class _NewLinks:
     margin: float = DEFAULT_UNSCORED_MARGIN
     untrusted_models: tuple[str, ...] = ()
     compare: CompareStatistics = CompareStatistics()  # both compares' blocking figures
+    attach_threshold: float | None = None
+    """The cut a cluster's evidence must reach to take a spine person's keys, in the units of
+    ``threshold`` (None: ``threshold``); with the model, the spine's attach probability
+    where it is above the link cut (:attr:`SpineSettings.attach_probability`)."""
 
 
 def _uses_model(settings: matching.MatchSettings, layout: ClkLayout | None) -> bool:
@@ -572,6 +591,7 @@ def _score_against_spine(
         margin=probability,
         untrusted_models=untrusted,
         compare=own_compare + compared.statistics,
+        attach_threshold=max(probability, state.settings.attach_probability),
     )
 
 
@@ -946,10 +966,15 @@ def _assign(
         known_apart.person.tolist(), known_apart.upload.tolist(), strict=True
     ):
         person_mask[person] = person_mask.get(person, 0) | 1 << (len(uploads) + origin)
-    # Candidate (cluster, person) links whose mean evidence is at least zero, best first.
+    # Candidate (cluster, person) links whose mean evidence is at least zero, best first:
+    # measured from the attach cut (the link cut, or with the model the spine's attach
+    # probability above it), a record never scored against the person still counting
+    # ``margin`` below the link cut.
+    attach = cut if new.attach_threshold is None else max(cut, new.attach_threshold)
     means = link_means(
-        new.cluster, current, (new.new_record, new.spine_record, new.scores), cut=cut, margin=margin
-    )
+        new.cluster, current, (new.new_record, new.spine_record, new.scores), cut=attach,
+        margin=margin + attach - cut,
+    )  # fmt: skip
     link_cluster, link_person, mean = means.cluster, means.person, means.mean
     rejected: list[tuple[int, int]] = []
     for index in np.lexsort((link_person, link_cluster, -mean)).tolist():
@@ -1109,6 +1134,7 @@ def _assign(
         spine_comparisons=new.spine_comparisons,
         threshold=new.threshold,
         threshold_method=new.threshold_method,
+        attach_threshold=attach,
         linked_records=linked_records,
         untrusted_models=new.untrusted_models,
         compare=new.compare,
@@ -1333,6 +1359,7 @@ def _to_bytes(state: SpineState) -> bytes:
             "link_key_mode": s.link_key_mode.value,
             "max_merge_share": s.max_merge_share,
             "keep_runs": s.keep_runs,
+            "attach_probability": s.attach_probability,
         },
         "person_keys": [dict(keys) for keys in state.person_keys],
         "merged_into": list(state.merged_into),
@@ -1377,6 +1404,8 @@ def _from_bytes(data: bytes) -> SpineState:
             link_key_mode=LinkKeyMode(s["link_key_mode"]),
             max_merge_share=float(s["max_merge_share"]),
             keep_runs=s.get("keep_runs"),
+            # A spine written before the attach probability was kept: the default.
+            attach_probability=float(s.get("attach_probability", DEFAULT_ATTACH_PROBABILITY)),
         ),
         person_keys=tuple(dict(keys) for keys in meta["person_keys"]),
         merged_into=tuple(int(p) for p in meta["merged_into"]),
