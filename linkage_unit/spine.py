@@ -40,10 +40,14 @@ them in one person, as it refuses two clusters of one upload. A party whose uplo
 person twice must deduplicate it (``--dedupe``) to have the two records joined later.
 
 Then new clusters are joined to spine people: a cluster and a person are linked when the
-mean over the cluster's records of each record's best ``score - cut`` against the person's
-records is at least zero (a record with no scored pair with the person counting ``margin``
-below the cut: ``unscored_margin`` in Dice, probability 0 with the model), best links
-first, at most one cluster of each new upload per person (as in the clustering's stage 2).
+mean over the cluster's records of each record's best ``score - attach cut`` against the
+person's records is at least zero (a record with no scored pair with the person counting
+``margin`` below the link cut: ``unscored_margin`` in Dice, probability 0 with the model),
+best links first, at most one cluster of each new upload per person (as in the clustering's
+stage 2). The attach cut is the link cut, or with the model the spine's
+:attr:`SpineSettings.attach_probability` where that is higher (0.7 by default): a new person
+who agrees with one who left on one field group scores 0.5-0.7 with them, as some returning
+people do with themselves, and nothing else competes for the leaver's key.
 Best pair per new record, not the mean over every record pair: a person who has gathered
 records that disagree with each other (several parties, releases, spellings) must not
 outvote an exact copy of one of them (:func:`link_means`):
@@ -937,10 +941,16 @@ def _assign(
         roots = roots[roots]  # pointer jumping: every person -> the person it now is
     current = roots[state.record_person] if len(state.record_person) else roots[:0]
     known_apart = KnownApart.of(state, current)
+    # The attach cut: the link cut, or with the model the spine's attach probability above
+    # it. A record reaches a spine person by its own pair at the attach cut (below it, held
+    # apart as a record linking to no one), and a cluster takes the person on its mean
+    # evidence from the attach cut, a record never scored against the person still counting
+    # ``margin`` below the link cut.
+    attach = cut if new.attach_threshold is None else max(cut, new.attach_threshold)
     apart = hold_apart(
         new.cluster,
         record_links(current, (new.new_record, new.spine_record, new.scores)),
-        cut=cut,
+        cut=attach,
         known_apart=known_apart,
     )
     new = replace(new, cluster=apart.cluster)
@@ -966,11 +976,7 @@ def _assign(
         known_apart.person.tolist(), known_apart.upload.tolist(), strict=True
     ):
         person_mask[person] = person_mask.get(person, 0) | 1 << (len(uploads) + origin)
-    # Candidate (cluster, person) links whose mean evidence is at least zero, best first:
-    # measured from the attach cut (the link cut, or with the model the spine's attach
-    # probability above it), a record never scored against the person still counting
-    # ``margin`` below the link cut.
-    attach = cut if new.attach_threshold is None else max(cut, new.attach_threshold)
+    # Candidate (cluster, person) links whose mean evidence is at least zero, best first.
     means = link_means(
         new.cluster, current, (new.new_record, new.spine_record, new.scores), cut=attach,
         margin=margin + attach - cut,

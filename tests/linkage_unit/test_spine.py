@@ -1006,48 +1006,54 @@ def test_group_blocking_applies_to_a_runs_new_vs_spine_pairs_and_its_report_show
 
 
 def _hand_scored_run(attach_threshold: float | None) -> SpineRunResult:
-    """Three spine people (one record each) and four new records scored by hand, as match
-    probabilities with the link cut 0.5: record 0 pairs 0.95 with person 0; record 1 0.6
-    with person 1 (a link, below 0.7); records 2 and 3, one cluster of a deduplicated upload,
-    0.99 and 0.6 with person 2 (mean 0.795)."""
+    """Four spine people (one record each) and six new records of a deduplicated upload,
+    scored by hand as match probabilities with the link cut 0.5: record 0 pairs 0.95 with
+    person 0; record 1 0.6 with person 1 (a link, below 0.7); records 2 and 3, one cluster,
+    0.99 and 0.6 with person 2; records 4 and 5, one cluster, 0.8 and 0.75 with person 3."""
     generator = np.random.default_rng(80)
-    keys = fresh_keys(3, lambda size: generator.bytes(size))
+    keys = fresh_keys(4, lambda size: generator.bytes(size))
     state = SpineState(
         settings=_settings(),
         person_keys=tuple({"moj": key} for key in keys),
-        merged_into=(0, 1, 2),
-        encodings=np.zeros((3, 2), np.uint64),
-        record_person=np.arange(3, dtype=np.int64),
+        merged_into=(0, 1, 2, 3),
+        encodings=np.zeros((4, 2), np.uint64),
+        record_person=np.arange(4, dtype=np.int64),
         runs=("r1",),
     )
     new = _NewLinks(
-        cluster=np.array([0, 1, 2, 2]), party=np.zeros(4, np.int64),
-        new_record=np.array([0, 1, 2, 3]), spine_record=np.array([0, 1, 2, 2]),
-        scores=np.array([0.95, 0.6, 0.99, 0.6]), threshold=0.5,
-        threshold_method="fellegi-sunter", comparisons=12, spine_comparisons=12, margin=0.5,
+        cluster=np.array([0, 1, 2, 2, 3, 3]), party=np.zeros(6, np.int64),
+        new_record=np.arange(6), spine_record=np.array([0, 1, 2, 2, 3, 3]),
+        scores=np.array([0.95, 0.6, 0.99, 0.6, 0.8, 0.75]), threshold=0.5,
+        threshold_method="fellegi-sunter", comparisons=24, spine_comparisons=24, margin=0.5,
         attach_threshold=attach_threshold,
     )  # fmt: skip
     return _assign(
-        state, [_upload("moj", np.zeros((4, 2), np.uint64))], new, run_id="r2",
+        state, [_upload("moj", np.zeros((6, 2), np.uint64))], new, run_id="r2",
         project_id="p2", random_bytes=lambda size: generator.bytes(size),
         deduplicated=frozenset({"moj"}),
     )  # fmt: skip
 
 
-def test_a_cluster_takes_a_spine_persons_keys_only_at_the_attach_probability() -> None:
-    spine_keys = [keys["moj"] for keys in _hand_scored_run(None).state.person_keys[:3]]
-    # At the link cut (no attach probability: as before it, and a Dice run): all attach.
-    before = _key_by_row(_hand_scored_run(None).keys["moj"])
-    assert [before[row] for row in range(4)] == [spine_keys[0], spine_keys[1], *[spine_keys[2]] * 2]
-    # At 0.7: record 1's 0.6 is a link but not enough to take person 1's key; the cluster of
-    # records 2-3 takes person 2's on its mean (0.795), its 0.6 record with it.
+def test_a_record_takes_a_spine_persons_keys_only_at_the_attach_probability() -> None:
+    before = _hand_scored_run(None)
+    spine = [keys["moj"] for keys in before.state.person_keys[:4]]
+    # At the link cut (no attach probability: as before it, and as a Dice run): every record
+    # takes its person's key, record 3 on its cluster's mean ((0.99 + 0.6) / 2).
+    by_row = _key_by_row(before.keys["moj"])
+    assert [by_row[row] for row in range(6)] == [spine[0], spine[1], spine[2], spine[2],
+                                                 spine[3], spine[3]]  # fmt: skip
+    assert not before.held_apart and before.new_people == 0
+    # At 0.7: record 1's 0.6 is a link but not enough to take person 1's key, and record 3
+    # reaches person 2 only through its cluster (its own pair 0.6): held apart, its own key.
+    # Records 4 and 5 each reach person 3 at 0.7 or more: one cluster, person 3's key.
     result = _hand_scored_run(0.7)
-    after = _key_by_row(result.keys["moj"])
-    assert after[0] == spine_keys[0] and after[2] == after[3] == spine_keys[2]
-    assert after[1] not in spine_keys
+    by_row = _key_by_row(result.keys["moj"])
+    assert [by_row[row] for row in (0, 2, 4, 5)] == [spine[0], spine[2], spine[3], spine[3]]
+    assert by_row[1] not in spine and by_row[3] not in spine and by_row[1] != by_row[3]
     assert result.attach_threshold == 0.7
-    assert (result.matched_people, result.new_people) == (2, 1)
-    assert not result.merges and not result.held_apart
+    assert (result.matched_people, result.new_people) == (3, 2)
+    assert [(event.kept, event.people) for event in result.held_apart] == [(2, ())]
+    assert not result.merges
 
 
 def _look_alikes_release(attach_probability: float) -> tuple[int, int, SpineRunResult]:
