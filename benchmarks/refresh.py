@@ -26,6 +26,8 @@ another's person, a new person given the key of one who left, ...), and separate
 whose two records got two keys. ``--repeat-rate R``: MoJ release 1 holds some people twice
 (uploaded without ``--dedupe`` all the same); counts how many of them end as one spine
 person. ``--no-relink`` skips the relink from scratch (counts only).
+``--attach-probability P``: the spine's attach probability (docs/spine.md); 0.5, the link
+cut, attaches as the rule before it did.
 ``--scoring auto`` (the default) scores as a project of the default schema does: the
 Fellegi-Sunter model over its field groups, in both releases and in the relink; ``dice``
 scores whole records by Dice. Each run's cut is automatic unless ``--threshold`` sets the
