@@ -45,9 +45,11 @@ person's records is at least zero (a record with no scored pair with the person 
 ``margin`` below the link cut: ``unscored_margin`` in Dice, probability 0 with the model),
 best links first, at most one cluster of each new upload per person (as in the clustering's
 stage 2). The attach cut is the link cut, or with the model the spine's
-:attr:`SpineSettings.attach_probability` where that is higher (0.7 by default): a new person
-who agrees with one who left on one field group scores 0.5-0.7 with them, as some returning
-people do with themselves, and nothing else competes for the leaver's key.
+:attr:`SpineSettings.attach_probability` where that is higher (0.7 by default), and the
+spine's evidence above holds records apart at it too (a record reaches a person by its own
+pair at the attach cut): a new person who agrees with one who left on one field group scores
+0.5-0.7 with them, as some returning people do with themselves, and nothing else competes
+for the leaver's key.
 Best pair per new record, not the mean over every record pair: a person who has gathered
 records that disagree with each other (several parties, releases, spellings) must not
 outvote an exact copy of one of them (:func:`link_means`):
@@ -191,11 +193,12 @@ class SpineSettings:
     encodings of records from the last ``keep_runs`` runs only (None: keep every record's
     encoding). People and their keys are kept."""
     attach_probability: float = DEFAULT_ATTACH_PROBABILITY
-    """With the model: the match probability a new cluster's evidence must reach to take a
-    spine person's keys (the mean over its records of each one's best pair with the
-    person), above the project's own link cut where that is lower. A look-alike new person
-    attaching to one who left gives a key to two people; one that fails to attach loses a
-    key. Dice runs attach at their own cut (docs/spine.md, "Attaching to a spine person")."""
+    """With the model: the match probability a new record's own best pair with a spine
+    person's records must reach for the record to take that person's keys (below it the
+    record is held apart, :func:`hold_apart`), and its cluster's mean evidence with it; the
+    project's own link cut where that is higher. A look-alike new person attaching to one who
+    left gives a key to two people; a returning person who fails to attach gets a new key.
+    Dice runs attach at their own cut (docs/spine.md, "Attaching to a spine person")."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -85,11 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--attach-probability",
         type=float,
         default=DEFAULT_ATTACH_PROBABILITY,
-        help="with Fellegi-Sunter scoring: the match probability a run's new records need, on "
-        "average by each one's best pair, to take an existing person's key (the project's "
-        "link cut where higher). Higher: fewer new people given the key of a look-alike who "
-        f"left, more returning people given a new key (default {DEFAULT_ATTACH_PROBABILITY}, "
-        "docs/spine.md)",
+        help="with Fellegi-Sunter scoring: the match probability a new record's own best pair "
+        "with an existing person needs for the record to take that person's key (the "
+        "project's link cut where higher). Higher: fewer new people given the key of a "
+        "look-alike who left, more returning people given a new key (default "
+        f"{DEFAULT_ATTACH_PROBABILITY}, docs/spine.md)",
     )
     create.add_argument(
         "--link-key-mode", choices=[mode.value for mode in LinkKeyMode], default="shared"
