@@ -26,6 +26,8 @@ another's person, a new person given the key of one who left, ...), and separate
 whose two records got two keys. ``--repeat-rate R``: MoJ release 1 holds some people twice
 (uploaded without ``--dedupe`` all the same); counts how many of them end as one spine
 person. ``--no-relink`` skips the relink from scratch (counts only).
+``--attach-probability P``: the spine's attach probability (docs/spine.md); 0.5, the link
+cut, attaches as the rule before it did.
 ``--scoring auto`` (the default) scores as a project of the default schema does: the
 Fellegi-Sunter model over its field groups, in both releases and in the relink; ``dice``
 scores whole records by Dice. Each run's cut is automatic unless ``--threshold`` sets the
@@ -71,6 +73,7 @@ from bloomlink.synth.generation import extract_people
 from linkage_unit.link_keys import PartyLinkKeys, fresh_keys, issue_link_keys
 from linkage_unit.matching import MatchSettings, Scoring, link
 from linkage_unit.spine import (
+    DEFAULT_ATTACH_PROBABILITY,
     SHARED_KEY,
     SpineSettings,
     SpineState,
@@ -309,6 +312,11 @@ def names(args: argparse.Namespace) -> None:
             parties=("moj", "dfe"),
             schema_fingerprint=fingerprint,
             link_key_mode=LinkKeyMode.SHARED,
+            attach_probability=(
+                DEFAULT_ATTACH_PROBABILITY
+                if args.attach_probability is None
+                else args.attach_probability
+            ),
         )
     )
     # auto: the model over the default schema's field groups, as a grouped project's runs
@@ -508,6 +516,7 @@ def names(args: argparse.Namespace) -> None:
                 "scoring": args.scoring,
                 "threshold": second.threshold,
                 "threshold_method": second.threshold_method,
+                "attach_threshold": second.attach_threshold,
                 "release_1_threshold": first.threshold,
                 "clk_bits": clks["moj-1"].shape[1] * 64,
                 "spine_records": len(first.state.record_person),
@@ -599,6 +608,13 @@ def main() -> None:
         default=0.0,
         help="names: the share of MoJ release 1's records repeating a person (synth's "
         "repeat_rate): a party that holds repeats but uploads without --dedupe",
+    )
+    parser.add_argument(
+        "--attach-probability",
+        type=float,
+        default=None,
+        help="names: the spine's attach probability (spine create --attach-probability); "
+        "default: the spine's default. 0.5, the link cut, attaches as before it existed",
     )
     parser.add_argument(
         "--no-relink",

@@ -47,6 +47,7 @@ from refresh import (  # noqa: E402
 from bloomlink.synth import SynthConfig, generate  # noqa: E402
 from linkage_unit.matching import MatchSettings  # noqa: E402
 from linkage_unit.spine import (  # noqa: E402
+    DEFAULT_ATTACH_PROBABILITY,
     SpineSettings,
     SpineState,
     SpineUpload,
@@ -74,6 +75,13 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=300, help="the test's synth --records")
     parser.add_argument("--difficulty", default="low")
     parser.add_argument("--seed", type=int, default=14, help="the test's synth --seed")
+    parser.add_argument(
+        "--attach-probability",
+        type=float,
+        default=DEFAULT_ATTACH_PROBABILITY,
+        help="the spine's attach probability (spine create --attach-probability); 0.5, the "
+        "link cut, attaches as before it existed",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     synth = generate(
@@ -100,7 +108,10 @@ def main() -> None:
         kcv = encoder.kcv.hex()
         state = SpineState(
             settings=SpineSettings(
-                name="people", parties=("moj", "dfe", "hmpps"), schema_fingerprint=fingerprint
+                name="people",
+                parties=("moj", "dfe", "hmpps"),
+                schema_fingerprint=fingerprint,
+                attach_probability=args.attach_probability,
             )
         )
         blocking = hashlib.sha256(f"b{index}".encode()).digest()
@@ -214,6 +225,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "spine_cli_path",
+                "attach_probability": args.attach_probability,
                 "moj_keys_shared": sum(moj_all.values()),
                 "moj_keys_shared_by_cause": moj_all,
                 "secrets": len(rows),

@@ -40,10 +40,16 @@ them in one person, as it refuses two clusters of one upload. A party whose uplo
 person twice must deduplicate it (``--dedupe``) to have the two records joined later.
 
 Then new clusters are joined to spine people: a cluster and a person are linked when the
-mean over the cluster's records of each record's best ``score - cut`` against the person's
-records is at least zero (a record with no scored pair with the person counting ``margin``
-below the cut: ``unscored_margin`` in Dice, probability 0 with the model), best links
-first, at most one cluster of each new upload per person (as in the clustering's stage 2).
+mean over the cluster's records of each record's best ``score - attach cut`` against the
+person's records is at least zero (a record with no scored pair with the person counting
+``margin`` below the link cut: ``unscored_margin`` in Dice, probability 0 with the model),
+best links first, at most one cluster of each new upload per person (as in the clustering's
+stage 2). The attach cut is the link cut, or with the model the spine's
+:attr:`SpineSettings.attach_probability` where that is higher (0.7 by default), and the
+spine's evidence above holds records apart at it too (a record reaches a person by its own
+pair at the attach cut): a new person who agrees with one who left on one field group scores
+0.5-0.7 with them, as some returning people do with themselves, and nothing else competes
+for the leaver's key.
 Best pair per new record, not the mean over every record pair: a person who has gathered
 records that disagree with each other (several parties, releases, spellings) must not
 outvote an exact copy of one of them (:func:`link_means`):
@@ -115,6 +121,7 @@ from protocol.messages import LinkKeyMode, link_keys_digest
 from protocol.vocabulary import CheckAspect
 
 __all__ = [
+    "DEFAULT_ATTACH_PROBABILITY",
     "SPINE_PARTY",
     "Crosswalk",
     "SpineEvent",
@@ -151,6 +158,9 @@ SPINE_PARTY = "spine"
 SHARED_KEY = "*"
 """The one key slot of a person in ``shared`` link-key mode."""
 
+DEFAULT_ATTACH_PROBABILITY = 0.7
+"""The default :attr:`SpineSettings.attach_probability` (docs/spine.md: measured)."""
+
 _FILE_MAGIC = b"bloomlink-spine-v1\n"
 _NONCE_BYTES = 12
 SPINE_KEY_BYTES = 32
@@ -182,6 +192,13 @@ class SpineSettings:
     """Retention: each run into the spine, when it completes, and ``spine prune`` keep the
     encodings of records from the last ``keep_runs`` runs only (None: keep every record's
     encoding). People and their keys are kept."""
+    attach_probability: float = DEFAULT_ATTACH_PROBABILITY
+    """With the model: the match probability a new record's own best pair with a spine
+    person's records must reach for the record to take that person's keys (below it the
+    record is held apart, :func:`hold_apart`), and its cluster's mean evidence with it; the
+    project's own link cut where that is higher. A look-alike new person attaching to one who
+    left gives a key to two people; a returning person who fails to attach gets a new key.
+    Dice runs attach at their own cut (docs/spine.md, "Attaching to a spine person")."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -195,6 +212,8 @@ class SpineSettings:
             problems.append("the schema fingerprint must be 64 lower-case hex digits")
         if not 0.0 <= self.max_merge_share <= 1.0:
             problems.append("max_merge_share must be between 0 and 1")
+        if not 0.0 < self.attach_probability < 1.0:
+            problems.append("attach_probability must be between 0 and 1 (exclusive)")
         if self.keep_runs is not None and self.keep_runs < 1:
             problems.append("keep_runs must be at least 1 (or unset to keep every record)")
         if problems:
@@ -329,6 +348,9 @@ class SpineRunResult:
     held_apart: tuple[SpineEvent, ...] = ()
     threshold: float = 0.0
     threshold_method: str = ""
+    attach_threshold: float = 0.0
+    """The cut a new cluster's evidence had to reach to take a spine person's keys (the
+    link cut, or with the model the spine's attach probability where that is higher)."""
     linked_records: int = 0
     untrusted_models: tuple[str, ...] = ()
     compare: CompareStatistics = CompareStatistics()
@@ -426,6 +448,10 @@ class _NewLinks:
     margin: float = DEFAULT_UNSCORED_MARGIN
     untrusted_models: tuple[str, ...] = ()
     compare: CompareStatistics = CompareStatistics()  # both compares' blocking figures
+    attach_threshold: float | None = None
+    """The cut a cluster's evidence must reach to take a spine person's keys, in the units of
+    ``threshold`` (None: ``threshold``); with the model, the spine's attach probability
+    where it is above the link cut (:attr:`SpineSettings.attach_probability`)."""
 
 
 def _uses_model(settings: matching.MatchSettings, layout: ClkLayout | None) -> bool:
@@ -572,6 +598,7 @@ def _score_against_spine(
         margin=probability,
         untrusted_models=untrusted,
         compare=own_compare + compared.statistics,
+        attach_threshold=max(probability, state.settings.attach_probability),
     )
 
 
@@ -917,10 +944,16 @@ def _assign(
         roots = roots[roots]  # pointer jumping: every person -> the person it now is
     current = roots[state.record_person] if len(state.record_person) else roots[:0]
     known_apart = KnownApart.of(state, current)
+    # The attach cut: the link cut, or with the model the spine's attach probability above
+    # it. A record reaches a spine person by its own pair at the attach cut (below it, held
+    # apart as a record linking to no one), and a cluster takes the person on its mean
+    # evidence from the attach cut, a record never scored against the person still counting
+    # ``margin`` below the link cut.
+    attach = cut if new.attach_threshold is None else max(cut, new.attach_threshold)
     apart = hold_apart(
         new.cluster,
         record_links(current, (new.new_record, new.spine_record, new.scores)),
-        cut=cut,
+        cut=attach,
         known_apart=known_apart,
     )
     new = replace(new, cluster=apart.cluster)
@@ -948,8 +981,9 @@ def _assign(
         person_mask[person] = person_mask.get(person, 0) | 1 << (len(uploads) + origin)
     # Candidate (cluster, person) links whose mean evidence is at least zero, best first.
     means = link_means(
-        new.cluster, current, (new.new_record, new.spine_record, new.scores), cut=cut, margin=margin
-    )
+        new.cluster, current, (new.new_record, new.spine_record, new.scores), cut=attach,
+        margin=margin + attach - cut,
+    )  # fmt: skip
     link_cluster, link_person, mean = means.cluster, means.person, means.mean
     rejected: list[tuple[int, int]] = []
     for index in np.lexsort((link_person, link_cluster, -mean)).tolist():
@@ -1109,6 +1143,7 @@ def _assign(
         spine_comparisons=new.spine_comparisons,
         threshold=new.threshold,
         threshold_method=new.threshold_method,
+        attach_threshold=attach,
         linked_records=linked_records,
         untrusted_models=new.untrusted_models,
         compare=new.compare,
@@ -1333,6 +1368,7 @@ def _to_bytes(state: SpineState) -> bytes:
             "link_key_mode": s.link_key_mode.value,
             "max_merge_share": s.max_merge_share,
             "keep_runs": s.keep_runs,
+            "attach_probability": s.attach_probability,
         },
         "person_keys": [dict(keys) for keys in state.person_keys],
         "merged_into": list(state.merged_into),
@@ -1377,6 +1413,8 @@ def _from_bytes(data: bytes) -> SpineState:
             link_key_mode=LinkKeyMode(s["link_key_mode"]),
             max_merge_share=float(s["max_merge_share"]),
             keep_runs=s.get("keep_runs"),
+            # A spine written before the attach probability was kept: the default.
+            attach_probability=float(s.get("attach_probability", DEFAULT_ATTACH_PROBABILITY)),
         ),
         person_keys=tuple(dict(keys) for keys in meta["person_keys"]),
         merged_into=tuple(int(p) for p in meta["merged_into"]),

@@ -27,6 +27,7 @@ from linkage_unit.manifest_policy import ManifestPolicy
 from linkage_unit.reencoding import ReencodedUpload, reencoding_refusal
 from linkage_unit.server import load_config
 from linkage_unit.spine import (
+    DEFAULT_ATTACH_PROBABILITY,
     SPINE_KEY_BYTES,
     Reencoding,
     SpineEventKind,
@@ -79,6 +80,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.05,
         help="a run that would merge more than this share of the spine's people fails "
         "before any key is issued (default 0.05)",
+    )
+    create.add_argument(
+        "--attach-probability",
+        type=float,
+        default=DEFAULT_ATTACH_PROBABILITY,
+        help="with Fellegi-Sunter scoring: the match probability a new record's own best pair "
+        "with an existing person needs for the record to take that person's key (the "
+        "project's link cut where higher). Higher: fewer new people given the key of a "
+        "look-alike who left, more returning people given a new key (default "
+        f"{DEFAULT_ATTACH_PROBABILITY}, docs/spine.md)",
     )
     create.add_argument(
         "--link-key-mode", choices=[mode.value for mode in LinkKeyMode], default="shared"
@@ -188,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
             link_key_mode=LinkKeyMode(args.link_key_mode),
             max_merge_share=args.max_merge_share,
             keep_runs=args.keep_runs,
+            attach_probability=args.attach_probability,
         )
         with _audit(args) as audit:
             store.create(settings)
@@ -223,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
                 1 for event in state.events if event.kind is SpineEventKind.HELD_APART
             ),
             "keep_runs": state.settings.keep_runs,
+            "attach_probability": state.settings.attach_probability,
         }
         # The uploads whose records the spine holds: what a key rotation needs re-encoded.
         held = np.bincount(

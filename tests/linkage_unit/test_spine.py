@@ -17,12 +17,14 @@ from hypothesis import strategies as st
 
 from bloomlink.cli import main
 from linkage_unit.blocking import BlockingMode
+from linkage_unit.fellegi_sunter import ModelSettings
 from linkage_unit.group_blocking import GroupBlockingSettings
 from linkage_unit.link_keys import PartyLinkKeys, fresh_keys
 from linkage_unit.matching import MatchSettings, Scoring, link
 from linkage_unit.report import build_report
 from linkage_unit.run import spine_link_result
 from linkage_unit.spine import (
+    DEFAULT_ATTACH_PROBABILITY,
     KnownApart,
     RecordLinks,
     Reencoding,
@@ -32,7 +34,9 @@ from linkage_unit.spine import (
     SpineState,
     SpineStore,
     SpineUpload,
+    _assign,
     _from_bytes,
+    _NewLinks,
     _to_bytes,
     hold_apart,
     link_into_spine,
@@ -996,3 +1000,141 @@ def test_group_blocking_applies_to_a_runs_new_vs_spine_pairs_and_its_report_show
     assert report.comparisons == second.comparisons
     plain = _grouped_releases(replace(settings, group_blocking=None))[1]
     assert plain.compare.group_recall_estimates == ()
+
+
+# -- attaching to a spine person: the attach probability ------------------------------------
+
+
+def _hand_scored_run(attach_threshold: float | None) -> SpineRunResult:
+    """Four spine people (one record each) and six new records of a deduplicated upload,
+    scored by hand as match probabilities with the link cut 0.5: record 0 pairs 0.95 with
+    person 0; record 1 0.6 with person 1 (a link, below 0.7); records 2 and 3, one cluster,
+    0.99 and 0.6 with person 2; records 4 and 5, one cluster, 0.8 and 0.75 with person 3."""
+    generator = np.random.default_rng(80)
+    keys = fresh_keys(4, lambda size: generator.bytes(size))
+    state = SpineState(
+        settings=_settings(),
+        person_keys=tuple({"moj": key} for key in keys),
+        merged_into=(0, 1, 2, 3),
+        encodings=np.zeros((4, 2), np.uint64),
+        record_person=np.arange(4, dtype=np.int64),
+        runs=("r1",),
+    )
+    new = _NewLinks(
+        cluster=np.array([0, 1, 2, 2, 3, 3]), party=np.zeros(6, np.int64),
+        new_record=np.arange(6), spine_record=np.array([0, 1, 2, 2, 3, 3]),
+        scores=np.array([0.95, 0.6, 0.99, 0.6, 0.8, 0.75]), threshold=0.5,
+        threshold_method="fellegi-sunter", comparisons=24, spine_comparisons=24, margin=0.5,
+        attach_threshold=attach_threshold,
+    )  # fmt: skip
+    return _assign(
+        state, [_upload("moj", np.zeros((6, 2), np.uint64))], new, run_id="r2",
+        project_id="p2", random_bytes=lambda size: generator.bytes(size),
+        deduplicated=frozenset({"moj"}),
+    )  # fmt: skip
+
+
+def test_a_record_takes_a_spine_persons_keys_only_at_the_attach_probability() -> None:
+    before = _hand_scored_run(None)
+    spine = [keys["moj"] for keys in before.state.person_keys[:4]]
+    # At the link cut (no attach probability: as before it, and as a Dice run): every record
+    # takes its person's key, record 3 on its cluster's mean ((0.99 + 0.6) / 2).
+    by_row = _key_by_row(before.keys["moj"])
+    assert [by_row[row] for row in range(6)] == [spine[0], spine[1], spine[2], spine[2],
+                                                 spine[3], spine[3]]  # fmt: skip
+    assert not before.held_apart and before.new_people == 0
+    # At 0.7: record 1's 0.6 is a link but not enough to take person 1's key, and record 3
+    # reaches person 2 only through its cluster (its own pair 0.6): held apart, its own key.
+    # Records 4 and 5 each reach person 3 at 0.7 or more: one cluster, person 3's key.
+    result = _hand_scored_run(0.7)
+    by_row = _key_by_row(result.keys["moj"])
+    assert [by_row[row] for row in (0, 2, 4, 5)] == [spine[0], spine[2], spine[3], spine[3]]
+    assert by_row[1] not in spine and by_row[3] not in spine and by_row[1] != by_row[3]
+    assert result.attach_threshold == 0.7
+    assert (result.matched_people, result.new_people) == (3, 2)
+    assert [(event.kept, event.people) for event in result.held_apart] == [(2, ())]
+    assert not result.merges
+
+
+def _look_alikes_release(attach_probability: float) -> tuple[int, int, SpineRunResult]:
+    """The grouped releases (people 0..29 leave), with two new people who agree with leavers
+    0 and 1 on the birth group exactly and nothing else: returning MoJ people keeping their
+    key, and look-alikes given an old key. Seeded: one fixed outcome."""
+    truth = random_clks(np.random.default_rng(60), 400, words=GROUPED.total_words, density=0.3)
+    settings = MatchSettings(blocking_seed=61)
+    first = link_into_spine(
+        SpineState(settings=_settings(attach_probability=attach_probability)),
+        [
+            _upload("moj", _grouped_noisy(1, truth[:240])),
+            _upload("dfe", _grouped_noisy(2, truth[60:300])),
+        ],
+        settings,
+        run_id="r1",
+        layout=GROUPED,
+    )
+    look = random_clks(np.random.default_rng(160), 2, words=GROUPED.total_words, density=0.3)
+    start, stop = GROUPED.word_range(1)
+    look[:, start:stop] = truth[:2, start:stop]
+    two = np.concatenate([_grouped_noisy(3, truth[30:240]), _grouped_noisy(4, truth[300:]), look])
+    second = link_into_spine(
+        first.state,
+        [_upload("moj", two)],
+        replace(settings, deduplicated=frozenset({"moj"})),
+        run_id="r2",
+        layout=GROUPED,
+    )
+    moj_first, moj_second = _key_by_row(first.keys["moj"]), _key_by_row(second.keys["moj"])
+    kept = sum(moj_second[row] == moj_first[row + 30] for row in range(210))
+    old = set(moj_first.values()) | set(_key_by_row(first.keys["dfe"]).values())
+    return kept, sum(moj_second[row] in old for row in (310, 311)), second
+
+
+def test_a_new_person_agreeing_with_one_who_left_on_one_group_takes_no_old_key() -> None:
+    # Measured on named people (docs/spine.md): a new person whose record agrees with a
+    # leaver's on one field group (the birth date) scores 0.5-0.7 with them, and no other
+    # MoJ record competes for the leaver. At the link cut one look-alike takes a leaver's
+    # key (two people, one key); at the default attach probability neither does, at the
+    # cost of one returning person whose pair is in that band too.
+    kept, given, second = _look_alikes_release(0.5)
+    assert (kept, given, second.attach_threshold) == (208, 1, 0.5)
+    kept, given, second = _look_alikes_release(DEFAULT_ATTACH_PROBABILITY)
+    assert (kept, given, second.attach_threshold) == (207, 0, DEFAULT_ATTACH_PROBABILITY)
+
+
+def test_the_attach_cut_is_the_link_cut_where_higher_and_dice_runs_keep_theirs() -> None:
+    model = _grouped_releases(MatchSettings(blocking_seed=61))[1]
+    assert (model.threshold, model.attach_threshold) == (0.5, DEFAULT_ATTACH_PROBABILITY)
+    strict = _grouped_releases(
+        MatchSettings(blocking_seed=61, model=ModelSettings(match_probability=0.9))
+    )[1]
+    assert (strict.threshold, strict.attach_threshold) == (0.9, 0.9)
+    dice = _grouped_releases(MatchSettings(blocking_seed=61, scoring=Scoring.DICE))[1]
+    assert dice.attach_threshold == dice.threshold < 1.0
+
+
+def test_the_attach_probability_is_validated_kept_at_rest_and_shown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for wrong in (0.0, 1.0, 1.5):
+        with pytest.raises(InvalidRequestError, match="attach_probability"):
+            _settings(attach_probability=wrong)
+    state = SpineState(settings=_settings(attach_probability=0.8))
+    assert _from_bytes(_to_bytes(state)).settings.attach_probability == 0.8
+    # A spine written before the attach probability was kept reads the default.
+    arrays = dict(np.load(io.BytesIO(_to_bytes(state)), allow_pickle=False))
+    meta = json.loads(arrays["meta"].tobytes().decode())
+    del meta["settings"]["attach_probability"]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    assert _from_bytes(buffer.getvalue()).settings.attach_probability == DEFAULT_ATTACH_PROBABILITY
+    # The operator sets it at `spine create`, and `spine show` says it.
+    key = tmp_path / "spine.key"
+    assert main(["spine", "keygen", "--out", str(key)]) == 0
+    assert main(["spine", "create", "people", "--parties", "moj,dfe", "--schema-fingerprint",
+                 SCHEMA, "--attach-probability", "0.85", "--data-dir", str(tmp_path),
+                 "--spine-key", str(key)]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["spine", "show", "people", "--data-dir", str(tmp_path), "--spine-key",
+                 str(key), "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["attach_probability"] == 0.85
