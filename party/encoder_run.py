@@ -312,11 +312,12 @@ class _MaskTable:
 
     A field whose values are nearly all distinct (postcodes) gains nothing from remembering
     them and pays a lookup and an insertion per value: once the table has seen
-    ``_DIRECT_AFTER`` values and found fewer than one in ten, it stops remembering
-    (``remember`` False) and only holds each chunk's masks.
+    ``_DIRECT_AFTER`` values after its first chunk and found fewer than one in ten, it
+    stops remembering (``remember`` False) and only holds each chunk's masks; the encoder
+    then reads that column plain, not dictionary-encoded.
     """
 
-    __slots__ = ("capacity", "hits", "lookups", "masks", "remember", "rows", "used")
+    __slots__ = ("capacity", "chunks", "hits", "lookups", "masks", "remember", "rows", "used")
 
     def __init__(self, words: int) -> None:
         self.capacity = _TABLE_ROWS
@@ -324,12 +325,18 @@ class _MaskTable:
         self.masks = np.zeros((min(1024, self.capacity), words), dtype=np.uint64)
         self.used = 1
         self.remember = True
+        self.chunks = 0
         self.lookups = 0
         self.hits = 0
 
     def note(self, lookups: int, hits: int) -> None:
         """Count a chunk's lookups and how many found their value; stop remembering a field
-        whose values rarely repeat."""
+        whose values rarely repeat. The first chunk is not counted: it finds nothing (a
+        chunk's values are distinct), and at 100,000 rows it alone could hold more than
+        ``_DIRECT_AFTER`` values that repeat in every later chunk ((sex, date) pairs)."""
+        self.chunks += 1
+        if self.chunks == 1:
+            return
         self.lookups += lookups
         self.hits += hits
         if self.lookups >= _DIRECT_AFTER and self.hits * 10 < self.lookups:
@@ -516,7 +523,8 @@ def _unpack_keys(
 
 class _Column:
     """One extract column of a chunk, dictionary-encoded: row r holds
-    ``distinct[codes[r]]``."""
+    ``distinct[codes[r]]`` (each value once, except in a column read plain, where
+    ``distinct`` is every row's value: the tables treat a repeat as two values)."""
 
     __slots__ = ("codes", "distinct")
 
@@ -608,6 +616,17 @@ class _ChunkEncoder:
                 found[at] = stable_id
         return np.array(found, dtype=np.int64), restarted
 
+    def _plain_columns(self) -> set[int]:
+        """Extract columns not worth dictionary-encoding: each field that reads one has
+        stopped remembering values (they rarely repeat: postcodes), and none salts a field."""
+        salting = {self.bound.fields[index].column_index for index in self._salt_fields.values()}
+        remembered = {
+            reader.column_index
+            for reader, table in zip(self.bound.fields, self._tables, strict=True)
+            if table.remember
+        }
+        return set(self._wanted) - remembered - salting
+
     def _normalise_salts(self, name: str, raws: list[str]) -> list[str | None]:
         """Normalised values of salt field ``name`` (None where rejected)."""
         reader = self.bound.fields[self._salt_fields[name]]
@@ -660,6 +679,7 @@ class _ChunkEncoder:
                 delimiter=self.delimiter,
                 wanted=self._wanted,
                 record_id=self.bound.record_id_index,
+                plain=self._plain_columns(),
             )
         except CsvRangeError as error:
             return _ChunkResult(0, b"", b"", b"", [], [], [], invalid_row=error.row)
