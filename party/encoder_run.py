@@ -1186,7 +1186,10 @@ class _BucketedScratch:
                 turn = bucket % 2
                 writing[turn].result()  # that buffer's last write is done
                 shuffled = buffers[turn][:size]
-                shuffled[order] = gathered[:size]
+                # Whole records as one opaque item each: numpy copies a record per index
+                # instead of stepping through its bytes (about half the time).
+                record = np.dtype((np.void, width))
+                shuffled.view(record).reshape(-1)[order] = gathered[:size].view(record).reshape(-1)
                 writing[turn] = background.submit(writer.write, shuffled)
             for future in writing:
                 future.result()
