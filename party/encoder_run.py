@@ -1287,8 +1287,8 @@ def encode_extract(
     ``chunk_rows``: about how many rows a process reads and encodes at once. The work per
     chunk is per distinct value of each field (a date of birth, a (sex, date of birth) pair),
     so larger chunks look each up fewer times: at 100,000 rows a 1M-row default-schema encode
-    took about 0.8x the CPU time of 20,000-row chunks, for about 70 MiB more peak memory
-    (docs/benchmarks.md); memory stays flat as the extract grows either way.
+    took about three quarters of the CPU time of 20,000-row chunks, for about 70 MiB more
+    peak memory (docs/benchmarks.md); memory stays flat as the extract grows either way.
     """
     started = time.perf_counter()
     check_label(project_id, what="project id")
