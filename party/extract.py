@@ -17,10 +17,12 @@ import csv
 import datetime as dt
 import io
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from protocol.errors import ExtractError, MappingError
 
@@ -365,11 +367,16 @@ def read_csv_range(
     delimiter: str,
     wanted: list[int],
     record_id: int,
+    plain: Collection[int] = (),
 ) -> RangeColumns | None:
     """Read one range of data rows with Arrow's CSV parser, or None if the range holds a quote
     (the caller reads from here on with the csv module). A range Arrow refuses (a row of the
     wrong width, invalid UTF-8) or that holds a NUL byte is read with the csv module instead,
-    so its problems are reported exactly as :func:`open_extract` would report them."""
+    so its problems are reported exactly as :func:`open_extract` would report them.
+
+    ``plain``: wanted columns whose values are nearly all distinct (postcodes), returned
+    as every row's value with codes ``0 .. rows - 1`` instead of dictionary-encoded (the
+    hashing would find next to no repeats; a repeat is then simply listed twice)."""
     import pyarrow as pa
     import pyarrow.csv as arrow_csv  # type: ignore[import-untyped]
 
@@ -401,6 +408,12 @@ def read_csv_range(
         else:
             columns = {}
             for index in dict.fromkeys(wanted):
+                if index in plain:
+                    columns[index] = (
+                        table.column(names[index]).to_pylist(),
+                        np.arange(table.num_rows),
+                    )
+                    continue
                 encoded = table.column(names[index]).combine_chunks().dictionary_encode()
                 columns[index] = (
                     encoded.dictionary.to_pylist(),

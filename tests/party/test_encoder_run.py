@@ -522,14 +522,17 @@ def test_stable_bucket_order_is_numpys_stable_argsort(count: int) -> None:
 def test_tables_that_stop_remembering_change_no_bit(
     dirs: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Every postcode distinct: after _DIRECT_AFTER lookups its table stops remembering and
-    # holds each chunk's masks only, while repeating fields' tables keep theirs; bad values
-    # are still reported with their rows.
+    # Postcodes nearly all distinct: after _DIRECT_AFTER lookups its table stops remembering
+    # and holds each chunk's masks only, and later ranges read its column plain (not
+    # dictionary-encoded: a repeat is listed twice), while repeating fields' tables keep
+    # theirs; bad values are still reported with their rows.
     source, out = dirs
     rows = [person(index) for index in range(80)]
     for index, row in enumerate(rows):
         row[5] = f"N{index % 9 + 1} {index % 10}{chr(65 + index % 26)}{chr(65 + index // 26)}"
     rows[61][3] = "31/02/1990"
+    rows[71][5] = rows[70][5]  # a repeat in one range, and a missing postcode
+    rows[72][5] = ""
     extract = write_csv(source / "moj.csv", rows)
     run(extract, out, seed=5, chunk_rows=13, bad_rows="skip", max_bad_rows=BadRowLimit(rows=1))
     expected = (out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()
@@ -542,10 +545,20 @@ def test_tables_that_stop_remembering_change_no_bit(
         tables.append((id(table), table.remember))
 
     monkeypatch.setattr(party.encoder_run._MaskTable, "note", note)
+    plain_reads: list[int] = []
+    read_range = party.encoder_run.read_csv_range
+
+    def read_csv_range(*args: Any, **kwargs: Any) -> Any:
+        plain_reads.extend(kwargs.get("plain", ()))
+        return read_range(*args, **kwargs)
+
+    monkeypatch.setattr(party.encoder_run, "read_csv_range", read_csv_range)
     summary = run(
         extract, out, seed=5, chunk_rows=13, bad_rows="skip", max_bad_rows=BadRowLimit(rows=1)
     )
     assert ((out / "moj.clk").read_bytes(), (out / "moj.positions.csv").read_bytes()) == expected
+    # Postcodes and sex, whose (sex, date) table stopped too; never the dates, which salt.
+    assert set(plain_reads) == {4, 5}
     assert summary.rows_skipped == 1
     stopped = {table for table, remember in tables if not remember}
     kept = {table for table, remember in tables if remember} - stopped

@@ -70,8 +70,8 @@ def test_diffusion_is_linear_and_keeps_zero(left: np.ndarray, right: np.ndarray)
 
 
 @given(
-    # Past 64 rows: the one-pass kernel works on blocks of 64 records, the last one partial.
-    strategies.clk_blocks(max_rows=150, max_words=3),
+    # Past 256 rows: the kernel works on four blocks of 64 records at once, the last partial.
+    strategies.clk_blocks(max_rows=300, max_words=3),
     st.integers(min_value=1, max_value=2),
     st.integers(min_value=1, max_value=4),
     st.binary(min_size=32, max_size=32),
