@@ -24,8 +24,8 @@ integer rule, so a pair found here has the score the exhaustive compare gives it
 What is lost against comparing every pair depends on the cut: nearly nothing above the Dice
 of pairs sharing a whole group, much below it. So the join's recall is measured on a sample
 before it is used (:func:`estimate_recall`): below ``min_recall``, or below the blocking
-target ``target_recall`` where the compare without group blocking is affordable
-(:func:`falls_back`), the party pair is compared as without it. So group blocking changes a
+target (``BlockingSettings.target_recall``) where the compare without group blocking is
+affordable (:func:`falls_back`), the party pair is compared as without it. So group blocking changes a
 run only where the join meets the target, or where the alternative would take hours (1M x
 1M). The estimate goes into the run's report;
 ``benchmarks/end_to_end.py`` measures the blocking recall again on its own sample.
@@ -123,17 +123,16 @@ class GroupBlockingSettings:
     is used (:func:`estimate_recall`): 1e9 comparisons at 1M x 1M, 2-9 s on 2 shared cores."""
     min_recall: float = 0.99
     """Below this measured recall the party pair is always compared without group blocking:
-    a cut where the join is plainly the wrong tool (200k x 200k: 0.56, recall 0.36)."""
-    target_recall: float = 0.999
-    """Below this (the blocking target) the party pair is compared without group blocking
-    too, wherever that costs at most ``max_fallback_cost``. At 1M x 1M under the shipped
-    schema the model's cut falls at Dice 0.69-0.695, where the join holds 0.998-0.999 of
-    the pairs, and the compare without it would be LSH fitted to that cut, about 1.1e11
-    comparisons (hours): there the join is used. The measured recall is in the run's report
-    either way."""
+    a cut where the join is plainly the wrong tool (200k x 200k: 0.56, recall 0.36). Below
+    the blocking target (``BlockingSettings.target_recall``, the operator's
+    ``lsh_target_recall``, 0.999) it is too, wherever that costs at most
+    ``max_fallback_cost``. At 1M x 1M under the shipped schema the model's cut falls at Dice
+    0.69-0.695, where the join holds 0.998-0.999 of the pairs, and the compare without it
+    would be LSH fitted to that cut, about 1.1e11 comparisons (hours): there the join is
+    used. The measured recall is in the run's report either way."""
     max_fallback_cost: float = 2e10
     """Block comparisons (``blocking.LshShape.cost``) the compare without group blocking may
-    cost for a join short of ``target_recall`` to be set aside: every pair of 200k x 200k
+    cost for a join short of the blocking target to be set aside: every pair of 200k x 200k
     is 8e9 (about two minutes on 2 cores), LSH fitted to 1M x 1M's cut 1.1e11."""
 
     def __post_init__(self) -> None:
@@ -145,8 +144,6 @@ class GroupBlockingSettings:
             raise MatchingError("the group blocking recall sample must be >= 1 record")
         if not (0.0 <= self.min_recall <= 1.0):
             raise MatchingError("the group blocking min_recall must be in [0, 1]")
-        if not (0.0 <= self.target_recall <= 1.0):
-            raise MatchingError("the group blocking target_recall must be in [0, 1]")
         if self.max_fallback_cost < 0:
             raise MatchingError("max_fallback_cost must be >= 0")
 
@@ -691,15 +688,19 @@ decision the in-process compare (:func:`generate_group_candidates`) and the Dask
 
 
 def falls_back(
-    recall: float, settings: GroupBlockingSettings, fallback_cost: Callable[[], float | None]
+    recall: float,
+    settings: GroupBlockingSettings,
+    target_recall: float,
+    fallback_cost: Callable[[], float | None],
 ) -> bool:
     """Whether a party pair whose join held ``recall`` of the pairs above the cut is compared
-    without group blocking: below ``min_recall`` always; below ``target_recall`` when that
-    compare costs at most ``max_fallback_cost`` (``fallback_cost``, asked only then; None:
-    an operator-fixed shape, taken as affordable)."""
+    without group blocking: below ``min_recall`` always; below the blocking target
+    ``target_recall`` when that compare costs at most ``max_fallback_cost``
+    (``fallback_cost``, asked only then; None: an operator-fixed shape, taken as
+    affordable)."""
     if recall < settings.min_recall:
         return True
-    if recall >= settings.target_recall:
+    if recall >= target_recall:
         return False
     cost = fallback_cost()
     return cost is None or cost <= settings.max_fallback_cost
@@ -737,7 +738,8 @@ def route_group_blocking(
         left, right, joined, threshold, lsh_threshold,
         sample=settings.recall_sample, seed=seed, workers=workers,
     )  # fmt: skip
-    if falls_back(recall, settings, lambda: blocking_cost(left, right, threshold, blocking)):
+    cost = lambda: blocking_cost(left, right, threshold, blocking)  # noqa: E731 - asked lazily
+    if falls_back(recall, settings, blocking.target_recall, cost):
         return FallbackRoute(mode=BlockingMode.LSH, recall_estimate=recall)
     _check_pair_count(len(joined.pairs), max_pairs, threshold)
     return JoinRoute(

@@ -100,12 +100,12 @@ def test_group_candidates_are_the_join_and_lsh_pairs_once_with_exhaustive_scores
     other = None if within else right
     if len(left) == 0 or (other is not None and len(other) == 0):
         return
-    blocking = BlockingSettings(fit_to_data=False, bands=4, bits_per_band=6)
-    # The fixed shape makes the fallback affordable, so the join is used from target_recall.
+    # The fixed shape makes the fallback affordable, so the join is used from the blocking
+    # target on (0.9 here, as min_recall).
+    blocking = BlockingSettings(fit_to_data=False, bands=4, bits_per_band=6, target_recall=0.9)
     group = GroupBlockingSettings(
-        lsh_threshold=0.9, max_group_block_pairs=10, recall_sample=7, min_recall=0.9,
-        target_recall=0.9,
-    )  # fmt: skip
+        lsh_threshold=0.9, max_group_block_pairs=10, recall_sample=7, min_recall=0.9
+    )
     result = generate_group_candidates(
         left, other, threshold, offsets=offsets, settings=group, blocking=blocking, seed=3
     )
@@ -207,7 +207,7 @@ def test_a_join_short_of_the_target_is_set_aside_only_where_the_alternative_is_a
         asked.append(True)
         return cost
 
-    assert falls_back(recall, GroupBlockingSettings(), fallback_cost) is falls
+    assert falls_back(recall, GroupBlockingSettings(), 0.999, fallback_cost) is falls
     # The cost (a fit over both parties) is asked only where it decides.
     assert bool(asked) is (0.99 <= recall < 0.999)
 
@@ -235,8 +235,6 @@ def test_settings_refuse_nonsense() -> None:
         GroupBlockingSettings(min_recall=1.5)
     with pytest.raises(MatchingError):
         GroupBlockingSettings(recall_sample=0)
-    with pytest.raises(MatchingError):
-        GroupBlockingSettings(target_recall=1.01)
     with pytest.raises(MatchingError):
         GroupBlockingSettings(max_fallback_cost=-1)
     with pytest.raises(MatchingError):
