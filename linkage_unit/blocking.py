@@ -442,10 +442,26 @@ def _band_keys(  # pragma: no cover - compiled
             out[record, band] = key
 
 
-def _keys(clks: npt.NDArray[np.uint64], positions: npt.NDArray[np.int64]) -> npt.NDArray[np.uint64]:
+def _keys(
+    clks: npt.NDArray[np.uint64],
+    positions: npt.NDArray[np.int64],
+    pool: ThreadPoolExecutor | None = None,
+    parts: int = 1,
+) -> npt.NDArray[np.uint64]:
+    """Every record's key in every band of ``positions``: ``(records, bands)``; with a
+    ``pool``, ``parts`` slices of the records at once (the kernel holds no GIL)."""
     out = np.empty((clks.shape[0], positions.shape[0]), np.uint64)
-    if clks.shape[0]:
+    if not clks.shape[0]:
+        return out
+    step = -(-clks.shape[0] // max(parts, 1))
+    if pool is None or step >= clks.shape[0]:
         _band_keys(clks, positions, out)
+        return out
+
+    def part(start: int) -> None:
+        _band_keys(clks[start : start + step], positions, out[start : start + step])
+
+    list(pool.map(part, range(0, clks.shape[0], step)))
     return out
 
 
@@ -594,6 +610,24 @@ def _groups(
     return order, unique, starts.astype(np.int64), counts.astype(np.int64)
 
 
+def _common_keys(
+    left_unique: npt.NDArray[np.uint64], right_unique: npt.NDArray[np.uint64], key_bits: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Where the keys both sides hold sit in each side's ascending unique keys (as
+    ``np.intersect1d(..., return_indices=True)``). Dense keys look each other up in a table
+    instead of sorting both lists together: a tenth of a second a band at 1M records."""
+    if key_bits > _DENSE_KEY_BITS:
+        _, left_index, right_index = np.intersect1d(
+            left_unique, right_unique, assume_unique=True, return_indices=True
+        )
+        return left_index.astype(np.int64), right_index.astype(np.int64)
+    place = np.full(1 << key_bits, -1, np.int64)
+    place[right_unique] = np.arange(len(right_unique), dtype=np.int64)
+    found = place[left_unique]
+    left_index = np.flatnonzero(found >= 0)
+    return left_index, found[left_index]
+
+
 def _build_band(
     left_keys: npt.NDArray[np.uint64],
     right_keys: npt.NDArray[np.uint64] | None,
@@ -614,9 +648,7 @@ def _build_band(
         right_order, right_unique, right_starts_all, right_counts_all = _groups(
             right_keys, key_bits
         )
-        _, left_index, right_index = np.intersect1d(
-            left_unique, right_unique, assume_unique=True, return_indices=True
-        )
+        left_index, right_index = _common_keys(left_unique, right_unique, key_bits)
         left_starts, left_counts = left_starts[left_index], left_counts[left_index]
         right_starts = right_starts_all[right_index]
         right_counts = right_counts_all[right_index]

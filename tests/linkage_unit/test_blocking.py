@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -14,7 +16,9 @@ from linkage_unit.blocking import (
     BlockingMode,
     BlockingPlan,
     BlockingSettings,
+    _common_keys,
     _fitted_shape,
+    _keys,
     blocking_settings_for,
     choose_lsh_shape,
     choose_lsh_shape_reference,
@@ -258,3 +262,31 @@ def test_the_fitted_shape_gives_way_to_comparing_every_pair_where_that_costs_les
     assert pair_completeness(pairs, candidate_pairs(left, right, 0.9)) >= 0.999
     # No shape reaches the target at all: compare every pair rather than fail the run.
     assert blocking_settings_for(left[:50], right[:50], 0.05, settings) is None
+
+
+@given(
+    left=st.sets(st.integers(0, (1 << 12) - 1), max_size=60),
+    right=st.sets(st.integers(0, (1 << 12) - 1), max_size=60),
+    key_bits=st.sampled_from([12, 40]),
+)
+def test_common_keys_agree_with_intersect1d(left: set[int], right: set[int], key_bits: int) -> None:
+    # The dense table (12-bit keys) and the sorted path (40-bit) against numpy's intersection.
+    left_unique = np.array(sorted(left), np.uint64)
+    right_unique = np.array(sorted(right), np.uint64)
+    _, left_expected, right_expected = np.intersect1d(
+        left_unique, right_unique, assume_unique=True, return_indices=True
+    )
+    left_index, right_index = _common_keys(left_unique, right_unique, key_bits)
+    assert left_index.tolist() == left_expected.tolist()
+    assert right_index.tolist() == right_expected.tolist()
+    assert (left_unique[left_index] == right_unique[right_index]).all()
+
+
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_keys_in_parallel_slices_are_the_keys(parts: int) -> None:
+    clks = random_clks(np.random.default_rng(5), 101, words=8)
+    positions = sample_band_positions(
+        512, BlockingSettings(bands=6, bits_per_band=9, fit_to_data=False), 3
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        assert (_keys(clks, positions, pool, parts) == _keys(clks, positions)).all()

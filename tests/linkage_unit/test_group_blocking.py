@@ -384,3 +384,25 @@ def test_group_blocking_is_on_by_default_and_the_operator_sets_it_in_the_config(
     assert seen == [GroupBlockingSettings(lsh_threshold=0.92, max_group_block_pairs=5000)]
     with pytest.raises(ConfigurationError, match="group_lsh_threshold"):
         ServerConfig(data_dir=tmp_path, insecure=True, group_blocking=True, group_lsh_threshold=0)
+
+
+@pytest.mark.parametrize("within", [False, True])
+def test_the_recall_check_in_slices_counts_what_it_counts_whole(
+    monkeypatch: pytest.MonkeyPatch, within: bool
+) -> None:
+    import linkage_unit.group_blocking as group_blocking
+
+    generator = np.random.default_rng(4)
+    left = generator.integers(0, 2**63, (60, 4), dtype=np.uint64)
+    right = left[generator.permutation(60)].copy()
+    right[::3, 2:] ^= generator.integers(0, 2**63, (20, 2), dtype=np.uint64)  # group 2 differs
+    right[1::3, :2] &= generator.integers(0, 2**63, (20, 2), dtype=np.uint64)  # group 1 thinner
+    if within:  # one party holding both copies
+        left, other = np.vstack([left, right]), None
+    else:
+        other = right
+    joined = group_join(left, other, (0, 2, 4), 0.5, max_group_block_pairs=10)
+    whole = estimate_recall(left, other, joined, 0.5, 0.9, sample=30, seed=2)
+    monkeypatch.setattr(group_blocking, "_RECALL_COLUMNS", 7)
+    sliced = estimate_recall(left, other, joined, 0.5, 0.9, sample=30, seed=2)
+    assert sliced == whole and 0.0 < whole < 1.0
