@@ -91,6 +91,7 @@ __all__ = [
     "group_keys",
     "lsh_beyond_join",
     "merge_candidates",
+    "merge_candidates_reference",
     "route_group_blocking",
 ]
 
@@ -582,7 +583,30 @@ def merge_candidates(
 ) -> CandidatePairs:
     """The union of the join's pairs and the LSH pairs, each pair once, sorted by (left,
     right): an LSH pair the join compared (it holds it exactly when it passed the cut) is
-    dropped; ``comparisons`` adds both. More than ``max_pairs`` pairs is refused."""
+    dropped; ``comparisons`` adds both. More than ``max_pairs`` pairs is refused.
+
+    The join's pairs are sorted already and the LSH adds few (about 1,800 to 19M at 1M x
+    1M), so those are sorted alone and inserted: sorting the union again took 2.7 s there.
+    :func:`merge_candidates_reference` is the plain concatenate-and-sort twin."""
+    extra = ~joined.keys.joined(lsh.left, lsh.right)
+    _check_pair_count(len(joined.pairs) + int(extra.sum()), max_pairs, threshold)
+    width = max(width, 1)
+    codes = lsh.left[extra] * width + lsh.right[extra]
+    order = np.argsort(codes, kind="stable")
+    codes = codes[order]
+    at = np.searchsorted(joined.pairs.left * width + joined.pairs.right, codes)
+    return CandidatePairs(
+        left=np.insert(joined.pairs.left, at, lsh.left[extra][order]),
+        right=np.insert(joined.pairs.right, at, lsh.right[extra][order]),
+        scores=np.insert(joined.pairs.scores, at, lsh.scores[extra][order]),
+        comparisons=joined.pairs.comparisons + lsh.comparisons,
+    )
+
+
+def merge_candidates_reference(
+    joined: GroupJoin, lsh: CandidatePairs, width: int, *, max_pairs: int, threshold: float
+) -> CandidatePairs:
+    """The slow obvious twin of :func:`merge_candidates`: concatenate, then sort it all."""
     extra = ~joined.keys.joined(lsh.left, lsh.right)
     left = np.concatenate([joined.pairs.left, lsh.left[extra]])
     right = np.concatenate([joined.pairs.right, lsh.right[extra]])

@@ -29,10 +29,12 @@ from linkage_unit.group_blocking import (
     group_join,
     group_join_reference,
     lsh_beyond_join,
+    merge_candidates,
+    merge_candidates_reference,
 )
 from linkage_unit.matching import MatchSettings, link
 from linkage_unit.server import LinkageUnitServer, ServerConfig
-from linkage_unit.similarity import candidate_pairs, candidate_pairs_within
+from linkage_unit.similarity import CandidatePairs, candidate_pairs, candidate_pairs_within
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.messages import RunState
@@ -406,3 +408,23 @@ def test_the_recall_check_in_slices_counts_what_it_counts_whole(
     monkeypatch.setattr(group_blocking, "_RECALL_COLUMNS", 7)
     sliced = estimate_recall(left, other, joined, 0.5, 0.9, sample=30, seed=2)
     assert sliced == whole and 0.0 < whole < 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=pooled_parties(), threshold=st.sampled_from([0.3, 0.6]), seed=st.integers(0, 99))
+def test_the_merge_agrees_with_concatenate_and_sort(data, threshold, seed) -> None:
+    offsets, left, right = data
+    joined = group_join(left, right, offsets, threshold, max_group_block_pairs=10)
+    # LSH pairs in any order, some of them pairs the join holds (as the Dask LSH gives).
+    exhaustive = candidate_pairs(left, right, threshold)
+    order = np.random.default_rng(seed).permutation(len(exhaustive))[: len(exhaustive) // 2 + 1]
+    lsh = CandidatePairs(
+        left=exhaustive.left[order],
+        right=exhaustive.right[order],
+        scores=exhaustive.scores[order],
+        comparisons=len(order),
+    )
+    width = max(len(right), 1)
+    fast = merge_candidates(joined, lsh, width, max_pairs=10**6, threshold=threshold)
+    slow = merge_candidates_reference(joined, lsh, width, max_pairs=10**6, threshold=threshold)
+    assert triples(fast) == triples(slow) and fast.comparisons == slow.comparisons
