@@ -240,7 +240,11 @@ def _scores(
 ) -> npt.NDArray[np.float32]:
     shared_bits = shared.astype(np.float64)
     if measure is SimilarityMeasure.DICE:
-        return (2.0 * shared_bits / totals.astype(np.float64)).astype(np.float32)
+        # In place, the same operations in the same order: a third of the memory of the
+        # expression (19M pairs: 230 MiB, not 690).
+        shared_bits *= 2.0
+        np.true_divide(shared_bits, totals, out=shared_bits)
+        return shared_bits.astype(np.float32)
     hamming = totals.astype(np.float64) - 2.0 * shared_bits
     return (1.0 - hamming / np.float64(clk_bits)).astype(np.float32)
 
