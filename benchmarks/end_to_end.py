@@ -4,9 +4,8 @@ moj + dfe, difficulty medium) through the real protocol on one machine.
 Stages: synthesise (not counted: the departments' own data), encode both departments in
 parallel (``party.prepare.prepare_upload``, one process each: the recipe ``bloomlink encode``
 runs, encoding, leak scan and signed manifest in one pass; the LU takes no upload without one), start a real linkage unit (``bloomlink
-serve`` in its own process, mutual TLS on loopback), create the project, upload both files
-(at once, one client each, as two departments would), the run (checks, threshold, block,
-compare, solve, link keys), fetch both parties' keys and join them to record ids (at once). Then
+serve`` in its own process, mutual TLS on loopback), create the project, upload both files,
+the run (checks, threshold, block, compare, solve, link keys), fetch both parties' keys. Then
 blocking recall: a sample of moj's records against all of dfe's, exhaustively (the compiled
 kernel), against the blocking of the same sample the run used (LSH with its shape, or with
 group blocking, as by default, the group join plus LSH with its shape), at the record-level Dice cut the
@@ -32,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -247,25 +246,16 @@ def main() -> int:
             )
             stop, seen = threading.Event(), {}
             watcher = threading.Thread(target=_watch, args=(operator, stop, seen), daemon=True)
-            # The two departments upload at once, as two departments would (each its own
-            # client); each one's time and the wall time of both.
             started = time.perf_counter()
-
-            def upload(party: str) -> float:
-                begun = time.perf_counter()
+            for party in PARTIES:
                 with LinkageClient(target, tls=pki.tls_files(pki.parties[party])) as client:
                     encoded_path = root / party / f"{party}.clk"
                     manifest = check_manifest_for_file(
                         encoded_path, manifest_path_for(encoded_path), party=party
                     )
                     client.upload_file(encoded_path, party_id=party, manifest=manifest)
-                return time.perf_counter() - begun
-
-            with ThreadPoolExecutor(max_workers=len(PARTIES)) as uploads:
-                for party, seconds in zip(PARTIES, uploads.map(upload, PARTIES), strict=True):
-                    times[f"upload {party}"] = seconds
-            times["upload both (parallel, wall)"] = time.perf_counter() - started
-            started = time.perf_counter()
+                times[f"upload {party}"] = time.perf_counter() - started
+                started = time.perf_counter()
             watcher.start()
             status = operator.wait_for_run(PROJECT, timeout=1800)
             finished = time.perf_counter()
@@ -278,9 +268,8 @@ def main() -> int:
                 marks, [*marks[1:], ("end", finished)], strict=True
             ):
                 times[f"  run stage: {stage}"] = following - at
-
-        def fetch(party: str) -> float:
-            begun = time.perf_counter()
+        for party in PARTIES:
+            started = time.perf_counter()
             with LinkageClient(target, tls=pki.tls_files(pki.parties[party])) as client:
                 fetched = client.fetch_link_keys(PROJECT, party)
             assert len(fetched.link_keys) == args.records
@@ -291,13 +280,7 @@ def main() -> int:
                 fetched.link_keys,
                 root / party / f"{party}.link-keys.csv",
             )
-            return time.perf_counter() - begun
-
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=len(PARTIES)) as fetches:
-            for party, seconds in zip(PARTIES, fetches.map(fetch, PARTIES), strict=True):
-                times[f"fetch + join link keys {party}"] = seconds
-        times["fetch + join both (parallel, wall)"] = time.perf_counter() - started
+            times[f"fetch + join link keys {party}"] = time.perf_counter() - started
         end_to_end = time.perf_counter() - e2e_started
         memory["linkage unit"] = _peak_kib(server.pid) / 1024
     finally:
