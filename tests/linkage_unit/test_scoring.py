@@ -395,3 +395,37 @@ def test_a_cluster_of_three_parties_lends_its_pairs_the_third_records_evidence()
         scored, [np.array([7]), np.array([7]), np.array([8])], jobs, lambda *_: np.zeros(1)
     )
     assert apart.expected_true_links == pytest.approx(0.4, rel=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.booleans(),
+    st.data(),
+)
+def test_joined_candidates_agree_with_their_reference(
+    left_size: int, right_size: int, within: bool, data: st.DataObject
+) -> None:
+    from linkage_unit.scoring import _joined_candidates, _joined_candidates_reference
+
+    right_size = left_size if within else right_size
+    ids = st.integers(0, 4)
+    left_ids = np.array(data.draw(st.lists(ids, min_size=left_size, max_size=left_size)))
+    right_ids = (
+        left_ids
+        if within
+        else np.array(data.draw(st.lists(ids, min_size=right_size, max_size=right_size)))
+    )
+    pairs = data.draw(
+        st.lists(st.tuples(st.integers(0, left_size - 1), st.integers(0, right_size - 1)))
+    )
+    candidates = CandidatePairs(
+        left=np.array([a for a, _ in pairs], np.int64),
+        right=np.array([b for _, b in pairs], np.int64),
+        scores=np.zeros(len(pairs), np.float32),
+        comparisons=0,
+    )
+    fast = _joined_candidates(candidates, left_ids, right_ids, within=within)
+    slow = _joined_candidates_reference(candidates, left_ids, right_ids, within=within)
+    assert fast.tolist() == slow.tolist()
