@@ -337,3 +337,26 @@ def test_a_model_is_trusted_when_two_groups_separate_its_matches() -> None:
     # A group just short of the distance does not count.
     near = [0.41, 0.09, 0.5]  # distance 0.49 from random
     assert not _model([near, separated, random], [random, random, random]).trusted
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    pairs=st.integers(0, 60),
+    size=st.integers(1, 10),
+    ties=st.booleans(),
+)
+def test_others_kernel_is_its_numpy_twin_bit_for_bit(
+    seed: int, pairs: int, size: int, ties: bool
+) -> None:
+    from linkage_unit.fellegi_sunter import _others, _others_numpy
+
+    generator = np.random.default_rng(seed)
+    records = generator.integers(0, size, pairs).astype(np.int64)
+    # Whole weights tie often (a record's largest twice); wide ones swamp the rest in rounding.
+    weights = (
+        np.round(generator.uniform(-3, 3, pairs)) if ties else generator.uniform(-30, 150, pairs)
+    )
+    odds = np.exp2(weights)
+    fast = _others(records, odds, size)
+    slow = _others_numpy(records, odds, size)
+    assert fast.tobytes() == slow.tobytes()
