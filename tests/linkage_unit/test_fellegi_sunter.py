@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from linkage_unit.fellegi_sunter import (
@@ -360,3 +361,54 @@ def test_others_kernel_is_its_numpy_twin_bit_for_bit(
     fast = _others(records, odds, size)
     slow = _others_numpy(records, odds, size)
     assert fast.tobytes() == slow.tobytes()
+
+
+def _random_counts(
+    generator: np.random.Generator, pairs: int, bits: list[int]
+) -> GroupSimilarities:
+    """Counts of ``pairs`` made-up pairs per group: some sides empty, some pairs identical."""
+    columns = []
+    for width in bits:
+        left = generator.integers(0, width // 2 + 1, pairs)
+        right = generator.integers(0, width // 2 + 1, pairs)
+        shared = np.minimum(generator.integers(0, width // 2 + 1, pairs), np.minimum(left, right))
+        same = generator.random(pairs) < 0.1
+        right[same] = left[same]
+        shared[same] = left[same]
+        left[generator.random(pairs) < 0.05] = 0
+        shared[left == 0] = 0
+        columns.append((shared, left, right))
+    return GroupSimilarities(
+        shared=np.stack([c[0] for c in columns], axis=1).astype(np.int32),
+        left_counts=np.stack([c[1] for c in columns], axis=1).astype(np.int32),
+        right_counts=np.stack([c[2] for c in columns], axis=1).astype(np.int32),
+    )
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    random_pairs=st.integers(0, 3000),
+    candidate_pairs=st.integers(0, 2000),
+    min_tail=st.integers(1, 30),
+    upper=st.integers(0, 6),
+)
+def test_derive_and_comparison_levels_are_their_numpy_twins(
+    seed: int, random_pairs: int, candidate_pairs: int, min_tail: int, upper: int
+) -> None:
+    from linkage_unit.fellegi_sunter import comparison_levels_numpy, derive_levels_numpy
+
+    generator = np.random.default_rng(seed)
+    bits = [64, 24, 128]  # Dice, agreement over 24 bits, agreement over 128
+    lengths = [0, 24, 128]
+    random = _random_counts(generator, random_pairs, bits)
+    candidates = _random_counts(generator, candidate_pairs, bits)
+    options = ModelSettings(min_tail_samples=min_tail, upper_levels=upper)
+    names = ["a", "b", "c"]
+    fast = derive_levels(names, random, candidates, options, agreement_bits=lengths)
+    slow = derive_levels_numpy(names, random, candidates, options, agreement_bits=lengths)
+    assert fast == slow
+    for similarities in (random, candidates):
+        assert comparison_levels(similarities, fast).tobytes() == (
+            comparison_levels_numpy(similarities, slow).tobytes()
+        )
