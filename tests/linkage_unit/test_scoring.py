@@ -429,3 +429,35 @@ def test_joined_candidates_agree_with_their_reference(
     fast = _joined_candidates(candidates, left_ids, right_ids, within=within)
     slow = _joined_candidates_reference(candidates, left_ids, right_ids, within=within)
     assert fast.tolist() == slow.tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(0, 40), min_size=0, max_size=3))
+def test_random_pairs_compared_in_place_equal_those_gathered_after(
+    seed: int, counts: list[int]
+) -> None:
+    from linkage_unit.group_similarity import group_similarities
+    from linkage_unit.scoring import _concatenate, _select, _similarities_in_order
+
+    generator = np.random.default_rng(seed)
+    arrays = [
+        generator.integers(0, 2**64, (size, LAYOUT.total_words), np.uint64, endpoint=False)
+        for size in (5, 7, 3)
+    ]
+    arrays[1][2] = 0  # an empty record: every group missing
+    jobs = [(0, 1), (1, 1), (2, 0)]
+    samples = [
+        (
+            i,
+            j,
+            generator.integers(0, len(arrays[i]), count),
+            generator.integers(0, len(arrays[j]), count),
+        )
+        for (i, j), count in zip(jobs, counts, strict=False)
+    ]
+    rows = generator.permutation(sum(counts))
+    fast = _similarities_in_order(arrays, LAYOUT, samples, rows, 1)
+    parts = [group_similarities(arrays[i], arrays[j], a, b, LAYOUT) for i, j, a, b in samples]
+    slow = _select(_concatenate(parts, len(LAYOUT.groups)), rows)
+    for name in ("shared", "left_counts", "right_counts"):
+        assert getattr(fast, name).tolist() == getattr(slow, name).tolist()
