@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -195,11 +196,13 @@ def comparison_levels(
 
 def _counts(
     similarities: GroupSimilarities,
-) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int32], npt.NDArray[np.int32]]:
+) -> tuple[npt.NDArray[np.integer[Any]], ...]:
+    """The three count arrays in their own type (the kernels widen each count as they read
+    it), contiguous."""
     return (
-        np.ascontiguousarray(similarities.shared, np.int32),
-        np.ascontiguousarray(similarities.left_counts, np.int32),
-        np.ascontiguousarray(similarities.right_counts, np.int32),
+        np.ascontiguousarray(similarities.shared),
+        np.ascontiguousarray(similarities.left_counts),
+        np.ascontiguousarray(similarities.right_counts),
     )
 
 
@@ -218,9 +221,9 @@ def _similarity(shared: int, left: int, right: int, bits: int) -> float:  # prag
 
 @numba.njit(nogil=True, cache=True)
 def _levels_kernel(  # pragma: no cover - compiled
-    shared: npt.NDArray[np.int32],
-    left: npt.NDArray[np.int32],
-    right: npt.NDArray[np.int32],
+    shared: npt.NDArray[np.integer[Any]],
+    left: npt.NDArray[np.integer[Any]],
+    right: npt.NDArray[np.integer[Any]],
     group: int,
     bits: int,
     cuts: npt.NDArray[np.float64],
@@ -248,9 +251,9 @@ def _levels_kernel(  # pragma: no cover - compiled
 
 @numba.njit(nogil=True, cache=True)
 def _usable_similarities(  # pragma: no cover - compiled
-    shared: npt.NDArray[np.int32],
-    left: npt.NDArray[np.int32],
-    right: npt.NDArray[np.int32],
+    shared: npt.NDArray[np.integer[Any]],
+    left: npt.NDArray[np.integer[Any]],
+    right: npt.NDArray[np.integer[Any]],
     group: int,
     bits: int,
     above: float,
@@ -478,18 +481,25 @@ class FellegiSunterModel:
         """``log2`` posterior odds of a match per pair: the prior of its party pair plus each
         group's level weight, plus ``adjustments`` (term frequencies, log2) when given."""
         weights = np.log2(np.array(self.prior)) - np.log2(1.0 - np.array(self.prior))
-        total: npt.NDArray[np.float64] = weights[jobs].astype(np.float64)
+        # In place: the same sums, without a new 8-byte-a-pair array for each.
+        total: npt.NDArray[np.float64] = np.asarray(weights[jobs], np.float64)
         for g, level_weight in enumerate(self.level_weights()):
-            total = total + level_weight[levels[:, g]]
+            total += level_weight[levels[:, g]]
         if adjustments is not None:
-            total = total + adjustments.sum(axis=1)
+            total += adjustments.sum(axis=1)
         return total
 
 
 def probability_of_weight(weights: npt.ArrayLike) -> npt.NDArray[np.float64]:
     """Match probability from a match weight (log2 odds)."""
     array = np.asarray(weights, dtype=np.float64)
-    result: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp2(-np.clip(array, -1000, 1000)))
+    # ``1 / (1 + 2 ** -clip(w))`` step by step in one buffer (the same operations; the
+    # expression made five temporaries of 8 bytes a pair).
+    result: npt.NDArray[np.float64] = np.clip(array, -1000, 1000)
+    np.negative(result, out=result)
+    np.exp2(result, out=result)
+    np.add(1.0, result, out=result)
+    np.divide(1.0, result, out=result)
     return result
 
 
@@ -799,12 +809,21 @@ def exclusive_weights(
     record may match several records of the right party (the right party is deduplicated),
     so its other candidates are no rivals and its factor is left out (likewise ``right``).
     """
-    odds = np.exp2(np.clip(weights, -200.0, 200.0))
+    odds = np.clip(weights, -200.0, 200.0)
+    np.exp2(odds, out=odds)
     result: npt.NDArray[np.float64] = np.log2(odds)
-    if left_matched is not None:
-        result = result - np.log2((1.0 - left_matched) + _others(left, odds, left_size))
-    if right_matched is not None:
-        result = result - np.log2((1.0 - right_matched) + _others(right, odds, right_size))
+    # Each side's term in one buffer, subtracted in place: the same operations as
+    # ``result - log2((1 - matched) + others)`` without its three temporaries.
+    for records, size, matched in (
+        (left, left_size, left_matched),
+        (right, right_size, right_matched),
+    ):
+        if matched is None:
+            continue
+        rivals = _others(records, odds, size)
+        np.add(1.0 - matched, rivals, out=rivals)
+        np.log2(rivals, out=rivals)
+        result -= rivals
     return result
 
 

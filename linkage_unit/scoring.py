@@ -42,6 +42,7 @@ from linkage_unit.fellegi_sunter import (
 from linkage_unit.group_similarity import (
     GroupSimilarities,
     agreement_bits,
+    counts_dtype,
     group_popcounts,
     group_similarities,
 )
@@ -309,10 +310,6 @@ class Scorer:
         parts = [self.similarities(number, pairs) for number, pairs in enumerate(candidates)]
         similarities = _concatenate(parts, len(self.layout.groups))
         del parts
-        jobs = np.concatenate(
-            [np.full(len(pairs), number, np.int64) for number, pairs in enumerate(candidates)]
-            or [np.empty(0, np.int64)]
-        )
         groups = derive_levels(
             self.layout.names,
             self.random_for_levels,
@@ -323,6 +320,11 @@ class Scorer:
         random_levels = comparison_levels(self.random_for_u, groups)
         levels = comparison_levels(similarities, groups)
         del similarities  # the levels are all the rest needs (three bytes a pair, not 36)
+        # Made only now: 8 bytes a pair, not held beside the counts at the stage's peak.
+        jobs = np.concatenate(
+            [np.full(len(pairs), number, np.int64) for number, pairs in enumerate(candidates)]
+            or [np.empty(0, np.int64)]
+        )
         identical_rates = self._identical_rates()
         sizes = [len(array) for array in self.arrays]
         model = fit(
@@ -368,9 +370,7 @@ class Scorer:
                     else float(np.clip(matches / max(sizes[j], 1), 1e-3, 0.999)),
                 )
             if cut is not None:
-                unseen += unseen_matches(
-                    pairs.scores, probability_of_weight(part.astype(np.float64)), cut
-                )
+                unseen += unseen_matches(pairs.scores, probability_of_weight(part), cut)
             party_pairs.append(
                 PartyPairs(
                     left_party=i,
@@ -681,11 +681,15 @@ def unseen_matches(
     if bins < 2 or len(scores) == 0:
         return 0.0
     edges = cut + UNSEEN_BIN_WIDTH * np.arange(bins + 1)
-    values = np.asarray(scores, np.float64)
+    # The pairs of at least the least probability first (a few in a hundred of them at
+    # 1M x 1M), in their order, so the bins add the same terms in the same order.
+    likely = np.flatnonzero(probabilities >= UNSEEN_MIN_PROBABILITY)
+    values = np.asarray(np.asarray(scores)[likely], np.float64)
+    weights = probabilities[likely]
     index = np.searchsorted(edges, values, side="right") - 1
     index[values == edges[-1]] = bins - 1
-    inside = (index >= 0) & (index < bins) & (probabilities >= UNSEEN_MIN_PROBABILITY)
-    mass = np.bincount(index[inside], weights=probabilities[inside], minlength=bins)
+    inside = (index >= 0) & (index < bins)
+    mass = np.bincount(index[inside], weights=weights[inside], minlength=bins)
     present = mass > 0
     if present.sum() < 2 or not present[0]:
         return 0.0
@@ -831,10 +835,11 @@ def _similarities_in_order(
             arrays[i], arrays[j], left[rows], right[rows], layout, workers=workers
         )
     shape = (len(rows), groups)
+    dtype = counts_dtype(layout)
     out = GroupSimilarities(
-        shared=np.empty(shape, np.int32),
-        left_counts=np.empty(shape, np.int32),
-        right_counts=np.empty(shape, np.int32),
+        shared=np.empty(shape, dtype),
+        left_counts=np.empty(shape, dtype),
+        right_counts=np.empty(shape, dtype),
     )
     starts = np.cumsum([0] + [len(left) for _, _, left, _ in samples])
     sample_of_row = np.searchsorted(starts, rows, side="right") - 1

@@ -733,7 +733,7 @@ def group_counts(
     word_offsets: Sequence[int] | npt.ArrayLike,
     *,
     workers: int | None = None,
-    dtype: type[np.signedinteger[Any]] | None = None,
+    dtype: type[np.integer[Any]] | None = None,
 ) -> GroupCounts:
     """For each pair ``(left[left_index[k]], right[right_index[k]])`` and each field group
     ``g`` (words ``word_offsets[g]:word_offsets[g + 1]``, as ``ClkLayout.word_offsets()``

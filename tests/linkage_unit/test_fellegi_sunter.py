@@ -364,7 +364,7 @@ def test_others_kernel_is_its_numpy_twin_bit_for_bit(
 
 
 def _random_counts(
-    generator: np.random.Generator, pairs: int, bits: list[int]
+    generator: np.random.Generator, pairs: int, bits: list[int], dtype: type = np.int32
 ) -> GroupSimilarities:
     """Counts of ``pairs`` made-up pairs per group: some sides empty, some pairs identical."""
     columns = []
@@ -379,9 +379,9 @@ def _random_counts(
         shared[left == 0] = 0
         columns.append((shared, left, right))
     return GroupSimilarities(
-        shared=np.stack([c[0] for c in columns], axis=1).astype(np.int32),
-        left_counts=np.stack([c[1] for c in columns], axis=1).astype(np.int32),
-        right_counts=np.stack([c[2] for c in columns], axis=1).astype(np.int32),
+        shared=np.stack([c[0] for c in columns], axis=1).astype(dtype),
+        left_counts=np.stack([c[1] for c in columns], axis=1).astype(dtype),
+        right_counts=np.stack([c[2] for c in columns], axis=1).astype(dtype),
     )
 
 
@@ -392,22 +392,36 @@ def _random_counts(
     candidate_pairs=st.integers(0, 2000),
     min_tail=st.integers(1, 30),
     upper=st.integers(0, 6),
+    dtype=st.sampled_from([np.int32, np.uint16]),
 )
 def test_derive_and_comparison_levels_are_their_numpy_twins(
-    seed: int, random_pairs: int, candidate_pairs: int, min_tail: int, upper: int
+    seed: int, random_pairs: int, candidate_pairs: int, min_tail: int, upper: int, dtype: type
 ) -> None:
     from linkage_unit.fellegi_sunter import comparison_levels_numpy, derive_levels_numpy
 
     generator = np.random.default_rng(seed)
     bits = [64, 24, 128]  # Dice, agreement over 24 bits, agreement over 128
     lengths = [0, 24, 128]
-    random = _random_counts(generator, random_pairs, bits)
-    candidates = _random_counts(generator, candidate_pairs, bits)
+    random = _random_counts(generator, random_pairs, bits, dtype)
+    candidates = _random_counts(generator, candidate_pairs, bits, dtype)
     options = ModelSettings(min_tail_samples=min_tail, upper_levels=upper)
     names = ["a", "b", "c"]
     fast = derive_levels(names, random, candidates, options, agreement_bits=lengths)
     slow = derive_levels_numpy(names, random, candidates, options, agreement_bits=lengths)
     assert fast == slow
+    if dtype is np.uint16:  # the narrow counts read as the int32 ones do
+
+        def wide(counts: GroupSimilarities) -> GroupSimilarities:
+            return GroupSimilarities(
+                shared=counts.shared.astype(np.int32),
+                left_counts=counts.left_counts.astype(np.int32),
+                right_counts=counts.right_counts.astype(np.int32),
+            )
+
+        assert slow == derive_levels_numpy(
+            names, wide(random), wide(candidates), options, agreement_bits=lengths
+        )
+        assert candidates.scores(lengths).tobytes() == wide(candidates).scores(lengths).tobytes()
     for similarities in (random, candidates):
         assert comparison_levels(similarities, fast).tobytes() == (
             comparison_levels_numpy(similarities, slow).tobytes()
