@@ -812,18 +812,25 @@ def exclusive_weights(
     odds = np.clip(weights, -200.0, 200.0)
     np.exp2(odds, out=odds)
     result: npt.NDArray[np.float64] = np.log2(odds)
-    # Each side's term in one buffer, subtracted in place: the same operations as
-    # ``result - log2((1 - matched) + others)`` without its three temporaries.
+    # ``result - log2((1 - matched) + others)`` in chunks of pairs, in place: the same
+    # operations without a temporary of 8 bytes a pair.
+    buffer = np.empty(min(len(odds), _RIVAL_CHUNK), np.float64)
     for records, size, matched in (
         (left, left_size, left_matched),
         (right, right_size, right_matched),
     ):
         if matched is None:
             continue
-        rivals = _others(records, odds, size)
-        np.add(1.0 - matched, rivals, out=rivals)
-        np.log2(rivals, out=rivals)
-        result -= rivals
+        records = np.ascontiguousarray(records)
+        state = _rival_state(records, odds, size)
+        for start in range(0, len(odds), _RIVAL_CHUNK):
+            stop = min(start + _RIVAL_CHUNK, len(odds))
+            rivals = buffer[: stop - start]
+            _rivals(records, odds, state, start, stop, rivals)
+            np.add(1.0 - matched, rivals, out=rivals)
+            np.log2(rivals, out=rivals)
+            result[start:stop] -= rivals
+        del state
     return result
 
 
@@ -832,31 +839,38 @@ def _others(
 ) -> npt.NDArray[np.float64]:
     """Per pair, the sum of the odds of its record's other pairs. ``total - own`` would lose
     the small others to rounding when the own odds are the record's (huge) largest, so those
-    pairs get the sum of the rest added up directly. Two passes of one kernel over the pairs
-    (the numpy twin :func:`_others_numpy`, bit for bit the same: its ``np.maximum.at`` and
-    five temporaries took 1.2 s a side at the 1.8e7 candidates of a 1M x 1M run)."""
+    pairs get the sum of the rest added up directly. Numba kernels over the pairs (the numpy
+    twin :func:`_others_numpy`, bit for bit the same: its ``np.maximum.at`` and five
+    temporaries took 1.2 s a side at the 2.1e7 candidates of a 1M x 1M run)."""
+    records = np.ascontiguousarray(records)
+    odds = np.ascontiguousarray(odds, np.float64)
+    state = _rival_state(records, odds, size)
     result = np.empty(len(odds), np.float64)
-    _others_kernel(
-        np.ascontiguousarray(records, np.int64), np.ascontiguousarray(odds, np.float64), size,
-        result,
-    )  # fmt: skip
+    _rivals(records, odds, state, 0, len(odds), result)
     return result
 
 
-@numba.njit(nogil=True, cache=True)
-def _others_kernel(  # pragma: no cover - compiled
-    records: npt.NDArray[np.int64],
-    odds: npt.NDArray[np.float64],
-    size: int,
-    out: npt.NDArray[np.float64],
-) -> None:
-    """:func:`_others_numpy` pair by pair, its sums in its order (``np.bincount`` adds in
-    pair order) and its maximum as ``np.maximum`` takes it (a NaN wins). A record's four
-    sums share one cache line (total, largest, tied, rest of the largest), and the line of
-    the pair ``_RECORDS_AHEAD`` on is prefetched: on the side the candidates are not sorted
-    by, every pair's record is a cache miss (1.2 s -> 0.55 s for 2.1e7 pairs)."""
+def _rival_state(
+    records: npt.NDArray[np.integer[Any]], odds: npt.NDArray[np.float64], size: int
+) -> npt.NDArray[np.float64]:
+    """Per record: the sum of its pairs' odds, their largest, how many pairs tie at the
+    largest and the sum of the others (one row of four, one cache line)."""
     state = np.zeros((size, 4), np.float64)
     state[:, 1] = -np.inf
+    _rival_state_kernel(records, odds, state)
+    return state
+
+
+@numba.njit(nogil=True, cache=True)
+def _rival_state_kernel(  # pragma: no cover - compiled
+    records: npt.NDArray[np.integer[Any]],
+    odds: npt.NDArray[np.float64],
+    state: npt.NDArray[np.float64],
+) -> None:
+    """:func:`_others_numpy`'s per-record sums pair by pair, in its order (``np.bincount``
+    adds in pair order), its maximum as ``np.maximum`` takes it (a NaN wins). The row of
+    the pair ``_RECORDS_AHEAD`` on is prefetched: on the side the candidates are not sorted
+    by, every pair's record is a cache miss (1.2 s -> 0.55 s for 2.1e7 pairs)."""
     base = np.uint64(state.ctypes.data)
     line = np.uint64(state.strides[0])
     pairs = records.shape[0]
@@ -877,18 +891,33 @@ def _others_kernel(  # pragma: no cover - compiled
             state[record, 3] += 0.0
         else:
             state[record, 3] += odds[k]
-    for k in range(pairs):
-        if k + _RECORDS_AHEAD < pairs:
+
+
+@numba.njit(nogil=True, cache=True)
+def _rivals(  # pragma: no cover - compiled
+    records: npt.NDArray[np.integer[Any]],
+    odds: npt.NDArray[np.float64],
+    state: npt.NDArray[np.float64],
+    start: int,
+    stop: int,
+    out: npt.NDArray[np.float64],
+) -> None:
+    """:func:`_others` of pairs [start, stop) from the records' state, into ``out[0:]``."""
+    base = np.uint64(state.ctypes.data)
+    line = np.uint64(state.strides[0])
+    for k in range(start, stop):
+        if k + _RECORDS_AHEAD < stop:
             _prefetch(base + np.uint64(records[k + _RECORDS_AHEAD]) * line)
         record = records[k]
         if odds[k] == state[record, 1] and state[record, 2] == 1.0:
             value = state[record, 3]
         else:
             value = state[record, 0] - odds[k]
-        out[k] = 0.0 if value < 0.0 else value
+        out[k - start] = 0.0 if value < 0.0 else value
 
 
 _RECORDS_AHEAD = 16
+_RIVAL_CHUNK = 1 << 20
 
 
 def _others_numpy(

@@ -426,3 +426,30 @@ def test_derive_and_comparison_levels_are_their_numpy_twins(
         assert comparison_levels(similarities, fast).tobytes() == (
             comparison_levels_numpy(similarities, slow).tobytes()
         )
+
+
+@given(seed=st.integers(0, 2**32 - 1), pairs=st.integers(0, 60), chunk=st.integers(1, 9))
+def test_exclusive_weights_in_chunks_are_the_whole_array_formula_bit_for_bit(
+    seed: int, pairs: int, chunk: int
+) -> None:
+    from linkage_unit import fellegi_sunter
+
+    generator = np.random.default_rng(seed)
+    left = generator.integers(0, 8, pairs).astype(np.int64)
+    right = generator.integers(0, 5, pairs).astype(np.int64)
+    weights = generator.uniform(-30, 150, pairs)
+    odds = np.exp2(np.clip(weights, -200.0, 200.0))
+    expected = (
+        np.log2(odds)
+        - np.log2((1.0 - 0.3) + fellegi_sunter._others_numpy(left, odds, 8))
+        - np.log2((1.0 - 0.6) + fellegi_sunter._others_numpy(right, odds, 5))
+    )
+    saved = fellegi_sunter._RIVAL_CHUNK
+    fellegi_sunter._RIVAL_CHUNK = chunk
+    try:
+        found = exclusive_weights(
+            left, right, weights, left_size=8, right_size=5, left_matched=0.3, right_matched=0.6
+        )
+    finally:
+        fellegi_sunter._RIVAL_CHUNK = saved
+    assert found.tobytes() == expected.tobytes()
