@@ -453,3 +453,16 @@ def test_exclusive_weights_in_chunks_are_the_whole_array_formula_bit_for_bit(
     finally:
         fellegi_sunter._RIVAL_CHUNK = saved
     assert found.tobytes() == expected.tobytes()
+
+
+@given(problem=level_problems())
+def test_patterns_counted_in_a_table_are_those_sorted(problem: dict[str, Any]) -> None:
+    from linkage_unit.fellegi_sunter import _patterns
+
+    groups = [GroupLevels(name=f"g{g}", cuts=tuple(0.1 * (k + 1) for k in range(cuts)))
+              for g, cuts in enumerate(problem["cuts"])]  # fmt: skip
+    jobs = len(problem["comparable_pairs"])
+    table = _patterns(problem["levels"], problem["jobs"], groups, jobs)
+    sorted_ = _patterns(problem["levels"], problem["jobs"], groups, jobs, table_limit=0)
+    for a, b in zip(table, sorted_, strict=True):
+        assert a.dtype == b.dtype and a.tolist() == b.tolist()
