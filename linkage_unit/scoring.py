@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -176,7 +177,34 @@ class ScoredPairs:
 
 
 def _group_hashes(clks: npt.NDArray[np.uint64], layout: ClkLayout) -> npt.NDArray[np.uint64]:
-    """``(records, groups)`` 64-bit hashes of each group's words (0 words hash to 0)."""
+    """``(records, groups)`` 64-bit hashes of each group's words (0 words hash to 0), in one
+    numba pass over the records (:func:`_group_hashes_numpy` is the twin, word for word the
+    same arithmetic: its whole-column temporaries took 0.5 s a 1M-record party)."""
+    out = np.empty((len(clks), len(layout.groups)), np.uint64)
+    if len(clks):
+        _hash_kernel(np.ascontiguousarray(clks), np.asarray(layout.word_offsets(), np.int64), out)
+    return out
+
+
+_HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+_HASH_SHIFT = np.uint64(29)
+
+
+@numba.njit(nogil=True, cache=True)
+def _hash_kernel(  # pragma: no cover - compiled
+    clks: npt.NDArray[np.uint64], offsets: npt.NDArray[np.int64], out: npt.NDArray[np.uint64]
+) -> None:
+    for record in range(clks.shape[0]):
+        for group in range(offsets.shape[0] - 1):
+            value = np.uint64(0)
+            for word in range(offsets[group], offsets[group + 1]):
+                value = (value ^ clks[record, word]) * _HASH_MULTIPLIER
+                value ^= value >> _HASH_SHIFT
+            out[record, group] = value
+
+
+def _group_hashes_numpy(clks: npt.NDArray[np.uint64], layout: ClkLayout) -> npt.NDArray[np.uint64]:
+    """The numpy twin of :func:`_group_hashes`, a whole column of words at a time."""
     out = np.zeros((len(clks), len(layout.groups)), np.uint64)
     multiplier = np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
