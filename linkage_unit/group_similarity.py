@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -55,9 +56,9 @@ class GroupSimilarities:
     popcounts. ``dice`` is 0 where a side is missing; ``missing`` says where. The counts are
     int32, or uint16 where even two of them add up within it (:func:`counts_dtype`)."""
 
-    shared: npt.NDArray[np.int32] | npt.NDArray[np.uint16]
-    left_counts: npt.NDArray[np.int32] | npt.NDArray[np.uint16]
-    right_counts: npt.NDArray[np.int32] | npt.NDArray[np.uint16]
+    shared: npt.NDArray[np.integer[Any]]
+    left_counts: npt.NDArray[np.integer[Any]]
+    right_counts: npt.NDArray[np.integer[Any]]
 
     def __post_init__(self) -> None:
         if not (self.shared.shape == self.left_counts.shape == self.right_counts.shape):

@@ -192,7 +192,7 @@ def _prefetch_address(typing_context: object, address: types.Type) -> object:  #
     def codegen(context: Any, builder: Any, sig: object, args: list[Any]) -> object:
         byte_pointer = ir.IntType(8).as_pointer()
         int32 = ir.IntType(32)
-        function = cgutils.get_or_insert_function(
+        function = cgutils.get_or_insert_function(  # type: ignore[no-untyped-call]
             builder.module,
             ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]),
             "llvm.prefetch.p0",
