@@ -481,12 +481,17 @@ class FellegiSunterModel:
         """``log2`` posterior odds of a match per pair: the prior of its party pair plus each
         group's level weight, plus ``adjustments`` (term frequencies, log2) when given."""
         weights = np.log2(np.array(self.prior)) - np.log2(1.0 - np.array(self.prior))
-        # In place: the same sums, without a new 8-byte-a-pair array for each.
+        # In place and in row chunks: the same sums in the same order, without a new array
+        # of 8 bytes a pair for each term.
         total: npt.NDArray[np.float64] = np.asarray(weights[jobs], np.float64)
-        for g, level_weight in enumerate(self.level_weights()):
-            total += level_weight[levels[:, g]]
-        if adjustments is not None:
-            total += adjustments.sum(axis=1)
+        level_weights = self.level_weights()
+        for start in range(0, len(total), _LEVEL_CHUNK):
+            rows = slice(start, start + _LEVEL_CHUNK)
+            part = total[rows]
+            for g, level_weight in enumerate(level_weights):
+                part += level_weight[levels[rows, g]]
+            if adjustments is not None:
+                part += adjustments[rows].sum(axis=1)
         return total
 
 
@@ -842,9 +847,11 @@ def exclusive_weights(
     right_size: int,
     left_matched: float | None,
     right_matched: float | None,
+    out: npt.NDArray[np.float64] | None = None,
 ) -> npt.NDArray[np.float64]:
     """Match weights of one party pair's candidate pairs given that a record has at most one
-    match in the other party (a person has at most one record there).
+    match in the other party (a person has at most one record there). ``out``: where to
+    write them (it may be ``weights`` itself; None: a new array).
 
     The pairwise model asks "is this pair a match?" as if the two records' other pairs said
     nothing. With one match at most, a pair whose two records have no other plausible partner
@@ -861,29 +868,35 @@ def exclusive_weights(
     record may match several records of the right party (the right party is deduplicated),
     so its other candidates are no rivals and its factor is left out (likewise ``right``).
     """
-    odds = np.clip(weights, -200.0, 200.0)
+    odds = np.clip(weights, -200.0, 200.0, out=out)
     np.exp2(odds, out=odds)
-    result: npt.NDArray[np.float64] = np.log2(odds)
-    # ``result - log2((1 - matched) + others)`` in chunks of pairs, in place: the same
-    # operations without a temporary of 8 bytes a pair.
-    buffer = np.empty(min(len(odds), _RIVAL_CHUNK), np.float64)
-    for records, size, matched in (
-        (left, left_size, left_matched),
-        (right, right_size, right_matched),
-    ):
-        if matched is None:
-            continue
-        records = np.ascontiguousarray(records)
-        state = _rival_state(records, odds, size)
-        for start in range(0, len(odds), _RIVAL_CHUNK):
-            stop = min(start + _RIVAL_CHUNK, len(odds))
+    # ``log2(odds) - log2((1 - left_matched) + left others) - log2(...right...)`` chunk by
+    # chunk, into the odds themselves once the chunk's rivals are read (each side's
+    # per-record sums are built from all odds first): the same operations with no
+    # temporary of 8 bytes a pair.
+    sides = [
+        (np.ascontiguousarray(records), _rival_state(records, odds, size), matched)
+        for records, size, matched in (
+            (np.asarray(left), left_size, left_matched),
+            (np.asarray(right), right_size, right_matched),
+        )
+        if matched is not None
+    ]
+    buffers = [np.empty(min(len(odds), _RIVAL_CHUNK), np.float64) for _ in sides]
+    for start in range(0, len(odds), _RIVAL_CHUNK):
+        stop = min(start + _RIVAL_CHUNK, len(odds))
+        terms = []
+        for (records, state, matched), buffer in zip(sides, buffers, strict=True):
             rivals = buffer[: stop - start]
             _rivals(records, odds, state, start, stop, rivals)
+            terms.append((rivals, matched))
+        result = odds[start:stop]
+        np.log2(result, out=result)
+        for rivals, matched in terms:
             np.add(1.0 - matched, rivals, out=rivals)
             np.log2(rivals, out=rivals)
-            result[start:stop] -= rivals
-        del state
-    return result
+            result -= rivals
+    return odds
 
 
 def _others(

@@ -374,6 +374,7 @@ class Scorer:
         weights = model.match_weights(
             levels, jobs, adjustments=self._adjustments(candidates, levels, model)
         )
+        del jobs
         party_pairs = []
         offset = 0
         unseen = 0.0
@@ -396,6 +397,7 @@ class Scorer:
                     right_matched=None
                     if flags[i]
                     else float(np.clip(matches / max(sizes[j], 1), 1e-3, 0.999)),
+                    out=part,  # this job's slice of weights, read by nothing else
                 )
             if cut is not None:
                 unseen += unseen_matches(pairs.scores, probability_of_weight(part), cut)

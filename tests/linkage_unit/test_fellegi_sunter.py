@@ -453,6 +453,16 @@ def test_exclusive_weights_in_chunks_are_the_whole_array_formula_bit_for_bit(
     finally:
         fellegi_sunter._RIVAL_CHUNK = saved
     assert found.tobytes() == expected.tobytes()
+    overwritten = weights.copy()
+    fellegi_sunter._RIVAL_CHUNK = chunk
+    try:
+        exclusive_weights(
+            left, right, overwritten, left_size=8, right_size=5, left_matched=0.3,
+            right_matched=0.6, out=overwritten,
+        )  # fmt: skip
+    finally:
+        fellegi_sunter._RIVAL_CHUNK = saved
+    assert overwritten.tobytes() == expected.tobytes()
 
 
 @given(problem=level_problems())
