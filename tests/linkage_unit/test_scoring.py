@@ -426,9 +426,17 @@ def test_joined_candidates_agree_with_their_reference(
         scores=np.zeros(len(pairs), np.float32),
         comparisons=0,
     )
+    from linkage_unit import scoring
+
     fast = _joined_candidates(candidates, left_ids, right_ids, within=within)
     slow = _joined_candidates_reference(candidates, left_ids, right_ids, within=within)
     assert fast.tolist() == slow.tolist()
+    saved, scoring._JOIN_CHUNK = scoring._JOIN_CHUNK, 3
+    try:
+        chunked = _joined_candidates(candidates, left_ids, right_ids, within=within)
+    finally:
+        scoring._JOIN_CHUNK = saved
+    assert chunked.tolist() == slow.tolist()
 
 
 @settings(max_examples=30, deadline=None)
