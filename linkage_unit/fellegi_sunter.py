@@ -38,7 +38,8 @@ counts); :func:`reference_fit` is its slow obvious twin (one pair at a time, pla
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from linkage_unit.group_similarity import GroupSimilarities
-from linkage_unit.similarity import _prefetch
+from linkage_unit.similarity import _prefetch, default_workers
 from protocol.errors import MatchingError
 
 __all__ = [
@@ -186,12 +187,41 @@ def comparison_levels(
         raise MatchingError("one set of levels per group is needed")
     out = np.empty(similarities.shared.shape, np.uint8)
     shared, left, right = _counts(similarities)
+    bits = np.array([group.agreement_bits for group in groups], np.int64)
+    cut_counts = np.array([len(group.cuts) for group in groups], np.int64)
+    cuts = np.zeros((len(groups), max([len(group.cuts) for group in groups], default=0)))
     for g, group in enumerate(groups):
-        _levels_kernel(
-            shared, left, right, g, group.agreement_bits,
-            np.array(group.cuts, np.float64), group.identical, out,
-        )  # fmt: skip
+        cuts[g, : len(group.cuts)] = group.cuts
+    identical = np.array([group.identical for group in groups], np.int64)
+
+    def task(start: int) -> None:
+        stop = min(start + _KERNEL_ROWS, len(out))
+        _levels_kernel(shared, left, right, bits, cuts, cut_counts, identical, start, stop, out)
+
+    _run_rows(task, len(out))
     return out
+
+
+_KERNEL_ROWS = 1 << 21
+"""Rows a task of the level kernels takes (a thread pool runs the tasks)."""
+
+
+def _run_rows(task: Callable[[int], None], rows: int) -> None:
+    """``task(start)`` for every chunk of ``_KERNEL_ROWS`` rows, on the thread pool (the
+    kernels release the GIL; the chunks write disjoint rows)."""
+    starts = list(range(0, rows, _KERNEL_ROWS))
+    _run_chunks(lambda chunk: task(starts[chunk]), len(starts))
+
+
+def _run_chunks(task: Callable[[int], None], chunks: int) -> None:
+    """``task(chunk)`` for chunks 0 .. chunks - 1, on the thread pool when there are
+    several."""
+    if chunks <= 1:
+        for chunk in range(chunks):
+            task(chunk)
+        return
+    with ThreadPoolExecutor(max_workers=default_workers()) as pool:
+        list(pool.map(task, range(chunks)))
 
 
 def _counts(
@@ -224,29 +254,101 @@ def _levels_kernel(  # pragma: no cover - compiled
     shared: npt.NDArray[np.integer[Any]],
     left: npt.NDArray[np.integer[Any]],
     right: npt.NDArray[np.integer[Any]],
-    group: int,
-    bits: int,
+    bits: npt.NDArray[np.int64],
     cuts: npt.NDArray[np.float64],
-    identical: int,
+    cut_counts: npt.NDArray[np.int64],
+    identical: npt.NDArray[np.int64],
+    start: int,
+    stop: int,
     out: npt.NDArray[np.uint8],
 ) -> None:
-    for k in range(shared.shape[0]):
-        s = shared[k, group]
-        a = left[k, group]
-        b = right[k, group]
-        if a == 0 or b == 0:
-            out[k, group] = 0
-        elif s == a and s == b and s > 0:
-            out[k, group] = identical
-        else:
-            value = _similarity(s, a, b, bits)
-            level = 0
-            if value != value:  # NaN sorts last in np.searchsorted
-                level = cuts.shape[0]
+    """Levels of rows [start, stop), every group in one pass over the rows (group g's cuts
+    are ``cuts[g, :cut_counts[g]]``)."""
+    for k in range(start, stop):
+        for group in range(shared.shape[1]):
+            s = shared[k, group]
+            a = left[k, group]
+            b = right[k, group]
+            if a == 0 or b == 0:
+                out[k, group] = 0
+            elif s == a and s == b and s > 0:
+                out[k, group] = identical[group]
             else:
-                while level < cuts.shape[0] and cuts[level] <= value:
-                    level += 1
-            out[k, group] = level + 1
+                value = _similarity(s, a, b, bits[group])
+                count = cut_counts[group]
+                level = 0
+                if value != value:  # NaN sorts last in np.searchsorted
+                    level = count
+                else:
+                    while level < count and cuts[group, level] <= value:
+                        level += 1
+                out[k, group] = level + 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _upper_kernel(  # pragma: no cover - compiled
+    shared: npt.NDArray[np.integer[Any]],
+    left: npt.NDArray[np.integer[Any]],
+    right: npt.NDArray[np.integer[Any]],
+    bits: npt.NDArray[np.int64],
+    above: npt.NDArray[np.float64],
+    start: int,
+    stop: int,
+    cursor: npt.NDArray[np.int64],
+    out: npt.NDArray[np.float64],
+) -> None:
+    """Every group's usable similarities (neither missing nor identical) greater than
+    ``above[g]`` (NaN: all) of rows [start, stop), in row order: group g's next one goes to
+    ``out[cursor[g]]`` and the cursor moves on. An empty ``out``: only counts them."""
+    store = out.shape[0] > 0
+    for k in range(start, stop):
+        for group in range(shared.shape[1]):
+            s = shared[k, group]
+            a = left[k, group]
+            b = right[k, group]
+            if a == 0 or b == 0 or (s == a and s == b and s > 0):
+                continue
+            value = _similarity(s, a, b, bits[group])
+            limit = above[group]
+            if limit == limit and not (value > limit):
+                continue
+            if store:
+                out[cursor[group]] = value
+            cursor[group] += 1
+
+
+def _uppers(
+    similarities: GroupSimilarities, lengths: Sequence[int], above: Sequence[float]
+) -> list[npt.NDArray[np.float64]]:
+    """Per group, :func:`_usable` of ``similarities`` above ``above[g]``, all groups in one
+    pass over the rows (a pass to count, one to fill), chunks on the thread pool; each
+    group's values in row order."""
+    shared, left, right = _counts(similarities)
+    groups = len(lengths)
+    bits = np.array(lengths, np.int64)
+    limits = np.array(above, np.float64)
+    starts = list(range(0, len(similarities), _KERNEL_ROWS))
+    counts = np.zeros((len(starts), groups), np.int64)
+    empty = np.empty(0, np.float64)
+
+    def count(chunk: int) -> None:
+        start = starts[chunk]
+        stop = min(start + _KERNEL_ROWS, len(similarities))
+        _upper_kernel(shared, left, right, bits, limits, start, stop, counts[chunk], empty)
+
+    _run_chunks(count, len(starts))
+    totals = counts.sum(axis=0)
+    group_starts = np.concatenate([[0], np.cumsum(totals)])
+    cursors = group_starts[:-1] + np.cumsum(counts, axis=0) - counts
+    out = np.empty(int(totals.sum()), np.float64)
+
+    def fill(chunk: int) -> None:
+        start = starts[chunk]
+        stop = min(start + _KERNEL_ROWS, len(similarities))
+        _upper_kernel(shared, left, right, bits, limits, start, stop, cursors[chunk], out)
+
+    _run_chunks(fill, len(starts))
+    return [out[group_starts[g] : group_starts[g + 1]] for g in range(groups)]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -310,10 +412,10 @@ def derive_levels(
     lengths = tuple(agreement_bits) if agreement_bits is not None else (0,) * len(names)
     if len(lengths) != len(names):
         raise MatchingError("one agreement length (0: Dice) per group is needed")
-    groups = []
-    for g, name in enumerate(names):
+    tail_cuts: list[list[float]] = []
+    for g in range(len(names)):
         values = _usable(random, g, lengths[g], math.nan)
-        tails = []
+        tails: list[float] = []
         for tail in settings.level_tails:
             if tail * len(values) < settings.min_tail_samples:
                 break
@@ -322,8 +424,13 @@ def derive_levels(
         if tails:
             quantiles = np.quantile(values, [1.0 - tail for tail in tails])
             cuts = [float(value) for value in quantiles]
+        tail_cuts.append(cuts)
         del values
-        upper = _usable(candidates, g, lengths[g], cuts[-1] if cuts else math.nan)
+    uppers = _uppers(candidates, lengths, [cuts[-1] if cuts else math.nan for cuts in tail_cuts])
+    groups = []
+    for g, name in enumerate(names):
+        cuts = tail_cuts[g]
+        upper = uppers[g]
         if settings.upper_levels > 1 and len(upper) >= 25 * settings.upper_levels:
             inner = np.linspace(0.0, 1.0, settings.upper_levels + 1)[1:-1]
             cuts.extend(float(value) for value in np.quantile(upper, inner))

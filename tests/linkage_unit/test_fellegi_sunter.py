@@ -426,6 +426,17 @@ def test_derive_and_comparison_levels_are_their_numpy_twins(
         assert comparison_levels(similarities, fast).tobytes() == (
             comparison_levels_numpy(similarities, slow).tobytes()
         )
+    # Rows in several chunks on the thread pool: the same cuts and levels.
+    from linkage_unit import fellegi_sunter
+
+    saved, fellegi_sunter._KERNEL_ROWS = fellegi_sunter._KERNEL_ROWS, 97
+    try:
+        assert derive_levels(names, random, candidates, options, agreement_bits=lengths) == slow
+        assert comparison_levels(candidates, fast).tobytes() == (
+            comparison_levels_numpy(candidates, slow).tobytes()
+        )
+    finally:
+        fellegi_sunter._KERNEL_ROWS = saved
 
 
 @given(seed=st.integers(0, 2**32 - 1), pairs=st.integers(0, 60), chunk=st.integers(1, 9))
