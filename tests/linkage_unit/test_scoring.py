@@ -483,3 +483,23 @@ def test_group_hashes_are_their_numpy_twin(seed: int, records: int) -> None:
     fast = _group_hashes(clks, LAYOUT)
     slow = _group_hashes_numpy(clks, LAYOUT)
     assert fast.dtype == slow.dtype and fast.tobytes() == slow.tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.lists(st.integers(0, 30), min_size=1, max_size=3),
+    st.integers(1, 6),
+)
+def test_identical_rates_are_their_numpy_twin(seed: int, sizes: list[int], distinct: int) -> None:
+    from linkage_unit.scoring import _identical_rates, _identical_rates_numpy
+
+    generator = np.random.default_rng(seed)
+    # Few distinct hashes, so parties share encodings; a popcount of 0 is a missing group.
+    popcounts = [generator.integers(0, 3, (size, 2)).astype(np.int32) for size in sizes]
+    hashes = [generator.integers(0, distinct, (size, 2)).astype(np.uint64) for size in sizes]
+    parties = range(len(sizes))
+    jobs = [(i, j) for i in parties for j in parties if i <= j]
+    assert _identical_rates(popcounts, hashes, jobs) == _identical_rates_numpy(
+        popcounts, hashes, jobs
+    )
