@@ -347,7 +347,7 @@ class Scorer:
         )
         random_levels = comparison_levels(self.random_for_u, groups)
         levels = comparison_levels(similarities, groups)
-        del similarities  # the levels are all the rest needs (three bytes a pair, not 36)
+        del similarities  # the levels are all the rest needs (three bytes a pair, not 18-36)
         # Made only now: 8 bytes a pair, not held beside the counts at the stage's peak.
         if len(candidates) == 1:
             # All job 0: np.zeros' fresh zero pages are only read, so they cost neither the
