@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +38,7 @@ from protocol.hardening import HardeningMethod, parse_descriptor
 __all__ = [
     "GroupSimilarities",
     "agreement_bits",
+    "counts_dtype",
     "group_popcounts",
     "group_similarities",
     "reference_scores",
@@ -51,11 +53,12 @@ PARITY_METHODS = frozenset(
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GroupSimilarities:
     """Per pair and group (``(pairs, groups)`` arrays): the shared bit count and both sides'
-    popcounts. ``dice`` is 0 where a side is missing; ``missing`` says where."""
+    popcounts. ``dice`` is 0 where a side is missing; ``missing`` says where. The counts are
+    int32, or uint16 where even two of them add up within it (:func:`counts_dtype`)."""
 
-    shared: npt.NDArray[np.int32]
-    left_counts: npt.NDArray[np.int32]
-    right_counts: npt.NDArray[np.int32]
+    shared: npt.NDArray[np.integer[Any]]
+    left_counts: npt.NDArray[np.integer[Any]]
+    right_counts: npt.NDArray[np.integer[Any]]
 
     def __post_init__(self) -> None:
         if not (self.shared.shape == self.left_counts.shape == self.right_counts.shape):
@@ -162,6 +165,15 @@ def _check_layout(clks: npt.NDArray[np.uint64], layout: ClkLayout, name: str) ->
         )
 
 
+def counts_dtype(layout: ClkLayout) -> type[np.uint16] | type[np.int32]:
+    """The type :func:`group_similarities` counts in: uint16 when both sides' popcounts of
+    the widest group add up within it (so ``left + right`` and ``left + right - 2 shared``
+    are exact in numpy's uint16 arithmetic too), else int32. Half the bytes: 18 a pair for
+    three groups, 380 MiB less at the 2.1e7 candidates of a 1M x 1M run."""
+    widest = max((group.bits for group in layout.groups), default=0)
+    return np.uint16 if 2 * widest <= np.iinfo(np.uint16).max else np.int32
+
+
 def group_popcounts(clks: npt.ArrayLike, layout: ClkLayout) -> npt.NDArray[np.int32]:
     """Set bits per record and group: ``(records, groups)``."""
     array = check_clks(clks, name="clks")
@@ -186,17 +198,16 @@ def group_similarities(
     right_array = check_clks(right, name="right")
     _check_layout(left_array, layout, "left")
     _check_layout(right_array, layout, "right")
+    dtype = counts_dtype(layout)
     if len(left_array) == 0 or len(right_array) == 0:
         if len(np.asarray(rows)) or len(np.asarray(cols)):
             raise MatchingError("a pair names a record position outside its party")
-        empty = np.zeros((0, len(layout.groups)), np.int32)
+        empty = np.zeros((0, len(layout.groups)), dtype)
         return GroupSimilarities(shared=empty, left_counts=empty, right_counts=empty.copy())
     counts = group_counts(
         left_array, right_array, rows, cols, layout.word_offsets(), workers=workers,
-        dtype=np.int32,
+        dtype=dtype,
     )  # fmt: skip
     return GroupSimilarities(
-        shared=counts.shared.astype(np.int32, copy=False),
-        left_counts=counts.left.astype(np.int32, copy=False),
-        right_counts=counts.right.astype(np.int32, copy=False),
+        shared=counts.shared, left_counts=counts.left, right_counts=counts.right
     )

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+import numba
 import numpy as np
 import numpy.typing as npt
 
@@ -42,6 +43,7 @@ from linkage_unit.fellegi_sunter import (
 from linkage_unit.group_similarity import (
     GroupSimilarities,
     agreement_bits,
+    counts_dtype,
     group_popcounts,
     group_similarities,
 )
@@ -175,7 +177,34 @@ class ScoredPairs:
 
 
 def _group_hashes(clks: npt.NDArray[np.uint64], layout: ClkLayout) -> npt.NDArray[np.uint64]:
-    """``(records, groups)`` 64-bit hashes of each group's words (0 words hash to 0)."""
+    """``(records, groups)`` 64-bit hashes of each group's words (0 words hash to 0), in one
+    numba pass over the records (:func:`_group_hashes_numpy` is the twin, word for word the
+    same arithmetic: its whole-column temporaries took 0.5 s a 1M-record party)."""
+    out = np.empty((len(clks), len(layout.groups)), np.uint64)
+    if len(clks):
+        _hash_kernel(np.ascontiguousarray(clks), np.asarray(layout.word_offsets(), np.int64), out)
+    return out
+
+
+_HASH_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
+_HASH_SHIFT = np.uint64(29)
+
+
+@numba.njit(nogil=True, cache=True)
+def _hash_kernel(  # pragma: no cover - compiled
+    clks: npt.NDArray[np.uint64], offsets: npt.NDArray[np.int64], out: npt.NDArray[np.uint64]
+) -> None:
+    for record in range(clks.shape[0]):
+        for group in range(offsets.shape[0] - 1):
+            value = np.uint64(0)
+            for word in range(offsets[group], offsets[group + 1]):
+                value = (value ^ clks[record, word]) * _HASH_MULTIPLIER
+                value ^= value >> _HASH_SHIFT
+            out[record, group] = value
+
+
+def _group_hashes_numpy(clks: npt.NDArray[np.uint64], layout: ClkLayout) -> npt.NDArray[np.uint64]:
+    """The numpy twin of :func:`_group_hashes`, a whole column of words at a time."""
     out = np.zeros((len(clks), len(layout.groups)), np.uint64)
     multiplier = np.uint64(0x9E3779B97F4A7C15)
     with np.errstate(over="ignore"):
@@ -233,36 +262,28 @@ class Scorer:
         self.tail = min(0.5, settings.candidates_per_record * per_record / total)
         wanted = max(settings.random_pairs, int(4 * settings.min_tail_samples / self.tail))
         wanted = min(wanted, settings.max_random_pairs)
-        parts: list[GroupSimilarities] = []
+        samples: list[tuple[int, int, npt.NDArray[np.int64], npt.NDArray[np.int64]]] = []
         for (i, j), comparable in zip(self.jobs, self.comparable, strict=True):
             count = int(np.ceil(wanted * comparable / total)) if comparable else 0
             if count == 0:
                 continue
-            left, right = _sample_pairs(generator, sizes[i], sizes[j], i == j, count)
-            parts.append(
-                group_similarities(
-                    self.arrays[i],
-                    self.arrays[j],
-                    left,
-                    right,
-                    layout,
-                    workers=workers,
-                )  # fmt: skip
-            )
-        self.random = _concatenate(parts, len(layout.groups))
+            samples.append((i, j, *_sample_pairs(generator, sizes[i], sizes[j], i == j, count)))
+        sampled = sum(len(left) for _, _, left, _ in samples)
         # Level cuts come from one half of the random pairs and u from the other: cut points
         # taken from the sample they are counted on sit where that sample happens to thin out
         # (on an atom of the discrete Dice values, the bias reached a tenth of a level's mass).
-        half = np.zeros(len(self.random), bool)
-        half[generator.permutation(len(self.random))[: len(self.random) // 2]] = True
+        half = np.zeros(sampled, bool)
+        half[generator.permutation(sampled)[: sampled // 2]] = True
         # The random pairs once, one half's rows then the other's, and the halves as views of
         # them: the same two sets as copies by mask (order matters to neither quantiles nor
         # counts), without a second copy of every random pair (360 MiB of 10M pairs at 1M x
-        # 1M); rows taken in ascending order within each half, so the gather reads in order.
+        # 1M). The pairs are put in that order before they are compared, so no row of counts
+        # is ever copied (that gather took 1.5 s at 1M x 1M).
         middle = int(half.sum())
-        self.random = _select(
-            self.random, np.concatenate([np.flatnonzero(half), np.flatnonzero(~half)])
-        )
+        self.random = _similarities_in_order(
+            self.arrays, layout, samples,
+            np.concatenate([np.flatnonzero(half), np.flatnonzero(~half)]), workers,
+        )  # fmt: skip
         self.random_for_levels = _select(self.random, slice(0, middle))
         self.random_for_u = _select(self.random, slice(middle, None))
         self.unseen_matches = 0.0
@@ -317,10 +338,6 @@ class Scorer:
         parts = [self.similarities(number, pairs) for number, pairs in enumerate(candidates)]
         similarities = _concatenate(parts, len(self.layout.groups))
         del parts
-        jobs = np.concatenate(
-            [np.full(len(pairs), number, np.int64) for number, pairs in enumerate(candidates)]
-            or [np.empty(0, np.int64)]
-        )
         groups = derive_levels(
             self.layout.names,
             self.random_for_levels,
@@ -330,7 +347,17 @@ class Scorer:
         )
         random_levels = comparison_levels(self.random_for_u, groups)
         levels = comparison_levels(similarities, groups)
-        del similarities  # the levels are all the rest needs (three bytes a pair, not 36)
+        del similarities  # the levels are all the rest needs (three bytes a pair, not 18-36)
+        # Made only now: 8 bytes a pair, not held beside the counts at the stage's peak.
+        if len(candidates) == 1:
+            # All job 0: np.zeros' fresh zero pages are only read, so they cost neither the
+            # 0.6 s of filling 8 bytes a pair nor the memory.
+            jobs = np.zeros(len(candidates[0]), np.int64)
+        else:
+            jobs = np.concatenate(
+                [np.full(len(pairs), number, np.int64) for number, pairs in enumerate(candidates)]
+                or [np.empty(0, np.int64)]
+            )
         identical_rates = self._identical_rates()
         sizes = [len(array) for array in self.arrays]
         model = fit(
@@ -352,6 +379,7 @@ class Scorer:
         weights = model.match_weights(
             levels, jobs, adjustments=self._adjustments(candidates, levels, model)
         )
+        del jobs
         party_pairs = []
         offset = 0
         unseen = 0.0
@@ -374,11 +402,10 @@ class Scorer:
                     right_matched=None
                     if flags[i]
                     else float(np.clip(matches / max(sizes[j], 1), 1e-3, 0.999)),
+                    out=part,  # this job's slice of weights, read by nothing else
                 )
             if cut is not None:
-                unseen += unseen_matches(
-                    pairs.scores, probability_of_weight(part.astype(np.float64)), cut
-                )
+                unseen += unseen_matches(pairs.scores, probability_of_weight(part), cut)
             party_pairs.append(
                 PartyPairs(
                     left_party=i,
@@ -419,32 +446,7 @@ class Scorer:
         """Per group: the share of all comparable non-missing pairs whose group encodings are
         identical, exactly, from counts of equal encodings (true matches included, as in a
         random sample)."""
-        hashes = self.hashes
-        rates: list[float | None] = []
-        for g in range(len(self.layout.groups)):
-            present = [counts[:, g] > 0 for counts in self.popcounts]
-            values = [h[mask, g] for h, mask in zip(hashes, present, strict=True)]
-            unique, inverse = np.unique(
-                np.concatenate(values or [np.empty(0, np.uint64)]), return_inverse=True
-            )
-            inverse = inverse.ravel()
-            counts, start = [], 0
-            for part in values:
-                counts.append(
-                    np.bincount(inverse[start : start + len(part)], minlength=len(unique))
-                )
-                start += len(part)
-            equal = 0.0
-            comparable = 0.0
-            for i, j in self.jobs:
-                if i == j:
-                    equal += float((counts[i] * (counts[i] - 1) // 2).sum())
-                    comparable += len(values[i]) * (len(values[i]) - 1) / 2
-                else:
-                    equal += float((counts[i].astype(np.float64) * counts[j]).sum())
-                    comparable += float(len(values[i])) * len(values[j])
-            rates.append(equal / comparable if comparable > 0 else None)
-        return rates
+        return _identical_rates(self.popcounts, self.hashes, self.jobs)
 
     def _adjustments(
         self,
@@ -493,6 +495,70 @@ class Scorer:
         )
 
 
+def _identical_rates(
+    popcounts: Sequence[npt.NDArray[np.int32]],
+    hashes: Sequence[npt.NDArray[np.uint64]],
+    jobs: Sequence[tuple[int, int]],
+) -> list[float | None]:
+    """:meth:`Scorer._identical_rates`: each party's distinct group hashes counted on their
+    own (a sort of each party's, not an argsort of all with its inverse), matched between
+    two parties by intersection. Every term is a whole number far below 2^53, so the sums
+    are exact in any order: the same floats as :func:`_identical_rates_numpy`, the twin."""
+    rates: list[float | None] = []
+    for g in range(popcounts[0].shape[1] if popcounts else 0):
+        values = [h[counts[:, g] > 0, g] for h, counts in zip(hashes, popcounts, strict=True)]
+        distinct = [np.unique(part, return_counts=True) for part in values]
+        equal = 0.0
+        comparable = 0.0
+        for i, j in jobs:
+            if i == j:
+                counts = distinct[i][1]
+                equal += float((counts * (counts - 1) // 2).sum())
+                comparable += len(values[i]) * (len(values[i]) - 1) / 2
+            else:
+                _, left, right = np.intersect1d(
+                    distinct[i][0], distinct[j][0], assume_unique=True, return_indices=True
+                )
+                equal += float(
+                    (distinct[i][1][left].astype(np.float64) * distinct[j][1][right]).sum()
+                )
+                comparable += float(len(values[i])) * len(values[j])
+        rates.append(equal / comparable if comparable > 0 else None)
+    return rates
+
+
+def _identical_rates_numpy(
+    popcounts: Sequence[npt.NDArray[np.int32]],
+    hashes: Sequence[npt.NDArray[np.uint64]],
+    jobs: Sequence[tuple[int, int]],
+) -> list[float | None]:
+    """The twin of :func:`_identical_rates`: every party's hashes in one np.unique with its
+    inverse, counted per party over all distinct values."""
+    rates: list[float | None] = []
+    for g in range(popcounts[0].shape[1] if popcounts else 0):
+        present = [counts[:, g] > 0 for counts in popcounts]
+        values = [h[mask, g] for h, mask in zip(hashes, present, strict=True)]
+        unique, inverse = np.unique(
+            np.concatenate(values or [np.empty(0, np.uint64)]), return_inverse=True
+        )
+        inverse = inverse.ravel()
+        counts, start = [], 0
+        for part in values:
+            counts.append(np.bincount(inverse[start : start + len(part)], minlength=len(unique)))
+            start += len(part)
+        equal = 0.0
+        comparable = 0.0
+        for i, j in jobs:
+            if i == j:
+                equal += float((counts[i] * (counts[i] - 1) // 2).sum())
+                comparable += len(values[i]) * (len(values[i]) - 1) / 2
+            else:
+                equal += float((counts[i].astype(np.float64) * counts[j]).sum())
+                comparable += float(len(values[i])) * len(values[j])
+        rates.append(equal / comparable if comparable > 0 else None)
+    return rates
+
+
 def estimate_quality(
     scored: ScoredPairs,
     clusters: Sequence[npt.NDArray[np.int64]],
@@ -510,22 +576,31 @@ def estimate_quality(
     is right instead, on each side where the other party is duplicate-free (a record has at
     most one match there)."""
     tables: list[_JoinedTable] = []
+    probabilities: list[npt.NDArray[np.float64]] = []
+    joined_masks: list[npt.NDArray[np.bool_]] = []
     for number, (i, j) in enumerate(jobs):
         left_ids, right_ids = clusters[i], clusters[j]
         joined_left, joined_right = _joined_pairs(left_ids, right_ids, within=i == j)
         candidates = scored.party_pairs[number].pairs
         probability = probability_of_weight(candidates.scores.astype(np.float64))
+        joined = _joined_candidates(candidates, left_ids, right_ids, within=i == j)
+        probabilities.append(probability)
+        joined_masks.append(joined)
+        # Only a joined candidate can be a joined pair: look the joined pairs up among those
+        # (about 1M of 1.8e7 candidates at 1M x 1M), not in a sort of every candidate.
         width = max(len(right_ids), 1)
-        candidate_codes = candidates.left * width + candidates.right
+        rows = np.flatnonzero(joined)
+        candidate_codes = candidates.left[rows] * width + candidates.right[rows]
         joined_codes = joined_left * width + joined_right
         order = np.argsort(candidate_codes)
-        position = np.clip(np.searchsorted(candidate_codes[order], joined_codes), 0, None)
+        sorted_codes = candidate_codes[order]
+        position = np.clip(np.searchsorted(sorted_codes, joined_codes), 0, None)
         found = np.zeros(len(joined_codes), bool)
-        if len(candidate_codes):
-            position = np.minimum(position, len(candidate_codes) - 1)
-            found = candidate_codes[order][position] == joined_codes
+        if len(sorted_codes):
+            position = np.minimum(position, len(sorted_codes) - 1)
+            found = sorted_codes[position] == joined_codes
         joined_probability = np.empty(len(joined_codes), np.float64)
-        joined_probability[found] = probability[order][position[found]]
+        joined_probability[found] = probability[rows[order[position[found]]]]
         if (~found).any():
             joined_probability[~found] = probability_of_weight(
                 weights_of(number, joined_left[~found], joined_right[~found])
@@ -545,9 +620,8 @@ def estimate_quality(
         true_links += float(joined_probability.sum())
         false_links += float((1.0 - joined_probability).sum())
         candidates = scored.party_pairs[number].pairs
-        probability = probability_of_weight(candidates.scores.astype(np.float64))
-        not_joined = ~np.isin(candidates.left * table.width + candidates.right, table.codes)
-        rest = probability[not_joined]
+        not_joined = ~joined_masks[number]
+        rest = probabilities[number][not_joined]
         if i == j or scored.exclusive:
             missed += float(rest.sum())
             continue
@@ -681,11 +755,15 @@ def unseen_matches(
     if bins < 2 or len(scores) == 0:
         return 0.0
     edges = cut + UNSEEN_BIN_WIDTH * np.arange(bins + 1)
-    values = np.asarray(scores, np.float64)
+    # The pairs of at least the least probability first (a few in a hundred of them at
+    # 1M x 1M), in their order, so the bins add the same terms in the same order.
+    likely = np.flatnonzero(probabilities >= UNSEEN_MIN_PROBABILITY)
+    values = np.asarray(np.asarray(scores)[likely], np.float64)
+    weights = probabilities[likely]
     index = np.searchsorted(edges, values, side="right") - 1
     index[values == edges[-1]] = bins - 1
-    inside = (index >= 0) & (index < bins) & (probabilities >= UNSEEN_MIN_PROBABILITY)
-    mass = np.bincount(index[inside], weights=probabilities[inside], minlength=bins)
+    inside = (index >= 0) & (index < bins)
+    mass = np.bincount(index[inside], weights=weights[inside], minlength=bins)
     present = mass > 0
     if present.sum() < 2 or not present[0]:
         return 0.0
@@ -744,6 +822,52 @@ def unseen_matches_reference(
     return total
 
 
+def _joined_candidates(
+    candidates: CandidatePairs,
+    left_ids: npt.NDArray[np.int64],
+    right_ids: npt.NDArray[np.int64],
+    *,
+    within: bool,
+) -> npt.NDArray[np.bool_]:
+    """Per candidate pair, whether the clustering joins it: whether it is one of
+    :func:`_joined_pairs` (its two records share a cluster; within one party, left < right),
+    read from the records' cluster ids instead of a search of the joined pairs
+    (:func:`_joined_candidates_reference`)."""
+    joined = np.empty(len(candidates), bool)
+    # In chunks: two whole-array gathers of cluster ids are 16 bytes a pair (340 MiB at the
+    # 2.1e7 candidates of a 1M x 1M run) for a mask of 1.
+    for start in range(0, len(candidates), _JOIN_CHUNK):
+        rows = slice(start, start + _JOIN_CHUNK)
+        left, right = candidates.left[rows], candidates.right[rows]
+        np.equal(left_ids[left], right_ids[right], out=joined[rows])
+        if within:
+            joined[rows] &= left < right
+    return joined
+
+
+_JOIN_CHUNK = 1 << 20
+
+
+def _joined_candidates_reference(
+    candidates: CandidatePairs,
+    left_ids: npt.NDArray[np.int64],
+    right_ids: npt.NDArray[np.int64],
+    *,
+    within: bool,
+) -> npt.NDArray[np.bool_]:
+    """The slow obvious twin of :func:`_joined_candidates`: each candidate looked up among
+    the joined pairs."""
+    lefts, rights = _joined_pairs(left_ids, right_ids, within=within)
+    joined = set(zip(lefts.tolist(), rights.tolist(), strict=True))
+    return np.array(
+        [
+            (a, b) in joined
+            for a, b in zip(candidates.left.tolist(), candidates.right.tolist(), strict=True)
+        ],
+        dtype=bool,
+    )
+
+
 def _joined_pairs(
     left_ids: npt.NDArray[np.int64], right_ids: npt.NDArray[np.int64], *, within: bool
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
@@ -773,6 +897,45 @@ def _joined_pairs(
     offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
     seconds = right_order[np.repeat(low, counts) + offsets].astype(np.int64)
     return firsts, seconds
+
+
+def _similarities_in_order(
+    arrays: Sequence[npt.NDArray[np.uint64]],
+    layout: ClkLayout,
+    samples: Sequence[tuple[int, int, npt.NDArray[np.int64], npt.NDArray[np.int64]]],
+    rows: npt.NDArray[np.int64],
+    workers: int | None,
+) -> GroupSimilarities:
+    """The group similarities of the sampled pairs (per job: left party, right party and the
+    pairs' records) concatenated, then taken in the order ``rows``: the same as
+    ``_select(_concatenate(...), rows)``, but each pair compared straight into its place."""
+    groups = len(layout.groups)
+    if not samples:
+        return _concatenate([], groups)
+    if len(samples) == 1:
+        i, j, left, right = samples[0]
+        return group_similarities(
+            arrays[i], arrays[j], left[rows], right[rows], layout, workers=workers
+        )
+    shape = (len(rows), groups)
+    dtype = counts_dtype(layout)
+    out = GroupSimilarities(
+        shared=np.empty(shape, dtype),
+        left_counts=np.empty(shape, dtype),
+        right_counts=np.empty(shape, dtype),
+    )
+    starts = np.cumsum([0] + [len(left) for _, _, left, _ in samples])
+    sample_of_row = np.searchsorted(starts, rows, side="right") - 1
+    for number, (i, j, left, right) in enumerate(samples):
+        where = np.flatnonzero(sample_of_row == number)
+        offsets = rows[where] - starts[number]
+        part = group_similarities(
+            arrays[i], arrays[j], left[offsets], right[offsets], layout, workers=workers
+        )
+        out.shared[where] = part.shared
+        out.left_counts[where] = part.left_counts
+        out.right_counts[where] = part.right_counts
+    return out
 
 
 def _select(

@@ -38,7 +38,9 @@ from typing import Any, cast
 import numba
 import numpy as np
 import numpy.typing as npt
+from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from linkage_unit import kernels
@@ -179,6 +181,35 @@ def _ctpop(typing_context: object, value: types.Type) -> object:  # pragma: no c
 
 # Inside jitted code the intrinsic is called with one uint64; say so to the type checker.
 _popcount = cast(Callable[[Any], Any], _ctpop)
+
+
+@intrinsic
+def _prefetch_address(typing_context: object, address: types.Type) -> object:  # pragma: no cover
+    """LLVM ``prefetch`` (read, keep in all cache levels) of the byte at an address: a hint
+    that never faults, so nothing it does changes a result."""
+    signature = types.void(types.uint64)
+
+    def codegen(context: Any, builder: Any, sig: object, args: list[Any]) -> object:
+        byte_pointer = ir.IntType(8).as_pointer()
+        int32 = ir.IntType(32)
+        function = cgutils.get_or_insert_function(  # type: ignore[no-untyped-call]
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [byte_pointer, int32, int32, int32]),
+            "llvm.prefetch.p0",
+        )
+        pointer = builder.inttoptr(args[0], byte_pointer)
+        builder.call(function, [pointer, int32(0), int32(3), int32(1)])
+        return context.get_dummy_value()
+
+    return signature, codegen
+
+
+_prefetch = cast(Callable[[Any], None], _prefetch_address)
+
+_PREFETCH_PAIRS_AHEAD = 8
+"""Pair kernels over scattered records ask for the rows of the pair this many ahead: random
+pairs of two 1M-record parties (320-byte rows) waited on memory for most of their time
+(10M pairs: 5.0 s in random order, 1.3 s with both sides sorted, 2.1 s with 8 ahead)."""
 
 
 @numba.njit(inline="always", nogil=True, cache=True)
@@ -598,8 +629,22 @@ def _group_shared(  # pragma: no cover - compiled
     out_right: npt.NDArray[np.uint32],
 ) -> None:
     """Shared bits and each side's bits per pair and group: the words are loaded once for
-    all three (popcounting whole parties per call cost 1.2 s a million records)."""
+    all three (popcounting whole parties per call cost 1.2 s a million records). The rows of
+    the pair ``_PREFETCH_PAIRS_AHEAD`` on are prefetched (addresses only, no effect on the
+    counts)."""
+    left_base = np.uint64(left.ctypes.data)
+    right_base = np.uint64(right.ctypes.data)
+    left_row = np.uint64(left.strides[0])
+    right_row = np.uint64(right.strides[0])
+    row_bytes = left.shape[1] * 8
     for pair in range(start, stop):
+        ahead = pair + _PREFETCH_PAIRS_AHEAD
+        if ahead < stop:
+            left_at = left_base + np.uint64(left_index[ahead]) * left_row
+            right_at = right_base + np.uint64(right_index[ahead]) * right_row
+            for line in range(0, row_bytes, 64):
+                _prefetch(left_at + np.uint64(line))
+                _prefetch(right_at + np.uint64(line))
         a = left_index[pair]
         b = right_index[pair]
         for group in range(offsets.shape[0] - 1):
@@ -692,7 +737,7 @@ def group_counts(
     word_offsets: Sequence[int] | npt.ArrayLike,
     *,
     workers: int | None = None,
-    dtype: type[np.signedinteger[Any]] | None = None,
+    dtype: type[np.integer[Any]] | None = None,
 ) -> GroupCounts:
     """For each pair ``(left[left_index[k]], right[right_index[k]])`` and each field group
     ``g`` (words ``word_offsets[g]:word_offsets[g + 1]``, as ``ClkLayout.word_offsets()``

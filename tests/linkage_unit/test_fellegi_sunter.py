@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from linkage_unit.fellegi_sunter import (
@@ -337,3 +338,152 @@ def test_a_model_is_trusted_when_two_groups_separate_its_matches() -> None:
     # A group just short of the distance does not count.
     near = [0.41, 0.09, 0.5]  # distance 0.49 from random
     assert not _model([near, separated, random], [random, random, random]).trusted
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    pairs=st.integers(0, 60),
+    size=st.integers(1, 10),
+    ties=st.booleans(),
+)
+def test_others_kernel_is_its_numpy_twin_bit_for_bit(
+    seed: int, pairs: int, size: int, ties: bool
+) -> None:
+    from linkage_unit.fellegi_sunter import _others, _others_numpy
+
+    generator = np.random.default_rng(seed)
+    records = generator.integers(0, size, pairs).astype(np.int64)
+    # Whole weights tie often (a record's largest twice); wide ones swamp the rest in rounding.
+    weights = (
+        np.round(generator.uniform(-3, 3, pairs)) if ties else generator.uniform(-30, 150, pairs)
+    )
+    odds = np.exp2(weights)
+    fast = _others(records, odds, size)
+    slow = _others_numpy(records, odds, size)
+    assert fast.tobytes() == slow.tobytes()
+
+
+def _random_counts(
+    generator: np.random.Generator, pairs: int, bits: list[int], dtype: type = np.int32
+) -> GroupSimilarities:
+    """Counts of ``pairs`` made-up pairs per group: some sides empty, some pairs identical."""
+    columns = []
+    for width in bits:
+        left = generator.integers(0, width // 2 + 1, pairs)
+        right = generator.integers(0, width // 2 + 1, pairs)
+        shared = np.minimum(generator.integers(0, width // 2 + 1, pairs), np.minimum(left, right))
+        same = generator.random(pairs) < 0.1
+        right[same] = left[same]
+        shared[same] = left[same]
+        left[generator.random(pairs) < 0.05] = 0
+        shared[left == 0] = 0
+        columns.append((shared, left, right))
+    return GroupSimilarities(
+        shared=np.stack([c[0] for c in columns], axis=1).astype(dtype),
+        left_counts=np.stack([c[1] for c in columns], axis=1).astype(dtype),
+        right_counts=np.stack([c[2] for c in columns], axis=1).astype(dtype),
+    )
+
+
+@hypothesis_settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    random_pairs=st.integers(0, 3000),
+    candidate_pairs=st.integers(0, 2000),
+    min_tail=st.integers(1, 30),
+    upper=st.integers(0, 6),
+    dtype=st.sampled_from([np.int32, np.uint16]),
+)
+def test_derive_and_comparison_levels_are_their_numpy_twins(
+    seed: int, random_pairs: int, candidate_pairs: int, min_tail: int, upper: int, dtype: type
+) -> None:
+    from linkage_unit.fellegi_sunter import comparison_levels_numpy, derive_levels_numpy
+
+    generator = np.random.default_rng(seed)
+    bits = [64, 24, 128]  # Dice, agreement over 24 bits, agreement over 128
+    lengths = [0, 24, 128]
+    random = _random_counts(generator, random_pairs, bits, dtype)
+    candidates = _random_counts(generator, candidate_pairs, bits, dtype)
+    options = ModelSettings(min_tail_samples=min_tail, upper_levels=upper)
+    names = ["a", "b", "c"]
+    fast = derive_levels(names, random, candidates, options, agreement_bits=lengths)
+    slow = derive_levels_numpy(names, random, candidates, options, agreement_bits=lengths)
+    assert fast == slow
+    if dtype is np.uint16:  # the narrow counts read as the int32 ones do
+
+        def wide(counts: GroupSimilarities) -> GroupSimilarities:
+            return GroupSimilarities(
+                shared=counts.shared.astype(np.int32),
+                left_counts=counts.left_counts.astype(np.int32),
+                right_counts=counts.right_counts.astype(np.int32),
+            )
+
+        assert slow == derive_levels_numpy(
+            names, wide(random), wide(candidates), options, agreement_bits=lengths
+        )
+        assert candidates.scores(lengths).tobytes() == wide(candidates).scores(lengths).tobytes()
+    for similarities in (random, candidates):
+        assert comparison_levels(similarities, fast).tobytes() == (
+            comparison_levels_numpy(similarities, slow).tobytes()
+        )
+    # Rows in several chunks on the thread pool: the same cuts and levels.
+    from linkage_unit import fellegi_sunter
+
+    saved, fellegi_sunter._KERNEL_ROWS = fellegi_sunter._KERNEL_ROWS, 97
+    try:
+        assert derive_levels(names, random, candidates, options, agreement_bits=lengths) == slow
+        assert comparison_levels(candidates, fast).tobytes() == (
+            comparison_levels_numpy(candidates, slow).tobytes()
+        )
+    finally:
+        fellegi_sunter._KERNEL_ROWS = saved
+
+
+@given(seed=st.integers(0, 2**32 - 1), pairs=st.integers(0, 60), chunk=st.integers(1, 9))
+def test_exclusive_weights_in_chunks_are_the_whole_array_formula_bit_for_bit(
+    seed: int, pairs: int, chunk: int
+) -> None:
+    from linkage_unit import fellegi_sunter
+
+    generator = np.random.default_rng(seed)
+    left = generator.integers(0, 8, pairs).astype(np.int64)
+    right = generator.integers(0, 5, pairs).astype(np.int64)
+    weights = generator.uniform(-30, 150, pairs)
+    odds = np.exp2(np.clip(weights, -200.0, 200.0))
+    expected = (
+        np.log2(odds)
+        - np.log2((1.0 - 0.3) + fellegi_sunter._others_numpy(left, odds, 8))
+        - np.log2((1.0 - 0.6) + fellegi_sunter._others_numpy(right, odds, 5))
+    )
+    saved = fellegi_sunter._RIVAL_CHUNK
+    fellegi_sunter._RIVAL_CHUNK = chunk
+    try:
+        found = exclusive_weights(
+            left, right, weights, left_size=8, right_size=5, left_matched=0.3, right_matched=0.6
+        )
+    finally:
+        fellegi_sunter._RIVAL_CHUNK = saved
+    assert found.tobytes() == expected.tobytes()
+    overwritten = weights.copy()
+    fellegi_sunter._RIVAL_CHUNK = chunk
+    try:
+        exclusive_weights(
+            left, right, overwritten, left_size=8, right_size=5, left_matched=0.3,
+            right_matched=0.6, out=overwritten,
+        )  # fmt: skip
+    finally:
+        fellegi_sunter._RIVAL_CHUNK = saved
+    assert overwritten.tobytes() == expected.tobytes()
+
+
+@given(problem=level_problems())
+def test_patterns_counted_in_a_table_are_those_sorted(problem: dict[str, Any]) -> None:
+    from linkage_unit.fellegi_sunter import _patterns
+
+    groups = [GroupLevels(name=f"g{g}", cuts=tuple(0.1 * (k + 1) for k in range(cuts)))
+              for g, cuts in enumerate(problem["cuts"])]  # fmt: skip
+    jobs = len(problem["comparable_pairs"])
+    table = _patterns(problem["levels"], problem["jobs"], groups, jobs)
+    sorted_ = _patterns(problem["levels"], problem["jobs"], groups, jobs, table_limit=0)
+    for a, b in zip(table, sorted_, strict=True):
+        assert a.dtype == b.dtype and a.tolist() == b.tolist()

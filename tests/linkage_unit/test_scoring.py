@@ -395,3 +395,111 @@ def test_a_cluster_of_three_parties_lends_its_pairs_the_third_records_evidence()
         scored, [np.array([7]), np.array([7]), np.array([8])], jobs, lambda *_: np.zeros(1)
     )
     assert apart.expected_true_links == pytest.approx(0.4, rel=1e-6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.booleans(),
+    st.data(),
+)
+def test_joined_candidates_agree_with_their_reference(
+    left_size: int, right_size: int, within: bool, data: st.DataObject
+) -> None:
+    from linkage_unit.scoring import _joined_candidates, _joined_candidates_reference
+
+    right_size = left_size if within else right_size
+    ids = st.integers(0, 4)
+    left_ids = np.array(data.draw(st.lists(ids, min_size=left_size, max_size=left_size)))
+    right_ids = (
+        left_ids
+        if within
+        else np.array(data.draw(st.lists(ids, min_size=right_size, max_size=right_size)))
+    )
+    pairs = data.draw(
+        st.lists(st.tuples(st.integers(0, left_size - 1), st.integers(0, right_size - 1)))
+    )
+    candidates = CandidatePairs(
+        left=np.array([a for a, _ in pairs], np.int64),
+        right=np.array([b for _, b in pairs], np.int64),
+        scores=np.zeros(len(pairs), np.float32),
+        comparisons=0,
+    )
+    from linkage_unit import scoring
+
+    fast = _joined_candidates(candidates, left_ids, right_ids, within=within)
+    slow = _joined_candidates_reference(candidates, left_ids, right_ids, within=within)
+    assert fast.tolist() == slow.tolist()
+    saved, scoring._JOIN_CHUNK = scoring._JOIN_CHUNK, 3
+    try:
+        chunked = _joined_candidates(candidates, left_ids, right_ids, within=within)
+    finally:
+        scoring._JOIN_CHUNK = saved
+    assert chunked.tolist() == slow.tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.lists(st.integers(0, 40), min_size=0, max_size=3))
+def test_random_pairs_compared_in_place_equal_those_gathered_after(
+    seed: int, counts: list[int]
+) -> None:
+    from linkage_unit.group_similarity import group_similarities
+    from linkage_unit.scoring import _concatenate, _select, _similarities_in_order
+
+    generator = np.random.default_rng(seed)
+    arrays = [
+        generator.integers(0, 2**64, (size, LAYOUT.total_words), np.uint64, endpoint=False)
+        for size in (5, 7, 3)
+    ]
+    arrays[1][2] = 0  # an empty record: every group missing
+    jobs = [(0, 1), (1, 1), (2, 0)]
+    samples = [
+        (
+            i,
+            j,
+            generator.integers(0, len(arrays[i]), count),
+            generator.integers(0, len(arrays[j]), count),
+        )
+        for (i, j), count in zip(jobs, counts, strict=False)
+    ]
+    rows = generator.permutation(sum(counts))
+    fast = _similarities_in_order(arrays, LAYOUT, samples, rows, 1)
+    parts = [group_similarities(arrays[i], arrays[j], a, b, LAYOUT) for i, j, a, b in samples]
+    slow = _select(_concatenate(parts, len(LAYOUT.groups)), rows)
+    for name in ("shared", "left_counts", "right_counts"):
+        assert getattr(fast, name).tolist() == getattr(slow, name).tolist()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 20))
+def test_group_hashes_are_their_numpy_twin(seed: int, records: int) -> None:
+    from linkage_unit.scoring import _group_hashes, _group_hashes_numpy
+
+    generator = np.random.default_rng(seed)
+    clks = generator.integers(0, 2**64, (records, LAYOUT.total_words), np.uint64, endpoint=False)
+    if records:
+        clks[0] = 0  # an empty record hashes to 0 in every group
+    fast = _group_hashes(clks, LAYOUT)
+    slow = _group_hashes_numpy(clks, LAYOUT)
+    assert fast.dtype == slow.dtype and fast.tobytes() == slow.tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.lists(st.integers(0, 30), min_size=1, max_size=3),
+    st.integers(1, 6),
+)
+def test_identical_rates_are_their_numpy_twin(seed: int, sizes: list[int], distinct: int) -> None:
+    from linkage_unit.scoring import _identical_rates, _identical_rates_numpy
+
+    generator = np.random.default_rng(seed)
+    # Few distinct hashes, so parties share encodings; a popcount of 0 is a missing group.
+    popcounts = [generator.integers(0, 3, (size, 2)).astype(np.int32) for size in sizes]
+    hashes = [generator.integers(0, distinct, (size, 2)).astype(np.uint64) for size in sizes]
+    parties = range(len(sizes))
+    jobs = [(i, j) for i in parties for j in parties if i <= j]
+    assert _identical_rates(popcounts, hashes, jobs) == _identical_rates_numpy(
+        popcounts, hashes, jobs
+    )
