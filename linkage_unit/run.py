@@ -374,8 +374,7 @@ class RunManager:
             result = self._link(clks, settings, progress=progress, **grouped)
             if self._stop.is_set():
                 raise _Stopped
-            self._storage.set_progress(run_id, "link keys", 0, 1)
-            keys = issue_link_keys(result.clusters, project.link_key_mode, **options)
+            keys = None
         if result.statistics.untrusted_models:
             # Party ids only: which model failed, never a value. Without this an untrusted
             # model's run reads as an ordinary low-linkage one (the report says it too).
@@ -398,9 +397,15 @@ class RunManager:
             else RunQuality(precision=expected.precision, recall=expected.recall, f1=expected.f1),
         )
         # The report before the keys: a run whose keys are stored always has its report.
-        self._storage.store_report(
-            run_id, project_id, build_report(result, clks, project.layout).to_json()
-        )
+        report = build_report(result, clks, project.layout).to_json()
+        if keys is None:
+            # The report has what it needs of the scored pairs and the encodings: let both
+            # go before the keys are spelled (at 1M x 1M this stage was the LU's peak).
+            clks.clear()
+            result = dataclasses.replace(result, scored=None)
+            self._storage.set_progress(run_id, "link keys", 0, 1)
+            keys = issue_link_keys(result.clusters, project.link_key_mode, **options)
+        self._storage.store_report(run_id, project_id, report)
         self._storage.store_keys(run_id, project_id, outcome=outcome, keys=keys)
         self._checkpoint(Step.KEYS_STORED)
         try:
