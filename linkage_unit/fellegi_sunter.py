@@ -427,6 +427,18 @@ def derive_levels(
         tail_cuts.append(cuts)
         del values
     uppers = _uppers(candidates, lengths, [cuts[-1] if cuts else math.nan for cuts in tail_cuts])
+    return _group_levels(names, lengths, tail_cuts, uppers, settings)
+
+
+def _group_levels(
+    names: Sequence[str],
+    lengths: Sequence[int],
+    tail_cuts: list[list[float]],
+    uppers: Sequence[npt.NDArray[np.float64]],
+    settings: ModelSettings,
+) -> tuple[GroupLevels, ...]:
+    """Each group's levels from its tail cuts and the candidates' similarities above them
+    (quantiles of those for the upper levels): the step both ways of deriving levels share."""
     groups = []
     for g, name in enumerate(names):
         cuts = tail_cuts[g]
@@ -511,16 +523,13 @@ def derive_levels_numpy(
             if tail_cuts[g]:
                 upper = upper[upper > tail_cuts[g][-1]]
             uppers[g].append(upper)
-    groups = []
-    for g, name in enumerate(names):
-        cuts = tail_cuts[g]
-        upper = np.concatenate(uppers[g] or [np.empty(0, np.float64)])
-        if settings.upper_levels > 1 and len(upper) >= 25 * settings.upper_levels:
-            inner = np.linspace(0.0, 1.0, settings.upper_levels + 1)[1:-1]
-            cuts.extend(float(value) for value in np.quantile(upper, inner))
-        distinct = sorted({round(c, 12) for c in cuts if 0.0 <= c < 1.0})
-        groups.append(GroupLevels(name=name, cuts=tuple(distinct), agreement_bits=lengths[g]))
-    return tuple(groups)
+    return _group_levels(
+        names,
+        lengths,
+        tail_cuts,
+        [np.concatenate(parts or [np.empty(0, np.float64)]) for parts in uppers],
+        settings,
+    )
 
 
 def random_level_counts(
