@@ -448,9 +448,10 @@ def _keys(
     pool: ThreadPoolExecutor | None = None,
     parts: int = 1,
 ) -> npt.NDArray[np.uint64]:
-    """Every record's key in every band of ``positions``: ``(records, bands)``; with a
-    ``pool``, ``parts`` slices of the records at once (the kernel holds no GIL)."""
-    out = np.empty((clks.shape[0], positions.shape[0]), np.uint64)
+    """Every record's key in every band of ``positions``: ``(records, bands)``, each band's
+    column contiguous (a band is blocked alone: no copy of it is needed); with a ``pool``,
+    ``parts`` slices of the records at once (the kernel holds no GIL)."""
+    out = np.empty((positions.shape[0], clks.shape[0]), np.uint64).T
     if not clks.shape[0]:
         return out
     step = -(-clks.shape[0] // max(parts, 1))

@@ -479,19 +479,14 @@ def group_join(
             for codes, shared, count in pool.map(task, _chunks(blocks.sizes)):
                 parts.append((codes, shared))
                 compared += count
-    codes = np.concatenate([codes for codes, _ in parts] or [np.empty(0, np.int64)])
-    shared = np.concatenate([shared for _, shared in parts] or [np.empty(0, np.int32)])
-    # Memory: at 1M x 1M there are 19M pairs, 12 bytes each here; the chunks and every
-    # temporary go as soon as they can (this stage was 1.1 GiB above the rest).
-    del parts
-    codes, shared = _sort_by_code(codes, shared)
+    # Memory: at 1M x 1M there are 19M pairs, 12 bytes each here, and the result's 20; the
+    # chunks and every temporary go as soon as they can (this stage was the run's peak).
+    codes, shared = _sorted_pairs(parts)
     rows = np.empty_like(codes)
     np.divmod(codes, width, out=(rows, codes))
     cols = codes
-    totals = left_counts[rows]
-    totals += right_counts[cols]
-    scores = _scores(shared, totals)
-    del shared, totals
+    scores = _dice_of(shared, rows, cols, left_counts, right_counts)
+    del shared
     return GroupJoin(
         pairs=CandidatePairs(left=rows, right=cols, scores=scores, comparisons=compared),
         plan=GroupJoinPlan(
@@ -503,23 +498,57 @@ def group_join(
     )
 
 
-def _sort_by_code(
-    codes: npt.NDArray[np.int64], shared: npt.NDArray[np.int32]
+def _sorted_pairs(
+    parts: list[tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32]]:
-    """Both arrays in ascending code order. Codes are distinct; when code and shared count
-    fit one int64 they are sorted packed (a plain sort, several times an argsort's speed)."""
-    if len(codes) == 0:
-        return codes, shared
-    shift = max(int(shared.max()), 1).bit_length()
-    if int(codes.max()) < (1 << (62 - shift)):
-        packed = codes << shift
-        packed |= shared
-        packed.sort()
-        counts = (packed & ((1 << shift) - 1)).astype(np.int32)
-        packed >>= shift
-        return packed, counts
-    order = np.argsort(codes)
-    return codes[order], shared[order]
+    """The chunks' (code, shared count) pairs as two arrays in ascending code order; empties
+    ``parts`` as it goes (each chunk is dropped once copied). Codes are distinct; when code
+    and shared count fit one int64 they are sorted packed, in place (a plain sort, several
+    times an argsort's speed, and no copy of the codes)."""
+    codes = np.concatenate([codes for codes, _ in parts] or [np.empty(0, np.int64)])
+    counts = [shared for _, shared in parts]
+    parts.clear()
+    most = max((int(shared.max()) for shared in counts if len(shared)), default=0)
+    shift = max(most, 1).bit_length()
+    if len(codes) == 0 or int(codes.max()) >= (1 << (62 - shift)):
+        shared = np.concatenate(counts or [np.empty(0, np.int32)])
+        del counts
+        order = np.argsort(codes)
+        return codes[order], shared[order]
+    codes <<= shift
+    start = 0
+    while counts:
+        part = counts.pop(0)
+        codes[start : start + len(part)] |= part
+        start += len(part)
+    codes.sort()
+    shared = np.empty(len(codes), np.int32)
+    np.bitwise_and(codes, (1 << shift) - 1, out=shared, casting="unsafe")
+    codes >>= shift
+    return codes, shared
+
+
+_SCORE_CHUNK = 1 << 20
+"""Pairs whose Dice is taken at once: the float64 temporaries stay a few MiB, not 230 MiB at
+19M pairs."""
+
+
+def _dice_of(
+    shared: npt.NDArray[np.int32],
+    rows: npt.NDArray[np.int64],
+    cols: npt.NDArray[np.int64],
+    left_counts: npt.NDArray[np.int32],
+    right_counts: npt.NDArray[np.int32],
+) -> npt.NDArray[np.float32]:
+    """Record-level Dice of pairs ``(rows[k], cols[k])`` sharing ``shared[k]`` bits, a chunk at
+    a time: the same floats as :func:`linkage_unit.similarity._scores` of the whole."""
+    out = np.empty(len(shared), np.float32)
+    for start in range(0, len(shared), _SCORE_CHUNK):
+        part = slice(start, start + _SCORE_CHUNK)
+        totals = left_counts[rows[part]].astype(np.int64)
+        totals += right_counts[cols[part]]
+        out[part] = _scores(shared[part], totals)
+    return out
 
 
 def group_join_reference(
@@ -600,19 +629,46 @@ def merge_candidates(
     The join's pairs are sorted already and the LSH adds few (about 1,800 to 19M at 1M x
     1M), so those are sorted alone and inserted: sorting the union again took 2.7 s there.
     :func:`merge_candidates_reference` is the plain concatenate-and-sort twin."""
+    return _merge_taken([joined], lsh, width, max_pairs=max_pairs, threshold=threshold)
+
+
+def _merge_taken(
+    held: list[GroupJoin], lsh: CandidatePairs, width: int, *, max_pairs: int, threshold: float
+) -> CandidatePairs:
+    """:func:`merge_candidates` of the one join in ``held``, taken out of it: where the
+    caller holds no other reference, each of the join's columns goes as soon as its merged
+    copy is made (at 1M x 1M the join's and the merged pairs were 725 MiB side by side)."""
+    joined = held.pop()
     extra = ~joined.keys.joined(lsh.left, lsh.right)
     _check_pair_count(len(joined.pairs) + int(extra.sum()), max_pairs, threshold)
     width = max(width, 1)
-    codes = lsh.left[extra] * width + lsh.right[extra]
-    order = np.argsort(codes, kind="stable")
-    codes = codes[order]
-    at = np.searchsorted(joined.pairs.left * width + joined.pairs.right, codes)
-    return CandidatePairs(
-        left=np.insert(joined.pairs.left, at, lsh.left[extra][order]),
-        right=np.insert(joined.pairs.right, at, lsh.right[extra][order]),
-        scores=np.insert(joined.pairs.scores, at, lsh.scores[extra][order]),
-        comparisons=joined.pairs.comparisons + lsh.comparisons,
-    )
+    order = np.argsort(lsh.left[extra] * width + lsh.right[extra], kind="stable")
+    inserted = [lsh.left[extra][order], lsh.right[extra][order], lsh.scores[extra][order]]
+    at = _insertion_points(joined.pairs.left, joined.pairs.right, inserted[0], inserted[1])
+    columns = [joined.pairs.left, joined.pairs.right, joined.pairs.scores]
+    comparisons = joined.pairs.comparisons + lsh.comparisons
+    del joined
+    merged = []
+    while columns:
+        merged.append(np.insert(columns.pop(0), at, inserted.pop(0)))
+    left, right, scores = merged
+    return CandidatePairs(left=left, right=right, scores=scores, comparisons=comparisons)
+
+
+def _insertion_points(
+    left: npt.NDArray[np.int64],
+    right: npt.NDArray[np.int64],
+    new_left: npt.NDArray[np.int64],
+    new_right: npt.NDArray[np.int64],
+) -> npt.NDArray[np.int64]:
+    """Where each new pair goes among pairs sorted by (left, right) (``np.searchsorted`` of
+    their codes, without making every pair's code: 152 MiB at 1M x 1M)."""
+    low = np.searchsorted(left, new_left, "left")
+    high = np.searchsorted(left, new_left, "right")
+    at = low.astype(np.int64)
+    for k in np.flatnonzero(high > low).tolist():
+        at[k] += int(np.searchsorted(right[low[k] : high[k]], new_right[k]))
+    return at
 
 
 def merge_candidates_reference(
@@ -829,22 +885,28 @@ def generate_group_candidates(
             pairs=pairs, plan=plan, join=None, lsh_threshold=None,
             recall_estimate=route.recall_estimate,
         )  # fmt: skip
-    joined = route.joined
-    positions = sample_band_positions(64 * left.shape[1], route.shape, seed)
+    joined, shape = route.joined, route.shape
+    lsh_threshold, recall_estimate = route.lsh_threshold, route.recall_estimate
+    del route
+    positions = sample_band_positions(64 * left.shape[1], shape, seed)
     lsh, plan = lsh_beyond_join(
         left, right, positions, threshold, joined.keys,
-        max_block_comparisons=route.shape.max_block_comparisons, workers=workers,
+        max_block_comparisons=shape.max_block_comparisons, workers=workers,
     )  # fmt: skip
-    merged = merge_candidates(
-        joined, lsh, len(left) if right is None else len(right),
+    join_plan = joined.plan
+    # Handed over, not kept: the merge frees the join's columns one by one as it copies them.
+    held = [joined]
+    del joined
+    merged = _merge_taken(
+        held, lsh, len(left) if right is None else len(right),
         max_pairs=max_pairs, threshold=threshold,
     )  # fmt: skip
     return GroupCandidates(
         pairs=merged,
         plan=plan,
-        join=joined.plan,
-        lsh_threshold=route.lsh_threshold,
-        recall_estimate=route.recall_estimate,
+        join=join_plan,
+        lsh_threshold=lsh_threshold,
+        recall_estimate=recall_estimate,
     )
 
 
@@ -929,11 +991,9 @@ def lsh_beyond_join(
             # Keys take a second a pass at 1M x 1M: every worker takes a slice of the records.
             left_keys = _keys(left, batch, pool, workers)
             right_keys = None if within else _keys(other, batch, pool, workers)
+            # Each band's keys are a contiguous column already (``_keys``): views, no copies.
             columns = [
-                (
-                    np.ascontiguousarray(left_keys[:, b]),
-                    None if right_keys is None else np.ascontiguousarray(right_keys[:, b]),
-                )
+                (left_keys[:, b], None if right_keys is None else right_keys[:, b])
                 for b in range(batch.shape[0])
             ]
             for band_codes, band_shared, figures in pool.map(band_task, columns):
@@ -944,11 +1004,12 @@ def lsh_beyond_join(
                 totals[2] += figures[2]
                 totals[3] += figures[3]
                 totals[4] += figures[4]
+            del columns, left_keys, right_keys  # before the next pass's keys are made
     # A pair colliding in several bands was kept once per band: the union keeps it once.
     codes, first = np.unique(np.concatenate(parts or [np.empty(0, np.int64)]), return_index=True)
     shared = np.concatenate(shared_parts or [np.empty(0, np.int32)])[first]
     rows, cols = np.divmod(codes, width)
-    scores = _scores(shared, left_counts[rows].astype(np.int64) + right_counts[cols])
+    scores = _dice_of(shared, rows, cols, left_counts, right_counts)
     n_left, n_right = len(left), len(other)
     plan = BlockingPlan(
         bands=int(positions.shape[0]),

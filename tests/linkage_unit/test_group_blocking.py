@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from linkage_unit import group_blocking
 from linkage_unit.blocking import (
     EXHAUSTIVE_PAIR_COST,
     BlockingIndex,
@@ -34,7 +35,12 @@ from linkage_unit.group_blocking import (
 )
 from linkage_unit.matching import MatchSettings, link
 from linkage_unit.server import LinkageUnitServer, ServerConfig
-from linkage_unit.similarity import CandidatePairs, candidate_pairs, candidate_pairs_within
+from linkage_unit.similarity import (
+    CandidatePairs,
+    _scores,
+    candidate_pairs,
+    candidate_pairs_within,
+)
 from protocol.clk_layout import ClkLayout, GroupLayout
 from protocol.errors import ConfigurationError, MatchingError
 from protocol.messages import RunState
@@ -428,3 +434,47 @@ def test_the_merge_agrees_with_concatenate_and_sort(data, threshold, seed) -> No
     fast = merge_candidates(joined, lsh, width, max_pairs=10**6, threshold=threshold)
     slow = merge_candidates_reference(joined, lsh, width, max_pairs=10**6, threshold=threshold)
     assert triples(fast) == triples(slow) and fast.comparisons == slow.comparisons
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 40), min_size=0, max_size=6),
+    most=st.sampled_from([1, 7, 300, 2**20]),
+    wide=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_sorted_pairs_match_a_sort_of_the_concatenation(
+    sizes: list[int], most: int, wide: bool, seed: int
+) -> None:
+    # Chunks of distinct codes in any order; ``wide`` codes leave no room to pack the shared
+    # count, so the argsort path runs.
+    generator = np.random.default_rng(seed)
+    top = 2**61 if wide else 10**6
+    codes = generator.choice(top, size=sum(sizes), replace=False).astype(np.int64)
+    shared = generator.integers(0, most + 1, sum(sizes)).astype(np.int32)
+    bounds = np.cumsum([0, *sizes])
+    parts = [
+        (codes[a:b].copy(), shared[a:b].copy())
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    got_codes, got_shared = group_blocking._sorted_pairs(parts)
+    order = np.argsort(codes)
+    assert parts == []
+    assert np.array_equal(got_codes, codes[order]) and got_codes.dtype == np.int64
+    assert np.array_equal(got_shared, shared[order]) and got_shared.dtype == np.int32
+
+
+@settings(max_examples=40, deadline=None)
+@given(pairs=st.integers(0, 300), chunk=st.integers(1, 64), seed=st.integers(0, 2**32 - 1))
+def test_dice_in_chunks_is_the_whole_arrays_dice(pairs: int, chunk: int, seed: int) -> None:
+    generator = np.random.default_rng(seed)
+    left_counts = generator.integers(1, 500, 50).astype(np.int32)
+    right_counts = generator.integers(1, 500, 60).astype(np.int32)
+    rows, cols = generator.integers(0, 50, pairs), generator.integers(0, 60, pairs)
+    limit = np.minimum(left_counts[rows], right_counts[cols])
+    shared = (generator.random(pairs) * (limit + 1)).astype(np.int32)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(group_blocking, "_SCORE_CHUNK", chunk)
+        got = group_blocking._dice_of(shared, rows, cols, left_counts, right_counts)
+    whole = _scores(shared, left_counts[rows].astype(np.int64) + right_counts[cols])
+    assert got.dtype == np.float32 and np.array_equal(got, whole)
