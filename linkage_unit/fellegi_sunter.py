@@ -611,12 +611,15 @@ class FellegiSunterModel:
         return total
 
 
-def probability_of_weight(weights: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    """Match probability from a match weight (log2 odds)."""
+def probability_of_weight(
+    weights: npt.ArrayLike, *, out: npt.NDArray[np.float64] | None = None
+) -> npt.NDArray[np.float64]:
+    """Match probability from a match weight (log2 odds); into ``out`` where given (it may
+    be ``weights`` itself, a float64 array the caller no longer needs)."""
     array = np.asarray(weights, dtype=np.float64)
     # ``1 / (1 + 2 ** -clip(w))`` step by step in one buffer (the same operations; the
     # expression made five temporaries of 8 bytes a pair).
-    result: npt.NDArray[np.float64] = np.clip(array, -1000, 1000)
+    result: npt.NDArray[np.float64] = np.clip(array, -1000, 1000, out=out)
     np.negative(result, out=result)
     np.exp2(result, out=result)
     np.add(1.0, result, out=result)

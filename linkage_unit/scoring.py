@@ -249,13 +249,19 @@ class Scorer:
         self.settings = settings
         self.workers = workers
         self.popcounts = [group_popcounts(array, layout) for array in self.arrays]
-        self.hashes = [_group_hashes(array, layout) for array in self.arrays]
+        hashes = [_group_hashes(array, layout) for array in self.arrays]
         sizes = [len(array) for array in self.arrays]
         self.comparable = [
             sizes[i] * (sizes[i] - 1) // 2 if i == j else sizes[i] * sizes[j] for i, j in jobs
         ]
         if not self.jobs or sum(self.comparable) == 0:
             raise MatchingError("the model needs at least one pair of records to compare")
+        self.identical_rates = _identical_rates(self.popcounts, hashes, self.jobs)
+        """Per group: the share of comparable non-missing pairs with identical encodings
+        (:func:`_identical_rates`)."""
+        # Hashes are kept only for term-frequency adjustments: 48 MiB at 1M x 1M, otherwise
+        # held through the compare for nothing.
+        self.hashes = hashes if settings.term_frequencies else None
         generator = np.random.default_rng(seed)
         total = sum(self.comparable)
         per_record = sum(sizes[i] + (sizes[j] if i != j else 0) for i, j in self.jobs)
@@ -358,14 +364,13 @@ class Scorer:
                 [np.full(len(pairs), number, np.int64) for number, pairs in enumerate(candidates)]
                 or [np.empty(0, np.int64)]
             )
-        identical_rates = self._identical_rates()
         sizes = [len(array) for array in self.arrays]
         model = fit(
             levels,
             jobs,
             groups,
             random_counts=random_level_counts(random_levels, groups),
-            identical_rates=identical_rates,
+            identical_rates=self.identical_rates,
             comparable_pairs=[max(count, 1) for count in self.comparable],
             # One record per person and party: at most the smaller party's records match;
             # within a party, at most every record has a duplicate (pairs grow past that only
@@ -379,7 +384,7 @@ class Scorer:
         weights = model.match_weights(
             levels, jobs, adjustments=self._adjustments(candidates, levels, model)
         )
-        del jobs
+        del jobs, levels
         party_pairs = []
         offset = 0
         unseen = 0.0
@@ -404,8 +409,11 @@ class Scorer:
                     else float(np.clip(matches / max(sizes[j], 1), 1e-3, 0.999)),
                     out=part,  # this job's slice of weights, read by nothing else
                 )
+            scores = part.astype(np.float32)
             if cut is not None:
-                unseen += unseen_matches(pairs.scores, probability_of_weight(part), cut)
+                # The weights are spent once copied: probabilities in their place (a new
+                # array was 150 MiB a 19M-pair job at the stage's peak).
+                unseen += unseen_matches(pairs.scores, probability_of_weight(part, out=part), cut)
             party_pairs.append(
                 PartyPairs(
                     left_party=i,
@@ -413,7 +421,7 @@ class Scorer:
                     pairs=CandidatePairs(
                         left=pairs.left,
                         right=pairs.right,
-                        scores=part.astype(np.float32),
+                        scores=scores,
                         comparisons=pairs.comparisons,
                     ),
                 )
@@ -442,12 +450,6 @@ class Scorer:
         adjustments = self._adjustments(per_job, levels, self.model)
         return self.model.match_weights(levels, jobs, adjustments=adjustments)
 
-    def _identical_rates(self) -> list[float | None]:
-        """Per group: the share of all comparable non-missing pairs whose group encodings are
-        identical, exactly, from counts of equal encodings (true matches included, as in a
-        random sample)."""
-        return _identical_rates(self.popcounts, self.hashes, self.jobs)
-
     def _adjustments(
         self,
         candidates: Sequence[CandidatePairs],
@@ -456,9 +458,9 @@ class Scorer:
     ) -> npt.NDArray[np.float64] | None:
         """Term-frequency adjustments (log2) for pairs on the identical level: the average
         chance that two records share an encoding over this encoding's frequency."""
-        if not self.settings.term_frequencies:
-            return None
         hashes = self.hashes
+        if hashes is None:  # no term-frequency adjustments (the hashes were not kept)
+            return None
         out = np.zeros(levels.shape, np.float64)
         for g, group in enumerate(model.groups):
             present = [counts[:, g] > 0 for counts in self.popcounts]
@@ -500,7 +502,7 @@ def _identical_rates(
     hashes: Sequence[npt.NDArray[np.uint64]],
     jobs: Sequence[tuple[int, int]],
 ) -> list[float | None]:
-    """:meth:`Scorer._identical_rates`: each party's distinct group hashes counted on their
+    """:attr:`Scorer.identical_rates`: each party's distinct group hashes counted on their
     own (a sort of each party's, not an argsort of all with its inverse), matched between
     two parties by intersection. Every term is a whole number far below 2^53, so the sums
     are exact in any order: the same floats as :func:`_identical_rates_numpy`, the twin."""
@@ -582,7 +584,9 @@ def estimate_quality(
         left_ids, right_ids = clusters[i], clusters[j]
         joined_left, joined_right = _joined_pairs(left_ids, right_ids, within=i == j)
         candidates = scored.party_pairs[number].pairs
-        probability = probability_of_weight(candidates.scores.astype(np.float64))
+        # In the float64 copy itself: its own temporaries were 150 MiB a 19M-pair job.
+        probability = candidates.scores.astype(np.float64)
+        probability_of_weight(probability, out=probability)
         joined = _joined_candidates(candidates, left_ids, right_ids, within=i == j)
         probabilities.append(probability)
         joined_masks.append(joined)
@@ -621,10 +625,10 @@ def estimate_quality(
         false_links += float((1.0 - joined_probability).sum())
         candidates = scored.party_pairs[number].pairs
         not_joined = ~joined_masks[number]
-        rest = probabilities[number][not_joined]
         if i == j or scored.exclusive:
-            missed += float(rest.sum())
+            missed += _sum_where(probabilities[number], not_joined)
             continue
+        rest = probabilities[number][not_joined]
         # At most one record of a duplicate-free party per person: a record's link there, if
         # right, rules out its other candidates there.
         best_left = np.zeros(len(clusters[i]))
@@ -846,6 +850,17 @@ def _joined_candidates(
 
 
 _JOIN_CHUNK = 1 << 20
+
+
+def _sum_where(values: npt.NDArray[np.float64], mask: npt.NDArray[np.bool_]) -> float:
+    """``values[mask].sum()`` a chunk at a time: the masked copy of every candidate's
+    probability was 140 MiB at 1M x 1M."""
+    return float(
+        sum(
+            values[start : start + _JOIN_CHUNK][mask[start : start + _JOIN_CHUNK]].sum()
+            for start in range(0, len(values), _JOIN_CHUNK)
+        )
+    )
 
 
 def _joined_candidates_reference(

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from linkage_unit import scoring
 from linkage_unit.fellegi_sunter import (
     GroupLevels,
     ModelSettings,
@@ -503,3 +504,15 @@ def test_identical_rates_are_their_numpy_twin(seed: int, sizes: list[int], disti
     assert _identical_rates(popcounts, hashes, jobs) == _identical_rates_numpy(
         popcounts, hashes, jobs
     )
+
+
+@settings(max_examples=40, deadline=None)
+@given(size=st.integers(0, 400), chunk=st.integers(1, 50), seed=st.integers(0, 2**32 - 1))
+def test_a_masked_sum_in_chunks_is_the_masked_copys_sum(size: int, chunk: int, seed: int) -> None:
+    generator = np.random.default_rng(seed)
+    values = generator.random(size)
+    mask = generator.random(size) < 0.7
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scoring, "_JOIN_CHUNK", chunk)
+        got = scoring._sum_where(values, mask)
+    assert got == pytest.approx(float(values[mask].sum()), rel=1e-12, abs=1e-12)
