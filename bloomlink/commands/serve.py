@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from types import FrameType
 
+from linkage_unit.allocator import pin_mmap_threshold
 from linkage_unit.server import create_server, load_config
 from protocol.errors import ConfigurationError
 
@@ -159,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     if args.party_key:
         overrides["party_keys"] = dict(_party_key(item) for item in args.party_key)
     config = load_config(args.config, **overrides)
+    # Large temporaries go back to the system when freed (linkage_unit/allocator.py).
+    pin_mmap_threshold()
     server = create_server(config)
     stopping = threading.Event()
 

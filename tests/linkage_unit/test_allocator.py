@@ -1,0 +1,63 @@
+"""The linkage unit's allocator setting: large temporaries freed go back to the system."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from linkage_unit.allocator import pin_mmap_threshold
+
+_RETAINED = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+
+    import numpy as np
+
+    from linkage_unit.allocator import pin_mmap_threshold
+
+    def rss_mib():
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+
+    if sys.argv[1] == "pinned":
+        assert pin_mmap_threshold()
+    freed = np.ones(24 << 20, np.uint8)  # a mapped block freed: glibc's threshold follows it
+    del freed
+    before = rss_mib()
+    arrays = [np.ones(12 << 20, np.uint8) for _ in range(20)]
+    last = arrays[-1]  # held: a heap cannot shrink past it
+    del arrays
+    print(rss_mib() - before)
+    """
+)
+
+
+def _retained_mib(mode: str) -> float:
+    done = subprocess.run(
+        [sys.executable, "-c", _RETAINED, mode], capture_output=True, text=True, check=True
+    )
+    return float(done.stdout)
+
+
+def test_pinned_threshold_returns_freed_temporaries_the_default_keeps() -> None:
+    if platform.libc_ver()[0] != "glibc":
+        # No mallopt to pin: the allocator is left alone and says so.
+        assert pin_mmap_threshold() is False
+        return
+    # 19 freed 12 MiB temporaries: kept by the default (its threshold rose to 24 MiB),
+    # returned once the threshold is pinned at 8 MiB.
+    assert _retained_mib("default") > 150
+    assert _retained_mib("pinned") < 60
+
+
+def test_the_threshold_is_bounded() -> None:
+    with pytest.raises(ValueError, match="mmap threshold"):
+        pin_mmap_threshold(0)
+    with pytest.raises(ValueError, match="mmap threshold"):
+        pin_mmap_threshold(64 << 20)
