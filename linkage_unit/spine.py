@@ -28,7 +28,11 @@ A record linking to no one is unanchored, however close its pairs below the cut:
 with a group and an unanchored record would give that record a person whose records none of
 its own pairs reaches. Either cluster is split along its groups (the unanchored records one more
 part), each part taking its own person's keys by its own evidence; the run records the
-event (``held_apart``: no key changes).
+event (``held_apart``: no key changes). One exception: a record that only the run's links
+across parties join to its cluster (its cluster's other records all of other uploads) stays
+with a group whose person its best pair reaches at the link cut, another party's record
+vouching for it; it never joins people itself. A record alone, or joined by a
+deduplication, has no one to vouch for it.
 
 **People known apart.** An upload linked without deduplication is declared duplicate-free by
 its party: each record a different person (:attr:`RecordOrigin.duplicate_free`, kept at rest).
@@ -47,7 +51,8 @@ best links first, at most one cluster of each new upload per person (as in the c
 stage 2). The attach cut is the link cut, or with the model the spine's
 :attr:`SpineSettings.attach_probability` where that is higher (0.7 by default), and the
 spine's evidence above holds records apart at it too (a record reaches a person by its own
-pair at the attach cut): a new person who agrees with one who left on one field group scores
+pair at the attach cut, or at the link cut where another party's record vouches for it):
+a new person who agrees with one who left on one field group scores
 0.5-0.7 with them, as some returning people do with themselves, and nothing else competes
 for the leaver's key.
 Best pair per new record, not the mean over every record pair: a person who has gathered
@@ -137,6 +142,7 @@ __all__ = [
     "Pruning",
     "LinkMeans",
     "HeldApart",
+    "CrossParty",
     "KnownApart",
     "RecordLinks",
     "hold_apart",
@@ -767,12 +773,66 @@ class HeldApart:
     people: tuple[tuple[int, ...], ...]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrossParty:
+    """What lets :func:`hold_apart` keep a record with its cluster below its cut: each new
+    record's upload, the lower cut (the link cut), and each (spine person, new upload) pair
+    where the person holds a spine record of that upload's party (a record of the upload is
+    then the party's own re-extract of the person, not a new entrant to its data)."""
+
+    upload: npt.NDArray[np.int64]
+    cut: float
+    returning_person: npt.NDArray[np.int64]
+    returning_upload: npt.NDArray[np.int64]
+
+    @staticmethod
+    def of(
+        state: SpineState,
+        person: npt.NDArray[np.int64],
+        parties: Sequence[str],
+        upload: npt.NDArray[np.int64],
+        cut: float,
+    ) -> CrossParty:
+        """From ``state``'s records (``person``: each record's current person; a record
+        from before origins were kept has no known party and counts for none), the new
+        uploads' parties in upload order, and each new record's upload."""
+        pairs = [np.zeros((2, 0), np.int64)]
+        for index, party in enumerate(parties):
+            # -1 (a record from before origins were kept) indexes the trailing False.
+            of_party = np.array([origin.party == party for origin in state.origins] + [False])
+            rows = np.flatnonzero(of_party[state.record_origin])
+            pairs.append(np.stack([person[rows], np.full(len(rows), index, np.int64)]))
+        both = np.unique(np.concatenate(pairs, axis=1), axis=1)
+        return CrossParty(
+            upload=upload, cut=cut, returning_person=both[0].astype(np.int64),
+            returning_upload=both[1].astype(np.int64),
+        )  # fmt: skip
+
+
+def _cross_party_records(
+    new_cluster: npt.NDArray[np.int64], upload: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bool_]:
+    """Per new record: whether its cluster holds other records and none of its own upload,
+    so that only links across parties join it to them (a duplicate-free upload's record in
+    a one-off run's cluster), not a deduplication's join of two records of one upload."""
+    if not len(new_cluster):
+        return np.zeros(0, dtype=bool)
+    uploads = int(upload.max()) + 1
+    size = np.bincount(new_cluster)
+    _, where, same = np.unique(
+        new_cluster * uploads + upload, return_inverse=True, return_counts=True
+    )
+    cross: npt.NDArray[np.bool_] = (size[new_cluster] > 1) & (same[where.reshape(-1)] == 1)
+    return cross
+
+
 def hold_apart(
     new_cluster: npt.NDArray[np.int64],
     links: RecordLinks,
     *,
     cut: float,
     known_apart: KnownApart | None = None,
+    cross_party: CrossParty | None = None,
 ) -> HeldApart:
     """The spine's evidence over the uploads' own links (fast path). A new record *links* to
     a spine person where its best pair with the person's records is at least ``cut``. Within
@@ -789,7 +849,16 @@ def hold_apart(
     ``known_apart`` (different people by a duplicate-free upload) is regrouped by each of its
     records' best person (highest best pair; the lower person on a tie): nothing may join
     them. A cluster of one part and no unanchored record (one person, or people a record of
-    it bridges: a merge) or of none is kept whole."""
+    it bridges: a merge) or of none is kept whole.
+
+    With ``cross_party``: a record linking to no one whose cluster holds other records, none
+    of its own upload (only the run's links across parties join it to them), is not
+    unanchored where its best pair with a person a group of its cluster links to, and who
+    holds a record of its party, is at least ``cross_party.cut``: it stays with that group
+    (its highest such pair, the lower person on a tie; of the groups holding a record linking
+    to the person, the lowest). It never joins people nor names a group. A record alone, or
+    with another of its own upload (a deduplication's join), or new to its party's records
+    of the person, still needs ``cut``."""
     records = len(new_cluster)
     linking = links.best >= cut
     record, person = links.record[linking], links.person[linking]
@@ -842,6 +911,33 @@ def hold_apart(
             best_person = np.full(records, -1, dtype=np.int64)
             best_person[record[by][first]] = person[by][first]
             group[regroup] = best_person[regroup]
+    if cross_party is not None and len(pair_key):
+        # Records joined across parties only and linking to no one: each stays with the
+        # group of its best pair at the lower cut with a person its cluster's groups hold
+        # and who holds a record of its party.
+        node_group = np.full(len(pair_key), spine_people, dtype=np.int64)
+        np.minimum.at(node_group, pair_node.reshape(-1), group[record])
+        upload = cross_party.upload
+        width = int(max(upload.max(), cross_party.returning_upload.max(initial=0))) + 1
+        weak = (
+            _cross_party_records(new_cluster, upload)[links.record]
+            & ~linked[links.record]
+            & (links.best >= cross_party.cut)
+            & (links.person < spine_people)
+            & np.isin(
+                links.person * width + upload[links.record],
+                cross_party.returning_person * width + cross_party.returning_upload,
+            )
+        )
+        weak_record, weak_person = links.record[weak], links.person[weak]
+        at = np.searchsorted(pair_key, new_cluster[weak_record] * spine_people + weak_person)
+        at = np.minimum(at, len(pair_key) - 1)
+        joins = pair_key[at] == new_cluster[weak_record] * spine_people + weak_person
+        weak_record, weak_person, at = weak_record[joins], weak_person[joins], at[joins]
+        by = np.lexsort((weak_person, -links.best[weak][joins], weak_record))
+        first = np.ones(len(by), dtype=bool)
+        first[1:] = weak_record[by][1:] != weak_record[by][:-1]
+        group[weak_record[by][first]] = node_group[at[by][first]]
     clusters = int(new_cluster.max()) + 1 if records else 0
     named = np.unique(np.stack([new_cluster[linked], group[linked]]), axis=1)
     groups = np.bincount(named[0], minlength=clusters)
@@ -865,15 +961,26 @@ def reference_hold_apart(
     *,
     cut: float,
     known_apart: KnownApart | None = None,
+    cross_party: CrossParty | None = None,
 ) -> HeldApart:
     """The slow, obvious twin of :func:`hold_apart`: per cluster, grow each group from a
     linking record by the people it links to and the cluster's records linking to them; every
     other record is unanchored. A group with two people of one duplicate-free upload is
-    parted by each record's best person."""
+    parted by each record's best person. An unanchored record whose cluster's other records
+    are all of other uploads joins the lowest group holding a record linking to the person
+    of its best pair at ``cross_party.cut`` among the people its cluster's groups link to and
+    who hold a record of its party."""
+
+    def across_only(r: int, upload: npt.NDArray[np.int64]) -> bool:
+        mates = [o for o in range(len(new_cluster)) if new_cluster[o] == new_cluster[r] and o != r]
+        return bool(mates) and all(upload[o] != upload[r] for o in mates)
+
     linked: dict[int, dict[int, float]] = {}
+    scored: dict[int, dict[int, float]] = {}
     for r, p, best in zip(
         links.record.tolist(), links.person.tolist(), links.best.tolist(), strict=True
     ):
+        scored.setdefault(r, {})[p] = best
         if best >= cut:
             linked.setdefault(r, {})[p] = best
     uploads_of: dict[int, set[int]] = {}
@@ -909,6 +1016,29 @@ def reference_hold_apart(
                 by_best.setdefault(best, []).append(r)
             named += list(by_best.items())
         unanchored = [r for r in members if r not in linked]
+        if cross_party is not None:
+            upload = cross_party.upload
+            returning = set(
+                zip(
+                    cross_party.returning_person.tolist(),
+                    cross_party.returning_upload.tolist(),
+                    strict=True,
+                )
+            )
+            # Each group's people, as its records link to them (before any record joins).
+            reach = [(name, {p for row in rows for p in linked[row]}) for name, rows in named]
+            rows_of = dict(named)
+            for r in [r for r in unanchored if across_only(r, upload)]:
+                candidates = [
+                    (best, -p) for p, best in scored.get(r, {}).items()
+                    if best >= cross_party.cut and (p, int(upload[r])) in returning
+                    and any(p in people for _, people in reach)
+                ]  # fmt: skip
+                if not candidates:
+                    continue
+                person = -max(candidates)[1]
+                rows_of[min(name for name, people in reach if person in people)].append(r)
+                unanchored.remove(r)
         if not named or (len(named) == 1 and not unanchored):
             parts.append((c, 0, members))
             continue
@@ -946,15 +1076,22 @@ def _assign(
     known_apart = KnownApart.of(state, current)
     # The attach cut: the link cut, or with the model the spine's attach probability above
     # it. A record reaches a spine person by its own pair at the attach cut (below it, held
-    # apart as a record linking to no one), and a cluster takes the person on its mean
-    # evidence from the attach cut, a record never scored against the person still counting
-    # ``margin`` below the link cut.
+    # apart as a record linking to no one), unless only cross-party links join it to its
+    # cluster: it stays with its cluster's group where its pair with the group's person is
+    # at least the link cut, the other party's record vouching for it (a deduplication's
+    # join does not: in a release deduplicated alone it joined new people to returning
+    # ones). A cluster takes the person on its mean evidence from the attach cut, every
+    # record's (a vouched record's sub-attach pair counts against it), a record never
+    # scored against the person still counting ``margin`` below the link cut.
     attach = cut if new.attach_threshold is None else max(cut, new.attach_threshold)
     apart = hold_apart(
         new.cluster,
         record_links(current, (new.new_record, new.spine_record, new.scores)),
         cut=attach,
         known_apart=known_apart,
+        cross_party=CrossParty.of(
+            state, current, [upload.party for upload in uploads], new.party, cut
+        ),
     )
     new = replace(new, cluster=apart.cluster)
     held_apart = tuple(

@@ -25,8 +25,10 @@ from linkage_unit.report import build_report
 from linkage_unit.run import spine_link_result
 from linkage_unit.spine import (
     DEFAULT_ATTACH_PROBABILITY,
+    CrossParty,
     KnownApart,
     RecordLinks,
+    RecordOrigin,
     Reencoding,
     SpineEventKind,
     SpineRunResult,
@@ -606,6 +608,45 @@ def test_a_record_whose_own_pair_with_a_person_is_below_the_cut_is_held_apart() 
         assert apart.people == ((2,),)
 
 
+def test_a_record_joined_to_its_cluster_across_parties_only_stays_at_the_lower_cut() -> None:
+    # Attach cut 0.7, lower cut (the link cut) 0.5; uploads 0 (MoJ) and 1 (DfE); every person
+    # but 14 holds a MoJ and a DfE record, 14 a DfE record only. Cluster 0: MoJ record 0
+    # links to person 2 at 0.99; DfE record 1 scores 0.6 with them, and only a cross-party
+    # link joins it to record 0: it stays with person 2's group, kept whole. Cluster 1: two
+    # MoJ records (a deduplication's join), 0.99 and 0.6 with person 5: record 3 needs 0.7,
+    # held apart. Cluster 2: record 4 alone, 0.6 with person 6: no link (a cluster of one,
+    # kept; it takes no key on its mean below 0.7 either). Cluster 3: MoJ records 5-6 and DfE
+    # record 7, 5 at 0.99 and the others 0.6 with person 8: DfE's record stays, MoJ's record
+    # 6 (another MoJ record in its cluster) is held apart. Cluster 4: MoJ record 8 links to
+    # person 9 (0.99) and scores 0.6 with person 10, whom DfE record 9 links to (1.0): the
+    # 0.6 joins no one (two groups, held apart, no merge). Cluster 5: DfE record 11 scores
+    # 0.6 only with person 11, whom its cluster's group does not hold: held apart. Cluster
+    # 6: MoJ record 12 scores 0.6 with person 14, whom DfE record 13 links to (1.0), but 14
+    # holds no MoJ record (a new entrant to MoJ's records, as a new look-alike): held apart.
+    links = RecordLinks(
+        record=np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 9, 10, 11, 12, 13]),
+        person=np.array([2, 2, 5, 5, 6, 8, 8, 8, 9, 10, 10, 12, 11, 14, 14]),
+        best=np.array(
+            [0.99, 0.6, 0.99, 0.6, 0.6, 0.99, 0.6, 0.6, 0.99, 0.6, 1.0, 0.99, 0.6, 0.6, 1.0]
+        ),
+    )
+    cluster = np.array([0, 0, 1, 1, 2, 3, 3, 3, 4, 4, 5, 5, 6, 6])
+    upload = np.array([0, 1, 0, 0, 0, 0, 0, 1, 0, 1, 0, 1, 0, 1])
+    people = np.arange(15)
+    cross = CrossParty(
+        upload=upload, cut=0.5, returning_person=np.concatenate([people[:14], people]),
+        returning_upload=np.repeat([0, 1], [14, 15]),
+    )  # fmt: skip
+    for hold in (hold_apart, reference_hold_apart):
+        apart = hold(cluster, links, cut=0.7, cross_party=cross)
+        assert apart.cluster.tolist() == [0, 0, 1, 2, 3, 4, 5, 4, 6, 7, 8, 9, 11, 10]
+        assert apart.people == ((5,), (8,), (9, 10), (12,), (14,))
+        # Without it every record needs the attach cut: the DfE records held apart too.
+        alone = hold(cluster, links, cut=0.7)
+        assert alone.cluster.tolist() == [0, 1, 2, 3, 4, 5, 6, 6, 7, 8, 9, 10, 12, 11]
+        assert alone.people == ((2,), (5,), (8,), (9, 10), (12,), (14,))
+
+
 def test_nothing_is_held_apart_without_a_record_linking_to_the_spine() -> None:
     cluster = np.array([0, 0, 1])
     below = RecordLinks(
@@ -630,9 +671,15 @@ def test_nothing_is_held_apart_without_a_record_linking_to_the_spine() -> None:
     st.integers(0, 2**32 - 1),
     st.sampled_from([0.5, 0.8, 0.95]),
     st.integers(0, 12),
+    st.sampled_from([None, 0.25, 0.5]),
 )
 def test_holding_apart_agrees_with_its_slow_twin(
-    new_records: int, spine_records: int, seed: int, cut: float, apart_pairs: int
+    new_records: int,
+    spine_records: int,
+    seed: int,
+    cut: float,
+    apart_pairs: int,
+    cross_cut: float | None,
 ) -> None:
     generator = np.random.default_rng(seed)
     new_cluster = np.unique(generator.integers(0, 4, new_records), return_inverse=True)[1]
@@ -645,9 +692,26 @@ def test_holding_apart_agrees_with_its_slow_twin(
     # in the spine's records at all.
     pairs = np.unique(generator.integers(0, [8, 3], (apart_pairs, 2)), axis=0)
     known = KnownApart(person=pairs[:, 0].astype(np.int64), upload=pairs[:, 1].astype(np.int64))
+    # Each record's upload (0-2): clusters of one upload, of several, and of both kinds; and
+    # the people holding a record of an upload's party (most of them, some people outside
+    # the spine's records).
+    upload = generator.integers(0, 3, new_records).astype(np.int64)
+    returning = np.argwhere(generator.random((8, 3)) < 0.7)
+    cross = (
+        None
+        if cross_cut is None
+        else CrossParty(
+            upload=upload, cut=cross_cut, returning_person=returning[:, 0].astype(np.int64),
+            returning_upload=returning[:, 1].astype(np.int64),
+        )
+    )  # fmt: skip
     for apart in (None, known):
-        fast = hold_apart(new_cluster.astype(np.int64), links, cut=cut, known_apart=apart)
-        slow = reference_hold_apart(new_cluster.astype(np.int64), links, cut=cut, known_apart=apart)
+        fast = hold_apart(
+            new_cluster.astype(np.int64), links, cut=cut, known_apart=apart, cross_party=cross
+        )
+        slow = reference_hold_apart(
+            new_cluster.astype(np.int64), links, cut=cut, known_apart=apart, cross_party=cross
+        )
         assert fast.cluster.tolist() == slow.cluster.tolist()
         assert fast.people == slow.people
 
@@ -1054,6 +1118,54 @@ def test_a_record_takes_a_spine_persons_keys_only_at_the_attach_probability() ->
     assert (result.matched_people, result.new_people) == (3, 2)
     assert [(event.kept, event.people) for event in result.held_apart] == [(2, ())]
     assert not result.merges
+
+
+def test_a_record_joined_across_parties_keeps_its_person_below_the_attach_cut() -> None:
+    # Spine people 0-2 hold a MoJ and a DfE record each, person 3 a DfE record only; link cut
+    # 0.5, attach 0.7; release 2 of MoJ (deduplicated) and DfE. MoJ record 0 and DfE record
+    # 5, one cluster by the run's own cross-party link: 0.99 and 0.6 with person 0. MoJ
+    # records 1 and 2, one cluster by MoJ's deduplication: 0.99 and 0.6 with person 1. MoJ
+    # record 3 alone: 0.6 with person 2. MoJ record 4 and DfE record 6, one cluster: 0.6 and
+    # 0.99 with person 3, who holds no MoJ record (a new look-alike's pattern). The DfE record
+    # takes person 0's DfE key with its MoJ record (the MoJ record vouches for it, mean
+    # (0.29 - 0.1) / 2 >= 0); the deduplication's 0.6, the lone 0.6 and the new entrant to
+    # MoJ's records still need 0.7 and take keys of their own.
+    generator = np.random.default_rng(81)
+    moj = fresh_keys(3, lambda size: generator.bytes(size))
+    dfe = fresh_keys(4, lambda size: generator.bytes(size))
+    state = SpineState(
+        settings=_settings(),
+        person_keys=(*({"moj": a, "dfe": b} for a, b in zip(moj, dfe, strict=False)),
+                     {"dfe": dfe[3]}),
+        merged_into=(0, 1, 2, 3),
+        encodings=np.zeros((7, 2), np.uint64),
+        record_person=np.array([0, 1, 2, 0, 1, 2, 3]),
+        runs=("r1",),
+        origins=(
+            RecordOrigin(project_id="p1", party="moj", run_id="r1", records=3),
+            RecordOrigin(project_id="p1", party="dfe", run_id="r1", records=4),
+        ),
+        record_origin=np.array([0, 0, 0, 1, 1, 1, 1]),
+        record_position=np.array([0, 1, 2, 0, 1, 2, 3]),
+    )  # fmt: skip
+    new = _NewLinks(
+        cluster=np.array([0, 1, 1, 2, 3, 0, 3]), party=np.array([0, 0, 0, 0, 0, 1, 1]),
+        new_record=np.arange(7), spine_record=np.array([0, 1, 1, 2, 6, 3, 6]),
+        scores=np.array([0.99, 0.99, 0.6, 0.6, 0.6, 0.6, 0.99]), threshold=0.5,
+        threshold_method="fellegi-sunter", comparisons=21, spine_comparisons=49, margin=0.5,
+        attach_threshold=0.7,
+    )  # fmt: skip
+    result = _assign(
+        state, [_upload("moj", np.zeros((5, 2), np.uint64)), _upload("dfe", np.zeros((2, 2), np.uint64))],
+        new, run_id="r2", project_id="p2", random_bytes=lambda size: generator.bytes(size),
+        deduplicated=frozenset({"moj"}),
+    )  # fmt: skip
+    by_row = _key_by_row(result.keys["moj"])
+    assert [by_row[row] for row in (0, 1)] == [moj[0], moj[1]]
+    assert len({by_row[row] for row in (2, 3, 4)} - set(moj)) == 3
+    assert _key_by_row(result.keys["dfe"]) == {0: dfe[0], 1: dfe[3]}
+    assert (result.matched_people, result.new_people) == (3, 3)
+    assert [(event.kept, event.people) for event in result.held_apart] == [(1, ()), (3, ())]
 
 
 def _look_alikes_release(attach_probability: float) -> tuple[int, int, SpineRunResult]:
