@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -643,12 +644,13 @@ def _merge_taken(
     _check_pair_count(len(joined.pairs) + int(extra.sum()), max_pairs, threshold)
     width = max(width, 1)
     order = np.argsort(lsh.left[extra] * width + lsh.right[extra], kind="stable")
-    inserted = [lsh.left[extra][order], lsh.right[extra][order], lsh.scores[extra][order]]
-    at = _insertion_points(joined.pairs.left, joined.pairs.right, inserted[0], inserted[1])
-    columns = [joined.pairs.left, joined.pairs.right, joined.pairs.scores]
+    new_left, new_right = lsh.left[extra][order], lsh.right[extra][order]
+    inserted: list[npt.NDArray[Any]] = [new_left, new_right, lsh.scores[extra][order]]
+    at = _insertion_points(joined.pairs.left, joined.pairs.right, new_left, new_right)
+    columns: list[npt.NDArray[Any]] = [joined.pairs.left, joined.pairs.right, joined.pairs.scores]
     comparisons = joined.pairs.comparisons + lsh.comparisons
     del joined
-    merged = []
+    merged: list[npt.NDArray[Any]] = []
     while columns:
         merged.append(np.insert(columns.pop(0), at, inserted.pop(0)))
     left, right, scores = merged
