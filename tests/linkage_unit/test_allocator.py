@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from linkage_unit.allocator import pin_mmap_threshold
+from linkage_unit.allocator import MMAP_THRESHOLD_BYTES, pin_mmap_threshold
 
 _RETAINED = textwrap.dedent(
     """
@@ -25,10 +25,7 @@ _RETAINED = textwrap.dedent(
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
 
-    if sys.argv[1] == "pinned":
-        assert pin_mmap_threshold()
-    freed = np.ones(24 << 20, np.uint8)  # a mapped block freed: glibc's threshold follows it
-    del freed
+    assert pin_mmap_threshold(int(sys.argv[1]) << 20)
     before = rss_mib()
     arrays = [np.ones(12 << 20, np.uint8) for _ in range(20)]
     last = arrays[-1]  # held: a heap cannot shrink past it
@@ -38,22 +35,28 @@ _RETAINED = textwrap.dedent(
 )
 
 
-def _retained_mib(mode: str) -> float:
+def _retained_mib(threshold_mib: int) -> float:
     done = subprocess.run(
-        [sys.executable, "-c", _RETAINED, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _RETAINED, str(threshold_mib)],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     return float(done.stdout)
 
 
-def test_pinned_threshold_returns_freed_temporaries_the_default_keeps() -> None:
+def test_pinned_threshold_returns_freed_temporaries_a_higher_one_keeps() -> None:
     if platform.libc_ver()[0] != "glibc":
         # No mallopt to pin: the allocator is left alone and says so.
         assert pin_mmap_threshold() is False
         return
-    # 19 freed 12 MiB temporaries: kept by the default (its threshold rose to 24 MiB),
-    # returned once the threshold is pinned at 8 MiB.
-    assert _retained_mib("default") > 150
-    assert _retained_mib("pinned") < 60
+    # 19 freed 12 MiB temporaries: kept in the heap under a 16 MiB threshold (where the
+    # default one rises after the first larger block freed), returned under the 8 MiB the
+    # linkage unit pins.
+    assert MMAP_THRESHOLD_BYTES == 8 << 20
+    kept = _retained_mib(16)
+    returned = _retained_mib(8)
+    assert kept > 150 and returned < 60, (kept, returned)
 
 
 def test_the_threshold_is_bounded() -> None:
