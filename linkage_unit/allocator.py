@@ -6,10 +6,10 @@ on free, and anything smaller from its heaps, which keep freed memory for reuse.
 threshold starts at 128 KiB but rises to the size of every mapped block freed, up to
 32 MiB: after the first large temporary, the compare's and scorer's 4-32 MiB chunks stay
 in the heaps, fragmented across the worker threads' arenas. At 1M x 1M that held 150-250
-MiB the stages after could not use (in process, the same blocking seed: peak 2,017-2,032
-MiB with the default, 1,815-1,875 pinned at 8 MiB; the CPU time the same within the noise
-of a shared 2-core machine, docs/benchmarks.md). Pinning the threshold (any ``mallopt`` of
-it stops the rise) keeps large temporaries mapped and returned.
+MiB the stages after could not use (in process, one pair of 1M files and one blocking seed:
+peak 2,017-2,032 MiB with the default, 1,815-1,875 pinned at 8 MiB; the CPU time the same
+within the noise of a shared 2-core machine, docs/benchmarks.md). Pinning the threshold (any
+``mallopt`` of it stops the rise) keeps large temporaries mapped and returned.
 """
 
 from __future__ import annotations
