@@ -51,9 +51,11 @@ from linkage_unit.blocking import (  # noqa: E402
 )
 from linkage_unit.group_blocking import (  # noqa: E402
     DEFAULT_MAX_GROUP_BLOCK_PAIRS,
+    JoinRule,
     group_join,
     lsh_beyond_join,
     merge_candidates,
+    merge_candidates_reference,
 )
 from linkage_unit.pki import init_certificates  # noqa: E402
 from linkage_unit.similarity import (  # noqa: E402
@@ -316,13 +318,35 @@ def main() -> int:
             bits_per_band=bits,
             max_block_comparisons=max(1, int(BlockingSettings().max_block_comparisons * fraction)),
         )
+        join_weights = tuple(float(value) for value in report.get("join_weights", ()))
+        rule = (
+            JoinRule(weights=join_weights, cut=float(report["join_cut"])) if join_weights else None
+        )
         joined = group_join(
             left[sample],
             right,
             schema.layout.word_offsets(),
             record_threshold,
+            rule=rule,
             max_group_block_pairs=max(1, int(DEFAULT_MAX_GROUP_BLOCK_PAIRS * fraction)),
         )
+        if rule is not None:
+            # What the run wants under its join rule: the pairs the rule keeps among those
+            # the join compares (the join enumerates every one of them), and the pairs at the
+            # record-level cut among the rest (those the LSH part must find).
+            others = ~joined.keys.joined(exhaustive.left, exhaustive.right)
+            exhaustive = merge_candidates_reference(
+                joined,
+                CandidatePairs(
+                    left=exhaustive.left[others],
+                    right=exhaustive.right[others],
+                    scores=exhaustive.scores[others],
+                    comparisons=exhaustive.comparisons,
+                ),
+                len(right),
+                max_pairs=DEFAULT_MAX_CANDIDATE_PAIRS,
+                threshold=record_threshold,
+            )
         lsh, _ = lsh_beyond_join(
             left[sample],
             right,
@@ -368,6 +392,12 @@ def main() -> int:
             f"group join + LSH {shape_text} fitted to Dice {group_thresholds[0]:.2f} "
             f"({report.get('oversized_group_blocks', 0):,} oversized group blocks skipped)"
         )
+    join_text = (
+        f" (the join's rule: weights {', '.join(f'{w:.3f}' for w in report['join_weights'])}, "
+        f"cut {float(report['join_cut']):.4f})"
+        if report.get("join_weights")
+        else ""
+    )
     quality = link_quality(
         root / "synth" / "truth.csv",
         {party: root / party / f"{party}.link-keys.csv" for party in PARTIES},
@@ -389,7 +419,8 @@ def main() -> int:
         f"{status.threshold_method})"
     )
     print(
-        f"  blocking: {shape_text} at the record-level cut {record_threshold:.4f}; recall on "
+        f"  blocking: {shape_text} at the record-level cut {record_threshold:.4f}"
+        f"{join_text}; recall on "
         f"{len(sample):,} x {len(right):,} against every pair: {recall:.5f} "
         f"({len(exhaustive):,} exhaustive pairs, {exhaustive_seconds:.1f} s); of the "
         f"{true_pairs:,} true matches among them: {true_recall:.5f}"
@@ -417,6 +448,7 @@ def main() -> int:
                 "f1": round(quality.f1, 4),
                 "run_threshold": round(status.threshold, 3),
                 "recall_threshold": round(record_threshold, 4),
+                "join_cut": report.get("join_cut"),
                 "lsh_shapes": shapes,
                 "group_blocking": bool(group_thresholds),
                 "peer": None,

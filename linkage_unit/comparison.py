@@ -31,9 +31,11 @@ from linkage_unit.blocking import (
 from linkage_unit.group_blocking import (
     GroupBlockingSettings,
     GroupCandidates,
+    JoinRule,
     generate_group_candidates,
 )
 from linkage_unit.similarity import CandidatePairs
+from protocol.errors import MatchingError
 
 __all__ = [
     "CompareSettings",
@@ -42,6 +44,7 @@ __all__ = [
     "Comparison",
     "LocalComparer",
     "ProgressCallback",
+    "rules_of_jobs",
 ]
 
 ProgressCallback = Callable[[str, int, int], None]
@@ -155,6 +158,15 @@ class Comparison:
     statistics: CompareStatistics
 
 
+def rules_of_jobs(join_rules: Sequence[JoinRule | None], jobs: int) -> list[JoinRule | None]:
+    """One join rule (or None) per job: ``join_rules`` as given, or None for every job."""
+    if not join_rules:
+        return [None] * jobs
+    if len(join_rules) != jobs:
+        raise MatchingError("one join rule (or None) per party pair is needed")
+    return list(join_rules)
+
+
 class Comparer(Protocol):
     """Runs the compare stage of one run."""
 
@@ -165,10 +177,13 @@ class Comparer(Protocol):
         thresholds: Sequence[float],
         settings: CompareSettings,
         *,
+        join_rules: Sequence[JoinRule | None] = (),
         progress: ProgressCallback | None = None,
     ) -> tuple[Comparison, ...]:
         """Candidate pairs at or above ``thresholds[k]`` for each (left, right) party pair
-        ``jobs[k]`` (indices into ``arrays``), in job order."""
+        ``jobs[k]`` (indices into ``arrays``), in job order. ``join_rules[k]``: how group
+        blocking's join judges that party pair's pairs (``group_blocking.JoinRule``; empty or
+        None: by the threshold, as every other compare)."""
         ...
 
 
@@ -182,8 +197,10 @@ class LocalComparer:
         thresholds: Sequence[float],
         settings: CompareSettings,
         *,
+        join_rules: Sequence[JoinRule | None] = (),
         progress: ProgressCallback | None = None,
     ) -> tuple[Comparison, ...]:
+        rules = rules_of_jobs(join_rules, len(jobs))
         results = []
         for number, ((i, j), threshold) in enumerate(zip(jobs, thresholds, strict=True)):
             if progress is not None:
@@ -202,6 +219,7 @@ class LocalComparer:
                     settings=group_blocking,
                     blocking=settings.blocking_settings,
                     seed=settings.seed,
+                    rule=rules[number],
                     workers=settings.workers,
                     max_pairs=settings.max_pairs,
                 )

@@ -54,10 +54,12 @@ from linkage_unit.comparison import (
     CompareStatistics,
     Comparison,
     ProgressCallback,
+    rules_of_jobs,
 )
 from linkage_unit.group_blocking import (
     FallbackRoute,
     GroupBlockingSettings,
+    JoinRule,
     merge_candidates,
     route_group_blocking,
 )
@@ -316,10 +318,12 @@ class DaskExecutor:
         thresholds: Sequence[float],
         settings: CompareSettings,
         *,
+        join_rules: Sequence[JoinRule | None] = (),
         progress: ProgressCallback | None = None,
     ) -> tuple[Comparison, ...]:
         """Every party pair's compare on the cluster, in job order: each party's CLKs are
         sent once and dropped when no later party pair needs them."""
+        rules = rules_of_jobs(join_rules, len(jobs))
         results = []
         with self.session() as session:
             for number, ((i, j), threshold) in enumerate(
@@ -332,8 +336,9 @@ class DaskExecutor:
                 )
                 if grouped is not None:
                     pairs, statistics = _group_compare_on_cluster(
-                        session, arrays[i], right, threshold, grouped, settings, progress, stage
-                    )
+                        session, arrays[i], right, threshold, grouped, settings, progress, stage,
+                        rule=rules[number - 1],
+                    )  # fmt: skip
                 else:
                     pairs, statistics = _plain_compare_on_cluster(
                         session, arrays[i], right, threshold, settings.blocking, settings,
@@ -642,6 +647,8 @@ def _group_compare_on_cluster(
     settings: CompareSettings,
     progress: ProgressCallback | None,
     stage: str,
+    *,
+    rule: JoinRule | None = None,
 ) -> tuple[CandidatePairs, CompareStatistics]:
     """Group blocking with its bands on the cluster, along the route the in-process compare
     takes (``group_blocking.route_group_blocking``: the join, a sort per group, and its
@@ -651,8 +658,8 @@ def _group_compare_on_cluster(
     group_settings, offsets = grouped
     route = route_group_blocking(
         left, right, threshold, offsets=offsets, settings=group_settings,
-        blocking=settings.blocking_settings, seed=settings.seed, workers=settings.workers,
-        max_pairs=settings.max_pairs,
+        blocking=settings.blocking_settings, seed=settings.seed, rule=rule,
+        workers=settings.workers, max_pairs=settings.max_pairs,
     )  # fmt: skip
     if isinstance(route, FallbackRoute):
         pairs, statistics = _plain_compare_on_cluster(

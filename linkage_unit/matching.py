@@ -545,12 +545,15 @@ def _link_with_model(
     else:
         cuts = [scorer.candidate_cut() for scorer in scorers]
     # Every job's record-level cut: its scorer's (a job no scorer takes has no comparable pair).
-    job_cut: dict[tuple[int, int], float] = {}
+    job_cut: dict[tuple[int, int], CandidateCut] = {}
     for (members, own_jobs), cut in zip(groups, cuts, strict=True):
         for i, j in own_jobs:
-            job_cut[members[i], members[j]] = cut.threshold
-    thresholds = [job_cut.get(job, cuts[0].threshold) for job in jobs]
-    comparisons = comparer.compare(arrays, jobs, thresholds, compare_settings, progress=progress)
+            job_cut[members[i], members[j]] = cut
+    thresholds = [job_cut.get(job, cuts[0]).threshold for job in jobs]
+    comparisons = comparer.compare(
+        arrays, jobs, thresholds, compare_settings,
+        join_rules=[job_cut.get(job, cuts[0]).join_rule for job in jobs], progress=progress,
+    )  # fmt: skip
     candidate_count = _check_candidate_count(comparisons, settings, max(thresholds))
     by_job = {(item.left_party, item.right_party): item.pairs for item in comparisons}
     if progress is not None:

@@ -153,6 +153,10 @@ class RunReport:
     oversized_group_blocks: int = 0
     oversized_group_block_pairs: int = 0
     """Group blocks skipped as larger than ``max_group_block_pairs``, and their pairs."""
+    join_weights: tuple[float, ...] = ()
+    join_cut: float | None = None
+    """Where group blocking's join was used: the rule it judged its pairs by instead of
+    ``record_threshold`` (``group_blocking.JoinRule``: each group's weight, and the cut)."""
     untrusted_models: tuple[str, ...] = ()
     """The parties (``moj``, ``moj+dfe``; ``spine`` for new-vs-spine pairs) whose model was
     not trusted (``FellegiSunterModel.trusted``) and so linked nothing: a low match rate there
@@ -226,6 +230,8 @@ class RunReport:
             ),
             oversized_group_blocks=int(data.get("oversized_group_blocks", 0)),
             oversized_group_block_pairs=int(data.get("oversized_group_block_pairs", 0)),
+            join_weights=tuple(float(value) for value in data.get("join_weights", ())),
+            join_cut=_optional(data.get("join_cut")),
             untrusted_models=tuple(str(party) for party in data.get("untrusted_models", ())),
         )
 
@@ -306,6 +312,9 @@ def build_report(
     layout, each party's field-group completeness too."""
     statistics = result.statistics
     estimated = statistics.estimated
+    cut = statistics.candidate_cut
+    joined = bool(statistics.compare.group_lsh_thresholds)  # some party pair used the join
+    rule = cut.join_rule if cut is not None and joined else None
     dice = RunReport(
         scoring="dice",
         threshold=result.threshold,
@@ -328,6 +337,8 @@ def build_report(
         group_recall_estimates=statistics.compare.group_recall_estimates,
         oversized_group_blocks=statistics.compare.oversized_group_blocks,
         oversized_group_block_pairs=statistics.compare.oversized_group_block_pairs,
+        join_weights=() if rule is None else rule.weights,
+        join_cut=None if rule is None else rule.cut,
         untrusted_models=statistics.untrusted_models,
     )
     if estimated is None:

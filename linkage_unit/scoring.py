@@ -40,6 +40,7 @@ from linkage_unit.fellegi_sunter import (
     random_level_counts,
     weight_of_probability,
 )
+from linkage_unit.group_blocking import JoinRule
 from linkage_unit.group_similarity import (
     GroupSimilarities,
     agreement_bits,
@@ -88,11 +89,14 @@ MAX_CANDIDATE_CUT = 0.95
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CandidateCut:
     """The record-level Dice cut for candidate pairs. ``at_boundary``: the data asked for a
-    cut outside [MIN_CANDIDATE_CUT, MAX_CANDIDATE_CUT] and it was clamped."""
+    cut outside [MIN_CANDIDATE_CUT, MAX_CANDIDATE_CUT] and it was clamped. ``join_rule``:
+    how group blocking's join judges the pairs it finds instead (at the same random-pair
+    pass rate; None: by ``threshold`` too)."""
 
     threshold: float
     at_boundary: bool
     random_pairs: int
+    join_rule: JoinRule | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -307,8 +311,33 @@ class Scorer:
         value = float(np.quantile(dice, 1.0 - self.tail)) if len(dice) else MAX_CANDIDATE_CUT
         clamped = float(np.clip(value, MIN_CANDIDATE_CUT, MAX_CANDIDATE_CUT))
         return CandidateCut(
-            threshold=round(clamped, 4), at_boundary=clamped != value, random_pairs=len(dice)
+            threshold=round(clamped, 4),
+            at_boundary=clamped != value,
+            random_pairs=len(dice),
+            join_rule=self._join_rule(),
         )
+
+    def _join_rule(self) -> JoinRule | None:
+        """The join's rule (``group_blocking.JoinRule``) at the same random-pair pass rate
+        as the record-level cut: each group weighed by ``-ln`` of its identical rate (a rate
+        of 0 read as one identical pair in all comparable ones), its cut the same quantile
+        of the random pairs' rule scores. None with fewer than two groups, or no random
+        pair."""
+        if len(self.layout.groups) < 2 or len(self.random) == 0:
+            return None
+        floor = 1.0 / max(sum(self.comparable), 1)
+        raw = [
+            -np.log(max(rate if rate is not None else 0.0, floor)) for rate in self.identical_rates
+        ]
+        mean = float(np.mean(raw))
+        weights = tuple(float(weight / mean) for weight in raw)
+        random = self.random
+        scores = JoinRule(weights=weights, cut=1.0).scores(
+            random.shared, random.left_counts, random.right_counts
+        )
+        value = float(np.quantile(scores, 1.0 - self.tail))
+        cut = float(np.clip(value, MIN_CANDIDATE_CUT, MAX_CANDIDATE_CUT))
+        return JoinRule(weights=weights, cut=round(cut, 4))
 
     # -- after the compare --------------------------------------------------------------------
 

@@ -584,8 +584,14 @@ def _score_against_spine(
         arrays, layout, [(0, 1)], settings.model, seed=compare_settings.seed,
         workers=settings.workers,
     )  # fmt: skip
-    cut = settings.threshold if settings.threshold is not None else scorer.candidate_cut().threshold
-    (compared,) = LocalComparer().compare(arrays, [(0, 1)], [cut], compare_settings)
+    if settings.threshold is not None:
+        cut, rule = settings.threshold, None
+    else:
+        chosen = scorer.candidate_cut()
+        cut, rule = chosen.threshold, chosen.join_rule
+    (compared,) = LocalComparer().compare(
+        arrays, [(0, 1)], [cut], compare_settings, join_rules=[rule]
+    )
     scored = scorer.score([compared.pairs], deduplicated=[True, True], cut=cut)
     if not scored.model.trusted:  # look-alikes on one group: no new record is a spine person
         scored = scored.distrusted()

@@ -19,6 +19,7 @@ from distributed import Client, LocalCluster
 
 from linkage_unit import matching
 from linkage_unit.blocking import BlockingSettings, fit_blocking_settings
+from linkage_unit.comparison import LocalComparer
 from linkage_unit.distributed import (
     ClusterSettings,
     DaskExecutor,
@@ -27,7 +28,7 @@ from linkage_unit.distributed import (
     _TaskResult,
 )
 from linkage_unit.fellegi_sunter import ModelSettings
-from linkage_unit.group_blocking import GroupBlockingSettings
+from linkage_unit.group_blocking import GroupBlockingSettings, JoinRule
 from linkage_unit.report import RunReport
 from linkage_unit.server import ServerConfig, create_server
 from protocol.clk_layout import ClkLayout, GroupLayout
@@ -637,6 +638,26 @@ def test_dask_gives_the_in_process_result_with_group_blocking(client: Client) ->
     ours, theirs = local.statistics.compare, remote.statistics.compare
     assert replace(ours, comparisons=0) == replace(theirs, comparisons=0)
     assert ours.comparisons <= theirs.comparisons
+
+
+def test_dask_hands_the_join_its_rule_as_in_process(client: Client) -> None:
+    """A model run's join judges its pairs by the scorer's rule (``JoinRule``): on Dask the
+    route is taken at the linkage unit with the same rule, so the pairs are the same."""
+    left, right = grouped_parties(
+        np.random.default_rng(9), NAME_BIRTH, left=900, right=800, shared=400, exact=0.9, flip=0.01
+    )
+    compare = grouped_model_settings(
+        group_blocking=GroupBlockingSettings(max_group_block_pairs=500)
+    ).compare_settings(4, NAME_BIRTH)
+    rule = JoinRule(weights=(1.3, 0.7), cut=0.8)
+    arrays, jobs = [left, right], [(0, 1)]
+    (local,) = LocalComparer().compare(arrays, jobs, [0.7], compare, join_rules=[rule])
+    (remote,) = executor(client).compare(arrays, jobs, [0.7], compare, join_rules=[rule])
+    (plain,) = LocalComparer().compare(arrays, jobs, [0.7], compare)
+    assert local.statistics.group_lsh_thresholds == (0.9,)  # the join was used
+    for column in ("left", "right", "scores"):
+        np.testing.assert_array_equal(getattr(local.pairs, column), getattr(remote.pairs, column))
+    assert len(local.pairs) != len(plain.pairs)  # the rule, not the record cut, judged
 
 
 def test_dask_falls_back_as_in_process_where_the_group_join_misses_pairs(client: Client) -> None:
