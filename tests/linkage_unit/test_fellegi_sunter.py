@@ -437,6 +437,39 @@ def test_derive_and_comparison_levels_are_their_numpy_twins(
         )
     finally:
         fellegi_sunter._KERNEL_ROWS = saved
+    # The candidates handed over in chunks of any sizes (the score stage's way): the same cuts.
+    edges = np.sort(generator.integers(0, candidate_pairs + 1, generator.integers(0, 5)))
+    bounds = [0, *edges.tolist(), candidate_pairs]
+    chunks = [
+        GroupSimilarities(
+            shared=candidates.shared[a:b],
+            left_counts=candidates.left_counts[a:b],
+            right_counts=candidates.right_counts[a:b],
+        )
+        for a, b in zip(bounds, bounds[1:], strict=False)
+    ]
+    assert (
+        fellegi_sunter.derive_levels_of_chunks(
+            names, random, iter(chunks), options, agreement_bits=lengths
+        )
+        == slow
+    )
+    # And in one pass, each chunk's levels taken as it goes: the flagged pairs counted again
+    # under the final cuts, every pair ends at the whole arrays' levels.
+    groups, levels, recount = fellegi_sunter.levels_of_chunks(
+        names, random, iter(chunks), candidate_pairs, options, agreement_bits=lengths
+    )
+    assert groups == slow
+    rows = np.flatnonzero(recount)
+    levels[rows] = comparison_levels(
+        GroupSimilarities(
+            shared=candidates.shared[rows],
+            left_counts=candidates.left_counts[rows],
+            right_counts=candidates.right_counts[rows],
+        ),
+        groups,
+    )
+    assert levels.tobytes() == comparison_levels_numpy(candidates, slow).tobytes()
 
 
 @given(seed=st.integers(0, 2**32 - 1), pairs=st.integers(0, 60), chunk=st.integers(1, 9))

@@ -516,3 +516,20 @@ def test_a_masked_sum_in_chunks_is_the_masked_copys_sum(size: int, chunk: int, s
         patch.setattr(scoring, "_JOIN_CHUNK", chunk)
         got = scoring._sum_where(values, mask)
     assert got == pytest.approx(float(values[mask].sum()), rel=1e-12, abs=1e-12)
+
+
+def test_the_score_stage_counts_its_candidates_in_chunks_to_the_same_scores(
+    planted: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The candidates' group counts taken a chunk at a time, twice (level cuts, then levels),
+    score every pair as the whole counts at once do, bit for bit."""
+    left, right = planted
+    whole = link({"a": left, "b": right}, SETTINGS, layout=LAYOUT)
+    monkeypatch.setattr(scoring, "_SIMILARITY_CHUNK", 97)
+    chunked = link({"a": left, "b": right}, SETTINGS, layout=LAYOUT)
+    assert whole.scored is not None and chunked.scored is not None
+    assert whole.statistics.candidate_pairs > 97 * 3  # several chunks
+    assert chunked.statistics.model == whole.statistics.model
+    for mine, theirs in zip(whole.scored.party_pairs, chunked.scored.party_pairs, strict=True):
+        assert mine.pairs.scores.tobytes() == theirs.pairs.scores.tobytes()
+    np.testing.assert_array_equal(whole.clusters["a"], chunked.clusters["a"])
