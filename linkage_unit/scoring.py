@@ -355,16 +355,17 @@ class Scorer:
         """The candidates' group counts, job after job, ``_SIMILARITY_CHUNK`` pairs at a time."""
         for number, pairs in enumerate(candidates):
             for start in range(0, len(pairs), _SIMILARITY_CHUNK):
-                part = slice(start, start + _SIMILARITY_CHUNK)
-                yield self.similarities(
-                    number,
-                    CandidatePairs(
-                        left=pairs.left[part],
-                        right=pairs.right[part],
-                        scores=pairs.scores[part],
-                        comparisons=0,
-                    ),
-                )
+                yield self._counts_of(number, pairs, slice(start, start + _SIMILARITY_CHUNK))
+
+    def _counts_of(
+        self, job: int, pairs: CandidatePairs, part: slice | npt.NDArray[np.int64]
+    ) -> GroupSimilarities:
+        """The group counts of ``pairs[part]``, pairs of job ``job``."""
+        i, j = self.jobs[job]
+        return group_similarities(
+            self.arrays[i], self.arrays[j], pairs.left[part], pairs.right[part], self.layout,
+            workers=self.workers,
+        )  # fmt: skip
 
     def _recount(
         self,
@@ -380,16 +381,7 @@ class Scorer:
             low, high = np.searchsorted(rows, [offset, offset + len(pairs)])
             for start in range(int(low), int(high), _SIMILARITY_CHUNK):
                 mine = rows[start : min(start + _SIMILARITY_CHUNK, int(high))]
-                local = mine - offset
-                chunk = self.similarities(
-                    number,
-                    CandidatePairs(
-                        left=pairs.left[local],
-                        right=pairs.right[local],
-                        scores=pairs.scores[local],
-                        comparisons=0,
-                    ),
-                )
+                chunk = self._counts_of(number, pairs, mine - offset)
                 levels[mine] = comparison_levels(chunk, groups)
             offset += len(pairs)
 
