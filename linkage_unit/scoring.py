@@ -343,11 +343,7 @@ class Scorer:
     # -- after the compare --------------------------------------------------------------------
 
     def similarities(self, job: int, pairs: CandidatePairs) -> GroupSimilarities:
-        i, j = self.jobs[job]
-        return group_similarities(
-            self.arrays[i], self.arrays[j], pairs.left, pairs.right, self.layout,
-            workers=self.workers,
-        )  # fmt: skip
+        return self._counts_of(job, pairs, slice(None))
 
     def _similarity_chunks(
         self, candidates: Sequence[CandidatePairs]
@@ -422,9 +418,8 @@ class Scorer:
         )
         random_levels = comparison_levels(self.random_for_u, groups)
         self._recount(candidates, np.flatnonzero(recount), groups, levels)
-        del (
-            recount
-        )  # Made only now: 8 bytes a pair, not held beside the counts at the stage's peak.
+        del recount
+        # Made only now: 8 bytes a pair, not held beside the counts at the stage's peak.
         if len(candidates) == 1:
             # All job 0: np.zeros' fresh zero pages are only read, so they cost neither the
             # 0.6 s of filling 8 bytes a pair nor the memory.
